@@ -1,0 +1,530 @@
+"""Sans-I/O master and worker connections (wire-format.md section 8).
+
+A connection turns received bytes into events and events to send into bytes,
+and enforces the message order of the protocol.  It does no I/O and reads no
+clock: the caller passes ``now`` (seconds, any monotonic origin) and asks
+:meth:`Connection.get_timer` when to call :meth:`Connection.handle_timer`.
+
+Usage, on either side::
+
+    conn.receive_data(data, now)          # b"" when the peer closed the stream
+    while (event := conn.next_event()) is not None:
+        ...                               # react; conn.send(reply, now)
+    transport.write(conn.data_to_send())
+
+The receive path raises only :class:`~aiodq.errors.RemoteProtocolError`; after
+it has raised, the connection is closed and ``data_to_send()`` holds the CLOSE
+frame that tells the peer why.  :meth:`send` raises
+:class:`~aiodq.errors.LocalProtocolError` for anything the protocol forbids
+and leaves the connection unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from .config import ConnectionConfig
+from .errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
+from .events import (
+    Close,
+    Config,
+    ConnectionClosed,
+    Error,
+    Event,
+    FullGradient,
+    Gradient,
+    Heartbeat,
+    Hello,
+    Model,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
+from .wire.frames import Frame, FrameReader, MessageType
+from .wire.messages import DecodeContext, decode_message, encode_message, message_type_of
+from .wire.payload import Encoding, encoding_of
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "ConnectionState",
+    "MasterConnection",
+    "Role",
+    "WorkerConnection",
+]
+
+#: Protocol versions this implementation speaks.
+SUPPORTED_VERSIONS = frozenset({1})
+_ALL_ENCODINGS = frozenset(int(e) for e in Encoding)
+
+
+class Role(Enum):
+    """Which end of the connection this is."""
+
+    MASTER = "master"
+    WORKER = "worker"
+
+
+class ConnectionState(Enum):
+    """Session states (wire-format.md 8.1)."""
+
+    #: Before WELCOME: the worker has to send HELLO, the master to answer it.
+    HANDSHAKE = "handshake"
+    #: WELCOME exchanged; the master has to send CONFIG.
+    CONFIGURING = "configuring"
+    #: CONFIG exchanged: epochs run.
+    READY = "ready"
+    #: This side sent CLOSE and waits for the peer's CLOSE or the end of the stream.
+    CLOSING = "closing"
+    #: The session is over.
+    CLOSED = "closed"
+
+
+# wire-format.md 8.1: which side sends which message, and in which states.
+_SENDER: dict[MessageType, Role | None] = {
+    MessageType.HELLO: Role.WORKER,
+    MessageType.WELCOME: Role.MASTER,
+    MessageType.CONFIG: Role.MASTER,
+    MessageType.SNAPSHOT: Role.MASTER,
+    MessageType.SNAPSHOT_GRADIENT: Role.WORKER,
+    MessageType.FULL_GRADIENT: Role.MASTER,
+    MessageType.MODEL: Role.MASTER,
+    MessageType.GRADIENT: Role.WORKER,
+    MessageType.HEARTBEAT: None,
+    MessageType.ERROR: None,
+    MessageType.CLOSE: None,
+}
+_LIVE = frozenset({ConnectionState.CONFIGURING, ConnectionState.READY})
+_STATES: dict[MessageType, frozenset[ConnectionState]] = {
+    MessageType.HELLO: frozenset({ConnectionState.HANDSHAKE}),
+    MessageType.WELCOME: frozenset({ConnectionState.HANDSHAKE}),
+    MessageType.CONFIG: frozenset({ConnectionState.CONFIGURING}),
+    MessageType.SNAPSHOT: frozenset({ConnectionState.READY}),
+    MessageType.SNAPSHOT_GRADIENT: frozenset({ConnectionState.READY}),
+    MessageType.FULL_GRADIENT: frozenset({ConnectionState.READY}),
+    MessageType.MODEL: frozenset({ConnectionState.READY}),
+    MessageType.GRADIENT: frozenset({ConnectionState.READY}),
+    MessageType.HEARTBEAT: _LIVE,
+    MessageType.ERROR: _LIVE,
+    MessageType.CLOSE: frozenset(
+        {ConnectionState.HANDSHAKE, ConnectionState.CONFIGURING, ConnectionState.READY, ConnectionState.CLOSING}
+    ),
+}
+
+
+@dataclass(slots=True)
+class _Epoch:
+    """Where the session stands inside the epochs (wire-format.md 8.2)."""
+
+    #: The epoch of the last SNAPSHOT, or None before the first.
+    current: int | None = None
+    #: True from SNAPSHOT until its SNAPSHOT_GRADIENT.
+    snapshot_pending: bool = False
+    #: True once FULL_GRADIENT was sent in the current epoch.
+    full_gradient_sent: bool = False
+    #: True once a MODEL of the current epoch was sent.
+    model_sent: bool = False
+    #: (epoch, version) of the MODEL awaiting its GRADIENT.
+    outstanding: tuple[int, int] | None = None
+    #: Version of the last MODEL, or None before the first.
+    last_version: int | None = None
+
+
+class _Violation(Exception):
+    """A message order rule broken; the caller turns it into Local or Remote error."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Connection:
+    """What the master and worker connections share; use one of the subclasses."""
+
+    role: Role
+
+    def __init__(self, config: ConnectionConfig | None = None, *, now: float = 0.0) -> None:
+        self._config = config or ConnectionConfig()
+        self._reader = FrameReader(self._config.limits)
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._state = ConnectionState.HANDSHAKE
+        self._epoch = _Epoch()
+        self._version: int | None = None
+        self._dim: int | None = None
+        self._local_encodings = frozenset(self._config.encodings or _ALL_ENCODINGS)
+        self._peer_encodings: frozenset[int] = _ALL_ENCODINGS
+        self._context = DecodeContext(limits=self._config.limits, encodings=self._local_encodings)
+        self._started = now
+        self._last_received = now
+        self._last_sent = now
+        self._eof = False
+        self._ended = False
+        self._close_code: int | None = None
+        self._close_sent = False
+        self._peer_closed = False
+        self._offered: tuple[int, int] | None = None
+        self._state_before_close = ConnectionState.HANDSHAKE
+        #: Bytes received, by message type name ("header" counted apart).
+        self.bytes_received: dict[str, int] = {}
+        #: Bytes sent, by message type name ("header" counted apart).
+        self.bytes_sent: dict[str, int] = {}
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The session state."""
+        return self._state
+
+    @property
+    def version(self) -> int | None:
+        """The negotiated protocol version, once WELCOME has been exchanged."""
+        return self._version
+
+    @property
+    def dim(self) -> int | None:
+        """The configured model dimension, once CONFIG has been exchanged."""
+        return self._dim
+
+    @property
+    def epoch(self) -> int | None:
+        """The current epoch (last SNAPSHOT), or None before the first."""
+        return self._epoch.current
+
+    @property
+    def outstanding_model(self) -> tuple[int, int] | None:
+        """``(epoch, version)`` of the MODEL awaiting its GRADIENT, if any."""
+        return self._epoch.outstanding
+
+    @property
+    def peer_encodings(self) -> frozenset[int]:
+        """Encodings the peer announced it can decode (all, before the handshake)."""
+        return self._peer_encodings
+
+    # -- receiving ------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Take bytes received from the peer; ``b""`` means the stream ended."""
+        if self._state is ConnectionState.CLOSED and not data:
+            self._eof = True
+            return
+        self._last_received = now
+        if not data:
+            self._eof = True
+        elif self._state is not ConnectionState.CLOSED:
+            self._reader.feed(data)
+
+    def next_event(self) -> Event | None:
+        """Return the next event, or None if more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol.  The connection is
+                closed and a CLOSE frame with the error code is queued to send.
+        """
+        if self._events:
+            return self._events.popleft()
+        if self._state is ConnectionState.CLOSED:
+            return self._stream_end() if self._eof else None
+        try:
+            frame = self._reader.next_frame()
+        except CodecError as exc:
+            self._fail(exc.code, str(exc))
+            raise RemoteProtocolError(str(exc), exc.code) from exc
+        if frame is None:
+            if not self._eof:
+                return None
+            if self._reader.buffered:
+                reason = f"stream ended inside a frame ({self._reader.buffered} bytes buffered)"
+                self._fail(ErrorCode.MALFORMED_FRAME, reason)
+                raise RemoteProtocolError(reason, ErrorCode.MALFORMED_FRAME)
+            self._state = ConnectionState.CLOSED
+            return self._stream_end()
+        try:
+            event = self._receive_frame(frame)
+        except (CodecError, _Violation) as exc:
+            self._fail(exc.code, str(exc))
+            raise RemoteProtocolError(str(exc), exc.code) from exc
+        return event
+
+    def _stream_end(self) -> ConnectionClosed | None:
+        """The one ConnectionClosed event at the end of the stream."""
+        if self._ended:
+            return None
+        self._ended = True
+        return ConnectionClosed(clean=self._close_sent and self._peer_closed, code=self._close_code)
+
+    def _receive_frame(self, frame: Frame) -> Event:
+        self._count(self.bytes_received, frame.type, len(frame.body))
+        try:
+            message_type = MessageType(frame.type)
+        except ValueError:
+            raise _Violation(f"unknown message type {frame.type:#04x}", ErrorCode.UNKNOWN_MESSAGE_TYPE) from None
+        # wire-format.md 6.1: HELLO and WELCOME carry version 1; later frames the negotiated one.
+        expected = 1 if message_type in (MessageType.HELLO, MessageType.WELCOME) else self._version
+        if expected is not None and frame.version != expected:
+            raise _Violation(f"frame version {frame.version}, expected {expected}", ErrorCode.UNSUPPORTED_VERSION)
+        self._check_order(message_type, sender=self._peer_role)
+        event = decode_message(frame, self._context)
+        self._check_content(event, sender=self._peer_role)
+        self._apply(event, sent=False)
+        return event
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, event: Event, now: float) -> None:
+        """Queue ``event`` for sending.
+
+        Raises:
+            LocalProtocolError: the protocol does not allow this event now, or
+                it names an encoding the peer cannot decode.  Nothing is queued.
+        """
+        try:
+            message_type = message_type_of(event)
+        except TypeError as exc:
+            raise LocalProtocolError(str(exc)) from exc
+        try:
+            self._check_order(message_type, sender=self.role)
+            self._check_content(event, sender=self.role)
+            vector = getattr(event, "vector", None)
+            if vector is not None and int(encoding_of(vector)) not in self._peer_encodings:
+                raise _Violation(
+                    f"the peer did not announce {encoding_of(vector).name}", ErrorCode.UNSUPPORTED_ENCODING
+                )
+            data = encode_message(event, self._version or 1)
+        except _Violation as exc:
+            raise LocalProtocolError(str(exc), exc.code) from exc
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc), ErrorCode.PROTOCOL_ERROR) from exc
+        self._out += data
+        self._count(self.bytes_sent, message_type, len(data) - 7)
+        self._last_sent = now
+        self._apply(event, sent=True)
+
+    def data_to_send(self) -> bytes:
+        """Return and clear the bytes queued for the peer."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def close(self, now: float, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Send CLOSE, unless one was sent already."""
+        if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        self.send(Close(code=int(code), reason=reason), now)
+
+    # -- timers ---------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """Return when :meth:`handle_timer` should next be called, or None."""
+        if self._state is ConnectionState.CLOSED:
+            return None
+        deadlines = [self._last_received + self._config.idle_timeout]
+        if self._state is ConnectionState.HANDSHAKE or (
+            self._state is ConnectionState.CONFIGURING and self.role is Role.WORKER
+        ):
+            deadlines.append(self._started + self._config.handshake_timeout)
+        if self._state in _LIVE:
+            deadlines.append(self._last_sent + self._config.heartbeat_interval)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        """Act on expired timers: send HEARTBEAT, or close on a timeout.
+
+        A timeout queues a CLOSE with TIMEOUT and a local
+        :class:`~aiodq.events.ConnectionClosed` event.
+        """
+        if self._state is ConnectionState.CLOSED:
+            return
+        in_handshake = self._state is ConnectionState.HANDSHAKE or (
+            self._state is ConnectionState.CONFIGURING and self.role is Role.WORKER
+        )
+        if in_handshake and now >= self._started + self._config.handshake_timeout:
+            self._time_out(now, "handshake did not complete in time")
+        elif now >= self._last_received + self._config.idle_timeout:
+            self._time_out(now, "peer silent for longer than the idle timeout")
+        elif self._state in _LIVE and now >= self._last_sent + self._config.heartbeat_interval:
+            self.send(Heartbeat(), now)
+
+    def _time_out(self, now: float, reason: str) -> None:
+        if self._state is not ConnectionState.CLOSING:
+            self.send(Close(code=ErrorCode.TIMEOUT, reason=reason), now)
+        self._state = ConnectionState.CLOSED
+        self._ended = True
+        self._events.append(ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT)))
+
+    # -- rules ----------------------------------------------------------------
+
+    @property
+    def _peer_role(self) -> Role:
+        return Role.WORKER if self.role is Role.MASTER else Role.MASTER
+
+    def _check_order(self, message_type: MessageType, *, sender: Role) -> None:
+        """wire-format.md 8.1: who may send the message, and in which state."""
+        if self._state is ConnectionState.CLOSED or (
+            self._state is ConnectionState.CLOSING and sender is self.role
+        ):
+            raise _Violation(f"{message_type.name} after CLOSE", ErrorCode.UNEXPECTED_MESSAGE)
+        owner = _SENDER[message_type]
+        if owner is not None and owner is not sender:
+            raise _Violation(f"a {sender.value} does not send {message_type.name}", ErrorCode.UNEXPECTED_MESSAGE)
+        state = self._state
+        if state is ConnectionState.CLOSING:  # the peer may still be sending
+            state = self._state_before_close
+        if state not in _STATES[message_type]:
+            raise _Violation(f"{message_type.name} not allowed in state {state.value}", ErrorCode.UNEXPECTED_MESSAGE)
+
+    def _check_content(self, event: Event, *, sender: Role) -> None:
+        """wire-format.md 8.2: epochs, versions and the request/answer pairing."""
+        epoch = self._epoch
+        if isinstance(event, Hello):
+            if sender is self.role:
+                return
+            common = SUPPORTED_VERSIONS & set(range(event.min_version, event.max_version + 1))
+            if not common:
+                raise _Violation(
+                    f"no common version: offered {event.min_version}..{event.max_version}",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
+        elif isinstance(event, Welcome):
+            offered = self._offered
+            if offered is not None and not offered[0] <= event.version <= offered[1]:
+                raise _Violation(f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION)
+            if event.version not in SUPPORTED_VERSIONS:
+                raise _Violation(f"version {event.version} is not supported", ErrorCode.UNSUPPORTED_VERSION)
+        elif isinstance(event, Snapshot):
+            if epoch.snapshot_pending:
+                raise _Violation("SNAPSHOT before the previous one was answered", ErrorCode.UNEXPECTED_MESSAGE)
+            if epoch.current is not None and event.epoch <= epoch.current:
+                raise _Violation(f"SNAPSHOT epoch {event.epoch} not above {epoch.current}", ErrorCode.UNKNOWN_EPOCH)
+        elif isinstance(event, SnapshotGradient):
+            if not epoch.snapshot_pending:
+                raise _Violation("SNAPSHOT_GRADIENT without a pending SNAPSHOT", ErrorCode.UNEXPECTED_MESSAGE)
+            if event.epoch != epoch.current:
+                raise _Violation(f"SNAPSHOT_GRADIENT for epoch {event.epoch}", ErrorCode.UNKNOWN_EPOCH)
+            if epoch.outstanding is not None:
+                raise _Violation("SNAPSHOT_GRADIENT before the GRADIENT it owes", ErrorCode.UNEXPECTED_MESSAGE)
+        elif isinstance(event, FullGradient):
+            self._check_in_epoch(event.epoch, "FULL_GRADIENT")
+            if epoch.full_gradient_sent or epoch.model_sent:
+                raise _Violation("FULL_GRADIENT only once, before the epoch's first MODEL", ErrorCode.UNEXPECTED_MESSAGE)
+        elif isinstance(event, Model):
+            self._check_in_epoch(event.epoch, "MODEL")
+            if epoch.outstanding is not None:
+                raise _Violation("MODEL before the previous one was answered", ErrorCode.UNEXPECTED_MESSAGE)
+            if epoch.last_version is not None and event.version < epoch.last_version:
+                raise _Violation(
+                    f"MODEL version {event.version} below {epoch.last_version}", ErrorCode.VERSION_MISMATCH
+                )
+        elif isinstance(event, Gradient):
+            if epoch.outstanding is None:
+                raise _Violation("GRADIENT without a MODEL to answer", ErrorCode.UNEXPECTED_MESSAGE)
+            model_epoch, model_version = epoch.outstanding
+            if event.epoch != model_epoch:
+                raise _Violation(f"GRADIENT epoch {event.epoch}, the MODEL had {model_epoch}", ErrorCode.UNKNOWN_EPOCH)
+            if event.version > model_version:
+                raise _Violation(
+                    f"GRADIENT version {event.version} is from the future (MODEL {model_version})",
+                    ErrorCode.FUTURE_VERSION,
+                )
+            if event.version < model_version:
+                raise _Violation(
+                    f"GRADIENT version {event.version}, the MODEL had {model_version}", ErrorCode.VERSION_MISMATCH
+                )
+
+    def _check_in_epoch(self, event_epoch: int, what: str) -> None:
+        epoch = self._epoch
+        if epoch.current is None or epoch.snapshot_pending:
+            raise _Violation(f"{what} before the epoch's snapshot phase ended", ErrorCode.UNEXPECTED_MESSAGE)
+        if event_epoch != epoch.current:
+            raise _Violation(f"{what} epoch {event_epoch}, current {epoch.current}", ErrorCode.UNKNOWN_EPOCH)
+
+    def _apply(self, event: Event, *, sent: bool) -> None:
+        """Update the state after a message passed every check."""
+        epoch = self._epoch
+        if isinstance(event, Hello):
+            self._offered = (event.min_version, event.max_version)
+            if not sent:
+                self._peer_encodings = event.encodings
+        elif isinstance(event, Welcome):
+            self._version = event.version
+            if not sent:
+                self._peer_encodings = event.encodings
+            self._state = ConnectionState.CONFIGURING
+        elif isinstance(event, Config):
+            self._dim = event.dim
+            self._context = DecodeContext(
+                limits=self._config.limits, dim=event.dim, encodings=self._local_encodings
+            )
+            self._state = ConnectionState.READY
+        elif isinstance(event, Snapshot):
+            epoch.current = event.epoch
+            epoch.snapshot_pending = True
+            epoch.full_gradient_sent = False
+            epoch.model_sent = False
+        elif isinstance(event, SnapshotGradient):
+            epoch.snapshot_pending = False
+        elif isinstance(event, FullGradient):
+            epoch.full_gradient_sent = True
+        elif isinstance(event, Model):
+            epoch.outstanding = (event.epoch, event.version)
+            epoch.last_version = event.version
+            epoch.model_sent = True
+        elif isinstance(event, Gradient):
+            epoch.outstanding = None
+        elif isinstance(event, Close):
+            if self._close_code is None:
+                self._close_code = event.code
+            if sent:
+                self._close_sent = True
+                self._state_before_close = self._state
+                self._state = ConnectionState.CLOSED if self._peer_closed else ConnectionState.CLOSING
+            else:
+                self._peer_closed = True
+                if self._state is not ConnectionState.CLOSING:
+                    # wire-format.md 7.11: answer a CLOSE with a CLOSE, then stop sending.
+                    self._out += encode_message(Close(code=int(ErrorCode.NO_ERROR)), self._version or 1)
+                    self._close_sent = True
+                self._state = ConnectionState.CLOSED
+
+    def _fail(self, code: ErrorCode, reason: str) -> None:
+        """Close after the peer broke the protocol: queue CLOSE with the code."""
+        if self._state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            reason_bytes = reason.encode()[: self._config.limits.max_reason_bytes]
+            text = reason_bytes.decode("utf-8", errors="ignore")
+            self._out += encode_message(Close(code=int(code), reason=text), self._version or 1)
+            self._close_sent = True
+        if self._close_code is None:
+            self._close_code = int(code)
+        self._state = ConnectionState.CLOSED
+        self._ended = True
+
+    @staticmethod
+    def _count(table: dict[str, int], message_type: int, body_bytes: int) -> None:
+        try:
+            name = MessageType(message_type).name
+        except ValueError:
+            name = "UNKNOWN"
+        table[name] = table.get(name, 0) + body_bytes
+        table["header"] = table.get("header", 0) + 7
+
+
+class MasterConnection(Connection):
+    """The master's end of one worker connection."""
+
+    role = Role.MASTER
+
+    @property
+    def negotiated_version(self) -> int | None:
+        """The highest version both sides speak, once HELLO has arrived."""
+        if self._offered is None:
+            return None
+        common = SUPPORTED_VERSIONS & set(range(self._offered[0], self._offered[1] + 1))
+        return max(common) if common else None
+
+
+class WorkerConnection(Connection):
+    """The worker's end of its connection to the master."""
+
+    role = Role.WORKER

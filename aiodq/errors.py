@@ -1,0 +1,103 @@
+"""Exceptions and the wire error-code registry (wire-format.md section 9).
+
+Protocol errors say who is at fault: :class:`LocalProtocolError` when this
+side asked for something the protocol forbids, :class:`RemoteProtocolError`
+when the peer sent something it forbids.  Both carry an :class:`ErrorCode`,
+the value that goes on the wire in a CLOSE or ERROR message.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "CodecError",
+    "ErrorCode",
+    "LocalProtocolError",
+    "NonFiniteError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+
+class ErrorCode(IntEnum):
+    """Error codes carried by CLOSE and ERROR messages (wire-format.md 9)."""
+
+    #: "The session ended normally."
+    NO_ERROR = 0
+    #: "A rule of this specification was broken and no more specific code applies."
+    PROTOCOL_ERROR = 1
+    #: "A frame's declared length exceeds the receiver's frame-size limit."
+    FRAME_TOO_LARGE = 2
+    #: "The frame's version is not the negotiated one, or no common version exists."
+    UNSUPPORTED_VERSION = 3
+    #: "The frame type is not defined in this version."
+    UNKNOWN_MESSAGE_TYPE = 4
+    #: "A frame or message body is truncated, over-long or has reserved bits set."
+    MALFORMED_FRAME = 5
+    #: "A vector encoding is reserved or was not announced as supported."
+    UNSUPPORTED_ENCODING = 6
+    #: "A vector payload breaks its encoding's rules (counts, padding, canonical form)."
+    INVALID_PAYLOAD = 7
+    #: "A dimension or count exceeds a receiver limit."
+    LIMIT_EXCEEDED = 8
+    #: "A vector's dimension differs from the configured model dimension."
+    WRONG_DIMENSION = 9
+    #: "A value is NaN or infinite."
+    NON_FINITE = 10
+    #: "The message is not allowed in the connection's current state."
+    UNEXPECTED_MESSAGE = 11
+    #: "The message names an epoch other than the current one."
+    UNKNOWN_EPOCH = 12
+    #: "The message names a model version the receiver has not sent yet."
+    FUTURE_VERSION = 13
+    #: "The gradient was computed on a model older than the staleness bound allows."
+    STALE_GRADIENT = 14
+    #: "The peer stayed silent for longer than a configured timeout."
+    TIMEOUT = 15
+    #: "The sender hit an internal failure."
+    INTERNAL_ERROR = 16
+    #: "Authentication failed."
+    AUTH_FAILED = 17
+    #: "A control message carries a missing, mistyped or out-of-range field."
+    INVALID_CONFIG = 18
+    #: "The sender is shutting down."
+    GOING_AWAY = 19
+    #: "The gradient version is older than the model it answers."
+    VERSION_MISMATCH = 20
+
+
+class ProtocolError(Exception):
+    """A rule of the wire protocol was broken.
+
+    Attributes:
+        code: the wire error code that describes the failure.
+    """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        #: The wire error code for this failure.
+        self.code = ErrorCode(code)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, code={self.code.name})"
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids."""
+
+
+class CodecError(ProtocolError):
+    """Bytes that do not decode under the wire format.
+
+    Raised by the pure codec, which does not know which side sent the bytes; the
+    connections re-raise it as :class:`RemoteProtocolError` with the same code.
+    """
+
+
+class NonFiniteError(ValueError):
+    """An input vector holds NaN or infinite values, which no quantizer accepts."""

@@ -1,0 +1,1 @@
+"""Quantizers, the sparsifier and bit packing: pure numpy, randomness passed in."""

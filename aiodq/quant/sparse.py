@@ -1,0 +1,128 @@
+"""The unbiased sparsifier of Sparse-AsyLPG (docs/algorithms.md 6; Wangni et al. 2018).
+
+Coordinate j is kept with probability ``p_j = min(phi |alpha_j| / ||alpha||_1, 1)``
+and rescaled to ``alpha_j / p_j``, so the result is unbiased with at most
+``phi`` nonzeros in expectation.  The exact-budget variant recalibrates the
+probabilities so that they sum to ``phi`` exactly (Wangni et al., Algorithm 3).
+The kept values are then quantized with the infinity-norm grid of section 3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ..vectors import SparseQuantized, ZeroVector
+from .lowp import quantize_to_range, check_finite
+
+__all__ = [
+    "keep_probabilities",
+    "quantize_sparse",
+    "sparsify",
+    "sparsify_with_uniforms",
+]
+
+#: The keep test draws 32-bit uniforms: P(keep) is p rounded up to a multiple of 2**-32.
+_UNIFORM_SCALE = float(1 << 32)
+
+
+def keep_probabilities(
+    gradient: npt.ArrayLike, budget: float, *, exact: bool = False
+) -> npt.NDArray[np.float64]:
+    """Return the keep probabilities p_j for a budget ``phi`` (algorithms.md 6).
+
+    Args:
+        gradient: the vector alpha (finite).
+        budget: phi, the expected number of nonzeros; positive.
+        exact: recalibrate so that ``sum(p) == min(phi, nnz(alpha))``.
+
+    Returns:
+        One probability per coordinate; 0 where alpha is 0.
+
+    Raises:
+        NonFiniteError: if alpha holds NaN or infinities.
+        ValueError: if ``budget`` is not positive.
+    """
+    alpha = np.asarray(gradient, dtype=np.float64)
+    check_finite(alpha, "gradient")
+    if not budget > 0:
+        raise ValueError(f"the budget phi must be positive, got {budget!r}")
+    magnitude = np.abs(alpha)
+    total = float(magnitude.sum())
+    if total == 0.0:
+        return np.zeros_like(magnitude)
+    probabilities = np.minimum(magnitude * (budget / total), 1.0)
+    if not exact:
+        return probabilities
+    nonzero = int(np.count_nonzero(magnitude))
+    if budget >= nonzero:
+        return (magnitude > 0).astype(np.float64)
+    # Saturated coordinates keep p = 1; the rest share what is left of the
+    # budget in proportion to |alpha_j|.  Each round saturates at least one more
+    # coordinate or stops, so it ends within nnz rounds (in practice a few).
+    saturated = probabilities >= 1.0
+    while True:
+        free_mass = float(magnitude[~saturated].sum())
+        factor = (budget - float(saturated.sum())) / free_mass
+        probabilities = np.where(saturated, 1.0, np.minimum(magnitude * factor, 1.0))
+        grown = probabilities >= 1.0
+        if (grown == saturated).all():
+            return probabilities
+        saturated = grown
+
+
+def sparsify_with_uniforms(
+    gradient: npt.ArrayLike, probabilities: npt.ArrayLike, uniforms: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Keep ``alpha_j / p_j`` where ``uniforms[j] < p_j``; return ``(indices, values)``.
+
+    ``uniforms`` are floats in ``[0, 1)`` or uint32 integers ``r`` (``u = r / 2**32``).
+    """
+    alpha = np.asarray(gradient, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    u = np.asarray(uniforms)
+    if not alpha.shape == p.shape == u.shape:
+        raise ValueError("gradient, probabilities and uniforms must have the same shape")
+    threshold = p * _UNIFORM_SCALE if u.dtype == np.uint32 else p
+    indices = np.flatnonzero(u < threshold)
+    return indices, alpha[indices] / p[indices]
+
+
+def sparsify(
+    gradient: npt.ArrayLike, budget: float, rng: np.random.Generator, *, exact: bool = False
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The unbiased sparsifier S(alpha): return the kept ``(indices, alpha_j / p_j)``."""
+    alpha = np.asarray(gradient, dtype=np.float64)
+    p = keep_probabilities(alpha, budget, exact=exact)
+    words = rng.bit_generator.random_raw((alpha.shape[0] + 1) // 2)
+    uniforms = np.asarray(words, dtype=np.uint64).view(np.uint32)[: alpha.shape[0]]
+    return sparsify_with_uniforms(alpha, p, uniforms)
+
+
+def quantize_sparse(
+    gradient: npt.ArrayLike,
+    budget: float,
+    bits: int,
+    rng: np.random.Generator,
+    *,
+    exact: bool = False,
+) -> SparseQuantized | ZeroVector:
+    """Sparsify with budget ``phi``, then quantize the kept values (algorithms.md 6).
+
+    ``delta = max|kept| / (2**(b-1) - 1)``.  Kept values that round to code 0 are
+    dropped from the index set (they are zeros).  If nothing is left, the
+    result is a :class:`ZeroVector`.
+
+    Raises:
+        NonFiniteError: if alpha holds NaN or infinities.
+        ValueError: on a bad budget or bit width.
+    """
+    alpha = np.asarray(gradient, dtype=np.float64)
+    indices, kept = sparsify(alpha, budget, rng, exact=exact)
+    if indices.shape[0] == 0:
+        return ZeroVector(alpha.shape[0])
+    delta, codes = quantize_to_range(kept, float(np.abs(kept).max()), bits, rng)
+    nonzero = codes != 0
+    if not nonzero.any():
+        return ZeroVector(alpha.shape[0])
+    return SparseQuantized(alpha.shape[0], bits, delta, indices[nonzero], codes[nonzero])

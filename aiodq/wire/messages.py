@@ -1,0 +1,347 @@
+"""Message bodies: events to frames and frames to events (wire-format.md section 7).
+
+HELLO, WELCOME and CONFIG carry a msgpack map; the other messages are binary:
+varints for counters, little-endian floats, and a vector payload last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..config import Limits
+from ..errors import CodecError, ErrorCode
+from ..events import (
+    Close,
+    Config,
+    Error,
+    Event,
+    FullGradient,
+    Gradient,
+    Heartbeat,
+    Hello,
+    Model,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
+from ..vectors import RawVector, Vector
+from .cursor import Cursor, pack_f64, pack_u16, uvarint
+from .frames import FLAG_RELATIVE, Frame, MessageType, encode_frame
+from .payload import Encoding, decode_vector, encode_vector, encoding_of
+
+__all__ = ["DecodeContext", "MAGIC", "decode_message", "encode_message", "message_type_of"]
+
+#: The ``magic`` value of HELLO (wire-format.md 7.1).
+MAGIC = "aiodq"
+
+_RAW = frozenset({Encoding.RAW_F32, Encoding.RAW_F64})
+#: Encodings allowed in each vector-carrying message (wire-format.md 7).
+ALLOWED_ENCODINGS: dict[MessageType, frozenset[Encoding]] = {
+    MessageType.SNAPSHOT: _RAW,
+    MessageType.SNAPSHOT_GRADIENT: _RAW,
+    MessageType.FULL_GRADIENT: _RAW,
+    MessageType.MODEL: _RAW | {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE},
+    MessageType.GRADIENT: _RAW
+    | {Encoding.ZERO, Encoding.DENSE, Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE, Encoding.QSGD},
+}
+
+_TYPES: dict[type, MessageType] = {
+    Hello: MessageType.HELLO,
+    Welcome: MessageType.WELCOME,
+    Config: MessageType.CONFIG,
+    Snapshot: MessageType.SNAPSHOT,
+    SnapshotGradient: MessageType.SNAPSHOT_GRADIENT,
+    FullGradient: MessageType.FULL_GRADIENT,
+    Model: MessageType.MODEL,
+    Gradient: MessageType.GRADIENT,
+    Heartbeat: MessageType.HEARTBEAT,
+    Error: MessageType.ERROR,
+    Close: MessageType.CLOSE,
+}
+
+
+def message_type_of(event: Event) -> MessageType:
+    """Return the frame type that carries ``event``.
+
+    Raises:
+        TypeError: for an event that is not a message (ConnectionClosed).
+    """
+    try:
+        return _TYPES[type(event)]
+    except KeyError:
+        raise TypeError(f"{type(event).__name__} is not a wire message") from None
+
+
+def _check_allowed(message_type: MessageType, vector: Vector, relative: bool = False) -> None:
+    encoding = encoding_of(vector)
+    if encoding not in ALLOWED_ENCODINGS[message_type]:
+        raise ValueError(f"{message_type.name} cannot carry a {encoding.name} vector")
+    if relative and encoding in (Encoding.ZERO, Encoding.EQUALS_SNAPSHOT):
+        raise ValueError(f"a RELATIVE MODEL cannot carry {encoding.name}; send EqualsSnapshot unflagged")
+
+
+def _packb(value: Mapping[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def encode_message(event: Event, version: int = 1) -> bytes:
+    """Encode ``event`` as one frame.
+
+    HELLO and WELCOME always carry header version 1 (wire-format.md 6.1); the
+    others carry ``version``, the negotiated one.
+
+    Raises:
+        TypeError: if ``event`` is not a wire message.
+        ValueError: if a vector encoding is not allowed in the message.
+    """
+    message_type = message_type_of(event)
+    flags = 0
+    parts: list[bytes]
+    if isinstance(event, Hello):
+        version = 1
+        parts = [
+            _packb(
+                {
+                    "magic": MAGIC,
+                    "min_version": event.min_version,
+                    "max_version": event.max_version,
+                    "encodings": sorted(event.encodings),
+                    "name": event.name,
+                }
+            )
+        ]
+    elif isinstance(event, Welcome):
+        version = 1
+        parts = [
+            _packb(
+                {
+                    "version": event.version,
+                    "worker_id": event.worker_id,
+                    "encodings": sorted(event.encodings),
+                }
+            )
+        ]
+    elif isinstance(event, Config):
+        parts = [_packb({"dim": event.dim, "algorithm": event.algorithm, "params": event.params})]
+    elif isinstance(event, Snapshot | FullGradient):
+        _check_allowed(message_type, event.vector)
+        parts = [uvarint(event.epoch), *encode_vector(event.vector)]
+    elif isinstance(event, SnapshotGradient):
+        _check_allowed(message_type, event.vector)
+        parts = [
+            uvarint(event.epoch),
+            uvarint(event.samples),
+            uvarint(event.correct),
+            pack_f64(event.loss),
+            *encode_vector(event.vector),
+        ]
+    elif isinstance(event, Model):
+        _check_allowed(message_type, event.vector, event.relative)
+        flags = FLAG_RELATIVE if event.relative else 0
+        parts = [uvarint(event.epoch), uvarint(event.version), *encode_vector(event.vector)]
+    elif isinstance(event, Gradient):
+        _check_allowed(message_type, event.vector)
+        parts = [uvarint(event.epoch), uvarint(event.version), *encode_vector(event.vector)]
+    elif isinstance(event, Heartbeat):
+        parts = []
+    elif isinstance(event, Error):
+        parts = [
+            pack_u16(event.code),
+            uvarint(event.epoch),
+            uvarint(event.version),
+            event.reason.encode(),
+        ]
+    else:
+        assert isinstance(event, Close)
+        parts = [pack_u16(event.code), event.reason.encode()]
+    return encode_frame(version, message_type, flags, parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecodeContext:
+    """What the receiver knows that decoding depends on."""
+
+    #: Receiver limits.
+    limits: Limits = Limits()
+    #: The configured model dimension, once CONFIG has been exchanged.
+    dim: int | None = None
+    #: Encodings this receiver announced it can decode.
+    encodings: frozenset[int] = frozenset(Encoding)
+
+
+def _malformed(message: str) -> CodecError:
+    return CodecError(message, ErrorCode.MALFORMED_FRAME)
+
+
+def _config_error(message: str) -> CodecError:
+    return CodecError(message, ErrorCode.INVALID_CONFIG)
+
+
+def _unpack_map(body: bytes, limits: Limits, what: str) -> dict[str, Any]:
+    if len(body) > limits.max_control_bytes:
+        raise CodecError(f"{what} body exceeds {limits.max_control_bytes} bytes", ErrorCode.LIMIT_EXCEEDED)
+    try:
+        value = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_control_bytes,
+            max_bin_len=limits.max_control_bytes,
+            max_array_len=limits.max_control_bytes,
+            max_map_len=limits.max_control_bytes,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+        raise _malformed(f"{what}: not one msgpack value: {exc}") from exc
+    except RecursionError as exc:  # pragma: no cover - msgpack's C unpacker limits depth itself
+        raise _malformed(f"{what}: nested too deeply") from exc
+    if not isinstance(value, dict):
+        raise _config_error(f"{what} must be a msgpack map")
+    return value
+
+
+def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in body:
+        raise _config_error(f"{what}: field {key!r} is missing")
+    value = body[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise _config_error(f"{what}: field {key!r} has the wrong type")
+    return value
+
+
+def _encodings(body: dict[str, Any], what: str) -> frozenset[int]:
+    values = _field(body, "encodings", list, what)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 15 for v in values):
+        raise _config_error(f"{what}: encodings are integers from 0 to 15")
+    return frozenset(values)
+
+
+def _build(factory: Any, what: str, **fields: Any) -> Any:
+    """Construct an event, turning its validation errors into INVALID_CONFIG."""
+    try:
+        return factory(**fields)
+    except (ValueError, TypeError) as exc:
+        raise _config_error(f"{what}: {exc}") from exc
+
+
+def _reason(cursor: Cursor, limits: Limits) -> str:
+    raw = cursor.rest()
+    if len(raw) > limits.max_reason_bytes:
+        raise CodecError(f"reason longer than {limits.max_reason_bytes} bytes", ErrorCode.LIMIT_EXCEEDED)
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _malformed("reason is not valid UTF-8") from exc
+
+
+def _vector(cursor: Cursor, context: DecodeContext, message_type: MessageType) -> Vector:
+    allowed = ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in context.encodings if e < 8}
+    return decode_vector(cursor, context.limits, expected_dim=context.dim, allowed=allowed)
+
+
+def _raw(cursor: Cursor, context: DecodeContext, message_type: MessageType) -> RawVector:
+    vector = _vector(cursor, context, message_type)
+    assert isinstance(vector, RawVector)  # guaranteed by ALLOWED_ENCODINGS
+    return vector
+
+
+def decode_message(frame: Frame, context: DecodeContext) -> Event:
+    """Decode one frame's body into its event.
+
+    The frame's version is the connection's business; this checks the type,
+    the flags and every field.
+
+    Raises:
+        CodecError: with the wire error code of the first rule broken.
+    """
+    try:
+        message_type = MessageType(frame.type)
+    except ValueError:
+        raise CodecError(f"unknown message type {frame.type:#04x}", ErrorCode.UNKNOWN_MESSAGE_TYPE) from None
+    allowed_flags = FLAG_RELATIVE if message_type == MessageType.MODEL else 0
+    if frame.flags & ~allowed_flags:
+        raise _malformed(f"{message_type.name}: reserved flag bits {frame.flags:#04x} set")
+    limits = context.limits
+    what = message_type.name
+    if message_type == MessageType.HELLO:
+        body = _unpack_map(frame.body, limits, what)
+        if body.get("magic") != MAGIC:
+            raise _config_error("HELLO: magic is not 'aiodq'")
+        return _build(
+            Hello,
+            what,
+            min_version=_field(body, "min_version", int, what),
+            max_version=_field(body, "max_version", int, what),
+            encodings=_encodings(body, what),
+            name=_field(body, "name", str, what),
+        )
+    if message_type == MessageType.WELCOME:
+        body = _unpack_map(frame.body, limits, what)
+        return _build(
+            Welcome,
+            what,
+            version=_field(body, "version", int, what),
+            worker_id=_field(body, "worker_id", int, what),
+            encodings=_encodings(body, what),
+        )
+    if message_type == MessageType.CONFIG:
+        body = _unpack_map(frame.body, limits, what)
+        dim = _field(body, "dim", int, what)
+        if not 1 <= dim <= limits.max_dimension:
+            raise CodecError(f"CONFIG: dim {dim} outside [1, {limits.max_dimension}]", ErrorCode.LIMIT_EXCEEDED)
+        return _build(
+            Config,
+            what,
+            dim=dim,
+            algorithm=_field(body, "algorithm", str, what),
+            params=_field(body, "params", dict, what),
+        )
+    cursor = Cursor(frame.body)
+    event: Event
+    if message_type == MessageType.SNAPSHOT:
+        epoch = cursor.uvarint("epoch")
+        event = Snapshot(epoch=epoch, vector=_raw(cursor, context, message_type))
+    elif message_type == MessageType.SNAPSHOT_GRADIENT:
+        epoch = cursor.uvarint("epoch")
+        samples = cursor.uvarint("samples")
+        correct = cursor.uvarint("correct")
+        loss = cursor.f64("loss")
+        event = SnapshotGradient(
+            epoch=epoch,
+            samples=samples,
+            correct=correct,
+            loss=loss,
+            vector=_raw(cursor, context, message_type),
+        )
+    elif message_type == MessageType.FULL_GRADIENT:
+        epoch = cursor.uvarint("epoch")
+        event = FullGradient(epoch=epoch, vector=_raw(cursor, context, message_type))
+    elif message_type == MessageType.MODEL:
+        epoch = cursor.uvarint("epoch")
+        version = cursor.uvarint("version")
+        vector = _vector(cursor, context, message_type)
+        relative = bool(frame.flags & FLAG_RELATIVE)
+        if relative and encoding_of(vector) in (Encoding.ZERO, Encoding.EQUALS_SNAPSHOT):
+            raise CodecError("a RELATIVE MODEL cannot carry ZERO or EQUALS_SNAPSHOT", ErrorCode.INVALID_PAYLOAD)
+        event = Model(epoch=epoch, version=version, vector=vector, relative=relative)
+    elif message_type == MessageType.GRADIENT:
+        epoch = cursor.uvarint("epoch")
+        version = cursor.uvarint("version")
+        event = Gradient(epoch=epoch, version=version, vector=_vector(cursor, context, message_type))
+    elif message_type == MessageType.HEARTBEAT:
+        cursor.expect_end("HEARTBEAT")
+        event = Heartbeat()
+    elif message_type == MessageType.ERROR:
+        code = cursor.u16("code")
+        epoch = cursor.uvarint("epoch")
+        version = cursor.uvarint("version")
+        event = Error(code=code, epoch=epoch, version=version, reason=_reason(cursor, limits))
+    else:
+        code = cursor.u16("code")
+        event = Close(code=code, reason=_reason(cursor, limits))
+    return event
