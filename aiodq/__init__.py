@@ -10,7 +10,14 @@ The public API, in three rings (see docs/usage.md):
 
 from .config import ConnectionConfig, Limits
 from .connection import ConnectionState, MasterConnection, WorkerConnection
-from .errors import CodecError, ErrorCode, LocalProtocolError, NonFiniteError, ProtocolError, RemoteProtocolError
+from .errors import (
+    CodecError,
+    ErrorCode,
+    LocalProtocolError,
+    NonFiniteError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from .events import (
     Close,
     Config,
@@ -29,7 +36,15 @@ from .events import (
 from .quant.lowp import quantize_gradient, quantize_model, quantize_with_dither
 from .quant.qsgd import quantize_qsgd
 from .quant.sparse import quantize_sparse, sparsify
-from .vectors import DenseQuantized, EqualsSnapshot, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
+from .vectors import (
+    DenseQuantized,
+    EqualsSnapshot,
+    QSGDVector,
+    RawVector,
+    SparseQuantized,
+    Vector,
+    ZeroVector,
+)
 from .wire.frames import FrameReader, MessageType
 from .wire.messages import DecodeContext, decode_message, encode_message
 from .wire.payload import Encoding

@@ -33,6 +33,7 @@ from .quant.lowp import quantize_gradient
 from .quant.packing import packed_size
 from .quant.sparse import quantize_sparse
 from .vectors import DenseQuantized, SparseQuantized
+from .wire.bitcodes import rice_block_size
 from .wire.frames import FrameReader
 from .wire.messages import DecodeContext, decode_message, encode_message
 from .wire.payload import Encoding, encoding_of, sparse_index_encoding
@@ -77,45 +78,43 @@ def _ideal_bytes(vector: DenseQuantized | SparseQuantized) -> int:
     if encoding is Encoding.SPARSE_BITMAP:
         index_bytes = (vector.dim + 7) // 8
     else:
-        from .wire.bitcodes import rice_block_size
-
         index_bytes = rice_block_size(np.diff(vector.indices, prepend=-1) - 1, k)
     return packed_size(vector.nnz, vector.bits) + 4 + index_bytes
 
 
-def _case(x: np.ndarray[Any, Any], bits: int, budget: float | None, repeats: int, seed: int) -> dict[str, Any]:
+def _case(
+    x: np.ndarray[Any, Any], bits: int, budget: float | None, repeats: int, seed: int
+) -> dict[str, Any]:
     d = x.shape[0]
     rng = np.random.default_rng(seed)
     context = DecodeContext(limits=Limits(), dim=d)
 
     def quantized() -> DenseQuantized | SparseQuantized:
-        if budget is None:
-            vector = quantize_gradient(x, bits, rng)
-        else:
-            vector = quantize_sparse(x, budget, bits, rng)
+        vector = quantize_gradient(x, bits, rng) if budget is None else quantize_sparse(x, budget, bits, rng)
         assert isinstance(vector, DenseQuantized | SparseQuantized)
         return vector
 
     def encode() -> bytes:
         return encode_message(Gradient(epoch=1, version=1, vector=quantized()))
 
-    frame_bytes = encode()
-
-    def decode() -> np.ndarray[Any, Any]:
+    def decode(data: bytes) -> Gradient:
         reader = FrameReader(context.limits)
-        reader.feed(frame_bytes)
+        reader.feed(data)
         frame = reader.next_frame()
         assert frame is not None
         event = decode_message(frame, context)
         assert isinstance(event, Gradient)
-        return event.vector.to_dense(np.float32)
+        return event
+
+    frame_bytes = encode()
+    vector = decode(frame_bytes).vector
+    assert isinstance(vector, DenseQuantized | SparseQuantized)
 
     baseline = _median_seconds(x.tobytes, repeats)
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     encode_s = _median_seconds(encode, repeats)
-    decode_s = _median_seconds(decode, repeats)
+    decode_s = _median_seconds(lambda: decode(frame_bytes).vector.to_dense(np.float32), repeats)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    vector = quantized()
     ideal = _ideal_bytes(vector)
     return {
         "d": d,

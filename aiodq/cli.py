@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .bench import main_codec
 from .connection import MasterConnection, WorkerConnection
@@ -29,7 +30,9 @@ from .wire.messages import encode_message
 __all__ = ["main"]
 
 
-def _pump(sender: MasterConnection | WorkerConnection, receiver: MasterConnection | WorkerConnection) -> list[Event]:
+def _pump(
+    sender: MasterConnection | WorkerConnection, receiver: MasterConnection | WorkerConnection
+) -> list[Event]:
     receiver.receive_data(sender.data_to_send(), 0.0)
     events = []
     while (event := receiver.next_event()) is not None:
@@ -45,9 +48,10 @@ def demo(dim: int, bits: int, mu: float, seed: int) -> dict[str, object]:
     features = rng.standard_normal((samples, dim)) / np.sqrt(dim)
     labels = np.where(features @ rng.standard_normal(dim) > 0, 1.0, -1.0)
 
-    def gradient(x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    def gradient(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         margins = labels * (features @ x)
-        return -(features.T @ (labels / (1.0 + np.exp(margins)))) / samples
+        result: npt.NDArray[np.float64] = -(features.T @ (labels / (1.0 + np.exp(margins)))) / samples
+        return result
 
     master, worker = MasterConnection(), WorkerConnection()
     worker.send(Hello(name="demo-worker"), 0.0)
@@ -59,8 +63,13 @@ def demo(dim: int, bits: int, mu: float, seed: int) -> dict[str, object]:
     master.send(Snapshot(epoch=0, vector=RawVector(snapshot)), 0.0)
     _pump(master, worker)
     worker.send(
-        SnapshotGradient(epoch=0, samples=samples, loss=samples * np.log(2.0), correct=0,
-                         vector=RawVector(gradient(snapshot) * samples)),
+        SnapshotGradient(
+            epoch=0,
+            samples=samples,
+            loss=samples * np.log(2.0),
+            correct=0,
+            vector=RawVector(gradient(snapshot) * samples),
+        ),
         0.0,
     )
     _pump(worker, master)
@@ -77,9 +86,14 @@ def demo(dim: int, bits: int, mu: float, seed: int) -> dict[str, object]:
         ("GRADIENT QSGD s=16", quantize_qsgd(alpha, 16, rng)),
         ("GRADIENT float32", RawVector(alpha.astype(np.float32))),
     ]:
-        error = float(np.linalg.norm(vector.to_dense() - alpha) / max(np.linalg.norm(alpha), 1e-300))
-        rows.append({"message": name, "bytes": len(encode_message(Gradient(epoch=0, version=1, vector=vector))),
-                     "relative_error": round(error, 4)})
+        error = float(np.linalg.norm(vector.to_dense() - alpha)) / max(float(np.linalg.norm(alpha)), 1e-300)
+        rows.append(
+            {
+                "message": name,
+                "bytes": len(encode_message(Gradient(epoch=0, version=1, vector=vector))),
+                "relative_error": round(error, 4),
+            }
+        )
     return {"dim": dim, "float32_bytes": 4 * dim, "messages": rows}
 
 

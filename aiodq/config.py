@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ConnectionConfig", "Limits"]
+__all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,12 +31,16 @@ class Limits:
             raise ValueError("max_reason_bytes must not be negative")
 
 
+#: The default limits, shared: Limits objects are immutable.
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionConfig:
     """Options of a sans-I/O connection (wire-format.md 8 and 10)."""
 
     #: Receiver limits.
-    limits: Limits = Limits()
+    limits: Limits = DEFAULT_LIMITS
     #: Seconds allowed from connection start until the handshake completes.
     handshake_timeout: float = 10.0
     #: Seconds without sending anything after which a HEARTBEAT is sent.

@@ -31,7 +31,6 @@ from .events import (
     Close,
     Config,
     ConnectionClosed,
-    Error,
     Event,
     FullGradient,
     Gradient,
@@ -108,7 +107,12 @@ _STATES: dict[MessageType, frozenset[ConnectionState]] = {
     MessageType.HEARTBEAT: _LIVE,
     MessageType.ERROR: _LIVE,
     MessageType.CLOSE: frozenset(
-        {ConnectionState.HANDSHAKE, ConnectionState.CONFIGURING, ConnectionState.READY, ConnectionState.CLOSING}
+        {
+            ConnectionState.HANDSHAKE,
+            ConnectionState.CONFIGURING,
+            ConnectionState.READY,
+            ConnectionState.CLOSING,
+        }
     ),
 }
 
@@ -131,7 +135,7 @@ class _Epoch:
     last_version: int | None = None
 
 
-class _Violation(Exception):
+class _ViolationError(Exception):
     """A message order rule broken; the caller turns it into Local or Remote error."""
 
     def __init__(self, message: str, code: ErrorCode) -> None:
@@ -243,7 +247,7 @@ class Connection:
             return self._stream_end()
         try:
             event = self._receive_frame(frame)
-        except (CodecError, _Violation) as exc:
+        except (CodecError, _ViolationError) as exc:
             self._fail(exc.code, str(exc))
             raise RemoteProtocolError(str(exc), exc.code) from exc
         return event
@@ -260,11 +264,15 @@ class Connection:
         try:
             message_type = MessageType(frame.type)
         except ValueError:
-            raise _Violation(f"unknown message type {frame.type:#04x}", ErrorCode.UNKNOWN_MESSAGE_TYPE) from None
+            raise _ViolationError(
+                f"unknown message type {frame.type:#04x}", ErrorCode.UNKNOWN_MESSAGE_TYPE
+            ) from None
         # wire-format.md 6.1: HELLO and WELCOME carry version 1; later frames the negotiated one.
         expected = 1 if message_type in (MessageType.HELLO, MessageType.WELCOME) else self._version
         if expected is not None and frame.version != expected:
-            raise _Violation(f"frame version {frame.version}, expected {expected}", ErrorCode.UNSUPPORTED_VERSION)
+            raise _ViolationError(
+                f"frame version {frame.version}, expected {expected}", ErrorCode.UNSUPPORTED_VERSION
+            )
         self._check_order(message_type, sender=self._peer_role)
         event = decode_message(frame, self._context)
         self._check_content(event, sender=self._peer_role)
@@ -289,11 +297,11 @@ class Connection:
             self._check_content(event, sender=self.role)
             vector = getattr(event, "vector", None)
             if vector is not None and int(encoding_of(vector)) not in self._peer_encodings:
-                raise _Violation(
+                raise _ViolationError(
                     f"the peer did not announce {encoding_of(vector).name}", ErrorCode.UNSUPPORTED_ENCODING
                 )
             data = encode_message(event, self._version or 1)
-        except _Violation as exc:
+        except _ViolationError as exc:
             raise LocalProtocolError(str(exc), exc.code) from exc
         except ValueError as exc:
             raise LocalProtocolError(str(exc), ErrorCode.PROTOCOL_ERROR) from exc
@@ -365,15 +373,19 @@ class Connection:
         if self._state is ConnectionState.CLOSED or (
             self._state is ConnectionState.CLOSING and sender is self.role
         ):
-            raise _Violation(f"{message_type.name} after CLOSE", ErrorCode.UNEXPECTED_MESSAGE)
+            raise _ViolationError(f"{message_type.name} after CLOSE", ErrorCode.UNEXPECTED_MESSAGE)
         owner = _SENDER[message_type]
         if owner is not None and owner is not sender:
-            raise _Violation(f"a {sender.value} does not send {message_type.name}", ErrorCode.UNEXPECTED_MESSAGE)
-        state = self._state
+            raise _ViolationError(
+                f"a {sender.value} does not send {message_type.name}", ErrorCode.UNEXPECTED_MESSAGE
+            )
+        state: ConnectionState = self._state
         if state is ConnectionState.CLOSING:  # the peer may still be sending
             state = self._state_before_close
         if state not in _STATES[message_type]:
-            raise _Violation(f"{message_type.name} not allowed in state {state.value}", ErrorCode.UNEXPECTED_MESSAGE)
+            raise _ViolationError(
+                f"{message_type.name} not allowed in state {state.value}", ErrorCode.UNEXPECTED_MESSAGE
+            )
 
     def _check_content(self, event: Event, *, sender: Role) -> None:
         """wire-format.md 8.2: epochs, versions and the request/answer pairing."""
@@ -383,62 +395,85 @@ class Connection:
                 return
             common = SUPPORTED_VERSIONS & set(range(event.min_version, event.max_version + 1))
             if not common:
-                raise _Violation(
+                raise _ViolationError(
                     f"no common version: offered {event.min_version}..{event.max_version}",
                     ErrorCode.UNSUPPORTED_VERSION,
                 )
         elif isinstance(event, Welcome):
             offered = self._offered
             if offered is not None and not offered[0] <= event.version <= offered[1]:
-                raise _Violation(f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION)
+                raise _ViolationError(
+                    f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION
+                )
             if event.version not in SUPPORTED_VERSIONS:
-                raise _Violation(f"version {event.version} is not supported", ErrorCode.UNSUPPORTED_VERSION)
+                raise _ViolationError(
+                    f"version {event.version} is not supported", ErrorCode.UNSUPPORTED_VERSION
+                )
         elif isinstance(event, Snapshot):
             if epoch.snapshot_pending:
-                raise _Violation("SNAPSHOT before the previous one was answered", ErrorCode.UNEXPECTED_MESSAGE)
+                raise _ViolationError(
+                    "SNAPSHOT before the previous one was answered", ErrorCode.UNEXPECTED_MESSAGE
+                )
             if epoch.current is not None and event.epoch <= epoch.current:
-                raise _Violation(f"SNAPSHOT epoch {event.epoch} not above {epoch.current}", ErrorCode.UNKNOWN_EPOCH)
+                raise _ViolationError(
+                    f"SNAPSHOT epoch {event.epoch} not above {epoch.current}", ErrorCode.UNKNOWN_EPOCH
+                )
         elif isinstance(event, SnapshotGradient):
             if not epoch.snapshot_pending:
-                raise _Violation("SNAPSHOT_GRADIENT without a pending SNAPSHOT", ErrorCode.UNEXPECTED_MESSAGE)
+                raise _ViolationError(
+                    "SNAPSHOT_GRADIENT without a pending SNAPSHOT", ErrorCode.UNEXPECTED_MESSAGE
+                )
             if event.epoch != epoch.current:
-                raise _Violation(f"SNAPSHOT_GRADIENT for epoch {event.epoch}", ErrorCode.UNKNOWN_EPOCH)
+                raise _ViolationError(f"SNAPSHOT_GRADIENT for epoch {event.epoch}", ErrorCode.UNKNOWN_EPOCH)
             if epoch.outstanding is not None:
-                raise _Violation("SNAPSHOT_GRADIENT before the GRADIENT it owes", ErrorCode.UNEXPECTED_MESSAGE)
+                raise _ViolationError(
+                    "SNAPSHOT_GRADIENT before the GRADIENT it owes", ErrorCode.UNEXPECTED_MESSAGE
+                )
         elif isinstance(event, FullGradient):
             self._check_in_epoch(event.epoch, "FULL_GRADIENT")
             if epoch.full_gradient_sent or epoch.model_sent:
-                raise _Violation("FULL_GRADIENT only once, before the epoch's first MODEL", ErrorCode.UNEXPECTED_MESSAGE)
+                raise _ViolationError(
+                    "FULL_GRADIENT only once, before the epoch's first MODEL", ErrorCode.UNEXPECTED_MESSAGE
+                )
         elif isinstance(event, Model):
             self._check_in_epoch(event.epoch, "MODEL")
             if epoch.outstanding is not None:
-                raise _Violation("MODEL before the previous one was answered", ErrorCode.UNEXPECTED_MESSAGE)
+                raise _ViolationError(
+                    "MODEL before the previous one was answered", ErrorCode.UNEXPECTED_MESSAGE
+                )
             if epoch.last_version is not None and event.version < epoch.last_version:
-                raise _Violation(
+                raise _ViolationError(
                     f"MODEL version {event.version} below {epoch.last_version}", ErrorCode.VERSION_MISMATCH
                 )
         elif isinstance(event, Gradient):
             if epoch.outstanding is None:
-                raise _Violation("GRADIENT without a MODEL to answer", ErrorCode.UNEXPECTED_MESSAGE)
+                raise _ViolationError("GRADIENT without a MODEL to answer", ErrorCode.UNEXPECTED_MESSAGE)
             model_epoch, model_version = epoch.outstanding
             if event.epoch != model_epoch:
-                raise _Violation(f"GRADIENT epoch {event.epoch}, the MODEL had {model_epoch}", ErrorCode.UNKNOWN_EPOCH)
+                raise _ViolationError(
+                    f"GRADIENT epoch {event.epoch}, the MODEL had {model_epoch}", ErrorCode.UNKNOWN_EPOCH
+                )
             if event.version > model_version:
-                raise _Violation(
+                raise _ViolationError(
                     f"GRADIENT version {event.version} is from the future (MODEL {model_version})",
                     ErrorCode.FUTURE_VERSION,
                 )
             if event.version < model_version:
-                raise _Violation(
-                    f"GRADIENT version {event.version}, the MODEL had {model_version}", ErrorCode.VERSION_MISMATCH
+                raise _ViolationError(
+                    f"GRADIENT version {event.version}, the MODEL had {model_version}",
+                    ErrorCode.VERSION_MISMATCH,
                 )
 
     def _check_in_epoch(self, event_epoch: int, what: str) -> None:
         epoch = self._epoch
         if epoch.current is None or epoch.snapshot_pending:
-            raise _Violation(f"{what} before the epoch's snapshot phase ended", ErrorCode.UNEXPECTED_MESSAGE)
+            raise _ViolationError(
+                f"{what} before the epoch's snapshot phase ended", ErrorCode.UNEXPECTED_MESSAGE
+            )
         if event_epoch != epoch.current:
-            raise _Violation(f"{what} epoch {event_epoch}, current {epoch.current}", ErrorCode.UNKNOWN_EPOCH)
+            raise _ViolationError(
+                f"{what} epoch {event_epoch}, current {epoch.current}", ErrorCode.UNKNOWN_EPOCH
+            )
 
     def _apply(self, event: Event, *, sent: bool) -> None:
         """Update the state after a message passed every check."""

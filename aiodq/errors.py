@@ -84,7 +84,7 @@ class ProtocolError(Exception):
 
 
 class LocalProtocolError(ProtocolError):
-    """This side tried to do something the protocol forbids."""
+    """The local side tried to do something the protocol forbids."""
 
 
 class RemoteProtocolError(ProtocolError):
@@ -94,7 +94,7 @@ class RemoteProtocolError(ProtocolError):
 class CodecError(ProtocolError):
     """Bytes that do not decode under the wire format.
 
-    Raised by the pure codec, which does not know which side sent the bytes; the
+    The pure codec raises it; it does not know which side sent the bytes; the
     connections re-raise it as :class:`RemoteProtocolError` with the same code.
     """
 

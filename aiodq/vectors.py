@@ -140,7 +140,7 @@ class ZeroVector:
 
 @dataclass(frozen=True, slots=True)
 class EqualsSnapshot:
-    """"The model equals the snapshot" (encoding EQUALS_SNAPSHOT, MODEL frames only)."""
+    """The model equals the snapshot (encoding EQUALS_SNAPSHOT, MODEL frames only)."""
 
     #: Number of coordinates.
     dim: int
@@ -211,9 +211,7 @@ class DenseQuantized:
         if not isinstance(other, DenseQuantized):
             return NotImplemented
         return (
-            self.bits == other.bits
-            and self.scale == other.scale
-            and np.array_equal(self.codes, other.codes)
+            self.bits == other.bits and self.scale == other.scale and np.array_equal(self.codes, other.codes)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -355,16 +353,10 @@ class QSGDVector:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QSGDVector):
             return NotImplemented
-        return (
-            self.s == other.s
-            and self.norm == other.norm
-            and np.array_equal(self.levels, other.levels)
-        )
+        return self.s == other.s and self.norm == other.norm and np.array_equal(self.levels, other.levels)
 
     __hash__ = None  # type: ignore[assignment]
 
 
 #: Any vector value the wire format carries.
-Vector: TypeAlias = (
-    RawVector | ZeroVector | EqualsSnapshot | DenseQuantized | SparseQuantized | QSGDVector
-)
+Vector: TypeAlias = RawVector | ZeroVector | EqualsSnapshot | DenseQuantized | SparseQuantized | QSGDVector

@@ -97,7 +97,7 @@ def draw_dither(rng: np.random.Generator, count: int) -> npt.NDArray[np.uint16]:
 
 def floor_with_dither(
     values: npt.NDArray[Any], inverse_delta: float, dither: npt.NDArray[Any], bits: int
-) -> npt.NDArray[np.int64] | npt.NDArray[np.int32]:
+) -> npt.NDArray[Any]:
     """Return ``floor(values * inverse_delta + u)``, not yet clipped to a code range.
 
     ``dither`` is a uint16 array ``r`` (``u = r / 2**16``, the fast path) or
@@ -111,13 +111,13 @@ def floor_with_dither(
             # |2**16 y| <= 2**23: float32 holds it to within one unit of 2**-16.
             scaled = np.multiply(values, np.float32(inverse_delta * _DITHER_SCALE), dtype=np.float32)
             np.floor(scaled, out=scaled)
-            fixed32 = scaled.astype(np.int32)
+            fixed32: npt.NDArray[Any] = scaled.astype(np.int32)
             np.add(fixed32, dither, out=fixed32)
             np.right_shift(fixed32, DITHER_BITS, out=fixed32)
             return fixed32
         wide = np.multiply(values, inverse_delta * _DITHER_SCALE, dtype=np.float64)
         np.floor(wide, out=wide)
-        fixed64 = wide.astype(np.int64)
+        fixed64: npt.NDArray[Any] = wide.astype(np.int64)
         np.add(fixed64, dither, out=fixed64)
         np.right_shift(fixed64, DITHER_BITS, out=fixed64)
         return fixed64
@@ -126,12 +126,13 @@ def floor_with_dither(
         raise ValueError("a float dither must lie in [0, 1)")
     y = np.multiply(values, inverse_delta, dtype=np.float64)
     y += u
-    return np.floor(y).astype(np.int64)
+    codes: npt.NDArray[Any] = np.floor(y).astype(np.int64)
+    return codes
 
 
 def quantize_with_dither(
     values: npt.ArrayLike, delta: float, bits: int, dither: npt.ArrayLike
-) -> npt.NDArray[np.int16]:
+) -> npt.NDArray[Any]:
     """Stochastic rounding with an explicit dither: the core of Q_(delta, b).
 
     ``code = clip(floor(v / delta + u), -2**(b-1), 2**(b-1) - 1)``, where ``u``
@@ -146,7 +147,7 @@ def quantize_with_dither(
         dither: one dither per value.
 
     Returns:
-        The codes as an ``int16`` array.
+        The codes: ``int8`` for ``bits <= 8``, else ``int16``.
 
     Raises:
         NonFiniteError: if ``values`` holds NaN or infinities.
@@ -166,12 +167,10 @@ def quantize_with_dither(
     low, high = code_range(bits)
     codes = floor_with_dither(v, 1.0 / delta, u, bits)
     np.clip(codes, low, high, out=codes)
-    return codes.astype(np.int16)
+    return codes.astype(np.int8 if bits <= 8 else np.int16)
 
 
-def quantize(
-    values: npt.ArrayLike, delta: float, bits: int, rng: np.random.Generator
-) -> npt.NDArray[np.int16]:
+def quantize(values: npt.ArrayLike, delta: float, bits: int, rng: np.random.Generator) -> npt.NDArray[Any]:
     """Q_(delta, b) with a dither drawn from ``rng`` (see :func:`quantize_with_dither`)."""
     v = np.asarray(values)
     return quantize_with_dither(v, delta, bits, draw_dither(rng, v.shape[0] if v.ndim else 1))
@@ -209,7 +208,7 @@ def quantize_gradient(
 
 def quantize_to_range(
     values: npt.NDArray[Any], largest: float, bits: int, rng: np.random.Generator
-) -> tuple[float, npt.NDArray[np.int16]]:
+) -> tuple[float, npt.NDArray[Any]]:
     """Quantize on the grid whose top code ``2**(b-1) - 1`` sits at ``largest``.
 
     Returns:

@@ -14,6 +14,8 @@ widths 10 to 14 pack groups of codes through 64-bit words; the odd widths 9 to
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -27,7 +29,7 @@ __all__ = [
 #: Widest code the packer handles (wire-format.md 5.1: widths 1 to 16).
 MAX_WIDTH = 16
 
-_IntArray = npt.NDArray[np.integer]
+_IntArray = npt.NDArray[Any]
 
 
 def packed_size(count: int, width: int) -> int:
@@ -107,8 +109,8 @@ def unpack(data: bytes | memoryview, count: int, width: int, *, signed: bool) ->
     if width == 16:
         return raw.view("<i2").astype(np.int16) if signed else raw.view("<u2").astype(np.uint16)
     if 8 % width == 0:
-        values = _unpack_sub_byte(raw, count, width)
-    elif width < 8 or width % 2 == 0:
+        return _unpack_sub_byte(raw, count, width, signed)
+    if width < 8 or width % 2 == 0:
         values = _unpack_words(raw, count, width)
     else:
         values = _unpack_bits(raw, count, width)
@@ -133,28 +135,50 @@ def _result_dtype(narrow: bool, signed: bool) -> type[np.integer]:
 
 
 def _pack_sub_byte(codes: _IntArray, width: int) -> bytes:
+    """Pack 8 / width codes per byte, reading the codes' low bytes as wider words."""
+    low = codes.astype(np.uint8, copy=False)
+    if width == 1:
+        return np.packbits(low & np.uint8(1), bitorder="little").tobytes()
     per_byte = 8 // width
+    tail = -low.shape[0] % per_byte
+    if tail:
+        low = np.concatenate([low, np.zeros(tail, dtype=np.uint8)])
     mask = (1 << width) - 1
-    n = codes.shape[0]
-    full = n - n % per_byte
-    out = np.zeros((n + per_byte - 1) // per_byte, dtype=np.uint8)
-    low = codes.astype(np.uint8, copy=False) & np.uint8(mask)
-    body = low[:full].reshape(-1, per_byte)
-    acc = out[: full // per_byte]
-    for k in range(per_byte):
-        acc |= body[:, k] << np.uint8(k * width)
-    for k, value in enumerate(low[full:]):
-        out[-1] |= np.uint8(value) << np.uint8(k * width)
-    return out.tobytes()
+    # Code k of a group sits in byte k of a little-endian word: move its low
+    # `width` bits to bit k * width, i.e. shift right by k * (8 - width).
+    words: npt.NDArray[Any] = np.ascontiguousarray(low).view(np.uint16 if per_byte == 2 else np.uint32)
+    out: npt.NDArray[Any] = words & mask
+    for k in range(1, per_byte):
+        out |= (words >> (k * (8 - width))) & (mask << (k * width))
+    return bytes(out.astype(np.uint8).tobytes())
 
 
-def _unpack_sub_byte(raw: npt.NDArray[np.uint8], count: int, width: int) -> _IntArray:
-    per_byte = 8 // width
-    mask = np.uint8((1 << width) - 1)
-    out = np.empty((raw.shape[0], per_byte), dtype=np.uint8)
-    for k in range(per_byte):
-        np.bitwise_and(raw >> np.uint8(k * width), mask, out=out[:, k])
-    return out.reshape(-1)[:count]
+def _lookup_table(width: int) -> npt.NDArray[Any]:
+    """For each byte value, its 8 / width sign-extended codes as one little-endian word."""
+    table = _TABLES.get(width)
+    if table is None:
+        per_byte = 8 // width
+        values = np.arange(256, dtype=np.int64)
+        half = 1 << (width - 1)
+        entries = np.zeros(256, dtype=np.uint64)
+        for k in range(per_byte):
+            field = (values >> (k * width)) & ((1 << width) - 1)
+            signed = (field ^ half) - half
+            entries |= (signed.astype(np.uint64) & np.uint64(0xFF)) << np.uint64(8 * k)
+        table = entries.astype({1: np.uint64, 2: np.uint32, 4: np.uint16}[width])
+        _TABLES[width] = table
+    return table
+
+
+_TABLES: dict[int, npt.NDArray[Any]] = {}
+
+
+def _unpack_sub_byte(raw: npt.NDArray[np.uint8], count: int, width: int, signed: bool) -> _IntArray:
+    """Unpack through a 256-entry table: one gather yields 8 / width sign-extended codes."""
+    codes = np.take(_lookup_table(width), raw).view(np.int8)[:count]
+    if signed:
+        return codes
+    return codes.view(np.uint8) & np.uint8((1 << width) - 1)
 
 
 # -- groups of codes through 64-bit words ------------------------------------
@@ -175,8 +199,8 @@ def _pack_words(codes: _IntArray, width: int) -> bytes:
     padded[:n] = codes.astype(np.int64, copy=False) & ((1 << width) - 1)
     shifts = np.arange(per_group, dtype=np.uint64) * np.uint64(width)
     words = np.bitwise_or.reduce(padded.reshape(groups, per_group) << shifts, axis=1)
-    as_bytes = words.astype("<u8").view(np.uint8).reshape(groups, 8)[:, :group_bytes]
-    return as_bytes.tobytes()[: packed_size(n, width)]
+    as_bytes: npt.NDArray[Any] = words.astype("<u8").view(np.uint8).reshape(groups, 8)[:, :group_bytes]
+    return bytes(as_bytes.tobytes()[: packed_size(n, width)])
 
 
 def _unpack_words(raw: npt.NDArray[np.uint8], count: int, width: int) -> _IntArray:
@@ -188,7 +212,7 @@ def _unpack_words(raw: npt.NDArray[np.uint8], count: int, width: int) -> _IntArr
     buf[:, :group_bytes] = staged.reshape(groups, group_bytes)
     words = buf.view("<u8").reshape(groups, 1)
     shifts = np.arange(per_group, dtype=np.uint64) * np.uint64(width)
-    values = (words >> shifts) & np.uint64((1 << width) - 1)
+    values: npt.NDArray[Any] = (words >> shifts) & np.uint64((1 << width) - 1)
     return values.reshape(-1)[:count]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..vectors import MAX_QSGD_LEVELS, QSGDVector, ZeroVector
-from .lowp import floor_with_dither, check_finite, draw_dither, float32_at_least
+from .lowp import check_finite, draw_dither, float32_at_least, floor_with_dither
 
 __all__ = ["quantize_qsgd", "quantize_qsgd_with_dither"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..vectors import SparseQuantized, ZeroVector
-from .lowp import quantize_to_range, check_finite
+from .lowp import check_finite, quantize_to_range
 
 __all__ = [
     "keep_probabilities",

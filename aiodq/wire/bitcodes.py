@@ -107,7 +107,7 @@ def unary_decode(data: bytes | memoryview, count: int) -> _Int64Array:
 
 def rice_block_size(gaps: _Int64Array, k: int) -> int:
     """Bytes of a SPARSE_RICE index block for ``gaps`` with parameter ``k``: k, remainders, unary."""
-    count = gaps.shape[0]
+    count = int(gaps.shape[0])
     unary_bits = int((gaps >> k).sum()) + count
     return 1 + packed_size(count, k) + (unary_bits + 7) // 8
 

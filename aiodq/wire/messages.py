@@ -6,13 +6,13 @@ varints for counters, little-endian floats, and a vector payload last.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from ..config import Limits
+from ..config import DEFAULT_LIMITS, Limits
 from ..errors import CodecError, ErrorCode
 from ..events import (
     Close,
@@ -167,7 +167,7 @@ class DecodeContext:
     """What the receiver knows that decoding depends on."""
 
     #: Receiver limits.
-    limits: Limits = Limits()
+    limits: Limits = DEFAULT_LIMITS
     #: The configured model dimension, once CONFIG has been exchanged.
     dim: int | None = None
     #: Encodings this receiver announced it can decode.
@@ -221,7 +221,7 @@ def _encodings(body: dict[str, Any], what: str) -> frozenset[int]:
     return frozenset(values)
 
 
-def _build(factory: Any, what: str, **fields: Any) -> Any:
+def _build(factory: Callable[..., Event], what: str, **fields: Any) -> Event:
     """Construct an event, turning its validation errors into INVALID_CONFIG."""
     try:
         return factory(**fields)
@@ -293,7 +293,9 @@ def decode_message(frame: Frame, context: DecodeContext) -> Event:
         body = _unpack_map(frame.body, limits, what)
         dim = _field(body, "dim", int, what)
         if not 1 <= dim <= limits.max_dimension:
-            raise CodecError(f"CONFIG: dim {dim} outside [1, {limits.max_dimension}]", ErrorCode.LIMIT_EXCEEDED)
+            raise CodecError(
+                f"CONFIG: dim {dim} outside [1, {limits.max_dimension}]", ErrorCode.LIMIT_EXCEEDED
+            )
         return _build(
             Config,
             what,
@@ -327,7 +329,9 @@ def decode_message(frame: Frame, context: DecodeContext) -> Event:
         vector = _vector(cursor, context, message_type)
         relative = bool(frame.flags & FLAG_RELATIVE)
         if relative and encoding_of(vector) in (Encoding.ZERO, Encoding.EQUALS_SNAPSHOT):
-            raise CodecError("a RELATIVE MODEL cannot carry ZERO or EQUALS_SNAPSHOT", ErrorCode.INVALID_PAYLOAD)
+            raise CodecError(
+                "a RELATIVE MODEL cannot carry ZERO or EQUALS_SNAPSHOT", ErrorCode.INVALID_PAYLOAD
+            )
         event = Model(epoch=epoch, version=version, vector=vector, relative=relative)
     elif message_type == MessageType.GRADIENT:
         epoch = cursor.uvarint("epoch")

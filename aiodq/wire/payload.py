@@ -72,9 +72,11 @@ def _invalid(message: str) -> CodecError:
     return CodecError(message, ErrorCode.INVALID_PAYLOAD)
 
 
-def _gaps(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+def _gaps(indices: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     """Gaps between strictly increasing indices: ``i_0``, then ``i_j - i_(j-1) - 1``."""
-    return np.diff(indices, prepend=-1) - 1
+    as_int64: npt.NDArray[np.int64] = indices.astype(np.int64, copy=False)
+    gaps: npt.NDArray[np.int64] = np.diff(as_int64, prepend=np.int64(-1)) - np.int64(1)
+    return gaps
 
 
 def sparse_index_encoding(vector: SparseQuantized) -> tuple[Encoding, int]:
@@ -143,7 +145,15 @@ def encode_vector(vector: Vector) -> list[bytes]:
         unary, mantissa = gamma_encode(magnitudes + 1)
         negative = vector.levels[magnitudes != 0] < 0
         signs = np.packbits(negative, bitorder="little").tobytes()
-        return [bytes((Encoding.QSGD << 4,)), dim, uvarint(vector.s), pack_f32(vector.norm), unary, mantissa, signs]
+        return [
+            bytes((Encoding.QSGD << 4,)),
+            dim,
+            uvarint(vector.s),
+            pack_f32(vector.norm),
+            unary,
+            mantissa,
+            signs,
+        ]
     raise TypeError(f"not a vector value: {type(vector).__name__}")
 
 
@@ -172,17 +182,23 @@ def decode_vector(
     try:
         encoding = Encoding(descriptor >> 4)
     except ValueError:
-        raise CodecError(f"reserved vector encoding {descriptor >> 4}", ErrorCode.UNSUPPORTED_ENCODING) from None
+        raise CodecError(
+            f"reserved vector encoding {descriptor >> 4}", ErrorCode.UNSUPPORTED_ENCODING
+        ) from None
     if allowed is not None and encoding not in allowed:
         raise CodecError(f"encoding {encoding.name} is not allowed here", ErrorCode.UNSUPPORTED_ENCODING)
     bits = (descriptor & 0x0F) + 1
     if encoding not in _QUANTIZED and descriptor & 0x0F:
-        raise CodecError(f"{encoding.name}: low nibble of the descriptor must be zero", ErrorCode.MALFORMED_FRAME)
+        raise CodecError(
+            f"{encoding.name}: low nibble of the descriptor must be zero", ErrorCode.MALFORMED_FRAME
+        )
     dim = cursor.uvarint("dimension")
     if dim < 1:
         raise _invalid("dimension must be at least 1")
     if dim > limits.max_dimension:
-        raise CodecError(f"dimension {dim} exceeds the limit {limits.max_dimension}", ErrorCode.LIMIT_EXCEEDED)
+        raise CodecError(
+            f"dimension {dim} exceeds the limit {limits.max_dimension}", ErrorCode.LIMIT_EXCEEDED
+        )
     if expected_dim is not None and dim != expected_dim:
         raise CodecError(f"dimension {dim}, expected {expected_dim}", ErrorCode.WRONG_DIMENSION)
 
