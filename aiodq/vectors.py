@@ -49,6 +49,21 @@ def _readonly(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return array
 
 
+def _scaled(codes: IntArray, scale: float, dtype: npt.DTypeLike) -> FloatArray:
+    """``codes * scale`` in ``dtype``.
+
+    In float64 the product of a code (at most 16 bits) and a float32 scale (24
+    bits) is exact.  In float32 one multiplication rounds the exact product
+    once, the same result as the float64 product cast to float32, at half the
+    cost.
+    """
+    if np.dtype(dtype) == np.float32:
+        return np.multiply(codes, np.float32(scale), dtype=np.float32)
+    out = codes.astype(np.float64)
+    out *= scale
+    return out.astype(dtype, copy=False)
+
+
 def _set_fields(obj: object, **fields: Any) -> None:
     for name, value in fields.items():
         object.__setattr__(obj, name, value)
@@ -202,10 +217,8 @@ class DenseQuantized:
         return self.dim * self.bits + 32
 
     def to_dense(self, dtype: npt.DTypeLike = np.float64) -> FloatArray:
-        """Return ``codes * scale``, computed exactly in float64 then cast."""
-        out = self.codes.astype(np.float64)
-        out *= self.scale
-        return out.astype(dtype, copy=False)
+        """Return ``codes * scale``: exact in float64, correctly rounded in float32."""
+        return _scaled(self.codes, self.scale, dtype)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DenseQuantized):

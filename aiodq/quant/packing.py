@@ -65,7 +65,8 @@ def pack(codes: _IntArray, width: int) -> bytes:
     if n == 0:
         return b""
     if width == 8:
-        return codes.astype(np.uint8, copy=False).tobytes()
+        as_bytes = codes.view(np.uint8) if codes.dtype == np.int8 else codes.astype(np.uint8)
+        return bytes(as_bytes.tobytes())
     if width == 16:
         return codes.astype("<u2", copy=False).tobytes()
     if 8 % width == 0:
@@ -154,18 +155,25 @@ def _pack_sub_byte(codes: _IntArray, width: int) -> bytes:
 
 
 def _lookup_table(width: int) -> npt.NDArray[Any]:
-    """For each byte value, its 8 / width sign-extended codes as one little-endian word."""
+    """For each 16-bit little-endian pair of packed bytes, its 16 / width sign-extended codes.
+
+    The codes of one entry are int8 values laid out as one little-endian word
+    (uint32 for width 4, uint64 for width 2), so one gather over the packed
+    data, read as uint16, yields the codes in order.  Width 1 (16 codes per
+    entry, no 16-byte integer type) reads single bytes into uint64 words.
+    """
     table = _TABLES.get(width)
     if table is None:
-        per_byte = 8 // width
-        values = np.arange(256, dtype=np.int64)
+        bits_in = 8 if width == 1 else 16
+        per_entry = bits_in // width
+        values = np.arange(1 << bits_in, dtype=np.int64)
         half = 1 << (width - 1)
-        entries = np.zeros(256, dtype=np.uint64)
-        for k in range(per_byte):
+        entries = np.zeros(1 << bits_in, dtype=np.uint64)
+        for k in range(per_entry):
             field = (values >> (k * width)) & ((1 << width) - 1)
             signed = (field ^ half) - half
             entries |= (signed.astype(np.uint64) & np.uint64(0xFF)) << np.uint64(8 * k)
-        table = entries.astype({1: np.uint64, 2: np.uint32, 4: np.uint16}[width])
+        table = entries.astype(np.uint32) if width == 4 else entries
         _TABLES[width] = table
     return table
 
@@ -174,8 +182,14 @@ _TABLES: dict[int, npt.NDArray[Any]] = {}
 
 
 def _unpack_sub_byte(raw: npt.NDArray[np.uint8], count: int, width: int, signed: bool) -> _IntArray:
-    """Unpack through a 256-entry table: one gather yields 8 / width sign-extended codes."""
-    codes = np.take(_lookup_table(width), raw).view(np.int8)[:count]
+    """Unpack through a lookup table: one gather yields many sign-extended codes at once."""
+    if width == 1:
+        keys: npt.NDArray[Any] = raw
+    else:
+        if raw.shape[0] % 2:
+            raw = np.concatenate([raw, np.zeros(1, dtype=np.uint8)])
+        keys = raw.view("<u2")
+    codes = np.take(_lookup_table(width), keys).view(np.int8)[:count]
     if signed:
         return codes
     return codes.view(np.uint8) & np.uint8((1 << width) - 1)
