@@ -41,7 +41,7 @@ from .events import (
     SnapshotGradient,
     Welcome,
 )
-from .wire.frames import Frame, FrameReader, MessageType
+from .wire.frames import HEADER_SIZE, Frame, FrameReader, MessageType
 from .wire.messages import DecodeContext, decode_message, encode_message, message_type_of
 from .wire.payload import Encoding, encoding_of
 
@@ -170,10 +170,14 @@ class Connection:
         self._peer_closed = False
         self._offered: tuple[int, int] | None = None
         self._state_before_close = ConnectionState.HANDSHAKE
-        #: Bytes received, by message type name ("header" counted apart).
+        #: Body bytes received, by message type name; "header" counts every frame header.
         self.bytes_received: dict[str, int] = {}
-        #: Bytes sent, by message type name ("header" counted apart).
+        #: Body bytes sent, by message type name; "header" counts every frame header.
         self.bytes_sent: dict[str, int] = {}
+        #: Frames received, by message type name.
+        self.messages_received: dict[str, int] = {}
+        #: Frames sent, by message type name.
+        self.messages_sent: dict[str, int] = {}
 
     # -- properties -----------------------------------------------------------
 
@@ -260,7 +264,7 @@ class Connection:
         return ConnectionClosed(clean=self._close_sent and self._peer_closed, code=self._close_code)
 
     def _receive_frame(self, frame: Frame) -> Event:
-        self._count(self.bytes_received, frame.type, len(frame.body))
+        self._count(self.bytes_received, self.messages_received, frame.type, len(frame.body))
         try:
             message_type = MessageType(frame.type)
         except ValueError:
@@ -306,7 +310,7 @@ class Connection:
         except ValueError as exc:
             raise LocalProtocolError(str(exc), ErrorCode.PROTOCOL_ERROR) from exc
         self._out += data
-        self._count(self.bytes_sent, message_type, len(data) - 7)
+        self._count(self.bytes_sent, self.messages_sent, message_type, len(data) - HEADER_SIZE)
         self._last_sent = now
         self._apply(event, sent=True)
 
@@ -519,7 +523,7 @@ class Connection:
                 self._peer_closed = True
                 if self._state is not ConnectionState.CLOSING:
                     # wire-format.md 7.11: answer a CLOSE with a CLOSE, then stop sending.
-                    self._out += encode_message(Close(code=int(ErrorCode.NO_ERROR)), self._version or 1)
+                    self._emit(Close(code=int(ErrorCode.NO_ERROR)))
                     self._close_sent = True
                 self._state = ConnectionState.CLOSED
 
@@ -528,21 +532,28 @@ class Connection:
         if self._state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             reason_bytes = reason.encode()[: self._config.limits.max_reason_bytes]
             text = reason_bytes.decode("utf-8", errors="ignore")
-            self._out += encode_message(Close(code=int(code), reason=text), self._version or 1)
+            self._emit(Close(code=int(code), reason=text))
             self._close_sent = True
         if self._close_code is None:
             self._close_code = int(code)
         self._state = ConnectionState.CLOSED
         self._ended = True
 
+    def _emit(self, event: Event) -> None:
+        """Encode ``event`` into the output buffer and count it (every sent frame goes through here)."""
+        data = encode_message(event, self._version or 1)
+        self._out += data
+        self._count(self.bytes_sent, self.messages_sent, message_type_of(event), len(data) - HEADER_SIZE)
+
     @staticmethod
-    def _count(table: dict[str, int], message_type: int, body_bytes: int) -> None:
+    def _count(table: dict[str, int], messages: dict[str, int], message_type: int, body_bytes: int) -> None:
         try:
             name = MessageType(message_type).name
         except ValueError:
             name = "UNKNOWN"
         table[name] = table.get(name, 0) + body_bytes
-        table["header"] = table.get("header", 0) + 7
+        table["header"] = table.get("header", 0) + HEADER_SIZE
+        messages[name] = messages.get(name, 0) + 1
 
 
 class MasterConnection(Connection):

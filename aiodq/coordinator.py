@@ -1,0 +1,448 @@
+"""The master's control logic over all its worker connections, sans I/O (docs/algorithms.md 5, 9).
+
+A :class:`Coordinator` owns one :class:`~aiodq.connection.MasterConnection` per
+worker and a :class:`~aiodq.algorithms.MasterState`.  The shell (asyncio, or
+an in-memory simulation) hands it bytes per worker and the time, and collects
+the bytes to send; the coordinator runs the epochs:
+
+1. wait until ``workers`` workers have joined (HELLO, answered by WELCOME and CONFIG);
+2. snapshot phase: SNAPSHOT to every worker, wait for every SNAPSHOT_GRADIENT,
+   form g_snap and F(x_snap) (and send FULL_GRADIENT where the algorithm needs it);
+3. inner loop: a MODEL to every worker; each GRADIENT is applied unless it is
+   staler than tau, and its sender gets a fresh MODEL; after m applied updates
+   the next epoch starts (gradients still in flight are dropped as late);
+4. after the last epoch, one more snapshot phase evaluates the final model,
+   then every worker gets CLOSE.
+
+Staleness policy (docs/algorithms.md 9): a gradient computed on model version D
+and received at version t is applied only if ``t - D <= tau``; otherwise it is
+dropped, counted, and its sender gets a fresh model.  A worker that leaves is
+removed; a snapshot phase waits only for the workers still connected, so the
+departed shard is missing from g_snap and F until the worker rejoins (it
+re-enters at the next snapshot phase).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .algorithms import MasterState, TrainConfig
+from .config import ConnectionConfig
+from .connection import ConnectionState, MasterConnection
+from .errors import ErrorCode, RemoteProtocolError
+from .events import (
+    Close,
+    Config,
+    ConnectionClosed,
+    Error,
+    Event,
+    FullGradient,
+    Gradient,
+    Hello,
+    Model,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
+from .vectors import RawVector, Vector
+from .wire.messages import message_type_of
+
+__all__ = ["Coordinator", "EpochRecord", "Phase", "Traffic"]
+
+
+class Phase(Enum):
+    """Where the run stands."""
+
+    #: Waiting for the workers to join.
+    JOINING = "joining"
+    #: Snapshot phase: waiting for SNAPSHOT_GRADIENTs.
+    SNAPSHOT = "snapshot"
+    #: Inner loop: applying gradients.
+    INNER = "inner"
+    #: Training finished; CLOSE sent.
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class EpochRecord:
+    """One line of the trace: the state at the start of an epoch's snapshot phase."""
+
+    #: Epoch number s (the last record is the final model, after S epochs).
+    epoch: int
+    #: F(x_snap), the training objective at the snapshot.
+    loss: float
+    #: Fraction of training samples classified correctly at the snapshot.
+    accuracy: float
+    #: Bytes on the wire, both directions, before this snapshot phase began.
+    bytes_total: int
+    #: Seconds since the run started (the shell's clock).
+    time: float
+    #: Model version t.
+    version: int
+    #: Samples behind this snapshot phase (less than n if a worker was missing).
+    samples: int
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Bytes and analytic payload bits, by direction and message kind (docs/algorithms.md 10)."""
+
+    #: Wire bytes per ``(direction, kind)``; ``kind == "header"`` counts frame headers.
+    wire_bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Messages per ``(direction, kind)``.
+    messages: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Analytic vector payload bits per ``(direction, kind)``.
+    payload_bits: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add_connection(self, connection: MasterConnection) -> None:
+        """Add one connection's counters (down = master to worker, up = worker to master)."""
+        for direction, table, counts in (
+            ("down", connection.bytes_sent, connection.messages_sent),
+            ("up", connection.bytes_received, connection.messages_received),
+        ):
+            for kind, value in table.items():
+                self.wire_bytes[direction, kind] += value
+            for kind, value in counts.items():
+                self.messages[direction, kind] += value
+
+    def total(self, direction: str | None = None) -> int:
+        """Wire bytes in one direction, or both."""
+        return sum(v for (d, _), v in self.wire_bytes.items() if direction in (None, d))
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        out: dict[str, Any] = {}
+        for name, table in (
+            ("wire_bytes", self.wire_bytes),
+            ("messages", self.messages),
+            ("payload_bits", self.payload_bits),
+        ):
+            nested: dict[str, dict[str, int]] = {}
+            for (direction, kind), value in sorted(table.items()):
+                nested.setdefault(direction, {})[kind] = int(value)
+            out[name] = nested
+        out["total_bytes"] = {"down": self.total("down"), "up": self.total("up"), "both": self.total()}
+        return out
+
+
+@dataclass(slots=True)
+class _Worker:
+    connection: MasterConnection
+    joined: bool = False
+    #: True if this worker takes part in the current snapshot phase / inner loop.
+    active: bool = False
+    awaiting_snapshot: bool = False
+
+
+class Coordinator:
+    """Runs a training session over many worker connections, without doing I/O."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        x0: npt.NDArray[np.floating[Any]],
+        *,
+        workers: int,
+        connection_config: ConnectionConfig | None = None,
+        now: float = 0.0,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("need at least one worker")
+        self.config = config
+        self.state = MasterState(config, x0)
+        self.dim = int(self.state.x.shape[0])
+        self.expected_workers = workers
+        self.phase = Phase.JOINING
+        self._connection_config = connection_config or ConnectionConfig()
+        self._workers: dict[int, _Worker] = {}
+        self._next_id = 0
+        self._started = now
+        self._gradient_sum = np.zeros(self.dim)
+        self._loss_sum = 0.0
+        self._samples = 0
+        self._correct = 0
+        self._retired = Traffic()
+        self._bytes_at_snapshot = 0
+        #: The per-epoch trace.
+        self.trace: list[EpochRecord] = []
+        #: Staleness t - D of every applied update, as a histogram.
+        self.applied_staleness: Counter[int] = Counter()
+        #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``non-finite``.
+        self.dropped: Counter[str] = Counter()
+        #: Protocol errors seen, by worker, as ``(worker_id, code name, text)``.
+        self.errors: list[tuple[int, str, str]] = []
+        self._payload_bits: Counter[tuple[str, str]] = Counter()
+        self.finished_at: float | None = None
+
+    # -- the shell's interface -------------------------------------------------
+
+    def connect(self, now: float) -> int:
+        """Register a new transport; return its worker id."""
+        worker_id = self._next_id
+        self._next_id += 1
+        self._workers[worker_id] = _Worker(MasterConnection(self._connection_config, now=now))
+        return worker_id
+
+    def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
+        """Bytes from a worker (``b""`` at end of stream); process every whole message."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        connection = worker.connection
+        connection.receive_data(data, now)
+        while True:
+            try:
+                event = connection.next_event()
+            except RemoteProtocolError as exc:
+                self.errors.append((worker_id, exc.code.name, str(exc)))
+                self._drop_worker(worker_id, now)
+                return
+            if event is None:
+                return
+            self._handle(worker_id, event, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run the connections' timers (heartbeats, timeouts)."""
+        for worker_id, worker in list(self._workers.items()):
+            timer = worker.connection.get_timer()
+            if timer is not None and timer <= now:
+                worker.connection.handle_timer(now)
+                while (event := worker.connection.next_event()) is not None:
+                    self._handle(worker_id, event, now)
+
+    def get_timer(self) -> float | None:
+        """The earliest connection timer."""
+        timers = [t for w in self._workers.values() if (t := w.connection.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def data_to_send(self) -> dict[int, bytes]:
+        """Bytes to write, per worker id (only workers with something to send)."""
+        out = {}
+        for worker_id, worker in self._workers.items():
+            data = worker.connection.data_to_send()
+            if data:
+                out[worker_id] = data
+        return out
+
+    def closed_workers(self) -> list[int]:
+        """Workers whose session is over: the shell closes their transports, then :meth:`forget`s them."""
+        return [wid for wid, w in self._workers.items() if w.connection.state is ConnectionState.CLOSED]
+
+    def forget(self, worker_id: int) -> None:
+        """Drop a closed worker's connection, keeping its traffic counters."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is not None:
+            self._retired.add_connection(worker.connection)
+
+    def disconnect(self, worker_id: int, now: float) -> None:
+        """The transport to a worker was lost."""
+        self._drop_worker(worker_id, now)
+
+    @property
+    def done(self) -> bool:
+        """True once training finished and CLOSE went to every worker."""
+        return self.phase is Phase.DONE
+
+    @property
+    def live_workers(self) -> int:
+        """Workers that joined and are still connected."""
+        return sum(1 for w in self._workers.values() if w.joined)
+
+    def traffic(self) -> Traffic:
+        """Bytes and payload bits so far, over every connection, past and present."""
+        total = Traffic()
+        total.wire_bytes.update(self._retired.wire_bytes)
+        total.messages.update(self._retired.messages)
+        for worker in self._workers.values():
+            total.add_connection(worker.connection)
+        total.payload_bits.update(self._payload_bits)
+        return total
+
+    # -- events -----------------------------------------------------------------
+
+    def _handle(self, worker_id: int, event: Event, now: float) -> None:
+        worker = self._workers[worker_id]
+        if isinstance(event, Hello):
+            self._join(worker_id, worker, now)
+        elif isinstance(event, SnapshotGradient):
+            self._count_payload("up", "SNAPSHOT_GRADIENT", event.vector)
+            self._snapshot_gradient(worker, event, now)
+        elif isinstance(event, Gradient):
+            self._count_payload("up", "GRADIENT", event.vector)
+            self._gradient(worker_id, worker, event, now)
+        elif isinstance(event, Error):
+            self.errors.append((worker_id, _code_name(event.code), event.reason))
+        elif isinstance(event, Close | ConnectionClosed):
+            self._drop_worker(worker_id, now)
+
+    def _send(self, worker: _Worker, event: Event, now: float) -> None:
+        vector = getattr(event, "vector", None)
+        if vector is not None:
+            self._count_payload("down", message_type_of(event).name, vector)
+        worker.connection.send(event, now)
+
+    def _count_payload(self, direction: str, kind: str, vector: Vector) -> None:
+        self._payload_bits[direction, kind] += vector.payload_bits
+
+    def _join(self, worker_id: int, worker: _Worker, now: float) -> None:
+        connection = worker.connection
+        if self.phase is Phase.DONE or self.live_workers >= self.expected_workers:
+            connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
+            return
+        version = connection.negotiated_version or 1
+        self._send(worker, Welcome(version=version, worker_id=worker_id), now)
+        self._send(
+            worker, Config(dim=self.dim, algorithm=self.config.algorithm, params=self.config.to_params()), now
+        )
+        worker.joined = True
+        if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
+            self._start_snapshot_phase(now)
+
+    def _start_snapshot_phase(self, now: float) -> None:
+        state = self.state
+        self.phase = Phase.SNAPSHOT
+        self._gradient_sum[:] = 0.0
+        self._loss_sum, self._samples, self._correct = 0.0, 0, 0
+        self._bytes_at_snapshot = self.traffic().total()
+        snapshot = RawVector(state.snapshot)
+        for worker in self._workers.values():
+            if worker.joined:
+                worker.active = True
+                worker.awaiting_snapshot = True
+                self._send(worker, Snapshot(epoch=state.epoch, vector=snapshot), now)
+        self._maybe_finish_snapshot_phase(now)
+
+    def _snapshot_gradient(self, worker: _Worker, event: SnapshotGradient, now: float) -> None:
+        worker.awaiting_snapshot = False
+        self._gradient_sum += event.vector.values
+        self._loss_sum += event.loss
+        self._samples += event.samples
+        self._correct += event.correct
+        self._maybe_finish_snapshot_phase(now)
+
+    def _maybe_finish_snapshot_phase(self, now: float) -> None:
+        if self.phase is not Phase.SNAPSHOT or any(w.awaiting_snapshot for w in self._workers.values()):
+            return
+        active = [w for w in self._workers.values() if w.active and w.joined]
+        if not active or self._samples == 0:
+            # Every worker left during the phase: wait for workers to join again.
+            self.phase = Phase.JOINING
+            return
+        state = self.state
+        loss = state.finish_snapshot_phase(self._gradient_sum, self._loss_sum, self._samples)
+        self.trace.append(
+            EpochRecord(
+                epoch=state.epoch,
+                loss=loss,
+                accuracy=self._correct / self._samples,
+                bytes_total=self._bytes_at_snapshot,
+                time=now - self._started,
+                version=state.version,
+                samples=self._samples,
+            )
+        )
+        if state.epoch >= self.config.epochs or not math.isfinite(loss):
+            self._finish(now)
+            return
+        self.phase = Phase.INNER
+        if state.spec.needs_full_gradient:
+            full = FullGradient(epoch=state.epoch, vector=RawVector(state.full_gradient))
+            for worker in active:
+                self._send(worker, full, now)
+        for worker in active:
+            self._send_model(worker, now)
+
+    def _send_model(self, worker: _Worker, now: float) -> None:
+        vector, relative = self.state.model_message()
+        self._send(
+            worker,
+            Model(epoch=self.state.epoch, version=self.state.version, vector=vector, relative=relative),
+            now,
+        )
+
+    def _gradient(self, worker_id: int, worker: _Worker, event: Gradient, now: float) -> None:
+        state = self.state
+        if self.phase is not Phase.INNER or event.epoch != state.epoch:
+            self.dropped["late"] += 1
+            return
+        outcome = state.apply(event.vector, event.version)
+        if outcome.applied:
+            self.applied_staleness[outcome.staleness] += 1
+        else:
+            self.dropped[outcome.reason] += 1
+            if outcome.reason == "non-finite":
+                self._send(
+                    worker, Error(code=ErrorCode.NON_FINITE, epoch=event.epoch, version=event.version), now
+                )
+        if state.epoch_done:
+            state.end_epoch()
+            self._start_snapshot_phase(now)
+        else:
+            self._send_model(worker, now)
+
+    def _finish(self, now: float) -> None:
+        self.phase = Phase.DONE
+        self.finished_at = now
+        for worker in self._workers.values():
+            worker.connection.close(now, ErrorCode.NO_ERROR, "training complete")
+
+    def _drop_worker(self, worker_id: int, now: float) -> None:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        was_member = worker.joined
+        worker.joined = worker.active = worker.awaiting_snapshot = False
+        if worker.connection.state is not ConnectionState.CLOSED:
+            worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
+        if was_member and self.phase is Phase.SNAPSHOT:
+            self._maybe_finish_snapshot_phase(now)
+
+    # -- results ----------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """The run's figures: trace, traffic, staleness and drops, as a JSON-ready dict."""
+        applied = sum(self.applied_staleness.values())
+        return {
+            "config": self.config.to_params(),
+            "dim": self.dim,
+            "workers": self.expected_workers,
+            "updates_per_epoch": self.state.updates_per_epoch,
+            "version": self.state.version,
+            "trace": [
+                {
+                    "epoch": r.epoch,
+                    "loss": r.loss,
+                    "accuracy": r.accuracy,
+                    "bytes": r.bytes_total,
+                    "bits": 8 * r.bytes_total,
+                    "time": r.time,
+                    "version": r.version,
+                    "samples": r.samples,
+                }
+                for r in self.trace
+            ],
+            "traffic": self.traffic().as_dict(),
+            "staleness": {
+                "tau": self.config.tau,
+                "applied": applied,
+                "histogram": {str(k): v for k, v in sorted(self.applied_staleness.items())},
+                "mean": (sum(k * v for k, v in self.applied_staleness.items()) / applied) if applied else 0.0,
+                "max": max(self.applied_staleness, default=0),
+                "dropped": dict(self.dropped),
+            },
+            "errors": [{"worker": w, "code": c, "reason": r} for w, c, r in self.errors],
+        }
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)

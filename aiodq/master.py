@@ -1,0 +1,181 @@
+"""The asyncio master: a TCP server that runs a :class:`~aiodq.coordinator.Coordinator`.
+
+This module and :mod:`aiodq.worker` are the only ones that open sockets, read
+the clock or sleep.  A :class:`Master` runs inside any running event loop::
+
+    async with Master(config, x0, workers=4, host="127.0.0.1", port=0) as master:
+        print("listening on", master.address)
+        summary = await master.wait()
+
+While it runs, ``master.coordinator`` shows the trace, the traffic and the
+model (``master.coordinator.state.x``), so the hosting application can follow
+progress while doing other work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .algorithms import TrainConfig
+from .config import ConnectionConfig
+from .coordinator import Coordinator
+
+__all__ = ["Master"]
+
+_READ_SIZE = 1 << 18
+
+
+class Master:
+    """A parameter server on TCP; an async context manager."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        x0: npt.NDArray[np.floating[Any]],
+        *,
+        workers: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        connection_config: ConnectionConfig | None = None,
+    ) -> None:
+        self.config = config
+        self._x0 = x0
+        self._workers = workers
+        self._host = host
+        self._port = port
+        self._connection_config = connection_config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+        self._started = 0.0
+        self.coordinator: Coordinator | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and start accepting workers."""
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self.coordinator = Coordinator(
+            self.config, self._x0, workers=self._workers, connection_config=self._connection_config, now=0.0
+        )
+        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_SIZE)
+        self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` the server listens on."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the master is not listening; call start() first")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until training finishes; return the coordinator's summary.
+
+        Raises:
+            TimeoutError: if ``timeout`` seconds pass first.
+        """
+        await asyncio.wait_for(self._done.wait(), timeout)
+        assert self.coordinator is not None
+        summary = self.coordinator.summary()
+        summary["wall_time"] = self._now()
+        return summary
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection and stop the timers."""
+        if self._server is not None:
+            self._server.close()
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+        for writer in list(self._writers.values()):
+            writer.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Master:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- connections ----------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time() - self._started
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self.coordinator is not None
+        self._handlers.add(task)
+        coordinator = self.coordinator
+        worker_id = coordinator.connect(self._now())
+        self._writers[worker_id] = writer
+        try:
+            while True:
+                try:
+                    data = await reader.read(_READ_SIZE)
+                except (ConnectionError, OSError):
+                    data = b""
+                coordinator.receive_data(worker_id, data, self._now())
+                await self._flush()
+                if not data or worker_id not in self._writers:
+                    break
+        finally:
+            coordinator.disconnect(worker_id, self._now())
+            await self._flush()
+            self._close_writer(worker_id)
+            coordinator.forget(worker_id)
+            self._handlers.discard(task)
+            self._check_done()
+
+    async def _flush(self) -> None:
+        """Write what the coordinator queued, close finished connections, apply backpressure."""
+        assert self.coordinator is not None
+        written = []
+        for worker_id, data in self.coordinator.data_to_send().items():
+            writer = self._writers.get(worker_id)
+            if writer is not None and not writer.is_closing():
+                writer.write(data)
+                written.append(writer)
+        for worker_id in self.coordinator.closed_workers():
+            self._close_writer(worker_id)
+        self._check_done()
+        for writer in written:
+            if not writer.is_closing():
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.drain()
+
+    def _close_writer(self, worker_id: int) -> None:
+        writer = self._writers.pop(worker_id, None)
+        if writer is not None:
+            writer.close()
+
+    def _check_done(self) -> None:
+        if self.coordinator is not None and self.coordinator.done and not self._writers:
+            self._done.set()
+
+    async def _run_timers(self) -> None:
+        assert self.coordinator is not None
+        while True:
+            deadline = self.coordinator.get_timer()
+            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - self._now()))
+            await asyncio.sleep(delay)
+            self.coordinator.handle_timer(self._now())
+            await self._flush()

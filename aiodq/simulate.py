@@ -1,0 +1,89 @@
+"""An in-memory cluster: the real coordinator, worker sessions and wire bytes, no sockets.
+
+Messages are delivered one at a time in a seeded random order, so workers run
+at different speeds and gradients arrive stale, exactly as the protocol allows,
+but reproducibly.  Used by tests, by ``aiodq bench master`` for the in-process
+cost of an update, and to tune defaults quickly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from .algorithms import TrainConfig
+from .coordinator import Coordinator
+from .data import Dataset, shard
+from .models import make_model
+from .session import WorkerSession
+
+__all__ = ["build_cluster", "simulate"]
+
+
+def _classes(dataset: Dataset) -> int:
+    labels = dataset.labels
+    return int(labels.max()) + 1 if labels.min() >= 0 else 2
+
+
+def build_cluster(
+    config: TrainConfig, dataset: Dataset, workers: int
+) -> tuple[Coordinator, list[WorkerSession]]:
+    """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``."""
+    classes = _classes(dataset)
+    model = make_model(config.model, dataset.features_count, classes, config.hidden)
+    x0 = model.initial(np.random.default_rng([config.seed, 0x1417]))
+    coordinator = Coordinator(config, x0, workers=workers)
+    sessions = []
+    for index in range(workers):
+        rows = shard(dataset.samples, workers, index, seed=config.seed)
+        part = dataset.rows(rows)
+        sessions.append(WorkerSession(part.features, part.labels, name=f"sim-{index}", classes=classes))
+    return coordinator, sessions
+
+
+def simulate(
+    config: TrainConfig,
+    dataset: Dataset,
+    workers: int,
+    *,
+    seed: int = 0,
+    max_steps: int = 10_000_000,
+    slow: dict[int, int] | None = None,
+) -> Coordinator:
+    """Train in memory; return the finished coordinator (trace, traffic, staleness).
+
+    Args:
+        slow: worker index to a delay factor k: that worker's messages are
+            delivered only on every k-th chance, so its gradients are stale.
+    """
+    coordinator, sessions = build_cluster(config, dataset, workers)
+    ids = [coordinator.connect(0.0) for _ in sessions]
+    up: list[deque[bytes]] = [deque() for _ in sessions]
+    down: list[deque[bytes]] = [deque() for _ in sessions]
+    rng = np.random.default_rng(seed)
+    slow = slow or {}
+    step = 0
+    for step in range(max_steps):
+        now = float(step)
+        for index, session in enumerate(sessions):
+            data = session.data_to_send()
+            if data:
+                up[index].append(data)
+        for worker_id, data in coordinator.data_to_send().items():
+            down[ids.index(worker_id)].append(data)
+        channels = [(i, d) for i in range(workers) for d, q in (("up", up[i]), ("down", down[i])) if q]
+        if not channels:
+            break
+        index, direction = channels[int(rng.integers(len(channels)))]
+        if index in slow and rng.integers(slow[index]) != 0:
+            continue
+        if direction == "up":
+            coordinator.receive_data(ids[index], up[index].popleft(), now)
+        else:
+            sessions[index].receive_data(down[index].popleft(), now)
+    for index, session in enumerate(sessions):
+        if not session.closed:
+            session.receive_data(b"", float(step))
+        coordinator.receive_data(ids[index], b"", float(step))
+    return coordinator
