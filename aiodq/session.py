@@ -30,7 +30,8 @@ from .events import (
     SnapshotGradient,
     Welcome,
 )
-from .models import Features, Model as ObjectiveModel, make_model
+from .models import Features, make_model
+from .models import Model as ObjectiveModel
 from .vectors import RawVector
 
 __all__ = ["WorkerSession"]
@@ -139,7 +140,8 @@ class WorkerSession:
             )
             if model.dim != event.dim:
                 raise ValueError(
-                    f"the data gives a {config.model} model of {model.dim} parameters, CONFIG says {event.dim}"
+                    f"the data gives a {config.model} model of {model.dim} parameters, "
+                    f"CONFIG says {event.dim}"
                 )
         except ValueError as exc:
             self.ended = (int(ErrorCode.INVALID_CONFIG), str(exc))

@@ -54,6 +54,11 @@ def simulate(
     """Train in memory; return the finished coordinator (trace, traffic, staleness).
 
     Args:
+        config: the run's hyperparameters.
+        dataset: the training data, split across the workers by :func:`aiodq.data.shard`.
+        workers: number of workers M.
+        seed: seed of the delivery order.
+        max_steps: a bound on message deliveries.
         slow: worker index to a delay factor k: that worker's messages are
             delivered only on every k-th chance, so its gradients are stale.
     """
