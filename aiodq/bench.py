@@ -175,3 +175,153 @@ def main_codec(args: Any) -> int:
         with open(args.out, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
     return 0
+
+
+# -- aiodq bench master ----------------------------------------------------------
+
+
+def _updates_for(dim: int) -> int:
+    return 3000 if dim <= 10_000 else (600 if dim <= 100_000 else 80)
+
+
+def _answer_at_once(host: str, port: int, workers: int, dim: int) -> None:
+    """Fake workers (run in a child process): answer SNAPSHOT and MODEL at once, no model compute."""
+    import asyncio  # noqa: PLC0415 - only the child process needs it
+
+    from .connection import WorkerConnection  # noqa: PLC0415
+    from .events import Close, ConnectionClosed, Hello, Model, Snapshot, SnapshotGradient  # noqa: PLC0415
+    from .vectors import RawVector  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    gradient = quantize_gradient(rng.standard_normal(dim) * 1e-3, 8, rng)
+    zeros = RawVector(np.zeros(dim))
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        connection = WorkerConnection()
+        connection.send(Hello(name="bench"), 0.0)
+        writer.write(connection.data_to_send())
+        while True:
+            data = await reader.read(1 << 20)
+            connection.receive_data(data, 0.0)
+            while (event := connection.next_event()) is not None:
+                if isinstance(event, Snapshot):
+                    reply = SnapshotGradient(epoch=event.epoch, samples=1, loss=0.0, correct=0, vector=zeros)
+                    connection.send(reply, 0.0)
+                elif isinstance(event, Model):
+                    connection.send(Gradient(epoch=event.epoch, version=event.version, vector=gradient), 0.0)
+                elif isinstance(event, Close | ConnectionClosed):
+                    pass
+            out = connection.data_to_send()
+            if out:
+                writer.write(out)
+            if not data or connection.state.value == "closed":
+                writer.close()
+                return
+
+    async def all_workers() -> None:
+        await asyncio.gather(*(one() for _ in range(workers)))
+
+    asyncio.run(all_workers())
+
+
+def _in_process_update_seconds(dim: int, repeats: int) -> float:
+    """Median time to decode one gradient frame, apply it, and quantize and encode the next model."""
+    from .algorithms import MasterState, TrainConfig  # noqa: PLC0415
+    from .events import Model  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=10**9, tau=10**9)
+    state = MasterState(config, np.zeros(dim))
+    state.finish_snapshot_phase(rng.standard_normal(dim), 1.0, 1)
+    frame_bytes = encode_message(
+        Gradient(epoch=0, version=0, vector=quantize_gradient(rng.standard_normal(dim) * 1e-3, 8, rng))
+    )
+    context = DecodeContext(limits=Limits(), dim=dim)
+
+    def update() -> bytes:
+        reader = FrameReader(context.limits)
+        reader.feed(frame_bytes)
+        frame = reader.next_frame()
+        assert frame is not None
+        event = decode_message(frame, context)
+        assert isinstance(event, Gradient)
+        state.apply(event.vector, state.version)
+        vector, relative = state.model_message()
+        return encode_message(Model(epoch=0, version=state.version, vector=vector, relative=relative))
+
+    return _median_seconds(update, repeats)
+
+
+def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates: int = 0) -> dict[str, Any]:
+    """Applied updates per second over TCP on 127.0.0.1 against the in-process cost of one update."""
+    import asyncio  # noqa: PLC0415
+    import multiprocessing  # noqa: PLC0415
+
+    from .algorithms import TrainConfig  # noqa: PLC0415
+    from .master import Master  # noqa: PLC0415
+    from .runner import run_coroutine, use_uvloop  # noqa: PLC0415
+
+    steady = steady_allocator()
+    context = multiprocessing.get_context("spawn")
+    cases = []
+    for dim in dims:
+        in_process = _in_process_update_seconds(dim, 31 if dim >= 1_000_000 else 101)
+        for workers in worker_counts:
+            count = updates or _updates_for(dim)
+            config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=count, tau=4 * workers + 8)
+
+            async def serve(
+                config: TrainConfig = config, workers: int = workers, dim: int = dim
+            ) -> dict[str, Any]:
+                async with Master(config, np.zeros(dim), workers=workers) as master:
+                    host, port = master.address
+                    child = context.Process(
+                        target=_answer_at_once, args=(host, port, workers, dim), daemon=True
+                    )
+                    child.start()
+                    try:
+                        summary = await master.wait(timeout=600)
+                    finally:
+                        await asyncio.get_running_loop().run_in_executor(None, child.join, 30)
+                    return summary
+
+            summary = run_coroutine(serve())
+            trace = summary["trace"]
+            seconds = trace[1]["time"] - trace[0]["time"]
+            applied = trace[1]["version"] - trace[0]["version"]
+            per_update = seconds / applied
+            cases.append(
+                {
+                    "d": dim,
+                    "workers": workers,
+                    "applied_updates": applied,
+                    "dropped": summary["staleness"]["dropped"],
+                    "updates_per_second": round(applied / seconds, 1),
+                    "seconds_per_update_ms": round(per_update * 1e3, 4),
+                    "in_process_update_ms": round(in_process * 1e3, 4),
+                    "overhead_ratio": round(per_update / in_process, 3),
+                    "staleness_mean": round(summary["staleness"]["mean"], 3),
+                }
+            )
+    return {
+        "benchmark": "master",
+        "event_loop": "uvloop" if use_uvloop() else "asyncio",
+        "steady_allocator": steady,
+        "note": "per-update time over TCP (first to last MODEL of the epoch, snapshot round trip excluded "
+        "only at the edges) against the same run's in-process decode + apply + quantize + encode",
+        "cases": cases,
+    }
+
+
+def main_master(args: Any) -> int:
+    """Entry point of ``aiodq bench master``."""
+    dims = tuple(int(float(v)) for v in args.dims.split(","))
+    worker_counts = tuple(int(v) for v in args.workers.split(","))
+    report = bench_master(dims, worker_counts, args.updates)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return 0

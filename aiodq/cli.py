@@ -2,10 +2,17 @@
 
 Commands:
 
-- ``aiodq demo``: a codec and protocol demonstration, in memory: a master and
-  a worker connection run a handshake and one short epoch on a logistic
-  regression gradient, and the bytes each message took are printed.
-- ``aiodq bench codec``: the codec benchmark, printed as JSON.
+- ``aiodq run``: the main job. One master here and M worker processes on
+  127.0.0.1 train a model (default: logistic regression on the bundled a9a),
+  with live progress, a summary table, ``result.json`` and a loss-against-bits
+  plot in ``--out``.
+- ``aiodq master --listen HOST:PORT`` and ``aiodq worker --connect HOST:PORT
+  --shard I/M``: the same, as separate processes on any hosts.
+- ``aiodq demo``: an in-memory codec and protocol demonstration.
+- ``aiodq bench codec`` and ``aiodq bench master``: benchmarks, JSON on stdout.
+
+Exit status: 0 on success, 1 when a run fails (a worker process dies, the
+master is unreachable), 2 for bad options or unreadable data.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from .algorithms import ALGORITHMS, TrainConfig
 from .bench import main_codec
 from .connection import MasterConnection, WorkerConnection
 from .events import Config, Event, Gradient, Hello, Model, Snapshot, SnapshotGradient, Welcome
@@ -28,6 +37,16 @@ from .vectors import RawVector
 from .wire.messages import encode_message
 
 __all__ = ["main"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad options or unreadable input: exit status 2."""
+
+
+# -- demo ---------------------------------------------------------------------
 
 
 def _pump(
@@ -41,9 +60,12 @@ def _pump(
 
 
 def demo(dim: int, bits: int, mu: float, seed: int) -> dict[str, object]:
-    """Run the in-memory demonstration; return what it measured."""
+    """Handshake and snapshot phase between an in-memory master and worker, then message sizes.
+
+    The MODEL is sent through the master's connection; the GRADIENT variants
+    are only encoded, to compare their sizes.
+    """
     rng = np.random.default_rng(seed)
-    # A small logistic-regression problem: gradients with realistic structure.
     samples = 256
     features = rng.standard_normal((samples, dim)) / np.sqrt(dim)
     labels = np.where(features @ rng.standard_normal(dim) > 0, 1.0, -1.0)
@@ -74,11 +96,11 @@ def demo(dim: int, bits: int, mu: float, seed: int) -> dict[str, object]:
     )
     _pump(worker, master)
     x = snapshot - 0.5 * gradient(snapshot)
-    rows = []
     payload = quantize_model(x, snapshot, mu, rng)
     master.send(Model(epoch=0, version=1, vector=payload.vector, relative=payload.relative), 0.0)
-    model_bytes = len(master.data_to_send())
-    rows.append({"message": f"MODEL ({type(payload.vector).__name__}, mu={mu})", "bytes": model_bytes})
+    rows: list[dict[str, object]] = [
+        {"message": f"MODEL ({type(payload.vector).__name__}, mu={mu})", "bytes": len(master.data_to_send())}
+    ]
     alpha = gradient(x) - gradient(snapshot)
     for name, vector in [
         (f"GRADIENT dense b={bits}", quantize_gradient(alpha, bits, rng)),
@@ -87,24 +109,153 @@ def demo(dim: int, bits: int, mu: float, seed: int) -> dict[str, object]:
         ("GRADIENT float32", RawVector(alpha.astype(np.float32))),
     ]:
         error = float(np.linalg.norm(vector.to_dense() - alpha)) / max(float(np.linalg.norm(alpha)), 1e-300)
-        rows.append(
-            {
-                "message": name,
-                "bytes": len(encode_message(Gradient(epoch=0, version=1, vector=vector))),
-                "relative_error": round(error, 4),
-            }
-        )
+        size = len(encode_message(Gradient(epoch=0, version=1, vector=vector)))
+        rows.append({"message": name, "bytes": size, "relative_error": round(error, 4)})
     return {"dim": dim, "float32_bytes": 4 * dim, "messages": rows}
 
 
+# -- options ------------------------------------------------------------------
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected I/M with 0 <= I < M, got {text!r}")
+    return int(index), int(count)
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--algorithm",
+        default=defaults.algorithm,
+        choices=sorted(ALGORITHMS),
+        help=f"algorithm (default {defaults.algorithm})",
+    )
+    group.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help=f"epochs S (default {defaults.epochs})"
+    )
+    group.add_argument(
+        "--updates-per-epoch",
+        type=int,
+        default=defaults.updates_per_epoch,
+        help="applied updates per epoch m (default 0: one pass, n / batch)",
+    )
+    group.add_argument(
+        "--step", type=float, default=defaults.step, help=f"step size eta (default {defaults.step})"
+    )
+    group.add_argument(
+        "--batch", type=int, default=defaults.batch, help=f"mini-batch size B (default {defaults.batch})"
+    )
+    group.add_argument(
+        "--bits", type=int, default=defaults.bits, help=f"gradient bits b, 2-16 (default {defaults.bits})"
+    )
+    group.add_argument(
+        "--mu", type=float, default=defaults.mu, help=f"model precision mu (default {defaults.mu})"
+    )
+    group.add_argument(
+        "--phi",
+        type=float,
+        default=defaults.phi,
+        help=f"sparsity budget as a fraction of d, Sparse-AsyLPG (default {defaults.phi})",
+    )
+    group.add_argument(
+        "--tau", type=int, default=defaults.tau, help=f"staleness bound tau (default {defaults.tau})"
+    )
+    group.add_argument(
+        "--qsgd-levels",
+        type=int,
+        default=defaults.qsgd_levels,
+        help=f"QSGD levels s, QSVRG (default {defaults.qsgd_levels})",
+    )
+    group.add_argument("--l2", type=float, default=defaults.l2, help=f"L2 weight (default {defaults.l2})")
+    group.add_argument(
+        "--l1", type=float, default=defaults.l1, help=f"L1 weight, proximal (default {defaults.l1})"
+    )
+    group.add_argument(
+        "--model",
+        default=defaults.model,
+        choices=["logistic", "softmax", "mlp"],
+        help=f"model (default {defaults.model}; use softmax or mlp for MNIST)",
+    )
+    group.add_argument(
+        "--hidden", type=int, default=defaults.hidden, help=f"MLP hidden units (default {defaults.hidden})"
+    )
+    group.add_argument(
+        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
+    )
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    try:
+        return TrainConfig(
+            algorithm=args.algorithm,
+            epochs=args.epochs,
+            updates_per_epoch=args.updates_per_epoch,
+            step=args.step,
+            batch=args.batch,
+            bits=args.bits,
+            mu=args.mu,
+            phi=args.phi,
+            tau=args.tau,
+            qsgd_levels=args.qsgd_levels,
+            l2=args.l2,
+            l1=args.l1,
+            model=args.model,
+            hidden=args.hidden,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiodq", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="aiodq", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train on a local cluster: one master, M worker processes")
+    _add_training_options(run)
+    run.add_argument("--workers", type=int, default=4, help="number of worker processes M (default 4)")
+    run.add_argument(
+        "--data", default=None, help="LIBSVM file, MNIST CSV(.gz), or MNIST IDX folder (default: bundled a9a)"
+    )
+    run.add_argument(
+        "--out", default="aiodq-out", help="folder for result.json and the plot (default aiodq-out)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument(
+        "--timeout", type=float, default=3600.0, help="give up after this many seconds (default 3600)"
+    )
+
+    master = commands.add_parser("master", help="serve as the master of a cluster")
+    _add_training_options(master)
+    master.add_argument("--listen", type=_address, required=True, help="HOST:PORT to listen on (port 0: any)")
+    master.add_argument("--workers", type=int, required=True, help="number of workers M to wait for")
+    master.add_argument("--data", default=None, help="the dataset, read for its shape (default: bundled a9a)")
+    master.add_argument("--out", default=None, help="folder for result.json and the plot")
+
+    worker = commands.add_parser("worker", help="join a cluster as one worker")
+    worker.add_argument("--connect", type=_address, required=True, help="the master's HOST:PORT")
+    worker.add_argument("--shard", type=_shard, required=True, help="I/M: this worker holds shard I of M")
+    worker.add_argument("--data", default=None, help="the dataset (default: bundled a9a)")
+    worker.add_argument(
+        "--seed", type=int, default=0, help="the sharding seed; the master's --seed (default 0)"
+    )
+
     demo_parser = commands.add_parser("demo", help="in-memory codec and protocol demonstration")
     demo_parser.add_argument("--dim", type=int, default=10_000, help="model dimension (default 10000)")
     demo_parser.add_argument("--bits", type=int, default=8, help="gradient bits b, 2 to 16 (default 8)")
     demo_parser.add_argument("--mu", type=float, default=0.5, help="model precision mu (default 0.5)")
     demo_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
     codec = benches.add_parser("codec", help="encode/decode speed and wire size, JSON on stdout")
@@ -113,19 +264,134 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--repeats", type=int, default=None, help="repetitions per case (default 31/101)")
     codec.add_argument("--seed", type=int, default=0)
     codec.add_argument("--out", default=None, help="also write the JSON report to this file")
+    master_bench = benches.add_parser("master", help="applied updates per second over TCP, JSON on stdout")
+    master_bench.add_argument("--dims", default="1e3,1e5,1e6", help="comma-separated dimensions")
+    master_bench.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
+    master_bench.add_argument(
+        "--updates", type=int, default=0, help="updates per case (default: by dimension)"
+    )
+    master_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
     return parser
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    from rich.console import Console  # noqa: PLC0415 - rich only for the CLI's output
+    from rich.table import Table  # noqa: PLC0415
+
+    from .runner import summary_rows  # noqa: PLC0415
+
+    table = Table(title="aiodq run: summary", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for label, value in summary_rows(summary):
+        table.add_row(label, value)
+    Console().print(table)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import RunError, load_data_or_fail, run_coroutine, run_local, write_results  # noqa: PLC0415
+
+    config = _config(args)
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    try:
+        dataset = load_data_or_fail(args.data)
+    except RunError as exc:
+        raise UsageError(str(exc)) from exc
+    if dataset.samples < args.workers:
+        raise UsageError(f"{dataset.samples} samples cannot be shared by {args.workers} workers")
+    data_path = str(Path(args.data).resolve()) if args.data is not None else None
+    try:
+        summary = run_coroutine(
+            run_local(
+                config, dataset, data_path, args.workers, progress=not args.no_progress, timeout=args.timeout
+            )
+        )
+    except RunError as exc:
+        print(f"aiodq run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    result, plot = write_results(summary, Path(args.out))
+    _print_summary(summary)
+    print(f"wrote {result}" + (f" and {plot}" if plot else ""))
+    return 0
+
+
+def _cmd_master(args: argparse.Namespace) -> int:
+    from .runner import RunError, load_data_or_fail, master_main, run_coroutine, write_results  # noqa: PLC0415
+
+    config = _config(args)
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    try:
+        dataset = load_data_or_fail(args.data)
+    except RunError as exc:
+        raise UsageError(str(exc)) from exc
+    host, port = args.listen
+    try:
+        summary = run_coroutine(master_main(config, dataset, host, port, args.workers))
+    except OSError as exc:
+        print(f"aiodq master: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.out:
+        write_results(summary, Path(args.out))
+    _print_summary(summary)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .runner import RunError, load_data_or_fail, run_coroutine, worker_main  # noqa: PLC0415
+
+    try:
+        dataset = load_data_or_fail(args.data)
+    except RunError as exc:
+        raise UsageError(str(exc)) from exc
+    host, port = args.connect
+    index, count = args.shard
+    if dataset.samples < count:
+        raise UsageError(f"{dataset.samples} samples cannot be split into {count} shards")
+    try:
+        result = run_coroutine(worker_main(host, port, dataset, index=index, workers=count, seed=args.seed))
+    except OSError as exc:
+        print(
+            f"aiodq worker: cannot reach the master at {host}:{port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    if not result.ok:
+        print(f"aiodq worker: session ended with code {result.code}: {result.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        if not 2 <= args.bits <= 16 or args.dim < 1 or not args.mu > 0:
-            print("aiodq demo: need 2 <= --bits <= 16, --dim >= 1 and --mu > 0", file=sys.stderr)
-            return 2
-        print(json.dumps(demo(args.dim, args.bits, args.mu, args.seed), indent=2))
-        return 0
-    return main_codec(args)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "master":
+            return _cmd_master(args)
+        if args.command == "worker":
+            return _cmd_worker(args)
+        if args.command == "demo":
+            if not 2 <= args.bits <= 16 or args.dim < 1 or not args.mu > 0:
+                raise UsageError("need 2 <= --bits <= 16, --dim >= 1 and --mu > 0")
+            print(json.dumps(demo(args.dim, args.bits, args.mu, args.seed), indent=2))
+            return 0
+        if args.bench == "codec":
+            return main_codec(args)
+        from .bench import main_master  # noqa: PLC0415
+
+        return main_master(args)
+    except UsageError as exc:
+        print(f"aiodq {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aiodq: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,10 +47,10 @@ class ConnectionConfig:
     heartbeat_interval: float = 5.0
     #: Seconds without receiving anything after which the peer is declared dead.
     idle_timeout: float = 30.0
-    #: Vector encodings this side can decode, announced in the handshake.
+    #: Vector encodings this side can decode (default: all).  The application
+    #: announces the same set in its HELLO or WELCOME; received vectors in
+    #: other encodings are refused with UNSUPPORTED_ENCODING.
     encodings: frozenset[int] | None = None
-    #: A name for this endpoint, sent in HELLO (workers) for logs.
-    name: str = ""
 
     def __post_init__(self) -> None:
         for label in ("handshake_timeout", "heartbeat_interval", "idle_timeout"):

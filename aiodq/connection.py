@@ -271,9 +271,11 @@ class Connection:
             raise _ViolationError(
                 f"unknown message type {frame.type:#04x}", ErrorCode.UNKNOWN_MESSAGE_TYPE
             ) from None
-        # wire-format.md 6.1: HELLO and WELCOME carry version 1; later frames the negotiated one.
-        expected = 1 if message_type in (MessageType.HELLO, MessageType.WELCOME) else self._version
-        if expected is not None and frame.version != expected:
+        # wire-format.md 6.1: HELLO, WELCOME and every frame before the negotiation carry
+        # version 1; later frames the negotiated one.
+        handshake = message_type in (MessageType.HELLO, MessageType.WELCOME) or self._version is None
+        expected = 1 if handshake else self._version
+        if frame.version != expected:
             raise _ViolationError(
                 f"frame version {frame.version}, expected {expected}", ErrorCode.UNSUPPORTED_VERSION
             )

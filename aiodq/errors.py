@@ -35,7 +35,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_MESSAGE_TYPE = 4
     #: "A frame or message body is truncated, over-long or has reserved bits set."
     MALFORMED_FRAME = 5
-    #: "A vector encoding is reserved or was not announced as supported."
+    #: "A vector encoding is reserved, not allowed in this message, or not announced as supported."
     UNSUPPORTED_ENCODING = 6
     #: "A vector payload breaks its encoding's rules (counts, padding, canonical form)."
     INVALID_PAYLOAD = 7

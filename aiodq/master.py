@@ -116,6 +116,11 @@ class Master:
 
     # -- connections ----------------------------------------------------------
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start`."""
+        return self._now()
+
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time() - self._started

@@ -196,6 +196,8 @@ class DenseQuantized:
         if codes.ndim != 1 or codes.shape[0] == 0 or not np.issubdtype(codes.dtype, np.integer):
             raise ValueError("codes must be a non-empty one-dimensional integer array")
         _check_codes(codes, self.bits)
+        if not codes.any():
+            raise ValueError("all codes are zero: send ZeroVector (or EqualsSnapshot) instead")
         object.__setattr__(self, "codes", _readonly(codes))
         object.__setattr__(self, "scale", float(self.scale))
 
@@ -288,8 +290,16 @@ class SparseQuantized:
 
     @property
     def payload_bits(self) -> int:
-        """Analytic size: codes and a scale, plus the smaller index encoding (bitmap: ``dim``)."""
-        return self.nnz * self.bits + 32 + self.dim
+        """Analytic size: codes, a scale, and the smaller index encoding.
+
+        The index bits are the bitmap's ``dim`` or, if fewer, the Rice code's
+        ``sum(g >> k) + nnz * (k + 1)`` bits for the best ``k`` in 0..16, where
+        ``g`` are the gaps between indices (wire-format.md 5.6; bits, not the
+        padded bytes that go on the wire).
+        """
+        gaps = np.diff(self.indices, prepend=-1) - 1
+        rice = min(int((gaps >> k).sum()) + self.nnz * (k + 1) for k in range(17))
+        return self.nnz * self.bits + 32 + min(self.dim, rice)
 
     def to_dense(self, dtype: npt.DTypeLike = np.float64) -> FloatArray:
         """Scatter ``codes * scale`` into a zero vector of ``dim`` coordinates."""
@@ -335,6 +345,8 @@ class QSGDVector:
             raise ValueError("levels must be a non-empty one-dimensional integer array")
         if int(np.abs(levels).max()) > self.s:
             raise ValueError(f"levels must lie in [-{self.s}, {self.s}]")
+        if not levels.any():
+            raise ValueError("all levels are zero: send ZeroVector instead")
         object.__setattr__(self, "levels", _readonly(levels.astype(np.int64)))
         object.__setattr__(self, "norm", float(self.norm))
 

@@ -203,6 +203,7 @@ def quantize_gradient(
     largest = max(-low, high)
     if largest == 0.0:
         return ZeroVector(alpha.shape[0])
+    # The largest coordinate sits on the top code, so some code is nonzero.
     return DenseQuantized(bits, *quantize_to_range(alpha, largest, bits, rng))
 
 
@@ -235,17 +236,19 @@ class ModelPayload(NamedTuple):
     relative: bool
 
 
-def model_delta(difference: npt.NDArray[Any], mu: float) -> float:
+def model_delta(difference: npt.NDArray[Any], mu: float, target: npt.NDArray[Any] | None = None) -> float:
     """The grid step delta_x of the mu-constraint (algorithms.md 4).
 
-    ``max(2 sqrt(mu / d) ||v||_2, mu ||v||_2**2 / ||v||_1)`` for ``v = x - x_snap``:
-    either term keeps ``E||Q(x) - x||**2 <= mu ||x - x_snap||**2``, and the
-    larger grid step costs fewer bits.  The result is rounded down to a float32
-    so the bound still holds after rounding.
+    ``max(2 sqrt(mu / d) ||v||_2, mu ||v||_2**2 / ||q||_1)`` for ``v = x - x_snap``
+    and ``q`` the vector quantized (``target``; ``v`` itself when snapshot-centred,
+    ``x`` when zero-centred).  Q's error is at most ``min(d delta**2 / 4,
+    delta ||q||_1)``, so either term keeps ``E||Q(x) - x||**2 <= mu ||v||**2``;
+    the larger grid step costs fewer bits.  The result is rounded down to a
+    float32 so the bound still holds after rounding.
     """
     d = difference.shape[0]
     norm2 = float(np.linalg.norm(difference))
-    norm1 = float(np.abs(difference).sum())
+    norm1 = float(np.abs(difference if target is None else target).sum())
     step = max(2.0 * math.sqrt(mu / d) * norm2, mu * norm2 * norm2 / norm1)
     return float32_at_most(step)
 
@@ -301,10 +304,15 @@ def quantize_model(
     target = difference if relative else x
     if not target.any():  # zero-centred and x = 0
         return ModelPayload(ZeroVector(x.shape[0]), relative=False)
-    delta = model_delta(difference, mu)
+    delta = model_delta(difference, mu, target)
     largest = float(np.abs(target).max())
     bits = math.ceil(math.log2(largest / delta + 1.0)) + 1 if delta > 0 else max_bits + 1
     if bits > max_bits or not math.isfinite(largest / delta):
         return ModelPayload(RawVector(target.astype(np.float32)), relative)
     codes = quantize(target, delta, bits, rng)
+    if not codes.any():
+        # Every coordinate rounded to zero: the canonical forms of that value.
+        return ModelPayload(
+            EqualsSnapshot(x.shape[0]) if relative else ZeroVector(x.shape[0]), relative=False
+        )
     return ModelPayload(DenseQuantized(bits, delta, codes), relative)

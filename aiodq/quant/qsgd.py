@@ -46,6 +46,8 @@ def quantize_qsgd_with_dither(
     # Always the float64 path: s may need 16 bits, beyond float32's fast path.
     levels = floor_with_dither(np.abs(v), s / norm32, u, 16)
     np.clip(levels, 0, s, out=levels)
+    if not levels.any():
+        return ZeroVector(v.shape[0])
     signed = np.where(v < 0, -levels, levels)
     return QSGDVector(s, norm32, signed)
 

@@ -292,9 +292,11 @@ def decode_message(frame: Frame, context: DecodeContext) -> Event:
     if message_type == MessageType.CONFIG:
         body = _unpack_map(frame.body, limits, what)
         dim = _field(body, "dim", int, what)
-        if not 1 <= dim <= limits.max_dimension:
+        if dim < 1:
+            raise _config_error(f"CONFIG: dim {dim} is not positive")
+        if dim > limits.max_dimension:
             raise CodecError(
-                f"CONFIG: dim {dim} outside [1, {limits.max_dimension}]", ErrorCode.LIMIT_EXCEEDED
+                f"CONFIG: dim {dim} exceeds the limit {limits.max_dimension}", ErrorCode.LIMIT_EXCEEDED
             )
         return _build(
             Config,

@@ -220,6 +220,9 @@ def decode_vector(
         scale = _scale(cursor)
         codes = _codes(cursor.take(packed_size(dim, bits), "dense codes"), dim, bits)
         cursor.expect_end("dense vector")
+        # wire-format.md 5.5: the zero vector has one encoding, ZERO.
+        if not codes.any():
+            raise _invalid("every DENSE code is zero; the zero vector is sent as ZERO")
         return DenseQuantized._trusted(bits, scale, codes)
     if encoding == Encoding.QSGD:
         return _decode_qsgd(cursor, dim)
@@ -305,6 +308,8 @@ def _decode_qsgd(cursor: Cursor, dim: int) -> QSGDVector:
         raise _invalid(f"QSGD level above s={s}")
     nonzero = magnitudes != 0
     nnz = int(nonzero.sum())
+    if not nnz:
+        raise _invalid("every QSGD level is zero; the zero vector is sent as ZERO")
     signs_block = rest[unary_bytes + mantissa_bytes :]
     if len(signs_block) != (nnz + 7) // 8:
         raise _invalid(f"sign stream takes {(nnz + 7) // 8} bytes, got {len(signs_block)}")

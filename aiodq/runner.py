@@ -1,0 +1,297 @@
+"""``aiodq run``, ``aiodq master`` and ``aiodq worker``: processes, progress, results.
+
+``run_local`` starts a :class:`~aiodq.master.Master` in this process and M
+worker processes (``python -m aiodq worker``) on 127.0.0.1, shows live progress
+with rich, and writes ``result.json`` and ``loss_vs_bits.png`` into the output
+folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .algorithms import TrainConfig
+from .data import Dataset, load_dataset, shard
+from .master import Master
+from .models import make_model
+from .worker import WorkerResult, run_worker
+
+__all__ = ["RunError", "master_main", "run_local", "use_uvloop", "worker_main", "write_results"]
+
+
+class RunError(RuntimeError):
+    """A run could not complete: the message says why."""
+
+
+def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return uvloop's loop factory where uvloop is installed, else None (the default loop)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional at run time
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """Run ``coroutine`` on a new event loop, uvloop's where available."""
+    with asyncio.Runner(loop_factory=use_uvloop()) as runner:
+        return runner.run(coroutine)
+
+
+def classes_of(dataset: Dataset) -> int:
+    """Number of classes: 2 for -1/+1 labels, else the largest label plus one."""
+    labels = dataset.labels
+    return int(labels.max()) + 1 if labels.min() >= 0 else 2
+
+
+def initial_model(config: TrainConfig, dataset: Dataset) -> np.ndarray[Any, Any]:
+    """x_0 for the configured model on this dataset's shape."""
+    model = make_model(config.model, dataset.features_count, classes_of(dataset), config.hidden)
+    return model.initial(np.random.default_rng([config.seed, 0x1417]))
+
+
+# -- results ------------------------------------------------------------------
+
+
+def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None]:
+    """Write ``result.json`` and ``loss_vs_bits.png`` into ``out``; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / "result.json"
+    result.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plot = out / "loss_vs_bits.png"
+    try:
+        import matplotlib  # noqa: PLC0415 - the plot is optional; keep import cost off the hot path
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return result, None
+    trace = summary["trace"]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([max(r["bits"], 1) for r in trace], [r["loss"] for r in trace], marker="o")
+    axis.set_xscale("log")
+    axis.set_xlabel("bits transmitted (both directions)")
+    axis.set_ylabel("training loss F(x_snap)")
+    axis.set_title(f"{summary['config']['algorithm']} on {summary.get('dataset', '?')}")
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(plot, dpi=120)
+    plt.close(figure)
+    return result, plot
+
+
+def _float32_equivalent_bits(summary: dict[str, Any]) -> int:
+    """Payload bits the same vector messages would take in float32."""
+    dim = summary["dim"]
+    messages = summary["traffic"]["messages"]
+    vector_kinds = ("SNAPSHOT", "SNAPSHOT_GRADIENT", "FULL_GRADIENT", "MODEL", "GRADIENT")
+    count = sum(messages.get(d, {}).get(kind, 0) for d in ("down", "up") for kind in vector_kinds)
+    return int(32 * dim * count)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary table: (label, value) rows."""
+    final = summary["trace"][-1]
+    totals = summary["traffic"]["total_bytes"]
+    payload = summary["traffic"]["payload_bits"]
+    payload_bits = sum(v for table in payload.values() for v in table.values())
+    float32_bits = _float32_equivalent_bits(summary)
+    staleness = summary["staleness"]
+    return [
+        ("algorithm", summary["config"]["algorithm"]),
+        ("dataset", str(summary.get("dataset", ""))),
+        ("workers", str(summary["workers"])),
+        ("epochs", str(summary["config"]["epochs"])),
+        ("final training loss", f"{final['loss']:.6f}"),
+        ("final training accuracy", f"{final['accuracy']:.4f}"),
+        ("bits master -> workers", f"{8 * totals['down']:,}"),
+        ("bits workers -> master", f"{8 * totals['up']:,}"),
+        ("bits total", f"{8 * totals['both']:,}"),
+        ("vector payload vs float32", f"{payload_bits / float32_bits:.4f}" if float32_bits else "-"),
+        ("applied updates", f"{summary['version']:,}"),
+        ("staleness mean / max (tau)", f"{staleness['mean']:.2f} / {staleness['max']} ({staleness['tau']})"),
+        ("dropped gradients", json.dumps(staleness["dropped"])),
+        ("wall time", f"{summary['wall_time']:.2f} s"),
+    ]
+
+
+# -- aiodq run ----------------------------------------------------------------
+
+
+def _worker_command(
+    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "aiodq",
+        "worker",
+        "--connect",
+        f"{host}:{port}",
+        "--shard",
+        f"{index}/{workers}",
+    ]
+    command += ["--seed", str(seed)]
+    if data is not None:
+        command += ["--data", data]
+    return command
+
+
+async def run_local(
+    config: TrainConfig,
+    dataset: Dataset,
+    data_path: str | None,
+    workers: int,
+    *,
+    progress: bool = True,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
+    """One master here and ``workers`` worker processes on 127.0.0.1; return the summary.
+
+    Raises:
+        RunError: if a worker process fails or the run times out.
+    """
+    from rich.console import Console  # noqa: PLC0415 - only the CLI needs rich
+    from rich.live import Live  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    x0 = initial_model(config, dataset)
+    async with Master(config, x0, workers=workers, host="127.0.0.1", port=0) as master:
+        host, port = master.address
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        processes = [
+            await asyncio.create_subprocess_exec(
+                *_worker_command(host, port, i, workers, data=data_path, seed=config.seed),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            for i in range(workers)
+        ]
+        waiter = asyncio.create_task(master.wait(timeout))
+        exits = [asyncio.create_task(p.wait()) for p in processes]
+
+        def table() -> Table:
+            coordinator = master.coordinator
+            assert coordinator is not None
+            view = Table(title=f"aiodq run: {config.algorithm}, {workers} workers", expand=False)
+            for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
+                view.add_column(column, justify="right")
+            elapsed = max(master.elapsed, 1e-9)
+            for record in coordinator.trace[-8:]:
+                view.add_row(
+                    str(record.epoch),
+                    f"{record.loss:.6f}",
+                    f"{record.accuracy:.4f}",
+                    f"{8 * record.bytes_total / 1e6:.3f}",
+                    f"{record.version / max(record.time, 1e-9):.0f}",
+                )
+            view.caption = (
+                f"version {coordinator.state.version}, {8 * coordinator.traffic().total() / 1e6:.3f} Mbit, "
+                f"{coordinator.state.version / elapsed:.0f} updates/s, {elapsed:.1f} s"
+            )
+            return view
+
+        try:
+            with (
+                Live(table(), console=console, refresh_per_second=4, transient=False)
+                if progress
+                else (contextlib.nullcontext()) as live
+            ):
+                while not waiter.done():
+                    done_early = [
+                        p for p, e in zip(processes, exits, strict=True) if e.done() and p.returncode != 0
+                    ]
+                    if done_early:
+                        process = done_early[0]
+                        assert process.stderr is not None
+                        message = (await process.stderr.read()).decode(errors="replace").strip()
+                        raise RunError(
+                            f"worker process exited with status {process.returncode}: {message[-2000:]}"
+                        )
+                    await asyncio.wait(
+                        [waiter, *[e for e in exits if not e.done()]],
+                        timeout=0.25,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if live is not None:
+                        live.update(table())
+            try:
+                summary = waiter.result()
+            except TimeoutError:
+                raise RunError(f"the run did not finish within {timeout:.0f} s") from None
+            await asyncio.wait_for(asyncio.gather(*exits), 30)
+            failed = [p.returncode for p in processes if p.returncode != 0]
+            if failed:
+                raise RunError(f"worker processes exited with status {failed}")
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+            await asyncio.gather(*exits, return_exceptions=True)
+            waiter.cancel()
+    summary["dataset"] = dataset.name
+    summary["data_path"] = data_path
+    return summary
+
+
+# -- aiodq master / aiodq worker ------------------------------------------------
+
+
+async def master_main(
+    config: TrainConfig, dataset: Dataset, host: str, port: int, workers: int
+) -> dict[str, Any]:
+    """``aiodq master``: serve until training finishes; return the summary."""
+    x0 = initial_model(config, dataset)
+    async with Master(config, x0, workers=workers, host=host, port=port) as master:
+        bound_host, bound_port = master.address
+        print(
+            f"aiodq master listening on {bound_host}:{bound_port}, waiting for {workers} workers", flush=True
+        )
+        summary = await master.wait()
+    summary["dataset"] = dataset.name
+    return summary
+
+
+async def worker_main(
+    host: str, port: int, dataset: Dataset, *, index: int, workers: int, seed: int
+) -> WorkerResult:
+    """``aiodq worker``: train on shard ``index`` of ``workers`` until the master closes."""
+    rows = shard(dataset.samples, workers, index, seed=seed)
+    part = dataset.rows(rows)
+    return await run_worker(
+        host, port, part.features, part.labels, name=f"shard-{index}/{workers}", classes=classes_of(dataset)
+    )
+
+
+def load_data_or_fail(path: str | None) -> Dataset:
+    """Load a dataset, turning a bad file into :class:`RunError`."""
+    from .data import DataError  # noqa: PLC0415
+
+    try:
+        return load_dataset(path)
+    except DataError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: map non-finite floats to None."""
+    return value if math.isfinite(value) else None
+
+
+def elapsed_since(start: float) -> float:
+    """Seconds since ``start`` (time.perf_counter)."""
+    return time.perf_counter() - start
