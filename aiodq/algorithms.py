@@ -63,12 +63,15 @@ class AlgorithmSpec:
     needs_full_gradient: bool = False
     #: The full-precision counterpart, for bit savings.
     baseline: str = "asyfpg"
+    #: The step size eta used when the configuration leaves it at 0.
+    default_step: float = 0.5
 
 
 #: Every algorithm by name (docs/algorithms.md 5-8).
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "asylpg": AlgorithmSpec("quantized", "dense"),
-    "sparse-asylpg": AlgorithmSpec("quantized", "sparse"),
+    # The sparsifier's variance grows like d / phi: a smaller default step.
+    "sparse-asylpg": AlgorithmSpec("quantized", "sparse", default_step=0.2),
     "acc-asylpg": AlgorithmSpec("quantized", "dense", accelerated=True, baseline="acc-asyfpg"),
     "asyfpg": AlgorithmSpec("float32", "float32"),
     "acc-asyfpg": AlgorithmSpec("float32", "float32", accelerated=True, baseline="acc-asyfpg"),
@@ -87,8 +90,8 @@ class TrainConfig:
     epochs: int = 10
     #: Applied updates per epoch m; 0 means one pass over the data (n / batch).
     updates_per_epoch: int = 0
-    #: Step size eta.
-    step: float = 0.5
+    #: Step size eta; 0 picks the algorithm's default (0.5, or 0.2 for Sparse-AsyLPG).
+    step: float = 0.0
     #: Mini-batch size B.
     batch: int = 64
     #: Gradient bits b.
@@ -134,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
         if not 2 <= self.model_bits_cap <= 16:
             raise ValueError("model_bits_cap must be between 2 and 16")
+        if self.step == 0:
+            object.__setattr__(self, "step", ALGORITHMS[self.algorithm].default_step)
         if not (math.isfinite(self.step) and self.step > 0):
             raise ValueError(f"step must be positive, got {self.step}")
         if not (math.isfinite(self.mu) and self.mu > 0):

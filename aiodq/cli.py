@@ -150,7 +150,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="applied updates per epoch m (default 0: one pass, n / batch)",
     )
     group.add_argument(
-        "--step", type=float, default=defaults.step, help=f"step size eta (default {defaults.step})"
+        "--step", type=float, default=0.0, help="step size eta (default 0: 0.5, or 0.2 for sparse-asylpg)"
     )
     group.add_argument(
         "--batch", type=int, default=defaults.batch, help=f"mini-batch size B (default {defaults.batch})"

@@ -111,7 +111,6 @@ _STATES: dict[MessageType, frozenset[ConnectionState]] = {
             ConnectionState.HANDSHAKE,
             ConnectionState.CONFIGURING,
             ConnectionState.READY,
-            ConnectionState.CLOSING,
         }
     ),
 }
@@ -157,7 +156,10 @@ class Connection:
         self._epoch = _Epoch()
         self._version: int | None = None
         self._dim: int | None = None
-        self._local_encodings = frozenset(self._config.encodings or _ALL_ENCODINGS)
+        self._config_encodings = frozenset(self._config.encodings or _ALL_ENCODINGS)
+        # What this side decodes: its configured set until its HELLO or WELCOME
+        # announces one (wire-format.md 6.2), then exactly the announced set.
+        self._local_encodings = self._config_encodings
         self._peer_encodings: frozenset[int] = _ALL_ENCODINGS
         self._context = DecodeContext(limits=self._config.limits, encodings=self._local_encodings)
         self._started = now
@@ -299,6 +301,10 @@ class Connection:
         except TypeError as exc:
             raise LocalProtocolError(str(exc)) from exc
         try:
+            reason = getattr(event, "reason", "")
+            if len(reason.encode()) > self._config.limits.max_reason_bytes:
+                limit = self._config.limits.max_reason_bytes
+                raise _ViolationError(f"reason longer than {limit} bytes", ErrorCode.LIMIT_EXCEEDED)
             self._check_order(message_type, sender=self.role)
             self._check_content(event, sender=self.role)
             vector = getattr(event, "vector", None)
@@ -396,8 +402,20 @@ class Connection:
     def _check_content(self, event: Event, *, sender: Role) -> None:
         """wire-format.md 8.2: epochs, versions and the request/answer pairing."""
         epoch = self._epoch
+        vector = getattr(event, "vector", None)
+        # wire-format.md 5.2: after CONFIG every vector has the configured dimension
+        # (the decoder checks received ones; this checks what we send).
+        ours = sender is self.role
+        if vector is not None and ours and self._dim is not None and vector.dim != self._dim:
+            raise _ViolationError(
+                f"dimension {vector.dim}, configured {self._dim}", ErrorCode.WRONG_DIMENSION
+            )
         if isinstance(event, Hello):
+            # wire-format.md 7.1: one HELLO per session.
+            if self._offered is not None:
+                raise _ViolationError("a second HELLO", ErrorCode.UNEXPECTED_MESSAGE)
             if sender is self.role:
+                self._check_announced(event.encodings)
                 return
             common = SUPPORTED_VERSIONS & set(range(event.min_version, event.max_version + 1))
             if not common:
@@ -407,7 +425,12 @@ class Connection:
                 )
         elif isinstance(event, Welcome):
             offered = self._offered
-            if offered is not None and not offered[0] <= event.version <= offered[1]:
+            # wire-format.md 7.2: WELCOME answers a HELLO.
+            if offered is None:
+                raise _ViolationError("WELCOME before HELLO", ErrorCode.UNEXPECTED_MESSAGE)
+            if sender is self.role:
+                self._check_announced(event.encodings)
+            if not offered[0] <= event.version <= offered[1]:
                 raise _ViolationError(
                     f"version {event.version} was not offered", ErrorCode.UNSUPPORTED_VERSION
                 )
@@ -470,6 +493,15 @@ class Connection:
                     ErrorCode.VERSION_MISMATCH,
                 )
 
+    def _check_announced(self, encodings: frozenset[int]) -> None:
+        """What this side announces it can decode must be within what it is configured to decode."""
+        unknown = encodings - self._config_encodings
+        if unknown:
+            raise _ViolationError(
+                f"announcing encodings {sorted(unknown)} that this connection does not decode",
+                ErrorCode.UNSUPPORTED_ENCODING,
+            )
+
     def _check_in_epoch(self, event_epoch: int, what: str) -> None:
         epoch = self._epoch
         if epoch.current is None or epoch.snapshot_pending:
@@ -484,15 +516,18 @@ class Connection:
     def _apply(self, event: Event, *, sent: bool) -> None:
         """Update the state after a message passed every check."""
         epoch = self._epoch
-        if isinstance(event, Hello):
-            self._offered = (event.min_version, event.max_version)
-            if not sent:
+        if isinstance(event, Hello | Welcome):
+            if isinstance(event, Hello):
+                self._offered = (event.min_version, event.max_version)
+            else:
+                self._version = event.version
+                self._state = ConnectionState.CONFIGURING
+            if sent:
+                # wire-format.md 6.2: a side decodes exactly what it announced.
+                self._local_encodings = event.encodings
+                self._context = DecodeContext(limits=self._config.limits, encodings=event.encodings)
+            else:
                 self._peer_encodings = event.encodings
-        elif isinstance(event, Welcome):
-            self._version = event.version
-            if not sent:
-                self._peer_encodings = event.encodings
-            self._state = ConnectionState.CONFIGURING
         elif isinstance(event, Config):
             self._dim = event.dim
             self._context = DecodeContext(
@@ -520,7 +555,7 @@ class Connection:
             if sent:
                 self._close_sent = True
                 self._state_before_close = self._state
-                self._state = ConnectionState.CLOSED if self._peer_closed else ConnectionState.CLOSING
+                self._state = ConnectionState.CLOSING
             else:
                 self._peer_closed = True
                 if self._state is not ConnectionState.CLOSING:

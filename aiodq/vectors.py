@@ -370,9 +370,10 @@ class QSGDVector:
         return int(gamma.sum()) + int(np.count_nonzero(self.levels)) + 32
 
     def to_dense(self, dtype: npt.DTypeLike = np.float64) -> FloatArray:
-        """Return ``norm * levels / s``."""
+        """Return ``norm * level / s``: ``norm * level`` is exact in float64, the division rounds once."""
         out = self.levels.astype(np.float64)
-        out *= self.norm / self.s
+        out *= self.norm
+        out /= self.s
         return out.astype(dtype, copy=False)
 
     def __eq__(self, other: object) -> bool:

@@ -45,6 +45,8 @@ DITHER_BITS = 16
 MAX_MODEL_BITS = 16
 
 _DITHER_SCALE = float(1 << DITHER_BITS)
+#: Largest 2**16 / delta the float32 fast path takes: beyond it the float64 path is used.
+_FLOAT32_SAFE = float(2.0**100)
 
 
 def code_range(bits: int) -> tuple[int, int]:
@@ -70,16 +72,18 @@ def check_finite(values: npt.NDArray[Any], what: str = "input") -> tuple[float, 
 
 
 def float32_at_least(value: float) -> float:
-    """Return the smallest float32 that is ``>= value``."""
-    rounded = np.float32(value)
+    """Return the smallest float32 that is ``>= value`` (inf beyond the float32 range)."""
+    with np.errstate(over="ignore"):
+        rounded = np.float32(value)
     if float(rounded) < value:
         rounded = np.nextafter(rounded, np.float32(np.inf))
     return float(rounded)
 
 
 def float32_at_most(value: float) -> float:
-    """Return the largest float32 that is ``<= value``."""
-    rounded = np.float32(value)
+    """Return the largest float32 that is ``<= value`` (for ``value >= 0``)."""
+    with np.errstate(over="ignore"):
+        rounded = np.float32(value)
     if float(rounded) > value:
         rounded = np.nextafter(rounded, np.float32(0))
     return float(rounded)
@@ -96,55 +100,61 @@ def draw_dither(rng: np.random.Generator, count: int) -> npt.NDArray[np.uint16]:
 
 
 def floor_with_dither(
-    values: npt.NDArray[Any], inverse_delta: float, dither: npt.NDArray[Any], bits: int
+    values: npt.NDArray[Any], inverse_delta: float, dither: npt.NDArray[Any], low: int, high: int
 ) -> npt.NDArray[Any]:
-    """Return ``floor(values * inverse_delta + u)``, not yet clipped to a code range.
+    """Return ``floor(clip(values * inverse_delta, low, high) + u)``: stochastic rounding onto ``low..high``.
 
-    ``dither`` is a uint16 array ``r`` (``u = r / 2**16``, the fast path) or
-    floats in ``[0, 1)``.  ``bits <= 8`` lets the fast path work in float32.
+    Clipping the scaled value (not the code) gives exactly "outside the range,
+    the nearest end" (algorithms.md 2), keeps every later integer operation in
+    range whatever the input, and costs no extra pass.  ``dither`` is a uint16
+    array ``r`` (``u = r / 2**16``, the fast path) or floats in ``[0, 1)``.
+    A code range of at most 256 values lets the fast path work in float32.
     """
     if np.issubdtype(dither.dtype, np.integer):
         if dither.dtype != np.uint16:
             raise ValueError("an integer dither must be uint16 (u = r / 2**16)")
         # floor(y + r / 2**16) == (floor(2**16 y) + r) >> 16 exactly, for integer r.
-        if bits <= 8:
-            # |2**16 y| <= 2**23: float32 holds it to within one unit of 2**-16.
-            scaled = np.multiply(values, np.float32(inverse_delta * _DITHER_SCALE), dtype=np.float32)
-            np.floor(scaled, out=scaled)
-            fixed32: npt.NDArray[Any] = scaled.astype(np.int32)
-            np.add(fixed32, dither, out=fixed32)
-            np.right_shift(fixed32, DITHER_BITS, out=fixed32)
-            return fixed32
-        wide = np.multiply(values, inverse_delta * _DITHER_SCALE, dtype=np.float64)
-        np.floor(wide, out=wide)
-        fixed64: npt.NDArray[Any] = wide.astype(np.int64)
-        np.add(fixed64, dither, out=fixed64)
-        np.right_shift(fixed64, DITHER_BITS, out=fixed64)
-        return fixed64
+        scale = inverse_delta * _DITHER_SCALE
+        narrow = high - low < 256 and scale < _FLOAT32_SAFE
+        # |2**16 y| <= 2**23 when narrow: float32 holds it to within one unit of 2**-16.
+        dtype = np.float32 if narrow else np.float64
+        with np.errstate(over="ignore"):
+            scaled = np.multiply(values, dtype(scale), dtype=dtype)
+        np.clip(scaled, low * _DITHER_SCALE, high * _DITHER_SCALE, out=scaled)
+        np.floor(scaled, out=scaled)
+        fixed: npt.NDArray[Any] = scaled.astype(np.int32 if narrow else np.int64)
+        np.add(fixed, dither, out=fixed)
+        np.right_shift(fixed, DITHER_BITS, out=fixed)
+        return fixed
     u = np.asarray(dither, dtype=np.float64)
     if u.size and not (float(u.min()) >= 0.0 and float(u.max()) < 1.0):
         raise ValueError("a float dither must lie in [0, 1)")
-    y = np.multiply(values, inverse_delta, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        y = np.multiply(values, inverse_delta, dtype=np.float64)
+    np.clip(y, low, high, out=y)
     y += u
     codes: npt.NDArray[Any] = np.floor(y).astype(np.int64)
     return codes
 
 
 def quantize_with_dither(
-    values: npt.ArrayLike, delta: float, bits: int, dither: npt.ArrayLike
+    values: npt.ArrayLike, delta: float, bits: int, dither: npt.ArrayLike, *, symmetric: bool = False
 ) -> npt.NDArray[Any]:
     """Stochastic rounding with an explicit dither: the core of Q_(delta, b).
 
-    ``code = clip(floor(v / delta + u), -2**(b-1), 2**(b-1) - 1)``, where ``u``
-    is ``dither`` itself (floats in ``[0, 1)``) or ``dither / 2**16`` (a uint16
-    array).  Values outside the grid are clipped to its ends (biased; the
-    callers choose ``delta`` so that this does not happen).
+    ``code = floor(clip(v / delta, low, high) + u)`` with ``low..high`` the
+    b-bit two's complement range ``-2**(b-1)..2**(b-1) - 1`` (or the symmetric
+    ``-(2**(b-1) - 1)..2**(b-1) - 1``), where ``u`` is ``dither`` itself (floats
+    in ``[0, 1)``) or ``dither / 2**16`` (a uint16 array).  Values outside the
+    grid become its nearest end (biased; the callers choose ``delta`` so that
+    this does not happen).
 
     Args:
         values: the vector to quantize (finite).
         delta: the grid step, positive and finite.
         bits: code width b, 2 to 16.
         dither: one dither per value.
+        symmetric: use the symmetric code range (the gradient and model quantizers do).
 
     Returns:
         The codes: ``int8`` for ``bits <= 8``, else ``int16``.
@@ -165,15 +175,19 @@ def quantize_with_dither(
     if u.shape != v.shape:
         raise ValueError("dither must have one entry per value")
     low, high = code_range(bits)
-    codes = floor_with_dither(v, 1.0 / delta, u, bits)
-    np.clip(codes, low, high, out=codes)
+    if symmetric:
+        low = -high
+    codes = floor_with_dither(v, 1.0 / delta, u, low, high)
     return codes.astype(np.int8 if bits <= 8 else np.int16)
 
 
-def quantize(values: npt.ArrayLike, delta: float, bits: int, rng: np.random.Generator) -> npt.NDArray[Any]:
+def quantize(
+    values: npt.ArrayLike, delta: float, bits: int, rng: np.random.Generator, *, symmetric: bool = False
+) -> npt.NDArray[Any]:
     """Q_(delta, b) with a dither drawn from ``rng`` (see :func:`quantize_with_dither`)."""
     v = np.asarray(values)
-    return quantize_with_dither(v, delta, bits, draw_dither(rng, v.shape[0] if v.ndim else 1))
+    dither = draw_dither(rng, v.shape[0] if v.ndim else 1)
+    return quantize_with_dither(v, delta, bits, dither, symmetric=symmetric)
 
 
 def quantize_gradient(
@@ -196,6 +210,9 @@ def quantize_gradient(
         NonFiniteError: if alpha holds NaN or infinities.
         ValueError: on bad ``bits``, or values beyond the float32 range.
     """
+    code_range(bits)  # validate bits even when the result is the zero vector
+    if bits < 2:
+        raise ValueError(f"bits must be between 2 and 16, got {bits}")
     alpha = np.asarray(gradient)
     if not np.issubdtype(alpha.dtype, np.floating):
         alpha = alpha.astype(np.float64)
@@ -214,7 +231,11 @@ def quantize_to_range(
 
     Returns:
         ``(delta, codes)`` with ``delta`` the float32 grid step, rounded up so
-        that no value with ``|v| <= largest`` is clipped.
+        that no value with ``|v| <= largest`` is clipped, and codes in the
+        symmetric range ``-(2**(b-1) - 1)..2**(b-1) - 1``.
+
+    Raises:
+        ValueError: on bad ``bits``, or if ``delta`` exceeds the float32 range.
     """
     _, top = code_range(bits)
     if bits < 2:
@@ -224,7 +245,7 @@ def quantize_to_range(
         delta = float(np.nextafter(np.float32(0), np.float32(1)))
     if not math.isfinite(delta) or delta > float(np.finfo(np.float32).max):
         raise ValueError("values exceed the float32 range of the scale")
-    return delta, quantize(values, delta, bits, rng)
+    return delta, quantize(values, delta, bits, rng, symmetric=True)
 
 
 class ModelPayload(NamedTuple):
@@ -309,7 +330,7 @@ def quantize_model(
     bits = math.ceil(math.log2(largest / delta + 1.0)) + 1 if delta > 0 else max_bits + 1
     if bits > max_bits or not math.isfinite(largest / delta):
         return ModelPayload(RawVector(target.astype(np.float32)), relative)
-    codes = quantize(target, delta, bits, rng)
+    codes = quantize(target, delta, bits, rng, symmetric=True)
     if not codes.any():
         # Every coordinate rounded to zero: the canonical forms of that value.
         return ModelPayload(

@@ -37,15 +37,15 @@ def quantize_qsgd_with_dither(
     u = np.asarray(dither)
     if u.shape != v.shape:
         raise ValueError("dither must have one entry per value")
-    norm = float(np.linalg.norm(v))
+    largest = float(np.abs(v).max())
+    # Scale by the largest entry first, so the norm of huge values does not overflow.
+    norm = largest * float(np.linalg.norm(v / largest)) if largest > 0 else 0.0
     if norm == 0.0:
         return ZeroVector(v.shape[0])
     norm32 = float32_at_least(norm)
     if not math.isfinite(norm32) or norm32 > float(np.finfo(np.float32).max):
         raise ValueError("the 2-norm exceeds the float32 range")
-    # Always the float64 path: s may need 16 bits, beyond float32's fast path.
-    levels = floor_with_dither(np.abs(v), s / norm32, u, 16)
-    np.clip(levels, 0, s, out=levels)
+    levels = floor_with_dither(np.abs(v), s / norm32, u, 0, s)
     if not levels.any():
         return ZeroVector(v.shape[0])
     signed = np.where(v < 0, -levels, levels)

@@ -47,10 +47,15 @@ def keep_probabilities(
     check_finite(alpha, "gradient")
     if not budget > 0:
         raise ValueError(f"the budget phi must be positive, got {budget!r}")
+    if not 0 < budget < float("inf"):
+        raise ValueError(f"the budget phi must be positive and finite, got {budget!r}")
     magnitude = np.abs(alpha)
-    total = float(magnitude.sum())
-    if total == 0.0:
+    largest = float(magnitude.max())
+    if largest == 0.0:
         return np.zeros_like(magnitude)
+    # Work with |alpha| / max|alpha|: the 1-norm of huge values cannot overflow.
+    magnitude /= largest
+    total = float(magnitude.sum())
     probabilities = np.minimum(magnitude * (budget / total), 1.0)
     if not exact:
         return probabilities
@@ -85,7 +90,8 @@ def sparsify_with_uniforms(
         raise ValueError("gradient, probabilities and uniforms must have the same shape")
     threshold = p * _UNIFORM_SCALE if u.dtype == np.uint32 else p
     indices = np.flatnonzero(u < threshold)
-    return indices, alpha[indices] / p[indices]
+    with np.errstate(over="ignore"):
+        return indices, alpha[indices] / p[indices]
 
 
 def sparsify(
@@ -117,11 +123,16 @@ def quantize_sparse(
         NonFiniteError: if alpha holds NaN or infinities.
         ValueError: on a bad budget or bit width.
     """
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be between 2 and 16, got {bits}")
     alpha = np.asarray(gradient, dtype=np.float64)
     indices, kept = sparsify(alpha, budget, rng, exact=exact)
     if indices.shape[0] == 0:
         return ZeroVector(alpha.shape[0])
-    delta, codes = quantize_to_range(kept, float(np.abs(kept).max()), bits, rng)
+    largest = float(np.abs(kept).max())
+    if not largest < float(np.finfo(np.float32).max):
+        raise ValueError("the rescaled kept values exceed the float32 range of the scale")
+    delta, codes = quantize_to_range(kept, largest, bits, rng)
     nonzero = codes != 0
     if not nonzero.any():
         return ZeroVector(alpha.shape[0])

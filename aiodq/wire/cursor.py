@@ -98,9 +98,7 @@ class Cursor:
                 # wire-format.md 4.2: a varint MUST use its shortest form.
                 if byte == 0 and shift:
                     raise CodecError(f"{what}: varint not in shortest form", ErrorCode.MALFORMED_FRAME)
-                if value > MAX_VARINT:
-                    break
-                return value
+                return value  # nine 7-bit groups hold at most 2**63 - 1
         raise CodecError(f"{what}: varint exceeds 2**63 - 1", ErrorCode.MALFORMED_FRAME)
 
     def expect_end(self, what: str) -> None:

@@ -32,7 +32,6 @@ from .bitcodes import (
     MAX_RICE_K,
     gamma_decode,
     gamma_encode,
-    rice_block_size,
     rice_choose,
     rice_decode,
     rice_encode,
@@ -279,8 +278,8 @@ def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> S
     indices = np.cumsum(gaps + 1) - 1
     if int(indices[-1]) >= dim:
         raise _invalid(f"index {int(indices[-1])} beyond dimension {dim}")
-    best_k, best_size = rice_choose(gaps)
-    if best_k != k or best_size != rice_block_size(gaps, k):
+    best_k, _ = rice_choose(gaps)
+    if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
     return SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
 
