@@ -1,0 +1,1830 @@
+#!/usr/bin/env python3
+"""Generate the wire-format conformance vectors (tests/conformance/vectors/*.json).
+
+Run from anywhere: ``python tests/conformance/generate.py``.  The committed JSON
+files are the data; this script only documents how they were made.  It builds
+every frame twice where it can, once with aiodq's encoder and once by hand from
+the spec's field layout (an independent little-endian bit writer below), and
+refuses to write a vector when the two disagree.
+
+Vector kinds (the ``kind`` field):
+
+- ``valid``: one whole frame and the event it decodes to, field by field.
+- ``invalid``: one frame and the exact wire error code that decoding raises.
+- ``quantizer``: explicit-dither quantizer and sparsifier inputs and outputs.
+- ``story``: ordered steps over a master/worker connection pair.
+
+Floats never appear as JSON numbers: they are IEEE-754 bit patterns in hex
+("0x3f800000" for a float32, 16 hex digits for a float64).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from aiodq.config import ConnectionConfig, Limits  # noqa: E402
+from aiodq.connection import MasterConnection, WorkerConnection  # noqa: E402
+from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError  # noqa: E402
+from aiodq.events import (  # noqa: E402
+    Close,
+    Config,
+    ConnectionClosed,
+    Error,
+    FullGradient,
+    Gradient,
+    Heartbeat,
+    Hello,
+    Model,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
+from aiodq.quant.lowp import quantize_with_dither  # noqa: E402
+from aiodq.quant.qsgd import quantize_qsgd_with_dither  # noqa: E402
+from aiodq.quant.sparse import sparsify_with_uniforms  # noqa: E402
+from aiodq.vectors import (  # noqa: E402
+    DenseQuantized,
+    EqualsSnapshot,
+    QSGDVector,
+    RawVector,
+    SparseQuantized,
+    ZeroVector,
+)
+from aiodq.wire.frames import FrameReader, MessageType  # noqa: E402
+from aiodq.wire.messages import DecodeContext, decode_message, encode_message  # noqa: E402
+from aiodq.wire.payload import Encoding, encoding_of, sparse_index_encoding  # noqa: E402
+
+OUT = HERE / "vectors"
+VECTORS: list[tuple[str, dict[str, Any]]] = []
+MAX63 = (1 << 63) - 1
+
+# -- float bit patterns -------------------------------------------------------------------------
+
+
+def f32bits(value: float) -> str:
+    return f"0x{struct.unpack('<I', struct.pack('<f', value))[0]:08x}"
+
+
+def f64bits(value: float) -> str:
+    return f"0x{struct.unpack('<Q', struct.pack('<d', value))[0]:016x}"
+
+
+def f32raw(pattern: int) -> bytes:
+    return struct.pack("<I", pattern)
+
+
+def f64raw(pattern: int) -> bytes:
+    return struct.pack("<Q", pattern)
+
+
+# -- an independent writer for the wire layout (wire-format.md 3, 4, 5) ------------------------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def frame(version: int, mtype: int, flags: int, body: bytes) -> bytes:
+    return struct.pack("<BBBI", version, mtype, flags, len(body)) + body
+
+
+class Bits:
+    """Little-endian bit stream: bit j is bit j % 8 of byte j // 8, zero padded."""
+
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def put(self, value: int, width: int) -> Bits:
+        for j in range(width):
+            self.bits.append((value >> j) & 1)
+        return self
+
+    def unary(self, q: int) -> Bits:
+        self.bits.extend([0] * q + [1])
+        return self
+
+    def bytes(self) -> bytes:
+        out = bytearray((len(self.bits) + 7) // 8)
+        for j, bit in enumerate(self.bits):
+            out[j // 8] |= bit << (j % 8)
+        return bytes(out)
+
+
+def packed(codes: list[int], bits: int) -> bytes:
+    writer = Bits()
+    for code in codes:
+        writer.put(code & ((1 << bits) - 1), bits)
+    return writer.bytes()
+
+
+def dense_payload(dim: int, bits: int, scale_pattern: int, codes: list[int]) -> bytes:
+    return bytes((0x40 | (bits - 1),)) + varint(dim) + f32raw(scale_pattern) + packed(codes, bits)
+
+
+def sparse_head(
+    enc: int, dim: int, bits: int, scale_pattern: int, codes: list[int], nnz: int | None = None
+) -> bytes:
+    count = len(codes) if nnz is None else nnz
+    return (
+        bytes((enc << 4 | (bits - 1),))
+        + varint(dim)
+        + varint(count)
+        + f32raw(scale_pattern)
+        + packed(codes, bits)
+    )
+
+
+def bitmap_block(dim: int, indices: list[int], extra_bits: list[int] = ()) -> bytes:
+    writer = Bits()
+    flags = [0] * (((dim + 7) // 8) * 8)
+    for i in [*indices, *extra_bits]:
+        flags[i] = 1
+    for f in flags:
+        writer.put(f, 1)
+    return writer.bytes()
+
+
+def gaps_of(indices: list[int]) -> list[int]:
+    out, previous = [], -1
+    for i in indices:
+        out.append(i - previous - 1)
+        previous = i
+    return out
+
+
+def rice_block(gaps: list[int], k: int) -> bytes:
+    remainders = Bits()
+    unary = Bits()
+    for g in gaps:
+        remainders.put(g & ((1 << k) - 1), k)
+        unary.unary(g >> k)
+    return bytes((k,)) + remainders.bytes() + unary.bytes()
+
+
+def rice_size(gaps: list[int], k: int) -> int:
+    return 1 + (len(gaps) * k + 7) // 8 + (sum(g >> k for g in gaps) + len(gaps) + 7) // 8
+
+
+def best_rice(gaps: list[int]) -> tuple[int, int]:
+    sizes = [rice_size(gaps, k) for k in range(17)]
+    best = min(sizes)
+    return sizes.index(best), best
+
+
+def qsgd_payload(dim: int, s: int, norm_pattern: int, levels: list[int]) -> bytes:
+    unary, mantissa, signs = Bits(), Bits(), Bits()
+    for level in levels:
+        m = abs(level) + 1
+        n = m.bit_length() - 1
+        unary.unary(n)
+        mantissa.put(m & ((1 << n) - 1), n)
+        if level:
+            signs.put(1 if level < 0 else 0, 1)
+    return (
+        bytes((0x70,))
+        + varint(dim)
+        + varint(s)
+        + f32raw(norm_pattern)
+        + unary.bytes()
+        + mantissa.bytes()
+        + signs.bytes()
+    )
+
+
+# -- events as JSON fields ----------------------------------------------------------------------
+
+
+def vector_fields(v: Any) -> dict[str, Any]:
+    enc = encoding_of(v)
+    out: dict[str, Any] = {"encoding": enc.name, "dim": v.dim}
+    if isinstance(v, RawVector):
+        conv = f32bits if v.values.dtype == np.float32 else f64bits
+        out["values_bits"] = [conv(float(x)) for x in v.values]
+    elif isinstance(v, DenseQuantized):
+        out.update(bits=v.bits, scale_bits=f32bits(v.scale), codes=[int(c) for c in v.codes])
+    elif isinstance(v, SparseQuantized):
+        out.update(
+            bits=v.bits,
+            scale_bits=f32bits(v.scale),
+            indices=[int(i) for i in v.indices],
+            codes=[int(c) for c in v.codes],
+        )
+        if enc == Encoding.SPARSE_RICE:
+            out["rice_k"] = sparse_index_encoding(v)[1]
+    elif isinstance(v, QSGDVector):
+        out.update(s=v.s, norm_bits=f32bits(v.norm), levels=[int(x) for x in v.levels])
+    return out
+
+
+def param_json(value: Any) -> Any:
+    if isinstance(value, float):
+        return {"f64": f64bits(value)}
+    return value
+
+
+def event_fields(ev: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"event": type(ev).__name__}
+    if isinstance(ev, Hello):
+        out.update(
+            min_version=ev.min_version,
+            max_version=ev.max_version,
+            encodings=sorted(ev.encodings),
+            name=ev.name,
+        )
+    elif isinstance(ev, Welcome):
+        out.update(version=ev.version, worker_id=ev.worker_id, encodings=sorted(ev.encodings))
+    elif isinstance(ev, Config):
+        out.update(
+            dim=ev.dim, algorithm=ev.algorithm, params={k: param_json(v) for k, v in ev.params.items()}
+        )
+    elif isinstance(ev, Snapshot | FullGradient):
+        out.update(epoch=ev.epoch, vector=vector_fields(ev.vector))
+    elif isinstance(ev, SnapshotGradient):
+        out.update(
+            epoch=ev.epoch,
+            samples=ev.samples,
+            correct=ev.correct,
+            loss_bits=f64bits(ev.loss),
+            vector=vector_fields(ev.vector),
+        )
+    elif isinstance(ev, Model):
+        out.update(epoch=ev.epoch, version=ev.version, relative=ev.relative, vector=vector_fields(ev.vector))
+    elif isinstance(ev, Gradient):
+        out.update(epoch=ev.epoch, version=ev.version, vector=vector_fields(ev.vector))
+    elif isinstance(ev, Error):
+        out.update(code=ev.code, epoch=ev.epoch, version=ev.version, reason=ev.reason)
+    elif isinstance(ev, Close):
+        out.update(code=ev.code, reason=ev.reason)
+    elif isinstance(ev, ConnectionClosed):
+        out.update(clean=ev.clean, code=ev.code)
+    return out
+
+
+def limits_json(limits: Limits | None) -> dict[str, int] | None:
+    if limits is None:
+        return None
+    default = Limits()
+    return {
+        name: getattr(limits, name)
+        for name in Limits.__slots__
+        if getattr(limits, name) != getattr(default, name)
+    }
+
+
+def make_context(context: dict[str, Any] | None) -> DecodeContext:
+    context = context or {}
+    kwargs: dict[str, Any] = {}
+    if "limits" in context:
+        kwargs["limits"] = Limits(**context["limits"])
+    if "dim" in context:
+        kwargs["dim"] = context["dim"]
+    if "encodings" in context:
+        kwargs["encodings"] = frozenset(Encoding[name] for name in context["encodings"])
+    return DecodeContext(**kwargs)
+
+
+SKIPPED: list[str] = []
+
+
+def add(slug: str, doc: dict[str, Any]) -> None:
+    VECTORS.append((slug, doc))
+
+
+# -- valid vectors -----------------------------------------------------------------------------
+
+
+def valid(
+    slug: str,
+    description: str,
+    cites: list[str],
+    event: Any,
+    *,
+    version: int = 1,
+    context: dict[str, Any] | None = None,
+    expect_hex: bytes | None = None,
+) -> None:
+    data = encode_message(event, version)
+    if expect_hex is not None and data != expect_hex:
+        SKIPPED.append(f"{slug}: aiodq encodes {data.hex()} but the spec layout gives {expect_hex.hex()}")
+        return
+    reader = FrameReader(make_context(context).limits)
+    reader.feed(data)
+    fr = reader.next_frame()
+    assert fr is not None and reader.buffered == 0
+    decoded = decode_message(fr, make_context(context))
+    assert decoded == event, (slug, decoded, event)
+    assert encode_message(decoded, fr.version) == data
+    doc: dict[str, Any] = {
+        "kind": "valid",
+        "description": description,
+        "cites": cites,
+        "hex": data.hex(),
+        "header": {"version": fr.version, "type": MessageType(fr.type).name, "flags": fr.flags},
+        "event": event_fields(event),
+    }
+    if context:
+        doc["context"] = context
+    add(slug, doc)
+
+
+def raw32(*values: float) -> RawVector:
+    return RawVector(np.array(values, dtype=np.float32))
+
+
+def raw64(*values: float) -> RawVector:
+    return RawVector(np.array(values, dtype=np.float64))
+
+
+def build_valid() -> None:
+    # 7.1 HELLO: msgpack map magic, min_version, max_version, encodings, name.
+    hello = Hello(min_version=1, max_version=1, encodings=frozenset(range(8)), name="")
+    body = msgpack.packb(
+        {"magic": "aiodq", "min_version": 1, "max_version": 1, "encodings": list(range(8)), "name": ""},
+        use_bin_type=True,
+    )
+    valid(
+        "hello-minimal",
+        "HELLO offering version 1 only, every encoding, empty name",
+        ["WF-3", "WF-6", "WF-7.1"],
+        hello,
+        expect_hex=frame(1, 1, 0, body),
+    )
+    valid(
+        "hello-range-utf8-name",
+        "HELLO offering versions 1..3, three encodings, a UTF-8 name",
+        ["WF-6", "WF-7.1"],
+        Hello(min_version=1, max_version=3, encodings=frozenset({0, 1, 4}), name="wörker-λ ✓"),
+    )
+    valid(
+        "welcome",
+        "WELCOME choosing version 1 for worker 0",
+        ["WF-6", "WF-7.2"],
+        Welcome(version=1, worker_id=0, encodings=frozenset(range(8))),
+    )
+    valid(
+        "config",
+        "CONFIG with int, bool, str and float parameters (keys in sorted order)",
+        ["WF-7.3"],
+        Config(
+            dim=10,
+            algorithm="asylpg",
+            params={"bits": 8, "lr": 0.05, "mu": 0.5, "name": "run-1", "sparse": False},
+        ),
+    )
+
+    # 7.4-7.6: full-precision vectors.
+    snap = Snapshot(epoch=0, vector=raw32(1.0, -2.5, 0.0))
+    valid(
+        "snapshot-raw-f32",
+        "SNAPSHOT epoch 0 with a RAW_F32 vector of d = 3",
+        ["WF-4.2", "WF-5", "WF-7.4"],
+        snap,
+        context={"dim": 3},
+        expect_hex=frame(
+            1, 4, 0, varint(0) + bytes((0x00,)) + varint(3) + struct.pack("<3f", 1.0, -2.5, 0.0)
+        ),
+    )
+    valid(
+        "snapshot-raw-f64-edge-values",
+        "SNAPSHOT with RAW_F64: -0.0, the smallest subnormal, the largest finite double",
+        ["WF-5", "WF-7.4"],
+        Snapshot(epoch=127, vector=raw64(-0.0, 5e-324, sys.float_info.max, 0.1)),
+    )
+    valid(
+        "snapshot-raw-f32-edge-values",
+        "SNAPSHOT with RAW_F32: -0.0, the smallest subnormal float32, the largest finite float32",
+        ["WF-5", "WF-7.4"],
+        Snapshot(
+            epoch=128,
+            vector=RawVector(
+                np.array([-0.0, np.float32(1.4e-45), np.finfo(np.float32).max, 1], dtype=np.float32)
+            ),
+        ),
+    )
+    valid(
+        "snapshot-gradient",
+        "SNAPSHOT_GRADIENT: samples, correct, a float64 loss, RAW_F64 sum",
+        ["WF-7.5"],
+        SnapshotGradient(
+            epoch=3, samples=1000, correct=937, loss=693.1471805599453, vector=raw64(0.25, -1.0, 3.0)
+        ),
+        context={"dim": 3},
+    )
+    valid(
+        "snapshot-gradient-f32-big-counters",
+        "SNAPSHOT_GRADIENT with 2-byte and 9-byte varints and a RAW_F32 vector",
+        ["WF-4.2", "WF-7.5"],
+        SnapshotGradient(epoch=MAX63, samples=300, correct=0, loss=0.0, vector=raw32(0.5)),
+    )
+    valid(
+        "full-gradient",
+        "FULL_GRADIENT with a RAW_F32 vector",
+        ["WF-7.6"],
+        FullGradient(epoch=3, vector=raw32(0.125, -0.375, 7.0)),
+        context={"dim": 3},
+    )
+
+    # 7.7 MODEL.
+    valid(
+        "model-equals-snapshot",
+        "MODEL carrying EQUALS_SNAPSHOT (no payload after the dimension)",
+        ["WF-5", "WF-7.7"],
+        Model(epoch=3, version=0, vector=EqualsSnapshot(10)),
+        context={"dim": 10},
+        expect_hex=frame(1, 7, 0, varint(3) + varint(0) + bytes((0x30,)) + varint(10)),
+    )
+    valid(
+        "model-zero",
+        "MODEL carrying the ZERO vector (zero-centred model x = 0)",
+        ["WF-5", "WF-7.7"],
+        Model(epoch=3, version=1, vector=ZeroVector(5)),
+    )
+    valid(
+        "model-relative-dense",
+        "MODEL with the RELATIVE flag and a DENSE b = 3 vector",
+        ["WF-5.5", "WF-7.7"],
+        Model(
+            epoch=3,
+            version=2,
+            relative=True,
+            vector=DenseQuantized(3, 0.0078125, np.array([-4, 3, 0, -1, 1], dtype=np.int16)),
+        ),
+        expect_hex=frame(1, 7, 1, varint(3) + varint(2) + dense_payload(5, 3, 0x3C000000, [-4, 3, 0, -1, 1])),
+    )
+    valid(
+        "model-relative-raw-f32",
+        "MODEL with the RELATIVE flag and a RAW_F32 difference x - x_snap",
+        ["WF-7.7"],
+        Model(epoch=3, version=4, relative=True, vector=raw32(0.5, -0.25)),
+    )
+    valid(
+        "model-varint-max",
+        "MODEL with epoch and version 2**63 - 1 (9-byte varints)",
+        ["WF-4.2", "WF-7.7"],
+        Model(epoch=MAX63, version=MAX63, vector=DenseQuantized(2, 1.0, np.array([1, -2]))),
+        expect_hex=frame(
+            1, 7, 0, b"\xff" * 8 + b"\x7f" + b"\xff" * 8 + b"\x7f" + dense_payload(2, 2, 0x3F800000, [1, -2])
+        ),
+    )
+
+    # 7.8 GRADIENT with DENSE, every width 1..16, both code extremes.
+    dims = {
+        1: 13,
+        2: 7,
+        3: 9,
+        4: 5,
+        5: 3,
+        6: 11,
+        7: 4,
+        8: 6,
+        9: 5,
+        10: 3,
+        11: 4,
+        12: 6,
+        13: 2,
+        14: 3,
+        15: 5,
+        16: 4,
+    }
+    for bits in range(1, 17):
+        low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        d = dims[bits]
+        codes = [
+            (low if i % 2 == 0 else high) if i < 2 else ((i * 37) % (high - low + 1)) + low for i in range(d)
+        ]
+        codes[-1] = high if d % 2 else low
+        scale_pattern = 0x3C000000 + bits  # a float32 just above 2**-7
+        scale = struct.unpack("<f", f32raw(scale_pattern))[0]
+        vec = DenseQuantized(bits, scale, np.array(codes, dtype=np.int64))
+        valid(
+            f"gradient-dense-b{bits:02d}",
+            f"GRADIENT with DENSE b = {bits}, d = {d}: codes {low} and {high} both present",
+            ["WF-5.1", "WF-5.5", "WF-7.8"],
+            Gradient(epoch=1, version=bits, vector=vec),
+            context={"dim": d},
+            expect_hex=frame(
+                1, 8, 0, varint(1) + varint(bits) + dense_payload(d, bits, scale_pattern, codes)
+            ),
+        )
+    valid(
+        "gradient-dense-d1-b1",
+        "GRADIENT with DENSE d = 1, b = 1, code -1 (one bit, seven zero padding bits)",
+        ["WF-5.1", "WF-5.5"],
+        Gradient(epoch=0, version=0, vector=DenseQuantized(1, 2.0, np.array([-1]))),
+        expect_hex=frame(1, 8, 0, b"\x00\x00" + dense_payload(1, 1, 0x40000000, [-1])),
+    )
+    valid(
+        "gradient-dense-d1-b16-subnormal-scale",
+        "GRADIENT with DENSE d = 1, b = 16 and the smallest subnormal float32 as scale",
+        ["WF-5.5"],
+        Gradient(
+            epoch=0, version=0, vector=DenseQuantized(16, float(np.float32(1.4e-45)), np.array([-32768]))
+        ),
+    )
+
+    # Sparse: bitmap vs Rice (5.6).
+    def sparse(
+        slug: str,
+        description: str,
+        dim: int,
+        bits: int,
+        indices: list[int],
+        codes: list[int],
+        want: Encoding,
+        want_k: int = 0,
+    ) -> None:
+        vec = SparseQuantized(dim, bits, 0.5, np.array(indices), np.array(codes))
+        g = gaps_of(indices)
+        k, size = best_rice(g)
+        if want == Encoding.SPARSE_RICE:
+            assert size < (dim + 7) // 8 and k == want_k, (slug, k, size)
+            payload = sparse_head(6, dim, bits, 0x3F000000, codes) + rice_block(g, k)
+        else:
+            assert size >= (dim + 7) // 8, (slug, size)
+            payload = sparse_head(5, dim, bits, 0x3F000000, codes) + bitmap_block(dim, indices)
+        valid(
+            slug,
+            description,
+            ["WF-5.1", "WF-5.6", "WF-7.8"],
+            Gradient(epoch=2, version=9, vector=vec),
+            context={"dim": dim},
+            expect_hex=frame(1, 8, 0, varint(2) + varint(9) + payload),
+        )
+
+    sparse(
+        "gradient-sparse-bitmap-d13",
+        "SPARSE_BITMAP, d = 13 (not a multiple of 8): 3 padding bits",
+        13,
+        4,
+        [0, 4, 12],
+        [-8, 7, 1],
+        Encoding.SPARSE_BITMAP,
+    )
+    sparse(
+        "gradient-sparse-bitmap-d1",
+        "SPARSE_BITMAP with d = 1, b = 1: the only coordinate is -1",
+        1,
+        1,
+        [0],
+        [-1],
+        Encoding.SPARSE_BITMAP,
+    )
+    sparse(
+        "gradient-sparse-bitmap-tie",
+        "SPARSE_BITMAP where the best Rice block (k = 2) is as large as the 3-byte bitmap: tie -> bitmap",
+        24,
+        2,
+        [0, 23],
+        [1, -2],
+        Encoding.SPARSE_BITMAP,
+    )
+    sparse(
+        "gradient-sparse-rice-k0",
+        "SPARSE_RICE with k = 0: three adjacent indices in d = 64",
+        64,
+        5,
+        [5, 6, 7],
+        [-16, 15, 3],
+        Encoding.SPARSE_RICE,
+        0,
+    )
+    sparse(
+        "gradient-sparse-rice-k3-tie",
+        "SPARSE_RICE, one index 63 in d = 64: k = 3..8 all give 3 bytes, the smallest k (3) is used",
+        64,
+        8,
+        [63],
+        [-128],
+        Encoding.SPARSE_RICE,
+        3,
+    )
+    sparse(
+        "gradient-sparse-rice-k10",
+        "SPARSE_RICE with k = 10: four spread indices in d = 4096",
+        4096,
+        12,
+        [100, 1200, 2500, 4000],
+        [-2048, 2047, 5, -1],
+        Encoding.SPARSE_RICE,
+        10,
+    )
+
+    # QSGD (5.7).
+    def qsgd(slug: str, description: str, s: int, norm_pattern: int, levels: list[int]) -> None:
+        norm = struct.unpack("<f", f32raw(norm_pattern))[0]
+        vec = QSGDVector(s, norm, np.array(levels))
+        valid(
+            slug,
+            description,
+            ["WF-5.7", "WF-7.8"],
+            Gradient(epoch=4, version=1, vector=vec),
+            context={"dim": len(levels)},
+            expect_hex=frame(
+                1, 8, 0, varint(4) + varint(1) + qsgd_payload(len(levels), s, norm_pattern, levels)
+            ),
+        )
+
+    qsgd("gradient-qsgd-s1", "QSGD with s = 1: levels -1, 0, 1", 1, 0x40800000, [1, 0, -1, -1, 0, 1, 0, 0, 1])
+    qsgd(
+        "gradient-qsgd-s65535",
+        "QSGD with the largest s = 65535: levels 0, +-1, +-s",
+        65535,
+        0x3F800000,
+        [65535, -65535, 0, 1, -1, 32767],
+    )
+    qsgd("gradient-qsgd-s10-d1", "QSGD with s = 10 and d = 1 (level -10)", 10, 0x3F000000, [-10])
+
+    valid(
+        "gradient-zero",
+        "GRADIENT carrying the ZERO vector",
+        ["WF-5", "WF-7.8"],
+        Gradient(epoch=5, version=16383, vector=ZeroVector(1)),
+        expect_hex=frame(1, 8, 0, varint(5) + b"\xff\x7f" + b"\x20\x01"),
+    )
+
+    # 7.9-7.11
+    valid("heartbeat", "HEARTBEAT: empty body", ["WF-7.9"], Heartbeat(), expect_hex=frame(1, 9, 0, b""))
+    valid(
+        "error-utf8-reason",
+        "ERROR with code UNKNOWN_EPOCH, epoch/version, a UTF-8 reason",
+        ["WF-7.10", "WF-9"],
+        Error(code=int(ErrorCode.UNKNOWN_EPOCH), epoch=7, version=MAX63, reason="époque inconnue ✗"),
+        expect_hex=frame(
+            1, 10, 0, struct.pack("<H", 12) + varint(7) + varint(MAX63) + "époque inconnue ✗".encode()
+        ),
+    )
+    valid(
+        "error-unregistered-code",
+        "ERROR with a code outside the registry (65535) and an empty reason",
+        ["WF-7.10", "WF-9"],
+        Error(code=0xFFFF, epoch=0, version=0, reason=""),
+    )
+    valid(
+        "close-no-error",
+        "CLOSE with NO_ERROR and an empty reason",
+        ["WF-7.11"],
+        Close(code=0, reason=""),
+        expect_hex=frame(1, 11, 0, b"\x00\x00"),
+    )
+    valid(
+        "close-utf8-reason",
+        "CLOSE with GOING_AWAY and a UTF-8 reason (4-byte character included)",
+        ["WF-7.11", "WF-9"],
+        Close(code=int(ErrorCode.GOING_AWAY), reason="au revoir 👋"),
+    )
+    valid(
+        "close-reason-at-limit",
+        "CLOSE whose reason is exactly max_reason_bytes (8) long",
+        ["WF-7.11", "WF-10"],
+        Close(code=1, reason="12345678"),
+        context={"limits": {"max_reason_bytes": 8}},
+    )
+
+
+# -- invalid vectors ---------------------------------------------------------------------------
+
+
+def invalid(
+    slug: str,
+    description: str,
+    cites: list[str],
+    data: bytes,
+    code: ErrorCode,
+    context: dict[str, Any] | None = None,
+) -> None:
+    ctx = make_context(context)
+    try:
+        reader = FrameReader(ctx.limits)
+        reader.feed(data)
+        fr = reader.next_frame()
+        assert fr is not None and reader.buffered == 0, slug
+        decode_message(fr, ctx)
+    except CodecError as exc:
+        if exc.code != code:
+            SKIPPED.append(
+                f"{slug}: expected {code.name}, aiodq raises {exc.code.name} ({exc}); hex {data.hex()}"
+            )
+            return
+    except Exception as exc:
+        SKIPPED.append(
+            f"{slug}: expected {code.name}, aiodq raises {type(exc).__name__}: {exc}; hex {data.hex()}"
+        )
+        return
+    else:
+        SKIPPED.append(f"{slug}: expected {code.name}, aiodq accepts it; hex {data.hex()}")
+        return
+    doc: dict[str, Any] = {
+        "kind": "invalid",
+        "description": description,
+        "cites": cites,
+        "hex": data.hex(),
+        "error": code.name,
+    }
+    if context:
+        doc["context"] = context
+    add(slug, doc)
+
+
+def grad(body_vector: bytes, epoch: int = 1, version: int = 1, flags: int = 0) -> bytes:
+    return frame(1, 8, flags, varint(epoch) + varint(version) + body_vector)
+
+
+def model(body_vector: bytes, flags: int = 0) -> bytes:
+    return frame(1, 7, flags, varint(1) + varint(1) + body_vector)
+
+
+def build_invalid() -> None:
+    E = ErrorCode
+    hb = 9
+    invalid(
+        "frame-too-large",
+        "a header declaring 65 body bytes over a 64-byte limit (rejected from the header alone)",
+        ["WF-3", "WF-10"],
+        struct.pack("<BBBI", 1, hb, 0, 65),
+        E.FRAME_TOO_LARGE,
+        {"limits": {"max_frame_bytes": 64}},
+    )
+    invalid(
+        "unknown-type-0x0c",
+        "message type 0x0C is not defined",
+        ["WF-3", "WF-7"],
+        frame(1, 0x0C, 0, b""),
+        E.UNKNOWN_MESSAGE_TYPE,
+    )
+    invalid(
+        "reserved-flag-heartbeat",
+        "HEARTBEAT with flag bit 0 set (no flags are defined for it)",
+        ["WF-3", "WF-7.9"],
+        frame(1, hb, 0x01, b""),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "reserved-flag-model",
+        "MODEL with flag 0x02 set (only RELATIVE = 0x01 is defined)",
+        ["WF-3", "WF-7.7"],
+        model(b"\x20\x02", flags=0x02),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "truncated-close",
+        "CLOSE body of one byte: the 16-bit code is cut",
+        ["WF-7.11"],
+        frame(1, 11, 0, b"\x00"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "truncated-dense-codes",
+        "DENSE b = 8, d = 4 with only 3 code bytes",
+        ["WF-5.5"],
+        grad(dense_payload(4, 8, 0x3F800000, [1, 2, 3, 4])[:-1]),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "truncated-varint",
+        "GRADIENT whose epoch varint has its continuation bit set at the end of the body",
+        ["WF-4.2"],
+        frame(1, 8, 0, b"\x81"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "trailing-bytes-heartbeat",
+        "HEARTBEAT with one body byte",
+        ["WF-7.9"],
+        frame(1, hb, 0, b"\x00"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "trailing-bytes-dense",
+        "DENSE payload followed by an extra byte",
+        ["WF-5.5"],
+        grad(dense_payload(2, 8, 0x3F800000, [1, -1]) + b"\x00"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "varint-not-shortest",
+        "epoch 0 written as 0x80 0x00",
+        ["WF-4.2"],
+        frame(1, 8, 0, b"\x80\x00" + varint(1) + b"\x20\x01"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "varint-2-pow-63",
+        "epoch 2**63 (ten bytes) exceeds 2**63 - 1",
+        ["WF-4.2"],
+        frame(1, 7, 0, b"\x80" * 9 + b"\x01" + varint(0) + b"\x30\x01"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "reserved-encoding-8",
+        "vector descriptor with the reserved encoding nibble 8",
+        ["WF-5"],
+        grad(b"\x80\x01"),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "raw-f32-low-nibble",
+        "RAW_F32 descriptor 0x01: the low nibble must be zero",
+        ["WF-5"],
+        frame(1, 4, 0, varint(0) + b"\x01\x01" + struct.pack("<f", 1.0)),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "qsgd-low-nibble",
+        "QSGD descriptor 0x71",
+        ["WF-5", "WF-5.7"],
+        grad(b"\x71" + qsgd_payload(1, 1, 0x3F800000, [1])[1:]),
+        E.MALFORMED_FRAME,
+    )
+    invalid("dimension-zero", "ZERO vector of dimension 0", ["WF-5"], grad(b"\x20\x00"), E.INVALID_PAYLOAD)
+    invalid(
+        "dimension-over-limit",
+        "ZERO vector of dimension 17 over max_dimension 16",
+        ["WF-5", "WF-10"],
+        grad(b"\x20\x11"),
+        E.LIMIT_EXCEEDED,
+        {"limits": {"max_dimension": 16}},
+    )
+    invalid(
+        "dimension-huge-raw",
+        "RAW_F64 declaring d = 2**62 (default limit) and no values: refused before allocating",
+        ["WF-5", "WF-10"],
+        frame(1, 4, 0, varint(0) + b"\x10" + varint(1 << 62)),
+        E.LIMIT_EXCEEDED,
+    )
+    invalid(
+        "wrong-dimension",
+        "ZERO vector of dimension 5 where CONFIG set d = 4",
+        ["WF-5", "WF-7.3"],
+        grad(b"\x20\x05"),
+        E.WRONG_DIMENSION,
+        {"dim": 4},
+    )
+    invalid(
+        "raw-f32-nan",
+        "RAW_F32 holding a quiet NaN",
+        ["WF-5"],
+        frame(1, 4, 0, varint(0) + b"\x00\x02" + f32raw(0x3F800000) + f32raw(0x7FC00000)),
+        E.NON_FINITE,
+    )
+    invalid(
+        "raw-f64-inf",
+        "RAW_F64 holding +Inf",
+        ["WF-5"],
+        frame(1, 4, 0, varint(0) + b"\x10\x01" + f64raw(0x7FF0000000000000)),
+        E.NON_FINITE,
+    )
+    invalid(
+        "loss-nan",
+        "SNAPSHOT_GRADIENT whose float64 loss is NaN",
+        ["WF-7.5"],
+        frame(
+            1, 5, 0, varint(0) + varint(1) + varint(0) + f64raw(0x7FF8000000000000) + b"\x00\x01" + f32raw(0)
+        ),
+        E.NON_FINITE,
+    )
+    invalid(
+        "dense-scale-nan",
+        "DENSE with a NaN scale",
+        ["WF-5.5"],
+        grad(dense_payload(1, 8, 0x7FC00000, [1])),
+        E.NON_FINITE,
+    )
+    invalid(
+        "dense-scale-negative",
+        "DENSE with scale -1.0",
+        ["WF-5.5"],
+        grad(dense_payload(1, 8, 0xBF800000, [1])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "dense-scale-zero",
+        "DENSE with scale +0.0",
+        ["WF-5.5"],
+        grad(dense_payload(1, 8, 0x00000000, [1])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "dense-scale-negative-zero",
+        "DENSE with scale -0.0",
+        ["WF-5.5"],
+        grad(dense_payload(1, 8, 0x80000000, [1])),
+        E.INVALID_PAYLOAD,
+    )
+    bad = bytearray(dense_payload(3, 1, 0x3F800000, [-1, 0, -1]))
+    bad[-1] |= 0x80
+    invalid(
+        "dense-padding-bit",
+        "DENSE b = 1, d = 3 with padding bit 7 of the code byte set",
+        ["WF-5.1", "WF-5.5"],
+        grad(bytes(bad)),
+        E.INVALID_PAYLOAD,
+    )
+
+    # Sparse (5.6).
+    bm = bitmap_block
+    invalid(
+        "sparse-nnz-zero",
+        "SPARSE_BITMAP with nnz = 0",
+        ["WF-5.6"],
+        grad(sparse_head(5, 8, 4, 0x3F800000, [], nnz=0) + bm(8, [])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "sparse-nnz-over-dim",
+        "SPARSE_BITMAP with nnz = 9 > d = 8",
+        ["WF-5.6"],
+        grad(sparse_head(5, 8, 8, 0x3F800000, [1] * 9) + bm(8, list(range(8)))),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "sparse-zero-code",
+        "SPARSE_BITMAP whose second code is 0",
+        ["WF-5.6"],
+        grad(sparse_head(5, 8, 4, 0x3F800000, [3, 0]) + bm(8, [1, 5])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "sparse-code-padding",
+        "SPARSE_BITMAP b = 3, nnz = 2 (6 bits) with code padding bit 7 set",
+        ["WF-5.1", "WF-5.6"],
+        grad(
+            sparse_head(5, 8, 3, 0x3F800000, [3, -4])[:-1]
+            + bytes((packed([3, -4], 3)[0] | 0x80,))
+            + bm(8, [1, 5])
+        ),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "bitmap-popcount-mismatch",
+        "SPARSE_BITMAP with nnz = 2 but three bits set",
+        ["WF-5.6"],
+        grad(sparse_head(5, 8, 4, 0x3F800000, [3, 2]) + bm(8, [1, 5, 6])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "bitmap-padding-bit",
+        "SPARSE_BITMAP d = 13 with padding bit 13 set (and counted)",
+        ["WF-5.6"],
+        grad(sparse_head(5, 13, 4, 0x3F800000, [3, 2]) + bm(13, [1, 13])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "bitmap-where-rice-smaller",
+        "SPARSE_BITMAP for indices 5, 6, 7 of d = 64: Rice k = 0 takes 2 bytes < 8",
+        ["WF-5.6"],
+        grad(sparse_head(5, 64, 5, 0x3F000000, [-16, 15, 3]) + bm(64, [5, 6, 7])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-where-bitmap-tie",
+        "SPARSE_RICE (k = 2, 3 bytes) where the bitmap is also 3 bytes: the tie goes to the bitmap",
+        ["WF-5.6"],
+        grad(sparse_head(6, 24, 2, 0x3F000000, [1, -2]) + rice_block(gaps_of([0, 23]), 2)),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-where-bitmap-smaller",
+        "SPARSE_RICE k = 0 for d = 16 (Rice 2 bytes + ... vs bitmap 2 bytes)",
+        ["WF-5.6"],
+        grad(sparse_head(6, 16, 2, 0x3F000000, [1]) + rice_block([3], 0)),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-k-tie-not-smallest",
+        "SPARSE_RICE index 63 of d = 64 with k = 5: k = 3 gives the same 3 bytes and is smaller",
+        ["WF-5.6"],
+        grad(sparse_head(6, 64, 8, 0x3F000000, [-128]) + rice_block([63], 5)),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-k-not-best",
+        "SPARSE_RICE with k = 8 (8 bytes) where k = 10 gives 7 bytes",
+        ["WF-5.6"],
+        grad(
+            sparse_head(6, 4096, 12, 0x3F000000, [-2048, 2047, 5, -1])
+            + rice_block(gaps_of([100, 1200, 2500, 4000]), 8)
+        ),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-k-17",
+        "SPARSE_RICE with k = 17 > 16",
+        ["WF-5.6"],
+        grad(sparse_head(6, 1 << 20, 8, 0x3F000000, [1]) + bytes((17,)) + b"\x00\x00\x00\x01"),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-index-beyond-dim",
+        "SPARSE_RICE (k = 4, canonical for gap 64) decoding index 64 in d = 64",
+        ["WF-5.6"],
+        grad(sparse_head(6, 64, 8, 0x3F000000, [1]) + rice_block([64], 4)),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-remainder-padding",
+        "SPARSE_RICE k = 3 for index 63 of d = 64 with remainder padding bit 7 set",
+        ["WF-5.1", "WF-5.6"],
+        grad(sparse_head(6, 64, 8, 0x3F000000, [-128]) + b"\x03" + bytes((0x07 | 0x80,)) + b"\x80"),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "rice-unary-extra-word",
+        "SPARSE_RICE k = 0 for indices 5, 6, 7 of d = 64 whose unary stream holds a fourth code word",
+        ["WF-5.6"],
+        grad(sparse_head(6, 64, 5, 0x3F000000, [-16, 15, 3]) + b"\x00" + bytes((0b1111_0000 | 0b1000,))),
+        E.INVALID_PAYLOAD,
+    )
+
+    # QSGD (5.7).
+    invalid(
+        "qsgd-s-zero",
+        "QSGD with s = 0",
+        ["WF-5.7"],
+        grad(b"\x70\x01\x00" + f32raw(0x3F800000) + b"\x01"),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "qsgd-s-65536",
+        "QSGD with s = 65536 > 65535",
+        ["WF-5.7"],
+        grad(b"\x70\x01" + varint(65536) + f32raw(0x3F800000) + b"\x01"),
+        E.INVALID_PAYLOAD,
+    )
+    # level 2 with s = 1: m = 3, unary "01", mantissa bit 1, sign 0.
+    invalid(
+        "qsgd-level-above-s",
+        "QSGD s = 1 with a level of magnitude 2",
+        ["WF-5.7"],
+        grad(b"\x70\x01\x01" + f32raw(0x3F800000) + b"\x02\x01\x00"),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "qsgd-level-above-s-exponent",
+        "QSGD s = 2 with a level of magnitude 3 (m = 4, exponent 2 > 1)",
+        ["WF-5.7"],
+        grad(b"\x70\x01\x02" + f32raw(0x3F800000) + b"\x04\x00\x00"),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "qsgd-sign-padding",
+        "QSGD with one nonzero level and sign padding bit 1 set",
+        ["WF-5.7"],
+        grad(qsgd_payload(2, 1, 0x3F800000, [1, 0])[:-1] + b"\x02"),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "qsgd-mantissa-padding",
+        "QSGD s = 1, levels [1]: mantissa padding bit set",
+        ["WF-5.7"],
+        grad(b"\x70\x01\x01" + f32raw(0x3F800000) + b"\x02\x80\x00"),
+        E.INVALID_PAYLOAD,
+    )
+
+    # Encodings per message (5, 7) and announced encodings (7.1, 7.2).
+    invalid(
+        "relative-equals-snapshot",
+        "MODEL with RELATIVE and EQUALS_SNAPSHOT",
+        ["WF-7.7"],
+        model(b"\x30\x02", flags=0x01),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "model-sparse",
+        "MODEL carrying SPARSE_BITMAP (GRADIENT only)",
+        ["WF-7.7", "WF-5.6"],
+        model(sparse_head(5, 8, 4, 0x3F800000, [3]) + bm(8, [1])),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "snapshot-dense",
+        "SNAPSHOT carrying DENSE (full precision only)",
+        ["WF-7.4"],
+        frame(1, 4, 0, varint(0) + dense_payload(1, 8, 0x3F800000, [1])),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "gradient-equals-snapshot",
+        "GRADIENT carrying EQUALS_SNAPSHOT (MODEL only)",
+        ["WF-7.8"],
+        grad(b"\x30\x01"),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "unannounced-encoding",
+        "DENSE GRADIENT to a receiver that announced only RAW_F32, RAW_F64, ZERO",
+        ["WF-7.1", "WF-7.2", "WF-5"],
+        grad(dense_payload(1, 8, 0x3F800000, [1])),
+        E.UNSUPPORTED_ENCODING,
+        {"encodings": ["RAW_F32", "RAW_F64", "ZERO"]},
+    )
+
+    # msgpack control messages (7.1-7.3).
+    def mp(value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True)
+
+    hello_ok = {"magic": "aiodq", "min_version": 1, "max_version": 1, "encodings": [0, 1], "name": ""}
+    invalid(
+        "hello-msgpack-garbage",
+        "HELLO body 0xC1 (never used in msgpack)",
+        ["WF-7.1"],
+        frame(1, 1, 0, b"\xc1"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "hello-msgpack-trailing",
+        "HELLO body: a valid map followed by a second msgpack value",
+        ["WF-7.1"],
+        frame(1, 1, 0, mp(hello_ok) + b"\x00"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "hello-no-magic",
+        "HELLO without the magic field",
+        ["WF-7.1"],
+        frame(1, 1, 0, mp({k: v for k, v in hello_ok.items() if k != "magic"})),
+        E.INVALID_CONFIG,
+    )
+    invalid(
+        "hello-min-above-max",
+        "HELLO with min_version 2 > max_version 1",
+        ["WF-7.1", "WF-6"],
+        frame(1, 1, 0, mp({**hello_ok, "min_version": 2})),
+        E.INVALID_CONFIG,
+    )
+    invalid(
+        "welcome-missing-worker-id",
+        "WELCOME without worker_id",
+        ["WF-7.2"],
+        frame(1, 2, 0, mp({"version": 1, "encodings": [0]})),
+        E.INVALID_CONFIG,
+    )
+    invalid(
+        "config-missing-algorithm",
+        "CONFIG without the algorithm field",
+        ["WF-7.3"],
+        frame(1, 3, 0, mp({"dim": 4, "params": {}})),
+        E.INVALID_CONFIG,
+    )
+    invalid(
+        "config-dim-over-limit",
+        "CONFIG with dim 17 over max_dimension 16",
+        ["WF-7.3", "WF-10"],
+        frame(1, 3, 0, mp({"dim": 17, "algorithm": "asylpg", "params": {}})),
+        E.LIMIT_EXCEEDED,
+        {"limits": {"max_dimension": 16}},
+    )
+
+    # ERROR and CLOSE reasons (7.10, 7.11, 10).
+    invalid(
+        "close-reason-not-utf8",
+        "CLOSE whose reason holds the byte 0xFF",
+        ["WF-7.11"],
+        frame(1, 11, 0, b"\x00\x00abc\xff"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "close-reason-over-limit",
+        "CLOSE whose reason is 9 bytes over max_reason_bytes 8",
+        ["WF-7.11", "WF-10"],
+        frame(1, 11, 0, b"\x00\x00123456789"),
+        E.LIMIT_EXCEEDED,
+        {"limits": {"max_reason_bytes": 8}},
+    )
+
+
+# -- quantizer vectors -------------------------------------------------------------------------
+
+
+def floor_frac(x: Fraction) -> int:
+    return math.floor(x)
+
+
+def lowp_case(
+    slug: str,
+    description: str,
+    values: list[float],
+    delta: float,
+    bits: int,
+    dither: list[int] | list[float],
+    float_dither: bool = False,
+) -> None:
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    expected = []
+    for v, r in zip(values, dither, strict=True):
+        u = Fraction(r) if float_dither else Fraction(r, 1 << 16)
+        y = Fraction(v) / Fraction(delta) + u
+        # the inputs are chosen so that y is at least 2**-20 away from an integer, or exactly on one
+        frac = y - math.floor(y)
+        assert frac == 0 or (Fraction(1, 1 << 20) < frac < 1 - Fraction(1, 1 << 20)), (slug, v, r)
+        expected.append(min(max(floor_frac(y), low), high))
+    d = np.array(dither, dtype=np.float64 if float_dither else np.uint16)
+    got = quantize_with_dither(np.array(values, dtype=np.float64), delta, bits, d).tolist()
+    if got != expected:
+        SKIPPED.append(f"{slug}: quantize_with_dither gives {got}, exact arithmetic gives {expected}")
+        return
+    doc = {
+        "kind": "quantizer",
+        "function": "aiodq.quant.lowp.quantize_with_dither",
+        "description": description,
+        "cites": ["ALG-2", "WF-5.5"],
+        "values_bits": [f64bits(v) for v in values],
+        "delta_bits": f64bits(delta),
+        "bits": bits,
+        "expected_codes": expected,
+    }
+    if float_dither:
+        doc["dither_bits"] = [f64bits(u) for u in dither]
+    else:
+        doc["dither_u16"] = list(dither)
+    add(slug, doc)
+
+
+def qsgd_case(
+    slug: str,
+    description: str,
+    values: list[float],
+    s: int,
+    dither: list[int] | list[float],
+    float_dither: bool = False,
+) -> None:
+    norm = math.sqrt(sum(Fraction(v) ** 2 for v in values)) if any(values) else 0.0
+    d = np.array(dither, dtype=np.float64 if float_dither else np.uint16)
+    result = quantize_qsgd_with_dither(np.array(values, dtype=np.float64), s, d)
+    doc: dict[str, Any] = {
+        "kind": "quantizer",
+        "function": "aiodq.quant.qsgd.quantize_qsgd_with_dither",
+        "description": description,
+        "cites": ["ALG-8", "WF-5.7"],
+        "values_bits": [f64bits(v) for v in values],
+        "s": s,
+    }
+    if float_dither:
+        doc["dither_bits"] = [f64bits(u) for u in dither]
+    else:
+        doc["dither_u16"] = list(dither)
+    if norm == 0.0:
+        if not isinstance(result, ZeroVector):
+            SKIPPED.append(f"{slug}: expected ZeroVector, got {result!r}")
+            return
+        doc["expected"] = {"encoding": "ZERO", "dim": len(values)}
+        add(slug, doc)
+        return
+    # the norms used here are exact powers of two, so float32 rounding does not enter
+    norm_f = Fraction(norm)
+    assert norm_f == Fraction(float(np.float32(norm))) and norm_f * norm_f == sum(
+        Fraction(v) ** 2 for v in values
+    )
+    levels = []
+    for v, r in zip(values, dither, strict=True):
+        u = Fraction(r) if float_dither else Fraction(r, 1 << 16)
+        y = abs(Fraction(v)) * s / norm_f + u
+        frac = y - math.floor(y)
+        assert frac == 0 or Fraction(1, 1 << 20) < frac < 1 - Fraction(1, 1 << 20), (slug, v)
+        level = min(max(math.floor(y), 0), s)
+        levels.append(-level if v < 0 else level)
+    if not isinstance(result, QSGDVector) or result.levels.tolist() != levels or result.norm != norm:
+        SKIPPED.append(f"{slug}: aiodq gives {result!r}, exact arithmetic gives norm {norm} levels {levels}")
+        return
+    doc["expected"] = {
+        "encoding": "QSGD",
+        "dim": len(values),
+        "s": s,
+        "norm_bits": f32bits(norm),
+        "levels": levels,
+    }
+    add(slug, doc)
+
+
+def sparse_case(
+    slug: str, description: str, values: list[float], probabilities: list[float], uniforms: list[int]
+) -> None:
+    keep = [
+        j
+        for j, (p, r) in enumerate(zip(probabilities, uniforms, strict=True))
+        if Fraction(r, 1 << 32) < Fraction(p)
+    ]
+    kept_values = [Fraction(values[j]) / Fraction(probabilities[j]) for j in keep]
+    assert all(Fraction(float(x)) == x for x in kept_values)  # exact in float64
+    indices, out = sparsify_with_uniforms(
+        np.array(values), np.array(probabilities), np.array(uniforms, dtype=np.uint32)
+    )
+    if indices.tolist() != keep or [Fraction(float(x)) for x in out] != kept_values:
+        SKIPPED.append(
+            f"{slug}: sparsify_with_uniforms gives {indices.tolist()} {out.tolist()}, expected {keep}"
+        )
+        return
+    add(
+        slug,
+        {
+            "kind": "quantizer",
+            "function": "aiodq.quant.sparse.sparsify_with_uniforms",
+            "description": description,
+            "cites": ["ALG-6", "WF-5.6"],
+            "values_bits": [f64bits(v) for v in values],
+            "probabilities_bits": [f64bits(p) for p in probabilities],
+            "uniforms_u32": uniforms,
+            "expected_indices": keep,
+            "expected_values_bits": [f64bits(float(x)) for x in kept_values],
+        },
+    )
+
+
+def build_quantizer() -> None:
+    lowp_case(
+        "lowp-u16-b4",
+        "b = 4, delta = 0.25: round up exactly when the fraction plus r / 2**16 reaches 1",
+        [0.3125, 0.3125, -0.3125, -0.3125, 1.0, 0.0, 0.0],
+        0.25,
+        4,
+        [49151, 49153, 16383, 16385, 65535, 0, 65535],
+    )
+    lowp_case(
+        "lowp-u16-b2-clip",
+        "b = 2 clips to the code range [-2, 1]",
+        [10.0, -10.0, 0.75, -1.5],
+        1.0,
+        2,
+        [0, 65535, 20000, 40000],
+    )
+    lowp_case(
+        "lowp-u16-b8-exact-sum",
+        "b = 8: fraction 0.5 plus r = 32768 is exactly 1, so the code rounds up",
+        [0.5, 0.5, -0.5, -0.5, 127.0, -128.0],
+        1.0,
+        8,
+        [32768, 32767, 32768, 32767, 65535, 0],
+    )
+    lowp_case(
+        "lowp-u16-b12",
+        "b = 12 (the float64 path), delta = 2**-10",
+        [0.5009765625, -1.9990234375, 1.5, -0.00048828125],
+        2.0**-10,
+        12,
+        [100, 65000, 12345, 32769],
+    )
+    lowp_case(
+        "lowp-u16-b16",
+        "b = 16, delta = 2**-3, large codes near both ends",
+        [4095.9375, -4096.0, -4095.9375, 123.0625],
+        0.125,
+        16,
+        [1, 65535, 32767, 49153],
+    )
+    lowp_case(
+        "lowp-float-dither",
+        "b = 6 with float dithers u in [0, 1)",
+        [0.2, -0.2, 3.3, -3.3],
+        0.5,
+        6,
+        [0.5, 0.7, 0.25, 0.55],
+        float_dither=True,
+    )
+    qsgd_case(
+        "qsgd-s1",
+        "QSGD s = 1, v = (3, -1, 1, 1, -1, 1, 1, -1), ||v|| = 4 exactly",
+        [3.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0],
+        1,
+        [16383, 16384, 49151, 49153, 60000, 0, 65535, 65535],
+    )
+    qsgd_case(
+        "qsgd-s10",
+        "QSGD s = 10, ||v|| = 4: |v| s / ||v|| is 7.5 or 2.5",
+        [3.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0],
+        10,
+        [32767, 32768, 0, 65535, 40000, 20000, 32768, 1],
+    )
+    qsgd_case(
+        "qsgd-s65535",
+        "QSGD with the largest s = 65535, ||v|| = 2",
+        [1.0, -1.0, 1.0, -1.0],
+        65535,
+        [49151, 49152, 0, 65535],
+    )
+    qsgd_case(
+        "qsgd-float-dither",
+        "QSGD s = 4 with float dithers, ||v|| = 1",
+        [0.5, -0.5, 0.5, -0.5],
+        4,
+        [0.0, 0.999, 0.3, 0.6],
+        float_dither=True,
+    )
+    qsgd_case("qsgd-zero", "QSGD of the zero vector is the ZERO vector", [0.0, -0.0, 0.0], 3, [1, 2, 3])
+    sparse_case(
+        "sparsify-u32",
+        "keep j where r_j / 2**32 < p_j (strict), value alpha_j / p_j",
+        [1.0, -2.0, 0.5, 3.0, -0.25, 0.0],
+        [0.5, 0.5, 0.25, 1.0, 0.125, 0.0],
+        [2147483647, 2147483648, 1073741823, 4294967295, 0, 0],
+    )
+
+
+# -- stories -----------------------------------------------------------------------------------
+
+
+class Story:
+    """Records steps over a master/worker pair (or one side alone) as the spec says they run."""
+
+    def __init__(
+        self,
+        slug: str,
+        description: str,
+        cites: list[str],
+        sides: tuple[str, ...] = ("master", "worker"),
+        limits: dict[str, int] | None = None,
+    ) -> None:
+        self.slug, self.description, self.cites = slug, description, cites
+        self.sides = sides
+        self.limits = limits
+        self.conns: dict[str, Any] = {}
+        cfg = None
+        if limits:
+            cfg = ConnectionConfig(limits=Limits(**limits))
+        if "master" in sides:
+            self.conns["master"] = MasterConnection(cfg)
+        if "worker" in sides:
+            self.conns["worker"] = WorkerConnection(cfg)
+        self.steps: list[dict[str, Any]] = []
+        self.pending: dict[str, bytes] = {}
+        self.ok = True
+
+    @staticmethod
+    def other(side: str) -> str:
+        return "master" if side == "worker" else "worker"
+
+    def _receive(self, step: dict[str, Any], data: bytes, receiver: str, error: ErrorCode | None) -> None:
+        conn = self.conns[receiver]
+        conn.receive_data(data, 0.0)
+        events = []
+        try:
+            while (ev := conn.next_event()) is not None:
+                events.append(event_fields(ev))
+        except RemoteProtocolError as exc:
+            if error is None or exc.code != error:
+                self.fail(f"step {len(self.steps)}: unexpected {exc!r}")
+            step["error"] = exc.code.name
+            out = conn.data_to_send()
+            reader = FrameReader(Limits())
+            reader.feed(out)
+            fr = reader.next_frame()
+            close = decode_message(fr, DecodeContext()) if fr else None
+            if not isinstance(close, Close) or close.code != exc.code or reader.buffered:
+                self.fail(f"step {len(self.steps)}: no CLOSE {exc.code.name} queued: {out.hex()}")
+            step["close_queued"] = exc.code.name
+            self.pending[receiver] = out
+        else:
+            if error is not None:
+                self.fail(f"step {len(self.steps)}: expected {error.name}, got events {events}")
+        step["events"] = events
+
+    def send(self, side: str, event: Any, error: ErrorCode | None = None) -> None:
+        """``side`` sends ``event`` with its connection; the peer receives the bytes."""
+        conn = self.conns[side]
+        conn.send(event, 0.0)
+        data = conn.data_to_send()
+        step: dict[str, Any] = {"from": side, "send": event_fields(event), "hex": data.hex()}
+        if self.other(side) in self.conns:
+            self._receive(step, data, self.other(side), error)
+        self.steps.append(step)
+
+    def send_refused(self, side: str, event: Any, code: ErrorCode) -> None:
+        """``side`` tries to send ``event``; its connection refuses (LocalProtocolError)."""
+        conn = self.conns[side]
+        try:
+            conn.send(event, 0.0)
+        except LocalProtocolError as exc:
+            if exc.code != code:
+                self.fail(f"send refused with {exc.code.name}, expected {code.name}")
+        else:
+            self.fail("send was not refused")
+        if conn.data_to_send():
+            self.fail("a refused send queued bytes")
+        self.steps.append({"from": side, "send": event_fields(event), "send_error": code.name})
+
+    def queued(self, side: str) -> None:
+        """Bytes ``side`` queued by itself (for example the answer to a CLOSE) go to the peer."""
+        after_error = side in self.pending
+        data = self.pending.pop(side, b"") + self.conns[side].data_to_send()
+        step: dict[str, Any] = {"from": side, "queued": True, "hex": data.hex()}
+        self._receive(step, data, self.other(side), None)
+        if after_error:
+            # The reason text of a CLOSE sent on error is the implementation's own wording:
+            # only its code is normative, so the runner checks the code and not these bytes.
+            step["hex_informative"] = True
+            for event in step["events"]:
+                if event["event"] == "Close":
+                    del event["reason"]
+        self.steps.append(step)
+
+    def inject(self, side: str, data: bytes, error: ErrorCode | None = None) -> None:
+        """Crafted bytes as if from ``side`` (its own connection, if any, is not involved)."""
+        step: dict[str, Any] = {"from": side, "hex": data.hex()}
+        self._receive(step, data, self.other(side), error)
+        self.steps.append(step)
+
+    def eof(self, side: str, error: ErrorCode | None = None) -> None:
+        """The stream from the peer of ``side`` ends: ``side`` receives b""."""
+        step: dict[str, Any] = {"eof_to": side}
+        self._receive(step, b"", side, error)
+        self.steps.append(step)
+
+    def fail(self, message: str) -> None:
+        self.ok = False
+        SKIPPED.append(f"story {self.slug}: {message}")
+
+    def done(self) -> None:
+        if not self.ok:
+            return
+        doc: dict[str, Any] = {
+            "kind": "story",
+            "description": self.description,
+            "cites": self.cites,
+            "sides": list(self.sides),
+            "steps": self.steps,
+        }
+        if self.limits:
+            doc["limits"] = self.limits
+        add(self.slug, doc)
+
+
+def handshake(st: Story, dim: int = 3) -> None:
+    st.send("worker", Hello(min_version=1, max_version=1, encodings=frozenset(range(8)), name="w0"))
+    st.send("master", Welcome(version=1, worker_id=7, encodings=frozenset(range(8))))
+    st.send("master", Config(dim=dim, algorithm="asylpg", params={"bits": 8}))
+
+
+def open_epoch(st: Story, epoch: int) -> None:
+    st.send("master", Snapshot(epoch=epoch, vector=raw32(1.0, 2.0, 3.0)))
+    st.send(
+        "worker",
+        SnapshotGradient(epoch=epoch, samples=10, correct=7, loss=2.5, vector=raw64(0.5, -0.5, 0.25)),
+    )
+
+
+def build_stories() -> None:
+    E = ErrorCode
+    st = Story(
+        "story-happy-epoch",
+        "handshake, one epoch with two model rounds, CLOSE answered by CLOSE, end of stream",
+        ["WF-6", "WF-7", "WF-8"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", FullGradient(epoch=1, vector=raw32(0.25, 0.5, -0.75)))
+    st.send("master", Model(epoch=1, version=0, vector=EqualsSnapshot(3)))
+    st.send("worker", Gradient(epoch=1, version=0, vector=DenseQuantized(4, 0.125, np.array([-8, 7, 0]))))
+    st.send(
+        "master",
+        Model(epoch=1, version=1, relative=True, vector=DenseQuantized(3, 0.0625, np.array([1, -1, 3]))),
+    )
+    st.send(
+        "worker",
+        Gradient(epoch=1, version=1, vector=SparseQuantized(3, 2, 0.5, np.array([2]), np.array([-2]))),
+    )
+    st.send("worker", Close(code=0, reason="done"))
+    st.queued("master")
+    st.eof("worker")
+    st.eof("master")
+    st.done()
+
+    st = Story(
+        "story-version-mismatch",
+        "a HELLO offering only versions 2..3 is refused with UNSUPPORTED_VERSION",
+        ["WF-6", "WF-7.1", "WF-8"],
+    )
+    st.send(
+        "worker",
+        Hello(min_version=2, max_version=3, encodings=frozenset(range(8)), name=""),
+        error=E.UNSUPPORTED_VERSION,
+    )
+    st.queued("master")
+    st.queued("worker")
+    st.eof("worker")
+    st.eof("master")
+    st.done()
+
+    st = Story(
+        "story-hello-header-version-2",
+        "HELLO must carry header version 1 whatever versions it offers",
+        ["WF-6", "WF-3"],
+        sides=("master",),
+    )
+    st.inject(
+        "worker",
+        frame(
+            2,
+            1,
+            0,
+            msgpack.packb(
+                {"magic": "aiodq", "min_version": 1, "max_version": 2, "encodings": [0], "name": ""}
+            ),
+        ),
+        error=E.UNSUPPORTED_VERSION,
+    )
+    st.done()
+
+    st = Story(
+        "story-wrong-header-version",
+        "after version 1 was negotiated, a HEARTBEAT with header version 2 is refused",
+        ["WF-6", "WF-3"],
+    )
+    handshake(st)
+    st.inject("worker", frame(2, 9, 0, b""), error=E.UNSUPPORTED_VERSION)
+    st.done()
+
+    st = Story(
+        "story-future-version",
+        "a GRADIENT naming model version 6 when MODEL 5 is outstanding: FUTURE_VERSION",
+        ["WF-7.8", "WF-8"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", Model(epoch=1, version=5, vector=raw32(1.0, 1.0, 1.0)))
+    st.inject(
+        "worker", encode_message(Gradient(epoch=1, version=6, vector=ZeroVector(3))), error=E.FUTURE_VERSION
+    )
+    st.done()
+
+    st = Story(
+        "story-unknown-epoch",
+        "a GRADIENT naming epoch 2 when the MODEL was of epoch 1: UNKNOWN_EPOCH",
+        ["WF-7.8", "WF-8"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", Model(epoch=1, version=0, vector=EqualsSnapshot(3)))
+    st.inject(
+        "worker", encode_message(Gradient(epoch=2, version=0, vector=ZeroVector(3))), error=E.UNKNOWN_EPOCH
+    )
+    st.done()
+
+    st = Story(
+        "story-gradient-without-model",
+        "a GRADIENT with no MODEL outstanding: UNEXPECTED_MESSAGE",
+        ["WF-7.8", "WF-8"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send_refused("worker", Gradient(epoch=1, version=0, vector=ZeroVector(3)), E.UNEXPECTED_MESSAGE)
+    st.inject(
+        "worker",
+        encode_message(Gradient(epoch=1, version=0, vector=ZeroVector(3))),
+        error=E.UNEXPECTED_MESSAGE,
+    )
+    st.done()
+
+    st = Story(
+        "story-snapshot-crosses-gradient",
+        "the master opens epoch 2 while the GRADIENT of epoch 1 is in flight: both sides accept it",
+        ["WF-8"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", Model(epoch=1, version=3, vector=raw32(0.5, 0.5, 0.5)))
+    # Both send at once: the master's SNAPSHOT and the worker's GRADIENT cross on the wire.
+    master, worker = st.conns["master"], st.conns["worker"]
+    master.send(Snapshot(epoch=2, vector=raw32(4.0, 5.0, 6.0)), 0.0)
+    worker.send(Gradient(epoch=1, version=3, vector=ZeroVector(3)), 0.0)
+    snapshot_bytes, gradient_bytes = master.data_to_send(), worker.data_to_send()
+    st.steps.append(
+        {
+            "from": "master",
+            "send": event_fields(Snapshot(epoch=2, vector=raw32(4.0, 5.0, 6.0))),
+            "hex": snapshot_bytes.hex(),
+            "deliver_later": True,
+        }
+    )
+    step: dict[str, Any] = {
+        "from": "worker",
+        "send": event_fields(Gradient(epoch=1, version=3, vector=ZeroVector(3))),
+        "hex": gradient_bytes.hex(),
+    }
+    st._receive(step, gradient_bytes, "master", None)
+    st.steps.append(step)
+    step = {"from": "master", "deliver": True, "hex": snapshot_bytes.hex()}
+    st._receive(step, snapshot_bytes, "worker", None)
+    st.steps.append(step)
+    st.send(
+        "worker", SnapshotGradient(epoch=2, samples=10, correct=8, loss=1.25, vector=raw64(0.0, 0.0, 1.0))
+    )
+    st.send("master", Model(epoch=2, version=4, vector=EqualsSnapshot(3)))
+    st.done()
+
+    st = Story(
+        "story-model-before-answer",
+        "the master may not send a second MODEL before the first is answered (LocalProtocolError); "
+        "a worker receiving one closes with UNEXPECTED_MESSAGE",
+        ["WF-7.7", "WF-8"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", Model(epoch=1, version=0, vector=EqualsSnapshot(3)))
+    st.send_refused("master", Model(epoch=1, version=1, vector=EqualsSnapshot(3)), E.UNEXPECTED_MESSAGE)
+    st.inject(
+        "master",
+        encode_message(Model(epoch=1, version=1, vector=EqualsSnapshot(3))),
+        error=E.UNEXPECTED_MESSAGE,
+    )
+    st.done()
+
+    st = Story(
+        "story-close-exchange",
+        "the master closes with GOING_AWAY, the worker answers CLOSE NO_ERROR; "
+        "both see a clean end of stream that reports the first code",
+        ["WF-7.11", "WF-8"],
+    )
+    handshake(st)
+    st.send("master", Close(code=int(E.GOING_AWAY), reason="bye ✓"))
+    st.queued("worker")
+    st.eof("master")
+    st.eof("worker")
+    st.done()
+
+    st = Story(
+        "story-eof-without-close",
+        "the stream ends without CLOSE: ConnectionClosed(clean=False, code=None)",
+        ["WF-8"],
+    )
+    handshake(st)
+    st.eof("worker")
+    st.done()
+
+    st = Story(
+        "story-eof-inside-frame",
+        "the stream ends after half a frame: MALFORMED_FRAME",
+        ["WF-3", "WF-8"],
+        sides=("master",),
+    )
+    st.inject("worker", encode_message(Hello())[:10])
+    st.eof("master", error=E.MALFORMED_FRAME)
+    st.done()
+
+    st = Story(
+        "story-heartbeat-and-error",
+        "HEARTBEAT and ERROR in both directions do not change the session",
+        ["WF-7.9", "WF-7.10", "WF-8"],
+    )
+    handshake(st)
+    st.send("worker", Heartbeat())
+    st.send("master", Heartbeat())
+    st.send("master", Error(code=int(E.STALE_GRADIENT), epoch=1, version=2, reason="stale"))
+    open_epoch(st, 1)
+    st.done()
+
+    st = Story(
+        "story-frame-too-large",
+        "a frame over the receiver's limit closes the connection with FRAME_TOO_LARGE",
+        ["WF-3", "WF-10"],
+        sides=("master",),
+        limits={"max_frame_bytes": 64},
+    )
+    st.inject("worker", struct.pack("<BBBI", 1, 1, 0, 1000), error=E.FRAME_TOO_LARGE)
+    st.done()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    build_valid()
+    build_invalid()
+    build_quantizer()
+    build_stories()
+    OUT.mkdir(exist_ok=True)
+    for old in OUT.glob("*.json"):
+        old.unlink()
+    slugs = set()
+    for number, (slug, doc) in enumerate(VECTORS, start=1):
+        assert slug not in slugs, slug
+        slugs.add(slug)
+        path = OUT / f"{number:03d}-{slug}.json"
+        path.write_text(
+            json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    counts: dict[str, int] = {}
+    for _, doc in VECTORS:
+        counts[doc["kind"]] = counts.get(doc["kind"], 0) + 1
+    print(f"wrote {len(VECTORS)} vectors to {OUT}: {counts}")
+    for line in SKIPPED:
+        print("SKIPPED", line, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

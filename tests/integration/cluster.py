@@ -1,0 +1,99 @@
+"""Helpers for the cluster tests: an independent optimum, and a TCP cluster in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+from scipy.special import log_expit
+
+from aiodq.algorithms import TrainConfig
+from aiodq.data import Dataset, load_bundled_a9a, shard
+from aiodq.master import Master
+from aiodq.session import WorkerSession
+from aiodq.worker import WorkerResult, run_worker
+
+A9A = load_bundled_a9a()
+
+
+def logistic_optimum(dataset: Dataset, l2: float) -> float:
+    """min_x (1/n) sum log(1 + exp(-y a.x)) + l2/2 ||x||^2 by scipy's L-BFGS, written apart from aiodq."""
+    features, labels, n = dataset.features, dataset.labels, dataset.samples
+
+    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        margins = labels * (features @ x)
+        loss = -log_expit(margins).sum() / n + 0.5 * l2 * x @ x
+        grad = features.T @ (-labels * np.exp(log_expit(-margins))) / n + l2 * x
+        return float(loss), np.asarray(grad)
+
+    result = scipy.optimize.minimize(
+        objective,
+        np.zeros(dataset.features_count),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 10_000, "gtol": 1e-12, "ftol": 1e-15},
+    )
+    assert result.success, result.message
+    return float(result.fun)
+
+
+async def slow_worker(host: str, port: int, part: Dataset, delay: float) -> WorkerResult:
+    """A worker that waits ``delay`` seconds before every answer, so its gradients are stale."""
+    reader, writer = await asyncio.open_connection(host, port)
+    session = WorkerSession(part.features, part.labels, name="slow")
+    loop = asyncio.get_running_loop()
+    try:
+        while not session.closed:
+            data = session.data_to_send()
+            if data:
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+            chunk = await reader.read(1 << 16)
+            session.receive_data(chunk, loop.time())
+            if not chunk:
+                break
+        data = session.data_to_send()
+        if data:
+            writer.write(data)
+    finally:
+        writer.close()
+    code, reason = session.ended or (-1, "no close")
+    return WorkerResult(code, reason, session.gradients_sent)
+
+
+async def train(
+    config: TrainConfig,
+    *,
+    workers: int = 4,
+    dataset: Dataset = A9A,
+    slow: dict[int, float] | None = None,
+    port_of: Any = None,
+    timeout: float = 120.0,
+) -> tuple[dict[str, Any], list[WorkerResult]]:
+    """Master and worker coroutines over real TCP on 127.0.0.1 (port 0); every await bounded."""
+    slow = slow or {}
+    x0 = np.zeros(dataset.features_count)
+    async with Master(config, x0, workers=workers, host="127.0.0.1", port=0) as master:
+        host, port = master.address
+        target = port if port_of is None else await port_of(host, port)
+        tasks = []
+        for index in range(workers):
+            part = dataset.rows(shard(dataset.samples, workers, index, seed=config.seed))
+            if index in slow:
+                tasks.append(asyncio.create_task(slow_worker(host, target, part, slow[index])))
+            else:
+                tasks.append(asyncio.create_task(run_worker(host, target, part.features, part.labels)))
+        summary = await master.wait(timeout)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+    return summary, list(results)
+
+
+def bits_to_target(summary: dict[str, Any], target: float) -> int | None:
+    """Bits on the wire (both directions) before the first snapshot whose loss is at most ``target``."""
+    for record in summary["trace"]:
+        if record["loss"] <= target:
+            return int(record["bits"])
+    return None

@@ -1,0 +1,443 @@
+"""Targeted codec tests: frames, varints, vector payloads and their sizes (wire-format.md 3, 4.2, 5, 10)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from aiodq.config import Limits
+from aiodq.errors import CodecError, ErrorCode
+from aiodq.events import Gradient, Heartbeat, Model, Snapshot
+from aiodq.quant.lowp import quantize_gradient
+from aiodq.quant.qsgd import quantize_qsgd
+from aiodq.quant.sparse import quantize_sparse
+from aiodq.vectors import (
+    DenseQuantized,
+    EqualsSnapshot,
+    QSGDVector,
+    RawVector,
+    SparseQuantized,
+    Vector,
+    ZeroVector,
+)
+from aiodq.wire.cursor import MAX_VARINT, Cursor, uvarint
+from aiodq.wire.frames import HEADER_SIZE, FrameReader, MessageType, encode_frame
+from aiodq.wire.messages import DecodeContext, decode_message, encode_message
+from aiodq.wire.payload import Encoding, decode_vector, encode_vector, encoding_of, sparse_index_encoding
+
+LIMITS = Limits()
+
+
+def roundtrip(vector: Vector, limits: Limits = LIMITS) -> Vector:
+    """Encode then decode a vector payload, checking every byte is consumed."""
+    data = b"".join(encode_vector(vector))
+    cursor = Cursor(data)
+    decoded = decode_vector(cursor, limits, expected_dim=vector.dim)
+    assert cursor.remaining == 0
+    return decoded
+
+
+def decode_payload(data: bytes, limits: Limits = LIMITS) -> Vector:
+    return decode_vector(Cursor(data), limits)
+
+
+def one_frame(data: bytes, limits: Limits = LIMITS) -> object:
+    reader = FrameReader(limits)
+    reader.feed(data)
+    frame = reader.next_frame()
+    assert frame is not None and reader.buffered == 0
+    return decode_message(frame, DecodeContext(limits=limits))
+
+
+# -- frames (wire-format.md 3) ------------------------------------------------
+
+
+def test_frame_header_layout() -> None:
+    """wire-format.md 3: version, type, flags, then the body length as u32 little-endian."""
+    body = bytes(range(256)) + b"\x01\x02"
+    frame = encode_frame(1, 0x08, 0x01, [body[:100], body[100:]])
+    assert frame[:HEADER_SIZE] == bytes([1, 0x08, 0x01, 0x02, 0x01, 0x00, 0x00])
+    assert frame[HEADER_SIZE:] == body
+    assert encode_message(Heartbeat()) == bytes([1, MessageType.HEARTBEAT, 0, 0, 0, 0, 0])
+    model = encode_message(Model(epoch=1, version=2, vector=RawVector(np.ones(3)), relative=True))
+    assert model[1] == MessageType.MODEL and model[2] == 0x01
+    assert int.from_bytes(model[3:7], "little") == len(model) - HEADER_SIZE
+
+
+def test_frame_reader_hands_out_whole_frames_only() -> None:
+    """wire-format.md 3: a frame is consumed only once whole; byte-by-byte feeding gives the same frames."""
+    stream = (
+        encode_frame(1, 9, 0, []) + encode_frame(1, 10, 0, [b"abc"]) + encode_frame(3, 200, 7, [b"z" * 70])
+    )
+    for step in (1, 2, 7, 8, len(stream)):
+        reader = FrameReader(LIMITS)
+        frames = []
+        for pos in range(0, len(stream), step):
+            reader.feed(stream[pos : pos + step])
+            while (frame := reader.next_frame()) is not None:
+                frames.append(frame)
+        assert [(f.version, f.type, f.flags, f.body) for f in frames] == [
+            (1, 9, 0, b""),
+            (1, 10, 0, b"abc"),
+            (3, 200, 7, b"z" * 70),
+        ]
+        assert reader.buffered == 0
+
+
+def test_frame_limit_checked_from_header_alone() -> None:
+    """wire-format.md 3, 10: a declared length over the limit fails after the 7 header bytes alone."""
+    limits = Limits(max_frame_bytes=64)
+    header = bytes([1, MessageType.SNAPSHOT, 0]) + (65).to_bytes(4, "little")
+    reader = FrameReader(limits)
+    reader.feed(header[:6])
+    assert reader.next_frame() is None
+    reader.feed(header[6:])
+    with pytest.raises(CodecError) as info:
+        reader.next_frame()
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    huge = bytes([1, MessageType.SNAPSHOT, 0]) + (0xFFFF_FFFF).to_bytes(4, "little")
+    reader = FrameReader(Limits())
+    reader.feed(huge)
+    with pytest.raises(CodecError) as info:
+        reader.next_frame()
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+
+
+def test_frame_at_limit_is_accepted() -> None:
+    """wire-format.md 10: a body of exactly max_frame_bytes is allowed."""
+    limits = Limits(max_frame_bytes=64)
+    reader = FrameReader(limits)
+    reader.feed(encode_frame(1, 9, 0, [b"x" * 64])[:-1])
+    assert reader.next_frame() is None
+    reader.feed(b"x")
+    frame = reader.next_frame()
+    assert frame is not None and len(frame.body) == 64
+
+
+# -- varints (wire-format.md 4.2) ---------------------------------------------
+
+VARINTS = [
+    (0, "00"),
+    (1, "01"),
+    (127, "7f"),
+    (128, "8001"),
+    (300, "ac02"),
+    (16383, "ff7f"),
+    (16384, "808001"),
+    (MAX_VARINT, "ffffffffffffffff7f"),
+]
+
+
+@pytest.mark.parametrize(("value", "hex_bytes"), VARINTS)
+def test_varint_known_encodings(value: int, hex_bytes: str) -> None:
+    """wire-format.md 4.2: unsigned LEB128, shortest form, both directions."""
+    assert uvarint(value).hex() == hex_bytes
+    cursor = Cursor(bytes.fromhex(hex_bytes))
+    assert cursor.uvarint("v") == value
+    assert cursor.remaining == 0
+
+
+def test_varint_boundaries_roundtrip() -> None:
+    """wire-format.md 4.2: every 7-bit boundary round-trips and uses ceil(bits / 7) bytes."""
+    for n in range(1, 64):
+        for value in (2**n - 1, 2**n, 2**n + 1):
+            if value > MAX_VARINT:
+                continue
+            data = uvarint(value)
+            assert len(data) == max(1, math.ceil(value.bit_length() / 7))
+            assert Cursor(data).uvarint("v") == value
+
+
+@pytest.mark.parametrize("value", [-1, MAX_VARINT + 1, 2**64])
+def test_varint_encode_out_of_range(value: int) -> None:
+    """wire-format.md 4.2: a varint carries 0 .. 2**63 - 1."""
+    with pytest.raises(ValueError):
+        uvarint(value)
+
+
+@pytest.mark.parametrize(
+    "hex_bytes",
+    [
+        "8000",  # 0 in two bytes
+        "8100",  # 1 in two bytes
+        "ff8000",  # trailing zero group
+        "80808080808080808001",  # 2**63: ten bytes
+        "ffffffffffffffffff01",  # 2**64 - 1
+        "ffffffffffffffff8f00",  # non-shortest and too long
+        "80",  # truncated
+        "ffff",  # truncated
+        "",  # empty
+    ],
+)
+def test_varint_decode_rejects_bad_forms(hex_bytes: str) -> None:
+    """wire-format.md 4.2: non-shortest, over-long, overflowing or truncated varints -> MALFORMED_FRAME."""
+    with pytest.raises(CodecError) as info:
+        Cursor(bytes.fromhex(hex_bytes)).uvarint("v")
+    assert info.value.code == ErrorCode.MALFORMED_FRAME
+
+
+# -- vector encodings (wire-format.md 5) --------------------------------------
+
+DIMS = [1, 7, 8, 9, 13, 100]
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_raw_roundtrip(dim: int, dtype: type) -> None:
+    """wire-format.md 5.2: RAW_F32 and RAW_F64 carry every coordinate as IEEE-754 little-endian."""
+    values = np.random.default_rng(dim).standard_normal(dim).astype(dtype)
+    values[0] = -0.0 if dim > 1 else np.finfo(dtype).max
+    vector = RawVector(values)
+    decoded = roundtrip(vector)
+    assert decoded == vector
+    assert isinstance(decoded, RawVector) and decoded.values.dtype == dtype
+    assert decoded.values.tobytes() == values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    payload = b"".join(encode_vector(vector))
+    assert payload[0] == (0x00 if dtype == np.float32 else 0x10)
+    assert len(payload) == 1 + len(uvarint(dim)) + dim * np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_zero_and_equals_snapshot_roundtrip(dim: int) -> None:
+    """wire-format.md 5.3, 5.4: ZERO and EQUALS_SNAPSHOT are a descriptor and the dimension only."""
+    assert b"".join(encode_vector(ZeroVector(dim))) == bytes([0x20]) + uvarint(dim)
+    assert b"".join(encode_vector(EqualsSnapshot(dim))) == bytes([0x30]) + uvarint(dim)
+    assert roundtrip(ZeroVector(dim)) == ZeroVector(dim)
+    assert roundtrip(EqualsSnapshot(dim)) == EqualsSnapshot(dim)
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+@pytest.mark.parametrize("dim", DIMS)
+def test_dense_roundtrip_every_width(bits: int, dim: int) -> None:
+    """wire-format.md 5.5: DENSE packs dim codes of b bits (1..16), two's complement, zero padding."""
+    rng = np.random.default_rng(bits * 1000 + dim)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    codes = rng.integers(low, high + 1, dim)
+    codes[0] = low
+    if dim > 1:
+        codes[-1] = high
+    vector = DenseQuantized(bits=bits, scale=0.375, codes=codes)
+    payload = b"".join(encode_vector(vector))
+    assert payload[0] == 0x40 | (bits - 1)
+    assert len(payload) == 1 + len(uvarint(dim)) + 4 + math.ceil(dim * bits / 8)
+    used = dim * bits % 8
+    if used:
+        assert payload[-1] >> used == 0  # padding bits are zero
+    decoded = roundtrip(vector)
+    assert decoded == vector
+    assert np.array_equal(decoded.to_dense(), vector.to_dense())
+
+
+def test_dense_nonzero_padding_rejected() -> None:
+    """wire-format.md 5.1: padding bits of a packed code stream MUST be zero."""
+    vector = DenseQuantized(bits=3, scale=1.0, codes=np.array([1, -1, 2]))
+    payload = bytearray(b"".join(encode_vector(vector)))
+    payload[-1] |= 0x80
+    with pytest.raises(CodecError) as info:
+        decode_payload(bytes(payload))
+    assert info.value.code == ErrorCode.INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5, 8, 11, 16])
+@pytest.mark.parametrize("dim", DIMS)
+def test_sparse_roundtrip(bits: int, dim: int) -> None:
+    """wire-format.md 5.6: sparse vectors round-trip under either index encoding."""
+    rng = np.random.default_rng(bits * 7 + dim)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    for nnz in sorted({1, max(1, dim // 10), max(1, dim // 2), dim}):
+        indices = np.sort(rng.choice(dim, nnz, replace=False))
+        codes = rng.integers(low, high + 1, nnz)
+        codes[codes == 0] = low
+        vector = SparseQuantized(dim=dim, bits=bits, scale=2.0**-20, indices=indices, codes=codes)
+        assert roundtrip(vector) == vector
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("s", [1, 2, 7, 255, 0xFFFF])
+def test_qsgd_roundtrip(dim: int, s: int) -> None:
+    """wire-format.md 5.7: QSGD levels in Elias gamma code with separate signs round-trip."""
+    rng = np.random.default_rng(dim + s)
+    levels = rng.integers(-s, s + 1, dim)
+    levels[0] = s
+    if dim > 2:
+        levels[1] = -s
+        levels[2] = 0
+    vector = QSGDVector(s=s, norm=3.5, levels=levels)
+    assert roundtrip(vector) == vector
+
+
+@pytest.mark.parametrize("dim", [1, 9, 100])
+def test_all_zero_dense_and_qsgd_payloads_rejected(dim: int) -> None:
+    """WF-5.4-4, 5.5-4, 5.7-5: ZERO is the only quantized zero vector; all-zero DENSE or QSGD is invalid."""
+    dense = bytes([0x43]) + uvarint(dim) + np.float32(1.0).tobytes() + bytes(math.ceil(dim * 4 / 8))
+    qsgd = bytes([0x70]) + uvarint(dim) + uvarint(3) + np.float32(1.0).tobytes()
+    qsgd += np.packbits(np.ones(dim, dtype=np.uint8), bitorder="little").tobytes()
+    for payload in (dense, qsgd):
+        with pytest.raises(CodecError) as info:
+            decode_payload(payload)
+        assert info.value.code == ErrorCode.INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize("dim", [1, 5, 64, 1000])
+def test_quantizer_outputs_roundtrip(dim: int) -> None:
+    """wire-format.md 5: what the quantizers produce is what the codec carries, unchanged."""
+    rng = np.random.default_rng(dim)
+    g = rng.standard_normal(dim)
+    for vector in (
+        quantize_gradient(g, 2, rng),
+        quantize_gradient(g, 8, rng),
+        quantize_gradient(g, 16, rng),
+        quantize_sparse(g, max(1.0, dim / 20), 4, rng),
+        quantize_sparse(g, dim / 2, 3, rng),
+        quantize_qsgd(g, 1, rng),
+        quantize_qsgd(g, 300, rng),
+    ):
+        assert roundtrip(vector) == vector
+
+
+def test_all_zero_quantizations_are_zero_vectors_on_the_wire() -> None:
+    """wire-format.md 5.3: a quantization with no nonzero is sent as ZERO, not as an empty sparse vector."""
+    rng = np.random.default_rng(0)
+    zeros = np.zeros(37)
+    for vector in (
+        quantize_sparse(zeros, 5.0, 4, rng),
+        quantize_gradient(zeros, 4, rng),
+        quantize_qsgd(zeros, 4, rng),
+    ):
+        assert vector == ZeroVector(37)
+        assert encoding_of(vector) is Encoding.ZERO
+        frame = encode_message(Gradient(epoch=0, version=0, vector=vector))
+        assert frame[HEADER_SIZE + 2] == Encoding.ZERO << 4
+        assert one_frame(frame) == Gradient(epoch=0, version=0, vector=ZeroVector(37))
+    with pytest.raises(ValueError):
+        SparseQuantized(dim=37, bits=4, scale=1.0, indices=np.array([], dtype=np.int64), codes=np.array([]))
+
+
+def test_sparse_with_zero_nonzero_count_rejected() -> None:
+    """wire-format.md 5.6: a sparse payload's nonzero count is at least 1."""
+    payload = bytes([0x53]) + uvarint(16) + uvarint(0) + np.float32(1.0).tobytes() + bytes(2)
+    with pytest.raises(CodecError) as info:
+        decode_payload(payload)
+    assert info.value.code == ErrorCode.INVALID_PAYLOAD
+
+
+# -- sparse index choice (wire-format.md 5.6) ---------------------------------
+
+
+def rice_size(indices: list[int], k: int) -> int:
+    """Rice index block size from the spec: k byte, k-bit remainders, unary quotients."""
+    gaps = np.diff(np.array(indices), prepend=-1) - 1
+    unary_bits = int((gaps >> k).sum()) + len(indices)
+    return 1 + math.ceil(len(indices) * k / 8) + math.ceil(unary_bits / 8)
+
+
+def best_rice(indices: list[int]) -> tuple[int, int]:
+    sizes = [rice_size(indices, k) for k in range(17)]
+    best = min(sizes)
+    return sizes.index(best), best
+
+
+def sparse(dim: int, indices: list[int]) -> SparseQuantized:
+    return SparseQuantized(
+        dim=dim, bits=2, scale=1.0, indices=np.array(indices), codes=-np.ones(len(indices), dtype=np.int64)
+    )
+
+
+@pytest.mark.parametrize(
+    ("dim", "indices", "expected"),
+    [
+        (16, list(range(16)), Encoding.SPARSE_BITMAP),  # bitmap 2 < Rice 3
+        (100, list(range(0, 100, 2)), Encoding.SPARSE_BITMAP),  # bitmap 13 < Rice 14
+        (16, [0], Encoding.SPARSE_BITMAP),  # tie: bitmap 2 == Rice 2 -> bitmap
+        (16, [3, 4], Encoding.SPARSE_BITMAP),  # tie again
+        (24, [0], Encoding.SPARSE_RICE),  # Rice 2 < bitmap 3
+        (1000, [5, 500, 999], Encoding.SPARSE_RICE),
+        (1, [0], Encoding.SPARSE_BITMAP),
+    ],
+    ids=["bitmap-dense", "bitmap-half", "tie", "tie-2", "rice-small", "rice-sparse", "d1"],
+)
+def test_sparse_index_encoding_is_the_smaller(dim: int, indices: list[int], expected: Encoding) -> None:
+    """wire-format.md 5.6: the bitmap wins unless a Rice block is strictly smaller; k is smallest best."""
+    bitmap = math.ceil(dim / 8)
+    k, rice = best_rice(indices)
+    assert (rice < bitmap) == (expected is Encoding.SPARSE_RICE)
+    vector = sparse(dim, indices)
+    assert sparse_index_encoding(vector) == (
+        (expected, k) if expected is Encoding.SPARSE_RICE else (expected, 0)
+    )
+    payload = b"".join(encode_vector(vector))
+    assert payload[0] >> 4 == expected
+    head = 1 + len(uvarint(dim)) + len(uvarint(len(indices))) + 4 + math.ceil(len(indices) * 2 / 8)
+    assert len(payload) == head + min(bitmap, rice)
+    if expected is Encoding.SPARSE_RICE:
+        assert payload[head] == k
+    assert roundtrip(vector) == vector
+
+
+def test_sparse_non_canonical_index_encoding_rejected() -> None:
+    """wire-format.md 5.6: a bitmap where Rice is smaller, or Rice where it is not, -> INVALID_PAYLOAD."""
+    # Bitmap for d = 24, index 0: Rice (2 bytes) would be smaller than the 3-byte bitmap.
+    head = uvarint(24) + uvarint(1) + np.float32(1.0).tobytes() + bytes([0b11])
+    with pytest.raises(CodecError) as info:
+        decode_payload(bytes([0x51]) + head + bytes([1, 0, 0]))
+    assert info.value.code == ErrorCode.INVALID_PAYLOAD
+    # Rice for d = 16, index 0: a tie with the bitmap, which wins.
+    head = uvarint(16) + uvarint(1) + np.float32(1.0).tobytes() + bytes([0b11])
+    with pytest.raises(CodecError) as info:
+        decode_payload(bytes([0x61]) + head + bytes([0, 0b1]))
+    assert info.value.code == ErrorCode.INVALID_PAYLOAD
+    # Rice with a non-optimal k for d = 1000, one index at 999.
+    vector = sparse(1000, [999])
+    k = sparse_index_encoding(vector)[1]
+    good = b"".join(encode_vector(vector))
+    assert decode_payload(good) == vector
+    other_k = k + 1
+    gap = 999
+    remainder = (gap & ((1 << other_k) - 1)).to_bytes(math.ceil(other_k / 8), "little")
+    quotient = gap >> other_k
+    unary = np.packbits(np.r_[np.zeros(quotient, np.uint8), 1], bitorder="little").tobytes()
+    head = bytes([0x61]) + uvarint(1000) + uvarint(1) + np.float32(1.0).tobytes() + bytes([0b11])
+    with pytest.raises(CodecError) as info:
+        decode_payload(head + bytes([other_k]) + remainder + unary)
+    assert info.value.code == ErrorCode.INVALID_PAYLOAD
+
+
+# -- wire size targets --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [1, 1000, 10**6])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_dense_frame_size_target(dim: int, bits: int) -> None:
+    """wire-format.md 5.5: a dense GRADIENT frame is at most ceil(d*b/8) + 4 + 16 bytes in all."""
+    rng = np.random.default_rng(dim + bits)
+    vector = quantize_gradient(rng.standard_normal(dim), bits, rng)
+    assert isinstance(vector, DenseQuantized)
+    frame = encode_message(Gradient(epoch=3, version=100, vector=vector))
+    assert len(frame) <= math.ceil(dim * bits / 8) + 4 + 16
+    assert one_frame(frame) == Gradient(epoch=3, version=100, vector=vector)
+
+
+@pytest.mark.parametrize("dim", [1, 1000, 10**6])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("density", [0.001, 0.05, 0.5])
+def test_sparse_frame_size_target(dim: int, bits: int, density: float) -> None:
+    """wire-format.md 5.6: a sparse frame is at most min(bitmap, Rice) + codes + scale + 16 bytes."""
+    rng = np.random.default_rng(dim + bits)
+    gradient = rng.standard_normal(dim)
+    vector: Vector = ZeroVector(dim)
+    while not isinstance(vector, SparseQuantized):  # a tiny budget may keep nothing: draw again
+        vector = quantize_sparse(gradient, max(1.0, density * dim), bits, rng)
+    indices = vector.indices.tolist()
+    index_bytes = min(math.ceil(dim / 8), best_rice(indices)[1])
+    frame = encode_message(Gradient(epoch=3, version=100, vector=vector))
+    assert len(frame) <= index_bytes + math.ceil(vector.nnz * bits / 8) + 4 + 16
+    assert one_frame(frame) == Gradient(epoch=3, version=100, vector=vector)
+
+
+def test_snapshot_frame_size() -> None:
+    """wire-format.md 5.2, 7.4: a float32 SNAPSHOT frame is 4 bytes a coordinate plus a small header."""
+    vector = RawVector(np.ones(1000, dtype=np.float32))
+    frame = encode_message(Snapshot(epoch=1, vector=vector))
+    assert len(frame) == 7 + 1 + 1 + 2 + 4000
