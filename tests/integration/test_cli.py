@@ -1,0 +1,145 @@
+"""The command line: aiodq run, aiodq master/worker as separate processes, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aiodq(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiodq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> None:
+    """aiodq run: one master and M worker processes; summary, result.json and the plot."""
+    out = tmp_path / "out"
+    result = aiodq(
+        "run", "--workers", "2", "--epochs", "3", "--bits", "4", "--out", str(out), "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "final training loss" in result.stdout
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["config"]["algorithm"] == "asylpg"
+    assert summary["config"]["bits"] == 4
+    assert summary["workers"] == 2
+    assert summary["dataset"] == "a9a"
+    trace = summary["trace"]
+    assert [r["epoch"] for r in trace] == [0, 1, 2, 3]
+    assert trace[-1]["loss"] < 0.34 < trace[0]["loss"]
+    assert all(set(r) >= {"loss", "accuracy", "bits", "time"} for r in trace)
+    assert summary["staleness"]["histogram"], "the delay distribution is reported"
+    assert summary["traffic"]["total_bytes"]["both"] > trace[-1]["bytes"] > trace[1]["bytes"] > 0
+    assert (out / "loss_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
+    """aiodq master --listen and aiodq worker --connect --shard I/M: a cluster of separate processes."""
+    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "2"]
+    command += ["--epochs", "2", "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env) as master:
+        try:
+            assert master.stdout is not None
+            line = master.stdout.readline()
+            assert "listening on 127.0.0.1:" in line, line
+            port = line.split("127.0.0.1:")[1].split(",")[0]
+            workers = [
+                aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", f"{index}/2")
+                for index in range(2)
+            ]
+            for worker in workers:
+                _, stderr = worker.communicate(timeout=120)
+                assert worker.returncode == 0, stderr
+            master.stdout.read()
+            assert master.wait(timeout=60) == 0
+        finally:
+            master.kill()
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert len(summary["trace"]) == 3
+
+
+def aiodq_async(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiodq", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--bits", "1"], "bits"),
+        (["run", "--workers", "0"], "--workers"),
+        (["run", "--tau", "-1"], "tau"),
+        (["run", "--mu", "0"], "mu"),
+        (["run", "--phi", "2"], "phi"),
+        (["run", "--data", "/nonexistent/a9a"], "no such file"),
+        (["worker", "--connect", "127.0.0.1:9", "--shard", "2/2"], "I/M"),
+        (["worker", "--connect", "nohostport", "--shard", "0/1"], "HOST:PORT"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
+    """Bad options and unreadable data: exit status 2 and a message naming the problem."""
+    result = aiodq(*args)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_data_exits_2(tmp_path: Path) -> None:
+    """A malformed LIBSVM file is refused before any process starts."""
+    bad = tmp_path / "bad.libsvm"
+    bad.write_text("+1 1:1 2:x\n-1 3:1\n")
+    result = aiodq("run", "--data", str(bad), "--epochs", "1")
+    assert result.returncode == 2
+    assert "bad.libsvm" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_master_exits_1() -> None:
+    """A worker whose master does not answer exits 1 with a clear message."""
+    port = free_port()
+    result = aiodq("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/1", timeout=60)
+    assert result.returncode == 1
+    assert f"cannot reach the master at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_custom_app_example_follows_progress_while_working() -> None:
+    """examples/custom_app.py hosts a master inside its own event loop and keeps doing other work."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "custom_app.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epoch 4: loss" in result.stdout
+    ticks = int(result.stdout.split("ticked ")[1].split(" ")[0])
+    assert ticks > 0
