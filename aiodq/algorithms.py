@@ -221,13 +221,13 @@ class MasterState:
         self.spec = config.spec
         self.regularizer = config.regularizer
         #: The served model x.
-        self.x = np.array(x0, dtype=np.float64)
+        self.x: Array = np.array(x0, dtype=np.float64)
         #: The snapshot x_snap of the current epoch.
         self.snapshot = self.x.copy()
         #: The full gradient at the snapshot, g_snap (regulariser included).
         self.full_gradient = np.zeros_like(self.x)
         #: The auxiliary sequence y of the accelerated variants.
-        self.y = self.x.copy()
+        self.y: Array = self.x.copy()
         #: The momentum weight theta_s.
         self.theta = 1.0
         #: The model version t: applied updates so far.
@@ -308,27 +308,39 @@ class MasterState:
         if staleness > self.config.tau:
             return ApplyOutcome(False, staleness, "stale")
         update = vector.to_dense(np.float64)
-        if not np.isfinite(update).all():
-            return ApplyOutcome(False, staleness, "non-finite")
         if not self.spec.needs_full_gradient:
             update += self.full_gradient  # u = Q(alpha) + g_snap
         step = self.config.step
         if self.spec.accelerated:
+            # algorithms.md 7: y = prox(y - (eta / theta) u), x = x_snap + theta (y - x_snap).
             scaled = step / self.theta
-            np.multiply(update, -scaled, out=update)
+            update *= -scaled
             update += self.y
-            self.regularizer.prox(update, scaled, out=self.y)
-            np.subtract(self.y, self.snapshot, out=self.x)
-            self.x *= self.theta
-            self.x += self.snapshot
+            y = self.regularizer.prox(update, scaled)
+            x = np.subtract(y, self.snapshot, out=self._buffer)
+            x *= self.theta
+            x += self.snapshot
+            if not (_finite(x) and _finite(y)):
+                return ApplyOutcome(False, staleness, "non-finite")
+            self.y = y
+            self.x, self._buffer = x, self.x
+            self._iterate_sum += x
         else:
-            np.multiply(update, -step, out=update)
+            # algorithms.md 5: x = prox(x - eta u), computed apart and kept only if finite.
+            update *= -step
             update += self.x
-            self.regularizer.prox(update, step, out=self.x)
-        self._iterate_sum += self.x
+            x = self.regularizer.prox(update, step)
+            if not _finite(x):
+                return ApplyOutcome(False, staleness, "non-finite")
+            self.x = x
         self.version += 1
         self.applied_in_epoch += 1
         return ApplyOutcome(True, staleness)
+
+
+def _finite(values: Array) -> bool:
+    """One pass: NaN or infinity anywhere (or overflow of the sum of squares) makes it False."""
+    return math.isfinite(float(np.dot(values, values)))
 
 
 class WorkerState:

@@ -35,7 +35,12 @@ class RunError(RuntimeError):
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """Return uvloop's loop factory where uvloop is installed, else None (the default loop)."""
+    """Return uvloop's loop factory where uvloop is installed, else None (the default loop).
+
+    Setting the environment variable ``AIODQ_NO_UVLOOP=1`` selects the default loop.
+    """
+    if os.environ.get("AIODQ_NO_UVLOOP"):
+        return None
     try:
         import uvloop  # noqa: PLC0415 - optional at run time
     except ImportError:

@@ -174,10 +174,17 @@ def quantize_with_dither(
     u = np.asarray(dither)
     if u.shape != v.shape:
         raise ValueError("dither must have one entry per value")
+    return _codes(v, delta, bits, u, symmetric)
+
+
+def _codes(
+    values: npt.NDArray[Any], delta: float, bits: int, dither: npt.NDArray[Any], symmetric: bool
+) -> npt.NDArray[Any]:
+    """Q's codes for inputs already checked (finite values, valid delta and bits)."""
     low, high = code_range(bits)
     if symmetric:
         low = -high
-    codes = floor_with_dither(v, 1.0 / delta, u, low, high)
+    codes = floor_with_dither(values, 1.0 / delta, dither, low, high)
     return codes.astype(np.int8 if bits <= 8 else np.int16)
 
 
@@ -220,8 +227,12 @@ def quantize_gradient(
     largest = max(-low, high)
     if largest == 0.0:
         return ZeroVector(alpha.shape[0])
-    # The largest coordinate sits on the top code, so some code is nonzero.
-    return DenseQuantized(bits, *quantize_to_range(alpha, largest, bits, rng))
+    delta, codes = quantize_to_range(alpha, largest, bits, rng)
+    # The largest coordinate sits on the top code; only b = 2 (top code 1) can
+    # round every coordinate to 0, with probability below 2**-16.
+    if not codes.any():
+        return ZeroVector(alpha.shape[0])
+    return DenseQuantized._trusted(bits, delta, codes)
 
 
 def quantize_to_range(
@@ -245,7 +256,8 @@ def quantize_to_range(
         delta = float(np.nextafter(np.float32(0), np.float32(1)))
     if not math.isfinite(delta) or delta > float(np.finfo(np.float32).max):
         raise ValueError("values exceed the float32 range of the scale")
-    return delta, quantize(values, delta, bits, rng, symmetric=True)
+    # Callers have checked the values (finite, one-dimensional): no second pass.
+    return delta, _codes(values, delta, bits, draw_dither(rng, values.shape[0]), symmetric=True)
 
 
 class ModelPayload(NamedTuple):
@@ -267,11 +279,14 @@ def model_delta(difference: npt.NDArray[Any], mu: float, target: npt.NDArray[Any
     the larger grid step costs fewer bits.  The result is rounded down to a
     float32 so the bound still holds after rounding.
     """
-    d = difference.shape[0]
     norm2 = float(np.linalg.norm(difference))
     norm1 = float(np.abs(difference if target is None else target).sum())
-    step = max(2.0 * math.sqrt(mu / d) * norm2, mu * norm2 * norm2 / norm1)
-    return float32_at_most(step)
+    return _grid_step(difference.shape[0], mu, norm2, norm1)
+
+
+def _grid_step(d: int, mu: float, norm2: float, norm1: float) -> float:
+    """delta_x from ``||x - x_snap||_2`` and the quantized vector's 1-norm (see :func:`model_delta`)."""
+    return float32_at_most(max(2.0 * math.sqrt(mu / d) * norm2, mu * norm2 * norm2 / norm1))
 
 
 def quantize_model(
@@ -316,24 +331,30 @@ def quantize_model(
         raise ValueError(f"centre must be 'snapshot' or 'zero', got {centre!r}")
     if not 2 <= max_bits <= 16:
         raise ValueError(f"max_bits must be between 2 and 16, got {max_bits}")
-    check_finite(x, "model")
-    check_finite(x_snap, "snapshot")
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise ValueError("model must be a non-empty one-dimensional array")
+    d = x.shape[0]
     difference = x - x_snap
-    if not difference.any():
-        return ModelPayload(EqualsSnapshot(x.shape[0]), relative=False)
+    # One pass tells finiteness: NaN or infinity in x or x_snap makes the norm non-finite.
+    norm2 = math.sqrt(float(np.dot(difference, difference)))
+    if not math.isfinite(norm2):
+        check_finite(x, "model")
+        check_finite(x_snap, "snapshot")
+        raise ValueError("x - x_snap is too large for its norm to be represented")
+    if norm2 == 0.0:
+        return ModelPayload(EqualsSnapshot(d), relative=False)
     relative = centre == "snapshot"
     target = difference if relative else x
-    if not target.any():  # zero-centred and x = 0
-        return ModelPayload(ZeroVector(x.shape[0]), relative=False)
-    delta = model_delta(difference, mu, target)
-    largest = float(np.abs(target).max())
+    magnitude = np.abs(target)
+    largest = float(magnitude.max())
+    if largest == 0.0:  # zero-centred and x = 0
+        return ModelPayload(ZeroVector(d), relative=False)
+    delta = _grid_step(d, mu, norm2, float(magnitude.sum()))
     bits = math.ceil(math.log2(largest / delta + 1.0)) + 1 if delta > 0 else max_bits + 1
     if bits > max_bits or not math.isfinite(largest / delta):
         return ModelPayload(RawVector(target.astype(np.float32)), relative)
-    codes = quantize(target, delta, bits, rng, symmetric=True)
+    codes = _codes(target, delta, bits, draw_dither(rng, d), symmetric=True)
     if not codes.any():
         # Every coordinate rounded to zero: the canonical forms of that value.
-        return ModelPayload(
-            EqualsSnapshot(x.shape[0]) if relative else ZeroVector(x.shape[0]), relative=False
-        )
-    return ModelPayload(DenseQuantized(bits, delta, codes), relative)
+        return ModelPayload(EqualsSnapshot(d) if relative else ZeroVector(d), relative=False)
+    return ModelPayload(DenseQuantized._trusted(bits, delta, codes), relative)
