@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -291,6 +292,22 @@ def _print_summary(summary: dict[str, object]) -> None:
     Console().print(table)
 
 
+def _setup_logging(stderr_level: int, logfile: Path | None = None) -> None:
+    """Log aiodq's records to stderr at ``stderr_level`` and, if given, everything to ``logfile``."""
+    logger = logging.getLogger("aiodq")
+    logger.setLevel(logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(stderr_level)
+    console.setFormatter(formatter)
+    logger.addHandler(console)
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(logfile, mode="w", encoding="utf-8")
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunError, load_data_or_fail, run_coroutine, run_local, write_results  # noqa: PLC0415
 
@@ -304,6 +321,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if dataset.samples < args.workers:
         raise UsageError(f"{dataset.samples} samples cannot be shared by {args.workers} workers")
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
+    _setup_logging(logging.WARNING, Path(args.out) / "aiodq.log")
     try:
         summary = run_coroutine(
             run_local(
@@ -315,7 +333,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     result, plot = write_results(summary, Path(args.out))
     _print_summary(summary)
-    print(f"wrote {result}" + (f" and {plot}" if plot else ""))
+    print(f"wrote {result}" + (f" and {plot}" if plot else "") + f"; log in {Path(args.out) / 'aiodq.log'}")
     return 0
 
 
@@ -330,6 +348,7 @@ def _cmd_master(args: argparse.Namespace) -> int:
     except RunError as exc:
         raise UsageError(str(exc)) from exc
     host, port = args.listen
+    _setup_logging(logging.INFO, Path(args.out) / "aiodq.log" if args.out else None)
     try:
         summary = run_coroutine(master_main(config, dataset, host, port, args.workers))
     except OSError as exc:
@@ -350,6 +369,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     host, port = args.connect
     index, count = args.shard
+    _setup_logging(logging.WARNING)
     if dataset.samples < count:
         raise UsageError(f"{dataset.samples} samples cannot be split into {count} shards")
     try:

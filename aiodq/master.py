@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from .config import ConnectionConfig
 from .coordinator import Coordinator
 
 __all__ = ["Master"]
+
+_log = logging.getLogger("aiodq.master")
 
 _READ_SIZE = 1 << 18
 
@@ -55,6 +58,8 @@ class Master:
         self._handlers: set[asyncio.Task[None]] = set()
         self._timer_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self._logged_epochs = 0
+        self._logged_errors = 0
         self._started = 0.0
         self.coordinator: Coordinator | None = None
 
@@ -132,6 +137,7 @@ class Master:
         coordinator = self.coordinator
         worker_id = coordinator.connect(self._now())
         self._writers[worker_id] = writer
+        _log.info("worker %d connected from %s", worker_id, writer.get_extra_info("peername"))
         try:
             while True:
                 try:
@@ -147,6 +153,7 @@ class Master:
             await self._flush()
             self._close_writer(worker_id)
             coordinator.forget(worker_id)
+            _log.info("worker %d disconnected", worker_id)
             self._handlers.discard(task)
             self._check_done()
 
@@ -161,11 +168,34 @@ class Master:
                 written.append(writer)
         for worker_id in self.coordinator.closed_workers():
             self._close_writer(worker_id)
+        self._log_progress()
         self._check_done()
         for writer in written:
             if not writer.is_closing():
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.drain()
+
+    def _log_progress(self) -> None:
+        """Log each new epoch record (with the bytes so far by direction) and each new protocol error."""
+        coordinator = self.coordinator
+        assert coordinator is not None
+        if len(coordinator.trace) > self._logged_epochs:
+            traffic = coordinator.traffic()
+            for record in coordinator.trace[self._logged_epochs :]:
+                _log.info(
+                    "epoch %d: loss %.6f, accuracy %.4f, version %d, %.1f s; bytes so far: down %d, up %d",
+                    record.epoch,
+                    record.loss,
+                    record.accuracy,
+                    record.version,
+                    record.time,
+                    traffic.total("down"),
+                    traffic.total("up"),
+                )
+            self._logged_epochs = len(coordinator.trace)
+        for worker_id, code, reason in coordinator.errors[self._logged_errors :]:
+            _log.warning("worker %d: %s: %s", worker_id, code, reason)
+        self._logged_errors = len(coordinator.errors)
 
     def _close_writer(self, worker_id: int) -> None:
         writer = self._writers.pop(worker_id, None)

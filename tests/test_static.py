@@ -46,3 +46,15 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one() -> None:
 def test_py_typed_is_shipped() -> None:
     """The package ships py.typed, so its annotations reach users' type checkers."""
     assert (ROOT / "aiodq" / "py.typed").exists()
+
+
+def test_readme_python_examples_run(tmp_path: Path) -> None:
+    """Every Python block of the README runs as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.+?)\n```", text, re.S)
+    assert blocks
+    for number, block in enumerate(blocks):
+        script = tmp_path / f"example_{number}.py"
+        script.write_text(block, encoding="utf-8")
+        result = _run(sys.executable, str(script))
+        assert result.returncode == 0, (number, result.stderr)
