@@ -126,6 +126,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        for name in ("bits", "model_bits_cap", "tau", "seed", "updates_per_epoch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         positive_ints = ("epochs", "batch", "qsgd_levels", "hidden")
         for name in positive_ints:
             value = getattr(self, name)
@@ -340,7 +344,8 @@ class MasterState:
 
 def _finite(values: Array) -> bool:
     """One pass: NaN or infinity anywhere (or overflow of the sum of squares) makes it False."""
-    return math.isfinite(float(np.dot(values, values)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.dot(values, values)))
 
 
 class WorkerState:

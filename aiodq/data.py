@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import re
 import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -82,9 +86,13 @@ def _read_bytes(path: str | Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: broken gzip data: {exc}") from exc
     return raw
+
+
+#: One line's features: ``index:value`` pairs, digits for the index, no colon in the value.
+_PAIRS = re.compile(r"(?:\d+:[^\s:]+)(?:\s+\d+:[^\s:]+)*")
 
 
 def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str = "") -> Dataset:
@@ -112,22 +120,27 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
         line = raw_line.split("#", 1)[0].strip()
         if not line:
             continue
-        head, _, body = line.partition(" ")
+        head, *rest = line.split(None, 1)
+        body = rest[0] if rest else ""
         try:
-            labels.append(float(head))
+            label = float(head)
         except ValueError:
             raise DataError(f"{path}:{number}: label {head!r} is not a number") from None
+        if not math.isfinite(label):
+            raise DataError(f"{path}:{number}: label {head!r} is not finite")
+        if body and not _PAIRS.fullmatch(body):
+            raise DataError(f"{path}:{number}: features must be index:value pairs separated by spaces")
+        labels.append(label)
         counts.append(body.count(":"))
         bodies.append(body)
     if not labels:
         raise DataError(f"{path}: no samples")
+    # Every line matched _PAIRS, so the pieces alternate index, value.
     tokens = " ".join(bodies).replace(":", " ").split()
-    if len(tokens) != 2 * sum(counts):
-        raise DataError(f"{path}: malformed index:value pairs")
     try:
         indices = np.array(tokens[0::2], dtype=np.int64) - 1
         values = np.array(tokens[1::2], dtype=np.float64)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise DataError(f"{path}: malformed index:value pair: {exc}") from exc
     if indices.size and int(indices.min()) < 0:
         raise DataError(f"{path}: feature indices start at 1")
@@ -179,12 +192,21 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
         DataError: if the file cannot be parsed or has the wrong shape.
     """
     try:
-        table = np.loadtxt(io.BytesIO(_read_bytes(path)), delimiter=",", dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
+            table = np.loadtxt(io.BytesIO(_read_bytes(path)), delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise DataError(f"{path}: not a numeric CSV: {exc}") from exc
+    if table.shape[0] == 0:
+        raise DataError(f"{path}: no samples")
     if table.shape[1] != 785:
         raise DataError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
-    return Dataset(table[:, :784] / 255.0, table[:, 784].astype(np.int64), name)
+    if not np.isfinite(table).all():
+        raise DataError(f"{path}: non-finite values")
+    labels = table[:, 784]
+    if (labels != np.round(labels)).any() or labels.min() < 0:
+        raise DataError(f"{path}: labels must be non-negative integers")
+    return Dataset(table[:, :784] / 255.0, labels.astype(np.int64), name)
 
 
 def load_bundled_a9a(*, test: bool = False) -> Dataset:

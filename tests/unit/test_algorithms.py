@@ -1,0 +1,660 @@
+"""Unit tests of aiodq.algorithms: TrainConfig, MasterState and WorkerState (docs/algorithms.md 5-10).
+
+The update rules are checked against the formulas of algorithms.md computed by
+hand on tiny vectors; no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import scipy.sparse as sp
+
+import aiodq.algorithms as algorithms
+from aiodq.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState, rebuild_model
+from aiodq.models import LogisticRegression, Regularizer
+from aiodq.vectors import (
+    DenseQuantized,
+    EqualsSnapshot,
+    QSGDVector,
+    RawVector,
+    SparseQuantized,
+    ZeroVector,
+)
+
+# -- TrainConfig -----------------------------------------------------------------------------------
+
+BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
+    ({"algorithm": "sgd"}, "algorithm"),
+    ({"epochs": 0}, "epochs"),
+    ({"epochs": -3}, "epochs"),
+    ({"epochs": 2.0}, "epochs"),
+    ({"batch": 0}, "batch"),
+    ({"qsgd_levels": 0}, "qsgd_levels"),
+    ({"qsgd_levels": 65_536}, "qsgd_levels"),
+    ({"hidden": 0}, "hidden"),
+    ({"updates_per_epoch": -1}, "updates_per_epoch"),
+    ({"updates_per_epoch": 1.5}, "updates_per_epoch"),
+    ({"bits": 1}, "bits"),
+    ({"bits": 17}, "bits"),
+    ({"bits": 8.5}, "bits"),
+    ({"model_bits_cap": 1}, "model_bits_cap"),
+    ({"model_bits_cap": 17}, "model_bits_cap"),
+    ({"model_bits_cap": 7.5}, "model_bits_cap"),
+    ({"step": -0.1}, "step"),
+    ({"step": math.nan}, "step"),
+    ({"step": math.inf}, "step"),
+    ({"mu": 0.0}, "mu"),
+    ({"mu": -1.0}, "mu"),
+    ({"mu": math.nan}, "mu"),
+    ({"mu": math.inf}, "mu"),
+    ({"phi": 0.0}, "phi"),
+    ({"phi": 1.5}, "phi"),
+    ({"phi": math.nan}, "phi"),
+    ({"tau": -1}, "tau"),
+    ({"tau": 1.5}, "tau"),
+    ({"centre": "middle"}, "centre"),
+    ({"acc_snapshot": "first"}, "acc_snapshot"),
+    ({"model": "svm"}, "model"),
+    ({"l2": -1e-4}, "l2"),
+    ({"l1": math.nan}, "l1"),
+    ({"l1": math.inf}, "l1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    BAD_CONFIGS,
+    ids=[f"{next(iter(k))}={next(iter(k.values()))!r}" for k, _ in BAD_CONFIGS],
+)
+def test_config_rejects_bad_values(kwargs: dict[str, Any], field: str) -> None:
+    """Every out-of-range or non-integral hyperparameter raises ValueError naming the field."""
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**kwargs)
+
+
+def test_config_defaults_valid() -> None:
+    """The defaults are valid, and every algorithm name builds a config."""
+    config = TrainConfig()
+    assert config.algorithm == "asylpg"
+    for name in ALGORITHMS:
+        assert TrainConfig(algorithm=name).spec is ALGORITHMS[name]
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_config_step_zero_resolves_to_default(name: str) -> None:
+    """step = 0 picks the algorithm's default step (0.2 for Sparse-AsyLPG, else 0.5)."""
+    config = TrainConfig(algorithm=name, step=0.0)
+    assert config.step == ALGORITHMS[name].default_step
+    assert config.step == (0.2 if name == "sparse-asylpg" else 0.5)
+    assert TrainConfig(algorithm=name, step=0.03).step == 0.03
+
+
+def test_config_regularizer() -> None:
+    """The regulariser carries the configured l2 and l1."""
+    assert TrainConfig(l2=0.01, l1=0.002).regularizer == Regularizer(l2=0.01, l1=0.002)
+
+
+def test_config_params_round_trip() -> None:
+    """from_params(to_params()) rebuilds the same config, for every field changed."""
+    config = TrainConfig(
+        algorithm="sparse-asylpg",
+        epochs=3,
+        updates_per_epoch=17,
+        step=0.25,
+        batch=8,
+        bits=4,
+        mu=0.75,
+        model_bits_cap=12,
+        centre="zero",
+        phi=0.1,
+        exact_budget=True,
+        qsgd_levels=7,
+        tau=2,
+        l2=0.01,
+        l1=0.001,
+        acc_snapshot="last",
+        seed=42,
+        model="mlp",
+        hidden=9,
+    )
+    params = config.to_params()
+    assert set(params) == {f.name for f in fields(TrainConfig)}
+    for value in params.values():
+        assert isinstance(value, bool | int | float | str)
+    assert TrainConfig.from_params(params) == config
+    assert TrainConfig.from_params(TrainConfig().to_params()) == TrainConfig()
+
+
+def test_config_from_params_ignores_unknown_keys() -> None:
+    """Unknown CONFIG keys are ignored (forward compatibility)."""
+    params = {**TrainConfig(epochs=2).to_params(), "future_option": [1, 2], "colour": "blue"}
+    assert TrainConfig.from_params(params) == TrainConfig(epochs=2)
+
+
+def test_config_from_params_int_for_float() -> None:
+    """An integer where a float is expected is accepted and converted."""
+    config = TrainConfig.from_params({"step": 1, "mu": 2, "l2": 0})
+    assert config.step == 1.0
+    assert isinstance(config.step, float)
+    assert config.mu == 2.0
+    assert config.l2 == 0.0
+
+
+def test_config_from_params_missing_keys_default() -> None:
+    """Keys not given take their defaults; step 0 resolves to the algorithm's default."""
+    assert TrainConfig.from_params({}) == TrainConfig()
+    assert TrainConfig.from_params({"algorithm": "sparse-asylpg", "step": 0.0}).step == 0.2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"epochs": "10"},
+        {"epochs": 10.0},
+        {"epochs": True},
+        {"step": True},
+        {"step": "0.5"},
+        {"exact_budget": 1},
+        {"algorithm": 3},
+        {"tau": None},
+        {"mu": [0.5]},
+    ],
+    ids=lambda p: f"{next(iter(p))}={next(iter(p.values()))!r}",
+)
+def test_config_from_params_rejects_wrong_types(params: dict[str, Any]) -> None:
+    """A CONFIG value of the wrong type (bools are not numbers here) is a ValueError."""
+    with pytest.raises(ValueError, match="wrong type"):
+        TrainConfig.from_params(params)
+
+
+def test_config_from_params_rejects_bad_values() -> None:
+    """A CONFIG value of the right type but out of range is a ValueError."""
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig.from_params({"epochs": 0})
+
+
+# -- rebuild_model ---------------------------------------------------------------------------------
+
+SNAP = np.array([1.0, -2.0, 0.5])
+
+
+def test_rebuild_equals_snapshot() -> None:
+    """EQUALS_SNAPSHOT rebuilds to a copy of the worker's snapshot."""
+    out = rebuild_model(EqualsSnapshot(3), relative=False, snapshot=SNAP)
+    np.testing.assert_array_equal(out, SNAP)
+    assert out is not SNAP
+    out[0] = 99.0
+    assert SNAP[0] == 1.0
+
+
+def test_rebuild_relative_and_absolute() -> None:
+    """A relative vector is added to x_snap; an absolute one is the model itself."""
+    vector = DenseQuantized(4, 0.25, np.array([1, -2, 0], dtype=np.int8))
+    np.testing.assert_array_equal(rebuild_model(vector, True, SNAP), SNAP + np.array([0.25, -0.5, 0.0]))
+    np.testing.assert_array_equal(rebuild_model(vector, False, SNAP), [0.25, -0.5, 0.0])
+    raw = RawVector(np.array([3.0, 4.0, 5.0], dtype=np.float32))
+    np.testing.assert_array_equal(rebuild_model(raw, False, SNAP), [3.0, 4.0, 5.0])
+    np.testing.assert_array_equal(rebuild_model(ZeroVector(3), True, SNAP), SNAP)
+    np.testing.assert_array_equal(rebuild_model(ZeroVector(3), False, SNAP), np.zeros(3))
+
+
+# -- MasterState: snapshot phase -------------------------------------------------------------------
+
+
+def master(x0: npt.ArrayLike = (0.0, 0.0, 0.0), **kwargs: Any) -> MasterState:
+    """A master on a tiny model."""
+    return MasterState(TrainConfig(**kwargs), np.asarray(x0, dtype=np.float64))
+
+
+def test_finish_snapshot_phase_forms_full_gradient_and_loss() -> None:
+    """g_snap = sum / n + l2 x_snap and F(x_snap) = loss / n + R(x_snap)."""
+    state = master([1.0, -2.0, 3.0], l2=0.1, l1=0.01, batch=4)
+    gradient_sum = np.array([10.0, 0.0, -5.0])
+    loss = state.finish_snapshot_phase(gradient_sum, 7.0, 10)
+    np.testing.assert_allclose(state.full_gradient, [1.0 + 0.1, -0.2, -0.5 + 0.3], rtol=1e-15)
+    expected = 0.7 + 0.05 * 14.0 + 0.01 * 6.0
+    assert loss == pytest.approx(expected, rel=1e-15)
+    assert state.samples == 10
+    np.testing.assert_array_equal(state.x, state.snapshot)
+
+
+def test_updates_per_epoch_defaults_to_one_pass() -> None:
+    """With updates_per_epoch = 0, m becomes ceil(n / batch) at the first snapshot phase."""
+    state = master(batch=64)
+    state.finish_snapshot_phase(np.zeros(3), 1.0, 32_561)
+    assert state.updates_per_epoch == math.ceil(32_561 / 64) == 509
+    small = master(batch=64)
+    small.finish_snapshot_phase(np.zeros(3), 1.0, 10)
+    assert small.updates_per_epoch == 1
+
+
+def test_updates_per_epoch_fixed_by_first_phase_or_config() -> None:
+    """A configured m is kept; a derived m is not recomputed by later phases."""
+    state = master(batch=10, updates_per_epoch=3)
+    state.finish_snapshot_phase(np.zeros(3), 1.0, 1000)
+    assert state.updates_per_epoch == 3
+    derived = master(batch=10)
+    derived.finish_snapshot_phase(np.zeros(3), 1.0, 100)
+    derived.finish_snapshot_phase(np.zeros(3), 1.0, 50)
+    assert derived.updates_per_epoch == 10
+
+
+def test_snapshot_phase_needs_samples() -> None:
+    """A snapshot phase over zero samples is a ValueError."""
+    with pytest.raises(ValueError, match="sample"):
+        master().finish_snapshot_phase(np.zeros(3), 0.0, 0)
+
+
+# -- MasterState: apply ----------------------------------------------------------------------------
+
+
+class NonFiniteVector:
+    """A stand-in vector whose dense form is not finite (the wire decoder refuses such bytes)."""
+
+    def __init__(self, values: npt.ArrayLike) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def to_dense(self, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
+        """The values."""
+        return self.values.astype(dtype)
+
+
+def started(x0: npt.ArrayLike = (0.5, -0.5, 1.0), **kwargs: Any) -> MasterState:
+    """A master after a snapshot phase with g_snap = (0.2, -0.4, 0) / 1 sample."""
+    kwargs.setdefault("l2", 0.0)
+    state = master(x0, **kwargs)
+    state.finish_snapshot_phase(np.array([0.2, -0.4, 0.0]), 1.0, 1)
+    return state
+
+
+def test_apply_drops_gradient_staler_than_tau() -> None:
+    """A gradient with t - D > tau is not applied (reason "stale"); x and t stay as they were."""
+    state = started(tau=2, updates_per_epoch=100)
+    for version in range(3):
+        assert state.apply(ZeroVector(3), version).applied
+    assert state.version == 3
+    before = state.x.copy()
+    outcome = state.apply(DenseQuantized(8, 0.5, np.array([1, 1, 1], dtype=np.int8)), 0)
+    assert outcome == algorithms.ApplyOutcome(False, 3, "stale")
+    np.testing.assert_array_equal(state.x, before)
+    assert state.version == 3
+    assert state.applied_in_epoch == 3
+
+
+def test_apply_accepts_staleness_equal_to_tau() -> None:
+    """A gradient with t - D = tau is applied and reports its staleness."""
+    state = started(tau=2, updates_per_epoch=100)
+    for version in range(3):
+        state.apply(ZeroVector(3), version)
+    outcome = state.apply(ZeroVector(3), 1)
+    assert outcome == algorithms.ApplyOutcome(True, 2, "")
+    assert state.version == 4
+
+
+def test_apply_tau_zero_only_fresh() -> None:
+    """With tau = 0 only gradients on the current version are applied."""
+    state = started(tau=0, updates_per_epoch=100)
+    assert state.apply(ZeroVector(3), 0).applied
+    assert not state.apply(ZeroVector(3), 0).applied
+    assert state.apply(ZeroVector(3), 1).staleness == 0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", ["asylpg", "acc-asylpg", "qsvrg"])
+def test_apply_rejects_non_finite_without_touching_state(name: str, bad: float) -> None:
+    """A non-finite gradient is refused (reason "non-finite"); x, y, t and the epoch count stay."""
+    state = started(algorithm=name, updates_per_epoch=100)
+    state.apply(DenseQuantized(8, 0.5, np.array([1, 0, -1], dtype=np.int8)), 0)
+    x, y, version, applied = state.x.copy(), state.y.copy(), state.version, state.applied_in_epoch
+    outcome = state.apply(NonFiniteVector([0.0, bad, 1.0]), version)  # type: ignore[arg-type]
+    assert outcome == algorithms.ApplyOutcome(False, 0, "non-finite")
+    np.testing.assert_array_equal(state.x, x)
+    np.testing.assert_array_equal(state.y, y)
+    assert (state.version, state.applied_in_epoch) == (version, applied)
+    assert np.isfinite(state.x).all()
+
+
+def test_plain_update_by_hand() -> None:
+    """AsyLPG: x_{t+1} = prox_{eta R}(x_t - eta (Q(alpha) + g_snap)), soft thresholding for l1."""
+    state = started(step=0.5, l1=0.2, updates_per_epoch=10)
+    g_snap = np.array([0.2, -0.4, 0.0])
+    q = DenseQuantized(4, 0.25, np.array([2, -1, 4], dtype=np.int8))  # (0.5, -0.25, 1.0)
+    x = state.x.copy()
+    state.apply(q, 0)
+    z = x - 0.5 * (np.array([0.5, -0.25, 1.0]) + g_snap)
+    expected = np.sign(z) * np.maximum(np.abs(z) - 0.5 * 0.2, 0.0)
+    np.testing.assert_allclose(state.x, expected, rtol=1e-15, atol=1e-15)
+    # By hand: z = (0.15, -0.175, 0.5); thresholding at 0.1 gives (0.05, -0.075, 0.4).
+    np.testing.assert_allclose(state.x, [0.05, -0.075, 0.4], rtol=1e-12)
+    assert state.version == 1
+    assert state.applied_in_epoch == 1
+
+
+def test_plain_update_with_l2_gradient_term() -> None:
+    """The l2 term enters through g_snap (l2 x_snap), the l1 term only through the prox."""
+    state = master([1.0, 2.0], l2=0.5, step=0.1)
+    state.finish_snapshot_phase(np.zeros(2), 0.0, 1)
+    state.apply(ZeroVector(2), 0)
+    np.testing.assert_allclose(state.x, [1.0 - 0.1 * 0.5, 2.0 - 0.1 * 1.0], rtol=1e-15)
+
+
+def test_qsvrg_update_does_not_add_full_gradient() -> None:
+    """QSVRG's worker already sends alpha + g_snap, so the master applies x - eta Q(v) only."""
+    state = started(algorithm="qsvrg", step=0.5)
+    x = state.x.copy()
+    vector = QSGDVector(4, 2.0, np.array([4, -2, 0]))  # (2, -1, 0)
+    state.apply(vector, 0)
+    np.testing.assert_allclose(state.x, x - 0.5 * np.array([2.0, -1.0, 0.0]), rtol=1e-15)
+
+
+def test_epoch_done_and_end_epoch_plain() -> None:
+    """After m applied updates the epoch is done; the next snapshot is the current x."""
+    state = started(updates_per_epoch=2, step=0.5)
+    assert not state.epoch_done
+    state.apply(DenseQuantized(4, 0.25, np.array([1, 1, 1], dtype=np.int8)), 0)
+    assert not state.epoch_done
+    state.apply(ZeroVector(3), 1)
+    assert state.epoch_done
+    x = state.x.copy()
+    state.end_epoch()
+    assert state.epoch == 1
+    np.testing.assert_array_equal(state.snapshot, x)
+    state.finish_snapshot_phase(np.zeros(3), 0.0, 1)
+    assert state.applied_in_epoch == 0
+    assert not state.epoch_done
+
+
+def next_theta(theta: float) -> float:
+    """algorithms.md 7: theta_{s+1} = (sqrt(theta^4 + 4 theta^2) - theta^2) / 2."""
+    return (math.sqrt(theta**4 + 4 * theta**2) - theta**2) / 2
+
+
+def test_theta_recursion() -> None:
+    """Acc-AsyLPG: theta_1 = 1 and theta_{s+1} = (sqrt(theta^4 + 4 theta^2) - theta^2) / 2."""
+    state = started(algorithm="acc-asylpg", updates_per_epoch=1)
+    assert state.theta == 1.0
+    expected = 1.0
+    for _ in range(5):
+        state.apply(ZeroVector(3), state.version)
+        state.end_epoch()
+        expected = next_theta(expected)
+        assert state.theta == pytest.approx(expected, rel=1e-15)
+        state.finish_snapshot_phase(np.zeros(3), 0.0, 1)
+    assert next_theta(1.0) == pytest.approx((math.sqrt(5) - 1) / 2)
+    # theta decreases and stays in (0, 1]: 1/theta_{s+1}^2 - 1/theta_{s+1} = 1/theta_s^2.
+    assert 0 < state.theta < 1
+
+
+def test_plain_algorithms_keep_theta_one() -> None:
+    """Non-accelerated algorithms leave theta at 1."""
+    state = started(updates_per_epoch=1)
+    state.apply(ZeroVector(3), 0)
+    state.end_epoch()
+    assert state.theta == 1.0
+
+
+def test_accelerated_update_and_averaged_snapshot_by_hand() -> None:
+    """Acc-AsyLPG: y = prox_{(eta/theta) R}(y - (eta/theta) u), x = x_snap + theta (y - x_snap)."""
+    eta, l1 = 0.5, 0.1
+    state = master([0.5, -0.5, 1.0], algorithm="acc-asylpg", step=eta, l1=l1, l2=0.0, updates_per_epoch=2)
+    g_snap = np.array([0.2, -0.4, 0.0])
+    state.finish_snapshot_phase(g_snap, 0.0, 1)
+
+    def prox(v: np.ndarray, step: float) -> np.ndarray:
+        return np.sign(v) * np.maximum(np.abs(v) - step * l1, 0.0)
+
+    snap = np.array([0.5, -0.5, 1.0])
+    y = snap.copy()
+    theta = 1.0
+    q1 = np.array([0.5, -0.25, 1.0])
+    q2 = np.array([-0.25, 0.0, 0.5])
+    iterates = []
+    for version, q in enumerate((q1, q2)):
+        state.apply(DenseQuantized(4, 0.25, (q / 0.25).astype(np.int8)), version)
+        y = prox(y - (eta / theta) * (q + g_snap), eta / theta)
+        x = snap + theta * (y - snap)
+        iterates.append(x)
+        np.testing.assert_allclose(state.y, y, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(state.x, x, rtol=1e-14, atol=1e-15)
+    assert state.epoch_done
+    state.end_epoch()
+    snap = (iterates[0] + iterates[1]) / 2
+    np.testing.assert_allclose(state.snapshot, snap, rtol=1e-14, atol=1e-15)
+    theta = next_theta(1.0)
+    assert state.theta == pytest.approx(theta, rel=1e-15)
+
+    # Second epoch: the served model is x_snap + theta (y - x_snap), y carried across epochs.
+    state.finish_snapshot_phase(g_snap, 0.0, 1)
+    np.testing.assert_allclose(state.x, snap + theta * (y - snap), rtol=1e-14, atol=1e-15)
+    state.apply(DenseQuantized(4, 0.25, (q1 / 0.25).astype(np.int8)), state.version)
+    y = prox(y - (eta / theta) * (q1 + g_snap), eta / theta)
+    np.testing.assert_allclose(state.y, y, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(state.x, snap + theta * (y - snap), rtol=1e-14, atol=1e-15)
+
+
+def test_accelerated_last_iterate_snapshot() -> None:
+    """With acc_snapshot = "last" the next snapshot is the last served model x."""
+    state = started(algorithm="acc-asylpg", acc_snapshot="last", updates_per_epoch=2, step=0.5)
+    state.apply(DenseQuantized(4, 0.25, np.array([1, 2, 3], dtype=np.int8)), 0)
+    state.apply(DenseQuantized(4, 0.25, np.array([-3, 0, 1], dtype=np.int8)), 1)
+    x = state.x.copy()
+    state.end_epoch()
+    np.testing.assert_array_equal(state.snapshot, x)
+
+
+# -- MasterState: model messages -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["asyfpg", "acc-asyfpg", "qsvrg"])
+def test_full_precision_model_message(name: str) -> None:
+    """AsyFPG, Acc-AsyFPG and QSVRG send x itself as a float32 RawVector (not relative)."""
+    state = started(algorithm=name)
+    state.apply(DenseQuantized(4, 0.25, np.array([1, 2, 3], dtype=np.int8)), 0)
+    vector, relative = state.model_message()
+    assert isinstance(vector, RawVector)
+    assert vector.values.dtype == np.float32
+    assert relative is False
+    np.testing.assert_array_equal(vector.values, state.x.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["asylpg", "sparse-asylpg", "acc-asylpg", "model-only"])
+def test_quantized_model_message_equals_snapshot_at_epoch_start(name: str) -> None:
+    """At the start of a plain epoch x = x_snap, sent as EQUALS_SNAPSHOT with no payload."""
+    state = started(algorithm=name)
+    vector, relative = state.model_message()
+    assert isinstance(vector, EqualsSnapshot)
+    assert vector.payload_bits == 0
+    assert relative is False
+
+
+def test_asylpg_model_message_is_mu_quantized() -> None:
+    """AsyLPG sends Q(x - x_snap) relative to x_snap; its mean squared error is within mu ||x - x_snap||^2."""
+    rng = np.random.default_rng(1)
+    d = 50
+    state = MasterState(TrainConfig(mu=0.5, l2=0.0, updates_per_epoch=100), rng.normal(size=d))
+    state.finish_snapshot_phase(np.zeros(d), 0.0, 1)
+    codes = rng.integers(-100, 101, size=d).astype(np.int8)
+    state.apply(DenseQuantized(8, 0.01, codes), 0)
+    v = state.x - state.snapshot
+    errors = []
+    for _ in range(200):
+        vector, relative = state.model_message()
+        assert isinstance(vector, DenseQuantized)
+        assert relative is True
+        assert vector.bits <= 16
+        rebuilt = rebuild_model(vector, relative, state.snapshot)
+        assert np.all(np.abs(rebuilt - state.x) <= vector.scale * (1 + 1e-9))
+        errors.append(float(np.sum((rebuilt - state.x) ** 2)))
+    # The bound holds in expectation; 200 draws of a sum over 50 coordinates average well inside 1.2x.
+    assert np.mean(errors) <= 1.2 * 0.5 * float(v @ v)
+
+
+def test_zero_centred_model_message_is_absolute() -> None:
+    """With centre = "zero" the model quantizer encodes x itself (relative False)."""
+    state = started(centre="zero", updates_per_epoch=10)
+    state.apply(DenseQuantized(4, 0.25, np.array([1, 2, 3], dtype=np.int8)), 0)
+    vector, relative = state.model_message()
+    assert relative is False
+    assert isinstance(vector, DenseQuantized | RawVector)
+    rebuilt = rebuild_model(vector, relative, state.snapshot)
+    assert np.all(np.abs(rebuilt - state.x) <= np.abs(state.x - state.snapshot).sum())
+
+
+# -- WorkerState -----------------------------------------------------------------------------------
+
+D = 40
+
+
+def worker(name: str, rows: int = 30, **kwargs: Any) -> WorkerState:
+    """A worker with a random CSR shard of ``rows`` samples for logistic regression."""
+    rng = np.random.default_rng(5)
+    features = sp.random(rows, D, density=0.3, format="csr", random_state=rng)
+    labels = rng.choice([-1.0, 1.0], size=rows)
+    config = TrainConfig(algorithm=name, batch=8, **kwargs)
+    return WorkerState(config, LogisticRegression(D), features, labels, worker_id=1)
+
+
+def test_worker_snapshot_phase_returns_shard_sums() -> None:
+    """The snapshot phase stores x_snap and returns the model's sums over the whole shard."""
+    state = worker("asylpg")
+    x_snap = np.linspace(-1, 1, D)
+    loss, gradient, correct = state.snapshot_phase(x_snap)
+    expected = LogisticRegression(D).loss_grad(x_snap, state.features, state.labels)
+    assert loss == expected[0]
+    np.testing.assert_array_equal(gradient, expected[1])
+    assert correct == expected[2]
+    np.testing.assert_array_equal(state.snapshot, x_snap)
+
+
+@pytest.mark.parametrize(
+    "name", ["asylpg", "sparse-asylpg", "acc-asylpg", "asyfpg", "acc-asyfpg", "model-only"]
+)
+def test_gradient_is_zero_at_the_snapshot(name: str) -> None:
+    """alpha = grad f_B(x_hat) - grad f_B(x_snap) is exactly zero when x_hat = x_snap: a ZeroVector."""
+    state = worker(name)
+    state.snapshot_phase(np.linspace(-1, 1, D))
+    assert state.gradient_message(EqualsSnapshot(D), relative=False) == ZeroVector(D)
+    assert state.gradient_message(ZeroVector(D), relative=True) == ZeroVector(D)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("asylpg", DenseQuantized),
+        ("acc-asylpg", DenseQuantized),
+        ("sparse-asylpg", SparseQuantized),
+        ("asyfpg", RawVector),
+        ("model-only", RawVector),
+        ("qsvrg", QSGDVector),
+    ],
+)
+def test_gradient_message_kind(name: str, kind: type) -> None:
+    """Each algorithm sends its gradient in its own encoding (float32 for the FPG baselines)."""
+    state = worker(name, phi=0.5)
+    state.snapshot_phase(np.zeros(D))
+    model = RawVector(np.linspace(-1, 1, D).astype(np.float32))
+    vector = state.gradient_message(model, relative=False)
+    assert isinstance(vector, kind)
+    assert vector.dim == D
+    if isinstance(vector, RawVector):
+        assert vector.values.dtype == np.float32
+    if isinstance(vector, DenseQuantized):
+        assert vector.bits == 8
+
+
+def one_sample_worker(name: str, **kwargs: Any) -> WorkerState:
+    """A worker whose shard is one sample, so every mini-batch is B copies of it."""
+    features = sp.csr_matrix(np.array([[1.0, -2.0, 0.0, 0.5]]))
+    config = TrainConfig(algorithm=name, batch=5, **kwargs)
+    return WorkerState(config, LogisticRegression(4), features, np.array([1.0]), worker_id=0)
+
+
+def test_alpha_is_the_gradient_difference_plus_l2() -> None:
+    """alpha = (grad f_B(x_hat) - grad f_B(x_snap)) / B + l2 (x_hat - x_snap), sent as float32 by AsyFPG."""
+    state = one_sample_worker("asyfpg", l2=0.1)
+    x_snap = np.array([0.1, 0.2, 0.3, 0.4])
+    x_hat = np.array([0.5, -0.25, 1.0, 0.0])
+    state.snapshot_phase(x_snap)
+    vector = state.gradient_message(RawVector(x_hat), relative=False)
+    model = LogisticRegression(4)
+    features, labels = state.features, state.labels
+    alpha = model.loss_grad(x_hat, features, labels)[1] - model.loss_grad(x_snap, features, labels)[1]
+    alpha += 0.1 * (x_hat - x_snap)
+    assert isinstance(vector, RawVector)
+    np.testing.assert_allclose(vector.values, alpha.astype(np.float32), rtol=1e-6)
+
+
+def test_qsvrg_adds_full_gradient() -> None:
+    """QSVRG's worker quantizes alpha + g_snap: at x_hat = x_snap that is g_snap itself."""
+    state = one_sample_worker("qsvrg", qsgd_levels=65_535)
+    state.snapshot_phase(np.zeros(4))
+    g_snap = np.array([0.3, -1.2, 0.0, 0.6])
+    state.set_full_gradient(g_snap)
+    vector = state.gradient_message(EqualsSnapshot(4), relative=False)
+    assert isinstance(vector, QSGDVector)
+    # QSGD's per-coordinate error is below norm / s.
+    bound = np.linalg.norm(g_snap) / 65_535 * 1.001
+    np.testing.assert_allclose(vector.to_dense(), g_snap, rtol=0, atol=bound)
+
+
+def test_qsvrg_without_full_gradient_sends_zero_at_snapshot() -> None:
+    """Before FULL_GRADIENT arrives g_snap is 0, so QSVRG at the snapshot sends the zero vector."""
+    state = one_sample_worker("qsvrg")
+    state.snapshot_phase(np.zeros(4))
+    assert state.gradient_message(EqualsSnapshot(4), relative=False) == ZeroVector(4)
+
+
+@pytest.mark.parametrize(("phi", "exact"), [(0.05, False), (0.25, True), (0.001, False)])
+def test_sparse_uses_budget_phi_d(monkeypatch: pytest.MonkeyPatch, phi: float, exact: bool) -> None:
+    """Sparse-AsyLPG sparsifies with budget phi * d (at least 1) and the configured bits and exactness."""
+    calls: list[tuple[float, int, bool]] = []
+    real = algorithms.quantize_sparse
+
+    def spy(alpha: Any, budget: float, bits: int, rng: Any, *, exact: bool = False) -> Any:
+        calls.append((budget, bits, exact))
+        return real(alpha, budget, bits, rng, exact=exact)
+
+    monkeypatch.setattr(algorithms, "quantize_sparse", spy)
+    state = worker("sparse-asylpg", phi=phi, exact_budget=exact, bits=6)
+    state.snapshot_phase(np.zeros(D))
+    state.gradient_message(RawVector(np.linspace(-1, 1, D)), relative=False)
+    assert calls == [(max(1.0, phi * D), 6, exact)]
+
+
+def test_sparse_mean_nonzeros_within_budget() -> None:
+    """Sparse-AsyLPG gradients keep about phi * d coordinates on average (E[nnz] <= phi d)."""
+    d = 400
+    rng = np.random.default_rng(2)
+    features = sp.random(50, d, density=0.5, format="csr", random_state=rng)
+    labels = rng.choice([-1.0, 1.0], size=50)
+    config = TrainConfig(algorithm="sparse-asylpg", batch=16, phi=0.05)
+    state = WorkerState(config, LogisticRegression(d), features, labels, worker_id=3)
+    state.snapshot_phase(np.zeros(d))
+    model = RawVector(rng.normal(size=d))
+    counts = []
+    for _ in range(100):
+        vector = state.gradient_message(model, relative=False)
+        assert isinstance(vector, SparseQuantized)
+        counts.append(vector.nnz)
+    # phi d = 20; the mean of 100 draws has a standard error below 0.5.
+    assert np.mean(counts) <= 20 + 2.0
+    assert np.mean(counts) >= 5
+
+
+def test_worker_rebuilds_relative_model() -> None:
+    """A relative MODEL is rebuilt as x_snap + v before the gradient is taken."""
+    relative = one_sample_worker("asyfpg", l2=0.0)
+    absolute = one_sample_worker("asyfpg", l2=0.0)
+    x_snap = np.array([0.5, 0.5, 0.5, 0.5])
+    relative.snapshot_phase(x_snap)
+    absolute.snapshot_phase(x_snap)
+    delta = np.array([0.25, -0.5, 0.0, 1.0])
+    from_relative = relative.gradient_message(RawVector(delta), relative=True)
+    from_absolute = absolute.gradient_message(RawVector(x_snap + delta), relative=False)
+    assert from_relative == from_absolute

@@ -1,0 +1,482 @@
+"""Unit tests of aiodq.coordinator: the master's epochs over in-memory sessions (algorithms.md 5, 9, 10).
+
+No sockets and no sleeps: :class:`Cluster` moves the bytes between a real
+:class:`Coordinator` and real :class:`WorkerSession` objects in a fixed
+round-robin order, and time is a counter passed in as ``now``.
+:func:`aiodq.simulate.simulate` (seeded random delivery order) is used for the
+whole-run properties.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import struct
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+import pytest
+
+from aiodq.algorithms import TrainConfig
+from aiodq.config import Limits
+from aiodq.coordinator import Coordinator, Phase
+from aiodq.data import Dataset, load_bundled_a9a, shard
+from aiodq.errors import ErrorCode
+from aiodq.events import Gradient
+from aiodq.models import LogisticRegression
+from aiodq.session import WorkerSession
+from aiodq.simulate import build_cluster, simulate
+from aiodq.vectors import RawVector
+from aiodq.wire.frames import HEADER_SIZE, FrameReader, MessageType
+from aiodq.wire.messages import encode_message
+
+# Small runs keep the whole file to a few seconds: 50 applied updates per epoch.
+UPDATES = 50
+
+
+@cache
+def a9a() -> Dataset:
+    """The bundled a9a training set (loaded once)."""
+    return load_bundled_a9a()
+
+
+def small_a9a(rows: int = 2000) -> Dataset:
+    """The first ``rows`` samples of a9a, for step-by-step tests."""
+    return a9a().rows(np.arange(rows))
+
+
+def config(**kwargs: object) -> TrainConfig:
+    """A short run."""
+    values: dict[str, object] = {"epochs": 2, "updates_per_epoch": UPDATES, "batch": 32, "tau": 4}
+    values.update(kwargs)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+class Cluster:
+    """A coordinator and worker sessions joined by in-memory byte queues, delivered round-robin."""
+
+    def __init__(self, train: TrainConfig, dataset: Dataset, workers: int, *, connect: bool = True) -> None:
+        self.coordinator, self.sessions = build_cluster(train, dataset, workers)
+        self.ids: list[int | None] = [None] * len(self.sessions)
+        self.now = 0.0
+        #: Worker indexes whose traffic is held back (a stalled or vanished worker).
+        self.frozen: set[int] = set()
+        #: Bytes moved, per direction.
+        self.moved = {"up": 0, "down": 0}
+        #: Optional rewrite of a worker's outgoing bytes: ``(index, data) -> data``.
+        self.tamper: Callable[[int, bytes], bytes] | None = None
+        if connect:
+            for index in range(len(self.sessions)):
+                self.connect(index)
+
+    def connect(self, index: int) -> None:
+        """Open the transport of worker ``index``."""
+        self.ids[index] = self.coordinator.connect(self.now)
+
+    def add_session(self, session: WorkerSession) -> int:
+        """Add one more worker session (not built by build_cluster) and connect it."""
+        self.sessions.append(session)
+        self.ids.append(None)
+        self.connect(len(self.sessions) - 1)
+        return len(self.sessions) - 1
+
+    def index_of(self, worker_id: int) -> int:
+        """The session index of a coordinator worker id."""
+        return self.ids.index(worker_id)
+
+    def step(self) -> bool:
+        """Deliver every queued chunk once, in a fixed order; return True if anything moved."""
+        moved = False
+        self.now += 1.0
+        for index, session in enumerate(self.sessions):
+            worker_id = self.ids[index]
+            if index in self.frozen or worker_id is None:
+                continue
+            data = session.data_to_send()
+            if data:
+                if self.tamper is not None:
+                    data = self.tamper(index, data)
+                self.moved["up"] += len(data)
+                self.coordinator.receive_data(worker_id, data, self.now)
+                moved = True
+        for worker_id, data in self.coordinator.data_to_send().items():
+            index = self.index_of(worker_id)
+            self.moved["down"] += len(data)
+            if index not in self.frozen:
+                self.sessions[index].receive_data(data, self.now)
+            moved = True
+        return moved
+
+    def run(self, until: Callable[[], bool] | None = None, limit: int = 100_000) -> None:
+        """Step until nothing moves (or ``until()`` holds)."""
+        for _ in range(limit):
+            if until is not None and until():
+                return
+            if not self.step():
+                return
+        raise AssertionError("the cluster did not settle")
+
+
+# -- phases ----------------------------------------------------------------------------------------
+
+
+def test_phases_joining_snapshot_inner_done() -> None:
+    """The coordinator waits in JOINING until M workers joined, then SNAPSHOT, INNER, and DONE."""
+    cluster = Cluster(config(epochs=1), small_a9a(), 3, connect=False)
+    coordinator = cluster.coordinator
+    assert coordinator.phase is Phase.JOINING
+    cluster.connect(0)
+    cluster.connect(1)
+    cluster.run()
+    assert coordinator.phase is Phase.JOINING
+    assert coordinator.live_workers == 2
+    assert coordinator.trace == []
+    cluster.connect(2)
+    cluster.run(until=lambda: coordinator.phase is not Phase.JOINING)
+    assert coordinator.phase is Phase.SNAPSHOT
+    assert coordinator.live_workers == 3
+    cluster.run(until=lambda: coordinator.phase is not Phase.SNAPSHOT)
+    assert coordinator.phase is Phase.INNER
+    assert len(coordinator.trace) == 1
+    assert coordinator.trace[0].samples == 2000
+    cluster.run()
+    assert coordinator.phase is Phase.DONE
+    assert coordinator.done
+    assert coordinator.finished_at is not None
+    for session in cluster.sessions:
+        assert session.ended is not None
+        assert session.ended[0] == ErrorCode.NO_ERROR
+
+
+def test_snapshot_phase_waits_for_every_worker() -> None:
+    """The snapshot phase ends only when every joined worker sent SNAPSHOT_GRADIENT."""
+    cluster = Cluster(config(), small_a9a(), 3)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    cluster.frozen = {1}
+    cluster.run()
+    assert coordinator.phase is Phase.SNAPSHOT
+    cluster.frozen = set()
+    cluster.run(until=lambda: coordinator.phase is not Phase.SNAPSHOT)
+    assert coordinator.phase is Phase.INNER
+
+
+def test_trace_has_one_record_per_epoch_plus_final() -> None:
+    """A run of S epochs records S + 1 snapshots (the last evaluates the final model), m updates each."""
+    train = config(epochs=3)
+    coordinator = simulate(train, a9a(), 4)
+    assert coordinator.done
+    trace = coordinator.trace
+    assert [r.epoch for r in trace] == [0, 1, 2, 3]
+    assert [r.version for r in trace] == [0, UPDATES, 2 * UPDATES, 3 * UPDATES]
+    assert all(r.samples == a9a().samples for r in trace)
+    assert coordinator.state.version == 3 * UPDATES
+    bytes_seen = [r.bytes_total for r in trace]
+    assert bytes_seen == sorted(bytes_seen)
+    assert bytes_seen[0] > 0
+    times = [r.time for r in trace]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("name", ["asylpg", "sparse-asylpg", "acc-asylpg", "asyfpg", "qsvrg"])
+def test_loss_decreases_on_a9a(name: str) -> None:
+    """Training on a9a lowers F from log 2 at x = 0, each epoch no worse than the last (within 1%)."""
+    coordinator = simulate(config(algorithm=name, epochs=3), a9a(), 4)
+    losses = [r.loss for r in coordinator.trace]
+    assert len(losses) == 4
+    assert losses[0] == pytest.approx(math.log(2.0) + 0.0, rel=1e-9)  # x0 = 0, R(0) = 0
+    for before, after in itertools.pairwise(losses):
+        assert after <= before * 1.01
+    assert losses[-1] < 0.45
+    assert coordinator.trace[-1].accuracy > 0.78
+
+
+def test_first_snapshot_loss_is_the_full_objective() -> None:
+    """F(x_snap) in the trace equals the loss over all n samples computed directly."""
+    train = config(epochs=1, l2=0.01)
+    coordinator = simulate(train, a9a(), 3)
+    x0 = np.zeros(123)
+    loss, _, correct = LogisticRegression(123).loss_grad(x0, a9a().features, a9a().labels)
+    assert coordinator.trace[0].loss == pytest.approx(loss / a9a().samples, rel=1e-12)
+    assert coordinator.trace[0].accuracy == correct / a9a().samples
+
+
+# -- staleness -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [0, 1, 3])
+def test_applied_staleness_never_exceeds_tau(tau: int) -> None:
+    """No applied update has t - D > tau (algorithms.md 9)."""
+    coordinator = simulate(config(tau=tau), a9a(), 4, seed=tau)
+    assert coordinator.applied_staleness
+    assert max(coordinator.applied_staleness) <= tau
+    assert sum(coordinator.applied_staleness.values()) == coordinator.state.version
+
+
+def test_slow_worker_gradients_dropped_as_stale() -> None:
+    """With a 20x slower worker and tau = 1, some gradients are dropped as stale; training still ends."""
+    coordinator = simulate(config(tau=1), a9a(), 4, slow={0: 20})
+    assert coordinator.done
+    assert coordinator.dropped["stale"] > 0
+    assert max(coordinator.applied_staleness) <= 1
+    summary = coordinator.summary()
+    assert summary["staleness"]["dropped"]["stale"] == coordinator.dropped["stale"]
+    assert summary["staleness"]["max"] <= 1
+
+
+# -- workers leaving and arriving ------------------------------------------------------------------
+
+
+def test_disconnect_during_snapshot_does_not_block() -> None:
+    """A worker lost during the snapshot phase is not waited for; the phase completes with fewer samples."""
+    dataset = small_a9a()
+    cluster = Cluster(config(), dataset, 3)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    cluster.frozen = {2}
+    cluster.run()
+    assert coordinator.phase is Phase.SNAPSHOT
+    worker_id = cluster.ids[2]
+    assert worker_id is not None
+    coordinator.disconnect(worker_id, cluster.now)
+    assert coordinator.phase is Phase.INNER
+    missing = shard(dataset.samples, 3, 2, seed=0).shape[0]
+    assert coordinator.trace[0].samples == dataset.samples - missing
+    assert coordinator.live_workers == 2
+    cluster.run()
+    assert coordinator.done
+    assert len(coordinator.trace) == 3
+    assert all(np.isfinite(r.loss) for r in coordinator.trace)
+
+
+def test_every_worker_leaving_returns_to_joining() -> None:
+    """If every worker leaves during a snapshot phase, the coordinator waits for workers again."""
+    cluster = Cluster(config(), small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    for worker_id in list(cluster.ids):
+        assert worker_id is not None
+        coordinator.disconnect(worker_id, cluster.now)
+    assert coordinator.phase is Phase.JOINING
+    assert coordinator.trace == []
+
+
+def test_extra_worker_refused_going_away() -> None:
+    """A worker beyond M is refused with CLOSE GOING_AWAY; the M members train to the end."""
+    dataset = small_a9a()
+    cluster = Cluster(config(epochs=1), dataset, 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    extra = WorkerSession(dataset.features[:10], dataset.labels[:10], name="extra")
+    index = cluster.add_session(extra)
+    cluster.run()
+    assert extra.ended is not None
+    assert extra.ended[0] == ErrorCode.GOING_AWAY
+    assert extra.closed
+    assert extra.config is None
+    assert extra.gradients_sent == 0
+    assert coordinator.done
+    assert coordinator.trace[0].samples == dataset.samples
+    extra_id = cluster.ids[index]
+    assert extra_id in coordinator.closed_workers()
+
+
+def test_worker_after_done_refused() -> None:
+    """A worker that arrives after training finished is refused with GOING_AWAY."""
+    dataset = small_a9a()
+    cluster = Cluster(config(epochs=1), dataset, 1)
+    cluster.run()
+    assert cluster.coordinator.done
+    late = WorkerSession(dataset.features[:10], dataset.labels[:10], name="late")
+    cluster.add_session(late)
+    cluster.run()
+    assert late.ended is not None
+    assert late.ended[0] == ErrorCode.GOING_AWAY
+
+
+# -- non-finite gradients --------------------------------------------------------------------------
+
+
+def nan_gradient_tamper(target: int) -> Callable[[int, bytes], bytes]:
+    """Rewrite the first RAW_F32 GRADIENT of worker ``target`` so one coordinate is NaN."""
+    done = False
+
+    def tamper(index: int, data: bytes) -> bytes:
+        nonlocal done
+        if index != target or done:
+            return data
+        reader = FrameReader(Limits())
+        reader.feed(data)
+        out = bytearray()
+        while (frame := reader.next_frame()) is not None:
+            raw = struct.pack("<BBBI", frame.version, frame.type, frame.flags, len(frame.body))
+            body = frame.body
+            # Only a RAW_F32 gradient of d = 123 coordinates is this long; its last 4 bytes are a value.
+            if frame.type == MessageType.GRADIENT and not done and len(body) > 4 * 123:
+                body = body[:-4] + struct.pack("<f", math.nan)
+                done = True
+            assert len(raw) == HEADER_SIZE
+            out += raw + body
+        return bytes(out)
+
+    return tamper
+
+
+def test_nan_gradient_on_the_wire_closes_with_non_finite() -> None:
+    """A GRADIENT carrying NaN fails that connection with NON_FINITE; x stays finite and the others finish."""
+    cluster = Cluster(config(algorithm="asyfpg", epochs=1), small_a9a(), 3)
+    coordinator = cluster.coordinator
+    cluster.tamper = nan_gradient_tamper(0)
+    cluster.run()
+    assert coordinator.done
+    assert np.isfinite(coordinator.state.x).all()
+    assert [(w, c) for w, c, _ in coordinator.errors] == [(cluster.ids[0], "NON_FINITE")]
+    bad = cluster.sessions[0]
+    assert bad.ended is not None
+    assert bad.ended[0] == ErrorCode.NON_FINITE
+    assert all(np.isfinite(r.loss) for r in coordinator.trace)
+
+
+def forge_huge_gradient(cluster: Cluster) -> tuple[int, bytes]:
+    """Hold worker 0 back and answer its outstanding MODEL with a finite but huge RAW_F64 gradient."""
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    cluster.frozen = {0}
+    cluster.step()  # worker 0's MODEL leaves the master but is never delivered
+    worker_id = cluster.ids[0]
+    assert worker_id is not None
+    outstanding = coordinator._workers[worker_id].connection.outstanding_model
+    assert outstanding is not None
+    epoch, version = outstanding
+    # 1e300 is finite, so the codec accepts it (wire-format.md 5.3), but x - eta u overflows.
+    huge = RawVector(np.full(123, 1e300))
+    return worker_id, encode_message(Gradient(epoch=epoch, version=version, vector=huge), 1)
+
+
+def frame_types(data: bytes) -> list[int]:
+    """The message types of the frames in ``data``."""
+    reader = FrameReader(Limits())
+    reader.feed(data)
+    types = []
+    while (frame := reader.next_frame()) is not None:
+        types.append(frame.type)
+    return types
+
+
+def test_non_finite_update_does_not_raise_or_warn() -> None:
+    """A finite gradient that would overflow the model makes the coordinator neither raise nor warn."""
+    cluster = Cluster(config(algorithm="asyfpg", epochs=1), small_a9a(), 2)
+    worker_id, frame = forge_huge_gradient(cluster)
+    # pytest turns warnings into errors (pyproject.toml), so a RuntimeWarning fails here too.
+    cluster.coordinator.receive_data(worker_id, frame, cluster.now)
+    assert np.isfinite(cluster.coordinator.state.x).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("name", ["asyfpg", "asylpg", "acc-asylpg"])
+def test_non_finite_update_answered_with_error(name: str) -> None:
+    """A gradient that would make x non-finite is not applied: ERROR NON_FINITE and a fresh MODEL go back."""
+    cluster = Cluster(config(algorithm=name, epochs=1), small_a9a(), 2)
+    coordinator = cluster.coordinator
+    worker_id, frame = forge_huge_gradient(cluster)
+    x_before = coordinator.state.x.copy()
+    version = coordinator.state.version
+    coordinator.receive_data(worker_id, frame, cluster.now)
+    assert coordinator.dropped["non-finite"] == 1
+    np.testing.assert_array_equal(coordinator.state.x, x_before)
+    assert np.isfinite(coordinator.state.x).all()
+    assert coordinator.state.version == version
+    types = frame_types(coordinator.data_to_send()[worker_id])
+    assert types == [MessageType.ERROR, MessageType.MODEL]
+    # The rest of the run is unaffected.
+    cluster.frozen = {0}
+    coordinator.disconnect(worker_id, cluster.now)
+    cluster.run()
+    assert coordinator.done
+    assert all(np.isfinite(r.loss) for r in coordinator.trace)
+
+
+# -- traffic and summary ---------------------------------------------------------------------------
+
+
+def test_traffic_totals_match_connection_counters() -> None:
+    """Traffic totals equal the bytes the connections counted, which equal the bytes moved."""
+    cluster = Cluster(config(algorithm="sparse-asylpg"), small_a9a(), 3)
+    coordinator = cluster.coordinator
+    cluster.run()
+    assert coordinator.done
+    traffic = coordinator.traffic()
+    master_sent = master_received = 0
+    for worker in coordinator._workers.values():
+        master_sent += sum(worker.connection.bytes_sent.values())
+        master_received += sum(worker.connection.bytes_received.values())
+    assert traffic.total("down") == master_sent == cluster.moved["down"]
+    assert traffic.total("up") == master_received == cluster.moved["up"]
+    assert traffic.total() == master_sent + master_received
+    worker_received = sum(sum(s.connection.bytes_received.values()) for s in cluster.sessions)
+    worker_sent = sum(sum(s.connection.bytes_sent.values()) for s in cluster.sessions)
+    assert worker_received == master_sent
+    assert worker_sent == master_received
+    # Forgetting closed workers keeps their counters in the totals.
+    before = traffic.as_dict()
+    for worker_id in coordinator.closed_workers():
+        coordinator.forget(worker_id)
+    assert coordinator.traffic().as_dict() == before
+
+
+def test_traffic_by_kind() -> None:
+    """Bytes are split by direction and message kind, headers apart, and GRADIENT payload bits are counted."""
+    coordinator = simulate(config(), a9a(), 3)
+    traffic = coordinator.traffic()
+    kinds_up = {kind for (direction, kind) in traffic.wire_bytes if direction == "up"}
+    kinds_down = {kind for (direction, kind) in traffic.wire_bytes if direction == "down"}
+    assert {"HELLO", "SNAPSHOT_GRADIENT", "GRADIENT", "header"} <= kinds_up
+    assert {"WELCOME", "CONFIG", "SNAPSHOT", "MODEL", "CLOSE", "header"} <= kinds_down
+    messages = sum(v for (d, _), v in traffic.messages.items() if d == "up")
+    assert traffic.wire_bytes["up", "header"] == HEADER_SIZE * messages
+    assert traffic.messages["up", "GRADIENT"] >= coordinator.state.version
+    assert traffic.payload_bits["up", "GRADIENT"] > 0
+    assert traffic.payload_bits["down", "SNAPSHOT"] == 3 * 3 * 123 * 64  # 3 phases x 3 workers, float64
+
+
+def test_summary_json_and_keys() -> None:
+    """summary() is JSON-serialisable and has the documented keys."""
+    coordinator = simulate(config(tau=1), a9a(), 4, slow={0: 20})
+    summary = coordinator.summary()
+    text = json.dumps(summary)
+    assert json.loads(text) == summary
+    assert set(summary) == {
+        "config",
+        "dim",
+        "workers",
+        "updates_per_epoch",
+        "version",
+        "trace",
+        "traffic",
+        "staleness",
+        "errors",
+    }
+    assert summary["dim"] == 123
+    assert summary["workers"] == 4
+    assert summary["updates_per_epoch"] == UPDATES
+    assert summary["config"] == coordinator.config.to_params()
+    assert len(summary["trace"]) == 3
+    for record in summary["trace"]:
+        assert set(record) == {"epoch", "loss", "accuracy", "bytes", "bits", "time", "version", "samples"}
+        assert record["bits"] == 8 * record["bytes"]
+    assert set(summary["traffic"]) == {"wire_bytes", "messages", "payload_bits", "total_bytes"}
+    assert summary["traffic"]["total_bytes"]["both"] == coordinator.traffic().total()
+    staleness = summary["staleness"]
+    assert set(staleness) == {"tau", "applied", "histogram", "mean", "max", "dropped"}
+    assert staleness["tau"] == 1
+    assert staleness["applied"] == summary["version"]
+    assert sum(staleness["histogram"].values()) == staleness["applied"]
+    assert all(int(k) <= 1 for k in staleness["histogram"])
+
+
+def test_coordinator_needs_a_worker() -> None:
+    """A coordinator for zero workers is a ValueError."""
+    with pytest.raises(ValueError, match="worker"):
+        Coordinator(TrainConfig(), np.zeros(3), workers=0)

@@ -1,0 +1,488 @@
+"""Unit tests of aiodq.data: LIBSVM text, MNIST IDX and CSV, the bundled a9a, and sharding.
+
+Every input file is written into ``tmp_path`` by the test itself.  The real
+LIBSVM copies under /work/shared/data are used only when present, so the suite
+passes on any fresh clone.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from aiodq.data import (
+    DataError,
+    Dataset,
+    load_bundled_a9a,
+    load_dataset,
+    load_mnist_csv,
+    load_mnist_idx,
+    load_svmlight,
+    shard,
+)
+
+SHARED_LIBSVM = Path("/work/shared/data/libsvm")
+
+
+def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    """Write ``data`` to ``tmp_path / name`` and return the path."""
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def dense(dataset: Dataset) -> np.ndarray:
+    """The features as a dense array."""
+    features = dataset.features
+    return features.toarray() if sp.issparse(features) else np.asarray(features)
+
+
+# -- load_svmlight: valid input --------------------------------------------------------------------
+
+SMALL = "# a comment line\n+1 1:0.5 3:2 \n\n-1 2:1.5 # trailing comment\n   \n+1 1:1 2:-3 3:4e-1 \n"
+
+
+def test_svmlight_one_based_indices_and_values(tmp_path: Path) -> None:
+    """LIBSVM indices are 1-based; blank lines, comments and trailing spaces are skipped."""
+    dataset = load_svmlight(write(tmp_path, "small.svm", SMALL))
+    assert sp.issparse(dataset.features)
+    assert dataset.features.shape == (3, 3)
+    np.testing.assert_array_equal(dense(dataset), [[0.5, 0, 2], [0, 1.5, 0], [1, -3, 0.4]])
+    np.testing.assert_array_equal(dataset.labels, [1, -1, 1])
+    assert dataset.samples == 3
+    assert dataset.features_count == 3
+
+
+def test_svmlight_name_defaults_to_file_name(tmp_path: Path) -> None:
+    """A dataset is named after its file unless a name is given."""
+    path = write(tmp_path, "small.svm", SMALL)
+    assert load_svmlight(path).name == "small.svm"
+    assert load_svmlight(path, name="other").name == "other"
+
+
+def test_svmlight_trailing_space_per_line(tmp_path: Path) -> None:
+    """Lines ending with a space before the newline (as in a9a) parse like lines without it."""
+    with_space = load_svmlight(write(tmp_path, "a", "+1 1:1 4:1 \n-1 2:1 \n"))
+    without = load_svmlight(write(tmp_path, "b", "+1 1:1 4:1\n-1 2:1\n"))
+    np.testing.assert_array_equal(dense(with_space), dense(without))
+    np.testing.assert_array_equal(with_space.labels, without.labels)
+
+
+def test_svmlight_windows_line_endings(tmp_path: Path) -> None:
+    """CRLF line endings parse like LF."""
+    dataset = load_svmlight(write(tmp_path, "crlf", "+1 1:1 \r\n-1 2:1 \r\n"))
+    np.testing.assert_array_equal(dense(dataset), [[1, 0], [0, 1]])
+
+
+def test_svmlight_explicit_zero_is_a_zero_that_still_sets_the_width(tmp_path: Path) -> None:
+    """An explicit ``k:0`` holds no nonzero but counts for the inferred width (a9a.t's 123:0)."""
+    dataset = load_svmlight(write(tmp_path, "zero", "+1 1:1 5:0 \n-1 2:1 \n"))
+    assert dataset.features.shape == (2, 5)
+    assert dataset.features.count_nonzero() == 2
+    np.testing.assert_array_equal(dense(dataset), [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0]])
+
+
+def test_svmlight_unsorted_indices_are_sorted(tmp_path: Path) -> None:
+    """Pairs given out of order land on their indices; the CSR indices come out sorted."""
+    dataset = load_svmlight(write(tmp_path, "unsorted", "+1 3:3 1:1 \n-1 2:2 \n"))
+    np.testing.assert_array_equal(dense(dataset), [[1, 0, 3], [0, 2, 0]])
+    assert dataset.features.has_sorted_indices
+
+
+def test_svmlight_zero_one_labels_become_minus_one_plus_one(tmp_path: Path) -> None:
+    """Binary labels 0/1 are mapped to -1/+1."""
+    dataset = load_svmlight(write(tmp_path, "01", "0 1:1\n1 2:1\n1 1:1\n0 2:1\n"))
+    np.testing.assert_array_equal(dataset.labels, [-1, 1, 1, -1])
+
+
+def test_svmlight_signed_labels_kept(tmp_path: Path) -> None:
+    """Labels written -1/+1 stay -1/+1."""
+    dataset = load_svmlight(write(tmp_path, "pm", "-1 1:1\n+1 2:1\n"))
+    np.testing.assert_array_equal(dataset.labels, [-1, 1])
+
+
+def test_svmlight_multiclass_labels_untouched(tmp_path: Path) -> None:
+    """Labels beyond two classes are not remapped."""
+    dataset = load_svmlight(write(tmp_path, "mc", "0 1:1\n1 2:1\n2 1:1\n"))
+    np.testing.assert_array_equal(dataset.labels, [0, 1, 2])
+
+
+def test_svmlight_row_without_features(tmp_path: Path) -> None:
+    """A line with a label and no pairs is a sample with all-zero features."""
+    dataset = load_svmlight(write(tmp_path, "empty-row", "+1\n-1 2:1\n"), n_features=3)
+    np.testing.assert_array_equal(dense(dataset), [[0, 0, 0], [0, 1, 0]])
+
+
+def test_svmlight_n_features_given_widens(tmp_path: Path) -> None:
+    """An explicit n_features larger than the largest index sets the width."""
+    dataset = load_svmlight(write(tmp_path, "w", "+1 1:1 \n-1 2:1 \n"), n_features=123)
+    assert dataset.features.shape == (2, 123)
+    assert dataset.features_count == 123
+
+
+def test_svmlight_n_features_exceeded_is_a_data_error(tmp_path: Path) -> None:
+    """A feature index above n_features is a DataError naming the limit."""
+    path = write(tmp_path, "w", "+1 1:1 \n-1 5:1 \n")
+    with pytest.raises(DataError, match="n_features=4"):
+        load_svmlight(path, n_features=4)
+    assert load_svmlight(path, n_features=5).features.shape == (2, 5)
+
+
+def test_svmlight_gzip_input(tmp_path: Path) -> None:
+    """A gzip-compressed file loads exactly like the plain text."""
+    plain = load_svmlight(write(tmp_path, "small.svm", SMALL))
+    packed = load_svmlight(write(tmp_path, "small.svm.gz", gzip.compress(SMALL.encode())))
+    np.testing.assert_array_equal(dense(plain), dense(packed))
+    np.testing.assert_array_equal(plain.labels, packed.labels)
+
+
+# -- load_svmlight: errors -------------------------------------------------------------------------
+
+
+def test_svmlight_missing_file(tmp_path: Path) -> None:
+    """A missing file is a DataError, not an OSError."""
+    with pytest.raises(DataError, match="cannot read"):
+        load_svmlight(tmp_path / "nope.svm")
+
+
+def test_svmlight_directory(tmp_path: Path) -> None:
+    """A directory is a DataError, not an IsADirectoryError."""
+    with pytest.raises(DataError):
+        load_svmlight(tmp_path)
+
+
+BAD_SVMLIGHT = {
+    "binary garbage": bytes(range(256)) * 4,
+    "nul bytes": b"\x00\x01\x02\x03\n",
+    "bad label": b"+1 1:1\nspam 2:1\n",
+    "bad value": b"+1 3:x\n",
+    "pair without colon": b"+1 3\n",
+    "pair without index": b"+1 :1\n",
+    "pair without value": b"+1 3:\n",
+    "two colons": b"+1 3:1:2\n",
+    "index 0": b"+1 0:1\n",
+    "negative index": b"-1 -2:1\n",
+    "fractional index": b"+1 1.5:1\n",
+    "index beyond int64": b"+1 99999999999999999999:1\n",
+    "nan value": b"+1 1:nan\n",
+    "inf value": b"+1 1:inf\n",
+    "negative inf value": b"+1 1:-inf\n",
+    "overflowing value": b"+1 1:1e400\n",
+    "nan label": b"nan 1:1\n",
+    "inf label": b"inf 1:1\n",
+    "empty file": b"",
+    "only comments and blanks": b"# nothing\n\n   \n",
+    "pair split across lines": b"+1 3:\n-1 1\n",
+    "index and value on different lines": b"+1 3\n-1 :2\n",
+    "gzip header then garbage": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage-garbage",
+    "truncated gzip": gzip.compress(b"+1 1:1\n" * 100)[:30],
+}
+
+
+@pytest.mark.parametrize("content", BAD_SVMLIGHT.values(), ids=BAD_SVMLIGHT.keys())
+def test_svmlight_malformed_input_raises_only_data_error(tmp_path: Path, content: bytes) -> None:
+    """Malformed LIBSVM input raises DataError and never another exception."""
+    path = write(tmp_path, "bad.svm", content)
+    try:
+        load_svmlight(path)
+    except DataError as exc:
+        assert str(exc)
+    except Exception as exc:  # the rule under test: nothing but DataError escapes
+        pytest.fail(f"{type(exc).__name__} escaped instead of DataError: {exc}")
+    else:
+        pytest.fail("malformed input was accepted")
+
+
+def test_svmlight_error_names_the_line(tmp_path: Path) -> None:
+    """A bad label is reported with its file and line number."""
+    path = write(tmp_path, "bad.svm", "+1 1:1\n\nspam 2:1\n")
+    with pytest.raises(DataError, match=r"bad\.svm:3"):
+        load_svmlight(path)
+
+
+def test_data_error_is_a_value_error() -> None:
+    """DataError is a ValueError, so generic input-error handlers catch it."""
+    assert issubclass(DataError, ValueError)
+
+
+# -- MNIST IDX -------------------------------------------------------------------------------------
+
+
+def idx_images(pixels: np.ndarray, magic: int = 0x803) -> bytes:
+    """An IDX3 image file for ``pixels`` of shape (count, rows, cols), uint8."""
+    count, rows, cols = pixels.shape
+    return struct.pack(">IIII", magic, count, rows, cols) + pixels.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray, magic: int = 0x801) -> bytes:
+    """An IDX1 label file."""
+    return struct.pack(">II", magic, labels.shape[0]) + labels.astype(np.uint8).tobytes()
+
+
+PIXELS = np.array(
+    [[[0, 255], [128, 1]], [[10, 20], [30, 40]], [[255, 255], [0, 0]]],
+    dtype=np.uint8,
+)
+LABELS = np.array([7, 0, 9], dtype=np.uint8)
+
+
+def test_idx_shape_labels_and_scaling(tmp_path: Path) -> None:
+    """IDX images (magic 0x803) become rows of rows*cols pixels scaled to [0, 1]; labels (0x801) ints."""
+    images = write(tmp_path, "img.idx", idx_images(PIXELS))
+    labels = write(tmp_path, "lab.idx", idx_labels(LABELS))
+    dataset = load_mnist_idx(images, labels)
+    assert dataset.features.shape == (3, 4)
+    assert dataset.features.dtype == np.float64
+    np.testing.assert_array_equal(dataset.features, PIXELS.reshape(3, 4) / 255.0)
+    assert dataset.features.min() >= 0.0
+    assert dataset.features.max() == 1.0
+    np.testing.assert_array_equal(dataset.labels, [7, 0, 9])
+    assert np.issubdtype(dataset.labels.dtype, np.integer)
+    assert dataset.name == "mnist"
+
+
+def test_idx_gzip(tmp_path: Path) -> None:
+    """Gzipped IDX files load like plain ones."""
+    images = write(tmp_path, "img.gz", gzip.compress(idx_images(PIXELS)))
+    labels = write(tmp_path, "lab.gz", gzip.compress(idx_labels(LABELS)))
+    np.testing.assert_array_equal(load_mnist_idx(images, labels).features, PIXELS.reshape(3, 4) / 255.0)
+
+
+IDX_ERRORS = {
+    "image magic": (idx_images(PIXELS, magic=0x801), idx_labels(LABELS), "0x803"),
+    "label magic": (idx_images(PIXELS), idx_labels(LABELS, magic=0x803), "0x801"),
+    "truncated images": (idx_images(PIXELS)[:-1], idx_labels(LABELS), "length"),
+    "truncated labels": (idx_images(PIXELS), idx_labels(LABELS)[:-1], "length"),
+    "extra image bytes": (idx_images(PIXELS) + b"\x00", idx_labels(LABELS), "length"),
+    "image header cut": (idx_images(PIXELS)[:10], idx_labels(LABELS), "short"),
+    "label header cut": (idx_images(PIXELS), idx_labels(LABELS)[:5], "short"),
+    "count mismatch": (idx_images(PIXELS), idx_labels(LABELS[:2]), "3 images but 2 labels"),
+    "empty files": (b"", b"", "short"),
+}
+
+
+@pytest.mark.parametrize(("images", "labels", "message"), IDX_ERRORS.values(), ids=IDX_ERRORS.keys())
+def test_idx_errors(tmp_path: Path, images: bytes, labels: bytes, message: str) -> None:
+    """Bad magic numbers, truncation and count mismatches are DataErrors that say so."""
+    with pytest.raises(DataError, match=message):
+        load_mnist_idx(write(tmp_path, "img", images), write(tmp_path, "lab", labels))
+
+
+def test_idx_missing_file(tmp_path: Path) -> None:
+    """A missing IDX file is a DataError."""
+    labels = write(tmp_path, "lab", idx_labels(LABELS))
+    with pytest.raises(DataError):
+        load_mnist_idx(tmp_path / "missing", labels)
+
+
+def test_idx_broken_gzip_is_a_data_error(tmp_path: Path) -> None:
+    """A gzip header followed by garbage is a DataError, not a zlib error."""
+    images = write(tmp_path, "img.gz", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage")
+    labels = write(tmp_path, "lab", idx_labels(LABELS))
+    try:
+        load_mnist_idx(images, labels)
+    except DataError:
+        pass
+    except Exception as exc:
+        pytest.fail(f"{type(exc).__name__} escaped instead of DataError: {exc}")
+    else:
+        pytest.fail("garbage accepted")
+
+
+# -- MNIST CSV -------------------------------------------------------------------------------------
+
+
+def csv_rows(rows: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """``rows`` random rows of 784 pixels and a label, and their CSV text."""
+    rng = np.random.default_rng(seed)
+    table = np.concatenate(
+        [rng.integers(0, 256, size=(rows, 784)), rng.integers(0, 10, size=(rows, 1))], axis=1
+    )
+    text = "\n".join(",".join(str(v) for v in row) for row in table) + "\n"
+    return table, text
+
+
+def test_csv_pixels_scaled_and_labels(tmp_path: Path) -> None:
+    """CSV rows are 784 pixels (scaled to [0, 1]) followed by an integer label."""
+    table, text = csv_rows(3)
+    dataset = load_mnist_csv(write(tmp_path, "m.csv", text))
+    assert dataset.features.shape == (3, 784)
+    np.testing.assert_allclose(dataset.features, table[:, :784] / 255.0, rtol=0, atol=0)
+    np.testing.assert_array_equal(dataset.labels, table[:, 784])
+    assert np.issubdtype(dataset.labels.dtype, np.integer)
+
+
+def test_csv_single_row_and_gzip(tmp_path: Path) -> None:
+    """A one-row CSV stays two-dimensional; gzip input is read transparently."""
+    table, text = csv_rows(1, seed=1)
+    dataset = load_mnist_csv(write(tmp_path, "m.csv.gz", gzip.compress(text.encode())))
+    assert dataset.features.shape == (1, 784)
+    assert dataset.labels.tolist() == [table[0, 784]]
+
+
+def test_csv_wrong_column_count(tmp_path: Path) -> None:
+    """A CSV without exactly 785 columns is a DataError naming the count."""
+    with pytest.raises(DataError, match="785"):
+        load_mnist_csv(write(tmp_path, "m.csv", "1,2,3\n4,5,6\n"))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"a,b,c\n", b"1,2\n3\n", bytes(range(256))],
+    ids=["text", "ragged", "binary"],
+)
+def test_csv_unparseable(tmp_path: Path, content: bytes) -> None:
+    """A CSV that is not a numeric table is a DataError."""
+    with pytest.raises(DataError):
+        load_mnist_csv(write(tmp_path, "m.csv", content))
+
+
+def test_csv_missing_file(tmp_path: Path) -> None:
+    """A missing CSV is a DataError."""
+    with pytest.raises(DataError):
+        load_mnist_csv(tmp_path / "missing.csv")
+
+
+# -- load_dataset ----------------------------------------------------------------------------------
+
+
+def test_load_dataset_none_is_bundled_a9a() -> None:
+    """load_dataset(None) is the bundled a9a training set."""
+    dataset = load_dataset(None)
+    assert dataset.name == "a9a"
+    assert dataset.features.shape == (32_561, 123)
+
+
+def test_load_dataset_dispatch_by_name(tmp_path: Path) -> None:
+    """.csv and .csv.gz go to the CSV loader, other files to the LIBSVM loader."""
+    _, text = csv_rows(2)
+    assert load_dataset(write(tmp_path, "m.csv", text)).features.shape == (2, 784)
+    gz = write(tmp_path, "m.csv.gz", gzip.compress(text.encode()))
+    assert load_dataset(gz).features.shape == (2, 784)
+    svm = load_dataset(write(tmp_path, "data.txt", "+1 1:1 \n-1 2:1 \n"))
+    assert sp.issparse(svm.features)
+    assert svm.features.shape == (2, 2)
+
+
+def test_load_dataset_folder_of_idx(tmp_path: Path) -> None:
+    """A folder holding the t10k IDX files loads as MNIST."""
+    write(tmp_path, "t10k-images-idx3-ubyte.gz", gzip.compress(idx_images(PIXELS)))
+    write(tmp_path, "t10k-labels-idx1-ubyte.gz", gzip.compress(idx_labels(LABELS)))
+    dataset = load_dataset(tmp_path)
+    assert dataset.features.shape == (3, 4)
+    np.testing.assert_array_equal(dataset.labels, LABELS)
+
+
+def test_load_dataset_errors(tmp_path: Path) -> None:
+    """A missing path, or a folder without IDX files, is a DataError."""
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(tmp_path / "missing")
+    with pytest.raises(DataError, match="folder"):
+        load_dataset(tmp_path)
+
+
+# -- the bundled a9a -------------------------------------------------------------------------------
+
+
+def test_bundled_a9a_train_counts() -> None:
+    """Bundled a9a: 32,561 x 123, 451,592 ones, labels 24,720 x -1 and 7,841 x +1 (data README)."""
+    dataset = load_bundled_a9a()
+    features = dataset.features
+    assert sp.isspmatrix_csr(features)
+    assert features.shape == (32_561, 123)
+    assert features.nnz == 451_592
+    assert features.count_nonzero() == 451_592
+    np.testing.assert_array_equal(features.data, 1.0)
+    assert int(np.count_nonzero(dataset.labels == -1)) == 24_720
+    assert int(np.count_nonzero(dataset.labels == 1)) == 7_841
+    assert dataset.name == "a9a"
+
+
+def test_bundled_a9a_test_counts() -> None:
+    """Bundled a9a.t: 16,281 x 123 and 225,731 nonzeros (the explicit 123:0 dropped), 12,435/3,846."""
+    dataset = load_bundled_a9a(test=True)
+    features = dataset.features
+    assert features.shape == (16_281, 123)
+    assert features.nnz == 225_731
+    np.testing.assert_array_equal(features.data, 1.0)
+    assert int(np.count_nonzero(dataset.labels == -1)) == 12_435
+    assert int(np.count_nonzero(dataset.labels == 1)) == 3_846
+    assert dataset.name == "a9a.t"
+
+
+def test_bundled_a9a_is_canonical_csr() -> None:
+    """The bundled CSR has sorted, in-range, duplicate-free indices."""
+    features = load_bundled_a9a().features
+    assert features.has_canonical_format
+    assert int(features.indices.min()) >= 0
+    assert int(features.indices.max()) <= 122
+
+
+@pytest.mark.parametrize(("member", "test"), [("a9a", False), ("a9a.t", True)])
+def test_bundled_a9a_equals_libsvm_text(member: str, test: bool) -> None:
+    """The bundled a9a equals LIBSVM's a9a text parsed by load_svmlight (when /work/shared is there)."""
+    path = SHARED_LIBSVM / member
+    if not path.is_file():
+        pytest.skip(f"{path} is not present (the shared data folder is not part of a clone)")
+    parsed = load_svmlight(path, n_features=123)
+    bundled = load_bundled_a9a(test=test)
+    assert parsed.features.shape == bundled.features.shape
+    assert (parsed.features != bundled.features).nnz == 0
+    np.testing.assert_array_equal(parsed.labels, bundled.labels)
+    # load_svmlight may keep the explicit 123:0 of a9a.t as a stored zero; the nonzeros match.
+    assert parsed.features.count_nonzero() == bundled.features.nnz
+
+
+# -- shard -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("samples", "workers"), [(10, 3), (100, 4), (7, 7), (32_561, 8), (5, 1)])
+def test_shard_disjoint_covering_balanced(samples: int, workers: int) -> None:
+    """Shards are disjoint, cover every sample once, are sorted and differ in size by at most one."""
+    parts = [shard(samples, workers, index, seed=3) for index in range(workers)]
+    joined = np.concatenate(parts)
+    assert joined.shape[0] == samples
+    np.testing.assert_array_equal(np.sort(joined), np.arange(samples))
+    sizes = [part.shape[0] for part in parts]
+    assert max(sizes) - min(sizes) <= 1
+    for part in parts:
+        assert np.all(np.diff(part) > 0)
+
+
+def test_shard_deterministic_per_seed() -> None:
+    """The same seed gives the same shards."""
+    for index in range(4):
+        np.testing.assert_array_equal(shard(1000, 4, index, seed=11), shard(1000, 4, index, seed=11))
+
+
+def test_shard_seed_changes_split() -> None:
+    """Different seeds give different splits."""
+    assert not np.array_equal(shard(1000, 4, 0, seed=0), shard(1000, 4, 0, seed=1))
+
+
+@pytest.mark.parametrize(
+    ("samples", "workers", "index"),
+    [(10, 3, 3), (10, 3, -1), (10, 0, 0), (10, -2, 0), (2, 3, 0)],
+)
+def test_shard_errors(samples: int, workers: int, index: int) -> None:
+    """A shard index outside [0, workers), no workers, or fewer samples than workers is a ValueError."""
+    with pytest.raises(ValueError, match=r"shard|samples"):
+        shard(samples, workers, index)
+
+
+def test_dataset_rows_and_validation() -> None:
+    """Dataset.rows selects samples in order; mismatched or empty datasets are DataErrors."""
+    features = np.arange(12, dtype=np.float64).reshape(4, 3)
+    dataset = Dataset(features, np.array([1, -1, 1, -1]), "t")
+    picked = dataset.rows(np.array([2, 0]))
+    np.testing.assert_array_equal(picked.features, features[[2, 0]])
+    np.testing.assert_array_equal(picked.labels, [1, 1])
+    with pytest.raises(DataError):
+        Dataset(features, np.array([1, -1]))
+    with pytest.raises(DataError):
+        Dataset(np.zeros((0, 3)), np.zeros(0))

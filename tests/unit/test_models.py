@@ -1,0 +1,340 @@
+"""Unit tests of aiodq.models: gradients against finite differences, direct losses, the regulariser.
+
+Models return *sums* over the samples they are given (docs/algorithms.md 1), so
+the tests also check that the sums add up over row blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from aiodq.models import MLP, LogisticRegression, Model, Regularizer, SoftmaxRegression, make_model
+
+SAMPLES = 12
+FEATURES = 5
+CLASSES = 3
+
+# Central differences (f(x + h e_j) - f(x - h e_j)) / 2h have truncation error h^2 |f'''| / 6 and
+# rounding error about eps |f| / h.  With h = 1e-6, eps = 2.2e-16 and |f| of order 10 (a sum of 12
+# losses of order 1) the rounding term is about 2e-9 and the truncation term about 1e-12, so an
+# absolute tolerance of 1e-6 leaves a wide margin, while a wrong sign, a missing factor or a
+# dropped term would give errors of order 1e-2 or more.  For the MLP a ReLU kink lies within h of
+# a random point with probability about 1e-6 per unit, so the kinks do not matter.
+STEP = 1e-6
+ATOL = 1e-6
+RTOL = 1e-6
+
+
+def numeric_gradient(function: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndarray:
+    """The central finite-difference gradient of ``function`` at ``x``."""
+    out = np.empty_like(x)
+    for j in range(x.shape[0]):
+        step = np.zeros_like(x)
+        step[j] = STEP
+        out[j] = (function(x + step) - function(x - step)) / (2 * STEP)
+    return out
+
+
+def binary_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random sparse-ish features and -1/+1 labels."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(SAMPLES, FEATURES)) * (rng.random((SAMPLES, FEATURES)) < 0.6)
+    labels = rng.choice([-1.0, 1.0], size=SAMPLES)
+    return features, labels
+
+
+def class_data(seed: int, classes: int = CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Random sparse-ish features and 0..C-1 labels."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(SAMPLES, FEATURES)) * (rng.random((SAMPLES, FEATURES)) < 0.6)
+    labels = rng.integers(0, classes, size=SAMPLES)
+    return features, labels
+
+
+def as_features(features: np.ndarray, kind: str) -> np.ndarray | sp.csr_matrix:
+    """The same features as a dense array or a CSR matrix."""
+    return sp.csr_matrix(features) if kind == "csr" else features
+
+
+def case(name: str, seed: int) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray]:
+    """A model, a random point and data for it."""
+    rng = np.random.default_rng([seed, 99])
+    model: Model
+    if name == "logistic":
+        model = LogisticRegression(FEATURES)
+        features, labels = binary_data(seed)
+    elif name == "softmax":
+        model = SoftmaxRegression(FEATURES, CLASSES)
+        features, labels = class_data(seed)
+    elif name == "mlp1":
+        model = MLP((FEATURES, 7, CLASSES))
+        features, labels = class_data(seed)
+    else:
+        model = MLP((FEATURES, 6, 4, CLASSES))
+        features, labels = class_data(seed)
+    x = rng.normal(size=model.dim)
+    return model, x, features, labels
+
+
+MODELS = ["logistic", "softmax", "mlp1", "mlp2"]
+KINDS = ["dense", "csr"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_matches_finite_differences(name: str, kind: str, seed: int) -> None:
+    """loss_grad's gradient is the derivative of its loss (central differences, see STEP/ATOL)."""
+    model, x, features, labels = case(name, seed)
+    data = as_features(features, kind)
+    loss, grad, _ = model.loss_grad(x, data, labels)
+    assert grad.shape == (model.dim,)
+    assert grad.dtype == np.float64
+    numeric = numeric_gradient(lambda z: model.loss_grad(z, data, labels)[0], x)
+    np.testing.assert_allclose(grad, numeric, rtol=RTOL, atol=ATOL)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dense_and_csr_agree(name: str) -> None:
+    """Dense and CSR features give the same loss, gradient and correct count."""
+    model, x, features, labels = case(name, 5)
+    dense_out = model.loss_grad(x, features, labels)
+    sparse_out = model.loss_grad(x, sp.csr_matrix(features), labels)
+    assert dense_out[0] == pytest.approx(sparse_out[0], rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(dense_out[1], sparse_out[1], rtol=1e-12, atol=1e-12)
+    assert dense_out[2] == sparse_out[2]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("split", [1, 5, 11])
+def test_sums_are_additive_over_row_blocks(name: str, split: int) -> None:
+    """loss_grad on two row blocks adds up to loss_grad on all rows (sums, not means)."""
+    model, x, features, labels = case(name, 7)
+    whole = model.loss_grad(x, features, labels)
+    top = model.loss_grad(x, features[:split], labels[:split])
+    bottom = model.loss_grad(x, features[split:], labels[split:])
+    assert top[0] + bottom[0] == pytest.approx(whole[0], rel=1e-12)
+    np.testing.assert_allclose(top[1] + bottom[1], whole[1], rtol=1e-10, atol=1e-12)
+    assert top[2] + bottom[2] == whole[2]
+
+
+def test_sums_additive_on_csr_blocks() -> None:
+    """The block sums add up on CSR row slices too."""
+    model, x, features, labels = case("logistic", 8)
+    data = sp.csr_matrix(features)
+    whole = model.loss_grad(x, data, labels)
+    parts = [model.loss_grad(x, data[rows], labels[rows]) for rows in (slice(0, 4), slice(4, None))]
+    assert sum(p[0] for p in parts) == pytest.approx(whole[0], rel=1e-12)
+    np.testing.assert_allclose(sum(p[1] for p in parts), whole[1], rtol=1e-10, atol=1e-12)
+
+
+# -- losses and correct counts, computed directly --------------------------------------------------
+
+
+def test_logistic_loss_and_correct_direct() -> None:
+    """Logistic loss is sum log(1 + exp(-y a.x)); correct counts y a.x > 0."""
+    model, x, features, labels = case("logistic", 3)
+    loss, grad, correct = model.loss_grad(x, features, labels)
+    margins = labels * (features @ x)
+    assert loss == pytest.approx(float(np.sum(np.log1p(np.exp(-margins)))), rel=1e-12)
+    expected_grad = features.T @ (-labels / (1 + np.exp(margins)))
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-14)
+    assert correct == int(np.sum(margins > 0))
+
+
+def test_logistic_at_zero() -> None:
+    """At x = 0 each sample costs log 2 and none counts as correct (margin 0 is not > 0)."""
+    features, labels = binary_data(4)
+    loss, _, correct = LogisticRegression(FEATURES).loss_grad(np.zeros(FEATURES), features, labels)
+    assert loss == pytest.approx(SAMPLES * np.log(2.0), rel=1e-14)
+    assert correct == 0
+
+
+def test_logistic_extreme_margins_stay_finite() -> None:
+    """Huge margins give a finite loss and gradient (log-sigmoid evaluated stably)."""
+    features = np.array([[1.0], [1.0]])
+    labels = np.array([1.0, -1.0])
+    loss, grad, correct = LogisticRegression(1).loss_grad(np.array([1000.0]), features, labels)
+    assert loss == pytest.approx(1000.0, rel=1e-12)
+    np.testing.assert_allclose(grad, [1.0], rtol=1e-12)
+    assert correct == 1
+
+
+def softmax_loss(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of -log softmax(scores)[label], computed directly."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(scores.shape[0]), labels].sum())
+
+
+def test_softmax_loss_and_correct_direct() -> None:
+    """Softmax loss is the summed cross-entropy of features @ W; correct counts argmax hits."""
+    model, x, features, labels = case("softmax", 3)
+    loss, _, correct = model.loss_grad(x, features, labels)
+    scores = features @ x.reshape(FEATURES, CLASSES)
+    assert loss == pytest.approx(softmax_loss(scores, labels), rel=1e-12)
+    assert correct == int(np.sum(scores.argmax(axis=1) == labels))
+
+
+def mlp_scores(layers: tuple[int, ...], x: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """A direct forward pass: weights then biases per layer, ReLU between layers."""
+    out, offset = features, 0
+    pairs = list(itertools.pairwise(layers))
+    for number, (fan_in, fan_out) in enumerate(pairs):
+        weights = x[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
+        offset += fan_in * fan_out
+        bias = x[offset : offset + fan_out]
+        offset += fan_out
+        out = out @ weights + bias
+        if number < len(pairs) - 1:
+            out = np.maximum(out, 0.0)
+    assert offset == x.shape[0]
+    return out
+
+
+@pytest.mark.parametrize("name", ["mlp1", "mlp2"])
+def test_mlp_loss_and_correct_direct(name: str) -> None:
+    """MLP loss is the cross-entropy of a ReLU network's scores; correct counts argmax hits."""
+    model, x, features, labels = case(name, 3)
+    assert isinstance(model, MLP)
+    loss, _, correct = model.loss_grad(x, features, labels)
+    scores = mlp_scores(model.layers, x, features)
+    assert loss == pytest.approx(softmax_loss(scores, labels), rel=1e-12)
+    assert correct == int(np.sum(scores.argmax(axis=1) == labels))
+
+
+def test_mlp_dim_and_initial() -> None:
+    """MLP dim counts weights and biases; the initial point is Glorot-uniform with zero biases."""
+    model = MLP((4, 3, 2))
+    assert model.dim == 4 * 3 + 3 + 3 * 2 + 2
+    x0 = model.initial(np.random.default_rng(0))
+    assert x0.shape == (model.dim,)
+    first, bias1 = x0[:12], x0[12:15]
+    second, bias2 = x0[15:21], x0[21:]
+    assert np.all(np.abs(first) <= np.sqrt(6 / 7))
+    assert np.all(np.abs(second) <= np.sqrt(6 / 5))
+    assert first.any()
+    np.testing.assert_array_equal(bias1, 0.0)
+    np.testing.assert_array_equal(bias2, 0.0)
+    np.testing.assert_array_equal(model.initial(np.random.default_rng(0)), x0)
+
+
+def test_linear_models_start_at_zero() -> None:
+    """Logistic and softmax regression start at x = 0."""
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(LogisticRegression(3).initial(rng), np.zeros(3))
+    np.testing.assert_array_equal(SoftmaxRegression(3, 4).initial(rng), np.zeros(12))
+
+
+def test_describe() -> None:
+    """describe() names the model and its dimension (and classes or layers)."""
+    assert LogisticRegression(3).describe() == {"model": "LogisticRegression", "dim": 3}
+    assert SoftmaxRegression(3, 4).describe() == {"model": "SoftmaxRegression", "dim": 12, "classes": 4}
+    assert MLP((3, 5, 2)).describe() == {"model": "MLP", "dim": 3 * 5 + 5 + 5 * 2 + 2, "layers": [3, 5, 2]}
+
+
+# -- the regulariser -------------------------------------------------------------------------------
+
+
+def test_regularizer_value() -> None:
+    """R(x) = l2/2 ||x||^2 + l1 ||x||_1."""
+    x = np.array([3.0, -4.0, 0.0])
+    assert Regularizer().value(x) == 0.0
+    assert Regularizer(l2=0.5).value(x) == pytest.approx(0.25 * 25.0)
+    assert Regularizer(l1=0.1).value(x) == pytest.approx(0.7)
+    assert Regularizer(l2=2.0, l1=1.0).value(x) == pytest.approx(25.0 + 7.0)
+
+
+def test_prox_soft_thresholding_exact_values() -> None:
+    """prox of step*l1*||.||_1 is soft thresholding at step*l1: sign(x) max(|x| - t, 0)."""
+    x = np.array([3.0, -3.0, 0.5, -0.5, 1.0, 0.0, -1.25])
+    out = Regularizer(l1=0.5).prox(x.copy(), 2.0)  # threshold 1.0
+    np.testing.assert_array_equal(out, [2.0, -2.0, 0.0, 0.0, 0.0, 0.0, -0.25])
+
+
+def test_prox_in_place_and_into_out() -> None:
+    """prox writes into ``out`` when given (leaving x alone), else into x itself."""
+    x = np.array([2.0, -0.25])
+    out = np.empty(2)
+    result = Regularizer(l1=1.0).prox(x, 0.5, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, [1.5, 0.0])
+    np.testing.assert_array_equal(x, [2.0, -0.25])
+    same = Regularizer(l1=1.0).prox(x, 0.5)
+    assert same is x
+    np.testing.assert_array_equal(x, [1.5, 0.0])
+
+
+def test_prox_without_l1_is_identity() -> None:
+    """With l1 = 0 the prox is the identity (l2 goes into gradients, not into the prox)."""
+    x = np.array([1.5, -2.0, 0.0, 1e-300])
+    reg = Regularizer(l2=3.0)
+    np.testing.assert_array_equal(reg.prox(x.copy(), 10.0), x)
+    out = np.full(4, np.nan)
+    assert reg.prox(x, 10.0, out=out) is out
+    np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"l2": -1.0}, {"l1": -0.1}, {"l2": float("nan")}, {"l1": float("inf")}],
+    ids=["negative l2", "negative l1", "nan l2", "inf l1"],
+)
+def test_regularizer_rejects_bad_weights(kwargs: dict[str, float]) -> None:
+    """Regulariser weights must be finite and non-negative."""
+    with pytest.raises(ValueError, match="non-negative"):
+        Regularizer(**kwargs)
+
+
+# -- make_model and constructor errors -------------------------------------------------------------
+
+
+def test_make_model_names() -> None:
+    """make_model builds logistic, softmax and mlp models of the right shape."""
+    logistic = make_model("logistic", 10)
+    assert isinstance(logistic, LogisticRegression)
+    assert logistic.dim == 10
+    softmax = make_model("softmax", 10, classes=4)
+    assert isinstance(softmax, SoftmaxRegression)
+    assert softmax.dim == 40
+    mlp = make_model("mlp", 10, classes=3, hidden=5)
+    assert isinstance(mlp, MLP)
+    assert mlp.layers == (10, 5, 3)
+    assert mlp.dim == 10 * 5 + 5 + 5 * 3 + 3
+
+
+def test_make_model_unknown_name() -> None:
+    """An unknown model name is a ValueError listing the choices."""
+    with pytest.raises(ValueError, match="logistic, softmax or mlp"):
+        make_model("svm", 10)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: LogisticRegression(0),
+        lambda: SoftmaxRegression(0, 3),
+        lambda: SoftmaxRegression(3, 1),
+        lambda: MLP((3,)),
+        lambda: MLP((3, 0, 2)),
+        lambda: MLP((3, 4, 1)),
+    ],
+    ids=[
+        "logistic 0",
+        "softmax 0 features",
+        "softmax 1 class",
+        "mlp no layers",
+        "mlp 0 hidden",
+        "mlp 1 class",
+    ],
+)
+def test_model_shape_errors(build: Callable[[], Model]) -> None:
+    """Models need at least one feature (unit) and two classes."""
+    with pytest.raises(ValueError):
+        build()
