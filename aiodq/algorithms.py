@@ -248,6 +248,46 @@ class MasterState:
         self._rng = np.random.default_rng([config.seed, 0xA5])
         self._buffer = np.empty_like(self.x)
 
+    # -- checkpoints ------------------------------------------------------------
+
+    _ARRAYS = ("x", "snapshot", "full_gradient", "y")
+
+    def to_checkpoint(self) -> tuple[dict[str, Array], dict[str, Any]]:
+        """The state as arrays and JSON-ready scalars (aiodq.checkpoint)."""
+        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        arrays["iterate_sum"] = self._iterate_sum
+        meta = {
+            "theta": self.theta,
+            "version": self.version,
+            "epoch": self.epoch,
+            "applied_in_epoch": self.applied_in_epoch,
+            "updates_per_epoch": self.updates_per_epoch,
+            "samples": self.samples,
+            "rng": self._rng.bit_generator.state,
+        }
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, Array], meta: dict[str, Any]) -> None:
+        """Load what :meth:`to_checkpoint` produced.
+
+        Raises:
+            ValueError: if an array is missing or has the wrong shape.
+        """
+        for name in (*self._ARRAYS, "iterate_sum"):
+            value = np.asarray(arrays.get(name), dtype=np.float64)
+            if value.shape != self.x.shape:
+                raise ValueError(
+                    f"checkpoint array {name!r} has shape {value.shape}, expected {self.x.shape}"
+                )
+            setattr(self, "_iterate_sum" if name == "iterate_sum" else name, value.copy())
+        self.theta = float(meta["theta"])
+        self.version = int(meta["version"])
+        self.epoch = int(meta["epoch"])
+        self.applied_in_epoch = int(meta["applied_in_epoch"])
+        self.updates_per_epoch = int(meta["updates_per_epoch"])
+        self.samples = int(meta["samples"])
+        self._rng.bit_generator.state = meta["rng"]
+
     # -- epochs ---------------------------------------------------------------
 
     def finish_snapshot_phase(self, gradient_sum: Array, loss_sum: float, samples: int) -> float:

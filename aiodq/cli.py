@@ -28,12 +28,16 @@ import numpy as np
 import numpy.typing as npt
 
 from .algorithms import ALGORITHMS, TrainConfig
+from .auth import load_secret
 from .bench import main_codec
+from .checkpoint import CheckpointError
+from .config import ConnectionConfig, Limits
 from .connection import MasterConnection, WorkerConnection
 from .events import Config, Event, Gradient, Hello, Model, Snapshot, SnapshotGradient, Welcome
 from .quant.lowp import quantize_gradient, quantize_model
 from .quant.qsgd import quantize_qsgd
 from .quant.sparse import quantize_sparse
+from .tls import client_context, server_context
 from .vectors import RawVector
 from .wire.messages import encode_message
 
@@ -195,6 +199,92 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> None:
+    defaults = ConnectionConfig()
+    limits = defaults.limits
+    group = parser.add_argument_group("network and security")
+    group.add_argument(
+        "--secret-file",
+        default=None,
+        help="file holding the shared secret (default: $AIODQ_SECRET; none: no authentication)",
+    )
+    if master:
+        group.add_argument("--tls-cert", default=None, help="TLS certificate chain (PEM) of the master")
+        group.add_argument("--tls-key", default=None, help="TLS private key (PEM) of the master")
+        group.add_argument(
+            "--tls-client-ca", default=None, help="require client certificates signed by this CA (mTLS)"
+        )
+    else:
+        group.add_argument(
+            "--tls", action="store_true", help="connect with TLS (implied by the other --tls options)"
+        )
+        group.add_argument(
+            "--tls-ca", default=None, help="CA (PEM) to check the master's certificate against"
+        )
+        group.add_argument("--tls-cert", default=None, help="client certificate (PEM), for mutual TLS")
+        group.add_argument("--tls-key", default=None, help="client private key (PEM), for mutual TLS")
+        group.add_argument(
+            "--tls-server-name", default=None, help="name to check the master's certificate for"
+        )
+        group.add_argument(
+            "--retry-for",
+            type=float,
+            default=30.0,
+            help="keep reconnecting with backoff for this many seconds (default 30; 0: never)",
+        )
+    group.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=defaults.handshake_timeout,
+        help=f"seconds to complete the handshake (default {defaults.handshake_timeout:g})",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help=f"seconds of peer silence before closing (default {defaults.idle_timeout:g})",
+    )
+    group.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=defaults.heartbeat_interval,
+        help=f"seconds of own silence before a heartbeat (default {defaults.heartbeat_interval:g})",
+    )
+    group.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=limits.max_frame_bytes,
+        help=f"largest frame body accepted (default {limits.max_frame_bytes})",
+    )
+    group.add_argument(
+        "--max-dimension",
+        type=int,
+        default=limits.max_dimension,
+        help=f"largest vector dimension accepted (default {limits.max_dimension})",
+    )
+    if master:
+        group.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
+        group.add_argument(
+            "--checkpoint-interval", type=float, default=60.0, help="seconds between checkpoints (default 60)"
+        )
+        group.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+
+
+def _connection_config(args: argparse.Namespace) -> ConnectionConfig:
+    try:
+        secret = load_secret(args.secret_file)
+        limits = Limits(max_frame_bytes=args.max_frame_bytes, max_dimension=args.max_dimension)
+        return ConnectionConfig(
+            limits=limits,
+            handshake_timeout=args.handshake_timeout,
+            idle_timeout=args.idle_timeout,
+            heartbeat_interval=args.heartbeat_interval,
+            secret=secret,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _config(args: argparse.Namespace) -> TrainConfig:
     try:
         return TrainConfig(
@@ -242,6 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument("--workers", type=int, required=True, help="number of workers M to wait for")
     master.add_argument("--data", default=None, help="the dataset, read for its shape (default: bundled a9a)")
     master.add_argument("--out", default=None, help="folder for result.json and the plot")
+    _add_network_options(master, master=True)
 
     worker = commands.add_parser("worker", help="join a cluster as one worker")
     worker.add_argument("--connect", type=_address, required=True, help="the master's HOST:PORT")
@@ -250,6 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--seed", type=int, default=0, help="the sharding seed; the master's --seed (default 0)"
     )
+    _add_network_options(worker, master=False)
 
     demo_parser = commands.add_parser("demo", help="in-memory codec and protocol demonstration")
     demo_parser.add_argument("--dim", type=int, default=10_000, help="model dimension (default 10000)")
@@ -348,9 +440,28 @@ def _cmd_master(args: argparse.Namespace) -> int:
     except RunError as exc:
         raise UsageError(str(exc)) from exc
     host, port = args.listen
-    _setup_logging(logging.INFO, Path(args.out) / "aiodq.log" if args.out else None)
+    connection_config = _connection_config(args)
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
+        raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint")
     try:
-        summary = run_coroutine(master_main(config, dataset, host, port, args.workers))
+        context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    _setup_logging(logging.INFO, Path(args.out) / "aiodq.log" if args.out else None)
+    options = {
+        "connection_config": connection_config,
+        "ssl": context,
+        "checkpoint": args.checkpoint,
+        "checkpoint_interval": args.checkpoint_interval,
+        "resume": args.resume,
+    }
+    try:
+        summary = run_coroutine(master_main(config, dataset, host, port, args.workers, **options))
+    except CheckpointError as exc:
+        print(f"aiodq master: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         print(f"aiodq master: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -369,11 +480,27 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     host, port = args.connect
     index, count = args.shard
+    connection_config = _connection_config(args)
+    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_server_name
+    try:
+        context = client_context(args.tls_ca, args.tls_cert, args.tls_key) if use_tls else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.retry_for < 0:
+        raise UsageError("--retry-for must not be negative")
     _setup_logging(logging.WARNING)
+    options = {
+        "connection_config": connection_config,
+        "ssl": context,
+        "server_hostname": args.tls_server_name,
+        "retry_for": args.retry_for,
+    }
     if dataset.samples < count:
         raise UsageError(f"{dataset.samples} samples cannot be split into {count} shards")
     try:
-        result = run_coroutine(worker_main(host, port, dataset, index=index, workers=count, seed=args.seed))
+        result = run_coroutine(
+            worker_main(host, port, dataset, index=index, workers=count, seed=args.seed, **options)
+        )
     except OSError as exc:
         print(
             f"aiodq worker: cannot reach the master at {host}:{port}: {exc.strerror or exc}", file=sys.stderr

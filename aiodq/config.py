@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits"]
@@ -51,6 +53,12 @@ class ConnectionConfig:
     #: announces the same set in its HELLO or WELCOME; received vectors in
     #: other encodings are refused with UNSUPPORTED_ENCODING.
     encodings: frozenset[int] | None = None
+    #: Shared secret for the HMAC handshake (wire-format.md 7.12-7.14), or None.  A master
+    #: with a secret refuses workers that cannot prove they hold it; a worker with a secret
+    #: refuses a master that cannot.
+    secret: bytes | None = None
+    #: Source of nonces for the handshake (``secrets.token_bytes``; tests may inject one).
+    nonce_source: Callable[[int], bytes] = secrets.token_bytes
 
     def __post_init__(self) -> None:
         for label in ("handshake_timeout", "heartbeat_interval", "idle_timeout"):
@@ -59,3 +67,5 @@ class ConnectionConfig:
                 raise ValueError(f"{label} must be positive, got {value!r}")
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError("heartbeat_interval must be shorter than idle_timeout")
+        if self.secret is not None and len(self.secret) < 16:
+            raise ValueError("the shared secret must be at least 16 bytes")

@@ -25,9 +25,13 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
+from .auth import NONCE_SIZE, master_mac, verify, worker_mac
 from .config import ConnectionConfig
 from .errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
+    AuthChallenge,
+    AuthConfirm,
+    AuthResponse,
     Close,
     Config,
     ConnectionClosed,
@@ -93,7 +97,12 @@ _SENDER: dict[MessageType, Role | None] = {
     MessageType.HEARTBEAT: None,
     MessageType.ERROR: None,
     MessageType.CLOSE: None,
+    MessageType.AUTH_CHALLENGE: Role.MASTER,
+    MessageType.AUTH_RESPONSE: Role.WORKER,
+    MessageType.AUTH_CONFIRM: Role.MASTER,
 }
+#: Messages the connection sends and consumes itself (wire-format.md 7.12-7.14).
+_AUTH = frozenset({MessageType.AUTH_CHALLENGE, MessageType.AUTH_RESPONSE, MessageType.AUTH_CONFIRM})
 _LIVE = frozenset({ConnectionState.CONFIGURING, ConnectionState.READY})
 _STATES: dict[MessageType, frozenset[ConnectionState]] = {
     MessageType.HELLO: frozenset({ConnectionState.HANDSHAKE}),
@@ -113,6 +122,9 @@ _STATES: dict[MessageType, frozenset[ConnectionState]] = {
             ConnectionState.READY,
         }
     ),
+    MessageType.AUTH_CHALLENGE: frozenset({ConnectionState.HANDSHAKE}),
+    MessageType.AUTH_RESPONSE: frozenset({ConnectionState.HANDSHAKE}),
+    MessageType.AUTH_CONFIRM: frozenset({ConnectionState.HANDSHAKE}),
 }
 
 
@@ -171,6 +183,11 @@ class Connection:
         self._close_sent = False
         self._peer_closed = False
         self._offered: tuple[int, int] | None = None
+        #: True once the shared-secret handshake succeeded (always False without a secret).
+        self.authenticated = False
+        self._held_hello: Hello | None = None
+        self._master_nonce: bytes | None = None
+        self._worker_nonce: bytes | None = None
         self._state_before_close = ConnectionState.HANDSHAKE
         #: Body bytes received, by message type name; "header" counts every frame header.
         self.bytes_received: dict[str, int] = {}
@@ -233,30 +250,32 @@ class Connection:
             RemoteProtocolError: the peer broke the protocol.  The connection is
                 closed and a CLOSE frame with the error code is queued to send.
         """
-        if self._events:
-            return self._events.popleft()
-        if self._state is ConnectionState.CLOSED:
-            return self._stream_end() if self._eof else None
-        try:
-            frame = self._reader.next_frame()
-        except CodecError as exc:
-            self._fail(exc.code, str(exc))
-            raise RemoteProtocolError(str(exc), exc.code) from exc
-        if frame is None:
-            if not self._eof:
-                return None
-            if self._reader.buffered:
-                reason = f"stream ended inside a frame ({self._reader.buffered} bytes buffered)"
-                self._fail(ErrorCode.MALFORMED_FRAME, reason)
-                raise RemoteProtocolError(reason, ErrorCode.MALFORMED_FRAME)
-            self._state = ConnectionState.CLOSED
-            return self._stream_end()
-        try:
-            event = self._receive_frame(frame)
-        except (CodecError, _ViolationError) as exc:
-            self._fail(exc.code, str(exc))
-            raise RemoteProtocolError(str(exc), exc.code) from exc
-        return event
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self._state is ConnectionState.CLOSED:
+                return self._stream_end() if self._eof else None
+            try:
+                frame = self._reader.next_frame()
+            except CodecError as exc:
+                self._fail(exc.code, str(exc))
+                raise RemoteProtocolError(str(exc), exc.code) from exc
+            if frame is None:
+                if not self._eof:
+                    return None
+                if self._reader.buffered:
+                    reason = f"stream ended inside a frame ({self._reader.buffered} bytes buffered)"
+                    self._fail(ErrorCode.MALFORMED_FRAME, reason)
+                    raise RemoteProtocolError(reason, ErrorCode.MALFORMED_FRAME)
+                self._state = ConnectionState.CLOSED
+                return self._stream_end()
+            try:
+                event = self._receive_frame(frame)
+            except (CodecError, _ViolationError) as exc:
+                self._fail(exc.code, str(exc))
+                raise RemoteProtocolError(str(exc), exc.code) from exc
+            if event is not None:
+                return event
 
     def _stream_end(self) -> ConnectionClosed | None:
         """The one ConnectionClosed event at the end of the stream."""
@@ -265,7 +284,7 @@ class Connection:
         self._ended = True
         return ConnectionClosed(clean=self._close_sent and self._peer_closed, code=self._close_code)
 
-    def _receive_frame(self, frame: Frame) -> Event:
+    def _receive_frame(self, frame: Frame) -> Event | None:
         self._count(self.bytes_received, self.messages_received, frame.type, len(frame.body))
         try:
             message_type = MessageType(frame.type)
@@ -275,7 +294,11 @@ class Connection:
             ) from None
         # wire-format.md 6.1: HELLO, WELCOME and every frame before the negotiation carry
         # version 1; later frames the negotiated one.
-        handshake = message_type in (MessageType.HELLO, MessageType.WELCOME) or self._version is None
+        handshake = (
+            message_type in (MessageType.HELLO, MessageType.WELCOME)
+            or message_type in _AUTH
+            or self._version is None
+        )
         expected = 1 if handshake else self._version
         if frame.version != expected:
             raise _ViolationError(
@@ -284,6 +307,63 @@ class Connection:
         self._check_order(message_type, sender=self._peer_role)
         event = decode_message(frame, self._context)
         self._check_content(event, sender=self._peer_role)
+        if message_type in _AUTH or (isinstance(event, Hello | Welcome) and self._config.secret is not None):
+            return self._authenticate(event)
+        self._apply(event, sent=False)
+        return event
+
+    # -- authentication (wire-format.md 7.12-7.14; aiodq.auth) ---------------------
+
+    def _authenticate(self, event: Event) -> Event | None:
+        """Run the shared-secret handshake; hold the peer's HELLO back until it has passed."""
+        secret = self._config.secret
+        if isinstance(event, Hello):  # master, with a secret: challenge before anything else
+            assert secret is not None
+            self._apply(event, sent=False)
+            self._held_hello = event
+            self._master_nonce = self._config.nonce_source(NONCE_SIZE)
+            self._emit(AuthChallenge(nonce=self._master_nonce))
+            return None
+        if isinstance(event, AuthChallenge):  # worker
+            if secret is None:
+                raise _ViolationError(
+                    "the master requires authentication; no secret is configured", ErrorCode.AUTH_FAILED
+                )
+            if self._master_nonce is not None:
+                raise _ViolationError("a second AUTH_CHALLENGE", ErrorCode.UNEXPECTED_MESSAGE)
+            self._master_nonce = event.nonce
+            self._worker_nonce = self._config.nonce_source(NONCE_SIZE)
+            self._emit(
+                AuthResponse(
+                    nonce=self._worker_nonce, mac=worker_mac(secret, event.nonce, self._worker_nonce)
+                )
+            )
+            return None
+        if isinstance(event, AuthResponse):  # master
+            if secret is None or self._held_hello is None or self._master_nonce is None:
+                raise _ViolationError("AUTH_RESPONSE without a challenge", ErrorCode.UNEXPECTED_MESSAGE)
+            if not verify(worker_mac(secret, self._master_nonce, event.nonce), event.mac):
+                raise _ViolationError(
+                    "the worker's proof of the shared secret is wrong", ErrorCode.AUTH_FAILED
+                )
+            self._emit(AuthConfirm(mac=master_mac(secret, self._master_nonce, event.nonce)))
+            self.authenticated = True
+            hello, self._held_hello = self._held_hello, None
+            return hello
+        if isinstance(event, AuthConfirm):  # worker
+            if secret is None or self._worker_nonce is None or self.authenticated:
+                raise _ViolationError("AUTH_CONFIRM without a response", ErrorCode.UNEXPECTED_MESSAGE)
+            assert self._master_nonce is not None
+            if not verify(master_mac(secret, self._master_nonce, self._worker_nonce), event.mac):
+                raise _ViolationError(
+                    "the master's proof of the shared secret is wrong", ErrorCode.AUTH_FAILED
+                )
+            self.authenticated = True
+            return None
+        # A WELCOME to a worker that holds a secret: only after the master proved itself.
+        assert isinstance(event, Welcome)
+        if not self.authenticated:
+            raise _ViolationError("the master did not authenticate", ErrorCode.AUTH_FAILED)
         self._apply(event, sent=False)
         return event
 
@@ -300,6 +380,10 @@ class Connection:
             message_type = message_type_of(event)
         except TypeError as exc:
             raise LocalProtocolError(str(exc)) from exc
+        if message_type in _AUTH:
+            raise LocalProtocolError(f"{message_type.name} is sent by the connection itself")
+        if isinstance(event, Welcome) and self._config.secret is not None and not self.authenticated:
+            raise LocalProtocolError("WELCOME before the worker authenticated", ErrorCode.AUTH_FAILED)
         try:
             reason = getattr(event, "reason", "")
             if len(reason.encode()) > self._config.limits.max_reason_bytes:

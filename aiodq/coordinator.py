@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .algorithms import MasterState, TrainConfig
+from .checkpoint import Checkpoint, CheckpointError
 from .config import ConnectionConfig
 from .connection import ConnectionState, MasterConnection
 from .errors import ErrorCode, RemoteProtocolError
@@ -180,6 +181,9 @@ class Coordinator:
         self.errors: list[tuple[int, str, str]] = []
         self._payload_bits: Counter[tuple[str, str]] = Counter()
         self.finished_at: float | None = None
+        #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
+        #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
+        self._resuming = False
 
     # -- the shell's interface -------------------------------------------------
 
@@ -336,6 +340,12 @@ class Coordinator:
             self.phase = Phase.JOINING
             return
         state = self.state
+        if self._resuming:
+            # A mid-epoch restart: the workers have x_snap again; x, g_snap, the version
+            # and the epoch's applied updates come from the checkpoint.
+            self._resuming = False
+            self._start_inner_loop(active, now)
+            return
         loss = state.finish_snapshot_phase(self._gradient_sum, self._loss_sum, self._samples)
         self.trace.append(
             EpochRecord(
@@ -351,6 +361,10 @@ class Coordinator:
         if state.epoch >= self.config.epochs or not math.isfinite(loss):
             self._finish(now)
             return
+        self._start_inner_loop(active, now)
+
+    def _start_inner_loop(self, active: list[_Worker], now: float) -> None:
+        state = self.state
         self.phase = Phase.INNER
         if state.spec.needs_full_gradient:
             full = FullGradient(epoch=state.epoch, vector=RawVector(state.full_gradient))
@@ -403,6 +417,66 @@ class Coordinator:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
         if was_member and self.phase is Phase.SNAPSHOT:
             self._maybe_finish_snapshot_phase(now)
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def checkpoint(self, now: float) -> Checkpoint:
+        """Everything needed to continue this run later (see :mod:`aiodq.checkpoint`)."""
+        arrays, state_meta = self.state.to_checkpoint()
+        traffic = self.traffic()
+        meta = {
+            "config": self.config.to_params(),
+            "dim": self.dim,
+            "workers": self.expected_workers,
+            "phase": self.phase.value,
+            "elapsed": now - self._started,
+            "state": state_meta,
+            "trace": [asdict(record) for record in self.trace],
+            "applied_staleness": [[k, v] for k, v in self.applied_staleness.items()],
+            "dropped": dict(self.dropped),
+            "errors": [list(error) for error in self.errors],
+            "traffic": {
+                name: [[d, k, v] for (d, k), v in getattr(traffic, name).items()]
+                for name in ("wire_bytes", "messages", "payload_bits")
+            },
+        }
+        return Checkpoint(arrays, meta)
+
+    def restore(self, checkpoint: Checkpoint, now: float) -> None:
+        """Continue from ``checkpoint``: call before any worker connects.
+
+        Losing only the work since the checkpoint: a checkpoint taken in the inner
+        loop resumes that epoch where it stood, after the workers have been sent
+        x_snap again; one taken in a snapshot phase repeats that phase.
+
+        Raises:
+            CheckpointError: if the checkpoint belongs to another configuration or is finished.
+        """
+        meta = checkpoint.meta
+        if meta.get("config") != self.config.to_params() or meta.get("dim") != self.dim:
+            raise CheckpointError(
+                "the checkpoint was written by a run with another configuration or dimension"
+            )
+        if meta.get("phase") == Phase.DONE.value:
+            raise CheckpointError("the checkpointed run had already finished")
+        if self._workers:
+            raise CheckpointError("restore() must come before any worker connects")
+        try:
+            self.state.restore(checkpoint.arrays, meta["state"])
+            self.trace = [EpochRecord(**record) for record in meta["trace"]]
+            self.applied_staleness = Counter({int(k): int(v) for k, v in meta["applied_staleness"]})
+            self.dropped = Counter({str(k): int(v) for k, v in meta["dropped"].items()})
+            self.errors = [(int(w), str(c), str(r)) for w, c, r in meta["errors"]]
+            for name, rows in meta["traffic"].items():
+                table = self._retired.wire_bytes if name == "wire_bytes" else self._retired.messages
+                if name == "payload_bits":
+                    table = self._payload_bits
+                for direction, kind, value in rows:
+                    table[str(direction), str(kind)] += int(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc}") from exc
+        self._started = now - float(meta["elapsed"])
+        self._resuming = meta["phase"] == Phase.INNER.value
 
     # -- results ----------------------------------------------------------------
 

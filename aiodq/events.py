@@ -14,6 +14,9 @@ from typing import TypeAlias
 from .vectors import RawVector, Vector
 
 __all__ = [
+    "AuthChallenge",
+    "AuthConfirm",
+    "AuthResponse",
     "Close",
     "Config",
     "ConnectionClosed",
@@ -242,6 +245,47 @@ class Close:
         _check_code(self.code)
 
 
+def _check_bytes(name: str, value: bytes, size: int) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"{name} must be {size} bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthChallenge:
+    """Master to worker: the master's nonce (7.12).  Sent and checked by the connection itself."""
+
+    #: 32 fresh random bytes.
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes("nonce", self.nonce, 32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthResponse:
+    """Worker to master: the worker's nonce and proof (7.13).  Sent and checked by the connection."""
+
+    #: 32 fresh random bytes.
+    nonce: bytes
+    #: HMAC-SHA256 of the worker label and both nonces (aiodq.auth).
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes("nonce", self.nonce, 32)
+        _check_bytes("mac", self.mac, 32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfirm:
+    """Master to worker: the master's proof (7.14).  Sent and checked by the connection."""
+
+    #: HMAC-SHA256 of the master label and both nonces (aiodq.auth).
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes("mac", self.mac, 32)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionClosed:
     """Local event: the byte stream ended (not a message)."""
@@ -266,5 +310,8 @@ Event: TypeAlias = (
     | Heartbeat
     | Error
     | Close
+    | AuthChallenge
+    | AuthResponse
+    | AuthConfirm
     | ConnectionClosed
 )

@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as ssl_module
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from . import checkpoint as checkpoint_file
 from .algorithms import TrainConfig
 from .config import ConnectionConfig
 from .coordinator import Coordinator
@@ -45,8 +48,35 @@ class Master:
         host: str = "127.0.0.1",
         port: int = 0,
         connection_config: ConnectionConfig | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_interval: float = 60.0,
+        resume: bool = False,
     ) -> None:
+        """Configure; nothing runs until :meth:`start` (or ``async with``).
+
+        Args:
+            config: the run's hyperparameters.
+            x0: the initial model.
+            workers: the number of workers M to wait for.
+            host: the address to listen on.
+            port: the port (0: any free port; see :attr:`address`).
+            connection_config: limits, timeouts and the shared secret of every connection.
+            ssl: a server-side TLS context (with client-certificate checks for mutual TLS).
+            checkpoint: a file to checkpoint the whole state into, atomically.
+            checkpoint_interval: seconds between checkpoints.
+            resume: continue from ``checkpoint`` instead of starting afresh.
+        """
+        if resume and checkpoint is None:
+            raise ValueError("resume needs a checkpoint file")
+        if not checkpoint_interval > 0:
+            raise ValueError("checkpoint_interval must be positive")
         self.config = config
+        self._ssl = ssl
+        self._checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self._checkpoint_interval = checkpoint_interval
+        self._resume = resume
+        self._last_checkpoint = 0.0
         self._x0 = x0
         self._workers = workers
         self._host = host
@@ -72,7 +102,18 @@ class Master:
         self.coordinator = Coordinator(
             self.config, self._x0, workers=self._workers, connection_config=self._connection_config, now=0.0
         )
-        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_SIZE)
+        if self._resume:
+            assert self._checkpoint is not None
+            self.coordinator.restore(checkpoint_file.load(self._checkpoint), 0.0)
+            _log.info(
+                "resumed from %s at epoch %d, version %d",
+                self._checkpoint,
+                self.coordinator.state.epoch,
+                self.coordinator.state.version,
+            )
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._port, limit=_READ_SIZE, ssl=self._ssl
+        )
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
 
     @property
@@ -214,3 +255,21 @@ class Master:
             await asyncio.sleep(delay)
             self.coordinator.handle_timer(self._now())
             await self._flush()
+            if (
+                self._checkpoint is not None
+                and self._now() - self._last_checkpoint >= self._checkpoint_interval
+            ):
+                self.write_checkpoint()
+
+    def write_checkpoint(self) -> None:
+        """Checkpoint the whole state now (atomically), if a checkpoint file was configured."""
+        if self._checkpoint is None or self.coordinator is None or self.coordinator.done:
+            return
+        checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
+        self._last_checkpoint = self._now()
+        _log.info(
+            "checkpoint written to %s (epoch %d, version %d)",
+            self._checkpoint,
+            self.coordinator.state.epoch,
+            self.coordinator.state.version,
+        )

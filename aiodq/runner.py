@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .algorithms import TrainConfig
+from .config import ConnectionConfig
 from .data import Dataset, load_dataset, shard
 from .master import Master
 from .models import make_model
@@ -174,9 +176,14 @@ async def run_local(
 
     console = Console(stderr=True)
     x0 = initial_model(config, dataset)
-    async with Master(config, x0, workers=workers, host="127.0.0.1", port=0) as master:
+    # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
+    secret = secrets.token_hex(32)
+    connection_config = ConnectionConfig(secret=secret.encode())
+    async with Master(
+        config, x0, workers=workers, host="127.0.0.1", port=0, connection_config=connection_config
+    ) as master:
         host, port = master.address
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", AIODQ_SECRET=secret)
         processes = [
             await asyncio.create_subprocess_exec(
                 *_worker_command(host, port, i, workers, data=data_path, seed=config.seed),
@@ -257,11 +264,14 @@ async def run_local(
 
 
 async def master_main(
-    config: TrainConfig, dataset: Dataset, host: str, port: int, workers: int
+    config: TrainConfig, dataset: Dataset, host: str, port: int, workers: int, **options: Any
 ) -> dict[str, Any]:
-    """``aiodq master``: serve until training finishes; return the summary."""
+    """``aiodq master``: serve until training finishes; return the summary.
+
+    ``options`` go to :class:`~aiodq.master.Master` (TLS, connection config, checkpoints).
+    """
     x0 = initial_model(config, dataset)
-    async with Master(config, x0, workers=workers, host=host, port=port) as master:
+    async with Master(config, x0, workers=workers, host=host, port=port, **options) as master:
         bound_host, bound_port = master.address
         print(
             f"aiodq master listening on {bound_host}:{bound_port}, waiting for {workers} workers", flush=True
@@ -272,13 +282,22 @@ async def master_main(
 
 
 async def worker_main(
-    host: str, port: int, dataset: Dataset, *, index: int, workers: int, seed: int
+    host: str, port: int, dataset: Dataset, *, index: int, workers: int, seed: int, **options: Any
 ) -> WorkerResult:
-    """``aiodq worker``: train on shard ``index`` of ``workers`` until the master closes."""
+    """``aiodq worker``: train on shard ``index`` of ``workers`` until the master closes.
+
+    ``options`` go to :func:`~aiodq.worker.run_worker` (TLS, connection config, retries).
+    """
     rows = shard(dataset.samples, workers, index, seed=seed)
     part = dataset.rows(rows)
     return await run_worker(
-        host, port, part.features, part.labels, name=f"shard-{index}/{workers}", classes=classes_of(dataset)
+        host,
+        port,
+        part.features,
+        part.labels,
+        name=f"shard-{index}/{workers}",
+        classes=classes_of(dataset),
+        **options,
     )
 
 

@@ -40,7 +40,11 @@ IntArray: TypeAlias = npt.NDArray[np.integer[Any]]
 
 def is_float32(value: float) -> bool:
     """Return True if ``value`` is exactly representable as a float32."""
-    return bool(np.float32(value) == value) or math.isnan(value)
+    if math.isnan(value):
+        return True
+    with np.errstate(over="ignore"):
+        # Compare as Python floats: numpy 2 would convert ``value`` to float32 first.
+        return float(np.float32(value)) == value
 
 
 def _readonly(array: npt.NDArray[Any]) -> npt.NDArray[Any]:

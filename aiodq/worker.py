@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ from .models import Features
 from .session import WorkerSession
 
 __all__ = ["WorkerResult", "run_worker"]
+
+_log = logging.getLogger("aiodq.worker")
 
 _READ_SIZE = 1 << 18
 
@@ -44,6 +48,10 @@ class WorkerResult:
         return self.code == ErrorCode.NO_ERROR
 
 
+#: Codes after which reconnecting cannot help.
+_PERMANENT = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.INVALID_CONFIG, ErrorCode.UNSUPPORTED_VERSION})
+
+
 async def run_worker(
     host: str,
     port: int,
@@ -53,13 +61,78 @@ async def run_worker(
     name: str = "",
     classes: int | None = None,
     connection_config: ConnectionConfig | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+    retry_for: float = 0.0,
 ) -> WorkerResult:
     """Connect to the master at ``host:port`` and train until it closes the session.
 
+    Args:
+        host: the master's address.
+        port: the master's port.
+        features: this worker's shard of the samples.
+        labels: their labels.
+        name: a name for the master's logs.
+        classes: number of classes (default: from the labels).
+        connection_config: limits, timeouts and the shared secret.
+        ssl: a client-side TLS context (with a client certificate for mutual TLS).
+        server_hostname: the name to check the master's certificate against (default ``host``).
+        retry_for: keep reconnecting, with exponential backoff from 0.1 s to 5 s, for this
+            many seconds when the master cannot be reached or goes away before the end of
+            training (0: no retries).  A refusal that retrying cannot fix (authentication,
+            configuration, version) ends at once.
+
     Raises:
-        OSError: if the master cannot be reached.
+        OSError: if the master cannot be reached (after the retries).
     """
-    reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    backoff = 0.1
+    gradients = 0
+    while True:
+        try:
+            result = await _session(
+                host,
+                port,
+                features=features,
+                labels=labels,
+                name=name,
+                classes=classes,
+                connection_config=connection_config,
+                ssl=ssl,
+                server_hostname=server_hostname,
+            )
+        except OSError:
+            if loop.time() + backoff > deadline:
+                raise
+            _log.warning("cannot reach the master at %s:%d; retrying in %.1f s", host, port, backoff)
+        else:
+            gradients += result.gradients
+            if result.ok or result.code in _PERMANENT or loop.time() + backoff > deadline:
+                return WorkerResult(result.code, result.reason, gradients)
+            _log.warning(
+                "session ended (%d: %s); reconnecting in %.1f s", result.code, result.reason, backoff
+            )
+        await asyncio.sleep(backoff)
+        backoff = min(2 * backoff, 5.0)
+
+
+async def _session(
+    host: str,
+    port: int,
+    *,
+    features: Features,
+    labels: npt.NDArray[Any],
+    name: str,
+    classes: int | None,
+    connection_config: ConnectionConfig | None,
+    ssl: ssl_module.SSLContext | None,
+    server_hostname: str | None,
+) -> WorkerResult:
+    """One connection: from HELLO to the master's CLOSE or the end of the stream."""
+    reader, writer = await asyncio.open_connection(
+        host, port, limit=_READ_SIZE, ssl=ssl, server_hostname=server_hostname if ssl else None
+    )
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -92,6 +165,8 @@ async def run_worker(
                 if data and not writer.is_closing():
                     writer.write(data)
                 break
+    except (ConnectionError, OSError):
+        pass  # the master went away while we wrote: reported below as an unclean end
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):

@@ -49,6 +49,12 @@ class MessageType(IntEnum):
     ERROR = 0x0A
     #: "Either direction: end of session."
     CLOSE = 0x0B
+    #: "Master to worker: prove you hold the secret; a 32-byte nonce."
+    AUTH_CHALLENGE = 0x0C
+    #: "Worker to master: the worker's nonce and its HMAC."
+    AUTH_RESPONSE = 0x0D
+    #: "Master to worker: the master's HMAC."
+    AUTH_CONFIRM = 0x0E
 
 
 #: MODEL flag: "the vector is x - x_snap, not x" (wire-format.md 7.7).

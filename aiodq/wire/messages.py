@@ -15,6 +15,9 @@ import msgpack
 from ..config import DEFAULT_LIMITS, Limits
 from ..errors import CodecError, ErrorCode
 from ..events import (
+    AuthChallenge,
+    AuthConfirm,
+    AuthResponse,
     Close,
     Config,
     Error,
@@ -61,6 +64,9 @@ _TYPES: dict[type, MessageType] = {
     Heartbeat: MessageType.HEARTBEAT,
     Error: MessageType.ERROR,
     Close: MessageType.CLOSE,
+    AuthChallenge: MessageType.AUTH_CHALLENGE,
+    AuthResponse: MessageType.AUTH_RESPONSE,
+    AuthConfirm: MessageType.AUTH_CONFIRM,
 }
 
 
@@ -92,8 +98,8 @@ def _packb(value: Mapping[str, Any]) -> bytes:
 def encode_message(event: Event, version: int = 1) -> bytes:
     """Encode ``event`` as one frame.
 
-    HELLO and WELCOME always carry header version 1 (wire-format.md 6.1); the
-    others carry ``version``, the negotiated one.
+    HELLO, WELCOME and the AUTH messages always carry header version 1
+    (wire-format.md 6.1); the others carry ``version``, the negotiated one.
 
     Raises:
         TypeError: if ``event`` is not a wire message.
@@ -149,6 +155,12 @@ def encode_message(event: Event, version: int = 1) -> bytes:
         parts = [uvarint(event.epoch), uvarint(event.version), *encode_vector(event.vector)]
     elif isinstance(event, Heartbeat):
         parts = []
+    elif isinstance(event, AuthChallenge):
+        version, parts = 1, [event.nonce]
+    elif isinstance(event, AuthResponse):
+        version, parts = 1, [event.nonce, event.mac]
+    elif isinstance(event, AuthConfirm):
+        version, parts = 1, [event.mac]
     elif isinstance(event, Error):
         parts = [
             pack_u16(event.code),
@@ -342,6 +354,19 @@ def decode_message(frame: Frame, context: DecodeContext) -> Event:
     elif message_type == MessageType.HEARTBEAT:
         cursor.expect_end("HEARTBEAT")
         event = Heartbeat()
+    elif message_type == MessageType.AUTH_CHALLENGE:
+        nonce = bytes(cursor.take(32, "nonce"))
+        cursor.expect_end("AUTH_CHALLENGE")
+        event = AuthChallenge(nonce=nonce)
+    elif message_type == MessageType.AUTH_RESPONSE:
+        nonce = bytes(cursor.take(32, "nonce"))
+        mac = bytes(cursor.take(32, "mac"))
+        cursor.expect_end("AUTH_RESPONSE")
+        event = AuthResponse(nonce=nonce, mac=mac)
+    elif message_type == MessageType.AUTH_CONFIRM:
+        mac = bytes(cursor.take(32, "mac"))
+        cursor.expect_end("AUTH_CONFIRM")
+        event = AuthConfirm(mac=mac)
     elif message_type == MessageType.ERROR:
         code = cursor.u16("code")
         epoch = cursor.uvarint("epoch")

@@ -124,7 +124,9 @@ def test_malformed_data_exits_2(tmp_path: Path) -> None:
 def test_unreachable_master_exits_1() -> None:
     """A worker whose master does not answer exits 1 with a clear message."""
     port = free_port()
-    result = aiodq("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/1", timeout=60)
+    result = aiodq(
+        "worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/1", "--retry-for", "1", timeout=60
+    )
     assert result.returncode == 1
     assert f"cannot reach the master at 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
