@@ -308,6 +308,13 @@ class Coordinator:
         worker.joined = True
         if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
             self._start_snapshot_phase(now)
+        elif self.phase in (Phase.SNAPSHOT, Phase.INNER):
+            # A worker that (re)joins a running session: in a snapshot phase it takes part;
+            # in the inner loop it gets x_snap first and then models, and its shard enters
+            # g_snap and F from the next snapshot phase on.
+            worker.active = True
+            worker.awaiting_snapshot = True
+            self._send(worker, Snapshot(epoch=self.state.epoch, vector=RawVector(self.state.snapshot)), now)
 
     def _start_snapshot_phase(self, now: float) -> None:
         state = self.state
@@ -325,6 +332,18 @@ class Coordinator:
 
     def _snapshot_gradient(self, worker: _Worker, event: SnapshotGradient, now: float) -> None:
         worker.awaiting_snapshot = False
+        if self.phase is Phase.INNER:
+            # A late joiner now holds x_snap: bring it into the inner loop.
+            if self.state.spec.needs_full_gradient:
+                self._send(
+                    worker,
+                    FullGradient(epoch=self.state.epoch, vector=RawVector(self.state.full_gradient)),
+                    now,
+                )
+            self._send_model(worker, now)
+            return
+        if self.phase is not Phase.SNAPSHOT:
+            return
         self._gradient_sum += event.vector.values
         self._loss_sum += event.loss
         self._samples += event.samples
