@@ -9,6 +9,8 @@ The kept values are then quantized with the infinity-norm grid of section 3.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -97,12 +99,39 @@ def sparsify_with_uniforms(
 def sparsify(
     gradient: npt.ArrayLike, budget: float, rng: np.random.Generator, *, exact: bool = False
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """The unbiased sparsifier S(alpha): return the kept ``(indices, alpha_j / p_j)``."""
-    alpha = np.asarray(gradient, dtype=np.float64)
-    p = keep_probabilities(alpha, budget, exact=exact)
+    """The unbiased sparsifier S(alpha): return the kept ``(indices, alpha_j / p_j)``.
+
+    The same draw as :func:`keep_probabilities` then :func:`sparsify_with_uniforms`
+    with 32-bit uniforms, but without forming every p_j: coordinate j is kept
+    when ``r_j < |alpha_j| * phi / ||alpha||_1 * 2**32`` (always when p_j = 1),
+    and p_j is computed for the kept coordinates only.
+    """
+    alpha = np.asarray(gradient)
+    if not np.issubdtype(alpha.dtype, np.floating):
+        alpha = alpha.astype(np.float64)
     words = rng.bit_generator.random_raw((alpha.shape[0] + 1) // 2)
     uniforms = np.asarray(words, dtype=np.uint64).view(np.uint32)[: alpha.shape[0]]
-    return sparsify_with_uniforms(alpha, p, uniforms)
+    if exact:
+        alpha = alpha.astype(np.float64, copy=False)
+        return sparsify_with_uniforms(alpha, keep_probabilities(alpha, budget, exact=True), uniforms)
+    if alpha.ndim != 1 or alpha.shape[0] == 0:
+        raise ValueError("gradient must be a non-empty one-dimensional array")
+    if not 0 < budget < float("inf"):
+        raise ValueError(f"the budget phi must be positive and finite, got {budget!r}")
+    magnitude = np.abs(alpha)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(magnitude.sum(dtype=np.float64))
+    if not math.isfinite(total):
+        # NaN or infinity (refused by check_finite), or a 1-norm beyond float64: the scaled path.
+        alpha = alpha.astype(np.float64, copy=False)
+        return sparsify_with_uniforms(alpha, keep_probabilities(alpha, budget), uniforms)
+    if total == 0.0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    factor = budget / total
+    threshold = np.multiply(magnitude, factor * _UNIFORM_SCALE, dtype=np.float64)
+    indices = np.flatnonzero(uniforms < threshold)
+    p = np.minimum(magnitude[indices] * factor, 1.0)
+    return indices, alpha[indices].astype(np.float64) / p
 
 
 def quantize_sparse(
