@@ -325,6 +325,8 @@ class Connection:
             self._emit(AuthChallenge(nonce=self._master_nonce))
             return None
         if isinstance(event, AuthChallenge):  # worker
+            if self._offered is None:
+                raise _ViolationError("AUTH_CHALLENGE before HELLO", ErrorCode.UNEXPECTED_MESSAGE)
             if secret is None:
                 raise _ViolationError(
                     "the master requires authentication; no secret is configured", ErrorCode.AUTH_FAILED

@@ -69,6 +69,9 @@ from .config import ConnectionConfig, Limits
 from .connection import Connection, ConnectionState, MasterConnection, WorkerConnection
 from .errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
+    AuthChallenge,
+    AuthConfirm,
+    AuthResponse,
     Close,
     Config,
     ConnectionClosed,
@@ -292,6 +295,9 @@ def build_corpus(seed: int, dim: int = DEFAULT_DIM) -> tuple[SeedFrame, ...]:
         Error(code=0xFFFF, reason="é" * 40),
         Close(),
         Close(code=int(ErrorCode.GOING_AWAY), reason="bye ✓"),
+        AuthChallenge(nonce=bytes(range(32))),
+        AuthResponse(nonce=bytes(32), mac=bytes(range(32, 64))),
+        AuthConfirm(mac=b"\xff" * 32),
     ]
     for vector_dim in (dim, 1, dim + 1):
         vectors = _vectors(rng, vector_dim)

@@ -12,7 +12,14 @@ Vector kinds (the ``kind`` field):
 - ``valid``: one whole frame and the event it decodes to, field by field.
 - ``invalid``: one frame and the exact wire error code that decoding raises.
 - ``quantizer``: explicit-dither quantizer and sparsifier inputs and outputs.
-- ``story``: ordered steps over a master/worker connection pair.
+- ``story``: ordered steps over a master/worker connection pair.  A story may carry
+  ``master_config`` / ``worker_config``: ``{"secret": hex, "nonces": [hex, ...]}`` for a
+  ConnectionConfig with that shared secret whose nonce source hands out the nonces in order
+  (wire-format.md 7.12-7.14).
+
+The proofs of the AUTH messages are computed twice, with aiodq.auth and with Python's hmac
+module straight from the formulas of wire-format.md 7.12; the script refuses to write anything
+when the two disagree.
 
 Floats never appear as JSON numbers: they are IEEE-754 bit patterns in hex
 ("0x3f800000" for a float32, 16 hex digits for a float64).
@@ -20,6 +27,8 @@ Floats never appear as JSON numbers: they are IEEE-754 bit patterns in hex
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import struct
@@ -34,10 +43,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from aiodq.auth import master_mac, worker_mac  # noqa: E402
 from aiodq.config import ConnectionConfig, Limits  # noqa: E402
 from aiodq.connection import MasterConnection, WorkerConnection  # noqa: E402
 from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError  # noqa: E402
 from aiodq.events import (  # noqa: E402
+    AuthChallenge,
+    AuthConfirm,
+    AuthResponse,
     Close,
     Config,
     ConnectionClosed,
@@ -274,7 +287,66 @@ def event_fields(ev: Any) -> dict[str, Any]:
         out.update(code=ev.code, reason=ev.reason)
     elif isinstance(ev, ConnectionClosed):
         out.update(clean=ev.clean, code=ev.code)
+    elif isinstance(ev, AuthChallenge):
+        out.update(nonce=ev.nonce.hex())
+    elif isinstance(ev, AuthResponse):
+        out.update(nonce=ev.nonce.hex(), mac=ev.mac.hex())
+    elif isinstance(ev, AuthConfirm):
+        out.update(mac=ev.mac.hex())
     return out
+
+
+# -- the shared-secret handshake (wire-format.md 7.12-7.14) -------------------------------------
+
+#: The shared secret K of the AUTH vectors and stories (at least 16 bytes), and a wrong one.
+SECRET = b"aiodq conformance shared secret!"
+WRONG_SECRET = b"not the conformance secret......"
+#: Fixed nonces: the master's Nm and the worker's Nw (32 bytes each).
+MASTER_NONCE = bytes(range(0x00, 0x20))
+WORKER_NONCE = bytes(range(0xA0, 0xC0))
+WORKER_LABEL = b"aiodq-v1 worker"  # 15 ASCII bytes, no terminator
+MASTER_LABEL = b"aiodq-v1 master"
+
+
+class ProofMismatchError(RuntimeError):
+    """aiodq.auth and the spec's HMAC formula give different proofs: nothing is written."""
+
+
+def proofs(secret: bytes, master_nonce: bytes, worker_nonce: bytes) -> tuple[bytes, bytes]:
+    """(Pw, Pm) of wire-format.md 7.12, from aiodq.auth and checked against hmac/hashlib."""
+    assert len(WORKER_LABEL) == len(MASTER_LABEL) == 15
+    pw = hmac.new(secret, WORKER_LABEL + master_nonce + worker_nonce, hashlib.sha256).digest()
+    pm = hmac.new(secret, MASTER_LABEL + master_nonce + worker_nonce, hashlib.sha256).digest()
+    ref_pw, ref_pm = (
+        worker_mac(secret, master_nonce, worker_nonce),
+        master_mac(secret, master_nonce, worker_nonce),
+    )
+    if ref_pw != pw or ref_pm != pm:
+        raise ProofMismatchError(
+            f"aiodq.auth gives Pw={ref_pw.hex()} Pm={ref_pm.hex()}, hmac gives Pw={pw.hex()} Pm={pm.hex()}"
+        )
+    return pw, pm
+
+
+def auth_config(secret: bytes | None, *nonces: bytes) -> dict[str, Any]:
+    """A story's master_config / worker_config (JSON)."""
+    out: dict[str, Any] = {"nonces": [n.hex() for n in nonces]}
+    if secret is not None:
+        out["secret"] = secret.hex()
+    return out
+
+
+def fixed_nonces(nonces: list[bytes]) -> Any:
+    """A nonce source that hands out ``nonces`` in order (and fails when they run out)."""
+    queue = list(nonces)
+
+    def source(size: int) -> bytes:
+        assert queue, "the story's nonces ran out"
+        nonce = queue.pop(0)
+        assert len(nonce) == size, (len(nonce), size)
+        return nonce
+
+    return source
 
 
 def limits_json(limits: Limits | None) -> dict[str, int] | None:
@@ -319,6 +391,7 @@ def valid(
     version: int = 1,
     context: dict[str, Any] | None = None,
     expect_hex: bytes | None = None,
+    auth: dict[str, str] | None = None,
 ) -> None:
     data = encode_message(event, version)
     if expect_hex is not None and data != expect_hex:
@@ -341,6 +414,8 @@ def valid(
     }
     if context:
         doc["context"] = context
+    if auth:
+        doc["auth"] = auth
     add(slug, doc)
 
 
@@ -697,6 +772,35 @@ def build_valid() -> None:
         context={"limits": {"max_reason_bytes": 8}},
     )
 
+    # 7.12-7.14: the shared-secret handshake.  Fixed nonces; the proofs come from aiodq.auth and
+    # are checked against hmac (proofs()).  "auth" records what they were computed from.
+    pw, pm = proofs(SECRET, MASTER_NONCE, WORKER_NONCE)
+    auth = {"secret": SECRET.hex(), "master_nonce": MASTER_NONCE.hex(), "worker_nonce": WORKER_NONCE.hex()}
+    valid(
+        "auth-challenge",
+        "AUTH_CHALLENGE carrying the master's 32-byte nonce Nm",
+        ["WF-6.1-8", "WF-7.12-1", "WF-7.12-3"],
+        AuthChallenge(nonce=MASTER_NONCE),
+        expect_hex=frame(1, 0x0C, 0, MASTER_NONCE),
+        auth=auth,
+    )
+    valid(
+        "auth-response",
+        "AUTH_RESPONSE: the worker's nonce Nw, then Pw = HMAC-SHA256(K, 'aiodq-v1 worker' || Nm || Nw)",
+        ["WF-6.1-8", "WF-7.13-1", "WF-7.13-2"],
+        AuthResponse(nonce=WORKER_NONCE, mac=pw),
+        expect_hex=frame(1, 0x0D, 0, WORKER_NONCE + pw),
+        auth=auth,
+    )
+    valid(
+        "auth-confirm",
+        "AUTH_CONFIRM: Pm = HMAC-SHA256(K, 'aiodq-v1 master' || Nm || Nw)",
+        ["WF-6.1-8", "WF-7.14-1"],
+        AuthConfirm(mac=pm),
+        expect_hex=frame(1, 0x0E, 0, pm),
+        auth=auth,
+    )
+
 
 # -- invalid vectors ---------------------------------------------------------------------------
 
@@ -762,10 +866,17 @@ def build_invalid() -> None:
         {"limits": {"max_frame_bytes": 64}},
     )
     invalid(
-        "unknown-type-0x0c",
-        "message type 0x0C is not defined",
-        ["WF-3", "WF-7"],
-        frame(1, 0x0C, 0, b""),
+        "unknown-type-0x0f",
+        "message type 0x0F is not defined (0x0C..0x0E are the AUTH messages)",
+        ["WF-3", "WF-7-1"],
+        frame(1, 0x0F, 0, b""),
+        E.UNKNOWN_MESSAGE_TYPE,
+    )
+    invalid(
+        "unknown-type-0xff",
+        "message type 0xFF is not defined, whatever its body",
+        ["WF-3", "WF-7-1"],
+        frame(1, 0xFF, 0, bytes(32)),
         E.UNKNOWN_MESSAGE_TYPE,
     )
     invalid(
@@ -1208,6 +1319,26 @@ def build_invalid() -> None:
         {"limits": {"max_reason_bytes": 8}},
     )
 
+    # AUTH messages (7.12-7.14): a body of the wrong length is MALFORMED_FRAME.
+    for slug, mtype, length, description, cite in (
+        ("auth-challenge-empty", 0x0C, 0, "AUTH_CHALLENGE with an empty body", "WF-7.12-3"),
+        ("auth-challenge-31", 0x0C, 31, "AUTH_CHALLENGE with a 31-byte nonce", "WF-7.12-3"),
+        ("auth-challenge-33", 0x0C, 33, "AUTH_CHALLENGE with 33 body bytes", "WF-7.12-3"),
+        ("auth-response-32", 0x0D, 32, "AUTH_RESPONSE with a nonce and no mac", "WF-7.13-2"),
+        ("auth-response-63", 0x0D, 63, "AUTH_RESPONSE one byte short of 64", "WF-7.13-2"),
+        ("auth-response-65", 0x0D, 65, "AUTH_RESPONSE one byte over 64", "WF-7.13-2"),
+        ("auth-confirm-31", 0x0E, 31, "AUTH_CONFIRM one byte short of 32", "WF-7.14-1"),
+        ("auth-confirm-64", 0x0E, 64, "AUTH_CONFIRM with 64 body bytes", "WF-7.14-1"),
+    ):
+        invalid(slug, description, [cite], frame(1, mtype, 0, bytes(range(length))), E.MALFORMED_FRAME)
+    invalid(
+        "auth-confirm-flag",
+        "AUTH_CONFIRM with flag bit 0 set (the AUTH messages define no flag)",
+        ["WF-3-6", "WF-7.14"],
+        frame(1, 0x0E, 0x01, bytes(32)),
+        E.MALFORMED_FRAME,
+    )
+
 
 # -- quantizer vectors -------------------------------------------------------------------------
 
@@ -1448,21 +1579,32 @@ class Story:
         cites: list[str],
         sides: tuple[str, ...] = ("master", "worker"),
         limits: dict[str, int] | None = None,
+        master_config: dict[str, Any] | None = None,
+        worker_config: dict[str, Any] | None = None,
     ) -> None:
         self.slug, self.description, self.cites = slug, description, cites
         self.sides = sides
         self.limits = limits
+        self.side_configs = {"master": master_config, "worker": worker_config}
         self.conns: dict[str, Any] = {}
-        cfg = None
-        if limits:
-            cfg = ConnectionConfig(limits=Limits(**limits))
         if "master" in sides:
-            self.conns["master"] = MasterConnection(cfg)
+            self.conns["master"] = MasterConnection(self._config(master_config))
         if "worker" in sides:
-            self.conns["worker"] = WorkerConnection(cfg)
+            self.conns["worker"] = WorkerConnection(self._config(worker_config))
         self.steps: list[dict[str, Any]] = []
         self.pending: dict[str, bytes] = {}
         self.ok = True
+
+    def _config(self, auth: dict[str, Any] | None) -> ConnectionConfig | None:
+        """The side's ConnectionConfig: the story's limits, a secret, fixed nonces (JSON as in the doc)."""
+        kwargs: dict[str, Any] = {}
+        if self.limits:
+            kwargs["limits"] = Limits(**self.limits)
+        if auth:
+            if "secret" in auth:
+                kwargs["secret"] = bytes.fromhex(auth["secret"])
+            kwargs["nonce_source"] = fixed_nonces([bytes.fromhex(n) for n in auth.get("nonces", [])])
+        return ConnectionConfig(**kwargs) if kwargs else None
 
     @staticmethod
     def other(side: str) -> str:
@@ -1517,12 +1659,12 @@ class Story:
             self.fail("a refused send queued bytes")
         self.steps.append({"from": side, "send": event_fields(event), "send_error": code.name})
 
-    def queued(self, side: str) -> None:
+    def queued(self, side: str, error: ErrorCode | None = None) -> None:
         """Bytes ``side`` queued by itself (for example the answer to a CLOSE) go to the peer."""
         after_error = side in self.pending
         data = self.pending.pop(side, b"") + self.conns[side].data_to_send()
         step: dict[str, Any] = {"from": side, "queued": True, "hex": data.hex()}
-        self._receive(step, data, self.other(side), None)
+        self._receive(step, data, self.other(side), error)
         if after_error:
             # The reason text of a CLOSE sent on error is the implementation's own wording:
             # only its code is normative, so the runner checks the code and not these bytes.
@@ -1560,6 +1702,9 @@ class Story:
         }
         if self.limits:
             doc["limits"] = self.limits
+        for side, config in self.side_configs.items():
+            if config:
+                doc[f"{side}_config"] = config
         add(self.slug, doc)
 
 
@@ -1797,15 +1942,219 @@ def build_stories() -> None:
     st.inject("worker", struct.pack("<BBBI", 1, 1, 0, 1000), error=E.FRAME_TOO_LARGE)
     st.done()
 
+    build_auth_stories()
+
+
+def build_auth_stories() -> None:
+    """The shared-secret handshake (wire-format.md 7.12-7.14, 6.1-8, 8.1, 9 AUTH_FAILED)."""
+    E = ErrorCode
+    hello = Hello(min_version=1, max_version=1, encodings=frozenset(range(8)), name="w0")
+    welcome = Welcome(version=1, worker_id=7, encodings=frozenset(range(8)))
+    pw, pm = proofs(SECRET, MASTER_NONCE, WORKER_NONCE)
+    master_cfg = auth_config(SECRET, MASTER_NONCE)
+    worker_cfg = auth_config(SECRET, WORKER_NONCE)
+
+    st = Story(
+        "story-auth-handshake",
+        "both sides hold the secret: HELLO, AUTH_CHALLENGE, AUTH_RESPONSE, AUTH_CONFIRM, then WELCOME and "
+        "CONFIG; the AUTH messages are not events and the master's application sees HELLO only after "
+        "AUTH_RESPONSE verified",
+        ["WF-6.1-8", "WF-7.12-1", "WF-7.13-1", "WF-7.13-3", "WF-7.14-1", "WF-7.14-3", "WF-8.1-1"],
+        master_config=master_cfg,
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)  # held back by the master: no event yet
+    st.queued("master")  # AUTH_CHALLENGE(Nm)
+    st.queued("worker")  # AUTH_RESPONSE(Nw, Pw): the master's application now gets the HELLO
+    st.queued("master")  # AUTH_CONFIRM(Pm)
+    st.send("master", welcome)
+    st.send("master", Config(dim=3, algorithm="asylpg", params={"bits": 8}))
+    expected = [
+        frame(1, 0x0C, 0, MASTER_NONCE),
+        frame(1, 0x0D, 0, WORKER_NONCE + pw),
+        frame(1, 0x0E, 0, pm),
+    ]
+    got = [bytes.fromhex(step["hex"]) for step in st.steps[1:4]]
+    if got != expected:
+        st.fail(
+            f"AUTH frames {[g.hex() for g in got]} differ from the spec layout {[e.hex() for e in expected]}"
+        )
+    if [step["events"] for step in st.steps[:4]] != [[], [], [event_fields(hello)], []]:
+        st.fail(f"events during the handshake: {[step['events'] for step in st.steps[:4]]}")
+    open_epoch(st, 1)
+    st.done()
+
+    st = Story(
+        "story-auth-wrong-secret",
+        "the worker holds another secret: its proof is wrong, the master fails with AUTH_FAILED and sends "
+        "CLOSE 17; the worker answers CLOSE",
+        ["WF-7.13-2", "WF-9", "WF-8.4-3"],
+        master_config=master_cfg,
+        worker_config=auth_config(WRONG_SECRET, WORKER_NONCE),
+    )
+    st.send("worker", hello)
+    st.queued("master")
+    st.queued("worker", error=E.AUTH_FAILED)
+    st.queued("master")
+    st.queued("worker")
+    st.eof("master")
+    st.eof("worker")
+    st.done()
+
+    st = Story(
+        "story-auth-worker-without-secret",
+        "a worker without a secret receives AUTH_CHALLENGE: AUTH_FAILED, CLOSE 17",
+        ["WF-7.12-3", "WF-9"],
+        master_config=master_cfg,
+    )
+    st.send("worker", hello)
+    st.queued("master", error=E.AUTH_FAILED)
+    st.queued("worker")
+    st.done()
+
+    st = Story(
+        "story-auth-welcome-without-handshake",
+        "a worker with a secret receives WELCOME from a master that skipped the handshake: AUTH_FAILED",
+        ["WF-7.14-2", "WF-7.12-2", "WF-9"],
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)  # a master without a secret hands the HELLO over at once
+    st.send("master", welcome, error=E.AUTH_FAILED)
+    st.queued("worker")
+    st.done()
+
+    st = Story(
+        "story-auth-response-to-master-without-secret",
+        "an AUTH_RESPONSE to a master without a secret answers no AUTH_CHALLENGE: UNEXPECTED_MESSAGE",
+        ["WF-7.12-2", "WF-7.13-2"],
+        sides=("master",),
+    )
+    st.inject("worker", encode_message(hello))
+    st.inject("worker", frame(1, 0x0D, 0, WORKER_NONCE + pw), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-auth-response-header-version-2",
+        "an AUTH_RESPONSE with header version 2: AUTH messages always carry version 1 (UNSUPPORTED_VERSION)",
+        ["WF-6.1-8", "WF-7-1"],
+        master_config=master_cfg,
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.queued("master")  # AUTH_CHALLENGE; the worker's AUTH_RESPONSE stays queued
+    st.inject("worker", frame(2, 0x0D, 0, WORKER_NONCE + pw), error=E.UNSUPPORTED_VERSION)
+    st.done()
+
+    st = Story(
+        "story-auth-challenge-header-version-2",
+        "an AUTH_CHALLENGE with header version 2 to a worker that sent HELLO: UNSUPPORTED_VERSION",
+        ["WF-6.1-8", "WF-7-1"],
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.inject("master", frame(2, 0x0C, 0, MASTER_NONCE), error=E.UNSUPPORTED_VERSION)
+    st.done()
+
+    st = Story(
+        "story-auth-confirm-wrong-proof",
+        "the master's AUTH_CONFIRM carries a wrong proof (here Pw instead of Pm): AUTH_FAILED",
+        ["WF-7.14-1", "WF-9"],
+        master_config=master_cfg,
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.queued("master")  # AUTH_CHALLENGE
+    st.queued("worker")  # AUTH_RESPONSE; the master's real AUTH_CONFIRM is not delivered
+    st.inject("master", frame(1, 0x0E, 0, pw), error=E.AUTH_FAILED)
+    st.done()
+
+    st = Story(
+        "story-auth-welcome-before-confirm",
+        "a WELCOME after AUTH_CHALLENGE but before a valid AUTH_CONFIRM: AUTH_FAILED",
+        ["WF-7.14-2", "WF-9"],
+        master_config=master_cfg,
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.queued("master")  # AUTH_CHALLENGE
+    st.queued("worker")  # AUTH_RESPONSE; the master's AUTH_CONFIRM is not delivered
+    st.inject("master", encode_message(welcome), error=E.AUTH_FAILED)
+    st.done()
+
+    st = Story(
+        "story-auth-second-challenge",
+        "a second AUTH_CHALLENGE to a worker with a secret: UNEXPECTED_MESSAGE",
+        ["WF-7.12-3"],
+        master_config=master_cfg,
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.queued("master")  # AUTH_CHALLENGE
+    st.queued("worker")  # AUTH_RESPONSE
+    st.inject("master", frame(1, 0x0C, 0, MASTER_NONCE), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-auth-confirm-without-response",
+        "an AUTH_CONFIRM that answers no AUTH_RESPONSE (no challenge came): UNEXPECTED_MESSAGE",
+        ["WF-7.14-1"],
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.inject("master", frame(1, 0x0E, 0, pm), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-auth-master-refuses-early-welcome",
+        "a master with a secret refuses to send WELCOME before the worker's proof (local AUTH_FAILED), "
+        "and a second AUTH_RESPONSE after the handshake answers no challenge (UNEXPECTED_MESSAGE)",
+        ["WF-7.12-1", "WF-7.13-2", "WF-9-3"],
+        master_config=master_cfg,
+        worker_config=worker_cfg,
+    )
+    st.send("worker", hello)
+    st.queued("master")  # AUTH_CHALLENGE
+    st.send_refused("master", welcome, E.AUTH_FAILED)
+    st.queued("worker")  # AUTH_RESPONSE
+    st.queued("master")  # AUTH_CONFIRM
+    st.inject("worker", frame(1, 0x0D, 0, WORKER_NONCE + pw), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-auth-challenge-to-master",
+        "an AUTH_CHALLENGE sent to a master: the worker role does not send it (UNEXPECTED_MESSAGE)",
+        ["WF-8.1-1", "WF-7.12"],
+        sides=("master",),
+        master_config=master_cfg,
+    )
+    st.inject("worker", frame(1, 0x0C, 0, MASTER_NONCE), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    # WF-7.1-1: a worker sends nothing but CLOSE before HELLO, and AUTH_CHALLENGE comes "after HELLO"
+    # (7.12); a challenge before the HELLO is out of order (8.1: UNEXPECTED_MESSAGE).
+    st = Story(
+        "story-auth-challenge-before-hello",
+        "an AUTH_CHALLENGE to a worker (with a secret) that has not sent HELLO: UNEXPECTED_MESSAGE, and no "
+        "AUTH_RESPONSE may precede the HELLO",
+        ["WF-7.1-1", "WF-7.12", "WF-8.1-1"],
+        worker_config=worker_cfg,
+    )
+    st.inject("master", frame(1, 0x0C, 0, MASTER_NONCE), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
 
 # -- output ------------------------------------------------------------------------------------
 
 
 def main() -> int:
-    build_valid()
-    build_invalid()
-    build_quantizer()
-    build_stories()
+    try:
+        build_valid()
+        build_invalid()
+        build_quantizer()
+        build_stories()
+    except ProofMismatchError as exc:
+        print(f"refusing to write any vector: {exc}", file=sys.stderr)
+        return 1
     OUT.mkdir(exist_ok=True)
     for old in OUT.glob("*.json"):
         old.unlink()

@@ -10,7 +10,10 @@ every file and checks, by kind:
 - ``invalid``: decoding raises CodecError with exactly the recorded code, whether
   the bytes arrive at once or one at a time.
 - ``quantizer``: the explicit-dither quantizers reproduce the recorded outputs.
-- ``story``: steps over a master/worker pair, with events, errors and CLOSEs.
+- ``story``: steps over a master/worker pair, with events, errors and CLOSEs.  A story's
+  ``master_config`` / ``worker_config`` (``{"secret": hex, "nonces": [hex, ...]}``) gives that
+  side a ConnectionConfig with the shared secret and a nonce source that hands out the nonces
+  in order (wire-format.md 7.12-7.14).
 
 Floats are IEEE-754 bit patterns in hex: 8 hex digits for float32, 16 for float64.
 """
@@ -29,6 +32,9 @@ from aiodq.config import ConnectionConfig, Limits
 from aiodq.connection import Connection, MasterConnection, WorkerConnection
 from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from aiodq.events import (
+    AuthChallenge,
+    AuthConfirm,
+    AuthResponse,
     Close,
     Config,
     ConnectionClosed,
@@ -196,6 +202,12 @@ def _event_to_fields(event: Event) -> dict[str, Any]:
         out.update(code=event.code, reason=event.reason)
     elif isinstance(event, ConnectionClosed):
         out.update(clean=event.clean, code=event.code)
+    elif isinstance(event, AuthChallenge):
+        out.update(nonce=event.nonce.hex())
+    elif isinstance(event, AuthResponse):
+        out.update(nonce=event.nonce.hex(), mac=event.mac.hex())
+    elif isinstance(event, AuthConfirm):
+        out.update(mac=event.mac.hex())
     return out
 
 
@@ -210,6 +222,13 @@ def _event_from_fields(fields: dict[str, Any]) -> Event:
         return Welcome(**{**f, "encodings": frozenset(f["encodings"])})
     if kind == "Config":
         return Config(**{**f, "params": {key: _param_from_json(v) for key, v in f["params"].items()}})
+    if kind in ("AuthChallenge", "AuthResponse", "AuthConfirm"):  # nonce and mac in hex
+        auth_class = {
+            "AuthChallenge": AuthChallenge,
+            "AuthResponse": AuthResponse,
+            "AuthConfirm": AuthConfirm,
+        }
+        return auth_class[kind](**{key: bytes.fromhex(value) for key, value in f.items()})
     if kind == "SnapshotGradient":
         return SnapshotGradient(
             **{key: v for key, v in f.items() if key != "loss_bits"}, loss=_float(f["loss_bits"])
@@ -287,8 +306,10 @@ def _receiver_ready_for(doc: dict[str, Any], event: Event) -> Connection | None:
     context = doc.get("context", {})
     if set(context) - {"dim"}:
         return None  # custom limits or encodings: the codec check above is the test
-    master, worker = MasterConnection(), WorkerConnection()
     mtype = doc["header"]["type"]
+    if mtype.startswith("AUTH_"):
+        return None  # consumed by the connection, never an event (7.14-3): the AUTH stories test it
+    master, worker = MasterConnection(), WorkerConnection()
     if mtype == "HELLO":
         return master
     _deliver(worker, master, Hello(min_version=1, max_version=1, name="conformance"))
@@ -449,16 +470,41 @@ def _single_close(data: bytes) -> Close:
     return event
 
 
+def _fixed_nonces(nonces: list[bytes]) -> Any:
+    """A nonce source handing out ``nonces`` in order; running out fails the story."""
+    queue = list(nonces)
+
+    def source(size: int) -> bytes:
+        assert queue, "the story's nonces ran out"
+        nonce = queue.pop(0)
+        assert len(nonce) == size, (len(nonce), size)
+        return nonce
+
+    return source
+
+
+def _story_config(doc: dict[str, Any], side: str) -> ConnectionConfig | None:
+    """The side's config: the story's limits, and its ``<side>_config`` secret and nonces."""
+    kwargs: dict[str, Any] = {}
+    if "limits" in doc:
+        kwargs["limits"] = Limits(**doc["limits"])
+    auth = doc.get(f"{side}_config")
+    if auth:
+        if "secret" in auth:
+            kwargs["secret"] = bytes.fromhex(auth["secret"])
+        kwargs["nonce_source"] = _fixed_nonces([bytes.fromhex(n) for n in auth.get("nonces", [])])
+    return ConnectionConfig(**kwargs) if kwargs else None
+
+
 @pytest.mark.parametrize("name", _names("story"))
 def test_story(name: str) -> None:
     """A story runs step by step with the recorded bytes, events and errors (wire-format.md 6-8)."""
     doc = VECTORS[name]
-    config = ConnectionConfig(limits=Limits(**doc["limits"])) if "limits" in doc else None
     conns: dict[str, Connection] = {}
     if "master" in doc["sides"]:
-        conns["master"] = MasterConnection(config)
+        conns["master"] = MasterConnection(_story_config(doc, "master"))
     if "worker" in doc["sides"]:
-        conns["worker"] = WorkerConnection(config)
+        conns["worker"] = WorkerConnection(_story_config(doc, "worker"))
     pending: dict[str, bytes] = {}  # CLOSE frames queued on error, not yet delivered
     held: dict[str, bytes] = {}  # bytes in flight, delivered by a later step
 
