@@ -162,7 +162,8 @@ class Connection:
     def __init__(self, config: ConnectionConfig | None = None, *, now: float = 0.0) -> None:
         self._config = config or ConnectionConfig()
         self._reader = FrameReader(self._config.limits)
-        self._out = bytearray()
+        # Encoded frames waiting for data_to_send(); a list, so a lone frame leaves without a copy.
+        self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._state = ConnectionState.HANDSHAKE
         self._epoch = _Epoch()
@@ -403,14 +404,14 @@ class Connection:
             raise LocalProtocolError(str(exc), exc.code) from exc
         except ValueError as exc:
             raise LocalProtocolError(str(exc), ErrorCode.PROTOCOL_ERROR) from exc
-        self._out += data
+        self._out.append(data)
         self._count(self.bytes_sent, self.messages_sent, message_type, len(data) - HEADER_SIZE)
         self._last_sent = now
         self._apply(event, sent=True)
 
     def data_to_send(self) -> bytes:
         """Return and clear the bytes queued for the peer."""
-        data = bytes(self._out)
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         return data
 
@@ -665,7 +666,7 @@ class Connection:
     def _emit(self, event: Event) -> None:
         """Encode ``event`` into the output buffer and count it (every sent frame goes through here)."""
         data = encode_message(event, self._version or 1)
-        self._out += data
+        self._out.append(data)
         self._count(self.bytes_sent, self.messages_sent, message_type_of(event), len(data) - HEADER_SIZE)
 
     @staticmethod

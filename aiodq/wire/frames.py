@@ -123,6 +123,7 @@ class FrameReader:
         end = HEADER_SIZE + length
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[HEADER_SIZE:end])
+        with memoryview(self._buffer) as view:
+            body = view[HEADER_SIZE:end].tobytes()  # one copy (a bytearray slice would make two)
         del self._buffer[:end]
         return Frame(version, message_type, flags, body)

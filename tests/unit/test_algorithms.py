@@ -480,7 +480,7 @@ def test_asylpg_model_message_is_mu_quantized() -> None:
     state = MasterState(TrainConfig(mu=0.5, l2=0.0, updates_per_epoch=100), rng.normal(size=d))
     state.finish_snapshot_phase(np.zeros(d), 0.0, 1)
     codes = rng.integers(-100, 101, size=d).astype(np.int8)
-    state.apply(DenseQuantized(8, 0.01, codes), 0)
+    state.apply(DenseQuantized(8, float(np.float32(0.01)), codes), 0)
     v = state.x - state.snapshot
     errors = []
     for _ in range(200):
