@@ -184,6 +184,7 @@ class Connection:
         self._close_sent = False
         self._peer_closed = False
         self._offered: tuple[int, int] | None = None
+        self._closing_since = now
         #: True once the shared-secret handshake succeeded (always False without a secret).
         self.authenticated = False
         self._held_hello: Hello | None = None
@@ -408,6 +409,8 @@ class Connection:
         self._count(self.bytes_sent, self.messages_sent, message_type, len(data) - HEADER_SIZE)
         self._last_sent = now
         self._apply(event, sent=True)
+        if self._state is ConnectionState.CLOSING:
+            self._closing_since = now
 
     def data_to_send(self) -> bytes:
         """Return and clear the bytes queued for the peer."""
@@ -428,6 +431,8 @@ class Connection:
         if self._state is ConnectionState.CLOSED:
             return None
         deadlines = [self._last_received + self._config.idle_timeout]
+        if self._state is ConnectionState.CLOSING:
+            deadlines.append(self._closing_since + self._config.handshake_timeout)
         if self._state is ConnectionState.HANDSHAKE or (
             self._state is ConnectionState.CONFIGURING and self.role is Role.WORKER
         ):
@@ -447,7 +452,14 @@ class Connection:
         in_handshake = self._state is ConnectionState.HANDSHAKE or (
             self._state is ConnectionState.CONFIGURING and self.role is Role.WORKER
         )
-        if in_handshake and now >= self._started + self._config.handshake_timeout:
+        if (
+            self._state is ConnectionState.CLOSING
+            and now >= self._closing_since + self._config.handshake_timeout
+        ):
+            # wire-format.md 8.3: a peer that does not answer CLOSE in time is not waited for,
+            # however slowly it keeps sending.
+            self._time_out(now, "no CLOSE in answer")
+        elif in_handshake and now >= self._started + self._config.handshake_timeout:
             self._time_out(now, "handshake did not complete in time")
         elif now >= self._last_received + self._config.idle_timeout:
             self._time_out(now, "peer silent for longer than the idle timeout")

@@ -284,6 +284,12 @@ class Coordinator:
         elif isinstance(event, Error):
             self.errors.append((worker_id, _code_name(event.code), event.reason))
         elif isinstance(event, Close | ConnectionClosed):
+            # A peer's CLOSE with an error code (AUTH_FAILED from a worker without the
+            # secret, say) and a local timeout are recorded, so the master logs why.
+            code = event.code
+            if code is not None and code != ErrorCode.NO_ERROR:
+                reason = event.reason if isinstance(event, Close) else "timed out"
+                self.errors.append((worker_id, _code_name(code), reason))
             self._drop_worker(worker_id, now)
 
     def _send(self, worker: _Worker, event: Event, now: float) -> None:

@@ -111,9 +111,8 @@ class Master:
                 self.coordinator.state.epoch,
                 self.coordinator.state.version,
             )
-        self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, limit=_READ_SIZE, ssl=self._ssl
-        )
+        # TLS starts inside _serve, so that a failed TLS handshake is logged with its reason.
+        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_SIZE)
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
 
     @property
@@ -175,7 +174,30 @@ class Master:
         task = asyncio.current_task()
         assert task is not None and self.coordinator is not None
         self._handlers.add(task)
+        try:
+            if self._ssl is not None and not await self._start_tls(writer):
+                return
+            await self._serve_worker(reader, writer)
+        finally:
+            self._handlers.discard(task)
+            self._check_done()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter) -> bool:
+        """Run the TLS handshake; refuse (and log why) a peer that fails it, before any state is touched."""
+        assert self._ssl is not None
+        peer = writer.get_extra_info("peername")
+        timeout = (self._connection_config or ConnectionConfig()).handshake_timeout
+        try:
+            await writer.start_tls(self._ssl, ssl_handshake_timeout=timeout)
+        except (ssl_module.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            _log.warning("TLS handshake with %s failed: %s", peer, exc)
+            writer.close()
+            return False
+        return True
+
+    async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator
+        assert coordinator is not None
         worker_id = coordinator.connect(self._now())
         self._writers[worker_id] = writer
         _log.info("worker %d connected from %s", worker_id, writer.get_extra_info("peername"))
@@ -195,8 +217,6 @@ class Master:
             self._close_writer(worker_id)
             coordinator.forget(worker_id)
             _log.info("worker %d disconnected", worker_id)
-            self._handlers.discard(task)
-            self._check_done()
 
     async def _flush(self) -> None:
         """Write what the coordinator queued, close finished connections, apply backpressure."""

@@ -549,8 +549,8 @@ def test_nothing_may_be_sent_after_close() -> None:
     master.close(0.0)
     assert master.state is ConnectionState.CLOSING
     master.data_to_send()
-    for message_type in SENDER:  # the AUTH messages are never sent by the application
-        if "master" in SENDER[message_type]:
+    for message_type, senders in SENDER.items():  # the AUTH messages are never sent by the application
+        if "master" in senders:
             assert_send_rejected(master, sample_event(message_type), ErrorCode.UNEXPECTED_MESSAGE)
 
 

@@ -1,0 +1,485 @@
+"""Security over real TCP on 127.0.0.1: the shared secret, TLS and mTLS, limits, validation.
+
+Each test runs a Master and well-behaved workers next to the misbehaving peer, and checks both
+that the peer is refused with the right code and that the good workers' training is unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import ssl
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trustme
+
+from aiodq.algorithms import TrainConfig
+from aiodq.auth import load_secret
+from aiodq.config import ConnectionConfig, Limits
+from aiodq.coordinator import Coordinator
+from aiodq.errors import ErrorCode
+from aiodq.events import AuthResponse, Event, Gradient, Hello, Model, SnapshotGradient
+from aiodq.master import Master
+from aiodq.session import WorkerSession
+from aiodq.tls import client_context, server_context
+from aiodq.vectors import RawVector
+from aiodq.wire.frames import MessageType
+from aiodq.wire.messages import encode_message
+
+from .cluster import A9A
+from .rel_peers import (
+    GAP,
+    Process,
+    Relay,
+    RogueSession,
+    finish,
+    frames_of,
+    full_loss,
+    optimum,
+    part,
+    raw_peer,
+    rogue_worker,
+    start_workers,
+    wait_for_text,
+)
+
+SECRET = b"correct horse battery staple 0123456789"
+SHORT = TrainConfig(algorithm="asylpg", epochs=3)
+TIMEOUT = 60.0
+
+
+def hello_spy(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Record ``(worker id, event type)`` of every event the coordinator handles."""
+    seen: list[tuple[int, str]] = []
+    handle = coordinator._handle
+
+    def spy(worker_id: int, event: Event, now: float) -> None:
+        seen.append((worker_id, type(event).__name__))
+        handle(worker_id, event, now)
+
+    monkeypatch.setattr(coordinator, "_handle", spy)
+    return seen
+
+
+def hellos(seen: list[tuple[int, str]]) -> set[int]:
+    return {worker for worker, kind in seen if kind == Hello.__name__}
+
+
+def check_trained(summary: dict[str, Any], results: list[Any], config: TrainConfig = SHORT) -> None:
+    """The good workers ended OK and the run went through every epoch with a finite, falling loss."""
+    assert all(getattr(r, "ok", False) for r in results), results
+    losses = [record["loss"] for record in summary["trace"]]
+    assert len(losses) == config.epochs + 1
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
+
+
+# -- shared secret ------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_secret_handshake_trains_and_the_secret_never_travels() -> None:
+    """wire-format 7.12-7.14: workers holding the secret train; the secret is on no byte of the wire."""
+    config = ConnectionConfig(secret=SECRET)
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=2, connection_config=config) as master:
+        async with Relay(*master.address) as relay:
+            tasks = start_workers("127.0.0.1", relay.port, [0, 1], 2, connection_config=config)
+            summary = await master.wait(TIMEOUT)
+            results = await finish(tasks, TIMEOUT)
+        check_trained(summary, results)
+        assert len(relay.connections) == 2
+        for up_bytes, down_bytes in relay.connections:
+            assert SECRET not in up_bytes + down_bytes and SECRET[:16] not in up_bytes + down_bytes
+            kinds = [kind for kind, _ in frames_of(bytes(down_bytes))]
+            assert kinds[:2] == [MessageType.AUTH_CHALLENGE, MessageType.AUTH_CONFIRM], kinds[:4]
+        # Replaying a recorded HELLO and AUTH_RESPONSE fails: the master's nonce is fresh.
+        up = frames_of(bytes(relay.connections[0][0]))
+        recorded = [(k, b) for k, b in up if k in (MessageType.HELLO, MessageType.AUTH_RESPONSE)][:2]
+        assert [k for k, _ in recorded] == [MessageType.HELLO, MessageType.AUTH_RESPONSE]
+        replay = b"".join(struct.pack("<BBBI", 1, k, 0, len(b)) + b for k, b in recorded)
+        outcome = await raw_peer(*master.address, replay, wait=10)
+        assert outcome.cut_off and outcome.code == ErrorCode.AUTH_FAILED
+
+
+@pytest.mark.asyncio
+async def test_unauthenticated_and_wrong_secret_peers_are_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Peers without the secret are refused (AUTH_FAILED) before the coordinator sees their HELLO; logged."""
+    caplog.set_level(logging.INFO, logger="aiodq")
+    config = ConnectionConfig(secret=SECRET)
+    wrong = ConnectionConfig(secret=b"not the secret, but long enough")
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=2, connection_config=config) as master:
+        assert master.coordinator is not None
+        seen = hello_spy(master.coordinator, monkeypatch)
+        host, port = master.address
+        # Before the good workers: none of these may take one of the two places.
+        bad = [
+            *start_workers(host, port, [0], 2),  # no secret at all
+            *start_workers(host, port, [1], 2, connection_config=wrong),
+        ]
+        forged = encode_message(Hello(name="forger")) + encode_message(
+            AuthResponse(nonce=bytes(32), mac=bytes(32))
+        )
+        skipper = encode_message(Hello(name="skipper")) + encode_message(
+            SnapshotGradient(epoch=0, samples=1, loss=0.0, correct=0, vector=RawVector(np.zeros(123)))
+        )
+        raw = await asyncio.wait_for(
+            asyncio.gather(raw_peer(host, port, forged), raw_peer(host, port, skipper)), 20
+        )
+        refused = await finish(bad, 20)
+        good = start_workers(host, port, [0, 1], 2, connection_config=config)
+        # And while they train.
+        late = start_workers(host, port, [0], 2, connection_config=wrong)
+        summary = await master.wait(TIMEOUT)
+        results = await finish(good, TIMEOUT)
+        refused += await finish(late, 20)
+    check_trained(summary, results)
+    assert [r.code for r in refused] == [ErrorCode.AUTH_FAILED] * 3, refused
+    assert [p.code for p in raw] == [ErrorCode.AUTH_FAILED, ErrorCode.UNEXPECTED_MESSAGE], raw
+    assert all(p.cut_off for p in raw)
+    # Only the two good workers' HELLOs ever reached the coordinator.
+    assert len(hellos(seen)) == 2, seen
+    assert summary["traffic"]["messages"]["down"]["WELCOME"] == 2
+    # The master says why it refused each of them (two wrong secrets, a forged proof, a skipped
+    # handshake, and the worker that had no secret and answered the challenge with CLOSE(AUTH_FAILED)).
+    master_log = [r.getMessage() for r in caplog.records if r.name == "aiodq.master"]
+    assert sum("AUTH_FAILED" in line for line in master_log) >= 3, master_log
+    assert any("UNEXPECTED_MESSAGE" in line for line in master_log), master_log
+    assert sum("AUTH_FAILED" in line for line in master_log) >= 4, (
+        "the refusal of the worker without a secret is not logged by the master",
+        master_log,
+    )
+
+
+def test_secret_comes_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auth.load_secret: the file wins over $AIODQ_SECRET; whitespace stripped; short secrets refused."""
+    monkeypatch.delenv("AIODQ_SECRET", raising=False)
+    assert load_secret(None) is None
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    monkeypatch.setenv("AIODQ_SECRET", "from the environment, long enough")
+    assert load_secret(secret_file) == SECRET
+    assert load_secret(None) == b"from the environment, long enough"
+    monkeypatch.setenv("AIODQ_SECRET", "short")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        load_secret(None)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_secret(tmp_path / "missing")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        ConnectionConfig(secret=b"short")
+
+
+# -- TLS and mutual TLS -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA with a master certificate for 127.0.0.1 and a worker certificate, and a stranger CA."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca, stranger = trustme.CA(), trustme.CA()
+    files = {}
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    stranger.cert_pem.write_to_path(str(folder / "stranger.pem"))
+    files["ca"], files["stranger"] = str(folder / "ca.pem"), str(folder / "stranger.pem")
+    for name, issuer, subject in (
+        ("master", ca, "127.0.0.1"),
+        ("worker", ca, "worker-0"),
+        ("rogue", stranger, "worker-9"),
+    ):
+        cert = issuer.issue_cert(subject)
+        cert.private_key_pem.write_to_path(str(folder / f"{name}.key"))
+        cert.cert_chain_pems[0].write_to_path(str(folder / f"{name}.pem"))
+        files[name], files[f"{name}_key"] = str(folder / f"{name}.pem"), str(folder / f"{name}.key")
+    return files
+
+
+async def tls_run(
+    pki: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    server: ssl.SSLContext,
+    good: ssl.SSLContext,
+    bad: list[ssl.SSLContext],
+) -> tuple[dict[str, Any], list[Any], list[Any], list[tuple[int, str]]]:
+    """Bad TLS clients first, then two good ones; returns the summary, results, refusals, events seen."""
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=2, ssl=server) as master:
+        assert master.coordinator is not None
+        seen = hello_spy(master.coordinator, monkeypatch)
+        host, port = master.address
+        refused = []
+        for context in bad:
+            refused += await finish(start_workers(host, port, [0], 2, ssl=context), 20)
+        tasks = start_workers(host, port, [0, 1], 2, ssl=good)
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+    return summary, results, refused, seen
+
+
+@pytest.mark.asyncio
+async def test_tls_worker_that_does_not_trust_the_master_is_refused(
+    pki: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS: a worker that does not trust the master's certificate refuses it; the others train."""
+    server = server_context(pki["master"], pki["master_key"])
+    summary, results, refused, seen = await tls_run(
+        pki, monkeypatch, server, client_context(pki["ca"]), [client_context(pki["stranger"])]
+    )
+    check_trained(summary, results)
+    assert len(refused) == 1 and isinstance(refused[0], ssl.SSLCertVerificationError), refused
+    assert len(hellos(seen)) == 2
+    assert summary["traffic"]["messages"]["up"]["HELLO"] == 2
+
+
+@pytest.mark.asyncio
+async def test_mtls_worker_without_a_client_certificate_is_refused(
+    pki: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mTLS: workers without a client certificate, or with one from another CA, never reach the master."""
+    caplog.set_level(logging.DEBUG)
+    server = server_context(pki["master"], pki["master_key"], client_ca=pki["ca"])
+    good = client_context(pki["ca"], pki["worker"], pki["worker_key"])
+    bad = [client_context(pki["ca"]), client_context(pki["ca"], pki["rogue"], pki["rogue_key"])]
+    summary, results, refused, seen = await tls_run(pki, monkeypatch, server, good, bad)
+    check_trained(summary, results)
+    assert len(refused) == 2
+    for outcome in refused:
+        assert isinstance(outcome, OSError) or not outcome.ok, refused
+    assert len(hellos(seen)) == 2
+    assert summary["traffic"]["messages"]["up"]["HELLO"] == 2
+    # The refusal's reason is logged on the master's side.
+    logged = " ".join(
+        f"{r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
+        for r in caplog.records
+        if r.levelno >= logging.INFO
+    )
+    assert "certificate" in logged.lower() or "ssl" in logged.lower(), (
+        "the master does not log why it refused a TLS client",
+        logged[-2000:],
+    )
+
+
+@pytest.mark.asyncio
+async def test_cli_mtls_and_secret_happy_path_trains(pki: dict[str, str], tmp_path: Path) -> None:
+    """aiodq master/worker with --tls-* and --secret-file / $AIODQ_SECRET: mTLS plus HMAC trains."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    secret_file.chmod(0o600)
+    out = tmp_path / "out"
+    tls_master = ["--tls-cert", pki["master"], "--tls-key", pki["master_key"], "--tls-client-ca", pki["ca"]]
+    tls_worker = ["--tls-ca", pki["ca"], "--tls-cert", pki["worker"], "--tls-key", pki["worker_key"]]
+    master = Process(
+        tmp_path,
+        "master",
+        *["master", "--listen", "127.0.0.1:0", "--workers", "2", "--epochs", "4", "--out", str(out)],
+        *tls_master,
+        *["--secret-file", str(secret_file)],
+    )
+    workers: list[Process] = []
+    try:
+        text = await wait_for_text(lambda: master.stdout, "listening on", 30)
+        port = text.split("127.0.0.1:")[1].split(",")[0]
+        common = ["worker", "--connect", f"127.0.0.1:{port}", "--retry-for", "0", *tls_worker]
+        workers.append(Process(tmp_path, "w0", *common, "--shard", "0/2", "--secret-file", str(secret_file)))
+        # The second worker takes the secret from its environment instead.
+        workers.append(
+            Process(tmp_path, "w1", *common, "--shard", "1/2", env={"AIODQ_SECRET": SECRET.decode()})
+        )
+        # A worker without the secret is refused, and says why.
+        workers.append(Process(tmp_path, "nosecret", *common, "--shard", "1/2"))
+        statuses = [await w.exited(90) for w in workers]
+        assert statuses[:2] == [0, 0], [w.stderr for w in workers]
+        assert statuses[2] == 1 and "code 17" in workers[2].stderr, workers[2].stderr
+        assert await master.exited(30) == 0, master.stderr
+    finally:
+        for process in [master, *workers]:
+            process.kill()
+    summary = json.loads((out / "result.json").read_text())
+    assert len(summary["trace"]) == 5
+    assert summary["trace"][-1]["loss"] < summary["trace"][0]["loss"]
+    assert summary["trace"][-1]["samples"] == A9A.samples
+
+
+# -- limits and timeouts ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_slow_loris_is_cut_off_by_the_handshake_timeout() -> None:
+    """Handshake timeout: a peer sending one byte a second gets CLOSE(TIMEOUT) at ~1 s; training goes on."""
+    config = ConnectionConfig(handshake_timeout=1.0)
+    train = TrainConfig(algorithm="asylpg", epochs=10)  # longer than the handshake timeout
+    x0 = np.zeros(A9A.features_count)
+    hello = encode_message(Hello(name="slow loris"))
+    async with Master(train, x0, workers=2, connection_config=config) as master:
+        host, port = master.address
+        loris = asyncio.create_task(raw_peer(host, port, hello, interval=1.0, wait=10))
+        await asyncio.sleep(0.05)
+        tasks = start_workers(host, port, [0, 1], 2)
+        (outcome,) = await finish([loris], 20)
+        assert master.coordinator is not None and not master.coordinator.done, "training was too short"
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+    check_trained(summary, results, train)
+    assert outcome.cut_off and outcome.code == ErrorCode.TIMEOUT, outcome
+    assert 0.9 <= outcome.seconds <= 3.0, outcome
+    assert outcome.extra["sent"] <= 3 < len(hello)
+    # The cut-off is recorded (and logged) as one TIMEOUT; nothing else went wrong.
+    assert [error["code"] for error in summary["errors"]] == ["TIMEOUT"]
+
+
+@pytest.mark.asyncio
+async def test_slow_loris_cannot_hold_the_master_after_training() -> None:
+    """Handshake timeout: a loris still in its handshake when training ends is cut off; wait() returns."""
+    config = ConnectionConfig(handshake_timeout=1.0)
+    train = TrainConfig(algorithm="asylpg", epochs=1)  # over before the loris' handshake timeout
+    x0 = np.zeros(A9A.features_count)
+    hello = encode_message(Hello(name="slow loris")) * 20
+    async with Master(train, x0, workers=1, connection_config=config) as master:
+        host, port = master.address
+        loris = asyncio.create_task(raw_peer(host, port, hello, interval=0.5, wait=10))
+        await asyncio.sleep(0.05)
+        tasks = start_workers(host, port, [0], 1)
+        results = await finish(tasks, TIMEOUT)
+        try:
+            summary = await master.wait(5.0)
+        finally:
+            (outcome,) = await finish([loris], 20)
+    check_trained(summary, results, train)
+    assert outcome.cut_off and outcome.seconds <= 3.0, outcome
+
+
+@pytest.mark.asyncio
+async def test_oversize_frame_is_refused_on_its_header() -> None:
+    """max_frame_bytes: a header declaring a larger body gets CLOSE(FRAME_TOO_LARGE) at once."""
+    limit = 1 << 16
+    config = ConnectionConfig(limits=Limits(max_frame_bytes=limit))
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=2, connection_config=config) as master:
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 2)
+        header = struct.pack("<BBBI", 1, MessageType.HELLO, 0, limit + 1)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(raw_peer(host, port, header, wait=5) for _ in range(3))), 20
+        )
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+    check_trained(summary, results)
+    for outcome in outcomes:
+        assert outcome.cut_off and outcome.code == ErrorCode.FRAME_TOO_LARGE, outcome
+        assert outcome.seconds < 2.0
+    assert [e["code"] for e in summary["errors"]] == ["FRAME_TOO_LARGE"] * 3
+
+
+@pytest.mark.asyncio
+async def test_workers_beyond_the_cluster_size_are_turned_away() -> None:
+    """The number of workers is a limit: a worker beyond M gets CLOSE(GOING_AWAY); the M train on."""
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=2) as master:
+        assert master.coordinator is not None
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 2)
+        for _ in range(400):
+            if master.coordinator.live_workers == 2:
+                break
+            await asyncio.sleep(0.01)
+        extra = await finish(start_workers(host, port, [1], 2), 20)
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+    check_trained(summary, results)
+    assert extra[0].code == ErrorCode.GOING_AWAY, extra
+
+
+# -- validation of what workers send ------------------------------------------------------------
+
+
+def _gradient(**change: Any):
+    def forge(model: Model, session: WorkerSession) -> bytes:
+        fields: dict[str, Any] = {"epoch": model.epoch, "version": model.version}
+        fields.update({k: v for k, v in change.items() if k != "vector"})
+        dim = model.vector.dim
+        vector = change.get("vector", lambda d: RawVector(np.zeros(d)))(dim)
+        return encode_message(Gradient(vector=vector, **fields))
+
+    return forge
+
+
+def _raw(value: float, dtype: Any = np.float64):
+    return lambda dim: RawVector._trusted(np.full(dim, value, dtype=dtype))  # NaN on purpose
+
+
+def _oversize(model: Model, session: WorkerSession) -> bytes:
+    return struct.pack("<BBBI", 1, MessageType.GRADIENT, 0, (1 << 16) + 1)
+
+
+FORGERIES = {
+    "nan": (_gradient(vector=_raw(math.nan)), ErrorCode.NON_FINITE),
+    "inf-f32": (_gradient(vector=_raw(math.inf, np.float32)), ErrorCode.NON_FINITE),
+    "wrong-dimension": (_gradient(vector=lambda d: RawVector(np.zeros(d - 1))), ErrorCode.WRONG_DIMENSION),
+    "over-max-dimension": (_gradient(vector=lambda d: RawVector(np.zeros(5000))), ErrorCode.LIMIT_EXCEEDED),
+    "unknown-epoch": (_gradient(epoch=7), ErrorCode.UNKNOWN_EPOCH),
+    "future-version": (_gradient(version=10**6), ErrorCode.FUTURE_VERSION),
+    "oversize-frame": (_oversize, ErrorCode.FRAME_TOO_LARGE),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", sorted(FORGERIES))
+async def test_invalid_gradient_is_rejected_with_its_code(kind: str) -> None:
+    """Validation: NaN/Inf, wrong or huge dimension, unknown epoch, future version: rejected, counted."""
+    forge, code = FORGERIES[kind]
+    limits = Limits(max_frame_bytes=1 << 16, max_dimension=1000)
+    config = ConnectionConfig(limits=limits)
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=3, connection_config=config) as master:
+        assert master.coordinator is not None
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 3)
+        data = part(2, 3)
+        session = RogueSession(data.features, data.labels, name=f"rogue-{kind}", forge=forge)
+        rogue = await asyncio.wait_for(rogue_worker(host, port, data, session), 30)
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+        x = master.coordinator.state.x
+    check_trained(summary, results)
+    assert rogue.code == code, rogue
+    assert [e["code"] for e in summary["errors"]] == [code.name], summary["errors"]
+    assert np.isfinite(x).all()
+    assert summary["trace"][-1]["samples"] < A9A.samples  # the rogue's shard left with it
+
+
+@pytest.mark.asyncio
+async def test_gradient_that_would_make_the_model_non_finite_is_dropped() -> None:
+    """Validation: a finite gradient overflowing the model is not applied; counted as dropped non-finite."""
+
+    def forge(model: Model, session: WorkerSession) -> bytes:
+        session.connection._epoch.outstanding = None  # stays in good standing
+        return encode_message(
+            Gradient(
+                epoch=model.epoch, version=model.version, vector=RawVector(np.full(model.vector.dim, 1e300))
+            )
+        )
+
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=3) as master:
+        assert master.coordinator is not None
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 3)
+        data = part(2, 3)
+        session = RogueSession(data.features, data.labels, name="overflow", forge=forge, nth=3)
+        rogue = await asyncio.wait_for(rogue_worker(host, port, data, session), TIMEOUT)
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+        x = master.coordinator.state.x
+    check_trained(summary, [*results, rogue])
+    assert summary["staleness"]["dropped"].get("non-finite") == 1, summary["staleness"]
+    assert summary["traffic"]["messages"]["down"].get("ERROR") == 1
+    assert np.isfinite(x).all()
+    assert full_loss(x) <= optimum() * (1 + 10 * GAP)
