@@ -1009,13 +1009,29 @@ def test_failure_while_closing_sends_nothing() -> None:
 
 def test_idle_timeout_while_closing_sends_nothing() -> None:
     """WF-8.3-3: in CLOSING the idle timeout ends the wait without sending CLOSE."""
-    master, _worker = ready(now=0.0)
+    slow_close = ConnectionConfig(handshake_timeout=60.0)  # the close timeout comes after the idle one
+    master, _worker = ready(now=0.0, master_config=slow_close)
     master.close(1.0)
     master.data_to_send()
     assert master.get_timer() == 30.0  # no heartbeat in CLOSING
     master.handle_timer(30.0)
     assert master.data_to_send() == b""
     assert master.next_event() == ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT))
+
+
+def test_close_timeout_ends_closing_whatever_the_peer_trickles() -> None:
+    """WF-8.3-6: a peer that keeps sending bytes cannot hold a closing connection past the close timeout."""
+    master, _worker = ready(now=0.0)
+    master.close(1.0)
+    master.data_to_send()
+    assert master.get_timer() == 11.0  # the close timeout: the handshake timeout after our CLOSE
+    for now in (3.0, 6.0, 9.0):
+        master.receive_data(b"\x01", now)  # one byte of a frame that never completes
+        assert master.next_event() is None
+    master.handle_timer(11.0)
+    assert master.data_to_send() == b""
+    assert master.next_event() == ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT))
+    assert master.state is ConnectionState.CLOSED
 
 
 def test_close_code_of_peer_is_reported() -> None:
