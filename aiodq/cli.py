@@ -370,13 +370,13 @@ def _parser() -> argparse.ArgumentParser:
 # -- commands -------------------------------------------------------------------
 
 
-def _print_summary(summary: dict[str, object]) -> None:
+def _print_summary(summary: dict[str, object], command: str) -> None:
     from rich.console import Console  # noqa: PLC0415 - rich only for the CLI's output
     from rich.table import Table  # noqa: PLC0415
 
     from .runner import summary_rows  # noqa: PLC0415
 
-    table = Table(title="aiodq run: summary", show_header=False)
+    table = Table(title=f"aiodq {command}: summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     for label, value in summary_rows(summary):
@@ -424,7 +424,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     result, plot = write_results(summary, Path(args.out))
-    _print_summary(summary)
+    _print_summary(summary, "run")
     print(f"wrote {result}" + (f" and {plot}" if plot else "") + f"; log in {Path(args.out) / 'aiodq.log'}")
     return 0
 
@@ -445,6 +445,8 @@ def _cmd_master(args: argparse.Namespace) -> int:
         raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint")
+    if not args.checkpoint_interval > 0:
+        raise UsageError("--checkpoint-interval must be positive")
     try:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
@@ -467,7 +469,7 @@ def _cmd_master(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.out:
         write_results(summary, Path(args.out))
-    _print_summary(summary)
+    _print_summary(summary, "master")
     return 0
 
 
@@ -481,7 +483,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     host, port = args.connect
     index, count = args.shard
     connection_config = _connection_config(args)
-    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_server_name
+    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name
     try:
         context = client_context(args.tls_ca, args.tls_cert, args.tls_key) if use_tls else None
     except ValueError as exc:

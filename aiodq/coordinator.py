@@ -453,7 +453,8 @@ class Coordinator:
             "config": self.config.to_params(),
             "dim": self.dim,
             "workers": self.expected_workers,
-            "phase": self.phase.value,
+            # A resumed run that has not reached its inner loop again is still mid-epoch.
+            "phase": Phase.INNER.value if self._resuming else self.phase.value,
             "elapsed": now - self._started,
             "state": state_meta,
             "trace": [asdict(record) for record in self.trace],

@@ -105,6 +105,7 @@ class Master:
         if self._resume:
             assert self._checkpoint is not None
             self.coordinator.restore(checkpoint_file.load(self._checkpoint), 0.0)
+            self._logged_epochs = len(self.coordinator.trace)  # logged by the run that wrote them
             _log.info(
                 "resumed from %s at epoch %d, version %d",
                 self._checkpoint,

@@ -86,6 +86,7 @@ async def run_worker(
         OSError: if the master cannot be reached (after the retries).
     """
     loop = asyncio.get_running_loop()
+    # Each outage gets retry_for seconds, counted from when the master was lost.
     deadline = loop.time() + retry_for
     backoff = 0.1
     gradients = 0
@@ -108,8 +109,9 @@ async def run_worker(
             _log.warning("cannot reach the master at %s:%d; retrying in %.1f s", host, port, backoff)
         else:
             gradients += result.gradients
-            if result.ok or result.code in _PERMANENT or loop.time() + backoff > deadline:
+            if result.ok or result.code in _PERMANENT or retry_for <= 0:
                 return WorkerResult(result.code, result.reason, gradients)
+            deadline, backoff = loop.time() + retry_for, 0.1
             _log.warning(
                 "session ended (%d: %s); reconnecting in %.1f s", result.code, result.reason, backoff
             )
