@@ -155,12 +155,11 @@ def _pack_sub_byte(codes: _IntArray, width: int) -> bytes:
 
 
 def _lookup_table(width: int) -> npt.NDArray[Any]:
-    """For each 16-bit little-endian pair of packed bytes, its 16 / width sign-extended codes.
+    """For each key, its sign-extended codes as int8 values in one little-endian uint64.
 
-    The codes of one entry are int8 values laid out as one little-endian word
-    (uint32 for width 4, uint64 for width 2), so one gather over the packed
-    data, read as uint16, yields the codes in order.  Width 1 (16 codes per
-    entry, no 16-byte integer type) reads single bytes into uint64 words.
+    Width 2 keys are 16-bit pairs of packed bytes (8 codes); width 1 keys are
+    single bytes (8 codes).  One gather over the packed data yields the codes
+    in order.  (Width 4 unpacks arithmetically: see :func:`_unpack_nibbles`.)
     """
     table = _TABLES.get(width)
     if table is None:
@@ -173,7 +172,7 @@ def _lookup_table(width: int) -> npt.NDArray[Any]:
             field = (values >> (k * width)) & ((1 << width) - 1)
             signed = (field ^ half) - half
             entries |= (signed.astype(np.uint64) & np.uint64(0xFF)) << np.uint64(8 * k)
-        table = entries.astype(np.uint32) if width == 4 else entries
+        table = entries
         _TABLES[width] = table
     return table
 
@@ -181,8 +180,28 @@ def _lookup_table(width: int) -> npt.NDArray[Any]:
 _TABLES: dict[int, npt.NDArray[Any]] = {}
 
 
+def _unpack_nibbles(raw: npt.NDArray[np.uint8], count: int, signed: bool) -> _IntArray:
+    """Width 4: spread each byte's two nibbles into the two bytes of a little-endian uint16.
+
+    Contiguous 16-bit arithmetic: about twice as fast as a table gather here.
+    """
+    words = raw.astype(np.uint16)
+    high = words & np.uint16(0xF0)
+    high <<= np.uint16(4)
+    words &= np.uint16(0x0F)
+    words |= high
+    codes: npt.NDArray[Any] = words.view(np.uint8)[:count]
+    if signed:
+        codes = codes.view(np.int8)
+        codes ^= np.int8(8)  # sign-extend the 4-bit two's complement field: (v ^ 8) - 8
+        codes -= np.int8(8)
+    return codes
+
+
 def _unpack_sub_byte(raw: npt.NDArray[np.uint8], count: int, width: int, signed: bool) -> _IntArray:
-    """Unpack through a lookup table: one gather yields many sign-extended codes at once."""
+    """Widths 1 and 2 through a lookup table (one gather yields 8 codes); width 4 arithmetically."""
+    if width == 4:
+        return _unpack_nibbles(raw, count, signed)
     if width == 1:
         keys: npt.NDArray[Any] = raw
     else:
