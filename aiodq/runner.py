@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .algorithms import TrainConfig
 from .config import ConnectionConfig
@@ -290,6 +291,8 @@ async def worker_main(
     """
     rows = shard(dataset.samples, workers, index, seed=seed)
     part = dataset.rows(rows)
+    # Several workers share the machine's cores: one BLAS thread each avoids oversubscription.
+    threadpool_limits(1, user_api="blas")
     return await run_worker(
         host,
         port,

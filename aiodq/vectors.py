@@ -255,6 +255,8 @@ class SparseQuantized:
     indices: IntArray
     #: Nonzero two's complement codes, one per index.
     codes: IntArray
+    #: The codec's memo of the index encoding it chose, ``(encoding, k)`` (not a value field).
+    index_choice: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
@@ -284,7 +286,15 @@ class SparseQuantized:
     ) -> SparseQuantized:
         """Build without validation: for the decoder, which has checked everything."""
         obj = object.__new__(cls)
-        _set_fields(obj, dim=dim, bits=bits, scale=scale, indices=_readonly(indices), codes=_readonly(codes))
+        _set_fields(
+            obj,
+            dim=dim,
+            bits=bits,
+            scale=scale,
+            indices=_readonly(indices),
+            codes=_readonly(codes),
+            index_choice=None,
+        )
         return obj
 
     @property

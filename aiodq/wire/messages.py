@@ -6,6 +6,7 @@ varints for counters, little-endian floats, and a vector payload last.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -251,8 +252,14 @@ def _reason(cursor: Cursor, limits: Limits) -> str:
         raise _malformed("reason is not valid UTF-8") from exc
 
 
+@functools.lru_cache(maxsize=128)
+def _allowed(message_type: MessageType, announced: frozenset[int]) -> frozenset[Encoding]:
+    """Encodings a message may carry and this receiver announced (wire-format.md 6.2)."""
+    return ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in announced if e < 8}
+
+
 def _vector(cursor: Cursor, context: DecodeContext, message_type: MessageType) -> Vector:
-    allowed = ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in context.encodings if e < 8}
+    allowed = _allowed(message_type, context.encodings)
     return decode_vector(cursor, context.limits, expected_dim=context.dim, allowed=allowed)
 
 

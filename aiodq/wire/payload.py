@@ -85,10 +85,16 @@ def sparse_index_encoding(vector: SparseQuantized) -> tuple[Encoding, int]:
         ``(encoding, k)``: SPARSE_BITMAP (k = 0) unless a Rice block is strictly
         smaller than the bitmap, then SPARSE_RICE with the smallest best k.
     """
-    k, size = rice_choose(_gaps(vector.indices))
-    if size < (vector.dim + 7) // 8:
-        return Encoding.SPARSE_RICE, k
-    return Encoding.SPARSE_BITMAP, 0
+    # Asked several times per send (capabilities, allowed encodings, the encoding itself):
+    # the immutable vector remembers the answer.
+    choice = vector.index_choice
+    if choice is None:
+        k, size = rice_choose(_gaps(vector.indices))
+        rice = size < (vector.dim + 7) // 8
+        choice = (int(Encoding.SPARSE_RICE), k) if rice else (int(Encoding.SPARSE_BITMAP), 0)
+        object.__setattr__(vector, "index_choice", choice)
+    encoding, k = choice
+    return Encoding(encoding), k
 
 
 def encoding_of(vector: Vector) -> Encoding:
