@@ -233,23 +233,28 @@ class Master:
             _log.info("worker %d disconnected", worker_id)
 
     async def _flush(self) -> None:
-        """Write what the coordinator queued, close finished connections, apply backpressure."""
+        """Write what the coordinator queued and close finished connections.
+
+        No serve loop ever waits for another peer's socket to drain: a worker that stops
+        reading must not stall the others.  The protocol bounds what can queue up for one
+        worker (it gets a MODEL only in answer to its own GRADIENT, plus an epoch's SNAPSHOT,
+        FULL_GRADIENT and CLOSE), and a worker whose unsent bytes still exceed four frames
+        of the largest size allowed is cut off.
+        """
         assert self.coordinator is not None
-        written = []
+        limit = 4 * (self._connection_config or ConnectionConfig()).limits.max_frame_bytes
         for worker_id, data in self.coordinator.data_to_send().items():
             writer = self._writers.get(worker_id)
             if writer is not None and not writer.is_closing():
                 writer.write(data)
-                written.append(writer)
+                if writer.transport.get_write_buffer_size() > limit:
+                    _log.warning("worker %d does not read what it is sent; closing", worker_id)
+                    self.coordinator.disconnect(worker_id, self._now())
+                    self._close_writer(worker_id)
         for worker_id in self.coordinator.closed_workers():
             self._close_writer(worker_id)
         self._log_progress()
         self._check_done()
-        for writer in written:
-            # Wait only where the transport holds unsent bytes (it pauses above its high-water mark).
-            if not writer.is_closing() and writer.transport.get_write_buffer_size():
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.drain()
 
     def _log_progress(self) -> None:
         """Log each new epoch record (with the bytes so far by direction) and each new protocol error."""

@@ -169,9 +169,14 @@ async def _session(
                 break
     except (ConnectionError, OSError):
         pass  # the master went away while we wrote: reported below as an unclean end
+    except asyncio.CancelledError:
+        # Cancelled: leave at once, like a process that dies, rather than wait to flush
+        # bytes that the master may not be reading.
+        writer.transport.abort()
+        raise
     finally:
         writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 5.0)
     code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "connection ended without CLOSE")
     return WorkerResult(code, reason, session.gradients_sent)

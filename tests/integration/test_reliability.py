@@ -96,7 +96,8 @@ async def test_worker_killed_with_sigkill_training_still_reaches_the_target(tmp_
 @pytest.mark.asyncio
 async def test_restarted_worker_rejoins_a_running_session() -> None:
     """Coordinator._join: a restarted worker takes part at once, in the epoch it joins; its shard returns."""
-    config = TrainConfig(algorithm="asylpg", epochs=8)
+    # Long enough that training is still running when the restarted worker connects.
+    config = TrainConfig(algorithm="asylpg", epochs=30)
     x0 = np.zeros(A9A.features_count)
     async with Master(config, x0, workers=3) as master:
         coordinator = master.coordinator
