@@ -139,7 +139,10 @@ class _Worker:
     joined: bool = False
     #: True if this worker takes part in the current snapshot phase / inner loop.
     active: bool = False
+    #: True while the current snapshot phase waits for this worker.
     awaiting_snapshot: bool = False
+    #: The epoch of a SNAPSHOT sent and not answered yet (the protocol allows one at a time).
+    snapshot_sent: int | None = None
 
 
 class Coordinator:
@@ -319,26 +322,42 @@ class Coordinator:
             # in the inner loop it gets x_snap first and then models, and its shard enters
             # g_snap and F from the next snapshot phase on.
             worker.active = True
-            worker.awaiting_snapshot = True
-            self._send(worker, Snapshot(epoch=self.state.epoch, vector=RawVector(self.state.snapshot)), now)
+            worker.awaiting_snapshot = self.phase is Phase.SNAPSHOT
+            self._send_snapshot(worker, now)
 
     def _start_snapshot_phase(self, now: float) -> None:
-        state = self.state
         self.phase = Phase.SNAPSHOT
         self._gradient_sum[:] = 0.0
         self._loss_sum, self._samples, self._correct = 0.0, 0, 0
         self._bytes_at_snapshot = self.traffic().total()
-        snapshot = RawVector(state.snapshot)
         for worker in self._workers.values():
             if worker.joined:
                 worker.active = True
                 worker.awaiting_snapshot = True
-                self._send(worker, Snapshot(epoch=state.epoch, vector=snapshot), now)
+                self._send_snapshot(worker, now)
         self._maybe_finish_snapshot_phase(now)
 
+    def _send_snapshot(self, worker: _Worker, now: float) -> None:
+        """Send the current SNAPSHOT, unless an older one is still unanswered.
+
+        A worker that joined late may still owe the answer to an earlier epoch's SNAPSHOT
+        when the next phase starts; it gets the current one as soon as it answers.
+        """
+        if worker.snapshot_sent is not None:
+            return
+        state = self.state
+        worker.snapshot_sent = state.epoch
+        self._send(worker, Snapshot(epoch=state.epoch, vector=RawVector(state.snapshot)), now)
+
     def _snapshot_gradient(self, worker: _Worker, event: SnapshotGradient, now: float) -> None:
-        worker.awaiting_snapshot = False
+        worker.snapshot_sent = None
+        if event.epoch != self.state.epoch:
+            # The answer to an older epoch's SNAPSHOT: its sums are out of date.
+            if worker.joined and self.phase in (Phase.SNAPSHOT, Phase.INNER):
+                self._send_snapshot(worker, now)
+            return
         if self.phase is Phase.INNER:
+            worker.awaiting_snapshot = False
             # A late joiner now holds x_snap: bring it into the inner loop.
             if self.state.spec.needs_full_gradient:
                 self._send(
@@ -348,8 +367,9 @@ class Coordinator:
                 )
             self._send_model(worker, now)
             return
-        if self.phase is not Phase.SNAPSHOT:
+        if self.phase is not Phase.SNAPSHOT or not worker.awaiting_snapshot:
             return
+        worker.awaiting_snapshot = False
         self._gradient_sum += event.vector.values
         self._loss_sum += event.loss
         self._samples += event.samples

@@ -140,7 +140,8 @@ class Master:
         Raises:
             TimeoutError: if ``timeout`` seconds pass first.
         """
-        await asyncio.wait_for(self._done.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._done.wait()
         assert self.coordinator is not None
         summary = self.coordinator.summary()
         summary["wall_time"] = self._now()

@@ -155,7 +155,10 @@ async def _session(
             timer = session.connection.get_timer()
             timeout = None if timer is None else max(0.0, timer - now())
             try:
-                chunk = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that arrives as the read completes.
+                async with asyncio.timeout(timeout):
+                    chunk = await reader.read(_READ_SIZE)
             except TimeoutError:
                 session.handle_timer(now())
                 continue
@@ -177,6 +180,7 @@ async def _session(
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 5.0)
+            async with asyncio.timeout(5.0):
+                await writer.wait_closed()
     code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "connection ended without CLOSE")
     return WorkerResult(code, reason, session.gradients_sent)

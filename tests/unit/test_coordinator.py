@@ -13,8 +13,10 @@ import itertools
 import json
 import math
 import struct
+from collections import deque
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -480,3 +482,52 @@ def test_coordinator_needs_a_worker() -> None:
     """A coordinator for zero workers is a ValueError."""
     with pytest.raises(ValueError, match="worker"):
         Coordinator(TrainConfig(), np.zeros(3), workers=0)
+
+
+def test_late_joiner_still_owing_a_snapshot_when_the_next_phase_starts() -> None:
+    """Coordinator._send_snapshot: a worker owing an old SNAPSHOT answer gets the new one after it."""
+    dataset = load_bundled_a9a()
+    config = TrainConfig(algorithm="asylpg", epochs=3, updates_per_epoch=40)
+    coordinator, sessions = build_cluster(config, dataset, 2)
+    ids = [coordinator.connect(0.0) for _ in sessions]
+    rows = shard(dataset.samples, 3, 2)
+    late: WorkerSession | None = None
+    queues: dict[int, deque[bytes]] = {}
+
+    def pump(held: set[int], until: Any = lambda: False) -> None:
+        """Deliver everything except what the sessions in ``held`` send, until ``until()`` holds."""
+        for _ in range(100_000):
+            if until():
+                return
+            moved = False
+            for worker_id, data in coordinator.data_to_send().items():
+                target = late if worker_id == late_id else sessions[ids.index(worker_id)]
+                assert target is not None
+                target.receive_data(data, 0.0)
+                moved = True
+            everyone = list(zip(ids, sessions, strict=True)) + ([(late_id, late)] if late else [])
+            for worker_id, session in everyone:
+                data = session.data_to_send()
+                if data:
+                    queues.setdefault(worker_id, deque()).append(data)
+            for worker_id, queue in queues.items():
+                while queue and worker_id not in held:
+                    coordinator.receive_data(worker_id, queue.popleft(), 0.0)
+                    moved = True
+            if not moved or coordinator.done:
+                return
+
+    late_id = -1
+    pump(set(), lambda: coordinator.phase is Phase.INNER)  # the two join; epoch 0's inner loop starts
+    assert coordinator.phase is Phase.INNER and coordinator.state.epoch == 0
+    coordinator.expected_workers = 3  # room for one more, as after a worker left
+    late_id = coordinator.connect(0.0)
+    late = WorkerSession(dataset.features[rows], dataset.labels[rows], name="late")
+    pump({late_id}, lambda: coordinator.state.epoch >= 1)  # the late worker's answer is held back
+    assert coordinator.state.epoch >= 1  # the next phase started while it still owed the answer
+    pump(set())  # now everything flows
+    assert coordinator.done
+    assert coordinator.errors == []
+    assert late.gradients_sent > 0
+    # The two first workers split the data in halves; the late one adds its own shard.
+    assert coordinator.trace[-1].samples == dataset.samples + rows.shape[0]
