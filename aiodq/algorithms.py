@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .models import Features, Model, Regularizer
+from .models import Features, Model, Regularizer, make_model
 from .quant.lowp import quantize_gradient, quantize_model
 from .quant.qsgd import quantize_qsgd
 from .quant.sparse import quantize_sparse
@@ -44,6 +44,7 @@ __all__ = [
     "MasterState",
     "TrainConfig",
     "WorkerState",
+    "initial_model",
 ]
 
 Array = npt.NDArray[np.floating[Any]]
@@ -386,6 +387,12 @@ def _finite(values: Array) -> bool:
     """One pass: NaN or infinity anywhere (or overflow of the sum of squares) makes it False."""
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(float(np.dot(values, values)))
+
+
+def initial_model(config: TrainConfig, features: int, classes: int) -> Array:
+    """x_0 of the configured model for data of this shape (seeded by ``config.seed``)."""
+    model = make_model(config.model, features, classes, config.hidden)
+    return model.initial(np.random.default_rng([config.seed, 0x1417]))
 
 
 class WorkerState:

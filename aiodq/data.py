@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 __all__ = [
     "DataError",
+    "class_count",
     "Dataset",
     "load_bundled_a9a",
     "load_dataset",
@@ -69,6 +70,11 @@ class Dataset:
         return int(self.features.shape[0])
 
     @property
+    def classes(self) -> int:
+        """Number of classes (see :func:`class_count`)."""
+        return class_count(self.labels)
+
+    @property
     def features_count(self) -> int:
         """Number of features."""
         return int(self.features.shape[1])
@@ -76,6 +82,11 @@ class Dataset:
     def rows(self, indices: npt.NDArray[np.intp]) -> Dataset:
         """The samples at ``indices``, in that order."""
         return Dataset(self.features[indices], self.labels[indices], self.name)
+
+
+def class_count(labels: npt.NDArray[Any]) -> int:
+    """Number of classes: 2 for -1/+1 labels, else the largest label plus one."""
+    return int(labels.max()) + 1 if labels.size and labels.min() >= 0 else 2
 
 
 def _read_bytes(path: str | Path) -> bytes:

@@ -84,6 +84,8 @@ class Master:
         self._resume = resume
         self._last_checkpoint = 0.0
         self._blas_threads = blas_threads
+        # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
+        self._write_limit = 4 * (connection_config or ConnectionConfig()).limits.max_frame_bytes
         self._blas_limit: threadpool_limits | None = None
         self._x0 = x0
         self._workers = workers
@@ -243,7 +245,7 @@ class Master:
         of the largest size allowed is cut off.
         """
         assert self.coordinator is not None
-        limit = 4 * (self._connection_config or ConnectionConfig()).limits.max_frame_bytes
+        limit = self._write_limit
         for worker_id, data in self.coordinator.data_to_send().items():
             writer = self._writers.get(worker_id)
             if writer is not None and not writer.is_closing():

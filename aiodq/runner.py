@@ -11,23 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import secrets
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .algorithms import TrainConfig
+from .algorithms import TrainConfig, initial_model
 from .config import ConnectionConfig
 from .data import Dataset, load_dataset, shard
 from .master import Master
-from .models import make_model
 from .worker import WorkerResult, run_worker
 
 __all__ = ["RunError", "master_main", "run_local", "use_uvloop", "worker_main", "write_results"]
@@ -56,18 +52,6 @@ def run_coroutine(coroutine: Any) -> Any:
     """Run ``coroutine`` on a new event loop, uvloop's where available."""
     with asyncio.Runner(loop_factory=use_uvloop()) as runner:
         return runner.run(coroutine)
-
-
-def classes_of(dataset: Dataset) -> int:
-    """Number of classes: 2 for -1/+1 labels, else the largest label plus one."""
-    labels = dataset.labels
-    return int(labels.max()) + 1 if labels.min() >= 0 else 2
-
-
-def initial_model(config: TrainConfig, dataset: Dataset) -> np.ndarray[Any, Any]:
-    """x_0 for the configured model on this dataset's shape."""
-    model = make_model(config.model, dataset.features_count, classes_of(dataset), config.hidden)
-    return model.initial(np.random.default_rng([config.seed, 0x1417]))
 
 
 # -- results ------------------------------------------------------------------
@@ -176,7 +160,7 @@ async def run_local(
     from rich.table import Table  # noqa: PLC0415
 
     console = Console(stderr=True)
-    x0 = initial_model(config, dataset)
+    x0 = initial_model(config, dataset.features_count, dataset.classes)
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
@@ -271,7 +255,7 @@ async def master_main(
 
     ``options`` go to :class:`~aiodq.master.Master` (TLS, connection config, checkpoints).
     """
-    x0 = initial_model(config, dataset)
+    x0 = initial_model(config, dataset.features_count, dataset.classes)
     async with Master(config, x0, workers=workers, host=host, port=port, **options) as master:
         bound_host, bound_port = master.address
         print(
@@ -299,7 +283,7 @@ async def worker_main(
         part.features,
         part.labels,
         name=f"shard-{index}/{workers}",
-        classes=classes_of(dataset),
+        classes=dataset.classes,
         **options,
     )
 
@@ -312,13 +296,3 @@ def load_data_or_fail(path: str | None) -> Dataset:
         return load_dataset(path)
     except DataError as exc:
         raise RunError(str(exc)) from exc
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: map non-finite floats to None."""
-    return value if math.isfinite(value) else None
-
-
-def elapsed_since(start: float) -> float:
-    """Seconds since ``start`` (time.perf_counter)."""
-    return time.perf_counter() - start

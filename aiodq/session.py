@@ -15,6 +15,7 @@ import numpy.typing as npt
 from .algorithms import TrainConfig, WorkerState
 from .config import ConnectionConfig
 from .connection import ConnectionState, WorkerConnection
+from .data import class_count
 from .errors import ErrorCode, RemoteProtocolError
 from .events import (
     Close,
@@ -37,10 +38,6 @@ from .vectors import RawVector
 __all__ = ["WorkerSession"]
 
 
-def _classes(labels: npt.NDArray[Any]) -> int:
-    return int(labels.max()) + 1 if labels.size and labels.min() >= 0 else 2
-
-
 class WorkerSession:
     """One worker: its shard, its connection, and the algorithm's worker half."""
 
@@ -57,7 +54,7 @@ class WorkerSession:
         self.features = features
         self.labels = labels
         self.name = name
-        self.classes = classes or _classes(labels)
+        self.classes = classes or class_count(labels)
         self.connection = WorkerConnection(connection_config, now=now)
         #: The run configuration, once CONFIG has arrived.
         self.config: TrainConfig | None = None

@@ -12,27 +12,20 @@ from collections import deque
 
 import numpy as np
 
-from .algorithms import TrainConfig
+from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .data import Dataset, shard
-from .models import make_model
 from .session import WorkerSession
 
 __all__ = ["build_cluster", "simulate"]
-
-
-def _classes(dataset: Dataset) -> int:
-    labels = dataset.labels
-    return int(labels.max()) + 1 if labels.min() >= 0 else 2
 
 
 def build_cluster(
     config: TrainConfig, dataset: Dataset, workers: int
 ) -> tuple[Coordinator, list[WorkerSession]]:
     """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``."""
-    classes = _classes(dataset)
-    model = make_model(config.model, dataset.features_count, classes, config.hidden)
-    x0 = model.initial(np.random.default_rng([config.seed, 0x1417]))
+    classes = dataset.classes
+    x0 = initial_model(config, dataset.features_count, classes)
     coordinator = Coordinator(config, x0, workers=workers)
     sessions = []
     for index in range(workers):
