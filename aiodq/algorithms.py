@@ -35,7 +35,7 @@ from .models import Features, Model, Regularizer, make_model
 from .quant.lowp import quantize_gradient, quantize_model
 from .quant.qsgd import quantize_qsgd
 from .quant.sparse import quantize_sparse
-from .vectors import EqualsSnapshot, RawVector, Vector, ZeroVector
+from .vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 
 __all__ = [
     "ALGORITHMS",
@@ -227,8 +227,9 @@ class MasterState:
         self.regularizer = config.regularizer
         #: The served model x.
         self.x: Array = np.array(x0, dtype=np.float64)
-        #: The snapshot x_snap of the current epoch.
-        self.snapshot = self.x.copy()
+        #: The snapshot x_snap of the current epoch, rounded to float32 precision: the
+        #: snapshot phase sends it in full precision, float32 (algorithms.md 5).
+        self.snapshot = to_wire_precision(self.x)
         #: The full gradient at the snapshot, g_snap (regulariser included).
         self.full_gradient = np.zeros_like(self.x)
         #: The auxiliary sequence y of the accelerated variants.
@@ -322,13 +323,13 @@ class MasterState:
         """algorithms.md 5.3 and 7: the next snapshot (and theta), then the next epoch number."""
         if self.spec.accelerated:
             if self.config.acc_snapshot == "average" and self.applied_in_epoch:
-                self.snapshot = self._iterate_sum / self.applied_in_epoch
+                self.snapshot = to_wire_precision(self._iterate_sum / self.applied_in_epoch)
             else:
-                self.snapshot = self.x.copy()
+                self.snapshot = to_wire_precision(self.x)
             theta = self.theta
             self.theta = (math.sqrt(theta**4 + 4 * theta**2) - theta**2) / 2
         else:
-            self.snapshot = self.x.copy()
+            self.snapshot = to_wire_precision(self.x)
         self.epoch += 1
 
     # -- the inner loop -------------------------------------------------------

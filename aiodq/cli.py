@@ -332,6 +332,15 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument("--workers", type=int, required=True, help="number of workers M to wait for")
     master.add_argument("--data", default=None, help="the dataset, read for its shape (default: bundled a9a)")
     master.add_argument("--out", default=None, help="folder for result.json and the plot")
+    master.add_argument(
+        "--record-every",
+        type=int,
+        default=0,
+        help="keep a model copy every N applied updates and at every snapshot phase (default 0: none)",
+    )
+    master.add_argument(
+        "--records", default=None, help="write the model copies to this .npz file when training ends"
+    )
     _add_network_options(master, master=True)
 
     worker = commands.add_parser("worker", help="join a cluster as one worker")
@@ -447,6 +456,10 @@ def _cmd_master(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --checkpoint")
     if not args.checkpoint_interval > 0:
         raise UsageError("--checkpoint-interval must be positive")
+    if args.record_every < 0:
+        raise UsageError("--record-every must not be negative")
+    if args.records and not args.record_every:
+        raise UsageError("--records needs --record-every")
     try:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
@@ -458,10 +471,14 @@ def _cmd_master(args: argparse.Namespace) -> int:
         "checkpoint": args.checkpoint,
         "checkpoint_interval": args.checkpoint_interval,
         "resume": args.resume,
+        "record_every": args.record_every,
     }
+    records = Path(args.records) if args.records else None
     try:
-        summary = run_coroutine(master_main(config, dataset, host, port, args.workers, **options))
-    except CheckpointError as exc:
+        summary = run_coroutine(
+            master_main(config, dataset, host, port, args.workers, records_path=records, **options)
+        )
+    except (CheckpointError, RunError) as exc:
         print(f"aiodq master: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:

@@ -52,10 +52,10 @@ from .events import (
     SnapshotGradient,
     Welcome,
 )
-from .vectors import RawVector, Vector
+from .vectors import Vector, full_precision
 from .wire.messages import message_type_of
 
-__all__ = ["Coordinator", "EpochRecord", "Phase", "Traffic"]
+__all__ = ["Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
 
 
 class Phase(Enum):
@@ -89,6 +89,27 @@ class EpochRecord:
     version: int
     #: Samples behind this snapshot phase (less than n if a worker was missing).
     samples: int
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """A copy of the model the master held at one moment, for evaluation after the run.
+
+    Recorded only when the coordinator is given ``record_every``; evaluating
+    these models (the experiments do it on the full training set) sends nothing
+    and so is not counted as communication.
+    """
+
+    #: Model version t (applied updates so far).
+    version: int
+    #: Epoch s.
+    epoch: int
+    #: Bytes on the wire, both directions, when the copy was taken.
+    bytes_total: int
+    #: Seconds since the run started (the shell's clock).
+    time: float
+    #: The model: x_snap at the start of a snapshot phase, else the served model x.
+    model: npt.NDArray[np.float64]
 
 
 @dataclass(slots=True)
@@ -156,9 +177,24 @@ class Coordinator:
         workers: int,
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
+        record_every: int = 0,
     ) -> None:
+        """Configure; nothing is sent until workers connect.
+
+        Args:
+            config: the run's hyperparameters.
+            x0: the initial model.
+            workers: the number of workers M to wait for.
+            connection_config: limits, timeouts and the shared secret of every connection.
+            now: the shell's clock at creation.
+            record_every: if positive, keep a :class:`ModelRecord` at the start of every
+                snapshot phase and after every ``record_every``-th applied update, in
+                :attr:`records` (not checkpointed).
+        """
         if workers < 1:
             raise ValueError("need at least one worker")
+        if not isinstance(record_every, int) or record_every < 0:
+            raise ValueError("record_every must be a non-negative integer")
         self.config = config
         self.state = MasterState(config, x0)
         self.dim = int(self.state.x.shape[0])
@@ -176,6 +212,9 @@ class Coordinator:
         self._bytes_at_snapshot = 0
         #: The per-epoch trace.
         self.trace: list[EpochRecord] = []
+        self._record_every = record_every
+        #: Model copies for evaluation after the run (see ``record_every``).
+        self.records: list[ModelRecord] = []
         #: Staleness t - D of every applied update, as a histogram.
         self.applied_staleness: Counter[int] = Counter()
         #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``non-finite``.
@@ -330,6 +369,8 @@ class Coordinator:
         self._gradient_sum[:] = 0.0
         self._loss_sum, self._samples, self._correct = 0.0, 0, 0
         self._bytes_at_snapshot = self.traffic().total()
+        if self._record_every:
+            self._record(self.state.snapshot, self._bytes_at_snapshot, now)
         for worker in self._workers.values():
             if worker.joined:
                 worker.active = True
@@ -347,7 +388,7 @@ class Coordinator:
             return
         state = self.state
         worker.snapshot_sent = state.epoch
-        self._send(worker, Snapshot(epoch=state.epoch, vector=RawVector(state.snapshot)), now)
+        self._send(worker, Snapshot(epoch=state.epoch, vector=full_precision(state.snapshot)), now)
 
     def _snapshot_gradient(self, worker: _Worker, event: SnapshotGradient, now: float) -> None:
         worker.snapshot_sent = None
@@ -362,7 +403,7 @@ class Coordinator:
             if self.state.spec.needs_full_gradient:
                 self._send(
                     worker,
-                    FullGradient(epoch=self.state.epoch, vector=RawVector(self.state.full_gradient)),
+                    FullGradient(epoch=self.state.epoch, vector=full_precision(self.state.full_gradient)),
                     now,
                 )
             self._send_model(worker, now)
@@ -412,7 +453,7 @@ class Coordinator:
         state = self.state
         self.phase = Phase.INNER
         if state.spec.needs_full_gradient:
-            full = FullGradient(epoch=state.epoch, vector=RawVector(state.full_gradient))
+            full = FullGradient(epoch=state.epoch, vector=full_precision(state.full_gradient))
             for worker in active:
                 self._send(worker, full, now)
         for worker in active:
@@ -434,6 +475,8 @@ class Coordinator:
         outcome = state.apply(event.vector, event.version)
         if outcome.applied:
             self.applied_staleness[outcome.staleness] += 1
+            if self._record_every and state.version % self._record_every == 0 and not state.epoch_done:
+                self._record(state.x, self.traffic().total(), now)
         else:
             self.dropped[outcome.reason] += 1
             if outcome.reason == "non-finite":
@@ -445,6 +488,18 @@ class Coordinator:
             self._start_snapshot_phase(now)
         else:
             self._send_model(worker, now)
+
+    def _record(self, model: npt.NDArray[np.float64], bytes_total: int, now: float) -> None:
+        state = self.state
+        self.records.append(
+            ModelRecord(
+                version=state.version,
+                epoch=state.epoch,
+                bytes_total=bytes_total,
+                time=now - self._started,
+                model=model.copy(),
+            )
+        )
 
     def _finish(self, now: float) -> None:
         self.phase = Phase.DONE

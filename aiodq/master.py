@@ -54,6 +54,7 @@ class Master:
         checkpoint_interval: float = 60.0,
         resume: bool = False,
         blas_threads: int | None = 1,
+        record_every: int = 0,
     ) -> None:
         """Configure; nothing runs until :meth:`start` (or ``async with``).
 
@@ -72,6 +73,9 @@ class Master:
                 them).  One by default: the master's vectors are small, and idle BLAS threads
                 spin on the cores the workers need (docs/benchmarks.md measured 0.95 ms per
                 update at d = 1e5 with two BLAS threads against 0.58 ms with one).
+            record_every: keep a copy of the model every this many applied updates and at
+                every snapshot phase, in ``coordinator.records`` (0: none); see
+                :class:`~aiodq.coordinator.ModelRecord`.
         """
         if resume and checkpoint is None:
             raise ValueError("resume needs a checkpoint file")
@@ -84,6 +88,7 @@ class Master:
         self._resume = resume
         self._last_checkpoint = 0.0
         self._blas_threads = blas_threads
+        self._record_every = record_every
         # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
         self._write_limit = 4 * (connection_config or ConnectionConfig()).limits.max_frame_bytes
         self._blas_limit: threadpool_limits | None = None
@@ -112,7 +117,12 @@ class Master:
         if self._blas_threads is not None:
             self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         self.coordinator = Coordinator(
-            self.config, self._x0, workers=self._workers, connection_config=self._connection_config, now=0.0
+            self.config,
+            self._x0,
+            workers=self._workers,
+            connection_config=self._connection_config,
+            now=0.0,
+            record_every=self._record_every,
         )
         if self._resume:
             assert self._checkpoint is not None

@@ -18,15 +18,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .algorithms import TrainConfig, initial_model
 from .config import ConnectionConfig
+from .coordinator import ModelRecord
 from .data import Dataset, load_dataset, shard
 from .master import Master
 from .worker import WorkerResult, run_worker
 
-__all__ = ["RunError", "master_main", "run_local", "use_uvloop", "worker_main", "write_results"]
+__all__ = [
+    "RunError",
+    "load_records",
+    "master_main",
+    "run_local",
+    "save_records",
+    "use_uvloop",
+    "worker_main",
+    "write_results",
+]
 
 
 class RunError(RuntimeError):
@@ -82,6 +93,40 @@ def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None
     figure.savefig(plot, dpi=120)
     plt.close(figure)
     return result, plot
+
+
+def save_records(records: list[ModelRecord], path: Path) -> None:
+    """Write the master's model records to one ``.npz`` file (atomically: a temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as stream:
+        np.savez(
+            stream,
+            version=np.array([r.version for r in records], dtype=np.int64),
+            epoch=np.array([r.epoch for r in records], dtype=np.int64),
+            bytes_total=np.array([r.bytes_total for r in records], dtype=np.int64),
+            time=np.array([r.time for r in records], dtype=np.float64),
+            models=np.array([r.model for r in records], dtype=np.float64).reshape(len(records), -1),
+        )
+    os.replace(partial, path)
+
+
+def load_records(path: Path) -> list[ModelRecord]:
+    """Read records written by :func:`save_records`.
+
+    Raises:
+        RunError: if the file is missing or not a records file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            columns = [data[k] for k in ("version", "epoch", "bytes_total", "time", "models")]
+    except (OSError, KeyError, ValueError) as exc:
+        raise RunError(f"{path}: not a model records file ({exc})") from exc
+    version, epoch, bytes_total, times, models = columns
+    return [
+        ModelRecord(int(v), int(e), int(b), float(t), models[i])
+        for i, (v, e, b, t) in enumerate(zip(version, epoch, bytes_total, times, strict=True))
+    ]
 
 
 def _float32_equivalent_bits(summary: dict[str, Any]) -> int:
@@ -149,8 +194,13 @@ async def run_local(
     *,
     progress: bool = True,
     timeout: float = 3600.0,
+    record_every: int = 0,
+    records: list[ModelRecord] | None = None,
 ) -> dict[str, Any]:
     """One master here and ``workers`` worker processes on 127.0.0.1; return the summary.
+
+    With ``record_every`` > 0 the master keeps model copies (see
+    :class:`~aiodq.coordinator.ModelRecord`); they are appended to ``records``.
 
     Raises:
         RunError: if a worker process fails or the run times out.
@@ -165,7 +215,13 @@ async def run_local(
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
     async with Master(
-        config, x0, workers=workers, host="127.0.0.1", port=0, connection_config=connection_config
+        config,
+        x0,
+        workers=workers,
+        host="127.0.0.1",
+        port=0,
+        connection_config=connection_config,
+        record_every=record_every,
     ) as master:
         host, port = master.address
         env = dict(os.environ, PYTHONUNBUFFERED="1", AIODQ_SECRET=secret)
@@ -240,6 +296,8 @@ async def run_local(
                     process.kill()
             await asyncio.gather(*exits, return_exceptions=True)
             waiter.cancel()
+        if records is not None and master.coordinator is not None:
+            records.extend(master.coordinator.records)
     summary["dataset"] = dataset.name
     summary["data_path"] = data_path
     return summary
@@ -249,11 +307,20 @@ async def run_local(
 
 
 async def master_main(
-    config: TrainConfig, dataset: Dataset, host: str, port: int, workers: int, **options: Any
+    config: TrainConfig,
+    dataset: Dataset,
+    host: str,
+    port: int,
+    workers: int,
+    *,
+    records_path: Path | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """``aiodq master``: serve until training finishes; return the summary.
 
-    ``options`` go to :class:`~aiodq.master.Master` (TLS, connection config, checkpoints).
+    ``options`` go to :class:`~aiodq.master.Master` (TLS, connection config, checkpoints,
+    ``record_every``); with ``records_path`` the model records are saved there
+    (:func:`save_records`).
     """
     x0 = initial_model(config, dataset.features_count, dataset.classes)
     async with Master(config, x0, workers=workers, host=host, port=port, **options) as master:
@@ -262,6 +329,11 @@ async def master_main(
             f"aiodq master listening on {bound_host}:{bound_port}, waiting for {workers} workers", flush=True
         )
         summary = await master.wait()
+        if records_path is not None and master.coordinator is not None:
+            try:
+                save_records(master.coordinator.records, records_path)
+            except OSError as exc:
+                raise RunError(f"cannot write the model records to {records_path}: {exc}") from exc
     summary["dataset"] = dataset.name
     return summary
 

@@ -33,7 +33,7 @@ from .events import (
 )
 from .models import Features, make_model
 from .models import Model as ObjectiveModel
-from .vectors import RawVector
+from .vectors import full_precision
 
 __all__ = ["WorkerSession"]
 
@@ -108,7 +108,7 @@ class WorkerSession:
                 samples=self.state.samples,
                 loss=loss,
                 correct=correct,
-                vector=RawVector(gradient),
+                vector=full_precision(gradient),
             )
             self.connection.send(reply, now)
         elif isinstance(event, FullGradient):

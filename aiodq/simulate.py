@@ -21,12 +21,15 @@ __all__ = ["build_cluster", "simulate"]
 
 
 def build_cluster(
-    config: TrainConfig, dataset: Dataset, workers: int
+    config: TrainConfig, dataset: Dataset, workers: int, *, record_every: int = 0
 ) -> tuple[Coordinator, list[WorkerSession]]:
-    """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``."""
+    """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``.
+
+    ``record_every`` goes to the :class:`~aiodq.coordinator.Coordinator`.
+    """
     classes = dataset.classes
     x0 = initial_model(config, dataset.features_count, classes)
-    coordinator = Coordinator(config, x0, workers=workers)
+    coordinator = Coordinator(config, x0, workers=workers, record_every=record_every)
     sessions = []
     for index in range(workers):
         rows = shard(dataset.samples, workers, index, seed=config.seed)
@@ -43,6 +46,7 @@ def simulate(
     seed: int = 0,
     max_steps: int = 10_000_000,
     slow: dict[int, int] | None = None,
+    record_every: int = 0,
 ) -> Coordinator:
     """Train in memory; return the finished coordinator (trace, traffic, staleness).
 
@@ -54,8 +58,10 @@ def simulate(
         max_steps: a bound on message deliveries.
         slow: worker index to a delay factor k: that worker's messages are
             delivered only on every k-th chance, so its gradients are stale.
+        record_every: keep model copies in ``coordinator.records`` (see
+            :class:`~aiodq.coordinator.Coordinator`).
     """
-    coordinator, sessions = build_cluster(config, dataset, workers)
+    coordinator, sessions = build_cluster(config, dataset, workers, record_every=record_every)
     ids = [coordinator.connect(0.0) for _ in sessions]
     up: list[deque[bytes]] = [deque() for _ in sessions]
     down: list[deque[bytes]] = [deque() for _ in sessions]

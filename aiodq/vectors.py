@@ -28,7 +28,9 @@ __all__ = [
     "SparseQuantized",
     "Vector",
     "ZeroVector",
+    "full_precision",
     "is_float32",
+    "to_wire_precision",
 ]
 
 #: Largest number of QSGD levels s (wire-format.md 5.7).
@@ -135,6 +137,32 @@ class RawVector:
 
     __hash__ = None  # type: ignore[assignment]
 
+
+
+def full_precision(values: npt.ArrayLike) -> RawVector:
+    """A full-precision vector as the protocol sends it: float32 (the paper's full precision).
+
+    Values too large for float32 travel as float64 instead, so nothing overflows
+    to infinity on the way.
+
+    Raises:
+        ValueError: if a value is NaN or infinite, or the array is not one-dimensional.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        single = array.astype(np.float32)
+    if np.isfinite(single).all():
+        return RawVector(single)
+    return RawVector(array)
+
+
+def to_wire_precision(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """``values`` rounded as :func:`full_precision` sends them, as float64.
+
+    The master keeps its snapshot in this form, so that it and every worker hold
+    the same x_snap bit for bit.
+    """
+    return full_precision(values).values.astype(np.float64)
 
 @dataclass(frozen=True, slots=True)
 class ZeroVector:

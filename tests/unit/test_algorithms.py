@@ -354,7 +354,7 @@ def test_qsvrg_update_does_not_add_full_gradient() -> None:
 
 
 def test_epoch_done_and_end_epoch_plain() -> None:
-    """After m applied updates the epoch is done; the next snapshot is the current x."""
+    """After m applied updates the epoch is done; the next snapshot is the current x, in float32."""
     state = started(updates_per_epoch=2, step=0.5)
     assert not state.epoch_done
     state.apply(DenseQuantized(4, 0.25, np.array([1, 1, 1], dtype=np.int8)), 0)
@@ -364,7 +364,9 @@ def test_epoch_done_and_end_epoch_plain() -> None:
     x = state.x.copy()
     state.end_epoch()
     assert state.epoch == 1
-    np.testing.assert_array_equal(state.snapshot, x)
+    # The snapshot phase sends x_snap as float32; the master holds exactly what workers get.
+    np.testing.assert_array_equal(state.snapshot, x.astype(np.float32).astype(np.float64))
+    assert not np.array_equal(state.snapshot, x)  # 0.175 is not a float32
     state.finish_snapshot_phase(np.zeros(3), 0.0, 1)
     assert state.applied_in_epoch == 0
     assert not state.epoch_done
@@ -424,8 +426,9 @@ def test_accelerated_update_and_averaged_snapshot_by_hand() -> None:
         np.testing.assert_allclose(state.x, x, rtol=1e-14, atol=1e-15)
     assert state.epoch_done
     state.end_epoch()
-    snap = (iterates[0] + iterates[1]) / 2
-    np.testing.assert_allclose(state.snapshot, snap, rtol=1e-14, atol=1e-15)
+    # The average of the inner iterates, rounded to float32 as the snapshot phase sends it.
+    snap = ((iterates[0] + iterates[1]) / 2).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(state.snapshot, snap)
     theta = next_theta(1.0)
     assert state.theta == pytest.approx(theta, rel=1e-15)
 
@@ -439,13 +442,13 @@ def test_accelerated_update_and_averaged_snapshot_by_hand() -> None:
 
 
 def test_accelerated_last_iterate_snapshot() -> None:
-    """With acc_snapshot = "last" the next snapshot is the last served model x."""
+    """With acc_snapshot = "last" the next snapshot is the last served model x (in float32)."""
     state = started(algorithm="acc-asylpg", acc_snapshot="last", updates_per_epoch=2, step=0.5)
     state.apply(DenseQuantized(4, 0.25, np.array([1, 2, 3], dtype=np.int8)), 0)
     state.apply(DenseQuantized(4, 0.25, np.array([-3, 0, 1], dtype=np.int8)), 1)
     x = state.x.copy()
     state.end_epoch()
-    np.testing.assert_array_equal(state.snapshot, x)
+    np.testing.assert_array_equal(state.snapshot, x.astype(np.float32).astype(np.float64))
 
 
 # -- MasterState: model messages -------------------------------------------------------------------

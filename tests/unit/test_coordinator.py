@@ -440,7 +440,9 @@ def test_traffic_by_kind() -> None:
     assert traffic.wire_bytes["up", "header"] == HEADER_SIZE * messages
     assert traffic.messages["up", "GRADIENT"] >= coordinator.state.version
     assert traffic.payload_bits["up", "GRADIENT"] > 0
-    assert traffic.payload_bits["down", "SNAPSHOT"] == 3 * 3 * 123 * 64  # 3 phases x 3 workers, float64
+    # 3 phases x 3 workers; the snapshot phase is full precision, float32 (algorithms.md 5).
+    assert traffic.payload_bits["down", "SNAPSHOT"] == 3 * 3 * 123 * 32
+    assert traffic.payload_bits["up", "SNAPSHOT_GRADIENT"] == 3 * 3 * 123 * 32
 
 
 def test_summary_json_and_keys() -> None:
