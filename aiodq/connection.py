@@ -21,6 +21,7 @@ and leaves the connection unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -45,6 +46,7 @@ from .events import (
     SnapshotGradient,
     Welcome,
 )
+from .vectors import DenseQuantized
 from .wire.frames import HEADER_SIZE, Frame, FrameReader, MessageType
 from .wire.messages import DecodeContext, decode_message, encode_message, message_type_of
 from .wire.payload import Encoding, encoding_of
@@ -396,6 +398,14 @@ class Connection:
             self._check_order(message_type, sender=self.role)
             self._check_content(event, sender=self.role)
             vector = getattr(event, "vector", None)
+            if (
+                isinstance(vector, DenseQuantized)
+                and vector.rice
+                and Encoding.DENSE_RICE not in self._peer_encodings
+            ):
+                # A peer that did not announce DENSE_RICE gets the same codes as plain DENSE.
+                vector = vector.with_rice(False)
+                event = dataclasses.replace(event, vector=vector)  # type: ignore[arg-type]
             if vector is not None and int(encoding_of(vector)) not in self._peer_encodings:
                 raise _ViolationError(
                     f"the peer did not announce {encoding_of(vector).name}", ErrorCode.UNSUPPORTED_ENCODING

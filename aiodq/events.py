@@ -13,6 +13,9 @@ from typing import TypeAlias
 
 from .vectors import RawVector, Vector
 
+#: Every vector encoding of wire-format.md 5.2: 0 RAW_F32 .. 7 QSGD and 8 DENSE_RICE.
+ALL_ENCODINGS: frozenset[int] = frozenset(range(9))
+
 __all__ = [
     "AuthChallenge",
     "AuthConfirm",
@@ -54,7 +57,7 @@ class Hello:
     #: Highest protocol version the worker speaks.
     max_version: int = 1
     #: Vector encodings the worker can decode.
-    encodings: frozenset[int] = frozenset(range(8))
+    encodings: frozenset[int] = ALL_ENCODINGS
     #: A free-form name for logs (at most 255 UTF-8 bytes).
     name: str = ""
 
@@ -77,7 +80,7 @@ class Welcome:
     #: The number the master gives this worker for the session.
     worker_id: int = 0
     #: Vector encodings the master can decode.
-    encodings: frozenset[int] = frozenset(range(8))
+    encodings: frozenset[int] = ALL_ENCODINGS
 
     def __post_init__(self) -> None:
         if not 1 <= self.version <= 255:

@@ -211,8 +211,8 @@ def describe_frame(data: bytes, label: str = "") -> SeedFrame:
             varint()
             if encoding in (Encoding.RAW_F32, Encoding.RAW_F64) and cursor.remaining:
                 number(4 if encoding == Encoding.RAW_F32 else 8)
-            elif encoding == Encoding.DENSE:
-                number(4)
+            elif encoding in (Encoding.DENSE, Encoding.DENSE_RICE):
+                number(4)  # the scale (5.5, 5.8)
             elif encoding in (Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE, Encoding.QSGD):
                 varint()
                 number(4)
@@ -264,7 +264,31 @@ def _vectors(rng: np.random.Generator, dim: int) -> dict[str, list[tuple[Vector,
     levels = np.zeros(dim, dtype=np.int64)
     levels[-1] = -65535
     gradients.append((QSGDVector(s=65535, norm=float(np.finfo(np.float32).max), levels=levels), False))
+    # DENSE_RICE (wire-format.md 5.8): mostly small codes, Rice-coded where that is smaller than
+    # DENSE (at dimension 1 it never is, so those frames stay DENSE).  Drawn last, so that the
+    # vectors above do not depend on them.
+    for bits, relative in ((3, True), (6, False), (16, True)):
+        models.append((_rice_vector(rng, dim, bits), relative))
+    for mu in (0.05, 1e-4):
+        payload = quantize_model(model, snap, mu, rng)
+        if isinstance(payload.vector, DenseQuantized):
+            models.append((payload.vector.with_rice(True), payload.relative))
+    for bits in (2, 4, 8, 12, 16):
+        gradients.append((_rice_vector(rng, dim, bits), False))
+    rice_gradient = quantize_gradient(gradient * (rng.random(dim) < 0.2), 8, rng)
+    if isinstance(rice_gradient, DenseQuantized):
+        gradients.append((rice_gradient.with_rice(True), False))
     return {"raw": raws, "model": models, "gradient": gradients}
+
+
+def _rice_vector(rng: np.random.Generator, dim: int, bits: int) -> DenseQuantized:
+    """Mostly-zero ``bits``-bit codes with both extremes, asking for DENSE_RICE (5.8)."""
+    top = 1 << (bits - 1)
+    codes = np.where(rng.random(dim) < 0.75, 0, rng.integers(-3, 4, size=dim)).clip(-top, top - 1)
+    codes[0] = -top  # z = 2^b - 1, the largest zigzag value
+    if dim > 1:
+        codes[-1] = top - 1
+    return DenseQuantized(bits=bits, scale=2.0 ** -rng.integers(1, 20), codes=codes, rice=True)
 
 
 def build_corpus(seed: int, dim: int = DEFAULT_DIM) -> tuple[SeedFrame, ...]:
@@ -359,9 +383,14 @@ class Responder:
         rng = np.random.default_rng(0x5EED)
         self.dim = dim
         self.last_epoch = last_epoch
-        self._models = [v for v in _vectors(rng, dim)["model"] if not isinstance(v[0], ZeroVector)]
+        models = [v for v in _vectors(rng, dim)["model"] if not isinstance(v[0], ZeroVector)]
+        # The short recorded session sends models 0..4: RAW_F32, RAW_F64, a DENSE_RICE model with
+        # RELATIVE (5.8) in the place of a second RAW_F32 (moved to the end), EQUALS_SNAPSHOT, DENSE.
+        rice = next(v for v in models if encoding_of(v[0]) is Encoding.DENSE_RICE)
+        rest = [v for v in models if v is not rice]
+        self._models = [*rest[:2], rice, *rest[3:], rest[2]]
         gradients = _vectors(rng, dim)["gradient"]
-        picks = ("SPARSE_RICE", "QSGD", "DENSE", "SPARSE_BITMAP", "RAW_F64", "ZERO")
+        picks = ("SPARSE_RICE", "QSGD", "DENSE", "DENSE_RICE", "SPARSE_BITMAP", "RAW_F64", "ZERO")
         by_name = {encoding_of(v).name: v for v, _ in gradients}
         self._gradients = [by_name[name] for name in picks]
         self._snapshot = RawVector(rng.normal(size=dim).astype(np.float32))

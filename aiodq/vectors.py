@@ -138,7 +138,6 @@ class RawVector:
     __hash__ = None  # type: ignore[assignment]
 
 
-
 def full_precision(values: npt.ArrayLike) -> RawVector:
     """A full-precision vector as the protocol sends it: float32 (the paper's full precision).
 
@@ -163,6 +162,7 @@ def to_wire_precision(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
     the same x_snap bit for bit.
     """
     return full_precision(values).values.astype(np.float64)
+
 
 @dataclass(frozen=True, slots=True)
 class ZeroVector:
@@ -208,10 +208,13 @@ class EqualsSnapshot:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DenseQuantized:
-    """``codes[i] * scale`` for every coordinate (encoding DENSE).
+    """``codes[i] * scale`` for every coordinate (encodings DENSE and DENSE_RICE).
 
     The codes are ``bits``-bit two's complement integers; ``scale`` is the grid
-    step delta of docs/algorithms.md section 2, a positive float32.
+    step delta of docs/algorithms.md section 2, a positive float32.  With
+    ``rice`` the codes travel Rice-coded (DENSE_RICE, wire-format.md 5.8)
+    whenever that is smaller than ``bits`` per code and the peer announced it;
+    the value, and equality, do not depend on it.
     """
 
     #: Bits per code, 1 to 16.
@@ -220,6 +223,10 @@ class DenseQuantized:
     scale: float
     #: One integer code per coordinate.
     codes: IntArray
+    #: Send as DENSE_RICE where that is smaller (entropy coding of the codes).
+    rice: bool = False
+    #: The Rice parameter k* if DENSE_RICE is smaller, else -1: a memo of aiodq.wire.payload.
+    rice_choice: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
@@ -232,13 +239,22 @@ class DenseQuantized:
             raise ValueError("all codes are zero: send ZeroVector (or EqualsSnapshot) instead")
         object.__setattr__(self, "codes", _readonly(codes))
         object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "rice", bool(self.rice))
 
     @classmethod
-    def _trusted(cls, bits: int, scale: float, codes: IntArray) -> DenseQuantized:
+    def _trusted(
+        cls, bits: int, scale: float, codes: IntArray, *, rice: bool = False, rice_choice: int | None = None
+    ) -> DenseQuantized:
         """Build without validation: for the decoder, which has checked everything."""
         obj = object.__new__(cls)
-        _set_fields(obj, bits=bits, scale=scale, codes=_readonly(codes))
+        _set_fields(obj, bits=bits, scale=scale, codes=_readonly(codes), rice=rice, rice_choice=rice_choice)
         return obj
+
+    def with_rice(self, rice: bool) -> DenseQuantized:
+        """The same value, to be sent Rice-coded where smaller (True) or as plain DENSE (False)."""
+        if rice == self.rice:
+            return self
+        return DenseQuantized._trusted(self.bits, self.scale, self.codes, rice=rice)
 
     @property
     def dim(self) -> int:

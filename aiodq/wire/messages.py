@@ -48,10 +48,19 @@ ALLOWED_ENCODINGS: dict[MessageType, frozenset[Encoding]] = {
     MessageType.SNAPSHOT: _RAW,
     MessageType.SNAPSHOT_GRADIENT: _RAW,
     MessageType.FULL_GRADIENT: _RAW,
-    MessageType.MODEL: _RAW | {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE},
+    MessageType.MODEL: _RAW | {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE, Encoding.DENSE_RICE},
     MessageType.GRADIENT: _RAW
-    | {Encoding.ZERO, Encoding.DENSE, Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE, Encoding.QSGD},
+    | {
+        Encoding.ZERO,
+        Encoding.DENSE,
+        Encoding.DENSE_RICE,
+        Encoding.SPARSE_BITMAP,
+        Encoding.SPARSE_RICE,
+        Encoding.QSGD,
+    },
 }
+
+_KNOWN = frozenset(int(e) for e in Encoding)
 
 _TYPES: dict[type, MessageType] = {
     Hello: MessageType.HELLO,
@@ -255,7 +264,7 @@ def _reason(cursor: Cursor, limits: Limits) -> str:
 @functools.lru_cache(maxsize=128)
 def _allowed(message_type: MessageType, announced: frozenset[int]) -> frozenset[Encoding]:
     """Encodings a message may carry and this receiver announced (wire-format.md 6.2)."""
-    return ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in announced if e < 8}
+    return ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in announced if e in _KNOWN}
 
 
 def _vector(cursor: Cursor, context: DecodeContext, message_type: MessageType) -> Vector:

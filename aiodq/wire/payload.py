@@ -40,7 +40,17 @@ from .bitcodes import (
 )
 from .cursor import Cursor, pack_f32, uvarint
 
-__all__ = ["Encoding", "decode_vector", "encode_vector", "encoding_of", "sparse_index_encoding"]
+__all__ = [
+    "Encoding",
+    "decode_vector",
+    "dense_rice_choose",
+    "dense_rice_encoding",
+    "encode_vector",
+    "encoding_of",
+    "sparse_index_encoding",
+    "unzigzag",
+    "zigzag",
+]
 
 
 class Encoding(IntEnum):
@@ -62,9 +72,11 @@ class Encoding(IntEnum):
     SPARSE_RICE = 6
     #: "QSGD: a norm, s, and Elias-gamma-coded levels with their signs."
     QSGD = 7
+    #: "A scale and one b-bit code per coordinate, Rice-coded after a zigzag map."
+    DENSE_RICE = 8
 
 
-_QUANTIZED = frozenset({Encoding.DENSE, Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE})
+_QUANTIZED = frozenset({Encoding.DENSE, Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE, Encoding.DENSE_RICE})
 
 
 def _invalid(message: str) -> CodecError:
@@ -97,6 +109,48 @@ def sparse_index_encoding(vector: SparseQuantized) -> tuple[Encoding, int]:
     return Encoding(encoding), k
 
 
+def zigzag(codes: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Map two's complement codes to ``0, 1, 2, ...``: ``c >= 0`` to ``2c``, ``c < 0`` to ``-2c - 1``."""
+    wide = codes.astype(np.int64)
+    result: npt.NDArray[np.int64] = (wide << 1) ^ (wide >> 63)
+    return result
+
+
+def unzigzag(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The inverse of :func:`zigzag`."""
+    result: npt.NDArray[np.int64] = (values >> 1) ^ -(values & 1)
+    return result
+
+
+def dense_rice_choose(values: npt.NDArray[np.int64], bits: int) -> tuple[int, int]:
+    """``(k, size)``: the smallest DENSE_RICE block (k byte, remainders, unary) over k = 0..bits-1.
+
+    Ties go to the smaller k.  One shift per k over the zigzagged ``values``.
+    """
+    count = int(values.shape[0])
+    quotients = values.copy()
+    best_k, best_size = 0, 0
+    for k in range(bits):
+        size = 1 + packed_size(count, k) + (int(quotients.sum()) + count + 7) // 8
+        if k == 0 or size < best_size:
+            best_k, best_size = k, size
+        quotients >>= 1
+    return best_k, best_size
+
+
+def dense_rice_encoding(vector: DenseQuantized) -> int:
+    """k* if the vector goes as DENSE_RICE (it asks for it and the block is smaller), else -1 (memoised)."""
+    choice = vector.rice_choice
+    if choice is None:
+        choice = -1
+        if vector.rice:
+            k, size = dense_rice_choose(zigzag(vector.codes), vector.bits)
+            if size < packed_size(vector.dim, vector.bits):
+                choice = k
+        object.__setattr__(vector, "rice_choice", choice)
+    return choice
+
+
 def encoding_of(vector: Vector) -> Encoding:
     """Return the encoding that :func:`encode_vector` uses for ``vector``."""
     if isinstance(vector, RawVector):
@@ -106,7 +160,7 @@ def encoding_of(vector: Vector) -> Encoding:
     if isinstance(vector, EqualsSnapshot):
         return Encoding.EQUALS_SNAPSHOT
     if isinstance(vector, DenseQuantized):
-        return Encoding.DENSE
+        return Encoding.DENSE_RICE if dense_rice_encoding(vector) >= 0 else Encoding.DENSE
     if isinstance(vector, SparseQuantized):
         return sparse_index_encoding(vector)[0]
     return Encoding.QSGD
@@ -128,6 +182,11 @@ def encode_vector(vector: Vector) -> list[bytes]:
     if isinstance(vector, EqualsSnapshot):
         return [bytes((Encoding.EQUALS_SNAPSHOT << 4,)), dim]
     if isinstance(vector, DenseQuantized):
+        k = dense_rice_encoding(vector)
+        if k >= 0:
+            descriptor = bytes((Encoding.DENSE_RICE << 4 | (vector.bits - 1),))
+            remainders, unary = rice_encode(zigzag(vector.codes), k)
+            return [descriptor, dim, pack_f32(vector.scale), bytes((k,)), remainders, unary]
         descriptor = bytes((Encoding.DENSE << 4 | (vector.bits - 1),))
         return [descriptor, dim, pack_f32(vector.scale), pack(vector.codes, vector.bits)]
     if isinstance(vector, SparseQuantized):
@@ -229,6 +288,8 @@ def decode_vector(
         if not codes.any():
             raise _invalid("every DENSE code is zero; the zero vector is sent as ZERO")
         return DenseQuantized._trusted(bits, scale, codes)
+    if encoding == Encoding.DENSE_RICE:
+        return _decode_dense_rice(cursor, dim, bits)
     if encoding == Encoding.QSGD:
         return _decode_qsgd(cursor, dim)
     return _decode_sparse(cursor, encoding, dim, bits)
@@ -288,6 +349,29 @@ def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> S
     if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
     return SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
+
+
+def _decode_dense_rice(cursor: Cursor, dim: int, bits: int) -> DenseQuantized:
+    """wire-format.md 5.8, the checks in the order of 5.8-5."""
+    scale = _scale(cursor)
+    k = cursor.u8("Rice parameter")
+    if k >= bits:
+        raise _invalid(f"Rice parameter {k} is not below the code width {bits}")
+    remainders = cursor.take(packed_size(dim, k), "Rice remainders")
+    unary = cursor.rest()
+    # Bound the work before decoding: DENSE_RICE is sent only when smaller than DENSE.
+    if 1 + len(remainders) + len(unary) >= packed_size(dim, bits):
+        raise _invalid("this DENSE_RICE block is not smaller than the DENSE codes")
+    values = rice_decode(remainders, unary, dim, k)
+    if int(values.max()) >= 1 << bits:
+        raise _invalid(f"a zigzagged code is {int(values.max())}, beyond {bits} bits")
+    if not values.any():
+        raise _invalid("every DENSE_RICE code is zero; the zero vector is sent as ZERO")
+    best_k, _ = dense_rice_choose(values, bits)
+    if best_k != k:
+        raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
+    codes: npt.NDArray[np.integer[Any]] = unzigzag(values).astype(np.int8 if bits <= 8 else np.int16)
+    return DenseQuantized._trusted(bits, scale, codes, rice=True, rice_choice=k)
 
 
 def _decode_qsgd(cursor: Cursor, dim: int) -> QSGDVector:

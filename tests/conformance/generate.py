@@ -77,7 +77,12 @@ from aiodq.vectors import (  # noqa: E402
 )
 from aiodq.wire.frames import FrameReader, MessageType  # noqa: E402
 from aiodq.wire.messages import DecodeContext, decode_message, encode_message  # noqa: E402
-from aiodq.wire.payload import Encoding, encoding_of, sparse_index_encoding  # noqa: E402
+from aiodq.wire.payload import (  # noqa: E402
+    Encoding,
+    dense_rice_encoding,
+    encoding_of,
+    sparse_index_encoding,
+)
 
 OUT = HERE / "vectors"
 VECTORS: list[tuple[str, dict[str, Any]]] = []
@@ -201,6 +206,47 @@ def best_rice(gaps: list[int]) -> tuple[int, int]:
     return sizes.index(best), best
 
 
+def zigzag(code: int) -> int:
+    """wire-format.md 5.8-2: ``c >= 0`` -> ``2c``, ``c < 0`` -> ``-2c - 1``."""
+    return 2 * code if code >= 0 else -2 * code - 1
+
+
+def dense_rice_size(values: list[int], k: int) -> int:
+    """R(k) of wire-format.md 5.8-4: the k byte, the remainders and the unary stream."""
+    return 1 + (len(values) * k + 7) // 8 + (sum(z >> k for z in values) + len(values) + 7) // 8
+
+
+def best_dense_rice(codes: list[int], bits: int) -> tuple[int, int, list[int]]:
+    """``(k*, R(k*), [R(0), ..., R(b - 1)])`` for the zigzagged codes (5.8-4)."""
+    values = [zigzag(c) for c in codes]
+    sizes = [dense_rice_size(values, k) for k in range(bits)]
+    best = min(sizes)
+    return sizes.index(best), best, sizes
+
+
+def dense_rice_block(codes: list[int], k: int) -> bytes:
+    """The k byte, the k-bit remainders and the unary quotients of the zigzagged codes (5.8-3)."""
+    remainders, unary = Bits(), Bits()
+    for code in codes:
+        z = zigzag(code)
+        remainders.put(z & ((1 << k) - 1), k)
+        unary.unary(z >> k)
+    return bytes((k,)) + remainders.bytes() + unary.bytes()
+
+
+def dense_rice_head(dim: int, bits: int, scale_pattern: int) -> bytes:
+    return bytes((0x80 | (bits - 1),)) + varint(dim) + f32raw(scale_pattern)
+
+
+def dense_rice_payload(
+    dim: int, bits: int, scale_pattern: int, codes: list[int], k: int | None = None
+) -> bytes:
+    """A DENSE_RICE payload with parameter ``k`` (default: the canonical k*)."""
+    if k is None:
+        k = best_dense_rice(codes, bits)[0]
+    return dense_rice_head(dim, bits, scale_pattern) + dense_rice_block(codes, k)
+
+
 def qsgd_payload(dim: int, s: int, norm_pattern: int, levels: list[int]) -> bytes:
     unary, mantissa, signs = Bits(), Bits(), Bits()
     for level in levels:
@@ -232,6 +278,8 @@ def vector_fields(v: Any) -> dict[str, Any]:
         out["values_bits"] = [conv(float(x)) for x in v.values]
     elif isinstance(v, DenseQuantized):
         out.update(bits=v.bits, scale_bits=f32bits(v.scale), codes=[int(c) for c in v.codes])
+        if enc == Encoding.DENSE_RICE:
+            out["rice_k"] = dense_rice_encoding(v)
     elif isinstance(v, SparseQuantized):
         out.update(
             bits=v.bits,
@@ -614,6 +662,8 @@ def build_valid() -> None:
         ),
     )
 
+    build_valid_dense_rice()
+
     # Sparse: bitmap vs Rice (5.6).
     def sparse(
         slug: str,
@@ -802,6 +852,148 @@ def build_valid() -> None:
     )
 
 
+#: The worked example of wire-format.md A.16: 16 four-bit codes whose best Rice parameter is k = 1.
+A16_CODES = [0, -1, 2, -2, 0, -1, 0, -2, -1, 2, 0, -2, -1, 0, -2, -1]
+#: d = 16, b = 4: k* = 0 (a tie with k = 1), R = 7 < 8; both code extremes -8 and 7.
+RICE_B4_K0 = [0, 0, 1, 0, 0, 0, -1, 0, 0, 0, 0, -8, 0, 0, 7, 0]
+#: d = 16, b = 8: k* = 0 and R = 6, ten bytes below DENSE (room for edits before step 5 fails).
+RICE_B8_SLACK = [0, 3, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, -5]
+#: d = 12, b = 8: k* = 1 (a tie with k = 2), so 12 remainder bits and 4 padding bits.
+RICE_B8_K1 = [0, 0, 0, -6, -3, 0, -2, -6, 1, -2, 0, -3]
+
+
+def build_valid_dense_rice() -> None:
+    """DENSE_RICE (wire-format.md 5.8): canonical k, both code extremes, MODEL and GRADIENT."""
+
+    def rice(
+        slug: str,
+        description: str,
+        bits: int,
+        scale_pattern: int,
+        codes: list[int],
+        want_k: int,
+        *,
+        message: str = "gradient",
+        relative: bool = False,
+        cites: tuple[str, ...] = (),
+    ) -> None:
+        dim = len(codes)
+        k, size, _ = best_dense_rice(codes, bits)
+        assert k == want_k and size < (dim * bits + 7) // 8, (slug, k, size)
+        scale = struct.unpack("<f", f32raw(scale_pattern))[0]
+        vector = DenseQuantized(bits, scale, np.array(codes, dtype=np.int64), rice=True)
+        payload = dense_rice_payload(dim, bits, scale_pattern, codes)
+        event: Any
+        if message == "gradient":
+            event = Gradient(epoch=1, version=7, vector=vector)
+            data = frame(1, 8, 0, varint(1) + varint(7) + payload)
+        else:
+            event = Model(epoch=2, version=9, vector=vector, relative=relative)
+            data = frame(1, 7, int(relative), varint(2) + varint(9) + payload)
+        base = ["WF-5.8-1", "WF-5.8-2", "WF-5.8-3", "WF-5.8-4", "WF-5.8-6"]
+        valid(slug, description, [*base, *cites], event, context={"dim": dim}, expect_hex=data)
+
+    rice(
+        "gradient-dense-rice-b4-k0",
+        "DENSE_RICE b = 4, d = 16 with codes -8 and 7 (z = 15, 14): k* = 0 (R(0) = R(1) = 7, the tie "
+        "goes to the smaller k), 7 < 8 DENSE bytes",
+        4,
+        0x3E800000,
+        RICE_B4_K0,
+        0,
+        cites=("WF-7.8",),
+    )
+    rice(
+        "gradient-dense-rice-b4-k1",
+        "DENSE_RICE b = 4, d = 16 (the worked example A.16): R(k) = 7, 6, 8, 9, so k* = 1",
+        4,
+        0x3E800000,
+        A16_CODES,
+        1,
+        cites=("WF-7.8",),
+    )
+    rice(
+        "gradient-dense-rice-b2",
+        "DENSE_RICE b = 2 (the narrowest width that can win), d = 32, codes -2 and 1: k* = 0, 6 < 8",
+        2,
+        0x3F000000,
+        [0] * 5 + [-2] + [0] * 20 + [1] + [0] * 5,
+        0,
+        cites=("WF-7.8",),
+    )
+    rice(
+        "gradient-dense-rice-b8-k0",
+        "DENSE_RICE b = 8, d = 8, two codes +-1: k* = 0, R = 3 < 8 (no remainder bytes)",
+        8,
+        0x3C000000,
+        [0, 1, 0, 0, -1, 0, 0, 0],
+        0,
+        cites=("WF-5.1-5", "WF-7.8"),
+    )
+    b8 = [(-1) ** i * ((i * 5) % 11) for i in range(32)]
+    b8[3], b8[20] = -128, 127
+    rice(
+        "gradient-dense-rice-b8-k4",
+        "DENSE_RICE b = 8, d = 32 with codes -128 and 127 (z = 255, 254) among small ones: k* = 4",
+        8,
+        0x3B800000,
+        b8,
+        4,
+        cites=("WF-7.8",),
+    )
+    rice(
+        "gradient-dense-rice-b8-k1-padding",
+        "DENSE_RICE b = 8, d = 12: k* = 1 (a tie with k = 2), 12 remainder bits, 4 zero padding bits",
+        8,
+        0x3D800000,
+        RICE_B8_K1,
+        1,
+        cites=("WF-5.1-3", "WF-7.8"),
+    )
+    b16 = [0] * 64
+    b16[17] = -32768
+    rice(
+        "gradient-dense-rice-b16-k9-tie",
+        "DENSE_RICE b = 16, d = 64, one code -32768 (z = 65535): R(9) = R(10) = 97, so k* = 9; 97 < 128",
+        16,
+        0x38000000,
+        b16,
+        9,
+        cites=("WF-7.8",),
+    )
+    rice(
+        "model-dense-rice",
+        "MODEL (no RELATIVE) carrying DENSE_RICE b = 5, d = 20: k* = 2, the model x = code x scale",
+        5,
+        0x3D000000,
+        [0, 0, 3, -16, 0, 15, 0, 0, -1, 0, 0, 0, 2, 0, 0, 0, 0, -2, 0, 1],
+        2,
+        message="model",
+        cites=("WF-7.7",),
+    )
+    rice(
+        "model-relative-dense-rice",
+        "MODEL with RELATIVE carrying DENSE_RICE b = 3, d = 24: x = x_snap + code x scale",
+        3,
+        0x3C800000,
+        [0, 1, 0, 0, -1, 0, 0, 0, 0, 0, -4, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        0,
+        message="model",
+        relative=True,
+        cites=("WF-7.7-2",),
+    )
+    # WF-5-2: DENSE stays valid where DENSE_RICE would be smaller (a sender MAY use DENSE_RICE).
+    valid(
+        "gradient-dense-where-rice-smaller",
+        "plain DENSE b = 4, d = 16 for the codes of A.16: still valid (5-2), although DENSE_RICE would "
+        "take 6 bytes instead of 8",
+        ["WF-5-2", "WF-5.5", "WF-5.8-4"],
+        Gradient(epoch=1, version=7, vector=DenseQuantized(4, 0.25, np.array(A16_CODES))),
+        context={"dim": 16},
+        expect_hex=frame(1, 8, 0, varint(1) + varint(7) + dense_payload(16, 4, 0x3E800000, A16_CODES)),
+    )
+
+
 # -- invalid vectors ---------------------------------------------------------------------------
 
 
@@ -943,10 +1135,17 @@ def build_invalid() -> None:
         E.MALFORMED_FRAME,
     )
     invalid(
-        "reserved-encoding-8",
-        "vector descriptor with the reserved encoding nibble 8",
-        ["WF-5"],
-        grad(b"\x80\x01"),
+        "reserved-encoding-9",
+        "vector descriptor with the reserved encoding nibble 9 (8 is DENSE_RICE since 5.8)",
+        ["WF-5", "WF-5.2-3", "WF-12-2"],
+        grad(b"\x90\x01"),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "reserved-encoding-15",
+        "vector descriptor 0xF3: the reserved encoding is refused before the low nibble matters",
+        ["WF-5.2-3", "WF-12-2"],
+        grad(b"\xf3\x01"),
         E.UNSUPPORTED_ENCODING,
     )
     invalid(
@@ -1047,6 +1246,8 @@ def build_invalid() -> None:
         grad(bytes(bad)),
         E.INVALID_PAYLOAD,
     )
+
+    build_invalid_dense_rice()
 
     # Sparse (5.6).
     bm = bitmap_block
@@ -1337,6 +1538,193 @@ def build_invalid() -> None:
         ["WF-3-6", "WF-7.14"],
         frame(1, 0x0E, 0x01, bytes(32)),
         E.MALFORMED_FRAME,
+    )
+
+
+def build_invalid_dense_rice() -> None:
+    """DENSE_RICE (wire-format.md 5.8): one vector per step of 5.8-5, with its exact code."""
+    E = ErrorCode
+    steps = ["WF-5.8-5"]
+    one = 0x3F800000
+
+    def block(codes: list[int], k: int | None = None) -> bytes:
+        return dense_rice_block(codes, best_dense_rice(codes, 8)[0] if k is None else k)
+
+    slack = block(RICE_B8_SLACK)  # b = 8, d = 16: k = 0 and a 5-byte unary stream (36 bits)
+    assert slack[0] == 0 and len(slack) == 6 and slack[-1] >> 4 == 0, slack.hex()
+    head8 = dense_rice_head(16, 8, one)
+    # Step 1: the scale, as in 5.5-2.
+    invalid(
+        "dense-rice-scale-truncated",
+        "DENSE_RICE b = 8, d = 16 whose scale has only 3 bytes",
+        [*steps, "WF-5.8-1"],
+        grad(head8[:-1]),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "dense-rice-scale-nan",
+        "DENSE_RICE with a NaN scale (then a valid block)",
+        [*steps, "WF-5.8-1", "WF-5.5-2"],
+        grad(dense_rice_head(16, 8, 0x7FC00000) + slack),
+        E.NON_FINITE,
+    )
+    invalid(
+        "dense-rice-scale-negative",
+        "DENSE_RICE with scale -1.0 (then a valid block)",
+        [*steps, "WF-5.8-1", "WF-5.5-2"],
+        grad(dense_rice_head(16, 8, 0xBF800000) + slack),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 2: the k byte.
+    invalid(
+        "dense-rice-k-missing",
+        "DENSE_RICE b = 8, d = 16: the payload ends after the scale",
+        steps,
+        grad(head8),
+        E.MALFORMED_FRAME,
+    )
+    # Step 3: k in 0..b-1.
+    invalid(
+        "dense-rice-k-equals-b",
+        "DENSE_RICE b = 4, d = 16 with k = 4 = b (k must be below b), checked before the remainders",
+        [*steps, "WF-5.8-3"],
+        grad(dense_rice_head(16, 4, one) + b"\x04"),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 4: the remainders.
+    invalid(
+        "dense-rice-remainders-truncated",
+        "DENSE_RICE b = 8, d = 16, k = 2: 3 of the 4 remainder bytes",
+        [*steps, "WF-5.8-3"],
+        grad(head8 + b"\x02" + bytes(3)),
+        E.MALFORMED_FRAME,
+    )
+    # Step 5: strictly smaller than the DENSE codes, checked before any stream is decoded.
+    tie = [-1] + [0] * 15
+    assert best_dense_rice(tie, 2)[:2] == (0, 4)
+    invalid(
+        "dense-rice-not-smaller",
+        "DENSE_RICE b = 2, d = 16, one code -1: the canonical block (k = 0) takes 4 bytes, as many as "
+        "DENSE, so the vector is DENSE",
+        [*steps, "WF-5.8-4"],
+        grad(dense_rice_payload(16, 2, one, tie)),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "dense-rice-b1",
+        "DENSE_RICE b = 1, d = 8: k = 0 and a 1-byte unary stream make 2 bytes, never below DENSE's 1",
+        [*steps, "WF-5.8-4"],
+        grad(dense_rice_payload(8, 1, one, [-1, 0, 0, 0, 0, 0, 0, 0])),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "dense-rice-not-smaller-before-unary",
+        "DENSE_RICE b = 4, d = 16, k = 0 with 7 unary bytes of zeros: 8 bytes are not below 8, which is "
+        "reported before the stream's one bits are counted",
+        [*steps, "WF-5.8-4"],
+        grad(dense_rice_head(16, 4, one) + b"\x00" + bytes(7)),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 6: exactly d one bits.
+    invalid(
+        "dense-rice-unary-missing-word",
+        "DENSE_RICE b = 8, d = 16, k = 0: the first unary bit cleared, so the stream holds 15 one bits",
+        steps,
+        grad(head8 + bytes((0, slack[1] & 0xFE)) + slack[2:]),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "dense-rice-unary-padding-bit",
+        "DENSE_RICE b = 8, d = 16, k = 0: padding bit 39 of the 36-bit unary stream set (17 one bits)",
+        [*steps, "WF-5.1-3"],
+        grad(head8 + slack[:-1] + bytes((slack[-1] | 0x80,))),
+        E.INVALID_PAYLOAD,
+    )
+    invalid(
+        "dense-rice-appended-byte",
+        "a valid DENSE_RICE block followed by the byte 01: it joins the unary stream (17 one bits), so "
+        "INVALID_PAYLOAD, not MALFORMED_FRAME",
+        steps,
+        grad(head8 + slack + b"\x01"),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 7: no trailing zero byte.
+    invalid(
+        "dense-rice-trailing-zero-byte",
+        "a valid DENSE_RICE block followed by the byte 00 (a trailing zero byte of the unary stream)",
+        steps,
+        grad(head8 + slack + b"\x00"),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 8: remainder padding.
+    k1 = bytearray(block(RICE_B8_K1))
+    assert k1[0] == 1 and k1[2] >> 4 == 0, k1.hex()
+    k1[2] |= 0x80
+    invalid(
+        "dense-rice-remainder-padding",
+        "DENSE_RICE b = 8, d = 12, k = 1 (12 remainder bits): remainder padding bit 15 set",
+        [*steps, "WF-5.1-3"],
+        grad(dense_rice_head(12, 8, one) + bytes(k1)),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 9: z < 2^b.
+    big = Bits().unary(16)
+    for _ in range(15):
+        big.unary(0)
+    invalid(
+        "dense-rice-z-beyond-b-bits",
+        "DENSE_RICE b = 4, d = 16, k = 0: the first quotient is 16, so z = 16 = 2^b",
+        [*steps, "WF-5.8-2"],
+        grad(dense_rice_head(16, 4, one) + b"\x00" + big.bytes()),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 10: not every code zero.
+    invalid(
+        "dense-rice-all-zero",
+        "DENSE_RICE b = 4, d = 16, k = 0: sixteen one bits, every z = 0 (the zero vector is ZERO)",
+        [*steps, "WF-5.4-4"],
+        grad(dense_rice_head(16, 4, one) + b"\x00\xff\xff"),
+        E.INVALID_PAYLOAD,
+    )
+    # Step 11: k = k*.
+    invalid(
+        "dense-rice-k-not-best",
+        "DENSE_RICE b = 8, d = 16 with k = 1 (7 bytes) where k = 0 takes 6",
+        [*steps, "WF-5.8-4"],
+        grad(head8 + block(RICE_B8_SLACK, 1)),
+        E.INVALID_PAYLOAD,
+    )
+    assert best_dense_rice(RICE_B4_K0, 4)[2][:2] == [7, 7]
+    invalid(
+        "dense-rice-k-tie-not-smallest",
+        "DENSE_RICE b = 4, d = 16 with k = 1: R(1) = R(0) = 7 < 8, and the tie goes to k = 0",
+        [*steps, "WF-5.8-4"],
+        grad(dense_rice_head(16, 4, 0x3E800000) + dense_rice_block(RICE_B4_K0, 1)),
+        E.INVALID_PAYLOAD,
+    )
+    # Where DENSE_RICE may travel (5.8-6, 6.2-3) and who may receive it (5.8-4, 12-2).
+    valid_b8 = dense_rice_payload(16, 8, one, RICE_B8_SLACK)
+    invalid(
+        "snapshot-dense-rice",
+        "SNAPSHOT carrying a valid DENSE_RICE vector (full precision only)",
+        ["WF-5.8-6", "WF-6.2-3", "WF-7.4"],
+        frame(1, 4, 0, varint(0) + valid_b8),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "full-gradient-dense-rice",
+        "FULL_GRADIENT carrying a valid DENSE_RICE vector",
+        ["WF-5.8-6", "WF-6.2-3", "WF-7.6"],
+        frame(1, 6, 0, varint(0) + valid_b8),
+        E.UNSUPPORTED_ENCODING,
+    )
+    invalid(
+        "dense-rice-not-announced",
+        "a valid DENSE_RICE GRADIENT to a receiver that announced only 0..7 (written before 5.8)",
+        ["WF-5.8-4", "WF-5.8-6", "WF-6.2-3", "WF-12-2"],
+        grad(valid_b8),
+        E.UNSUPPORTED_ENCODING,
+        {"encodings": [e.name for e in Encoding if e != Encoding.DENSE_RICE]},
     )
 
 
@@ -1942,7 +2330,41 @@ def build_stories() -> None:
     st.inject("worker", struct.pack("<BBBI", 1, 1, 0, 1000), error=E.FRAME_TOO_LARGE)
     st.done()
 
+    build_dense_rice_story()
     build_auth_stories()
+
+
+def build_dense_rice_story() -> None:
+    """wire-format.md 5.8-4, 12-2: a peer that did not announce 8 gets DENSE_RICE vectors as DENSE."""
+    st = Story(
+        "story-dense-rice-fallback",
+        "a worker written before DENSE_RICE announces 0..7: the master's MODEL, whose vector asks for "
+        "Rice coding (its send step says DENSE_RICE), reaches it as plain DENSE (descriptor 0x43); the "
+        "worker's GRADIENT to the master, which announced 0..8, travels as DENSE_RICE (0x83)",
+        ["WF-5-2", "WF-5.8-4", "WF-5.8-6", "WF-6.2-2", "WF-12-2"],
+    )
+    st.send("worker", Hello(min_version=1, max_version=1, encodings=frozenset(range(8)), name="old"))
+    st.send("master", Welcome(version=1, worker_id=8, encodings=frozenset(range(9))))
+    st.send("master", Config(dim=16, algorithm="asylpg", params={"bits": 4}))
+    st.send("master", Snapshot(epoch=1, vector=raw32(*[float(i) for i in range(16)])))
+    st.send(
+        "worker",
+        SnapshotGradient(epoch=1, samples=10, correct=7, loss=2.5, vector=raw64(*[0.5] * 16)),
+    )
+    model = DenseQuantized(4, 0.25, np.array(A16_CODES), rice=True)
+    assert encoding_of(model) == Encoding.DENSE_RICE
+    st.send("master", Model(epoch=1, version=0, relative=True, vector=model))
+    gradient = DenseQuantized(4, 0.125, np.array(RICE_B4_K0), rice=True)
+    st.send("worker", Gradient(epoch=1, version=0, vector=gradient))
+    model_frame, gradient_frame = (bytes.fromhex(step["hex"]) for step in st.steps[-2:])
+    if model_frame[9] != 0x43 or gradient_frame[9] != 0x83:
+        st.fail(f"descriptors {model_frame[9]:#04x} and {gradient_frame[9]:#04x}, expected 0x43 and 0x83")
+    received = [step["events"][0]["vector"]["encoding"] for step in st.steps[-2:]]
+    if received != ["DENSE", "DENSE_RICE"]:
+        st.fail(f"received encodings {received}")
+    st.send("worker", Close(code=0, reason="done"))
+    st.queued("master")
+    st.done()
 
 
 def build_auth_stories() -> None:

@@ -11,7 +11,7 @@ Entry points:
 - :func:`decode_frame` decodes one frame given its header fields and its body (receive procedure
   [WF-7-1], steps 2, 3 (optional), 6 and 7);
 - :func:`dense_values` turns a decoded vector into its coordinates ([WF-5.3-1], [WF-5.5-1],
-  [WF-5.6-1], [WF-5.7-1]).
+  [WF-5.6-1], [WF-5.7-1], [WF-5.8-1]).
 
 Every failure raises :class:`WireError`, whose ``code`` is the *name* of the error code of
 section 9 (for example ``"MALFORMED_FRAME"``).
@@ -23,8 +23,9 @@ The result is plain Python data::
      "vector": {"encoding": "DENSE", "dim": 5, "bits": 4, "scale": 0.25, "codes": [1, -2, 7, -8, 0]}}
 
 Vectors are dicts with ``encoding`` and ``dim`` and, by encoding: ``values`` (RAW_F32/RAW_F64,
-Python floats), ``bits``/``scale``/``codes`` (DENSE), ``bits``/``scale``/``indices``/``codes``
-(sparse, plus ``rice_k`` for SPARSE_RICE), ``s``/``norm``/``levels`` (QSGD).
+Python floats), ``bits``/``scale``/``codes`` (DENSE, plus ``rice_k`` for DENSE_RICE),
+``bits``/``scale``/``indices``/``codes`` (sparse, plus ``rice_k`` for SPARSE_RICE),
+``s``/``norm``/``levels`` (QSGD).
 
 The AUTH messages of the shared-secret handshake (7.12 .. 7.14) decode to their raw byte fields:
 ``nonce`` (AUTH_CHALLENGE), ``nonce`` and ``mac`` (AUTH_RESPONSE), ``mac`` (AUTH_CONFIRM), each
@@ -80,7 +81,8 @@ AUTH_FIELDS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 AUTH_RULES = {"AUTH_CHALLENGE": "WF-7.12-3", "AUTH_RESPONSE": "WF-7.13-2", "AUTH_CONFIRM": "WF-7.14-1"}
 
-#: Vector encodings, the high nibble of the descriptor [WF-5.2-1]; 8..15 are reserved [WF-12-2].
+#: Vector encodings, the high nibble of the descriptor [WF-5.2-1] (table of 5.2); 9..15 are
+#: reserved [WF-12-2], [WF-5.2-3] step 2.
 ENCODINGS: dict[int, str] = {
     0: "RAW_F32",
     1: "RAW_F64",
@@ -90,20 +92,24 @@ ENCODINGS: dict[int, str] = {
     5: "SPARSE_BITMAP",
     6: "SPARSE_RICE",
     7: "QSGD",
+    8: "DENSE_RICE",  # 5.8, added to version 1 under [WF-12-2]
 }
 ALL_ENCODINGS: frozenset[str] = frozenset(ENCODINGS.values())
 
 #: The quantized encodings, whose low nibble is ``bits - 1`` [WF-5.2-1].
-QUANTIZED = frozenset({"DENSE", "SPARSE_BITMAP", "SPARSE_RICE"})
+QUANTIZED = frozenset({"DENSE", "SPARSE_BITMAP", "SPARSE_RICE", "DENSE_RICE"})
 
 _RAW = frozenset({"RAW_F32", "RAW_F64"})
-#: Which message may carry which encoding [WF-6.2-3] (table).
+#: Which message may carry which encoding [WF-6.2-3] (table).  DENSE_RICE goes wherever DENSE
+#: does: MODEL (with or without RELATIVE) and GRADIENT [WF-5.8-6].  (The field diagrams of 7.7 and
+#: 7.8, and the sentence "Here `v` MUST be RAW_F32, RAW_F64 or DENSE" of [WF-7.7-2], do not list
+#: DENSE_RICE; that is a sender rule, and the receiver follows the table and [WF-5.8-6].)
 ALLOWED_ENCODINGS: dict[str, frozenset[str]] = {
     "SNAPSHOT": _RAW,
     "SNAPSHOT_GRADIENT": _RAW,
     "FULL_GRADIENT": _RAW,
-    "MODEL": _RAW | {"ZERO", "EQUALS_SNAPSHOT", "DENSE"},
-    "GRADIENT": _RAW | {"ZERO", "DENSE", "SPARSE_BITMAP", "SPARSE_RICE", "QSGD"},
+    "MODEL": _RAW | {"ZERO", "EQUALS_SNAPSHOT", "DENSE", "DENSE_RICE"},
+    "GRADIENT": _RAW | {"ZERO", "DENSE", "SPARSE_BITMAP", "SPARSE_RICE", "QSGD", "DENSE_RICE"},
 }
 
 #: The flag bits each type defines [WF-3-6]: only MODEL has one, RELATIVE (0x01) [WF-7.7-2].
@@ -366,6 +372,75 @@ def _decode_dense(body: Body, d: int, bits: int) -> dict[str, Any]:
     return {"encoding": "DENSE", "dim": d, "bits": bits, "scale": scale, "codes": codes}
 
 
+def zigzag(code: int) -> int:
+    """Code ``c`` is sent as ``z = 2c`` if ``c >= 0`` and ``z = -2c - 1`` if ``c < 0`` [WF-5.8-2]."""
+    return 2 * code if code >= 0 else -2 * code - 1
+
+
+def unzigzag(z: int) -> int:
+    """The inverse of [WF-5.8-2]: ``c = z/2`` for even ``z`` and ``c = -(z + 1)/2`` for odd ``z``."""
+    return z // 2 if z % 2 == 0 else -((z + 1) // 2)
+
+
+def dense_rice_block_size(values: list[int], k: int) -> int:
+    """``R(k) = 1 + ceil(d k / 8) + ceil((sum_i floor(z_i / 2^k) + d) / 8)`` [WF-5.8-4]."""
+    d = len(values)
+    return 1 + ceil_div(d * k, 8) + ceil_div(sum(z >> k for z in values) + d, 8)
+
+
+def best_dense_rice_k(values: list[int], bits: int) -> tuple[int, int]:
+    """``(k*, R(k*))``: the smallest k in 0..b-1 for which ``R(k)`` is smallest [WF-5.8-4]."""
+    sizes = [dense_rice_block_size(values, k) for k in range(bits)]
+    best = min(sizes)
+    return sizes.index(best), best
+
+
+def read_unary(data: bytes, count: int) -> list[int]:
+    """The first ``count`` unary code words: ``q`` zero bits, then one 1 bit [WF-5.6-5], [WF-5.8-3]."""
+    words: list[int] = []
+    run = 0
+    for position in range(8 * len(data)):
+        if len(words) == count:
+            break
+        if bit(data, position):
+            words.append(run)
+            run = 0
+        else:
+            run += 1
+    return words
+
+
+def _decode_dense_rice(body: Body, d: int, bits: int) -> dict[str, Any]:
+    # [WF-5.8-5] receiving, in order
+    scale = _check_scale(body, "DENSE_RICE scale")  # step 1: truncated, then as in [WF-5.5-2]
+    k = body.u8("DENSE_RICE Rice parameter k")  # step 2: missing -> MALFORMED_FRAME
+    if k >= bits:  # step 3 ([WF-5.8-3]: k is in 0..b-1)
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", f"k = {k} >= b = {bits}")
+    remainder_size = ceil_div(d * k, 8)
+    remainders_packed = body.take(remainder_size, "DENSE_RICE remainders")  # step 4: MALFORMED_FRAME
+    unary = body.rest()  # step 5: the unary stream is all the remaining bytes
+    if 1 + remainder_size + len(unary) >= ceil_div(d * bits, 8):  # step 5, before any decoding
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", "DENSE_RICE block not smaller than the DENSE codes")
+    if count_ones(unary) != d:  # step 6
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", "unary stream does not hold d one bits")
+    if unary[-1] == 0x00:  # step 7 (the stream is not empty: it holds d >= 1 one bits)
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", "unary stream ends in a zero byte")
+    if not padding_is_zero(remainders_packed, d * k):  # step 8, [WF-5.1-3]
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", "remainder padding bit set")
+    quotients = read_unary(unary, d)
+    remainders = unpack_codes(remainders_packed, d, k, signed=False)  # k = 0: all zero [WF-5.1-5]
+    values = [q * (1 << k) + r for q, r in zip(quotients, remainders, strict=True)]  # [WF-5.8-3]
+    if max(values) >= 1 << bits:  # step 9
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", f"a zigzag value {max(values)} >= 2^{bits}")
+    if not any(values):  # step 10, [WF-5.4-4]
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", "every DENSE_RICE code is zero")
+    best_k, _ = best_dense_rice_k(values, bits)
+    if k != best_k:  # step 11
+        raise fail("INVALID_PAYLOAD", "WF-5.8-5", f"k = {k} but k* = {best_k}")
+    codes = [unzigzag(z) for z in values]
+    return {"encoding": "DENSE_RICE", "dim": d, "bits": bits, "scale": scale, "codes": codes, "rice_k": k}
+
+
 def _decode_sparse(body: Body, name: str, d: int, bits: int) -> dict[str, Any]:
     # [WF-5.6-8] common part, in order
     n = body.varint("nonzero count")
@@ -535,6 +610,8 @@ def decode_vector(body: Body, message: str, context: Context) -> dict[str, Any]:
         return {"encoding": name, "dim": d}
     if name == "DENSE":
         return _decode_dense(body, d, low + 1)
+    if name == "DENSE_RICE":
+        return _decode_dense_rice(body, d, low + 1)
     if name == "QSGD":
         return _decode_qsgd(body, d)
     return _decode_sparse(body, name, d, low + 1)
@@ -550,8 +627,9 @@ def dense_values(vector: dict[str, Any], snapshot: list[float] | None = None) ->
     if encoding == "EQUALS_SNAPSHOT":
         assert snapshot is not None, "EQUALS_SNAPSHOT stands for x_snap [WF-5.4-2]"
         return list(snapshot)
-    if encoding == "DENSE":
-        return [float(c) * vector["scale"] for c in vector["codes"]]  # [WF-5.5-1], exact
+    if encoding in ("DENSE", "DENSE_RICE"):
+        # [WF-5.5-1], [WF-5.8-1]: code x scale, exact in binary64
+        return [float(c) * vector["scale"] for c in vector["codes"]]
     if encoding == "QSGD":
         # [WF-5.7-1] (l_i x norm) / s: the product is exact, only the division rounds
         return [(float(level) * vector["norm"]) / vector["s"] for level in vector["levels"]]
@@ -701,10 +779,12 @@ def _require(condition: bool, message: str, rule: str) -> None:
 def _encodings_field(value: Any, rule: str) -> list[int]:
     """An ``encodings`` array: ints in 0..15 [WF-6.2-1], returned sorted and without duplicates.
 
-    Entries 8..15 "mean nothing in version 1: they are kept in the announced set (duplicates
-    removed) but never match a vector" [WF-6.2-1]: they are accepted and kept in the result.  No
-    vector can match them, because a vector with encoding 8..15 fails with UNSUPPORTED_ENCODING
-    at step 2 of [WF-5.2-3], before the announced set is consulted.
+    Entries that name no encoding are "kept in the announced set (duplicates removed) but never
+    match a vector" [WF-6.2-1]: they are accepted and kept in the result.  No vector can match
+    them, because a vector with encoding 9..15 fails with UNSUPPORTED_ENCODING at step 2 of
+    [WF-5.2-3], before the announced set is consulted.  ([WF-6.2-1] still says "Entries 8..15
+    mean nothing in version 1"; the table of 5.2, [WF-5.2-3] step 2, [WF-5.8-6] and [WF-12-2]
+    make 8 DENSE_RICE, and this decoder follows them: announcing 8 lets DENSE_RICE in.)
     """
     _require(type(value) is list, "encodings is not an array", rule)
     for entry in value:

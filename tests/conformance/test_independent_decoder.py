@@ -146,11 +146,11 @@ def _vector_json(vector: dict[str, Any]) -> dict[str, Any]:
     if encoding in ("RAW_F32", "RAW_F64"):
         to_hex = _hex32 if encoding == "RAW_F32" else _hex64
         out["values_bits"] = [to_hex(v) for v in vector["values"]]
-    elif encoding in ("DENSE", "SPARSE_BITMAP", "SPARSE_RICE"):
+    elif encoding in ("DENSE", "DENSE_RICE", "SPARSE_BITMAP", "SPARSE_RICE"):
         out.update(bits=vector["bits"], scale_bits=_hex32(vector["scale"]), codes=vector["codes"])
-        if encoding != "DENSE":
+        if encoding.startswith("SPARSE"):
             out["indices"] = vector["indices"]
-        if encoding == "SPARSE_RICE":
+        if encoding in ("SPARSE_RICE", "DENSE_RICE"):
             out["rice_k"] = vector["rice_k"]
     elif encoding == "QSGD":
         out.update(s=vector["s"], norm_bits=_hex32(vector["norm"]), levels=vector["levels"])
@@ -254,10 +254,12 @@ def _plain_vector_ind(vector: dict[str, Any]) -> dict[str, Any]:
         out["values"] = [f32_bits(v) for v in vector["values"]]
     elif encoding == "RAW_F64":
         out["values"] = [f64_bits(v) for v in vector["values"]]
-    elif encoding in ("DENSE", "SPARSE_BITMAP", "SPARSE_RICE"):
+    elif encoding in ("DENSE", "DENSE_RICE", "SPARSE_BITMAP", "SPARSE_RICE"):
         out.update(bits=vector["bits"], scale=f32_bits(vector["scale"]), codes=vector["codes"])
-        if encoding != "DENSE":
+        if encoding.startswith("SPARSE"):
             out["indices"] = vector["indices"]
+        if encoding == "DENSE_RICE":
+            out["rice_k"] = vector["rice_k"]
     elif encoding == "QSGD":
         out.update(s=vector["s"], norm=f32_bits(vector["norm"]), levels=vector["levels"])
     if encoding != "EQUALS_SNAPSHOT":
@@ -286,8 +288,12 @@ def _plain_vector_ref(vector: Any) -> dict[str, Any]:
     elif isinstance(vector, EqualsSnapshot):
         return {"encoding": "EQUALS_SNAPSHOT", "dim": vector.dim}
     elif isinstance(vector, DenseQuantized):
-        out = {"encoding": "DENSE", "dim": vector.dim, "bits": vector.bits, "scale": f32_bits(vector.scale)}
+        # A decoded vector asks for Rice coding exactly when it arrived as DENSE_RICE (5.8).
+        encoding = "DENSE_RICE" if vector.rice else "DENSE"
+        out = {"encoding": encoding, "dim": vector.dim, "bits": vector.bits, "scale": f32_bits(vector.scale)}
         out["codes"] = ints(vector.codes)
+        if vector.rice:
+            out["rice_k"] = vector.rice_choice
     elif isinstance(vector, SparseQuantized):
         out = {"encoding": "SPARSE", "dim": vector.dim, "bits": vector.bits, "scale": f32_bits(vector.scale)}
         out.update(codes=ints(vector.codes), indices=ints(vector.indices))
@@ -442,7 +448,21 @@ def _dense(rng: np.random.Generator, d: int) -> DenseQuantized:
         codes[rng.random(d) < 0.5] = low if rng.random() < 0.5 else high
     if not codes.any():
         codes[int(rng.integers(d))] = low if bits == 1 else 1
-    return DenseQuantized(bits, _scale(rng), codes.astype(np.int64))
+    # Ask for DENSE_RICE (5.8) half the time: it is used where it is smaller.
+    return DenseQuantized(bits, _scale(rng), codes.astype(np.int64), rice=bool(rng.random() < 0.5))
+
+
+def _dense_rice(rng: np.random.Generator, d: int) -> DenseQuantized:
+    """Mostly small codes (a quantized model or gradient), sent as DENSE_RICE where smaller (5.8)."""
+    bits = int(rng.integers(2, 17))
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    spread = max(1, int(2 ** rng.uniform(0, bits - 1)))
+    codes = np.clip(np.round(rng.laplace(0.0, spread / 4, size=d)), low, high).astype(np.int64)
+    if rng.random() < 0.3:
+        codes[int(rng.integers(d))] = low if rng.random() < 0.5 else high
+    if not codes.any():
+        codes[int(rng.integers(d))] = low
+    return DenseQuantized(bits, _scale(rng), codes, rice=True)
 
 
 def _sparse(rng: np.random.Generator, d: int) -> SparseQuantized:
@@ -497,10 +517,10 @@ def _text(rng: np.random.Generator, max_chars: int) -> str:
 
 
 def _encodings(rng: np.random.Generator) -> frozenset[int]:
-    """Announced encodings, now and then with entries 8..15, which stay in the set [WF-6.2-1]."""
-    chosen = frozenset(int(e) for e in np.flatnonzero(rng.random(8) < 0.7))
+    """Announced encodings, now and then with entries 9..15, which stay in the set [WF-6.2-1]."""
+    chosen = frozenset(int(e) for e in np.flatnonzero(rng.random(9) < 0.7))
     if rng.random() < 0.15:
-        chosen |= frozenset(int(e) for e in rng.integers(8, 16, size=int(rng.integers(1, 4))))
+        chosen |= frozenset(int(e) for e in rng.integers(9, 16, size=int(rng.integers(1, 4))))
     return chosen
 
 
@@ -562,12 +582,16 @@ def random_event(rng: np.random.Generator) -> Any:
                 x_snap + 0.01 * rng.standard_normal(d) * (rng.random() < 0.8), x_snap, 0.5, rng
             )
             vector, relative = payload.vector, payload.relative
+            if isinstance(vector, DenseQuantized) and rng.random() < 0.5:
+                vector = vector.with_rice(True)  # as the reference master sends it (5.8)
         else:
-            vector = [_raw, _dense, lambda r, n: ZeroVector(n), lambda r, n: EqualsSnapshot(n)][pick](rng, d)
+            makers = [_raw, _dense, lambda r, n: ZeroVector(n), lambda r, n: EqualsSnapshot(n)]
+            maker = _dense_rice if pick == 1 and rng.random() < 0.5 else makers[pick]
+            vector = maker(rng, d)
             relative = pick in (0, 1) and rng.random() < 0.5
         return Model(epoch=_counter(rng), version=_counter(rng), vector=vector, relative=relative)
     if kind in (7, 8):
-        makers = [_raw, _dense, _sparse, _sparse, _qsgd, _quantized, lambda r, n: ZeroVector(n)]
+        makers = [_raw, _dense, _dense_rice, _sparse, _sparse, _qsgd, _quantized, lambda r, n: ZeroVector(n)]
         vector = makers[int(rng.integers(len(makers)))](rng, d)
         return Gradient(epoch=_counter(rng), version=_counter(rng), vector=vector)
     if kind == 9:
@@ -723,7 +747,7 @@ def _descriptor_edit(rng: np.random.Generator, frame: bytes, event: Any) -> byte
         return None
     data = bytearray(frame)
     if rng.random() < 0.7:
-        data[position] = int(rng.integers(0, 8)) << 4 | int(rng.integers(0, 16)) * int(rng.random() < 0.5)
+        data[position] = int(rng.integers(0, 10)) << 4 | int(rng.integers(0, 16)) * int(rng.random() < 0.5)
     else:
         data[position] = int(rng.integers(256))
     return bytes(data)
@@ -846,12 +870,12 @@ def test_generated_frames_agree() -> None:
 
 
 def _quantized_payload_cases(seed: int, count: int) -> list[tuple[str, bytes, ind.Context]]:
-    """GRADIENTs with DENSE, sparse or QSGD vectors, edited inside the payload (length fixed up)."""
+    """GRADIENTs with DENSE, DENSE_RICE, sparse or QSGD vectors, edited inside the payload."""
     rng = np.random.default_rng(seed)
     cases = []
     for index in range(count):
         d = _dim(rng)
-        vector = [_dense, _sparse, _sparse, _qsgd][int(rng.integers(4))](rng, d)
+        vector = [_dense, _dense_rice, _sparse, _sparse, _qsgd][int(rng.integers(5))](rng, d)
         event = Gradient(epoch=int(rng.integers(0, 300)), version=int(rng.integers(0, 300)), vector=vector)
         frame = encode_message(event)
         start = _descriptor_position(event)
@@ -874,8 +898,8 @@ def _quantized_payload_cases(seed: int, count: int) -> list[tuple[str, bytes, in
                 body += bytes(int(b) for b in rng.integers(0, 256, size=int(rng.integers(1, 3))))
         elif pick == 4:  # rewrite one byte
             body[int(rng.integers(first, len(body)))] = int(rng.integers(256))
-        else:  # bitmap <-> Rice, or another bit width
-            body[start - 7] = (body[start - 7] & 0xF0 ^ _pick(rng, [0x00, 0x30, 0x10])) | int(
+        else:  # bitmap <-> Rice, DENSE <-> DENSE_RICE (0xC0), or another bit width
+            body[start - 7] = (body[start - 7] & 0xF0 ^ _pick(rng, [0x00, 0x30, 0x10, 0xC0])) | int(
                 rng.integers(16)
             )
         data = _relength(frame, bytes(body))
@@ -884,7 +908,7 @@ def _quantized_payload_cases(seed: int, count: int) -> list[tuple[str, bytes, in
 
 
 def test_quantized_payload_edits_agree() -> None:
-    """4000 DENSE, sparse and QSGD payloads with edited bits or lengths: same result in both decoders."""
+    """4000 DENSE, DENSE_RICE, sparse and QSGD payloads with edited bits or lengths: same result in both."""
     found, tally = _disagreements(_quantized_payload_cases(seed=99, count=4000))
     assert not found, f"{len(found)} disagreements, first ones:\n" + "\n".join(found[:10])
     assert tally.get("error:INVALID_PAYLOAD", 0) > 1000 and tally.get("error:NON_FINITE", 0) > 100, tally
@@ -920,6 +944,15 @@ def test_every_bit_width_and_encoding_round_trips() -> None:
     for s in (1, 2, 3, 65534, 65535):
         levels = np.array([0, s, -s, 1, -1, 0, s // 2, 0, 0])
         cases.append(Gradient(epoch=0, version=0, vector=QSGDVector(s, 3.0, levels)))
+    for bits in range(1, 17):  # DENSE_RICE where it is smaller (b >= 2 and d large enough), else DENSE
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        for d in (1, 8, 16, 40, 200):
+            codes = np.zeros(d, dtype=np.int64)
+            codes[0], codes[-1] = low, high if high else low
+            codes[d // 2 :: 7] = 1 if high else low
+            vector = DenseQuantized(bits, 0.5, codes, rice=True)
+            cases.append(Gradient(epoch=1, version=2, vector=vector))
+            cases.append(Model(epoch=1, version=2, vector=vector, relative=bool(d % 2)))
     for event in cases:
         frame = encode_message(event)
         context = ind.Context(dim=event.vector.dim)
@@ -940,6 +973,40 @@ def test_sparse_index_encoding_is_the_canonical_one() -> None:
         assert decoded["encoding"] == ("SPARSE_RICE" if best_size < bitmap else "SPARSE_BITMAP")
         if decoded["encoding"] == "SPARSE_RICE":
             assert decoded["rice_k"] == best_k
+
+
+def test_dense_rice_choice_is_the_canonical_one() -> None:
+    """aiodq sends DENSE_RICE exactly when R(k*) < ceil(d b / 8), with the k* of [WF-5.8-4]."""
+    rng = np.random.default_rng(17)
+    chosen = 0
+    for index in range(400):
+        vector = (_dense_rice if index % 2 else _dense)(rng, _dim(rng)).with_rice(True)
+        frame = encode_message(Gradient(epoch=0, version=0, vector=vector))
+        [message] = ind.decode_stream(frame, ind.Context(dim=vector.dim))
+        values = [ind.zigzag(int(c)) for c in vector.codes]
+        best_k, best_size = ind.best_dense_rice_k(values, vector.bits)
+        smaller = best_size < -(-vector.dim * vector.bits // 8)
+        decoded = message["vector"]
+        assert decoded["encoding"] == ("DENSE_RICE" if smaller else "DENSE")
+        assert decoded["codes"] == [int(c) for c in vector.codes]
+        if smaller:
+            chosen += 1
+            assert decoded["rice_k"] == best_k
+            assert len(frame) == 7 + 2 + 1 + len(_varint(vector.dim)) + 4 + best_size
+        # The same codes without Rice coding are plain DENSE, and both decoders agree on them.
+        plain = encode_message(Gradient(epoch=0, version=0, vector=vector.with_rice(False)))
+        assert plain[9] >> 4 == 4
+        assert run_independent(plain, ind.Context()) == run_reference(plain, ind.Context())
+    assert 100 < chosen < 400
+
+
+def test_independent_zigzag_is_a_bijection() -> None:
+    """[WF-5.8-2]: 0, -1, 1, -2, 2, ... map to 0, 1, 2, 3, 4, ..., and b-bit codes to 0..2^b - 1."""
+    assert [ind.zigzag(c) for c in (0, -1, 1, -2, 2, -3)] == [0, 1, 2, 3, 4, 5]
+    for bits in range(1, 17):
+        codes = range(-(2 ** (bits - 1)), 2 ** (bits - 1))
+        assert sorted(ind.zigzag(c) for c in codes) == list(range(2**bits))
+        assert all(ind.unzigzag(ind.zigzag(c)) == c for c in codes)
 
 
 def test_truncations_of_every_frame_agree() -> None:
@@ -1048,6 +1115,9 @@ _ONE = "0000803f"  # binary32 1.0
 _NAN = "0000c07f"
 _INF = "0000807f"
 _GRAD = "0107"  # GRADIENT epoch 1, version 7
+#: The DENSE_RICE payload of A.16 after the dimension: scale 0.25, k = 1, remainders, unary stream.
+_A16 = "0000803e" + "01" + "aad9" + "d39bdd"
+_UP_TO_QSGD = frozenset(name for number, name in ind.ENCODINGS.items() if number <= 7)
 # (name, frame, context keyword arguments, expected code or None for "accepted")
 EDGE_CASES: list[tuple[str, bytes, dict[str, Any], str | None]] = [
     # receive procedure order [WF-7-1], [WF-3-3], [WF-3-6]
@@ -1072,7 +1142,8 @@ EDGE_CASES: list[tuple[str, bytes, dict[str, Any], str | None]] = [
     ("varint 80 80 00", _frame(8, "808000" + "00" + "2001"), {}, "MALFORMED_FRAME"),
     # descriptor and dimension order [WF-5.2-3]
     ("descriptor missing", _frame(8, _GRAD), {}, "MALFORMED_FRAME"),
-    ("reserved encoding in SNAPSHOT", _frame(4, "00" + "8f01"), {}, "UNSUPPORTED_ENCODING"),
+    ("reserved encoding in SNAPSHOT", _frame(4, "00" + "9f01"), {}, "UNSUPPORTED_ENCODING"),
+    ("reserved encoding 9 in GRADIENT", _frame(8, _GRAD + "9301"), {}, "UNSUPPORTED_ENCODING"),
     ("type table before low nibble", _frame(4, "00" + "2101"), {}, "UNSUPPORTED_ENCODING"),
     ("low nibble before dimension", _frame(8, _GRAD + "21"), {}, "MALFORMED_FRAME"),
     ("dimension not shortest", _frame(8, _GRAD + "208000"), {}, "MALFORMED_FRAME"),
@@ -1093,6 +1164,56 @@ EDGE_CASES: list[tuple[str, bytes, dict[str, Any], str | None]] = [
     ("DENSE 1-bit -1", _frame(8, _GRAD + "4001" + _ONE + "01"), {}, None),
     ("DENSE subnormal scale", _frame(8, _GRAD + "4001" + "01000000" + "01"), {}, None),
     ("DENSE in SNAPSHOT", _frame(4, "00" + "4001" + _ONE + "01"), {}, "UNSUPPORTED_ENCODING"),
+    # DENSE_RICE [WF-5.8-5], around the worked example A.16 (b = 4, d = 16, k = 1)
+    ("DENSE_RICE A.16", _frame(8, _GRAD + "8310" + _A16), {}, None),
+    ("DENSE_RICE A.16 in MODEL", _frame(7, "0101" + "8310" + _A16), {}, None),
+    ("DENSE_RICE A.16 RELATIVE", _frame(7, "0101" + "8310" + _A16, flags=1), {}, None),
+    ("DENSE_RICE in SNAPSHOT", _frame(4, "00" + "8310" + _A16), {}, "UNSUPPORTED_ENCODING"),
+    (
+        "DENSE_RICE in SNAPSHOT_GRADIENT",
+        _frame(5, "000000" + "00" * 8 + "8310" + _A16),
+        {},
+        "UNSUPPORTED_ENCODING",
+    ),
+    (
+        "DENSE_RICE not announced",
+        _frame(8, _GRAD + "8310" + _A16),
+        {"encodings": _UP_TO_QSGD},
+        "UNSUPPORTED_ENCODING",
+    ),
+    ("DENSE_RICE dimension first", _frame(8, _GRAD + "8311" + _A16), {"dim": 16}, "WRONG_DIMENSION"),
+    ("DENSE_RICE scale truncated", _frame(8, _GRAD + "8310" + _ONE[:6]), {}, "MALFORMED_FRAME"),
+    ("DENSE_RICE NaN scale before k", _frame(8, _GRAD + "8310" + _NAN), {}, "NON_FINITE"),
+    ("DENSE_RICE -0.0 scale", _frame(8, _GRAD + "8310" + "00000080" + _A16[8:]), {}, "INVALID_PAYLOAD"),
+    ("DENSE_RICE k missing", _frame(8, _GRAD + "8310" + _ONE), {}, "MALFORMED_FRAME"),
+    ("DENSE_RICE k = b before remainders", _frame(8, _GRAD + "8310" + _ONE + "04"), {}, "INVALID_PAYLOAD"),
+    ("DENSE_RICE k = 255", _frame(8, _GRAD + "8f10" + _ONE + "ff"), {}, "INVALID_PAYLOAD"),
+    (
+        "DENSE_RICE remainders short",
+        _frame(8, _GRAD + "8310" + _ONE + "03" + "00" * 5),
+        {},
+        "MALFORMED_FRAME",
+    ),
+    ("DENSE_RICE no unary stream", _frame(8, _GRAD + "8310" + _ONE + "01" + "aad9"), {}, "INVALID_PAYLOAD"),
+    (
+        "DENSE_RICE size before ones",
+        _frame(8, _GRAD + "8310" + _ONE + "00" + "00" * 7),
+        {},
+        "INVALID_PAYLOAD",
+    ),
+    ("DENSE_RICE size just below", _frame(8, _GRAD + "8310" + _ONE + "00" + "00" * 6), {}, "INVALID_PAYLOAD"),
+    ("DENSE_RICE trailing zero", _frame(8, _GRAD + "8310" + _A16 + "00"), {}, "INVALID_PAYLOAD"),
+    ("DENSE_RICE extra word", _frame(8, _GRAD + "8310" + _A16 + "01"), {}, "INVALID_PAYLOAD"),
+    (
+        "DENSE_RICE remainder padding",
+        _frame(8, _GRAD + "8709" + _ONE + "01" + "0002" + "ff01"),
+        {},
+        "INVALID_PAYLOAD",
+    ),
+    ("DENSE_RICE z = 2^b", _frame(8, _GRAD + "8310" + _ONE + "00" + "0000ffff"), {}, "INVALID_PAYLOAD"),
+    ("DENSE_RICE z = 2^b - 1", _frame(8, _GRAD + "8310" + _ONE + "00" + "0080ff7f"), {}, None),
+    ("DENSE_RICE all zero", _frame(8, _GRAD + "8310" + _ONE + "00" + "ffff"), {}, "INVALID_PAYLOAD"),
+    ("DENSE_RICE b = 1 never smaller", _frame(8, _GRAD + "8001" + _ONE + "00" + "01"), {}, "INVALID_PAYLOAD"),
     # sparse common part [WF-5.6-8]
     ("nnz > d before the scale", _frame(8, _GRAD + "520c0d" + "0000"), {}, "INVALID_PAYLOAD"),
     ("nnz not shortest", _frame(8, _GRAD + "520c8000"), {}, "MALFORMED_FRAME"),

@@ -63,7 +63,7 @@ from aiodq.vectors import (
 )
 from aiodq.wire.frames import FrameReader, MessageType
 from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import Encoding, encoding_of, sparse_index_encoding
+from aiodq.wire.payload import Encoding, dense_rice_encoding, encoding_of, sparse_index_encoding
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 #: The suite fails if the vectors are missing or were mostly deleted.
@@ -115,6 +115,8 @@ def _vector_to_fields(vector: Vector) -> dict[str, Any]:
         out["values_bits"] = [to_bits(float(x)) for x in vector.values]
     elif isinstance(vector, DenseQuantized):
         out.update(bits=vector.bits, scale_bits=_f32bits(vector.scale), codes=[int(c) for c in vector.codes])
+        if encoding is Encoding.DENSE_RICE:
+            out["rice_k"] = dense_rice_encoding(vector)
     elif isinstance(vector, SparseQuantized):
         out.update(
             bits=vector.bits,
@@ -140,9 +142,13 @@ def _vector_from_fields(fields: dict[str, Any]) -> Vector:
         return ZeroVector(dim)
     if encoding is Encoding.EQUALS_SNAPSHOT:
         return EqualsSnapshot(dim)
-    if encoding is Encoding.DENSE:
+    if encoding in (Encoding.DENSE, Encoding.DENSE_RICE):
+        # DENSE_RICE: the same value, asking the encoder for Rice coding (wire-format.md 5.8).
         return DenseQuantized(
-            fields["bits"], _float(fields["scale_bits"]), np.array(fields["codes"], dtype=np.int64)
+            fields["bits"],
+            _float(fields["scale_bits"]),
+            np.array(fields["codes"], dtype=np.int64),
+            rice=encoding is Encoding.DENSE_RICE,
         )
     if encoding in (Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE):
         return SparseQuantized(

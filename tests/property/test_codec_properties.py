@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import tracemalloc
 
 import numpy as np
@@ -46,7 +47,7 @@ from aiodq.vectors import (
 from aiodq.wire.cursor import MAX_VARINT, Cursor, uvarint
 from aiodq.wire.frames import FrameReader, encode_frame
 from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import decode_vector, encode_vector
+from aiodq.wire.payload import Encoding, decode_vector, encode_vector
 
 SETTINGS = settings(
     derandomize=True,
@@ -87,6 +88,21 @@ def dense_vectors(draw: st.DrawFn, dim: int | None = None) -> DenseQuantized:
 
 
 @st.composite
+def dense_rice_vectors(draw: st.DrawFn, dim: int | None = None) -> DenseQuantized:
+    """Codes like a quantized model's or gradient's, mostly small, asking for DENSE_RICE (5.8)."""
+    n = draw(st.one_of(DIMS, st.integers(24, 300))) if dim is None else dim  # Rice wins at larger d
+    bits = draw(st.integers(1, 16))
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    spread = draw(st.integers(0, bits - 1))  # codes mostly within +-2^spread
+    small = st.integers(max(low, -(1 << spread)), min(high, (1 << spread) - 1))
+    code = st.one_of(st.just(0), st.just(0), small, st.sampled_from([low, high]))
+    codes = draw(st.lists(code, min_size=n, max_size=n))
+    if not any(codes):  # WF-5.8-5 step 10: the zero vector is ZERO
+        codes[draw(st.integers(0, n - 1))] = low
+    return DenseQuantized(bits=bits, scale=draw(F32_SCALES), codes=np.array(codes, dtype=np.int64), rice=True)
+
+
+@st.composite
 def sparse_vectors(draw: st.DrawFn, dim: int | None = None) -> SparseQuantized:
     n = draw(DIMS) if dim is None else dim
     bits = draw(st.integers(1, 16))
@@ -118,7 +134,7 @@ def equals_vectors(dim: int | None = None) -> st.SearchStrategy[EqualsSnapshot]:
 
 
 def model_vectors(dim: int | None = None) -> st.SearchStrategy[tuple[Vector, bool]]:
-    flagged = st.one_of(raw_vectors(dim), dense_vectors(dim))
+    flagged = st.one_of(raw_vectors(dim), dense_vectors(dim), dense_rice_vectors(dim))
     return st.one_of(
         st.tuples(flagged, st.booleans()),
         st.tuples(st.one_of(zero_vectors(dim), equals_vectors(dim)), st.just(False)),
@@ -127,7 +143,12 @@ def model_vectors(dim: int | None = None) -> st.SearchStrategy[tuple[Vector, boo
 
 def gradient_vectors(dim: int | None = None) -> st.SearchStrategy[Vector]:
     return st.one_of(
-        raw_vectors(dim), zero_vectors(dim), dense_vectors(dim), sparse_vectors(dim), qsgd_vectors(dim)
+        raw_vectors(dim),
+        zero_vectors(dim),
+        dense_vectors(dim),
+        dense_rice_vectors(dim),
+        sparse_vectors(dim),
+        qsgd_vectors(dim),
     )
 
 
@@ -221,6 +242,45 @@ def test_encoding_is_canonical(vector: Vector) -> None:
     data = encode_message(Gradient(epoch=0, version=0, vector=vector))
     (decoded,) = decode_stream(data)
     assert encode_message(decoded) == data
+
+
+def _dense_rice_size(codes: np.ndarray, bits: int) -> tuple[int, int]:
+    """(k*, R(k*)) straight from wire-format.md 5.8-2 and 5.8-4, with Python integers."""
+    values = [2 * int(c) if c >= 0 else -2 * int(c) - 1 for c in codes]
+    d = len(values)
+    sizes = [1 + math.ceil(d * k / 8) + math.ceil((sum(z >> k for z in values) + d) / 8) for k in range(bits)]
+    return sizes.index(min(sizes)), min(sizes)
+
+
+@settings(SETTINGS, max_examples=500)
+@given(vector=dense_rice_vectors())
+def test_dense_rice_roundtrip(vector: DenseQuantized) -> None:
+    """wire-format.md 5.8: with rice=True, decode(encode(v)) == v and re-encoding gives the same bytes."""
+    data = b"".join(encode_vector(vector))
+    cursor = Cursor(data)
+    decoded = decode_vector(cursor, Limits(), expected_dim=vector.dim)
+    assert cursor.remaining == 0
+    assert decoded == vector
+    assert isinstance(decoded, DenseQuantized)
+    assert decoded.bits == vector.bits and decoded.scale == vector.scale
+    assert decoded.codes.tolist() == vector.codes.tolist()
+    assert b"".join(encode_vector(decoded)) == data
+    # 5.8-4: DENSE_RICE with k = k* exactly when that block is smaller than the DENSE codes.
+    k, size = _dense_rice_size(vector.codes, vector.bits)
+    if size < math.ceil(vector.dim * vector.bits / 8):
+        assert data[0] == Encoding.DENSE_RICE << 4 | (vector.bits - 1) and decoded.rice
+        head = 1 + len(uvarint(vector.dim)) + 4
+        assert data[head] == k and len(data) == head + size
+    else:
+        assert data[0] >> 4 == Encoding.DENSE and not decoded.rice
+    # The same value as plain DENSE (5-2): equal vectors, and a frame round trip of both.
+    plain = vector.with_rice(False)
+    assert decode_vector(Cursor(b"".join(encode_vector(plain))), Limits()) == decoded
+    for sent in (vector, plain):
+        frame = encode_message(Gradient(epoch=1, version=2, vector=sent))
+        (event,) = decode_stream(frame, DecodeContext(dim=vector.dim))
+        assert event == Gradient(epoch=1, version=2, vector=vector)
+        assert encode_message(event) == frame
 
 
 @settings(SETTINGS, max_examples=200)
@@ -340,7 +400,7 @@ def test_codec_garbage_with_matching_dimension(data: bytes) -> None:
 @settings(SETTINGS, max_examples=600)
 @given(
     data=mutated(
-        st.one_of(sparse_vectors(), qsgd_vectors(), dense_vectors(), raw_vectors()).map(
+        st.one_of(sparse_vectors(), qsgd_vectors(), dense_vectors(), dense_rice_vectors(), raw_vectors()).map(
             lambda v: b"".join(encode_vector(v))
         )
     )
@@ -420,6 +480,8 @@ def test_declared_sizes_do_not_allocate() -> None:
         bytes([0x4F]) + uvarint(2**40) + b"\x00\x00\x80\x3f",  # DENSE 16 bits
         bytes([0x5F]) + uvarint(999) + uvarint(2**40) + b"\x00\x00\x80\x3f",  # sparse nnz > d
         bytes([0x70]) + uvarint(999) + uvarint(0xFFFF) + b"\x00\x00\x80\x3f" + b"\xff" * 2000,  # QSGD
+        bytes([0x8F]) + uvarint(2**40) + b"\x00\x00\x80\x3f" + b"\x0f",  # DENSE_RICE, k = 15
+        bytes([0x8F]) + uvarint(999) + b"\x00\x00\x80\x3f" + b"\x00" + b"\xff" * 1500,  # unary > d
     ]
     for body in bodies:
         frame = encode_frame(1, 0x08, 0, [uvarint(0), uvarint(0), body])

@@ -139,6 +139,27 @@ def test_states_and_corpus_cover_the_protocol() -> None:
     assert encodings == {int(e) for e in Encoding}
     bits = {frame.data[frame.descriptor] & 0x0F for frame in SETUP.corpus if frame.descriptor is not None}
     assert len(bits) >= 12
+    # DENSE_RICE (5.8-6) in MODEL, with and without RELATIVE, and in GRADIENT: in the corpus and in
+    # the recorded session's streams, so that connection targets receive it too.
+    rice = Encoding.DENSE_RICE
+    carried = {
+        (frame.data[1], frame.data[2], frame.data[frame.descriptor] >> 4)
+        for frame in SETUP.corpus
+        if frame.descriptor is not None
+    }
+    assert {
+        (MessageType.MODEL, 0, rice),
+        (MessageType.MODEL, 1, rice),
+        (MessageType.GRADIENT, 0, rice),
+    } <= carried
+    streamed = {
+        (frame.data[1], frame.data[frame.descriptor] >> 4)
+        for target in SETUP.targets.values()
+        for point in target.points
+        for frame in point.stream
+        if frame.descriptor is not None
+    }
+    assert {(MessageType.MODEL, rice), (MessageType.GRADIENT, rice)} <= streamed
 
 
 def test_campaign_is_deterministic_across_processes() -> None:
@@ -166,9 +187,12 @@ def test_crashes_are_recorded_with_a_minimal_reproducer(monkeypatch: pytest.Monk
     crash = crashes[0]
     assert crash["exception"] == "IndexError: planted bug"
     assert "planted bug" in crash["traceback"]
-    # Shrunk to about one HEARTBEAT frame: a header (and whatever body its length field still claims).
+    # Shrunk to one HEARTBEAT frame: a header and whatever body its length field still claims (the
+    # minimizer only deletes bytes, so a length field copied from a spliced frame stays), nothing more.
     minimal = bytes.fromhex(crash["minimal_hex"])
-    assert minimal[1] == MessageType.HEARTBEAT and len(minimal) <= 16, minimal.hex()
+    declared = int.from_bytes(minimal[3:7], "little")
+    assert minimal[1] == MessageType.HEARTBEAT and len(minimal) == 7 + declared, minimal.hex()
+    assert len(minimal) <= len(bytes.fromhex(crash["input_hex"])), minimal.hex()
 
 
 def test_minimize_keeps_only_what_reproduces() -> None:
@@ -224,12 +248,15 @@ def _bombs() -> list[bytes]:
     huge = [1 << 62, 1 << 40, 1 << 24, TIGHT_LIMITS.max_dimension]
     bodies: list[bytes] = []
     for dim in huge:
-        for descriptor in (0x00, 0x10, 0x20, 0x4F, 0x5F, 0x6F, 0x70):
+        for descriptor in (0x00, 0x10, 0x20, 0x4F, 0x5F, 0x6F, 0x70, 0x8F):
             head = bytes([descriptor]) + uvarint(dim)
             bodies.append(head + b"\xff" * 64)
             bodies.append(head + uvarint(dim) + b"\x00\x00\x80\x3f" + b"\xff" * 64)  # nnz or s = dim
             bodies.append(head + uvarint(1) + b"\x00\x00\x80\x3f" + b"\x10" + b"\xff" * 512)  # Rice, k = 16
         bodies.append(bytes([0x70]) + uvarint(dim) + uvarint(0xFFFF) + b"\x00\x00\x80\x3f" + b"\x01" * 3000)
+        # DENSE_RICE b = 16 (5.8-5): remainders of k = 15 bits each, or a long unary stream (k = 0).
+        for k, size in ((15, 4000), (0, 2000)):
+            bodies.append(bytes([0x8F]) + uvarint(dim) + b"\x00\x00\x80\x3f" + bytes([k]) + b"\xff" * size)
     frames = [encode_frame(1, MessageType.GRADIENT, 0, [uvarint(0), uvarint(0), body]) for body in bodies]
     # msgpack containers that declare 2**32 - 1 entries or bytes (wire-format.md 7-6).
     for marker in (b"\xdd", b"\xdf", b"\xdb", b"\xc6", b"\xc9"):

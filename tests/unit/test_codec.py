@@ -25,7 +25,17 @@ from aiodq.vectors import (
 from aiodq.wire.cursor import MAX_VARINT, Cursor, uvarint
 from aiodq.wire.frames import HEADER_SIZE, FrameReader, MessageType, encode_frame
 from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import Encoding, decode_vector, encode_vector, encoding_of, sparse_index_encoding
+from aiodq.wire.payload import (
+    Encoding,
+    decode_vector,
+    dense_rice_choose,
+    dense_rice_encoding,
+    encode_vector,
+    encoding_of,
+    sparse_index_encoding,
+    unzigzag,
+    zigzag,
+)
 
 LIMITS = Limits()
 
@@ -402,6 +412,208 @@ def test_sparse_non_canonical_index_encoding_rejected() -> None:
     with pytest.raises(CodecError) as info:
         decode_payload(head + bytes([other_k]) + remainder + unary)
     assert info.value.code == ErrorCode.INVALID_PAYLOAD
+
+
+# -- DENSE_RICE (wire-format.md 5.8) -------------------------------------------
+
+
+def spec_zigzag(code: int) -> int:
+    """5.8-2 with Python integers: ``c >= 0`` -> ``2c``, ``c < 0`` -> ``-2c - 1``."""
+    return 2 * code if code >= 0 else -2 * code - 1
+
+
+def spec_rice_size(values: list[int], k: int) -> int:
+    """R(k) of 5.8-4: the k byte, ``ceil(d k / 8)`` remainder bytes and the unary stream."""
+    d = len(values)
+    return 1 + math.ceil(d * k / 8) + math.ceil((sum(z >> k for z in values) + d) / 8)
+
+
+def spec_rice_block(values: list[int], k: int) -> bytes:
+    """The k byte, the k-bit remainders (5.1) and the unary quotients (5.8-3), bit by bit."""
+    remainder_bits = [(z >> j) & 1 for z in values for j in range(k)]
+    unary_bits = [bit for z in values for bit in [0] * (z >> k) + [1]]
+
+    def to_bytes(bits: list[int]) -> bytes:
+        out = bytearray(math.ceil(len(bits) / 8))
+        for position, bit in enumerate(bits):
+            out[position // 8] |= bit << (position % 8)
+        return bytes(out)
+
+    return bytes([k]) + to_bytes(remainder_bits) + to_bytes(unary_bits)
+
+
+def mostly_zero_codes(rng: np.random.Generator, dim: int, bits: int, density: float = 0.2) -> np.ndarray:
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    codes = np.where(rng.random(dim) < density, rng.integers(-3, 4, dim), 0).clip(low, high)
+    codes[0] = low
+    codes[-1] = high if dim > 1 and high else low
+    return codes
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_zigzag_map_every_width(bits: int) -> None:
+    """WF-5.8-2: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...; the b-bit codes map onto 0..2^b - 1 and back."""
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    codes = np.arange(low, high + 1, dtype=np.int64)
+    values = zigzag(codes)
+    assert values.tolist() == [spec_zigzag(int(c)) for c in codes]
+    assert int(zigzag(np.array([low]))[0]) == (1 << bits) - 1
+    assert int(zigzag(np.array([high]))[0]) == (1 << bits) - 2
+    assert sorted(values.tolist()) == list(range(1 << bits))
+    assert unzigzag(values).tolist() == codes.tolist()
+    # The narrow dtypes the quantizers produce give the same values.
+    narrow = codes.astype(np.int8 if bits <= 8 else np.int16)
+    assert zigzag(narrow).tolist() == values.tolist()
+
+
+def test_zigzag_order() -> None:
+    """WF-5.8-2: the example sequence of the spec."""
+    assert zigzag(np.array([0, -1, 1, -2, 2, -3, 3])).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert unzigzag(np.arange(7, dtype=np.int64)).tolist() == [0, -1, 1, -2, 2, -3, 3]
+
+
+def test_canonical_k_is_the_exhaustive_minimum() -> None:
+    """WF-5.8-4: dense_rice_choose gives the smallest k in 0..b-1 with the smallest R(k) (ties: smaller k)."""
+    rng = np.random.default_rng(58)
+    ties = 0
+    for _ in range(600):
+        bits = int(rng.integers(1, 17))
+        dim = int(rng.integers(1, 300))
+        scale = int(rng.integers(0, bits))
+        codes = rng.integers(-(1 << scale), 1 << scale, dim).clip(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        codes[rng.random(dim) < rng.random()] = 0
+        values = [spec_zigzag(int(c)) for c in codes]
+        sizes = [spec_rice_size(values, k) for k in range(bits)]
+        best = min(sizes)
+        assert dense_rice_choose(zigzag(codes), bits) == (sizes.index(best), best)
+        ties += sizes.count(best) > 1
+    assert ties > 20  # the tie rule was exercised
+
+
+@pytest.mark.parametrize("bits", range(2, 17))
+@pytest.mark.parametrize("dim", [24, 40, 129, 1000])
+def test_dense_rice_roundtrip(bits: int, dim: int) -> None:
+    """WF-5.8-3, 5.8-4: mostly-zero codes go as DENSE_RICE with k*, byte for byte, and decode back."""
+    rng = np.random.default_rng(bits * 100 + dim)
+    codes = mostly_zero_codes(rng, dim, bits, density=0.1)
+    vector = DenseQuantized(bits=bits, scale=0.125, codes=codes, rice=True)
+    values = [spec_zigzag(int(c)) for c in codes]
+    sizes = [spec_rice_size(values, k) for k in range(bits)]
+    k = sizes.index(min(sizes))
+    assert min(sizes) < math.ceil(dim * bits / 8)
+    assert encoding_of(vector) is Encoding.DENSE_RICE and dense_rice_encoding(vector) == k
+    payload = b"".join(encode_vector(vector))
+    head = bytes([0x80 | (bits - 1)]) + uvarint(dim) + np.float32(0.125).tobytes()
+    assert payload == head + spec_rice_block(values, k)
+    decoded = roundtrip(vector)
+    assert decoded == vector and isinstance(decoded, DenseQuantized)
+    assert decoded.rice and decoded.codes.tolist() == codes.tolist()
+    assert b"".join(encode_vector(decoded)) == payload  # canonical: re-encodes to the same bytes
+    assert np.array_equal(decoded.to_dense(), vector.with_rice(False).to_dense())
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 12, 16])
+def test_dense_rice_falls_back_to_dense_when_not_smaller(bits: int) -> None:
+    """WF-5.8-4: uniformly random codes are not smaller Rice-coded: the vector goes as plain DENSE."""
+    rng = np.random.default_rng(bits)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    for dim in (1, 7, 64, 500):
+        codes = rng.integers(low, high + 1, dim)
+        codes[0] = low
+        vector = DenseQuantized(bits=bits, scale=1.0, codes=codes, rice=True)
+        values = [spec_zigzag(int(c)) for c in codes]
+        assert min(spec_rice_size(values, k) for k in range(bits)) >= math.ceil(dim * bits / 8)
+        assert encoding_of(vector) is Encoding.DENSE and dense_rice_encoding(vector) == -1
+        payload = b"".join(encode_vector(vector))
+        assert payload == b"".join(encode_vector(vector.with_rice(False)))
+        assert payload[0] == 0x40 | (bits - 1)
+        decoded = roundtrip(vector)
+        assert decoded == vector and isinstance(decoded, DenseQuantized) and not decoded.rice
+
+
+def test_dense_rice_never_for_one_bit_or_one_coordinate() -> None:
+    """WF-5.8-4: with b = 1 (k = 0) or d = 1 the block is never below ceil(d b / 8): DENSE."""
+    for dim in (1, 8, 64, 1000):
+        codes = np.zeros(dim, dtype=np.int64)
+        codes[-1] = -1
+        assert encoding_of(DenseQuantized(bits=1, scale=1.0, codes=codes, rice=True)) is Encoding.DENSE
+    for bits in range(1, 17):
+        one = DenseQuantized(bits=bits, scale=1.0, codes=np.array([-1]), rice=True)
+        assert encoding_of(one) is Encoding.DENSE
+
+
+def test_dense_rice_tie_with_dense_goes_to_dense() -> None:
+    """WF-5.8-4: R(k*) must be strictly smaller; b = 2, d = 16, one code -1 gives 4 = 4 bytes."""
+    codes = np.zeros(16, dtype=np.int64)
+    codes[0] = -1
+    assert dense_rice_choose(zigzag(codes), 2) == (0, 4)
+    assert encoding_of(DenseQuantized(bits=2, scale=1.0, codes=codes, rice=True)) is Encoding.DENSE
+    codes = np.zeros(24, dtype=np.int64)  # d = 24: 5 < 6 bytes
+    codes[0] = -1
+    assert encoding_of(DenseQuantized(bits=2, scale=1.0, codes=codes, rice=True)) is Encoding.DENSE_RICE
+
+
+def test_rice_flag_does_not_change_the_value() -> None:
+    """wire-format.md 5-2, 5.8: DENSE and DENSE_RICE carry the same value; only the bytes differ."""
+    rng = np.random.default_rng(5)
+    codes = mostly_zero_codes(rng, 64, 6)
+    plain = DenseQuantized(bits=6, scale=0.5, codes=codes)
+    rice = plain.with_rice(True)
+    assert plain == rice and rice.with_rice(False) == plain
+    assert plain.with_rice(False) is plain and rice.with_rice(True) is rice
+    assert not plain.rice and rice.rice
+    assert encoding_of(plain) is Encoding.DENSE and encoding_of(rice) is Encoding.DENSE_RICE
+    plain_bytes, rice_bytes = (b"".join(encode_vector(v)) for v in (plain, rice))
+    assert len(rice_bytes) < len(plain_bytes)
+    assert roundtrip(plain) == roundtrip(rice)
+    for relative in (False, True):
+        model = Model(epoch=1, version=2, vector=rice, relative=relative)
+        frame = encode_message(model)
+        assert frame[HEADER_SIZE + 2] >> 4 == Encoding.DENSE_RICE
+        assert one_frame(frame) == model
+
+
+def test_dense_rice_payload_checks_in_order() -> None:
+    """WF-5.8-5: each step's failure with its code (the conformance vectors have one per step)."""
+    head = bytes([0x83]) + uvarint(16) + np.float32(1.0).tobytes()  # b = 4, d = 16: DENSE is 8 bytes
+    cases = [
+        (head[:-1], ErrorCode.MALFORMED_FRAME),  # 1: truncated scale
+        (head[:-4] + np.float32(np.inf).tobytes() + b"\x00", ErrorCode.NON_FINITE),  # 1: 5.5-2
+        (head, ErrorCode.MALFORMED_FRAME),  # 2: no k byte
+        (head + b"\x04", ErrorCode.INVALID_PAYLOAD),  # 3: k = b
+        (head + b"\x02" + bytes(3), ErrorCode.MALFORMED_FRAME),  # 4: 3 of 4 remainder bytes
+        (head + b"\x00" + bytes(7), ErrorCode.INVALID_PAYLOAD),  # 5: 8 bytes, not below 8
+        (head + b"\x00" + b"\xff\x7f", ErrorCode.INVALID_PAYLOAD),  # 6: 15 one bits
+        (head + b"\x00" + b"\xff\xff\x00", ErrorCode.INVALID_PAYLOAD),  # 7: trailing zero byte
+        (head + b"\x01" + b"\x01\x00" + b"\x00\xff\xff", ErrorCode.INVALID_PAYLOAD),  # 9: z = 17 >= 16
+        (head + b"\x00" + b"\xff\xff", ErrorCode.INVALID_PAYLOAD),  # 10: every z zero
+        (head + b"\x01" + b"\x01\x00" + b"\xff\xff", ErrorCode.INVALID_PAYLOAD),  # 11: k = 1, k* = 0
+    ]
+    for payload, code in cases:
+        with pytest.raises(CodecError) as info:
+            decode_payload(payload)
+        assert info.value.code == code, payload.hex()
+    # 8: remainder padding, b = 8, d = 12, k = 1 (12 bits, 4 padding bits).
+    codes = np.array([0, 0, 0, -6, -3, 0, -2, -6, 1, -2, 0, -3])
+    good = bytearray(b"".join(encode_vector(DenseQuantized(bits=8, scale=1.0, codes=codes, rice=True))))
+    start = 1 + 1 + 4
+    assert good[start] == 1 and good[start + 2] >> 4 == 0
+    assert decode_payload(bytes(good)) == DenseQuantized(bits=8, scale=1.0, codes=codes)
+    good[start + 2] |= 0x10
+    with pytest.raises(CodecError) as info:
+        decode_payload(bytes(good))
+    assert info.value.code == ErrorCode.INVALID_PAYLOAD
+
+
+def test_worked_example_a16() -> None:
+    """wire-format.md A.16: the GRADIENT with DENSE_RICE, 4 bits, k = 1, byte for byte."""
+    codes = [0, -1, 2, -2, 0, -1, 0, -2, -1, 2, 0, -2, -1, 0, -2, -1]
+    event = Gradient(epoch=1, version=7, vector=DenseQuantized(4, 0.25, np.array(codes), rice=True))
+    frame = encode_message(event)
+    assert frame.hex(" ") == "01 08 00 0e 00 00 00 01 07 83 10 00 00 80 3e 01 aa d9 d3 9b dd"
+    assert one_frame(frame) == event
+    plain = encode_message(Gradient(epoch=1, version=7, vector=DenseQuantized(4, 0.25, np.array(codes))))
+    assert len(plain) == len(frame) + 2  # 8 DENSE code bytes against a 6-byte Rice block
 
 
 # -- wire size targets --------------------------------------------------------

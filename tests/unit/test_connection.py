@@ -49,7 +49,7 @@ from aiodq.wire.messages import DecodeContext, decode_message, encode_message
 from aiodq.wire.payload import Encoding, encoding_of
 
 D = 64
-ALL_ENCODINGS = frozenset(range(8))
+ALL_ENCODINGS = frozenset(range(9))  # 0 RAW_F32 .. 7 QSGD and 8 DENSE_RICE (wire-format.md 5.2)
 Conn = MasterConnection | WorkerConnection
 
 # -- helpers ------------------------------------------------------------------
@@ -251,8 +251,24 @@ def session_script() -> list[tuple[str, list[Event]]]:
     assert isinstance(qsgd, QSGDVector)
     zero = quantize_gradient(np.zeros(D), 4, rng)
     assert isinstance(zero, ZeroVector)
+    # DENSE_RICE (wire-format.md 5.8): the same quantized codes, Rice-coded because that is smaller.
+    rice_model = relative.vector.with_rice(True)
+    assert encoding_of(rice_model) is Encoding.DENSE_RICE
+    rice_gradient = quantize_gradient(gradient * (np.arange(D) % 8 == 0), 8, rng)
+    assert isinstance(rice_gradient, DenseQuantized)
+    rice_gradient = rice_gradient.with_rice(True)
+    assert encoding_of(rice_gradient) is Encoding.DENSE_RICE
 
-    grads: list[Vector] = [dense, rice, bitmap, qsgd, zero, raw(seed=5, dtype=np.float32), raw(seed=6)]
+    grads: list[Vector] = [
+        dense,
+        rice,
+        bitmap,
+        qsgd,
+        zero,
+        raw(seed=5, dtype=np.float32),
+        raw(seed=6),
+        rice_gradient,
+    ]
     models: list[tuple[Vector, bool]] = [
         (EqualsSnapshot(D), False),
         (relative.vector, True),
@@ -261,6 +277,7 @@ def session_script() -> list[tuple[str, list[Event]]]:
         (raw(seed=8), False),
         (ZeroVector(D), False),
         (relative.vector, True),
+        (rice_model, True),
     ]
     script: list[tuple[str, list[Event]]] = [
         ("w", [Hello(min_version=1, max_version=1, encodings=ALL_ENCODINGS, name="worker-1")]),
@@ -372,9 +389,11 @@ def test_session_covers_every_message_and_encoding() -> None:
     model_encodings = {(encoding_of(e.vector), e.relative) for e in events if isinstance(e, Model)}
     assert (Encoding.EQUALS_SNAPSHOT, False) in model_encodings
     assert (Encoding.DENSE, True) in model_encodings
+    assert (Encoding.DENSE_RICE, True) in model_encodings
     gradient_encodings = {encoding_of(e.vector) for e in events if isinstance(e, Gradient)}
     assert gradient_encodings == {
         Encoding.DENSE,
+        Encoding.DENSE_RICE,
         Encoding.SPARSE_BITMAP,
         Encoding.SPARSE_RICE,
         Encoding.QSGD,
@@ -777,6 +796,79 @@ def test_receiving_unannounced_encoding_is_refused() -> None:
     assert_receive_rejected(
         master, forge(Gradient(epoch=0, version=0, vector=qsgd)), ErrorCode.UNSUPPORTED_ENCODING
     )
+
+
+def _rice_codes() -> np.ndarray:
+    """Mostly-zero 4-bit codes of dimension D: Rice-coded they take 17 bytes instead of 32 (5.8)."""
+    codes = np.zeros(D, dtype=np.int64)
+    codes[[0, 9, 20, 41, 63]] = [-8, 1, -1, 2, 7]
+    return codes
+
+
+def _descriptor(frame: bytes) -> int:
+    """The vector descriptor of a MODEL or GRADIENT frame with one-byte epoch and version."""
+    return frame[7 + 2]
+
+
+def test_dense_rice_to_a_peer_that_did_not_announce_it_goes_as_dense() -> None:
+    """WF-5.8-4, 12-2: a rice=True vector reaches a peer that announced only 0..7 as plain DENSE."""
+    before_5_8 = frozenset(range(8))
+    master, worker = in_epoch(hello=Hello(encodings=before_5_8), welcome=Welcome(encodings=ALL_ENCODINGS))
+    assert master.peer_encodings == before_5_8 and worker.peer_encodings == ALL_ENCODINGS
+    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes(), rice=True)
+    assert encoding_of(vector) is Encoding.DENSE_RICE  # the codec alone would Rice-code it
+    model = Model(epoch=0, version=0, vector=vector, relative=True)
+    master.send(model, 0.0)
+    frame = master.data_to_send()
+    assert _descriptor(frame) >> 4 == Encoding.DENSE and _descriptor(frame) == 0x43
+    assert frame == forge(Model(epoch=0, version=0, vector=vector.with_rice(False), relative=True))
+    [received] = feed(worker, frame)
+    assert received == model
+    assert isinstance(received, Model) and isinstance(received.vector, DenseQuantized)
+    assert not received.vector.rice
+    # The master announced 8: the same vector from the worker travels as DENSE_RICE.
+    gradient = Gradient(epoch=0, version=0, vector=vector)
+    worker.send(gradient, 0.0)
+    frame = worker.data_to_send()
+    assert _descriptor(frame) == 0x83
+    assert feed(master, frame) == [gradient]
+
+
+def test_dense_rice_to_a_peer_that_announced_it() -> None:
+    """WF-5.8-4, 5.8-6: with 8 announced, a rice=True vector travels as DENSE_RICE where smaller."""
+    with_rice = frozenset(range(9))
+    master, worker = in_epoch(hello=Hello(encodings=with_rice), welcome=Welcome(encodings=with_rice))
+    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes(), rice=True)
+    for relative in (False, True):
+        model = Model(epoch=0, version=relative, vector=vector, relative=relative)
+        master.send(model, 0.0)
+        frame = master.data_to_send()
+        assert _descriptor(frame) == 0x83
+        assert len(frame) < len(forge(Model(epoch=0, version=0, vector=vector.with_rice(False))))
+        [received] = feed(worker, frame)
+        assert received == model
+        assert isinstance(received, Model) and isinstance(received.vector, DenseQuantized)
+        assert received.vector.rice
+        gradient = Gradient(epoch=0, version=relative, vector=vector)
+        worker.send(gradient, 0.0)
+        frame = worker.data_to_send()
+        assert _descriptor(frame) == 0x83
+        assert feed(master, frame) == [gradient]
+    # Where Rice coding is not smaller (uniform codes), the same request gives plain DENSE.
+    uniform = np.random.default_rng(0).integers(-8, 8, D)
+    master.send(Model(epoch=0, version=2, vector=DenseQuantized(4, 0.25, uniform, rice=True)), 0.0)
+    assert _descriptor(master.data_to_send()) == 0x43
+
+
+def test_dense_rice_not_announced_by_the_receiver_is_refused() -> None:
+    """WF-6.2-3: a DENSE_RICE vector to a side that announced only 0..7 -> UNSUPPORTED_ENCODING."""
+    before_5_8 = frozenset(range(8))
+    config = ConnectionConfig(encodings=before_5_8)
+    _master, worker = in_epoch(worker_config=config, hello=Hello(encodings=before_5_8))
+    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes(), rice=True)
+    data = forge(Model(epoch=0, version=0, vector=vector))
+    assert _descriptor(data) == 0x83
+    assert_receive_rejected(worker, data, ErrorCode.UNSUPPORTED_ENCODING)
 
 
 def test_wrong_dimension_is_refused_on_receive() -> None:
