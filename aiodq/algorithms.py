@@ -35,7 +35,7 @@ from .models import Features, Model, Regularizer, make_model
 from .quant.lowp import quantize_gradient, quantize_model
 from .quant.qsgd import quantize_qsgd
 from .quant.sparse import quantize_sparse
-from .vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
+from .vectors import DenseQuantized, EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 
 __all__ = [
     "ALGORITHMS",
@@ -101,6 +101,9 @@ class TrainConfig:
     mu: float = 0.5
     #: Cap on the model bits b_x; above it the model travels as float32.
     model_bits_cap: int = 16
+    #: Rice-code the quantized codes of models and dense gradients where that is smaller
+    #: (encoding DENSE_RICE, docs/wire-format.md 5.8); the values are the same either way.
+    entropy_coding: bool = True
     #: ``"snapshot"`` (default) or ``"zero"``: what the model quantizer centres on.
     centre: str = "snapshot"
     #: Sparsity budget phi as a fraction of d (Sparse-AsyLPG).
@@ -346,7 +349,10 @@ class MasterState:
             centre=self.config.centre,
             max_bits=self.config.model_bits_cap,
         )
-        return payload.vector, payload.relative
+        vector = payload.vector
+        if self.config.entropy_coding and isinstance(vector, DenseQuantized):
+            vector = vector.with_rice(True)
+        return vector, payload.relative
 
     def apply(self, vector: Vector, version: int) -> ApplyOutcome:
         """Apply a gradient computed on model ``version``, unless it is too stale (algorithms.md 9)."""
@@ -424,6 +430,10 @@ class WorkerState:
 
     def gradient_message(self, vector: Vector, relative: bool) -> Vector:
         """Rebuild the received model, sample a mini-batch, and return the gradient to send."""
+        return self.compress(self.variance_reduced(vector, relative))
+
+    def variance_reduced(self, vector: Vector, relative: bool) -> Array:
+        """The computation: ``alpha = grad f_B(x_hat) - grad f_B(x_snap)`` (+ L2) on a fresh mini-batch."""
         x_hat = rebuild_model(vector, relative, self.snapshot)
         # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
         batch = self.config.batch
@@ -434,11 +444,18 @@ class WorkerState:
         _, at_snapshot, _ = self.model.loss_grad(self.snapshot, features, labels)
         alpha = (at_model - at_snapshot) / batch
         alpha += self.config.l2 * (x_hat - self.snapshot)
+        return alpha
+
+    def compress(self, alpha: Array) -> Vector:
+        """The encoding: ``alpha`` as the algorithm sends it (quantized, sparsified, QSGD or float32)."""
         kind = self.spec.gradient
         if kind == "float32":
             return RawVector(alpha.astype(np.float32)) if alpha.any() else ZeroVector(alpha.shape[0])
         if kind == "dense":
-            return quantize_gradient(alpha, self.config.bits, self._rng)
+            vector = quantize_gradient(alpha, self.config.bits, self._rng)
+            if self.config.entropy_coding and isinstance(vector, DenseQuantized):
+                return vector.with_rice(True)
+            return vector
         if kind == "sparse":
             return quantize_sparse(
                 alpha, self._budget, self.config.bits, self._rng, exact=self.config.exact_budget

@@ -10,6 +10,8 @@ Commands:
   --shard I/M``: the same, as separate processes on any hosts.
 - ``aiodq demo``: an in-memory codec and protocol demonstration.
 - ``aiodq bench codec`` and ``aiodq bench master``: benchmarks, JSON on stdout.
+- ``aiodq experiment NAME --data DIR``: the paper's experiments on real data
+  (table1, mu, timing, workers, network, all); ``--quick`` on the bundled a9a.
 
 Exit status: 0 on success, 1 when a run fails (a worker process dies, the
 master is unreachable), 2 for bad options or unreadable data.
@@ -197,6 +199,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
     )
+    group.add_argument(
+        "--no-entropy-coding",
+        dest="entropy_coding",
+        action="store_false",
+        help="send quantized codes at fixed width (DENSE) even where Rice coding (DENSE_RICE) is smaller",
+    )
 
 
 def _add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> None:
@@ -303,6 +311,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
             model=args.model,
             hidden=args.hidden,
             seed=args.seed,
+            entropy_coding=args.entropy_coding,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -373,6 +382,28 @@ def _parser() -> argparse.ArgumentParser:
         "--updates", type=int, default=0, help="updates per case (default: by dimension)"
     )
     master_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
+
+    experiment = commands.add_parser(
+        "experiment", help="the paper's experiments on real data (docs/results.md)"
+    )
+    experiment.add_argument(
+        "name", choices=["all", "table1", "mu", "timing", "workers", "network"], help="which experiment"
+    )
+    experiment.add_argument(
+        "--data",
+        default=None,
+        help="the data folder: libsvm/a9a, libsvm/w8a, mnist/... (e.g. ../shared/data)",
+    )
+    experiment.add_argument(
+        "--datasets", default="", help="comma-separated: a9a, w8a, mnist (default: every one in --data)"
+    )
+    experiment.add_argument(
+        "--out", default="aiodq-experiments", help="output folder (default aiodq-experiments)"
+    )
+    experiment.add_argument(
+        "--quick", action="store_true", help="bundled a9a, few epochs: checks the runner, not the results"
+    )
+    experiment.add_argument("--repeats", type=int, default=1, help="seeds per setting; medians (default 1)")
     return parser
 
 
@@ -531,6 +562,32 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import Context, ExperimentError, run_experiment  # noqa: PLC0415
+
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    data = Path(args.data) if args.data else None
+    if data is not None and not data.is_dir():
+        raise UsageError(f"--data {data}: not a folder")
+    datasets = tuple(name for name in args.datasets.split(",") if name)
+    _setup_logging(logging.WARNING)
+    context = Context(
+        data=data,
+        out=Path(args.out),
+        quick=args.quick,
+        datasets=datasets,
+        repeats=args.repeats,
+        log=lambda line: print(line, flush=True),
+    )
+    try:
+        run_experiment(args.name, context)
+    except ExperimentError as exc:
+        print(f"aiodq experiment: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = _parser()
@@ -547,6 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError("need 2 <= --bits <= 16, --dim >= 1 and --mu > 0")
             print(json.dumps(demo(args.dim, args.bits, args.mu, args.seed), indent=2))
             return 0
+        if args.command == "experiment":
+            return _cmd_experiment(args)
         if args.bench == "codec":
             return main_codec(args)
         from .bench import main_master  # noqa: PLC0415
