@@ -489,7 +489,7 @@ class Coordinator:
         else:
             self._send_model(worker, now)
 
-    def _record(self, model: npt.NDArray[np.float64], bytes_total: int, now: float) -> None:
+    def _record(self, model: npt.NDArray[np.floating[Any]], bytes_total: int, now: float) -> None:
         state = self.state
         self.records.append(
             ModelRecord(
@@ -497,7 +497,7 @@ class Coordinator:
                 epoch=state.epoch,
                 bytes_total=bytes_total,
                 time=now - self._started,
-                model=model.copy(),
+                model=np.array(model, dtype=np.float64),
             )
         )
 

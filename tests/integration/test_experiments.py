@@ -1,0 +1,217 @@
+"""aiodq experiment: the runner end to end in quick mode, and its pure parts (docs/results.md).
+
+The quick mode's figures are not checked against the paper's: they come from a
+few epochs on the bundled a9a.  What is checked is that every experiment runs,
+writes its tables and figures, and that the numbers in them hang together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiodq.algorithms import TrainConfig
+from aiodq.coordinator import ModelRecord
+from aiodq.data import load_bundled_a9a
+from aiodq.experiments import (
+    TABLE_ALGORITHMS,
+    Context,
+    ExperimentError,
+    Point,
+    evaluate,
+    optimum,
+    run_experiment,
+    to_target,
+)
+from aiodq.runner import RunError, load_records, save_records
+from aiodq.simulate import simulate
+
+from .cluster import A9A, logistic_optimum
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aiodq(*args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiodq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``aiodq experiment all --quick``, run once for the module."""
+    out = tmp_path_factory.mktemp("experiments")
+    result = aiodq("experiment", "all", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    return out
+
+
+def test_quick_table1_rows_and_savings(quick: Path) -> None:
+    """Every algorithm has a row; savings are the baseline's bits over the algorithm's; files exist."""
+    report = json.loads((quick / "table1" / "table1.json").read_text())
+    (name, dataset) = next(iter(report["datasets"].items()))
+    assert name == "a9a-bundled"
+    rows = dataset["rows"]
+    assert list(rows) == list(TABLE_ALGORITHMS)
+    for algorithm, row in rows.items():
+        assert row["bits_to_target"] is not None, algorithm
+        assert row["final_loss"] <= dataset["target"] * 1.01
+        baseline = rows[row["baseline"]]
+        assert row["saving_bits"] == pytest.approx(baseline["bits_to_target"] / row["bits_to_target"])
+    assert rows["asyfpg"]["saving_bits"] == 1.0
+    # Quantized variants send fewer bits to the same target than float32 AsyFPG.
+    for algorithm in ("asylpg", "acc-asylpg", "qsvrg", "model-only"):
+        assert rows[algorithm]["bits_to_target"] < rows["asyfpg"]["bits_to_target"], algorithm
+    for run in dataset["runs"].values():
+        points = run["points"]
+        bits = [p["bits"] for p in points]
+        assert bits == sorted(bits) and bits[0] > 0
+        assert all(math.isfinite(p["loss"]) for p in points)
+        assert points[0]["time"] == 0.0
+        hit = next(p for p in points if p["loss"] <= dataset["target"])
+        assert run["bits_to_target"] == hit["bits"]
+        # Eight records per epoch plus one per snapshot phase: finer than the epoch trace.
+        assert len(points) > 4 * run["config"]["epochs"]
+    markdown = (quick / "table1" / "table1.md").read_text()
+    assert "| asylpg |" in markdown and "a9a-bundled_loss.png" in markdown
+    assert (quick / "table1" / "a9a-bundled_loss.png").stat().st_size > 10_000
+
+
+def test_quick_mu_bits_timing_workers(quick: Path) -> None:
+    """The mu and b sweeps, the timing table and the worker counts are written and consistent."""
+    mu = json.loads((quick / "mu" / "mu.json").read_text())["datasets"]["a9a-bundled"]
+    assert [row["mu"] for row in mu["mu"]] == [0.25, 0.5, 1.0]
+    assert [row["bits"] for row in mu["bits"]] == [2, 4, 8]
+    for row in mu["mu"] + mu["bits"]:
+        assert row["final_loss"] > 0
+        if row["bits_to_target"]:
+            assert row["saving_bits"] == pytest.approx(mu["asyfpg"]["bits_to_target"] / row["bits_to_target"])
+    assert (quick / "mu" / "a9a-bundled_mu.png").exists()
+
+    timing = json.loads((quick / "timing" / "timing.json").read_text())["datasets"]["a9a-bundled"]
+    assert set(timing) == set(TABLE_ALGORITHMS)
+    for row in timing.values():
+        assert row["computation"] > 0 and row["encoding"] > 0
+        assert row["updates"] == 2 * math.ceil(A9A.samples / 64)
+
+    workers = json.loads((quick / "workers" / "workers.json").read_text())["datasets"]["a9a-bundled"]
+    assert {(row["workers"], row["algorithm"]) for row in workers["rows"]} == {
+        (m, a) for m in (2, 4) for a in ("asyfpg", "asylpg", "acc-asylpg")
+    }
+    for row in workers["rows"]:
+        assert row["staleness_max"] <= 8  # tau
+        assert row["updates_per_second"] > 0
+
+
+def test_quick_network_runs_or_says_why(quick: Path) -> None:
+    """The shaped-network experiment ran in namespaces, or the report says why it could not."""
+    report = json.loads((quick / "network" / "network.json").read_text())
+    if "skipped" in report:
+        assert report["skipped"]
+        assert "Skipped" in (quick / "network" / "network.md").read_text()
+        return
+    rows = report["datasets"]["a9a-bundled"]["rows"]
+    assert {row["algorithm"] for row in rows} == {"asyfpg", "asylpg"}
+    for row in rows:
+        assert row["rate_mbit"] == 100.0
+        assert row["bits_to_target"] is not None
+
+
+def test_evaluate_and_to_target() -> None:
+    """Losses are F on the full training set; time counts from the first record; the first hit wins."""
+    config = TrainConfig(epochs=1)
+    zero = np.zeros(A9A.features_count)
+    descent = np.asarray(A9A.features.T @ A9A.labels).ravel()  # minus the gradient at 0, scaled
+    descent /= np.linalg.norm(descent)
+    records = [
+        ModelRecord(0, 0, 100, 5.0, zero),
+        ModelRecord(10, 0, 900, 5.5, 0.05 * descent),
+        ModelRecord(20, 1, 1700, 6.0, 0.1 * descent),
+    ]
+    points = evaluate(config, A9A, records)
+    assert [p.bits for p in points] == [800, 7200, 13600]
+    assert [p.time for p in points] == [0.0, 0.5, 1.0]
+    assert points[0].loss == pytest.approx(math.log(2))
+    assert points[0].loss > points[1].loss > points[2].loss
+    target = points[1].loss
+    hit = to_target(points, target)
+    assert hit is not None and hit.version == 10
+    assert to_target(points, -1.0) is None
+    assert evaluate(config, A9A, []) == []
+    assert to_target([Point(0, 0, 8, 0.0, 1.0)], 1.0) == Point(0, 0, 8, 0.0, 1.0)
+
+
+def test_optimum_matches_an_independent_solver() -> None:
+    """F* through the workers' own loss code equals the test suite's own L-BFGS on the raw formula."""
+    config = TrainConfig(l2=1e-4)
+    assert optimum(A9A, config) == pytest.approx(logistic_optimum(A9A, 1e-4), rel=1e-9)
+    with pytest.raises(ExperimentError):
+        optimum(A9A, TrainConfig(model="mlp"))
+
+
+def test_records_from_a_simulated_run() -> None:
+    """The coordinator records at every snapshot phase and every N updates; bytes never go down."""
+    config = TrainConfig(epochs=2, updates_per_epoch=40)
+    coordinator = simulate(config, load_bundled_a9a(), 2, record_every=15)
+    versions = [r.version for r in coordinator.records]
+    # Snapshot phases at versions 0, 40 and 80; updates 15, 30 and 55, 70 in between.
+    assert versions == [0, 15, 30, 40, 45, 60, 75, 80]
+    assert [r.bytes_total for r in coordinator.records] == sorted(r.bytes_total for r in coordinator.records)
+    final = coordinator.records[-1]
+    np.testing.assert_array_equal(final.model, coordinator.state.snapshot)
+    assert coordinator.trace[-1].bytes_total == final.bytes_total
+    with pytest.raises(ValueError):
+        simulate(config, load_bundled_a9a(), 2, record_every=-1)
+
+
+def test_records_file_round_trip(tmp_path: Path) -> None:
+    """save_records/load_records keep every field; a bad file is a RunError."""
+    records = [ModelRecord(i, i // 2, 100 * i, 0.5 * i, np.full(3, float(i))) for i in range(4)]
+    save_records(records, tmp_path / "r.npz")
+    loaded = load_records(tmp_path / "r.npz")
+    assert [(r.version, r.epoch, r.bytes_total, r.time) for r in loaded] == [
+        (r.version, r.epoch, r.bytes_total, r.time) for r in records
+    ]
+    np.testing.assert_array_equal(loaded[3].model, records[3].model)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(RunError):
+        load_records(tmp_path / "bad.npz")
+    with pytest.raises(RunError):
+        load_records(tmp_path / "missing.npz")
+
+
+def test_context_errors(tmp_path: Path) -> None:
+    """No data folder, an empty one, or an unknown dataset: a clear ExperimentError."""
+    with pytest.raises(ExperimentError, match="--data"):
+        run_experiment("table1", Context(data=None, out=tmp_path))
+    with pytest.raises(ExperimentError, match="none of"):
+        run_experiment("table1", Context(data=tmp_path, out=tmp_path))
+    with pytest.raises(ExperimentError, match="unknown dataset"):
+        run_experiment("table1", Context(data=tmp_path, out=tmp_path, datasets=("cifar",)))
+    with pytest.raises(ExperimentError, match="unknown experiment"):
+        run_experiment("table9", Context(data=None, out=tmp_path, quick=True))
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    """Bad options exit 2; a data folder without the datasets exits 1; both say why."""
+    result = aiodq("experiment", "table1", "--data", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "not a folder" in result.stderr
+    result = aiodq("experiment", "table1", "--quick", "--repeats", "0")
+    assert result.returncode == 2 and "--repeats" in result.stderr
+    result = aiodq("experiment", "table1", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 1 and "none of" in result.stderr
+    result = aiodq("master", "--listen", "127.0.0.1:0", "--workers", "1", "--records", str(tmp_path / "r"))
+    assert result.returncode == 2 and "--record-every" in result.stderr
