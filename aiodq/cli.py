@@ -404,6 +404,12 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="bundled a9a, few epochs: checks the runner, not the results"
     )
     experiment.add_argument("--repeats", type=int, default=1, help="seeds per setting; medians (default 1)")
+    experiment.add_argument(
+        "--no-entropy-coding",
+        dest="entropy_coding",
+        action="store_false",
+        help="fixed-width codes (DENSE) in every run, as the paper counts bits",
+    )
     return parser
 
 
@@ -567,6 +573,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
+    if args.quick and (args.data or args.datasets):
+        raise UsageError("--quick runs on the bundled a9a: leave out --data and --datasets")
     data = Path(args.data) if args.data else None
     if data is not None and not data.is_dir():
         raise UsageError(f"--data {data}: not a folder")
@@ -579,6 +587,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         datasets=datasets,
         repeats=args.repeats,
         log=lambda line: print(line, flush=True),
+        overrides={} if args.entropy_coding else {"entropy_coding": False},
     )
     try:
         run_experiment(args.name, context)

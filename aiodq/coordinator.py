@@ -193,7 +193,7 @@ class Coordinator:
         """
         if workers < 1:
             raise ValueError("need at least one worker")
-        if not isinstance(record_every, int) or record_every < 0:
+        if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
             raise ValueError("record_every must be a non-negative integer")
         self.config = config
         self.state = MasterState(config, x0)
@@ -369,7 +369,8 @@ class Coordinator:
         self._gradient_sum[:] = 0.0
         self._loss_sum, self._samples, self._correct = 0.0, 0, 0
         self._bytes_at_snapshot = self.traffic().total()
-        if self._record_every:
+        if self._record_every and not self._resuming:
+            # (A phase that resumes a checkpointed epoch only hands x_snap out again.)
             self._record(self.state.snapshot, self._bytes_at_snapshot, now)
         for worker in self._workers.values():
             if worker.joined:

@@ -40,13 +40,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.optimize
+from threadpoolctl import threadpool_limits
 
 from .algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState, initial_model
 from .config import DEFAULT_LIMITS
 from .coordinator import ModelRecord
 from .data import DataError, Dataset, load_dataset, load_mnist_idx, shard
-from .events import Gradient, Model
-from .models import make_model
+from .events import Gradient
+from .events import Model as ModelMessage
+from .models import Model, make_model
 from .wire.frames import FrameReader
 from .wire.messages import DecodeContext, decode_message, encode_message
 
@@ -103,8 +105,9 @@ def _lr_settings(epochs: int) -> dict[str, Any]:
 
 
 #: The datasets, as docs/results.md describes them.  m is two passes over the data per epoch
-#: (SVRG's customary m = 2n / B): the full-precision snapshot phase is then a small share of
-#: every algorithm's traffic.
+#: (SVRG's customary m = 2n / B), which halves the share of the full-precision snapshot phase
+#: in every algorithm's traffic against one pass (it stays large for the quantized variants on
+#: the 5,000-image MNIST set; docs/results.md).
 DATASETS: dict[str, DatasetSpec] = {
     "a9a": DatasetSpec(
         "a9a",
@@ -322,7 +325,13 @@ class Context:
     repeats: int = 1
     #: Print progress lines.
     log: Callable[[str], None] = print
+    #: TrainConfig fields set in every run, over the datasets' settings (e.g. ``entropy_coding=False``).
+    overrides: dict[str, Any] = field(default_factory=dict)
     _loaded: dict[str, tuple[Dataset, str | None, float]] = field(default_factory=dict)
+    #: F* by dataset name, for the datasets whose target is a gap to the optimum.
+    optima: dict[str, float] = field(default_factory=dict)
+    #: Test sets by dataset name, loaded once.
+    test_sets: dict[str, Dataset] = field(default_factory=dict)
 
     def specs(self) -> list[DatasetSpec]:
         """The datasets this run uses."""
@@ -359,6 +368,7 @@ class Context:
             else:
                 assert spec.target_gap is not None
                 best = optimum(dataset, self.config(spec, dataset))
+                self.optima[spec.name] = best
                 target = best * (1 + spec.target_gap)
                 self.log(f"{spec.name}: F* = {best:.8f}, target {target:.8f}")
             self._loaded[spec.name] = (dataset, path, target)
@@ -367,7 +377,7 @@ class Context:
     def config(self, spec: DatasetSpec, dataset: Dataset, **overrides: Any) -> TrainConfig:
         """The dataset's settings (with the algorithm's own), m = 2n / B, and ``overrides``."""
         algorithm = overrides.get("algorithm", spec.settings.get("algorithm", "asylpg"))
-        settings = {**spec.settings, **spec.overrides.get(algorithm, {}), **overrides}
+        settings = {**spec.settings, **spec.overrides.get(algorithm, {}), **self.overrides, **overrides}
         base = TrainConfig(**settings)
         return replace(base, updates_per_epoch=_updates_per_epoch(dataset, base))
 
@@ -406,12 +416,13 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def _summarise(repeats: list[RunResult], target: float) -> dict[str, Any]:
+    """Medians over the seeds of one setting; a figure is None unless every seed reached the target."""
     hits = [r.reached(target) for r in repeats]
     return {
         "algorithm": repeats[0].config.algorithm,
         "bits_to_target": _median([h.bits if h else None for h in hits]),
         "time_to_target": _median([h.time if h else None for h in hits]),
-        "final_loss": _median([r.points[-1].loss for r in repeats]),
+        "final_loss": _median([r.points[-1].loss if r.points else None for r in repeats]),
         "reached": sum(h is not None for h in hits),
         "runs": len(repeats),
     }
@@ -421,9 +432,16 @@ def _saving(rows: dict[str, dict[str, Any]], name: str, key: str = "bits_to_targ
     """The full-precision counterpart's figure over this algorithm's (None if either missed)."""
     baseline = rows.get(ALGORITHMS[name].baseline)
     mine = rows.get(name)
-    if baseline is None or mine is None or not baseline[key] or not mine[key]:
+    if baseline is None or mine is None or baseline[key] is None or not mine[key]:
         return None
     return float(baseline[key] / mine[key])
+
+
+def _reach(row: dict[str, Any], value: str) -> str:
+    """``value``, or how many seeds reached the target when not all did."""
+    if row["reached"] == row["runs"]:
+        return value
+    return f"not reached ({row['reached']}/{row['runs']} seeds did)" if row["reached"] else "not reached"
 
 
 def _write(out: Path, name: str, payload: dict[str, Any], markdown: str) -> None:
@@ -432,11 +450,28 @@ def _write(out: Path, name: str, payload: dict[str, Any], markdown: str) -> None
     (out / f"{name}.md").write_text(markdown, encoding="utf-8")
 
 
+def _times(value: float | None) -> str:
+    """A ratio as ``12.34x``, or ``-`` where a run missed the target."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _num(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` places, or ``-`` for None."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    """``value / scale`` to ``digits`` places, or ``not reached`` for None."""
     return "not reached" if value is None else f"{value / scale:.{digits}f}"
 
 
-def _plot_curves(path: Path, title: str, runs: dict[str, RunResult], target: float) -> None:
+def _plot_curves(
+    path: Path, title: str, runs: dict[str, RunResult], target: float, optimum: float | None = None
+) -> None:
+    """Loss against bits and against time, one line per algorithm, in one PNG.
+
+    With ``optimum`` the curves show the suboptimality F(x) - F*, on a log scale.
+    """
     import matplotlib  # noqa: PLC0415 - plotting is for the experiments only
 
     matplotlib.use("Agg")
@@ -444,16 +479,29 @@ def _plot_curves(path: Path, title: str, runs: dict[str, RunResult], target: flo
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, (by_bits, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    palette = plt.get_cmap("tab10")
     for name, run in runs.items():
         bits = [max(p.bits, 1) for p in run.points]
-        losses = [p.loss for p in run.points]
-        by_bits.plot(bits, losses, label=name, linewidth=1.4)
-        by_time.plot([p.time for p in run.points], losses, label=name, linewidth=1.4)
+        # F - F* can reach 0 (or round below it) at the end: keep it on the log scale.
+        floor = (target - optimum) / 1000 if optimum is not None else 0.0
+        losses = [max(p.loss - (optimum or 0.0), floor) for p in run.points]
+        # One colour per algorithm in every figure; full precision dashed.
+        algorithm = run.config.algorithm
+        style = {
+            "color": palette(TABLE_ALGORITHMS.index(algorithm) % 10)
+            if algorithm in TABLE_ALGORITHMS
+            else None,
+            "linestyle": "--" if ALGORITHMS[algorithm].model == "float32" else "-",
+            "linewidth": 1.4,
+            "label": name,
+        }
+        by_bits.plot(bits, losses, **style)
+        by_time.plot([p.time for p in run.points], losses, **style)
     for axis, label in ((by_bits, "bits transmitted, both directions"), (by_time, "seconds")):
-        axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        axis.axhline(target - (optimum or 0.0), color="grey", linestyle=":", linewidth=1)
         axis.set_yscale("log")
         axis.set_xlabel(label)
-        axis.set_ylabel("training loss F(x)")
+        axis.set_ylabel("training loss F(x)" if optimum is None else "F(x) - F*, training set")
         axis.grid(True, which="both", alpha=0.3)
     by_bits.set_xscale("log")
     by_bits.legend(fontsize=8)
@@ -470,7 +518,12 @@ def _test_accuracy(context: Context, spec: DatasetSpec, run: RunResult) -> float
     images, labels = (context.data / part for part in spec.test)
     if not (images.exists() and labels.exists()):
         return None
-    test = load_mnist_idx(images, labels, name=f"{spec.name}-test")
+    if spec.name not in context.test_sets:
+        try:
+            context.test_sets[spec.name] = load_mnist_idx(images, labels, name=f"{spec.name}-test")
+        except DataError as exc:
+            raise ExperimentError(f"{spec.name} test set: {exc}") from exc
+    test = context.test_sets[spec.name]
     config = run.config
     model = make_model(config.model, test.features_count, test.classes, config.hidden)
     _, _, correct = model.loss_grad(run.final_model, test.features, test.labels)
@@ -482,6 +535,8 @@ def experiment_table1(context: Context) -> dict[str, Any]:
     out = context.out / "table1"
     report: dict[str, Any] = {"datasets": {}}
     lines = ["# Table 1: bits to target", ""]
+    if context.overrides:
+        lines += [f"Every run with {', '.join(f'{k} = {v}' for k, v in context.overrides.items())}.", ""]
     for spec in context.specs():
         dataset, _, target = context.load(spec)
         context.log(f"table1: {spec.name} ({dataset.samples} samples, d from the model), target {target:.6f}")
@@ -493,9 +548,18 @@ def experiment_table1(context: Context) -> dict[str, Any]:
             row["saving_time"] = _saving(rows, name, "time_to_target")
             row["baseline"] = ALGORITHMS[name].baseline
         first = {repeats[0].config.algorithm: repeats[0] for repeats in results}
-        for name, run in first.items():
-            rows[name]["test_accuracy"] = _test_accuracy(context, spec, run)
-        _plot_curves(out / f"{spec.name}_loss.png", f"{spec.name}: {spec.describe}", first, target)
+        for repeats in results:
+            accuracies = [_test_accuracy(context, spec, run) for run in repeats]
+            rows[repeats[0].config.algorithm]["test_accuracy"] = (
+                None if None in accuracies else statistics.median(a for a in accuracies if a is not None)
+            )
+        _plot_curves(
+            out / f"{spec.name}_loss.png",
+            f"{spec.name}: {spec.describe}",
+            first,
+            target,
+            context.optima.get(spec.name),
+        )
         report["datasets"][spec.name] = {
             "describe": spec.describe,
             "samples": dataset.samples,
@@ -518,10 +582,10 @@ def experiment_table1(context: Context) -> dict[str, Any]:
         for name, row in rows.items():
             accuracy = row["test_accuracy"]
             lines.append(
-                f"| {name} | {_fmt(row['bits_to_target'], 1e6)} | {row['baseline']} | "
-                f"{_fmt(row['saving_bits'])}x | {_fmt(row['time_to_target'])} | "
-                f"{_fmt(row['saving_time'])}x | "
-                f"{row['final_loss']:.6f} | {'-' if accuracy is None else f'{accuracy:.4f}'} |"
+                f"| {name} | {_reach(row, _fmt(row['bits_to_target'], 1e6))} | {row['baseline']} | "
+                f"{_times(row['saving_bits'])} | {_reach(row, _fmt(row['time_to_target']))} | "
+                f"{_times(row['saving_time'])} | "
+                f"{_num(row['final_loss'], 6)} | {_num(accuracy, 4)} |"
             )
         lines += ["", f"![loss against bits and time]({spec.name}_loss.png)", ""]
     _write(out, "table1", report, "\n".join(lines) + "\n")
@@ -562,7 +626,7 @@ def experiment_mu(context: Context) -> dict[str, Any]:
             ]
             for row in sweeps[key]:
                 lines.append(
-                    f"| {row[key]} | {_fmt(row['bits_to_target'], 1e6)} | {_fmt(row['saving_bits'])}x | "
+                    f"| {row[key]} | {_fmt(row['bits_to_target'], 1e6)} | {_times(row['saving_bits'])} | "
                     f"{row['final_loss']:.6f} |"
                 )
         lines.append("")
@@ -595,13 +659,18 @@ def _plot_sweeps(path: Path, name: str, sweeps: dict[str, list[dict[str, Any]]])
     plt.close(figure)
 
 
-def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs: int = 1) -> dict[str, float]:
+def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs: int = 1) -> dict[str, Any]:
     """Seconds per epoch of computation and of encoding, measured in this process, one update at a time.
 
-    Computation: the worker's two mini-batch gradients (``WorkerState.variance_reduced``) and
-    the master's update (``MasterState.apply``).  Encoding: the model quantizer and the
-    gradient compressor, framing both messages, and decoding both.  The snapshot phase
-    (full-precision sums, identical for all algorithms) is left out.
+    Computation: the worker's step (``WorkerState.variance_reduced``: rebuilding x_hat from the
+    decoded model, the two mini-batch gradients) and the master's update (``MasterState.apply``,
+    which expands the decoded gradient).  Encoding: the model quantizer and the gradient
+    compressor, and framing and decoding both messages to vector values (DENSE_RICE included).
+    The snapshot phase (full-precision sums, identical for all algorithms) is left out.  Each
+    call replays the first ``epochs`` epochs from x_0.
+
+    Returns:
+        ``computation`` and ``encoding`` in seconds per epoch, and ``updates``, the epoch's m.
     """
     model = make_model(config.model, dataset.features_count, dataset.classes, config.hidden)
     master = MasterState(config, initial_model(config, dataset.features_count, dataset.classes))
@@ -609,35 +678,48 @@ def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs:
     worker = WorkerState(config, model, part.features, part.labels, 0)
     context = DecodeContext(dim=model.dim)
     compute = encode = 0.0
-    clock = time.perf_counter
-    for _ in range(epochs):
-        _, gradient_sum, _ = model.loss_grad(master.snapshot, dataset.features, dataset.labels)
-        worker.snapshot_phase(master.snapshot)
-        master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
-        worker.set_full_gradient(master.full_gradient)
-        while not master.epoch_done:
-            t0 = clock()
-            vector, relative = master.model_message()
-            down = encode_message(
-                Model(epoch=master.epoch, version=master.version, vector=vector, relative=relative)
-            )
-            received = _decode(down, context)
-            assert isinstance(received, Model)
-            t1 = clock()
-            alpha = worker.variance_reduced(received.vector, received.relative)
-            t2 = clock()
-            up = encode_message(
-                Gradient(epoch=master.epoch, version=master.version, vector=worker.compress(alpha))
-            )
-            gradient = _decode(up, context)
-            assert isinstance(gradient, Gradient)
-            t3 = clock()
-            master.apply(gradient.vector, gradient.version)
-            t4 = clock()
-            encode += (t1 - t0) + (t3 - t2)
-            compute += (t2 - t1) + (t4 - t3)
-        master.end_epoch()
+    # One BLAS thread, as in every worker process (aiodq.runner.worker_main).
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(epochs):
+            seconds = _timed_epoch(master, worker, model=model, dataset=dataset, context=context)
+            compute += seconds[0]
+            encode += seconds[1]
     return {"computation": compute / epochs, "encoding": encode / epochs, "updates": master.updates_per_epoch}
+
+
+def _timed_epoch(
+    master: MasterState, worker: WorkerState, *, model: Model, dataset: Dataset, context: DecodeContext
+) -> tuple[float, float]:
+    """One epoch of :func:`epoch_timing`; returns its ``(computation, encoding)`` seconds."""
+    clock = time.perf_counter
+    compute = encode = 0.0
+    _, gradient_sum, _ = model.loss_grad(master.snapshot, dataset.features, dataset.labels)
+    worker.snapshot_phase(master.snapshot)
+    master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
+    worker.set_full_gradient(master.full_gradient)
+    while not master.epoch_done:
+        t0 = clock()
+        vector, relative = master.model_message()
+        down = encode_message(
+            ModelMessage(epoch=master.epoch, version=master.version, vector=vector, relative=relative)
+        )
+        received = _decode(down, context)
+        assert isinstance(received, ModelMessage)
+        t1 = clock()
+        alpha = worker.variance_reduced(received.vector, received.relative)
+        t2 = clock()
+        up = encode_message(
+            Gradient(epoch=master.epoch, version=master.version, vector=worker.compress(alpha))
+        )
+        gradient = _decode(up, context)
+        assert isinstance(gradient, Gradient)
+        t3 = clock()
+        master.apply(gradient.vector, gradient.version)
+        t4 = clock()
+        encode += (t1 - t0) + (t3 - t2)
+        compute += (t2 - t1) + (t4 - t3)
+    master.end_epoch()
+    return compute, encode
 
 
 def _decode(data: bytes, context: DecodeContext) -> Any:
@@ -673,7 +755,7 @@ def experiment_timing(context: Context) -> dict[str, Any]:
             f"## {spec.name}: {spec.describe}",
             "",
             f"m = {next(iter(rows.values()))['updates']} updates per epoch, measured in one process "
-            "(one BLAS thread is not forced here).",
+            "with one BLAS thread, as in every worker process.",
             "",
             "| algorithm | computation s/epoch | encoding s/epoch | encoding share |",
             "|---|---:|---:|---:|",
@@ -703,8 +785,10 @@ def experiment_workers(context: Context) -> dict[str, Any]:
                 row = _summarise(repeats, target)
                 run = repeats[0]
                 row["workers"] = workers
-                row["updates_per_second"] = run.summary["version"] / max(run.points[-1].time, 1e-9)
+                elapsed = run.points[-1].time if run.points else 0.0
+                row["updates_per_second"] = run.summary["version"] / elapsed if elapsed > 0 else None
                 row["staleness_mean"] = run.summary["staleness"]["mean"]
+                row["applied"] = run.summary["staleness"]["applied"]
                 row["staleness_max"] = run.summary["staleness"]["max"]
                 row["dropped"] = run.summary["staleness"]["dropped"]
                 rows.append(row)
@@ -712,15 +796,17 @@ def experiment_workers(context: Context) -> dict[str, Any]:
         lines += [
             f"## {spec.name}: {spec.describe}",
             "",
-            "| M | algorithm | Mbit to target | s to target | updates/s | mean staleness | max | dropped |",
-            "|---:|---|---:|---:|---:|---:|---:|---|",
+            "| M | algorithm | Mbit to target | s to target | final loss | updates/s | mean staleness | max "
+            "| applied | dropped |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in rows:
             lines.append(
-                f"| {row['workers']} | {row['algorithm']} | {_fmt(row['bits_to_target'], 1e6)} | "
-                f"{_fmt(row['time_to_target'])} | {row['updates_per_second']:.0f} | "
-                f"{row['staleness_mean']:.2f} | "
-                f"{row['staleness_max']} | {json.dumps(row['dropped'])} |"
+                f"| {row['workers']} | {row['algorithm']} | "
+                f"{_reach(row, _fmt(row['bits_to_target'], 1e6))} | "
+                f"{_reach(row, _fmt(row['time_to_target']))} | {_num(row['final_loss'], 6)} | "
+                f"{_num(row['updates_per_second'], 0)} | {row['staleness_mean']:.2f} | "
+                f"{row['staleness_max']} | {row['applied']} | {json.dumps(row['dropped'])} |"
             )
         lines.append("")
     _write(out, "workers", report, "\n".join(lines) + "\n")
@@ -748,8 +834,9 @@ def experiment_network(context: Context) -> dict[str, Any]:
     for spec in specs:
         dataset, path, target = context.load(spec)
         rows: list[dict[str, Any]] = []
-        runs: dict[str, RunResult] = {}
+        curves: dict[str, dict[str, RunResult]] = {}
         for link in links:
+            runs = curves.setdefault(link.describe(), {})
             for name in names:
                 config = context.config(spec, dataset, algorithm=name)
                 records_out = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit"
@@ -769,12 +856,12 @@ def experiment_network(context: Context) -> dict[str, Any]:
                 row["link"] = link.describe()
                 row["rate_mbit"] = link.rate_mbit
                 rows.append(row)
-                runs[f"{name} @ {link.describe()}"] = run
+                runs[name] = run
                 context.log(
                     f"network: {spec.name} {name:<14} {link.describe()}: "
                     + (
                         f"target in {row['time_to_target']:.2f} s"
-                        if row["time_to_target"]
+                        if row["time_to_target"] is not None
                         else "target not reached"
                     )
                 )
@@ -785,11 +872,29 @@ def experiment_network(context: Context) -> dict[str, Any]:
             mine = row["time_to_target"]
             row["sooner_than_asyfpg"] = (
                 baseline["time_to_target"] / mine
-                if baseline and baseline["time_to_target"] and mine
+                if baseline and baseline["time_to_target"] is not None and mine
                 else None
             )
-        report["datasets"][spec.name] = {"target": target, "rows": rows}
-        _plot_curves(out / f"{spec.name}_network.png", f"{spec.name} on shaped links", runs, target)
+        report["datasets"][spec.name] = {
+            "target": target,
+            "rows": rows,
+            "runs": {
+                link: {name: run.as_dict(target) for name, run in runs.items()}
+                for link, runs in curves.items()
+            },
+        }
+        figures = []
+        for shaped in links:
+            figure = f"{spec.name}_network_{shaped.rate_mbit:g}mbit.png"
+            label = shaped.describe()
+            _plot_curves(
+                out / figure,
+                f"{spec.name}, every link {label}",
+                curves[label],
+                target,
+                context.optima.get(spec.name),
+            )
+            figures.append(figure)
         lines += [
             f"## {spec.name}: {spec.describe}",
             "",
@@ -802,10 +907,10 @@ def experiment_network(context: Context) -> dict[str, Any]:
         for row in rows:
             lines.append(
                 f"| {row['link']} | {row['algorithm']} | {_fmt(row['time_to_target'])} | "
-                f"{_fmt(row['sooner_than_asyfpg'])}x | {_fmt(row['bits_to_target'], 1e6)} | "
+                f"{_times(row['sooner_than_asyfpg'])} | {_fmt(row['bits_to_target'], 1e6)} | "
                 f"{row['final_loss']:.6f} |"
             )
-        lines += ["", f"![loss on shaped links]({spec.name}_network.png)", ""]
+        lines += ["", *(f"![loss on shaped links]({figure})" for figure in figures), ""]
     _write(out, "network", report, "\n".join(lines) + "\n")
     return report
 

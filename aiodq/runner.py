@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,11 @@ def save_records(records: list[ModelRecord], path: Path) -> None:
             epoch=np.array([r.epoch for r in records], dtype=np.int64),
             bytes_total=np.array([r.bytes_total for r in records], dtype=np.int64),
             time=np.array([r.time for r in records], dtype=np.float64),
-            models=np.array([r.model for r in records], dtype=np.float64).reshape(len(records), -1),
+            models=(
+                np.array([r.model for r in records], dtype=np.float64)
+                if records
+                else np.zeros((0, 0), dtype=np.float64)
+            ),
         )
     os.replace(partial, path)
 
@@ -118,11 +123,19 @@ def load_records(path: Path) -> list[ModelRecord]:
         RunError: if the file is missing or not a records file.
     """
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with data:
             columns = [data[k] for k in ("version", "epoch", "bytes_total", "time", "models")]
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}: not a model records file ({exc})") from exc
     version, epoch, bytes_total, times, models = columns
+    if (
+        not (len(version) == len(epoch) == len(bytes_total) == len(times) == models.shape[0])
+        or models.ndim != 2
+    ):
+        raise RunError(f"{path}: not a model records file (columns of different lengths)")
     return [
         ModelRecord(int(v), int(e), int(b), float(t), models[i])
         for i, (v, e, b, t) in enumerate(zip(version, epoch, bytes_total, times, strict=True))

@@ -122,7 +122,7 @@ def rice_choose(gaps: _Int64Array) -> tuple[int, int]:
     return best_k, best_size
 
 
-def rice_encode(gaps: _Int64Array, k: int) -> tuple[bytes, bytes]:
+def rice_encode(gaps: npt.NDArray[np.integer[Any]], k: int) -> tuple[bytes, bytes]:
     """Return ``(remainders, unary)``: the k-bit remainders packed, and the quotients in unary."""
     remainders = pack(gaps & ((1 << k) - 1), k) if k else b""
     return remainders, unary_encode(gaps >> k)
