@@ -123,11 +123,13 @@ def load_records(path: Path) -> list[ModelRecord]:
         RunError: if the file is missing or not a records file.
     """
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with data:
-            columns = [data[k] for k in ("version", "epoch", "bytes_total", "time", "models")]
+        # Open the file here: np.load leaves its own handle open when the archive is broken.
+        with path.open("rb") as stream:
+            data = np.load(stream, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with data:
+                columns = [data[k] for k in ("version", "epoch", "bytes_total", "time", "models")]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}: not a model records file ({exc})") from exc
     version, epoch, bytes_total, times, models = columns

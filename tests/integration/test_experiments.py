@@ -25,6 +25,10 @@ from aiodq.experiments import (
     Context,
     ExperimentError,
     Point,
+    RunResult,
+    _reach,
+    _saving,
+    _summarise,
     evaluate,
     optimum,
     run_experiment,
@@ -175,6 +179,8 @@ def test_records_from_a_simulated_run() -> None:
     assert coordinator.trace[-1].bytes_total == final.bytes_total
     with pytest.raises(ValueError):
         simulate(config, load_bundled_a9a(), 2, record_every=-1)
+    with pytest.raises(ValueError):
+        simulate(config, load_bundled_a9a(), 2, record_every=True)  # type: ignore[arg-type]
 
 
 def test_records_file_round_trip(tmp_path: Path) -> None:
@@ -189,6 +195,15 @@ def test_records_file_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(RunError):
         load_records(tmp_path / "bad.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04broken zip")
+    with pytest.raises(RunError):
+        load_records(tmp_path / "broken.npz")
+    with (tmp_path / "array.npz").open("wb") as stream:
+        np.save(stream, np.zeros(3))  # a .npy under an .npz name
+    with pytest.raises(RunError):
+        load_records(tmp_path / "array.npz")
+    save_records([], tmp_path / "empty.npz")
+    assert load_records(tmp_path / "empty.npz") == []
     with pytest.raises(RunError):
         load_records(tmp_path / "missing.npz")
 
@@ -211,7 +226,24 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not a folder" in result.stderr
     result = aiodq("experiment", "table1", "--quick", "--repeats", "0")
     assert result.returncode == 2 and "--repeats" in result.stderr
+    result = aiodq("experiment", "table1", "--quick", "--data", str(tmp_path))
+    assert result.returncode == 2 and "bundled" in result.stderr
     result = aiodq("experiment", "table1", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 1 and "none of" in result.stderr
     result = aiodq("master", "--listen", "127.0.0.1:0", "--workers", "1", "--records", str(tmp_path / "r"))
     assert result.returncode == 2 and "--record-every" in result.stderr
+
+
+def test_summaries_when_seeds_miss_the_target() -> None:
+    """A setting is 'reached' only if every seed reached the target; the table says how many did."""
+    config = TrainConfig()
+    hit = RunResult(config, 4, [Point(0, 0, 80, 0.0, 1.0), Point(5, 0, 800, 1.0, 0.5)], {})
+    miss = RunResult(config, 4, [Point(0, 0, 80, 0.0, 1.0), Point(5, 0, 800, 1.0, 0.9)], {})
+    empty = RunResult(config, 4, [], {})
+    row = _summarise([hit, hit, miss], 0.6)
+    assert row["bits_to_target"] is None and row["reached"] == 2 and row["runs"] == 3
+    assert _reach(row, "x") == "not reached (2/3 seeds did)"
+    assert _summarise([empty], 0.6)["final_loss"] is None
+    # A baseline that reached the target at time 0 is a figure, not a miss.
+    rows = {"asyfpg": {"time_to_target": 0.0}, "asylpg": {"time_to_target": 2.0}}
+    assert _saving(rows, "asylpg", "time_to_target") == 0.0
