@@ -349,10 +349,7 @@ class MasterState:
             centre=self.config.centre,
             max_bits=self.config.model_bits_cap,
         )
-        vector = payload.vector
-        if self.config.entropy_coding and isinstance(vector, DenseQuantized):
-            vector = vector.with_rice(True)
-        return vector, payload.relative
+        return _entropy_coded(payload.vector, self.config), payload.relative
 
     def apply(self, vector: Vector, version: int) -> ApplyOutcome:
         """Apply a gradient computed on model ``version``, unless it is too stale (algorithms.md 9)."""
@@ -394,6 +391,13 @@ def _finite(values: Array) -> bool:
     """One pass: NaN or infinity anywhere (or overflow of the sum of squares) makes it False."""
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(float(np.dot(values, values)))
+
+
+def _entropy_coded(vector: Vector, config: TrainConfig) -> Vector:
+    """A dense quantized vector marked to travel Rice-coded where smaller, if the config asks for it."""
+    if config.entropy_coding and isinstance(vector, DenseQuantized):
+        return vector.with_rice(True)
+    return vector
 
 
 def initial_model(config: TrainConfig, features: int, classes: int) -> Array:
@@ -452,10 +456,7 @@ class WorkerState:
         if kind == "float32":
             return RawVector(alpha.astype(np.float32)) if alpha.any() else ZeroVector(alpha.shape[0])
         if kind == "dense":
-            vector = quantize_gradient(alpha, self.config.bits, self._rng)
-            if self.config.entropy_coding and isinstance(vector, DenseQuantized):
-                return vector.with_rice(True)
-            return vector
+            return _entropy_coded(quantize_gradient(alpha, self.config.bits, self._rng), self.config)
         if kind == "sparse":
             return quantize_sparse(
                 alpha, self._budget, self.config.bits, self._rng, exact=self.config.exact_budget

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,15 @@ def load(path: str | Path) -> Checkpoint:
         CheckpointError: if the file is missing, damaged, or of another format.
     """
     try:
-        with np.load(Path(path), allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
-            arrays = {name: archive[name] for name in archive.files if name != "meta"}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        # Open the file here: np.load leaves its own handle open when the archive is broken.
+        with Path(path).open("rb") as stream:
+            archive = np.load(stream, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with archive:
+                meta = json.loads(str(archive["meta"]))
+                arrays = {name: archive[name] for name in archive.files if name != "meta"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"cannot read the checkpoint {path}: {exc}") from exc
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

@@ -30,6 +30,7 @@ from .auth import NONCE_SIZE, master_mac, verify, worker_mac
 from .config import ConnectionConfig
 from .errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
+    ALL_ENCODINGS,
     AuthChallenge,
     AuthConfirm,
     AuthResponse,
@@ -61,7 +62,6 @@ __all__ = [
 
 #: Protocol versions this implementation speaks.
 SUPPORTED_VERSIONS = frozenset({1})
-_ALL_ENCODINGS = frozenset(int(e) for e in Encoding)
 
 
 class Role(Enum):
@@ -171,11 +171,11 @@ class Connection:
         self._epoch = _Epoch()
         self._version: int | None = None
         self._dim: int | None = None
-        self._config_encodings = frozenset(self._config.encodings or _ALL_ENCODINGS)
+        self._config_encodings = frozenset(self._config.encodings or ALL_ENCODINGS)
         # What this side decodes: its configured set until its HELLO or WELCOME
         # announces one (wire-format.md 6.2), then exactly the announced set.
         self._local_encodings = self._config_encodings
-        self._peer_encodings: frozenset[int] = _ALL_ENCODINGS
+        self._peer_encodings: frozenset[int] = ALL_ENCODINGS
         self._context = DecodeContext(limits=self._config.limits, encodings=self._local_encodings)
         self._started = now
         self._last_received = now

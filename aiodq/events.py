@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from .vectors import RawVector, Vector
+from .wire.payload import Encoding
 
-#: Every vector encoding of wire-format.md 5.2: 0 RAW_F32 .. 7 QSGD and 8 DENSE_RICE.
-ALL_ENCODINGS: frozenset[int] = frozenset(range(9))
+#: Every vector encoding of wire-format.md 5.2 (0 RAW_F32 .. 8 DENSE_RICE): what HELLO and
+#: WELCOME announce by default.
+ALL_ENCODINGS: frozenset[int] = frozenset(int(e) for e in Encoding)
 
 __all__ = [
     "AuthChallenge",

@@ -276,8 +276,9 @@ def _updates_per_epoch(dataset: Dataset, config: TrainConfig) -> int:
 
 
 def _record_every(dataset: Dataset, config: TrainConfig) -> int:
-    """Eight model copies per epoch."""
-    return max(1, _updates_per_epoch(dataset, config) // 8)
+    """Eight model copies per epoch of the run's own m (0 in the config: one pass, n / B)."""
+    updates = config.updates_per_epoch or math.ceil(dataset.samples / config.batch)
+    return max(1, updates // 8)
 
 
 def local_runner(dataset: Dataset, data_path: str | None, *, progress: bool = False) -> Runner:

@@ -69,6 +69,7 @@ from .config import ConnectionConfig, Limits
 from .connection import Connection, ConnectionState, MasterConnection, WorkerConnection
 from .errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
+    ALL_ENCODINGS,
     AuthChallenge,
     AuthConfirm,
     AuthResponse,
@@ -133,7 +134,6 @@ MAX_INPUT = 16384
 #: Inputs of one block share one random generator (seeded by the seed and the block number).
 BLOCK = 256
 _NOW = 1.0
-_ALL_ENCODINGS = frozenset(int(e) for e in Encoding)
 _BINARY_TYPES = frozenset(range(MessageType.SNAPSHOT, MessageType.CLOSE + 1))
 _CONTROL_TYPES = frozenset({MessageType.HELLO, MessageType.WELCOME, MessageType.CONFIG})
 
@@ -430,7 +430,7 @@ class Responder:
             version = conn.negotiated_version
             if version is None:
                 return
-            conn.send(Welcome(version=version, worker_id=7, encodings=_ALL_ENCODINGS), _NOW)
+            conn.send(Welcome(version=version, worker_id=7, encodings=ALL_ENCODINGS), _NOW)
             conn.send(Config(dim=self.dim, algorithm="asylpg", params={"mu": 0.5, "bits": 4}), _NOW)
             snapshot = self._snapshot_for(conn)
             if snapshot is not None:

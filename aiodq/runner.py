@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import checkpoint as checkpoint_file
 from .algorithms import TrainConfig, initial_model
+from .checkpoint import Checkpoint, CheckpointError
 from .config import ConnectionConfig
 from .coordinator import ModelRecord
 from .data import Dataset, load_dataset, shard
@@ -96,24 +97,25 @@ def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None
     return result, plot
 
 
+#: What a model records file holds, in its metadata (written with :mod:`aiodq.checkpoint`).
+_RECORDS = "model records"
+_RECORD_COLUMNS = ("version", "epoch", "bytes_total", "time", "models")
+
+
 def save_records(records: list[ModelRecord], path: Path) -> None:
-    """Write the master's model records to one ``.npz`` file (atomically: a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as stream:
-        np.savez(
-            stream,
-            version=np.array([r.version for r in records], dtype=np.int64),
-            epoch=np.array([r.epoch for r in records], dtype=np.int64),
-            bytes_total=np.array([r.bytes_total for r in records], dtype=np.int64),
-            time=np.array([r.time for r in records], dtype=np.float64),
-            models=(
-                np.array([r.model for r in records], dtype=np.float64)
-                if records
-                else np.zeros((0, 0), dtype=np.float64)
-            ),
-        )
-    os.replace(partial, path)
+    """Write the master's model records to one ``.npz`` file, atomically (:func:`aiodq.checkpoint.save`)."""
+    arrays = {
+        "version": np.array([r.version for r in records], dtype=np.int64),
+        "epoch": np.array([r.epoch for r in records], dtype=np.int64),
+        "bytes_total": np.array([r.bytes_total for r in records], dtype=np.int64),
+        "time": np.array([r.time for r in records], dtype=np.float64),
+        "models": (
+            np.array([r.model for r in records], dtype=np.float64)
+            if records
+            else np.zeros((0, 0), dtype=np.float64)
+        ),
+    }
+    checkpoint_file.save(path, Checkpoint(arrays, {"content": _RECORDS}))
 
 
 def load_records(path: Path) -> list[ModelRecord]:
@@ -123,16 +125,12 @@ def load_records(path: Path) -> list[ModelRecord]:
         RunError: if the file is missing or not a records file.
     """
     try:
-        # Open the file here: np.load leaves its own handle open when the archive is broken.
-        with path.open("rb") as stream:
-            data = np.load(stream, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            with data:
-                columns = [data[k] for k in ("version", "epoch", "bytes_total", "time", "models")]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        saved = checkpoint_file.load(path)
+    except CheckpointError as exc:
         raise RunError(f"{path}: not a model records file ({exc})") from exc
-    version, epoch, bytes_total, times, models = columns
+    if saved.meta.get("content") != _RECORDS or any(name not in saved.arrays for name in _RECORD_COLUMNS):
+        raise RunError(f"{path}: not a model records file")
+    version, epoch, bytes_total, times, models = (saved.arrays[name] for name in _RECORD_COLUMNS)
     if (
         not (len(version) == len(epoch) == len(bytes_total) == len(times) == models.shape[0])
         or models.ndim != 2

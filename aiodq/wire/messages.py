@@ -16,6 +16,7 @@ import msgpack
 from ..config import DEFAULT_LIMITS, Limits
 from ..errors import CodecError, ErrorCode
 from ..events import (
+    ALL_ENCODINGS,
     AuthChallenge,
     AuthConfirm,
     AuthResponse,
@@ -59,8 +60,6 @@ ALLOWED_ENCODINGS: dict[MessageType, frozenset[Encoding]] = {
         Encoding.QSGD,
     },
 }
-
-_KNOWN = frozenset(int(e) for e in Encoding)
 
 _TYPES: dict[type, MessageType] = {
     Hello: MessageType.HELLO,
@@ -264,7 +263,7 @@ def _reason(cursor: Cursor, limits: Limits) -> str:
 @functools.lru_cache(maxsize=128)
 def _allowed(message_type: MessageType, announced: frozenset[int]) -> frozenset[Encoding]:
     """Encodings a message may carry and this receiver announced (wire-format.md 6.2)."""
-    return ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in announced if e in _KNOWN}
+    return ALLOWED_ENCODINGS[message_type] & {Encoding(e) for e in announced if e in ALL_ENCODINGS}
 
 
 def _vector(cursor: Cursor, context: DecodeContext, message_type: MessageType) -> Vector:

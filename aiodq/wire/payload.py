@@ -112,8 +112,8 @@ def sparse_index_encoding(vector: SparseQuantized) -> tuple[Encoding, int]:
 def zigzag(codes: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
     """Map two's complement codes to ``0, 1, 2, ...``: ``c >= 0`` to ``2c``, ``c < 0`` to ``-2c - 1``.
 
-    Codes have at most 16 bits, so 32-bit arithmetic is exact (and some 40 times faster
-    than 64-bit here: 32 us against 1.2 ms for 79,510 codes).
+    Codes have at most 16 bits, so 32-bit arithmetic is exact; measured on 79,510 codes
+    with the default allocator, it took 32 us where the int64 version took 1.2 ms.
     """
     wide = codes.astype(np.int32)
     result: npt.NDArray[np.int32] = (wide << 1) ^ (wide >> 31)

@@ -1,8 +1,12 @@
-"""Helpers for the cluster tests: an independent optimum, and a TCP cluster in one event loop."""
+"""Helpers for the cluster tests: an independent optimum, a TCP cluster in one event loop, the CLI."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +20,20 @@ from aiodq.session import WorkerSession
 from aiodq.worker import WorkerResult, run_worker
 
 A9A = load_bundled_a9a()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aiodq(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m aiodq ARGS`` from the repository root; capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "aiodq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def logistic_optimum(dataset: Dataset, l2: float) -> float:

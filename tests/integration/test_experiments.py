@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,28 +34,14 @@ from aiodq.experiments import (
 from aiodq.runner import RunError, load_records, save_records
 from aiodq.simulate import simulate
 
-from .cluster import A9A, logistic_optimum
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def aiodq(*args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aiodq", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+from .cluster import A9A, aiodq, logistic_optimum
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``aiodq experiment all --quick``, run once for the module."""
     out = tmp_path_factory.mktemp("experiments")
-    result = aiodq("experiment", "all", "--quick", "--out", str(out))
+    result = aiodq("experiment", "all", "--quick", "--out", str(out), timeout=600.0)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return out
 
