@@ -1,42 +1,48 @@
 """aiodq: asynchronous distributed optimization with double quantization.
 
-The public API, in three rings (see docs/usage.md):
+The public API, by ring (docs/architecture.md, docs/usage.md):
 
-- quantizers and vector values: :func:`quantize_gradient`, :func:`quantize_model`,
-  :func:`quantize_sparse`, :func:`quantize_qsgd` and the vector classes;
-- the wire format v1: :func:`encode_message`, :func:`decode_message`, :class:`FrameReader`;
-- sans-I/O connections: :class:`MasterConnection`, :class:`WorkerConnection` and their events.
+- the codec: quantizers (:func:`quantize_gradient`, :func:`quantize_model`,
+  :func:`quantize_sparse`, :func:`quantize_qsgd`), vector values, and the wire
+  format v1 (:func:`encode_message`, :func:`decode_message`, :class:`FrameReader`);
+- the sans-I/O protocol: :class:`MasterConnection`, :class:`WorkerConnection`
+  and their events, the :class:`Coordinator`, :class:`TrainConfig` and the
+  algorithms, objectives, :class:`Dataset` and :func:`shard`, :func:`simulate`;
+- the asyncio shell: :class:`Master` and :func:`run_worker`;
+- data files and whole local clusters: :func:`load_dataset`,
+  :func:`load_bundled_a9a` and :func:`run_local`, loaded on first use (they
+  need the ``data`` extra, scipy), so that ``import aiodq`` costs numpy,
+  msgpack and bitarray only.
 """
 
-from .config import ConnectionConfig, Limits
-from .connection import ConnectionState, MasterConnection, WorkerConnection
-from .errors import (
-    CodecError,
-    ErrorCode,
-    LocalProtocolError,
-    NonFiniteError,
-    ProtocolError,
-    RemoteProtocolError,
-)
-from .events import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .codec.events import (
     Close,
-    Config,
+    ConfigMessage,
     ConnectionClosed,
-    Error,
+    ErrorMessage,
     Event,
     FullGradient,
     Gradient,
     Heartbeat,
     Hello,
-    Model,
+    ModelMessage,
     Snapshot,
     SnapshotGradient,
     Welcome,
 )
-from .quant.lowp import quantize_gradient, quantize_model, quantize_with_dither
-from .quant.qsgd import quantize_qsgd
-from .quant.sparse import quantize_sparse, sparsify
-from .vectors import (
+from .codec.frames import FrameReader
+from .codec.lowp import quantize_gradient, quantize_model, quantize_with_dither
+from .codec.messages import DecodeContext, decode_message, encode_message
+from .codec.payload import VectorPlan, plan_vector
+from .codec.qsgd import quantize_qsgd
+from .codec.registry import Encoding, MessageType
+from .codec.sparse import quantize_sparse, sparsify
+from .codec.vectors import (
     DenseQuantized,
     EqualsSnapshot,
     QSGDVector,
@@ -45,25 +51,76 @@ from .vectors import (
     Vector,
     ZeroVector,
 )
-from .wire.frames import FrameReader, MessageType
-from .wire.messages import DecodeContext, decode_message, encode_message
-from .wire.payload import Encoding
+from .config import ConnectionConfig, Limits
+from .errors import (
+    AiodqError,
+    CheckpointError,
+    CodecError,
+    DataError,
+    ErrorCode,
+    LocalProtocolError,
+    NonFiniteError,
+    ProtocolError,
+    RemoteProtocolError,
+    RunError,
+    UsageError,
+)
+from .net.master import Master
+from .net.worker import WorkerResult, run_worker
+from .protocol.algorithms import ALGORITHMS, TrainConfig, initial_model
+from .protocol.connection import ConnectionState, MasterConnection, WorkerConnection
+from .protocol.coordinator import Coordinator
+from .protocol.dataset import Dataset, shard
+from .protocol.objectives import Objective, make_objective
+from .protocol.session import WorkerSession
+from .protocol.simulate import simulate
+
+if TYPE_CHECKING:
+    from .data import load_bundled_a9a, load_dataset, load_mnist_csv, load_mnist_idx, load_svmlight
+    from .launch.local import run_local
 
 __version__ = "0.1.0"
 
+#: Names resolved on first use, with the module that defines them (they need scipy or rich).
+_LAZY = {
+    "load_bundled_a9a": "aiodq.data",
+    "load_dataset": "aiodq.data",
+    "load_mnist_csv": "aiodq.data",
+    "load_mnist_idx": "aiodq.data",
+    "load_svmlight": "aiodq.data",
+    "run_local": "aiodq.launch.local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve the names of :data:`_LAZY` on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aiodq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "ALGORITHMS",
+    "AiodqError",
+    "CheckpointError",
     "Close",
     "CodecError",
-    "Config",
+    "ConfigMessage",
     "ConnectionClosed",
     "ConnectionConfig",
     "ConnectionState",
+    "Coordinator",
+    "DataError",
+    "Dataset",
     "DecodeContext",
     "DenseQuantized",
     "Encoding",
     "EqualsSnapshot",
-    "Error",
     "ErrorCode",
+    "ErrorMessage",
     "Event",
     "FrameReader",
     "FullGradient",
@@ -72,27 +129,47 @@ __all__ = [
     "Hello",
     "Limits",
     "LocalProtocolError",
+    "Master",
     "MasterConnection",
     "MessageType",
-    "Model",
+    "ModelMessage",
     "NonFiniteError",
+    "Objective",
     "ProtocolError",
     "QSGDVector",
     "RawVector",
     "RemoteProtocolError",
+    "RunError",
     "Snapshot",
     "SnapshotGradient",
     "SparseQuantized",
+    "TrainConfig",
+    "UsageError",
     "Vector",
+    "VectorPlan",
     "Welcome",
     "WorkerConnection",
+    "WorkerResult",
+    "WorkerSession",
     "ZeroVector",
     "decode_message",
     "encode_message",
+    "initial_model",
+    "load_bundled_a9a",
+    "load_dataset",
+    "load_mnist_csv",
+    "load_mnist_idx",
+    "load_svmlight",
+    "make_objective",
+    "plan_vector",
     "quantize_gradient",
     "quantize_model",
     "quantize_qsgd",
     "quantize_sparse",
     "quantize_with_dither",
+    "run_local",
+    "run_worker",
+    "shard",
+    "simulate",
     "sparsify",
 ]

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits"]
+__all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits", "option"]
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
+    """A config field with its help text: the one definition of a field and of its command-line option.
+
+    Args:
+        default: the field's default value.
+        help: what the field means; shown by ``--help`` and in the docs.
+        choices: the values a string field may take.
+        cli: False for fields the command line does not offer.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Receiver limits, checked before anything is allocated (wire-format.md 10)."""
 
-    #: Largest frame body accepted, in bytes (the header's length field).
-    max_frame_bytes: int = 1 << 28
-    #: Largest vector dimension accepted.
-    max_dimension: int = 1 << 24
-    #: Largest body of a msgpack control message (HELLO, WELCOME, CONFIG), in bytes.
-    max_control_bytes: int = 1 << 16
-    #: Largest UTF-8 reason text in ERROR and CLOSE messages, in bytes.
-    max_reason_bytes: int = 1024
+    max_frame_bytes: int = option(1 << 28, "largest frame body accepted, in bytes")
+    max_dimension: int = option(1 << 24, "largest vector dimension accepted")
+    max_control_bytes: int = option(1 << 16, "largest HELLO, WELCOME or CONFIG body accepted, in bytes")
+    max_reason_bytes: int = option(1024, "largest ERROR or CLOSE reason accepted, in UTF-8 bytes")
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 64 or self.max_frame_bytes > 0xFFFF_FFFF:
@@ -41,18 +50,18 @@ DEFAULT_LIMITS = Limits()
 class ConnectionConfig:
     """Options of a sans-I/O connection (wire-format.md 8 and 10)."""
 
-    #: Receiver limits.
-    limits: Limits = DEFAULT_LIMITS
-    #: Seconds allowed from connection start until the handshake completes.
-    handshake_timeout: float = 10.0
-    #: Seconds without sending anything after which a HEARTBEAT is sent.
-    heartbeat_interval: float = 5.0
-    #: Seconds without receiving anything after which the peer is declared dead.
-    idle_timeout: float = 30.0
+    limits: Limits = option(DEFAULT_LIMITS, "receiver limits", cli=False)
+    handshake_timeout: float = option(10.0, "seconds from connection start until the handshake completes")
+    heartbeat_interval: float = option(5.0, "seconds of own silence before a HEARTBEAT is sent")
+    idle_timeout: float = option(30.0, "seconds of peer silence before the peer is declared dead")
     #: Vector encodings this side can decode (default: all).  The application
     #: announces the same set in its HELLO or WELCOME; received vectors in
     #: other encodings are refused with UNSUPPORTED_ENCODING.
     encodings: frozenset[int] | None = None
+    #: Send quantized dense codes Rice-coded (DENSE_RICE, wire-format.md 5.8) where that is
+    #: smaller and the peer announced it; otherwise at fixed width (DENSE).  The values are the
+    #: same either way.
+    dense_rice: bool = True
     #: Shared secret for the HMAC handshake (wire-format.md 7.12-7.14), or None.  A master
     #: with a secret refuses workers that cannot prove they hold it; a worker with a secret
     #: refuses a master that cannot.

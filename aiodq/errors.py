@@ -1,9 +1,20 @@
 """Exceptions and the wire error-code registry (wire-format.md section 9).
 
-Protocol errors say who is at fault: :class:`LocalProtocolError` when this
-side asked for something the protocol forbids, :class:`RemoteProtocolError`
-when the peer sent something it forbids.  Both carry an :class:`ErrorCode`,
-the value that goes on the wire in a CLOSE or ERROR message.
+Every exception aiodq raises on purpose derives from :class:`AiodqError`::
+
+    AiodqError
+    +-- ProtocolError            a rule of the wire protocol was broken (carries an ErrorCode)
+    |   +-- LocalProtocolError   this side asked for something the protocol forbids
+    |   +-- RemoteProtocolError  the peer sent something the protocol forbids
+    |   +-- CodecError           bytes that do not decode (raised by the pure codec)
+    +-- NonFiniteError           a quantizer got NaN or infinite values (also a ValueError)
+    +-- DataError                a data file is missing, unreadable or malformed (also a ValueError)
+    +-- CheckpointError          a checkpoint cannot be read or does not fit the run (also a ValueError)
+    +-- RunError                 a run could not complete: a process died, a timeout (also a RuntimeError)
+    +-- UsageError               bad options on the command line (exit status 2)
+
+Protocol errors say who is at fault and carry the :class:`ErrorCode` that goes
+on the wire in a CLOSE or ERROR message.
 """
 
 from __future__ import annotations
@@ -11,12 +22,17 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "AiodqError",
+    "CheckpointError",
     "CodecError",
+    "DataError",
     "ErrorCode",
     "LocalProtocolError",
     "NonFiniteError",
     "ProtocolError",
     "RemoteProtocolError",
+    "RunError",
+    "UsageError",
 ]
 
 
@@ -67,7 +83,11 @@ class ErrorCode(IntEnum):
     VERSION_MISMATCH = 20
 
 
-class ProtocolError(Exception):
+class AiodqError(Exception):
+    """The root of every exception aiodq raises on purpose."""
+
+
+class ProtocolError(AiodqError):
     """A rule of the wire protocol was broken.
 
     Attributes:
@@ -99,5 +119,21 @@ class CodecError(ProtocolError):
     """
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(AiodqError, ValueError):
     """An input vector holds NaN or infinite values, which no quantizer accepts."""
+
+
+class DataError(AiodqError, ValueError):
+    """A data file is missing, unreadable or malformed, or data has the wrong shape or type."""
+
+
+class CheckpointError(AiodqError, ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit this run."""
+
+
+class RunError(AiodqError, RuntimeError):
+    """A run could not complete: the message says why."""
+
+
+class UsageError(AiodqError):
+    """Bad command-line options or unreadable input: the command exits with status 2."""

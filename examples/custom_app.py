@@ -15,10 +15,11 @@ import asyncio
 
 import numpy as np
 
-from aiodq.algorithms import TrainConfig
-from aiodq.data import load_bundled_a9a, shard
-from aiodq.master import Master
-from aiodq.worker import run_worker
+from aiodq.data import load_bundled_a9a
+from aiodq.net.master import Master
+from aiodq.net.worker import run_worker
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.dataset import shard
 
 
 async def other_work(stop: asyncio.Event, ticks: list[float]) -> None:

@@ -37,7 +37,7 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one() -> None:
     commands = _readme_commands()
     assert len(commands) == 2, commands
     run_command, test_command = commands
-    assert "pip install ." in run_command and "aiodq" in run_command.split("&&")[-1]
+    assert "pip install '.[cli]'" in run_command and "aiodq" in run_command.split("&&")[-1]
     assert "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command in ci.splitlines(), "the README's test command must appear verbatim in .ci/run"

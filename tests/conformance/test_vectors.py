@@ -20,6 +20,8 @@ Floats are IEEE-754 bit patterns in hex: 8 hex digits for float32, 16 for float6
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -28,31 +30,32 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aiodq.config import ConnectionConfig, Limits
-from aiodq.connection import Connection, MasterConnection, WorkerConnection
-from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
-from aiodq.events import (
+from aiodq.codec.events import (
     AuthChallenge,
     AuthConfirm,
     AuthResponse,
     Close,
-    Config,
+    ConfigMessage,
     ConnectionClosed,
-    Error,
+    ErrorMessage,
     Event,
     FullGradient,
     Gradient,
     Heartbeat,
     Hello,
-    Model,
+    ModelMessage,
     Snapshot,
     SnapshotGradient,
     Welcome,
 )
-from aiodq.quant.lowp import quantize_with_dither
-from aiodq.quant.qsgd import quantize_qsgd_with_dither
-from aiodq.quant.sparse import sparsify_with_uniforms
-from aiodq.vectors import (
+from aiodq.codec.frames import FrameReader
+from aiodq.codec.lowp import quantize_with_dither
+from aiodq.codec.messages import DecodeContext, decode_body, decode_message, encode_message, message_type_of
+from aiodq.codec.payload import plan_vector
+from aiodq.codec.qsgd import quantize_qsgd_with_dither
+from aiodq.codec.registry import Encoding, MessageType
+from aiodq.codec.sparse import sparsify_with_uniforms
+from aiodq.codec.vectors import (
     DenseQuantized,
     EqualsSnapshot,
     QSGDVector,
@@ -61,20 +64,19 @@ from aiodq.vectors import (
     Vector,
     ZeroVector,
 )
-from aiodq.wire.frames import FrameReader, MessageType
-from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import Encoding, dense_rice_encoding, encoding_of, sparse_index_encoding
+from aiodq.config import ConnectionConfig, Limits
+from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
+from aiodq.protocol.connection import Connection, MasterConnection, WorkerConnection
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
-#: The suite fails if the vectors are missing or were mostly deleted.
-MIN_VECTORS = 100
+#: Every vector file's name and SHA-256, written by generate.py.
+MANIFEST = json.loads((VECTOR_DIR / "MANIFEST.json").read_text(encoding="utf-8"))
 KINDS = ("valid", "invalid", "quantizer", "story")
 
 
 def _load() -> dict[str, dict[str, Any]]:
-    return {
-        path.name: json.loads(path.read_text(encoding="utf-8")) for path in sorted(VECTOR_DIR.glob("*.json"))
-    }
+    """The vectors the manifest names (test_vectors_match_the_manifest checks for missing or extra files)."""
+    return {name: json.loads((VECTOR_DIR / name).read_text(encoding="utf-8")) for name in MANIFEST["files"]}
 
 
 VECTORS = _load()
@@ -107,8 +109,10 @@ def _f64bits(value: float) -> str:
 # -- fields <-> events -------------------------------------------------------------------------------
 
 
-def _vector_to_fields(vector: Vector) -> dict[str, Any]:
-    encoding = encoding_of(vector)
+def _vector_to_fields(vector: Vector, encoding: Encoding | None = None) -> dict[str, Any]:
+    """The vector's JSON fields; ``encoding`` is the one it arrived in (default: the codec's choice)."""
+    plan = plan_vector(vector, dense_rice=encoding is Encoding.DENSE_RICE)
+    encoding = plan.encoding
     out: dict[str, Any] = {"encoding": encoding.name, "dim": vector.dim}
     if isinstance(vector, RawVector):
         to_bits = _f32bits if vector.values.dtype == np.float32 else _f64bits
@@ -116,7 +120,7 @@ def _vector_to_fields(vector: Vector) -> dict[str, Any]:
     elif isinstance(vector, DenseQuantized):
         out.update(bits=vector.bits, scale_bits=_f32bits(vector.scale), codes=[int(c) for c in vector.codes])
         if encoding is Encoding.DENSE_RICE:
-            out["rice_k"] = dense_rice_encoding(vector)
+            out["rice_k"] = plan.k
     elif isinstance(vector, SparseQuantized):
         out.update(
             bits=vector.bits,
@@ -125,7 +129,7 @@ def _vector_to_fields(vector: Vector) -> dict[str, Any]:
             codes=[int(c) for c in vector.codes],
         )
         if encoding is Encoding.SPARSE_RICE:
-            out["rice_k"] = sparse_index_encoding(vector)[1]
+            out["rice_k"] = plan.k
     elif isinstance(vector, QSGDVector):
         out.update(s=vector.s, norm_bits=_f32bits(vector.norm), levels=[int(x) for x in vector.levels])
     return out
@@ -143,12 +147,9 @@ def _vector_from_fields(fields: dict[str, Any]) -> Vector:
     if encoding is Encoding.EQUALS_SNAPSHOT:
         return EqualsSnapshot(dim)
     if encoding in (Encoding.DENSE, Encoding.DENSE_RICE):
-        # DENSE_RICE: the same value, asking the encoder for Rice coding (wire-format.md 5.8).
+        # DENSE_RICE: the same value; the sender chooses the Rice coding (wire-format.md 5.8).
         return DenseQuantized(
-            fields["bits"],
-            _float(fields["scale_bits"]),
-            np.array(fields["codes"], dtype=np.int64),
-            rice=encoding is Encoding.DENSE_RICE,
+            fields["bits"], _float(fields["scale_bits"]), np.array(fields["codes"], dtype=np.int64)
         )
     if encoding in (Encoding.SPARSE_BITMAP, Encoding.SPARSE_RICE):
         return SparseQuantized(
@@ -169,8 +170,10 @@ def _param_to_json(value: Any) -> Any:
     return {"f64": _f64bits(value)} if isinstance(value, float) else value
 
 
-def _event_to_fields(event: Event) -> dict[str, Any]:
-    out: dict[str, Any] = {"event": type(event).__name__}
+def _event_to_fields(event: Event, encoding: Encoding | None = None) -> dict[str, Any]:
+    """The event's JSON fields; events are named as the spec names their messages."""
+    name = "CONNECTION_CLOSED" if isinstance(event, ConnectionClosed) else message_type_of(event).name
+    out: dict[str, Any] = {"event": name}
     if isinstance(event, Hello):
         out.update(
             min_version=event.min_version,
@@ -180,29 +183,29 @@ def _event_to_fields(event: Event) -> dict[str, Any]:
         )
     elif isinstance(event, Welcome):
         out.update(version=event.version, worker_id=event.worker_id, encodings=sorted(event.encodings))
-    elif isinstance(event, Config):
+    elif isinstance(event, ConfigMessage):
         params = {key: _param_to_json(value) for key, value in event.params.items()}
         out.update(dim=event.dim, algorithm=event.algorithm, params=params)
     elif isinstance(event, Snapshot | FullGradient):
-        out.update(epoch=event.epoch, vector=_vector_to_fields(event.vector))
+        out.update(epoch=event.epoch, vector=_vector_to_fields(event.vector, encoding))
     elif isinstance(event, SnapshotGradient):
         out.update(
             epoch=event.epoch,
             samples=event.samples,
             correct=event.correct,
             loss_bits=_f64bits(event.loss),
-            vector=_vector_to_fields(event.vector),
+            vector=_vector_to_fields(event.vector, encoding),
         )
-    elif isinstance(event, Model):
+    elif isinstance(event, ModelMessage):
         out.update(
             epoch=event.epoch,
             version=event.version,
             relative=event.relative,
-            vector=_vector_to_fields(event.vector),
+            vector=_vector_to_fields(event.vector, encoding),
         )
     elif isinstance(event, Gradient):
-        out.update(epoch=event.epoch, version=event.version, vector=_vector_to_fields(event.vector))
-    elif isinstance(event, Error):
+        out.update(epoch=event.epoch, version=event.version, vector=_vector_to_fields(event.vector, encoding))
+    elif isinstance(event, ErrorMessage):
         out.update(code=event.code, epoch=event.epoch, version=event.version, reason=event.reason)
     elif isinstance(event, Close):
         out.update(code=event.code, reason=event.reason)
@@ -217,38 +220,40 @@ def _event_to_fields(event: Event) -> dict[str, Any]:
     return out
 
 
+#: Event classes by the spec's message names (CONNECTION_CLOSED: the local end of the stream).
+_CLASSES: dict[str, Any] = {
+    "HELLO": Hello,
+    "WELCOME": Welcome,
+    "CONFIG": ConfigMessage,
+    "SNAPSHOT": Snapshot,
+    "SNAPSHOT_GRADIENT": SnapshotGradient,
+    "FULL_GRADIENT": FullGradient,
+    "MODEL": ModelMessage,
+    "GRADIENT": Gradient,
+    "HEARTBEAT": Heartbeat,
+    "ERROR": ErrorMessage,
+    "CLOSE": Close,
+    "AUTH_CHALLENGE": AuthChallenge,
+    "AUTH_RESPONSE": AuthResponse,
+    "AUTH_CONFIRM": AuthConfirm,
+    "CONNECTION_CLOSED": ConnectionClosed,
+}
+
+
 def _event_from_fields(fields: dict[str, Any]) -> Event:
     kind = fields["event"]
     f = {key: value for key, value in fields.items() if key != "event"}
     if "vector" in f:
         f["vector"] = _vector_from_fields(f["vector"])
-    if kind == "Hello":
-        return Hello(**{**f, "encodings": frozenset(f["encodings"])})
-    if kind == "Welcome":
-        return Welcome(**{**f, "encodings": frozenset(f["encodings"])})
-    if kind == "Config":
-        return Config(**{**f, "params": {key: _param_from_json(v) for key, v in f["params"].items()}})
-    if kind in ("AuthChallenge", "AuthResponse", "AuthConfirm"):  # nonce and mac in hex
-        auth_class = {
-            "AuthChallenge": AuthChallenge,
-            "AuthResponse": AuthResponse,
-            "AuthConfirm": AuthConfirm,
-        }
-        return auth_class[kind](**{key: bytes.fromhex(value) for key, value in f.items()})
-    if kind == "SnapshotGradient":
-        return SnapshotGradient(
-            **{key: v for key, v in f.items() if key != "loss_bits"}, loss=_float(f["loss_bits"])
-        )
-    classes: dict[str, Any] = {
-        "Snapshot": Snapshot,
-        "FullGradient": FullGradient,
-        "Model": Model,
-        "Gradient": Gradient,
-        "Heartbeat": Heartbeat,
-        "Error": Error,
-        "Close": Close,
-    }
-    event: Event = classes[kind](**f)
+    if kind in ("HELLO", "WELCOME"):
+        f["encodings"] = frozenset(f["encodings"])
+    elif kind == "CONFIG":
+        f["params"] = {key: _param_from_json(v) for key, v in f["params"].items()}
+    elif kind.startswith("AUTH_"):  # nonce and mac in hex
+        f = {key: bytes.fromhex(value) for key, value in f.items()}
+    elif kind == "SNAPSHOT_GRADIENT":
+        f["loss"] = _float(f.pop("loss_bits"))
+    event: Event = _CLASSES[kind](**f)
     return event
 
 
@@ -267,12 +272,33 @@ def _context(doc: dict[str, Any]) -> DecodeContext:
 # -- the suite itself ----------------------------------------------------------------------------------
 
 
-def test_vectors_present() -> None:
-    """The vectors folder holds at least MIN_VECTORS files, of every kind (tests/conformance)."""
-    assert len(VECTORS) >= MIN_VECTORS, f"only {len(VECTORS)} vectors in {VECTOR_DIR}"
-    for kind in KINDS:
-        assert _names(kind), f"no {kind} vectors"
-    assert all(doc["kind"] in KINDS for doc in VECTORS.values())
+def test_vectors_match_the_manifest() -> None:
+    """The folder holds exactly the files MANIFEST.json names, byte for byte, of every kind."""
+    on_disk = {path.name for path in VECTOR_DIR.glob("*.json")} - {"MANIFEST.json"}
+    assert on_disk == set(MANIFEST["files"]), sorted(on_disk ^ set(MANIFEST["files"]))
+    assert MANIFEST["count"] == len(MANIFEST["files"])
+    for name, digest in MANIFEST["files"].items():
+        assert hashlib.sha256((VECTOR_DIR / name).read_bytes()).hexdigest() == digest, name
+    counts = {kind: len(_names(kind)) for kind in KINDS}
+    assert counts == MANIFEST["kinds"] and all(counts.values()), counts
+
+
+def test_regenerated_vectors_equal_the_committed_ones() -> None:
+    """generate.py, run now against this aiodq, rebuilds every committed file byte for byte.
+
+    It raises (and so this test fails) on any disagreement between aiodq and the spec's layout.
+    """
+    spec = importlib.util.spec_from_file_location(
+        "conformance_generate", Path(__file__).parent / "generate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    files = generate.build()
+    committed = {path.name: path.read_text(encoding="utf-8") for path in VECTOR_DIR.glob("*.json")}
+    assert set(files) == set(committed), sorted(set(files) ^ set(committed))
+    changed = [name for name in files if files[name] != committed[name]]
+    assert not changed, changed
 
 
 def test_vectors_cite_the_spec() -> None:
@@ -326,7 +352,7 @@ def _receiver_ready_for(doc: dict[str, Any], event: Event) -> Connection | None:
         return master if mtype in _MASTER_RECEIVES else worker
     vector = event.vector
     dim = vector.dim
-    _deliver(master, worker, Config(dim=dim, algorithm="conformance"))
+    _deliver(master, worker, ConfigMessage(dim=dim, algorithm="conformance"))
     if mtype == "SNAPSHOT":
         return worker
     epoch = event.epoch
@@ -338,7 +364,7 @@ def _receiver_ready_for(doc: dict[str, Any], event: Event) -> Connection | None:
     if mtype in ("FULL_GRADIENT", "MODEL"):
         return worker
     assert mtype == "GRADIENT"
-    _deliver(master, worker, Model(epoch=epoch, version=event.version, vector=zeros))
+    _deliver(master, worker, ModelMessage(epoch=epoch, version=event.version, vector=zeros))
     return master
 
 
@@ -355,14 +381,17 @@ def test_valid(name: str) -> None:
     assert frame is not None and reader.buffered == 0
     header = {"version": frame.version, "type": MessageType(frame.type).name, "flags": frame.flags}
     assert header == doc["header"]
-    event = decode_message(frame, context)
-    assert _event_to_fields(event) == doc["event"]
+    decoded = decode_body(frame, context)
+    event = decoded.event
+    assert _event_to_fields(event, decoded.encoding) == doc["event"]
 
-    # Canonical form: one encoding per value, so both encoders reproduce the bytes.
-    assert encode_message(event, frame.version) == data
+    # Canonical form: one encoding per value (DENSE_RICE for a sender that prefers it, 5.8),
+    # so both encoders reproduce the bytes.
+    rice = decoded.encoding is Encoding.DENSE_RICE
+    assert encode_message(event, frame.version, dense_rice=rice) == data
     rebuilt = _event_from_fields(doc["event"])
     assert rebuilt == event
-    assert encode_message(rebuilt, frame.version) == data
+    assert encode_message(rebuilt, frame.version, dense_rice=rice) == data
 
     # Any split of the stream gives the same frame: here one byte at a time.
     assert _one_frame_bytewise(data, context.limits) == frame
@@ -421,14 +450,14 @@ def test_quantizer(name: str) -> None:
     doc = VECTORS[name]
     values = np.array([_float(b) for b in doc["values_bits"]], dtype=np.float64)
     function = doc["function"]
-    if function == "aiodq.quant.lowp.quantize_with_dither":
+    if function == "quantize_with_dither":
         codes = quantize_with_dither(values, _float(doc["delta_bits"]), doc["bits"], _dither(doc))
         assert codes.tolist() == doc["expected_codes"]
-    elif function == "aiodq.quant.qsgd.quantize_qsgd_with_dither":
+    elif function == "quantize_qsgd_with_dither":
         result = quantize_qsgd_with_dither(values, doc["s"], _dither(doc))
         assert _vector_to_fields(result) == doc["expected"]
     else:
-        assert function == "aiodq.quant.sparse.sparsify_with_uniforms"
+        assert function == "sparsify_with_uniforms"
         probabilities = np.array([_float(b) for b in doc["probabilities_bits"]], dtype=np.float64)
         uniforms = np.array(doc["uniforms_u32"], dtype=np.uint32)
         indices, kept = sparsify_with_uniforms(values, probabilities, uniforms)
@@ -443,25 +472,26 @@ def _other(side: str) -> str:
     return "master" if side == "worker" else "worker"
 
 
-def _drain(conn: Connection) -> tuple[list[dict[str, Any]], RemoteProtocolError | None]:
-    events: list[dict[str, Any]] = []
+def _drain(conn: Connection) -> tuple[list[Event], RemoteProtocolError | None]:
+    events: list[Event] = []
     try:
         while (event := conn.next_event()) is not None:
-            events.append(_event_to_fields(event))
+            events.append(event)
     except RemoteProtocolError as exc:
         return events, exc
     return events, None
 
 
-def _same_events(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> bool:
-    """Equal field by field; a Close recorded without a reason matches any reason."""
+def _same_events(got: list[Event], expected: list[dict[str, Any]]) -> bool:
+    """Equal as values (the step's bytes pin the encodings); a Close recorded without a reason
+    matches any reason."""
     if len(got) != len(expected):
         return False
     for g, e in zip(got, expected, strict=True):
-        seen = g
-        if e["event"] == "Close" and "reason" not in e:
-            seen = {key: value for key, value in g.items() if key != "reason"}
-        if seen != e:
+        if e["event"] == "CLOSE" and "reason" not in e:
+            if not (isinstance(g, Close) and g.code == e["code"]):
+                return False
+        elif g != _event_from_fields(e):
             return False
     return True
 

@@ -6,6 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,24 @@ import numpy as np
 import scipy.optimize
 from scipy.special import log_expit
 
-from aiodq.algorithms import TrainConfig
-from aiodq.data import Dataset, load_bundled_a9a, shard
-from aiodq.master import Master
-from aiodq.session import WorkerSession
-from aiodq.worker import WorkerResult, run_worker
+from aiodq.data import load_bundled_a9a
+from aiodq.net.master import Master
+from aiodq.net.worker import WorkerResult, run_worker
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.dataset import Dataset, shard
+from aiodq.protocol.session import WorkerSession
 
 A9A = load_bundled_a9a()
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; raise TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.01)
 
 
 def aiodq(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """Helpers for the reliability and security tests: the loss target, misbehaving peers, processes.
 
-Every peer here talks to a real :class:`~aiodq.master.Master` over TCP on 127.0.0.1, and every
+Every peer here talks to a real :class:`~aiodq.net.master.Master` over TCP on 127.0.0.1, and every
 await is bounded by a timeout.
 """
 
@@ -21,13 +21,14 @@ from typing import IO, Any
 import numpy as np
 from scipy.special import log_expit
 
-from aiodq.algorithms import TrainConfig
+from aiodq.codec.events import Event, ModelMessage, Snapshot
+from aiodq.codec.frames import FrameReader
+from aiodq.codec.registry import MessageType
 from aiodq.config import DEFAULT_LIMITS, ConnectionConfig
-from aiodq.data import Dataset, shard
-from aiodq.events import Event, Model, Snapshot
-from aiodq.session import WorkerSession
-from aiodq.wire.frames import FrameReader, MessageType
-from aiodq.worker import WorkerResult, run_worker
+from aiodq.net.worker import WorkerResult, run_worker
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.dataset import Dataset, shard
+from aiodq.protocol.session import WorkerSession
 
 from .cluster import A9A, logistic_optimum
 
@@ -174,7 +175,7 @@ class _StoppingSession(WorkerSession):
 
 
 #: Where a scripted peer stops: before sending anything, on SNAPSHOT (unanswered), on MODEL.
-STOP_POINTS: dict[str, type[Event] | None] = {"handshake": None, "snapshot": Snapshot, "inner": Model}
+STOP_POINTS: dict[str, type[Event] | None] = {"handshake": None, "snapshot": Snapshot, "inner": ModelMessage}
 
 
 async def scripted_peer(
@@ -256,7 +257,9 @@ async def raw_peer(
 class RogueSession(WorkerSession):
     """A worker that answers its ``nth`` MODEL with ``forge(model_event, honest_session)`` bytes."""
 
-    def __init__(self, *args: Any, forge: Callable[[Model, WorkerSession], bytes], nth: int = 1, **kw: Any):
+    def __init__(
+        self, *args: Any, forge: Callable[[ModelMessage, WorkerSession], bytes], nth: int = 1, **kw: Any
+    ):
         super().__init__(*args, **kw)
         self.forge = forge
         self.models = 0
@@ -264,7 +267,7 @@ class RogueSession(WorkerSession):
         self.forged = bytearray()
 
     def _handle(self, event: Event, now: float) -> None:
-        if isinstance(event, Model):
+        if isinstance(event, ModelMessage):
             self.models += 1
             if self.models == self.nth:
                 # The forged GRADIENT bypasses the connection's own send checks, as an attacker's

@@ -133,3 +133,49 @@ def test_custom_app_example_follows_progress_while_working() -> None:
     assert "epoch 4: loss" in result.stdout
     ticks = int(result.stdout.split("ticked ")[1].split(" ")[0])
     assert ticks > 0
+
+
+# -- demo and benchmarks: smoke tests (every command runs and prints what it documents) ------------
+
+
+def test_demo_prints_message_sizes() -> None:
+    """aiodq demo: a handshake, a snapshot phase and one MODEL in memory, then every GRADIENT's size."""
+    result = aiodq("demo", "--dim", "2000", "--bits", "4")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dim"] == 2000 and report["float32_bytes"] == 8000
+    names = [row["message"] for row in report["messages"]]
+    assert names[0].startswith("MODEL") and any("sparse" in name for name in names)
+    gradients = {row["message"]: row for row in report["messages"][1:]}
+    # b = 4 codes: half a byte per coordinate plus the frame, never more than float32.
+    assert 1000 < gradients["GRADIENT dense b=4"]["bytes"] < 1100
+    assert gradients["GRADIENT float32"]["bytes"] > 8000
+    assert all(row["relative_error"] >= 0 for row in report["messages"][1:])
+
+
+def test_bench_codec_smoke(tmp_path: Path) -> None:
+    """aiodq bench codec: times and sizes against the same run's copy baseline, on stdout and in --out."""
+    out = tmp_path / "codec.json"
+    result = aiodq("bench", "codec", "--dims", "1e3", "--bits", "2,8", "--repeats", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    cases = report["cases"]
+    assert {(case["d"], case["bits"], case["kind"]) for case in cases} >= {
+        (1000, bits, kind) for bits in (2, 8) for kind in ("dense", "sparse")
+    }
+    for case in cases:
+        assert case["encode_ms"] > 0 and case["decode_ms"] > 0 and case["baseline_tobytes_ms"] > 0
+        assert case["wire_bytes"] >= case["ideal_bytes"]
+
+
+def test_bench_master_smoke(tmp_path: Path) -> None:
+    """aiodq bench master: applied updates per second over TCP against the in-process update."""
+    out = tmp_path / "master.json"
+    result = aiodq("bench", "master", "--dims", "1e3", "--workers", "1", "--updates", "50", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    [case] = report["cases"]
+    assert case["d"] == 1000 and case["workers"] == 1 and case["applied_updates"] >= 50
+    assert case["updates_per_second"] > 0 and case["in_process_update_ms"] > 0

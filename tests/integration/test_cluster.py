@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from aiodq.algorithms import ALGORITHMS, TrainConfig
+from aiodq.protocol.algorithms import ALGORITHMS, TrainConfig
 
 from .cluster import A9A, bits_to_target, logistic_optimum, train
 
@@ -82,6 +83,7 @@ async def test_byte_counters_match_bytes_counted_at_the_socket() -> None:
     """algorithms.md 10: the master's wire counters equal the bytes a TCP relay counts in each direction."""
     counted = {"up": 0, "down": 0}
     servers = []
+    relays: list[asyncio.Task[Any]] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
         try:
@@ -96,6 +98,9 @@ async def test_byte_counters_match_bytes_counted_at_the_socket() -> None:
 
     async def port_of(host: str, port: int) -> int:
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            relays.append(task)
             upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
             await asyncio.gather(pipe(reader, upstream_writer, "up"), pipe(upstream_reader, writer, "down"))
 
@@ -105,10 +110,11 @@ async def test_byte_counters_match_bytes_counted_at_the_socket() -> None:
 
     config = TrainConfig(algorithm="sparse-asylpg", epochs=2)
     summary, results = await train(config, workers=3, port_of=port_of)
+    # Every relay ends when both of its streams have ended: then it has counted every byte.
+    await asyncio.wait_for(asyncio.gather(*relays), 30)
     for server in servers:
         server.close()
         await server.wait_closed()
-    await asyncio.sleep(0.05)
     totals = summary["traffic"]["total_bytes"]
     assert totals["up"] == counted["up"]
     assert totals["down"] == counted["down"]

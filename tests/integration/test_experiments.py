@@ -14,25 +14,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiodq.algorithms import TrainConfig
-from aiodq.coordinator import ModelRecord
 from aiodq.data import load_bundled_a9a
-from aiodq.experiments import (
+from aiodq.errors import RunError
+from aiodq.lab.experiments import (
     TABLE_ALGORITHMS,
     Context,
     ExperimentError,
     Point,
     RunResult,
-    _reach,
-    _saving,
-    _summarise,
     evaluate,
     optimum,
     run_experiment,
     to_target,
 )
-from aiodq.runner import RunError, load_records, save_records
-from aiodq.simulate import simulate
+from aiodq.lab.netlab import namespaces_unavailable
+from aiodq.lab.report import reach, saving, summarise
+from aiodq.launch.results import load_records, save_records
+from aiodq.protocol.accounting import ModelRecord
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.simulate import simulate
 
 from .cluster import A9A, aiodq, logistic_optimum
 
@@ -104,12 +104,14 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
 
 
 def test_quick_network_runs_or_says_why(quick: Path) -> None:
-    """The shaped-network experiment ran in namespaces, or the report says why it could not."""
+    """The shaped-network experiment ran in namespaces wherever they can be made; else it says why."""
     report = json.loads((quick / "network" / "network.json").read_text())
-    if "skipped" in report:
-        assert report["skipped"]
-        assert "Skipped" in (quick / "network" / "network.md").read_text()
-        return
+    reason = namespaces_unavailable()
+    if reason is not None:
+        # This machine cannot make namespaces: the report must say so, and the test did not run.
+        assert report.get("skipped") and "Skipped" in (quick / "network" / "network.md").read_text()
+        pytest.skip(f"network namespaces: {reason}")
+    assert "skipped" not in report, report.get("skipped")
     rows = report["datasets"]["a9a-bundled"]["rows"]
     assert {row["algorithm"] for row in rows} == {"asyfpg", "asylpg"}
     for row in rows:
@@ -223,10 +225,10 @@ def test_summaries_when_seeds_miss_the_target() -> None:
     hit = RunResult(config, 4, [Point(0, 0, 80, 0.0, 1.0), Point(5, 0, 800, 1.0, 0.5)], {})
     miss = RunResult(config, 4, [Point(0, 0, 80, 0.0, 1.0), Point(5, 0, 800, 1.0, 0.9)], {})
     empty = RunResult(config, 4, [], {})
-    row = _summarise([hit, hit, miss], 0.6)
+    row = summarise([hit, hit, miss], 0.6)
     assert row["bits_to_target"] is None and row["reached"] == 2 and row["runs"] == 3
-    assert _reach(row, "x") == "not reached (2/3 seeds did)"
-    assert _summarise([empty], 0.6)["final_loss"] is None
+    assert reach(row, "x") == "not reached (2/3 seeds did)"
+    assert summarise([empty], 0.6)["final_loss"] is None
     # A baseline that reached the target at time 0 is a figure, not a miss.
     rows = {"asyfpg": {"time_to_target": 0.0}, "asylpg": {"time_to_target": 2.0}}
-    assert _saving(rows, "asylpg", "time_to_target") == 0.0
+    assert saving(rows, "asylpg", "time_to_target") == 0.0

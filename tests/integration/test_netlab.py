@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from aiodq.algorithms import TrainConfig
-from aiodq.netlab import (
-    Link,
-    NetLab,
-    NetLabError,
-    delay_unavailable,
-    measure_round_trip,
-    measure_throughput,
-    namespaces_unavailable,
-    run_cluster,
-)
+from aiodq.lab.netcluster import measure_round_trip, measure_throughput, run_cluster
+from aiodq.lab.netlab import Link, NetLab, NetLabError, delay_unavailable, namespaces_unavailable
+from aiodq.protocol.algorithms import TrainConfig
 
 REASON = namespaces_unavailable()
 if REASON is not None:

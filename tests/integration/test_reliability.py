@@ -10,22 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from aiodq import checkpoint as checkpoint_file
-from aiodq.algorithms import TrainConfig
-from aiodq.checkpoint import CheckpointError
+from aiodq.codec.events import Event, Gradient, Hello
 from aiodq.config import ConnectionConfig
-from aiodq.errors import ErrorCode
-from aiodq.events import Event, Gradient, Hello
-from aiodq.master import Master
+from aiodq.errors import CheckpointError, ErrorCode
+from aiodq.net import checkpoint as checkpoint_file
+from aiodq.net.master import Master
+from aiodq.protocol.algorithms import TrainConfig
 
-from .cluster import A9A
+from .cluster import A9A, wait_until
 from .rel_peers import (
     GAP,
     Process,
@@ -53,14 +51,6 @@ def target() -> float:
 def worker_process(folder: Path, name: str, port: int, index: int, workers: int, *extra: str) -> Process:
     args = ["worker", "--connect", f"127.0.0.1:{port}", "--shard", f"{index}/{workers}", *extra]
     return Process(folder, name, *args)
-
-
-async def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 # -- worker crashes ------------------------------------------------------------------------------
@@ -120,7 +110,6 @@ async def test_restarted_worker_rejoins_a_running_session() -> None:
         tasks[2].cancel()  # the worker goes away mid-epoch
         await finish([tasks[2]], 10)
         await wait_until(lambda: len(coordinator.trace) >= 3, 30, "an epoch without it")
-        await asyncio.sleep(0.05)
         restarted = start_workers(host, port, [2], 3)
         summary = await master.wait(TIMEOUT)
         results = await finish([*tasks[:2], *restarted], TIMEOUT)
@@ -187,7 +176,7 @@ async def test_hung_worker_is_cut_off_by_its_timeout_and_training_completes(stop
         hung = asyncio.create_task(
             scripted_peer(host, port, stop=stop, action="hang", dataset=part(2, 3), connection_config=FAST)
         )
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: master.accepted >= 1, 10, "the hung peer's connection")
         tasks = start_workers(host, port, [0, 1], 3, connection_config=FAST)
         (outcome,) = await finish([hung], 20)
         assert not master.coordinator.done, "training ended before the hung peer was cut off"
@@ -196,7 +185,6 @@ async def test_hung_worker_is_cut_off_by_its_timeout_and_training_completes(stop
     assert all(r.ok for r in results), results
     assert len(summary["trace"]) == config.epochs + 1
     assert outcome.cut_off and outcome.code == ErrorCode.TIMEOUT, outcome
-    assert outcome.seconds <= 1.0 + 1.5, outcome  # the timeout plus scheduling slack
     # The cut-off is recorded (and logged) as one TIMEOUT; nothing else went wrong.
     assert [error["code"] for error in summary["errors"]] == ["TIMEOUT"]
 
@@ -211,7 +199,7 @@ async def test_worker_disconnecting_at_any_point_does_not_stop_training(stop: st
     async with Master(config, x0, workers=members) as master:
         host, port = master.address
         dropper = asyncio.create_task(scripted_peer(host, port, stop=stop, action="drop", dataset=part(2, 3)))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: master.accepted >= 1, 10, "the dropping peer's connection")
         tasks = start_workers(host, port, [0, 1], 3)
         summary = await master.wait(TIMEOUT)
         results = await finish(tasks, TIMEOUT)
@@ -245,13 +233,19 @@ async def test_64_concurrent_workers_on_one_master() -> None:
 
 
 @pytest.mark.asyncio
-async def test_workers_retry_with_backoff_until_the_master_is_up() -> None:
+async def test_workers_retry_with_backoff_until_the_master_is_up(caplog: pytest.LogCaptureFixture) -> None:
     """run_worker(retry_for=...): workers started before the master keep retrying and then train."""
     port = free_port()
     config = TrainConfig(algorithm="asylpg", epochs=2)
+    caplog.set_level("WARNING", logger="aiodq.worker")
     tasks = start_workers("127.0.0.1", port, [0, 1], 2, retry_for=20.0)
+
+    def refusals() -> int:
+        return sum("cannot reach the master" in record.getMessage() for record in caplog.records)
+
     try:
-        await asyncio.sleep(1.0)
+        # Two failed attempts per worker, and both still retrying.
+        await wait_until(lambda: refusals() >= 4, 20, "four refused connection attempts")
         assert not any(task.done() for task in tasks)
         async with Master(config, np.zeros(A9A.features_count), workers=2, port=port) as master:
             summary = await master.wait(TIMEOUT)
@@ -279,7 +273,7 @@ async def test_checkpoint_on_disk_is_always_whole(tmp_path: Path) -> None:
                     reads += 1
                 except (CheckpointError, FileNotFoundError) as exc:
                     failures.append(repr(exc))
-            await asyncio.sleep(0.003)
+            await asyncio.sleep(0)  # yield to the master between reads
 
     stop = asyncio.Event()
     async with Master(
@@ -323,7 +317,8 @@ async def run_cli_cluster(
             master.kill()
             facts["killed_after"] = checkpoint_file.load(checkpoint).meta["state"]
             facts["killed_trace"] = len(checkpoint_file.load(checkpoint).meta["trace"])
-            await asyncio.sleep(0.5)  # the workers notice and start retrying
+            for worker in processes[1:3]:  # the workers notice and start retrying
+                await wait_for_text(lambda w=worker: w.stderr, "reconnecting", 30)
             resumed = Process(
                 folder, "resumed", "master", "--listen", f"127.0.0.1:{port}", *common, "--resume"
             )

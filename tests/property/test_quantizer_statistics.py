@@ -71,10 +71,16 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from aiodq.quant.lowp import quantize, quantize_gradient, quantize_model, quantize_with_dither
-from aiodq.quant.qsgd import quantize_qsgd
-from aiodq.quant.sparse import keep_probabilities, quantize_sparse, sparsify
-from aiodq.vectors import DenseQuantized, EqualsSnapshot, QSGDVector, SparseQuantized, ZeroVector
+from aiodq.codec.lowp import quantize, quantize_gradient, quantize_model, quantize_with_dither
+from aiodq.codec.qsgd import quantize_qsgd
+from aiodq.codec.sparse import keep_probabilities, quantize_sparse, sparsify
+from aiodq.codec.vectors import (
+    DenseQuantized,
+    EqualsSnapshot,
+    QSGDVector,
+    SparseQuantized,
+    ZeroVector,
+)
 
 #: Independent draws per quantizer.
 N = 10_000

@@ -1,4 +1,4 @@
-"""Unit tests of aiodq.algorithms: TrainConfig, MasterState and WorkerState (docs/algorithms.md 5-10).
+"""Unit tests of aiodq.protocol.algorithms: TrainConfig, MasterState, WorkerState (algorithms.md 5-10).
 
 The update rules are checked against the formulas of algorithms.md computed by
 hand on tiny vectors; no sockets, no clocks.
@@ -15,10 +15,9 @@ import numpy.typing as npt
 import pytest
 import scipy.sparse as sp
 
-import aiodq.algorithms as algorithms
-from aiodq.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState, rebuild_model
-from aiodq.models import LogisticRegression, Regularizer
-from aiodq.vectors import (
+import aiodq.protocol.algorithms as algorithms
+from aiodq.codec.payload import plan_vector
+from aiodq.codec.vectors import (
     DenseQuantized,
     EqualsSnapshot,
     QSGDVector,
@@ -26,6 +25,14 @@ from aiodq.vectors import (
     SparseQuantized,
     ZeroVector,
 )
+from aiodq.protocol.algorithms import (
+    ALGORITHMS,
+    MasterState,
+    TrainConfig,
+    WorkerState,
+    rebuild_model,
+)
+from aiodq.protocol.objectives import LogisticRegression, Regularizer
 
 # -- TrainConfig -----------------------------------------------------------------------------------
 
@@ -472,7 +479,7 @@ def test_quantized_model_message_equals_snapshot_at_epoch_start(name: str) -> No
     state = started(algorithm=name)
     vector, relative = state.model_message()
     assert isinstance(vector, EqualsSnapshot)
-    assert vector.payload_bits == 0
+    assert plan_vector(vector).payload_bits == 0
     assert relative is False
 
 

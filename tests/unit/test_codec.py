@@ -7,13 +7,23 @@ import math
 import numpy as np
 import pytest
 
-from aiodq.config import Limits
-from aiodq.errors import CodecError, ErrorCode
-from aiodq.events import Gradient, Heartbeat, Model, Snapshot
-from aiodq.quant.lowp import quantize_gradient
-from aiodq.quant.qsgd import quantize_qsgd
-from aiodq.quant.sparse import quantize_sparse
-from aiodq.vectors import (
+from aiodq.codec.cursor import MAX_VARINT, Cursor, uvarint
+from aiodq.codec.events import Gradient, Heartbeat, ModelMessage, Snapshot
+from aiodq.codec.frames import HEADER_SIZE, FrameReader, encode_frame
+from aiodq.codec.lowp import quantize_gradient
+from aiodq.codec.messages import DecodeContext, decode_message, encode_message
+from aiodq.codec.payload import (
+    decode_vector,
+    dense_rice_choose,
+    encode_vector,
+    plan_vector,
+    unzigzag,
+    zigzag,
+)
+from aiodq.codec.qsgd import quantize_qsgd
+from aiodq.codec.registry import Encoding, MessageType
+from aiodq.codec.sparse import quantize_sparse
+from aiodq.codec.vectors import (
     DenseQuantized,
     EqualsSnapshot,
     QSGDVector,
@@ -22,35 +32,34 @@ from aiodq.vectors import (
     Vector,
     ZeroVector,
 )
-from aiodq.wire.cursor import MAX_VARINT, Cursor, uvarint
-from aiodq.wire.frames import HEADER_SIZE, FrameReader, MessageType, encode_frame
-from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import (
-    Encoding,
-    decode_vector,
-    dense_rice_choose,
-    dense_rice_encoding,
-    encode_vector,
-    encoding_of,
-    sparse_index_encoding,
-    unzigzag,
-    zigzag,
-)
+from aiodq.config import Limits
+from aiodq.errors import CodecError, ErrorCode
+
+
+def encoding_of(vector: Vector, *, dense_rice: bool = False) -> Encoding:
+    """The encoding the codec chooses for ``vector`` (wire-format.md 5)."""
+    return plan_vector(vector, dense_rice=dense_rice).encoding
+
+
+def rice_encoded(vector: Vector) -> bytes:
+    """The payload of ``vector`` sent by a side that prefers DENSE_RICE (5.8)."""
+    return b"".join(encode_vector(vector, plan_vector(vector, dense_rice=True)))
+
 
 LIMITS = Limits()
 
 
-def roundtrip(vector: Vector, limits: Limits = LIMITS) -> Vector:
+def roundtrip(vector: Vector, limits: Limits = LIMITS, *, dense_rice: bool = False) -> Vector:
     """Encode then decode a vector payload, checking every byte is consumed."""
-    data = b"".join(encode_vector(vector))
+    data = b"".join(encode_vector(vector, plan_vector(vector, dense_rice=dense_rice)))
     cursor = Cursor(data)
     decoded = decode_vector(cursor, limits, expected_dim=vector.dim)
     assert cursor.remaining == 0
-    return decoded
+    return decoded.vector
 
 
 def decode_payload(data: bytes, limits: Limits = LIMITS) -> Vector:
-    return decode_vector(Cursor(data), limits)
+    return decode_vector(Cursor(data), limits).vector
 
 
 def one_frame(data: bytes, limits: Limits = LIMITS) -> object:
@@ -71,7 +80,7 @@ def test_frame_header_layout() -> None:
     assert frame[:HEADER_SIZE] == bytes([1, 0x08, 0x01, 0x02, 0x01, 0x00, 0x00])
     assert frame[HEADER_SIZE:] == body
     assert encode_message(Heartbeat()) == bytes([1, MessageType.HEARTBEAT, 0, 0, 0, 0, 0])
-    model = encode_message(Model(epoch=1, version=2, vector=RawVector(np.ones(3)), relative=True))
+    model = encode_message(ModelMessage(epoch=1, version=2, vector=RawVector(np.ones(3)), relative=True))
     assert model[1] == MessageType.MODEL and model[2] == 0x01
     assert int.from_bytes(model[3:7], "little") == len(model) - HEADER_SIZE
 
@@ -374,9 +383,8 @@ def test_sparse_index_encoding_is_the_smaller(dim: int, indices: list[int], expe
     k, rice = best_rice(indices)
     assert (rice < bitmap) == (expected is Encoding.SPARSE_RICE)
     vector = sparse(dim, indices)
-    assert sparse_index_encoding(vector) == (
-        (expected, k) if expected is Encoding.SPARSE_RICE else (expected, 0)
-    )
+    plan = plan_vector(vector)
+    assert (plan.encoding, plan.k) == ((expected, k) if expected is Encoding.SPARSE_RICE else (expected, 0))
     payload = b"".join(encode_vector(vector))
     assert payload[0] >> 4 == expected
     head = 1 + len(uvarint(dim)) + len(uvarint(len(indices))) + 4 + math.ceil(len(indices) * 2 / 8)
@@ -400,7 +408,7 @@ def test_sparse_non_canonical_index_encoding_rejected() -> None:
     assert info.value.code == ErrorCode.INVALID_PAYLOAD
     # Rice with a non-optimal k for d = 1000, one index at 999.
     vector = sparse(1000, [999])
-    k = sparse_index_encoding(vector)[1]
+    k = plan_vector(vector).k
     good = b"".join(encode_vector(vector))
     assert decode_payload(good) == vector
     other_k = k + 1
@@ -496,20 +504,21 @@ def test_dense_rice_roundtrip(bits: int, dim: int) -> None:
     """WF-5.8-3, 5.8-4: mostly-zero codes go as DENSE_RICE with k*, byte for byte, and decode back."""
     rng = np.random.default_rng(bits * 100 + dim)
     codes = mostly_zero_codes(rng, dim, bits, density=0.1)
-    vector = DenseQuantized(bits=bits, scale=0.125, codes=codes, rice=True)
+    vector = DenseQuantized(bits=bits, scale=0.125, codes=codes)
     values = [spec_zigzag(int(c)) for c in codes]
     sizes = [spec_rice_size(values, k) for k in range(bits)]
     k = sizes.index(min(sizes))
     assert min(sizes) < math.ceil(dim * bits / 8)
-    assert encoding_of(vector) is Encoding.DENSE_RICE and dense_rice_encoding(vector) == k
-    payload = b"".join(encode_vector(vector))
+    plan = plan_vector(vector, dense_rice=True)
+    assert plan.encoding is Encoding.DENSE_RICE and plan.k == k
+    assert encoding_of(vector) is Encoding.DENSE  # only a sender that prefers it Rice-codes
+    payload = rice_encoded(vector)
     head = bytes([0x80 | (bits - 1)]) + uvarint(dim) + np.float32(0.125).tobytes()
     assert payload == head + spec_rice_block(values, k)
-    decoded = roundtrip(vector)
-    assert decoded == vector and isinstance(decoded, DenseQuantized)
-    assert decoded.rice and decoded.codes.tolist() == codes.tolist()
-    assert b"".join(encode_vector(decoded)) == payload  # canonical: re-encodes to the same bytes
-    assert np.array_equal(decoded.to_dense(), vector.with_rice(False).to_dense())
+    decoded = decode_vector(Cursor(payload), LIMITS, expected_dim=dim)
+    assert decoded.vector == vector and decoded.encoding is Encoding.DENSE_RICE
+    assert isinstance(decoded.vector, DenseQuantized) and decoded.vector.codes.tolist() == codes.tolist()
+    assert rice_encoded(decoded.vector) == payload  # canonical: re-encodes to the same bytes
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8, 12, 16])
@@ -520,15 +529,15 @@ def test_dense_rice_falls_back_to_dense_when_not_smaller(bits: int) -> None:
     for dim in (1, 7, 64, 500):
         codes = rng.integers(low, high + 1, dim)
         codes[0] = low
-        vector = DenseQuantized(bits=bits, scale=1.0, codes=codes, rice=True)
+        vector = DenseQuantized(bits=bits, scale=1.0, codes=codes)
         values = [spec_zigzag(int(c)) for c in codes]
         assert min(spec_rice_size(values, k) for k in range(bits)) >= math.ceil(dim * bits / 8)
-        assert encoding_of(vector) is Encoding.DENSE and dense_rice_encoding(vector) == -1
-        payload = b"".join(encode_vector(vector))
-        assert payload == b"".join(encode_vector(vector.with_rice(False)))
+        assert encoding_of(vector, dense_rice=True) is Encoding.DENSE
+        payload = rice_encoded(vector)
+        assert payload == b"".join(encode_vector(vector))
         assert payload[0] == 0x40 | (bits - 1)
-        decoded = roundtrip(vector)
-        assert decoded == vector and isinstance(decoded, DenseQuantized) and not decoded.rice
+        decoded = roundtrip(vector, dense_rice=True)
+        assert decoded == vector and isinstance(decoded, DenseQuantized)
 
 
 def test_dense_rice_never_for_one_bit_or_one_coordinate() -> None:
@@ -536,10 +545,11 @@ def test_dense_rice_never_for_one_bit_or_one_coordinate() -> None:
     for dim in (1, 8, 64, 1000):
         codes = np.zeros(dim, dtype=np.int64)
         codes[-1] = -1
-        assert encoding_of(DenseQuantized(bits=1, scale=1.0, codes=codes, rice=True)) is Encoding.DENSE
+        one_bit = DenseQuantized(bits=1, scale=1.0, codes=codes)
+        assert encoding_of(one_bit, dense_rice=True) is Encoding.DENSE
     for bits in range(1, 17):
-        one = DenseQuantized(bits=bits, scale=1.0, codes=np.array([-1]), rice=True)
-        assert encoding_of(one) is Encoding.DENSE
+        one = DenseQuantized(bits=bits, scale=1.0, codes=np.array([-1]))
+        assert encoding_of(one, dense_rice=True) is Encoding.DENSE
 
 
 def test_dense_rice_tie_with_dense_goes_to_dense() -> None:
@@ -547,28 +557,25 @@ def test_dense_rice_tie_with_dense_goes_to_dense() -> None:
     codes = np.zeros(16, dtype=np.int64)
     codes[0] = -1
     assert dense_rice_choose(zigzag(codes), 2) == (0, 4)
-    assert encoding_of(DenseQuantized(bits=2, scale=1.0, codes=codes, rice=True)) is Encoding.DENSE
+    assert encoding_of(DenseQuantized(bits=2, scale=1.0, codes=codes), dense_rice=True) is Encoding.DENSE
     codes = np.zeros(24, dtype=np.int64)  # d = 24: 5 < 6 bytes
     codes[0] = -1
-    assert encoding_of(DenseQuantized(bits=2, scale=1.0, codes=codes, rice=True)) is Encoding.DENSE_RICE
+    vector = DenseQuantized(bits=2, scale=1.0, codes=codes)
+    assert encoding_of(vector, dense_rice=True) is Encoding.DENSE_RICE
 
 
-def test_rice_flag_does_not_change_the_value() -> None:
+def test_dense_rice_does_not_change_the_value() -> None:
     """wire-format.md 5-2, 5.8: DENSE and DENSE_RICE carry the same value; only the bytes differ."""
     rng = np.random.default_rng(5)
     codes = mostly_zero_codes(rng, 64, 6)
     plain = DenseQuantized(bits=6, scale=0.5, codes=codes)
-    rice = plain.with_rice(True)
-    assert plain == rice and rice.with_rice(False) == plain
-    assert plain.with_rice(False) is plain and rice.with_rice(True) is rice
-    assert not plain.rice and rice.rice
-    assert encoding_of(plain) is Encoding.DENSE and encoding_of(rice) is Encoding.DENSE_RICE
-    plain_bytes, rice_bytes = (b"".join(encode_vector(v)) for v in (plain, rice))
+    assert encoding_of(plain) is Encoding.DENSE and encoding_of(plain, dense_rice=True) is Encoding.DENSE_RICE
+    plain_bytes, rice_bytes = b"".join(encode_vector(plain)), rice_encoded(plain)
     assert len(rice_bytes) < len(plain_bytes)
-    assert roundtrip(plain) == roundtrip(rice)
+    assert roundtrip(plain) == roundtrip(plain, dense_rice=True) == plain
     for relative in (False, True):
-        model = Model(epoch=1, version=2, vector=rice, relative=relative)
-        frame = encode_message(model)
+        model = ModelMessage(epoch=1, version=2, vector=plain, relative=relative)
+        frame = encode_message(model, dense_rice=True)
         assert frame[HEADER_SIZE + 2] >> 4 == Encoding.DENSE_RICE
         assert one_frame(frame) == model
 
@@ -595,7 +602,7 @@ def test_dense_rice_payload_checks_in_order() -> None:
         assert info.value.code == code, payload.hex()
     # 8: remainder padding, b = 8, d = 12, k = 1 (12 bits, 4 padding bits).
     codes = np.array([0, 0, 0, -6, -3, 0, -2, -6, 1, -2, 0, -3])
-    good = bytearray(b"".join(encode_vector(DenseQuantized(bits=8, scale=1.0, codes=codes, rice=True))))
+    good = bytearray(rice_encoded(DenseQuantized(bits=8, scale=1.0, codes=codes)))
     start = 1 + 1 + 4
     assert good[start] == 1 and good[start + 2] >> 4 == 0
     assert decode_payload(bytes(good)) == DenseQuantized(bits=8, scale=1.0, codes=codes)
@@ -608,8 +615,8 @@ def test_dense_rice_payload_checks_in_order() -> None:
 def test_worked_example_a16() -> None:
     """wire-format.md A.16: the GRADIENT with DENSE_RICE, 4 bits, k = 1, byte for byte."""
     codes = [0, -1, 2, -2, 0, -1, 0, -2, -1, 2, 0, -2, -1, 0, -2, -1]
-    event = Gradient(epoch=1, version=7, vector=DenseQuantized(4, 0.25, np.array(codes), rice=True))
-    frame = encode_message(event)
+    event = Gradient(epoch=1, version=7, vector=DenseQuantized(4, 0.25, np.array(codes)))
+    frame = encode_message(event, dense_rice=True)
     assert frame.hex(" ") == "01 08 00 0e 00 00 00 01 07 83 10 00 00 80 3e 01 aa d9 d3 9b dd"
     assert one_frame(frame) == event
     plain = encode_message(Gradient(epoch=1, version=7, vector=DenseQuantized(4, 0.25, np.array(codes))))

@@ -14,28 +14,29 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from aiodq.config import ConnectionConfig
-from aiodq.connection import ConnectionState, MasterConnection, WorkerConnection
-from aiodq.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from aiodq.events import (
+from aiodq.codec.events import (
     Close,
-    Config,
+    ConfigMessage,
     ConnectionClosed,
-    Error,
+    ErrorMessage,
     Event,
     FullGradient,
     Gradient,
     Heartbeat,
     Hello,
-    Model,
+    ModelMessage,
     Snapshot,
     SnapshotGradient,
     Welcome,
 )
-from aiodq.quant.lowp import quantize_gradient, quantize_model
-from aiodq.quant.qsgd import quantize_qsgd
-from aiodq.quant.sparse import quantize_sparse
-from aiodq.vectors import (
+from aiodq.codec.frames import FrameReader, encode_frame
+from aiodq.codec.lowp import quantize_gradient, quantize_model
+from aiodq.codec.messages import DecodeContext, decode_message, encode_message
+from aiodq.codec.payload import plan_vector
+from aiodq.codec.qsgd import quantize_qsgd
+from aiodq.codec.registry import Encoding, MessageType
+from aiodq.codec.sparse import quantize_sparse
+from aiodq.codec.vectors import (
     DenseQuantized,
     EqualsSnapshot,
     QSGDVector,
@@ -44,9 +45,15 @@ from aiodq.vectors import (
     Vector,
     ZeroVector,
 )
-from aiodq.wire.frames import FrameReader, MessageType, encode_frame
-from aiodq.wire.messages import DecodeContext, decode_message, encode_message
-from aiodq.wire.payload import Encoding, encoding_of
+from aiodq.config import ConnectionConfig
+from aiodq.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from aiodq.protocol.connection import ConnectionState, MasterConnection, WorkerConnection
+
+
+def encoding_of(vector: Vector) -> Encoding:
+    """The encoding a default connection sends ``vector`` in to a peer that announced every encoding."""
+    return plan_vector(vector, dense_rice=True).encoding
+
 
 D = 64
 ALL_ENCODINGS = frozenset(range(9))  # 0 RAW_F32 .. 7 QSGD and 8 DENSE_RICE (wire-format.md 5.2)
@@ -159,7 +166,7 @@ def handshake(
 
 def ready(now: float = 0.0, dim: int = D, **kwargs: object) -> tuple[MasterConnection, WorkerConnection]:
     master, worker = handshake(now, **kwargs)  # type: ignore[arg-type]
-    config = Config(dim=dim, algorithm="asylpg", params={"mu": 0.5})
+    config = ConfigMessage(dim=dim, algorithm="asylpg", params={"mu": 0.5})
     master.send(config, now)
     assert pump(master, worker, now) == [config]
     assert master.state is worker.state is ConnectionState.READY
@@ -190,7 +197,7 @@ def with_model(
 ) -> tuple[MasterConnection, WorkerConnection]:
     """In an epoch, with MODEL (epoch, version) outstanding."""
     master, worker = in_epoch(epoch, **kwargs)
-    exchange(master, worker, Model(epoch=epoch, version=version, vector=EqualsSnapshot(D)))
+    exchange(master, worker, ModelMessage(epoch=epoch, version=version, vector=EqualsSnapshot(D)))
     return master, worker
 
 
@@ -243,6 +250,9 @@ def session_script() -> list[tuple[str, list[Event]]]:
     assert not absolute.relative and isinstance(absolute.vector, DenseQuantized)
     dense = quantize_gradient(gradient, 4, rng)
     assert isinstance(dense, DenseQuantized)
+    # Uniform codes: Rice coding is not smaller, so they travel as DENSE even to a peer with DENSE_RICE.
+    uniform_codes = DenseQuantized(bits=4, scale=0.25, codes=rng.integers(-8, 8, D) | 1)
+    assert encoding_of(uniform_codes) is Encoding.DENSE
     rice = quantize_sparse(gradient, 2.0, 4, rng)
     assert isinstance(rice, SparseQuantized) and encoding_of(rice) is Encoding.SPARSE_RICE
     bitmap = quantize_sparse(gradient, 40.0, 8, rng)
@@ -252,15 +262,14 @@ def session_script() -> list[tuple[str, list[Event]]]:
     zero = quantize_gradient(np.zeros(D), 4, rng)
     assert isinstance(zero, ZeroVector)
     # DENSE_RICE (wire-format.md 5.8): the same quantized codes, Rice-coded because that is smaller.
-    rice_model = relative.vector.with_rice(True)
+    rice_model = quantize_model(model, snapshot, 0.01, rng).vector
     assert encoding_of(rice_model) is Encoding.DENSE_RICE
     rice_gradient = quantize_gradient(gradient * (np.arange(D) % 8 == 0), 8, rng)
     assert isinstance(rice_gradient, DenseQuantized)
-    rice_gradient = rice_gradient.with_rice(True)
     assert encoding_of(rice_gradient) is Encoding.DENSE_RICE
 
     grads: list[Vector] = [
-        dense,
+        uniform_codes,
         rice,
         bitmap,
         qsgd,
@@ -276,13 +285,20 @@ def session_script() -> list[tuple[str, list[Event]]]:
         (raw(seed=7, dtype=np.float32), True),
         (raw(seed=8), False),
         (ZeroVector(D), False),
-        (relative.vector, True),
+        (uniform_codes, True),
         (rice_model, True),
     ]
     script: list[tuple[str, list[Event]]] = [
         ("w", [Hello(min_version=1, max_version=1, encodings=ALL_ENCODINGS, name="worker-1")]),
         ("m", [Welcome(version=1, worker_id=3, encodings=ALL_ENCODINGS)]),
-        ("m", [Config(dim=D, algorithm="asylpg", params={"mu": 0.1, "bits": 4, "relative": True, "x": "y"})]),
+        (
+            "m",
+            [
+                ConfigMessage(
+                    dim=D, algorithm="asylpg", params={"mu": 0.1, "bits": 4, "relative": True, "x": "y"}
+                )
+            ],
+        ),
         ("m", [Heartbeat(), Snapshot(epoch=0, vector=RawVector(snapshot))]),
         (
             "w",
@@ -291,20 +307,26 @@ def session_script() -> list[tuple[str, list[Event]]]:
         ("m", [FullGradient(epoch=0, vector=raw(seed=3))]),
     ]
     for version, ((mvec, rel), gvec) in enumerate(zip(models, grads, strict=True)):
-        script.append(("m", [Model(epoch=0, version=version, vector=mvec, relative=rel)]))
+        script.append(("m", [ModelMessage(epoch=0, version=version, vector=mvec, relative=rel)]))
         script.append(("w", [Gradient(epoch=0, version=version, vector=gvec)]))
     script += [
-        ("m", [Error(code=int(ErrorCode.STALE_GRADIENT), epoch=0, version=2, reason="too old")]),
-        ("w", [Error(code=int(ErrorCode.INTERNAL_ERROR), reason="oops \u00e9")]),
+        ("m", [ErrorMessage(code=int(ErrorCode.STALE_GRADIENT), epoch=0, version=2, reason="too old")]),
+        ("w", [ErrorMessage(code=int(ErrorCode.INTERNAL_ERROR), reason="oops \u00e9")]),
         # A SNAPSHOT crossing an in-flight GRADIENT (wire-format.md 8.2).
-        ("m", [Model(epoch=0, version=9, vector=dense_model(rng)), Snapshot(epoch=4, vector=raw(seed=9))]),
+        (
+            "m",
+            [
+                ModelMessage(epoch=0, version=9, vector=dense_model(rng)),
+                Snapshot(epoch=4, vector=raw(seed=9)),
+            ],
+        ),
         ("w", [Gradient(epoch=0, version=9, vector=dense)]),
         ("w", [SnapshotGradient(epoch=4, samples=100, loss=0.5, correct=99, vector=raw(seed=10))]),
         (
             "m",
             [
                 FullGradient(epoch=4, vector=raw(seed=11)),
-                Model(epoch=4, version=10, vector=EqualsSnapshot(D)),
+                ModelMessage(epoch=4, version=10, vector=EqualsSnapshot(D)),
             ],
         ),
         ("w", [Gradient(epoch=4, version=10, vector=qsgd), Heartbeat()]),
@@ -376,17 +398,17 @@ def test_session_covers_every_message_and_encoding() -> None:
     assert {type(e) for e in events} == {
         Hello,
         Welcome,
-        Config,
+        ConfigMessage,
         Snapshot,
         SnapshotGradient,
         FullGradient,
-        Model,
+        ModelMessage,
         Gradient,
         Heartbeat,
-        Error,
+        ErrorMessage,
         Close,
     }
-    model_encodings = {(encoding_of(e.vector), e.relative) for e in events if isinstance(e, Model)}
+    model_encodings = {(encoding_of(e.vector), e.relative) for e in events if isinstance(e, ModelMessage)}
     assert (Encoding.EQUALS_SNAPSHOT, False) in model_encodings
     assert (Encoding.DENSE, True) in model_encodings
     assert (Encoding.DENSE_RICE, True) in model_encodings
@@ -502,16 +524,16 @@ def sample_event(message_type: MessageType) -> Event:
     return {
         MessageType.HELLO: Hello(),
         MessageType.WELCOME: Welcome(),
-        MessageType.CONFIG: Config(dim=D, algorithm="asylpg"),
+        MessageType.CONFIG: ConfigMessage(dim=D, algorithm="asylpg"),
         MessageType.SNAPSHOT: Snapshot(epoch=0, vector=raw()),
         MessageType.SNAPSHOT_GRADIENT: SnapshotGradient(
             epoch=0, samples=1, loss=0.0, correct=0, vector=raw()
         ),
         MessageType.FULL_GRADIENT: FullGradient(epoch=0, vector=raw()),
-        MessageType.MODEL: Model(epoch=0, version=0, vector=EqualsSnapshot(D)),
+        MessageType.MODEL: ModelMessage(epoch=0, version=0, vector=EqualsSnapshot(D)),
         MessageType.GRADIENT: Gradient(epoch=0, version=0, vector=ZeroVector(D)),
         MessageType.HEARTBEAT: Heartbeat(),
-        MessageType.ERROR: Error(code=7),
+        MessageType.ERROR: ErrorMessage(code=7),
         MessageType.CLOSE: Close(),
     }[message_type]
 
@@ -660,18 +682,18 @@ def test_model_version_never_decreases() -> None:
     """wire-format.md 8.2: MODEL versions on a connection never decrease (equal is allowed)."""
     master, worker = with_model(version=5)
     exchange(worker, master, Gradient(epoch=0, version=5, vector=ZeroVector(D)))
-    bad = Model(epoch=0, version=4, vector=EqualsSnapshot(D))
+    bad = ModelMessage(epoch=0, version=4, vector=EqualsSnapshot(D))
     assert_send_rejected(master, bad, ErrorCode.VERSION_MISMATCH)
     assert_receive_rejected(worker, forge(bad), ErrorCode.VERSION_MISMATCH)
     master, worker = with_model(version=5)
     exchange(worker, master, Gradient(epoch=0, version=5, vector=ZeroVector(D)))
-    exchange(master, worker, Model(epoch=0, version=5, vector=EqualsSnapshot(D)))
+    exchange(master, worker, ModelMessage(epoch=0, version=5, vector=EqualsSnapshot(D)))
 
 
 def test_model_before_previous_answered_is_refused() -> None:
     """wire-format.md 8.2: one MODEL at a time: the next waits for the GRADIENT."""
     master, worker = with_model(version=1)
-    bad = Model(epoch=0, version=2, vector=EqualsSnapshot(D))
+    bad = ModelMessage(epoch=0, version=2, vector=EqualsSnapshot(D))
     assert_send_rejected(master, bad, ErrorCode.UNEXPECTED_MESSAGE)
     assert_receive_rejected(worker, forge(bad), ErrorCode.UNEXPECTED_MESSAGE)
 
@@ -679,7 +701,7 @@ def test_model_before_previous_answered_is_refused() -> None:
 def test_model_for_other_epoch_is_refused() -> None:
     """wire-format.md 8.2: a MODEL names the current epoch."""
     master, worker = in_epoch(epoch=2)
-    bad = Model(epoch=1, version=0, vector=EqualsSnapshot(D))
+    bad = ModelMessage(epoch=1, version=0, vector=EqualsSnapshot(D))
     assert_send_rejected(master, bad, ErrorCode.UNKNOWN_EPOCH)
     assert_receive_rejected(worker, forge(bad), ErrorCode.UNKNOWN_EPOCH)
 
@@ -706,7 +728,10 @@ def test_model_during_snapshot_phase_is_refused() -> None:
     """wire-format.md 8.2: no MODEL or FULL_GRADIENT until the SNAPSHOT is answered."""
     master, worker = ready()
     exchange(master, worker, Snapshot(epoch=0, vector=raw()))
-    for bad in (Model(epoch=0, version=0, vector=EqualsSnapshot(D)), FullGradient(epoch=0, vector=raw())):
+    for bad in (
+        ModelMessage(epoch=0, version=0, vector=EqualsSnapshot(D)),
+        FullGradient(epoch=0, vector=raw()),
+    ):
         assert_send_rejected(master, bad, ErrorCode.UNEXPECTED_MESSAGE)
     assert_receive_rejected(worker, forge(FullGradient(epoch=0, vector=raw())), ErrorCode.UNEXPECTED_MESSAGE)
 
@@ -755,7 +780,7 @@ def test_snapshot_crossing_gradient_is_legal() -> None:
     assert pump(worker, master) == [Gradient(epoch=0, version=5, vector=ZeroVector(D))]
     answer = SnapshotGradient(epoch=1, samples=1, loss=0.0, correct=0, vector=raw())
     exchange(worker, master, answer)
-    exchange(master, worker, Model(epoch=1, version=6, vector=EqualsSnapshot(D)))
+    exchange(master, worker, ModelMessage(epoch=1, version=6, vector=EqualsSnapshot(D)))
 
 
 def test_snapshot_gradient_before_owed_gradient_is_refused() -> None:
@@ -775,8 +800,10 @@ def test_sending_unannounced_encoding_is_refused() -> None:
     no_dense = frozenset(range(8)) - {int(Encoding.DENSE)}
     master, worker = in_epoch(hello=Hello(encodings=no_dense), welcome=Welcome(encodings=no_dense))
     dense = DenseQuantized(bits=2, scale=1.0, codes=np.ones(D, dtype=np.int8))
-    assert_send_rejected(master, Model(epoch=0, version=0, vector=dense), ErrorCode.UNSUPPORTED_ENCODING)
-    exchange(master, worker, Model(epoch=0, version=0, vector=EqualsSnapshot(D)))
+    assert_send_rejected(
+        master, ModelMessage(epoch=0, version=0, vector=dense), ErrorCode.UNSUPPORTED_ENCODING
+    )
+    exchange(master, worker, ModelMessage(epoch=0, version=0, vector=EqualsSnapshot(D)))
     assert_send_rejected(worker, Gradient(epoch=0, version=0, vector=dense), ErrorCode.UNSUPPORTED_ENCODING)
     exchange(worker, master, Gradient(epoch=0, version=0, vector=ZeroVector(D)))
 
@@ -789,7 +816,7 @@ def test_receiving_unannounced_encoding_is_refused() -> None:
     master, worker = in_epoch(worker_config=only_raw, master_config=only_raw, **announce)
     dense = DenseQuantized(bits=2, scale=1.0, codes=np.ones(D, dtype=np.int8))
     assert_receive_rejected(
-        worker, forge(Model(epoch=0, version=0, vector=dense)), ErrorCode.UNSUPPORTED_ENCODING
+        worker, forge(ModelMessage(epoch=0, version=0, vector=dense)), ErrorCode.UNSUPPORTED_ENCODING
     )
     master, worker = with_model(version=0, worker_config=only_raw, master_config=only_raw, **announce)
     qsgd = QSGDVector(s=1, norm=1.0, levels=np.ones(D, dtype=np.int64))
@@ -811,21 +838,20 @@ def _descriptor(frame: bytes) -> int:
 
 
 def test_dense_rice_to_a_peer_that_did_not_announce_it_goes_as_dense() -> None:
-    """WF-5.8-4, 12-2: a rice=True vector reaches a peer that announced only 0..7 as plain DENSE."""
+    """WF-5.8-4, 12-2: a vector that would go Rice-coded reaches a peer that announced only 0..7 as DENSE."""
     before_5_8 = frozenset(range(8))
     master, worker = in_epoch(hello=Hello(encodings=before_5_8), welcome=Welcome(encodings=ALL_ENCODINGS))
     assert master.peer_encodings == before_5_8 and worker.peer_encodings == ALL_ENCODINGS
-    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes(), rice=True)
-    assert encoding_of(vector) is Encoding.DENSE_RICE  # the codec alone would Rice-code it
-    model = Model(epoch=0, version=0, vector=vector, relative=True)
+    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes())
+    assert encoding_of(vector) is Encoding.DENSE_RICE  # Rice-coded to a peer that announced it
+    model = ModelMessage(epoch=0, version=0, vector=vector, relative=True)
     master.send(model, 0.0)
     frame = master.data_to_send()
     assert _descriptor(frame) >> 4 == Encoding.DENSE and _descriptor(frame) == 0x43
-    assert frame == forge(Model(epoch=0, version=0, vector=vector.with_rice(False), relative=True))
+    assert frame == forge(ModelMessage(epoch=0, version=0, vector=vector, relative=True))
     [received] = feed(worker, frame)
     assert received == model
-    assert isinstance(received, Model) and isinstance(received.vector, DenseQuantized)
-    assert not received.vector.rice
+    assert isinstance(received, ModelMessage) and isinstance(received.vector, DenseQuantized)
     # The master announced 8: the same vector from the worker travels as DENSE_RICE.
     gradient = Gradient(epoch=0, version=0, vector=vector)
     worker.send(gradient, 0.0)
@@ -835,20 +861,19 @@ def test_dense_rice_to_a_peer_that_did_not_announce_it_goes_as_dense() -> None:
 
 
 def test_dense_rice_to_a_peer_that_announced_it() -> None:
-    """WF-5.8-4, 5.8-6: with 8 announced, a rice=True vector travels as DENSE_RICE where smaller."""
+    """WF-5.8-4, 5.8-6: with 8 announced, dense codes travel as DENSE_RICE where smaller."""
     with_rice = frozenset(range(9))
     master, worker = in_epoch(hello=Hello(encodings=with_rice), welcome=Welcome(encodings=with_rice))
-    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes(), rice=True)
+    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes())
     for relative in (False, True):
-        model = Model(epoch=0, version=relative, vector=vector, relative=relative)
+        model = ModelMessage(epoch=0, version=relative, vector=vector, relative=relative)
         master.send(model, 0.0)
         frame = master.data_to_send()
         assert _descriptor(frame) == 0x83
-        assert len(frame) < len(forge(Model(epoch=0, version=0, vector=vector.with_rice(False))))
+        assert len(frame) < len(forge(ModelMessage(epoch=0, version=0, vector=vector)))
         [received] = feed(worker, frame)
         assert received == model
-        assert isinstance(received, Model) and isinstance(received.vector, DenseQuantized)
-        assert received.vector.rice
+        assert isinstance(received, ModelMessage) and isinstance(received.vector, DenseQuantized)
         gradient = Gradient(epoch=0, version=relative, vector=vector)
         worker.send(gradient, 0.0)
         frame = worker.data_to_send()
@@ -856,7 +881,7 @@ def test_dense_rice_to_a_peer_that_announced_it() -> None:
         assert feed(master, frame) == [gradient]
     # Where Rice coding is not smaller (uniform codes), the same request gives plain DENSE.
     uniform = np.random.default_rng(0).integers(-8, 8, D)
-    master.send(Model(epoch=0, version=2, vector=DenseQuantized(4, 0.25, uniform, rice=True)), 0.0)
+    master.send(ModelMessage(epoch=0, version=2, vector=DenseQuantized(4, 0.25, uniform)), 0.0)
     assert _descriptor(master.data_to_send()) == 0x43
 
 
@@ -865,8 +890,8 @@ def test_dense_rice_not_announced_by_the_receiver_is_refused() -> None:
     before_5_8 = frozenset(range(8))
     config = ConnectionConfig(encodings=before_5_8)
     _master, worker = in_epoch(worker_config=config, hello=Hello(encodings=before_5_8))
-    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes(), rice=True)
-    data = forge(Model(epoch=0, version=0, vector=vector))
+    vector = DenseQuantized(bits=4, scale=0.25, codes=_rice_codes())
+    data = encode_message(ModelMessage(epoch=0, version=0, vector=vector), dense_rice=True)
     assert _descriptor(data) == 0x83
     assert_receive_rejected(worker, data, ErrorCode.UNSUPPORTED_ENCODING)
 
@@ -906,7 +931,7 @@ def test_get_timer_values() -> None:
     # Master: heartbeat 102 + 5.  Worker: still in the handshake until CONFIG, heartbeat 101 + 5.
     assert master.get_timer() == 107.0
     assert worker.get_timer() == 106.0
-    master.send(Config(dim=D, algorithm="a"), 103.0)
+    master.send(ConfigMessage(dim=D, algorithm="a"), 103.0)
     feed(worker, master.data_to_send(), 104.0)
     assert master.get_timer() == 108.0
     assert worker.get_timer() == 106.0
@@ -972,7 +997,7 @@ def test_heartbeat_after_sending_silence() -> None:
     master.handle_timer(5.0)
     assert pump(master, worker, 5.0) == [Heartbeat()]
     assert master.get_timer() == 10.0
-    master.send(Error(code=1), 7.0)  # any send resets the interval
+    master.send(ErrorMessage(code=1), 7.0)  # any send resets the interval
     pump(master, worker, 7.0)
     assert master.get_timer() == 12.0
 
@@ -1160,7 +1185,7 @@ def test_byte_counters_before_close() -> None:
     gradient = quantize_gradient(raw().values, 3, np.random.default_rng(0))
     for src, dst, name, event in [
         (master, worker, M, FullGradient(epoch=0, vector=raw())),
-        (master, worker, M, Model(epoch=0, version=0, vector=EqualsSnapshot(D))),
+        (master, worker, M, ModelMessage(epoch=0, version=0, vector=EqualsSnapshot(D))),
         (worker, master, W, Gradient(epoch=0, version=0, vector=gradient)),
         (worker, master, W, Heartbeat()),
     ]:

@@ -1,9 +1,9 @@
-"""Unit tests of aiodq.coordinator: the master's epochs over in-memory sessions (algorithms.md 5, 9, 10).
+"""aiodq.protocol.coordinator: the master's epochs over in-memory sessions (algorithms.md 5, 9, 10).
 
 No sockets and no sleeps: :class:`Cluster` moves the bytes between a real
 :class:`Coordinator` and real :class:`WorkerSession` objects in a fixed
 round-robin order, and time is a counter passed in as ``now``.
-:func:`aiodq.simulate.simulate` (seeded random delivery order) is used for the
+:func:`aiodq.protocol.simulate.simulate` (seeded random delivery order) is used for the
 whole-run properties.
 """
 
@@ -21,18 +21,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aiodq.algorithms import TrainConfig
+from aiodq.codec.events import Gradient
+from aiodq.codec.frames import HEADER_SIZE, FrameReader
+from aiodq.codec.messages import encode_message
+from aiodq.codec.registry import MessageType
+from aiodq.codec.vectors import RawVector
 from aiodq.config import Limits
-from aiodq.coordinator import Coordinator, Phase
-from aiodq.data import Dataset, load_bundled_a9a, shard
+from aiodq.data import load_bundled_a9a
 from aiodq.errors import ErrorCode
-from aiodq.events import Gradient
-from aiodq.models import LogisticRegression
-from aiodq.session import WorkerSession
-from aiodq.simulate import build_cluster, simulate
-from aiodq.vectors import RawVector
-from aiodq.wire.frames import HEADER_SIZE, FrameReader, MessageType
-from aiodq.wire.messages import encode_message
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.coordinator import Coordinator, Phase
+from aiodq.protocol.dataset import Dataset, shard
+from aiodq.protocol.objectives import LogisticRegression
+from aiodq.protocol.session import WorkerSession
+from aiodq.protocol.simulate import build_cluster, simulate
 
 # Small runs keep the whole file to a few seconds: 50 applied updates per epoch.
 UPDATES = 50
@@ -461,6 +463,7 @@ def test_summary_json_and_keys() -> None:
         "traffic",
         "staleness",
         "errors",
+        "error_counts",
     }
     assert summary["dim"] == 123
     assert summary["workers"] == 4

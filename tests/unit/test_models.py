@@ -1,4 +1,4 @@
-"""Unit tests of aiodq.models: gradients against finite differences, direct losses, the regulariser.
+"""aiodq.protocol.objectives: gradients against finite differences, direct losses, the regulariser.
 
 Models return *sums* over the samples they are given (docs/algorithms.md 1), so
 the tests also check that the sums add up over row blocks.
@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from aiodq.models import MLP, LogisticRegression, Model, Regularizer, SoftmaxRegression, make_model
+from aiodq.protocol.objectives import (
+    MLP,
+    LogisticRegression,
+    Objective,
+    Regularizer,
+    SoftmaxRegression,
+    make_objective,
+)
 
 SAMPLES = 12
 FEATURES = 5
@@ -61,10 +68,10 @@ def as_features(features: np.ndarray, kind: str) -> np.ndarray | sp.csr_matrix:
     return sp.csr_matrix(features) if kind == "csr" else features
 
 
-def case(name: str, seed: int) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray]:
+def case(name: str, seed: int) -> tuple[Objective, np.ndarray, np.ndarray, np.ndarray]:
     """A model, a random point and data for it."""
     rng = np.random.default_rng([seed, 99])
-    model: Model
+    model: Objective
     if name == "logistic":
         model = LogisticRegression(FEATURES)
         features, labels = binary_data(seed)
@@ -292,18 +299,18 @@ def test_regularizer_rejects_bad_weights(kwargs: dict[str, float]) -> None:
         Regularizer(**kwargs)
 
 
-# -- make_model and constructor errors -------------------------------------------------------------
+# -- make_objective and constructor errors -------------------------------------------------------------
 
 
 def test_make_model_names() -> None:
-    """make_model builds logistic, softmax and mlp models of the right shape."""
-    logistic = make_model("logistic", 10)
+    """make_objective builds logistic, softmax and mlp models of the right shape."""
+    logistic = make_objective("logistic", 10)
     assert isinstance(logistic, LogisticRegression)
     assert logistic.dim == 10
-    softmax = make_model("softmax", 10, classes=4)
+    softmax = make_objective("softmax", 10, classes=4)
     assert isinstance(softmax, SoftmaxRegression)
     assert softmax.dim == 40
-    mlp = make_model("mlp", 10, classes=3, hidden=5)
+    mlp = make_objective("mlp", 10, classes=3, hidden=5)
     assert isinstance(mlp, MLP)
     assert mlp.layers == (10, 5, 3)
     assert mlp.dim == 10 * 5 + 5 + 5 * 3 + 3
@@ -312,7 +319,7 @@ def test_make_model_names() -> None:
 def test_make_model_unknown_name() -> None:
     """An unknown model name is a ValueError listing the choices."""
     with pytest.raises(ValueError, match="logistic, softmax or mlp"):
-        make_model("svm", 10)
+        make_objective("svm", 10)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +341,7 @@ def test_make_model_unknown_name() -> None:
         "mlp 1 class",
     ],
 )
-def test_model_shape_errors(build: Callable[[], Model]) -> None:
+def test_model_shape_errors(build: Callable[[], Objective]) -> None:
     """Models need at least one feature (unit) and two classes."""
     with pytest.raises(ValueError):
         build()

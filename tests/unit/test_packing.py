@@ -15,7 +15,7 @@ from bitarray import bitarray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiodq.quant.packing import MAX_WIDTH, pack, packed_size, unpack
+from aiodq.codec.packing import MAX_WIDTH, pack, packed_size, unpack
 
 WIDTHS = list(range(1, MAX_WIDTH + 1))
 COUNTS = [0, 1, 7, 8, 9, 1001]

@@ -15,8 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from aiodq.errors import NonFiniteError
-from aiodq.quant.lowp import (
+from aiodq.codec.lowp import (
     DITHER_BITS,
     MAX_MODEL_BITS,
     floor_with_dither,
@@ -25,9 +24,9 @@ from aiodq.quant.lowp import (
     quantize_model,
     quantize_with_dither,
 )
-from aiodq.quant.qsgd import quantize_qsgd, quantize_qsgd_with_dither
-from aiodq.quant.sparse import keep_probabilities, quantize_sparse, sparsify, sparsify_with_uniforms
-from aiodq.vectors import (
+from aiodq.codec.qsgd import quantize_qsgd, quantize_qsgd_with_dither
+from aiodq.codec.sparse import keep_probabilities, quantize_sparse, sparsify, sparsify_with_uniforms
+from aiodq.codec.vectors import (
     DenseQuantized,
     EqualsSnapshot,
     QSGDVector,
@@ -35,6 +34,7 @@ from aiodq.vectors import (
     SparseQuantized,
     ZeroVector,
 )
+from aiodq.errors import NonFiniteError
 
 #: Every 16-bit dither value r (u = r / 2**16), for exact expectations.
 ALL_DITHERS = np.arange(1 << 16, dtype=np.uint16)

@@ -1,9 +1,9 @@
-"""aiodq.vectors helpers: full precision for the snapshot phase."""
+"""aiodq.codec.vectors helpers: full precision for the snapshot phase."""
 
 import numpy as np
 import pytest
 
-from aiodq.vectors import full_precision, to_wire_precision
+from aiodq.codec.vectors import full_precision, to_wire_precision
 
 
 def test_full_precision_is_float32_unless_too_large() -> None:

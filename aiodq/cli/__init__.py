@@ -1,0 +1,179 @@
+"""The ``aiodq`` command line (docs/usage.md).
+
+Commands:
+
+- ``aiodq run``: the main job. One master here and M worker processes on
+  127.0.0.1 train a model (default: logistic regression on the bundled a9a),
+  with live progress, a summary table, ``result.json`` and a loss-against-bits
+  plot in ``--out``.
+- ``aiodq master --listen HOST:PORT`` and ``aiodq worker --connect HOST:PORT
+  --shard I/M``: the same, as separate processes on any hosts.
+- ``aiodq demo``: an in-memory codec and protocol demonstration.
+- ``aiodq bench codec`` and ``aiodq bench master``: benchmarks, JSON on stdout (extra ``aiodq[lab]``).
+- ``aiodq experiment NAME --data DIR``: the paper's experiments on real data
+  (table1, mu, timing, workers, network, all); ``--quick`` on the bundled a9a (extra ``aiodq[lab]``).
+
+Exit status: 0 on success, 1 when a run fails (a worker process dies, the
+master is unreachable), 2 for bad options or unreadable data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ..errors import UsageError
+from .demo import demo
+from .options import add_network_options, add_training_options, parse_address, parse_shard
+
+try:
+    from .commands import EXIT_USAGE, cmd_experiment, cmd_master, cmd_run, cmd_worker
+except ImportError as exc:  # rich, matplotlib or scipy: the cli extra is not installed
+    _MISSING: str | None = exc.name or str(exc)
+    EXIT_USAGE = 2
+else:
+    _MISSING = None
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiodq", description=(__doc__ or "").split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train on a local cluster: one master, M worker processes")
+    add_training_options(run)
+    run.add_argument("--workers", type=int, default=4, help="number of worker processes M (default 4)")
+    run.add_argument(
+        "--data", default=None, help="LIBSVM file, MNIST CSV(.gz), or MNIST IDX folder (default: bundled a9a)"
+    )
+    run.add_argument(
+        "--out", default="aiodq-out", help="folder for result.json and the plot (default aiodq-out)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument(
+        "--timeout", type=float, default=3600.0, help="give up after this many seconds (default 3600)"
+    )
+
+    master = commands.add_parser("master", help="serve as the master of a cluster")
+    add_training_options(master)
+    master.add_argument(
+        "--listen", type=parse_address, required=True, help="HOST:PORT to listen on (port 0: any)"
+    )
+    master.add_argument("--workers", type=int, required=True, help="number of workers M to wait for")
+    master.add_argument("--data", default=None, help="the dataset, read for its shape (default: bundled a9a)")
+    master.add_argument("--out", default=None, help="folder for result.json and the plot")
+    master.add_argument(
+        "--record-every",
+        type=int,
+        default=0,
+        help="keep a model copy every N applied updates and at every snapshot phase (default 0: none)",
+    )
+    master.add_argument(
+        "--records", default=None, help="write the model copies to this .npz file when training ends"
+    )
+    add_network_options(master, master=True)
+
+    worker = commands.add_parser("worker", help="join a cluster as one worker")
+    worker.add_argument("--connect", type=parse_address, required=True, help="the master's HOST:PORT")
+    worker.add_argument(
+        "--shard", type=parse_shard, required=True, help="I/M: this worker holds shard I of M"
+    )
+    worker.add_argument("--data", default=None, help="the dataset (default: bundled a9a)")
+    worker.add_argument(
+        "--seed", type=int, default=0, help="the sharding seed; the master's --seed (default 0)"
+    )
+    add_network_options(worker, master=False)
+
+    demo_parser = commands.add_parser("demo", help="in-memory codec and protocol demonstration")
+    demo_parser.add_argument("--dim", type=int, default=10_000, help="model dimension (default 10000)")
+    demo_parser.add_argument("--bits", type=int, default=8, help="gradient bits b, 2 to 16 (default 8)")
+    demo_parser.add_argument("--mu", type=float, default=0.5, help="model precision mu (default 0.5)")
+    demo_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    codec = benches.add_parser("codec", help="encode/decode speed and wire size, JSON on stdout")
+    codec.add_argument("--dims", default="1e4,1e5,1e6", help="comma-separated dimensions")
+    codec.add_argument("--bits", default="2,4,8", help="comma-separated bit widths")
+    codec.add_argument("--repeats", type=int, default=None, help="repetitions per case (default 31/101)")
+    codec.add_argument("--seed", type=int, default=0)
+    codec.add_argument("--out", default=None, help="also write the JSON report to this file")
+    master_bench = benches.add_parser("master", help="applied updates per second over TCP, JSON on stdout")
+    master_bench.add_argument("--dims", default="1e3,1e5,1e6", help="comma-separated dimensions")
+    master_bench.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
+    master_bench.add_argument(
+        "--updates", type=int, default=0, help="updates per case (default: by dimension)"
+    )
+    master_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
+
+    experiment = commands.add_parser(
+        "experiment", help="the paper's experiments on real data (docs/results.md)"
+    )
+    experiment.add_argument(
+        "name", choices=["all", "table1", "mu", "timing", "workers", "network"], help="which experiment"
+    )
+    experiment.add_argument(
+        "--data",
+        default=None,
+        help="the data folder: libsvm/a9a, libsvm/w8a, mnist/... (e.g. ../shared/data)",
+    )
+    experiment.add_argument(
+        "--datasets", default="", help="comma-separated: a9a, w8a, mnist (default: every one in --data)"
+    )
+    experiment.add_argument(
+        "--out", default="aiodq-experiments", help="output folder (default aiodq-experiments)"
+    )
+    experiment.add_argument(
+        "--quick", action="store_true", help="bundled a9a, few epochs: checks the runner, not the results"
+    )
+    experiment.add_argument("--repeats", type=int, default=1, help="seeds per setting; medians (default 1)")
+    experiment.add_argument(
+        "--no-entropy-coding",
+        dest="entropy_coding",
+        action="store_false",
+        help="fixed-width codes (DENSE) in every run, as the paper counts bits",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if _MISSING is not None and args.command != "demo":
+        print(
+            f"aiodq {args.command}: needs the command line's extra ({_MISSING} is not installed): "
+            "pip install 'aiodq[cli]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "master":
+            return cmd_master(args)
+        if args.command == "worker":
+            return cmd_worker(args)
+        if args.command == "demo":
+            if not 2 <= args.bits <= 16 or args.dim < 1 or not args.mu > 0:
+                raise UsageError("need 2 <= --bits <= 16, --dim >= 1 and --mu > 0")
+            print(json.dumps(demo(args.dim, args.bits, args.mu, args.seed), indent=2))
+            return 0
+        if args.command == "experiment":
+            return cmd_experiment(args)
+        from ..lab.bench import main_codec, main_master  # noqa: PLC0415 - the lab extra
+
+        return main_codec(args) if args.bench == "codec" else main_master(args)
+    except UsageError as exc:
+        print(f"aiodq {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aiodq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

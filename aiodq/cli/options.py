@@ -1,0 +1,180 @@
+"""Command-line options: built from the config dataclasses' fields, each defined once.
+
+A field declared with :func:`aiodq.config.option` becomes ``--field-name`` (a
+boolean that defaults to True becomes ``--no-field-name``); its help text, type,
+default and choices come from the field.  The few options that are not config
+fields (addresses, shards, files) are defined here, once, and shared by the
+commands that take them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any, TypeVar
+
+from ..config import ConnectionConfig, Limits
+from ..errors import UsageError
+from ..net.secrets import load_secret
+from ..protocol.algorithms import TrainConfig
+
+__all__ = [
+    "add_dataclass_options",
+    "add_network_options",
+    "add_training_options",
+    "connection_config",
+    "from_args",
+    "parse_address",
+    "parse_shard",
+    "train_config",
+]
+
+_Config = TypeVar("_Config")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:7000``) to ``(host, port)``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/M`` to ``(I, M)`` with ``0 <= I < M``."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected I/M with 0 <= I < M, got {text!r}")
+    return int(index), int(count)
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def add_dataclass_options(group: argparse._ArgumentGroup, cls: type[Any], prefix: str = "") -> None:
+    """Add one option per field of ``cls`` declared with :func:`aiodq.config.option`."""
+    for item in dataclasses.fields(cls):
+        meta = item.metadata
+        if "help" not in meta or not meta.get("cli", True):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        dest = prefix + item.name
+        default = item.default
+        if isinstance(default, bool):
+            if default:
+                group.add_argument(
+                    "--no-" + item.name.replace("_", "-"), dest=dest, action="store_false", help=meta["help"]
+                )
+            else:
+                group.add_argument(flag, dest=dest, action="store_true", help=meta["help"])
+            continue
+        kind = _integer if isinstance(default, int) else _finite_float if isinstance(default, float) else str
+        group.add_argument(
+            flag,
+            dest=dest,
+            type=kind,
+            default=default,
+            choices=meta.get("choices"),
+            help=f"{meta['help']} (default {default})",
+        )
+
+
+def from_args(cls: type[_Config], args: argparse.Namespace, prefix: str = "", **extra: Any) -> _Config:
+    """Build ``cls`` from the options :func:`add_dataclass_options` added.
+
+    Raises:
+        UsageError: if a value is out of range.
+    """
+    values = {
+        item.name: getattr(args, prefix + item.name)
+        for item in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if hasattr(args, prefix + item.name)
+    }
+    try:
+        return cls(**values, **extra)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Every :class:`~aiodq.protocol.algorithms.TrainConfig` field, as an option."""
+    add_dataclass_options(parser.add_argument_group("training"), TrainConfig)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~aiodq.protocol.algorithms.TrainConfig` the options describe."""
+    return from_args(TrainConfig, args)
+
+
+def add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> None:
+    """Security, TLS, timeouts and limits; the checkpoint options on the master."""
+    group = parser.add_argument_group("network and security")
+    group.add_argument(
+        "--secret-file",
+        default=None,
+        help="file holding the shared secret (default: $AIODQ_SECRET; none: no authentication)",
+    )
+    if master:
+        group.add_argument("--tls-cert", default=None, help="TLS certificate chain (PEM) of the master")
+        group.add_argument("--tls-key", default=None, help="TLS private key (PEM) of the master")
+        group.add_argument(
+            "--tls-client-ca", default=None, help="require client certificates signed by this CA (mTLS)"
+        )
+    else:
+        group.add_argument(
+            "--tls", action="store_true", help="connect with TLS (implied by the other --tls options)"
+        )
+        group.add_argument(
+            "--tls-ca", default=None, help="CA (PEM) to check the master's certificate against"
+        )
+        group.add_argument("--tls-cert", default=None, help="client certificate (PEM), for mutual TLS")
+        group.add_argument("--tls-key", default=None, help="client private key (PEM), for mutual TLS")
+        group.add_argument(
+            "--tls-server-name", default=None, help="name to check the master's certificate for"
+        )
+        group.add_argument(
+            "--retry-for",
+            type=_finite_float,
+            default=30.0,
+            help="keep reconnecting with backoff for this many seconds (default 30; 0: never)",
+        )
+    add_dataclass_options(group, ConnectionConfig)
+    add_dataclass_options(group, Limits)
+    if master:
+        group.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
+        group.add_argument(
+            "--checkpoint-interval",
+            type=_finite_float,
+            default=60.0,
+            help="seconds between checkpoints (default 60)",
+        )
+        group.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+
+
+def connection_config(args: argparse.Namespace) -> ConnectionConfig:
+    """The :class:`~aiodq.config.ConnectionConfig` the options describe, with the shared secret.
+
+    Raises:
+        UsageError: if a value is out of range or the secret file cannot be read.
+    """
+    try:
+        secret = load_secret(args.secret_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    limits = from_args(Limits, args)
+    return from_args(ConnectionConfig, args, limits=limits, secret=secret)

@@ -1,0 +1,416 @@
+"""Vector payloads: encode and decode every vector encoding (wire-format.md 5).
+
+A vector payload starts with one *descriptor* byte: the encoding in the high
+nibble and, for quantized encodings, ``bits - 1`` in the low nibble (zero for
+the others).  Then comes the dimension as a varint, and the encoding's own
+fields.  A vector payload is always the last field of its message, so it runs
+to the end of the frame body, and every byte of it is accounted for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import Limits
+from ..errors import CodecError, ErrorCode
+from .bitcodes import (
+    MAX_RICE_K,
+    gamma_decode,
+    gamma_encode,
+    rice_choose,
+    rice_decode,
+    rice_encode,
+    unary_decode,
+    unary_length,
+)
+from .cursor import Cursor, pack_f32, uvarint
+from .packing import pack, packed_size, unpack
+from .registry import QUANTIZED_ENCODINGS, Encoding
+from .vectors import (
+    MAX_QSGD_LEVELS,
+    DenseQuantized,
+    EqualsSnapshot,
+    QSGDVector,
+    RawVector,
+    SparseQuantized,
+    Vector,
+    ZeroVector,
+)
+
+__all__ = [
+    "DecodedVector",
+    "VectorPlan",
+    "decode_vector",
+    "dense_rice_choose",
+    "encode_vector",
+    "plan_vector",
+    "unzigzag",
+    "zigzag",
+]
+
+
+def _invalid(message: str) -> CodecError:
+    return CodecError(message, ErrorCode.INVALID_PAYLOAD)
+
+
+def _gaps(indices: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Gaps between strictly increasing indices: ``i_0``, then ``i_j - i_(j-1) - 1``."""
+    as_int64: npt.NDArray[np.int64] = indices.astype(np.int64, copy=False)
+    gaps: npt.NDArray[np.int64] = np.diff(as_int64, prepend=np.int64(-1)) - np.int64(1)
+    return gaps
+
+
+def zigzag(codes: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+    """Map two's complement codes to ``0, 1, 2, ...``: ``c >= 0`` to ``2c``, ``c < 0`` to ``-2c - 1``.
+
+    Codes have at most 16 bits, so 32-bit arithmetic is exact (and narrower than int64).
+    """
+    wide = codes.astype(np.int32)
+    result: npt.NDArray[np.int32] = (wide << 1) ^ (wide >> 31)
+    return result
+
+
+def unzigzag(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The inverse of :func:`zigzag`."""
+    result: npt.NDArray[np.int64] = (values >> 1) ^ -(values & 1)
+    return result
+
+
+def dense_rice_choose(values: npt.NDArray[np.integer[Any]], bits: int) -> tuple[int, int]:
+    """``(k, size)``: the smallest DENSE_RICE block (k byte, remainders, unary) over k = 0..bits-1.
+
+    Ties go to the smaller k.  One shift per k over the zigzagged ``values``.
+    """
+    count = int(values.shape[0])
+    quotients = values.copy()
+    best_k, best_size = 0, 0
+    for k in range(bits):
+        size = 1 + packed_size(count, k) + (int(quotients.sum(dtype=np.int64)) + count + 7) // 8
+        if k == 0 or size < best_size:
+            best_k, best_size = k, size
+        quotients >>= 1
+    return best_k, best_size
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VectorPlan:
+    """How one vector goes on the wire: its encoding, chosen once (wire-format.md 5).
+
+    Built by :func:`plan_vector`; :func:`encode_vector` writes exactly this plan,
+    and the connection checks the plan's encoding against what the peer announced.
+    """
+
+    #: The encoding chosen.
+    encoding: Encoding
+    #: The Rice parameter of SPARSE_RICE and DENSE_RICE; 0 for the others.
+    k: int
+    #: Analytic payload size in bits (docs/algorithms.md 10): the vector's fields without the
+    #: descriptor, the dimension varint or byte padding.
+    payload_bits: int
+    #: What the Rice coder writes (the zigzagged codes, or the index gaps); None for other encodings.
+    rice_values: npt.NDArray[np.integer[Any]] | None = None
+
+
+def _rice_bits(values: npt.NDArray[np.integer[Any]], k: int) -> int:
+    """Bits of a Rice code with parameter ``k``: k remainder bits and ``(v >> k) + 1`` unary bits each."""
+    count = int(values.shape[0])
+    return count * (k + 1) + int((values >> k).sum(dtype=np.int64))
+
+
+def plan_vector(vector: Vector, *, dense_rice: bool = False) -> VectorPlan:
+    """Choose the encoding of ``vector`` (wire-format.md 5), once per message.
+
+    Sparse vectors take the smaller index encoding (5.6, canonical).  A dense
+    quantized vector goes as DENSE_RICE when ``dense_rice`` is set and the Rice
+    block is smaller than the fixed-width codes (5.8), else as DENSE.
+
+    Raises:
+        TypeError: if ``vector`` is not a vector value.
+    """
+    if isinstance(vector, RawVector):
+        if vector.values.dtype == np.float32:
+            return VectorPlan(Encoding.RAW_F32, 0, 32 * vector.dim)
+        return VectorPlan(Encoding.RAW_F64, 0, 64 * vector.dim)
+    if isinstance(vector, ZeroVector):
+        return VectorPlan(Encoding.ZERO, 0, 0)
+    if isinstance(vector, EqualsSnapshot):
+        return VectorPlan(Encoding.EQUALS_SNAPSHOT, 0, 0)
+    if isinstance(vector, DenseQuantized):
+        bits = vector.dim * vector.bits + 32
+        if dense_rice:
+            values = zigzag(vector.codes)
+            k, size = dense_rice_choose(values, vector.bits)
+            if size < packed_size(vector.dim, vector.bits):
+                return VectorPlan(Encoding.DENSE_RICE, k, bits, values)
+        return VectorPlan(Encoding.DENSE, 0, bits)
+    if isinstance(vector, SparseQuantized):
+        gaps = _gaps(vector.indices)
+        k, size = rice_choose(gaps)
+        head = vector.nnz * vector.bits + 32
+        if size < (vector.dim + 7) // 8:
+            return VectorPlan(Encoding.SPARSE_RICE, k, head + _rice_bits(gaps, k), gaps)
+        return VectorPlan(Encoding.SPARSE_BITMAP, 0, head + vector.dim)
+    if isinstance(vector, QSGDVector):
+        return VectorPlan(Encoding.QSGD, 0, _qsgd_bits(vector.levels))
+    raise TypeError(f"not a vector value: {type(vector).__name__}")
+
+
+def _qsgd_bits(levels: npt.NDArray[np.integer[Any]]) -> int:
+    """Elias gamma of ``|level| + 1`` per coordinate, a sign per nonzero level, a 32-bit norm."""
+    magnitudes = np.abs(levels) + 1
+    exponents = np.frexp(magnitudes.astype(np.float64))[1] - 1  # floor(log2 m)
+    return 2 * int(exponents.sum()) + int(levels.shape[0]) + int(np.count_nonzero(levels)) + 32
+
+
+def encode_vector(vector: Vector, plan: VectorPlan | None = None) -> list[bytes]:
+    """Encode a vector payload as ``plan`` says (default: :func:`plan_vector`); return its parts.
+
+    Raises:
+        TypeError: if ``vector`` is not a vector value.
+    """
+    if plan is None:
+        plan = plan_vector(vector)
+    encoding = plan.encoding
+    dim = uvarint(vector.dim)
+    if isinstance(vector, RawVector):
+        dtype = "<f4" if encoding == Encoding.RAW_F32 else "<f8"
+        return [bytes((encoding << 4,)), dim, vector.values.astype(dtype, copy=False).tobytes()]
+    if isinstance(vector, ZeroVector | EqualsSnapshot):
+        return [bytes((encoding << 4,)), dim]
+    if isinstance(vector, DenseQuantized):
+        descriptor = bytes((encoding << 4 | (vector.bits - 1),))
+        if encoding == Encoding.DENSE_RICE:
+            assert plan.rice_values is not None
+            remainders, unary = rice_encode(plan.rice_values, plan.k)
+            return [descriptor, dim, pack_f32(vector.scale), bytes((plan.k,)), remainders, unary]
+        return [descriptor, dim, pack_f32(vector.scale), pack(vector.codes, vector.bits)]
+    if isinstance(vector, SparseQuantized):
+        head = [
+            bytes((encoding << 4 | (vector.bits - 1),)),
+            dim,
+            uvarint(vector.nnz),
+            pack_f32(vector.scale),
+            pack(vector.codes, vector.bits),
+        ]
+        if encoding == Encoding.SPARSE_BITMAP:
+            bitmap = np.zeros(vector.dim, dtype=np.uint8)
+            bitmap[vector.indices] = 1
+            return [*head, np.packbits(bitmap, bitorder="little").tobytes()]
+        assert plan.rice_values is not None
+        remainders, unary = rice_encode(plan.rice_values, plan.k)
+        return [*head, bytes((plan.k,)), remainders, unary]
+    magnitudes = np.abs(vector.levels)
+    unary, mantissa = gamma_encode(magnitudes + 1)
+    negative = vector.levels[magnitudes != 0] < 0
+    signs = np.packbits(negative, bitorder="little").tobytes()
+    return [bytes((encoding << 4,)), dim, uvarint(vector.s), pack_f32(vector.norm), unary, mantissa, signs]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DecodedVector:
+    """A received vector payload: the value, the encoding it came in, and its analytic size."""
+
+    #: The vector value.
+    vector: Vector
+    #: The encoding it was read from.
+    encoding: Encoding
+    #: Analytic payload bits, as :attr:`VectorPlan.payload_bits` defines them.
+    payload_bits: int
+
+
+def decode_vector(
+    cursor: Cursor,
+    limits: Limits,
+    *,
+    expected_dim: int | None = None,
+    allowed: frozenset[Encoding] | None = None,
+) -> DecodedVector:
+    """Decode a vector payload that runs to the end of ``cursor``.
+
+    Every count is checked against ``limits`` and the bytes that remain before
+    anything is allocated.
+
+    Args:
+        cursor: positioned at the descriptor byte.
+        limits: receiver limits (``max_dimension``).
+        expected_dim: if given, the dimension the vector must have.
+        allowed: if given, the encodings acceptable here.
+
+    Raises:
+        CodecError: with the wire error code of the first rule broken.
+    """
+    descriptor = cursor.u8("vector descriptor")
+    try:
+        encoding = Encoding(descriptor >> 4)
+    except ValueError:
+        raise CodecError(
+            f"reserved vector encoding {descriptor >> 4}", ErrorCode.UNSUPPORTED_ENCODING
+        ) from None
+    if allowed is not None and encoding not in allowed:
+        raise CodecError(f"encoding {encoding.name} is not allowed here", ErrorCode.UNSUPPORTED_ENCODING)
+    bits = (descriptor & 0x0F) + 1
+    if encoding not in QUANTIZED_ENCODINGS and descriptor & 0x0F:
+        raise CodecError(
+            f"{encoding.name}: low nibble of the descriptor must be zero", ErrorCode.MALFORMED_FRAME
+        )
+    dim = cursor.uvarint("dimension")
+    if dim < 1:
+        raise _invalid("dimension must be at least 1")
+    if dim > limits.max_dimension:
+        raise CodecError(
+            f"dimension {dim} exceeds the limit {limits.max_dimension}", ErrorCode.LIMIT_EXCEEDED
+        )
+    if expected_dim is not None and dim != expected_dim:
+        raise CodecError(f"dimension {dim}, expected {expected_dim}", ErrorCode.WRONG_DIMENSION)
+
+    if encoding in (Encoding.RAW_F32, Encoding.RAW_F64):
+        dtype = "<f4" if encoding == Encoding.RAW_F32 else "<f8"
+        raw = cursor.take(dim * np.dtype(dtype).itemsize, "raw values")
+        cursor.expect_end("raw vector")
+        values = np.frombuffer(raw, dtype=dtype)
+        if not np.isfinite(values).all():
+            raise CodecError("raw vector holds NaN or infinite values", ErrorCode.NON_FINITE)
+        vector = RawVector._trusted(values.astype(np.float32 if dtype == "<f4" else np.float64))
+        return DecodedVector(vector, encoding, 8 * len(raw))
+    if encoding == Encoding.ZERO:
+        cursor.expect_end("zero vector")
+        return DecodedVector(ZeroVector(dim), encoding, 0)
+    if encoding == Encoding.EQUALS_SNAPSHOT:
+        cursor.expect_end("equals-snapshot vector")
+        return DecodedVector(EqualsSnapshot(dim), encoding, 0)
+    if encoding == Encoding.DENSE:
+        scale = _scale(cursor)
+        codes = _codes(cursor.take(packed_size(dim, bits), "dense codes"), dim, bits)
+        cursor.expect_end("dense vector")
+        # wire-format.md 5.5: the zero vector has one encoding, ZERO.
+        if not codes.any():
+            raise _invalid("every DENSE code is zero; the zero vector is sent as ZERO")
+        return DecodedVector(DenseQuantized._trusted(bits, scale, codes), encoding, dim * bits + 32)
+    if encoding == Encoding.DENSE_RICE:
+        return DecodedVector(_decode_dense_rice(cursor, dim, bits), encoding, dim * bits + 32)
+    if encoding == Encoding.QSGD:
+        return _decode_qsgd(cursor, dim)
+    return _decode_sparse(cursor, encoding, dim, bits)
+
+
+def _scale(cursor: Cursor, what: str = "scale") -> float:
+    scale = cursor.f32(what)
+    if not np.isfinite(scale):
+        raise CodecError(f"{what} is not finite", ErrorCode.NON_FINITE)
+    if not scale > 0:
+        raise _invalid(f"{what} must be positive, got {scale!r}")
+    return scale
+
+
+def _codes(data: memoryview, count: int, bits: int) -> npt.NDArray[Any]:
+    try:
+        return unpack(data, count, bits, signed=True)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from exc
+
+
+def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> DecodedVector:
+    nnz = cursor.uvarint("nonzero count")
+    if not 1 <= nnz <= dim:
+        raise _invalid(f"nonzero count {nnz} outside [1, {dim}]")
+    scale = _scale(cursor)
+    codes = _codes(cursor.take(packed_size(nnz, bits), "sparse codes"), nnz, bits)
+    if not codes.all():
+        raise _invalid("sparse codes must be nonzero")
+    bitmap_size = (dim + 7) // 8
+    if encoding == Encoding.SPARSE_BITMAP:
+        block = cursor.take(bitmap_size, "bitmap")
+        cursor.expect_end("sparse vector")
+        flags = np.unpackbits(np.frombuffer(block, dtype=np.uint8), bitorder="little")
+        if flags[dim:].any():
+            raise _invalid("bitmap padding bits are not zero")
+        indices = np.flatnonzero(flags.view(np.bool_))  # 0s and 1s: the bool view is exact, and faster
+        if indices.shape[0] != nnz:
+            raise _invalid(f"bitmap has {indices.shape[0]} set bits, expected {nnz}")
+        # wire-format.md 5.6: the bitmap is used unless a Rice block is strictly smaller.
+        if rice_choose(_gaps(indices))[1] < bitmap_size:
+            raise _invalid("a Rice index block would be smaller than this bitmap")
+        vector = SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
+        return DecodedVector(vector, encoding, nnz * bits + 32 + dim)
+    k = cursor.u8("Rice parameter")
+    if k > MAX_RICE_K:
+        raise _invalid(f"Rice parameter {k} above {MAX_RICE_K}")
+    remainders = cursor.take(packed_size(nnz, k), "Rice remainders")
+    unary = cursor.rest()
+    # Bound the work before decoding: a canonical Rice block is smaller than the bitmap.
+    if 1 + len(remainders) + len(unary) >= bitmap_size:
+        raise _invalid("this Rice index block is not smaller than a bitmap")
+    gaps = rice_decode(remainders, unary, nnz, k)
+    indices = np.cumsum(gaps + 1) - 1
+    if int(indices[-1]) >= dim:
+        raise _invalid(f"index {int(indices[-1])} beyond dimension {dim}")
+    best_k, _ = rice_choose(gaps)
+    if best_k != k:
+        raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
+    vector = SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
+    return DecodedVector(vector, encoding, nnz * bits + 32 + _rice_bits(gaps, k))
+
+
+def _decode_dense_rice(cursor: Cursor, dim: int, bits: int) -> DenseQuantized:
+    """wire-format.md 5.8, the checks in the order of 5.8-5."""
+    scale = _scale(cursor)
+    k = cursor.u8("Rice parameter")
+    if k >= bits:
+        raise _invalid(f"Rice parameter {k} is not below the code width {bits}")
+    remainders = cursor.take(packed_size(dim, k), "Rice remainders")
+    unary = cursor.rest()
+    # Bound the work before decoding: DENSE_RICE is sent only when smaller than DENSE.
+    if 1 + len(remainders) + len(unary) >= packed_size(dim, bits):
+        raise _invalid("this DENSE_RICE block is not smaller than the DENSE codes")
+    values = rice_decode(remainders, unary, dim, k)
+    if int(values.max()) >= 1 << bits:
+        raise _invalid(f"a zigzagged code is {int(values.max())}, beyond {bits} bits")
+    if not values.any():
+        raise _invalid("every DENSE_RICE code is zero; the zero vector is sent as ZERO")
+    best_k, _ = dense_rice_choose(values, bits)
+    if best_k != k:
+        raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
+    codes: npt.NDArray[np.integer[Any]] = unzigzag(values).astype(np.int8 if bits <= 8 else np.int16)
+    return DenseQuantized._trusted(bits, scale, codes)
+
+
+def _decode_qsgd(cursor: Cursor, dim: int) -> DecodedVector:
+    s = cursor.uvarint("QSGD levels s")
+    if not 1 <= s <= MAX_QSGD_LEVELS:
+        raise _invalid(f"QSGD s={s} outside [1, {MAX_QSGD_LEVELS}]")
+    norm = _scale(cursor, "norm")
+    max_exponent = (s + 1).bit_length() - 1
+    # Each level costs at most max_exponent + 1 unary bits, max_exponent
+    # mantissa bits and a sign bit; three streams pad to bytes.
+    if cursor.remaining > packed_size(dim, 2 * max_exponent + 2) + 3:
+        raise _invalid("QSGD payload is longer than its levels can take")
+    rest = cursor.rest()
+    unary_bytes = unary_length(rest, dim)
+    exponents = unary_decode(rest[:unary_bytes], dim)
+    if int(exponents.max()) > max_exponent:
+        raise _invalid(f"QSGD level above s={s}")
+    mantissa_bytes = (int(exponents.sum()) + 7) // 8
+    if unary_bytes + mantissa_bytes > len(rest):
+        raise _invalid("QSGD mantissa stream is truncated")
+    magnitudes = gamma_decode(exponents, rest[unary_bytes : unary_bytes + mantissa_bytes]) - 1
+    if int(magnitudes.max()) > s:
+        raise _invalid(f"QSGD level above s={s}")
+    nonzero = magnitudes != 0
+    nnz = int(nonzero.sum())
+    if not nnz:
+        raise _invalid("every QSGD level is zero; the zero vector is sent as ZERO")
+    signs_block = rest[unary_bytes + mantissa_bytes :]
+    if len(signs_block) != (nnz + 7) // 8:
+        raise _invalid(f"sign stream takes {(nnz + 7) // 8} bytes, got {len(signs_block)}")
+    signs = np.unpackbits(np.frombuffer(signs_block, dtype=np.uint8), bitorder="little")
+    if signs[nnz:].any():
+        raise _invalid("sign padding bits are not zero")
+    levels = magnitudes
+    levels[np.flatnonzero(nonzero)[signs[:nnz].astype(bool)]] *= -1
+    # Gamma bits: 2 * exponent + 1 per level; a sign per nonzero level; the 32-bit norm.
+    payload_bits = 2 * int(exponents.sum()) + dim + nnz + 32
+    return DecodedVector(QSGDVector._trusted(s, norm, levels), Encoding.QSGD, payload_bits)

@@ -1,1 +1,0 @@
-"""Data shipped with aiodq: a compact copy of LIBSVM's a9a (see README.md here)."""

@@ -1,0 +1,323 @@
+"""``aiodq bench codec``: encode and decode speed and size of the wire codec.
+
+Each case times, over many repetitions, and reports the median of:
+
+- encode: quantize + pack + frame (``quantize_gradient`` or ``quantize_sparse``,
+  then ``encode_message(Gradient(...))``);
+- decode: frame parse + payload decode + rebuild the float32 vector;
+- baseline: ``x.tobytes()`` of the same float32 input, in the same run (the
+  memory-copy baseline), and each time's ratio to it.
+
+Sizes: bytes on the wire (whole frame) against the ideal payload (``d * b``
+bits plus a 32-bit scale; for sparse vectors, the codes, the scale and the
+smaller index encoding) and against raw float32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..codec.bitcodes import rice_block_size
+from ..codec.events import Close, ConnectionClosed, Gradient, Hello, ModelMessage, Snapshot, SnapshotGradient
+from ..codec.frames import FrameReader
+from ..codec.lowp import quantize_gradient
+from ..codec.messages import DecodeContext, decode_message, encode_message
+from ..codec.packing import packed_size
+from ..codec.payload import plan_vector
+from ..codec.registry import Encoding
+from ..codec.sparse import quantize_sparse
+from ..codec.vectors import DenseQuantized, RawVector, SparseQuantized
+from ..config import Limits
+from ..launch.local import run_coroutine, use_uvloop
+from ..net.master import Master
+from ..protocol.algorithms import MasterState, TrainConfig
+from ..protocol.connection import WorkerConnection
+
+__all__ = ["bench_codec", "steady_allocator"]
+
+
+def steady_allocator() -> bool:
+    """Keep glibc from returning memory to the OS between repetitions.
+
+    Timings of MB-sized temporaries swing by several times when every
+    allocation is a fresh mmap (page faults); this sets the same thresholds as
+    ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824``.
+    Returns False where glibc's ``mallopt`` is not available.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok_trim = libc.mallopt(m_trim_threshold, 1 << 30)
+    ok_mmap = libc.mallopt(m_mmap_threshold, 1 << 28)
+    return bool(ok_trim and ok_mmap)
+
+
+def _median_seconds(func: Callable[[], object], repeats: int) -> float:
+    func()  # warm up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _ideal_bytes(vector: DenseQuantized | SparseQuantized) -> int:
+    if isinstance(vector, DenseQuantized):
+        return packed_size(vector.dim, vector.bits) + 4
+    plan = plan_vector(vector)
+    encoding, k = plan.encoding, plan.k
+    if encoding is Encoding.SPARSE_BITMAP:
+        index_bytes = (vector.dim + 7) // 8
+    else:
+        index_bytes = rice_block_size(np.diff(vector.indices, prepend=-1) - 1, k)
+    return packed_size(vector.nnz, vector.bits) + 4 + index_bytes
+
+
+def _case(
+    x: np.ndarray[Any, Any], bits: int, budget: float | None, repeats: int, seed: int
+) -> dict[str, Any]:
+    d = x.shape[0]
+    rng = np.random.default_rng(seed)
+    context = DecodeContext(limits=Limits(), dim=d)
+
+    def quantized() -> DenseQuantized | SparseQuantized:
+        vector = quantize_gradient(x, bits, rng) if budget is None else quantize_sparse(x, budget, bits, rng)
+        assert isinstance(vector, DenseQuantized | SparseQuantized)
+        return vector
+
+    def encode() -> bytes:
+        return encode_message(Gradient(epoch=1, version=1, vector=quantized()))
+
+    def decode(data: bytes) -> Gradient:
+        reader = FrameReader(context.limits)
+        reader.feed(data)
+        frame = reader.next_frame()
+        assert frame is not None
+        event = decode_message(frame, context)
+        assert isinstance(event, Gradient)
+        return event
+
+    frame_bytes = encode()
+    vector = decode(frame_bytes).vector
+    assert isinstance(vector, DenseQuantized | SparseQuantized)
+
+    baseline = _median_seconds(x.tobytes, repeats)
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    encode_s = _median_seconds(encode, repeats)
+    decode_s = _median_seconds(lambda: decode(frame_bytes).vector.to_dense(np.float32), repeats)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    ideal = _ideal_bytes(vector)
+    return {
+        "d": d,
+        "bits": bits,
+        "kind": "dense" if budget is None else "sparse",
+        "phi": budget,
+        "nnz": vector.nnz if isinstance(vector, SparseQuantized) else d,
+        "encoding": plan_vector(vector).encoding.name,
+        "baseline_tobytes_ms": round(baseline * 1e3, 4),
+        "encode_ms": round(encode_s * 1e3, 4),
+        "decode_ms": round(decode_s * 1e3, 4),
+        "encode_ratio": round(encode_s / baseline, 2),
+        "decode_ratio": round(decode_s / baseline, 2),
+        "wire_bytes": len(frame_bytes),
+        "ideal_bytes": ideal,
+        "overhead_bytes": len(frame_bytes) - ideal,
+        "float32_bytes": 4 * d,
+        "ratio_to_float32": round(len(frame_bytes) / (4 * d), 5),
+        "minor_page_faults": faults,
+        "repeats": repeats,
+    }
+
+
+def bench_codec(
+    dims: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+    bits_list: tuple[int, ...] = (2, 4, 8),
+    *,
+    repeats: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the codec benchmark; return its report (see the module docstring)."""
+    steady = steady_allocator()
+    rng = np.random.default_rng(seed)
+    cases = []
+    for d in dims:
+        x = rng.standard_normal(d).astype(np.float32)
+        n = repeats or (31 if d >= 1_000_000 else 101)
+        for bits in bits_list:
+            cases.append(_case(x, bits, None, n, seed))
+        for bits in bits_list:
+            cases.append(_case(x, bits, d / 20, n, seed))
+    return {
+        "benchmark": "codec",
+        "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.machine()},
+        "steady_allocator": steady,
+        "cases": cases,
+    }
+
+
+def main_codec(args: Any) -> int:
+    """Entry point of ``aiodq bench codec``."""
+    dims = tuple(int(float(v)) for v in args.dims.split(","))
+    bits_list = tuple(int(v) for v in args.bits.split(","))
+    report = bench_codec(dims, bits_list, repeats=args.repeats, seed=args.seed)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+# -- aiodq bench master ----------------------------------------------------------
+
+
+def _updates_for(dim: int) -> int:
+    return 3000 if dim <= 10_000 else (600 if dim <= 100_000 else 80)
+
+
+def _answer_at_once(host: str, port: int, workers: int, dim: int) -> None:
+    """Fake workers (run in a child process): answer SNAPSHOT and MODEL at once, no model compute."""
+    # The child is spawned, not forked: it needs the allocator setting of its own, or every
+    # decoded MODEL's temporaries page-fault (a DENSE_RICE model at d = 10^5 decoded in 1.1 ms
+    # instead of 0.45 ms, and the fake workers became the bottleneck).
+    steady_allocator()
+    rng = np.random.default_rng(7)
+    gradient = quantize_gradient(rng.standard_normal(dim) * 1e-3, 8, rng)
+    zeros = RawVector(np.zeros(dim))
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        connection = WorkerConnection()
+        connection.send(Hello(name="bench"), 0.0)
+        writer.write(connection.data_to_send())
+        while True:
+            data = await reader.read(1 << 20)
+            connection.receive_data(data, 0.0)
+            while (event := connection.next_event()) is not None:
+                if isinstance(event, Snapshot):
+                    reply = SnapshotGradient(epoch=event.epoch, samples=1, loss=0.0, correct=0, vector=zeros)
+                    connection.send(reply, 0.0)
+                elif isinstance(event, ModelMessage):
+                    connection.send(Gradient(epoch=event.epoch, version=event.version, vector=gradient), 0.0)
+                elif isinstance(event, Close | ConnectionClosed):
+                    pass
+            out = connection.data_to_send()
+            if out:
+                writer.write(out)
+            if not data or connection.state.value == "closed":
+                writer.close()
+                return
+
+    async def all_workers() -> None:
+        await asyncio.gather(*(one() for _ in range(workers)))
+
+    asyncio.run(all_workers())
+
+
+def _in_process_update_seconds(dim: int, repeats: int) -> float:
+    """Median time to decode one gradient frame, apply it, and quantize and encode the next model."""
+    rng = np.random.default_rng(3)
+    config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=10**9, tau=10**9)
+    state = MasterState(config, np.zeros(dim))
+    state.finish_snapshot_phase(rng.standard_normal(dim), 1.0, 1)
+    frame_bytes = encode_message(
+        Gradient(epoch=0, version=0, vector=quantize_gradient(rng.standard_normal(dim) * 1e-3, 8, rng))
+    )
+    context = DecodeContext(limits=Limits(), dim=dim)
+
+    def update() -> bytes:
+        reader = FrameReader(context.limits)
+        reader.feed(frame_bytes)
+        frame = reader.next_frame()
+        assert frame is not None
+        event = decode_message(frame, context)
+        assert isinstance(event, Gradient)
+        state.apply(event.vector, state.version)
+        vector, relative = state.model_message()
+        return encode_message(ModelMessage(epoch=0, version=state.version, vector=vector, relative=relative))
+
+    return _median_seconds(update, repeats)
+
+
+def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates: int = 0) -> dict[str, Any]:
+    """Applied updates per second over TCP on 127.0.0.1 against the in-process cost of one update."""
+    steady = steady_allocator()
+    context = multiprocessing.get_context("spawn")
+    cases = []
+    for dim in dims:
+        in_process = _in_process_update_seconds(dim, 31 if dim >= 1_000_000 else 101)
+        for workers in worker_counts:
+            count = updates or _updates_for(dim)
+            config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=count, tau=4 * workers + 8)
+
+            async def serve(
+                config: TrainConfig = config, workers: int = workers, dim: int = dim
+            ) -> dict[str, Any]:
+                async with Master(config, np.zeros(dim), workers=workers) as master:
+                    host, port = master.address
+                    child = context.Process(
+                        target=_answer_at_once, args=(host, port, workers, dim), daemon=True
+                    )
+                    child.start()
+                    try:
+                        summary = await master.wait(timeout=600)
+                    finally:
+                        await asyncio.get_running_loop().run_in_executor(None, child.join, 30)
+                    return summary
+
+            summary = run_coroutine(serve())
+            trace = summary["trace"]
+            seconds = trace[1]["time"] - trace[0]["time"]
+            applied = trace[1]["version"] - trace[0]["version"]
+            per_update = seconds / applied
+            cases.append(
+                {
+                    "d": dim,
+                    "workers": workers,
+                    "applied_updates": applied,
+                    "dropped": summary["staleness"]["dropped"],
+                    "updates_per_second": round(applied / seconds, 1),
+                    "seconds_per_update_ms": round(per_update * 1e3, 4),
+                    "in_process_update_ms": round(in_process * 1e3, 4),
+                    "overhead_ratio": round(per_update / in_process, 3),
+                    "staleness_mean": round(summary["staleness"]["mean"], 3),
+                }
+            )
+    return {
+        "benchmark": "master",
+        "event_loop": "uvloop" if use_uvloop() else "asyncio",
+        "steady_allocator": steady,
+        "note": "per-update time over TCP (first to last MODEL of the epoch, snapshot round trip excluded "
+        "only at the edges) against the same run's in-process decode + apply + quantize + encode",
+        "cases": cases,
+    }
+
+
+def main_master(args: Any) -> int:
+    """Entry point of ``aiodq bench master``."""
+    dims = tuple(int(float(v)) for v in args.dims.split(","))
+    worker_counts = tuple(int(v) for v in args.workers.split(","))
+    report = bench_master(dims, worker_counts, args.updates)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return 0

@@ -1,0 +1,488 @@
+"""The paper's experiments on real data: ``aiodq experiment NAME`` (docs/results.md).
+
+Every training run is a real cluster: a :class:`~aiodq.net.master.Master` in this
+process and M worker processes on 127.0.0.1 (or, for ``network``, master and
+workers in network namespaces joined by shaped links, :mod:`aiodq.lab.netlab`).
+The master keeps a copy of its model every few updates
+(:class:`~aiodq.protocol.accounting.ModelRecord`) together with the bytes on the wire
+so far, both directions, everything counted; after the run each copy is
+evaluated on the full training set.  Evaluation sends nothing and is not
+counted.  "Bits to target" is the bit count of the first copy whose training
+objective F(x) = (1/n) sum f_i(x) + R(x) is at or below the target.
+
+Experiments:
+
+- ``table1``: bits and time to target for every algorithm on each dataset, and
+  each one's saving against its full-precision counterpart; loss against bits
+  and against time, all algorithms in one figure per dataset.
+- ``mu``: bits to target and final loss of AsyLPG for mu in
+  {0.05, 0.1, 0.25, 0.5, 1, 2} and for gradient bits b in {2, 4, 8}.
+- ``timing``: computation against encoding time per epoch, per algorithm.
+- ``workers``: 4 workers against 8.
+- ``network``: time to target on shaped links (needs root; skipped otherwise).
+- ``all``: every one of them.
+
+``--quick`` runs each on the bundled a9a with fewer epochs, to check the
+runner end to end in under three minutes; its figures are not the results.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from ..codec.events import Gradient, ModelMessage
+from ..codec.frames import FrameReader
+from ..codec.messages import DecodeContext, decode_message, encode_message
+from ..config import DEFAULT_LIMITS
+from ..data import load_mnist_idx
+from ..errors import DataError
+from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState, initial_model
+from ..protocol.dataset import Dataset, shard
+from ..protocol.objectives import Objective, make_objective
+from . import netcluster, netlab
+from .report import fmt, num, plot_curves, plot_sweeps, reach, saving, summarise, times, write_report
+from .runs import (
+    BIT_VALUES,
+    DATASETS,
+    MU_VALUES,
+    TABLE_ALGORITHMS,
+    Context,
+    DatasetSpec,
+    ExperimentError,
+    Point,
+    RunResult,
+    evaluate,
+    local_runner,
+    optimum,
+    record_every,
+    to_target,
+)
+
+__all__ = [
+    "DATASETS",
+    "EXPERIMENTS",
+    "Context",
+    "DatasetSpec",
+    "ExperimentError",
+    "Point",
+    "RunResult",
+    "epoch_timing",
+    "evaluate",
+    "local_runner",
+    "optimum",
+    "run_experiment",
+    "to_target",
+]
+
+
+def _test_accuracy(context: Context, spec: DatasetSpec, run: RunResult) -> float | None:
+    """The final model's accuracy on the dataset's test set, if it has one."""
+    if spec.test is None or context.data is None or run.final_model is None:
+        return None
+    images, labels = (context.data / part for part in spec.test)
+    if not (images.exists() and labels.exists()):
+        return None
+    if spec.name not in context.test_sets:
+        try:
+            context.test_sets[spec.name] = load_mnist_idx(images, labels, name=f"{spec.name}-test")
+        except DataError as exc:
+            raise ExperimentError(f"{spec.name} test set: {exc}") from exc
+    test = context.test_sets[spec.name]
+    config = run.config
+    model = make_objective(config.model, test.features_count, test.classes, config.hidden)
+    _, _, correct = model.loss_grad(run.final_model, test.features, test.labels)
+    return float(correct / test.samples)
+
+
+def experiment_table1(context: Context) -> dict[str, Any]:
+    """Table 1: bits and time to target per algorithm and dataset, with savings."""
+    out = context.out / "table1"
+    report: dict[str, Any] = {"datasets": {}}
+    lines = ["# Table 1: bits to target", ""]
+    if context.overrides:
+        lines += [f"Every run with {', '.join(f'{k} = {v}' for k, v in context.overrides.items())}.", ""]
+    for spec in context.specs():
+        dataset, _, target = context.load(spec)
+        context.log(f"table1: {spec.name} ({dataset.samples} samples, d from the model), target {target:.6f}")
+        configs = [context.config(spec, dataset, algorithm=name) for name in TABLE_ALGORITHMS]
+        results = context.runs(spec, configs)
+        rows = {repeats[0].config.algorithm: summarise(repeats, target) for repeats in results}
+        for name, row in rows.items():
+            row["saving_bits"] = saving(rows, name)
+            row["saving_time"] = saving(rows, name, "time_to_target")
+            row["baseline"] = ALGORITHMS[name].baseline
+        first = {repeats[0].config.algorithm: repeats[0] for repeats in results}
+        for repeats in results:
+            accuracies = [_test_accuracy(context, spec, run) for run in repeats]
+            rows[repeats[0].config.algorithm]["test_accuracy"] = (
+                None if None in accuracies else statistics.median(a for a in accuracies if a is not None)
+            )
+        plot_curves(
+            out / f"{spec.name}_loss.png",
+            f"{spec.name}: {spec.describe}",
+            first,
+            target,
+            context.optima.get(spec.name),
+        )
+        report["datasets"][spec.name] = {
+            "describe": spec.describe,
+            "samples": dataset.samples,
+            "dim": results[0][0].summary["dim"],
+            "target": target,
+            "rows": rows,
+            "runs": {name: run.as_dict(target) for name, run in first.items()},
+        }
+        lines += [
+            f"## {spec.name}: {spec.describe}",
+            "",
+            f"n = {dataset.samples}, d = {results[0][0].summary['dim']}, 4 workers, "
+            f"target loss {target:.6f}, "
+            f"median of {context.repeats} run(s) per row.",
+            "",
+            "| algorithm | Mbit to target | against | bits saving | s to target | time saving | final loss "
+            "| test accuracy |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in rows.items():
+            accuracy = row["test_accuracy"]
+            lines.append(
+                f"| {name} | {reach(row, fmt(row['bits_to_target'], 1e6))} | {row['baseline']} | "
+                f"{times(row['saving_bits'])} | {reach(row, fmt(row['time_to_target']))} | "
+                f"{times(row['saving_time'])} | "
+                f"{num(row['final_loss'], 6)} | {num(accuracy, 4)} |"
+            )
+        lines += ["", f"![loss against bits and time]({spec.name}_loss.png)", ""]
+    write_report(out, "table1", report, "\n".join(lines) + "\n")
+    return report
+
+
+def experiment_mu(context: Context) -> dict[str, Any]:
+    """AsyLPG's bits to target and final loss against mu, and against the gradient bits b."""
+    out = context.out / "mu"
+    report: dict[str, Any] = {"datasets": {}}
+    lines = ["# The mu study and the gradient bits", ""]
+    mus = MU_VALUES[2:5] if context.quick else MU_VALUES
+    for spec in context.specs():
+        dataset, _, target = context.load(spec)
+        context.log(f"mu: {spec.name}, target {target:.6f}")
+        reference = summarise(
+            context.runs(spec, [context.config(spec, dataset, algorithm="asyfpg")])[0], target
+        )
+        sweeps: dict[str, list[dict[str, Any]]] = {"mu": [], "bits": []}
+        for key, values in (("mu", mus), ("bits", BIT_VALUES)):
+            configs = [context.config(spec, dataset, algorithm="asylpg", **{key: value}) for value in values]
+            for value, repeats in zip(values, context.runs(spec, configs), strict=True):
+                row = summarise(repeats, target)
+                row[key] = value
+                bits = row["bits_to_target"]
+                row["saving_bits"] = (
+                    reference["bits_to_target"] / bits if bits and reference["bits_to_target"] else None
+                )
+                sweeps[key].append(row)
+        report["datasets"][spec.name] = {"target": target, "asyfpg": reference, **sweeps}
+        lines += [f"## {spec.name}: {spec.describe}", ""]
+        lines.append(f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit to target.")
+        for key, label in (("mu", "mu (b fixed)"), ("bits", "b (mu fixed)")):
+            lines += [
+                "",
+                f"| {label} | Mbit to target | saving vs AsyFPG | final loss |",
+                "|---:|---:|---:|---:|",
+            ]
+            for row in sweeps[key]:
+                lines.append(
+                    f"| {row[key]} | {fmt(row['bits_to_target'], 1e6)} | {times(row['saving_bits'])} | "
+                    f"{row['final_loss']:.6f} |"
+                )
+        lines.append("")
+        plot_sweeps(out / f"{spec.name}_mu.png", spec.name, sweeps)
+        lines += [f"![mu and b]({spec.name}_mu.png)", ""]
+    write_report(out, "mu", report, "\n".join(lines) + "\n")
+    return report
+
+
+def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs: int = 1) -> dict[str, Any]:
+    """Seconds per epoch of computation and of encoding, measured in this process, one update at a time.
+
+    Computation: the worker's step (``WorkerState.variance_reduced``: rebuilding x_hat from the
+    decoded model, the two mini-batch gradients) and the master's update (``MasterState.apply``,
+    which expands the decoded gradient).  Encoding: the model quantizer and the gradient
+    compressor, and framing and decoding both messages to vector values (DENSE_RICE included).
+    The snapshot phase (full-precision sums, identical for all algorithms) is left out.  Each
+    call replays the first ``epochs`` epochs from x_0.
+
+    Returns:
+        ``computation`` and ``encoding`` in seconds per epoch, and ``updates``, the epoch's m.
+    """
+    model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
+    master = MasterState(config, initial_model(config, dataset.features_count, dataset.classes))
+    part = dataset.rows(shard(dataset.samples, workers, 0, seed=config.seed))
+    worker = WorkerState(config, model, part.features, part.labels, 0)
+    context = DecodeContext(dim=model.dim)
+    compute = encode = 0.0
+    # One BLAS thread, as in every worker process (aiodq.launch.local.worker_main).
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(epochs):
+            seconds = _timed_epoch(master, worker, model=model, dataset=dataset, context=context)
+            compute += seconds[0]
+            encode += seconds[1]
+    return {"computation": compute / epochs, "encoding": encode / epochs, "updates": master.updates_per_epoch}
+
+
+def _timed_epoch(
+    master: MasterState, worker: WorkerState, *, model: Objective, dataset: Dataset, context: DecodeContext
+) -> tuple[float, float]:
+    """One epoch of :func:`epoch_timing`; returns its ``(computation, encoding)`` seconds."""
+    clock = time.perf_counter
+    compute = encode = 0.0
+    _, gradient_sum, _ = model.loss_grad(master.snapshot, dataset.features, dataset.labels)
+    worker.snapshot_phase(master.snapshot)
+    master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
+    worker.set_full_gradient(master.full_gradient)
+    while not master.epoch_done:
+        t0 = clock()
+        vector, relative = master.model_message()
+        down = encode_message(
+            ModelMessage(epoch=master.epoch, version=master.version, vector=vector, relative=relative)
+        )
+        received = _decode(down, context)
+        assert isinstance(received, ModelMessage)
+        t1 = clock()
+        alpha = worker.variance_reduced(received.vector, received.relative)
+        t2 = clock()
+        up = encode_message(
+            Gradient(epoch=master.epoch, version=master.version, vector=worker.compress(alpha))
+        )
+        gradient = _decode(up, context)
+        assert isinstance(gradient, Gradient)
+        t3 = clock()
+        master.apply(gradient.vector, gradient.version)
+        t4 = clock()
+        encode += (t1 - t0) + (t3 - t2)
+        compute += (t2 - t1) + (t4 - t3)
+    master.end_epoch()
+    return compute, encode
+
+
+def _decode(data: bytes, context: DecodeContext) -> Any:
+    reader = FrameReader(DEFAULT_LIMITS)
+    reader.feed(data)
+    frame = reader.next_frame()
+    assert frame is not None
+    return decode_message(frame, context)
+
+
+def experiment_timing(context: Context) -> dict[str, Any]:
+    """Computation against encoding time per epoch, per algorithm (median over 3 epochs' measurements)."""
+    out = context.out / "timing"
+    report: dict[str, Any] = {"datasets": {}}
+    lines = ["# Computation against encoding time per epoch", ""]
+    for spec in context.specs():
+        dataset, _, _ = context.load(spec)
+        rows = {}
+        for name in TABLE_ALGORITHMS:
+            config = context.config(spec, dataset, algorithm=name)
+            samples = [epoch_timing(config, dataset, 4) for _ in range(1 if context.quick else 3)]
+            rows[name] = {
+                "computation": statistics.median(s["computation"] for s in samples),
+                "encoding": statistics.median(s["encoding"] for s in samples),
+                "updates": samples[0]["updates"],
+            }
+            context.log(
+                f"timing: {spec.name} {name:<14} computation {rows[name]['computation']:.3f} s, "
+                f"encoding {rows[name]['encoding']:.3f} s per epoch"
+            )
+        report["datasets"][spec.name] = rows
+        lines += [
+            f"## {spec.name}: {spec.describe}",
+            "",
+            f"m = {next(iter(rows.values()))['updates']} updates per epoch, measured in one process "
+            "with one BLAS thread, as in every worker process.",
+            "",
+            "| algorithm | computation s/epoch | encoding s/epoch | encoding share |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in rows.items():
+            share = row["encoding"] / (row["encoding"] + row["computation"])
+            lines.append(f"| {name} | {row['computation']:.3f} | {row['encoding']:.3f} | {share:.0%} |")
+        lines.append("")
+    write_report(out, "timing", report, "\n".join(lines) + "\n")
+    return report
+
+
+def experiment_workers(context: Context) -> dict[str, Any]:
+    """4 workers against 8: bits and time to target, updates per second, staleness."""
+    out = context.out / "workers"
+    report: dict[str, Any] = {"datasets": {}}
+    lines = ["# 4 workers against 8", ""]
+    counts = (2, 4) if context.quick else (4, 8)
+    for spec in context.specs():
+        dataset, _, target = context.load(spec)
+        rows = []
+        for workers in counts:
+            configs = [
+                context.config(spec, dataset, algorithm=name) for name in ("asyfpg", "asylpg", "acc-asylpg")
+            ]
+            for repeats in context.runs(spec, configs, workers=workers):
+                row = summarise(repeats, target)
+                run = repeats[0]
+                row["workers"] = workers
+                elapsed = run.points[-1].time if run.points else 0.0
+                row["updates_per_second"] = run.summary["version"] / elapsed if elapsed > 0 else None
+                row["staleness_mean"] = run.summary["staleness"]["mean"]
+                row["applied"] = run.summary["staleness"]["applied"]
+                row["staleness_max"] = run.summary["staleness"]["max"]
+                row["dropped"] = run.summary["staleness"]["dropped"]
+                rows.append(row)
+        report["datasets"][spec.name] = {"target": target, "rows": rows}
+        lines += [
+            f"## {spec.name}: {spec.describe}",
+            "",
+            "| M | algorithm | Mbit to target | s to target | final loss | updates/s | mean staleness | max "
+            "| applied | dropped |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['workers']} | {row['algorithm']} | "
+                f"{reach(row, fmt(row['bits_to_target'], 1e6))} | "
+                f"{reach(row, fmt(row['time_to_target']))} | {num(row['final_loss'], 6)} | "
+                f"{num(row['updates_per_second'], 0)} | {row['staleness_mean']:.2f} | "
+                f"{row['staleness_max']} | {row['applied']} | {json.dumps(row['dropped'])} |"
+            )
+        lines.append("")
+    write_report(out, "workers", report, "\n".join(lines) + "\n")
+    return report
+
+
+def experiment_network(context: Context) -> dict[str, Any]:
+    """Time to target on shaped links in network namespaces (root only; skipped otherwise)."""
+    out = context.out / "network"
+    reason = netlab.namespaces_unavailable()
+    if reason is not None:
+        context.log(f"network: skipped, {reason}")
+        report: dict[str, Any] = {"skipped": reason}
+        write_report(out, "network", report, f"# Shaped network\n\nSkipped: {reason}\n")
+        return report
+    report = {"datasets": {}}
+    lines = ["# Time to target on shaped links", ""]
+    links = [netlab.Link(100.0)] if context.quick else [netlab.Link(100.0), netlab.Link(1000.0)]
+    names = ("asyfpg", "asylpg") if context.quick else TABLE_ALGORITHMS
+    specs = context.specs()
+    if not context.quick and not context.datasets:
+        specs = [s for s in specs if s.name == "mnist"] or specs
+    for spec in specs:
+        dataset, path, target = context.load(spec)
+        rows: list[dict[str, Any]] = []
+        curves: dict[str, dict[str, RunResult]] = {}
+        for link in links:
+            runs = curves.setdefault(link.describe(), {})
+            for name in names:
+                config = context.config(spec, dataset, algorithm=name)
+                records_out = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit"
+                try:
+                    summary, records = netcluster.run_cluster(
+                        config,
+                        workers=4,
+                        link=link,
+                        data=path,
+                        out=records_out,
+                        record_every=record_every(dataset, config),
+                    )
+                except (netlab.NetLabError, ValueError) as exc:
+                    raise ExperimentError(f"network: {name} on {link.describe()}: {exc}") from exc
+                run = RunResult(config, 4, evaluate(config, dataset, records), summary)
+                row = summarise([run], target)
+                row["link"] = link.describe()
+                row["rate_mbit"] = link.rate_mbit
+                rows.append(row)
+                runs[name] = run
+                context.log(
+                    f"network: {spec.name} {name:<14} {link.describe()}: "
+                    + (
+                        f"target in {row['time_to_target']:.2f} s"
+                        if row["time_to_target"] is not None
+                        else "target not reached"
+                    )
+                )
+        for row in rows:
+            baseline = next(
+                (r for r in rows if r["algorithm"] == "asyfpg" and r["rate_mbit"] == row["rate_mbit"]), None
+            )
+            mine = row["time_to_target"]
+            row["sooner_than_asyfpg"] = (
+                baseline["time_to_target"] / mine
+                if baseline and baseline["time_to_target"] is not None and mine
+                else None
+            )
+        report["datasets"][spec.name] = {
+            "target": target,
+            "rows": rows,
+            "runs": {
+                link: {name: run.as_dict(target) for name, run in runs.items()}
+                for link, runs in curves.items()
+            },
+        }
+        figures = []
+        for shaped in links:
+            figure = f"{spec.name}_network_{shaped.rate_mbit:g}mbit.png"
+            label = shaped.describe()
+            plot_curves(
+                out / figure,
+                f"{spec.name}, every link {label}",
+                curves[label],
+                target,
+                context.optima.get(spec.name),
+            )
+            figures.append(figure)
+        lines += [
+            f"## {spec.name}: {spec.describe}",
+            "",
+            "Master and 4 workers in separate network namespaces, a star through a bridge, every link "
+            "shaped both ways.",
+            "",
+            "| link | algorithm | s to target | sooner than AsyFPG | Mbit to target | final loss |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['link']} | {row['algorithm']} | {fmt(row['time_to_target'])} | "
+                f"{times(row['sooner_than_asyfpg'])} | {fmt(row['bits_to_target'], 1e6)} | "
+                f"{row['final_loss']:.6f} |"
+            )
+        lines += ["", *(f"![loss on shaped links]({figure})" for figure in figures), ""]
+    write_report(out, "network", report, "\n".join(lines) + "\n")
+    return report
+
+
+#: Every experiment by name.
+EXPERIMENTS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "table1": experiment_table1,
+    "mu": experiment_mu,
+    "timing": experiment_timing,
+    "workers": experiment_workers,
+    "network": experiment_network,
+}
+
+
+def run_experiment(name: str, context: Context) -> dict[str, dict[str, Any]]:
+    """Run one experiment, or ``all``; return their reports by name.
+
+    Raises:
+        ExperimentError: for an unknown name, missing data or a failed run.
+    """
+    if name != "all" and name not in EXPERIMENTS:
+        raise ExperimentError(f"unknown experiment {name!r}: choose all or one of {', '.join(EXPERIMENTS)}")
+    names = list(EXPERIMENTS) if name == "all" else [name]
+    context.specs()  # fail early on a missing data folder or dataset
+    reports = {}
+    for each in names:
+        started = time.perf_counter()
+        reports[each] = EXPERIMENTS[each](context)
+        context.log(f"{each}: done in {time.perf_counter() - started:.1f} s, written to {context.out / each}")
+    return reports

@@ -1,0 +1,381 @@
+"""The experiments' building blocks: datasets and their settings, runs, evaluation and the context.
+
+A run is a real cluster (:func:`local_runner`); its model records are evaluated
+afterwards on the full training set (:func:`evaluate`), and the bits and time
+to a target are read off the evaluated points (:func:`to_target`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.optimize
+
+from ..data import load_dataset
+from ..errors import DataError, RunError
+from ..launch.local import run_coroutine, run_local
+from ..protocol.accounting import ModelRecord
+from ..protocol.algorithms import TrainConfig
+from ..protocol.dataset import Dataset
+from ..protocol.objectives import make_objective
+
+__all__ = [
+    "DATASETS",
+    "TABLE_ALGORITHMS",
+    "Context",
+    "DatasetSpec",
+    "ExperimentError",
+    "Point",
+    "RunResult",
+    "evaluate",
+    "local_runner",
+    "optimum",
+    "record_every",
+    "to_target",
+]
+
+#: Algorithms in the order of the paper's Table 1, and each one's full-precision counterpart.
+TABLE_ALGORITHMS = ("asyfpg", "qsvrg", "model-only", "asylpg", "sparse-asylpg", "acc-asyfpg", "acc-asylpg")
+MU_VALUES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+BIT_VALUES = (2, 4, 8)
+
+
+class ExperimentError(RunError):
+    """An experiment cannot run (missing data, a failed run): the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """One dataset of the experiments and the settings it is trained with."""
+
+    #: Short name: ``a9a``, ``w8a``, ``mnist``.
+    name: str
+    #: The training file, relative to the data folder (None: the bundled a9a).
+    train: str | None
+    #: The test set (MNIST IDX images and labels), relative to the data folder, if any.
+    test: tuple[str, str] | None
+    #: Training settings shared by every algorithm (TrainConfig fields).
+    settings: dict[str, Any]
+    #: Settings of one algorithm that differ from ``settings``, by algorithm name.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: An absolute target for the training objective (the paper's 0.05 for MNIST) ...
+    target_loss: float | None = None
+    #: ... or a relative gap to the optimum F* (logistic regression): target = F* (1 + gap).
+    target_gap: float | None = None
+    #: What the settings are, in words, for the results.
+    describe: str = ""
+
+
+def _lr_settings(epochs: int) -> dict[str, Any]:
+    return {"model": "logistic", "epochs": epochs, "l2": 1e-4, "step": 0.5, "bits": 4, "mu": 0.5, "batch": 64}
+
+
+#: The datasets, as docs/results.md describes them.  m is two passes over the data per epoch
+#: (SVRG's customary m = 2n / B), which halves the share of the full-precision snapshot phase
+#: in every algorithm's traffic against one pass (it stays large for the quantized variants on
+#: the 5,000-image MNIST set; docs/results.md).
+DATASETS: dict[str, DatasetSpec] = {
+    "a9a": DatasetSpec(
+        "a9a",
+        "libsvm/a9a",
+        None,
+        _lr_settings(12),
+        {"sparse-asylpg": {"phi": 0.25}},
+        target_gap=1e-3,
+        describe="logistic regression (d = 123), l2 = 1e-4, eta = 0.5, B = 64, b = 4, mu = 0.5 "
+        "(Sparse-AsyLPG: phi = d/4); target F* (1 + 1e-3)",
+    ),
+    "w8a": DatasetSpec(
+        "w8a",
+        "libsvm/w8a",
+        None,
+        {**_lr_settings(12), "step": 2.0},
+        {"sparse-asylpg": {"phi": 0.25}},
+        target_gap=1e-3,
+        describe="logistic regression (d = 300), l2 = 1e-4, eta = 2, B = 64, b = 4, mu = 0.5 "
+        "(Sparse-AsyLPG: phi = d/4); target F* (1 + 1e-3)",
+    ),
+    "mnist": DatasetSpec(
+        "mnist",
+        "mnist/mnist_5k.csv.gz",
+        ("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"),
+        {"model": "mlp", "hidden": 100, "epochs": 12, "l2": 1e-5, "step": 0.2, "bits": 4, "mu": 0.5},
+        target_loss=0.05,
+        describe="784-100-10 MLP, l2 = 1e-5, eta = 0.2, B = 64, b = 4, mu = 0.5; target loss 0.05",
+    ),
+}
+
+#: The quick mode's dataset: the bundled a9a, few epochs.
+QUICK = DatasetSpec(
+    "a9a-bundled",
+    None,
+    None,
+    _lr_settings(4),
+    DATASETS["a9a"].overrides,
+    target_gap=1e-2,
+    describe="quick mode: bundled a9a, 4 epochs, target F* (1 + 1e-2)",
+)
+
+
+# -- evaluation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One evaluated model copy."""
+
+    #: Model version t.
+    version: int
+    #: Epoch s.
+    epoch: int
+    #: Bits on the wire so far, both directions.
+    bits: int
+    #: Seconds since the first snapshot phase began (all workers joined).
+    time: float
+    #: Training objective F(x) on the full training set.
+    loss: float
+
+
+def evaluate(config: TrainConfig, dataset: Dataset, records: Sequence[ModelRecord]) -> list[Point]:
+    """F(x) on the full training set for every recorded model (not communication, not counted)."""
+    if not records:
+        return []
+    model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
+    regularizer = config.regularizer
+    start = records[0].time
+    points = []
+    for record in records:
+        loss_sum, _, _ = model.loss_grad(record.model, dataset.features, dataset.labels)
+        loss = loss_sum / dataset.samples + regularizer.value(record.model)
+        points.append(
+            Point(record.version, record.epoch, 8 * record.bytes_total, record.time - start, float(loss))
+        )
+    return points
+
+
+def to_target(points: Sequence[Point], target: float) -> Point | None:
+    """The first point whose loss is at or below ``target``, or None if the run never got there."""
+    return next((p for p in points if p.loss <= target), None)
+
+
+def optimum(dataset: Dataset, config: TrainConfig) -> float:
+    """F* = min_x (1/n) sum f_i(x) + l2/2 ||x||^2 for a convex model (logistic or softmax regression).
+
+    Found by scipy's L-BFGS-B to a tight tolerance from x = 0, with the same
+    loss and gradient code the workers use.
+
+    Raises:
+        ExperimentError: for a non-convex model, an L1 term, or if L-BFGS-B does not converge.
+    """
+    if config.model not in ("logistic", "softmax") or config.l1:
+        raise ExperimentError(f"no optimum for {config.model} with l1 = {config.l1}: give an absolute target")
+    model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
+    n, l2 = dataset.samples, config.l2
+
+    def objective(x: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        loss, grad, _ = model.loss_grad(x, dataset.features, dataset.labels)
+        return loss / n + 0.5 * l2 * float(x @ x), grad / n + l2 * x
+
+    result = scipy.optimize.minimize(
+        objective,
+        np.zeros(model.dim),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20_000, "gtol": 1e-11, "ftol": 1e-15},
+    )
+    # L-BFGS-B may stop on a failed line search at machine precision: accept that only
+    # where the gradient is tiny.
+    if not result.success and float(np.abs(result.jac).max()) > 1e-7:
+        raise ExperimentError(f"L-BFGS-B did not find F* on {dataset.name}: {result.message}")
+    return float(result.fun)
+
+
+# -- runs ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One training run, evaluated."""
+
+    #: The run's configuration.
+    config: TrainConfig
+    #: Number of workers M.
+    workers: int
+    #: The evaluated model copies.
+    points: list[Point]
+    #: The master's summary (trace, traffic, staleness, wall time).
+    summary: dict[str, Any]
+    #: The last model the master recorded (x_snap of the final snapshot phase).
+    final_model: npt.NDArray[np.float64] | None = None
+
+    def reached(self, target: float) -> Point | None:
+        """See :func:`to_target`."""
+        return to_target(self.points, target)
+
+    def as_dict(self, target: float) -> dict[str, Any]:
+        """A JSON-ready record: settings, figures to target, the loss curve."""
+        hit = self.reached(target)
+        traffic = self.summary["traffic"]
+        return {
+            "algorithm": self.config.algorithm,
+            "config": self.config.to_params(),
+            "workers": self.workers,
+            "target": target,
+            "bits_to_target": hit.bits if hit else None,
+            "time_to_target": hit.time if hit else None,
+            "epoch_at_target": hit.epoch if hit else None,
+            "final_loss": self.points[-1].loss if self.points else None,
+            "total_bits": 8 * traffic["total_bytes"]["both"],
+            "wall_time": self.summary.get("wall_time"),
+            "updates": self.summary["version"],
+            "staleness": self.summary["staleness"],
+            "wire_bytes": traffic["wire_bytes"],
+            "points": [asdict(p) for p in self.points],
+        }
+
+
+Runner = Callable[[TrainConfig, int], RunResult]
+
+
+def _updates_per_epoch(dataset: Dataset, config: TrainConfig) -> int:
+    return 2 * math.ceil(dataset.samples / config.batch)
+
+
+def record_every(dataset: Dataset, config: TrainConfig) -> int:
+    """Eight model copies per epoch of the run's own m (0 in the config: one pass, n / B)."""
+    updates = config.updates_per_epoch or math.ceil(dataset.samples / config.batch)
+    return max(1, updates // 8)
+
+
+def local_runner(dataset: Dataset, data_path: str | None, *, progress: bool = False) -> Runner:
+    """Runs on 127.0.0.1: the master here, the workers as processes (:func:`aiodq.launch.local.run_local`)."""
+
+    def run(config: TrainConfig, workers: int) -> RunResult:
+        records: list[ModelRecord] = []
+        try:
+            summary = run_coroutine(
+                run_local(
+                    config,
+                    dataset,
+                    data_path,
+                    workers,
+                    progress=progress,
+                    record_every=record_every(dataset, config),
+                    records=records,
+                )
+            )
+        except RunError as exc:
+            raise ExperimentError(f"{config.algorithm} on {dataset.name}: {exc}") from exc
+        final = records[-1].model if records else None
+        return RunResult(config, workers, evaluate(config, dataset, records), summary, final)
+
+    return run
+
+
+# -- the experiments -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Context:
+    """What every experiment gets: the data, the output folder, the options."""
+
+    #: The data folder (``../shared/data`` layout), or None for the bundled a9a only.
+    data: Path | None
+    #: The output folder; each experiment writes into ``out / NAME``.
+    out: Path
+    #: Quick mode: bundled a9a, few epochs.
+    quick: bool = False
+    #: Datasets to use (names of :data:`DATASETS`); empty: every one whose files exist.
+    datasets: tuple[str, ...] = ()
+    #: Seeds per configuration; figures are medians over them.
+    repeats: int = 1
+    #: Print progress lines.
+    log: Callable[[str], None] = print
+    #: TrainConfig fields set in every run, over the datasets' settings (e.g. ``entropy_coding=False``).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _loaded: dict[str, tuple[Dataset, str | None, float]] = field(default_factory=dict)
+    #: F* by dataset name, for the datasets whose target is a gap to the optimum.
+    optima: dict[str, float] = field(default_factory=dict)
+    #: Test sets by dataset name, loaded once.
+    test_sets: dict[str, Dataset] = field(default_factory=dict)
+
+    def specs(self) -> list[DatasetSpec]:
+        """The datasets this run uses."""
+        if self.quick:
+            return [QUICK]
+        if self.data is None:
+            raise ExperimentError(
+                "the experiments need the data folder (--data ../shared/data); "
+                "--quick runs on the bundled a9a"
+            )
+        names = self.datasets or tuple(
+            name for name, spec in DATASETS.items() if spec.train and (self.data / spec.train).exists()
+        )
+        unknown = [n for n in names if n not in DATASETS]
+        if unknown:
+            raise ExperimentError(f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}")
+        if not names:
+            raise ExperimentError(f"{self.data}: none of {', '.join(DATASETS)} is there")
+        return [DATASETS[n] for n in names]
+
+    def load(self, spec: DatasetSpec) -> tuple[Dataset, str | None, float]:
+        """The dataset, its path for the workers, and the target loss."""
+        if spec.name not in self._loaded:
+            path = None
+            if spec.train is not None:
+                assert self.data is not None
+                path = str((self.data / spec.train).resolve())
+            try:
+                dataset = load_dataset(path)
+            except DataError as exc:
+                raise ExperimentError(str(exc)) from exc
+            if spec.target_loss is not None:
+                target = spec.target_loss
+            else:
+                assert spec.target_gap is not None
+                best = optimum(dataset, self.config(spec, dataset))
+                self.optima[spec.name] = best
+                target = best * (1 + spec.target_gap)
+                self.log(f"{spec.name}: F* = {best:.8f}, target {target:.8f}")
+            self._loaded[spec.name] = (dataset, path, target)
+        return self._loaded[spec.name]
+
+    def config(self, spec: DatasetSpec, dataset: Dataset, **overrides: Any) -> TrainConfig:
+        """The dataset's settings (with the algorithm's own), m = 2n / B, and ``overrides``."""
+        algorithm = overrides.get("algorithm", spec.settings.get("algorithm", "asylpg"))
+        settings = {**spec.settings, **spec.overrides.get(algorithm, {}), **self.overrides, **overrides}
+        base = TrainConfig(**settings)
+        return replace(base, updates_per_epoch=_updates_per_epoch(dataset, base))
+
+    def runs(
+        self, spec: DatasetSpec, configs: Sequence[TrainConfig], workers: int = 4
+    ) -> list[list[RunResult]]:
+        """Every configuration over ``repeats`` seeds, on the local cluster."""
+        dataset, path, target = self.load(spec)
+        runner = local_runner(dataset, path)
+        results = []
+        for config in configs:
+            repeats = []
+            for seed in range(self.repeats):
+                started = time.perf_counter()
+                result = runner(replace(config, seed=config.seed + seed), workers)
+                hit = result.reached(target)
+                self.log(
+                    f"  {spec.name} {config.algorithm:<14} M={workers} seed {config.seed + seed}: "
+                    + (
+                        f"target at {hit.bits / 1e6:.2f} Mbit, {hit.time:.2f} s"
+                        if hit
+                        else "target not reached"
+                    )
+                    + f"; final loss {result.points[-1].loss:.6f} ({time.perf_counter() - started:.1f} s)"
+                )
+                repeats.append(result)
+            results.append(repeats)
+        return results

@@ -1,0 +1,263 @@
+"""``aiodq run``, ``aiodq master`` and ``aiodq worker``: the processes of a cluster, and live progress.
+
+:func:`run_local` starts a :class:`~aiodq.net.master.Master` in this process and M
+worker processes (``python -m aiodq worker``) on 127.0.0.1 and shows live progress
+with rich; :mod:`aiodq.launch.results` writes what the run produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from ..config import ConnectionConfig
+from ..data import load_dataset
+from ..errors import DataError, RunError
+from ..net.master import Master
+from ..net.worker import WorkerResult, run_worker
+from ..protocol.accounting import ModelRecord
+from ..protocol.algorithms import TrainConfig, initial_model
+from ..protocol.dataset import Dataset, shard
+from .results import save_records
+
+__all__ = [
+    "load_data_or_fail",
+    "master_main",
+    "run_coroutine",
+    "run_local",
+    "use_uvloop",
+    "worker_main",
+]
+
+
+def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return uvloop's loop factory where uvloop is installed, else None (the default loop).
+
+    Setting the environment variable ``AIODQ_NO_UVLOOP=1`` selects the default loop.
+    """
+    if os.environ.get("AIODQ_NO_UVLOOP"):
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional at run time
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """Run ``coroutine`` on a new event loop, uvloop's where available."""
+    with asyncio.Runner(loop_factory=use_uvloop()) as runner:
+        return runner.run(coroutine)
+
+
+# -- aiodq run ----------------------------------------------------------------
+
+
+def _worker_command(
+    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "aiodq",
+        "worker",
+        "--connect",
+        f"{host}:{port}",
+        "--shard",
+        f"{index}/{workers}",
+    ]
+    command += ["--seed", str(seed)]
+    if data is not None:
+        command += ["--data", data]
+    return command
+
+
+async def run_local(
+    config: TrainConfig,
+    dataset: Dataset,
+    data_path: str | None,
+    workers: int,
+    *,
+    progress: bool = True,
+    timeout: float = 3600.0,
+    record_every: int = 0,
+    records: list[ModelRecord] | None = None,
+) -> dict[str, Any]:
+    """One master here and ``workers`` worker processes on 127.0.0.1; return the summary.
+
+    With ``record_every`` > 0 the master keeps model copies (see
+    :class:`~aiodq.protocol.accounting.ModelRecord`); they are appended to ``records``.
+
+    Raises:
+        RunError: if a worker process fails or the run times out.
+    """
+    from rich.console import Console  # noqa: PLC0415 - only the CLI needs rich
+    from rich.live import Live  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    x0 = initial_model(config, dataset.features_count, dataset.classes)
+    # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
+    secret = secrets.token_hex(32)
+    connection_config = ConnectionConfig(secret=secret.encode())
+    async with Master(
+        config,
+        x0,
+        workers=workers,
+        host="127.0.0.1",
+        port=0,
+        connection_config=connection_config,
+        record_every=record_every,
+    ) as master:
+        host, port = master.address
+        env = dict(os.environ, PYTHONUNBUFFERED="1", AIODQ_SECRET=secret)
+        processes = [
+            await asyncio.create_subprocess_exec(
+                *_worker_command(host, port, i, workers, data=data_path, seed=config.seed),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            for i in range(workers)
+        ]
+        waiter = asyncio.create_task(master.wait(timeout))
+        exits = [asyncio.create_task(p.wait()) for p in processes]
+
+        def table() -> Table:
+            coordinator = master.coordinator
+            assert coordinator is not None
+            view = Table(title=f"aiodq run: {config.algorithm}, {workers} workers", expand=False)
+            for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
+                view.add_column(column, justify="right")
+            elapsed = max(master.elapsed, 1e-9)
+            for record in coordinator.trace[-8:]:
+                view.add_row(
+                    str(record.epoch),
+                    f"{record.loss:.6f}",
+                    f"{record.accuracy:.4f}",
+                    f"{8 * record.bytes_total / 1e6:.3f}",
+                    f"{record.version / max(record.time, 1e-9):.0f}",
+                )
+            view.caption = (
+                f"version {coordinator.state.version}, {8 * coordinator.traffic().total() / 1e6:.3f} Mbit, "
+                f"{coordinator.state.version / elapsed:.0f} updates/s, {elapsed:.1f} s"
+            )
+            return view
+
+        try:
+            with (
+                Live(table(), console=console, refresh_per_second=4, transient=False)
+                if progress
+                else (contextlib.nullcontext()) as live
+            ):
+                while not waiter.done():
+                    done_early = [
+                        p for p, e in zip(processes, exits, strict=True) if e.done() and p.returncode != 0
+                    ]
+                    if done_early:
+                        process = done_early[0]
+                        assert process.stderr is not None
+                        message = (await process.stderr.read()).decode(errors="replace").strip()
+                        raise RunError(
+                            f"worker process exited with status {process.returncode}: {message[-2000:]}"
+                        )
+                    await asyncio.wait(
+                        [waiter, *[e for e in exits if not e.done()]],
+                        timeout=0.25,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if live is not None:
+                        live.update(table())
+            try:
+                summary = waiter.result()
+            except TimeoutError:
+                raise RunError(f"the run did not finish within {timeout:.0f} s") from None
+            await asyncio.wait_for(asyncio.gather(*exits), 30)
+            failed = [p.returncode for p in processes if p.returncode != 0]
+            if failed:
+                raise RunError(f"worker processes exited with status {failed}")
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+            await asyncio.gather(*exits, return_exceptions=True)
+            waiter.cancel()
+        if records is not None and master.coordinator is not None:
+            records.extend(master.coordinator.records)
+    summary["dataset"] = dataset.name
+    summary["data_path"] = data_path
+    return summary
+
+
+# -- aiodq master / aiodq worker ------------------------------------------------
+
+
+async def master_main(
+    config: TrainConfig,
+    dataset: Dataset,
+    host: str,
+    port: int,
+    workers: int,
+    *,
+    records_path: Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``aiodq master``: serve until training finishes; return the summary.
+
+    ``options`` go to :class:`~aiodq.net.master.Master` (TLS, connection config, checkpoints,
+    ``record_every``); with ``records_path`` the model records are saved there
+    (:func:`~aiodq.launch.results.save_records`).
+    """
+    x0 = initial_model(config, dataset.features_count, dataset.classes)
+    async with Master(config, x0, workers=workers, host=host, port=port, **options) as master:
+        bound_host, bound_port = master.address
+        print(
+            f"aiodq master listening on {bound_host}:{bound_port}, waiting for {workers} workers", flush=True
+        )
+        summary = await master.wait()
+        if records_path is not None and master.coordinator is not None:
+            try:
+                save_records(master.coordinator.records, records_path)
+            except OSError as exc:
+                raise RunError(f"cannot write the model records to {records_path}: {exc}") from exc
+    summary["dataset"] = dataset.name
+    return summary
+
+
+async def worker_main(
+    host: str, port: int, dataset: Dataset, *, index: int, workers: int, seed: int, **options: Any
+) -> WorkerResult:
+    """``aiodq worker``: train on shard ``index`` of ``workers`` until the master closes.
+
+    ``options`` go to :func:`~aiodq.net.worker.run_worker` (TLS, connection config, retries).
+    """
+    rows = shard(dataset.samples, workers, index, seed=seed)
+    part = dataset.rows(rows)
+    # Several workers share the machine's cores: one BLAS thread each avoids oversubscription.
+    threadpool_limits(1, user_api="blas")
+    return await run_worker(
+        host,
+        port,
+        part.features,
+        part.labels,
+        name=f"shard-{index}/{workers}",
+        classes=dataset.classes,
+        **options,
+    )
+
+
+def load_data_or_fail(path: str | None) -> Dataset:
+    """Load a dataset, turning a bad file into :class:`RunError`."""
+    try:
+        return load_dataset(path)
+    except DataError as exc:
+        raise RunError(str(exc)) from exc

@@ -1,0 +1,188 @@
+"""What a training run counts: the trace, model records, traffic, staleness, drops and errors.
+
+The :class:`Ledger` is the coordinator's book-keeping, apart from its control
+logic (:mod:`aiodq.protocol.coordinator`) and from checkpointing
+(:mod:`aiodq.protocol.recovery`).  Traffic comes from the connections, which
+count wire bytes and analytic payload bits where each message is encoded or
+decoded (docs/algorithms.md 10); the ledger only adds them up when asked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .connection import Connection
+
+__all__ = ["MAX_ERRORS", "EpochRecord", "Ledger", "ModelRecord", "Traffic"]
+
+#: Protocol errors kept in the ledger; later ones are counted by code only, so that no peer
+#: can grow the master's memory, its result file or its checkpoint without bound.
+MAX_ERRORS = 100
+
+
+@dataclass(slots=True)
+class EpochRecord:
+    """One line of the trace: the state at the start of an epoch's snapshot phase."""
+
+    #: Epoch number s (the last record is the final model, after S epochs).
+    epoch: int
+    #: F(x_snap), the training objective at the snapshot.
+    loss: float
+    #: Fraction of training samples classified correctly at the snapshot.
+    accuracy: float
+    #: Bytes on the wire, both directions, before this snapshot phase began.
+    bytes_total: int
+    #: Seconds since the run started (the shell's clock).
+    time: float
+    #: Model version t.
+    version: int
+    #: Samples behind this snapshot phase (less than n if a worker was missing).
+    samples: int
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """A copy of the model the master held at one moment, for evaluation after the run.
+
+    Recorded only when the coordinator is given ``record_every``; evaluating
+    these models (the experiments do it on the full training set) sends nothing
+    and so is not counted as communication.
+    """
+
+    #: Model version t (applied updates so far).
+    version: int
+    #: Epoch s.
+    epoch: int
+    #: Bytes on the wire, both directions, when the copy was taken.
+    bytes_total: int
+    #: Seconds since the run started (the shell's clock).
+    time: float
+    #: The model: x_snap at the start of a snapshot phase, else the served model x.
+    model: npt.NDArray[np.float64]
+
+
+_DIRECTIONS = ("down", "up")
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Bytes and analytic payload bits, by direction and message kind (docs/algorithms.md 10)."""
+
+    #: Wire bytes per ``(direction, kind)``; ``kind == "header"`` counts frame headers.
+    wire_bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Messages per ``(direction, kind)``.
+    messages: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Analytic vector payload bits per ``(direction, kind)``.
+    payload_bits: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add_connection(self, connection: Connection) -> None:
+        """Add one master-side connection's counters (down = master to worker, up = worker to master)."""
+        for direction, tables in (
+            ("down", (connection.bytes_sent, connection.messages_sent, connection.payload_bits_sent)),
+            (
+                "up",
+                (connection.bytes_received, connection.messages_received, connection.payload_bits_received),
+            ),
+        ):
+            for counter, table in zip(
+                (self.wire_bytes, self.messages, self.payload_bits), tables, strict=True
+            ):
+                for kind, value in table.items():
+                    counter[direction, kind] += value
+
+    def add(self, other: Traffic) -> None:
+        """Add another tally."""
+        self.wire_bytes.update(other.wire_bytes)
+        self.messages.update(other.messages)
+        self.payload_bits.update(other.payload_bits)
+
+    def total(self, direction: str | None = None) -> int:
+        """Wire bytes in one direction, or both."""
+        return sum(v for (d, _), v in self.wire_bytes.items() if direction in (None, d))
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        out: dict[str, Any] = {}
+        for name, table in self.tables().items():
+            nested: dict[str, dict[str, int]] = {}
+            for (direction, kind), value in sorted(table.items()):
+                nested.setdefault(direction, {})[kind] = int(value)
+            out[name] = nested
+        out["total_bytes"] = {"down": self.total("down"), "up": self.total("up"), "both": self.total()}
+        return out
+
+    def tables(self) -> dict[str, Counter[tuple[str, str]]]:
+        """The three counters by name."""
+        return {"wire_bytes": self.wire_bytes, "messages": self.messages, "payload_bits": self.payload_bits}
+
+
+@dataclass(slots=True)
+class Ledger:
+    """The run's book: everything the summary, the log and a checkpoint report."""
+
+    #: The per-epoch trace.
+    trace: list[EpochRecord] = field(default_factory=list)
+    #: Model copies for evaluation after the run (see ``record_every``); not checkpointed.
+    records: list[ModelRecord] = field(default_factory=list)
+    #: Staleness t - D of every applied update, as a histogram.
+    applied_staleness: Counter[int] = field(default_factory=Counter)
+    #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``non-finite``.
+    dropped: Counter[str] = field(default_factory=Counter)
+    #: The first :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text)``.
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    #: Every protocol error, by code name (also those past :data:`MAX_ERRORS`).
+    error_counts: Counter[str] = field(default_factory=Counter)
+    #: Traffic of connections already closed and forgotten.
+    retired: Traffic = field(default_factory=Traffic)
+
+    def add_error(self, worker_id: int, code: str, reason: str) -> None:
+        """Record a protocol error (the text only while fewer than :data:`MAX_ERRORS` are kept)."""
+        self.error_counts[code] += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append((worker_id, code, reason))
+
+    def traffic(self, live: list[Connection]) -> Traffic:
+        """Bytes and payload bits so far: retired connections plus ``live`` ones."""
+        total = Traffic()
+        total.add(self.retired)
+        for connection in live:
+            total.add_connection(connection)
+        return total
+
+    def staleness(self, tau: int) -> dict[str, Any]:
+        """The staleness histogram and drops, JSON-ready."""
+        histogram = self.applied_staleness
+        applied = sum(histogram.values())
+        return {
+            "tau": tau,
+            "applied": applied,
+            "histogram": {str(k): v for k, v in sorted(histogram.items())},
+            "mean": (sum(k * v for k, v in histogram.items()) / applied) if applied else 0.0,
+            "max": max(histogram, default=0),
+            "dropped": dict(self.dropped),
+        }
+
+    def trace_rows(self) -> list[dict[str, Any]]:
+        """The trace, JSON-ready (bits as well as bytes)."""
+        return [
+            {
+                "epoch": r.epoch,
+                "loss": r.loss,
+                "accuracy": r.accuracy,
+                "bytes": r.bytes_total,
+                "bits": 8 * r.bytes_total,
+                "time": r.time,
+                "version": r.version,
+                "samples": r.samples,
+            }
+            for r in self.trace
+        ]
+
+    def error_rows(self) -> list[dict[str, Any]]:
+        """The kept errors, JSON-ready."""
+        return [{"worker": w, "code": c, "reason": r} for w, c, r in self.errors]

@@ -1,0 +1,457 @@
+"""The AsyLPG family and its baselines: update rules, pure numpy (docs/algorithms.md 5-9).
+
+Two halves per algorithm, both free of I/O and clocks:
+
+- :class:`MasterState` holds x, the snapshot, g_snap, the version counter and
+  (for the accelerated variants) y and theta; it quantizes models for workers
+  and applies their gradients under the staleness bound.
+- :class:`WorkerState` holds the worker's shard, rebuilds the models it
+  receives, and computes and quantizes gradients.
+
+| name           | model to workers        | gradient to master                  | momentum |
+|----------------|-------------------------|-------------------------------------|----------|
+| asylpg         | mu-quantized            | b-bit quantized alpha               | no       |
+| sparse-asylpg  | mu-quantized            | sparsified (phi), b-bit alpha       | no       |
+| acc-asylpg     | mu-quantized            | b-bit quantized alpha               | yes      |
+| asyfpg         | float32                 | float32 alpha                       | no       |
+| acc-asyfpg     | float32                 | float32 alpha                       | yes      |
+| qsvrg          | float32                 | QSGD(s) of alpha + g_snap           | no       |
+| model-only     | mu-quantized            | float32 alpha                       | no       |
+
+``alpha = grad f_B(x_hat) - grad f_B(x_snap)`` (mean over the mini-batch B,
+plus the L2 term), where ``x_hat`` is the model the worker received.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..codec.lowp import quantize_gradient, quantize_model
+from ..codec.qsgd import quantize_qsgd
+from ..codec.sparse import quantize_sparse
+from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
+from ..config import option
+from .objectives import Features, Objective, Regularizer, make_objective
+
+__all__ = [
+    "ALGORITHMS",
+    "AlgorithmSpec",
+    "ApplyOutcome",
+    "MasterState",
+    "TrainConfig",
+    "WorkerState",
+    "initial_model",
+]
+
+Array = npt.NDArray[np.floating[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmSpec:
+    """How one algorithm communicates."""
+
+    #: ``"quantized"`` (the mu-constraint) or ``"float32"``.
+    model: str
+    #: ``"dense"``, ``"sparse"``, ``"qsgd"`` or ``"float32"``.
+    gradient: str
+    #: True for the momentum (Acc-) variants.
+    accelerated: bool = False
+    #: True if workers need g_snap (QSVRG sends the full semi-stochastic gradient).
+    needs_full_gradient: bool = False
+    #: The full-precision counterpart, for bit savings.
+    baseline: str = "asyfpg"
+    #: The step size eta used when the configuration leaves it at 0.
+    default_step: float = 0.5
+
+
+#: Every algorithm by name (docs/algorithms.md 5-8).
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "asylpg": AlgorithmSpec("quantized", "dense"),
+    # The sparsifier's variance grows like d / phi: a smaller default step.
+    "sparse-asylpg": AlgorithmSpec("quantized", "sparse", default_step=0.2),
+    "acc-asylpg": AlgorithmSpec("quantized", "dense", accelerated=True, baseline="acc-asyfpg"),
+    "asyfpg": AlgorithmSpec("float32", "float32"),
+    "acc-asyfpg": AlgorithmSpec("float32", "float32", accelerated=True, baseline="acc-asyfpg"),
+    "qsvrg": AlgorithmSpec("float32", "qsgd", needs_full_gradient=True),
+    "model-only": AlgorithmSpec("quantized", "float32"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """A training run's hyperparameters; sent to workers in CONFIG (docs/algorithms.md 5).
+
+    Every field's help text is its documentation, and the command line's option
+    (``--updates-per-epoch`` for ``updates_per_epoch``; ``--no-entropy-coding`` for
+    a boolean that defaults to True): see :func:`aiodq.config.option`.
+    """
+
+    algorithm: str = option("asylpg", "algorithm (docs/algorithms.md)", choices=tuple(ALGORITHMS))
+    epochs: int = option(10, "epochs S")
+    updates_per_epoch: int = option(0, "applied updates per epoch m; 0: one pass over the data, n / batch")
+    step: float = option(0.0, "step size eta; 0: the algorithm's default (0.5, or 0.2 for sparse-asylpg)")
+    batch: int = option(64, "mini-batch size B")
+    bits: int = option(8, "gradient bits b, 2 to 16")
+    mu: float = option(0.5, "model precision mu of the mu-constraint")
+    model_bits_cap: int = option(16, "cap on the model bits b_x; above it models travel as float32")
+    entropy_coding: bool = option(
+        True,
+        "Rice-code quantized codes (DENSE_RICE, wire-format.md 5.8) where smaller; "
+        "off: fixed-width codes (DENSE) both ways, as the paper counts bits",
+    )
+    centre: str = option("snapshot", "what the model quantizer centres on", choices=("snapshot", "zero"))
+    phi: float = option(0.05, "sparsity budget phi as a fraction of d (sparse-asylpg)")
+    exact_budget: bool = option(
+        False, "recalibrate the keep probabilities to spend exactly phi (sparse-asylpg)"
+    )
+    qsgd_levels: int = option(16, "QSGD levels s (qsvrg)")
+    tau: int = option(
+        8, "staleness bound tau: a gradient computed on version D is applied at t only if t - D <= tau"
+    )
+    l2: float = option(1e-4, "L2 weight lambda2 of the regulariser")
+    l1: float = option(0.0, "L1 weight lambda1 of the regulariser (proximal step)")
+    acc_snapshot: str = option(
+        "average", "the next snapshot of the accelerated variants", choices=("last", "average")
+    )
+    seed: int = option(0, "random seed (sharding, initial model, quantizer dithers)")
+    model: str = option("logistic", "model", choices=("logistic", "softmax", "mlp"))
+    hidden: int = option(100, "hidden units of the MLP")
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        for name in ("bits", "model_bits_cap", "tau", "seed", "updates_per_epoch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        positive_ints = ("epochs", "batch", "qsgd_levels", "hidden")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.updates_per_epoch, int) or self.updates_per_epoch < 0:
+            raise ValueError("updates_per_epoch must be a non-negative integer")
+        if not 2 <= self.bits <= 16:
+            raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
+        if not 2 <= self.model_bits_cap <= 16:
+            raise ValueError("model_bits_cap must be between 2 and 16")
+        if self.step == 0:
+            object.__setattr__(self, "step", ALGORITHMS[self.algorithm].default_step)
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"step must be positive, got {self.step}")
+        if not (math.isfinite(self.mu) and self.mu > 0):
+            raise ValueError(f"mu must be positive, got {self.mu}")
+        if not (0 < self.phi <= 1):
+            raise ValueError(f"phi is a fraction of d in (0, 1], got {self.phi}")
+        if not isinstance(self.tau, int) or self.tau < 0:
+            raise ValueError(f"tau must be a non-negative integer, got {self.tau!r}")
+        if self.centre not in ("snapshot", "zero"):
+            raise ValueError("centre must be 'snapshot' or 'zero'")
+        if self.acc_snapshot not in ("last", "average"):
+            raise ValueError("acc_snapshot must be 'last' or 'average'")
+        if self.model not in ("logistic", "softmax", "mlp"):
+            raise ValueError("model must be logistic, softmax or mlp")
+        Regularizer(l2=self.l2, l1=self.l1)
+        if self.qsgd_levels > 0xFFFF:
+            raise ValueError("qsgd_levels must be at most 65535")
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        """The algorithm's communication pattern."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def regularizer(self) -> Regularizer:
+        """The regulariser R."""
+        return Regularizer(l2=self.l2, l1=self.l1)
+
+    def to_params(self) -> dict[str, bool | int | float | str]:
+        """The fields as a CONFIG parameter map."""
+        return dict(asdict(self))
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
+        """Rebuild from a CONFIG parameter map; unknown keys are ignored.
+
+        Raises:
+            ValueError: if a value is out of range or of the wrong type.
+        """
+        known = {f.name: f.type for f in fields(cls)}
+        values = {key: value for key, value in params.items() if key in known}
+        for key, value in values.items():
+            default = getattr(cls(), key)
+            if isinstance(default, bool) != isinstance(value, bool):
+                raise ValueError(f"parameter {key!r} has the wrong type")
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                values[key] = float(value)
+            elif type(default) is not type(values[key]):
+                raise ValueError(f"parameter {key!r} has the wrong type")
+        return cls(**values)
+
+
+def rebuild_model(vector: Vector, relative: bool, snapshot: Array) -> Array:
+    """The model a worker computes on: ``x_snap + v`` for relative messages, else ``v``."""
+    if isinstance(vector, EqualsSnapshot):
+        return snapshot.copy()
+    values = vector.to_dense(np.float64)
+    if relative:
+        values += snapshot
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """What happened to one gradient at the master."""
+
+    #: True if the update was applied.
+    applied: bool
+    #: t - D at receipt.
+    staleness: int
+    #: Why it was not applied: ``""``, ``"stale"`` or ``"non-finite"``.
+    reason: str = ""
+
+
+class MasterState:
+    """The master's optimisation state (docs/algorithms.md 5, 7, 9)."""
+
+    def __init__(self, config: TrainConfig, x0: Array) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.regularizer = config.regularizer
+        #: The served model x.
+        self.x: Array = np.array(x0, dtype=np.float64)
+        #: The snapshot x_snap of the current epoch, rounded to float32 precision: the
+        #: snapshot phase sends it in full precision, float32 (algorithms.md 5).
+        self.snapshot = to_wire_precision(self.x)
+        #: The full gradient at the snapshot, g_snap (regulariser included).
+        self.full_gradient = np.zeros_like(self.x)
+        #: The auxiliary sequence y of the accelerated variants.
+        self.y: Array = self.x.copy()
+        #: The momentum weight theta_s.
+        self.theta = 1.0
+        #: The model version t: applied updates so far.
+        self.version = 0
+        #: The current epoch s.
+        self.epoch = 0
+        #: Applied updates in the current epoch.
+        self.applied_in_epoch = 0
+        #: m, applied updates per epoch (fixed by the first snapshot phase).
+        self.updates_per_epoch = config.updates_per_epoch
+        #: n, the samples behind the last snapshot phase.
+        self.samples = 0
+        self._iterate_sum = np.zeros_like(self.x)
+        self._rng = np.random.default_rng([config.seed, 0xA5])
+        self._buffer = np.empty_like(self.x)
+
+    # -- checkpoints ------------------------------------------------------------
+
+    _ARRAYS = ("x", "snapshot", "full_gradient", "y")
+
+    def to_checkpoint(self) -> tuple[dict[str, Array], dict[str, Any]]:
+        """The state as arrays and JSON-ready scalars (aiodq.net.checkpoint)."""
+        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        arrays["iterate_sum"] = self._iterate_sum
+        meta = {
+            "theta": self.theta,
+            "version": self.version,
+            "epoch": self.epoch,
+            "applied_in_epoch": self.applied_in_epoch,
+            "updates_per_epoch": self.updates_per_epoch,
+            "samples": self.samples,
+            "rng": self._rng.bit_generator.state,
+        }
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, Array], meta: dict[str, Any]) -> None:
+        """Load what :meth:`to_checkpoint` produced.
+
+        Raises:
+            ValueError: if an array is missing or has the wrong shape.
+        """
+        for name in (*self._ARRAYS, "iterate_sum"):
+            value = np.asarray(arrays.get(name), dtype=np.float64)
+            if value.shape != self.x.shape:
+                raise ValueError(
+                    f"checkpoint array {name!r} has shape {value.shape}, expected {self.x.shape}"
+                )
+            setattr(self, "_iterate_sum" if name == "iterate_sum" else name, value.copy())
+        self.theta = float(meta["theta"])
+        self.version = int(meta["version"])
+        self.epoch = int(meta["epoch"])
+        self.applied_in_epoch = int(meta["applied_in_epoch"])
+        self.updates_per_epoch = int(meta["updates_per_epoch"])
+        self.samples = int(meta["samples"])
+        self._rng.bit_generator.state = meta["rng"]
+
+    # -- epochs ---------------------------------------------------------------
+
+    def finish_snapshot_phase(self, gradient_sum: Array, loss_sum: float, samples: int) -> float:
+        """Form g_snap and F(x_snap) from the workers' sums over ``samples``; return F(x_snap).
+
+        Raises:
+            ValueError: if ``samples`` is not positive.
+        """
+        if samples < 1:
+            raise ValueError("a snapshot phase needs at least one sample")
+        self.samples = samples
+        if not self.updates_per_epoch:
+            self.updates_per_epoch = max(1, math.ceil(samples / self.config.batch))
+        self.full_gradient = gradient_sum / self.samples + self.regularizer.l2 * self.snapshot
+        loss = loss_sum / self.samples + self.regularizer.value(self.snapshot)
+        if self.spec.accelerated:
+            # algorithms.md 7: the served model is x_snap + theta (y - x_snap).
+            self.x = self.snapshot + self.theta * (self.y - self.snapshot)
+        else:
+            self.x = self.snapshot.copy()
+        self._iterate_sum[:] = 0.0
+        self.applied_in_epoch = 0
+        return loss
+
+    @property
+    def epoch_done(self) -> bool:
+        """True once m updates were applied in this epoch."""
+        return self.applied_in_epoch >= self.updates_per_epoch
+
+    def end_epoch(self) -> None:
+        """algorithms.md 5.3 and 7: the next snapshot (and theta), then the next epoch number."""
+        if self.spec.accelerated:
+            if self.config.acc_snapshot == "average" and self.applied_in_epoch:
+                self.snapshot = to_wire_precision(self._iterate_sum / self.applied_in_epoch)
+            else:
+                self.snapshot = to_wire_precision(self.x)
+            theta = self.theta
+            self.theta = (math.sqrt(theta**4 + 4 * theta**2) - theta**2) / 2
+        else:
+            self.snapshot = to_wire_precision(self.x)
+        self.epoch += 1
+
+    # -- the inner loop -------------------------------------------------------
+
+    def model_message(self) -> tuple[Vector, bool]:
+        """The model to send now: ``(vector, relative)`` (algorithms.md 4)."""
+        if self.spec.model == "float32":
+            return RawVector(self.x.astype(np.float32)), False
+        payload = quantize_model(
+            self.x,
+            self.snapshot,
+            self.config.mu,
+            self._rng,
+            centre=self.config.centre,
+            max_bits=self.config.model_bits_cap,
+        )
+        return payload.vector, payload.relative
+
+    def apply(self, vector: Vector, version: int) -> ApplyOutcome:
+        """Apply a gradient computed on model ``version``, unless it is too stale (algorithms.md 9)."""
+        staleness = self.version - version
+        if staleness > self.config.tau:
+            return ApplyOutcome(False, staleness, "stale")
+        update = vector.to_dense(np.float64)
+        if not self.spec.needs_full_gradient:
+            update += self.full_gradient  # u = Q(alpha) + g_snap
+        step = self.config.step
+        if self.spec.accelerated:
+            # algorithms.md 7: y = prox(y - (eta / theta) u), x = x_snap + theta (y - x_snap).
+            scaled = step / self.theta
+            update *= -scaled
+            update += self.y
+            y = self.regularizer.prox(update, scaled)
+            x = np.subtract(y, self.snapshot, out=self._buffer)
+            x *= self.theta
+            x += self.snapshot
+            if not (_finite(x) and _finite(y)):
+                return ApplyOutcome(False, staleness, "non-finite")
+            self.y = y
+            self.x, self._buffer = x, self.x
+            self._iterate_sum += x
+        else:
+            # algorithms.md 5: x = prox(x - eta u), computed apart and kept only if finite.
+            update *= -step
+            update += self.x
+            x = self.regularizer.prox(update, step)
+            if not _finite(x):
+                return ApplyOutcome(False, staleness, "non-finite")
+            self.x = x
+        self.version += 1
+        self.applied_in_epoch += 1
+        return ApplyOutcome(True, staleness)
+
+
+def _finite(values: Array) -> bool:
+    """One pass: NaN or infinity anywhere (or overflow of the sum of squares) makes it False."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.dot(values, values)))
+
+
+def initial_model(config: TrainConfig, features: int, classes: int) -> Array:
+    """x_0 of the configured model for data of this shape (seeded by ``config.seed``)."""
+    model = make_objective(config.model, features, classes, config.hidden)
+    return model.initial(np.random.default_rng([config.seed, 0x1417]))
+
+
+class WorkerState:
+    """A worker's state: its shard, the snapshot, and the gradient computation (algorithms.md 5)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: Objective,
+        features: Features,
+        labels: npt.NDArray[Any],
+        worker_id: int,
+    ) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.model = model
+        self.features = features
+        self.labels = labels
+        self.samples = int(labels.shape[0])
+        self.snapshot = np.zeros(model.dim)
+        self.full_gradient = np.zeros(model.dim)
+        self._rng = np.random.default_rng([config.seed, 0x5EED, worker_id])
+        self._budget = max(1.0, config.phi * model.dim)
+
+    def snapshot_phase(self, snapshot: Array) -> tuple[float, Array, int]:
+        """Store x_snap; return the sums over the shard: ``(loss, gradient, correct)``."""
+        self.snapshot = np.array(snapshot, dtype=np.float64)
+        return self.model.loss_grad(self.snapshot, self.features, self.labels)
+
+    def set_full_gradient(self, full_gradient: Array) -> None:
+        """Store g_snap (QSVRG)."""
+        self.full_gradient = np.array(full_gradient, dtype=np.float64)
+
+    def gradient_message(self, vector: Vector, relative: bool) -> Vector:
+        """Rebuild the received model, sample a mini-batch, and return the gradient to send."""
+        return self.compress(self.variance_reduced(vector, relative))
+
+    def variance_reduced(self, vector: Vector, relative: bool) -> Array:
+        """The computation: ``alpha = grad f_B(x_hat) - grad f_B(x_snap)`` (+ L2) on a fresh mini-batch."""
+        x_hat = rebuild_model(vector, relative, self.snapshot)
+        # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
+        batch = self.config.batch
+        rows = self._rng.integers(0, self.samples, size=batch)
+        features = self.features[rows]
+        labels = self.labels[rows]
+        _, at_model, _ = self.model.loss_grad(x_hat, features, labels)
+        _, at_snapshot, _ = self.model.loss_grad(self.snapshot, features, labels)
+        alpha = (at_model - at_snapshot) / batch
+        alpha += self.config.l2 * (x_hat - self.snapshot)
+        return alpha
+
+    def compress(self, alpha: Array) -> Vector:
+        """The encoding: ``alpha`` as the algorithm sends it (quantized, sparsified, QSGD or float32)."""
+        kind = self.spec.gradient
+        if kind == "float32":
+            return RawVector(alpha.astype(np.float32)) if alpha.any() else ZeroVector(alpha.shape[0])
+        if kind == "dense":
+            return quantize_gradient(alpha, self.config.bits, self._rng)
+        if kind == "sparse":
+            return quantize_sparse(
+                alpha, self._budget, self.config.bits, self._rng, exact=self.config.exact_budget
+            )
+        return quantize_qsgd(alpha + self.full_gradient, self.config.qsgd_levels, self._rng)

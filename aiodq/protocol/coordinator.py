@@ -1,0 +1,513 @@
+"""The master's control logic over all its worker connections, sans I/O (docs/algorithms.md 5, 9).
+
+A :class:`Coordinator` owns one :class:`~aiodq.protocol.connection.MasterConnection` per
+worker and a :class:`~aiodq.protocol.algorithms.MasterState`.  The shell (asyncio, or
+an in-memory simulation) hands it bytes per worker and the time, and collects
+the bytes to send; the coordinator runs the epochs:
+
+1. wait until ``workers`` workers have joined (HELLO, answered by WELCOME and CONFIG);
+2. snapshot phase: SNAPSHOT to every worker, wait for every SNAPSHOT_GRADIENT,
+   form g_snap and F(x_snap) (and send FULL_GRADIENT where the algorithm needs it);
+3. inner loop: a MODEL to every worker; each GRADIENT is applied unless it is
+   staler than tau, and its sender gets a fresh MODEL; after m applied updates
+   the next epoch starts (gradients still in flight are dropped as late);
+4. after the last epoch, one more snapshot phase evaluates the final model,
+   then every worker gets CLOSE.
+
+Staleness policy (docs/algorithms.md 9): a gradient computed on model version D
+and received at version t is applied only if ``t - D <= tau``; otherwise it is
+dropped, counted, and its sender gets a fresh model.  A worker that leaves is
+removed; a snapshot phase waits only for the workers still connected, so the
+departed shard is missing from g_snap and F until the worker rejoins (it
+re-enters at the next snapshot phase).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..codec.events import (
+    Close,
+    ConfigMessage,
+    ConnectionClosed,
+    ErrorMessage,
+    Event,
+    FullGradient,
+    Gradient,
+    Hello,
+    ModelMessage,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
+from ..codec.registry import ALL_ENCODINGS, Encoding
+from ..codec.vectors import full_precision
+from ..config import ConnectionConfig
+from ..errors import CheckpointError, ErrorCode, RemoteProtocolError
+from . import recovery
+from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
+from .algorithms import MasterState, TrainConfig
+from .connection import ConnectionState, MasterConnection
+from .recovery import Checkpoint
+
+__all__ = ["Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
+
+
+class Phase(Enum):
+    """Where the run stands."""
+
+    #: Waiting for the workers to join.
+    JOINING = "joining"
+    #: Snapshot phase: waiting for SNAPSHOT_GRADIENTs.
+    SNAPSHOT = "snapshot"
+    #: Inner loop: applying gradients.
+    INNER = "inner"
+    #: Training finished; CLOSE sent.
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class _Worker:
+    connection: MasterConnection
+    joined: bool = False
+    #: True if this worker takes part in the current snapshot phase / inner loop.
+    active: bool = False
+    #: True while the current snapshot phase waits for this worker.
+    awaiting_snapshot: bool = False
+    #: The epoch of a SNAPSHOT sent and not answered yet (the protocol allows one at a time).
+    snapshot_sent: int | None = None
+
+
+class Coordinator:
+    """Runs a training session over many worker connections, without doing I/O."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        x0: npt.NDArray[np.floating[Any]],
+        *,
+        workers: int,
+        connection_config: ConnectionConfig | None = None,
+        now: float = 0.0,
+        record_every: int = 0,
+    ) -> None:
+        """Configure; nothing is sent until workers connect.
+
+        Args:
+            config: the run's hyperparameters.
+            x0: the initial model.
+            workers: the number of workers M to wait for.
+            connection_config: limits, timeouts and the shared secret of every connection.
+            now: the shell's clock at creation.
+            record_every: if positive, keep a :class:`ModelRecord` at the start of every
+                snapshot phase and after every ``record_every``-th applied update, in
+                :attr:`records` (not checkpointed).
+        """
+        if workers < 1:
+            raise ValueError("need at least one worker")
+        if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
+            raise ValueError("record_every must be a non-negative integer")
+        self.config = config
+        self.state = MasterState(config, x0)
+        self.dim = int(self.state.x.shape[0])
+        self.expected_workers = workers
+        self.phase = Phase.JOINING
+        base = connection_config or ConnectionConfig()
+        if not config.entropy_coding:
+            # Fixed-width codes both ways: no DENSE_RICE sent, none announced (wire-format.md 6.2).
+            announced = (base.encodings or ALL_ENCODINGS) - {int(Encoding.DENSE_RICE)}
+            base = dataclasses.replace(base, encodings=frozenset(announced), dense_rice=False)
+        self._connection_config = base
+        self._announced = frozenset(base.encodings or ALL_ENCODINGS)
+        self._workers: dict[int, _Worker] = {}
+        self._next_id = 0
+        self._started = now
+        self._gradient_sum = np.zeros(self.dim)
+        self._loss_sum = 0.0
+        self._samples = 0
+        self._correct = 0
+        self._bytes_at_snapshot = 0
+        self._record_every = record_every
+        #: The run's book: trace, model records, staleness, drops, errors, retired traffic.
+        self.ledger = Ledger()
+        self.finished_at: float | None = None
+        #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
+        #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
+        self._resuming = False
+
+    # -- the shell's interface -------------------------------------------------
+
+    def connect(self, now: float) -> int:
+        """Register a new transport; return its worker id."""
+        worker_id = self._next_id
+        self._next_id += 1
+        self._workers[worker_id] = _Worker(MasterConnection(self._connection_config, now=now))
+        return worker_id
+
+    def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
+        """Bytes from a worker (``b""`` at end of stream); process every whole message."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        connection = worker.connection
+        connection.receive_data(data, now)
+        while True:
+            try:
+                event = connection.next_event()
+            except RemoteProtocolError as exc:
+                self.ledger.add_error(worker_id, exc.code.name, str(exc))
+                self._drop_worker(worker_id, now)
+                return
+            if event is None:
+                return
+            self._handle(worker_id, event, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run the connections' timers (heartbeats, timeouts)."""
+        for worker_id, worker in list(self._workers.items()):
+            timer = worker.connection.get_timer()
+            if timer is not None and timer <= now:
+                worker.connection.handle_timer(now)
+                while (event := worker.connection.next_event()) is not None:
+                    self._handle(worker_id, event, now)
+
+    def get_timer(self) -> float | None:
+        """The earliest connection timer."""
+        timers = [t for w in self._workers.values() if (t := w.connection.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def data_to_send(self) -> dict[int, bytes]:
+        """Bytes to write, per worker id (only workers with something to send)."""
+        out = {}
+        for worker_id, worker in self._workers.items():
+            data = worker.connection.data_to_send()
+            if data:
+                out[worker_id] = data
+        return out
+
+    def closed_workers(self) -> list[int]:
+        """Workers whose session is over: the shell closes their transports, then :meth:`forget`s them."""
+        return [wid for wid, w in self._workers.items() if w.connection.state is ConnectionState.CLOSED]
+
+    def forget(self, worker_id: int) -> None:
+        """Drop a closed worker's connection, keeping its traffic counters."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is not None:
+            self.ledger.retired.add_connection(worker.connection)
+
+    def disconnect(self, worker_id: int, now: float) -> None:
+        """The transport to a worker was lost."""
+        self._drop_worker(worker_id, now)
+
+    @property
+    def done(self) -> bool:
+        """True once training finished and CLOSE went to every worker."""
+        return self.phase is Phase.DONE
+
+    @property
+    def live_workers(self) -> int:
+        """Workers that joined and are still connected."""
+        return sum(1 for w in self._workers.values() if w.joined)
+
+    def traffic(self) -> Traffic:
+        """Bytes and payload bits so far, over every connection, past and present."""
+        return self.ledger.traffic([w.connection for w in self._workers.values()])
+
+    # The ledger's tables, as attributes of the coordinator.
+
+    @property
+    def trace(self) -> list[EpochRecord]:
+        """The per-epoch trace."""
+        return self.ledger.trace
+
+    @property
+    def records(self) -> list[ModelRecord]:
+        """Model copies for evaluation after the run (see ``record_every``)."""
+        return self.ledger.records
+
+    @property
+    def applied_staleness(self) -> Counter[int]:
+        """Staleness t - D of every applied update, as a histogram."""
+        return self.ledger.applied_staleness
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``non-finite``."""
+        return self.ledger.dropped
+
+    @property
+    def errors(self) -> list[tuple[int, str, str]]:
+        """The first protocol errors seen, as ``(worker_id, code name, text)``."""
+        return self.ledger.errors
+
+    # -- events -----------------------------------------------------------------
+
+    def _handle(self, worker_id: int, event: Event, now: float) -> None:
+        worker = self._workers[worker_id]
+        if isinstance(event, Hello):
+            self._join(worker_id, worker, now)
+        elif isinstance(event, SnapshotGradient):
+            self._snapshot_gradient(worker, event, now)
+        elif isinstance(event, Gradient):
+            self._gradient(worker_id, worker, event, now)
+        elif isinstance(event, ErrorMessage):
+            self.ledger.add_error(worker_id, _code_name(event.code), event.reason)
+        elif isinstance(event, Close | ConnectionClosed):
+            # A peer's CLOSE with an error code (AUTH_FAILED from a worker without the
+            # secret, say) and a local timeout are recorded, so the master logs why.
+            code = event.code
+            if code is not None and code != ErrorCode.NO_ERROR:
+                reason = event.reason if isinstance(event, Close) else "timed out"
+                self.ledger.add_error(worker_id, _code_name(code), reason)
+            self._drop_worker(worker_id, now)
+
+    def _send(self, worker: _Worker, event: Event, now: float) -> None:
+        worker.connection.send(event, now)
+
+    def _join(self, worker_id: int, worker: _Worker, now: float) -> None:
+        connection = worker.connection
+        if self.phase is Phase.DONE or self.live_workers >= self.expected_workers:
+            connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
+            return
+        version = connection.negotiated_version or 1
+        self._send(worker, Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
+        self._send(
+            worker,
+            ConfigMessage(dim=self.dim, algorithm=self.config.algorithm, params=self.config.to_params()),
+            now,
+        )
+        worker.joined = True
+        if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
+            self._start_snapshot_phase(now)
+        elif self.phase in (Phase.SNAPSHOT, Phase.INNER):
+            # A worker that (re)joins a running session: in a snapshot phase it takes part;
+            # in the inner loop it gets x_snap first and then models, and its shard enters
+            # g_snap and F from the next snapshot phase on.
+            worker.active = True
+            worker.awaiting_snapshot = self.phase is Phase.SNAPSHOT
+            self._send_snapshot(worker, now)
+
+    def _start_snapshot_phase(self, now: float) -> None:
+        self.phase = Phase.SNAPSHOT
+        self._gradient_sum[:] = 0.0
+        self._loss_sum, self._samples, self._correct = 0.0, 0, 0
+        self._bytes_at_snapshot = self.traffic().total()
+        if self._record_every and not self._resuming:
+            # (A phase that resumes a checkpointed epoch only hands x_snap out again.)
+            self._record(self.state.snapshot, self._bytes_at_snapshot, now)
+        for worker in self._workers.values():
+            if worker.joined:
+                worker.active = True
+                worker.awaiting_snapshot = True
+                self._send_snapshot(worker, now)
+        self._maybe_finish_snapshot_phase(now)
+
+    def _send_snapshot(self, worker: _Worker, now: float) -> None:
+        """Send the current SNAPSHOT, unless an older one is still unanswered.
+
+        A worker that joined late may still owe the answer to an earlier epoch's SNAPSHOT
+        when the next phase starts; it gets the current one as soon as it answers.
+        """
+        if worker.snapshot_sent is not None:
+            return
+        state = self.state
+        worker.snapshot_sent = state.epoch
+        self._send(worker, Snapshot(epoch=state.epoch, vector=full_precision(state.snapshot)), now)
+
+    def _snapshot_gradient(self, worker: _Worker, event: SnapshotGradient, now: float) -> None:
+        worker.snapshot_sent = None
+        if event.epoch != self.state.epoch:
+            # The answer to an older epoch's SNAPSHOT: its sums are out of date.
+            if worker.joined and self.phase in (Phase.SNAPSHOT, Phase.INNER):
+                self._send_snapshot(worker, now)
+            return
+        if self.phase is Phase.INNER:
+            worker.awaiting_snapshot = False
+            # A late joiner now holds x_snap: bring it into the inner loop.
+            if self.state.spec.needs_full_gradient:
+                self._send(
+                    worker,
+                    FullGradient(epoch=self.state.epoch, vector=full_precision(self.state.full_gradient)),
+                    now,
+                )
+            self._send_model(worker, now)
+            return
+        if self.phase is not Phase.SNAPSHOT or not worker.awaiting_snapshot:
+            return
+        worker.awaiting_snapshot = False
+        self._gradient_sum += event.vector.values
+        self._loss_sum += event.loss
+        self._samples += event.samples
+        self._correct += event.correct
+        self._maybe_finish_snapshot_phase(now)
+
+    def _maybe_finish_snapshot_phase(self, now: float) -> None:
+        if self.phase is not Phase.SNAPSHOT or any(w.awaiting_snapshot for w in self._workers.values()):
+            return
+        active = [w for w in self._workers.values() if w.active and w.joined]
+        if not active or self._samples == 0:
+            # Every worker left during the phase: wait for workers to join again.
+            self.phase = Phase.JOINING
+            return
+        state = self.state
+        if self._resuming:
+            # A mid-epoch restart: the workers have x_snap again; x, g_snap, the version
+            # and the epoch's applied updates come from the checkpoint.
+            self._resuming = False
+            self._start_inner_loop(active, now)
+            return
+        loss = state.finish_snapshot_phase(self._gradient_sum, self._loss_sum, self._samples)
+        self.trace.append(
+            EpochRecord(
+                epoch=state.epoch,
+                loss=loss,
+                accuracy=self._correct / self._samples,
+                bytes_total=self._bytes_at_snapshot,
+                time=now - self._started,
+                version=state.version,
+                samples=self._samples,
+            )
+        )
+        if state.epoch >= self.config.epochs or not math.isfinite(loss):
+            self._finish(now)
+            return
+        self._start_inner_loop(active, now)
+
+    def _start_inner_loop(self, active: list[_Worker], now: float) -> None:
+        state = self.state
+        self.phase = Phase.INNER
+        if state.spec.needs_full_gradient:
+            full = FullGradient(epoch=state.epoch, vector=full_precision(state.full_gradient))
+            for worker in active:
+                self._send(worker, full, now)
+        for worker in active:
+            self._send_model(worker, now)
+
+    def _send_model(self, worker: _Worker, now: float) -> None:
+        vector, relative = self.state.model_message()
+        self._send(
+            worker,
+            ModelMessage(
+                epoch=self.state.epoch, version=self.state.version, vector=vector, relative=relative
+            ),
+            now,
+        )
+
+    def _gradient(self, worker_id: int, worker: _Worker, event: Gradient, now: float) -> None:
+        state = self.state
+        if self.phase is not Phase.INNER or event.epoch != state.epoch:
+            self.dropped["late"] += 1
+            return
+        outcome = state.apply(event.vector, event.version)
+        if outcome.applied:
+            self.applied_staleness[outcome.staleness] += 1
+            if self._record_every and state.version % self._record_every == 0 and not state.epoch_done:
+                self._record(state.x, self.traffic().total(), now)
+        else:
+            self.dropped[outcome.reason] += 1
+            if outcome.reason == "non-finite":
+                self._send(
+                    worker,
+                    ErrorMessage(code=ErrorCode.NON_FINITE, epoch=event.epoch, version=event.version),
+                    now,
+                )
+        if state.epoch_done:
+            state.end_epoch()
+            self._start_snapshot_phase(now)
+        else:
+            self._send_model(worker, now)
+
+    def _record(self, model: npt.NDArray[np.floating[Any]], bytes_total: int, now: float) -> None:
+        state = self.state
+        self.ledger.records.append(
+            ModelRecord(
+                version=state.version,
+                epoch=state.epoch,
+                bytes_total=bytes_total,
+                time=now - self._started,
+                model=np.array(model, dtype=np.float64),
+            )
+        )
+
+    def _finish(self, now: float) -> None:
+        self.phase = Phase.DONE
+        self.finished_at = now
+        for worker in self._workers.values():
+            worker.connection.close(now, ErrorCode.NO_ERROR, "training complete")
+
+    def _drop_worker(self, worker_id: int, now: float) -> None:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        was_member = worker.joined
+        worker.joined = worker.active = worker.awaiting_snapshot = False
+        if worker.connection.state is not ConnectionState.CLOSED:
+            worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
+        if was_member and self.phase is Phase.SNAPSHOT:
+            self._maybe_finish_snapshot_phase(now)
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def checkpoint(self, now: float) -> Checkpoint:
+        """Everything needed to continue this run later (:mod:`aiodq.protocol.recovery`)."""
+        return recovery.capture(
+            self.config,
+            self.state,
+            self.ledger,
+            self.traffic(),
+            workers=self.expected_workers,
+            # A resumed run that has not reached its inner loop again is still mid-epoch.
+            phase=Phase.INNER.value if self._resuming else self.phase.value,
+            elapsed=now - self._started,
+        )
+
+    def restore(self, checkpoint: Checkpoint, now: float) -> None:
+        """Continue from ``checkpoint``: call before any worker connects.
+
+        Losing only the work since the checkpoint: a checkpoint taken in the inner
+        loop resumes that epoch where it stood, after the workers have been sent
+        x_snap again; one taken in a snapshot phase repeats that phase.
+
+        Raises:
+            CheckpointError: if the checkpoint belongs to another configuration, is finished,
+                incomplete or damaged.
+        """
+        if self._workers:
+            raise CheckpointError("restore() must come before any worker connects")
+        resumed = recovery.restore(checkpoint, self.config, self.state)
+        self.ledger = resumed.ledger
+        self._started = now - resumed.elapsed
+        self._resuming = resumed.mid_epoch
+
+    # -- results ----------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """The run's figures: trace, traffic, staleness and drops, as a JSON-ready dict."""
+        ledger = self.ledger
+        return {
+            "config": self.config.to_params(),
+            "dim": self.dim,
+            "workers": self.expected_workers,
+            "updates_per_epoch": self.state.updates_per_epoch,
+            "version": self.state.version,
+            "trace": ledger.trace_rows(),
+            "traffic": self.traffic().as_dict(),
+            "staleness": ledger.staleness(self.config.tau),
+            "errors": ledger.error_rows(),
+            "error_counts": dict(ledger.error_counts),
+        }
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)

@@ -1,0 +1,113 @@
+"""Checkpoint state: the master's whole run as arrays and JSON-ready metadata, and back.
+
+A :class:`Checkpoint` is a pure value: named float64 arrays (the model, the
+snapshot, g_snap, y and the iterate sum) and a JSON document (the counters, the
+quantizer's random-generator state, the trace, the staleness, drop, error and
+traffic counters).  Writing it to disk atomically is the shell's business
+(:mod:`aiodq.net.checkpoint`); this module builds it from a running coordinator's
+parts and checks everything in it before any of it is used again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+
+from ..errors import CheckpointError
+from .accounting import EpochRecord, Ledger, Traffic
+from .algorithms import MasterState, TrainConfig
+
+__all__ = ["Checkpoint", "Resumed", "capture", "restore"]
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Arrays and JSON metadata of one checkpoint."""
+
+    #: Named float64 arrays.
+    arrays: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+    #: JSON-ready metadata.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What a restored checkpoint hands back to the coordinator besides the master state."""
+
+    #: The run's book as it stood.
+    ledger: Ledger
+    #: Seconds of training before the checkpoint.
+    elapsed: float
+    #: True if the checkpoint was taken in an inner loop (the epoch resumes where it stood).
+    mid_epoch: bool
+
+
+def capture(
+    config: TrainConfig,
+    state: MasterState,
+    ledger: Ledger,
+    traffic: Traffic,
+    *,
+    workers: int,
+    phase: str,
+    elapsed: float,
+) -> Checkpoint:
+    """Everything needed to continue a run later."""
+    arrays, state_meta = state.to_checkpoint()
+    meta = {
+        "config": config.to_params(),
+        "dim": int(state.x.shape[0]),
+        "workers": workers,
+        "phase": phase,
+        "elapsed": elapsed,
+        "state": state_meta,
+        "trace": [asdict(record) for record in ledger.trace],
+        "applied_staleness": [[k, v] for k, v in ledger.applied_staleness.items()],
+        "dropped": dict(ledger.dropped),
+        "errors": [list(error) for error in ledger.errors],
+        "error_counts": dict(ledger.error_counts),
+        "traffic": {
+            name: [[d, k, v] for (d, k), v in table.items()] for name, table in traffic.tables().items()
+        },
+    }
+    return Checkpoint(arrays, meta)
+
+
+def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> Resumed:
+    """Load ``checkpoint`` into ``state``; return the ledger and clock it carries.
+
+    Raises:
+        CheckpointError: if the checkpoint belongs to another configuration or dimension, is
+            finished, or is incomplete or damaged.
+    """
+    meta = checkpoint.meta
+    if meta.get("config") != config.to_params() or meta.get("dim") != int(state.x.shape[0]):
+        raise CheckpointError("the checkpoint was written by a run with another configuration or dimension")
+    phase = meta.get("phase")
+    if phase == "done":
+        raise CheckpointError("the checkpointed run had already finished")
+    try:
+        state.restore(checkpoint.arrays, meta["state"])
+        ledger = Ledger(
+            trace=[EpochRecord(**record) for record in meta["trace"]],
+            applied_staleness=Counter({int(k): int(v) for k, v in meta["applied_staleness"]}),
+            dropped=Counter({str(k): int(v) for k, v in meta["dropped"].items()}),
+            errors=[(int(w), str(c), str(r)) for w, c, r in meta["errors"]],
+            error_counts=Counter({str(k): int(v) for k, v in meta.get("error_counts", {}).items()}),
+        )
+        for name, rows in meta["traffic"].items():
+            table = ledger.retired.tables()[name]
+            for direction, kind, value in rows:
+                table[str(direction), str(kind)] += int(value)
+        elapsed = float(meta["elapsed"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
+    if not (math.isfinite(elapsed) and elapsed >= 0):
+        raise CheckpointError(f"the checkpoint's elapsed time {elapsed!r} is not a time")
+    if phase not in ("joining", "snapshot", "inner"):
+        raise CheckpointError(f"the checkpoint's phase {phase!r} is not one of joining, snapshot, inner")
+    return Resumed(ledger, elapsed, mid_epoch=phase == "inner")

@@ -1,0 +1,147 @@
+"""A worker's side of a training session, sans I/O: connection plus computation.
+
+:class:`WorkerSession` wraps a :class:`~aiodq.protocol.connection.WorkerConnection` and
+a :class:`~aiodq.protocol.algorithms.WorkerState`: it answers SNAPSHOT with the sums over
+its shard, MODEL with a quantized gradient, and stops at CLOSE.  The asyncio
+worker (and the in-memory simulation) feed it bytes and send what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy.typing as npt
+
+from ..codec.events import (
+    Close,
+    ConfigMessage,
+    ConnectionClosed,
+    ErrorMessage,
+    Event,
+    FullGradient,
+    Gradient,
+    Hello,
+    ModelMessage,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
+from ..codec.vectors import full_precision
+from ..config import ConnectionConfig
+from ..errors import ErrorCode, RemoteProtocolError
+from .algorithms import TrainConfig, WorkerState
+from .connection import ConnectionState, WorkerConnection
+from .dataset import class_count
+from .objectives import Features, Objective, make_objective
+
+__all__ = ["WorkerSession"]
+
+
+class WorkerSession:
+    """One worker: its shard, its connection, and the algorithm's worker half."""
+
+    def __init__(
+        self,
+        features: Features,
+        labels: npt.NDArray[Any],
+        *,
+        name: str = "",
+        classes: int | None = None,
+        connection_config: ConnectionConfig | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.features = features
+        self.labels = labels
+        self.name = name
+        self.classes = classes or class_count(labels)
+        self.connection = WorkerConnection(connection_config, now=now)
+        #: The run configuration, once CONFIG has arrived.
+        self.config: TrainConfig | None = None
+        #: The worker id the master gave.
+        self.worker_id: int | None = None
+        self.state: WorkerState | None = None
+        #: Why the session ended: ``(code, reason)``, once it has.
+        self.ended: tuple[int, str] | None = None
+        #: Gradients sent.
+        self.gradients_sent = 0
+        self.connection.send(Hello(name=name), now)
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is over."""
+        return self.connection.state is ConnectionState.CLOSED
+
+    def data_to_send(self) -> bytes:
+        """Bytes for the master."""
+        return self.connection.data_to_send()
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the master (``b""`` at end of stream); handle every whole message."""
+        self.connection.receive_data(data, now)
+        while True:
+            try:
+                event = self.connection.next_event()
+            except RemoteProtocolError as exc:
+                self.ended = (int(exc.code), str(exc))
+                return
+            if event is None:
+                return
+            self._handle(event, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run the connection's timers."""
+        self.connection.handle_timer(now)
+        while (event := self.connection.next_event()) is not None:
+            self._handle(event, now)
+
+    def _handle(self, event: Event, now: float) -> None:
+        if isinstance(event, Welcome):
+            self.worker_id = event.worker_id
+        elif isinstance(event, ConfigMessage):
+            self._configure(event, now)
+        elif isinstance(event, Snapshot):
+            assert self.state is not None
+            loss, gradient, correct = self.state.snapshot_phase(event.vector.values)
+            reply = SnapshotGradient(
+                epoch=event.epoch,
+                samples=self.state.samples,
+                loss=loss,
+                correct=correct,
+                vector=full_precision(gradient),
+            )
+            self.connection.send(reply, now)
+        elif isinstance(event, FullGradient):
+            assert self.state is not None
+            self.state.set_full_gradient(event.vector.values)
+        elif isinstance(event, ModelMessage):
+            assert self.state is not None
+            vector = self.state.gradient_message(event.vector, event.relative)
+            self.connection.send(Gradient(epoch=event.epoch, version=event.version, vector=vector), now)
+            self.gradients_sent += 1
+        elif isinstance(event, Close):
+            self.ended = (event.code, event.reason)
+        elif isinstance(event, ConnectionClosed) and self.ended is None:
+            self.ended = (
+                event.code if event.code is not None else int(ErrorCode.PROTOCOL_ERROR),
+                "stream ended",
+            )
+        elif isinstance(event, ErrorMessage):
+            pass  # a rejected gradient: the master sends a fresh model with it
+
+    def _configure(self, event: ConfigMessage, now: float) -> None:
+        try:
+            config = TrainConfig.from_params(event.params)
+            model: Objective = make_objective(
+                config.model, self.features.shape[1], self.classes, config.hidden
+            )
+            if model.dim != event.dim:
+                raise ValueError(
+                    f"the data gives a {config.model} model of {model.dim} parameters, "
+                    f"CONFIG says {event.dim}"
+                )
+        except ValueError as exc:
+            self.ended = (int(ErrorCode.INVALID_CONFIG), str(exc))
+            self.connection.close(now, ErrorCode.INVALID_CONFIG, str(exc)[:200])
+            return
+        self.config = config
+        self.state = WorkerState(config, model, self.features, self.labels, self.worker_id or 0)

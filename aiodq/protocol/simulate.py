@@ -1,0 +1,93 @@
+"""An in-memory cluster: the real coordinator, worker sessions and wire bytes, no sockets.
+
+Messages are delivered one at a time in a seeded random order, so workers run
+at different speeds and gradients arrive stale, exactly as the protocol allows,
+but reproducibly.  Used by tests, by ``aiodq bench master`` for the in-process
+cost of an update, and to tune defaults quickly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from .algorithms import TrainConfig, initial_model
+from .coordinator import Coordinator
+from .dataset import Dataset, shard
+from .session import WorkerSession
+
+__all__ = ["build_cluster", "simulate"]
+
+
+def build_cluster(
+    config: TrainConfig, dataset: Dataset, workers: int, *, record_every: int = 0
+) -> tuple[Coordinator, list[WorkerSession]]:
+    """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``.
+
+    ``record_every`` goes to the :class:`~aiodq.protocol.coordinator.Coordinator`.
+    """
+    classes = dataset.classes
+    x0 = initial_model(config, dataset.features_count, classes)
+    coordinator = Coordinator(config, x0, workers=workers, record_every=record_every)
+    sessions = []
+    for index in range(workers):
+        rows = shard(dataset.samples, workers, index, seed=config.seed)
+        part = dataset.rows(rows)
+        sessions.append(WorkerSession(part.features, part.labels, name=f"sim-{index}", classes=classes))
+    return coordinator, sessions
+
+
+def simulate(
+    config: TrainConfig,
+    dataset: Dataset,
+    workers: int,
+    *,
+    seed: int = 0,
+    max_steps: int = 10_000_000,
+    slow: dict[int, int] | None = None,
+    record_every: int = 0,
+) -> Coordinator:
+    """Train in memory; return the finished coordinator (trace, traffic, staleness).
+
+    Args:
+        config: the run's hyperparameters.
+        dataset: the training data, split across the workers by :func:`aiodq.data.shard`.
+        workers: number of workers M.
+        seed: seed of the delivery order.
+        max_steps: a bound on message deliveries.
+        slow: worker index to a delay factor k: that worker's messages are
+            delivered only on every k-th chance, so its gradients are stale.
+        record_every: keep model copies in ``coordinator.records`` (see
+            :class:`~aiodq.protocol.coordinator.Coordinator`).
+    """
+    coordinator, sessions = build_cluster(config, dataset, workers, record_every=record_every)
+    ids = [coordinator.connect(0.0) for _ in sessions]
+    up: list[deque[bytes]] = [deque() for _ in sessions]
+    down: list[deque[bytes]] = [deque() for _ in sessions]
+    rng = np.random.default_rng(seed)
+    slow = slow or {}
+    step = 0
+    for step in range(max_steps):
+        now = float(step)
+        for index, session in enumerate(sessions):
+            data = session.data_to_send()
+            if data:
+                up[index].append(data)
+        for worker_id, data in coordinator.data_to_send().items():
+            down[ids.index(worker_id)].append(data)
+        channels = [(i, d) for i in range(workers) for d, q in (("up", up[i]), ("down", down[i])) if q]
+        if not channels:
+            break
+        index, direction = channels[int(rng.integers(len(channels)))]
+        if index in slow and rng.integers(slow[index]) != 0:
+            continue
+        if direction == "up":
+            coordinator.receive_data(ids[index], up[index].popleft(), now)
+        else:
+            sessions[index].receive_data(down[index].popleft(), now)
+    for index, session in enumerate(sessions):
+        if not session.closed:
+            session.receive_data(b"", float(step))
+        coordinator.receive_data(ids[index], b"", float(step))
+    return coordinator

@@ -1,1 +1,0 @@
-"""Quantizers, the sparsifier and bit packing: pure numpy, randomness passed in."""

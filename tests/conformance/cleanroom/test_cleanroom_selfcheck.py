@@ -1,0 +1,1694 @@
+"""Self-check tests of the clean-room implementation, built from the spec's Appendix A and rules."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import struct
+
+import pytest
+
+from . import wire
+from .endpoint import Master, Timers, Worker, _truncate_utf8, master_proof, worker_proof
+from .wire import ReceiveContext, WireError
+
+
+def h(text: str) -> bytes:
+    """Hex (with spaces and newlines) to bytes."""
+    return bytes.fromhex("".join(text.split()))
+
+
+def ctx(**kwargs) -> ReceiveContext:
+    return ReceiveContext(**kwargs)
+
+
+def decode_one(data: bytes, **kwargs) -> dict:
+    messages = wire.decode_stream(data, ctx(**kwargs))
+    assert len(messages) == 1
+    return messages[0]
+
+
+def fails(data: bytes, code: str, rule: str | None = None, **kwargs) -> WireError:
+    with pytest.raises(WireError) as info:
+        wire.decode_stream(data, ctx(**kwargs))
+    assert info.value.code == code, info.value
+    if rule is not None:
+        assert info.value.rule == rule, info.value
+    assert not info.value.local
+    return info.value
+
+
+def frame(msg_type: int, body: bytes, flags: int = 0, version: int = 1) -> bytes:
+    return struct.pack("<BBBI", version, msg_type, flags, len(body)) + body
+
+
+def gradient(payload: bytes, epoch: int = 1, version: int = 7) -> bytes:
+    return frame(0x08, bytes([epoch, version]) + payload)
+
+
+# =============================================================================================
+# Appendix A: every worked example, byte for byte, in both directions
+# =============================================================================================
+
+A1 = h("""01 01 00 42 00 00 00 85 a5 6d 61 67 69 63 a5 61 69 6f 64 71 ab 6d 69 6e 5f 76 65 72 73 69
+6f 6e 01 ab 6d 61 78 5f 76 65 72 73 69 6f 6e 01 a9 65 6e 63 6f 64 69 6e 67 73 98 00 01 02
+03 04 05 06 07 a4 6e 61 6d 65 a2 77 31""")
+A2 = h("""01 02 00 27 00 00 00 83 a7 76 65 72 73 69 6f 6e 01 a9 77 6f 72 6b 65 72 5f 69 64 03 a9 65
+6e 63 6f 64 69 6e 67 73 97 00 01 02 04 05 06 07""")
+A3 = h("""01 03 00 39 00 00 00 83 a3 64 69 6d 05 a9 61 6c 67 6f 72 69 74 68 6d a6 61 73 79 6c 70 67
+a6 70 61 72 61 6d 73 83 a4 62 69 74 73 04 a2 6d 75 cb 3f e0 00 00 00 00 00 00 a6 73 70 61
+72 73 65 c2""")
+A4 = h("01 04 00 0b 00 00 00 01 00 02 00 00 80 3f 00 00 00 bf")
+A5 = h("""01 05 00 1e 00 00 00 01 ac 02 00 00 00 00 00 00 f0 69 40 10 02 00 00 00 00 00 00 d0 3f 00
+00 00 00 00 00 00 40""")
+A6 = h("01 06 00 0b 00 00 00 01 00 02 00 00 00 3f 00 00 80 bf")
+A7 = h("01 08 00 0b 00 00 00 01 07 43 05 00 00 80 3e e1 87 00")
+A8 = h("01 08 00 0d 00 00 00 01 07 52 0c 03 00 00 00 3f 3b 01 62 00")
+A9 = h("01 08 00 0d 00 00 00 01 07 63 40 02 00 00 00 3e d5 03 23 21")
+A10 = h("01 08 00 0d 00 00 00 01 07 70 06 04 00 00 00 40 95 05 06 0a")
+A11 = h("01 08 00 04 00 00 00 01 07 20 05")
+A12 = h("01 07 01 0a 00 00 00 01 08 42 04 00 00 80 3d c1 07")
+A13 = h("01 07 00 04 00 00 00 02 08 30 04")
+A14_HEARTBEAT = h("01 09 00 00 00 00 00")
+A14_ERROR = h("01 0a 00 09 00 00 00 0e 00 01 03 73 74 61 6c 65")
+A14_CLOSE = h("01 0b 00 05 00 00 00 00 00 62 79 65")
+A14_CLOSE_ANSWER = h("01 0b 00 02 00 00 00 00 00")
+A16 = h("01 08 00 0e 00 00 00 01 07 83 10 00 00 80 3e 01 aa d9 d3 9b dd")
+A16_AS_DENSE = h("01 08 00 10 00 00 00 01 07 43 10 00 00 80 3e f0 e2 f0 e0 2f e0 0f fe")
+
+A16_CODES = [0, -1, 2, -2, 0, -1, 0, -2, -1, 2, 0, -2, -1, 0, -2, -1]
+
+EXAMPLES = [
+    (
+        "A.1",
+        A1,
+        {
+            "type": "HELLO",
+            "min_version": 1,
+            "max_version": 1,
+            "encodings": [0, 1, 2, 3, 4, 5, 6, 7],
+            "name": "w1",
+        },
+    ),
+    ("A.2", A2, {"type": "WELCOME", "version": 1, "worker_id": 3, "encodings": [0, 1, 2, 4, 5, 6, 7]}),
+    (
+        "A.3",
+        A3,
+        {
+            "type": "CONFIG",
+            "dim": 5,
+            "algorithm": "asylpg",
+            "params": {"bits": 4, "mu": 0.5, "sparse": False},
+        },
+    ),
+    (
+        "A.4",
+        A4,
+        {"type": "SNAPSHOT", "epoch": 1, "vector": {"encoding": "RAW_F32", "dim": 2, "values": [1.0, -0.5]}},
+    ),
+    (
+        "A.5",
+        A5,
+        {
+            "type": "SNAPSHOT_GRADIENT",
+            "epoch": 1,
+            "samples": 300,
+            "correct": 0,
+            "loss": 207.5,
+            "vector": {"encoding": "RAW_F64", "dim": 2, "values": [0.25, 2.0]},
+        },
+    ),
+    (
+        "A.6",
+        A6,
+        {
+            "type": "FULL_GRADIENT",
+            "epoch": 1,
+            "vector": {"encoding": "RAW_F32", "dim": 2, "values": [0.5, -1.0]},
+        },
+    ),
+    (
+        "A.7",
+        A7,
+        {
+            "type": "GRADIENT",
+            "epoch": 1,
+            "version": 7,
+            "vector": {"encoding": "DENSE", "dim": 5, "bits": 4, "scale": 0.25, "codes": [1, -2, 7, -8, 0]},
+        },
+    ),
+    (
+        "A.8",
+        A8,
+        {
+            "type": "GRADIENT",
+            "epoch": 1,
+            "version": 7,
+            "vector": {
+                "encoding": "SPARSE_BITMAP",
+                "dim": 12,
+                "bits": 3,
+                "scale": 0.5,
+                "indices": [1, 5, 6],
+                "codes": [3, -1, -4],
+            },
+        },
+    ),
+    (
+        "A.9",
+        A9,
+        {
+            "type": "GRADIENT",
+            "epoch": 1,
+            "version": 7,
+            "vector": {
+                "encoding": "SPARSE_RICE",
+                "dim": 64,
+                "bits": 4,
+                "scale": 0.125,
+                "indices": [3, 40],
+                "codes": [5, -3],
+            },
+        },
+    ),
+    (
+        "A.10",
+        A10,
+        {
+            "type": "GRADIENT",
+            "epoch": 1,
+            "version": 7,
+            "vector": {"encoding": "QSGD", "dim": 6, "s": 4, "norm": 2.0, "levels": [0, 1, -2, 4, 0, -1]},
+        },
+    ),
+    ("A.11", A11, {"type": "GRADIENT", "epoch": 1, "version": 7, "vector": {"encoding": "ZERO", "dim": 5}}),
+    (
+        "A.12",
+        A12,
+        {
+            "type": "MODEL",
+            "epoch": 1,
+            "version": 8,
+            "relative": True,
+            "vector": {"encoding": "DENSE", "dim": 4, "bits": 3, "scale": 0.0625, "codes": [1, 0, -1, 3]},
+        },
+    ),
+    (
+        "A.13",
+        A13,
+        {
+            "type": "MODEL",
+            "epoch": 2,
+            "version": 8,
+            "relative": False,
+            "vector": {"encoding": "EQUALS_SNAPSHOT", "dim": 4},
+        },
+    ),
+    ("A.14 HEARTBEAT", A14_HEARTBEAT, {"type": "HEARTBEAT"}),
+    ("A.14 ERROR", A14_ERROR, {"type": "ERROR", "code": 14, "epoch": 1, "version": 3, "reason": "stale"}),
+    ("A.14 CLOSE", A14_CLOSE, {"type": "CLOSE", "code": 0, "reason": "bye"}),
+    ("A.14 CLOSE answer", A14_CLOSE_ANSWER, {"type": "CLOSE", "code": 0, "reason": ""}),
+    (
+        "A.16",
+        A16,
+        {
+            "type": "GRADIENT",
+            "epoch": 1,
+            "version": 7,
+            "vector": {"encoding": "DENSE_RICE", "dim": 16, "bits": 4, "scale": 0.25, "codes": A16_CODES},
+        },
+    ),
+    (
+        "A.16 as DENSE",
+        A16_AS_DENSE,
+        {
+            "type": "GRADIENT",
+            "epoch": 1,
+            "version": 7,
+            "vector": {"encoding": "DENSE", "dim": 16, "bits": 4, "scale": 0.25, "codes": A16_CODES},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("label,data,message", EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_appendix_a_decode(label: str, data: bytes, message: dict) -> None:
+    vector = message.get("vector")
+    dim = vector["dim"] if vector else None
+    assert decode_one(data, dimension=dim) == message
+
+
+@pytest.mark.parametrize("label,data,message", EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_appendix_a_encode(label: str, data: bytes, message: dict) -> None:
+    assert wire.encode_message(message) == data
+
+
+def test_a1_default_hello_announces_dense_rice() -> None:
+    data = wire.encode_message(
+        {"type": "HELLO", "min_version": 1, "max_version": 1, "encodings": list(range(9)), "name": "w1"}
+    )
+    assert data[3:7] == h("43 00 00 00")
+    assert h("99 00 01 02 03 04 05 06 07 08") in data
+    assert len(data) == 7 + 67
+
+
+def test_a1_hello_encoder_sorts_and_dedups_sets() -> None:
+    assert (
+        wire.encode_message(
+            {
+                "type": "HELLO",
+                "min_version": 1,
+                "max_version": 1,
+                "encodings": [7, 6, 5, 4, 3, 2, 1, 0, 0],
+                "name": "w1",
+            }
+        )
+        == A1
+    )
+
+
+def test_decoded_values_of_examples() -> None:
+    grad = decode_one(A7)["vector"]
+    assert wire.vector_to_list(grad) == [0.25, -0.5, 1.75, -2.0, 0.0]
+    sparse = wire.vector_to_list(decode_one(A8)["vector"])
+    assert sparse == [0, 1.5, 0, 0, 0, -0.5, -2.0, 0, 0, 0, 0, 0]
+    rice = wire.vector_to_list(decode_one(A9)["vector"])
+    assert rice[3] == 0.625 and rice[40] == -0.375 and sum(map(abs, rice)) == 1.0
+    assert wire.vector_to_list(decode_one(A10)["vector"]) == [0, 0.5, -1.0, 2.0, 0, -0.5]
+    assert wire.vector_to_list(decode_one(A11)["vector"]) == [0.0] * 5
+    model = decode_one(A12)
+    snap = [1.0, 2.0, 3.0, 4.0]
+    assert wire.vector_to_list(model["vector"]) == [0.0625, 0, -0.0625, 0.1875]
+    assert wire.vector_to_list(model["vector"], snap, relative=True) == [1.0625, 2.0, 2.9375, 4.1875]
+    assert wire.vector_to_list(decode_one(A13)["vector"], snap) == snap
+    assert wire.vector_to_list(decode_one(A16)["vector"]) == [c * 0.25 for c in A16_CODES]
+
+
+def test_a9_and_a16_block_sizes() -> None:
+    # A.9: R(k) for k = 0..16 over the gaps [3, 36].
+    assert wire.rice_block_sizes([3, 36], 2, 16) == [7, 5, 4, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6]
+    # A.8: R(0) = 2 is the minimum and not below B = 2.
+    assert min(wire.rice_block_sizes([1, 3, 0], 3, 16)) == 2
+    # A.16: R(k) for k = 0..3 over the zigzag values.
+    zs = [0, 1, 4, 3, 0, 1, 0, 3, 1, 4, 0, 3, 1, 0, 3, 1]
+    assert wire.rice_block_sizes(zs, 16, 3) == [7, 6, 8, 9]
+
+
+def test_a16_dense_rice_choice_helper() -> None:
+    vec = wire.make_dense_vector(4, 0.25, A16_CODES, rice=True)
+    assert vec["encoding"] == "DENSE_RICE"
+    msg = {"type": "GRADIENT", "epoch": 1, "version": 7, "vector": vec}
+    assert wire.encode_message(msg) == A16
+    # To a peer that did not announce 8, the same codes go as DENSE (5.8-4).
+    vec = wire.make_dense_vector(4, 0.25, A16_CODES, rice=True, peer_encodings=range(8))
+    assert wire.encode_message({**msg, "vector": vec}) == A16_AS_DENSE
+
+
+def test_a8_a9_sparse_choice_helper() -> None:
+    assert wire.make_sparse_vector(12, 3, 0.5, [1, 5, 6], [3, -1, -4])["encoding"] == "SPARSE_BITMAP"
+    assert wire.make_sparse_vector(64, 4, 0.125, [3, 40], [5, -3])["encoding"] == "SPARSE_RICE"
+
+
+# A.15, "the decoder alone gives these results".
+A15 = [
+    ("01 08 00 01 00 00 10", None, "FRAME_TOO_LARGE", None),
+    ("01 08 01 04 00 00 00 01 07 20 05", 5, "MALFORMED_FRAME", None),
+    ("01 08 00 0c 00 00 00 01 07 43 85 00 00 00 80 3e e1 87 00", 5, "MALFORMED_FRAME", None),
+    ("01 08 00 0b 00 00 00 01 07 43 05 00 00 80 3e e1 87 10", 5, "INVALID_PAYLOAD", None),
+    ("01 08 00 0b 00 00 00 01 07 43 05 00 00 80 3e 00 00 00", 5, "INVALID_PAYLOAD", None),
+    ("01 08 00 04 00 00 00 01 07 21 05", 5, "MALFORMED_FRAME", None),
+    ("01 08 00 04 00 00 00 01 07 20 05", 6, "WRONG_DIMENSION", None),
+    ("01 07 00 0d 00 00 00 01 07 52 0c 03 00 00 00 3f 3b 01 62 00", 12, "UNSUPPORTED_ENCODING", None),
+    ("01 04 00 0b 00 00 00 01 00 02 00 00 c0 7f 00 00 00 bf", 2, "NON_FINITE", None),
+    (
+        "01 08 00 12 00 00 00 01 07 53 40 02 00 00 00 3e d5 08 00 00 00 00 01 00 00",
+        64,
+        "INVALID_PAYLOAD",
+        None,
+    ),
+    ("01 08 00 0d 00 00 00 01 07 63 40 02 00 00 00 3e d5 04 43 09", 64, "INVALID_PAYLOAD", None),
+    ("01 08 00 0d 00 00 00 01 07 70 06 03 00 00 00 40 95 05 06 0a", 6, "INVALID_PAYLOAD", None),
+    ("01 08 00 0d 00 00 00 01 07 70 06 04 00 00 00 40 95 05 06 1a", 6, "INVALID_PAYLOAD", None),
+    ("01 07 01 04 00 00 00 02 08 30 04", 4, "INVALID_PAYLOAD", None),
+    ("01 08 00 0f 00 00 00 01 07 83 10 00 00 80 3e 00 85 d8 28 8c 46 01", 16, "INVALID_PAYLOAD", None),
+    ("01 08 00 0f 00 00 00 01 07 83 10 00 00 80 3e 01 aa d9 d3 9b dd 00", 16, "INVALID_PAYLOAD", None),
+    ("01 08 00 0e 00 00 00 01 07 83 10 00 00 80 3e 01 aa d9 d3 9b dd", 16, "UNSUPPORTED_ENCODING", range(8)),
+]
+
+
+@pytest.mark.parametrize("hexdata,dim,code,announced", A15, ids=[f"A.15 row {i + 1}" for i in range(17)])
+def test_appendix_a15(hexdata: str, dim: int | None, code: str, announced) -> None:
+    fails(h(hexdata), code, dimension=dim, encodings=announced)
+
+
+def test_a15_rule_ids() -> None:
+    """The requirement IDs cited by A.15 match the rule this implementation reports."""
+    assert fails(h(A15[1][0]), "MALFORMED_FRAME", dimension=5).rule == "WF-3-6"
+    assert fails(h(A15[2][0]), "MALFORMED_FRAME", dimension=5).rule == "WF-4.2-2"
+    assert fails(h(A15[3][0]), "INVALID_PAYLOAD", dimension=5).rule == "WF-5.1-3"
+    assert fails(h(A15[4][0]), "INVALID_PAYLOAD", dimension=5).rule == "WF-5.5-4"
+    assert fails(h(A15[9][0]), "INVALID_PAYLOAD", dimension=64).rule == "WF-5.6-9"
+    assert fails(h(A15[10][0]), "INVALID_PAYLOAD", dimension=64).rule == "WF-5.6-10"
+    assert fails(h(A15[13][0]), "INVALID_PAYLOAD", dimension=4).rule == "WF-7.7-6"
+    assert fails(h(A15[14][0]), "INVALID_PAYLOAD", dimension=16).rule == "WF-5.8-5"
+
+
+def test_a15_frame_too_large_needs_only_the_header() -> None:
+    decoder = wire.StreamDecoder(ctx())
+    with pytest.raises(WireError) as info:
+        decoder.feed(h("01 08 00 01 00 00 10"))
+    assert info.value.code == "FRAME_TOO_LARGE"
+
+
+# =============================================================================================
+# Section 3: frames
+# =============================================================================================
+
+
+def test_frame_too_large_comes_before_type_and_version() -> None:
+    fails(h("07 ff 07 41 00 00 00"), "FRAME_TOO_LARGE", max_frame_bytes=64)
+    assert decode_one(h("01 09 00 00 00 00 00"), max_frame_bytes=64) == {"type": "HEARTBEAT"}
+
+
+def test_frame_exactly_at_limit_is_accepted() -> None:
+    body = bytes([0, 0]) + b"x" * 62
+    assert decode_one(frame(0x0B, body), max_frame_bytes=64)["reason"] == "x" * 62
+    fails(frame(0x0B, body + b"x"), "FRAME_TOO_LARGE", max_frame_bytes=64)
+
+
+@pytest.mark.parametrize("msg_type", [0x00, 0x0F, 0x10, 0xFF])
+def test_unknown_message_type(msg_type: int) -> None:
+    fails(frame(msg_type, b""), "UNKNOWN_MESSAGE_TYPE")
+
+
+def test_partial_frame_at_end_of_stream() -> None:
+    for cut in range(1, len(A7)):
+        fails(A7[:cut], "MALFORMED_FRAME", "WF-3-5", dimension=5)
+    # An unknown type whose body has not fully arrived is a partial frame, not a type error.
+    fails(h("01 ff 00 05 00 00 00 01"), "MALFORMED_FRAME", "WF-3-5")
+
+
+def test_split_points_do_not_matter() -> None:
+    stream = A7 + A14_HEARTBEAT + A9
+    expected = wire.decode_stream(stream)
+    for step in (1, 2, 3, 5, 7, 11):
+        decoder = wire.StreamDecoder()
+        got: list[dict] = []
+        for start in range(0, len(stream), step):
+            got += decoder.feed(stream[start : start + step])
+        decoder.end()
+        assert got == expected
+
+
+@pytest.mark.parametrize("msg_type", range(1, 15))
+def test_undefined_flag_bits(msg_type: int) -> None:
+    defined = 0x01 if msg_type == 0x07 else 0
+    for bit in range(8):
+        if (1 << bit) & defined:
+            continue
+        fails(frame(msg_type, b"", flags=1 << bit), "MALFORMED_FRAME", "WF-3-6")
+
+
+def test_decode_frame_with_header_version_check() -> None:
+    body = A7[7:]
+    with pytest.raises(WireError) as info:
+        wire.decode_frame(2, 0x08, 0, body, ctx(header_version=1))
+    assert info.value.code == "UNSUPPORTED_VERSION"
+    assert wire.decode_frame(2, 0x08, 0, body)["type"] == "GRADIENT"
+    # HELLO is always version 1 (6.1-2)
+    with pytest.raises(WireError):
+        wire.decode_frame(2, 0x01, 0, A1[7:], ctx(header_version=2))
+
+
+# =============================================================================================
+# Section 4: primitive fields
+# =============================================================================================
+
+
+@pytest.mark.parametrize(
+    "value,encoded",
+    [
+        (0, "00"),
+        (127, "7f"),
+        (128, "80 01"),
+        (300, "ac 02"),
+        (2**63 - 1, "ff ff ff ff ff ff ff ff 7f"),
+    ],
+)
+def test_varint_table(value: int, encoded: str) -> None:
+    assert wire.encode_varint(value) == h(encoded)
+    assert wire.decode_varint(h(encoded)) == (value, len(h(encoded)))
+
+
+@pytest.mark.parametrize(
+    "data,rule",
+    [
+        ("80 00", "WF-4.2-2"),
+        ("ff 00", "WF-4.2-2"),
+        ("80 80 00", "WF-4.2-2"),
+        ("80", "WF-4.2-4"),
+        ("", "WF-4.2-4"),
+        ("ff ff ff ff ff ff ff ff 80 01", "WF-4.2-3"),
+        ("80 80 80 80 80 80 80 80 80", "WF-4.2-3"),
+    ],
+)
+def test_varint_errors(data: str, rule: str) -> None:
+    with pytest.raises(WireError) as info:
+        wire.decode_varint(h(data))
+    assert (info.value.code, info.value.rule) == ("MALFORMED_FRAME", rule)
+
+
+def test_varint_sender_limits() -> None:
+    with pytest.raises(WireError) as info:
+        wire.encode_varint(2**63)
+    assert info.value.local and info.value.rule == "WF-4.2-5"
+    with pytest.raises(WireError):
+        wire.encode_varint(-1)
+
+
+def test_varint_in_message_fields() -> None:
+    fails(frame(0x08, h("80 00 07 20 05")), "MALFORMED_FRAME", "WF-4.2-2")
+    fails(frame(0x08, h("01 80")), "MALFORMED_FRAME", "WF-4.2-4")
+
+
+def test_bit_packing_example() -> None:
+    # 5.1: the 4-bit codes 1, -2, 7 pack into e1 07.
+    vec = {"encoding": "DENSE", "dim": 3, "bits": 4, "scale": 1.0, "codes": [1, -2, 7]}
+    assert wire.encode_vector(vec)[-2:] == h("e1 07")
+
+
+# =============================================================================================
+# Section 5: vector payloads, checks in the documented order
+# =============================================================================================
+
+SCALE_025 = h("00 00 80 3e")
+NAN32 = h("00 00 c0 7f")
+INF32 = h("00 00 80 7f")
+NEG_ZERO32 = h("00 00 00 80")
+ZERO32 = h("00 00 00 00")
+NEG32 = h("00 00 80 be")
+
+
+def test_descriptor_checks_in_order() -> None:
+    fails(gradient(b""), "MALFORMED_FRAME", "WF-5.2-3")  # descriptor missing
+    fails(gradient(h("91 05")), "UNSUPPORTED_ENCODING", "WF-12-2")  # reserved, low nibble nonzero
+    fails(gradient(h("f0")), "UNSUPPORTED_ENCODING")  # reserved before the missing dimension
+    fails(gradient(h("31 05")), "UNSUPPORTED_ENCODING", "WF-6.2-3")  # EQUALS_SNAPSHOT in GRADIENT
+    fails(gradient(h("21 05")), "UNSUPPORTED_ENCODING", encodings=[0, 1])  # not announced first
+    fails(gradient(h("21 05")), "MALFORMED_FRAME", "WF-5.2-1")
+    fails(gradient(h("20 85 00")), "MALFORMED_FRAME", "WF-4.2-2")
+    fails(gradient(h("20 00")), "INVALID_PAYLOAD", "WF-5.2-2")
+    fails(gradient(h("20 00")), "INVALID_PAYLOAD", dimension=5)  # d = 0 before WRONG_DIMENSION
+    fails(gradient(h("20 06")), "LIMIT_EXCEEDED", max_dimension=5, dimension=5)
+    fails(gradient(h("20 06")), "WRONG_DIMENSION", dimension=5)
+    fails(gradient(h("20 05 00")), "MALFORMED_FRAME", "WF-5.4-3")
+
+
+@pytest.mark.parametrize(
+    "msg_type,allowed",
+    [
+        (0x04, {0, 1}),
+        (0x05, {0, 1}),
+        (0x06, {0, 1}),
+        (0x07, {0, 1, 2, 3, 4, 8}),
+        (0x08, {0, 1, 2, 4, 5, 6, 7, 8}),
+    ],
+)
+def test_encoding_table(msg_type: int, allowed: set[int]) -> None:
+    prefix = {0x04: b"\x01", 0x05: b"\x01\x01\x01" + bytes(8), 0x06: b"\x01"}.get(msg_type, b"\x01\x01")
+    for enc in range(16):
+        data = frame(msg_type, prefix + bytes([enc << 4]))  # dimension missing
+        if enc in allowed:
+            fails(data, "MALFORMED_FRAME")
+        else:
+            fails(data, "UNSUPPORTED_ENCODING")
+
+
+def test_raw_checks() -> None:
+    fails(gradient(h("00 02") + bytes(7)), "MALFORMED_FRAME", "WF-5.3-2")
+    fails(gradient(h("00 02") + bytes(9)), "MALFORMED_FRAME", "WF-5.3-2")
+    fails(gradient(h("10 01") + bytes(4)), "MALFORMED_FRAME", "WF-5.3-2")
+    fails(gradient(h("00 01") + INF32), "NON_FINITE", "WF-5.3-3")
+    fails(gradient(h("10 01 00 00 00 00 00 00 f8 ff")), "NON_FINITE")
+    # A NaN is NON_FINITE only once the length is right.
+    fails(gradient(h("00 02") + NAN32), "MALFORMED_FRAME")
+    neg = decode_one(gradient(h("00 01") + NEG_ZERO32))["vector"]["values"][0]
+    assert str(neg) == "-0.0"
+    assert wire.encode_message(decode_one(gradient(h("00 01") + NEG_ZERO32))) == gradient(
+        h("00 01") + NEG_ZERO32
+    )
+    sub = decode_one(gradient(h("00 01 01 00 00 00")))["vector"]["values"][0]
+    assert sub == 2.0**-149
+
+
+def test_dense_check_order() -> None:
+    base = h("43 05")
+    fails(gradient(base + h("00 00 80")), "MALFORMED_FRAME", "WF-5.5-3")
+    fails(gradient(base + NAN32), "NON_FINITE", "WF-5.5-2")
+    fails(gradient(base + INF32 + h("e1")), "NON_FINITE")
+    fails(gradient(base + ZERO32 + h("e1 87 00")), "INVALID_PAYLOAD", "WF-5.5-2")
+    fails(gradient(base + NEG_ZERO32), "INVALID_PAYLOAD", "WF-5.5-2")
+    fails(gradient(base + NEG32), "INVALID_PAYLOAD", "WF-5.5-2")
+    fails(gradient(base + SCALE_025 + h("e1 87")), "MALFORMED_FRAME", "WF-5.5-3")
+    fails(gradient(base + SCALE_025 + h("e1 87 10 ff")), "INVALID_PAYLOAD", "WF-5.1-3")
+    fails(gradient(base + SCALE_025 + h("e1 87 00 ff")), "MALFORMED_FRAME", "WF-5.5-3")
+    fails(gradient(base + SCALE_025 + h("00 00 00 ff")), "MALFORMED_FRAME", "WF-5.5-3")
+    fails(gradient(base + SCALE_025 + h("00 00 00")), "INVALID_PAYLOAD", "WF-5.5-4")
+    # A positive subnormal scale is allowed; the most negative code too.
+    vec = decode_one(gradient(h("4f 01 01 00 00 00 00 80")))["vector"]
+    assert vec["scale"] == 2.0**-149 and vec["codes"] == [-32768]
+
+
+def test_sparse_common_check_order() -> None:
+    d12 = h("52 0c")
+    fails(gradient(d12 + h("80")), "MALFORMED_FRAME", "WF-4.2-4")
+    fails(gradient(d12 + h("00")), "INVALID_PAYLOAD", "WF-5.6-8")
+    fails(gradient(d12 + h("0d")), "INVALID_PAYLOAD", "WF-5.6-8")
+    fails(gradient(d12 + h("03 00 00")), "MALFORMED_FRAME", "WF-5.6-8")
+    fails(gradient(d12 + h("03") + NAN32), "NON_FINITE")
+    fails(gradient(d12 + h("03") + ZERO32), "INVALID_PAYLOAD", "WF-5.5-2")
+    fails(gradient(d12 + h("03 00 00 00 3f 3b")), "MALFORMED_FRAME", "WF-5.6-8")
+    fails(gradient(d12 + h("03 00 00 00 3f 3b 03 62 00")), "INVALID_PAYLOAD", "WF-5.1-3")
+    fails(gradient(d12 + h("03 00 00 00 3f 38 01 62 00")), "INVALID_PAYLOAD", "WF-5.6-2")
+
+
+def test_sparse_bitmap_check_order() -> None:
+    head = h("52 0c 03 00 00 00 3f 3b 01")
+    fails(gradient(head + h("62")), "MALFORMED_FRAME", "WF-5.6-9")
+    fails(gradient(head + h("62 00 00")), "MALFORMED_FRAME", "WF-5.6-9")
+    fails(gradient(head + h("62 10")), "INVALID_PAYLOAD", "WF-5.6-9")  # bit 12 is padding
+    fails(gradient(head + h("62 01")), "INVALID_PAYLOAD", "WF-5.6-9")  # 4 bits set, n = 3
+    assert decode_one(gradient(head + h("62 00")))["vector"]["indices"] == [1, 5, 6]
+    # Bit 11 is a real coordinate, not padding.
+    vec = decode_one(gradient(head + h("42 08")))["vector"]
+    assert vec["indices"] == [1, 6, 11]
+
+
+def test_sparse_rice_check_order() -> None:
+    head = h("63 40 02 00 00 00 3e d5")
+    fails(gradient(head), "MALFORMED_FRAME", "WF-5.6-10")
+    fails(gradient(head + h("11 23 21")), "INVALID_PAYLOAD", "WF-5.6-10")  # k = 17
+    fails(gradient(head + h("10 00 00 00")), "MALFORMED_FRAME", "WF-5.6-10")  # k = 16 needs 4 bytes
+    fails(gradient(head + h("03 23 21 00 00 00 00 00")), "INVALID_PAYLOAD", "WF-5.6-10")  # >= B
+    fails(gradient(head + h("03 23 20")), "INVALID_PAYLOAD", "WF-5.6-10")  # one 1 bit
+    fails(gradient(head + h("03 23 23")), "INVALID_PAYLOAD", "WF-5.6-10")  # three 1 bits
+    fails(gradient(head + h("03 23 21 00")), "INVALID_PAYLOAD", "WF-5.6-10")  # trailing zero byte
+    fails(gradient(head + h("03 e3 21")), "INVALID_PAYLOAD", "WF-5.1-3")  # remainder padding
+    # last index: gaps [3, 63 + ...] -> q1 = 8 -> i1 = 3 + 1 + 64 + 4 = 72 >= 64
+    fails(gradient(head + h("03 23 01 02")), "INVALID_PAYLOAD", "WF-5.6-10")
+    fails(gradient(head + h("04 43 09")), "INVALID_PAYLOAD", "WF-5.6-10")  # k != k*
+
+
+def test_sparse_rice_appended_byte_is_invalid_payload() -> None:
+    fails(A9[:3] + bytes([A9[3] + 1]) + A9[4:] + b"\x01", "INVALID_PAYLOAD")
+
+
+def test_qsgd_check_order() -> None:
+    d6 = h("70 06")
+    fails(gradient(d6 + h("80")), "MALFORMED_FRAME", "WF-4.2-4")
+    fails(gradient(d6 + h("00") + h("00 00 00 40 95 05 06 0a")), "INVALID_PAYLOAD", "WF-5.7-4")
+    fails(gradient(d6 + h("80 80 04") + h("00 00 00 40 95 05 06 0a")), "INVALID_PAYLOAD")  # 65536
+    fails(gradient(d6 + h("04 00 00 00")), "MALFORMED_FRAME", "WF-5.7-4")
+    fails(gradient(d6 + h("04") + NAN32), "NON_FINITE")
+    fails(gradient(d6 + h("04") + NEG32), "INVALID_PAYLOAD", "WF-5.5-2")
+    norm = h("04 00 00 00 40")
+    # E = 2, bound = ceil(6 * 6 / 8) + 3 = 8 bytes
+    fails(gradient(d6 + norm + h("95 05 06 0a 00 00 00 00 00")), "INVALID_PAYLOAD", "WF-5.7-4")
+    fails(gradient(d6 + norm + h("95")), "INVALID_PAYLOAD", "WF-5.7-4")  # fewer than d ones
+    fails(gradient(d6 + norm + h("95 0d 06 0a")), "INVALID_PAYLOAD", "WF-5.7-4")  # padding
+    # N = [3, 0, 0, 0, 0, 0] > E = 2: bits 0 0 0 1 1 1 1 1 | 1
+    fails(gradient(d6 + norm + h("f8 01 00 0a")), "INVALID_PAYLOAD", "WF-5.7-4")
+    fails(gradient(d6 + norm + h("95 05")), "INVALID_PAYLOAD", "WF-5.7-4")  # mantissas missing
+    fails(gradient(d6 + norm + h("95 05 26 0a")), "INVALID_PAYLOAD", "WF-5.7-4")  # mantissa pad
+    # all levels zero: six 1 bits, no mantissa, no sign
+    fails(gradient(d6 + norm + h("3f")), "INVALID_PAYLOAD", "WF-5.7-5")
+    fails(gradient(d6 + norm + h("95 05 06")), "INVALID_PAYLOAD", "WF-5.7-4")  # sign missing
+    fails(gradient(d6 + norm + h("95 05 06 0a 00")), "INVALID_PAYLOAD", "WF-5.7-4")  # extra
+    fails(gradient(d6 + norm + h("95 05 06 1a")), "INVALID_PAYLOAD", "WF-5.7-4")  # sign padding
+
+
+def test_qsgd_value_order_of_operations() -> None:
+    norm = struct.unpack("<f", struct.pack("<f", 0.1))[0]
+    vec = {"encoding": "QSGD", "dim": 2, "s": 3, "norm": norm, "levels": [1, -3]}
+    assert wire.vector_to_list(vec) == [(1 * norm) / 3, (-3 * norm) / 3]  # (l * norm) / s [WF-5.7-1]
+
+
+def test_dense_rice_check_order() -> None:
+    base = h("83 10")
+    fails(gradient(base + h("00 00 80")), "MALFORMED_FRAME", "WF-5.8-5")
+    fails(gradient(base + NAN32 + h("01")), "NON_FINITE")
+    fails(gradient(base + ZERO32 + h("01")), "INVALID_PAYLOAD", "WF-5.5-2")
+    fails(gradient(base + SCALE_025), "MALFORMED_FRAME", "WF-5.8-5")
+    fails(gradient(base + SCALE_025 + h("04 aa")), "INVALID_PAYLOAD", "WF-5.8-5")  # k >= b
+    fails(gradient(base + SCALE_025 + h("01 aa")), "MALFORMED_FRAME", "WF-5.8-5")
+    fails(gradient(base + SCALE_025 + h("01 aa d9 d3 9b dd 00 00")), "INVALID_PAYLOAD", "WF-5.8-5")
+    fails(gradient(base + SCALE_025 + h("01 aa d9 d3 9b 5d")), "INVALID_PAYLOAD", "WF-5.8-5")
+    fails(gradient(base + SCALE_025 + h("01 aa d9 d3 9b dd 00")), "INVALID_PAYLOAD", "WF-5.8-5")
+
+
+def test_dense_rice_more_rules() -> None:
+    # d = 16, b = 4: all codes zero -> k = 0, 16 one bits = ff ff; block 1 + 0 + 2 = 3 < 8.
+    fails(gradient(h("83 10") + SCALE_025 + h("00 ff ff")), "INVALID_PAYLOAD", "WF-5.8-5")
+    # A zigzag value of 2^b = 16: code 16 -> z: q = 16 with k = 0: 16 zeros then a one, then 15 ones.
+    unary = wire._BitWriter()
+    unary.unary(16)
+    for _ in range(15):
+        unary.unary(0)
+    fails(gradient(h("83 10") + SCALE_025 + b"\x00" + unary.getvalue()), "INVALID_PAYLOAD", "WF-5.8-5")
+    # b = 1 can never be DENSE_RICE: the block is never smaller than the DENSE codes.
+    with pytest.raises(WireError):
+        wire.encode_vector({"encoding": "DENSE_RICE", "dim": 16, "bits": 1, "scale": 1.0, "codes": [-1] * 16})
+    assert wire.make_dense_vector(1, 1.0, [-1] * 16, rice=True)["encoding"] == "DENSE"
+
+
+# =============================================================================================
+# Sender side refusals (WF-9-3)
+# =============================================================================================
+
+
+@pytest.mark.parametrize(
+    "vector,message_type,rule",
+    [
+        (
+            {
+                "encoding": "SPARSE_BITMAP",
+                "dim": 12,
+                "bits": 3,
+                "scale": 0.5,
+                "indices": [1, 5, 6],
+                "codes": [3, -1, -4],
+            },
+            "MODEL",
+            "WF-6.2-3",
+        ),
+        (
+            {
+                "encoding": "SPARSE_BITMAP",
+                "dim": 64,
+                "bits": 4,
+                "scale": 0.125,
+                "indices": [3, 40],
+                "codes": [5, -3],
+            },
+            "GRADIENT",
+            "WF-5.6-7",
+        ),
+        (
+            {
+                "encoding": "SPARSE_RICE",
+                "dim": 12,
+                "bits": 3,
+                "scale": 0.5,
+                "indices": [1, 5, 6],
+                "codes": [3, -1, -4],
+            },
+            "GRADIENT",
+            "WF-5.6-7",
+        ),
+        ({"encoding": "DENSE", "dim": 2, "bits": 3, "scale": 0.1, "codes": [1, 2]}, "GRADIENT", "WF-5.5-2"),
+        ({"encoding": "DENSE", "dim": 2, "bits": 3, "scale": 1.0, "codes": [0, 0]}, "GRADIENT", "WF-5.5-4"),
+        ({"encoding": "DENSE", "dim": 2, "bits": 3, "scale": 1.0, "codes": [4, 0]}, "GRADIENT", "WF-5.1-4"),
+        ({"encoding": "RAW_F32", "dim": 1, "values": [0.1]}, "GRADIENT", "WF-5.3-1"),
+        ({"encoding": "RAW_F64", "dim": 1, "values": [float("nan")]}, "GRADIENT", "WF-5.3-3"),
+        ({"encoding": "QSGD", "dim": 2, "s": 2, "norm": 1.0, "levels": [3, 0]}, "GRADIENT", "WF-5.7-2"),
+        ({"encoding": "QSGD", "dim": 2, "s": 2, "norm": 1.0, "levels": [0, 0]}, "GRADIENT", "WF-5.7-5"),
+        ({"encoding": "ZERO", "dim": 0}, "GRADIENT", "WF-5.2-2"),
+    ],
+)
+def test_encoder_refusals(vector: dict, message_type: str, rule: str) -> None:
+    with pytest.raises(WireError) as info:
+        wire.encode_message({"type": message_type, "epoch": 1, "version": 1, "vector": vector})
+    assert info.value.local and info.value.code == "PROTOCOL_ERROR" and info.value.rule == rule
+
+
+def test_encoder_refuses_relative_zero() -> None:
+    with pytest.raises(WireError) as info:
+        wire.encode_message(
+            {
+                "type": "MODEL",
+                "epoch": 1,
+                "version": 1,
+                "relative": True,
+                "vector": {"encoding": "EQUALS_SNAPSHOT", "dim": 4},
+            }
+        )
+    assert info.value.rule == "WF-7.7-5"
+
+
+# =============================================================================================
+# Section 7: control messages (msgpack)
+# =============================================================================================
+
+
+def control(msg_type: int, body: bytes) -> bytes:
+    return frame(msg_type, body)
+
+
+def mp(value) -> bytes:
+    out = bytearray()
+    wire._mp_pack(value, out)
+    return bytes(out)
+
+
+HELLO_MAP = {"magic": "aiodq", "min_version": 1, "max_version": 1, "encodings": [0, 1], "name": ""}
+
+
+def test_control_body_limits() -> None:
+    body = mp({**HELLO_MAP, "name": "x" * 100})
+    fails(control(0x01, body), "LIMIT_EXCEEDED", "WF-7-5", max_control_bytes=64)
+    fails(control(0x01, b"\xc1" * 65), "LIMIT_EXCEEDED", max_control_bytes=64)  # before parsing
+
+
+@pytest.mark.parametrize(
+    "body,why",
+    [
+        ("", "empty body"),
+        ("85 a5 6d 61 67 69 63", "truncated"),
+        ("c1", "never-used byte"),
+        ("81 01 02", "int key"),
+        ("81 c0 02", "nil key"),
+        ("81 90 02", "array key"),
+        ("81 a1 ff 01", "invalid UTF-8 key"),
+        ("81 a1 61 d4 01 00", "fixext value"),
+        ("81 a1 61 c7 01 01 00", "ext8 value"),
+        ("80 00", "trailing byte"),
+        ("81 a1 61 dc ff ff", "array length above max_control_bytes"),
+        ("81 a1 61 db 00 01 00 01", "str length above max_control_bytes"),
+        ("81 a1 61 a3 ed a0 80", "UTF-8 surrogate"),
+    ],
+)
+def test_msgpack_malformed(body: str, why: str) -> None:
+    fails(control(0x01, h(body)), "MALFORMED_FRAME", "WF-7-6")
+
+
+def test_msgpack_nesting_depth() -> None:
+    def nested(levels: int) -> bytes:  # top-level map + (levels - 1) arrays
+        return h("81 a1 61") + b"\x91" * (levels - 2) + b"\x90"
+
+    err = fails(control(0x03, nested(1025)), "MALFORMED_FRAME", max_control_bytes=4096)
+    assert "1024" in err.detail
+    # 1024 levels are well-formed msgpack: the failure is the missing keys, not the nesting.
+    fails(control(0x03, nested(1024)), "INVALID_CONFIG", max_control_bytes=4096)
+
+
+def test_msgpack_non_canonical_accepted() -> None:
+    body = h(
+        "85 a5 6d 61 67 69 63 d9 05 61 69 6f 64 71 ab 6d 69 6e 5f 76 65 72 73 69 6f 6e cc 01"
+        " ab 6d 61 78 5f 76 65 72 73 69 6f 6e d3 00 00 00 00 00 00 00 01"
+        " a9 65 6e 63 6f 64 69 6e 67 73 dc 00 03 07 00 07 a4 6e 61 6d 65 a0"
+    )
+    assert decode_one(control(0x01, body)) == {
+        "type": "HELLO",
+        "min_version": 1,
+        "max_version": 1,
+        "encodings": [0, 7],
+        "name": "",
+    }
+
+
+def test_control_unknown_duplicate_and_bin_keys() -> None:
+    body = bytearray(mp({**HELLO_MAP, "extra": [1, {"x": None}]}))
+    body[0] += 2  # two more pairs: a bin key and a duplicate name
+    body += h("c4 05 6d 61 67 69 63 c0") + mp("name") + mp("last")
+    assert decode_one(control(0x01, bytes(body)))["name"] == "last"
+
+
+def test_hello_validation() -> None:
+    def bad(changes: dict, code: str = "INVALID_CONFIG", drop: str | None = None) -> WireError:
+        m = {**HELLO_MAP, **changes}
+        if drop:
+            del m[drop]
+        return fails(control(0x01, mp(m)), code)
+
+    assert bad({"magic": "aiodQ"}).rule == "WF-7.1-5"
+    assert bad({}, drop="magic").rule == "WF-7.1-5"
+    assert bad({"magic": b"aiodq", "min_version": "x"}).rule == "WF-7.1-5"  # magic first
+    bad({"min_version": 0})
+    bad({"min_version": 2, "max_version": 1})
+    bad({"max_version": 256})
+    bad({"min_version": True})
+    bad({"max_version": 1.0})
+    bad({"encodings": [16]})
+    bad({"encodings": [-1]})
+    bad({"encodings": [False]})
+    bad({"encodings": "01"})
+    bad({"name": "x" * 256})
+    bad({"name": b"w1"})
+    bad({}, drop="name")
+    bad({}, drop="encodings")
+    fails(control(0x01, mp([1, 2])), "INVALID_CONFIG", "WF-7-7")
+    ok = decode_one(control(0x01, mp({**HELLO_MAP, "encodings": [15, 9, 9, 0], "name": "é" * 127})))
+    assert ok["encodings"] == [0, 9, 15]
+
+
+def test_welcome_validation() -> None:
+    base = {"version": 1, "worker_id": 2**63 - 1, "encodings": []}
+    assert decode_one(control(0x02, mp(base)))["worker_id"] == 2**63 - 1
+    for changes in (
+        {"version": 0},
+        {"version": 256},
+        {"worker_id": 2**63},
+        {"worker_id": -1},
+        {"encodings": [16]},
+        {"version": "1"},
+    ):
+        fails(control(0x02, mp({**base, **changes})), "INVALID_CONFIG")
+    fails(control(0x02, mp({"version": 1, "worker_id": 0})), "INVALID_CONFIG")
+
+
+def test_config_validation_order() -> None:
+    base = {"dim": 5, "algorithm": "asylpg", "params": {}}
+    fails(control(0x03, mp({**base, "dim": 0})), "INVALID_CONFIG", "WF-7.3-3")
+    fails(control(0x03, mp({**base, "dim": True})), "INVALID_CONFIG", "WF-7.3-3")
+    fails(
+        control(0x03, mp({**base, "dim": 6, "algorithm": ""})), "LIMIT_EXCEEDED", "WF-7.3-4", max_dimension=5
+    )
+    fails(control(0x03, mp({**base, "algorithm": ""})), "INVALID_CONFIG", "WF-7.3-5")
+    fails(control(0x03, mp({**base, "params": []})), "INVALID_CONFIG", "WF-7.3-5")
+    for value in (None, b"x", [1], {"a": 1}, float("inf"), float("nan")):
+        fails(control(0x03, mp({**base, "params": {"p": value}})), "INVALID_CONFIG", "WF-7.3-5")
+    body = bytearray(mp({**base, "params": {}}))
+    body[-1] = 0x81
+    body += h("c4 01 70 01")  # bin key in params
+    fails(control(0x03, bytes(body)), "INVALID_CONFIG", "WF-7.3-5")
+    # float32 parameters are accepted on receipt (7-10).
+    body = bytearray(mp({**base, "params": {}}))
+    body[-1] = 0x81
+    body += mp("mu") + h("ca 3f 00 00 00")
+    assert decode_one(control(0x03, bytes(body)))["params"] == {"mu": 0.5}
+    # Duplicate params keys: the last occurrence is used, an overridden bad value is ignored (7-9).
+    body = bytearray(mp({**base, "params": {}}))
+    body[-1] = 0x83
+    body += mp("a") + mp(None) + mp("b") + mp(2) + mp("a") + mp(1)
+    assert decode_one(control(0x03, bytes(body)))["params"] == {"a": 1, "b": 2}
+
+
+# =============================================================================================
+# ERROR, CLOSE, HEARTBEAT and AUTH bodies
+# =============================================================================================
+
+
+def test_error_and_close_bodies() -> None:
+    fails(frame(0x0A, h("0e")), "MALFORMED_FRAME", "WF-7.10-3")
+    fails(frame(0x0A, h("0e 00 01")), "MALFORMED_FRAME", "WF-4.2-4")
+    fails(frame(0x0A, h("0e 00 01 80 00")), "MALFORMED_FRAME", "WF-4.2-2")
+    fails(frame(0x0B, h("00")), "MALFORMED_FRAME")
+    fails(frame(0x0B, h("00 00") + b"\xff" * 5), "LIMIT_EXCEEDED", "WF-7.10-3", max_reason_bytes=4)
+    fails(frame(0x0B, h("00 00 ff")), "MALFORMED_FRAME", "WF-7.10-3")
+    assert decode_one(frame(0x0B, h("ff ff")))["code"] == 65535  # unregistered codes accepted
+    assert decode_one(frame(0x0A, h("15 00 00 00")))["code"] == 21
+    fails(frame(0x09, b"\x00"), "MALFORMED_FRAME", "WF-7.9-2")
+
+
+def test_auth_bodies() -> None:
+    assert decode_one(frame(0x0C, bytes(32)))["nonce"] == bytes(32)
+    response = decode_one(frame(0x0D, bytes(range(64))))
+    assert response["nonce"] == bytes(range(32)) and response["mac"] == bytes(range(32, 64))
+    for msg_type, size in ((0x0C, 32), (0x0D, 64), (0x0E, 32)):
+        fails(frame(msg_type, bytes(size - 1)), "MALFORMED_FRAME")
+        fails(frame(msg_type, bytes(size + 1)), "MALFORMED_FRAME")
+        data = frame(msg_type, bytes(size))
+        assert wire.encode_message(decode_one(data)) == data
+
+
+# =============================================================================================
+# Round trips and canonical form
+# =============================================================================================
+
+
+def random_vector(rng: random.Random, encoding: str) -> dict:
+    d = rng.randint(1, 70)
+    bits = rng.randint(1, 16)
+    scale = rng.choice([0.25, 2.0**-149, 3.0, struct.unpack("<f", struct.pack("<f", 1e-3))[0]])
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def small_code() -> int:
+        return max(lo, min(hi, int(rng.gauss(0, 2))))
+
+    if encoding in ("RAW_F32", "RAW_F64"):
+        values = [rng.uniform(-5, 5) for _ in range(d)]
+        if encoding == "RAW_F32":
+            values = [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
+        return {"encoding": encoding, "dim": d, "values": values}
+    if encoding in ("ZERO", "EQUALS_SNAPSHOT"):
+        return {"encoding": encoding, "dim": d}
+    if encoding in ("DENSE", "DENSE_RICE"):
+        codes = [small_code() if rng.random() < 0.8 else rng.randint(lo, hi) for _ in range(d)]
+        if not any(codes):
+            codes[0] = hi if hi else lo
+        vec = wire.make_dense_vector(bits, scale, codes, rice=encoding == "DENSE_RICE")
+        return vec
+    if encoding in ("SPARSE_BITMAP", "SPARSE_RICE"):
+        n = rng.randint(1, max(1, d // rng.choice([1, 2, 8, 30])))
+        indices = sorted(rng.sample(range(d), n))
+        choices = [c for c in (lo, -1, 1, hi) if c and lo <= c <= hi]
+        codes = [rng.choice(choices) for _ in range(n)]
+        return wire.make_sparse_vector(d, bits, scale, indices, codes)
+    s = rng.randint(1, 65535) if rng.random() < 0.3 else rng.randint(1, 8)
+    levels = [rng.randint(-s, s) if rng.random() < 0.5 else 0 for _ in range(d)]
+    if not any(levels):
+        levels[-1] = -s
+    return {"encoding": "QSGD", "dim": d, "s": s, "norm": scale, "levels": levels}
+
+
+@pytest.mark.parametrize("encoding", list(wire.ENCODINGS))
+def test_random_round_trips(encoding: str) -> None:
+    rng = random.Random(1234 + wire.ENCODINGS[encoding])
+    for _ in range(150):
+        vector = random_vector(rng, encoding)
+        msg_type = "MODEL" if vector["encoding"] == "EQUALS_SNAPSHOT" else "GRADIENT"
+        message = {
+            "type": msg_type,
+            "epoch": rng.randint(0, 2**63 - 1),
+            "version": rng.randint(0, 300),
+            "vector": vector,
+        }
+        if msg_type == "MODEL":
+            message["relative"] = False
+        data = wire.encode_message(message)
+        decoded = decode_one(data, dimension=vector["dim"])
+        assert decoded == message
+        assert wire.encode_message(decoded) == data
+
+
+def test_mutated_frames_are_rejected_or_canonical() -> None:
+    """Any binary frame that decodes re-encodes to the same bytes (5-2); others raise WireError."""
+    rng = random.Random(99)
+    seeds = [A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A16, A16_AS_DENSE, A14_ERROR, A14_CLOSE]
+    for _ in range(6000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            action = rng.random()
+            pos = rng.randrange(7, len(data)) if len(data) > 7 else 7
+            if action < 0.6 and len(data) > 7:
+                data[pos] ^= 1 << rng.randrange(8)
+            elif action < 0.8:
+                data.insert(pos, rng.randrange(256))
+            elif len(data) > 8:
+                del data[pos]
+        struct.pack_into("<I", data, 3, len(data) - 7)
+        try:
+            messages = wire.decode_stream(bytes(data))
+        except WireError:
+            continue
+        assert wire.encode_message(messages[0]) == bytes(data)
+
+
+# =============================================================================================
+# Endpoint: sections 6, 7.12-7.14 and 8
+# =============================================================================================
+
+
+def counter_nonces(start: int):
+    state = {"n": start}
+
+    def source(size: int) -> bytes:
+        state["n"] += 1
+        return bytes([state["n"]]) * size
+
+    return source
+
+
+HELLO = {"type": "HELLO", "min_version": 1, "max_version": 1, "encodings": list(range(9)), "name": "w"}
+WELCOME = {"type": "WELCOME", "version": 1, "worker_id": 3, "encodings": list(range(9))}
+CONFIG = {"type": "CONFIG", "dim": 2, "algorithm": "asylpg", "params": {}}
+RAW2 = {"encoding": "RAW_F32", "dim": 2, "values": [1.0, -0.5]}
+DENSE2 = {"encoding": "DENSE", "dim": 2, "bits": 4, "scale": 0.25, "codes": [1, -2]}
+
+
+def snapshot(epoch: int) -> dict:
+    return {"type": "SNAPSHOT", "epoch": epoch, "vector": RAW2}
+
+
+def snapshot_gradient(epoch: int) -> dict:
+    return {
+        "type": "SNAPSHOT_GRADIENT",
+        "epoch": epoch,
+        "samples": 10,
+        "correct": 3,
+        "loss": 1.5,
+        "vector": RAW2,
+    }
+
+
+def model(epoch: int, version: int, vector: dict = DENSE2, relative: bool = False) -> dict:
+    return {"type": "MODEL", "epoch": epoch, "version": version, "relative": relative, "vector": vector}
+
+
+def grad(epoch: int, version: int, vector: dict = DENSE2) -> dict:
+    return {"type": "GRADIENT", "epoch": epoch, "version": version, "vector": vector}
+
+
+def ready_pair(**kwargs) -> tuple[Master, Worker]:
+    master, worker = Master(**kwargs.get("master", {})), Worker(**kwargs.get("worker", {}))
+    assert master.receive(worker.send(HELLO)) == [HELLO]
+    assert worker.receive(master.send(WELCOME)) == [WELCOME]
+    assert worker.receive(master.send(CONFIG)) == [CONFIG]
+    assert master.state == worker.state == "READY"
+    return master, worker
+
+
+def transfer(sender, receiver, message: dict) -> list[dict]:
+    return receiver.receive(sender.send(message))
+
+
+def assert_failed(endpoint, code: str, rule: str | None = None, close_sent: bool = True) -> None:
+    assert endpoint.state == "CLOSED"
+    assert endpoint.error is not None and endpoint.error.code == code, endpoint.error
+    if rule:
+        assert endpoint.error.rule == rule, endpoint.error
+    out = endpoint.data_to_send()
+    if close_sent:
+        close = decode_one(out)
+        assert close["type"] == "CLOSE" and close["code"] == wire.ERROR_CODES[code]
+    else:
+        assert out == b""
+
+
+def test_full_session_and_clean_close() -> None:
+    master, worker = ready_pair()
+    assert transfer(master, worker, snapshot(0)) == [snapshot(0)]
+    assert transfer(worker, master, snapshot_gradient(0)) == [snapshot_gradient(0)]
+    fg = {"type": "FULL_GRADIENT", "epoch": 0, "vector": RAW2}
+    assert transfer(master, worker, fg) == [fg]
+    for version in (1, 1, 4):
+        assert transfer(master, worker, model(0, version)) == [model(0, version)]
+        assert transfer(worker, master, grad(0, version)) == [grad(0, version)]
+    assert transfer(master, worker, {"type": "HEARTBEAT"}) == [{"type": "HEARTBEAT"}]
+    err = {"type": "ERROR", "code": 14, "epoch": 0, "version": 4, "reason": "stale"}
+    assert transfer(master, worker, err) == [err]
+    data = master.close(0, "bye")
+    assert data == A14_CLOSE and master.state == "CLOSING"
+    assert worker.receive(data) == [{"type": "CLOSE", "code": 0, "reason": "bye"}]
+    assert worker.state == "CLOSED"
+    answer = worker.data_to_send()
+    assert answer == A14_CLOSE_ANSWER
+    assert master.receive(answer) == [{"type": "CLOSE", "code": 0, "reason": ""}]
+    assert master.state == "CLOSED" and master.data_to_send() == b""
+    assert master.error is None and worker.error is None
+
+
+def test_examples_in_a_session_byte_for_byte() -> None:
+    master = Master()
+    worker = Worker()
+    hello = {"type": "HELLO", "min_version": 1, "max_version": 1, "encodings": list(range(8)), "name": "w1"}
+    assert worker.send(hello) == A1
+    assert master.receive(A1) == [hello]
+    welcome = {"type": "WELCOME", "version": 1, "worker_id": 3, "encodings": [0, 1, 2, 4, 5, 6, 7]}
+    assert master.send(welcome) == A2
+    worker.receive(A2)
+    assert master.send(EXAMPLES[2][2]) == A3
+    assert worker.receive(A3) == [EXAMPLES[2][2]]
+    assert worker.dimension == 5 and worker.state == "READY"
+
+
+def test_handshake_state_names() -> None:
+    master, worker = Master(), Worker()
+    assert master.state == worker.state == "HANDSHAKE"
+    master.receive(worker.send(HELLO))
+    assert master.state == "HANDSHAKE"
+    worker.receive(master.send(WELCOME))
+    assert master.state == worker.state == "CONFIGURING"
+
+
+def test_receive_order_state_before_body() -> None:
+    """7-1 example: GRADIENT in CONFIGURING with a malformed body -> UNEXPECTED_MESSAGE."""
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    master.send(WELCOME)
+    master.receive(frame(0x08, h("01")))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.1-1")
+
+
+def test_receive_order_encoding_before_sequencing() -> None:
+    """7-1 example: unannounced encoding and wrong epoch -> UNSUPPORTED_ENCODING."""
+    master = Master()
+    worker = Worker()
+    master.receive(worker.send({**HELLO, "encodings": [0, 1, 2, 3, 4]}))
+    worker.receive(master.send({**WELCOME, "encodings": [0, 1, 2, 3, 4]}))
+    worker.receive(master.send(CONFIG))
+    worker.receive(master.send(snapshot(0)))
+    master.receive(worker.send(snapshot_gradient(0)))
+    worker.receive(master.send(model(0, 1)))
+    qsgd = {"encoding": "QSGD", "dim": 2, "s": 1, "norm": 1.0, "levels": [1, 0]}
+    master.receive(wire.encode_message(grad(5, 1, qsgd)))
+    assert_failed(master, "UNSUPPORTED_ENCODING", "WF-6.2-3")
+
+
+def test_receive_order_version_before_role_and_state() -> None:
+    master = Master()
+    master.receive(frame(0x02, mp({"version": 1, "worker_id": 0, "encodings": []}), version=2))
+    assert_failed(master, "UNSUPPORTED_VERSION", "WF-6.1-2")
+    master = Master()
+    master.receive(frame(0x02, mp({"version": 1, "worker_id": 0, "encodings": []})))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.1-1")
+    worker = Worker()
+    worker.receive(frame(0x09, b"", version=2))  # not negotiated yet: must be 1 [WF-6.1-8]
+    assert_failed(worker, "UNSUPPORTED_VERSION", "WF-6.1-8")
+
+
+def test_receive_order_type_and_size_first() -> None:
+    worker = Worker(limits=ReceiveContext(max_frame_bytes=64))
+    worker.receive(h("09 ee 00 ff 00 00 00"))
+    assert_failed(worker, "FRAME_TOO_LARGE", "WF-3-3")
+    worker = Worker()
+    worker.receive(h("09 ee 00 00 00 00 00"))
+    assert_failed(worker, "UNKNOWN_MESSAGE_TYPE")
+
+
+def test_receive_order_state_before_flags() -> None:
+    worker = Worker()
+    worker.receive(frame(0x07, b"", flags=0x02))
+    assert_failed(worker, "UNEXPECTED_MESSAGE")
+    _master, worker = ready_pair()
+    worker.receive(frame(0x04, wire.encode_message(snapshot(0))[7:], flags=0x01))
+    assert_failed(worker, "MALFORMED_FRAME", "WF-3-6")
+
+
+def test_role_checks() -> None:
+    worker = Worker()
+    worker.receive(A1)
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.1-1")
+    master, worker = ready_pair()
+    master.receive(wire.encode_message(snapshot(3)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.1-1")
+
+
+def test_second_hello_and_unsolicited_welcome() -> None:
+    master = Master()
+    master.receive(A1 + A1)
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-7.1-4")
+    worker = Worker()
+    worker.receive(A2)
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-7.2-4")
+    worker = Worker()
+    worker.send(HELLO)
+    with pytest.raises(WireError) as info:
+        worker.send(HELLO)
+    assert info.value.local and info.value.code == "UNEXPECTED_MESSAGE"
+    with pytest.raises(WireError) as info:
+        Master().send(WELCOME)
+    assert info.value.code == "UNEXPECTED_MESSAGE"
+
+
+def test_version_negotiation() -> None:
+    master = Master(versions=[1])
+    master.receive(worker_hello := Worker().send({**HELLO, "min_version": 2, "max_version": 5}))
+    assert worker_hello
+    assert_failed(master, "UNSUPPORTED_VERSION", "WF-7.1-7")
+    master = Master(versions=[1, 2, 3])
+    worker = Worker(versions=[1, 2])
+    master.receive(worker.send({**HELLO, "min_version": 1, "max_version": 2}))
+    assert master.best_version() == 2
+    with pytest.raises(WireError) as info:
+        master.send({**WELCOME, "version": 3})
+    assert info.value.code == "UNSUPPORTED_VERSION" and info.value.local
+    welcome = master.send({**WELCOME, "version": 2})
+    assert welcome[0] == 1  # WELCOME always carries header version 1
+    worker.receive(welcome)
+    assert worker.negotiated_version == 2
+    config = master.send(CONFIG)
+    assert config[0] == 2  # negotiated version from now on [WF-6.1-7]
+    worker.receive(config)
+    assert worker.state == "READY"
+    worker.receive(frame(0x09, b"", version=1))
+    assert_failed(worker, "UNSUPPORTED_VERSION", "WF-6.1-7")
+    # A worker refuses a WELCOME version outside its offer.
+    worker = Worker(versions=[1, 2])
+    master = Master(versions=[1, 2])
+    master.receive(worker.send({**HELLO, "min_version": 1, "max_version": 1}))
+    worker.receive(frame(0x02, mp({"version": 2, "worker_id": 0, "encodings": []})))
+    assert_failed(worker, "UNSUPPORTED_VERSION", "WF-6.1-6")
+
+
+def test_announced_encodings() -> None:
+    master = Master()
+    worker = Worker(encodings=range(8))
+    with pytest.raises(WireError) as info:
+        worker.send(HELLO)
+    assert info.value.code == "UNSUPPORTED_ENCODING" and info.value.rule == "WF-6.2-5"
+    master.receive(worker.send({**HELLO, "encodings": list(range(8))}))
+    worker.receive(master.send(WELCOME))
+    worker.receive(master.send({**CONFIG, "dim": 16}))
+    raw16 = {"encoding": "RAW_F32", "dim": 16, "values": [0.0] * 16}
+    worker.receive(master.send({"type": "SNAPSHOT", "epoch": 0, "vector": raw16}))
+    master.receive(worker.send({**snapshot_gradient(0), "vector": raw16}))
+    rice = wire.make_dense_vector(4, 0.25, A16_CODES, rice=True)
+    with pytest.raises(WireError) as info:
+        master.send(model(0, 1, rice))
+    assert info.value.code == "UNSUPPORTED_ENCODING" and info.value.rule == "WF-6.2-2"
+    assert master.state == "READY" and master.outstanding is None  # nothing changed
+    dense = wire.make_dense_vector(4, 0.25, A16_CODES, rice=True, peer_encodings=master.peer_encodings)
+    assert transfer(master, worker, model(0, 1, dense))[0]["vector"]["encoding"] == "DENSE"
+    # The worker accepts only what it announced: a DENSE_RICE MODEL fails there.
+    worker.receive(wire.encode_message(model(0, 1, rice)))  # a MODEL is outstanding, too
+    assert_failed(worker, "UNSUPPORTED_ENCODING", "WF-6.2-3")  # step 7 before step 8
+
+
+def test_unannounced_encoding_is_reported_before_sequencing() -> None:
+    master = Master()
+    worker = Worker()
+    master.receive(worker.send({**HELLO, "encodings": list(range(8))}))
+    worker.receive(master.send(WELCOME))
+    worker.receive(master.send({**CONFIG, "dim": 16}))
+    rice = wire.make_dense_vector(4, 0.25, A16_CODES, rice=True)
+    worker.receive(wire.encode_message(model(9, 1, rice)))  # also before any SNAPSHOT
+    assert_failed(worker, "UNSUPPORTED_ENCODING", "WF-6.2-3")
+
+
+def test_local_refusals_in_ready() -> None:
+    master, worker = ready_pair()
+    for sender, message, code in [
+        (worker, grad(0, 0), "UNEXPECTED_MESSAGE"),
+        (worker, snapshot_gradient(0), "UNEXPECTED_MESSAGE"),
+        (master, model(0, 0), "UNEXPECTED_MESSAGE"),
+        (master, {"type": "CONFIG", "dim": 2, "algorithm": "a", "params": {}}, "UNEXPECTED_MESSAGE"),
+        (
+            master,
+            {"type": "SNAPSHOT", "epoch": 0, "vector": {"encoding": "ZERO", "dim": 2}},
+            "PROTOCOL_ERROR",
+        ),
+        (
+            master,
+            {"type": "SNAPSHOT", "epoch": 0, "vector": {"encoding": "RAW_F32", "dim": 1, "values": [1.0]}},
+            "WRONG_DIMENSION",
+        ),
+        (master, {"type": "GRADIENT", "epoch": 0, "version": 0, "vector": DENSE2}, "UNEXPECTED_MESSAGE"),
+        (
+            master,
+            {"type": "ERROR", "code": 1, "epoch": 0, "version": 0, "reason": "x" * 1025},
+            "LIMIT_EXCEEDED",
+        ),
+        (master, {"type": "AUTH_CHALLENGE", "nonce": bytes(32)}, "PROTOCOL_ERROR"),
+    ]:
+        with pytest.raises(WireError) as info:
+            sender.send(message)
+        assert info.value.local and info.value.code == code, (message, info.value)
+    assert master.state == worker.state == "READY"
+
+
+def test_sequencing_snapshot_and_models() -> None:
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    # worker-side receive checks
+    worker.receive(wire.encode_message(snapshot(6)))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.2-3")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    transfer(worker, master, snapshot_gradient(5))
+    worker.receive(wire.encode_message(snapshot(5)))
+    assert_failed(worker, "UNKNOWN_EPOCH", "WF-8.2-1")
+
+    master, worker = ready_pair()
+    worker.receive(wire.encode_message(model(0, 0)))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.2-6")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    transfer(worker, master, snapshot_gradient(5))
+    worker.receive(wire.encode_message(model(4, 0)))
+    assert_failed(worker, "UNKNOWN_EPOCH", "WF-8.2-6")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    transfer(worker, master, snapshot_gradient(5))
+    transfer(master, worker, model(5, 9))
+    transfer(worker, master, grad(5, 9))
+    worker.receive(wire.encode_message(model(5, 8)))
+    assert_failed(worker, "VERSION_MISMATCH", "WF-8.2-2")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    transfer(worker, master, snapshot_gradient(5))
+    transfer(master, worker, model(5, 9))
+    worker.receive(wire.encode_message(model(5, 1)))  # outstanding before version
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.2-6")
+
+
+def test_sequencing_full_gradient() -> None:
+    fg = {"type": "FULL_GRADIENT", "epoch": 5, "vector": RAW2}
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    worker.receive(wire.encode_message(fg))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.2-5")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    transfer(worker, master, snapshot_gradient(5))
+    transfer(master, worker, model(5, 1))
+    worker.receive(wire.encode_message({**fg, "epoch": 4}))  # epoch before "after a MODEL"
+    assert_failed(worker, "UNKNOWN_EPOCH", "WF-8.2-5")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(5))
+    transfer(worker, master, snapshot_gradient(5))
+    transfer(master, worker, fg)
+    worker.receive(wire.encode_message(fg))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.2-5")
+
+
+def test_sequencing_master_side() -> None:
+    master, worker = ready_pair()
+    master.receive(wire.encode_message(snapshot_gradient(0)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.2-4")
+
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(2))
+    master.receive(wire.encode_message(snapshot_gradient(1)))
+    assert_failed(master, "UNKNOWN_EPOCH", "WF-8.2-4")
+
+    for sent, answered, code in [
+        ((2, 5), (1, 5), "UNKNOWN_EPOCH"),
+        ((2, 5), (2, 6), "FUTURE_VERSION"),
+        ((2, 5), (2, 4), "VERSION_MISMATCH"),
+    ]:
+        master, worker = ready_pair()
+        transfer(master, worker, snapshot(2))
+        transfer(worker, master, snapshot_gradient(2))
+        transfer(master, worker, model(*sent))
+        master.receive(wire.encode_message(grad(*answered)))
+        assert_failed(master, code, "WF-8.2-7")
+
+    master, worker = ready_pair()
+    master.receive(wire.encode_message(grad(0, 0)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.2-7")
+
+
+def test_snapshot_crossing_gradient() -> None:
+    """8.2-9: MODEL(0, 1), SNAPSHOT(1), then GRADIENT(0, 1), SNAPSHOT_GRADIENT(1), MODEL(1, >= 1)."""
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(0))
+    transfer(worker, master, snapshot_gradient(0))
+    transfer(master, worker, model(0, 1))
+    transfer(master, worker, snapshot(1))
+    with pytest.raises(WireError) as info:
+        worker.send(snapshot_gradient(1))
+    assert info.value.code == "UNEXPECTED_MESSAGE" and info.value.rule == "WF-8.2-4"
+    assert transfer(worker, master, grad(0, 1)) == [grad(0, 1)]
+    assert transfer(worker, master, snapshot_gradient(1)) == [snapshot_gradient(1)]
+    assert transfer(master, worker, model(1, 1)) == [model(1, 1)]
+    # The master refuses a SNAPSHOT_GRADIENT that overtakes the GRADIENT.
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(0))
+    transfer(worker, master, snapshot_gradient(0))
+    transfer(master, worker, model(0, 1))
+    transfer(master, worker, snapshot(1))
+    master.receive(wire.encode_message(snapshot_gradient(1)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.2-4")
+
+
+def test_relative_and_equals_snapshot_models() -> None:
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(0))
+    transfer(worker, master, snapshot_gradient(0))
+    rel = transfer(master, worker, model(0, 1, DENSE2, relative=True))[0]
+    assert wire.vector_to_list(rel["vector"], worker.snapshot, relative=True) == [1.25, -1.0]
+    transfer(worker, master, grad(0, 1))
+    eq = transfer(master, worker, model(0, 1, {"encoding": "EQUALS_SNAPSHOT", "dim": 2}))[0]
+    assert wire.vector_to_list(eq["vector"], worker.snapshot) == [1.0, -0.5]
+    transfer(worker, master, grad(0, 1))
+    worker.receive(h("01 07 01 04 00 00 00 00 02 30 02"))
+    assert_failed(worker, "INVALID_PAYLOAD", "WF-7.7-6")
+
+
+def test_close_crossing_close() -> None:
+    master, worker = ready_pair()
+    from_master = master.close(0, "m")
+    from_worker = worker.close(19, "going away")
+    assert master.receive(from_worker)[0]["code"] == 19
+    assert worker.receive(from_master)[0]["reason"] == "m"
+    assert master.state == worker.state == "CLOSED"
+    assert master.data_to_send() == worker.data_to_send() == b""
+    assert master.error is None and worker.error is None
+
+
+def test_gradient_crossing_close_is_accepted() -> None:
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(0))
+    transfer(worker, master, snapshot_gradient(0))
+    transfer(master, worker, model(0, 1))
+    close = master.close()
+    g = worker.send(grad(0, 1))
+    assert master.receive(g) == [grad(0, 1)]  # checked against READY [WF-8.1-2]
+    assert master.outstanding is None
+    with pytest.raises(WireError):
+        master.send(model(0, 2))  # nothing is sent in CLOSING
+    worker.receive(close)
+    assert master.receive(worker.data_to_send())[0]["type"] == "CLOSE"
+    assert master.state == "CLOSED" and master.error is None
+
+
+def test_violation_in_closing_closes_silently() -> None:
+    master, _worker = ready_pair()
+    master.close()
+    master.receive(wire.encode_message(grad(0, 0)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", close_sent=False)
+
+
+def test_close_crossing_handshake() -> None:
+    # The worker gives up right after HELLO; the master's WELCOME crosses its CLOSE.
+    master, worker = Master(), Worker()
+    hello = worker.send(HELLO)
+    worker_close = worker.close(19)
+    master.receive(hello)
+    welcome = master.send(WELCOME)
+    assert master.state == "CONFIGURING"
+    assert master.receive(worker_close)[0]["code"] == 19
+    master_answer = master.data_to_send()
+    assert master_answer == A14_CLOSE_ANSWER and master.state == "CLOSED"
+    assert worker.receive(welcome + master_answer) == [WELCOME, {"type": "CLOSE", "code": 0, "reason": ""}]
+    assert worker.state == "CLOSED" and worker.error is None
+    assert worker.negotiated_version == 1
+
+
+def test_close_crossing_config_frozen_state() -> None:
+    """In CLOSING frames are checked against the state at the time of the CLOSE (see NOTES.md)."""
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker_close = worker.close()
+    config = master.send(CONFIG)
+    snap = master.send(snapshot(0))
+    assert worker.receive(config) == [CONFIG]
+    worker.receive(snap)
+    assert_failed(worker, "UNEXPECTED_MESSAGE", close_sent=False)
+    master.receive(worker_close)
+    assert master.state == "CLOSED"
+
+
+def test_close_during_handshake_uses_version_1_and_bytes_after_close_ignored() -> None:
+    master = Master()
+    assert master.receive(A14_CLOSE + b"\xff\xff garbage") == [{"type": "CLOSE", "code": 0, "reason": "bye"}]
+    assert master.data_to_send() == A14_CLOSE_ANSWER
+    assert master.receive(b"more") == []
+    with pytest.raises(WireError):
+        master.send(WELCOME)
+
+
+def test_failure_stops_processing_and_keeps_earlier_messages() -> None:
+    _master, worker = ready_pair()
+    got = worker.receive(A14_HEARTBEAT + frame(0x09, b"x") + A14_HEARTBEAT)
+    assert got == [{"type": "HEARTBEAT"}]
+    assert_failed(worker, "MALFORMED_FRAME", "WF-7.9-2")
+    assert worker.receive(A14_HEARTBEAT) == []
+
+
+def test_end_of_stream() -> None:
+    master, worker = ready_pair()
+    assert worker.receive(A14_HEARTBEAT[:3]) == []
+    worker.eof()
+    assert worker.end_of_stream
+    assert_failed(worker, "MALFORMED_FRAME", "WF-3-5")
+    master, worker = ready_pair()
+    assert worker.receive(b"") == []
+    assert worker.state == "CLOSED" and worker.data_to_send() == b"" and worker.error is None
+    # In CLOSING a partial frame at end of stream fails silently.
+    master, worker = ready_pair()
+    master.close()
+    master.receive(b"\x01")
+    master.eof()
+    assert_failed(master, "MALFORMED_FRAME", close_sent=False)
+
+
+def test_failure_reason_is_truncated_at_a_character_boundary() -> None:
+    worker = Worker(limits=ReceiveContext(max_reason_bytes=6))
+    worker.receive(frame(0x0F, b""))
+    close = decode_one(worker.data_to_send())
+    assert close["code"] == 4 and len(close["reason"].encode()) <= 6
+    assert _truncate_utf8("aé€", 4) == "aé"
+    assert _truncate_utf8("aé€", 5) == "aé"
+    assert _truncate_utf8("aé€", 6) == "aé€"
+
+
+# ----------------------------------------------------------------------------- shared secret
+
+SECRET = b"0123456789abcdef"
+
+
+def auth_pair(master_secret=SECRET, worker_secret=SECRET) -> tuple[Master, Worker]:
+    return (
+        Master(secret=master_secret, nonce_source=counter_nonces(0x10)),
+        Worker(secret=worker_secret, nonce_source=counter_nonces(0x20)),
+    )
+
+
+def test_shared_secret_handshake() -> None:
+    master, worker = auth_pair()
+    assert master.receive(worker.send(HELLO)) == []  # HELLO held [WF-7.12-1]
+    challenge = master.data_to_send()
+    nm = bytes([0x11]) * 32
+    assert challenge == frame(0x0C, nm)
+    with pytest.raises(WireError):
+        master.send(WELCOME)  # not verified yet
+    assert worker.receive(challenge) == []
+    response = worker.data_to_send()
+    nw = bytes([0x21]) * 32
+    pw = hmac.new(SECRET, b"aiodq-v1 worker" + nm + nw, hashlib.sha256).digest()
+    assert pw == worker_proof(SECRET, nm, nw)
+    assert response == frame(0x0D, nw + pw)
+    assert master.receive(response) == [HELLO]
+    confirm = master.data_to_send()
+    assert confirm == frame(0x0E, master_proof(SECRET, nm, nw))
+    assert worker.receive(confirm) == []
+    assert worker.receive(master.send(WELCOME)) == [WELCOME]
+    assert worker.receive(master.send(CONFIG)) == [CONFIG]
+    assert master.state == worker.state == "READY"
+
+
+def test_auth_wrong_secret() -> None:
+    master, worker = auth_pair(worker_secret=b"x" * 16)
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    master.receive(worker.data_to_send())
+    assert_failed(master, "AUTH_FAILED", "WF-7.13-2")
+
+
+def test_auth_wrong_master_proof() -> None:
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    worker.data_to_send()
+    worker.receive(frame(0x0E, bytes(32)))
+    assert_failed(worker, "AUTH_FAILED", "WF-7.14-1")
+
+
+def test_auth_worker_without_secret() -> None:
+    master, worker = auth_pair(worker_secret=None)
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    assert_failed(worker, "AUTH_FAILED", "WF-7.12-3")
+    worker = Worker()
+    worker.send(HELLO)
+    worker.receive(frame(0x0C, bytes(31)))  # length before the missing secret
+    assert_failed(worker, "MALFORMED_FRAME", "WF-7.12-3")
+
+
+def test_auth_master_skips_handshake() -> None:
+    master, worker = auth_pair(master_secret=None)
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    assert_failed(worker, "AUTH_FAILED", "WF-7.14-2")
+
+
+def test_auth_ordering_errors() -> None:
+    master = Master()
+    master.receive(A1)
+    master.receive(frame(0x0D, bytes(64)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-7.13-2")
+    master = Master()
+    master.receive(frame(0x0D, bytes(63)))  # state allows it: length is checked first
+    assert_failed(master, "MALFORMED_FRAME", "WF-7.13-2")
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    challenge = master.data_to_send()
+    worker.receive(challenge + challenge)
+    assert wire.decode_stream(worker.data_to_send())[0]["type"] == "AUTH_RESPONSE"
+    assert worker.error.code == "UNEXPECTED_MESSAGE" and worker.error.rule == "WF-7.12-3"
+    worker = Worker(secret=SECRET)
+    worker.send(HELLO)
+    worker.receive(frame(0x0E, bytes(32)))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-7.14-1")
+    master, worker = ready_pair()
+    worker.receive(frame(0x0C, bytes(32)))  # AUTH only in HANDSHAKE
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.1-1")
+
+
+def test_secret_must_be_16_bytes() -> None:
+    with pytest.raises(ValueError):
+        Master(secret=b"short")
+
+
+# ----------------------------------------------------------------------------- timers
+
+
+def test_handshake_timeout() -> None:
+    worker = Worker(now=100.0)
+    worker.send(HELLO, now=100.0)
+    assert worker.poll(109.9) == b""
+    data = worker.poll(110.0)
+    assert decode_one(data) == {"type": "CLOSE", "code": 15, "reason": data[9:].decode()}
+    assert worker.state == "CLOSED" and worker.error.code == "TIMEOUT"
+
+
+def test_worker_handshake_timer_runs_until_config() -> None:
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO, now=0), now=0)
+    worker.receive(master.send(WELCOME, now=1), now=1)
+    assert master.poll(10.5).startswith(h("01 09"))  # master is done: heartbeat only
+    data = worker.poll(10.0)
+    assert decode_one(data)["code"] == 15 and worker.error.rule == "WF-8.3-1"
+
+
+def test_heartbeat_and_idle_timeout() -> None:
+    _master, worker = ready_pair()
+    assert worker.poll(4.9) == b""
+    assert worker.poll(5.0) == A14_HEARTBEAT
+    assert worker.poll(9.0) == b""
+    assert worker.poll(10.0) == A14_HEARTBEAT
+    assert worker.next_deadline() == 15.0
+    worker.receive(A14_HEARTBEAT, now=20.0)
+    assert worker.data_to_send() == A14_HEARTBEAT  # due at 15, sent when time reached 20
+    assert worker.poll(49.9) == A14_HEARTBEAT
+    data = worker.poll(50.0)
+    assert decode_one(data)["code"] == 15 and worker.error.rule == "WF-8.3-3"
+
+
+def test_close_timeout_despite_trickling_bytes() -> None:
+    master, _worker = ready_pair()
+    master.close(now=0.0)
+    for t in range(1, 10):
+        master.receive(A14_HEARTBEAT[:1] if t == 1 else b"\x09", now=float(t))
+    assert master.state == "CLOSING"
+    assert master.poll(10.0) == b""
+    assert master.state == "CLOSED" and master.timed_out
+
+
+def test_timer_validation() -> None:
+    with pytest.raises(ValueError):
+        Timers(heartbeat_interval=30.0, idle_timeout=30.0)
+
+
+def test_section_8_2_order_wins_over_section_7_grouping() -> None:
+    """7.5-3 / 7.7-7 list UNEXPECTED_MESSAGE first; 8.2-4 / 8.2-6 put the epoch check earlier."""
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(0))
+    transfer(worker, master, snapshot_gradient(0))
+    transfer(master, worker, model(0, 1))
+    transfer(master, worker, snapshot(1))  # phase open and a MODEL outstanding
+    master.receive(wire.encode_message(snapshot_gradient(7)))
+    assert_failed(master, "UNKNOWN_EPOCH", "WF-8.2-4")
+    master, worker = ready_pair()
+    transfer(master, worker, snapshot(0))
+    transfer(worker, master, snapshot_gradient(0))
+    transfer(master, worker, model(0, 1))
+    worker.receive(wire.encode_message(model(3, 1)))  # outstanding and wrong epoch
+    assert_failed(worker, "UNKNOWN_EPOCH", "WF-8.2-6")
+
+
+def test_second_hello_with_bad_body_fails_on_the_body() -> None:
+    """The handshake ordering is checked after the body (NOTES.md, ambiguity 2)."""
+    master = Master()
+    master.receive(A1 + frame(0x01, mp({**HELLO_MAP, "magic": "nope"})))
+    assert_failed(master, "INVALID_CONFIG", "WF-7.1-5")

@@ -1,0 +1,162 @@
+"""The package's shape (docs/architecture.md): rings, import direction, module sizes, a light import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "aiodq"
+
+#: The rings, innermost first.  A module may import its own ring and the rings inside it only.
+RINGS: dict[str, int] = {
+    "aiodq.errors": 0,
+    "aiodq.config": 0,
+    "aiodq.codec": 1,
+    "aiodq.protocol": 2,
+    "aiodq.net": 3,
+    "aiodq.data": 3,
+    "aiodq.launch": 4,
+    "aiodq.lab": 5,
+    "aiodq.cli": 6,
+}
+#: The facades: ``aiodq`` (the public API) reaches the launchers; ``python -m aiodq`` is the CLI.
+FACADES = {"aiodq": 4, "aiodq.__main__": 6}
+MAX_MODULE_LINES = 600
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _ring(module: str) -> int:
+    if module in FACADES:
+        return FACADES[module]
+    for prefix, ring in RINGS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return ring
+    raise AssertionError(f"{module} belongs to no ring: add it to RINGS in tests/test_architecture.py")
+
+
+def _imports(module: str, path: Path, *, top_level_only: bool) -> set[str]:
+    """The aiodq modules that ``module`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "aiodq")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "aiodq":
+                continue
+            # ``from .x import y`` may name a submodule y: count it as an import of x.y where x.y exists.
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}"
+                found.add(
+                    candidate
+                    if (PACKAGE.parent / candidate.replace(".", "/")).with_suffix(".py").exists()
+                    or (PACKAGE.parent / candidate.replace(".", "/") / "__init__.py").exists()
+                    else target
+                )
+    return found - {module}
+
+
+def test_every_import_points_inward() -> None:
+    """No module imports a ring outside its own (lazy imports inside functions included)."""
+    upward = []
+    for module, path in _modules().items():
+        for target in _imports(module, path, top_level_only=False):
+            if _ring(target) > _ring(module):
+                upward.append(f"{module} (ring {_ring(module)}) imports {target} (ring {_ring(target)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles() -> None:
+    """The module-level import graph has no cycle."""
+    modules = _modules()
+    graph = {m: {t for t in _imports(m, p, top_level_only=True) if t in modules} for m, p in modules.items()}
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    cycles: list[str] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*stack, target])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    """The import scan resolves relative imports: a codec module importing the protocol is found."""
+    path = tmp_path / "payload.py"
+    path.write_text("from ..protocol.coordinator import Coordinator\nfrom . import registry\n")
+    assert _imports("aiodq.codec.payload", path, top_level_only=True) == {
+        "aiodq.protocol.coordinator",
+        "aiodq.codec.registry",
+    }
+
+
+def test_modules_are_small() -> None:
+    """No module is over 600 lines or over 10 % of the package (docs/architecture.md)."""
+    sizes = {
+        module: len(path.read_text(encoding="utf-8").splitlines()) for module, path in _modules().items()
+    }
+    total = sum(sizes.values())
+    big = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES or n > total / 10}
+    assert not big, f"{big} (package: {total} lines)"
+
+
+def test_import_aiodq_is_light() -> None:
+    """``import aiodq`` loads numpy, msgpack and bitarray, and none of scipy, matplotlib, rich, torch, ray."""
+    code = (
+        "import sys, aiodq\n"
+        "heavy = ('scipy', 'matplotlib', 'rich', 'torch', 'ray')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "print(','.join(m for m in ('numpy', 'msgpack', 'bitarray') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    heavy, light = result.stdout.splitlines()
+    assert heavy == ""
+    assert light == "numpy,msgpack,bitarray"
+
+
+def test_lazy_names_resolve() -> None:
+    """The names ``aiodq`` loads on first use exist and are the ones their modules define."""
+    import aiodq  # noqa: PLC0415
+    from aiodq.data import load_dataset  # noqa: PLC0415
+    from aiodq.launch.local import run_local  # noqa: PLC0415
+
+    assert aiodq.load_dataset is load_dataset
+    assert aiodq.run_local is run_local
+    assert set(aiodq.__all__) >= {
+        "Master",
+        "run_worker",
+        "TrainConfig",
+        "load_bundled_a9a",
+        "shard",
+        "run_local",
+    }
