@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits", "option"]
+__all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits", "MasterConfig", "option"]
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
@@ -30,6 +31,16 @@ class Limits:
     max_dimension: int = option(1 << 24, "largest vector dimension accepted")
     max_control_bytes: int = option(1 << 16, "largest HELLO, WELCOME or CONFIG body accepted, in bytes")
     max_reason_bytes: int = option(1024, "largest ERROR or CLOSE reason accepted, in UTF-8 bytes")
+
+    @property
+    def handshake_frame_bytes(self) -> int:
+        """The frame limit until the handshake is complete (wire-format.md 10-3).
+
+        No message a peer may send before then is longer: HELLO, WELCOME and CONFIG are at
+        most ``max_control_bytes``, AUTH messages 64 bytes, CLOSE and ERROR 20 bytes of fixed
+        fields plus their reason.
+        """
+        return min(self.max_frame_bytes, max(self.max_control_bytes, self.max_reason_bytes + 20))
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 64 or self.max_frame_bytes > 0xFFFF_FFFF:
@@ -72,9 +83,41 @@ class ConnectionConfig:
     def __post_init__(self) -> None:
         for label in ("handshake_timeout", "heartbeat_interval", "idle_timeout"):
             value = getattr(self, label)
-            if not value > 0:
-                raise ValueError(f"{label} must be positive, got {value!r}")
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError("heartbeat_interval must be shorter than idle_timeout")
         if self.secret is not None and len(self.secret) < 16:
             raise ValueError("the shared secret must be at least 16 bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MasterConfig:
+    """How the master treats its peers: admission, deadlines and the guard (docs/security.md).
+
+    None of it travels to the workers; the training itself is :class:`aiodq.TrainConfig`.
+    """
+
+    guard: float = option(
+        100.0,
+        "refuse an update whose norm is over this many times the median of recent ones, and a "
+        "snapshot report this far from the others' (0: off)",
+    )
+    snapshot_timeout: float = option(
+        300.0, "seconds a worker has to answer SNAPSHOT; a silent one is cut off and the phase goes on"
+    )
+    max_unauthenticated: int = option(
+        64, "connections still in their handshake at once; more are refused when they connect"
+    )
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.guard) and self.guard >= 0):
+            raise ValueError(f"guard must be 0 (off) or a positive factor, got {self.guard!r}")
+        if self.guard and self.guard < 2:
+            raise ValueError(f"a guard factor below 2 would refuse honest updates, got {self.guard!r}")
+        if not (math.isfinite(self.snapshot_timeout) and self.snapshot_timeout > 0):
+            raise ValueError(f"snapshot_timeout must be positive, got {self.snapshot_timeout!r}")
+        if not isinstance(self.max_unauthenticated, int) or self.max_unauthenticated < 1:
+            raise ValueError(
+                f"max_unauthenticated must be a positive integer, got {self.max_unauthenticated!r}"
+            )

@@ -52,11 +52,13 @@ class FrameReader:
     arrived, so any split of the input gives the same frames.
     """
 
-    __slots__ = ("_buffer", "_limits")
+    __slots__ = ("_buffer", "max_frame_bytes")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, *, max_frame_bytes: int | None = None) -> None:
         self._buffer = bytearray()
-        self._limits = limits
+        #: The largest body accepted now (default ``limits.max_frame_bytes``); a connection lowers
+        #: it until its handshake is complete (wire-format.md 10-3).
+        self.max_frame_bytes = limits.max_frame_bytes if max_frame_bytes is None else max_frame_bytes
 
     @property
     def buffered(self) -> int:
@@ -77,9 +79,9 @@ class FrameReader:
         if len(self._buffer) < HEADER_SIZE:
             return None
         version, message_type, flags, length = _HEADER.unpack_from(self._buffer)
-        if length > self._limits.max_frame_bytes:
+        if length > self.max_frame_bytes:
             raise CodecError(
-                f"frame body of {length} bytes exceeds the limit {self._limits.max_frame_bytes}",
+                f"frame body of {length} bytes exceeds the limit {self.max_frame_bytes}",
                 ErrorCode.FRAME_TOO_LARGE,
             )
         end = HEADER_SIZE + length

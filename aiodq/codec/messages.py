@@ -216,6 +216,14 @@ def _config_error(message: str) -> CodecError:
     return CodecError(message, ErrorCode.INVALID_CONFIG)
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    """Refuse an ext value: wire-format.md 7-6 makes any ext type malformed, whatever its length.
+
+    ``max_ext_len=0`` alone lets a zero-length one through to here.
+    """
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
 def _unpack_map(body: bytes, limits: Limits, what: str) -> dict[str, Any]:
     if len(body) > limits.max_control_bytes:
         raise CodecError(f"{what} body exceeds {limits.max_control_bytes} bytes", ErrorCode.LIMIT_EXCEEDED)
@@ -229,6 +237,7 @@ def _unpack_map(body: bytes, limits: Limits, what: str) -> dict[str, Any]:
             max_array_len=limits.max_control_bytes,
             max_map_len=limits.max_control_bytes,
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise _malformed(f"{what}: not one msgpack value: {exc}") from exc

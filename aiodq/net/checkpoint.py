@@ -7,11 +7,17 @@ staleness and drop counters and the traffic counters (see
 the arrays, plus a JSON document under the key ``meta``.  :func:`save` writes a
 temporary file in the same folder, flushes it to disk and renames it over the
 old checkpoint, so a crash at any moment leaves either the old checkpoint or
-the new one, never a torn file.
+the new one, never a torn file; the temporary files a crash leaves behind are
+removed by the next :func:`save` or :func:`remove_stale`.  :func:`load` refuses,
+before reading any array, an archive whose members would take more memory than
+the caller allows (a zip bomb), and reports every failure as one
+:class:`~aiodq.errors.CheckpointError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -24,7 +30,7 @@ import numpy as np
 from ..errors import CheckpointError
 from ..protocol.recovery import Checkpoint
 
-__all__ = ["CHECKPOINT_FORMAT", "load", "save"]
+__all__ = ["CHECKPOINT_FORMAT", "load", "remove_stale", "save"]
 
 #: Version of the checkpoint layout, stored in ``meta["format"]``.
 CHECKPOINT_FORMAT = 1
@@ -34,12 +40,35 @@ CHECKPOINT_FORMAT = 1
 _savez: Any = np.savez
 
 
-def save(path: str | Path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename)."""
+def remove_stale(path: str | Path) -> int:
+    """Remove the temporary files that writes of ``path`` interrupted by a crash left behind.
+
+    Returns:
+        How many were removed.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed += 1
+    return removed
+
+
+def save(path: str | Path, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        CheckpointError: if the file cannot be written (its text says why).
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
     meta = dict(checkpoint.meta, format=CHECKPOINT_FORMAT)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             contents = {"meta": np.array(json.dumps(meta)), **checkpoint.arrays}
@@ -47,28 +76,44 @@ def save(path: str | Path, checkpoint: Checkpoint) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def load(path: str | Path) -> Checkpoint:
+def load(path: str | Path, *, max_bytes: int = 1 << 30) -> Checkpoint:
     """Read a checkpoint written by :func:`save`.
 
+    Args:
+        path: the file.
+        max_bytes: the most memory its members may take once read (their uncompressed sizes,
+            from the archive's directory, checked before any is read).
+
     Raises:
-        CheckpointError: if the file is missing, damaged, or of another format.
+        CheckpointError: if the file is missing, damaged, too large, or of another format.
     """
     try:
         # Open the file here: np.load leaves its own handle open when the archive is broken.
         with Path(path).open("rb") as stream:
+            with zipfile.ZipFile(stream) as directory:
+                size = sum(member.file_size for member in directory.infolist())
+            if size > max_bytes:
+                raise ValueError(f"its members take {size} bytes once read, more than {max_bytes}")
+            stream.seek(0)
             archive = np.load(stream, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
             with archive:
                 meta = json.loads(str(archive["meta"]))
                 arrays = {name: archive[name] for name in archive.files if name != "meta"}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"cannot read the checkpoint {path}: {exc}") from exc
+    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise CheckpointError(f"cannot read the checkpoint {path}: {text}") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"cannot read the checkpoint {path}: its metadata is not a JSON object")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}"

@@ -10,6 +10,15 @@ the clock or sleep.  A :class:`Master` runs inside any running event loop::
 While it runs, ``master.coordinator`` shows the trace, the traffic and the
 model (``master.coordinator.state.x``), so the hosting application can follow
 progress while doing other work.
+
+What no peer can do (docs/security.md): make a connection handler raise (an
+unexpected failure closes that connection with INTERNAL_ERROR and one log line);
+hold more than ``MasterConfig.max_unauthenticated`` connections in their
+handshake (more are closed as they arrive); keep a finished master alive (once
+training ends it stops accepting and gives the workers' CLOSE exchanges at most
+the close timeout, then drops whatever is left); or fill the log (peers that
+never join are counted, not logged one by one, and reason texts are logged
+escaped and cut).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +35,25 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from ..config import ConnectionConfig
+from ..config import ConnectionConfig, MasterConfig
+from ..errors import CheckpointError
 from ..protocol.algorithms import TrainConfig
 from ..protocol.coordinator import Coordinator
 from . import checkpoint as checkpoint_file
 
-__all__ = ["Master"]
+__all__ = ["Master", "printable"]
 
 _log = logging.getLogger("aiodq.master")
 
 _READ_SIZE = 1 << 18
+#: Seconds between the log lines that count the connections refused or failed before joining.
+_REFUSED_LOG_INTERVAL = 10.0
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` for one log line: control characters escaped (no forged lines), at most ``limit`` chars."""
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
 
 
 class Master:
@@ -49,6 +68,8 @@ class Master:
         host: str = "127.0.0.1",
         port: int = 0,
         connection_config: ConnectionConfig | None = None,
+        master_config: MasterConfig | None = None,
+        samples: int | None = None,
         ssl: ssl_module.SSLContext | None = None,
         checkpoint: str | Path | None = None,
         checkpoint_interval: float = 60.0,
@@ -65,8 +86,12 @@ class Master:
             host: the address to listen on.
             port: the port (0: any free port; see :attr:`address`).
             connection_config: limits, timeouts and the shared secret of every connection.
+            master_config: the guard, the snapshot deadline and the admission limit.
+            samples: n, the samples of the whole dataset, if known (workers' reports are checked
+                against the shard sizes).
             ssl: a server-side TLS context (with client-certificate checks for mutual TLS).
-            checkpoint: a file to checkpoint the whole state into, atomically.
+            checkpoint: a file to checkpoint the whole state into, atomically (written once at
+                :meth:`start`, so a path that cannot be written fails there).
             checkpoint_interval: seconds between checkpoints.
             resume: continue from ``checkpoint`` instead of starting afresh.
             blas_threads: BLAS threads in this process while the master runs (None: leave
@@ -81,41 +106,54 @@ class Master:
         if not checkpoint_interval > 0:
             raise ValueError("checkpoint_interval must be positive")
         self.config = config
+        self.master_config = master_config or MasterConfig()
+        self._connection_config = connection_config or ConnectionConfig()
         self._ssl = ssl
         self._checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._checkpoint_interval = checkpoint_interval
         self._resume = resume
         self._last_checkpoint = 0.0
+        self._checkpoint_failure: str | None = None
         self._blas_threads = blas_threads
         self._record_every = record_every
+        self._samples = samples
         # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
-        self._write_limit = 4 * (connection_config or ConnectionConfig()).limits.max_frame_bytes
+        self._write_limit = 4 * self._connection_config.limits.max_frame_bytes
         self._blas_limit: threadpool_limits | None = None
         self._x0 = x0
         self._workers = workers
         self._host = host
         self._port = port
-        self._connection_config = connection_config
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._timer_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self._finished_at: float | None = None
+        self._closing = False
         self._logged_epochs = 0
         self._logged_errors = 0
+        self._members: set[int] = set()
         self._accepted = 0
+        self._refused: Counter[str] = Counter()
+        self._refused_logged: Counter[str] = Counter()
+        self._refused_log_at = 0.0
         self._started = 0.0
         self.coordinator: Coordinator | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind and start accepting workers."""
+        """Bind and start accepting workers.
+
+        Raises:
+            CheckpointError: the checkpoint cannot be written, or (``resume``) read or used.
+            OSError: the address cannot be listened on.
+        """
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
-        if self._blas_threads is not None:
-            self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         self.coordinator = Coordinator(
             self.config,
             self._x0,
@@ -123,28 +161,41 @@ class Master:
             connection_config=self._connection_config,
             now=0.0,
             record_every=self._record_every,
+            master_config=self.master_config,
+            samples=self._samples,
         )
-        if self._resume:
-            assert self._checkpoint is not None
-            self.coordinator.restore(checkpoint_file.load(self._checkpoint), 0.0)
-            self._logged_epochs = len(self.coordinator.trace)  # logged by the run that wrote them
-            _log.info(
-                "resumed from %s at epoch %d, version %d",
-                self._checkpoint,
-                self.coordinator.state.epoch,
-                self.coordinator.state.version,
-            )
+        if self._checkpoint is not None:
+            if checkpoint_file.remove_stale(self._checkpoint):
+                _log.info(
+                    "removed temporary checkpoint files an interrupted run left next to %s", self._checkpoint
+                )
+            if self._resume:
+                limit = 64 * (self.coordinator.dim + 1024)  # five float64 arrays and the metadata, with room
+                self.coordinator.restore(checkpoint_file.load(self._checkpoint, max_bytes=limit), 0.0)
+                self._logged_epochs = len(self.coordinator.trace)  # logged by the run that wrote them
+                self._logged_errors = len(self.coordinator.errors)
+                _log.info(
+                    "resumed from %s at epoch %d, version %d",
+                    self._checkpoint,
+                    self.coordinator.state.epoch,
+                    self.coordinator.state.version,
+                )
+            else:
+                self.write_checkpoint()  # fails now, with one line, if the file cannot be written
+        if self._blas_threads is not None:
+            self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         # TLS starts inside _serve, so that a failed TLS handshake is logged with its reason.
         self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_SIZE)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self._address = (str(host), int(port))
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
 
     @property
     def address(self) -> tuple[str, int]:
-        """The ``(host, port)`` the server listens on."""
-        if self._server is None or not self._server.sockets:
+        """The ``(host, port)`` the server listens on (listened on, once the run is over)."""
+        if self._address is None:
             raise RuntimeError("the master is not listening; call start() first")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
+        return self._address
 
     async def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait until training finishes; return the coordinator's summary.
@@ -156,23 +207,33 @@ class Master:
             await self._done.wait()
         assert self.coordinator is not None
         summary = self.coordinator.summary()
-        summary["wall_time"] = self._now()
+        summary["wall_time"] = self._now() if self._finished_at is None else self._finished_at
+        summary["refused_connections"] = dict(self._refused)
         return summary
 
     async def close(self) -> None:
-        """Stop accepting, close every connection and stop the timers."""
+        """Stop accepting, tell every worker GOING_AWAY (unless training ended), and stop.
+
+        The workers get the CLOSE; handlers still running after a short grace are cancelled.
+        """
+        self._closing = True
         if self._server is not None:
             self._server.close()
         if self._timer_task is not None:
             self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer_task
+        if self.coordinator is not None and self._loop is not None:
+            if not self.coordinator.done:
+                self.coordinator.shutdown(self._now())
+            self._write_queued()
         for writer in list(self._writers.values()):
             writer.close()
-        for task in list(self._handlers):
-            task.cancel()
         if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+            _, pending = await asyncio.wait(list(self._handlers), timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         if self._blas_limit is not None:
@@ -195,7 +256,7 @@ class Master:
 
     @property
     def accepted(self) -> int:
-        """Transports accepted since :meth:`start`, open or closed."""
+        """Transports accepted since :meth:`start`, open or closed (refused ones included)."""
         return self._accepted
 
     @property
@@ -207,28 +268,58 @@ class Master:
         assert self._loop is not None
         return self._loop.time() - self._started
 
+    def _unadmitted(self) -> int:
+        """Connections being served that are not (or no longer) members of the run."""
+        assert self.coordinator is not None
+        return len(self._handlers) - self.coordinator.live_workers
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None and self.coordinator is not None
+        self._accepted += 1
+        if self._closing or self.coordinator.done:
+            self._refuse(writer, "the run is over")
+            return
+        if self._unadmitted() >= self.master_config.max_unauthenticated:
+            self._refuse(writer, "too many connections in their handshake")
+            return
         self._handlers.add(task)
         try:
             if self._ssl is not None and not await self._start_tls(writer):
                 return
             await self._serve_worker(reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        except Exception as exc:
+            _log.error(
+                "connection from %s: unexpected %s: %s",
+                _peer(writer),
+                type(exc).__name__,
+                printable(str(exc)),
+            )
+            writer.transport.abort()
         finally:
             self._handlers.discard(task)
             self._check_done()
 
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        self._refused[why] += 1
+        writer.transport.abort()
+        self._log_refused()
+
     async def _start_tls(self, writer: asyncio.StreamWriter) -> bool:
-        """Run the TLS handshake; refuse (and log why) a peer that fails it, before any state is touched."""
+        """Run the TLS handshake; refuse (and count why) a peer that fails it, before any state is touched."""
         assert self._ssl is not None
-        peer = writer.get_extra_info("peername")
-        timeout = (self._connection_config or ConnectionConfig()).handshake_timeout
+        timeout = self._connection_config.handshake_timeout
         try:
             await writer.start_tls(self._ssl, ssl_handshake_timeout=timeout)
         except (ssl_module.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            _log.warning("TLS handshake with %s failed: %s", peer, exc)
-            writer.close()
+            _log.debug("TLS handshake with %s failed: %s", _peer(writer), exc)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self._refused[f"TLS handshake failed ({reason})"] += 1
+            self._log_refused()
+            writer.transport.abort()
             return False
         return True
 
@@ -236,9 +327,8 @@ class Master:
         coordinator = self.coordinator
         assert coordinator is not None
         worker_id = coordinator.connect(self._now())
-        self._accepted += 1
         self._writers[worker_id] = writer
-        _log.info("worker %d connected from %s", worker_id, writer.get_extra_info("peername"))
+        _log.debug("connection %d from %s", worker_id, _peer(writer))
         try:
             while True:
                 try:
@@ -246,25 +336,20 @@ class Master:
                 except (ConnectionError, OSError):
                     data = b""
                 coordinator.receive_data(worker_id, data, self._now())
-                await self._flush()
+                self._flush()
                 if not data or worker_id not in self._writers:
                     break
         finally:
             coordinator.disconnect(worker_id, self._now())
-            await self._flush()
+            self._flush()
             self._close_writer(worker_id)
             coordinator.forget(worker_id)
-            _log.info("worker %d disconnected", worker_id)
+            if worker_id in self._members:
+                self._members.discard(worker_id)
+                _log.info("worker %d left", worker_id)
 
-    async def _flush(self) -> None:
-        """Write what the coordinator queued and close finished connections.
-
-        No serve loop ever waits for another peer's socket to drain: a worker that stops
-        reading must not stall the others.  The protocol bounds what can queue up for one
-        worker (it gets a MODEL only in answer to its own GRADIENT, plus an epoch's SNAPSHOT,
-        FULL_GRADIENT and CLOSE), and a worker whose unsent bytes still exceed four frames
-        of the largest size allowed is cut off.
-        """
+    def _write_queued(self) -> None:
+        """Hand the coordinator's queued bytes to the transports (never waits for one to drain)."""
         assert self.coordinator is not None
         limit = self._write_limit
         for worker_id, data in self.coordinator.data_to_send().items():
@@ -275,13 +360,33 @@ class Master:
                     _log.warning("worker %d does not read what it is sent; closing", worker_id)
                     self.coordinator.disconnect(worker_id, self._now())
                     self._close_writer(worker_id)
-        for worker_id in self.coordinator.closed_workers():
+
+    def _flush(self) -> None:
+        """Write what the coordinator queued and close finished connections.
+
+        No serve loop ever waits for another peer's socket to drain: a worker that stops
+        reading must not stall the others.  The protocol bounds what can queue up for one
+        worker (it gets a MODEL only in answer to its own GRADIENT, plus an epoch's SNAPSHOT,
+        FULL_GRADIENT and CLOSE), and a worker whose unsent bytes still exceed four frames
+        of the largest size allowed is cut off.
+        """
+        coordinator = self.coordinator
+        assert coordinator is not None
+        self._write_queued()
+        for worker_id in coordinator.closed_workers():
             self._close_writer(worker_id)
         self._log_progress()
+        if coordinator.done and self._finished_at is None:
+            self._finished_at = self._now()
+            if self._server is not None:
+                self._server.close()  # nothing more to accept
+            for worker_id in list(self._writers):
+                if not coordinator.is_member(worker_id):
+                    self._abort_writer(worker_id)  # strangers get nothing more
         self._check_done()
 
     def _log_progress(self) -> None:
-        """Log each new epoch record (with the bytes so far by direction) and each new protocol error."""
+        """Log new epochs, workers that joined, new protocol errors (at most the ledger's first)."""
         coordinator = self.coordinator
         assert coordinator is not None
         if len(coordinator.trace) > self._logged_epochs:
@@ -298,14 +403,41 @@ class Master:
                     traffic.total("up"),
                 )
             self._logged_epochs = len(coordinator.trace)
+        for worker_id in self._writers:
+            if worker_id not in self._members and coordinator.is_member(worker_id):
+                self._members.add(worker_id)
+                _log.info("worker %d joined from %s", worker_id, _peer(self._writers[worker_id]))
         for worker_id, code, reason in coordinator.errors[self._logged_errors :]:
-            _log.warning("worker %d: %s: %s", worker_id, code, reason)
+            _log.warning("worker %d: %s: %s", worker_id, code, printable(reason))
         self._logged_errors = len(coordinator.errors)
+        unlogged = sum(coordinator.ledger.error_counts.values()) - len(coordinator.errors)
+        if unlogged > 0:
+            self._refused["protocol errors past the first logged"] = unlogged
+            self._log_refused()
+
+    def _log_refused(self) -> None:
+        """One line at most every few seconds that counts what was refused since the last one."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._refused_log_at < _REFUSED_LOG_INTERVAL or self._refused == self._refused_logged:
+            return
+        new = self._refused - self._refused_logged
+        if new:
+            _log.warning(
+                "refused or failed before joining: %s", ", ".join(f"{k}: {v}" for k, v in new.items())
+            )
+        self._refused_logged = Counter(self._refused)
+        self._refused_log_at = now
 
     def _close_writer(self, worker_id: int) -> None:
         writer = self._writers.pop(worker_id, None)
         if writer is not None:
             writer.close()
+
+    def _abort_writer(self, worker_id: int) -> None:
+        writer = self._writers.pop(worker_id, None)
+        if writer is not None:
+            writer.transport.abort()
 
     def _check_done(self) -> None:
         if self.coordinator is not None and self.coordinator.done and not self._writers:
@@ -318,22 +450,47 @@ class Master:
             delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - self._now()))
             await asyncio.sleep(delay)
             self.coordinator.handle_timer(self._now())
-            await self._flush()
-            if (
+            self._flush()
+            if self._finished_at is not None:
+                # wire-format.md 8.3: nobody is waited for longer than the close timeout.
+                if self._now() - self._finished_at >= self._connection_config.handshake_timeout:
+                    for worker_id in list(self._writers):
+                        self._abort_writer(worker_id)
+                    self._done.set()
+            elif (
                 self._checkpoint is not None
                 and self._now() - self._last_checkpoint >= self._checkpoint_interval
             ):
-                self.write_checkpoint()
+                try:
+                    self.write_checkpoint()
+                except CheckpointError as exc:
+                    self._last_checkpoint = self._now()  # try again at the next interval, not at once
+                    if str(exc) != self._checkpoint_failure:
+                        _log.error("%s; training goes on without it", exc)
+                        self._checkpoint_failure = str(exc)
 
     def write_checkpoint(self) -> None:
-        """Checkpoint the whole state now (atomically), if a checkpoint file was configured."""
+        """Checkpoint the whole state now (atomically), if a checkpoint file was configured.
+
+        Raises:
+            CheckpointError: if the file cannot be written.
+        """
         if self._checkpoint is None or self.coordinator is None or self.coordinator.done:
             return
         checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
         self._last_checkpoint = self._now()
+        self._checkpoint_failure = None
         _log.info(
             "checkpoint written to %s (epoch %d, version %d)",
             self._checkpoint,
             self.coordinator.state.epoch,
             self.coordinator.state.version,
         )
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = str(peer[0]), int(peer[1])
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(peer)

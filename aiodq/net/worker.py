@@ -24,7 +24,7 @@ from ..errors import ErrorCode
 from ..protocol.objectives import Features
 from ..protocol.session import WorkerSession
 
-__all__ = ["WorkerResult", "run_worker"]
+__all__ = ["WorkerResult", "describe_os_error", "format_address", "run_worker"]
 
 _log = logging.getLogger("aiodq.worker")
 
@@ -41,6 +41,11 @@ class WorkerResult:
     reason: str
     #: Gradients this worker sent.
     gradients: int
+    #: True if the worker ended the session itself because it cannot go on (a configuration it
+    #: cannot train, or its computation failed).
+    failed: bool = False
+    #: True if the session got as far as CONFIG (the worker trained in it).
+    configured: bool = False
 
     @property
     def ok(self) -> bool:
@@ -78,15 +83,17 @@ async def run_worker(
         ssl: a client-side TLS context (with a client certificate for mutual TLS).
         server_hostname: the name to check the master's certificate against (default ``host``).
         retry_for: keep reconnecting, with exponential backoff from 0.1 s to 5 s, for this
-            many seconds when the master cannot be reached or goes away before the end of
-            training (0: no retries).  A refusal that retrying cannot fix (authentication,
-            configuration, version) ends at once.
+            many seconds when the master cannot be reached, refuses the worker before training
+            (a full cluster, a failed TLS handshake) or goes away before the end of training
+            (0: no retries).  The time counts from the start, or from the end of the last
+            session in which the worker trained; refusals do not restart it.  A refusal that
+            retrying cannot fix (authentication, configuration, version) and a failure of the
+            worker's own computation end at once.
 
     Raises:
-        OSError: if the master cannot be reached (after the retries).
+        OSError: if the master cannot be reached (after the retries); its text says why.
     """
     loop = asyncio.get_running_loop()
-    # Each outage gets retry_for seconds, counted from when the master was lost.
     deadline = loop.time() + retry_for
     backoff = 0.1
     gradients = 0
@@ -103,20 +110,53 @@ async def run_worker(
                 ssl=ssl,
                 server_hostname=server_hostname,
             )
-        except OSError:
+        except OSError as exc:
             if loop.time() + backoff > deadline:
-                raise
-            _log.warning("cannot reach the master at %s:%d; retrying in %.1f s", host, port, backoff)
+                raise  # the caller says why with describe_os_error(exc)
+            _log.warning(
+                "cannot reach the master at %s: %s; retrying in %.1f s",
+                format_address(host, port),
+                describe_os_error(exc),
+                backoff,
+            )
         else:
             gradients += result.gradients
-            if result.ok or result.code in _PERMANENT or retry_for <= 0:
-                return WorkerResult(result.code, result.reason, gradients)
-            deadline, backoff = loop.time() + retry_for, 0.1
+            final = result.ok or result.failed or result.code in _PERMANENT or retry_for <= 0
+            if result.configured:
+                # It trained: a new outage starts now, with the whole of retry_for.
+                deadline, backoff = loop.time() + retry_for, 0.1
+            if final or loop.time() + backoff > deadline:
+                return WorkerResult(result.code, result.reason, gradients, result.failed, result.configured)
             _log.warning(
-                "session ended (%d: %s); reconnecting in %.1f s", result.code, result.reason, backoff
+                "session ended (%s: %s); reconnecting in %.1f s",
+                _code_name(result.code),
+                result.reason,
+                backoff,
             )
         await asyncio.sleep(backoff)
         backoff = min(2 * backoff, 5.0)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line saying why a connection failed (TLS errors included), never empty."""
+    if isinstance(exc, ssl_module.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc.reason or 'certificate verify failed'}"
+    if isinstance(exc, ssl_module.SSLError):
+        return f"TLS: {exc.reason or exc.strerror or type(exc).__name__}"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:7000``), as ``--connect`` reads it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
 
 
 async def _session(
@@ -183,4 +223,4 @@ async def _session(
             async with asyncio.timeout(5.0):
                 await writer.wait_closed()
     code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "connection ended without CLOSE")
-    return WorkerResult(code, reason, session.gradients_sent)
+    return WorkerResult(code, reason, session.gradients_sent, session.failed, session.config is not None)

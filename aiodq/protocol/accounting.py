@@ -131,14 +131,19 @@ class Ledger:
     records: list[ModelRecord] = field(default_factory=list)
     #: Staleness t - D of every applied update, as a histogram.
     applied_staleness: Counter[int] = field(default_factory=Counter)
-    #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``non-finite``.
+    #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``outlier`` (the
+    #: guard), ``overflow`` (out of a MODEL's range), ``refused`` (not this run's encoding or width).
     dropped: Counter[str] = field(default_factory=Counter)
     #: The first :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text)``.
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     #: Every protocol error, by code name (also those past :data:`MAX_ERRORS`).
     error_counts: Counter[str] = field(default_factory=Counter)
-    #: Traffic of connections already closed and forgotten.
+    #: Traffic of connections already closed and forgotten (workers that joined).
     retired: Traffic = field(default_factory=Traffic)
+    #: Traffic of connections that never joined (refused, failed handshakes): not the run's.
+    unadmitted: Traffic = field(default_factory=Traffic)
+    #: How many such connections there were.
+    unadmitted_connections: int = 0
 
     def add_error(self, worker_id: int, code: str, reason: str) -> None:
         """Record a protocol error (the text only while fewer than :data:`MAX_ERRORS` are kept)."""
@@ -154,35 +159,33 @@ class Ledger:
             total.add_connection(connection)
         return total
 
-    def staleness(self, tau: int) -> dict[str, Any]:
-        """The staleness histogram and drops, JSON-ready."""
+    def report(self, tau: int) -> dict[str, Any]:
+        """The ledger's part of a run's summary, JSON-ready: trace, staleness, drops and errors."""
         histogram = self.applied_staleness
         applied = sum(histogram.values())
         return {
-            "tau": tau,
-            "applied": applied,
-            "histogram": {str(k): v for k, v in sorted(histogram.items())},
-            "mean": (sum(k * v for k, v in histogram.items()) / applied) if applied else 0.0,
-            "max": max(histogram, default=0),
-            "dropped": dict(self.dropped),
+            "trace": [
+                {
+                    "epoch": r.epoch,
+                    "loss": r.loss,
+                    "accuracy": r.accuracy,
+                    "bytes": r.bytes_total,
+                    "bits": 8 * r.bytes_total,
+                    "time": r.time,
+                    "version": r.version,
+                    "samples": r.samples,
+                }
+                for r in self.trace
+            ],
+            "staleness": {
+                "tau": tau,
+                "applied": applied,
+                "histogram": {str(k): v for k, v in sorted(histogram.items())},
+                "mean": (sum(k * v for k, v in histogram.items()) / applied) if applied else 0.0,
+                "max": max(histogram, default=0),
+                "dropped": dict(self.dropped),
+            },
+            "errors": [{"worker": w, "code": c, "reason": r} for w, c, r in self.errors],
+            "error_counts": dict(self.error_counts),
+            "unadmitted": {"connections": self.unadmitted_connections, "bytes": self.unadmitted.total()},
         }
-
-    def trace_rows(self) -> list[dict[str, Any]]:
-        """The trace, JSON-ready (bits as well as bytes)."""
-        return [
-            {
-                "epoch": r.epoch,
-                "loss": r.loss,
-                "accuracy": r.accuracy,
-                "bytes": r.bytes_total,
-                "bits": 8 * r.bytes_total,
-                "time": r.time,
-                "version": r.version,
-                "samples": r.samples,
-            }
-            for r in self.trace
-        ]
-
-    def error_rows(self) -> list[dict[str, Any]]:
-        """The kept errors, JSON-ready."""
-        return [{"worker": w, "code": c, "reason": r} for w, c, r in self.errors]

@@ -40,6 +40,7 @@ from .objectives import Features, Objective, Regularizer, make_objective
 
 __all__ = [
     "ALGORITHMS",
+    "MODEL_LIMIT",
     "AlgorithmSpec",
     "ApplyOutcome",
     "MasterState",
@@ -212,8 +213,11 @@ class ApplyOutcome:
     applied: bool
     #: t - D at receipt.
     staleness: int
-    #: Why it was not applied: ``""``, ``"stale"`` or ``"non-finite"``.
+    #: Why it was not applied: ``""``, ``"stale"``, ``"outlier"`` (its norm is over ``max_norm``)
+    #: or ``"overflow"`` (the model would leave the range a MODEL can carry, or stop being finite).
     reason: str = ""
+    #: The 2-norm of the update u = Q(alpha) + g_snap, when it was computed (``max_norm`` given).
+    norm: float = 0.0
 
 
 class MasterState:
@@ -268,25 +272,47 @@ class MasterState:
         return arrays, meta
 
     def restore(self, arrays: dict[str, Array], meta: dict[str, Any]) -> None:
-        """Load what :meth:`to_checkpoint` produced.
+        """Load what :meth:`to_checkpoint` produced, after checking every value.
 
         Raises:
-            ValueError: if an array is missing or has the wrong shape.
+            ValueError: if an array is missing, has the wrong shape, is not finite or is beyond
+                what a MODEL can carry, or a counter is not a non-negative integer.
         """
+        loaded: dict[str, Array] = {}
         for name in (*self._ARRAYS, "iterate_sum"):
-            value = np.asarray(arrays.get(name), dtype=np.float64)
+            if name not in arrays:
+                raise ValueError(f"checkpoint array {name!r} is missing")
+            value = np.asarray(arrays[name], dtype=np.float64)
             if value.shape != self.x.shape:
                 raise ValueError(
                     f"checkpoint array {name!r} has shape {value.shape}, expected {self.x.shape}"
                 )
-            setattr(self, "_iterate_sum" if name == "iterate_sum" else name, value.copy())
-        self.theta = float(meta["theta"])
-        self.version = int(meta["version"])
-        self.epoch = int(meta["epoch"])
-        self.applied_in_epoch = int(meta["applied_in_epoch"])
-        self.updates_per_epoch = int(meta["updates_per_epoch"])
-        self.samples = int(meta["samples"])
+            limit = (
+                MODEL_LIMIT * max(1, int(meta.get("applied_in_epoch", 1)))
+                if name == "iterate_sum"
+                else MODEL_LIMIT
+            )
+            if not (np.isfinite(value).all() and float(np.abs(value).max()) <= limit):
+                raise ValueError(f"checkpoint array {name!r} is not finite or beyond what a MODEL can carry")
+            loaded[name] = value.copy()
+        counters = {}
+        for name in ("version", "epoch", "applied_in_epoch", "updates_per_epoch", "samples"):
+            value = meta[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"checkpoint counter {name!r} is {value!r}, not a non-negative integer")
+            counters[name] = value
+        theta = meta["theta"]
+        if not isinstance(theta, int | float) or not 0 < theta <= 1:
+            raise ValueError(f"checkpoint theta {theta!r} is not in (0, 1]")
         self._rng.bit_generator.state = meta["rng"]
+        for name, array in loaded.items():
+            setattr(self, "_iterate_sum" if name == "iterate_sum" else name, array)
+        self.theta = float(theta)
+        self.version = counters["version"]
+        self.epoch = counters["epoch"]
+        self.applied_in_epoch = counters["applied_in_epoch"]
+        self.updates_per_epoch = counters["updates_per_epoch"]
+        self.samples = counters["samples"]
 
     # -- epochs ---------------------------------------------------------------
 
@@ -346,14 +372,26 @@ class MasterState:
         )
         return payload.vector, payload.relative
 
-    def apply(self, vector: Vector, version: int) -> ApplyOutcome:
-        """Apply a gradient computed on model ``version``, unless it is too stale (algorithms.md 9)."""
+    def apply(self, vector: Vector, version: int, *, max_norm: float | None = None) -> ApplyOutcome:
+        """Apply a gradient computed on model ``version``, unless it is refused.
+
+        Refused: a gradient staler than tau (algorithms.md 9); with ``max_norm``, an update
+        u = Q(alpha) + g_snap whose 2-norm is larger (the master's guard, docs/security.md); and
+        an update after which the model could not travel in a MODEL (a coordinator beyond
+        :data:`MODEL_LIMIT`, or not finite).  A refused update changes nothing.
+        """
         staleness = self.version - version
         if staleness > self.config.tau:
             return ApplyOutcome(False, staleness, "stale")
         update = vector.to_dense(np.float64)
         if not self.spec.needs_full_gradient:
             update += self.full_gradient  # u = Q(alpha) + g_snap
+        norm = 0.0
+        if max_norm is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                norm = math.sqrt(float(np.dot(update, update)))
+            if not norm <= max_norm:  # NaN included
+                return ApplyOutcome(False, staleness, "outlier", norm)
         step = self.config.step
         if self.spec.accelerated:
             # algorithms.md 7: y = prox(y - (eta / theta) u), x = x_snap + theta (y - x_snap).
@@ -364,28 +402,32 @@ class MasterState:
             x = np.subtract(y, self.snapshot, out=self._buffer)
             x *= self.theta
             x += self.snapshot
-            if not (_finite(x) and _finite(y)):
-                return ApplyOutcome(False, staleness, "non-finite")
+            if not (_encodable(x) and _encodable(y)):
+                return ApplyOutcome(False, staleness, "overflow", norm)
             self.y = y
             self.x, self._buffer = x, self.x
             self._iterate_sum += x
         else:
-            # algorithms.md 5: x = prox(x - eta u), computed apart and kept only if finite.
+            # algorithms.md 5: x = prox(x - eta u), computed apart and kept only if encodable.
             update *= -step
             update += self.x
             x = self.regularizer.prox(update, step)
-            if not _finite(x):
-                return ApplyOutcome(False, staleness, "non-finite")
+            if not _encodable(x):
+                return ApplyOutcome(False, staleness, "overflow", norm)
             self.x = x
         self.version += 1
         self.applied_in_epoch += 1
-        return ApplyOutcome(True, staleness)
+        return ApplyOutcome(True, staleness, "", norm)
 
 
-def _finite(values: Array) -> bool:
-    """One pass: NaN or infinity anywhere (or overflow of the sum of squares) makes it False."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return math.isfinite(float(np.dot(values, values)))
+#: The largest model coordinate the master keeps: a quarter of the largest float32, so that x,
+#: x_snap (rounded to float32) and x - x_snap all travel in a MODEL, whichever encoding it takes.
+MODEL_LIMIT = float(np.finfo(np.float32).max) / 4
+
+
+def _encodable(values: Array) -> bool:
+    """True if every coordinate is finite and within MODEL_LIMIT (NaN fails the comparisons)."""
+    return bool(values.min() >= -MODEL_LIMIT) and bool(values.max() <= MODEL_LIMIT)
 
 
 def initial_model(config: TrainConfig, features: int, classes: int) -> Array:

@@ -74,7 +74,10 @@ class Connection(SessionRules):
 
     def __init__(self, config: ConnectionConfig | None = None, *, now: float = 0.0) -> None:
         self._config = config or ConnectionConfig()
-        self._reader = FrameReader(self._config.limits)
+        limits = self._config.limits
+        # wire-format.md 10-3: an unauthenticated peer cannot make this side buffer more than the
+        # largest message of the handshake; the full limit applies once it is complete.
+        self._reader = FrameReader(limits, max_frame_bytes=limits.handshake_frame_bytes)
         # Encoded frames waiting for data_to_send(); a list, so a lone frame leaves without a copy.
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
@@ -227,6 +230,10 @@ class Connection(SessionRules):
         self._check_order(message_type, sender=self._peer_role)
         decoded = decode_body(frame, self._context)
         event = decoded.event
+        if isinstance(event, Welcome) and self._config.secret is not None and not self.authenticated:
+            # wire-format.md 7.14-2: a master that skipped the handshake is not trusted; this
+            # check comes before the WELCOME's others.
+            raise ViolationError("the master did not authenticate", ErrorCode.AUTH_FAILED)
         self._check_content(event, sender=self._peer_role)
         if decoded.payload_bits:
             name = message_type.name
@@ -248,20 +255,20 @@ class Connection(SessionRules):
             self._apply(event, sent=False)
             self._held_hello = event
             self._master_nonce = self._config.nonce_source(NONCE_SIZE)
-            self._emit(AuthChallenge(nonce=self._master_nonce))
+            self._reply(AuthChallenge(nonce=self._master_nonce))
             return None
-        if isinstance(event, AuthChallenge):  # worker
-            if self._offered is None:
-                raise ViolationError("AUTH_CHALLENGE before HELLO", ErrorCode.UNEXPECTED_MESSAGE)
+        if isinstance(event, AuthChallenge):  # worker; wire-format.md 7.12-3, checks in this order
             if secret is None:
                 raise ViolationError(
                     "the master requires authentication; no secret is configured", ErrorCode.AUTH_FAILED
                 )
+            if self._offered is None:
+                raise ViolationError("AUTH_CHALLENGE before HELLO", ErrorCode.UNEXPECTED_MESSAGE)
             if self._master_nonce is not None:
                 raise ViolationError("a second AUTH_CHALLENGE", ErrorCode.UNEXPECTED_MESSAGE)
             self._master_nonce = event.nonce
             self._worker_nonce = self._config.nonce_source(NONCE_SIZE)
-            self._emit(
+            self._reply(
                 AuthResponse(
                     nonce=self._worker_nonce, mac=worker_mac(secret, event.nonce, self._worker_nonce)
                 )
@@ -274,7 +281,7 @@ class Connection(SessionRules):
                 raise ViolationError(
                     "the worker's proof of the shared secret is wrong", ErrorCode.AUTH_FAILED
                 )
-            self._emit(AuthConfirm(mac=master_mac(secret, self._master_nonce, event.nonce)))
+            self._reply(AuthConfirm(mac=master_mac(secret, self._master_nonce, event.nonce)))
             self.authenticated = True
             hello, self._held_hello = self._held_hello, None
             return hello
@@ -288,12 +295,16 @@ class Connection(SessionRules):
                 )
             self.authenticated = True
             return None
-        # A WELCOME to a worker that holds a secret: only after the master proved itself.
-        assert isinstance(event, Welcome)
-        if not self.authenticated:
-            raise ViolationError("the master did not authenticate", ErrorCode.AUTH_FAILED)
+        # A WELCOME to a worker that holds a secret: only after the master proved itself
+        # (checked in _receive_frame, before the WELCOME's other checks: wire-format.md 7.14-2).
+        assert isinstance(event, Welcome) and self.authenticated
         self._apply(event, sent=False)
         return event
+
+    def _reply(self, event: Event) -> None:
+        """An automatic answer of the handshake; none in CLOSING (wire-format.md 8.1-2)."""
+        if self._state is not ConnectionState.CLOSING:
+            self._emit(event)
 
     # -- sending --------------------------------------------------------------
 
@@ -412,7 +423,7 @@ class Connection(SessionRules):
                 self._offered = (event.min_version, event.max_version)
             else:
                 self._version = event.version
-                self._state = ConnectionState.CONFIGURING
+                self._advance(ConnectionState.CONFIGURING)
             if sent:
                 # wire-format.md 6.2: a side decodes exactly what it announced.
                 self._local_encodings = event.encodings
@@ -424,7 +435,7 @@ class Connection(SessionRules):
             self._context = DecodeContext(
                 limits=self._config.limits, dim=event.dim, encodings=self._local_encodings
             )
-            self._state = ConnectionState.READY
+            self._advance(ConnectionState.READY)
         elif isinstance(event, Snapshot):
             epoch.current = event.epoch
             epoch.snapshot_pending = True
@@ -454,6 +465,22 @@ class Connection(SessionRules):
                     self._emit(Close(code=int(ErrorCode.NO_ERROR)))
                     self._close_sent = True
                 self._state = ConnectionState.CLOSED
+
+    def _advance(self, state: ConnectionState) -> None:
+        """Enter ``state``.
+
+        In CLOSING only the state that received frames are checked against moves (a WELCOME or
+        CONFIG that crossed this side's CLOSE, wire-format.md 8.1-2).
+        """
+        if self._state is ConnectionState.CLOSING:
+            self._state_before_close = state
+        else:
+            self._state = state
+        # wire-format.md 10-3: the handshake is complete when the master sends WELCOME and when
+        # the worker receives CONFIG; from then on the full frame limit applies.
+        master_done = self.role is Role.MASTER and state is ConnectionState.CONFIGURING
+        if master_done or state is ConnectionState.READY:
+            self._reader.max_frame_bytes = self._config.limits.max_frame_bytes
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
         """Close after the peer broke the protocol: queue CLOSE with the code."""

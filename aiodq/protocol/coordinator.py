@@ -14,21 +14,21 @@ the bytes to send; the coordinator runs the epochs:
 4. after the last epoch, one more snapshot phase evaluates the final model,
    then every worker gets CLOSE.
 
-Staleness policy (docs/algorithms.md 9): a gradient computed on model version D
-and received at version t is applied only if ``t - D <= tau``; otherwise it is
-dropped, counted, and its sender gets a fresh model.  A worker that leaves is
-removed; a snapshot phase waits only for the workers still connected, so the
-departed shard is missing from g_snap and F until the worker rejoins (it
-re-enters at the next snapshot phase).
+Staleness (docs/algorithms.md 9): a gradient computed on model version D and
+received at version t is applied only if ``t - D <= tau``.  A worker that leaves is
+removed; a snapshot phase waits only for those still connected, and one that
+rejoins re-enters at the next snapshot phase.  What an admitted worker sends is
+checked by :mod:`aiodq.protocol.guard` (docs/security.md); the run ends as diverged
+(:attr:`Coordinator.failure`) after ``DIVERGED_AFTER`` refused updates per live
+worker, when removals leave no worker, or when F(x_snap) is not finite.  No
+message of a peer makes the coordinator raise: an unexpected failure while
+handling one closes that peer's connection with INTERNAL_ERROR.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -49,41 +49,25 @@ from ..codec.events import (
     Welcome,
 )
 from ..codec.registry import ALL_ENCODINGS, Encoding
-from ..codec.vectors import full_precision
-from ..config import ConnectionConfig
+from ..codec.vectors import EqualsSnapshot, RawVector, full_precision
+from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError, ErrorCode, RemoteProtocolError
 from . import recovery
 from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
+from .guard import Guard, Refusal
+from .members import Member, Phase
 from .recovery import Checkpoint
 
-__all__ = ["Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
+__all__ = ["DIVERGED_AFTER", "Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
+
+#: Refused updates per live worker, with none applied in between, after which the run has diverged.
+DIVERGED_AFTER = 4
 
 
-class Phase(Enum):
-    """Where the run stands."""
-
-    #: Waiting for the workers to join.
-    JOINING = "joining"
-    #: Snapshot phase: waiting for SNAPSHOT_GRADIENTs.
-    SNAPSHOT = "snapshot"
-    #: Inner loop: applying gradients.
-    INNER = "inner"
-    #: Training finished; CLOSE sent.
-    DONE = "done"
-
-
-@dataclass(slots=True)
-class _Worker:
-    connection: MasterConnection
-    joined: bool = False
-    #: True if this worker takes part in the current snapshot phase / inner loop.
-    active: bool = False
-    #: True while the current snapshot phase waits for this worker.
-    awaiting_snapshot: bool = False
-    #: The epoch of a SNAPSHOT sent and not answered yet (the protocol allows one at a time).
-    snapshot_sent: int | None = None
+def _ledger_table(name: str, doc: str) -> Any:
+    return property(lambda self: getattr(self.ledger, name), doc=doc)
 
 
 class Coordinator:
@@ -98,6 +82,8 @@ class Coordinator:
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
         record_every: int = 0,
+        master_config: MasterConfig | None = None,
+        samples: int | None = None,
     ) -> None:
         """Configure; nothing is sent until workers connect.
 
@@ -110,12 +96,17 @@ class Coordinator:
             record_every: if positive, keep a :class:`ModelRecord` at the start of every
                 snapshot phase and after every ``record_every``-th applied update, in
                 :attr:`records` (not checkpointed).
+            master_config: the guard factor, the snapshot deadline and admission limits.
+            samples: n, the samples of the whole dataset, if known: each worker must then
+                report one of the two shard sizes of n over M.
         """
         if workers < 1:
             raise ValueError("need at least one worker")
         if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
             raise ValueError("record_every must be a non-negative integer")
         self.config = config
+        self.master_config = master_config or MasterConfig()
+        self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
         self.state = MasterState(config, x0)
         self.dim = int(self.state.x.shape[0])
         self.expected_workers = workers
@@ -127,18 +118,18 @@ class Coordinator:
             base = dataclasses.replace(base, encodings=frozenset(announced), dense_rice=False)
         self._connection_config = base
         self._announced = frozenset(base.encodings or ALL_ENCODINGS)
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[int, Member] = {}
         self._next_id = 0
         self._started = now
         self._gradient_sum = np.zeros(self.dim)
-        self._loss_sum = 0.0
-        self._samples = 0
-        self._correct = 0
         self._bytes_at_snapshot = 0
         self._record_every = record_every
         #: The run's book: trace, model records, staleness, drops, errors, retired traffic.
         self.ledger = Ledger()
         self.finished_at: float | None = None
+        #: Why the run ended without finishing its epochs (it diverged), or None.
+        self.failure: str | None = None
+        self._snapshot_deadline: float | None = None
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
@@ -149,7 +140,7 @@ class Coordinator:
         """Register a new transport; return its worker id."""
         worker_id = self._next_id
         self._next_id += 1
-        self._workers[worker_id] = _Worker(MasterConnection(self._connection_config, now=now))
+        self._workers[worker_id] = Member(MasterConnection(self._connection_config, now=now))
         return worker_id
 
     def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
@@ -168,20 +159,32 @@ class Coordinator:
                 return
             if event is None:
                 return
-            self._handle(worker_id, event, now)
+            self._handle_safely(worker_id, event, now)
+            if worker_id not in self._workers:
+                return
 
     def handle_timer(self, now: float) -> None:
-        """Run the connections' timers (heartbeats, timeouts)."""
+        """Run the connections' timers (heartbeats, timeouts) and the snapshot deadline."""
         for worker_id, worker in list(self._workers.items()):
             timer = worker.connection.get_timer()
             if timer is not None and timer <= now:
                 worker.connection.handle_timer(now)
                 while (event := worker.connection.next_event()) is not None:
-                    self._handle(worker_id, event, now)
+                    self._handle_safely(worker_id, event, now)
+        deadline = self._snapshot_deadline
+        if self.phase is Phase.SNAPSHOT and deadline is not None and now >= deadline:
+            self._snapshot_deadline = None
+            timeout = self.master_config.snapshot_timeout
+            for worker_id, worker in list(self._workers.items()):
+                if worker.awaiting_snapshot:
+                    reason = f"no SNAPSHOT_GRADIENT within {timeout:g} s"
+                    self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
 
     def get_timer(self) -> float | None:
-        """The earliest connection timer."""
+        """The earliest connection timer, or the snapshot deadline."""
         timers = [t for w in self._workers.values() if (t := w.connection.get_timer()) is not None]
+        if self.phase is Phase.SNAPSHOT and self._snapshot_deadline is not None:
+            timers.append(self._snapshot_deadline)
         return min(timers) if timers else None
 
     def data_to_send(self) -> dict[int, bytes]:
@@ -198,14 +201,31 @@ class Coordinator:
         return [wid for wid, w in self._workers.items() if w.connection.state is ConnectionState.CLOSED]
 
     def forget(self, worker_id: int) -> None:
-        """Drop a closed worker's connection, keeping its traffic counters."""
+        """Drop a closed worker's connection, keeping its traffic counters.
+
+        The traffic of a peer that never joined is kept apart: it is not the run's.
+        """
         worker = self._workers.pop(worker_id, None)
         if worker is not None:
-            self.ledger.retired.add_connection(worker.connection)
+            if worker.admitted:
+                self.ledger.retired.add_connection(worker.connection)
+            else:
+                self.ledger.unadmitted.add_connection(worker.connection)
+                self.ledger.unadmitted_connections += 1
 
     def disconnect(self, worker_id: int, now: float) -> None:
         """The transport to a worker was lost."""
         self._drop_worker(worker_id, now)
+
+    def shutdown(self, now: float, reason: str = "the master is shutting down") -> None:
+        """Send CLOSE with GOING_AWAY on every connection (training stops where it stands)."""
+        for worker in self._workers.values():
+            worker.connection.close(now, ErrorCode.GOING_AWAY, reason)
+
+    def is_member(self, worker_id: int) -> bool:
+        """True if the connection ``worker_id`` has joined the run and not left it."""
+        worker = self._workers.get(worker_id)
+        return worker is not None and worker.joined
 
     @property
     def done(self) -> bool:
@@ -217,45 +237,49 @@ class Coordinator:
         """Workers that joined and are still connected."""
         return sum(1 for w in self._workers.values() if w.joined)
 
+    @property
+    def pending(self) -> int:
+        """Connections that have not joined: in their handshake, or refused and closing."""
+        return sum(1 for w in self._workers.values() if not w.admitted)
+
     def traffic(self) -> Traffic:
-        """Bytes and payload bits so far, over every connection, past and present."""
-        return self.ledger.traffic([w.connection for w in self._workers.values()])
+        """The run's bytes and payload bits so far: every connection that joined, past and present."""
+        return self.ledger.traffic([w.connection for w in self._workers.values() if w.admitted])
 
     # The ledger's tables, as attributes of the coordinator.
-
-    @property
-    def trace(self) -> list[EpochRecord]:
-        """The per-epoch trace."""
-        return self.ledger.trace
-
-    @property
-    def records(self) -> list[ModelRecord]:
-        """Model copies for evaluation after the run (see ``record_every``)."""
-        return self.ledger.records
-
-    @property
-    def applied_staleness(self) -> Counter[int]:
-        """Staleness t - D of every applied update, as a histogram."""
-        return self.ledger.applied_staleness
-
-    @property
-    def dropped(self) -> Counter[str]:
-        """Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``non-finite``."""
-        return self.ledger.dropped
-
-    @property
-    def errors(self) -> list[tuple[int, str, str]]:
-        """The first protocol errors seen, as ``(worker_id, code name, text)``."""
-        return self.ledger.errors
+    trace = _ledger_table("trace", "The per-epoch trace (list of EpochRecord).")
+    records = _ledger_table("records", "Model copies for evaluation after the run (see ``record_every``).")
+    applied_staleness = _ledger_table("applied_staleness", "Staleness t - D of every applied update.")
+    dropped = _ledger_table("dropped", "Gradients not applied, by reason (stale, late, outlier, ...).")
+    errors = _ledger_table("errors", "The first protocol errors seen, as (worker_id, code name, text).")
 
     # -- events -----------------------------------------------------------------
+
+    def _handle_safely(self, worker_id: int, event: Event, now: float) -> None:
+        """Handle one event; a failure the protocol does not foresee closes only this connection."""
+        try:
+            self._handle(worker_id, event, now)
+        except Exception as exc:
+            reason = f"internal error handling {type(event).__name__}: {type(exc).__name__}: {exc}"
+            self._remove(worker_id, Refusal(ErrorCode.INTERNAL_ERROR, reason[:300]), now)
+
+    def _remove(self, worker_id: int, refusal: Refusal, now: float) -> None:
+        """Close a worker's connection with ``refusal``'s code and record why."""
+        self.ledger.add_error(worker_id, refusal.code.name, refusal.reason)
+        worker = self._workers.get(worker_id)
+        if worker is not None and worker.connection.state not in (
+            ConnectionState.CLOSING,
+            ConnectionState.CLOSED,
+        ):
+            worker.connection.close(now, refusal.code, refusal.reason)
+        self._drop_worker(worker_id, now)
 
     def _handle(self, worker_id: int, event: Event, now: float) -> None:
         worker = self._workers[worker_id]
         if isinstance(event, Hello):
             self._join(worker_id, worker, now)
         elif isinstance(event, SnapshotGradient):
-            self._snapshot_gradient(worker, event, now)
+            self._snapshot_gradient(worker_id, worker, event, now)
         elif isinstance(event, Gradient):
             self._gradient(worker_id, worker, event, now)
         elif isinstance(event, ErrorMessage):
@@ -269,22 +293,18 @@ class Coordinator:
                 self.ledger.add_error(worker_id, _code_name(code), reason)
             self._drop_worker(worker_id, now)
 
-    def _send(self, worker: _Worker, event: Event, now: float) -> None:
-        worker.connection.send(event, now)
-
-    def _join(self, worker_id: int, worker: _Worker, now: float) -> None:
+    def _join(self, worker_id: int, worker: Member, now: float) -> None:
         connection = worker.connection
         if self.phase is Phase.DONE or self.live_workers >= self.expected_workers:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
         version = connection.negotiated_version or 1
-        self._send(worker, Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
-        self._send(
-            worker,
+        connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
+        worker.connection.send(
             ConfigMessage(dim=self.dim, algorithm=self.config.algorithm, params=self.config.to_params()),
             now,
         )
-        worker.joined = True
+        worker.joined = worker.admitted = True
         if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
             self._start_snapshot_phase(now)
         elif self.phase in (Phase.SNAPSHOT, Phase.INNER):
@@ -297,8 +317,9 @@ class Coordinator:
 
     def _start_snapshot_phase(self, now: float) -> None:
         self.phase = Phase.SNAPSHOT
-        self._gradient_sum[:] = 0.0
-        self._loss_sum, self._samples, self._correct = 0.0, 0, 0
+        self._snapshot_deadline = now + self.master_config.snapshot_timeout
+        for worker in self._workers.values():
+            worker.report = None
         self._bytes_at_snapshot = self.traffic().total()
         if self._record_every and not self._resuming:
             # (A phase that resumes a checkpointed epoch only hands x_snap out again.)
@@ -310,7 +331,7 @@ class Coordinator:
                 self._send_snapshot(worker, now)
         self._maybe_finish_snapshot_phase(now)
 
-    def _send_snapshot(self, worker: _Worker, now: float) -> None:
+    def _send_snapshot(self, worker: Member, now: float) -> None:
         """Send the current SNAPSHOT, unless an older one is still unanswered.
 
         A worker that joined late may still owe the answer to an earlier epoch's SNAPSHOT
@@ -320,10 +341,14 @@ class Coordinator:
             return
         state = self.state
         worker.snapshot_sent = state.epoch
-        self._send(worker, Snapshot(epoch=state.epoch, vector=full_precision(state.snapshot)), now)
+        worker.connection.send(Snapshot(epoch=state.epoch, vector=full_precision(state.snapshot)), now)
 
-    def _snapshot_gradient(self, worker: _Worker, event: SnapshotGradient, now: float) -> None:
+    def _snapshot_gradient(self, worker_id: int, worker: Member, event: SnapshotGradient, now: float) -> None:
         worker.snapshot_sent = None
+        refusal = self.guard.refuse_report(event)
+        if refusal is not None:
+            self._remove(worker_id, refusal, now)
+            return
         if event.epoch != self.state.epoch:
             # The answer to an older epoch's SNAPSHOT: its sums are out of date.
             if worker.joined and self.phase in (Phase.SNAPSHOT, Phase.INNER):
@@ -333,8 +358,7 @@ class Coordinator:
             worker.awaiting_snapshot = False
             # A late joiner now holds x_snap: bring it into the inner loop.
             if self.state.spec.needs_full_gradient:
-                self._send(
-                    worker,
+                worker.connection.send(
                     FullGradient(epoch=self.state.epoch, vector=full_precision(self.state.full_gradient)),
                     now,
                 )
@@ -343,20 +367,32 @@ class Coordinator:
         if self.phase is not Phase.SNAPSHOT or not worker.awaiting_snapshot:
             return
         worker.awaiting_snapshot = False
-        self._gradient_sum += event.vector.values
-        self._loss_sum += event.loss
-        self._samples += event.samples
-        self._correct += event.correct
+        worker.report = event
         self._maybe_finish_snapshot_phase(now)
 
     def _maybe_finish_snapshot_phase(self, now: float) -> None:
         if self.phase is not Phase.SNAPSHOT or any(w.awaiting_snapshot for w in self._workers.values()):
             return
+        # The reports are checked together (the guard compares them), then summed.
+        reports = {wid: w.report for wid, w in self._workers.items() if w.joined and w.report is not None}
+        for worker_id, refusal in self.guard.outliers(reports).items():
+            del reports[worker_id]
+            self._workers[worker_id].report = None
+            self._remove(worker_id, refusal, now)
+            if self.phase is not Phase.SNAPSHOT:
+                return  # _remove finished the phase already
         active = [w for w in self._workers.values() if w.active and w.joined]
-        if not active or self._samples == 0:
+        if not active or not reports:
             # Every worker left during the phase: wait for workers to join again.
             self.phase = Phase.JOINING
+            self._snapshot_deadline = None
             return
+        self._snapshot_deadline = None
+        self.guard.phase_finished(reports)
+        self._gradient_sum[:] = 0.0
+        for report in reports.values():
+            self._gradient_sum += report.vector.values
+        samples = sum(r.samples for r in reports.values())
         state = self.state
         if self._resuming:
             # A mid-epoch restart: the workers have x_snap again; x, g_snap, the version
@@ -364,61 +400,95 @@ class Coordinator:
             self._resuming = False
             self._start_inner_loop(active, now)
             return
-        loss = state.finish_snapshot_phase(self._gradient_sum, self._loss_sum, self._samples)
+        loss = state.finish_snapshot_phase(
+            self._gradient_sum, math.fsum(r.loss for r in reports.values()), samples
+        )
         self.trace.append(
             EpochRecord(
                 epoch=state.epoch,
                 loss=loss,
-                accuracy=self._correct / self._samples,
+                accuracy=sum(r.correct for r in reports.values()) / samples,
                 bytes_total=self._bytes_at_snapshot,
                 time=now - self._started,
                 version=state.version,
-                samples=self._samples,
+                samples=samples,
             )
         )
-        if state.epoch >= self.config.epochs or not math.isfinite(loss):
+        if not math.isfinite(loss):
+            self._finish(
+                now, f"the training objective at epoch {state.epoch} is not finite: the run diverged"
+            )
+            return
+        if state.epoch >= self.config.epochs:
             self._finish(now)
             return
         self._start_inner_loop(active, now)
 
-    def _start_inner_loop(self, active: list[_Worker], now: float) -> None:
+    def _start_inner_loop(self, active: list[Member], now: float) -> None:
         state = self.state
         self.phase = Phase.INNER
         if state.spec.needs_full_gradient:
             full = FullGradient(epoch=state.epoch, vector=full_precision(state.full_gradient))
             for worker in active:
-                self._send(worker, full, now)
+                worker.connection.send(full, now)
         for worker in active:
             self._send_model(worker, now)
 
-    def _send_model(self, worker: _Worker, now: float) -> None:
-        vector, relative = self.state.model_message()
-        self._send(
-            worker,
+    def _send_model(self, worker: Member, now: float) -> None:
+        state = self.state
+        vector, relative = state.model_message()
+        # What the worker rebuilds equals x_snap (so a ZERO answer is plausible, guard.py).
+        worker.model_equals_snapshot = isinstance(vector, EqualsSnapshot) or (
+            isinstance(vector, RawVector)
+            and np.array_equal(vector.values, np.zeros_like(vector.values) if relative else state.snapshot)
+        )
+        worker.connection.send(
             ModelMessage(
                 epoch=self.state.epoch, version=self.state.version, vector=vector, relative=relative
             ),
             now,
         )
 
-    def _gradient(self, worker_id: int, worker: _Worker, event: Gradient, now: float) -> None:
+    def _gradient(self, worker_id: int, worker: Member, event: Gradient, now: float) -> None:
         state = self.state
+        refusal = self.guard.refuse_gradient(event.vector, model_equals_snapshot=worker.model_equals_snapshot)
+        if refusal is not None:
+            # Not what this run's workers send: refused, and the worker with it.
+            self.dropped["refused"] += 1
+            self._remove(worker_id, refusal, now)
+            return
         if self.phase is not Phase.INNER or event.epoch != state.epoch:
             self.dropped["late"] += 1
             return
-        outcome = state.apply(event.vector, event.version)
+        outcome = state.apply(
+            event.vector, event.version, max_norm=self.guard.max_update_norm(state.full_gradient)
+        )
         if outcome.applied:
+            self.guard.applied(outcome.norm)
+            for member in self._workers.values():
+                member.refused = 0
             self.applied_staleness[outcome.staleness] += 1
             if self._record_every and state.version % self._record_every == 0 and not state.epoch_done:
                 self._record(state.x, self.traffic().total(), now)
         else:
             self.dropped[outcome.reason] += 1
-            if outcome.reason == "non-finite":
-                self._send(
-                    worker,
-                    ErrorMessage(code=ErrorCode.NON_FINITE, epoch=event.epoch, version=event.version),
-                    now,
-                )
+            if outcome.reason == "outlier":
+                worker.refused += 1
+                live = [w for w in self._workers.values() if w.joined]
+                if all(w.refused >= DIVERGED_AFTER for w in live):
+                    failure = f"every worker's updates are out of line since version {state.version}"
+                    self._finish(now, failure + ": the run diverged (or the guard is too tight)")
+                    return
+                reason = f"update norm {outcome.norm:.3g} is out of line with the recent ones"
+                self._tell(worker, event, ErrorCode.INVALID_PAYLOAD, reason, now)
+            elif outcome.reason == "overflow":
+                # The model would leave the range a MODEL carries: its sender is removed.
+                refusal = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range")
+                self._remove(worker_id, refusal, now)
+                if self.live_workers == 0 and self.phase is Phase.INNER:
+                    failure = f"updates at version {state.version} take the model out of range"
+                    self._finish(now, failure + ": the run diverged")
+                return
         if state.epoch_done:
             state.end_epoch()
             self._start_snapshot_phase(now)
@@ -437,11 +507,22 @@ class Coordinator:
             )
         )
 
-    def _finish(self, now: float) -> None:
+    def _tell(self, worker: Member, event: Gradient, code: ErrorCode, reason: str, now: float) -> None:
+        """An ERROR about one refused GRADIENT; the session goes on (wire-format.md 7.10)."""
+        worker.connection.send(
+            ErrorMessage(code=code, epoch=event.epoch, version=event.version, reason=reason), now
+        )
+
+    def _finish(self, now: float, failure: str | None = None) -> None:
         self.phase = Phase.DONE
         self.finished_at = now
+        self.failure = failure
+        self._snapshot_deadline = None
+        code, reason = (
+            (ErrorCode.GOING_AWAY, failure[:200]) if failure else (ErrorCode.NO_ERROR, "training complete")
+        )
         for worker in self._workers.values():
-            worker.connection.close(now, ErrorCode.NO_ERROR, "training complete")
+            worker.connection.close(now, code, reason)
 
     def _drop_worker(self, worker_id: int, now: float) -> None:
         worker = self._workers.get(worker_id)
@@ -449,6 +530,7 @@ class Coordinator:
             return
         was_member = worker.joined
         worker.joined = worker.active = worker.awaiting_snapshot = False
+        worker.report = None
         if worker.connection.state is not ConnectionState.CLOSED:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
         if was_member and self.phase is Phase.SNAPSHOT:
@@ -491,18 +573,15 @@ class Coordinator:
 
     def summary(self) -> dict[str, Any]:
         """The run's figures: trace, traffic, staleness and drops, as a JSON-ready dict."""
-        ledger = self.ledger
         return {
             "config": self.config.to_params(),
             "dim": self.dim,
             "workers": self.expected_workers,
             "updates_per_epoch": self.state.updates_per_epoch,
             "version": self.state.version,
-            "trace": ledger.trace_rows(),
             "traffic": self.traffic().as_dict(),
-            "staleness": ledger.staleness(self.config.tau),
-            "errors": ledger.error_rows(),
-            "error_counts": dict(ledger.error_counts),
+            "failure": self.failure,
+            **self.ledger.report(self.config.tau),
         }
 
 

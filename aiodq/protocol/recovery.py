@@ -90,8 +90,12 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
     phase = meta.get("phase")
     if phase == "done":
         raise CheckpointError("the checkpointed run had already finished")
+    if phase not in ("joining", "snapshot", "inner"):
+        raise CheckpointError(f"the checkpoint's phase {phase!r} is not one of joining, snapshot, inner")
+    # Everything is read and checked before the state changes, so a damaged checkpoint
+    # leaves the state as it was.
     try:
-        state.restore(checkpoint.arrays, meta["state"])
+        elapsed = float(meta["elapsed"])
         ledger = Ledger(
             trace=[EpochRecord(**record) for record in meta["trace"]],
             applied_staleness=Counter({int(k): int(v) for k, v in meta["applied_staleness"]}),
@@ -103,11 +107,12 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             table = ledger.retired.tables()[name]
             for direction, kind, value in rows:
                 table[str(direction), str(kind)] += int(value)
-        elapsed = float(meta["elapsed"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
     if not (math.isfinite(elapsed) and elapsed >= 0):
         raise CheckpointError(f"the checkpoint's elapsed time {elapsed!r} is not a time")
-    if phase not in ("joining", "snapshot", "inner"):
-        raise CheckpointError(f"the checkpoint's phase {phase!r} is not one of joining, snapshot, inner")
+    try:
+        state.restore(checkpoint.arrays, meta["state"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
     return Resumed(ledger, elapsed, mid_epoch=phase == "inner")

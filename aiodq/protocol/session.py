@@ -64,6 +64,10 @@ class WorkerSession:
         self.ended: tuple[int, str] | None = None
         #: Gradients sent.
         self.gradients_sent = 0
+        #: True if this worker ended the session itself because it cannot go on (a configuration
+        #: it cannot train, or its computation failed): reconnecting would not help.
+        self.failed = False
+        self.connection_limits = (connection_config or ConnectionConfig()).limits
         self.connection.send(Hello(name=name), now)
 
     @property
@@ -99,25 +103,15 @@ class WorkerSession:
             self.worker_id = event.worker_id
         elif isinstance(event, ConfigMessage):
             self._configure(event, now)
-        elif isinstance(event, Snapshot):
-            assert self.state is not None
-            loss, gradient, correct = self.state.snapshot_phase(event.vector.values)
-            reply = SnapshotGradient(
-                epoch=event.epoch,
-                samples=self.state.samples,
-                loss=loss,
-                correct=correct,
-                vector=full_precision(gradient),
-            )
-            self.connection.send(reply, now)
-        elif isinstance(event, FullGradient):
-            assert self.state is not None
-            self.state.set_full_gradient(event.vector.values)
-        elif isinstance(event, ModelMessage):
-            assert self.state is not None
-            vector = self.state.gradient_message(event.vector, event.relative)
-            self.connection.send(Gradient(epoch=event.epoch, version=event.version, vector=vector), now)
-            self.gradients_sent += 1
+        elif isinstance(event, Snapshot | FullGradient | ModelMessage):
+            if self.state is None or self.connection.state is not ConnectionState.READY:
+                return  # it crossed this side's CLOSE: no answer is owed (wire-format.md 8.1-2)
+            try:
+                self._answer(self.state, event, now)
+            except Exception as exc:
+                first_line = (str(exc).splitlines() or [""])[0]
+                what = type(event).__name__.removesuffix("Message").upper()
+                self._give_up(now, f"cannot answer {what}: {type(exc).__name__}: {first_line}")
         elif isinstance(event, Close):
             self.ended = (event.code, event.reason)
         elif isinstance(event, ConnectionClosed) and self.ended is None:
@@ -127,6 +121,32 @@ class WorkerSession:
             )
         elif isinstance(event, ErrorMessage):
             pass  # a rejected gradient: the master sends a fresh model with it
+
+    def _answer(self, state: WorkerState, event: Snapshot | FullGradient | ModelMessage, now: float) -> None:
+        if isinstance(event, Snapshot):
+            loss, gradient, correct = state.snapshot_phase(event.vector.values)
+            reply = SnapshotGradient(
+                epoch=event.epoch,
+                samples=state.samples,
+                loss=loss,
+                correct=correct,
+                vector=full_precision(gradient),
+            )
+            self.connection.send(reply, now)
+        elif isinstance(event, FullGradient):
+            state.set_full_gradient(event.vector.values)
+        else:
+            vector = state.gradient_message(event.vector, event.relative)
+            self.connection.send(Gradient(epoch=event.epoch, version=event.version, vector=vector), now)
+            self.gradients_sent += 1
+
+    def _give_up(self, now: float, reason: str) -> None:
+        """Stop: this worker cannot go on; CLOSE with INTERNAL_ERROR and why (retrying would not help)."""
+        self.failed = True
+        limit = self.connection_limits.max_reason_bytes
+        text = reason.encode()[:limit].decode("utf-8", errors="ignore")
+        self.ended = (int(ErrorCode.INTERNAL_ERROR), reason)
+        self.connection.close(now, ErrorCode.INTERNAL_ERROR, text)
 
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:
@@ -140,8 +160,12 @@ class WorkerSession:
                     f"CONFIG says {event.dim}"
                 )
         except ValueError as exc:
+            self.failed = True
             self.ended = (int(ErrorCode.INVALID_CONFIG), str(exc))
-            self.connection.close(now, ErrorCode.INVALID_CONFIG, str(exc)[:200])
+            limit = self.connection_limits.max_reason_bytes
+            self.connection.close(
+                now, ErrorCode.INVALID_CONFIG, str(exc).encode()[:limit].decode("utf-8", "ignore")
+            )
             return
         self.config = config
         self.state = WorkerState(config, model, self.features, self.labels, self.worker_id or 0)

@@ -12,6 +12,7 @@ from collections import deque
 
 import numpy as np
 
+from ..config import MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
@@ -21,15 +22,28 @@ __all__ = ["build_cluster", "simulate"]
 
 
 def build_cluster(
-    config: TrainConfig, dataset: Dataset, workers: int, *, record_every: int = 0
+    config: TrainConfig,
+    dataset: Dataset,
+    workers: int,
+    *,
+    record_every: int = 0,
+    master_config: MasterConfig | None = None,
 ) -> tuple[Coordinator, list[WorkerSession]]:
     """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``.
 
-    ``record_every`` goes to the :class:`~aiodq.protocol.coordinator.Coordinator`.
+    ``record_every`` and ``master_config`` go to the
+    :class:`~aiodq.protocol.coordinator.Coordinator`, which knows the dataset's size.
     """
     classes = dataset.classes
     x0 = initial_model(config, dataset.features_count, classes)
-    coordinator = Coordinator(config, x0, workers=workers, record_every=record_every)
+    coordinator = Coordinator(
+        config,
+        x0,
+        workers=workers,
+        record_every=record_every,
+        master_config=master_config,
+        samples=dataset.samples,
+    )
     sessions = []
     for index in range(workers):
         rows = shard(dataset.samples, workers, index, seed=config.seed)

@@ -22,7 +22,7 @@ import trustme
 from aiodq.codec.events import AuthResponse, Event, Gradient, Hello, ModelMessage, SnapshotGradient
 from aiodq.codec.messages import encode_message
 from aiodq.codec.registry import MessageType
-from aiodq.codec.vectors import RawVector
+from aiodq.codec.vectors import DenseQuantized, RawVector
 from aiodq.config import ConnectionConfig, Limits
 from aiodq.errors import ErrorCode
 from aiodq.net.master import Master
@@ -88,24 +88,29 @@ async def test_secret_handshake_trains_and_the_secret_never_travels() -> None:
     """wire-format 7.12-7.14: workers holding the secret train; the secret is on no byte of the wire."""
     config = ConnectionConfig(secret=SECRET)
     x0 = np.zeros(A9A.features_count)
-    async with Master(SHORT, x0, workers=2, connection_config=config) as master:
+    train = TrainConfig(algorithm="asylpg", epochs=10)  # still running when the replay comes
+
+    def recorded() -> list[tuple[int, bytes]]:
+        up = frames_of(bytes(relay.connections[0][0])) if relay.connections else []
+        return [(k, b) for k, b in up if k in (MessageType.HELLO, MessageType.AUTH_RESPONSE)][:2]
+
+    async with Master(train, x0, workers=2, connection_config=config) as master:
         async with Relay(*master.address) as relay:
             tasks = start_workers("127.0.0.1", relay.port, [0, 1], 2, connection_config=config)
+            # Replaying a recorded HELLO and AUTH_RESPONSE fails: the master's nonce is fresh.
+            await wait_until(lambda: len(recorded()) == 2, 30, "a HELLO and an AUTH_RESPONSE on the wire")
+            assert [k for k, _ in recorded()] == [MessageType.HELLO, MessageType.AUTH_RESPONSE]
+            replay = b"".join(struct.pack("<BBBI", 1, k, 0, len(b)) + b for k, b in recorded())
+            outcome = await raw_peer(*master.address, replay, wait=10)
+            assert outcome.cut_off and outcome.code == ErrorCode.AUTH_FAILED
             summary = await master.wait(TIMEOUT)
             results = await finish(tasks, TIMEOUT)
-        check_trained(summary, results)
+        check_trained(summary, results, train)
         assert len(relay.connections) == 2
         for up_bytes, down_bytes in relay.connections:
             assert SECRET not in up_bytes + down_bytes and SECRET[:16] not in up_bytes + down_bytes
             kinds = [kind for kind, _ in frames_of(bytes(down_bytes))]
             assert kinds[:2] == [MessageType.AUTH_CHALLENGE, MessageType.AUTH_CONFIRM], kinds[:4]
-        # Replaying a recorded HELLO and AUTH_RESPONSE fails: the master's nonce is fresh.
-        up = frames_of(bytes(relay.connections[0][0]))
-        recorded = [(k, b) for k, b in up if k in (MessageType.HELLO, MessageType.AUTH_RESPONSE)][:2]
-        assert [k for k, _ in recorded] == [MessageType.HELLO, MessageType.AUTH_RESPONSE]
-        replay = b"".join(struct.pack("<BBBI", 1, k, 0, len(b)) + b for k, b in recorded)
-        outcome = await raw_peer(*master.address, replay, wait=10)
-        assert outcome.cut_off and outcome.code == ErrorCode.AUTH_FAILED
 
 
 @pytest.mark.asyncio
@@ -454,16 +459,14 @@ async def test_invalid_gradient_is_rejected_with_its_code(kind: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_gradient_that_would_make_the_model_non_finite_is_dropped() -> None:
-    """Validation: a finite gradient overflowing the model is not applied; counted as dropped non-finite."""
+async def test_gradient_out_of_line_is_dropped_and_training_reaches_the_target() -> None:
+    """The guard: a DENSE gradient with scale 3.4e38 (issue 10) is dropped with an ERROR; training ends."""
 
     def forge(model: ModelMessage, session: WorkerSession) -> bytes:
         session.connection._epoch.outstanding = None  # stays in good standing
-        return encode_message(
-            Gradient(
-                epoch=model.epoch, version=model.version, vector=RawVector(np.full(model.vector.dim, 1e300))
-            )
-        )
+        scale = float(np.finfo(np.float32).max)
+        huge = DenseQuantized(8, scale, np.full(model.vector.dim, 127, dtype=np.int8))
+        return encode_message(Gradient(epoch=model.epoch, version=model.version, vector=huge))
 
     x0 = np.zeros(A9A.features_count)
     async with Master(SHORT, x0, workers=3) as master:
@@ -477,7 +480,33 @@ async def test_gradient_that_would_make_the_model_non_finite_is_dropped() -> Non
         results = await finish(tasks, TIMEOUT)
         x = master.coordinator.state.x
     check_trained(summary, [*results, rogue])
-    assert summary["staleness"]["dropped"].get("non-finite") == 1, summary["staleness"]
+    assert summary["staleness"]["dropped"].get("outlier") == 1, summary["staleness"]
     assert summary["traffic"]["messages"]["down"].get("ERROR") == 1
     assert np.isfinite(x).all()
     assert full_loss(x) <= optimum() * (1 + 10 * GAP)
+
+
+@pytest.mark.asyncio
+async def test_gradient_of_another_encoding_removes_its_sender() -> None:
+    """A RAW_F64 gradient in an 8-bit AsyLPG run is not what this run sends: the worker is removed."""
+
+    def forge(model: ModelMessage, session: WorkerSession) -> bytes:
+        session.connection._epoch.outstanding = None
+        vector = RawVector(np.full(model.vector.dim, 1e300))
+        return encode_message(Gradient(epoch=model.epoch, version=model.version, vector=vector))
+
+    x0 = np.zeros(A9A.features_count)
+    async with Master(SHORT, x0, workers=3) as master:
+        assert master.coordinator is not None
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 3)
+        data = part(2, 3)
+        session = RogueSession(data.features, data.labels, name="f64", forge=forge, nth=3)
+        rogue = await asyncio.wait_for(rogue_worker(host, port, data, session), TIMEOUT)
+        summary = await master.wait(TIMEOUT)
+        results = await finish(tasks, TIMEOUT)
+        x = master.coordinator.state.x
+    check_trained(summary, results)
+    assert rogue.code == ErrorCode.INVALID_PAYLOAD and "RawVector" in rogue.reason, rogue
+    assert summary["staleness"]["dropped"].get("refused") == 1
+    assert np.isfinite(x).all()

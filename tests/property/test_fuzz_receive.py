@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import struct
 import tracemalloc
 from pathlib import Path
 
@@ -28,12 +29,12 @@ from hypothesis import strategies as st
 
 import tests.fuzz.campaign as fuzz
 from aiodq.codec.cursor import uvarint
-from aiodq.codec.frames import encode_frame
+from aiodq.codec.frames import FrameReader, encode_frame
 from aiodq.codec.messages import DecodeContext
 from aiodq.codec.registry import Encoding, MessageType
 from aiodq.config import Limits
 from aiodq.errors import CodecError, ErrorCode, RemoteProtocolError
-from aiodq.protocol.connection import WorkerConnection
+from aiodq.protocol.connection import MasterConnection, WorkerConnection
 from tests.fuzz.campaign import (
     DEFAULT_DIM,
     TIGHT_LIMITS,
@@ -285,20 +286,32 @@ def test_declared_sizes_never_allocate(limits: Limits) -> None:
 
 def test_connection_buffers_only_what_arrived() -> None:
     """WF-3-3, WF-10-1: a header declaring a body at the limit buffers only the bytes that arrived."""
-    conn = WorkerConnection()
-    conn.receive_data(b"\x01\x08\x00\x00\x00\x00\x10", 0.0)  # 2**28 bytes declared, the default limit
+    reader = FrameReader(Limits())
+    reader.feed(b"\x01\x08\x00\x00\x00\x00\x10")  # 2**28 bytes declared, the default limit
     tracemalloc.start()
     try:
         for _ in range(64):
-            conn.receive_data(b"\x00" * 1024, 0.0)
-            assert conn.next_event() is None
+            reader.feed(b"\x00" * 1024)
+            assert reader.next_frame() is None
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
-    conn.receive_data(b"", 0.0)
-    with contextlib.suppress(RemoteProtocolError):
-        conn.next_event()
+
+
+def test_unauthenticated_peer_cannot_declare_a_large_frame() -> None:
+    """WF-10-3: before the handshake is complete, a header over the handshake limit fails at once."""
+    limits = Limits()
+    assert limits.handshake_frame_bytes == limits.max_control_bytes == 65_536
+    for conn in (MasterConnection(), WorkerConnection()):
+        conn.receive_data(struct.pack("<BBBI", 1, 0x0B, 0, limits.handshake_frame_bytes + 1), 0.0)
+        with pytest.raises(RemoteProtocolError) as info:
+            conn.next_event()
+        assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    # At the limit the frame is waited for, not refused.
+    conn = MasterConnection()
+    conn.receive_data(struct.pack("<BBBI", 1, 0x01, 0, limits.handshake_frame_bytes), 0.0)
+    assert conn.next_event() is None
     with contextlib.suppress(CodecError):
         run_codec(b"\x01\x08\x00\xff\xff\xff\xff", DecodeContext(limits=TIGHT_LIMITS))
 

@@ -315,12 +315,12 @@ def test_apply_tau_zero_only_fresh() -> None:
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("name", ["asylpg", "acc-asylpg", "qsvrg"])
 def test_apply_rejects_non_finite_without_touching_state(name: str, bad: float) -> None:
-    """A non-finite gradient is refused (reason "non-finite"); x, y, t and the epoch count stay."""
+    """A non-finite gradient is refused (reason "overflow"); x, y, t and the epoch count stay."""
     state = started(algorithm=name, updates_per_epoch=100)
     state.apply(DenseQuantized(8, 0.5, np.array([1, 0, -1], dtype=np.int8)), 0)
     x, y, version, applied = state.x.copy(), state.y.copy(), state.version, state.applied_in_epoch
     outcome = state.apply(NonFiniteVector([0.0, bad, 1.0]), version)  # type: ignore[arg-type]
-    assert outcome == algorithms.ApplyOutcome(False, 0, "non-finite")
+    assert outcome == algorithms.ApplyOutcome(False, 0, "overflow")
     np.testing.assert_array_equal(state.x, x)
     np.testing.assert_array_equal(state.y, y)
     assert (state.version, state.applied_in_epoch) == (version, applied)
@@ -668,3 +668,30 @@ def test_worker_rebuilds_relative_model() -> None:
     from_relative = relative.gradient_message(RawVector(delta), relative=True)
     from_absolute = absolute.gradient_message(RawVector(x_snap + delta), relative=False)
     assert from_relative == from_absolute
+
+
+@pytest.mark.parametrize("name", ["asylpg", "acc-asylpg", "asyfpg"])
+def test_apply_refuses_a_finite_update_beyond_what_a_model_can_carry(name: str) -> None:
+    """A finite x beyond float32 / 4 could not travel in a MODEL (issue 10): refused, state unchanged."""
+    state = started(algorithm=name, updates_per_epoch=100)
+    x, version = state.x.copy(), state.version
+    big = RawVector(np.full(3, 1e50))  # finite; x - eta u is about -5e49, far beyond float32
+    outcome = state.apply(big, version)
+    assert (outcome.applied, outcome.reason) == (False, "overflow")
+    np.testing.assert_array_equal(state.x, x)
+    assert state.version == version
+    assert pytest.approx(3.4028234663852886e38 / 4) == algorithms.MODEL_LIMIT
+    state.x[:] = algorithms.MODEL_LIMIT  # at the limit exactly, a model still travels
+    vector, _ = state.model_message()
+    assert np.isfinite(vector.to_dense()).all() if not isinstance(vector, EqualsSnapshot) else True
+
+
+def test_apply_refuses_an_update_over_max_norm() -> None:
+    """max_norm: an update u whose 2-norm is larger is refused as an outlier and reported with its norm."""
+    state = started(updates_per_epoch=100)
+    q = RawVector(np.array([2.8, 4.4, 0.0]))  # u = q + g_snap = (3, 4, 0): ||u|| = 5
+    outcome = state.apply(q, state.version, max_norm=4.9)
+    assert (outcome.applied, outcome.reason) == (False, "outlier")
+    assert outcome.norm == pytest.approx(5.0, rel=1e-12)
+    outcome = state.apply(q, state.version, max_norm=5.0 + 1e-9)
+    assert outcome.applied and outcome.norm == pytest.approx(5.0, rel=1e-12)

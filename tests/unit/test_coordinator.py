@@ -25,13 +25,14 @@ from aiodq.codec.events import Gradient
 from aiodq.codec.frames import HEADER_SIZE, FrameReader
 from aiodq.codec.messages import encode_message
 from aiodq.codec.registry import MessageType
-from aiodq.codec.vectors import RawVector
-from aiodq.config import Limits
+from aiodq.codec.vectors import DenseQuantized, RawVector, Vector
+from aiodq.config import Limits, MasterConfig
 from aiodq.data import load_bundled_a9a
 from aiodq.errors import ErrorCode
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import Coordinator, Phase
 from aiodq.protocol.dataset import Dataset, shard
+from aiodq.protocol.guard import Guard
 from aiodq.protocol.objectives import LogisticRegression
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import build_cluster, simulate
@@ -61,8 +62,16 @@ def config(**kwargs: object) -> TrainConfig:
 class Cluster:
     """A coordinator and worker sessions joined by in-memory byte queues, delivered round-robin."""
 
-    def __init__(self, train: TrainConfig, dataset: Dataset, workers: int, *, connect: bool = True) -> None:
-        self.coordinator, self.sessions = build_cluster(train, dataset, workers)
+    def __init__(
+        self,
+        train: TrainConfig,
+        dataset: Dataset,
+        workers: int,
+        *,
+        connect: bool = True,
+        master_config: MasterConfig | None = None,
+    ) -> None:
+        self.coordinator, self.sessions = build_cluster(train, dataset, workers, master_config=master_config)
         self.ids: list[int | None] = [None] * len(self.sessions)
         self.now = 0.0
         #: Worker indexes whose traffic is held back (a stalled or vanished worker).
@@ -343,8 +352,16 @@ def test_nan_gradient_on_the_wire_closes_with_non_finite() -> None:
     assert all(np.isfinite(r.loss) for r in coordinator.trace)
 
 
-def forge_huge_gradient(cluster: Cluster) -> tuple[int, bytes]:
-    """Hold worker 0 back and answer its outstanding MODEL with a finite but huge RAW_F64 gradient."""
+def huge_gradient(algorithm: str) -> Vector:
+    """A gradient in the run's own encoding and width whose values are finite but huge."""
+    if algorithm in ("asyfpg", "acc-asyfpg", "model-only"):
+        return RawVector(np.full(123, 1e38, dtype=np.float32))
+    # wire-format.md 11: a DENSE coordinate can reach 2^15 x the largest float32; here 127 x 3.4e38.
+    return DenseQuantized(8, float(np.finfo(np.float32).max), np.full(123, 127, dtype=np.int8))
+
+
+def forge_huge_gradient(cluster: Cluster, vector: Vector | None = None) -> tuple[int, bytes]:
+    """Hold worker 0 back and answer its outstanding MODEL with a finite but huge gradient."""
     coordinator = cluster.coordinator
     cluster.run(until=lambda: coordinator.phase is Phase.INNER)
     cluster.frozen = {0}
@@ -354,8 +371,8 @@ def forge_huge_gradient(cluster: Cluster) -> tuple[int, bytes]:
     outstanding = coordinator._workers[worker_id].connection.outstanding_model
     assert outstanding is not None
     epoch, version = outstanding
-    # 1e300 is finite, so the codec accepts it (wire-format.md 5.3), but x - eta u overflows.
-    huge = RawVector(np.full(123, 1e300))
+    # Finite, so the codec accepts it (wire-format.md 5.3), but x - eta u is far out of range.
+    huge = vector if vector is not None else huge_gradient(coordinator.config.algorithm)
     return worker_id, encode_message(Gradient(epoch=epoch, version=version, vector=huge), 1)
 
 
@@ -378,17 +395,16 @@ def test_non_finite_update_does_not_raise_or_warn() -> None:
     assert np.isfinite(cluster.coordinator.state.x).all()
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.parametrize("name", ["asyfpg", "asylpg", "acc-asylpg"])
-def test_non_finite_update_answered_with_error(name: str) -> None:
-    """A gradient that would make x non-finite is not applied: ERROR NON_FINITE and a fresh MODEL go back."""
+def test_outlier_update_answered_with_error(name: str) -> None:
+    """The guard: an update far out of line is not applied; an ERROR and a fresh MODEL go back."""
     cluster = Cluster(config(algorithm=name, epochs=1), small_a9a(), 2)
     coordinator = cluster.coordinator
     worker_id, frame = forge_huge_gradient(cluster)
     x_before = coordinator.state.x.copy()
     version = coordinator.state.version
     coordinator.receive_data(worker_id, frame, cluster.now)
-    assert coordinator.dropped["non-finite"] == 1
+    assert coordinator.dropped["outlier"] == 1
     np.testing.assert_array_equal(coordinator.state.x, x_before)
     assert np.isfinite(coordinator.state.x).all()
     assert coordinator.state.version == version
@@ -464,6 +480,8 @@ def test_summary_json_and_keys() -> None:
         "staleness",
         "errors",
         "error_counts",
+        "failure",
+        "unadmitted",
     }
     assert summary["dim"] == 123
     assert summary["workers"] == 4
@@ -526,6 +544,8 @@ def test_late_joiner_still_owing_a_snapshot_when_the_next_phase_starts() -> None
     pump(set(), lambda: coordinator.phase is Phase.INNER)  # the two join; epoch 0's inner loop starts
     assert coordinator.phase is Phase.INNER and coordinator.state.epoch == 0
     coordinator.expected_workers = 3  # room for one more, as after a worker left
+    # Shards of n/2 and n/3 in one run: only a master that does not know n accepts both.
+    coordinator.guard = Guard(config, factor=100.0, workers=3, samples=None)
     late_id = coordinator.connect(0.0)
     late = WorkerSession(dataset.features[rows], dataset.labels[rows], name="late")
     pump({late_id}, lambda: coordinator.state.epoch >= 1)  # the late worker's answer is held back

@@ -1,0 +1,176 @@
+"""What the master checks in an admitted worker's messages before they touch its state (docs/security.md).
+
+The wire format lets an authenticated worker send any finite values.  The master
+refuses those that cannot be right for the run it configured, and, with its guard
+factor f (``MasterConfig.guard``; 0 turns the statistical checks off), those far
+out of line with everything else it has seen:
+
+- GRADIENT: the encoding and width the algorithm sends (DENSE or SPARSE at the
+  configured b, QSGD at the configured s, RAW_F32 for the full-precision
+  algorithms, or ZERO); with an L2 term, the dense and full-precision algorithms
+  send ZERO only in answer to a model equal to the snapshot (alpha includes
+  l2 (x_hat - x_snap), so it is never zero otherwise); an update u = Q(alpha) + g_snap
+  whose norm is over f times the median of the last 64 applied ones (before 8
+  have been applied: f times ``||g_snap||``).
+- SNAPSHOT_GRADIENT: ``samples`` one of the two shard sizes of n over M (when the
+  master knows n; else positive), ``correct <= samples``; and, once the phase's
+  reports are in, a per-sample loss or mean gradient norm more than f times the
+  median of the others' (three reports or more) or of the previous phase's.
+
+A refusal names the wire code and the reason; the coordinator drops the message,
+tells the worker, and for a snapshot report, which no later message can correct,
+closes its connection.  What the guard cannot see: a worker that sends plausible
+wrong values (a gradient of the right size in the wrong direction), or lies small.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..codec.events import SnapshotGradient
+from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
+from ..errors import ErrorCode
+from .algorithms import TrainConfig
+
+__all__ = ["Guard", "Refusal"]
+
+#: Applied update norms kept for the median.
+_WINDOW = 64
+#: Applied updates needed before their median is the reference.
+_WARM_UP = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a worker's message was refused, and the wire code that says so."""
+
+    #: The code for the ERROR or CLOSE that tells the worker.
+    code: ErrorCode
+    #: One line for the worker and the master's log.
+    reason: str
+
+
+def _norm(values: np.ndarray) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.sqrt(float(np.dot(values, values)))
+
+
+class Guard:
+    """The master's checks of one run's gradients and snapshot reports (module docstring)."""
+
+    def __init__(self, config: TrainConfig, *, factor: float, workers: int, samples: int | None) -> None:
+        """Set up the checks.
+
+        Args:
+            config: the run's hyperparameters (the encodings and widths the workers send).
+            factor: the guard factor f; 0 turns the statistical checks off.
+            workers: M.
+            samples: n, the samples of the whole dataset, if the master knows it.
+        """
+        self.config = config
+        self.factor = factor
+        self._shard_sizes = {samples // workers, -(-samples // workers)} if samples else None
+        self._norms: deque[float] = deque(maxlen=_WINDOW)
+        self._previous: tuple[float, float] | None = None  # per-sample loss, mean gradient norm
+
+    # -- the inner loop -----------------------------------------------------------
+
+    def refuse_gradient(self, vector: Vector, *, model_equals_snapshot: bool) -> Refusal | None:
+        """The encoding and width checks, and ZERO's plausibility."""
+        config, kind = self.config, self.config.spec.gradient
+        if isinstance(vector, ZeroVector):
+            # alpha = grad f_B(x_hat) - grad f_B(x_snap) is zero only where x_hat = x_snap: the dense
+            # and float32 compressors never round a nonzero alpha to ZERO (b = 2 aside, p < 2^-16).
+            if kind in ("dense", "float32") and not model_equals_snapshot and config.bits > 2:
+                return Refusal(
+                    ErrorCode.INVALID_PAYLOAD, "a ZERO gradient for a model other than the snapshot"
+                )
+            return None
+        wanted: tuple[type, int | None]
+        if kind == "dense":
+            wanted, width = (DenseQuantized, config.bits), getattr(vector, "bits", None)
+        elif kind == "sparse":
+            wanted, width = (SparseQuantized, config.bits), getattr(vector, "bits", None)
+        elif kind == "qsgd":
+            wanted, width = (QSGDVector, config.qsgd_levels), getattr(vector, "s", None)
+        else:
+            wanted = (RawVector, None)
+            width = None
+            if isinstance(vector, RawVector) and vector.values.dtype != np.float32:
+                return Refusal(ErrorCode.INVALID_PAYLOAD, f"{config.algorithm} gradients travel as RAW_F32")
+        if not isinstance(vector, wanted[0]) or width != wanted[1]:
+            got = type(vector).__name__ + (f" ({width})" if width is not None else "")
+            expected = wanted[0].__name__ + (f" ({wanted[1]})" if wanted[1] is not None else "")
+            return Refusal(
+                ErrorCode.INVALID_PAYLOAD, f"a {got} gradient where {config.algorithm} sends {expected}"
+            )
+        return None
+
+    def max_update_norm(self, full_gradient: np.ndarray) -> float | None:
+        """The largest update norm accepted now (None: no bound)."""
+        if not self.factor:
+            return None
+        if len(self._norms) >= _WARM_UP:
+            reference = statistics.median(self._norms)
+        else:
+            reference = max(_norm(full_gradient), max(self._norms, default=0.0))
+        return self.factor * reference if reference > 0 else None
+
+    def applied(self, norm: float) -> None:
+        """An update of this norm was applied."""
+        if self.factor:
+            self._norms.append(norm)
+
+    # -- the snapshot phase -----------------------------------------------------------
+
+    def refuse_report(self, report: SnapshotGradient) -> Refusal | None:
+        """The checks a single SNAPSHOT_GRADIENT must pass on arrival."""
+        if report.samples < 1:
+            return Refusal(ErrorCode.INVALID_PAYLOAD, "samples must be positive")
+        if self._shard_sizes is not None and report.samples not in self._shard_sizes:
+            sizes = " or ".join(str(size) for size in sorted(self._shard_sizes))
+            return Refusal(
+                ErrorCode.INVALID_PAYLOAD, f"samples {report.samples}: a shard of this run has {sizes}"
+            )
+        if report.correct > report.samples:
+            return Refusal(ErrorCode.INVALID_PAYLOAD, f"correct {report.correct} > samples {report.samples}")
+        if not math.isfinite(_norm(report.vector.values) / report.samples):
+            return Refusal(ErrorCode.NON_FINITE, "the gradient sum's norm is not finite")
+        return None
+
+    def outliers(self, reports: dict[int, SnapshotGradient]) -> dict[int, Refusal]:
+        """Reports out of line with the others' (or the previous phase's), by worker id."""
+        if not self.factor or not reports:
+            return {}
+        stats = {w: (r.loss / r.samples, _norm(r.vector.values) / r.samples) for w, r in reports.items()}
+        refused: dict[int, Refusal] = {}
+        for worker_id, (loss, gradient) in stats.items():
+            others = [value for other, value in stats.items() if other != worker_id]
+            if len(others) >= 2:
+                reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
+            elif self._previous is not None:
+                reference = self._previous
+            else:
+                continue  # nothing to compare with yet
+            limit_loss = reference[0] + self.factor * max(abs(reference[0]), 1e-2)
+            limit_gradient = self.factor * reference[1] + 1e-6
+            if loss > limit_loss or gradient > limit_gradient:
+                refused[worker_id] = Refusal(
+                    ErrorCode.INVALID_PAYLOAD,
+                    f"snapshot report out of line: loss {loss:.3g} and gradient norm {gradient:.3g} per "
+                    f"sample against {reference[0]:.3g} and {reference[1]:.3g}",
+                )
+        return refused
+
+    def phase_finished(self, reports: dict[int, SnapshotGradient]) -> None:
+        """Remember the accepted reports' per-sample loss and mean gradient norm."""
+        samples = sum(r.samples for r in reports.values())
+        if samples:
+            loss = sum(r.loss for r in reports.values()) / samples
+            total = np.sum([r.vector.values.astype(np.float64) for r in reports.values()], axis=0)
+            self._previous = (loss, _norm(total) / samples)

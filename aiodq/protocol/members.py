@@ -1,0 +1,46 @@
+"""What the coordinator knows about the run and each of its connections (sans I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..codec.events import SnapshotGradient
+from .connection import MasterConnection
+
+__all__ = ["Member", "Phase"]
+
+
+class Phase(Enum):
+    """Where the run stands."""
+
+    #: Waiting for the workers to join.
+    JOINING = "joining"
+    #: Snapshot phase: waiting for SNAPSHOT_GRADIENTs.
+    SNAPSHOT = "snapshot"
+    #: Inner loop: applying gradients.
+    INNER = "inner"
+    #: Training finished; CLOSE sent.
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class Member:
+    """One connection of the master: its protocol state and its part in the run."""
+
+    connection: MasterConnection
+    joined: bool = False
+    #: True once it has joined (its traffic counts as the run's, even after it left).
+    admitted: bool = False
+    #: True if the MODEL it must answer equals the snapshot (a ZERO answer is plausible).
+    model_equals_snapshot: bool = False
+    #: Its SNAPSHOT_GRADIENT of the current phase, until the phase's reports are checked together.
+    report: SnapshotGradient | None = None
+    #: Its updates refused since the last update applied (any worker's).
+    refused: int = 0
+    #: True if this worker takes part in the current snapshot phase / inner loop.
+    active: bool = False
+    #: True while the current snapshot phase waits for this worker.
+    awaiting_snapshot: bool = False
+    #: The epoch of a SNAPSHOT sent and not answered yet (the protocol allows one at a time).
+    snapshot_sent: int | None = None

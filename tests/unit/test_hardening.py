@@ -1,0 +1,239 @@
+"""What an admitted worker's single message can no longer do to the master (issue 10, docs/security.md).
+
+Sans I/O: the real coordinator and worker sessions over in-memory bytes (test_coordinator's
+Cluster); one worker's outgoing messages are rewritten on the way.  Each test states the attack
+and checks that the message is refused, that the worker is told why, and that the others finish
+training with a finite model whose loss is close to an honest run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from test_coordinator import Cluster, config, small_a9a
+
+from aiodq.codec.events import Event, Gradient, Heartbeat, SnapshotGradient
+from aiodq.codec.frames import FrameReader
+from aiodq.codec.messages import DecodeContext, decode_message, encode_message
+from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
+from aiodq.config import Limits, MasterConfig
+from aiodq.errors import CheckpointError, ErrorCode
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
+from aiodq.protocol.simulate import simulate
+
+D = 123
+
+
+def rewrite(target: int, change: Callable[[Event], Event | None]) -> Callable[[int, bytes], bytes]:
+    """A tamper hook: worker ``target``'s messages pass through ``change`` (None drops one)."""
+
+    def tamper(index: int, data: bytes) -> bytes:
+        if index != target:
+            return data
+        reader = FrameReader(Limits())
+        reader.feed(data)
+        out = b""
+        while (frame := reader.next_frame()) is not None:
+            event = decode_message(
+                frame, DecodeContext(dim=D) if frame.type not in (1, 2, 3) else DecodeContext()
+            )
+            changed = change(event)
+            if changed is not None:
+                out += encode_message(changed, frame.version)
+        return out
+
+    return tamper
+
+
+def once(kind: type, make: Callable[[Any], Event], *, skip: int = 0) -> Callable[[Event], Event | None]:
+    """Change the (skip+1)-th event of ``kind`` with ``make``; pass everything else."""
+    seen = 0
+
+    def change(event: Event) -> Event | None:
+        nonlocal seen
+        if isinstance(event, kind):
+            seen += 1
+            if seen == skip + 1:
+                return make(event)
+        return event
+
+    return change
+
+
+def honest_loss(train: TrainConfig) -> float:
+    cluster = Cluster(train, small_a9a(), 3)
+    cluster.run()
+    return cluster.coordinator.trace[-1].loss
+
+
+def check_others_finished(cluster: Cluster, train: TrainConfig, bad: int, code: ErrorCode) -> None:
+    coordinator = cluster.coordinator
+    assert coordinator.done and coordinator.failure is None
+    assert np.isfinite(coordinator.state.x).all()
+    assert len(coordinator.trace) == train.epochs + 1
+    session = cluster.sessions[bad]
+    assert session.ended is not None and session.ended[0] == code, session.ended
+    assert coordinator.trace[-1].loss <= honest_loss(train) * 1.02
+
+
+# -- the snapshot phase ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attack", "code"),
+    [
+        (lambda e: dataclasses.replace(e, samples=2**63 - 1), ErrorCode.INVALID_PAYLOAD),  # epoch of 1.4e17
+        (lambda e: dataclasses.replace(e, correct=e.samples + 1), ErrorCode.INVALID_PAYLOAD),
+        (lambda e: dataclasses.replace(e, loss=1e300), ErrorCode.INVALID_PAYLOAD),  # the trace's F
+        (lambda e: dataclasses.replace(e, vector=RawVector(np.full(D, 1e200))), ErrorCode.NON_FINITE),
+        (lambda e: dataclasses.replace(e, vector=RawVector(np.full(D, 1e30))), ErrorCode.INVALID_PAYLOAD),
+    ],
+    ids=["samples-2^63", "correct>samples", "loss-1e300", "gradient-1e200", "gradient-1e30"],
+)
+def test_one_poisoned_snapshot_report_is_refused(
+    attack: Callable[[SnapshotGradient], Event], code: ErrorCode
+) -> None:
+    """SNAPSHOT_GRADIENT: impossible counts, absurd loss or gradient: the report and its sender go."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 3)
+    cluster.tamper = rewrite(0, once(SnapshotGradient, attack, skip=1))  # epoch 1's report
+    cluster.run()
+    check_others_finished(cluster, train, 0, code)
+    coordinator = cluster.coordinator
+    assert coordinator.state.updates_per_epoch == train.updates_per_epoch
+    assert all(r.accuracy <= 1 and abs(r.loss) < 10 for r in coordinator.trace)
+
+
+def test_a_silent_worker_cannot_hold_the_snapshot_phase_open() -> None:
+    """A worker that sends HEARTBEATs but never its SNAPSHOT_GRADIENT is cut off at the deadline."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 3, master_config=MasterConfig(snapshot_timeout=5.0))
+    cluster.tamper = rewrite(0, once(SnapshotGradient, lambda e: Heartbeat(), skip=1))
+    cluster.run()
+    coordinator = cluster.coordinator
+    assert coordinator.phase is Phase.SNAPSHOT and not coordinator.done  # waiting for worker 0
+    deadline = coordinator.get_timer()
+    assert deadline is not None
+    cluster.now = deadline
+    coordinator.handle_timer(deadline)
+    cluster.run()
+    check_others_finished(cluster, train, 0, ErrorCode.TIMEOUT)
+
+
+# -- the inner loop ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 16])
+def test_a_dense_gradient_of_another_width_removes_its_sender(bits: int) -> None:
+    """DENSE gradients only at the configured width (8 here): a 1- or 16-bit one is refused."""
+    train = config(epochs=2)
+    codes = np.resize(np.array([-1, 0] if bits == 1 else [-32768, 7], dtype=np.int16), D)
+    attack = once(
+        Gradient, lambda e: dataclasses.replace(e, vector=DenseQuantized(bits, 2.0**-10, codes)), skip=5
+    )
+    cluster = Cluster(train, small_a9a(), 3)
+    cluster.tamper = rewrite(0, attack)
+    cluster.run()
+    check_others_finished(cluster, train, 0, ErrorCode.INVALID_PAYLOAD)
+    assert cluster.coordinator.dropped["refused"] == 1
+
+
+def test_zero_gradients_for_models_other_than_the_snapshot_are_refused() -> None:
+    """With l2 > 0 an honest alpha is zero only at x_snap: a worker always answering ZERO is removed."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 3)
+    cluster.tamper = rewrite(
+        0, lambda e: dataclasses.replace(e, vector=ZeroVector(D)) if isinstance(e, Gradient) else e
+    )
+    cluster.run()
+    check_others_finished(cluster, train, 0, ErrorCode.INVALID_PAYLOAD)
+
+
+def test_zero_gradient_at_the_snapshot_is_accepted() -> None:
+    """The first MODEL of an epoch is the snapshot: ZERO is the honest answer, and it is applied."""
+    cluster = Cluster(config(epochs=1), small_a9a(), 2)
+    cluster.run()
+    assert cluster.coordinator.done and cluster.coordinator.errors == []
+    assert cluster.coordinator.applied_staleness  # the runs above used ZERO answers too
+
+
+def test_without_the_guard_an_overflowing_update_removes_its_sender() -> None:
+    """guard = 0: an update taking x beyond a MODEL's range is refused and its sender removed."""
+    train = config(epochs=2)
+    huge = DenseQuantized(8, float(np.finfo(np.float32).max), np.full(D, 127, dtype=np.int8))
+    cluster = Cluster(train, small_a9a(), 3, master_config=MasterConfig(guard=0))
+    cluster.tamper = rewrite(0, once(Gradient, lambda e: dataclasses.replace(e, vector=huge), skip=3))
+    cluster.run()
+    check_others_finished(cluster, train, 0, ErrorCode.INVALID_PAYLOAD)
+    assert cluster.coordinator.dropped["overflow"] == 1
+
+
+def test_a_diverging_run_ends_with_a_failure_instead_of_hanging() -> None:
+    """--l2 10 --step 1 (issue 10): updates grow ninefold; the run ends, saying it diverged."""
+    train = TrainConfig(epochs=3, l2=10.0, step=1.0, updates_per_epoch=200, batch=32, tau=4)
+    coordinator = simulate(train, small_a9a(), 3)
+    assert coordinator.done
+    assert coordinator.failure is not None and "diverged" in coordinator.failure
+    assert coordinator.dropped["outlier"] >= DIVERGED_AFTER * 3
+    assert np.isfinite(coordinator.state.x).all()
+    assert coordinator.summary()["failure"] == coordinator.failure
+
+
+def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No message can make the coordinator raise: a failure while handling one closes that peer only."""
+    train = config(epochs=1)
+    cluster = Cluster(train, small_a9a(), 3)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    real = coordinator._gradient
+    calls = 0
+
+    def failing(worker_id: int, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("planted")
+        real(worker_id, *args)
+
+    monkeypatch.setattr(coordinator, "_gradient", failing)
+    cluster.run()
+    assert coordinator.done
+    assert [code for _, code, _ in coordinator.errors] == ["INTERNAL_ERROR"]
+    assert "planted" in coordinator.errors[0][2]
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda c: c.arrays.__setitem__("x", np.full(D, np.nan)),
+        lambda c: c.arrays.__setitem__("x", np.full(D, 1e200)),
+        lambda c: c.meta["state"].__setitem__("version", -1),
+        lambda c: c.meta.pop("phase"),
+        lambda c: c.meta.__setitem__("elapsed", "soon"),
+        lambda c: c.meta["state"].__setitem__("theta", 7.0),
+        lambda c: c.arrays.pop("snapshot"),
+    ],
+    ids=["nan-model", "huge-model", "negative-version", "no-phase", "elapsed-text", "theta-7", "no-snapshot"],
+)
+def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], object]) -> None:
+    """restore(): every value is checked before any is used; a damaged checkpoint is a CheckpointError."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2)
+    cluster.run(
+        until=lambda: cluster.coordinator.phase is Phase.INNER and cluster.coordinator.state.version > 3
+    )
+    checkpoint = cluster.coordinator.checkpoint(cluster.now)
+    damage(checkpoint)
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    with pytest.raises(CheckpointError) as info:
+        fresh.coordinator.restore(checkpoint, 0.0)
+    assert "\n" not in str(info.value)
+    assert fresh.coordinator.state.version == 0  # nothing of it was used
