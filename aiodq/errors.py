@@ -33,6 +33,7 @@ __all__ = [
     "RemoteProtocolError",
     "RunError",
     "UsageError",
+    "code_name",
 ]
 
 
@@ -81,6 +82,14 @@ class ErrorCode(IntEnum):
     GOING_AWAY = 19
     #: "The gradient version is older than the model it answers."
     VERSION_MISMATCH = 20
+
+
+def code_name(code: int) -> str:
+    """The name of error code ``code`` (``"GOING_AWAY"``), or the number for an unknown one."""
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
 
 
 class AiodqError(Exception):

@@ -24,9 +24,17 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ..config import MasterConfig
 from ..errors import UsageError
 from .demo import demo
-from .options import add_network_options, add_training_options, parse_address, parse_shard
+from .options import (
+    add_dataclass_options,
+    add_network_options,
+    add_training_options,
+    finite_float,
+    parse_address,
+    parse_shard,
+)
 
 try:
     from .commands import EXIT_USAGE, cmd_experiment, cmd_master, cmd_run, cmd_worker
@@ -54,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
-        "--timeout", type=float, default=3600.0, help="give up after this many seconds (default 3600)"
+        "--timeout", type=finite_float, default=3600.0, help="give up after this many seconds (default 3600)"
     )
+    add_dataclass_options(run.add_argument_group("master"), MasterConfig)
 
     master = commands.add_parser("master", help="serve as the master of a cluster")
     add_training_options(master)
@@ -74,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument(
         "--records", default=None, help="write the model copies to this .npz file when training ends"
     )
+    add_dataclass_options(master.add_argument_group("master"), MasterConfig)
     add_network_options(master, master=True)
 
     worker = commands.add_parser("worker", help="join a cluster as one worker")

@@ -24,6 +24,7 @@ __all__ = [
     "add_network_options",
     "add_training_options",
     "connection_config",
+    "finite_float",
     "from_args",
     "parse_address",
     "parse_shard",
@@ -49,7 +50,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """An option's value as a finite float (argparse type)."""
     try:
         value = float(text)
     except ValueError:
@@ -83,7 +85,7 @@ def add_dataclass_options(group: argparse._ArgumentGroup, cls: type[Any], prefix
             else:
                 group.add_argument(flag, dest=dest, action="store_true", help=meta["help"])
             continue
-        kind = _integer if isinstance(default, int) else _finite_float if isinstance(default, float) else str
+        kind = _integer if isinstance(default, int) else finite_float if isinstance(default, float) else str
         group.add_argument(
             flag,
             dest=dest,
@@ -149,7 +151,7 @@ def add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> Non
         )
         group.add_argument(
             "--retry-for",
-            type=_finite_float,
+            type=finite_float,
             default=30.0,
             help="keep reconnecting with backoff for this many seconds (default 30; 0: never)",
         )
@@ -159,7 +161,7 @@ def add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> Non
         group.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
         group.add_argument(
             "--checkpoint-interval",
-            type=_finite_float,
+            type=finite_float,
             default=60.0,
             help="seconds between checkpoints (default 60)",
         )

@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import math
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,7 @@ from ..codec.registry import Encoding
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import DenseQuantized, RawVector, SparseQuantized
 from ..config import Limits
+from ..errors import UsageError
 from ..launch.local import run_coroutine, use_uvloop
 from ..net.master import Master
 from ..protocol.algorithms import MasterState, TrainConfig
@@ -172,17 +176,53 @@ def bench_codec(
     }
 
 
-def main_codec(args: Any) -> int:
-    """Entry point of ``aiodq bench codec``."""
-    dims = tuple(int(float(v)) for v in args.dims.split(","))
-    bits_list = tuple(int(v) for v in args.bits.split(","))
-    report = bench_codec(dims, bits_list, repeats=args.repeats, seed=args.seed)
+def _integers(text: str, option: str, low: int, high: int) -> tuple[int, ...]:
+    """A comma-separated option of whole numbers (``1e5`` allowed) in ``[low, high]``.
+
+    Raises:
+        UsageError: for anything else.
+    """
+    values = []
+    for item in text.split(","):
+        try:
+            number = float(item)
+        except ValueError:
+            raise UsageError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+        if not (math.isfinite(number) and number == int(number) and low <= number <= high):
+            raise UsageError(f"{option}: {item!r} is not a whole number from {low} to {high}")
+        values.append(int(number))
+    return tuple(values)
+
+
+def _report(report: dict[str, Any], out: str | None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    if out:
+        try:
+            Path(out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     return 0
+
+
+def _check_out(out: str | None) -> None:
+    """Fail before a long benchmark, not after it, when ``--out`` cannot be written."""
+    if out and not os.access(Path(out).resolve().parent, os.W_OK):
+        raise UsageError(f"cannot write {out}: its folder does not exist or is not writable")
+
+
+def main_codec(args: Any) -> int:
+    """Entry point of ``aiodq bench codec``.
+
+    Raises:
+        UsageError: for a bad option value.
+    """
+    dims = _integers(args.dims, "--dims", 1, 1 << 24)
+    bits_list = _integers(args.bits, "--bits", 2, 16)
+    if args.repeats is not None and args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    _check_out(args.out)
+    return _report(bench_codec(dims, bits_list, repeats=args.repeats, seed=args.seed), args.out)
 
 
 # -- aiodq bench master ----------------------------------------------------------
@@ -311,13 +351,14 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
 
 
 def main_master(args: Any) -> int:
-    """Entry point of ``aiodq bench master``."""
-    dims = tuple(int(float(v)) for v in args.dims.split(","))
-    worker_counts = tuple(int(v) for v in args.workers.split(","))
-    report = bench_master(dims, worker_counts, args.updates)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    return 0
+    """Entry point of ``aiodq bench master``.
+
+    Raises:
+        UsageError: for a bad option value.
+    """
+    dims = _integers(args.dims, "--dims", 1, 1 << 24)
+    worker_counts = _integers(args.workers, "--workers", 1, 256)
+    if args.updates < 0:
+        raise UsageError("--updates must not be negative")
+    _check_out(args.out)
+    return _report(bench_master(dims, worker_counts, args.updates), args.out)

@@ -96,7 +96,7 @@ def _test_accuracy(context: Context, spec: DatasetSpec, run: RunResult) -> float
     test = context.test_sets[spec.name]
     config = run.config
     model = make_objective(config.model, test.features_count, test.classes, config.hidden)
-    _, _, correct = model.loss_grad(run.final_model, test.features, test.labels)
+    _, _, correct = model.loss_grad(run.final_model, test.features, model.prepare_labels(test.labels))
     return float(correct / test.samples)
 
 
@@ -240,7 +240,9 @@ def _timed_epoch(
     """One epoch of :func:`epoch_timing`; returns its ``(computation, encoding)`` seconds."""
     clock = time.perf_counter
     compute = encode = 0.0
-    _, gradient_sum, _ = model.loss_grad(master.snapshot, dataset.features, dataset.labels)
+    _, gradient_sum, _ = model.loss_grad(
+        master.snapshot, dataset.features, model.prepare_labels(dataset.labels)
+    )
     worker.snapshot_phase(master.snapshot)
     master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
     worker.set_full_gradient(master.full_gradient)

@@ -151,8 +151,9 @@ def evaluate(config: TrainConfig, dataset: Dataset, records: Sequence[ModelRecor
     regularizer = config.regularizer
     start = records[0].time
     points = []
+    labels = model.prepare_labels(dataset.labels)
     for record in records:
-        loss_sum, _, _ = model.loss_grad(record.model, dataset.features, dataset.labels)
+        loss_sum, _, _ = model.loss_grad(record.model, dataset.features, labels)
         loss = loss_sum / dataset.samples + regularizer.value(record.model)
         points.append(
             Point(record.version, record.epoch, 8 * record.bytes_total, record.time - start, float(loss))
@@ -178,9 +179,10 @@ def optimum(dataset: Dataset, config: TrainConfig) -> float:
         raise ExperimentError(f"no optimum for {config.model} with l1 = {config.l1}: give an absolute target")
     model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
     n, l2 = dataset.samples, config.l2
+    labels = model.prepare_labels(dataset.labels)
 
     def objective(x: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-        loss, grad, _ = model.loss_grad(x, dataset.features, dataset.labels)
+        loss, grad, _ = model.loss_grad(x, dataset.features, labels)
         return loss / n + 0.5 * l2 * float(x @ x), grad / n + l2 * x
 
     result = scipy.optimize.minimize(

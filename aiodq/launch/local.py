@@ -18,11 +18,11 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from ..config import ConnectionConfig
+from ..config import ConnectionConfig, MasterConfig
 from ..data import load_dataset
 from ..errors import DataError, RunError
 from ..net.master import Master
-from ..net.worker import WorkerResult, run_worker
+from ..net.worker import WorkerResult, format_address, run_worker
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig, initial_model
 from ..protocol.dataset import Dataset, shard
@@ -91,11 +91,14 @@ async def run_local(
     timeout: float = 3600.0,
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
+    master_config: MasterConfig | None = None,
 ) -> dict[str, Any]:
     """One master here and ``workers`` worker processes on 127.0.0.1; return the summary.
 
     With ``record_every`` > 0 the master keeps model copies (see
     :class:`~aiodq.protocol.accounting.ModelRecord`); they are appended to ``records``.
+    A run that ended without finishing its epochs (it diverged) returns normally, with the
+    reason in ``summary["failure"]``.
 
     Raises:
         RunError: if a worker process fails or the run times out.
@@ -117,6 +120,8 @@ async def run_local(
         port=0,
         connection_config=connection_config,
         record_every=record_every,
+        master_config=master_config,
+        samples=dataset.samples,
     ) as master:
         host, port = master.address
         env = dict(os.environ, PYTHONUNBUFFERED="1", AIODQ_SECRET=secret)
@@ -183,7 +188,8 @@ async def run_local(
                 raise RunError(f"the run did not finish within {timeout:.0f} s") from None
             await asyncio.wait_for(asyncio.gather(*exits), 30)
             failed = [p.returncode for p in processes if p.returncode != 0]
-            if failed:
+            if failed and not summary["failure"]:
+                # (After a failed run the workers exit non-zero too: the failure says why.)
                 raise RunError(f"worker processes exited with status {failed}")
         finally:
             for process in processes:
@@ -218,11 +224,10 @@ async def master_main(
     (:func:`~aiodq.launch.results.save_records`).
     """
     x0 = initial_model(config, dataset.features_count, dataset.classes)
+    options.setdefault("samples", dataset.samples)
     async with Master(config, x0, workers=workers, host=host, port=port, **options) as master:
-        bound_host, bound_port = master.address
-        print(
-            f"aiodq master listening on {bound_host}:{bound_port}, waiting for {workers} workers", flush=True
-        )
+        address = format_address(*master.address)
+        print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
         summary = await master.wait()
         if records_path is not None and master.coordinator is not None:
             try:

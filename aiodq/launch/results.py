@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,50 @@ from ..net import checkpoint as checkpoint_file
 from ..protocol.accounting import ModelRecord
 from ..protocol.recovery import Checkpoint
 
-__all__ = ["load_records", "save_records", "summary_rows", "write_results"]
+__all__ = ["check_out", "load_records", "save_records", "summary_rows", "write_results"]
+
+
+def check_out(out: Path) -> Path:
+    """Create the output folder ``out`` if needed and check that files can be written in it.
+
+    Called before a run starts, so that a run's results are not lost at its end.
+
+    Raises:
+        RunError: if the folder cannot be created or written.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise RunError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with non-finite floats as strings ("inf", "nan"): result.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return value
 
 
 def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None]:
-    """Write ``result.json`` and ``loss_vs_bits.png`` into ``out``; return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    result = out / "result.json"
-    result.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    """Write ``result.json`` and ``loss_vs_bits.png`` into ``out``; return their paths.
+
+    Raises:
+        RunError: if they cannot be written.
+    """
+    result = check_out(out) / "result.json"
+    try:
+        result.write_text(
+            json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+    except OSError as exc:
+        raise RunError(f"cannot write {result}: {exc.strerror or exc}") from None
     plot = out / "loss_vs_bits.png"
     try:
         import matplotlib  # noqa: PLC0415 - the plot is optional; keep import cost off the hot path
@@ -38,8 +76,12 @@ def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None
     axis.set_title(f"{summary['config']['algorithm']} on {summary.get('dataset', '?')}")
     axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(plot, dpi=120)
-    plt.close(figure)
+    try:
+        figure.savefig(plot, dpi=120)
+    except OSError as exc:
+        raise RunError(f"cannot write {plot}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(figure)
     return result, plot
 
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl as ssl_module
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ _log = logging.getLogger("aiodq.master")
 _READ_SIZE = 1 << 18
 #: Seconds between the log lines that count the connections refused or failed before joining.
 _REFUSED_LOG_INTERVAL = 10.0
+#: Protocol errors logged one line each per interval; the others are counted.
+_ERROR_LINES = 20
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -89,7 +93,8 @@ class Master:
             master_config: the guard, the snapshot deadline and the admission limit.
             samples: n, the samples of the whole dataset, if known (workers' reports are checked
                 against the shard sizes).
-            ssl: a server-side TLS context (with client-certificate checks for mutual TLS).
+            ssl: a server-side TLS context (with client-certificate checks for mutual TLS).  Its
+                ``sslobject_class`` is wrapped, so that failed handshakes are counted and logged.
             checkpoint: a file to checkpoint the whole state into, atomically (written once at
                 :meth:`start`, so a path that cannot be written fails there).
             checkpoint_interval: seconds between checkpoints.
@@ -140,6 +145,10 @@ class Master:
         self._refused: Counter[str] = Counter()
         self._refused_logged: Counter[str] = Counter()
         self._refused_log_at = 0.0
+        self._error_lines_at = -math.inf
+        self._error_lines = 0
+        self._unlogged_errors = 0
+        self._unlogged_errors_logged = 0
         self._started = 0.0
         self.coordinator: Coordinator | None = None
 
@@ -173,7 +182,7 @@ class Master:
                 limit = 64 * (self.coordinator.dim + 1024)  # five float64 arrays and the metadata, with room
                 self.coordinator.restore(checkpoint_file.load(self._checkpoint, max_bytes=limit), 0.0)
                 self._logged_epochs = len(self.coordinator.trace)  # logged by the run that wrote them
-                self._logged_errors = len(self.coordinator.errors)
+                self._logged_errors = self.coordinator.ledger.errors_seen
                 _log.info(
                     "resumed from %s at epoch %d, version %d",
                     self._checkpoint,
@@ -184,8 +193,16 @@ class Master:
                 self.write_checkpoint()  # fails now, with one line, if the file cannot be written
         if self._blas_threads is not None:
             self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
-        # TLS starts inside _serve, so that a failed TLS handshake is logged with its reason.
-        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_SIZE)
+        # TLS is the loop's own (start_server(ssl=...)): uvloop's start_tls on an accepted
+        # stream could stall a handshake until its timeout.  The loop does not report a
+        # failed handshake, so the context's SSL objects report it (_reporting_ssl_objects).
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            self._ssl.sslobject_class = _reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self._connection_config.handshake_timeout}
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._port, limit=_READ_SIZE, **tls
+        )
         host, port = self._server.sockets[0].getsockname()[:2]
         self._address = (str(host), int(port))
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
@@ -206,6 +223,7 @@ class Master:
         async with asyncio.timeout(timeout):
             await self._done.wait()
         assert self.coordinator is not None
+        self._log_refused(force=True)  # what the last interval counted
         summary = self.coordinator.summary()
         summary["wall_time"] = self._now() if self._finished_at is None else self._finished_at
         summary["refused_connections"] = dict(self._refused)
@@ -285,8 +303,6 @@ class Master:
             return
         self._handlers.add(task)
         try:
-            if self._ssl is not None and not await self._start_tls(writer):
-                return
             await self._serve_worker(reader, writer)
         except asyncio.CancelledError:
             writer.transport.abort()
@@ -303,25 +319,14 @@ class Master:
             self._handlers.discard(task)
             self._check_done()
 
+    def _tls_failed(self, exc: ssl_module.SSLError) -> None:
+        self._refused[f"TLS handshake failed ({exc.reason or type(exc).__name__})"] += 1
+        self._log_refused()
+
     def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
         self._refused[why] += 1
         writer.transport.abort()
         self._log_refused()
-
-    async def _start_tls(self, writer: asyncio.StreamWriter) -> bool:
-        """Run the TLS handshake; refuse (and count why) a peer that fails it, before any state is touched."""
-        assert self._ssl is not None
-        timeout = self._connection_config.handshake_timeout
-        try:
-            await writer.start_tls(self._ssl, ssl_handshake_timeout=timeout)
-        except (ssl_module.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            _log.debug("TLS handshake with %s failed: %s", _peer(writer), exc)
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            self._refused[f"TLS handshake failed ({reason})"] += 1
-            self._log_refused()
-            writer.transport.abort()
-            return False
-        return True
 
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator
@@ -386,7 +391,7 @@ class Master:
         self._check_done()
 
     def _log_progress(self) -> None:
-        """Log new epochs, workers that joined, new protocol errors (at most the ledger's first)."""
+        """Log new epochs, workers that joined, and new protocol errors (rate-limited)."""
         coordinator = self.coordinator
         assert coordinator is not None
         if len(coordinator.trace) > self._logged_epochs:
@@ -407,27 +412,45 @@ class Master:
             if worker_id not in self._members and coordinator.is_member(worker_id):
                 self._members.add(worker_id)
                 _log.info("worker %d joined from %s", worker_id, _peer(self._writers[worker_id]))
-        for worker_id, code, reason in coordinator.errors[self._logged_errors :]:
-            _log.warning("worker %d: %s: %s", worker_id, code, printable(reason))
-        self._logged_errors = len(coordinator.errors)
-        unlogged = sum(coordinator.ledger.error_counts.values()) - len(coordinator.errors)
-        if unlogged > 0:
-            self._refused["protocol errors past the first logged"] = unlogged
+        # Protocol errors: one line each, at most _ERROR_LINES per interval; the others counted.
+        seen = coordinator.ledger.errors_seen
+        new = seen - self._logged_errors
+        if new > 0:
+            now = self._now()
+            if now - self._error_lines_at >= _REFUSED_LOG_INTERVAL:
+                self._error_lines_at, self._error_lines = now, 0
+            kept = (
+                list(coordinator.errors)[-min(new, len(coordinator.errors)) :] if coordinator.errors else []
+            )
+            for worker_id, code, reason in kept:
+                if self._error_lines < _ERROR_LINES:
+                    _log.warning("worker %d: %s: %s", worker_id, code, printable(reason))
+                    self._error_lines += 1
+                    new -= 1
+            self._unlogged_errors += new
+            self._logged_errors = seen
             self._log_refused()
 
-    def _log_refused(self) -> None:
-        """One line at most every few seconds that counts what was refused since the last one."""
+    def _log_refused(self, *, force: bool = False) -> None:
+        """At most one line per interval counting connections refused, and one counting errors not logged."""
         assert self._loop is not None
         now = self._loop.time()
-        if now - self._refused_log_at < _REFUSED_LOG_INTERVAL or self._refused == self._refused_logged:
+        if now - self._refused_log_at < _REFUSED_LOG_INTERVAL and not force:
             return
         new = self._refused - self._refused_logged
         if new:
             _log.warning(
                 "refused or failed before joining: %s", ", ".join(f"{k}: {v}" for k, v in new.items())
             )
-        self._refused_logged = Counter(self._refused)
-        self._refused_log_at = now
+        unlogged = self._unlogged_errors - self._unlogged_errors_logged
+        if unlogged:
+            _log.warning(
+                "%d more protocol errors, not logged one by one (counted by code in the summary)", unlogged
+            )
+        if new or unlogged:
+            self._refused_logged = Counter(self._refused)
+            self._unlogged_errors_logged = self._unlogged_errors
+            self._refused_log_at = now
 
     def _close_writer(self, worker_id: int) -> None:
         writer = self._writers.pop(worker_id, None)
@@ -494,3 +517,25 @@ def _peer(writer: asyncio.StreamWriter) -> str:
         host, port = str(peer[0]), int(peer[1])
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(peer)
+
+
+def _reporting_ssl_objects(
+    base: type[ssl_module.SSLObject], report: Callable[[ssl_module.SSLError], None]
+) -> type[ssl_module.SSLObject]:
+    """``base`` (the context's SSL object class), reporting a failed handshake to ``report``."""
+    if getattr(base, "_aiodq_reporting", False):
+        base = base.__mro__[1]  # a context used by an earlier Master: report to this one
+
+    class Reporting(base):  # type: ignore[valid-type, misc]
+        _aiodq_reporting = True
+
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError):
+                raise
+            except ssl_module.SSLError as exc:
+                report(exc)
+                raise
+
+    return Reporting

@@ -20,7 +20,7 @@ from typing import Any
 import numpy.typing as npt
 
 from ..config import ConnectionConfig
-from ..errors import ErrorCode
+from ..errors import ErrorCode, code_name
 from ..protocol.objectives import Features
 from ..protocol.session import WorkerSession
 
@@ -50,7 +50,7 @@ class WorkerResult:
     @property
     def ok(self) -> bool:
         """True for a normal end of training."""
-        return self.code == ErrorCode.NO_ERROR
+        return self.code == ErrorCode.NO_ERROR and not self.failed
 
 
 #: Codes after which reconnecting cannot help.
@@ -129,7 +129,7 @@ async def run_worker(
                 return WorkerResult(result.code, result.reason, gradients, result.failed, result.configured)
             _log.warning(
                 "session ended (%s: %s); reconnecting in %.1f s",
-                _code_name(result.code),
+                code_name(result.code),
                 result.reason,
                 backoff,
             )
@@ -150,13 +150,6 @@ def describe_os_error(exc: OSError) -> str:
 def format_address(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets (``[::1]:7000``), as ``--connect`` reads it."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return str(code)
 
 
 async def _session(
@@ -184,6 +177,7 @@ async def _session(
     session = WorkerSession(
         features, labels, name=name, classes=classes, connection_config=connection_config, now=now()
     )
+    lost: OSError | None = None
     try:
         while True:
             data = session.data_to_send()
@@ -202,16 +196,16 @@ async def _session(
             except TimeoutError:
                 session.handle_timer(now())
                 continue
-            except (ConnectionError, OSError):
-                chunk = b""
+            except (ConnectionError, OSError) as exc:
+                chunk, lost = b"", exc
             session.receive_data(chunk, now())
             if not chunk:
                 data = session.data_to_send()
                 if data and not writer.is_closing():
                     writer.write(data)
                 break
-    except (ConnectionError, OSError):
-        pass  # the master went away while we wrote: reported below as an unclean end
+    except (ConnectionError, OSError) as exc:
+        lost = exc  # the master went away while we wrote: reported below as an unclean end
     except asyncio.CancelledError:
         # Cancelled: leave at once, like a process that dies, rather than wait to flush
         # bytes that the master may not be reading.
@@ -222,5 +216,14 @@ async def _session(
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             async with asyncio.timeout(5.0):
                 await writer.wait_closed()
-    code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "connection ended without CLOSE")
+    code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "stream ended")
+    if (code, reason) == (ErrorCode.PROTOCOL_ERROR, "stream ended"):
+        # The stream ended without CLOSE: say how, and where.
+        how = f"connection lost ({describe_os_error(lost)})" if lost else "the master closed the connection"
+        if session.worker_id is None:
+            reason = f"{how} before answering HELLO"
+            if ssl is not None:
+                reason += " (a master with mutual TLS refuses a worker without a client certificate)"
+        else:
+            reason = f"{how} without CLOSE"
     return WorkerResult(code, reason, session.gradients_sent, session.failed, session.config is not None)

@@ -9,7 +9,7 @@ decoded (docs/algorithms.md 10); the ledger only adds them up when asked.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,8 @@ from .connection import Connection
 
 __all__ = ["MAX_ERRORS", "EpochRecord", "Ledger", "ModelRecord", "Traffic"]
 
-#: Protocol errors kept in the ledger; later ones are counted by code only, so that no peer
-#: can grow the master's memory, its result file or its checkpoint without bound.
+#: Protocol errors kept with their text in the ledger (the latest); all are counted by code,
+#: so that no peer can grow the master's memory, its result file or its checkpoint without bound.
 MAX_ERRORS = 100
 
 
@@ -134,9 +134,9 @@ class Ledger:
     #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``outlier`` (the
     #: guard), ``overflow`` (out of a MODEL's range), ``refused`` (not this run's encoding or width).
     dropped: Counter[str] = field(default_factory=Counter)
-    #: The first :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text)``.
-    errors: list[tuple[int, str, str]] = field(default_factory=list)
-    #: Every protocol error, by code name (also those past :data:`MAX_ERRORS`).
+    #: The latest :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text)``.
+    errors: deque[tuple[int, str, str]] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
+    #: Every protocol error, by code name (also those no longer in :attr:`errors`).
     error_counts: Counter[str] = field(default_factory=Counter)
     #: Traffic of connections already closed and forgotten (workers that joined).
     retired: Traffic = field(default_factory=Traffic)
@@ -145,11 +145,18 @@ class Ledger:
     #: How many such connections there were.
     unadmitted_connections: int = 0
 
+    def __post_init__(self) -> None:
+        self.errors = deque(self.errors, maxlen=MAX_ERRORS)
+
     def add_error(self, worker_id: int, code: str, reason: str) -> None:
-        """Record a protocol error (the text only while fewer than :data:`MAX_ERRORS` are kept)."""
+        """Record a protocol error: counted by code; its text replaces the oldest one kept."""
         self.error_counts[code] += 1
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append((worker_id, code, reason))
+        self.errors.append((worker_id, code, reason))
+
+    @property
+    def errors_seen(self) -> int:
+        """Protocol errors recorded since the run began (kept with their text or not)."""
+        return sum(self.error_counts.values())
 
     def traffic(self, live: list[Connection]) -> Traffic:
         """Bytes and payload bits so far: retired connections plus ``live`` ones."""

@@ -451,7 +451,7 @@ class WorkerState:
         self.spec = config.spec
         self.model = model
         self.features = features
-        self.labels = labels
+        self.labels = model.prepare_labels(labels)
         self.samples = int(labels.shape[0])
         self.snapshot = np.zeros(model.dim)
         self.full_gradient = np.zeros(model.dim)

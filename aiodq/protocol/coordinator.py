@@ -51,7 +51,7 @@ from ..codec.events import (
 from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..codec.vectors import EqualsSnapshot, RawVector, full_precision
 from ..config import ConnectionConfig, MasterConfig
-from ..errors import CheckpointError, ErrorCode, RemoteProtocolError
+from ..errors import CheckpointError, ErrorCode, RemoteProtocolError, code_name
 from . import recovery
 from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
 from .algorithms import MasterState, TrainConfig
@@ -130,6 +130,8 @@ class Coordinator:
         #: Why the run ended without finishing its epochs (it diverged), or None.
         self.failure: str | None = None
         self._snapshot_deadline: float | None = None
+        #: Updates refused as "overflow" since the last update applied.
+        self._overflows = 0
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
@@ -251,7 +253,7 @@ class Coordinator:
     records = _ledger_table("records", "Model copies for evaluation after the run (see ``record_every``).")
     applied_staleness = _ledger_table("applied_staleness", "Staleness t - D of every applied update.")
     dropped = _ledger_table("dropped", "Gradients not applied, by reason (stale, late, outlier, ...).")
-    errors = _ledger_table("errors", "The first protocol errors seen, as (worker_id, code name, text).")
+    errors = _ledger_table("errors", "The latest protocol errors, as (worker_id, code name, text).")
 
     # -- events -----------------------------------------------------------------
 
@@ -283,14 +285,15 @@ class Coordinator:
         elif isinstance(event, Gradient):
             self._gradient(worker_id, worker, event, now)
         elif isinstance(event, ErrorMessage):
-            self.ledger.add_error(worker_id, _code_name(event.code), event.reason)
+            self.ledger.add_error(worker_id, code_name(event.code), event.reason)
         elif isinstance(event, Close | ConnectionClosed):
             # A peer's CLOSE with an error code (AUTH_FAILED from a worker without the
             # secret, say) and a local timeout are recorded, so the master logs why.
-            code = event.code
-            if code is not None and code != ErrorCode.NO_ERROR:
-                reason = event.reason if isinstance(event, Close) else "timed out"
-                self.ledger.add_error(worker_id, _code_name(code), reason)
+            # (The end of a stream after this side's own CLOSE was recorded when it was sent.)
+            if isinstance(event, Close) and event.code != ErrorCode.NO_ERROR:
+                self.ledger.add_error(worker_id, code_name(event.code), event.reason)
+            elif isinstance(event, ConnectionClosed) and event.code == ErrorCode.TIMEOUT:
+                self.ledger.add_error(worker_id, code_name(event.code), "timed out")
             self._drop_worker(worker_id, now)
 
     def _join(self, worker_id: int, worker: Member, now: float) -> None:
@@ -467,6 +470,7 @@ class Coordinator:
             self.guard.applied(outcome.norm)
             for member in self._workers.values():
                 member.refused = 0
+            self._overflows = 0
             self.applied_staleness[outcome.staleness] += 1
             if self._record_every and state.version % self._record_every == 0 and not state.epoch_done:
                 self._record(state.x, self.traffic().total(), now)
@@ -485,7 +489,11 @@ class Coordinator:
                 # The model would leave the range a MODEL carries: its sender is removed.
                 refusal = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range")
                 self._remove(worker_id, refusal, now)
-                if self.live_workers == 0 and self.phase is Phase.INNER:
+                self._overflows += 1
+                # Workers that rejoin and overflow again: the run diverged, whoever is connected.
+                if self.phase is Phase.INNER and (
+                    self.live_workers == 0 or self._overflows >= DIVERGED_AFTER * self.expected_workers
+                ):
                     failure = f"updates at version {state.version} take the model out of range"
                     self._finish(now, failure + ": the run diverged")
                 return
@@ -583,10 +591,3 @@ class Coordinator:
             "failure": self.failure,
             **self.ledger.report(self.config.tau),
         }
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return str(code)

@@ -104,6 +104,52 @@ class Objective(ABC):
         """The model's name and shape, for results and CONFIG."""
         return {"model": type(self).__name__, "dim": self.dim}
 
+    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The labels as :meth:`loss_grad` reads them (checked once, before training).
+
+        Raises:
+            ValueError: if this model cannot learn from these labels; the text says why.
+        """
+        return labels
+
+
+def _label_values(labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    values = np.unique(np.asarray(labels))
+    if values.size == 0:
+        raise ValueError("there are no labels")
+    if values.dtype.kind not in "iub" and not (
+        values.dtype.kind == "f" and np.isfinite(values).all() and np.array_equal(values, np.round(values))
+    ):
+        raise ValueError(f"labels must be whole numbers, found {values[:5].tolist()}")
+    return values
+
+
+def _binary_labels(labels: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """-1/+1 labels from -1/+1 or 0/1 ones."""
+    values = set(_label_values(labels).tolist())
+    if not (values <= {-1, 1} or values <= {0, 1}):
+        shown = sorted(values)[:6]
+        raise ValueError(
+            f"logistic regression needs two classes labelled -1/+1 or 0/1; the labels take "
+            f"{len(values)} values ({', '.join(map(str, shown))}{', ...' if len(values) > 6 else ''}): "
+            "use --model softmax or mlp"
+        )
+    return np.where(np.asarray(labels) > 0, 1.0, -1.0)
+
+
+def _class_labels(labels: npt.NDArray[Any], classes: int) -> npt.NDArray[np.intp]:
+    """Class indices 0..C-1 from 0..C-1 labels, or from -1/+1 ones (-1 is class 0)."""
+    values = _label_values(labels)
+    array = np.asarray(labels)
+    if set(values.tolist()) <= {-1, 1}:
+        return (array > 0).astype(np.intp)
+    if values[0] < 0 or values[-1] >= classes:
+        raise ValueError(
+            f"this model needs class labels 0..{classes - 1} (or -1/+1); found labels "
+            f"from {values[0]:g} to {values[-1]:g}"
+        )
+    return array.astype(np.intp)
+
 
 class LogisticRegression(Objective):
     """Binary logistic regression, labels -1/+1: ``f_i(x) = log(1 + exp(-y_i a_i . x))``."""
@@ -124,6 +170,10 @@ class LogisticRegression(Objective):
     def initial(self, rng: np.random.Generator) -> Array:
         """Zeros."""
         return np.zeros(self.dim)
+
+    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """-1/+1 (0/1 labels are mapped: 0 to -1)."""
+        return _binary_labels(labels)
 
 
 class SoftmaxRegression(Objective):
@@ -155,6 +205,10 @@ class SoftmaxRegression(Objective):
     def describe(self) -> dict[str, Any]:
         """See :meth:`Objective.describe`."""
         return {"model": "SoftmaxRegression", "dim": self.dim, "classes": self.classes}
+
+    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Class indices 0..C-1 (-1/+1 labels are mapped: -1 to 0)."""
+        return _class_labels(labels, self.classes)
 
 
 class MLP(Objective):
@@ -218,6 +272,10 @@ class MLP(Objective):
     def describe(self) -> dict[str, Any]:
         """See :meth:`Objective.describe`."""
         return {"model": "MLP", "dim": self.dim, "layers": list(self.layers)}
+
+    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Class indices 0..C-1 (-1/+1 labels are mapped: -1 to 0)."""
+        return _class_labels(labels, self.layers[-1])
 
 
 def make_objective(name: str, features: int, classes: int = 2, hidden: int = 100) -> Objective:

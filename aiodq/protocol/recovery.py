@@ -11,14 +11,14 @@ parts and checks everything in it before any of it is used again.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy.typing as npt
 
 from ..errors import CheckpointError
-from .accounting import EpochRecord, Ledger, Traffic
+from .accounting import MAX_ERRORS, EpochRecord, Ledger, Traffic
 from .algorithms import MasterState, TrainConfig
 
 __all__ = ["Checkpoint", "Resumed", "capture", "restore"]
@@ -100,7 +100,7 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             trace=[EpochRecord(**record) for record in meta["trace"]],
             applied_staleness=Counter({int(k): int(v) for k, v in meta["applied_staleness"]}),
             dropped=Counter({str(k): int(v) for k, v in meta["dropped"].items()}),
-            errors=[(int(w), str(c), str(r)) for w, c, r in meta["errors"]],
+            errors=deque(((int(w), str(c), str(r)) for w, c, r in meta["errors"]), maxlen=MAX_ERRORS),
             error_counts=Counter({str(k): int(v) for k, v in meta.get("error_counts", {}).items()}),
         )
         for name, rows in meta["traffic"].items():

@@ -113,7 +113,8 @@ class WorkerSession:
                 what = type(event).__name__.removesuffix("Message").upper()
                 self._give_up(now, f"cannot answer {what}: {type(exc).__name__}: {first_line}")
         elif isinstance(event, Close):
-            self.ended = (event.code, event.reason)
+            if self.ended is None:  # (the answer to this side's own CLOSE does not say why it ended)
+                self.ended = (event.code, event.reason)
         elif isinstance(event, ConnectionClosed) and self.ended is None:
             self.ended = (
                 event.code if event.code is not None else int(ErrorCode.PROTOCOL_ERROR),
@@ -159,6 +160,7 @@ class WorkerSession:
                     f"the data gives a {config.model} model of {model.dim} parameters, "
                     f"CONFIG says {event.dim}"
                 )
+            state = WorkerState(config, model, self.features, self.labels, self.worker_id or 0)
         except ValueError as exc:
             self.failed = True
             self.ended = (int(ErrorCode.INVALID_CONFIG), str(exc))
@@ -168,4 +170,4 @@ class WorkerSession:
             )
             return
         self.config = config
-        self.state = WorkerState(config, model, self.features, self.labels, self.worker_id or 0)
+        self.state = state

@@ -61,6 +61,7 @@ def simulate(
     max_steps: int = 10_000_000,
     slow: dict[int, int] | None = None,
     record_every: int = 0,
+    master_config: MasterConfig | None = None,
 ) -> Coordinator:
     """Train in memory; return the finished coordinator (trace, traffic, staleness).
 
@@ -74,8 +75,11 @@ def simulate(
             delivered only on every k-th chance, so its gradients are stale.
         record_every: keep model copies in ``coordinator.records`` (see
             :class:`~aiodq.protocol.coordinator.Coordinator`).
+        master_config: the guard and deadlines of the coordinator.
     """
-    coordinator, sessions = build_cluster(config, dataset, workers, record_every=record_every)
+    coordinator, sessions = build_cluster(
+        config, dataset, workers, record_every=record_every, master_config=master_config
+    )
     ids = [coordinator.connect(0.0) for _ in sessions]
     up: list[deque[bytes]] = [deque() for _ in sessions]
     down: list[deque[bytes]] = [deque() for _ in sessions]

@@ -552,7 +552,7 @@ def test_late_joiner_still_owing_a_snapshot_when_the_next_phase_starts() -> None
     assert coordinator.state.epoch >= 1  # the next phase started while it still owed the answer
     pump(set())  # now everything flows
     assert coordinator.done
-    assert coordinator.errors == []
+    assert not coordinator.errors
     assert late.gradients_sent > 0
     # The two first workers split the data in halves; the late one adds its own shard.
     assert coordinator.trace[-1].samples == dataset.samples + rows.shape[0]
