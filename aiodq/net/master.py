@@ -179,7 +179,9 @@ class Master:
                     "removed temporary checkpoint files an interrupted run left next to %s", self._checkpoint
                 )
             if self._resume:
-                limit = 64 * (self.coordinator.dim + 1024)  # five float64 arrays and the metadata, with room
+                # Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at
+                # most 100 reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
+                limit = 64 * self.coordinator.dim + (4 << 20) + 1024 * self.config.epochs
                 self.coordinator.restore(checkpoint_file.load(self._checkpoint, max_bytes=limit), 0.0)
                 self._logged_epochs = len(self.coordinator.trace)  # logged by the run that wrote them
                 self._logged_errors = self.coordinator.ledger.errors_seen

@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from ..config import MasterConfig
+from ..config import ConnectionConfig, MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
@@ -28,11 +28,13 @@ def build_cluster(
     *,
     record_every: int = 0,
     master_config: MasterConfig | None = None,
+    connection_config: ConnectionConfig | None = None,
 ) -> tuple[Coordinator, list[WorkerSession]]:
     """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``.
 
-    ``record_every`` and ``master_config`` go to the
-    :class:`~aiodq.protocol.coordinator.Coordinator`, which knows the dataset's size.
+    ``record_every``, ``master_config`` and ``connection_config`` go to the
+    :class:`~aiodq.protocol.coordinator.Coordinator`, which knows the dataset's size; the
+    sessions get ``connection_config`` too.
     """
     classes = dataset.classes
     x0 = initial_model(config, dataset.features_count, classes)
@@ -43,12 +45,21 @@ def build_cluster(
         record_every=record_every,
         master_config=master_config,
         samples=dataset.samples,
+        connection_config=connection_config,
     )
     sessions = []
     for index in range(workers):
         rows = shard(dataset.samples, workers, index, seed=config.seed)
         part = dataset.rows(rows)
-        sessions.append(WorkerSession(part.features, part.labels, name=f"sim-{index}", classes=classes))
+        sessions.append(
+            WorkerSession(
+                part.features,
+                part.labels,
+                name=f"sim-{index}",
+                classes=classes,
+                connection_config=connection_config,
+            )
+        )
     return coordinator, sessions
 
 

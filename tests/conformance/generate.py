@@ -78,7 +78,7 @@ from aiodq.codec.vectors import (
 )
 from aiodq.config import ConnectionConfig, Limits
 from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
-from aiodq.protocol.connection import MasterConnection, WorkerConnection
+from aiodq.protocol.connection import ConnectionState, MasterConnection, WorkerConnection
 from aiodq.protocol.handshake import master_mac, worker_mac
 
 HERE = Path(__file__).resolve().parent
@@ -497,9 +497,11 @@ def valid(
     version: int = 1,
     context: dict[str, Any] | None = None,
     auth: dict[str, str] | None = None,
+    canonical_hex: bytes | None = None,
 ) -> None:
     """A valid frame: ``expect_hex`` is built here from the spec's layout; aiodq must decode it to
-    ``event`` and encode ``event`` back to exactly those bytes."""
+    ``event`` and encode ``event`` back to exactly those bytes, or to ``canonical_hex`` for input
+    that a receiver accepts but a sender never writes (7-10)."""
     ctx = make_context(context)
     reader = FrameReader(ctx.limits)
     reader.feed(expect_hex)
@@ -515,8 +517,9 @@ def valid(
         return
     rice = decoded.encoding is Encoding.DENSE_RICE
     data = encode_message(event, version, dense_rice=rice)
-    if data != expect_hex:
-        ERRORS.append(f"{slug}: aiodq encodes {data.hex()} but the spec layout gives {expect_hex.hex()}")
+    canonical = expect_hex if canonical_hex is None else canonical_hex
+    if data != canonical:
+        ERRORS.append(f"{slug}: aiodq encodes {data.hex()} but the spec layout gives {canonical.hex()}")
         return
     doc: dict[str, Any] = {
         "kind": "valid",
@@ -526,6 +529,8 @@ def valid(
         "header": {"version": fr.version, "type": MessageType(fr.type).name, "flags": fr.flags},
         "event": event_fields(event, decoded.encoding),
     }
+    if canonical_hex is not None:
+        doc["canonical_hex"] = canonical_hex.hex()
     if context:
         doc["context"] = context
     if auth:
@@ -2135,6 +2140,7 @@ class Story:
             self.conns["worker"] = WorkerConnection(self._config(worker_config))
         self.steps: list[dict[str, Any]] = []
         self.pending: dict[str, bytes] = {}
+        self.held: dict[str, bytes] = {}
         self.ok = True
 
     def _config(self, auth: dict[str, Any] | None) -> ConnectionConfig | None:
@@ -2154,6 +2160,7 @@ class Story:
 
     def _receive(self, step: dict[str, Any], data: bytes, receiver: str, error: ErrorCode | None) -> None:
         conn = self.conns[receiver]
+        closing = conn.state is ConnectionState.CLOSING
         conn.receive_data(data, 0.0)
         received: list[Any] = []
         step["events"] = []
@@ -2165,6 +2172,12 @@ class Story:
                 self.fail(f"step {len(self.steps)}: unexpected {exc!r}")
             step["error"] = exc.code.name
             out = conn.data_to_send()
+            if closing:
+                # A receiver that had sent CLOSE fails without another (8.1-2, 8.4-3).
+                if out:
+                    self.fail(f"step {len(self.steps)}: bytes queued in CLOSING: {out.hex()}")
+                step["events"] = fields_with_encodings(received, data)
+                return
             reader = FrameReader(Limits())
             reader.feed(out)
             fr = reader.next_frame()
@@ -2223,6 +2236,28 @@ class Story:
         step: dict[str, Any] = {"from": side, "hex": data.hex()}
         self._receive(step, data, self.other(side), error)
         self.steps.append(step)
+
+    def send_later(self, side: str, event: Any) -> None:
+        """``side`` sends ``event``; the bytes stay in flight until :meth:`deliver` (they cross)."""
+        conn = self.conns[side]
+        conn.send(event, 0.0)
+        data = conn.data_to_send()
+        [sent] = fields_with_encodings([event], data)
+        self.held[side] = data
+        self.steps.append({"from": side, "send": sent, "hex": data.hex(), "deliver_later": True})
+
+    def deliver(self, side: str, error: ErrorCode | None = None) -> None:
+        """The bytes ``side`` sent with :meth:`send_later` arrive."""
+        data = self.held.pop(side)
+        step: dict[str, Any] = {"from": side, "deliver": True, "hex": data.hex()}
+        self._receive(step, data, self.other(side), error)
+        self.steps.append(step)
+
+    def silent(self, side: str) -> None:
+        """``side`` has queued nothing (in CLOSING: no answers, no HEARTBEAT, 8.1-2)."""
+        if self.conns[side].data_to_send():
+            self.fail(f"step {len(self.steps)}: {side} queued bytes")
+        self.steps.append({"silent": side})
 
     def eof(self, side: str, error: ErrorCode | None = None) -> None:
         """The stream from the peer of ``side`` ends: ``side`` receives b""."""
@@ -2725,6 +2760,822 @@ def build_auth_stories() -> None:
     st.done()
 
 
+# -- classes of invalid input, one vector per member (issue 10) ----------------------------------
+
+
+def nonshortest(value: int) -> bytes:
+    """``value`` as a varint one byte longer than its shortest form (it ends in 00, 4.2-2)."""
+    short = bytearray(varint(value))
+    short[-1] |= 0x80
+    return bytes(short) + b"\x00"
+
+
+def hello_map(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "magic": "aiodq",
+        "min_version": 1,
+        "max_version": 1,
+        "encodings": [0, 1],
+        "name": "",
+    }
+    fields.update(changes)
+    return fields
+
+
+def map_with(base: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> bytes:
+    """The canonical map ``base`` with ``extra`` (raw key bytes, raw value bytes) entries appended."""
+    count = len(base) + len(extra)
+    assert count <= 15
+    body = b"".join(mp(k) + mp(v) for k, v in base.items())
+    return bytes((0x80 | count,)) + body + b"".join(k + v for k, v in extra)
+
+
+def build_invalid_classes() -> None:
+    E = ErrorCode
+    one32 = 0x3F800000  # 1.0f
+    hello_body = mp(hello_map())
+
+    # Header checks: size, then type, then (after version, role and state) flags, then the body.
+    invalid(
+        "order-too-large-before-unknown-type",
+        "an undefined type 0x00 declaring 65 bytes over a 64-byte limit: the length is checked first",
+        ["WF-3-3", "WF-7-1"],
+        struct.pack("<BBBI", 1, 0x00, 0x01, 65),
+        E.FRAME_TOO_LARGE,
+        {"limits": {"max_frame_bytes": 64}},
+    )
+    invalid(
+        "order-unknown-type-before-flags",
+        "type 0x00 with flag bit 0 set: the type is checked before the flags",
+        ["WF-7-1"],
+        frame(1, 0x00, 0x01, b""),
+        E.UNKNOWN_MESSAGE_TYPE,
+    )
+    # Flags on every type, with a body that would fail with another code if it were decoded.
+    flagged: list[tuple[str, int, int, bytes, ErrorCode, dict[str, Any] | None]] = [
+        ("hello", 1, 0x01, mp([1]), E.INVALID_CONFIG, None),
+        ("welcome", 2, 0x01, mp([1]), E.INVALID_CONFIG, None),
+        ("config", 3, 0x01, mp([1]), E.INVALID_CONFIG, None),
+        ("snapshot", 4, 0x01, varint(1) + b"\xa0\x01", E.UNSUPPORTED_ENCODING, None),
+        (
+            "snapshot-gradient",
+            5,
+            0x01,
+            varint(1) * 3 + f64raw(0x7FF8000000000000) + raw_payload([1.0]),
+            E.NON_FINITE,
+            None,
+        ),
+        ("full-gradient", 6, 0x01, varint(1) + b"\x00\x01" + f32raw(0x7FC00000), E.NON_FINITE, None),
+        ("model", 7, 0x80, varint(1) * 2 + b"\xa0\x01", E.UNSUPPORTED_ENCODING, None),
+        ("gradient", 8, 0x01, varint(1) * 2 + b"\xa0\x01", E.UNSUPPORTED_ENCODING, None),
+        (
+            "error",
+            10,
+            0x01,
+            b"\x00\x00" + varint(0) * 2 + b"12345",
+            E.LIMIT_EXCEEDED,
+            {"max_reason_bytes": 4},
+        ),
+        ("close", 11, 0x01, b"\x00\x00" + b"12345", E.LIMIT_EXCEEDED, {"max_reason_bytes": 4}),
+        ("auth-challenge", 12, 0x01, bytes(32), E.MALFORMED_FRAME, None),
+        ("auth-response", 13, 0x01, bytes(64), E.MALFORMED_FRAME, None),
+    ]
+    for name, mtype, flag, body, body_code, limits in flagged:
+        context = {"limits": limits} if limits else None
+        invalid(
+            f"flag-{name}",
+            f"{name.upper().replace('-', '_')} with flag 0x{flag:02x} (not defined for it) and a body that "
+            f"would fail with {body_code.name}: flags are checked first",
+            ["WF-3-6", "WF-7-1"],
+            frame(1, mtype, flag, body),
+            E.MALFORMED_FRAME,
+            context,
+        )
+
+    # Non-shortest varints, in every varint field of every message (4.2-2).
+    raw1 = raw_payload([1.0])
+    varint_fields: list[tuple[str, int, bytes]] = [
+        ("snapshot-epoch", 4, nonshortest(1) + raw1),
+        ("snapshot-gradient-epoch", 5, nonshortest(1) + varint(10) + varint(7) + f64raw(0) + raw1),
+        ("snapshot-gradient-samples", 5, varint(1) + nonshortest(10) + varint(7) + f64raw(0) + raw1),
+        ("snapshot-gradient-correct", 5, varint(1) + varint(10) + nonshortest(7) + f64raw(0) + raw1),
+        ("full-gradient-epoch", 6, nonshortest(1) + raw1),
+        ("model-epoch", 7, nonshortest(1) + varint(1) + b"\x20\x01"),
+        ("model-version", 7, varint(1) + nonshortest(300) + b"\x20\x01"),
+        ("gradient-version", 8, varint(1) + nonshortest(0) + b"\x20\x01"),
+        ("error-epoch", 10, b"\x05\x00" + nonshortest(1) + varint(1)),
+        ("error-version", 10, b"\x05\x00" + varint(1) + nonshortest(1)),
+        ("dimension", 8, varint(1) * 2 + b"\x20" + nonshortest(3)),
+        ("sparse-count", 8, varint(1) * 2 + b"\x57" + varint(8) + nonshortest(1) + f32raw(one32) + b"\x01"),
+        ("qsgd-s", 8, varint(1) * 2 + b"\x70" + varint(1) + nonshortest(1) + f32raw(one32) + b"\x02\x00\x00"),
+    ]
+    for name, mtype, body in varint_fields:
+        invalid(
+            f"varint-not-shortest-{name}",
+            f"{name.replace('-', ' ')}: a varint with a trailing 00 byte",
+            ["WF-4.2-2"],
+            frame(1, mtype, 0, body),
+            E.MALFORMED_FRAME,
+        )
+
+    # Reserved encodings 10..14 (9 and 15 have vectors above).
+    for encoding in range(10, 15):
+        invalid(
+            f"reserved-encoding-{encoding}",
+            f"descriptor 0x{encoding << 4:02x}: encoding {encoding} is reserved",
+            ["WF-5.2-3", "WF-12-2"],
+            grad(bytes((encoding << 4,)) + b"\x01"),
+            E.UNSUPPORTED_ENCODING,
+        )
+
+    # RAW: lengths before values.
+    raw_cases: list[tuple[str, str, bytes, ErrorCode]] = [
+        ("raw-f32-short", "RAW_F32, d = 2, one byte short", raw_payload([1.0, 2.0])[:-1], E.MALFORMED_FRAME),
+        ("raw-f32-extra", "RAW_F32, d = 1, one byte extra", raw_payload([1.0]) + b"\x00", E.MALFORMED_FRAME),
+        (
+            "raw-f64-short",
+            "RAW_F64, d = 1, one byte short",
+            raw_payload([1.0], f64=True)[:-1],
+            E.MALFORMED_FRAME,
+        ),
+        (
+            "raw-f64-extra",
+            "RAW_F64, d = 1, four bytes extra",
+            raw_payload([1.0], f64=True) + bytes(4),
+            E.MALFORMED_FRAME,
+        ),
+        (
+            "raw-f32-minus-inf",
+            "RAW_F32 with -inf",
+            b"\x00\x02" + f32raw(0x3F800000) + f32raw(0xFF800000),
+            E.NON_FINITE,
+        ),
+        ("raw-f64-nan", "RAW_F64 with a NaN", b"\x10\x01" + f64raw(0x7FF8000000000001), E.NON_FINITE),
+        (
+            "raw-short-before-nan",
+            "RAW_F32, d = 2: a NaN, then one byte short: the length is checked first",
+            (b"\x00\x02" + f32raw(0x7FC00000) + f32raw(0x3F800000))[:-1],
+            E.MALFORMED_FRAME,
+        ),
+    ]
+    for slug, description, payload, code in raw_cases:
+        invalid(slug, description, ["WF-5.3-2", "WF-5.3-3"], grad(payload), code)
+
+    invalid(
+        "trailing-bytes-zero",
+        "ZERO, d = 1, followed by a byte",
+        ["WF-5.4-3"],
+        grad(b"\x20\x01\x00"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "trailing-bytes-equals-snapshot",
+        "EQUALS_SNAPSHOT, d = 1, followed by a byte",
+        ["WF-5.4-3"],
+        model(b"\x30\x01\x00"),
+        E.MALFORMED_FRAME,
+    )
+
+    # Truncated fixed-size fields and blocks.
+    invalid(
+        "dense-scale-truncated",
+        "DENSE b = 8, d = 2: three scale bytes",
+        ["WF-5.5-3"],
+        grad(b"\x47\x02" + f32raw(one32)[:3]),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "sparse-count-missing",
+        "SPARSE_BITMAP: the payload ends after the dimension",
+        ["WF-5.6-8", "WF-4.2-4"],
+        grad(b"\x57\x08"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "sparse-scale-truncated",
+        "SPARSE_BITMAP: two scale bytes",
+        ["WF-5.6-8"],
+        grad(b"\x57\x08\x01" + f32raw(one32)[:2]),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "sparse-scale-nan",
+        "SPARSE_RICE with a NaN scale",
+        ["WF-5.6-8", "WF-5.5-2"],
+        grad(sparse_head(6, 1000, 8, 0x7FC00000, [1]) + rice_block([500], best_rice([500])[0])),
+        E.NON_FINITE,
+    )
+    invalid(
+        "sparse-codes-truncated",
+        "SPARSE_BITMAP b = 8, n = 2: one code byte",
+        ["WF-5.6-8"],
+        grad(sparse_head(5, 8, 8, one32, [1, 2])[:-1]),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "bitmap-truncated",
+        "SPARSE_BITMAP d = 16 (B = 2) with one bitmap byte",
+        ["WF-5.6-9"],
+        grad(sparse_head(5, 16, 8, one32, [1]) + b"\x01"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "bitmap-extra-byte",
+        "SPARSE_BITMAP d = 8 with a byte after the bitmap",
+        ["WF-5.6-9"],
+        grad(sparse_head(5, 8, 8, one32, [1]) + b"\x01\x00"),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "rice-k-missing",
+        "SPARSE_RICE d = 1000, n = 1: the payload ends after the codes",
+        ["WF-5.6-10"],
+        grad(sparse_head(6, 1000, 8, one32, [1])),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "rice-remainders-truncated",
+        "SPARSE_RICE d = 1000, n = 2, k = 3: no remainder byte",
+        ["WF-5.6-10"],
+        grad(sparse_head(6, 1000, 8, one32, [1, 1]) + b"\x03"),
+        E.MALFORMED_FRAME,
+    )
+
+    # QSGD, field by field (5.7-4).
+    def qsgd(tail: bytes, *, dim: int = 1, s: bytes = varint(1)) -> bytes:
+        return grad(b"\x70" + varint(dim) + s + tail)
+
+    level_one = b"\x02\x00\x00"  # d = 1, s = 1, level +1: exponent 0b10, mantissa 0, sign 0
+    qsgd_cases: list[tuple[str, str, bytes, ErrorCode]] = [
+        (
+            "qsgd-s-missing",
+            "QSGD: the payload ends after the dimension",
+            grad(b"\x70\x01"),
+            E.MALFORMED_FRAME,
+        ),
+        ("qsgd-norm-truncated", "QSGD: two norm bytes", qsgd(f32raw(one32)[:2]), E.MALFORMED_FRAME),
+        ("qsgd-norm-nan", "QSGD with a NaN norm", qsgd(f32raw(0x7FC00000) + level_one), E.NON_FINITE),
+        ("qsgd-norm-inf", "QSGD with an infinite norm", qsgd(f32raw(0x7F800000) + level_one), E.NON_FINITE),
+        ("qsgd-norm-zero", "QSGD with norm +0.0", qsgd(f32raw(0) + level_one), E.INVALID_PAYLOAD),
+        (
+            "qsgd-norm-negative",
+            "QSGD with norm -1.0",
+            qsgd(f32raw(0xBF800000) + level_one),
+            E.INVALID_PAYLOAD,
+        ),
+        (
+            "qsgd-too-long",
+            "QSGD d = 1, s = 1: 5 stream bytes, over the bound of ceil(1 * 4 / 8) + 3 = 4",
+            qsgd(f32raw(one32) + level_one + b"\x00\x00"),
+            E.INVALID_PAYLOAD,
+        ),
+        (
+            "qsgd-exponents-short",
+            "QSGD d = 2: the stream holds one 1 bit",
+            qsgd(f32raw(one32) + b"\x01", dim=2),
+            E.INVALID_PAYLOAD,
+        ),
+        (
+            "qsgd-exponent-padding",
+            "QSGD d = 1: a 1 bit after the first one bit, inside its byte",
+            qsgd(f32raw(one32) + b"\x03\x00"),
+            E.INVALID_PAYLOAD,
+        ),
+        (
+            "qsgd-exponent-above-e",
+            "QSGD d = 1, s = 1 (E = 1): N = 2",
+            qsgd(f32raw(one32) + b"\x04\x00\x00"),
+            E.INVALID_PAYLOAD,
+        ),
+        (
+            "qsgd-mantissa-missing",
+            "QSGD d = 1, s = 3, level 1: no mantissa byte",
+            qsgd(f32raw(one32) + b"\x02", s=varint(3)),
+            E.INVALID_PAYLOAD,
+        ),
+        ("qsgd-all-levels-zero", "QSGD d = 1, level 0", qsgd(f32raw(one32) + b"\x01"), E.INVALID_PAYLOAD),
+        (
+            "qsgd-signs-missing",
+            "QSGD d = 1, level 1: no sign byte",
+            qsgd(f32raw(one32) + b"\x02\x00"),
+            E.INVALID_PAYLOAD,
+        ),
+        (
+            "qsgd-signs-extra",
+            "QSGD d = 1, level 1: two sign bytes",
+            qsgd(f32raw(one32) + level_one + b"\x00"),
+            E.INVALID_PAYLOAD,
+        ),
+    ]
+    for slug, description, data, code in qsgd_cases:
+        invalid(slug, description, ["WF-5.7-2", "WF-5.7-4"], data, code)
+
+    # Control-message structure and field types (7-3..7-10, 7.1-7.3).
+    control_cases: list[tuple[str, str, list[str], int, bytes, ErrorCode]] = [
+        ("hello-not-a-map", "HELLO body: an array", ["WF-7-7"], 1, mp([1]), E.INVALID_CONFIG),
+        (
+            "hello-int-key",
+            "HELLO map with an int key",
+            ["WF-7-6"],
+            1,
+            map_with(hello_map(), [(b"\x01", b"\x02")]),
+            E.MALFORMED_FRAME,
+        ),
+        (
+            "hello-str-not-utf8",
+            "HELLO name: a str holding the byte ff",
+            ["WF-7-6"],
+            1,
+            mp({k: v for k, v in hello_map().items() if k != "name"})[:0]
+            + bytes((0x85,))
+            + b"".join(mp(k) + mp(v) for k, v in hello_map().items() if k != "name")
+            + mp("name")
+            + b"\xa1\xff",
+            E.MALFORMED_FRAME,
+        ),
+        (
+            "hello-nested-1025",
+            "HELLO with an unknown key whose value nests 1024 arrays: 1025 levels with the map",
+            ["WF-7-6"],
+            1,
+            map_with(hello_map(), [(mp("x"), b"\x91" * 1024 + b"\x00")]),
+            E.MALFORMED_FRAME,
+        ),
+        ("hello-name-int", "HELLO name 5", ["WF-7.1-6"], 1, mp(hello_map(name=5)), E.INVALID_CONFIG),
+        (
+            "hello-min-version-bool",
+            "HELLO min_version true",
+            ["WF-7-7", "WF-7.1-6"],
+            1,
+            mp(hello_map(min_version=True)),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "hello-min-version-float",
+            "HELLO min_version 1.0",
+            ["WF-7-7", "WF-7.1-6"],
+            1,
+            mp(hello_map(min_version=1.0)),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "hello-encodings-not-array",
+            "HELLO encodings 3",
+            ["WF-7.1-6"],
+            1,
+            mp(hello_map(encodings=3)),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "hello-encoding-16",
+            "HELLO encodings [0, 16]",
+            ["WF-7.1-6"],
+            1,
+            mp(hello_map(encodings=[0, 16])),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "hello-name-256-bytes",
+            "HELLO name of 256 bytes",
+            ["WF-7.1-6"],
+            1,
+            mp(hello_map(name="n" * 256)),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "hello-magic-bin",
+            "HELLO magic as bin b'aiodq'",
+            ["WF-7-7", "WF-7.1-5"],
+            1,
+            bytes((0x85,))
+            + mp("magic")
+            + b"\xc4\x05aiodq"
+            + b"".join(mp(k) + mp(v) for k, v in hello_map().items() if k != "magic"),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "welcome-worker-id-negative",
+            "WELCOME worker_id -1",
+            ["WF-7.2-5"],
+            2,
+            mp({"version": 1, "worker_id": -1, "encodings": [0]}),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "welcome-worker-id-2-pow-63",
+            "WELCOME worker_id 2**63",
+            ["WF-7.2-5"],
+            2,
+            mp({"version": 1, "worker_id": 1 << 63, "encodings": [0]}),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "welcome-version-0",
+            "WELCOME version 0",
+            ["WF-7.2-5"],
+            2,
+            mp({"version": 0, "worker_id": 1, "encodings": [0]}),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "config-dim-float",
+            "CONFIG dim 3.0",
+            ["WF-7.3-3"],
+            3,
+            mp({"dim": 3.0, "algorithm": "asylpg", "params": {}}),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "config-algorithm-empty",
+            "CONFIG algorithm ''",
+            ["WF-7.3-5"],
+            3,
+            mp({"dim": 3, "algorithm": "", "params": {}}),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "config-params-bin-key",
+            "CONFIG params with the bin key b'bits'",
+            ["WF-7-8", "WF-7.3-5"],
+            3,
+            mp({"dim": 3, "algorithm": "asylpg"}).replace(b"\x82", b"\x83", 1)
+            + mp("params")
+            + b"\x81\xc4\x04bits\x08",
+            E.INVALID_CONFIG,
+        ),
+        (
+            "config-param-nil",
+            "CONFIG params {'bits': nil}",
+            ["WF-7.3-5"],
+            3,
+            mp({"dim": 3, "algorithm": "asylpg"}).replace(b"\x82", b"\x83", 1)
+            + mp("params")
+            + b"\x81"
+            + mp("bits")
+            + b"\xc0",
+            E.INVALID_CONFIG,
+        ),
+        (
+            "config-param-nan",
+            "CONFIG params {'step': NaN}",
+            ["WF-7.3-5"],
+            3,
+            mp({"dim": 3, "algorithm": "asylpg", "params": {"step": math.nan}}),
+            E.INVALID_CONFIG,
+        ),
+        (
+            "config-param-array",
+            "CONFIG params {'bits': [8]}",
+            ["WF-7.3-5"],
+            3,
+            mp({"dim": 3, "algorithm": "asylpg", "params": {"bits": [8]}}),
+            E.INVALID_CONFIG,
+        ),
+    ]
+    for slug, description, cites, mtype, body, code in control_cases:
+        invalid(slug, description, cites, frame(1, mtype, 0, body), code)
+    # Zero-length ext values (ext8, ext16, ext32), in each control message (7-6).
+    welcome_ok = {"version": 1, "worker_id": 1, "encodings": [0]}
+    config_ok = {"dim": 3, "algorithm": "asylpg", "params": {}}
+    for label, ext in (
+        ("ext8", b"\xc7\x00\x05"),
+        ("ext16", b"\xc8\x00\x00\x05"),
+        ("ext32", b"\xc9" + bytes(4) + b"\x05"),
+    ):
+        for name, mtype, base in (
+            ("hello", 1, hello_map()),
+            ("welcome", 2, welcome_ok),
+            ("config", 3, config_ok),
+        ):
+            if name != "hello" and label != "ext8":
+                continue
+            invalid(
+                f"{name}-zero-length-{label}",
+                f"{name.upper()} with an unknown key whose value is an {label} of length 0",
+                ["WF-7-6"],
+                frame(1, mtype, 0, map_with(base, [(mp("x"), ext)])),
+                E.MALFORMED_FRAME,
+            )
+
+    # Accepted, though no sender writes them so (7-8, 7-9, 7-10): the canonical form differs.
+    valid(
+        "hello-unsorted-duplicate-encodings",
+        "HELLO encodings [3, 0, 3, 1]: the set {0, 1, 3}",
+        ["WF-7-10", "WF-6.2-1"],
+        Hello(min_version=1, max_version=1, encodings=frozenset({0, 1, 3}), name=""),
+        expect_hex=frame(1, 1, 0, mp(hello_map(encodings=[3, 0, 3, 1]))),
+        canonical_hex=frame(1, 1, 0, mp(hello_map(encodings=[0, 1, 3]))),
+    )
+    valid(
+        "hello-bin-key-ignored",
+        "HELLO with an extra top-level bin key: ignored",
+        ["WF-7-8"],
+        Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name=""),
+        expect_hex=frame(1, 1, 0, map_with(hello_map(), [(b"\xc4\x01z", b"\x01")])),
+        canonical_hex=frame(1, 1, 0, hello_body),
+    )
+    valid(
+        "hello-nested-1024",
+        "HELLO with an unknown key whose value nests 1023 arrays: 1024 levels, accepted",
+        ["WF-7-6", "WF-7-8"],
+        Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name=""),
+        expect_hex=frame(1, 1, 0, map_with(hello_map(), [(mp("x"), b"\x91" * 1023 + b"\x00")])),
+        canonical_hex=frame(1, 1, 0, hello_body),
+    )
+    valid(
+        "hello-repeated-key",
+        "HELLO with name given twice: the last one counts",
+        ["WF-7-9"],
+        Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name="b"),
+        expect_hex=frame(1, 1, 0, map_with(hello_map(name="a"), [(mp("name"), mp("b"))])),
+        canonical_hex=frame(1, 1, 0, mp(hello_map(name="b"))),
+    )
+    valid(
+        "config-float32-param",
+        "CONFIG with the parameter 0.5 as a msgpack float32: read as 0.5, sent as float64",
+        ["WF-7-10"],
+        ConfigMessage(dim=3, algorithm="asylpg", params={"step": 0.5}),
+        expect_hex=frame(
+            1,
+            3,
+            0,
+            mp({"dim": 3, "algorithm": "asylpg"}).replace(b"\x82", b"\x83", 1)
+            + mp("params")
+            + b"\x81"
+            + mp("step")
+            + b"\xca"
+            + struct.pack(">f", 0.5),
+        ),
+        canonical_hex=frame(1, 3, 0, mp({"dim": 3, "algorithm": "asylpg", "params": {"step": 0.5}})),
+    )
+    valid(
+        "welcome-non-shortest-int",
+        "WELCOME worker_id 1 written as uint64 (cf): accepted",
+        ["WF-7-10"],
+        Welcome(version=1, worker_id=1, encodings=frozenset({0})),
+        expect_hex=frame(
+            1,
+            2,
+            0,
+            b"\x83"
+            + mp("version")
+            + b"\x01"
+            + mp("worker_id")
+            + b"\xcf"
+            + (1).to_bytes(8, "big")
+            + mp("encodings")
+            + mp([0]),
+        ),
+        canonical_hex=frame(1, 2, 0, mp(welcome_ok)),
+    )
+
+
+# -- connection stories for the decisions of issue 10 ---------------------------------------------
+
+
+def build_hardening_stories() -> None:
+    E = ErrorCode
+    hello = Hello(min_version=1, max_version=1, encodings=frozenset(range(8)), name="w0")
+    welcome = Welcome(version=1, worker_id=7, encodings=frozenset(range(8)))
+    config = ConfigMessage(dim=3, algorithm="asylpg", params={"bits": 8})
+
+    st = Story(
+        "story-second-hello", "a second HELLO before WELCOME: UNEXPECTED_MESSAGE", ["WF-7.1-4", "WF-7-1"]
+    )
+    st.send("worker", hello)
+    st.send_refused("worker", hello, E.UNEXPECTED_MESSAGE)
+    st.inject("worker", encode_message(hello), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-hello-after-welcome",
+        "a HELLO after WELCOME (master in CONFIGURING): UNEXPECTED_MESSAGE",
+        ["WF-8.1-1"],
+    )
+    st.send("worker", hello)
+    st.send("master", welcome)
+    st.inject("worker", encode_message(hello), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story("story-second-config", "a second CONFIG in READY: UNEXPECTED_MESSAGE", ["WF-8.1-1"])
+    handshake(st)
+    st.send_refused("master", config, E.UNEXPECTED_MESSAGE)
+    st.inject("master", encode_message(config), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-heartbeat-during-handshake",
+        "a worker's HEARTBEAT after HELLO, before WELCOME: UNEXPECTED_MESSAGE at the master",
+        ["WF-8.1-1", "WF-7.9"],
+    )
+    st.send("worker", hello)
+    st.inject("worker", frame(1, 9, 0, b""), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-heartbeat-before-welcome-to-worker",
+        "a master's HEARTBEAT before WELCOME: UNEXPECTED_MESSAGE at the worker",
+        ["WF-8.1-1", "WF-7.9"],
+    )
+    st.send("worker", hello)
+    st.inject("master", frame(1, 9, 0, b""), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-close-crosses-welcome",
+        "the worker sends CLOSE while the master's WELCOME and CONFIG are in flight: it accepts them, "
+        "stays in CLOSING, sends nothing, and takes the master's CLOSE as the end",
+        ["WF-8.1-2", "WF-7.11-2", "WF-7.11-3"],
+    )
+    st.send("worker", hello)
+    st.send_later("worker", Close(code=0, reason="leaving"))
+    st.send("master", welcome)
+    st.silent("worker")
+    st.send("master", config)
+    st.silent("worker")
+    st.deliver("worker")
+    st.queued("master")
+    st.silent("worker")
+    st.eof("worker")
+    st.eof("master")
+    st.done()
+
+    st = Story(
+        "story-close-crosses-config",
+        "the worker sends CLOSE in CONFIGURING while CONFIG is in flight: CONFIG is accepted, no reply",
+        ["WF-8.1-2"],
+    )
+    st.send("worker", hello)
+    st.send("master", welcome)
+    st.send_later("worker", Close(code=0, reason=""))
+    st.send("master", config)
+    st.silent("worker")
+    st.send("master", Snapshot(epoch=1, vector=raw32(1.0, 2.0, 3.0)))
+    st.silent("worker")
+    st.deliver("worker")
+    st.queued("master")
+    st.silent("worker")
+    st.done()
+
+    st = Story(
+        "story-crossing-close-still-checked",
+        "in CLOSING a crossing message is still checked: a second CONFIG after a crossing one fails",
+        ["WF-8.1-2", "WF-8.4"],
+    )
+    st.send("worker", hello)
+    st.send_later("worker", Close(code=0, reason=""))
+    st.send("master", welcome)
+    st.send("master", config)
+    st.inject("master", encode_message(config), error=E.UNEXPECTED_MESSAGE)
+    st.done()
+
+    st = Story(
+        "story-bytes-after-close-ignored",
+        "the bytes after a received CLOSE, whole frames and a partial one, are ignored",
+        ["WF-3-5", "WF-7.11-4", "WF-8.1-3"],
+    )
+    handshake(st)
+    st.inject("master", encode_message(Close(code=0, reason="")) + frame(1, 9, 0, b"") + b"\x01\x0b")
+    st.queued("worker")
+    st.eof("worker")
+    st.done()
+
+    st = Story(
+        "story-messages-cross-close",
+        "the master's CLOSE crosses the worker's GRADIENT: the master, in CLOSING, accepts the GRADIENT "
+        "and answers nothing; the worker answers the CLOSE",
+        ["WF-8.1-2", "WF-7.11-3"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", ModelMessage(epoch=1, version=0, vector=EqualsSnapshot(3)))
+    st.send_later("master", Close(code=0, reason="training complete"))
+    st.send("worker", Gradient(epoch=1, version=0, vector=ZeroVector(3)))
+    st.silent("master")
+    st.deliver("master")
+    st.queued("worker")
+    st.silent("master")
+    st.done()
+
+    st = Story(
+        "story-handshake-frame-limit",
+        "until its handshake is complete (WELCOME sent) the master refuses a frame over "
+        "max(max_control_bytes, max_reason_bytes + 20) = 64 bytes on its header",
+        ["WF-10-3", "WF-3-3"],
+        limits={"max_control_bytes": 64, "max_reason_bytes": 16},
+    )
+    st.inject("worker", struct.pack("<BBBI", 1, 1, 0, 65), error=E.FRAME_TOO_LARGE)
+    st.done()
+
+    st = Story(
+        "story-frame-limit-after-handshake",
+        "after its handshake the master takes frames up to max_frame_bytes again: a 93-byte "
+        "SNAPSHOT_GRADIENT over the 64-byte handshake limit",
+        ["WF-10-3"],
+        limits={"max_control_bytes": 64, "max_reason_bytes": 16},
+    )
+    st.send("worker", Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name=""))
+    st.send("master", Welcome(version=1, worker_id=1, encodings=frozenset({0, 1})))
+    st.send("master", ConfigMessage(dim=10, algorithm="asylpg", params={}))
+    st.send("master", Snapshot(epoch=1, vector=raw32(*range(10))))
+    st.send("worker", SnapshotGradient(epoch=1, samples=2, correct=1, loss=0.5, vector=raw64(*range(10))))
+    st.done()
+
+    st = Story(
+        "story-worker-handshake-frame-limit",
+        "the worker applies the handshake limit until CONFIG arrives: a 65-byte frame after WELCOME fails",
+        ["WF-10-3"],
+        limits={"max_control_bytes": 64, "max_reason_bytes": 16},
+    )
+    st.send("worker", Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name=""))
+    st.send("master", Welcome(version=1, worker_id=1, encodings=frozenset({0, 1})))
+    st.inject("master", struct.pack("<BBBI", 1, 4, 0, 65), error=E.FRAME_TOO_LARGE)
+    st.done()
+
+    # Sequencing errors of 8.2 not covered above.
+    st = Story(
+        "story-model-version-below",
+        "a MODEL whose version is below the previous MODEL's: VERSION_MISMATCH",
+        ["WF-7.7-7", "WF-8.2"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", ModelMessage(epoch=1, version=5, vector=EqualsSnapshot(3)))
+    st.send("worker", Gradient(epoch=1, version=5, vector=ZeroVector(3)))
+    st.inject(
+        "master",
+        encode_message(ModelMessage(epoch=1, version=4, vector=EqualsSnapshot(3))),
+        error=E.VERSION_MISMATCH,
+    )
+    st.done()
+
+    st = Story(
+        "story-gradient-version-below",
+        "a GRADIENT whose version is below the outstanding MODEL's: VERSION_MISMATCH",
+        ["WF-7.8-4"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", ModelMessage(epoch=1, version=5, vector=EqualsSnapshot(3)))
+    st.inject(
+        "worker", encode_message(Gradient(epoch=1, version=4, vector=ZeroVector(3))), error=E.VERSION_MISMATCH
+    )
+    st.done()
+
+    st = Story(
+        "story-snapshot-epoch-not-above",
+        "a SNAPSHOT whose epoch is not above the current one: UNKNOWN_EPOCH",
+        ["WF-7.4-5", "WF-8.2"],
+    )
+    handshake(st)
+    open_epoch(st, 2)
+    st.inject("master", encode_message(Snapshot(epoch=2, vector=raw32(1.0, 2.0, 3.0))), error=E.UNKNOWN_EPOCH)
+    st.done()
+
+    st = Story(
+        "story-snapshot-gradient-wrong-epoch",
+        "a SNAPSHOT_GRADIENT for another epoch: UNKNOWN_EPOCH",
+        ["WF-7.5-3"],
+    )
+    handshake(st)
+    st.send("master", Snapshot(epoch=3, vector=raw32(1.0, 2.0, 3.0)))
+    st.inject(
+        "worker",
+        encode_message(
+            SnapshotGradient(epoch=2, samples=1, correct=0, loss=0.0, vector=raw64(0.0, 0.0, 0.0))
+        ),
+        error=E.UNKNOWN_EPOCH,
+    )
+    st.done()
+
+    st = Story(
+        "story-full-gradient-wrong-epoch",
+        "a FULL_GRADIENT for another epoch: UNKNOWN_EPOCH",
+        ["WF-7.6-3"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.inject(
+        "master", encode_message(FullGradient(epoch=2, vector=raw32(1.0, 2.0, 3.0))), error=E.UNKNOWN_EPOCH
+    )
+    st.done()
+
+    st = Story(
+        "story-full-gradient-twice",
+        "a second FULL_GRADIENT in one epoch: UNEXPECTED_MESSAGE",
+        ["WF-7.6-3"],
+    )
+    handshake(st)
+    open_epoch(st, 1)
+    st.send("master", FullGradient(epoch=1, vector=raw32(1.0, 2.0, 3.0)))
+    st.inject(
+        "master",
+        encode_message(FullGradient(epoch=1, vector=raw32(1.0, 2.0, 3.0))),
+        error=E.UNEXPECTED_MESSAGE,
+    )
+    st.done()
+
+
 # -- output ------------------------------------------------------------------------------------
 
 
@@ -2749,6 +3600,8 @@ def build() -> dict[str, str]:
         build_invalid()
         build_quantizer()
         build_stories()
+        build_invalid_classes()
+        build_hardening_stories()
     except ProofMismatchError as exc:
         raise GenerationError(str(exc)) from exc
     if ERRORS:

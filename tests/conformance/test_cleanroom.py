@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cleanroom import endpoint as cre
 from cleanroom import wire as cr
 
 from aiodq.codec.events import (
@@ -59,7 +60,7 @@ from aiodq.codec.vectors import (
     ZeroVector,
 )
 from aiodq.config import Limits
-from aiodq.errors import CodecError
+from aiodq.errors import CodecError, ErrorCode
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 MANIFEST = json.loads((VECTOR_DIR / "MANIFEST.json").read_text(encoding="utf-8"))
@@ -151,7 +152,8 @@ def test_valid_vector(name: str) -> None:
     data = bytes.fromhex(doc["hex"])
     [message] = cr.decode_stream(data, _context(doc))
     assert _plain(message) == _plain(_message_from_json(doc["event"]))
-    assert cr.encode_message(message, header_version=doc["header"]["version"]) == data
+    canonical = bytes.fromhex(doc.get("canonical_hex", doc["hex"]))
+    assert cr.encode_message(message, header_version=doc["header"]["version"]) == canonical
 
 
 @pytest.mark.parametrize("name", _names("invalid"))
@@ -161,6 +163,104 @@ def test_invalid_vector(name: str) -> None:
     with pytest.raises(cr.WireError) as info:
         cr.decode_stream(bytes.fromhex(doc["hex"]), _context(doc))
     assert info.value.code == doc["error"], info.value.detail
+
+
+# -- stories: the second implementation's endpoints, step by step ---------------------------------
+
+
+def _story_endpoint(doc: dict[str, Any], side: str) -> cre.Endpoint:
+    """The side's endpoint with the story's limits, secret and nonces (as aiodq's are configured)."""
+    limits = cr.ReceiveContext(**doc.get("limits", {}))
+    auth = doc.get(f"{side}_config") or {}
+    nonces = [bytes.fromhex(n) for n in auth.get("nonces", [])]
+
+    def nonce_source(size: int) -> bytes:
+        assert nonces, "the story's nonces ran out"
+        return nonces.pop(0)
+
+    secret = bytes.fromhex(auth["secret"]) if "secret" in auth else None
+    role = cre.Master if side == "master" else cre.Worker
+    return role(secret=secret, nonce_source=nonce_source, limits=limits)
+
+
+def _same_messages(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> bool:
+    """As the aiodq runner compares events: a CLOSE recorded without its reason matches any reason."""
+    if len(got) != len(expected):
+        return False
+    for message, fields in zip(got, expected, strict=True):
+        if fields["event"] == "CLOSE" and "reason" not in fields:
+            if not (message["type"] == "CLOSE" and message["code"] == fields["code"]):
+                return False
+        elif _plain(message) != _plain(_message_from_json(fields)):
+            return False
+    return True
+
+
+def _one_close(data: bytes) -> dict[str, Any]:
+    [message] = cr.decode_stream(data)
+    assert message["type"] == "CLOSE", message
+    return message
+
+
+@pytest.mark.parametrize("name", _names("story"))
+def test_story_vector(name: str) -> None:
+    """The second implementation's endpoints replay each story: the same bytes sent, the same
+    messages, errors and CLOSE codes received, the same refusals of forbidden sends."""
+    doc = VECTORS[name]
+    ends = {side: _story_endpoint(doc, side) for side in doc["sides"]}
+    pending: dict[str, bytes] = {}
+    held: dict[str, bytes] = {}
+    other = {"master": "worker", "worker": "master"}
+    for number, step in enumerate(doc["steps"]):
+        where = f"step {number}: {step}"
+        if "send_error" in step:
+            # The spec requires the refusal; the code of a local refusal is the reference's own.
+            with pytest.raises(cr.WireError) as refused:
+                ends[step["from"]].send(_message_from_json(step["send"]))
+            assert refused.value.local, where
+            assert ends[step["from"]].data_to_send() == b"", where
+            continue
+        if "silent" in step:
+            assert ends[step["silent"]].data_to_send() == b"", where
+            continue
+        if "eof_to" in step:
+            receiver = step["eof_to"]
+            data = b""
+        else:
+            side = step["from"]
+            receiver = other[side]
+            if "send" in step:
+                data = ends[side].send(_message_from_json(step["send"]))
+                assert data.hex() == step["hex"], where
+            elif step.get("queued"):
+                data = pending.pop(side, b"") + ends[side].data_to_send()
+                if not step.get("hex_informative"):
+                    assert data.hex() == step["hex"], where
+            elif step.get("deliver"):
+                data = held.pop(side)
+            else:
+                data = bytes.fromhex(step["hex"])
+            if step.get("deliver_later"):
+                held[side] = data
+                continue
+        end = ends[receiver]
+        error_before = end.error
+        messages = end.eof() if data == b"" else end.receive(data)
+        # aiodq reports the end of the stream as a local event; the endpoint, by its state.
+        expected = [e for e in step["events"] if e["event"] != "CONNECTION_CLOSED"]
+        if len(expected) < len(step["events"]):
+            assert end.state == "CLOSED", where
+        assert _same_messages(messages, expected), f"{where}: {messages}"
+        if "error" in step:
+            assert end.error is not None and end.error.code == step["error"], f"{where}: {end.error!r}"
+            queued = end.data_to_send()
+            if "close_queued" in step:
+                assert _one_close(queued)["code"] == int(ErrorCode[step["close_queued"]]), where
+            else:
+                assert queued == b"", where
+            pending[receiver] = queued
+        else:
+            assert end.error is error_before, f"{where}: {end.error!r}"
 
 
 # -- aiodq's events in the clean-room's plain data ---------------------------------------------------

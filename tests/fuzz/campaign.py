@@ -100,14 +100,20 @@ from aiodq.codec.vectors import (
     Vector,
     ZeroVector,
 )
-from aiodq.config import ConnectionConfig, Limits
+from aiodq.config import ConnectionConfig, Limits, MasterConfig
 from aiodq.errors import CodecError, ErrorCode, LocalProtocolError, RemoteProtocolError
+from aiodq.protocol.accounting import MAX_ERRORS
+from aiodq.protocol.algorithms import MODEL_LIMIT, TrainConfig
 from aiodq.protocol.connection import (
     Connection,
     ConnectionState,
     MasterConnection,
     WorkerConnection,
 )
+from aiodq.protocol.coordinator import Coordinator
+from aiodq.protocol.dataset import Dataset
+from aiodq.protocol.members import Phase
+from aiodq.protocol.simulate import build_cluster
 
 __all__ = [
     "DEFAULT_DIM",
@@ -518,10 +524,12 @@ class Responder:
 class StatePoint:
     """A connection stopped at a frame boundary, and the peer's frames that came next."""
 
-    #: The connection, copied for every input.
-    template: Connection
+    #: The connection (or, for a ``coordinator:*`` target, the Coordinator), copied for every input.
+    template: Connection | Coordinator
     #: The frames the peer sent next in the recorded session (may be empty).
     stream: tuple[SeedFrame, ...]
+    #: For a coordinator target: the worker id whose bytes the input stands for.
+    peer: int = 0
 
 
 def _split_frames(data: bytes) -> list[bytes]:
@@ -576,13 +584,28 @@ def record_session(dim: int, config: ConnectionConfig) -> dict[str, list[StatePo
         for conn, stream, index in entries:
             frames = tuple(describe_frame(f) for f in stream[index:])
             points.setdefault(name, []).append(StatePoint(conn, frames))
-            if conn.state is ConnectionState.READY:
-                # The same point after this side sent CLOSE: the peer's frames still arrive (8.1-2).
+            if conn.state in (
+                ConnectionState.HANDSHAKE,
+                ConnectionState.CONFIGURING,
+                ConnectionState.READY,
+            ) and (
+                not name.endswith(":fresh")  # (nothing crosses the CLOSE of a worker that sent no HELLO)
+            ):
+                # The same point after this side sent CLOSE: the peer's frames still arrive and are
+                # checked against the state advanced by a crossing WELCOME or CONFIG (8.1-2).
                 closing = copy.deepcopy(conn)
                 closing.close(_NOW)
                 closing.data_to_send()
-                # Only the next frame: a CLOSING side no longer answers, so later frames would not fit.
-                points.setdefault(f"{name.split(':')[0]}:closing", []).append(StatePoint(closing, frames[:1]))
+                # A CLOSING side no longer answers, so only the frames already on their way fit:
+                # the next one, or the master's WELCOME, CONFIG and SNAPSHOT of the handshake.
+                ahead = frames[:1]
+                if isinstance(conn, WorkerConnection) and conn.state is not ConnectionState.READY:
+                    # The master's WELCOME, CONFIG and first SNAPSHOT were sent without waiting.
+                    types = [f.data[1] for f in frames]
+                    end = types.index(MessageType.SNAPSHOT) + 1 if MessageType.SNAPSHOT in types else 1
+                    ahead = frames[:end]
+                label = "closing" if conn.state is ConnectionState.READY else "closing-handshake"
+                points.setdefault(f"{name.split(':')[0]}:{label}", []).append(StatePoint(closing, ahead))
     # A master that sent WELCOME but not yet CONFIG (the responder sends both at once).
     configuring = MasterConnection(config, now=0.0)
     configuring.receive_data(encode_message(Hello()), _NOW)
@@ -592,6 +615,156 @@ def record_session(dim: int, config: ConnectionConfig) -> dict[str, list[StatePo
     tail = tuple(describe_frame(encode_message(e)) for e in (Heartbeat(), ErrorMessage(code=14), Close()))
     points.setdefault("master:configuring", []).append(StatePoint(configuring, tail))
     return points
+
+
+def hostile_events(dim: int, epoch: int = 1, version: int = 0) -> list[Event]:
+    """Valid messages with values that a worker that passed admission could send to poison or
+    stall a master (issue 10): huge finite gradients and reports, ZERO answers, extreme counters."""
+    big = float(np.finfo(np.float32).max)
+    codes = np.zeros(dim, dtype=np.int64)
+    codes[0] = 32767
+    ones = RawVector(np.ones(dim))
+    return [
+        Gradient(epoch=epoch, version=version, vector=RawVector(np.full(dim, 1e150))),
+        Gradient(epoch=epoch, version=version, vector=RawVector(np.full(dim, big, dtype=np.float32))),
+        Gradient(epoch=epoch, version=version, vector=DenseQuantized(16, big, codes)),
+        Gradient(epoch=epoch, version=version, vector=DenseQuantized(1, 0.5, np.where(codes != 0, -1, 0))),
+        Gradient(epoch=epoch, version=version, vector=RawVector(np.full(dim, 1e3, dtype=np.float32))),
+        # In the run's own encodings, so that the norm bound and the range check are reached:
+        Gradient(epoch=epoch, version=version, vector=DenseQuantized(8, big, np.minimum(codes, 127))),
+        Gradient(epoch=epoch, version=version, vector=DenseQuantized(8, 1e3, np.full(dim, 100))),
+        Gradient(
+            epoch=epoch, version=version, vector=SparseQuantized(dim, 8, big, np.array([0]), np.array([127]))
+        ),
+        Gradient(
+            epoch=epoch,
+            version=version,
+            vector=SparseQuantized(dim, 8, 1e4, np.arange(dim), np.full(dim, 99)),
+        ),
+        Gradient(epoch=epoch, version=version, vector=ZeroVector(dim)),
+        SnapshotGradient(epoch=epoch, samples=MAX_VARINT, loss=0.5, correct=0, vector=ones),
+        SnapshotGradient(epoch=epoch, samples=30, loss=1e300, correct=10**12, vector=ones),
+        SnapshotGradient(epoch=epoch, samples=30, loss=0.5, correct=3, vector=RawVector(np.full(dim, 1e200))),
+        SnapshotGradient(epoch=epoch, samples=0, loss=-1.0, correct=3, vector=RawVector(np.zeros(dim))),
+        ErrorMessage(code=int(ErrorCode.INTERNAL_ERROR), reason="x\n2026-12-03 fake log line " * 4),
+    ]
+
+
+def hostile_frames(dim: int) -> list[SeedFrame]:
+    """:func:`hostile_events` as corpus frames."""
+    return [describe_frame(frame) for event in hostile_events(dim) for frame in _frames(event)]
+
+
+def _synthetic_data(dim: int, samples: int = 60) -> Dataset:
+    """A small, fixed logistic-regression dataset with ``dim`` features."""
+    rng = np.random.default_rng(0xDA7A)
+    features = rng.normal(size=(samples, dim)) / np.sqrt(dim)
+    labels = np.where(features @ rng.normal(size=dim) > 0, 1.0, -1.0)
+    return Dataset(features, labels, "fuzz")
+
+
+def record_cluster(dim: int, limits: Limits) -> dict[str, list[StatePoint]]:
+    """A Coordinator with two in-memory workers (:func:`~aiodq.protocol.simulate.build_cluster`),
+    stopped before each delivery from worker 0; the points carry that worker's next frames.
+
+    Targets ``coordinator:<phase>``: mutated worker streams must never make the coordinator
+    raise, and must never leave a model that a MODEL cannot carry (see :func:`run_coordinator`).
+    """
+    points: dict[str, list[StatePoint]] = {}
+    # The guard off (0) too: then the range check of MasterState.apply is what stops a poisoned update.
+    for algorithm, guard in (("asylpg", 100.0), ("sparse-asylpg", 100.0), ("asylpg", 0.0)):
+        config = TrainConfig(algorithm=algorithm, epochs=2, updates_per_epoch=6, batch=4, seed=3)
+        coordinator, sessions = build_cluster(
+            config,
+            _synthetic_data(dim),
+            2,
+            connection_config=ConnectionConfig(limits=limits),
+            master_config=MasterConfig(guard=guard),
+        )
+        ids = [coordinator.connect(0.0) for _ in sessions]
+        for _ in range(400):
+            moved = False
+            for index, session in enumerate(sessions):
+                up = session.data_to_send()
+                frames = _split_frames(up) if up else []
+                for position, frame in enumerate(frames):
+                    moved = True
+                    if index == 0:
+                        label = f"coordinator:{coordinator.phase.value}"
+                        ahead = tuple(describe_frame(f) for f in frames[position : position + 3])
+                        template = copy.deepcopy(coordinator)
+                        points.setdefault(label, []).append(StatePoint(template, ahead, peer=ids[0]))
+                        # The same point with the frame replaced by a hostile one of the same epoch
+                        # and version, so that the input reaches the guard (not just the codec).
+                        reader = FrameReader(limits)
+                        reader.feed(frame)
+                        whole = reader.next_frame()
+                        assert whole is not None
+                        honest = decode_message(whole, DecodeContext(dim=dim))
+                        if isinstance(honest, Gradient | SnapshotGradient):
+                            version = honest.version if isinstance(honest, Gradient) else 0
+                            for event in hostile_events(dim, honest.epoch, version):
+                                if type(event) is type(honest):
+                                    hostile = (describe_frame(encode_message(event)), *ahead[1:])
+                                    points.setdefault(
+                                        f"coordinator:hostile-{label.split(':')[1]}", []
+                                    ).append(StatePoint(template, hostile, peer=ids[0]))
+                    coordinator.receive_data(ids[index], frame, _NOW)
+            for worker_id, data in coordinator.data_to_send().items():
+                moved = True
+                sessions[ids.index(worker_id)].receive_data(data, _NOW)
+            if not moved:
+                break
+    return points
+
+
+def run_coordinator(
+    point: StatePoint, data: bytes, chunks: Sequence[int] | None = None, *, eof: bool = False
+) -> CaseResult:
+    """Feed ``data`` as worker ``point.peer``'s bytes to a copy of the point's Coordinator.
+
+    The coordinator catches every protocol error itself, so here *any* exception is a crash
+    (coordinator.py: no message of a peer makes it raise).  Oracles: the model and snapshot
+    stay finite and within what a MODEL carries, a MODEL can still be built, the ledger's kept
+    errors stay bounded, and the summary is JSON.
+    """
+    template = point.template
+    assert isinstance(template, Coordinator)
+    coordinator = copy.deepcopy(template)
+    result = CaseResult()
+    sizes = list(chunks) if chunks is not None else [len(data)]
+    start = 0
+    pieces = [data[start : (start := start + size)] for size in sizes]
+    if eof:
+        pieces.append(b"")
+    errors_before = coordinator.ledger.errors_seen
+    for piece in pieces:
+        coordinator.receive_data(point.peer, piece, _NOW)
+    coordinator.data_to_send()
+    ledger = coordinator.ledger
+    result.events = sum(ledger.applied_staleness.values()) + sum(ledger.dropped.values())
+    if ledger.errors_seen > errors_before:
+        # What ended the peer (a protocol error, the guard's refusal): reported by code.
+        # (An ERROR or CLOSE from the peer may carry any code, 7.10-4: unregistered ones by number.)
+        name = ledger.errors[-1][1]
+        result.code = ErrorCode[name] if name in ErrorCode.__members__ else ErrorCode.PROTOCOL_ERROR
+    for _, _, reason in list(ledger.errors)[-(ledger.errors_seen - errors_before) or len(ledger.errors) :]:
+        if reason.startswith("internal error handling"):
+            # _handle_safely caught an exception the protocol does not foresee: a bug it contained.
+            result.violations.append(f"internal-error: {reason}")
+    coordinator.handle_timer(_NOW + 1e6)  # every timer and deadline fires: must not raise either
+    coordinator.data_to_send()
+    state = coordinator.state
+    for name in ("x", "snapshot"):
+        values = getattr(state, name)
+        if not (np.isfinite(values).all() and float(np.abs(values).max(initial=0.0)) <= MODEL_LIMIT):
+            result.violations.append(f"poisoned: the master's {name} is not finite or beyond a MODEL's range")
+    if coordinator.phase is Phase.INNER:
+        state.model_message()  # must not raise: the next MODEL is always encodable
+    if len(coordinator.ledger.errors) > MAX_ERRORS:
+        result.violations.append(f"unbounded: {len(coordinator.ledger.errors)} errors kept")
+    json.dumps(coordinator.summary())
+    return result
 
 
 # -- mutation operators ---------------------------------------------------------
@@ -1104,16 +1277,18 @@ def build_setup(seed: int, dim: int = DEFAULT_DIM, limits: Limits = TIGHT_LIMITS
     a connection reproducer replays under any seed.
     """
     config = ConnectionConfig(limits=limits)
-    corpus = build_corpus(seed, dim)
+    corpus = (*build_corpus(seed, dim), *hostile_frames(dim))
     targets = {
         "codec:ready": FuzzTarget("codec:ready", context=DecodeContext(limits=limits, dim=dim)),
         "codec:handshake": FuzzTarget("codec:handshake", context=DecodeContext(limits=limits)),
     }
-    for name, points in sorted(record_session(dim, config).items()):
+    for name, points in sorted({**record_session(dim, config), **record_cluster(dim, limits)}.items()):
         targets[name] = FuzzTarget(name, points=points)
-    connection_names = [n for n in targets if not n.startswith("codec:")]
-    weights = [("codec:ready", 0.35), ("codec:handshake", 0.1)]
-    weights += [(name, 0.55 / len(connection_names)) for name in connection_names]
+    connection_names = [n for n in targets if ":" in n and n.split(":")[0] in ("master", "worker")]
+    coordinator_names = [n for n in targets if n.startswith("coordinator:")]
+    weights = [("codec:ready", 0.3), ("codec:handshake", 0.1)]
+    weights += [(name, 0.45 / len(connection_names)) for name in connection_names]
+    weights += [(name, 0.15 / len(coordinator_names)) for name in coordinator_names]
     return Setup(corpus, targets, weights, Responder(dim), dim, limits)
 
 
@@ -1182,8 +1357,10 @@ def run_case(setup: Setup, target: str, data: bytes, chunks: Sequence[int] | Non
     fuzz_target = setup.targets[target]
     if fuzz_target.context is not None:
         return run_codec(data, fuzz_target.context, chunks)
-    template = fuzz_target.points[point].template
-    return run_connection(template, data, chunks, eof=eof, responder=setup.responder)
+    state_point = fuzz_target.points[point]
+    if isinstance(state_point.template, Coordinator):
+        return run_coordinator(state_point, data, chunks, eof=eof)
+    return run_connection(state_point.template, data, chunks, eof=eof, responder=setup.responder)
 
 
 def _signature(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from the limits alone (10-1).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import struct
@@ -30,11 +31,13 @@ from hypothesis import strategies as st
 import tests.fuzz.campaign as fuzz
 from aiodq.codec.cursor import uvarint
 from aiodq.codec.frames import FrameReader, encode_frame
-from aiodq.codec.messages import DecodeContext
+from aiodq.codec.messages import DecodeContext, decode_message
 from aiodq.codec.registry import Encoding, MessageType
+from aiodq.codec.vectors import ZeroVector
 from aiodq.config import Limits
 from aiodq.errors import CodecError, ErrorCode, RemoteProtocolError
 from aiodq.protocol.connection import MasterConnection, WorkerConnection
+from aiodq.protocol.coordinator import Coordinator
 from tests.fuzz.campaign import (
     DEFAULT_DIM,
     TIGHT_LIMITS,
@@ -47,10 +50,12 @@ from tests.fuzz.campaign import (
     run_case,
     run_codec,
     run_connection,
+    run_coordinator,
 )
 
 SETUP = build_setup(seed=0)
-CONNECTION_TARGETS = sorted(name for name in SETUP.targets if not name.startswith("codec:"))
+CONNECTION_TARGETS = sorted(name for name in SETUP.targets if name.split(":")[0] in ("master", "worker"))
+COORDINATOR_TARGETS = sorted(name for name in SETUP.targets if name.startswith("coordinator:"))
 ALL_TARGETS = sorted(SETUP.targets)
 SETTINGS = settings(
     derandomize=True,
@@ -126,6 +131,41 @@ def test_recorded_continuations_are_accepted() -> None:
                 continue
             assert result.code is None and not result.violations, (name, index, result)
             assert result.events == len(point.stream)
+
+
+def test_coordinator_points_are_sound() -> None:
+    """Issue 10: unmutated, a recorded worker stream is taken without an error; each hostile message
+    of a worker that passed admission is refused or dropped, and never poisons the master."""
+    assert {"coordinator:inner", "coordinator:snapshot", "coordinator:hostile-inner"} <= set(
+        COORDINATOR_TARGETS
+    )
+    for name in COORDINATOR_TARGETS:
+        hostile = name.startswith("coordinator:hostile-")
+        for index, point in enumerate(SETUP.targets[name].points):
+            template = point.template
+            assert isinstance(template, Coordinator)
+            before = sum(template.ledger.dropped.values()) + template.ledger.errors_seen
+            copy_ = copy.deepcopy(template)
+            for frame in point.stream[:1]:
+                copy_.receive_data(point.peer, frame.data, 1.0)
+            after = sum(copy_.ledger.dropped.values()) + copy_.ledger.errors_seen
+            result = run_coordinator(point, point.stream[0].data if point.stream else b"")
+            assert not result.violations, (name, index, result)
+            # Taken as it came only where that is harmless: a ZERO answer to a model equal to the
+            # snapshot is what an honest worker sends, and with the guard off a bounded update
+            # is applied (the range check above still holds).
+            reader = FrameReader(SETUP.limits)
+            reader.feed(point.stream[0].data)
+            frame = reader.next_frame()
+            assert frame is not None
+            event = decode_message(frame, DecodeContext(dim=SETUP.dim))
+            harmless = (
+                isinstance(getattr(event, "vector", None), ZeroVector) or not template.master_config.guard
+            )
+            if hostile:
+                assert harmless or after > before, (name, index, "a hostile message was taken as it came")
+            else:
+                assert copy_.ledger.errors_seen == template.ledger.errors_seen, (name, index)
 
 
 def test_states_and_corpus_cover_the_protocol() -> None:

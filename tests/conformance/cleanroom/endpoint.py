@@ -18,7 +18,8 @@ timers: Timers | None = None, now: float = 0.0)``
     bytes) turns on the shared-secret handshake of 7.12-7.14; ``nonce_source(32)`` gives the nonces.
     ``encodings`` is what this endpoint can decode (it may announce only those, WF-6.2-5);
     ``versions`` the protocol versions it supports; ``limits`` carries the four receiver limits of
-    section 10 (its other fields are ignored); ``now`` is the start time of the connection.
+    section 10 (its other fields, ``before_handshake`` included, are ignored: the endpoint sets the
+    handshake frame limit of WF-10-3 itself); ``now`` is the start time of the connection.
     ``Master(**kwargs)`` and ``Worker(**kwargs)`` fix the role.
 
 Methods and attributes:
@@ -31,6 +32,11 @@ Methods and attributes:
     ``wire.WireError`` (code name and requirement ID), a CLOSE carrying the code is queued unless
     this endpoint already sent CLOSE, the state becomes CLOSED and the messages decoded before the
     failure are still returned.  A received CLOSE is returned as a message; ``peer_close`` holds it.
+    Until the handshake is complete (section 1: the master has sent WELCOME, the worker has
+    received CONFIG) the body-length limit is the handshake frame limit of WF-10-3.
+    In CLOSING nothing is sent (no CLOSE answer, no AUTH answer, no HEARTBEAT, WF-8.1-2) and each
+    frame is checked against ``session_state``: the state at the time of this endpoint's CLOSE,
+    advanced by a crossing WELCOME (to CONFIGURING) or CONFIG (to READY).
 ``eof(now: float | None = None) -> list[dict]``
     End of stream (WF-3-5, WF-8.4-5).  Sets ``end_of_stream``; returns ``[]``.
 ``send(message: dict, now: float | None = None) -> bytes``
@@ -47,10 +53,20 @@ Methods and attributes:
     The earliest time at which ``poll`` has something to do.
 ``state -> str``
     ``"HANDSHAKE"``, ``"CONFIGURING"``, ``"READY"``, ``"CLOSING"`` or ``"CLOSED"``.
+``session_state -> str``
+    The state incoming frames are checked against: ``state``, except in CLOSING, where it is the
+    state the session would be in had this endpoint not sent CLOSE (WF-8.1-2).  In CLOSED, CLOSED.
+``report -> SessionReport | None``
+    The end-of-session report of WF-8.4-6, None until the state is CLOSED.  ``SessionReport`` is a
+    NamedTuple ``(clean: bool, code: int | None)`` with a ``code_name`` property: ``clean`` is
+    True when this endpoint both sent a CLOSE and received the peer's (WF-8.4-1); ``code`` is the
+    code of the first CLOSE it sent or received, else TIMEOUT if a timer ended the session, else
+    the failure's code, else None (the stream ended without any CLOSE).
 ``best_version() -> int | None``
     Master: the highest supported version in the range the worker's HELLO offered (WF-6.1-5).
 
 Other attributes: ``role``, ``error``, ``peer_close``, ``end_of_stream``, ``timed_out``,
+``handshake_complete``, ``close_sent``, ``close_received``,
 ``negotiated_version``, ``local_encodings``, ``peer_encodings``, ``worker_id``, ``dimension``,
 ``snapshot`` (the last SNAPSHOT's vector), and the 8.2 variables ``current_epoch``,
 ``snapshot_pending``, ``full_gradient_sent``, ``model_sent``, ``outstanding``, ``last_version``.
@@ -60,11 +76,13 @@ Also exported: ``worker_proof(secret, nm, nw) -> bytes`` and ``master_proof(secr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import wire
 from .wire import WireError
@@ -114,6 +132,9 @@ ALLOWED_STATES: dict[str, frozenset[str]] = {
 }
 VECTOR_TYPES = frozenset(wire.ALLOWED_ENCODINGS)
 
+# [WF-10-4] senders SHOULD keep reasons within the default max_reason_bytes.
+REASON_SOFT_LIMIT = 1024
+
 WORKER_LABEL = b"aiodq-v1 worker"  # 15 ASCII bytes (7.12)
 MASTER_LABEL = b"aiodq-v1 master"
 
@@ -126,6 +147,18 @@ def worker_proof(secret: bytes, nm: bytes, nw: bytes) -> bytes:
 def master_proof(secret: bytes, nm: bytes, nw: bytes) -> bytes:
     """``Pm = HMAC-SHA256(K, "aiodq-v1 master" || Nm || Nw)`` (7.12)."""
     return hmac.new(secret, MASTER_LABEL + nm + nw, hashlib.sha256).digest()
+
+
+class SessionReport(NamedTuple):
+    """The end-of-session report of WF-8.4-6."""
+
+    clean: bool
+    code: int | None
+
+    @property
+    def code_name(self) -> str | None:
+        """The registry name of ``code`` (section 9), None for no code or an unregistered one."""
+        return None if self.code is None else wire.CODE_NAMES.get(self.code)
 
 
 def _truncate_utf8(text: str, limit: int) -> str:
@@ -153,6 +186,12 @@ class Timers:
 
 def _violation(code: str, rule: str, detail: str, local: bool) -> WireError:
     return WireError(code, rule, detail, local=local)
+
+
+def _failure_reason(err: WireError, max_reason_bytes: int) -> str:
+    """Reason of the CLOSE sent on a failure: ``"<rule ID>: <detail>"``, cut at a UTF-8 boundary
+    (WF-7.11-6) to this endpoint's ``max_reason_bytes`` and to 1024 bytes (WF-10-4)."""
+    return _truncate_utf8(f"{err.rule}: {err.detail}", min(max_reason_bytes, REASON_SOFT_LIMIT))
 
 
 class Endpoint:
@@ -188,13 +227,18 @@ class Endpoint:
         self._timers = timers or Timers()
 
         self._state = HANDSHAKE
-        self._state_at_close: str | None = None
-        self._splitter = wire.FrameSplitter(self._limits)
+        # [WF-8.1-2] in CLOSING: the state the session would be in had this endpoint not sent CLOSE.
+        self._check_state: str | None = None
+        self._splitter = wire.FrameSplitter(dataclasses.replace(self._limits, before_handshake=True))
         self._outbox = bytearray()
         self.error: WireError | None = None
         self.peer_close: dict | None = None
         self.end_of_stream = False
         self.timed_out = False
+        # [WF-8.4-6] what the end-of-session report needs.
+        self.close_sent = False
+        self.close_received = False
+        self._first_close_code: int | None = None
 
         # Handshake (6.1, 6.2, 7.1, 7.2).
         self._hello_sent = False
@@ -234,7 +278,7 @@ class Endpoint:
         self._t_rx = now
         self._t_tx = now
         self._t_close: float | None = None
-        self._handshake_done = False
+        self._handshake_done = False  # section 1 "handshake complete", [WF-8.3-1], [WF-10-3]
 
     # ------------------------------------------------------------------ public helpers
 
@@ -242,6 +286,35 @@ class Endpoint:
     def state(self) -> str:
         """The current state name (8.1)."""
         return self._state
+
+    @property
+    def session_state(self) -> str:
+        """The state incoming frames are checked against (WF-8.1-2)."""
+        if self._state == CLOSING:
+            assert self._check_state is not None
+            return self._check_state
+        return self._state
+
+    @property
+    def handshake_complete(self) -> bool:
+        """Section 1: the master has sent WELCOME; the worker has received CONFIG."""
+        return self._handshake_done
+
+    @property
+    def report(self) -> SessionReport | None:
+        """The end-of-session report (WF-8.4-6), or None while the session has not ended."""
+        if self._state != CLOSED:
+            return None
+        clean = self.close_sent and self.close_received  # [WF-8.4-1]
+        if self._first_close_code is not None:
+            code: int | None = self._first_close_code
+        elif self.timed_out:
+            code = wire.ERROR_CODES["TIMEOUT"]
+        elif self.error is not None:
+            code = self.error.value
+        else:
+            code = None
+        return SessionReport(clean, code)
 
     def data_to_send(self) -> bytes:
         """Drain the bytes that the endpoint queued by itself."""
@@ -315,15 +388,33 @@ class Endpoint:
 
     def _emit(self, message: dict) -> None:
         """Queue a frame generated by the endpoint itself."""
+        assert self._state not in (CLOSING, CLOSED)  # nothing is sent in CLOSING [WF-8.1-2]
         self._outbox += wire.encode_message(message, self._send_version(message["type"]))
         self._t_tx = self._now
+        if message["type"] == "CLOSE":
+            self._note_close(message["code"], sent=True)
+
+    def _note_close(self, code: int, *, sent: bool) -> None:
+        """Record a CLOSE sent or received, for the report of WF-8.4-6."""
+        if sent:
+            self.close_sent = True
+        else:
+            self.close_received = True
+        if self._first_close_code is None:
+            self._first_close_code = code
+
+    def _complete_handshake(self) -> None:
+        """Section 1 "handshake complete": stops the handshake timer (WF-8.3-1) and lifts the
+        handshake frame limit (WF-10-3)."""
+        self._handshake_done = True
+        self._splitter.ctx = dataclasses.replace(self._limits, before_handshake=False)
 
     def _fail(self, err: WireError) -> None:
         """Section 2 "fail with", WF-8.4-3: CLOSE(code) unless already sent, then CLOSED."""
         if self.error is None:
             self.error = err
         if self._state not in (CLOSING, CLOSED):
-            reason = _truncate_utf8(f"{err.rule}: {err.detail}", self._limits.max_reason_bytes)
+            reason = _failure_reason(err, self._limits.max_reason_bytes)
             self._emit({"type": "CLOSE", "code": err.value, "reason": reason})
         self._state = CLOSED
         self._splitter.clear()
@@ -394,22 +485,28 @@ class Endpoint:
             )
         if SENDER_ROLE[name] not in (self._peer_role, EITHER):  # step 4, role first
             raise WireError("UNEXPECTED_MESSAGE", "WF-8.1-1", f"a {self._peer_role} cannot send {name}")
-        # step 5; in CLOSING, against the state this endpoint was in when it sent CLOSE [WF-8.1-2]
-        state = self._state_at_close if self._state == CLOSING else self._state
+        # step 5; in CLOSING, against the state the session would be in had it not sent CLOSE:
+        # the state at the time of the CLOSE, advanced by a crossing WELCOME or CONFIG [WF-8.1-2]
+        state = self.session_state
         if state not in ALLOWED_STATES[name]:
             raise WireError("UNEXPECTED_MESSAGE", "WF-8.1-1", f"{name} is not allowed in {state}")
         message = wire.decode_body(
             frame.msg_type, frame.flags, frame.body, self._receive_context()
         )  # steps 6 and 7
         handler = getattr(self, "_on_" + name.lower())
-        return handler(message)  # steps 8 and 9
+        # Steps 8 and 9.  Step 8 covers the order of the handshake (7.1-4, 7.2-4, 7.12-3, 7.13-2,
+        # 7.14-1, 7.14-2), checked only once the body has decoded [WF-7-1], and the rules of 8.2.
+        return handler(message)
 
     def _closing(self) -> bool:
         return self._state == CLOSING
 
     def _set_state(self, state: str) -> None:
-        """Transition of 8.1; in CLOSING the state stays CLOSING (see NOTES.md)."""
-        if self._state not in (CLOSING, CLOSED):
+        """Transition of 8.1 caused by a received WELCOME or CONFIG.  In CLOSING the state stays
+        CLOSING and only the state that frames are checked against advances [WF-8.1-2]."""
+        if self._state == CLOSING:
+            self._check_state = state
+        elif self._state != CLOSED:
             self._state = state
 
     def _on_hello(self, m: dict) -> list[dict]:
@@ -425,17 +522,18 @@ class Endpoint:
             return [m]
         # [WF-7.12-1] challenge first; the HELLO reaches the application after verification.
         self._held_hello = m
-        if not self._closing():  # nothing is sent in CLOSING [WF-8.1-2]
+        if not self._closing():  # no automatic answer in CLOSING [WF-8.1-2]
             self._nm = self._fresh_nonce()
             self._emit({"type": "AUTH_CHALLENGE", "nonce": self._nm})
             self._challenge_sent = True
         return []
 
     def _on_welcome(self, m: dict) -> list[dict]:
-        if not self._hello_sent or self._welcome_seen:
-            raise WireError("UNEXPECTED_MESSAGE", "WF-7.2-4", "WELCOME that answers no HELLO")
+        # Step 8, once the body has decoded: 7.14-2 first, then 7.2-4, then 6.1-6 [WF-7.14-2].
         if self._secret is not None and not self._auth_confirmed:
             raise WireError("AUTH_FAILED", "WF-7.14-2", "WELCOME before a valid AUTH_CONFIRM")
+        if not self._hello_sent or self._welcome_seen:
+            raise WireError("UNEXPECTED_MESSAGE", "WF-7.2-4", "WELCOME that answers no HELLO")
         assert self._offered is not None
         lo, hi = self._offered
         if not lo <= m["version"] <= hi or m["version"] not in self._versions:
@@ -448,15 +546,14 @@ class Endpoint:
         self.negotiated_version = m["version"]  # [WF-6.1-7], [WF-7.2-7]
         self.peer_encodings = frozenset(m["encodings"])
         self.worker_id = m["worker_id"]
-        self._set_state(CONFIGURING)
+        self._set_state(CONFIGURING)  # in CLOSING, only the checked state [WF-8.1-2]
         return [m]
 
     def _on_config(self, m: dict) -> list[dict]:
-        if self.dimension is not None:  # only reachable in CLOSING (frozen CONFIGURING)
-            raise WireError("UNEXPECTED_MESSAGE", "WF-8.1-1", "second CONFIG")
+        # A second CONFIG cannot get here: the (checked) state is READY after the first [WF-8.1-2].
         self.dimension = m["dim"]  # [WF-7.3-6]
-        self._handshake_done = True  # [WF-8.3-1]
-        self._set_state(READY)
+        self._complete_handshake()  # the worker's handshake completes here [WF-8.3-1], [WF-10-3]
+        self._set_state(READY)  # in CLOSING, only the checked state [WF-8.1-2]
         return [m]
 
     def _on_snapshot(self, m: dict) -> list[dict]:
@@ -492,10 +589,13 @@ class Endpoint:
 
     def _on_close(self, m: dict) -> list[dict]:
         self.peer_close = m
-        if self._state != CLOSING:
+        self._note_close(m["code"], sent=False)  # [WF-8.4-6]
+        if self._state != CLOSING:  # no answer in CLOSING [WF-8.1-2]
             self._emit({"type": "CLOSE", "code": 0, "reason": ""})  # [WF-7.11-3]
         self._state = CLOSED  # [WF-8.4-2]
-        self._splitter.clear()  # ignore what follows the CLOSE frame [WF-7.11-4]
+        # Ignore what follows the CLOSE frame, whole frames or part of one: nothing after it can
+        # make this endpoint fail, not even the end of the stream [WF-7.11-4], [WF-3-5], [WF-8.4-5].
+        self._splitter.clear()
         return [m]
 
     def _on_auth_challenge(self, m: dict) -> list[dict]:
@@ -505,7 +605,7 @@ class Endpoint:
         if not self._hello_sent or self._challenge_seen or self._welcome_seen:
             raise WireError("UNEXPECTED_MESSAGE", "WF-7.12-3", "AUTH_CHALLENGE out of order")
         self._challenge_seen = True
-        if not self._closing():
+        if not self._closing():  # no automatic answer in CLOSING [WF-8.1-2]
             self._nm = m["nonce"]
             self._nw = self._fresh_nonce()
             self._emit(
@@ -532,7 +632,7 @@ class Endpoint:
             raise WireError("AUTH_FAILED", "WF-7.13-2", "wrong worker proof")
         self._nw = m["nonce"]
         self._auth_verified = True
-        if not self._closing():
+        if not self._closing():  # no automatic answer in CLOSING [WF-8.1-2]
             self._emit(
                 {"type": "AUTH_CONFIRM", "mac": master_proof(self._secret, self._nm, self._nw)}
             )  # [WF-7.13-3]
@@ -782,7 +882,7 @@ class Endpoint:
             self.negotiated_version = m["version"]  # [WF-6.1-7]
             self.local_encodings = frozenset(m["encodings"])
             self.worker_id = m["worker_id"]
-            self._handshake_done = True  # [WF-8.3-1]
+            self._complete_handshake()  # the master's handshake completes here [WF-8.3-1], [WF-10-3]
             self._state = CONFIGURING  # [WF-7.2-3]
         elif name == "CONFIG":
             self.dimension = m["dim"]
@@ -798,9 +898,10 @@ class Endpoint:
         elif name == "GRADIENT":
             self.outstanding = None
         elif name == "CLOSE":
-            self._state_at_close = self._state  # [WF-8.1-2]
+            self._check_state = self._state  # advanced later by a crossing WELCOME/CONFIG [WF-8.1-2]
             self._state = CLOSING  # [WF-8.4-1]
             self._t_close = self._now
+            self._note_close(m["code"], sent=True)  # [WF-8.4-6]
 
 
 class Master(Endpoint):

@@ -10,7 +10,16 @@ import struct
 import pytest
 
 from . import wire
-from .endpoint import Master, Timers, Worker, _truncate_utf8, master_proof, worker_proof
+from .endpoint import (
+    Master,
+    SessionReport,
+    Timers,
+    Worker,
+    _failure_reason,
+    _truncate_utf8,
+    master_proof,
+    worker_proof,
+)
 from .wire import ReceiveContext, WireError
 
 
@@ -1463,19 +1472,24 @@ def test_close_crossing_handshake() -> None:
     assert worker.negotiated_version == 1
 
 
-def test_close_crossing_config_frozen_state() -> None:
-    """In CLOSING frames are checked against the state at the time of the CLOSE (see NOTES.md)."""
+def test_close_crossing_config_advances_the_checked_state() -> None:
+    """WF-8.1-2 (amended): a CONFIG that crosses the worker's CLOSE moves the checked state to READY,
+    so the SNAPSHOT after it is accepted too.  (Replaces the frozen-state reading, NOTES.md.)"""
     master, worker = Master(), Worker()
     master.receive(worker.send(HELLO))
     worker.receive(master.send(WELCOME))
     worker_close = worker.close()
+    assert worker.state == "CLOSING" and worker.session_state == "CONFIGURING"
     config = master.send(CONFIG)
     snap = master.send(snapshot(0))
     assert worker.receive(config) == [CONFIG]
-    worker.receive(snap)
-    assert_failed(worker, "UNEXPECTED_MESSAGE", close_sent=False)
+    assert worker.state == "CLOSING" and worker.session_state == "READY"
+    assert worker.receive(snap) == [snapshot(0)]
+    assert worker.state == "CLOSING" and worker.error is None and worker.data_to_send() == b""
     master.receive(worker_close)
     assert master.state == "CLOSED"
+    assert worker.receive(master.data_to_send())[0]["type"] == "CLOSE"
+    assert worker.state == "CLOSED" and worker.error is None and worker.data_to_send() == b""
 
 
 def test_close_during_handshake_uses_version_1_and_bytes_after_close_ignored() -> None:
@@ -1688,7 +1702,573 @@ def test_section_8_2_order_wins_over_section_7_grouping() -> None:
 
 
 def test_second_hello_with_bad_body_fails_on_the_body() -> None:
-    """The handshake ordering is checked after the body (NOTES.md, ambiguity 2)."""
+    """The handshake ordering is checked after the body (WF-7-1 step 8, amended)."""
     master = Master()
     master.receive(A1 + frame(0x01, mp({**HELLO_MAP, "magic": "nope"})))
     assert_failed(master, "INVALID_CONFIG", "WF-7.1-5")
+
+
+# =============================================================================================
+# The amended specification: one block per amended or new requirement
+# =============================================================================================
+
+CLOSE_BYE = {"type": "CLOSE", "code": 0, "reason": "bye"}
+CLOSE_ANSWER = {"type": "CLOSE", "code": 0, "reason": ""}
+
+
+def welcome_frame(version: int = 1, encodings: list[int] | None = None) -> bytes:
+    return frame(0x02, mp({"version": version, "worker_id": 0, "encodings": encodings or []}))
+
+
+def test_abstract_nine_encodings() -> None:
+    """Abstract (amended): nine vector encodings, descriptors 0..8."""
+    assert sorted(wire.ENCODINGS.values()) == list(range(9))
+
+
+# ----------------------------------------------------------------------------- WF-3-5, 7.11-4, 8.4-5
+
+
+def test_bytes_after_received_close_never_fail_the_endpoint() -> None:
+    # CLOSE, then 3 bytes of a header in the same read, then the end of the stream.
+    master = Master()
+    assert master.receive(A14_CLOSE + h("01 08 00")) == [CLOSE_BYE]
+    assert master.data_to_send() == A14_CLOSE_ANSWER
+    assert master.eof() == []
+    assert master.state == "CLOSED" and master.error is None and master.data_to_send() == b""
+    assert not master.end_of_stream  # CLOSED processes no input, the end of stream included
+    # Whole invalid frames and a partial one, over several reads, after the CLOSE.
+    _master, worker = ready_pair()
+    assert worker.receive(A14_CLOSE + frame(0xEE, b"") + frame(0x09, b"x")) == [CLOSE_BYE]
+    assert worker.data_to_send() == A14_CLOSE_ANSWER
+    assert worker.receive(frame(0x0F, b"") + b"\x01\x08") == []
+    worker.eof()
+    assert worker.error is None and worker.data_to_send() == b""
+
+
+def test_bytes_after_close_in_closing_are_ignored() -> None:
+    master, worker = ready_pair()
+    worker.receive(master.close())
+    answer = worker.data_to_send()
+    assert master.receive(answer + h("01 0b 00 02 00")) == [CLOSE_ANSWER]
+    master.eof()
+    assert master.state == "CLOSED" and master.error is None and master.data_to_send() == b""
+
+
+def test_decoder_stop_at_close_option() -> None:
+    assert wire.decode_stream(A14_CLOSE + h("01 08"), stop_at_close=True) == [CLOSE_BYE]
+    assert wire.decode_stream(A14_CLOSE + frame(0xEE, b""), stop_at_close=True) == [CLOSE_BYE]
+    # Default: the stand-alone decoder has no state (A.15: steps 1, 2, 6, 7) and goes on.
+    fails(A14_CLOSE + h("01 08"), "MALFORMED_FRAME", "WF-3-5")
+    fails(A14_CLOSE + frame(0xEE, b""), "UNKNOWN_MESSAGE_TYPE")
+    decoder = wire.StreamDecoder(ctx(), stop_at_close=True)
+    assert decoder.feed(A14_HEARTBEAT + A14_CLOSE[:4]) == [{"type": "HEARTBEAT"}]
+    assert decoder.feed(A14_CLOSE[4:] + b"\xff") == [CLOSE_BYE]
+    assert decoder.closed and decoder.feed(b"\x00" * 20) == []
+    decoder.end()
+
+
+# ----------------------------------------------------------------------------- WF-5.8-4, b = 1
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 64, 100])
+def test_dense_rice_never_used_with_one_bit_codes(d: int) -> None:
+    codes = [-1 if i % 3 == 0 else 0 for i in range(d)]  # one-bit codes are -1 and 0
+    with pytest.raises(WireError) as info:
+        wire.encode_vector({"encoding": "DENSE_RICE", "dim": d, "bits": 1, "scale": 1.0, "codes": codes})
+    assert info.value.local and info.value.code == "PROTOCOL_ERROR" and info.value.rule == "WF-5.8-4"
+    assert wire.make_dense_vector(1, 1.0, codes, rice=True)["encoding"] == "DENSE"
+    # The reason given by 5.8-4: k* = 0 (k < b = 1) and R(0) >= 1 + ceil(d/8) > ceil(d*1/8).
+    zigzag = [1 if c else 0 for c in codes]
+    assert wire.rice_block_sizes(zigzag, d, 0)[0] >= 1 + (d + 7) // 8
+
+
+def test_dense_rice_one_bit_is_rejected_in_the_order_of_5_8_5() -> None:
+    d8 = h("80 08")  # DENSE_RICE, bits - 1 = 0, d = 8
+    fails(gradient(d8 + SCALE_025), "MALFORMED_FRAME", "WF-5.8-5")  # step 2: k byte missing
+    fails(gradient(d8 + SCALE_025 + h("01 ff")), "INVALID_PAYLOAD", "WF-5.8-5")  # step 3: k >= b
+    fails(gradient(d8 + SCALE_025 + h("00 ff")), "INVALID_PAYLOAD", "WF-5.8-5")  # step 5: 2 >= 1
+    fails(gradient(d8 + SCALE_025 + h("00")), "INVALID_PAYLOAD", "WF-5.8-5")  # step 5: 1 >= 1
+    # d = 100: ceil(100/8) = 13; 11 unary bytes pass step 5 (12 < 13) but hold 88 one bits (step 6).
+    fails(gradient(h("80 64") + SCALE_025 + b"\x00" + b"\xff" * 11), "INVALID_PAYLOAD", "WF-5.8-5")
+    # The same one-bit value as DENSE is valid: code -1 is bit 1.
+    vec = decode_one(gradient(h("40 08") + SCALE_025 + h("01")))["vector"]
+    assert vec == {"encoding": "DENSE", "dim": 8, "bits": 1, "scale": 0.25, "codes": [-1] + [0] * 7}
+
+
+# ----------------------------------------------------------------------------- WF-7-1, 7.14-2
+
+
+def test_welcome_secret_check_comes_first() -> None:
+    """7.14-2 (amended): once the WELCOME body has decoded, AUTH_FAILED comes before 7.2-4 and 6.1-6."""
+    worker = Worker(secret=SECRET)  # never sent HELLO
+    worker.receive(welcome_frame())
+    assert_failed(worker, "AUTH_FAILED", "WF-7.14-2")
+    worker = Worker(secret=SECRET, versions=[1, 2])
+    worker.send(HELLO)  # offers 1..1
+    worker.receive(welcome_frame(version=2))
+    assert_failed(worker, "AUTH_FAILED", "WF-7.14-2")
+    master, worker = auth_pair()  # AUTH_CHALLENGE answered, AUTH_CONFIRM not yet received
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    assert wire.decode_stream(worker.data_to_send())[0]["type"] == "AUTH_RESPONSE"
+    worker.receive(welcome_frame())
+    assert_failed(worker, "AUTH_FAILED", "WF-7.14-2")
+    # The body is step 7, before any of them.
+    worker = Worker(secret=SECRET)
+    worker.receive(welcome_frame(version=0))
+    assert_failed(worker, "INVALID_CONFIG", "WF-7.2-5")
+    # Without a secret: 7.2-4 (no HELLO) before 6.1-6 (the version).
+    worker = Worker()
+    worker.receive(welcome_frame(version=2))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-7.2-4")
+    # After a valid AUTH_CONFIRM, the version check applies.
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    master.receive(worker.data_to_send())
+    worker.receive(master.data_to_send())
+    worker.receive(welcome_frame(version=2))
+    assert_failed(worker, "UNSUPPORTED_VERSION", "WF-6.1-6")
+
+
+def test_handshake_order_is_a_step_8_check() -> None:
+    """7-1 step 8 (amended): the handshake order is checked once the body has decoded."""
+    # Second HELLO: 7.1-4 before 7.1-7 (the subsection's order).
+    master = Master(versions=[1])
+    master.receive(A1 + frame(0x01, mp({**HELLO_MAP, "min_version": 2, "max_version": 3})))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-7.1-4")
+    # AUTH_CHALLENGE before HELLO: length, then the missing secret, then the order (7.12-3).
+    worker = Worker(secret=SECRET)
+    worker.receive(frame(0x0C, bytes(32)))
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-7.12-3")
+    worker = Worker()
+    worker.receive(frame(0x0C, bytes(32)))
+    assert_failed(worker, "AUTH_FAILED", "WF-7.12-3")
+    worker = Worker()
+    worker.receive(frame(0x0C, bytes(33)))
+    assert_failed(worker, "MALFORMED_FRAME", "WF-7.12-3")
+    # AUTH_CONFIRM that answers no AUTH_RESPONSE, with a bad length: the length first (7.14-1).
+    worker = Worker(secret=SECRET)
+    worker.send(HELLO)
+    worker.receive(frame(0x0E, bytes(31)))
+    assert_failed(worker, "MALFORMED_FRAME", "WF-7.14-1")
+    # AUTH_RESPONSE without a challenge: 65 bytes is MALFORMED_FRAME, 64 bytes UNEXPECTED_MESSAGE.
+    master = Master(secret=SECRET)
+    master.receive(frame(0x0D, bytes(65)))
+    assert_failed(master, "MALFORMED_FRAME", "WF-7.13-2")
+    master = Master(secret=SECRET)
+    master.receive(frame(0x0D, bytes(64)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-7.13-2")
+
+
+def test_steps_2_to_9_wait_for_the_whole_frame() -> None:
+    """7-1 (amended): an unknown type whose body is cut by the end of the stream is 3-5."""
+    worker = Worker()
+    assert worker.receive(h("01 ee 00 03 00 00 00 01")) == []
+    assert worker.state == "HANDSHAKE" and worker.error is None
+    worker.eof()
+    assert_failed(worker, "MALFORMED_FRAME", "WF-3-5")
+    # Same for a wrong header version and a wrong state.
+    master = Master()
+    master.receive(h("07 08 00 02 00 00 00 01"))
+    assert master.error is None
+    master.eof()
+    assert_failed(master, "MALFORMED_FRAME", "WF-3-5")
+
+
+# ----------------------------------------------------------------------------- section 1
+
+
+def test_heartbeat_and_error_once_welcome_exchanged() -> None:
+    master, worker = Master(), Worker()
+    with pytest.raises(WireError) as info:
+        worker.send({"type": "HEARTBEAT"})  # HANDSHAKE
+    assert info.value.local and info.value.code == "UNEXPECTED_MESSAGE"
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    assert worker.state == master.state == "CONFIGURING"
+    err = {"type": "ERROR", "code": 16, "epoch": 0, "version": 0, "reason": ""}
+    assert worker.receive(master.send({"type": "HEARTBEAT"}) + master.send(err)) == [
+        {"type": "HEARTBEAT"},
+        err,
+    ]
+    assert master.receive(worker.send({"type": "HEARTBEAT"})) == [{"type": "HEARTBEAT"}]
+    master = Master()
+    master.receive(A1 + A14_HEARTBEAT)
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.1-1")
+
+
+# ----------------------------------------------------------------------------- WF-8.1-2, CLOSING
+
+
+def test_welcome_config_and_snapshot_crossing_a_close_sent_in_handshake() -> None:
+    master, worker = Master(), Worker()
+    hello = worker.send(HELLO)
+    worker_close = worker.close(19, "bye")
+    assert worker.state == "CLOSING" and worker.session_state == "HANDSHAKE"
+    master.receive(hello)
+    crossing = master.send(WELCOME) + master.send(CONFIG) + master.send(snapshot(0))
+    assert worker.receive(crossing) == [WELCOME, CONFIG, snapshot(0)]
+    assert worker.state == "CLOSING" and worker.session_state == "READY"
+    assert worker.negotiated_version == 1 and worker.dimension == 2 and worker.snapshot == RAW2
+    assert worker.data_to_send() == b""  # nothing is sent in CLOSING, no HEARTBEAT either
+    master.receive(worker_close)
+    assert master.data_to_send() == A14_CLOSE_ANSWER
+    assert worker.receive(A14_CLOSE_ANSWER) == [CLOSE_ANSWER]
+    assert worker.state == "CLOSED" and worker.error is None and worker.data_to_send() == b""
+
+
+def test_closing_checks_stay_complete() -> None:
+    """In CLOSING each frame is still checked in full, against the advanced state; failures are
+    silent (no CLOSE: one was sent already)."""
+    master, worker = Master(), Worker()
+    hello = worker.send(HELLO)
+    worker.close()
+    master.receive(hello)
+    welcome = master.send(WELCOME)
+    worker.receive(welcome)
+    assert worker.session_state == "CONFIGURING"
+    worker.receive(welcome)  # a second WELCOME: not allowed in CONFIGURING
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.1-1", close_sent=False)
+
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker.close()
+    config = master.send(CONFIG)
+    worker.receive(config + config)  # a second CONFIG: not allowed in READY
+    assert_failed(worker, "UNEXPECTED_MESSAGE", "WF-8.1-1", close_sent=False)
+
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker.close()
+    worker.receive(master.send(CONFIG))
+    raw3 = {"encoding": "RAW_F32", "dim": 3, "values": [1.0, 2.0, 3.0]}
+    worker.receive(wire.encode_message({"type": "SNAPSHOT", "epoch": 0, "vector": raw3}))
+    assert_failed(worker, "WRONG_DIMENSION", "WF-5.2-4", close_sent=False)  # 5.2-4 in CLOSING too
+
+    # The master's own transitions come from its sends: closed in CONFIGURING, it stays there.
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    master.close()
+    assert master.session_state == "CONFIGURING"
+    assert master.receive(worker.send({"type": "HEARTBEAT"})) == [{"type": "HEARTBEAT"}]
+    master.receive(wire.encode_message(grad(0, 0)))
+    assert_failed(master, "UNEXPECTED_MESSAGE", "WF-8.1-1", close_sent=False)
+
+
+def test_no_automatic_answers_in_closing() -> None:
+    # A master with a secret: a HELLO crossing its CLOSE gets no AUTH_CHALLENGE and is held.
+    master, worker = auth_pair()
+    master.close()
+    assert master.receive(worker.send(HELLO)) == []
+    assert master.data_to_send() == b"" and master.state == "CLOSING" and master.error is None
+    # A worker with a secret: an AUTH_CHALLENGE crossing its CLOSE gets no AUTH_RESPONSE.
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    challenge = master.data_to_send()
+    worker.close()
+    assert worker.receive(challenge) == [] and worker.data_to_send() == b""
+    assert worker.state == "CLOSING" and worker.error is None
+    # A master with a secret: a valid AUTH_RESPONSE crossing its CLOSE gets no AUTH_CONFIRM.
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    master.close()
+    assert master.receive(worker.data_to_send()) == [HELLO]  # verified (NOTES.md, N8)
+    assert master.data_to_send() == b"" and master.error is None
+    # No HEARTBEAT, even with the checked state READY.
+    master, worker = ready_pair()
+    master.close(now=0.0)
+    assert master.poll(6.0) == b"" and master.state == "CLOSING"
+    # No answer to the peer's CLOSE.
+    assert master.receive(wire.encode_message(CLOSE_ANSWER), now=6.5) == [CLOSE_ANSWER]
+    assert master.data_to_send() == b"" and master.state == "CLOSED"
+
+
+def test_auth_confirm_and_welcome_crossing_the_workers_close() -> None:
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    assert master.receive(worker.data_to_send()) == [HELLO]
+    worker.close()
+    crossing = master.data_to_send() + master.send(WELCOME)  # AUTH_CONFIRM, then WELCOME
+    assert worker.receive(crossing) == [WELCOME]
+    assert worker.session_state == "CONFIGURING" and worker.error is None
+    # Without the confirmation, the crossing WELCOME fails with AUTH_FAILED (silently).
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    challenge = master.data_to_send()
+    worker.close()
+    worker.receive(challenge + welcome_frame())
+    assert_failed(worker, "AUTH_FAILED", "WF-7.14-2", close_sent=False)
+
+
+def test_closing_ends_at_idle_or_close_timeout() -> None:
+    """8.4-4 (amended): CLOSING reads until the peer's CLOSE, the end of the stream, the idle
+    timeout or the close timeout; the handshake timer does not end it."""
+    timers = Timers(handshake_timeout=20.0, heartbeat_interval=1.0, idle_timeout=5.0)
+    master, _worker = ready_pair(master={"timers": timers}, worker={"timers": timers})
+    master.close(now=1.0)
+    assert master.next_deadline() == 5.0  # idle: last bytes received at 0
+    assert master.poll(4.9) == b"" and master.state == "CLOSING"
+    assert master.poll(5.0) == b"" and master.state == "CLOSED" and master.timed_out
+    # A worker that closed in HANDSHAKE: the close timeout (10 after its CLOSE), not the
+    # handshake timeout (10 after the start), ends CLOSING.
+    worker = Worker(now=0.0)
+    worker.send(HELLO, now=0.0)
+    worker.close(now=4.0)
+    assert worker.poll(10.0) == b"" and worker.state == "CLOSING"
+    assert worker.poll(14.0) == b"" and worker.state == "CLOSED"
+
+
+# ----------------------------------------------------------------------------- WF-8.4-6
+
+
+def test_report_of_a_clean_close() -> None:
+    master, worker = ready_pair()
+    assert master.report is None and worker.report is None
+    data = master.close(19, "shutting down")
+    assert master.report is None  # CLOSING: the session has not ended
+    worker.receive(data)
+    assert worker.report == SessionReport(True, 19)
+    master.receive(worker.data_to_send())
+    assert master.report == SessionReport(True, 19) and master.report.code_name == "GOING_AWAY"
+    # Crossing CLOSEs: each reports the first CLOSE it sent or received.
+    master, worker = ready_pair()
+    from_master, from_worker = master.close(0), worker.close(19)
+    master.receive(from_worker)
+    worker.receive(from_master)
+    assert master.report == (True, 0) and worker.report == (True, 19)
+    assert master.report.code_name == "NO_ERROR"
+
+
+def test_report_of_a_failure() -> None:
+    master, worker = ready_pair()
+    worker.receive(frame(0x09, b"x"))
+    assert worker.report == (False, 5)  # sent CLOSE(MALFORMED_FRAME), never reads the answer
+    master.receive(worker.data_to_send())
+    assert master.report == (True, 5)  # received CLOSE(5), answered it: both have sent CLOSE
+    # A failure in CLOSING: the CLOSE it had sent decides the code.
+    master, _worker = ready_pair()
+    master.close(19)
+    master.receive(wire.encode_message(grad(0, 0)))
+    assert master.error.code == "UNEXPECTED_MESSAGE" and master.report == (False, 19)
+    # An unregistered code is reported as it is.
+    master = Master()
+    master.receive(frame(0x0B, h("2c 01")))
+    assert master.report == (True, 300) and master.report.code_name is None
+
+
+def test_report_of_timers_and_end_of_stream() -> None:
+    worker = Worker()
+    worker.poll(10.0)  # handshake timeout
+    assert worker.report == (False, 15) and worker.report.code_name == "TIMEOUT"
+    _master, worker = ready_pair()
+    worker.poll(30.0)  # idle timeout
+    assert worker.report == (False, 15)
+    master, _worker = ready_pair()
+    master.close(now=0.0)
+    master.poll(10.0)  # close timeout: the CLOSE sent earlier gives the code
+    assert master.report == (False, 0)
+    _master, worker = ready_pair()
+    worker.eof()
+    assert worker.report == (False, None)  # the stream ended without any CLOSE
+    _master, worker = ready_pair()
+    worker.receive(b"\x01")
+    worker.eof()
+    assert worker.report == (False, 5)
+    master, _worker = ready_pair()
+    master.close(19)
+    master.eof()
+    assert master.report == (False, 19)
+
+
+# ----------------------------------------------------------------------------- WF-10-3
+
+
+def test_handshake_frame_limit_value() -> None:
+    assert wire.handshake_frame_limit(ReceiveContext()) == 65536
+    assert wire.handshake_frame_limit(ReceiveContext(max_control_bytes=100, max_reason_bytes=200)) == 220
+    assert wire.handshake_frame_limit(ReceiveContext(max_reason_bytes=70000)) == 70020
+    assert wire.handshake_frame_limit(ReceiveContext(max_frame_bytes=100, max_control_bytes=4096)) == 100
+    assert ReceiveContext().frame_limit() == 2**28
+    assert ReceiveContext(before_handshake=True).frame_limit() == 65536
+
+
+def test_handshake_frame_limit_at_the_master() -> None:
+    master = Master()
+    assert master.receive(h("01 01 00 00 00 01 00")) == []  # 65536: waits for the body
+    assert master.error is None
+    master = Master()
+    master.receive(h("01 01 00 01 00 01 00"))  # 65537: fails on the header alone
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-10-3")
+    master = Master(limits=ReceiveContext(max_control_bytes=100, max_reason_bytes=200))
+    assert master.receive(h("01 0b 00 dc 00 00 00")) == []  # 220
+    master = Master(limits=ReceiveContext(max_control_bytes=100, max_reason_bytes=200))
+    master.receive(h("01 0b 00 dd 00 00 00"))  # 221
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-10-3")
+    master = Master(limits=ReceiveContext(max_frame_bytes=100))
+    master.receive(h("01 0b 00 65 00 00 00"))  # 101 > max_frame_bytes itself
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-3-3")
+    # A master with a secret that verified the worker but has not sent WELCOME: still limited.
+    master, worker = auth_pair()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.data_to_send())
+    master.receive(worker.data_to_send())
+    assert wire.decode_stream(master.data_to_send())[0]["type"] == "AUTH_CONFIRM"
+    master.receive(h("01 09 00 01 00 01 00"))
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-10-3")
+    # Once it has sent WELCOME, max_frame_bytes applies.
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    master.send(WELCOME)
+    assert master.receive(h("01 09 00 01 00 01 00")) == [] and master.error is None
+    # A master that closed before its WELCOME never completes its handshake.
+    master = Master()
+    master.receive(A1)
+    master.close()
+    master.receive(h("01 0b 00 01 00 01 00"))
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-10-3", close_sent=False)
+
+
+def test_handshake_frame_limit_at_the_worker() -> None:
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker.receive(h("01 09 00 01 00 01 00"))  # CONFIGURING: the handshake is not complete yet
+    assert_failed(worker, "FRAME_TOO_LARGE", "WF-10-3")
+    # After CONFIG, a SNAPSHOT of 72004 body bytes (RAW_F64, d = 9000) is accepted.
+    raw = {"encoding": "RAW_F64", "dim": 9000, "values": [0.5] * 9000}
+    for closing in (False, True):
+        master, worker = Master(), Worker()
+        master.receive(worker.send(HELLO))
+        worker.receive(master.send(WELCOME))
+        if closing:
+            worker.close()  # a crossing CONFIG completes the handshake too
+        worker.receive(master.send({**CONFIG, "dim": 9000}))
+        data = master.send({"type": "SNAPSHOT", "epoch": 0, "vector": raw})
+        assert len(data) - 7 == 1 + 1 + 2 + 8 * 9000 > 65536
+        assert worker.receive(data)[0]["vector"] == raw
+        assert worker.error is None
+
+
+def test_oversized_control_body_before_the_handshake() -> None:
+    """With max_reason_bytes = 0 the handshake limit is max_control_bytes: an oversized HELLO fails
+    on its header (10-3) in a connection; the stand-alone decoder reports 7-5."""
+    limits = {"max_control_bytes": 64, "max_reason_bytes": 0}
+    data = control(0x01, mp({**HELLO_MAP, "name": "x" * 100}))
+    assert len(data) - 7 > 64
+    master = Master(limits=ReceiveContext(**limits))
+    master.receive(data[:7])
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-10-3")
+    fails(data, "LIMIT_EXCEEDED", "WF-7-5", **limits)
+    fails(data, "FRAME_TOO_LARGE", "WF-10-3", before_handshake=True, **limits)
+
+
+# ----------------------------------------------------------------------------- WF-7-6, ext
+
+
+@pytest.mark.parametrize(
+    "ext",
+    ["c7 00 01", "c8 00 00 01", "c9 00 00 00 00 01", "c7 00 ff"],
+    ids=["ext8", "ext16", "ext32", "ext8 type -1"],
+)
+@pytest.mark.parametrize("msg_type", [0x01, 0x02, 0x03])
+def test_zero_length_ext_is_malformed(ext: str, msg_type: int) -> None:
+    fails(control(msg_type, h(ext)), "MALFORMED_FRAME", "WF-7-6")  # top level
+    fails(control(msg_type, h("81 a1 61") + h(ext)), "MALFORMED_FRAME", "WF-7-6")
+    # Anywhere in the body: inside the value of a key the receiver would ignore.
+    body = bytearray(mp(HELLO_MAP))
+    body[0] += 1
+    body += mp("x") + h("91") + h(ext)
+    fails(control(msg_type, bytes(body)), "MALFORMED_FRAME", "WF-7-6")
+    # Inside CONFIG's params.
+    body = bytearray(mp({"dim": 5, "algorithm": "a", "params": {}}))
+    body[-1] = 0x81
+    body += mp("p") + h(ext)
+    fails(control(msg_type, bytes(body)), "MALFORMED_FRAME", "WF-7-6")
+
+
+# ----------------------------------------------------------------------------- WF-7-8
+
+
+def test_top_level_bin_keys_are_ignored() -> None:
+    # A bin key that spells "name" neither overrides the str key ...
+    body = bytearray(mp(HELLO_MAP))
+    body[0] += 1
+    body += h("c4 04 6e 61 6d 65") + mp("from bin")
+    assert decode_one(control(0x01, bytes(body)))["name"] == ""
+    # ... nor supplies a missing one.
+    without_name = {k: v for k, v in HELLO_MAP.items() if k != "name"}
+    body = bytearray(mp(without_name))
+    body[0] += 1
+    body += h("c4 04 6e 61 6d 65") + mp("w")
+    fails(control(0x01, bytes(body)), "INVALID_CONFIG", "WF-7.1-6")
+    # WELCOME and CONFIG: bin keys placed last are ignored, whatever their value.
+    body = bytearray(mp({"version": 1, "worker_id": 4, "encodings": [0]}))
+    body[0] += 1
+    body += h("c4 07 76 65 72 73 69 6f 6e") + mp(0)
+    assert decode_one(control(0x02, bytes(body)))["version"] == 1
+    body = bytearray(mp({"dim": 5, "algorithm": "a", "params": {}}))
+    body[0] += 1
+    body += h("c4 03 64 69 6d") + h("81 c4 01 61 01")  # a nested bin key inside an ignored value
+    assert decode_one(control(0x03, bytes(body)))["dim"] == 5
+
+
+def test_params_keys_must_be_str() -> None:
+    base = mp({"dim": 5, "algorithm": "a", "params": {}})
+    # A bin key fails even if a str occurrence of the same name comes later (7-8, 7.3-5).
+    body = bytearray(base)
+    body[-1] = 0x82
+    body += h("c4 01 61") + mp(1) + mp("a") + mp(2)
+    fails(control(0x03, bytes(body)), "INVALID_CONFIG", "WF-7.3-5")
+    # Key types that are neither str nor bin fail the msgpack parse (7-6) first.
+    for key in ("01", "c0", "c3", "90", "cb 3f f0 00 00 00 00 00 00"):
+        body = bytearray(base)
+        body[-1] = 0x81
+        body += h(key) + mp(1)
+        fails(control(0x03, bytes(body)), "MALFORMED_FRAME", "WF-7-6")
+
+
+# ----------------------------------------------------------------------------- WF-7-10
+
+
+def test_unsorted_and_repeated_encodings_are_a_set() -> None:
+    hello = decode_one(control(0x01, mp({**HELLO_MAP, "encodings": [8, 3, 0, 3, 15, 8]})))
+    assert hello["encodings"] == [0, 3, 8, 15]
+    welcome = decode_one(welcome_frame(encodings=[4, 4, 0, 1]))
+    assert welcome["encodings"] == [0, 1, 4]
+    # In a connection the master records the set and sends only what it holds (6.2-2).
+    master = Master()
+    got = master.receive(control(0x01, mp({**HELLO_MAP, "encodings": [1, 0, 1, 9, 0]})))
+    assert got[0]["encodings"] == [0, 1, 9] and master.peer_encodings == {0, 1, 9}
+    master.send(WELCOME)
+    master.send(CONFIG)
+    master.send(snapshot(0))
+    master.receive(wire.encode_message(snapshot_gradient(0)))
+    with pytest.raises(WireError) as info:
+        master.send(model(0, 1, DENSE2))
+    assert info.value.code == "UNSUPPORTED_ENCODING" and info.value.rule == "WF-6.2-2"
+    assert master.send(model(0, 1, RAW2))
+    worker = Worker()
+    worker.send(HELLO)
+    worker.receive(welcome_frame(encodings=[4, 4, 0, 1]))
+    assert worker.peer_encodings == {0, 1, 4} and worker.state == "CONFIGURING"
+
+
+# ----------------------------------------------------------------------------- WF-10-4, reasons
+
+
+def test_failure_reasons_stay_within_1024_bytes() -> None:
+    err = WireError("MALFORMED_FRAME", "WF-3-5", "é" * 1000)
+    reason = _failure_reason(err, 4096)
+    # "WF-3-5: " is 8 bytes; each "é" 2: (1024 - 8) / 2 = 508 characters fit.
+    assert reason == "WF-3-5: " + "é" * 508
+    assert _failure_reason(err, 10) == "WF-3-5: é"
+    worker = Worker(limits=ReceiveContext(max_reason_bytes=4096))
+    worker.receive(frame(0x0F, b""))
+    close = decode_one(worker.data_to_send(), max_reason_bytes=4096)
+    assert close["code"] == 4 and len(close["reason"].encode()) <= 1024

@@ -49,15 +49,26 @@ Public API
 
 ``ReceiveContext(max_frame_bytes: int = 2**28, max_dimension: int = 2**24,
 max_control_bytes: int = 2**16, max_reason_bytes: int = 1024, dimension: int | None = None,
-encodings: Iterable[int] | None = None, header_version: int | None = None)``
+encodings: Iterable[int] | None = None, header_version: int | None = None,
+before_handshake: bool = False)``
     Receiver limits (section 10), the configured model dimension (None = unknown, skips check 8
     of WF-5.2-3), the encodings this receiver announced (None = all of 0..8) and, optionally, the
     header version that frames other than HELLO/WELCOME/AUTH_* must carry (None = no version check;
-    the connection does that check itself, WF-5.2-4).
+    the connection does that check itself, WF-5.2-4).  ``before_handshake=True`` applies the
+    handshake frame limit of WF-10-3 in place of ``max_frame_bytes`` (the connection sets it until
+    its handshake is complete; the stand-alone decoder has no handshake and leaves it False).
+    ``frame_limit() -> int`` is the body-length limit in force.
 
-``decode_stream(data: bytes, ctx: ReceiveContext | None = None) -> list[dict]``
+``handshake_frame_limit(ctx: ReceiveContext) -> int``
+    ``min(max_frame_bytes, max(max_control_bytes, max_reason_bytes + 20))`` (WF-10-3).
+
+``decode_stream(data: bytes, ctx: ReceiveContext | None = None, *, stop_at_close: bool = False)
+-> list[dict]``
     Decodes a complete byte stream (its end is the end of the stream) into messages; raises
-    ``WireError`` for the first frame that fails.
+    ``WireError`` for the first frame that fails.  With ``stop_at_close=True`` the decoder acts as
+    an endpoint that receives the stream: the first CLOSE ends decoding and every byte after it,
+    whole frames or part of one, is ignored (WF-3-5, WF-7.11-4).  The default keeps the
+    stand-alone behaviour (no state, A.15: steps 1, 2, 6 and 7 only).
 
 ``decode_frame(version: int, msg_type: int, flags: int, body: bytes,
 ctx: ReceiveContext | None = None) -> dict``
@@ -76,8 +87,10 @@ ctx: ReceiveContext | None = None) -> dict``
     Incremental framing (WF-3-1..WF-3-5).  ``pop`` checks the body length as soon as the 7 header
     bytes are there (FRAME_TOO_LARGE) and returns a frame only once all of it has arrived.
 
-``StreamDecoder(ctx)`` with ``feed(data: bytes) -> list[dict]`` and ``end() -> None``
-    Incremental version of ``decode_stream``; ``end`` raises MALFORMED_FRAME on a partial frame.
+``StreamDecoder(ctx, *, stop_at_close: bool = False)`` with ``feed(data: bytes) -> list[dict]``,
+``end() -> None`` and ``closed -> bool``
+    Incremental version of ``decode_stream``; ``end`` raises MALFORMED_FRAME on a partial frame
+    (unless ``stop_at_close`` is set and a CLOSE has been decoded: then nothing fails any more).
 
 ``encode_message(message: dict, header_version: int = 1) -> bytes``
     The canonical frame of a message.  Raises ``WireError(local=True)`` with PROTOCOL_ERROR when the
@@ -104,7 +117,8 @@ relative: bool = False) -> list[float]``
 ``make_dense_vector(bits: int, scale: float, codes: list[int], *, rice: bool = False,
 peer_encodings: Iterable[int] | None = None) -> dict`` /
 ``make_sparse_vector(dim: int, bits: int, scale: float, indices: list[int], codes: list[int]) -> dict``
-    Build a vector dict with the encoding name that the rules require (WF-5.8-4, WF-5.6-7).
+    Build a vector dict with the encoding name that the rules require (WF-5.8-4, WF-5.6-7).  One-bit
+    codes are always DENSE (WF-5.8-4: DENSE_RICE is never valid at b = 1).
 
 ``rice_block_sizes(values: list[int], count: int, k_max: int) -> list[int]``
     ``R(k)`` for ``k = 0..k_max`` (WF-5.6-6, WF-5.8-4).
@@ -260,6 +274,7 @@ class ReceiveContext:
     dimension: int | None = None
     encodings: Iterable[int] | None = None
     header_version: int | None = None
+    before_handshake: bool = False
 
     def __post_init__(self) -> None:
         # Section 10, "Allowed values".
@@ -277,6 +292,20 @@ class ReceiveContext:
     def announced(self) -> frozenset[int]:
         """The encodings this receiver accepts (WF-6.2-5); every known one when unspecified."""
         return KNOWN_ENCODINGS if self.encodings is None else frozenset(self.encodings)
+
+    def frame_limit(self) -> int:
+        """The body-length limit in force: ``max_frame_bytes``, or the handshake frame limit of
+        WF-10-3 while ``before_handshake`` is set."""
+        return handshake_frame_limit(self) if self.before_handshake else self.max_frame_bytes
+
+
+def handshake_frame_limit(ctx: ReceiveContext) -> int:
+    """[WF-10-3] ``min(max_frame_bytes, max(max_control_bytes, max_reason_bytes + 20))``.
+
+    Nothing a peer may send before the handshake is complete is longer: HELLO, WELCOME and CONFIG
+    are at most ``max_control_bytes`` (WF-7-5), the AUTH messages 64 bytes, CLOSE and ERROR at most
+    20 bytes of fixed fields and varints plus their reason."""
+    return min(ctx.max_frame_bytes, max(ctx.max_control_bytes, ctx.max_reason_bytes + 20))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,7 +789,8 @@ def _decode_qsgd(r: _Reader, d: int) -> dict:
 
 
 def _decode_dense_rice(r: _Reader, d: int, bits: int) -> dict:
-    # [WF-5.8-5] in order.
+    # [WF-5.8-5] in order.  No shortcut for b = 1 (never valid, WF-5.8-4): such a payload fails at
+    # step 3 (k >= 1), 5 (1 + unary length >= ceil(d/8)) or 6, in the order the steps give.
     scale = _read_scale(r, "DENSE_RICE scale", "WF-5.8-5")
     if r.remaining() < 1:
         raise _bad("MALFORMED_FRAME", "WF-5.8-5", "Rice parameter byte missing")
@@ -921,6 +951,8 @@ def encode_vector(vector: dict, message_type: str | None = None) -> bytes:
         out += _pack_fixed((c & ((1 << bits) - 1) for c in codes), bits)
     elif enc == 8:
         scale = _check_scale(vector.get("scale"), "scale")
+        if bits == 1:  # [WF-5.8-4] k* = 0 and R(0) >= 1 + ceil(d/8): never smaller than DENSE
+            raise _refuse("WF-5.8-4", "DENSE_RICE is never valid with b = 1: send DENSE")
         codes = _check_codes(vector.get("codes"), d, bits, "DENSE_RICE code")
         if not any(codes):
             raise _refuse("WF-5.4-4", "all DENSE_RICE codes are zero: send ZERO")
@@ -1026,13 +1058,15 @@ def make_dense_vector(
     peer_encodings: Iterable[int] | None = None,
 ) -> dict:
     """A DENSE-valued vector dict.  With ``rice=True`` it is DENSE_RICE when that is allowed: the
-    peer announced 8 (``peer_encodings`` None means yes) and the Rice block is smaller (WF-5.8-4);
-    otherwise DENSE, as the reference does.  All-zero codes give ZERO (WF-5.4-4)."""
+    peer announced 8 (``peer_encodings`` None means yes), ``bits > 1`` and the Rice block is
+    smaller (WF-5.8-4); otherwise DENSE, as the reference does.  All-zero codes give ZERO
+    (WF-5.4-4)."""
     d = len(codes)
     if not any(codes):
         return {"encoding": "ZERO", "dim": d}
     name = "DENSE"
-    if rice and (peer_encodings is None or 8 in set(peer_encodings)):
+    # [WF-5.8-4] one-bit codes always travel as DENSE.
+    if rice and bits != 1 and (peer_encodings is None or 8 in set(peer_encodings)):
         _check_codes(list(codes), d, _check_bits(bits), "code")
         if _dense_rice_choice(list(codes), bits)[1] < _ceil8(d * bits):
             name = "DENSE_RICE"
@@ -1198,6 +1232,7 @@ def _msgpack_unpack(data: bytes, max_len: int) -> object:
             value = int.from_bytes(data[pos : pos + size], "big", signed=tag >= 0xD0)
             pos += size
         elif tag in (0xC7, 0xC8, 0xC9) or 0xD4 <= tag <= 0xD8:
+            # [WF-7-6] any ext type, whatever its length (zero included), on the tag alone.
             raise _mp_malformed("msgpack ext types are refused")
         else:  # 0xC1, never used
             raise _mp_malformed(f"invalid msgpack byte 0x{tag:02x}")
@@ -1325,7 +1360,9 @@ def _top_level_map(body: bytes, ctx: ReceiveContext) -> dict:
         raise _config_error("WF-7-7", "control body is not a msgpack map")
     result: dict = {}
     for key, item in value.pairs:
-        if isinstance(key, str):  # bin keys are unknown keys: ignored [WF-7-8]
+        # [WF-7-8] top-level bin keys are unknown keys and are ignored, even one that spells a
+        # known key: it neither supplies nor overrides that key.
+        if isinstance(key, str):
             result[key] = item  # last occurrence wins [WF-7-9]
     return result
 
@@ -1336,6 +1373,8 @@ def _decode_encodings(value: object, rule: str) -> list[int]:
     for entry in value:
         if not _is_int(entry) or not 0 <= entry <= 15:  # [WF-6.2-1]
             raise _config_error("WF-6.2-1", f"encodings entry {entry!r} is not an int in 0..15")
+    # [WF-7-10] an unsorted array, or one that repeats entries, is accepted and read as the set of
+    # its entries (WF-6.2-1); the plain data holds that set as a sorted list.
     return sorted(set(value))
 
 
@@ -1387,7 +1426,9 @@ def _decode_config(body: bytes, ctx: ReceiveContext) -> dict:
         raise _config_error("WF-7.3-5", "params missing or not a map")
     params: dict = {}
     for key, value in raw_params.pairs:
-        if not isinstance(key, str):  # only bin can get here: other key types are WF-7-6
+        # [WF-7-8], [WF-7.3-5] every params key MUST be a str, whatever later occurrences say.  Only
+        # bin can get here: any other key type already failed the msgpack parse (WF-7-6).
+        if not isinstance(key, str):
             raise _config_error("WF-7.3-5", "params key is not a str")
         params[key] = value  # last occurrence wins [WF-7-9]; first position kept
     for key, value in params.items():
@@ -1487,10 +1528,20 @@ def _read_code(r: _Reader, kind: str) -> int:
 
 
 def check_frame_length(length: int, ctx: ReceiveContext) -> None:
-    """Receive step 1: the body length against ``max_frame_bytes`` (WF-3-3)."""
+    """Receive step 1: the body length against ``max_frame_bytes`` (WF-3-3) or, while
+    ``ctx.before_handshake`` is set, against the smaller handshake frame limit (WF-10-3).
+
+    A length above ``max_frame_bytes`` itself is reported as WF-3-3 in both cases; one that only
+    the handshake frame limit forbids is reported as WF-10-3."""
     if length > ctx.max_frame_bytes:
         raise _bad(
             "FRAME_TOO_LARGE", "WF-3-3", f"body length {length} exceeds max_frame_bytes {ctx.max_frame_bytes}"
+        )
+    if ctx.before_handshake and length > handshake_frame_limit(ctx):  # [WF-10-3]
+        raise _bad(
+            "FRAME_TOO_LARGE",
+            "WF-10-3",
+            f"body length {length} exceeds the handshake frame limit {handshake_frame_limit(ctx)}",
         )
 
 
@@ -1625,7 +1676,9 @@ class FrameSplitter:
 
     def pop(self) -> RawFrame | None:
         """The next complete frame, or None.  The body length is checked against
-        ``max_frame_bytes`` as soon as the header is complete, before waiting for the body (WF-3-3)."""
+        ``self.ctx.frame_limit()`` as soon as the header is complete, before waiting for the body
+        (WF-3-3, WF-10-3).  The owner may replace ``self.ctx`` between calls (a connection does when
+        its handshake completes)."""
         if len(self._buf) < HEADER_SIZE:
             return None
         version, msg_type, flags, length = struct.unpack_from("<BBBI", self._buf, 0)
@@ -1646,21 +1699,33 @@ class FrameSplitter:
 
 
 class StreamDecoder:
-    """Incremental stand-alone decoder: ``feed`` bytes, get messages; ``end`` at end of stream."""
+    """Incremental stand-alone decoder: ``feed`` bytes, get messages; ``end`` at end of stream.
 
-    def __init__(self, ctx: ReceiveContext | None = None) -> None:
+    With ``stop_at_close=True``, the first CLOSE ends the stream for the decoder: the bytes after
+    it, whole frames or part of one, are ignored and never make it fail (WF-3-5, WF-7.11-4)."""
+
+    def __init__(self, ctx: ReceiveContext | None = None, *, stop_at_close: bool = False) -> None:
         self.ctx = ctx or ReceiveContext()
         self._splitter = FrameSplitter(self.ctx)
+        self._stop_at_close = stop_at_close
+        self.closed = False
 
     def feed(self, data: bytes) -> list[dict]:
         """Decode every frame completed by ``data``; raise ``WireError`` at the first bad one."""
+        if self.closed:
+            return []  # [WF-7.11-4]
         self._splitter.push(data)
         out = []
         while True:
             frame = self._splitter.pop()
             if frame is None:
                 return out
-            out.append(decode_frame(*frame, ctx=self.ctx))
+            message = decode_frame(*frame, ctx=self.ctx)
+            out.append(message)
+            if self._stop_at_close and message["type"] == "CLOSE":
+                self.closed = True
+                self._splitter.clear()  # [WF-3-5], [WF-7.11-4]
+                return out
 
     def end(self) -> None:
         """End of stream: MALFORMED_FRAME if part of a frame is buffered (WF-3-5)."""
@@ -1668,9 +1733,11 @@ class StreamDecoder:
             raise _bad("MALFORMED_FRAME", "WF-3-5", "stream ended inside a frame")
 
 
-def decode_stream(data: bytes, ctx: ReceiveContext | None = None) -> list[dict]:
+def decode_stream(
+    data: bytes, ctx: ReceiveContext | None = None, *, stop_at_close: bool = False
+) -> list[dict]:
     """Decode a whole stream (its end is the end of the stream, WF-3-5) into messages."""
-    decoder = StreamDecoder(ctx)
+    decoder = StreamDecoder(ctx, stop_at_close=stop_at_close)
     messages = decoder.feed(data)
     decoder.end()
     return messages

@@ -1,0 +1,368 @@
+"""Hardening over real TCP on 127.0.0.1 (issue 10): what strangers and admitted workers cannot do.
+
+Each test runs a Master with well-behaved workers next to the hostile peers, and checks both that
+the master holds (bounded memory, logs and files; no stall; a prompt exit) and that the workers'
+training is unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aiodq.codec.events import Close, Hello
+from aiodq.codec.messages import encode_message
+from aiodq.codec.registry import MessageType
+from aiodq.config import ConnectionConfig, MasterConfig
+from aiodq.errors import CheckpointError, ErrorCode
+from aiodq.net import checkpoint as checkpoint_file
+from aiodq.net.master import Master
+from aiodq.protocol.accounting import MAX_ERRORS
+from aiodq.protocol.algorithms import TrainConfig
+
+from .cluster import A9A, aiodq, wait_until
+from .rel_peers import Process, finish, raw_peer, read_to_end, start_workers, wait_for_text
+
+SECRET = b"correct horse battery staple 0123456789"
+TIMEOUT = 60.0
+X0 = np.zeros(A9A.features_count)
+#: A forged log line, as a stranger would hide it in a CLOSE reason.
+FORGED = "\n2026-12-03 12:00:00,000 aiodq.master INFO epoch 3: loss 0.000001"
+
+
+def trained(summary: dict[str, Any], results: list[Any], epochs: int) -> None:
+    assert all(getattr(r, "ok", False) for r in results), results
+    assert summary["failure"] is None
+    assert len(summary["trace"]) == epochs + 1
+    assert summary["trace"][-1]["loss"] < summary["trace"][0]["loss"]
+
+
+@pytest.mark.asyncio
+async def test_connections_beyond_the_handshake_cap_are_refused_at_accept() -> None:
+    """max_unauthenticated: beyond it a connection is closed at accept; the others wait their turn."""
+    cap = 3
+    connection = ConnectionConfig(secret=SECRET, handshake_timeout=2.0)
+    async with Master(
+        TrainConfig(epochs=2),
+        X0,
+        workers=1,
+        connection_config=connection,
+        master_config=MasterConfig(max_unauthenticated=cap),
+    ) as master:
+        host, port = master.address
+        silent = [asyncio.create_task(raw_peer(host, port, b"", wait=10)) for _ in range(8)]
+        outcomes = await finish(silent, 20)
+        # The silent ones inside the cap are cut off by the handshake timeout, the rest at once.
+        timed_out = [o for o in outcomes if o.code == ErrorCode.TIMEOUT]
+        refused = [o for o in outcomes if o.code is None]
+        assert len(timed_out) == cap and len(refused) == 8 - cap, outcomes
+        assert all(o.cut_off and o.seconds < 1.5 for o in refused), refused
+        # Then a worker gets in and trains.
+        results = await finish(start_workers(host, port, [0], 1, connection_config=connection), TIMEOUT)
+        summary = await master.wait(TIMEOUT)
+    trained(summary, results, 2)
+    assert summary["refused_connections"]["too many connections in their handshake"] == 8 - cap
+    # The refused ones never reached the protocol; the silent ones are counted as not admitted.
+    assert summary["unadmitted"]["connections"] == cap
+
+
+@pytest.mark.asyncio
+async def test_a_frame_larger_than_any_handshake_message_is_refused_on_its_header() -> None:
+    """WF-10-3: before the handshake, a header declaring 256 MiB gets FRAME_TOO_LARGE at once,
+    though max_frame_bytes allows it; nothing of it is buffered."""
+    async with Master(TrainConfig(epochs=1), X0, workers=1) as master:
+        host, port = master.address
+        header = struct.pack("<BBBI", 1, MessageType.HELLO, 0, (1 << 28) - 1)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(raw_peer(host, port, header + bytes(1000), wait=5) for _ in range(4))), 20
+        )
+        results = await finish(start_workers(host, port, [0], 1), TIMEOUT)
+        summary = await master.wait(TIMEOUT)
+    trained(summary, results, 1)
+    assert all(o.code == ErrorCode.FRAME_TOO_LARGE and o.seconds < 2 for o in outcomes), outcomes
+    # Their bytes are not the run's traffic.
+    assert summary["unadmitted"]["connections"] == 4
+    assert summary["traffic"]["wire_bytes"]["up"].get("HELLO", 0) < 200
+
+
+async def _flood(host: str, port: int, count: int, reason: str) -> None:
+    """``count`` strangers, 50 at a time: connect, HELLO, CLOSE with ``reason``, read to the end."""
+    payload = encode_message(Hello(name="flood")) + encode_message(Close(code=5, reason=reason))
+
+    async def one() -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            return
+        try:
+            writer.write(payload)
+            await writer.drain()
+            await read_to_end(reader, 10)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    for start in range(0, count, 50):
+        await asyncio.gather(*(one() for _ in range(min(50, count - start))))
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_strangers_leaves_bounded_records_and_no_forged_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """2,000 unauthenticated HELLO + CLOSE (1 KiB reasons with a forged log line): the errors kept,
+    the summary, the checkpoint and the log stay bounded; peer text is escaped; training is unaffected."""
+    caplog.set_level(logging.INFO, logger="aiodq")
+    path = tmp_path / "run.ckpt"
+    reason = (FORGED * 20)[:1000]
+    connection = ConnectionConfig(secret=SECRET)
+    async with Master(
+        TrainConfig(epochs=2), X0, workers=2, connection_config=connection, checkpoint=path
+    ) as master:
+        host, port = master.address
+        await _flood(host, port, 2000, reason)
+        await wait_until(lambda: master.accepted >= 2000, 30, "the flood's connections")
+        assert master.coordinator is not None
+        await wait_until(lambda: master.coordinator.pending == 0, 30, "the flood's connections closed")
+        master.write_checkpoint()
+        checkpoint_size = path.stat().st_size
+        tasks = start_workers(host, port, [0, 1], 2, connection_config=connection)
+        results = await finish(tasks, TIMEOUT)
+        summary = await master.wait(TIMEOUT)
+    trained(summary, results, 2)
+    assert sum(summary["error_counts"].values()) >= 2000
+    assert len(summary["errors"]) <= MAX_ERRORS
+    assert len(json.dumps(summary)) < 1 << 20
+    assert checkpoint_size < 1 << 20
+    assert summary["unadmitted"]["connections"] >= 2000
+    assert summary["unadmitted"]["bytes"] >= 2000 * 1000
+    assert summary["traffic"]["wire_bytes"]["up"].get("CLOSE", 0) < 1000
+    records = [r for r in caplog.records if r.name.startswith("aiodq")]
+    messages = [r.getMessage() for r in records]
+    assert len(records) < 100, len(records)
+    assert all("\n" not in m and "\r" not in m for m in messages)
+    assert not any(m.startswith("2026-12-03") or m.startswith("epoch 3: loss 0.000001") for m in messages)
+    assert any("more protocol errors" in m for m in messages), messages[-5:]
+
+
+@pytest.mark.asyncio
+async def test_a_finished_master_exits_whatever_strangers_hold_open() -> None:
+    """Strangers that reconnect whenever closed, and idle connections opened during training, cannot
+    keep a finished master alive: wait() returns within 10 s of the end of training."""
+    stop = asyncio.Event()
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    pesters: list[asyncio.Task[int]] = []
+
+    async def pester(host: str, port: int) -> int:
+        rounds = 0
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+            except (OSError, TimeoutError):
+                await asyncio.wait([asyncio.create_task(stop.wait())], timeout=0.05)
+                continue
+            rounds += 1
+            await read_to_end(reader, 30)
+            writer.close()
+        return rounds
+
+    loop = asyncio.get_running_loop()
+    try:
+        async with Master(TrainConfig(epochs=20), X0, workers=1) as master:
+            host, port = master.address
+            assert master.coordinator is not None
+            pesters = [asyncio.create_task(pester(host, port)) for _ in range(3)]
+            tasks = start_workers(host, port, [0], 1)
+            await wait_until(lambda: master.coordinator.live_workers == 1, TIMEOUT, "the worker joined")
+            # During training: more idle connections than the handshake cap lets in.
+            for _ in range(200):
+                idle.append(await asyncio.wait_for(asyncio.open_connection(host, port), 5))
+            await wait_until(lambda: master.coordinator.done, TIMEOUT, "the end of training")
+            done_at = loop.time()
+            summary = await master.wait(10.0)
+            exited_after = loop.time() - done_at
+            results = await finish(tasks, TIMEOUT)
+    finally:
+        stop.set()
+        for _, writer in idle:
+            writer.close()
+        await finish(pesters, 40)
+    trained(summary, results, 20)
+    assert exited_after < 10.0
+    assert summary["refused_connections"], summary["refused_connections"]
+
+
+@pytest.mark.asyncio
+async def test_closing_a_master_mid_training_sends_going_away_without_callback_errors() -> None:
+    """Master.close() in the middle of training: every worker gets CLOSE(GOING_AWAY), and no
+    callback of the event loop fails (no 'Exception in callback ... CancelledError')."""
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: failures.append(context))
+    try:
+        master = Master(TrainConfig(epochs=200), X0, workers=2)
+        await master.start()
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 2)
+        assert master.coordinator is not None
+        await wait_until(lambda: master.coordinator.state.version > 50, TIMEOUT, "training under way")
+        await master.close()
+        results = await finish(tasks, TIMEOUT)
+    finally:
+        loop.set_exception_handler(None)
+    assert [r.code for r in results] == [ErrorCode.GOING_AWAY] * 2, results
+    assert not failures, failures
+
+
+@pytest.mark.asyncio
+async def test_a_checkpoint_that_cannot_be_written_fails_at_start(tmp_path: Path) -> None:
+    """A checkpoint path that cannot be written is a CheckpointError at start, not a silent loss."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint"):
+        async with Master(TrainConfig(epochs=1), X0, workers=1, checkpoint=blocker / "run.ckpt"):
+            pass
+
+
+@pytest.mark.asyncio
+async def test_stale_temporary_checkpoints_are_removed_at_start(tmp_path: Path) -> None:
+    """The .tmp files that writes killed mid-way left are removed when a master starts."""
+    path = tmp_path / "run.ckpt"
+    stale = [tmp_path / f".run.ckpt.{i}abc.tmp" for i in range(3)]
+    for file in stale:
+        file.write_bytes(b"x" * 1000)
+    other = tmp_path / ".other.ckpt.1abc.tmp"
+    other.write_bytes(b"keep")
+    async with Master(TrainConfig(epochs=1), X0, workers=1, checkpoint=path) as master:
+        assert not any(file.exists() for file in stale)
+        assert other.exists() and path.exists()
+        results = await finish(start_workers(*master.address, [0], 1), TIMEOUT)
+        await master.wait(TIMEOUT)
+    assert results[0].ok
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """load(max_bytes=): an archive whose members would take 1 GiB is refused from its directory."""
+    bomb = tmp_path / "bomb.ckpt"
+    with (
+        zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("x.npy", "w", force_zip64=True) as member,
+    ):
+        # (What the member holds does not matter: the refusal comes from the archive's directory.)
+        block = bytes(1 << 20)
+        for _ in range(1024):
+            member.write(block)
+    assert bomb.stat().st_size < 4 << 20
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="more than"):
+        checkpoint_file.load(bomb, max_bytes=1 << 24)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
+# -- the command line: one line, a non-zero status, no process left -----------------------------------
+
+
+def _one_line(result: Any) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "words"),
+    [
+        (["run", "--epochs", "1", "--out", "/proc/aiodq-out"], 2, "cannot write to the output folder"),
+        (["run", "--timeout", "nan"], 2, "--timeout"),
+        (["run", "--guard", "1"], 2, "guard"),
+        (["run", "--snapshot-timeout", "0"], 2, "snapshot_timeout"),
+        (["run", "--model", "logistic", "--data", "tests/fixtures/mnist-like.csv"], 2, "no such file"),
+        (["bench", "codec", "--dims", "x"], 2, "--dims"),
+        (["bench", "codec", "--bits", "99"], 2, "--bits"),
+        (["bench", "master", "--workers", "0"], 2, "--workers"),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--checkpoint", "/proc/x.ckpt"],
+            1,
+            "checkpoint",
+        ),
+    ],
+)
+def test_cli_errors_are_one_line(args: list[str], status: int, words: str) -> None:
+    """Every error path prints one line naming the problem and exits non-zero, without a traceback."""
+    result = aiodq(*args, timeout=120)
+    assert result.returncode == status, (result.returncode, result.stderr[-2000:])
+    assert words in _one_line(result), result.stderr[-2000:]
+
+
+def test_a_diverging_run_fails_with_one_line_and_keeps_its_results(tmp_path: Path) -> None:
+    """aiodq run --l2 10 --step 1 diverges: exit 1 with one line saying so; result.json is written."""
+    out = tmp_path / "out"
+    result = aiodq("run", "--l2", "10", "--step", "1", "--epochs", "3", "--workers", "2", "--no-progress",
+                   "--out", str(out), timeout=300)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "diverged" in _one_line(result)
+    summary = json.loads((out / "result.json").read_text())
+    assert "diverged" in summary["failure"]
+
+
+def test_softmax_on_binary_labels_trains(tmp_path: Path) -> None:
+    """--model softmax on LIBSVM -1/+1 labels: the labels become classes 0/1 (no IndexError)."""
+    result = aiodq("run", "--model", "softmax", "--epochs", "2", "--workers", "2", "--no-progress",
+                   "--out", str(tmp_path), timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["trace"][-1]["accuracy"] > 0.8
+
+
+def test_empty_secret_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AIODQ_SECRET set but empty would silently mean no authentication: it is refused."""
+    monkeypatch.setenv("AIODQ_SECRET", "")
+    result = aiodq("worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--retry-for", "0")
+    assert result.returncode == 2
+    assert "AIODQ_SECRET is set but empty" in _one_line(result)
+
+
+def test_a_readable_secret_file_is_warned_about(tmp_path: Path) -> None:
+    """A secret file other users can read works, with a warning naming the fix."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o644)
+    result = aiodq("worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--retry-for", "0",
+                   "--secret-file", str(secret))  # fmt: skip
+    assert result.returncode == 1
+    assert f"chmod 600 {secret}" in result.stderr
+    assert "cannot reach the master at 127.0.0.1:9" in _one_line(result)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="IPv6 loopback assumed on Linux")
+def test_an_ipv6_listen_address_is_printed_as_connect_reads_it(tmp_path: Path) -> None:
+    """--listen '[::1]:0' prints '[::1]:PORT', which --connect accepts."""
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    master = Process(tmp_path, "master", "master", "--listen", "[::1]:0", "--workers", "1", "--epochs", "1")
+    try:
+        text = asyncio.run(wait_for_text(lambda: master.stdout, "waiting for", 30))
+        address = text.split("listening on ")[1].split(",")[0]
+        assert address.startswith("[::1]:")
+        worker = aiodq("worker", "--connect", address, "--shard", "0/1", timeout=120)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        assert asyncio.run(master.exited(60)) == 0
+    finally:
+        master.kill()
