@@ -51,7 +51,7 @@ from .codec.vectors import (
     Vector,
     ZeroVector,
 )
-from .config import ConnectionConfig, Limits
+from .config import ConnectionConfig, Limits, MasterConfig
 from .errors import (
     AiodqError,
     CheckpointError,
@@ -71,15 +71,24 @@ from .protocol.algorithms import ALGORITHMS, TrainConfig, initial_model
 from .protocol.connection import ConnectionState, MasterConnection, WorkerConnection
 from .protocol.coordinator import Coordinator
 from .protocol.dataset import Dataset, shard
-from .protocol.objectives import Objective, make_objective
+from .protocol.objectives import MLP, LogisticRegression, Objective, SoftmaxRegression, make_objective
+from .protocol.result import RunResult
 from .protocol.session import WorkerSession
 from .protocol.simulate import simulate
+from .version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from .data import load_bundled_a9a, load_dataset, load_mnist_csv, load_mnist_idx, load_svmlight
+    from .data import (
+        load_bundled_a9a,
+        load_dataset,
+        load_mnist_csv,
+        load_mnist_idx,
+        load_svmlight,
+        load_test_dataset,
+    )
     from .launch.local import run_local
+    from .launch.results import load_model
 
-__version__ = "0.1.0"
 
 #: Names resolved on first use, with the module that defines them (they need scipy or rich).
 _LAZY = {
@@ -88,7 +97,9 @@ _LAZY = {
     "load_mnist_csv": "aiodq.data",
     "load_mnist_idx": "aiodq.data",
     "load_svmlight": "aiodq.data",
+    "load_test_dataset": "aiodq.data",
     "run_local": "aiodq.launch.local",
+    "load_model": "aiodq.launch.results",
 }
 
 
@@ -129,7 +140,10 @@ __all__ = [
     "Hello",
     "Limits",
     "LocalProtocolError",
+    "LogisticRegression",
+    "MLP",
     "Master",
+    "MasterConfig",
     "MasterConnection",
     "MessageType",
     "ModelMessage",
@@ -140,8 +154,10 @@ __all__ = [
     "RawVector",
     "RemoteProtocolError",
     "RunError",
+    "RunResult",
     "Snapshot",
     "SnapshotGradient",
+    "SoftmaxRegression",
     "SparseQuantized",
     "TrainConfig",
     "UsageError",
@@ -159,7 +175,9 @@ __all__ = [
     "load_dataset",
     "load_mnist_csv",
     "load_mnist_idx",
+    "load_model",
     "load_svmlight",
+    "load_test_dataset",
     "make_objective",
     "plan_vector",
     "quantize_gradient",

@@ -54,12 +54,16 @@ async def main(workers: int = 3, epochs: int = 4) -> dict[str, object]:
                     f"epoch {record.epoch}: loss {record.loss:.5f}, {8 * record.bytes_total / 1e6:.2f} Mbit"
                 )
             seen = len(coordinator.trace)
-        summary = done.result()
+        result = done.result()
         results = await asyncio.gather(*worker_tasks)
-        assert all(result.ok for result in results), results
+        assert all(worker.ok for worker in results), results
     stop.set()
     await ticker
-    print(f"done: {summary['version']} updates, the application ticked {len(ticks)} times meanwhile")
+    summary = result.to_json()
+    print(
+        f"done: {summary['version']} updates, final loss {result.final_loss:.5f}, a model of "
+        f"{result.model.shape[0]} parameters; the application ticked {len(ticks)} times meanwhile"
+    )
     return {"summary": summary, "ticks": len(ticks)}
 
 

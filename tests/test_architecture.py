@@ -13,11 +13,13 @@ PACKAGE = ROOT / "aiodq"
 #: The rings, innermost first.  A module may import its own ring and the rings inside it only.
 RINGS: dict[str, int] = {
     "aiodq.errors": 0,
+    "aiodq.version": 0,
     "aiodq.config": 0,
     "aiodq.codec": 1,
     "aiodq.protocol": 2,
     "aiodq.net": 3,
     "aiodq.data": 3,
+    "aiodq.torch": 3,
     "aiodq.launch": 4,
     "aiodq.lab": 5,
     "aiodq.cli": 6,

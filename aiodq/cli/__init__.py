@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from ..config import MasterConfig
 from ..errors import UsageError
+from ..version import __version__
 from .demo import demo
 from .options import (
     add_dataclass_options,
@@ -49,6 +50,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiodq", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"aiodq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train on a local cluster: one master, M worker processes")
@@ -94,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--data", default=None, help="the dataset (default: bundled a9a)")
     worker.add_argument(
         "--seed", type=int, default=0, help="the sharding seed; the master's --seed (default 0)"
+    )
+    worker.add_argument(
+        "--model",
+        default=None,
+        help="your objective as MODULE:NAME, as the master's --model (default: the built-in model it names)",
     )
     add_network_options(worker, master=False)
 

@@ -6,20 +6,22 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from ..config import MasterConfig
-from ..errors import CheckpointError, RunError, UsageError, code_name
-from ..launch.local import load_data_or_fail, master_main, run_coroutine, run_local, worker_main
+from ..data import load_test_dataset
+from ..errors import CheckpointError, DataError, RunError, UsageError, code_name
+from ..launch.local import load_data_or_fail, master_main, run_cluster, run_coroutine, worker_main
+from ..launch.models import load_factory, objective_for, test_scores
 from ..launch.results import check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
-from ..protocol.objectives import make_objective
+from ..protocol.objectives import BUILT_IN, Objective
+from ..protocol.result import RunResult
 from .options import connection_config, from_args, train_config
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_experiment", "cmd_master", "cmd_run", "cmd_worker"]
@@ -62,12 +64,17 @@ def add_logfile(logfile: Path) -> None:
     logging.getLogger("aiodq").addHandler(handler)
 
 
-def _dataset_for(config: TrainConfig, path: str | None, workers: int) -> Dataset:
-    """The dataset at ``path``, checked against the model and the number of workers.
+def _dataset_for(
+    config: TrainConfig, path: str | None, workers: int
+) -> tuple[Dataset, Objective, Dataset | None]:
+    """The training set at ``path``, the model's objective on it and the test set (if any).
+
+    The test set (:func:`~aiodq.data.load_test_dataset`) is read now, so that a broken one
+    is reported before training; it only ever gives the summary's test figures.
 
     Raises:
         UsageError: if it cannot be read, is too small for ``workers``, or the model cannot
-            learn from its labels.
+            be loaded or cannot learn from its labels.
     """
     try:
         dataset = load_data_or_fail(path)
@@ -77,12 +84,12 @@ def _dataset_for(config: TrainConfig, path: str | None, workers: int) -> Dataset
         raise UsageError("--workers must be at least 1")
     if dataset.samples < workers:
         raise UsageError(f"{dataset.samples} samples cannot be shared by {workers} workers")
+    objective = objective_for(config, dataset)
     try:
-        objective = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
-        objective.prepare_labels(dataset.labels)
-    except ValueError as exc:
-        raise UsageError(f"--model {config.model} on {dataset.name or path}: {exc}") from exc
-    return dataset
+        test = load_test_dataset(path, n_features=dataset.features.shape[1])
+    except DataError as exc:
+        raise UsageError(f"the test set: {exc}") from exc
+    return dataset, objective, test
 
 
 def _output_folder(out: str | None) -> Path | None:
@@ -95,21 +102,29 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
 
 
-def _finish(command: str, summary: dict[str, Any], out: Path | None) -> int:
-    """Write the results, print the summary; a run that ended without finishing fails (status 1)."""
+def _finish(command: str, result: RunResult, out: Path | None, test: Dataset | None = None) -> int:
+    """Score the model on ``test``, write the results, print the summary.
+
+    A run that ended without finishing fails (status 1).
+    """
+    if test is not None and result.trace:
+        try:
+            result.summary["test"] = test_scores(result.config, test, result.model)
+        except (UsageError, ValueError) as exc:
+            result.summary["test"] = {"test_set": test.name, "error": str(exc)}
     written = ""
     if out is not None:
         try:
-            result, plot = write_results(summary, out)
+            paths = write_results(result, out)
         except RunError as exc:
             print(f"aiodq {command}: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        written = f"wrote {result}" + (f" and {plot}" if plot else "") + f"; log in {out / 'aiodq.log'}"
-    print_summary(summary, command)
+        written = f"wrote {', '.join(str(p) for p in paths)}; log in {out / 'aiodq.log'}"
+    print_summary(result.to_json(), command)
     if written:
         print(written)
-    if summary.get("failure"):
-        print(f"aiodq {command}: {summary['failure']}", file=sys.stderr)
+    if result.failure:
+        print(f"aiodq {command}: {result.failure}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -118,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``aiodq run``: a local cluster; summary, result.json and the plot."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
-    dataset = _dataset_for(config, args.data, args.workers)
+    dataset, objective, test = _dataset_for(config, args.data, args.workers)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     out = _output_folder(args.out)
@@ -126,12 +141,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
     setup_logging(logging.WARNING, out / "aiodq.log")
     try:
-        summary = run_coroutine(
-            run_local(
+        result = run_coroutine(
+            run_cluster(
                 config,
                 dataset,
                 data_path,
-                args.workers,
+                objective,
+                workers=args.workers,
                 progress=not args.no_progress,
                 timeout=args.timeout,
                 master_config=master_config,
@@ -140,14 +156,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RunError as exc:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return _finish("run", summary, out)
+    return _finish("run", result, out, test)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
     """``aiodq master``: serve one training run to remote workers."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
-    dataset = _dataset_for(config, args.data, args.workers)
+    dataset, objective, test = _dataset_for(config, args.data, args.workers)
     host, port = args.listen
     setup_logging(logging.INFO)
     network = connection_config(args)
@@ -179,8 +195,17 @@ def cmd_master(args: argparse.Namespace) -> int:
     }
     records = Path(args.records) if args.records else None
     try:
-        summary = run_coroutine(
-            master_main(config, dataset, host, port, args.workers, records_path=records, **options)
+        result = run_coroutine(
+            master_main(
+                config,
+                dataset,
+                objective,
+                host=host,
+                port=port,
+                workers=args.workers,
+                records_path=records,
+                **options,
+            )
         )
     except (CheckpointError, RunError) as exc:
         print(f"aiodq master: {exc}", file=sys.stderr)
@@ -191,7 +216,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    return _finish("master", summary, out)
+    return _finish("master", result, out, test)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -219,9 +244,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     }
     if dataset.samples < count:
         raise UsageError(f"{dataset.samples} samples cannot be split into {count} shards")
+    if args.model is not None and args.model not in BUILT_IN:
+        load_factory(args.model)  # an import that fails is a usage error before connecting
     try:
         result = run_coroutine(
-            worker_main(host, port, dataset, index=index, workers=count, seed=args.seed, **options)
+            worker_main(
+                host, port, dataset, index=index, workers=count, seed=args.seed, model=args.model, **options
+            )
         )
     except OSError as exc:
         print(

@@ -40,6 +40,7 @@ __all__ = [
     "load_mnist_csv",
     "load_mnist_idx",
     "load_svmlight",
+    "load_test_dataset",
     "shard",
 ]
 
@@ -61,11 +62,16 @@ def _read_bytes(path: str | Path) -> bytes:
 _PAIRS = re.compile(r"(?:\d+:[^\s:]+)(?:\s+\d+:[^\s:]+)*")
 
 
+#: The most features a LIBSVM file may index (2^31 - 1, scipy's 32-bit sparse indices).
+_MAX_FEATURES = 2**31 - 1
+
+
 def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str = "") -> Dataset:
     """Load a LIBSVM/svmlight text file (1-based feature indices) as CSR.
 
-    Blank lines and ``#`` comments are skipped.  Binary labels ``0/1`` or
-    ``-1/+1`` become ``-1/+1``.
+    Blank lines and ``#`` comments are skipped.  Labels are kept as written (any
+    real numbers: classes or regression targets); each model maps them as it
+    needs (:func:`aiodq.protocol.dataset.labels_for`).
 
     Args:
         path: the file (plain or gzip).
@@ -110,6 +116,10 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
         raise DataError(f"{path}: malformed index:value pair: {exc}") from exc
     if indices.size and int(indices.min()) < 0:
         raise DataError(f"{path}: feature indices start at 1")
+    if indices.size and int(indices.max()) >= _MAX_FEATURES:
+        raise DataError(
+            f"{path}: feature index {int(indices.max()) + 1} is beyond {_MAX_FEATURES:,} features"
+        )
     if not np.isfinite(values).all():
         raise DataError(f"{path}: non-finite feature values")
     width = int(indices.max()) + 1 if indices.size else 0
@@ -121,10 +131,7 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     features = sp.csr_matrix((values, indices, indptr), shape=(len(labels), n_features))
     features.sum_duplicates()
     features.sort_indices()
-    y = np.asarray(labels)
-    if set(np.unique(y)) <= {0.0, 1.0} and len(np.unique(y)) == 2:
-        y = 2.0 * y - 1.0
-    return Dataset(features, y, name or Path(path).name)
+    return Dataset(features, np.asarray(labels), name or Path(path).name)
 
 
 def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist") -> Dataset:
@@ -188,11 +195,63 @@ def load_bundled_a9a(*, test: bool = False) -> Dataset:
     return Dataset(features, labels, "a9a.t" if test else "a9a")
 
 
+#: MNIST IDX file names (LeCun's), each optionally gzipped: (images, labels) of a split.
+_IDX_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` or ``folder/stem.gz``, whichever exists (both: an error, it is ambiguous)."""
+    found = [path for path in (folder / stem, folder / f"{stem}.gz") if path.is_file()]
+    if len(found) > 1:
+        raise DataError(f"{folder}: both {stem} and {stem}.gz exist; keep one")
+    return found[0] if found else None
+
+
+def _idx_split(folder: Path, split: str) -> tuple[Path, Path] | None:
+    images_stem, labels_stem = _IDX_SPLITS[split]
+    images, labels = _find(folder, images_stem), _find(folder, labels_stem)
+    if images is None and labels is None:
+        return None
+    if images is None or labels is None:
+        missing = images_stem if images is None else labels_stem
+        raise DataError(f"{folder}: {missing}[.gz] is missing (the {split} split needs images and labels)")
+    return images, labels
+
+
+def _folder_training(folder: Path) -> Dataset:
+    name = folder.resolve().name or "dataset"
+    split = _idx_split(folder, "train")
+    csvs = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz")))
+    if split is not None and csvs:
+        raise DataError(f"{folder}: holds both train-*-idx files and {csvs[0].name}; keep one training set")
+    if split is not None:
+        return load_mnist_idx(*split, name=name)
+    if len(csvs) == 1:
+        return load_mnist_csv(csvs[0], name=name)
+    if len(csvs) > 1:
+        raise DataError(f"{folder}: {len(csvs)} CSV files ({', '.join(p.name for p in csvs[:3])}); keep one")
+    has_test = _idx_split(folder, "test") is not None
+    raise DataError(
+        f"{folder}: no training data (train-images-idx3-ubyte and train-labels-idx1-ubyte, gzipped or not, "
+        f"or one MNIST .csv/.csv.gz file)"
+        + ("; the t10k-* files there are the test set only" if has_test else "")
+    )
+
+
 def load_dataset(path: str | Path | None) -> Dataset:
-    """Load by file type: None is the bundled a9a; MNIST IDX/CSV by name; else LIBSVM text.
+    """Load a training set: None is the bundled a9a; a folder is MNIST-format; else a file by type.
+
+    - a folder: ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte`` (each gzipped or not),
+      or else its one MNIST ``.csv``/``.csv.gz`` file, is the training set, named after the folder;
+      ``t10k-*`` files are the test set (:func:`load_test_dataset`), never trained on;
+    - ``*.csv``/``*.csv.gz``: MNIST rows (:func:`load_mnist_csv`);
+    - any other file: LIBSVM text (:func:`load_svmlight`).
 
     Raises:
-        DataError: if the file is missing, unreadable or malformed.
+        DataError: if the path is missing, unreadable or malformed, or a folder has no training set.
     """
     if path is None:
         return load_bundled_a9a()
@@ -200,11 +259,28 @@ def load_dataset(path: str | Path | None) -> Dataset:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
-        images = path / "t10k-images-idx3-ubyte.gz"
-        labels = path / "t10k-labels-idx1-ubyte.gz"
-        if images.exists() and labels.exists():
-            return load_mnist_idx(images, labels)
-        raise DataError(f"{path}: a folder must hold MNIST IDX files")
+        return _folder_training(path)
     if path.name.endswith((".csv", ".csv.gz")):
         return load_mnist_csv(path)
     return load_svmlight(path)
+
+
+def load_test_dataset(path: str | Path | None, *, n_features: int | None = None) -> Dataset | None:
+    """The test set that goes with :func:`load_dataset`'s training set, or None if there is none.
+
+    None (the bundled a9a): the bundled a9a.t.  A folder: its ``t10k-*`` IDX files.  A LIBSVM
+    file ``F``: ``F.t`` beside it, read with ``n_features`` columns (the training set's).
+
+    Raises:
+        DataError: if a test file exists but is malformed.
+    """
+    if path is None:
+        return load_bundled_a9a(test=True)
+    path = Path(path)
+    if path.is_dir():
+        split = _idx_split(path, "test")
+        return None if split is None else load_mnist_idx(*split, name=f"{path.resolve().name}-test")
+    if path.name.endswith((".csv", ".csv.gz")):
+        return None
+    sibling = path.with_name(path.name + ".t")
+    return load_svmlight(sibling, n_features) if sibling.is_file() else None

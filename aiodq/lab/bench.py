@@ -317,7 +317,7 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
                     )
                     child.start()
                     try:
-                        summary = await master.wait(timeout=600)
+                        summary = (await master.wait(timeout=600)).to_json()
                     finally:
                         await asyncio.get_running_loop().run_in_executor(None, child.join, 30)
                     return summary

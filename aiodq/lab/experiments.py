@@ -42,9 +42,10 @@ from ..codec.messages import DecodeContext, decode_message, encode_message
 from ..config import DEFAULT_LIMITS
 from ..data import load_mnist_idx
 from ..errors import DataError
+from ..launch.models import objective_for
 from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState, initial_model
 from ..protocol.dataset import Dataset, shard
-from ..protocol.objectives import Objective, make_objective
+from ..protocol.objectives import Objective
 from . import netcluster, netlab
 from .report import fmt, num, plot_curves, plot_sweeps, reach, saving, summarise, times, write_report
 from .runs import (
@@ -95,9 +96,9 @@ def _test_accuracy(context: Context, spec: DatasetSpec, run: RunResult) -> float
             raise ExperimentError(f"{spec.name} test set: {exc}") from exc
     test = context.test_sets[spec.name]
     config = run.config
-    model = make_objective(config.model, test.features_count, test.classes, config.hidden)
-    _, _, correct = model.loss_grad(run.final_model, test.features, model.prepare_labels(test.labels))
-    return float(correct / test.samples)
+    model = objective_for(config, test)
+    correct = getattr(model, "correct", None)
+    return None if correct is None else float(correct(run.final_model) / test.samples)
 
 
 def experiment_table1(context: Context) -> dict[str, Any]:
@@ -219,10 +220,11 @@ def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs:
     Returns:
         ``computation`` and ``encoding`` in seconds per epoch, and ``updates``, the epoch's m.
     """
-    model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
-    master = MasterState(config, initial_model(config, dataset.features_count, dataset.classes))
-    part = dataset.rows(shard(dataset.samples, workers, 0, seed=config.seed))
-    worker = WorkerState(config, model, part.features, part.labels, 0)
+    model = objective_for(config, dataset)
+    master = MasterState(config, initial_model(config, model))
+    mapped, _ = dataset.for_model(config.model)
+    part = mapped.rows(shard(dataset.samples, workers, 0, seed=config.seed))
+    worker = WorkerState(config, objective_for(config, part), 0)
     context = DecodeContext(dim=model.dim)
     compute = encode = 0.0
     # One BLAS thread, as in every worker process (aiodq.launch.local.worker_main).
@@ -240,9 +242,7 @@ def _timed_epoch(
     """One epoch of :func:`epoch_timing`; returns its ``(computation, encoding)`` seconds."""
     clock = time.perf_counter
     compute = encode = 0.0
-    _, gradient_sum, _ = model.loss_grad(
-        master.snapshot, dataset.features, model.prepare_labels(dataset.labels)
-    )
+    _, gradient_sum = model.loss_grad(master.snapshot)
     worker.snapshot_phase(master.snapshot)
     master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
     worker.set_full_gradient(master.full_gradient)

@@ -19,12 +19,13 @@ import numpy.typing as npt
 import scipy.optimize
 
 from ..data import load_dataset
-from ..errors import DataError, RunError
-from ..launch.local import run_coroutine, run_local
+from ..errors import DataError, RunError, UsageError
+from ..launch.local import run_cluster, run_coroutine
+from ..launch.models import objective_for
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
-from ..protocol.objectives import make_objective
+from ..protocol.objectives import Objective
 
 __all__ = [
     "DATASETS",
@@ -143,17 +144,24 @@ class Point:
     loss: float
 
 
+def _objective(config: TrainConfig, dataset: Dataset) -> Objective:
+    """The run's objective on the whole of ``dataset`` (its labels mapped as the model reads them)."""
+    try:
+        return objective_for(config, dataset)
+    except UsageError as exc:
+        raise ExperimentError(str(exc)) from exc
+
+
 def evaluate(config: TrainConfig, dataset: Dataset, records: Sequence[ModelRecord]) -> list[Point]:
     """F(x) on the full training set for every recorded model (not communication, not counted)."""
     if not records:
         return []
-    model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
+    model = _objective(config, dataset)
     regularizer = config.regularizer
     start = records[0].time
     points = []
-    labels = model.prepare_labels(dataset.labels)
     for record in records:
-        loss_sum, _, _ = model.loss_grad(record.model, dataset.features, labels)
+        loss_sum, _ = model.loss_grad(record.model)
         loss = loss_sum / dataset.samples + regularizer.value(record.model)
         points.append(
             Point(record.version, record.epoch, 8 * record.bytes_total, record.time - start, float(loss))
@@ -177,12 +185,11 @@ def optimum(dataset: Dataset, config: TrainConfig) -> float:
     """
     if config.model not in ("logistic", "softmax") or config.l1:
         raise ExperimentError(f"no optimum for {config.model} with l1 = {config.l1}: give an absolute target")
-    model = make_objective(config.model, dataset.features_count, dataset.classes, config.hidden)
+    model = _objective(config, dataset)
     n, l2 = dataset.samples, config.l2
-    labels = model.prepare_labels(dataset.labels)
 
     def objective(x: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-        loss, grad, _ = model.loss_grad(x, dataset.features, labels)
+        loss, grad = model.loss_grad(x)
         return loss / n + 0.5 * l2 * float(x @ x), grad / n + l2 * x
 
     result = scipy.optimize.minimize(
@@ -262,17 +269,21 @@ def local_runner(dataset: Dataset, data_path: str | None, *, progress: bool = Fa
     def run(config: TrainConfig, workers: int) -> RunResult:
         records: list[ModelRecord] = []
         try:
-            summary = run_coroutine(
-                run_local(
+            result = run_coroutine(
+                run_cluster(
                     config,
                     dataset,
                     data_path,
-                    workers,
+                    _objective(config, dataset),
+                    workers=workers,
                     progress=progress,
+                    timeout=3600.0,
+                    master_config=None,
                     record_every=record_every(dataset, config),
                     records=records,
                 )
             )
+            summary = result.to_json()
         except RunError as exc:
             raise ExperimentError(f"{config.algorithm} on {dataset.name}: {exc}") from exc
         final = records[-1].model if records else None

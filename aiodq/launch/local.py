@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..config import ConnectionConfig, MasterConfig
@@ -24,13 +25,17 @@ from ..errors import DataError, RunError
 from ..net.master import Master
 from ..net.worker import WorkerResult, format_address, run_worker
 from ..protocol.accounting import ModelRecord
-from ..protocol.algorithms import TrainConfig, initial_model
+from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, shard
+from ..protocol.objectives import BUILT_IN, Objective
+from ..protocol.result import RunResult
+from .models import objective_for
 from .results import save_records
 
 __all__ = [
     "load_data_or_fail",
     "master_main",
+    "run_cluster",
     "run_coroutine",
     "run_local",
     "use_uvloop",
@@ -63,7 +68,7 @@ def run_coroutine(coroutine: Any) -> Any:
 
 
 def _worker_command(
-    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int
+    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int, model: str
 ) -> list[str]:
     command = [
         sys.executable,
@@ -78,43 +83,86 @@ def _worker_command(
     command += ["--seed", str(seed)]
     if data is not None:
         command += ["--data", data]
+    if model not in BUILT_IN:
+        command += ["--model", model]  # the workers import the user's objective themselves
     return command
 
 
 async def run_local(
     config: TrainConfig,
-    dataset: Dataset,
-    data_path: str | None,
-    workers: int,
+    data: str | Path | None = None,
     *,
-    progress: bool = True,
+    workers: int = 4,
+    progress: bool = False,
     timeout: float = 3600.0,
+    master_config: MasterConfig | None = None,
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
-    master_config: MasterConfig | None = None,
-) -> dict[str, Any]:
-    """One master here and ``workers`` worker processes on 127.0.0.1; return the summary.
+) -> RunResult:
+    """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
 
-    With ``record_every`` > 0 the master keeps model copies (see
-    :class:`~aiodq.protocol.accounting.ModelRecord`); they are appended to ``records``.
-    A run that ended without finishing its epochs (it diverged) returns normally, with the
-    reason in ``summary["failure"]``.
+    What ``aiodq run`` does, from Python::
+
+        result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=5), workers=2))
+        print(result.final_loss, result.model.shape)
+
+    Args:
+        config: the run's hyperparameters; ``config.model`` names a built-in model or your
+            objective as ``MODULE:NAME`` (importable from the current folder).
+        data: a data file or folder (LIBSVM, MNIST CSV or IDX; default: the bundled a9a); the
+            workers read it too.
+        workers: the number of worker processes M.
+        progress: show live progress with rich (the ``cli`` extra).
+        timeout: give up after this many seconds.
+        master_config: the master's guard, snapshot deadline and admission limit.
+        record_every: with a positive value the master keeps model copies (see
+            :class:`~aiodq.protocol.accounting.ModelRecord`).
+        records: a list the model copies are appended to.
+
+    Returns:
+        The trained model and the run's figures.  A run that ended without finishing its
+        epochs (it diverged) returns normally, with the reason in ``result.failure``.
 
     Raises:
-        RunError: if a worker process fails or the run times out.
+        RunError: if the data cannot be read, a worker process fails or the run times out.
+        UsageError: if the model cannot be loaded or does not fit the data.
     """
-    from rich.console import Console  # noqa: PLC0415 - only the CLI needs rich
-    from rich.live import Live  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    dataset = load_data_or_fail(None if data is None else str(data))
+    data_path = None if data is None else str(Path(data).resolve())
+    return await run_cluster(
+        config,
+        dataset,
+        data_path,
+        objective_for(config, dataset),
+        workers=workers,
+        progress=progress,
+        timeout=timeout,
+        master_config=master_config,
+        record_every=record_every,
+        records=records,
+    )
 
-    console = Console(stderr=True)
-    x0 = initial_model(config, dataset.features_count, dataset.classes)
+
+async def run_cluster(
+    config: TrainConfig,
+    dataset: Dataset,
+    data_path: str | None,
+    objective: Objective,
+    *,
+    workers: int,
+    progress: bool,
+    timeout: float,
+    master_config: MasterConfig | None,
+    record_every: int = 0,
+    records: list[ModelRecord] | None = None,
+) -> RunResult:
+    """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective."""
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
     async with Master(
         config,
-        x0,
+        objective,
         workers=workers,
         host="127.0.0.1",
         port=0,
@@ -127,7 +175,9 @@ async def run_local(
         env = dict(os.environ, PYTHONUNBUFFERED="1", AIODQ_SECRET=secret)
         processes = [
             await asyncio.create_subprocess_exec(
-                *_worker_command(host, port, i, workers, data=data_path, seed=config.seed),
+                *_worker_command(
+                    host, port, i, workers, data=data_path, seed=config.seed, model=config.model
+                ),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -137,7 +187,9 @@ async def run_local(
         waiter = asyncio.create_task(master.wait(timeout))
         exits = [asyncio.create_task(p.wait()) for p in processes]
 
-        def table() -> Table:
+        def table() -> Any:
+            from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
+
             coordinator = master.coordinator
             assert coordinator is not None
             view = Table(title=f"aiodq run: {config.algorithm}, {workers} workers", expand=False)
@@ -159,11 +211,7 @@ async def run_local(
             return view
 
         try:
-            with (
-                Live(table(), console=console, refresh_per_second=4, transient=False)
-                if progress
-                else (contextlib.nullcontext()) as live
-            ):
+            with _live(table, progress) as live:
                 while not waiter.done():
                     done_early = [
                         p for p, e in zip(processes, exits, strict=True) if e.done() and p.returncode != 0
@@ -183,12 +231,12 @@ async def run_local(
                     if live is not None:
                         live.update(table())
             try:
-                summary = waiter.result()
+                result: RunResult = waiter.result()
             except TimeoutError:
                 raise RunError(f"the run did not finish within {timeout:.0f} s") from None
             await asyncio.wait_for(asyncio.gather(*exits), 30)
             failed = [p.returncode for p in processes if p.returncode != 0]
-            if failed and not summary["failure"]:
+            if failed and result.ok:
                 # (After a failed run the workers exit non-zero too: the failure says why.)
                 raise RunError(f"worker processes exited with status {failed}")
         finally:
@@ -199,9 +247,18 @@ async def run_local(
             waiter.cancel()
         if records is not None and master.coordinator is not None:
             records.extend(master.coordinator.records)
-    summary["dataset"] = dataset.name
-    summary["data_path"] = data_path
-    return summary
+    result.summary.update(dataset=dataset.name, data_path=data_path)
+    return result
+
+
+def _live(table: Callable[[], Any], show: bool) -> Any:
+    """Rich's live display of ``table()`` on stderr, or nothing."""
+    if not show:
+        return contextlib.nullcontext()
+    from rich.console import Console  # noqa: PLC0415 - only the live display needs rich
+    from rich.live import Live  # noqa: PLC0415
+
+    return Live(table(), console=Console(stderr=True), refresh_per_second=4, transient=False)
 
 
 # -- aiodq master / aiodq worker ------------------------------------------------
@@ -210,53 +267,64 @@ async def run_local(
 async def master_main(
     config: TrainConfig,
     dataset: Dataset,
+    objective: Objective,
+    *,
     host: str,
     port: int,
     workers: int,
-    *,
     records_path: Path | None = None,
     **options: Any,
-) -> dict[str, Any]:
-    """``aiodq master``: serve until training finishes; return the summary.
+) -> RunResult:
+    """``aiodq master``: serve until training finishes; return the trained model and figures.
 
     ``options`` go to :class:`~aiodq.net.master.Master` (TLS, connection config, checkpoints,
     ``record_every``); with ``records_path`` the model records are saved there
     (:func:`~aiodq.launch.results.save_records`).
     """
-    x0 = initial_model(config, dataset.features_count, dataset.classes)
     options.setdefault("samples", dataset.samples)
-    async with Master(config, x0, workers=workers, host=host, port=port, **options) as master:
+    async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
         print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
-        summary = await master.wait()
+        result = await master.wait()
         if records_path is not None and master.coordinator is not None:
             try:
                 save_records(master.coordinator.records, records_path)
             except OSError as exc:
                 raise RunError(f"cannot write the model records to {records_path}: {exc}") from exc
-    summary["dataset"] = dataset.name
-    return summary
+    result.summary.update(dataset=dataset.name)
+    return result
 
 
 async def worker_main(
-    host: str, port: int, dataset: Dataset, *, index: int, workers: int, seed: int, **options: Any
+    host: str,
+    port: int,
+    dataset: Dataset,
+    *,
+    index: int,
+    workers: int,
+    seed: int,
+    model: str | None = None,
+    **options: Any,
 ) -> WorkerResult:
     """``aiodq worker``: train on shard ``index`` of ``workers`` until the master closes.
 
-    ``options`` go to :func:`~aiodq.net.worker.run_worker` (TLS, connection config, retries).
+    With ``model`` (``MODULE:NAME``) the worker trains that objective on its shard; without, the
+    built-in model the master's CONFIG names.  ``options`` go to
+    :func:`~aiodq.net.worker.run_worker` (TLS, connection config, retries).
+
+    Raises:
+        UsageError: if ``model`` cannot be loaded or does not fit the shard.
     """
     rows = shard(dataset.samples, workers, index, seed=seed)
     part = dataset.rows(rows)
     # Several workers share the machine's cores: one BLAS thread each avoids oversubscription.
     threadpool_limits(1, user_api="blas")
+    name = f"shard-{index}/{workers}"
+    if model is not None and model not in BUILT_IN:
+        objective = objective_for(TrainConfig(model=model), part)
+        return await run_worker(host, port, objective=objective, name=name, **options)
     return await run_worker(
-        host,
-        port,
-        part.features,
-        part.labels,
-        name=f"shard-{index}/{workers}",
-        classes=dataset.classes,
-        **options,
+        host, port, part.features, part.labels, name=name, label_values=np.unique(dataset.labels), **options
     )
 
 

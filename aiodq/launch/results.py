@@ -9,13 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import CheckpointError, RunError
 from ..net import checkpoint as checkpoint_file
 from ..protocol.accounting import ModelRecord
 from ..protocol.recovery import Checkpoint
+from ..protocol.result import RunResult
 
-__all__ = ["check_out", "load_records", "save_records", "summary_rows", "write_results"]
+__all__ = [
+    "MODEL_FILE",
+    "check_out",
+    "load_model",
+    "load_records",
+    "save_records",
+    "summary_rows",
+    "write_results",
+]
 
 
 def check_out(out: Path) -> Path:
@@ -46,27 +56,67 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None]:
-    """Write ``result.json`` and ``loss_vs_bits.png`` into ``out``; return their paths.
+def write_results(result: RunResult, out: Path) -> list[Path]:
+    """Write ``result.json``, ``model.npz`` and ``loss_vs_bits.png`` into ``out``; return their paths.
+
+    ``model.npz`` holds ``model`` (the trained model: the last snapshot, the point the trace's
+    last loss evaluates) and ``iterate`` (the master's x when training stopped), with the
+    dimension and the configuration in its metadata; read it with :func:`load_model` or
+    ``np.load(path)["model"]``.
 
     Raises:
         RunError: if they cannot be written.
     """
-    result = check_out(out) / "result.json"
+    summary = result.to_json()
+    paths = [check_out(out) / "result.json", out / MODEL_FILE]
     try:
-        result.write_text(
+        paths[0].write_text(
             json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
+        meta = {
+            "kind": _MODEL,
+            "dim": result.dim,
+            "config": result.config.to_params(),
+            "failure": result.failure,
+        }
+        checkpoint_file.save(paths[1], Checkpoint({"model": result.model, "iterate": result.iterate}, meta))
     except OSError as exc:
-        raise RunError(f"cannot write {result}: {exc.strerror or exc}") from None
-    plot = out / "loss_vs_bits.png"
+        raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    plot = _plot(summary, out / "loss_vs_bits.png")
+    return paths if plot is None else [*paths, plot]
+
+
+#: The trained model's file name next to result.json.
+MODEL_FILE = "model.npz"
+_MODEL = "aiodq model"
+
+
+def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    """The trained model of a ``model.npz`` and its metadata (dimension, configuration, failure).
+
+    Raises:
+        RunError: if the file is missing or not an aiodq model file.
+    """
+    try:
+        stored = checkpoint_file.load(path)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    if stored.meta.get("kind") != _MODEL or "model" not in stored.arrays:
+        raise RunError(f"{path}: not an aiodq model file")
+    return np.asarray(stored.arrays["model"], dtype=np.float64), stored.meta
+
+
+def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
+    """The loss against bits, if matplotlib is installed."""
     try:
         import matplotlib  # noqa: PLC0415 - the plot is optional; keep import cost off the hot path
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
-        return result, None
+        return None
     trace = summary["trace"]
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot([max(r["bits"], 1) for r in trace], [r["loss"] for r in trace], marker="o")
@@ -82,7 +132,7 @@ def write_results(summary: dict[str, Any], out: Path) -> tuple[Path, Path | None
         raise RunError(f"cannot write {plot}: {exc.strerror or exc}") from None
     finally:
         plt.close(figure)
-    return result, plot
+    return plot
 
 
 #: What a model records file holds, in its metadata (written with :mod:`aiodq.net.checkpoint`).
@@ -147,13 +197,27 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     payload_bits = sum(v for table in payload.values() for v in table.values())
     float32_bits = _float32_equivalent_bits(summary)
     staleness = summary["staleness"]
+    test = summary.get("test") or {}
+    tested = []
+    if test.get("test_accuracy") is not None:
+        tested = [
+            (f"test accuracy ({test['test_set']}, {test['test_samples']:,})", f"{test['test_accuracy']:.4f}")
+        ]
+    elif test.get("error"):
+        tested = [(f"test set {test['test_set']}", test["error"])]
     return [
         ("algorithm", summary["config"]["algorithm"]),
         ("dataset", str(summary.get("dataset", ""))),
         ("workers", str(summary["workers"])),
         ("epochs", str(summary["config"]["epochs"])),
         ("final training loss", f"{final['loss']:.6f}"),
-        ("final training accuracy", f"{final['accuracy']:.4f}"),
+        (
+            "final training accuracy",
+            f"{final['accuracy']:.4f}"
+            if summary.get("measures_accuracy", True)
+            else "- (the model has no correct())",
+        ),
+        *tested,
         ("bits master -> workers", f"{8 * totals['down']:,}"),
         ("bits workers -> master", f"{8 * totals['up']:,}"),
         ("bits total", f"{8 * totals['both']:,}"),

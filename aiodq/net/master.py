@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import math
+import platform
+import socket
 import ssl as ssl_module
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -39,11 +43,14 @@ from threadpoolctl import threadpool_limits
 
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
-from ..protocol.algorithms import TrainConfig
+from ..protocol.algorithms import TrainConfig, initial_model
 from ..protocol.coordinator import Coordinator
+from ..protocol.objectives import Objective, check_objective, objective_name
+from ..protocol.result import RunResult
+from ..version import __version__
 from . import checkpoint as checkpoint_file
 
-__all__ = ["Master", "printable"]
+__all__ = ["Master", "printable", "provenance"]
 
 _log = logging.getLogger("aiodq.master")
 
@@ -66,7 +73,7 @@ class Master:
     def __init__(
         self,
         config: TrainConfig,
-        x0: npt.NDArray[np.floating[Any]],
+        model: Objective | npt.ArrayLike,
         *,
         workers: int,
         host: str = "127.0.0.1",
@@ -85,14 +92,15 @@ class Master:
 
         Args:
             config: the run's hyperparameters.
-            x0: the initial model.
+            model: an :class:`~aiodq.Objective` over the whole dataset (its ``initial`` gives
+                x_0 with the run's seed, its ``samples`` n), or x_0 itself as an array-like.
             workers: the number of workers M to wait for.
             host: the address to listen on.
             port: the port (0: any free port; see :attr:`address`).
             connection_config: limits, timeouts and the shared secret of every connection.
             master_config: the guard, the snapshot deadline and the admission limit.
             samples: n, the samples of the whole dataset, if known (workers' reports are checked
-                against the shard sizes).
+                against the shard sizes); an objective's ``samples`` by default.
             ssl: a server-side TLS context (with client-certificate checks for mutual TLS).  Its
                 ``sslobject_class`` is wrapped, so that failed handshakes are counted and logged.
             checkpoint: a file to checkpoint the whole state into, atomically (written once at
@@ -108,6 +116,9 @@ class Master:
         """
         if resume and checkpoint is None:
             raise ValueError("resume needs a checkpoint file")
+        x0 = _initial(config, model)
+        if samples is None and hasattr(model, "loss_grad"):
+            samples = int(getattr(model, "samples", 0)) or None
         if not checkpoint_interval > 0:
             raise ValueError("checkpoint_interval must be positive")
         self.config = config
@@ -122,6 +133,8 @@ class Master:
         self._blas_threads = blas_threads
         self._record_every = record_every
         self._samples = samples
+        # Whether the trace's accuracy means anything: the objective counts correct predictions.
+        self._accuracy: bool | None = hasattr(model, "correct") if hasattr(model, "loss_grad") else None
         # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
         self._write_limit = 4 * self._connection_config.limits.max_frame_bytes
         self._blas_limit: threadpool_limits | None = None
@@ -150,6 +163,7 @@ class Master:
         self._unlogged_errors = 0
         self._unlogged_errors_logged = 0
         self._started = 0.0
+        self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -193,6 +207,7 @@ class Master:
                 )
             else:
                 self.write_checkpoint()  # fails now, with one line, if the file cannot be written
+        self._provenance = provenance()
         if self._blas_threads is not None:
             self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         # TLS is the loop's own (start_server(ssl=...)): uvloop's start_tls on an accepted
@@ -216,8 +231,8 @@ class Master:
             raise RuntimeError("the master is not listening; call start() first")
         return self._address
 
-    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait until training finishes; return the coordinator's summary.
+    async def wait(self, timeout: float | None = None) -> RunResult:
+        """Wait until training finishes; return the trained model and the run's figures.
 
         Raises:
             TimeoutError: if ``timeout`` seconds pass first.
@@ -226,10 +241,13 @@ class Master:
             await self._done.wait()
         assert self.coordinator is not None
         self._log_refused(force=True)  # what the last interval counted
-        summary = self.coordinator.summary()
-        summary["wall_time"] = self._now() if self._finished_at is None else self._finished_at
-        summary["refused_connections"] = dict(self._refused)
-        return summary
+        return RunResult.of(
+            self.coordinator,
+            wall_time=self._now() if self._finished_at is None else self._finished_at,
+            refused_connections=dict(self._refused),
+            provenance=self._provenance,
+            **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
+        )
 
     async def close(self) -> None:
         """Stop accepting, tell every worker GOING_AWAY (unless training ended), and stop.
@@ -541,3 +559,42 @@ def _reporting_ssl_objects(
                 raise
 
     return Reporting
+
+
+def _initial(config: TrainConfig, model: object) -> npt.NDArray[np.float64]:
+    """x_0 from an objective (checked against ``config.model``) or from an array-like.
+
+    Raises:
+        TypeError: for anything else.
+        ValueError: for a name that differs from ``config.model``, or a bad x_0.
+    """
+    if hasattr(model, "loss_grad"):
+        objective = check_objective(model)
+        name = objective_name(objective)
+        if name is not None and name != config.model:
+            raise ValueError(
+                f"the objective is {name!r} but the configuration's model is {config.model!r}: "
+                f"give TrainConfig(model={name!r})"
+            )
+        return np.asarray(initial_model(config, objective), dtype=np.float64)
+    try:
+        x0 = np.asarray(model, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the model must be an Objective or x_0 as an array-like, not {type(model).__name__}"
+        ) from exc
+    if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
+        raise ValueError(f"x_0 must be a non-empty vector of finite values, got shape {x0.shape}")
+    return x0
+
+
+def provenance() -> dict[str, Any]:
+    """Where and how a run was made: aiodq, Python and numpy versions, command line, host, UTC start."""
+    return {
+        "aiodq": __version__,
+        "command": list(sys.argv),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }

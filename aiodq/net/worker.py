@@ -17,11 +17,10 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Any
 
-import numpy.typing as npt
-
 from ..config import ConnectionConfig
 from ..errors import ErrorCode, code_name
-from ..protocol.objectives import Features
+from ..protocol.dataset import as_samples
+from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
 
 __all__ = ["WorkerResult", "describe_os_error", "format_address", "run_worker"]
@@ -60,11 +59,13 @@ _PERMANENT = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.INVALID_CONFIG, ErrorCo
 async def run_worker(
     host: str,
     port: int,
-    features: Features,
-    labels: npt.NDArray[Any],
+    features: Any = None,
+    labels: Any = None,
     *,
+    objective: Objective | None = None,
     name: str = "",
     classes: int | None = None,
+    label_values: Any = None,
     connection_config: ConnectionConfig | None = None,
     ssl: ssl_module.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -75,10 +76,16 @@ async def run_worker(
     Args:
         host: the master's address.
         port: the master's port.
-        features: this worker's shard of the samples.
+        features: this worker's shard of the samples (an array-like, or a scipy sparse matrix),
+            for a built-in model, the one the master's CONFIG names.
         labels: their labels.
+        objective: instead of ``features`` and ``labels``: this worker's own
+            :class:`~aiodq.Objective`, holding its samples (its dimension must be the master's).
         name: a name for the master's logs.
-        classes: number of classes (default: from the labels).
+        classes: number of classes of the whole dataset (default: from ``label_values``).
+        label_values: the distinct labels of the whole dataset, when ``labels`` are a share of
+            it (default: those of ``labels``): every worker then maps labels alike for the
+            built-in model (:func:`~aiodq.protocol.dataset.labels_for`).
         connection_config: limits, timeouts and the shared secret.
         ssl: a client-side TLS context (with a client certificate for mutual TLS).
         server_hostname: the name to check the master's certificate against (default ``host``).
@@ -91,8 +98,16 @@ async def run_worker(
             worker's own computation end at once.
 
     Raises:
+        TypeError: for data or an objective of an unsupported type (before connecting).
+        ValueError: for features and labels that do not fit together (before connecting).
         OSError: if the master cannot be reached (after the retries); its text says why.
     """
+    if objective is not None:
+        if features is not None or labels is not None:
+            raise TypeError("give the worker either features and labels or an objective, not both")
+        check_objective(objective)
+    else:
+        features, labels = as_samples(features, labels)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
     backoff = 0.1
@@ -104,8 +119,10 @@ async def run_worker(
                 port,
                 features=features,
                 labels=labels,
+                objective=objective,
                 name=name,
                 classes=classes,
+                label_values=label_values,
                 connection_config=connection_config,
                 ssl=ssl,
                 server_hostname=server_hostname,
@@ -156,10 +173,12 @@ async def _session(
     host: str,
     port: int,
     *,
-    features: Features,
-    labels: npt.NDArray[Any],
+    features: Any,
+    labels: Any,
+    objective: Objective | None,
     name: str,
     classes: int | None,
+    label_values: Any,
     connection_config: ConnectionConfig | None,
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
@@ -175,7 +194,14 @@ async def _session(
         return loop.time() - started
 
     session = WorkerSession(
-        features, labels, name=name, classes=classes, connection_config=connection_config, now=now()
+        features,
+        labels,
+        objective=objective,
+        name=name,
+        classes=classes,
+        label_values=label_values,
+        connection_config=connection_config,
+        now=now(),
     )
     lost: OSError | None = None
     try:

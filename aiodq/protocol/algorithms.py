@@ -36,7 +36,7 @@ from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 from ..config import option
-from .objectives import Features, Objective, Regularizer, make_objective
+from .objectives import Objective, Regularizer, Rows
 
 __all__ = [
     "ALGORITHMS",
@@ -82,6 +82,15 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "model-only": AlgorithmSpec("quantized", "float32"),
 }
 
+#: Step sizes that train each built-in model on its typical data in the default epochs
+#: (docs/algorithms.md 1), as a factor of the algorithm's default step.
+_MODEL_STEP = {"logistic": 1.0, "softmax": 1.0, "mlp": 0.4}
+
+
+def default_step(algorithm: str, model: str) -> float:
+    """The step size eta a configuration with ``step = 0`` trains with."""
+    return ALGORITHMS[algorithm].default_step * _MODEL_STEP.get(model, 1.0)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainConfig:
@@ -95,7 +104,9 @@ class TrainConfig:
     algorithm: str = option("asylpg", "algorithm (docs/algorithms.md)", choices=tuple(ALGORITHMS))
     epochs: int = option(10, "epochs S")
     updates_per_epoch: int = option(0, "applied updates per epoch m; 0: one pass over the data, n / batch")
-    step: float = option(0.0, "step size eta; 0: the algorithm's default (0.5, or 0.2 for sparse-asylpg)")
+    step: float = option(
+        0.0, "step size eta; 0: the default of the model and algorithm (docs/algorithms.md 1)"
+    )
     batch: int = option(64, "mini-batch size B")
     bits: int = option(8, "gradient bits b, 2 to 16")
     mu: float = option(0.5, "model precision mu of the mu-constraint")
@@ -120,8 +131,13 @@ class TrainConfig:
         "average", "the next snapshot of the accelerated variants", choices=("last", "average")
     )
     seed: int = option(0, "random seed (sharding, initial model, quantizer dithers)")
-    model: str = option("logistic", "model", choices=("logistic", "softmax", "mlp"))
+    model: str = option(
+        "logistic",
+        "the model: logistic, softmax or mlp (built in), or your objective as MODULE:NAME "
+        "(docs/usage.md, Your own model)",
+    )
     hidden: int = option(100, "hidden units of the MLP")
+    bias: bool = option(False, "an intercept for logistic and softmax regression (the MLP always has biases)")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -142,7 +158,7 @@ class TrainConfig:
         if not 2 <= self.model_bits_cap <= 16:
             raise ValueError("model_bits_cap must be between 2 and 16")
         if self.step == 0:
-            object.__setattr__(self, "step", ALGORITHMS[self.algorithm].default_step)
+            object.__setattr__(self, "step", default_step(self.algorithm, self.model))
         if not (math.isfinite(self.step) and self.step > 0):
             raise ValueError(f"step must be positive, got {self.step}")
         if not (math.isfinite(self.mu) and self.mu > 0):
@@ -155,8 +171,8 @@ class TrainConfig:
             raise ValueError("centre must be 'snapshot' or 'zero'")
         if self.acc_snapshot not in ("last", "average"):
             raise ValueError("acc_snapshot must be 'last' or 'average'")
-        if self.model not in ("logistic", "softmax", "mlp"):
-            raise ValueError("model must be logistic, softmax or mlp")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("model must name a built-in model or MODULE:NAME")
         Regularizer(l2=self.l2, l1=self.l1)
         if self.qsgd_levels > 0xFFFF:
             raise ValueError("qsgd_levels must be at most 65535")
@@ -430,38 +446,50 @@ def _encodable(values: Array) -> bool:
     return bool(values.min() >= -MODEL_LIMIT) and bool(values.max() <= MODEL_LIMIT)
 
 
-def initial_model(config: TrainConfig, features: int, classes: int) -> Array:
-    """x_0 of the configured model for data of this shape (seeded by ``config.seed``)."""
-    model = make_objective(config.model, features, classes, config.hidden)
-    return model.initial(np.random.default_rng([config.seed, 0x1417]))
+def initial_model(config: TrainConfig, objective: Objective) -> Array:
+    """x_0: the objective's starting point, drawn with ``config.seed``.
+
+    Raises:
+        ValueError: if it is not a finite vector of the objective's dimension.
+    """
+    x0 = np.asarray(objective.initial(np.random.default_rng([config.seed, 0x1417])), dtype=np.float64)
+    if x0.shape != (objective.dim,) or not np.isfinite(x0).all():
+        raise ValueError(
+            f"{type(objective).__name__}.initial() must give {objective.dim} finite values, "
+            f"got shape {x0.shape}"
+        )
+    return x0
 
 
 class WorkerState:
     """A worker's state: its shard, the snapshot, and the gradient computation (algorithms.md 5)."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        model: Objective,
-        features: Features,
-        labels: npt.NDArray[Any],
-        worker_id: int,
-    ) -> None:
+    def __init__(self, config: TrainConfig, objective: Objective, worker_id: int) -> None:
         self.config = config
         self.spec = config.spec
-        self.model = model
-        self.features = features
-        self.labels = model.prepare_labels(labels)
-        self.samples = int(labels.shape[0])
-        self.snapshot = np.zeros(model.dim)
-        self.full_gradient = np.zeros(model.dim)
+        self.objective = objective
+        self.dim = int(objective.dim)
+        self.samples = int(objective.samples)
+        self.snapshot = np.zeros(self.dim)
+        self.full_gradient = np.zeros(self.dim)
         self._rng = np.random.default_rng([config.seed, 0x5EED, worker_id])
-        self._budget = max(1.0, config.phi * model.dim)
+        self._budget = max(1.0, config.phi * self.dim)
+        self._correct = getattr(objective, "correct", None)
+
+    def _loss_grad(self, x: Array, rows: Rows | None) -> tuple[float, Array]:
+        """The objective's sums, checked: a finite loss and a float64 gradient of length d."""
+        loss, grad = self.objective.loss_grad(x, rows)
+        grad = np.asarray(grad, dtype=np.float64).reshape(-1)
+        if grad.shape[0] != self.dim:
+            raise ValueError(f"the objective's gradient has {grad.shape[0]} values, not {self.dim}")
+        return float(loss), grad
 
     def snapshot_phase(self, snapshot: Array) -> tuple[float, Array, int]:
         """Store x_snap; return the sums over the shard: ``(loss, gradient, correct)``."""
         self.snapshot = np.array(snapshot, dtype=np.float64)
-        return self.model.loss_grad(self.snapshot, self.features, self.labels)
+        loss, grad = self._loss_grad(self.snapshot, None)
+        correct = int(self._correct(self.snapshot)) if self._correct is not None else 0
+        return loss, grad, correct
 
     def set_full_gradient(self, full_gradient: Array) -> None:
         """Store g_snap (QSVRG)."""
@@ -477,10 +505,8 @@ class WorkerState:
         # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
         batch = self.config.batch
         rows = self._rng.integers(0, self.samples, size=batch)
-        features = self.features[rows]
-        labels = self.labels[rows]
-        _, at_model, _ = self.model.loss_grad(x_hat, features, labels)
-        _, at_snapshot, _ = self.model.loss_grad(self.snapshot, features, labels)
+        _, at_model = self._loss_grad(x_hat, rows)
+        _, at_snapshot = self._loss_grad(self.snapshot, rows)
         alpha = (at_model - at_snapshot) / batch
         alpha += self.config.l2 * (x_hat - self.snapshot)
         return alpha

@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .objectives import Features
+from .objectives import BUILT_IN, Features, class_count_of
 
-__all__ = ["Dataset", "class_count", "shard"]
+__all__ = ["Dataset", "as_samples", "class_count", "labels_for", "shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +54,98 @@ class Dataset:
         """The samples at ``indices``, in that order."""
         return Dataset(self.features[indices], self.labels[indices], self.name)
 
+    def for_model(self, model: str) -> tuple[Dataset, str | None]:
+        """The dataset with its labels as the built-in ``model`` reads them, and the mapping made.
 
-def class_count(labels: npt.NDArray[Any]) -> int:
-    """Number of classes: 2 for -1/+1 labels, else the largest label plus one."""
-    return int(labels.max()) + 1 if labels.size and labels.min() >= 0 else 2
+        See :func:`labels_for`; the mapping is a line to log, None if none was needed.
+
+        Raises:
+            DataError: if the model cannot learn from these labels.
+        """
+        labels, note = labels_for(model, self.labels)
+        return (
+            self if note is None and labels is self.labels else Dataset(self.features, labels, self.name)
+        ), note
+
+
+#: Number of classes: 2 for -1/+1 labels, else the largest label plus one.
+class_count = class_count_of
+
+
+def as_samples(features: Any, labels: Any) -> tuple[Features, npt.NDArray[Any]]:
+    """``features`` and ``labels`` as a built-in model reads them.
+
+    A 2-D float64 array (or a scipy sparse matrix, as CSR) and a 1-D array, one label per
+    row.  Array-likes (lists, memoryviews, anything with ``__array__``, CPU torch tensors)
+    are converted with ``np.asarray``.
+
+    Raises:
+        TypeError: for values that are not numeric array-likes.
+        ValueError: for shapes that do not fit together.
+    """
+    if features is None or labels is None:
+        raise TypeError("a worker needs features and labels, or an objective")
+    if hasattr(features, "tocsr"):  # a scipy sparse matrix
+        features = features.tocsr()
+        if features.dtype != np.float64:
+            features = features.astype(np.float64)
+    else:
+        try:
+            features = np.asarray(features, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"features of type {type(features).__name__} are not a numeric array-like: {exc}"
+            ) from None
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"labels of type {type(labels).__name__} are not an array-like: {exc}") from None
+    if labels.dtype.kind not in "iufb":
+        raise TypeError(f"labels must be numbers, got dtype {labels.dtype}")
+    if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"features of shape {features.shape} and labels of shape {labels.shape}: "
+            "need a 2-D array with one row per label"
+        )
+    if features.shape[0] == 0:
+        raise ValueError("no samples")
+    return features, labels
+
+
+def labels_for(
+    model: str, labels: npt.NDArray[Any], values: npt.NDArray[Any] | None = None
+) -> tuple[npt.NDArray[Any], str | None]:
+    """Labels as a built-in ``model`` reads them, and the mapping made (None if none was needed).
+
+    Logistic regression: any two distinct values become -1 (the smaller) and +1.  Softmax and
+    the MLP: integer classes as they are (0..C-1), -1/+1 as 0/1.  A user model's labels are
+    left alone.  The mapping is decided by ``values``, the distinct labels of the whole
+    dataset (default: those of ``labels``), so that every worker's share maps alike.
+
+    Raises:
+        DataError: if the model cannot learn from these labels; the text says what would.
+    """
+    if model not in BUILT_IN:
+        return labels, None
+    values = np.unique(labels) if values is None else np.unique(values)
+    if not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
+        raise DataError(f"the {model} model needs class labels; the labels include {values[:5].tolist()}")
+    if model == "logistic":
+        if values.size > 2:
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+            raise DataError(
+                f"logistic regression needs two classes; the labels take {values.size} values "
+                f"({shown}): use --model softmax or mlp"
+            )
+        if values.size == 1 or values.tolist() == [-1.0, 1.0]:
+            return labels, None
+        low, high = float(values[0]), float(values[-1])
+        return np.where(labels == high, 1.0, -1.0), f"labels {low:g} -> -1, {high:g} -> +1"
+    if values.size and values.tolist() in ([-1.0, 1.0], [-1.0], [1.0]):
+        return (labels > 0).astype(np.int64), "labels -1 -> class 0, +1 -> class 1"
+    if values[0] < 0:
+        raise DataError(f"the {model} model needs class labels 0..C-1; the labels go down to {values[0]:g}")
+    return labels.astype(np.int64), None
 
 
 def shard(samples: int, workers: int, index: int, *, seed: int = 0) -> npt.NDArray[np.intp]:

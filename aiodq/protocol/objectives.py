@@ -1,9 +1,17 @@
-"""Objectives in numpy: logistic regression, softmax regression and an MLP (docs/algorithms.md 1).
+"""What aiodq trains: the :class:`Objective` protocol, and the built-in models (docs/algorithms.md 1).
 
-Each model computes, for a parameter vector ``x`` and a block of samples, the
-*sums* over those samples of the data losses and their gradients, and the
-number of samples classified correctly.  Sums (not means) let workers report
-partial results that the master adds up exactly.
+An objective holds one worker's samples and, for a flat float64 parameter
+vector ``x``, computes the *sums* over a block of them of the data losses
+``f_i(x)`` and their gradients: over a mini-batch in the inner loop, over all of
+the worker's samples in the snapshot phase.  Sums (not means) let workers
+report partial results that the master adds up exactly, so the training
+objective is ``F(x) = (1/n) sum_i f_i(x) + R(x)`` over the n samples of all
+workers.  Anything with the protocol's members trains: your own numpy model,
+or a PyTorch module through :mod:`aiodq.torch`.
+
+Three models are built in and go through the same protocol: binary logistic
+regression, softmax regression (both optionally with an intercept) and an MLP
+with ReLU hidden layers.  :func:`make_objective` builds one by name.
 
 The regulariser ``R(x) = l2 / 2 ||x||^2 + l1 ||x||_1`` is separate
 (:class:`Regularizer`): the smooth L2 part is added to gradients, the L1 part is
@@ -14,9 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -25,18 +32,27 @@ if TYPE_CHECKING:  # scipy is optional: sparse features work through the @ opera
     import scipy.sparse as sp
 
 __all__ = [
+    "BUILT_IN",
     "MLP",
     "Features",
     "LogisticRegression",
     "Objective",
     "Regularizer",
+    "Rows",
     "SoftmaxRegression",
+    "check_objective",
     "make_objective",
+    "objective_name",
 ]
 
 Array = npt.NDArray[np.floating[Any]]
 #: Features: a dense float64 array or a scipy CSR matrix, one row per sample.
 Features: TypeAlias = "npt.NDArray[np.float64] | sp.csr_matrix"
+#: Row indices of a mini-batch (drawn with replacement: a row may repeat).
+Rows: TypeAlias = npt.NDArray[np.intp]
+
+#: The built-in models by name.
+BUILT_IN = ("logistic", "softmax", "mlp")
 
 
 def expit(values: Array) -> Array:
@@ -86,31 +102,67 @@ class Regularizer:
         return out
 
 
-class Objective(ABC):
-    """A differentiable data loss ``f_i(x)``, summed over blocks of samples."""
+@runtime_checkable
+class Objective(Protocol):
+    """The objective one worker trains: ``f_i(x)`` for each of its samples ``i``.
 
-    #: Number of parameters d.
-    dim: int
+    Implement these four members (a class, a dataclass, anything); ``x`` is always
+    a flat float64 vector of length :attr:`dim`.  Optionally also:
 
-    @abstractmethod
-    def loss_grad(self, x: Array, features: Features, labels: npt.NDArray[Any]) -> tuple[float, Array, int]:
-        """Return ``(sum of losses, sum of gradients, number correct)`` over the samples."""
+    - ``correct(x) -> int``: the worker's samples predicted correctly at ``x``
+      (the trace's accuracy is their sum over n; 0 without the method);
+    - ``name: str``: the model's name; if present it must equal the run's
+      ``TrainConfig.model``, which a worker checks against CONFIG.
+    """
 
-    @abstractmethod
+    @property
+    def dim(self) -> int:
+        """The number of parameters d."""
+        ...
+
+    @property
+    def samples(self) -> int:
+        """The number of samples this objective holds (n_k, reported in the snapshot phase)."""
+        ...
+
     def initial(self, rng: np.random.Generator) -> Array:
-        """A starting point x_0."""
+        """A starting point x_0 (the master's, drawn with the run's seed)."""
+        ...
 
-    def describe(self) -> dict[str, Any]:
-        """The model's name and shape, for results and CONFIG."""
-        return {"model": type(self).__name__, "dim": self.dim}
+    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
+        """``(sum of f_i(x), sum of grad f_i(x))`` over the samples ``rows`` (all with None).
 
-    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """The labels as :meth:`loss_grad` reads them (checked once, before training).
-
-        Raises:
-            ValueError: if this model cannot learn from these labels; the text says why.
+        ``rows`` may repeat a sample: it then counts as often as it appears.
         """
-        return labels
+        ...
+
+
+def objective_name(objective: object) -> str | None:
+    """The objective's ``name`` attribute, if it has one (a str)."""
+    name = getattr(objective, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def check_objective(objective: object) -> Objective:
+    """Check that ``objective`` has the protocol's members, with a positive integer dimension.
+
+    Raises:
+        TypeError: if it does not (the text names what is missing).
+    """
+    missing = [m for m in ("dim", "samples", "initial", "loss_grad") if not hasattr(objective, m)]
+    if missing:
+        raise TypeError(
+            f"{type(objective).__name__} is not an aiodq Objective: it lacks {', '.join(missing)} "
+            "(see aiodq.Objective)"
+        )
+    for member in ("dim", "samples"):
+        value = getattr(objective, member)
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise TypeError(f"{type(objective).__name__}.{member} must be a positive integer, got {value!r}")
+    return objective  # type: ignore[return-value]
+
+
+# -- the built-in models --------------------------------------------------------------------------
 
 
 def _label_values(labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -151,77 +203,143 @@ def _class_labels(labels: npt.NDArray[Any], classes: int) -> npt.NDArray[np.intp
     return array.astype(np.intp)
 
 
-class LogisticRegression(Objective):
-    """Binary logistic regression, labels -1/+1: ``f_i(x) = log(1 + exp(-y_i a_i . x))``."""
-
-    def __init__(self, features: int) -> None:
-        if features < 1:
-            raise ValueError("need at least one feature")
-        self.dim = features
-
-    def loss_grad(self, x: Array, features: Features, labels: npt.NDArray[Any]) -> tuple[float, Array, int]:
-        """See :meth:`Objective.loss_grad`."""
-        margins = labels * (features @ x)
-        loss = -float(log_expit(margins).sum())
-        weights = -labels * expit(-margins)
-        grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
-        return loss, grad, int(np.count_nonzero(margins > 0))
-
-    def initial(self, rng: np.random.Generator) -> Array:
-        """Zeros."""
-        return np.zeros(self.dim)
-
-    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """-1/+1 (0/1 labels are mapped: 0 to -1)."""
-        return _binary_labels(labels)
+def _check_features(features: Features, labels: npt.NDArray[Any]) -> None:
+    if len(features.shape) != 2 or features.shape[0] != labels.shape[0] or features.shape[0] < 1:
+        raise ValueError(
+            f"features of shape {features.shape} and {labels.shape[0]} labels: need one row per label"
+        )
 
 
-class SoftmaxRegression(Objective):
-    """Multinomial logistic regression, labels 0..C-1; x is the (features x classes) matrix, flattened."""
+class _Samples:
+    """Features and (prepared) labels; the rows of the last mini-batch, sliced once for both gradients."""
 
-    def __init__(self, features: int, classes: int) -> None:
-        if features < 1 or classes < 2:
-            raise ValueError("need at least one feature and two classes")
-        self.features, self.classes = features, classes
-        self.dim = features * classes
+    features: Features
+    labels: npt.NDArray[Any]
 
-    def loss_grad(self, x: Array, features: Features, labels: npt.NDArray[Any]) -> tuple[float, Array, int]:
-        """See :meth:`Objective.loss_grad`."""
-        weights = x.reshape(self.features, self.classes)
-        scores = np.asarray(features @ weights)
-        rows = np.arange(scores.shape[0])
-        normaliser = logsumexp(scores, axis=1)
-        loss = float((normaliser - scores[rows, labels]).sum())
-        probabilities = np.exp(scores - normaliser[:, None])
-        correct = int(np.count_nonzero(scores.argmax(axis=1) == labels))
-        probabilities[rows, labels] -= 1.0
-        grad = np.asarray(features.T @ probabilities).reshape(-1)
-        return loss, grad, correct
+    def _batch(self, rows: Rows | None) -> tuple[Features, npt.NDArray[Any]]:
+        if rows is None:
+            return self.features, self.labels
+        cached = self.__dict__.get("_cached")
+        if cached is not None and cached[0] is rows:
+            return cached[1], cached[2]
+        block = (self.features[rows], self.labels[rows])
+        # The inner loop asks twice for the same rows (at x_hat and at x_snap): slice once.
+        self.__dict__["_cached"] = (rows, *block)
+        return block
 
-    def initial(self, rng: np.random.Generator) -> Array:
-        """Zeros."""
-        return np.zeros(self.dim)
-
-    def describe(self) -> dict[str, Any]:
-        """See :meth:`Objective.describe`."""
-        return {"model": "SoftmaxRegression", "dim": self.dim, "classes": self.classes}
-
-    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Class indices 0..C-1 (-1/+1 labels are mapped: -1 to 0)."""
-        return _class_labels(labels, self.classes)
+    @property
+    def samples(self) -> int:
+        """The number of samples."""
+        return int(self.labels.shape[0])
 
 
-class MLP(Objective):
-    """A fully connected network with ReLU hidden layers and a softmax output.
+class LogisticRegression(_Samples):
+    """Binary logistic regression: ``f_i(x) = log(1 + exp(-y_i (a_i . w + b)))``.
 
-    ``layers = (inputs, hidden..., classes)``; the default ``(784, 100, 10)`` is
-    the 3-layer network (input, hidden, output) used for MNIST.  Parameters are
-    the weight matrices and bias vectors, flattened in layer order.
+    Labels -1/+1 (0/1 are read as -1/+1).  Parameters: ``w`` (one per feature), then the
+    intercept ``b`` if ``bias`` (off by default: the paper's objective has none).
     """
 
-    def __init__(self, layers: tuple[int, ...] = (784, 100, 10)) -> None:
+    name = "logistic"
+
+    def __init__(self, features: Features, labels: npt.NDArray[Any], *, bias: bool = False) -> None:
+        labels = np.asarray(labels)
+        _check_features(features, labels)
+        self.features, self.labels = features, _binary_labels(labels)
+        self.bias = bias
+        self.dim = int(features.shape[1]) + int(bias)
+
+    def _margins(self, x: Array, features: Features) -> Array:
+        scores = np.asarray(features @ (x[:-1] if self.bias else x), dtype=np.float64).reshape(-1)
+        return scores + x[-1] if self.bias else scores
+
+    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
+        """See :meth:`Objective.loss_grad`."""
+        features, labels = self._batch(rows)
+        margins = labels * self._margins(x, features)
+        weights = -labels * expit(-margins)
+        grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
+        if self.bias:
+            grad = np.append(grad, weights.sum())
+        return -float(log_expit(margins).sum()), grad
+
+    def correct(self, x: Array) -> int:
+        """Samples on the right side of the hyperplane."""
+        return int(np.count_nonzero(self.labels * self._margins(x, self.features) > 0))
+
+    def initial(self, rng: np.random.Generator) -> Array:
+        """Zeros."""
+        return np.zeros(self.dim)
+
+
+class SoftmaxRegression(_Samples):
+    """Multinomial logistic regression over C classes (labels 0..C-1, or -1/+1 read as 0/1).
+
+    ``f_i(x) = log sum_c exp(s_ic) - s_i,y_i`` with scores ``s_i = a_i W (+ b)``;
+    parameters: the (features x classes) matrix W flattened row by row, then the C
+    intercepts b if ``bias``.
+    """
+
+    name = "softmax"
+
+    def __init__(
+        self, features: Features, labels: npt.NDArray[Any], classes: int | None = None, *, bias: bool = False
+    ) -> None:
+        labels = np.asarray(labels)
+        _check_features(features, labels)
+        classes = class_count_of(labels) if classes is None else classes
+        if classes < 2:
+            raise ValueError("softmax regression needs at least two classes")
+        self.features, self.labels = features, _class_labels(labels, classes)
+        self.inputs, self.classes, self.bias = int(features.shape[1]), classes, bias
+        self.dim = (self.inputs + int(bias)) * classes
+
+    def _scores(self, x: Array, features: Features) -> Array:
+        size = self.inputs * self.classes
+        scores = np.asarray(features @ x[:size].reshape(self.inputs, self.classes))
+        return scores + x[size:] if self.bias else scores
+
+    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
+        """See :meth:`Objective.loss_grad`."""
+        features, labels = self._batch(rows)
+        scores = self._scores(x, features)
+        index = np.arange(scores.shape[0])
+        normaliser = logsumexp(scores, axis=1)
+        loss = float((normaliser - scores[index, labels]).sum())
+        delta = np.exp(scores - normaliser[:, None])
+        delta[index, labels] -= 1.0
+        grad = np.asarray(features.T @ delta).reshape(-1)
+        if self.bias:
+            grad = np.concatenate([grad, delta.sum(axis=0)])
+        return loss, grad
+
+    def correct(self, x: Array) -> int:
+        """Samples whose highest score is their class."""
+        return int(np.count_nonzero(self._scores(x, self.features).argmax(axis=1) == self.labels))
+
+    def initial(self, rng: np.random.Generator) -> Array:
+        """Zeros."""
+        return np.zeros(self.dim)
+
+
+class MLP(_Samples):
+    """A fully connected network with ReLU hidden layers and a softmax output.
+
+    ``layers = (inputs, hidden..., classes)``; ``(784, 100, 10)`` is the 3-layer network
+    (input, hidden, output) used for MNIST.  Parameters are the weight matrices and bias
+    vectors, flattened in layer order; ``f_i`` is the cross-entropy of sample i.
+    """
+
+    name = "mlp"
+
+    def __init__(self, features: Features, labels: npt.NDArray[Any], layers: tuple[int, ...]) -> None:
+        labels = np.asarray(labels)
+        _check_features(features, labels)
         if len(layers) < 2 or min(layers) < 1 or layers[-1] < 2:
             raise ValueError("layers: inputs, hidden sizes..., at least two classes")
+        if layers[0] != features.shape[1]:
+            raise ValueError(f"the first layer has {layers[0]} inputs, the data {features.shape[1]} features")
+        self.features, self.labels = features, _class_labels(labels, layers[-1])
         self.layers = tuple(layers)
         self._shapes = list(itertools.pairwise(layers))
         self.dim = sum(a * b + b for a, b in self._shapes)
@@ -236,20 +354,23 @@ class MLP(Objective):
             params.append((weights, bias))
         return params
 
-    def loss_grad(self, x: Array, features: Features, labels: npt.NDArray[Any]) -> tuple[float, Array, int]:
-        """See :meth:`Objective.loss_grad` (backpropagation)."""
+    def _forward(self, x: Array, features: Features) -> tuple[list[tuple[Array, Array]], list[Any], Array]:
         params = self._unpack(x)
         activations: list[Any] = [features]
         for weights, bias in params[:-1]:
             activations.append(np.maximum(np.asarray(activations[-1] @ weights) + bias, 0.0))
         weights, bias = params[-1]
-        scores = np.asarray(activations[-1] @ weights) + bias
-        rows = np.arange(scores.shape[0])
+        return params, activations, np.asarray(activations[-1] @ weights) + bias
+
+    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
+        """See :meth:`Objective.loss_grad` (backpropagation)."""
+        features, labels = self._batch(rows)
+        params, activations, scores = self._forward(x, features)
+        index = np.arange(scores.shape[0])
         normaliser = logsumexp(scores, axis=1)
-        loss = float((normaliser - scores[rows, labels]).sum())
-        correct = int(np.count_nonzero(scores.argmax(axis=1) == labels))
+        loss = float((normaliser - scores[index, labels]).sum())
         delta = np.exp(scores - normaliser[:, None])
-        delta[rows, labels] -= 1.0
+        delta[index, labels] -= 1.0
         grads: list[Array] = []
         for layer in range(len(params) - 1, -1, -1):
             weights, _ = params[layer]
@@ -258,7 +379,11 @@ class MLP(Objective):
             grads.append(np.asarray(below.T @ delta).reshape(-1))
             if layer:
                 delta = (delta @ weights.T) * (activations[layer] > 0)
-        return loss, np.concatenate(grads[::-1]), correct
+        return loss, np.concatenate(grads[::-1])
+
+    def correct(self, x: Array) -> int:
+        """Samples whose highest score is their class."""
+        return int(np.count_nonzero(self._forward(x, self.features)[2].argmax(axis=1) == self.labels))
 
     def initial(self, rng: np.random.Generator) -> Array:
         """Glorot-uniform weights, zero biases."""
@@ -269,25 +394,41 @@ class MLP(Objective):
             parts.append(np.zeros(fan_out))
         return np.concatenate(parts)
 
-    def describe(self) -> dict[str, Any]:
-        """See :meth:`Objective.describe`."""
-        return {"model": "MLP", "dim": self.dim, "layers": list(self.layers)}
 
-    def prepare_labels(self, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Class indices 0..C-1 (-1/+1 labels are mapped: -1 to 0)."""
-        return _class_labels(labels, self.layers[-1])
+def class_count_of(labels: npt.NDArray[Any]) -> int:
+    """Number of classes: 2 for -1/+1 labels, else the largest label plus one."""
+    return int(labels.max()) + 1 if labels.size and labels.min() >= 0 else 2
 
 
-def make_objective(name: str, features: int, classes: int = 2, hidden: int = 100) -> Objective:
-    """Build a model by name: ``logistic``, ``softmax`` or ``mlp``.
+def make_objective(
+    name: str,
+    features: Features,
+    labels: npt.NDArray[Any],
+    *,
+    classes: int | None = None,
+    hidden: int = 100,
+    bias: bool = False,
+) -> Objective:
+    """A built-in model by name (``logistic``, ``softmax`` or ``mlp``) on these samples.
+
+    Args:
+        name: the model.
+        features: the samples, one row each (dense array or CSR).
+        labels: their labels: -1/+1 or 0/1 for logistic regression, 0..C-1 (or -1/+1) otherwise.
+        classes: the number of classes C (default: from the labels; give the whole dataset's
+            when these are one worker's share).
+        hidden: the MLP's hidden units.
+        bias: an intercept for logistic and softmax regression.
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name, or labels the model cannot learn from.
     """
+    labels = np.asarray(labels)
     if name == "logistic":
-        return LogisticRegression(features)
+        return LogisticRegression(features, labels, bias=bias)
     if name == "softmax":
-        return SoftmaxRegression(features, classes)
+        return SoftmaxRegression(features, labels, classes, bias=bias)
     if name == "mlp":
-        return MLP((features, hidden, classes))
-    raise ValueError(f"unknown model {name!r}: choose logistic, softmax or mlp")
+        count = class_count_of(labels) if classes is None else classes
+        return MLP(features, labels, (int(features.shape[1]), hidden, count))
+    raise ValueError(f"unknown model {name!r}: choose {', '.join(BUILT_IN)}, or give your own objective")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy.typing as npt
+import numpy as np
 
 from ..codec.events import (
     Close,
@@ -28,11 +28,11 @@ from ..codec.events import (
 )
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
-from ..errors import ErrorCode, RemoteProtocolError
+from ..errors import DataError, ErrorCode, RemoteProtocolError
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
-from .dataset import class_count
-from .objectives import Features, Objective, make_objective
+from .dataset import as_samples, class_count, labels_for
+from .objectives import BUILT_IN, Objective, check_objective, make_objective, objective_name
 
 __all__ = ["WorkerSession"]
 
@@ -42,18 +42,40 @@ class WorkerSession:
 
     def __init__(
         self,
-        features: Features,
-        labels: npt.NDArray[Any],
+        features: Any = None,
+        labels: Any = None,
         *,
+        objective: Objective | None = None,
         name: str = "",
         classes: int | None = None,
+        label_values: Any = None,
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
     ) -> None:
-        self.features = features
-        self.labels = labels
+        """A worker with its samples, or with its own objective (which holds them).
+
+        ``features`` and ``labels`` serve a built-in model, the one CONFIG names; an
+        ``objective`` is trained whatever CONFIG names, if its dimension (and name) fit.
+        ``classes`` and ``label_values`` (the distinct labels) describe the whole dataset,
+        when these samples are one share of it: every worker then maps labels alike
+        (:func:`~aiodq.protocol.dataset.labels_for`).
+
+        Raises:
+            TypeError: for data or an objective of an unsupported type, before anything is sent.
+            ValueError: for features and labels of mismatched shapes.
+        """
+        self.objective = objective
+        if objective is not None:
+            if features is not None or labels is not None:
+                raise TypeError("give the worker either features and labels or an objective, not both")
+            check_objective(objective)
+            self.features, self.labels = None, None
+            self.classes = classes
+        else:
+            self.features, self.labels = as_samples(features, labels)
+            self.classes = classes
+        self.label_values = None if label_values is None else np.unique(np.asarray(label_values))
         self.name = name
-        self.classes = classes or class_count(labels)
         self.connection = WorkerConnection(connection_config, now=now)
         #: The run configuration, once CONFIG has arrived.
         self.config: TrainConfig | None = None
@@ -149,18 +171,50 @@ class WorkerSession:
         self.ended = (int(ErrorCode.INTERNAL_ERROR), reason)
         self.connection.close(now, ErrorCode.INTERNAL_ERROR, text)
 
+    def _objective_for(self, config: TrainConfig) -> Objective:
+        """The objective this worker trains for the run CONFIG describes.
+
+        Raises:
+            ValueError: if the worker cannot train that model; the text says why.
+        """
+        if self.objective is not None:
+            own = objective_name(self.objective)
+            if own is not None and own != config.model:
+                raise ValueError(f"the master trains {config.model!r}, this worker's objective is {own!r}")
+            return self.objective
+        if config.model not in BUILT_IN:
+            # Never import code that the network names: the worker must be given it.
+            raise ValueError(
+                f"the master trains the model {config.model!r}: start this worker with it "
+                f"(aiodq worker --model {config.model})"
+            )
+        assert self.features is not None and self.labels is not None
+        try:
+            labels, _ = labels_for(config.model, self.labels, self.label_values)
+        except DataError as exc:
+            raise ValueError(str(exc)) from exc
+        # The number of classes of the whole dataset, from its distinct labels where given.
+        every = labels if self.label_values is None else labels_for(config.model, self.label_values)[0]
+        classes = self.classes or class_count(every)
+        return make_objective(
+            config.model,
+            self.features,
+            labels,
+            classes=classes,
+            hidden=config.hidden,
+            bias=config.bias,
+        )
+
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:
             config = TrainConfig.from_params(event.params)
-            model: Objective = make_objective(
-                config.model, self.features.shape[1], self.classes, config.hidden
-            )
-            if model.dim != event.dim:
+            objective = self._objective_for(config)
+            if objective.dim != event.dim:
                 raise ValueError(
-                    f"the data gives a {config.model} model of {model.dim} parameters, "
-                    f"CONFIG says {event.dim}"
+                    f"this worker's {config.model} model has {objective.dim} parameters, "
+                    f"the master's {event.dim}"
                 )
-            state = WorkerState(config, model, self.features, self.labels, self.worker_id or 0)
+            state = WorkerState(config, objective, self.worker_id or 0)
         except ValueError as exc:
             self.failed = True
             self.ended = (int(ErrorCode.INVALID_CONFIG), str(exc))

@@ -16,6 +16,7 @@ from ..config import ConnectionConfig, MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
+from .objectives import make_objective
 from .session import WorkerSession
 
 __all__ = ["build_cluster", "simulate"]
@@ -36,8 +37,17 @@ def build_cluster(
     :class:`~aiodq.protocol.coordinator.Coordinator`, which knows the dataset's size; the
     sessions get ``connection_config`` too.
     """
+    dataset, _ = dataset.for_model(config.model)
     classes = dataset.classes
-    x0 = initial_model(config, dataset.features_count, classes)
+    objective = make_objective(
+        config.model,
+        dataset.features,
+        dataset.labels,
+        classes=classes,
+        hidden=config.hidden,
+        bias=config.bias,
+    )
+    x0 = initial_model(config, objective)
     coordinator = Coordinator(
         config,
         x0,

@@ -35,15 +35,15 @@ async def wait_until(condition: Callable[[], object], timeout: float, what: str)
         await asyncio.sleep(0.01)
 
 
-def aiodq(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m aiodq ARGS`` from the repository root; capture its output."""
+def aiodq(*args: str, timeout: float = 120.0, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m aiodq ARGS`` (from the repository root by default); capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "aiodq", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        cwd=ROOT,
+        cwd=cwd,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
 
@@ -116,7 +116,7 @@ async def train(
                 tasks.append(asyncio.create_task(slow_worker(host, target, part, slow[index])))
             else:
                 tasks.append(asyncio.create_task(run_worker(host, target, part.features, part.labels)))
-        summary = await master.wait(timeout)
+        summary = (await master.wait(timeout)).to_json()
         results = await asyncio.wait_for(asyncio.gather(*tasks), timeout)
     return summary, list(results)
 

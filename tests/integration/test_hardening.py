@@ -70,7 +70,7 @@ async def test_connections_beyond_the_handshake_cap_are_refused_at_accept() -> N
         assert all(o.cut_off and o.seconds < 1.5 for o in refused), refused
         # Then a worker gets in and trains.
         results = await finish(start_workers(host, port, [0], 1, connection_config=connection), TIMEOUT)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
     trained(summary, results, 2)
     assert summary["refused_connections"]["too many connections in their handshake"] == 8 - cap
     # The refused ones never reached the protocol; the silent ones are counted as not admitted.
@@ -88,7 +88,7 @@ async def test_a_frame_larger_than_any_handshake_message_is_refused_on_its_heade
             asyncio.gather(*(raw_peer(host, port, header + bytes(1000), wait=5) for _ in range(4))), 20
         )
         results = await finish(start_workers(host, port, [0], 1), TIMEOUT)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
     trained(summary, results, 1)
     assert all(o.code == ErrorCode.FRAME_TOO_LARGE and o.seconds < 2 for o in outcomes), outcomes
     # Their bytes are not the run's traffic.
@@ -140,7 +140,7 @@ async def test_a_flood_of_strangers_leaves_bounded_records_and_no_forged_log_lin
         checkpoint_size = path.stat().st_size
         tasks = start_workers(host, port, [0, 1], 2, connection_config=connection)
         results = await finish(tasks, TIMEOUT)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
     trained(summary, results, 2)
     assert sum(summary["error_counts"].values()) >= 2000
     assert len(summary["errors"]) <= MAX_ERRORS
@@ -191,7 +191,7 @@ async def test_a_finished_master_exits_whatever_strangers_hold_open() -> None:
                 idle.append(await asyncio.wait_for(asyncio.open_connection(host, port), 5))
             await wait_until(lambda: master.coordinator.done, TIMEOUT, "the end of training")
             done_at = loop.time()
-            summary = await master.wait(10.0)
+            summary = (await master.wait(10.0)).to_json()
             exited_after = loop.time() - done_at
             results = await finish(tasks, TIMEOUT)
     finally:

@@ -70,7 +70,7 @@ async def test_worker_killed_with_sigkill_training_still_reaches_the_target(tmp_
             processes = [worker_process(tmp_path, f"w{i}", port, i, 4, "--retry-for", "0") for i in range(4)]
             await wait_until(lambda: len(coordinator.trace) >= 3, 60, "epoch 2")
             processes[3].kill()
-            summary = await master.wait(TIMEOUT)
+            summary = (await master.wait(TIMEOUT)).to_json()
             statuses = [await p.exited(30) for p in processes[:3]]
         finally:
             for process in processes:
@@ -111,7 +111,7 @@ async def test_restarted_worker_rejoins_a_running_session() -> None:
         await finish([tasks[2]], 10)
         await wait_until(lambda: len(coordinator.trace) >= 3, 30, "an epoch without it")
         restarted = start_workers(host, port, [2], 3)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish([*tasks[:2], *restarted], TIMEOUT)
     assert all(r.ok for r in results), results
     assert results[2].gradients > 0
@@ -147,7 +147,7 @@ async def test_worker_killed_repeatedly_training_still_reaches_the_target(tmp_pa
                 kills += 1
                 victim = worker_process(tmp_path, f"w0-{kills}", port, 0, 3, "--retry-for", "0")
                 processes.append(victim)
-            summary = await waiter
+            summary = (await waiter).to_json()
             statuses = [await p.exited(30) for p in processes[1:3]]
         finally:
             for process in processes:
@@ -180,7 +180,7 @@ async def test_hung_worker_is_cut_off_by_its_timeout_and_training_completes(stop
         tasks = start_workers(host, port, [0, 1], 3, connection_config=FAST)
         (outcome,) = await finish([hung], 20)
         assert not master.coordinator.done, "training ended before the hung peer was cut off"
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
     assert all(r.ok for r in results), results
     assert len(summary["trace"]) == config.epochs + 1
@@ -201,7 +201,7 @@ async def test_worker_disconnecting_at_any_point_does_not_stop_training(stop: st
         dropper = asyncio.create_task(scripted_peer(host, port, stop=stop, action="drop", dataset=part(2, 3)))
         await wait_until(lambda: master.accepted >= 1, 10, "the dropping peer's connection")
         tasks = start_workers(host, port, [0, 1], 3)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
         (outcome,) = await finish([dropper], 20)
     assert all(r.ok for r in results), results
@@ -220,7 +220,7 @@ async def test_64_concurrent_workers_on_one_master() -> None:
     config = TrainConfig(algorithm="asylpg", epochs=2, step=0.1)
     async with Master(config, np.zeros(A9A.features_count), workers=64) as master:
         tasks = start_workers(*master.address, list(range(64)), 64)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
     assert all(r.ok and r.gradients > 0 for r in results), [r for r in results if not r.ok]
     assert summary["errors"] == []
@@ -248,7 +248,7 @@ async def test_workers_retry_with_backoff_until_the_master_is_up(caplog: pytest.
         await wait_until(lambda: refusals() >= 4, 20, "four refused connection attempts")
         assert not any(task.done() for task in tasks)
         async with Master(config, np.zeros(A9A.features_count), workers=2, port=port) as master:
-            summary = await master.wait(TIMEOUT)
+            summary = (await master.wait(TIMEOUT)).to_json()
             results = await finish(tasks, TIMEOUT)
     finally:
         await finish(tasks, 1)

@@ -103,7 +103,7 @@ async def test_secret_handshake_trains_and_the_secret_never_travels() -> None:
             replay = b"".join(struct.pack("<BBBI", 1, k, 0, len(b)) + b for k, b in recorded())
             outcome = await raw_peer(*master.address, replay, wait=10)
             assert outcome.cut_off and outcome.code == ErrorCode.AUTH_FAILED
-            summary = await master.wait(TIMEOUT)
+            summary = (await master.wait(TIMEOUT)).to_json()
             results = await finish(tasks, TIMEOUT)
         check_trained(summary, results, train)
         assert len(relay.connections) == 2
@@ -144,7 +144,7 @@ async def test_unauthenticated_and_wrong_secret_peers_are_refused(
         good = start_workers(host, port, [0, 1], 2, connection_config=config)
         # And while they train.
         late = start_workers(host, port, [0], 2, connection_config=wrong)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(good, TIMEOUT)
         refused += await finish(late, 20)
     check_trained(summary, results)
@@ -224,7 +224,7 @@ async def tls_run(
         for context in bad:
             refused += await finish(start_workers(host, port, [0], 2, ssl=context), 20)
         tasks = start_workers(host, port, [0, 1], 2, ssl=good)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
     return summary, results, refused, seen
 
@@ -330,7 +330,7 @@ async def test_slow_loris_is_cut_off_by_the_handshake_timeout() -> None:
         tasks = start_workers(host, port, [0, 1], 2)
         (outcome,) = await finish([loris], 20)
         assert master.coordinator is not None and not master.coordinator.done, "training was too short"
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
     check_trained(summary, results, train)
     assert outcome.cut_off and outcome.code == ErrorCode.TIMEOUT, outcome
@@ -354,7 +354,7 @@ async def test_slow_loris_cannot_hold_the_master_after_training() -> None:
         tasks = start_workers(host, port, [0], 1)
         results = await finish(tasks, TIMEOUT)
         try:
-            summary = await master.wait(5.0)
+            summary = (await master.wait(5.0)).to_json()
         finally:
             (outcome,) = await finish([loris], 20)
     check_trained(summary, results, train)
@@ -376,7 +376,7 @@ async def test_oversize_frame_is_refused_on_its_header() -> None:
         outcomes = await asyncio.wait_for(
             asyncio.gather(*(raw_peer(host, port, header, wait=5) for _ in range(3))), 20
         )
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
     check_trained(summary, results)
     for outcome in outcomes:
@@ -394,7 +394,7 @@ async def test_workers_beyond_the_cluster_size_are_turned_away() -> None:
         tasks = start_workers(host, port, [0, 1], 2)
         await wait_until(lambda: master.coordinator.live_workers == 2, 10, "two workers joined")
         extra = await finish(start_workers(host, port, [1], 2), 20)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
     check_trained(summary, results)
     assert extra[0].code == ErrorCode.GOING_AWAY, extra
@@ -448,7 +448,7 @@ async def test_invalid_gradient_is_rejected_with_its_code(kind: str) -> None:
         data = part(2, 3)
         session = RogueSession(data.features, data.labels, name=f"rogue-{kind}", forge=forge)
         rogue = await asyncio.wait_for(rogue_worker(host, port, data, session), 30)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
         x = master.coordinator.state.x
     check_trained(summary, results)
@@ -476,7 +476,7 @@ async def test_gradient_out_of_line_is_dropped_and_training_reaches_the_target()
         data = part(2, 3)
         session = RogueSession(data.features, data.labels, name="overflow", forge=forge, nth=3)
         rogue = await asyncio.wait_for(rogue_worker(host, port, data, session), TIMEOUT)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
         x = master.coordinator.state.x
     check_trained(summary, [*results, rogue])
@@ -503,7 +503,7 @@ async def test_gradient_of_another_encoding_removes_its_sender() -> None:
         data = part(2, 3)
         session = RogueSession(data.features, data.labels, name="f64", forge=forge, nth=3)
         rogue = await asyncio.wait_for(rogue_worker(host, port, data, session), TIMEOUT)
-        summary = await master.wait(TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
         results = await finish(tasks, TIMEOUT)
         x = master.coordinator.state.x
     check_trained(summary, results)

@@ -67,7 +67,7 @@ BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
     ({"tau": 1.5}, "tau"),
     ({"centre": "middle"}, "centre"),
     ({"acc_snapshot": "first"}, "acc_snapshot"),
-    ({"model": "svm"}, "model"),
+    ({"model": "  "}, "model"),
     ({"l2": -1e-4}, "l2"),
     ({"l1": math.nan}, "l1"),
     ({"l1": math.inf}, "l1"),
@@ -527,7 +527,7 @@ def worker(name: str, rows: int = 30, **kwargs: Any) -> WorkerState:
     features = sp.random(rows, D, density=0.3, format="csr", random_state=rng)
     labels = rng.choice([-1.0, 1.0], size=rows)
     config = TrainConfig(algorithm=name, batch=8, **kwargs)
-    return WorkerState(config, LogisticRegression(D), features, labels, worker_id=1)
+    return WorkerState(config, LogisticRegression(features, labels), worker_id=1)
 
 
 def test_worker_snapshot_phase_returns_shard_sums() -> None:
@@ -535,10 +535,14 @@ def test_worker_snapshot_phase_returns_shard_sums() -> None:
     state = worker("asylpg")
     x_snap = np.linspace(-1, 1, D)
     loss, gradient, correct = state.snapshot_phase(x_snap)
-    expected = LogisticRegression(D).loss_grad(x_snap, state.features, state.labels)
-    assert loss == expected[0]
-    np.testing.assert_array_equal(gradient, expected[1])
-    assert correct == expected[2]
+    objective = state.objective
+    assert isinstance(objective, LogisticRegression)
+    # Directly: sums of log(1 + exp(-y a.x)) and of its gradient; correct counts y a.x > 0.
+    margins = objective.labels * (objective.features @ x_snap)
+    assert loss == pytest.approx(float(np.sum(np.log1p(np.exp(-margins)))), rel=1e-12)
+    expected = objective.features.T @ (-objective.labels / (1 + np.exp(margins)))
+    np.testing.assert_allclose(gradient, expected, rtol=1e-12, atol=1e-14)
+    assert correct == int(np.sum(margins > 0))
     np.testing.assert_array_equal(state.snapshot, x_snap)
 
 
@@ -582,7 +586,7 @@ def one_sample_worker(name: str, **kwargs: Any) -> WorkerState:
     """A worker whose shard is one sample, so every mini-batch is B copies of it."""
     features = sp.csr_matrix(np.array([[1.0, -2.0, 0.0, 0.5]]))
     config = TrainConfig(algorithm=name, batch=5, **kwargs)
-    return WorkerState(config, LogisticRegression(4), features, np.array([1.0]), worker_id=0)
+    return WorkerState(config, LogisticRegression(features, np.array([1.0])), worker_id=0)
 
 
 def test_alpha_is_the_gradient_difference_plus_l2() -> None:
@@ -592,9 +596,10 @@ def test_alpha_is_the_gradient_difference_plus_l2() -> None:
     x_hat = np.array([0.5, -0.25, 1.0, 0.0])
     state.snapshot_phase(x_snap)
     vector = state.gradient_message(RawVector(x_hat), relative=False)
-    model = LogisticRegression(4)
-    features, labels = state.features, state.labels
-    alpha = model.loss_grad(x_hat, features, labels)[1] - model.loss_grad(x_snap, features, labels)[1]
+    # One sample a = (1, -2, 0, 0.5), y = +1: grad f(x) = -a / (1 + exp(a.x)), the same for each of
+    # the B = 5 copies in a batch, so the mean over the batch is that gradient.
+    a = np.array([1.0, -2.0, 0.0, 0.5])
+    alpha = -a / (1 + np.exp(a @ x_hat)) + a / (1 + np.exp(a @ x_snap))
     alpha += 0.1 * (x_hat - x_snap)
     assert isinstance(vector, RawVector)
     np.testing.assert_allclose(vector.values, alpha.astype(np.float32), rtol=1e-6)
@@ -644,7 +649,7 @@ def test_sparse_mean_nonzeros_within_budget() -> None:
     features = sp.random(50, d, density=0.5, format="csr", random_state=rng)
     labels = rng.choice([-1.0, 1.0], size=50)
     config = TrainConfig(algorithm="sparse-asylpg", batch=16, phi=0.05)
-    state = WorkerState(config, LogisticRegression(d), features, labels, worker_id=3)
+    state = WorkerState(config, LogisticRegression(features, labels), worker_id=3)
     state.snapshot_phase(np.zeros(d))
     model = RawVector(rng.normal(size=d))
     counts = []

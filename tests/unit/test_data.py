@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from aiodq.data import load_bundled_a9a, load_dataset, load_mnist_csv, load_mnist_idx, load_svmlight
+from aiodq.data import (
+    load_bundled_a9a,
+    load_dataset,
+    load_mnist_csv,
+    load_mnist_idx,
+    load_svmlight,
+    load_test_dataset,
+)
 from aiodq.errors import DataError
 from aiodq.protocol.dataset import Dataset, shard
 
@@ -87,10 +94,20 @@ def test_svmlight_unsorted_indices_are_sorted(tmp_path: Path) -> None:
     assert dataset.features.has_sorted_indices
 
 
-def test_svmlight_zero_one_labels_become_minus_one_plus_one(tmp_path: Path) -> None:
-    """Binary labels 0/1 are mapped to -1/+1."""
+def test_svmlight_labels_kept_as_written(tmp_path: Path) -> None:
+    """Labels reach the model as written: 0/1, 2/4 and regression targets alike (models map them)."""
     dataset = load_svmlight(write(tmp_path, "01", "0 1:1\n1 2:1\n1 1:1\n0 2:1\n"))
-    np.testing.assert_array_equal(dataset.labels, [-1, 1, 1, -1])
+    np.testing.assert_array_equal(dataset.labels, [0, 1, 1, 0])
+    dataset = load_svmlight(write(tmp_path, "24", "2 1:1\n4 2:1\n"))
+    np.testing.assert_array_equal(dataset.labels, [2, 4])
+    dataset = load_svmlight(write(tmp_path, "reg", "0.25 1:1\n-3.5e2 2:1\n"))
+    np.testing.assert_array_equal(dataset.labels, [0.25, -350.0])
+
+
+def test_svmlight_huge_feature_index_is_a_data_error(tmp_path: Path) -> None:
+    """An index past 2^31 - 1 is refused by name, not a MemoryError later."""
+    with pytest.raises(DataError, match="feature index 99999999999"):
+        load_svmlight(write(tmp_path, "huge", "1 99999999999:1\n"))
 
 
 def test_svmlight_signed_labels_kept(tmp_path: Path) -> None:
@@ -362,20 +379,93 @@ def test_load_dataset_dispatch_by_name(tmp_path: Path) -> None:
     assert svm.features.shape == (2, 2)
 
 
-def test_load_dataset_folder_of_idx(tmp_path: Path) -> None:
-    """A folder holding the t10k IDX files loads as MNIST."""
-    write(tmp_path, "t10k-images-idx3-ubyte.gz", gzip.compress(idx_images(PIXELS)))
-    write(tmp_path, "t10k-labels-idx1-ubyte.gz", gzip.compress(idx_labels(LABELS)))
-    dataset = load_dataset(tmp_path)
-    assert dataset.features.shape == (3, 4)
-    np.testing.assert_array_equal(dataset.labels, LABELS)
+def idx_folder(folder: Path, split: str, *, gz: bool = True, count: int = 3) -> None:
+    """Write an IDX split (``train`` or ``t10k``) of ``count`` 2x2 images into ``folder``."""
+    pixels = (np.arange(count * 4, dtype=np.uint8) * 7).reshape(count, 2, 2)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    for stem, raw in (
+        (f"{split}-images-idx3-ubyte", idx_images(pixels)),
+        (f"{split}-labels-idx1-ubyte", idx_labels(labels)),
+    ):
+        write(folder, stem + (".gz" if gz else ""), gzip.compress(raw) if gz else raw)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_dataset_folder_trains_on_train_split(tmp_path: Path, gz: bool) -> None:
+    """An MNIST folder: train-* is the training set (gzipped or not), t10k-* the test set, named after it."""
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    idx_folder(folder, "train", gz=gz, count=5)
+    idx_folder(folder, "t10k", gz=not gz, count=3)
+    train = load_dataset(folder)
+    assert train.features.shape == (5, 4)
+    assert train.name == "digits"
+    test = load_test_dataset(folder)
+    assert test is not None
+    assert test.features.shape == (3, 4)
+    assert test.name == "digits-test"
+
+
+def test_load_dataset_folder_with_a_csv_training_set(tmp_path: Path) -> None:
+    """A folder whose one CSV is the training set (the shipped layout: mnist_5k.csv.gz beside t10k-*)."""
+    _, text = csv_rows(2)
+    write(tmp_path, "mnist_5k.csv.gz", gzip.compress(text.encode()))
+    idx_folder(tmp_path, "t10k")
+    assert load_dataset(tmp_path).features.shape == (2, 784)
+    test = load_test_dataset(tmp_path)
+    assert test is not None
+    assert test.features.shape == (3, 4)
+
+
+def test_load_dataset_folder_with_test_data_only_is_an_error(tmp_path: Path) -> None:
+    """t10k-* alone is never trained on: the error says there is no training data and why."""
+    idx_folder(tmp_path, "t10k")
+    with pytest.raises(DataError, match=r"no training data.*test set only"):
+        load_dataset(tmp_path)
+
+
+def test_load_dataset_folder_ambiguities(tmp_path: Path) -> None:
+    """Half a split, both plain and gzipped copies, or two training sets: each a DataError naming it."""
+    half = tmp_path / "half"
+    half.mkdir()
+    write(half, "train-images-idx3-ubyte.gz", gzip.compress(idx_images(np.zeros((1, 2, 2), np.uint8))))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.*missing"):
+        load_dataset(half)
+    both = tmp_path / "both"
+    both.mkdir()
+    idx_folder(both, "train", gz=True)
+    idx_folder(both, "train", gz=False)
+    with pytest.raises(DataError, match=r"both train-images-idx3-ubyte and train-images-idx3-ubyte.gz"):
+        load_dataset(both)
+    two = tmp_path / "two"
+    two.mkdir()
+    idx_folder(two, "train")
+    _, text = csv_rows(2)
+    write(two, "extra.csv", text)
+    with pytest.raises(DataError, match="keep one training set"):
+        load_dataset(two)
+
+
+def test_load_test_dataset_pairs(tmp_path: Path) -> None:
+    """None: bundled a9a.t; LIBSVM F: F.t beside it with the training width; a CSV or no F.t: None."""
+    bundled = load_test_dataset(None)
+    assert bundled is not None
+    assert bundled.name == "a9a.t"
+    train = write(tmp_path, "set", "+1 1:1\n-1 3:1\n")
+    assert load_test_dataset(train) is None
+    write(tmp_path, "set.t", "+1 2:1\n")
+    test = load_test_dataset(train, n_features=3)
+    assert test is not None
+    assert test.features.shape == (1, 3)
+    _, text = csv_rows(2)
+    assert load_test_dataset(write(tmp_path, "m.csv", text)) is None
 
 
 def test_load_dataset_errors(tmp_path: Path) -> None:
-    """A missing path, or a folder without IDX files, is a DataError."""
+    """A missing path, or an empty folder, is a DataError."""
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "missing")
-    with pytest.raises(DataError, match="folder"):
+    with pytest.raises(DataError, match="no training data"):
         load_dataset(tmp_path)
 
 

@@ -19,7 +19,9 @@ from aiodq.protocol.objectives import (
     Objective,
     Regularizer,
     SoftmaxRegression,
+    check_objective,
     make_objective,
+    objective_name,
 )
 
 SAMPLES = 12
@@ -68,28 +70,32 @@ def as_features(features: np.ndarray, kind: str) -> np.ndarray | sp.csr_matrix:
     return sp.csr_matrix(features) if kind == "csr" else features
 
 
-def case(name: str, seed: int) -> tuple[Objective, np.ndarray, np.ndarray, np.ndarray]:
-    """A model, a random point and data for it."""
+def case(name: str, seed: int, kind: str = "dense") -> tuple[Objective, np.ndarray, np.ndarray, np.ndarray]:
+    """A model on random data, a random point, and the data (dense) for direct computations."""
     rng = np.random.default_rng([seed, 99])
     model: Objective
-    if name == "logistic":
-        model = LogisticRegression(FEATURES)
+    if name.startswith("logistic"):
         features, labels = binary_data(seed)
-    elif name == "softmax":
-        model = SoftmaxRegression(FEATURES, CLASSES)
+        model = LogisticRegression(as_features(features, kind), labels, bias=name.endswith("+bias"))
+    elif name.startswith("softmax"):
         features, labels = class_data(seed)
+        model = SoftmaxRegression(as_features(features, kind), labels, CLASSES, bias=name.endswith("+bias"))
     elif name == "mlp1":
-        model = MLP((FEATURES, 7, CLASSES))
         features, labels = class_data(seed)
+        model = MLP(as_features(features, kind), labels, (FEATURES, 7, CLASSES))
     else:
-        model = MLP((FEATURES, 6, 4, CLASSES))
         features, labels = class_data(seed)
+        model = MLP(as_features(features, kind), labels, (FEATURES, 6, 4, CLASSES))
     x = rng.normal(size=model.dim)
     return model, x, features, labels
 
 
-MODELS = ["logistic", "softmax", "mlp1", "mlp2"]
+MODELS = ["logistic", "logistic+bias", "softmax", "softmax+bias", "mlp1", "mlp2"]
 KINDS = ["dense", "csr"]
+
+
+def correct_of(model: Objective, x: np.ndarray) -> int:
+    return int(model.correct(x))  # type: ignore[attr-defined] # every built-in model has it
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,12 +103,11 @@ KINDS = ["dense", "csr"]
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_gradient_matches_finite_differences(name: str, kind: str, seed: int) -> None:
     """loss_grad's gradient is the derivative of its loss (central differences, see STEP/ATOL)."""
-    model, x, features, labels = case(name, seed)
-    data = as_features(features, kind)
-    loss, grad, _ = model.loss_grad(x, data, labels)
+    model, x, _, _ = case(name, seed, kind)
+    loss, grad = model.loss_grad(x)
     assert grad.shape == (model.dim,)
     assert grad.dtype == np.float64
-    numeric = numeric_gradient(lambda z: model.loss_grad(z, data, labels)[0], x)
+    numeric = numeric_gradient(lambda z: model.loss_grad(z)[0], x)
     np.testing.assert_allclose(grad, numeric, rtol=RTOL, atol=ATOL)
     assert np.isfinite(loss)
 
@@ -110,35 +115,40 @@ def test_gradient_matches_finite_differences(name: str, kind: str, seed: int) ->
 @pytest.mark.parametrize("name", MODELS)
 def test_dense_and_csr_agree(name: str) -> None:
     """Dense and CSR features give the same loss, gradient and correct count."""
-    model, x, features, labels = case(name, 5)
-    dense_out = model.loss_grad(x, features, labels)
-    sparse_out = model.loss_grad(x, sp.csr_matrix(features), labels)
+    dense, x, _, _ = case(name, 5, "dense")
+    sparse, _, _, _ = case(name, 5, "csr")
+    dense_out, sparse_out = dense.loss_grad(x), sparse.loss_grad(x)
     assert dense_out[0] == pytest.approx(sparse_out[0], rel=1e-12, abs=1e-12)
     np.testing.assert_allclose(dense_out[1], sparse_out[1], rtol=1e-12, atol=1e-12)
-    assert dense_out[2] == sparse_out[2]
+    assert correct_of(dense, x) == correct_of(sparse, x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("split", [1, 5, 11])
+def test_sums_are_additive_over_row_blocks(name: str, kind: str, split: int) -> None:
+    """loss_grad on two blocks of rows adds up to loss_grad on all rows (sums, not means)."""
+    model, x, _, _ = case(name, 7, kind)
+    whole = model.loss_grad(x)
+    top = model.loss_grad(x, np.arange(split))
+    bottom = model.loss_grad(x, np.arange(split, SAMPLES))
+    assert top[0] + bottom[0] == pytest.approx(whole[0], rel=1e-12)
+    np.testing.assert_allclose(top[1] + bottom[1], whole[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("split", [1, 5, 11])
-def test_sums_are_additive_over_row_blocks(name: str, split: int) -> None:
-    """loss_grad on two row blocks adds up to loss_grad on all rows (sums, not means)."""
-    model, x, features, labels = case(name, 7)
-    whole = model.loss_grad(x, features, labels)
-    top = model.loss_grad(x, features[:split], labels[:split])
-    bottom = model.loss_grad(x, features[split:], labels[split:])
-    assert top[0] + bottom[0] == pytest.approx(whole[0], rel=1e-12)
-    np.testing.assert_allclose(top[1] + bottom[1], whole[1], rtol=1e-10, atol=1e-12)
-    assert top[2] + bottom[2] == whole[2]
-
-
-def test_sums_additive_on_csr_blocks() -> None:
-    """The block sums add up on CSR row slices too."""
-    model, x, features, labels = case("logistic", 8)
-    data = sp.csr_matrix(features)
-    whole = model.loss_grad(x, data, labels)
-    parts = [model.loss_grad(x, data[rows], labels[rows]) for rows in (slice(0, 4), slice(4, None))]
-    assert sum(p[0] for p in parts) == pytest.approx(whole[0], rel=1e-12)
-    np.testing.assert_allclose(sum(p[1] for p in parts), whole[1], rtol=1e-10, atol=1e-12)
+def test_a_repeated_row_counts_as_often_as_it_appears(name: str) -> None:
+    """Mini-batches are drawn with replacement: rows [3, 3] give twice the sums of row 3."""
+    model, x, _, _ = case(name, 9)
+    once = model.loss_grad(x, np.array([3]))
+    twice = model.loss_grad(x, np.array([3, 3]))
+    assert twice[0] == pytest.approx(2 * once[0], rel=1e-12)
+    np.testing.assert_allclose(twice[1], 2 * once[1], rtol=1e-12, atol=1e-14)
+    # The same rows asked again (the inner loop asks at x_hat and at x_snap) give the same sums.
+    rows = np.array([1, 4, 4, 0])
+    first, second = model.loss_grad(x, rows), model.loss_grad(x, rows)
+    assert first[0] == second[0] and np.array_equal(first[1], second[1])
+    assert model.loss_grad(x + 1.0, rows)[0] != first[0]
 
 
 # -- losses and correct counts, computed directly --------------------------------------------------
@@ -147,30 +157,40 @@ def test_sums_additive_on_csr_blocks() -> None:
 def test_logistic_loss_and_correct_direct() -> None:
     """Logistic loss is sum log(1 + exp(-y a.x)); correct counts y a.x > 0."""
     model, x, features, labels = case("logistic", 3)
-    loss, grad, correct = model.loss_grad(x, features, labels)
+    loss, grad = model.loss_grad(x)
     margins = labels * (features @ x)
     assert loss == pytest.approx(float(np.sum(np.log1p(np.exp(-margins)))), rel=1e-12)
     expected_grad = features.T @ (-labels / (1 + np.exp(margins)))
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-14)
-    assert correct == int(np.sum(margins > 0))
+    assert correct_of(model, x) == int(np.sum(margins > 0))
+
+
+def test_logistic_bias_is_the_last_parameter() -> None:
+    """With bias the margin is y (a.w + b), b the last parameter; its gradient is sum -y sigma(-m)."""
+    model, x, features, labels = case("logistic+bias", 3)
+    assert model.dim == FEATURES + 1
+    loss, grad = model.loss_grad(x)
+    margins = labels * (features @ x[:-1] + x[-1])
+    assert loss == pytest.approx(float(np.sum(np.log1p(np.exp(-margins)))), rel=1e-12)
+    assert grad[-1] == pytest.approx(float(np.sum(-labels / (1 + np.exp(margins)))), rel=1e-12)
 
 
 def test_logistic_at_zero() -> None:
     """At x = 0 each sample costs log 2 and none counts as correct (margin 0 is not > 0)."""
     features, labels = binary_data(4)
-    loss, _, correct = LogisticRegression(FEATURES).loss_grad(np.zeros(FEATURES), features, labels)
+    model = LogisticRegression(features, labels)
+    loss, _ = model.loss_grad(np.zeros(FEATURES))
     assert loss == pytest.approx(SAMPLES * np.log(2.0), rel=1e-14)
-    assert correct == 0
+    assert model.correct(np.zeros(FEATURES)) == 0
 
 
 def test_logistic_extreme_margins_stay_finite() -> None:
     """Huge margins give a finite loss and gradient (log-sigmoid evaluated stably)."""
-    features = np.array([[1.0], [1.0]])
-    labels = np.array([1.0, -1.0])
-    loss, grad, correct = LogisticRegression(1).loss_grad(np.array([1000.0]), features, labels)
+    model = LogisticRegression(np.array([[1.0], [1.0]]), np.array([1.0, -1.0]))
+    loss, grad = model.loss_grad(np.array([1000.0]))
     assert loss == pytest.approx(1000.0, rel=1e-12)
     np.testing.assert_allclose(grad, [1.0], rtol=1e-12)
-    assert correct == 1
+    assert model.correct(np.array([1000.0])) == 1
 
 
 def softmax_loss(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -180,13 +200,16 @@ def softmax_loss(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(-log_probs[np.arange(scores.shape[0]), labels].sum())
 
 
-def test_softmax_loss_and_correct_direct() -> None:
-    """Softmax loss is the summed cross-entropy of features @ W; correct counts argmax hits."""
-    model, x, features, labels = case("softmax", 3)
-    loss, _, correct = model.loss_grad(x, features, labels)
-    scores = features @ x.reshape(FEATURES, CLASSES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_softmax_loss_and_correct_direct(bias: bool) -> None:
+    """Softmax loss is the summed cross-entropy of features @ W (+ b); correct counts argmax hits."""
+    model, x, features, labels = case("softmax+bias" if bias else "softmax", 3)
+    loss, _ = model.loss_grad(x)
+    scores = features @ x[: FEATURES * CLASSES].reshape(FEATURES, CLASSES)
+    if bias:
+        scores = scores + x[FEATURES * CLASSES :]
     assert loss == pytest.approx(softmax_loss(scores, labels), rel=1e-12)
-    assert correct == int(np.sum(scores.argmax(axis=1) == labels))
+    assert correct_of(model, x) == int(np.sum(scores.argmax(axis=1) == labels))
 
 
 def mlp_scores(layers: tuple[int, ...], x: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -210,15 +233,16 @@ def test_mlp_loss_and_correct_direct(name: str) -> None:
     """MLP loss is the cross-entropy of a ReLU network's scores; correct counts argmax hits."""
     model, x, features, labels = case(name, 3)
     assert isinstance(model, MLP)
-    loss, _, correct = model.loss_grad(x, features, labels)
+    loss, _ = model.loss_grad(x)
     scores = mlp_scores(model.layers, x, features)
     assert loss == pytest.approx(softmax_loss(scores, labels), rel=1e-12)
-    assert correct == int(np.sum(scores.argmax(axis=1) == labels))
+    assert model.correct(x) == int(np.sum(scores.argmax(axis=1) == labels))
 
 
 def test_mlp_dim_and_initial() -> None:
     """MLP dim counts weights and biases; the initial point is Glorot-uniform with zero biases."""
-    model = MLP((4, 3, 2))
+    features, labels = class_data(0, 2)
+    model = MLP(features[:, :4], labels, (4, 3, 2))
     assert model.dim == 4 * 3 + 3 + 3 * 2 + 2
     x0 = model.initial(np.random.default_rng(0))
     assert x0.shape == (model.dim,)
@@ -235,15 +259,20 @@ def test_mlp_dim_and_initial() -> None:
 def test_linear_models_start_at_zero() -> None:
     """Logistic and softmax regression start at x = 0."""
     rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(LogisticRegression(3).initial(rng), np.zeros(3))
-    np.testing.assert_array_equal(SoftmaxRegression(3, 4).initial(rng), np.zeros(12))
+    features, labels = class_data(0, 4)
+    binary = np.where(labels > 1, 1.0, -1.0)
+    np.testing.assert_array_equal(LogisticRegression(features, binary).initial(rng), np.zeros(FEATURES))
+    np.testing.assert_array_equal(SoftmaxRegression(features, labels, 4).initial(rng), np.zeros(FEATURES * 4))
 
 
-def test_describe() -> None:
-    """describe() names the model and its dimension (and classes or layers)."""
-    assert LogisticRegression(3).describe() == {"model": "LogisticRegression", "dim": 3}
-    assert SoftmaxRegression(3, 4).describe() == {"model": "SoftmaxRegression", "dim": 12, "classes": 4}
-    assert MLP((3, 5, 2)).describe() == {"model": "MLP", "dim": 3 * 5 + 5 + 5 * 2 + 2, "layers": [3, 5, 2]}
+def test_built_in_models_are_objectives() -> None:
+    """The built-in models go through the public protocol, with their names."""
+    for name in MODELS:
+        model, _, _, _ = case(name, 0)
+        assert isinstance(model, Objective)
+        assert check_objective(model) is model
+        assert model.samples == SAMPLES
+        assert objective_name(model) == name.rstrip("12").split("+")[0]
 
 
 # -- the regulariser -------------------------------------------------------------------------------
@@ -299,49 +328,85 @@ def test_regularizer_rejects_bad_weights(kwargs: dict[str, float]) -> None:
         Regularizer(**kwargs)
 
 
-# -- make_objective and constructor errors -------------------------------------------------------------
+# -- make_objective, labels and constructor errors -----------------------------------------------
 
 
 def test_make_model_names() -> None:
     """make_objective builds logistic, softmax and mlp models of the right shape."""
-    logistic = make_objective("logistic", 10)
+    features, labels = class_data(1, 3)
+    binary = np.where(labels > 0, 1.0, -1.0)
+    logistic = make_objective("logistic", features, binary)
     assert isinstance(logistic, LogisticRegression)
-    assert logistic.dim == 10
-    softmax = make_objective("softmax", 10, classes=4)
+    assert logistic.dim == FEATURES
+    assert make_objective("logistic", features, binary, bias=True).dim == FEATURES + 1
+    softmax = make_objective("softmax", features, labels, classes=4)
     assert isinstance(softmax, SoftmaxRegression)
-    assert softmax.dim == 40
-    mlp = make_objective("mlp", 10, classes=3, hidden=5)
+    assert softmax.dim == FEATURES * 4
+    mlp = make_objective("mlp", features, labels, hidden=5)
     assert isinstance(mlp, MLP)
-    assert mlp.layers == (10, 5, 3)
-    assert mlp.dim == 10 * 5 + 5 + 5 * 3 + 3
+    assert mlp.layers == (FEATURES, 5, 3)
+    assert mlp.dim == FEATURES * 5 + 5 + 5 * 3 + 3
 
 
 def test_make_model_unknown_name() -> None:
     """An unknown model name is a ValueError listing the choices."""
-    with pytest.raises(ValueError, match="logistic, softmax or mlp"):
-        make_objective("svm", 10)
+    features, labels = binary_data(0)
+    with pytest.raises(ValueError, match="logistic, softmax, mlp"):
+        make_objective("svm", features, labels)
+
+
+def test_labels_the_models_read() -> None:
+    """Logistic regression reads -1/+1 or 0/1; softmax and the MLP read 0..C-1 or -1/+1."""
+    features, _ = binary_data(0)
+    zero_one = np.array([0, 1] * (SAMPLES // 2))
+    model = LogisticRegression(features, zero_one)
+    np.testing.assert_array_equal(model.labels, 2.0 * zero_one - 1.0)
+    with pytest.raises(ValueError, match="softmax or mlp"):
+        LogisticRegression(features, np.arange(SAMPLES) % 3)
+    plus_minus = 2.0 * zero_one - 1.0
+    np.testing.assert_array_equal(SoftmaxRegression(features, plus_minus).labels, zero_one)
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        SoftmaxRegression(features, np.arange(SAMPLES) % 4, 3)
+    with pytest.raises(ValueError, match="whole numbers"):
+        SoftmaxRegression(features, np.full(SAMPLES, 0.5), 3)
 
 
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: LogisticRegression(0),
-        lambda: SoftmaxRegression(0, 3),
-        lambda: SoftmaxRegression(3, 1),
-        lambda: MLP((3,)),
-        lambda: MLP((3, 0, 2)),
-        lambda: MLP((3, 4, 1)),
+        lambda f, y: SoftmaxRegression(f, np.zeros(SAMPLES), 1),
+        lambda f, y: MLP(f, y, (FEATURES,)),
+        lambda f, y: MLP(f, y, (FEATURES, 0, 2)),
+        lambda f, y: MLP(f, y, (FEATURES, 4, 1)),
+        lambda f, y: MLP(f, y, (FEATURES + 1, 4, 2)),
+        lambda f, y: LogisticRegression(f[:3], y),
     ],
-    ids=[
-        "logistic 0",
-        "softmax 0 features",
-        "softmax 1 class",
-        "mlp no layers",
-        "mlp 0 hidden",
-        "mlp 1 class",
-    ],
+    ids=["softmax 1 class", "mlp no layers", "mlp 0 hidden", "mlp 1 class", "mlp wrong inputs", "rows"],
 )
-def test_model_shape_errors(build: Callable[[], Objective]) -> None:
-    """Models need at least one feature (unit) and two classes."""
+def test_model_shape_errors(build: Callable[[np.ndarray, np.ndarray], Objective]) -> None:
+    """Models need a row per label, matching inputs, a unit per layer and two classes."""
+    features, labels = binary_data(0)
     with pytest.raises(ValueError):
-        build()
+        build(features, (labels > 0).astype(int))
+
+
+def test_check_objective_names_what_is_missing() -> None:
+    """check_objective: the protocol's members, with positive integer dim and samples."""
+
+    class NoGradient:
+        dim, samples = 3, 4
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            return np.zeros(3)
+
+    with pytest.raises(TypeError, match="lacks loss_grad"):
+        check_objective(NoGradient())
+
+    class ZeroDim(NoGradient):
+        dim = 0
+
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            return 0.0, x
+
+    with pytest.raises(TypeError, match="dim must be a positive integer"):
+        check_objective(ZeroDim())

@@ -1,0 +1,115 @@
+"""The objective a process trains: a built-in model by name, or yours by ``MODULE:NAME``.
+
+``aiodq run --model mypackage.models:LeastSquares`` (and ``aiodq master`` / ``aiodq worker``
+with the same ``--model``) imports ``mypackage.models`` and calls ``LeastSquares(features,
+labels)`` with the process's samples: the whole dataset at the master (for the dimension, x_0
+and n), each worker's share at the workers.  It must return an :class:`~aiodq.Objective`.
+Only the command line's own ``--model`` is ever imported: a worker never imports a model
+that the master's CONFIG names (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import UsageError
+from ..protocol.algorithms import TrainConfig
+from ..protocol.dataset import Dataset
+from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
+
+__all__ = ["load_factory", "objective_for", "test_scores"]
+
+_log = logging.getLogger("aiodq.models")
+
+
+def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
+    """Import ``MODULE:NAME`` (the current folder is on the path, as for ``python -m``).
+
+    Raises:
+        UsageError: if the spec is malformed, the module cannot be imported or has no such
+            callable; the text says which.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(
+            f"--model {spec!r}: a built-in model ({', '.join(BUILT_IN)}) or your objective as MODULE:NAME"
+        )
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--model {spec}: cannot import {module_name}: {exc}") from exc
+    factory: Any = module
+    for part in attribute.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise UsageError(f"--model {spec}: {module_name} has no {attribute}")
+    if not callable(factory):
+        raise UsageError(f"--model {spec}: {attribute} is not a class or a function")
+    return factory  # type: ignore[no-any-return]
+
+
+def objective_for(config: TrainConfig, dataset: Dataset) -> Objective:
+    """The objective of ``config.model`` on ``dataset``'s samples.
+
+    A built-in model gets the labels mapped as it reads them (the mapping is logged); a user
+    model gets the samples unchanged.  For a built-in model, give the whole dataset: its
+    workers build their own from CONFIG (:class:`~aiodq.protocol.session.WorkerSession`).
+
+    Raises:
+        UsageError: if the model cannot be loaded, does not fit the data, or is not an Objective.
+    """
+    if config.model in BUILT_IN:
+        try:
+            mapped, note = dataset.for_model(config.model)
+            if note:
+                _log.info("%s: %s", dataset.name or "the data", note)
+            return make_objective(
+                config.model,
+                mapped.features,
+                mapped.labels,
+                classes=mapped.classes,
+                hidden=config.hidden,
+                bias=config.bias,
+            )
+        except ValueError as exc:  # DataError included
+            raise UsageError(f"--model {config.model} on {dataset.name or 'the data'}: {exc}") from exc
+    factory = load_factory(config.model)
+    try:
+        objective = factory(dataset.features, dataset.labels)
+        return check_objective(objective)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--model {config.model}: {exc}") from exc
+
+
+def test_scores(config: TrainConfig, test: Dataset, model: npt.NDArray[np.float64]) -> dict[str, Any]:
+    """The trained ``model``'s loss and accuracy on the held-out ``test`` set.
+
+    The loss is the data term's mean ``(1/n) sum f_i`` (no regulariser); the accuracy needs
+    the objective's optional ``correct`` (None without it).
+
+    Raises:
+        UsageError: if the objective on the test set has another dimension than the model.
+    """
+    objective = objective_for(config, test)
+    if objective.dim != model.shape[0]:
+        raise UsageError(
+            f"the test set {test.name} gives {objective.dim} parameters, the model has {model.shape[0]}"
+        )
+    loss, _ = objective.loss_grad(model)
+    correct = getattr(objective, "correct", None)
+    return {
+        "test_set": test.name,
+        "test_samples": test.samples,
+        "test_loss": float(loss) / test.samples,
+        "test_accuracy": None if correct is None else int(correct(model)) / test.samples,
+    }

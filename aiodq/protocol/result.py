@@ -1,0 +1,86 @@
+"""What a training run gives back: :class:`RunResult`, the trained model with the run's figures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .accounting import EpochRecord
+from .algorithms import TrainConfig
+from .coordinator import Coordinator
+
+__all__ = ["RunResult"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RunResult:
+    """A finished (or failed) run: the model, the trace, the traffic, staleness and errors.
+
+    :meth:`to_json` is ``result.json``; :attr:`model` is what ``model.npz`` holds.
+    """
+
+    #: The run's hyperparameters.
+    config: TrainConfig
+    #: The trained model: the last snapshot x_snap, the point whose objective is the trace's
+    #: last loss (after the last epoch, one more snapshot phase evaluates it).
+    model: npt.NDArray[np.float64]
+    #: The master's iterate x when training stopped (for SVRG-type methods the snapshot above is
+    #: the model to use; the accelerated variants' x differs from it).
+    iterate: npt.NDArray[np.float64]
+    #: One record per snapshot phase: F(x_snap), accuracy, bytes, time and version.
+    trace: list[EpochRecord]
+    #: Why the run ended without finishing its epochs (it diverged), or None.
+    failure: str | None
+    #: Everything ``result.json`` holds (traffic, staleness, errors, provenance...).
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True if every epoch ran."""
+        return self.failure is None
+
+    @property
+    def final_loss(self) -> float:
+        """F at the trained model (NaN if no snapshot phase finished)."""
+        return self.trace[-1].loss if self.trace else math.nan
+
+    @property
+    def dim(self) -> int:
+        """The number of parameters d."""
+        return int(self.model.shape[0])
+
+    @property
+    def traffic(self) -> dict[str, Any]:
+        """Wire bytes, messages and payload bits by direction and message type."""
+        traffic: dict[str, Any] = self.summary["traffic"]
+        return traffic
+
+    @property
+    def staleness(self) -> dict[str, Any]:
+        """The staleness histogram of applied updates, and the gradients dropped, by reason."""
+        staleness: dict[str, Any] = self.summary["staleness"]
+        return staleness
+
+    @classmethod
+    def of(cls, coordinator: Coordinator, **extra: Any) -> RunResult:
+        """The run as ``coordinator`` has it now.
+
+        ``extra`` entries join the summary (the shell's wall time, say).
+        """
+        state = coordinator.state
+        return cls(
+            config=coordinator.config,
+            model=np.array(state.snapshot, dtype=np.float64),
+            iterate=np.array(state.x, dtype=np.float64),
+            trace=list(coordinator.ledger.trace),
+            failure=coordinator.failure,
+            summary={**coordinator.summary(), **extra},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as ``result.json`` holds it (a new dict each call)."""
+        return dict(self.summary)

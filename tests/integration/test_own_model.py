@@ -1,0 +1,178 @@
+"""Your own model and the model out (#11): a user objective by import path, model.npz, MNIST folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import aiodq
+from aiodq.data import load_bundled_a9a
+
+from .cluster import ROOT
+from .cluster import aiodq as run_aiodq
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+#: A user objective, written as a user would (tests/integration/test_own_model.py's own copy).
+LEAST_SQUARES = """
+import numpy as np
+import pytest
+
+class LeastSquares:
+    def __init__(self, features, labels):
+        self.a, self.b = features, np.asarray(labels, dtype=np.float64)
+        self.samples, self.dim = features.shape
+
+    def initial(self, rng):
+        return np.zeros(self.dim)
+
+    def loss_grad(self, x, rows=None):
+        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
+        residual = a @ x - b
+        return 0.5 * float(residual @ residual), np.asarray(a.T @ residual)
+"""
+
+
+def least_squares_optimum(features: sp.csr_matrix, labels: np.ndarray, l2: float) -> float:
+    """``min (1/n) sum (a_i . x - b_i)^2 / 2 + l2/2 ||x||^2``: (A'A/n + l2 I) x = A'b/n."""
+    dense = features.toarray()
+    n, d = dense.shape
+    x = np.linalg.solve(dense.T @ dense / n + l2 * np.eye(d), dense.T @ labels / n)
+    residual = dense @ x - labels
+    return 0.5 * float(residual @ residual) / n + 0.5 * l2 * float(x @ x)
+
+
+def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path: Path) -> None:
+    """aiodq run --model MODULE:NAME trains a 15-line least-squares objective to within 1 % of F*."""
+    (tmp_path / "my_models.py").write_text(LEAST_SQUARES)
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run",
+        "--model",
+        "my_models:LeastSquares",
+        "--workers",
+        "2",
+        "--epochs",
+        "15",
+        "--step",
+        "0.05",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "result.json").read_text())
+    dataset = load_bundled_a9a()
+    best = least_squares_optimum(dataset.features, dataset.labels, summary["config"]["l2"])
+    assert abs(summary["trace"][-1]["loss"] - best) <= 0.01 * best, (summary["trace"][-1]["loss"], best)
+    assert summary["measures_accuracy"] is False
+    assert "no correct()" in result.stdout
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert model.shape == (dataset.features_count,)
+    assert meta["dim"] == dataset.features_count
+    assert meta["config"]["model"] == "my_models:LeastSquares"
+
+
+def test_run_writes_the_trained_model_and_provenance(tmp_path: Path) -> None:
+    """model.npz holds the model (the last snapshot: its loss is the trace's last) and the iterate."""
+    out = tmp_path / "out"
+    result = run_aiodq("run", "--workers", "2", "--epochs", "2", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "result.json").read_text())
+    with np.load(out / "model.npz") as archive:
+        model, iterate = archive["model"], archive["iterate"]
+    assert model.shape == iterate.shape == (123,)
+    data = load_bundled_a9a()
+    objective = aiodq.LogisticRegression(data.features, data.labels)
+    loss, _ = objective.loss_grad(model)
+    regulariser = 0.5 * summary["config"]["l2"] * float(model @ model)
+    assert abs(loss / data.samples + regulariser - summary["trace"][-1]["loss"]) < 1e-9
+    provenance = summary["provenance"]
+    assert provenance["aiodq"] == aiodq.__version__
+    assert {"command", "started", "host", "python", "numpy"} <= set(provenance)
+    assert provenance["command"][-1] == "--no-progress"
+    test = summary["test"]
+    assert test["test_set"] == "a9a.t"
+    assert test["test_samples"] == 16_281
+    assert 0.8 < test["test_accuracy"] < 0.9
+
+
+def test_mlp_default_step_trains_on_an_mnist_folder(tmp_path: Path) -> None:
+    """An MNIST-format folder trains on train-*, tests on t10k-*; the MLP's default step learns."""
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run",
+        "--model",
+        "mlp",
+        "--data",
+        str(FIXTURES / "mnist-small"),
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["dataset"] == "mnist-small"
+    assert summary["trace"][-1]["samples"] == 800
+    assert summary["trace"][-1]["accuracy"] >= 0.85
+    assert summary["test"]["test_set"] == "mnist-small-test"
+    assert summary["test"]["test_samples"] == 200
+
+
+def test_test_files_alone_are_refused(tmp_path: Path) -> None:
+    """A folder holding only t10k-* is never trained on: one line says so."""
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes((FIXTURES / "mnist-small" / name).read_bytes())
+    result = run_aiodq(
+        "run", "--model", "mlp", "--data", str(tmp_path), "--no-progress", "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2
+    assert "no training data" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+class _Squares:
+    """Least squares as above, importable from this module (in-process workers need no import path)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.a, self.b = a, b
+        self.samples, self.dim = a.shape
+
+    def initial(self, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(self.dim)
+
+    def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
+        residual = a @ x - b
+        return 0.5 * float(residual @ residual), a.T @ residual
+
+
+@pytest.mark.asyncio
+async def test_workers_without_the_model_or_with_another_dimension_are_refused() -> None:
+    """INVALID_CONFIG with one clear line: no --model for a user model, or the wrong d; then a good worker trains."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((200, 5)), rng.standard_normal(200)
+    config = aiodq.TrainConfig(model="mine:Squares", epochs=1, step=0.02)
+    async with aiodq.Master(config, _Squares(a, b), workers=1) as master:
+        host, port = master.address
+        bare = await aiodq.run_worker(host, port, a, b)
+        assert bare.code == aiodq.ErrorCode.INVALID_CONFIG
+        assert bare.reason == (
+            "the master trains the model 'mine:Squares': start this worker with it (aiodq worker --model mine:Squares)"
+        )
+        narrow = await aiodq.run_worker(host, port, objective=_Squares(a[:, :4], b))
+        assert narrow.code == aiodq.ErrorCode.INVALID_CONFIG
+        assert narrow.reason == "this worker's mine:Squares model has 4 parameters, the master's 5"
+        good = await aiodq.run_worker(host, port, objective=_Squares(a, b))
+        result = await master.wait(timeout=60)
+    assert good.ok, good
+    assert result.ok
+    assert result.final_loss < result.trace[0].loss
