@@ -42,6 +42,19 @@ class Limits:
         """
         return min(self.max_frame_bytes, max(self.max_control_bytes, self.max_reason_bytes + 20))
 
+    def session_frame_bytes(self, dim: int) -> int:
+        """The frame limit of a session of dimension ``dim`` (wire-format.md 10-4).
+
+        No message of such a session is longer: a vector is at most RAW_F64's ``8 dim`` bytes
+        plus 11 of descriptor and dimension, a message's other fields at most 35 (three 9-byte
+        varints and a float64), ERROR and CLOSE at most ``max_reason_bytes + 32``; HEARTBEAT is
+        empty.  An admitted peer then makes its receiver buffer no more than this.
+        """
+        return min(
+            self.max_frame_bytes,
+            max(self.handshake_frame_bytes, 8 * dim + 64, self.max_reason_bytes + 32),
+        )
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 64 or self.max_frame_bytes > 0xFFFF_FFFF:
             raise ValueError("max_frame_bytes must be between 64 and 2**32 - 1")

@@ -167,6 +167,9 @@ def cmd_master(args: argparse.Namespace) -> int:
     host, port = args.listen
     setup_logging(logging.INFO)
     network = connection_config(args)
+    if objective.dim > network.limits.max_dimension:
+        limit = network.limits.max_dimension
+        raise UsageError(f"the model has {objective.dim:,} parameters, above --max-dimension {limit:,}")
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
     if args.resume and not args.checkpoint:
@@ -194,6 +197,13 @@ def cmd_master(args: argparse.Namespace) -> int:
         "record_every": args.record_every,
     }
     records = Path(args.records) if args.records else None
+    if records is not None:
+        if records.is_dir():
+            raise UsageError(f"--records {records}: a folder, not a file")
+        try:
+            check_out(records.parent)
+        except RunError as exc:
+            raise UsageError(f"--records: {exc}") from exc
     try:
         result = run_coroutine(
             master_main(
@@ -216,7 +226,11 @@ def cmd_master(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    return _finish("master", result, out, test)
+    status = _finish("master", result, out, test)
+    if "records_error" in result.summary:
+        print(f"aiodq master: {result.summary['records_error']}", file=sys.stderr)
+        return EXIT_FAILED
+    return status
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

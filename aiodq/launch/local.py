@@ -290,7 +290,9 @@ async def master_main(
             try:
                 save_records(master.coordinator.records, records_path)
             except OSError as exc:
-                raise RunError(f"cannot write the model records to {records_path}: {exc}") from exc
+                # The run's results are still written: the caller reports this after them.
+                text = exc.strerror or str(exc)
+                result.summary["records_error"] = f"cannot write the model records to {records_path}: {text}"
     result.summary.update(dataset=dataset.name)
     return result
 

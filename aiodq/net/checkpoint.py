@@ -112,6 +112,14 @@ def load(path: str | Path, *, max_bytes: int = 1 << 30) -> Checkpoint:
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise CheckpointError(f"cannot read the checkpoint {path}: {text}") from exc
+    except MemoryError as exc:  # an .npy header declaring a shape far beyond its bytes
+        raise CheckpointError(
+            f"cannot read the checkpoint {path}: an array header declares too much"
+        ) from exc
+    except RecursionError as exc:  # metadata nested deeper than any checkpoint's
+        raise CheckpointError(
+            f"cannot read the checkpoint {path}: its metadata is nested too deeply"
+        ) from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"cannot read the checkpoint {path}: its metadata is not a JSON object")
     if meta.get("format") != CHECKPOINT_FORMAT:

@@ -124,6 +124,12 @@ class Master:
         self.config = config
         self.master_config = master_config or MasterConfig()
         self._connection_config = connection_config or ConnectionConfig()
+        if x0.shape[0] > self._connection_config.limits.max_dimension:
+            # wire-format.md 10-4: every vector the workers send would be refused.
+            raise ValueError(
+                f"the model has {x0.shape[0]:,} parameters, above max_dimension "
+                f"{self._connection_config.limits.max_dimension:,}: raise the limit"
+            )
         self._ssl = ssl
         self._checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._checkpoint_interval = checkpoint_interval
@@ -162,6 +168,9 @@ class Master:
         self._error_lines = 0
         self._unlogged_errors = 0
         self._unlogged_errors_logged = 0
+        self._member_lines_at = -math.inf
+        self._member_lines = 0
+        self._unlogged_members: Counter[str] = Counter()
         self._started = 0.0
         self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None
@@ -371,7 +380,7 @@ class Master:
             coordinator.forget(worker_id)
             if worker_id in self._members:
                 self._members.discard(worker_id)
-                _log.info("worker %d left", worker_id)
+                self._membership_line("left", "worker %d left", worker_id)
 
     def _write_queued(self) -> None:
         """Hand the coordinator's queued bytes to the transports (never waits for one to drain)."""
@@ -403,6 +412,7 @@ class Master:
         self._log_progress()
         if coordinator.done and self._finished_at is None:
             self._finished_at = self._now()
+            self._final_checkpoint()
             if self._server is not None:
                 self._server.close()  # nothing more to accept
             for worker_id in list(self._writers):
@@ -431,7 +441,9 @@ class Master:
         for worker_id in self._writers:
             if worker_id not in self._members and coordinator.is_member(worker_id):
                 self._members.add(worker_id)
-                _log.info("worker %d joined from %s", worker_id, _peer(self._writers[worker_id]))
+                self._membership_line(
+                    "joined", "worker %d joined from %s", worker_id, _peer(self._writers[worker_id])
+                )
         # Protocol errors: one line each, at most _ERROR_LINES per interval; the others counted.
         seen = coordinator.ledger.errors_seen
         new = seen - self._logged_errors
@@ -451,6 +463,21 @@ class Master:
             self._logged_errors = seen
             self._log_refused()
 
+    def _membership_line(self, kind: str, message: str, *args: object) -> None:
+        """A worker joined or left: one INFO line each, at most ``_ERROR_LINES`` per interval.
+
+        (Workers that a master keeps removing, and that keep coming back, would fill the log.)
+        The others are counted in one line per interval.
+        """
+        now = self._now()
+        if now - self._member_lines_at >= _REFUSED_LOG_INTERVAL:
+            self._member_lines_at, self._member_lines = now, 0
+        if self._member_lines < _ERROR_LINES:
+            self._member_lines += 1
+            _log.info(message, *args)
+        else:
+            self._unlogged_members[kind] += 1
+
     def _log_refused(self, *, force: bool = False) -> None:
         """At most one line per interval counting connections refused, and one counting errors not logged."""
         assert self._loop is not None
@@ -467,6 +494,13 @@ class Master:
             _log.warning(
                 "%d more protocol errors, not logged one by one (counted by code in the summary)", unlogged
             )
+        members = self._unlogged_members
+        if members:
+            _log.info(
+                "workers %s, not logged one by one",
+                " and ".join(f"{kind}: {count}" for kind, count in sorted(members.items())),
+            )
+            members.clear()
         if new or unlogged:
             self._refused_logged = Counter(self._refused)
             self._unlogged_errors_logged = self._unlogged_errors
@@ -490,7 +524,9 @@ class Master:
         assert self.coordinator is not None
         while True:
             deadline = self.coordinator.get_timer()
-            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - self._now()))
+            # At most a second between rounds, and at most the checkpoint interval.
+            longest = min(1.0, self._checkpoint_interval) if self._checkpoint is not None else 1.0
+            delay = longest if deadline is None else min(longest, max(0.0, deadline - self._now()))
             await asyncio.sleep(delay)
             self.coordinator.handle_timer(self._now())
             self._flush()
@@ -511,6 +547,19 @@ class Master:
                     if str(exc) != self._checkpoint_failure:
                         _log.error("%s; training goes on without it", exc)
                         self._checkpoint_failure = str(exc)
+
+    def _final_checkpoint(self) -> None:
+        """The run ended: checkpoint it as done, so that ``--resume`` refuses it.
+
+        (Left at its last mid-run state, a finished run's checkpoint would resume from there
+        and train some of it again.)
+        """
+        if self._checkpoint is None or self.coordinator is None:
+            return
+        try:
+            checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
+        except CheckpointError as exc:
+            _log.error("%s: the final checkpoint was not written", exc)
 
     def write_checkpoint(self) -> None:
         """Checkpoint the whole state now (atomically), if a checkpoint file was configured.

@@ -40,9 +40,9 @@ def client_context(ca: str | None = None, cert: str | None = None, key: str | No
     """
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs its key, and the key its certificate")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         if cert is not None:
             context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:

@@ -53,7 +53,9 @@ class WorkerResult:
 
 
 #: Codes after which reconnecting cannot help.
-_PERMANENT = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.INVALID_CONFIG, ErrorCode.UNSUPPORTED_VERSION})
+_PERMANENT = frozenset(
+    {ErrorCode.AUTH_FAILED, ErrorCode.INVALID_CONFIG, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.LIMIT_EXCEEDED}
+)
 
 
 async def run_worker(
@@ -113,6 +115,7 @@ async def run_worker(
     backoff = 0.1
     gradients = 0
     while True:
+        began = loop.time()
         try:
             result = await _session(
                 host,
@@ -140,8 +143,12 @@ async def run_worker(
             gradients += result.gradients
             final = result.ok or result.failed or result.code in _PERMANENT or retry_for <= 0
             if result.configured:
-                # It trained: a new outage starts now, with the whole of retry_for.
-                deadline, backoff = loop.time() + retry_for, 0.1
+                # It trained: a new outage starts now, with the whole of retry_for.  The
+                # backoff starts again only after a session that lasted: a worker the master
+                # removes at once (a refused message, say) backs off up to 5 s, never hammers it.
+                deadline = loop.time() + retry_for
+                if loop.time() - began >= _SETTLED:
+                    backoff = 0.1
             if final or loop.time() + backoff > deadline:
                 return WorkerResult(result.code, result.reason, gradients, result.failed, result.configured)
             _log.warning(
@@ -152,6 +159,10 @@ async def run_worker(
             )
         await asyncio.sleep(backoff)
         backoff = min(2 * backoff, 5.0)
+
+
+#: Seconds a session must last for the reconnection backoff to start again from 0.1 s.
+_SETTLED = 10.0
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -436,6 +436,8 @@ class Connection(SessionRules):
                 limits=self._config.limits, dim=event.dim, encodings=self._local_encodings
             )
             self._advance(ConnectionState.READY)
+            # wire-format.md 10-4: with d known, no frame of the session is longer than this.
+            self._reader.max_frame_bytes = self._config.limits.session_frame_bytes(event.dim)
         elif isinstance(event, Snapshot):
             epoch.current = event.epoch
             epoch.snapshot_pending = True

@@ -60,10 +60,23 @@ from .guard import Guard, Refusal
 from .members import Member, Phase
 from .recovery import Checkpoint
 
-__all__ = ["DIVERGED_AFTER", "Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
+__all__ = [
+    "DIVERGED_AFTER",
+    "SNAPSHOT_FLOOR",
+    "SNAPSHOT_SLACK",
+    "Coordinator",
+    "EpochRecord",
+    "ModelRecord",
+    "Phase",
+    "Traffic",
+]
 
 #: Refused updates per live worker, with none applied in between, after which the run has diverged.
 DIVERGED_AFTER = 4
+#: A snapshot phase after the first waits this many times the last phase's slowest report...
+SNAPSHOT_SLACK = 10.0
+#: ...but at least this many seconds (and at most ``MasterConfig.snapshot_timeout``).
+SNAPSHOT_FLOOR = 10.0
 
 
 def _ledger_table(name: str, doc: str) -> Any:
@@ -130,6 +143,10 @@ class Coordinator:
         #: Why the run ended without finishing its epochs (it diverged), or None.
         self.failure: str | None = None
         self._snapshot_deadline: float | None = None
+        #: When the current snapshot phase started, and when its last accepted report came.
+        self._phase_started = self._phase_answered = 0.0
+        #: Seconds the slowest accepted report of the last finished phase took (None: no phase yet).
+        self._slowest_report: float | None = None
         #: Updates refused as "overflow" since the last update applied.
         self._overflows = 0
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
@@ -176,17 +193,27 @@ class Coordinator:
         deadline = self._snapshot_deadline
         if self.phase is Phase.SNAPSHOT and deadline is not None and now >= deadline:
             self._snapshot_deadline = None
-            timeout = self.master_config.snapshot_timeout
             for worker_id, worker in list(self._workers.items()):
                 if worker.awaiting_snapshot:
-                    reason = f"no SNAPSHOT_GRADIENT within {timeout:g} s"
+                    reason = f"no SNAPSHOT_GRADIENT within {deadline - self._phase_started:.3g} s"
                     self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
+        # A SNAPSHOT unanswered for snapshot_timeout, whatever the phase: the worker holds a
+        # place in the cluster without taking part.
+        timeout = self.master_config.snapshot_timeout
+        for worker_id, worker in list(self._workers.items()):
+            if worker.snapshot_sent is not None and now >= worker.snapshot_sent_at + timeout:
+                reason = f"no SNAPSHOT_GRADIENT within {timeout:g} s"
+                self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
 
     def get_timer(self) -> float | None:
         """The earliest connection timer, or the snapshot deadline."""
         timers = [t for w in self._workers.values() if (t := w.connection.get_timer()) is not None]
         if self.phase is Phase.SNAPSHOT and self._snapshot_deadline is not None:
             timers.append(self._snapshot_deadline)
+        timeout = self.master_config.snapshot_timeout
+        timers += [
+            w.snapshot_sent_at + timeout for w in self._workers.values() if w.snapshot_sent is not None
+        ]
         return min(timers) if timers else None
 
     def data_to_send(self) -> dict[int, bytes]:
@@ -320,7 +347,8 @@ class Coordinator:
 
     def _start_snapshot_phase(self, now: float) -> None:
         self.phase = Phase.SNAPSHOT
-        self._snapshot_deadline = now + self.master_config.snapshot_timeout
+        self._phase_started = self._phase_answered = now
+        self._snapshot_deadline = now + self._snapshot_wait()
         for worker in self._workers.values():
             worker.report = None
         self._bytes_at_snapshot = self.traffic().total()
@@ -329,10 +357,23 @@ class Coordinator:
             self._record(self.state.snapshot, self._bytes_at_snapshot, now)
         for worker in self._workers.values():
             if worker.joined:
-                worker.active = True
-                worker.awaiting_snapshot = True
+                # A worker still owing an earlier SNAPSHOT (it joined during the inner loop and
+                # has not answered) is not waited for: it joins in once it answers.
+                worker.active = worker.awaiting_snapshot = worker.snapshot_sent is None
                 self._send_snapshot(worker, now)
         self._maybe_finish_snapshot_phase(now)
+
+    def _snapshot_wait(self) -> float:
+        """How long a snapshot phase waits for its reports.
+
+        ``snapshot_timeout`` at first; then ``SNAPSHOT_SLACK`` times the slowest report accepted
+        in the last phase (at least ``SNAPSHOT_FLOOR`` s, at most ``snapshot_timeout``), so that a
+        worker that never answers holds up each phase for seconds, not minutes.
+        """
+        timeout = self.master_config.snapshot_timeout
+        if self._slowest_report is None:
+            return timeout
+        return min(timeout, max(SNAPSHOT_FLOOR, SNAPSHOT_SLACK * self._slowest_report))
 
     def _send_snapshot(self, worker: Member, now: float) -> None:
         """Send the current SNAPSHOT, unless an older one is still unanswered.
@@ -343,7 +384,7 @@ class Coordinator:
         if worker.snapshot_sent is not None:
             return
         state = self.state
-        worker.snapshot_sent = state.epoch
+        worker.snapshot_sent, worker.snapshot_sent_at = state.epoch, now
         worker.connection.send(Snapshot(epoch=state.epoch, vector=full_precision(state.snapshot)), now)
 
     def _snapshot_gradient(self, worker_id: int, worker: Member, event: SnapshotGradient, now: float) -> None:
@@ -367,10 +408,12 @@ class Coordinator:
                 )
             self._send_model(worker, now)
             return
-        if self.phase is not Phase.SNAPSHOT or not worker.awaiting_snapshot:
+        if self.phase is not Phase.SNAPSHOT or not worker.joined:
             return
-        worker.awaiting_snapshot = False
+        # Awaited, or owing an earlier SNAPSHOT at the phase's start and in time after all.
+        worker.active, worker.awaiting_snapshot = True, False
         worker.report = event
+        self._phase_answered = now
         self._maybe_finish_snapshot_phase(now)
 
     def _maybe_finish_snapshot_phase(self, now: float) -> None:
@@ -391,6 +434,7 @@ class Coordinator:
             self._snapshot_deadline = None
             return
         self._snapshot_deadline = None
+        self._slowest_report = max(0.0, self._phase_answered - self._phase_started)
         self.guard.phase_finished(reports)
         self._gradient_sum[:] = 0.0
         for report in reports.values():
@@ -538,7 +582,7 @@ class Coordinator:
             return
         was_member = worker.joined
         worker.joined = worker.active = worker.awaiting_snapshot = False
-        worker.report = None
+        worker.report, worker.snapshot_sent = None, None
         if worker.connection.state is not ConnectionState.CLOSED:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
         if was_member and self.phase is Phase.SNAPSHOT:

@@ -10,8 +10,8 @@ out of line with everything else it has seen:
   algorithms, or ZERO); with an L2 term, the dense and full-precision algorithms
   send ZERO only in answer to a model equal to the snapshot (alpha includes
   l2 (x_hat - x_snap), so it is never zero otherwise); an update u = Q(alpha) + g_snap
-  whose norm is over f times the median of the last 64 applied ones (before 8
-  have been applied: f times ``||g_snap||``).
+  whose norm is over f times the larger of ``||g_snap||`` and the median of the
+  last 64 applied ones (before 8 have been applied: their largest).
 - SNAPSHOT_GRADIENT: ``samples`` one of the two shard sizes of n over M (when the
   master knows n; else positive), ``correct <= samples``; and, once the phase's
   reports are in, a per-sample loss or mean gradient norm more than f times the
@@ -115,10 +115,14 @@ class Guard:
         """The largest update norm accepted now (None: no bound)."""
         if not self.factor:
             return None
+        # u = Q(alpha) + g_snap: its scale is ||g_snap|| at least, and the recent updates' median.
+        # The median alone would refuse every honest update once g_snap grows (a worker back
+        # after many epochs brings its shard's gradient into it), and end the run as diverged.
+        reference = _norm(full_gradient)
         if len(self._norms) >= _WARM_UP:
-            reference = statistics.median(self._norms)
+            reference = max(reference, statistics.median(self._norms))
         else:
-            reference = max(_norm(full_gradient), max(self._norms, default=0.0))
+            reference = max(reference, max(self._norms, default=0.0))
         return self.factor * reference if reference > 0 else None
 
     def applied(self, norm: float) -> None:

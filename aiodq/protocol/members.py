@@ -44,3 +44,5 @@ class Member:
     awaiting_snapshot: bool = False
     #: The epoch of a SNAPSHOT sent and not answered yet (the protocol allows one at a time).
     snapshot_sent: int | None = None
+    #: When that SNAPSHOT was sent.
+    snapshot_sent_at: float = 0.0

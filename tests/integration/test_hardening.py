@@ -8,6 +8,7 @@ training is unaffected.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import socket
@@ -253,6 +254,46 @@ async def test_stale_temporary_checkpoints_are_removed_at_start(tmp_path: Path) 
     assert results[0].ok
 
 
+def _npy(header: dict[str, Any], data: bytes) -> bytes:
+    """An .npy v1 member: magic, header dict padded to 64 bytes, then ``data``."""
+    text = repr(header).encode("latin1")
+    pad = 64 - (10 + len(text) + 1) % 64
+    text += b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + data
+
+
+@pytest.mark.parametrize(
+    ("members", "says"),
+    [
+        ({"x.npy": _npy({"descr": "<f8", "fortran_order": False, "shape": (10**11,)}, bytes(8))}, "declares"),
+        ({"meta.npy": b""}, "cannot read"),
+    ],
+    ids=["npy-shape-1e11", "empty-meta"],
+)
+def test_a_damaged_checkpoint_is_one_error(tmp_path: Path, members: dict[str, bytes], says: str) -> None:
+    """An .npy header declaring 800 GB, or empty metadata: CheckpointError, never MemoryError."""
+    path = tmp_path / "damaged.ckpt"
+    meta = io.BytesIO()
+    np.lib.format.write_array(meta, np.array("{}"))
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in {"meta.npy": meta.getvalue(), **members}.items():
+            archive.writestr(name, data)
+    with pytest.raises(CheckpointError, match=says):
+        checkpoint_file.load(path)
+
+
+def test_deeply_nested_checkpoint_metadata_is_one_error(tmp_path: Path) -> None:
+    """Metadata nested 200,000 deep (JSON's decoder recurses): CheckpointError, never RecursionError."""
+    path = tmp_path / "deep.ckpt"
+    meta = np.array("[" * 200_000 + "]" * 200_000)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, meta)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("meta.npy", buffer.getvalue())
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        checkpoint_file.load(path)
+
+
 def test_a_zip_bomb_checkpoint_is_refused_before_it_is_read(tmp_path: Path) -> None:
     """load(max_bytes=): an archive whose members would take 1 GiB is refused from its directory."""
     bomb = tmp_path / "bomb.ckpt"
@@ -297,6 +338,36 @@ def _one_line(result: Any) -> str:
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--checkpoint", "/proc/x.ckpt"],
             1,
             "checkpoint",
+        ),
+        (
+            [
+                "master",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--record-every",
+                "5",
+                "--records",
+                "/proc/x.npz",
+            ],
+            2,
+            "--records",
+        ),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--max-dimension", "100"],
+            2,
+            "--max-dimension",
+        ),
+        (
+            ["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--tls-ca", "tests/fixtures/README.md"],
+            2,
+            "cannot load the TLS files",
+        ),
+        (
+            ["run", "--data", "tests/fixtures/mnist-small/t10k-images-idx3-ubyte.gz"],
+            2,
+            "not an ASCII LIBSVM file",
         ),
     ],
 )
@@ -366,3 +437,26 @@ def test_an_ipv6_listen_address_is_printed_as_connect_reads_it(tmp_path: Path) -
         assert asyncio.run(master.exited(60)) == 0
     finally:
         master.kill()
+
+
+@pytest.mark.asyncio
+async def test_a_finished_runs_checkpoint_cannot_be_resumed(tmp_path: Path) -> None:
+    """At the end the master checkpoints the run as done: --resume refuses it instead of training again."""
+    from aiodq.net.worker import run_worker  # noqa: PLC0415
+    from aiodq.protocol.dataset import shard  # noqa: PLC0415
+
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=1, updates_per_epoch=30)
+    data = A9A.rows(np.arange(2000))
+    async with Master(config, np.zeros(123), workers=2, checkpoint=path) as master:
+        host, port = master.address
+        parts = [data.rows(shard(data.samples, 2, i)) for i in range(2)]
+        workers = [asyncio.create_task(run_worker(host, port, p.features, p.labels)) for p in parts]
+        result = await master.wait(timeout=60)
+        await asyncio.gather(*workers)
+    assert result.ok
+    assert checkpoint_file.load(path).meta["phase"] == "done"
+    again = Master(config, np.zeros(123), workers=2, checkpoint=path, resume=True)
+    with pytest.raises(CheckpointError, match="already finished"):
+        await again.start()
+    await again.close()

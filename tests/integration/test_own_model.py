@@ -157,7 +157,7 @@ class _Squares:
 
 @pytest.mark.asyncio
 async def test_workers_without_the_model_or_with_another_dimension_are_refused() -> None:
-    """INVALID_CONFIG with one clear line: no --model for a user model, or the wrong d; then a good worker trains."""
+    """INVALID_CONFIG and one clear line: no --model for a user model, or the wrong d; then one trains."""
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((200, 5)), rng.standard_normal(200)
     config = aiodq.TrainConfig(model="mine:Squares", epochs=1, step=0.02)
@@ -166,7 +166,8 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
         bare = await aiodq.run_worker(host, port, a, b)
         assert bare.code == aiodq.ErrorCode.INVALID_CONFIG
         assert bare.reason == (
-            "the master trains the model 'mine:Squares': start this worker with it (aiodq worker --model mine:Squares)"
+            "the master trains the model 'mine:Squares': start this worker with it "
+            "(aiodq worker --model mine:Squares)"
         )
         narrow = await aiodq.run_worker(host, port, objective=_Squares(a[:, :4], b))
         assert narrow.code == aiodq.ErrorCode.INVALID_CONFIG

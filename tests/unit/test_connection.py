@@ -1208,3 +1208,39 @@ def test_byte_counters_include_error_close() -> None:
         worker.next_event()
     data = worker.data_to_send()
     assert sum(worker.bytes_sent.values()) - before == len(data)
+
+
+# -- WF-10-5: the session frame limit ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["master", "worker"])
+def test_after_config_a_frame_longer_than_the_session_limit_is_refused_on_its_header(side: str) -> None:
+    """With d known, a header declaring more than max(handshake limit, 8 d + 64, ...) is FRAME_TOO_LARGE."""
+    dim = 100_000
+    master, worker = ready(dim=dim)
+    receiver = master if side == "master" else worker
+    limit = ConnectionConfig().limits.session_frame_bytes(dim)
+    assert limit == 8 * dim + 64  # above the 65,536-byte handshake limit, below 2^28
+    message_type = MessageType.SNAPSHOT_GRADIENT if side == "master" else MessageType.SNAPSHOT
+    # A header declaring exactly the limit is waited on (the body has not come yet).
+    receiver.receive_data(struct.pack("<BBBI", 1, message_type, 0, limit), 0.0)
+    assert receiver.next_event() is None
+    assert receiver.state is ConnectionState.READY
+    # One byte more, on a fresh session: refused as soon as the header is in.
+    master, worker = ready(dim=dim)
+    receiver = master if side == "master" else worker
+    assert_receive_rejected(
+        receiver, struct.pack("<BBBI", 1, message_type, 0, limit + 1), ErrorCode.FRAME_TOO_LARGE
+    )
+
+
+def test_the_largest_message_of_a_session_fits_its_limit() -> None:
+    """SNAPSHOT_GRADIENT with RAW_F64 and every varint at 9 bytes is within 8 d + 64 (the derived bound)."""
+    for dim in (1, 123, 70_000):
+        vector = RawVector(np.full(dim, 1e300))
+        event = SnapshotGradient(
+            epoch=2**63 - 1, samples=2**63 - 1, correct=2**63 - 1, loss=1e300, vector=vector
+        )
+        body = len(encode_message(event, 1)) - 7
+        assert body <= 8 * dim + 64
+        assert body <= ConnectionConfig().limits.session_frame_bytes(dim)

@@ -23,7 +23,10 @@ from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
 from aiodq.config import Limits, MasterConfig
 from aiodq.errors import CheckpointError, ErrorCode
 from aiodq.protocol.algorithms import TrainConfig
-from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
+from aiodq.protocol.coordinator import DIVERGED_AFTER, SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Phase
+from aiodq.protocol.dataset import shard
+from aiodq.protocol.guard import Guard
+from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import simulate
 
 D = 123
@@ -237,3 +240,133 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], o
         fresh.coordinator.restore(checkpoint, 0.0)
     assert "\n" not in str(info.value)
     assert fresh.coordinator.state.version == 0  # nothing of it was used
+
+
+# -- honest workers the guard and the deadlines must not punish (issue 10, attack report T4) ---------
+
+
+def test_the_update_bound_follows_the_snapshot_gradient() -> None:
+    """u = Q(alpha) + g_snap: the bound is at least f ||g_snap||, however small the recent updates were."""
+    guard = Guard(config(), factor=100.0, workers=4, samples=None)
+    for _ in range(64):
+        guard.applied(1e-6)  # near the optimum every update is tiny
+    g_snap = np.full(D, 0.01)  # a worker came back: its shard moves the full gradient
+    bound = guard.max_update_norm(g_snap)
+    assert bound is not None
+    assert bound >= 100.0 * float(np.linalg.norm(g_snap))
+    assert guard.max_update_norm(np.zeros(D)) == pytest.approx(100.0 * 1e-6)
+
+
+def test_a_worker_back_after_many_epochs_does_not_end_the_run() -> None:
+    """A worker away for 25 epochs near the optimum rejoins: training finishes, no 'diverged'.
+
+    Its shard moves g_snap far beyond the recent (tiny) updates.  The attack report saw this
+    after 95 epochs on all of a9a at the default guard factor 100; on 2,000 samples a factor of
+    5 shows it after 25 (the median-only bound refused every update: 16 outliers, "diverged").
+    """
+    dataset = small_a9a()
+    train = config(epochs=40)
+    cluster = Cluster(train, dataset, 4, master_config=MasterConfig(guard=5.0))
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: len(coordinator.trace) == 3)
+    away = cluster.ids[3]
+    assert away is not None
+    cluster.frozen = {3}
+    coordinator.disconnect(away, cluster.now)
+    cluster.run(until=lambda: len(coordinator.trace) == 28)
+    assert coordinator.trace[-1].samples < dataset.samples
+    back = WorkerSession(*shard_of(dataset, 4, 3), name="back")
+    cluster.add_session(back)
+    cluster.run()
+    assert coordinator.done
+    assert coordinator.failure is None, coordinator.failure
+    assert coordinator.trace[-1].samples == dataset.samples
+    assert coordinator.dropped["outlier"] == 0
+
+
+def shard_of(dataset: Any, workers: int, index: int) -> tuple[Any, Any]:
+    """The features and labels of shard ``index`` of ``workers``."""
+    part = dataset.rows(shard(dataset.samples, workers, index, seed=0))
+    return part.features, part.labels
+
+
+def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
+    """A worker that joins in the inner loop and never answers SNAPSHOT is not waited for; it is cut off."""
+    dataset = small_a9a()
+    train = config(epochs=3)
+    timeout = 20.0  # shorter than the connections' idle timeout (30 s), which would cut it off first
+    cluster = Cluster(train, dataset, 2, master_config=MasterConfig(snapshot_timeout=timeout))
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    # An honest member leaves; a silent one takes its place during the inner loop.
+    leaver = cluster.ids[1]
+    assert leaver is not None
+    cluster.frozen = {1}
+    coordinator.disconnect(leaver, cluster.now)
+    silent = cluster.add_session(WorkerSession(*shard_of(dataset, 2, 1), name="silent"))
+    cluster.run(until=lambda: coordinator.live_workers == 2)
+    cluster.frozen = {1, silent}  # it got its SNAPSHOT and answers nothing from now on
+    joined_at = cluster.now
+    cluster.run(until=lambda: len(coordinator.trace) == 2)
+    assert coordinator.phase is Phase.INNER  # the second phase did not wait for it
+    # Its SNAPSHOT stays unanswered: snapshot_timeout after it was sent, it is cut off.
+    silent_id = cluster.ids[silent]
+    assert silent_id is not None
+    assert coordinator.live_workers == 2
+    coordinator.handle_timer(joined_at + timeout + 1.0)
+    assert coordinator.live_workers == 1
+    assert (silent_id, "TIMEOUT", f"no SNAPSHOT_GRADIENT within {timeout:g} s") in coordinator.ledger.errors
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None
+
+
+def test_later_snapshot_phases_wait_in_proportion_to_the_reports() -> None:
+    """The first phase waits snapshot_timeout; later ones SLACK times the last slowest report, >= FLOOR."""
+    train = config(epochs=3)
+    cluster = Cluster(train, small_a9a(), 2, master_config=MasterConfig(snapshot_timeout=300.0))
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    first = coordinator._snapshot_deadline
+    assert first is not None
+    assert first - coordinator._phase_started == 300.0
+    started = cluster.now
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    slowest = cluster.now - started  # the step clock: each delivery round is one second
+    cluster.frozen = {1}
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    cluster.run()  # worker 1 is frozen: the phase waits for it
+    deadline = coordinator._snapshot_deadline
+    assert deadline is not None
+    expected = min(300.0, max(SNAPSHOT_FLOOR, SNAPSHOT_SLACK * slowest))
+    assert deadline - coordinator._phase_started == pytest.approx(expected, abs=SNAPSHOT_SLACK * 1.0)
+    coordinator.handle_timer(deadline)
+    assert coordinator.phase is not Phase.SNAPSHOT
+
+
+def test_a_worker_removed_at_once_backs_off_instead_of_hammering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions the master ends at once (INVALID_PAYLOAD right after CONFIG): 0.1, 0.2, 0.4... up to 5 s."""
+    import asyncio  # noqa: PLC0415
+
+    from aiodq.net import worker as worker_module  # noqa: PLC0415
+
+    ended = worker_module.WorkerResult(int(ErrorCode.INVALID_PAYLOAD), "refused", 1, False, True)
+    delays: list[float] = []
+    sessions = 0
+
+    async def session(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sessions
+        sessions += 1
+        return ended
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 8:
+            raise asyncio.CancelledError  # enough: stop the worker
+
+    monkeypatch.setattr(worker_module, "_session", session)
+    monkeypatch.setattr(worker_module.asyncio, "sleep", sleep)
+    features, labels = np.zeros((4, 2)), np.ones(4)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(worker_module.run_worker("127.0.0.1", 9, features, labels, retry_for=3600.0))
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert sessions == 8
