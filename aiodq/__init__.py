@@ -63,6 +63,7 @@ from .errors import (
     ProtocolError,
     RemoteProtocolError,
     RunError,
+    StoppedError,
     UsageError,
 )
 from .net.master import Master
@@ -154,6 +155,7 @@ __all__ = [
     "RawVector",
     "RemoteProtocolError",
     "RunError",
+    "StoppedError",
     "RunResult",
     "Snapshot",
     "SnapshotGradient",

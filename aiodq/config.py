@@ -119,6 +119,11 @@ class MasterConfig:
     snapshot_timeout: float = option(
         300.0, "seconds a worker has to answer SNAPSHOT; a silent one is cut off and the phase goes on"
     )
+    join_timeout: float = option(
+        900.0,
+        "seconds to wait for all the workers to join (at the start, or after all left); then the run "
+        "ends as failed",
+    )
     max_unauthenticated: int = option(
         64, "connections still in their handshake at once; more are refused when they connect"
     )
@@ -128,6 +133,8 @@ class MasterConfig:
             raise ValueError(f"guard must be 0 (off) or a positive factor, got {self.guard!r}")
         if self.guard and self.guard < 2:
             raise ValueError(f"a guard factor below 2 would refuse honest updates, got {self.guard!r}")
+        if not (math.isfinite(self.join_timeout) and self.join_timeout > 0):
+            raise ValueError(f"join_timeout must be positive, got {self.join_timeout!r}")
         if not (math.isfinite(self.snapshot_timeout) and self.snapshot_timeout > 0):
             raise ValueError(f"snapshot_timeout must be positive, got {self.snapshot_timeout!r}")
         if not isinstance(self.max_unauthenticated, int) or self.max_unauthenticated < 1:

@@ -11,6 +11,7 @@ Every exception aiodq raises on purpose derives from :class:`AiodqError`::
     +-- DataError                a data file is missing, unreadable or malformed (also a ValueError)
     +-- CheckpointError          a checkpoint cannot be read or does not fit the run (also a ValueError)
     +-- RunError                 a run could not complete: a process died, a timeout (also a RuntimeError)
+    +-- StoppedError             SIGTERM or SIGHUP stopped a command, after its clean-up
     +-- UsageError               bad options on the command line (exit status 2)
 
 Protocol errors say who is at fault and carry the :class:`ErrorCode` that goes
@@ -19,6 +20,7 @@ on the wire in a CLOSE or ERROR message.
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "RunError",
+    "StoppedError",
     "UsageError",
     "code_name",
 ]
@@ -82,6 +85,10 @@ class ErrorCode(IntEnum):
     GOING_AWAY = 19
     #: "The gradient version is older than the model it answers."
     VERSION_MISMATCH = 20
+    #: "The shard the worker claims in HELLO is held by another live worker."
+    SHARD_TAKEN = 21
+    #: "The shard count the worker claims in HELLO differs from the master's number of workers."
+    WORLD_SIZE_MISMATCH = 22
 
 
 def code_name(code: int) -> str:
@@ -142,6 +149,15 @@ class CheckpointError(AiodqError, ValueError):
 
 class RunError(AiodqError, RuntimeError):
     """A run could not complete: the message says why."""
+
+
+class StoppedError(AiodqError):
+    """SIGTERM or SIGHUP stopped a command, after its clean-up ran (exit status 128 + the signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        #: The signal's number.
+        self.signum = signum
 
 
 class UsageError(AiodqError):

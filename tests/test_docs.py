@@ -1,4 +1,4 @@
-"""The documentation's examples run as written: every Python block of docs/api.md and the README."""
+"""The documentation's examples run as written: every Python block of docs/api.md and docs/torch.md."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def test_api_examples_run(number: int, tmp_path: Path) -> None:
             pytest.skip(f"network namespaces: {reason}")
     script = tmp_path / "example.py"
     script.write_text(block, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("number", range(len(_blocks(ROOT / "docs" / "torch.md"))))
+def test_torch_examples_run(number: int, tmp_path: Path) -> None:
+    """Each example of docs/torch.md runs to the end (where torch is installed: the test extra has it)."""
+    pytest.importorskip("torch", reason="docs/torch.md needs torch: pip install 'aiodq[torch]'")
+    script = tmp_path / "example.py"
+    script.write_text(_blocks(ROOT / "docs" / "torch.md")[number], encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )

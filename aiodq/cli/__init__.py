@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from ..config import MasterConfig
-from ..errors import UsageError
+from ..errors import StoppedError, UsageError
 from ..version import __version__
 from .demo import demo
 from .options import (
@@ -57,10 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     add_training_options(run)
     run.add_argument("--workers", type=int, default=4, help="number of worker processes M (default 4)")
     run.add_argument(
-        "--data", default=None, help="LIBSVM file, MNIST CSV(.gz), or MNIST IDX folder (default: bundled a9a)"
+        "--data",
+        default=None,
+        help="LIBSVM file, MNIST CSV(.gz), or MNIST-format folder: train-* to train on, t10k-* to test "
+        "(default: bundled a9a)",
     )
     run.add_argument(
-        "--out", default="aiodq-out", help="folder for result.json and the plot (default aiodq-out)"
+        "--out",
+        default="aiodq-out",
+        help="folder for result.json, model.npz and the plot (default aiodq-out)",
+    )
+    run.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart a worker process that fails, up to this many times in all (default 0: a failed "
+        "worker fails the run)",
     )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
@@ -89,9 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     add_network_options(master, master=True)
 
     worker = commands.add_parser("worker", help="join a cluster as one worker")
-    worker.add_argument("--connect", type=parse_address, required=True, help="the master's HOST:PORT")
     worker.add_argument(
-        "--shard", type=parse_shard, required=True, help="I/M: this worker holds shard I of M"
+        "--connect",
+        type=parse_address,
+        default=None,
+        help="the master's HOST:PORT (default: $AIODQ_MASTER_ADDR and $AIODQ_MASTER_PORT)",
+    )
+    worker.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        help="I/M: this worker holds shard I of M (default: $AIODQ_RANK/$AIODQ_WORLD_SIZE, "
+        "else $SLURM_PROCID/$SLURM_NTASKS)",
     )
     worker.add_argument("--data", default=None, help="the dataset (default: bundled a9a)")
     worker.add_argument(
@@ -190,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aiodq: interrupted", file=sys.stderr)
         return 130
+    except StoppedError as exc:
+        print(f"aiodq {args.command}: stopped by {exc}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":  # pragma: no cover

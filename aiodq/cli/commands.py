@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
-from .options import connection_config, from_args, train_config
+from .options import connection_config, from_args, rendezvous, train_config
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_experiment", "cmd_master", "cmd_run", "cmd_worker"]
 
@@ -136,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset, objective, test = _dataset_for(config, args.data, args.workers)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    if args.max_restarts < 0:
+        raise UsageError("--max-restarts must not be negative")
     out = _output_folder(args.out)
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
@@ -151,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 timeout=args.timeout,
                 master_config=master_config,
+                max_restarts=args.max_restarts,
             )
         )
     except RunError as exc:
@@ -235,12 +239,11 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``aiodq worker``: train on one shard for a remote master."""
+    (host, port), (index, count) = rendezvous(args.connect, args.shard, os.environ)
     try:
         dataset = load_data_or_fail(args.data)
     except RunError as exc:
         raise UsageError(str(exc)) from exc
-    host, port = args.connect
-    index, count = args.shard
     setup_logging(logging.WARNING)
     network = connection_config(args)
     use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ..config import ConnectionConfig, Limits
@@ -28,6 +29,7 @@ __all__ = [
     "from_args",
     "parse_address",
     "parse_shard",
+    "rendezvous",
     "train_config",
 ]
 
@@ -48,6 +50,44 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
         raise argparse.ArgumentTypeError(f"expected I/M with 0 <= I < M, got {text!r}")
     return int(index), int(count)
+
+
+def rendezvous(
+    connect: tuple[str, int] | None, shard: tuple[int, int] | None, environ: Mapping[str, str]
+) -> tuple[tuple[str, int], tuple[int, int]]:
+    """The master's address and this worker's shard: the options, else the environment.
+
+    ``AIODQ_MASTER_ADDR`` and ``AIODQ_MASTER_PORT`` give the address; ``AIODQ_RANK`` and
+    ``AIODQ_WORLD_SIZE`` the shard, else SLURM's ``SLURM_PROCID`` and ``SLURM_NTASKS`` (for
+    ``srun``: one task per worker).  Launchers in the style of torchrun, Kubernetes indexed
+    Jobs (``AIODQ_RANK=$JOB_COMPLETION_INDEX``) and sbatch scripts set these.
+
+    Raises:
+        UsageError: if neither the option nor the environment says, or a variable is malformed.
+    """
+    if connect is None:
+        host, port = environ.get("AIODQ_MASTER_ADDR"), environ.get("AIODQ_MASTER_PORT")
+        if not host or not port:
+            raise UsageError("give --connect HOST:PORT, or set AIODQ_MASTER_ADDR and AIODQ_MASTER_PORT")
+        try:
+            connect = parse_address(f"{host}:{port}")
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"AIODQ_MASTER_ADDR/AIODQ_MASTER_PORT: {exc}") from None
+    if shard is None:
+        for rank_name, size_name in (("AIODQ_RANK", "AIODQ_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+            rank, size = environ.get(rank_name), environ.get(size_name)
+            if rank is not None and size is not None:
+                try:
+                    shard = parse_shard(f"{rank}/{size}")
+                except argparse.ArgumentTypeError as exc:
+                    raise UsageError(f"{rank_name}/{size_name}: {exc}") from None
+                break
+        else:
+            raise UsageError(
+                "give --shard I/M, or set AIODQ_RANK and AIODQ_WORLD_SIZE (or run under srun: "
+                "SLURM_PROCID and SLURM_NTASKS)"
+            )
+    return connect, shard
 
 
 def finite_float(text: str) -> float:

@@ -32,6 +32,7 @@ __all__ = [
     "Gradient",
     "Heartbeat",
     "Hello",
+    "MAX_SHARDS",
     "ModelMessage",
     "Snapshot",
     "SnapshotGradient",
@@ -51,6 +52,10 @@ def _check_code(code: int) -> None:
         raise ValueError(f"an error code is an integer in [0, 65535], got {code!r}")
 
 
+#: The largest shard count a HELLO may claim (7.1).
+MAX_SHARDS = 2**31 - 1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     """Worker to master, first message: the versions and encodings it speaks (7.1)."""
@@ -63,10 +68,17 @@ class Hello:
     encodings: frozenset[int] = ALL_ENCODINGS
     #: A free-form name for logs (at most 255 UTF-8 bytes).
     name: str = ""
+    #: The shard the worker holds, ``(index, count)``: shard ``index`` of ``count`` (7.1), or None.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_version <= self.max_version <= 255:
             raise ValueError("need 1 <= min_version <= max_version <= 255")
+        if self.shard is not None:
+            index, count = self.shard
+            if not (1 <= count <= MAX_SHARDS and 0 <= index < count):
+                raise ValueError(f"shard {index}/{count}: need 0 <= index < count <= {MAX_SHARDS}")
+            object.__setattr__(self, "shard", (int(index), int(count)))
         object.__setattr__(self, "encodings", frozenset(self.encodings))
         if any(not 0 <= e <= 15 for e in self.encodings):
             raise ValueError("encodings are numbers from 0 to 15")

@@ -17,6 +17,7 @@ from ..config import DEFAULT_LIMITS, Limits
 from ..errors import CodecError, ErrorCode
 from .cursor import Cursor, pack_f64, pack_u16, uvarint
 from .events import (
+    MAX_SHARDS,
     AuthChallenge,
     AuthConfirm,
     AuthResponse,
@@ -144,6 +145,7 @@ def encode_message(
                     "max_version": event.max_version,
                     "encodings": sorted(event.encodings),
                     "name": event.name,
+                    **({} if event.shard is None else {"shard": list(event.shard)}),
                 }
             )
         ]
@@ -264,6 +266,19 @@ def _encodings(body: dict[str, Any], what: str) -> frozenset[int]:
     return frozenset(values)
 
 
+def _shard(body: dict[str, Any], what: str) -> tuple[int, int] | None:
+    """HELLO's optional ``shard``: an array of two ints, index then count (7.1)."""
+    if "shard" not in body:
+        return None
+    value = _field(body, "shard", list, what)
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _config_error(f"{what}: shard is an array of two integers, index and count")
+    index, count = value
+    if not (1 <= count <= MAX_SHARDS and 0 <= index < count):
+        raise _config_error(f"{what}: shard {index}/{count}: need 0 <= index < count <= {MAX_SHARDS}")
+    return index, count
+
+
 def _build(factory: Callable[..., Event], what: str, **fields: Any) -> Event:
     """Construct an event, turning its validation errors into INVALID_CONFIG."""
     try:
@@ -339,6 +354,7 @@ def decode_body(frame: Frame, context: DecodeContext) -> Decoded:
                 max_version=_field(body, "max_version", int, what),
                 encodings=_encodings(body, what),
                 name=_field(body, "name", str, what),
+                shard=_shard(body, what),
             )
         )
     if message_type == MessageType.WELCOME:

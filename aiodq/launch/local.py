@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from ..config import ConnectionConfig, MasterConfig
 from ..data import load_dataset
-from ..errors import DataError, RunError
+from ..errors import DataError, RunError, StoppedError
 from ..net.master import Master
 from ..net.worker import WorkerResult, format_address, run_worker
 from ..protocol.accounting import ModelRecord
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 
+_log = logging.getLogger("aiodq.launch")
+
+
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """Return uvloop's loop factory where uvloop is installed, else None (the default loop).
 
@@ -58,10 +63,40 @@ def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+async def _stoppable(coroutine: Any) -> Any:
+    """Await ``coroutine``; SIGTERM and SIGHUP cancel it (its clean-up runs), then raise StoppedError."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    for signum in handled:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await coroutine
+    except asyncio.CancelledError:
+        if received:
+            raise StoppedError(received[0]) from None
+        raise
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
 def run_coroutine(coroutine: Any) -> Any:
-    """Run ``coroutine`` on a new event loop, uvloop's where available."""
+    """Run ``coroutine`` on a new event loop, uvloop's where available.
+
+    SIGTERM and SIGHUP cancel it, as Ctrl-C does, so that its clean-up runs (a local cluster's
+    worker processes are stopped, a worker closes with GOING_AWAY); then :class:`StoppedError`.
+    """
     with asyncio.Runner(loop_factory=use_uvloop()) as runner:
-        return runner.run(coroutine)
+        return runner.run(_stoppable(coroutine))
 
 
 # -- aiodq run ----------------------------------------------------------------
@@ -98,6 +133,7 @@ async def run_local(
     master_config: MasterConfig | None = None,
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
+    max_restarts: int = 0,
 ) -> RunResult:
     """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
 
@@ -118,13 +154,16 @@ async def run_local(
         record_every: with a positive value the master keeps model copies (see
             :class:`~aiodq.protocol.accounting.ModelRecord`).
         records: a list the model copies are appended to.
+        max_restarts: restart a worker process that exits with an error, up to this many
+            times in all, instead of failing the run (the restarted worker rejoins the session).
 
     Returns:
         The trained model and the run's figures.  A run that ended without finishing its
         epochs (it diverged) returns normally, with the reason in ``result.failure``.
 
     Raises:
-        RunError: if the data cannot be read, a worker process fails or the run times out.
+        RunError: if the data cannot be read, a worker process fails (beyond ``max_restarts``)
+            or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
     """
     dataset = load_data_or_fail(None if data is None else str(data))
@@ -140,6 +179,7 @@ async def run_local(
         master_config=master_config,
         record_every=record_every,
         records=records,
+        max_restarts=max_restarts,
     )
 
 
@@ -155,6 +195,7 @@ async def run_cluster(
     master_config: MasterConfig | None,
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
+    max_restarts: int = 0,
 ) -> RunResult:
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective."""
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
@@ -172,20 +213,24 @@ async def run_cluster(
         samples=dataset.samples,
     ) as master:
         host, port = master.address
-        env = dict(os.environ, PYTHONUNBUFFERED="1", AIODQ_SECRET=secret)
-        processes = [
-            await asyncio.create_subprocess_exec(
+        # One compute thread per worker process (BLAS, OpenMP: torch's too) unless the user says
+        # otherwise: M processes share the machine's cores, and idle threads spin on them.
+        env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "AIODQ_SECRET": secret}
+
+        async def start(index: int) -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
                 *_worker_command(
-                    host, port, i, workers, data=data_path, seed=config.seed, model=config.model
+                    host, port, index, workers, data=data_path, seed=config.seed, model=config.model
                 ),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
             )
-            for i in range(workers)
-        ]
+
+        processes = [await start(i) for i in range(workers)]
         waiter = asyncio.create_task(master.wait(timeout))
         exits = [asyncio.create_task(p.wait()) for p in processes]
+        restarts = 0
 
         def table() -> Any:
             from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
@@ -213,16 +258,29 @@ async def run_cluster(
         try:
             with _live(table, progress) as live:
                 while not waiter.done():
-                    done_early = [
-                        p for p, e in zip(processes, exits, strict=True) if e.done() and p.returncode != 0
-                    ]
-                    if done_early:
-                        process = done_early[0]
+                    for index, (process, exited) in enumerate(zip(processes, exits, strict=True)):
+                        if not exited.done() or process.returncode == 0:
+                            continue
                         assert process.stderr is not None
                         message = (await process.stderr.read()).decode(errors="replace").strip()
-                        raise RunError(
-                            f"worker process exited with status {process.returncode}: {message[-2000:]}"
+                        if restarts >= max_restarts or (master.coordinator and master.coordinator.done):
+                            raise RunError(
+                                f"worker process exited with status {process.returncode}: {message[-2000:]}"
+                                + (f" (after {restarts} restarts)" if restarts else "")
+                            )
+                        # The protocol lets a worker rejoin: start another on the same shard.
+                        restarts += 1
+                        _log.warning(
+                            "worker %d/%d exited with status %s; restarting it (%d of %d): %s",
+                            index,
+                            workers,
+                            process.returncode,
+                            restarts,
+                            max_restarts,
+                            message.splitlines()[-1] if message else "",
                         )
+                        processes[index] = await start(index)
+                        exits[index] = asyncio.create_task(processes[index].wait())
                     await asyncio.wait(
                         [waiter, *[e for e in exits if not e.done()]],
                         timeout=0.25,
@@ -240,6 +298,13 @@ async def run_cluster(
                 # (After a failed run the workers exit non-zero too: the failure says why.)
                 raise RunError(f"worker processes exited with status {failed}")
         finally:
+            # Stop what still runs: SIGTERM first (a worker closes with GOING_AWAY), then SIGKILL.
+            for process in processes:
+                if process.returncode is None:
+                    process.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*exits, return_exceptions=True)
             for process in processes:
                 if process.returncode is None:
                     process.kill()
@@ -247,7 +312,7 @@ async def run_cluster(
             waiter.cancel()
         if records is not None and master.coordinator is not None:
             records.extend(master.coordinator.records)
-    result.summary.update(dataset=dataset.name, data_path=data_path)
+    result.summary.update(dataset=dataset.name, data_path=data_path, worker_restarts=restarts)
     return result
 
 
@@ -324,9 +389,16 @@ async def worker_main(
     name = f"shard-{index}/{workers}"
     if model is not None and model not in BUILT_IN:
         objective = objective_for(TrainConfig(model=model), part)
-        return await run_worker(host, port, objective=objective, name=name, **options)
+        return await run_worker(host, port, objective=objective, name=name, shard=(index, workers), **options)
     return await run_worker(
-        host, port, part.features, part.labels, name=name, label_values=np.unique(dataset.labels), **options
+        host,
+        port,
+        part.features,
+        part.labels,
+        name=name,
+        label_values=np.unique(dataset.labels),
+        shard=(index, workers),
+        **options,
     )
 
 

@@ -190,7 +190,15 @@ def _float32_equivalent_bits(summary: dict[str, Any]) -> int:
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """The summary table: (label, value) rows."""
+    """The summary table: (label, value) rows (a run that never trained: what there is)."""
+    if not summary["trace"]:
+        return [
+            ("algorithm", summary["config"]["algorithm"]),
+            ("dataset", str(summary.get("dataset", ""))),
+            ("workers", str(summary["workers"])),
+            ("epochs", "0 (no snapshot phase finished)"),
+            ("wall time", f"{summary['wall_time']:.2f} s"),
+        ]
     final = summary["trace"][-1]
     totals = summary["traffic"]["total_bytes"]
     payload = summary["traffic"]["payload_bits"]

@@ -27,12 +27,10 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import math
 import platform
 import socket
 import ssl as ssl_module
 import sys
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,22 +47,13 @@ from ..protocol.objectives import Objective, check_objective, objective_name
 from ..protocol.result import RunResult
 from ..version import __version__
 from . import checkpoint as checkpoint_file
+from .logbook import Logbook, peer_name, printable
 
 __all__ = ["Master", "printable", "provenance"]
 
 _log = logging.getLogger("aiodq.master")
 
 _READ_SIZE = 1 << 18
-#: Seconds between the log lines that count the connections refused or failed before joining.
-_REFUSED_LOG_INTERVAL = 10.0
-#: Protocol errors logged one line each per interval; the others are counted.
-_ERROR_LINES = 20
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` for one log line: control characters escaped (no forged lines), at most ``limit`` chars."""
-    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
-    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
 
 
 class Master:
@@ -157,20 +146,8 @@ class Master:
         self._done = asyncio.Event()
         self._finished_at: float | None = None
         self._closing = False
-        self._logged_epochs = 0
-        self._logged_errors = 0
-        self._members: set[int] = set()
         self._accepted = 0
-        self._refused: Counter[str] = Counter()
-        self._refused_logged: Counter[str] = Counter()
-        self._refused_log_at = 0.0
-        self._error_lines_at = -math.inf
-        self._error_lines = 0
-        self._unlogged_errors = 0
-        self._unlogged_errors_logged = 0
-        self._member_lines_at = -math.inf
-        self._member_lines = 0
-        self._unlogged_members: Counter[str] = Counter()
+        self._logbook = Logbook(self._now)
         self._started = 0.0
         self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None
@@ -206,8 +183,7 @@ class Master:
                 # most 100 reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
                 limit = 64 * self.coordinator.dim + (4 << 20) + 1024 * self.config.epochs
                 self.coordinator.restore(checkpoint_file.load(self._checkpoint, max_bytes=limit), 0.0)
-                self._logged_epochs = len(self.coordinator.trace)  # logged by the run that wrote them
-                self._logged_errors = self.coordinator.ledger.errors_seen
+                self._logbook.resumed(self.coordinator)
                 _log.info(
                     "resumed from %s at epoch %d, version %d",
                     self._checkpoint,
@@ -249,11 +225,11 @@ class Master:
         async with asyncio.timeout(timeout):
             await self._done.wait()
         assert self.coordinator is not None
-        self._log_refused(force=True)  # what the last interval counted
+        self._logbook.counts(force=True)  # what the last interval counted
         return RunResult.of(
             self.coordinator,
             wall_time=self._now() if self._finished_at is None else self._finished_at,
-            refused_connections=dict(self._refused),
+            refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
         )
@@ -339,7 +315,7 @@ class Master:
         except Exception as exc:
             _log.error(
                 "connection from %s: unexpected %s: %s",
-                _peer(writer),
+                peer_name(writer),
                 type(exc).__name__,
                 printable(str(exc)),
             )
@@ -349,20 +325,18 @@ class Master:
             self._check_done()
 
     def _tls_failed(self, exc: ssl_module.SSLError) -> None:
-        self._refused[f"TLS handshake failed ({exc.reason or type(exc).__name__})"] += 1
-        self._log_refused()
+        self._logbook.refuse(f"TLS handshake failed ({exc.reason or type(exc).__name__})")
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
-        self._refused[why] += 1
         writer.transport.abort()
-        self._log_refused()
+        self._logbook.refuse(why)
 
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator
         assert coordinator is not None
         worker_id = coordinator.connect(self._now())
         self._writers[worker_id] = writer
-        _log.debug("connection %d from %s", worker_id, _peer(writer))
+        _log.debug("connection %d from %s", worker_id, peer_name(writer))
         try:
             while True:
                 try:
@@ -378,9 +352,7 @@ class Master:
             self._flush()
             self._close_writer(worker_id)
             coordinator.forget(worker_id)
-            if worker_id in self._members:
-                self._members.discard(worker_id)
-                self._membership_line("left", "worker %d left", worker_id)
+            self._logbook.left(worker_id)
 
     def _write_queued(self) -> None:
         """Hand the coordinator's queued bytes to the transports (never waits for one to drain)."""
@@ -409,7 +381,7 @@ class Master:
         self._write_queued()
         for worker_id in coordinator.closed_workers():
             self._close_writer(worker_id)
-        self._log_progress()
+        self._logbook.progress(coordinator, self._writers)
         if coordinator.done and self._finished_at is None:
             self._finished_at = self._now()
             self._final_checkpoint()
@@ -419,92 +391,6 @@ class Master:
                 if not coordinator.is_member(worker_id):
                     self._abort_writer(worker_id)  # strangers get nothing more
         self._check_done()
-
-    def _log_progress(self) -> None:
-        """Log new epochs, workers that joined, and new protocol errors (rate-limited)."""
-        coordinator = self.coordinator
-        assert coordinator is not None
-        if len(coordinator.trace) > self._logged_epochs:
-            traffic = coordinator.traffic()
-            for record in coordinator.trace[self._logged_epochs :]:
-                _log.info(
-                    "epoch %d: loss %.6f, accuracy %.4f, version %d, %.1f s; bytes so far: down %d, up %d",
-                    record.epoch,
-                    record.loss,
-                    record.accuracy,
-                    record.version,
-                    record.time,
-                    traffic.total("down"),
-                    traffic.total("up"),
-                )
-            self._logged_epochs = len(coordinator.trace)
-        for worker_id in self._writers:
-            if worker_id not in self._members and coordinator.is_member(worker_id):
-                self._members.add(worker_id)
-                self._membership_line(
-                    "joined", "worker %d joined from %s", worker_id, _peer(self._writers[worker_id])
-                )
-        # Protocol errors: one line each, at most _ERROR_LINES per interval; the others counted.
-        seen = coordinator.ledger.errors_seen
-        new = seen - self._logged_errors
-        if new > 0:
-            now = self._now()
-            if now - self._error_lines_at >= _REFUSED_LOG_INTERVAL:
-                self._error_lines_at, self._error_lines = now, 0
-            kept = (
-                list(coordinator.errors)[-min(new, len(coordinator.errors)) :] if coordinator.errors else []
-            )
-            for worker_id, code, reason in kept:
-                if self._error_lines < _ERROR_LINES:
-                    _log.warning("worker %d: %s: %s", worker_id, code, printable(reason))
-                    self._error_lines += 1
-                    new -= 1
-            self._unlogged_errors += new
-            self._logged_errors = seen
-            self._log_refused()
-
-    def _membership_line(self, kind: str, message: str, *args: object) -> None:
-        """A worker joined or left: one INFO line each, at most ``_ERROR_LINES`` per interval.
-
-        (Workers that a master keeps removing, and that keep coming back, would fill the log.)
-        The others are counted in one line per interval.
-        """
-        now = self._now()
-        if now - self._member_lines_at >= _REFUSED_LOG_INTERVAL:
-            self._member_lines_at, self._member_lines = now, 0
-        if self._member_lines < _ERROR_LINES:
-            self._member_lines += 1
-            _log.info(message, *args)
-        else:
-            self._unlogged_members[kind] += 1
-
-    def _log_refused(self, *, force: bool = False) -> None:
-        """At most one line per interval counting connections refused, and one counting errors not logged."""
-        assert self._loop is not None
-        now = self._loop.time()
-        if now - self._refused_log_at < _REFUSED_LOG_INTERVAL and not force:
-            return
-        new = self._refused - self._refused_logged
-        if new:
-            _log.warning(
-                "refused or failed before joining: %s", ", ".join(f"{k}: {v}" for k, v in new.items())
-            )
-        unlogged = self._unlogged_errors - self._unlogged_errors_logged
-        if unlogged:
-            _log.warning(
-                "%d more protocol errors, not logged one by one (counted by code in the summary)", unlogged
-            )
-        members = self._unlogged_members
-        if members:
-            _log.info(
-                "workers %s, not logged one by one",
-                " and ".join(f"{kind}: {count}" for kind, count in sorted(members.items())),
-            )
-            members.clear()
-        if new or unlogged:
-            self._refused_logged = Counter(self._refused)
-            self._unlogged_errors_logged = self._unlogged_errors
-            self._refused_log_at = now
 
     def _close_writer(self, worker_id: int) -> None:
         writer = self._writers.pop(worker_id, None)
@@ -578,14 +464,6 @@ class Master:
             self.coordinator.state.epoch,
             self.coordinator.state.version,
         )
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = str(peer[0]), int(peer[1])
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(peer)
 
 
 def _reporting_ssl_objects(

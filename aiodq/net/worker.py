@@ -54,7 +54,13 @@ class WorkerResult:
 
 #: Codes after which reconnecting cannot help.
 _PERMANENT = frozenset(
-    {ErrorCode.AUTH_FAILED, ErrorCode.INVALID_CONFIG, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.LIMIT_EXCEEDED}
+    {
+        ErrorCode.AUTH_FAILED,
+        ErrorCode.INVALID_CONFIG,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.LIMIT_EXCEEDED,
+        ErrorCode.WORLD_SIZE_MISMATCH,
+    }
 )
 
 
@@ -68,6 +74,7 @@ async def run_worker(
     name: str = "",
     classes: int | None = None,
     label_values: Any = None,
+    shard: tuple[int, int] | None = None,
     connection_config: ConnectionConfig | None = None,
     ssl: ssl_module.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -88,6 +95,10 @@ async def run_worker(
         label_values: the distinct labels of the whole dataset, when ``labels`` are a share of
             it (default: those of ``labels``): every worker then maps labels alike for the
             built-in model (:func:`~aiodq.protocol.dataset.labels_for`).
+        shard: ``(index, count)``, the shard these samples are, claimed in HELLO: the master
+            refuses a shard a live worker holds (SHARD_TAKEN, retried: the holder may be this
+            worker's own lost session) and a count other than its number of workers
+            (WORLD_SIZE_MISMATCH, final).  None: no claim.
         connection_config: limits, timeouts and the shared secret.
         ssl: a client-side TLS context (with a client certificate for mutual TLS).
         server_hostname: the name to check the master's certificate against (default ``host``).
@@ -126,6 +137,7 @@ async def run_worker(
                 name=name,
                 classes=classes,
                 label_values=label_values,
+                shard=shard,
                 connection_config=connection_config,
                 ssl=ssl,
                 server_hostname=server_hostname,
@@ -190,6 +202,7 @@ async def _session(
     name: str,
     classes: int | None,
     label_values: Any,
+    shard: tuple[int, int] | None,
     connection_config: ConnectionConfig | None,
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
@@ -211,6 +224,7 @@ async def _session(
         name=name,
         classes=classes,
         label_values=label_values,
+        shard=shard,
         connection_config=connection_config,
         now=now(),
     )
@@ -244,9 +258,13 @@ async def _session(
     except (ConnectionError, OSError) as exc:
         lost = exc  # the master went away while we wrote: reported below as an unclean end
     except asyncio.CancelledError:
-        # Cancelled: leave at once, like a process that dies, rather than wait to flush
-        # bytes that the master may not be reading.
-        writer.transport.abort()
+        # Cancelled (the process is stopping): say so with CLOSE(GOING_AWAY) if the transport
+        # takes it now, then leave at once rather than wait for bytes the master may not read.
+        with contextlib.suppress(Exception):
+            if not session.closed:
+                session.connection.close(now(), ErrorCode.GOING_AWAY, "the worker is stopping")
+                writer.write(session.data_to_send())
+        writer.transport.abort() if writer.transport.get_write_buffer_size() else writer.transport.close()
         raise
     finally:
         writer.close()

@@ -148,6 +148,14 @@ class Ledger:
     def __post_init__(self) -> None:
         self.errors = deque(self.errors, maxlen=MAX_ERRORS)
 
+    def retire(self, connection: Connection, *, admitted: bool) -> None:
+        """Keep a closed connection's traffic: the run's if it joined, apart if it never did."""
+        if admitted:
+            self.retired.add_connection(connection)
+        else:
+            self.unadmitted.add_connection(connection)
+            self.unadmitted_connections += 1
+
     def add_error(self, worker_id: int, code: str, reason: str) -> None:
         """Record a protocol error: counted by code; its text replaces the oldest one kept."""
         self.error_counts[code] += 1

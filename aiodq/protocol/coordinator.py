@@ -56,27 +56,19 @@ from . import recovery
 from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
-from .guard import Guard, Refusal
+from .deadlines import Deadlines
+from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, refuse_claim
 from .members import Member, Phase
 from .recovery import Checkpoint
 
 __all__ = [
     "DIVERGED_AFTER",
-    "SNAPSHOT_FLOOR",
-    "SNAPSHOT_SLACK",
     "Coordinator",
     "EpochRecord",
     "ModelRecord",
     "Phase",
     "Traffic",
 ]
-
-#: Refused updates per live worker, with none applied in between, after which the run has diverged.
-DIVERGED_AFTER = 4
-#: A snapshot phase after the first waits this many times the last phase's slowest report...
-SNAPSHOT_SLACK = 10.0
-#: ...but at least this many seconds (and at most ``MasterConfig.snapshot_timeout``).
-SNAPSHOT_FLOOR = 10.0
 
 
 def _ledger_table(name: str, doc: str) -> Any:
@@ -121,9 +113,7 @@ class Coordinator:
         self.master_config = master_config or MasterConfig()
         self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
         self.state = MasterState(config, x0)
-        self.dim = int(self.state.x.shape[0])
-        self.expected_workers = workers
-        self.phase = Phase.JOINING
+        self.dim, self.expected_workers, self.phase = int(self.state.x.shape[0]), workers, Phase.JOINING
         base = connection_config or ConnectionConfig()
         if not config.entropy_coding:
             # Fixed-width codes both ways: no DENSE_RICE sent, none announced (wire-format.md 6.2).
@@ -132,23 +122,17 @@ class Coordinator:
         self._connection_config = base
         self._announced = frozenset(base.encodings or ALL_ENCODINGS)
         self._workers: dict[int, Member] = {}
-        self._next_id = 0
-        self._started = now
-        self._gradient_sum = np.zeros(self.dim)
-        self._bytes_at_snapshot = 0
+        self._next_id, self._started = 0, now
+        #: When the master stops waiting: for workers, for reports.
+        self.deadlines = Deadlines(self.master_config, joining_since=now)
+        self._gradient_sum, self._bytes_at_snapshot = np.zeros(self.dim), 0
         self._record_every = record_every
         #: The run's book: trace, model records, staleness, drops, errors, retired traffic.
         self.ledger = Ledger()
-        self.finished_at: float | None = None
+        self.finished_at: float | None = None  # when the run ended
         #: Why the run ended without finishing its epochs (it diverged), or None.
         self.failure: str | None = None
-        self._snapshot_deadline: float | None = None
-        #: When the current snapshot phase started, and when its last accepted report came.
-        self._phase_started = self._phase_answered = 0.0
-        #: Seconds the slowest accepted report of the last finished phase took (None: no phase yet).
-        self._slowest_report: float | None = None
-        #: Updates refused as "overflow" since the last update applied.
-        self._overflows = 0
+        self._divergence = Divergence()
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
@@ -190,30 +174,30 @@ class Coordinator:
                 worker.connection.handle_timer(now)
                 while (event := worker.connection.next_event()) is not None:
                     self._handle_safely(worker_id, event, now)
-        deadline = self._snapshot_deadline
-        if self.phase is Phase.SNAPSHOT and deadline is not None and now >= deadline:
-            self._snapshot_deadline = None
+        deadlines = self.deadlines
+        waited = deadlines.snapshot_phase_due(now) if self.phase is Phase.SNAPSHOT else None
+        if waited is not None:
             for worker_id, worker in list(self._workers.items()):
                 if worker.awaiting_snapshot:
-                    reason = f"no SNAPSHOT_GRADIENT within {deadline - self._phase_started:.3g} s"
+                    reason = f"no SNAPSHOT_GRADIENT within {waited:.3g} s"
                     self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
-        # A SNAPSHOT unanswered for snapshot_timeout, whatever the phase: the worker holds a
-        # place in the cluster without taking part.
-        timeout = self.master_config.snapshot_timeout
+        if self.phase is Phase.JOINING and deadlines.join_due(now):
+            timeout = self.master_config.join_timeout
+            self._finish(
+                now,
+                f"{self.live_workers} of {self.expected_workers} workers joined within {timeout:g} s "
+                "(--join-timeout)",
+            )
+            return
         for worker_id, worker in list(self._workers.items()):
-            if worker.snapshot_sent is not None and now >= worker.snapshot_sent_at + timeout:
-                reason = f"no SNAPSHOT_GRADIENT within {timeout:g} s"
+            if deadlines.snapshot_owed_too_long(worker, now):
+                reason = f"no SNAPSHOT_GRADIENT within {self.master_config.snapshot_timeout:g} s"
                 self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
 
     def get_timer(self) -> float | None:
-        """The earliest connection timer, or the snapshot deadline."""
+        """The earliest connection timer, snapshot deadline or join deadline."""
         timers = [t for w in self._workers.values() if (t := w.connection.get_timer()) is not None]
-        if self.phase is Phase.SNAPSHOT and self._snapshot_deadline is not None:
-            timers.append(self._snapshot_deadline)
-        timeout = self.master_config.snapshot_timeout
-        timers += [
-            w.snapshot_sent_at + timeout for w in self._workers.values() if w.snapshot_sent is not None
-        ]
+        timers += self.deadlines.timers(list(self._workers.values()))
         return min(timers) if timers else None
 
     def data_to_send(self) -> dict[int, bytes]:
@@ -236,11 +220,7 @@ class Coordinator:
         """
         worker = self._workers.pop(worker_id, None)
         if worker is not None:
-            if worker.admitted:
-                self.ledger.retired.add_connection(worker.connection)
-            else:
-                self.ledger.unadmitted.add_connection(worker.connection)
-                self.ledger.unadmitted_connections += 1
+            self.ledger.retire(worker.connection, admitted=worker.admitted)
 
     def disconnect(self, worker_id: int, now: float) -> None:
         """The transport to a worker was lost."""
@@ -306,7 +286,7 @@ class Coordinator:
     def _handle(self, worker_id: int, event: Event, now: float) -> None:
         worker = self._workers[worker_id]
         if isinstance(event, Hello):
-            self._join(worker_id, worker, now)
+            self._join(worker_id, worker, event, now)
         elif isinstance(event, SnapshotGradient):
             self._snapshot_gradient(worker_id, worker, event, now)
         elif isinstance(event, Gradient):
@@ -323,11 +303,21 @@ class Coordinator:
                 self.ledger.add_error(worker_id, code_name(event.code), "timed out")
             self._drop_worker(worker_id, now)
 
-    def _join(self, worker_id: int, worker: Member, now: float) -> None:
+    def _join(self, worker_id: int, worker: Member, hello: Hello, now: float) -> None:
         connection = worker.connection
-        if self.phase is Phase.DONE or self.live_workers >= self.expected_workers:
+        if self.phase is Phase.DONE:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
+        held = {i: w.shard for i, w in self._workers.items() if w.joined and w.shard is not None}
+        refusal = refuse_claim(hello.shard, self.expected_workers, held)
+        if refusal is not None:
+            self._remove(worker_id, refusal, now)
+            return
+        if self.live_workers >= self.expected_workers:
+            connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
+            return
+        if hello.shard is not None:
+            worker.shard = hello.shard[0]
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
         worker.connection.send(
@@ -347,8 +337,7 @@ class Coordinator:
 
     def _start_snapshot_phase(self, now: float) -> None:
         self.phase = Phase.SNAPSHOT
-        self._phase_started = self._phase_answered = now
-        self._snapshot_deadline = now + self._snapshot_wait()
+        self.deadlines.snapshot_phase_started(now)
         for worker in self._workers.values():
             worker.report = None
         self._bytes_at_snapshot = self.traffic().total()
@@ -362,18 +351,6 @@ class Coordinator:
                 worker.active = worker.awaiting_snapshot = worker.snapshot_sent is None
                 self._send_snapshot(worker, now)
         self._maybe_finish_snapshot_phase(now)
-
-    def _snapshot_wait(self) -> float:
-        """How long a snapshot phase waits for its reports.
-
-        ``snapshot_timeout`` at first; then ``SNAPSHOT_SLACK`` times the slowest report accepted
-        in the last phase (at least ``SNAPSHOT_FLOOR`` s, at most ``snapshot_timeout``), so that a
-        worker that never answers holds up each phase for seconds, not minutes.
-        """
-        timeout = self.master_config.snapshot_timeout
-        if self._slowest_report is None:
-            return timeout
-        return min(timeout, max(SNAPSHOT_FLOOR, SNAPSHOT_SLACK * self._slowest_report))
 
     def _send_snapshot(self, worker: Member, now: float) -> None:
         """Send the current SNAPSHOT, unless an older one is still unanswered.
@@ -413,7 +390,7 @@ class Coordinator:
         # Awaited, or owing an earlier SNAPSHOT at the phase's start and in time after all.
         worker.active, worker.awaiting_snapshot = True, False
         worker.report = event
-        self._phase_answered = now
+        self.deadlines.report_accepted(now)
         self._maybe_finish_snapshot_phase(now)
 
     def _maybe_finish_snapshot_phase(self, now: float) -> None:
@@ -431,10 +408,9 @@ class Coordinator:
         if not active or not reports:
             # Every worker left during the phase: wait for workers to join again.
             self.phase = Phase.JOINING
-            self._snapshot_deadline = None
+            self.deadlines.waiting_for_workers(now)
             return
-        self._snapshot_deadline = None
-        self._slowest_report = max(0.0, self._phase_answered - self._phase_started)
+        self.deadlines.snapshot_phase_finished()
         self.guard.phase_finished(reports)
         self._gradient_sum[:] = 0.0
         for report in reports.values():
@@ -514,7 +490,7 @@ class Coordinator:
             self.guard.applied(outcome.norm)
             for member in self._workers.values():
                 member.refused = 0
-            self._overflows = 0
+            self._divergence.applied()
             self.applied_staleness[outcome.staleness] += 1
             if self._record_every and state.version % self._record_every == 0 and not state.epoch_done:
                 self._record(state.x, self.traffic().total(), now)
@@ -522,24 +498,24 @@ class Coordinator:
             self.dropped[outcome.reason] += 1
             if outcome.reason == "outlier":
                 worker.refused += 1
-                live = [w for w in self._workers.values() if w.joined]
-                if all(w.refused >= DIVERGED_AFTER for w in live):
-                    failure = f"every worker's updates are out of line since version {state.version}"
-                    self._finish(now, failure + ": the run diverged (or the guard is too tight)")
+                failure = self._divergence.outlier(
+                    [w.refused for w in self._workers.values() if w.joined], state.version
+                )
+                if failure is not None:
+                    self._finish(now, failure)
                     return
+                # An ERROR about this GRADIENT; the session goes on (wire-format.md 7.10).
                 reason = f"update norm {outcome.norm:.3g} is out of line with the recent ones"
-                self._tell(worker, event, ErrorCode.INVALID_PAYLOAD, reason, now)
+                code = int(ErrorCode.INVALID_PAYLOAD)
+                error = ErrorMessage(code=code, epoch=event.epoch, version=event.version, reason=reason)
+                worker.connection.send(error, now)
             elif outcome.reason == "overflow":
                 # The model would leave the range a MODEL carries: its sender is removed.
                 refusal = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range")
                 self._remove(worker_id, refusal, now)
-                self._overflows += 1
-                # Workers that rejoin and overflow again: the run diverged, whoever is connected.
-                if self.phase is Phase.INNER and (
-                    self.live_workers == 0 or self._overflows >= DIVERGED_AFTER * self.expected_workers
-                ):
-                    failure = f"updates at version {state.version} take the model out of range"
-                    self._finish(now, failure + ": the run diverged")
+                failure = self._divergence.overflow(self.live_workers, self.expected_workers, state.version)
+                if failure is not None and self.phase is Phase.INNER:
+                    self._finish(now, failure)
                 return
         if state.epoch_done:
             state.end_epoch()
@@ -548,28 +524,15 @@ class Coordinator:
             self._send_model(worker, now)
 
     def _record(self, model: npt.NDArray[np.floating[Any]], bytes_total: int, now: float) -> None:
-        state = self.state
-        self.ledger.records.append(
-            ModelRecord(
-                version=state.version,
-                epoch=state.epoch,
-                bytes_total=bytes_total,
-                time=now - self._started,
-                model=np.array(model, dtype=np.float64),
-            )
-        )
-
-    def _tell(self, worker: Member, event: Gradient, code: ErrorCode, reason: str, now: float) -> None:
-        """An ERROR about one refused GRADIENT; the session goes on (wire-format.md 7.10)."""
-        worker.connection.send(
-            ErrorMessage(code=code, epoch=event.epoch, version=event.version, reason=reason), now
-        )
+        state, copy = self.state, np.array(model, dtype=np.float64)
+        record = ModelRecord(state.version, state.epoch, bytes_total, now - self._started, copy)
+        self.ledger.records.append(record)
 
     def _finish(self, now: float, failure: str | None = None) -> None:
         self.phase = Phase.DONE
         self.finished_at = now
         self.failure = failure
-        self._snapshot_deadline = None
+        self.deadlines.stopped()
         code, reason = (
             (ErrorCode.GOING_AWAY, failure[:200]) if failure else (ErrorCode.NO_ERROR, "training complete")
         )

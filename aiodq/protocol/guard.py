@@ -37,7 +37,10 @@ from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantiz
 from ..errors import ErrorCode
 from .algorithms import TrainConfig
 
-__all__ = ["Guard", "Refusal"]
+__all__ = ["DIVERGED_AFTER", "Divergence", "Guard", "Refusal", "refuse_claim"]
+
+#: Refused updates per live worker, with none applied in between, after which the run has diverged.
+DIVERGED_AFTER = 4
 
 #: Applied update norms kept for the median.
 _WINDOW = 64
@@ -178,3 +181,57 @@ class Guard:
             loss = sum(r.loss for r in reports.values()) / samples
             total = np.sum([r.vector.values.astype(np.float64) for r in reports.values()], axis=0)
             self._previous = (loss, _norm(total) / samples)
+
+
+def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, int]) -> Refusal | None:
+    """A HELLO's shard claim against the run (wire-format.md 7.1-9), or None if it fits.
+
+    Args:
+        shard: the claim ``(index, count)``, or None (no claim: nothing to check).
+        workers: the run's M.
+        held: the shard index each member that claimed one holds, by worker id.
+    """
+    if shard is None:
+        return None
+    index, count = shard
+    if count != workers:
+        return Refusal(
+            ErrorCode.WORLD_SIZE_MISMATCH, f"shard {index}/{count}: this run has {workers} workers"
+        )
+    holder = next((worker_id for worker_id, taken in held.items() if taken == index), None)
+    if holder is not None:
+        return Refusal(ErrorCode.SHARD_TAKEN, f"shard {index}/{count} is held by worker {holder}")
+    return None
+
+
+class Divergence:
+    """When refusals mean the run itself has diverged, not one worker misbehaved.
+
+    Every live worker's updates refused as out of line ``DIVERGED_AFTER`` times in a row (with
+    none applied in between), or ``DIVERGED_AFTER`` times M updates taking the model out of range
+    since the last applied one (workers that rejoin and overflow again), or no worker left.
+    """
+
+    def __init__(self) -> None:
+        self._overflows = 0
+
+    def applied(self) -> None:
+        """An update was applied: the counts start again (the caller zeroes its workers')."""
+        self._overflows = 0
+
+    @staticmethod
+    def outlier(refused_counts: list[int], version: int) -> str | None:
+        """After one more out-of-line update: the failure, if every live worker's keep being refused."""
+        if refused_counts and all(count >= DIVERGED_AFTER for count in refused_counts):
+            return (
+                f"every worker's updates are out of line since version {version}: the run diverged "
+                "(or the guard is too tight)"
+            )
+        return None
+
+    def overflow(self, live: int, workers: int, version: int) -> str | None:
+        """After an update that would take the model out of range: the failure, if the run diverged."""
+        self._overflows += 1
+        if live == 0 or self._overflows >= DIVERGED_AFTER * workers:
+            return f"updates at version {version} take the model out of range: the run diverged"
+        return None

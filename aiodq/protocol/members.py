@@ -46,3 +46,5 @@ class Member:
     snapshot_sent: int | None = None
     #: When that SNAPSHOT was sent.
     snapshot_sent_at: float = 0.0
+    #: The shard index its HELLO claimed (None: it claimed none).
+    shard: int | None = None

@@ -49,6 +49,7 @@ class WorkerSession:
         name: str = "",
         classes: int | None = None,
         label_values: Any = None,
+        shard: tuple[int, int] | None = None,
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
     ) -> None:
@@ -58,7 +59,8 @@ class WorkerSession:
         ``objective`` is trained whatever CONFIG names, if its dimension (and name) fit.
         ``classes`` and ``label_values`` (the distinct labels) describe the whole dataset,
         when these samples are one share of it: every worker then maps labels alike
-        (:func:`~aiodq.protocol.dataset.labels_for`).
+        (:func:`~aiodq.protocol.dataset.labels_for`).  ``shard`` (index, count) is claimed in
+        HELLO: the master refuses a shard another worker holds, or a count other than its M.
 
         Raises:
             TypeError: for data or an objective of an unsupported type, before anything is sent.
@@ -90,7 +92,7 @@ class WorkerSession:
         #: it cannot train, or its computation failed): reconnecting would not help.
         self.failed = False
         self.connection_limits = (connection_config or ConnectionConfig()).limits
-        self.connection.send(Hello(name=name), now)
+        self.connection.send(Hello(name=name, shard=shard), now)
 
     @property
     def closed(self) -> bool:

@@ -361,6 +361,7 @@ def event_fields(ev: Any, enc: Encoding | None = None) -> dict[str, Any]:
             max_version=ev.max_version,
             encodings=sorted(ev.encodings),
             name=ev.name,
+            **({} if ev.shard is None else {"shard": list(ev.shard)}),
         )
     elif isinstance(ev, Welcome):
         out.update(version=ev.version, worker_id=ev.worker_id, encodings=sorted(ev.encodings))
@@ -576,6 +577,34 @@ def build_valid() -> None:
                 }
             ),
         ),
+    )
+    valid(
+        "hello-shard-claim",
+        "HELLO claiming shard 2 of 4 (the optional sixth key)",
+        ["WF-7.1"],
+        Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name="w2", shard=(2, 4)),
+        expect_hex=frame(
+            1,
+            1,
+            0,
+            mp(
+                {
+                    "magic": "aiodq",
+                    "min_version": 1,
+                    "max_version": 1,
+                    "encodings": [0, 1],
+                    "name": "w2",
+                    "shard": [2, 4],
+                }
+            ),
+        ),
+    )
+    valid(
+        "hello-shard-largest",
+        "HELLO claiming the last shard of the largest count, 2^31 - 2 of 2^31 - 1",
+        ["WF-7.1"],
+        Hello(encodings=frozenset({0, 1}), shard=(2**31 - 2, 2**31 - 1)),
+        expect_hex=frame(1, 1, 0, mp(hello_map(shard=[2**31 - 2, 2**31 - 1]))),
     )
     valid(
         "welcome",
@@ -3102,6 +3131,28 @@ def build_invalid_classes() -> None:
             E.MALFORMED_FRAME,
         ),
         ("hello-name-int", "HELLO name 5", ["WF-7.1-6"], 1, mp(hello_map(name=5)), E.INVALID_CONFIG),
+        *(
+            (
+                f"hello-shard-{label}",
+                f"HELLO shard {text}",
+                ["WF-7.1-9"],
+                1,
+                mp(hello_map(shard=value)),
+                E.INVALID_CONFIG,
+            )
+            for label, text, value in (
+                ("index-equals-count", "[4, 4]", [4, 4]),
+                ("count-0", "[0, 0]", [0, 0]),
+                ("index-negative", "[-1, 4]", [-1, 4]),
+                ("count-2-pow-31", "[0, 2^31]", [0, 2**31]),
+                ("one-entry", "[1]", [1]),
+                ("three-entries", "[1, 4, 0]", [1, 4, 0]),
+                ("not-array", "3", 3),
+                ("float", "[1.0, 4]", [1.0, 4]),
+                ("bool", "[true, 4]", [True, 4]),
+                ("string", '["1", "4"]', ["1", "4"]),
+            )
+        ),
         (
             "hello-min-version-bool",
             "HELLO min_version true",

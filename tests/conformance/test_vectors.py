@@ -180,6 +180,7 @@ def _event_to_fields(event: Event, encoding: Encoding | None = None) -> dict[str
             max_version=event.max_version,
             encodings=sorted(event.encodings),
             name=event.name,
+            **({} if event.shard is None else {"shard": list(event.shard)}),
         )
     elif isinstance(event, Welcome):
         out.update(version=event.version, worker_id=event.worker_id, encodings=sorted(event.encodings))
@@ -247,6 +248,8 @@ def _event_from_fields(fields: dict[str, Any]) -> Event:
         f["vector"] = _vector_from_fields(f["vector"])
     if kind in ("HELLO", "WELCOME"):
         f["encodings"] = frozenset(f["encodings"])
+        if "shard" in f:
+            f["shard"] = tuple(f["shard"])
     elif kind == "CONFIG":
         f["params"] = {key: _param_from_json(v) for key, v in f["params"].items()}
     elif kind.startswith("AUTH_"):  # nonce and mac in hex

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,39 @@ def test_bench_master_smoke(tmp_path: Path) -> None:
     [case] = report["cases"]
     assert case["d"] == 1000 and case["workers"] == 1 and case["applied_updates"] >= 50
     assert case["updates_per_second"] > 0 and case["in_process_update_ms"] > 0
+
+
+def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None:
+    """Shards 0/2 and 1/2 train; a third `--shard 0/2` gets SHARD_TAKEN (exit 1) and the run finishes."""
+    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "2"]
+    command += ["--epochs", "3", "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env) as master:
+        try:
+            assert master.stdout is not None
+            line = master.stdout.readline()
+            port = line.split("127.0.0.1:")[1].split(",")[0]
+            first = aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2")
+            # The first worker has joined once the master logs it (the log goes to --out/aiodq.log).
+            log = tmp_path / "aiodq.log"
+            deadline = time.monotonic() + 60
+            while "joined" not in (log.read_text() if log.exists() else ""):
+                assert time.monotonic() < deadline, "the first worker never joined"
+                time.sleep(0.05)
+            third = aiodq_async(
+                "worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2", "--retry-for", "0"
+            )
+            _, third_err = third.communicate(timeout=60)
+            second = aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")
+            for worker in (first, second):
+                _, stderr = worker.communicate(timeout=120)
+                assert worker.returncode == 0, stderr
+            master.stdout.read()
+            assert master.wait(timeout=60) == 0
+        finally:
+            master.kill()
+    assert third.returncode == 1
+    assert "SHARD_TAKEN: shard 0/2 is held by worker" in third_err
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["trace"][-1]["samples"] == 32_561
+    assert summary["error_counts"].get("SHARD_TAKEN") == 1

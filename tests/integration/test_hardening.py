@@ -369,6 +369,11 @@ def _one_line(result: Any) -> str:
             2,
             "not an ASCII LIBSVM file",
         ),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "2", "--join-timeout", "1"],
+            1,
+            "0 of 2 workers joined within 1 s (--join-timeout)",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], status: int, words: str) -> None:

@@ -121,7 +121,8 @@ async def test_restarted_worker_rejoins_a_running_session() -> None:
     assert first_gradient[new_id] == joined[new_id], (joined, first_gradient)
     samples = [record["samples"] for record in summary["trace"]]
     assert min(samples) < A9A.samples == samples[-1], samples
-    assert summary["errors"] == []
+    # The cancelled worker may have said goodbye (CLOSE GOING_AWAY); nothing else went wrong.
+    assert {e["code"] for e in summary["errors"]} <= {"GOING_AWAY"}, summary["errors"]
 
 
 @pytest.mark.asyncio

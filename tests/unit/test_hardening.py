@@ -23,8 +23,9 @@ from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
 from aiodq.config import Limits, MasterConfig
 from aiodq.errors import CheckpointError, ErrorCode
 from aiodq.protocol.algorithms import TrainConfig
-from aiodq.protocol.coordinator import DIVERGED_AFTER, SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Phase
+from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
+from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK
 from aiodq.protocol.guard import Guard
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import simulate
@@ -326,19 +327,19 @@ def test_later_snapshot_phases_wait_in_proportion_to_the_reports() -> None:
     cluster = Cluster(train, small_a9a(), 2, master_config=MasterConfig(snapshot_timeout=300.0))
     coordinator = cluster.coordinator
     cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
-    first = coordinator._snapshot_deadline
+    first = coordinator.deadlines.snapshot_deadline
     assert first is not None
-    assert first - coordinator._phase_started == 300.0
+    assert first - coordinator.deadlines.phase_started == 300.0
     started = cluster.now
     cluster.run(until=lambda: coordinator.phase is Phase.INNER)
     slowest = cluster.now - started  # the step clock: each delivery round is one second
     cluster.frozen = {1}
     cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
     cluster.run()  # worker 1 is frozen: the phase waits for it
-    deadline = coordinator._snapshot_deadline
+    deadline = coordinator.deadlines.snapshot_deadline
     assert deadline is not None
     expected = min(300.0, max(SNAPSHOT_FLOOR, SNAPSHOT_SLACK * slowest))
-    assert deadline - coordinator._phase_started == pytest.approx(expected, abs=SNAPSHOT_SLACK * 1.0)
+    assert deadline - coordinator.deadlines.phase_started == pytest.approx(expected, abs=SNAPSHOT_SLACK * 1.0)
     coordinator.handle_timer(deadline)
     assert coordinator.phase is not Phase.SNAPSHOT
 
@@ -370,3 +371,83 @@ def test_a_worker_removed_at_once_backs_off_instead_of_hammering(monkeypatch: py
         asyncio.run(worker_module.run_worker("127.0.0.1", 9, features, labels, retry_for=3600.0))
     assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
     assert sessions == 8
+
+
+# -- shard claims (wire-format.md 7.1-9) -------------------------------------------------------------
+
+
+def _claiming(dataset: Any, workers: int, index: int, claim: tuple[int, int] | None) -> WorkerSession:
+    return WorkerSession(*shard_of(dataset, workers, index), name=f"w{index}", shard=claim)
+
+
+def test_a_held_shard_or_another_world_size_is_refused_and_the_others_train() -> None:
+    """A second claim of shard 0/2: SHARD_TAKEN; of 1/3: WORLD_SIZE_MISMATCH; the two members finish."""
+    dataset = small_a9a()
+    train = config(epochs=1)
+    cluster = Cluster(train, dataset, 2, connect=False)
+    coordinator = cluster.coordinator
+    cluster.sessions = [_claiming(dataset, 2, 0, (0, 2))]
+    cluster.ids = [None]
+    cluster.connect(0)
+    cluster.run()
+    twin = cluster.add_session(_claiming(dataset, 2, 0, (0, 2)))
+    stranger = cluster.add_session(_claiming(dataset, 2, 1, (1, 3)))
+    cluster.run()
+    assert cluster.sessions[twin].ended == (
+        ErrorCode.SHARD_TAKEN,
+        f"shard 0/2 is held by worker {cluster.ids[0]}",
+    )
+    assert cluster.sessions[stranger].ended == (
+        ErrorCode.WORLD_SIZE_MISMATCH,
+        "shard 1/3: this run has 2 workers",
+    )
+    assert coordinator.live_workers == 1
+    cluster.add_session(_claiming(dataset, 2, 1, (1, 2)))
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None
+    assert coordinator.trace[-1].samples == dataset.samples  # not 2 x shard 0
+    codes = [code for _, code, _ in coordinator.ledger.errors]
+    assert codes.count("SHARD_TAKEN") == 1 and codes.count("WORLD_SIZE_MISMATCH") == 1
+
+
+def test_a_shard_is_free_again_once_its_holder_left() -> None:
+    """The holder's connection is lost: the same shard may join again (a restarted worker)."""
+    dataset = small_a9a()
+    cluster = Cluster(config(epochs=2), dataset, 2, connect=False)
+    coordinator = cluster.coordinator
+    cluster.sessions = [_claiming(dataset, 2, i, (i, 2)) for i in range(2)]
+    cluster.ids = [None, None]
+    for index in range(2):
+        cluster.connect(index)
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    lost = cluster.ids[0]
+    assert lost is not None
+    cluster.frozen = {0}
+    coordinator.disconnect(lost, cluster.now)
+    again = cluster.add_session(_claiming(dataset, 2, 0, (0, 2)))
+    cluster.run()
+    assert cluster.sessions[again].ended is not None
+    assert cluster.sessions[again].ended[0] == ErrorCode.NO_ERROR
+    assert coordinator.done and coordinator.failure is None
+
+
+def test_a_master_whose_workers_do_not_all_arrive_ends_at_the_join_timeout() -> None:
+    """One of two workers joins: join_timeout after the start the run ends, failed, saying who came.
+
+    (20 s: shorter than the connections' idle timeout, as the step clock carries no heartbeats.)
+    """
+    cluster = Cluster(config(), small_a9a(), 2, connect=False, master_config=MasterConfig(join_timeout=20.0))
+    coordinator = cluster.coordinator
+    cluster.connect(0)
+    cluster.run()
+    assert coordinator.phase is Phase.JOINING
+    deadline = coordinator.get_timer()
+    assert deadline is not None and deadline <= 20.0
+    coordinator.handle_timer(19.0)
+    assert not coordinator.done
+    coordinator.handle_timer(20.0)
+    assert coordinator.done
+    assert coordinator.failure == "1 of 2 workers joined within 20 s (--join-timeout)"
+    cluster.run()
+    assert cluster.sessions[0].ended is not None
+    assert cluster.sessions[0].ended[0] == ErrorCode.GOING_AWAY

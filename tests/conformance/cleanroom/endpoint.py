@@ -13,14 +13,22 @@ Public API
 ``Endpoint(role: str, *, secret: bytes | None = None,
 nonce_source: Callable[[int], bytes] = os.urandom, encodings: Iterable[int] = range(9),
 versions: Iterable[int] = (1,), limits: wire.ReceiveContext | None = None,
-timers: Timers | None = None, now: float = 0.0)``
+timers: Timers | None = None, now: float = 0.0, session_frame_limit: bool = True)``
     One end of a connection.  ``role`` is ``"master"`` or ``"worker"``.  ``secret`` (at least 16
     bytes) turns on the shared-secret handshake of 7.12-7.14; ``nonce_source(32)`` gives the nonces.
     ``encodings`` is what this endpoint can decode (it may announce only those, WF-6.2-5);
     ``versions`` the protocol versions it supports; ``limits`` carries the four receiver limits of
-    section 10 (its other fields, ``before_handshake`` included, are ignored: the endpoint sets the
-    handshake frame limit of WF-10-3 itself); ``now`` is the start time of the connection.
-    ``Master(**kwargs)`` and ``Worker(**kwargs)`` fix the role.
+    section 10 (its other fields, ``before_handshake``, ``session_limit`` and ``dimension``
+    included, are ignored: the endpoint sets the handshake frame limit of WF-10-3 and the session
+    frame limit of WF-10-5 itself); ``now`` is the start time of the connection;
+    ``session_frame_limit=False`` turns off the SHOULD of WF-10-5 (on by default, as in the
+    reference).  ``Master(**kwargs)`` and ``Worker(**kwargs)`` fix the role.
+
+    Shard claims (WF-7.1-9): a worker claims one by sending a HELLO with ``"shard": [index, count]``;
+    the master hands the HELLO, ``shard`` included, to its application.  The endpoint models one
+    connection and has no notion of the master's other workers or of M, so the admission rules
+    (CLOSE with SHARD_TAKEN or WORLD_SIZE_MISMATCH before WELCOME) are left to the application,
+    which sends them with ``close(code, reason)`` in HANDSHAKE (NOTES N17).
 
 Methods and attributes:
 
@@ -33,7 +41,10 @@ Methods and attributes:
     this endpoint already sent CLOSE, the state becomes CLOSED and the messages decoded before the
     failure are still returned.  A received CLOSE is returned as a message; ``peer_close`` holds it.
     Until the handshake is complete (section 1: the master has sent WELCOME, the worker has
-    received CONFIG) the body-length limit is the handshake frame limit of WF-10-3.
+    received CONFIG) the body-length limit is the handshake frame limit of WF-10-3.  Once the
+    session's dimension is known (the master has sent CONFIG, the worker has received it, in
+    CLOSING too) it is the session frame limit of WF-10-5; in between (the master in CONFIGURING)
+    it is ``max_frame_bytes``.  A header is checked once, when it is complete (NOTES N20).
     In CLOSING nothing is sent (no CLOSE answer, no AUTH answer, no HEARTBEAT, WF-8.1-2) and each
     frame is checked against ``session_state``: the state at the time of this endpoint's CLOSE,
     advanced by a crossing WELCOME (to CONFIGURING) or CONFIG (to READY).
@@ -208,6 +219,7 @@ class Endpoint:
         limits: wire.ReceiveContext | None = None,
         timers: Timers | None = None,
         now: float = 0.0,
+        session_frame_limit: bool = True,
     ) -> None:
         if role not in (MASTER, WORKER):
             raise ValueError("role must be 'master' or 'worker'")
@@ -225,11 +237,12 @@ class Endpoint:
             raise ValueError("versions must be in 1..255")  # [WF-6.1-1]
         self._limits = limits or wire.ReceiveContext()
         self._timers = timers or Timers()
+        self._session_frame_limit = bool(session_frame_limit)  # [WF-10-5] a SHOULD, on by default
 
         self._state = HANDSHAKE
         # [WF-8.1-2] in CLOSING: the state the session would be in had this endpoint not sent CLOSE.
         self._check_state: str | None = None
-        self._splitter = wire.FrameSplitter(dataclasses.replace(self._limits, before_handshake=True))
+        self._splitter = wire.FrameSplitter(self._frame_context(handshake_done=False, dimension=None))
         self._outbox = bytearray()
         self.error: WireError | None = None
         self.peer_close: dict | None = None
@@ -403,11 +416,30 @@ class Endpoint:
         if self._first_close_code is None:
             self._first_close_code = code
 
+    def _frame_context(self, *, handshake_done: bool, dimension: int | None) -> wire.ReceiveContext:
+        """The limits the frame splitter applies in step 1: the handshake frame limit until the
+        handshake is complete (WF-10-3), then ``max_frame_bytes``, then, once the dimension is
+        known, the session frame limit (WF-10-5)."""
+        return dataclasses.replace(
+            self._limits,
+            before_handshake=not handshake_done,
+            session_limit=self._session_frame_limit,
+            dimension=dimension,
+            encodings=None,
+            header_version=None,
+        )
+
     def _complete_handshake(self) -> None:
         """Section 1 "handshake complete": stops the handshake timer (WF-8.3-1) and lifts the
         handshake frame limit (WF-10-3)."""
         self._handshake_done = True
-        self._splitter.ctx = dataclasses.replace(self._limits, before_handshake=False)
+        self._splitter.ctx = self._frame_context(handshake_done=True, dimension=self.dimension)
+
+    def _learn_dimension(self, dim: int) -> None:
+        """The session's dimension is known (the master has sent CONFIG, the worker has received
+        it): from the next header on, the session frame limit applies (WF-10-5)."""
+        self.dimension = dim
+        self._splitter.ctx = self._frame_context(handshake_done=self._handshake_done, dimension=dim)
 
     def _fail(self, err: WireError) -> None:
         """Section 2 "fail with", WF-8.4-3: CLOSE(code) unless already sent, then CLOSED."""
@@ -553,6 +585,7 @@ class Endpoint:
         # A second CONFIG cannot get here: the (checked) state is READY after the first [WF-8.1-2].
         self.dimension = m["dim"]  # [WF-7.3-6]
         self._complete_handshake()  # the worker's handshake completes here [WF-8.3-1], [WF-10-3]
+        self._learn_dimension(m["dim"])  # session frame limit, in CLOSING too [WF-10-5] (N21)
         self._set_state(READY)  # in CLOSING, only the checked state [WF-8.1-2]
         return [m]
 
@@ -885,7 +918,7 @@ class Endpoint:
             self._complete_handshake()  # the master's handshake completes here [WF-8.3-1], [WF-10-3]
             self._state = CONFIGURING  # [WF-7.2-3]
         elif name == "CONFIG":
-            self.dimension = m["dim"]
+            self._learn_dimension(m["dim"])  # session frame limit from now on [WF-10-5]
             self._state = READY  # [WF-7.3-2]
         elif name == "SNAPSHOT":
             self._apply_snapshot(m)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import random
@@ -1672,9 +1673,13 @@ def test_heartbeat_and_idle_timeout() -> None:
 def test_close_timeout_despite_trickling_bytes() -> None:
     master, _worker = ready_pair()
     master.close(now=0.0)
+    # One byte a second of a frame that never completes.  Its length, 65,536, is within the session
+    # frame limit (WF-10-5; before it, this test trickled a header declaring 0x09090909 bytes, which
+    # the session limit now refuses on the header).
+    trickle = h("01 09 00 00 00 01 00") + b"\x09" * 2
     for t in range(1, 10):
-        master.receive(A14_HEARTBEAT[:1] if t == 1 else b"\x09", now=float(t))
-    assert master.state == "CLOSING"
+        master.receive(trickle[t - 1 : t], now=float(t))
+    assert master.state == "CLOSING" and master.error is None
     assert master.poll(10.0) == b""
     assert master.state == "CLOSED" and master.timed_out
 
@@ -2272,3 +2277,391 @@ def test_failure_reasons_stay_within_1024_bytes() -> None:
     worker.receive(frame(0x0F, b""))
     close = decode_one(worker.data_to_send(), max_reason_bytes=4096)
     assert close["code"] == 4 and len(close["reason"].encode()) <= 1024
+
+
+# =============================================================================================
+# The amended specification, third session: WF-7.1-9 (shard), codes 21/22 (WF-9-1), WF-10-5
+# =============================================================================================
+
+# HELLO claiming shard 2 of 4, written byte by byte from the msgpack rules of 7-4 (shortest forms,
+# keys in table order, `shard` last, 7.1-2):
+HELLO_SHARD_2_OF_4 = h(
+    "01 01 00 45 00 00 00"  # header: version 1, HELLO, flags 0, body length 69
+    " 86"  # fixmap, 6 entries
+    " a5 6d 61 67 69 63  a5 61 69 6f 64 71"  # "magic": "aiodq"
+    " ab 6d 69 6e 5f 76 65 72 73 69 6f 6e  01"  # "min_version": 1
+    " ab 6d 61 78 5f 76 65 72 73 69 6f 6e  01"  # "max_version": 1
+    " a9 65 6e 63 6f 64 69 6e 67 73  92 00 01"  # "encodings": fixarray [0, 1]
+    " a4 6e 61 6d 65  a2 77 32"  # "name": "w2"
+    " a5 73 68 61 72 64  92 02 04"  # "shard": fixarray [2, 4] (positive fixints)
+)
+HELLO_SHARD_MESSAGE = {
+    "type": "HELLO",
+    "min_version": 1,
+    "max_version": 1,
+    "encodings": [0, 1],
+    "name": "w2",
+    "shard": [2, 4],
+}
+# The body up to and including "name": "w2", as a fixmap of 5, to append other sixth entries to.
+HELLO_W2_5_KEYS = h(
+    "85 a5 6d 61 67 69 63 a5 61 69 6f 64 71 ab 6d 69 6e 5f 76 65 72 73 69 6f 6e 01"
+    " ab 6d 61 78 5f 76 65 72 73 69 6f 6e 01 a9 65 6e 63 6f 64 69 6e 67 73 92 00 01"
+    " a4 6e 61 6d 65 a2 77 32"
+)
+SHARD_KEY = h("a5 73 68 61 72 64")  # "shard"
+
+
+def hello_with(extra: bytes, entries: int = 1) -> bytes:
+    """A HELLO frame: the five keys of HELLO_W2_5_KEYS, then ``entries`` more map entries."""
+    body = bytearray(HELLO_W2_5_KEYS)
+    body[0] += entries
+    return control(0x01, bytes(body) + extra)
+
+
+def test_error_codes_21_and_22() -> None:
+    """Section 9 (amended): 21 SHARD_TAKEN and 22 WORLD_SIZE_MISMATCH; 23..65535 unassigned."""
+    assert wire.ERROR_CODES["SHARD_TAKEN"] == 21 and wire.ERROR_CODES["WORLD_SIZE_MISMATCH"] == 22
+    assert wire.CODE_NAMES[21] == "SHARD_TAKEN" and wire.CODE_NAMES[22] == "WORLD_SIZE_MISMATCH"
+    assert sorted(wire.CODE_NAMES) == list(range(23))
+    assert WireError("SHARD_TAKEN", "WF-7.1-9").value == 21
+    # CLOSE and ERROR carrying them, and unassigned 23 / 65535, decode alike (WF-9-1, 7.10-4).
+    assert decode_one(h("01 0b 00 02 00 00 00 15 00")) == {"type": "CLOSE", "code": 21, "reason": ""}
+    assert decode_one(h("01 0b 00 04 00 00 00 16 00 34 2f")) == {"type": "CLOSE", "code": 22, "reason": "4/"}
+    assert decode_one(h("01 0b 00 02 00 00 00 17 00"))["code"] == 23
+    assert decode_one(h("01 0a 00 04 00 00 00 ff ff 00 00"))["code"] == 65535
+    assert SessionReport(False, 21).code_name == "SHARD_TAKEN"
+    assert SessionReport(False, 23).code_name is None
+
+
+def test_hello_shard_by_hand() -> None:
+    """WF-7.1-2, 7.1-9: `shard` is the sixth key, after `name`; decode and encode byte for byte."""
+    assert decode_one(HELLO_SHARD_2_OF_4) == HELLO_SHARD_MESSAGE
+    assert wire.encode_message(HELLO_SHARD_MESSAGE) == HELLO_SHARD_2_OF_4
+    assert wire.encode_message({**HELLO_SHARD_MESSAGE, "shard": (2, 4)}) == HELLO_SHARD_2_OF_4
+    # No claim: the key is absent on the wire and in the plain data; None means no claim too.
+    without = {k: v for k, v in HELLO_SHARD_MESSAGE.items() if k != "shard"}
+    five = control(0x01, HELLO_W2_5_KEYS)
+    assert wire.encode_message(without) == five == wire.encode_message({**without, "shard": None})
+    assert "shard" not in decode_one(five)
+    assert decode_one(A1).keys() == {"type", "min_version", "max_version", "encodings", "name"}
+
+
+@pytest.mark.parametrize(
+    "shard,encoded",
+    [
+        ([0, 1], "92 00 01"),
+        ([127, 128], "92 7f cc 80"),
+        ([255, 256], "92 cc ff cd 01 00"),
+        ([65535, 65536], "92 cd ff ff ce 00 01 00 00"),
+        ([2**31 - 2, 2**31 - 1], "92 ce 7f ff ff fe ce 7f ff ff ff"),  # the largest claim
+    ],
+)
+def test_hello_shard_int_formats(shard: list[int], encoded: str) -> None:
+    """7-4: shortest msgpack ints (fixint, cc, cd, ce; big-endian); 2^31 - 1 needs uint32."""
+    data = hello_with(SHARD_KEY + h(encoded))
+    assert wire.encode_message({**HELLO_SHARD_MESSAGE, "shard": shard}) == data
+    assert decode_one(data)["shard"] == shard
+
+
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("92 04 04", "index = count"),
+        ("92 05 04", "index > count"),
+        ("92 00 00", "count 0"),
+        ("92 ff 04", "index -1 (negative fixint)"),
+        ("92 d0 80 04", "index -128 (int8)"),
+        ("92 00 ce 80 00 00 00", "count 2^31"),
+        ("92 00 cf ff ff ff ff ff ff ff ff", "count 2^64 - 1"),
+        ("92 00 ff", "count -1"),
+        ("91 01", "one entry"),
+        ("93 01 04 00", "three entries"),
+        ("90", "empty array"),
+        ("03", "an int, not an array"),
+        ("c0", "nil"),
+        ("80", "a map"),
+        ("82 a1 30 01 a1 31 04", "a map {'0': 1, '1': 4}"),
+        ("a3 31 2f 34", "a str"),
+        ("c4 02 01 04", "a bin"),
+        ("92 cb 3f f0 00 00 00 00 00 00 04", "a float64 index"),
+        ("92 01 ca 40 80 00 00", "a float32 count"),
+        ("92 c3 04", "a bool index"),
+        ("92 01 c3", "a bool count"),
+        ("92 a1 31 a1 34", "str entries"),
+        ("92 92 00 01 04", "a nested array"),
+        ("92 c0 04", "a nil entry"),
+    ],
+)
+def test_malformed_shard_is_invalid_config(value: str, why: str) -> None:
+    """WF-7.1-9: not an array of exactly two ints with 0 <= index < count <= 2^31 - 1."""
+    err = fails(hello_with(SHARD_KEY + h(value)), "INVALID_CONFIG", "WF-7.1-9")
+    assert err.value == 18
+
+
+def test_shard_key_edge_cases() -> None:
+    """7-10 (any int encoding), 7-9 (last occurrence wins), 7-8 (bin keys ignored), N16 (order)."""
+    # Non-shortest ints are accepted: int64 index, uint8 count.
+    data = hello_with(SHARD_KEY + h("92 d3 00 00 00 00 00 00 00 02 cc 04"))
+    assert decode_one(data)["shard"] == [2, 4]
+    assert wire.encode_message(decode_one(data)) == HELLO_SHARD_2_OF_4  # canonical when re-sent
+    # array16 header for the two entries.
+    assert decode_one(hello_with(SHARD_KEY + h("dc 00 02 02 04")))["shard"] == [2, 4]
+    # Repeated key: only the last occurrence is checked (7-9).
+    assert decode_one(hello_with(SHARD_KEY + h("03") + SHARD_KEY + h("92 02 04"), 2))["shard"] == [2, 4]
+    fails(hello_with(SHARD_KEY + h("92 02 04") + SHARD_KEY + h("03"), 2), "INVALID_CONFIG", "WF-7.1-9")
+    # A bin key "shard" is an unknown key: ignored, whatever its value, and it claims nothing.
+    bin_shard = h("c4 05 73 68 61 72 64")
+    assert "shard" not in decode_one(hello_with(bin_shard + h("03")))
+    assert decode_one(hello_with(bin_shard + h("03") + SHARD_KEY + h("92 02 04"), 2))["shard"] == [2, 4]
+    # `shard` placed before `name` is still read (receivers take any key order, 7-10).
+    body = mp(
+        {
+            "magic": "aiodq",
+            "min_version": 1,
+            "max_version": 1,
+            "encodings": [0, 1],
+            "shard": [2, 4],
+            "name": "w2",
+        }
+    )
+    assert decode_one(control(0x01, body)) == HELLO_SHARD_MESSAGE
+    # Check order: magic first (7.1-5), then the five keys (7.1-6), then shard (7.1-9).
+    bad_shard = {**HELLO_MAP, "shard": 3}
+    fails(control(0x01, mp({**bad_shard, "magic": "x"})), "INVALID_CONFIG", "WF-7.1-5")
+    fails(control(0x01, mp({**bad_shard, "name": 1})), "INVALID_CONFIG", "WF-7.1-6")
+    fails(control(0x01, mp({**bad_shard, "min_version": 2})), "INVALID_CONFIG", "WF-7.1-6")
+    fails(control(0x01, mp(bad_shard)), "INVALID_CONFIG", "WF-7.1-9")
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [[4, 4], [0, 0], [-1, 4], [0, 2**31], [1], (1, 4, 0), 3, "1/4", [True, 4], [1, 4.0], {"0": 1}],
+    ids=repr,
+)
+def test_encoder_refuses_malformed_shard(shard: object) -> None:
+    """WF-9-3: a claim that 7.1-9 forbids cannot be encoded (PROTOCOL_ERROR, local)."""
+    with pytest.raises(WireError) as info:
+        wire.encode_message({**HELLO_SHARD_MESSAGE, "shard": shard})
+    assert info.value.local and info.value.code == "PROTOCOL_ERROR" and info.value.rule == "WF-7.1-9"
+    worker = Worker()
+    with pytest.raises(WireError):
+        worker.send({**HELLO, "shard": shard})
+    assert worker.send(HELLO)  # the refused HELLO did not count as sent (7.1-4)
+
+
+def test_master_endpoint_and_shard_claims() -> None:
+    """In a connection: a malformed claim fails the master (INVALID_CONFIG, CLOSE at version 1); a
+    valid one reaches the application, which may refuse admission with CLOSE 21/22 (7.1-9)."""
+    master = Master()
+    master.receive(control(0x01, mp({**HELLO_MAP, "shard": [4, 4]})))
+    assert_failed(master, "INVALID_CONFIG", "WF-7.1-9")
+    # Step 7 (the body) comes before step 8: no common version, or a second HELLO.
+    master = Master()
+    master.receive(control(0x01, mp({**HELLO_MAP, "min_version": 2, "max_version": 3, "shard": [1]})))
+    assert_failed(master, "INVALID_CONFIG", "WF-7.1-9")
+    master = Master()
+    master.receive(control(0x01, mp(HELLO_MAP)))
+    master.receive(control(0x01, mp({**HELLO_MAP, "shard": [1]})))
+    assert_failed(master, "INVALID_CONFIG", "WF-7.1-9")
+    # A valid claim: the worker sends it, the master hands it over with the HELLO.
+    for code, name in ((22, "WORLD_SIZE_MISMATCH"), (21, "SHARD_TAKEN")):
+        master, worker = Master(), Worker()
+        hello = {**HELLO, "shard": [2, 4]}
+        data = worker.send(hello)
+        assert decode_one(data)["shard"] == [2, 4]
+        assert master.receive(data) == [hello]
+        # The master application (not modelled by the endpoint) refuses admission before WELCOME.
+        close = master.close(code, "shard 2 of 4")
+        assert close == frame(0x0B, struct.pack("<H", code) + b"shard 2 of 4")  # header version 1
+        assert worker.receive(close) == [{"type": "CLOSE", "code": code, "reason": "shard 2 of 4"}]
+        assert worker.report == (True, code) and worker.report.code_name == name
+        master.receive(worker.data_to_send())
+        assert master.report == (True, code)
+    # With a shared secret the claim reaches the application only once the worker is verified.
+    master, worker = auth_pair()
+    assert master.receive(worker.send({**HELLO, "shard": [0, 1]})) == []
+    worker.receive(master.data_to_send())
+    assert master.receive(worker.data_to_send()) == [{**HELLO, "shard": [0, 1]}]
+
+
+# ----------------------------------------------------------------------------- WF-10-5
+
+
+def header(msg_type: int, length: int, version: int = 1) -> bytes:
+    return struct.pack("<BBBI", version, msg_type, 0, length)
+
+
+def test_session_frame_limit_value() -> None:
+    limit = wire.session_frame_limit
+    assert limit(ReceiveContext(), 123) == 65536  # the spec's example: defaults and d = 123
+    assert limit(ReceiveContext(), 8184) == 65536  # 8·8184 + 64 = 65,536
+    assert limit(ReceiveContext(), 8185) == 65544
+    assert limit(ReceiveContext(), 10000) == 80064
+    assert limit(ReceiveContext(), 2**24) == 8 * 2**24 + 64 < 2**28
+    assert limit(ReceiveContext(), 2**25) == 2**28  # capped by max_frame_bytes
+    small = {"max_control_bytes": 64, "max_reason_bytes": 16}
+    assert limit(ReceiveContext(**small), 10) == 144  # 8·10 + 64
+    assert limit(ReceiveContext(**small), 1) == 72
+    # The reason term: max_reason_bytes + 32, above the handshake limit's + 20.
+    assert limit(ReceiveContext(max_control_bytes=64, max_reason_bytes=500), 1) == 532
+    assert wire.handshake_frame_limit(ReceiveContext(max_control_bytes=64, max_reason_bytes=500)) == 520
+    assert limit(ReceiveContext(max_frame_bytes=1000), 1000) == 1000
+    # frame_limit(): opt-in, needs the dimension; the handshake limit wins while it applies.
+    assert ReceiveContext(dimension=10000).frame_limit() == 2**28
+    assert ReceiveContext(session_limit=True).frame_limit() == 2**28
+    assert ReceiveContext(dimension=10000, session_limit=True).frame_limit() == 80064
+    assert ReceiveContext(dimension=10000, session_limit=True, before_handshake=True).frame_limit() == 65536
+    # The limit is never below the handshake frame limit, for any limits.
+    rng = random.Random(105)
+    for _ in range(500):
+        c = ReceiveContext(
+            max_frame_bytes=rng.randint(64, 2**32 - 1),
+            max_control_bytes=rng.randint(64, 2**20),
+            max_reason_bytes=rng.randint(0, 2**20),
+        )
+        d = rng.randint(1, 2**26)
+        assert wire.handshake_frame_limit(c) <= limit(c, d) <= c.max_frame_bytes
+
+
+def test_no_message_of_the_session_reaches_the_limit() -> None:
+    """WF-10-5's bound: the longest messages of a session fit, with the receiver's limits."""
+    for lim, d in (
+        (ReceiveContext(), 10000),
+        (ReceiveContext(max_control_bytes=64, max_reason_bytes=16), 10),
+    ):
+        c = dataclasses.replace(lim, dimension=d, session_limit=True)
+        big = 2**63 - 1
+        raw64 = {"encoding": "RAW_F64", "dim": d, "values": [1.0] * d}
+        longest = [
+            {
+                "type": "SNAPSHOT_GRADIENT",
+                "epoch": big,
+                "samples": big,
+                "correct": big,
+                "loss": 0.5,
+                "vector": raw64,
+            },
+            {"type": "MODEL", "epoch": big, "version": big, "relative": True, "vector": raw64},
+            {
+                "type": "ERROR",
+                "code": 65535,
+                "epoch": big,
+                "version": big,
+                "reason": "r" * lim.max_reason_bytes,
+            },
+            {"type": "CLOSE", "code": 65535, "reason": "r" * lim.max_reason_bytes},
+        ]
+        for message in longest:
+            data = wire.encode_message(message)
+            assert len(data) - 7 <= c.frame_limit()
+            assert wire.decode_stream(data, c)[0]["type"] == message["type"]
+
+
+def pair_with_dim(dim: int, limits: ReceiveContext | None = None, **master_kwargs) -> tuple[Master, Worker]:
+    """A master and a worker in READY with CONFIG `dim` (a small HELLO, so that it fits 64-byte limits)."""
+    master = Master(limits=limits, **master_kwargs)
+    worker = Worker(limits=limits)
+    master.receive(worker.send({**HELLO, "encodings": [0, 1], "name": ""}))
+    worker.receive(master.send({**WELCOME, "encodings": [0, 1]}))
+    assert worker.receive(master.send({**CONFIG, "dim": dim}))[0]["dim"] == dim
+    assert master.error is None and worker.error is None
+    return master, worker
+
+
+@pytest.mark.parametrize(
+    "limits,dim,limit",
+    [
+        (None, 10000, 80064),  # 8·d + 64 with the default limits
+        (ReceiveContext(max_control_bytes=64, max_reason_bytes=16), 10, 144),  # 8·d + 64
+        (ReceiveContext(max_control_bytes=64, max_reason_bytes=500), 1, 532),  # max_reason_bytes + 32
+        (None, 2, 65536),  # the handshake frame limit
+    ],
+)
+@pytest.mark.parametrize("side", ["master", "worker"])
+def test_session_frame_limit_boundary(limits, dim: int, limit: int, side: str) -> None:
+    """WF-10-5: after CONFIG, a header declaring exactly the limit is accepted (the receiver waits
+    for the body) and one byte more fails with FRAME_TOO_LARGE on the header alone."""
+    for length, ok in ((limit, True), (limit + 1, False)):
+        master, worker = pair_with_dim(dim, limits)
+        receiver = master if side == "master" else worker
+        msg_type = 0x08 if side == "master" else 0x07
+        assert receiver.receive(header(msg_type, length)) == []
+        if ok:
+            assert receiver.error is None and receiver.state == "READY"
+        else:
+            assert_failed(receiver, "FRAME_TOO_LARGE", "WF-10-5")
+
+
+def test_session_frame_limit_only_once_the_dimension_is_known() -> None:
+    # Master in CONFIGURING (WELCOME sent, no CONFIG yet): max_frame_bytes applies.
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    master.send(WELCOME)
+    assert master.receive(header(0x09, 2**28)) == [] and master.error is None
+    # The same header after CONFIG (d = 2): the session limit, 65,536.
+    master, worker = ready_pair()
+    master.receive(header(0x09, 2**28))
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-10-5")
+    # Above max_frame_bytes itself it is still WF-3-3.
+    master, worker = pair_with_dim(1000, ReceiveContext(max_frame_bytes=1000))
+    master.receive(header(0x09, 1001))
+    assert_failed(master, "FRAME_TOO_LARGE", "WF-3-3")
+    # Turned off: max_frame_bytes again.
+    master, worker = pair_with_dim(2, None, session_frame_limit=False)
+    assert master.receive(header(0x09, 2**28)) == [] and master.error is None
+
+
+def test_session_frame_limit_at_a_closing_worker() -> None:
+    """The worker knows d once it has received CONFIG, also a CONFIG crossing its CLOSE (N21)."""
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker.close()
+    worker.receive(master.send(CONFIG))
+    assert worker.state == "CLOSING" and worker.session_state == "READY"
+    assert worker.receive(header(0x04, 65536)) == [] and worker.error is None
+    worker = Worker()
+    master = Master()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker.close()
+    worker.receive(master.send(CONFIG))
+    worker.receive(header(0x04, 65537))
+    assert_failed(worker, "FRAME_TOO_LARGE", "WF-10-5", close_sent=False)
+
+
+def test_a_header_is_checked_once() -> None:
+    """N20: a frame whose header passed step 1 is not refused later because the limit fell."""
+    splitter = wire.FrameSplitter(ReceiveContext())
+    splitter.push(header(0x09, 100) + b"x" * 50)
+    assert splitter.pop() is None
+    splitter.ctx = ReceiveContext(max_frame_bytes=64)
+    splitter.push(b"x" * 50 + header(0x09, 100))
+    assert splitter.pop() == wire.RawFrame(1, 0x09, 0, b"x" * 100)
+    with pytest.raises(WireError) as info:
+        splitter.pop()  # the next header meets the new limit
+    assert info.value.code == "FRAME_TOO_LARGE"
+    # In a connection: a master in CONFIGURING has the header of a 100,000-byte HEARTBEAT, then
+    # sends CONFIG (d = 2, limit 65,536); the frame completes and fails on its body, not its length.
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    master.send(WELCOME)
+    assert master.receive(header(0x09, 100000) + b"\0" * 10) == []
+    master.send(CONFIG)
+    master.receive(b"\0" * 99990)
+    assert_failed(master, "MALFORMED_FRAME", "WF-7.9-2")
+    # A header completed in the same read as the CONFIG that makes d known meets the session limit.
+    master, worker = Master(), Worker()
+    master.receive(worker.send(HELLO))
+    worker.receive(master.send(WELCOME))
+    worker.receive(master.send(CONFIG) + header(0x04, 65537))
+    assert_failed(worker, "FRAME_TOO_LARGE", "WF-10-5")
+
+
+def test_stand_alone_decoder_session_limit_is_opt_in() -> None:
+    """N22: the decoder without a connection applies WF-10-5 only with session_limit=True."""
+    data = header(0x08, 80065)
+    fails(data, "MALFORMED_FRAME", "WF-3-5", dimension=10000)  # waits for the body, stream ends
+    fails(data, "FRAME_TOO_LARGE", "WF-10-5", dimension=10000, session_limit=True)
+    fails(header(0x08, 80064), "MALFORMED_FRAME", "WF-3-5", dimension=10000, session_limit=True)

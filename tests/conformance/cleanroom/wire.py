@@ -9,7 +9,8 @@ A *message* is a ``dict`` with a ``"type"`` key holding the spec's message name 
 field names as the other keys (header version and flags are not message fields, except MODEL's
 RELATIVE flag, which appears as ``"relative": bool``)::
 
-    {"type": "HELLO", "min_version": int, "max_version": int, "encodings": list[int], "name": str}
+    {"type": "HELLO", "min_version": int, "max_version": int, "encodings": list[int], "name": str,
+     "shard": [index, count]}                                  # "shard" only if claimed (WF-7.1-9)
     {"type": "WELCOME", "version": int, "worker_id": int, "encodings": list[int]}
     {"type": "CONFIG", "dim": int, "algorithm": str, "params": dict[str, bool | int | float | str]}
     {"type": "SNAPSHOT", "epoch": int, "vector": vector}
@@ -27,7 +28,9 @@ RELATIVE flag, which appears as ``"relative": bool``)::
 
 HELLO's ``magic`` key is a protocol constant: it is checked on receipt and always written as
 ``"aiodq"`` but it is not part of the plain data.  ``encodings`` is decoded as a sorted list
-without duplicates (WF-6.2-1).
+without duplicates (WF-6.2-1).  HELLO's optional sixth key ``shard`` (WF-7.1-9) appears in the plain
+data as ``"shard": [index, count]`` only when the body has it; the encoder writes it after ``name``
+when the dict has a ``"shard"`` that is not None (a list or tuple of two ints).
 
 A *vector* is a ``dict`` with ``"encoding"`` (the spec's encoding name) and ``"dim"``, plus the
 value fields of its encoding (derived wire fields such as the Rice ``k`` are not included, because
@@ -50,17 +53,24 @@ Public API
 ``ReceiveContext(max_frame_bytes: int = 2**28, max_dimension: int = 2**24,
 max_control_bytes: int = 2**16, max_reason_bytes: int = 1024, dimension: int | None = None,
 encodings: Iterable[int] | None = None, header_version: int | None = None,
-before_handshake: bool = False)``
+before_handshake: bool = False, session_limit: bool = False)``
     Receiver limits (section 10), the configured model dimension (None = unknown, skips check 8
     of WF-5.2-3), the encodings this receiver announced (None = all of 0..8) and, optionally, the
     header version that frames other than HELLO/WELCOME/AUTH_* must carry (None = no version check;
     the connection does that check itself, WF-5.2-4).  ``before_handshake=True`` applies the
     handshake frame limit of WF-10-3 in place of ``max_frame_bytes`` (the connection sets it until
     its handshake is complete; the stand-alone decoder has no handshake and leaves it False).
-    ``frame_limit() -> int`` is the body-length limit in force.
+    ``session_limit=True`` applies the session frame limit of WF-10-5 once ``dimension`` is set
+    (the connection sets it once the session's dimension is known; opt-in for the stand-alone
+    decoder).  ``frame_limit() -> int`` is the body-length limit in force: the handshake frame
+    limit while ``before_handshake`` is set, else the session frame limit when ``session_limit`` is
+    set and ``dimension`` is not None, else ``max_frame_bytes``.
 
 ``handshake_frame_limit(ctx: ReceiveContext) -> int``
     ``min(max_frame_bytes, max(max_control_bytes, max_reason_bytes + 20))`` (WF-10-3).
+
+``session_frame_limit(ctx: ReceiveContext, dimension: int) -> int``
+    ``min(max_frame_bytes, max(handshake frame limit, 8·d + 64, max_reason_bytes + 32))`` (WF-10-5).
 
 ``decode_stream(data: bytes, ctx: ReceiveContext | None = None, *, stop_at_close: bool = False)
 -> list[dict]``
@@ -85,7 +95,8 @@ ctx: ReceiveContext | None = None) -> dict``
 ``FrameSplitter(ctx)`` with ``push(data: bytes) -> None``, ``pop() -> RawFrame | None``,
 ``partial() -> bool``, ``clear() -> None``
     Incremental framing (WF-3-1..WF-3-5).  ``pop`` checks the body length as soon as the 7 header
-    bytes are there (FRAME_TOO_LARGE) and returns a frame only once all of it has arrived.
+    bytes are there (FRAME_TOO_LARGE), once per frame, against the limit in force at that moment,
+    and returns a frame only once all of it has arrived.
 
 ``StreamDecoder(ctx, *, stop_at_close: bool = False)`` with ``feed(data: bytes) -> list[dict]``,
 ``end() -> None`` and ``closed -> bool``
@@ -123,7 +134,7 @@ peer_encodings: Iterable[int] | None = None) -> dict`` /
 ``rice_block_sizes(values: list[int], count: int, k_max: int) -> list[int]``
     ``R(k)`` for ``k = 0..k_max`` (WF-5.6-6, WF-5.8-4).
 
-Also exported: ``ERROR_CODES`` (name -> int), ``CODE_NAMES`` (int -> name), ``MESSAGE_TYPES``,
+Also exported: ``ERROR_CODES`` (name -> int, 0..22), ``CODE_NAMES`` (int -> name), ``MESSAGE_TYPES``,
 ``TYPE_NAMES``, ``ENCODINGS``, ``ENCODING_NAMES``, ``ALLOWED_ENCODINGS``, ``FLAG_RELATIVE``,
 ``encode_varint(value: int) -> bytes``, ``decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]``.
 """
@@ -162,6 +173,8 @@ ERROR_CODES: dict[str, int] = {
     "INVALID_CONFIG": 18,
     "GOING_AWAY": 19,
     "VERSION_MISMATCH": 20,
+    "SHARD_TAKEN": 21,  # [WF-7.1-9] raised by the master application, not by the codec
+    "WORLD_SIZE_MISMATCH": 22,  # [WF-7.1-9] likewise; 23..65535 are unassigned [WF-9-1]
 }
 CODE_NAMES: dict[int, str] = {v: k for k, v in ERROR_CODES.items()}
 
@@ -221,6 +234,7 @@ MAX_MSGPACK_DEPTH = 1024  # [WF-7-6]
 NONCE_SIZE = 32
 MAC_SIZE = 32
 HELLO_MAGIC = "aiodq"
+MAX_SHARD_COUNT = 2**31 - 1  # [WF-7.1-9] 0 <= index < count <= 2^31 - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +289,7 @@ class ReceiveContext:
     encodings: Iterable[int] | None = None
     header_version: int | None = None
     before_handshake: bool = False
+    session_limit: bool = False
 
     def __post_init__(self) -> None:
         # Section 10, "Allowed values".
@@ -294,9 +309,15 @@ class ReceiveContext:
         return KNOWN_ENCODINGS if self.encodings is None else frozenset(self.encodings)
 
     def frame_limit(self) -> int:
-        """The body-length limit in force: ``max_frame_bytes``, or the handshake frame limit of
-        WF-10-3 while ``before_handshake`` is set."""
-        return handshake_frame_limit(self) if self.before_handshake else self.max_frame_bytes
+        """The body-length limit in force: the handshake frame limit of WF-10-3 while
+        ``before_handshake`` is set; else the session frame limit of WF-10-5 when ``session_limit``
+        is set and the dimension is known; else ``max_frame_bytes``.  (The session limit is never
+        below the handshake limit, so ``before_handshake`` wins if both are set.)"""
+        if self.before_handshake:
+            return handshake_frame_limit(self)
+        if self.session_limit and self.dimension is not None:
+            return session_frame_limit(self, self.dimension)
+        return self.max_frame_bytes
 
 
 def handshake_frame_limit(ctx: ReceiveContext) -> int:
@@ -306,6 +327,18 @@ def handshake_frame_limit(ctx: ReceiveContext) -> int:
     are at most ``max_control_bytes`` (WF-7-5), the AUTH messages 64 bytes, CLOSE and ERROR at most
     20 bytes of fixed fields and varints plus their reason."""
     return min(ctx.max_frame_bytes, max(ctx.max_control_bytes, ctx.max_reason_bytes + 20))
+
+
+def session_frame_limit(ctx: ReceiveContext, dimension: int) -> int:
+    """[WF-10-5] ``min(max_frame_bytes, max(handshake frame limit, 8·d + 64, max_reason_bytes + 32))``.
+
+    Once the session's dimension ``d`` is known no message of the session is longer: RAW_F64 is the
+    largest vector (``8·d`` bytes plus at most 10 of descriptor and dimension) and SNAPSHOT_GRADIENT
+    adds at most 35 bytes; ERROR and CLOSE are a reason plus fixed fields and varints (NOTES N19)."""
+    return min(
+        ctx.max_frame_bytes,
+        max(handshake_frame_limit(ctx), 8 * dimension + 64, ctx.max_reason_bytes + 32),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1395,7 +1428,30 @@ def _decode_hello(body: bytes, ctx: ReceiveContext) -> dict:
         raise _config_error("WF-7.1-6", "name missing or not str")
     if len(name.encode("utf-8")) > 255:
         raise _config_error("WF-7.1-6", "name longer than 255 bytes")
-    return {"type": "HELLO", "min_version": lo, "max_version": hi, "encodings": encodings, "name": name}
+    hello = {"type": "HELLO", "min_version": lo, "max_version": hi, "encodings": encodings, "name": name}
+    # [WF-7.1-9] the optional sixth key, checked after the five required ones (NOTES N16).  Absent:
+    # no claim.  Present (nil included, N15): an array of exactly two ints, 0 <= index < count <=
+    # 2^31 - 1, or INVALID_CONFIG.  Only a str key counts (a bin key is ignored, WF-7-8) and the
+    # last occurrence wins (WF-7-9), as for every key.
+    if "shard" in m:
+        hello["shard"] = _decode_shard(m["shard"])
+    return hello
+
+
+def _decode_shard(value: object) -> list[int]:
+    """HELLO's ``shard`` value (WF-7.1-9): INVALID_CONFIG unless ``[index, count]`` with
+    ``0 <= index < count <= 2^31 - 1``.  msgpack ints only: a bool, float or str does not qualify
+    (WF-7-7); any valid msgpack int encoding is accepted (WF-7-10)."""
+    if not isinstance(value, list):
+        raise _config_error("WF-7.1-9", "shard is not an array")
+    if len(value) != 2:
+        raise _config_error("WF-7.1-9", f"shard has {len(value)} entries, not 2")
+    index, count = value
+    if not _is_int(index) or not _is_int(count):
+        raise _config_error("WF-7.1-9", "shard entries must be ints")
+    if not 0 <= index < count <= MAX_SHARD_COUNT:
+        raise _config_error("WF-7.1-9", f"shard [{index}, {count}] violates 0 <= index < count <= 2^31 - 1")
+    return [index, count]
 
 
 def _decode_welcome(body: bytes, ctx: ReceiveContext) -> dict:
@@ -1448,6 +1504,16 @@ def _check_encodings_out(value: object, rule: str) -> list[int]:
     return sorted(set(value))  # ascending, no duplicates [WF-7.1-3], [WF-7.2-2]
 
 
+def _check_shard_out(value: object) -> list[int]:
+    """A shard claim the local side may send (WF-7.1-9), else PROTOCOL_ERROR (WF-9-3)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _refuse("WF-7.1-9", "shard must be [index, count]")
+    index, count = value
+    if not _is_int(index) or not _is_int(count) or not 0 <= index < count <= MAX_SHARD_COUNT:
+        raise _refuse("WF-7.1-9", "shard must satisfy 0 <= index < count <= 2^31 - 1 (ints)")
+    return [index, count]
+
+
 def _encode_control(message: dict) -> bytes:
     kind = message["type"]
     if kind == "HELLO":
@@ -1473,6 +1539,9 @@ def _encode_control(message: dict) -> bytes:
             "encodings": _check_encodings_out(message.get("encodings"), "WF-7.1-3"),
             "name": name,
         }
+        shard = message.get("shard")
+        if shard is not None:  # [WF-7.1-2] followed by `shard` if the worker claims a shard
+            value["shard"] = _check_shard_out(shard)
     elif kind == "WELCOME":
         value = {
             "version": _check_uint(message.get("version"), "version", 255, "WF-7.2-2"),
@@ -1528,11 +1597,12 @@ def _read_code(r: _Reader, kind: str) -> int:
 
 
 def check_frame_length(length: int, ctx: ReceiveContext) -> None:
-    """Receive step 1: the body length against ``max_frame_bytes`` (WF-3-3) or, while
-    ``ctx.before_handshake`` is set, against the smaller handshake frame limit (WF-10-3).
+    """Receive step 1: the body length against ``ctx.frame_limit()``: ``max_frame_bytes`` (WF-3-3),
+    the handshake frame limit while ``ctx.before_handshake`` is set (WF-10-3), or the session frame
+    limit once ``ctx.session_limit`` is set and the dimension is known (WF-10-5).
 
-    A length above ``max_frame_bytes`` itself is reported as WF-3-3 in both cases; one that only
-    the handshake frame limit forbids is reported as WF-10-3."""
+    A length above ``max_frame_bytes`` itself is reported as WF-3-3 in every case; one that only
+    the handshake or the session frame limit forbids is reported as WF-10-3 or WF-10-5."""
     if length > ctx.max_frame_bytes:
         raise _bad(
             "FRAME_TOO_LARGE", "WF-3-3", f"body length {length} exceeds max_frame_bytes {ctx.max_frame_bytes}"
@@ -1542,6 +1612,13 @@ def check_frame_length(length: int, ctx: ReceiveContext) -> None:
             "FRAME_TOO_LARGE",
             "WF-10-3",
             f"body length {length} exceeds the handshake frame limit {handshake_frame_limit(ctx)}",
+        )
+    limit = ctx.frame_limit()
+    if length > limit:  # [WF-10-5]: only the session frame limit can still be smaller
+        raise _bad(
+            "FRAME_TOO_LARGE",
+            "WF-10-5",
+            f"body length {length} exceeds the session frame limit {limit} (d = {ctx.dimension})",
         )
 
 
@@ -1669,6 +1746,7 @@ class FrameSplitter:
     def __init__(self, ctx: ReceiveContext | None = None) -> None:
         self.ctx = ctx or ReceiveContext()
         self._buf = bytearray()
+        self._header_checked = False  # the buffered frame's header passed step 1 [WF-3-3]
 
     def push(self, data: bytes) -> None:
         """Append received bytes."""
@@ -1677,16 +1755,21 @@ class FrameSplitter:
     def pop(self) -> RawFrame | None:
         """The next complete frame, or None.  The body length is checked against
         ``self.ctx.frame_limit()`` as soon as the header is complete, before waiting for the body
-        (WF-3-3, WF-10-3).  The owner may replace ``self.ctx`` between calls (a connection does when
-        its handshake completes)."""
+        (WF-3-3, WF-10-3, WF-10-5).  The owner may replace ``self.ctx`` between calls (a connection
+        does when its handshake completes and when the session's dimension becomes known).  Each
+        header is checked once, against the limit in force when the splitter first sees it whole: a
+        frame whose header passed is not refused later by a smaller limit (NOTES N20)."""
         if len(self._buf) < HEADER_SIZE:
             return None
         version, msg_type, flags, length = struct.unpack_from("<BBBI", self._buf, 0)
-        check_frame_length(length, self.ctx)
+        if not self._header_checked:
+            check_frame_length(length, self.ctx)
+            self._header_checked = True
         if len(self._buf) < HEADER_SIZE + length:
             return None
         body = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
         del self._buf[: HEADER_SIZE + length]
+        self._header_checked = False
         return RawFrame(version, msg_type, flags, body)
 
     def partial(self) -> bool:
@@ -1696,6 +1779,7 @@ class FrameSplitter:
     def clear(self) -> None:
         """Drop everything buffered."""
         self._buf.clear()
+        self._header_checked = False
 
 
 class StreamDecoder:

@@ -1,0 +1,155 @@
+"""What the master logs, and how much: epochs, members, protocol errors, refusals (rate-limited).
+
+A flood of strangers, or workers the master keeps removing and that keep coming back, must not
+fill the log: protocol errors and joined/left lines are written one by one up to
+``LINES_PER_INTERVAL`` per ``INTERVAL`` seconds, and counted in one line per interval beyond
+that; connections refused before joining are only counted (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+
+from ..protocol.coordinator import Coordinator
+
+__all__ = ["INTERVAL", "LINES_PER_INTERVAL", "Logbook", "peer_name", "printable"]
+
+_log = logging.getLogger("aiodq.master")
+
+#: Seconds between the lines that count what was not logged one by one.
+INTERVAL = 10.0
+#: Protocol errors (and, apart, joined/left lines) logged one line each per interval.
+LINES_PER_INTERVAL = 20
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` for one log line: control characters escaped (no forged lines), at most ``limit`` chars."""
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def peer_name(writer: asyncio.StreamWriter) -> str:
+    """``host:port`` of a connection's peer (``[host]:port`` for IPv6)."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = str(peer[0]), int(peer[1])
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(peer)
+
+
+class _Budget:
+    """At most ``LINES_PER_INTERVAL`` lines per ``INTERVAL`` seconds."""
+
+    def __init__(self) -> None:
+        self._since, self._lines = -math.inf, 0
+
+    def take(self, now: float) -> bool:
+        if now - self._since >= INTERVAL:
+            self._since, self._lines = now, 0
+        if self._lines < LINES_PER_INTERVAL:
+            self._lines += 1
+            return True
+        return False
+
+
+class Logbook:
+    """The master's log, fed after every batch of events (:meth:`progress`)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        #: Connections refused or failed before joining, by why (result.json's refused_connections).
+        self.refused: Counter[str] = Counter()
+        self._refused_logged: Counter[str] = Counter()
+        self._counted_at = -math.inf
+        self._epochs = 0
+        self._errors = 0
+        self._members: set[int] = set()
+        self._error_budget, self._member_budget = _Budget(), _Budget()
+        self._unlogged_errors = self._unlogged_errors_logged = 0
+        self._unlogged_members: Counter[str] = Counter()
+
+    def resumed(self, coordinator: Coordinator) -> None:
+        """A run restored from a checkpoint: its epochs and errors were logged by the run that wrote them."""
+        self._epochs = len(coordinator.trace)
+        self._errors = coordinator.ledger.errors_seen
+
+    def refuse(self, why: str) -> None:
+        """A connection refused (or a TLS handshake failed) before it could join."""
+        self.refused[why] += 1
+        self.counts()
+
+    def progress(self, coordinator: Coordinator, writers: dict[int, asyncio.StreamWriter]) -> None:
+        """Log new epochs, workers that joined, and new protocol errors."""
+        if len(coordinator.trace) > self._epochs:
+            traffic = coordinator.traffic()
+            for record in coordinator.trace[self._epochs :]:
+                _log.info(
+                    "epoch %d: loss %.6f, accuracy %.4f, version %d, %.1f s; bytes so far: down %d, up %d",
+                    record.epoch,
+                    record.loss,
+                    record.accuracy,
+                    record.version,
+                    record.time,
+                    traffic.total("down"),
+                    traffic.total("up"),
+                )
+            self._epochs = len(coordinator.trace)
+        for worker_id, writer in writers.items():
+            if worker_id not in self._members and coordinator.is_member(worker_id):
+                self._members.add(worker_id)
+                self._membership("joined", "worker %d joined from %s", worker_id, peer_name(writer))
+        seen = coordinator.ledger.errors_seen
+        new = seen - self._errors
+        if new > 0:
+            now = self._clock()
+            errors = coordinator.errors
+            for worker_id, code, reason in list(errors)[-min(new, len(errors)) :] if errors else []:
+                if self._error_budget.take(now):
+                    _log.warning("worker %d: %s: %s", worker_id, code, printable(reason))
+                    new -= 1
+            self._unlogged_errors += new
+            self._errors = seen
+            self.counts()
+
+    def left(self, worker_id: int) -> None:
+        """A connection ended: a line if it was a member."""
+        if worker_id in self._members:
+            self._members.discard(worker_id)
+            self._membership("left", "worker %d left", worker_id)
+
+    def _membership(self, kind: str, message: str, *args: object) -> None:
+        if self._member_budget.take(self._clock()):
+            _log.info(message, *args)
+        else:
+            self._unlogged_members[kind] += 1
+
+    def counts(self, *, force: bool = False) -> None:
+        """At most one line per interval each: refused connections, errors and members not logged."""
+        now = self._clock()
+        if now - self._counted_at < INTERVAL and not force:
+            return
+        new = self.refused - self._refused_logged
+        if new:
+            _log.warning(
+                "refused or failed before joining: %s", ", ".join(f"{k}: {v}" for k, v in new.items())
+            )
+        unlogged = self._unlogged_errors - self._unlogged_errors_logged
+        if unlogged:
+            _log.warning(
+                "%d more protocol errors, not logged one by one (counted by code in the summary)", unlogged
+            )
+        members = self._unlogged_members
+        if members:
+            _log.info(
+                "workers %s, not logged one by one",
+                " and ".join(f"{kind}: {count}" for kind, count in sorted(members.items())),
+            )
+            members.clear()
+        if new or unlogged:
+            self._refused_logged = Counter(self.refused)
+            self._unlogged_errors_logged = self._unlogged_errors
+            self._counted_at = now

@@ -1,0 +1,100 @@
+"""When the master stops waiting (sans I/O: the time comes in as arguments; docs/security.md).
+
+- for workers to join: ``join_timeout`` after the start, or after every worker left;
+- for a snapshot phase's reports: ``snapshot_timeout`` in the first phase, then
+  ``SNAPSHOT_SLACK`` times the slowest report accepted in the last phase (at least
+  ``SNAPSHOT_FLOOR`` seconds, at most ``snapshot_timeout``), so that a worker that never
+  answers holds up each phase for seconds, not minutes;
+- for one worker's SNAPSHOT, whatever the phase: ``snapshot_timeout`` after it was sent (a
+  worker that never answers would otherwise hold a place in the cluster for good).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import MasterConfig
+from .members import Member
+
+__all__ = ["SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines"]
+
+#: A snapshot phase after the first waits this many times the last phase's slowest report...
+SNAPSHOT_SLACK = 10.0
+#: ...but at least this many seconds (and at most ``MasterConfig.snapshot_timeout``).
+SNAPSHOT_FLOOR = 10.0
+
+
+@dataclass(slots=True)
+class Deadlines:
+    """The coordinator's deadlines, moved on by its phases."""
+
+    config: MasterConfig
+    #: Since when the coordinator has been waiting for workers to join (None: it is not).
+    joining_since: float | None
+    #: When the current snapshot phase stops waiting (None: no phase, or it is over).
+    snapshot_deadline: float | None = None
+    #: When the current snapshot phase started...
+    phase_started: float = 0.0
+    #: ...and when its last accepted report came.
+    phase_answered: float = 0.0
+    #: Seconds the slowest accepted report of the last finished phase took (None: no phase yet).
+    slowest_report: float | None = None
+
+    def waiting_for_workers(self, now: float) -> None:
+        """The coordinator (again) waits for the workers to join."""
+        self.joining_since, self.snapshot_deadline = now, None
+
+    def snapshot_phase_started(self, now: float) -> None:
+        """A snapshot phase starts: its deadline is set."""
+        self.joining_since = None
+        self.phase_started = self.phase_answered = now
+        self.snapshot_deadline = now + self.snapshot_wait()
+
+    def report_accepted(self, now: float) -> None:
+        """A report of the current phase was accepted."""
+        self.phase_answered = now
+
+    def snapshot_phase_finished(self) -> None:
+        """The phase has its reports: the next one's deadline follows from the slowest."""
+        self.snapshot_deadline = None
+        self.slowest_report = max(0.0, self.phase_answered - self.phase_started)
+
+    def stopped(self) -> None:
+        """The run is over: nothing to wait for."""
+        self.joining_since = self.snapshot_deadline = None
+
+    def snapshot_wait(self) -> float:
+        """How long the next snapshot phase waits for its reports (module docstring)."""
+        timeout = self.config.snapshot_timeout
+        if self.slowest_report is None:
+            return timeout
+        return min(timeout, max(SNAPSHOT_FLOOR, SNAPSHOT_SLACK * self.slowest_report))
+
+    def snapshot_phase_due(self, now: float) -> float | None:
+        """If the snapshot phase's deadline has passed: the seconds it waited (the deadline is spent)."""
+        deadline = self.snapshot_deadline
+        if deadline is None or now < deadline:
+            return None
+        self.snapshot_deadline = None
+        return deadline - self.phase_started
+
+    def join_due(self, now: float) -> bool:
+        """True if the workers have not all joined within ``join_timeout``."""
+        return self.joining_since is not None and now >= self.joining_since + self.config.join_timeout
+
+    def snapshot_owed_too_long(self, worker: Member, now: float) -> bool:
+        """True if ``worker`` left a SNAPSHOT unanswered for ``snapshot_timeout``."""
+        return (
+            worker.snapshot_sent is not None and now >= worker.snapshot_sent_at + self.config.snapshot_timeout
+        )
+
+    def timers(self, workers: list[Member]) -> list[float]:
+        """Every deadline still ahead."""
+        timers = [
+            w.snapshot_sent_at + self.config.snapshot_timeout for w in workers if w.snapshot_sent is not None
+        ]
+        if self.snapshot_deadline is not None:
+            timers.append(self.snapshot_deadline)
+        if self.joining_since is not None:
+            timers.append(self.joining_since + self.config.join_timeout)
+        return timers

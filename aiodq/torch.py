@@ -1,0 +1,418 @@
+"""PyTorch models as aiodq objectives: :class:`TorchObjective` (the extra ``aiodq[torch]``).
+
+::
+
+    import torch
+    from aiodq.torch import TorchObjective
+
+    torch.manual_seed(0)                                   # x_0 is the module's own initialisation
+    net = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    objective = TorchObjective(net, torch.nn.CrossEntropyLoss(), features, labels)
+    await run_worker(host, port, objective=objective)      # and Master(config, objective, ...)
+
+Any ``torch.nn.Module`` trains: its trainable parameters, in ``module.parameters()`` order,
+are the flat vector ``x`` that aiodq quantizes and sends.  Inside torch the values stay in the
+parameters' dtype (float32 usually); at the boundary they are float64 numpy vectors, as the
+:class:`~aiodq.Objective` protocol requires.
+
+How the vector moves.  The adapter re-homes every trainable parameter into ONE flat buffer
+(``param.data`` becomes a view of a slice of it) and gives each parameter a ``.grad`` that is a
+view of ONE flat gradient buffer, into which autograd accumulates in place.  Receiving ``x`` is
+then a single ``copy_`` (float64 to float32 included), and handing back the gradient a single
+``astype(float64)``; ``aiodq.lab.bench_torch`` measures this against torch's own
+``vector_to_parameters`` / ``parameters_to_vector`` (one copy per parameter each way).
+
+This is the only module of aiodq that imports torch; ``import aiodq`` does not load it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised only where torch is missing
+    raise ImportError(
+        "aiodq.torch needs PyTorch: pip install 'aiodq[torch]' (a CPU build of torch is enough)"
+    ) from exc
+
+from .protocol.objectives import Rows
+
+__all__ = ["LossFunction", "TorchObjective", "torch"]
+
+Array = npt.NDArray[np.float64]
+#: A loss: ``(outputs, labels) -> `` the batch's summed loss (0-d) or one loss per sample (1-d).
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _summing(loss_fn: LossFunction) -> LossFunction:
+    """``loss_fn``, or for a torch loss module a shallow copy of it with ``reduction="sum"``."""
+    if isinstance(loss_fn, torch.nn.Module) and isinstance(getattr(loss_fn, "reduction", None), str):
+        summing = copy.copy(loss_fn)  # the caller's module keeps its own reduction
+        summing.reduction = "sum"  # type: ignore[assignment]  # torch types module attributes as tensors
+        return summing
+    return loss_fn
+
+
+def _as_tensor(values: Any, what: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """``values`` (a tensor, a scipy sparse matrix or a numeric array-like) as a tensor on ``device``.
+
+    ``dtype`` None: integer and boolean values become int64 (class indices), floats ``torch.float32``.
+    """
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach()
+    else:
+        if hasattr(values, "toarray"):  # a scipy sparse matrix: the module needs dense rows
+            values = values.toarray()
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what} of type {type(values).__name__} are not an array-like: {exc}") from None
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must be numbers, got dtype {array.dtype}")
+        if not (array.flags.writeable and array.flags.c_contiguous):
+            # torch.from_numpy warns on read-only memory and refuses negative strides.
+            array = np.array(array, order="C")
+        tensor = torch.from_numpy(array)
+    if dtype is None:
+        if tensor.dtype.is_floating_point:
+            dtype = torch.float32 if tensor.dtype == torch.float64 else tensor.dtype
+        elif tensor.is_complex():
+            raise TypeError(f"{what} must be real numbers, got {tensor.dtype}")
+        else:
+            dtype = torch.int64
+    # Always a copy: the objective never shares, or changes, the caller's memory.
+    return tensor.to(device=device, dtype=dtype, copy=True).contiguous()
+
+
+class TorchObjective:
+    """An :class:`~aiodq.Objective` from a ``torch.nn.Module``, a loss and one worker's samples.
+
+    Args:
+        module: the network.  Its trainable parameters (``requires_grad``, in
+            ``module.parameters()`` order) form x; they must be floating point, of one dtype
+            and on one device.  The adapter takes the module over: it is put in evaluation
+            mode (``module.eval()``: f_i must be a deterministic function of x and sample i,
+            as variance reduction assumes, so dropout is off and batch norm uses its running
+            statistics, which are not trained), and its parameters and their ``.grad`` become
+            views of two flat buffers.  Do not move or convert it (``.to()``, ``.half()``)
+            afterwards.
+        loss_fn: the loss ``(outputs, labels) -> Tensor``.  A torch loss module
+            (``torch.nn.CrossEntropyLoss()``, ``NLLLoss``, ``MSELoss``, ``BCEWithLogitsLoss``...,
+            class weights included) is used with ``reduction="sum"`` whatever its own
+            reduction (on a copy; the module you pass is unchanged), so f_i is sample i's own
+            loss: for ``MSELoss`` the sum of its squared errors over the outputs.  Any other
+            callable must return either the SUM over the batch (a 0-d tensor, e.g.
+            ``functools.partial(F.cross_entropy, reduction="sum")``) or one loss per sample (a
+            1-d tensor of the batch's length, summed here); a callable returning the batch's
+            MEAN cannot be told apart from a sum and gives gradients B times too small.
+        features: the samples, one per row of the first axis: a numpy array (any shape
+            ``(n, ...)`` the module takes), a scipy sparse matrix (made dense) or a tensor.  They
+            are kept as one tensor of the parameters' dtype on their device.
+        labels: one label per sample: integer class indices (kept as int64, what
+            ``CrossEntropyLoss`` wants) or floats (kept in the parameters' dtype), as ``loss_fn``
+            reads them.
+        chunk_size: at most this many samples go through the module at once: the full shard
+            (``rows=None``) and large row sets are processed in chunks, which bounds memory; the
+            sums are the same.
+        name: the model's name; when given it must equal the run's ``TrainConfig.model``
+            (checked by the master and by each worker).
+
+    Raises:
+        TypeError: if ``module`` is not a ``torch.nn.Module``, ``loss_fn`` is not callable, the
+            parameters are not floating point or not of one dtype, or the data are not numbers.
+        ValueError: if the module has no trainable parameters or they span devices, the
+            features and labels differ in length or are empty, ``chunk_size`` is not positive,
+            or the module and loss fail on the first samples (the message has torch's error).
+
+    Threads: the adapter never changes torch's settings.  Where several workers share a
+    machine, call ``torch.set_num_threads(1)`` in each worker process (torch otherwise starts
+    one thread per core in every process, and they contend).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        loss_fn: LossFunction,
+        features: Any,
+        labels: Any,
+        *,
+        chunk_size: int = 1024,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable (outputs, labels) -> Tensor, not {type(loss_fn).__name__}"
+            )
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(module).__name__} has no trainable parameters")
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) > 1 or not params[0].dtype.is_floating_point:
+            shown = ", ".join(sorted(str(d) for d in dtypes))
+            raise TypeError(
+                f"the trainable parameters must be floating point, of one dtype; they are {shown} "
+                "(convert the module first, e.g. module.float())"
+            )
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(f"the trainable parameters span devices {sorted(map(str, devices))}")
+        dtype, device = params[0].dtype, params[0].device
+
+        self.module = module
+        self.loss_fn = loss_fn
+        self.name = name
+        self.chunk_size = chunk_size
+        self._loss = _summing(loss_fn)
+        self._features = _as_tensor(features, "features", dtype, device)
+        self._labels = _as_tensor(labels, "labels", None if not _is_float(labels) else dtype, device)
+        if self._features.ndim < 1 or self._labels.ndim < 1:
+            raise ValueError("features and labels need one entry per sample along their first axis")
+        if self._features.shape[0] != self._labels.shape[0] or self._features.shape[0] == 0:
+            raise ValueError(
+                f"{self._features.shape[0]} feature rows and {self._labels.shape[0]} labels: "
+                "need one label per row, and at least one sample"
+            )
+
+        #: The number of parameters d.
+        self.dim: int = sum(p.numel() for p in params)
+        #: The number of samples n_k.
+        self.samples: int = int(self._features.shape[0])
+        # Fail before touching the module's parameters: probe in evaluation mode, restored on failure.
+        was_training = module.training
+        module.eval()
+        try:
+            self._classes = self._probe()
+        except Exception:
+            module.train(was_training)
+            raise
+
+        # One flat buffer for the parameters, one for their gradients; the parameters and
+        # their .grad become views of slices of them.
+        sizes = [p.numel() for p in params]
+        self._flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        self._grad = torch.zeros_like(self._flat)
+        self._params = params
+        self._grad_views: list[torch.Tensor] = []
+        self._pointers: list[int] = []
+        offset = 0
+        with torch.no_grad():
+            for param, size in zip(params, sizes, strict=True):
+                self._flat[offset : offset + size].copy_(param.detach().reshape(-1))
+                param.data = self._flat[offset : offset + size].view_as(param)
+                view = self._grad[offset : offset + size].view_as(param)
+                param.grad = view
+                self._grad_views.append(view)
+                self._pointers.append(param.data_ptr())
+                offset += size
+        self._initial = self.read_parameters()
+        self._rows: Rows | None = None
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- the Objective protocol ----------------------------------------------------------
+
+    def initial(self, rng: np.random.Generator) -> Array:
+        """x_0: the values the parameters had when this objective was built (torch's own init).
+
+        ``rng`` is not used: seed torch (``torch.manual_seed``) before building the module for a
+        reproducible x_0.  Only the master's objective gives x_0; the workers' do not.
+        """
+        del rng
+        return self._initial.copy()
+
+    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
+        """``(sum of f_i(x), sum of grad f_i(x))`` over ``rows`` (all samples with None).
+
+        A repeated row counts as often as it appears.  ``x`` is written into the parameters
+        with one copy; the gradient is read back with one conversion into a new float64 array.
+        The rows gathered for the last call are reused when the same ``rows`` array comes again
+        (the inner loop evaluates one mini-batch at x_hat and at x_snap): do not change a rows
+        array in place between calls.
+
+        Raises:
+            ValueError: if ``x`` is not a vector of :attr:`dim` values or ``rows`` are not
+                sample indices.
+        """
+        self._write(x)
+        self._ready_grads()
+        self._grad.zero_()
+        total = 0.0
+        with torch.enable_grad():
+            for inputs, targets in self._blocks(rows):
+                loss = self._sum(self.module(inputs), targets)
+                torch.autograd.backward(loss)
+                total += loss.detach().item()
+        return total, self._grad.cpu().numpy().astype(np.float64)
+
+    def correct(self, x: Array) -> int:
+        """The samples classified correctly at ``x``.
+
+        Outputs of shape ``(B, C)`` with C >= 2 are class scores: a sample is correct if its
+        highest score is at its label.  Outputs of shape ``(B,)`` or ``(B, 1)`` are one score: a
+        sample is correct if the score and the label are both positive or both not (labels
+        0/1 or -1/+1).  Other outputs are not a classifier's: 0.
+        """
+        if self._classes is None:
+            return 0
+        self._write(x)
+        hits = 0
+        with torch.no_grad():
+            for inputs, targets in self._blocks(None):
+                outputs = self.module(inputs)
+                if self._classes:
+                    hits += int((outputs.argmax(dim=1) == targets).sum())
+                else:
+                    hits += int(((outputs.reshape(-1) > 0) == (targets.reshape(-1) > 0)).sum())
+        return hits
+
+    # -- the vector and the module -------------------------------------------------------
+
+    def write_parameters(self, x: npt.ArrayLike) -> None:
+        """Write the flat vector ``x`` into the module's parameters (to use a trained model).
+
+        Raises:
+            ValueError: if ``x`` is not a vector of :attr:`dim` values.
+        """
+        self._write(x)
+
+    def read_parameters(self) -> Array:
+        """The module's trainable parameters as one new float64 vector (the inverse of the above)."""
+        return self._flat.detach().cpu().numpy().astype(np.float64)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The samples as the module reads them (one tensor; do not modify it)."""
+        return self._features
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels as ``loss_fn`` reads them (do not modify them)."""
+        return self._labels
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _write(self, x: npt.ArrayLike) -> None:
+        """Write x into the flat parameter buffer: one vectorised copy (and dtype conversion)."""
+        values = x if isinstance(x, np.ndarray) else np.asarray(x)
+        if values.shape != (self.dim,):
+            raise ValueError(f"x must be a vector of {self.dim} values, got shape {values.shape}")
+        if values.dtype != np.float64 or not values.flags.writeable:
+            # torch.from_numpy takes float64 (and other numeric dtypes) but warns on read-only memory.
+            try:
+                values = np.array(values, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"x must be numbers: {exc}") from None
+        self._flat.copy_(torch.from_numpy(values))  # the buffer itself needs no grad
+
+    def _ready_grads(self) -> None:
+        """Check that the parameters still live in the flat buffer; re-attach the flat gradient views.
+
+        ``module.zero_grad()`` (which sets ``.grad`` to None) is harmless: the views are put back.
+
+        Raises:
+            RuntimeError: if the parameters were replaced (``module.to()``, assigning ``.data``).
+        """
+        for param, view, pointer in zip(self._params, self._grad_views, self._pointers, strict=True):
+            if param.data_ptr() != pointer:
+                raise RuntimeError(
+                    "the module's parameters were replaced after the TorchObjective was built "
+                    "(module.to(), .float(), assigning .data): build a new TorchObjective"
+                )
+            if param.grad is not view:
+                param.grad = view
+
+    def _blocks(self, rows: Rows | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(inputs, targets)`` for ``rows`` (all samples with None), at most ``chunk_size`` each."""
+        step = self.chunk_size
+        if rows is None:
+            for start in range(0, self.samples, step):
+                yield self._features[start : start + step], self._labels[start : start + step]
+            return
+        if rows is self._rows and self._batch is not None:
+            # The inner loop asks twice for the same rows (at x_hat and at x_snap): gather once.
+            yield self._batch
+            return
+        index = self._index(rows)
+        if index.shape[0] <= step:
+            self._rows, self._batch = rows, self._gather(index)
+            yield self._batch
+            return
+        for start in range(0, index.shape[0], step):
+            yield self._gather(index[start : start + step])
+
+    def _index(self, rows: Rows) -> torch.Tensor:
+        array = rows if isinstance(rows, np.ndarray) else np.asarray(rows)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(
+                f"rows must be a 1-d array of sample indices, got {array.dtype} of shape {array.shape}"
+            )
+        if array.dtype != np.int64 or not array.flags.writeable:
+            array = np.array(array, dtype=np.int64)
+        index = torch.from_numpy(array)  # shares the rows' memory: read at once by index_select
+        return index if self._features.device.type == "cpu" else index.to(self._features.device)
+
+    def _gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows at ``index``; torch checks the bounds (negative indices included)."""
+        try:
+            return self._features.index_select(0, index), self._labels.index_select(0, index)
+        except (IndexError, RuntimeError) as exc:
+            low, high = int(index.min()), int(index.max())
+            raise ValueError(
+                f"rows must be sample indices in [0, {self.samples}), got {low}..{high}"
+            ) from exc
+
+    def _sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's summed loss, from a 0-d sum or a 1-d vector of per-sample losses."""
+        value = self._loss(outputs, targets)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"loss_fn must return a tensor, not {type(value).__name__}")
+        if value.ndim == 0:
+            return value
+        if value.ndim == 1 and value.shape[0] == targets.shape[0]:
+            return value.sum()
+        raise ValueError(
+            f"loss_fn returned shape {tuple(value.shape)} for a batch of {targets.shape[0]}: it must "
+            "return the batch's summed loss (0-d) or one loss per sample"
+        )
+
+    def _probe(self) -> bool | None:
+        """Run the first samples through the module and the loss: fail now, with the reason.
+
+        Returns whether the outputs are class scores (True), one score (False) or neither (None).
+        """
+        inputs, targets = self._features[:2], self._labels[:2]
+        try:
+            with torch.no_grad():
+                outputs = self.module(inputs)
+                loss = self._sum(outputs, targets)
+        except Exception as exc:
+            raise ValueError(
+                f"{type(self.module).__name__} and the loss fail on features of shape "
+                f"{tuple(inputs.shape[1:])} per sample and labels of dtype {targets.dtype}: {exc}"
+            ) from exc
+        if not isinstance(outputs, torch.Tensor) or not loss.dtype.is_floating_point:
+            raise TypeError("the module must return a tensor, and the loss a floating-point tensor")
+        if outputs.ndim == 2 and outputs.shape[1] >= 2 and targets.ndim == 1:
+            return True
+        if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
+            return False
+        return None
+
+
+def _is_float(values: Any) -> bool:
+    """True for floating-point labels (kept in the parameters' dtype), False for integers."""
+    if isinstance(values, torch.Tensor):
+        return bool(values.dtype.is_floating_point)
+    kind: str = getattr(getattr(values, "dtype", None), "kind", "") or np.asarray(values).dtype.kind
+    return kind == "f"

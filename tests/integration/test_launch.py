@@ -1,0 +1,100 @@
+"""The local launcher left alone: worker restarts, signals that stop everything (#12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cluster import A9A, ROOT, logistic_optimum
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces) start after the last ")".
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def start_run(out: Path, *args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "aiodq", "run", "--no-progress", "--out", str(out), *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
+    )
+
+
+def epochs_logged(out: Path) -> int:
+    log = out / "aiodq.log"
+    return log.read_text().count(" epoch ") if log.exists() else 0
+
+
+def test_sigterm_stops_the_run_and_every_worker(tmp_path: Path) -> None:
+    """SIGTERM to aiodq run: its workers close with GOING_AWAY and exit; nothing is left 5 s later."""
+    out = tmp_path / "out"
+    run = start_run(out, "--workers", "3", "--epochs", "200")
+    try:
+        wait_for(lambda: epochs_logged(out) >= 2, 120, "training never started")
+        workers = children(run.pid)
+        assert len(workers) == 3, workers
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=30)
+        stopped = time.monotonic()
+        wait_for(lambda: not any(alive(pid) for pid in workers), 5.0, "worker processes outlived the run")
+        assert time.monotonic() - stopped <= 5.0
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == "aiodq run: stopped by SIGTERM"
+    assert "GOING_AWAY" in (out / "aiodq.log").read_text()  # the workers said goodbye
+
+
+def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: Path) -> None:
+    """--max-restarts 3: a worker SIGKILLed mid-run is started again; the run ends within 1 % of F*."""
+    out = tmp_path / "out"
+    run = start_run(out, "--workers", "3", "--epochs", "10", "--max-restarts", "3")
+    try:
+        wait_for(lambda: epochs_logged(out) >= 3, 120, "training never got going")
+        victim = children(run.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["worker_restarts"] == 1
+    best = logistic_optimum(A9A, summary["config"]["l2"])
+    final = summary["trace"][-1]
+    assert final["samples"] == A9A.samples
+    assert (final["loss"] - best) / best < 0.01, (final["loss"], best)
+    assert "restarting it (1 of 3)" in (out / "aiodq.log").read_text()

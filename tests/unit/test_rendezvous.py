@@ -1,0 +1,49 @@
+"""aiodq worker's rendezvous: the options first, then AIODQ_*, then SLURM's variables (#12)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from aiodq.cli.options import rendezvous
+from aiodq.errors import UsageError
+
+ENV = {"AIODQ_MASTER_ADDR": "master.example", "AIODQ_MASTER_PORT": "29500"}
+
+
+def test_options_win_over_the_environment() -> None:
+    both = {**ENV, "AIODQ_RANK": "1", "AIODQ_WORLD_SIZE": "4"}
+    assert rendezvous(("h", 7), (0, 2), both) == (("h", 7), (0, 2))
+
+
+def test_aiodq_variables() -> None:
+    env = {**ENV, "AIODQ_RANK": "3", "AIODQ_WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_NTASKS": "9"}
+    assert rendezvous(None, None, env) == (("master.example", 29500), (3, 4))
+
+
+def test_slurm_variables_when_aiodq_ones_are_absent() -> None:
+    env = {**ENV, "SLURM_PROCID": "2", "SLURM_NTASKS": "5"}
+    assert rendezvous(None, None, env) == (("master.example", 29500), (2, 5))
+
+
+def test_ipv6_master_address() -> None:
+    env = {"AIODQ_MASTER_ADDR": "::1", "AIODQ_MASTER_PORT": "1", "AIODQ_RANK": "0", "AIODQ_WORLD_SIZE": "1"}
+    assert rendezvous(None, None, env) == (("::1", 1), (0, 1))
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({}, "give --connect HOST:PORT, or set AIODQ_MASTER_ADDR and AIODQ_MASTER_PORT"),
+        ({"AIODQ_MASTER_ADDR": "m"}, "AIODQ_MASTER_PORT"),
+        ({"AIODQ_MASTER_ADDR": "m", "AIODQ_MASTER_PORT": "http"}, "AIODQ_MASTER_ADDR/AIODQ_MASTER_PORT"),
+        (ENV, "give --shard I/M, or set AIODQ_RANK and AIODQ_WORLD_SIZE"),
+        ({**ENV, "AIODQ_RANK": "4", "AIODQ_WORLD_SIZE": "4"}, "AIODQ_RANK/AIODQ_WORLD_SIZE"),
+        ({**ENV, "AIODQ_RANK": "0"}, "give --shard"),  # half a pair is no pair
+        ({**ENV, "SLURM_PROCID": "-1", "SLURM_NTASKS": "2"}, "SLURM_PROCID/SLURM_NTASKS"),
+    ],
+)
+def test_what_is_missing_or_malformed_is_named(env: dict[str, str], words: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(words)):
+        rendezvous(None, None, env)

@@ -1,0 +1,381 @@
+"""aiodq.torch: TorchObjective against a hand-written numpy network, its sums, its vector, its errors.
+
+The reference is a Linear-ReLU-Linear network with cross-entropy written out in numpy (forward
+and backpropagation by hand, float64): torch computes none of the expected values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="aiodq.torch needs PyTorch (the extra aiodq[torch])")
+
+from aiodq.protocol.algorithms import TrainConfig, WorkerState  # noqa: E402
+from aiodq.protocol.objectives import Objective, check_objective  # noqa: E402
+from aiodq.torch import TorchObjective  # noqa: E402
+
+nn = torch.nn
+ROOT = Path(__file__).resolve().parents[2]
+
+SAMPLES, FEATURES, HIDDEN, CLASSES = 20, 5, 7, 3
+# float32 inside torch: a sum of 20 per-sample gradients of order 1 carries rounding errors of
+# about 20 * 6e-8 * |g|, far below 1e-5; a wrong sign, factor or term is of order 1e-1.
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Any:
+    """One torch thread: torch's default, one per core, slows small ops down on a busy machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(SAMPLES, FEATURES)), rng.integers(0, CLASSES, SAMPLES)
+
+
+def _network(seed: int = 0, dtype: Any = None) -> Any:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES))
+    return net if dtype is None else net.to(dtype)
+
+
+def _unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x in module.parameters() order: W1 (HIDDEN x FEATURES, row-major), b1, W2 (CLASSES x HIDDEN), b2."""
+    sizes = np.cumsum([HIDDEN * FEATURES, HIDDEN, CLASSES * HIDDEN])
+    w1, b1, w2, b2 = np.split(x, sizes)
+    return w1.reshape(HIDDEN, FEATURES), b1, w2.reshape(CLASSES, HIDDEN), b2
+
+
+def numpy_loss_grad(x: np.ndarray, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Sum over the rows of cross-entropy(W2 relu(W1 a + b1) + b2, y) and its gradient, by hand."""
+    w1, b1, w2, b2 = _unpack(x)
+    pre = features @ w1.T + b1
+    hidden = np.maximum(pre, 0.0)
+    scores = hidden @ w2.T + b2
+    top = scores.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(scores - top).sum(axis=1)) + top[:, 0]
+    index = np.arange(len(labels))
+    loss = float((log_norm - scores[index, labels]).sum())
+    delta = np.exp(scores - log_norm[:, None])  # softmax
+    delta[index, labels] -= 1.0  # d loss / d scores
+    grad_w2, grad_b2 = delta.T @ hidden, delta.sum(axis=0)
+    back = (delta @ w2) * (pre > 0)  # d loss / d pre-activations
+    grad_w1, grad_b1 = back.T @ features, back.sum(axis=0)
+    return loss, np.concatenate([grad_w1.ravel(), grad_b1, grad_w2.ravel(), grad_b2])
+
+
+def _objective(**options: Any) -> TorchObjective:
+    features, labels = _data()
+    return TorchObjective(_network(), nn.CrossEntropyLoss(), features, labels, **options)
+
+
+def _point(objective: TorchObjective, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(scale=0.5, size=objective.dim)
+
+
+# -- the gradient against numpy -----------------------------------------------------------------
+
+
+def test_gradient_equals_the_hand_written_numpy_gradient() -> None:
+    objective = _objective()
+    features, labels = _data()
+    assert objective.dim == HIDDEN * FEATURES + HIDDEN + CLASSES * HIDDEN + CLASSES
+    for seed in range(3):
+        x = _point(objective, seed)
+        rows = np.random.default_rng(seed).integers(0, SAMPLES, 8)
+        loss, grad = objective.loss_grad(x, rows)
+        expected_loss, expected_grad = numpy_loss_grad(x, features[rows], labels[rows])
+        assert grad.dtype == np.float64 and grad.shape == (objective.dim,)
+        assert loss == pytest.approx(expected_loss, rel=TOL)
+        np.testing.assert_allclose(grad, expected_grad, rtol=TOL, atol=TOL)
+        full_loss, full_grad = objective.loss_grad(x)
+        expected_loss, expected_grad = numpy_loss_grad(x, features, labels)
+        assert full_loss == pytest.approx(expected_loss, rel=TOL)
+        np.testing.assert_allclose(full_grad, expected_grad, rtol=TOL, atol=TOL)
+
+
+def test_a_float64_module_agrees_to_rounding() -> None:
+    """With float64 parameters nothing is rounded to float32: agreement to 1e-12."""
+    features, labels = _data()
+    objective = TorchObjective(_network(dtype=torch.float64), nn.CrossEntropyLoss(), features, labels)
+    x = _point(objective)
+    loss, grad = objective.loss_grad(x)
+    expected_loss, expected_grad = numpy_loss_grad(x, features, labels)
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_full_precision_worker_snapshot_and_inner_step_match_numpy() -> None:
+    """One worker in full precision (AsyFPG): the snapshot sums and alpha are numpy's."""
+    features, labels = _data()
+    objective = _objective()
+    config = TrainConfig(algorithm="asyfpg", batch=6, l2=0.0, model="torch")
+    worker = WorkerState(config, objective, 0)
+    snapshot = _point(objective, 2)
+    loss, grad, correct = worker.snapshot_phase(snapshot)
+    expected_loss, expected_grad = numpy_loss_grad(snapshot, features, labels)
+    assert loss == pytest.approx(expected_loss, rel=TOL)
+    np.testing.assert_allclose(grad, expected_grad, rtol=TOL, atol=TOL)
+    w1, b1, w2, b2 = _unpack(snapshot)
+    scores = np.maximum(features @ w1.T + b1, 0) @ w2.T + b2
+    assert correct == int((scores.argmax(axis=1) == labels).sum())
+    # alpha = (grad f_B(x_hat) - grad f_B(x_snap)) / B on the worker's own draw of B rows.
+    x_hat = snapshot + np.random.default_rng(3).normal(scale=0.1, size=objective.dim)
+    rows = np.random.default_rng([config.seed, 0x5EED, 0]).integers(0, SAMPLES, size=config.batch)
+    from aiodq.codec.vectors import RawVector  # noqa: PLC0415
+
+    alpha = worker.variance_reduced(RawVector(x_hat.astype(np.float32)), False)
+    x_hat32 = x_hat.astype(np.float32).astype(np.float64)
+    expected = (
+        numpy_loss_grad(x_hat32, features[rows], labels[rows])[1]
+        - numpy_loss_grad(snapshot, features[rows], labels[rows])[1]
+    ) / config.batch
+    np.testing.assert_allclose(alpha, expected, rtol=TOL, atol=TOL)
+
+
+# -- sums: repeated rows, chunks ------------------------------------------------------------------
+
+
+def test_repeated_rows_count_as_often_as_they_appear() -> None:
+    objective = _objective()
+    x = _point(objective)
+    rows = np.array([3, 3, 3, 11, 0, 11])
+    loss, grad = objective.loss_grad(x, rows)
+    parts = [objective.loss_grad(x, np.array([row])) for row in (3, 11, 0)]
+    assert loss == pytest.approx(3 * parts[0][0] + 2 * parts[1][0] + parts[2][0], rel=TOL)
+    np.testing.assert_allclose(grad, 3 * parts[0][1] + 2 * parts[1][1] + parts[2][1], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 19, 20, 1024])
+def test_chunks_give_the_sums_of_one_batch(chunk_size: int) -> None:
+    whole = _objective()
+    chunked = _objective(chunk_size=chunk_size)
+    x = _point(whole)
+    loss, grad = whole.loss_grad(x, np.arange(SAMPLES))  # one batch of every row
+    for rows in (None, np.arange(SAMPLES)):
+        chunk_loss, chunk_grad = chunked.loss_grad(x, rows)
+        assert chunk_loss == pytest.approx(loss, rel=TOL)
+        np.testing.assert_allclose(chunk_grad, grad, rtol=TOL, atol=TOL)
+    many = np.random.default_rng(4).integers(0, SAMPLES, 50)  # more rows than a chunk, repeated
+    np.testing.assert_allclose(chunked.loss_grad(x, many)[1], whole.loss_grad(x, many)[1], rtol=TOL, atol=TOL)
+
+
+def test_each_call_starts_from_zero_and_returns_a_new_array() -> None:
+    objective = _objective()
+    x = _point(objective)
+    rows = np.array([1, 2, 3])
+    first = objective.loss_grad(x, rows)[1]
+    second = objective.loss_grad(x, rows)[1]  # the same rows object: the gathered batch is reused
+    np.testing.assert_array_equal(first, second)
+    assert first is not second and not np.shares_memory(first, second)
+    objective.module.zero_grad()  # sets .grad to None: the adapter re-attaches its views
+    np.testing.assert_array_equal(objective.loss_grad(x, rows)[1], first)
+    objective.module.zero_grad(set_to_none=False)
+    np.testing.assert_array_equal(objective.loss_grad(x, rows.copy())[1], first)
+
+
+# -- the vector and the module --------------------------------------------------------------------
+
+
+def test_round_trip_between_the_vector_and_the_parameters() -> None:
+    net = _network()
+    before = np.concatenate([p.detach().numpy().ravel() for p in net.parameters()]).astype(np.float64)
+    features, labels = _data()
+    objective = TorchObjective(net, nn.CrossEntropyLoss(), features, labels)
+    np.testing.assert_array_equal(objective.initial(np.random.default_rng(0)), before)
+    np.testing.assert_array_equal(objective.read_parameters(), before)
+    x = _point(objective)
+    objective.write_parameters(x)
+    rounded = x.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(objective.read_parameters(), rounded)
+    in_module = np.concatenate([p.detach().numpy().ravel() for p in net.parameters()])
+    np.testing.assert_array_equal(in_module, rounded)
+    w1, _, _, b2 = _unpack(rounded)
+    np.testing.assert_array_equal(net[0].weight.detach().numpy(), w1.astype(np.float32))
+    np.testing.assert_array_equal(net[2].bias.detach().numpy(), b2.astype(np.float32))
+    objective.loss_grad(_point(objective, 5))
+    # initial() is x_0 as built, whatever was written since, and a fresh copy each time.
+    first = objective.initial(np.random.default_rng(1))
+    np.testing.assert_array_equal(first, before)
+    first[:] = 0
+    np.testing.assert_array_equal(objective.initial(np.random.default_rng(1)), before)
+
+
+def test_frozen_parameters_are_not_in_the_vector() -> None:
+    net = _network()
+    net[0].weight.requires_grad_(False)
+    features, labels = _data()
+    objective = TorchObjective(net, nn.CrossEntropyLoss(), features, labels)
+    assert objective.dim == HIDDEN + CLASSES * HIDDEN + CLASSES
+    x = np.concatenate([net[0].weight.detach().numpy().ravel(), _point(objective)])
+    np.testing.assert_allclose(
+        objective.loss_grad(x[HIDDEN * FEATURES :])[1],
+        numpy_loss_grad(x, features, labels)[1][HIDDEN * FEATURES :],
+        rtol=TOL,
+        atol=TOL,
+    )
+
+
+def test_the_objective_protocol_accepts_it() -> None:
+    objective = _objective(name="mine")
+    assert check_objective(objective) is objective
+    assert isinstance(objective, Objective)
+    assert objective.samples == SAMPLES and objective.name == "mine"
+    assert _objective().name is None
+
+
+def test_the_module_runs_in_evaluation_mode() -> None:
+    features, labels = _data()
+    net = nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.Dropout(0.5), nn.Linear(HIDDEN, CLASSES))
+    objective = TorchObjective(net, nn.CrossEntropyLoss(), features, labels)
+    assert not net.training
+    x = _point(objective)
+    np.testing.assert_array_equal(objective.loss_grad(x)[1], objective.loss_grad(x)[1])  # no dropout draw
+
+
+# -- losses ---------------------------------------------------------------------------------------
+
+
+def test_loss_modules_are_summed_whatever_their_reduction() -> None:
+    features, labels = _data()
+    x = _point(_objective())
+    mean = nn.CrossEntropyLoss()
+    expected = numpy_loss_grad(x, features, labels)
+    for loss_fn in (
+        mean,
+        nn.CrossEntropyLoss(reduction="sum"),
+        nn.CrossEntropyLoss(reduction="none"),
+        lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="sum"),
+        lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none"),  # one per sample
+    ):
+        loss, grad = TorchObjective(_network(), loss_fn, features, labels).loss_grad(x)
+        assert loss == pytest.approx(expected[0], rel=TOL)
+        np.testing.assert_allclose(grad, expected[1], rtol=TOL, atol=TOL)
+    assert mean.reduction == "mean"  # the caller's module is unchanged
+
+
+def test_binary_outputs_score_by_sign() -> None:
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(30, FEATURES))
+    labels = (rng.random(30) < 0.5).astype(np.float64)
+    net = nn.Sequential(nn.Linear(FEATURES, 1), nn.Flatten(0))
+    objective = TorchObjective(net, nn.BCEWithLogitsLoss(), features, labels)
+    x = rng.normal(size=objective.dim)
+    margins = features @ x[:FEATURES] + x[FEATURES]
+    assert objective.correct(x) == int(((margins > 0) == (labels > 0)).sum())
+    # sum over samples of log(1 + exp(-y' m)) with y' = 2 y - 1, written apart
+    expected = np.logaddexp(0.0, -(2 * labels - 1) * margins).sum()
+    assert objective.loss_grad(x)[0] == pytest.approx(expected, rel=TOL)
+
+
+def test_regression_outputs_have_no_accuracy() -> None:
+    rng = np.random.default_rng(7)
+    objective = TorchObjective(
+        nn.Linear(FEATURES, 3), nn.MSELoss(), rng.normal(size=(9, FEATURES)), rng.normal(size=(9, 3))
+    )
+    assert objective.correct(objective.initial(rng)) == 0
+
+
+# -- bad inputs -----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    features, labels = _data()
+    loss = nn.CrossEntropyLoss()
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        TorchObjective(lambda t: t, loss, features, labels)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        TorchObjective(_network(), "cross-entropy", features, labels)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one label per row"):
+        TorchObjective(_network(), loss, features, labels[:-1])
+    with pytest.raises(ValueError, match="at least one sample"):
+        TorchObjective(_network(), loss, features[:0], labels[:0])
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        TorchObjective(nn.ReLU(), loss, features, labels)
+    mixed = _network()
+    mixed[2].double()
+    with pytest.raises(TypeError, match="one dtype"):
+        TorchObjective(mixed, loss, features, labels)
+    with pytest.raises(TypeError, match="must be numbers"):
+        TorchObjective(_network(), loss, np.array([["a"] * FEATURES] * SAMPLES), labels)
+    untouched = _network()
+    pointer = untouched[0].weight.data_ptr()
+    with pytest.raises(ValueError, match="fail on features of shape"):
+        TorchObjective(untouched, loss, features[:, :3], labels)
+    assert untouched.training and untouched[0].weight.data_ptr() == pointer  # left as it was
+    with pytest.raises(ValueError, match="chunk_size"):
+        TorchObjective(_network(), loss, features, labels, chunk_size=0)
+    with pytest.raises(ValueError, match="summed loss"):
+        TorchObjective(_network(), lambda out, y: out, features, labels)
+
+    objective = TorchObjective(_network(), loss, features, labels)
+    with pytest.raises(ValueError, match=f"vector of {objective.dim} values"):
+        objective.loss_grad(np.zeros(objective.dim + 1))
+    with pytest.raises(ValueError, match=r"sample indices in \[0, 20\)"):
+        objective.loss_grad(np.zeros(objective.dim), np.array([0, SAMPLES]))
+    with pytest.raises(ValueError, match=r"sample indices in \[0, 20\)"):
+        objective.loss_grad(np.zeros(objective.dim), np.array([-1]))
+    with pytest.raises(ValueError, match="1-d array of sample indices"):
+        objective.loss_grad(np.zeros(objective.dim), np.array([0.5]))
+    objective.module.double()  # replaces the parameters: the adapter notices
+    with pytest.raises(RuntimeError, match="replaced"):
+        objective.loss_grad(np.zeros(objective.dim))
+
+
+def test_read_only_and_float32_vectors_are_accepted() -> None:
+    objective = _objective()
+    x = _point(objective)
+    expected = objective.loss_grad(x)[1]
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(objective.loss_grad(frozen)[1], expected)
+    np.testing.assert_array_equal(objective.loss_grad(x.astype(np.float32))[1], expected)
+
+
+# -- the example and the benchmark ---------------------------------------------------------------
+
+
+def _example() -> Any:
+    spec = importlib.util.spec_from_file_location("torch_mnist", ROOT / "examples" / "torch_mnist.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("torch_mnist", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_times_the_example_network(capsys: pytest.CaptureFixture[str]) -> None:
+    from aiodq.lab import bench_torch  # noqa: PLC0415
+
+    example = _example()
+    shapes = [tuple(p.shape) for p in example.network().parameters()]
+    assert shapes == [tuple(p.shape) for p in bench_torch.network().parameters()]
+    rng = np.random.default_rng(0)
+    objective = example.objective(rng.random((6, 784)), rng.integers(0, 10, 6))
+    assert check_objective(objective).name == example.MODEL
+    assert objective.dim == 20_522
+    assert bench_torch.main(["--batch", "4", "--repeats", "3", "--samples", "8"]) == 0
+    assert "overhead" in capsys.readouterr().out
+
+
+def test_the_data_are_copied_not_shared() -> None:
+    features, labels = _data()
+    features32 = features.astype(np.float32)
+    objective = TorchObjective(_network(), nn.CrossEntropyLoss(), features32, labels)
+    x = _point(objective)
+    before = objective.loss_grad(x)
+    features32[:] = 0.0
+    labels[:] = 0
+    np.testing.assert_array_equal(objective.loss_grad(x)[1], before[1])
+    reversed_view = _data()[0][::-1]  # negative strides
+    TorchObjective(_network(), nn.CrossEntropyLoss(), reversed_view, _data()[1])
