@@ -188,6 +188,14 @@ def cmd_master(args: argparse.Namespace) -> int:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    records = Path(args.records) if args.records else None
+    if records is not None:
+        if records.is_dir():
+            raise UsageError(f"--records {records}: a folder, not a file")
+        try:
+            check_out(records.parent)
+        except RunError as exc:
+            raise UsageError(f"--records: {exc}") from exc
     out = _output_folder(args.out)
     if out is not None:
         add_logfile(out / "aiodq.log")
@@ -200,14 +208,6 @@ def cmd_master(args: argparse.Namespace) -> int:
         "resume": args.resume,
         "record_every": args.record_every,
     }
-    records = Path(args.records) if args.records else None
-    if records is not None:
-        if records.is_dir():
-            raise UsageError(f"--records {records}: a folder, not a file")
-        try:
-            check_out(records.parent)
-        except RunError as exc:
-            raise UsageError(f"--records: {exc}") from exc
     try:
         result = run_coroutine(
             master_main(

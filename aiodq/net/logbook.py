@@ -148,8 +148,8 @@ class Logbook:
                 "workers %s, not logged one by one",
                 " and ".join(f"{kind}: {count}" for kind, count in sorted(members.items())),
             )
+        if new or unlogged or members:
             members.clear()
-        if new or unlogged:
             self._refused_logged = Counter(self.refused)
             self._unlogged_errors_logged = self._unlogged_errors
             self._counted_at = now

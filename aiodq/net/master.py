@@ -124,6 +124,7 @@ class Master:
         self._checkpoint_interval = checkpoint_interval
         self._resume = resume
         self._last_checkpoint = 0.0
+        self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
         self._blas_threads = blas_threads
         self._record_every = record_every
@@ -416,6 +417,7 @@ class Master:
             await asyncio.sleep(delay)
             self.coordinator.handle_timer(self._now())
             self._flush()
+            self._logbook.counts()  # what was counted, not logged, once the interval has passed
             if self._finished_at is not None:
                 # wire-format.md 8.3: nobody is waited for longer than the close timeout.
                 if self._now() - self._finished_at >= self._connection_config.handshake_timeout:
@@ -427,12 +429,22 @@ class Master:
                 and self._now() - self._last_checkpoint >= self._checkpoint_interval
             ):
                 try:
+                    if self._progress() == self._checkpointed:
+                        self._last_checkpoint = self._now()  # nothing new (waiting for workers, say)
+                        continue
                     self.write_checkpoint()
                 except CheckpointError as exc:
                     self._last_checkpoint = self._now()  # try again at the next interval, not at once
                     if str(exc) != self._checkpoint_failure:
                         _log.error("%s; training goes on without it", exc)
                         self._checkpoint_failure = str(exc)
+
+    def _progress(self) -> tuple[str, int, int, int]:
+        """Where the run stands: a checkpoint of the same place would hold the same state."""
+        coordinator = self.coordinator
+        assert coordinator is not None
+        state = coordinator.state
+        return coordinator.phase.value, state.epoch, state.version, len(coordinator.trace)
 
     def _final_checkpoint(self) -> None:
         """The run ended: checkpoint it as done, so that ``--resume`` refuses it.
@@ -457,6 +469,7 @@ class Master:
             return
         checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
         self._last_checkpoint = self._now()
+        self._checkpointed = self._progress()
         self._checkpoint_failure = None
         _log.info(
             "checkpoint written to %s (epoch %d, version %d)",

@@ -287,6 +287,8 @@ class Coordinator:
         worker = self._workers[worker_id]
         if isinstance(event, Hello):
             self._join(worker_id, worker, event, now)
+        elif isinstance(event, SnapshotGradient | Gradient) and not worker.joined:
+            return  # a removed worker's messages that were already on their way: nothing to do
         elif isinstance(event, SnapshotGradient):
             self._snapshot_gradient(worker_id, worker, event, now)
         elif isinstance(event, Gradient):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,17 +46,22 @@ def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> 
     assert (out / "loss_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
-    """aiodq master --listen and aiodq worker --connect --shard I/M: a cluster of separate processes."""
-    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "2"]
-    command += ["--epochs", "2", "--out", str(tmp_path)]
+@contextlib.contextmanager
+def master_process(out: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``aiodq master --listen 127.0.0.1:0 --out OUT ARGS`` and the port it printed."""
+    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--out", str(out), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env) as master:
+        assert master.stdout is not None
+        line = master.stdout.readline()
+        assert "listening on 127.0.0.1:" in line, line
+        yield master, line.split("127.0.0.1:")[1].split(",")[0]
+
+
+def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
+    """aiodq master --listen and aiodq worker --connect --shard I/M: a cluster of separate processes."""
+    with master_process(tmp_path, "--workers", "2", "--epochs", "2") as (master, port):
         try:
-            assert master.stdout is not None
-            line = master.stdout.readline()
-            assert "listening on 127.0.0.1:" in line, line
-            port = line.split("127.0.0.1:")[1].split(",")[0]
             workers = [
                 aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", f"{index}/2")
                 for index in range(2)
@@ -184,14 +191,8 @@ def test_bench_master_smoke(tmp_path: Path) -> None:
 
 def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None:
     """Shards 0/2 and 1/2 train; a third `--shard 0/2` gets SHARD_TAKEN (exit 1) and the run finishes."""
-    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "2"]
-    command += ["--epochs", "3", "--out", str(tmp_path)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env) as master:
+    with master_process(tmp_path, "--workers", "2", "--epochs", "3") as (master, port):
         try:
-            assert master.stdout is not None
-            line = master.stdout.readline()
-            port = line.split("127.0.0.1:")[1].split(",")[0]
             first = aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2")
             # The first worker has joined once the master logs it (the log goes to --out/aiodq.log).
             log = tmp_path / "aiodq.log"

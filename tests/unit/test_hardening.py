@@ -26,7 +26,7 @@ from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
 from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK
-from aiodq.protocol.guard import Guard
+from aiodq.protocol.guard import Guard, Refusal
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import simulate
 
@@ -451,3 +451,27 @@ def test_a_master_whose_workers_do_not_all_arrive_ends_at_the_join_timeout() -> 
     cluster.run()
     assert cluster.sessions[0].ended is not None
     assert cluster.sessions[0].ended[0] == ErrorCode.GOING_AWAY
+
+
+def test_messages_of_a_removed_worker_already_on_their_way_are_ignored() -> None:
+    """A worker removed mid-read: its next SNAPSHOT_GRADIENT or GRADIENT is dropped, not an INTERNAL_ERROR.
+
+    (The outside attack saw "INTERNAL_ERROR ... MODEL after CLOSE" when a removed worker's report came in
+    the same read as the message that got it removed.)
+    """
+    cluster = Cluster(config(), small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    victim = cluster.ids[0]
+    assert victim is not None
+    report = SnapshotGradient(epoch=0, samples=1000, correct=0, loss=0.7, vector=RawVector(np.zeros(D)))
+    gradient = Gradient(epoch=0, version=coordinator.state.version, vector=ZeroVector(D))
+    coordinator._remove(victim, Refusal(ErrorCode.INVALID_PAYLOAD, "removed by the test"), cluster.now)
+    version = coordinator.state.version
+    for event in (report, gradient):
+        coordinator._handle_safely(victim, event, cluster.now)
+    assert [code for _, code, _ in coordinator.ledger.errors] == ["INVALID_PAYLOAD"]
+    assert coordinator.state.version == version
+    cluster.frozen = {0}
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None
