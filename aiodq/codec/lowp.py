@@ -13,6 +13,7 @@ as the dither array itself, so a rounding can be written down as a test vector.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "float32_at_least",
     "float32_at_most",
     "floor_with_dither",
+    "make_rng",
     "model_delta",
     "quantize",
     "quantize_gradient",
@@ -65,9 +67,15 @@ def check_finite(values: npt.NDArray[Any], what: str = "input") -> tuple[float, 
     """
     if values.ndim != 1 or values.shape[0] == 0:
         raise ValueError(f"{what} must be a non-empty one-dimensional array")
-    low, high = float(values.min()), float(values.max())
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise NonFiniteError(f"{what} contains NaN or infinite values")
+    # Block by block, the maximum reads from the cache what the minimum has just read.
+    step = 2 * _BLOCK
+    low, high = math.inf, -math.inf
+    for start in range(0, values.shape[0], step):
+        block = values[start : start + step]
+        block_low, block_high = float(block.min()), float(block.max())
+        if not (math.isfinite(block_low) and math.isfinite(block_high)):
+            raise NonFiniteError(f"{what} contains NaN or infinite values")
+        low, high = min(low, block_low), max(high, block_high)
     return low, high
 
 
@@ -89,14 +97,108 @@ def float32_at_most(value: float) -> float:
     return float(rounded)
 
 
+def make_rng(entropy: int | Sequence[int] | None = None) -> np.random.Generator:
+    """A generator for the quantizers' randomness: numpy's SFC64, seeded through a SeedSequence.
+
+    Every quantizer here draws raw 64-bit words (four 16-bit dithers or two 32-bit
+    keep-test uniforms per word), so the bit generator's speed is a large share of
+    quantizing a vector, and SFC64 produces raw words faster than numpy's default
+    PCG64.  It is one of numpy's own bit generators, passes the same statistical
+    test batteries, and takes the same ``SeedSequence`` entropy as
+    ``np.random.default_rng(entropy)``: seeded runs stay reproducible, though they
+    draw other numbers than a PCG64 generator with the same seed.
+
+    Args:
+        entropy: what ``np.random.default_rng`` would take, e.g. ``[seed, stream]``;
+            None for fresh entropy from the operating system.
+    """
+    return np.random.Generator(np.random.SFC64(np.random.SeedSequence(entropy)))
+
+
 def draw_dither(rng: np.random.Generator, count: int) -> npt.NDArray[np.uint16]:
     """Draw ``count`` uniform 16-bit dither integers ``r`` (``u = r / 2**16``).
 
     Uses the generator's raw 64-bit output, four dithers per draw: about twice
     as fast as ``rng.integers`` for the same distribution.
     """
-    words = rng.bit_generator.random_raw((count + 3) // 4)
+    return _raw_dither(rng.bit_generator, count)
+
+
+def _raw_dither(bit_generator: np.random.BitGenerator, count: int) -> npt.NDArray[np.uint16]:
+    """``count`` dithers from the bit generator's next ``ceil(count / 4)`` raw words, in word order."""
+    words = bit_generator.random_raw((count + 3) // 4)
     return np.asarray(words, dtype=np.uint64).view(np.uint16)[:count]
+
+
+#: Coordinates per block of :func:`_dither_blocks`.  A block's temporaries (about ten bytes
+#: per coordinate) fit the L2 cache; a multiple of 4, so blocks start on a raw word.
+_BLOCK = 1 << 16
+
+
+def _dither_blocks(
+    values: npt.NDArray[Any],
+    scale: float,
+    dither: npt.NDArray[np.uint16] | np.random.BitGenerator,
+    low: int,
+    high: int,
+    *,
+    out: npt.NDArray[Any],
+    clip: bool = True,
+) -> None:
+    """Write ``(floor(clip(values * scale, low * 2**16, high * 2**16)) + r) >> 16`` into ``out``.
+
+    ``scale`` is ``2**16 / delta``; ``r`` comes from the uint16 array ``dither`` or is
+    drawn from a bit generator.  The shift is done in floating point: with
+    ``F = floor(...)``, ``F + r`` is an integer of at most 24 bits (53 in float64),
+    so ``floor((F + r) * 2**-16)`` is exact and saves a conversion to integers.
+
+    The fixed-point form of stochastic rounding (see :func:`floor_with_dither`)
+    takes six or seven numpy passes; run over the whole vector, each pass streams
+    megabytes through main memory.  Run block by block, only the input and the
+    codes cross main memory and the passes in between work on cached data.  A
+    generator is drawn from block by block too: ``_BLOCK`` is a multiple of 4, so
+    the words, and hence the codes, are those of one draw of the whole vector.
+
+    ``clip=False`` leaves the clip out, for a caller that knows that no scaled
+    value lies outside the range (:func:`_needs_clip`).
+    """
+    narrow = high - low < 256 and scale < _FLOAT32_SAFE
+    # |2**16 y| < 2**24 when narrow: float32 holds it to within one unit of 2**-16.
+    float_type: type[np.floating[Any]] = np.float32 if narrow else np.float64
+    count = values.shape[0]
+    scaled_block = np.empty(min(_BLOCK, count), dtype=float_type)
+    factor, unit = float_type(scale), float_type(1.0 / _DITHER_SCALE)
+    bottom, top = low * _DITHER_SCALE, high * _DITHER_SCALE
+    with np.errstate(over="ignore"):  # huge values overflow to inf, which the clip brings back
+        for start in range(0, count, _BLOCK):
+            stop = min(start + _BLOCK, count)
+            scaled = scaled_block[: stop - start]
+            if isinstance(dither, np.random.BitGenerator):
+                r = _raw_dither(dither, stop - start)
+            else:
+                r = dither[start:stop]
+            np.multiply(values[start:stop], factor, out=scaled, dtype=float_type)
+            if clip:
+                np.clip(scaled, bottom, top, out=scaled)
+            np.floor(scaled, out=scaled)
+            np.add(scaled, r, out=scaled)
+            np.multiply(scaled, unit, out=scaled)
+            np.floor(scaled, out=scaled)
+            np.copyto(out[start:stop], scaled, casting="unsafe")  # integers in low..high: exact
+
+
+def _needs_clip(largest: float, scale: float, low: int, high: int) -> bool:
+    """False if no value with ``|v| <= largest`` scales (as :func:`_dither_blocks` rounds) beyond the range.
+
+    The quantizers round delta up so that ``largest / delta`` does not exceed the top
+    code; the float32 rounding of ``2**16 / delta`` and of the product can still push
+    the largest scaled value a unit past it, so this is checked on that one value
+    (the rounding is monotonic) instead of clipping every value.
+    """
+    narrow = high - low < 256 and scale < _FLOAT32_SAFE
+    with np.errstate(over="ignore"):
+        peak = float(np.float32(largest) * np.float32(scale)) if narrow else largest * scale
+    return not (low * _DITHER_SCALE <= -peak and peak <= high * _DITHER_SCALE)
 
 
 def floor_with_dither(
@@ -116,15 +218,8 @@ def floor_with_dither(
         # floor(y + r / 2**16) == (floor(2**16 y) + r) >> 16 exactly, for integer r.
         scale = inverse_delta * _DITHER_SCALE
         narrow = high - low < 256 and scale < _FLOAT32_SAFE
-        # |2**16 y| <= 2**23 when narrow: float32 holds it to within one unit of 2**-16.
-        dtype = np.float32 if narrow else np.float64
-        with np.errstate(over="ignore"):
-            scaled = np.multiply(values, dtype(scale), dtype=dtype)
-        np.clip(scaled, low * _DITHER_SCALE, high * _DITHER_SCALE, out=scaled)
-        np.floor(scaled, out=scaled)
-        fixed: npt.NDArray[Any] = scaled.astype(np.int32 if narrow else np.int64)
-        np.add(fixed, dither, out=fixed)
-        np.right_shift(fixed, DITHER_BITS, out=fixed)
+        fixed: npt.NDArray[Any] = np.empty(values.shape, dtype=np.int32 if narrow else np.int64)
+        _dither_blocks(values.reshape(-1), scale, dither.reshape(-1), low, high, out=fixed.reshape(-1))
         return fixed
     u = np.asarray(dither, dtype=np.float64)
     if u.size and not (float(u.min()) >= 0.0 and float(u.max()) < 1.0):
@@ -178,14 +273,31 @@ def quantize_with_dither(
 
 
 def _codes(
-    values: npt.NDArray[Any], delta: float, bits: int, dither: npt.NDArray[Any], symmetric: bool
+    values: npt.NDArray[Any],
+    delta: float,
+    bits: int,
+    dither: npt.NDArray[Any] | np.random.BitGenerator,
+    symmetric: bool,
+    *,
+    largest: float | None = None,
 ) -> npt.NDArray[Any]:
-    """Q's codes for inputs already checked (finite values, valid delta and bits)."""
+    """Q's codes for inputs already checked (finite values, valid delta and bits).
+
+    ``dither`` is an explicit dither (uint16 or floats) or a bit generator to draw
+    the 16-bit dither from as the blocks are quantized.  ``largest``, if given,
+    must be at least ``max|values|``: it can spare the clip (:func:`_needs_clip`).
+    """
     low, high = code_range(bits)
     if symmetric:
         low = -high
-    codes = floor_with_dither(values, 1.0 / delta, dither, low, high)
-    return codes.astype(np.int8 if bits <= 8 else np.int16)
+    code_type = np.int8 if bits <= 8 else np.int16
+    if isinstance(dither, np.random.BitGenerator) or dither.dtype == np.uint16:
+        codes = np.empty(values.shape[0], dtype=code_type)
+        scale = _DITHER_SCALE / delta
+        clip = largest is None or _needs_clip(largest, scale, low, high)
+        _dither_blocks(values, scale, dither, low, high, out=codes, clip=clip)
+        return codes
+    return floor_with_dither(values, 1.0 / delta, dither, low, high).astype(code_type)
 
 
 def quantize(
@@ -227,7 +339,7 @@ def quantize_gradient(
     largest = max(-low, high)
     if largest == 0.0:
         return ZeroVector(alpha.shape[0])
-    delta, codes = quantize_to_range(alpha, largest, bits, rng)
+    delta, codes = _quantize_to_range(alpha, largest, bits, rng, bounded=True)
     # The largest coordinate sits on the top code; only b = 2 (top code 1) can
     # round every coordinate to 0, with probability below 2**-16.
     if not codes.any():
@@ -248,6 +360,13 @@ def quantize_to_range(
     Raises:
         ValueError: on bad ``bits``, or if ``delta`` exceeds the float32 range.
     """
+    return _quantize_to_range(values, largest, bits, rng, bounded=False)
+
+
+def _quantize_to_range(
+    values: npt.NDArray[Any], largest: float, bits: int, rng: np.random.Generator, *, bounded: bool
+) -> tuple[float, npt.NDArray[Any]]:
+    """:func:`quantize_to_range`; ``bounded`` promises ``largest >= max|values|`` (:func:`_needs_clip`)."""
     _, top = code_range(bits)
     if bits < 2:
         raise ValueError(f"bits must be between 2 and 16, got {bits}")
@@ -257,7 +376,8 @@ def quantize_to_range(
     if not math.isfinite(delta) or delta > float(np.finfo(np.float32).max):
         raise ValueError("values exceed the float32 range of the scale")
     # Callers have checked the values (finite, one-dimensional): no second pass.
-    return delta, _codes(values, delta, bits, draw_dither(rng, values.shape[0]), symmetric=True)
+    codes = _codes(values, delta, bits, rng.bit_generator, True, largest=largest if bounded else None)
+    return delta, codes
 
 
 class ModelPayload(NamedTuple):
@@ -353,7 +473,7 @@ def quantize_model(
     bits = math.ceil(math.log2(largest / delta + 1.0)) + 1 if delta > 0 else max_bits + 1
     if bits > max_bits or not math.isfinite(largest / delta):
         return ModelPayload(RawVector(target.astype(np.float32)), relative)
-    codes = _codes(target, delta, bits, draw_dither(rng, d), symmetric=True)
+    codes = _codes(target, delta, bits, rng.bit_generator, True, largest=largest)
     if not codes.any():
         # Every coordinate rounded to zero: the canonical forms of that value.
         return ModelPayload(EqualsSnapshot(d) if relative else ZeroVector(d), relative=False)

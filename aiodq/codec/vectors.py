@@ -310,10 +310,14 @@ class SparseQuantized:
         return int(self.indices.shape[0])
 
     def to_dense(self, dtype: npt.DTypeLike = np.float64) -> FloatArray:
-        """Scatter ``codes * scale`` into a zero vector of ``dim`` coordinates."""
-        out = np.zeros(self.dim, dtype=np.float64)
+        """Scatter ``codes * scale`` into a zero vector of ``dim`` coordinates.
+
+        The products are exact in float64 and rounded once as they are stored, so
+        the zero vector is allocated in ``dtype`` itself, not converted afterwards.
+        """
+        out = np.zeros(self.dim, dtype=dtype)
         out[self.indices] = self.codes.astype(np.float64) * self.scale
-        return out.astype(dtype, copy=False)
+        return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SparseQuantized):
