@@ -10,11 +10,12 @@ The kept values are then quantized with the infinity-norm grid of section 3.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .lowp import check_finite, quantize_to_range
+from .lowp import _quantize_to_range, check_finite
 from .vectors import SparseQuantized, ZeroVector
 
 __all__ = [
@@ -101,37 +102,135 @@ def sparsify(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """The unbiased sparsifier S(alpha): return the kept ``(indices, alpha_j / p_j)``.
 
-    The same draw as :func:`keep_probabilities` then :func:`sparsify_with_uniforms`
-    with 32-bit uniforms, but without forming every p_j: coordinate j is kept
-    when ``r_j < |alpha_j| * phi / ||alpha||_1 * 2**32`` (always when p_j = 1),
-    and p_j is computed for the kept coordinates only.
+    Keeps coordinate j with probability p_j rounded up to a multiple of 2**-32, as
+    :func:`sparsify_with_uniforms` does with 32-bit uniforms, without forming every
+    p_j: see :func:`_keep_blocks`.  The exact-budget variant draws one 32-bit
+    uniform per coordinate and goes through :func:`keep_probabilities`.
     """
     alpha = np.asarray(gradient)
     if not np.issubdtype(alpha.dtype, np.floating):
         alpha = alpha.astype(np.float64)
-    words = rng.bit_generator.random_raw((alpha.shape[0] + 1) // 2)
-    uniforms = np.asarray(words, dtype=np.uint64).view(np.uint32)[: alpha.shape[0]]
     if exact:
         alpha = alpha.astype(np.float64, copy=False)
-        return sparsify_with_uniforms(alpha, keep_probabilities(alpha, budget, exact=True), uniforms)
+        probabilities = keep_probabilities(alpha, budget, exact=True)
+        return sparsify_with_uniforms(alpha, probabilities, _uniforms(rng, alpha))
     if alpha.ndim != 1 or alpha.shape[0] == 0:
         raise ValueError("gradient must be a non-empty one-dimensional array")
     if not 0 < budget < float("inf"):
         raise ValueError(f"the budget phi must be positive and finite, got {budget!r}")
-    magnitude = np.abs(alpha)
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = float(magnitude.sum(dtype=np.float64))
-    if not math.isfinite(total):
-        # NaN or infinity (refused by check_finite), or a 1-norm beyond float64: the scaled path.
-        alpha = alpha.astype(np.float64, copy=False)
-        return sparsify_with_uniforms(alpha, keep_probabilities(alpha, budget), uniforms)
+    total = _one_norm(alpha)
     if total == 0.0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    factor = budget / total
-    threshold = np.multiply(magnitude, factor * _UNIFORM_SCALE, dtype=np.float64)
-    indices = np.flatnonzero(uniforms < threshold)
-    p = np.minimum(magnitude[indices] * factor, 1.0)
+    factor = budget / total * _HALF_SCALE if math.isfinite(total) else math.inf
+    if not (math.isfinite(factor) and math.isfinite(budget * _HALF_SCALE)):
+        # NaN or infinity (refused by check_finite), or a 1-norm beyond the input's range: the scaled path.
+        alpha = alpha.astype(np.float64, copy=False)
+        return sparsify_with_uniforms(alpha, keep_probabilities(alpha, budget), _uniforms(rng, alpha))
+    return _keep_blocks(alpha, factor, budget, rng)
+
+
+def _uniforms(rng: np.random.Generator, alpha: npt.NDArray[Any]) -> npt.NDArray[np.uint32]:
+    """One 32-bit uniform integer per coordinate, two per raw word."""
+    words = rng.bit_generator.random_raw((alpha.shape[0] + 1) // 2)
+    return np.asarray(words, dtype=np.uint64).view(np.uint32)[: alpha.shape[0]]
+
+
+#: Coordinates per block of :func:`_one_norm` and :func:`_keep_blocks` (a multiple of 4).
+_BLOCK = 1 << 16
+#: 2**16: the keep test compares 16-bit halves of a 32-bit uniform.
+_HALF_SCALE = float(1 << 16)
+#: Thresholds, and their factor, below this are computed in float32 for float32 input.
+_LARGEST_THRESHOLD = float(2.0**120)
+
+
+def _one_norm(alpha: npt.NDArray[Any]) -> float:
+    """``||alpha||_1`` block by block, so the absolute values never leave the cache.
+
+    The sum may be rounded in the input's precision: that only scales every p_j by
+    the same factor (the budget moves by a relative 1e-6 at most), while the keep
+    test and the rescaling use the same p_j, so S stays unbiased.  A rounded sum of
+    non-negative values is still at least each of them, so ``p_j <= phi``.
+    """
+    magnitude = np.empty(min(_BLOCK, alpha.shape[0]), dtype=alpha.dtype)
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, alpha.shape[0], _BLOCK):
+            block = magnitude[: min(_BLOCK, alpha.shape[0] - start)]
+            np.abs(alpha[start : start + _BLOCK], out=block)
+            total += float(block.sum())
+    return total
+
+
+def _keep_blocks(
+    alpha: npt.NDArray[Any], factor: float, budget: float, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Keep j when ``R_j < t_j * 2**16`` for a 32-bit uniform ``R_j = 2**16 r_j + s_j``.
+
+    ``t_j = |alpha_j| * factor`` with ``factor = phi * 2**16 / ||alpha||_1``, so
+    ``p_j = min(t_j / 2**16, 1)``.  Only the high half ``r_j`` is drawn for every
+    coordinate (four per raw word): ``r_j + 1 <= t_j`` keeps j and ``r_j >= t_j``
+    drops it whatever ``s_j`` is.  The low half is drawn only where ``r_j`` is the
+    integer part of ``t_j`` (probability 2**-16), after all the high halves, so
+    P(keep j) is exactly that of a whole 32-bit uniform: ``ceil(p_j 2**32) / 2**32``.
+    That halves the random words and the passes work on one cached block at a time.
+    ``t_j`` is computed in float32 for float32 input, and the kept value divides by
+    the same ``t_j / 2**16``.
+    """
+    count = alpha.shape[0]
+    # Every t_j is at most phi * 2**16 (see :func:`_one_norm`).
+    narrow = alpha.dtype == np.float32 and max(factor, budget * _HALF_SCALE) < _LARGEST_THRESHOLD
+    float_type: type[np.floating[Any]] = np.float32 if narrow else np.float64
+    threshold_block = np.empty(min(_BLOCK, count), dtype=float_type)
+    # Padded with False to whole 64-bit words for _sparse_flatnonzero.
+    mask_block = np.zeros(-(-min(_BLOCK, count) // 8) * 8, dtype=np.bool_)
+    scale = float_type(factor)
+    bit_generator = rng.bit_generator
+    candidates, thresholds, highs = [], [], []
+    for start in range(0, count, _BLOCK):
+        stop = min(start + _BLOCK, count)
+        threshold = threshold_block[: stop - start]
+        high = _raw_halves(bit_generator, stop - start)
+        np.abs(alpha[start:stop], out=threshold, dtype=float_type)
+        threshold *= scale
+        mask_block[stop - start :] = False
+        np.less(high, threshold, out=mask_block[: stop - start])
+        candidate = _sparse_flatnonzero(mask_block)
+        candidates.append(candidate + start)
+        thresholds.append(threshold[candidate])
+        highs.append(high[candidate])
+    indices = np.concatenate(candidates)
+    t = np.concatenate(thresholds).astype(np.float64)
+    r = np.concatenate(highs)
+    undecided = np.flatnonzero(r + 1.0 > t)
+    if undecided.shape[0]:
+        low = _raw_halves(bit_generator, undecided.shape[0])
+        keep = np.ones(indices.shape[0], dtype=np.bool_)
+        keep[undecided] = low < (t[undecided] - r[undecided]) * _HALF_SCALE
+        indices, t = indices[keep], t[keep]
+    p = np.minimum(t / _HALF_SCALE, 1.0)
     return indices, alpha[indices].astype(np.float64) / p
+
+
+def _sparse_flatnonzero(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """``np.flatnonzero(mask)`` for a mask of whole 64-bit words with few True values.
+
+    Below about 10 % True, numpy finds each True with a ``memchr`` call of its own;
+    at the sparsifier's typical density of a few percent that costs more per True
+    than its branch-free loop costs per element.  Here the words that hold a True
+    are found first (a third of them, dense enough for the branch-free loop), then
+    the True bytes within those words.
+    """
+    words = mask.view(np.uint64)
+    busy = np.flatnonzero(words != 0)
+    within = np.flatnonzero(words[busy].view(np.bool_))
+    positions: npt.NDArray[np.intp] = busy[within >> 3] * 8 + (within & 7)
+    return positions
+
+
+def _raw_halves(bit_generator: np.random.BitGenerator, count: int) -> npt.NDArray[np.uint16]:
+    """``count`` 16-bit uniforms from the next ``ceil(count / 4)`` raw words."""
+    words = bit_generator.random_raw((count + 3) // 4)
+    return np.asarray(words, dtype=np.uint64).view(np.uint16)[:count]
 
 
 def quantize_sparse(
@@ -154,15 +253,18 @@ def quantize_sparse(
     """
     if not 2 <= bits <= 16:
         raise ValueError(f"bits must be between 2 and 16, got {bits}")
-    alpha = np.asarray(gradient, dtype=np.float64)
+    alpha = np.asarray(gradient)
+    if not np.issubdtype(alpha.dtype, np.floating):
+        alpha = alpha.astype(np.float64)
     indices, kept = sparsify(alpha, budget, rng, exact=exact)
     if indices.shape[0] == 0:
         return ZeroVector(alpha.shape[0])
     largest = float(np.abs(kept).max())
     if not largest < float(np.finfo(np.float32).max):
         raise ValueError("the rescaled kept values exceed the float32 range of the scale")
-    delta, codes = quantize_to_range(kept, largest, bits, rng)
+    delta, codes = _quantize_to_range(kept, largest, bits, rng, bounded=True)
     nonzero = codes != 0
     if not nonzero.any():
         return ZeroVector(alpha.shape[0])
-    return SparseQuantized(alpha.shape[0], bits, delta, indices[nonzero], codes[nonzero])
+    # Increasing indices and nonzero codes by construction: no validation pass.
+    return SparseQuantized._trusted(alpha.shape[0], bits, delta, indices[nonzero], codes[nonzero])
