@@ -16,6 +16,7 @@ little-endian (bit ``j`` is bit ``j % 8`` of byte ``j // 8``) with zero padding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,14 @@ from .packing import pack, packed_size, unpack
 
 __all__ = [
     "MAX_RICE_K",
+    "dense_rice_decode",
     "gamma_decode",
     "gamma_encode",
     "rice_block_size",
     "rice_choose",
     "rice_decode",
     "rice_encode",
+    "smallest_rice_block",
     "unary_decode",
     "unary_encode",
     "unary_length",
@@ -54,13 +57,40 @@ def _invalid(message: str) -> CodecError:
 
 def unary_encode(runs: npt.NDArray[Any]) -> bytes:
     """Write each ``q`` in ``runs`` as ``q`` zero bits then a one bit; return the packed stream."""
-    q = np.asarray(runs, dtype=np.int64)
-    if q.shape[0] == 0:
+    count = runs.shape[0]
+    if count == 0:
         return b""
-    ends = np.cumsum(q + 1) - 1
+    if int(runs.max()) <= _SHORT_RUN:
+        ends = _short_run_ends(runs)
+    else:
+        ends = np.cumsum(np.asarray(runs, dtype=np.int64) + 1) - 1
     bits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
     bits[ends] = 1
     return np.packbits(bits, bitorder="little").tobytes()
+
+
+#: Longest run :func:`_short_run_ends` takes: eight code words of at most 31 bits fit a byte's count.
+_SHORT_RUN = 30
+
+
+def _short_run_ends(runs: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Positions of the one bits, ``cumsum(runs + 1) - 1``, for runs of at most 30.
+
+    numpy's cumsum is a scalar loop.  Here the code word lengths are bytes, eight to
+    a little-endian uint64, and one multiplication by ``0x0101010101010101`` leaves
+    in byte r the sum of the lengths 0..r (at most 248: no carry between bytes).  Only
+    the group totals, an eighth of the values, go through cumsum.
+    """
+    count = runs.shape[0]
+    lengths = np.zeros(-(-count // 8) * 8, dtype=np.uint8)
+    np.add(runs, 1, out=lengths[:count], casting="unsafe")  # at most 31: exact
+    within = lengths.view("<u8") * np.uint64(0x0101_0101_0101_0101)
+    totals = (within >> np.uint64(56)).astype(np.int64)
+    starts = np.cumsum(totals)
+    starts -= totals + 1  # exclusive prefix, and the -1 of cumsum(runs + 1) - 1
+    ends = within.view(np.uint8).reshape(-1, 8) + starts[:, np.newaxis]
+    result: npt.NDArray[np.int64] = ends.reshape(-1)[:count]
+    return result
 
 
 def unary_length(data: bytes | memoryview, count: int) -> int:
@@ -86,13 +116,21 @@ def unary_decode(data: bytes | memoryview, count: int) -> _Int64Array:
         CodecError: INVALID_PAYLOAD if the stream holds another number of code
             words, or whole bytes or set bits after the last one.
     """
+    ends = _unary_ends(data, count)
+    runs: _Int64Array = np.diff(ends, prepend=-1).astype(np.int64, copy=False)
+    runs -= 1
+    return runs
+
+
+def _unary_ends(data: bytes | memoryview, count: int) -> npt.NDArray[np.intp]:
+    """The positions of the ``count`` one bits of a unary stream, checked as :func:`unary_decode` says."""
     stream = bitarray(buffer=data, endian="little")
     if stream.count() != count:
         raise _invalid(f"unary stream holds {stream.count()} code words, expected {count}")
     if count == 0:
         if len(data):
             raise _invalid("unary stream has bytes but no code words")
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.intp)
     # Padding after the last one bit is zero by the count check; the last one
     # bit must sit in the last byte (no trailing zero bytes).
     if data[-1] == 0:
@@ -100,9 +138,11 @@ def unary_decode(data: bytes | memoryview, count: int) -> _Int64Array:
     # flatnonzero on a bool view is faster than on uint8; unpackbits gives 0s and 1s, so the
     # view is exact.
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    ends = np.flatnonzero(bits.view(np.bool_))
-    runs = np.diff(ends, prepend=-1) - 1
-    return runs.astype(np.int64)
+    return np.flatnonzero(bits.view(np.bool_))
+
+
+#: A run of 2**16 zero bits or more covers this many whole zero bytes.
+_LONG_RUN_BYTES = bytes((1 << 16) // 8 - 1)
 
 
 # -- Rice code for index gaps -------------------------------------------------
@@ -117,18 +157,69 @@ def rice_block_size(gaps: _Int64Array, k: int) -> int:
 
 def rice_choose(gaps: _Int64Array) -> tuple[int, int]:
     """Return ``(k, size)``: the smallest index block over k = 0..16, ties to the smaller k."""
-    best_k, best_size = 0, rice_block_size(gaps, 0)
-    for k in range(1, MAX_RICE_K + 1):
-        size = rice_block_size(gaps, k)
-        if size < best_size:
-            best_k, best_size = k, size
-    return best_k, best_size
+    count = int(gaps.shape[0])
+    return smallest_rice_block(count, MAX_RICE_K, lambda k: int((gaps >> k).sum()))
+
+
+#: Below this many values :func:`smallest_rice_block` evaluates every k.
+_FEW_VALUES = 4096
+
+
+def smallest_rice_block(
+    count: int, k_max: int, quotient_sum: Callable[[int], int], first: int | None = None
+) -> tuple[int, int]:
+    """``(k, size)`` minimising ``R(k) = 1 + ceil(count k / 8) + ceil((S_k + count) / 8)`` over 0..k_max.
+
+    ``quotient_sum(k)`` returns ``S_k``, the sum of the values shifted right by k; ties
+    go to the smaller k.  Each ``S_k`` costs a pass over the values, and only the few
+    around the best k are needed.  For ``j < k`` and ``m = k - j``, ``S_j >= 2**m S_k``,
+    and ``S_k >= (S_j - count (2**m - 1)) / 2**m`` (a value loses less than 1 per
+    halving), so the sums already known bound ``R`` from below for every other k, and
+    a k is evaluated only while its bound does not rule it out.  The search starts
+    at ``first`` if given (a caller's guess; the result does not depend on it), else
+    at ``floor(log2(S_0 / count))``, next to the optimum of a Rice code.
+    """
+
+    def size(k: int, s: int) -> int:
+        return 1 + (count * k + 7) // 8 + (s + count + 7) // 8
+
+    if count <= _FEW_VALUES:
+        # A pass over a few thousand values costs less than the bookkeeping below.
+        best_size, best_k = min((size(k, quotient_sum(k)), k) for k in range(k_max + 1))
+        return best_k, best_size
+    start = 0 if first is None else min(k_max, max(0, first))
+    known: dict[int, int] = {start: quotient_sum(start)}
+
+    def lower(k: int) -> int:
+        bound = 0
+        for j, s in known.items():
+            if j > k:
+                bound = max(bound, s << (j - k))
+            else:
+                m = k - j
+                bound = max(bound, -(-(s - count * ((1 << m) - 1)) >> m))
+        return bound
+
+    if first is None:
+        guess = min(k_max, max(0, (known[0] // max(count, 1)).bit_length() - 1))
+        if guess not in known:
+            known[guess] = quotient_sum(guess)
+    while True:
+        best_size, best_k = min((size(k, s), k) for k, s in known.items())
+        open_ks = [
+            k for k in range(k_max + 1) if k not in known and (size(k, lower(k)), k) < (best_size, best_k)
+        ]
+        if not open_ks:
+            return best_k, best_size
+        k = min(open_ks, key=lambda k: (abs(k - best_k), k))
+        known[k] = quotient_sum(k)
 
 
 def rice_encode(gaps: npt.NDArray[np.integer[Any]], k: int) -> tuple[bytes, bytes]:
     """Return ``(remainders, unary)``: the k-bit remainders packed, and the quotients in unary."""
-    remainders = pack(gaps & ((1 << k) - 1), k) if k else b""
-    return remainders, unary_encode(gaps >> k)
+    if not k:
+        return b"", unary_encode(gaps)
+    return pack(gaps & ((1 << k) - 1), k), unary_encode(gaps >> k)
 
 
 def rice_decode(remainders: bytes | memoryview, unary: bytes | memoryview, count: int, k: int) -> _Int64Array:
@@ -145,6 +236,44 @@ def rice_decode(remainders: bytes | memoryview, unary: bytes | memoryview, count
     except ValueError as exc:
         raise _invalid(f"Rice remainders: {exc}") from exc
     return (quotients << k) | low.astype(np.int64)
+
+
+def dense_rice_decode(
+    remainders: bytes | memoryview, unary: bytes | memoryview, count: int, k: int, bits: int
+) -> npt.NDArray[np.uint16]:
+    """:func:`rice_decode` for values below ``2**bits <= 2**16`` (DENSE_RICE), as uint16.
+
+    The quotients are checked against ``2**(bits - k)`` before they are combined, so
+    every later pass works on two bytes per value instead of eight.
+
+    Raises:
+        CodecError: INVALID_PAYLOAD on a malformed stream, then (wire-format.md 5.8-5,
+            step 9) if a value is ``2**bits`` or more.
+    """
+    ends = _unary_ends(unary, count)
+    low = None
+    if k:
+        try:
+            low = unpack(remainders, count, k, signed=False)
+        except ValueError as exc:
+            raise _invalid(f"Rice remainders: {exc}") from exc
+    narrow = np.empty(count, dtype=np.uint16)
+    # A quotient of 2**16 or more (never valid: k < bits <= 16) needs the int64 path.
+    short = _LONG_RUN_BYTES not in bytes(unary)
+    if short:
+        # Every quotient is below 2**16: the differences of the int64 positions go
+        # straight into two bytes each.
+        narrow[0] = ends[0]
+        np.subtract(ends[1:], ends[:-1], out=narrow[1:], casting="unsafe")
+        narrow[1:] -= np.uint16(1)
+    if not short or int(narrow.max()) >= 1 << (bits - k):
+        quotients = np.diff(ends, prepend=-1).astype(np.int64) - 1
+        values = quotients << k if low is None else (quotients << k) | low.astype(np.int64)
+        raise _invalid(f"a zigzagged code is {int(values.max())}, beyond {bits} bits")
+    if low is not None:
+        narrow <<= np.uint16(k)
+        narrow |= low
+    return narrow
 
 
 # -- Elias gamma code for QSGD levels -----------------------------------------

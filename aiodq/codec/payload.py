@@ -19,11 +19,13 @@ from ..config import Limits
 from ..errors import CodecError, ErrorCode
 from .bitcodes import (
     MAX_RICE_K,
+    dense_rice_decode,
     gamma_decode,
     gamma_encode,
     rice_choose,
     rice_decode,
     rice_encode,
+    smallest_rice_block,
     unary_decode,
     unary_length,
 )
@@ -83,17 +85,59 @@ def unzigzag(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 def dense_rice_choose(values: npt.NDArray[np.integer[Any]], bits: int) -> tuple[int, int]:
     """``(k, size)``: the smallest DENSE_RICE block (k byte, remainders, unary) over k = 0..bits-1.
 
-    Ties go to the smaller k.  One shift per k over the zigzagged ``values``.
+    Ties go to the smaller k.  ``values`` are the zigzagged codes (below ``2**bits``).
+    See :func:`_dense_rice_choose`.
+    """
+    return _dense_rice_choose(values, bits, None)
+
+
+def _dense_rice_choose(values: npt.NDArray[np.integer[Any]], bits: int, first: int | None) -> tuple[int, int]:
+    """:func:`dense_rice_choose`, its search started at ``first`` (any guess; None: from the mean).
+
+    Only the quotient sums near the best k are computed (:func:`smallest_rice_block`),
+    and they come from bit planes: with ``N_j`` the number of values whose bit j is
+    set, ``S_k = sum(z >> k) = sum over j >= k of 2**(j - k) N_j``.  Each plane is
+    counted once, by one AND and one count over narrow integers (both vectorised by
+    numpy, where shifting bytes is not), so the first sum costs ``bits - k`` counts
+    and each further one at most one more.  A good guess spares the planes below it.
     """
     count = int(values.shape[0])
-    quotients = values.copy()
-    best_k, best_size = 0, 0
-    for k in range(bits):
-        size = 1 + packed_size(count, k) + (int(quotients.sum(dtype=np.int64)) + count + 7) // 8
-        if k == 0 or size < best_size:
-            best_k, best_size = k, size
-        quotients >>= 1
-    return best_k, best_size
+    narrow: npt.NDArray[np.unsignedinteger[Any]] = values.astype(
+        np.uint8 if bits <= 8 else np.uint16, copy=False
+    )
+    planes: dict[int, int] = {}
+
+    def plane(j: int) -> int:
+        if j not in planes:
+            planes[j] = int(np.count_nonzero(narrow & narrow.dtype.type(1 << j)))
+        return planes[j]
+
+    def quotient_sum(k: int) -> int:
+        return sum(plane(j) << (j - k) for j in range(k, bits))
+
+    return smallest_rice_block(count, bits - 1, quotient_sum, first)
+
+
+def _zigzag_narrow(codes: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:
+    """:func:`zigzag` into uint8 (``bits <= 8``) or uint16, with operations numpy vectorises.
+
+    ``2c`` wraps in the codes' own width, and XOR with ``-1`` where ``c < 0`` gives
+    ``-2c - 1``: the same values as :func:`zigzag` at a quarter or half of its memory.
+    """
+    narrow_type = np.int8 if bits <= 8 else np.int16
+    signed = codes.astype(narrow_type, copy=False)
+    doubled = np.add(signed, signed)
+    negative = np.less(signed, 0).view(np.int8).astype(narrow_type, copy=False)
+    np.negative(negative, out=negative)
+    doubled ^= negative
+    result: npt.NDArray[Any] = doubled.view(np.uint8 if bits <= 8 else np.uint16)
+    return result
+
+
+def _rice_guess(values: npt.NDArray[Any]) -> int:
+    """``floor(log2(mean))`` of a sample of every 64th value: where the Rice search starts."""
+    mean = int(values[::64].sum(dtype=np.int64)) // max(1, -(-values.shape[0] // 64))
+    return max(0, int(mean).bit_length() - 1)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -142,8 +186,8 @@ def plan_vector(vector: Vector, *, dense_rice: bool = False) -> VectorPlan:
     if isinstance(vector, DenseQuantized):
         bits = vector.dim * vector.bits + 32
         if dense_rice:
-            values = zigzag(vector.codes)
-            k, size = dense_rice_choose(values, vector.bits)
+            values = _zigzag_narrow(vector.codes, vector.bits)
+            k, size = _dense_rice_choose(values, vector.bits, _rice_guess(values))
             if size < packed_size(vector.dim, vector.bits):
                 return VectorPlan(Encoding.DENSE_RICE, k, bits, values)
         return VectorPlan(Encoding.DENSE, 0, bits)
@@ -366,16 +410,23 @@ def _decode_dense_rice(cursor: Cursor, dim: int, bits: int) -> DenseQuantized:
     # Bound the work before decoding: DENSE_RICE is sent only when smaller than DENSE.
     if 1 + len(remainders) + len(unary) >= packed_size(dim, bits):
         raise _invalid("this DENSE_RICE block is not smaller than the DENSE codes")
-    values = rice_decode(remainders, unary, dim, k)
-    if int(values.max()) >= 1 << bits:
-        raise _invalid(f"a zigzagged code is {int(values.max())}, beyond {bits} bits")
+    values = dense_rice_decode(remainders, unary, dim, k, bits)
     if not values.any():
         raise _invalid("every DENSE_RICE code is zero; the zero vector is sent as ZERO")
-    best_k, _ = dense_rice_choose(values, bits)
+    best_k, _ = _dense_rice_choose(values, bits, k)
     if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
-    codes: npt.NDArray[np.integer[Any]] = unzigzag(values).astype(np.int8 if bits <= 8 else np.int16)
-    return DenseQuantized._trusted(bits, scale, codes)
+    return DenseQuantized._trusted(bits, scale, _unzigzag_narrow(values, bits))
+
+
+def _unzigzag_narrow(values: npt.NDArray[np.uint16], bits: int) -> npt.NDArray[Any]:
+    """:func:`unzigzag` of uint16 values below ``2**bits``, as int8 (``bits <= 8``) or int16 codes."""
+    halves = values >> np.uint16(1)
+    signs = np.bitwise_and(values, np.uint16(1)).view(np.int16)
+    np.negative(signs, out=signs)
+    halves ^= signs.view(np.uint16)
+    codes: npt.NDArray[Any] = halves.view(np.int16)
+    return codes.astype(np.int8) if bits <= 8 else codes
 
 
 def _decode_qsgd(cursor: Cursor, dim: int) -> DecodedVector:
