@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..codec.lowp import quantize_gradient, quantize_model
+from ..codec.lowp import make_rng, quantize_gradient, quantize_model
 from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 from ..config import option
+from ..errors import CheckpointError
 from .objectives import Objective, Regularizer, Rows
 
 __all__ = [
@@ -265,7 +266,8 @@ class MasterState:
         #: n, the samples behind the last snapshot phase.
         self.samples = 0
         self._iterate_sum = np.zeros_like(self.x)
-        self._rng = np.random.default_rng([config.seed, 0xA5])
+        #: The model quantizer's randomness: SFC64 (make_rng), which a checkpoint names.
+        self._rng = make_rng([config.seed, 0xA5])
         self._buffer = np.empty_like(self.x)
 
     # -- checkpoints ------------------------------------------------------------
@@ -283,7 +285,7 @@ class MasterState:
             "applied_in_epoch": self.applied_in_epoch,
             "updates_per_epoch": self.updates_per_epoch,
             "samples": self.samples,
-            "rng": self._rng.bit_generator.state,
+            "rng": _generator_state(self._rng),
         }
         return arrays, meta
 
@@ -291,9 +293,12 @@ class MasterState:
         """Load what :meth:`to_checkpoint` produced, after checking every value.
 
         Raises:
+            CheckpointError: if the checkpoint's random generator is of another kind than this
+                version's (a checkpoint of an earlier version, whose quantizer drew from PCG64).
             ValueError: if an array is missing, has the wrong shape, is not finite or is beyond
                 what a MODEL can carry, or a counter is not a non-negative integer.
         """
+        rng = _restored_generator(self._rng, meta["rng"])
         loaded: dict[str, Array] = {}
         for name in (*self._ARRAYS, "iterate_sum"):
             if name not in arrays:
@@ -320,7 +325,7 @@ class MasterState:
         theta = meta["theta"]
         if not isinstance(theta, int | float) or not 0 < theta <= 1:
             raise ValueError(f"checkpoint theta {theta!r} is not in (0, 1]")
-        self._rng.bit_generator.state = meta["rng"]
+        self._rng = rng
         for name, array in loaded.items():
             setattr(self, "_iterate_sum" if name == "iterate_sum" else name, array)
         self.theta = float(theta)
@@ -436,6 +441,43 @@ class MasterState:
         return ApplyOutcome(True, staleness, "", norm)
 
 
+def _generator_state(rng: np.random.Generator) -> dict[str, Any]:
+    """The generator's state as JSON: numpy's state dict (it names the bit generator), arrays as lists."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    state: dict[str, Any] = plain(rng.bit_generator.state)
+    return state
+
+
+def _restored_generator(current: np.random.Generator, state: Any) -> np.random.Generator:
+    """A new generator of ``current``'s kind in the checkpointed ``state``; ``current`` is untouched.
+
+    Raises:
+        CheckpointError: if ``state`` names another bit generator.
+        ValueError: if the state does not fit the bit generator.
+    """
+    kind = type(current.bit_generator)
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name != kind.__name__:
+        raise CheckpointError(
+            f"the checkpoint's quantizer drew from the {name!r} random generator, this version of "
+            f"aiodq draws from {kind.__name__}: resume it with the aiodq version that wrote it"
+        )
+
+    def arrays(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: arrays(item) for key, item in value.items()}
+        return np.array(value, dtype=np.uint64) if isinstance(value, list) else value
+
+    bit_generator = kind(0)
+    bit_generator.state = arrays(state)
+    return np.random.Generator(bit_generator)
+
+
 #: The largest model coordinate the master keeps: a quarter of the largest float32, so that x,
 #: x_snap (rounded to float32) and x - x_snap all travel in a MODEL, whichever encoding it takes.
 MODEL_LIMIT = float(np.finfo(np.float32).max) / 4
@@ -472,7 +514,7 @@ class WorkerState:
         self.samples = int(objective.samples)
         self.snapshot = np.zeros(self.dim)
         self.full_gradient = np.zeros(self.dim)
-        self._rng = np.random.default_rng([config.seed, 0x5EED, worker_id])
+        self._rng = make_rng([config.seed, 0x5EED, worker_id])
         self._budget = max(1.0, config.phi * self.dim)
         self._correct = getattr(objective, "correct", None)
 

@@ -113,6 +113,8 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         raise CheckpointError(f"the checkpoint's elapsed time {elapsed!r} is not a time")
     try:
         state.restore(checkpoint.arrays, meta["state"])
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
     return Resumed(ledger, elapsed, mid_epoch=phase == "inner")

@@ -22,6 +22,7 @@ from aiodq.codec.messages import DecodeContext, decode_message, encode_message
 from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
 from aiodq.config import Limits, MasterConfig
 from aiodq.errors import CheckpointError, ErrorCode
+from aiodq.net.checkpoint import load, save
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
@@ -224,8 +225,18 @@ def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.M
         lambda c: c.meta.__setitem__("elapsed", "soon"),
         lambda c: c.meta["state"].__setitem__("theta", 7.0),
         lambda c: c.arrays.pop("snapshot"),
+        lambda c: c.meta["state"]["rng"]["state"].__setitem__("state", [1, 2]),
     ],
-    ids=["nan-model", "huge-model", "negative-version", "no-phase", "elapsed-text", "theta-7", "no-snapshot"],
+    ids=[
+        "nan-model",
+        "huge-model",
+        "negative-version",
+        "no-phase",
+        "elapsed-text",
+        "theta-7",
+        "no-snapshot",
+        "rng-state-short",
+    ],
 )
 def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], object]) -> None:
     """restore(): every value is checked before any is used; a damaged checkpoint is a CheckpointError."""
@@ -241,6 +252,39 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], o
         fresh.coordinator.restore(checkpoint, 0.0)
     assert "\n" not in str(info.value)
     assert fresh.coordinator.state.version == 0  # nothing of it was used
+
+
+def test_a_checkpoint_of_another_random_generator_is_refused() -> None:
+    """The quantizer draws from SFC64; a checkpoint naming PCG64 (an earlier version's) is refused."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2)
+    cluster.run(
+        until=lambda: cluster.coordinator.phase is Phase.INNER and cluster.coordinator.state.version > 3
+    )
+    checkpoint = cluster.coordinator.checkpoint(cluster.now)
+    assert checkpoint.meta["state"]["rng"]["bit_generator"] == "SFC64"
+    checkpoint.meta["state"]["rng"] = np.random.default_rng(0).bit_generator.state  # what 0.x wrote
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    with pytest.raises(CheckpointError, match=r"'PCG64' random generator.*SFC64") as info:
+        fresh.coordinator.restore(checkpoint, 0.0)
+    assert "\n" not in str(info.value)
+    assert fresh.coordinator.state.version == 0
+
+
+def test_a_checkpoint_on_disk_restores_the_quantizer_stream(tmp_path: Any) -> None:
+    """The SFC64 state goes through the checkpoint's JSON and back: the restored master draws the same."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2)
+    cluster.run(
+        until=lambda: cluster.coordinator.phase is Phase.INNER and cluster.coordinator.state.version > 3
+    )
+    path = tmp_path / "run.ckpt"
+    save(path, cluster.coordinator.checkpoint(cluster.now))
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(load(path), 0.0)
+    before, after = cluster.coordinator.state, fresh.coordinator.state
+    assert after.version == before.version
+    assert before.model_message()[0] == after.model_message()[0]
 
 
 # -- honest workers the guard and the deadlines must not punish (issue 10, attack report T4) ---------

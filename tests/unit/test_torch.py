@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="aiodq.torch needs PyTorch (the extra aiodq[torch])")
 
+from aiodq.codec.lowp import make_rng  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig, WorkerState  # noqa: E402
 from aiodq.protocol.objectives import Objective, check_objective  # noqa: E402
 from aiodq.torch import TorchObjective  # noqa: E402
@@ -131,7 +132,7 @@ def test_full_precision_worker_snapshot_and_inner_step_match_numpy() -> None:
     assert correct == int((scores.argmax(axis=1) == labels).sum())
     # alpha = (grad f_B(x_hat) - grad f_B(x_snap)) / B on the worker's own draw of B rows.
     x_hat = snapshot + np.random.default_rng(3).normal(scale=0.1, size=objective.dim)
-    rows = np.random.default_rng([config.seed, 0x5EED, 0]).integers(0, SAMPLES, size=config.batch)
+    rows = make_rng([config.seed, 0x5EED, 0]).integers(0, SAMPLES, size=config.batch)  # WorkerState's
     from aiodq.codec.vectors import RawVector  # noqa: PLC0415
 
     alpha = worker.variance_reduced(RawVector(x_hat.astype(np.float32)), False)
