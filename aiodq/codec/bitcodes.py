@@ -240,8 +240,8 @@ def rice_decode(remainders: bytes | memoryview, unary: bytes | memoryview, count
 
 def dense_rice_decode(
     remainders: bytes | memoryview, unary: bytes | memoryview, count: int, k: int, bits: int
-) -> npt.NDArray[np.uint16]:
-    """:func:`rice_decode` for values below ``2**bits <= 2**16`` (DENSE_RICE), as uint16.
+) -> npt.NDArray[np.unsignedinteger[Any]]:
+    """:func:`rice_decode` for values below ``2**bits <= 2**16`` (DENSE_RICE): uint8 to 8 bits, else uint16.
 
     The quotients are checked against ``2**(bits - k)`` before they are combined, so
     every later pass works on two bytes per value instead of eight.
@@ -268,12 +268,16 @@ def dense_rice_decode(
         narrow[1:] -= np.uint16(1)
     if not short or int(narrow.max()) >= 1 << (bits - k):
         quotients = np.diff(ends, prepend=-1).astype(np.int64) - 1
-        values = quotients << k if low is None else (quotients << k) | low.astype(np.int64)
-        raise _invalid(f"a zigzagged code is {int(values.max())}, beyond {bits} bits")
+        wide = quotients << k if low is None else (quotients << k) | low.astype(np.int64)
+        raise _invalid(f"a zigzagged code is {int(wide.max())}, beyond {bits} bits")
+    values: npt.NDArray[np.unsignedinteger[Any]] = narrow
+    if bits <= 8:
+        # Below 2**8: the later passes (the shift here, the canonical-k check, the unzigzag) on one byte each.
+        values = narrow.astype(np.uint8)
     if low is not None:
-        narrow <<= np.uint16(k)
-        narrow |= low
-    return narrow
+        values <<= values.dtype.type(k)
+        values |= low
+    return values
 
 
 # -- Elias gamma code for QSGD levels -----------------------------------------

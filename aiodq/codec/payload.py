@@ -419,14 +419,19 @@ def _decode_dense_rice(cursor: Cursor, dim: int, bits: int) -> DenseQuantized:
     return DenseQuantized._trusted(bits, scale, _unzigzag_narrow(values, bits))
 
 
-def _unzigzag_narrow(values: npt.NDArray[np.uint16], bits: int) -> npt.NDArray[Any]:
-    """:func:`unzigzag` of uint16 values below ``2**bits``, as int8 (``bits <= 8``) or int16 codes."""
-    halves = values >> np.uint16(1)
-    signs = np.bitwise_and(values, np.uint16(1)).view(np.int16)
+def _unzigzag_narrow(values: npt.NDArray[np.unsignedinteger[Any]], bits: int) -> npt.NDArray[Any]:
+    """:func:`unzigzag` of values below ``2**bits``: int8 codes from uint8 (``bits <= 8``), int16 from uint16.
+
+    ``(z >> 1) ^ -(z & 1)`` in the values' own width, where it is exact.
+    """
+    signed_type = np.int8 if values.dtype == np.uint8 else np.int16
+    one = values.dtype.type(1)
+    halves = values >> one
+    signs = np.bitwise_and(values, one).view(signed_type)
     np.negative(signs, out=signs)
-    halves ^= signs.view(np.uint16)
-    codes: npt.NDArray[Any] = halves.view(np.int16)
-    return codes.astype(np.int8) if bits <= 8 else codes
+    halves ^= signs.view(values.dtype)
+    codes: npt.NDArray[Any] = halves.view(signed_type)
+    return codes
 
 
 def _decode_qsgd(cursor: Cursor, dim: int) -> DecodedVector:
