@@ -9,8 +9,17 @@ Each case times, over many repetitions, and reports the median of:
   memory-copy baseline), and each time's ratio to it.
 
 Sizes: bytes on the wire (whole frame) against the ideal payload (``d * b``
-bits plus a 32-bit scale; for sparse vectors, the codes, the scale and the
-smaller index encoding) and against raw float32.
+bits plus a 32-bit scale; for DENSE_RICE, its Rice block plus the scale; for
+sparse vectors, the codes, the scale and the smaller index encoding) and
+against raw float32.
+
+Three kinds of case, all on the same gradient (standard normal float32 values):
+``dense`` (fixed-width DENSE codes), ``dense_rice`` (the same quantizer, encoded
+with ``dense_rice=True`` as a master or worker with entropy coding does, so it
+travels as DENSE_RICE, wire-format.md 5.8, when that is smaller; its report also
+gives its times against the ``dense`` case of the same d and b in the same run)
+and ``sparse`` (``quantize_sparse`` with phi = d / 20).  The dither comes from
+:func:`aiodq.codec.lowp.make_rng`, the generator the master and workers draw from.
 """
 
 from __future__ import annotations
@@ -31,14 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..codec.bitcodes import rice_block_size
 from ..codec.events import Close, ConnectionClosed, Gradient, Hello, ModelMessage, Snapshot, SnapshotGradient
 from ..codec.frames import FrameReader
-from ..codec.lowp import quantize_gradient
+from ..codec.lowp import make_rng, quantize_gradient
 from ..codec.messages import DecodeContext, decode_message, encode_message
 from ..codec.packing import packed_size
-from ..codec.payload import plan_vector
+from ..codec.payload import dense_rice_choose, plan_vector, zigzag
 from ..codec.registry import Encoding
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import DenseQuantized, RawVector, SparseQuantized
@@ -82,8 +92,11 @@ def _median_seconds(func: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _ideal_bytes(vector: DenseQuantized | SparseQuantized) -> int:
+def _ideal_bytes(vector: DenseQuantized | SparseQuantized, *, rice: bool = False) -> int:
     if isinstance(vector, DenseQuantized):
+        if rice and plan_vector(vector, dense_rice=True).encoding is Encoding.DENSE_RICE:
+            # The Rice block itself (k byte, remainders, unary stream) plus the scale.
+            return dense_rice_choose(zigzag(vector.codes), vector.bits)[1] + 4
         return packed_size(vector.dim, vector.bits) + 4
     plan = plan_vector(vector)
     encoding, k = plan.encoding, plan.k
@@ -95,10 +108,10 @@ def _ideal_bytes(vector: DenseQuantized | SparseQuantized) -> int:
 
 
 def _case(
-    x: np.ndarray[Any, Any], bits: int, budget: float | None, repeats: int, seed: int
+    x: np.ndarray[Any, Any], bits: int, budget: float | None, repeats: int, seed: int, *, rice: bool = False
 ) -> dict[str, Any]:
     d = x.shape[0]
-    rng = np.random.default_rng(seed)
+    rng = make_rng(seed)
     context = DecodeContext(limits=Limits(), dim=d)
 
     def quantized() -> DenseQuantized | SparseQuantized:
@@ -107,7 +120,7 @@ def _case(
         return vector
 
     def encode() -> bytes:
-        return encode_message(Gradient(epoch=1, version=1, vector=quantized()))
+        return encode_message(Gradient(epoch=1, version=1, vector=quantized()), dense_rice=rice)
 
     def decode(data: bytes) -> Gradient:
         reader = FrameReader(context.limits)
@@ -127,14 +140,14 @@ def _case(
     encode_s = _median_seconds(encode, repeats)
     decode_s = _median_seconds(lambda: decode(frame_bytes).vector.to_dense(np.float32), repeats)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    ideal = _ideal_bytes(vector)
+    ideal = _ideal_bytes(vector, rice=rice)
     return {
         "d": d,
         "bits": bits,
-        "kind": "dense" if budget is None else "sparse",
+        "kind": "sparse" if budget is not None else ("dense_rice" if rice else "dense"),
         "phi": budget,
         "nnz": vector.nnz if isinstance(vector, SparseQuantized) else d,
-        "encoding": plan_vector(vector).encoding.name,
+        "encoding": plan_vector(vector, dense_rice=rice).encoding.name,
         "baseline_tobytes_ms": round(baseline * 1e3, 4),
         "encode_ms": round(encode_s * 1e3, 4),
         "decode_ms": round(decode_s * 1e3, 4),
@@ -164,14 +177,23 @@ def bench_codec(
     for d in dims:
         x = rng.standard_normal(d).astype(np.float32)
         n = repeats or (31 if d >= 1_000_000 else 101)
+        dense = {}
         for bits in bits_list:
-            cases.append(_case(x, bits, None, n, seed))
+            dense[bits] = _case(x, bits, None, n, seed)
+            cases.append(dense[bits])
+        for bits in bits_list:
+            case = _case(x, bits, None, n, seed, rice=True)
+            # Against the fixed-width codes of the same gradient, d and b, measured in this run.
+            case["encode_vs_dense"] = round(case["encode_ms"] / dense[bits]["encode_ms"], 2)
+            case["decode_vs_dense"] = round(case["decode_ms"] / dense[bits]["decode_ms"], 2)
+            cases.append(case)
         for bits in bits_list:
             cases.append(_case(x, bits, d / 20, n, seed))
     return {
         "benchmark": "codec",
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.machine()},
         "steady_allocator": steady,
+        "generator": "SFC64 (aiodq.codec.lowp.make_rng)",
         "cases": cases,
     }
 
@@ -271,8 +293,14 @@ def _answer_at_once(host: str, port: int, workers: int, dim: int) -> None:
     asyncio.run(all_workers())
 
 
-def _in_process_update_seconds(dim: int, repeats: int) -> float:
-    """Median time to decode one gradient frame, apply it, and quantize and encode the next model."""
+def _in_process_update(dim: int, repeats: int, *, rice: bool = True) -> dict[str, float]:
+    """Median times (ms) of one master update: decode a gradient, apply it, quantize and encode the model.
+
+    The gradient is a DENSE 8-bit vector; the model goes as the master sends it by default
+    (entropy coding: DENSE_RICE where smaller, ``rice``) or at fixed width (``rice=False``,
+    ``--no-entropy-coding``).  Timed with one BLAS thread, as the master runs
+    (``Master(blas_threads=1)``).  Returns the medians of each step and of the whole update.
+    """
     rng = np.random.default_rng(3)
     config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=10**9, tau=10**9)
     state = MasterState(config, np.zeros(dim))
@@ -281,19 +309,40 @@ def _in_process_update_seconds(dim: int, repeats: int) -> float:
         Gradient(epoch=0, version=0, vector=quantize_gradient(rng.standard_normal(dim) * 1e-3, 8, rng))
     )
     context = DecodeContext(limits=Limits(), dim=dim)
+    steps: dict[str, list[float]] = {name: [] for name in ("decode", "apply", "quantize", "encode", "update")}
 
-    def update() -> bytes:
+    def update() -> None:
+        start = time.perf_counter()
         reader = FrameReader(context.limits)
         reader.feed(frame_bytes)
         frame = reader.next_frame()
         assert frame is not None
         event = decode_message(frame, context)
         assert isinstance(event, Gradient)
+        decoded = time.perf_counter()
         state.apply(event.vector, state.version)
+        applied = time.perf_counter()
         vector, relative = state.model_message()
-        return encode_message(ModelMessage(epoch=0, version=state.version, vector=vector, relative=relative))
+        quantized = time.perf_counter()
+        message = ModelMessage(epoch=0, version=state.version, vector=vector, relative=relative)
+        encode_message(message, dense_rice=rice)
+        end = time.perf_counter()
+        for name, seconds in (
+            ("decode", decoded - start),
+            ("apply", applied - decoded),
+            ("quantize", quantized - applied),
+            ("encode", end - quantized),
+            ("update", end - start),
+        ):
+            steps[name].append(seconds)
 
-    return _median_seconds(update, repeats)
+    with threadpool_limits(1, user_api="blas"):
+        update()  # warm up
+        for values in steps.values():
+            values.clear()
+        for _ in range(repeats):
+            update()
+    return {name: round(statistics.median(values) * 1e3, 4) for name, values in steps.items()}
 
 
 def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates: int = 0) -> dict[str, Any]:
@@ -302,7 +351,9 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
     context = multiprocessing.get_context("spawn")
     cases = []
     for dim in dims:
-        in_process = _in_process_update_seconds(dim, 31 if dim >= 1_000_000 else 101)
+        repeats = 31 if dim >= 1_000_000 else 101
+        in_process = _in_process_update(dim, repeats)
+        fixed_width = _in_process_update(dim, repeats, rice=False)
         for workers in worker_counts:
             count = updates or _updates_for(dim)
             config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=count, tau=4 * workers + 8)
@@ -327,6 +378,7 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
             seconds = trace[1]["time"] - trace[0]["time"]
             applied = trace[1]["version"] - trace[0]["version"]
             per_update = seconds / applied
+            whole = in_process["update"] / 1e3
             cases.append(
                 {
                     "d": dim,
@@ -335,8 +387,10 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
                     "dropped": summary["staleness"]["dropped"],
                     "updates_per_second": round(applied / seconds, 1),
                     "seconds_per_update_ms": round(per_update * 1e3, 4),
-                    "in_process_update_ms": round(in_process * 1e3, 4),
-                    "overhead_ratio": round(per_update / in_process, 3),
+                    "in_process_update_ms": in_process["update"],
+                    "in_process_steps_ms": in_process,
+                    "in_process_fixed_width_ms": fixed_width,
+                    "overhead_ratio": round(per_update / whole, 3),
                     "staleness_mean": round(summary["staleness"]["mean"], 3),
                 }
             )
@@ -345,7 +399,9 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
         "event_loop": "uvloop" if use_uvloop() else "asyncio",
         "steady_allocator": steady,
         "note": "per-update time over TCP (first to last MODEL of the epoch, snapshot round trip excluded "
-        "only at the edges) against the same run's in-process decode + apply + quantize + encode",
+        "only at the edges) against the same run's in-process decode + apply + quantize + encode "
+        "(models Rice-coded where smaller, as the master sends them by default; in_process_fixed_width_ms: "
+        "the same update with fixed-width models, as with --no-entropy-coding), one BLAS thread",
         "cases": cases,
     }
 
