@@ -9,7 +9,8 @@ Commands:
 - ``aiodq master --listen HOST:PORT`` and ``aiodq worker --connect HOST:PORT
   --shard I/M``: the same, as separate processes on any hosts.
 - ``aiodq demo``: an in-memory codec and protocol demonstration.
-- ``aiodq bench codec`` and ``aiodq bench master``: benchmarks, JSON on stdout (extra ``aiodq[lab]``).
+- ``aiodq bench codec``, ``aiodq bench master`` and ``aiodq bench worker``: benchmarks, JSON on stdout
+  (extra ``aiodq[lab]``).
 - ``aiodq experiment NAME --data DIR``: the paper's experiments on real data
   (table1, mu, timing, workers, network, all); ``--quick`` on the bundled a9a (extra ``aiodq[lab]``).
 
@@ -146,6 +147,17 @@ def _parser() -> argparse.ArgumentParser:
         "--updates", type=int, default=0, help="updates per case (default: by dimension)"
     )
     master_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
+    worker_bench = benches.add_parser(
+        "worker", help="a worker's step per algorithm: computation against codec, JSON on stdout"
+    )
+    worker_bench.add_argument("--dims", default="1e4,1e5,1e6", help="comma-separated dimensions")
+    worker_bench.add_argument("--algorithms", default="all", help="comma-separated algorithms (default: all)")
+    worker_bench.add_argument("--repeats", type=int, default=None, help="steps per case (default 31/101)")
+    worker_bench.add_argument(
+        "--nnz-per-row", type=int, default=32, help="nonzero features per synthetic sample (default 32)"
+    )
+    worker_bench.add_argument("--seed", type=int, default=0)
+    worker_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
 
     experiment = commands.add_parser(
         "experiment", help="the paper's experiments on real data (docs/results.md)"
@@ -202,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "experiment":
             return cmd_experiment(args)
+        if args.bench == "worker":
+            from ..lab.bench_worker import main_worker  # noqa: PLC0415 - the lab extra
+
+            return main_worker(args)
         from ..lab.bench import main_codec, main_master  # noqa: PLC0415 - the lab extra
 
         return main_codec(args) if args.bench == "codec" else main_master(args)

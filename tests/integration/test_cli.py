@@ -217,3 +217,17 @@ def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["trace"][-1]["samples"] == 32_561
     assert summary["error_counts"].get("SHARD_TAKEN") == 1
+
+
+def test_bench_worker_smoke(tmp_path: Path) -> None:
+    """aiodq bench worker: a worker's step split into model decode, computation and encode."""
+    out = tmp_path / "worker.json"
+    options = ["--dims", "1e3", "--algorithms", "asylpg,qsvrg", "--repeats", "3", "--out", str(out)]
+    result = aiodq("bench", "worker", *options)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    assert [case["algorithm"] for case in report["cases"]] == ["asylpg", "qsvrg"]
+    for case in report["cases"]:
+        assert case["d"] == 1000 and case["compute_ms"] > 0 and case["encode_ms"] > 0
+        assert 0 < case["codec_share"] < 1
