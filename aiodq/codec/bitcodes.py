@@ -60,7 +60,7 @@ def unary_encode(runs: npt.NDArray[Any]) -> bytes:
     count = runs.shape[0]
     if count == 0:
         return b""
-    if int(runs.max()) <= _SHORT_RUN:
+    if count >= _MANY_RUNS and int(runs.max()) <= _SHORT_RUN:
         ends = _short_run_ends(runs)
     else:
         ends = np.cumsum(np.asarray(runs, dtype=np.int64) + 1) - 1
@@ -71,6 +71,9 @@ def unary_encode(runs: npt.NDArray[Any]) -> bytes:
 
 #: Longest run :func:`_short_run_ends` takes: eight code words of at most 31 bits fit a byte's count.
 _SHORT_RUN = 30
+#: Fewest runs for :func:`_short_run_ends`: below about 4,000 its extra numpy calls cost more than the
+#: plain cumsum saves (measured on the project's VM: 10 against 6 us for 500 runs, even at 4,000).
+_MANY_RUNS = 4096
 
 
 def _short_run_ends(runs: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
