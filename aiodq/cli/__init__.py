@@ -69,6 +69,29 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for result.json, model.npz and the plot (default aiodq-out)",
     )
     run.add_argument(
+        "--launcher",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on 127.0.0.1 (default); ray: the master and the workers as Ray actors "
+        "(the ray extra; docs/ray.md)",
+    )
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        help="--launcher ray: the Ray cluster to join (auto, or HOST:PORT; default: start a local instance)",
+    )
+    run.add_argument(
+        "--worker-cpus",
+        type=finite_float,
+        default=1.0,
+        help="--launcher ray: CPUs each worker actor reserves (default 1)",
+    )
+    run.add_argument(
+        "--ray-bind",
+        default=None,
+        help="--launcher ray: the address the master actor listens on (default: its node's IP)",
+    )
+    run.add_argument(
         "--max-restarts",
         type=int,
         default=0,

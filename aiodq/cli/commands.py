@@ -131,7 +131,7 @@ def _finish(command: str, result: RunResult, out: Path | None, test: Dataset | N
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``aiodq run``: a local cluster; summary, result.json and the plot."""
+    """``aiodq run``: a cluster on this machine (or on Ray); summary, result.json, model.npz and the plot."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
     dataset, objective, test = _dataset_for(config, args.data, args.workers)
@@ -139,13 +139,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:
         raise UsageError("--max-restarts must not be negative")
+    if not args.worker_cpus > 0:
+        raise UsageError("--worker-cpus must be positive")
     out = _output_folder(args.out)
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
     setup_logging(logging.WARNING, out / "aiodq.log")
     try:
-        result = run_coroutine(
-            run_cluster(
+        if args.launcher == "ray":
+            from ..launch.ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only here
+
+            launch = run_ray(
+                config,
+                data_path,
+                workers=args.workers,
+                address=args.ray_address,
+                worker_cpus=args.worker_cpus,
+                bind_host=args.ray_bind,
+                progress=not args.no_progress,
+                timeout=args.timeout,
+                master_config=master_config,
+                max_restarts=args.max_restarts,
+            )
+        else:
+            launch = run_cluster(
                 config,
                 dataset,
                 data_path,
@@ -156,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 master_config=master_config,
                 max_restarts=args.max_restarts,
             )
-        )
+        result = run_coroutine(launch)
     except RunError as exc:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED

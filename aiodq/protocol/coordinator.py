@@ -61,14 +61,7 @@ from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, refuse_claim
 from .members import Member, Phase
 from .recovery import Checkpoint
 
-__all__ = [
-    "DIVERGED_AFTER",
-    "Coordinator",
-    "EpochRecord",
-    "ModelRecord",
-    "Phase",
-    "Traffic",
-]
+__all__ = ["DIVERGED_AFTER", "Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
 
 
 def _ledger_table(name: str, doc: str) -> Any:

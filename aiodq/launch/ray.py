@@ -1,0 +1,578 @@
+"""``aiodq run --launcher ray``: the master and the M workers as Ray actors (docs/ray.md).
+
+:func:`run_ray` is :func:`~aiodq.launch.local.run_local` on a Ray cluster: Ray places the
+actors, supervises them and brings the result back; master and workers speak aiodq's own
+protocol over TCP between the actors' hosts, so Ray never carries a gradient.
+
+- The master actor hosts a :class:`~aiodq.net.master.Master` on its event loop, listening on
+  its node's address (127.0.0.1 on a local instance this function starts) at a free port.
+- Worker actor i loads the data (a path every node sees, the bundled a9a, or a dataset the
+  driver put once in Ray's object store), keeps shard i of M and runs
+  :func:`~aiodq.launch.local.worker_main` to the master with the run's fresh secret.
+- The driver polls the master for the live progress and its log records, restarts a failed
+  worker (``max_restarts``) and kills every actor when the run ends, fails, times out or is
+  interrupted; a Ray instance it started, it shuts down.
+
+Ray is optional (the ``ray`` extra): it is imported only when :func:`run_ray` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import importlib
+import logging
+import math
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from ..config import ConnectionConfig, MasterConfig
+from ..errors import AiodqError, RunError, UsageError, code_name
+from ..net.master import Master
+from ..protocol.accounting import ModelRecord
+from ..protocol.algorithms import TrainConfig
+from ..protocol.dataset import Dataset
+from ..protocol.result import RunResult
+from .local import _live, load_data_or_fail, use_uvloop, worker_main
+from .models import objective_for
+
+__all__ = ["RayMissingError", "import_ray", "run_ray"]
+
+_log = logging.getLogger("aiodq.launch")
+
+#: How long a worker keeps reconnecting to a master it cannot reach (or that refuses its shard
+#: while the master still holds its lost session), in seconds.
+_RETRY_FOR = 30.0
+#: Seconds between the driver's polls of the master (progress, log records, failed workers).
+_POLL = 0.25
+#: Log records the master actor keeps for the driver between two polls.
+_LOG_BACKLOG = 2000
+
+
+class RayMissingError(UsageError, ImportError):
+    """Ray is not installed: an ImportError, and a usage error (``aiodq run`` exits with status 2)."""
+
+
+def import_ray() -> Any:
+    """Ray, or :class:`RayMissingError` saying which extra brings it (``pip install 'aiodq[ray]'``)."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise RayMissingError(f"the Ray launcher needs ray ({exc}): pip install 'aiodq[ray]'") from exc
+
+
+class _Secret:
+    """The run's shared secret, as it travels to the actors: its repr never shows it."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
+def _load(source: str | Dataset | None) -> Dataset:
+    """The dataset from a path (None: the bundled a9a) or as Ray handed it from the object store."""
+    return source if isinstance(source, Dataset) else load_data_or_fail(source)
+
+
+class _Records(logging.Handler):
+    """Keeps the ``aiodq`` log records of an actor for the driver (which logs them again)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: collections.deque[tuple[str, int, float, str]] = collections.deque(maxlen=_LOG_BACKLOG)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.records.append((record.name, record.levelno, record.created, record.getMessage()))
+
+    def drain(self) -> list[tuple[str, int, float, str]]:
+        drained = list(self.records)
+        self.records.clear()
+        return drained
+
+
+class _MasterActor:
+    """The master's actor (an async actor): a :class:`Master` on Ray's event loop."""
+
+    def __init__(self) -> None:
+        self._master: Master | None = None
+        self._dataset_name = ""
+        self._records = _Records()
+        logger = logging.getLogger("aiodq")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self._records)
+        logger.propagate = False  # the driver logs them
+
+    async def start(
+        self,
+        config: TrainConfig,
+        *,
+        source: str | Dataset | None,
+        workers: int,
+        secret: _Secret,
+        bind_host: str | None,
+        master_config: MasterConfig | None,
+        record_every: int,
+    ) -> tuple[str, int]:
+        """Load the data, bind ``bind_host`` (None: this node's address) at a free port; the address."""
+        dataset = _load(source)
+        self._dataset_name = dataset.name
+        host = bind_host or import_ray().util.get_node_ip_address()
+        master = Master(
+            config,
+            objective_for(config, dataset),
+            workers=workers,
+            host=host,
+            port=0,
+            connection_config=ConnectionConfig(secret=secret.value),
+            master_config=master_config,
+            record_every=record_every,
+            samples=dataset.samples,
+        )
+        await master.start()
+        self._master = master
+        return master.address
+
+    async def wait(self) -> tuple[RunResult, list[ModelRecord]]:
+        """Wait until training ends; the result (with the dataset's name) and the model records."""
+        assert self._master is not None
+        try:
+            result = await self._master.wait()
+        finally:
+            await self._master.close()
+        result.summary.update(dataset=self._dataset_name)
+        coordinator = self._master.coordinator
+        return result, [] if coordinator is None else list(coordinator.records)
+
+    async def progress(self) -> dict[str, Any]:
+        """What the live display shows, whether training is over, and the log records since the last call."""
+        state: dict[str, Any] = {"logs": self._records.drain(), "done": False, "trace": []}
+        master = self._master
+        if master is not None and master.coordinator is not None:
+            coordinator = master.coordinator
+            state.update(
+                done=coordinator.done,
+                trace=list(coordinator.trace[-8:]),
+                version=coordinator.state.version,
+                bits=8 * coordinator.traffic().total(),
+                elapsed=master.elapsed,
+            )
+        return state
+
+
+class _WorkerActor:
+    """A worker's actor: loads the data, then trains its shard in a session with the master."""
+
+    def __init__(self) -> None:
+        self._dataset: Dataset | None = None
+
+    def load(self, source: str | Dataset | None) -> int:
+        """Load the data now (while the master starts); the number of samples."""
+        self._dataset = _load(source)
+        return self._dataset.samples
+
+    def run(
+        self, host: str, port: int, *, index: int, workers: int, seed: int, model: str, secret: _Secret
+    ) -> tuple[int, str, int, bool]:
+        """Train shard ``index`` of ``workers`` until the master closes; (code, reason, gradients, ok)."""
+        assert self._dataset is not None
+        # One compute thread (BLAS, OpenMP): the workers share their node's cores.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        with threadpool_limits(1), asyncio.Runner(loop_factory=use_uvloop()) as runner:
+            result = runner.run(
+                worker_main(
+                    host,
+                    port,
+                    self._dataset,
+                    index=index,
+                    workers=workers,
+                    seed=seed,
+                    model=model,
+                    connection_config=ConnectionConfig(secret=secret.value),
+                    retry_for=_RETRY_FOR,
+                )
+            )
+        return result.code, result.reason, result.gradients, result.ok
+
+
+async def run_ray(
+    config: TrainConfig,
+    data: str | Path | Dataset | None = None,
+    *,
+    workers: int = 4,
+    address: str | None = None,
+    worker_cpus: float = 1.0,
+    master_node: str | None = None,
+    master_resources: dict[str, float] | None = None,
+    bind_host: str | None = None,
+    progress: bool = False,
+    timeout: float = 3600.0,
+    master_config: MasterConfig | None = None,
+    record_every: int = 0,
+    records: list[ModelRecord] | None = None,
+    max_restarts: int = 0,
+) -> RunResult:
+    """Train with the master and ``workers`` workers as Ray actors (``aiodq run --launcher ray``).
+
+    ::
+
+        result = asyncio.run(run_ray(aiodq.TrainConfig(epochs=5), workers=2))
+
+    Args:
+        config: the run's hyperparameters (``config.model``: a built-in model, or ``MODULE:NAME``
+            importable on every node, e.g. from ``ray job submit --working-dir``).
+        data: a data file or folder every node sees at this path (default: the bundled a9a), or
+            a :class:`~aiodq.protocol.dataset.Dataset`, put once in Ray's object store.
+        workers: the number of worker actors M.
+        address: the Ray cluster (``auto``, ``HOST:6379``, ``ray://HOST:10001``).  None:
+            ``$RAY_ADDRESS`` if set, else a new local Ray instance for this run only, with as
+            many CPUs as the workers reserve (at least the machine's), shut down at the end.
+            Unused when Ray is already initialised in this process (left open).
+        worker_cpus: the CPUs each worker actor reserves.
+        master_node: where the master actor runs: ``head``, a node's IP address or ID
+            (default: this driver's node).  It reserves no CPU.
+        master_resources: custom resources the master actor needs (``{"aiodq_master": 1}``).
+        bind_host: the address the master listens on (default: its node's address, 127.0.0.1 on
+            a local instance); the workers connect to it.
+        progress: show live progress with rich (the ``cli`` extra).
+        timeout: give up after this many seconds, Ray's start-up and the actors' placement included.
+        master_config: the master's guard, snapshot deadline and admission limit.
+        record_every: with a positive value the master keeps model copies.
+        records: a list the model copies are appended to.
+        max_restarts: replace a worker actor that dies or fails, up to this many times in all
+            (the new actor rejoins on the same shard).
+
+    Returns:
+        The trained model and the run's figures (``result.summary["ray"]`` says where it ran).
+
+    Raises:
+        RayMissingError: (an ImportError) if ray is not installed.
+        RunError: if Ray cannot be started or reached, the data cannot be read, an actor fails
+            (beyond ``max_restarts``) or the run times out.  Every actor is killed first.
+        UsageError: for impossible options, or a model that cannot be loaded or does not fit.
+    """
+    ray = import_ray()
+    if workers < 1:
+        raise UsageError("the Ray launcher needs at least one worker")
+    if not worker_cpus > 0 or not math.isfinite(worker_cpus):
+        raise UsageError("worker_cpus must be a positive number")
+    if not timeout > 0 or max_restarts < 0:
+        raise UsageError("the timeout must be positive and max_restarts not negative")
+    began = time.monotonic()
+    started = local = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        local = address is None
+        options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        if local:
+            cpus = max(os.cpu_count() or 1, math.ceil(workers * worker_cpus))
+            options.update(num_cpus=cpus, include_dashboard=False)
+        # ray.init sets a SIGTERM handler (sys.exit): keep the caller's (run_coroutine's: stop cleanly).
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            ray.init(address="local" if local else address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = "start Ray" if local else f"reach the Ray cluster at {address}"
+            raise RunError(f"cannot {where}: {exc}") from exc
+        finally:
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
+        started = True
+        _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
+    try:
+        result = await _run(
+            ray,
+            config,
+            data,
+            workers=workers,
+            worker_cpus=worker_cpus,
+            master_node=master_node,
+            master_resources=master_resources,
+            bind_host=bind_host or ("127.0.0.1" if local else None),
+            progress=progress,
+            deadline=began + timeout,
+            timeout=timeout,
+            master_config=master_config,
+            record_every=record_every,
+            records=records,
+            max_restarts=max_restarts,
+        )
+    finally:
+        if started:
+            stopping = time.monotonic()
+            ray.shutdown()
+            _log.debug("Ray shut down in %.2f s", time.monotonic() - stopping)
+    result.summary["ray"] = {
+        **result.summary["ray"],
+        "local_instance": local,
+        "seconds": round(time.monotonic() - began, 3),
+    }
+    return result
+
+
+async def _run(
+    ray: Any,
+    config: TrainConfig,
+    data: str | Path | Dataset | None,
+    *,
+    workers: int,
+    worker_cpus: float,
+    master_node: str | None,
+    master_resources: dict[str, float] | None,
+    bind_host: str | None,
+    progress: bool,
+    deadline: float,
+    timeout: float,
+    master_config: MasterConfig | None,
+    record_every: int,
+    records: list[ModelRecord] | None,
+    max_restarts: int,
+) -> RunResult:
+    """:func:`run_ray` once Ray is up: start the actors, follow the run, kill every actor at the end."""
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    if workers * worker_cpus > cpus:
+        _log.warning(
+            "%d workers of %g CPUs need %g CPUs and the Ray cluster has %g: some wait for room",
+            *(workers, worker_cpus, workers * worker_cpus, cpus),
+        )
+    data_path: str | None = None
+    source: Any = None  # the bundled a9a
+    if isinstance(data, Dataset):
+        if data.samples < workers:
+            raise UsageError(f"{data.samples} samples cannot be shared by {workers} workers")
+        source = ray.put(data)  # once: every actor reads this copy from the object store
+    elif data is not None:
+        path = Path(data).expanduser()
+        source = data_path = str(path.resolve() if path.exists() else path)
+    run_id = secrets.token_hex(4)
+    secret = _Secret(secrets.token_hex(32).encode())
+    strategies = importlib.import_module("ray.util.scheduling_strategies")
+    master = (
+        ray.remote(_MasterActor)
+        .options(
+            name=f"aiodq-{run_id}-master",
+            num_cpus=0,
+            resources=master_resources or {},
+            scheduling_strategy=_master_placement(ray, strategies, master_node),
+            max_restarts=0,
+        )
+        .remote()
+    )
+    worker_class = ray.remote(_WorkerActor)
+    actors: list[Any] = [master]  # every actor started, to kill at the end
+    handles: list[Any] = []
+    loads: list[asyncio.Future[Any]] = []
+    runs: list[asyncio.Future[Any]] = []
+    waiter: asyncio.Future[Any] | None = None
+    restarts = 0
+
+    def create(index: int) -> None:
+        """Start worker actor ``index``; it loads the data at once."""
+        actor = worker_class.options(
+            name=f"aiodq-{run_id}-worker-{index}-{restarts}",
+            num_cpus=worker_cpus,
+            scheduling_strategy="SPREAD",
+            max_restarts=0,
+        ).remote()
+        actors.append(actor)
+        load = asyncio.wrap_future(actor.load.remote(source).future())
+        if index < len(handles):
+            handles[index], loads[index] = actor, load
+        else:
+            handles.append(actor)
+            loads.append(load)
+
+    def begin(index: int, address: tuple[str, int]) -> asyncio.Future[Any]:
+        call = handles[index].run.remote(
+            *address, index=index, workers=workers, seed=config.seed, model=config.model, secret=secret
+        )
+        return asyncio.wrap_future(call.future())
+
+    state: dict[str, Any] = {"trace": [], "done": False}
+    scope = asyncio.timeout(max(0.0, deadline - time.monotonic()))
+    try:
+        async with scope:
+            with _live(lambda: _table(config, workers, state), progress) as live:
+                for index in range(workers):  # they load their data while the master starts
+                    create(index)
+                starting = master.start.remote(
+                    config,
+                    source=source,
+                    workers=workers,
+                    secret=secret,
+                    bind_host=bind_host,
+                    master_config=master_config,
+                    record_every=record_every,
+                )
+                host, port = await _call(ray, starting, "the master actor")
+                address = (str(host), int(port))
+                _log.info("the master actor listens on %s:%d", *address)
+                runs = [begin(index, address) for index in range(workers)]
+                waiter = asyncio.wrap_future(master.wait.remote().future())
+                while not waiter.done():
+                    pending = [f for f in [waiter, *loads, *runs] if not f.done()]
+                    await asyncio.wait(pending, timeout=_POLL, return_when=asyncio.FIRST_COMPLETED)
+                    state = await _poll(ray, master)
+                    if live is not None:
+                        live.update(_table(config, workers, state))
+                    for index in range(workers):
+                        failure = _failure(loads[index], runs[index])
+                        if failure is None or waiter.done() or state["done"]:
+                            continue
+                        if restarts >= max_restarts:
+                            after = f" (after {restarts} restarts)" if restarts else ""
+                            raise RunError(f"worker {index}/{workers} failed: {failure}{after}")
+                        restarts += 1
+                        _log.warning(
+                            "worker %d/%d failed; restarting it (%d of %d): %s",
+                            *(index, workers, restarts, max_restarts, failure),
+                        )
+                        ray.kill(handles[index], no_restart=True)
+                        create(index)
+                        runs[index] = begin(index, address)
+            result: RunResult
+            result, kept = await _call(ray, waiter, "the master actor")
+            await _poll(ray, master)  # its last log records
+            await asyncio.wait(runs, timeout=30)  # the workers end their sessions on the master's CLOSE
+            failed = {
+                i: _failure(loads[i], run) if run.done() else "still running" for i, run in enumerate(runs)
+            }
+            if result.ok and any(failed.values()):
+                # (After a failed run the workers' sessions end in error too: the failure says why.)
+                text = "; ".join(f"worker {i}: {why}" for i, why in failed.items() if why)
+                raise RunError(f"worker actors failed at the end of the run: {text}")
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        placed = sum(load.done() for load in loads)
+        why = f"; {workers - placed} worker actors never started (no room?)" if placed < workers else ""
+        raise RunError(f"the run did not finish within {timeout:g} s{why}") from None
+    finally:
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        for future in [*loads, *runs, *([] if waiter is None else [waiter])]:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a failure that mattered was raised above
+            else:
+                future.cancel()
+    if records is not None:
+        records.extend(kept)
+    provenance = result.summary.get("provenance")
+    if isinstance(provenance, dict):
+        provenance.update(command=list(sys.argv))  # the driver's (the master's host stays)
+    gcs = None
+    with contextlib.suppress(Exception):  # (not known to a Ray Client)
+        gcs = str(ray.get_runtime_context().gcs_address)
+    result.summary.update(
+        data_path=data_path, worker_restarts=restarts, ray={"address": gcs, "master": f"{host}:{port}"}
+    )
+    return result
+
+
+def _master_placement(ray: Any, strategies: Any, master_node: str | None) -> Any:
+    """The master actor's scheduling strategy: the named node (hard), else this driver's node (soft)."""
+    if master_node is None:
+        with contextlib.suppress(Exception):
+            here = ray.get_runtime_context().get_node_id()
+            if here:
+                return strategies.NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+        return "DEFAULT"
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        head = "node:__internal_head__" in node.get("Resources", {})
+        if master_node in (node.get("NodeID"), node.get("NodeManagerAddress")) or (
+            master_node == "head" and head
+        ):
+            return strategies.NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+    raise UsageError(f"master node {master_node!r}: no live Ray node has that IP address or ID (or: head)")
+
+
+async def _call(ray: Any, call: Any, what: str) -> Any:
+    """Await an actor call; an aiodq error raised inside comes out as itself, Ray's as RunError."""
+    try:
+        return await call
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, AiodqError):
+            raise cause from None
+        raise RunError(f"{what} failed: {_describe(exc)}") from None
+    except ray.exceptions.RayError as exc:
+        raise RunError(f"{what} failed: {_describe(exc)}") from None
+
+
+def _failure(load: asyncio.Future[Any], run: asyncio.Future[Any]) -> str | None:
+    """Why a worker failed (its data, its actor, or a session that ended in error), or None."""
+    for future in (load, run):
+        if not future.done() or future.cancelled():
+            continue
+        exc = future.exception()
+        if exc is not None:
+            cause = getattr(exc, "cause", None)
+            return str(cause) if isinstance(cause, AiodqError) else _describe(exc)
+    if run.done() and not run.cancelled() and run.exception() is None:
+        code, reason, _, ok = run.result()
+        if not ok:
+            return f"the session ended: {code_name(code)}: {reason}"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """Ray's text for a failed actor or call: its first and last lines."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ... ".join(dict.fromkeys([lines[0], lines[-1]]))[-1000:] if lines else type(exc).__name__
+
+
+async def _poll(ray: Any, master: Any) -> dict[str, Any]:
+    """The master's progress; its log records are logged here again."""
+    state: dict[str, Any] = await _call(ray, master.progress.remote(), "the master actor")
+    _emit(state["logs"])
+    return state
+
+
+def _emit(logs: list[tuple[str, int, float, str]]) -> None:
+    for name, level, created, message in logs:
+        logger = logging.getLogger(name)
+        if logger.isEnabledFor(level):
+            record = logger.makeRecord(name, level, "(master actor)", 0, "%s", (message,), None)
+            record.created, record.msecs = created, (created - int(created)) * 1000
+            logger.handle(record)
+
+
+def _table(config: TrainConfig, workers: int, state: dict[str, Any]) -> Any:
+    """The live display: the last epochs and the run's figures so far."""
+    from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
+
+    view = Table(title=f"aiodq run (Ray): {config.algorithm}, {workers} workers", expand=False)
+    for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
+        view.add_column(column, justify="right")
+    for record in state["trace"]:
+        view.add_row(
+            str(record.epoch),
+            f"{record.loss:.6f}",
+            f"{record.accuracy:.4f}",
+            f"{8 * record.bytes_total / 1e6:.3f}",
+            f"{record.version / max(record.time, 1e-9):.0f}",
+        )
+    if "version" in state:
+        elapsed = max(state["elapsed"], 1e-9)
+        view.caption = (
+            f"version {state['version']}, {state['bits'] / 1e6:.3f} Mbit, "
+            f"{state['version'] / elapsed:.0f} updates/s, {elapsed:.1f} s"
+        )
+    else:
+        view.caption = "starting the actors"
+    return view

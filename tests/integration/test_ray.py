@@ -1,0 +1,256 @@
+"""The Ray launcher (#12): a9a to within 1 % through Ray actors, a killed worker actor, a timeout.
+
+Every Ray instance here is local and on 127.0.0.1 only: Ray takes the node's address from
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when ray is imported), and the master binds
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a local node on the loopback only
+ray = pytest.importorskip("ray", reason="the Ray launcher needs ray: pip install 'aiodq[ray]'")
+
+from aiodq.errors import RunError  # noqa: E402
+from aiodq.launch.ray import run_ray  # noqa: E402
+from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
+
+from .cluster import A9A, ROOT, logistic_optimum  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+def aiodq_actors() -> list[str]:
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)]
+    return [name for name in names if name.startswith("aiodq-")]
+
+
+class Epochs(logging.Handler):
+    """Counts the master's epoch lines, which the driver logs again from the master actor."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("epoch "):
+            self.count += 1
+
+
+@pytest.fixture
+def epochs() -> Iterator[Epochs]:
+    handler = Epochs()
+    logger = logging.getLogger("aiodq.master")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def within_one_percent(result: Any) -> None:
+    best = logistic_optimum(A9A, result.config.l2)
+    final = result.trace[-1]
+    assert final.samples == A9A.samples
+    assert (final.loss - best) / best < 0.01, (final.loss, best)
+
+
+@pytest.mark.asyncio
+async def test_a9a_trains_to_within_one_percent_and_ray_is_left_clean(epochs: Epochs) -> None:
+    """run_ray starts a local Ray instance, trains a9a with 3 worker actors, and leaves no process behind."""
+    assert not ray.is_initialized()
+    seen: set[int] = set()
+
+    async def watch() -> None:
+        while True:
+            seen.update(descendants(os.getpid()))
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        result = await run_ray(TrainConfig(epochs=10), workers=3, bind_host=LOOPBACK, timeout=120)
+    finally:
+        watcher.cancel()
+    assert result.ok, result.failure
+    within_one_percent(result)
+    assert result.summary["worker_restarts"] == 0
+    assert result.summary["workers"] == 3
+    assert result.summary["dataset"] == "a9a"
+    assert result.summary["ray"]["master"].startswith(f"{LOOPBACK}:")
+    assert result.summary["ray"]["local_instance"] is True
+    assert epochs.count == 11  # the master's log lines reached this process
+    # Ray is shut down and every process it started (GCS, raylet, the actors) is gone.
+    assert not ray.is_initialized()
+    assert len(seen) >= 3, seen
+    await wait_for(lambda: not any(alive(pid) for pid in seen), 15, f"Ray processes outlived the run: {seen}")
+
+
+@pytest.mark.asyncio
+async def test_a_killed_worker_actor_is_replaced_and_the_run_reaches_the_optimum(epochs: Epochs) -> None:
+    """max_restarts=1: the worker actor killed mid-run is replaced on its shard; the run ends within 1 %."""
+    killed: list[str] = []
+
+    async def kill_one() -> None:
+        await wait_for(lambda: epochs.count >= 3, 60, "training never got going")
+        name = next(name for name in aiodq_actors() if name.endswith("-worker-0-0"))
+        ray.kill(ray.get_actor(name))
+        killed.append(name)
+
+    killer = asyncio.create_task(kill_one())
+    try:
+        result = await run_ray(
+            TrainConfig(epochs=10), workers=3, bind_host=LOOPBACK, timeout=120, max_restarts=1
+        )
+    finally:
+        killer.cancel()
+    assert killed, "no worker actor was killed"
+    assert result.ok, result.failure
+    assert result.summary["worker_restarts"] == 1
+    within_one_percent(result)
+
+
+@pytest.fixture
+def own_ray() -> Iterator[None]:
+    """A Ray instance this test starts (run_ray uses it and leaves it running)."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init's would outlive the test
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("own_ray")
+async def test_a_timeout_ends_the_run_and_kills_every_actor() -> None:
+    """A run too long for its timeout ends with RunError; none of its actors is left in the caller's Ray."""
+    seen: set[str] = set()
+
+    async def watch() -> None:
+        while True:
+            seen.update(aiodq_actors())
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        with pytest.raises(RunError, match="did not finish within 5 s"):
+            await run_ray(TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=5)
+    finally:
+        watcher.cancel()
+    assert any(name.endswith("-master") for name in seen), seen
+    assert sum("-worker-" in name for name in seen) == 2, seen
+    assert ray.is_initialized()  # the caller's instance is left alone
+    await wait_for(lambda: not aiodq_actors(), 15, "actors outlived the run")
+
+
+CTRL_C = """
+import logging, os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+from aiodq.launch.local import run_coroutine
+from aiodq.launch.ray import run_ray
+from aiodq.protocol.algorithms import TrainConfig
+try:
+    run_coroutine(run_ray(TrainConfig(epochs=1000), workers=2, bind_host="127.0.0.1", timeout=120))
+except KeyboardInterrupt:
+    import ray
+    print("interrupted; Ray initialised:", ray.is_initialized(), flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_the_run_and_every_ray_process(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the foreground process group) mid-run: the driver returns, nothing of Ray is left."""
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-c", CTRL_C],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "epoch 2:" not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        ray_processes = descendants(run.pid)
+        os.killpg(run.pid, signal.SIGINT)
+        stdout, _ = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 130, log.read_text()[-3000:]
+    assert stdout.strip() == "interrupted; Ray initialised: False"
+    assert len(ray_processes) >= 4, ray_processes  # GCS, raylet, the master and the workers
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in ray_processes):
+        assert time.monotonic() < deadline, [pid for pid in ray_processes if alive(pid)]
+        time.sleep(0.05)
+
+
+def test_without_ray_the_command_says_which_extra_to_install(tmp_path: Path) -> None:
+    """No ray: an ImportError naming the extra, and aiodq run --launcher ray exits with status 2."""
+    code = (
+        "import sys\n"
+        "sys.modules['ray'] = None  # as if ray were not installed\n"
+        "from aiodq.cli import main\n"
+        f"sys.exit(main(['run', '--launcher', 'ray', '--no-progress', '--out', {str(tmp_path)!r}]))\n"
+    )
+    command = [sys.executable, "-c", code]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "pip install 'aiodq[ray]'" in run.stderr
+    assert not (tmp_path / "result.json").exists()
