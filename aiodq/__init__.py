@@ -88,6 +88,7 @@ if TYPE_CHECKING:
         load_test_dataset,
     )
     from .launch.local import run_local
+    from .launch.ray import run_ray
     from .launch.results import load_model
 
 
@@ -100,6 +101,7 @@ _LAZY = {
     "load_svmlight": "aiodq.data",
     "load_test_dataset": "aiodq.data",
     "run_local": "aiodq.launch.local",
+    "run_ray": "aiodq.launch.ray",
     "load_model": "aiodq.launch.results",
 }
 
@@ -188,6 +190,7 @@ __all__ = [
     "quantize_sparse",
     "quantize_with_dither",
     "run_local",
+    "run_ray",
     "run_worker",
     "shard",
     "simulate",

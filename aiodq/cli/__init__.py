@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--ray-address",
         default=None,
-        help="--launcher ray: the Ray cluster to join (auto, or HOST:PORT; default: start a local instance)",
+        help="--launcher ray: the Ray cluster to join (auto, or HOST:PORT; default: $RAY_ADDRESS, else a new "
+        "local instance)",
     )
     run.add_argument(
         "--worker-cpus",
@@ -89,7 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--ray-bind",
         default=None,
-        help="--launcher ray: the address the master actor listens on (default: its node's IP)",
+        help="--launcher ray: the address the master actor listens on (default: its node's IP; 127.0.0.1 "
+        "on a local instance)",
+    )
+    run.add_argument(
+        "--ray-master-node",
+        default=None,
+        help="--launcher ray: where the master actor runs: head, a node's IP or ID (default: this node)",
     )
     run.add_argument(
         "--max-restarts",

@@ -156,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 address=args.ray_address,
                 worker_cpus=args.worker_cpus,
                 bind_host=args.ray_bind,
+                master_node=args.ray_master_node,
                 progress=not args.no_progress,
                 timeout=args.timeout,
                 master_config=master_config,
