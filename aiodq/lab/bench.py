@@ -43,7 +43,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..codec.bitcodes import rice_block_size
-from ..codec.events import Close, ConnectionClosed, Gradient, Hello, ModelMessage, Snapshot, SnapshotGradient
+from ..codec.events import (
+    Close,
+    ConnectionClosed,
+    Event,
+    Gradient,
+    Hello,
+    ModelMessage,
+    Snapshot,
+    SnapshotGradient,
+)
 from ..codec.frames import FrameReader
 from ..codec.lowp import make_rng, quantize_gradient
 from ..codec.messages import DecodeContext, decode_message, encode_message
@@ -293,6 +302,29 @@ def _answer_at_once(host: str, port: int, workers: int, dim: int) -> None:
     asyncio.run(all_workers())
 
 
+def decode_frame(data: bytes, context: DecodeContext) -> Event:
+    """The one frame in ``data``, decoded as a receiver would (frame reader, then message)."""
+    reader = FrameReader(context.limits)
+    reader.feed(data)
+    frame = reader.next_frame()
+    assert frame is not None
+    return decode_message(frame, context)
+
+
+def median_parts_ms(parts: dict[str, list[float]], run: Callable[[], None], repeats: int) -> dict[str, float]:
+    """Run ``run`` once to warm up, then ``repeats`` times, with one BLAS thread; each part's median in ms.
+
+    ``run`` appends one duration in seconds to each list of ``parts`` per call.
+    """
+    with threadpool_limits(1, user_api="blas"):
+        run()
+        for values in parts.values():
+            values.clear()
+        for _ in range(repeats):
+            run()
+    return {name: statistics.median(values) * 1e3 for name, values in parts.items()}
+
+
 def _in_process_update(dim: int, repeats: int, *, rice: bool = True) -> dict[str, float]:
     """Median times (ms) of one master update: decode a gradient, apply it, quantize and encode the model.
 
@@ -313,11 +345,7 @@ def _in_process_update(dim: int, repeats: int, *, rice: bool = True) -> dict[str
 
     def update() -> None:
         start = time.perf_counter()
-        reader = FrameReader(context.limits)
-        reader.feed(frame_bytes)
-        frame = reader.next_frame()
-        assert frame is not None
-        event = decode_message(frame, context)
+        event = decode_frame(frame_bytes, context)
         assert isinstance(event, Gradient)
         decoded = time.perf_counter()
         state.apply(event.vector, state.version)
@@ -336,13 +364,7 @@ def _in_process_update(dim: int, repeats: int, *, rice: bool = True) -> dict[str
         ):
             steps[name].append(seconds)
 
-    with threadpool_limits(1, user_api="blas"):
-        update()  # warm up
-        for values in steps.values():
-            values.clear()
-        for _ in range(repeats):
-            update()
-    return {name: round(statistics.median(values) * 1e3, 4) for name, values in steps.items()}
+    return {name: round(ms, 4) for name, ms in median_parts_ms(steps, update, repeats).items()}
 
 
 def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates: int = 0) -> dict[str, Any]:

@@ -19,21 +19,18 @@ of each part of a step, as a worker process runs it (one BLAS thread):
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..codec.events import Gradient, ModelMessage
-from ..codec.frames import FrameReader
-from ..codec.messages import DecodeContext, decode_message, encode_message
+from ..codec.messages import DecodeContext, encode_message
 from ..config import Limits
 from ..errors import UsageError
 from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState
 from ..protocol.objectives import LogisticRegression
-from .bench import _check_out, _integers, _report, steady_allocator
+from .bench import _check_out, _integers, _report, decode_frame, median_parts_ms, steady_allocator
 
 __all__ = ["bench_worker", "main_worker"]
 
@@ -75,11 +72,7 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
     def step() -> None:
         nonlocal encoding
         start = time.perf_counter()
-        reader = FrameReader(context.limits)
-        reader.feed(frame_bytes)
-        frame = reader.next_frame()
-        assert frame is not None
-        event = decode_message(frame, context)
+        event = decode_frame(frame_bytes, context)
         assert isinstance(event, ModelMessage)
         decoded = time.perf_counter()
         alpha = worker.variance_reduced(event.vector, event.relative)
@@ -96,13 +89,7 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
         ):
             parts[name].append(seconds)
 
-    with threadpool_limits(1, user_api="blas"):
-        step()  # warm up
-        for values in parts.values():
-            values.clear()
-        for _ in range(repeats):
-            step()
-    medians = {name: statistics.median(values) * 1e3 for name, values in parts.items()}
+    medians = median_parts_ms(parts, step, repeats)
     return {
         "d": dim,
         "algorithm": algorithm,

@@ -127,3 +127,12 @@ def bits_to_target(summary: dict[str, Any], target: float) -> int | None:
         if record["loss"] <= target:
             return int(record["bits"])
     return None
+
+
+def alive(pid: int) -> bool:
+    """True if process ``pid`` exists and is not a zombie (from /proc)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cluster import A9A, ROOT, logistic_optimum
+from .cluster import A9A, ROOT, alive, logistic_optimum
 
 
 def children(pid: int) -> list[int]:
@@ -28,14 +28,6 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_for(condition: object, timeout: float, what: str) -> None:

@@ -27,7 +27,7 @@ from aiodq.errors import RunError  # noqa: E402
 from aiodq.launch.ray import run_ray  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
 
-from .cluster import A9A, ROOT, logistic_optimum  # noqa: E402
+from .cluster import A9A, ROOT, alive, logistic_optimum  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -50,14 +50,6 @@ def descendants(pid: int) -> set[int]:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def wait_for(condition: Any, timeout: float, what: str) -> None:
