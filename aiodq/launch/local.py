@@ -134,6 +134,8 @@ async def run_local(
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
+    launcher: str = "local",
+    **ray_options: Any,
 ) -> RunResult:
     """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
 
@@ -156,6 +158,11 @@ async def run_local(
         records: a list the model copies are appended to.
         max_restarts: restart a worker process that exits with an error, up to this many
             times in all, instead of failing the run (the restarted worker rejoins the session).
+        launcher: ``"local"``, or ``"ray"`` for the master and the workers as Ray actors
+            (:func:`aiodq.launch.ray.run_ray`).
+        **ray_options: with ``launcher="ray"``, :func:`~aiodq.launch.ray.run_ray`'s own options
+            (``address``, ``worker_cpus``, ``master_node``, ``bind_host``...); a ``TypeError``
+            with the local launcher.
 
     Returns:
         The trained model and the run's figures.  A run that ended without finishing its
@@ -166,6 +173,25 @@ async def run_local(
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
     """
+    if launcher == "ray":
+        from .ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only when asked for
+
+        return await run_ray(
+            config,
+            data,
+            workers=workers,
+            progress=progress,
+            timeout=timeout,
+            master_config=master_config,
+            record_every=record_every,
+            records=records,
+            max_restarts=max_restarts,
+            **ray_options,
+        )
+    if launcher != "local":
+        raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
+    if ray_options:
+        raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
     return await run_cluster(

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .cluster import A9A, ROOT, alive, logistic_optimum
 
 
@@ -90,3 +92,15 @@ def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: 
     assert final["samples"] == A9A.samples
     assert (final["loss"] - best) / best < 0.01, (final["loss"], best)
     assert "restarting it (1 of 3)" in (out / "aiodq.log").read_text()
+
+
+def test_run_local_checks_its_launcher_before_anything_starts() -> None:
+    """An unknown launcher is a ValueError; Ray's options with the local launcher a TypeError naming them."""
+    import asyncio  # noqa: PLC0415
+
+    import aiodq  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="launcher must be 'local' or 'ray'"):
+        asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="slurm"))
+    with pytest.raises(TypeError, match="options for --launcher ray only: address, worker_cpus"):
+        asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), address="auto", worker_cpus=2.0))
