@@ -318,11 +318,13 @@ async def run_cluster(
                 result: RunResult = waiter.result()
             except TimeoutError:
                 raise RunError(f"the run did not finish within {timeout:.0f} s") from None
-            await asyncio.wait_for(asyncio.gather(*exits), 30)
-            failed = [p.returncode for p in processes if p.returncode != 0]
-            if failed and result.ok:
-                # (After a failed run the workers exit non-zero too: the failure says why.)
-                raise RunError(f"worker processes exited with status {failed}")
+            # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
+            # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
+            if result.ok:
+                await asyncio.wait_for(asyncio.gather(*exits), 30)
+                failed = [p.returncode for p in processes if p.returncode != 0]
+                if failed:
+                    raise RunError(f"worker processes exited with status {failed}")
         finally:
             # Stop what still runs: SIGTERM first (a worker closes with GOING_AWAY), then SIGKILL.
             for process in processes:
