@@ -173,40 +173,26 @@ async def run_local(
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
     """
+    common: dict[str, Any] = {
+        "workers": workers,
+        "progress": progress,
+        "timeout": timeout,
+        "master_config": master_config,
+        "record_every": record_every,
+        "records": records,
+        "max_restarts": max_restarts,
+    }
     if launcher == "ray":
         from .ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only when asked for
 
-        return await run_ray(
-            config,
-            data,
-            workers=workers,
-            progress=progress,
-            timeout=timeout,
-            master_config=master_config,
-            record_every=record_every,
-            records=records,
-            max_restarts=max_restarts,
-            **ray_options,
-        )
+        return await run_ray(config, data, **common, **ray_options)
     if launcher != "local":
         raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:
         raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
-    return await run_cluster(
-        config,
-        dataset,
-        data_path,
-        objective_for(config, dataset),
-        workers=workers,
-        progress=progress,
-        timeout=timeout,
-        master_config=master_config,
-        record_every=record_every,
-        records=records,
-        max_restarts=max_restarts,
-    )
+    return await run_cluster(config, dataset, data_path, objective_for(config, dataset), **common)
 
 
 async def run_cluster(

@@ -35,6 +35,15 @@ async def wait_until(condition: Callable[[], object], timeout: float, what: str)
         await asyncio.sleep(0.01)
 
 
+def poll_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """:func:`wait_until` for code outside an event loop (processes, files)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+
+
 def aiodq(*args: str, timeout: float = 120.0, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m aiodq ARGS`` (from the repository root by default); capture its output."""
     return subprocess.run(

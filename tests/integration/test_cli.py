@@ -8,13 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .cluster import ROOT, aiodq
+from .cluster import ROOT, aiodq, poll_until
 
 
 def free_port() -> int:
@@ -196,10 +195,7 @@ def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None
             first = aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2")
             # The first worker has joined once the master logs it (the log goes to --out/aiodq.log).
             log = tmp_path / "aiodq.log"
-            deadline = time.monotonic() + 60
-            while "joined" not in (log.read_text() if log.exists() else ""):
-                assert time.monotonic() < deadline, "the first worker never joined"
-                time.sleep(0.05)
+            poll_until(lambda: log.exists() and "joined" in log.read_text(), 60, "the first worker's join")
             third = aiodq_async(
                 "worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2", "--retry-for", "0"
             )

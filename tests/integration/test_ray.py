@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from aiodq.errors import RunError  # noqa: E402
 from aiodq.launch.ray import run_ray  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
 
-from .cluster import A9A, ROOT, alive, logistic_optimum  # noqa: E402
+from .cluster import A9A, ROOT, alive, logistic_optimum, poll_until, wait_until  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -50,13 +49,6 @@ def descendants(pid: int) -> set[int]:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 def aiodq_actors() -> list[str]:
@@ -124,7 +116,7 @@ async def test_a9a_trains_to_within_one_percent_and_ray_is_left_clean(epochs: Ep
     # Ray is shut down and every process it started (GCS, raylet, the actors) is gone.
     assert not ray.is_initialized()
     assert len(seen) >= 3, seen
-    await wait_for(lambda: not any(alive(pid) for pid in seen), 15, f"Ray processes outlived the run: {seen}")
+    await wait_until(lambda: not any(alive(pid) for pid in seen), 15, f"the exit of Ray processes {seen}")
 
 
 @pytest.mark.asyncio
@@ -133,7 +125,7 @@ async def test_a_killed_worker_actor_is_replaced_and_the_run_reaches_the_optimum
     killed: list[str] = []
 
     async def kill_one() -> None:
-        await wait_for(lambda: epochs.count >= 3, 60, "training never got going")
+        await wait_until(lambda: epochs.count >= 3, 60, "training never got going")
         name = next(name for name in aiodq_actors() if name.endswith("-worker-0-0"))
         ray.kill(ray.get_actor(name))
         killed.append(name)
@@ -183,7 +175,7 @@ async def test_a_timeout_ends_the_run_and_kills_every_actor() -> None:
     assert any(name.endswith("-master") for name in seen), seen
     assert sum("-worker-" in name for name in seen) == 2, seen
     assert ray.is_initialized()  # the caller's instance is left alone
-    await wait_for(lambda: not aiodq_actors(), 15, "actors outlived the run")
+    await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the run")
 
 
 CTRL_C = """
@@ -215,10 +207,8 @@ def test_ctrl_c_stops_the_run_and_every_ray_process(tmp_path: Path) -> None:
             start_new_session=True,  # its own process group, as a terminal's foreground job
         )
     try:
-        deadline = time.monotonic() + 90
-        while "epoch 2:" not in log.read_text():
-            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
+        poll_until(lambda: "epoch 2:" in log.read_text() or run.poll() is not None, 90, "epoch 2")
+        assert run.poll() is None, log.read_text()[-3000:]
         ray_processes = descendants(run.pid)
         os.killpg(run.pid, signal.SIGINT)
         stdout, _ = run.communicate(timeout=30)
@@ -227,10 +217,7 @@ def test_ctrl_c_stops_the_run_and_every_ray_process(tmp_path: Path) -> None:
     assert run.returncode == 130, log.read_text()[-3000:]
     assert stdout.strip() == "interrupted; Ray initialised: False"
     assert len(ray_processes) >= 4, ray_processes  # GCS, raylet, the master and the workers
-    deadline = time.monotonic() + 15
-    while any(alive(pid) for pid in ray_processes):
-        assert time.monotonic() < deadline, [pid for pid in ray_processes if alive(pid)]
-        time.sleep(0.05)
+    poll_until(lambda: not any(alive(pid) for pid in ray_processes), 15, "Ray processes outliving Ctrl-C")
 
 
 def test_without_ray_the_command_says_which_extra_to_install(tmp_path: Path) -> None:
