@@ -8,12 +8,18 @@ of each part of a step, as a worker process runs it (one BLAS thread):
 - ``model_decode``: parse the MODEL frame the master sends (the model quantized under
   the mu-constraint and Rice-coded where smaller, or float32 for the full-precision
   algorithms) and decode its vector;
-- ``compute``: :meth:`WorkerState.variance_reduced`, i.e. rebuild the model and compute
-  ``alpha`` on a fresh mini-batch (two gradients of the objective);
+- ``prepare``: :meth:`WorkerState.prepare`, the model-free half of the step (draw the
+  mini-batch, the gradient at x_snap), which the worker does while its GRADIENT travels
+  and the master answers;
+- ``compute``: the rest of :meth:`WorkerState.variance_reduced`, i.e. rebuild the model
+  and compute ``alpha`` (the gradient at the model);
 - ``encode``: :meth:`WorkerState.compress` (quantize, sparsify or QSGD) and
   ``encode_message`` of the GRADIENT (entropy coding on, as by default).
 
-``codec_share`` is ``(model_decode + encode) / step``: how much of a step the codec takes.
+``step`` is all four; ``critical_path`` leaves out ``prepare``: the time from a MODEL's
+arrival to its GRADIENT, and ``overlap_saving`` is ``prepare / step``, the share of a step
+taken off that path.  ``codec_share`` is ``(model_decode + encode) / step``: how much of a
+step the codec takes.
 """
 
 from __future__ import annotations
@@ -66,12 +72,15 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
     _, gradient_sum, _ = worker.snapshot_phase(rng.standard_normal(dim) * 0.1)
     worker.set_full_gradient(gradient_sum / objective.samples)
     context = DecodeContext(limits=Limits(), dim=dim)
-    parts: dict[str, list[float]] = {name: [] for name in ("model_decode", "compute", "encode", "step")}
+    names = ("prepare", "model_decode", "compute", "encode", "step", "critical_path")
+    parts: dict[str, list[float]] = {name: [] for name in names}
     encoding = ""
 
     def step() -> None:
         nonlocal encoding
         start = time.perf_counter()
+        worker.prepare()
+        prepared = time.perf_counter()
         event = decode_frame(frame_bytes, context)
         assert isinstance(event, ModelMessage)
         decoded = time.perf_counter()
@@ -82,10 +91,12 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
         end = time.perf_counter()
         encoding = type(vector).__name__
         for name, seconds in (
-            ("model_decode", decoded - start),
+            ("prepare", prepared - start),
+            ("model_decode", decoded - prepared),
             ("compute", computed - decoded),
             ("encode", end - computed),
             ("step", end - start),
+            ("critical_path", end - prepared),
         ):
             parts[name].append(seconds)
 
@@ -98,6 +109,7 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
         "gradient": encoding,
         **{f"{name}_ms": round(value, 4) for name, value in medians.items()},
         "codec_share": round((medians["model_decode"] + medians["encode"]) / medians["step"], 3),
+        "overlap_saving": round(medians["prepare"] / medians["step"], 3),
         "repeats": repeats,
     }
 

@@ -234,6 +234,12 @@ async def _session(
             data = session.data_to_send()
             if data:
                 writer.write(data)
+                # The bytes are with the kernel (or buffered); while the master answers,
+                # compute the next step's model-free half (WorkerSession.prepare).
+                session.prepare(now())
+                data = session.data_to_send()  # a CLOSE if preparing failed
+                if data:
+                    writer.write(data)
                 await writer.drain()
             if session.closed:
                 break

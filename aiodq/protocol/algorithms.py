@@ -517,6 +517,9 @@ class WorkerState:
         self._rng = make_rng([config.seed, 0x5EED, worker_id])
         self._budget = max(1.0, config.phi * self.dim)
         self._correct = getattr(objective, "correct", None)
+        # The next step's model-free half (prepare): its mini-batch, and grad f_B(x_snap) on it.
+        self._next_rows: Rows | None = None
+        self._next_at_snapshot: Array | None = None
 
     def _loss_grad(self, x: Array, rows: Rows | None) -> tuple[float, Array]:
         """The objective's sums, checked: a finite loss and a float64 gradient of length d."""
@@ -529,6 +532,7 @@ class WorkerState:
     def snapshot_phase(self, snapshot: Array) -> tuple[float, Array, int]:
         """Store x_snap; return the sums over the shard: ``(loss, gradient, correct)``."""
         self.snapshot = np.array(snapshot, dtype=np.float64)
+        self._next_at_snapshot = None  # computed at the old snapshot; the drawn rows stay
         loss, grad = self._loss_grad(self.snapshot, None)
         correct = int(self._correct(self.snapshot)) if self._correct is not None else 0
         return loss, grad, correct
@@ -541,14 +545,31 @@ class WorkerState:
         """Rebuild the received model, sample a mini-batch, and return the gradient to send."""
         return self.compress(self.variance_reduced(vector, relative))
 
+    def prepare(self) -> None:
+        """Do the next step's model-free half now, while its MODEL is on the way (algorithms.md 5.2).
+
+        Draws the next mini-batch and computes grad f_B(x_snap) on it, which
+        :meth:`variance_reduced` then uses instead of computing them after the MODEL
+        arrives.  The result is the same bit for bit: between two steps the next draw
+        from the generator is always the mini-batch, so drawing it early keeps the
+        order, and a new snapshot (:meth:`snapshot_phase`) recomputes the term.
+        Calling it again before the next step does nothing.
+        """
+        if self._next_rows is None:
+            # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
+            self._next_rows = self._rng.integers(0, self.samples, size=self.config.batch)
+        if self._next_at_snapshot is None:
+            self._next_at_snapshot = self._loss_grad(self.snapshot, self._next_rows)[1]
+
     def variance_reduced(self, vector: Vector, relative: bool) -> Array:
         """The computation: ``alpha = grad f_B(x_hat) - grad f_B(x_snap)`` (+ L2) on a fresh mini-batch."""
         x_hat = rebuild_model(vector, relative, self.snapshot)
-        # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
+        self.prepare()  # a no-op if the shell already called it
+        rows, at_snapshot = self._next_rows, self._next_at_snapshot
+        assert rows is not None and at_snapshot is not None
+        self._next_rows = self._next_at_snapshot = None
         batch = self.config.batch
-        rows = self._rng.integers(0, self.samples, size=batch)
         _, at_model = self._loss_grad(x_hat, rows)
-        _, at_snapshot = self._loss_grad(self.snapshot, rows)
         alpha = (at_model - at_snapshot) / batch
         alpha += self.config.l2 * (x_hat - self.snapshot)
         return alpha

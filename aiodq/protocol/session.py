@@ -116,6 +116,23 @@ class WorkerSession:
                 return
             self._handle(event, now)
 
+    def prepare(self, now: float) -> None:
+        """Do the next gradient's model-free work; call it after sending, while waiting for the MODEL.
+
+        The mini-batch and its gradient at x_snap do not depend on the model
+        (:meth:`~aiodq.protocol.algorithms.WorkerState.prepare`), so computing them
+        here takes them off the path from a MODEL to its GRADIENT without changing any
+        value.  Does nothing before CONFIG, once closing, or if already done.
+        """
+        state = self.state
+        if state is None or self.failed or self.connection.state is not ConnectionState.READY:
+            return
+        try:
+            state.prepare()
+        except Exception as exc:
+            first_line = (str(exc).splitlines() or [""])[0]
+            self._give_up(now, f"cannot answer MODEL: {type(exc).__name__}: {first_line}")
+
     def handle_timer(self, now: float) -> None:
         """Run the connection's timers."""
         self.connection.handle_timer(now)

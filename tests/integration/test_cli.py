@@ -226,4 +226,5 @@ def test_bench_worker_smoke(tmp_path: Path) -> None:
     assert [case["algorithm"] for case in report["cases"]] == ["asylpg", "qsvrg"]
     for case in report["cases"]:
         assert case["d"] == 1000 and case["compute_ms"] > 0 and case["encode_ms"] > 0
-        assert 0 < case["codec_share"] < 1
+        assert case["prepare_ms"] > 0 and case["critical_path_ms"] < case["step_ms"]
+        assert 0 < case["codec_share"] < 1 and 0 < case["overlap_saving"] < 1

@@ -662,6 +662,62 @@ def test_sparse_mean_nonzeros_within_budget() -> None:
     assert np.mean(counts) >= 5
 
 
+def _gradients(state: WorkerState, *, prepare: bool) -> list[Any]:
+    """Two epochs of gradients from ``state``, calling ``prepare`` between steps if asked."""
+    rng = np.random.default_rng(11)
+    sent = []
+    for epoch in range(2):
+        if prepare:
+            state.prepare()  # before the snapshot phase: computed at the old snapshot, redone
+        x_snap = rng.normal(size=D)
+        state.snapshot_phase(x_snap)
+        state.set_full_gradient(rng.normal(size=D))
+        for _ in range(5):
+            if prepare:
+                state.prepare()
+                state.prepare()  # a second call draws nothing more
+            model = RawVector((x_snap + 0.1 * rng.normal(size=D)).astype(np.float32))
+            sent.append(state.gradient_message(model, relative=False))
+        assert epoch in (0, 1)
+    return sent
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_prepare_changes_no_gradient(name: str) -> None:
+    """Preparing the next step while the MODEL travels gives the same gradients, bit for bit.
+
+    The same seeds without prepare are the reference: the mini-batch must be drawn in the
+    same order, and the term at x_snap recomputed when the snapshot changes.
+    """
+    with_prepare = _gradients(worker(name, l2=1e-3), prepare=True)
+    without = _gradients(worker(name, l2=1e-3), prepare=False)
+    assert with_prepare == without
+    assert not all(isinstance(v, ZeroVector) for v in without)
+
+
+def test_prepare_takes_the_snapshot_term_off_the_step() -> None:
+    """After prepare, a step evaluates the objective once (at x_hat), not twice."""
+    state = worker("asylpg")
+    state.snapshot_phase(np.zeros(D))
+    calls: list[npt.NDArray[np.float64]] = []
+    objective = state.objective
+    original = objective.loss_grad
+
+    def counting(x: npt.NDArray[np.float64], rows: Any = None) -> Any:
+        calls.append(np.array(x))
+        return original(x, rows)
+
+    objective.loss_grad = counting  # type: ignore[method-assign]
+    model = RawVector(np.full(D, 0.5, dtype=np.float32))
+    state.gradient_message(model, relative=False)
+    assert len(calls) == 2  # no prepare: x_hat and x_snap after the MODEL
+    state.prepare()
+    assert len(calls) == 3 and not calls[-1].any()  # the term at x_snap = 0
+    state.gradient_message(model, relative=False)
+    assert len(calls) == 4
+    np.testing.assert_array_equal(calls[-1], np.full(D, 0.5))
+
+
 def test_worker_rebuilds_relative_model() -> None:
     """A relative MODEL is rebuilt as x_snap + v before the gradient is taken."""
     relative = one_sample_worker("asyfpg", l2=0.0)
