@@ -198,10 +198,12 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument(
         "--data",
         default=None,
-        help="the data folder: libsvm/a9a, libsvm/w8a, mnist/... (e.g. ../shared/data)",
+        help="the data folder: libsvm/a9a, libsvm/w8a, libsvm/debdesc.gz, mnist/... (e.g. ../shared/data)",
     )
     experiment.add_argument(
-        "--datasets", default="", help="comma-separated: a9a, w8a, mnist (default: every one in --data)"
+        "--datasets",
+        default="",
+        help="comma-separated: a9a, w8a, debdesc, mnist (default: every one in --data)",
     )
     experiment.add_argument(
         "--out", default="aiodq-experiments", help="output folder (default aiodq-experiments)"

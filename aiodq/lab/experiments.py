@@ -16,7 +16,8 @@ Experiments:
   each one's saving against its full-precision counterpart; loss against bits
   and against time, all algorithms in one figure per dataset.
 - ``mu``: bits to target and final loss of AsyLPG for mu in
-  {0.05, 0.1, 0.25, 0.5, 1, 2} and for gradient bits b in {2, 4, 8}.
+  {0.05, 0.1, 0.25, 0.5, 1, 2} and for gradient bits b in {2, 4, 8}, and of
+  Sparse-AsyLPG for the budget phi in {d/100, d/20, d/4}.
 - ``timing``: computation against encoding time per epoch, per algorithm.
 - ``workers``: 4 workers against 8.
 - ``network``: time to target on shaped links (needs root; skipped otherwise).
@@ -52,6 +53,7 @@ from .runs import (
     BIT_VALUES,
     DATASETS,
     MU_VALUES,
+    PHI_VALUES,
     TABLE_ALGORITHMS,
     Context,
     DatasetSpec,
@@ -164,20 +166,24 @@ def experiment_table1(context: Context) -> dict[str, Any]:
 
 
 def experiment_mu(context: Context) -> dict[str, Any]:
-    """AsyLPG's bits to target and final loss against mu, and against the gradient bits b."""
+    """Bits to target and final loss: AsyLPG against mu and the gradient bits b, Sparse-AsyLPG against phi."""
     out = context.out / "mu"
     report: dict[str, Any] = {"datasets": {}}
-    lines = ["# The mu study and the gradient bits", ""]
-    mus = MU_VALUES[2:5] if context.quick else MU_VALUES
+    lines = ["# The mu study, the gradient bits and the sparsity budget", ""]
+    sweeps_of = (
+        ("mu", "asylpg", MU_VALUES[2:5] if context.quick else MU_VALUES, "AsyLPG: mu (b fixed)"),
+        ("bits", "asylpg", BIT_VALUES, "AsyLPG: b (mu fixed)"),
+        ("phi", "sparse-asylpg", PHI_VALUES[2:] if context.quick else PHI_VALUES, "Sparse-AsyLPG: phi / d"),
+    )
     for spec in context.specs():
         dataset, _, target = context.load(spec)
         context.log(f"mu: {spec.name}, target {target:.6f}")
         reference = summarise(
             context.runs(spec, [context.config(spec, dataset, algorithm="asyfpg")])[0], target
         )
-        sweeps: dict[str, list[dict[str, Any]]] = {"mu": [], "bits": []}
-        for key, values in (("mu", mus), ("bits", BIT_VALUES)):
-            configs = [context.config(spec, dataset, algorithm="asylpg", **{key: value}) for value in values]
+        sweeps: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in sweeps_of}
+        for key, algorithm, values, _ in sweeps_of:
+            configs = [context.config(spec, dataset, algorithm=algorithm, **{key: value}) for value in values]
             for value, repeats in zip(values, context.runs(spec, configs), strict=True):
                 row = summarise(repeats, target)
                 row[key] = value
@@ -188,21 +194,26 @@ def experiment_mu(context: Context) -> dict[str, Any]:
                 sweeps[key].append(row)
         report["datasets"][spec.name] = {"target": target, "asyfpg": reference, **sweeps}
         lines += [f"## {spec.name}: {spec.describe}", ""]
-        lines.append(f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit to target.")
-        for key, label in (("mu", "mu (b fixed)"), ("bits", "b (mu fixed)")):
+        lines.append(
+            f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit to target; "
+            f"median of {context.repeats} run(s) per row."
+        )
+        for key, _, _, label in sweeps_of:
             lines += [
                 "",
-                f"| {label} | Mbit to target | saving vs AsyFPG | final loss |",
-                "|---:|---:|---:|---:|",
+                f"| {label} | Mbit to target | saving vs AsyFPG | s to target | final loss |",
+                "|---:|---:|---:|---:|---:|",
             ]
             for row in sweeps[key]:
                 lines.append(
-                    f"| {row[key]} | {fmt(row['bits_to_target'], 1e6)} | {times(row['saving_bits'])} | "
+                    f"| {row[key]} | {reach(row, fmt(row['bits_to_target'], 1e6))} | "
+                    f"{times(row['saving_bits'])} | {reach(row, fmt(row['time_to_target']))} | "
                     f"{row['final_loss']:.6f} |"
                 )
         lines.append("")
-        plot_sweeps(out / f"{spec.name}_mu.png", spec.name, sweeps)
-        lines += [f"![mu and b]({spec.name}_mu.png)", ""]
+        panels = [(key, label) for key, _, _, label in sweeps_of]
+        plot_sweeps(out / f"{spec.name}_mu.png", spec.name, sweeps, panels)
+        lines += [f"![mu, b and phi]({spec.name}_mu.png)", ""]
     write_report(out, "mu", report, "\n".join(lines) + "\n")
     return report
 
@@ -394,7 +405,7 @@ def experiment_network(context: Context) -> dict[str, Any]:
                         link=link,
                         data=path,
                         out=records_out,
-                        record_every=record_every(dataset, config),
+                        record_every=record_every(dataset, config, spec.records_per_epoch),
                     )
                 except (netlab.NetLabError, ValueError) as exc:
                     raise ExperimentError(f"network: {name} on {link.describe()}: {exc}") from exc

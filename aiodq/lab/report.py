@@ -130,16 +130,18 @@ def plot_curves(
     plt.close(figure)
 
 
-def plot_sweeps(path: Path, name: str, sweeps: dict[str, list[dict[str, Any]]]) -> None:
-    """Bits to target against mu and against b, one panel each."""
+def plot_sweeps(
+    path: Path, name: str, sweeps: dict[str, list[dict[str, Any]]], labels: list[tuple[str, str]]
+) -> None:
+    """Bits to target against each swept setting, one panel per ``(key, label)`` of ``labels``."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for axis, key, label in zip(axes, ("mu", "bits"), ("mu", "gradient bits b"), strict=True):
+    figure, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 3.8), squeeze=False)
+    for axis, (key, label) in zip(axes[0], labels, strict=True):
         rows = sweeps[key]
         xs = [row[key] for row in rows]
         ys = [row["bits_to_target"] / 1e6 if row["bits_to_target"] else math.nan for row in rows]
@@ -148,7 +150,7 @@ def plot_sweeps(path: Path, name: str, sweeps: dict[str, list[dict[str, Any]]]) 
         axis.set_xlabel(label)
         axis.set_ylabel("Mbit to target")
         axis.grid(True, which="both", alpha=0.3)
-    figure.suptitle(f"AsyLPG on {name}: bits to target")
+    figure.suptitle(f"{name}: bits to target")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -46,6 +46,8 @@ __all__ = [
 TABLE_ALGORITHMS = ("asyfpg", "qsvrg", "model-only", "asylpg", "sparse-asylpg", "acc-asyfpg", "acc-asylpg")
 MU_VALUES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 BIT_VALUES = (2, 4, 8)
+#: Sparse-AsyLPG's budgets in the phi sweep, as fractions of d: d/100, d/20, d/4.
+PHI_VALUES = (0.01, 0.05, 0.25)
 
 
 class ExperimentError(RunError):
@@ -72,11 +74,18 @@ class DatasetSpec:
     target_gap: float | None = None
     #: What the settings are, in words, for the results.
     describe: str = ""
+    #: Model copies kept per epoch: the resolution of "bits to target" (a record interval).
+    records_per_epoch: int = 8
 
 
 def _lr_settings(epochs: int) -> dict[str, Any]:
     return {"model": "logistic", "epochs": epochs, "l2": 1e-4, "step": 0.5, "bits": 4, "mu": 0.5, "batch": 64}
 
+
+#: debdesc's step and epochs (docs/results.md, "Settings": the step that brings AsyFPG to the
+#: target in the fewest updates in the simulator).
+DEBDESC_STEP = 16.0
+DEBDESC_EPOCHS = 5
 
 #: The datasets, as docs/results.md describes them.  m is two passes over the data per epoch
 #: (SVRG's customary m = 2n / B), which halves the share of the full-precision snapshot phase
@@ -102,6 +111,18 @@ DATASETS: dict[str, DatasetSpec] = {
         target_gap=1e-3,
         describe="logistic regression (d = 300), l2 = 1e-4, eta = 2, B = 64, b = 4, mu = 0.5 "
         "(Sparse-AsyLPG: phi = d/4); target F* (1 + 1e-3)",
+    ),
+    "debdesc": DatasetSpec(
+        "debdesc",
+        "libsvm/debdesc.gz",
+        None,
+        {**_lr_settings(DEBDESC_EPOCHS), "step": DEBDESC_STEP},
+        {"sparse-asylpg": {"phi": 0.05}},
+        target_gap=1e-3,
+        describe=f"logistic regression (d = 20,958, sparse TF-IDF text, the size of the paper's real-sim), "
+        f"l2 = 1e-4, eta = {DEBDESC_STEP:g}, B = 64, b = 4, mu = 0.5 (Sparse-AsyLPG: phi = d/20); "
+        "target F* (1 + 1e-3)",
+        records_per_epoch=64,
     ),
     "mnist": DatasetSpec(
         "mnist",
@@ -257,13 +278,15 @@ def _updates_per_epoch(dataset: Dataset, config: TrainConfig) -> int:
     return 2 * math.ceil(dataset.samples / config.batch)
 
 
-def record_every(dataset: Dataset, config: TrainConfig) -> int:
-    """Eight model copies per epoch of the run's own m (0 in the config: one pass, n / B)."""
+def record_every(dataset: Dataset, config: TrainConfig, per_epoch: int = 8) -> int:
+    """Updates between model copies: ``per_epoch`` copies per epoch of the run's own m (0: n / B)."""
     updates = config.updates_per_epoch or math.ceil(dataset.samples / config.batch)
-    return max(1, updates // 8)
+    return max(1, updates // per_epoch)
 
 
-def local_runner(dataset: Dataset, data_path: str | None, *, progress: bool = False) -> Runner:
+def local_runner(
+    dataset: Dataset, data_path: str | None, *, progress: bool = False, records_per_epoch: int = 8
+) -> Runner:
     """Runs on 127.0.0.1: the master here, the workers as processes (:func:`aiodq.launch.local.run_local`)."""
 
     def run(config: TrainConfig, workers: int) -> RunResult:
@@ -279,7 +302,7 @@ def local_runner(dataset: Dataset, data_path: str | None, *, progress: bool = Fa
                     progress=progress,
                     timeout=3600.0,
                     master_config=None,
-                    record_every=record_every(dataset, config),
+                    record_every=record_every(dataset, config, records_per_epoch),
                     records=records,
                 )
             )
@@ -372,7 +395,7 @@ class Context:
     ) -> list[list[RunResult]]:
         """Every configuration over ``repeats`` seeds, on the local cluster."""
         dataset, path, target = self.load(spec)
-        runner = local_runner(dataset, path)
+        runner = local_runner(dataset, path, records_per_epoch=spec.records_per_epoch)
         results = []
         for config in configs:
             repeats = []

@@ -78,11 +78,13 @@ def test_quick_table1_rows_and_savings(quick: Path) -> None:
 
 
 def test_quick_mu_bits_timing_workers(quick: Path) -> None:
-    """The mu and b sweeps, the timing table and the worker counts are written and consistent."""
+    """The mu, b and phi sweeps, the timing table and the worker counts are written and consistent."""
     mu = json.loads((quick / "mu" / "mu.json").read_text())["datasets"]["a9a-bundled"]
     assert [row["mu"] for row in mu["mu"]] == [0.25, 0.5, 1.0]
     assert [row["bits"] for row in mu["bits"]] == [2, 4, 8]
-    for row in mu["mu"] + mu["bits"]:
+    assert [(row["phi"], row["algorithm"]) for row in mu["phi"]] == [(0.25, "sparse-asylpg")]
+    assert "| Sparse-AsyLPG: phi / d |" in (quick / "mu" / "mu.md").read_text()
+    for row in mu["mu"] + mu["bits"] + mu["phi"]:
         assert row["final_loss"] > 0
         if row["bits_to_target"]:
             assert row["saving_bits"] == pytest.approx(mu["asyfpg"]["bits_to_target"] / row["bits_to_target"])
@@ -117,6 +119,18 @@ def test_quick_network_runs_or_says_why(quick: Path) -> None:
     for row in rows:
         assert row["rate_mbit"] == 100.0
         assert row["bits_to_target"] is not None
+
+
+def test_record_interval_follows_the_dataset() -> None:
+    """Eight copies per epoch by default; debdesc keeps 64, so bits to target is read per m/64 updates."""
+    from aiodq.lab.runs import DATASETS, record_every  # noqa: PLC0415
+
+    config = TrainConfig(updates_per_epoch=1983)
+    assert record_every(A9A, config) == 1983 // 8 == 247
+    assert DATASETS["debdesc"].records_per_epoch == 64
+    assert record_every(A9A, config, DATASETS["debdesc"].records_per_epoch) == 30  # 1983 // 64
+    assert record_every(A9A, TrainConfig(updates_per_epoch=5), 64) == 1  # never 0
+    assert DATASETS["debdesc"].train == "libsvm/debdesc.gz"
 
 
 def test_evaluate_and_to_target() -> None:
