@@ -388,7 +388,7 @@ def experiment_network(context: Context) -> dict[str, Any]:
     names = ("asyfpg", "asylpg") if context.quick else TABLE_ALGORITHMS
     specs = context.specs()
     if not context.quick and not context.datasets:
-        specs = [s for s in specs if s.name == "mnist"] or specs
+        specs = [s for s in specs if s.name in ("debdesc", "mnist")] or specs
     for spec in specs:
         dataset, path, target = context.load(spec)
         rows: list[dict[str, Any]] = []
