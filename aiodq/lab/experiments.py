@@ -173,7 +173,7 @@ def experiment_mu(context: Context) -> dict[str, Any]:
     sweeps_of = (
         ("mu", "asylpg", MU_VALUES[2:5] if context.quick else MU_VALUES, "AsyLPG: mu (b fixed)"),
         ("bits", "asylpg", BIT_VALUES, "AsyLPG: b (mu fixed)"),
-        ("phi", "sparse-asylpg", PHI_VALUES[2:] if context.quick else PHI_VALUES, "Sparse-AsyLPG: phi / d"),
+        ("phi", "sparse-asylpg", PHI_VALUES[1:] if context.quick else PHI_VALUES, "Sparse-AsyLPG: phi / d"),
     )
     for spec in context.specs():
         dataset, _, target = context.load(spec)

@@ -91,6 +91,8 @@ class WorkerSession:
         #: True if this worker ended the session itself because it cannot go on (a configuration
         #: it cannot train, or its computation failed): reconnecting would not help.
         self.failed = False
+        # True after sending a GRADIENT or SNAPSHOT_GRADIENT: a MODEL may follow (prepare).
+        self._may_prepare = False
         self.connection_limits = (connection_config or ConnectionConfig()).limits
         self.connection.send(Hello(name=name, shard=shard), now)
 
@@ -122,16 +124,21 @@ class WorkerSession:
         The mini-batch and its gradient at x_snap do not depend on the model
         (:meth:`~aiodq.protocol.algorithms.WorkerState.prepare`), so computing them
         here takes them off the path from a MODEL to its GRADIENT without changing any
-        value.  Does nothing before CONFIG, once closing, or if already done.
+        value.  Only after this side sent a GRADIENT or a SNAPSHOT_GRADIENT, while the
+        connection is open; once per send.  The work is done ahead of time, not owed: if
+        the objective fails here, nothing is sent and nothing is kept, and the next MODEL
+        computes it again (failing there as it would have without preparing).
         """
         state = self.state
-        if state is None or self.failed or self.connection.state is not ConnectionState.READY:
+        if not self._may_prepare or state is None or self.failed:
+            return
+        self._may_prepare = False
+        if self.connection.state is not ConnectionState.READY:
             return
         try:
             state.prepare()
-        except Exception as exc:
-            first_line = (str(exc).splitlines() or [""])[0]
-            self._give_up(now, f"cannot answer MODEL: {type(exc).__name__}: {first_line}")
+        except Exception:  # retried, and reported, by the next MODEL's own step
+            return
 
     def handle_timer(self, now: float) -> None:
         """Run the connection's timers."""
@@ -175,12 +182,14 @@ class WorkerSession:
                 vector=full_precision(gradient),
             )
             self.connection.send(reply, now)
+            self._may_prepare = True
         elif isinstance(event, FullGradient):
             state.set_full_gradient(event.vector.values)
         else:
             vector = state.gradient_message(event.vector, event.relative)
             self.connection.send(Gradient(epoch=event.epoch, version=event.version, vector=vector), now)
             self.gradients_sent += 1
+            self._may_prepare = True
 
     def _give_up(self, now: float, reason: str) -> None:
         """Stop: this worker cannot go on; CLOSE with INTERNAL_ERROR and why (retrying would not help)."""

@@ -112,8 +112,8 @@ def simulate(
         for index, session in enumerate(sessions):
             data = session.data_to_send()
             if data:
+                up[index].append(data)
                 session.prepare(now)  # as the asyncio worker does after sending
-                up[index].append(data + session.data_to_send())
         for worker_id, data in coordinator.data_to_send().items():
             down[ids.index(worker_id)].append(data)
         channels = [(i, d) for i in range(workers) for d, q in (("up", up[i]), ("down", down[i])) if q]

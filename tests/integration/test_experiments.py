@@ -82,7 +82,10 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
     mu = json.loads((quick / "mu" / "mu.json").read_text())["datasets"]["a9a-bundled"]
     assert [row["mu"] for row in mu["mu"]] == [0.25, 0.5, 1.0]
     assert [row["bits"] for row in mu["bits"]] == [2, 4, 8]
-    assert [(row["phi"], row["algorithm"]) for row in mu["phi"]] == [(0.25, "sparse-asylpg")]
+    assert [(row["phi"], row["algorithm"]) for row in mu["phi"]] == [
+        (0.05, "sparse-asylpg"),
+        (0.25, "sparse-asylpg"),
+    ]
     assert "| Sparse-AsyLPG: phi / d |" in (quick / "mu" / "mu.md").read_text()
     for row in mu["mu"] + mu["bits"] + mu["phi"]:
         assert row["final_loss"] > 0

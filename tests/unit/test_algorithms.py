@@ -662,11 +662,23 @@ def test_sparse_mean_nonzeros_within_budget() -> None:
     assert np.mean(counts) >= 5
 
 
-def _gradients(state: WorkerState, *, prepare: bool) -> list[Any]:
-    """Two epochs of gradients from ``state``, calling ``prepare`` between steps if asked."""
+def _reference_gradient(state: WorkerState, model: RawVector) -> Any:
+    """algorithms.md 5.2 step by step, without prepare or variance_reduced: the mini-batch is the
+    worker generator's next draw, then the two gradients, then the algorithm's compression."""
+    x_hat = model.values.astype(np.float64)
+    rows = state._rng.integers(0, state.samples, size=state.config.batch)
+    _, at_model = state.objective.loss_grad(x_hat, rows)
+    _, at_snapshot = state.objective.loss_grad(state.snapshot, rows)
+    alpha = (at_model - at_snapshot) / state.config.batch + state.config.l2 * (x_hat - state.snapshot)
+    return state.compress(alpha)
+
+
+def _gradients(state: WorkerState, *, prepare: bool | None) -> list[Any]:
+    """Two epochs of gradients from ``state``: preparing between steps (True), not (False), or
+    computed by :func:`_reference_gradient` (None)."""
     rng = np.random.default_rng(11)
     sent = []
-    for epoch in range(2):
+    for _ in range(2):
         if prepare:
             state.prepare()  # before the snapshot phase: computed at the old snapshot, redone
         x_snap = rng.normal(size=D)
@@ -677,8 +689,10 @@ def _gradients(state: WorkerState, *, prepare: bool) -> list[Any]:
                 state.prepare()
                 state.prepare()  # a second call draws nothing more
             model = RawVector((x_snap + 0.1 * rng.normal(size=D)).astype(np.float32))
-            sent.append(state.gradient_message(model, relative=False))
-        assert epoch in (0, 1)
+            if prepare is None:
+                sent.append(_reference_gradient(state, model))
+            else:
+                sent.append(state.gradient_message(model, relative=False))
     return sent
 
 
@@ -686,13 +700,13 @@ def _gradients(state: WorkerState, *, prepare: bool) -> list[Any]:
 def test_prepare_changes_no_gradient(name: str) -> None:
     """Preparing the next step while the MODEL travels gives the same gradients, bit for bit.
 
-    The same seeds without prepare are the reference: the mini-batch must be drawn in the
-    same order, and the term at x_snap recomputed when the snapshot changes.
+    The reference is algorithms.md 5.2 written out in the test: the mini-batch must be
+    the generator's next draw, and the term at x_snap recomputed when the snapshot changes.
     """
-    with_prepare = _gradients(worker(name, l2=1e-3), prepare=True)
-    without = _gradients(worker(name, l2=1e-3), prepare=False)
-    assert with_prepare == without
-    assert not all(isinstance(v, ZeroVector) for v in without)
+    reference = _gradients(worker(name, l2=1e-3), prepare=None)
+    assert _gradients(worker(name, l2=1e-3), prepare=True) == reference
+    assert _gradients(worker(name, l2=1e-3), prepare=False) == reference
+    assert not all(isinstance(v, ZeroVector) for v in reference)
 
 
 def test_prepare_takes_the_snapshot_term_off_the_step() -> None:

@@ -555,3 +555,74 @@ def test_late_joiner_still_owing_a_snapshot_when_the_next_phase_starts() -> None
     assert late.gradients_sent > 0
     # The two first workers split the data in halves; the late one adds its own shard.
     assert coordinator.trace[-1].samples == dataset.samples + rows.shape[0]
+
+
+# -- the worker's overlap (WorkerSession.prepare) ------------------------------------
+
+
+def _mini_batch_calls(monkeypatch: pytest.MonkeyPatch, limit: int | None = None) -> list[int]:
+    """Count the objective's mini-batch evaluations; beyond ``limit`` of them, the objective fails."""
+    from aiodq.protocol import algorithms  # noqa: PLC0415
+
+    calls = [0]
+    original = algorithms.WorkerState._loss_grad
+
+    def counting(self: Any, x: Any, rows: Any) -> Any:
+        if rows is not None:
+            calls[0] += 1
+            if limit is not None and calls[0] > limit:
+                raise RuntimeError("out of memory")
+        return original(self, x, rows)
+
+    monkeypatch.setattr(algorithms.WorkerState, "_loss_grad", counting)
+    return calls
+
+
+def _simulate_keeping_sessions(monkeypatch: pytest.MonkeyPatch, train: TrainConfig) -> tuple[Any, list[Any]]:
+    """:func:`simulate`, and the worker sessions it made."""
+    sessions: list[WorkerSession] = []
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        coordinator, built = build_cluster(*args, **kwargs)
+        sessions.extend(built)
+        return coordinator, built
+
+    monkeypatch.setattr("aiodq.protocol.simulate.build_cluster", build)
+    return simulate(train, a9a(), 1, seed=1), sessions
+
+
+def test_a_failure_while_preparing_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preparing is work done ahead, not owed: an objective that fails only on the extra
+    evaluations preparing adds leaves the run as it is without preparing."""
+    with monkeypatch.context() as without:
+        without.setattr(WorkerSession, "prepare", lambda self, now: None)
+        calls = _mini_batch_calls(without)
+        plain = simulate(config(epochs=1), a9a(), 1, seed=1)
+    needed = calls[0]
+    assert plain.done and needed == 2 * UPDATES  # two gradients per step, none prepared
+    calls = _mini_batch_calls(monkeypatch, limit=needed)
+    prepared, sessions = _simulate_keeping_sessions(monkeypatch, config(epochs=1))
+    # Prepared: after the first SNAPSHOT_GRADIENT and after every GRADIENT; the last of those
+    # (at the old snapshot) and the one after the final SNAPSHOT_GRADIENT fail, and are dropped.
+    assert calls[0] == needed + 2
+    assert prepared.done and [record.epoch for record in prepared.trace] == [0, 1]
+    assert sessions[0].ended == (int(ErrorCode.NO_ERROR), "training complete")
+    assert not sessions[0].failed
+    np.testing.assert_array_equal(prepared.state.x, plain.state.x)
+
+
+def test_prepare_only_after_a_send_and_never_once_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is prepared before this side sent anything, nor once the connection is closed."""
+    calls = _mini_batch_calls(monkeypatch)
+    _, sessions = build_cluster(config(epochs=1), a9a(), 1)
+    sessions[0].prepare(0.0)  # nothing sent yet, no CONFIG
+    assert calls[0] == 0
+    finished, sessions = _simulate_keeping_sessions(monkeypatch, config(epochs=1))
+    assert finished.done and sessions[0].closed
+    before = calls[0]
+    state = sessions[0].state
+    assert state is not None
+    state._next_rows = state._next_at_snapshot = None  # as if a step had just used them
+    sessions[0]._may_prepare = True  # and it had just sent: but it is closed
+    sessions[0].prepare(0.0)
+    assert calls[0] == before
