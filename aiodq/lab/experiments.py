@@ -48,7 +48,18 @@ from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerSt
 from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import Objective
 from . import netcluster, netlab
-from .report import fmt, num, plot_curves, plot_sweeps, reach, saving, summarise, times, write_report
+from .report import (
+    bits_account,
+    fmt,
+    num,
+    plot_curves,
+    plot_sweeps,
+    reach,
+    saving,
+    summarise,
+    times,
+    write_report,
+)
 from .runs import (
     BIT_VALUES,
     DATASETS,
@@ -160,9 +171,38 @@ def experiment_table1(context: Context) -> dict[str, Any]:
                 f"{times(row['saving_time'])} | "
                 f"{num(row['final_loss'], 6)} | {num(accuracy, 4)} |"
             )
-        lines += ["", f"![loss against bits and time]({spec.name}_loss.png)", ""]
+        lines += ["", *_account_lines(report["datasets"][spec.name]), ""]
+        lines += [f"![loss against bits and time]({spec.name}_loss.png)", ""]
     write_report(out, "table1", report, "\n".join(lines) + "\n")
     return report
+
+
+def _account_lines(dataset: dict[str, Any]) -> list[str]:
+    """The "where the bits went" table of one dataset (first seed), stored in its report too."""
+    lines = [
+        "Where the bits to target went (first seed; the bytes by kind when the master recorded the "
+        "model that reached the target; bits per coordinate are per applied update):",
+        "",
+        "| algorithm | Mbit to target | updates | models | gradients | snapshot phases | frame headers "
+        "| control | model bits/coord | gradient bits/coord |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in dataset["runs"].items():
+        account = bits_account(run, dataset["dim"])
+        dataset["rows"][name]["account"] = account
+        if account is None:
+            lines.append(f"| {name} | {reach(dataset['rows'][name], '-')} |" + " - |" * 8)
+            continue
+        mbit = account["mbit"]
+        lines.append(
+            f"| {name} | {run['bits_to_target'] / 1e6:.2f} | {account['updates']} | "
+            + " | ".join(
+                f"{mbit[part]:.2f}" for part in ("models", "gradients", "snapshot phases", "frame headers")
+            )
+            + f" | {mbit['control']:.3f} | {account['model_bits_per_coordinate']:.3f} | "
+            f"{account['gradient_bits_per_coordinate']:.3f} |"
+        )
+    return lines
 
 
 def experiment_mu(context: Context) -> dict[str, Any]:

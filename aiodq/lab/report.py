@@ -13,6 +13,7 @@ from ..protocol.algorithms import ALGORITHMS
 from .runs import TABLE_ALGORITHMS, RunResult
 
 __all__ = [
+    "bits_account",
     "fmt",
     "median",
     "num",
@@ -24,6 +25,38 @@ __all__ = [
     "times",
     "write_report",
 ]
+
+
+#: The parts of "bits to target", by the message kinds (``direction/kind``) they count.
+_ACCOUNT = (
+    ("models", ("down/MODEL",)),
+    ("gradients", ("up/GRADIENT",)),
+    ("snapshot phases", ("down/SNAPSHOT", "up/SNAPSHOT_GRADIENT", "down/FULL_GRADIENT")),
+    ("frame headers", ("down/header", "up/header")),
+)
+
+
+def bits_account(run: dict[str, Any], dim: int) -> dict[str, Any] | None:
+    """Where a run's bits to target went: the bytes by kind at the record that reached it.
+
+    ``run`` is :meth:`RunResult.as_dict`.  Returns Mbit per part (``models``, ``gradients``,
+    ``snapshot phases``, ``frame headers`` and ``control``: the handshake, CONFIG, ERROR and
+    CLOSE), the updates applied by then, and the model and gradient bits per coordinate per
+    update; None if the run missed the target or its records lack the bytes by kind.
+    """
+    by_kind = run.get("wire_bytes_to_target")
+    hit = next((p for p in run["points"] if p["bits"] == run["bits_to_target"]), None)
+    if not by_kind or hit is None:
+        return None
+    parts = {name: 8 * sum(by_kind.get(kind, 0) for kind in kinds) for name, kinds in _ACCOUNT}
+    parts["control"] = 8 * sum(by_kind.values()) - sum(parts.values())
+    updates = max(1, hit["version"])
+    return {
+        "updates": hit["version"],
+        "mbit": {name: bits / 1e6 for name, bits in parts.items()},
+        "model_bits_per_coordinate": parts["models"] / updates / dim,
+        "gradient_bits_per_coordinate": parts["gradients"] / updates / dim,
+    }
 
 
 def median(values: Sequence[float | None]) -> float | None:

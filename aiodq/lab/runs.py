@@ -163,6 +163,8 @@ class Point:
     time: float
     #: Training objective F(x) on the full training set.
     loss: float
+    #: The bytes so far by direction and kind (``"down/MODEL"`` ...; :class:`ModelRecord`).
+    wire_bytes: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 def _objective(config: TrainConfig, dataset: Dataset) -> Objective:
@@ -185,7 +187,14 @@ def evaluate(config: TrainConfig, dataset: Dataset, records: Sequence[ModelRecor
         loss_sum, _ = model.loss_grad(record.model)
         loss = loss_sum / dataset.samples + regularizer.value(record.model)
         points.append(
-            Point(record.version, record.epoch, 8 * record.bytes_total, record.time - start, float(loss))
+            Point(
+                record.version,
+                record.epoch,
+                8 * record.bytes_total,
+                record.time - start,
+                float(loss),
+                record.wire_bytes,
+            )
         )
     return points
 
@@ -267,7 +276,8 @@ class RunResult:
             "updates": self.summary["version"],
             "staleness": self.summary["staleness"],
             "wire_bytes": traffic["wire_bytes"],
-            "points": [asdict(p) for p in self.points],
+            "wire_bytes_to_target": hit.wire_bytes if hit else None,
+            "points": [{k: v for k, v in asdict(p).items() if k != "wire_bytes"} for p in self.points],
         }
 
 

@@ -153,7 +153,12 @@ def save_records(records: list[ModelRecord], path: Path) -> None:
             else np.zeros((0, 0), dtype=np.float64)
         ),
     }
-    checkpoint_file.save(path, Checkpoint(arrays, {"content": _RECORDS}))
+    # Bytes by direction and kind: one column per kind, named in the metadata.
+    kinds = sorted({kind for record in records for kind in record.wire_bytes})
+    arrays["wire_bytes"] = np.array(
+        [[record.wire_bytes.get(kind, 0) for kind in kinds] for record in records], dtype=np.int64
+    ).reshape(len(records), len(kinds))
+    checkpoint_file.save(path, Checkpoint(arrays, {"content": _RECORDS, "wire_kinds": kinds}))
 
 
 def load_records(path: Path) -> list[ModelRecord]:
@@ -174,8 +179,20 @@ def load_records(path: Path) -> list[ModelRecord]:
         or models.ndim != 2
     ):
         raise RunError(f"{path}: not a model records file (columns of different lengths)")
+    kinds, by_kind = saved.meta.get("wire_kinds", []), saved.arrays.get("wire_bytes")
+    if by_kind is None:  # written before the records kept their bytes by kind
+        kinds, by_kind = [], np.zeros((len(version), 0), dtype=np.int64)
+    if (
+        not isinstance(kinds, list)
+        or not all(isinstance(kind, str) for kind in kinds)
+        or by_kind.shape != (len(version), len(kinds))
+        or not np.issubdtype(by_kind.dtype, np.integer)
+    ):
+        raise RunError(f"{path}: not a model records file (bytes by kind do not fit)")
     return [
-        ModelRecord(int(v), int(e), int(b), float(t), models[i])
+        ModelRecord(
+            int(v), int(e), int(b), float(t), models[i], dict(zip(kinds, map(int, by_kind[i]), strict=True))
+        )
         for i, (v, e, b, t) in enumerate(zip(version, epoch, bytes_total, times, strict=True))
     ]
 

@@ -64,6 +64,9 @@ class ModelRecord:
     time: float
     #: The model: x_snap at the start of a snapshot phase, else the served model x.
     model: npt.NDArray[np.float64]
+    #: ``bytes_total`` by direction and message kind, ``"down/MODEL"``, ``"up/header"`` ... (where
+    #: the record was made with it): where the bytes went up to this copy.
+    wire_bytes: dict[str, int] = field(default_factory=dict)
 
 
 _DIRECTIONS = ("down", "up")
@@ -100,6 +103,10 @@ class Traffic:
         self.wire_bytes.update(other.wire_bytes)
         self.messages.update(other.messages)
         self.payload_bits.update(other.payload_bits)
+
+    def by_kind(self) -> dict[str, int]:
+        """Wire bytes as ``{"direction/kind": bytes}`` (``"header"`` is the frame headers)."""
+        return {f"{direction}/{kind}": int(value) for (direction, kind), value in self.wire_bytes.items()}
 
     def total(self, direction: str | None = None) -> int:
         """Wire bytes in one direction, or both."""

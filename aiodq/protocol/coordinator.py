@@ -335,10 +335,11 @@ class Coordinator:
         self.deadlines.snapshot_phase_started(now)
         for worker in self._workers.values():
             worker.report = None
-        self._bytes_at_snapshot = self.traffic().total()
+        traffic = self.traffic()
+        self._bytes_at_snapshot = traffic.total()
         if self._record_every and not self._resuming:
             # (A phase that resumes a checkpointed epoch only hands x_snap out again.)
-            self._record(self.state.snapshot, self._bytes_at_snapshot, now)
+            self._record(self.state.snapshot, traffic, now)
         for worker in self._workers.values():
             if worker.joined:
                 # A worker still owing an earlier SNAPSHOT (it joined during the inner loop and
@@ -488,7 +489,7 @@ class Coordinator:
             self._divergence.applied()
             self.applied_staleness[outcome.staleness] += 1
             if self._record_every and state.version % self._record_every == 0 and not state.epoch_done:
-                self._record(state.x, self.traffic().total(), now)
+                self._record(state.x, self.traffic(), now)
         else:
             self.dropped[outcome.reason] += 1
             if outcome.reason == "outlier":
@@ -518,9 +519,9 @@ class Coordinator:
         else:
             self._send_model(worker, now)
 
-    def _record(self, model: npt.NDArray[np.floating[Any]], bytes_total: int, now: float) -> None:
-        state, copy = self.state, np.array(model, dtype=np.float64)
-        record = ModelRecord(state.version, state.epoch, bytes_total, now - self._started, copy)
+    def _record(self, model: npt.NDArray[np.floating[Any]], traffic: Traffic, now: float) -> None:
+        state, copy, seconds = self.state, np.array(model, dtype=np.float64), now - self._started
+        record = ModelRecord(state.version, state.epoch, traffic.total(), seconds, copy, traffic.by_kind())
         self.ledger.records.append(record)
 
     def _finish(self, now: float, failure: str | None = None) -> None:

@@ -72,8 +72,15 @@ def test_quick_table1_rows_and_savings(quick: Path) -> None:
         assert run["bits_to_target"] == hit["bits"]
         # Eight records per epoch plus one per snapshot phase: finer than the epoch trace.
         assert len(points) > 4 * run["config"]["epochs"]
+        # Where the bits went: the parts add up to the bits to target, every byte counted once.
+        account = rows[run["algorithm"]]["account"]
+        assert sum(account["mbit"].values()) * 1e6 == pytest.approx(run["bits_to_target"], rel=1e-12)
+        assert account["updates"] == hit["version"] and account["mbit"]["models"] > 0
+        # Handshakes, authentication and CONFIG: a few hundred bytes per worker, under 1.5 kB each.
+        assert 0 < account["mbit"]["control"] * 1e6 < 8 * 1500 * run["workers"]
     markdown = (quick / "table1" / "table1.md").read_text()
     assert "| asylpg |" in markdown and "a9a-bundled_loss.png" in markdown
+    assert "Where the bits to target went" in markdown
     assert (quick / "table1" / "a9a-bundled_loss.png").stat().st_size > 10_000
 
 
@@ -187,12 +194,18 @@ def test_records_from_a_simulated_run() -> None:
 
 def test_records_file_round_trip(tmp_path: Path) -> None:
     """save_records/load_records keep every field; a bad file is a RunError."""
-    records = [ModelRecord(i, i // 2, 100 * i, 0.5 * i, np.full(3, float(i))) for i in range(4)]
+    records = [
+        ModelRecord(i, i // 2, 100 * i, 0.5 * i, np.full(3, float(i)), {"down/MODEL": 60 * i, "up/header": i})
+        for i in range(4)
+    ]
+    records[0].wire_bytes.clear()  # a kind missing from a record reads back as 0
     save_records(records, tmp_path / "r.npz")
     loaded = load_records(tmp_path / "r.npz")
     assert [(r.version, r.epoch, r.bytes_total, r.time) for r in loaded] == [
         (r.version, r.epoch, r.bytes_total, r.time) for r in records
     ]
+    assert loaded[0].wire_bytes == {"down/MODEL": 0, "up/header": 0}
+    assert loaded[3].wire_bytes == {"down/MODEL": 180, "up/header": 3}
     np.testing.assert_array_equal(loaded[3].model, records[3].model)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(RunError):

@@ -626,3 +626,16 @@ def test_prepare_only_after_a_send_and_never_once_closed(monkeypatch: pytest.Mon
     sessions[0]._may_prepare = True  # and it had just sent: but it is closed
     sessions[0].prepare(0.0)
     assert calls[0] == before
+
+
+def test_model_records_keep_the_bytes_by_kind() -> None:
+    """Each model copy carries the bytes so far by direction and kind, adding up to its total."""
+    coordinator = simulate(config(epochs=1), a9a(), 2, seed=3, record_every=10)
+    records = coordinator.records
+    assert len(records) > 3
+    for record in records:
+        assert sum(record.wire_bytes.values()) == record.bytes_total
+    last = records[-1].wire_bytes
+    assert last["down/SNAPSHOT"] > 0 and last["up/GRADIENT"] > 0 and last["down/header"] > 0
+    final = coordinator.traffic().by_kind()
+    assert all(final[kind] >= count for kind, count in last.items())
