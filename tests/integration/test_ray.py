@@ -179,7 +179,10 @@ async def test_a_timeout_ends_the_run_and_kills_every_actor() -> None:
 
 
 CTRL_C = """
-import logging, os, sys
+import logging, os, signal, sys
+# A terminal's foreground job takes Ctrl-C whatever its parent did with SIGINT; a test suite started
+# in the background by a shell without job control inherits SIGINT ignored, and so would this child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 from aiodq.launch.local import run_coroutine
