@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def plot_curves(
         axis.grid(True, which="both", alpha=0.3)
     by_bits.set_xscale("log")
     by_bits.legend(fontsize=8)
-    figure.suptitle(title)
+    figure.suptitle(textwrap.fill(title, 120), fontsize=10)  # a long settings line wraps
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
