@@ -41,8 +41,8 @@ def bits_account(run: dict[str, Any], dim: int) -> dict[str, Any] | None:
     """Where a run's bits to target went: the bytes by kind at the record that reached it.
 
     ``run`` is :meth:`RunResult.as_dict`.  Returns Mbit per part (``models``, ``gradients``,
-    ``snapshot phases``, ``frame headers`` and ``control``: the handshake, CONFIG, ERROR and
-    CLOSE), the updates applied by then, and the model and gradient bits per coordinate per
+    ``snapshot phases``, ``frame headers`` and ``control``: the handshake, CONFIG, HEARTBEAT,
+    ERROR and CLOSE), the updates applied by then, and the model and gradient bits per coordinate per
     update; None if the run missed the target or its records lack the bytes by kind.
     """
     by_kind = run.get("wire_bytes_to_target")

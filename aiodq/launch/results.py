@@ -138,6 +138,8 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
 #: What a model records file holds, in its metadata (written with :mod:`aiodq.net.checkpoint`).
 _RECORDS = "model records"
 _RECORD_COLUMNS = ("version", "epoch", "bytes_total", "time", "models")
+#: More message kinds than a records file can name (two directions, 15 message types, headers).
+_MAX_WIRE_KINDS = 64
 
 
 def save_records(records: list[ModelRecord], path: Path) -> None:
@@ -184,9 +186,12 @@ def load_records(path: Path) -> list[ModelRecord]:
         kinds, by_kind = [], np.zeros((len(version), 0), dtype=np.int64)
     if (
         not isinstance(kinds, list)
+        or len(kinds) > _MAX_WIRE_KINDS
         or not all(isinstance(kind, str) for kind in kinds)
+        or len(set(kinds)) != len(kinds)
         or by_kind.shape != (len(version), len(kinds))
-        or not np.issubdtype(by_kind.dtype, np.integer)
+        or by_kind.dtype.kind not in "iu"
+        or (by_kind.size and (by_kind.min() < 0 or not np.array_equal(by_kind.sum(axis=1), bytes_total)))
     ):
         raise RunError(f"{path}: not a model records file (bytes by kind do not fit)")
     return [

@@ -228,20 +228,18 @@ async def _session(
         connection_config=connection_config,
         now=now(),
     )
-    # drain() waits until the buffer is empty, so that preparing (above) never holds back
-    # the rest of a GRADIENT the kernel could not take at once.
-    writer.transport.set_write_buffer_limits(high=0)
     lost: OSError | None = None
     try:
         while True:
             data = session.data_to_send()
             if data:
                 writer.write(data)
-                # With no write buffer allowed (below), drain returns once the kernel holds
-                # every byte; then, while the master answers, compute the next step's
-                # model-free half (WorkerSession.prepare).
                 await writer.drain()
-                session.prepare(now())
+                if not writer.transport.get_write_buffer_size():
+                    # Every byte is with the kernel (or the TLS layer): while the master answers,
+                    # compute the next step's model-free half (WorkerSession.prepare). With bytes
+                    # still queued, preparing now would hold them back: the MODEL's step does it.
+                    session.prepare(now())
             if session.closed:
                 break
             timer = session.connection.get_timer()

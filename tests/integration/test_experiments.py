@@ -195,7 +195,9 @@ def test_records_from_a_simulated_run() -> None:
 def test_records_file_round_trip(tmp_path: Path) -> None:
     """save_records/load_records keep every field; a bad file is a RunError."""
     records = [
-        ModelRecord(i, i // 2, 100 * i, 0.5 * i, np.full(3, float(i)), {"down/MODEL": 60 * i, "up/header": i})
+        ModelRecord(
+            i, i // 2, 100 * i, 0.5 * i, np.full(3, float(i)), {"down/MODEL": 60 * i, "up/header": 40 * i}
+        )
         for i in range(4)
     ]
     records[0].wire_bytes.clear()  # a kind missing from a record reads back as 0
@@ -205,7 +207,23 @@ def test_records_file_round_trip(tmp_path: Path) -> None:
         (r.version, r.epoch, r.bytes_total, r.time) for r in records
     ]
     assert loaded[0].wire_bytes == {"down/MODEL": 0, "up/header": 0}
-    assert loaded[3].wire_bytes == {"down/MODEL": 180, "up/header": 3}
+    assert loaded[3].wire_bytes == {"down/MODEL": 180, "up/header": 120}
+    # Bytes by kind that cannot be a master's: a traceback-free RunError each.
+    from aiodq.net import checkpoint as checkpoint_file  # noqa: PLC0415
+
+    good = checkpoint_file.load(tmp_path / "r.npz")
+    damaged = {
+        "sum": (good.arrays["wire_bytes"] + np.array([[0, 1]]), good.meta["wire_kinds"]),
+        "negative": (good.arrays["wire_bytes"] * np.array([[-1, 2]]), good.meta["wire_kinds"]),
+        "dtype": (good.arrays["wire_bytes"].astype("m8[s]"), good.meta["wire_kinds"]),
+        "duplicate": (good.arrays["wire_bytes"], ["down/MODEL", "down/MODEL"]),
+        "many": (np.zeros((4, 65), dtype=np.int64), [f"k{i}" for i in range(65)]),
+    }
+    for name, (array, kinds) in damaged.items():
+        arrays = {**good.arrays, "wire_bytes": array}
+        checkpoint_file.save(tmp_path / f"{name}.npz", type(good)(arrays, {**good.meta, "wire_kinds": kinds}))
+        with pytest.raises(RunError, match="bytes by kind"):
+            load_records(tmp_path / f"{name}.npz")
     np.testing.assert_array_equal(loaded[3].model, records[3].model)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(RunError):
