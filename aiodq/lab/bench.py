@@ -68,7 +68,12 @@ from ..net.master import Master
 from ..protocol.algorithms import MasterState, TrainConfig
 from ..protocol.connection import WorkerConnection
 
-__all__ = ["bench_codec", "steady_allocator"]
+__all__ = ["bench_codec", "machine", "steady_allocator"]
+
+
+def machine() -> dict[str, str]:
+    """What a benchmark report says of the machine: Python, numpy and the CPU architecture."""
+    return {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.machine()}
 
 
 def steady_allocator() -> bool:
@@ -200,7 +205,7 @@ def bench_codec(
             cases.append(_case(x, bits, d / 20, n, seed))
     return {
         "benchmark": "codec",
-        "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.machine()},
+        "machine": machine(),
         "steady_allocator": steady,
         "generator": "SFC64 (aiodq.codec.lowp.make_rng)",
         "cases": cases,

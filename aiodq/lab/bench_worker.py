@@ -24,7 +24,6 @@ step the codec takes.
 
 from __future__ import annotations
 
-import platform
 import time
 from typing import Any
 
@@ -36,7 +35,7 @@ from ..config import Limits
 from ..errors import UsageError
 from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState
 from ..protocol.objectives import LogisticRegression
-from .bench import _check_out, _integers, _report, decode_frame, median_parts_ms, steady_allocator
+from .bench import _check_out, _integers, _report, decode_frame, machine, median_parts_ms, steady_allocator
 
 __all__ = ["bench_worker", "main_worker"]
 
@@ -131,7 +130,7 @@ def bench_worker(
     ]
     return {
         "benchmark": "worker",
-        "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.machine()},
+        "machine": machine(),
         "steady_allocator": steady,
         "note": "median ms per step part, one BLAS thread; synthetic sparse logistic regression",
         "cases": cases,

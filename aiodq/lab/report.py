@@ -45,15 +45,14 @@ def bits_account(run: dict[str, Any], dim: int) -> dict[str, Any] | None:
     ERROR and CLOSE), the updates applied by then, and the model and gradient bits per coordinate per
     update; None if the run missed the target or its records lack the bytes by kind.
     """
-    by_kind = run.get("wire_bytes_to_target")
-    hit = next((p for p in run["points"] if p["bits"] == run["bits_to_target"]), None)
-    if not by_kind or hit is None:
+    by_kind, version = run.get("wire_bytes_to_target"), run.get("version_at_target")
+    if not by_kind or version is None:
         return None
     parts = {name: 8 * sum(by_kind.get(kind, 0) for kind in kinds) for name, kinds in _ACCOUNT}
     parts["control"] = 8 * sum(by_kind.values()) - sum(parts.values())
-    updates = max(1, hit["version"])
+    updates = max(1, version)
     return {
-        "updates": hit["version"],
+        "updates": version,
         "mbit": {name: bits / 1e6 for name, bits in parts.items()},
         "model_bits_per_coordinate": parts["models"] / updates / dim,
         "gradient_bits_per_coordinate": parts["gradients"] / updates / dim,

@@ -82,8 +82,8 @@ def _lr_settings(epochs: int) -> dict[str, Any]:
     return {"model": "logistic", "epochs": epochs, "l2": 1e-4, "step": 0.5, "bits": 4, "mu": 0.5, "batch": 64}
 
 
-#: debdesc's step and epochs (docs/results.md, "Settings": the step that brings AsyFPG to the
-#: target in the fewest updates in the simulator).
+#: debdesc's step and epochs (docs/results.md, "Settings": in the simulator, the step that brings
+#: the slower of AsyFPG and AsyLPG to the target in the fewest updates).
 DEBDESC_STEP = 16.0
 DEBDESC_EPOCHS = 5
 
@@ -270,6 +270,7 @@ class RunResult:
             "bits_to_target": hit.bits if hit else None,
             "time_to_target": hit.time if hit else None,
             "epoch_at_target": hit.epoch if hit else None,
+            "version_at_target": hit.version if hit else None,
             "final_loss": self.points[-1].loss if self.points else None,
             "total_bits": 8 * traffic["total_bytes"]["both"],
             "wall_time": self.summary.get("wall_time"),
