@@ -29,6 +29,7 @@ from .packing import pack, packed_size, unpack
 
 __all__ = [
     "MAX_RICE_K",
+    "QuotientSums",
     "dense_rice_decode",
     "gamma_decode",
     "gamma_encode",
@@ -158,14 +159,52 @@ def rice_block_size(gaps: _Int64Array, k: int) -> int:
     return 1 + packed_size(count, k) + (unary_bits + 7) // 8
 
 
-def rice_choose(gaps: _Int64Array) -> tuple[int, int]:
-    """Return ``(k, size)``: the smallest index block over k = 0..16, ties to the smaller k."""
+def rice_choose(gaps: _Int64Array, *, known: dict[int, int] | None = None) -> tuple[int, int]:
+    """Return ``(k, size)``: the smallest index block over k = 0..16, ties to the smaller k.
+
+    ``known`` may give quotient sums already known (a decoder knows the one of the k it read).
+    """
     count = int(gaps.shape[0])
-    return smallest_rice_block(count, MAX_RICE_K, lambda k: int((gaps >> k).sum()))
+    first = next(iter(known)) if known else None
+    return smallest_rice_block(count, MAX_RICE_K, QuotientSums(gaps, known), first)
 
 
-#: Below this many values :func:`smallest_rice_block` evaluates every k.
-_FEW_VALUES = 4096
+class QuotientSums:
+    """``S_k = sum(values >> k)`` for non-negative integer ``values``, memoised: call with k.
+
+    With ``N_k`` the number of values whose bit k is set, ``S_k = N_k + 2 S_(k+1)``, so a
+    sum next to a known one costs one AND and one count (numpy vectorises both, over
+    the values' own width); any other costs a shift and a sum.  ``known`` seeds the memo.
+    """
+
+    __slots__ = ("_sums", "_values")
+
+    def __init__(self, values: npt.NDArray[np.integer[Any]], known: dict[int, int] | None = None) -> None:
+        self._values = values
+        self._sums: dict[int, int] = dict(known or {})
+
+    def _plane(self, k: int) -> int:
+        values = self._values
+        if k >= values.dtype.itemsize * 8:
+            return 0
+        return int(np.count_nonzero(values & values.dtype.type(1 << k)))
+
+    def __call__(self, k: int) -> int:
+        """``S_k``."""
+        sums = self._sums
+        if k in sums:
+            return sums[k]
+        if k + 1 in sums:
+            total = self._plane(k) + 2 * sums[k + 1]
+        elif k - 1 in sums:
+            total = (sums[k - 1] - self._plane(k - 1)) >> 1
+        elif k >= self._values.dtype.itemsize * 8:
+            total = 0
+        else:
+            shifted = self._values >> self._values.dtype.type(k) if k else self._values
+            total = int(shifted.sum(dtype=np.int64))
+        sums[k] = total
+        return total
 
 
 def smallest_rice_block(
@@ -174,48 +213,45 @@ def smallest_rice_block(
     """``(k, size)`` minimising ``R(k) = 1 + ceil(count k / 8) + ceil((S_k + count) / 8)`` over 0..k_max.
 
     ``quotient_sum(k)`` returns ``S_k``, the sum of the values shifted right by k; ties
-    go to the smaller k.  Each ``S_k`` costs a pass over the values, and only the few
-    around the best k are needed.  For ``j < k`` and ``m = k - j``, ``S_j >= 2**m S_k``,
-    and ``S_k >= (S_j - count (2**m - 1)) / 2**m`` (a value loses less than 1 per
-    halving), so the sums already known bound ``R`` from below for every other k, and
-    a k is evaluated only while its bound does not rule it out.  The search starts
-    at ``first`` if given (a caller's guess; the result does not depend on it), else
-    at ``floor(log2(S_0 / count))``, next to the optimum of a Rice code.
+    go to the smaller k.  Only the k around the optimum are evaluated.  Without the
+    ceilings, ``8 R(k) - 8 = g(k) = count k + S_k + count`` is convex in k: for each
+    value v, ``a_k = floor(v / 2**k)`` falls by ``a_k - a_(k+1) = ceil(a_k / 2)``, a
+    non-increasing step, so every ``a_k`` and their sum ``S_k`` are convex.  And
+    ``g(k) <= 8 R(k) - 8 < g(k) + 16``.  So the search walks right from ``first`` until
+    g has stopped falling and already bounds R from below by at least the best size
+    found (a k further right can then only tie, and ties go left), and left likewise
+    until the bound is strictly above it.  The search starts at ``first`` if given (a
+    caller's guess; the result does not depend on it), else at
+    ``floor(log2(S_0 / count))``, next to the optimum of a Rice code.
     """
 
     def size(k: int, s: int) -> int:
         return 1 + (count * k + 7) // 8 + (s + count + 7) // 8
 
-    if count <= _FEW_VALUES:
-        # A pass over a few thousand values costs less than the bookkeeping below.
-        best_size, best_k = min((size(k, quotient_sum(k)), k) for k in range(k_max + 1))
-        return best_k, best_size
-    start = 0 if first is None else min(k_max, max(0, first))
-    known: dict[int, int] = {start: quotient_sum(start)}
-
-    def lower(k: int) -> int:
-        bound = 0
-        for j, s in known.items():
-            if j > k:
-                bound = max(bound, s << (j - k))
-            else:
-                m = k - j
-                bound = max(bound, -(-(s - count * ((1 << m) - 1)) >> m))
-        return bound
-
     if first is None:
-        guess = min(k_max, max(0, (known[0] // max(count, 1)).bit_length() - 1))
-        if guess not in known:
-            known[guess] = quotient_sum(guess)
-    while True:
-        best_size, best_k = min((size(k, s), k) for k, s in known.items())
-        open_ks = [
-            k for k in range(k_max + 1) if k not in known and (size(k, lower(k)), k) < (best_size, best_k)
-        ]
-        if not open_ks:
-            return best_k, best_size
-        k = min(open_ks, key=lambda k: (abs(k - best_k), k))
-        known[k] = quotient_sum(k)
+        first = (quotient_sum(0) // max(count, 1)).bit_length() - 1
+    start = min(k_max, max(0, first))
+    start_g = count * start + quotient_sum(start) + count
+    best_size, best_k = size(start, start_g - count * start - count), start
+    k, g = start, start_g
+    while k < k_max:
+        s = quotient_sum(k + 1)
+        next_g = count * (k + 1) + s + count
+        if size(k + 1, s) < best_size:
+            best_size, best_k = size(k + 1, s), k + 1
+        if next_g >= g and next_g >= 8 * (best_size - 1):
+            break
+        k, g = k + 1, next_g
+    k, g = start, start_g
+    while k > 0:
+        s = quotient_sum(k - 1)
+        previous_g = count * (k - 1) + s + count
+        if size(k - 1, s) <= best_size:
+            best_size, best_k = size(k - 1, s), k - 1
+        if previous_g >= g and previous_g > 8 * (best_size - 1):
+            break
+        k, g = k - 1, previous_g
+    return best_k, best_size
 
 
 def rice_encode(gaps: npt.NDArray[np.integer[Any]], k: int) -> tuple[bytes, bytes]:

@@ -19,6 +19,7 @@ from ..config import Limits
 from ..errors import CodecError, ErrorCode
 from .bitcodes import (
     MAX_RICE_K,
+    QuotientSums,
     dense_rice_decode,
     gamma_decode,
     gamma_encode,
@@ -91,31 +92,20 @@ def dense_rice_choose(values: npt.NDArray[np.integer[Any]], bits: int) -> tuple[
     return _dense_rice_choose(values, bits, None)
 
 
-def _dense_rice_choose(values: npt.NDArray[np.integer[Any]], bits: int, first: int | None) -> tuple[int, int]:
+def _dense_rice_choose(
+    values: npt.NDArray[np.integer[Any]], bits: int, first: int | None, known: dict[int, int] | None = None
+) -> tuple[int, int]:
     """:func:`dense_rice_choose`, its search started at ``first`` (any guess; None: from the mean).
 
     Only the quotient sums near the best k are computed (:func:`smallest_rice_block`),
-    and they come from bit planes: with ``N_j`` the number of values whose bit j is
-    set, ``S_k = sum(z >> k) = sum over j >= k of 2**(j - k) N_j``.  Each plane is
-    counted once, by one AND and one count over narrow integers (both vectorised by
-    numpy, where shifting bytes is not), so the first sum costs ``bits - k`` counts
-    and each further one at most one more.  A good guess spares the planes below it.
+    over narrow integers, each next to a known one from one bit plane
+    (:class:`QuotientSums`); ``known`` gives sums the caller knows already (a decoder
+    knows the one of the k it read, from the unary stream's length).
     """
-    count = int(values.shape[0])
     narrow: npt.NDArray[np.unsignedinteger[Any]] = values.astype(
         np.uint8 if bits <= 8 else np.uint16, copy=False
     )
-    planes: dict[int, int] = {}
-
-    def plane(j: int) -> int:
-        if j not in planes:
-            planes[j] = int(np.count_nonzero(narrow & narrow.dtype.type(1 << j)))
-        return planes[j]
-
-    def quotient_sum(k: int) -> int:
-        return sum(plane(j) << (j - k) for j in range(k, bits))
-
-    return smallest_rice_block(count, bits - 1, quotient_sum, first)
+    return smallest_rice_block(int(values.shape[0]), bits - 1, QuotientSums(narrow, known), first)
 
 
 def _zigzag_narrow(codes: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:
@@ -392,11 +382,19 @@ def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> D
     indices = np.cumsum(gaps + 1) - 1
     if int(indices[-1]) >= dim:
         raise _invalid(f"index {int(indices[-1])} beyond dimension {dim}")
-    best_k, _ = rice_choose(gaps)
+    best_k, _ = rice_choose(gaps, known={k: _unary_quotient_sum(unary, nnz)})
     if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
     vector = SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
     return DecodedVector(vector, encoding, nnz * bits + 32 + _rice_bits(gaps, k))
+
+
+def _unary_quotient_sum(unary: bytes | memoryview, count: int) -> int:
+    """The sum of the quotients of a checked unary stream (``count`` code words, no trailing zero byte).
+
+    The stream's bits up to its last one bit are the quotients' zero bits and ``count`` one bits.
+    """
+    return 8 * (len(unary) - 1) + unary[-1].bit_length() - count
 
 
 def _decode_dense_rice(cursor: Cursor, dim: int, bits: int) -> DenseQuantized:
@@ -413,7 +411,7 @@ def _decode_dense_rice(cursor: Cursor, dim: int, bits: int) -> DenseQuantized:
     values = dense_rice_decode(remainders, unary, dim, k, bits)
     if not values.any():
         raise _invalid("every DENSE_RICE code is zero; the zero vector is sent as ZERO")
-    best_k, _ = _dense_rice_choose(values, bits, k)
+    best_k, _ = _dense_rice_choose(values, bits, k, {k: _unary_quotient_sum(unary, dim)})
     if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
     return DenseQuantized._trusted(bits, scale, _unzigzag_narrow(values, bits))

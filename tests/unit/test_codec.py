@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pytest
 
+from aiodq.codec.bitcodes import MAX_RICE_K, QuotientSums, rice_choose, unary_encode
 from aiodq.codec.cursor import MAX_VARINT, Cursor, uvarint
 from aiodq.codec.events import Gradient, Heartbeat, ModelMessage, Snapshot
 from aiodq.codec.frames import HEADER_SIZE, FrameReader, encode_frame
 from aiodq.codec.lowp import quantize_gradient
 from aiodq.codec.messages import DecodeContext, decode_message, encode_message
 from aiodq.codec.payload import (
+    _dense_rice_choose,
     decode_vector,
     dense_rice_choose,
     encode_vector,
@@ -496,6 +498,118 @@ def test_canonical_k_is_the_exhaustive_minimum() -> None:
         assert dense_rice_choose(zigzag(codes), bits) == (sizes.index(best), best)
         ties += sizes.count(best) > 1
     assert ties > 20  # the tie rule was exercised
+
+
+def exhaustive_rice(values: np.ndarray, k_max: int) -> tuple[int, int]:
+    """R(k) of wire-format.md 5.6 and 5.8-4 for every k in 0..k_max, the smallest first (ties: smaller k)."""
+    count = values.shape[0]
+    wide = values.astype(np.int64)
+    sizes = [1 + -(-count * k // 8) + -(-(int((wide >> k).sum()) + count) // 8) for k in range(k_max + 1)]
+    return sizes.index(min(sizes)), min(sizes)
+
+
+def long_rice_values(rng: np.random.Generator, count: int, top: int) -> np.ndarray:
+    """Non-negative integers below ``2**top``: geometric, mostly zero, spread, or with outliers."""
+    shape = int(rng.integers(4))
+    if shape == 0:
+        values = rng.geometric(float(rng.uniform(0.02, 0.98)), count) - 1
+    elif shape == 1:
+        values = np.where(rng.random(count) < rng.uniform(0.5, 0.999), 0, rng.integers(1, 1 << top, count))
+    elif shape == 2:
+        values = rng.integers(0, 1 << int(rng.integers(1, top + 1)), count)
+    else:
+        values = rng.geometric(0.3, count) - 1
+        values[rng.integers(0, count, 5)] = (1 << top) - 1
+    return np.minimum(values, (1 << top) - 1)
+
+
+def test_rice_search_is_the_exhaustive_minimum_on_long_vectors() -> None:
+    """WF-5.6, 5.8-4 past the few-values case: the walk over k finds the exhaustive minimum, from any start.
+
+    The expected (k, size) is every R(k) computed outright; the search is run from each
+    possible first guess and, as a decoder runs it, seeded with the sum of the k it read.
+    """
+    rng = np.random.default_rng(5804)
+    for _ in range(60):
+        bits = int(rng.integers(2, 17))
+        count = int(rng.integers(4097, 20000))
+        values = long_rice_values(rng, count, bits)
+        narrow = values.astype(np.uint8 if bits <= 8 else np.uint16)
+        expected = exhaustive_rice(values, bits - 1)
+        assert dense_rice_choose(narrow, bits) == expected
+        for first in range(bits):
+            assert _dense_rice_choose(narrow, bits, first) == expected
+            known = {first: int((values.astype(np.int64) >> first).sum())}
+            assert _dense_rice_choose(narrow, bits, first, known) == expected
+        gaps = long_rice_values(rng, count, int(rng.integers(1, 24))).astype(np.int64)
+        expected = exhaustive_rice(gaps, MAX_RICE_K)
+        assert rice_choose(gaps) == expected
+        k = int(rng.integers(0, MAX_RICE_K + 1))
+        assert rice_choose(gaps, known={k: int((gaps >> k).sum())}) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "bits"),
+    [
+        ([0, 0, 0, 0, 0, 45], 8),  # past a flat g the ceilings still favour a k further right: (4, 5)
+        ([2, 1, 5, 3, 2, 6, 5, 2, 4], 3),  # left of a rising g, k = 0 still ties the best size: (0, 6)
+    ],
+)
+def test_rice_search_walks_past_where_the_bound_alone_would_stop(values: list[int], bits: int) -> None:
+    """WF-5.8-4: the search stops only where the lower bound rules out every further k, not where g turns."""
+    narrow = np.array(values, dtype=np.uint8)
+    expected = exhaustive_rice(narrow, bits - 1)
+    for first in range(bits):
+        assert _dense_rice_choose(narrow, bits, first) == expected
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["short", "one long", "a few long", "long in one group", "many long", "all long", "huge"],
+)
+def test_unary_stream_of_many_runs_is_the_bit_by_bit_code(shape: str) -> None:
+    """WF-5.6, 5.8-3: above 4,096 code words, runs of every length, bit for bit.
+
+    Runs of at most 30 take grouped prefix sums, any longer run the plain cumsum; the
+    expected stream is written one bit at a time from the definition (q zero bits, then
+    a one bit).
+    """
+    rng = np.random.default_rng(len(shape))
+    count = 9001
+    runs = np.minimum(rng.geometric(0.6, count) - 1, 30)
+    if shape == "one long":
+        runs[4444] = 31
+    elif shape == "a few long":
+        runs[rng.integers(0, count, 40)] = rng.integers(31, 300, 40)
+        runs[-1] = 255
+    elif shape == "long in one group":
+        runs[8:16] = [31, 0, 400, 5, 31, 31, 1, 70000]
+    elif shape == "many long":
+        runs[rng.random(count) < 0.2] = 100
+    elif shape == "all long":
+        runs[:] = rng.integers(31, 100, count)
+    elif shape == "huge":
+        runs[[0, 17, 9000]] = [1 << 20, 1 << 17, 1 << 19]
+    bits = [bit for q in runs.tolist() for bit in [0] * q + [1]]
+    expected = bytearray(-(-len(bits) // 8))
+    for position, bit in enumerate(bits):
+        expected[position // 8] |= bit << (position % 8)
+    for dtype in (np.int64, np.uint32):
+        assert unary_encode(runs.astype(dtype)) == bytes(expected)
+    if int(runs.max()) < 1 << 16:
+        assert unary_encode(runs.astype(np.uint16)) == bytes(expected)
+
+
+def test_quotient_sums_from_neighbours_equal_direct_sums() -> None:
+    """S_k = sum(v >> k) however it is reached: directly, or through bit planes from either neighbour."""
+    rng = np.random.default_rng(56)
+    for dtype, top in ((np.uint8, 8), (np.uint16, 16), (np.int64, 40)):
+        values = long_rice_values(rng, 5000, top).astype(dtype)
+        direct = [int((values.astype(np.int64) >> k).sum()) for k in range(top + 2)]
+        upward, downward = QuotientSums(values, {0: direct[0]}), QuotientSums(values, {top + 1: 0})
+        assert [upward(k) for k in range(top + 2)] == direct
+        assert [downward(k) for k in reversed(range(top + 2))] == direct[::-1]
+        assert [QuotientSums(values)(k) for k in range(top + 2)] == direct
 
 
 @pytest.mark.parametrize("bits", range(2, 17))
