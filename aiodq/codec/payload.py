@@ -105,7 +105,7 @@ def _dense_rice_choose(
     narrow: npt.NDArray[np.unsignedinteger[Any]] = values.astype(
         np.uint8 if bits <= 8 else np.uint16, copy=False
     )
-    return smallest_rice_block(int(values.shape[0]), bits - 1, QuotientSums(narrow, known), first)
+    return smallest_rice_block(int(values.shape[0]), bits - 1, QuotientSums(narrow, known, bits), first)
 
 
 def _zigzag_narrow(codes: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:

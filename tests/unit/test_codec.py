@@ -610,6 +610,7 @@ def test_quotient_sums_from_neighbours_equal_direct_sums() -> None:
         assert [upward(k) for k in range(top + 2)] == direct
         assert [downward(k) for k in reversed(range(top + 2))] == direct[::-1]
         assert [QuotientSums(values)(k) for k in range(top + 2)] == direct
+        assert [QuotientSums(values, top=top)(k) for k in range(top + 2)] == direct  # by planes near the top
 
 
 @pytest.mark.parametrize("bits", range(2, 17))
