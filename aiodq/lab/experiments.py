@@ -86,6 +86,7 @@ __all__ = [
     "ExperimentError",
     "Point",
     "RunResult",
+    "TIMING_PARTS",
     "epoch_timing",
     "evaluate",
     "local_runner",
@@ -258,18 +259,34 @@ def experiment_mu(context: Context) -> dict[str, Any]:
     return report
 
 
+#: The parts of an update :func:`epoch_timing` times, in the order they happen; ``True`` marks computation.
+TIMING_PARTS = {
+    "model_quantize": False,
+    "model_encode": False,
+    "model_decode": False,
+    "worker_prepare": True,
+    "worker_compute": True,
+    "gradient_compress": False,
+    "gradient_encode": False,
+    "gradient_decode": False,
+    "master_apply": True,
+}
+
+
 def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs: int = 1) -> dict[str, Any]:
     """Seconds per epoch of computation and of encoding, measured in this process, one update at a time.
 
-    Computation: the worker's step (``WorkerState.variance_reduced``: rebuilding x_hat from the
-    decoded model, the two mini-batch gradients) and the master's update (``MasterState.apply``,
-    which expands the decoded gradient).  Encoding: the model quantizer and the gradient
-    compressor, and framing and decoding both messages to vector values (DENSE_RICE included).
-    The snapshot phase (full-precision sums, identical for all algorithms) is left out.  Each
-    call replays the first ``epochs`` epochs from x_0.
+    Computation: the worker's step (``WorkerState.prepare`` and ``variance_reduced``: the
+    mini-batch, rebuilding x_hat from the decoded model, the two mini-batch gradients) and the
+    master's update (``MasterState.apply``, which expands the decoded gradient).  Encoding: the
+    model quantizer and the gradient compressor, and framing and decoding both messages to
+    vector values, with entropy coding as the configuration sets it (DENSE_RICE where smaller,
+    as the master and the workers send).  The snapshot phase (full-precision sums, identical
+    for all algorithms) is left out.  Each call replays the first ``epochs`` epochs from x_0.
 
     Returns:
-        ``computation`` and ``encoding`` in seconds per epoch, and ``updates``, the epoch's m.
+        ``computation`` and ``encoding`` in seconds per epoch, ``updates``, the epoch's m, and
+        ``parts``: the median milliseconds per update of each of :data:`TIMING_PARTS`.
     """
     model = objective_for(config, dataset)
     master = MasterState(config, initial_model(config, model))
@@ -277,49 +294,66 @@ def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs:
     part = mapped.rows(shard(dataset.samples, workers, 0, seed=config.seed))
     worker = WorkerState(config, objective_for(config, part), 0)
     context = DecodeContext(dim=model.dim)
-    compute = encode = 0.0
+    parts: dict[str, list[float]] = {name: [] for name in TIMING_PARTS}
     # One BLAS thread, as in every worker process (aiodq.launch.local.worker_main).
     with threadpool_limits(1, user_api="blas"):
         for _ in range(epochs):
-            seconds = _timed_epoch(master, worker, model=model, dataset=dataset, context=context)
-            compute += seconds[0]
-            encode += seconds[1]
-    return {"computation": compute / epochs, "encoding": encode / epochs, "updates": master.updates_per_epoch}
+            _timed_epoch(master, worker, model=model, dataset=dataset, context=context, parts=parts)
+    seconds = {name: sum(times) / epochs for name, times in parts.items()}
+    return {
+        "computation": sum(seconds[name] for name, compute in TIMING_PARTS.items() if compute),
+        "encoding": sum(seconds[name] for name, compute in TIMING_PARTS.items() if not compute),
+        "updates": master.updates_per_epoch,
+        "parts": {name: 1e3 * statistics.median(times) for name, times in parts.items()},
+    }
 
 
 def _timed_epoch(
-    master: MasterState, worker: WorkerState, *, model: Objective, dataset: Dataset, context: DecodeContext
-) -> tuple[float, float]:
-    """One epoch of :func:`epoch_timing`; returns its ``(computation, encoding)`` seconds."""
+    master: MasterState,
+    worker: WorkerState,
+    *,
+    model: Objective,
+    dataset: Dataset,
+    context: DecodeContext,
+    parts: dict[str, list[float]],
+) -> None:
+    """One epoch of :func:`epoch_timing`; appends each update's seconds per part to ``parts``."""
     clock = time.perf_counter
-    compute = encode = 0.0
+    rice = master.config.entropy_coding
     _, gradient_sum = model.loss_grad(master.snapshot)
     worker.snapshot_phase(master.snapshot)
     master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
     worker.set_full_gradient(master.full_gradient)
     while not master.epoch_done:
-        t0 = clock()
+        times = [clock()]
         vector, relative = master.model_message()
+        times.append(clock())
         down = encode_message(
-            ModelMessage(epoch=master.epoch, version=master.version, vector=vector, relative=relative)
+            ModelMessage(epoch=master.epoch, version=master.version, vector=vector, relative=relative),
+            dense_rice=rice,
         )
+        times.append(clock())
         received = _decode(down, context)
         assert isinstance(received, ModelMessage)
-        t1 = clock()
+        times.append(clock())
+        worker.prepare()
+        times.append(clock())
         alpha = worker.variance_reduced(received.vector, received.relative)
-        t2 = clock()
+        times.append(clock())
+        compressed = worker.compress(alpha)
+        times.append(clock())
         up = encode_message(
-            Gradient(epoch=master.epoch, version=master.version, vector=worker.compress(alpha))
+            Gradient(epoch=master.epoch, version=master.version, vector=compressed), dense_rice=rice
         )
+        times.append(clock())
         gradient = _decode(up, context)
         assert isinstance(gradient, Gradient)
-        t3 = clock()
+        times.append(clock())
         master.apply(gradient.vector, gradient.version)
-        t4 = clock()
-        encode += (t1 - t0) + (t3 - t2)
-        compute += (t2 - t1) + (t4 - t3)
+        times.append(clock())
+        for name, start, stop in zip(TIMING_PARTS, times[:-1], times[1:], strict=True):
+            parts[name].append(stop - start)
     master.end_epoch()
-    return compute, encode
 
 
 def _decode(data: bytes, context: DecodeContext) -> Any:
@@ -345,6 +379,9 @@ def experiment_timing(context: Context) -> dict[str, Any]:
                 "computation": statistics.median(s["computation"] for s in samples),
                 "encoding": statistics.median(s["encoding"] for s in samples),
                 "updates": samples[0]["updates"],
+                "parts_ms": {
+                    part: statistics.median(s["parts"][part] for s in samples) for part in TIMING_PARTS
+                },
             }
             context.log(
                 f"timing: {spec.name} {name:<14} computation {rows[name]['computation']:.3f} s, "
@@ -363,6 +400,18 @@ def experiment_timing(context: Context) -> dict[str, Any]:
         for name, row in rows.items():
             share = row["encoding"] / (row["encoding"] + row["computation"])
             lines.append(f"| {name} | {row['computation']:.3f} | {row['encoding']:.3f} | {share:.0%} |")
+        lines += [
+            "",
+            "Each part of an update, median milliseconds (computation parts marked *):",
+            "",
+            "| algorithm | "
+            + " | ".join(p + ("*" if c else "") for p, c in TIMING_PARTS.items())
+            + " | sum |",
+            "|---|" + "---:|" * (len(TIMING_PARTS) + 1),
+        ]
+        for name, row in rows.items():
+            cells = [f"{row['parts_ms'][part]:.3f}" for part in TIMING_PARTS]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(row['parts_ms'].values()):.3f} |")
         lines.append("")
     write_report(out, "timing", report, "\n".join(lines) + "\n")
     return report

@@ -18,6 +18,7 @@ from aiodq.data import load_bundled_a9a
 from aiodq.errors import RunError
 from aiodq.lab.experiments import (
     TABLE_ALGORITHMS,
+    TIMING_PARTS,
     Context,
     ExperimentError,
     Point,
@@ -105,6 +106,9 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
     for row in timing.values():
         assert row["computation"] > 0 and row["encoding"] > 0
         assert row["updates"] == 2 * math.ceil(A9A.samples / 64)
+        assert list(row["parts_ms"]) == list(TIMING_PARTS)
+        assert all(ms > 0 for ms in row["parts_ms"].values())
+    assert "| asylpg | " in (quick / "timing" / "timing.md").read_text()
 
     workers = json.loads((quick / "workers" / "workers.json").read_text())["datasets"]["a9a-bundled"]
     assert {(row["workers"], row["algorithm"]) for row in workers["rows"]} == {
