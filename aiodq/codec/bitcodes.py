@@ -248,8 +248,9 @@ def smallest_rice_block(
     if first is None:
         first = (quotient_sum(0) // max(count, 1)).bit_length() - 1
     start = min(k_max, max(0, first))
-    start_g = count * start + quotient_sum(start) + count
-    best_size, best_k = size(start, start_g - count * start - count), start
+    start_s = quotient_sum(start)
+    start_g = count * start + start_s + count
+    best_size, best_k = size(start, start_s), start
     k, g = start, start_g
     while k < k_max:
         s = quotient_sum(k + 1)

@@ -38,9 +38,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from ..codec.events import Gradient, ModelMessage
-from ..codec.frames import FrameReader
-from ..codec.messages import DecodeContext, decode_message, encode_message
-from ..config import DEFAULT_LIMITS
+from ..codec.messages import DecodeContext, encode_message
 from ..data import load_mnist_idx
 from ..errors import DataError
 from ..launch.models import objective_for
@@ -48,6 +46,7 @@ from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerSt
 from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import Objective
 from . import netcluster, netlab
+from .bench import decode_frame
 from .report import (
     bits_account,
     fmt,
@@ -153,6 +152,9 @@ def experiment_table1(context: Context) -> dict[str, Any]:
             "rows": rows,
             "runs": {name: run.as_dict(target) for name, run in first.items()},
         }
+        dim = results[0][0].summary["dim"]
+        for name, run in report["datasets"][spec.name]["runs"].items():
+            rows[name]["account"] = bits_account(run, dim)
         lines += [
             f"## {spec.name}: {spec.describe}",
             "",
@@ -179,7 +181,7 @@ def experiment_table1(context: Context) -> dict[str, Any]:
 
 
 def _account_lines(dataset: dict[str, Any]) -> list[str]:
-    """The "where the bits went" table of one dataset (first seed), stored in its report too."""
+    """The "where the bits went" table of one dataset (first seed): its rows' ``account``."""
     lines = [
         "Where the bits to target went (first seed; the bytes by kind when the master recorded the "
         "model that reached the target; bits per coordinate are per applied update):",
@@ -189,8 +191,7 @@ def _account_lines(dataset: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in dataset["runs"].items():
-        account = bits_account(run, dataset["dim"])
-        dataset["rows"][name]["account"] = account
+        account = dataset["rows"][name]["account"]
         if account is None:
             lines.append(f"| {name} | {reach(dataset['rows'][name], '-')} |" + " - |" * 8)
             continue
@@ -333,7 +334,7 @@ def _timed_epoch(
             dense_rice=rice,
         )
         times.append(clock())
-        received = _decode(down, context)
+        received = decode_frame(down, context)
         assert isinstance(received, ModelMessage)
         times.append(clock())
         worker.prepare()
@@ -346,7 +347,7 @@ def _timed_epoch(
             Gradient(epoch=master.epoch, version=master.version, vector=compressed), dense_rice=rice
         )
         times.append(clock())
-        gradient = _decode(up, context)
+        gradient = decode_frame(up, context)
         assert isinstance(gradient, Gradient)
         times.append(clock())
         master.apply(gradient.vector, gradient.version)
@@ -354,14 +355,6 @@ def _timed_epoch(
         for name, start, stop in zip(TIMING_PARTS, times[:-1], times[1:], strict=True):
             parts[name].append(stop - start)
     master.end_epoch()
-
-
-def _decode(data: bytes, context: DecodeContext) -> Any:
-    reader = FrameReader(DEFAULT_LIMITS)
-    reader.feed(data)
-    frame = reader.next_frame()
-    assert frame is not None
-    return decode_message(frame, context)
 
 
 def experiment_timing(context: Context) -> dict[str, Any]:
