@@ -117,6 +117,11 @@ class TrainConfig:
         "Rice-code quantized codes (DENSE_RICE, wire-format.md 5.8) where smaller; "
         "off: fixed-width codes (DENSE) both ways, as the paper counts bits",
     )
+    adaptive_coding: bool = option(
+        False,
+        "Rice-code only while it makes training faster: the master measures the time per applied "
+        "update with Rice-coded and with fixed-width codes and keeps the faster (docs/algorithms.md 10)",
+    )
     centre: str = option("snapshot", "what the model quantizer centres on", choices=("snapshot", "zero"))
     phi: float = option(0.05, "sparsity budget phi as a fraction of d (sparse-asylpg)")
     exact_budget: bool = option(
@@ -175,6 +180,8 @@ class TrainConfig:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must name a built-in model or MODULE:NAME")
         Regularizer(l2=self.l2, l1=self.l1)
+        if self.adaptive_coding and not self.entropy_coding:
+            raise ValueError("adaptive_coding chooses when to Rice-code: it needs entropy_coding")
         if self.qsgd_levels > 0xFFFF:
             raise ValueError("qsgd_levels must be at most 65535")
 

@@ -120,6 +120,8 @@ class Connection(SessionRules):
         #: Analytic vector payload bits sent, by message type name.
         self.payload_bits_sent: dict[str, int] = {}
         self._dense_rice = self._config.dense_rice
+        #: The encoding of the last vector received, or None before the first.
+        self.last_received_encoding: Encoding | None = None
 
     # -- properties -----------------------------------------------------------
 
@@ -147,6 +149,19 @@ class Connection(SessionRules):
     def outstanding_model(self) -> tuple[int, int] | None:
         """``(epoch, version)`` of the MODEL awaiting its GRADIENT, if any."""
         return self._epoch.outstanding
+
+    @property
+    def dense_rice(self) -> bool:
+        """Send quantized dense codes Rice-coded (DENSE_RICE) where smaller, if the peer announced it.
+
+        Starts as ``ConnectionConfig.dense_rice``; may be changed between messages (an adaptive
+        run's choice, :mod:`aiodq.protocol.adaptive`).  Either way the values sent are the same.
+        """
+        return self._dense_rice
+
+    @dense_rice.setter
+    def dense_rice(self, value: bool) -> None:
+        self._dense_rice = bool(value)
 
     @property
     def peer_encodings(self) -> frozenset[int]:
@@ -235,6 +250,8 @@ class Connection(SessionRules):
             # check comes before the WELCOME's others.
             raise ViolationError("the master did not authenticate", ErrorCode.AUTH_FAILED)
         self._check_content(event, sender=self._peer_role)
+        if decoded.encoding is not None:
+            self.last_received_encoding = decoded.encoding
         if decoded.payload_bits:
             name = message_type.name
             self.payload_bits_received[name] = self.payload_bits_received.get(name, 0) + decoded.payload_bits

@@ -54,6 +54,7 @@ from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError, ErrorCode, RemoteProtocolError, code_name
 from . import recovery
 from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
+from .adaptive import CodingChooser
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
@@ -126,6 +127,7 @@ class Coordinator:
         #: Why the run ended without finishing its epochs (it diverged), or None.
         self.failure: str | None = None
         self._divergence = Divergence()
+        self._coding = CodingChooser() if config.adaptive_coding else None  # MODELs Rice-coded or not
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
@@ -176,11 +178,8 @@ class Coordinator:
                     self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
         if self.phase is Phase.JOINING and deadlines.join_due(now):
             timeout = self.master_config.join_timeout
-            self._finish(
-                now,
-                f"{self.live_workers} of {self.expected_workers} workers joined within {timeout:g} s "
-                "(--join-timeout)",
-            )
+            joined = f"{self.live_workers} of {self.expected_workers} workers joined"
+            self._finish(now, f"{joined} within {timeout:g} s (--join-timeout)")
             return
         for worker_id, worker in list(self._workers.items()):
             if deadlines.snapshot_owed_too_long(worker, now):
@@ -333,6 +332,8 @@ class Coordinator:
     def _start_snapshot_phase(self, now: float) -> None:
         self.phase = Phase.SNAPSHOT
         self.deadlines.snapshot_phase_started(now)
+        if self._coding is not None:  # the pause is not the coding's doing
+            self._coding.interrupt()
         for worker in self._workers.values():
             worker.report = None
         traffic = self.traffic()
@@ -455,18 +456,16 @@ class Coordinator:
 
     def _send_model(self, worker: Member, now: float) -> None:
         state = self.state
+        if self._coding is not None:  # an adaptive run: Rice-code while it is the faster (adaptive.py)
+            worker.connection.dense_rice = self._coding.rice
         vector, relative = state.model_message()
         # What the worker rebuilds equals x_snap (so a ZERO answer is plausible, guard.py).
         worker.model_equals_snapshot = isinstance(vector, EqualsSnapshot) or (
             isinstance(vector, RawVector)
             and np.array_equal(vector.values, np.zeros_like(vector.values) if relative else state.snapshot)
         )
-        worker.connection.send(
-            ModelMessage(
-                epoch=self.state.epoch, version=self.state.version, vector=vector, relative=relative
-            ),
-            now,
-        )
+        message = ModelMessage(epoch=state.epoch, version=state.version, vector=vector, relative=relative)
+        worker.connection.send(message, now)
 
     def _gradient(self, worker_id: int, worker: Member, event: Gradient, now: float) -> None:
         state = self.state
@@ -484,6 +483,8 @@ class Coordinator:
         )
         if outcome.applied:
             self.guard.applied(outcome.norm)
+            if self._coding is not None:
+                self._coding.applied(now)
             for member in self._workers.values():
                 member.refused = 0
             self._divergence.applied()
@@ -592,5 +593,6 @@ class Coordinator:
             "version": self.state.version,
             "traffic": self.traffic().as_dict(),
             "failure": self.failure,
+            **({"adaptive_coding": self._coding.summary()} if self._coding is not None else {}),
             **self.ledger.report(self.config.tau),
         }

@@ -1,0 +1,225 @@
+"""The adaptive choice between Rice-coded and fixed-width codes (aiodq.protocol.adaptive).
+
+The chooser is driven by a fake clock whose pace per applied update depends on the
+choice in force, so every expected window count below follows from the rules in the
+module docstring, worked out by hand in the comments.  The cluster test runs the real
+coordinator and worker sessions over their wire bytes with such a clock, and reads the
+encodings off the bytes themselves.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import pytest
+
+from aiodq.codec.events import Gradient, ModelMessage
+from aiodq.codec.frames import FrameReader
+from aiodq.codec.messages import DecodeContext, decode_body
+from aiodq.codec.registry import Encoding
+from aiodq.config import Limits
+from aiodq.data import load_bundled_a9a
+from aiodq.protocol.adaptive import CodingChooser
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.simulate import build_cluster
+
+# Paces that are exact binary fractions, so that sums of them compare exactly.
+SLOW, FAST = 1.0, 0.5
+
+
+def drive(chooser: CodingChooser, pace: Callable[[bool, int], float], windows: int) -> list[bool]:
+    """Apply updates until ``windows`` windows are measured; return the choice of each window.
+
+    ``pace(rice, window_index)`` is the time from one applied update to the next under the
+    choice in force.
+    """
+    now, choices = 0.0, []
+    while sum(chooser.windows.values()) < windows:
+        before = sum(chooser.windows.values())
+        rice = chooser.rice
+        chooser.applied(now)
+        if sum(chooser.windows.values()) > before:
+            choices.append(rice)
+        now += pace(chooser.rice, len(choices))
+    return choices
+
+
+def test_fixed_width_wins_where_it_is_faster_and_the_probes_back_off() -> None:
+    chooser = CodingChooser(window=64, explore_every=8, max_explore_every=64, history=3)
+    choices = drive(chooser, lambda rice, _: SLOW if rice else FAST, 40)
+    # Window 1 is Rice (the start), window 2 the first try of fixed width, which wins.  Eight
+    # fixed windows later (windows 3-10) comes a probe of Rice (11); it confirms fixed width,
+    # so the wait doubles to 16 (windows 12-27), probe 28, then 32 windows (29-60).
+    rice_windows = [i + 1 for i, rice in enumerate(choices) if rice]
+    assert rice_windows == [1, 11, 28]
+    assert chooser.rice is False
+    assert chooser.windows == {True: 3, False: 37}
+    assert chooser.switches == 1 + 2 + 2
+    summary = chooser.summary()
+    assert summary["ms_per_update_rice"] == SLOW * 1e3 and summary["ms_per_update_fixed"] == FAST * 1e3
+
+
+def test_rice_stays_where_it_is_faster() -> None:
+    chooser = CodingChooser()
+    choices = drive(chooser, lambda rice, _: FAST if rice else SLOW, 40)
+    # Fixed width is tried in window 2 and loses: that first probe confirms Rice, so the wait
+    # doubles at once to 16 (windows 3-18), the probe in 19 doubles it to 32 (20-51).
+    assert [i + 1 for i, rice in enumerate(choices) if not rice] == [2, 19]
+    assert chooser.rice is True
+
+
+def test_a_tie_keeps_rice_coding() -> None:
+    chooser = CodingChooser()
+    drive(chooser, lambda rice, _: FAST, 12)
+    assert chooser.rice is True
+
+
+def test_the_choice_follows_a_faster_link_at_the_next_probe() -> None:
+    chooser = CodingChooser(window=16, explore_every=8, max_explore_every=64, history=3)
+
+    def pace(rice: bool, window: int) -> float:
+        if window < 30:  # windows 1-30: a slow link, where Rice pays
+            return FAST if rice else SLOW
+        return SLOW if rice else FAST  # from window 31: a fast link
+
+    choices = drive(chooser, pace, 75)
+    fixed_windows = [i + 1 for i, rice in enumerate(choices) if not rice]
+    # Before the change, as in test_rice_stays_where_it_is_faster: fixed width tried in 2 and
+    # probed in 19, then a wait of 32 (windows 20-51).  From 31 on Rice measures SLOW, which
+    # ties with fixed width's last measurement (SLOW, in 19): Rice is kept until the probe in
+    # 52 measures fixed width afresh (FAST) and wins.  The wait is back to 8: fixed width runs
+    # 52-60, Rice is probed in 61 (SLOW: fixed width confirmed), and fixed width runs on.
+    assert fixed_windows == [2, 19, *range(52, 61), *range(62, 76)]
+    assert chooser.rice is False
+
+
+def test_the_choice_follows_a_slower_current_choice_at_once() -> None:
+    chooser = CodingChooser(window=16, explore_every=8, max_explore_every=64, history=3)
+
+    def pace(rice: bool, window: int) -> float:
+        if window < 30:
+            return 0.5 if rice else 0.75
+        return 1.0 if rice else 0.75  # the cores get busy: Rice slows down, fixed width does not
+
+    choices = drive(chooser, pace, 40)
+    # Fixed width was last measured at 0.75 (window 19).  Rice measures 1.0 from window 31;
+    # after window 32 two of its last three windows say 1.0, its median passes 0.75, and the
+    # choice changes without a probe: fixed width from window 33.
+    assert [i + 1 for i, rice in enumerate(choices) if not rice] == [2, 19, *range(33, 41)]
+
+
+def test_a_pause_that_is_not_the_codings_doing_is_not_measured() -> None:
+    chooser = CodingChooser(window=4)
+    for now in (0.0, 1.0, 2.0):
+        chooser.applied(now)
+    chooser.interrupt()  # a snapshot phase of 100 s
+    for now in (102.0, 103.0, 104.0, 105.0, 106.0):
+        chooser.applied(now)
+    assert list(chooser.paces[True]) == [1.0]
+    # Without the interrupt, the window would have measured the pause.
+    other = CodingChooser(window=4)
+    for now in (0.0, 1.0, 2.0, 102.0, 103.0):
+        other.applied(now)
+    assert list(other.paces[True]) == [103.0 / 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window": 1},
+        {"window": 2.5},
+        {"explore_every": 0},
+        {"explore_every": 8, "max_explore_every": 4},
+        {"history": 0},
+        {"history": True},
+    ],
+)
+def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must be an integer of at least"):
+        CodingChooser(**kwargs)  # type: ignore[arg-type]
+
+
+def test_adaptive_coding_needs_entropy_coding() -> None:
+    with pytest.raises(ValueError, match="needs entropy_coding"):
+        TrainConfig(adaptive_coding=True, entropy_coding=False)
+
+
+def run_with_costs(rice_cost: float, fixed_cost: float, *, adaptive: bool = True) -> tuple[dict, list]:
+    """A 4-worker AsyLPG cluster on the bundled a9a; each delivered MODEL or GRADIENT costs
+    ``rice_cost`` seconds if Rice-coded, else ``fixed_cost``.
+
+    Returns the coordinator's summary and, per worker, the (model encoding, gradient encoding)
+    pairs read off the wire: each GRADIENT with the MODEL it answers.
+    """
+    config = TrainConfig(algorithm="asylpg", epochs=6, bits=4, adaptive_coding=adaptive, seed=1)
+    coordinator, sessions = build_cluster(config, load_bundled_a9a(), 4)
+    ids = [coordinator.connect(0.0) for _ in sessions]
+    up: list[deque[bytes]] = [deque() for _ in sessions]
+    down: list[deque[bytes]] = [deque() for _ in sessions]
+    readers = [(FrameReader(Limits()), FrameReader(Limits())) for _ in sessions]
+    context = DecodeContext(dim=123)
+    last_model: list[Encoding | None] = [None] * len(sessions)
+    pairs: list[tuple[Encoding, Encoding]] = []
+    now, turn = 0.0, 0
+
+    def cost(index: int, data: bytes, downward: bool) -> float:
+        """Read the frames off the wire; the time their vectors take."""
+        reader = readers[index][downward]
+        reader.feed(data)
+        seconds = 0.0
+        while (frame := reader.next_frame()) is not None:
+            decoded = decode_body(frame, context)
+            if isinstance(decoded.event, ModelMessage | Gradient) and decoded.encoding in (
+                Encoding.DENSE,
+                Encoding.DENSE_RICE,
+            ):
+                seconds += rice_cost if decoded.encoding is Encoding.DENSE_RICE else fixed_cost
+            if isinstance(decoded.event, ModelMessage):
+                last_model[index] = decoded.encoding
+            elif isinstance(decoded.event, Gradient) and decoded.encoding is not None:
+                pairs.append((last_model[index], decoded.encoding))
+        return seconds
+
+    while not coordinator.done:
+        for index, session in enumerate(sessions):
+            if data := session.data_to_send():
+                up[index].append(data)
+        for worker_id, data in coordinator.data_to_send().items():
+            down[ids.index(worker_id)].append(data)
+        channels = [(i, d) for i in range(len(sessions)) for d, q in ((False, up[i]), (True, down[i])) if q]
+        assert channels, "the cluster stalled"
+        index, downward = channels[turn % len(channels)]
+        turn += 1
+        data = (down if downward else up)[index].popleft()
+        now += cost(index, data, downward)
+        if downward:
+            sessions[index].receive_data(data, now)
+        else:
+            coordinator.receive_data(ids[index], data, now)
+    return coordinator.summary(), pairs
+
+
+def test_a_cluster_settles_on_the_faster_coding_and_workers_answer_in_kind() -> None:
+    summary, pairs = run_with_costs(rice_cost=0.002, fixed_cost=0.001)
+    chosen = summary["adaptive_coding"]
+    assert chosen["rice"] is False
+    assert chosen["windows_fixed"] > 3 * chosen["windows_rice"]
+    assert chosen["ms_per_update_fixed"] < chosen["ms_per_update_rice"]
+    # A worker answers a fixed-width MODEL at fixed width, and a Rice-coded one Rice-coded
+    # (where that is smaller for its gradient, which on a9a's codes it always was here).
+    assert pairs and all(model is gradient for model, gradient in pairs if model is Encoding.DENSE)
+    rice_answers = [gradient for model, gradient in pairs if model is Encoding.DENSE_RICE]
+    assert rice_answers and Encoding.DENSE_RICE in rice_answers
+    assert {Encoding.DENSE, Encoding.DENSE_RICE} <= {model for model, _ in pairs}
+
+    summary, _ = run_with_costs(rice_cost=0.001, fixed_cost=0.002)
+    assert summary["adaptive_coding"]["rice"] is True
+
+
+def test_without_adaptive_coding_nothing_changes_with_the_costs() -> None:
+    summary, pairs = run_with_costs(rice_cost=0.002, fixed_cost=0.001, adaptive=False)
+    assert "adaptive_coding" not in summary
+    # Rice-coded wherever smaller, as before: no worker falls back to fixed width because of
+    # the model's encoding.
+    assert Encoding.DENSE_RICE in {gradient for _, gradient in pairs}
