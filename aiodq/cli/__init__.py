@@ -218,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="fixed-width codes (DENSE) in every run, as the paper counts bits",
     )
+    experiment.add_argument(
+        "--adaptive-coding",
+        action="store_true",
+        help="every run Rice-codes only while that makes it faster (TrainConfig.adaptive_coding)",
+    )
     return parser
 
 

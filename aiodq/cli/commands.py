@@ -300,6 +300,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coding_overrides(args: argparse.Namespace) -> dict[str, bool]:
+    """``aiodq experiment``'s coding switches as TrainConfig overrides.
+
+    Raises:
+        UsageError: for both switches at once.
+    """
+    if args.adaptive_coding and not args.entropy_coding:
+        raise UsageError("--adaptive-coding chooses when to Rice-code: leave out --no-entropy-coding")
+    if args.adaptive_coding:
+        return {"adaptive_coding": True}
+    return {} if args.entropy_coding else {"entropy_coding": False}
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     """``aiodq experiment``: the paper's experiments (the lab extra)."""
     from ..lab.experiments import Context, ExperimentError, run_experiment  # noqa: PLC0415 - the lab extra
@@ -320,7 +333,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         datasets=datasets,
         repeats=args.repeats,
         log=lambda line: print(line, flush=True),
-        overrides={} if args.entropy_coding else {"entropy_coding": False},
+        overrides=_coding_overrides(args),
     )
     try:
         run_experiment(args.name, context)

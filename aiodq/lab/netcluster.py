@@ -202,10 +202,15 @@ def _training_flags(config: TrainConfig) -> list[str]:
         ValueError: if ``config`` differs from the default in a field without an option.
     """
     defaults = TrainConfig()
-    flags: list[str] = [] if config.entropy_coding else ["--no-entropy-coding"]
+    flags: list[str] = []
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
-        if field.name == "entropy_coding":
+        if field.name in (
+            "entropy_coding",
+            "adaptive_coding",
+        ):  # switches: --no-entropy-coding, --adaptive-coding
+            if value != getattr(defaults, field.name):
+                flags.append(f"--{'' if value else 'no-'}{field.name.replace('_', '-')}")
             continue
         if field.name not in _FLAGGED_FIELDS:
             if value != getattr(defaults, field.name):

@@ -127,7 +127,8 @@ class Coordinator:
         #: Why the run ended without finishing its epochs (it diverged), or None.
         self.failure: str | None = None
         self._divergence = Divergence()
-        self._coding = CodingChooser() if config.adaptive_coding else None  # MODELs Rice-coded or not
+        coded = config.adaptive_coding and config.spec.model == "quantized"  # dense codes to choose for
+        self._coding = CodingChooser() if coded else None  # adaptive.py
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False

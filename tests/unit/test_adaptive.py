@@ -223,3 +223,29 @@ def test_without_adaptive_coding_nothing_changes_with_the_costs() -> None:
     # Rice-coded wherever smaller, as before: no worker falls back to fixed width because of
     # the model's encoding.
     assert Encoding.DENSE_RICE in {gradient for _, gradient in pairs}
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{"adaptive_coding": True}, {"entropy_coding": False}, {}],
+)
+def test_the_network_lab_passes_the_coding_switches_to_aiodq_master(switches: dict[str, bool]) -> None:
+    """The lab starts ``aiodq master`` with options that rebuild the config, these switches included."""
+    from aiodq.cli import _parser  # noqa: PLC0415 - the command line's extra
+    from aiodq.cli.options import train_config  # noqa: PLC0415
+    from aiodq.lab.netcluster import _training_flags  # noqa: PLC0415 - the lab extra
+
+    config = TrainConfig(algorithm="asylpg", bits=4, **switches)
+    flags = _training_flags(config)
+    args = _parser().parse_args(["master", "--listen", "127.0.0.1:0", "--workers", "4", *flags])
+    assert train_config(args) == config
+
+
+def test_algorithms_without_quantized_models_have_nothing_to_choose() -> None:
+    from aiodq.protocol.simulate import simulate  # noqa: PLC0415
+
+    for algorithm in ("asyfpg", "qsvrg"):
+        config = TrainConfig(algorithm=algorithm, epochs=1, updates_per_epoch=200, adaptive_coding=True)
+        assert "adaptive_coding" not in simulate(config, load_bundled_a9a(), 2).summary()
+    config = TrainConfig(algorithm="model-only", epochs=1, updates_per_epoch=200, adaptive_coding=True)
+    assert simulate(config, load_bundled_a9a(), 2).summary()["adaptive_coding"]["windows_rice"] >= 1
