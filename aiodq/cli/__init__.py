@@ -193,7 +193,9 @@ def _parser() -> argparse.ArgumentParser:
         "experiment", help="the paper's experiments on real data (docs/results.md)"
     )
     experiment.add_argument(
-        "name", choices=["all", "table1", "mu", "timing", "workers", "network"], help="which experiment"
+        "name",
+        choices=["all", "table1", "mu", "timing", "workers", "network", "coding"],
+        help="which experiment",
     )
     experiment.add_argument(
         "--data",

@@ -21,6 +21,8 @@ Experiments:
 - ``timing``: computation against encoding time per epoch, per algorithm.
 - ``workers``: 4 workers against 8.
 - ``network``: time to target on shaped links (needs root; skipped otherwise).
+- ``coding``: time to target of AsyFPG and of AsyLPG Rice-coded, at fixed width and with
+  adaptive coding, on 127.0.0.1 and on shaped links (:mod:`aiodq.lab.coding`).
 - ``all``: every one of them.
 
 ``--quick`` runs each on the bundled a9a with fewer epochs, to check the
@@ -45,8 +47,9 @@ from ..launch.models import objective_for
 from ..protocol.algorithms import ALGORITHMS, MasterState, TrainConfig, WorkerState, initial_model
 from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import Objective
-from . import netcluster, netlab
+from . import netlab
 from .bench import decode_frame
+from .coding import experiment_coding, network_run
 from .report import (
     bits_account,
     fmt,
@@ -73,7 +76,6 @@ from .runs import (
     evaluate,
     local_runner,
     optimum,
-    record_every,
     to_target,
 )
 
@@ -480,18 +482,7 @@ def experiment_network(context: Context) -> dict[str, Any]:
             for name in names:
                 config = context.config(spec, dataset, algorithm=name)
                 records_out = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit"
-                try:
-                    summary, records = netcluster.run_cluster(
-                        config,
-                        workers=4,
-                        link=link,
-                        data=path,
-                        out=records_out,
-                        record_every=record_every(dataset, config, spec.records_per_epoch),
-                    )
-                except (netlab.NetLabError, ValueError) as exc:
-                    raise ExperimentError(f"network: {name} on {link.describe()}: {exc}") from exc
-                run = RunResult(config, 4, evaluate(config, dataset, records), summary)
+                run = network_run(config, spec, dataset, path, link=link, out=records_out)
                 row = summarise([run], target)
                 row["link"] = link.describe()
                 row["rate_mbit"] = link.rate_mbit
@@ -562,6 +553,7 @@ EXPERIMENTS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "timing": experiment_timing,
     "workers": experiment_workers,
     "network": experiment_network,
+    "coding": experiment_coding,
 }
 
 

@@ -279,6 +279,12 @@ class RunResult:
             "wire_bytes": traffic["wire_bytes"],
             "wire_bytes_to_target": hit.wire_bytes if hit else None,
             "points": [{k: v for k, v in asdict(p).items() if k != "wire_bytes"} for p in self.points],
+            # With adaptive_coding: what the master chose and measured (docs/algorithms.md 10).
+            **(
+                {"adaptive_coding": self.summary["adaptive_coding"]}
+                if "adaptive_coding" in self.summary
+                else {}
+            ),
         }
 
 

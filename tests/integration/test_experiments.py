@@ -119,6 +119,26 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
         assert row["updates_per_second"] > 0
 
 
+def test_quick_coding_compares_the_three_codings_with_asyfpg(quick: Path) -> None:
+    """``coding``: AsyFPG and AsyLPG Rice-coded, fixed-width and adaptive, on 127.0.0.1 in quick mode."""
+    report = json.loads((quick / "coding" / "coding.json").read_text())
+    assert report["places"] == ["127.0.0.1"]
+    rows = report["datasets"]["a9a-bundled"]["rows"]
+    assert [row["variant"] for row in rows] == ["asyfpg", "rice", "fixed", "adaptive"]
+    by_name = {row["variant"]: row for row in rows}
+    for row in rows:
+        assert row["median_time"] is not None and row["median_bits"] is not None
+    assert by_name["asyfpg"]["speed_against_asyfpg"] == 1.0
+    # Quantized codes at 4 bits against float32: several times fewer bits to target whatever the coding.
+    for name in ("rice", "fixed", "adaptive"):
+        assert by_name[name]["median_bits"] < by_name["asyfpg"]["median_bits"] / 3
+    # Only the adaptive runs report a choice, and it measured both codings.
+    (chosen,) = by_name["adaptive"]["adaptive_coding"]
+    assert chosen["windows_rice"] >= 1 and chosen["windows_fixed"] >= 1
+    assert all(row["adaptive_coding"] == [None] for row in rows if row["variant"] != "adaptive")
+    assert "| 127.0.0.1 | AsyLPG, adaptive |" in (quick / "coding" / "coding.md").read_text()
+
+
 def test_quick_network_runs_or_says_why(quick: Path) -> None:
     """The shaped-network experiment ran in namespaces wherever they can be made; else it says why."""
     report = json.loads((quick / "network" / "network.json").read_text())

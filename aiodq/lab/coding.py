@@ -1,0 +1,158 @@
+"""``aiodq experiment coding``: what each way of coding AsyLPG's codes costs in time to target.
+
+Four variants, all on the dataset's settings: AsyFPG (the baseline), and AsyLPG with
+its codes Rice-coded where smaller (the default), at fixed width
+(``entropy_coding=False``) and with adaptive coding (``adaptive_coding=True``: the master
+keeps whichever of the two gives the faster updates, docs/algorithms.md 10).  Each
+runs on 127.0.0.1 and, where network namespaces can be made (root), on shaped links of
+100 Mbit/s and 1 Gbit/s (:mod:`aiodq.lab.netlab`).  With ``--repeats N`` the variants
+run in turn for each seed, so that a change in the machine's load falls on all of
+them alike.  The report gives, per place, each variant's times to target, their
+median, the speed against AsyFPG, the bits to target and what the adaptive master
+chose (docs/results.md, "Adaptive coding").  ``--quick``: 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..protocol.algorithms import TrainConfig
+from ..protocol.dataset import Dataset
+from . import netcluster, netlab
+from .report import fmt, write_report
+from .runs import Context, DatasetSpec, ExperimentError, RunResult, evaluate, local_runner, record_every
+
+__all__ = ["VARIANTS", "experiment_coding", "network_run"]
+
+#: The variants: name, what the table calls it, and the TrainConfig fields that make it.
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("asyfpg", "AsyFPG", {"algorithm": "asyfpg"}),
+    ("rice", "AsyLPG, Rice-coded where smaller", {"algorithm": "asylpg", "entropy_coding": True}),
+    ("fixed", "AsyLPG, fixed width", {"algorithm": "asylpg", "entropy_coding": False}),
+    (
+        "adaptive",
+        "AsyLPG, adaptive",
+        {"algorithm": "asylpg", "entropy_coding": True, "adaptive_coding": True},
+    ),
+)
+
+
+def network_run(
+    config: TrainConfig,
+    spec: DatasetSpec,
+    dataset: Dataset,
+    path: str | None,
+    *,
+    link: netlab.Link,
+    out: Path,
+) -> RunResult:
+    """One run with master and 4 workers in network namespaces joined by ``link``, evaluated.
+
+    Raises:
+        ExperimentError: if the lab or the run fails.
+    """
+    try:
+        summary, records = netcluster.run_cluster(
+            config,
+            workers=4,
+            link=link,
+            data=path,
+            out=out,
+            record_every=record_every(dataset, config, spec.records_per_epoch),
+        )
+    except (netlab.NetLabError, ValueError) as exc:
+        raise ExperimentError(f"{config.algorithm} on {link.describe()}: {exc}") from exc
+    return RunResult(config, 4, evaluate(config, dataset, records), summary)
+
+
+def experiment_coding(context: Context) -> dict[str, Any]:
+    """Time to target of AsyFPG and of AsyLPG's three codings, on 127.0.0.1 and on shaped links."""
+    out = context.out / "coding"
+    reason = None if context.quick else netlab.namespaces_unavailable()
+    links = [] if context.quick or reason else [netlab.Link(1000.0), netlab.Link(100.0)]
+    places = ["127.0.0.1", *(link.describe() for link in links)]
+    report: dict[str, Any] = {"places": places, "network_skipped": reason, "datasets": {}}
+    lines = ["# Coding and time to target", ""]
+    if reason:
+        lines += [f"Shaped links skipped: {reason}.", ""]
+    specs = context.specs()
+    if not context.quick and not context.datasets:
+        specs = [s for s in specs if s.name == "debdesc"] or specs
+    for spec in specs:
+        dataset, path, target = context.load(spec)
+        runner = local_runner(dataset, path, records_per_epoch=spec.records_per_epoch)
+        runs: dict[tuple[str, str], list[RunResult]] = {}
+        for seed in range(context.repeats):
+            for place in places:
+                for name, _, fields in VARIANTS:
+                    base = context.config(spec, dataset, **fields)
+                    config = replace(base, seed=base.seed + seed)
+                    if place == "127.0.0.1":
+                        run = runner(config, 4)
+                    else:
+                        link = next(link for link in links if link.describe() == place)
+                        folder = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit-{seed}"
+                        run = network_run(config, spec, dataset, path, link=link, out=folder)
+                    runs.setdefault((place, name), []).append(run)
+                    hit = run.reached(target)
+                    context.log(
+                        f"coding: {spec.name} {place} {name:<8} seed {config.seed}: "
+                        + (f"target in {hit.time:.2f} s" if hit else "target not reached")
+                    )
+        rows = [
+            _row(place, name, label, runs[place, name], target)
+            for place in places
+            for name, label, _ in VARIANTS
+        ]
+        for row in rows:
+            baseline = next(r for r in rows if r["place"] == row["place"] and r["variant"] == "asyfpg")
+            mine, theirs = row["median_time"], baseline["median_time"]
+            row["speed_against_asyfpg"] = theirs / mine if mine and theirs else None
+        report["datasets"][spec.name] = {"target": target, "rows": rows}
+        lines += [
+            f"## {spec.name}: {spec.describe}",
+            "",
+            f"Medians of {context.repeats} seed(s) per row; 4 workers.",
+            "",
+            "| where | variant | s to target, each seed | median | speed against AsyFPG | Mbit to target "
+            "(median) | adaptive master's choice |",
+            "|---|---|---|---:|---:|---:|---|",
+        ]
+        lines += [_line(row) for row in rows]
+        lines.append("")
+    write_report(out, "coding", report, "\n".join(lines) + "\n")
+    return report
+
+
+def _row(place: str, name: str, label: str, runs: list[RunResult], target: float) -> dict[str, Any]:
+    hits = [run.reached(target) for run in runs]
+    times = [hit.time if hit else None for hit in hits]
+    bits = [hit.bits for hit in hits if hit]
+    reached = all(t is not None for t in times)
+    return {
+        "place": place,
+        "variant": name,
+        "label": label,
+        "times": times,
+        "median_time": statistics.median(t for t in times if t is not None) if reached else None,
+        "median_bits": statistics.median(bits) if reached else None,
+        "adaptive_coding": [run.summary.get("adaptive_coding") for run in runs],
+    }
+
+
+def _line(row: dict[str, Any]) -> str:
+    times = " / ".join(fmt(t) for t in row["times"])
+    speed = row["speed_against_asyfpg"]
+    choices = [c for c in row["adaptive_coding"] if c]
+    choice = "; ".join(
+        f"{'Rice' if c['rice'] else 'fixed width'} at the end, {c['windows_rice']} Rice and "
+        f"{c['windows_fixed']} fixed-width windows"
+        for c in choices
+    )
+    return (
+        f"| {row['place']} | {row['label']} | {times} | {fmt(row['median_time'])} | "
+        f"{f'{speed:.2f}x' if speed else '-'} | {fmt(row['median_bits'], 1e6)} | {choice or '-'} |"
+    )
