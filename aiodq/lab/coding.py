@@ -27,11 +27,21 @@ from .runs import Context, DatasetSpec, ExperimentError, RunResult, evaluate, lo
 
 __all__ = ["VARIANTS", "experiment_coding", "network_run"]
 
-#: The variants: name, what the table calls it, and the TrainConfig fields that make it.
+#: The variants: name, what the table calls it, and the TrainConfig fields that make it.  Each
+#: sets both coding fields, so that ``--no-entropy-coding`` or ``--adaptive-coding`` given to
+#: the whole command cannot change a variant (they do not apply to this experiment).
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("asyfpg", "AsyFPG", {"algorithm": "asyfpg"}),
-    ("rice", "AsyLPG, Rice-coded where smaller", {"algorithm": "asylpg", "entropy_coding": True}),
-    ("fixed", "AsyLPG, fixed width", {"algorithm": "asylpg", "entropy_coding": False}),
+    ("asyfpg", "AsyFPG", {"algorithm": "asyfpg", "entropy_coding": True, "adaptive_coding": False}),
+    (
+        "rice",
+        "AsyLPG, Rice-coded where smaller",
+        {"algorithm": "asylpg", "entropy_coding": True, "adaptive_coding": False},
+    ),
+    (
+        "fixed",
+        "AsyLPG, fixed width",
+        {"algorithm": "asylpg", "entropy_coding": False, "adaptive_coding": False},
+    ),
     (
         "adaptive",
         "AsyLPG, adaptive",

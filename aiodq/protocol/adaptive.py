@@ -2,28 +2,33 @@
 
 DENSE_RICE (wire-format.md 5.8) sends the same codes as DENSE in fewer bytes and more
 CPU time: it pays on a slow link and costs time on a fast one, where the cores are the
-bottleneck (docs/results.md measured AsyLPG on debdesc at 0.91 ms per applied update
-on 127.0.0.1 with Rice-coded messages and 0.68 ms with fixed-width ones).  The coding
-is lossless, so the optimisation takes the same path either way and the only thing
-the choice changes is the wall time per applied update.  :class:`CodingChooser`
-measures exactly that, for each choice, and keeps the faster one.
+bottleneck (docs/results.md, "Adaptive coding": AsyLPG on debdesc, 4 workers on
+127.0.0.1, took 0.86 to 0.98 ms per applied update with Rice-coded messages and 0.66 to
+0.77 ms with fixed-width ones).  The coding is lossless: the values, and so the
+optimisation, are the same either way, and what the choice changes is the wall time per
+applied update (and, through it, which gradients arrive how stale).
+:class:`CodingChooser` measures that time for each choice and keeps the faster one.
 
 How (with ``TrainConfig.adaptive_coding``, docs/algorithms.md 10):
 
 - Time is cut into windows of ``window`` applied updates.  A window's pace is its
   seconds per applied update; each choice keeps the paces of its last ``history``
-  windows and is judged by their median.  A probe (below) forgets the probed choice's
-  older windows: it is judged by what it measures now.
+  windows and is judged by their median.
 - The run starts with Rice coding.  After its first window, one window tries fixed
-  width; from then on the choice with the smaller median is used.  After ``explore_every``
-  windows of one choice, one window tries the other again (the link or the load may have
-  changed); each probe that confirms the choice doubles the wait before the next, up to
-  ``max_explore_every`` windows, and a change of choice resets it.  On a tie, Rice
-  coding (fewer bytes) is kept.  So a change that makes the current choice the slower
-  one is followed at the next probe, at most ``max_explore_every`` windows later; one
-  that slows the current choice down below the other's last measurement, at once.
-- A pause that is not the coding's doing (a snapshot phase) restarts the current
-  window: :meth:`CodingChooser.interrupt`.
+  width; from then on the choice with the smaller median is used (Rice coding on a tie:
+  fewer bytes).  After ``explore_every`` windows of one choice, one window probes the
+  other again (the link or the load may have changed), and the probe's window replaces
+  the probed choice's older ones: it is judged by what it measures now.  Each probe
+  that confirms the choice doubles the wait before the next, up to
+  ``max_explore_every`` windows; a change of choice resets it.  So a change that makes
+  the other choice the faster is followed at the next probe, at most
+  ``max_explore_every`` windows later; one that slows the current choice down past the
+  other's last measurement, after two of its windows (the median of three).
+- A window counts only updates coded as chosen: after a change of choice, the updates
+  whose messages were coded the old way (one per worker, in flight when it changed)
+  restart the window instead of entering it.  A pause that is not the coding's doing (a
+  snapshot phase) restarts it too (:meth:`CodingChooser.interrupt`), and so does a
+  clock that goes backwards.
 
 The master applies the choice to the MODEL messages it sends; a worker of an adaptive
 run answers each model in the coding the model came in (DENSE_RICE or DENSE), so one
@@ -48,7 +53,7 @@ class CodingChooser:
 
         Args:
             window: applied updates per measured window, at least 2.
-            explore_every: windows of the current choice after which one window tries the
+            explore_every: windows of the current choice after which one window probes the
                 other, at least 1.
             max_explore_every: the longest wait between probes, at least ``explore_every``.
             history: windows per choice whose median judges it, at least 1.
@@ -65,37 +70,61 @@ class CodingChooser:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
         self.window, self.explore_every, self.max_explore_every = window, explore_every, max_explore_every
-        #: True: Rice-code where smaller (DENSE_RICE); False: fixed width (DENSE).
+        self._history = history
+        #: The coding to send with now: True for Rice coding where smaller (DENSE_RICE), False
+        #: for fixed width (DENSE).  During a probe, the probed one (see :attr:`preferred`).
         self.rice = True
         #: The last ``history`` window paces (seconds per applied update) of each choice.
         self.paces: dict[bool, deque[float]] = {True: deque(maxlen=history), False: deque(maxlen=history)}
         #: Windows measured with each choice.
         self.windows: dict[bool, int] = {True: 0, False: 0}
-        #: Times the choice changed.
+        #: Times the coding sent with changed (a probe and its end count two).
         self.switches = 0
+        #: Calls of :meth:`interrupt`.
+        self.interruptions = 0
         self._start: float | None = None  # when the current window's first update was applied
+        self._last: float | None = None  # when the last update was applied
         self._count = 0  # updates applied in the current window after its first
         self._since = 0  # windows of the current choice since it was chosen or confirmed
         self._wait = explore_every  # windows between probes
-        self._probing = False  # the current window tries the choice that is not the best
+        self._probing = False  # the current window probes the choice that is not preferred
 
-    def applied(self, now: float) -> None:
-        """An update was applied at ``now`` (seconds, any origin, never decreasing)."""
-        if self._start is None:
+    @property
+    def preferred(self) -> bool:
+        """The choice the measurements favour: the one in use, except during a probe."""
+        return self._best()
+
+    def applied(self, now: float, *, rice: bool | None = None) -> None:
+        """An update was applied at ``now`` (seconds, any origin).
+
+        ``rice`` says how the messages of this update were coded (None: as chosen now); an
+        update coded otherwise, in flight when the choice changed, restarts the window.
+        """
+        backwards, self._last = self._last is not None and now < self._last, now
+        if rice is not None and rice != self.rice:
+            self._start = None  # the window starts at the next update coded as chosen
+            return
+        if self._start is None or backwards:
             self._start, self._count = now, 0
             return
         self._count += 1
         if self._count < self.window:
             return
-        pace = max(now - self._start, 0.0) / self._count
-        self.paces[self.rice].append(pace)
+        elapsed, self._start, self._count = now - self._start, now, 0
+        if elapsed <= 0.0:  # a clock too coarse to see the window: nothing measured
+            return
+        pace = elapsed / self.window
+        if self._probing:  # what the probed choice measures now replaces its older windows
+            self.paces[self.rice] = deque([pace], maxlen=self._history)
+        else:
+            self.paces[self.rice].append(pace)
         self.windows[self.rice] += 1
-        self._start, self._count = now, 0
         self._decide()
 
     def interrupt(self) -> None:
         """A pause that the coding did not cause (a snapshot phase): the current window restarts."""
         self._start = None
+        self.interruptions += 1
 
     def median(self, rice: bool) -> float | None:
         """The median pace (seconds per applied update) of a choice's recent windows, or None."""
@@ -105,35 +134,33 @@ class CodingChooser:
     def summary(self) -> dict[str, object]:
         """What was chosen and measured, for a run's summary (JSON-ready)."""
         return {
-            "rice": self.rice,
+            "rice": self.preferred,
+            "probing": self._probing,
             "switches": self.switches,
             "windows_rice": self.windows[True],
             "windows_fixed": self.windows[False],
+            "interruptions": self.interruptions,
             "ms_per_update_rice": _ms(self.median(True)),
             "ms_per_update_fixed": _ms(self.median(False)),
         }
 
     def _decide(self) -> None:
-        """After a window: keep the choice, change it, or try the other one for a window."""
+        """After a window: keep the choice, change it, or probe the other one for a window."""
         other = not self.rice
-        if not self.paces[other]:  # the other choice was never measured: try it
-            self._probing = True
+        if not self.paces[other]:  # the other choice was never measured: try it (not a probe)
             self._set(other)
             return
         best = self._best()
         if self._probing:
             self._probing = False
-            # The probe confirmed the choice it interrupted: wait longer before the next one.
-            self._wait = (
-                self.explore_every if best == self.rice else min(2 * self._wait, self.max_explore_every)
-            )
+            # The probed choice won: back to the shortest wait; it lost: wait longer next time.
+            won = best == self.rice
+            self._wait = self.explore_every if won else min(2 * self._wait, self.max_explore_every)
         elif best != self.rice:  # the measurements changed their mind: so does the choice
             self._wait = self.explore_every
         else:
             self._since += 1
             if self._since >= self._wait:
-                # The other choice's old windows may no longer hold: the probe measures it afresh.
-                self.paces[other].clear()
                 self._probing, self._since = True, 0
                 self._set(other)
             return
@@ -141,7 +168,7 @@ class CodingChooser:
         self._set(best)
 
     def _best(self) -> bool:
-        """The choice with the smaller median pace; Rice coding on a tie."""
+        """The choice with the smaller median pace; Rice coding on a tie or before both are measured."""
         rice, fixed = self.median(True), self.median(False)
         if rice is None or fixed is None:
             return fixed is None
@@ -151,7 +178,7 @@ class CodingChooser:
         if rice != self.rice:
             self.rice = rice
             self.switches += 1
-            self._start = None  # messages in flight were coded the old way: measure afresh
+            self._start = None  # updates in flight were coded the old way: measure afresh
 
 
 def _ms(seconds: float | None) -> float | None:

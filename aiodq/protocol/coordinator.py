@@ -458,7 +458,7 @@ class Coordinator:
     def _send_model(self, worker: Member, now: float) -> None:
         state = self.state
         if self._coding is not None:  # an adaptive run: Rice-code while it is the faster (adaptive.py)
-            worker.connection.dense_rice = self._coding.rice
+            worker.connection.dense_rice = worker.sent_rice = self._coding.rice
         vector, relative = state.model_message()
         # What the worker rebuilds equals x_snap (so a ZERO answer is plausible, guard.py).
         worker.model_equals_snapshot = isinstance(vector, EqualsSnapshot) or (
@@ -485,7 +485,7 @@ class Coordinator:
         if outcome.applied:
             self.guard.applied(outcome.norm)
             if self._coding is not None:
-                self._coding.applied(now)
+                self._coding.applied(now, rice=worker.sent_rice)  # (a worker answers in kind)
             for member in self._workers.values():
                 member.refused = 0
             self._divergence.applied()

@@ -48,3 +48,5 @@ class Member:
     snapshot_sent_at: float = 0.0
     #: The shard index its HELLO claimed (None: it claimed none).
     shard: int | None = None
+    #: In an adaptive run, whether the MODEL it must answer went Rice-coded (adaptive.py).
+    sent_rice: bool = True

@@ -11,17 +11,31 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from aiodq.codec.events import Gradient, ModelMessage
+from aiodq.codec.events import (
+    ConfigMessage,
+    Gradient,
+    Hello,
+    ModelMessage,
+    Snapshot,
+    SnapshotGradient,
+    Welcome,
+)
 from aiodq.codec.frames import FrameReader
+from aiodq.codec.lowp import quantize_model
 from aiodq.codec.messages import DecodeContext, decode_body
-from aiodq.codec.registry import Encoding
+from aiodq.codec.registry import ALL_ENCODINGS, Encoding
+from aiodq.codec.vectors import DenseQuantized, full_precision
 from aiodq.config import Limits
 from aiodq.data import load_bundled_a9a
 from aiodq.protocol.adaptive import CodingChooser
 from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.connection import MasterConnection
+from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import build_cluster
 
 # Paces that are exact binary fractions, so that sums of them compare exactly.
@@ -48,11 +62,11 @@ def drive(chooser: CodingChooser, pace: Callable[[bool, int], float], windows: i
 def test_fixed_width_wins_where_it_is_faster_and_the_probes_back_off() -> None:
     chooser = CodingChooser(window=64, explore_every=8, max_explore_every=64, history=3)
     choices = drive(chooser, lambda rice, _: SLOW if rice else FAST, 40)
-    # Window 1 is Rice (the start), window 2 the first try of fixed width, which wins.  Eight
-    # fixed windows later (windows 3-10) comes a probe of Rice (11); it confirms fixed width,
-    # so the wait doubles to 16 (windows 12-27), probe 28, then 32 windows (29-60).
+    # Window 1 is Rice (the start), window 2 the first try of fixed width, which wins.  After
+    # eight windows of fixed width (2-9) a probe of Rice (10) confirms fixed width, so the wait
+    # doubles to 16 (windows 11-26), probe 27, then 32 windows (28-59).
     rice_windows = [i + 1 for i, rice in enumerate(choices) if rice]
-    assert rice_windows == [1, 11, 28]
+    assert rice_windows == [1, 10, 27]
     assert chooser.rice is False
     assert chooser.windows == {True: 3, False: 37}
     assert chooser.switches == 1 + 2 + 2
@@ -63,9 +77,10 @@ def test_fixed_width_wins_where_it_is_faster_and_the_probes_back_off() -> None:
 def test_rice_stays_where_it_is_faster() -> None:
     chooser = CodingChooser()
     choices = drive(chooser, lambda rice, _: FAST if rice else SLOW, 40)
-    # Fixed width is tried in window 2 and loses: that first probe confirms Rice, so the wait
-    # doubles at once to 16 (windows 3-18), the probe in 19 doubles it to 32 (20-51).
-    assert [i + 1 for i, rice in enumerate(choices) if not rice] == [2, 19]
+    # Fixed width is tried in window 2 and loses; Rice is chosen again, and after eight of its
+    # windows (3-10) fixed width is probed (11) and loses: the wait doubles to 16 (12-27),
+    # probe 28, then 32 windows (29-60).
+    assert [i + 1 for i, rice in enumerate(choices) if not rice] == [2, 11, 28]
     assert chooser.rice is True
 
 
@@ -86,11 +101,11 @@ def test_the_choice_follows_a_faster_link_at_the_next_probe() -> None:
     choices = drive(chooser, pace, 75)
     fixed_windows = [i + 1 for i, rice in enumerate(choices) if not rice]
     # Before the change, as in test_rice_stays_where_it_is_faster: fixed width tried in 2 and
-    # probed in 19, then a wait of 32 (windows 20-51).  From 31 on Rice measures SLOW, which
-    # ties with fixed width's last measurement (SLOW, in 19): Rice is kept until the probe in
-    # 52 measures fixed width afresh (FAST) and wins.  The wait is back to 8: fixed width runs
-    # 52-60, Rice is probed in 61 (SLOW: fixed width confirmed), and fixed width runs on.
-    assert fixed_windows == [2, 19, *range(52, 61), *range(62, 76)]
+    # probed in 11 and 28, then a wait of 32 (windows 29-60).  From 31 on Rice measures SLOW,
+    # which ties with fixed width's last measurement (SLOW, in 28): Rice is kept until the
+    # probe in 61 measures fixed width afresh (FAST) and wins.  The wait is back to 8: fixed
+    # width runs 61-69, Rice is probed in 70 (SLOW: fixed width confirmed), then fixed width.
+    assert fixed_windows == [2, 11, 28, *range(61, 70), *range(71, 76)]
     assert chooser.rice is False
 
 
@@ -103,10 +118,60 @@ def test_the_choice_follows_a_slower_current_choice_at_once() -> None:
         return 1.0 if rice else 0.75  # the cores get busy: Rice slows down, fixed width does not
 
     choices = drive(chooser, pace, 40)
-    # Fixed width was last measured at 0.75 (window 19).  Rice measures 1.0 from window 31;
+    # Fixed width was last measured at 0.75 (window 28).  Rice measures 1.0 from window 31;
     # after window 32 two of its last three windows say 1.0, its median passes 0.75, and the
-    # choice changes without a probe: fixed width from window 33.
-    assert [i + 1 for i, rice in enumerate(choices) if not rice] == [2, 19, *range(33, 41)]
+    # choice changes without a probe: fixed width from window 33 (and Rice is probed only
+    # after eight of its windows, in 41).
+    assert [i + 1 for i, rice in enumerate(choices) if not rice] == [2, 11, 28, *range(33, 41)]
+
+
+def test_updates_coded_the_old_way_after_a_switch_are_not_measured() -> None:
+    chooser = CodingChooser(window=4)
+    for now in (0.0, 2.0, 4.0, 6.0, 8.0):  # window 1, Rice: 2 s per update
+        chooser.applied(now, rice=True)
+    assert chooser.rice is False  # the first try of fixed width
+    # Three gradients answering Rice-coded models were in flight: slow, and not fixed width's.
+    for now in (18.0, 28.0, 38.0):
+        chooser.applied(now, rice=True)
+    for now in (39.0, 40.0, 41.0, 42.0, 43.0):
+        chooser.applied(now, rice=False)
+    assert list(chooser.paces[False]) == [1.0]
+    assert list(chooser.paces[True]) == [2.0]
+
+
+def test_without_word_of_the_coding_the_window_after_a_switch_starts_after_its_first_update() -> None:
+    chooser = CodingChooser(window=4)
+    for now in (0.0, 2.0, 4.0, 6.0, 8.0):  # window 1, Rice: 2 s per update; then fixed width
+        chooser.applied(now)
+    # The update after the switch still took the old pace (its messages were on their way);
+    # the window starts from it.
+    for now in (10.0, 11.0, 12.0, 13.0, 14.0):
+        chooser.applied(now)
+    assert list(chooser.paces[False]) == [1.0]
+
+
+def test_a_clock_that_goes_back_or_stands_still_measures_nothing() -> None:
+    chooser = CodingChooser(window=4)
+    for now in (0.0, 1.0, 2.0, 1.5, 2.5, 3.5, 4.5, 5.5):  # back at 1.5: the window restarts there
+        chooser.applied(now)
+    assert list(chooser.paces[True]) == [1.0]
+    still = CodingChooser(window=4)
+    for _ in range(20):
+        still.applied(7.0)
+    assert still.windows == {True: 0, False: 0} and still.rice is True
+
+
+def test_the_summary_gives_the_preferred_choice_during_a_probe() -> None:
+    chooser = CodingChooser(window=4, explore_every=2)
+    now = 0.0
+    while not (chooser.rice and chooser.windows[False]):  # until Rice is probed after fixed width won
+        chooser.applied(now)
+        now += SLOW if chooser.rice else FAST
+    summary = chooser.summary()
+    assert summary["probing"] is True and chooser.rice is True
+    assert summary["rice"] is False and chooser.preferred is False
+    # The probed choice keeps its last measurement until the probe's window replaces it.
+    assert summary["ms_per_update_rice"] == SLOW * 1e3
 
 
 def test_a_pause_that_is_not_the_codings_doing_is_not_measured() -> None:
@@ -117,6 +182,7 @@ def test_a_pause_that_is_not_the_codings_doing_is_not_measured() -> None:
     for now in (102.0, 103.0, 104.0, 105.0, 106.0):
         chooser.applied(now)
     assert list(chooser.paces[True]) == [1.0]
+    assert chooser.interruptions == 1
     # Without the interrupt, the window would have measured the pause.
     other = CodingChooser(window=4)
     for now in (0.0, 1.0, 2.0, 102.0, 103.0):
@@ -204,8 +270,13 @@ def test_a_cluster_settles_on_the_faster_coding_and_workers_answer_in_kind() -> 
     summary, pairs = run_with_costs(rice_cost=0.002, fixed_cost=0.001)
     chosen = summary["adaptive_coding"]
     assert chosen["rice"] is False
+    # One pause not measured per snapshot phase: one per epoch, and the final one (6 + 1).
+    assert chosen["interruptions"] == 7
     assert chosen["windows_fixed"] > 3 * chosen["windows_rice"]
-    assert chosen["ms_per_update_fixed"] < chosen["ms_per_update_rice"]
+    # Every applied update costs one MODEL and one GRADIENT, so a window of updates coded one way
+    # measures exactly twice that coding's cost per update, in milliseconds; one that let in the
+    # gradients coded the old way after a switch would not.
+    assert chosen["ms_per_update_fixed"] == 2.0 and chosen["ms_per_update_rice"] == 4.0
     # A worker answers a fixed-width MODEL at fixed width, and a Rice-coded one Rice-coded
     # (where that is smaller for its gradient, which on a9a's codes it always was here).
     assert pairs and all(model is gradient for model, gradient in pairs if model is Encoding.DENSE)
@@ -249,3 +320,79 @@ def test_algorithms_without_quantized_models_have_nothing_to_choose() -> None:
         assert "adaptive_coding" not in simulate(config, load_bundled_a9a(), 2).summary()
     config = TrainConfig(algorithm="model-only", epochs=1, updates_per_epoch=200, adaptive_coding=True)
     assert simulate(config, load_bundled_a9a(), 2).summary()["adaptive_coding"]["windows_rice"] >= 1
+
+
+def worker_answers(adaptive: bool, model_codings: list[bool]) -> list[tuple[Encoding, Encoding]]:
+    """A worker session driven by a hand-held master connection: for each MODEL sent Rice-coded
+    (True) or at fixed width (False), the encodings of that MODEL and of the GRADIENT answering it,
+    as the master's connection decoded them."""
+    data = load_bundled_a9a()
+    part = data.rows(np.arange(512))
+    config = TrainConfig(algorithm="asylpg", bits=4, adaptive_coding=adaptive)
+    session = WorkerSession(part.features, part.labels, name="w", classes=2)
+    master = MasterConnection()
+    exchange = lambda: session.receive_data(master.data_to_send(), 0.0)  # noqa: E731
+    master.receive_data(session.data_to_send(), 0.0)
+    assert isinstance(master.next_event(), Hello)
+    master.send(Welcome(version=1, worker_id=0, encodings=ALL_ENCODINGS), 0.0)
+    master.send(ConfigMessage(dim=123, algorithm="asylpg", params=config.to_params()), 0.0)
+    snapshot = np.zeros(123)
+    master.send(Snapshot(epoch=0, vector=full_precision(snapshot)), 0.0)
+    exchange()
+    master.receive_data(session.data_to_send(), 0.0)
+    assert isinstance(master.next_event(), SnapshotGradient)
+    rng = np.random.default_rng(5)
+    pairs = []
+    for version, rice in enumerate(model_codings):
+        # A model near the snapshot: mostly small codes, which Rice-code smaller than fixed width.
+        payload = quantize_model(rng.standard_normal(123) * 1e-2, snapshot, 0.5, rng)
+        assert isinstance(payload.vector, DenseQuantized)
+        master.dense_rice = rice
+        master.send(
+            ModelMessage(epoch=0, version=version, vector=payload.vector, relative=payload.relative), 0.0
+        )
+        exchange()
+        sent = session.connection.last_received_encoding
+        master.receive_data(session.data_to_send(), 0.0)
+        assert isinstance(master.next_event(), Gradient)
+        assert sent is not None and master.last_received_encoding is not None
+        pairs.append((sent, master.last_received_encoding))
+    return pairs
+
+
+def test_a_worker_of_an_adaptive_run_answers_in_the_coding_of_the_model() -> None:
+    codings = [True, False, False, True, False, True]
+    pairs = worker_answers(True, codings)
+    models = [Encoding.DENSE_RICE if rice else Encoding.DENSE for rice in codings]
+    assert [model for model, _ in pairs] == models
+    assert [gradient for _, gradient in pairs] == models
+
+
+def test_a_worker_of_another_run_rice_codes_whatever_the_model_came_in() -> None:
+    pairs = worker_answers(False, [True, False, False, True])
+    assert {gradient for _, gradient in pairs} == {Encoding.DENSE_RICE}
+    assert Encoding.DENSE in {model for model, _ in pairs}
+
+
+@pytest.mark.parametrize("overrides", [{"adaptive_coding": True}, {"entropy_coding": False}])
+def test_the_coding_experiment_sets_each_variants_coding_whatever_the_command_says(
+    overrides: dict[str, bool], tmp_path: Path
+) -> None:
+    """``aiodq experiment coding --adaptive-coding`` or ``--no-entropy-coding``: the same four variants."""
+    from aiodq.lab.coding import VARIANTS  # noqa: PLC0415 - the lab extra
+    from aiodq.lab.runs import Context  # noqa: PLC0415
+
+    context = Context(data=None, out=tmp_path, quick=True, overrides=overrides, log=lambda _: None)
+    (spec,) = context.specs()
+    dataset, _, _ = context.load(spec)
+    codings = {
+        name: (config.algorithm, config.entropy_coding, config.adaptive_coding)
+        for name, _, fields in VARIANTS
+        for config in [context.config(spec, dataset, **fields)]
+    }
+    assert codings == {
+        "asyfpg": ("asyfpg", True, False),
+        "rice": ("asylpg", True, False),
+        "fixed": ("asylpg", False, False),
+        "adaptive": ("asylpg", True, True),
+    }
