@@ -23,12 +23,14 @@ How (with ``TrainConfig.adaptive_coding``, docs/algorithms.md 10):
   ``max_explore_every`` windows; a change of choice resets it.  So a change that makes
   the other choice the faster is followed at the next probe, at most
   ``max_explore_every`` windows later; one that slows the current choice down past the
-  other's last measurement, after two of its windows (the median of three).
+  other's median, as soon as its own median passes it (after at most two windows).  A
+  probe is judged on its one window.
 - A window counts only updates coded as chosen: after a change of choice, the updates
   whose messages were coded the old way (one per worker, in flight when it changed)
   restart the window instead of entering it.  A pause that is not the coding's doing (a
   snapshot phase) restarts it too (:meth:`CodingChooser.interrupt`), and so does a
-  clock that goes backwards.
+  clock that goes backwards.  A change in the number of workers changes the pace of
+  both choices: everything measured is forgotten (:meth:`CodingChooser.forget`).
 
 The master applies the choice to the MODEL messages it sends; a worker of an adaptive
 run answers each model in the coding the model came in (DENSE_RICE or DENSE), so one
@@ -82,6 +84,9 @@ class CodingChooser:
         self.switches = 0
         #: Calls of :meth:`interrupt`.
         self.interruptions = 0
+        #: Calls of :meth:`forget`.
+        self.forgotten = 0
+        self._workers: int | None = None  # the number of workers the windows were measured with
         self._start: float | None = None  # when the current window's first update was applied
         self._last: float | None = None  # when the last update was applied
         self._count = 0  # updates applied in the current window after its first
@@ -91,15 +96,25 @@ class CodingChooser:
 
     @property
     def preferred(self) -> bool:
-        """The choice the measurements favour: the one in use, except during a probe."""
+        """The choice the measurements favour: the one in use, except during a probe.
+
+        Rice coding until both choices have been measured (so also while fixed width is first
+        tried).
+        """
         return self._best()
 
-    def applied(self, now: float, *, rice: bool | None = None) -> None:
+    def applied(self, now: float, *, rice: bool | None = None, workers: int | None = None) -> None:
         """An update was applied at ``now`` (seconds, any origin).
 
         ``rice`` says how the messages of this update were coded (None: as chosen now); an
         update coded otherwise, in flight when the choice changed, restarts the window.
+        ``workers``, the number of workers now (None: not known), sets the pace too: when it
+        changes, what was measured before no longer holds and is forgotten (:meth:`forget`).
         """
+        if workers is not None and workers != self._workers:
+            if self._workers is not None:
+                self.forget()
+            self._workers = workers
         backwards, self._last = self._last is not None and now < self._last, now
         if rice is not None and rice != self.rice:
             self._start = None  # the window starts at the next update coded as chosen
@@ -121,6 +136,16 @@ class CodingChooser:
         self.windows[self.rice] += 1
         self._decide()
 
+    def forget(self) -> None:
+        """Start measuring afresh (the number of workers changed): both choices' windows are dropped.
+
+        The current choice stays; after its next window, the other is tried again.
+        """
+        for paces in self.paces.values():
+            paces.clear()
+        self._start, self._since, self._wait, self._probing = None, 0, self.explore_every, False
+        self.forgotten += 1
+
     def interrupt(self) -> None:
         """A pause that the coding did not cause (a snapshot phase): the current window restarts."""
         self._start = None
@@ -140,6 +165,7 @@ class CodingChooser:
             "windows_rice": self.windows[True],
             "windows_fixed": self.windows[False],
             "interruptions": self.interruptions,
+            "forgotten": self.forgotten,
             "ms_per_update_rice": _ms(self.median(True)),
             "ms_per_update_fixed": _ms(self.median(False)),
         }

@@ -122,6 +122,8 @@ class Connection(SessionRules):
         self._dense_rice = self._config.dense_rice
         #: The encoding of the last vector received, or None before the first.
         self.last_received_encoding: Encoding | None = None
+        #: The encoding of the last vector sent, or None before the first.
+        self.last_sent_encoding: Encoding | None = None
 
     # -- properties -----------------------------------------------------------
 
@@ -363,6 +365,8 @@ class Connection(SessionRules):
             raise LocalProtocolError(str(exc), ErrorCode.PROTOCOL_ERROR) from exc
         self._out.append(data)
         self._count(self.bytes_sent, self.messages_sent, message_type, len(data) - HEADER_SIZE)
+        if plan is not None:
+            self.last_sent_encoding = plan.encoding
         if plan is not None and plan.payload_bits:
             name = message_type.name
             self.payload_bits_sent[name] = self.payload_bits_sent.get(name, 0) + plan.payload_bits

@@ -458,7 +458,7 @@ class Coordinator:
     def _send_model(self, worker: Member, now: float) -> None:
         state = self.state
         if self._coding is not None:  # an adaptive run: Rice-code while it is the faster (adaptive.py)
-            worker.connection.dense_rice = worker.sent_rice = self._coding.rice
+            worker.connection.dense_rice = self._coding.rice
         vector, relative = state.model_message()
         # What the worker rebuilds equals x_snap (so a ZERO answer is plausible, guard.py).
         worker.model_equals_snapshot = isinstance(vector, EqualsSnapshot) or (
@@ -467,6 +467,7 @@ class Coordinator:
         )
         message = ModelMessage(epoch=state.epoch, version=state.version, vector=vector, relative=relative)
         worker.connection.send(message, now)
+        worker.model_sent(worker.connection.last_sent_encoding)  # (what its answer will be coded as)
 
     def _gradient(self, worker_id: int, worker: Member, event: Gradient, now: float) -> None:
         state = self.state
@@ -485,7 +486,7 @@ class Coordinator:
         if outcome.applied:
             self.guard.applied(outcome.norm)
             if self._coding is not None:
-                self._coding.applied(now, rice=worker.sent_rice)  # (a worker answers in kind)
+                self._coding.applied(now, rice=worker.sent_rice, workers=self.live_workers)
             for member in self._workers.values():
                 member.refused = 0
             self._divergence.applied()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..codec.events import SnapshotGradient
+from ..codec.registry import Encoding
 from .connection import MasterConnection
 
 __all__ = ["Member", "Phase"]
@@ -48,5 +49,11 @@ class Member:
     snapshot_sent_at: float = 0.0
     #: The shard index its HELLO claimed (None: it claimed none).
     shard: int | None = None
-    #: In an adaptive run, whether the MODEL it must answer went Rice-coded (adaptive.py).
+    #: In an adaptive run, whether its answer to the MODEL it must answer comes Rice-coded: the
+    #: coding of the last MODEL it got as DENSE_RICE or DENSE, as the worker keeps it (session.py).
     sent_rice: bool = True
+
+    def model_sent(self, encoding: Encoding | None) -> None:
+        """Note the encoding a MODEL went in: a DENSE_RICE or DENSE one sets the coding of the answer."""
+        if encoding in (Encoding.DENSE, Encoding.DENSE_RICE):
+            self.sent_rice = encoding is Encoding.DENSE_RICE

@@ -35,6 +35,7 @@ from aiodq.data import load_bundled_a9a
 from aiodq.protocol.adaptive import CodingChooser
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.connection import MasterConnection
+from aiodq.protocol.members import Member
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import build_cluster
 
@@ -396,3 +397,37 @@ def test_the_coding_experiment_sets_each_variants_coding_whatever_the_command_sa
         "fixed": ("asylpg", False, False),
         "adaptive": ("asylpg", True, True),
     }
+
+
+def test_a_change_in_the_number_of_workers_starts_the_measurement_afresh() -> None:
+    chooser = CodingChooser(window=4)
+    now = 0.0
+    for _ in range(3 * 5):  # windows 1-3 with 4 workers: Rice (2 s), the try of fixed width (1 s), fixed
+        chooser.applied(now, workers=4)
+        now += SLOW if chooser.rice else FAST
+    assert chooser.rice is False and chooser.windows == {True: 1, False: 2}
+    chooser.applied(now, workers=3)  # one worker gone: the paces measured with four no longer hold
+    assert chooser.paces == {True: deque(), False: deque()} and chooser.forgotten == 1
+    assert chooser.rice is False  # the current choice stays
+    for _ in range(5):  # its next window, with three workers
+        now += FAST
+        chooser.applied(now, workers=3)
+    assert list(chooser.paces[False]) == [FAST] and chooser.rice is True  # then Rice is tried again
+    chooser.applied(now + 1.0, workers=3)
+    assert chooser.forgotten == 1  # an unchanged count forgets nothing
+
+
+def test_a_member_answers_in_the_coding_of_the_last_dense_model_it_got() -> None:
+    member = Member(MasterConnection())
+    assert member.sent_rice is True
+    for encoding, expected in [
+        (Encoding.DENSE, False),
+        (Encoding.RAW_F32, False),  # a raw model: the worker keeps its coding
+        (Encoding.EQUALS_SNAPSHOT, False),
+        (Encoding.DENSE_RICE, True),
+        (None, True),
+        (Encoding.ZERO, True),
+        (Encoding.DENSE, False),
+    ]:
+        member.model_sent(encoding)
+        assert member.sent_rice is expected
