@@ -83,7 +83,9 @@ def experiment_coding(context: Context) -> dict[str, Any]:
     out = context.out / "coding"
     reason = None if context.quick else netlab.namespaces_unavailable()
     links = [] if context.quick or reason else [netlab.Link(1000.0), netlab.Link(100.0)]
-    places = ["127.0.0.1", *(link.describe() for link in links)]
+    # Where each run goes: 127.0.0.1 (no link), then each shaped link, named by its description.
+    where: list[tuple[str, netlab.Link | None]] = [("127.0.0.1", None), *((k.describe(), k) for k in links)]
+    places = [place for place, _ in where]
     report: dict[str, Any] = {"places": places, "network_skipped": reason, "datasets": {}}
     lines = ["# Coding and time to target", ""]
     if reason:
@@ -96,14 +98,13 @@ def experiment_coding(context: Context) -> dict[str, Any]:
         runner = local_runner(dataset, path, records_per_epoch=spec.records_per_epoch)
         runs: dict[tuple[str, str], list[RunResult]] = {}
         for seed in range(context.repeats):
-            for place in places:
+            for place, link in where:
                 for name, _, fields in VARIANTS:
                     base = context.config(spec, dataset, **fields)
                     config = replace(base, seed=base.seed + seed)
-                    if place == "127.0.0.1":
+                    if link is None:
                         run = runner(config, 4)
                     else:
-                        link = next(link for link in links if link.describe() == place)
                         folder = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit-{seed}"
                         run = network_run(config, spec, dataset, path, link=link, out=folder)
                     runs.setdefault((place, name), []).append(run)

@@ -195,6 +195,10 @@ def measure_round_trip(lab: NetLab, src: int, dst: int, count: int = 5) -> tuple
 # -- clusters -------------------------------------------------------------------------
 
 
+#: TrainConfig booleans ``aiodq master`` takes as switches (``--no-entropy-coding``, ``--adaptive-coding``).
+_SWITCHES = ("entropy_coding", "adaptive_coding")
+
+
 def _training_flags(config: TrainConfig) -> list[str]:
     """``aiodq master`` options that reproduce ``config``.
 
@@ -205,10 +209,7 @@ def _training_flags(config: TrainConfig) -> list[str]:
     flags: list[str] = []
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
-        if field.name in (
-            "entropy_coding",
-            "adaptive_coding",
-        ):  # switches: --no-entropy-coding, --adaptive-coding
+        if field.name in _SWITCHES:
             if value != getattr(defaults, field.name):
                 flags.append(f"--{'' if value else 'no-'}{field.name.replace('_', '-')}")
             continue

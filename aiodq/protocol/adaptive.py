@@ -3,8 +3,8 @@
 DENSE_RICE (wire-format.md 5.8) sends the same codes as DENSE in fewer bytes and more
 CPU time: it pays on a slow link and costs time on a fast one, where the cores are the
 bottleneck (docs/results.md, "Adaptive coding": AsyLPG on debdesc, 4 workers on
-127.0.0.1, took 0.86 to 0.98 ms per applied update with Rice-coded messages and 0.66 to
-0.77 ms with fixed-width ones).  The coding is lossless: the values, and so the
+127.0.0.1, took 0.83 to 1.03 ms per applied update with Rice-coded messages and 0.67 to
+0.70 ms with fixed-width ones).  The coding is lossless: the values, and so the
 optimisation, are the same either way, and what the choice changes is the wall time per
 applied update (and, through it, which gradients arrive how stale).
 :class:`CodingChooser` measures that time for each choice and keeps the faster one.
@@ -42,7 +42,21 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
-__all__ = ["CodingChooser"]
+from ..codec.registry import Encoding
+
+__all__ = ["CodingChooser", "answer_coding"]
+
+
+def answer_coding(model_encoding: Encoding | None, rice: bool) -> bool:
+    """Whether a worker of an adaptive run answers Rice-coded, after a MODEL in ``model_encoding``.
+
+    A MODEL as DENSE_RICE or DENSE sets the answer's coding; any other (or none) leaves ``rice``,
+    the coding it answered in before.  The worker applies this rule, and the master applies it
+    too, to know how each answer will be coded.
+    """
+    if model_encoding in (Encoding.DENSE, Encoding.DENSE_RICE):
+        return model_encoding is Encoding.DENSE_RICE
+    return rice
 
 
 class CodingChooser:

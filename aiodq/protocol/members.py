@@ -7,6 +7,7 @@ from enum import Enum
 
 from ..codec.events import SnapshotGradient
 from ..codec.registry import Encoding
+from .adaptive import answer_coding
 from .connection import MasterConnection
 
 __all__ = ["Member", "Phase"]
@@ -55,5 +56,4 @@ class Member:
 
     def model_sent(self, encoding: Encoding | None) -> None:
         """Note the encoding a MODEL went in: a DENSE_RICE or DENSE one sets the coding of the answer."""
-        if encoding in (Encoding.DENSE, Encoding.DENSE_RICE):
-            self.sent_rice = encoding is Encoding.DENSE_RICE
+        self.sent_rice = answer_coding(encoding, self.sent_rice)

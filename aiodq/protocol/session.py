@@ -26,10 +26,10 @@ from ..codec.events import (
     SnapshotGradient,
     Welcome,
 )
-from ..codec.registry import Encoding
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
 from ..errors import DataError, ErrorCode, RemoteProtocolError
+from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
 from .dataset import as_samples, class_count, labels_for
@@ -188,10 +188,9 @@ class WorkerSession:
             state.set_full_gradient(event.vector.values)
         else:
             vector = state.gradient_message(event.vector, event.relative)
-            received = self.connection.last_received_encoding
-            if state.config.adaptive_coding and received in (Encoding.DENSE, Encoding.DENSE_RICE):
-                # The master chose the coding by measured pace (adaptive.py): answer in kind.
-                self.connection.dense_rice = received is Encoding.DENSE_RICE
+            if state.config.adaptive_coding:  # the master chose the coding by measured pace: answer in kind
+                received = self.connection.last_received_encoding
+                self.connection.dense_rice = answer_coding(received, self.connection.dense_rice)
             self.connection.send(Gradient(epoch=event.epoch, version=event.version, vector=vector), now)
             self.gradients_sent += 1
             self._may_prepare = True
