@@ -92,8 +92,11 @@ def _short_run_ends(runs: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     totals = (within >> np.uint64(56)).astype(np.int64)
     starts = np.cumsum(totals)
     starts -= totals + 1  # exclusive prefix, and the -1 of cumsum(runs + 1) - 1
-    ends = within.view(np.uint8).reshape(-1, 8) + starts[:, np.newaxis]
-    result: npt.NDArray[np.int64] = ends.reshape(-1)[:count]
+    # Each group's start repeated for its eight words, then the bytes added in place: about
+    # half the time of one broadcast sum of the (groups, 8) bytes and the starts into int64.
+    ends = np.repeat(starts, 8)
+    ends += within.view(np.uint8)
+    result: npt.NDArray[np.int64] = ends[:count]
     return result
 
 

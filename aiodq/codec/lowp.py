@@ -12,6 +12,7 @@ as the dither array itself, so a rounding can be written down as a test vector.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -72,17 +73,25 @@ def check_finite(values: npt.NDArray[Any], what: str = "input") -> tuple[float, 
     low, high = math.inf, -math.inf
     for start in range(0, values.shape[0], step):
         block = values[start : start + step]
-        block_low, block_high = float(block.min()), float(block.max())
+        # The ufuncs' reductions themselves: the ndarray methods add a Python-level wrapper.
+        block_low, block_high = float(np.minimum.reduce(block)), float(np.maximum.reduce(block))
         if not (math.isfinite(block_low) and math.isfinite(block_high)):
             raise NonFiniteError(f"{what} contains NaN or infinite values")
         low, high = min(low, block_low), max(high, block_high)
     return low, high
 
 
+#: The largest finite float32.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def float32_at_least(value: float) -> float:
     """Return the smallest float32 that is ``>= value`` (inf beyond the float32 range)."""
-    with np.errstate(over="ignore"):
+    if -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # the common case: the conversion cannot overflow
         rounded = np.float32(value)
+    else:
+        with np.errstate(over="ignore"):
+            rounded = np.float32(value)
     if float(rounded) < value:
         rounded = np.nextafter(rounded, np.float32(np.inf))
     return float(rounded)
@@ -90,8 +99,11 @@ def float32_at_least(value: float) -> float:
 
 def float32_at_most(value: float) -> float:
     """Return the largest float32 that is ``<= value`` (for ``value >= 0``)."""
-    with np.errstate(over="ignore"):
+    if -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
         rounded = np.float32(value)
+    else:
+        with np.errstate(over="ignore"):
+            rounded = np.float32(value)
     if float(rounded) > value:
         rounded = np.nextafter(rounded, np.float32(0))
     return float(rounded)
@@ -129,6 +141,9 @@ def _raw_dither(bit_generator: np.random.BitGenerator, count: int) -> npt.NDArra
     words = bit_generator.random_raw((count + 3) // 4)
     return np.asarray(words, dtype=np.uint64).view(np.uint16)[:count]
 
+
+#: The context of a loop that needs no change of numpy's error state.
+_NOTHING = contextlib.nullcontext()
 
 #: Coordinates per block of :func:`_dither_blocks`.  A block's temporaries (about ten bytes
 #: per coordinate) fit the L2 cache; a multiple of 4, so blocks start on a raw word.
@@ -169,7 +184,9 @@ def _dither_blocks(
     scaled_block = np.empty(min(_BLOCK, count), dtype=float_type)
     factor, unit = float_type(scale), float_type(1.0 / _DITHER_SCALE)
     bottom, top = low * _DITHER_SCALE, high * _DITHER_SCALE
-    with np.errstate(over="ignore"):  # huge values overflow to inf, which the clip brings back
+    # Huge values overflow to inf, which the clip brings back; without the clip nothing overflows
+    # (:func:`_needs_clip` checked the largest value), and numpy's error state is left alone.
+    with np.errstate(over="ignore") if clip else _NOTHING:
         for start in range(0, count, _BLOCK):
             stop = min(start + _BLOCK, count)
             scaled = scaled_block[: stop - start]
@@ -195,9 +212,18 @@ def _needs_clip(largest: float, scale: float, low: int, high: int) -> bool:
     the largest scaled value a unit past it, so this is checked on that one value
     (the rounding is monotonic) instead of clipping every value.
     """
-    narrow = high - low < 256 and scale < _FLOAT32_SAFE
-    with np.errstate(over="ignore"):
-        peak = float(np.float32(largest) * np.float32(scale)) if narrow else largest * scale
+    if high - low < 256 and scale < _FLOAT32_SAFE:
+        if not (largest <= _FLOAT32_MAX and scale <= _FLOAT32_MAX):
+            return True
+        # The product of two float32 values is exact in float64 (48 significant bits), so
+        # rounding it once to float32 gives the float32 product; beyond the float32 range it
+        # would be inf or the largest float32, far past any code range: clip.
+        product = float(np.float32(largest)) * float(np.float32(scale))
+        if product > _FLOAT32_MAX:
+            return True
+        peak = float(np.float32(product))
+    else:
+        peak = largest * scale
     return not (low * _DITHER_SCALE <= -peak and peak <= high * _DITHER_SCALE)
 
 
@@ -333,7 +359,7 @@ def quantize_gradient(
     if bits < 2:
         raise ValueError(f"bits must be between 2 and 16, got {bits}")
     alpha = np.asarray(gradient)
-    if not np.issubdtype(alpha.dtype, np.floating):
+    if alpha.dtype.kind != "f":
         alpha = alpha.astype(np.float64)
     low, high = check_finite(alpha, "gradient")
     largest = max(-low, high)
@@ -341,8 +367,9 @@ def quantize_gradient(
         return ZeroVector(alpha.shape[0])
     delta, codes = _quantize_to_range(alpha, largest, bits, rng, bounded=True)
     # The largest coordinate sits on the top code; only b = 2 (top code 1) can
-    # round every coordinate to 0, with probability below 2**-16.
-    if not codes.any():
+    # round every coordinate to 0, with probability below 2**-16.  From b = 3 on it
+    # rounds to at least top - 1 >= 2, so the codes need no pass to tell.
+    if bits == 2 and not codes.any():
         return ZeroVector(alpha.shape[0])
     return DenseQuantized._trusted(bits, delta, codes)
 
@@ -373,7 +400,7 @@ def _quantize_to_range(
     delta = float32_at_least(largest / top)
     if delta == 0.0:
         delta = float(np.nextafter(np.float32(0), np.float32(1)))
-    if not math.isfinite(delta) or delta > float(np.finfo(np.float32).max):
+    if not math.isfinite(delta) or delta > _FLOAT32_MAX:
         raise ValueError("values exceed the float32 range of the scale")
     # Callers have checked the values (finite, one-dimensional): no second pass.
     codes = _codes(values, delta, bits, rng.bit_generator, True, largest=largest if bounded else None)
@@ -466,15 +493,18 @@ def quantize_model(
     relative = centre == "snapshot"
     target = difference if relative else x
     magnitude = np.abs(target)
-    largest = float(magnitude.max())
+    largest = float(np.maximum.reduce(magnitude))
     if largest == 0.0:  # zero-centred and x = 0
         return ModelPayload(ZeroVector(d), relative=False)
-    delta = _grid_step(d, mu, norm2, float(magnitude.sum()))
+    delta = _grid_step(d, mu, norm2, float(np.add.reduce(magnitude)))
     bits = math.ceil(math.log2(largest / delta + 1.0)) + 1 if delta > 0 else max_bits + 1
     if bits > max_bits or not math.isfinite(largest / delta):
         return ModelPayload(RawVector(target.astype(np.float32)), relative)
     codes = _codes(target, delta, bits, rng.bit_generator, True, largest=largest)
-    if not codes.any():
+    # With largest / delta >= 2 the largest coordinate rounds to a code of magnitude at least 1
+    # (its scaled value is within float32 rounding of 2 or more, its dither only rounds it up or
+    # down by less than one), so only a smaller ratio needs the pass over the codes.
+    if largest / delta < 2.0 and not codes.any():
         # Every coordinate rounded to zero: the canonical forms of that value.
         return ModelPayload(EqualsSnapshot(d) if relative else ZeroVector(d), relative=False)
     return ModelPayload(DenseQuantized._trusted(bits, delta, codes), relative)

@@ -119,7 +119,7 @@ def unpack(data: bytes | memoryview, count: int, width: int, *, signed: bool) ->
         values = _unpack_words(raw, count, width)
     else:
         values = _unpack_bits(raw, count, width)
-    values = values.astype(np.uint8 if narrow else np.uint16)
+    values = values.astype(np.uint8 if narrow else np.uint16, copy=False)  # each path returns a new array
     if signed:
         # Sign-extend the two's complement field: (v ^ half) - half, computed
         # modulo 2**8 or 2**16, is the signed value's bit pattern.
@@ -276,12 +276,13 @@ def _leading_bytes(width: int) -> np.dtype[np.void]:
 def _unpack_narrow(raw: npt.NDArray[np.uint8], count: int, width: int) -> _IntArray:
     """Unpack codes of 3 to 7 bits: the folds of :func:`_pack_narrow` undone in reverse order."""
     groups = -(-count // 8)
-    staged = np.zeros(groups * 8, dtype=np.uint8)
-    whole = raw.shape[0] // width
-    staged[: whole * 8].view(_leading_bytes(width))["v"] = raw[: whole * width].view(f"V{width}")
-    tail = raw[whole * width :]
-    staged[whole * 8 : whole * 8 + tail.shape[0]] = tail
-    words = staged.view("<u8")
+    # Group g is the `width` bytes from g * width.  Read each as the low bytes of a little-endian
+    # uint64 through a view whose items start `width` bytes apart (so they overlap: reading is
+    # safe), from a copy padded so the last read stays inside; a mask clears the next group's bytes.
+    staged = np.zeros(groups * width + 8, dtype=np.uint8)
+    staged[: raw.shape[0]] = raw
+    overlapping = np.ndarray((groups,), dtype="<u8", buffer=staged, strides=(width,))
+    words = np.bitwise_and(overlapping, np.uint64((1 << (8 * width)) - 1))
     bits = 4 * width
     for _, _, lane in reversed(_FOLDS):
         # Each 2 * lane-bit lane holds two fields of `bits` bits: keep the lower one
