@@ -366,10 +366,11 @@ def quantize_gradient(
     if largest == 0.0:
         return ZeroVector(alpha.shape[0])
     delta, codes = _quantize_to_range(alpha, largest, bits, rng, bounded=True)
-    # The largest coordinate sits on the top code; only b = 2 (top code 1) can
-    # round every coordinate to 0, with probability below 2**-16.  From b = 3 on it
-    # rounds to at least top - 1 >= 2, so the codes need no pass to tell.
-    if bits == 2 and not codes.any():
+    # The largest coordinate sits on the top code, unless delta is the smallest float32
+    # (a gradient below 2**-149); with largest / delta >= 2 its code is nonzero whatever its
+    # dither (see quantize_model), so only b = 2 (top code 1, probability below 2**-16) and
+    # such tiny gradients can round every coordinate to 0 and need the pass to tell.
+    if largest / delta < 2.0 and not codes.any():
         return ZeroVector(alpha.shape[0])
     return DenseQuantized._trusted(bits, delta, codes)
 

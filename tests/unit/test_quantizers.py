@@ -430,6 +430,23 @@ def test_gradient_zero_is_zero_vector(d: int) -> None:
         assert quantize_gradient(zero, 8, np.random.default_rng(0)) == ZeroVector(d)
 
 
+@pytest.mark.parametrize("bits", [3, 4, 8, 16])
+def test_gradient_below_the_smallest_float32_rounds_to_zero_vector(bits: int) -> None:
+    """A gradient whose largest value is below 2**-149 gets delta = 2**-149 (the smallest float32).
+
+    Its largest coordinate is then less than one grid step, so it rounds to 0 with
+    probability 1 - 1e-46 / 2**-149 (about 93 %) whatever b: every coordinate rounds to 0
+    in most draws, and such a draw must come back as the zero vector, never as a DENSE
+    vector of zero codes (wire-format.md: the zero vector is sent as ZERO).
+    """
+    gradient = np.array([1e-46, 0.0, -5e-47])
+    results = [quantize_gradient(gradient, bits, np.random.default_rng(seed)) for seed in range(64)]
+    zeros = [q for q in results if isinstance(q, ZeroVector)]
+    assert zeros, "no draw rounded every coordinate to zero"
+    for q in results:
+        assert isinstance(q, ZeroVector) or (isinstance(q, DenseQuantized) and q.codes.any())
+
+
 def test_gradient_accepts_integer_and_float32_input() -> None:
     """algorithms.md 3: integer and float32 gradients are quantized like float64 ones."""
     q = quantize_gradient([127, -127, 0], 8, np.random.default_rng(0))
@@ -597,6 +614,22 @@ def test_model_equal_to_snapshot(d: int, centre: str) -> None:
     assert payload.vector == EqualsSnapshot(d)
     zero = quantize_model(np.zeros(d), -np.zeros(d), 0.5, np.random.default_rng(0), centre=centre)
     assert zero.vector == EqualsSnapshot(d)
+
+
+def test_model_rounded_to_zero_is_equals_snapshot() -> None:
+    """algorithms.md 4: a draw that rounds every coordinate of x - x_snap to 0 is sent as EQUALS_SNAPSHOT.
+
+    With d = 1, mu = 0.5 and v = x - x_snap = 0.25: delta_x = max(2 sqrt(0.5) 0.25, 0.5 * 0.25**2 / 0.25)
+    = 0.3536 (rounded down to a float32), so v / delta_x = 0.7071 and the one code is 1 with
+    probability 0.7071, else 0: over 64 draws both happen (a miss has probability below 1e-9),
+    and a zero code never travels as a DENSE vector.
+    """
+    payloads = [quantize_model([1.25], [1.0], 0.5, np.random.default_rng(seed)) for seed in range(64)]
+    assert any(p.vector == EqualsSnapshot(1) and not p.relative for p in payloads)
+    quantized = [p for p in payloads if isinstance(p.vector, DenseQuantized)]
+    assert quantized, "no draw rounded up"
+    for p in quantized:
+        assert p.relative and p.vector.codes.tolist() == [1]
 
 
 @pytest.mark.parametrize("d", [1, 9])
