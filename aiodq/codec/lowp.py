@@ -85,13 +85,17 @@ def check_finite(values: npt.NDArray[Any], what: str = "input") -> tuple[float, 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _nearest_float32(value: float) -> np.float32:
+    """``value`` rounded to the nearest float32 (inf beyond its range), without an overflow warning."""
+    if -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # the common case: the conversion cannot overflow
+        return np.float32(value)
+    with np.errstate(over="ignore"):
+        return np.float32(value)
+
+
 def float32_at_least(value: float) -> float:
     """Return the smallest float32 that is ``>= value`` (inf beyond the float32 range)."""
-    if -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # the common case: the conversion cannot overflow
-        rounded = np.float32(value)
-    else:
-        with np.errstate(over="ignore"):
-            rounded = np.float32(value)
+    rounded = _nearest_float32(value)
     if float(rounded) < value:
         rounded = np.nextafter(rounded, np.float32(np.inf))
     return float(rounded)
@@ -99,11 +103,7 @@ def float32_at_least(value: float) -> float:
 
 def float32_at_most(value: float) -> float:
     """Return the largest float32 that is ``<= value`` (for ``value >= 0``)."""
-    if -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
-        rounded = np.float32(value)
-    else:
-        with np.errstate(over="ignore"):
-            rounded = np.float32(value)
+    rounded = _nearest_float32(value)
     if float(rounded) > value:
         rounded = np.nextafter(rounded, np.float32(0))
     return float(rounded)
@@ -213,7 +213,7 @@ def _needs_clip(largest: float, scale: float, low: int, high: int) -> bool:
     (the rounding is monotonic) instead of clipping every value.
     """
     if high - low < 256 and scale < _FLOAT32_SAFE:
-        if not (largest <= _FLOAT32_MAX and scale <= _FLOAT32_MAX):
+        if not largest <= _FLOAT32_MAX:  # (scale is below _FLOAT32_SAFE here)
             return True
         # The product of two float32 values is exact in float64 (48 significant bits), so
         # rounding it once to float32 gives the float32 product; beyond the float32 range it
@@ -335,6 +335,16 @@ def quantize(
     return quantize_with_dither(v, delta, bits, dither, symmetric=symmetric)
 
 
+def _rounded_to_zero(codes: npt.NDArray[Any], largest: float, delta: float) -> bool:
+    """True if every code is 0, for codes quantized with grid step ``delta`` from values up to ``largest``.
+
+    With ``largest / delta >= 2`` the largest value's code has magnitude at least 1 (its scaled
+    value is within float32 rounding of 2 or more, and its dither rounds it up or down by less
+    than one), so only a smaller ratio needs the pass over the codes.
+    """
+    return largest / delta < 2.0 and not codes.any()
+
+
 def quantize_gradient(
     gradient: npt.ArrayLike, bits: int, rng: np.random.Generator
 ) -> DenseQuantized | ZeroVector:
@@ -366,11 +376,10 @@ def quantize_gradient(
     if largest == 0.0:
         return ZeroVector(alpha.shape[0])
     delta, codes = _quantize_to_range(alpha, largest, bits, rng, bounded=True)
-    # The largest coordinate sits on the top code, unless delta is the smallest float32
-    # (a gradient below 2**-149); with largest / delta >= 2 its code is nonzero whatever its
-    # dither (see quantize_model), so only b = 2 (top code 1, probability below 2**-16) and
-    # such tiny gradients can round every coordinate to 0 and need the pass to tell.
-    if largest / delta < 2.0 and not codes.any():
+    # The largest coordinate sits on the top code (unless delta is the smallest float32, for a
+    # gradient below 2**-149): only b = 2 (top code 1, probability below 2**-16) and such
+    # tiny gradients can round every coordinate to 0.
+    if _rounded_to_zero(codes, largest, delta):
         return ZeroVector(alpha.shape[0])
     return DenseQuantized._trusted(bits, delta, codes)
 
@@ -502,10 +511,7 @@ def quantize_model(
     if bits > max_bits or not math.isfinite(largest / delta):
         return ModelPayload(RawVector(target.astype(np.float32)), relative)
     codes = _codes(target, delta, bits, rng.bit_generator, True, largest=largest)
-    # With largest / delta >= 2 the largest coordinate rounds to a code of magnitude at least 1
-    # (its scaled value is within float32 rounding of 2 or more, its dither only rounds it up or
-    # down by less than one), so only a smaller ratio needs the pass over the codes.
-    if largest / delta < 2.0 and not codes.any():
+    if _rounded_to_zero(codes, largest, delta):
         # Every coordinate rounded to zero: the canonical forms of that value.
         return ModelPayload(EqualsSnapshot(d) if relative else ZeroVector(d), relative=False)
     return ModelPayload(DenseQuantized._trusted(bits, delta, codes), relative)
