@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         help="restart a worker process that fails, up to this many times in all (default 0: a failed "
         "worker fails the run)",
     )
+    run.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="--launcher local: run the workers this many nice steps below the master, which every "
+        "update passes through (0 to 19; default 4)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
         "--timeout", type=finite_float, default=3600.0, help="give up after this many seconds (default 3600)"
@@ -153,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         default=None,
         help="your objective as MODULE:NAME, as the master's --model (default: the built-in model it names)",
+    )
+    worker.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="lower this process's CPU priority by N nice steps (0 to 19), for a worker sharing cores "
+        "with its master (default 0)",
     )
     add_network_options(worker, master=False)
 

@@ -14,7 +14,16 @@ from rich.table import Table
 from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, UsageError, code_name
-from ..launch.local import load_data_or_fail, master_main, run_cluster, run_coroutine, worker_main
+from ..launch.local import (
+    DEFAULT_WORKER_NICE,
+    MAX_NICE,
+    load_data_or_fail,
+    lower_priority,
+    master_main,
+    run_cluster,
+    run_coroutine,
+    worker_main,
+)
 from ..launch.models import load_factory, objective_for, test_scores
 from ..launch.results import check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
@@ -141,6 +150,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--max-restarts must not be negative")
     if not args.worker_cpus > 0:
         raise UsageError("--worker-cpus must be positive")
+    if args.worker_nice is not None and args.launcher != "local":
+        raise UsageError("--worker-nice applies to --launcher local only")
+    worker_nice = DEFAULT_WORKER_NICE if args.worker_nice is None else args.worker_nice
+    if not 0 <= worker_nice <= MAX_NICE:
+        raise UsageError(f"--worker-nice must be between 0 and {MAX_NICE}")
     out = _output_folder(args.out)
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
@@ -173,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 master_config=master_config,
                 max_restarts=args.max_restarts,
+                worker_nice=worker_nice,
             )
         result = run_coroutine(launch)
     except RunError as exc:
@@ -258,6 +273,10 @@ def cmd_master(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``aiodq worker``: train on one shard for a remote master."""
     (host, port), (index, count) = rendezvous(args.connect, args.shard, os.environ)
+    try:
+        lower_priority(args.nice)
+    except ValueError as exc:
+        raise UsageError(f"--nice: {exc}") from exc
     try:
         dataset = load_data_or_fail(args.data)
     except RunError as exc:

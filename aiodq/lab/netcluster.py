@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunError
+from ..launch.local import DEFAULT_WORKER_NICE, MAX_NICE
 from ..launch.results import load_records
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -250,6 +251,7 @@ def run_cluster(
     record_every: int = 0,
     timeout: float = 1800.0,
     python: str = sys.executable,
+    worker_nice: int = DEFAULT_WORKER_NICE,
 ) -> tuple[dict[str, Any], list[ModelRecord]]:
     """Train with ``aiodq master`` and ``workers`` ``aiodq worker`` processes on a shaped :class:`NetLab`.
 
@@ -268,6 +270,9 @@ def run_cluster(
         record_every: Keep a model copy every N applied updates (0: none).
         timeout: Seconds for the whole run.
         python: Interpreter that runs ``-m aiodq``.
+        worker_nice: The workers' ``--nice``: the lab's hosts share this machine's cores, and
+            the master, which every update passes through, should not wait for one behind a
+            worker (as :func:`aiodq.run_local` does; 0 to 19).
 
     Returns:
         ``(summary, records)``: the master's summary with ``summary["network"]``
@@ -278,8 +283,10 @@ def run_cluster(
         NetLabError: if the lab cannot be built, a process fails or the run times out;
             every process is killed first and the message ends with the failing process's log.
     """
-    if workers < 1 or record_every < 0 or not timeout > 0:
-        raise ValueError("need workers >= 1, record_every >= 0 and timeout > 0")
+    if workers < 1 or record_every < 0 or not timeout > 0 or not 0 <= worker_nice <= MAX_NICE:
+        raise ValueError(
+            f"need workers >= 1, record_every >= 0, timeout > 0 and worker_nice in 0..{MAX_NICE}"
+        )
     flags = _training_flags(config)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +330,7 @@ def run_cluster(
                 time.sleep(0.05)
             for index in range(workers):
                 worker = ["worker", "--connect", address, "--shard", f"{index}/{workers}", *data_flags]
-                worker += ["--seed", str(config.seed), "--retry-for", "30"]
+                worker += ["--seed", str(config.seed), "--retry-for", "30", "--nice", str(worker_nice)]
                 start(lab, f"worker-{index}", index + 1, worker)
             while any(process.poll() is None for _, process, _ in processes):
                 for name, process, log in processes:

@@ -35,7 +35,10 @@ from .models import objective_for
 from .results import save_records
 
 __all__ = [
+    "DEFAULT_WORKER_NICE",
+    "MAX_NICE",
     "load_data_or_fail",
+    "lower_priority",
     "master_main",
     "run_cluster",
     "run_coroutine",
@@ -46,6 +49,29 @@ __all__ = [
 
 
 _log = logging.getLogger("aiodq.launch")
+
+#: How much lower a local cluster's workers run than its master (``nice`` steps): see :func:`run_local`.
+DEFAULT_WORKER_NICE = 4
+#: The largest ``nice`` increment that means anything (Linux clamps nice values at 19).
+MAX_NICE = 19
+
+
+def lower_priority(increment: int) -> None:
+    """Lower this process's CPU priority by ``increment`` nice steps (0: leave it).
+
+    For a worker that shares cores with its master: every update passes through the
+    master, so a worker's computation should not keep the master waiting for a core.
+
+    Raises:
+        ValueError: if ``increment`` is outside 0..19 or the platform has no ``os.nice``.
+    """
+    if not 0 <= increment <= MAX_NICE:
+        raise ValueError(f"a nice increment must be between 0 and {MAX_NICE}, got {increment}")
+    if not increment:
+        return
+    if not hasattr(os, "nice"):
+        raise ValueError("this platform cannot lower a process's priority (no os.nice)")
+    os.nice(increment)
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -103,7 +129,7 @@ def run_coroutine(coroutine: Any) -> Any:
 
 
 def _worker_command(
-    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int, model: str
+    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int, model: str, nice: int = 0
 ) -> list[str]:
     command = [
         sys.executable,
@@ -120,6 +146,8 @@ def _worker_command(
         command += ["--data", data]
     if model not in BUILT_IN:
         command += ["--model", model]  # the workers import the user's objective themselves
+    if nice:
+        command += ["--nice", str(nice)]
     return command
 
 
@@ -135,6 +163,7 @@ async def run_local(
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
     launcher: str = "local",
+    worker_nice: int = DEFAULT_WORKER_NICE,
     **ray_options: Any,
 ) -> RunResult:
     """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
@@ -160,6 +189,11 @@ async def run_local(
             times in all, instead of failing the run (the restarted worker rejoins the session).
         launcher: ``"local"``, or ``"ray"`` for the master and the workers as Ray actors
             (:func:`aiodq.launch.ray.run_ray`).
+        worker_nice: with the local launcher, start the workers this many ``nice`` steps below
+            the master (0 to 19; default 4).  The workers share this machine's cores with the
+            master, and every update passes through the master: a master that waits for a core
+            behind a worker's computation keeps every worker waiting (measured in
+            docs/results.md, "Workers below the master").
         **ray_options: with ``launcher="ray"``, :func:`~aiodq.launch.ray.run_ray`'s own options
             (``address``, ``worker_cpus``, ``master_node``, ``bind_host``...); a ``TypeError``
             with the local launcher.
@@ -192,7 +226,8 @@ async def run_local(
         raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
-    return await run_cluster(config, dataset, data_path, objective_for(config, dataset), **common)
+    objective = objective_for(config, dataset)
+    return await run_cluster(config, dataset, data_path, objective, worker_nice=worker_nice, **common)
 
 
 async def run_cluster(
@@ -208,8 +243,15 @@ async def run_cluster(
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
+    worker_nice: int = DEFAULT_WORKER_NICE,
 ) -> RunResult:
-    """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective."""
+    """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
+
+    Raises:
+        ValueError: if ``worker_nice`` is outside 0..19.
+    """
+    if not 0 <= worker_nice <= MAX_NICE:
+        raise ValueError(f"worker_nice must be between 0 and {MAX_NICE}, got {worker_nice}")
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
@@ -232,7 +274,14 @@ async def run_cluster(
         async def start(index: int) -> asyncio.subprocess.Process:
             return await asyncio.create_subprocess_exec(
                 *_worker_command(
-                    host, port, index, workers, data=data_path, seed=config.seed, model=config.model
+                    host,
+                    port,
+                    index,
+                    workers,
+                    data=data_path,
+                    seed=config.seed,
+                    model=config.model,
+                    nice=worker_nice,
                 ),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

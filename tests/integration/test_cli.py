@@ -45,6 +45,44 @@ def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> 
     assert (out / "loss_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _children_nice(parent: int) -> list[int]:
+    """The nice values of the live ``aiodq worker`` children of process ``parent`` (from /proc)."""
+    values = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it exited meanwhile
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == parent and b"worker" in command:
+            values.append(int(fields[16]))  # stat field 19, nice
+    return values
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker priorities from /proc (Linux)")
+def test_run_starts_its_workers_below_the_master(tmp_path: Path) -> None:
+    """aiodq run starts its workers 4 nice steps below the master by default, N with --worker-nice N."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for option, step in (([], 4), (["--worker-nice", "7"], 7)):
+        command = [sys.executable, "-m", "aiodq", "run", "--workers", "2", "--epochs", "200", "--no-progress"]
+        command += ["--out", str(tmp_path / f"out{step}"), *option]
+        with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT) as run:
+            try:
+                expected = [min(base + step, 19)] * 2
+                poll_until(
+                    lambda want=expected: _children_nice(run.pid) == want,
+                    60,
+                    f"two workers at nice {expected[0]}",
+                )
+                assert os.getpriority(os.PRIO_PROCESS, run.pid) == base  # the master itself is left alone
+            finally:
+                run.terminate()
+                run.communicate(timeout=60)
+
+
 @contextlib.contextmanager
 def master_process(out: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``aiodq master --listen 127.0.0.1:0 --out OUT ARGS`` and the port it printed."""
@@ -58,13 +96,19 @@ def master_process(out: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str
 
 
 def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
-    """aiodq master --listen and aiodq worker --connect --shard I/M: a cluster of separate processes."""
+    """aiodq master --listen and aiodq worker --connect --shard I/M: a cluster of separate processes.
+
+    The first worker lowers its priority with ``--nice 3``; the master waits for both workers
+    before training, so the first is still running when its priority is read.
+    """
+    expected_nice = min(os.getpriority(os.PRIO_PROCESS, 0) + 3, 19)
     with master_process(tmp_path, "--workers", "2", "--epochs", "2") as (master, port):
         try:
-            workers = [
-                aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", f"{index}/2")
-                for index in range(2)
-            ]
+            first = aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2", "--nice", "3")
+            poll_until(
+                lambda: os.getpriority(os.PRIO_PROCESS, first.pid) == expected_nice, 60, "--nice 3 applied"
+            )
+            workers = [first, aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")]
             for worker in workers:
                 _, stderr = worker.communicate(timeout=120)
                 assert worker.returncode == 0, stderr
@@ -97,6 +141,10 @@ def aiodq_async(*args: str) -> subprocess.Popen[str]:
         (["run", "--data", "/nonexistent/a9a"], "no such file"),
         (["worker", "--connect", "127.0.0.1:9", "--shard", "2/2"], "I/M"),
         (["worker", "--connect", "nohostport", "--shard", "0/1"], "HOST:PORT"),
+        (["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--nice", "-1"], "between 0 and 19"),
+        (["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--nice", "20"], "between 0 and 19"),
+        (["run", "--worker-nice", "20"], "--worker-nice must be between 0 and 19"),
+        (["run", "--worker-nice", "2", "--launcher", "ray"], "--launcher local only"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
