@@ -163,7 +163,7 @@ async def run_local(
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
     launcher: str = "local",
-    worker_nice: int = DEFAULT_WORKER_NICE,
+    worker_nice: int | None = None,
     **ray_options: Any,
 ) -> RunResult:
     """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
@@ -190,7 +190,8 @@ async def run_local(
         launcher: ``"local"``, or ``"ray"`` for the master and the workers as Ray actors
             (:func:`aiodq.launch.ray.run_ray`).
         worker_nice: with the local launcher, start the workers this many ``nice`` steps below
-            the master (0 to 19; default 4).  The workers share this machine's cores with the
+            the master (0 to 19; None: :data:`DEFAULT_WORKER_NICE`, 4; a ``TypeError`` with
+            ``launcher="ray"``).  The workers share this machine's cores with the
             master, and every update passes through the master: a master that waits for a core
             behind a worker's computation keeps every worker waiting (measured in
             docs/results.md, "Workers below the master").
@@ -206,6 +207,8 @@ async def run_local(
         RunError: if the data cannot be read, a worker process fails (beyond ``max_restarts``)
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
+        ValueError: if ``worker_nice`` is outside 0..19.
+        TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher.
     """
     common: dict[str, Any] = {
         "workers": workers,
@@ -216,7 +219,11 @@ async def run_local(
         "records": records,
         "max_restarts": max_restarts,
     }
+    if worker_nice is not None and not 0 <= worker_nice <= MAX_NICE:
+        raise ValueError(f"worker_nice must be between 0 and {MAX_NICE}, got {worker_nice}")
     if launcher == "ray":
+        if worker_nice is not None:
+            raise TypeError("worker_nice applies to the local launcher only")
         from .ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only when asked for
 
         return await run_ray(config, data, **common, **ray_options)
@@ -227,7 +234,8 @@ async def run_local(
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
     objective = objective_for(config, dataset)
-    return await run_cluster(config, dataset, data_path, objective, worker_nice=worker_nice, **common)
+    nice = DEFAULT_WORKER_NICE if worker_nice is None else worker_nice
+    return await run_cluster(config, dataset, data_path, objective, worker_nice=nice, **common)
 
 
 async def run_cluster(

@@ -94,3 +94,8 @@ def test_run_local_checks_its_launcher_before_anything_starts() -> None:
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="slurm"))
     with pytest.raises(TypeError, match="options for --launcher ray only: address, worker_cpus"):
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), address="auto", worker_cpus=2.0))
+    with pytest.raises(TypeError, match="worker_nice applies to the local launcher only"):
+        asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="ray", worker_nice=2))
+    for nice in (-1, 20):
+        with pytest.raises(ValueError, match=f"worker_nice must be between 0 and 19, got {nice}"):
+            asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), worker_nice=nice))
