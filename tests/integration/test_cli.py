@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import ROOT, aiodq, poll_until
+from .cluster import ROOT, aiodq, children, poll_until
 
 
 def free_port() -> int:
@@ -45,21 +45,12 @@ def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> 
     assert (out / "loss_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _children_nice(parent: int) -> list[int]:
-    """The nice values of the live ``aiodq worker`` children of process ``parent`` (from /proc)."""
-    values = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # it exited meanwhile
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == parent and b"worker" in command:
-            values.append(int(fields[16]))  # stat field 19, nice
-    return values
+def _priorities(pids: list[int]) -> list[int] | None:
+    """The nice values of ``pids``; None if one of them has exited meanwhile."""
+    try:
+        return [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids]
+    except ProcessLookupError:
+        return None
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker priorities from /proc (Linux)")
@@ -73,7 +64,7 @@ def test_run_starts_its_workers_below_the_master(tmp_path: Path) -> None:
             try:
                 expected = [min(base + step, 19)] * 2
                 poll_until(
-                    lambda want=expected: _children_nice(run.pid) == want,
+                    lambda want=expected: _priorities(children(run.pid)) == want,
                     60,
                     f"two workers at nice {expected[0]}",
                 )

@@ -11,24 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import A9A, ROOT, alive, logistic_optimum, poll_until
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name (which may hold spaces) start after the last ")".
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
+from .cluster import A9A, ROOT, alive, children, logistic_optimum, poll_until
 
 
 def start_run(out: Path, *args: str) -> subprocess.Popen[str]:
