@@ -15,8 +15,8 @@ from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, UsageError, code_name
 from ..launch.local import (
-    DEFAULT_WORKER_NICE,
-    MAX_NICE,
+    check_nice,
+    default_worker_nice,
     load_data_or_fail,
     lower_priority,
     master_main,
@@ -152,9 +152,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--worker-cpus must be positive")
     if args.worker_nice is not None and args.launcher != "local":
         raise UsageError("--worker-nice applies to --launcher local only")
-    worker_nice = DEFAULT_WORKER_NICE if args.worker_nice is None else args.worker_nice
-    if not 0 <= worker_nice <= MAX_NICE:
-        raise UsageError(f"--worker-nice must be between 0 and {MAX_NICE}")
+    try:
+        worker_nice = default_worker_nice() if args.worker_nice is None else check_nice(args.worker_nice)
+    except ValueError as exc:
+        raise UsageError(f"--worker-nice: {exc}") from exc
     out = _output_folder(args.out)
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None

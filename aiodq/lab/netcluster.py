@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunError
-from ..launch.local import DEFAULT_WORKER_NICE, MAX_NICE
+from ..launch.local import check_nice, default_worker_nice
 from ..launch.results import load_records
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -251,7 +251,7 @@ def run_cluster(
     record_every: int = 0,
     timeout: float = 1800.0,
     python: str = sys.executable,
-    worker_nice: int = DEFAULT_WORKER_NICE,
+    worker_nice: int | None = None,
 ) -> tuple[dict[str, Any], list[ModelRecord]]:
     """Train with ``aiodq master`` and ``workers`` ``aiodq worker`` processes on a shaped :class:`NetLab`.
 
@@ -272,7 +272,9 @@ def run_cluster(
         python: Interpreter that runs ``-m aiodq``.
         worker_nice: The workers' ``--nice``: the lab's hosts share this machine's cores, and
             the master, which every update passes through, should not wait for one behind a
-            worker (as :func:`aiodq.run_local` does; 0 to 19).
+            worker (as :func:`aiodq.run_local` does; 0 to 19; None: its default, 4).  Each
+            worker leads a session of its own here, so it lowers its session's autogroup too
+            (:func:`aiodq.launch.local.lower_priority`).  ``summary["worker_nice"]`` records it.
 
     Returns:
         ``(summary, records)``: the master's summary with ``summary["network"]``
@@ -283,10 +285,9 @@ def run_cluster(
         NetLabError: if the lab cannot be built, a process fails or the run times out;
             every process is killed first and the message ends with the failing process's log.
     """
-    if workers < 1 or record_every < 0 or not timeout > 0 or not 0 <= worker_nice <= MAX_NICE:
-        raise ValueError(
-            f"need workers >= 1, record_every >= 0, timeout > 0 and worker_nice in 0..{MAX_NICE}"
-        )
+    if workers < 1 or record_every < 0 or not timeout > 0:
+        raise ValueError("need workers >= 1, record_every >= 0 and timeout > 0")
+    nice = default_worker_nice() if worker_nice is None else check_nice(worker_nice, "worker_nice")
     flags = _training_flags(config)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +331,7 @@ def run_cluster(
                 time.sleep(0.05)
             for index in range(workers):
                 worker = ["worker", "--connect", address, "--shard", f"{index}/{workers}", *data_flags]
-                worker += ["--seed", str(config.seed), "--retry-for", "30", "--nice", str(worker_nice)]
+                worker += ["--seed", str(config.seed), "--retry-for", "30", "--nice", str(nice)]
                 start(lab, f"worker-{index}", index + 1, worker)
             while any(process.poll() is None for _, process, _ in processes):
                 for name, process, log in processes:
@@ -356,4 +357,5 @@ def run_cluster(
         "hosts": workers + 1,
         "topology": "star via bridge, every link shaped both ways",
     }
+    summary["worker_nice"] = nice
     return summary, records

@@ -37,6 +37,8 @@ from .results import save_records
 __all__ = [
     "DEFAULT_WORKER_NICE",
     "MAX_NICE",
+    "check_nice",
+    "default_worker_nice",
     "load_data_or_fail",
     "lower_priority",
     "master_main",
@@ -56,22 +58,78 @@ DEFAULT_WORKER_NICE = 4
 MAX_NICE = 19
 
 
+def check_nice(increment: object, what: str = "a nice increment") -> int:
+    """Return ``increment`` if it is an int in 0..19 (not a bool).
+
+    Raises:
+        ValueError: otherwise, naming ``what``.
+    """
+    if isinstance(increment, bool) or not isinstance(increment, int) or not 0 <= increment <= MAX_NICE:
+        raise ValueError(f"{what} must be an integer between 0 and {MAX_NICE}, got {increment!r}")
+    return increment
+
+
+def default_worker_nice() -> int:
+    """:data:`DEFAULT_WORKER_NICE` where processes can lower their priority (``os.nice``), else 0."""
+    return DEFAULT_WORKER_NICE if hasattr(os, "nice") else 0
+
+
 def lower_priority(increment: int) -> None:
     """Lower this process's CPU priority by ``increment`` nice steps (0: leave it).
 
     For a worker that shares cores with its master: every update passes through the
     master, so a worker's computation should not keep the master waiting for a core.
+    Nice values clamp at 19: a process already at nice 17 goes down by 2 only.
+
+    On Linux a nice value belongs to a thread, so threads started before this call (a
+    BLAS pool) are lowered too.  And where the kernel groups processes by session
+    (``sched_autogroup_enabled``, the default of most distributions), CPU time is shared
+    between sessions first and nice values rank processes only within one: a worker in
+    the master's session (``aiodq run``'s) needs nothing more; a worker that leads a
+    session of its own (started with ``setsid``, as the network lab starts them) is
+    alone in its group, so the group is lowered by ``increment`` too.  A worker started
+    by hand in another session keeps its session's share whatever its nice value.
 
     Raises:
-        ValueError: if ``increment`` is outside 0..19 or the platform has no ``os.nice``.
+        ValueError: if ``increment`` is not an integer in 0..19, or it is positive and
+            the platform has no ``os.nice``.
     """
-    if not 0 <= increment <= MAX_NICE:
-        raise ValueError(f"a nice increment must be between 0 and {MAX_NICE}, got {increment}")
+    check_nice(increment)
     if not increment:
         return
     if not hasattr(os, "nice"):
         raise ValueError("this platform cannot lower a process's priority (no os.nice)")
-    os.nice(increment)
+    value = os.nice(increment)
+    _lower_threads(value)
+    if os.getsid(0) == os.getpid():
+        _lower_autogroup(increment)
+
+
+def _lower_threads(value: int) -> None:
+    """Set every other thread of this process whose nice value is below ``value`` to it (Linux)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return  # no /proc: a platform where nice belongs to the process
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < value:
+                os.setpriority(os.PRIO_PROCESS, tid, value)
+        except ProcessLookupError:
+            continue  # the thread has ended meanwhile
+
+
+def _lower_autogroup(increment: int) -> None:
+    """Raise the nice value of this process's autogroup by ``increment`` (Linux with autogroups)."""
+    path = Path("/proc/self/autogroup")
+    try:
+        text = path.read_text()  # "/autogroup-123 nice 0"
+    except OSError:
+        return  # no autogroups here
+    try:
+        path.write_text(str(min(int(text.split()[-1]) + increment, MAX_NICE)))
+    except (OSError, ValueError) as exc:
+        _log.warning("could not lower this session's autogroup (%s): its nice value has no effect", exc)
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -190,8 +248,10 @@ async def run_local(
         launcher: ``"local"``, or ``"ray"`` for the master and the workers as Ray actors
             (:func:`aiodq.launch.ray.run_ray`).
         worker_nice: with the local launcher, start the workers this many ``nice`` steps below
-            the master (0 to 19; None: :data:`DEFAULT_WORKER_NICE`, 4; a ``TypeError`` with
-            ``launcher="ray"``).  The workers share this machine's cores with the
+            the master (0 to 19; None: :data:`DEFAULT_WORKER_NICE`, 4, or 0 where ``os.nice`` is
+            missing; a ``TypeError`` with ``launcher="ray"``).  It lowers the workers against
+            every other process too (:func:`lower_priority`); ``result.summary["worker_nice"]``
+            records it.  The workers share this machine's cores with the
             master, and every update passes through the master: a master that waits for a core
             behind a worker's computation keeps every worker waiting (measured in
             docs/results.md, "Workers below the master").
@@ -207,7 +267,7 @@ async def run_local(
         RunError: if the data cannot be read, a worker process fails (beyond ``max_restarts``)
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
-        ValueError: if ``worker_nice`` is outside 0..19.
+        ValueError: if ``worker_nice`` is not an integer in 0..19.
         TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher.
     """
     common: dict[str, Any] = {
@@ -219,8 +279,8 @@ async def run_local(
         "records": records,
         "max_restarts": max_restarts,
     }
-    if worker_nice is not None and not 0 <= worker_nice <= MAX_NICE:
-        raise ValueError(f"worker_nice must be between 0 and {MAX_NICE}, got {worker_nice}")
+    if worker_nice is not None:
+        check_nice(worker_nice, "worker_nice")
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
@@ -234,8 +294,7 @@ async def run_local(
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
     objective = objective_for(config, dataset)
-    nice = DEFAULT_WORKER_NICE if worker_nice is None else worker_nice
-    return await run_cluster(config, dataset, data_path, objective, worker_nice=nice, **common)
+    return await run_cluster(config, dataset, data_path, objective, worker_nice=worker_nice, **common)
 
 
 async def run_cluster(
@@ -251,15 +310,14 @@ async def run_cluster(
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
-    worker_nice: int = DEFAULT_WORKER_NICE,
+    worker_nice: int | None = None,
 ) -> RunResult:
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
 
     Raises:
-        ValueError: if ``worker_nice`` is outside 0..19.
+        ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`default_worker_nice`).
     """
-    if not 0 <= worker_nice <= MAX_NICE:
-        raise ValueError(f"worker_nice must be between 0 and {MAX_NICE}, got {worker_nice}")
+    nice = default_worker_nice() if worker_nice is None else check_nice(worker_nice, "worker_nice")
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
@@ -289,7 +347,7 @@ async def run_cluster(
                     data=data_path,
                     seed=config.seed,
                     model=config.model,
-                    nice=worker_nice,
+                    nice=nice,
                 ),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -383,7 +441,9 @@ async def run_cluster(
             waiter.cancel()
         if records is not None and master.coordinator is not None:
             records.extend(master.coordinator.records)
-    result.summary.update(dataset=dataset.name, data_path=data_path, worker_restarts=restarts)
+    result.summary.update(
+        dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
+    )
     return result
 
 

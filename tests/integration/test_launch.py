@@ -52,8 +52,19 @@ def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: 
     run = start_run(out, "--workers", "3", "--epochs", "10", "--max-restarts", "3")
     try:
         poll_until(lambda: epochs_logged(out) >= 3, 120, "training never got going")
-        victim = children(run.pid)[0]
-        os.kill(victim, signal.SIGKILL)
+        first = children(run.pid)
+        os.kill(first[0], signal.SIGKILL)
+        # The replacement runs below the master like the others (--worker-nice's default, 4).
+        expected = min(os.getpriority(os.PRIO_PROCESS, 0) + 4, 19)
+
+        def replacement_niced() -> bool:
+            new = [pid for pid in children(run.pid) if pid not in first]
+            try:
+                return bool(new) and os.getpriority(os.PRIO_PROCESS, new[0]) == expected
+            except ProcessLookupError:
+                return False
+
+        poll_until(replacement_niced, 60, f"a replacement worker at nice {expected}")
         _, stderr = run.communicate(timeout=300)
     finally:
         run.kill()
@@ -79,6 +90,8 @@ def test_run_local_checks_its_launcher_before_anything_starts() -> None:
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), address="auto", worker_cpus=2.0))
     with pytest.raises(TypeError, match="worker_nice applies to the local launcher only"):
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="ray", worker_nice=2))
-    for nice in (-1, 20):
-        with pytest.raises(ValueError, match=f"worker_nice must be between 0 and 19, got {nice}"):
-            asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), worker_nice=nice))
+    for nice in (-1, 20, 2.5, True):
+        with pytest.raises(
+            ValueError, match=f"worker_nice must be an integer between 0 and 19, got {nice!r}"
+        ):
+            asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), worker_nice=nice))  # type: ignore[arg-type]
