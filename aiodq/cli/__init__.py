@@ -239,6 +239,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every run Rice-codes only while that makes it faster (TrainConfig.adaptive_coding)",
     )
+    experiment.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="run the workers this many nice steps below the master, on 127.0.0.1 and in the network lab "
+        "(0 to 19; default 4, as aiodq run)",
+    )
     return parser
 
 

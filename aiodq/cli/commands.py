@@ -345,6 +345,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if data is not None and not data.is_dir():
         raise UsageError(f"--data {data}: not a folder")
     datasets = tuple(name for name in args.datasets.split(",") if name)
+    if args.worker_nice is not None:
+        try:
+            check_nice(args.worker_nice)
+        except ValueError as exc:
+            raise UsageError(f"--worker-nice: {exc}") from exc
     setup_logging(logging.WARNING)
     context = Context(
         data=data,
@@ -354,6 +359,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         log=lambda line: print(line, flush=True),
         overrides=_coding_overrides(args),
+        worker_nice=args.worker_nice,
     )
     try:
         run_experiment(args.name, context)

@@ -58,6 +58,7 @@ def network_run(
     *,
     link: netlab.Link,
     out: Path,
+    worker_nice: int | None = None,
 ) -> RunResult:
     """One run with master and 4 workers in network namespaces joined by ``link``, evaluated.
 
@@ -72,6 +73,7 @@ def network_run(
             data=path,
             out=out,
             record_every=record_every(dataset, config, spec.records_per_epoch),
+            worker_nice=worker_nice,
         )
     except (netlab.NetLabError, ValueError) as exc:
         raise ExperimentError(f"{config.algorithm} on {link.describe()}: {exc}") from exc
@@ -95,7 +97,9 @@ def experiment_coding(context: Context) -> dict[str, Any]:
         specs = [s for s in specs if s.name == "debdesc"] or specs
     for spec in specs:
         dataset, path, target = context.load(spec)
-        runner = local_runner(dataset, path, records_per_epoch=spec.records_per_epoch)
+        runner = local_runner(
+            dataset, path, records_per_epoch=spec.records_per_epoch, worker_nice=context.worker_nice
+        )
         runs: dict[tuple[str, str], list[RunResult]] = {}
         for seed in range(context.repeats):
             for place, link in where:
@@ -106,7 +110,15 @@ def experiment_coding(context: Context) -> dict[str, Any]:
                         run = runner(config, 4)
                     else:
                         folder = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit-{seed}"
-                        run = network_run(config, spec, dataset, path, link=link, out=folder)
+                        run = network_run(
+                            config,
+                            spec,
+                            dataset,
+                            path,
+                            link=link,
+                            out=folder,
+                            worker_nice=context.worker_nice,
+                        )
                     runs.setdefault((place, name), []).append(run)
                     hit = run.reached(target)
                     context.log(
@@ -151,6 +163,8 @@ def _row(place: str, name: str, label: str, runs: list[RunResult], target: float
         "median_time": statistics.median(t for t in times if t is not None) if reached else None,
         "median_bits": statistics.median(bits) if reached else None,
         "adaptive_coding": [run.summary.get("adaptive_coding") for run in runs],
+        # The nice steps each run's workers were started at, as the launcher recorded them.
+        "worker_nice": [run.summary.get("worker_nice") for run in runs],
     }
 
 

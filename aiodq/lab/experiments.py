@@ -482,7 +482,9 @@ def experiment_network(context: Context) -> dict[str, Any]:
             for name in names:
                 config = context.config(spec, dataset, algorithm=name)
                 records_out = out / f"{spec.name}-{name}-{int(link.rate_mbit)}mbit"
-                run = network_run(config, spec, dataset, path, link=link, out=records_out)
+                run = network_run(
+                    config, spec, dataset, path, link=link, out=records_out, worker_nice=context.worker_nice
+                )
                 row = summarise([run], target)
                 row["link"] = link.describe()
                 row["rate_mbit"] = link.rate_mbit

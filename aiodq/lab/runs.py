@@ -302,9 +302,17 @@ def record_every(dataset: Dataset, config: TrainConfig, per_epoch: int = 8) -> i
 
 
 def local_runner(
-    dataset: Dataset, data_path: str | None, *, progress: bool = False, records_per_epoch: int = 8
+    dataset: Dataset,
+    data_path: str | None,
+    *,
+    progress: bool = False,
+    records_per_epoch: int = 8,
+    worker_nice: int | None = None,
 ) -> Runner:
-    """Runs on 127.0.0.1: the master here, the workers as processes (:func:`aiodq.launch.local.run_local`)."""
+    """Runs on 127.0.0.1: the master here, the workers as processes (:func:`aiodq.launch.local.run_local`).
+
+    ``worker_nice``: the workers' nice steps below the master (None: the launcher's default, 4).
+    """
 
     def run(config: TrainConfig, workers: int) -> RunResult:
         records: list[ModelRecord] = []
@@ -321,6 +329,7 @@ def local_runner(
                     master_config=None,
                     record_every=record_every(dataset, config, records_per_epoch),
                     records=records,
+                    worker_nice=worker_nice,
                 )
             )
             summary = result.to_json()
@@ -353,6 +362,8 @@ class Context:
     log: Callable[[str], None] = print
     #: TrainConfig fields set in every run, over the datasets' settings (e.g. ``entropy_coding=False``).
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: The workers' nice steps below the master, on 127.0.0.1 and in the network lab (None: 4).
+    worker_nice: int | None = None
     _loaded: dict[str, tuple[Dataset, str | None, float]] = field(default_factory=dict)
     #: F* by dataset name, for the datasets whose target is a gap to the optimum.
     optima: dict[str, float] = field(default_factory=dict)
@@ -412,7 +423,9 @@ class Context:
     ) -> list[list[RunResult]]:
         """Every configuration over ``repeats`` seeds, on the local cluster."""
         dataset, path, target = self.load(spec)
-        runner = local_runner(dataset, path, records_per_epoch=spec.records_per_epoch)
+        runner = local_runner(
+            dataset, path, records_per_epoch=spec.records_per_epoch, worker_nice=self.worker_nice
+        )
         results = []
         for config in configs:
             repeats = []

@@ -40,9 +40,9 @@ from .cluster import A9A, aiodq, logistic_optimum
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``aiodq experiment all --quick``, run once for the module."""
+    """``aiodq experiment all --quick --worker-nice 2``, run once for the module."""
     out = tmp_path_factory.mktemp("experiments")
-    result = aiodq("experiment", "all", "--quick", "--out", str(out), timeout=600.0)
+    result = aiodq("experiment", "all", "--quick", "--worker-nice", "2", "--out", str(out), timeout=600.0)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return out
 
@@ -136,6 +136,7 @@ def test_quick_coding_compares_the_three_codings_with_asyfpg(quick: Path) -> Non
     (chosen,) = by_name["adaptive"]["adaptive_coding"]
     assert chosen["windows_rice"] >= 1 and chosen["windows_fixed"] >= 1
     assert all(row["adaptive_coding"] == [None] for row in rows if row["variant"] != "adaptive")
+    assert all(row["worker_nice"] == [2] for row in rows)  # --worker-nice reached every run's launcher
     assert "| 127.0.0.1 | AsyLPG, adaptive |" in (quick / "coding" / "coding.md").read_text()
 
 
@@ -283,6 +284,8 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not a folder" in result.stderr
     result = aiodq("experiment", "table1", "--quick", "--repeats", "0")
     assert result.returncode == 2 and "--repeats" in result.stderr
+    result = aiodq("experiment", "table1", "--quick", "--worker-nice", "20")
+    assert result.returncode == 2 and "--worker-nice: a nice increment must be an integer" in result.stderr
     result = aiodq("experiment", "table1", "--quick", "--data", str(tmp_path))
     assert result.returncode == 2 and "bundled" in result.stderr
     result = aiodq("experiment", "table1", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
