@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,17 @@ def lower_priority(increment: int) -> None:
     master, so a worker's computation should not keep the master waiting for a core.
     Nice values clamp at 19: a process already at nice 17 goes down by 2 only.
 
-    On Linux a nice value belongs to a thread, so threads started before this call (a
-    BLAS pool) are lowered too.  And where the kernel groups processes by session
-    (``sched_autogroup_enabled``, the default of most distributions), CPU time is shared
+    On Linux a nice value belongs to a thread, so the threads that exist at this call (a
+    BLAS pool) are lowered too; threads started later inherit it.  And where the kernel
+    groups processes by session (``sched_autogroup_enabled``, the default of most
+    distributions; not inside a cpu cgroup other than the root one), CPU time is shared
     between sessions first and nice values rank processes only within one: a worker in
     the master's session (``aiodq run``'s) needs nothing more; a worker that leads a
-    session of its own (started with ``setsid``, as the network lab starts them) is
-    alone in its group, so the group is lowered by ``increment`` too.  A worker started
-    by hand in another session keeps its session's share whatever its nice value.
+    session of its own (started with ``setsid``, as the network lab starts them) lowers
+    its session's group by ``increment`` too, and with it every process of that session
+    (what a shell ran in the background before ``exec``-ing the worker, say).  A worker
+    that does not lead its session never touches the group: a worker started by hand in
+    another session keeps that session's share whatever its nice value.
 
     Raises:
         ValueError: if ``increment`` is not an integer in 0..19, or it is positive and
@@ -117,19 +121,34 @@ def _lower_threads(value: int) -> None:
                 os.setpriority(os.PRIO_PROCESS, tid, value)
         except ProcessLookupError:
             continue  # the thread has ended meanwhile
+        except OSError as exc:  # refused by a security module, say: this thread keeps its priority
+            _log.warning("could not lower thread %d's priority: %s", tid, exc)
+
+
+#: Attempts at writing the autogroup's nice value: without CAP_SYS_ADMIN the kernel refuses a
+#: write (EAGAIN) within 100 ms of anyone's last one, which workers started together run into.
+_AUTOGROUP_TRIES = 20
 
 
 def _lower_autogroup(increment: int) -> None:
     """Raise the nice value of this process's autogroup by ``increment`` (Linux with autogroups)."""
     path = Path("/proc/self/autogroup")
     try:
-        text = path.read_text()  # "/autogroup-123 nice 0"
-    except OSError:
-        return  # no autogroups here
-    try:
-        path.write_text(str(min(int(text.split()[-1]) + increment, MAX_NICE)))
-    except (OSError, ValueError) as exc:
-        _log.warning("could not lower this session's autogroup (%s): its nice value has no effect", exc)
+        fields = path.read_text().split()  # "/autogroup-123 nice 0"; empty in the root group
+        current = int(fields[-1])
+    except (OSError, IndexError, ValueError):
+        return  # no autogroup here
+    for attempt in range(_AUTOGROUP_TRIES):
+        try:
+            path.write_text(str(min(current + increment, MAX_NICE)))
+            return
+        except BlockingIOError:
+            if attempt + 1 < _AUTOGROUP_TRIES:
+                time.sleep(0.11)  # the kernel's rate limit: one write per 100 ms
+        except OSError as exc:
+            _log.warning("could not lower this session's autogroup (%s): its nice value has no effect", exc)
+            return
+    _log.warning("could not lower this session's autogroup (busy): its nice value has no effect")
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -250,8 +269,9 @@ async def run_local(
         worker_nice: with the local launcher, start the workers this many ``nice`` steps below
             the master (0 to 19; None: :data:`DEFAULT_WORKER_NICE`, 4, or 0 where ``os.nice`` is
             missing; a ``TypeError`` with ``launcher="ray"``).  It lowers the workers against
-            every other process too (:func:`lower_priority`); ``result.summary["worker_nice"]``
-            records it.  The workers share this machine's cores with the
+            the other processes of this session too, and against every process where the
+            kernel does not group processes by session (:func:`lower_priority`);
+            ``result.summary["worker_nice"]`` records it.  The workers share this machine's cores with the
             master, and every update passes through the master: a master that waits for a core
             behind a worker's computation keeps every worker waiting (measured in
             docs/results.md, "Workers below the master").

@@ -78,6 +78,54 @@ def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: 
     assert "restarting it (1 of 3)" in (out / "aiodq.log").read_text()
 
 
+_LOWER = """
+import os, sys, threading
+from pathlib import Path
+from aiodq.launch.local import lower_priority
+started, done = threading.Event(), threading.Event()
+def wait():
+    started.set()
+    done.wait()
+thread = threading.Thread(target=wait)
+thread.start()
+started.wait()
+lower_priority(int(sys.argv[1]))
+nices = {int(Path(f"/proc/self/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[16])
+         for t in os.listdir("/proc/self/task")}
+group = Path("/proc/self/autogroup")
+print(sorted(nices), group.read_text().split()[-1] if group.exists() else "-")
+done.set()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads thread priorities from /proc (Linux)")
+@pytest.mark.parametrize("own_session", [True, False])
+def test_lower_priority_lowers_every_thread_and_only_its_own_sessions_group(own_session: bool) -> None:
+    """lower_priority(3): a thread started before the call goes down with the main one, and the
+    autogroup (where the kernel has them) goes down only for a process that leads its session."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base + 3 > 19:
+        pytest.skip(f"the tests run at nice {base}: 3 steps more would clamp at 19")
+    group = Path("/proc/self/autogroup")
+    ours = group.read_text().split()[-1] if group.exists() else "-"
+    result = subprocess.run(
+        [sys.executable, "-c", _LOWER, "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        start_new_session=own_session,
+    )
+    assert result.returncode == 0, result.stderr
+    nices, autogroup = result.stdout.split("] ")
+    assert nices == f"[{base + 3}", result.stdout  # both threads: one value
+    if group.exists():
+        # A new session starts in a new group at nice 0; otherwise the group is the tests' own, untouched.
+        assert autogroup.strip() == ("3" if own_session else ours)
+        assert group.read_text().split()[-1] == ours
+
+
 def test_run_local_checks_its_launcher_before_anything_starts() -> None:
     """An unknown launcher is a ValueError; Ray's options with the local launcher a TypeError naming them."""
     import asyncio  # noqa: PLC0415
