@@ -117,7 +117,8 @@ def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
             poll_until(lambda: _thread_nices([first.pid]) == {expected_nice}, 60, "--nice 3 applied")
             group = Path(f"/proc/{first.pid}/autogroup")  # the kernel keeps it even with autogroups off
             if group.exists():  # "/autogroup-123 nice 3": a new session's group starts at nice 0
-                assert group.read_text().split()[-1] == "3"
+                # Written after the threads' values, and retried where the kernel rate-limits it: wait.
+                poll_until(lambda: group.read_text().split()[-1] == "3", 60, "the session's group at nice 3")
             workers = [first, aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")]
             for worker in workers:
                 _, stderr = worker.communicate(timeout=120)
