@@ -15,11 +15,10 @@ from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, UsageError, code_name
 from ..launch.local import (
-    check_nice,
-    default_worker_nice,
     load_data_or_fail,
     lower_priority,
     master_main,
+    resolve_worker_nice,
     run_cluster,
     run_coroutine,
     worker_main,
@@ -153,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.worker_nice is not None and args.launcher != "local":
         raise UsageError("--worker-nice applies to --launcher local only")
     try:
-        worker_nice = default_worker_nice() if args.worker_nice is None else check_nice(args.worker_nice)
+        worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
     out = _output_folder(args.out)
@@ -345,11 +344,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if data is not None and not data.is_dir():
         raise UsageError(f"--data {data}: not a folder")
     datasets = tuple(name for name in args.datasets.split(",") if name)
-    if args.worker_nice is not None:
-        try:
-            check_nice(args.worker_nice)
-        except ValueError as exc:
-            raise UsageError(f"--worker-nice: {exc}") from exc
+    try:
+        resolve_worker_nice(args.worker_nice, "a nice increment")
+    except ValueError as exc:
+        raise UsageError(f"--worker-nice: {exc}") from exc
     setup_logging(logging.WARNING)
     context = Context(
         data=data,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunError
-from ..launch.local import check_nice, default_worker_nice
+from ..launch.local import resolve_worker_nice
 from ..launch.results import load_records
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -287,7 +287,7 @@ def run_cluster(
     """
     if workers < 1 or record_every < 0 or not timeout > 0:
         raise ValueError("need workers >= 1, record_every >= 0 and timeout > 0")
-    nice = default_worker_nice() if worker_nice is None else check_nice(worker_nice, "worker_nice")
+    nice = resolve_worker_nice(worker_nice)
     flags = _training_flags(config)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,9 @@ __all__ = [
     "DEFAULT_WORKER_NICE",
     "MAX_NICE",
     "check_nice",
-    "default_worker_nice",
     "load_data_or_fail",
     "lower_priority",
+    "resolve_worker_nice",
     "master_main",
     "run_cluster",
     "run_coroutine",
@@ -70,9 +70,18 @@ def check_nice(increment: object, what: str = "a nice increment") -> int:
     return increment
 
 
-def default_worker_nice() -> int:
-    """:data:`DEFAULT_WORKER_NICE` where processes can lower their priority (``os.nice``), else 0."""
-    return DEFAULT_WORKER_NICE if hasattr(os, "nice") else 0
+def resolve_worker_nice(value: object, what: str = "worker_nice") -> int:
+    """The workers' nice steps: ``value`` checked by :func:`check_nice`, or for None the default.
+
+    The default is :data:`DEFAULT_WORKER_NICE` where processes can lower their priority
+    (``os.nice``), else 0.
+
+    Raises:
+        ValueError: if ``value`` is neither None nor an integer in 0..19, naming ``what``.
+    """
+    if value is None:
+        return DEFAULT_WORKER_NICE if hasattr(os, "nice") else 0
+    return check_nice(value, what)
 
 
 def lower_priority(increment: int) -> None:
@@ -268,13 +277,13 @@ async def run_local(
             (:func:`aiodq.launch.ray.run_ray`).
         worker_nice: with the local launcher, start the workers this many ``nice`` steps below
             the master (0 to 19; None: :data:`DEFAULT_WORKER_NICE`, 4, or 0 where ``os.nice`` is
-            missing; a ``TypeError`` with ``launcher="ray"``).  It lowers the workers against
-            the other processes of this session too, and against every process where the
-            kernel does not group processes by session (:func:`lower_priority`);
-            ``result.summary["worker_nice"]`` records it.  The workers share this machine's cores with the
-            master, and every update passes through the master: a master that waits for a core
-            behind a worker's computation keeps every worker waiting (measured in
-            docs/results.md, "Workers below the master").
+            missing; a ``TypeError`` with ``launcher="ray"``).  The workers share this machine's
+            cores with the master, and every update passes through the master: a master that
+            waits for a core behind a worker's computation keeps every worker waiting (measured
+            in docs/results.md, "Workers below the master").  It lowers the workers against the
+            other processes of this session too, and against every process where the kernel
+            does not group processes by session (:func:`lower_priority`).
+            ``result.summary["worker_nice"]`` records it.
         **ray_options: with ``launcher="ray"``, :func:`~aiodq.launch.ray.run_ray`'s own options
             (``address``, ``worker_cpus``, ``master_node``, ``bind_host``...); a ``TypeError``
             with the local launcher.
@@ -299,8 +308,7 @@ async def run_local(
         "records": records,
         "max_restarts": max_restarts,
     }
-    if worker_nice is not None:
-        check_nice(worker_nice, "worker_nice")
+    resolve_worker_nice(worker_nice)  # refused before any data is read
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
@@ -335,9 +343,9 @@ async def run_cluster(
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
 
     Raises:
-        ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`default_worker_nice`).
+        ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`resolve_worker_nice`).
     """
-    nice = default_worker_nice() if worker_nice is None else check_nice(worker_nice, "worker_nice")
+    nice = resolve_worker_nice(worker_nice)
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
