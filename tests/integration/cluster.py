@@ -61,6 +61,20 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def autogroup_nice(pid: int | str = "self") -> int | None:
+    """The nice value of a process's autogroup, None where it has none.
+
+    /proc/PID/autogroup reads "/autogroup-123 nice 0"; it is missing on kernels without
+    autogroups, and empty for a process in the root group (a session the kernel did not give a
+    group of its own, as in some containers).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/autogroup").read_text().split()
+    except OSError:
+        return None
+    return int(fields[-1]) if fields else None
+
+
 def aiodq(*args: str, timeout: float = 120.0, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m aiodq ARGS`` (from the repository root by default); capture its output."""
     return subprocess.run(

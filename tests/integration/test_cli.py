@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import ROOT, aiodq, children, poll_until
+from .cluster import ROOT, aiodq, autogroup_nice, children, poll_until
 
 
 def free_port() -> int:
@@ -115,10 +115,11 @@ def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
             args = ("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2", "--nice", "3")
             first = aiodq_async(*args, new_session=True)
             poll_until(lambda: _thread_nices([first.pid]) == {expected_nice}, 60, "--nice 3 applied")
-            group = Path(f"/proc/{first.pid}/autogroup")  # the kernel keeps it even with autogroups off
-            if group.exists():  # "/autogroup-123 nice 3": a new session's group starts at nice 0
-                # Written after the threads' values, and retried where the kernel rate-limits it: wait.
-                poll_until(lambda: group.read_text().split()[-1] == "3", 60, "the session's group at nice 3")
+            # A new session's group starts at nice 0, where the kernel gives it one (the kernel keeps
+            # it even with autogroups off).  Written after the threads' values, and retried where
+            # the kernel rate-limits it: wait.
+            if autogroup_nice(first.pid) is not None:
+                poll_until(lambda: autogroup_nice(first.pid) == 3, 60, "the session's group at nice 3")
             workers = [first, aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")]
             for worker in workers:
                 _, stderr = worker.communicate(timeout=120)
