@@ -240,6 +240,11 @@ def _parser() -> argparse.ArgumentParser:
         help="every run Rice-codes only while that makes it faster (TrainConfig.adaptive_coding)",
     )
     experiment.add_argument(
+        "--aligned-codes",
+        action="store_true",
+        help="fixed-width codes byte-aligned in every run (TrainConfig.aligned_codes)",
+    )
+    experiment.add_argument(
         "--worker-nice",
         type=int,
         default=None,

@@ -327,9 +327,10 @@ def _coding_overrides(args: argparse.Namespace) -> dict[str, bool]:
     """
     if args.adaptive_coding and not args.entropy_coding:
         raise UsageError("--adaptive-coding chooses when to Rice-code: leave out --no-entropy-coding")
+    aligned = {"aligned_codes": True} if args.aligned_codes else {}
     if args.adaptive_coding:
-        return {"adaptive_coding": True}
-    return {} if args.entropy_coding else {"entropy_coding": False}
+        return {"adaptive_coding": True, **aligned}
+    return aligned if args.entropy_coding else {"entropy_coding": False, **aligned}
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ def message_type_of(event: Event) -> MessageType:
         raise TypeError(f"{type(event).__name__} is not a wire message") from None
 
 
-def vector_plan(event: Event, *, dense_rice: bool = False) -> VectorPlan | None:
+def vector_plan(event: Event, *, dense_rice: bool = False, aligned: bool = False) -> VectorPlan | None:
     """The encoding of ``event``'s vector, chosen once (:func:`~aiodq.codec.payload.plan_vector`).
 
     Returns None for messages without a vector.
@@ -93,7 +93,7 @@ def vector_plan(event: Event, *, dense_rice: bool = False) -> VectorPlan | None:
     vector: Vector | None = getattr(event, "vector", None)
     if vector is None:
         return None
-    plan = plan_vector(vector, dense_rice=dense_rice)
+    plan = plan_vector(vector, dense_rice=dense_rice, aligned=aligned)
     _check_allowed(message_type_of(event), plan.encoding, getattr(event, "relative", False))
     return plan
 
@@ -111,7 +111,12 @@ def _packb(value: Mapping[str, Any]) -> bytes:
 
 
 def encode_message(
-    event: Event, version: int = 1, *, dense_rice: bool = False, plan: VectorPlan | None = None
+    event: Event,
+    version: int = 1,
+    *,
+    dense_rice: bool = False,
+    aligned: bool = False,
+    plan: VectorPlan | None = None,
 ) -> bytes:
     """Encode ``event`` as one frame.
 
@@ -122,8 +127,10 @@ def encode_message(
         event: the message.
         version: the negotiated protocol version.
         dense_rice: send dense quantized codes Rice-coded (DENSE_RICE) where that is smaller.
+        aligned: send fixed-width codes byte-aligned, in the narrowest of 2, 4, 8 or 16 bits
+            that holds them (:func:`~aiodq.codec.packing.aligned_width`).
         plan: the vector's encoding, if the caller chose it already with :func:`vector_plan`
-            (then ``dense_rice`` is not looked at).
+            (then ``dense_rice`` and ``aligned`` are not looked at).
 
     Raises:
         TypeError: if ``event`` is not a wire message.
@@ -131,7 +138,7 @@ def encode_message(
     """
     message_type = message_type_of(event)
     if plan is None:
-        plan = vector_plan(event, dense_rice=dense_rice)
+        plan = vector_plan(event, dense_rice=dense_rice, aligned=aligned)
     flags = 0
     parts: list[bytes]
     if isinstance(event, Hello):

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 __all__ = [
     "MAX_WIDTH",
+    "aligned_width",
     "pack",
     "packed_size",
     "unpack",
@@ -35,6 +36,21 @@ _IntArray = npt.NDArray[Any]
 def packed_size(count: int, width: int) -> int:
     """Return the number of bytes that ``count`` codes of ``width`` bits take."""
     return (count * width + 7) // 8
+
+
+def aligned_width(width: int) -> int:
+    """The narrowest of 1, 2, 4, 8 and 16 bits that holds codes of ``width`` bits.
+
+    Codes of these widths fill whole bytes or whole shares of one, and pack and unpack
+    without moving bits across byte edges: at 8 and 16 bits packing is a copy, at 2 and 4 a
+    few passes over 64-bit words.  A sender may put ``width``-bit codes in such a container
+    (wire-format.md 5.5-5): more bytes, less CPU time.
+
+    Raises:
+        ValueError: if ``width`` is out of range.
+    """
+    _check_width(width)
+    return 1 << (width - 1).bit_length()
 
 
 def _check_width(width: int) -> None:

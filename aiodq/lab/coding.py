@@ -1,15 +1,17 @@
 """``aiodq experiment coding``: what each way of coding AsyLPG's codes costs in time to target.
 
-Four variants, all on the dataset's settings: AsyFPG (the baseline), and AsyLPG with
+Six variants, all on the dataset's settings: AsyFPG (the baseline), and AsyLPG with
 its codes Rice-coded where smaller (the default), at fixed width
-(``entropy_coding=False``) and with adaptive coding (``adaptive_coding=True``: the master
-keeps whichever of the two gives the faster updates, docs/algorithms.md 10).  Each
-runs on 127.0.0.1 and, where network namespaces can be made (root), on shaped links of
-100 Mbit/s and 1 Gbit/s (:mod:`aiodq.lab.netlab`).  With ``--repeats N`` the variants
-run in turn for each seed, so that a change in the machine's load falls on all of
-them alike.  The report gives, per place, each variant's times to target, their
-median, the speed against AsyFPG, the bits to target and what the adaptive master
-chose (docs/results.md, "Adaptive coding").  ``--quick``: 127.0.0.1 only.
+(``entropy_coding=False``), at fixed width byte-aligned (``aligned_codes=True``: 5 to 7
+bits sent in 8), with adaptive coding (``adaptive_coding=True``: the master keeps
+whichever of Rice coding and fixed width gives the faster updates, docs/algorithms.md
+10), and with adaptive coding whose fixed width is byte-aligned.  Each runs on 127.0.0.1
+and, where network namespaces can be made (root), on shaped links of 100 Mbit/s and
+1 Gbit/s (:mod:`aiodq.lab.netlab`).  With ``--repeats N`` the variants run in turn for
+each seed, so that a change in the machine's load falls on all of them alike.  The
+report gives, per place, each variant's times to target, their median, the speed
+against AsyFPG, the bits to target and what the adaptive master chose (docs/results.md,
+"Adaptive coding").  ``--quick``: 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -27,25 +29,30 @@ from .runs import Context, DatasetSpec, ExperimentError, RunResult, evaluate, lo
 
 __all__ = ["VARIANTS", "experiment_coding", "network_run"]
 
+
+def _coding(algorithm: str, *, rice: bool, adaptive: bool = False, aligned: bool = False) -> dict[str, Any]:
+    return {
+        "algorithm": algorithm,
+        "entropy_coding": rice,
+        "adaptive_coding": adaptive,
+        "aligned_codes": aligned,
+    }
+
+
 #: The variants: name, what the table calls it, and the TrainConfig fields that make it.  Each
-#: sets both coding fields, so that ``--no-entropy-coding`` or ``--adaptive-coding`` given to
-#: the whole command cannot change a variant (they do not apply to this experiment).
+#: sets every coding field, so that ``--no-entropy-coding``, ``--adaptive-coding`` or
+#: ``--aligned-codes`` given to the whole command cannot change a variant (they do not apply to
+#: this experiment).
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("asyfpg", "AsyFPG", {"algorithm": "asyfpg", "entropy_coding": True, "adaptive_coding": False}),
+    ("asyfpg", "AsyFPG", _coding("asyfpg", rice=True)),
+    ("rice", "AsyLPG, Rice-coded where smaller", _coding("asylpg", rice=True)),
+    ("fixed", "AsyLPG, fixed width", _coding("asylpg", rice=False)),
+    ("aligned", "AsyLPG, fixed width byte-aligned", _coding("asylpg", rice=False, aligned=True)),
+    ("adaptive", "AsyLPG, adaptive", _coding("asylpg", rice=True, adaptive=True)),
     (
-        "rice",
-        "AsyLPG, Rice-coded where smaller",
-        {"algorithm": "asylpg", "entropy_coding": True, "adaptive_coding": False},
-    ),
-    (
-        "fixed",
-        "AsyLPG, fixed width",
-        {"algorithm": "asylpg", "entropy_coding": False, "adaptive_coding": False},
-    ),
-    (
-        "adaptive",
-        "AsyLPG, adaptive",
-        {"algorithm": "asylpg", "entropy_coding": True, "adaptive_coding": True},
+        "adaptive-aligned",
+        "AsyLPG, adaptive, byte-aligned",
+        _coding("asylpg", rice=True, adaptive=True, aligned=True),
     ),
 )
 
@@ -81,7 +88,7 @@ def network_run(
 
 
 def experiment_coding(context: Context) -> dict[str, Any]:
-    """Time to target of AsyFPG and of AsyLPG's three codings, on 127.0.0.1 and on shaped links."""
+    """Time to target of AsyFPG and of AsyLPG's five codings, on 127.0.0.1 and on shaped links."""
     out = context.out / "coding"
     reason = None if context.quick else netlab.namespaces_unavailable()
     links = [] if context.quick or reason else [netlab.Link(1000.0), netlab.Link(100.0)]
@@ -122,7 +129,7 @@ def experiment_coding(context: Context) -> dict[str, Any]:
                     runs.setdefault((place, name), []).append(run)
                     hit = run.reached(target)
                     context.log(
-                        f"coding: {spec.name} {place} {name:<8} seed {config.seed}: "
+                        f"coding: {spec.name} {place} {name:<16} seed {config.seed}: "
                         + (f"target in {hit.time:.2f} s" if hit else "target not reached")
                     )
         rows = [

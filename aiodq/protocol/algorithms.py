@@ -25,7 +25,7 @@ plus the L2 term), where ``x_hat`` is the model the worker received.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,9 +35,9 @@ from ..codec.lowp import make_rng, quantize_gradient, quantize_model
 from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
-from ..config import option
 from ..errors import CheckpointError
-from .objectives import Objective, Regularizer, Rows
+from .objectives import Objective, Rows
+from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig
 
 __all__ = [
     "ALGORITHMS",
@@ -51,175 +51,6 @@ __all__ = [
 ]
 
 Array = npt.NDArray[np.floating[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class AlgorithmSpec:
-    """How one algorithm communicates."""
-
-    #: ``"quantized"`` (the mu-constraint) or ``"float32"``.
-    model: str
-    #: ``"dense"``, ``"sparse"``, ``"qsgd"`` or ``"float32"``.
-    gradient: str
-    #: True for the momentum (Acc-) variants.
-    accelerated: bool = False
-    #: True if workers need g_snap (QSVRG sends the full semi-stochastic gradient).
-    needs_full_gradient: bool = False
-    #: The full-precision counterpart, for bit savings.
-    baseline: str = "asyfpg"
-    #: The step size eta used when the configuration leaves it at 0.
-    default_step: float = 0.5
-
-
-#: Every algorithm by name (docs/algorithms.md 5-8).
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "asylpg": AlgorithmSpec("quantized", "dense"),
-    # The sparsifier's variance grows like d / phi: a smaller default step.
-    "sparse-asylpg": AlgorithmSpec("quantized", "sparse", default_step=0.2),
-    "acc-asylpg": AlgorithmSpec("quantized", "dense", accelerated=True, baseline="acc-asyfpg"),
-    "asyfpg": AlgorithmSpec("float32", "float32"),
-    "acc-asyfpg": AlgorithmSpec("float32", "float32", accelerated=True, baseline="acc-asyfpg"),
-    "qsvrg": AlgorithmSpec("float32", "qsgd", needs_full_gradient=True),
-    "model-only": AlgorithmSpec("quantized", "float32"),
-}
-
-#: Step sizes that train each built-in model on its typical data in the default epochs
-#: (docs/algorithms.md 1), as a factor of the algorithm's default step.
-_MODEL_STEP = {"logistic": 1.0, "softmax": 1.0, "mlp": 0.4}
-
-
-def default_step(algorithm: str, model: str) -> float:
-    """The step size eta a configuration with ``step = 0`` trains with."""
-    return ALGORITHMS[algorithm].default_step * _MODEL_STEP.get(model, 1.0)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainConfig:
-    """A training run's hyperparameters; sent to workers in CONFIG (docs/algorithms.md 5).
-
-    Every field's help text is its documentation, and the command line's option
-    (``--updates-per-epoch`` for ``updates_per_epoch``; ``--no-entropy-coding`` for
-    a boolean that defaults to True): see :func:`aiodq.config.option`.
-    """
-
-    algorithm: str = option("asylpg", "algorithm (docs/algorithms.md)", choices=tuple(ALGORITHMS))
-    epochs: int = option(10, "epochs S")
-    updates_per_epoch: int = option(0, "applied updates per epoch m; 0: one pass over the data, n / batch")
-    step: float = option(
-        0.0, "step size eta; 0: the default of the model and algorithm (docs/algorithms.md 1)"
-    )
-    batch: int = option(64, "mini-batch size B")
-    bits: int = option(8, "gradient bits b, 2 to 16")
-    mu: float = option(0.5, "model precision mu of the mu-constraint")
-    model_bits_cap: int = option(16, "cap on the model bits b_x; above it models travel as float32")
-    entropy_coding: bool = option(
-        True,
-        "Rice-code quantized codes (DENSE_RICE, wire-format.md 5.8) where smaller; "
-        "off: fixed-width codes (DENSE) both ways, as the paper counts bits",
-    )
-    adaptive_coding: bool = option(
-        False,
-        "Rice-code only while it makes training faster: the master measures the time per applied "
-        "update with Rice-coded and with fixed-width codes and keeps the faster (docs/algorithms.md 10)",
-    )
-    centre: str = option("snapshot", "what the model quantizer centres on", choices=("snapshot", "zero"))
-    phi: float = option(0.05, "sparsity budget phi as a fraction of d (sparse-asylpg)")
-    exact_budget: bool = option(
-        False, "recalibrate the keep probabilities to spend exactly phi (sparse-asylpg)"
-    )
-    qsgd_levels: int = option(16, "QSGD levels s (qsvrg)")
-    tau: int = option(
-        8, "staleness bound tau: a gradient computed on version D is applied at t only if t - D <= tau"
-    )
-    l2: float = option(1e-4, "L2 weight lambda2 of the regulariser")
-    l1: float = option(0.0, "L1 weight lambda1 of the regulariser (proximal step)")
-    acc_snapshot: str = option(
-        "average", "the next snapshot of the accelerated variants", choices=("last", "average")
-    )
-    seed: int = option(0, "random seed (sharding, initial model, quantizer dithers)")
-    model: str = option(
-        "logistic",
-        "the model: logistic, softmax or mlp (built in), or your objective as MODULE:NAME "
-        "(docs/usage.md, Your own model)",
-    )
-    hidden: int = option(100, "hidden units of the MLP")
-    bias: bool = option(False, "an intercept for logistic and softmax regression (the MLP always has biases)")
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
-        for name in ("bits", "model_bits_cap", "tau", "seed", "updates_per_epoch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        positive_ints = ("epochs", "batch", "qsgd_levels", "hidden")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.updates_per_epoch, int) or self.updates_per_epoch < 0:
-            raise ValueError("updates_per_epoch must be a non-negative integer")
-        if not 2 <= self.bits <= 16:
-            raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
-        if not 2 <= self.model_bits_cap <= 16:
-            raise ValueError("model_bits_cap must be between 2 and 16")
-        if self.step == 0:
-            object.__setattr__(self, "step", default_step(self.algorithm, self.model))
-        if not (math.isfinite(self.step) and self.step > 0):
-            raise ValueError(f"step must be positive, got {self.step}")
-        if not (math.isfinite(self.mu) and self.mu > 0):
-            raise ValueError(f"mu must be positive, got {self.mu}")
-        if not (0 < self.phi <= 1):
-            raise ValueError(f"phi is a fraction of d in (0, 1], got {self.phi}")
-        if not isinstance(self.tau, int) or self.tau < 0:
-            raise ValueError(f"tau must be a non-negative integer, got {self.tau!r}")
-        if self.centre not in ("snapshot", "zero"):
-            raise ValueError("centre must be 'snapshot' or 'zero'")
-        if self.acc_snapshot not in ("last", "average"):
-            raise ValueError("acc_snapshot must be 'last' or 'average'")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("model must name a built-in model or MODULE:NAME")
-        Regularizer(l2=self.l2, l1=self.l1)
-        if self.adaptive_coding and not self.entropy_coding:
-            raise ValueError(
-                "adaptive_coding (--adaptive-coding) chooses when to Rice-code: "
-                "it needs entropy_coding (leave out --no-entropy-coding)"
-            )
-        if self.qsgd_levels > 0xFFFF:
-            raise ValueError("qsgd_levels must be at most 65535")
-
-    @property
-    def spec(self) -> AlgorithmSpec:
-        """The algorithm's communication pattern."""
-        return ALGORITHMS[self.algorithm]
-
-    @property
-    def regularizer(self) -> Regularizer:
-        """The regulariser R."""
-        return Regularizer(l2=self.l2, l1=self.l1)
-
-    def to_params(self) -> dict[str, bool | int | float | str]:
-        """The fields as a CONFIG parameter map."""
-        return dict(asdict(self))
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """Rebuild from a CONFIG parameter map; unknown keys are ignored.
-
-        Raises:
-            ValueError: if a value is out of range or of the wrong type.
-        """
-        known = {f.name: f.type for f in fields(cls)}
-        values = {key: value for key, value in params.items() if key in known}
-        for key, value in values.items():
-            default = getattr(cls(), key)
-            if isinstance(default, bool) != isinstance(value, bool):
-                raise ValueError(f"parameter {key!r} has the wrong type")
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                values[key] = float(value)
-            elif type(default) is not type(values[key]):
-                raise ValueError(f"parameter {key!r} has the wrong type")
-        return cls(**values)
 
 
 def rebuild_model(vector: Vector, relative: bool, snapshot: Array) -> Array:

@@ -120,6 +120,7 @@ class Connection(SessionRules):
         #: Analytic vector payload bits sent, by message type name.
         self.payload_bits_sent: dict[str, int] = {}
         self._dense_rice = self._config.dense_rice
+        self._aligned_codes = self._config.aligned_codes
         #: The encoding of the last vector received, or None before the first.
         self.last_received_encoding: Encoding | None = None
         #: The encoding of the last vector sent, or None before the first.
@@ -164,6 +165,19 @@ class Connection(SessionRules):
     @dense_rice.setter
     def dense_rice(self, value: bool) -> None:
         self._dense_rice = bool(value)
+
+    @property
+    def aligned_codes(self) -> bool:
+        """Send fixed-width codes byte-aligned (:func:`~aiodq.codec.packing.aligned_width`).
+
+        Starts as ``ConnectionConfig.aligned_codes``; a worker takes it from its run's CONFIG
+        (``TrainConfig.aligned_codes``).  The values sent are the same either way.
+        """
+        return self._aligned_codes
+
+    @aligned_codes.setter
+    def aligned_codes(self, value: bool) -> None:
+        self._aligned_codes = bool(value)
 
     @property
     def peer_encodings(self) -> frozenset[int]:
@@ -352,7 +366,9 @@ class Connection(SessionRules):
             # The vector's encoding is chosen here, once: Rice-coded dense codes only for a peer
             # that announced DENSE_RICE (wire-format.md 6.2), the rest as the codec decides.
             plan = vector_plan(
-                event, dense_rice=self._dense_rice and Encoding.DENSE_RICE in self._peer_encodings
+                event,
+                dense_rice=self._dense_rice and Encoding.DENSE_RICE in self._peer_encodings,
+                aligned=self._aligned_codes,
             )
             if plan is not None and int(plan.encoding) not in self._peer_encodings:
                 raise ViolationError(

@@ -27,7 +27,6 @@ handling one closes that peer's connection with INTERNAL_ERROR.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -48,7 +47,7 @@ from ..codec.events import (
     SnapshotGradient,
     Welcome,
 )
-from ..codec.registry import ALL_ENCODINGS, Encoding
+from ..codec.registry import ALL_ENCODINGS
 from ..codec.vectors import EqualsSnapshot, RawVector, full_precision
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError, ErrorCode, RemoteProtocolError, code_name
@@ -61,6 +60,7 @@ from .deadlines import Deadlines
 from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, refuse_claim
 from .members import Member, Phase
 from .recovery import Checkpoint
+from .trainconfig import coding_options
 
 __all__ = ["DIVERGED_AFTER", "Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
 
@@ -108,11 +108,7 @@ class Coordinator:
         self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
         self.state = MasterState(config, x0)
         self.dim, self.expected_workers, self.phase = int(self.state.x.shape[0]), workers, Phase.JOINING
-        base = connection_config or ConnectionConfig()
-        if not config.entropy_coding:
-            # Fixed-width codes both ways: no DENSE_RICE sent, none announced (wire-format.md 6.2).
-            announced = (base.encodings or ALL_ENCODINGS) - {int(Encoding.DENSE_RICE)}
-            base = dataclasses.replace(base, encodings=frozenset(announced), dense_rice=False)
+        base = coding_options(config, connection_config or ConnectionConfig())
         self._connection_config = base
         self._announced = frozenset(base.encodings or ALL_ENCODINGS)
         self._workers: dict[int, Member] = {}

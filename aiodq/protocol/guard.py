@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codec.events import SnapshotGradient
+from ..codec.packing import aligned_width
 from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
 from ..errors import ErrorCode
 from .algorithms import TrainConfig
@@ -106,6 +107,10 @@ class Guard:
             width = None
             if isinstance(vector, RawVector) and vector.values.dtype != np.float32:
                 return Refusal(ErrorCode.INVALID_PAYLOAD, f"{config.algorithm} gradients travel as RAW_F32")
+        if config.aligned_codes and kind in ("dense", "sparse") and width == aligned_width(config.bits):
+            # Byte-aligned fixed-width codes (wire-format.md 5.5-5): b-bit values in a wider
+            # container.  (Rice-coded ones keep b.)
+            width = config.bits
         if not isinstance(vector, wanted[0]) or width != wanted[1]:
             got = type(vector).__name__ + (f" ({width})" if width is not None else "")
             expected = wanted[0].__name__ + (f" ({wanted[1]})" if wanted[1] is not None else "")

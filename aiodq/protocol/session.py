@@ -257,3 +257,4 @@ class WorkerSession:
             return
         self.config = config
         self.state = state
+        self.connection.aligned_codes = config.aligned_codes

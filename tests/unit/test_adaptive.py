@@ -375,11 +375,13 @@ def test_a_worker_of_another_run_rice_codes_whatever_the_model_came_in() -> None
     assert Encoding.DENSE in {model for model, _ in pairs}
 
 
-@pytest.mark.parametrize("overrides", [{"adaptive_coding": True}, {"entropy_coding": False}])
+@pytest.mark.parametrize(
+    "overrides", [{"adaptive_coding": True}, {"entropy_coding": False}, {"aligned_codes": True}]
+)
 def test_the_coding_experiment_sets_each_variants_coding_whatever_the_command_says(
     overrides: dict[str, bool], tmp_path: Path
 ) -> None:
-    """``aiodq experiment coding --adaptive-coding`` or ``--no-entropy-coding``: the same four variants."""
+    """``aiodq experiment coding`` with a coding switch: the same six variants."""
     from aiodq.lab.coding import VARIANTS  # noqa: PLC0415 - the lab extra
     from aiodq.lab.runs import Context  # noqa: PLC0415
 
@@ -387,15 +389,17 @@ def test_the_coding_experiment_sets_each_variants_coding_whatever_the_command_sa
     (spec,) = context.specs()
     dataset, _, _ = context.load(spec)
     codings = {
-        name: (config.algorithm, config.entropy_coding, config.adaptive_coding)
+        name: (config.algorithm, config.entropy_coding, config.adaptive_coding, config.aligned_codes)
         for name, _, fields in VARIANTS
         for config in [context.config(spec, dataset, **fields)]
     }
     assert codings == {
-        "asyfpg": ("asyfpg", True, False),
-        "rice": ("asylpg", True, False),
-        "fixed": ("asylpg", False, False),
-        "adaptive": ("asylpg", True, True),
+        "asyfpg": ("asyfpg", True, False, False),
+        "rice": ("asylpg", True, False, False),
+        "fixed": ("asylpg", False, False, False),
+        "aligned": ("asylpg", False, False, True),
+        "adaptive": ("asylpg", True, True, False),
+        "adaptive-aligned": ("asylpg", True, True, True),
     }
 
 
