@@ -86,7 +86,7 @@ class ConnectionConfig:
     #: smaller and the peer announced it; otherwise at fixed width (DENSE).  The values are the
     #: same either way.
     dense_rice: bool = True
-    #: Send fixed-width codes byte-aligned: in the narrowest of 2, 4, 8 or 16 bits that holds
+    #: Send fixed-width codes byte-aligned: in the narrowest of 1, 2, 4, 8 or 16 bits that holds
     #: them (wire-format.md 5.5-5), more bytes for less CPU time.  The values are the same.
     aligned_codes: bool = False
     #: Shared secret for the HMAC handshake (wire-format.md 7.12-7.14), or None.  A master

@@ -127,7 +127,7 @@ def encode_message(
         event: the message.
         version: the negotiated protocol version.
         dense_rice: send dense quantized codes Rice-coded (DENSE_RICE) where that is smaller.
-        aligned: send fixed-width codes byte-aligned, in the narrowest of 2, 4, 8 or 16 bits
+        aligned: send fixed-width codes byte-aligned, in the narrowest of 1, 2, 4, 8 or 16 bits
             that holds them (:func:`~aiodq.codec.packing.aligned_width`).
         plan: the vector's encoding, if the caller chose it already with :func:`vector_plan`
             (then ``dense_rice`` and ``aligned`` are not looked at).

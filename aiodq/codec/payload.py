@@ -166,7 +166,7 @@ def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = Fal
     quantized vector goes as DENSE_RICE when ``dense_rice`` is set and the Rice
     block is smaller than the fixed-width codes (5.8), else as DENSE.  With
     ``aligned``, the fixed-width codes of DENSE and sparse payloads travel in the
-    narrowest of 2, 4, 8 or 16 bits that holds them (5.5-5): the same values in more
+    narrowest of 1, 2, 4, 8 or 16 bits that holds them (5.5-5): the same values in more
     bytes, packed and unpacked with less work.
 
     Raises:

@@ -322,7 +322,7 @@ def _timed_epoch(
 ) -> None:
     """One epoch of :func:`epoch_timing`; appends each update's seconds per part to ``parts``."""
     clock = time.perf_counter
-    rice = master.config.entropy_coding
+    rice, aligned = master.config.entropy_coding, master.config.aligned_codes
     _, gradient_sum = model.loss_grad(master.snapshot)
     worker.snapshot_phase(master.snapshot)
     master.finish_snapshot_phase(gradient_sum, 0.0, dataset.samples)
@@ -334,6 +334,7 @@ def _timed_epoch(
         down = encode_message(
             ModelMessage(epoch=master.epoch, version=master.version, vector=vector, relative=relative),
             dense_rice=rice,
+            aligned=aligned,
         )
         times.append(clock())
         received = decode_frame(down, context)
@@ -346,7 +347,9 @@ def _timed_epoch(
         compressed = worker.compress(alpha)
         times.append(clock())
         up = encode_message(
-            Gradient(epoch=master.epoch, version=master.version, vector=compressed), dense_rice=rice
+            Gradient(epoch=master.epoch, version=master.version, vector=compressed),
+            dense_rice=rice,
+            aligned=aligned,
         )
         times.append(clock())
         gradient = decode_frame(up, context)

@@ -196,8 +196,9 @@ def measure_round_trip(lab: NetLab, src: int, dst: int, count: int = 5) -> tuple
 # -- clusters -------------------------------------------------------------------------
 
 
-#: TrainConfig booleans ``aiodq master`` takes as switches (``--no-entropy-coding``, ``--adaptive-coding``).
-_SWITCHES = ("entropy_coding", "adaptive_coding")
+#: TrainConfig booleans ``aiodq master`` takes as switches (``--no-entropy-coding``, ``--adaptive-coding``,
+#: ``--aligned-codes``).
+_SWITCHES = ("entropy_coding", "adaptive_coding", "aligned_codes")
 
 
 def _training_flags(config: TrainConfig) -> list[str]:

@@ -37,7 +37,7 @@ from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 from ..errors import CheckpointError
 from .objectives import Objective, Rows
-from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig
+from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig, default_step
 
 __all__ = [
     "ALGORITHMS",
@@ -47,6 +47,7 @@ __all__ = [
     "MasterState",
     "TrainConfig",
     "WorkerState",
+    "default_step",
     "initial_model",
 ]
 

@@ -6,7 +6,8 @@ factor f (``MasterConfig.guard``; 0 turns the statistical checks off), those far
 out of line with everything else it has seen:
 
 - GRADIENT: the encoding and width the algorithm sends (DENSE or SPARSE at the
-  configured b, QSGD at the configured s, RAW_F32 for the full-precision
+  configured b, or for a run with ``aligned_codes`` in the aligned container with
+  codes in b bits' range; QSGD at the configured s, RAW_F32 for the full-precision
   algorithms, or ZERO); with an L2 term, the dense and full-precision algorithms
   send ZERO only in answer to a model equal to the snapshot (alpha includes
   l2 (x_hat - x_snap), so it is never zero otherwise); an update u = Q(alpha) + g_snap
@@ -107,9 +108,20 @@ class Guard:
             width = None
             if isinstance(vector, RawVector) and vector.values.dtype != np.float32:
                 return Refusal(ErrorCode.INVALID_PAYLOAD, f"{config.algorithm} gradients travel as RAW_F32")
-        if config.aligned_codes and kind in ("dense", "sparse") and width == aligned_width(config.bits):
-            # Byte-aligned fixed-width codes (wire-format.md 5.5-5): b-bit values in a wider
-            # container.  (Rice-coded ones keep b.)
+        if (
+            config.aligned_codes
+            and kind in ("dense", "sparse")
+            and width == aligned_width(config.bits) != config.bits
+        ):
+            # Byte-aligned fixed-width codes (wire-format.md 5.5-5): b-bit codes in a wider container
+            # (Rice-coded ones keep b).  The container admits codes that b bits do not: refuse them.
+            codes = vector.codes  # type: ignore[union-attr]
+            half = 1 << (config.bits - 1)
+            if codes.shape[0] and not (-half <= int(codes.min()) and int(codes.max()) < half):
+                return Refusal(
+                    ErrorCode.INVALID_PAYLOAD,
+                    f"codes outside the {config.bits}-bit range in a {width}-bit container",
+                )
             width = config.bits
         if not isinstance(vector, wanted[0]) or width != wanted[1]:
             got = type(vector).__name__ + (f" ({width})" if width is not None else "")

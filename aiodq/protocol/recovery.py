@@ -77,6 +77,20 @@ def capture(
     return Checkpoint(arrays, meta)
 
 
+def _saved_config(params: object) -> TrainConfig | None:
+    """The configuration a checkpoint names, None if it names none.
+
+    A field added since it was written (``aligned_codes``, say) takes its default, as the run
+    that wrote it had it.
+    """
+    if not isinstance(params, dict):
+        return None
+    try:
+        return TrainConfig.from_params(params)
+    except (ValueError, TypeError):
+        return None
+
+
 def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> Resumed:
     """Load ``checkpoint`` into ``state``; return the ledger and clock it carries.
 
@@ -85,7 +99,7 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             finished, or is incomplete or damaged.
     """
     meta = checkpoint.meta
-    if meta.get("config") != config.to_params() or meta.get("dim") != int(state.x.shape[0]):
+    if _saved_config(meta.get("config")) != config or meta.get("dim") != int(state.x.shape[0]):
         raise CheckpointError("the checkpoint was written by a run with another configuration or dimension")
     phase = meta.get("phase")
     if phase == "done":

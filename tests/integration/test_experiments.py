@@ -119,12 +119,14 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
         assert row["updates_per_second"] > 0
 
 
-def test_quick_coding_compares_the_three_codings_with_asyfpg(quick: Path) -> None:
-    """``coding``: AsyFPG and AsyLPG Rice-coded, fixed-width and adaptive, on 127.0.0.1 in quick mode."""
+def test_quick_coding_compares_the_five_codings_with_asyfpg(quick: Path) -> None:
+    """``coding``: AsyFPG and AsyLPG Rice-coded, fixed-width, byte-aligned, adaptive and adaptive
+    byte-aligned, on 127.0.0.1 in quick mode."""
     report = json.loads((quick / "coding" / "coding.json").read_text())
     assert report["places"] == ["127.0.0.1"]
     rows = report["datasets"]["a9a-bundled"]["rows"]
-    assert [row["variant"] for row in rows] == ["asyfpg", "rice", "fixed", "adaptive"]
+    adaptive = ("adaptive", "adaptive-aligned")
+    assert [row["variant"] for row in rows] == ["asyfpg", "rice", "fixed", "aligned", *adaptive]
     by_name = {row["variant"]: row for row in rows}
     for row in rows:
         assert row["median_time"] is not None and row["median_bits"] is not None
@@ -132,12 +134,15 @@ def test_quick_coding_compares_the_three_codings_with_asyfpg(quick: Path) -> Non
     # (No comparison of bits across these runs: in quick mode the target falls within the first
     # records, m/8 updates apart, and the full-precision snapshot phases that both pay dominate,
     # so which record crosses it decides; one run gave AsyFPG 6.19 Mbit, fixed width 2.56.)
-    # Only the adaptive runs report a choice, and it measured both codings.
-    (chosen,) = by_name["adaptive"]["adaptive_coding"]
-    assert chosen["windows_rice"] >= 1 and chosen["windows_fixed"] >= 1
-    assert all(row["adaptive_coding"] == [None] for row in rows if row["variant"] != "adaptive")
+    # Only the adaptive runs report a choice, and each measured both codings.
+    for name in adaptive:
+        (chosen,) = by_name[name]["adaptive_coding"]
+        assert chosen["windows_rice"] >= 1 and chosen["windows_fixed"] >= 1
+    assert all(row["adaptive_coding"] == [None] for row in rows if row["variant"] not in adaptive)
     assert all(row["worker_nice"] == [2] for row in rows)  # --worker-nice reached every run's launcher
-    assert "| 127.0.0.1 | AsyLPG, adaptive |" in (quick / "coding" / "coding.md").read_text()
+    table = (quick / "coding" / "coding.md").read_text()
+    assert "| 127.0.0.1 | AsyLPG, adaptive |" in table
+    assert "| 127.0.0.1 | AsyLPG, fixed width byte-aligned |" in table
 
 
 def test_quick_network_runs_or_says_why(quick: Path) -> None:

@@ -299,7 +299,14 @@ def test_without_adaptive_coding_nothing_changes_with_the_costs() -> None:
 
 @pytest.mark.parametrize(
     "switches",
-    [{"adaptive_coding": True}, {"entropy_coding": False}, {}],
+    [
+        {"adaptive_coding": True},
+        {"entropy_coding": False},
+        {},
+        {"aligned_codes": True},
+        {"adaptive_coding": True, "aligned_codes": True},
+        {"entropy_coding": False, "aligned_codes": True},
+    ],
 )
 def test_the_network_lab_passes_the_coding_switches_to_aiodq_master(switches: dict[str, bool]) -> None:
     """The lab starts ``aiodq master`` with options that rebuild the config, these switches included."""

@@ -118,6 +118,25 @@ def test_the_guard_takes_the_aligned_container_only_from_an_aligned_run() -> Non
     assert aligned.refuse_gradient(four, model_equals_snapshot=False) is not None
 
 
+@pytest.mark.parametrize(("low", "high", "refused"), [(-32, 31, False), (-33, 31, True), (-32, 32, True)])
+def test_an_aligned_container_holds_only_codes_of_the_runs_width(low: int, high: int, refused: bool) -> None:
+    """A 6-bit run's codes lie in -32..31 (6-bit two's complement); an 8-bit container could carry
+    -128..127, which no honest worker of the run sends."""
+    codes = np.array([3, low, -1, high], dtype=np.int8)
+    dense = DenseQuantized(bits=8, scale=0.25, codes=codes)
+    sparse = SparseQuantized(dim=9, bits=8, scale=0.25, indices=np.array([0, 2, 5, 8]), codes=codes)
+    for algorithm, vector in (("asylpg", dense), ("sparse-asylpg", sparse)):
+        guard = Guard(
+            TrainConfig(algorithm=algorithm, bits=6, aligned_codes=True), factor=0.0, workers=2, samples=None
+        )
+        refusal = guard.refuse_gradient(vector, model_equals_snapshot=False)
+        if refused:
+            assert refusal is not None and refusal.code is ErrorCode.INVALID_PAYLOAD
+            assert refusal.reason == "codes outside the 6-bit range in a 8-bit container"
+        else:
+            assert refusal is None
+
+
 def test_an_aligned_run_trains_the_same_model_in_more_bytes() -> None:
     """The coding is lossless: the same trace; every 6-bit DENSE gradient costs 123 * 8 + 32 bits
     instead of 123 * 6 + 32, and the models (b_x of 3 to 7 bits here) cost more too."""

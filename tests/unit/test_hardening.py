@@ -254,6 +254,27 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], o
     assert fresh.coordinator.state.version == 0  # nothing of it was used
 
 
+def test_a_checkpoint_without_a_later_option_resumes_and_one_of_another_run_does_not() -> None:
+    """A checkpoint written before ``aligned_codes`` existed names no such field: it resumes a run
+    that leaves the option at its default.  Another value of a field it names is another run."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2)
+    cluster.run(
+        until=lambda: cluster.coordinator.phase is Phase.INNER and cluster.coordinator.state.version > 3
+    )
+    checkpoint = cluster.coordinator.checkpoint(cluster.now)
+    del checkpoint.meta["config"]["aligned_codes"]
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(checkpoint, 0.0)
+    assert fresh.coordinator.state.version == cluster.coordinator.state.version
+    for field, value in (("bits", train.bits + 1), ("aligned_codes", True), ("algorithm", 7)):
+        other = cluster.coordinator.checkpoint(cluster.now)
+        other.meta["config"][field] = value
+        refused = Cluster(train, small_a9a(), 2, connect=False)
+        with pytest.raises(CheckpointError, match="another configuration"):
+            refused.coordinator.restore(other, 0.0)
+
+
 def test_a_checkpoint_of_another_random_generator_is_refused() -> None:
     """The quantizer draws from SFC64; a checkpoint naming PCG64 (an earlier version's) is refused."""
     train = config(epochs=2)
