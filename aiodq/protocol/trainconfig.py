@@ -89,8 +89,9 @@ class TrainConfig:
     )
     aligned_codes: bool = option(
         False,
-        "send fixed-width codes byte-aligned, 5 to 7 bits in 8 and 3 in 4 (wire-format.md 5.5-5): "
-        "the same values in more bytes, for less CPU time on fast links (docs/algorithms.md 10)",
+        "send fixed-width codes byte-aligned, 3 bits in 4, 5 to 7 in 8, 9 to 15 in 16 "
+        "(wire-format.md 5.5-5): the same values in more bytes, for less CPU time on fast links "
+        "(docs/algorithms.md 10)",
     )
     centre: str = option("snapshot", "what the model quantizer centres on", choices=("snapshot", "zero"))
     phi: float = option(0.05, "sparsity budget phi as a fraction of d (sparse-asylpg)")
