@@ -215,8 +215,8 @@ def experiment_mu(context: Context) -> dict[str, Any]:
     report: dict[str, Any] = {"datasets": {}}
     lines = ["# The mu study, the gradient bits and the sparsity budget", ""]
     sweeps_of = (
-        ("mu", "asylpg", MU_VALUES[2:5] if context.quick else MU_VALUES, "AsyLPG: mu (b fixed)"),
-        ("bits", "asylpg", BIT_VALUES, "AsyLPG: b (mu fixed)"),
+        ("mu", "asylpg", MU_VALUES[3:5] if context.quick else MU_VALUES, "AsyLPG: mu (b fixed)"),
+        ("bits", "asylpg", BIT_VALUES[::2] if context.quick else BIT_VALUES, "AsyLPG: b (mu fixed)"),
         ("phi", "sparse-asylpg", PHI_VALUES[1:] if context.quick else PHI_VALUES, "Sparse-AsyLPG: phi / d"),
     )
     for spec in context.specs():
@@ -421,13 +421,12 @@ def experiment_workers(context: Context) -> dict[str, Any]:
     report: dict[str, Any] = {"datasets": {}}
     lines = ["# 4 workers against 8", ""]
     counts = (2, 4) if context.quick else (4, 8)
+    names = ("asylpg",) if context.quick else ("asyfpg", "asylpg", "acc-asylpg")
     for spec in context.specs():
         dataset, _, target = context.load(spec)
         rows = []
         for workers in counts:
-            configs = [
-                context.config(spec, dataset, algorithm=name) for name in ("asyfpg", "asylpg", "acc-asylpg")
-            ]
+            configs = [context.config(spec, dataset, algorithm=name) for name in names]
             for repeats in context.runs(spec, configs, workers=workers):
                 row = summarise(repeats, target)
                 run = repeats[0]

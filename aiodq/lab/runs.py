@@ -139,10 +139,10 @@ QUICK = DatasetSpec(
     "a9a-bundled",
     None,
     None,
-    _lr_settings(4),
+    _lr_settings(3),
     DATASETS["a9a"].overrides,
     target_gap=1e-2,
-    describe="quick mode: bundled a9a, 4 epochs, target F* (1 + 1e-2)",
+    describe="quick mode: bundled a9a, 3 epochs, target F* (1 + 1e-2)",
 )
 
 

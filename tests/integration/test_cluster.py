@@ -38,15 +38,29 @@ def test_every_algorithm_has_a_case() -> None:
     assert set(CASES) == set(ALGORITHMS)
 
 
+#: One run per algorithm, shared by the convergence test and the bits comparison (a module's
+#: tests run in file order, so the comparison reuses the runs; run alone, it trains them itself).
+RUNS: dict[str, dict[str, Any]] = {}
+
+
+async def case_run(algorithm: str) -> dict[str, Any]:
+    """The summary of ``algorithm``'s run over TCP with its CASES epochs; trained once per module."""
+    if algorithm not in RUNS:
+        epochs, _ = CASES[algorithm]
+        summary, results = await train(TrainConfig(algorithm=algorithm, epochs=epochs, l2=L2))
+        assert all(result.ok for result in results), results
+        RUNS[algorithm] = summary
+    return RUNS[algorithm]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("algorithm", sorted(CASES))
 async def test_algorithm_reaches_the_optimum_over_tcp(algorithm: str, optimum: float) -> None:
     """algorithms.md 5-8: each algorithm trains logistic regression on a9a to within its gap of F*."""
     epochs, gap = CASES[algorithm]
-    summary, results = await train(TrainConfig(algorithm=algorithm, epochs=epochs, l2=L2))
+    summary = await case_run(algorithm)
     final = summary["trace"][-1]["loss"]
     assert (final - optimum) / optimum <= gap, (final, optimum)
-    assert all(result.ok for result in results), results
     assert summary["staleness"]["max"] <= summary["staleness"]["tau"]
     assert len(summary["trace"]) == epochs + 1
 
@@ -66,12 +80,13 @@ async def test_slow_worker_never_exceeds_the_staleness_bound() -> None:
 
 @pytest.mark.asyncio
 async def test_quantized_algorithms_need_fewer_bits_than_full_precision(optimum: float) -> None:
-    """The paper's claim: the same loss with fewer transmitted bits than the full-precision counterpart."""
+    """The paper's claim: the same loss with fewer transmitted bits than the full-precision counterpart.
+
+    Bits to F* (1 + 5e-3), read at the epoch ends of the convergence runs (every one reaches it:
+    their gaps are at most 5e-3, Sparse-AsyLPG's within its ten epochs as measured).
+    """
     target = optimum * 1.005
-    bits = {}
-    for algorithm in ("asyfpg", "asylpg", "sparse-asylpg", "acc-asyfpg", "acc-asylpg", "qsvrg", "model-only"):
-        summary, _ = await train(TrainConfig(algorithm=algorithm, epochs=10, l2=L2))
-        bits[algorithm] = bits_to_target(summary, target)
+    bits = {algorithm: bits_to_target(await case_run(algorithm), target) for algorithm in sorted(CASES)}
     assert all(value is not None for value in bits.values()), bits
     for algorithm, spec in ALGORITHMS.items():
         if algorithm != spec.baseline:

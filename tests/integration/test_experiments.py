@@ -88,8 +88,8 @@ def test_quick_table1_rows_and_savings(quick: Path) -> None:
 def test_quick_mu_bits_timing_workers(quick: Path) -> None:
     """The mu, b and phi sweeps, the timing table and the worker counts are written and consistent."""
     mu = json.loads((quick / "mu" / "mu.json").read_text())["datasets"]["a9a-bundled"]
-    assert [row["mu"] for row in mu["mu"]] == [0.25, 0.5, 1.0]
-    assert [row["bits"] for row in mu["bits"]] == [2, 4, 8]
+    assert [row["mu"] for row in mu["mu"]] == [0.5, 1.0]
+    assert [row["bits"] for row in mu["bits"]] == [2, 8]
     assert [(row["phi"], row["algorithm"]) for row in mu["phi"]] == [
         (0.05, "sparse-asylpg"),
         (0.25, "sparse-asylpg"),
@@ -111,9 +111,7 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
     assert "| asylpg | " in (quick / "timing" / "timing.md").read_text()
 
     workers = json.loads((quick / "workers" / "workers.json").read_text())["datasets"]["a9a-bundled"]
-    assert {(row["workers"], row["algorithm"]) for row in workers["rows"]} == {
-        (m, a) for m in (2, 4) for a in ("asyfpg", "asylpg", "acc-asylpg")
-    }
+    assert [(row["workers"], row["algorithm"]) for row in workers["rows"]] == [(2, "asylpg"), (4, "asylpg")]
     for row in workers["rows"]:
         assert row["staleness_max"] <= 8  # tau
         assert row["updates_per_second"] > 0

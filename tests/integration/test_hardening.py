@@ -181,7 +181,8 @@ async def test_a_finished_master_exits_whatever_strangers_hold_open() -> None:
 
     loop = asyncio.get_running_loop()
     try:
-        async with Master(TrainConfig(epochs=20), X0, workers=1) as master:
+        # 20 short epochs: training lasts well past the 200 idle connections below (checked).
+        async with Master(TrainConfig(epochs=20, updates_per_epoch=100), X0, workers=1) as master:
             host, port = master.address
             assert master.coordinator is not None
             pesters = [asyncio.create_task(pester(host, port)) for _ in range(3)]
@@ -190,6 +191,7 @@ async def test_a_finished_master_exits_whatever_strangers_hold_open() -> None:
             # During training: more idle connections than the handshake cap lets in.
             for _ in range(200):
                 idle.append(await asyncio.wait_for(asyncio.open_connection(host, port), 5))
+            assert not master.coordinator.done, "training ended before the idle connections were open"
             await wait_until(lambda: master.coordinator.done, TIMEOUT, "the end of training")
             done_at = loop.time()
             summary = (await master.wait(10.0)).to_json()

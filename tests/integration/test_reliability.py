@@ -86,8 +86,9 @@ async def test_worker_killed_with_sigkill_training_still_reaches_the_target(tmp_
 @pytest.mark.asyncio
 async def test_restarted_worker_rejoins_a_running_session() -> None:
     """Coordinator._join: a restarted worker takes part at once, in the epoch it joins; its shard returns."""
-    # Long enough that training is still running when the restarted worker connects.
-    config = TrainConfig(algorithm="asylpg", epochs=30)
+    # Long enough that training is still running when the restarted worker connects (in this
+    # process, at once): 27 epochs remain then.  Short epochs: what matters is the epoch count.
+    config = TrainConfig(algorithm="asylpg", epochs=30, updates_per_epoch=200)
     x0 = np.zeros(A9A.features_count)
     async with Master(config, x0, workers=3) as master:
         coordinator = master.coordinator

@@ -255,7 +255,7 @@ def _dense_rice_size(codes: np.ndarray, bits: int) -> tuple[int, int]:
     return sizes.index(min(sizes)), min(sizes)
 
 
-@settings(SETTINGS, max_examples=500)
+@settings(SETTINGS, max_examples=250)
 @given(vector=dense_rice_vectors())
 def test_dense_rice_roundtrip(vector: DenseQuantized) -> None:
     """wire-format.md 5.8: Rice-coded where smaller; decode(encode(v)) == v; re-encoding is byte-exact."""
@@ -386,7 +386,7 @@ def codec_decode_all(data: bytes, context: DecodeContext) -> None:
         pass
 
 
-@settings(SETTINGS, max_examples=1200)
+@settings(SETTINGS, max_examples=600)
 @given(data=garbage(), dim=st.one_of(st.none(), st.integers(1, 300)))
 def test_codec_garbage_raises_only_codec_error(data: bytes, dim: int | None) -> None:
     """wire-format.md 9: bad bytes raise only CodecError (no IndexError, struct.error, numpy, msgpack)."""
@@ -401,7 +401,7 @@ def test_codec_garbage_with_matching_dimension(data: bytes) -> None:
     codec_decode_all(data, DecodeContext(dim=40))
 
 
-@settings(SETTINGS, max_examples=600)
+@settings(SETTINGS, max_examples=300)
 @given(
     data=mutated(
         st.one_of(sparse_vectors(), qsgd_vectors(), dense_vectors(), dense_rice_vectors(), raw_vectors()).map(
@@ -444,7 +444,7 @@ def connection_feed_all(conn: MasterConnection | WorkerConnection, data: bytes, 
         assert conn.next_event() is None
 
 
-@settings(SETTINGS, max_examples=500)
+@settings(SETTINGS, max_examples=250)
 @given(data=garbage(dim=40), eof=st.booleans())
 def test_connection_garbage_raises_only_remote_protocol_error(data: bytes, eof: bool) -> None:
     """wire-format.md 9: a READY connection fed bad bytes raises only RemoteProtocolError."""

@@ -78,10 +78,10 @@ def _assert_clean(report: dict[str, object]) -> None:
 
 
 def test_campaign_raises_only_typed_errors() -> None:
-    """WF-9, style.md: 20,000 seeded inputs over every target raise only CodecError / RemoteProtocolError."""
-    report = run_campaign(FuzzOptions(inputs=20_000, seed=0))
+    """WF-9, style.md: 10,000 seeded inputs over every target raise only CodecError / RemoteProtocolError."""
+    report = run_campaign(FuzzOptions(inputs=10_000, seed=0))
     _assert_clean(report)
-    assert report["inputs"] == 20_000
+    assert report["inputs"] == 10_000
     targets = report["targets"]
     assert isinstance(targets, dict)
     assert set(targets) == set(ALL_TARGETS)
@@ -103,7 +103,7 @@ def test_every_connection_state_raises_only_remote_protocol_error(target: str) -
     assert targets[target]["inputs"] == 700
 
 
-@settings(SETTINGS, max_examples=1500)
+@settings(SETTINGS, max_examples=750)
 @given(rnd=st.randoms(use_true_random=False), target=st.sampled_from(ALL_TARGETS), data=st.data())
 def test_hypothesis_driven_mutations(rnd: random.Random, target: str, data: st.DataObject) -> None:
     """WF-9: inputs from the fuzz mutators under hypothesis's control raise only the typed errors."""
