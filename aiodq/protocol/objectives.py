@@ -227,6 +227,37 @@ class _Samples:
         self.__dict__["_cached"] = (rows, *block)
         return block
 
+    def _sparse_batch(self, rows: Rows) -> tuple[npt.NDArray[Any], ...] | None:
+        """CSR features' mini-batch as flat arrays ``(columns, values, row of each, labels)``; else None.
+
+        Slicing a CSR matrix by rows costs scipy about as much as the whole gradient (180 of 360 us
+        for 64 a9a rows on the project's slower VM); indexing its three arrays costs a few numpy calls.
+        Cached by ``rows``, as :meth:`_batch` is.
+        """
+        features: Any = self.features  # a csr_matrix or csr_array (checked below)
+        if getattr(features, "format", None) != "csr":
+            return None
+        cached = self.__dict__.get("_cached_sparse")
+        if cached is not None and cached[0] is rows:
+            block: tuple[npt.NDArray[Any], ...] = cached[1]
+            return block
+        key, rows = rows, np.asarray(rows)
+        indptr = features.indptr
+        starts = indptr[:-1][rows]  # (views: negative rows count from the end, as in numpy)
+        lengths = indptr[1:][rows] - starts
+        ends = np.cumsum(lengths)
+        # Positions of every stored entry of the rows, in order: row r's run starts at starts[r].
+        total = int(ends[-1]) if ends.size else 0
+        positions = np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
+        block = (
+            np.asarray(features.indices[positions]),
+            np.asarray(features.data[positions]),
+            np.repeat(np.arange(rows.shape[0]), lengths),
+            np.asarray(self.labels[rows]),
+        )
+        self.__dict__["_cached_sparse"] = (key, block)
+        return block
+
     @property
     def samples(self) -> int:
         """The number of samples."""
@@ -255,10 +286,23 @@ class LogisticRegression(_Samples):
 
     def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
         """See :meth:`Objective.loss_grad`."""
-        features, labels = self._batch(rows)
-        margins = labels * self._margins(x, features)
-        weights = -labels * expit(-margins)
-        grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
+        sparse = None if rows is None else self._sparse_batch(rows)
+        if sparse is not None:
+            # A CSR mini-batch: a . w and A^T weights as two weighted bincounts over its entries.
+            columns, values, row_of, labels = sparse
+            w = x[:-1] if self.bias else x
+            scores: Any = np.bincount(row_of, weights=values * w[columns], minlength=labels.shape[0])
+            margins = labels * (scores + x[-1] if self.bias else scores)
+            weights = -labels * expit(-margins)
+            # (astype: bincount gives int64 zeros for a batch without entries.)
+            grad: Array = np.bincount(columns, weights=values * weights[row_of], minlength=w.shape[0]).astype(
+                np.float64, copy=False
+            )
+        else:
+            features, labels = self._batch(rows)
+            margins = labels * self._margins(x, features)
+            weights = -labels * expit(-margins)
+            grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
         if self.bias:
             grad = np.append(grad, weights.sum())
         return -float(log_expit(margins).sum()), grad

@@ -123,6 +123,32 @@ def test_dense_and_csr_agree(name: str) -> None:
     assert correct_of(dense, x) == correct_of(sparse, x)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_csr_mini_batches_agree_with_dense_ones(name: str) -> None:
+    """Mini-batches of CSR rows (logistic: the bincount path) give the dense model's loss and gradient:
+    repeated rows, negative rows, a row without stored entries, one row, and the same rows asked again
+    at another point (the inner loop's second call)."""
+    model, x, features, labels = case(name, 7, "dense")
+    features = features.copy()
+    features[4] = 0.0  # a row with no stored entries in CSR
+    if isinstance(model, MLP):
+        dense, sparse = (
+            MLP(features, labels, model.layers),
+            MLP(sp.csr_matrix(features), labels, model.layers),
+        )
+    else:
+        bias = name.endswith("+bias")
+        dense, sparse = (type(model)(data, labels, bias=bias) for data in (features, sp.csr_matrix(features)))
+    rng = np.random.default_rng(3)
+    for batch in (np.array([4, 1, 1, -1, 0]), np.array([4]), rng.integers(0, SAMPLES, 16)):
+        rows = batch.astype(np.intp)
+        for point in (x, x + rng.normal(size=x.shape)):
+            dense_out, sparse_out = dense.loss_grad(point, rows), sparse.loss_grad(point, rows)
+            assert sparse_out[1].dtype == np.float64 and sparse_out[1].shape == (dense.dim,)
+            assert sparse_out[0] == pytest.approx(dense_out[0], rel=1e-12, abs=1e-12)
+            np.testing.assert_allclose(sparse_out[1], dense_out[1], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("split", [1, 5, 11])
