@@ -250,10 +250,10 @@ class _Samples:
         total = int(ends[-1]) if ends.size else 0
         positions = np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
         block = (
-            np.asarray(features.indices[positions]),
-            np.asarray(features.data[positions]),
+            features.indices[positions],
+            features.data[positions],
             np.repeat(np.arange(rows.shape[0]), lengths),
-            np.asarray(self.labels[rows]),
+            self.labels[rows],
         )
         self.__dict__["_cached_sparse"] = (key, block)
         return block
