@@ -20,7 +20,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 #: A user objective, written as a user would (tests/integration/test_own_model.py's own copy).
 LEAST_SQUARES = """
 import numpy as np
-import pytest
 
 class LeastSquares:
     def __init__(self, features, labels):
@@ -57,7 +56,7 @@ def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path:
         "--workers",
         "2",
         "--epochs",
-        "15",
+        "5",
         "--step",
         "0.05",
         "--out",
@@ -69,6 +68,7 @@ def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path:
     summary = json.loads((out / "result.json").read_text())
     dataset = load_bundled_a9a()
     best = least_squares_optimum(dataset.features, dataset.labels, summary["config"]["l2"])
+    # Measured: 0.49 % above F* after 2 epochs, 0.15 % after 5 (and 0.06 % after 15).
     assert abs(summary["trace"][-1]["loss"] - best) <= 0.01 * best, (summary["trace"][-1]["loss"], best)
     assert summary["measures_accuracy"] is False
     assert "no correct()" in result.stdout
