@@ -1,9 +1,10 @@
 """Shared test configuration.
 
 Hypothesis runs derandomised, so every run checks the same cases.  The files that take
-longest run first: pytest-xdist (``-n 2 --dist loadfile``, pyproject.toml) hands whole files
-to its two workers in collection order, so starting the longest jobs first lets both
-workers finish at about the same time instead of one running a long file alone at the end.
+longest run first: pytest-xdist (``-n 2 --dist loadfile --no-loadscope-reorder``,
+pyproject.toml) hands whole files to its two workers in collection order, so starting the
+longest jobs first lets both workers finish at about the same time instead of one running a
+long file alone at the end.
 """
 
 from __future__ import annotations
