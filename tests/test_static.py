@@ -58,12 +58,3 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
         script.write_text(block, encoding="utf-8")
         result = _run(sys.executable, str(script))
         assert result.returncode == 0, (number, result.stderr)
-
-
-def test_the_slowest_first_order_names_test_files_that_exist() -> None:
-    """tests/conftest.py's SLOWEST_FIRST: a renamed or removed file would silently drop out of it."""
-    from tests.conftest import SLOWEST_FIRST, TESTS  # noqa: PLC0415
-
-    missing = [name for name in SLOWEST_FIRST if not (TESTS / name).is_file()]
-    assert missing == [], missing
-    assert len(set(SLOWEST_FIRST)) == len(SLOWEST_FIRST)
