@@ -49,7 +49,7 @@ def test_sigterm_stops_the_run_and_every_worker(tmp_path: Path) -> None:
 def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: Path) -> None:
     """--max-restarts 3: a worker SIGKILLed mid-run is started again; the run ends within 1 % of F*."""
     out = tmp_path / "out"
-    run = start_run(out, "--workers", "3", "--epochs", "7", "--max-restarts", "3")
+    run = start_run(out, "--workers", "3", "--epochs", "10", "--max-restarts", "3")
     try:
         poll_until(lambda: epochs_logged(out) >= 3, 120, "training never got going")
         first = children(run.pid)

@@ -46,7 +46,7 @@ def least_squares_optimum(features: sp.csr_matrix, labels: np.ndarray, l2: float
 
 
 def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path: Path) -> None:
-    """aiodq run --model MODULE:NAME trains a 15-line least-squares objective to within 1 % of F*."""
+    """aiodq run --model MODULE:NAME trains a least-squares objective of a few lines to within 1 % of F*."""
     (tmp_path / "my_models.py").write_text(LEAST_SQUARES)
     out = tmp_path / "out"
     result = run_aiodq(

@@ -133,7 +133,7 @@ async def test_a_killed_worker_actor_is_replaced_and_the_run_reaches_the_optimum
     killer = asyncio.create_task(kill_one())
     try:
         result = await run_ray(
-            TrainConfig(epochs=6), workers=3, bind_host=LOOPBACK, timeout=120, max_restarts=1
+            TrainConfig(epochs=10), workers=3, bind_host=LOOPBACK, timeout=120, max_restarts=1
         )
     finally:
         killer.cancel()

@@ -51,8 +51,9 @@ from .rel_peers import (
 
 SECRET = b"correct horse battery staple 0123456789"
 SHORT = TrainConfig(algorithm="asylpg", epochs=3)
-#: Where a rogue member is removed at its first or third GRADIENT (it holds every snapshot phase
-#: up to then, so training cannot end first): 3 short epochs of 250 updates.
+#: Where a rogue member forges its first or third GRADIENT (and is removed, or the gradient
+#: dropped): it is a member, so the first snapshot phase waits for it and it forges in the first
+#: epoch; training cannot end first.  3 short epochs of 250 updates.
 BRIEF = TrainConfig(algorithm="asylpg", epochs=3, updates_per_epoch=250)
 TIMEOUT = 60.0
 
