@@ -369,6 +369,8 @@ class Context:
     optima: dict[str, float] = field(default_factory=dict)
     #: Test sets by dataset name, loaded once.
     test_sets: dict[str, Dataset] = field(default_factory=dict)
+    #: Every run so far by (dataset, configuration with its seed, workers), shared by :meth:`runs`.
+    done: dict[tuple[str, TrainConfig, int], RunResult] = field(default_factory=dict)
 
     def specs(self) -> list[DatasetSpec]:
         """The datasets this run uses."""
@@ -421,7 +423,13 @@ class Context:
     def runs(
         self, spec: DatasetSpec, configs: Sequence[TrainConfig], workers: int = 4
     ) -> list[list[RunResult]]:
-        """Every configuration over ``repeats`` seeds, on the local cluster."""
+        """Every configuration over ``repeats`` seeds, on the local cluster.
+
+        A run whose dataset, configuration (seed included) and worker count were already run
+        in this context is not run again: its result is shared (``aiodq experiment all``
+        asks for each table's AsyFPG, AsyLPG and Sparse-AsyLPG defaults again in ``mu`` and
+        ``workers``).  The ``coding`` experiment interleaves its own runs and does not share.
+        """
         dataset, path, target = self.load(spec)
         runner = local_runner(
             dataset, path, records_per_epoch=spec.records_per_epoch, worker_nice=self.worker_nice
@@ -430,17 +438,22 @@ class Context:
         for config in configs:
             repeats = []
             for seed in range(self.repeats):
+                seeded = replace(config, seed=config.seed + seed)
+                key = (spec.name, seeded, workers)
                 started = time.perf_counter()
-                result = runner(replace(config, seed=config.seed + seed), workers)
+                shared = key in self.done
+                result = self.done[key] if shared else runner(seeded, workers)
+                self.done[key] = result
                 hit = result.reached(target)
                 self.log(
-                    f"  {spec.name} {config.algorithm:<14} M={workers} seed {config.seed + seed}: "
+                    f"  {spec.name} {config.algorithm:<14} M={workers} seed {seeded.seed}: "
                     + (
                         f"target at {hit.bits / 1e6:.2f} Mbit, {hit.time:.2f} s"
                         if hit
                         else "target not reached"
                     )
-                    + f"; final loss {result.points[-1].loss:.6f} ({time.perf_counter() - started:.1f} s)"
+                    + f"; final loss {result.points[-1].loss:.6f} "
+                    + ("(the same run as before)" if shared else f"({time.perf_counter() - started:.1f} s)")
                 )
                 repeats.append(result)
             results.append(repeats)

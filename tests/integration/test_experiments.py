@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,11 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
         if row["bits_to_target"]:
             assert row["saving_bits"] == pytest.approx(mu["asyfpg"]["bits_to_target"] / row["bits_to_target"])
     assert (quick / "mu" / "a9a-bundled_mu.png").exists()
+    # The defaults (AsyFPG, mu = 0.5 with b = 4, phi = d/4) are table1's own runs, shared, not run again.
+    table1 = json.loads((quick / "table1" / "table1.json").read_text())["datasets"]["a9a-bundled"]["rows"]
+    assert mu["asyfpg"]["bits_to_target"] == table1["asyfpg"]["bits_to_target"]
+    assert mu["mu"][0]["final_loss"] == table1["asylpg"]["final_loss"]
+    assert mu["phi"][1]["final_loss"] == table1["sparse-asylpg"]["final_loss"]
 
     timing = json.loads((quick / "timing" / "timing.json").read_text())["datasets"]["a9a-bundled"]
     assert set(timing) == set(TABLE_ALGORITHMS)
@@ -112,6 +118,7 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
 
     workers = json.loads((quick / "workers" / "workers.json").read_text())["datasets"]["a9a-bundled"]
     assert [(row["workers"], row["algorithm"]) for row in workers["rows"]] == [(2, "asylpg"), (4, "asylpg")]
+    assert workers["rows"][1]["final_loss"] == table1["asylpg"]["final_loss"]  # table1's run, shared
     for row in workers["rows"]:
         assert row["staleness_max"] <= 8  # tau
         assert row["updates_per_second"] > 0
@@ -267,6 +274,42 @@ def test_records_file_round_trip(tmp_path: Path) -> None:
     assert load_records(tmp_path / "empty.npz") == []
     with pytest.raises(RunError):
         load_records(tmp_path / "missing.npz")
+
+
+def test_a_run_asked_for_again_is_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same dataset, configuration, seed and worker count run once per context; any change runs again."""
+    from aiodq.lab import runs  # noqa: PLC0415
+
+    launched: list[tuple[TrainConfig, int]] = []
+
+    def fake_runner(*_: object, **__: object) -> object:
+        def run(config: TrainConfig, workers: int) -> RunResult:
+            launched.append((config, workers))
+            return RunResult(config, workers, [Point(0, 0, 8 * len(launched), 0.0, 1.0)], {})
+
+        return run
+
+    monkeypatch.setattr(runs, "local_runner", fake_runner)
+    context = Context(data=None, out=tmp_path, quick=True, repeats=2, log=lambda _: None)
+    spec = context.specs()[0]
+    context._loaded[spec.name] = (A9A, None, 0.5)  # no F* solve: the runner is a fake
+    base = context.config(spec, A9A, algorithm="asylpg")
+    first = context.runs(spec, [base])
+    assert [(c.seed, m) for c, m in launched] == [(0, 4), (1, 4)]
+    # The mu study's mu = 0.5 is table1's AsyLPG: both seeds shared, the very same results.
+    again = context.runs(spec, [context.config(spec, A9A, algorithm="asylpg", mu=base.mu)])
+    assert len(launched) == 2 and again[0][0] is first[0][0] and again[0][1] is first[0][1]
+    # Another mu, another worker count, or a seed range that goes further: new runs.
+    context.runs(spec, [replace(base, mu=1.0)])
+    context.runs(spec, [base], workers=2)
+    context.runs(spec, [replace(base, seed=1)])
+    assert [(c.mu, c.seed, m) for c, m in launched[2:]] == [
+        (1.0, 0, 4),
+        (1.0, 1, 4),
+        (0.5, 0, 2),
+        (0.5, 1, 2),
+        (0.5, 2, 4),
+    ]
 
 
 def test_context_errors(tmp_path: Path) -> None:
