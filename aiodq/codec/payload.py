@@ -105,7 +105,21 @@ def _dense_rice_choose(
     narrow: npt.NDArray[np.unsignedinteger[Any]] = values.astype(
         np.uint8 if bits <= 8 else np.uint16, copy=False
     )
-    return smallest_rice_block(int(values.shape[0]), bits - 1, QuotientSums(narrow, known, bits), first)
+    count = int(values.shape[0])
+    if count * bits <= _FEW_VALUE_BITS:
+        # Every S_k in one shift and one sum over a (bits, count) array: fewer numpy calls than the
+        # planes need (the sums a decoder knows are these same sums).
+        shifts = np.arange(bits, dtype=narrow.dtype)[:, None]
+        sums: list[int] = np.right_shift(narrow, shifts).sum(axis=1, dtype=np.int64).tolist()
+        return smallest_rice_block(count, bits - 1, sums.__getitem__, first)
+    return smallest_rice_block(count, bits - 1, QuotientSums(narrow, known, bits), first)
+
+
+#: Up to this many bits of values (count times code width) :func:`_dense_rice_choose` computes every
+#: quotient sum at once.  Medians on the project's VM, planes against all at once, us: 123 codes of 4
+#: bits 34 against 14, of 8 bits 33 against 15; 1,000 of 8 bits 29 against 22; 4,000 of 8 bits 36
+#: against 33.
+_FEW_VALUE_BITS = 8192
 
 
 def _zigzag_narrow(codes: npt.NDArray[Any], bits: int) -> npt.NDArray[Any]:

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from aiodq.codec.packing import MAX_WIDTH, pack, packed_size, unpack
 
 WIDTHS = list(range(1, MAX_WIDTH + 1))
-COUNTS = [0, 1, 7, 8, 9, 1001]
+#: Both sides of the packer's small-count thresholds (512 codes to pack; 256, or 1,024 for widths 3,
+#: 5, 6 and 7, to unpack), so that every width is checked on each of its paths.
+COUNTS = [0, 1, 7, 8, 9, 300, 1001, 5000]
 
 
 def reference_pack(codes: list[int], width: int) -> bytes:
