@@ -9,7 +9,7 @@ zero, so the packing is canonical.
 Signed codes are stored in ``width``-bit two's complement; unsigned codes as
 they are.  Widths 1, 2, 4, 8 and 16 have dedicated paths; 3 to 7 and the even
 widths 10 to 14 pack groups of codes through 64-bit words; the odd widths 9 to
-15, and a few codes of any width, go through a matrix of bits, one row per code
+15, and a few codes of any width but 8 and 16 (a copy), go through a matrix of bits, one row per code
 (``numpy.unpackbits`` and ``numpy.packbits``): for a few hundred codes numpy's
 fixed cost per call outweighs the per-code work, and that path makes the fewest
 calls.
@@ -355,11 +355,12 @@ def _unpack_words(raw: npt.NDArray[np.uint8], count: int, width: int) -> _IntArr
 
 # -- any width through a matrix of bits ---------------------------------------
 
-#: Up to this many codes every width but 1 packs through :func:`_pack_rows`.  Measured on the
-#: project's 2-core VM (medians, us, word paths against rows): 123 codes of 3 bits 50 against
-#: 9, of 4 bits 18 against 9, of 12 bits 31 against 10; 1,000 codes of 4 bits 15 against 18.
+#: Up to this many codes every width but 1 (one packbits), 8 and 16 (copies) packs through
+#: :func:`_pack_rows`.  Measured on the project's 2-core VM (medians, us, word paths against
+#: rows): 123 codes of 3 bits 50 against 9, of 4 bits 18 against 9, of 12 bits 31 against 10;
+#: 1,000 codes of 4 bits 15 against 18.
 _FEW_TO_PACK = 512
-#: Up to this many codes every width unpacks through :func:`_unpack_rows` (123 codes of 3 bits:
+#: Up to this many codes every width but 8 and 16 unpacks through :func:`_unpack_rows` (123 codes of 3 bits:
 #: 53 against 10 us; of 4 bits 12.5 against 9.7; 300 of 4 bits 12.2 against 14.7) ...
 _FEW_TO_UNPACK = 256
 #: ... and widths 3, 5, 6 and 7 up to this many (1,000 codes of 3 bits: 54 against 31 us; 2,000:

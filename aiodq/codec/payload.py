@@ -97,10 +97,12 @@ def _dense_rice_choose(
 ) -> tuple[int, int]:
     """:func:`dense_rice_choose`, its search started at ``first`` (any guess; None: from the mean).
 
-    Only the quotient sums near the best k are computed (:func:`smallest_rice_block`),
-    over narrow integers, each next to a known one from one bit plane
-    (:class:`QuotientSums`); ``known`` gives sums the caller knows already (a decoder
-    knows the one of the k it read, from the unary stream's length).
+    For at most :data:`_FEW_VALUE_BITS` bits of values, every quotient sum is computed
+    at once (one shift and one sum) and ``known`` is not needed.  Otherwise only the
+    sums near the best k are computed (:func:`smallest_rice_block`), over narrow
+    integers, each next to a known one from one bit plane (:class:`QuotientSums`);
+    ``known`` gives sums the caller knows already (a decoder knows the one of the k it
+    read, from the unary stream's length).
     """
     narrow: npt.NDArray[np.unsignedinteger[Any]] = values.astype(
         np.uint8 if bits <= 8 else np.uint16, copy=False

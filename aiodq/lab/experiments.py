@@ -427,7 +427,7 @@ def experiment_workers(context: Context) -> dict[str, Any]:
         rows = []
         for workers in counts:
             configs = [context.config(spec, dataset, algorithm=name) for name in names]
-            for repeats in context.runs(spec, configs, workers=workers):
+            for repeats in context.runs(spec, configs, workers=workers, share=False):
                 row = summarise(repeats, target)
                 run = repeats[0]
                 row["workers"] = workers

@@ -421,14 +421,16 @@ class Context:
         return replace(base, updates_per_epoch=_updates_per_epoch(dataset, base))
 
     def runs(
-        self, spec: DatasetSpec, configs: Sequence[TrainConfig], workers: int = 4
+        self, spec: DatasetSpec, configs: Sequence[TrainConfig], workers: int = 4, *, share: bool = True
     ) -> list[list[RunResult]]:
         """Every configuration over ``repeats`` seeds, on the local cluster.
 
         A run whose dataset, configuration (seed included) and worker count were already run
         in this context is not run again: its result is shared (``aiodq experiment all``
-        asks for each table's AsyFPG, AsyLPG and Sparse-AsyLPG defaults again in ``mu`` and
-        ``workers``).  The ``coding`` experiment interleaves its own runs and does not share.
+        asks for table1's AsyFPG, AsyLPG and Sparse-AsyLPG defaults again in ``mu``).  With
+        ``share=False`` every run is made now and not kept for sharing: ``workers`` compares
+        updates per second, which depend on the machine's load at the time, so its 4- and
+        8-worker runs are made one after the other.  ``coding`` makes its own runs too.
         """
         dataset, path, target = self.load(spec)
         runner = local_runner(
@@ -441,9 +443,10 @@ class Context:
                 seeded = replace(config, seed=config.seed + seed)
                 key = (spec.name, seeded, workers)
                 started = time.perf_counter()
-                shared = key in self.done
+                shared = share and key in self.done
                 result = self.done[key] if shared else runner(seeded, workers)
-                self.done[key] = result
+                if share:
+                    self.done[key] = result
                 hit = result.reached(target)
                 self.log(
                     f"  {spec.name} {config.algorithm:<14} M={workers} seed {seeded.seed}: "

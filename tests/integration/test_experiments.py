@@ -45,6 +45,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("experiments")
     result = aiodq("experiment", "all", "--quick", "--worker-nice", "2", "--out", str(out), timeout=600.0)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    (out / "progress.txt").write_text(result.stdout)
     return out
 
 
@@ -101,9 +102,12 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
         if row["bits_to_target"]:
             assert row["saving_bits"] == pytest.approx(mu["asyfpg"]["bits_to_target"] / row["bits_to_target"])
     assert (quick / "mu" / "a9a-bundled_mu.png").exists()
-    # The defaults (AsyFPG, mu = 0.5 with b = 4, phi = d/4) are table1's own runs, shared, not run again.
+    # The defaults (AsyFPG, mu = 0.5 with b = 4, phi = d/4) are table1's own runs, shared, not run
+    # again: three progress lines say so, and the figures are table1's to the last digit.
+    progress = (quick / "progress.txt").read_text()
+    assert progress.count("(the same run as before)") == 3, progress
     table1 = json.loads((quick / "table1" / "table1.json").read_text())["datasets"]["a9a-bundled"]["rows"]
-    assert mu["asyfpg"]["bits_to_target"] == table1["asyfpg"]["bits_to_target"]
+    assert mu["asyfpg"]["final_loss"] == table1["asyfpg"]["final_loss"]
     assert mu["mu"][0]["final_loss"] == table1["asylpg"]["final_loss"]
     assert mu["phi"][1]["final_loss"] == table1["sparse-asylpg"]["final_loss"]
 
@@ -118,7 +122,6 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
 
     workers = json.loads((quick / "workers" / "workers.json").read_text())["datasets"]["a9a-bundled"]
     assert [(row["workers"], row["algorithm"]) for row in workers["rows"]] == [(2, "asylpg"), (4, "asylpg")]
-    assert workers["rows"][1]["final_loss"] == table1["asylpg"]["final_loss"]  # table1's run, shared
     for row in workers["rows"]:
         assert row["staleness_max"] <= 8  # tau
         assert row["updates_per_second"] > 0
@@ -309,6 +312,19 @@ def test_a_run_asked_for_again_is_shared(tmp_path: Path, monkeypatch: pytest.Mon
         (0.5, 0, 2),
         (0.5, 1, 2),
         (0.5, 2, 4),
+    ]
+    # share=False (the workers experiment): made now although done before, and not kept for later.
+    context.runs(spec, [base], share=False)
+    context.runs(spec, [replace(base, mu=2.0)], share=False)
+    assert len(launched) == 11
+    context.runs(spec, [replace(base, mu=2.0)])
+    assert [(c.mu, c.seed) for c, _ in launched[7:]] == [
+        (0.5, 0),
+        (0.5, 1),
+        (2.0, 0),
+        (2.0, 1),
+        (2.0, 0),
+        (2.0, 1),
     ]
 
 

@@ -186,13 +186,28 @@ def test_pack_refuses_two_dimensional_codes() -> None:
         pack(np.zeros((2, 4), dtype=np.int64), 4)
 
 
+@pytest.mark.parametrize("count", [40, 3000])  # both sides of the small-count threshold
 @pytest.mark.parametrize("width", WIDTHS)
-def test_pack_accepts_non_contiguous_views(width: int) -> None:
+def test_pack_accepts_non_contiguous_views(width: int, count: int) -> None:
     """wire-format.md 5.1: packing depends on the code values only, not on the array's memory layout."""
-    codes = sample_codes(width, True, 40, seed=width)
-    strided = np.array(codes, dtype=natural_dtype(width, True))[::2]
-    assert not strided.flags.c_contiguous
-    assert pack(strided, width) == reference_pack(codes[::2], width)
+    codes = sample_codes(width, True, count, seed=width)
+    for dtype in (natural_dtype(width, True), natural_dtype(width, False), np.int64):
+        strided = np.array(codes, dtype=np.int64).astype(dtype)[::2]
+        assert not strided.flags.c_contiguous
+        assert pack(strided, width) == reference_pack(codes[::2], width)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("width", WIDTHS)
+def test_random_counts_around_the_thresholds(width: int, seed: int) -> None:
+    """wire-format.md 5.1: random counts from 200 to 3,000 (every path of every width), either signedness."""
+    rng = np.random.default_rng(100 * width + seed)
+    count = int(rng.integers(200, 3000))
+    for signed in (True, False):
+        codes = sample_codes(width, signed, count, seed=seed)
+        packed = pack(np.array(codes, dtype=np.int64), width)
+        assert packed == reference_pack(codes, width)
+        assert [int(c) for c in unpack(packed, count, width, signed=signed)] == codes
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)
