@@ -21,6 +21,7 @@ master is unreachable), 2 for bad options or unreadable data.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -40,11 +41,12 @@ from .options import (
 
 try:
     from .commands import EXIT_USAGE, cmd_experiment, cmd_master, cmd_run, cmd_worker
-except ImportError as exc:  # rich, matplotlib or scipy: the cli extra is not installed
+except ImportError as exc:  # scipy: the cli extra (with its data extra) is not installed
     _MISSING: str | None = exc.name or str(exc)
     EXIT_USAGE = 2
 else:
-    _MISSING = None
+    # rich is imported where it prints (commands.print_summary, the live progress): look it up here.
+    _MISSING = None if importlib.util.find_spec("rich") else "rich"
 
 __all__ = ["main"]
 
