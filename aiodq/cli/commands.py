@@ -37,8 +37,8 @@ EXIT_USAGE = 2
 
 
 def print_summary(summary: dict[str, object], command: str) -> None:
-    # rich only here, where the summary is printed: a worker process never pays for its import (about
-    # 0.1 s of CPU on the project's VM, of about 0.8 s for the whole command line).
+    # rich only here, where the summary is printed, so that a worker process does not import it
+    # (aiodq.cli.commands imported in 0.70 instead of 0.72 s of CPU, medians, on the project's VM).
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 

@@ -9,10 +9,10 @@ zero, so the packing is canonical.
 Signed codes are stored in ``width``-bit two's complement; unsigned codes as
 they are.  Widths 1, 2, 4, 8 and 16 have dedicated paths; 3 to 7 and the even
 widths 10 to 14 pack groups of codes through 64-bit words; the odd widths 9 to
-15, and a few codes of any width but 8 and 16 (a copy), go through a matrix of bits, one row per code
-(``numpy.unpackbits`` and ``numpy.packbits``): for a few hundred codes numpy's
-fixed cost per call outweighs the per-code work, and that path makes the fewest
-calls.
+15, and a few codes of any width but 8 and 16 (copies), go through a matrix of
+bits, one row per code (``numpy.unpackbits`` and ``numpy.packbits``): for a few
+hundred codes numpy's fixed cost per call outweighs the per-code work, and that
+path makes the fewest calls.
 """
 
 from __future__ import annotations
@@ -372,9 +372,9 @@ def _pack_rows(codes: _IntArray, width: int) -> bytes:
     """Any width: each code's low ``width`` bits as one row of bits, the rows then packed in order.
 
     Two numpy calls after the cast (``unpackbits`` over each code's little-endian bytes, then
-    ``packbits``).
-    Odd widths 9 to 15 always take this path: 12 against 21 ms at 10**6 codes of 9 bits for the
-    earlier unpack-slice-pack version, which copied every row's first ``width`` bits out.
+    ``packbits``).  Odd widths 9 to 15 always take this path: 12 against 21 ms at 10**6 codes
+    of 9 bits for the earlier unpack-slice-pack version, which copied every row's first ``width``
+    bits out.
     """
     if width <= 8:
         low = codes.view(np.uint8) if codes.dtype.itemsize == 1 else codes.astype(np.uint8)

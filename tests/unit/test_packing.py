@@ -200,7 +200,7 @@ def test_pack_accepts_non_contiguous_views(width: int, count: int) -> None:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("width", WIDTHS)
 def test_random_counts_around_the_thresholds(width: int, seed: int) -> None:
-    """wire-format.md 5.1: random counts from 200 to 3,000 (every path of every width), either signedness."""
+    """wire-format.md 5.1: random counts from 200 to 3,000, either signedness (COUNTS has fixed ones)."""
     rng = np.random.default_rng(100 * width + seed)
     count = int(rng.integers(200, 3000))
     for signed in (True, False):
