@@ -20,11 +20,13 @@ import warnings
 import zlib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 from ..protocol.dataset import Dataset, class_count, shard
+from .libsvm import parse as parse_libsvm
 
 try:
     import scipy.sparse as sp
@@ -81,8 +83,40 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     Raises:
         DataError: if the file cannot be read or a line is malformed.
     """
+    raw = _read_bytes(path)
+    parsed = parse_libsvm(raw)
+    if parsed is None:  # not of the form the fast reader takes: line by line, which names the line at fault
+        parsed = _parse_lines(raw, path)
+    labels, counts, indices, values = parsed
+    indices -= 1
+    if indices.size and int(indices.min()) < 0:
+        raise DataError(f"{path}: feature indices start at 1")
+    if indices.size and int(indices.max()) >= _MAX_FEATURES:
+        raise DataError(
+            f"{path}: feature index {int(indices.max()) + 1} is beyond {_MAX_FEATURES:,} features"
+        )
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: non-finite feature values")
+    width = int(indices.max()) + 1 if indices.size else 0
+    if n_features is None:
+        n_features = width
+    elif width > n_features:
+        raise DataError(f"{path}: feature index {width} exceeds n_features={n_features}")
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    features = sp.csr_matrix((values, indices, indptr), shape=(labels.shape[0], n_features))
+    features.sum_duplicates()
+    features.sort_indices()
+    return Dataset(features, labels, name or Path(path).name)
+
+
+def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
+    """``(labels, pairs per row, indices as written, values)`` of LIBSVM text, line by line.
+
+    Raises:
+        DataError: naming the line, if one is malformed.
+    """
     try:
-        text = _read_bytes(path).decode("ascii")
+        text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not an ASCII LIBSVM file") from exc
     labels: list[float] = []
@@ -110,28 +144,11 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     # Every line matched _PAIRS, so the pieces alternate index, value.
     tokens = " ".join(bodies).replace(":", " ").split()
     try:
-        indices = np.array(tokens[0::2], dtype=np.int64) - 1
+        indices = np.array(tokens[0::2], dtype=np.int64)
         values = np.array(tokens[1::2], dtype=np.float64)
     except (ValueError, OverflowError) as exc:
         raise DataError(f"{path}: malformed index:value pair: {exc}") from exc
-    if indices.size and int(indices.min()) < 0:
-        raise DataError(f"{path}: feature indices start at 1")
-    if indices.size and int(indices.max()) >= _MAX_FEATURES:
-        raise DataError(
-            f"{path}: feature index {int(indices.max()) + 1} is beyond {_MAX_FEATURES:,} features"
-        )
-    if not np.isfinite(values).all():
-        raise DataError(f"{path}: non-finite feature values")
-    width = int(indices.max()) + 1 if indices.size else 0
-    if n_features is None:
-        n_features = width
-    elif width > n_features:
-        raise DataError(f"{path}: feature index {width} exceeds n_features={n_features}")
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    features = sp.csr_matrix((values, indices, indptr), shape=(len(labels), n_features))
-    features.sum_duplicates()
-    features.sort_indices()
-    return Dataset(features, np.asarray(labels), name or Path(path).name)
+    return np.asarray(labels), np.asarray(counts, dtype=np.int64), indices, values
 
 
 def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist") -> Dataset:
