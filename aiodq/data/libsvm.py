@@ -11,7 +11,8 @@ r"""LIBSVM text read in numpy passes, not line by line: the fast path of :func:`
 - numbers (labels, values) of a sign, digits and at most one point, converted as the integer of their
   digits divided by ten to the number of digits after the point.  With at most 15 digits both are
   exact in float64, so the quotient is the correctly rounded value, as Python's ``float()`` gives.
-  Numbers of another form (an exponent, more digits) go through ``float()`` one by one.
+  Numbers of another form (an exponent, more digits, as ``repr`` and ``%.16g`` write them) are cast
+  from byte strings by numpy, all of a block at once, to the same correctly rounded values.
 
 The result is the same, bit for bit, as the line-by-line reader's (tests/unit/test_libsvm.py checks
 it on generated and damaged files); it takes less time: docs/benchmarks.md, "Reading LIBSVM files".
@@ -46,6 +47,9 @@ _CLASS = bytes(_CLASSES)
 _DIGITS = 15
 #: Bytes before the first line: every token's last 16 bytes can be read as two 64-bit words.
 _LEAD = 16
+#: The longest token that numpy's own parsing reads (as a fixed-width byte string); bytes after the
+#: last line, so that the 32 bytes from each token's start can be read.
+_WIDE = 32
 #: Bytes of text per piece read at once (then up to the end of the line).
 _PIECE = 1 << 18
 #: Tokens per block of the conversion: its arrays stay in the cache.
@@ -88,7 +92,7 @@ def parse(raw: bytes) -> tuple[Floats, Ints, Ints, Floats] | None:
 
 def _parse_piece(raw: bytes) -> tuple[Floats, Ints, Ints, Floats] | None:
     """:func:`parse` of whole lines of text (no sample: empty arrays)."""
-    padded = b"\n" * _LEAD + raw + b"\n"  # every token has 16 bytes before its end and one after
+    padded = b"\n" * _LEAD + raw + b"\n" * _WIDE  # every token has 16 bytes before its end, 32 after
     kind = np.frombuffer(padded.translate(_CLASS), dtype=np.uint8)
     if int(np.maximum.reduce(kind)) == _OTHER:
         return None
@@ -141,7 +145,7 @@ def _decimals(text: bytes, starts: Ints, ends: Ints, *, digits_only: bool = Fals
     on whole words).  Bytes before the token and its sign become ``0`` and its point ``0`` too;
     then with ``F`` the 16 digits' integer and ``f`` digits after the point, the number's digits
     are ``(F // 10^(f+1)) 10^f + F % 10^f``.  A token of other bytes (an exponent, a second
-    point) or longer goes to ``float()``.  ``digits_only``: every token must be at most 15 digits
+    point) or longer goes to :func:`_strtod`.  ``digits_only``: every token must be at most 15 digits
     and nothing else (an index).  Needs ``_LEAD`` bytes before the first token.
     """
     data = np.frombuffer(text, dtype=np.uint8)
@@ -188,12 +192,31 @@ def _decimals(text: bytes, starts: Ints, ends: Ints, *, digits_only: bool = Fals
         if not plain.all():
             left.append(np.flatnonzero(~plain) + low)
     for rows in left:
-        for row in rows.tolist():
-            try:
-                out[row] = float(text[starts[row] : ends[row]])
-            except ValueError:
-                return None
+        values = _strtod(text, starts[rows], ends[rows])
+        if values is None:
+            return None
+        out[rows] = values
     return out
+
+
+def _strtod(text: bytes, starts: Ints, ends: Ints) -> Floats | None:
+    """The numbers between ``starts`` and ``ends`` as numpy's parsing reads them; None if one is not.
+
+    Tokens of up to 32 bytes become one array of 32-byte strings (the bytes past each token's end
+    made NUL, which ends a numpy byte string), cast to float64 at once: the correctly rounded value,
+    as ``float()`` gives (tests/unit/test_libsvm.py).  Longer tokens go through ``float()``.
+    """
+    windows = np.ndarray(shape=(len(text) - _WIDE + 1,), dtype=f"V{_WIDE}", buffer=text, strides=(1,))
+    widths = ends - starts
+    chars = windows[starts].view(np.uint8).reshape(-1, _WIDE)
+    chars[np.arange(_WIDE) >= widths[:, None]] = 0
+    try:
+        values: Floats = chars.view(f"S{_WIDE}").reshape(-1).astype(np.float64)
+        for row in np.flatnonzero(widths > _WIDE).tolist():
+            values[row] = float(text[starts[row] : ends[row]])
+    except ValueError:
+        return None
+    return values
 
 
 def _padded(words: npt.NDArray[np.uint64], pad: npt.NDArray[np.intp]) -> npt.NDArray[np.uint64]:

@@ -153,9 +153,11 @@ def test_a_file_is_either_read_as_the_line_reader_reads_it_or_left_to_it(
         ("123456789012345", True),  # 15 digits: exact through the integer of the digits
         ("0.12345678901234", True),  # 15 digits and a point: 16 bytes, both words
         ("-1234567.12345678", True),  # 15 digits, sign, point: 17 bytes
-        ("1234567890123456", False),  # 16 digits: float()
-        ("0.000000000000000001", False),  # more digits than the words hold: float()
-        ("1e-5", False),  # an exponent: float()
+        ("1234567890123456", False),  # 16 digits: numpy's cast from bytes
+        ("0.000000000000000001", False),  # more digits than the words hold
+        ("0.30000000000000004", False),  # repr's 17 digits
+        ("1" * 40 + ".5", False),  # longer than 32 bytes: float()
+        ("1e-5", False),  # an exponent
         ("2.5E+3", False),
         ("1.", True),
         (".5", True),
@@ -165,8 +167,10 @@ def test_a_file_is_either_read_as_the_line_reader_reads_it_or_left_to_it(
     ],
 )
 def test_numbers_on_both_sides_of_the_limits(token: str, taken: bool) -> None:
-    """Every form gives float()'s value; the ``taken`` ones by the word arithmetic, others by float()."""
-    parsed = parse(f"{token} 1:{token} 2:1\n".encode())
+    """Every form gives float()'s value; the ``taken`` ones by the word arithmetic, others by numpy's cast."""
+    with mock.patch.object(libsvm, "_strtod", wraps=libsvm._strtod) as strtod:
+        parsed = parse(f"{token} 1:{token} 2:1\n".encode())
+    assert strtod.called is not taken
     assert parsed is not None
     labels, _, indices, values = parsed
     assert bits(labels) == expected_bits([float(token)])
