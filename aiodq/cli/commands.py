@@ -21,7 +21,7 @@ from ..launch.local import (
     worker_main,
 )
 from ..launch.models import load_factory, objective_for, test_scores
-from ..launch.results import check_out, preload_plotting, summary_rows, write_results
+from ..launch.results import check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -191,7 +191,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_restarts=args.max_restarts,
                 worker_nice=worker_nice,
             )
-        preload_plotting()  # while the workers start: the plot then need not wait for matplotlib
         result = run_coroutine(launch)
     except RunError as exc:
         print(f"aiodq run: {exc}", file=sys.stderr)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import math
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,6 @@ __all__ = [
     "check_out",
     "load_model",
     "load_records",
-    "preload_plotting",
     "save_records",
     "summary_rows",
     "write_results",
@@ -112,40 +108,13 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     return np.asarray(stored.arrays["model"], dtype=np.float64), stored.meta
 
 
-def preload_plotting() -> threading.Thread | None:
-    """Start importing matplotlib for :func:`write_results`'s plot in a thread; None without matplotlib.
-
-    ``aiodq run`` calls it as the cluster starts, so that the import (about a second of CPU on the
-    project's VM, docs/benchmarks.md) overlaps with the workers' start-up instead of following the
-    training.  Not a daemon thread: a process that ends meanwhile waits for the import to finish.
-    """
-    if importlib.util.find_spec("matplotlib") is None:
-        return None
-    thread = threading.Thread(target=_preload, name="aiodq-preload-matplotlib")
-    thread.start()
-    return thread
-
-
-def _preload() -> None:
-    # A failure here shows in _plot, which imports again (and leaves the plot out on ImportError).
-    with contextlib.suppress(Exception):
-        _import_pyplot()
-
-
-def _import_pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (raises ImportError without matplotlib)."""
-    import matplotlib  # noqa: PLC0415 - the plot is optional; keep import cost off the hot path
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
 def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
     """The loss against bits, if matplotlib is installed."""
     try:
-        plt = _import_pyplot()
+        import matplotlib  # noqa: PLC0415 - the plot is optional; keep import cost off the hot path
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return None
     trace = summary["trace"]
