@@ -204,14 +204,20 @@ def _strtod(text: bytes, starts: Ints, ends: Ints) -> Floats | None:
 
     Tokens of up to 32 bytes become one array of 32-byte strings (the bytes past each token's end
     made NUL, which ends a numpy byte string), cast to float64 at once: the correctly rounded value,
-    as ``float()`` gives (tests/unit/test_libsvm.py).  Longer tokens go through ``float()``.
+    as ``float()`` gives (tests/unit/test_libsvm.py).  Longer tokens go through ``float()`` one by
+    one.  The cast runs with numpy's floating-point errors ignored: it raises the overflow and
+    underflow flags for numbers such as ``9e317`` or ``1e-400``, which the line-by-line reader
+    reads without a warning (as infinity, which it then reports, or as zero).
     """
-    windows = np.ndarray(shape=(len(text) - _WIDE + 1,), dtype=f"V{_WIDE}", buffer=text, strides=(1,))
     widths = ends - starts
-    chars = windows[starts].view(np.uint8).reshape(-1, _WIDE)
-    chars[np.arange(_WIDE) >= widths[:, None]] = 0
+    values = np.empty(widths.shape[0], dtype=np.float64)
+    short = np.flatnonzero(widths <= _WIDE)
+    windows = np.ndarray(shape=(len(text) - _WIDE + 1,), dtype=f"V{_WIDE}", buffer=text, strides=(1,))
+    chars = windows[starts[short]].view(np.uint8).reshape(-1, _WIDE)
+    chars[np.arange(_WIDE) >= widths[short, None]] = 0
     try:
-        values: Floats = chars.view(f"S{_WIDE}").reshape(-1).astype(np.float64)
+        with np.errstate(all="ignore"):
+            values[short] = chars.view(f"S{_WIDE}").reshape(-1).astype(np.float64)
         for row in np.flatnonzero(widths > _WIDE).tolist():
             values[row] = float(text[starts[row] : ends[row]])
     except ValueError:

@@ -96,8 +96,9 @@ def test_well_formed_text_is_read_exactly_as_int_and_float_read_it(
     case: tuple[bytes, list[float], list[list[int]], list[list[float]]],
 ) -> None:
     raw, labels, indices, values = case
-    for piece in (libsvm._PIECE, 1, 9):  # whole, then in pieces of a line or a few
-        with mock.patch.object(libsvm, "_PIECE", piece):
+    # Whole; in pieces of a line or a few; and numbers in blocks of 2 or 3 within a piece.
+    for piece, block in ((libsvm._PIECE, libsvm._BLOCK), (1, 2), (9, 3)):
+        with mock.patch.object(libsvm, "_PIECE", piece), mock.patch.object(libsvm, "_BLOCK", block):
             parsed = parse(raw)
         assert parsed is not None, raw
         got_labels, pairs, got_indices, got_values = parsed
@@ -130,7 +131,7 @@ def test_a_file_is_either_read_as_the_line_reader_reads_it_or_left_to_it(
             del raw[at % len(raw)]
         raw[at:at] = insert.encode()
     raw = bytes(raw)
-    with mock.patch.object(libsvm, "_PIECE", 5):
+    with mock.patch.object(libsvm, "_PIECE", 5), mock.patch.object(libsvm, "_BLOCK", 2):
         in_pieces = parse(raw)
     whole = parse(raw)
     try:
@@ -156,7 +157,13 @@ def test_a_file_is_either_read_as_the_line_reader_reads_it_or_left_to_it(
         ("1234567890123456", False),  # 16 digits: numpy's cast from bytes
         ("0.000000000000000001", False),  # more digits than the words hold
         ("0.30000000000000004", False),  # repr's 17 digits
-        ("1" * 40 + ".5", False),  # longer than 32 bytes: float()
+        ("1" * 29 + ".5", False),  # 31 bytes: numpy's cast
+        ("-" + "1" * 29 + ".5", False),  # 32 bytes
+        ("1" * 31 + ".5", False),  # 33 bytes: float()
+        ("-" + "1" * 31 + ".5", False),  # 34 bytes
+        ("1." + "0" * 28 + "e+5", False),  # 33 bytes, whose first 32 are no number
+        (f"{1.0:.29e}", False),  # 35 bytes, the same
+        ("1" * 40 + ".5", False),
         ("1e-5", False),  # an exponent
         ("2.5E+3", False),
         ("1.", True),
@@ -210,6 +217,14 @@ def test_indices_of_up_to_15_digits_are_read_here(index: str, fast: bool) -> Non
         b"",
         b"\n\n",
         b"0\n:",  # a colon on a line of its own
+        b"1 1:.\n",  # a point, a sign, and nothing else
+        b"1 1:-\n",
+        b"1 1:+\n",
+        b"1 1:+.\n",
+        b"1 1:-.\n",
+        b". 1:1\n",
+        b"- 1:1\n",
+        b"+. 1:1\n",
         b"1 1:1\n:1\n",
     ],
 )
@@ -228,3 +243,18 @@ def test_libsvm_files_take_the_fast_path_and_match_the_line_reader(name: str) ->
         assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
     dataset = load_svmlight(FIXTURES / name)
     assert dataset.features.shape[0] == 300
+
+
+@pytest.mark.parametrize("text", [b"1 1:206797016e317\n", b"206797016e317 1:1\n", b"1 1:9e99999\n"])
+def test_numbers_beyond_float64_are_left_to_the_line_reader_without_a_warning(text: bytes) -> None:
+    """numpy's cast raises its overflow flag for these; here warnings are errors (pyproject.toml)."""
+    with np.errstate(all="raise"):
+        assert parse(text) is None
+
+
+def test_numbers_below_the_smallest_float64_read_as_zero_as_float_reads_them() -> None:
+    with np.errstate(all="raise"):
+        parsed = parse(b"1e-400 1:1e-400 2:-1e-400\n")
+    assert parsed is not None
+    assert bits(parsed[0]) == expected_bits([float("1e-400")])
+    assert bits(parsed[3]) == expected_bits([float("1e-400"), float("-1e-400")])
