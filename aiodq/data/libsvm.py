@@ -84,8 +84,8 @@ def parse(raw: bytes) -> tuple[Floats, Ints, Ints, Floats] | None:
             return None
         pieces.append(piece)
         start = end
-    if not pieces or not sum(piece[0].shape[0] for piece in pieces):
-        return None
+    if not sum(piece[0].shape[0] for piece in pieces):
+        return None  # no sample (or no text)
     labels, pairs, indices, values = (np.concatenate(part) for part in zip(*pieces, strict=True))
     return labels, pairs, indices, values
 
@@ -94,7 +94,8 @@ def _parse_piece(raw: bytes) -> tuple[Floats, Ints, Ints, Floats] | None:
     """:func:`parse` of whole lines of text (no sample: empty arrays)."""
     padded = b"\n" * _LEAD + raw + b"\n" * _WIDE  # every token has 16 bytes before its end, 32 after
     kind = np.frombuffer(padded.translate(_CLASS), dtype=np.uint8)
-    if int(np.maximum.reduce(kind)) == _OTHER:
+    top = int(np.maximum.reduce(kind))
+    if top == _OTHER:
         return None
     # Where a run of number bytes starts or ends: alternately the start and the end of a token.
     in_token = kind == _TOKEN
@@ -102,7 +103,7 @@ def _parse_piece(raw: bytes) -> tuple[Floats, Ints, Ints, Floats] | None:
     starts, ends = edges[0::2], edges[1::2]
     count = starts.shape[0]
     if not count:
-        if int(np.maximum.reduce(kind)) == _COLON:
+        if top == _COLON:
             return None  # a colon and no number
         none = np.empty(0, dtype=np.int64)
         return none.astype(np.float64), none, none, none.astype(np.float64)
@@ -111,13 +112,13 @@ def _parse_piece(raw: bytes) -> tuple[Floats, Ints, Ints, Floats] | None:
     value = kind[starts - 1] == _COLON
     if (
         int(np.count_nonzero(kind == _COLON)) != int(np.count_nonzero(index))
-        or value[0]
         or index[-1]
         or not np.array_equal(value[1:], index[:-1])
         or (index & value).any()
     ):
         return None  # a colon beside a space, or a token between two colons (1:2:3)
-    # The other tokens are labels: exactly the first token of each line.
+    # The other tokens are labels: exactly the first token of each line (so the first token is
+    # not a value either).
     first = np.zeros(count, dtype=bool)
     first[0] = True
     after_break = np.searchsorted(starts, np.flatnonzero(kind == _BREAK))
@@ -152,7 +153,7 @@ def _decimals(text: bytes, starts: Ints, ends: Ints, *, digits_only: bool = Fals
     words = np.ndarray(shape=(data.shape[0] - 7,), dtype="<u8", buffer=text, strides=(1,))
     count = starts.shape[0]
     out = np.empty(count, dtype=np.float64)
-    left: list[Any] = []  # rows for float(), block by block
+    left: list[Any] = []  # rows for _strtod, block by block
     for low in range(0, count, _BLOCK):
         high = min(low + _BLOCK, count)
         end = ends[low:high]
@@ -175,10 +176,10 @@ def _decimals(text: bytes, starts: Ints, ends: Ints, *, digits_only: bool = Fals
         in_high = point_high < 8
         in_low = (point_low < 8) & ~in_high
         has_point = in_high | in_low
-        low_word += np.where(in_low, _U64(2) << (np.minimum(point_low, _U64(7)) << _U64(3)), _U64(0))
+        low_word = _point_to_zero(low_word, point_low, in_low)
         plain = _all_digits(low_word) & (body - has_point >= 1) & (body - has_point <= _DIGITS)
         if high_word is not None:
-            high_word += np.where(in_high, _U64(2) << (np.minimum(point_high, _U64(7)) << _U64(3)), _U64(0))
+            high_word = _point_to_zero(high_word, point_high, in_high)
             plain &= _all_digits(high_word)
         whole = _integer(low_word, high_word)
         after = np.where(in_high, 15 - point_high.astype(np.intp), 7 - point_low.astype(np.intp))
@@ -247,6 +248,13 @@ def _first_point(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     flags = (x - _U64(_ONES)) & ~x & _U64(0x80 * _ONES)
     below = np.bitwise_count((flags & (~flags + _U64(1))) - _U64(1))
     return below.astype(np.uint64) >> _U64(3)
+
+
+def _point_to_zero(
+    words: npt.NDArray[np.uint64], point: npt.NDArray[np.uint64], where: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.uint64]:
+    """The words with the ``.`` at byte ``point`` made ``0`` (0x2E + 2), where ``where``."""
+    return words + np.where(where, _U64(2) << (np.minimum(point, _U64(7)) << _U64(3)), _U64(0))
 
 
 def _all_digits(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:

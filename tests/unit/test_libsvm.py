@@ -1,4 +1,4 @@
-"""The whole-file LIBSVM reader (aiodq.data.libsvm) against Python's own int() and float().
+"""The fast LIBSVM reader (aiodq.data.libsvm) against Python's own int() and float().
 
 The expected numbers come from the tokens the test writes, converted by ``int`` and ``float``;
 the reader under test must give them bit for bit, or decline (None) where the line-by-line
