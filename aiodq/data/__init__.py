@@ -91,13 +91,11 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     indices -= 1
     if indices.size and int(indices.min()) < 0:
         raise DataError(f"{path}: feature indices start at 1")
-    if indices.size and int(indices.max()) >= _MAX_FEATURES:
-        raise DataError(
-            f"{path}: feature index {int(indices.max()) + 1} is beyond {_MAX_FEATURES:,} features"
-        )
+    width = int(indices.max()) + 1 if indices.size else 0  # one pass over the indices
+    if width > _MAX_FEATURES:
+        raise DataError(f"{path}: feature index {width} is beyond {_MAX_FEATURES:,} features")
     if not np.isfinite(values).all():
         raise DataError(f"{path}: non-finite feature values")
-    width = int(indices.max()) + 1 if indices.size else 0
     if n_features is None:
         n_features = width
     elif width > n_features:
