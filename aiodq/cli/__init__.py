@@ -205,6 +205,29 @@ def _parser() -> argparse.ArgumentParser:
     worker_bench.add_argument("--seed", type=int, default=0)
     worker_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
 
+    cluster_bench = benches.add_parser(
+        "cluster",
+        help="CPU ms per applied update on each side of an in-memory cluster, by coding; JSON on stdout",
+    )
+    cluster_bench.add_argument(
+        "--dataset",
+        default="bundled",
+        help="bundled (the bundled a9a), or a9a, w8a, debdesc, mnist from --data",
+    )
+    cluster_bench.add_argument("--data", default=None, help="the data folder, as for aiodq experiment")
+    cluster_bench.add_argument(
+        "--variants", default="all", help="comma-separated: asyfpg, rice, fixed, aligned (default: all)"
+    )
+    cluster_bench.add_argument("--workers", type=int, default=4, help="workers M (default 4)")
+    cluster_bench.add_argument(
+        "--warm-up", type=int, default=100, help="applied updates before counting (default 100)"
+    )
+    cluster_bench.add_argument(
+        "--updates", type=int, default=1000, help="applied updates counted (default 1000)"
+    )
+    cluster_bench.add_argument("--repeats", type=int, default=3, help="runs per variant; medians (default 3)")
+    cluster_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
+
     experiment = commands.add_parser(
         "experiment", help="the paper's experiments on real data (docs/results.md)"
     )
@@ -285,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..lab.bench_worker import main_worker  # noqa: PLC0415 - the lab extra
 
             return main_worker(args)
+        if args.bench == "cluster":
+            from ..lab.bench_cluster import main_cluster  # noqa: PLC0415 - the lab extra
+
+            return main_cluster(args)
         from ..lab.bench import main_codec, main_master  # noqa: PLC0415 - the lab extra
 
         return main_codec(args) if args.bench == "codec" else main_master(args)

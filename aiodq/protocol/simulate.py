@@ -9,6 +9,8 @@ cost of an update, and to tune defaults quickly.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -19,7 +21,7 @@ from .dataset import Dataset, shard
 from .objectives import make_objective
 from .session import WorkerSession
 
-__all__ = ["build_cluster", "simulate"]
+__all__ = ["MasterSide", "WorkerSide", "build_cluster", "deliver", "simulate"]
 
 
 def build_cluster(
@@ -101,6 +103,64 @@ def simulate(
     coordinator, sessions = build_cluster(
         config, dataset, workers, record_every=record_every, master_config=master_config
     )
+    deliver(coordinator, sessions, seed=seed, max_steps=max_steps, slow=slow)
+    return coordinator
+
+
+class MasterSide(Protocol):
+    """What :func:`deliver` uses of a master: a :class:`Coordinator` has it."""
+
+    def connect(self, now: float) -> int:
+        """Open a connection; return its worker id."""
+        ...
+
+    def data_to_send(self) -> dict[int, bytes]:
+        """The bytes to send, by worker id."""
+        ...
+
+    def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
+        """Bytes from a worker (``b""``: its end of stream)."""
+        ...
+
+
+class WorkerSide(Protocol):
+    """What :func:`deliver` uses of a worker: a :class:`WorkerSession` has it."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the session has ended."""
+        ...
+
+    def data_to_send(self) -> bytes:
+        """The bytes to send to the master."""
+        ...
+
+    def prepare(self, now: float) -> None:
+        """Do the next gradient's model-free work (after sending)."""
+        ...
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the master (``b""``: its end of stream)."""
+        ...
+
+
+def deliver(
+    coordinator: MasterSide,
+    sessions: Sequence[WorkerSide],
+    *,
+    seed: int = 0,
+    max_steps: int = 10_000_000,
+    slow: dict[int, int] | None = None,
+) -> None:
+    """Connect ``sessions`` to ``coordinator`` and pass their bytes until neither side has more.
+
+    One message is delivered per step, from a channel (a worker's uplink or downlink) drawn
+    with ``seed``; see :func:`simulate` for ``max_steps`` and ``slow``.  Then every session
+    and connection is closed.  ``coordinator`` and ``sessions`` are used only through the
+    members of :class:`MasterSide` and :class:`WorkerSide` (a caller may pass wrappers, as
+    ``aiodq bench cluster`` does to time each side).
+    """
+    workers = len(sessions)
     ids = [coordinator.connect(0.0) for _ in sessions]
     up: list[deque[bytes]] = [deque() for _ in sessions]
     down: list[deque[bytes]] = [deque() for _ in sessions]
@@ -130,4 +190,3 @@ def simulate(
         if not session.closed:
             session.receive_data(b"", float(step))
         coordinator.receive_data(ids[index], b"", float(step))
-    return coordinator

@@ -285,6 +285,43 @@ def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None
     assert summary["error_counts"].get("SHARD_TAKEN") == 1
 
 
+def test_bench_cluster_smoke(tmp_path: Path) -> None:
+    """aiodq bench cluster: each side's CPU per applied update, by coding, against AsyFPG's."""
+    out = tmp_path / "cluster.json"
+    options = ["--variants", "asyfpg,aligned", "--warm-up", "20", "--updates", "60", "--repeats", "1"]
+    result = aiodq("bench", "cluster", *options, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["dataset"] == "a9a-bundled" and report["d"] == 123 and report["workers"] == 4
+    baseline, aligned = report["cases"]
+    assert [baseline["variant"], aligned["variant"]] == ["asyfpg", "aligned"]
+    for case in report["cases"]:
+        assert case["applied_updates"] == 60
+        assert case["master_ms"] > 0 and case["workers_ms"] > 0
+        # One run each: the total is the sum of the sides (up to the rounding to 4 places).
+        assert case["total_ms"] == pytest.approx(case["master_ms"] + case["workers_ms"], abs=2e-4)
+        for part in ("master", "workers", "total"):
+            expected = case[f"{part}_ms"] / baseline[f"{part}_ms"]
+            assert case[f"{part}_against_asyfpg"] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--variants", "adaptive"], "--variants: unknown adaptive"),
+        (["--dataset", "debdesc"], "--dataset debdesc needs --data"),
+        (["--dataset", "real-sim"], "--dataset: unknown 'real-sim'"),
+        (["--updates", "0"], "--updates must be at least 1"),
+    ],
+)
+def test_bench_cluster_refuses_bad_options(options: list[str], message: str) -> None:
+    """aiodq bench cluster: a bad option is a usage error (exit 2) that names it, before any run."""
+    result = aiodq("bench", "cluster", *options)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
 def test_bench_worker_smoke(tmp_path: Path) -> None:
     """aiodq bench worker: a worker's step split into model decode, computation and encode."""
     out = tmp_path / "worker.json"

@@ -192,6 +192,28 @@ def test_trace_has_one_record_per_epoch_plus_final() -> None:
     assert times == sorted(times)
 
 
+def test_deliver_through_timing_wrappers_runs_as_simulate() -> None:
+    """``aiodq bench cluster`` times each side through wrappers passed to deliver: the run is the same.
+
+    Same settings and delivery seed: the same final model bit for bit, the same trace and traffic,
+    and the wrappers saw the inner loop (both sides' counted time is positive).
+    """
+    from aiodq.lab.bench_cluster import _Clock, _TimedMaster, _TimedWorker  # noqa: PLC0415 - the lab extra
+    from aiodq.protocol.simulate import deliver  # noqa: PLC0415
+
+    train = config(epochs=2)
+    plain = simulate(train, a9a(), 3, seed=5)
+    coordinator, sessions = build_cluster(train, a9a(), 3)
+    clock = _Clock(coordinator, 10, UPDATES + 10)
+    deliver(_TimedMaster(coordinator, clock), [_TimedWorker(s, clock) for s in sessions], seed=5)
+    assert coordinator.done and plain.done
+    assert np.array_equal(coordinator.state.x, plain.state.x)
+    assert [(r.version, r.loss, r.bytes_total) for r in coordinator.trace] == [
+        (r.version, r.loss, r.bytes_total) for r in plain.trace
+    ]
+    assert clock.master > 0 and clock.workers > 0
+
+
 @pytest.mark.parametrize("name", ["asylpg", "sparse-asylpg", "acc-asylpg", "asyfpg", "qsvrg"])
 def test_loss_decreases_on_a9a(name: str) -> None:
     """Training on a9a lowers F from log 2 at x = 0, each epoch no worse than the last (within 1%)."""
