@@ -147,9 +147,9 @@ def experiment_coding(context: Context) -> dict[str, Any]:
             "",
             f"Medians of {context.repeats} seed(s) per row; 4 workers.",
             "",
-            "| where | variant | s to target, each seed | median | speed against AsyFPG | Mbit to target "
-            "(median) | adaptive master's choice |",
-            "|---|---|---|---:|---:|---:|---|",
+            "| where | variant | s to target, each seed | median | speed against AsyFPG | updates to target "
+            "(median) | updates/s to target (median) | Mbit to target (median) | adaptive master's choice |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
         ]
         lines += [_line(row) for row in rows]
         lines.append("")
@@ -162,6 +162,10 @@ def _row(place: str, name: str, label: str, runs: list[RunResult], target: float
     times = [hit.time if hit else None for hit in hits]
     bits = [hit.bits for hit in hits if hit]
     reached = all(t is not None for t in times)
+    # Time to target = updates to target / their pace: how many updates the target took, and how
+    # fast they were applied (updates per second of training up to it).
+    updates = [hit.version if hit else None for hit in hits]
+    paces = [hit.version / hit.time for hit in hits if hit and hit.time > 0]
     return {
         "place": place,
         "variant": name,
@@ -169,6 +173,9 @@ def _row(place: str, name: str, label: str, runs: list[RunResult], target: float
         "times": times,
         "median_time": statistics.median(t for t in times if t is not None) if reached else None,
         "median_bits": statistics.median(bits) if reached else None,
+        "updates": updates,
+        "median_updates": statistics.median(u for u in updates if u is not None) if reached else None,
+        "median_updates_per_second": statistics.median(paces) if reached and paces else None,
         "adaptive_coding": [run.summary.get("adaptive_coding") for run in runs],
         # The nice steps each run's workers were started at, as the launcher recorded them.
         "worker_nice": [run.summary.get("worker_nice") for run in runs],
@@ -186,5 +193,7 @@ def _line(row: dict[str, Any]) -> str:
     )
     return (
         f"| {row['place']} | {row['label']} | {times} | {fmt(row['median_time'])} | "
-        f"{f'{speed:.2f}x' if speed else '-'} | {fmt(row['median_bits'], 1e6)} | {choice or '-'} |"
+        f"{f'{speed:.2f}x' if speed else '-'} | {fmt(row['median_updates'], digits=0)} | "
+        f"{fmt(row['median_updates_per_second'], digits=0)} | {fmt(row['median_bits'], 1e6)} | "
+        f"{choice or '-'} |"
     )

@@ -138,6 +138,10 @@ def test_quick_coding_compares_the_five_codings_with_asyfpg(quick: Path) -> None
     by_name = {row["variant"]: row for row in rows}
     for row in rows:
         assert row["median_time"] is not None and row["median_bits"] is not None
+        # Time to target split into updates to target and their pace, from the same hits.
+        (updates,), (seconds,) = row["updates"], row["times"]
+        assert row["median_updates"] == updates > 0
+        assert row["median_updates_per_second"] == pytest.approx(updates / seconds)
     assert by_name["asyfpg"]["speed_against_asyfpg"] == 1.0
     # (No comparison of bits across these runs: in quick mode the target falls within the first
     # records, m/8 updates apart, and the full-precision snapshot phases that both pay dominate,
@@ -150,6 +154,7 @@ def test_quick_coding_compares_the_five_codings_with_asyfpg(quick: Path) -> None
     assert all(row["worker_nice"] == [2] for row in rows)  # --worker-nice reached every run's launcher
     table = (quick / "coding" / "coding.md").read_text()
     assert "| 127.0.0.1 | AsyLPG, adaptive |" in table
+    assert "| updates to target (median) | updates/s to target (median) |" in table
     assert "| 127.0.0.1 | AsyLPG, fixed width byte-aligned |" in table
 
 
