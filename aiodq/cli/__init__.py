@@ -207,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cluster_bench = benches.add_parser(
         "cluster",
-        help="CPU ms per applied update on each side of an in-memory cluster, by coding; JSON on stdout",
+        help="ms per applied update on each side of an in-memory cluster, by coding; JSON on stdout",
     )
     cluster_bench.add_argument(
         "--dataset",

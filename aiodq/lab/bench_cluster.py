@@ -1,10 +1,11 @@
-"""``aiodq bench cluster``: the CPU time an applied update costs each side of a cluster, by coding.
+"""``aiodq bench cluster``: the time an applied update costs each side of a cluster, by coding.
 
 A master and ``workers`` workers run in one process, in memory: the real coordinator and
 worker sessions exchange real wire bytes (:func:`aiodq.protocol.simulate.deliver`), with
 no sockets and no event loop.  Every call into the master's side
 (``Coordinator.receive_data`` and ``data_to_send``) and into the workers' side
-(``WorkerSession.receive_data``, ``data_to_send`` and ``prepare``) is timed, and counted
+(``WorkerSession.receive_data``, ``data_to_send`` and ``prepare``) is timed (``time.perf_counter``,
+in one thread: its CPU time when nothing else runs), and counted
 while the master is in its inner loop with ``warm_up`` to ``warm_up + updates`` updates
 applied.  The report gives, per variant, the median over ``repeats`` runs of the master's
 and the workers' milliseconds per applied update, their sum, and the ratio of each to
@@ -23,7 +24,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ CLUSTER_VARIANTS = tuple(name for name, _, fields in VARIANTS if not fields["ada
 class _Clock:
     """The seconds spent in timed calls while the master's inner loop is in the counted range."""
 
-    def __init__(self, coordinator: Coordinator, first: int, last: int) -> None:
-        self._coordinator, self._first, self._last = coordinator, first, last
+    def __init__(
+        self, coordinator: Coordinator, first: int, last: int, timer: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self._coordinator, self._first, self._last, self._timer = coordinator, first, last, timer
         self.master = 0.0
         self.workers = 0.0
 
@@ -65,11 +68,11 @@ class _Clock:
         if not self.counting():
             yield
             return
-        start = time.perf_counter()
+        start = self._timer()
         try:
             yield
         finally:
-            spent = time.perf_counter() - start
+            spent = self._timer() - start
             if side == "master":
                 self.master += spent
             else:
@@ -126,17 +129,18 @@ def _one_run(
     workers: int,
     warm_up: int,
     updates: int,
-) -> tuple[float, float, int, int]:
-    """One in-memory run of a variant: (master s, workers s, applied updates counted, d)."""
+) -> tuple[float, float, int, int, dict[str, int]]:
+    """One in-memory run of a variant: (master s, workers s, applied updates counted, d, dropped)."""
     fields = next(f for name, _, f in VARIANTS if name == variant)
     config = replace(context.config(spec, dataset, **fields), epochs=1, updates_per_epoch=warm_up + updates)
     coordinator, sessions = build_cluster(config, dataset, workers)
     clock = _Clock(coordinator, warm_up, warm_up + updates)
     deliver(_TimedMaster(coordinator, clock), [_TimedWorker(s, clock) for s in sessions])
-    counted = min(coordinator.state.version, warm_up + updates) - warm_up
-    if coordinator.failure is not None or counted < 1:
-        raise UsageError(f"the {variant} run applied {counted} counted updates: {coordinator.failure}")
-    return clock.master, clock.workers, counted, coordinator.dim
+    counted = max(0, min(coordinator.state.version, warm_up + updates) - warm_up)
+    if coordinator.failure is not None or counted < updates:
+        reason = coordinator.failure or "the run ended early"
+        raise UsageError(f"the {variant} run applied {counted} of {updates} counted updates: {reason}")
+    return clock.master, clock.workers, counted, coordinator.dim, dict(coordinator.dropped)
 
 
 def bench_cluster(
@@ -161,9 +165,9 @@ def bench_cluster(
                 for _ in range(repeats)
             ]
             applied, dim = runs[0][2], runs[0][3]
-            master = statistics.median(m / counted * 1e3 for m, _, counted, _ in runs)
-            side = statistics.median(w / counted * 1e3 for _, w, counted, _ in runs)
-            total = statistics.median((m + w) / counted * 1e3 for m, w, counted, _ in runs)
+            master = statistics.median(m / counted * 1e3 for m, _, counted, _, _ in runs)
+            side = statistics.median(w / counted * 1e3 for _, w, counted, _, _ in runs)
+            total = statistics.median((m + w) / counted * 1e3 for m, w, counted, _, _ in runs)
             cases.append(
                 {
                     "variant": variant,
@@ -172,6 +176,9 @@ def bench_cluster(
                     "master_ms": round(master, 4),
                     "workers_ms": round(side, 4),
                     "total_ms": round(total, 4),
+                    # Gradients the master did not apply, over each whole run (the delivery order is
+                    # seeded, so every variant's runs drop alike); the workers' time includes them.
+                    "dropped": [run[4] for run in runs],
                 }
             )
     baseline = next((case for case in cases if case["variant"] == "asyfpg"), None)
@@ -190,7 +197,7 @@ def bench_cluster(
         "warm_up": warm_up,
         "updates": updates,
         "repeats": repeats,
-        "note": "CPU ms per applied update on each side of an in-memory cluster (real coordinator, sessions "
+        "note": "ms per applied update on each side of an in-memory cluster (real coordinator, sessions "
         "and wire bytes; no sockets, no event loop, one BLAS thread), medians over repeats; the dataset's "
         "settings of aiodq experiment",
         "cases": cases,
@@ -213,25 +220,33 @@ def main_cluster(args: Any) -> int:
         path = Path(args.data) / spec.train
     else:
         raise UsageError(f"--dataset: unknown {args.dataset!r} (bundled, or one of {', '.join(DATASETS)})")
+    if path is None and args.data is not None:
+        raise UsageError("--data applies to a named --dataset, not to the bundled a9a")
     names = CLUSTER_VARIANTS
-    if args.variants != "all":
+    if args.variants.strip() != "all":
         names = tuple(name.strip() for name in args.variants.split(","))
-    unknown = [name for name in names if name not in CLUSTER_VARIANTS]
+    unknown = [repr(name) for name in names if name not in CLUSTER_VARIANTS]
     if unknown:
         raise UsageError(f"--variants: unknown {', '.join(unknown)} (one of {', '.join(CLUSTER_VARIANTS)})")
-    for option, value, least in (
-        ("--workers", args.workers, 1),
-        ("--warm-up", args.warm_up, 1),
-        ("--updates", args.updates, 1),
-        ("--repeats", args.repeats, 1),
+    if len(set(names)) != len(names):
+        raise UsageError("--variants: a variant is named twice")
+    for option, value, most in (
+        ("--workers", args.workers, 1024),
+        ("--warm-up", args.warm_up, 10**7),
+        ("--updates", args.updates, 10**7),
+        ("--repeats", args.repeats, 1000),
     ):
-        if value < least:
-            raise UsageError(f"{option} must be at least {least}")
+        if not 1 <= value <= most:
+            raise UsageError(f"{option} must be between 1 and {most}")
     _check_out(args.out)
     try:
         dataset = load_dataset(path)
     except DataError as exc:
         raise UsageError(str(exc)) from exc
+    if args.workers > dataset.samples:
+        raise UsageError(
+            f"--workers {args.workers}: more workers than the {dataset.samples} samples to share"
+        )
     report = bench_cluster(
         spec,
         dataset,

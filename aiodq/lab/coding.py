@@ -165,7 +165,7 @@ def _row(place: str, name: str, label: str, runs: list[RunResult], target: float
     # Time to target = updates to target / their pace: how many updates the target took, and how
     # fast they were applied (updates per second of training up to it).
     updates = [hit.version if hit else None for hit in hits]
-    paces = [hit.version / hit.time for hit in hits if hit and hit.time > 0]
+    paces = [hit.version / hit.time if hit and hit.time > 0 else None for hit in hits]
     return {
         "place": place,
         "variant": name,
@@ -175,7 +175,11 @@ def _row(place: str, name: str, label: str, runs: list[RunResult], target: float
         "median_bits": statistics.median(bits) if reached else None,
         "updates": updates,
         "median_updates": statistics.median(u for u in updates if u is not None) if reached else None,
-        "median_updates_per_second": statistics.median(paces) if reached and paces else None,
+        "median_updates_per_second": (
+            statistics.median(p for p in paces if p is not None)
+            if all(p is not None for p in paces)
+            else None
+        ),
         "adaptive_coding": [run.summary.get("adaptive_coding") for run in runs],
         # The nice steps each run's workers were started at, as the launcher recorded them.
         "worker_nice": [run.summary.get("worker_nice") for run in runs],

@@ -309,10 +309,15 @@ def test_bench_cluster_smoke(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--variants", "adaptive"], "--variants: unknown adaptive"),
+        (["--variants", "adaptive"], "--variants: unknown 'adaptive'"),
+        (["--variants", "asyfpg,"], "--variants: unknown ''"),
+        (["--variants", "asyfpg,asyfpg"], "--variants: a variant is named twice"),
+        (["--data", "/nonexistent"], "--data applies to a named --dataset"),
+        (["--workers", "40000"], "--workers must be between 1 and 1024"),
         (["--dataset", "debdesc"], "--dataset debdesc needs --data"),
         (["--dataset", "real-sim"], "--dataset: unknown 'real-sim'"),
-        (["--updates", "0"], "--updates must be at least 1"),
+        (["--updates", "0"], "--updates must be between 1 and"),
+        (["--warm-up", str(10**8)], "--warm-up must be between 1 and"),
     ],
 )
 def test_bench_cluster_refuses_bad_options(options: list[str], message: str) -> None:
@@ -320,6 +325,16 @@ def test_bench_cluster_refuses_bad_options(options: list[str], message: str) -> 
     result = aiodq("bench", "cluster", *options)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_bench_cluster_refuses_more_workers_than_samples(tmp_path: Path) -> None:
+    """aiodq bench cluster: a dataset with fewer samples than workers is a usage error, not a traceback."""
+    (tmp_path / "libsvm").mkdir()
+    (tmp_path / "libsvm" / "a9a").write_text("+1 3:1 10:1\n-1 5:1\n+1 7:1 9:1\n")
+    result = aiodq("bench", "cluster", "--dataset", "a9a", "--data", str(tmp_path), "--workers", "4")
+    assert result.returncode == 2
+    assert "--workers 4: more workers than the 3 samples to share" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bench_worker_smoke(tmp_path: Path) -> None:

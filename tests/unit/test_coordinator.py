@@ -214,6 +214,56 @@ def test_deliver_through_timing_wrappers_runs_as_simulate() -> None:
     assert clock.master > 0 and clock.workers > 0
 
 
+def test_bench_cluster_times_exactly_the_calls_of_its_window() -> None:
+    """The bench's clock counts the calls made while updates 10 to 39 are applied, and no other.
+
+    With a timer that advances by one per reading, each counted call adds exactly 1, so the totals
+    are the numbers of counted calls.  A spy between the wrappers and the coordinator records, for
+    every call of either side, the version at entry; the window, derived here from those versions
+    alone, holds every call entered with 10 <= version < 40 (the epoch has 60 updates, so no
+    snapshot phase falls inside it).  30 of the master's calls in it apply an update.
+    """
+    from aiodq.lab.bench_cluster import _Clock, _TimedMaster, _TimedWorker  # noqa: PLC0415 - the lab extra
+    from aiodq.protocol.simulate import deliver  # noqa: PLC0415
+
+    train = config(epochs=1, updates_per_epoch=60)
+    coordinator, sessions = build_cluster(train, a9a(), 3)
+    ticks = itertools.count()
+    clock = _Clock(coordinator, 10, 40, timer=lambda: float(next(ticks)))
+    calls: list[tuple[str, int, int]] = []  # (side, version at entry, version at exit)
+
+    def spied(side: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            before = coordinator.state.version
+            try:
+                return call(*args)
+            finally:
+                calls.append((side, before, coordinator.state.version))
+
+        return run
+
+    class Spy:
+        def __init__(self, inner: Any, side: str, names: tuple[str, ...]) -> None:
+            self._inner = inner
+            for name in names:
+                setattr(self, name, spied(side, getattr(inner, name)))
+
+        @property
+        def closed(self) -> bool:
+            return bool(self._inner.closed)
+
+    master = Spy(coordinator, "master", ("data_to_send", "receive_data"))
+    master.connect = coordinator.connect  # type: ignore[attr-defined] # not timed
+    workers = [Spy(s, "workers", ("data_to_send", "prepare", "receive_data")) for s in sessions]
+    deliver(_TimedMaster(master, clock), [_TimedWorker(w, clock) for w in workers])  # type: ignore[arg-type]
+    assert coordinator.done and coordinator.state.version == 60
+    window = [(side, before, after) for side, before, after in calls if 10 <= before < 40]
+    assert clock.master == sum(side == "master" for side, _, _ in window) > 0
+    assert clock.workers == sum(side == "workers" for side, _, _ in window) > 0
+    assert sum(side == "master" and after > before for side, before, after in window) == 30
+    assert len(window) < len(calls)  # calls outside the window were made, and not counted
+
+
 @pytest.mark.parametrize("name", ["asylpg", "sparse-asylpg", "acc-asylpg", "asyfpg", "qsvrg"])
 def test_loss_decreases_on_a9a(name: str) -> None:
     """Training on a9a lowers F from log 2 at x = 0, each epoch no worse than the last (within 1%)."""
