@@ -254,6 +254,8 @@ def _report(report: dict[str, Any], out: str | None) -> int:
 
 def _check_out(out: str | None) -> None:
     """Fail before a long benchmark, not after it, when ``--out`` cannot be written."""
+    if out and Path(out).is_dir():
+        raise UsageError(f"cannot write {out}: it is a folder; give a file name")
     if out and not os.access(Path(out).resolve().parent, os.W_OK):
         raise UsageError(f"cannot write {out}: its folder does not exist or is not writable")
 

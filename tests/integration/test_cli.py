@@ -327,6 +327,15 @@ def test_bench_cluster_refuses_bad_options(options: list[str], message: str) -> 
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("bench", ["codec", "master", "worker", "cluster"])
+def test_bench_out_that_is_a_folder_is_refused_before_the_run(bench: str, tmp_path: Path) -> None:
+    """aiodq bench ... --out FOLDER: a usage error at once (it used to fail only after the whole run)."""
+    result = aiodq("bench", bench, "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert f"cannot write {tmp_path}: it is a folder" in result.stderr
+    assert not result.stdout  # no benchmark ran
+
+
 def test_bench_cluster_refuses_more_workers_than_samples(tmp_path: Path) -> None:
     """aiodq bench cluster: a dataset with fewer samples than workers is a usage error, not a traceback."""
     (tmp_path / "libsvm").mkdir()
