@@ -4,12 +4,11 @@ A master and ``workers`` workers run in one process, in memory: the real coordin
 worker sessions exchange real wire bytes (:func:`aiodq.protocol.simulate.deliver`), with
 no sockets and no event loop.  Every call into the master's side
 (``Coordinator.receive_data`` and ``data_to_send``) and into the workers' side
-(``WorkerSession.receive_data``, ``data_to_send`` and ``prepare``) is timed (``time.perf_counter``,
-in one thread: its CPU time when nothing else runs), and counted
-while the master is in its inner loop with ``warm_up`` to ``warm_up + updates`` updates
-applied.  The report gives, per variant, the median over ``repeats`` runs of the master's
-and the workers' milliseconds per applied update, their sum, and the ratio of each to
-AsyFPG's.
+(``WorkerSession.receive_data``, ``data_to_send`` and ``prepare``) is timed
+(``time.perf_counter``, in one thread: its CPU time when nothing else runs), and counted while
+the master is in its inner loop with ``warm_up`` to ``warm_up + updates`` updates applied.
+The report gives, per variant, the median over ``repeats`` runs of the master's and the
+workers' milliseconds per applied update, their sum, and the ratio of each to AsyFPG's.
 
 The variants are those of ``aiodq experiment coding`` whose choice does not depend on
 the clock (AsyFPG; AsyLPG Rice-coded where smaller, at fixed width, and byte-aligned),
@@ -46,6 +45,9 @@ __all__ = ["CLUSTER_VARIANTS", "bench_cluster", "main_cluster"]
 #: The coding variants measured (:data:`aiodq.lab.coding.VARIANTS` without the adaptive ones,
 #: whose choice follows the clock, which an in-memory cluster does not have).
 CLUSTER_VARIANTS = tuple(name for name, _, fields in VARIANTS if not fields["adaptive_coding"])
+
+#: Each variant's table label and TrainConfig fields, by name.
+_VARIANTS = {name: (label, fields) for name, label, fields in VARIANTS}
 
 
 class _Clock:
@@ -129,9 +131,9 @@ def _one_run(
     workers: int,
     warm_up: int,
     updates: int,
-) -> tuple[float, float, int, int, dict[str, int]]:
-    """One in-memory run of a variant: (master s, workers s, applied updates counted, d, dropped)."""
-    fields = next(f for name, _, f in VARIANTS if name == variant)
+) -> tuple[float, float, int, dict[str, int]]:
+    """One in-memory run of a variant: (master s, workers s, d, dropped) over ``updates`` counted updates."""
+    _, fields = _VARIANTS[variant]
     config = replace(context.config(spec, dataset, **fields), epochs=1, updates_per_epoch=warm_up + updates)
     coordinator, sessions = build_cluster(config, dataset, workers)
     clock = _Clock(coordinator, warm_up, warm_up + updates)
@@ -140,7 +142,7 @@ def _one_run(
     if coordinator.failure is not None or counted < updates:
         reason = coordinator.failure or "the run ended early"
         raise UsageError(f"the {variant} run applied {counted} of {updates} counted updates: {reason}")
-    return clock.master, clock.workers, counted, coordinator.dim, dict(coordinator.dropped)
+    return clock.master, clock.workers, coordinator.dim, dict(coordinator.dropped)
 
 
 def bench_cluster(
@@ -164,21 +166,21 @@ def bench_cluster(
                 _one_run(context, spec, dataset, variant, workers=workers, warm_up=warm_up, updates=updates)
                 for _ in range(repeats)
             ]
-            applied, dim = runs[0][2], runs[0][3]
-            master = statistics.median(m / counted * 1e3 for m, _, counted, _, _ in runs)
-            side = statistics.median(w / counted * 1e3 for _, w, counted, _, _ in runs)
-            total = statistics.median((m + w) / counted * 1e3 for m, w, counted, _, _ in runs)
+            dim = runs[0][2]
+            master = statistics.median(m / updates * 1e3 for m, _, _, _ in runs)
+            side = statistics.median(w / updates * 1e3 for _, w, _, _ in runs)
+            total = statistics.median((m + w) / updates * 1e3 for m, w, _, _ in runs)
             cases.append(
                 {
                     "variant": variant,
-                    "label": next(label for name, label, _ in VARIANTS if name == variant),
-                    "applied_updates": applied,
+                    "label": _VARIANTS[variant][0],
+                    "applied_updates": updates,  # every run applied them all (_one_run checks)
                     "master_ms": round(master, 4),
                     "workers_ms": round(side, 4),
                     "total_ms": round(total, 4),
                     # Gradients the master did not apply, over each whole run (the delivery order is
                     # seeded, so every variant's runs drop alike); the workers' time includes them.
-                    "dropped": [run[4] for run in runs],
+                    "dropped": [run[3] for run in runs],
                 }
             )
     baseline = next((case for case in cases if case["variant"] == "asyfpg"), None)
@@ -211,6 +213,8 @@ def main_cluster(args: Any) -> int:
         UsageError: for a bad option value or data that cannot be read.
     """
     if args.dataset == "bundled":
+        if args.data is not None:
+            raise UsageError("--data applies to a named --dataset, not to the bundled a9a")
         spec, path = QUICK, None
     elif args.dataset in DATASETS:
         if args.data is None:
@@ -220,8 +224,6 @@ def main_cluster(args: Any) -> int:
         path = Path(args.data) / spec.train
     else:
         raise UsageError(f"--dataset: unknown {args.dataset!r} (bundled, or one of {', '.join(DATASETS)})")
-    if path is None and args.data is not None:
-        raise UsageError("--data applies to a named --dataset, not to the bundled a9a")
     names = CLUSTER_VARIANTS
     if args.variants.strip() != "all":
         names = tuple(name.strip() for name in args.variants.split(","))
