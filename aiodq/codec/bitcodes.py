@@ -124,8 +124,12 @@ def unary_decode(data: bytes | memoryview, count: int) -> _Int64Array:
             words, or whole bytes or set bits after the last one.
     """
     ends = _unary_ends(data, count)
-    runs: _Int64Array = np.diff(ends, prepend=-1).astype(np.int64, copy=False)
-    runs -= 1
+    runs = np.empty(count, dtype=np.int64)
+    if count:
+        # The differences of the positions, written in place: np.diff's prepend costs a copy.
+        runs[0] = ends[0] + 1  # the position before the first code word is -1
+        np.subtract(ends[1:], ends[:-1], out=runs[1:])
+        runs -= 1
     return runs
 
 

@@ -414,14 +414,18 @@ def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> D
     if 1 + len(remainders) + len(unary) >= bitmap_size:
         raise _invalid("this Rice index block is not smaller than a bitmap")
     gaps = rice_decode(remainders, unary, nnz, k)
-    indices = np.cumsum(gaps + 1) - 1
+    indices = gaps + 1
+    np.cumsum(indices, out=indices)
+    indices -= 1
     if int(indices[-1]) >= dim:
         raise _invalid(f"index {int(indices[-1])} beyond dimension {dim}")
-    best_k, _ = rice_choose(gaps, known={k: _unary_quotient_sum(unary, nnz)})
+    quotient_sum = _unary_quotient_sum(unary, nnz)
+    best_k, _ = rice_choose(gaps, known={k: quotient_sum})
     if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
-    vector = SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
-    return DecodedVector(vector, encoding, nnz * bits + 32 + _rice_bits(gaps, k))
+    vector = SparseQuantized._trusted(dim, bits, scale, indices, codes)
+    # The Rice block's bits (see _rice_bits), with sum(gaps >> k) read off the unary stream.
+    return DecodedVector(vector, encoding, nnz * bits + 32 + nnz * (k + 1) + quotient_sum)
 
 
 def _unary_quotient_sum(unary: bytes | memoryview, count: int) -> int:

@@ -312,11 +312,14 @@ class SparseQuantized:
     def to_dense(self, dtype: npt.DTypeLike = np.float64) -> FloatArray:
         """Scatter ``codes * scale`` into a zero vector of ``dim`` coordinates.
 
-        The products are exact in float64 and rounded once as they are stored, so
-        the zero vector is allocated in ``dtype`` itself, not converted afterwards.
+        The products are exact in float64 and rounded once to ``dtype`` before the
+        scatter (a scatter that also converts is slower), so the zero vector is
+        allocated in ``dtype`` itself, not converted afterwards.
         """
         out = np.zeros(self.dim, dtype=dtype)
-        out[self.indices] = self.codes.astype(np.float64) * self.scale
+        values = self.codes.astype(np.float64)
+        values *= self.scale
+        out[self.indices] = values.astype(out.dtype, copy=False)
         return out
 
     def __eq__(self, other: object) -> bool:
