@@ -63,7 +63,12 @@ def _invalid(message: str) -> CodecError:
 def _gaps(indices: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     """Gaps between strictly increasing indices: ``i_0``, then ``i_j - i_(j-1) - 1``."""
     as_int64: npt.NDArray[np.int64] = indices.astype(np.int64, copy=False)
-    gaps: npt.NDArray[np.int64] = np.diff(as_int64, prepend=np.int64(-1)) - np.int64(1)
+    gaps = np.empty(as_int64.shape[0], dtype=np.int64)
+    if gaps.shape[0]:
+        # Written in place: np.diff's prepend and the subtraction would each cost a copy.
+        gaps[0] = as_int64[0]
+        np.subtract(as_int64[1:], as_int64[:-1], out=gaps[1:])
+        gaps[1:] -= 1
     return gaps
 
 
@@ -169,12 +174,6 @@ class VectorPlan:
     width: int = 0
 
 
-def _rice_bits(values: npt.NDArray[np.integer[Any]], k: int) -> int:
-    """Bits of a Rice code with parameter ``k``: k remainder bits and ``(v >> k) + 1`` unary bits each."""
-    count = int(values.shape[0])
-    return count * (k + 1) + int((values >> k).sum(dtype=np.int64))
-
-
 def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = False) -> VectorPlan:
     """Choose the encoding of ``vector`` (wire-format.md 5), once per message.
 
@@ -206,11 +205,14 @@ def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = Fal
         return VectorPlan(Encoding.DENSE, 0, vector.dim * width + 32, width=width)
     if isinstance(vector, SparseQuantized):
         gaps = _gaps(vector.indices)
-        k, size = rice_choose(gaps)
+        quotient_sums = QuotientSums(gaps)
+        k, size = smallest_rice_block(vector.nnz, MAX_RICE_K, quotient_sums)
         width = aligned_width(vector.bits) if aligned else vector.bits
         head = vector.nnz * width + 32
         if size < (vector.dim + 7) // 8:
-            return VectorPlan(Encoding.SPARSE_RICE, k, head + _rice_bits(gaps, k), gaps, width)
+            # k remainder bits and (gap >> k) + 1 unary bits per gap; the sum from the search's memo.
+            rice_bits = vector.nnz * (k + 1) + quotient_sums(k)
+            return VectorPlan(Encoding.SPARSE_RICE, k, head + rice_bits, gaps, width)
         return VectorPlan(Encoding.SPARSE_BITMAP, 0, head + vector.dim, width=width)
     if isinstance(vector, QSGDVector):
         return VectorPlan(Encoding.QSGD, 0, _qsgd_bits(vector.levels))
@@ -424,7 +426,7 @@ def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> D
     if best_k != k:
         raise _invalid(f"Rice parameter {k} is not the canonical choice {best_k}")
     vector = SparseQuantized._trusted(dim, bits, scale, indices, codes)
-    # The Rice block's bits (see _rice_bits), with sum(gaps >> k) read off the unary stream.
+    # k remainder bits and (gap >> k) + 1 unary bits per gap; the sum read off the unary stream.
     return DecodedVector(vector, encoding, nnz * bits + 32 + nnz * (k + 1) + quotient_sum)
 
 

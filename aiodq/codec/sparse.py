@@ -264,7 +264,9 @@ def quantize_sparse(
         raise ValueError("the rescaled kept values exceed the float32 range of the scale")
     delta, codes = _quantize_to_range(kept, largest, bits, rng, bounded=True)
     nonzero = codes != 0
-    if not nonzero.any():
-        return ZeroVector(alpha.shape[0])
+    if not nonzero.all():  # else no copy: often every kept value keeps a nonzero code
+        if not nonzero.any():
+            return ZeroVector(alpha.shape[0])
+        indices, codes = indices[nonzero], codes[nonzero]
     # Increasing indices and nonzero codes by construction: no validation pass.
-    return SparseQuantized._trusted(alpha.shape[0], bits, delta, indices[nonzero], codes[nonzero])
+    return SparseQuantized._trusted(alpha.shape[0], bits, delta, indices, codes)
