@@ -214,9 +214,10 @@ def experiment_mu(context: Context) -> dict[str, Any]:
     out = context.out / "mu"
     report: dict[str, Any] = {"datasets": {}}
     lines = ["# The mu study, the gradient bits and the sparsity budget", ""]
+    bit_values = (BIT_VALUES[0], BIT_VALUES[-1]) if context.quick else BIT_VALUES
     sweeps_of = (
         ("mu", "asylpg", MU_VALUES[3:5] if context.quick else MU_VALUES, "AsyLPG: mu (b fixed)"),
-        ("bits", "asylpg", BIT_VALUES[::2] if context.quick else BIT_VALUES, "AsyLPG: b (mu fixed)"),
+        ("bits", "asylpg", bit_values, "AsyLPG: b (mu fixed)"),
         ("phi", "sparse-asylpg", PHI_VALUES[1:] if context.quick else PHI_VALUES, "Sparse-AsyLPG: phi / d"),
     )
     for spec in context.specs():
@@ -239,20 +240,22 @@ def experiment_mu(context: Context) -> dict[str, Any]:
         report["datasets"][spec.name] = {"target": target, "asyfpg": reference, **sweeps}
         lines += [f"## {spec.name}: {spec.describe}", ""]
         lines.append(
-            f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit to target; "
-            f"median of {context.repeats} run(s) per row."
+            f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit, "
+            f"{fmt(reference['updates_to_target'], digits=0)} updates and "
+            f"{fmt(reference['time_to_target'])} s to target; median of {context.repeats} run(s) per row."
         )
         for key, _, _, label in sweeps_of:
             lines += [
                 "",
-                f"| {label} | Mbit to target | saving vs AsyFPG | s to target | final loss |",
-                "|---:|---:|---:|---:|---:|",
+                f"| {label} | Mbit to target | saving vs AsyFPG | updates to target | s to target "
+                "| final loss |",
+                "|---:|---:|---:|---:|---:|---:|",
             ]
             for row in sweeps[key]:
                 lines.append(
                     f"| {row[key]} | {reach(row, fmt(row['bits_to_target'], 1e6))} | "
-                    f"{times(row['saving_bits'])} | {reach(row, fmt(row['time_to_target']))} | "
-                    f"{row['final_loss']:.6f} |"
+                    f"{times(row['saving_bits'])} | {reach(row, fmt(row['updates_to_target'], digits=0))} | "
+                    f"{reach(row, fmt(row['time_to_target']))} | {row['final_loss']:.6f} |"
                 )
         lines.append("")
         panels = [(key, label) for key, _, _, label in sweeps_of]

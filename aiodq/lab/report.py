@@ -73,6 +73,8 @@ def summarise(repeats: list[RunResult], target: float) -> dict[str, Any]:
         "algorithm": repeats[0].config.algorithm,
         "bits_to_target": median([h.bits if h else None for h in hits]),
         "time_to_target": median([h.time if h else None for h in hits]),
+        # Applied updates (the model version) at the target.
+        "updates_to_target": median([h.version if h else None for h in hits]),
         "final_loss": median([r.points[-1].loss if r.points else None for r in repeats]),
         "reached": sum(h is not None for h in hits),
         "runs": len(repeats),

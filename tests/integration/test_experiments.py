@@ -79,6 +79,7 @@ def test_quick_table1_rows_and_savings(quick: Path) -> None:
         account = rows[run["algorithm"]]["account"]
         assert sum(account["mbit"].values()) * 1e6 == pytest.approx(run["bits_to_target"], rel=1e-12)
         assert account["updates"] == hit["version"] and account["mbit"]["models"] > 0
+        assert rows[run["algorithm"]]["updates_to_target"] == hit["version"]  # one seed: its own
         # Handshakes, authentication and CONFIG: a few hundred bytes per worker, under 1.5 kB each.
         assert 0 < account["mbit"]["control"] * 1e6 < 8 * 1500 * run["workers"]
     markdown = (quick / "table1" / "table1.md").read_text()
@@ -101,6 +102,7 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
         assert row["final_loss"] > 0
         if row["bits_to_target"]:
             assert row["saving_bits"] == pytest.approx(mu["asyfpg"]["bits_to_target"] / row["bits_to_target"])
+            assert row["updates_to_target"] >= 1
     assert (quick / "mu" / "a9a-bundled_mu.png").exists()
     # The defaults (AsyFPG, mu = 0.5 with b = 4, phi = d/4) are table1's own runs, shared, not run
     # again: three progress lines say so, and the figures are table1's to the last digit.
