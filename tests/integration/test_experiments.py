@@ -103,6 +103,7 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
         if row["bits_to_target"]:
             assert row["saving_bits"] == pytest.approx(mu["asyfpg"]["bits_to_target"] / row["bits_to_target"])
             assert row["updates_to_target"] >= 1
+            assert row["saving_time"] == pytest.approx(mu["asyfpg"]["time_to_target"] / row["time_to_target"])
     assert (quick / "mu" / "a9a-bundled_mu.png").exists()
     # The defaults (AsyFPG, mu = 0.5 with b = 4, phi = d/4) are table1's own runs, shared, not run
     # again: three progress lines say so, and the figures are table1's to the last digit.
