@@ -15,8 +15,8 @@ Experiments:
 - ``table1``: bits and time to target for every algorithm on each dataset, and
   each one's saving against its full-precision counterpart; loss against bits
   and against time, all algorithms in one figure per dataset.
-- ``mu``: bits to target and final loss of AsyLPG for mu in
-  {0.05, 0.1, 0.25, 0.5, 1, 2} and for gradient bits b in {2, 4, 8}, and of
+- ``mu``: bits, updates and time to target and final loss of AsyLPG for mu in
+  {0.05, 0.1, 0.25, 0.5, 1, 2} and for gradient bits b in {2, 4, 5, 6, 8}, and of
   Sparse-AsyLPG for the budget phi in {d/100, d/20, d/4}.
 - ``timing``: computation against encoding time per epoch, per algorithm.
 - ``workers``: 4 workers against 8.
