@@ -270,6 +270,13 @@ def _parser() -> argparse.ArgumentParser:
         help="fixed-width codes byte-aligned in every run (TrainConfig.aligned_codes)",
     )
     experiment.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help="gradient bits b in every run, 2 to 16 (default: each dataset's own, 4; the mu experiment's "
+        "b study still sets its own)",
+    )
+    experiment.add_argument(
         "--worker-nice",
         type=int,
         default=None,

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
@@ -321,18 +322,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _coding_overrides(args: argparse.Namespace) -> dict[str, bool]:
-    """``aiodq experiment``'s coding switches as TrainConfig overrides.
+def _experiment_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``aiodq experiment``'s coding switches and ``--bits`` as TrainConfig overrides.
 
     Raises:
-        UsageError: for both switches at once.
+        UsageError: for both coding switches at once, or bits outside 2..16.
     """
     if args.adaptive_coding and not args.entropy_coding:
         raise UsageError("--adaptive-coding chooses when to Rice-code: leave out --no-entropy-coding")
-    aligned = {"aligned_codes": True} if args.aligned_codes else {}
+    overrides: dict[str, Any] = {"aligned_codes": True} if args.aligned_codes else {}
     if args.adaptive_coding:
-        return {"adaptive_coding": True, **aligned}
-    return aligned if args.entropy_coding else {"entropy_coding": False, **aligned}
+        overrides["adaptive_coding"] = True
+    elif not args.entropy_coding:
+        overrides["entropy_coding"] = False
+    if args.bits is not None:
+        if not 2 <= args.bits <= 16:
+            raise UsageError(f"--bits must be between 2 and 16, got {args.bits}")
+        overrides["bits"] = args.bits
+    return overrides
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -359,7 +366,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         datasets=datasets,
         repeats=args.repeats,
         log=lambda line: print(line, flush=True),
-        overrides=_coding_overrides(args),
+        overrides=_experiment_overrides(args),
         worker_nice=args.worker_nice,
     )
     try:

@@ -143,7 +143,7 @@ def experiment_coding(context: Context) -> dict[str, Any]:
             row["speed_against_asyfpg"] = theirs / mine if mine and theirs else None
         report["datasets"][spec.name] = {"target": target, "rows": rows}
         lines += [
-            f"## {spec.name}: {spec.describe}",
+            f"## {spec.name}: {context.describe(spec)}",
             "",
             f"Medians of {context.repeats} seed(s) per row; 4 workers.",
             "",

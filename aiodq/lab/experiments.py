@@ -141,13 +141,13 @@ def experiment_table1(context: Context) -> dict[str, Any]:
             )
         plot_curves(
             out / f"{spec.name}_loss.png",
-            f"{spec.name}: {spec.describe}",
+            f"{spec.name}: {context.describe(spec)}",
             first,
             target,
             context.optima.get(spec.name),
         )
         report["datasets"][spec.name] = {
-            "describe": spec.describe,
+            "describe": context.describe(spec),
             "samples": dataset.samples,
             "dim": results[0][0].summary["dim"],
             "target": target,
@@ -158,7 +158,7 @@ def experiment_table1(context: Context) -> dict[str, Any]:
         for name, run in report["datasets"][spec.name]["runs"].items():
             rows[name]["account"] = bits_account(run, dim)
         lines += [
-            f"## {spec.name}: {spec.describe}",
+            f"## {spec.name}: {context.describe(spec)}",
             "",
             f"n = {dataset.samples}, d = {results[0][0].summary['dim']}, 4 workers, "
             f"target loss {target:.6f}, "
@@ -242,7 +242,7 @@ def experiment_mu(context: Context) -> dict[str, Any]:
                 )
                 sweeps[key].append(row)
         report["datasets"][spec.name] = {"target": target, "asyfpg": reference, **sweeps}
-        lines += [f"## {spec.name}: {spec.describe}", ""]
+        lines += [f"## {spec.name}: {context.describe(spec)}", ""]
         lines.append(
             f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit, "
             f"{fmt(reference['updates_to_target'], digits=0)} updates and "
@@ -395,7 +395,7 @@ def experiment_timing(context: Context) -> dict[str, Any]:
             )
         report["datasets"][spec.name] = rows
         lines += [
-            f"## {spec.name}: {spec.describe}",
+            f"## {spec.name}: {context.describe(spec)}",
             "",
             f"m = {next(iter(rows.values()))['updates']} updates per epoch, measured in one process "
             "with one BLAS thread, as in every worker process.",
@@ -448,7 +448,7 @@ def experiment_workers(context: Context) -> dict[str, Any]:
                 rows.append(row)
         report["datasets"][spec.name] = {"target": target, "rows": rows}
         lines += [
-            f"## {spec.name}: {spec.describe}",
+            f"## {spec.name}: {context.describe(spec)}",
             "",
             "| M | algorithm | Mbit to target | s to target | final loss | updates/s | mean staleness | max "
             "| applied | dropped |",
@@ -539,7 +539,7 @@ def experiment_network(context: Context) -> dict[str, Any]:
             )
             figures.append(figure)
         lines += [
-            f"## {spec.name}: {spec.describe}",
+            f"## {spec.name}: {context.describe(spec)}",
             "",
             "Master and 4 workers in separate network namespaces, a star through a bridge, every link "
             "shaped both ways.",

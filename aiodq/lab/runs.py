@@ -373,6 +373,13 @@ class Context:
     #: Every run so far by (dataset, configuration with its seed, workers), shared by :meth:`runs`.
     done: dict[tuple[str, TrainConfig, int], RunResult] = field(default_factory=dict)
 
+    def describe(self, spec: DatasetSpec) -> str:
+        """``spec``'s description, and the gradient bits when every run overrides them (``--bits``)."""
+        bits = self.overrides.get("bits")
+        if bits is None:
+            return spec.describe
+        return f"{spec.describe}; every run at b = {bits} (--bits) unless its row sets b"
+
     def specs(self) -> list[DatasetSpec]:
         """The datasets this run uses."""
         if self.quick:

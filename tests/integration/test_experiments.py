@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aiodq.cli import _parser
+from aiodq.cli.commands import _experiment_overrides
 from aiodq.data import load_bundled_a9a
 from aiodq.errors import RunError
 from aiodq.lab.experiments import (
@@ -31,6 +33,7 @@ from aiodq.lab.experiments import (
 )
 from aiodq.lab.netlab import namespaces_unavailable
 from aiodq.lab.report import reach, saving, summarise
+from aiodq.lab.runs import QUICK
 from aiodq.launch.results import load_records, save_records
 from aiodq.protocol.accounting import ModelRecord
 from aiodq.protocol.algorithms import TrainConfig
@@ -358,10 +361,29 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--worker-nice: a nice increment must be an integer" in result.stderr
     result = aiodq("experiment", "table1", "--quick", "--data", str(tmp_path))
     assert result.returncode == 2 and "bundled" in result.stderr
+    result = aiodq("experiment", "table1", "--quick", "--bits", "17")
+    assert result.returncode == 2 and "--bits must be between 2 and 16, got 17" in result.stderr
     result = aiodq("experiment", "table1", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 1 and "none of" in result.stderr
     result = aiodq("master", "--listen", "127.0.0.1:0", "--workers", "1", "--records", str(tmp_path / "r"))
     assert result.returncode == 2 and "--record-every" in result.stderr
+
+
+def test_bits_override_every_run_but_the_b_study_rows(tmp_path: Path) -> None:
+    """``--bits`` reaches every run's configuration and the tables' headings; a row that sets b keeps it."""
+    args = _parser().parse_args(["experiment", "mu", "--quick", "--bits", "8", "--aligned-codes"])
+    overrides = _experiment_overrides(args)
+    assert overrides == {"aligned_codes": True, "bits": 8}
+    dataset = load_bundled_a9a()
+    context = Context(data=None, out=tmp_path, quick=True, overrides=overrides)
+    assert context.config(QUICK, dataset, algorithm="asylpg").bits == 8
+    assert context.config(QUICK, dataset, algorithm="sparse-asylpg").bits == 8
+    assert context.config(QUICK, dataset, algorithm="asylpg", bits=5).bits == 5  # a row of the b study
+    assert context.describe(QUICK) == f"{QUICK.describe}; every run at b = 8 (--bits) unless its row sets b"
+    plain = Context(data=None, out=tmp_path, quick=True)
+    assert plain.config(QUICK, dataset, algorithm="asylpg").bits == QUICK.settings["bits"] == 4
+    assert plain.describe(QUICK) == QUICK.describe
+    assert _experiment_overrides(_parser().parse_args(["experiment", "mu", "--quick"])) == {}
 
 
 def test_summaries_when_seeds_miss_the_target() -> None:
