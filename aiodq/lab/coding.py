@@ -153,7 +153,7 @@ def experiment_coding(context: Context) -> dict[str, Any]:
         ]
         lines += [_line(row) for row in rows]
         lines.append("")
-    write_report(out, "coding", report, "\n".join(lines) + "\n")
+    write_report(out, "coding", report, "\n".join(lines) + "\n", context.settings())
     return report
 
 

@@ -178,7 +178,7 @@ def experiment_table1(context: Context) -> dict[str, Any]:
             )
         lines += ["", *_account_lines(report["datasets"][spec.name]), ""]
         lines += [f"![loss against bits and time]({spec.name}_loss.png)", ""]
-    write_report(out, "table1", report, "\n".join(lines) + "\n")
+    write_report(out, "table1", report, "\n".join(lines) + "\n", context.settings())
     return report
 
 
@@ -242,7 +242,7 @@ def experiment_mu(context: Context) -> dict[str, Any]:
                 )
                 sweeps[key].append(row)
         report["datasets"][spec.name] = {"target": target, "asyfpg": reference, **sweeps}
-        lines += [f"## {spec.name}: {context.describe(spec)}", ""]
+        lines += [f"## {spec.name}: {context.describe(spec, rows_set_bits=True)}", ""]
         lines.append(
             f"AsyFPG reference: {fmt(reference['bits_to_target'], 1e6)} Mbit, "
             f"{fmt(reference['updates_to_target'], digits=0)} updates and "
@@ -266,7 +266,7 @@ def experiment_mu(context: Context) -> dict[str, Any]:
         panels = [(key, label) for key, _, _, label in sweeps_of]
         plot_sweeps(out / f"{spec.name}_mu.png", spec.name, sweeps, panels)
         lines += [f"![mu, b and phi]({spec.name}_mu.png)", ""]
-    write_report(out, "mu", report, "\n".join(lines) + "\n")
+    write_report(out, "mu", report, "\n".join(lines) + "\n", context.settings())
     return report
 
 
@@ -419,7 +419,7 @@ def experiment_timing(context: Context) -> dict[str, Any]:
             cells = [f"{row['parts_ms'][part]:.3f}" for part in TIMING_PARTS]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(row['parts_ms'].values()):.3f} |")
         lines.append("")
-    write_report(out, "timing", report, "\n".join(lines) + "\n")
+    write_report(out, "timing", report, "\n".join(lines) + "\n", context.settings())
     return report
 
 
@@ -463,7 +463,7 @@ def experiment_workers(context: Context) -> dict[str, Any]:
                 f"{row['staleness_max']} | {row['applied']} | {json.dumps(row['dropped'])} |"
             )
         lines.append("")
-    write_report(out, "workers", report, "\n".join(lines) + "\n")
+    write_report(out, "workers", report, "\n".join(lines) + "\n", context.settings())
     return report
 
 
@@ -474,7 +474,7 @@ def experiment_network(context: Context) -> dict[str, Any]:
     if reason is not None:
         context.log(f"network: skipped, {reason}")
         report: dict[str, Any] = {"skipped": reason}
-        write_report(out, "network", report, f"# Shaped network\n\nSkipped: {reason}\n")
+        write_report(out, "network", report, f"# Shaped network\n\nSkipped: {reason}\n", context.settings())
         return report
     report = {"datasets": {}}
     lines = ["# Time to target on shaped links", ""]
@@ -554,7 +554,7 @@ def experiment_network(context: Context) -> dict[str, Any]:
                 f"{row['final_loss']:.6f} |"
             )
         lines += ["", *(f"![loss on shaped links]({figure})" for figure in figures), ""]
-    write_report(out, "network", report, "\n".join(lines) + "\n")
+    write_report(out, "network", report, "\n".join(lines) + "\n", context.settings())
     return report
 
 

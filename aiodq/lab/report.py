@@ -97,9 +97,13 @@ def reach(row: dict[str, Any], value: str) -> str:
     return f"not reached ({row['reached']}/{row['runs']} seeds did)" if row["reached"] else "not reached"
 
 
-def write_report(out: Path, name: str, payload: dict[str, Any], markdown: str) -> None:
-    """Write ``name``.json and ``name``.md into ``out``."""
+def write_report(
+    out: Path, name: str, payload: dict[str, Any], markdown: str, settings: dict[str, Any] | None = None
+) -> None:
+    """Write ``name``.json and ``name``.md into ``out``; the JSON starts with ``settings``, if given."""
     out.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        payload = {"settings": settings, **payload}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     (out / f"{name}.md").write_text(markdown, encoding="utf-8")
 

@@ -8,6 +8,7 @@ to a target are read off the evaluated points (:func:`to_target`).
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +27,7 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import Objective
+from ..version import __version__
 
 __all__ = [
     "DATASETS",
@@ -373,12 +375,27 @@ class Context:
     #: Every run so far by (dataset, configuration with its seed, workers), shared by :meth:`runs`.
     done: dict[tuple[str, TrainConfig, int], RunResult] = field(default_factory=dict)
 
-    def describe(self, spec: DatasetSpec) -> str:
-        """``spec``'s description, and the gradient bits when every run overrides them (``--bits``)."""
+    def describe(self, spec: DatasetSpec, *, rows_set_bits: bool = False) -> str:
+        """``spec``'s description, with the gradient bits every run is given (``--bits``) in place of its own.
+
+        ``rows_set_bits``: the table's rows set b themselves where they say so (the b study).
+        """
         bits = self.overrides.get("bits")
         if bits is None:
             return spec.describe
-        return f"{spec.describe}; every run at b = {bits} (--bits) unless its row sets b"
+        given = f"b = {bits} (--bits{'; the b study sets its own' if rows_set_bits else ''})"
+        described, replaced = re.subn(r"\bb = \d+", given, spec.describe, count=1)
+        return described if replaced else f"{spec.describe}; {given}"
+
+    def settings(self) -> dict[str, Any]:
+        """How the experiment was asked for, for its JSON report: the overrides, seeds and workers' nice."""
+        return {
+            "overrides": dict(self.overrides),
+            "repeats": self.repeats,
+            "worker_nice": self.worker_nice,
+            "quick": self.quick,
+            "aiodq": __version__,
+        }
 
     def specs(self) -> list[DatasetSpec]:
         """The datasets this run uses."""

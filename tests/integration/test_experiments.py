@@ -33,11 +33,12 @@ from aiodq.lab.experiments import (
 )
 from aiodq.lab.netlab import namespaces_unavailable
 from aiodq.lab.report import reach, saving, summarise
-from aiodq.lab.runs import QUICK
+from aiodq.lab.runs import DATASETS, QUICK
 from aiodq.launch.results import load_records, save_records
 from aiodq.protocol.accounting import ModelRecord
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.simulate import simulate
+from aiodq.version import __version__
 
 from .cluster import A9A, aiodq, logistic_optimum
 
@@ -116,6 +117,22 @@ def test_quick_mu_bits_timing_workers(quick: Path) -> None:
     assert mu["asyfpg"]["final_loss"] == table1["asyfpg"]["final_loss"]
     assert mu["mu"][0]["final_loss"] == table1["asylpg"]["final_loss"]
     assert mu["phi"][1]["final_loss"] == table1["sparse-asylpg"]["final_loss"]
+    # The shared run's updates to target are table1's, which its test checks against the run's records.
+    assert mu["mu"][0]["updates_to_target"] == table1["asylpg"]["updates_to_target"]
+    assert (
+        "| updates to target | s to target | speed vs AsyFPG | final loss |"
+        in (quick / "mu" / "mu.md").read_text()
+    )
+    # How the experiments were asked for (the fixture's command line), in every JSON report.
+    for name in ("table1", "mu", "timing", "workers", "coding", "network"):
+        settings = json.loads((quick / name / f"{name}.json").read_text())["settings"]
+        assert settings == {
+            "overrides": {},
+            "repeats": 1,
+            "worker_nice": 2,
+            "quick": True,
+            "aiodq": __version__,
+        }
 
     timing = json.loads((quick / "timing" / "timing.json").read_text())["datasets"]["a9a-bundled"]
     assert set(timing) == set(TABLE_ALGORITHMS)
@@ -361,8 +378,9 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--worker-nice: a nice increment must be an integer" in result.stderr
     result = aiodq("experiment", "table1", "--quick", "--data", str(tmp_path))
     assert result.returncode == 2 and "bundled" in result.stderr
-    result = aiodq("experiment", "table1", "--quick", "--bits", "17")
-    assert result.returncode == 2 and "--bits must be between 2 and 16, got 17" in result.stderr
+    for bits in ("1", "17"):
+        result = aiodq("experiment", "table1", "--quick", "--bits", bits)
+        assert result.returncode == 2 and f"--bits must be between 2 and 16, got {bits}" in result.stderr
     result = aiodq("experiment", "table1", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 1 and "none of" in result.stderr
     result = aiodq("master", "--listen", "127.0.0.1:0", "--workers", "1", "--records", str(tmp_path / "r"))
@@ -379,7 +397,13 @@ def test_bits_override_every_run_but_the_b_study_rows(tmp_path: Path) -> None:
     assert context.config(QUICK, dataset, algorithm="asylpg").bits == 8
     assert context.config(QUICK, dataset, algorithm="sparse-asylpg").bits == 8
     assert context.config(QUICK, dataset, algorithm="asylpg", bits=5).bits == 5  # a row of the b study
-    assert context.describe(QUICK) == f"{QUICK.describe}; every run at b = 8 (--bits) unless its row sets b"
+    assert context.describe(QUICK) == f"{QUICK.describe}; b = 8 (--bits)"  # QUICK's own text names no b
+    a9a = DATASETS["a9a"]
+    assert a9a.describe.count("b = 4") == 1
+    assert context.describe(a9a) == a9a.describe.replace("b = 4", "b = 8 (--bits)")
+    assert context.describe(a9a, rows_set_bits=True) == a9a.describe.replace(
+        "b = 4", "b = 8 (--bits; the b study sets its own)"
+    )
     plain = Context(data=None, out=tmp_path, quick=True)
     assert plain.config(QUICK, dataset, algorithm="asylpg").bits == QUICK.settings["bits"] == 4
     assert plain.describe(QUICK) == QUICK.describe

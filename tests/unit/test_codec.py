@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -775,3 +776,24 @@ def test_snapshot_frame_size() -> None:
     vector = RawVector(np.ones(1000, dtype=np.float32))
     frame = encode_message(Snapshot(epoch=1, vector=vector))
     assert len(frame) == 7 + 1 + 1 + 2 + 4000
+
+
+@pytest.mark.parametrize(
+    ("dim", "span", "nnz", "k"), [(2_000, 900, 800, 0), (5_000, 5_000, 1_000, 2), (100_000, 100_000, 50, 10)]
+)
+def test_sparse_rice_payload_bits_counted_apart(dim: int, span: int, nnz: int, k: int) -> None:
+    """SPARSE_RICE's analytic bits, summed here per gap in Python: b per code, 32 for the scale, and
+    k remainder bits plus (g >> k) + 1 unary bits per gap; the plan and the decoder report the same."""
+    rng = np.random.default_rng(dim + nnz)
+    indices = np.sort(rng.choice(span, size=nnz, replace=False))  # all below span: Rice beats the bitmap
+    codes = rng.choice([-15, -3, -1, 1, 2, 15], size=nnz)
+    vector = SparseQuantized(dim, 5, 0.5, indices, codes)
+    plan = plan_vector(vector)
+    assert plan.encoding is Encoding.SPARSE_RICE and plan.k == k
+    positions = [int(i) for i in indices]
+    gaps = [positions[0]] + [b - a - 1 for a, b in itertools.pairwise(positions)]
+    expected = nnz * 5 + 32 + sum(k + 1 + (gap >> k) for gap in gaps)
+    assert plan.payload_bits == expected
+    cursor = Cursor(b"".join(encode_vector(vector, plan)))
+    decoded = decode_vector(cursor, LIMITS, expected_dim=dim)
+    assert decoded.payload_bits == expected and decoded.vector == vector
