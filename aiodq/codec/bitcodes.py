@@ -33,6 +33,7 @@ __all__ = [
     "dense_rice_decode",
     "gamma_decode",
     "gamma_encode",
+    "index_gaps",
     "rice_block_size",
     "rice_choose",
     "rice_decode",
@@ -123,14 +124,20 @@ def unary_decode(data: bytes | memoryview, count: int) -> _Int64Array:
         CodecError: INVALID_PAYLOAD if the stream holds another number of code
             words, or whole bytes or set bits after the last one.
     """
-    ends = _unary_ends(data, count)
-    runs = np.empty(count, dtype=np.int64)
-    if count:
-        # The differences of the positions, written in place: np.diff's prepend costs a copy.
-        runs[0] = ends[0] + 1  # the position before the first code word is -1
-        np.subtract(ends[1:], ends[:-1], out=runs[1:])
-        runs -= 1
-    return runs
+    # Code word i's zeros are the bits between the one bits i - 1 and i.
+    return index_gaps(_unary_ends(data, count))
+
+
+def index_gaps(positions: npt.NDArray[np.integer[Any]]) -> _Int64Array:
+    """Gaps between strictly increasing positions: ``p_0``, then ``p_j - p_(j-1) - 1``."""
+    as_int64: _Int64Array = positions.astype(np.int64, copy=False)
+    gaps = np.empty(as_int64.shape[0], dtype=np.int64)
+    if gaps.shape[0]:
+        # Written in place: np.diff's prepend and the subtraction would each cost a copy.
+        gaps[0] = as_int64[0]
+        np.subtract(as_int64[1:], as_int64[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+    return gaps
 
 
 def _unary_ends(data: bytes | memoryview, count: int) -> npt.NDArray[np.intp]:

@@ -23,6 +23,7 @@ from .bitcodes import (
     dense_rice_decode,
     gamma_decode,
     gamma_encode,
+    index_gaps,
     rice_choose,
     rice_decode,
     rice_encode,
@@ -58,18 +59,6 @@ __all__ = [
 
 def _invalid(message: str) -> CodecError:
     return CodecError(message, ErrorCode.INVALID_PAYLOAD)
-
-
-def _gaps(indices: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Gaps between strictly increasing indices: ``i_0``, then ``i_j - i_(j-1) - 1``."""
-    as_int64: npt.NDArray[np.int64] = indices.astype(np.int64, copy=False)
-    gaps = np.empty(as_int64.shape[0], dtype=np.int64)
-    if gaps.shape[0]:
-        # Written in place: np.diff's prepend and the subtraction would each cost a copy.
-        gaps[0] = as_int64[0]
-        np.subtract(as_int64[1:], as_int64[:-1], out=gaps[1:])
-        gaps[1:] -= 1
-    return gaps
 
 
 def zigzag(codes: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
@@ -204,7 +193,7 @@ def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = Fal
         width = aligned_width(vector.bits) if aligned else vector.bits
         return VectorPlan(Encoding.DENSE, 0, vector.dim * width + 32, width=width)
     if isinstance(vector, SparseQuantized):
-        gaps = _gaps(vector.indices)
+        gaps = index_gaps(vector.indices)
         quotient_sums = QuotientSums(gaps)
         k, size = smallest_rice_block(vector.nnz, MAX_RICE_K, quotient_sums)
         width = aligned_width(vector.bits) if aligned else vector.bits
@@ -403,7 +392,7 @@ def _decode_sparse(cursor: Cursor, encoding: Encoding, dim: int, bits: int) -> D
         if indices.shape[0] != nnz:
             raise _invalid(f"bitmap has {indices.shape[0]} set bits, expected {nnz}")
         # wire-format.md 5.6: the bitmap is used unless a Rice block is strictly smaller.
-        if rice_choose(_gaps(indices))[1] < bitmap_size:
+        if rice_choose(index_gaps(indices))[1] < bitmap_size:
             raise _invalid("a Rice index block would be smaller than this bitmap")
         vector = SparseQuantized._trusted(dim, bits, scale, indices.astype(np.int64), codes)
         return DecodedVector(vector, encoding, nnz * bits + 32 + dim)
