@@ -13,12 +13,14 @@ import warnings
 from fractions import Fraction
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from aiodq.codec.lowp import (
     DITHER_BITS,
     MAX_MODEL_BITS,
     floor_with_dither,
+    make_rng,
     quantize,
     quantize_gradient,
     quantize_model,
@@ -281,6 +283,51 @@ def test_quantize_draws_from_the_generator_reproducibly() -> None:
     second = quantize(values, 0.25, 8, np.random.default_rng(7))
     assert first.tolist() == second.tolist()
     assert np.all(np.abs(first * 0.25 - values) < 0.25)
+
+
+#: Long enough for several blocks of the quantizers (2**17 and 2**18 coordinates) and a partial last
+#: raw word (600,003 is not a multiple of 4).
+_LONG = 600_003
+
+
+def _raw_dither_order(seed: int, count: int) -> npt.NDArray[np.int64]:
+    """The 16-bit words of a fresh ``make_rng(seed)``'s raw output, four per 64-bit word, low half first."""
+    words = make_rng(seed).bit_generator.random_raw(-(-count // 4))
+    return words.astype("<u8").view("<u2")[:count].astype(np.int64)
+
+
+def test_gradient_dither_is_one_draw_in_coordinate_order_across_blocks() -> None:
+    """algorithms.md 2: coordinate j's dither is r_j, the j-th 16-bit word of the generator's raw output.
+
+    Values m_j 2**-6 with |m_j| <= 1016 give delta = 1016 2**-6 / 127 = 2**-3 exactly, v_j / delta =
+    m_j / 8, and code_j = floor(m_j / 8 + r_j / 2**16) = (2**13 m_j + r_j) >> 16 in integers.
+    """
+    m = np.random.default_rng(4).integers(-1016, 1017, _LONG)
+    m[_LONG // 2] = 1016
+    values = (m * 2.0**-6).astype(np.float32)
+    expected = (m * (1 << 13) + _raw_dither_order(11, _LONG)) >> 16
+    q = quantize_gradient(values, 8, make_rng(11))
+    assert isinstance(q, DenseQuantized)
+    assert q.scale == 0.125
+    assert np.array_equal(q.codes.astype(np.int64), expected)
+
+
+def test_sparse_keep_test_draws_one_high_half_per_coordinate_in_order_across_blocks() -> None:
+    """algorithms.md 6: j is kept iff R_j = 2**16 r_j + s_j < p_j 2**32, r_j drawn in coordinate order.
+
+    With |alpha_j| in 0..3 and phi = ||alpha||_1 / 64 (exact in float32 block sums), p_j = |alpha_j| / 64
+    and p_j 2**16 = 1024 |alpha_j| is an integer: r_j < 1024 |alpha_j| keeps j whatever s_j is, and
+    r_j >= 1024 |alpha_j| drops it, so no low half is drawn.  Kept values are alpha_j / p_j = +-64.
+    """
+    magnitude = np.random.default_rng(5).integers(0, 4, _LONG)
+    sign = np.where(np.random.default_rng(6).random(_LONG) < 0.5, -1, 1)
+    alpha = (sign * magnitude).astype(np.float32)
+    budget = float(magnitude.sum()) / 64
+    kept = np.flatnonzero(_raw_dither_order(12, _LONG) < 1024 * magnitude)
+    assert 0.01 * _LONG < kept.shape[0] < 0.1 * _LONG
+    indices, values = sparsify(alpha, budget, make_rng(12))
+    assert np.array_equal(indices, kept)
+    assert np.array_equal(values, 64.0 * sign[kept])
 
 
 @pytest.mark.parametrize("bits", [0, 1, 17, -2])
