@@ -82,9 +82,13 @@ def message_type_of(event: Event) -> MessageType:
         raise TypeError(f"{type(event).__name__} is not a wire message") from None
 
 
-def vector_plan(event: Event, *, dense_rice: bool = False, aligned: bool = False) -> VectorPlan | None:
+def vector_plan(
+    event: Event, *, dense_rice: bool = False, aligned: bool = False, sparse_gradient: bool = False
+) -> VectorPlan | None:
     """The encoding of ``event``'s vector, chosen once (:func:`~aiodq.codec.payload.plan_vector`).
 
+    ``sparse_gradient``: a GRADIENT's dense quantized codes may go in their sparse form
+    where that is smaller (``plan_vector``'s ``sparse_form``; other messages never do).
     Returns None for messages without a vector.
 
     Raises:
@@ -93,7 +97,8 @@ def vector_plan(event: Event, *, dense_rice: bool = False, aligned: bool = False
     vector: Vector | None = getattr(event, "vector", None)
     if vector is None:
         return None
-    plan = plan_vector(vector, dense_rice=dense_rice, aligned=aligned)
+    sparse_form = sparse_gradient and isinstance(event, Gradient)
+    plan = plan_vector(vector, dense_rice=dense_rice, aligned=aligned, sparse_form=sparse_form)
     _check_allowed(message_type_of(event), plan.encoding, getattr(event, "relative", False))
     return plan
 
@@ -116,6 +121,7 @@ def encode_message(
     *,
     dense_rice: bool = False,
     aligned: bool = False,
+    sparse_gradient: bool = False,
     plan: VectorPlan | None = None,
 ) -> bytes:
     """Encode ``event`` as one frame.
@@ -129,8 +135,10 @@ def encode_message(
         dense_rice: send dense quantized codes Rice-coded (DENSE_RICE) where that is smaller.
         aligned: send fixed-width codes byte-aligned, in the narrowest of 1, 2, 4, 8 or 16 bits
             that holds them (:func:`~aiodq.codec.packing.aligned_width`).
+        sparse_gradient: send a GRADIENT's dense quantized codes in their sparse form where
+            that is smaller (with ``dense_rice``; see :func:`vector_plan`).
         plan: the vector's encoding, if the caller chose it already with :func:`vector_plan`
-            (then ``dense_rice`` and ``aligned`` are not looked at).
+            (then ``dense_rice``, ``aligned`` and ``sparse_gradient`` are not looked at).
 
     Raises:
         TypeError: if ``event`` is not a wire message.
@@ -138,7 +146,7 @@ def encode_message(
     """
     message_type = message_type_of(event)
     if plan is None:
-        plan = vector_plan(event, dense_rice=dense_rice, aligned=aligned)
+        plan = vector_plan(event, dense_rice=dense_rice, aligned=aligned, sparse_gradient=sparse_gradient)
     flags = 0
     parts: list[bytes]
     if isinstance(event, Hello):

@@ -9,7 +9,7 @@ to the end of the frame body, and every byte of it is accounted for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -161,9 +161,14 @@ class VectorPlan:
     #: bits, or wider for byte-aligned codes (:func:`~aiodq.codec.packing.aligned_width`); 0 for
     #: the other encodings.
     width: int = 0
+    #: The vector to write in place of the one planned: the sparse form of a dense quantized
+    #: vector (:func:`plan_vector`'s ``sparse_form``), the same values; None for the vector itself.
+    replacement: SparseQuantized | None = None
 
 
-def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = False) -> VectorPlan:
+def plan_vector(
+    vector: Vector, *, dense_rice: bool = False, aligned: bool = False, sparse_form: bool = False
+) -> VectorPlan:
     """Choose the encoding of ``vector`` (wire-format.md 5), once per message.
 
     Sparse vectors take the smaller index encoding (5.6, canonical).  A dense
@@ -171,7 +176,10 @@ def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = Fal
     block is smaller than the fixed-width codes (5.8), else as DENSE.  With
     ``aligned``, the fixed-width codes of DENSE and sparse payloads travel in the
     narrowest of 1, 2, 4, 8 or 16 bits that holds them (5.5-5): the same values in more
-    bytes, packed and unpacked with less work.
+    bytes, packed and unpacked with less work.  With ``dense_rice`` and ``sparse_form``,
+    a dense quantized vector whose nonzero codes, sent as a sparse vector of the same
+    width and scale (SPARSE_RICE or SPARSE_BITMAP), take fewer bytes than either dense
+    encoding goes in that form (:attr:`VectorPlan.replacement`): the same values.
 
     Raises:
         TypeError: if ``vector`` is not a vector value.
@@ -185,27 +193,58 @@ def plan_vector(vector: Vector, *, dense_rice: bool = False, aligned: bool = Fal
     if isinstance(vector, EqualsSnapshot):
         return VectorPlan(Encoding.EQUALS_SNAPSHOT, 0, 0)
     if isinstance(vector, DenseQuantized):
-        if dense_rice:
-            values = _zigzag_narrow(vector.codes, vector.bits)
-            k, size = _dense_rice_choose(values, vector.bits, _rice_guess(values))
-            if size < packed_size(vector.dim, vector.bits):  # 5.8-4: smaller than b-bit codes
-                return VectorPlan(Encoding.DENSE_RICE, k, vector.dim * vector.bits + 32, values)
         width = aligned_width(vector.bits) if aligned else vector.bits
-        return VectorPlan(Encoding.DENSE, 0, vector.dim * width + 32, width=width)
+        dense = VectorPlan(Encoding.DENSE, 0, vector.dim * width + 32, width=width)
+        if not dense_rice:
+            return dense
+        values = _zigzag_narrow(vector.codes, vector.bits)
+        k, size = _dense_rice_choose(values, vector.bits, _rice_guess(values))
+        smaller = size < packed_size(vector.dim, vector.bits)  # 5.8-4: smaller than b-bit codes
+        best = VectorPlan(Encoding.DENSE_RICE, k, vector.dim * vector.bits + 32, values) if smaller else dense
+        if sparse_form:
+            best_bytes = size if smaller else packed_size(vector.dim, width)
+            return _sparse_form_plan(vector, best_bytes, aligned) or best
+        return best
     if isinstance(vector, SparseQuantized):
-        gaps = index_gaps(vector.indices)
-        quotient_sums = QuotientSums(gaps)
-        k, size = smallest_rice_block(vector.nnz, MAX_RICE_K, quotient_sums)
-        width = aligned_width(vector.bits) if aligned else vector.bits
-        head = vector.nnz * width + 32
-        if size < (vector.dim + 7) // 8:
-            # k remainder bits and (gap >> k) + 1 unary bits per gap; the sum from the search's memo.
-            rice_bits = vector.nnz * (k + 1) + quotient_sums(k)
-            return VectorPlan(Encoding.SPARSE_RICE, k, head + rice_bits, gaps, width)
-        return VectorPlan(Encoding.SPARSE_BITMAP, 0, head + vector.dim, width=width)
+        return _sparse_plan(vector, aligned)[0]
     if isinstance(vector, QSGDVector):
         return VectorPlan(Encoding.QSGD, 0, _qsgd_bits(vector.levels))
     raise TypeError(f"not a vector value: {type(vector).__name__}")
+
+
+def _sparse_plan(vector: SparseQuantized, aligned: bool) -> tuple[VectorPlan, int]:
+    """The plan of a sparse vector, and the bytes of its index block (Rice block or bitmap)."""
+    gaps = index_gaps(vector.indices)
+    quotient_sums = QuotientSums(gaps)
+    k, size = smallest_rice_block(vector.nnz, MAX_RICE_K, quotient_sums)
+    width = aligned_width(vector.bits) if aligned else vector.bits
+    head = vector.nnz * width + 32
+    bitmap_size = (vector.dim + 7) // 8
+    if size < bitmap_size:
+        # k remainder bits and (gap >> k) + 1 unary bits per gap; the sum from the search's memo.
+        rice_bits = vector.nnz * (k + 1) + quotient_sums(k)
+        return VectorPlan(Encoding.SPARSE_RICE, k, head + rice_bits, gaps, width), size
+    return VectorPlan(Encoding.SPARSE_BITMAP, 0, head + vector.dim, width=width), bitmap_size
+
+
+def _sparse_form_plan(vector: DenseQuantized, dense_bytes: int, aligned: bool) -> VectorPlan | None:
+    """The plan of ``vector``'s sparse form if its fields take fewer than ``dense_bytes``, else None.
+
+    ``dense_bytes`` are the dense encoding's fields after the scale (the Rice block, or the
+    packed codes); the sparse form's are the nnz varint, the packed nonzero codes and the
+    index block.  The descriptor, dimension and scale are the same in both.
+    """
+    nnz = int(np.count_nonzero(vector.codes))
+    width = aligned_width(vector.bits) if aligned else vector.bits
+    fixed = len(uvarint(nnz)) + packed_size(nnz, width)
+    if nnz == 0 or fixed + 1 >= dense_bytes:  # an index block takes a byte at least
+        return None
+    indices = np.flatnonzero(vector.codes)
+    sparse = SparseQuantized._trusted(vector.dim, vector.bits, vector.scale, indices, vector.codes[indices])
+    plan, index_bytes = _sparse_plan(sparse, aligned)
+    if fixed + index_bytes >= dense_bytes:
+        return None
+    return replace(plan, replacement=sparse)
 
 
 def _qsgd_bits(levels: npt.NDArray[np.integer[Any]]) -> int:
@@ -223,6 +262,8 @@ def encode_vector(vector: Vector, plan: VectorPlan | None = None) -> list[bytes]
     """
     if plan is None:
         plan = plan_vector(vector)
+    if plan.replacement is not None:
+        vector = plan.replacement
     encoding = plan.encoding
     dim = uvarint(vector.dim)
     if isinstance(vector, RawVector):

@@ -66,6 +66,9 @@ __all__ = [
     "WorkerConnection",
 ]
 
+#: The encodings a dense gradient's sparse form may take (:attr:`Connection.sparse_gradients`).
+_SPARSE = frozenset({int(Encoding.SPARSE_RICE), int(Encoding.SPARSE_BITMAP)})
+
 
 class Connection(SessionRules):
     """What the master and worker connections share; use one of the subclasses."""
@@ -121,6 +124,7 @@ class Connection(SessionRules):
         self.payload_bits_sent: dict[str, int] = {}
         self._dense_rice = self._config.dense_rice
         self._aligned_codes = self._config.aligned_codes
+        self._sparse_gradients = False
         #: The encoding of the last vector received, or None before the first.
         self.last_received_encoding: Encoding | None = None
         #: The encoding of the last vector sent, or None before the first.
@@ -178,6 +182,20 @@ class Connection(SessionRules):
     @aligned_codes.setter
     def aligned_codes(self, value: bool) -> None:
         self._aligned_codes = bool(value)
+
+    @property
+    def sparse_gradients(self) -> bool:
+        """Send a GRADIENT's dense quantized codes in their sparse form where that is smaller.
+
+        Only while codes are Rice-coded (:attr:`dense_rice`) and the peer announced SPARSE_RICE
+        and SPARSE_BITMAP.  False at first; a worker takes it from its run's CONFIG
+        (``TrainConfig.sparse_gradients``).  The values sent are the same either way.
+        """
+        return self._sparse_gradients
+
+    @sparse_gradients.setter
+    def sparse_gradients(self, value: bool) -> None:
+        self._sparse_gradients = bool(value)
 
     @property
     def peer_encodings(self) -> frozenset[int]:
@@ -365,10 +383,12 @@ class Connection(SessionRules):
             self._check_content(event, sender=self.role)
             # The vector's encoding is chosen here, once: Rice-coded dense codes only for a peer
             # that announced DENSE_RICE (wire-format.md 6.2), the rest as the codec decides.
+            rice = self._dense_rice and Encoding.DENSE_RICE in self._peer_encodings
             plan = vector_plan(
                 event,
-                dense_rice=self._dense_rice and Encoding.DENSE_RICE in self._peer_encodings,
+                dense_rice=rice,
                 aligned=self._aligned_codes,
+                sparse_gradient=rice and self._sparse_gradients and self._peer_encodings >= _SPARSE,
             )
             if plan is not None and int(plan.encoding) not in self._peer_encodings:
                 raise ViolationError(

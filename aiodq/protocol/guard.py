@@ -6,7 +6,8 @@ factor f (``MasterConfig.guard``; 0 turns the statistical checks off), those far
 out of line with everything else it has seen:
 
 - GRADIENT: the encoding and width the algorithm sends (DENSE or SPARSE at the
-  configured b, or for a run with ``aligned_codes`` in the aligned container with
+  configured b, the dense codes also in their sparse form with ``sparse_gradients``,
+  or for a run with ``aligned_codes`` in the aligned container with
   codes in b bits' range; QSGD at the configured s, RAW_F32 for the full-precision
   algorithms, or ZERO); with an L2 term, the dense and full-precision algorithms
   send ZERO only in answer to a model equal to the snapshot (alpha includes
@@ -99,6 +100,10 @@ class Guard:
         wanted: tuple[type, int | None]
         if kind == "dense":
             wanted, width = (DenseQuantized, config.bits), getattr(vector, "bits", None)
+            if config.sparse_gradients and isinstance(vector, SparseQuantized):
+                # The sparse form of the same b-bit codes (TrainConfig.sparse_gradients): every
+                # b-bit sparse vector is a b-bit dense one with zeros elsewhere.
+                wanted = (SparseQuantized, config.bits)
         elif kind == "sparse":
             wanted, width = (SparseQuantized, config.bits), getattr(vector, "bits", None)
         elif kind == "qsgd":

@@ -258,3 +258,5 @@ class WorkerSession:
         self.config = config
         self.state = state
         self.connection.aligned_codes = config.aligned_codes
+        # A master of an earlier version sends no "sparse_gradients" and takes dense codes only.
+        self.connection.sparse_gradients = config.sparse_gradients and "sparse_gradients" in event.params

@@ -93,6 +93,12 @@ class TrainConfig:
         "(wire-format.md 5.5-5): the same values in more bytes, for less CPU time on fast links "
         "(docs/algorithms.md 10)",
     )
+    sparse_gradients: bool = option(
+        True,
+        "with entropy coding, a worker sends a dense quantized gradient's nonzero codes as a sparse "
+        "payload (SPARSE_RICE or SPARSE_BITMAP) where that is smaller than DENSE_RICE: the same "
+        "values in fewer bytes (docs/algorithms.md 10)",
+    )
     centre: str = option("snapshot", "what the model quantizer centres on", choices=("snapshot", "zero"))
     phi: float = option(0.05, "sparsity budget phi as a fraction of d (sparse-asylpg)")
     exact_budget: bool = option(

@@ -212,6 +212,10 @@ def test_adaptive_coding_needs_entropy_coding() -> None:
         TrainConfig(adaptive_coding=True, entropy_coding=False)
 
 
+#: The encodings of quantized models and gradients whose coding the costs tell apart.
+_CODED = (Encoding.DENSE, Encoding.DENSE_RICE, Encoding.SPARSE_RICE, Encoding.SPARSE_BITMAP)
+
+
 def run_with_costs(rice_cost: float, fixed_cost: float, *, adaptive: bool = True) -> tuple[dict, list]:
     """A 4-worker AsyLPG cluster on the bundled a9a; each delivered MODEL or GRADIENT costs
     ``rice_cost`` seconds if Rice-coded, else ``fixed_cost``.
@@ -237,11 +241,9 @@ def run_with_costs(rice_cost: float, fixed_cost: float, *, adaptive: bool = True
         seconds = 0.0
         while (frame := reader.next_frame()) is not None:
             decoded = decode_body(frame, context)
-            if isinstance(decoded.event, ModelMessage | Gradient) and decoded.encoding in (
-                Encoding.DENSE,
-                Encoding.DENSE_RICE,
-            ):
-                seconds += rice_cost if decoded.encoding is Encoding.DENSE_RICE else fixed_cost
+            if isinstance(decoded.event, ModelMessage | Gradient) and decoded.encoding in _CODED:
+                # A gradient's sparse form is sent only with Rice coding on (TrainConfig.sparse_gradients).
+                seconds += fixed_cost if decoded.encoding is Encoding.DENSE else rice_cost
             if isinstance(decoded.event, ModelMessage):
                 last_model[index] = decoded.encoding
             elif isinstance(decoded.event, Gradient) and decoded.encoding is not None:
@@ -279,11 +281,12 @@ def test_a_cluster_settles_on_the_faster_coding_and_workers_answer_in_kind() -> 
     # measures exactly twice that coding's cost per update, in milliseconds; one that let in the
     # gradients coded the old way after a switch would not.
     assert chosen["ms_per_update_fixed"] == 2.0 and chosen["ms_per_update_rice"] == 4.0
-    # A worker answers a fixed-width MODEL at fixed width, and a Rice-coded one Rice-coded
-    # (where that is smaller for its gradient, which on a9a's codes it always was here).
+    # A worker answers a fixed-width MODEL at fixed width, and a Rice-coded one Rice-coded, or in
+    # the sparse form where that is smaller (both happen on a9a's codes).
     assert pairs and all(model is gradient for model, gradient in pairs if model is Encoding.DENSE)
     rice_answers = [gradient for model, gradient in pairs if model is Encoding.DENSE_RICE]
     assert rice_answers and Encoding.DENSE_RICE in rice_answers
+    assert set(rice_answers) <= {Encoding.DENSE_RICE, Encoding.SPARSE_RICE, Encoding.SPARSE_BITMAP}
     assert {Encoding.DENSE, Encoding.DENSE_RICE} <= {model for model, _ in pairs}
 
     summary, _ = run_with_costs(rice_cost=0.001, fixed_cost=0.002)
@@ -331,20 +334,26 @@ def test_algorithms_without_quantized_models_have_nothing_to_choose() -> None:
     assert simulate(config, load_bundled_a9a(), 2).summary()["adaptive_coding"]["windows_rice"] >= 1
 
 
-def worker_answers(adaptive: bool, model_codings: list[bool]) -> list[tuple[Encoding, Encoding]]:
+def worker_answers(
+    adaptive: bool, model_codings: list[bool], *, sparse: bool = False, older_master: bool = False
+) -> list[tuple[Encoding, Encoding]]:
     """A worker session driven by a hand-held master connection: for each MODEL sent Rice-coded
     (True) or at fixed width (False), the encodings of that MODEL and of the GRADIENT answering it,
-    as the master's connection decoded them."""
+    as the master's connection decoded them.  ``sparse``: the run's ``sparse_gradients``;
+    ``older_master``: the CONFIG leaves that key out, as a master before it did."""
     data = load_bundled_a9a()
     part = data.rows(np.arange(512))
-    config = TrainConfig(algorithm="asylpg", bits=4, adaptive_coding=adaptive)
+    config = TrainConfig(algorithm="asylpg", bits=4, adaptive_coding=adaptive, sparse_gradients=sparse)
+    params = config.to_params()
+    if older_master:
+        del params["sparse_gradients"]
     session = WorkerSession(part.features, part.labels, name="w", classes=2)
     master = MasterConnection()
     exchange = lambda: session.receive_data(master.data_to_send(), 0.0)  # noqa: E731
     master.receive_data(session.data_to_send(), 0.0)
     assert isinstance(master.next_event(), Hello)
     master.send(Welcome(version=1, worker_id=0, encodings=ALL_ENCODINGS), 0.0)
-    master.send(ConfigMessage(dim=123, algorithm="asylpg", params=config.to_params()), 0.0)
+    master.send(ConfigMessage(dim=123, algorithm="asylpg", params=params), 0.0)
     snapshot = np.zeros(123)
     master.send(Snapshot(epoch=0, vector=full_precision(snapshot)), 0.0)
     exchange()
@@ -381,6 +390,22 @@ def test_a_worker_of_another_run_rice_codes_whatever_the_model_came_in() -> None
     pairs = worker_answers(False, [True, False, False, True])
     assert {gradient for _, gradient in pairs} == {Encoding.DENSE_RICE}
     assert Encoding.DENSE in {model for model, _ in pairs}
+
+
+_SPARSE_FORMS = {Encoding.SPARSE_RICE, Encoding.SPARSE_BITMAP}
+
+
+def test_sparse_gradients_go_sparse_only_while_rice_coding_and_only_to_a_master_that_asked() -> None:
+    """TrainConfig.sparse_gradients: a Rice-coded answer may take the sparse form, a fixed-width one
+    never; a CONFIG without the key (an earlier master) gets dense codes only."""
+    codings = [True, False] * 8
+    pairs = worker_answers(True, codings, sparse=True)
+    answers = [gradient for _, gradient in pairs]
+    assert all(a is Encoding.DENSE for a, rice in zip(answers, codings, strict=True) if not rice)
+    rice_answers = {a for a, rice in zip(answers, codings, strict=True) if rice}
+    assert rice_answers & _SPARSE_FORMS and rice_answers <= _SPARSE_FORMS | {Encoding.DENSE_RICE}
+    older = worker_answers(True, codings, sparse=True, older_master=True)
+    assert not {gradient for _, gradient in older} & _SPARSE_FORMS
 
 
 @pytest.mark.parametrize(
