@@ -163,6 +163,7 @@ class VectorPlan:
     width: int = 0
     #: The vector to write in place of the one planned: the sparse form of a dense quantized
     #: vector (:func:`plan_vector`'s ``sparse_form``), the same values; None for the vector itself.
+    #: ``payload_bits`` stays the dense vector's (d b + 32).
     replacement: SparseQuantized | None = None
 
 
@@ -203,7 +204,9 @@ def plan_vector(
         best = VectorPlan(Encoding.DENSE_RICE, k, vector.dim * vector.bits + 32, values) if smaller else dense
         if sparse_form:
             best_bytes = size if smaller else packed_size(vector.dim, width)
-            return _sparse_form_plan(vector, best_bytes, aligned) or best
+            sparse = _sparse_form_plan(vector, best_bytes, aligned)
+            # The value's analytic bits are the dense vector's, as for DENSE_RICE: the form is the coding's.
+            return best if sparse is None else replace(sparse, payload_bits=best.payload_bits)
         return best
     if isinstance(vector, SparseQuantized):
         return _sparse_plan(vector, aligned)[0]
@@ -263,7 +266,14 @@ def encode_vector(vector: Vector, plan: VectorPlan | None = None) -> list[bytes]
     if plan is None:
         plan = plan_vector(vector)
     if plan.replacement is not None:
-        vector = plan.replacement
+        replacement = plan.replacement
+        if not (
+            isinstance(vector, DenseQuantized)
+            and (replacement.dim, replacement.bits, replacement.scale)
+            == (vector.dim, vector.bits, vector.scale)
+        ):
+            raise ValueError("this plan's sparse form belongs to another vector")
+        vector = replacement
     encoding = plan.encoding
     dim = uvarint(vector.dim)
     if isinstance(vector, RawVector):

@@ -33,7 +33,8 @@ How (with ``TrainConfig.adaptive_coding``, docs/algorithms.md 10):
   both choices: everything measured is forgotten (:meth:`CodingChooser.forget`).
 
 The master applies the choice to the MODEL messages it sends; a worker of an adaptive
-run answers each model in the coding the model came in (DENSE_RICE or DENSE), so one
+run answers each model in the coding the model came in (DENSE_RICE, or its gradient's
+sparse form where smaller, after a DENSE_RICE model; DENSE after a DENSE one), so one
 choice governs both directions.  Sans-I/O: the caller passes the time.
 """
 

@@ -6,7 +6,8 @@ factor f (``MasterConfig.guard``; 0 turns the statistical checks off), those far
 out of line with everything else it has seen:
 
 - GRADIENT: the encoding and width the algorithm sends (DENSE or SPARSE at the
-  configured b, the dense codes also in their sparse form with ``sparse_gradients``,
+  configured b, the dense codes also in their sparse form with ``sparse_gradients``
+  and entropy coding,
   or for a run with ``aligned_codes`` in the aligned container with
   codes in b bits' range; QSGD at the configured s, RAW_F32 for the full-precision
   algorithms, or ZERO); with an L2 term, the dense and full-precision algorithms
@@ -100,7 +101,7 @@ class Guard:
         wanted: tuple[type, int | None]
         if kind == "dense":
             wanted, width = (DenseQuantized, config.bits), getattr(vector, "bits", None)
-            if config.sparse_gradients and isinstance(vector, SparseQuantized):
+            if config.sparse_gradients and config.entropy_coding and isinstance(vector, SparseQuantized):
                 # The sparse form of the same b-bit codes (TrainConfig.sparse_gradients): every
                 # b-bit sparse vector is a b-bit dense one with zeros elsewhere.
                 wanted = (SparseQuantized, config.bits)

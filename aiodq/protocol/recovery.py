@@ -80,8 +80,9 @@ def capture(
 def _saved_config(params: object) -> TrainConfig | None:
     """The configuration a checkpoint names, None if it names none.
 
-    A field added since it was written (``aligned_codes``, say) takes its default, as the run
-    that wrote it had it.
+    A field added since it was written takes its default: for ``aligned_codes`` that is how
+    the run that wrote it ran; for ``sparse_gradients``, which that run did not have, the
+    resumed run starts sending its gradients' sparse form (the same values).
     """
     if not isinstance(params, dict):
         return None

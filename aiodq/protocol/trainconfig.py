@@ -95,9 +95,9 @@ class TrainConfig:
     )
     sparse_gradients: bool = option(
         True,
-        "with entropy coding, a worker sends a dense quantized gradient's nonzero codes as a sparse "
-        "payload (SPARSE_RICE or SPARSE_BITMAP) where that is smaller than DENSE_RICE: the same "
-        "values in fewer bytes (docs/algorithms.md 10)",
+        "while codes are Rice-coded, a worker sends a dense quantized gradient's nonzero codes as a "
+        "sparse payload (SPARSE_RICE or SPARSE_BITMAP) where that is smaller than the dense encoding "
+        "(DENSE_RICE or DENSE): the same values in fewer bytes (docs/algorithms.md 10)",
     )
     centre: str = option("snapshot", "what the model quantizer centres on", choices=("snapshot", "zero"))
     phi: float = option(0.05, "sparsity budget phi as a fraction of d (sparse-asylpg)")

@@ -14,7 +14,7 @@ import pytest
 from aiodq.codec.events import Gradient, ModelMessage
 from aiodq.codec.frames import FrameReader
 from aiodq.codec.messages import DecodeContext, decode_message, encode_message, vector_plan
-from aiodq.codec.payload import plan_vector
+from aiodq.codec.payload import encode_vector, plan_vector
 from aiodq.codec.registry import Encoding
 from aiodq.codec.vectors import DenseQuantized, SparseQuantized
 from aiodq.config import Limits
@@ -27,11 +27,12 @@ from aiodq.protocol.simulate import simulate
 _SPARSE = {Encoding.SPARSE_RICE, Encoding.SPARSE_BITMAP}
 
 
-def _dense(dim: int, density: float, bits: int, seed: int) -> DenseQuantized:
+def _dense(dim: int, density: float, bits: int, seed: int, *, spread: bool = False) -> DenseQuantized:
     rng = np.random.default_rng(seed)
     top = (1 << (bits - 1)) - 1
-    # Small magnitudes, as quantized gradients have: Rice coding beats fixed width on them.
-    magnitudes = np.minimum(rng.geometric(0.5, dim), top)
+    # Small magnitudes, as quantized gradients have: Rice coding beats fixed width on them.  With
+    # ``spread``, magnitudes uniform over the range: the dense choice is then DENSE.
+    magnitudes = rng.integers(1, top + 1, dim) if spread else np.minimum(rng.geometric(0.5, dim), top)
     codes = np.where(rng.random(dim) < 0.5, -magnitudes, magnitudes) * (rng.random(dim) < density)
     codes[int(rng.integers(dim))] = top  # never the zero vector
     return DenseQuantized(bits=bits, scale=0.125, codes=codes.astype(np.int8 if bits <= 8 else np.int16))
@@ -55,14 +56,25 @@ def _decode(frame: bytes, dim: int) -> Gradient:
     return event
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8, 12])
-@pytest.mark.parametrize("density", [0.002, 0.03, 0.1, 0.3, 0.6, 1.0])
-@pytest.mark.parametrize("aligned", [False, True])
+_GRID = [
+    (bits, density, aligned, spread)
+    for bits in (2, 4, 6, 8, 12)
+    for density in (0.002, 0.03, 0.1, 0.3, 0.6, 0.8, 1.0)
+    for aligned in (False, True)
+    for spread in (False, True)
+]
+
+
+def _grid_vector(bits: int, density: float, spread: bool) -> DenseQuantized:
+    return _dense(3001, density, bits, seed=int(density * 1000) + bits, spread=spread)
+
+
+@pytest.mark.parametrize(("bits", "density", "aligned", "spread"), _GRID)
 def test_the_gradient_takes_the_shorter_form_and_keeps_its_values(
-    bits: int, density: float, aligned: bool
+    bits: int, density: float, aligned: bool, spread: bool
 ) -> None:
     dim = 3001
-    vector = _dense(dim, density, bits, seed=int(density * 1000) + bits)
+    vector = _grid_vector(bits, density, spread)
     message = Gradient(epoch=1, version=2, vector=vector)
     dense = encode_message(message, dense_rice=True, aligned=aligned)
     sparse = encode_message(Gradient(epoch=1, version=2, vector=_by_hand(vector)), aligned=aligned)
@@ -73,15 +85,48 @@ def test_the_gradient_takes_the_shorter_form_and_keeps_its_values(
     assert isinstance(received, SparseQuantized) == (len(sparse) < len(dense))
 
 
-def test_both_forms_occur_over_the_densities() -> None:
-    """The parametrized test above is not vacuous: some densities go sparse, some stay dense."""
-    kinds = set()
-    for density in (0.002, 1.0):
-        vector = _dense(3001, density, 4, seed=1)
-        plan = vector_plan(Gradient(epoch=1, version=2, vector=vector), dense_rice=True, sparse_gradient=True)
-        assert plan is not None
-        kinds.add(plan.encoding)
-    assert Encoding.DENSE_RICE in kinds and kinds & _SPARSE
+def test_the_grid_reaches_every_outcome() -> None:
+    """The grid above is not vacuous: DENSE_RICE and DENSE kept, and the sparse form in both index
+    encodings, chosen over DENSE_RICE and over DENSE."""
+    outcomes = set()
+    for bits, density, aligned, spread in _GRID:
+        vector = _grid_vector(bits, density, spread)
+        gradient = Gradient(epoch=1, version=2, vector=vector)
+        dense = vector_plan(gradient, dense_rice=True, aligned=aligned)
+        chosen = vector_plan(gradient, dense_rice=True, aligned=aligned, sparse_gradient=True)
+        assert dense is not None and chosen is not None
+        outcomes.add((dense.encoding, chosen.encoding))
+    assert {
+        (Encoding.DENSE_RICE, Encoding.DENSE_RICE),
+        (Encoding.DENSE, Encoding.DENSE),
+        (Encoding.DENSE_RICE, Encoding.SPARSE_RICE),
+        (Encoding.DENSE, Encoding.SPARSE_BITMAP),
+    } <= outcomes
+    assert {chosen for _, chosen in outcomes} >= _SPARSE
+
+
+def test_a_tie_stays_dense() -> None:
+    """Among small vectors, find one whose two forms take the same bytes: it goes dense."""
+    for seed in range(2000):
+        rng = np.random.default_rng(seed)
+        vector = _dense(int(rng.integers(8, 64)), float(rng.uniform(0.05, 0.6)), 4, seed)
+        message = Gradient(epoch=1, version=2, vector=vector)
+        dense = encode_message(message, dense_rice=True)
+        sparse = encode_message(Gradient(epoch=1, version=2, vector=_by_hand(vector)))
+        if len(dense) == len(sparse):
+            assert encode_message(message, dense_rice=True, sparse_gradient=True) == dense
+            return
+    pytest.fail("no tie among 2,000 small vectors")
+
+
+def test_the_sparse_form_counts_the_dense_payload_bits_and_belongs_to_its_vector() -> None:
+    vector = _dense(3001, 0.01, 4, seed=4)
+    plan = plan_vector(vector, dense_rice=True, sparse_form=True)
+    assert plan.replacement is not None and plan.encoding is Encoding.SPARSE_RICE
+    assert plan.payload_bits == 3001 * 4 + 32  # d b + 32, as for DENSE_RICE (algorithms.md 10)
+    other = DenseQuantized(bits=4, scale=0.25, codes=vector.codes)
+    with pytest.raises(ValueError, match="belongs to another vector"):
+        encode_vector(other, plan)
 
 
 def test_no_sparse_form_without_rice_coding_or_for_a_model() -> None:
@@ -97,11 +142,19 @@ def test_no_sparse_form_without_rice_coding_or_for_a_model() -> None:
 def test_the_guard_takes_the_sparse_form_of_the_runs_width_only_when_the_run_sends_it() -> None:
     vector = _by_hand(_dense(123, 0.05, 4, seed=3))
     on = Guard(TrainConfig(bits=4), factor=0.0, workers=2, samples=None)
-    off = Guard(TrainConfig(bits=4, sparse_gradients=False), factor=0.0, workers=2, samples=None)
     assert on.refuse_gradient(vector, model_equals_snapshot=False) is None
-    refusal = off.refuse_gradient(vector, model_equals_snapshot=False)
-    assert refusal is not None and refusal.code is ErrorCode.INVALID_PAYLOAD
-    assert "SparseQuantized (4)" in refusal.reason
+    for off in (TrainConfig(bits=4, sparse_gradients=False), TrainConfig(bits=4, entropy_coding=False)):
+        refusal = Guard(off, factor=0.0, workers=2, samples=None).refuse_gradient(
+            vector, model_equals_snapshot=False
+        )
+        assert refusal is not None and refusal.code is ErrorCode.INVALID_PAYLOAD
+        assert "SparseQuantized (4)" in refusal.reason
+    # A 6-bit run with aligned codes: the sparse form's codes may come in the 8-bit container, in range.
+    aligned = Guard(TrainConfig(bits=6, aligned_codes=True), factor=0.0, workers=2, samples=None)
+    in_range = SparseQuantized(dim=9, bits=8, scale=0.25, indices=np.array([1, 4]), codes=np.array([-32, 31]))
+    beyond = SparseQuantized(dim=9, bits=8, scale=0.25, indices=np.array([1, 4]), codes=np.array([-33, 31]))
+    assert aligned.refuse_gradient(in_range, model_equals_snapshot=False) is None
+    assert aligned.refuse_gradient(beyond, model_equals_snapshot=False) is not None
     wider = Guard(TrainConfig(bits=6), factor=0.0, workers=2, samples=None)
     refusal = wider.refuse_gradient(vector, model_equals_snapshot=False)
     assert refusal is not None and "where asylpg sends SparseQuantized (6)" in refusal.reason
