@@ -270,6 +270,13 @@ def _parser() -> argparse.ArgumentParser:
         help="fixed-width codes byte-aligned in every run (TrainConfig.aligned_codes)",
     )
     experiment.add_argument(
+        "--no-sparse-gradients",
+        dest="sparse_gradients",
+        action="store_false",
+        help="every run sends its dense gradients' codes dense, never in their sparse form "
+        "(TrainConfig.sparse_gradients; to measure what the sparse form does)",
+    )
+    experiment.add_argument(
         "--bits",
         type=int,
         default=None,

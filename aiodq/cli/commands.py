@@ -325,6 +325,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _experiment_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``aiodq experiment``'s coding switches and ``--bits`` as TrainConfig overrides.
 
+    The switches: ``--no-entropy-coding``, ``--adaptive-coding``, ``--aligned-codes`` and
+    ``--no-sparse-gradients``.
+
     Raises:
         UsageError: for both coding switches at once, or bits outside 2..16.
     """
@@ -335,6 +338,8 @@ def _experiment_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["adaptive_coding"] = True
     elif not args.entropy_coding:
         overrides["entropy_coding"] = False
+    if not args.sparse_gradients:
+        overrides["sparse_gradients"] = False
     if args.bits is not None:
         if not 2 <= args.bits <= 16:
             raise UsageError(f"--bits must be between 2 and 16, got {args.bits}")

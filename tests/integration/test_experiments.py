@@ -19,6 +19,7 @@ from aiodq.cli import _parser
 from aiodq.cli.commands import _experiment_overrides
 from aiodq.data import load_bundled_a9a
 from aiodq.errors import RunError
+from aiodq.lab.coding import VARIANTS
 from aiodq.lab.experiments import (
     TABLE_ALGORITHMS,
     TIMING_PARTS,
@@ -408,6 +409,29 @@ def test_bits_override_every_run_but_the_b_study_rows(tmp_path: Path) -> None:
     assert plain.config(QUICK, dataset, algorithm="asylpg").bits == QUICK.settings["bits"] == 4
     assert plain.describe(QUICK) == QUICK.describe
     assert _experiment_overrides(_parser().parse_args(["experiment", "mu", "--quick"])) == {}
+
+
+def test_no_sparse_gradients_reaches_every_run_and_every_coding_variant(tmp_path: Path) -> None:
+    """``--no-sparse-gradients`` turns the sparse form off in every run, the coding experiment's variants too.
+
+    Those variants set their own coding fields over the command's switches, but not this one, so that
+    one commit can measure what the sparse form does.
+    """
+    args = _parser().parse_args(["experiment", "coding", "--quick", "--no-sparse-gradients"])
+    overrides = _experiment_overrides(args)
+    assert overrides == {"sparse_gradients": False}
+    dataset = load_bundled_a9a()
+    context = Context(data=None, out=tmp_path, quick=True, overrides=overrides)
+    plain = Context(data=None, out=tmp_path, quick=True)
+    assert context.settings()["overrides"] == {"sparse_gradients": False}
+    assert context.config(QUICK, dataset, algorithm="asylpg").sparse_gradients is False
+    for name, _, fields in VARIANTS:
+        assert context.config(QUICK, dataset, **fields).sparse_gradients is False, name
+        assert plain.config(QUICK, dataset, **fields).sparse_gradients is True, name
+    combined = _parser().parse_args(
+        ["experiment", "table1", "--quick", "--no-sparse-gradients", "--bits", "5"]
+    )
+    assert _experiment_overrides(combined) == {"sparse_gradients": False, "bits": 5}
 
 
 def test_summaries_when_seeds_miss_the_target() -> None:
