@@ -26,7 +26,7 @@ from ..launch.local import resolve_worker_nice
 from ..launch.results import load_records
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
-from .netlab import _FLAGGED_FIELDS, MASTER_PORT, Link, NetLab, NetLabError, _run
+from .netlab import MASTER_PORT, Link, NetLab, NetLabError, _run
 
 __all__ = ["measure_round_trip", "measure_throughput", "run_cluster"]
 
@@ -196,13 +196,12 @@ def measure_round_trip(lab: NetLab, src: int, dst: int, count: int = 5) -> tuple
 # -- clusters -------------------------------------------------------------------------
 
 
-#: TrainConfig booleans ``aiodq master`` takes as switches (``--no-entropy-coding``, ``--adaptive-coding``,
-#: ``--aligned-codes``).
-_SWITCHES = ("entropy_coding", "adaptive_coding", "aligned_codes")
-
-
 def _training_flags(config: TrainConfig) -> list[str]:
     """``aiodq master`` options that reproduce ``config``.
+
+    ``aiodq master`` takes every TrainConfig field declared with :func:`aiodq.config.option` as an
+    option (aiodq.cli.options): each value as ``--field-name VALUE``, and a boolean, where it differs
+    from the default, as the switch ``--field-name`` or ``--no-field-name``.
 
     Raises:
         ValueError: if ``config`` differs from the default in a field without an option.
@@ -210,18 +209,17 @@ def _training_flags(config: TrainConfig) -> list[str]:
     defaults = TrainConfig()
     flags: list[str] = []
     for field in dataclasses.fields(TrainConfig):
-        value = getattr(config, field.name)
-        if field.name in _SWITCHES:
-            if value != getattr(defaults, field.name):
-                flags.append(f"--{'' if value else 'no-'}{field.name.replace('_', '-')}")
-            continue
-        if field.name not in _FLAGGED_FIELDS:
+        value, name = getattr(config, field.name), field.name.replace("_", "-")
+        if "help" not in field.metadata or not field.metadata.get("cli", True):
             if value != getattr(defaults, field.name):
                 raise ValueError(f"aiodq master has no option for {field.name}={value!r}")
             continue
+        if isinstance(field.default, bool):
+            if value != field.default:
+                flags.append(f"--{'' if value else 'no-'}{name}")
+            continue
         # repr() of a float reads back exactly; step is already resolved from 0 to its default.
-        text = repr(value) if isinstance(value, float) else str(value)
-        flags += [f"--{field.name.replace('_', '-')}", text]
+        flags += [f"--{name}", repr(value) if isinstance(value, float) else str(value)]
     return flags
 
 

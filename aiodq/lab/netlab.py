@@ -75,24 +75,6 @@ _GSO_MAX_BYTES = 65536
 _FULL_FRAME_BYTES = 1514
 #: Queue of each shaped direction, in seconds at the link's rate (see the module docstring).
 _QUEUE_SECONDS = 0.005
-#: TrainConfig fields that ``aiodq master`` takes as ``--field-name`` options (cli.py).
-_FLAGGED_FIELDS = (
-    "algorithm",
-    "epochs",
-    "updates_per_epoch",
-    "step",
-    "batch",
-    "bits",
-    "mu",
-    "phi",
-    "tau",
-    "qsgd_levels",
-    "l2",
-    "l1",
-    "model",
-    "hidden",
-    "seed",
-)
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 _counter = itertools.count()
 
