@@ -209,13 +209,14 @@ def _training_flags(config: TrainConfig) -> list[str]:
     defaults = TrainConfig()
     flags: list[str] = []
     for field in dataclasses.fields(TrainConfig):
-        value, name = getattr(config, field.name), field.name.replace("_", "-")
+        value, default = getattr(config, field.name), getattr(defaults, field.name)
+        name = field.name.replace("_", "-")
         if "help" not in field.metadata or not field.metadata.get("cli", True):
-            if value != getattr(defaults, field.name):
+            if value != default:
                 raise ValueError(f"aiodq master has no option for {field.name}={value!r}")
             continue
-        if isinstance(field.default, bool):
-            if value != field.default:
+        if isinstance(default, bool):
+            if value != default:
                 flags.append(f"--{'' if value else 'no-'}{name}")
             continue
         # repr() of a float reads back exactly; step is already resolved from 0 to its default.
