@@ -242,7 +242,9 @@ def _sparse_form_plan(vector: DenseQuantized, dense_bytes: int, aligned: bool) -
     fixed = len(uvarint(nnz)) + packed_size(nnz, width)
     if nnz == 0 or fixed + 1 >= dense_bytes:  # an index block takes a byte at least
         return None
-    indices = np.flatnonzero(vector.codes)
+    # On a bool mask numpy finds the nonzeros without testing each code's type: 8.6 against 53 us
+    # for a 20,958-coordinate debdesc gradient on the Intel VM (docs/benchmarks.md).
+    indices = np.flatnonzero(vector.codes != 0)
     sparse = SparseQuantized._trusted(vector.dim, vector.bits, vector.scale, indices, vector.codes[indices])
     plan, index_bytes = _sparse_plan(sparse, aligned)
     if fixed + index_bytes >= dense_bytes:
