@@ -198,15 +198,27 @@ def plan_vector(
         dense = VectorPlan(Encoding.DENSE, 0, vector.dim * width + 32, width=width)
         if not dense_rice:
             return dense
+        sparse: tuple[VectorPlan, int] | None = None
+        head = _sparse_form_head(vector, aligned) if sparse_form else 0
+        # Every DENSE_RICE block takes its k byte and a unary bit per coordinate at least: a sparse
+        # form below that and below b-bit codes is the smallest without the Rice search.  Not with
+        # byte-aligned codes, whose analytic bits depend on which dense encoding the form beats.
+        floor = min(1 + (vector.dim + 7) // 8, packed_size(vector.dim, vector.bits))
+        if head and head + 1 < floor and not aligned:  # an index block takes a byte at least
+            sparse = _sparse_form_plan(vector, head, aligned)
+            if sparse[1] < floor:
+                return replace(sparse[0], payload_bits=vector.dim * vector.bits + 32)
         values = _zigzag_narrow(vector.codes, vector.bits)
         k, size = _dense_rice_choose(values, vector.bits, _rice_guess(values))
         smaller = size < packed_size(vector.dim, vector.bits)  # 5.8-4: smaller than b-bit codes
         best = VectorPlan(Encoding.DENSE_RICE, k, vector.dim * vector.bits + 32, values) if smaller else dense
-        if sparse_form:
-            best_bytes = size if smaller else packed_size(vector.dim, width)
-            sparse = _sparse_form_plan(vector, best_bytes, aligned)
-            # The value's analytic bits are the dense vector's, as for DENSE_RICE: the form is the coding's.
-            return best if sparse is None else replace(sparse, payload_bits=best.payload_bits)
+        best_bytes = size if smaller else packed_size(vector.dim, width)
+        if head and head + 1 < best_bytes:
+            sparse = sparse or _sparse_form_plan(vector, head, aligned)
+            if sparse[1] < best_bytes:
+                # The value's analytic bits are the dense vector's, as for DENSE_RICE: the form is the
+                # coding's.
+                return replace(sparse[0], payload_bits=best.payload_bits)
         return best
     if isinstance(vector, SparseQuantized):
         return _sparse_plan(vector, aligned)[0]
@@ -230,26 +242,25 @@ def _sparse_plan(vector: SparseQuantized, aligned: bool) -> tuple[VectorPlan, in
     return VectorPlan(Encoding.SPARSE_BITMAP, 0, head + vector.dim, width=width), bitmap_size
 
 
-def _sparse_form_plan(vector: DenseQuantized, dense_bytes: int, aligned: bool) -> VectorPlan | None:
-    """The plan of ``vector``'s sparse form if its fields take fewer than ``dense_bytes``, else None.
+def _sparse_form_head(vector: DenseQuantized, aligned: bool) -> int:
+    """The bytes of the nnz varint and the packed nonzero codes of ``vector``'s sparse form; 0 if it has none.
 
-    ``dense_bytes`` are the dense encoding's fields after the scale (the Rice block, or the
-    packed codes); the sparse form's are the nnz varint, the packed nonzero codes and the
-    index block.  The descriptor, dimension and scale are the same in both.
+    The sparse form's fields are these and the index block; the dense encodings' are the Rice
+    block or the packed codes.  The descriptor, dimension and scale are the same in both.
     """
     nnz = int(np.count_nonzero(vector.codes))
     width = aligned_width(vector.bits) if aligned else vector.bits
-    fixed = len(uvarint(nnz)) + packed_size(nnz, width)
-    if nnz == 0 or fixed + 1 >= dense_bytes:  # an index block takes a byte at least
-        return None
+    return len(uvarint(nnz)) + packed_size(nnz, width) if nnz else 0
+
+
+def _sparse_form_plan(vector: DenseQuantized, head: int, aligned: bool) -> tuple[VectorPlan, int]:
+    """``vector``'s sparse form: its plan and its fields' bytes (``head``: :func:`_sparse_form_head`)."""
     # On a bool mask numpy finds the nonzeros without testing each code's type: 8.6 against 53 us
     # for a 20,958-coordinate debdesc gradient on the Intel VM (docs/benchmarks.md).
     indices = np.flatnonzero(vector.codes != 0)
     sparse = SparseQuantized._trusted(vector.dim, vector.bits, vector.scale, indices, vector.codes[indices])
     plan, index_bytes = _sparse_plan(sparse, aligned)
-    if fixed + index_bytes >= dense_bytes:
-        return None
-    return replace(plan, replacement=sparse)
+    return replace(plan, replacement=sparse), head + index_bytes
 
 
 def _qsgd_bits(levels: npt.NDArray[np.integer[Any]]) -> int:

@@ -105,6 +105,24 @@ def test_the_grid_reaches_every_outcome() -> None:
     assert {chosen for _, chosen in outcomes} >= _SPARSE
 
 
+def test_small_vectors_take_the_shorter_form_at_every_size() -> None:
+    """Small vectors of every density, width and length: the choice is the outright encodings' comparison.
+
+    Small vectors put the sizes next to each other, so this reaches the bound below which the
+    sparse form is taken without the Rice search (a k byte and a unary bit per coordinate: no
+    DENSE_RICE block is smaller), ties with it included.
+    """
+    for seed in range(1500):
+        rng = np.random.default_rng(seed)
+        bits = int(rng.choice([2, 3, 4, 6, 8]))
+        vector = _dense(int(rng.integers(8, 200)), float(rng.uniform(0.0, 0.3)), bits, seed)
+        message = Gradient(epoch=1, version=2, vector=vector)
+        dense = encode_message(message, dense_rice=True)
+        sparse = encode_message(Gradient(epoch=1, version=2, vector=_by_hand(vector)))
+        chosen = encode_message(message, dense_rice=True, sparse_gradient=True)
+        assert chosen == (sparse if len(sparse) < len(dense) else dense), seed
+
+
 def test_a_tie_stays_dense() -> None:
     """Among small vectors, find one whose two forms take the same bytes: it goes dense."""
     for seed in range(2000):
