@@ -110,7 +110,8 @@ def test_small_vectors_take_the_shorter_form_at_every_size() -> None:
 
     Small vectors put the sizes next to each other, so this reaches the bound below which the
     sparse form is taken without the Rice search (a k byte and a unary bit per coordinate: no
-    DENSE_RICE block is smaller), ties with it included.
+    DENSE_RICE block is smaller), and sparse forms of exactly that size (the tie with a dense
+    block at the bound: the next test).
     """
     for seed in range(1500):
         rng = np.random.default_rng(seed)
@@ -121,6 +122,26 @@ def test_small_vectors_take_the_shorter_form_at_every_size() -> None:
         sparse = encode_message(Gradient(epoch=1, version=2, vector=_by_hand(vector)))
         chosen = encode_message(message, dense_rice=True, sparse_gradient=True)
         assert chosen == (sparse if len(sparse) < len(dense) else dense), seed
+
+
+def test_a_tie_at_the_bound_stays_dense() -> None:
+    """The sparse form, the DENSE_RICE block and the bound all take 4 bytes: the gradient goes dense.
+
+    d = 17, b = 2, one code -1 (zigzagged 1) at index 3.  The bound is 1 + ceil(17 / 8) = 4 bytes.
+    DENSE_RICE, k = 0: the k byte and 1 + 17 unary bits, 3 bytes; 4 in all (b-bit codes take 5).
+    The sparse form: the nnz varint (1 byte), one 2-bit code (1 byte) and a SPARSE_RICE index
+    block with k = 0 for the gap 3 (the k byte and 4 unary bits, 2 bytes); 4 in all.
+    """
+    codes = np.zeros(17, dtype=np.int8)
+    codes[3] = -1
+    vector = DenseQuantized(bits=2, scale=0.5, codes=codes)
+    message = Gradient(epoch=1, version=2, vector=vector)
+    dense = encode_message(message, dense_rice=True)
+    sparse = encode_message(Gradient(epoch=1, version=2, vector=_by_hand(vector)))
+    assert len(dense) == len(sparse)
+    assert encode_message(message, dense_rice=True, sparse_gradient=True) == dense
+    plan = plan_vector(vector, dense_rice=True, sparse_form=True)
+    assert plan.encoding is Encoding.DENSE_RICE and plan.replacement is None
 
 
 def test_a_tie_stays_dense() -> None:
