@@ -47,6 +47,7 @@ from ..protocol.objectives import Objective, check_objective, objective_name
 from ..protocol.result import RunResult
 from ..version import __version__
 from . import checkpoint as checkpoint_file
+from .listener import Listener
 from .logbook import Logbook, peer_name, printable
 
 __all__ = ["Master", "printable", "provenance"]
@@ -139,7 +140,7 @@ class Master:
         self._host = host
         self._port = port
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
+        self._listener = Listener()
         self._address: tuple[str, int] | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[None]] = set()
@@ -196,17 +197,15 @@ class Master:
         self._provenance = provenance()
         if self._blas_threads is not None:
             self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
-        # TLS is the loop's own (start_server(ssl=...)): uvloop's start_tls on an accepted
+        # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
         # stream could stall a handshake until its timeout.  The loop does not report a
         # failed handshake, so the context's SSL objects report it (_reporting_ssl_objects).
         tls: dict[str, Any] = {}
         if self._ssl is not None:
             self._ssl.sslobject_class = _reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
             tls = {"ssl": self._ssl, "ssl_handshake_timeout": self._connection_config.handshake_timeout}
-        self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, limit=_READ_SIZE, **tls
-        )
-        host, port = self._server.sockets[0].getsockname()[:2]
+        await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, **tls)
+        host, port = self._listener.sockets[0].getsockname()[:2]
         self._address = (str(host), int(port))
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
 
@@ -241,8 +240,7 @@ class Master:
         The workers get the CLOSE; handlers still running after a short grace are cancelled.
         """
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        self._listener.stop_accepting()
         if self._timer_task is not None:
             self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,8 +256,9 @@ class Master:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        # Every connection the master accepted is closed by now, those refused or accepted during
+        # this close included (net/listener.py).
+        await self._listener.close()
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
@@ -386,8 +385,7 @@ class Master:
         if coordinator.done and self._finished_at is None:
             self._finished_at = self._now()
             self._final_checkpoint()
-            if self._server is not None:
-                self._server.close()  # nothing more to accept
+            self._listener.stop_accepting()  # nothing more to accept
             for worker_id in list(self._writers):
                 if not coordinator.is_member(worker_id):
                     self._abort_writer(worker_id)  # strangers get nothing more
