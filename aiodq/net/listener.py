@@ -1,4 +1,4 @@
-"""The master's listening sockets: every connection they accept is closed when :meth:`Listener.close` returns.
+"""The master's listening sockets: the connections they accept are closed when :meth:`Listener.close` returns.
 
 Two things in asyncio leave an accepted socket open past a server's close:
 
@@ -10,11 +10,17 @@ Two things in asyncio leave an accepted socket open past a server's close:
   iteration; a caller that returns at once (and a loop that stops then) leaves it open.
 
 So :meth:`Listener.close` takes the listening sockets off the loop first, lets the
-connections already accepted build their transports while the server is still open, closes
-the server, aborts every transport it accepted that is still open, and waits until each has
-been lost.  (uvloop builds the transport in the accept itself; taking its sockets off the loop
-does nothing there, and the rest applies as it is.)  A TLS connection is known from the end of
-its handshake: one still in its handshake is the loop's to close, at the handshake timeout.
+connections already accepted build their transports while the server is still open, and
+closes the server.  Then it waits, up to its timeout, until every connection it accepted has
+been lost: one being closed gracefully has that long to deliver what was written to it (a
+final CLOSE frame, say); any other is aborted at once, one whose protocol was made but not yet
+connected as soon as it connects.  What is left at the timeout is aborted.  (uvloop builds the
+transport in the accept itself; taking its sockets off the loop does nothing there, and the
+rest applies as it is.)
+
+A TLS connection is known from the end of its handshake: one still in its handshake is the
+loop's to close, at the handshake timeout (and on CPython 3.12 and later ``wait_closed``, at
+the end, waits for it).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ ConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Await
 
 
 class _TrackedProtocol(asyncio.StreamReaderProtocol):
-    """:func:`asyncio.start_server`'s protocol, its transport known to the listener while open."""
+    """:func:`asyncio.start_server`'s protocol, known to the listener from its making to its loss."""
 
     def __init__(
         self,
@@ -42,6 +48,7 @@ class _TrackedProtocol(asyncio.StreamReaderProtocol):
         super().__init__(reader, connected, loop=loop)
         self._listener = listener
         self._tracked: asyncio.Transport | None = None
+        listener._pending += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tracked = cast(asyncio.Transport, transport)  # a stream server's: it can be aborted
@@ -62,6 +69,9 @@ class Listener:
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.Transport] = set()
+        #: Protocols made for an accepted connection, not yet connected to its transport.
+        self._pending = 0
+        self._closing = False
         self._changed: asyncio.Event | None = None
         self._stopping: asyncio.Task[None] | None = None
 
@@ -70,7 +80,7 @@ class Listener:
     ) -> None:
         """Listen on ``host``:``port`` and call ``connected`` for each connection (``kwds``: TLS options)."""
         loop = asyncio.get_running_loop()
-        self._changed, self._stopping = asyncio.Event(), None
+        self._changed, self._stopping, self._closing = asyncio.Event(), None, False
 
         def protocol() -> _TrackedProtocol:
             return _TrackedProtocol(asyncio.StreamReader(limit=limit, loop=loop), connected, loop, self)
@@ -88,41 +98,53 @@ class Listener:
             self._stopping = asyncio.create_task(self._stop(self._server), name="aiodq-listener-stop")
 
     async def close(self, timeout: float = 1.0) -> None:
-        """Stop accepting, abort the accepted connections still open, and wait until each is lost.
+        """Stop accepting, and wait until every accepted connection is lost (module docstring).
 
-        ``timeout``: seconds to wait for the connections at most.
+        ``timeout``: seconds that connections being closed gracefully have to finish; the
+        others are aborted at once, and whatever is still open then is aborted.
         """
         self.stop_accepting()
         if self._stopping is not None:
-            await self._stopping
+            # Shielded: a cancelled close must not leave the server half stopped (_stop closes it).
+            await asyncio.shield(self._stopping)
+        self._closing = True
         for transport in list(self._open):
-            transport.abort()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._open and self._changed is not None:
-            self._changed.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                break
+            if not transport.is_closing():
+                transport.abort()  # nobody is closing it: nothing was written to it to deliver
+        try:
+            async with asyncio.timeout(timeout):
+                await self._until_lost(pending=True)
+        except TimeoutError:
+            for transport in list(self._open):
+                transport.abort()
+            # An abort closes the socket in the loop's next iteration.  A protocol still pending
+            # now belongs to an accept that failed to build its transport: nothing to wait for.
+            await self._until_lost(pending=False)
         if self._server is not None:
             await self._server.wait_closed()
 
+    async def _until_lost(self, *, pending: bool) -> None:
+        """Until no accepted connection is open (nor, with ``pending``, about to connect)."""
+        while (self._open or (pending and self._pending)) and self._changed is not None:
+            self._changed.clear()
+            await self._changed.wait()
+
     async def _stop(self, server: asyncio.Server) -> None:
         loop = asyncio.get_running_loop()
-        for sock in server.sockets:
-            loop.remove_reader(sock)  # no accept after this one (a no-op on uvloop, whose accepts are whole)
-        # An accept already made in this iteration builds its transport in the next one, as a task
-        # that this coroutine's first yield may precede; after a second yield every such task has run.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        server.close()
+        try:
+            for sock in server.sockets:
+                loop.remove_reader(sock)  # no accept after this (a no-op on uvloop, whose accepts are whole)
+            # An accept made before the line above builds its transport in this coroutine's first
+            # iteration at the latest; one more yields to it before the server closes.
+            await asyncio.sleep(0)
+        finally:
+            server.close()
 
     def _made(self, transport: asyncio.Transport) -> None:
+        self._pending -= 1
         self._open.add(transport)
+        if self._closing:
+            transport.abort()  # accepted while closing: nothing is served on it
 
     def _lost(self, transport: asyncio.Transport) -> None:
         self._open.discard(transport)

@@ -256,9 +256,10 @@ class Master:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        # Every connection the master accepted is closed by now, those refused or accepted during
-        # this close included (net/listener.py).
-        await self._listener.close()
+        # Then every connection the master accepted is closed, those refused or accepted during this
+        # close included; one closing gracefully has the close timeout (wire-format.md 8.3) to
+        # deliver what it was sent, such as its CLOSE (net/listener.py).
+        await self._listener.close(self._connection_config.handshake_timeout)
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None

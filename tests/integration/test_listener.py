@@ -1,0 +1,114 @@
+"""The master's listening sockets (aiodq.net.listener): what ``Listener.close`` leaves open and delivers.
+
+Each test serves on 127.0.0.1, port 0.  "Closed" is read from the client's side after ``close``
+has returned, with the loop no longer running: only a socket the listener closed already shows
+its end then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from aiodq.net.listener import Listener
+
+
+def _ends(client: socket.socket, timeout: float = 2.0) -> bytes | None:
+    """Everything the client still receives up to the end of the stream; None if it does not end."""
+    client.settimeout(timeout)
+    received = b""
+    while True:
+        try:
+            data = client.recv(1 << 16)
+        except ConnectionResetError:
+            return received
+        except TimeoutError:
+            return None
+        if not data:
+            return received
+        received += data
+
+
+async def _listener(callback: object) -> tuple[Listener, tuple[str, int]]:
+    listener = Listener()
+    await listener.start(callback, "127.0.0.1", 0, limit=1 << 16)  # type: ignore[arg-type]
+    host, port = listener.sockets[0].getsockname()[:2]
+    return listener, (host, port)
+
+
+@pytest.mark.asyncio
+async def test_a_connection_nobody_closes_is_aborted_at_once() -> None:
+    """Its handler waits on it for ever: ``close`` aborts it without waiting out its timeout.
+
+    The client sees the end long before the 60 s a connection being closed gracefully would have.
+    """
+    started = asyncio.Event()
+
+    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started.set()
+        await reader.read()
+
+    listener, address = await _listener(waits)
+    reader, writer = await asyncio.open_connection(*address)
+    await asyncio.wait_for(started.wait(), 10)
+    closing = asyncio.create_task(listener.close(timeout=60.0))
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    await asyncio.wait_for(closing, 10)
+    writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_connection_nobody_closes_is_closed_when_close_returns() -> None:
+    """With the loop stopped after ``close``, the client still sees the end: the socket is closed already."""
+    started = asyncio.Event()
+
+    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started.set()
+        await reader.read()
+
+    listener, address = await _listener(waits)
+    with socket.create_connection(address) as client:
+        await asyncio.wait_for(started.wait(), 10)
+        await listener.close(timeout=5.0)
+        assert _ends(client) == b""
+
+
+@pytest.mark.asyncio
+async def test_a_connection_being_closed_delivers_what_it_was_sent() -> None:
+    """16 MiB written and the writer closed before the client reads: ``close`` waits while it drains."""
+    payload = b"x" * (16 << 20) + b"END"
+    written = asyncio.Event()
+
+    async def sends(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)
+        writer.close()  # graceful: the transport still holds most of the payload
+        written.set()
+
+    listener, address = await _listener(sends)
+    reader, writer = await asyncio.open_connection(*address)
+    await asyncio.wait_for(written.wait(), 10)
+    closing = asyncio.create_task(listener.close(timeout=30.0))
+    received = await reader.read()
+    await closing
+    writer.close()
+    assert len(received) == len(payload) and received.endswith(b"END")
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_close_still_stops_the_server() -> None:
+    """``close`` cancelled while the server stops: the server closes anyway; ``close`` can be called again."""
+
+    async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener, address = await _listener(nothing)
+    closing = asyncio.create_task(listener.close())
+    await asyncio.sleep(0)  # one loop iteration: the close is waiting for the server to stop
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await listener.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5.0).close()
