@@ -72,7 +72,8 @@ class Listener:
         #: Protocols made for an accepted connection, not yet connected to its transport.
         self._pending = 0
         self._closing = False
-        self._changed: asyncio.Event | None = None
+        #: Set whenever an accepted connection is lost.
+        self._changed = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(
@@ -80,7 +81,7 @@ class Listener:
     ) -> None:
         """Listen on ``host``:``port`` and call ``connected`` for each connection (``kwds``: TLS options)."""
         loop = asyncio.get_running_loop()
-        self._changed, self._stopping, self._closing = asyncio.Event(), None, False
+        self._changed, self._stopping, self._closing = asyncio.Event(), None, False  # a new loop's
 
         def protocol() -> _TrackedProtocol:
             return _TrackedProtocol(asyncio.StreamReader(limit=limit, loop=loop), connected, loop, self)
@@ -125,7 +126,7 @@ class Listener:
 
     async def _until_lost(self, *, pending: bool) -> None:
         """Until no accepted connection is open (nor, with ``pending``, about to connect)."""
-        while (self._open or (pending and self._pending)) and self._changed is not None:
+        while self._open or (pending and self._pending):
             self._changed.clear()
             await self._changed.wait()
 
@@ -148,5 +149,4 @@ class Listener:
 
     def _lost(self, transport: asyncio.Transport) -> None:
         self._open.discard(transport)
-        if self._changed is not None:
-            self._changed.set()
+        self._changed.set()

@@ -105,7 +105,14 @@ async def test_a_cancelled_close_still_stops_the_server() -> None:
 
     listener, address = await _listener(nothing)
     closing = asyncio.create_task(listener.close())
-    await asyncio.sleep(0)  # one loop iteration: the close is waiting for the server to stop
+    # Until the close has begun to stop the server and waits for it: a loop iteration at a time,
+    # since the stop takes two.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while listener._stopping is None:
+        assert loop.time() < deadline, "the close did not begin to stop the server within 10 s"
+        await asyncio.sleep(0)
+    assert not listener._stopping.done()
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
