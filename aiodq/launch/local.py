@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .models import objective_for
+from .processes import WorkerProcess, stop_workers
 from .results import save_records
 
 __all__ = [
@@ -365,26 +366,14 @@ async def run_cluster(
         # otherwise: M processes share the machine's cores, and idle threads spin on them.
         env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "AIODQ_SECRET": secret}
 
-        async def start(index: int) -> asyncio.subprocess.Process:
-            return await asyncio.create_subprocess_exec(
-                *_worker_command(
-                    host,
-                    port,
-                    index,
-                    workers,
-                    data=data_path,
-                    seed=config.seed,
-                    model=config.model,
-                    nice=nice,
-                ),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
+        def start(index: int) -> Awaitable[WorkerProcess]:
+            command = _worker_command(
+                host, port, index, workers, data=data_path, seed=config.seed, model=config.model, nice=nice
             )
+            return WorkerProcess.start(index, command, env)
 
-        processes = [await start(i) for i in range(workers)]
-        waiter = asyncio.create_task(master.wait(timeout))
-        exits = [asyncio.create_task(p.wait()) for p in processes]
+        processes: list[WorkerProcess] = []
+        waiter: asyncio.Task[RunResult] | None = None
         restarts = 0
 
         def table() -> Any:
@@ -411,16 +400,20 @@ async def run_cluster(
             return view
 
         try:
+            # Started inside the try: a failure or a cancellation part way leaves none running.
+            for index in range(workers):
+                processes.append(await start(index))
+            waiter = asyncio.create_task(master.wait(timeout))
             with _live(table, progress) as live:
                 while not waiter.done():
-                    for index, (process, exited) in enumerate(zip(processes, exits, strict=True)):
-                        if not exited.done() or process.returncode == 0:
+                    for index, worker in enumerate(processes):
+                        if not worker.failed:
                             continue
-                        assert process.stderr is not None
-                        message = (await process.stderr.read()).decode(errors="replace").strip()
+                        message = (await worker.stderr_tail()).strip()
+                        status = worker.process.returncode
                         if restarts >= max_restarts or (master.coordinator and master.coordinator.done):
                             raise RunError(
-                                f"worker process exited with status {process.returncode}: {message[-2000:]}"
+                                f"worker process exited with status {status}: {message[-2000:]}"
                                 + (f" (after {restarts} restarts)" if restarts else "")
                             )
                         # The protocol lets a worker rejoin: start another on the same shard.
@@ -429,15 +422,15 @@ async def run_cluster(
                             "worker %d/%d exited with status %s; restarting it (%d of %d): %s",
                             index,
                             workers,
-                            process.returncode,
+                            status,
                             restarts,
                             max_restarts,
                             message.splitlines()[-1] if message else "",
                         )
+                        await stop_workers([worker])  # its stderr read to the end
                         processes[index] = await start(index)
-                        exits[index] = asyncio.create_task(processes[index].wait())
                     await asyncio.wait(
-                        [waiter, *[e for e in exits if not e.done()]],
+                        [waiter, *[w.exited for w in processes if not w.exited.done()]],
                         timeout=0.25,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
@@ -450,29 +443,46 @@ async def run_cluster(
             # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
             # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
             if result.ok:
-                await asyncio.wait_for(asyncio.gather(*exits), 30)
-                failed = [p.returncode for p in processes if p.returncode != 0]
-                if failed:
-                    raise RunError(f"worker processes exited with status {failed}")
+                await _after_training(processes)
         finally:
-            # Stop what still runs: SIGTERM first (a worker closes with GOING_AWAY), then SIGKILL.
-            for process in processes:
-                if process.returncode is None:
-                    process.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.gather(*exits, return_exceptions=True)
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-            await asyncio.gather(*exits, return_exceptions=True)
-            waiter.cancel()
+            await stop_workers(processes)
+            if waiter is not None:
+                waiter.cancel()
         if records is not None and master.coordinator is not None:
             records.extend(master.coordinator.records)
     result.summary.update(
         dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
     )
     return result
+
+
+#: How long the workers have to exit once training has ended and the master has closed.
+_EXIT_GRACE = 30.0
+
+
+async def _after_training(processes: list[WorkerProcess]) -> None:
+    """Wait for the workers to exit after a run that finished; a worker's trouble now is only logged.
+
+    The model is trained and the master holds it: a worker that then exits with an error, or
+    that does not exit within ``_EXIT_GRACE`` seconds (:func:`stop_workers` stops it), costs
+    the run nothing, so it is reported as a warning instead of failing the run.
+    """
+    await asyncio.wait([worker.exited for worker in processes], timeout=_EXIT_GRACE)
+    for worker in processes:
+        if not worker.exited.done():
+            _log.warning(
+                "worker %d did not exit within %.0f s of the end of training; stopping it",
+                worker.index,
+                _EXIT_GRACE,
+            )
+        elif worker.failed:
+            tail = (await worker.stderr_tail()).strip()
+            _log.warning(
+                "worker %d exited with status %s after training had finished: %s",
+                worker.index,
+                worker.process.returncode,
+                tail.splitlines()[-1] if tail else "",
+            )
 
 
 def _live(table: Callable[[], Any], show: bool) -> Any:

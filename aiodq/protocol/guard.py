@@ -91,9 +91,17 @@ class Guard:
         """The encoding and width checks, and ZERO's plausibility."""
         config, kind = self.config, self.config.spec.gradient
         if isinstance(vector, ZeroVector):
-            # alpha = grad f_B(x_hat) - grad f_B(x_snap) is zero only where x_hat = x_snap: the dense
-            # and float32 compressors never round a nonzero alpha to ZERO (b = 2 aside, p < 2^-16).
-            if kind in ("dense", "float32") and not model_equals_snapshot and config.bits > 2:
+            # alpha = grad f_B(x_hat) - grad f_B(x_snap) + l2 (x_hat - x_snap) is zero only where
+            # x_hat = x_snap when l2 > 0, and the dense and float32 compressors never round a nonzero
+            # alpha to ZERO (b = 2 aside, p < 2^-16).  Without an L2 term alpha can be zero elsewhere:
+            # a loss whose gradient is piecewise constant (hinge, L1) gives the same mini-batch
+            # gradient at two nearby models.
+            if (
+                kind in ("dense", "float32")
+                and config.l2 > 0
+                and not model_equals_snapshot
+                and config.bits > 2
+            ):
                 return Refusal(
                     ErrorCode.INVALID_PAYLOAD, "a ZERO gradient for a model other than the snapshot"
                 )

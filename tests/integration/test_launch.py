@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -145,3 +146,56 @@ def test_run_local_checks_its_launcher_before_anything_starts() -> None:
             ValueError, match=f"worker_nice must be an integer between 0 and 19, got {nice!r}"
         ):
             asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), worker_nice=nice))  # type: ignore[arg-type]
+
+
+# -- the worker processes' stderr and their stop ----------------------------------------------------
+
+#: 2 MB of stderr in 20,000 lines, one last line, then exit status 3.
+_LOUD = """
+import sys
+for i in range(20000):
+    sys.stderr.write(f"line {i} " + "y" * 100 + "\\n")
+sys.stderr.write("the end")
+sys.exit(3)
+"""
+#: A process that ignores SIGTERM and says so when it is ready.
+_STUBBORN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.stderr.write("ready\\n")
+sys.stderr.flush()
+time.sleep(600)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_worker_process_writing_megabytes_to_stderr_is_not_held_up_and_its_end_is_kept() -> None:
+    """The pipe (64 KiB) is read as it comes: the process runs to its exit, and the last lines are kept."""
+    from aiodq.launch.processes import TAIL_LINES, WorkerProcess, stop_workers  # noqa: PLC0415
+
+    worker = await WorkerProcess.start(0, [sys.executable, "-c", _LOUD], dict(os.environ))
+    try:
+        async with asyncio.timeout(60):
+            status = await worker.exited
+        assert status == 3 and worker.failed
+        tail = (await worker.stderr_tail()).splitlines()
+        assert len(tail) == TAIL_LINES
+        assert tail[-1] == "the end"
+        assert tail[-2].startswith("line 19999 ")
+    finally:
+        await stop_workers([worker])
+
+
+@pytest.mark.asyncio
+async def test_stopping_kills_a_worker_process_that_ignores_sigterm_after_the_grace() -> None:
+    from aiodq.launch.processes import WorkerProcess, stop_workers  # noqa: PLC0415
+
+    worker = await WorkerProcess.start(0, [sys.executable, "-c", _STUBBORN], dict(os.environ))
+    try:
+        async with asyncio.timeout(60):
+            while "ready" not in await worker.stderr_tail():
+                await asyncio.wait([worker.exited], timeout=0.05)
+        await stop_workers([worker], grace=0.5)
+        assert worker.process.returncode == -signal.SIGKILL
+    finally:
+        await stop_workers([worker])

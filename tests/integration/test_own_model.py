@@ -78,6 +78,40 @@ def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path:
     assert meta["config"]["model"] == "my_models:LeastSquares"
 
 
+#: A user objective that writes 300 kB to stderr in its first three calls (a pipe holds 64 KiB).
+CHATTY = (
+    LEAST_SQUARES
+    + """
+import sys
+
+class Chatty(LeastSquares):
+    calls = 0
+
+    def loss_grad(self, x, rows=None):
+        Chatty.calls += 1
+        if Chatty.calls <= 3:
+            for line in range(100):
+                sys.stderr.write(f"chatty call {Chatty.calls} line {line} " + "x" * 1000 + "\\n")
+        return super().loss_grad(x, rows)
+"""
+)
+
+
+def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_path: Path) -> None:
+    """A worker's stderr is read as it comes: 300 kB of it stall nothing, and every line is logged."""
+    (tmp_path / "my_models.py").write_text(CHATTY)
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run", "--model", "my_models:Chatty", "--workers", "2", "--epochs", "2", "--step", "0.05",
+        "--timeout", "60", "--out", str(out), "--no-progress", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (out / "aiodq.log").read_text()
+    for worker in (0, 1):
+        for call in (1, 2, 3):
+            assert log.count(f"aiodq.launch INFO worker {worker}: chatty call {call} line ") == 100
+
+
 def test_run_writes_the_trained_model_and_provenance(tmp_path: Path) -> None:
     """model.npz holds the model (the last snapshot: its loss is the trace's last) and the iterate."""
     out = tmp_path / "out"

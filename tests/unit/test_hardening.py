@@ -159,6 +159,21 @@ def test_zero_gradients_for_models_other_than_the_snapshot_are_refused() -> None
     check_others_finished(cluster, train, 0, ErrorCode.INVALID_PAYLOAD)
 
 
+def test_without_an_l2_term_zero_gradients_are_accepted() -> None:
+    """l2 = 0: alpha is zero wherever the mini-batch gradient does not change (a hinge loss between
+    kinks), so ZERO answers for any model are honest: applied, and nobody is removed."""
+    train = config(epochs=2, l2=0.0)
+    cluster = Cluster(train, small_a9a(), 3)
+    cluster.tamper = rewrite(
+        0, lambda e: dataclasses.replace(e, vector=ZeroVector(D)) if isinstance(e, Gradient) else e
+    )
+    cluster.run()
+    coordinator = cluster.coordinator
+    assert coordinator.done and coordinator.failure is None
+    assert not coordinator.errors and coordinator.dropped["refused"] == 0
+    assert cluster.sessions[0].ended is None or cluster.sessions[0].ended[0] == ErrorCode.NO_ERROR
+
+
 def test_zero_gradient_at_the_snapshot_is_accepted() -> None:
     """The first MODEL of an epoch is the snapshot: ZERO is the honest answer, and it is applied."""
     cluster = Cluster(config(epochs=1), small_a9a(), 2)
