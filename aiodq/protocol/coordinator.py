@@ -392,7 +392,11 @@ class Coordinator:
             return
         # The reports are checked together (the guard compares them), then summed.
         reports = {wid: w.report for wid, w in self._workers.items() if w.joined and w.report is not None}
-        for worker_id, refusal in self.guard.outliers(reports).items():
+        refusals = self.guard.outliers(reports)
+        if (failure := self._divergence.reports(refusals, reports, self.state.epoch)) is not None:
+            self._finish(now, failure)
+            return
+        for worker_id, refusal in refusals.items():
             del reports[worker_id]
             self._workers[worker_id].report = None
             self._remove(worker_id, refusal, now)

@@ -240,7 +240,8 @@ class Divergence:
 
     Every live worker's updates refused as out of line ``DIVERGED_AFTER`` times in a row (with
     none applied in between), or ``DIVERGED_AFTER`` times M updates taking the model out of range
-    since the last applied one (workers that rejoin and overflow again), or no worker left.
+    since the last applied one (workers that rejoin and overflow again), or no worker left; or
+    every report of a snapshot phase out of line.
     """
 
     def __init__(self) -> None:
@@ -257,6 +258,20 @@ class Divergence:
             return (
                 f"every worker's updates are out of line since version {version}: the run diverged "
                 "(or the guard is too tight)"
+            )
+        return None
+
+    @staticmethod
+    def reports(refusals: dict[int, Refusal], reports: dict[int, SnapshotGradient], epoch: int) -> str | None:
+        """After a snapshot phase's check: the failure, if every report was refused.
+
+        That happens with one or two reports, judged against the previous phase's: it is the
+        snapshot that is off, not a worker, and removed workers would rejoin and report the same.
+        """
+        if refusals and len(refusals) == len(reports):
+            return (
+                f"every snapshot report at epoch {epoch} is out of line with the previous phase's: "
+                "the run diverged (or the guard is too tight)"
             )
         return None
 

@@ -204,6 +204,19 @@ def test_a_diverging_run_ends_with_a_failure_instead_of_hanging() -> None:
     assert coordinator.summary()["failure"] == coordinator.failure
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_run_diverging_between_snapshots_ends_with_a_failure(workers: int) -> None:
+    """Step 10^4: with one or two workers the snapshot reports are judged against the previous
+    phase's; all out of line is the model's doing, and the run ends instead of removing the
+    workers, which would rejoin with the same reports for ever."""
+    train = TrainConfig(epochs=3, l2=0.0, step=1e4, updates_per_epoch=200, batch=32, tau=4)
+    coordinator = simulate(train, small_a9a(), workers)
+    assert coordinator.done
+    assert coordinator.failure is not None and "diverged" in coordinator.failure, coordinator.failure
+    assert "snapshot report" in coordinator.failure
+    assert len(coordinator.trace) >= 1 and np.isfinite(coordinator.trace[-1].loss)
+
+
 def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     """No message can make the coordinator raise: a failure while handling one closes that peer only."""
     train = config(epochs=1)
