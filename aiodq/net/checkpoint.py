@@ -84,6 +84,37 @@ def save(path: str | Path, checkpoint: Checkpoint) -> None:
         raise
 
 
+def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
+    """Refuse to start a new run over ``path`` unless it is absent or a finished run's checkpoint.
+
+    A new run writes its first checkpoint at once: over a run that has not finished (a master
+    restarted without ``--resume``) that would throw the run's progress away, and over a file
+    that is not a checkpoint it would destroy that file.
+
+    Raises:
+        CheckpointError: saying which, and what to do.
+    """
+    if not Path(path).exists():
+        return
+    try:
+        meta = load(path, max_bytes=max_bytes).meta
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}; it is not overwritten: remove it or choose another checkpoint file"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("phase") != "done":
+        state = meta.get("state") if isinstance(meta, dict) else None
+        where = (
+            f" (epoch {state['epoch']}, version {state['version']})"
+            if isinstance(state, dict) and {"epoch", "version"} <= set(state)
+            else ""
+        )
+        raise CheckpointError(
+            f"the checkpoint {path} holds a run that has not finished{where}: resume it (--resume), "
+            "or remove the file to start afresh"
+        )
+
+
 def load(path: str | Path, *, max_bytes: int = 1 << 30) -> Checkpoint:
     """Read a checkpoint written by :func:`save`.
 

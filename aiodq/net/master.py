@@ -181,9 +181,7 @@ class Master:
                     "removed temporary checkpoint files an interrupted run left next to %s", self._checkpoint
                 )
             if self._resume:
-                # Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at
-                # most 100 reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
-                limit = 64 * self.coordinator.dim + (4 << 20) + 1024 * self.config.epochs
+                limit = self._checkpoint_bytes()
                 self.coordinator.restore(checkpoint_file.load(self._checkpoint, max_bytes=limit), 0.0)
                 self._logbook.resumed(self.coordinator)
                 _log.info(
@@ -193,10 +191,9 @@ class Master:
                     self.coordinator.state.version,
                 )
             else:
+                checkpoint_file.check_fresh_start(self._checkpoint, max_bytes=self._checkpoint_bytes())
                 self.write_checkpoint()  # fails now, with one line, if the file cannot be written
         self._provenance = provenance()
-        if self._blas_threads is not None:
-            self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
         # stream could stall a handshake until its timeout.  The loop does not report a
         # failed handshake, so the context's SSL objects report it (_reporting_ssl_objects).
@@ -207,7 +204,18 @@ class Master:
         await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, **tls)
         host, port = self._listener.sockets[0].getsockname()[:2]
         self._address = (str(host), int(port))
+        if self._blas_threads is not None:  # only once listening: a start that fails leaves it as it was
+            self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
+
+    def _checkpoint_bytes(self) -> int:
+        """The most a checkpoint of this run takes once read.
+
+        Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at most 100
+        reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
+        """
+        assert self.coordinator is not None
+        return 64 * self.coordinator.dim + (4 << 20) + 1024 * self.config.epochs
 
     @property
     def address(self) -> tuple[str, int]:
@@ -265,7 +273,11 @@ class Master:
             self._blas_limit = None
 
     async def __aenter__(self) -> Master:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()  # what a start that failed part way holds (__aexit__ will not run)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

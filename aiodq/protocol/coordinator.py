@@ -19,8 +19,8 @@ received at version t is applied only if ``t - D <= tau``.  A worker that leaves
 removed; a snapshot phase waits only for those still connected, and one that
 rejoins re-enters at the next snapshot phase.  What an admitted worker sends is
 checked by :mod:`aiodq.protocol.guard` (docs/security.md); the run ends as diverged
-(:attr:`Coordinator.failure`) after ``DIVERGED_AFTER`` refused updates per live
-worker, when removals leave no worker, or when F(x_snap) is not finite.  No
+(:attr:`Coordinator.failure`) as :class:`~aiodq.protocol.guard.Divergence` says, or when
+F(x_snap) is not finite.  No
 message of a peer makes the coordinator raise: an unexpected failure while
 handling one closes that peer's connection with INTERNAL_ERROR.
 """
@@ -63,6 +63,8 @@ from .recovery import Checkpoint
 from .trainconfig import coding_options
 
 __all__ = ["DIVERGED_AFTER", "Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
+
+_CLOSING = (ConnectionState.CLOSING, ConnectionState.CLOSED)
 
 
 def _ledger_table(name: str, doc: str) -> Any:
@@ -120,14 +122,14 @@ class Coordinator:
         #: The run's book: trace, model records, staleness, drops, errors, retired traffic.
         self.ledger = Ledger()
         self.finished_at: float | None = None  # when the run ended
-        #: Why the run ended without finishing its epochs (it diverged), or None.
-        self.failure: str | None = None
+        self.failure: str | None = None  #: why the run ended before its epochs did (it diverged), or None
         self._divergence = Divergence()
         coded = config.adaptive_coding and config.spec.model == "quantized"  # dense codes to choose for
         self._coding = CodingChooser() if coded else None  # adaptive.py
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
+        self._waited_in: Phase | None = None  # where a run that its workers left ended
 
     # -- the shell's interface -------------------------------------------------
 
@@ -173,10 +175,10 @@ class Coordinator:
                 if worker.awaiting_snapshot:
                     reason = f"no SNAPSHOT_GRADIENT within {waited:.3g} s"
                     self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
-        if self.phase is Phase.JOINING and deadlines.join_due(now):
-            timeout = self.master_config.join_timeout
+        if deadlines.join_due(now):  # joining, or in the inner loop once every worker left
             joined = f"{self.live_workers} of {self.expected_workers} workers joined"
-            self._finish(now, f"{joined} within {timeout:g} s (--join-timeout)")
+            self._waited_in = self.phase  # the run can go on from here: its checkpoint says so
+            self._finish(now, f"{joined} within {self.master_config.join_timeout:g} s (--join-timeout)")
             return
         for worker_id, worker in list(self._workers.items()):
             if deadlines.snapshot_owed_too_long(worker, now):
@@ -265,10 +267,7 @@ class Coordinator:
         """Close a worker's connection with ``refusal``'s code and record why."""
         self.ledger.add_error(worker_id, refusal.code.name, refusal.reason)
         worker = self._workers.get(worker_id)
-        if worker is not None and worker.connection.state not in (
-            ConnectionState.CLOSING,
-            ConnectionState.CLOSED,
-        ):
+        if worker is not None and worker.connection.state not in _CLOSING:
             worker.connection.close(now, refusal.code, refusal.reason)
         self._drop_worker(worker_id, now)
 
@@ -276,8 +275,10 @@ class Coordinator:
         worker = self._workers[worker_id]
         if isinstance(event, Hello):
             self._join(worker_id, worker, event, now)
-        elif isinstance(event, SnapshotGradient | Gradient) and not worker.joined:
-            return  # a removed worker's messages that were already on their way: nothing to do
+        elif isinstance(event, SnapshotGradient | Gradient) and (
+            not worker.joined or worker.connection.state in _CLOSING
+        ):
+            return  # messages already on their way from a removed worker, or one told CLOSE: ignored
         elif isinstance(event, SnapshotGradient):
             self._snapshot_gradient(worker_id, worker, event, now)
         elif isinstance(event, Gradient):
@@ -285,9 +286,8 @@ class Coordinator:
         elif isinstance(event, ErrorMessage):
             self.ledger.add_error(worker_id, code_name(event.code), event.reason)
         elif isinstance(event, Close | ConnectionClosed):
-            # A peer's CLOSE with an error code (AUTH_FAILED from a worker without the
-            # secret, say) and a local timeout are recorded, so the master logs why.
-            # (The end of a stream after this side's own CLOSE was recorded when it was sent.)
+            # A peer's CLOSE with an error code (AUTH_FAILED, say) and a local timeout are recorded, so
+            # the master logs why (the end of a stream after our own CLOSE was recorded when sent).
             if isinstance(event, Close) and event.code != ErrorCode.NO_ERROR:
                 self.ledger.add_error(worker_id, code_name(event.code), event.reason)
             elif isinstance(event, ConnectionClosed) and event.code == ErrorCode.TIMEOUT:
@@ -322,8 +322,8 @@ class Coordinator:
             # A worker that (re)joins a running session: in a snapshot phase it takes part;
             # in the inner loop it gets x_snap first and then models, and its shard enters
             # g_snap and F from the next snapshot phase on.
-            worker.active = True
-            worker.awaiting_snapshot = self.phase is Phase.SNAPSHOT
+            worker.active, worker.awaiting_snapshot = True, self.phase is Phase.SNAPSHOT
+            self.deadlines.worker_back()
             self._send_snapshot(worker, now)
 
     def _start_snapshot_phase(self, now: float) -> None:
@@ -528,9 +528,7 @@ class Coordinator:
         self.ledger.records.append(record)
 
     def _finish(self, now: float, failure: str | None = None) -> None:
-        self.phase = Phase.DONE
-        self.finished_at = now
-        self.failure = failure
+        self.phase, self.finished_at, self.failure = Phase.DONE, now, failure
         self.deadlines.stopped()
         code, reason = (
             (ErrorCode.GOING_AWAY, failure[:200]) if failure else (ErrorCode.NO_ERROR, "training complete")
@@ -544,11 +542,13 @@ class Coordinator:
             return
         was_member = worker.joined
         worker.joined = worker.active = worker.awaiting_snapshot = False
-        worker.report, worker.snapshot_sent = None, None
+        worker.report = worker.snapshot_sent = None
         if worker.connection.state is not ConnectionState.CLOSED:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
         if was_member and self.phase is Phase.SNAPSHOT:
             self._maybe_finish_snapshot_phase(now)
+        elif was_member and self.phase is Phase.INNER and self.live_workers == 0:
+            self.deadlines.waiting_for_workers(now)  # --join-timeout applies again
 
     # -- checkpoints --------------------------------------------------------------
 
@@ -561,7 +561,7 @@ class Coordinator:
             self.traffic(),
             workers=self.expected_workers,
             # A resumed run that has not reached its inner loop again is still mid-epoch.
-            phase=Phase.INNER.value if self._resuming else self.phase.value,
+            phase=Phase.INNER.value if self._resuming else (self._waited_in or self.phase).value,
             elapsed=now - self._started,
         )
 

@@ -44,6 +44,10 @@ class Deadlines:
         """The coordinator (again) waits for the workers to join."""
         self.joining_since, self.snapshot_deadline = now, None
 
+    def worker_back(self) -> None:
+        """A worker (re)joined a running session: the join deadline, if any, is off."""
+        self.joining_since = None
+
     def snapshot_phase_started(self, now: float) -> None:
         """A snapshot phase starts: its deadline is set."""
         self.joining_since = None

@@ -467,3 +467,54 @@ async def test_a_finished_runs_checkpoint_cannot_be_resumed(tmp_path: Path) -> N
     with pytest.raises(CheckpointError, match="already finished"):
         await again.start()
     await again.close()
+
+
+@pytest.mark.asyncio
+async def test_a_fresh_start_over_an_unfinished_or_foreign_file_is_refused(tmp_path: Path) -> None:
+    """Without --resume a master writes its first checkpoint at once: over a run that has not finished
+    (a restart that forgot --resume) or over a file that is no checkpoint, it refuses instead; over a
+    finished run's checkpoint it starts afresh."""
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=1)
+    async with Master(config, X0, workers=1, checkpoint=path):
+        pass  # closed while waiting for its worker: the checkpoint holds an unfinished run
+    unfinished = path.read_bytes()
+    assert checkpoint_file.load(path).meta["phase"] == "joining"
+    again = Master(config, X0, workers=1, checkpoint=path)
+    with pytest.raises(CheckpointError, match=r"has not finished \(epoch 0, version 0\): resume it"):
+        await again.start()
+    await again.close()
+    assert path.read_bytes() == unfinished
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("my notes")
+    other = Master(config, X0, workers=1, checkpoint=foreign)
+    with pytest.raises(CheckpointError, match="it is not overwritten"):
+        await other.start()
+    await other.close()
+    assert foreign.read_text() == "my notes"
+    meta = checkpoint_file.load(path)
+    meta.meta["phase"] = "done"
+    checkpoint_file.save(path, meta)
+    async with Master(config, X0, workers=1, checkpoint=path):
+        assert checkpoint_file.load(path).meta["phase"] == "joining"  # a fresh run's first checkpoint
+
+
+@pytest.mark.asyncio
+async def test_a_master_that_cannot_listen_leaves_the_blas_threads_as_they_were() -> None:
+    from threadpoolctl import threadpool_info  # noqa: PLC0415
+
+    def blas() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas()
+    if not before or max(before) < 2:
+        pytest.skip(f"BLAS runs {before} threads here: a cap of 1 would change nothing")
+    with socket.socket() as holder:  # the port is taken
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = Master(TrainConfig(epochs=1), X0, workers=1, host="127.0.0.1", port=holder.getsockname()[1])
+        with pytest.raises(OSError):
+            await taken.start()
+        assert blas() == before  # before close(): `async with` does not call it when start() fails
+        await taken.close()
+    assert blas() == before

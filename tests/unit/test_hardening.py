@@ -569,3 +569,73 @@ def test_messages_of_a_removed_worker_already_on_their_way_are_ignored() -> None
     cluster.frozen = {0}
     cluster.run()
     assert coordinator.done and coordinator.failure is None
+
+
+def _all_left_mid_epoch(rejoin: bool) -> tuple[Cluster, float]:
+    """Two workers (shards claimed), join_timeout 20 s; both connections lost in the inner loop.
+
+    With ``rejoin``, a worker on shard 0 joins again and is sent a model. Returns the cluster and
+    when the last worker left.
+    """
+    dataset = small_a9a()
+    master_config = MasterConfig(join_timeout=20.0)
+    cluster = Cluster(config(epochs=2), dataset, 2, connect=False, master_config=master_config)
+    coordinator = cluster.coordinator
+    cluster.sessions = [_claiming(dataset, 2, i, (i, 2)) for i in range(2)]
+    cluster.ids = [None, None]
+    for index in range(2):
+        cluster.connect(index)
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER and coordinator.state.version > 3)
+    cluster.frozen = {0, 1}
+    for worker_id in cluster.ids:
+        assert worker_id is not None
+        coordinator.disconnect(worker_id, cluster.now)
+    left = cluster.now
+    assert coordinator.phase is Phase.INNER and coordinator.live_workers == 0
+    if rejoin:
+        again = cluster.add_session(_claiming(dataset, 2, 0, (0, 2)))
+        cluster.run(until=lambda: cluster.sessions[again].gradients_sent > 0)
+    return cluster, left
+
+
+def test_every_worker_gone_mid_epoch_ends_the_run_at_the_join_timeout_and_it_can_resume() -> None:
+    """usage.md: --join-timeout applies after every worker left; the run is not finished, so its
+    checkpoint keeps the phase it waited in and --resume takes it."""
+    cluster, left = _all_left_mid_epoch(rejoin=False)
+    coordinator = cluster.coordinator
+    deadline = coordinator.get_timer()
+    assert deadline is not None and deadline <= left + 20.0
+    coordinator.handle_timer(left + 19.0)
+    assert not coordinator.done
+    coordinator.handle_timer(left + 20.0)
+    assert coordinator.done
+    assert coordinator.failure == "0 of 2 workers joined within 20 s (--join-timeout)"
+    checkpoint = coordinator.checkpoint(left + 20.0)
+    assert checkpoint.meta["phase"] == "inner"
+    fresh = Cluster(config(epochs=2), small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(checkpoint, 0.0)  # accepted: not a finished run
+    assert fresh.coordinator.state.version == coordinator.state.version
+
+
+def test_a_worker_back_before_the_join_timeout_keeps_the_run_going() -> None:
+    cluster, left = _all_left_mid_epoch(rejoin=True)
+    coordinator = cluster.coordinator
+    coordinator.handle_timer(left + 20.0)
+    assert not coordinator.done and coordinator.failure is None
+
+
+def test_gradients_arriving_after_the_master_closed_are_ignored() -> None:
+    """Master.close mid-run: CLOSE goes out, and a GRADIENT already on its way is neither applied
+    nor answered (it was an INTERNAL_ERROR, 'MODEL after CLOSE', for every worker)."""
+    cluster = Cluster(config(), small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER and coordinator.state.version > 3)
+    version = coordinator.state.version
+    worker_id = cluster.ids[0]
+    assert worker_id is not None
+    coordinator.shutdown(cluster.now)
+    honest = DenseQuantized(coordinator.config.bits, 2.0**-20, np.ones(D, dtype=np.int8))
+    gradient = Gradient(epoch=coordinator.state.epoch, version=version, vector=honest)
+    coordinator._handle_safely(worker_id, gradient, cluster.now)
+    assert coordinator.state.version == version
+    assert not [code for _, code, _ in coordinator.ledger.errors if code == "INTERNAL_ERROR"]
