@@ -37,6 +37,7 @@ from .options import (
     finite_float,
     parse_address,
     parse_shard,
+    seed,
 )
 
 try:
@@ -156,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--data", default=None, help="the dataset (default: bundled a9a)")
     worker.add_argument(
-        "--seed", type=int, default=0, help="the sharding seed; the master's --seed (default 0)"
+        "--seed", type=seed, default=0, help="the sharding seed; the master's --seed (default 0)"
     )
     worker.add_argument(
         "--model",
@@ -176,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--dim", type=int, default=10_000, help="model dimension (default 10000)")
     demo_parser.add_argument("--bits", type=int, default=8, help="gradient bits b, 2 to 16 (default 8)")
     demo_parser.add_argument("--mu", type=float, default=0.5, help="model precision mu (default 0.5)")
-    demo_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo_parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
 
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
@@ -184,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--dims", default="1e4,1e5,1e6", help="comma-separated dimensions")
     codec.add_argument("--bits", default="2,4,8", help="comma-separated bit widths")
     codec.add_argument("--repeats", type=int, default=None, help="repetitions per case (default 31/101)")
-    codec.add_argument("--seed", type=int, default=0)
+    codec.add_argument("--seed", type=seed, default=0)
     codec.add_argument("--out", default=None, help="also write the JSON report to this file")
     master_bench = benches.add_parser("master", help="applied updates per second over TCP, JSON on stdout")
     master_bench.add_argument("--dims", default="1e3,1e5,1e6", help="comma-separated dimensions")
@@ -202,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     worker_bench.add_argument(
         "--nnz-per-row", type=int, default=32, help="nonzero features per synthetic sample (default 32)"
     )
-    worker_bench.add_argument("--seed", type=int, default=0)
+    worker_bench.add_argument("--seed", type=seed, default=0)
     worker_bench.add_argument("--out", default=None, help="also write the JSON report to this file")
 
     cluster_bench = benches.add_parser(

@@ -101,6 +101,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed (argparse type): an integer from 0 to 2**64 - 1, as :class:`TrainConfig` takes."""
+    value = _integer(text)
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to 2**64 - 1, got {text}")
+    return value
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)

@@ -136,6 +136,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.updates_per_epoch, int) or self.updates_per_epoch < 0:
             raise ValueError("updates_per_epoch must be a non-negative integer")
+        if not 0 <= self.seed < 1 << 64:  # numpy seeds are non-negative; CONFIG carries 64 bits
+            raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {self.seed}")
         if not 2 <= self.bits <= 16:
             raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
         if not 2 <= self.model_bits_cap <= 16:

@@ -165,6 +165,12 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             "--worker-nice: a nice increment must be an integer between 0 and 19",
         ),
         (["run", "--worker-nice", "2", "--launcher", "ray"], "--launcher local only"),
+        (["run", "--seed", "-1"], "seed must be an integer from 0 to 2**64 - 1, got -1"),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--seed", str(2**64)],
+            "seed must be an integer",
+        ),
+        (["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--seed", "-1"], "a seed is an integer"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
