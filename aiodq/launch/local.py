@@ -409,6 +409,10 @@ async def run_cluster(
                     for index, worker in enumerate(processes):
                         if not worker.failed:
                             continue
+                        if worker.interrupted:
+                            # A terminal's Ctrl-C goes to the whole process group: this process's own
+                            # SIGINT, which stops the run, may come a moment after the worker's exit.
+                            await asyncio.sleep(_SIGINT_GRACE)
                         message = (await worker.stderr_tail()).strip()
                         status = worker.process.returncode
                         if restarts >= max_restarts or (master.coordinator and master.coordinator.done):
@@ -456,6 +460,8 @@ async def run_cluster(
     return result
 
 
+#: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
+_SIGINT_GRACE = 1.0
 #: How long the workers have to exit once training has ended and the master has closed.
 _EXIT_GRACE = 30.0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections import deque
 from collections.abc import Sequence
 
@@ -59,6 +60,11 @@ class WorkerProcess:
         except OSError as exc:
             raise RunError(f"cannot start worker process {index}: {exc.strerror or exc}") from exc
         return cls(index, process)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the process ended on SIGINT (killed by it, or exiting 130 as ``aiodq worker`` does)."""
+        return self.exited.done() and self.process.returncode in (130, -signal.SIGINT)
 
     @property
     def failed(self) -> bool:

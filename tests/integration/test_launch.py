@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,28 @@ def test_sigterm_stops_the_run_and_every_worker(tmp_path: Path) -> None:
     assert run.returncode == 128 + signal.SIGTERM
     assert stderr.strip().splitlines()[-1] == "aiodq run: stopped by SIGTERM"
     assert "GOING_AWAY" in (out / "aiodq.log").read_text()  # the workers said goodbye
+
+
+def test_ctrl_c_reaching_the_workers_first_is_still_an_interruption(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C goes to the whole process group: when the workers' SIGINT is handled
+    before aiodq run's own (here 0.3 s before), the run still ends as interrupted (exit 130), not
+    as a worker's failure (exit 1, 'worker process exited with status 130')."""
+    out = tmp_path / "out"
+    run = start_run(out, "--workers", "2", "--epochs", "200")
+    try:
+        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
+        workers = children(run.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)
+        poll_until(lambda: not any(alive(pid) for pid in workers), 30, "the workers' exit")
+        time.sleep(0.3)  # the order a loaded terminal can deliver: the launcher's SIGINT comes later
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr[-2000:]
+    assert "worker process exited" not in stderr
 
 
 def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: Path) -> None:
