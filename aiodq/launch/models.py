@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"--model {spec}: cannot import {module_name}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed (a SyntaxError, an error at import)
+        raise UsageError(f"--model {spec}: cannot import {module_name}: {_what_failed(exc)}") from exc
     factory: Any = module
     for part in attribute.split("."):
         factory = getattr(factory, part, None)
@@ -86,9 +89,21 @@ def objective_for(config: TrainConfig, dataset: Dataset) -> Objective:
     factory = load_factory(config.model)
     try:
         objective = factory(dataset.features, dataset.labels)
+    except Exception as exc:  # the user's code: one line, with where it failed
+        raise UsageError(f"--model {config.model}: {_what_failed(exc)}") from exc
+    try:
         return check_objective(objective)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--model {config.model}: {exc}") from exc
+
+
+def _what_failed(exc: Exception) -> str:
+    """``Type: message (at FILE:LINE)``, the line where the user's code raised it."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's text names its line
+        text += f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return text
 
 
 def test_scores(config: TrainConfig, test: Dataset, model: npt.NDArray[np.float64]) -> dict[str, Any]:

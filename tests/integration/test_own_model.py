@@ -211,3 +211,24 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
     assert good.ok, good
     assert result.ok
     assert result.final_loss < result.trace[0].loss
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def broken(:\n", "cannot import bad_model: SyntaxError: "),
+        ("raise RuntimeError('needs a GPU')\n", "cannot import bad_model: RuntimeError: needs a GPU (at "),
+        ("def Model(features, labels):\n    return {}['weights']\n", "KeyError: 'weights' (at "),
+        ("class Model:\n    def __init__(self, f, l):\n        raise OSError('gone')\n", "OSError: gone"),
+    ],
+    ids=["syntax-error", "raises-at-import", "factory-keyerror", "factory-oserror"],
+)
+def test_a_user_model_whose_code_fails_is_one_line(tmp_path: Path, source: str, expected: str) -> None:
+    """usage.md: an import that fails or a factory that raises: one line saying where, exit status 2."""
+    (tmp_path / "bad_model.py").write_text(source)
+    result = run_aiodq("run", "--model", "bad_model:Model", "--no-progress", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aiodq run: --model bad_model:Model: "), lines
+    assert expected in lines[0]
