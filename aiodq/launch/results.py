@@ -79,7 +79,8 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
             "config": result.config.to_params(),
             "failure": result.failure,
         }
-        checkpoint_file.save(paths[1], Checkpoint({"model": result.model, "iterate": result.iterate}, meta))
+        model = Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
+        checkpoint_file.save(paths[1], model, what="model file", private=False)
     except OSError as exc:
         raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
     except CheckpointError as exc:
@@ -100,12 +101,15 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
         RunError: if the file is missing or not an aiodq model file.
     """
     try:
-        stored = checkpoint_file.load(path)
+        stored = checkpoint_file.load(path, what="model file")
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
-    if stored.meta.get("kind") != _MODEL or "model" not in stored.arrays:
+    model = stored.arrays.get("model")
+    if stored.meta.get("kind") != _MODEL or model is None:
         raise RunError(f"{path}: not an aiodq model file")
-    return np.asarray(stored.arrays["model"], dtype=np.float64), stored.meta
+    if model.ndim != 1 or not model.size or model.dtype.kind not in "fiu":
+        raise RunError(f"{path}: its model is not a vector of numbers (shape {model.shape}, {model.dtype})")
+    return np.asarray(model, dtype=np.float64), stored.meta
 
 
 def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
@@ -160,7 +164,8 @@ def save_records(records: list[ModelRecord], path: Path) -> None:
     arrays["wire_bytes"] = np.array(
         [[record.wire_bytes.get(kind, 0) for kind in kinds] for record in records], dtype=np.int64
     ).reshape(len(records), len(kinds))
-    checkpoint_file.save(path, Checkpoint(arrays, {"content": _RECORDS, "wire_kinds": kinds}))
+    stored = Checkpoint(arrays, {"content": _RECORDS, "wire_kinds": kinds})
+    checkpoint_file.save(path, stored, what="records file", private=False)
 
 
 def load_records(path: Path) -> list[ModelRecord]:
@@ -170,16 +175,18 @@ def load_records(path: Path) -> list[ModelRecord]:
         RunError: if the file is missing or not a records file.
     """
     try:
-        saved = checkpoint_file.load(path)
+        saved = checkpoint_file.load(path, what="records file")
     except CheckpointError as exc:
         raise RunError(f"{path}: not a model records file ({exc})") from exc
     if saved.meta.get("content") != _RECORDS or any(name not in saved.arrays for name in _RECORD_COLUMNS):
         raise RunError(f"{path}: not a model records file")
     version, epoch, bytes_total, times, models = (saved.arrays[name] for name in _RECORD_COLUMNS)
-    if (
-        not (len(version) == len(epoch) == len(bytes_total) == len(times) == models.shape[0])
-        or models.ndim != 2
+    columns = (version, epoch, bytes_total, times)
+    if any(column.ndim != 1 or column.dtype.kind not in "iuf" for column in columns) or (
+        models.ndim != 2 or models.dtype.kind not in "iuf"
     ):
+        raise RunError(f"{path}: not a model records file (a column of the wrong shape or type)")
+    if not (len(version) == len(epoch) == len(bytes_total) == len(times) == models.shape[0]):
         raise RunError(f"{path}: not a model records file (columns of different lengths)")
     kinds, by_kind = saved.meta.get("wire_kinds", []), saved.arrays.get("wire_bytes")
     if by_kind is None:  # written before the records kept their bytes by kind

@@ -55,8 +55,15 @@ def remove_stale(path: str | Path) -> int:
     return removed
 
 
-def save(path: str | Path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename).
+def save(path: str | Path, checkpoint: Checkpoint, *, what: str = "checkpoint", private: bool = True) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder).
+
+    Args:
+        path: the file.
+        checkpoint: what to write.
+        what: the file's kind in error messages ("checkpoint", "model file"...).
+        private: readable by the owner only (a checkpoint); else as the umask allows, like any
+            file the process creates (a model file for others to use).
 
     Raises:
         CheckpointError: if the file cannot be written (its text says why).
@@ -67,9 +74,11 @@ def save(path: str | Path, checkpoint: Checkpoint) -> None:
         remove_stale(target)
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
+        raise CheckpointError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
     meta = dict(checkpoint.meta, format=CHECKPOINT_FORMAT)
     try:
+        if not private:
+            os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             contents = {"meta": np.array(json.dumps(meta)), **checkpoint.arrays}
             _savez(stream, **contents)
@@ -78,10 +87,28 @@ def save(path: str | Path, checkpoint: Checkpoint) -> None:
         os.replace(temporary, target)
     except OSError as exc:
         Path(temporary).unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
+        raise CheckpointError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Sync a folder to disk, so that a rename in it survives a power cut (where the platform allows it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _umask() -> int:
+    """The process's umask (set back at once: there is no call that only reads it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
@@ -102,8 +129,13 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
         raise CheckpointError(
             f"{exc}; it is not overwritten: remove it or choose another checkpoint file"
         ) from None
-    if not isinstance(meta, dict) or meta.get("phase") != "done":
-        state = meta.get("state") if isinstance(meta, dict) else None
+    if meta.get("phase") is None:
+        raise CheckpointError(
+            f"{path} is not the checkpoint of a run (a model or records file?); it is not overwritten: "
+            "remove it or choose another checkpoint file"
+        )
+    if meta.get("phase") != "done":
+        state = meta.get("state")
         where = (
             f" (epoch {state['epoch']}, version {state['version']})"
             if isinstance(state, dict) and {"epoch", "version"} <= set(state)
@@ -115,13 +147,14 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
         )
 
 
-def load(path: str | Path, *, max_bytes: int = 1 << 30) -> Checkpoint:
+def load(path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint") -> Checkpoint:
     """Read a checkpoint written by :func:`save`.
 
     Args:
         path: the file.
         max_bytes: the most memory its members may take once read (their uncompressed sizes,
             from the archive's directory, checked before any is read).
+        what: the file's kind in error messages ("checkpoint", "model file"...).
 
     Raises:
         CheckpointError: if the file is missing, damaged, too large, or of another format.
@@ -142,17 +175,13 @@ def load(path: str | Path, *, max_bytes: int = 1 << 30) -> Checkpoint:
                 arrays = {name: archive[name] for name in archive.files if name != "meta"}
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        raise CheckpointError(f"cannot read the checkpoint {path}: {text}") from exc
+        raise CheckpointError(f"cannot read the {what} {path}: {text}") from exc
     except MemoryError as exc:  # an .npy header declaring a shape far beyond its bytes
-        raise CheckpointError(
-            f"cannot read the checkpoint {path}: an array header declares too much"
-        ) from exc
+        raise CheckpointError(f"cannot read the {what} {path}: an array header declares too much") from exc
     except RecursionError as exc:  # metadata nested deeper than any checkpoint's
-        raise CheckpointError(
-            f"cannot read the checkpoint {path}: its metadata is nested too deeply"
-        ) from exc
+        raise CheckpointError(f"cannot read the {what} {path}: its metadata is nested too deeply") from exc
     if not isinstance(meta, dict):
-        raise CheckpointError(f"cannot read the checkpoint {path}: its metadata is not a JSON object")
+        raise CheckpointError(f"cannot read the {what} {path}: its metadata is not a JSON object")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}"

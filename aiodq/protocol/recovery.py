@@ -100,6 +100,8 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             finished, or is incomplete or damaged.
     """
     meta = checkpoint.meta
+    if meta.get("phase") is None:
+        raise CheckpointError("the file is not the checkpoint of a run (a model or records file?)")
     if _saved_config(meta.get("config")) != config or meta.get("dim") != int(state.x.shape[0]):
         raise CheckpointError("the checkpoint was written by a run with another configuration or dimension")
     phase = meta.get("phase")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -307,10 +308,45 @@ def test_records_file_round_trip(tmp_path: Path) -> None:
         np.save(stream, np.zeros(3))  # a .npy under an .npz name
     with pytest.raises(RunError):
         load_records(tmp_path / "array.npz")
+    columns = {
+        "0-d models": {"models": np.array(1.0)},
+        "0-d version": {"version": np.array(3)},
+        "text time": {"time": np.array(["a", "b", "c", "d"])},
+    }
+    for column in columns.values():
+        checkpoint_file.save(tmp_path / "column.npz", type(good)({**good.arrays, **column}, good.meta))
+        with pytest.raises(RunError, match="wrong shape or type"):
+            load_records(tmp_path / "column.npz")
+    assert oct((tmp_path / "r.npz").stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # like result.json
     save_records([], tmp_path / "empty.npz")
     assert load_records(tmp_path / "empty.npz") == []
     with pytest.raises(RunError):
         load_records(tmp_path / "missing.npz")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_a_model_file_that_is_damaged_or_another_kind_is_a_run_error(tmp_path: Path) -> None:
+    """load_model: a 2-D or text 'model', a records file, a checkpoint: RunError naming a model file."""
+    from aiodq.launch.results import load_model  # noqa: PLC0415
+    from aiodq.net import checkpoint as checkpoint_file  # noqa: PLC0415
+    from aiodq.protocol.recovery import Checkpoint  # noqa: PLC0415
+
+    path = tmp_path / "m.npz"
+    for model in (np.zeros((2, 3)), np.array(["a"]), np.zeros(0)):
+        checkpoint_file.save(path, Checkpoint({"model": model}, {"kind": "aiodq model"}))
+        with pytest.raises(RunError, match="its model is not a vector of numbers"):
+            load_model(path)
+    save_records([], path)
+    with pytest.raises(RunError, match="not an aiodq model file"):
+        load_model(path)
+    path.write_bytes(b"not a zip")
+    with pytest.raises(RunError, match="cannot read the model file"):
+        load_model(path)
 
 
 def test_a_run_asked_for_again_is_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,6 +31,7 @@ from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.master import Master
 from aiodq.protocol.accounting import MAX_ERRORS
 from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.recovery import Checkpoint
 
 from .cluster import A9A, aiodq, wait_until
 from .rel_peers import Process, finish, raw_peer, read_to_end, start_workers, wait_for_text
@@ -492,6 +493,13 @@ async def test_a_fresh_start_over_an_unfinished_or_foreign_file_is_refused(tmp_p
         await other.start()
     await other.close()
     assert foreign.read_text() == "my notes"
+    model_file = tmp_path / "model.npz"  # aiodq run's output, named by mistake
+    checkpoint_file.save(model_file, Checkpoint({"model": X0}, {"kind": "aiodq model", "config": {}}))
+    for resume in (False, True):
+        mistaken = Master(config, X0, workers=1, checkpoint=model_file, resume=resume)
+        with pytest.raises(CheckpointError, match="not the checkpoint of a run"):
+            await mistaken.start()
+        await mistaken.close()
     meta = checkpoint_file.load(path)
     meta.meta["phase"] = "done"
     checkpoint_file.save(path, meta)
