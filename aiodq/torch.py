@@ -159,11 +159,11 @@ class TorchObjective:
         if not params:
             raise ValueError(f"{type(module).__name__} has no trainable parameters")
         dtypes = {p.dtype for p in params}
-        if len(dtypes) > 1 or not params[0].dtype.is_floating_point:
+        if len(dtypes) > 1 or params[0].dtype not in (torch.float16, torch.float32, torch.float64):
             shown = ", ".join(sorted(str(d) for d in dtypes))
             raise TypeError(
-                f"the trainable parameters must be floating point, of one dtype; they are {shown} "
-                "(convert the module first, e.g. module.float())"
+                f"the trainable parameters must be of one dtype, float16, float32 or float64 (numpy's); "
+                f"they are {shown} (convert the module first, e.g. module.float())"
             )
         devices = {p.device for p in params}
         if len(devices) > 1:

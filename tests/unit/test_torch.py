@@ -309,6 +309,11 @@ def test_bad_inputs_raise_clear_errors() -> None:
         TorchObjective(mixed, loss, features, labels)
     with pytest.raises(TypeError, match="must be numbers"):
         TorchObjective(_network(), loss, np.array([["a"] * FEATURES] * SAMPLES), labels)
+    brain = _network(dtype=torch.bfloat16)  # numpy has no bfloat16: refused before the module is touched
+    pointers = [p.data_ptr() for p in brain.parameters()]
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        TorchObjective(brain, loss, features, labels)
+    assert [p.data_ptr() for p in brain.parameters()] == pointers
     untouched = _network()
     pointer = untouched[0].weight.data_ptr()
     with pytest.raises(ValueError, match="fail on features of shape"):
