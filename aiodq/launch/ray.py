@@ -26,9 +26,7 @@ import logging
 import math
 import os
 import secrets
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +81,17 @@ class _Secret:
 def _load(source: str | Dataset | None) -> Dataset:
     """The dataset from a path (None: the bundled a9a) or as Ray handed it from the object store."""
     return source if isinstance(source, Dataset) else load_data_or_fail(source)
+
+
+class _Unless(logging.Filter):
+    """Drops the records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 class _Records(logging.Handler):
@@ -278,17 +287,17 @@ async def run_ray(
         if local:
             cpus = max(os.cpu_count() or 1, math.ceil(workers * worker_cpus))
             options.update(num_cpus=cpus, include_dashboard=False)
-        # ray.init sets a SIGTERM handler (sys.exit): keep the caller's (run_coroutine's: stop cleanly).
-        main = threading.current_thread() is threading.main_thread()
-        sigterm = signal.getsignal(signal.SIGTERM) if main else None
+        # Ray takes seconds to start: in a thread, so that the caller's event loop runs meanwhile
+        # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).
+        quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
+        logging.getLogger("ray._private.worker").addFilter(quiet)
         try:
-            ray.init(address="local" if local else address, **options)
+            await asyncio.to_thread(ray.init, address="local" if local else address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "start Ray" if local else f"reach the Ray cluster at {address}"
             raise RunError(f"cannot {where}: {exc}") from exc
         finally:
-            if sigterm is not None:
-                signal.signal(signal.SIGTERM, sigterm)
+            logging.getLogger("ray._private.worker").removeFilter(quiet)
         started = True
         _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
     try:
@@ -312,7 +321,7 @@ async def run_ray(
     finally:
         if started:
             stopping = time.monotonic()
-            ray.shutdown()
+            await asyncio.to_thread(ray.shutdown)
             _log.debug("Ray shut down in %.2f s", time.monotonic() - stopping)
     result.summary["ray"] = {
         **result.summary["ray"],
@@ -352,7 +361,7 @@ async def _run(
     if isinstance(data, Dataset):
         if data.samples < workers:
             raise UsageError(f"{data.samples} samples cannot be shared by {workers} workers")
-        source = ray.put(data)  # once: every actor reads this copy from the object store
+        source = await asyncio.to_thread(ray.put, data)  # once: every actor reads this copy from the store
     elif data is not None:
         path = Path(data).expanduser()
         source = data_path = str(path.resolve() if path.exists() else path)

@@ -90,21 +90,41 @@ def within_one_percent(result: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a9a_trains_to_within_one_percent_and_ray_is_left_clean(epochs: Epochs) -> None:
-    """run_ray starts a local Ray instance, trains a9a with 3 worker actors, and leaves no process behind."""
+async def test_a9a_trains_to_within_one_percent_and_ray_is_left_clean(
+    epochs: Epochs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_ray starts a local Ray instance, trains a9a with 3 worker actors, and leaves no process behind;
+    Ray's start and shutdown (seconds each) leave the caller's event loop running."""
     assert not ray.is_initialized()
     seen: set[int] = set()
+    ticks = 0
+    during: dict[str, int] = {}
 
     async def watch() -> None:
+        nonlocal ticks
         while True:
             seen.update(descendants(os.getpid()))
-            await asyncio.sleep(0.2)
+            ticks += 1
+            await asyncio.sleep(0.05)
 
+    def counted(name: str, call: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            before = ticks
+            try:
+                return call(*args, **kwargs)
+            finally:
+                during[name] = ticks - before
+
+        return run
+
+    for name in ("init", "shutdown"):
+        monkeypatch.setattr(ray, name, counted(name, getattr(ray, name)))
     watcher = asyncio.create_task(watch())
     try:
         result = await run_ray(TrainConfig(epochs=4), workers=3, bind_host=LOOPBACK, timeout=120)
     finally:
         watcher.cancel()
+    assert during["init"] >= 2 and during["shutdown"] >= 1, during  # 0 and 0 when they blocked the loop
     assert result.ok, result.failure
     within_one_percent(result)
     assert result.summary["worker_restarts"] == 0
