@@ -417,16 +417,16 @@ async def run_cluster(
                         status = worker.process.returncode
                         if restarts >= max_restarts or (master.coordinator and master.coordinator.done):
                             raise RunError(
-                                f"worker process exited with status {status}: {message[-2000:]}"
+                                f"worker process {_ended(status)}: {message[-2000:] or '(nothing on stderr)'}"
                                 + (f" (after {restarts} restarts)" if restarts else "")
                             )
                         # The protocol lets a worker rejoin: start another on the same shard.
                         restarts += 1
                         _log.warning(
-                            "worker %d/%d exited with status %s; restarting it (%d of %d): %s",
+                            "worker %d/%d %s; restarting it (%d of %d): %s",
                             index,
                             workers,
-                            status,
+                            _ended(status),
                             restarts,
                             max_restarts,
                             message.splitlines()[-1] if message else "",
@@ -443,7 +443,7 @@ async def run_cluster(
             try:
                 result: RunResult = waiter.result()
             except TimeoutError:
-                raise RunError(f"the run did not finish within {timeout:.0f} s") from None
+                raise RunError(f"the run did not finish within {timeout:g} s") from None
             # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
             # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
             if result.ok:
@@ -458,6 +458,15 @@ async def run_cluster(
         dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
     )
     return result
+
+
+def _ended(status: int | None) -> str:
+    """How a process ended, from its return code: ``exited with status 3``, ``killed by SIGKILL``."""
+    if status is not None and status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+        return f"killed by signal {-status}"
+    return f"exited with status {status}"
 
 
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
@@ -484,9 +493,9 @@ async def _after_training(processes: list[WorkerProcess]) -> None:
         elif worker.failed:
             tail = (await worker.stderr_tail()).strip()
             _log.warning(
-                "worker %d exited with status %s after training had finished: %s",
+                "worker %d %s after training had finished: %s",
                 worker.index,
-                worker.process.returncode,
+                _ended(worker.process.returncode),
                 tail.splitlines()[-1] if tail else "",
             )
 

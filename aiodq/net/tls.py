@@ -8,8 +8,12 @@ client certificates against, and each worker a certificate and key.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["client_context", "server_context"]
+
+_T = TypeVar("_T")
 
 
 def server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
@@ -22,13 +26,10 @@ def server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSL
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-        if client_ca is not None:
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(client_ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS files: {exc}") from exc
+    _load(lambda: context.load_cert_chain(cert, key), certificate=cert, key=key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        _load(lambda: context.load_verify_locations(client_ca), **{"client CA": client_ca})
     return context
 
 
@@ -40,11 +41,24 @@ def client_context(ca: str | None = None, cert: str | None = None, key: str | No
     """
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs its key, and the key its certificate")
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if cert is not None:
-            context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS files: {exc}") from exc
+    context = _load(lambda: ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca), CA=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        _load(lambda: context.load_cert_chain(cert, key), certificate=cert, key=key)
     return context
+
+
+def _load(step: Callable[[], _T], **files: str | None) -> _T:
+    """``step()``, which reads ``files``; a file that cannot be read or used is a ValueError naming it."""
+    named = {role: path for role, path in files.items() if path is not None}
+    for role, path in named.items():
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read the TLS {role} {path}: {exc.strerror or exc}") from exc
+    try:
+        return step()
+    except (OSError, ssl.SSLError) as exc:
+        which = " and ".join(f"{role} {path}" for role, path in named.items())
+        raise ValueError(f"cannot load the TLS {which}: {exc}") from exc

@@ -242,9 +242,12 @@ class WorkerSession:
             config = TrainConfig.from_params(event.params)
             objective = self._objective_for(config)
             if objective.dim != event.dim:
+                own = config.model
+                if self.objective is not None:  # its own: named by itself, or by its type
+                    own = objective_name(self.objective) or type(self.objective).__name__
                 raise ValueError(
-                    f"this worker's {config.model} model has {objective.dim} parameters, "
-                    f"the master's {event.dim}"
+                    f"this worker's model {own} has {objective.dim} parameters, "
+                    f"the master's {config.model} has {event.dim}"
                 )
             state = WorkerState(config, objective, self.worker_id or 0)
         except ValueError as exc:

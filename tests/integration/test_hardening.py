@@ -365,7 +365,22 @@ def _one_line(result: Any) -> str:
         (
             ["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--tls-ca", "tests/fixtures/README.md"],
             2,
-            "cannot load the TLS files",
+            "cannot load the TLS CA tests/fixtures/README.md: ",
+        ),
+        (
+            [
+                "master",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--tls-cert",
+                "tests/fixtures/README.md",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            2,
+            "cannot read the TLS key /nonexistent/key.pem: No such file or directory",
         ),
         (
             ["run", "--data", "tests/fixtures/mnist-small/t10k-images-idx3-ubyte.gz"],

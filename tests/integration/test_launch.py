@@ -67,7 +67,21 @@ def test_ctrl_c_reaching_the_workers_first_is_still_an_interruption(tmp_path: Pa
     finally:
         run.kill()
     assert run.returncode == 130, stderr[-2000:]
-    assert "worker process exited" not in stderr
+    assert "worker process" not in stderr
+
+
+def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = start_run(out, "--workers", "2", "--epochs", "200")
+    try:
+        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
+        os.kill(children(run.pid)[0], signal.SIGKILL)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 1, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last == "aiodq run: worker process killed by SIGKILL: (nothing on stderr)", last
 
 
 def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: Path) -> None:

@@ -205,7 +205,9 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
         )
         narrow = await aiodq.run_worker(host, port, objective=_Squares(a[:, :4], b))
         assert narrow.code == aiodq.ErrorCode.INVALID_CONFIG
-        assert narrow.reason == "this worker's mine:Squares model has 4 parameters, the master's 5"
+        assert narrow.reason == (
+            "this worker's model _Squares has 4 parameters, the master's mine:Squares has 5"
+        )
         good = await aiodq.run_worker(host, port, objective=_Squares(a, b))
         result = await master.wait(timeout=60)
     assert good.ok, good
