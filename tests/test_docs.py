@@ -17,6 +17,57 @@ def _blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.+?)\n```", path.read_text(encoding="utf-8"), re.S)
 
 
+#: A top-level print with the output it gives in a comment after it.
+_TRAILING = re.compile(r"^(print\(.*\))\s+# (.*)$")
+_MARK = "\x1e{}\n"
+
+
+def _with_marks(block: str) -> tuple[str, list[tuple[int, str, bool]]]:
+    """The block with a mark printed around each documented output; the checks: (mark, expected, exact).
+
+    Two styles document an output: ``print(...)  # OUTPUT`` (the comment starts with what that
+    print printed, then maybe ``: why``), and a top-level ``print(...)`` followed by comment
+    lines that are, exactly, everything printed since the previous documented output (a loop's
+    lines included). A comment starting with ``~`` is an approximate figure: not compared.
+    """
+    lines, checks, out, index = block.splitlines(), [], [], 0
+    for number, line in enumerate(lines):
+        trailing = _TRAILING.match(line)
+        following = []
+        for after in lines[number + 1 :]:
+            if not after.startswith("# "):
+                break
+            following.append(after[2:])
+        if trailing is not None and not trailing.group(2).startswith("~"):
+            out += [f"print({_MARK.format(index)!r}, end='', flush=True)", line]
+            index += 1
+            out.append(f"print({_MARK.format(index)!r}, end='', flush=True)")
+            checks.append((index, trailing.group(2), False))
+            index += 1
+        elif line.startswith("print(") and following and not following[0].startswith("~"):
+            out += [line, f"print({_MARK.format(index)!r}, end='', flush=True)"]
+            checks.append((index, "\n".join(following), True))
+            index += 1
+        else:
+            out.append(line)
+    return "\n".join(out), checks
+
+
+def _check_outputs(stdout: str, checks: list[tuple[int, str, bool]]) -> list[str]:
+    """What differs between the documented outputs and ``stdout`` of the marked block (each check
+    names the mark that follows its output)."""
+    # What was printed before each mark, since the one before it.
+    parts = re.split("\x1e([0-9]+)\n", stdout)
+    printed = {int(parts[i]): parts[i - 1] for i in range(1, len(parts), 2)}
+    wrong = []
+    for index, expected, exact in checks:
+        got = printed[index].rstrip("\n")
+        boundary = expected[len(got) : len(got) + 1]
+        if not (expected == got if exact else expected.startswith(got) and boundary in ("", ":", " ", ";")):
+            wrong.append(f"documented {expected!r}, printed {got!r}")
+    return wrong
+
+
 @pytest.mark.parametrize("number", range(len(_blocks(API))))
 def test_api_examples_run(number: int, tmp_path: Path) -> None:
     """Each example of docs/api.md runs to the end (the network lab's only where namespaces can be made)."""
@@ -27,12 +78,15 @@ def test_api_examples_run(number: int, tmp_path: Path) -> None:
         reason = namespaces_unavailable()
         if reason is not None:
             pytest.skip(f"network namespaces: {reason}")
+    # The network lab's figures depend on the machine (its measured throughput, why it cannot run).
+    marked, checks = _with_marks(block) if "NetLab(" not in block else (block, [])
     script = tmp_path / "example.py"
-    script.write_text(block, encoding="utf-8")
+    script.write_text(marked, encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not _check_outputs(result.stdout, checks), _check_outputs(result.stdout, checks)
 
 
 @pytest.mark.parametrize("number", range(len(_blocks(ROOT / "docs" / "torch.md"))))
