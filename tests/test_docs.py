@@ -1,4 +1,5 @@
-"""The documentation's examples run as written: every Python block of docs/api.md and docs/torch.md."""
+"""The documentation's examples run as written and print what they say: every Python block of docs/api.md and
+docs/torch.md."""
 
 from __future__ import annotations
 
@@ -93,9 +94,11 @@ def test_api_examples_run(number: int, tmp_path: Path) -> None:
 def test_torch_examples_run(number: int, tmp_path: Path) -> None:
     """Each example of docs/torch.md runs to the end (where torch is installed: the test extra has it)."""
     pytest.importorskip("torch", reason="docs/torch.md needs torch: pip install 'aiodq[torch]'")
+    marked, checks = _with_marks(_blocks(ROOT / "docs" / "torch.md")[number])
     script = tmp_path / "example.py"
-    script.write_text(_blocks(ROOT / "docs" / "torch.md")[number], encoding="utf-8")
+    script.write_text(marked, encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not _check_outputs(result.stdout, checks), _check_outputs(result.stdout, checks)
