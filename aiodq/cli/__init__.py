@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiodq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("aiodq: interrupted", file=sys.stderr)
+        print(f"aiodq {args.command}: interrupted", file=sys.stderr)
         return 130
     except StoppedError as exc:
         print(f"aiodq {args.command}: stopped by {exc}", file=sys.stderr)

@@ -109,7 +109,9 @@ class Logbook:
             errors = coordinator.errors
             for worker_id, code, reason in list(errors)[-min(new, len(errors)) :] if errors else []:
                 if self._error_budget.take(now):
-                    _log.warning("worker %d: %s: %s", worker_id, code, printable(reason))
+                    # GOING_AWAY is a peer that stops (Ctrl-C, SIGTERM, its own end): news, not an error.
+                    level = logging.INFO if code == "GOING_AWAY" else logging.WARNING
+                    _log.log(level, "worker %d: %s: %s", worker_id, code, printable(reason))
                     new -= 1
             self._unlogged_errors += new
             self._errors = seen

@@ -68,6 +68,8 @@ def test_ctrl_c_reaching_the_workers_first_is_still_an_interruption(tmp_path: Pa
         run.kill()
     assert run.returncode == 130, stderr[-2000:]
     assert "worker process" not in stderr
+    assert stderr.strip().splitlines()[-1] == "aiodq run: interrupted"
+    assert "GOING_AWAY" not in stderr  # the workers' goodbyes are INFO, in aiodq.log only
 
 
 def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path) -> None:
