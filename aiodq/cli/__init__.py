@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--worker-cpus",
         type=finite_float,
-        default=1.0,
+        default=None,
         help="--launcher ray: CPUs each worker actor reserves (default 1)",
     )
     run.add_argument(

@@ -145,15 +145,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``aiodq run``: a cluster on this machine (or on Ray); summary, result.json, model.npz and the plot."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
-    dataset, objective, test = _dataset_for(config, args.data, args.workers)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:
         raise UsageError("--max-restarts must not be negative")
-    if not args.worker_cpus > 0:
+    if args.worker_cpus is not None and not args.worker_cpus > 0:
         raise UsageError("--worker-cpus must be positive")
     if args.worker_nice is not None and args.launcher != "local":
         raise UsageError("--worker-nice applies to --launcher local only")
+    ray_only = ("ray_address", "worker_cpus", "ray_bind", "ray_master_node")
+    given = ["--" + name.replace("_", "-") for name in ray_only if getattr(args, name) is not None]
+    if given and args.launcher != "ray":
+        raise UsageError(f"{', '.join(given)}: for --launcher ray only")
     try:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
@@ -162,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
     setup_logging(logging.WARNING, out / "aiodq.log")
+    dataset, objective, test = _dataset_for(config, args.data, args.workers)  # its label mapping: logged
     try:
         if args.launcher == "ray":
             from ..launch.ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only here
@@ -171,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 data_path,
                 workers=args.workers,
                 address=args.ray_address,
-                worker_cpus=args.worker_cpus,
+                worker_cpus=1.0 if args.worker_cpus is None else args.worker_cpus,
                 bind_host=args.ray_bind,
                 master_node=args.ray_master_node,
                 progress=not args.no_progress,

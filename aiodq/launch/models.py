@@ -74,8 +74,9 @@ def objective_for(config: TrainConfig, dataset: Dataset) -> Objective:
     if config.model in BUILT_IN:
         try:
             mapped, note = dataset.for_model(config.model)
-            if note:
-                _log.info("%s: %s", dataset.name or "the data", note)
+            if note:  # a mapping is news; classes without samples are probably a mistake
+                level = logging.WARNING if note.endswith("no samples") else logging.INFO
+                _log.log(level, "%s: %s", dataset.name or "the data", note)
             return make_objective(
                 config.model,
                 mapped.features,

@@ -62,6 +62,11 @@ class Dataset:
         Raises:
             DataError: if the model cannot learn from these labels.
         """
+        if model in BUILT_IN and self.labels.size and np.unique(self.labels).size < 2:
+            raise DataError(
+                f"every label of {self.name or 'the data'} is {float(self.labels[0]):g}: "
+                f"the {model} model needs two classes or more"
+            )
         labels, note = labels_for(model, self.labels)
         return (
             self if note is None and labels is self.labels else Dataset(self.features, labels, self.name)
@@ -145,7 +150,12 @@ def labels_for(
         return (labels > 0).astype(np.int64), "labels -1 -> class 0, +1 -> class 1"
     if values[0] < 0:
         raise DataError(f"the {model} model needs class labels 0..C-1; the labels go down to {values[0]:g}")
-    return labels.astype(np.int64), None
+    missing = np.setdiff1d(np.arange(int(values[-1]) + 1), values.astype(np.int64))
+    note = None
+    if missing.size:  # LIBSVM's multiclass files often number their classes from 1
+        shown = ", ".join(map(str, missing[:6].tolist())) + (", ..." if missing.size > 6 else "")
+        note = f"classes 0..{int(values[-1])}: {shown} ha{'s' if missing.size == 1 else 've'} no samples"
+    return labels.astype(np.int64), note
 
 
 def shard(samples: int, workers: int, index: int, *, seed: int = 0) -> npt.NDArray[np.intp]:

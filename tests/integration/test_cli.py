@@ -167,6 +167,14 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
         (["run", "--worker-nice", "2", "--launcher", "ray"], "--launcher local only"),
         (["run", "--seed", "-1"], "seed must be an integer from 0 to 2**64 - 1, got -1"),
         (
+            ["run", "--ray-address", "auto", "--worker-cpus", "2"],
+            "--ray-address, --worker-cpus: for --launcher ray only",
+        ),
+        (
+            ["run", "--data", "tests/fixtures/one-class.svm"],
+            "every label of one-class.svm is 1: the logistic model",
+        ),
+        (
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--seed", str(2**64)],
             "seed must be an integer",
         ),

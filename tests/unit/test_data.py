@@ -568,3 +568,24 @@ def test_dataset_rows_and_validation() -> None:
         Dataset(features, np.array([1, -1]))
     with pytest.raises(DataError):
         Dataset(np.zeros((0, 3)), np.zeros(0))
+
+
+@pytest.mark.parametrize("model", ["logistic", "softmax", "mlp"])
+def test_labels_of_one_value_are_refused_by_every_built_in_model(model: str) -> None:
+    """All +1 (or all 0) labels: nothing to tell apart, a DataError naming the value, not accuracy 1.0."""
+    for value in (1.0, 0.0):
+        data = Dataset(np.eye(4), np.full(4, value), "same")
+        with pytest.raises(DataError, match=f"every label of same is {value:g}: the {model} model needs two"):
+            data.for_model(model)
+
+
+def test_classes_without_samples_are_noted() -> None:
+    """Labels 1..3 (LIBSVM's 1-based classes) for softmax: classes 0..3, the note says class 0 is empty."""
+    data = Dataset(np.eye(6), np.array([1.0, 2, 3, 1, 2, 3]), "one-based")
+    mapped, note = data.for_model("softmax")
+    assert note == "classes 0..3: 0 has no samples"
+    np.testing.assert_array_equal(mapped.labels, [1, 2, 3, 1, 2, 3])
+    _, note = Dataset(np.eye(4), np.array([0.0, 2, 5, 0]), "gaps").for_model("mlp")
+    assert note == "classes 0..5: 1, 3, 4 have no samples"
+    _, note = Dataset(np.eye(3), np.array([0.0, 1, 2]), "full").for_model("softmax")
+    assert note is None
