@@ -128,7 +128,10 @@ def add_dataclass_options(group: argparse._ArgumentGroup, cls: type[Any], prefix
         if isinstance(default, bool):
             if default:
                 group.add_argument(
-                    "--no-" + item.name.replace("_", "-"), dest=dest, action="store_false", help=meta["help"]
+                    "--no-" + item.name.replace("_", "-"),
+                    dest=dest,
+                    action="store_false",
+                    help=f"turn off what is on by default: {meta['help']}",
                 )
             else:
                 group.add_argument(flag, dest=dest, action="store_true", help=meta["help"])

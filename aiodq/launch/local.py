@@ -500,14 +500,20 @@ async def _after_training(processes: list[WorkerProcess]) -> None:
             )
 
 
+@contextlib.contextmanager
 def _live(table: Callable[[], Any], show: bool) -> Any:
     """Rich's live display of ``table()`` on stderr, or nothing."""
     if not show:
-        return contextlib.nullcontext()
+        yield None
+        return
     from rich.console import Console  # noqa: PLC0415 - only the live display needs rich
     from rich.live import Live  # noqa: PLC0415
 
-    return Live(table(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+    console = Console(stderr=True)
+    with Live(table(), console=console, refresh_per_second=4, transient=False) as live:
+        yield live
+    if not console.is_terminal:  # rich leaves the last line open there: what follows would join it
+        console.line()
 
 
 # -- aiodq master / aiodq worker ------------------------------------------------
