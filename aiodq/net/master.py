@@ -248,6 +248,13 @@ class Master:
         The workers get the CLOSE; handlers still running after a short grace are cancelled.
         """
         self._closing = True
+        if self._address is not None and self.coordinator is not None and not self.coordinator.done:
+            # Stopped mid-run (SIGTERM, Ctrl-C, the caller): what was trained since the last periodic
+            # checkpoint is kept.  (Not after a start that failed: it may have refused that very file.)
+            try:
+                self.write_checkpoint()
+            except CheckpointError as exc:
+                _log.error("%s: the run's last state was not checkpointed", exc)
         self._listener.stop_accepting()
         if self._timer_task is not None:
             self._timer_task.cancel()

@@ -541,3 +541,35 @@ async def test_a_master_that_cannot_listen_leaves_the_blas_threads_as_they_were(
         assert blas() == before  # before close(): `async with` does not call it when start() fails
         await taken.close()
     assert blas() == before
+
+
+@pytest.mark.asyncio
+async def test_a_master_closed_mid_run_checkpoints_where_it_stands(tmp_path: Path) -> None:
+    """SIGTERM, Ctrl-C or the caller's close mid-run: the checkpoint holds the last applied update,
+    not the state of the last periodic checkpoint (an hour ago at the default interval), and resumes."""
+    from aiodq.net.worker import run_worker  # noqa: PLC0415
+
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=50)
+    data = A9A.rows(np.arange(2000))
+    master = Master(config, np.zeros(123), workers=1, checkpoint=path, checkpoint_interval=3600)
+    await master.start()
+    try:
+        host, port = master.address
+        worker = asyncio.create_task(run_worker(host, port, data.features, data.labels))
+        coordinator = master.coordinator
+        assert coordinator is not None
+        await wait_until(lambda: coordinator.state.version >= 40, TIMEOUT, "40 applied updates")
+        assert checkpoint_file.load(path).meta["state"]["version"] == 0  # the one written at start
+    finally:
+        await master.close()
+    stopped_at = coordinator.state.version
+    await asyncio.gather(worker, return_exceptions=True)
+    saved = checkpoint_file.load(path).meta
+    assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] == stopped_at >= 40
+    again = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True)
+    await again.start()
+    try:
+        assert again.coordinator is not None and again.coordinator.state.version == stopped_at
+    finally:
+        await again.close()
