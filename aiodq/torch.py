@@ -255,6 +255,11 @@ class TorchObjective:
                 total += loss.detach().item()
         return total, self._grad.cpu().numpy().astype(np.float64)
 
+    @property
+    def measures_accuracy(self) -> bool:
+        """Whether :meth:`correct` counts anything: the outputs are a classifier's (else it is 0)."""
+        return self._classes is not None
+
     def correct(self, x: Array) -> int:
         """The samples classified correctly at ``x``.
 

@@ -252,7 +252,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "final training accuracy",
             f"{final['accuracy']:.4f}"
             if summary.get("measures_accuracy", True)
-            else "- (the model has no correct())",
+            else "- (the model measures none)",
         ),
         *tested,
         ("bits master -> workers", f"{8 * totals['down']:,}"),

@@ -130,8 +130,10 @@ class Master:
         self._blas_threads = blas_threads
         self._record_every = record_every
         self._samples = samples
-        # Whether the trace's accuracy means anything: the objective counts correct predictions.
-        self._accuracy: bool | None = hasattr(model, "correct") if hasattr(model, "loss_grad") else None
+        # Whether the trace's accuracy means anything: the objective counts correct predictions (and
+        # does not say otherwise: a torch regression has correct(), which counts nothing).
+        counts = bool(getattr(model, "measures_accuracy", hasattr(model, "correct")))
+        self._accuracy: bool | None = counts if hasattr(model, "loss_grad") else None
         # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
         self._write_limit = 4 * self._connection_config.limits.max_frame_bytes
         self._blas_limit: threadpool_limits | None = None

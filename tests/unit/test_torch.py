@@ -285,6 +285,9 @@ def test_regression_outputs_have_no_accuracy() -> None:
         nn.Linear(FEATURES, 3), nn.MSELoss(), rng.normal(size=(9, FEATURES)), rng.normal(size=(9, 3))
     )
     assert objective.correct(objective.initial(rng)) == 0
+    assert objective.measures_accuracy is False  # the master then reports no accuracy
+    classifier = TorchObjective(_network(), nn.CrossEntropyLoss(), *_data())
+    assert classifier.measures_accuracy is True
 
 
 # -- bad inputs -----------------------------------------------------------------------------------
