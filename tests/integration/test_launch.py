@@ -29,14 +29,24 @@ def epochs_logged(out: Path) -> int:
     return log.read_text().count(" epoch ") if log.exists() else 0
 
 
+def training(out: Path, workers: int) -> tuple[subprocess.Popen[str], list[int]]:
+    """``aiodq run`` with ``workers`` workers and 200 epochs, once it has logged two; its workers' pids."""
+    run = start_run(out, "--workers", str(workers), "--epochs", "200")
+    try:
+        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
+        pids = children(run.pid)
+        assert len(pids) == workers, pids
+    except BaseException:
+        run.kill()
+        raise
+    return run, pids
+
+
 def test_sigterm_stops_the_run_and_every_worker(tmp_path: Path) -> None:
     """SIGTERM to aiodq run: its workers close with GOING_AWAY and exit; nothing is left 5 s later."""
     out = tmp_path / "out"
-    run = start_run(out, "--workers", "3", "--epochs", "200")
+    run, workers = training(out, 3)
     try:
-        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
-        workers = children(run.pid)
-        assert len(workers) == 3, workers
         run.send_signal(signal.SIGTERM)
         _, stderr = run.communicate(timeout=30)
         # The target: no worker left 5 s after aiodq run exited (the deadline is the check).
@@ -53,11 +63,8 @@ def test_ctrl_c_reaching_the_workers_first_is_still_an_interruption(tmp_path: Pa
     before aiodq run's own (here 0.3 s before), the run still ends as interrupted (exit 130), not
     as a worker's failure (exit 1, 'worker process exited with status 130')."""
     out = tmp_path / "out"
-    run = start_run(out, "--workers", "2", "--epochs", "200")
+    run, workers = training(out, 2)
     try:
-        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
-        workers = children(run.pid)
-        assert len(workers) == 2, workers
         for pid in workers:
             os.kill(pid, signal.SIGINT)
         poll_until(lambda: not any(alive(pid) for pid in workers), 30, "the workers' exit")
@@ -74,10 +81,9 @@ def test_ctrl_c_reaching_the_workers_first_is_still_an_interruption(tmp_path: Pa
 
 def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run = start_run(out, "--workers", "2", "--epochs", "200")
+    run, workers = training(out, 2)
     try:
-        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
-        os.kill(children(run.pid)[0], signal.SIGKILL)
+        os.kill(workers[0], signal.SIGKILL)
         _, stderr = run.communicate(timeout=60)
     finally:
         run.kill()
