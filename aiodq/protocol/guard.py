@@ -206,12 +206,17 @@ class Guard:
         return refused
 
     def phase_finished(self, reports: dict[int, SnapshotGradient]) -> None:
-        """Remember the accepted reports' per-sample loss and mean gradient norm."""
+        """Remember the accepted reports' per-sample loss and their median mean gradient norm.
+
+        Per report, as a report is judged: the whole data's gradient goes to zero at the optimum
+        (with no L2 term), while each shard's does not, so a shard measured against it would look
+        more out of line the better the run converges.
+        """
         samples = sum(r.samples for r in reports.values())
         if samples:
             loss = sum(r.loss for r in reports.values()) / samples
-            total = np.sum([r.vector.values.astype(np.float64) for r in reports.values()], axis=0)
-            self._previous = (loss, _norm(total) / samples)
+            norms = [_norm(r.vector.values) / r.samples for r in reports.values() if r.samples]
+            self._previous = (loss, statistics.median(norms))
 
 
 def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, int]) -> Refusal | None:

@@ -639,3 +639,19 @@ def test_gradients_arriving_after_the_master_closed_are_ignored() -> None:
     coordinator._handle_safely(worker_id, gradient, cluster.now)
     assert coordinator.state.version == version
     assert not [code for _, code, _ in coordinator.ledger.errors if code == "INTERNAL_ERROR"]
+
+
+def test_at_the_optimum_shards_gradients_are_not_out_of_line() -> None:
+    """l2 = 0 at the optimum: the shards' gradients cancel in the sum but each stays; two reports
+    judged against the previous phase must pass (the sum's norm, zero, made both out of line and the
+    run 'diverged' while converging)."""
+    guard = Guard(config(l2=0.0), factor=100.0, workers=2, samples=2000)
+    shard_gradient = np.full(D, 0.3)
+
+    def report(sign: float) -> SnapshotGradient:
+        vector = RawVector(sign * 1000 * shard_gradient)
+        return SnapshotGradient(epoch=1, samples=1000, correct=800, loss=300.0, vector=vector)
+
+    reports = {0: report(1.0), 1: report(-1.0)}
+    guard.phase_finished(reports)
+    assert guard.outliers(reports) == {}
