@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,34 @@ def setup_logging(stderr_level: int, logfile: Path | None = None) -> None:
         add_logfile(logfile)
 
 
+class _Holding(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_logs() -> Iterator[list[logging.LogRecord]]:
+    """Keep aiodq's INFO records of the block, for the log configured after it.
+
+    (Bad options must not truncate a previous run's aiodq.log: it is opened once they are checked.)
+    """
+    handler = _Holding()
+    held = handler.records
+    logger = logging.getLogger("aiodq")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def add_logfile(logfile: Path) -> None:
     """Also log everything to ``logfile`` (its folder exists and is writable: :func:`_output_folder`)."""
     try:
@@ -96,7 +126,7 @@ def _dataset_for(
         raise UsageError("--workers must be at least 1")
     if dataset.samples < workers:
         raise UsageError(f"{dataset.samples} samples cannot be shared by {workers} workers")
-    objective = objective_for(config, dataset)
+    objective = objective_for(config, dataset, training_set=True)
     try:
         test = load_test_dataset(path, n_features=dataset.features.shape[1])
     except DataError as exc:
@@ -145,6 +175,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``aiodq run``: a cluster on this machine (or on Ray); summary, result.json, model.npz and the plot."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
+    with _held_logs() as held:  # the label mapping, logged before aiodq.log may be written
+        dataset, objective, test = _dataset_for(config, args.data, args.workers)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:
@@ -165,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
     setup_logging(logging.WARNING, out / "aiodq.log")
-    dataset, objective, test = _dataset_for(config, args.data, args.workers)  # its label mapping: logged
+    for record in held:
+        logging.getLogger(record.name).handle(record)
     try:
         if args.launcher == "ray":
             from ..launch.ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only here

@@ -173,7 +173,7 @@ class Point:
 def _objective(config: TrainConfig, dataset: Dataset) -> Objective:
     """The run's objective on the whole of ``dataset`` (its labels mapped as the model reads them)."""
     try:
-        return objective_for(config, dataset)
+        return objective_for(config, dataset, training_set=True)
     except UsageError as exc:
         raise ExperimentError(str(exc)) from exc
 

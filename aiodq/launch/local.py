@@ -322,7 +322,7 @@ async def run_local(
         raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
-    objective = objective_for(config, dataset)
+    objective = objective_for(config, dataset, training_set=True)
     return await run_cluster(config, dataset, data_path, objective, worker_nice=worker_nice, **common)
 
 

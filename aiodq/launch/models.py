@@ -61,11 +61,12 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
     return factory  # type: ignore[no-any-return]
 
 
-def objective_for(config: TrainConfig, dataset: Dataset) -> Objective:
+def objective_for(config: TrainConfig, dataset: Dataset, *, training_set: bool = False) -> Objective:
     """The objective of ``config.model`` on ``dataset``'s samples.
 
     A built-in model gets the labels mapped as it reads them (the mapping is logged); a user
-    model gets the samples unchanged.  For a built-in model, give the whole dataset: its
+    model gets the samples unchanged.  A ``training_set`` (a run's whole training data) must
+    hold two classes or more for a built-in model.  For a built-in model, give the whole dataset: its
     workers build their own from CONFIG (:class:`~aiodq.protocol.session.WorkerSession`).
 
     Raises:
@@ -73,7 +74,7 @@ def objective_for(config: TrainConfig, dataset: Dataset) -> Objective:
     """
     if config.model in BUILT_IN:
         try:
-            mapped, note = dataset.for_model(config.model)
+            mapped, note = dataset.for_model(config.model, training_set=training_set)
             if note:  # a mapping is news; classes without samples are probably a mistake
                 level = logging.WARNING if note.endswith("no samples") else logging.INFO
                 _log.log(level, "%s: %s", dataset.name or "the data", note)

@@ -140,7 +140,7 @@ class _MasterActor:
         host = bind_host or import_ray().util.get_node_ip_address()
         master = Master(
             config,
-            objective_for(config, dataset),
+            objective_for(config, dataset, training_set=True),
             workers=workers,
             host=host,
             port=0,

@@ -54,15 +54,17 @@ class Dataset:
         """The samples at ``indices``, in that order."""
         return Dataset(self.features[indices], self.labels[indices], self.name)
 
-    def for_model(self, model: str) -> tuple[Dataset, str | None]:
+    def for_model(self, model: str, *, training_set: bool = False) -> tuple[Dataset, str | None]:
         """The dataset with its labels as the built-in ``model`` reads them, and the mapping made.
 
-        See :func:`labels_for`; the mapping is a line to log, None if none was needed.
+        See :func:`labels_for`; the mapping is a line to log, None if none was needed.  A
+        ``training_set`` (a run's whole training data) must hold two classes or more; a test
+        set or a worker's share may hold one.
 
         Raises:
             DataError: if the model cannot learn from these labels.
         """
-        if model in BUILT_IN and self.labels.size and np.unique(self.labels).size < 2:
+        if training_set and model in BUILT_IN and self.labels.size and np.unique(self.labels).size < 2:
             raise DataError(
                 f"every label of {self.name or 'the data'} is {float(self.labels[0]):g}: "
                 f"the {model} model needs two classes or more"

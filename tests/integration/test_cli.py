@@ -373,3 +373,18 @@ def test_bench_worker_smoke(tmp_path: Path) -> None:
         assert case["d"] == 1000 and case["compute_ms"] > 0 and case["encode_ms"] > 0
         assert case["prepare_ms"] > 0 and case["critical_path_ms"] < case["step_ms"]
         assert 0 < case["codec_share"] < 1 and 0 < case["overlap_saving"] < 1
+
+
+def test_the_label_mapping_reaches_aiodq_log_and_bad_data_leaves_the_last_log(tmp_path: Path) -> None:
+    """usage.md: the mapping of the labels is logged (in OUT/aiodq.log); a run refused for its data
+    (exit 2) leaves the previous run's aiodq.log as it was."""
+    data = tmp_path / "zero-one.svm"
+    data.write_text("0 1:1 2:1\n1 1:2\n0 2:1\n1 1:1\n")
+    out = tmp_path / "out"
+    result = aiodq("run", "--data", str(data), "--workers", "2", "--epochs", "1", "--no-progress", "--out", f"{out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (out / "aiodq.log").read_text()
+    assert "aiodq.models INFO zero-one.svm: labels 0 -> -1, 1 -> +1" in log
+    refused = aiodq("run", "--data", str(tmp_path / "missing.svm"), "--no-progress", "--out", str(out))
+    assert refused.returncode == 2
+    assert (out / "aiodq.log").read_text() == log
