@@ -381,7 +381,8 @@ def test_the_label_mapping_reaches_aiodq_log_and_bad_data_leaves_the_last_log(tm
     data = tmp_path / "zero-one.svm"
     data.write_text("0 1:1 2:1\n1 1:2\n0 2:1\n1 1:1\n")
     out = tmp_path / "out"
-    result = aiodq("run", "--data", str(data), "--workers", "2", "--epochs", "1", "--no-progress", "--out", f"{out}")
+    options = ("--workers", "2", "--epochs", "1", "--no-progress", "--out", str(out))
+    result = aiodq("run", "--data", str(data), *options)
     assert result.returncode == 0, result.stderr[-2000:]
     log = (out / "aiodq.log").read_text()
     assert "aiodq.models INFO zero-one.svm: labels 0 -> -1, 1 -> +1" in log
