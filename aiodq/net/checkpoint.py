@@ -112,7 +112,9 @@ def _umask() -> int:
 
 
 def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
-    """Refuse to start a new run over ``path`` unless it is absent or a finished run's checkpoint.
+    """Refuse to start a new run over a checkpoint that holds training still to finish, or another file.
+
+    Absent, a finished run's checkpoint and one of a run that trained nothing are fine.
 
     A new run writes its first checkpoint at once: over a run that has not finished (a master
     restarted without ``--resume``) that would throw the run's progress away, and over a file
@@ -124,7 +126,7 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
     if not Path(path).exists():
         return
     try:
-        meta = load(path, max_bytes=max_bytes).meta
+        meta = load(path, max_bytes=max_bytes, arrays=False).meta
     except CheckpointError as exc:
         raise CheckpointError(
             f"{exc}; it is not overwritten: remove it or choose another checkpoint file"
@@ -134,8 +136,9 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
             f"{path} is not the checkpoint of a run (a model or records file?); it is not overwritten: "
             "remove it or choose another checkpoint file"
         )
-    if meta.get("phase") != "done":
-        state = meta.get("state")
+    state = meta.get("state")
+    untrained = isinstance(state, dict) and state.get("version") == 0 and not meta.get("trace")
+    if meta.get("phase") != "done" and not untrained:  # (a start that failed, or no worker came)
         where = (
             f" (epoch {state['epoch']}, version {state['version']})"
             if isinstance(state, dict) and {"epoch", "version"} <= set(state)
@@ -147,7 +150,9 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
         )
 
 
-def load(path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint") -> Checkpoint:
+def load(
+    path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint", arrays: bool = True
+) -> Checkpoint:
     """Read a checkpoint written by :func:`save`.
 
     Args:
@@ -155,6 +160,7 @@ def load(path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint"
         max_bytes: the most memory its members may take once read (their uncompressed sizes,
             from the archive's directory, checked before any is read).
         what: the file's kind in error messages ("checkpoint", "model file"...).
+        arrays: False to read the metadata alone (``max_bytes`` then bounds it alone).
 
     Raises:
         CheckpointError: if the file is missing, damaged, too large, or of another format.
@@ -163,7 +169,8 @@ def load(path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint"
         # Open the file here: np.load leaves its own handle open when the archive is broken.
         with Path(path).open("rb") as stream:
             with zipfile.ZipFile(stream) as directory:
-                size = sum(member.file_size for member in directory.infolist())
+                members = [m for m in directory.infolist() if arrays or m.filename == "meta.npy"]
+                size = sum(member.file_size for member in members)
             if size > max_bytes:
                 raise ValueError(f"its members take {size} bytes once read, more than {max_bytes}")
             stream.seek(0)
@@ -172,7 +179,7 @@ def load(path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint"
                 raise ValueError("not an .npz archive")
             with archive:
                 meta = json.loads(str(archive["meta"]))
-                arrays = {name: archive[name] for name in archive.files if name != "meta"}
+                read = {name: archive[name] for name in archive.files if name != "meta"} if arrays else {}
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise CheckpointError(f"cannot read the {what} {path}: {text}") from exc
@@ -186,4 +193,4 @@ def load(path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint"
         raise CheckpointError(
             f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}"
         )
-    return Checkpoint(arrays, meta)
+    return Checkpoint(read, meta)

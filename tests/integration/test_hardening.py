@@ -493,11 +493,16 @@ async def test_a_fresh_start_over_an_unfinished_or_foreign_file_is_refused(tmp_p
     path = tmp_path / "run.ckpt"
     config = TrainConfig(epochs=1)
     async with Master(config, X0, workers=1, checkpoint=path):
-        pass  # closed while waiting for its worker: the checkpoint holds an unfinished run
-    unfinished = path.read_bytes()
+        pass  # closed while waiting for its worker: nothing trained, so a fresh start may replace it
     assert checkpoint_file.load(path).meta["phase"] == "joining"
+    async with Master(config, X0, workers=1, checkpoint=path):
+        pass
+    saved = checkpoint_file.load(path)
+    saved.meta["state"]["version"] = 7  # as if it had trained
+    checkpoint_file.save(path, saved)
+    unfinished = path.read_bytes()
     again = Master(config, X0, workers=1, checkpoint=path)
-    with pytest.raises(CheckpointError, match=r"has not finished \(epoch 0, version 0\): resume it"):
+    with pytest.raises(CheckpointError, match=r"has not finished \(epoch 0, version 7\): resume it"):
         await again.start()
     await again.close()
     assert path.read_bytes() == unfinished
@@ -517,7 +522,8 @@ async def test_a_fresh_start_over_an_unfinished_or_foreign_file_is_refused(tmp_p
         await mistaken.close()
     meta = checkpoint_file.load(path)
     meta.meta["phase"] = "done"
-    checkpoint_file.save(path, meta)
+    big = Checkpoint({**meta.arrays, "x": np.zeros(10**6)}, meta.meta)  # beyond this run's size limit
+    checkpoint_file.save(path, big)
     async with Master(config, X0, workers=1, checkpoint=path):
         assert checkpoint_file.load(path).meta["phase"] == "joining"  # a fresh run's first checkpoint
 
