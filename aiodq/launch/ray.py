@@ -291,11 +291,20 @@ async def run_ray(
         # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
+        starting = asyncio.to_thread(ray.init, address="local" if local else address, **options)
+        init = asyncio.ensure_future(starting)
         try:
-            await asyncio.to_thread(ray.init, address="local" if local else address, **options)
+            await asyncio.shield(init)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "start Ray" if local else f"reach the Ray cluster at {address}"
             raise RunError(f"cannot {where}: {exc}") from exc
+        except asyncio.CancelledError:
+            # The thread goes on starting Ray: let it, then shut down what it started.
+            with contextlib.suppress(Exception):
+                await init
+            if ray.is_initialized():
+                await asyncio.to_thread(ray.shutdown)
+            raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
         started = True

@@ -256,3 +256,14 @@ def test_without_ray_the_command_says_which_extra_to_install(tmp_path: Path) -> 
     assert run.returncode == 2, run.stderr[-3000:]
     assert "pip install 'aiodq[ray]'" in run.stderr
     assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.asyncio
+async def test_cancelled_while_ray_starts_it_shuts_the_instance_down() -> None:
+    """Cancelled half a second in (Ray takes seconds to start, in a thread): the instance started
+    anyway is shut down, not left for the next run_ray to take as the caller's own."""
+    assert not ray.is_initialized()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run_ray(TrainConfig(epochs=1), workers=1, bind_host=LOOPBACK, timeout=60), 0.5)
+    assert not ray.is_initialized()
+    await wait_until(lambda: not descendants(os.getpid()), 15, "the exit of Ray's processes")
