@@ -407,15 +407,15 @@ async def run_cluster(
             with _live(table, progress) as live:
                 while not waiter.done():
                     for index, worker in enumerate(processes):
-                        if not worker.failed:
-                            continue
+                        if not worker.failed or (master.coordinator and master.coordinator.done):
+                            continue  # (once training has ended, _after_training reports it)
                         if worker.interrupted:
                             # A terminal's Ctrl-C goes to the whole process group: this process's own
                             # SIGINT, which stops the run, may come a moment after the worker's exit.
                             await asyncio.sleep(_SIGINT_GRACE)
                         message = (await worker.stderr_tail()).strip()
-                        status = worker.process.returncode
-                        if restarts >= max_restarts or (master.coordinator and master.coordinator.done):
+                        status = worker.returncode
+                        if restarts >= max_restarts:
                             raise RunError(
                                 f"worker process {_ended(status)}: {message[-2000:] or '(nothing on stderr)'}"
                                 + (f" (after {restarts} restarts)" if restarts else "")
@@ -433,11 +433,9 @@ async def run_cluster(
                         )
                         await stop_workers([worker])  # its stderr read to the end
                         processes[index] = await start(index)
-                    await asyncio.wait(
-                        [waiter, *[w.exited for w in processes if not w.exited.done()]],
-                        timeout=0.25,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                    pending: list[asyncio.Future[Any]] = [waiter]
+                    pending += [w.exited for w in processes if not w.exited.done()]
+                    await asyncio.wait(pending, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
                     if live is not None:
                         live.update(table())
             try:
@@ -495,7 +493,7 @@ async def _after_training(processes: list[WorkerProcess]) -> None:
             _log.warning(
                 "worker %d %s after training had finished: %s",
                 worker.index,
-                _ended(worker.process.returncode),
+                _ended(worker.returncode),
                 tail.splitlines()[-1] if tail else "",
             )
 

@@ -5,6 +5,10 @@ what it wrote.  The pipe is read all along: a pipe nobody reads fills (64 KiB on
 and then blocks the worker at its next write, in the middle of training.  Each line is
 logged (``aiodq.launch``, INFO, ``worker N: ...``) and the last ones are kept for the
 report of a failure.
+
+The process is driven through the event loop's own subprocess protocol: its exit is
+known when it happens (``process_exited``), even while a process it started still holds
+its stderr open, which ``asyncio.subprocess.Process.wait`` waits for on asyncio's own loop.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
 from ..errors import RunError
 
@@ -31,16 +36,38 @@ LONGEST_LINE = 4096
 _STDERR_GRACE = 1.0
 
 
-class WorkerProcess:
-    """One worker process and the task that reads its stderr."""
+class _Protocol(asyncio.SubprocessProtocol):
+    """Hands the loop's subprocess events to their :class:`WorkerProcess`."""
 
-    def __init__(self, index: int, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, worker: WorkerProcess) -> None:
+        self._worker = worker
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's process transport has the interface without the asyncio base class.)
+        self._worker._transport = cast(asyncio.SubprocessTransport, transport)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._worker._received(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._worker._stderr_closed()
+
+    def process_exited(self) -> None:
+        self._worker._process_exited()
+
+
+class WorkerProcess:
+    """One worker process, its stderr read as it comes."""
+
+    def __init__(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
         self.index = index
-        self.process = process
+        self._transport: asyncio.SubprocessTransport | None = None
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._reader = asyncio.create_task(self._read_stderr())
-        #: Done when the process has exited, with its exit status.
-        self.exited: asyncio.Task[int] = asyncio.create_task(process.wait())
+        self._pending = b""
+        #: Done when the process has exited, with its exit status (negative: the signal that ended it).
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._stderr_done: asyncio.Future[None] = loop.create_future()
 
     @classmethod
     async def start(cls, index: int, command: Sequence[str], env: dict[str, str]) -> WorkerProcess:
@@ -49,8 +76,11 @@ class WorkerProcess:
         Raises:
             RunError: if the process cannot be started (no such program, too many open files...).
         """
+        worker = cls(index)
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            await loop.subprocess_exec(
+                lambda: _Protocol(worker),
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
@@ -59,17 +89,34 @@ class WorkerProcess:
             )
         except OSError as exc:
             raise RunError(f"cannot start worker process {index}: {exc.strerror or exc}") from exc
-        return cls(index, process)
+        return worker
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self._transport is not None
+        return self._transport.get_pid()
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has exited (negative: killed by that signal), else None."""
+        return self.exited.result() if self.exited.done() else None
 
     @property
     def interrupted(self) -> bool:
         """Whether the process ended on SIGINT (killed by it, or exiting 130 as ``aiodq worker`` does)."""
-        return self.exited.done() and self.process.returncode in (130, -signal.SIGINT)
+        return self.returncode in (130, -signal.SIGINT)
 
     @property
     def failed(self) -> bool:
         """Whether the process has exited with a status other than 0."""
-        return self.exited.done() and self.process.returncode != 0
+        return self.returncode not in (None, 0)
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the process, unless it has exited."""
+        if self._transport is not None and not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                self._transport.send_signal(signum)
 
     async def stderr_tail(self) -> str:
         """The last lines the process wrote to stderr: all of them once the pipe has closed.
@@ -77,53 +124,56 @@ class WorkerProcess:
         Waits up to a second for the pipe to close once the process has exited.
         """
         if self.exited.done():
-            await asyncio.wait([self._reader], timeout=_STDERR_GRACE)
+            await asyncio.wait([self._stderr_done], timeout=_STDERR_GRACE)
         return "\n".join(self._tail)
+
+    async def finish_reading(self) -> None:
+        """Wait up to a second for the rest of the stderr, then close the pipes."""
+        await asyncio.wait([self._stderr_done], timeout=_STDERR_GRACE)
+        if self._transport is not None:
+            self._transport.close()  # the process has exited: this only closes its pipes
+
+    # -- the protocol's events --------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > LONGEST_LINE:
+            lines.append(self._pending[:LONGEST_LINE] + b" [cut]")
+            self._pending = b""
+        for raw in lines:
+            self._line(raw)
+
+    def _stderr_closed(self) -> None:
+        if self._pending:
+            self._line(self._pending)
+            self._pending = b""
+        if not self._stderr_done.done():
+            self._stderr_done.set_result(None)
+
+    def _process_exited(self) -> None:
+        assert self._transport is not None
+        status = self._transport.get_returncode()
+        if not self.exited.done() and status is not None:
+            self.exited.set_result(status)
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode(errors="replace").rstrip()
         self._tail.append(text)
         _log.info("worker %d: %s", self.index, text)
 
-    async def _read_stderr(self) -> None:
-        stream = self.process.stderr
-        assert stream is not None  # started with stderr=PIPE
-        pending = b""
-        while chunk := await stream.read(1 << 16):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            if len(pending) > LONGEST_LINE:
-                lines.append(pending[:LONGEST_LINE] + b" [cut]")
-                pending = b""
-            for raw in lines:
-                self._line(raw)
-        if pending:
-            self._line(pending)
-
-    async def finish_reading(self) -> None:
-        """Wait up to a second for the rest of the stderr, then stop reading it."""
-        await asyncio.wait([self._reader], timeout=_STDERR_GRACE)
-        if not self._reader.done():
-            self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-
 
 async def stop_workers(workers: Sequence[WorkerProcess], grace: float = 5.0) -> None:
     """Stop every worker still running: SIGTERM, then SIGKILL for any alive ``grace`` s later.
 
-    Returns when every process has exited and its stderr reader has finished.
+    Returns when every process has exited and its pipes are closed.
     """
     for worker in workers:
-        if worker.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.terminate()
+        worker.send_signal(signal.SIGTERM)
     exits = [worker.exited for worker in workers]
     if exits:
         await asyncio.wait(exits, timeout=grace)
     for worker in workers:
-        if worker.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.kill()
+        worker.send_signal(signal.SIGKILL)
     await asyncio.gather(*exits, return_exceptions=True)
     await asyncio.gather(*(worker.finish_reading() for worker in workers))
