@@ -105,7 +105,14 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _umask() -> int:
-    """The process's umask (set back at once: there is no call that only reads it)."""
+    """The process's umask: from /proc where Linux gives it, else set and set back.
+
+    (os.umask reads it only by changing it, which another thread could see.)
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

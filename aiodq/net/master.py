@@ -250,13 +250,6 @@ class Master:
         The workers get the CLOSE; handlers still running after a short grace are cancelled.
         """
         self._closing = True
-        if self._address is not None and self.coordinator is not None and not self.coordinator.done:
-            # Stopped mid-run (SIGTERM, Ctrl-C, the caller): what was trained since the last periodic
-            # checkpoint is kept.  (Not after a start that failed: it may have refused that very file.)
-            try:
-                self.write_checkpoint()
-            except CheckpointError as exc:
-                _log.error("%s: the run's last state was not checkpointed", exc)
         self._listener.stop_accepting()
         if self._timer_task is not None:
             self._timer_task.cancel()
@@ -264,7 +257,9 @@ class Master:
                 await self._timer_task
         if self.coordinator is not None and self._loop is not None:
             if not self.coordinator.done:
-                self.coordinator.shutdown(self._now())
+                self.coordinator.shutdown(self._now())  # from here no message changes the model
+                if self._address is not None:  # not after a failed start: it may have refused the file
+                    self._last_checkpoint_at_close()
             self._write_queued()
         for writer in list(self._writers.values()):
             writer.close()
@@ -478,6 +473,13 @@ class Master:
             checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
         except CheckpointError as exc:
             _log.error("%s: the final checkpoint was not written", exc)
+
+    def _last_checkpoint_at_close(self) -> None:
+        """Stopped mid-run (SIGTERM, Ctrl-C, the caller): keep what was trained since the last checkpoint."""
+        try:
+            self.write_checkpoint()
+        except CheckpointError as exc:
+            _log.error("%s: the run's last state was not checkpointed", exc)
 
     def write_checkpoint(self) -> None:
         """Checkpoint the whole state now (atomically), if a checkpoint file was configured.
