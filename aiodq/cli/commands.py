@@ -144,14 +144,21 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
 
 
-def _finish(command: str, result: RunResult, out: Path | None, test: Dataset | None = None) -> int:
+def _finish(
+    command: str,
+    result: RunResult,
+    out: Path | None,
+    test: Dataset | None = None,
+    train: Dataset | None = None,
+) -> int:
     """Score the model on ``test``, write the results, print the summary.
 
     A run that ended without finishing fails (status 1).
     """
     if test is not None and result.trace:
         try:
-            result.summary["test"] = test_scores(result.config, test, result.model)
+            labels = None if train is None else train.labels
+            result.summary["test"] = test_scores(result.config, test, result.model, labels)
         except (UsageError, ValueError) as exc:
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
     written = ""
@@ -233,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RunError as exc:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return _finish("run", result, out, test)
+    return _finish("run", result, out, test, dataset)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -303,7 +310,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    status = _finish("master", result, out, test)
+    status = _finish("master", result, out, test, dataset)
     if "records_error" in result.summary:
         print(f"aiodq master: {result.summary['records_error']}", file=sys.stderr)
         return EXIT_FAILED

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from ..errors import UsageError
 from ..protocol.algorithms import TrainConfig
-from ..protocol.dataset import Dataset
+from ..protocol.dataset import Dataset, class_count, labels_for
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
 
 __all__ = ["load_factory", "objective_for", "test_scores"]
@@ -61,20 +61,31 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
     return factory  # type: ignore[no-any-return]
 
 
-def objective_for(config: TrainConfig, dataset: Dataset, *, training_set: bool = False) -> Objective:
+def objective_for(
+    config: TrainConfig,
+    dataset: Dataset,
+    *,
+    training_set: bool = False,
+    label_values: npt.NDArray[Any] | None = None,
+) -> Objective:
     """The objective of ``config.model`` on ``dataset``'s samples.
 
     A built-in model gets the labels mapped as it reads them (the mapping is logged); a user
     model gets the samples unchanged.  A ``training_set`` (a run's whole training data) must
-    hold two classes or more for a built-in model.  For a built-in model, give the whole dataset: its
-    workers build their own from CONFIG (:class:`~aiodq.protocol.session.WorkerSession`).
+    hold two classes or more for a built-in model.  ``label_values``, the training set's
+    distinct labels, map a test set's labels and give its classes as training saw them.  For a
+    built-in model, give the whole dataset: its workers build their own from CONFIG
+    (:class:`~aiodq.protocol.session.WorkerSession`).
 
     Raises:
         UsageError: if the model cannot be loaded, does not fit the data, or is not an Objective.
     """
     if config.model in BUILT_IN:
         try:
-            mapped, note = dataset.for_model(config.model, training_set=training_set)
+            mapped, note = dataset.for_model(config.model, training_set=training_set, values=label_values)
+            classes = mapped.classes
+            if label_values is not None:  # the training set's classes, some perhaps absent here
+                classes = class_count(labels_for(config.model, np.unique(label_values))[0])
             if note:  # a mapping is news; classes without samples are probably a mistake
                 level = logging.WARNING if note.endswith("no samples") else logging.INFO
                 _log.log(level, "%s: %s", dataset.name or "the data", note)
@@ -82,7 +93,7 @@ def objective_for(config: TrainConfig, dataset: Dataset, *, training_set: bool =
                 config.model,
                 mapped.features,
                 mapped.labels,
-                classes=mapped.classes,
+                classes=classes,
                 hidden=config.hidden,
                 bias=config.bias,
             )
@@ -108,8 +119,16 @@ def _what_failed(exc: Exception) -> str:
     return text
 
 
-def test_scores(config: TrainConfig, test: Dataset, model: npt.NDArray[np.float64]) -> dict[str, Any]:
+def test_scores(
+    config: TrainConfig,
+    test: Dataset,
+    model: npt.NDArray[np.float64],
+    train_labels: npt.NDArray[Any] | None = None,
+) -> dict[str, Any]:
     """The trained ``model``'s loss and accuracy on the held-out ``test`` set.
+
+    ``train_labels`` (the training set's labels, or their distinct values) map the test set's
+    labels as training mapped its own: a test set of one class is then scored as that class.
 
     The loss is the data term's mean ``(1/n) sum f_i`` (no regulariser); the accuracy needs
     the objective's optional ``correct`` (None without it).
@@ -117,7 +136,8 @@ def test_scores(config: TrainConfig, test: Dataset, model: npt.NDArray[np.float6
     Raises:
         UsageError: if the objective on the test set has another dimension than the model.
     """
-    objective = objective_for(config, test)
+    values = None if train_labels is None else np.unique(train_labels)
+    objective = objective_for(config, test, label_values=values)
     if objective.dim != model.shape[0]:
         raise UsageError(
             f"the test set {test.name} gives {objective.dim} parameters, the model has {model.shape[0]}"

@@ -54,11 +54,14 @@ class Dataset:
         """The samples at ``indices``, in that order."""
         return Dataset(self.features[indices], self.labels[indices], self.name)
 
-    def for_model(self, model: str, *, training_set: bool = False) -> tuple[Dataset, str | None]:
+    def for_model(
+        self, model: str, *, training_set: bool = False, values: npt.NDArray[Any] | None = None
+    ) -> tuple[Dataset, str | None]:
         """The dataset with its labels as the built-in ``model`` reads them, and the mapping made.
 
-        See :func:`labels_for`; the mapping is a line to log, None if none was needed.  A
-        ``training_set`` (a run's whole training data) must hold two classes or more; a test
+        See :func:`labels_for` (``values``: the distinct labels that decide the mapping, the
+        training set's for a test set); the mapping is a line to log, None if none was needed.
+        A ``training_set`` (a run's whole training data) must hold two classes or more; a test
         set or a worker's share may hold one.
 
         Raises:
@@ -69,7 +72,7 @@ class Dataset:
                 f"every label of {self.name or 'the data'} is {float(self.labels[0]):g}: "
                 f"the {model} model needs two classes or more"
             )
-        labels, note = labels_for(model, self.labels)
+        labels, note = labels_for(model, self.labels, values)
         return (
             self if note is None and labels is self.labels else Dataset(self.features, labels, self.name)
         ), note

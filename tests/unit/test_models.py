@@ -436,3 +436,28 @@ def test_check_objective_names_what_is_missing() -> None:
 
     with pytest.raises(TypeError, match="dim must be a positive integer"):
         check_objective(ZeroDim())
+
+
+def test_a_test_set_of_one_class_is_scored_with_the_training_sets_mapping() -> None:
+    """LIBSVM labels 1/2: training maps 1 -> -1 and 2 -> +1; a test set holding class 1 alone must be
+    read the same way (on its own labels, 1 stayed 1 and read as +1: accuracy 0 for a perfect model)."""
+    from aiodq.launch.models import objective_for, test_scores  # noqa: PLC0415
+    from aiodq.protocol.dataset import Dataset  # noqa: PLC0415
+    from aiodq.protocol.trainconfig import TrainConfig  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 2))
+    labels = np.where(features[:, 0] > 0, 2.0, 1.0)
+    train = Dataset(features, labels, "train")
+    config = TrainConfig(model="logistic")
+    objective = objective_for(config, train, training_set=True)
+    model = np.zeros(objective.dim)
+    model[0] = 5.0  # separates the two classes: every sample right
+    for value in (1.0, 2.0):
+        test = Dataset(features[labels == value], labels[labels == value], f"class-{value:g}")
+        assert test_scores(config, test, model, train.labels)["test_accuracy"] == 1.0
+    softmax = TrainConfig(model="softmax")
+    three = Dataset(features, np.where(features[:, 0] > 0, 2.0, 0.0), "three")  # classes 0..2, 1 empty
+    weights = np.zeros(objective_for(softmax, three, training_set=True).dim)
+    only_zero = Dataset(features[:3], np.zeros(3), "zero")  # class 0 only: still a 3-class model
+    assert test_scores(softmax, only_zero, weights, three.labels)["test_samples"] == 3
