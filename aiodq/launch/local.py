@@ -33,7 +33,7 @@ from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .models import objective_for
-from .processes import WorkerProcess, stop_workers
+from .processes import WorkerProcess, exits, stop_workers
 from .results import save_records
 
 __all__ = [
@@ -434,7 +434,7 @@ async def run_cluster(
                         await stop_workers([worker])  # its stderr read to the end
                         processes[index] = await start(index)
                     pending: list[asyncio.Future[Any]] = [waiter]
-                    pending += [w.exited for w in processes if not w.exited.done()]
+                    pending += exits([w for w in processes if not w.has_exited])
                     await asyncio.wait(pending, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
                     if live is not None:
                         live.update(table())
@@ -480,9 +480,9 @@ async def _after_training(processes: list[WorkerProcess]) -> None:
     that does not exit within ``_EXIT_GRACE`` seconds (:func:`stop_workers` stops it), costs
     the run nothing, so it is reported as a warning instead of failing the run.
     """
-    await asyncio.wait([worker.exited for worker in processes], timeout=_EXIT_GRACE)
+    await asyncio.wait(exits(processes), timeout=_EXIT_GRACE)
     for worker in processes:
-        if not worker.exited.done():
+        if not worker.has_exited:
             _log.warning(
                 "worker %d did not exit within %.0f s of the end of training; stopping it",
                 worker.index,

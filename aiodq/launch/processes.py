@@ -23,7 +23,7 @@ from typing import cast
 
 from ..errors import RunError
 
-__all__ = ["WorkerProcess", "stop_workers"]
+__all__ = ["WorkerProcess", "exits", "stop_workers"]
 
 _log = logging.getLogger("aiodq.launch")
 
@@ -65,8 +65,7 @@ class WorkerProcess:
         self._transport: asyncio.SubprocessTransport | None = None
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._pending = b""
-        #: Done when the process has exited, with its exit status (negative: the signal that ended it).
-        self.exited: asyncio.Future[int] = loop.create_future()
+        self._exited: asyncio.Future[int] = loop.create_future()
         self._stderr_done: asyncio.Future[None] = loop.create_future()
 
     @classmethod
@@ -98,9 +97,22 @@ class WorkerProcess:
         return self._transport.get_pid()
 
     @property
+    def exited(self) -> asyncio.Future[int]:
+        """Done when the process has exited, with its exit status (negative: the signal that ended it).
+
+        A new future each time: awaiting it under a timeout or cancelling it leaves the process's own.
+        """
+        return asyncio.shield(self._exited)
+
+    @property
+    def has_exited(self) -> bool:
+        """Whether the process has exited."""
+        return self._exited.done()
+
+    @property
     def returncode(self) -> int | None:
         """The exit status once the process has exited (negative: killed by that signal), else None."""
-        return self.exited.result() if self.exited.done() else None
+        return self._exited.result() if self._exited.done() else None
 
     @property
     def interrupted(self) -> bool:
@@ -114,7 +126,7 @@ class WorkerProcess:
 
     def send_signal(self, signum: int) -> None:
         """Send ``signum`` to the process, unless it has exited."""
-        if self._transport is not None and not self.exited.done():
+        if self._transport is not None and not self._exited.done():
             with contextlib.suppress(ProcessLookupError):
                 self._transport.send_signal(signum)
 
@@ -123,7 +135,7 @@ class WorkerProcess:
 
         Waits up to a second for the pipe to close once the process has exited.
         """
-        if self.exited.done():
+        if self._exited.done():
             await asyncio.wait([self._stderr_done], timeout=_STDERR_GRACE)
         return "\n".join(self._tail)
 
@@ -154,13 +166,21 @@ class WorkerProcess:
     def _process_exited(self) -> None:
         assert self._transport is not None
         status = self._transport.get_returncode()
-        if not self.exited.done() and status is not None:
-            self.exited.set_result(status)
+        if not self._exited.done() and status is not None:
+            self._exited.set_result(status)
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode(errors="replace").rstrip()
         self._tail.append(text)
         _log.info("worker %d: %s", self.index, text)
+
+
+def exits(workers: Sequence[WorkerProcess]) -> list[asyncio.Future[int]]:
+    """The futures of the workers' exits, for ``asyncio.wait``, which never cancels them.
+
+    (No shield piles up on them, as one would per wait in a loop with :attr:`WorkerProcess.exited`.)
+    """
+    return [worker._exited for worker in workers]
 
 
 async def stop_workers(workers: Sequence[WorkerProcess], grace: float = 5.0) -> None:
@@ -170,10 +190,12 @@ async def stop_workers(workers: Sequence[WorkerProcess], grace: float = 5.0) -> 
     """
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
-    exits = [worker.exited for worker in workers]
-    if exits:
-        await asyncio.wait(exits, timeout=grace)
+    # asyncio.wait, not gather: a cancelled stop must not cancel the processes' own futures.
+    if workers:
+        await asyncio.wait(exits(workers), timeout=grace)
     for worker in workers:
         worker.send_signal(signal.SIGKILL)
-    await asyncio.gather(*exits, return_exceptions=True)
-    await asyncio.gather(*(worker.finish_reading() for worker in workers))
+    if workers:
+        await asyncio.wait(exits(workers))
+    for worker in workers:
+        await worker.finish_reading()

@@ -176,7 +176,8 @@ def load(
         # Open the file here: np.load leaves its own handle open when the archive is broken.
         with Path(path).open("rb") as stream:
             with zipfile.ZipFile(stream) as directory:
-                members = [m for m in directory.infolist() if arrays or m.filename == "meta.npy"]
+                # (np.load's archive reads "meta" from a member named so, or "meta.npy".)
+                members = [m for m in directory.infolist() if arrays or m.filename in ("meta", "meta.npy")]
                 size = sum(member.file_size for member in members)
             if size > max_bytes:
                 raise ValueError(f"its members take {size} bytes once read, more than {max_bytes}")

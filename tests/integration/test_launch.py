@@ -313,3 +313,38 @@ def test_a_worker_failing_after_training_is_a_warning_and_the_model_is_kept(tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "worker 0 exited with status 3 after training had finished" in result.stderr
     assert (out / "model.npz").exists()
+
+
+#: Says it is ready, then exits 0 on SIGTERM, saying so.
+_POLITE = """
+import signal, sys, time
+def stop(*_):
+    sys.stderr.write("got SIGTERM\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+sys.stderr.write("ready\\n")
+sys.stderr.flush()
+time.sleep(600)
+"""
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_worker_process_under_a_timeout_leaves_it_whole() -> None:
+    """A wait for ``exited`` that times out (its future cancelled) must not cancel the process's own
+    exit: its status, its SIGTERM and its stop still work."""
+    from aiodq.launch.processes import WorkerProcess, stop_workers  # noqa: PLC0415
+
+    worker = await WorkerProcess.start(0, [sys.executable, "-c", _POLITE], dict(os.environ))
+    try:
+        async with asyncio.timeout(60):
+            while "ready" not in await worker.stderr_tail():
+                await asyncio.wait([worker.exited], timeout=0.05)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await worker.exited
+        assert not worker.failed and worker.returncode is None
+        await stop_workers([worker])
+        assert worker.returncode == 0
+        assert (await worker.stderr_tail()).splitlines()[-1] == "got SIGTERM"
+    finally:
+        await stop_workers([worker])

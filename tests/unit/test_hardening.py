@@ -655,3 +655,20 @@ def test_at_the_optimum_shards_gradients_are_not_out_of_line() -> None:
     reports = {0: report(1.0), 1: report(-1.0)}
     guard.phase_finished(reports)
     assert guard.outliers(reports) == {}
+
+
+@pytest.mark.parametrize("member", ["meta", "meta.npy"])
+def test_reading_only_the_metadata_is_bounded_too(member: str, tmp_path: Any) -> None:
+    """load(arrays=False) and the fresh-start check count the metadata member, under either name
+    np.load reads it by, against max_bytes before reading it (a 2 MB one here, 1 MB allowed)."""
+    import zipfile  # noqa: PLC0415
+
+    from aiodq.net.checkpoint import check_fresh_start  # noqa: PLC0415
+
+    path = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member, bytes(2 << 20))
+    with pytest.raises(CheckpointError, match=f"take {2 << 20} bytes once read, more than {1 << 20}"):
+        load(path, max_bytes=1 << 20, arrays=False)
+    with pytest.raises(CheckpointError, match="it is not overwritten"):
+        check_fresh_start(path, max_bytes=1 << 20)
