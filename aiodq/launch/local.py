@@ -414,6 +414,8 @@ async def run_cluster(
                             # SIGINT, which stops the run, may come a moment after the worker's exit.
                             await asyncio.sleep(_SIGINT_GRACE)
                         message = (await worker.stderr_tail()).strip()
+                        if master.coordinator and master.coordinator.done:
+                            continue  # training ended during those waits
                         status = worker.returncode
                         if restarts >= max_restarts:
                             raise RunError(

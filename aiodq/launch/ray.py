@@ -299,11 +299,13 @@ async def run_ray(
             where = "start Ray" if local else f"reach the Ray cluster at {address}"
             raise RunError(f"cannot {where}: {exc}") from exc
         except asyncio.CancelledError:
-            # The thread goes on starting Ray: let it, then shut down what it started.
-            with contextlib.suppress(Exception):
-                await init
+            # The thread goes on starting Ray: let it, then shut down what it started (a second
+            # cancellation does not stop that: the first one ends the task anyway, below).
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(init)
             if ray.is_initialized():
-                await asyncio.to_thread(ray.shutdown)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(ray.shutdown)))
             raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
