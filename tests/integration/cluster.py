@@ -176,3 +176,22 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+#: A user objective, written as a user would (the tests' own copy of examples/least_squares.py).
+LEAST_SQUARES = """
+import numpy as np
+
+class LeastSquares:
+    def __init__(self, features, labels):
+        self.a, self.b = features, np.asarray(labels, dtype=np.float64)
+        self.samples, self.dim = features.shape
+
+    def initial(self, rng):
+        return np.zeros(self.dim)
+
+    def loss_grad(self, x, rows=None):
+        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
+        residual = a @ x - b
+        return 0.5 * float(residual @ residual), np.asarray(a.T @ residual)
+"""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import A9A, ROOT, alive, autogroup_nice, children, logistic_optimum, poll_until
+from .cluster import A9A, LEAST_SQUARES, ROOT, alive, autogroup_nice, children, logistic_optimum, poll_until
 
 
 def start_run(out: Path, *args: str) -> subprocess.Popen[str]:
@@ -282,24 +282,15 @@ async def test_a_worker_process_is_known_to_have_exited_while_its_child_holds_it
 
 
 #: A least-squares model whose shard-0 worker process exits with status 3 once its session is over.
-_CRASHES_AT_EXIT = """
+_CRASHES_AT_EXIT = (
+    """
 import atexit, os, sys
-import numpy as np
 
 if "worker" in sys.argv and "0/2" in sys.argv:
     atexit.register(lambda: os._exit(3))
-
-class LeastSquares:
-    def __init__(self, features, labels):
-        self.a, self.b = features, np.asarray(labels, dtype=np.float64)
-        self.samples, self.dim = features.shape
-    def initial(self, rng):
-        return np.zeros(self.dim)
-    def loss_grad(self, x, rows=None):
-        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
-        r = a @ x - b
-        return 0.5 * float(r @ r), np.asarray(a.T @ r)
 """
+    + LEAST_SQUARES
+)
 
 
 def test_a_worker_failing_after_training_is_a_warning_and_the_model_is_kept(tmp_path: Path) -> None:

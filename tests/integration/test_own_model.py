@@ -12,28 +12,10 @@ import scipy.sparse as sp
 import aiodq
 from aiodq.data import load_bundled_a9a
 
-from .cluster import ROOT
+from .cluster import LEAST_SQUARES, ROOT
 from .cluster import aiodq as run_aiodq
 
 FIXTURES = ROOT / "tests" / "fixtures"
-
-#: A user objective, written as a user would (tests/integration/test_own_model.py's own copy).
-LEAST_SQUARES = """
-import numpy as np
-
-class LeastSquares:
-    def __init__(self, features, labels):
-        self.a, self.b = features, np.asarray(labels, dtype=np.float64)
-        self.samples, self.dim = features.shape
-
-    def initial(self, rng):
-        return np.zeros(self.dim)
-
-    def loss_grad(self, x, rows=None):
-        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
-        residual = a @ x - b
-        return 0.5 * float(residual @ residual), np.asarray(a.T @ residual)
-"""
 
 
 def least_squares_optimum(features: sp.csr_matrix, labels: np.ndarray, l2: float) -> float:
