@@ -19,6 +19,7 @@ from ..config import ConnectionConfig, Limits
 from ..errors import UsageError
 from ..net.secrets import load_secret
 from ..protocol.algorithms import TrainConfig
+from ..protocol.trainconfig import SEED_LIMIT
 
 __all__ = [
     "add_dataclass_options",
@@ -104,7 +105,7 @@ def finite_float(text: str) -> float:
 def seed(text: str) -> int:
     """A random seed (argparse type): an integer from 0 to 2**64 - 1, as :class:`TrainConfig` takes."""
     value = _integer(text)
-    if not 0 <= value < 1 << 64:
+    if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to 2**64 - 1, got {text}")
     return value
 

@@ -85,7 +85,7 @@ def objective_for(
             mapped, note = dataset.for_model(config.model, training_set=training_set, values=label_values)
             classes = mapped.classes
             if label_values is not None:  # the training set's classes, some perhaps absent here
-                classes = class_count(labels_for(config.model, np.unique(label_values))[0])
+                classes = class_count(labels_for(config.model, label_values)[0])
             if note:  # a mapping is news; classes without samples are probably a mistake
                 level = logging.WARNING if note.endswith("no samples") else logging.INFO
                 _log.log(level, "%s: %s", dataset.name or "the data", note)
@@ -136,8 +136,7 @@ def test_scores(
     Raises:
         UsageError: if the objective on the test set has another dimension than the model.
     """
-    values = None if train_labels is None else np.unique(train_labels)
-    objective = objective_for(config, test, label_values=values)
+    objective = objective_for(config, test, label_values=train_labels)
     if objective.dim != model.shape[0]:
         raise UsageError(
             f"the test set {test.name} gives {objective.dim} parameters, the model has {model.shape[0]}"

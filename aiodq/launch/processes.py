@@ -197,5 +197,4 @@ async def stop_workers(workers: Sequence[WorkerProcess], grace: float = 5.0) -> 
         worker.send_signal(signal.SIGKILL)
     if workers:
         await asyncio.wait(exits(workers))
-    for worker in workers:
-        await worker.finish_reading()
+    await asyncio.gather(*(worker.finish_reading() for worker in workers))

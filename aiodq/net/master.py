@@ -259,7 +259,7 @@ class Master:
             if not self.coordinator.done:
                 self.coordinator.shutdown(self._now())  # from here no message changes the model
                 if self._address is not None:  # not after a failed start: it may have refused the file
-                    self._last_checkpoint_at_close()
+                    self._checkpoint_at_last("at the close")
             self._write_queued()
         for writer in list(self._writers.values()):
             writer.close()
@@ -401,7 +401,7 @@ class Master:
         self._logbook.progress(coordinator, self._writers)
         if coordinator.done and self._finished_at is None:
             self._finished_at = self._now()
-            self._final_checkpoint()
+            self._checkpoint_at_last("at the end of the run")
             self._listener.stop_accepting()  # nothing more to accept
             for worker_id in list(self._writers):
                 if not coordinator.is_member(worker_id):
@@ -461,25 +461,20 @@ class Master:
         state = coordinator.state
         return coordinator.phase.value, state.epoch, state.version, len(coordinator.trace)
 
-    def _final_checkpoint(self) -> None:
-        """The run ended: checkpoint it as done, so that ``--resume`` refuses it.
+    def _checkpoint_at_last(self, when: str) -> None:
+        """Checkpoint now, at the run's end or the master's close; a failure is logged (no caller to tell).
 
-        (Left at its last mid-run state, a finished run's checkpoint would resume from there
-        and train some of it again.)
+        At the end the checkpoint says done, so that ``--resume`` refuses it (left at its last
+        mid-run state, a finished run's checkpoint would resume from there and train some of it
+        again); at a close mid-run (SIGTERM, Ctrl-C, the caller) it keeps what was trained since
+        the last periodic one.
         """
         if self._checkpoint is None or self.coordinator is None:
             return
         try:
             checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
         except CheckpointError as exc:
-            _log.error("%s: the final checkpoint was not written", exc)
-
-    def _last_checkpoint_at_close(self) -> None:
-        """Stopped mid-run (SIGTERM, Ctrl-C, the caller): keep what was trained since the last checkpoint."""
-        try:
-            self.write_checkpoint()
-        except CheckpointError as exc:
-            _log.error("%s: the run's last state was not checkpointed", exc)
+            _log.error("%s: the checkpoint %s was not written", exc, when)
 
     def write_checkpoint(self) -> None:
         """Checkpoint the whole state now (atomically), if a checkpoint file was configured.

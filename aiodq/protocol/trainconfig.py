@@ -15,7 +15,7 @@ from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..config import ConnectionConfig, option
 from .objectives import Regularizer
 
-__all__ = ["ALGORITHMS", "AlgorithmSpec", "TrainConfig", "coding_options", "default_step"]
+__all__ = ["ALGORITHMS", "SEED_LIMIT", "AlgorithmSpec", "TrainConfig", "coding_options", "default_step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,9 @@ class AlgorithmSpec:
     #: The step size eta used when the configuration leaves it at 0.
     default_step: float = 0.5
 
+
+#: Seeds run below this: numpy's are non-negative, and CONFIG carries 64 bits.
+SEED_LIMIT = 1 << 64
 
 #: Every algorithm by name (docs/algorithms.md 5-8).
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -136,7 +139,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.updates_per_epoch, int) or self.updates_per_epoch < 0:
             raise ValueError("updates_per_epoch must be a non-negative integer")
-        if not 0 <= self.seed < 1 << 64:  # numpy seeds are non-negative; CONFIG carries 64 bits
+        if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {self.seed}")
         if not 2 <= self.bits <= 16:
             raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
