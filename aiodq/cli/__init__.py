@@ -28,9 +28,11 @@ from collections.abc import Sequence
 
 from ..config import MasterConfig
 from ..errors import StoppedError, UsageError
+from ..net.checkpoint import resumable
 from ..version import __version__
 from .demo import demo
 from .options import (
+    add_checkpoint_options,
     add_dataclass_options,
     add_network_options,
     add_training_options,
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         help="--launcher local: run the workers this many nice steps below the master, which every "
         "update passes through (0 to 19; default 4)",
     )
+    add_checkpoint_options(run.add_argument_group("checkpoints (--launcher local)"))
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
         "--timeout", type=finite_float, default=3600.0, help="give up after this many seconds (default 3600)"
@@ -334,11 +337,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiodq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"aiodq {args.command}: interrupted", file=sys.stderr)
+        print(f"aiodq {args.command}: interrupted{_kept(args)}", file=sys.stderr)
         return 130
     except StoppedError as exc:
-        print(f"aiodq {args.command}: stopped by {exc}", file=sys.stderr)
+        print(f"aiodq {args.command}: stopped by {exc}{_kept(args)}", file=sys.stderr)
         return 128 + exc.signum
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """Where a stopped run's checkpoint keeps it (the master wrote it as it closed); empty if none does."""
+    path = getattr(args, "checkpoint", None)
+    kept = resumable(path) if path else None
+    if kept is None:
+        return ""
+    epoch, version = kept
+    where = f"epoch {epoch}, version {version}"
+    return f"; the checkpoint {path} holds the run as it stood ({where}): --resume continues it"
 
 
 if __name__ == "__main__":  # pragma: no cover

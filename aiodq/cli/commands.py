@@ -31,7 +31,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
-from .options import connection_config, from_args, rendezvous, train_config
+from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_experiment", "cmd_master", "cmd_run", "cmd_worker"]
 
@@ -196,6 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = ["--" + name.replace("_", "-") for name in ray_only if getattr(args, name) is not None]
     if given and args.launcher != "ray":
         raise UsageError(f"{', '.join(given)}: for --launcher ray only")
+    saving = checkpoint_options(args)
+    if args.launcher == "ray" and (args.checkpoint or args.resume):
+        raise UsageError("--checkpoint and --resume: for --launcher local only")
     try:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
@@ -235,9 +238,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 master_config=master_config,
                 max_restarts=args.max_restarts,
                 worker_nice=worker_nice,
+                **saving,
             )
         result = run_coroutine(launch)
-    except RunError as exc:
+    except (CheckpointError, RunError) as exc:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return _finish("run", result, out, test, dataset)
@@ -256,10 +260,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         raise UsageError(f"the model has {objective.dim:,} parameters, above --max-dimension {limit:,}")
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
-    if args.resume and not args.checkpoint:
-        raise UsageError("--resume needs --checkpoint")
-    if not args.checkpoint_interval > 0:
-        raise UsageError("--checkpoint-interval must be positive")
+    saving = checkpoint_options(args)
     if args.record_every < 0:
         raise UsageError("--record-every must not be negative")
     if args.records and not args.record_every:
@@ -283,9 +284,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         "master_config": master_config,
         "connection_config": network,
         "ssl": context,
-        "checkpoint": args.checkpoint,
-        "checkpoint_interval": args.checkpoint_interval,
-        "resume": args.resume,
+        **saving,
         "record_every": args.record_every,
     }
     try:

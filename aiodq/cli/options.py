@@ -22,9 +22,11 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.trainconfig import SEED_LIMIT
 
 __all__ = [
+    "add_checkpoint_options",
     "add_dataclass_options",
     "add_network_options",
     "add_training_options",
+    "checkpoint_options",
     "connection_config",
     "finite_float",
     "from_args",
@@ -210,14 +212,44 @@ def add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> Non
     add_dataclass_options(group, ConnectionConfig)
     add_dataclass_options(group, Limits)
     if master:
-        group.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
-        group.add_argument(
-            "--checkpoint-interval",
-            type=finite_float,
-            default=60.0,
-            help="seconds between checkpoints (default 60)",
-        )
-        group.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+        add_checkpoint_options(parser.add_argument_group("checkpoints"))
+
+
+def add_checkpoint_options(parser: argparse._ArgumentGroup) -> None:
+    """``--checkpoint``, ``--checkpoint-interval`` and ``--resume`` (``aiodq master`` and ``aiodq run``)."""
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint the run into this file (atomically), to continue it with --resume after a crash",
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=finite_float,
+        default=60.0,
+        help="seconds between checkpoints (default 60)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run --checkpoint holds (same options and data)",
+    )
+
+
+def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint options as keyword arguments for the master.
+
+    Raises:
+        UsageError: for ``--resume`` without ``--checkpoint``, or an interval that is not positive.
+    """
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint")
+    if not args.checkpoint_interval > 0:
+        raise UsageError("--checkpoint-interval must be positive")
+    return {
+        "checkpoint": args.checkpoint,
+        "checkpoint_interval": args.checkpoint_interval,
+        "resume": args.resume,
+    }
 
 
 def connection_config(args: argparse.Namespace) -> ConnectionConfig:

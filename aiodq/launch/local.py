@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -145,6 +146,9 @@ async def run_local(
     max_restarts: int = 0,
     launcher: str = "local",
     worker_nice: int | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_interval: float = 60.0,
+    resume: bool = False,
     **ray_options: Any,
 ) -> RunResult:
     """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
@@ -179,6 +183,14 @@ async def run_local(
             other processes of this session too, and against every process where the kernel
             does not group processes by session (:func:`lower_priority`).
             ``result.summary["worker_nice"]`` records it.
+        checkpoint: with the local launcher, a file the master checkpoints the whole run into
+            (atomically): every ``checkpoint_interval`` seconds, when the run stops early (a
+            timeout, a failed worker, a cancellation) and, marked done, at its end.  It names the
+            training data's fingerprint (``Dataset.fingerprint()``).  Without ``resume`` it must
+            not hold a run still to finish.
+        checkpoint_interval: seconds between checkpoints.
+        resume: continue the run ``checkpoint`` holds, with the same configuration and data
+            (anything else is refused); the workers start afresh and rejoin it.
         **ray_options: with ``launcher="ray"``, :func:`~aiodq.launch.ray.run_ray`'s own options
             (``address``, ``worker_cpus``, ``master_node``, ``bind_host``...); a ``TypeError``
             with the local launcher.
@@ -192,7 +204,8 @@ async def run_local(
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
         ValueError: if ``worker_nice`` is not an integer in 0..19.
-        TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher.
+        TypeError: for ``worker_nice``, ``checkpoint`` or ``ray_options`` with the wrong launcher.
+        CheckpointError: if the checkpoint cannot be written, or (``resume``) read or used.
     """
     common: dict[str, Any] = {
         "workers": workers,
@@ -207,6 +220,8 @@ async def run_local(
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
+        if checkpoint is not None or resume:
+            raise TypeError("checkpoint and resume apply to the local launcher only")
         from .ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only when asked for
 
         return await run_ray(config, data, **common, **ray_options)
@@ -217,7 +232,17 @@ async def run_local(
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
     objective = objective_for(config, dataset, training_set=True)
-    return await run_cluster(config, dataset, data_path, objective, worker_nice=worker_nice, **common)
+    return await run_cluster(
+        config,
+        dataset,
+        data_path,
+        objective,
+        worker_nice=worker_nice,
+        checkpoint=checkpoint,
+        checkpoint_interval=checkpoint_interval,
+        resume=resume,
+        **common,
+    )
 
 
 async def run_cluster(
@@ -234,17 +259,22 @@ async def run_cluster(
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
     worker_nice: int | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_interval: float = 60.0,
+    resume: bool = False,
 ) -> RunResult:
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
 
     Raises:
         ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`resolve_worker_nice`).
+        RunError: as :func:`run_local`; when a checkpoint kept the run as it stood, the message
+            says so.
     """
     nice = resolve_worker_nice(worker_nice)
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     connection_config = ConnectionConfig(secret=secret.encode())
-    async with Master(
+    master = Master(
         config,
         objective,
         workers=workers,
@@ -254,104 +284,135 @@ async def run_cluster(
         record_every=record_every,
         master_config=master_config,
         samples=dataset.samples,
-    ) as master:
-        host, port = master.address
-        # One compute thread per worker process (BLAS, OpenMP: torch's too) unless the user says
-        # otherwise: M processes share the machine's cores, and idle threads spin on them.
-        env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "AIODQ_SECRET": secret}
+        checkpoint=checkpoint,
+        checkpoint_interval=checkpoint_interval,
+        resume=resume,
+        data_fingerprint=None if checkpoint is None else dataset.fingerprint(),
+    )
+    try:
+        async with master:
+            host, port = master.address
+            # One compute thread per worker process (BLAS, OpenMP: torch's too) unless the user says
+            # otherwise: M processes share the machine's cores, and idle threads spin on them.
+            env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "AIODQ_SECRET": secret}
 
-        def start(index: int) -> Awaitable[WorkerProcess]:
-            command = _worker_command(
-                host, port, index, workers, data=data_path, seed=config.seed, model=config.model, nice=nice
-            )
-            return WorkerProcess.start(index, command, env)
-
-        processes: list[WorkerProcess] = []
-        waiter: asyncio.Task[RunResult] | None = None
-        restarts = 0
-
-        def table() -> Any:
-            from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
-
-            coordinator = master.coordinator
-            assert coordinator is not None
-            view = Table(title=f"aiodq run: {config.algorithm}, {workers} workers", expand=False)
-            for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
-                view.add_column(column, justify="right")
-            elapsed = max(master.elapsed, 1e-9)
-            for record in coordinator.trace[-8:]:
-                view.add_row(
-                    str(record.epoch),
-                    f"{record.loss:.6f}",
-                    f"{record.accuracy:.4f}",
-                    f"{8 * record.bytes_total / 1e6:.3f}",
-                    f"{record.version / max(record.time, 1e-9):.0f}",
+            def start(index: int) -> Awaitable[WorkerProcess]:
+                command = _worker_command(
+                    host,
+                    port,
+                    index,
+                    workers,
+                    data=data_path,
+                    seed=config.seed,
+                    model=config.model,
+                    nice=nice,
                 )
-            view.caption = (
-                f"version {coordinator.state.version}, {8 * coordinator.traffic().total() / 1e6:.3f} Mbit, "
-                f"{coordinator.state.version / elapsed:.0f} updates/s, {elapsed:.1f} s"
-            )
-            return view
+                return WorkerProcess.start(index, command, env)
 
-        try:
-            # Started inside the try: a failure or a cancellation part way leaves none running.
-            for index in range(workers):
-                processes.append(await start(index))
-            waiter = asyncio.create_task(master.wait(timeout))
-            with _live(table, progress) as live:
-                while not waiter.done():
-                    for index, worker in enumerate(processes):
-                        if not worker.failed or (master.coordinator and master.coordinator.done):
-                            continue  # (once training has ended, _after_training reports it)
-                        if worker.interrupted:
-                            # A terminal's Ctrl-C goes to the whole process group: this process's own
-                            # SIGINT, which stops the run, may come a moment after the worker's exit.
-                            await asyncio.sleep(_SIGINT_GRACE)
-                        message = (await worker.stderr_tail()).strip()
-                        if master.coordinator and master.coordinator.done:
-                            continue  # training ended during those waits
-                        status = worker.returncode
-                        if restarts >= max_restarts:
-                            raise RunError(
-                                f"worker process {_ended(status)}: {message[-2000:] or '(nothing on stderr)'}"
-                                + (f" (after {restarts} restarts)" if restarts else "")
-                            )
-                        # The protocol lets a worker rejoin: start another on the same shard.
-                        restarts += 1
-                        _log.warning(
-                            "worker %d/%d %s; restarting it (%d of %d): %s",
-                            index,
-                            workers,
-                            _ended(status),
-                            restarts,
-                            max_restarts,
-                            message.splitlines()[-1] if message else "",
-                        )
-                        await stop_workers([worker])  # its stderr read to the end
-                        processes[index] = await start(index)
-                    pending: list[asyncio.Future[Any]] = [waiter]
-                    pending += exits([w for w in processes if not w.has_exited])
-                    await asyncio.wait(pending, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
-                    if live is not None:
-                        live.update(table())
+            processes: list[WorkerProcess] = []
+            waiter: asyncio.Task[RunResult] | None = None
+            restarts = 0
+
+            table = functools.partial(_table, master, f"aiodq run: {config.algorithm}, {workers} workers")
+
             try:
-                result: RunResult = waiter.result()
-            except TimeoutError:
-                raise RunError(f"the run did not finish within {timeout:g} s") from None
-            # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
-            # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
-            if result.ok:
-                await _after_training(processes)
-        finally:
-            await stop_workers(processes)
-            if waiter is not None:
-                waiter.cancel()
-        if records is not None and master.coordinator is not None:
-            records.extend(master.coordinator.records)
+                # Started inside the try: a failure or a cancellation part way leaves none running.
+                for index in range(workers):
+                    processes.append(await start(index))
+                waiter = asyncio.create_task(master.wait(timeout))
+                with _live(table, progress) as live:
+                    while not waiter.done():
+                        for index, worker in enumerate(processes):
+                            if not worker.failed or (master.coordinator and master.coordinator.done):
+                                continue  # (once training has ended, _after_training reports it)
+                            if worker.interrupted:
+                                # A terminal's Ctrl-C goes to the whole process group: this process's own
+                                # SIGINT, which stops the run, may come a moment after the worker's exit.
+                                await asyncio.sleep(_SIGINT_GRACE)
+                            message = (await worker.stderr_tail()).strip()
+                            if master.coordinator and master.coordinator.done:
+                                continue  # training ended during those waits
+                            status = worker.returncode
+                            if restarts >= max_restarts:
+                                said = message[-2000:] or "(nothing on stderr)"
+                                raise RunError(
+                                    f"worker process {_ended(status)}: {said}"
+                                    + (f" (after {restarts} restarts)" if restarts else "")
+                                )
+                            # The protocol lets a worker rejoin: start another on the same shard.
+                            restarts += 1
+                            _log.warning(
+                                "worker %d/%d %s; restarting it (%d of %d): %s",
+                                index,
+                                workers,
+                                _ended(status),
+                                restarts,
+                                max_restarts,
+                                message.splitlines()[-1] if message else "",
+                            )
+                            await stop_workers([worker])  # its stderr read to the end
+                            processes[index] = await start(index)
+                        pending: list[asyncio.Future[Any]] = [waiter]
+                        pending += exits([w for w in processes if not w.has_exited])
+                        await asyncio.wait(pending, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                        if live is not None:
+                            live.update(table())
+                try:
+                    result: RunResult = waiter.result()
+                except TimeoutError:
+                    raise RunError(f"the run did not finish within {timeout:g} s") from None
+                # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
+                # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
+                if result.ok:
+                    await _after_training(processes)
+            finally:
+                await stop_workers(processes)
+                if waiter is not None:
+                    waiter.cancel()
+            if records is not None and master.coordinator is not None:
+                records.extend(master.coordinator.records)
+    except RunError as exc:
+        # The master checkpointed the run as it stood when it closed: say where, so it is not lost.
+        if (
+            checkpoint is None
+            or master.checkpointed is None
+            or (master.coordinator and master.coordinator.done)
+        ):
+            raise
+        epoch, version = master.checkpointed
+        raise RunError(
+            f"{exc}; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version "
+            f"{version}): --resume (resume=True) continues it"
+        ) from exc
     result.summary.update(
         dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
     )
     return result
+
+
+def _table(master: Master, title: str) -> Any:
+    """The live display's table: the last epochs' figures and where the run stands."""
+    from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
+
+    coordinator = master.coordinator
+    assert coordinator is not None
+    view = Table(title=title, expand=False)
+    for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
+        view.add_column(column, justify="right")
+    elapsed = max(master.elapsed, 1e-9)
+    for record in coordinator.trace[-8:]:
+        view.add_row(
+            str(record.epoch),
+            f"{record.loss:.6f}",
+            f"{record.accuracy:.4f}",
+            f"{8 * record.bytes_total / 1e6:.3f}",
+            f"{record.version / max(record.time, 1e-9):.0f}",
+        )
+    view.caption = (
+        f"version {coordinator.state.version}, {8 * coordinator.traffic().total() / 1e6:.3f} Mbit, "
+        f"{coordinator.state.version / elapsed:.0f} updates/s, {elapsed:.1f} s"
+    )
+    return view
 
 
 def _ended(status: int | None) -> str:
@@ -431,6 +492,8 @@ async def master_main(
     (:func:`~aiodq.launch.results.save_records`).
     """
     options.setdefault("samples", dataset.samples)
+    if options.get("checkpoint") is not None:
+        options.setdefault("data_fingerprint", dataset.fingerprint())  # what the checkpoints name
     async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
         print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)

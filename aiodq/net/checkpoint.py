@@ -157,6 +157,19 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
         )
 
 
+def resumable(path: str | Path) -> tuple[int, int] | None:
+    """``(epoch, version)`` of the unfinished run the checkpoint ``path`` holds, else None (or unreadable)."""
+    try:
+        meta = load(path, max_bytes=16 << 20, arrays=False).meta
+    except CheckpointError:
+        return None
+    state = meta.get("state")
+    if meta.get("phase") in (None, "done") or not isinstance(state, dict):
+        return None
+    epoch, version = state.get("epoch"), state.get("version")
+    return (epoch, version) if isinstance(epoch, int) and isinstance(version, int) else None
+
+
 def load(
     path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint", arrays: bool = True
 ) -> Checkpoint:

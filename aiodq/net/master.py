@@ -77,6 +77,7 @@ class Master:
         resume: bool = False,
         blas_threads: int | None = 1,
         record_every: int = 0,
+        data_fingerprint: str | None = None,
     ) -> None:
         """Configure; nothing runs until :meth:`start` (or ``async with``).
 
@@ -103,6 +104,8 @@ class Master:
             record_every: keep a copy of the model every this many applied updates and at
                 every snapshot phase, in ``coordinator.records`` (0: none); see
                 :class:`~aiodq.protocol.accounting.ModelRecord`.
+            data_fingerprint: what the run trains on (``Dataset.fingerprint()``), written into
+                every checkpoint; ``resume`` refuses a checkpoint that names another.
         """
         if resume and checkpoint is None:
             raise ValueError("resume needs a checkpoint file")
@@ -127,6 +130,9 @@ class Master:
         self._last_checkpoint = 0.0
         self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
+        self._data_fingerprint = data_fingerprint
+        #: ``(epoch, version)`` of the last checkpoint written, the one at the end or the close included.
+        self.checkpointed: tuple[int, int] | None = None
         self._blas_threads = blas_threads
         self._record_every = record_every
         self._samples = samples
@@ -184,7 +190,9 @@ class Master:
                 )
             if self._resume:
                 limit = self._checkpoint_bytes()
-                self.coordinator.restore(checkpoint_file.load(self._checkpoint, max_bytes=limit), 0.0)
+                saved = checkpoint_file.load(self._checkpoint, max_bytes=limit)
+                self._check_data(saved.meta.get("data"))
+                self.coordinator.restore(saved, 0.0)
                 self._logbook.resumed(self.coordinator)
                 _log.info(
                     "resumed from %s at epoch %d, version %d",
@@ -472,9 +480,33 @@ class Master:
         if self._checkpoint is None or self.coordinator is None:
             return
         try:
-            checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
+            self._save_checkpoint()
         except CheckpointError as exc:
             _log.error("%s: the checkpoint %s was not written", exc, when)
+
+    def _save_checkpoint(self) -> None:
+        """Write the coordinator's checkpoint, with the data's fingerprint, to the file."""
+        assert self._checkpoint is not None and self.coordinator is not None
+        checkpoint = self.coordinator.checkpoint(self._now())
+        if self._data_fingerprint is not None:
+            checkpoint.meta["data"] = self._data_fingerprint
+        checkpoint_file.save(self._checkpoint, checkpoint)
+        state = self.coordinator.state
+        self.checkpointed = (state.epoch, state.version)
+
+    def _check_data(self, saved: object) -> None:
+        """Refuse to resume a checkpoint of a run on other data (both fingerprints known)."""
+        if self._data_fingerprint is None or saved == self._data_fingerprint:
+            return
+        if saved is None:
+            _log.warning(
+                "the checkpoint %s does not say what data it trained on: not checked", self._checkpoint
+            )
+            return
+        raise CheckpointError(
+            f"the checkpoint {self._checkpoint} was written by a run on other data (fingerprint {saved}; "
+            f"this run's data: {self._data_fingerprint}): resume it with the data it trained on"
+        )
 
     def write_checkpoint(self) -> None:
         """Checkpoint the whole state now (atomically), if a checkpoint file was configured.
@@ -484,7 +516,7 @@ class Master:
         """
         if self._checkpoint is None or self.coordinator is None or self.coordinator.done:
             return
-        checkpoint_file.save(self._checkpoint, self.coordinator.checkpoint(self._now()))
+        self._save_checkpoint()
         self._last_checkpoint = self._now()
         self._checkpointed = self._progress()
         self._checkpoint_failure = None

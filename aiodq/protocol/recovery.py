@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy.typing as npt
@@ -102,8 +102,22 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
     meta = checkpoint.meta
     if meta.get("phase") is None:
         raise CheckpointError("the file is not the checkpoint of a run (a model or records file?)")
-    if _saved_config(meta.get("config")) != config or meta.get("dim") != int(state.x.shape[0]):
-        raise CheckpointError("the checkpoint was written by a run with another configuration or dimension")
+    saved = _saved_config(meta.get("config"))
+    if saved is None:
+        raise CheckpointError("the checkpoint names no configuration this version of aiodq can read")
+    if saved != config:
+        differences = "; ".join(
+            f"{item.name} {getattr(saved, item.name)!r} there, {getattr(config, item.name)!r} here"
+            for item in fields(config)
+            if getattr(saved, item.name) != getattr(config, item.name)
+        )
+        raise CheckpointError(
+            f"the checkpoint was written by a run with another configuration: {differences}"
+        )
+    if meta.get("dim") != int(state.x.shape[0]):
+        raise CheckpointError(
+            f"the checkpoint's model has {meta.get('dim')!r} parameters, this run's {int(state.x.shape[0])}"
+        )
     phase = meta.get("phase")
     if phase == "done":
         raise CheckpointError("the checkpointed run had already finished")

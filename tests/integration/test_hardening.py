@@ -579,3 +579,39 @@ async def test_a_master_closed_mid_run_checkpoints_where_it_stands(tmp_path: Pat
         assert again.coordinator is not None and again.coordinator.state.version == stopped_at
     finally:
         await again.close()
+
+
+@pytest.mark.asyncio
+async def test_resuming_on_other_data_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every checkpoint names the data's fingerprint; --resume with another refuses before anything
+    changes, the same one resumes, and a checkpoint that names none resumes with a warning."""
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=2)
+    mine, other = "blake2b:" + "a" * 32, "blake2b:" + "b" * 32
+    first = Master(config, np.zeros(123), workers=1, checkpoint=path, data_fingerprint=mine)
+    await first.start()
+    await first.close()
+    assert checkpoint_file.load(path).meta["data"] == mine
+    assert first.checkpointed == (0, 0)
+    written = path.read_bytes()
+    refused = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True, data_fingerprint=other)
+    with pytest.raises(CheckpointError) as info:
+        await refused.start()
+    await refused.close()
+    assert str(info.value) == (
+        f"the checkpoint {path} was written by a run on other data (fingerprint {mine}; this run's data: "
+        f"{other}): resume it with the data it trained on"
+    )
+    assert path.read_bytes() == written  # the refused master wrote nothing over it
+    same = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True, data_fingerprint=mine)
+    await same.start()
+    await same.close()
+    saved = checkpoint_file.load(path)
+    del saved.meta["data"]  # as a checkpoint of an earlier version, or of a master told no fingerprint
+    checkpoint_file.save(path, saved)
+    unnamed = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True, data_fingerprint=other)
+    with caplog.at_level(logging.WARNING, logger="aiodq.master"):
+        await unnamed.start()
+    await unnamed.close()
+    assert "does not say what data it trained on: not checked" in caplog.text
+    assert checkpoint_file.load(path).meta["data"] == other  # from now on it names this run's data

@@ -590,3 +590,33 @@ def test_classes_without_samples_are_noted() -> None:
     assert note == "classes 0..5: 1, 3, 4 have no samples"
     _, note = Dataset(np.eye(3), np.array([0.0, 1, 2]), "full").for_model("softmax")
     assert note is None
+
+
+def test_a_datasets_fingerprint_is_the_documented_digest_and_tells_data_apart() -> None:
+    """BLAKE2b-128 over "aiodq-dataset-1 <form> <rows> <columns>", the labels, then the values (and a
+    CSR's indices and row pointers), as float64 and int64 little-endian; the name is left out."""
+    import hashlib  # noqa: PLC0415
+
+    dense = np.array([[0.5, 0.0], [0.0, -2.0]])
+    labels = np.array([1, -1])
+    expected = hashlib.blake2b(digest_size=16)
+    expected.update(b"aiodq-dataset-1 dense 2 2")
+    expected.update(struct.pack("<2d", 1.0, -1.0))
+    expected.update(struct.pack("<4d", 0.5, 0.0, 0.0, -2.0))
+    assert Dataset(dense, labels, "x").fingerprint() == "blake2b:" + expected.hexdigest()
+    csr = sp.csr_matrix(dense)
+    expected = hashlib.blake2b(digest_size=16)
+    expected.update(b"aiodq-dataset-1 csr 2 2")
+    expected.update(struct.pack("<2d", 1.0, -1.0))
+    expected.update(struct.pack("<2d", 0.5, -2.0) + struct.pack("<2q", 0, 1) + struct.pack("<3q", 0, 1, 2))
+    assert Dataset(csr, labels).fingerprint() == "blake2b:" + expected.hexdigest()
+    base = Dataset(csr, labels).fingerprint()
+    others = [
+        Dataset(sp.csr_matrix(np.array([[0.5, 0.0], [0.0, -2.5]])), labels),  # a value
+        Dataset(csr, np.array([-1, 1])),  # a label
+        Dataset(csr[[1, 0]], labels[[1, 0]]),  # the same samples in another order
+        Dataset(sp.csr_matrix(np.array([[0.5, 0.0, 0.0], [0.0, -2.0, 0.0]])), labels),  # a column more
+        Dataset(dense, labels),  # the same values, dense
+    ]
+    assert len({base, *(other.fingerprint() for other in others)}) == 1 + len(others)
+    assert Dataset(csr.astype(np.float32), labels.astype(np.float64), "renamed").fingerprint() == base

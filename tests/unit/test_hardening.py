@@ -296,12 +296,27 @@ def test_a_checkpoint_without_a_later_option_resumes_and_one_of_another_run_does
     fresh = Cluster(train, small_a9a(), 2, connect=False)
     fresh.coordinator.restore(checkpoint, 0.0)
     assert fresh.coordinator.state.version == cluster.coordinator.state.version
-    for field, value in (("bits", train.bits + 1), ("aligned_codes", True), ("algorithm", 7)):
+    for field, value, says in (
+        ("bits", train.bits + 1, f"another configuration: bits {train.bits + 1} there, {train.bits} here$"),
+        ("aligned_codes", True, "another configuration: aligned_codes True there, False here$"),
+        ("algorithm", 7, "names no configuration"),  # not an algorithm: no configuration at all
+    ):
         other = cluster.coordinator.checkpoint(cluster.now)
         other.meta["config"][field] = value
         refused = Cluster(train, small_a9a(), 2, connect=False)
-        with pytest.raises(CheckpointError, match="another configuration"):
+        with pytest.raises(CheckpointError, match=says):
             refused.coordinator.restore(other, 0.0)
+        assert refused.coordinator.state.version == 0
+    other = cluster.coordinator.checkpoint(cluster.now)
+    other.meta["config"].update(step=train.step * 2, epochs=3)
+    with pytest.raises(CheckpointError) as info:
+        Cluster(train, small_a9a(), 2, connect=False).coordinator.restore(other, 0.0)
+    step = f"step {train.step * 2!r} there, {train.step!r} here"
+    assert str(info.value).endswith(f"epochs 3 there, 2 here; {step}")
+    wider = cluster.coordinator.checkpoint(cluster.now)
+    wider.meta["dim"] += 1
+    with pytest.raises(CheckpointError, match=r"model has 124 parameters, this run's 123$"):
+        Cluster(train, small_a9a(), 2, connect=False).coordinator.restore(wider, 0.0)
 
 
 def test_a_checkpoint_of_another_random_generator_is_refused() -> None:

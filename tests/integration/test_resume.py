@@ -1,0 +1,132 @@
+"""Checkpoints of a whole local run: ``aiodq run --checkpoint`` / ``run_local(checkpoint=...)``.
+
+A run stopped early (cancelled, timed out, SIGTERM) leaves a checkpoint of where it stood and says
+so; ``resume`` continues it, refusing other data and a finished run.  ``aiodq master`` names its data
+in the checkpoint too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+import aiodq
+from aiodq.data import load_dataset
+from aiodq.errors import CheckpointError, RunError
+from aiodq.net import checkpoint as checkpoint_file
+from aiodq.net.checkpoint import resumable
+
+from .cluster import ROOT, wait_until
+from .cluster import aiodq as aiodq_command
+from .rel_peers import Process, wait_for_text
+
+DATA = ROOT / "tests" / "fixtures" / "a9a-head-300"
+
+
+def _version(path: Path) -> int:
+    kept = resumable(path) if path.exists() else None
+    return -1 if kept is None else kept[1]
+
+
+@pytest.mark.asyncio
+async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: Path) -> None:
+    path = tmp_path / "run.ckpt"
+    config = aiodq.TrainConfig(epochs=6, updates_per_epoch=400)
+    run = asyncio.create_task(
+        aiodq.run_local(config, DATA, workers=2, checkpoint=path, checkpoint_interval=0.2)
+    )
+    await wait_until(lambda: _version(path) >= 100 or run.done(), 60, "a checkpoint of 100 updates")
+    assert not run.done()
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    saved = checkpoint_file.load(path).meta  # written as the master closed: past the periodic one
+    assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] >= 100
+    assert saved["data"] == load_dataset(DATA).fingerprint()
+
+    result = await aiodq.run_local(config, DATA, workers=2, checkpoint=path, resume=True)
+    assert result.ok and result.failure is None
+    assert [asdict(record) for record in result.trace[: len(saved["trace"])]] == saved["trace"]
+    assert [record.epoch for record in result.trace] == list(range(7))  # x_0 and 6 epochs, once each
+    assert result.trace[-1].version >= 6 * 400
+    assert resumable(path) is None  # marked done
+
+    with pytest.raises(CheckpointError, match="written by a run on other data"):
+        await aiodq.run_local(config, None, workers=2, checkpoint=path, resume=True)  # the bundled a9a
+    with pytest.raises(CheckpointError, match="already finished"):
+        await aiodq.run_local(config, DATA, workers=2, checkpoint=path, resume=True)
+    finished = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "2", "--epochs", "6", "--updates-per-epoch", "400",
+        "--checkpoint", str(path), "--resume", "--no-progress", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert finished.returncode == 1
+    assert finished.stderr.strip() == "aiodq run: the checkpointed run had already finished"
+
+
+def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.ckpt"
+    config = aiodq.TrainConfig(epochs=10_000)
+    with pytest.raises(RunError) as info:
+        asyncio.run(aiodq.run_local(config, DATA, workers=1, checkpoint=path, timeout=2))
+    kept = resumable(path)
+    assert kept is not None
+    assert str(info.value) == (
+        f"the run did not finish within 2 s; the checkpoint {path} holds the run as it stood "
+        f"(epoch {kept[0]}, version {kept[1]}): --resume (resume=True) continues it"
+    )
+    with pytest.raises(RunError) as bare:  # without a checkpoint there is nothing to point to
+        asyncio.run(aiodq.run_local(config, DATA, workers=1, timeout=0.5))
+    assert str(bare.value) == "the run did not finish within 0.5 s"
+
+
+@pytest.mark.asyncio
+async def test_aiodq_run_stopped_by_sigterm_names_its_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "run.ckpt"
+    run = Process(
+        tmp_path, "run", "run", "--data", str(DATA), "--workers", "2", "--epochs", "10000",
+        "--checkpoint", str(path), "--checkpoint-interval", "0.2", "--no-progress",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: _version(path) > 0 or run.popen.poll() is not None, 60, "a checkpoint")
+        run.popen.send_signal(signal.SIGTERM)
+        assert await run.exited(60) == 128 + signal.SIGTERM
+    finally:
+        run.kill()
+    kept = resumable(path)
+    assert kept is not None and kept[1] > 0
+    assert run.stderr.strip().endswith(
+        f"aiodq run: stopped by SIGTERM; the checkpoint {path} holds the run as it stood "
+        f"(epoch {kept[0]}, version {kept[1]}): --resume continues it"
+    )
+
+
+@pytest.mark.asyncio
+async def test_aiodq_master_names_its_data_in_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "master.ckpt"
+    master = Process(
+        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", "--epochs", "1",
+        "--data", str(DATA), "--checkpoint", str(path),
+    )  # fmt: skip
+    try:
+        await wait_for_text(lambda: master.stdout, "waiting for", 60)
+        assert checkpoint_file.load(path).meta["data"] == load_dataset(DATA).fingerprint()
+    finally:
+        master.kill()
+
+
+def test_checkpoint_options_are_checked() -> None:
+    for args, says in (
+        (("--resume",), "--resume needs --checkpoint"),
+        (("--checkpoint", "x.ckpt", "--checkpoint-interval", "0"), "--checkpoint-interval must be positive"),
+        (("--launcher", "ray", "--checkpoint", "x"), "--checkpoint and --resume: for --launcher local only"),
+    ):
+        refused = aiodq_command("run", "--data", str(DATA), "--epochs", "1", *args)
+        assert refused.returncode == 2 and refused.stderr.strip() == f"aiodq run: {says}", refused.stderr
+    with pytest.raises(TypeError, match="checkpoint and resume apply to the local launcher only"):
+        asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="ray", checkpoint="x.ckpt"))
