@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -45,6 +44,8 @@ __all__ = [
     "lower_priority",
     "resolve_worker_nice",
     "master_main",
+    "progress_state",
+    "progress_table",
     "run_cluster",
     "run_coroutine",
     "run_local",
@@ -313,7 +314,10 @@ async def run_cluster(
             waiter: asyncio.Task[RunResult] | None = None
             restarts = 0
 
-            table = functools.partial(_table, master, f"aiodq run: {config.algorithm}, {workers} workers")
+            title = f"aiodq run: {config.algorithm}, {workers} workers"
+
+            def table() -> Any:
+                return progress_table(title, progress_state(master))
 
             try:
                 # Started inside the try: a failure or a cancellation part way leaves none running.
@@ -390,17 +394,33 @@ async def run_cluster(
     return result
 
 
-def _table(master: Master, title: str) -> Any:
-    """The live display's table: the last epochs' figures and where the run stands."""
+def progress_state(master: Master | None) -> dict[str, Any]:
+    """What the live display shows of a master (None: not started yet).
+
+    Whether training is over and the last 8 epochs' records and, once the master has started,
+    ``version``, ``bits`` (both directions so far) and ``elapsed`` seconds.
+    """
+    state: dict[str, Any] = {"done": False, "trace": []}
+    if master is not None and master.coordinator is not None:
+        coordinator = master.coordinator
+        state.update(
+            done=coordinator.done,
+            trace=list(coordinator.trace[-8:]),
+            version=coordinator.state.version,
+            bits=8 * coordinator.traffic().total(),
+            elapsed=master.elapsed,
+        )
+    return state
+
+
+def progress_table(title: str, state: dict[str, Any]) -> Any:
+    """The live display of a :func:`progress_state`: the last epochs and the run's figures so far."""
     from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
 
-    coordinator = master.coordinator
-    assert coordinator is not None
     view = Table(title=title, expand=False)
     for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
         view.add_column(column, justify="right")
-    elapsed = max(master.elapsed, 1e-9)
-    for record in coordinator.trace[-8:]:
+    for record in state["trace"]:
         view.add_row(
             str(record.epoch),
             f"{record.loss:.6f}",
@@ -408,10 +428,14 @@ def _table(master: Master, title: str) -> Any:
             f"{8 * record.bytes_total / 1e6:.3f}",
             f"{record.version / max(record.time, 1e-9):.0f}",
         )
-    view.caption = (
-        f"version {coordinator.state.version}, {8 * coordinator.traffic().total() / 1e6:.3f} Mbit, "
-        f"{coordinator.state.version / elapsed:.0f} updates/s, {elapsed:.1f} s"
-    )
+    if "version" in state:
+        elapsed = max(state["elapsed"], 1e-9)
+        view.caption = (
+            f"version {state['version']}, {state['bits'] / 1e6:.3f} Mbit, "
+            f"{state['version'] / elapsed:.0f} updates/s, {elapsed:.1f} s"
+        )
+    else:
+        view.caption = "starting"
     return view
 
 

@@ -40,7 +40,7 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .local import _live, load_data_or_fail, use_uvloop, worker_main
+from .local import _live, load_data_or_fail, progress_state, progress_table, use_uvloop, worker_main
 from .models import objective_for
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -166,18 +166,7 @@ class _MasterActor:
 
     async def progress(self) -> dict[str, Any]:
         """What the live display shows, whether training is over, and the log records since the last call."""
-        state: dict[str, Any] = {"logs": self._records.drain(), "done": False, "trace": []}
-        master = self._master
-        if master is not None and master.coordinator is not None:
-            coordinator = master.coordinator
-            state.update(
-                done=coordinator.done,
-                trace=list(coordinator.trace[-8:]),
-                version=coordinator.state.version,
-                bits=8 * coordinator.traffic().total(),
-                elapsed=master.elapsed,
-            )
-        return state
+        return {"logs": self._records.drain(), **progress_state(self._master)}
 
 
 class _WorkerActor:
@@ -421,10 +410,11 @@ async def _run(
         return asyncio.wrap_future(call.future())
 
     state: dict[str, Any] = {"trace": [], "done": False}
+    title = f"aiodq run (Ray): {config.algorithm}, {workers} workers"
     scope = asyncio.timeout(max(0.0, deadline - time.monotonic()))
     try:
         async with scope:
-            with _live(lambda: _table(config, workers, state), progress) as live:
+            with _live(lambda: progress_table(title, state), progress) as live:
                 for index in range(workers):  # they load their data while the master starts
                     create(index)
                 starting = master.start.remote(
@@ -446,7 +436,7 @@ async def _run(
                     await asyncio.wait(pending, timeout=_POLL, return_when=asyncio.FIRST_COMPLETED)
                     state = await _poll(ray, master)
                     if live is not None:
-                        live.update(_table(config, workers, state))
+                        live.update(progress_table(title, state))
                     for index in range(workers):
                         failure = _failure(loads[index], runs[index])
                         if failure is None or waiter.done() or state["done"]:
@@ -570,29 +560,3 @@ def _emit(logs: list[tuple[str, int, float, str]]) -> None:
             record = logger.makeRecord(name, level, "(master actor)", 0, "%s", (message,), None)
             record.created, record.msecs = created, (created - int(created)) * 1000
             logger.handle(record)
-
-
-def _table(config: TrainConfig, workers: int, state: dict[str, Any]) -> Any:
-    """The live display: the last epochs and the run's figures so far."""
-    from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
-
-    view = Table(title=f"aiodq run (Ray): {config.algorithm}, {workers} workers", expand=False)
-    for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
-        view.add_column(column, justify="right")
-    for record in state["trace"]:
-        view.add_row(
-            str(record.epoch),
-            f"{record.loss:.6f}",
-            f"{record.accuracy:.4f}",
-            f"{8 * record.bytes_total / 1e6:.3f}",
-            f"{record.version / max(record.time, 1e-9):.0f}",
-        )
-    if "version" in state:
-        elapsed = max(state["elapsed"], 1e-9)
-        view.caption = (
-            f"version {state['version']}, {state['bits'] / 1e6:.3f} Mbit, "
-            f"{state['version'] / elapsed:.0f} updates/s, {elapsed:.1f} s"
-        )
-    else:
-        view.caption = "starting the actors"
-    return view

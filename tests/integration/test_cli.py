@@ -389,3 +389,20 @@ def test_the_label_mapping_reaches_aiodq_log_and_bad_data_leaves_the_last_log(tm
     refused = aiodq("run", "--data", str(tmp_path / "missing.svm"), "--no-progress", "--out", str(out))
     assert refused.returncode == 2
     assert (out / "aiodq.log").read_text() == log
+
+
+def test_aiodq_run_shows_the_epochs_in_its_progress_table(tmp_path: Path) -> None:
+    """Without --no-progress the live table goes to stderr; where stderr is not a terminal, rich prints
+    it once at the end: one row per epoch record (x_0 and 2 epochs) and the run's figures."""
+    data = ROOT / "tests" / "fixtures" / "a9a-head-300"
+    done = aiodq("run", "--data", str(data), "--workers", "1", "--epochs", "2", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    trace = json.loads((tmp_path / "result.json").read_text())["trace"]
+    lines = [line.strip() for line in done.stderr.splitlines()]
+    assert "aiodq run: asylpg, 1 workers" in lines
+    rows = [line.strip("│ ").split("│") for line in lines if line.startswith("│")]
+    assert [(int(row[0]), float(row[1])) for row in rows] == [
+        (r["epoch"], round(r["loss"], 6)) for r in trace
+    ]
+    caption = next(line for line in lines if line.startswith("version "))
+    assert caption.startswith(f"version {trace[-1]['version']}, ") and caption.endswith(" s")
