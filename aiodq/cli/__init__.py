@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         help="--launcher local: run the workers this many nice steps below the master, which every "
         "update passes through (0 to 19; default 4)",
     )
-    add_checkpoint_options(run.add_argument_group("checkpoints (--launcher local)"))
+    add_checkpoint_options(run.add_argument_group("checkpoints"))
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
         "--timeout", type=finite_float, default=3600.0, help="give up after this many seconds (default 3600)"

@@ -197,8 +197,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if given and args.launcher != "ray":
         raise UsageError(f"{', '.join(given)}: for --launcher ray only")
     saving = checkpoint_options(args)
-    if args.launcher == "ray" and (args.checkpoint or args.resume):
-        raise UsageError("--checkpoint and --resume: for --launcher local only")
     try:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
@@ -225,6 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 master_config=master_config,
                 max_restarts=args.max_restarts,
+                **saving,
             )
         else:
             launch = run_cluster(

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_WORKER_NICE",
     "MAX_NICE",
     "check_nice",
+    "checkpoint_note",
     "load_data_or_fail",
     "lower_priority",
     "resolve_worker_nice",
@@ -184,7 +185,7 @@ async def run_local(
             other processes of this session too, and against every process where the kernel
             does not group processes by session (:func:`lower_priority`).
             ``result.summary["worker_nice"]`` records it.
-        checkpoint: with the local launcher, a file the master checkpoints the whole run into
+        checkpoint: a file the master checkpoints the whole run into
             (atomically): every ``checkpoint_interval`` seconds, when the run stops early (a
             timeout, a failed worker, a cancellation) and, marked done, at its end.  It names the
             training data's fingerprint (``Dataset.fingerprint()``).  Without ``resume`` it must
@@ -205,7 +206,7 @@ async def run_local(
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data.
         ValueError: if ``worker_nice`` is not an integer in 0..19.
-        TypeError: for ``worker_nice``, ``checkpoint`` or ``ray_options`` with the wrong launcher.
+        TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher.
         CheckpointError: if the checkpoint cannot be written, or (``resume``) read or used.
     """
     common: dict[str, Any] = {
@@ -221,11 +222,17 @@ async def run_local(
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
-        if checkpoint is not None or resume:
-            raise TypeError("checkpoint and resume apply to the local launcher only")
         from .ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only when asked for
 
-        return await run_ray(config, data, **common, **ray_options)
+        return await run_ray(
+            config,
+            data,
+            checkpoint=None if checkpoint is None else str(checkpoint),
+            checkpoint_interval=checkpoint_interval,
+            resume=resume,
+            **common,
+            **ray_options,
+        )
     if launcher != "local":
         raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:
@@ -377,21 +384,26 @@ async def run_cluster(
                 records.extend(master.coordinator.records)
     except RunError as exc:
         # The master checkpointed the run as it stood when it closed: say where, so it is not lost.
-        if (
-            checkpoint is None
-            or master.checkpointed is None
-            or (master.coordinator and master.coordinator.done)
-        ):
+        done = master.coordinator is not None and master.coordinator.done
+        note = checkpoint_note(checkpoint, None if done else master.checkpointed)
+        if not note:
             raise
-        epoch, version = master.checkpointed
-        raise RunError(
-            f"{exc}; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version "
-            f"{version}): --resume (resume=True) continues it"
-        ) from exc
+        raise RunError(f"{exc}{note}") from exc
     result.summary.update(
         dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
     )
     return result
+
+
+def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None) -> str:
+    """What to add to a stopped run's error: where its checkpoint holds it (empty if it holds nothing)."""
+    if checkpoint is None or stood is None:
+        return ""
+    epoch, version = stood
+    return (
+        f"; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version {version}): "
+        "--resume (resume=True) continues it"
+    )
 
 
 def progress_state(master: Master | None) -> dict[str, Any]:

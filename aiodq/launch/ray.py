@@ -19,7 +19,6 @@ Ray is optional (the ``ray`` extra): it is imported only when :func:`run_ray` ru
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import importlib
 import logging
@@ -31,29 +30,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from threadpoolctl import threadpool_limits
-
-from ..config import ConnectionConfig, MasterConfig
+from ..config import MasterConfig
 from ..errors import AiodqError, RunError, UsageError, code_name
-from ..net.master import Master
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .local import _live, load_data_or_fail, progress_state, progress_table, use_uvloop, worker_main
-from .models import objective_for
+from .local import (
+    _live,
+    checkpoint_note,
+    progress_table,
+)
+from .ray_actors import MasterActor, Secret, WorkerActor
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
 
 _log = logging.getLogger("aiodq.launch")
 
-#: How long a worker keeps reconnecting to a master it cannot reach (or that refuses its shard
-#: while the master still holds its lost session), in seconds.
-_RETRY_FOR = 30.0
 #: Seconds between the driver's polls of the master (progress, log records, failed workers).
 _POLL = 0.25
-#: Log records the master actor keeps for the driver between two polls.
-_LOG_BACKLOG = 2000
+#: How long the master actor has to close (and checkpoint) when a run stops early, before it is killed.
+_STOP = 30.0
 
 
 class RayMissingError(UsageError, ImportError):
@@ -68,21 +65,6 @@ def import_ray() -> Any:
         raise RayMissingError(f"the Ray launcher needs ray ({exc}): pip install 'aiodq[ray]'") from exc
 
 
-class _Secret:
-    """The run's shared secret, as it travels to the actors: its repr never shows it."""
-
-    def __init__(self, value: bytes) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-
-def _load(source: str | Dataset | None) -> Dataset:
-    """The dataset from a path (None: the bundled a9a) or as Ray handed it from the object store."""
-    return source if isinstance(source, Dataset) else load_data_or_fail(source)
-
-
 class _Unless(logging.Filter):
     """Drops the records whose message starts with ``prefix``."""
 
@@ -92,116 +74,6 @@ class _Unless(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.prefix)
-
-
-class _Records(logging.Handler):
-    """Keeps the ``aiodq`` log records of an actor for the driver (which logs them again)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: collections.deque[tuple[str, int, float, str]] = collections.deque(maxlen=_LOG_BACKLOG)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            self.records.append((record.name, record.levelno, record.created, record.getMessage()))
-
-    def drain(self) -> list[tuple[str, int, float, str]]:
-        drained = list(self.records)
-        self.records.clear()
-        return drained
-
-
-class _MasterActor:
-    """The master's actor (an async actor): a :class:`Master` on Ray's event loop."""
-
-    def __init__(self) -> None:
-        self._master: Master | None = None
-        self._dataset_name = ""
-        self._records = _Records()
-        logger = logging.getLogger("aiodq")
-        logger.setLevel(logging.INFO)
-        logger.addHandler(self._records)
-        logger.propagate = False  # the driver logs them
-
-    async def start(
-        self,
-        config: TrainConfig,
-        *,
-        source: str | Dataset | None,
-        workers: int,
-        secret: _Secret,
-        bind_host: str | None,
-        master_config: MasterConfig | None,
-        record_every: int,
-    ) -> tuple[str, int]:
-        """Load the data, bind ``bind_host`` (None: this node's address) at a free port; the address."""
-        dataset = _load(source)
-        self._dataset_name = dataset.name
-        host = bind_host or import_ray().util.get_node_ip_address()
-        master = Master(
-            config,
-            objective_for(config, dataset, training_set=True),
-            workers=workers,
-            host=host,
-            port=0,
-            connection_config=ConnectionConfig(secret=secret.value),
-            master_config=master_config,
-            record_every=record_every,
-            samples=dataset.samples,
-        )
-        await master.start()
-        self._master = master
-        return master.address
-
-    async def wait(self) -> tuple[RunResult, list[ModelRecord]]:
-        """Wait until training ends; the result (with the dataset's name) and the model records."""
-        assert self._master is not None
-        try:
-            result = await self._master.wait()
-        finally:
-            await self._master.close()
-        result.summary.update(dataset=self._dataset_name)
-        coordinator = self._master.coordinator
-        return result, [] if coordinator is None else list(coordinator.records)
-
-    async def progress(self) -> dict[str, Any]:
-        """What the live display shows, whether training is over, and the log records since the last call."""
-        return {"logs": self._records.drain(), **progress_state(self._master)}
-
-
-class _WorkerActor:
-    """A worker's actor: loads the data, then trains its shard in a session with the master."""
-
-    def __init__(self) -> None:
-        self._dataset: Dataset | None = None
-
-    def load(self, source: str | Dataset | None) -> int:
-        """Load the data now (while the master starts); the number of samples."""
-        self._dataset = _load(source)
-        return self._dataset.samples
-
-    def run(
-        self, host: str, port: int, *, index: int, workers: int, seed: int, model: str, secret: _Secret
-    ) -> tuple[int, str, int, bool]:
-        """Train shard ``index`` of ``workers`` until the master closes; (code, reason, gradients, ok)."""
-        assert self._dataset is not None
-        # One compute thread (BLAS, OpenMP): the workers share their node's cores.
-        os.environ["OMP_NUM_THREADS"] = "1"
-        with threadpool_limits(1), asyncio.Runner(loop_factory=use_uvloop()) as runner:
-            result = runner.run(
-                worker_main(
-                    host,
-                    port,
-                    self._dataset,
-                    index=index,
-                    workers=workers,
-                    seed=seed,
-                    model=model,
-                    connection_config=ConnectionConfig(secret=secret.value),
-                    retry_for=_RETRY_FOR,
-                )
-            )
-        return result.code, result.reason, result.gradients, result.ok
 
 
 async def run_ray(
@@ -220,6 +92,9 @@ async def run_ray(
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
+    checkpoint: str | None = None,
+    checkpoint_interval: float = 60.0,
+    resume: bool = False,
 ) -> RunResult:
     """Train with the master and ``workers`` workers as Ray actors (``aiodq run --launcher ray``).
 
@@ -250,6 +125,12 @@ async def run_ray(
         records: a list the model copies are appended to.
         max_restarts: replace a worker actor that dies or fails, up to this many times in all
             (the new actor rejoins on the same shard).
+        checkpoint: a file on the master actor's node (so give ``master_node`` to resume it) that
+            the master checkpoints the run into, as :func:`~aiodq.launch.local.run_local`'s: every
+            ``checkpoint_interval`` s, when the run stops early (the master actor is closed
+            before any actor is killed) and, marked done, at its end.
+        checkpoint_interval: seconds between checkpoints.
+        resume: continue the run ``checkpoint`` holds (same configuration and data).
 
     Returns:
         The trained model and the run's figures (``result.summary["ray"]`` says where it ran).
@@ -300,6 +181,7 @@ async def run_ray(
             logging.getLogger("ray._private.worker").removeFilter(quiet)
         started = True
         _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
+    stood: list[tuple[int, int]] = []  # where the checkpoint holds a run that stopped early
     try:
         result = await _run(
             ray,
@@ -317,7 +199,14 @@ async def run_ray(
             record_every=record_every,
             records=records,
             max_restarts=max_restarts,
+            saving={"checkpoint": checkpoint, "checkpoint_interval": checkpoint_interval, "resume": resume},
+            stood=stood,
         )
+    except RunError as exc:
+        note = checkpoint_note(checkpoint, stood[-1] if stood else None)
+        if not note:
+            raise
+        raise RunError(f"{exc}{note}") from exc
     finally:
         if started:
             stopping = time.monotonic()
@@ -348,8 +237,14 @@ async def _run(
     record_every: int,
     records: list[ModelRecord] | None,
     max_restarts: int,
+    saving: dict[str, Any],
+    stood: list[tuple[int, int]],
 ) -> RunResult:
-    """:func:`run_ray` once Ray is up: start the actors, follow the run, kill every actor at the end."""
+    """:func:`run_ray` once Ray is up: start the actors, follow the run, kill every actor at the end.
+
+    With a checkpoint, a run that stops early has its master actor closed first (which checkpoints
+    it): where the checkpoint holds the run is appended to ``stood``.
+    """
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     if workers * worker_cpus > cpus:
         _log.warning(
@@ -366,10 +261,10 @@ async def _run(
         path = Path(data).expanduser()
         source = data_path = str(path.resolve() if path.exists() else path)
     run_id = secrets.token_hex(4)
-    secret = _Secret(secrets.token_hex(32).encode())
+    secret = Secret(secrets.token_hex(32).encode())
     strategies = importlib.import_module("ray.util.scheduling_strategies")
     master = (
-        ray.remote(_MasterActor)
+        ray.remote(MasterActor)
         .options(
             name=f"aiodq-{run_id}-master",
             num_cpus=0,
@@ -379,7 +274,7 @@ async def _run(
         )
         .remote()
     )
-    worker_class = ray.remote(_WorkerActor)
+    worker_class = ray.remote(WorkerActor)
     actors: list[Any] = [master]  # every actor started, to kill at the end
     handles: list[Any] = []
     loads: list[asyncio.Future[Any]] = []
@@ -425,6 +320,7 @@ async def _run(
                     bind_host=bind_host,
                     master_config=master_config,
                     record_every=record_every,
+                    saving=saving,
                 )
                 host, port = await _call(ray, starting, "the master actor")
                 address = (str(host), int(port))
@@ -470,6 +366,10 @@ async def _run(
         why = f"; {workers - placed} worker actors never started (no room?)" if placed < workers else ""
         raise RunError(f"the run did not finish within {timeout:g} s{why}") from None
     finally:
+        if saving["checkpoint"] is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                where = await asyncio.wait_for(_call(ray, master.stop.remote(), "the master actor"), _STOP)
+                stood.extend([] if where is None else [tuple(where)])
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)

@@ -22,7 +22,7 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a local node on the loopback only
 ray = pytest.importorskip("ray", reason="the Ray launcher needs ray: pip install 'aiodq[ray]'")
 
-from aiodq.errors import RunError  # noqa: E402
+from aiodq.errors import CheckpointError, RunError  # noqa: E402
 from aiodq.launch.ray import run_ray  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
 
@@ -267,3 +267,62 @@ async def test_cancelled_while_ray_starts_it_shuts_the_instance_down() -> None:
         await asyncio.wait_for(run_ray(TrainConfig(epochs=1), workers=1, bind_host=LOOPBACK, timeout=60), 0.5)
     assert not ray.is_initialized()
     await wait_until(lambda: not descendants(os.getpid()), 15, "the exit of Ray's processes")
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("own_ray")
+async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """Cancelled mid-run, the master actor is closed before it is killed: its checkpoint holds the run
+    as it stood, and resume=True trains the rest (every epoch once)."""
+    from aiodq.net.checkpoint import load, resumable  # noqa: PLC0415
+
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=12)
+
+    def version() -> int:
+        kept = resumable(path) if path.exists() else None
+        return -1 if kept is None else kept[1]
+
+    run = asyncio.create_task(
+        run_ray(
+            config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), checkpoint_interval=0.2
+        )
+    )
+    await wait_until(lambda: version() >= 100 or run.done(), 90, "a checkpoint of 100 updates")
+    assert not run.done()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    saved = load(path).meta
+    assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] >= 100
+    await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
+
+    result = await run_ray(
+        config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), resume=True
+    )
+    assert result.ok, result.failure
+    assert [record.epoch for record in result.trace] == list(range(13))
+    assert result.trace[len(saved["trace"]) - 1].version == saved["trace"][-1]["version"]
+    assert resumable(path) is None  # marked done
+    finished = path.read_bytes()
+    with pytest.raises(CheckpointError, match="already finished"):  # from the master actor, as itself
+        await run_ray(config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), resume=True)
+    assert path.read_bytes() == finished
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("own_ray")
+async def test_a_timed_out_ray_run_says_where_its_checkpoint_holds_it(tmp_path: Path) -> None:
+    from aiodq.net.checkpoint import resumable  # noqa: PLC0415
+
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(RunError) as info:
+        await run_ray(
+            TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=5, checkpoint=str(path)
+        )
+    kept = resumable(path)
+    assert kept is not None
+    assert str(info.value) == (
+        f"the run did not finish within 5 s; the checkpoint {path} holds the run as it stood "
+        f"(epoch {kept[0]}, version {kept[1]}): --resume (resume=True) continues it"
+    )

@@ -124,9 +124,6 @@ def test_checkpoint_options_are_checked() -> None:
     for args, says in (
         (("--resume",), "--resume needs --checkpoint"),
         (("--checkpoint", "x.ckpt", "--checkpoint-interval", "0"), "--checkpoint-interval must be positive"),
-        (("--launcher", "ray", "--checkpoint", "x"), "--checkpoint and --resume: for --launcher local only"),
     ):
         refused = aiodq_command("run", "--data", str(DATA), "--epochs", "1", *args)
         assert refused.returncode == 2 and refused.stderr.strip() == f"aiodq run: {says}", refused.stderr
-    with pytest.raises(TypeError, match="checkpoint and resume apply to the local launcher only"):
-        asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="ray", checkpoint="x.ckpt"))
