@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
-from ..errors import CheckpointError, DataError, RunError, UsageError, code_name
+from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
 from ..launch.local import (
     load_data_or_fail,
     lower_priority,
@@ -24,7 +24,7 @@ from ..launch.local import (
     worker_main,
 )
 from ..launch.models import load_factory, objective_for, test_scores
-from ..launch.results import check_out, summary_rows, write_results
+from ..launch.results import MODEL_FILE, check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -56,7 +56,7 @@ def print_summary(summary: dict[str, object], command: str) -> None:
 _FORMAT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def setup_logging(stderr_level: int, logfile: Path | None = None) -> None:
+def setup_logging(stderr_level: int, logfile: Path | None = None, *, append: bool = False) -> None:
     """Log aiodq's records to stderr at ``stderr_level`` and, if given, everything to ``logfile``."""
     logger = logging.getLogger("aiodq")
     logger.setLevel(logging.INFO)
@@ -65,7 +65,7 @@ def setup_logging(stderr_level: int, logfile: Path | None = None) -> None:
     console.setFormatter(_FORMAT)
     logger.addHandler(console)
     if logfile is not None:
-        add_logfile(logfile)
+        add_logfile(logfile, append=append)
 
 
 class _Holding(logging.Handler):
@@ -96,10 +96,14 @@ def _held_logs() -> Iterator[list[logging.LogRecord]]:
         logger.setLevel(level)
 
 
-def add_logfile(logfile: Path) -> None:
-    """Also log everything to ``logfile`` (its folder exists and is writable: :func:`_output_folder`)."""
+def add_logfile(logfile: Path, *, append: bool = False) -> None:
+    """Also log everything to ``logfile`` (its folder exists and is writable: :func:`_output_folder`).
+
+    ``append``: after what it holds (a run with a checkpoint: its log goes on from an interrupted
+    session's, and a start that its checkpoint refuses leaves that log whole); else from empty.
+    """
     try:
-        handler = logging.FileHandler(logfile, mode="w", encoding="utf-8")
+        handler = logging.FileHandler(logfile, mode="a" if append else "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write the log {logfile}: {exc.strerror or exc}") from exc
     handler.setFormatter(_FORMAT)
@@ -144,16 +148,11 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
 
 
-def _finish(
-    command: str,
-    result: RunResult,
-    out: Path | None,
-    test: Dataset | None = None,
-    train: Dataset | None = None,
-) -> int:
-    """Score the model on ``test``, write the results, print the summary.
+def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
+    """Score the model on ``test`` and write the results into ``out``; the line that says where.
 
-    A run that ended without finishing fails (status 1).
+    Raises:
+        RunError: if they cannot be written.
     """
     if test is not None and result.trace:
         try:
@@ -161,14 +160,31 @@ def _finish(
             result.summary["test"] = test_scores(result.config, test, result.model, labels)
         except (UsageError, ValueError) as exc:
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
-    written = ""
-    if out is not None:
+    paths = write_results(result, out)
+    return f"wrote {', '.join(str(p) for p in paths)}; log in {out / 'aiodq.log'}"
+
+
+def _finish(
+    command: str,
+    result: RunResult,
+    out: Path | None,
+    test: Dataset | None = None,
+    train: Dataset | None = None,
+    *,
+    written: str | RunError | None = None,
+) -> int:
+    """Score the model on ``test``, write the results (``written``: done already), print the summary.
+
+    A run that ended without finishing fails (status 1).
+    """
+    if written is None and out is not None:
         try:
-            paths = write_results(result, out)
+            written = _write(result, out, test, train)
         except RunError as exc:
-            print(f"aiodq {command}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        written = f"wrote {', '.join(str(p) for p in paths)}; log in {out / 'aiodq.log'}"
+            written = exc
+    if isinstance(written, RunError):
+        print(f"aiodq {command}: {written}", file=sys.stderr)
+        return EXIT_FAILED
     print_summary(result.to_json(), command)
     if written:
         print(written)
@@ -176,6 +192,16 @@ def _finish(
         print(f"aiodq {command}: {result.failure}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _checked_checkpoint(path: str | None, out: Path) -> None:
+    """Refuse a checkpoint path that is one of the files the run writes into ``out``."""
+    if path is None:
+        return
+    target = Path(path).resolve()
+    for name in ("result.json", MODEL_FILE, "loss_vs_bits.png", "aiodq.log"):
+        if target == (out / name).resolve():
+            raise UsageError(f"--checkpoint {path}: the run writes its {name} there (--out {out})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -203,10 +229,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--worker-nice: {exc}") from exc
     out = _output_folder(args.out)
     assert out is not None
+    _checked_checkpoint(saving["checkpoint"], out)
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
-    setup_logging(logging.WARNING, out / "aiodq.log")
+    setup_logging(logging.WARNING, out / "aiodq.log", append=saving["checkpoint"] is not None)
     for record in held:
         logging.getLogger(record.name).handle(record)
+    written: list[str | RunError] = []
+
+    def write_now(result: RunResult) -> None:
+        # As soon as training has finished: an interruption while the workers exit loses nothing.
+        try:
+            written.append(_write(result, out, test, dataset))
+        except RunError as exc:
+            written.append(exc)
+
     try:
         if args.launcher == "ray":
             from ..launch.ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only here
@@ -237,13 +273,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 master_config=master_config,
                 max_restarts=args.max_restarts,
                 worker_nice=worker_nice,
+                finished=write_now,
                 **saving,
             )
         result = run_coroutine(launch)
     except (CheckpointError, RunError) as exc:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return _finish("run", result, out, test, dataset)
+    except (KeyboardInterrupt, StoppedError):
+        if written and isinstance(written[0], str):
+            print(f"aiodq run: training had finished: {written[0]}", file=sys.stderr)
+        raise
+    return _finish("run", result, out, test, dataset, written=written[0] if written else None)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -278,7 +319,8 @@ def cmd_master(args: argparse.Namespace) -> int:
             raise UsageError(f"--records: {exc}") from exc
     out = _output_folder(args.out)
     if out is not None:
-        add_logfile(out / "aiodq.log")
+        _checked_checkpoint(saving["checkpoint"], out)
+        add_logfile(out / "aiodq.log", append=saving["checkpoint"] is not None)
     options = {
         "master_config": master_config,
         "connection_config": network,

@@ -33,7 +33,7 @@ from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .models import objective_for
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
-from .processes import WorkerProcess, exits, stop_workers
+from .processes import WorkerProcess, ended, exits, stop_workers
 from .results import save_records
 
 __all__ = [
@@ -270,8 +270,12 @@ async def run_cluster(
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 60.0,
     resume: bool = False,
+    finished: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
+
+    ``finished`` gets the result as soon as training has ended, before the workers' exit is
+    awaited (``aiodq run`` writes its files then: a stop while the workers exit loses nothing).
 
     Raises:
         ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`resolve_worker_nice`).
@@ -347,8 +351,12 @@ async def run_cluster(
                             if restarts >= max_restarts:
                                 said = message[-2000:] or "(nothing on stderr)"
                                 raise RunError(
-                                    f"worker process {_ended(status)}: {said}"
-                                    + (f" (after {restarts} restarts)" if restarts else "")
+                                    f"worker process {ended(status)}: {said}"
+                                    + (
+                                        f" (after {restarts} restart{'s' * (restarts > 1)})"
+                                        if restarts
+                                        else ""
+                                    )
                                 )
                             # The protocol lets a worker rejoin: start another on the same shard.
                             restarts += 1
@@ -356,7 +364,7 @@ async def run_cluster(
                                 "worker %d/%d %s; restarting it (%d of %d): %s",
                                 index,
                                 workers,
-                                _ended(status),
+                                ended(status),
                                 restarts,
                                 max_restarts,
                                 message.splitlines()[-1] if message else "",
@@ -372,6 +380,11 @@ async def run_cluster(
                     result: RunResult = waiter.result()
                 except TimeoutError:
                     raise RunError(f"the run did not finish within {timeout:g} s") from None
+                result.summary.update(
+                    dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
+                )
+                if finished is not None:
+                    finished(result)
                 # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
                 # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
                 if result.ok:
@@ -389,9 +402,6 @@ async def run_cluster(
         if not note:
             raise
         raise RunError(f"{exc}{note}") from exc
-    result.summary.update(
-        dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
-    )
     return result
 
 
@@ -402,7 +412,7 @@ def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None
     epoch, version = stood
     return (
         f"; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version {version}): "
-        "--resume (resume=True) continues it"
+        "resume it to continue"
     )
 
 
@@ -451,15 +461,6 @@ def progress_table(title: str, state: dict[str, Any]) -> Any:
     return view
 
 
-def _ended(status: int | None) -> str:
-    """How a process ended, from its return code: ``exited with status 3``, ``killed by SIGKILL``."""
-    if status is not None and status < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-status).name}"
-        return f"killed by signal {-status}"
-    return f"exited with status {status}"
-
-
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
 _SIGINT_GRACE = 1.0
 #: How long the workers have to exit once training has ended and the master has closed.
@@ -486,7 +487,7 @@ async def _after_training(processes: list[WorkerProcess]) -> None:
             _log.warning(
                 "worker %d %s after training had finished: %s",
                 worker.index,
-                _ended(worker.returncode),
+                ended(worker.returncode),
                 tail.splitlines()[-1] if tail else "",
             )
 

@@ -23,7 +23,7 @@ from typing import cast
 
 from ..errors import RunError
 
-__all__ = ["WorkerProcess", "exits", "stop_workers"]
+__all__ = ["WorkerProcess", "ended", "exits", "stop_workers"]
 
 _log = logging.getLogger("aiodq.launch")
 
@@ -198,3 +198,12 @@ async def stop_workers(workers: Sequence[WorkerProcess], grace: float = 5.0) -> 
     if workers:
         await asyncio.wait(exits(workers))
     await asyncio.gather(*(worker.finish_reading() for worker in workers))
+
+
+def ended(status: int | None) -> str:
+    """How a process ended, from its return code: ``exited with status 3``, ``killed by SIGKILL``."""
+    if status is not None and status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+        return f"killed by signal {-status}"
+    return f"exited with status {status}"

@@ -338,7 +338,7 @@ async def _run(
                         if failure is None or waiter.done() or state["done"]:
                             continue
                         if restarts >= max_restarts:
-                            after = f" (after {restarts} restarts)" if restarts else ""
+                            after = f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else ""
                             raise RunError(f"worker {index}/{workers} failed: {failure}{after}")
                         restarts += 1
                         _log.warning(

@@ -40,6 +40,52 @@ CHECKPOINT_FORMAT = 1
 _savez: Any = np.savez
 
 
+class Lock:
+    """An exclusive lock on a checkpoint, held by the master that writes it (see :func:`lock`)."""
+
+    def __init__(self, descriptor: int | None) -> None:
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        """Let another master use the checkpoint (closing the lock file releases the lock)."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def lock(path: str | Path) -> Lock:
+    """Lock the checkpoint ``path`` for this process: an advisory ``flock`` on ``.NAME.lock`` beside it.
+
+    The kernel drops the lock when the process ends, however it ends, so a crashed master
+    never leaves its checkpoint locked.  Where ``fcntl`` is missing the lock does nothing.
+
+    Raises:
+        CheckpointError: if another process (or another master of this one) holds it, or the
+            lock file cannot be created.
+    """
+    target = Path(path)
+    where = target.parent / f".{target.name}.lock"
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return Lock(None)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(where, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(descriptor)
+        if isinstance(exc, BlockingIOError):
+            raise CheckpointError(
+                f"the checkpoint {path} is in use by another run (it holds the lock {where})"
+            ) from None
+        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
+    return Lock(descriptor)
+
+
 def remove_stale(path: str | Path) -> int:
     """Remove the temporary files that writes of ``path`` interrupted by a crash left behind.
 

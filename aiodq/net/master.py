@@ -31,7 +31,6 @@ import platform
 import socket
 import ssl as ssl_module
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from ..version import __version__
 from . import checkpoint as checkpoint_file
 from .listener import Listener
 from .logbook import Logbook, peer_name, printable
+from .tls import reporting_ssl_objects
 
 __all__ = ["Master", "printable", "provenance"]
 
@@ -95,7 +95,8 @@ class Master:
             ssl: a server-side TLS context (with client-certificate checks for mutual TLS).  Its
                 ``sslobject_class`` is wrapped, so that failed handshakes are counted and logged.
             checkpoint: a file to checkpoint the whole state into, atomically (written once at
-                :meth:`start`, so a path that cannot be written fails there).
+                :meth:`start`, so a path that cannot be written fails there).  The master holds
+                a lock on it from :meth:`start` to :meth:`close` (:func:`checkpoint.lock`).
             checkpoint_interval: seconds between checkpoints.
             resume: continue from ``checkpoint`` instead of starting afresh.
             blas_threads: BLAS threads in this process while the master runs (None: leave
@@ -131,6 +132,8 @@ class Master:
         self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
         self._data_fingerprint = data_fingerprint
+        self._lock: checkpoint_file.Lock | None = None
+        self._before = 0.0  # seconds of training a resumed checkpoint holds
         #: ``(epoch, version)`` of the last checkpoint written, the one at the end or the close included.
         self.checkpointed: tuple[int, int] | None = None
         self._blas_threads = blas_threads
@@ -184,32 +187,49 @@ class Master:
             samples=self._samples,
         )
         if self._checkpoint is not None:
-            if checkpoint_file.remove_stale(self._checkpoint):
-                _log.info(
-                    "removed temporary checkpoint files an interrupted run left next to %s", self._checkpoint
-                )
-            if self._resume:
-                limit = self._checkpoint_bytes()
-                saved = checkpoint_file.load(self._checkpoint, max_bytes=limit)
-                self._check_data(saved.meta.get("data"))
-                self.coordinator.restore(saved, 0.0)
-                self._logbook.resumed(self.coordinator)
-                _log.info(
-                    "resumed from %s at epoch %d, version %d",
-                    self._checkpoint,
-                    self.coordinator.state.epoch,
-                    self.coordinator.state.version,
-                )
-            else:
-                checkpoint_file.check_fresh_start(self._checkpoint, max_bytes=self._checkpoint_bytes())
-                self.write_checkpoint()  # fails now, with one line, if the file cannot be written
+            # Held until close(): a second master on the same file (another run, or this one started
+            # twice) is refused instead of overwriting this run's checkpoints.
+            self._lock = checkpoint_file.lock(self._checkpoint)
+            try:
+                if checkpoint_file.remove_stale(self._checkpoint):
+                    _log.info(
+                        "removed temporary checkpoint files an interrupted run left next to %s",
+                        self._checkpoint,
+                    )
+                if self._resume:
+                    limit = self._checkpoint_bytes()
+                    saved = checkpoint_file.load(self._checkpoint, max_bytes=limit)
+                    if saved.meta.get("phase") is not None:  # (else not a run's: restore says so)
+                        self._check_data(saved.meta.get("data"))
+                    self.coordinator.restore(saved, 0.0)
+                    self._before = float(saved.meta["elapsed"])  # (checked by restore)
+                    if saved.meta.get("workers") != self._workers:
+                        _log.warning(
+                            "the checkpointed run had %s workers, this one %d: its shards change from here",
+                            saved.meta.get("workers"),
+                            self._workers,
+                        )
+                    self._logbook.resumed(self.coordinator)
+                    _log.info(
+                        "resumed from %s at epoch %d, version %d",
+                        self._checkpoint,
+                        self.coordinator.state.epoch,
+                        self.coordinator.state.version,
+                    )
+                else:
+                    checkpoint_file.check_fresh_start(self._checkpoint, max_bytes=self._checkpoint_bytes())
+                    self.write_checkpoint()  # fails now, with one line, if the file cannot be written
+            except BaseException:
+                self._lock.release()  # (a start that failed leaves the file to the next one)
+                self._lock = None
+                raise
         self._provenance = provenance()
         # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
         # stream could stall a handshake until its timeout.  The loop does not report a
-        # failed handshake, so the context's SSL objects report it (_reporting_ssl_objects).
+        # failed handshake, so the context's SSL objects report it (tls.reporting_ssl_objects).
         tls: dict[str, Any] = {}
         if self._ssl is not None:
-            self._ssl.sslobject_class = _reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
+            self._ssl.sslobject_class = reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
             tls = {"ssl": self._ssl, "ssl_handshake_timeout": self._connection_config.handshake_timeout}
         await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, **tls)
         host, port = self._listener.sockets[0].getsockname()[:2]
@@ -246,7 +266,7 @@ class Master:
         self._logbook.counts(force=True)  # what the last interval counted
         return RunResult.of(
             self.coordinator,
-            wall_time=self._now() if self._finished_at is None else self._finished_at,
+            wall_time=self._before + (self._now() if self._finished_at is None else self._finished_at),
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
@@ -283,6 +303,9 @@ class Master:
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def __aenter__(self) -> Master:
         try:
@@ -309,8 +332,8 @@ class Master:
 
     @property
     def elapsed(self) -> float:
-        """Seconds since :meth:`start`."""
-        return self._now()
+        """Seconds of training: since :meth:`start`, plus those a resumed checkpoint holds."""
+        return self._before + self._now()
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -526,28 +549,6 @@ class Master:
             self.coordinator.state.epoch,
             self.coordinator.state.version,
         )
-
-
-def _reporting_ssl_objects(
-    base: type[ssl_module.SSLObject], report: Callable[[ssl_module.SSLError], None]
-) -> type[ssl_module.SSLObject]:
-    """``base`` (the context's SSL object class), reporting a failed handshake to ``report``."""
-    if getattr(base, "_aiodq_reporting", False):
-        base = base.__mro__[1]  # a context used by an earlier Master: report to this one
-
-    class Reporting(base):  # type: ignore[valid-type, misc]
-        _aiodq_reporting = True
-
-        def do_handshake(self) -> None:
-            try:
-                super().do_handshake()
-            except (ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError):
-                raise
-            except ssl_module.SSLError as exc:
-                report(exc)
-                raise
-
-    return Reporting
 
 
 def _initial(config: TrainConfig, model: object) -> npt.NDArray[np.float64]:

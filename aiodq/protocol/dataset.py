@@ -60,21 +60,27 @@ class Dataset:
 
         BLAKE2b (128 bits) over the shape, the labels and the features: a dense array's values
         in row order, or a CSR matrix's values, column indices and row pointers, as float64
-        and int64 little-endian.  The same file read by the same loader gives the same
-        fingerprint; any changed value, sample or label (or a change of form, dense or CSR)
-        gives another.  The name is left out.
+        and int64 little-endian, with -0.0 written as 0.0 and a CSR matrix's stored zeros
+        left out (``eliminate_zeros``: a file's ``3:0`` adds nothing to the data).  The same
+        data read from the same kind of file gives the same fingerprint; any changed value,
+        sample or label (or a change of form, dense or CSR) gives another.  The name is left
+        out.
         """
         digest = hashlib.blake2b(digest_size=16)
         features: Any = self.features  # a dense array, or a CSR matrix (scipy is optional)
         rows, columns = features.shape
         sparse = hasattr(features, "indptr")
+        if sparse and not np.all(features.data):  # stored zeros: left out, in a copy
+            features = features.copy()
+            features.eliminate_zeros()
         digest.update(f"aiodq-dataset-1 {'csr' if sparse else 'dense'} {rows} {columns}".encode())
-        digest.update(np.ascontiguousarray(self.labels, dtype="<f8").data)
+        digest.update(_float_bytes(self.labels))
         if sparse:
-            for part, kind in ((features.data, "<f8"), (features.indices, "<i8"), (features.indptr, "<i8")):
-                digest.update(np.ascontiguousarray(part, dtype=kind).data)
+            digest.update(_float_bytes(features.data))
+            digest.update(np.ascontiguousarray(features.indices, dtype="<i8").data)
+            digest.update(np.ascontiguousarray(features.indptr, dtype="<i8").data)
         else:
-            digest.update(np.ascontiguousarray(features, dtype="<f8").data)
+            digest.update(_float_bytes(features))
         return f"blake2b:{digest.hexdigest()}"
 
     def for_model(
@@ -99,6 +105,11 @@ class Dataset:
         return (
             self if note is None and labels is self.labels else Dataset(self.features, labels, self.name)
         ), note
+
+
+def _float_bytes(values: Any) -> memoryview:
+    """``values`` as float64 little-endian bytes, -0.0 written as 0.0 (adding 0.0 makes it so)."""
+    return (np.asarray(values, dtype=np.float64) + 0.0).astype("<f8", copy=False).data
 
 
 #: Number of classes: 2 for -1/+1 labels, else the largest label plus one.

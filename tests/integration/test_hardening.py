@@ -603,9 +603,11 @@ async def test_resuming_on_other_data_is_refused(tmp_path: Path, caplog: pytest.
         f"{other}): resume it with the data it trained on"
     )
     assert path.read_bytes() == written  # the refused master wrote nothing over it
-    same = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True, data_fingerprint=mine)
-    await same.start()
+    same = Master(config, np.zeros(123), workers=2, checkpoint=path, resume=True, data_fingerprint=mine)
+    with caplog.at_level(logging.WARNING, logger="aiodq.master"):
+        await same.start()
     await same.close()
+    assert "the checkpointed run had 1 workers, this one 2: its shards change from here" in caplog.text
     saved = checkpoint_file.load(path)
     del saved.meta["data"]  # as a checkpoint of an earlier version, or of a master told no fingerprint
     checkpoint_file.save(path, saved)

@@ -324,5 +324,5 @@ async def test_a_timed_out_ray_run_says_where_its_checkpoint_holds_it(tmp_path: 
     assert kept is not None
     assert str(info.value) == (
         f"the run did not finish within 5 s; the checkpoint {path} holds the run as it stood "
-        f"(epoch {kept[0]}, version {kept[1]}): --resume (resume=True) continues it"
+        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
     )

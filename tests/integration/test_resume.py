@@ -21,7 +21,7 @@ from aiodq.errors import CheckpointError, RunError
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.checkpoint import resumable
 
-from .cluster import ROOT, wait_until
+from .cluster import LEAST_SQUARES, ROOT, wait_until
 from .cluster import aiodq as aiodq_command
 from .rel_peers import Process, wait_for_text
 
@@ -54,6 +54,8 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
     assert [asdict(record) for record in result.trace[: len(saved["trace"])]] == saved["trace"]
     assert [record.epoch for record in result.trace] == list(range(7))  # x_0 and 6 epochs, once each
     assert result.trace[-1].version >= 6 * 400
+    # The wall time counts both sessions' training, as the trace's times do.
+    assert result.trace[-1].time <= result.summary["wall_time"]
     assert resumable(path) is None  # marked done
 
     with pytest.raises(CheckpointError, match="written by a run on other data"):
@@ -77,7 +79,7 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path
     assert kept is not None
     assert str(info.value) == (
         f"the run did not finish within 2 s; the checkpoint {path} holds the run as it stood "
-        f"(epoch {kept[0]}, version {kept[1]}): --resume (resume=True) continues it"
+        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
     )
     with pytest.raises(RunError) as bare:  # without a checkpoint there is nothing to point to
         asyncio.run(aiodq.run_local(config, DATA, workers=1, timeout=0.5))
@@ -127,3 +129,97 @@ def test_checkpoint_options_are_checked() -> None:
     ):
         refused = aiodq_command("run", "--data", str(DATA), "--epochs", "1", *args)
         assert refused.returncode == 2 and refused.stderr.strip() == f"aiodq run: {says}", refused.stderr
+
+
+LINGERING = (
+    LEAST_SQUARES
+    + """
+import atexit, time
+
+atexit.register(time.sleep, 20)  # a worker slow to exit once training has ended
+"""
+)
+
+
+@pytest.mark.asyncio
+async def test_a_stop_after_training_has_ended_still_leaves_the_results(tmp_path: Path) -> None:
+    """SIGTERM while the workers exit (training ended, its checkpoint marked done): the results are
+    written already, and the message says so; before, result.json and model.npz were lost."""
+    (tmp_path / "slow_exit.py").write_text(LINGERING)
+    path, out = tmp_path / "run.ckpt", tmp_path / "out"
+    run = Process(
+        tmp_path, "run", "run", "--data", str(DATA), "--model", "slow_exit:LeastSquares", "--workers", "1",
+        "--epochs", "2", "--step", "0.01", "--checkpoint", str(path), "--no-progress", "--out", str(out),
+        env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    try:
+
+        def finished() -> bool:
+            with contextlib.suppress(CheckpointError):
+                return checkpoint_file.load(path, arrays=False).meta.get("phase") == "done"
+            return False
+
+        await wait_until(lambda: finished() or run.popen.poll() is not None, 60, "the end of training")
+        assert run.popen.poll() is None, run.stderr[-2000:]  # the worker lingers 20 s
+        run.popen.send_signal(signal.SIGTERM)
+        assert await run.exited(60) == 128 + signal.SIGTERM
+    finally:
+        run.kill()
+    lines = run.stderr.strip().splitlines()
+    assert lines[-2] == (
+        f"aiodq run: training had finished: wrote {out / 'result.json'}, {out / 'model.npz'}, "
+        f"{out / 'loss_vs_bits.png'}; log in {out / 'aiodq.log'}"
+    )
+    assert lines[-1] == "aiodq run: stopped by SIGTERM"
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert model.shape == (load_dataset(DATA).features_count,) and meta["failure"] is None
+
+
+@pytest.mark.asyncio
+async def test_a_checkpoint_is_one_runs_at_a_time_and_a_refused_start_keeps_the_log(tmp_path: Path) -> None:
+    """A second run on a checkpoint in use is refused (it overwrote the first run's, untrained one
+    at version 0); a start its checkpoint refuses appends to the log instead of emptying it."""
+    path, out = tmp_path / "run.ckpt", tmp_path / "out"
+    first = Process(
+        tmp_path, "first", "run", "--data", str(DATA), "--workers", "1", "--epochs", "10000",
+        "--checkpoint", str(path), "--checkpoint-interval", "0.2", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    try:
+        await wait_until(
+            lambda: _version(path) > 0 or first.popen.poll() is not None, 60, "a trained checkpoint"
+        )
+        second = aiodq_command(
+            "run", "--data", str(DATA), "--workers", "1", "--epochs", "3", "--bits", "4",
+            "--checkpoint", str(path), "--no-progress", "--out", str(tmp_path / "second"),
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert second.stderr.strip() == (
+            f"aiodq run: the checkpoint {path} is in use by another run (it holds the lock "
+            f"{tmp_path / '.run.ckpt.lock'})"
+        )
+        assert first.popen.poll() is None
+        first.popen.send_signal(signal.SIGTERM)
+        assert await first.exited(60) == 128 + signal.SIGTERM
+    finally:
+        first.kill()
+    log = (out / "aiodq.log").read_text()
+    assert log
+    forgot = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "1", "--epochs", "10000", "--timeout", "30",
+        "--checkpoint", str(path), "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert forgot.returncode == 1 and "holds a run that has not finished" in forgot.stderr
+    assert (out / "aiodq.log").read_text().startswith(log)  # the interrupted run's log is still there
+
+
+def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for name in ("model.npz", "result.json", "aiodq.log"):
+        refused = aiodq_command(
+            "run", "--data", str(DATA), "--epochs", "1", "--checkpoint", str(out / name), "--out", str(out)
+        )
+        assert refused.returncode == 2
+        assert (
+            refused.stderr.strip()
+            == f"aiodq run: --checkpoint {out / name}: the run writes its {name} there (--out {out})"
+        )

@@ -620,3 +620,11 @@ def test_a_datasets_fingerprint_is_the_documented_digest_and_tells_data_apart() 
     ]
     assert len({base, *(other.fingerprint() for other in others)}) == 1 + len(others)
     assert Dataset(csr.astype(np.float32), labels.astype(np.float64), "renamed").fingerprint() == base
+    # A stored zero (a file's "2:0") and a negative zero are the same data.
+    stored = sp.csr_matrix(
+        (np.array([0.5, 0.0, -2.0]), np.array([0, 1, 1]), np.array([0, 2, 3])), shape=(2, 2)
+    )
+    assert stored.nnz == 3 and Dataset(stored, labels).fingerprint() == base
+    assert stored.nnz == 3  # the caller's matrix is left as it was
+    dense_zero = np.array([[0.5, -0.0], [-0.0, -2.0]])
+    assert Dataset(dense_zero, labels).fingerprint() == Dataset(dense, labels).fingerprint()
