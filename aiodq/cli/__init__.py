@@ -347,12 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _kept(args: argparse.Namespace) -> str:
     """Where a stopped run's checkpoint keeps it (the master wrote it as it closed); empty if none does."""
     path = getattr(args, "checkpoint", None)
-    kept = resumable(path) if path else None
-    if kept is None:
+    if not path:
         return ""
-    epoch, version = kept
-    where = f"epoch {epoch}, version {version}"
-    return f"; the checkpoint {path} holds the run as it stood ({where}): --resume continues it"
+    from ..launch.local import checkpoint_note  # noqa: PLC0415 - loaded by the commands already
+
+    return checkpoint_note(path, resumable(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

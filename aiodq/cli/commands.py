@@ -259,6 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 master_config=master_config,
                 max_restarts=args.max_restarts,
+                finished=write_now,
                 **saving,
             )
         else:
@@ -281,10 +282,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError):
-        if written and isinstance(written[0], str):
+        if written:  # (the results, or why they could not be written)
             print(f"aiodq run: training had finished: {written[0]}", file=sys.stderr)
         raise
-    return _finish("run", result, out, test, dataset, written=written[0] if written else None)
+    # (With Ray, written again: the summary's ray figures are complete only now.)
+    early = written[0] if written and args.launcher == "local" else None
+    return _finish("run", result, out, test, dataset, written=early)
 
 
 def cmd_master(args: argparse.Namespace) -> int:

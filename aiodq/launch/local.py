@@ -33,7 +33,7 @@ from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .models import objective_for
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
-from .processes import WorkerProcess, ended, exits, stop_workers
+from .processes import WorkerProcess, after_training, ended, exits, stop_workers
 from .results import save_records
 
 __all__ = [
@@ -227,7 +227,7 @@ async def run_local(
         return await run_ray(
             config,
             data,
-            checkpoint=None if checkpoint is None else str(checkpoint),
+            checkpoint=checkpoint,
             checkpoint_interval=checkpoint_interval,
             resume=resume,
             **common,
@@ -275,7 +275,8 @@ async def run_cluster(
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
 
     ``finished`` gets the result as soon as training has ended, before the workers' exit is
-    awaited (``aiodq run`` writes its files then: a stop while the workers exit loses nothing).
+    awaited, and also when the run is stopped after that (``aiodq run`` writes its files then: a
+    stop while the workers exit loses nothing).
 
     Raises:
         ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`resolve_worker_nice`).
@@ -330,16 +331,30 @@ async def run_cluster(
             def table() -> Any:
                 return progress_table(title, progress_state(master))
 
+            reported: list[RunResult] = []
+
+            def report() -> RunResult:
+                """The result as training ended, with the launcher's figures; given to ``finished`` once."""
+                if not reported:
+                    result = master.result()
+                    result.summary.update(
+                        dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
+                    )
+                    reported.append(result)
+                    if finished is not None:
+                        finished(result)
+                return reported[0]
+
             try:
                 # Started inside the try: a failure or a cancellation part way leaves none running.
                 for index in range(workers):
                     processes.append(await start(index))
-                waiter = asyncio.create_task(master.wait(timeout))
+                waiter = asyncio.create_task(master.trained(timeout))
                 with _live(table, progress) as live:
                     while not waiter.done():
                         for index, worker in enumerate(processes):
                             if not worker.failed or (master.coordinator and master.coordinator.done):
-                                continue  # (once training has ended, _after_training reports it)
+                                continue  # (once training has ended, after_training reports it)
                             if worker.interrupted:
                                 # A terminal's Ctrl-C goes to the whole process group: this process's own
                                 # SIGINT, which stops the run, may come a moment after the worker's exit.
@@ -350,14 +365,10 @@ async def run_cluster(
                             status = worker.returncode
                             if restarts >= max_restarts:
                                 said = message[-2000:] or "(nothing on stderr)"
-                                raise RunError(
-                                    f"worker process {ended(status)}: {said}"
-                                    + (
-                                        f" (after {restarts} restart{'s' * (restarts > 1)})"
-                                        if restarts
-                                        else ""
-                                    )
+                                after = (
+                                    f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else ""
                                 )
+                                raise RunError(f"worker process {ended(status)}: {said}{after}")
                             # The protocol lets a worker rejoin: start another on the same shard.
                             restarts += 1
                             _log.warning(
@@ -377,19 +388,19 @@ async def run_cluster(
                         if live is not None:
                             live.update(table())
                 try:
-                    result: RunResult = waiter.result()
+                    waiter.result()
                 except TimeoutError:
                     raise RunError(f"the run did not finish within {timeout:g} s") from None
-                result.summary.update(
-                    dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
-                )
-                if finished is not None:
-                    finished(result)
+                result = report()
                 # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
                 # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
                 if result.ok:
-                    await _after_training(processes)
+                    await after_training(processes)
             finally:
+                if not reported and master.coordinator is not None and master.coordinator.done:
+                    # Stopped as training ended, before the waiter woke: the result is not lost either.
+                    with contextlib.suppress(Exception):
+                        report()
                 await stop_workers(processes)
                 if waiter is not None:
                     waiter.cancel()
@@ -463,33 +474,6 @@ def progress_table(title: str, state: dict[str, Any]) -> Any:
 
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
 _SIGINT_GRACE = 1.0
-#: How long the workers have to exit once training has ended and the master has closed.
-_EXIT_GRACE = 30.0
-
-
-async def _after_training(processes: list[WorkerProcess]) -> None:
-    """Wait for the workers to exit after a run that finished; a worker's trouble now is only logged.
-
-    The model is trained and the master holds it: a worker that then exits with an error, or
-    that does not exit within ``_EXIT_GRACE`` seconds (:func:`stop_workers` stops it), costs
-    the run nothing, so it is reported as a warning instead of failing the run.
-    """
-    await asyncio.wait(exits(processes), timeout=_EXIT_GRACE)
-    for worker in processes:
-        if not worker.has_exited:
-            _log.warning(
-                "worker %d did not exit within %.0f s of the end of training; stopping it",
-                worker.index,
-                _EXIT_GRACE,
-            )
-        elif worker.failed:
-            tail = (await worker.stderr_tail()).strip()
-            _log.warning(
-                "worker %d %s after training had finished: %s",
-                worker.index,
-                ended(worker.returncode),
-                tail.splitlines()[-1] if tail else "",
-            )
 
 
 @contextlib.contextmanager

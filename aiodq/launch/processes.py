@@ -23,7 +23,7 @@ from typing import cast
 
 from ..errors import RunError
 
-__all__ = ["WorkerProcess", "ended", "exits", "stop_workers"]
+__all__ = ["WorkerProcess", "after_training", "ended", "exits", "stop_workers"]
 
 _log = logging.getLogger("aiodq.launch")
 
@@ -207,3 +207,32 @@ def ended(status: int | None) -> str:
             return f"killed by {signal.Signals(-status).name}"
         return f"killed by signal {-status}"
     return f"exited with status {status}"
+
+
+#: How long the workers have to exit once training has ended and the master has closed.
+_EXIT_GRACE = 30.0
+
+
+async def after_training(processes: list[WorkerProcess]) -> None:
+    """Wait for the workers to exit after a run that finished; a worker's trouble now is only logged.
+
+    The model is trained and the master holds it: a worker that then exits with an error, or
+    that does not exit within ``_EXIT_GRACE`` seconds (:func:`stop_workers` stops it), costs
+    the run nothing, so it is reported as a warning instead of failing the run.
+    """
+    await asyncio.wait(exits(processes), timeout=_EXIT_GRACE)
+    for worker in processes:
+        if not worker.has_exited:
+            _log.warning(
+                "worker %d did not exit within %.0f s of the end of training; stopping it",
+                worker.index,
+                _EXIT_GRACE,
+            )
+        elif worker.failed:
+            tail = (await worker.stderr_tail()).strip()
+            _log.warning(
+                "worker %d %s after training had finished: %s",
+                worker.index,
+                ended(worker.returncode),
+                tail.splitlines()[-1] if tail else "",
+            )

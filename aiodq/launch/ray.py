@@ -27,6 +27,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,10 @@ async def run_ray(
     record_every: int = 0,
     records: list[ModelRecord] | None = None,
     max_restarts: int = 0,
-    checkpoint: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_interval: float = 60.0,
     resume: bool = False,
+    finished: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Train with the master and ``workers`` workers as Ray actors (``aiodq run --launcher ray``).
 
@@ -131,6 +133,9 @@ async def run_ray(
             before any actor is killed) and, marked done, at its end.
         checkpoint_interval: seconds between checkpoints.
         resume: continue the run ``checkpoint`` holds (same configuration and data).
+        finished: gets the result as soon as training has ended, before the actors' sessions end
+            (``aiodq run`` writes its files then); ``summary["ray"]`` then lacks
+            ``local_instance`` and ``seconds``, which the result returned has.
 
     Returns:
         The trained model and the run's figures (``result.summary["ray"]`` says where it ran).
@@ -142,6 +147,7 @@ async def run_ray(
         UsageError: for impossible options, or a model that cannot be loaded or does not fit.
     """
     ray = import_ray()
+    checkpoint = None if checkpoint is None else os.fspath(checkpoint)
     if workers < 1:
         raise UsageError("the Ray launcher needs at least one worker")
     if not worker_cpus > 0 or not math.isfinite(worker_cpus):
@@ -201,6 +207,7 @@ async def run_ray(
             max_restarts=max_restarts,
             saving={"checkpoint": checkpoint, "checkpoint_interval": checkpoint_interval, "resume": resume},
             stood=stood,
+            finished=finished,
         )
     except RunError as exc:
         note = checkpoint_note(checkpoint, stood[-1] if stood else None)
@@ -239,6 +246,7 @@ async def _run(
     max_restarts: int,
     saving: dict[str, Any],
     stood: list[tuple[int, int]],
+    finished: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """:func:`run_ray` once Ray is up: start the actors, follow the run, kill every actor at the end.
 
@@ -326,7 +334,7 @@ async def _run(
                 address = (str(host), int(port))
                 _log.info("the master actor listens on %s:%d", *address)
                 runs = [begin(index, address) for index in range(workers)]
-                waiter = asyncio.wrap_future(master.wait.remote().future())
+                waiter = asyncio.wrap_future(master.trained.remote().future())
                 while not waiter.done():
                     pending = [f for f in [waiter, *loads, *runs] if not f.done()]
                     await asyncio.wait(pending, timeout=_POLL, return_when=asyncio.FIRST_COMPLETED)
@@ -350,6 +358,17 @@ async def _run(
                         runs[index] = begin(index, address)
             result: RunResult
             result, kept = await _call(ray, waiter, "the master actor")
+            provenance = result.summary.get("provenance")
+            if isinstance(provenance, dict):
+                provenance.update(command=list(sys.argv))  # the driver's (the master's host stays)
+            gcs = None
+            with contextlib.suppress(Exception):  # (not known to a Ray Client)
+                gcs = str(ray.get_runtime_context().gcs_address)
+            ray_figures = {"address": gcs, "master": f"{host}:{port}"}
+            result.summary.update(data_path=data_path, worker_restarts=restarts, ray=ray_figures)
+            if finished is not None:
+                finished(result)  # before the master's connections and the workers' sessions end
+            await _call(ray, master.wait.remote(), "the master actor")
             await _poll(ray, master)  # its last log records
             await asyncio.wait(runs, timeout=30)  # the workers end their sessions on the master's CLOSE
             failed = {
@@ -380,15 +399,6 @@ async def _run(
                 future.cancel()
     if records is not None:
         records.extend(kept)
-    provenance = result.summary.get("provenance")
-    if isinstance(provenance, dict):
-        provenance.update(command=list(sys.argv))  # the driver's (the master's host stays)
-    gcs = None
-    with contextlib.suppress(Exception):  # (not known to a Ray Client)
-        gcs = str(ray.get_runtime_context().gcs_address)
-    result.summary.update(
-        data_path=data_path, worker_restarts=restarts, ray={"address": gcs, "master": f"{host}:{port}"}
-    )
     return result
 
 

@@ -126,16 +126,21 @@ class MasterActor:
             return None
         return master.checkpointed
 
-    async def wait(self) -> tuple[RunResult, list[ModelRecord]]:
-        """Wait until training ends; the result (with the dataset's name) and the model records."""
+    async def trained(self) -> tuple[RunResult, list[ModelRecord]]:
+        """Wait until training has ended; the result (with the dataset's name) and the model records."""
         assert self._master is not None
-        try:
-            result = await self._master.wait()
-        finally:
-            await self._master.close()
+        result = await self._master.trained()
         result.summary.update(dataset=self._dataset_name)
         coordinator = self._master.coordinator
         return result, [] if coordinator is None else list(coordinator.records)
+
+    async def wait(self) -> None:
+        """Wait until every connection has closed after training, then close the master."""
+        assert self._master is not None
+        try:
+            await self._master.wait()
+        finally:
+            await self._master.close()
 
     async def progress(self) -> dict[str, Any]:
         """What the live display shows, whether training is over, and the log records since the last call."""

@@ -30,7 +30,16 @@ import numpy as np
 from ..errors import CheckpointError
 from ..protocol.recovery import Checkpoint
 
-__all__ = ["CHECKPOINT_FORMAT", "load", "remove_stale", "save"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Lock",
+    "check_fresh_start",
+    "load",
+    "lock",
+    "remove_stale",
+    "resumable",
+    "save",
+]
 
 #: Version of the checkpoint layout, stored in ``meta["format"]``.
 CHECKPOINT_FORMAT = 1

@@ -24,7 +24,6 @@ escaped and cut).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import platform
@@ -40,9 +39,9 @@ from threadpoolctl import threadpool_limits
 
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
-from ..protocol.algorithms import TrainConfig, initial_model
+from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.coordinator import Coordinator
-from ..protocol.objectives import Objective, check_objective, objective_name
+from ..protocol.objectives import Objective
 from ..protocol.result import RunResult
 from ..version import __version__
 from . import checkpoint as checkpoint_file
@@ -110,7 +109,7 @@ class Master:
         """
         if resume and checkpoint is None:
             raise ValueError("resume needs a checkpoint file")
-        x0 = _initial(config, model)
+        x0 = starting_point(config, model)
         if samples is None and hasattr(model, "loss_grad"):
             samples = int(getattr(model, "samples", 0)) or None
         if not checkpoint_interval > 0:
@@ -157,6 +156,7 @@ class Master:
         self._handlers: set[asyncio.Task[None]] = set()
         self._timer_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self._trained = asyncio.Event()  # training has ended (the connections may still be closing)
         self._finished_at: float | None = None
         self._closing = False
         self._accepted = 0
@@ -190,53 +190,60 @@ class Master:
             # Held until close(): a second master on the same file (another run, or this one started
             # twice) is refused instead of overwriting this run's checkpoints.
             self._lock = checkpoint_file.lock(self._checkpoint)
-            try:
-                if checkpoint_file.remove_stale(self._checkpoint):
-                    _log.info(
-                        "removed temporary checkpoint files an interrupted run left next to %s",
-                        self._checkpoint,
-                    )
-                if self._resume:
-                    limit = self._checkpoint_bytes()
-                    saved = checkpoint_file.load(self._checkpoint, max_bytes=limit)
-                    if saved.meta.get("phase") is not None:  # (else not a run's: restore says so)
-                        self._check_data(saved.meta.get("data"))
-                    self.coordinator.restore(saved, 0.0)
-                    self._before = float(saved.meta["elapsed"])  # (checked by restore)
-                    if saved.meta.get("workers") != self._workers:
-                        _log.warning(
-                            "the checkpointed run had %s workers, this one %d: its shards change from here",
-                            saved.meta.get("workers"),
-                            self._workers,
-                        )
-                    self._logbook.resumed(self.coordinator)
-                    _log.info(
-                        "resumed from %s at epoch %d, version %d",
-                        self._checkpoint,
-                        self.coordinator.state.epoch,
-                        self.coordinator.state.version,
-                    )
-                else:
-                    checkpoint_file.check_fresh_start(self._checkpoint, max_bytes=self._checkpoint_bytes())
-                    self.write_checkpoint()  # fails now, with one line, if the file cannot be written
-            except BaseException:
-                self._lock.release()  # (a start that failed leaves the file to the next one)
+        try:
+            if self._checkpoint is not None:
+                self._open_checkpoint(self._checkpoint)
+            self._provenance = provenance()
+            # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
+            # stream could stall a handshake until its timeout.  The loop does not report a
+            # failed handshake, so the context's SSL objects report it (tls.reporting_ssl_objects).
+            tls: dict[str, Any] = {}
+            if self._ssl is not None:
+                self._ssl.sslobject_class = reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
+                tls = {"ssl": self._ssl, "ssl_handshake_timeout": self._connection_config.handshake_timeout}
+            await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, **tls)
+            host, port = self._listener.sockets[0].getsockname()[:2]
+            self._address = (str(host), int(port))
+            if self._blas_threads is not None:  # only once listening: a start that fails leaves it as it was
+                self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
+        except BaseException:
+            if self._lock is not None:  # (a start that failed leaves the file to the next one)
+                self._lock.release()
                 self._lock = None
-                raise
-        self._provenance = provenance()
-        # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
-        # stream could stall a handshake until its timeout.  The loop does not report a
-        # failed handshake, so the context's SSL objects report it (tls.reporting_ssl_objects).
-        tls: dict[str, Any] = {}
-        if self._ssl is not None:
-            self._ssl.sslobject_class = reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
-            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self._connection_config.handshake_timeout}
-        await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, **tls)
-        host, port = self._listener.sockets[0].getsockname()[:2]
-        self._address = (str(host), int(port))
-        if self._blas_threads is not None:  # only once listening: a start that fails leaves it as it was
-            self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
+            raise
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
+
+    def _open_checkpoint(self, path: Path) -> None:
+        """Resume from ``path`` (``resume``), or check that it may be overwritten and write the first one."""
+        assert self.coordinator is not None
+        if checkpoint_file.remove_stale(path):
+            _log.info(
+                "removed temporary checkpoint files an interrupted run left next to %s",
+                path,
+            )
+        if self._resume:
+            limit = self._checkpoint_bytes()
+            saved = checkpoint_file.load(path, max_bytes=limit)
+            if saved.meta.get("phase") is not None:  # (else not a run's: restore says so)
+                self._check_data(saved.meta.get("data"))
+            self.coordinator.restore(saved, 0.0)
+            self._before = float(saved.meta["elapsed"])  # (checked by restore)
+            if saved.meta.get("workers") != self._workers:
+                _log.warning(
+                    "the checkpointed run had %s workers, this one %d: its shards change from here",
+                    saved.meta.get("workers"),
+                    self._workers,
+                )
+            self._logbook.resumed(self.coordinator)
+            _log.info(
+                "resumed from %s at epoch %d, version %d",
+                path,
+                self.coordinator.state.epoch,
+                self.coordinator.state.version,
+            )
+        else:
+            checkpoint_file.check_fresh_start(path, max_bytes=self._checkpoint_bytes())
+            self.write_checkpoint()  # fails now, with one line, if the file cannot be written
 
     def _checkpoint_bytes(self) -> int:
         """The most a checkpoint of this run takes once read.
@@ -255,13 +262,27 @@ class Master:
         return self._address
 
     async def wait(self, timeout: float | None = None) -> RunResult:
-        """Wait until training finishes; return the trained model and the run's figures.
+        """Wait until training has ended and every connection has closed; the model and the figures.
 
         Raises:
             TimeoutError: if ``timeout`` seconds pass first.
         """
         async with asyncio.timeout(timeout):
             await self._done.wait()
+        return self.result()
+
+    async def trained(self, timeout: float | None = None) -> RunResult:
+        """Wait until training has ended (the workers' connections may still be closing); the result.
+
+        Raises:
+            TimeoutError: if ``timeout`` seconds pass first.
+        """
+        async with asyncio.timeout(timeout):
+            await self._trained.wait()
+        return self.result()
+
+    def result(self) -> RunResult:
+        """The trained model and the run's figures as they stand (final once training has ended)."""
         assert self.coordinator is not None
         self._logbook.counts(force=True)  # what the last interval counted
         return RunResult.of(
@@ -277,12 +298,24 @@ class Master:
 
         The workers get the CLOSE; handlers still running after a short grace are cancelled.
         """
+        try:
+            await self._close()
+        finally:  # (also when the close is cancelled part way: the lock and BLAS go back)
+            if self._blas_limit is not None:
+                self._blas_limit.restore_original_limits()
+                self._blas_limit = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    async def _close(self) -> None:
         self._closing = True
         self._listener.stop_accepting()
         if self._timer_task is not None:
             self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
+            # asyncio.wait, not an await of the task: its CancelledError is expected, and only a
+            # cancellation of the close itself should end the close.
+            await asyncio.wait([self._timer_task])
         if self.coordinator is not None and self._loop is not None:
             if not self.coordinator.done:
                 self.coordinator.shutdown(self._now())  # from here no message changes the model
@@ -300,12 +333,6 @@ class Master:
         # close included; one closing gracefully has the close timeout (wire-format.md 8.3) to
         # deliver what it was sent, such as its CLOSE (net/listener.py).
         await self._listener.close(self._connection_config.handshake_timeout)
-        if self._blas_limit is not None:
-            self._blas_limit.restore_original_limits()
-            self._blas_limit = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
 
     async def __aenter__(self) -> Master:
         try:
@@ -433,6 +460,7 @@ class Master:
         if coordinator.done and self._finished_at is None:
             self._finished_at = self._now()
             self._checkpoint_at_last("at the end of the run")
+            self._trained.set()
             self._listener.stop_accepting()  # nothing more to accept
             for worker_id in list(self._writers):
                 if not coordinator.is_member(worker_id):
@@ -549,33 +577,6 @@ class Master:
             self.coordinator.state.epoch,
             self.coordinator.state.version,
         )
-
-
-def _initial(config: TrainConfig, model: object) -> npt.NDArray[np.float64]:
-    """x_0 from an objective (checked against ``config.model``) or from an array-like.
-
-    Raises:
-        TypeError: for anything else.
-        ValueError: for a name that differs from ``config.model``, or a bad x_0.
-    """
-    if hasattr(model, "loss_grad"):
-        objective = check_objective(model)
-        name = objective_name(objective)
-        if name is not None and name != config.model:
-            raise ValueError(
-                f"the objective is {name!r} but the configuration's model is {config.model!r}: "
-                f"give TrainConfig(model={name!r})"
-            )
-        return np.asarray(initial_model(config, objective), dtype=np.float64)
-    try:
-        x0 = np.asarray(model, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"the model must be an Objective or x_0 as an array-like, not {type(model).__name__}"
-        ) from exc
-    if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
-        raise ValueError(f"x_0 must be a non-empty vector of finite values, got shape {x0.shape}")
-    return x0
 
 
 def provenance() -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 from ..errors import CheckpointError
-from .objectives import Objective, Rows
+from .objectives import Objective, Rows, check_objective, objective_name
 from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig, default_step
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "WorkerState",
     "default_step",
     "initial_model",
+    "starting_point",
 ]
 
 Array = npt.NDArray[np.floating[Any]]
@@ -428,3 +429,30 @@ class WorkerState:
                 alpha, self._budget, self.config.bits, self._rng, exact=self.config.exact_budget
             )
         return quantize_qsgd(alpha + self.full_gradient, self.config.qsgd_levels, self._rng)
+
+
+def starting_point(config: TrainConfig, model: object) -> npt.NDArray[np.float64]:
+    """x_0 from an objective (checked against ``config.model``) or from an array-like.
+
+    Raises:
+        TypeError: for anything else.
+        ValueError: for a name that differs from ``config.model``, or a bad x_0.
+    """
+    if hasattr(model, "loss_grad"):
+        objective = check_objective(model)
+        name = objective_name(objective)
+        if name is not None and name != config.model:
+            raise ValueError(
+                f"the objective is {name!r} but the configuration's model is {config.model!r}: "
+                f"give TrainConfig(model={name!r})"
+            )
+        return np.asarray(initial_model(config, objective), dtype=np.float64)
+    try:
+        x0 = np.asarray(model, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the model must be an Objective or x_0 as an array-like, not {type(model).__name__}"
+        ) from exc
+    if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
+        raise ValueError(f"x_0 must be a non-empty vector of finite values, got shape {x0.shape}")
+    return x0

@@ -74,13 +74,13 @@ class Dataset:
             features = features.copy()
             features.eliminate_zeros()
         digest.update(f"aiodq-dataset-1 {'csr' if sparse else 'dense'} {rows} {columns}".encode())
-        digest.update(_float_bytes(self.labels))
+        _add_floats(digest, self.labels)
         if sparse:
-            digest.update(_float_bytes(features.data))
+            _add_floats(digest, features.data)
             digest.update(np.ascontiguousarray(features.indices, dtype="<i8").data)
             digest.update(np.ascontiguousarray(features.indptr, dtype="<i8").data)
         else:
-            digest.update(_float_bytes(features))
+            _add_floats(digest, features)
         return f"blake2b:{digest.hexdigest()}"
 
     def for_model(
@@ -107,9 +107,15 @@ class Dataset:
         ), note
 
 
-def _float_bytes(values: Any) -> memoryview:
-    """``values`` as float64 little-endian bytes, -0.0 written as 0.0 (adding 0.0 makes it so)."""
-    return (np.asarray(values, dtype=np.float64) + 0.0).astype("<f8", copy=False).data
+def _add_floats(digest: Any, values: Any) -> None:
+    """Hash ``values`` (in row order) as float64 little-endian, -0.0 as 0.0 (adding 0.0 makes it so).
+
+    A million values at a time: the copy that the conversion makes stays small.
+    """
+    flat = np.asarray(values).reshape(-1)
+    for start in range(0, flat.shape[0], 1 << 20):
+        block = np.asarray(flat[start : start + (1 << 20)], dtype=np.float64) + 0.0
+        digest.update(block.astype("<f8", copy=False).data)
 
 
 #: Number of classes: 2 for -1/+1 labels, else the largest label plus one.

@@ -617,3 +617,37 @@ async def test_resuming_on_other_data_is_refused(tmp_path: Path, caplog: pytest.
     await unnamed.close()
     assert "does not say what data it trained on: not checked" in caplog.text
     assert checkpoint_file.load(path).meta["data"] == other  # from now on it names this run's data
+
+
+@pytest.mark.asyncio
+async def test_the_checkpoint_lock_is_released_by_a_failed_start_and_a_cancelled_close(
+    tmp_path: Path,
+) -> None:
+    """A master holds its checkpoint's lock from start to close: a start that fails at bind, and a
+    close cancelled part way, let the next master have it (before, every later master was refused
+    as "in use by another run" for the rest of the process)."""
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=2)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        failed = Master(config, np.zeros(123), workers=1, port=taken.getsockname()[1], checkpoint=path)
+        with pytest.raises(OSError):
+            await failed.start()
+    finally:
+        taken.close()
+    holder = Master(config, np.zeros(123), workers=1, checkpoint=path)
+    await holder.start()  # refused before: the failed start kept the lock
+    refused = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True)
+    with pytest.raises(CheckpointError, match="is in use by another run"):
+        await refused.start()
+    closing = asyncio.create_task(holder.close())
+    await asyncio.sleep(0)  # one loop iteration: the close is under way, at its first wait
+    assert not closing.done()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    after = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True)
+    await after.start()  # refused before: the cancelled close kept the lock
+    await after.close()
