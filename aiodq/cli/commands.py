@@ -279,15 +279,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         result = run_coroutine(launch)
     except (CheckpointError, RunError) as exc:
+        if written:  # (the results, or why they could not be written)
+            print(f"aiodq run: training had finished: {written[0]}", file=sys.stderr)
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError):
         if written:  # (the results, or why they could not be written)
             print(f"aiodq run: training had finished: {written[0]}", file=sys.stderr)
         raise
-    # (With Ray, written again: the summary's ray figures are complete only now.)
-    early = written[0] if written and args.launcher == "local" else None
-    return _finish("run", result, out, test, dataset, written=early)
+    # Written again: the early files were a safeguard, and the result is complete only now (the
+    # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).
+    return _finish("run", result, out, test, dataset)
 
 
 def cmd_master(args: argparse.Namespace) -> int:

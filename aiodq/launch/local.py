@@ -276,7 +276,8 @@ async def run_cluster(
 
     ``finished`` gets the result as soon as training has ended, before the workers' exit is
     awaited, and also when the run is stopped after that (``aiodq run`` writes its files then: a
-    stop while the workers exit loses nothing).
+    stop while the workers exit loses nothing).  The result returned comes after the workers'
+    exit: its traffic also counts their last CLOSE frames.
 
     Raises:
         ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`resolve_worker_nice`).
@@ -333,17 +334,20 @@ async def run_cluster(
 
             reported: list[RunResult] = []
 
-            def report() -> RunResult:
-                """The result as training ended, with the launcher's figures; given to ``finished`` once."""
+            def figures() -> RunResult:
+                """The master's result as it stands, with the launcher's figures."""
+                result = master.result()
+                result.summary.update(
+                    dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
+                )
+                return result
+
+            def report() -> None:
+                """The result as training ended, given to ``finished`` once."""
                 if not reported:
-                    result = master.result()
-                    result.summary.update(
-                        dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
-                    )
-                    reported.append(result)
+                    reported.append(figures())
                     if finished is not None:
-                        finished(result)
-                return reported[0]
+                        finished(reported[0])
 
             try:
                 # Started inside the try: a failure or a cancellation part way leaves none running.
@@ -391,11 +395,13 @@ async def run_cluster(
                     waiter.result()
                 except TimeoutError:
                     raise RunError(f"the run did not finish within {timeout:g} s") from None
-                result = report()
+                report()
                 # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
                 # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
-                if result.ok:
+                if reported[0].ok:
                     await after_training(processes)
+                # Once the workers have gone, the traffic counts their last CLOSE frames too.
+                result = figures()
             finally:
                 if not reported and master.coordinator is not None and master.coordinator.done:
                     # Stopped as training ended, before the waiter woke: the result is not lost either.

@@ -314,6 +314,24 @@ async def _run(
 
     state: dict[str, Any] = {"trace": [], "done": False}
     title = f"aiodq run (Ray): {config.algorithm}, {workers} workers"
+    reported: list[RunResult] = []
+
+    def report(result: RunResult) -> None:
+        """The result as training ended, with the launcher's figures; given to ``finished`` once."""
+        if reported:
+            return
+        provenance = result.summary.get("provenance")
+        if isinstance(provenance, dict):
+            provenance.update(command=list(sys.argv))  # the driver's (the master's host stays)
+        gcs = None
+        with contextlib.suppress(Exception):  # (not known to a Ray Client)
+            gcs = str(ray.get_runtime_context().gcs_address)
+        ray_figures = {"address": gcs, "master": f"{host}:{port}"}
+        result.summary.update(data_path=data_path, worker_restarts=restarts, ray=ray_figures)
+        reported.append(result)
+        if finished is not None:
+            finished(result)  # before the master's connections and the workers' sessions end
+
     scope = asyncio.timeout(max(0.0, deadline - time.monotonic()))
     try:
         async with scope:
@@ -358,26 +376,19 @@ async def _run(
                         runs[index] = begin(index, address)
             result: RunResult
             result, kept = await _call(ray, waiter, "the master actor")
-            provenance = result.summary.get("provenance")
-            if isinstance(provenance, dict):
-                provenance.update(command=list(sys.argv))  # the driver's (the master's host stays)
-            gcs = None
-            with contextlib.suppress(Exception):  # (not known to a Ray Client)
-                gcs = str(ray.get_runtime_context().gcs_address)
-            ray_figures = {"address": gcs, "master": f"{host}:{port}"}
-            result.summary.update(data_path=data_path, worker_restarts=restarts, ray=ray_figures)
-            if finished is not None:
-                finished(result)  # before the master's connections and the workers' sessions end
-            await _call(ray, master.wait.remote(), "the master actor")
+            scope.reschedule(None)  # training has ended: the waits below have bounds of their own
+            report(result)
+            await _call(ray, master.wait.remote(), "the master actor")  # (within its close timeout)
             await _poll(ray, master)  # its last log records
             await asyncio.wait(runs, timeout=30)  # the workers end their sessions on the master's CLOSE
             failed = {
                 i: _failure(loads[i], run) if run.done() else "still running" for i, run in enumerate(runs)
             }
             if result.ok and any(failed.values()):
+                # The model is trained and kept, as with the local launcher: a warning, not a failure.
                 # (After a failed run the workers' sessions end in error too: the failure says why.)
                 text = "; ".join(f"worker {i}: {why}" for i, why in failed.items() if why)
-                raise RunError(f"worker actors failed at the end of the run: {text}")
+                _log.warning("worker actors failed at the end of the run: %s", text)
     except TimeoutError:
         if not scope.expired():
             raise
@@ -385,6 +396,12 @@ async def _run(
         why = f"; {workers - placed} worker actors never started (no room?)" if placed < workers else ""
         raise RunError(f"the run did not finish within {timeout:g} s{why}") from None
     finally:
+        if not reported and waiter is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                # Stopped as training ended, before its result came: the result is not lost either.
+                if waiter.done() or (await asyncio.wait_for(_poll(ray, master), _STOP))["done"]:
+                    await asyncio.wait([waiter], timeout=_STOP)
+                    report(waiter.result()[0])
         if saving["checkpoint"] is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 where = await asyncio.wait_for(_call(ray, master.stop.remote(), "the master actor"), _STOP)

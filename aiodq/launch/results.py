@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,13 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
     summary = result.to_json()
     paths = [check_out(out) / "result.json", out / MODEL_FILE]
     try:
-        paths[0].write_text(
+        # Through a temporary file and a rename, as the model's: a file written again (aiodq run
+        # writes its results as training ends, then once more complete) is never seen half written.
+        temporary = out / ".result.json.tmp"
+        temporary.write_text(
             json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
+        os.replace(temporary, paths[0])
         meta = {
             "kind": _MODEL,
             "dim": result.dim,

@@ -298,9 +298,15 @@ class Master:
 
         The workers get the CLOSE; handlers still running after a short grace are cancelled.
         """
+        closed = False
         try:
             await self._close()
+            closed = True
         finally:  # (also when the close is cancelled part way: the lock and BLAS go back)
+            if not closed:
+                # A master whose close did not finish may still serve: it writes no checkpoint once
+                # it has let go of the lock, which another master may take.
+                self._checkpoint = None
             if self._blas_limit is not None:
                 self._blas_limit.restore_original_limits()
                 self._blas_limit = None

@@ -131,25 +131,33 @@ def test_checkpoint_options_are_checked() -> None:
         assert refused.returncode == 2 and refused.stderr.strip() == f"aiodq run: {says}", refused.stderr
 
 
-LINGERING = (
+BUSY = (
     LEAST_SQUARES
     + """
-import atexit, os, time
+import sys, time
 
-if "AIODQ_SECRET" in os.environ:  # a worker process (the launcher imports this module too)
-    atexit.register(time.sleep, 20)  # slow to exit once training has ended
+SLOW = sys.argv[sys.argv.index("--shard") + 1].startswith("0/") if "--shard" in sys.argv else False
+
+
+class Busy(LeastSquares):
+    def loss_grad(self, x, rows=None):
+        if SLOW:  # worker 0: 2 s a gradient, so it is computing when training ends
+            time.sleep(2)
+        return super().loss_grad(x, rows)
 """
 )
 
 
 @pytest.mark.asyncio
 async def test_a_stop_after_training_has_ended_still_leaves_the_results(tmp_path: Path) -> None:
-    """SIGTERM while the workers exit (training ended, its checkpoint marked done): the results are
-    written already, and the message says so; before, result.json and model.npz were lost."""
-    (tmp_path / "slow_exit.py").write_text(LINGERING)
+    """SIGTERM right after training ended (its checkpoint marked done) while a worker, busy computing,
+    keeps its connection open: the results are written already, and the message says so. Before, the
+    launcher waited for every connection to close before it wrote them: result.json and model.npz
+    were lost, and --resume refused the done checkpoint."""
+    (tmp_path / "busy.py").write_text(BUSY)
     path, out = tmp_path / "run.ckpt", tmp_path / "out"
     run = Process(
-        tmp_path, "run", "run", "--data", str(DATA), "--model", "slow_exit:LeastSquares", "--workers", "1",
+        tmp_path, "run", "run", "--data", str(DATA), "--model", "busy:Busy", "--workers", "2",
         "--epochs", "2", "--step", "0.01", "--checkpoint", str(path), "--no-progress", "--out", str(out),
         env={"PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
@@ -160,8 +168,8 @@ async def test_a_stop_after_training_has_ended_still_leaves_the_results(tmp_path
                 return checkpoint_file.load(path, arrays=False).meta.get("phase") == "done"
             return False
 
-        await wait_until(lambda: finished() or run.popen.poll() is not None, 60, "the end of training")
-        assert run.popen.poll() is None, run.stderr[-2000:]  # the worker lingers 20 s
+        await wait_until(lambda: finished() or run.popen.poll() is not None, 90, "the end of training")
+        assert run.popen.poll() is None, run.stderr[-2000:]
         run.popen.send_signal(signal.SIGTERM)
         assert await run.exited(60) == 128 + signal.SIGTERM
     finally:
