@@ -349,7 +349,7 @@ def _kept(args: argparse.Namespace) -> str:
     path = getattr(args, "checkpoint", None)
     if not path:
         return ""
-    from ..launch.local import checkpoint_note  # noqa: PLC0415 - loaded by the commands already
+    from ..launch.common import checkpoint_note  # noqa: PLC0415 - loaded by the commands already
 
     return checkpoint_note(path, resumable(path))
 

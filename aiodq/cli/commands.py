@@ -194,6 +194,29 @@ def _finish(
     return 0
 
 
+class _EarlyResults:
+    """The launchers' ``finished`` hook: the results written as soon as training ends.
+
+    A stop while the workers' sessions end (or a failure then) loses nothing; :meth:`say` tells
+    what was written.  The command writes them again, complete, when the run returns.
+    """
+
+    def __init__(self, out: Path, test: Dataset | None, train: Dataset) -> None:
+        self._out, self._test, self._train = out, test, train
+        self.written: str | RunError | None = None  # the line that says where, or why not
+
+    def __call__(self, result: RunResult) -> None:
+        try:
+            self.written = _write(result, self._out, self._test, self._train)
+        except RunError as exc:
+            self.written = exc
+
+    def say(self, command: str) -> None:
+        """On stderr, if training had finished: where the results are (or why they are not)."""
+        if self.written is not None:
+            print(f"aiodq {command}: training had finished: {self.written}", file=sys.stderr)
+
+
 def _checked_checkpoint(path: str | None, out: Path) -> None:
     """Refuse a checkpoint path that is one of the files the run writes into ``out``."""
     if path is None:
@@ -234,15 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(logging.WARNING, out / "aiodq.log", append=saving["checkpoint"] is not None)
     for record in held:
         logging.getLogger(record.name).handle(record)
-    written: list[str | RunError] = []
-
-    def write_now(result: RunResult) -> None:
-        # As soon as training has finished: an interruption while the workers exit loses nothing.
-        try:
-            written.append(_write(result, out, test, dataset))
-        except RunError as exc:
-            written.append(exc)
-
+    write_now = _EarlyResults(out, test, dataset)
     try:
         if args.launcher == "ray":
             from ..launch.ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only here
@@ -279,13 +294,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         result = run_coroutine(launch)
     except (CheckpointError, RunError) as exc:
-        if written:  # (the results, or why they could not be written)
-            print(f"aiodq run: training had finished: {written[0]}", file=sys.stderr)
+        write_now.say("run")
         print(f"aiodq run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError):
-        if written:  # (the results, or why they could not be written)
-            print(f"aiodq run: training had finished: {written[0]}", file=sys.stderr)
+        write_now.say("run")
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).
@@ -333,6 +346,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         **saving,
         "record_every": args.record_every,
     }
+    write_now = None if out is None else _EarlyResults(out, test, dataset)
     try:
         result = run_coroutine(
             master_main(
@@ -343,12 +357,19 @@ def cmd_master(args: argparse.Namespace) -> int:
                 port=port,
                 workers=args.workers,
                 records_path=records,
+                finished=write_now,
                 **options,
             )
         )
     except (CheckpointError, RunError) as exc:
+        if write_now is not None:
+            write_now.say("master")
         print(f"aiodq master: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (KeyboardInterrupt, StoppedError):
+        if write_now is not None:
+            write_now.say("master")
+        raise
     except OSError as exc:
         print(
             f"aiodq master: cannot listen on {format_address(host, port)}: {describe_os_error(exc)}",

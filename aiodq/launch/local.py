@@ -8,7 +8,6 @@ with rich; :mod:`aiodq.launch.results` writes what the run produced.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -31,6 +30,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
+from .common import Handover, checkpoint_note, live_display, progress_state, progress_table
 from .models import objective_for
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import WorkerProcess, after_training, ended, exits, stop_workers
@@ -40,13 +40,10 @@ __all__ = [
     "DEFAULT_WORKER_NICE",
     "MAX_NICE",
     "check_nice",
-    "checkpoint_note",
     "load_data_or_fail",
     "lower_priority",
     "resolve_worker_nice",
     "master_main",
-    "progress_state",
-    "progress_table",
     "run_cluster",
     "run_coroutine",
     "run_local",
@@ -332,29 +329,19 @@ async def run_cluster(
             def table() -> Any:
                 return progress_table(title, progress_state(master))
 
-            reported: list[RunResult] = []
-
-            def figures() -> RunResult:
-                """The master's result as it stands, with the launcher's figures."""
-                result = master.result()
+            def figures(result: RunResult) -> None:
                 result.summary.update(
                     dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
                 )
-                return result
 
-            def report() -> None:
-                """The result as training ended, given to ``finished`` once."""
-                if not reported:
-                    reported.append(figures())
-                    if finished is not None:
-                        finished(reported[0])
+            handover = Handover(master, figures, finished)
 
             try:
                 # Started inside the try: a failure or a cancellation part way leaves none running.
                 for index in range(workers):
                     processes.append(await start(index))
                 waiter = asyncio.create_task(master.trained(timeout))
-                with _live(table, progress) as live:
+                with live_display(table, progress) as live:
                     while not waiter.done():
                         for index, worker in enumerate(processes):
                             if not worker.failed or (master.coordinator and master.coordinator.done):
@@ -395,18 +382,13 @@ async def run_cluster(
                     waiter.result()
                 except TimeoutError:
                     raise RunError(f"the run did not finish within {timeout:g} s") from None
-                report()
                 # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
                 # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
-                if reported[0].ok:
+                if handover().ok:
                     await after_training(processes)
-                # Once the workers have gone, the traffic counts their last CLOSE frames too.
-                result = figures()
+                result = handover.current()  # (the workers gone: the traffic counts their last CLOSEs)
             finally:
-                if not reported and master.coordinator is not None and master.coordinator.done:
-                    # Stopped as training ended, before the waiter woke: the result is not lost either.
-                    with contextlib.suppress(Exception):
-                        report()
+                handover.if_trained()  # (stopped as training ended, before the waiter woke)
                 await stop_workers(processes)
                 if waiter is not None:
                     waiter.cancel()
@@ -422,83 +404,11 @@ async def run_cluster(
     return result
 
 
-def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None) -> str:
-    """What to add to a stopped run's error: where its checkpoint holds it (empty if it holds nothing)."""
-    if checkpoint is None or stood is None:
-        return ""
-    epoch, version = stood
-    return (
-        f"; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version {version}): "
-        "resume it to continue"
-    )
-
-
-def progress_state(master: Master | None) -> dict[str, Any]:
-    """What the live display shows of a master (None: not started yet).
-
-    Whether training is over and the last 8 epochs' records and, once the master has started,
-    ``version``, ``bits`` (both directions so far) and ``elapsed`` seconds.
-    """
-    state: dict[str, Any] = {"done": False, "trace": []}
-    if master is not None and master.coordinator is not None:
-        coordinator = master.coordinator
-        state.update(
-            done=coordinator.done,
-            trace=list(coordinator.trace[-8:]),
-            version=coordinator.state.version,
-            bits=8 * coordinator.traffic().total(),
-            elapsed=master.elapsed,
-        )
-    return state
-
-
-def progress_table(title: str, state: dict[str, Any]) -> Any:
-    """The live display of a :func:`progress_state`: the last epochs and the run's figures so far."""
-    from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
-
-    view = Table(title=title, expand=False)
-    for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
-        view.add_column(column, justify="right")
-    for record in state["trace"]:
-        view.add_row(
-            str(record.epoch),
-            f"{record.loss:.6f}",
-            f"{record.accuracy:.4f}",
-            f"{8 * record.bytes_total / 1e6:.3f}",
-            f"{record.version / max(record.time, 1e-9):.0f}",
-        )
-    if "version" in state:
-        elapsed = max(state["elapsed"], 1e-9)
-        view.caption = (
-            f"version {state['version']}, {state['bits'] / 1e6:.3f} Mbit, "
-            f"{state['version'] / elapsed:.0f} updates/s, {elapsed:.1f} s"
-        )
-    else:
-        view.caption = "starting"
-    return view
+# -- aiodq master / aiodq worker ------------------------------------------------
 
 
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
 _SIGINT_GRACE = 1.0
-
-
-@contextlib.contextmanager
-def _live(table: Callable[[], Any], show: bool) -> Any:
-    """Rich's live display of ``table()`` on stderr, or nothing."""
-    if not show:
-        yield None
-        return
-    from rich.console import Console  # noqa: PLC0415 - only the live display needs rich
-    from rich.live import Live  # noqa: PLC0415
-
-    console = Console(stderr=True)
-    with Live(table(), console=console, refresh_per_second=4, transient=False) as live:
-        yield live
-    if not console.is_terminal:  # rich leaves the last line open there: what follows would join it
-        console.line()
-
-
-# -- aiodq master / aiodq worker ------------------------------------------------
 
 
 async def master_main(
@@ -510,13 +420,15 @@ async def master_main(
     port: int,
     workers: int,
     records_path: Path | None = None,
+    finished: Callable[[RunResult], None] | None = None,
     **options: Any,
 ) -> RunResult:
     """``aiodq master``: serve until training finishes; return the trained model and figures.
 
     ``options`` go to :class:`~aiodq.net.master.Master` (TLS, connection config, checkpoints,
     ``record_every``); with ``records_path`` the model records are saved there
-    (:func:`~aiodq.launch.results.save_records`).
+    (:func:`~aiodq.launch.results.save_records`).  ``finished`` gets the result as training
+    ends, before the workers' connections have closed (and when a stop comes right then).
     """
     options.setdefault("samples", dataset.samples)
     if options.get("checkpoint") is not None:
@@ -524,7 +436,13 @@ async def master_main(
     async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
         print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
-        result = await master.wait()
+        handover = Handover(master, lambda result: result.summary.update(dataset=dataset.name), finished)
+        try:
+            await master.trained()
+            handover()
+            result = await master.wait()
+        finally:
+            handover.if_trained()
         if records_path is not None and master.coordinator is not None:
             try:
                 save_records(master.coordinator.records, records_path)

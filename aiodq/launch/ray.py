@@ -37,11 +37,7 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .local import (
-    _live,
-    checkpoint_note,
-    progress_table,
-)
+from .common import checkpoint_note, live_display, progress_table
 from .ray_actors import MasterActor, Secret, WorkerActor
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -335,7 +331,7 @@ async def _run(
     scope = asyncio.timeout(max(0.0, deadline - time.monotonic()))
     try:
         async with scope:
-            with _live(lambda: progress_table(title, state), progress) as live:
+            with live_display(lambda: progress_table(title, state), progress) as live:
                 for index in range(workers):  # they load their data while the master starts
                     create(index)
                 starting = master.start.remote(

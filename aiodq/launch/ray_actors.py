@@ -24,7 +24,8 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .local import load_data_or_fail, progress_state, use_uvloop, worker_main
+from .common import progress_state
+from .local import load_data_or_fail, use_uvloop, worker_main
 from .models import objective_for
 
 __all__ = ["MasterActor", "Secret", "WorkerActor"]

@@ -232,3 +232,46 @@ def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> No
             refused.stderr.strip()
             == f"aiodq run: --checkpoint {out / name}: the run writes its {name} there (--out {out})"
         )
+
+
+@pytest.mark.asyncio
+async def test_aiodq_master_stopped_after_training_has_ended_still_leaves_the_results(tmp_path: Path) -> None:
+    """The same for ``aiodq master --out``: its results are written as training ends, while a busy
+    worker still holds its connection open, so a SIGTERM then loses nothing."""
+    (tmp_path / "busy.py").write_text(BUSY)
+    path, out = tmp_path / "run.ckpt", tmp_path / "out"
+    env = {"PYTHONPATH": str(tmp_path)}
+    master = Process(
+        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "2", "--data", str(DATA),
+        "--model", "busy:Busy", "--epochs", "2", "--step", "0.01", "--checkpoint", str(path),
+        "--out", str(out), env=env,
+    )  # fmt: skip
+    workers: list[Process] = []
+    try:
+        text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
+        address = text.split("listening on ")[1].split(",")[0]
+        for index in range(2):
+            shard = ("--shard", f"{index}/2", "--data", str(DATA), "--model", "busy:Busy")
+            workers.append(
+                Process(tmp_path, f"worker{index}", "worker", "--connect", address, *shard, env=env)
+            )
+
+        def finished() -> bool:
+            with contextlib.suppress(CheckpointError):
+                return checkpoint_file.load(path, arrays=False).meta.get("phase") == "done"
+            return False
+
+        await wait_until(lambda: finished() or master.popen.poll() is not None, 90, "the end of training")
+        assert master.popen.poll() is None, master.stderr[-2000:]
+        master.popen.send_signal(signal.SIGTERM)
+        assert await master.exited(60) == 128 + signal.SIGTERM
+    finally:
+        for process in [master, *workers]:
+            process.kill()
+    lines = master.stderr.strip().splitlines()
+    assert lines[-2] == (
+        f"aiodq master: training had finished: wrote {out / 'result.json'}, {out / 'model.npz'}, "
+        f"{out / 'loss_vs_bits.png'}; log in {out / 'aiodq.log'}"
+    )
+    assert lines[-1] == "aiodq master: stopped by SIGTERM"
+    assert aiodq.load_model(out / "model.npz")[1]["failure"] is None

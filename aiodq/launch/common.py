@@ -1,0 +1,123 @@
+"""What both launchers share: the live display, a finished run's result handed over, the checkpoint note.
+
+The live display of a run's progress; the hand-over of a finished run's result to the launcher's
+``finished`` hook; and the note that says where a stopped run's checkpoint holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..net.master import Master
+from ..protocol.result import RunResult
+
+__all__ = ["Handover", "checkpoint_note", "live_display", "progress_state", "progress_table"]
+
+
+class Handover:
+    """A master's result, handed to a launcher's ``finished`` hook once, as training ends."""
+
+    def __init__(
+        self,
+        master: Master,
+        figures: Callable[[RunResult], None],
+        finished: Callable[[RunResult], None] | None,
+    ) -> None:
+        self._master, self._figures, self._finished = master, figures, finished
+        self._result: RunResult | None = None
+
+    def current(self) -> RunResult:
+        """The master's result now, with the launcher's ``figures`` added to its summary."""
+        result = self._master.result()
+        self._figures(result)
+        return result
+
+    def __call__(self) -> RunResult:
+        """The result as training ended (call once it has); handed to ``finished`` the first time."""
+        if self._result is None:
+            self._result = self.current()
+            if self._finished is not None:
+                self._finished(self._result)
+        return self._result
+
+    def if_trained(self) -> None:
+        """On the way out (a stop, say): hand the result over if training had ended meanwhile."""
+        coordinator = self._master.coordinator
+        if self._result is None and coordinator is not None and coordinator.done:
+            with contextlib.suppress(Exception):
+                self()
+
+
+def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None) -> str:
+    """What to add to a stopped run's error: where its checkpoint holds it (empty if it holds nothing)."""
+    if checkpoint is None or stood is None:
+        return ""
+    epoch, version = stood
+    return (
+        f"; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version {version}): "
+        "resume it to continue"
+    )
+
+
+def progress_state(master: Master | None) -> dict[str, Any]:
+    """What the live display shows of a master (None: not started yet).
+
+    Whether training is over and the last 8 epochs' records and, once the master has started,
+    ``version``, ``bits`` (both directions so far) and ``elapsed`` seconds.
+    """
+    state: dict[str, Any] = {"done": False, "trace": []}
+    if master is not None and master.coordinator is not None:
+        coordinator = master.coordinator
+        state.update(
+            done=coordinator.done,
+            trace=list(coordinator.trace[-8:]),
+            version=coordinator.state.version,
+            bits=8 * coordinator.traffic().total(),
+            elapsed=master.elapsed,
+        )
+    return state
+
+
+def progress_table(title: str, state: dict[str, Any]) -> Any:
+    """The live display of a :func:`progress_state`: the last epochs and the run's figures so far."""
+    from rich.table import Table  # noqa: PLC0415 - only the live display needs rich
+
+    view = Table(title=title, expand=False)
+    for column in ("epoch", "loss", "accuracy", "Mbit so far", "updates/s"):
+        view.add_column(column, justify="right")
+    for record in state["trace"]:
+        view.add_row(
+            str(record.epoch),
+            f"{record.loss:.6f}",
+            f"{record.accuracy:.4f}",
+            f"{8 * record.bytes_total / 1e6:.3f}",
+            f"{record.version / max(record.time, 1e-9):.0f}",
+        )
+    if "version" in state:
+        elapsed = max(state["elapsed"], 1e-9)
+        view.caption = (
+            f"version {state['version']}, {state['bits'] / 1e6:.3f} Mbit, "
+            f"{state['version'] / elapsed:.0f} updates/s, {elapsed:.1f} s"
+        )
+    else:
+        view.caption = "starting"
+    return view
+
+
+@contextlib.contextmanager
+def live_display(table: Callable[[], Any], show: bool) -> Any:
+    """Rich's live display of ``table()`` on stderr, or nothing."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console  # noqa: PLC0415 - only the live display needs rich
+    from rich.live import Live  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    with Live(table(), console=console, refresh_per_second=4, transient=False) as live:
+        yield live
+    if not console.is_terminal:  # rich leaves the last line open there: what follows would join it
+        console.line()
