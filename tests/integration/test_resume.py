@@ -148,6 +148,32 @@ class Busy(LeastSquares):
 )
 
 
+async def stop_when_trained(process: Process, path: Path) -> None:
+    """SIGTERM ``process`` as soon as the checkpoint ``path`` says training is done; check its exit."""
+
+    def done() -> bool:
+        with contextlib.suppress(CheckpointError):
+            return checkpoint_file.load(path, arrays=False).meta.get("phase") == "done"
+        return False
+
+    await wait_until(lambda: done() or process.popen.poll() is not None, 90, "the end of training")
+    assert process.popen.poll() is None, process.stderr[-2000:]
+    process.popen.send_signal(signal.SIGTERM)
+    assert await process.exited(60) == 128 + signal.SIGTERM
+
+
+def assert_written_before_the_stop(command: str, stderr: str, out: Path) -> None:
+    """The last two lines: where the results went as training ended, then the stop."""
+    lines = stderr.strip().splitlines()
+    assert lines[-2] == (
+        f"aiodq {command}: training had finished: wrote {out / 'result.json'}, {out / 'model.npz'}, "
+        f"{out / 'loss_vs_bits.png'}; log in {out / 'aiodq.log'}"
+    )
+    assert lines[-1] == f"aiodq {command}: stopped by SIGTERM"
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert model.shape == (load_dataset(DATA).features_count,) and meta["failure"] is None
+
+
 @pytest.mark.asyncio
 async def test_a_stop_after_training_has_ended_still_leaves_the_results(tmp_path: Path) -> None:
     """SIGTERM right after training ended (its checkpoint marked done) while a worker, busy computing,
@@ -162,26 +188,10 @@ async def test_a_stop_after_training_has_ended_still_leaves_the_results(tmp_path
         env={"PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
     try:
-
-        def finished() -> bool:
-            with contextlib.suppress(CheckpointError):
-                return checkpoint_file.load(path, arrays=False).meta.get("phase") == "done"
-            return False
-
-        await wait_until(lambda: finished() or run.popen.poll() is not None, 90, "the end of training")
-        assert run.popen.poll() is None, run.stderr[-2000:]
-        run.popen.send_signal(signal.SIGTERM)
-        assert await run.exited(60) == 128 + signal.SIGTERM
+        await stop_when_trained(run, path)
     finally:
         run.kill()
-    lines = run.stderr.strip().splitlines()
-    assert lines[-2] == (
-        f"aiodq run: training had finished: wrote {out / 'result.json'}, {out / 'model.npz'}, "
-        f"{out / 'loss_vs_bits.png'}; log in {out / 'aiodq.log'}"
-    )
-    assert lines[-1] == "aiodq run: stopped by SIGTERM"
-    model, meta = aiodq.load_model(out / "model.npz")
-    assert model.shape == (load_dataset(DATA).features_count,) and meta["failure"] is None
+    assert_written_before_the_stop("run", run.stderr, out)
 
 
 @pytest.mark.asyncio
@@ -255,23 +265,8 @@ async def test_aiodq_master_stopped_after_training_has_ended_still_leaves_the_re
             workers.append(
                 Process(tmp_path, f"worker{index}", "worker", "--connect", address, *shard, env=env)
             )
-
-        def finished() -> bool:
-            with contextlib.suppress(CheckpointError):
-                return checkpoint_file.load(path, arrays=False).meta.get("phase") == "done"
-            return False
-
-        await wait_until(lambda: finished() or master.popen.poll() is not None, 90, "the end of training")
-        assert master.popen.poll() is None, master.stderr[-2000:]
-        master.popen.send_signal(signal.SIGTERM)
-        assert await master.exited(60) == 128 + signal.SIGTERM
+        await stop_when_trained(master, path)
     finally:
         for process in [master, *workers]:
             process.kill()
-    lines = master.stderr.strip().splitlines()
-    assert lines[-2] == (
-        f"aiodq master: training had finished: wrote {out / 'result.json'}, {out / 'model.npz'}, "
-        f"{out / 'loss_vs_bits.png'}; log in {out / 'aiodq.log'}"
-    )
-    assert lines[-1] == "aiodq master: stopped by SIGTERM"
-    assert aiodq.load_model(out / "model.npz")[1]["failure"] is None
+    assert_written_before_the_stop("master", master.stderr, out)
