@@ -326,3 +326,38 @@ async def test_a_timed_out_ray_run_says_where_its_checkpoint_holds_it(tmp_path: 
         f"the run did not finish within 5 s; the checkpoint {path} holds the run as it stood "
         f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
     )
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("own_ray")
+async def test_a_ray_run_stopped_as_training_ends_still_hands_its_result_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancellation that comes as training ends, before the driver has the master actor's result:
+    the result still reaches the finished hook (aiodq run writes its files there) before the actors
+    are killed. The driver's poll is wrapped to cancel the run, there, the first time it sees training
+    done."""
+    import aiodq.launch.ray as launcher  # noqa: PLC0415
+
+    poll = launcher._poll
+    handed: list[Any] = []
+    task: asyncio.Task[Any] | None = None
+
+    async def cancelling_poll(ray_module: Any, master: Any) -> dict[str, Any]:
+        state = await poll(ray_module, master)
+        if state["done"] and task is not None and not task.cancelling():
+            task.cancel()  # as a SIGTERM would, through run_coroutine
+            await asyncio.sleep(0)  # it lands here, inside the driver's loop, before the result is taken
+        return state
+
+    monkeypatch.setattr(launcher, "_poll", cancelling_poll)
+    task = asyncio.create_task(
+        run_ray(TrainConfig(epochs=2), workers=2, bind_host=LOOPBACK, timeout=120, finished=handed.append)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(handed) == 1
+    result = handed[0]
+    assert result.ok and [record.epoch for record in result.trace] == [0, 1, 2]
+    assert result.summary["ray"]["master"].startswith(f"{LOOPBACK}:")
+    await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
