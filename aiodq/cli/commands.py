@@ -24,7 +24,7 @@ from ..launch.local import (
     worker_main,
 )
 from ..launch.models import load_factory, objective_for, test_scores
-from ..launch.results import MODEL_FILE, check_out, summary_rows, write_results
+from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -170,21 +170,18 @@ def _finish(
     out: Path | None,
     test: Dataset | None = None,
     train: Dataset | None = None,
-    *,
-    written: str | RunError | None = None,
 ) -> int:
-    """Score the model on ``test``, write the results (``written``: done already), print the summary.
+    """Score the model on ``test``, write the results, print the summary.
 
     A run that ended without finishing fails (status 1).
     """
-    if written is None and out is not None:
+    written = ""
+    if out is not None:
         try:
             written = _write(result, out, test, train)
         except RunError as exc:
-            written = exc
-    if isinstance(written, RunError):
-        print(f"aiodq {command}: {written}", file=sys.stderr)
-        return EXIT_FAILED
+            print(f"aiodq {command}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     print_summary(result.to_json(), command)
     if written:
         print(written)
@@ -222,7 +219,7 @@ def _checked_checkpoint(path: str | None, out: Path) -> None:
     if path is None:
         return
     target = Path(path).resolve()
-    for name in ("result.json", MODEL_FILE, "loss_vs_bits.png", "aiodq.log"):
+    for name in (*RESULT_FILES, "aiodq.log"):
         if target == (out / name).resolve():
             raise UsageError(f"--checkpoint {path}: the run writes its {name} there (--out {out})")
 

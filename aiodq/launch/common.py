@@ -12,9 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from ..net.master import Master
+from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
 
-__all__ = ["Handover", "checkpoint_note", "live_display", "progress_state", "progress_table"]
+__all__ = [
+    "Handover",
+    "checkpoint_note",
+    "data_fingerprint",
+    "live_display",
+    "progress_state",
+    "progress_table",
+]
 
 
 class Handover:
@@ -35,10 +43,17 @@ class Handover:
         self._figures(result)
         return result
 
-    def __call__(self) -> RunResult:
-        """The result as training ended (call once it has); handed to ``finished`` the first time."""
+    def __call__(self, result: RunResult | None = None) -> RunResult:
+        """The result as training ended, handed to ``finished`` the first time (call once it has).
+
+        ``result``: the master's result, if at hand (else it is asked for it).
+        """
         if self._result is None:
-            self._result = self.current()
+            if result is None:
+                self._result = self.current()
+            else:
+                self._figures(result)
+                self._result = result
             if self._finished is not None:
                 self._finished(self._result)
         return self._result
@@ -49,6 +64,14 @@ class Handover:
         if self._result is None and coordinator is not None and coordinator.done:
             with contextlib.suppress(Exception):
                 self()
+
+
+def data_fingerprint(dataset: Dataset, checkpoint: object) -> str | None:
+    """What the master's checkpoints name as the training data: the fingerprint, with a checkpoint.
+
+    None without one: the fingerprint costs a pass over the data (about 0.1 s for debdesc).
+    """
+    return None if checkpoint is None else dataset.fingerprint()
 
 
 def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None) -> str:

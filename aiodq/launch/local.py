@@ -30,7 +30,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
-from .common import Handover, checkpoint_note, live_display, progress_state, progress_table
+from .common import Handover, checkpoint_note, data_fingerprint, live_display, progress_state, progress_table
 from .models import objective_for
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import WorkerProcess, after_training, ended, exits, stop_workers
@@ -250,6 +250,10 @@ async def run_local(
     )
 
 
+#: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
+_SIGINT_GRACE = 1.0
+
+
 async def run_cluster(
     config: TrainConfig,
     dataset: Dataset,
@@ -298,7 +302,7 @@ async def run_cluster(
         checkpoint=checkpoint,
         checkpoint_interval=checkpoint_interval,
         resume=resume,
-        data_fingerprint=None if checkpoint is None else dataset.fingerprint(),
+        data_fingerprint=data_fingerprint(dataset, checkpoint),
     )
     try:
         async with master:
@@ -379,12 +383,12 @@ async def run_cluster(
                         if live is not None:
                             live.update(table())
                 try:
-                    waiter.result()
+                    trained = waiter.result()
                 except TimeoutError:
                     raise RunError(f"the run did not finish within {timeout:g} s") from None
                 # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
                 # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
-                if handover().ok:
+                if handover(trained).ok:
                     await after_training(processes)
                 result = handover.current()  # (the workers gone: the traffic counts their last CLOSEs)
             finally:
@@ -407,10 +411,6 @@ async def run_cluster(
 # -- aiodq master / aiodq worker ------------------------------------------------
 
 
-#: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
-_SIGINT_GRACE = 1.0
-
-
 async def master_main(
     config: TrainConfig,
     dataset: Dataset,
@@ -431,15 +431,13 @@ async def master_main(
     ends, before the workers' connections have closed (and when a stop comes right then).
     """
     options.setdefault("samples", dataset.samples)
-    if options.get("checkpoint") is not None:
-        options.setdefault("data_fingerprint", dataset.fingerprint())  # what the checkpoints name
+    options.setdefault("data_fingerprint", data_fingerprint(dataset, options.get("checkpoint")))
     async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
         print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
         handover = Handover(master, lambda result: result.summary.update(dataset=dataset.name), finished)
         try:
-            await master.trained()
-            handover()
+            handover(await master.trained())
             result = await master.wait()
         finally:
             handover.if_trained()

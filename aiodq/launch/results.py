@@ -20,6 +20,7 @@ from ..protocol.result import RunResult
 
 __all__ = [
     "MODEL_FILE",
+    "RESULT_FILES",
     "check_out",
     "load_model",
     "load_records",
@@ -69,11 +70,12 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
         RunError: if they cannot be written.
     """
     summary = result.to_json()
-    paths = [check_out(out) / "result.json", out / MODEL_FILE]
+    summary_file, model_file, plot_file = RESULT_FILES
+    paths = [check_out(out) / summary_file, out / model_file]
     try:
         # Through a temporary file and a rename, as the model's: a file written again (aiodq run
         # writes its results as training ends, then once more complete) is never seen half written.
-        temporary = out / ".result.json.tmp"
+        temporary = out / f".{summary_file}.tmp"
         temporary.write_text(
             json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
@@ -90,12 +92,14 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
         raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
-    plot = _plot(summary, out / "loss_vs_bits.png")
+    plot = _plot(summary, out / plot_file)
     return paths if plot is None else [*paths, plot]
 
 
 #: The trained model's file name next to result.json.
 MODEL_FILE = "model.npz"
+#: What :func:`write_results` writes into its folder: the summary, the model, the plot.
+RESULT_FILES = ("result.json", MODEL_FILE, "loss_vs_bits.png")
 _MODEL = "aiodq model"
 
 

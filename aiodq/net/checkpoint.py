@@ -198,14 +198,10 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
             f"{path} is not the checkpoint of a run (a model or records file?); it is not overwritten: "
             "remove it or choose another checkpoint file"
         )
-    state = meta.get("state")
-    untrained = isinstance(state, dict) and state.get("version") == 0 and not meta.get("trace")
+    stood = _stood(meta)
+    untrained = stood is not None and stood[1] == 0 and not meta.get("trace")
     if meta.get("phase") != "done" and not untrained:  # (a start that failed, or no worker came)
-        where = (
-            f" (epoch {state['epoch']}, version {state['version']})"
-            if isinstance(state, dict) and {"epoch", "version"} <= set(state)
-            else ""
-        )
+        where = "" if stood is None else f" (epoch {stood[0]}, version {stood[1]})"
         raise CheckpointError(
             f"the checkpoint {path} holds a run that has not finished{where}: resume it (--resume), "
             "or remove the file to start afresh"
@@ -218,10 +214,13 @@ def resumable(path: str | Path) -> tuple[int, int] | None:
         meta = load(path, max_bytes=16 << 20, arrays=False).meta
     except CheckpointError:
         return None
+    return None if meta.get("phase") in (None, "done") else _stood(meta)
+
+
+def _stood(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """``(epoch, version)`` from a checkpoint's metadata, None where it does not hold them."""
     state = meta.get("state")
-    if meta.get("phase") in (None, "done") or not isinstance(state, dict):
-        return None
-    epoch, version = state.get("epoch"), state.get("version")
+    epoch, version = (state.get("epoch"), state.get("version")) if isinstance(state, dict) else (None, None)
     return (epoch, version) if isinstance(epoch, int) and isinstance(version, int) else None
 
 

@@ -267,9 +267,7 @@ class Master:
         Raises:
             TimeoutError: if ``timeout`` seconds pass first.
         """
-        async with asyncio.timeout(timeout):
-            await self._done.wait()
-        return self.result()
+        return await self._result_after(self._done, timeout)
 
     async def trained(self, timeout: float | None = None) -> RunResult:
         """Wait until training has ended (the workers' connections may still be closing); the result.
@@ -277,8 +275,11 @@ class Master:
         Raises:
             TimeoutError: if ``timeout`` seconds pass first.
         """
+        return await self._result_after(self._trained, timeout)
+
+    async def _result_after(self, event: asyncio.Event, timeout: float | None) -> RunResult:
         async with asyncio.timeout(timeout):
-            await self._trained.wait()
+            await event.wait()
         return self.result()
 
     def result(self) -> RunResult:
