@@ -20,9 +20,9 @@ removed; a snapshot phase waits only for those still connected, and one that
 rejoins re-enters at the next snapshot phase.  What an admitted worker sends is
 checked by :mod:`aiodq.protocol.guard` (docs/security.md); the run ends as diverged
 (:attr:`Coordinator.failure`) as :class:`~aiodq.protocol.guard.Divergence` says, or when
-F(x_snap) is not finite.  No
-message of a peer makes the coordinator raise: an unexpected failure while
-handling one closes that peer's connection with INTERNAL_ERROR.
+F(x_snap) is not finite.  No message of a peer makes the coordinator raise: an unexpected
+failure while handling one closes that peer's connection with INTERNAL_ERROR.  After
+:meth:`Coordinator.shutdown` nothing changes the model or the trace.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ class Coordinator:
         #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
         self._waited_in: Phase | None = None  # where a run that its workers left ended
+        self._shut_down = False  # (shutdown)
 
     # -- the shell's interface -------------------------------------------------
 
@@ -193,12 +194,7 @@ class Coordinator:
 
     def data_to_send(self) -> dict[int, bytes]:
         """Bytes to write, per worker id (only workers with something to send)."""
-        out = {}
-        for worker_id, worker in self._workers.items():
-            data = worker.connection.data_to_send()
-            if data:
-                out[worker_id] = data
-        return out
+        return {wid: data for wid, w in self._workers.items() if (data := w.connection.data_to_send())}
 
     def closed_workers(self) -> list[int]:
         """Workers whose session is over: the shell closes their transports, then :meth:`forget`s them."""
@@ -219,6 +215,7 @@ class Coordinator:
 
     def shutdown(self, now: float, reason: str = "the master is shutting down") -> None:
         """Send CLOSE with GOING_AWAY on every connection (training stops where it stands)."""
+        self._shut_down = True  # the workers' exits that follow end no snapshot phase
         for worker in self._workers.values():
             worker.connection.close(now, ErrorCode.GOING_AWAY, reason)
 
@@ -545,7 +542,7 @@ class Coordinator:
         worker.report = worker.snapshot_sent = None
         if worker.connection.state is not ConnectionState.CLOSED:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
-        if was_member and self.phase is Phase.SNAPSHOT:
+        if was_member and self.phase is Phase.SNAPSHOT and not self._shut_down:
             self._maybe_finish_snapshot_phase(now)
         elif was_member and self.phase is Phase.INNER and self.live_workers == 0:
             self.deadlines.waiting_for_workers(now)  # --join-timeout applies again

@@ -335,6 +335,24 @@ def test_disconnect_during_snapshot_does_not_block() -> None:
     assert all(np.isfinite(r.loss) for r in coordinator.trace)
 
 
+def test_a_worker_leaving_after_shutdown_ends_no_snapshot_phase() -> None:
+    """After shutdown, a worker's exit during a snapshot phase ends no phase: the trace gains no record
+    of F over the samples of the workers that happened to report (nor does the model change)."""
+    cluster = Cluster(config(), small_a9a(), 3)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    cluster.frozen = {2}
+    cluster.run()  # workers 0 and 1 have reported; 2 is held back
+    assert coordinator.phase is Phase.SNAPSHOT and coordinator.trace == []
+    x = coordinator.state.x.copy()
+    coordinator.shutdown(cluster.now)
+    worker_id = cluster.ids[2]
+    assert worker_id is not None
+    coordinator.disconnect(worker_id, cluster.now)  # without the shutdown, the phase would end here
+    assert coordinator.phase is Phase.SNAPSHOT and coordinator.trace == []
+    assert np.array_equal(coordinator.state.x, x)
+
+
 def test_every_worker_leaving_returns_to_joining() -> None:
     """If every worker leaves during a snapshot phase, the coordinator waits for workers again."""
     cluster = Cluster(config(), small_a9a(), 2)
