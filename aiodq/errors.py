@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import signal
 from enum import IntEnum
+from typing import Any
 
 __all__ = [
     "AiodqError",
@@ -148,7 +149,19 @@ class CheckpointError(AiodqError, ValueError):
 
 
 class RunError(AiodqError, RuntimeError):
-    """A run could not complete: the message says why."""
+    """A run could not complete: the message says why.
+
+    A launcher's run that stopped after training began (a timeout, a failed worker) carries
+    the run as it stood in :attr:`result`.
+    """
+
+    def __init__(self, message: str, *, result: Any = None) -> None:
+        super().__init__(message)
+        #: The run as it stood when it stopped, an :class:`aiodq.RunResult` whose ``failure`` is
+        #: this error's message (its model is the last snapshot, the point the trace's last loss
+        #: evaluates); None if there is none (the run had not begun training, or the error is not
+        #: a stopped run's).  (Typed ``Any`` here: the errors sit below the protocol's rings.)
+        self.result = result
 
 
 class StoppedError(AiodqError):

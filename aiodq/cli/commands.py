@@ -191,6 +191,23 @@ def _finish(
     return 0
 
 
+def _write_as_it_stood(
+    command: str, result: RunResult, out: Path, test: Dataset | None, train: Dataset
+) -> None:
+    """Write the results of a run that stopped before training ended, and say so on stderr."""
+    last = result.trace[-1]
+    try:
+        written = _write(result, out, test, train)
+    except RunError as exc:
+        print(f"aiodq {command}: the run as it stood was not written: {exc}", file=sys.stderr)
+        return
+    print(
+        f"aiodq {command}: the run as it stood, at epoch {last.epoch} of {result.config.epochs} "
+        f"(loss {last.loss:.6g}): {written}",
+        file=sys.stderr,
+    )
+
+
 class _EarlyResults:
     """The launchers' ``finished`` hook: the results written as soon as training ends.
 
@@ -293,6 +310,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (CheckpointError, RunError) as exc:
         write_now.say("run")
         print(f"aiodq run: {exc}", file=sys.stderr)
+        stood = exc.result if isinstance(exc, RunError) else None
+        if stood is not None and write_now.written is None:
+            _write_as_it_stood("run", stood, out, test, dataset)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError):
         write_now.say("run")

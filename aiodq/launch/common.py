@@ -7,6 +7,7 @@ The live display of a run's progress; the hand-over of a finished run's result t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ..protocol.result import RunResult
 
 __all__ = [
     "Handover",
+    "as_it_stood",
     "checkpoint_note",
     "data_fingerprint",
     "live_display",
@@ -64,6 +66,17 @@ class Handover:
         if self._result is None and coordinator is not None and coordinator.done:
             with contextlib.suppress(Exception):
                 self()
+
+
+def as_it_stood(result: RunResult, failure: str) -> RunResult | None:
+    """A run stopped before training ended, as it stood: ``result`` with ``failure`` (in its summary too).
+
+    None if no snapshot phase had ended: no model had been evaluated yet.
+    """
+    if not result.trace:
+        return None
+    result.summary["failure"] = failure
+    return dataclasses.replace(result, failure=failure)
 
 
 def data_fingerprint(dataset: Dataset, checkpoint: object) -> str | None:

@@ -30,7 +30,15 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, shard
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
-from .common import Handover, checkpoint_note, data_fingerprint, live_display, progress_state, progress_table
+from .common import (
+    Handover,
+    as_it_stood,
+    checkpoint_note,
+    data_fingerprint,
+    live_display,
+    progress_state,
+    progress_table,
+)
 from .models import objective_for
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import WorkerProcess, after_training, ended, exits, stop_workers
@@ -304,6 +312,13 @@ async def run_cluster(
         resume=resume,
         data_fingerprint=data_fingerprint(dataset, checkpoint),
     )
+    restarts = 0
+
+    def figures(result: RunResult) -> None:
+        result.summary.update(
+            dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
+        )
+
     try:
         async with master:
             host, port = master.address
@@ -326,17 +341,11 @@ async def run_cluster(
 
             processes: list[WorkerProcess] = []
             waiter: asyncio.Task[RunResult] | None = None
-            restarts = 0
 
             title = f"aiodq run: {config.algorithm}, {workers} workers"
 
             def table() -> Any:
                 return progress_table(title, progress_state(master))
-
-            def figures(result: RunResult) -> None:
-                result.summary.update(
-                    dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
-                )
 
             handover = Handover(master, figures, finished)
 
@@ -393,18 +402,24 @@ async def run_cluster(
                 result = handover.current()  # (the workers gone: the traffic counts their last CLOSEs)
             finally:
                 handover.if_trained()  # (stopped as training ended, before the waiter woke)
+                if master.coordinator is not None and not master.coordinator.done:
+                    # Stopped early: the master first (it checkpoints the run), so that the workers'
+                    # exits end no snapshot phase with the reports of those that happened to report.
+                    await master.close()
                 await stop_workers(processes)
                 if waiter is not None:
                     waiter.cancel()
             if records is not None and master.coordinator is not None:
                 records.extend(master.coordinator.records)
     except RunError as exc:
-        # The master checkpointed the run as it stood when it closed: say where, so it is not lost.
-        done = master.coordinator is not None and master.coordinator.done
-        note = checkpoint_note(checkpoint, None if done else master.checkpointed)
-        if not note:
+        # The master checkpointed the run as it stood when it closed: say where, so it is not lost;
+        # and the error carries the run as it stood (its model the last snapshot).
+        if master.coordinator is None or master.coordinator.done:
             raise
-        raise RunError(f"{exc}{note}") from exc
+        message = f"{exc}{checkpoint_note(checkpoint, master.checkpointed)}"
+        stood = master.result()
+        figures(stood)
+        raise RunError(message, result=as_it_stood(stood, message)) from exc
     return result
 
 

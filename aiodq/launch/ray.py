@@ -37,7 +37,7 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .common import checkpoint_note, live_display, progress_table
+from .common import as_it_stood, checkpoint_note, live_display, progress_table
 from .ray_actors import MasterActor, Secret, WorkerActor
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -183,7 +183,8 @@ async def run_ray(
             logging.getLogger("ray._private.worker").removeFilter(quiet)
         started = True
         _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
-    stood: list[tuple[int, int]] = []  # where the checkpoint holds a run that stopped early
+    # Where the checkpoint holds a run that stopped early, and the run as it stood:
+    stood: list[tuple[tuple[int, int] | None, RunResult | None]] = []
     try:
         result = await _run(
             ray,
@@ -206,10 +207,11 @@ async def run_ray(
             finished=finished,
         )
     except RunError as exc:
-        note = checkpoint_note(checkpoint, stood[-1] if stood else None)
-        if not note:
+        held, partial = stood[-1] if stood else (None, None)
+        if partial is None and held is None:
             raise
-        raise RunError(f"{exc}{note}") from exc
+        message = f"{exc}{checkpoint_note(checkpoint, held)}"
+        raise RunError(message, result=None if partial is None else as_it_stood(partial, message)) from exc
     finally:
         if started:
             stopping = time.monotonic()
@@ -241,13 +243,14 @@ async def _run(
     records: list[ModelRecord] | None,
     max_restarts: int,
     saving: dict[str, Any],
-    stood: list[tuple[int, int]],
+    stood: list[tuple[tuple[int, int] | None, RunResult | None]],
     finished: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """:func:`run_ray` once Ray is up: start the actors, follow the run, kill every actor at the end.
 
-    With a checkpoint, a run that stops early has its master actor closed first (which checkpoints
-    it): where the checkpoint holds the run is appended to ``stood``.
+    A run that stops early (with a checkpoint, or on a RunError) has its master actor closed first
+    (which checkpoints it): where the checkpoint holds the run (or None) and the run as it stood
+    (None once training had ended) are appended to ``stood``.
     """
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     if workers * worker_cpus > cpus:
@@ -312,10 +315,8 @@ async def _run(
     title = f"aiodq run (Ray): {config.algorithm}, {workers} workers"
     reported: list[RunResult] = []
 
-    def report(result: RunResult) -> None:
-        """The result as training ended, with the launcher's figures; given to ``finished`` once."""
-        if reported:
-            return
+    def figures(result: RunResult) -> None:
+        """The launcher's figures, added to a result's summary."""
         provenance = result.summary.get("provenance")
         if isinstance(provenance, dict):
             provenance.update(command=list(sys.argv))  # the driver's (the master's host stays)
@@ -324,6 +325,12 @@ async def _run(
             gcs = str(ray.get_runtime_context().gcs_address)
         ray_figures = {"address": gcs, "master": f"{host}:{port}"}
         result.summary.update(data_path=data_path, worker_restarts=restarts, ray=ray_figures)
+
+    def report(result: RunResult) -> None:
+        """The result as training ended, with the launcher's figures; given to ``finished`` once."""
+        if reported:
+            return
+        figures(result)
         reported.append(result)
         if finished is not None:
             finished(result)  # before the master's connections and the workers' sessions end
@@ -392,16 +399,23 @@ async def _run(
         why = f"; {workers - placed} worker actors never started (no room?)" if placed < workers else ""
         raise RunError(f"the run did not finish within {timeout:g} s{why}") from None
     finally:
+        stopped_by_error = isinstance(sys.exc_info()[1], RunError)  # (a timeout, a failed worker...)
         if not reported and waiter is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 # Stopped as training ended, before its result came: the result is not lost either.
                 if waiter.done() or (await asyncio.wait_for(_poll(ray, master), _STOP))["done"]:
                     await asyncio.wait([waiter], timeout=_STOP)
                     report(waiter.result()[0])
-        if saving["checkpoint"] is not None:
+        # A run stopped early (a RunError: it carries the run as it stood), or with a checkpoint to
+        # write: the master actor is closed, and so checkpoints the run, before any actor is killed.
+        if saving["checkpoint"] is not None or (stopped_by_error and not reported):
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                where = await asyncio.wait_for(_call(ray, master.stop.remote(), "the master actor"), _STOP)
-                stood.extend([] if where is None else [tuple(where)])
+                held, partial = await asyncio.wait_for(
+                    _call(ray, master.stop.remote(), "the master actor"), _STOP
+                )
+                if partial is not None:
+                    figures(partial)
+                stood.append((None if held is None else (held[0], held[1]), partial))
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)

@@ -117,15 +117,21 @@ class MasterActor:
         await master.start()
         return master.address
 
-    async def stop(self) -> tuple[int, int] | None:
-        """Close the master (it checkpoints a run still to finish); where the checkpoint holds the run."""
+    async def stop(self) -> tuple[tuple[int, int] | None, RunResult | None]:
+        """Close the master (it checkpoints a run still to finish).
+
+        Where the checkpoint holds the run (None without one) and the run as it stood, its
+        ``failure`` not yet set; both None if training had ended or not begun.
+        """
         master = self._master
         if master is None:
-            return None
+            return None, None
         await master.close()
         if master.coordinator is None or master.coordinator.done:
-            return None
-        return master.checkpointed
+            return None, None
+        result = master.result()
+        result.summary.update(dataset=self._dataset_name)
+        return master.checkpointed, result
 
     async def trained(self) -> tuple[RunResult, list[ModelRecord]]:
         """Wait until training has ended; the result (with the dataset's name) and the model records."""

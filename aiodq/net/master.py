@@ -158,7 +158,7 @@ class Master:
         self._done = asyncio.Event()
         self._trained = asyncio.Event()  # training has ended (the connections may still be closing)
         self._finished_at: float | None = None
-        self._closing = False
+        self._closing = self._closed = False
         self._accepted = 0
         self._logbook = Logbook(self._now)
         self._started = 0.0
@@ -298,13 +298,15 @@ class Master:
         """Stop accepting, tell every worker GOING_AWAY (unless training ended), and stop.
 
         The workers get the CLOSE; handlers still running after a short grace are cancelled.
+        A master closed already is left as it is.
         """
-        closed = False
+        if self._closed:
+            return
         try:
             await self._close()
-            closed = True
+            self._closed = True
         finally:  # (also when the close is cancelled part way: the lock and BLAS go back)
-            if not closed:
+            if not self._closed:
                 # A master whose close did not finish may still serve: it writes no checkpoint once
                 # it has let go of the lock, which another master may take.
                 self._checkpoint = None

@@ -92,6 +92,10 @@ class MasterState:
         #: The snapshot x_snap of the current epoch, rounded to float32 precision: the
         #: snapshot phase sends it in full precision, float32 (algorithms.md 5).
         self.snapshot = to_wire_precision(self.x)
+        #: The last snapshot whose F a snapshot phase has computed (the last one of the run's
+        #: trace), or None: between an epoch's end and the next phase's end, ``snapshot`` is
+        #: already the next one.
+        self.evaluated: Array | None = None
         #: The full gradient at the snapshot, g_snap (regulariser included).
         self.full_gradient = np.zeros_like(self.x)
         #: The auxiliary sequence y of the accelerated variants.
@@ -121,6 +125,8 @@ class MasterState:
         """The state as arrays and JSON-ready scalars (aiodq.net.checkpoint)."""
         arrays = {name: getattr(self, name) for name in self._ARRAYS}
         arrays["iterate_sum"] = self._iterate_sum
+        if self.evaluated is not None and self.evaluated is not self.snapshot:  # (in a snapshot phase)
+            arrays["evaluated"] = self.evaluated
         meta = {
             "theta": self.theta,
             "version": self.version,
@@ -143,7 +149,8 @@ class MasterState:
         """
         rng = _restored_generator(self._rng, meta["rng"])
         loaded: dict[str, Array] = {}
-        for name in (*self._ARRAYS, "iterate_sum"):
+        optional = ("evaluated",) if "evaluated" in arrays else ()  # (not in earlier checkpoints)
+        for name in (*self._ARRAYS, "iterate_sum", *optional):
             if name not in arrays:
                 raise ValueError(f"checkpoint array {name!r} is missing")
             value = np.asarray(arrays[name], dtype=np.float64)
@@ -169,6 +176,7 @@ class MasterState:
         if not isinstance(theta, int | float) or not 0 < theta <= 1:
             raise ValueError(f"checkpoint theta {theta!r} is not in (0, 1]")
         self._rng = rng
+        self.evaluated = None
         for name, array in loaded.items():
             setattr(self, "_iterate_sum" if name == "iterate_sum" else name, array)
         self.theta = float(theta)
@@ -193,6 +201,7 @@ class MasterState:
             self.updates_per_epoch = max(1, math.ceil(samples / self.config.batch))
         self.full_gradient = gradient_sum / self.samples + self.regularizer.l2 * self.snapshot
         loss = loss_sum / self.samples + self.regularizer.value(self.snapshot)
+        self.evaluated = self.snapshot  # (a new array for each epoch: never changed in place)
         if self.spec.accelerated:
             # algorithms.md 7: the served model is x_snap + theta (y - x_snap).
             self.x = self.snapshot + self.theta * (self.y - self.snapshot)

@@ -148,4 +148,8 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
+    # In the inner loop the snapshot is the one the trace's last loss evaluates; in a snapshot
+    # phase it is the next, and the checkpoint holds the evaluated one (if it is of this version).
+    if phase == "inner":
+        state.evaluated = state.snapshot
     return Resumed(ledger, elapsed, mid_epoch=phase == "inner")

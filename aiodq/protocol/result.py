@@ -26,14 +26,16 @@ class RunResult:
     #: The run's hyperparameters.
     config: TrainConfig
     #: The trained model: the last snapshot x_snap, the point whose objective is the trace's
-    #: last loss (after the last epoch, one more snapshot phase evaluates it).
+    #: last loss (after the last epoch, one more snapshot phase evaluates it; a run stopped
+    #: part way gives the last one evaluated).
     model: npt.NDArray[np.float64]
     #: The master's iterate x when training stopped (for SVRG-type methods the snapshot above is
     #: the model to use; the accelerated variants' x differs from it).
     iterate: npt.NDArray[np.float64]
     #: One record per snapshot phase: F(x_snap), accuracy, bytes, time and version.
     trace: list[EpochRecord]
-    #: Why the run ended without finishing its epochs (it diverged), or None.
+    #: Why the run ended without finishing its epochs (it diverged; or, for the result a
+    #: stopped run's RunError carries, why it stopped), or None.
     failure: str | None
     #: Everything ``result.json`` holds (traffic, staleness, errors, provenance...).
     summary: dict[str, Any] = field(repr=False)
@@ -74,7 +76,7 @@ class RunResult:
         state = coordinator.state
         return cls(
             config=coordinator.config,
-            model=np.array(state.snapshot, dtype=np.float64),
+            model=np.array(state.snapshot if state.evaluated is None else state.evaluated, dtype=np.float64),
             iterate=np.array(state.x, dtype=np.float64),
             trace=list(coordinator.ledger.trace),
             failure=coordinator.failure,

@@ -88,8 +88,13 @@ def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path
     finally:
         run.kill()
     assert run.returncode == 1, stderr[-2000:]
-    last = stderr.strip().splitlines()[-1]
-    assert last == "aiodq run: worker process killed by SIGKILL: (nothing on stderr)", last
+    said = stderr.strip().splitlines()[-2:]
+    assert said[0] == "aiodq run: worker process killed by SIGKILL: (nothing on stderr)", said
+    # Training had begun: the run as it stood is written, its failure the error.
+    assert said[1].startswith("aiodq run: the run as it stood, at epoch "), said
+    written = json.loads((out / "result.json").read_text())
+    assert written["failure"] == "worker process killed by SIGKILL: (nothing on stderr)"
+    assert len(written["trace"]) >= 2
 
 
 def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: Path) -> None:

@@ -188,10 +188,15 @@ async def test_a_timeout_ends_the_run_and_kills_every_actor() -> None:
 
     watcher = asyncio.create_task(watch())
     try:
-        with pytest.raises(RunError, match="did not finish within 5 s"):
+        with pytest.raises(RunError, match="did not finish within 5 s") as info:
             await run_ray(TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=5)
     finally:
         watcher.cancel()
+    # The error carries the run as it stood: the master actor was closed before any actor was killed.
+    stood = info.value.result
+    assert stood is not None and stood.failure == stood.summary["failure"] == str(info.value)
+    assert stood.trace and stood.trace[-1].samples == 32_561  # every sample of the bundled a9a
+    assert stood.summary["dataset"] == "a9a" and stood.summary["ray"]["master"]
     assert any(name.endswith("-master") for name in seen), seen
     assert sum("-worker-" in name for name in seen) == 2, seen
     assert ray.is_initialized()  # the caller's instance is left alone

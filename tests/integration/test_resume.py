@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import aiodq
@@ -84,6 +86,46 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path
     with pytest.raises(RunError) as bare:  # without a checkpoint there is nothing to point to
         asyncio.run(aiodq.run_local(config, DATA, workers=1, timeout=0.5))
     assert str(bare.value) == "the run did not finish within 0.5 s"
+
+
+def _objective(model: np.ndarray) -> float:
+    """F(x) = (1/n) sum log(1 + exp(-y_i a_i . x)) + 1e-4 / 2 ||x||^2 on DATA (docs/algorithms.md 1.1)."""
+    data = load_dataset(DATA)
+    margins = data.labels * (data.features @ model)
+    return float(np.logaddexp(0.0, -margins).mean() + 0.5e-4 * model @ model)
+
+
+def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> None:
+    """The RunError of a timeout carries the run as it stood: the last snapshot, the point whose loss the
+    trace ends with, and the error as its failure; ``aiodq run`` writes it, and still fails."""
+    config = aiodq.TrainConfig(epochs=10_000)
+    with pytest.raises(RunError) as info:
+        asyncio.run(aiodq.run_local(config, DATA, workers=2, timeout=3))
+    stood = info.value.result
+    assert stood is not None and not stood.ok
+    assert stood.failure == stood.summary["failure"] == str(info.value) == "the run did not finish within 3 s"
+    assert 2 <= len(stood.trace) < 10_000 and stood.trace[-1].epoch == len(stood.trace) - 1
+    assert stood.trace[-1].loss < stood.trace[0].loss  # it trained
+    assert _objective(stood.model) == pytest.approx(stood.trace[-1].loss, rel=1e-9)
+    assert stood.summary["dataset"] == DATA.name and stood.summary["worker_restarts"] == 0
+
+    out = tmp_path / "out"
+    run = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "2", "--epochs", "10000", "--timeout", "3",
+        "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 1
+    said = run.stderr.strip().splitlines()
+    assert said[0] == "aiodq run: the run did not finish within 3 s"
+    assert said[1].startswith("aiodq run: the run as it stood, at epoch ")
+    assert said[1].endswith(f"wrote {out / 'result.json'}, {out / 'model.npz'}, {out / 'loss_vs_bits.png'}; "
+                            f"log in {out / 'aiodq.log'}")  # fmt: skip
+    written = json.loads((out / "result.json").read_text())
+    assert written["failure"] == "the run did not finish within 3 s"
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert meta["failure"] == written["failure"]
+    assert _objective(model) == pytest.approx(written["trace"][-1]["loss"], rel=1e-9)
+    assert f"at epoch {written['trace'][-1]['epoch']} of 10000 " in said[1]
 
 
 @pytest.mark.asyncio

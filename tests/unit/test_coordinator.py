@@ -33,6 +33,7 @@ from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import Coordinator, Phase
 from aiodq.protocol.dataset import Dataset, shard
 from aiodq.protocol.guard import Guard
+from aiodq.protocol.result import RunResult
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import build_cluster, simulate
 
@@ -285,6 +286,21 @@ def test_first_snapshot_loss_is_the_full_objective() -> None:
     loss, correct = a9a().samples * np.log(2.0), 0
     assert coordinator.trace[0].loss == pytest.approx(loss / a9a().samples, rel=1e-12)
     assert coordinator.trace[0].accuracy == correct / a9a().samples
+
+
+def test_a_result_taken_during_a_snapshot_phase_gives_the_last_evaluated_snapshot() -> None:
+    """Between an epoch's end and the next phase's end the master's snapshot is already the next one;
+    a result taken then (a run stopped there) gives the one whose F the trace ends with."""
+    dataset = small_a9a()
+    cluster = Cluster(config(l2=0.01), dataset, 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: len(coordinator.trace) == 2 and coordinator.phase is Phase.INNER)
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)  # epoch 2's phase, not finished
+    model = RunResult.of(coordinator).model
+    assert not np.array_equal(model, coordinator.state.snapshot)
+    margins = dataset.labels * (dataset.features @ model)  # F, directly (docs/algorithms.md 1.1)
+    loss = np.logaddexp(0.0, -margins).mean() + 0.005 * model @ model
+    assert loss == pytest.approx(coordinator.trace[-1].loss, rel=1e-9)
 
 
 # -- staleness -------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
 from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK
 from aiodq.protocol.guard import Guard, Refusal
+from aiodq.protocol.result import RunResult
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import simulate
 
@@ -254,6 +255,7 @@ def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.M
         lambda c: c.meta["state"].__setitem__("theta", 7.0),
         lambda c: c.arrays.pop("snapshot"),
         lambda c: c.meta["state"]["rng"]["state"].__setitem__("state", [1, 2]),
+        lambda c: c.arrays.__setitem__("evaluated", np.full(D, np.inf)),
     ],
     ids=[
         "nan-model",
@@ -264,6 +266,7 @@ def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.M
         "theta-7",
         "no-snapshot",
         "rng-state-short",
+        "inf-evaluated",
     ],
 )
 def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], object]) -> None:
@@ -350,6 +353,27 @@ def test_a_checkpoint_on_disk_restores_the_quantizer_stream(tmp_path: Any) -> No
     before, after = cluster.coordinator.state, fresh.coordinator.state
     assert after.version == before.version
     assert before.model_message()[0] == after.model_message()[0]
+
+
+@pytest.mark.parametrize("phase", [Phase.SNAPSHOT, Phase.INNER])
+def test_a_resumed_run_still_gives_the_last_evaluated_snapshot(tmp_path: Any, phase: Phase) -> None:
+    """A checkpoint written in a snapshot phase (the master's snapshot already the next one) also holds
+    the snapshot the trace's last loss evaluates: the result of the run it resumes gives that one."""
+    train = config(epochs=3)
+    cluster = Cluster(train, small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: len(coordinator.trace) == 2 and coordinator.phase is Phase.INNER)
+    version = coordinator.state.version
+    cluster.run(until=lambda: coordinator.phase is phase and coordinator.state.version > version + 1)
+    assert coordinator.phase is phase and len(coordinator.trace) == 2
+    evaluated = RunResult.of(coordinator).model
+    assert np.array_equal(evaluated, coordinator.state.snapshot) == (phase is Phase.INNER)
+    path = tmp_path / "run.ckpt"
+    save(path, coordinator.checkpoint(cluster.now))
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(load(path), 0.0)
+    assert np.array_equal(RunResult.of(fresh.coordinator).model, evaluated)
+    assert np.array_equal(fresh.coordinator.state.snapshot, coordinator.state.snapshot)
 
 
 # -- honest workers the guard and the deadlines must not punish (issue 10, attack report T4) ---------
