@@ -14,6 +14,7 @@ from typing import Any
 from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
+from ..launch.common import as_it_stood
 from ..launch.local import (
     load_data_or_fail,
     lower_priority,
@@ -191,33 +192,19 @@ def _finish(
     return 0
 
 
-def _write_as_it_stood(
-    command: str, result: RunResult, out: Path, test: Dataset | None, train: Dataset
-) -> None:
-    """Write the results of a run that stopped before training ended, and say so on stderr."""
-    last = result.trace[-1]
-    try:
-        written = _write(result, out, test, train)
-    except RunError as exc:
-        print(f"aiodq {command}: the run as it stood was not written: {exc}", file=sys.stderr)
-        return
-    print(
-        f"aiodq {command}: the run as it stood, at epoch {last.epoch} of {result.config.epochs} "
-        f"(loss {last.loss:.6g}): {written}",
-        file=sys.stderr,
-    )
-
-
 class _EarlyResults:
     """The launchers' ``finished`` hook: the results written as soon as training ends.
 
     A stop while the workers' sessions end (or a failure then) loses nothing; :meth:`say` tells
-    what was written.  The command writes them again, complete, when the run returns.
+    what was written.  The command writes them again, complete, when the run returns.  A run
+    stopped before training ended is written as it stood (:meth:`keep`); the launchers hand a
+    cancelled one to :meth:`stopped`.
     """
 
     def __init__(self, out: Path, test: Dataset | None, train: Dataset) -> None:
         self._out, self._test, self._train = out, test, train
         self.written: str | RunError | None = None  # the line that says where, or why not
+        self.stood: RunResult | None = None  # a cancelled run as it stood
 
     def __call__(self, result: RunResult) -> None:
         try:
@@ -225,10 +212,32 @@ class _EarlyResults:
         except RunError as exc:
             self.written = exc
 
+    def stopped(self, result: RunResult) -> None:
+        """The launchers' ``stopped`` hook: a cancelled run as it stood, kept for :meth:`keep`."""
+        self.stood = result
+
     def say(self, command: str) -> None:
         """On stderr, if training had finished: where the results are (or why they are not)."""
         if self.written is not None:
             print(f"aiodq {command}: training had finished: {self.written}", file=sys.stderr)
+
+    def keep(self, command: str, stood: RunResult | None, failure: str | None = None) -> None:
+        """Write a run stopped before training ended as it stood (``failure`` set, if given); say so.
+
+        Nothing if training had ended (the results are written) or there is no such run.
+        """
+        if self.written is not None or stood is None:
+            return
+        if failure is not None and (stood := as_it_stood(stood, failure)) is None:
+            return
+        last = stood.trace[-1]
+        try:
+            written = _write(stood, self._out, self._test, self._train)
+        except RunError as exc:
+            print(f"aiodq {command}: the run as it stood was not written: {exc}", file=sys.stderr)
+            return
+        said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
+        print(f"aiodq {command}: the run as it stood, {said}: {written}", file=sys.stderr)
 
 
 def _checked_checkpoint(path: str | None, out: Path) -> None:
@@ -289,6 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 master_config=master_config,
                 max_restarts=args.max_restarts,
                 finished=write_now,
+                stopped=write_now.stopped,
                 **saving,
             )
         else:
@@ -304,18 +314,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_restarts=args.max_restarts,
                 worker_nice=worker_nice,
                 finished=write_now,
+                stopped=write_now.stopped,
                 **saving,
             )
         result = run_coroutine(launch)
     except (CheckpointError, RunError) as exc:
         write_now.say("run")
         print(f"aiodq run: {exc}", file=sys.stderr)
-        stood = exc.result if isinstance(exc, RunError) else None
-        if stood is not None and write_now.written is None:
-            _write_as_it_stood("run", stood, out, test, dataset)
+        write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         return EXIT_FAILED
-    except (KeyboardInterrupt, StoppedError):
+    except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
+        write_now.keep(
+            "run",
+            write_now.stood,
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}",
+        )
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).

@@ -280,13 +280,15 @@ async def run_cluster(
     checkpoint_interval: float = 60.0,
     resume: bool = False,
     finished: Callable[[RunResult], None] | None = None,
+    stopped: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
 
     ``finished`` gets the result as soon as training has ended, before the workers' exit is
     awaited, and also when the run is stopped after that (``aiodq run`` writes its files then: a
     stop while the workers exit loses nothing).  The result returned comes after the workers'
-    exit: its traffic also counts their last CLOSE frames.
+    exit: its traffic also counts their last CLOSE frames.  ``stopped`` gets the run as it stood
+    (its ``failure`` not set) when the run is cancelled before training has ended.
 
     Raises:
         ValueError: if ``worker_nice`` is not an integer in 0..19 (None: :func:`resolve_worker_nice`).
@@ -411,14 +413,19 @@ async def run_cluster(
                     waiter.cancel()
             if records is not None and master.coordinator is not None:
                 records.extend(master.coordinator.records)
-    except RunError as exc:
+    except (RunError, asyncio.CancelledError) as exc:
         # The master checkpointed the run as it stood when it closed: say where, so it is not lost;
-        # and the error carries the run as it stood (its model the last snapshot).
+        # and the error carries the run as it stood (its model the last snapshot), as does a
+        # cancellation to ``stopped``.
         if master.coordinator is None or master.coordinator.done:
             raise
-        message = f"{exc}{checkpoint_note(checkpoint, master.checkpointed)}"
         stood = master.result()
         figures(stood)
+        if not isinstance(exc, RunError):
+            if stopped is not None:
+                stopped(stood)
+            raise
+        message = f"{exc}{checkpoint_note(checkpoint, master.checkpointed)}"
         raise RunError(message, result=as_it_stood(stood, message)) from exc
     return result
 

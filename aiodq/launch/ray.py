@@ -93,6 +93,7 @@ async def run_ray(
     checkpoint_interval: float = 60.0,
     resume: bool = False,
     finished: Callable[[RunResult], None] | None = None,
+    stopped: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Train with the master and ``workers`` workers as Ray actors (``aiodq run --launcher ray``).
 
@@ -132,6 +133,8 @@ async def run_ray(
         finished: gets the result as soon as training has ended, before the actors' sessions end
             (``aiodq run`` writes its files then); ``summary["ray"]`` then lacks
             ``local_instance`` and ``seconds``, which the result returned has.
+        stopped: gets the run as it stood (its ``failure`` not set) when the run is cancelled
+            before training has ended (the master actor is then closed first, within 30 s).
 
     Returns:
         The trained model and the run's figures (``result.summary["ray"]`` says where it ran).
@@ -205,7 +208,12 @@ async def run_ray(
             saving={"checkpoint": checkpoint, "checkpoint_interval": checkpoint_interval, "resume": resume},
             stood=stood,
             finished=finished,
+            stopped=stopped is not None,
         )
+    except asyncio.CancelledError:
+        if stopped is not None and stood and stood[-1][1] is not None:
+            stopped(stood[-1][1])
+        raise
     except RunError as exc:
         held, partial = stood[-1] if stood else (None, None)
         if partial is None and held is None:
@@ -245,12 +253,14 @@ async def _run(
     saving: dict[str, Any],
     stood: list[tuple[tuple[int, int] | None, RunResult | None]],
     finished: Callable[[RunResult], None] | None = None,
+    stopped: bool = False,
 ) -> RunResult:
     """:func:`run_ray` once Ray is up: start the actors, follow the run, kill every actor at the end.
 
-    A run that stops early (with a checkpoint, or on a RunError) has its master actor closed first
-    (which checkpoints it): where the checkpoint holds the run (or None) and the run as it stood
-    (None once training had ended) are appended to ``stood``.
+    A run that stops early (with a checkpoint, on a RunError, or with ``stopped``: someone to hand
+    a cancelled run to) has its master actor closed first (which checkpoints it): where the
+    checkpoint holds the run (or None) and the run as it stood (None once training had ended)
+    are appended to ``stood``.
     """
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     if workers * worker_cpus > cpus:
@@ -408,7 +418,7 @@ async def _run(
                     report(waiter.result()[0])
         # A run stopped early (a RunError: it carries the run as it stood), or with a checkpoint to
         # write: the master actor is closed, and so checkpoints the run, before any actor is killed.
-        if saving["checkpoint"] is not None or (stopped_by_error and not reported):
+        if saving["checkpoint"] is not None or (not reported and (stopped or stopped_by_error)):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 held, partial = await asyncio.wait_for(
                     _call(ray, master.stop.remote(), "the master actor"), _STOP

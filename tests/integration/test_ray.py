@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -288,9 +289,16 @@ async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(tmp_path
         kept = resumable(path) if path.exists() else None
         return -1 if kept is None else kept[1]
 
+    stood: list[Any] = []
     run = asyncio.create_task(
         run_ray(
-            config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), checkpoint_interval=0.2
+            config,
+            workers=2,
+            bind_host=LOOPBACK,
+            timeout=120,
+            checkpoint=str(path),
+            checkpoint_interval=0.2,
+            stopped=stood.append,
         )
     )
     await wait_until(lambda: version() >= 100 or run.done(), 90, "a checkpoint of 100 updates")
@@ -300,6 +308,10 @@ async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(tmp_path
         await run
     saved = load(path).meta
     assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] >= 100
+    # The stopped hook got the run as it stood when the master actor closed (as the checkpoint).
+    assert len(stood) == 1 and stood[0].failure is None
+    assert [asdict(record) for record in stood[0].trace] == saved["trace"]
+    assert stood[0].summary["ray"]["master"]
     await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
 
     result = await run_ray(

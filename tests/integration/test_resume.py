@@ -148,6 +148,15 @@ async def test_aiodq_run_stopped_by_sigterm_names_its_checkpoint(tmp_path: Path)
         f"aiodq run: stopped by SIGTERM; the checkpoint {path} holds the run as it stood "
         f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
     )
+    # The run as it stood is written too: its model the last snapshot the trace evaluates.
+    out = tmp_path / "out"
+    written = json.loads((out / "result.json").read_text())
+    assert written["failure"] == "stopped by SIGTERM"
+    assert written["trace"] and written["trace"][-1]["version"] <= kept[1]
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert meta["failure"] == "stopped by SIGTERM"
+    assert _objective(model) == pytest.approx(written["trace"][-1]["loss"], rel=1e-9)
+    assert f"aiodq run: the run as it stood, at epoch {written['trace'][-1]['epoch']} of 10000 " in run.stderr
 
 
 @pytest.mark.asyncio
