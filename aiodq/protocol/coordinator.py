@@ -358,6 +358,7 @@ class Coordinator:
     def _snapshot_gradient(self, worker_id: int, worker: Member, event: SnapshotGradient, now: float) -> None:
         worker.snapshot_sent = None
         refusal = self.guard.refuse_report(event)
+        self._divergence.report(event.epoch, refusal)
         if refusal is not None:
             self._remove(worker_id, refusal, now)
             return
@@ -401,7 +402,9 @@ class Coordinator:
                 return  # _remove finished the phase already
         active = [w for w in self._workers.values() if w.active and w.joined]
         if not active or not reports:
-            # Every worker left during the phase: wait for workers to join again.
+            # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
+            if (failure := self._divergence.unreported(self.state.epoch)) is not None:
+                return self._finish(now, failure)
             self.phase = Phase.JOINING
             self.deadlines.waiting_for_workers(now)
             return
@@ -432,11 +435,8 @@ class Coordinator:
                 samples=samples,
             )
         )
-        if not math.isfinite(loss):
-            self._finish(
-                now, f"the training objective at epoch {state.epoch} is not finite: the run diverged"
-            )
-            return
+        if (failure := self._divergence.loss(state.epoch, loss, self.trace[0].loss)) is not None:
+            return self._finish(now, failure)
         if state.epoch >= self.config.epochs:
             self._finish(now)
             return

@@ -41,10 +41,12 @@ from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantiz
 from ..errors import ErrorCode
 from .algorithms import TrainConfig
 
-__all__ = ["DIVERGED_AFTER", "Divergence", "Guard", "Refusal", "refuse_claim"]
+__all__ = ["DIVERGED_AFTER", "DIVERGED_LOSS_FACTOR", "Divergence", "Guard", "Refusal", "refuse_claim"]
 
 #: Refused updates per live worker, with none applied in between, after which the run has diverged.
 DIVERGED_AFTER = 4
+#: A run whose F(x_snap) passes this many times its first epoch's (or 1, if that is smaller) has diverged.
+DIVERGED_LOSS_FACTOR = 1e6
 
 #: Applied update norms kept for the median.
 _WINDOW = 64
@@ -64,7 +66,11 @@ class Refusal:
 
 def _norm(values: np.ndarray) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
-        return math.sqrt(float(np.dot(values, values)))
+        square = float(np.dot(values, values))
+        if not math.isfinite(square) and values.dtype != np.float64:
+            # float32 squares overflow from 1.8e19: only a float64 sum says whether the norm is finite.
+            square = float(np.dot(values.astype(np.float64), values.astype(np.float64)))
+        return math.sqrt(square)
 
 
 class Guard:
@@ -246,11 +252,52 @@ class Divergence:
     Every live worker's updates refused as out of line ``DIVERGED_AFTER`` times in a row (with
     none applied in between), or ``DIVERGED_AFTER`` times M updates taking the model out of range
     since the last applied one (workers that rejoin and overflow again), or no worker left; or
-    every report of a snapshot phase out of line.
+    every report of a snapshot phase out of line, or not finite.
     """
 
     def __init__(self) -> None:
         self._overflows = 0
+        self._epoch = -1  # the epoch of the snapshot reports counted below
+        self._finite = self._non_finite = 0
+
+    def report(self, epoch: int, refusal: Refusal | None) -> None:
+        """A snapshot report for ``epoch`` arrived: accepted on arrival (None) or refused."""
+        if epoch != self._epoch:
+            self._epoch, self._finite, self._non_finite = epoch, 0, 0
+        if refusal is None:
+            self._finite += 1
+        elif refusal.code is ErrorCode.NON_FINITE:
+            self._non_finite += 1
+
+    def unreported(self, epoch: int) -> str | None:
+        """Every worker left ``epoch``'s snapshot phase: the failure, if its reports were all non-finite.
+
+        Then it is x_snap that overflows, not a worker: the workers would rejoin and report the
+        same, for ever.  (One hostile worker among honest ones cannot end the run this way: the
+        honest reports are finite.)
+        """
+        if epoch == self._epoch and self._non_finite and not self._finite:
+            return (
+                f"every snapshot report at epoch {epoch} is not finite: the run diverged "
+                "(is the step size too large?)"
+            )
+        return None
+
+    @staticmethod
+    def loss(epoch: int, loss: float, first: float) -> str | None:
+        """After a snapshot phase found F(x_snap) = ``loss`` (``first``: the first phase's): any failure.
+
+        Not finite, or past :data:`DIVERGED_LOSS_FACTOR` times ``max(|first|, 1)``: no training that
+        converges, convex or not, takes its objective a million times above where it began.
+        """
+        if not math.isfinite(loss):
+            return f"the training objective at epoch {epoch} is not finite: the run diverged"
+        if loss > DIVERGED_LOSS_FACTOR * max(abs(first), 1.0):
+            return (
+                f"the training objective at epoch {epoch} is {loss:.4g}, over {DIVERGED_LOSS_FACTOR:.0e} "
+                f"times the first epoch's {first:.4g}: the run diverged (is the step size too large?)"
+            )
+        return None
 
     def applied(self) -> None:
         """An update was applied: the counts start again (the caller zeroes its workers')."""

@@ -79,6 +79,28 @@ class Chatty(LeastSquares):
 )
 
 
+def test_a_step_too_large_ends_the_run_as_diverged(tmp_path: Path) -> None:
+    """Least squares at step 0.5 with three workers (newcomer trial): the loss passes 10^6 times the
+    first epoch's; the run ends as diverged, with its results, instead of training on for ever (the
+    reports, alike, were no outliers of each other, and their float32 norms then overflowed)."""
+    (tmp_path / "my_models.py").write_text(LEAST_SQUARES)
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run", "--model", "my_models:LeastSquares", "--data", str(ROOT / "tests" / "fixtures" / "a9a-head-300"),  # noqa: E501
+        "--workers", "3", "--epochs", "30", "--step", "0.5", "--l2", "0", "--out", str(out), "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads((out / "result.json").read_text())
+    last, first = summary["trace"][-1], summary["trace"][0]
+    assert last["loss"] > 1e6 * max(first["loss"], 1.0) and last["epoch"] < 30
+    assert summary["failure"] == (
+        f"the training objective at epoch {last['epoch']} is {last['loss']:.4g}, over 1e+06 times the first "
+        f"epoch's {first['loss']:.4g}: the run diverged (is the step size too large?)"
+    )
+    assert result.stderr.strip().endswith(f"aiodq run: {summary['failure']}")
+
+
 def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_path: Path) -> None:
     """A worker's stderr is read as it comes: 300 kB of it stall nothing, and every line is logged."""
     (tmp_path / "my_models.py").write_text(CHATTY)

@@ -9,6 +9,7 @@ training with a finite model whose loss is close to an honest run's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
 from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK
-from aiodq.protocol.guard import Guard, Refusal
+from aiodq.protocol.guard import Divergence, Guard, Refusal
 from aiodq.protocol.result import RunResult
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import simulate
@@ -216,6 +217,76 @@ def test_a_run_diverging_between_snapshots_ends_with_a_failure(workers: int) -> 
     assert coordinator.failure is not None and "diverged" in coordinator.failure, coordinator.failure
     assert "snapshot report" in coordinator.failure
     assert len(coordinator.trace) >= 1 and np.isfinite(coordinator.trace[-1].loss)
+
+
+def _overflowing_reports(indexes: set[int]) -> Callable[[int, bytes], bytes]:
+    """A tamper hook: the epoch-1 SNAPSHOT_GRADIENTs of workers ``indexes`` carry float64 sums of 1e200,
+    finite but with a norm past the float64 range (what an overflowing x_snap gives a float64 peer)."""
+    hooks = {
+        index: rewrite(
+            index,
+            lambda e: (
+                dataclasses.replace(e, vector=RawVector(np.full(D, 1e200)))
+                if isinstance(e, SnapshotGradient) and e.epoch == 1
+                else e
+            ),
+        )
+        for index in indexes
+    }
+    return lambda index, data: hooks[index](index, data) if index in hooks else data
+
+
+def test_a_run_whose_snapshot_overflows_ends_as_diverged() -> None:
+    """Every worker's snapshot report at epoch 1 is refused on arrival as not finite: it is x_snap that
+    overflows, and the run ends as diverged; before, the workers were removed, the phase went back to
+    waiting for workers, and rejoining ones reported the same for ever."""
+    cluster = Cluster(config(epochs=3), small_a9a(), 3)
+    cluster.tamper = _overflowing_reports({0, 1, 2})
+    cluster.run()
+    coordinator = cluster.coordinator
+    assert coordinator.done
+    assert coordinator.failure == (
+        "every snapshot report at epoch 1 is not finite: the run diverged (is the step size too large?)"
+    )
+    assert [code for _, code, _ in coordinator.errors] == ["NON_FINITE"] * 3
+    assert [record.epoch for record in coordinator.trace] == [0]
+
+
+def test_one_worker_with_non_finite_reports_does_not_end_the_run() -> None:
+    """One worker's non-finite report among finite ones: that worker is removed, the run goes on."""
+    cluster = Cluster(config(epochs=3), small_a9a(), 3)
+    cluster.tamper = _overflowing_reports({1})
+    cluster.run()
+    coordinator = cluster.coordinator
+    assert coordinator.done and coordinator.failure is None
+    assert [code for _, code, _ in coordinator.errors] == ["NON_FINITE"]
+    assert [record.epoch for record in coordinator.trace] == [0, 1, 2, 3]
+
+
+def test_a_report_whose_float32_squares_overflow_is_finite() -> None:
+    """Snapshot sums of 1e20 in float32 are finite: their squares overflow float32, not their norm."""
+    guard = Guard(config(), factor=100.0, workers=2, samples=None)
+    report = SnapshotGradient(
+        epoch=0, loss=1.0, samples=10, correct=5, vector=RawVector(np.full(D, 1e20, np.float32))
+    )
+    assert guard.refuse_report(report) is None
+
+
+@pytest.mark.parametrize(
+    ("losses", "failure"),
+    [
+        ([0.69, 0.5, 6.9e5], None),  # 10^6 times max(|F_0|, 1) = 10^6: below
+        ([0.69, 0.5, 1.0000001e6], "the training objective at epoch 2 is 1e+06, over 1e+06 times the first"),
+        ([10.0, 20.0, 1.00001e7], "the training objective at epoch 2 is 1e+07, over 1e+06 times the first"),
+        ([10.0, 9e6], None),
+        ([0.69, math.inf], "the training objective at epoch 1 is not finite: the run diverged"),
+    ],
+)
+def test_a_loss_a_million_times_the_first_ends_the_run(losses: list[float], failure: str | None) -> None:
+    """F(x_snap) past 10^6 max(|F(x_0)|, 1) (or not finite): the run has diverged."""
+    said = [Divergence.loss(epoch, loss, losses[0]) for epoch, loss in enumerate(losses)]
+    assert said[:-1] == [None] * (len(losses) - 1)
+    assert said[-1] == failure if failure is None else said[-1] is not None and said[-1].startswith(failure)
 
 
 def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.MonkeyPatch) -> None:
