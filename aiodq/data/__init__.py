@@ -89,21 +89,34 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
         parsed = _parse_lines(raw, path)
     labels, counts, indices, values = parsed
     indices -= 1
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+
+    def sample(position: int) -> int:
+        """The sample (1-based, in file order) that holds the ``position``-th pair."""
+        return int(np.searchsorted(indptr, position, side="right"))
+
     if indices.size and int(indices.min()) < 0:
-        raise DataError(f"{path}: feature indices start at 1")
+        raise DataError(f"{path}: sample {sample(int(np.argmin(indices)))}: feature indices start at 1")
     width = int(indices.max()) + 1 if indices.size else 0  # one pass over the indices
     if width > _MAX_FEATURES:
         raise DataError(f"{path}: feature index {width} is beyond {_MAX_FEATURES:,} features")
     if not np.isfinite(values).all():
-        raise DataError(f"{path}: non-finite feature values")
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise DataError(
+            f"{path}: sample {sample(bad)}: non-finite feature value for feature {indices[bad] + 1}"
+        )
     if n_features is None:
         n_features = width
     elif width > n_features:
         raise DataError(f"{path}: feature index {width} exceeds n_features={n_features}")
-    indptr = np.concatenate([[0], np.cumsum(counts)])
     features = sp.csr_matrix((values, indices, indptr), shape=(labels.shape[0], n_features))
-    features.sum_duplicates()
     features.sort_indices()
+    within = np.diff(features.indices) == 0  # a row's sorted indices: a repeat is a duplicate
+    ends = features.indptr[1:-1]
+    within[ends[(ends > 0) & (ends < within.shape[0] + 1)] - 1] = False  # (not across the end of a row)
+    if within.any():
+        first = int(np.flatnonzero(within)[0])
+        raise DataError(f"{path}: sample {sample(first)} gives feature {features.indices[first] + 1} twice")
     return Dataset(features, labels, name or Path(path).name)
 
 
@@ -120,6 +133,7 @@ def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
     labels: list[float] = []
     counts: list[int] = []
     bodies: list[str] = []
+    numbers: list[int] = []
     for number, raw_line in enumerate(text.splitlines(), start=1):
         line = raw_line.split("#", 1)[0].strip()
         if not line:
@@ -137,6 +151,7 @@ def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
         labels.append(label)
         counts.append(body.count(":"))
         bodies.append(body)
+        numbers.append(number)
     if not labels:
         raise DataError(f"{path}: no samples")
     # Every line matched _PAIRS, so the pieces alternate index, value.
@@ -144,8 +159,14 @@ def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
     try:
         indices = np.array(tokens[0::2], dtype=np.int64)
         values = np.array(tokens[1::2], dtype=np.float64)
-    except (ValueError, OverflowError) as exc:
-        raise DataError(f"{path}: malformed index:value pair: {exc}") from exc
+    except (ValueError, OverflowError):
+        for number, body in zip(numbers, bodies, strict=True):  # only now, line by line: which one
+            pieces = body.replace(":", " ").split()
+            try:
+                np.array(pieces[0::2], dtype=np.int64), np.array(pieces[1::2], dtype=np.float64)
+            except (ValueError, OverflowError) as exc:
+                raise DataError(f"{path}:{number}: malformed index:value pair: {exc}") from exc
+        raise  # (not reached: some line fails as the whole did)
     return np.asarray(labels), np.asarray(counts, dtype=np.int64), indices, values
 
 

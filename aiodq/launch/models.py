@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import UsageError
-from ..protocol.algorithms import TrainConfig
+from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.dataset import Dataset, class_count, labels_for
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
 
@@ -105,9 +105,13 @@ def objective_for(
     except Exception as exc:  # the user's code: one line, with where it failed
         raise UsageError(f"--model {config.model}: {_what_failed(exc)}") from exc
     try:
-        return check_objective(objective)
+        checked = check_objective(objective)
+        starting_point(config, checked)  # its name and its x_0, before anything starts
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--model {config.model}: {exc}") from exc
+    except Exception as exc:  # the user's initial(): one line, with where it failed
+        raise UsageError(f"--model {config.model}: {_what_failed(exc)}") from exc
+    return checked
 
 
 def _what_failed(exc: Exception) -> str:

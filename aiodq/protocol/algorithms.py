@@ -452,8 +452,8 @@ def starting_point(config: TrainConfig, model: object) -> npt.NDArray[np.float64
         name = objective_name(objective)
         if name is not None and name != config.model:
             raise ValueError(
-                f"the objective is {name!r} but the configuration's model is {config.model!r}: "
-                f"give TrainConfig(model={name!r})"
+                f"the objective names itself {name!r} (its name attribute) but the run trains "
+                f"{config.model!r} (TrainConfig.model, --model): the two must agree"
             )
         return np.asarray(initial_model(config, objective), dtype=np.float64)
     try:

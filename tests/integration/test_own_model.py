@@ -219,6 +219,24 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
     assert result.final_loss < result.trace[0].loss
 
 
+#: A user model whose ``name`` and ``initial()`` the cases below set (a newcomer trial: they were tracebacks).
+_OBJECTIVE = """
+import numpy as np
+
+class Model:
+    {name}
+
+    def __init__(self, features, labels):
+        self.samples, self.dim = features.shape
+
+    def initial(self, rng):
+        return {initial}
+
+    def loss_grad(self, x, rows=None):
+        return 0.0, np.zeros(self.dim)
+"""
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
@@ -226,8 +244,26 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
         ("raise RuntimeError('needs a GPU')\n", "cannot import bad_model: RuntimeError: needs a GPU (at "),
         ("def Model(features, labels):\n    return {}['weights']\n", "KeyError: 'weights' (at "),
         ("class Model:\n    def __init__(self, f, l):\n        raise OSError('gone')\n", "OSError: gone"),
+        (
+            _OBJECTIVE.format(name="name = 'other'", initial="np.zeros(self.dim)"),
+            "the objective names itself 'other' (its name attribute) but the run trains 'bad_model:Model' "
+            "(TrainConfig.model, --model): the two must agree",
+        ),
+        (
+            _OBJECTIVE.format(name="", initial="np.zeros(self.dim + 1)"),
+            "Model.initial() must give 123 finite values, got shape (124,)",
+        ),
+        (_OBJECTIVE.format(name="", initial="{}['seed']"), "KeyError: 'seed' (at "),
     ],
-    ids=["syntax-error", "raises-at-import", "factory-keyerror", "factory-oserror"],
+    ids=[
+        "syntax-error",
+        "raises-at-import",
+        "factory-keyerror",
+        "factory-oserror",
+        "another-name",
+        "initial-too-long",
+        "initial-raises",
+    ],
 )
 def test_a_user_model_whose_code_fails_is_one_line(tmp_path: Path, source: str, expected: str) -> None:
     """usage.md: an import that fails or a factory that raises: one line saying where, exit status 2."""

@@ -191,6 +191,8 @@ BAD_SVMLIGHT = {
     "index and value on different lines": b"+1 3\n-1 :2\n",
     "gzip header then garbage": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage-garbage",
     "truncated gzip": gzip.compress(b"+1 1:1\n" * 100)[:30],
+    "feature given twice": b"+1 2:1 2:3\n",
+    "feature given twice, unsorted": b"+1 3:1 1:2 3:1\n",
 }
 
 
@@ -213,6 +215,35 @@ def test_svmlight_error_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "bad.svm", "+1 1:1\n\nspam 2:1\n")
     with pytest.raises(DataError, match=r"bad\.svm:3"):
         load_svmlight(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        # A value that matches the pair pattern but is no number (newcomer trial: no line was named).
+        (
+            "+1 1:1\n\n-1 2:1 3:x0.61\n",
+            "bad.svm:3: malformed index:value pair: could not convert string to float: 'x0.61'",
+        ),
+        ("+1 1:1\n-1\n+1 2:1 4:inf\n", "bad.svm: sample 3: non-finite feature value for feature 4"),
+        ("+1 1:1\n\n-1 2:1 1:1 2:0.5\n", "bad.svm: sample 2 gives feature 2 twice"),
+        ("\n+1\n-1\n+1 1:1 1:2\n", "bad.svm: sample 3 gives feature 1 twice"),  # after rows with none
+        ("+1 1:1\n+1 0:1\n", "bad.svm: sample 2: feature indices start at 1"),
+    ],
+    ids=["not-a-number", "non-finite", "twice", "twice-after-empty-rows", "index-0"],
+)
+def test_svmlight_errors_say_where(tmp_path: Path, content: str, says: str) -> None:
+    """Errors found over the whole file name the line, or the sample (in file order) if only that is known."""
+    path = write(tmp_path, "bad.svm", content)
+    with pytest.raises(DataError) as info:
+        load_svmlight(path)
+    assert str(info.value).endswith(says)
+
+
+def test_svmlight_a_feature_twice_on_different_rows_is_fine(tmp_path: Path) -> None:
+    """The same index on neighbouring rows is no duplicate (the check stops at each row's end)."""
+    path = write(tmp_path, "ok.svm", "+1 1:1 2:2\n-1 2:3\n\n+1 2:4 3:5\n")
+    assert load_svmlight(path).features.toarray().tolist() == [[1, 2, 0], [0, 3, 0], [0, 4, 5]]
 
 
 def test_data_error_is_a_value_error() -> None:
