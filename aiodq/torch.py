@@ -394,7 +394,8 @@ class TorchObjective:
     def _probe(self) -> bool | None:
         """Run the first samples through the module and the loss: fail now, with the reason.
 
-        Returns whether the outputs are class scores (True), one score (False) or neither (None).
+        Returns whether the outputs are class scores (True), one score of labels 0/1 or -1/+1
+        (False) or neither (None: a regression, say).
         """
         inputs, targets = self._features[:2], self._labels[:2]
         try:
@@ -411,7 +412,10 @@ class TorchObjective:
         if outputs.ndim == 2 and outputs.shape[1] >= 2 and targets.ndim == 1:
             return True
         if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
-            return False
+            # One score: a binary classifier's if every label is a class (0/1, -1/+1); a regression's
+            # otherwise (its sign against the target's counts nothing).
+            labels = self._labels
+            return False if bool(((labels == 0) | (labels == 1) | (labels == -1)).all()) else None
         return None
 
 

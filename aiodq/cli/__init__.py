@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -342,6 +344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoppedError as exc:
         print(f"aiodq {args.command}: stopped by {exc}{_kept(args)}", file=sys.stderr)
         return 128 + exc.signum
+    except BrokenPipeError:
+        # The reader went away (``aiodq demo | head``): nothing more to say, and nowhere to say it.
+        # Python's advice: point stdout at devnull, so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except MemoryError as exc:
+        print(f"aiodq {args.command}: out of memory{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
+        return 1
 
 
 def _kept(args: argparse.Namespace) -> str:

@@ -378,13 +378,13 @@ async def run_cluster(
                             # The protocol lets a worker rejoin: start another on the same shard.
                             restarts += 1
                             _log.warning(
-                                "worker %d/%d %s; restarting it (%d of %d): %s",
+                                "worker %d/%d %s; restarting it (%d of %d)%s",
                                 index,
                                 workers,
                                 ended(status),
                                 restarts,
                                 max_restarts,
-                                message.splitlines()[-1] if message else "",
+                                f": {message.splitlines()[-1]}" if message else "",
                             )
                             await stop_workers([worker])  # its stderr read to the end
                             processes[index] = await start(index)

@@ -288,7 +288,9 @@ class Master:
         self._logbook.counts(force=True)  # what the last interval counted
         return RunResult.of(
             self.coordinator,
-            wall_time=self._before + (self._now() if self._finished_at is None else self._finished_at),
+            wall_time=round(
+                self._before + (self._now() if self._finished_at is None else self._finished_at), 6
+            ),
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),

@@ -242,6 +242,26 @@ def test_demo_prints_message_sizes() -> None:
     assert all(row["relative_error"] >= 0 for row in report["messages"][1:])
 
 
+def test_demo_into_a_closed_pipe_or_beyond_memory_is_no_traceback() -> None:
+    """``aiodq demo | head -1`` (the reader leaves) ends quietly with 128 + SIGPIPE; a --dim beyond the
+    machine's memory is one line, exit 1 (a newcomer trial found tracebacks for both)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails with EPIPE
+    try:
+        demo = subprocess.run(
+            [sys.executable, "-m", "aiodq", "demo", "--dim", "2000"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+    assert demo.returncode == 128 + 13 and demo.stderr == "", demo.stderr
+    huge = aiodq("demo", "--dim", str(10**12))  # (256, 10**12) float64: 2 PB
+    assert huge.returncode == 1
+    assert huge.stderr.startswith("aiodq demo: out of memory") and len(huge.stderr.splitlines()) == 1, (
+        huge.stderr
+    )
+
+
 def test_bench_codec_smoke(tmp_path: Path) -> None:
     """aiodq bench codec: times and sizes against the same run's copy baseline, on stdout and in --out."""
     out = tmp_path / "codec.json"

@@ -288,6 +288,13 @@ def test_regression_outputs_have_no_accuracy() -> None:
     assert objective.measures_accuracy is False  # the master then reports no accuracy
     classifier = TorchObjective(_network(), nn.CrossEntropyLoss(), *_data())
     assert classifier.measures_accuracy is True
+    # One output against real targets is a regression too (a newcomer trial's nn.Linear(20, 1) with
+    # MSELoss showed an "accuracy" of 0.99); against 0/1 or -1/+1 labels, a binary classifier.
+    features, targets = rng.normal(size=(9, FEATURES)), rng.normal(size=(9, 1))
+    one_output = TorchObjective(nn.Linear(FEATURES, 1), nn.MSELoss(), features, targets)
+    assert one_output.measures_accuracy is False and one_output.correct(one_output.initial(rng)) == 0
+    signs = np.where(targets > 0, 1.0, -1.0)
+    assert TorchObjective(nn.Linear(FEATURES, 1), nn.MSELoss(), features, signs).measures_accuracy is True
 
 
 # -- bad inputs -----------------------------------------------------------------------------------
