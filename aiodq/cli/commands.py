@@ -240,6 +240,11 @@ class _EarlyResults:
         print(f"aiodq {command}: the run as it stood, {said}: {written}", file=sys.stderr)
 
 
+def _stop_reason(exc: BaseException) -> str:
+    """A stopped run's ``failure``: what the command line says of the stop."""
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}"
+
+
 def _checked_checkpoint(path: str | None, out: Path) -> None:
     """Refuse a checkpoint path that is one of the files the run writes into ``out``."""
     if path is None:
@@ -325,11 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
-        write_now.keep(
-            "run",
-            write_now.stood,
-            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}",
-        )
+        write_now.keep("run", write_now.stood, _stop_reason(exc))
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).
@@ -389,6 +390,7 @@ def cmd_master(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 records_path=records,
                 finished=write_now,
+                stopped=None if write_now is None else write_now.stopped,
                 **options,
             )
         )
@@ -397,9 +399,10 @@ def cmd_master(args: argparse.Namespace) -> int:
             write_now.say("master")
         print(f"aiodq master: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (KeyboardInterrupt, StoppedError):
+    except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:
             write_now.say("master")
+            write_now.keep("master", write_now.stood, _stop_reason(exc))
         raise
     except OSError as exc:
         print(

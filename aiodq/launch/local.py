@@ -443,6 +443,7 @@ async def master_main(
     workers: int,
     records_path: Path | None = None,
     finished: Callable[[RunResult], None] | None = None,
+    stopped: Callable[[RunResult], None] | None = None,
     **options: Any,
 ) -> RunResult:
     """``aiodq master``: serve until training finishes; return the trained model and figures.
@@ -450,7 +451,8 @@ async def master_main(
     ``options`` go to :class:`~aiodq.net.master.Master` (TLS, connection config, checkpoints,
     ``record_every``); with ``records_path`` the model records are saved there
     (:func:`~aiodq.launch.results.save_records`).  ``finished`` gets the result as training
-    ends, before the workers' connections have closed (and when a stop comes right then).
+    ends, before the workers' connections have closed (and when a stop comes right then);
+    ``stopped`` the run as it stood (its ``failure`` not set) when it is cancelled before that.
     """
     options.setdefault("samples", dataset.samples)
     options.setdefault("data_fingerprint", data_fingerprint(dataset, options.get("checkpoint")))
@@ -461,6 +463,12 @@ async def master_main(
         try:
             handover(await master.trained())
             result = await master.wait()
+        except asyncio.CancelledError:
+            if stopped is not None and master.coordinator is not None and not master.coordinator.done:
+                stood = master.result()  # (nothing runs before the close below: as it will be checkpointed)
+                stood.summary.update(dataset=dataset.name)
+                stopped(stood)
+            raise
         finally:
             handover.if_trained()
         if records_path is not None and master.coordinator is not None:

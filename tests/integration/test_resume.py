@@ -173,6 +173,37 @@ async def test_aiodq_master_names_its_data_in_the_checkpoint(tmp_path: Path) -> 
         master.kill()
 
 
+@pytest.mark.asyncio
+async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path: Path) -> None:
+    """``aiodq master --out`` stopped by SIGTERM before training ends writes the run as it stood, as
+    ``aiodq run`` does: its failure the stop, its model the last snapshot the trace evaluates."""
+    path, out = tmp_path / "master.ckpt", tmp_path / "out"
+    master = Process(
+        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", "--epochs", "10000",
+        "--data", str(DATA), "--checkpoint", str(path), "--checkpoint-interval", "0.2", "--out", str(out),
+    )  # fmt: skip
+    worker: Process | None = None
+    try:
+        text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
+        address = text.split("listening on ")[1].split(",")[0]
+        worker = Process(
+            tmp_path, "worker", "worker", "--connect", address, "--shard", "0/1", "--data", str(DATA)
+        )
+        await wait_until(lambda: _version(path) > 0 or master.popen.poll() is not None, 60, "a checkpoint")
+        master.popen.send_signal(signal.SIGTERM)
+        assert await master.exited(60) == 128 + signal.SIGTERM
+    finally:
+        for process in (master, worker):
+            if process is not None:
+                process.kill()
+    written = json.loads((out / "result.json").read_text())
+    assert written["failure"] == "stopped by SIGTERM" and written["trace"]
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert meta["failure"] == "stopped by SIGTERM"
+    assert _objective(model) == pytest.approx(written["trace"][-1]["loss"], rel=1e-9)
+    assert "aiodq master: the run as it stood, at epoch " in master.stderr
+
+
 def test_checkpoint_options_are_checked() -> None:
     for args, says in (
         (("--resume",), "--resume needs --checkpoint"),
