@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -133,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     master.add_argument("--workers", type=int, required=True, help="number of workers M to wait for")
     master.add_argument("--data", default=None, help="the dataset, read for its shape (default: bundled a9a)")
-    master.add_argument("--out", default=None, help="folder for result.json and the plot")
+    master.add_argument(
+        "--out", default=None, help="folder for result.json, model.npz, the plot and aiodq.log"
+    )
     master.add_argument(
         "--record-every",
         type=int,
@@ -344,7 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoppedError as exc:
         print(f"aiodq {args.command}: stopped by {exc}{_kept(args)}", file=sys.stderr)
         return 128 + exc.signum
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_broken():  # another pipe (a FIFO given as --out, say): an error like any other
+            print(f"aiodq {args.command}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         # The reader went away (``aiodq demo | head``): nothing more to say, and nowhere to say it.
         # Python's advice: point stdout at devnull, so that the flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -352,6 +358,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError as exc:
         print(f"aiodq {args.command}: out of memory{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 1
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # (a stdout with no descriptor: captured, say)
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _kept(args: argparse.Namespace) -> str:

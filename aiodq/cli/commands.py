@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -230,6 +231,13 @@ class _EarlyResults:
             return
         if failure is not None and (stood := as_it_stood(stood, failure)) is None:
             return
+        if _finished_results(self._out):
+            print(
+                f"aiodq {command}: the run as it stood was not written: {self._out} holds the results of "
+                "a run that finished, kept (give another --out)",
+                file=sys.stderr,
+            )
+            return
         last = stood.trace[-1]
         try:
             written = _write(stood, self._out, self._test, self._train)
@@ -238,6 +246,14 @@ class _EarlyResults:
             return
         said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
         print(f"aiodq {command}: the run as it stood, {said}: {written}", file=sys.stderr)
+
+
+def _finished_results(out: Path) -> bool:
+    """Whether ``out`` holds the results of a run that finished (result.json with no failure)."""
+    try:
+        return json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("failure", 0) is None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _stop_reason(exc: BaseException) -> str:

@@ -404,10 +404,9 @@ async def run_cluster(
                 result = handover.current()  # (the workers gone: the traffic counts their last CLOSEs)
             finally:
                 handover.if_trained()  # (stopped as training ended, before the waiter woke)
-                if master.coordinator is not None and not master.coordinator.done:
-                    # Stopped early: the master first (it checkpoints the run), so that the workers'
-                    # exits end no snapshot phase with the reports of those that happened to report.
-                    await master.close()
+                # Stopped early: training first (the model stays as it stood), so that the workers'
+                # exits end no snapshot phase on the reports of those that happened to report.
+                master.stop_training()
                 await stop_workers(processes)
                 if waiter is not None:
                     waiter.cancel()
@@ -465,7 +464,8 @@ async def master_main(
             result = await master.wait()
         except asyncio.CancelledError:
             if stopped is not None and master.coordinator is not None and not master.coordinator.done:
-                stood = master.result()  # (nothing runs before the close below: as it will be checkpointed)
+                master.stop_training()  # the model as the close will checkpoint it
+                stood = master.result()
                 stood.summary.update(dataset=dataset.name)
                 stopped(stood)
             raise

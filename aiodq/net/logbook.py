@@ -9,14 +9,22 @@ that; connections refused before joining are only counted (docs/security.md).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import math
+import platform
+import socket
+import sys
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 
 from ..protocol.coordinator import Coordinator
+from ..version import __version__
 
-__all__ = ["INTERVAL", "LINES_PER_INTERVAL", "Logbook", "peer_name", "printable"]
+__all__ = ["INTERVAL", "LINES_PER_INTERVAL", "Logbook", "peer_name", "printable", "provenance"]
 
 _log = logging.getLogger("aiodq.master")
 
@@ -155,3 +163,15 @@ class Logbook:
             self._refused_logged = Counter(self.refused)
             self._unlogged_errors_logged = self._unlogged_errors
             self._counted_at = now
+
+
+def provenance() -> dict[str, Any]:
+    """Where and how a run was made: aiodq, Python and numpy versions, command line, host, UTC start."""
+    return {
+        "aiodq": __version__,
+        "command": list(sys.argv),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }

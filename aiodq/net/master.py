@@ -24,16 +24,11 @@ escaped and cut).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
-import platform
-import socket
 import ssl as ssl_module
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
@@ -43,10 +38,9 @@ from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.coordinator import Coordinator
 from ..protocol.objectives import Objective
 from ..protocol.result import RunResult
-from ..version import __version__
 from . import checkpoint as checkpoint_file
 from .listener import Listener
-from .logbook import Logbook, peer_name, printable
+from .logbook import Logbook, peer_name, printable, provenance
 from .tls import reporting_ssl_objects
 
 __all__ = ["Master", "printable", "provenance"]
@@ -288,9 +282,7 @@ class Master:
         self._logbook.counts(force=True)  # what the last interval counted
         return RunResult.of(
             self.coordinator,
-            wall_time=round(
-                self._before + (self._now() if self._finished_at is None else self._finished_at), 6
-            ),
+            wall_time=round(self._before + (self._finished_at or self._now()), 6),
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
@@ -319,19 +311,28 @@ class Master:
                 self._lock.release()
                 self._lock = None
 
+    def stop_training(self) -> None:
+        """From now on no message changes the model: every worker is told GOING_AWAY (unless done).
+
+        :meth:`close` does this first; a launcher calls it before it stops its workers, so that
+        their exits end no snapshot phase part way.
+        """
+        if self.coordinator is not None and self._loop is not None and not self.coordinator.done:
+            self.coordinator.shutdown(self._now())
+            self._write_queued()
+
     async def _close(self) -> None:
         self._closing = True
         self._listener.stop_accepting()
+        self.stop_training()  # before any wait: training cannot end (or move on) during the close
         if self._timer_task is not None:
             self._timer_task.cancel()
             # asyncio.wait, not an await of the task: its CancelledError is expected, and only a
             # cancellation of the close itself should end the close.
             await asyncio.wait([self._timer_task])
         if self.coordinator is not None and self._loop is not None:
-            if not self.coordinator.done:
-                self.coordinator.shutdown(self._now())  # from here no message changes the model
-                if self._address is not None:  # not after a failed start: it may have refused the file
-                    self._checkpoint_at_last("at the close")
+            if not self.coordinator.done and self._address is not None:  # (a failed start: maybe refused)
+                self._checkpoint_at_last("at the close")
             self._write_queued()
         for writer in list(self._writers.values()):
             writer.close()
@@ -588,15 +589,3 @@ class Master:
             self.coordinator.state.epoch,
             self.coordinator.state.version,
         )
-
-
-def provenance() -> dict[str, Any]:
-    """Where and how a run was made: aiodq, Python and numpy versions, command line, host, UTC start."""
-    return {
-        "aiodq": __version__,
-        "command": list(sys.argv),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }

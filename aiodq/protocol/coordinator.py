@@ -358,7 +358,7 @@ class Coordinator:
     def _snapshot_gradient(self, worker_id: int, worker: Member, event: SnapshotGradient, now: float) -> None:
         worker.snapshot_sent = None
         refusal = self.guard.refuse_report(event)
-        self._divergence.report(event.epoch, refusal)
+        self._divergence.report(event.epoch, self.state.epoch, refusal)
         if refusal is not None:
             self._remove(worker_id, refusal, now)
             return
@@ -403,7 +403,7 @@ class Coordinator:
         active = [w for w in self._workers.values() if w.active and w.joined]
         if not active or not reports:
             # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
-            if (failure := self._divergence.unreported(self.state.epoch)) is not None:
+            if (failure := self._divergence.unreported(self.state.epoch, self.expected_workers)) is not None:
                 return self._finish(now, failure)
             self.phase = Phase.JOINING
             self.deadlines.waiting_for_workers(now)

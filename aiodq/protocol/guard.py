@@ -260,8 +260,13 @@ class Divergence:
         self._epoch = -1  # the epoch of the snapshot reports counted below
         self._finite = self._non_finite = 0
 
-    def report(self, epoch: int, refusal: Refusal | None) -> None:
-        """A snapshot report for ``epoch`` arrived: accepted on arrival (None) or refused."""
+    def report(self, epoch: int, current: int, refusal: Refusal | None) -> None:
+        """A snapshot report for ``epoch`` arrived in epoch ``current``: accepted (None) or refused.
+
+        Only reports for the current epoch count (an older one's answer says nothing of x_snap).
+        """
+        if epoch != current:
+            return
         if epoch != self._epoch:
             self._epoch, self._finite, self._non_finite = epoch, 0, 0
         if refusal is None:
@@ -269,14 +274,16 @@ class Divergence:
         elif refusal.code is ErrorCode.NON_FINITE:
             self._non_finite += 1
 
-    def unreported(self, epoch: int) -> str | None:
+    def unreported(self, epoch: int, workers: int) -> str | None:
         """Every worker left ``epoch``'s snapshot phase: the failure, if its reports were all non-finite.
 
-        Then it is x_snap that overflows, not a worker: the workers would rejoin and report the
-        same, for ever.  (One hostile worker among honest ones cannot end the run this way: the
-        honest reports are finite.)
+        At least ``workers`` (the run's M) of them, and none finite: then it is x_snap that
+        overflows, not a worker, and the workers would rejoin and report the same for ever.  One
+        hostile worker among honest ones cannot end the run this way (theirs are finite), nor one
+        whose non-finite report meets honest workers that left without reporting: it would have to
+        rejoin and be refused M times while no honest report came.
         """
-        if epoch == self._epoch and self._non_finite and not self._finite:
+        if epoch == self._epoch and self._non_finite >= workers and not self._finite:
             return (
                 f"every snapshot report at epoch {epoch} is not finite: the run diverged "
                 "(is the step size too large?)"

@@ -127,6 +127,23 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     assert _objective(model) == pytest.approx(written["trace"][-1]["loss"], rel=1e-9)
     assert f"at epoch {written['trace'][-1]['epoch']} of 10000 " in said[1]
 
+    # A finished run's results are never replaced by those of a run stopped part way (a review).
+    finished = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
+    )
+    assert finished.returncode == 0, finished.stderr
+    kept = (out / "result.json").read_bytes(), (out / "model.npz").read_bytes()
+    stopped = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "2", "--epochs", "10000", "--timeout", "3",
+        "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert stopped.returncode == 1
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"aiodq run: the run as it stood was not written: {out} holds the results of a run that finished, "
+        "kept (give another --out)"
+    )
+    assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
+
 
 @pytest.mark.asyncio
 async def test_aiodq_run_stopped_by_sigterm_names_its_checkpoint(tmp_path: Path) -> None:
@@ -198,6 +215,8 @@ async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path
                 process.kill()
     written = json.loads((out / "result.json").read_text())
     assert written["failure"] == "stopped by SIGTERM" and written["trace"]
+    saved = checkpoint_file.load(path).meta  # written at the close: the same run, as it stood
+    assert (written["version"], len(written["trace"])) == (saved["state"]["version"], len(saved["trace"]))
     model, meta = aiodq.load_model(out / "model.npz")
     assert meta["failure"] == "stopped by SIGTERM"
     assert _objective(model) == pytest.approx(written["trace"][-1]["loss"], rel=1e-9)

@@ -263,6 +263,22 @@ def test_one_worker_with_non_finite_reports_does_not_end_the_run() -> None:
     assert [record.epoch for record in coordinator.trace] == [0, 1, 2, 3]
 
 
+def test_a_non_finite_report_and_an_honest_worker_leaving_do_not_end_the_run() -> None:
+    """A review's case: worker 1's report is refused as not finite, then honest worker 0 leaves before
+    reporting.  One refusal of M = 2 says nothing of x_snap: the phase waits for workers again."""
+    cluster = Cluster(config(epochs=3), small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.tamper = _overflowing_reports({1})
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT and coordinator.state.epoch == 1)
+    cluster.frozen = {0}  # worker 0 has not reported
+    cluster.run()
+    assert [code for _, code, _ in coordinator.errors] == ["NON_FINITE"]
+    worker_id = cluster.ids[0]
+    assert worker_id is not None
+    coordinator.disconnect(worker_id, cluster.now)
+    assert not coordinator.done and coordinator.phase is Phase.JOINING
+
+
 def test_a_report_whose_float32_squares_overflow_is_finite() -> None:
     """Snapshot sums of 1e20 in float32 are finite: their squares overflow float32, not their norm."""
     guard = Guard(config(), factor=100.0, workers=2, samples=None)
