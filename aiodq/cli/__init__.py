@@ -26,6 +26,7 @@ import json
 import os
 import select
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -361,14 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_broken() -> bool:
-    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    """Whether stdout is a pipe or socket whose reader has gone (poll: an error or hang-up on it)."""
     try:
         descriptor = sys.stdout.fileno()
+        kind = os.fstat(descriptor).st_mode
     except (AttributeError, OSError, ValueError):  # (a stdout with no descriptor: captured, say)
+        return False
+    if not (stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind)):  # (a terminal that hung up raises no EPIPE)
         return False
     poller = select.poll()
     poller.register(descriptor, select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _kept(args: argparse.Namespace) -> str:

@@ -234,7 +234,7 @@ class _EarlyResults:
         if _finished_results(self._out):
             print(
                 f"aiodq {command}: the run as it stood was not written: {self._out} holds the results of "
-                "a run that finished, kept (give another --out)",
+                "a run that finished, kept (its aiodq.log is this run's; give another --out)",
                 file=sys.stderr,
             )
             return

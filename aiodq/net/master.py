@@ -312,18 +312,19 @@ class Master:
                 self._lock = None
 
     def stop_training(self) -> None:
-        """From now on no message changes the model: every worker is told GOING_AWAY (unless done).
+        """From now on nothing changes the model: no worker is admitted, every one is told GOING_AWAY.
 
         :meth:`close` does this first; a launcher calls it before it stops its workers, so that
-        their exits end no snapshot phase part way.
+        their exits end no snapshot phase part way.  The deadlines stop too, and training does not
+        end (:meth:`trained` and :meth:`wait` return only for a run whose training ended).
         """
+        self._closing = True
+        self._listener.stop_accepting()
         if self.coordinator is not None and self._loop is not None and not self.coordinator.done:
             self.coordinator.shutdown(self._now())
             self._write_queued()
 
     async def _close(self) -> None:
-        self._closing = True
-        self._listener.stop_accepting()
         self.stop_training()  # before any wait: training cannot end (or move on) during the close
         if self._timer_task is not None:
             self._timer_task.cancel()

@@ -215,7 +215,8 @@ class Coordinator:
 
     def shutdown(self, now: float, reason: str = "the master is shutting down") -> None:
         """Send CLOSE with GOING_AWAY on every connection (training stops where it stands)."""
-        self._shut_down = True  # the workers' exits that follow end no snapshot phase
+        self._shut_down = True  # no one joins, and the workers' exits that follow end no snapshot phase
+        self.deadlines.stopped()
         for worker in self._workers.values():
             worker.connection.close(now, ErrorCode.GOING_AWAY, reason)
 
@@ -293,7 +294,7 @@ class Coordinator:
 
     def _join(self, worker_id: int, worker: Member, hello: Hello, now: float) -> None:
         connection = worker.connection
-        if self.phase is Phase.DONE:
+        if self.phase is Phase.DONE or self._shut_down:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
         held = {i: w.shard for i, w in self._workers.items() if w.joined and w.shard is not None}
@@ -341,6 +342,7 @@ class Coordinator:
                 # has not answered) is not waited for: it joins in once it answers.
                 worker.active = worker.awaiting_snapshot = worker.snapshot_sent is None
                 self._send_snapshot(worker, now)
+        self._divergence.awaiting(self.state.epoch, sum(w.awaiting_snapshot for w in self._workers.values()))
         self._maybe_finish_snapshot_phase(now)
 
     def _send_snapshot(self, worker: Member, now: float) -> None:
@@ -403,7 +405,7 @@ class Coordinator:
         active = [w for w in self._workers.values() if w.active and w.joined]
         if not active or not reports:
             # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
-            if (failure := self._divergence.unreported(self.state.epoch, self.expected_workers)) is not None:
+            if (failure := self._divergence.unreported(self.state.epoch)) is not None:
                 return self._finish(now, failure)
             self.phase = Phase.JOINING
             self.deadlines.waiting_for_workers(now)
@@ -544,7 +546,7 @@ class Coordinator:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
         if was_member and self.phase is Phase.SNAPSHOT and not self._shut_down:
             self._maybe_finish_snapshot_phase(now)
-        elif was_member and self.phase is Phase.INNER and self.live_workers == 0:
+        elif was_member and self.phase is Phase.INNER and self.live_workers == 0 and not self._shut_down:
             self.deadlines.waiting_for_workers(now)  # --join-timeout applies again
 
     # -- checkpoints --------------------------------------------------------------

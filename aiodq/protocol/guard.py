@@ -259,6 +259,13 @@ class Divergence:
         self._overflows = 0
         self._epoch = -1  # the epoch of the snapshot reports counted below
         self._finite = self._non_finite = 0
+        self._awaited = 0  # workers the snapshot phase of that epoch last started waiting for
+
+    def awaiting(self, epoch: int, workers: int) -> None:
+        """A snapshot phase of ``epoch`` started, waiting for ``workers`` reports."""
+        if epoch != self._epoch:
+            self._epoch, self._finite, self._non_finite = epoch, 0, 0
+        self._awaited = workers
 
     def report(self, epoch: int, current: int, refusal: Refusal | None) -> None:
         """A snapshot report for ``epoch`` arrived in epoch ``current``: accepted (None) or refused.
@@ -274,16 +281,17 @@ class Divergence:
         elif refusal.code is ErrorCode.NON_FINITE:
             self._non_finite += 1
 
-    def unreported(self, epoch: int, workers: int) -> str | None:
+    def unreported(self, epoch: int) -> str | None:
         """Every worker left ``epoch``'s snapshot phase: the failure, if its reports were all non-finite.
 
-        At least ``workers`` (the run's M) of them, and none finite: then it is x_snap that
-        overflows, not a worker, and the workers would rejoin and report the same for ever.  One
-        hostile worker among honest ones cannot end the run this way (theirs are finite), nor one
-        whose non-finite report meets honest workers that left without reporting: it would have to
-        rejoin and be refused M times while no honest report came.
+        As many of them as the phase last started waiting for (at least one), and none finite:
+        then it is x_snap that overflows, not a worker, and the workers would rejoin and report
+        the same for ever.  One hostile worker among honest ones cannot end the run this way
+        (theirs are finite), nor one whose non-finite report meets honest workers that left
+        without reporting: it would have to rejoin and be refused as often as the phase waits for
+        reports while no honest one came.
         """
-        if epoch == self._epoch and self._non_finite >= workers and not self._finite:
+        if epoch == self._epoch and self._non_finite >= max(1, self._awaited) and not self._finite:
             return (
                 f"every snapshot report at epoch {epoch} is not finite: the run diverged "
                 "(is the step size too large?)"

@@ -140,7 +140,7 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     assert stopped.returncode == 1
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"aiodq run: the run as it stood was not written: {out} holds the results of a run that finished, "
-        "kept (give another --out)"
+        "kept (its aiodq.log is this run's; give another --out)"
     )
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
 

@@ -279,6 +279,25 @@ def test_a_non_finite_report_and_an_honest_worker_leaving_do_not_end_the_run() -
     assert not coordinator.done and coordinator.phase is Phase.JOINING
 
 
+def test_an_overflow_with_a_worker_gone_for_good_still_ends_as_diverged() -> None:
+    """A second review's case: M = 3, one worker gone in epoch 0; at epoch 1 both reports the phase waits
+    for are not finite.  The phase waited for two: the run ends as diverged at once (it waited out the
+    join timeout, then blamed the workers)."""
+    cluster = Cluster(config(epochs=3), small_a9a(), 3)
+    coordinator = cluster.coordinator
+    cluster.tamper = _overflowing_reports({0, 1})
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER and coordinator.state.version > 3)
+    cluster.frozen = {2}
+    worker_id = cluster.ids[2]
+    assert worker_id is not None
+    coordinator.disconnect(worker_id, cluster.now)
+    cluster.run()
+    assert coordinator.done
+    assert coordinator.failure == (
+        "every snapshot report at epoch 1 is not finite: the run diverged (is the step size too large?)"
+    )
+
+
 def test_a_report_whose_float32_squares_overflow_is_finite() -> None:
     """Snapshot sums of 1e20 in float32 are finite: their squares overflow float32, not their norm."""
     guard = Guard(config(), factor=100.0, workers=2, samples=None)
@@ -671,6 +690,24 @@ def test_a_master_whose_workers_do_not_all_arrive_ends_at_the_join_timeout() -> 
     cluster.run()
     assert cluster.sessions[0].ended is not None
     assert cluster.sessions[0].ended[0] == ErrorCode.GOING_AWAY
+
+
+def test_after_shutdown_no_worker_joins_and_no_deadline_ends_the_run() -> None:
+    """A second review's cases: after shutdown a worker that retries is refused (GOING_AWAY), not sent
+    x_snap to train on; and the join deadline, running or restarted by the workers' exits, no longer
+    ends the stopped run as a join timeout."""
+    cluster, _ = _all_left_mid_epoch(rejoin=False)  # every worker gone: the join deadline runs
+    coordinator = cluster.coordinator
+    version, records = coordinator.state.version, len(coordinator.trace)
+    coordinator.shutdown(cluster.now)
+    coordinator.handle_timer(cluster.now + 10**6)  # far past the join deadline (20 s)
+    assert not coordinator.done and coordinator.failure is None
+    again = cluster.add_session(_claiming(small_a9a(), 2, 0, (0, 2)))
+    cluster.run()
+    ended = cluster.sessions[again].ended
+    assert ended is not None and ended[0] == ErrorCode.GOING_AWAY
+    assert cluster.sessions[again].gradients_sent == 0
+    assert (coordinator.state.version, len(coordinator.trace)) == (version, records)
 
 
 def test_messages_of_a_removed_worker_already_on_their_way_are_ignored() -> None:
