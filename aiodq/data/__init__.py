@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import math
 import re
 import struct
@@ -27,6 +28,8 @@ import numpy as np
 from ..errors import DataError
 from ..protocol.dataset import Dataset, class_count, shard
 from .libsvm import parse as parse_libsvm
+
+_log = logging.getLogger("aiodq.data")
 
 try:
     import scipy.sparse as sp
@@ -195,15 +198,26 @@ def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist
 
 
 def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
-    """Load MNIST rows of 784 pixels then the label (plain or gzip CSV); pixels scaled to [0, 1].
+    """Load MNIST rows of 784 pixels and a label (plain or gzip CSV); pixels scaled to [0, 1].
+
+    The label comes last (the layout of the experiments' ``mnist_5k.csv.gz``) or first (the
+    common layout of pjreddie's and Kaggle's files, whose header line ``label,pixel0,...`` is
+    skipped): a first column of labels 0..9, at least two of them, whose last column holds one
+    value (a corner pixel, always 0 in MNIST) is read label-first, and the log says so.  (Read
+    label-last, such a file would be one class of labels that are no labels.)
 
     Raises:
         DataError: if the file cannot be parsed or has the wrong shape.
     """
+    raw = _read_bytes(path)
+    first_field = raw.split(b"\n", 1)[0].split(b",", 1)[0].strip()
+    header = bool(first_field) and not _is_number(first_field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
-            table = np.loadtxt(io.BytesIO(_read_bytes(path)), delimiter=",", dtype=np.float64, ndmin=2)
+            table = np.loadtxt(
+                io.BytesIO(raw), delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header)
+            )
     except ValueError as exc:
         raise DataError(f"{path}: not a numeric CSV: {exc}") from exc
     if table.shape[0] == 0:
@@ -212,10 +226,29 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
         raise DataError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
     if not np.isfinite(table).all():
         raise DataError(f"{path}: non-finite values")
-    labels = table[:, 784]
+    label_column, pixels = 784, table[:, :784]
+    first = table[:, 0]
+    if (
+        (first == np.round(first)).all()
+        and first.min() >= 0
+        and first.max() <= 9
+        and np.unique(first).size >= 2
+        and np.unique(table[:, 784]).size == 1
+    ):
+        label_column, pixels = 0, table[:, 1:]
+        _log.info("%s: read label first (its first column holds labels 0..9, its last one value)", path)
+    labels = table[:, label_column]
     if (labels != np.round(labels)).any() or labels.min() < 0:
         raise DataError(f"{path}: labels must be non-negative integers")
-    return Dataset(table[:, :784] / 255.0, labels.astype(np.int64), name)
+    return Dataset(pixels / 255.0, labels.astype(np.int64), name)
+
+
+def _is_number(field: bytes) -> bool:
+    try:
+        float(field.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
 
 
 def load_bundled_a9a(*, test: bool = False) -> Dataset:

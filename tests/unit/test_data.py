@@ -366,6 +366,35 @@ def test_csv_single_row_and_gzip(tmp_path: Path) -> None:
     assert dataset.labels.tolist() == [table[0, 784]]
 
 
+def test_csv_label_first_with_or_without_a_header_is_read_label_first(tmp_path: Path) -> None:
+    """pjreddie's and Kaggle's layout (a newcomer trial's file was read label-last, its labels pixels):
+    labels 0..9 first, a last column of one value (MNIST's corner pixel is 0), a header line or none."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(6, 784))
+    pixels[:, 783] = 0  # the bottom-right corner
+    labels = np.array([7, 2, 1, 0, 4, 1])
+    rows = "\n".join(
+        ",".join(str(v) for v in [label, *row]) for label, row in zip(labels, pixels, strict=True)
+    )
+    header = "label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"
+    for text in (rows + "\n", header + rows + "\n"):
+        dataset = load_mnist_csv(write(tmp_path, "m.csv", text))
+        np.testing.assert_array_equal(dataset.labels, labels)
+        np.testing.assert_array_equal(dataset.features, pixels / 255.0)
+
+
+def test_csv_label_last_stays_label_last(tmp_path: Path) -> None:
+    """The experiments' layout: a corner pixel first (always 0), labels last; and a label-last file whose
+    first column happens to hold small values but whose labels vary is read label-last too."""
+    table, _ = csv_rows(8, seed=4)
+    for first_column in (np.zeros(8, dtype=np.int64), np.arange(8) % 3):
+        table[:, 0] = first_column
+        text = "\n".join(",".join(str(v) for v in row) for row in table) + "\n"
+        dataset = load_mnist_csv(write(tmp_path, "m.csv", text))
+        np.testing.assert_array_equal(dataset.labels, table[:, 784])
+        np.testing.assert_array_equal(dataset.features, table[:, :784] / 255.0)
+
+
 def test_csv_wrong_column_count(tmp_path: Path) -> None:
     """A CSV without exactly 785 columns is a DataError naming the count."""
     with pytest.raises(DataError, match="785"):
