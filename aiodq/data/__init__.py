@@ -203,8 +203,9 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
     The label comes last (the layout of the experiments' ``mnist_5k.csv.gz``) or first (the
     common layout of pjreddie's and Kaggle's files, whose header line ``label,pixel0,...`` is
     skipped): a first column of labels 0..9, at least two of them, whose last column holds one
-    value (a corner pixel, always 0 in MNIST) is read label-first, and the log says so.  (Read
-    label-last, such a file would be one class of labels that are no labels.)
+    value (a corner pixel, always 0 in MNIST) or values above 9 (no MNIST label) is read
+    label-first, and the log says so.  (A label-last file's first column is a corner pixel,
+    one value.)
 
     Raises:
         DataError: if the file cannot be parsed or has the wrong shape.
@@ -233,10 +234,10 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
         and first.min() >= 0
         and first.max() <= 9
         and np.unique(first).size >= 2
-        and np.unique(table[:, 784]).size == 1
+        and (np.unique(table[:, 784]).size == 1 or table[:, 784].max() > 9)
     ):
         label_column, pixels = 0, table[:, 1:]
-        _log.info("%s: read label first (its first column holds labels 0..9, its last one value)", path)
+        _log.info("%s: read label first (its first column holds labels 0..9, its last no labels)", path)
     labels = table[:, label_column]
     if (labels != np.round(labels)).any() or labels.min() < 0:
         raise DataError(f"{path}: labels must be non-negative integers")

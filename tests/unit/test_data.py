@@ -381,6 +381,11 @@ def test_csv_label_first_with_or_without_a_header_is_read_label_first(tmp_path: 
         dataset = load_mnist_csv(write(tmp_path, "m.csv", text))
         np.testing.assert_array_equal(dataset.labels, labels)
         np.testing.assert_array_equal(dataset.features, pixels / 255.0)
+    pixels[:, 783] = rng.integers(10, 256, size=6)  # a last pixel of values no MNIST label takes
+    rows = "\n".join(
+        ",".join(str(v) for v in [label, *row]) for label, row in zip(labels, pixels, strict=True)
+    )
+    np.testing.assert_array_equal(load_mnist_csv(write(tmp_path, "m.csv", rows)).labels, labels)
 
 
 def test_csv_label_last_stays_label_last(tmp_path: Path) -> None:
