@@ -115,8 +115,8 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     features = sp.csr_matrix((values, indices, indptr), shape=(labels.shape[0], n_features))
     features.sort_indices()
     within = np.diff(features.indices) == 0  # a row's sorted indices: a repeat is a duplicate
-    ends = features.indptr[1:-1]
-    within[ends[(ends > 0) & (ends < within.shape[0] + 1)] - 1] = False  # (not across the end of a row)
+    starts = features.indptr[1:-1]  # where rows 1.. begin: the pair before each is another row's
+    within[starts[(starts > 0) & (starts < features.indices.shape[0])] - 1] = False
     if within.any():
         first = int(np.flatnonzero(within)[0])
         raise DataError(f"{path}: sample {sample(first)} gives feature {features.indices[first] + 1} twice")

@@ -321,6 +321,7 @@ async def run_cluster(
             dataset=dataset.name, data_path=data_path, worker_restarts=restarts, worker_nice=nice
         )
 
+    handover = Handover(master, figures, finished)
     try:
         async with master:
             host, port = master.address
@@ -348,8 +349,6 @@ async def run_cluster(
 
             def table() -> Any:
                 return progress_table(title, progress_state(master))
-
-            handover = Handover(master, figures, finished)
 
             try:
                 # Started inside the try: a failure or a cancellation part way leaves none running.
@@ -418,8 +417,7 @@ async def run_cluster(
         # cancellation to ``stopped``.
         if master.coordinator is None or master.coordinator.done:
             raise
-        stood = master.result()
-        figures(stood)
+        stood = handover.current()
         if not isinstance(exc, RunError):
             if stopped is not None:
                 stopped(stood)
@@ -465,9 +463,7 @@ async def master_main(
         except asyncio.CancelledError:
             if stopped is not None and master.coordinator is not None and not master.coordinator.done:
                 master.stop_training()  # the model as the close will checkpoint it
-                stood = master.result()
-                stood.summary.update(dataset=dataset.name)
-                stopped(stood)
+                stopped(handover.current())
             raise
         finally:
             handover.if_trained()

@@ -69,7 +69,8 @@ def _norm(values: np.ndarray) -> float:
         square = float(np.dot(values, values))
         if not math.isfinite(square) and values.dtype != np.float64:
             # float32 squares overflow from 1.8e19: only a float64 sum says whether the norm is finite.
-            square = float(np.dot(values.astype(np.float64), values.astype(np.float64)))
+            wide = values.astype(np.float64)
+            square = float(np.dot(wide, wide))
         return math.sqrt(square)
 
 
@@ -261,10 +262,14 @@ class Divergence:
         self._finite = self._non_finite = 0
         self._awaited = 0  # workers the snapshot phase of that epoch last started waiting for
 
-    def awaiting(self, epoch: int, workers: int) -> None:
-        """A snapshot phase of ``epoch`` started, waiting for ``workers`` reports."""
+    def _count_for(self, epoch: int) -> None:
+        """Count the snapshot reports of ``epoch`` from now on (from zero, if it is another epoch)."""
         if epoch != self._epoch:
             self._epoch, self._finite, self._non_finite = epoch, 0, 0
+
+    def awaiting(self, epoch: int, workers: int) -> None:
+        """A snapshot phase of ``epoch`` started, waiting for ``workers`` reports."""
+        self._count_for(epoch)
         self._awaited = workers
 
     def report(self, epoch: int, current: int, refusal: Refusal | None) -> None:
@@ -274,8 +279,7 @@ class Divergence:
         """
         if epoch != current:
             return
-        if epoch != self._epoch:
-            self._epoch, self._finite, self._non_finite = epoch, 0, 0
+        self._count_for(epoch)
         if refusal is None:
             self._finite += 1
         elif refusal.code is ErrorCode.NON_FINITE:
