@@ -201,12 +201,14 @@ def plan_vector(
         sparse: tuple[VectorPlan, int] | None = None
         head = _sparse_form_head(vector, aligned) if sparse_form else 0
         # Every DENSE_RICE block takes its k byte and a unary bit per coordinate at least: a sparse
-        # form below that and below b-bit codes is the smallest without the Rice search.  Not with
-        # byte-aligned codes, whose analytic bits depend on which dense encoding the form beats.
+        # form below that and below b-bit codes is the smallest without the Rice search.  Its
+        # analytic bits are those of the dense encoding it beats: d b + 32, unless byte-aligned codes
+        # sit in a wider container and no DENSE_RICE block is smaller than the b-bit codes (then
+        # d w + 32).  The k = 0 block shows that one is, when it is; else the search below decides.
         floor = min(1 + (vector.dim + 7) // 8, packed_size(vector.dim, vector.bits))
-        if head and head + 1 < floor and not aligned:  # an index block takes a byte at least
+        if head and head + 1 < floor:  # an index block takes a byte at least
             sparse = _sparse_form_plan(vector, head, aligned)
-            if sparse[1] < floor:
+            if sparse[1] < floor and (width == vector.bits or _rice_block_k0_smaller(vector, sparse[0])):
                 return replace(sparse[0], payload_bits=vector.dim * vector.bits + 32)
         values = _zigzag_narrow(vector.codes, vector.bits)
         k, size = _dense_rice_choose(values, vector.bits, _rice_guess(values))
@@ -261,6 +263,17 @@ def _sparse_form_plan(vector: DenseQuantized, head: int, aligned: bool) -> tuple
     sparse = SparseQuantized._trusted(vector.dim, vector.bits, vector.scale, indices, vector.codes[indices])
     plan, index_bytes = _sparse_plan(sparse, aligned)
     return replace(plan, replacement=sparse), head + index_bytes
+
+
+def _rice_block_k0_smaller(vector: DenseQuantized, sparse_plan: VectorPlan) -> bool:
+    """Whether ``vector``'s DENSE_RICE block with k = 0 is smaller than its b-bit codes (5.8-4).
+
+    Its size is ``1 + ceil((S_0 + d) / 8)``, ``S_0`` the sum of the zigzagged codes: those of
+    the nonzero codes that ``sparse_plan``'s sparse form holds.
+    """
+    assert sparse_plan.replacement is not None
+    quotient_sum = int(zigzag(sparse_plan.replacement.codes).sum(dtype=np.int64))
+    return 1 + (quotient_sum + vector.dim + 7) // 8 < packed_size(vector.dim, vector.bits)
 
 
 def _qsgd_bits(levels: npt.NDArray[np.integer[Any]]) -> int:

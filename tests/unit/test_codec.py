@@ -601,6 +601,35 @@ def test_unary_stream_of_many_runs_is_the_bit_by_bit_code(shape: str) -> None:
         assert unary_encode(runs.astype(np.uint16)) == bytes(expected)
 
 
+def _unary_by_definition(runs: np.ndarray) -> bytes:
+    """Each run as q zero bits then a one bit, LSB-first, written one bit at a time."""
+    bits = [bit for q in runs.tolist() for bit in [0] * q + [1]]
+    expected = bytearray(-(-len(bits) // 8))
+    for position, bit in enumerate(bits):
+        expected[position // 8] |= bit << (position % 8)
+    return bytes(expected)
+
+
+@pytest.mark.parametrize("count", [1, 7, 300, 4095, 4096, 9001])
+@pytest.mark.parametrize("zero_share", [1.0, 0.99, 0.9, 0.8, 0.75, 0.5])
+@pytest.mark.parametrize("longest", [30, 31, 300])
+def test_unary_stream_of_mostly_zero_runs_is_the_bit_by_bit_code(
+    count: int, zero_share: float, longest: int
+) -> None:
+    """WF-5.6, 5.8-3: where most runs are zero the encoder writes the zero bits; the stream is the same.
+
+    The shares straddle both switch points (one run in 4, or in 10, nonzero), with and without
+    runs past the grouped prefix sums' 30, and reach an all-zero stream.
+    """
+    rng = np.random.default_rng(count + int(zero_share * 100) + longest)
+    runs = np.where(rng.random(count) < zero_share, 0, rng.integers(1, longest + 1, count))
+    if zero_share < 1.0:
+        runs[-1] = longest  # the last code word's zeros run up to the stream's last one bit
+    expected = _unary_by_definition(runs)
+    for dtype in (np.uint16, np.int64, *((np.uint8,) if longest < 256 else ())):
+        assert unary_encode(runs.astype(dtype)) == expected
+
+
 def test_quotient_sums_from_neighbours_equal_direct_sums() -> None:
     """S_k = sum(v >> k) however it is reached: directly, or through bit planes from either neighbour."""
     rng = np.random.default_rng(56)

@@ -14,7 +14,13 @@ import pytest
 from aiodq.codec.events import Gradient, ModelMessage
 from aiodq.codec.frames import FrameReader
 from aiodq.codec.messages import DecodeContext, decode_message, encode_message, vector_plan
-from aiodq.codec.payload import encode_vector, plan_vector
+from aiodq.codec.payload import (
+    _rice_block_k0_smaller,
+    _sparse_form_head,
+    _sparse_form_plan,
+    encode_vector,
+    plan_vector,
+)
 from aiodq.codec.registry import Encoding
 from aiodq.codec.vectors import DenseQuantized, SparseQuantized
 from aiodq.config import Limits
@@ -166,6 +172,49 @@ def test_the_sparse_form_counts_the_dense_payload_bits_and_belongs_to_its_vector
     other = DenseQuantized(bits=4, scale=0.25, codes=vector.codes)
     with pytest.raises(ValueError, match="belongs to another vector"):
         encode_vector(other, plan)
+
+
+def test_byte_aligned_sparse_forms_count_the_bits_of_the_dense_encoding_they_beat() -> None:
+    """algorithms.md 10: the sparse form's analytic bits are the dense choice's, with byte-aligned codes too.
+
+    That is d b + 32 where a DENSE_RICE block is smaller than the b-bit codes, else d w + 32 for
+    DENSE in its w-bit container: the plan without the sparse form makes that choice by its full
+    search.  Sparse forms below every DENSE_RICE block are taken before that search; 3- and 6-bit
+    codes sit in wider containers (4 and 8 bits), and large codes at small d reach the case where
+    DENSE is the dense choice.
+    """
+    seen = set()
+    for seed in range(3000):
+        rng = np.random.default_rng(seed)
+        bits = int(rng.choice([3, 4, 6, 7]))
+        dim = int(rng.choice([rng.integers(5, 40), rng.integers(40, 4000)]))
+        top = 1 << (bits - 1)
+        codes = np.zeros(dim, dtype=np.int8)
+        nonzero = rng.random(dim) < float(rng.choice([0.002, 0.01, 0.05, 0.3]))
+        large = rng.random(dim) < 0.5
+        codes[nonzero] = np.where(large, rng.choice([-top, top - 1], dim), rng.choice([-1, 1], dim))[nonzero]
+        codes[int(rng.integers(dim))] = top - 1  # never the zero vector
+        vector = DenseQuantized(bits=bits, scale=0.5, codes=codes)
+        chosen = plan_vector(vector, dense_rice=True, aligned=True, sparse_form=True)
+        dense = plan_vector(vector, dense_rice=True, aligned=True)
+        assert chosen.payload_bits == dense.payload_bits, seed
+        if chosen.replacement is not None and bits in (3, 6):
+            seen.add(dense.encoding)
+    assert seen == {Encoding.DENSE_RICE, Encoding.DENSE}
+
+
+@pytest.mark.parametrize(("count", "expected"), [(1, True), (2, True), (3, False), (16, False)])
+def test_the_k0_block_witness_against_the_codes(count: int, expected: bool) -> None:
+    """d = 16, b = 3: the b-bit codes take 6 bytes; ``count`` codes -4 (zigzagged 7) give S_0 = 7 count.
+
+    The k = 0 block takes 1 + ceil((7 count + 16) / 8) bytes: 4 for one code, 5 for two, 6 (not smaller)
+    for three.
+    """
+    codes = np.zeros(16, dtype=np.int8)
+    codes[:count] = -4
+    vector = DenseQuantized(bits=3, scale=0.5, codes=codes)
+    plan, _ = _sparse_form_plan(vector, _sparse_form_head(vector, True), True)
+    assert _rice_block_k0_smaller(vector, plan) is expected
 
 
 def test_no_sparse_form_without_rice_coding_or_for_a_model() -> None:
