@@ -178,7 +178,10 @@ def _finish(
     A run that ended without finishing fails (status 1).
     """
     written = ""
-    if out is not None:
+    kept = _kept_instead(result, out) if out is not None and result.failure else None
+    if kept is not None:
+        print(f"aiodq {command}: the results were not written: {kept}", file=sys.stderr)
+    elif out is not None:
         try:
             written = _write(result, out, test, train)
         except RunError as exc:
@@ -208,6 +211,8 @@ class _EarlyResults:
         self.stood: RunResult | None = None  # a cancelled run as it stood
 
     def __call__(self, result: RunResult) -> None:
+        if result.failure and _kept_instead(result, self._out) is not None:
+            return  # not written: the command says why as the run returns (:func:`_finish`)
         try:
             self.written = _write(result, self._out, self._test, self._train)
         except RunError as exc:
@@ -231,12 +236,8 @@ class _EarlyResults:
             return
         if failure is not None and (stood := as_it_stood(stood, failure)) is None:
             return
-        if _finished_results(self._out):
-            print(
-                f"aiodq {command}: the run as it stood was not written: {self._out} holds the results of "
-                "a run that finished, kept (its aiodq.log is this run's; give another --out)",
-                file=sys.stderr,
-            )
+        if (kept := _kept_instead(stood, self._out)) is not None:
+            print(f"aiodq {command}: the run as it stood was not written: {kept}", file=sys.stderr)
             return
         last = stood.trace[-1]
         try:
@@ -248,12 +249,22 @@ class _EarlyResults:
         print(f"aiodq {command}: the run as it stood, {said}: {written}", file=sys.stderr)
 
 
-def _finished_results(out: Path) -> bool:
-    """Whether ``out`` holds the results of a run that finished (result.json with no failure)."""
+def _kept_instead(failed: RunResult, out: Path) -> str | None:
+    """Why a run that did not finish is not written into ``out``; None if it is.
+
+    It never trained (no snapshot phase ended: its model is the starting point), or ``out``
+    holds the results of a run that finished (result.json with no failure), which are kept.
+    """
+    if not failed.trace:
+        return "the run never trained (no snapshot phase ended)"
     try:
-        return json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("failure", 0) is None
+        finished = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("failure", 0) is None
     except (OSError, ValueError, AttributeError):
-        return False
+        finished = False
+    if finished:
+        kept = "kept (its aiodq.log is this run's; give another --out)"
+        return f"{out} holds the results of a run that finished, {kept}"
+    return None
 
 
 def _stop_reason(exc: BaseException) -> str:

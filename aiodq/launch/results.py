@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -72,26 +73,33 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
     summary = result.to_json()
     summary_file, model_file, plot_file = RESULT_FILES
     paths = [check_out(out) / summary_file, out / model_file]
+    # The model first, and each file whatever became of the other: a result.json that cannot be
+    # written (a full disk at the end of a long run) does not cost the trained model.
+    written: list[Path] = []
+    errors: list[str] = []
+    meta = {"kind": _MODEL, "dim": result.dim, "config": result.config.to_params(), "failure": result.failure}
+    model = Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
     try:
-        # Through a temporary file and a rename, as the model's: a file written again (aiodq run
-        # writes its results as training ends, then once more complete) is never seen half written.
-        temporary = out / f".{summary_file}.tmp"
+        checkpoint_file.save(paths[1], model, what="model file", private=False)
+        written.append(paths[1])
+    except CheckpointError as exc:
+        errors.append(str(exc))
+    # Through a temporary file and a rename, as the model's: a file written again (aiodq run
+    # writes its results as training ends, then once more complete) is never seen half written.
+    temporary = out / f".{summary_file}.tmp"
+    try:
         temporary.write_text(
             json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         os.replace(temporary, paths[0])
-        meta = {
-            "kind": _MODEL,
-            "dim": result.dim,
-            "config": result.config.to_params(),
-            "failure": result.failure,
-        }
-        model = Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
-        checkpoint_file.save(paths[1], model, what="model file", private=False)
+        written.insert(0, paths[0])
     except OSError as exc:
-        raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
-    except CheckpointError as exc:
-        raise RunError(str(exc)) from None
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        errors.append(f"cannot write {paths[0]}: {exc.strerror or exc}")
+    if errors:
+        wrote = f" (wrote {', '.join(map(str, written))})" if written else ""
+        raise RunError("; ".join(errors) + wrote)
     plot = _plot(summary, out / plot_file)
     return paths if plot is None else [*paths, plot]
 

@@ -20,6 +20,7 @@ import pytest
 import aiodq
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
+from aiodq.launch.results import write_results
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.checkpoint import resumable
 
@@ -143,6 +144,77 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
         "kept (its aiodq.log is this run's; give another --out)"
     )
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
+
+
+def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_model(tmp_path: Path) -> None:
+    """A run that ends failed is written as it stood, except over a finished run's results (kept) or when
+    it never trained: its model would be the starting point (a trial found ``aiodq master --out`` doing
+    both: a finished model replaced by zeros)."""
+    out = tmp_path / "out"
+    finished = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
+    )
+    assert finished.returncode == 0, finished.stderr
+    kept = (out / "result.json").read_bytes(), (out / "model.npz").read_bytes()
+    lonely = (
+        "master",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--data",
+        str(DATA),
+        "--join-timeout",
+        "1",
+    )
+    for folder in (out, tmp_path / "fresh"):
+        never = aiodq_command(*lonely, "--out", str(folder))
+        assert never.returncode == 1, never.stderr
+        said = never.stderr.strip().splitlines()
+        assert (
+            said[0]
+            == "aiodq master: the results were not written: the run never trained (no snapshot phase ended)"
+        )
+        assert said[-1] == "aiodq master: 0 of 2 workers joined within 1 s (--join-timeout)"
+    assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
+    assert sorted(path.name for path in (tmp_path / "fresh").iterdir()) == ["aiodq.log"]
+    # A run that trained, then failed (it diverged), keeps the finished results too.
+    diverged = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "2", "--epochs", "3", "--l2", "10", "--step", "1",
+        "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert diverged.returncode == 1, diverged.stderr
+    assert "diverged" in diverged.stderr
+    assert (
+        f"the results were not written: {out} holds the results of a run that finished, kept "
+        "(its aiodq.log is this run's; give another --out)"
+    ) in diverged.stderr
+    assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
+
+
+def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_its_file(
+    tmp_path: Path,
+) -> None:
+    """write_results writes the model first and each file whatever became of the other (a trial lost the
+    model to a result.json that could not be written, under a message naming the folder)."""
+    result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    blocked_summary, blocked_model = tmp_path / "a", tmp_path / "b"
+    (blocked_summary / "result.json").mkdir(parents=True)
+    (blocked_model / "model.npz").mkdir(parents=True)
+    with pytest.raises(RunError) as info:
+        write_results(result, blocked_summary)
+    wrote = blocked_summary / "model.npz"
+    assert (
+        str(info.value) == f"cannot write {blocked_summary / 'result.json'}: Is a directory (wrote {wrote})"
+    )
+    model, _ = aiodq.load_model(blocked_summary / "model.npz")
+    assert np.array_equal(model, result.model)
+    assert sorted(path.name for path in blocked_summary.iterdir()) == ["model.npz", "result.json"]  # no .tmp
+    with pytest.raises(RunError) as info:
+        write_results(result, blocked_model)
+    assert str(info.value).startswith(f"cannot write the model file {blocked_model / 'model.npz'}: ")
+    assert str(info.value).endswith(f" (wrote {blocked_model / 'result.json'})")
+    assert json.loads((blocked_model / "result.json").read_text())["trace"] == result.to_json()["trace"]
 
 
 @pytest.mark.asyncio
