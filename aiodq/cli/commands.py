@@ -190,6 +190,13 @@ def _finish(
     print_summary(result.to_json(), command)
     if written:
         print(written)
+    if train is not None and result.trace and result.trace[-1].samples < train.samples:
+        # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
+        print(
+            f"aiodq {command}: the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
+            "samples: a worker's shard was missing from the last snapshot phase (docs/security.md)",
+            file=sys.stderr,
+        )
     if result.failure:
         print(f"aiodq {command}: {result.failure}", file=sys.stderr)
         return EXIT_FAILED

@@ -505,7 +505,9 @@ async def worker_main(
     name = f"shard-{index}/{workers}"
     if model is not None and model not in BUILT_IN:
         objective = objective_for(TrainConfig(model=model), part)
-        return await run_worker(host, port, objective=objective, name=name, shard=(index, workers), **options)
+        return await run_worker(
+            host, port, objective=objective, name=name, shard=(index, workers), shard_seed=seed, **options
+        )
     return await run_worker(
         host,
         port,
@@ -514,6 +516,7 @@ async def worker_main(
         name=name,
         label_values=np.unique(dataset.labels),
         shard=(index, workers),
+        shard_seed=seed,
         **options,
     )
 

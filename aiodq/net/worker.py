@@ -75,6 +75,7 @@ async def run_worker(
     classes: int | None = None,
     label_values: Any = None,
     shard: tuple[int, int] | None = None,
+    shard_seed: int | None = None,
     connection_config: ConnectionConfig | None = None,
     ssl: ssl_module.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -99,6 +100,8 @@ async def run_worker(
             refuses a shard a live worker holds (SHARD_TAKEN, retried: the holder may be this
             worker's own lost session) and a count other than its number of workers
             (WORLD_SIZE_MISMATCH, final).  None: no claim.
+        shard_seed: the seed the shard was split with: the worker refuses a run of another
+            seed (INVALID_CONFIG, final), whose shards would overlap this one.  None: no check.
         connection_config: limits, timeouts and the shared secret.
         ssl: a client-side TLS context (with a client certificate for mutual TLS).
         server_hostname: the name to check the master's certificate against (default ``host``).
@@ -138,6 +141,7 @@ async def run_worker(
                 classes=classes,
                 label_values=label_values,
                 shard=shard,
+                shard_seed=shard_seed,
                 connection_config=connection_config,
                 ssl=ssl,
                 server_hostname=server_hostname,
@@ -203,6 +207,7 @@ async def _session(
     classes: int | None,
     label_values: Any,
     shard: tuple[int, int] | None,
+    shard_seed: int | None,
     connection_config: ConnectionConfig | None,
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
@@ -225,6 +230,7 @@ async def _session(
         classes=classes,
         label_values=label_values,
         shard=shard,
+        shard_seed=shard_seed,
         connection_config=connection_config,
         now=now(),
     )

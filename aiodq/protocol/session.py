@@ -51,6 +51,7 @@ class WorkerSession:
         classes: int | None = None,
         label_values: Any = None,
         shard: tuple[int, int] | None = None,
+        shard_seed: int | None = None,
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
     ) -> None:
@@ -62,6 +63,9 @@ class WorkerSession:
         when these samples are one share of it: every worker then maps labels alike
         (:func:`~aiodq.protocol.dataset.labels_for`).  ``shard`` (index, count) is claimed in
         HELLO: the master refuses a shard another worker holds, or a count other than its M.
+        ``shard_seed``: the seed the shard was split with (:func:`~aiodq.protocol.dataset.shard`);
+        a CONFIG of another seed is refused (INVALID_CONFIG), as the shards of such workers
+        overlap and leave samples out.
 
         Raises:
             TypeError: for data or an objective of an unsupported type, before anything is sent.
@@ -79,6 +83,7 @@ class WorkerSession:
             self.classes = classes
         self.label_values = None if label_values is None else np.unique(np.asarray(label_values))
         self.name = name
+        self.shard, self.shard_seed = shard, shard_seed
         self.connection = WorkerConnection(connection_config, now=now)
         #: The run configuration, once CONFIG has arrived.
         self.config: TrainConfig | None = None
@@ -240,6 +245,13 @@ class WorkerSession:
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:
             config = TrainConfig.from_params(event.params)
+            if self.shard is not None and self.shard_seed is not None and config.seed != self.shard_seed:
+                index, count = self.shard
+                split = f"this worker's shard {index}/{count} was split with seed {self.shard_seed}"
+                raise ValueError(
+                    f"{split}, the master's run has seed {config.seed}: its samples would overlap another "
+                    f"worker's (start the worker with --seed {config.seed})"
+                )
             objective = self._objective_for(config)
             if objective.dim != event.dim:
                 own = config.model

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import json
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import aiodq
+from aiodq.cli.commands import _finish
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
 from aiodq.launch.results import write_results
@@ -215,6 +216,22 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
     assert str(info.value).startswith(f"cannot write the model file {blocked_model / 'model.npz'}: ")
     assert str(info.value).endswith(f" (wrote {blocked_model / 'result.json'})")
     assert json.loads((blocked_model / "result.json").read_text())["trace"] == result.to_json()["trace"]
+
+
+def test_a_final_loss_over_part_of_the_samples_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """A shard missing from the last snapshot phase (security.md) leaves the run finished, and the command
+    says that its final loss covers only part of the data (an operator trial saw a loss below the
+    optimum, over half of a9a, reported with nothing to tell)."""
+    result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    dataset = load_dataset(DATA)
+    assert _finish("master", result, None, train=dataset) == 0
+    assert "samples" not in capsys.readouterr().err  # every sample counted: nothing to say
+    result.trace[-1] = replace(result.trace[-1], samples=150)
+    assert _finish("master", result, None, train=dataset) == 0
+    assert capsys.readouterr().err == (
+        "aiodq master: the final loss is over 150 of the 300 samples: a worker's shard was missing from the "
+        "last snapshot phase (docs/security.md)\n"
+    )
 
 
 @pytest.mark.asyncio

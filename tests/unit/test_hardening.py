@@ -649,6 +649,39 @@ def test_a_held_shard_or_another_world_size_is_refused_and_the_others_train() ->
     assert codes.count("SHARD_TAKEN") == 1 and codes.count("WORLD_SIZE_MISMATCH") == 1
 
 
+def test_a_shard_split_with_another_seed_is_refused_before_it_trains() -> None:
+    """A worker whose shard was split with seed 7 in a run of seed 0 leaves at CONFIG (INVALID_CONFIG, final):
+    its samples would overlap another worker's and leave others out (an operator trial found 8,145 of a9a's
+    samples counted twice and as many never used, with exit 0).  The run goes on with the shard present,
+    as for any missing shard (security.md), and its trace says so."""
+    dataset = small_a9a()
+    cluster = Cluster(config(epochs=1), dataset, 2, connect=False)
+    wrong = WorkerSession(*shard_of(dataset, 2, 1), name="w1", shard=(1, 2), shard_seed=7)
+    cluster.sessions = [_claiming(dataset, 2, 0, (0, 2)), wrong]
+    cluster.ids = [None, None]
+    cluster.connect(0)
+    cluster.connect(1)
+    cluster.run()
+    said = "this worker's shard 1/2 was split with seed 7, the master's run has seed 0: its samples would "
+    assert wrong.failed and wrong.ended == (
+        ErrorCode.INVALID_CONFIG,
+        said + "overlap another worker's (start the worker with --seed 0)",
+    )
+    assert wrong.state is None and wrong.gradients_sent == 0
+    assert cluster.coordinator.done and cluster.coordinator.failure is None
+    assert [record.samples for record in cluster.coordinator.trace] == [1000, 1000]
+    # The seed it was split with, given: no refusal (the check compares, it does not refuse every claim).
+    fine = WorkerSession(*shard_of(dataset, 2, 1), name="w1", shard=(1, 2), shard_seed=0)
+    again = Cluster(config(epochs=1), dataset, 2, connect=False)
+    again.sessions = [_claiming(dataset, 2, 0, (0, 2)), fine]
+    again.ids = [None, None]
+    again.connect(0)
+    again.connect(1)
+    again.run()
+    assert not fine.failed and fine.gradients_sent > 0
+    assert again.coordinator.failure is None and again.coordinator.trace[-1].samples == dataset.samples
+
+
 def test_a_shard_is_free_again_once_its_holder_left() -> None:
     """The holder's connection is lost: the same shard may join again (a restarted worker)."""
     dataset = small_a9a()
