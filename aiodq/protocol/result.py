@@ -42,8 +42,12 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True if every epoch ran."""
-        return self.failure is None
+        """True if every epoch ran: no failure, and the trace reaches the last epoch.
+
+        A result taken while the run goes on (``Master.result()`` before training ended) is not
+        ok, though its ``failure`` is None.
+        """
+        return self.failure is None and bool(self.trace) and self.trace[-1].epoch >= self.config.epochs
 
     @property
     def final_loss(self) -> float:

@@ -745,3 +745,18 @@ def test_model_records_keep_the_bytes_by_kind() -> None:
     assert last["down/SNAPSHOT"] > 0 and last["up/GRADIENT"] > 0 and last["down/header"] > 0
     final = coordinator.traffic().by_kind()
     assert all(final[kind] >= count for kind, count in last.items())
+
+
+def test_a_result_is_ok_only_once_every_epoch_ran() -> None:
+    """RunResult.ok: no failure and a trace that reaches the last epoch; a result taken before training
+    ended is not ok, though its failure is None (an operator trial read ok=True off a run that never
+    trained)."""
+    dataset = load_bundled_a9a()
+    train = config(epochs=2, updates_per_epoch=20)
+    coordinator, _ = build_cluster(train, dataset, 2)
+    early = RunResult.of(coordinator)
+    assert early.failure is None and early.trace == [] and not early.ok
+    finished = RunResult.of(simulate(train, dataset, 2))
+    assert finished.ok and [record.epoch for record in finished.trace] == [0, 1, 2]
+    part_way = RunResult(finished.config, finished.model, finished.iterate, finished.trace[:2], None, {})
+    assert not part_way.ok
