@@ -65,7 +65,10 @@ def unary_encode(runs: npt.NDArray[Any]) -> bytes:
     short = count >= _MANY_RUNS and int(runs.max()) <= _SHORT_RUN
     nonzero = np.count_nonzero(runs)
     if nonzero * (_FEW_NONZERO_SHORT if short else _FEW_NONZERO) <= count:
-        return _unary_encode_few(runs)
+        where = np.flatnonzero(runs != 0)  # on a bool mask: faster than on the runs (docs/benchmarks.md)
+        lengths = runs[where].astype(np.intp, copy=False)  # (np.repeat takes no uint64 counts)
+        if int(lengths.sum()) <= count:  # no more zero bits than runs: each costs a position here
+            return _unary_encode_few(count, where, lengths)
     ends = _short_run_ends(runs) if short else np.cumsum(np.asarray(runs, dtype=np.int64) + 1) - 1
     bits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
     bits[ends] = 1
@@ -73,28 +76,28 @@ def unary_encode(runs: npt.NDArray[Any]) -> bytes:
 
 
 #: :func:`unary_encode` writes the zero bits instead of the one bits when at most one run in this
-#: many is nonzero (one in :data:`_FEW_NONZERO_SHORT` where the grouped prefix sums apply).  Medians
-#: on the Intel VM (docs/benchmarks.md), one bits against zero bits, us, for runs zero with
-#: probability p0 and else geometric: 20,958 runs up to 60, p0 = 0.7: 133 against 113, 0.8: 121
-#: against 68; 10**5 runs up to 60, p0 = 0.7: 536 against 591, 0.8: 536 against 402; 10**5 runs up
-#: to 30, p0 = 0.8: 340 against 406, 0.9: 324 against 227.
+#: many is nonzero (one in :data:`_FEW_NONZERO_SHORT` where the grouped prefix sums apply) and the
+#: zero bits are no more than the runs.  Medians on the Intel VM (docs/benchmarks.md), one bits
+#: against zero bits, us, for runs zero with probability p0 and else geometric, every 997th run 30
+#: or 60 long: 20,958 runs up to 60, p0 = 0.7: 133 against 113, 0.8: 121 against 68; 10**5 runs up
+#: to 60, p0 = 0.7: 536 against 591, 0.8: 536 against 402; 10**5 runs up to 30, p0 = 0.8: 340
+#: against 406, 0.9: 324 against 227.  Longer runs cost the zero-bit path a position per bit (a
+#: review: 4.2 against 197 ms for 10**5 runs, a quarter of them 1,024 long), hence the second bound.
 _FEW_NONZERO = 4
 _FEW_NONZERO_SHORT = 10
 
 
-def _unary_encode_few(runs: npt.NDArray[Any]) -> bytes:
-    """:func:`unary_encode` for runs that are mostly zero: the stream's few zero bits are written.
+def _unary_encode_few(count: int, where: npt.NDArray[np.intp], lengths: npt.NDArray[np.intp]) -> bytes:
+    """:func:`unary_encode` of ``count`` runs, zero but at ``where`` (``lengths``): the zero bits written.
 
     The ``t``-th zero bit of the stream (counting from 0) belongs to run ``i`` and is
     preceded by ``t`` zero bits and by the ``i`` one bits that end runs 0..i-1, so it sits
     at ``t + i``: no prefix sum over all the runs, only over the nonzero ones (in ``repeat``).
     """
-    where = np.flatnonzero(runs != 0)  # on a bool mask: faster than on the runs (docs/benchmarks.md)
-    lengths = runs[where]
     zeros = np.repeat(where, lengths)
     total = zeros.shape[0]
     zeros += np.arange(total)
-    bits = np.ones(runs.shape[0] + total, dtype=np.uint8)
+    bits = np.ones(count + total, dtype=np.uint8)
     bits[zeros] = 0
     return np.packbits(bits, bitorder="little").tobytes()
 

@@ -619,14 +619,15 @@ def test_unary_stream_of_mostly_zero_runs_is_the_bit_by_bit_code(
     """WF-5.6, 5.8-3: where most runs are zero the encoder writes the zero bits; the stream is the same.
 
     The shares straddle both switch points (one run in 4, or in 10, nonzero), with and without
-    runs past the grouped prefix sums' 30, and reach an all-zero stream.
+    runs past the grouped prefix sums' 30, with more zero bits than runs (300 long: the one-bit
+    path again) and reach an all-zero stream; uint64 runs too (np.repeat takes no uint64 counts).
     """
     rng = np.random.default_rng(count + int(zero_share * 100) + longest)
     runs = np.where(rng.random(count) < zero_share, 0, rng.integers(1, longest + 1, count))
     if zero_share < 1.0:
         runs[-1] = longest  # the last code word's zeros run up to the stream's last one bit
     expected = _unary_by_definition(runs)
-    for dtype in (np.uint16, np.int64, *((np.uint8,) if longest < 256 else ())):
+    for dtype in (np.uint16, np.int64, np.uint64, *((np.uint8,) if longest < 256 else ())):
         assert unary_encode(runs.astype(dtype)) == expected
 
 

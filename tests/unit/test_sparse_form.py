@@ -179,9 +179,11 @@ def test_byte_aligned_sparse_forms_count_the_bits_of_the_dense_encoding_they_bea
 
     That is d b + 32 where a DENSE_RICE block is smaller than the b-bit codes, else d w + 32 for
     DENSE in its w-bit container: the plan without the sparse form makes that choice by its full
-    search.  Sparse forms below every DENSE_RICE block are taken before that search; 3- and 6-bit
-    codes sit in wider containers (4 and 8 bits), and large codes at small d reach the case where
-    DENSE is the dense choice.
+    search.  Sparse forms below every DENSE_RICE block are taken before that search (there, DENSE
+    is never the dense choice: a review's exhaustive search, so the witness is checked on its own
+    below); 3- and 6-bit codes sit in wider containers (4 and 8 bits), and large codes at small d
+    reach DENSE as the dense choice after the search.  The encoding and the bytes are those of the
+    plan made without the shortcut's caller, byte for byte.
     """
     seen = set()
     for seed in range(3000):
@@ -198,6 +200,10 @@ def test_byte_aligned_sparse_forms_count_the_bits_of_the_dense_encoding_they_bea
         chosen = plan_vector(vector, dense_rice=True, aligned=True, sparse_form=True)
         dense = plan_vector(vector, dense_rice=True, aligned=True)
         assert chosen.payload_bits == dense.payload_bits, seed
+        if chosen.replacement is not None:
+            by_hand = _by_hand(vector)
+            outright = plan_vector(by_hand, aligned=True)
+            assert b"".join(encode_vector(vector, chosen)) == b"".join(encode_vector(by_hand, outright)), seed
         if chosen.replacement is not None and bits in (3, 6):
             seen.add(dense.encoding)
     assert seen == {Encoding.DENSE_RICE, Encoding.DENSE}
