@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config import MasterConfig
 from ..errors import AiodqError, RunError, UsageError, code_name
+from ..net.checkpoint import resumable
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
@@ -216,6 +217,10 @@ async def run_ray(
         raise
     except RunError as exc:
         held, partial = stood[-1] if stood else (None, None)
+        if held is None and checkpoint is not None:
+            # The master actor could not be closed (it died): its last periodic checkpoint, where this
+            # process can read it (a local instance, a shared folder), says where the run stood.
+            held = resumable(checkpoint)
         if partial is None and held is None:
             raise
         message = f"{exc}{checkpoint_note(checkpoint, held)}"

@@ -348,9 +348,10 @@ def initial_model(config: TrainConfig, objective: Objective) -> Array:
     """
     x0 = np.asarray(objective.initial(np.random.default_rng([config.seed, 0x1417])), dtype=np.float64)
     if x0.shape != (objective.dim,) or not np.isfinite(x0).all():
+        bad = int(x0.size - np.count_nonzero(np.isfinite(x0)))
+        got = f"shape {x0.shape}" if x0.shape != (objective.dim,) else f"{bad} of them NaN or infinite"
         raise ValueError(
-            f"{type(objective).__name__}.initial() must give {objective.dim} finite values, "
-            f"got shape {x0.shape}"
+            f"{type(objective).__name__}.initial() must give {objective.dim} finite values, got {got}"
         )
     return x0
 
@@ -463,5 +464,7 @@ def starting_point(config: TrainConfig, model: object) -> npt.NDArray[np.float64
             f"the model must be an Objective or x_0 as an array-like, not {type(model).__name__}"
         ) from exc
     if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
-        raise ValueError(f"x_0 must be a non-empty vector of finite values, got shape {x0.shape}")
+        bad = int(x0.size - np.count_nonzero(np.isfinite(x0)))
+        got = f"{bad} of them NaN or infinite" if x0.ndim == 1 and x0.size else f"shape {x0.shape}"
+        raise ValueError(f"x_0 must be a non-empty vector of finite values, got {got}")
     return x0

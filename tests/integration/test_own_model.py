@@ -254,6 +254,10 @@ class Model:
             "Model.initial() must give 123 finite values, got shape (124,)",
         ),
         (_OBJECTIVE.format(name="", initial="{}['seed']"), "KeyError: 'seed' (at "),
+        (
+            _OBJECTIVE.format(name="", initial="np.full(self.dim, np.nan)"),
+            "Model.initial() must give 123 finite values, got 123 of them NaN or infinite",
+        ),
     ],
     ids=[
         "syntax-error",
@@ -263,6 +267,7 @@ class Model:
         "another-name",
         "initial-too-long",
         "initial-raises",
+        "initial-nan",
     ],
 )
 def test_a_user_model_whose_code_fails_is_one_line(tmp_path: Path, source: str, expected: str) -> None:
