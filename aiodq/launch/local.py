@@ -259,9 +259,7 @@ async def run_local(
 
 
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
-#: A terminal sends both at once; on two loaded cores (the test suite running beside) this process's
-#: came more than 0.7 s after the workers' in one CI run, so the wait is 2 s, not the 1 s it was.
-_SIGINT_GRACE = 2.0
+_SIGINT_GRACE = 1.0
 
 
 async def run_cluster(
