@@ -15,9 +15,17 @@ import pytest
 
 from .cluster import A9A, LEAST_SQUARES, ROOT, alive, autogroup_nice, children, logistic_optimum, poll_until
 
+#: ``python -m aiodq`` with Ctrl-C's default handling.  A terminal's foreground job takes Ctrl-C whatever its
+#: parent did with SIGINT; a suite started in the background by a shell without job control inherits SIGINT
+#: ignored, and ``aiodq run`` (and its workers) would too: the Ctrl-C tests failed so in three such CI runs.
+_AIODQ = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('aiodq', run_name='__main__', alter_sys=True)"
+)
+
 
 def start_run(out: Path, *args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "aiodq", "run", "--no-progress", "--out", str(out), *args]
+    command = [sys.executable, "-c", _AIODQ, "run", "--no-progress", "--out", str(out), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
