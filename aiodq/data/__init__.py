@@ -211,7 +211,8 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
         DataError: if the file cannot be parsed or has the wrong shape.
     """
     raw = _read_bytes(path)
-    first_field = raw.split(b"\n", 1)[0].split(b",", 1)[0].strip()
+    newline = raw.find(b"\n")  # the first line alone: split() would copy the rest of the file too
+    first_field = raw[: newline if newline >= 0 else len(raw)].split(b",", 1)[0].strip()
     header = bool(first_field) and not _is_number(first_field)
     try:
         with warnings.catch_warnings():

@@ -348,12 +348,16 @@ def initial_model(config: TrainConfig, objective: Objective) -> Array:
     """
     x0 = np.asarray(objective.initial(np.random.default_rng([config.seed, 0x1417])), dtype=np.float64)
     if x0.shape != (objective.dim,) or not np.isfinite(x0).all():
-        bad = int(x0.size - np.count_nonzero(np.isfinite(x0)))
-        got = f"shape {x0.shape}" if x0.shape != (objective.dim,) else f"{bad} of them NaN or infinite"
+        got = f"shape {x0.shape}" if x0.shape != (objective.dim,) else _non_finite(x0)
         raise ValueError(
             f"{type(objective).__name__}.initial() must give {objective.dim} finite values, got {got}"
         )
     return x0
+
+
+def _non_finite(values: Array) -> str:
+    """How many of ``values`` are NaN or infinite, said."""
+    return f"{values.size - np.count_nonzero(np.isfinite(values))} of them NaN or infinite"
 
 
 class WorkerState:
@@ -464,7 +468,6 @@ def starting_point(config: TrainConfig, model: object) -> npt.NDArray[np.float64
             f"the model must be an Objective or x_0 as an array-like, not {type(model).__name__}"
         ) from exc
     if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
-        bad = int(x0.size - np.count_nonzero(np.isfinite(x0)))
-        got = f"{bad} of them NaN or infinite" if x0.ndim == 1 and x0.size else f"shape {x0.shape}"
+        got = _non_finite(x0) if x0.ndim == 1 and x0.size else f"shape {x0.shape}"
         raise ValueError(f"x_0 must be a non-empty vector of finite values, got {got}")
     return x0

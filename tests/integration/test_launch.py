@@ -17,7 +17,7 @@ from .cluster import A9A, LEAST_SQUARES, ROOT, alive, autogroup_nice, children, 
 
 #: ``python -m aiodq`` with Ctrl-C's default handling.  A terminal's foreground job takes Ctrl-C whatever its
 #: parent did with SIGINT; a suite started in the background by a shell without job control inherits SIGINT
-#: ignored, and ``aiodq run`` (and its workers) would too: the Ctrl-C tests failed so in three such CI runs.
+#: ignored, and ``aiodq run`` (and its workers) would too: one Ctrl-C test failed so in three such CI runs.
 _AIODQ = (
     "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     "runpy.run_module('aiodq', run_name='__main__', alter_sys=True)"
