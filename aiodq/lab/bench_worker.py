@@ -8,11 +8,12 @@ of each part of a step, as a worker process runs it (one BLAS thread):
 - ``model_decode``: parse the MODEL frame the master sends (the model quantized under
   the mu-constraint and Rice-coded where smaller, or float32 for the full-precision
   algorithms) and decode its vector;
-- ``prepare``: :meth:`WorkerState.prepare`, the model-free half of the step (draw the
-  mini-batch, the gradient at x_snap), which the worker does while its GRADIENT travels
-  and the master answers;
+- ``prepare``: :meth:`WorkerState.prepare`, the model-free half of the step, which the
+  worker does while its GRADIENT travels and the master answers: here, drawing the
+  mini-batch only, since logistic regression's ``grad_difference`` takes both gradients in
+  one pass (an objective without it would also compute the gradient at x_snap here);
 - ``compute``: the rest of :meth:`WorkerState.variance_reduced`, i.e. rebuild the model
-  and compute ``alpha`` (the gradient at the model);
+  and compute ``alpha`` (the gradient difference on the mini-batch);
 - ``encode``: :meth:`WorkerState.compress` (quantize, sparsify or QSGD) and
   ``encode_message`` of the GRADIENT (entropy coding on, as by default).
 

@@ -288,7 +288,7 @@ def epoch_timing(config: TrainConfig, dataset: Dataset, workers: int, *, epochs:
     """Seconds per epoch of computation and of encoding, measured in this process, one update at a time.
 
     Computation: the worker's step (``WorkerState.prepare`` and ``variance_reduced``: the
-    mini-batch, rebuilding x_hat from the decoded model, the two mini-batch gradients) and the
+    mini-batch, rebuilding x_hat from the decoded model, the mini-batch gradients) and the
     master's update (``MasterState.apply``, which expands the decoded gradient).  Encoding: the
     model quantizer and the gradient compressor, and framing and decoding both messages to
     vector values, with entropy coding as the configuration sets it (DENSE_RICE where smaller,

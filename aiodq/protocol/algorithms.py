@@ -374,17 +374,23 @@ class WorkerState:
         self._rng = make_rng([config.seed, 0x5EED, worker_id])
         self._budget = max(1.0, config.phi * self.dim)
         self._correct = getattr(objective, "correct", None)
-        # The next step's model-free half (prepare): its mini-batch, and grad f_B(x_snap) on it.
+        self._difference = getattr(objective, "grad_difference", None)
+        # The next step's model-free half (prepare): its mini-batch, and grad f_B(x_snap) on it
+        # (not for an objective with grad_difference, which takes both points in one pass).
         self._next_rows: Rows | None = None
         self._next_at_snapshot: Array | None = None
 
     def _loss_grad(self, x: Array, rows: Rows | None) -> tuple[float, Array]:
         """The objective's sums, checked: a finite loss and a float64 gradient of length d."""
         loss, grad = self.objective.loss_grad(x, rows)
-        grad = np.asarray(grad, dtype=np.float64).reshape(-1)
-        if grad.shape[0] != self.dim:
-            raise ValueError(f"the objective's gradient has {grad.shape[0]} values, not {self.dim}")
-        return float(loss), grad
+        return float(loss), self._checked(grad, "gradient")
+
+    def _checked(self, grad: object, what: str) -> Array:
+        """``grad`` as a flat float64 array of length d (a view where it is one already)."""
+        flat = np.asarray(grad, dtype=np.float64).reshape(-1)
+        if flat.shape[0] != self.dim:
+            raise ValueError(f"the objective's {what} has {flat.shape[0]} values, not {self.dim}")
+        return flat
 
     def snapshot_phase(self, snapshot: Array) -> tuple[float, Array, int]:
         """Store x_snap; return the sums over the shard: ``(loss, gradient, correct)``."""
@@ -407,7 +413,8 @@ class WorkerState:
 
         Draws the next mini-batch and computes grad f_B(x_snap) on it, which
         :meth:`variance_reduced` then uses instead of computing them after the MODEL
-        arrives.  The result is the same bit for bit: between two steps the next draw
+        arrives (only the mini-batch for an objective with ``grad_difference``, which
+        needs x_hat for both terms).  The result is the same bit for bit: between two steps the next draw
         from the generator is always the mini-batch, so drawing it early keeps the
         order, and a new snapshot (:meth:`snapshot_phase`) recomputes the term.
         Calling it again before the next step does nothing.
@@ -415,7 +422,7 @@ class WorkerState:
         if self._next_rows is None:
             # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
             self._next_rows = self._rng.integers(0, self.samples, size=self.config.batch)
-        if self._next_at_snapshot is None:
+        if self._next_at_snapshot is None and self._difference is None:
             self._next_at_snapshot = self._loss_grad(self.snapshot, self._next_rows)[1]
 
     def variance_reduced(self, vector: Vector, relative: bool) -> Array:
@@ -423,12 +430,18 @@ class WorkerState:
         x_hat = rebuild_model(vector, relative, self.snapshot)
         self.prepare()  # a no-op if the shell already called it
         rows, at_snapshot = self._next_rows, self._next_at_snapshot
-        assert rows is not None and at_snapshot is not None
+        assert rows is not None
         self._next_rows = self._next_at_snapshot = None
-        batch = self.config.batch
-        _, at_model = self._loss_grad(x_hat, rows)
-        alpha = (at_model - at_snapshot) / batch
-        alpha += self.config.l2 * (x_hat - self.snapshot)
+        if at_snapshot is None:
+            assert self._difference is not None
+            difference = self._checked(self._difference(x_hat, self.snapshot, rows), "grad_difference")
+            alpha = np.divide(difference, self.config.batch)  # (a new array: the objective's is not written)
+        else:
+            alpha = np.subtract(self._loss_grad(x_hat, rows)[1], at_snapshot)
+            alpha /= self.config.batch
+        shift = np.subtract(x_hat, self.snapshot)
+        shift *= self.config.l2
+        alpha += shift
         return alpha
 
     def compress(self, alpha: Array) -> Vector:

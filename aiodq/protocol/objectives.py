@@ -74,6 +74,13 @@ def logsumexp(values: Array, axis: int) -> Array:
     return out
 
 
+def _softmax(scores: Array) -> Array:
+    """Each row's ``exp(s) / sum(exp(s))``, shifted by the row's maximum so nothing overflows."""
+    out: Array = np.exp(scores - scores.max(axis=1, keepdims=True))
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Regularizer:
     """``R(x) = l2 / 2 ||x||^2 + l1 ||x||_1``."""
@@ -112,7 +119,12 @@ class Objective(Protocol):
     - ``correct(x) -> int``: the worker's samples predicted correctly at ``x``
       (the trace's accuracy is their sum over n; 0 without the method);
     - ``name: str``: the model's name; if present it must equal the run's
-      ``TrainConfig.model``, which a worker checks against CONFIG.
+      ``TrainConfig.model``, which a worker checks against CONFIG;
+    - ``grad_difference(x, y, rows) -> gradient``: the sum over ``rows`` of
+      ``grad f_i(x) - grad f_i(y)``, SVRG's correction of a mini-batch
+      (docs/algorithms.md 5.2).  Without it a worker takes two ``loss_grad`` calls;
+      give it when one pass is cheaper, as for a linear model, whose gradient
+      ``A^T w(A x)`` makes the difference ``A^T (w(A x) - w(A y))``.
     """
 
     @property
@@ -155,6 +167,9 @@ def check_objective(objective: object) -> Objective:
             f"{type(objective).__name__} is not an aiodq Objective: it lacks {', '.join(missing)} "
             "(see aiodq.Objective)"
         )
+    difference = getattr(objective, "grad_difference", None)
+    if difference is not None and not callable(difference):
+        raise TypeError(f"{type(objective).__name__}.grad_difference must be a method, got {difference!r}")
     for member in ("dim", "samples"):
         value = getattr(objective, member)
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
@@ -307,6 +322,30 @@ class LogisticRegression(_Samples):
             grad = np.append(grad, weights.sum())
         return -float(log_expit(margins).sum()), grad
 
+    def grad_difference(self, x: Array, y: Array, rows: Rows) -> Array:
+        """See :class:`Objective`: one ``A^T`` product of the two points' weights, and no loss."""
+        sparse = self._sparse_batch(rows)
+        if sparse is not None:
+            columns, values, row_of, labels = sparse
+            w, v = (x[:-1], y[:-1]) if self.bias else (x, y)
+            count = labels.shape[0]
+            at_x: Any = np.bincount(row_of, weights=values * w[columns], minlength=count)
+            at_y: Any = np.bincount(row_of, weights=values * v[columns], minlength=count)
+            if self.bias:
+                at_x, at_y = at_x + x[-1], at_y + y[-1]
+            # -y expit(-y m) at x, minus the same at y.
+            weights = labels * (expit(-labels * at_y) - expit(-labels * at_x))
+            grad: Array = np.bincount(columns, weights=values * weights[row_of], minlength=w.shape[0]).astype(
+                np.float64, copy=False
+            )
+        else:
+            features, labels = self._batch(rows)
+            weights = labels * (
+                expit(-labels * self._margins(y, features)) - expit(-labels * self._margins(x, features))
+            )
+            grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
+        return np.append(grad, weights.sum()) if self.bias else grad
+
     def correct(self, x: Array) -> int:
         """Samples on the right side of the hyperplane."""
         return int(np.count_nonzero(self.labels * self._margins(x, self.features) > 0))
@@ -356,6 +395,17 @@ class SoftmaxRegression(_Samples):
         if self.bias:
             grad = np.concatenate([grad, delta.sum(axis=0)])
         return loss, grad
+
+    def grad_difference(self, x: Array, y: Array, rows: Rows) -> Array:
+        """See :class:`Objective`: the class probabilities' difference through one ``A^T`` product.
+
+        The gradient's ``delta`` is the probabilities less one at the label, so the labels cancel.
+        """
+        features, _ = self._batch(rows)
+        delta = _softmax(self._scores(x, features))
+        delta -= _softmax(self._scores(y, features))
+        grad = np.asarray(features.T @ delta).reshape(-1)
+        return np.concatenate([grad, delta.sum(axis=0)]) if self.bias else grad
 
     def correct(self, x: Array) -> int:
         """Samples whose highest score is their class."""

@@ -128,7 +128,8 @@ class WorkerSession:
         """Do the next gradient's model-free work; call it after sending, while waiting for the MODEL.
 
         The mini-batch and its gradient at x_snap do not depend on the model
-        (:meth:`~aiodq.protocol.algorithms.WorkerState.prepare`), so computing them
+        (:meth:`~aiodq.protocol.algorithms.WorkerState.prepare`; only the mini-batch for an
+        objective with ``grad_difference``, which takes both gradients after it), so computing them
         here takes them off the path from a MODEL to its GRADIENT without changing any
         value.  Only after this side sent a GRADIENT or a SNAPSHOT_GRADIENT, while the
         connection is open; once per send.  The work is done ahead of time, not owed: if

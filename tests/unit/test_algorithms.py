@@ -6,6 +6,7 @@ hand on tiny vectors; no sockets, no clocks.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import fields, replace
 from typing import Any
@@ -501,13 +502,29 @@ def test_zero_centred_model_message_is_absolute() -> None:
 D = 40
 
 
-def worker(name: str, rows: int = 30, **kwargs: Any) -> WorkerState:
-    """A worker with a random CSR shard of ``rows`` samples for logistic regression."""
+class TwoCalls:
+    """An objective with the protocol's four members only (no grad_difference): a worker's step
+    takes ``loss_grad`` at x_hat and at x_snap."""
+
+    def __init__(self, inner: LogisticRegression) -> None:
+        self.inner, self.dim, self.samples = inner, inner.dim, inner.samples
+
+    def initial(self, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+        return self.inner.initial(rng)
+
+    def loss_grad(self, x: npt.NDArray[np.float64], rows: Any = None) -> tuple[float, Any]:
+        return self.inner.loss_grad(x, rows)
+
+
+def worker(name: str, rows: int = 30, *, two_calls: bool = False, **kwargs: Any) -> WorkerState:
+    """A worker with a random CSR shard of ``rows`` samples for logistic regression (behind
+    :class:`TwoCalls` with ``two_calls``)."""
     rng = np.random.default_rng(5)
     features = sp.random(rows, D, density=0.3, format="csr", random_state=rng)
     labels = rng.choice([-1.0, 1.0], size=rows)
     config = TrainConfig(algorithm=name, batch=8, **kwargs)
-    return WorkerState(config, LogisticRegression(features, labels), worker_id=1)
+    objective = LogisticRegression(features, labels)
+    return WorkerState(config, TwoCalls(objective) if two_calls else objective, worker_id=1)
 
 
 def test_worker_snapshot_phase_returns_shard_sums() -> None:
@@ -644,12 +661,16 @@ def test_sparse_mean_nonzeros_within_budget() -> None:
 
 def _reference_gradient(state: WorkerState, model: RawVector) -> Any:
     """algorithms.md 5.2 step by step, without prepare or variance_reduced: the mini-batch is the
-    worker generator's next draw, then the two gradients, then the algorithm's compression."""
+    worker generator's next draw, then the difference of the two gradients (the objective's
+    grad_difference where it has one), then the algorithm's compression."""
     x_hat = model.values.astype(np.float64)
     rows = state._rng.integers(0, state.samples, size=state.config.batch)
-    _, at_model = state.objective.loss_grad(x_hat, rows)
-    _, at_snapshot = state.objective.loss_grad(state.snapshot, rows)
-    alpha = (at_model - at_snapshot) / state.config.batch + state.config.l2 * (x_hat - state.snapshot)
+    objective: Any = state.objective
+    if hasattr(objective, "grad_difference"):
+        difference = objective.grad_difference(x_hat, state.snapshot, rows)
+    else:
+        difference = objective.loss_grad(x_hat, rows)[1] - objective.loss_grad(state.snapshot, rows)[1]
+    alpha = difference / state.config.batch + state.config.l2 * (x_hat - state.snapshot)
     return state.compress(alpha)
 
 
@@ -676,22 +697,53 @@ def _gradients(state: WorkerState, *, prepare: bool | None) -> list[Any]:
     return sent
 
 
+@pytest.mark.parametrize("two_calls", [False, True])
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_prepare_changes_no_gradient(name: str) -> None:
+def test_prepare_changes_no_gradient(name: str, two_calls: bool) -> None:
     """Preparing the next step while the MODEL travels gives the same gradients, bit for bit.
 
     The reference is algorithms.md 5.2 written out in the test: the mini-batch must be
     the generator's next draw, and the term at x_snap recomputed when the snapshot changes.
     """
-    reference = _gradients(worker(name, l2=1e-3), prepare=None)
-    assert _gradients(worker(name, l2=1e-3), prepare=True) == reference
-    assert _gradients(worker(name, l2=1e-3), prepare=False) == reference
+    reference = _gradients(worker(name, l2=1e-3, two_calls=two_calls), prepare=None)
+    assert _gradients(worker(name, l2=1e-3, two_calls=two_calls), prepare=True) == reference
+    assert _gradients(worker(name, l2=1e-3, two_calls=two_calls), prepare=False) == reference
     assert not all(isinstance(v, ZeroVector) for v in reference)
 
 
+def test_a_step_takes_grad_difference_once_where_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With grad_difference a step calls it once, at (x_hat, x_snap) on the generator's next draw,
+    and loss_grad never; prepare only draws the mini-batch."""
+    differences: list[tuple[Any, ...]] = []
+    original = LogisticRegression.grad_difference
+
+    def counting(self: LogisticRegression, x: Any, y: Any, rows: Any) -> Any:
+        differences.append((np.array(x), np.array(y), np.array(rows)))
+        return original(self, x, y, rows)
+
+    monkeypatch.setattr(LogisticRegression, "grad_difference", counting)
+    state = worker("asylpg", l2=0.0)
+    x_snap = np.linspace(-0.5, 0.5, D)
+    state.snapshot_phase(x_snap)
+
+    def refused(x: Any, rows: Any = None) -> Any:
+        raise AssertionError("loss_grad in the inner loop")
+
+    monkeypatch.setattr(LogisticRegression, "loss_grad", refused)
+    rows = copy.deepcopy(state._rng).integers(0, state.samples, size=state.config.batch)
+    state.prepare()
+    assert not differences
+    state.gradient_message(RawVector(np.full(D, 0.5, dtype=np.float32)), relative=False)
+    assert len(differences) == 1
+    np.testing.assert_array_equal(differences[0][0], np.full(D, 0.5))
+    np.testing.assert_array_equal(differences[0][1], x_snap)
+    np.testing.assert_array_equal(differences[0][2], rows)
+
+
 def test_prepare_takes_the_snapshot_term_off_the_step() -> None:
-    """After prepare, a step evaluates the objective once (at x_hat), not twice."""
-    state = worker("asylpg")
+    """After prepare, a step of an objective without grad_difference evaluates it once (at x_hat),
+    not twice."""
+    state = worker("asylpg", two_calls=True)
     state.snapshot_phase(np.zeros(D))
     calls: list[npt.NDArray[np.float64]] = []
     objective = state.objective

@@ -667,8 +667,15 @@ def test_late_joiner_still_owing_a_snapshot_when_the_next_phase_starts() -> None
 
 
 def _mini_batch_calls(monkeypatch: pytest.MonkeyPatch, limit: int | None = None) -> list[int]:
-    """Count the objective's mini-batch evaluations; beyond ``limit`` of them, the objective fails."""
+    """Count the objective's mini-batch evaluations; beyond ``limit`` of them, the objective fails.
+
+    The logistic model loses its grad_difference here, so that a step takes loss_grad at x_hat and
+    at x_snap and preparing computes the second (with it, preparing only draws the mini-batch).
+    """
     from aiodq.protocol import algorithms  # noqa: PLC0415
+    from aiodq.protocol.objectives import LogisticRegression  # noqa: PLC0415
+
+    monkeypatch.delattr(LogisticRegression, "grad_difference")
 
     calls = [0]
     original = algorithms.WorkerState._loss_grad

@@ -177,6 +177,37 @@ def test_a_repeated_row_counts_as_often_as_it_appears(name: str) -> None:
     assert model.loss_grad(x + 1.0, rows)[0] != first[0]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["logistic", "logistic+bias", "softmax", "softmax+bias"])
+def test_grad_difference_is_the_difference_of_two_gradients(name: str, kind: str) -> None:
+    """The linear models' grad_difference(x, y, rows) is loss_grad(x, rows)[1] - loss_grad(y, rows)[1]:
+    repeated and negative rows, a row without stored entries, one row; and it leaves x and y alone."""
+    model, x, features, labels = case(name, 13, kind)
+    features = features.copy()
+    features[4] = 0.0  # a row with no stored entries in CSR
+    model = type(model)(as_features(features, kind), labels, bias=name.endswith("+bias"))  # type: ignore[call-arg]
+    rng = np.random.default_rng(4)
+    y = x + 0.3 * rng.normal(size=x.shape)
+    for batch in (np.array([4, 1, 1, -1, 0]), np.array([2]), rng.integers(0, SAMPLES, 16)):
+        rows = batch.astype(np.intp)
+        x_before, y_before = x.copy(), y.copy()
+        difference = model.grad_difference(x, y, rows)  # type: ignore[attr-defined]
+        expected = model.loss_grad(x, rows)[1] - model.loss_grad(y, rows)[1]
+        assert difference.dtype == np.float64 and difference.shape == (model.dim,)
+        np.testing.assert_allclose(difference, expected, rtol=1e-10, atol=1e-13)
+        assert np.abs(expected).max() > 1e-3  # (the points differ enough for a wrong sign to show)
+        np.testing.assert_array_equal(x, x_before)
+        np.testing.assert_array_equal(y, y_before)
+    # At one point the difference is exactly zero.
+    assert not model.grad_difference(x, x, np.array([0, 2])).any()  # type: ignore[attr-defined]
+
+
+def test_the_mlp_has_no_grad_difference() -> None:
+    """The MLP's two gradients share nothing a pass could save: workers take loss_grad twice."""
+    model, _, _, _ = case("mlp1", 0)
+    assert not hasattr(model, "grad_difference")
+
+
 # -- losses and correct counts, computed directly --------------------------------------------------
 
 
@@ -436,6 +467,13 @@ def test_check_objective_names_what_is_missing() -> None:
 
     with pytest.raises(TypeError, match="dim must be a positive integer"):
         check_objective(ZeroDim())
+
+    class NotAMethod(ZeroDim):
+        dim = 3
+        grad_difference = 2.0
+
+    with pytest.raises(TypeError, match=r"grad_difference must be a method, got 2\.0"):
+        check_objective(NotAMethod())
 
 
 def test_a_test_set_of_one_class_is_scored_with_the_training_sets_mapping() -> None:
