@@ -150,6 +150,34 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
 
 
+def _found(out: str | None) -> tuple[bool, bool]:
+    """Whether ``--out`` and its aiodq.log exist, before the command makes them."""
+    return (False, False) if out is None else (Path(out).exists(), (Path(out) / "aiodq.log").exists())
+
+
+def _undo_refused_start(out: Path | None, found: tuple[bool, bool]) -> None:
+    """After a start refused before training (its checkpoint): ``out`` as the command found it.
+
+    The aiodq.log this command made is closed and removed (one that was there is only appended
+    to: kept), and the folder it made, if empty.
+    """
+    if out is None:
+        return
+    log = out / "aiodq.log"
+    logger = logging.getLogger("aiodq")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log.resolve():
+            logger.removeHandler(handler)
+            handler.close()
+    folder_existed, log_existed = found
+    if not log_existed:
+        with contextlib.suppress(OSError):
+            log.unlink()
+    if not folder_existed:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # (only if empty)
+
+
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
     """Score the model on ``test`` and write the results into ``out``; the line that says where.
 
@@ -312,6 +340,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
+    found = _found(args.out)
     out = _output_folder(args.out)
     assert out is not None
     _checked_checkpoint(saving["checkpoint"], out)
@@ -361,6 +390,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_now.say("run")
         print(f"aiodq run: {exc}", file=sys.stderr)
         write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
+        if isinstance(exc, CheckpointError) and write_now.written is None:  # (mid-run, it is logged)
+            _undo_refused_start(out, found)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
@@ -401,6 +432,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             check_out(records.parent)
         except RunError as exc:
             raise UsageError(f"--records: {exc}") from exc
+    found = _found(args.out)
     out = _output_folder(args.out)
     if out is not None:
         _checked_checkpoint(saving["checkpoint"], out)
@@ -432,6 +464,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         if write_now is not None:
             write_now.say("master")
         print(f"aiodq master: {exc}", file=sys.stderr)
+        if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
+            _undo_refused_start(out, found)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:

@@ -406,6 +406,7 @@ async def test_a_checkpoint_is_one_runs_at_a_time_and_a_refused_start_keeps_the_
             f"aiodq run: the checkpoint {path} is in use by another run (it holds the lock "
             f"{tmp_path / '.run.ckpt.lock'})"
         )
+        assert not (tmp_path / "second").exists()  # the refused start made no --out
         assert first.popen.poll() is None
         first.popen.send_signal(signal.SIGTERM)
         assert await first.exited(60) == 128 + signal.SIGTERM
@@ -419,6 +420,28 @@ async def test_a_checkpoint_is_one_runs_at_a_time_and_a_refused_start_keeps_the_
     )  # fmt: skip
     assert forgot.returncode == 1 and "holds a run that has not finished" in forgot.stderr
     assert (out / "aiodq.log").read_text().startswith(log)  # the interrupted run's log is still there
+
+
+@pytest.mark.parametrize("command", ["run", "master"])
+def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path, command: str) -> None:
+    """A refused checkpoint (here not one at all, and left as it is) makes no --out folder and no
+    aiodq.log; in a folder that exists, an aiodq.log of its own is removed and other files stay."""
+    path = tmp_path / "notes.txt"
+    path.write_text("not a checkpoint")
+    where = ["--listen", "127.0.0.1:0", "--workers", "1"] if command == "master" else []
+    for out in (tmp_path / "new", tmp_path / "kept"):
+        if out.name == "kept":
+            out.mkdir()
+            (out / "other.txt").write_text("mine")
+        refused = aiodq_command(
+            command, "--data", str(DATA), "--epochs", "1", *where,
+            "--checkpoint", str(path), "--out", str(out),
+        )  # fmt: skip
+        assert refused.returncode == 1, refused.stderr
+        assert "is not overwritten" in refused.stderr
+        assert path.read_text() == "not a checkpoint"
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["other.txt"]
 
 
 def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> None:
