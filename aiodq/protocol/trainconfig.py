@@ -15,7 +15,15 @@ from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..config import ConnectionConfig, option
 from .objectives import Regularizer
 
-__all__ = ["ALGORITHMS", "SEED_LIMIT", "AlgorithmSpec", "TrainConfig", "coding_options", "default_step"]
+__all__ = [
+    "ALGORITHMS",
+    "MAX_BATCH",
+    "SEED_LIMIT",
+    "AlgorithmSpec",
+    "TrainConfig",
+    "coding_options",
+    "default_step",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,9 @@ class AlgorithmSpec:
 
 #: Seeds run below this: numpy's are non-negative, and CONFIG carries 64 bits.
 SEED_LIMIT = 1 << 64
+#: The largest mini-batch B: a worker draws B row indices (8 bytes each) and gathers B rows at
+#: every step, so a larger B is refused before it is sent rather than failing every worker.
+MAX_BATCH = 1 << 20
 
 #: Every algorithm by name (docs/algorithms.md 5-8).
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -139,6 +150,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.updates_per_epoch, int) or self.updates_per_epoch < 0:
             raise ValueError("updates_per_epoch must be a non-negative integer")
+        if self.batch > MAX_BATCH:
+            raise ValueError(f"batch must be at most {MAX_BATCH:,} (2**20), got {self.batch:,}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {self.seed}")
         if not 2 <= self.bits <= 16:

@@ -166,6 +166,7 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
         ),
         (["run", "--worker-nice", "2", "--launcher", "ray"], "--launcher local only"),
         (["run", "--seed", "-1"], "seed must be an integer from 0 to 2**64 - 1, got -1"),
+        (["run", "--batch", "10000000000"], "batch must be at most 1,048,576 (2**20), got 10,000,000,000"),
         (
             ["run", "--ray-address", "auto", "--worker-cpus", "2"],
             "--ray-address, --worker-cpus: for --launcher ray only",

@@ -86,6 +86,16 @@ def test_config_rejects_bad_values(kwargs: dict[str, Any], field: str) -> None:
         TrainConfig(**kwargs)
 
 
+def test_batch_is_bounded_by_max_batch() -> None:
+    """B up to 2**20 is accepted (above a shard's size too: rows are drawn with replacement); one more
+    is refused, by the master's options and by a worker reading CONFIG (from_params)."""
+    assert TrainConfig(batch=2**20).batch == 2**20
+    with pytest.raises(ValueError, match=r"batch must be at most 1,048,576 \(2\*\*20\), got 1,048,577"):
+        TrainConfig(batch=2**20 + 1)
+    with pytest.raises(ValueError, match="batch must be at most"):
+        TrainConfig.from_params({**TrainConfig().to_params(), "batch": 2**40})
+
+
 def test_config_defaults_valid() -> None:
     """The defaults are valid, and every algorithm name builds a config."""
     config = TrainConfig()
