@@ -80,9 +80,11 @@ def as_it_stood(result: RunResult, failure: str) -> RunResult | None:
 
 
 def data_fingerprint(dataset: Dataset, checkpoint: object) -> str | None:
-    """What the master's checkpoints name as the training data: the fingerprint, with a checkpoint.
+    """What a local run's master names as the training data: the fingerprint, with a checkpoint.
 
-    None without one: the fingerprint costs a pass over the data (about 0.1 s for debdesc).
+    None without one: the fingerprint costs a pass over the data (about 0.1 s for debdesc), and
+    the local workers read the master's own file.  A master whose workers may read another copy
+    (``aiodq master``, Ray) always takes it: workers refuse a run on other data.
     """
     return None if checkpoint is None else dataset.fingerprint()
 

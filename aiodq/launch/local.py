@@ -452,7 +452,7 @@ async def master_main(
     ``stopped`` the run as it stood (its ``failure`` not set) when it is cancelled before that.
     """
     options.setdefault("samples", dataset.samples)
-    options.setdefault("data_fingerprint", data_fingerprint(dataset, options.get("checkpoint")))
+    options.setdefault("data_fingerprint", dataset.fingerprint())  # workers with other data refuse the run
     async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
         print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
@@ -500,6 +500,9 @@ async def worker_main(
     """
     rows = shard(dataset.samples, workers, index, seed=seed)
     part = dataset.rows(rows)
+    # Checked against a master that names its data in CONFIG.  Taken before connecting (a pass over
+    # the data, 0.1 s for debdesc), so that it never delays the first snapshot phase.
+    options.setdefault("data_fingerprint", dataset.fingerprint())
     # Several workers share the machine's cores: one BLAS thread each avoids oversubscription.
     threadpool_limits(1, user_api="blas")
     name = f"shard-{index}/{workers}"

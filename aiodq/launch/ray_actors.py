@@ -24,7 +24,7 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .common import data_fingerprint, progress_state
+from .common import progress_state
 from .local import load_data_or_fail, use_uvloop, worker_main
 from .models import objective_for
 
@@ -110,7 +110,7 @@ class MasterActor:
             master_config=master_config,
             record_every=record_every,
             samples=dataset.samples,
-            data_fingerprint=data_fingerprint(dataset, saving.get("checkpoint")),
+            data_fingerprint=dataset.fingerprint(),  # workers on other nodes may read other data
             **saving,
         )
         self._master = master  # (closed by stop() even if its start fails part way)

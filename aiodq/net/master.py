@@ -99,7 +99,8 @@ class Master:
                 every snapshot phase, in ``coordinator.records`` (0: none); see
                 :class:`~aiodq.protocol.accounting.ModelRecord`.
             data_fingerprint: what the run trains on (``Dataset.fingerprint()``), written into
-                every checkpoint; ``resume`` refuses a checkpoint that names another.
+                every checkpoint (``resume`` refuses a checkpoint that names another) and sent
+                in CONFIG (a worker given its own data's refuses a run on other data).
         """
         if resume and checkpoint is None:
             raise ValueError("resume needs a checkpoint file")
@@ -180,6 +181,7 @@ class Master:
             master_config=self.master_config,
             samples=self._samples,
         )
+        self.coordinator.data_fingerprint = self._data_fingerprint
         if self._checkpoint is not None:
             # Held until close(): a second master on the same file (another run, or this one started
             # twice) is refused instead of overwriting this run's checkpoints.

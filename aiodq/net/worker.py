@@ -76,6 +76,7 @@ async def run_worker(
     label_values: Any = None,
     shard: tuple[int, int] | None = None,
     shard_seed: int | None = None,
+    data_fingerprint: str | None = None,
     connection_config: ConnectionConfig | None = None,
     ssl: ssl_module.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -102,6 +103,9 @@ async def run_worker(
             (WORLD_SIZE_MISMATCH, final).  None: no claim.
         shard_seed: the seed the shard was split with: the worker refuses a run of another
             seed (INVALID_CONFIG, final), whose shards would overlap this one.  None: no check.
+        data_fingerprint: that of the dataset the shard was cut from (``Dataset.fingerprint()``):
+            the worker refuses a run whose CONFIG names other data (INVALID_CONFIG, final).  None:
+            no check.
         connection_config: limits, timeouts and the shared secret.
         ssl: a client-side TLS context (with a client certificate for mutual TLS).
         server_hostname: the name to check the master's certificate against (default ``host``).
@@ -142,6 +146,7 @@ async def run_worker(
                 label_values=label_values,
                 shard=shard,
                 shard_seed=shard_seed,
+                data_fingerprint=data_fingerprint,
                 connection_config=connection_config,
                 ssl=ssl,
                 server_hostname=server_hostname,
@@ -208,6 +213,7 @@ async def _session(
     label_values: Any,
     shard: tuple[int, int] | None,
     shard_seed: int | None,
+    data_fingerprint: str | None,
     connection_config: ConnectionConfig | None,
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
@@ -231,6 +237,7 @@ async def _session(
         label_values=label_values,
         shard=shard,
         shard_seed=shard_seed,
+        data_fingerprint=data_fingerprint,
         connection_config=connection_config,
         now=now(),
     )

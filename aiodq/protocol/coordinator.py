@@ -126,11 +126,13 @@ class Coordinator:
         self._divergence = Divergence()
         coded = config.adaptive_coding and config.spec.model == "quantized"  # dense codes to choose for
         self._coding = CodingChooser() if coded else None  # adaptive.py
-        #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only
-        #: hands the workers x_snap again; the master keeps its x, g_snap and counters.
+        #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only hands the
+        #: workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
         self._waited_in: Phase | None = None  # where a run that its workers left ended
         self._shut_down = False  # (shutdown)
+        #: The training data's fingerprint (Dataset.fingerprint), sent in CONFIG's params as "data".
+        self.data_fingerprint: str | None = None
 
     # -- the shell's interface -------------------------------------------------
 
@@ -309,17 +311,16 @@ class Coordinator:
             worker.shard = hello.shard[0]
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
-        worker.connection.send(
-            ConfigMessage(dim=self.dim, algorithm=self.config.algorithm, params=self.config.to_params()),
-            now,
-        )
+        params = self.config.to_params()
+        if self.data_fingerprint is not None:  # a worker with other data refuses it (WorkerSession)
+            params["data"] = self.data_fingerprint
+        connection.send(ConfigMessage(dim=self.dim, algorithm=self.config.algorithm, params=params), now)
         worker.joined = worker.admitted = True
         if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
             self._start_snapshot_phase(now)
         elif self.phase in (Phase.SNAPSHOT, Phase.INNER):
-            # A worker that (re)joins a running session: in a snapshot phase it takes part;
-            # in the inner loop it gets x_snap first and then models, and its shard enters
-            # g_snap and F from the next snapshot phase on.
+            # A worker that (re)joins a running session: in a snapshot phase it takes part; in the inner
+            # loop it gets x_snap first and then models, its shard in g_snap and F from the next phase on.
             worker.active, worker.awaiting_snapshot = True, self.phase is Phase.SNAPSHOT
             self.deadlines.worker_back()
             self._send_snapshot(worker, now)

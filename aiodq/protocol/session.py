@@ -52,6 +52,7 @@ class WorkerSession:
         label_values: Any = None,
         shard: tuple[int, int] | None = None,
         shard_seed: int | None = None,
+        data_fingerprint: str | None = None,
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
     ) -> None:
@@ -65,7 +66,9 @@ class WorkerSession:
         HELLO: the master refuses a shard another worker holds, or a count other than its M.
         ``shard_seed``: the seed the shard was split with (:func:`~aiodq.protocol.dataset.shard`);
         a CONFIG of another seed is refused (INVALID_CONFIG), as the shards of such workers
-        overlap and leave samples out.
+        overlap and leave samples out.  ``data_fingerprint``: that of the dataset the shard was
+        cut from (:meth:`~aiodq.protocol.dataset.Dataset.fingerprint`); a CONFIG whose ``data``
+        parameter names another is refused (INVALID_CONFIG).  None, or a CONFIG without it: no check.
 
         Raises:
             TypeError: for data or an objective of an unsupported type, before anything is sent.
@@ -83,7 +86,7 @@ class WorkerSession:
             self.classes = classes
         self.label_values = None if label_values is None else np.unique(np.asarray(label_values))
         self.name = name
-        self.shard, self.shard_seed = shard, shard_seed
+        self.shard, self.shard_seed, self.data_fingerprint = shard, shard_seed, data_fingerprint
         self.connection = WorkerConnection(connection_config, now=now)
         #: The run configuration, once CONFIG has arrived.
         self.config: TrainConfig | None = None
@@ -246,6 +249,12 @@ class WorkerSession:
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:
             config = TrainConfig.from_params(event.params)
+            data, own = event.params.get("data"), self.data_fingerprint
+            if own is not None and isinstance(data, str) and data != own:
+                raise ValueError(
+                    f"this worker's data (fingerprint {own}) is not the master's ({data}): start it with "
+                    "the data the master trains on (--data)"
+                )
             if self.shard is not None and self.shard_seed is not None and config.seed != self.shard_seed:
                 index, count = self.shard
                 split = f"this worker's shard {index}/{count} was split with seed {self.shard_seed}"

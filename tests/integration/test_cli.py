@@ -320,6 +320,34 @@ def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None
     assert summary["error_counts"].get("SHARD_TAKEN") == 1
 
 
+def test_a_worker_with_other_data_of_the_same_shape_is_refused(tmp_path: Path) -> None:
+    """The master names its data by fingerprint in CONFIG: a worker whose file differs in one value (same
+    samples, same features) leaves with INVALID_CONFIG (exit 1, no retry), and one with the master's
+    file then trains."""
+    data = ROOT / "tests" / "fixtures" / "a9a-head-300"
+    other = tmp_path / "a9a-edited"
+    lines = data.read_text().splitlines(keepends=True)
+    assert lines[0].startswith("-1 3:1 ")
+    other.write_text(lines[0].replace("3:1", "3:0.5", 1) + "".join(lines[1:]))
+    with master_process(tmp_path, "--data", str(data), "--workers", "1", "--epochs", "1") as (master, port):
+        try:
+            connect = ("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/1", "--retry-for", "0")
+            wrong = aiodq_async(*connect, "--data", str(other))
+            _, wrong_err = wrong.communicate(timeout=60)
+            right = aiodq_async(*connect, "--data", str(data))
+            _, right_err = right.communicate(timeout=120)
+            assert right.returncode == 0, right_err
+            master.stdout.read()
+            assert master.wait(timeout=60) == 0
+        finally:
+            master.kill()
+    assert wrong.returncode == 1
+    assert "INVALID_CONFIG: this worker's data (fingerprint blake2b:" in wrong_err
+    assert "start it with the data the master trains on (--data)" in wrong_err
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["trace"][-1]["samples"] == 300
+
+
 def test_bench_cluster_smoke(tmp_path: Path) -> None:
     """aiodq bench cluster: each side's CPU per applied update, by coding, against AsyFPG's."""
     out = tmp_path / "cluster.json"

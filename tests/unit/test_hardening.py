@@ -682,6 +682,34 @@ def test_a_shard_split_with_another_seed_is_refused_before_it_trains() -> None:
     assert again.coordinator.failure is None and again.coordinator.trace[-1].samples == dataset.samples
 
 
+def test_a_worker_whose_data_is_not_the_masters_is_refused_before_it_trains() -> None:
+    """A master that names its data (the fingerprint in CONFIG's params) and a worker given another
+    fingerprint: INVALID_CONFIG (final), naming both.  The same fingerprint trains, and either side
+    without one checks nothing."""
+    dataset = small_a9a()
+    mine, other = dataset.fingerprint(), "blake2b:" + "0" * 32
+
+    def run(master_has: str | None, worker_has: str | None) -> WorkerSession:
+        cluster = Cluster(config(epochs=1), dataset, 1, connect=False)
+        cluster.coordinator.data_fingerprint = master_has
+        session = WorkerSession(*shard_of(dataset, 1, 0), name="w0", data_fingerprint=worker_has)
+        cluster.sessions, cluster.ids = [session], [None]
+        cluster.connect(0)
+        cluster.run()
+        return session
+
+    wrong = run(mine, other)
+    assert wrong.failed and wrong.state is None and wrong.gradients_sent == 0
+    assert wrong.ended == (
+        ErrorCode.INVALID_CONFIG,
+        f"this worker's data (fingerprint {other}) is not the master's ({mine}): start it with the data "
+        "the master trains on (--data)",
+    )
+    for master_has, worker_has in ((mine, mine), (None, other), (mine, None)):
+        session = run(master_has, worker_has)
+        assert not session.failed and session.gradients_sent > 0, (master_has, worker_has)
+
+
 def test_a_shard_is_free_again_once_its_holder_left() -> None:
     """The holder's connection is lost: the same shard may join again (a restarted worker)."""
     dataset = small_a9a()
