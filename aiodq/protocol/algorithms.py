@@ -36,7 +36,7 @@ from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 from ..errors import CheckpointError
-from .objectives import Objective, Rows, check_objective, objective_name
+from .objectives import Objective, Rows, check_objective, difference_method, objective_name
 from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig, default_step
 
 __all__ = [
@@ -374,7 +374,7 @@ class WorkerState:
         self._rng = make_rng([config.seed, 0x5EED, worker_id])
         self._budget = max(1.0, config.phi * self.dim)
         self._correct = getattr(objective, "correct", None)
-        self._difference = getattr(objective, "grad_difference", None)
+        self._difference = difference_method(objective)
         # The next step's model-free half (prepare): its mini-batch, and grad f_B(x_snap) on it
         # (not for an objective with grad_difference, which takes both points in one pass).
         self._next_rows: Rows | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
@@ -41,6 +42,7 @@ __all__ = [
     "Rows",
     "SoftmaxRegression",
     "check_objective",
+    "difference_method",
     "make_objective",
     "objective_name",
 ]
@@ -124,7 +126,9 @@ class Objective(Protocol):
       ``grad f_i(x) - grad f_i(y)``, SVRG's correction of a mini-batch
       (docs/algorithms.md 5.2).  Without it a worker takes two ``loss_grad`` calls;
       give it when one pass is cheaper, as for a linear model, whose gradient
-      ``A^T w(A x)`` makes the difference ``A^T (w(A x) - w(A y))``.
+      ``A^T w(A x)`` makes the difference ``A^T (w(A x) - w(A y))``.  A subclass that
+      overrides ``loss_grad`` and not ``grad_difference`` is taken with two calls
+      (:func:`difference_method`).
     """
 
     @property
@@ -153,6 +157,32 @@ def objective_name(objective: object) -> str | None:
     """The objective's ``name`` attribute, if it has one (a str)."""
     name = getattr(objective, "name", None)
     return name if isinstance(name, str) else None
+
+
+def difference_method(objective: object) -> Callable[[Array, Array, Rows], Array] | None:
+    """The objective's ``grad_difference``, if it goes with the ``loss_grad`` it has; else None.
+
+    A ``grad_difference`` defined on a class above the one that defines ``loss_grad`` (a
+    subclass of a built-in model with its own loss) would compute the parent's gradients: a
+    worker then takes ``loss_grad`` twice.  The same for an instance whose ``loss_grad`` was
+    replaced and its ``grad_difference`` not.
+    """
+    method = getattr(objective, "grad_difference", None)
+    if method is None:
+        return None
+    own = vars(objective) if hasattr(objective, "__dict__") else {}
+    if "grad_difference" in own:
+        return method  # type: ignore[no-any-return]
+    if "loss_grad" in own:
+        return None
+
+    def owner(name: str) -> type | None:
+        return next((cls for cls in type(objective).__mro__ if name in vars(cls)), None)
+
+    gradient, difference = owner("loss_grad"), owner("grad_difference")
+    if gradient is not None and difference is not None and not issubclass(difference, gradient):
+        return None
+    return method  # type: ignore[no-any-return]
 
 
 def check_objective(objective: object) -> Objective:

@@ -750,6 +750,60 @@ def test_a_step_takes_grad_difference_once_where_it_is_given(monkeypatch: pytest
     np.testing.assert_array_equal(differences[0][2], rows)
 
 
+def test_a_step_never_writes_the_array_the_objective_gives() -> None:
+    """An objective may hand out its own buffer (here the same one every call): the step computes alpha
+    in new arrays and leaves that buffer, and the points it passed, as they were."""
+    inner = worker("asyfpg").objective
+    assert isinstance(inner, LogisticRegression)
+    buffer, given = np.linspace(-1.0, 1.0, D), []
+
+    class Cached(TwoCalls):
+        def grad_difference(self, x: Any, y: Any, rows: Any) -> Any:
+            buffer[:] = self.inner.grad_difference(x, y, rows)
+            given.append(buffer.copy())
+            return buffer
+
+    state = WorkerState(TrainConfig(algorithm="asyfpg", batch=8, l2=1e-3), Cached(inner), worker_id=1)
+    x_snap = np.linspace(0.0, 0.5, D)
+    state.snapshot_phase(x_snap)
+    alpha = state.variance_reduced(RawVector(np.full(D, 0.25, dtype=np.float32)), relative=False)
+    assert len(given) == 1 and given[0].any()
+    assert alpha is not buffer and np.array_equal(buffer, given[0])
+    np.testing.assert_array_equal(state.snapshot, np.linspace(0.0, 0.5, D))
+    np.testing.assert_allclose(alpha, given[0] / 8 + 1e-3 * (0.25 - x_snap), rtol=1e-12, atol=1e-15)
+
+
+def test_a_subclass_with_its_own_loss_is_stepped_through_its_loss_grad() -> None:
+    """A subclass of logistic regression weighting positive samples 3x (its own loss_grad, the inherited
+    grad_difference): the step follows its loss, as the two-call path computes it (a review)."""
+
+    class Weighted(LogisticRegression):
+        def loss_grad(self, x: Any, rows: Any = None) -> tuple[float, Any]:
+            rows = np.arange(self.samples) if rows is None else np.asarray(rows)
+            loss, grad = 0.0, np.zeros(self.dim)
+            for row in rows:
+                weight = 3.0 if self.labels[row] > 0 else 1.0
+                one_loss, one_grad = LogisticRegression.loss_grad(self, x, np.array([row]))
+                loss, grad = loss + weight * one_loss, grad + weight * one_grad
+            return loss, grad
+
+    rng = np.random.default_rng(1)
+    features = sp.random(40, D, density=0.4, format="csr", random_state=rng)
+    labels = rng.choice([-1.0, 1.0], size=40)
+    config = TrainConfig(algorithm="asyfpg", batch=16, l2=0.0)
+    model = RawVector(rng.normal(size=D).astype(np.float32))
+    steps = []
+    for objective in (Weighted(features, labels), TwoCalls(Weighted(features, labels))):
+        state = WorkerState(config, objective, worker_id=1)
+        state.snapshot_phase(np.zeros(D))
+        steps.append(state.variance_reduced(model, relative=False))
+    np.testing.assert_array_equal(steps[0], steps[1])
+    # (The inherited grad_difference would have given the unweighted step.)
+    unweighted = WorkerState(config, LogisticRegression(features, labels), worker_id=1)
+    unweighted.snapshot_phase(np.zeros(D))
+    assert np.abs(unweighted.variance_reduced(model, relative=False) - steps[0]).max() > 1e-3
+
+
 def test_prepare_takes_the_snapshot_term_off_the_step() -> None:
     """After prepare, a step of an objective without grad_difference evaluates it once (at x_hat),
     not twice."""

@@ -20,6 +20,7 @@ from aiodq.protocol.objectives import (
     Regularizer,
     SoftmaxRegression,
     check_objective,
+    difference_method,
     make_objective,
     objective_name,
 )
@@ -200,6 +201,36 @@ def test_grad_difference_is_the_difference_of_two_gradients(name: str, kind: str
         np.testing.assert_array_equal(y, y_before)
     # At one point the difference is exactly zero.
     assert not model.grad_difference(x, x, np.array([0, 2])).any()  # type: ignore[attr-defined]
+
+
+def test_grad_difference_is_taken_only_with_the_loss_grad_it_belongs_to() -> None:
+    """A subclass that overrides loss_grad and not grad_difference would get the parent's gradients
+    from the inherited one (a review): difference_method gives None there, and for an instance whose
+    loss_grad was replaced; the method where both come from the same class or below."""
+    model, _, _, _ = case("logistic", 0)
+    assert difference_method(model) == model.grad_difference  # type: ignore[attr-defined]
+
+    class OwnLoss(LogisticRegression):
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            return super().loss_grad(x, rows)
+
+    class OwnBoth(OwnLoss):
+        def grad_difference(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return super().grad_difference(x, y, rows)
+
+    class OwnDifference(LogisticRegression):
+        def grad_difference(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return super().grad_difference(x, y, rows)
+
+    features, labels = binary_data(0)
+    assert difference_method(OwnLoss(features, labels)) is None
+    for kind in (OwnBoth, OwnDifference):
+        built = kind(features, labels)
+        assert difference_method(built) == built.grad_difference
+    patched = LogisticRegression(features, labels)
+    patched.loss_grad = lambda x, rows=None: (0.0, x)  # type: ignore[method-assign]
+    assert difference_method(patched) is None
+    assert difference_method(case("mlp1", 0)[0]) is None
 
 
 def test_the_mlp_has_no_grad_difference() -> None:
