@@ -27,6 +27,7 @@ from ..launch.local import (
 )
 from ..launch.models import load_factory, objective_for, test_scores
 from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
+from ..net.checkpoint import lock_path
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -150,32 +151,37 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
 
 
-def _found(out: str | None) -> tuple[bool, bool]:
-    """Whether ``--out`` and its aiodq.log exist, before the command makes them."""
-    return (False, False) if out is None else (Path(out).exists(), (Path(out) / "aiodq.log").exists())
+def _found(out: str | None, checkpoint: str | None, *more: str | None) -> list[Path]:
+    """What a start may create that is not there yet, deepest first.
 
-
-def _undo_refused_start(out: Path | None, found: tuple[bool, bool]) -> None:
-    """After a start refused before training (its checkpoint): ``out`` as the command found it.
-
-    The aiodq.log this command made is closed and removed (one that was there is only appended
-    to: kept), and the folder it made, if empty.
+    ``out``'s aiodq.log, the checkpoint's lock file, ``more``, and their missing folders.
     """
-    if out is None:
-        return
-    log = out / "aiodq.log"
+    paths = [None if out is None else Path(out) / "aiodq.log", checkpoint and lock_path(checkpoint), *more]
+    missing: set[Path] = set()
+    for path in paths:
+        place = Path(os.path.abspath(path)) if path is not None else None
+        while place is not None and not place.exists() and place != place.parent:
+            missing.add(place)
+            place = place.parent
+    return sorted(missing, key=lambda place: len(place.parts), reverse=True)
+
+
+def _undo_refused_start(missing: list[Path]) -> None:
+    """After a start refused before training (its checkpoint): what :func:`_found` listed, removed.
+
+    The log handler of an aiodq.log there is closed first; folders go only if empty.  A log that
+    was there before is not listed: it is only appended to, and kept.
+    """
     logger = logging.getLogger("aiodq")
     for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log.resolve():
+        if isinstance(handler, logging.FileHandler) and Path(os.path.realpath(handler.baseFilename)) in {
+            Path(os.path.realpath(place)) for place in missing
+        }:
             logger.removeHandler(handler)
             handler.close()
-    folder_existed, log_existed = found
-    if not log_existed:
+    for place in missing:
         with contextlib.suppress(OSError):
-            log.unlink()
-    if not folder_existed:
-        with contextlib.suppress(OSError):
-            out.rmdir()  # (only if empty)
+            place.rmdir() if place.is_dir() else place.unlink()
 
 
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
@@ -340,7 +346,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
-    found = _found(args.out)
+    found = _found(args.out, saving["checkpoint"])
     out = _output_folder(args.out)
     assert out is not None
     _checked_checkpoint(saving["checkpoint"], out)
@@ -391,7 +397,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"aiodq run: {exc}", file=sys.stderr)
         write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         if isinstance(exc, CheckpointError) and write_now.written is None:  # (mid-run, it is logged)
-            _undo_refused_start(out, found)
+            _undo_refused_start(found)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
@@ -424,6 +430,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    found = _found(args.out, saving["checkpoint"], args.records)
     records = Path(args.records) if args.records else None
     if records is not None:
         if records.is_dir():
@@ -432,7 +439,6 @@ def cmd_master(args: argparse.Namespace) -> int:
             check_out(records.parent)
         except RunError as exc:
             raise UsageError(f"--records: {exc}") from exc
-    found = _found(args.out)
     out = _output_folder(args.out)
     if out is not None:
         _checked_checkpoint(saving["checkpoint"], out)
@@ -465,7 +471,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             write_now.say("master")
         print(f"aiodq master: {exc}", file=sys.stderr)
         if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
-            _undo_refused_start(out, found)
+            _undo_refused_start(found)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:

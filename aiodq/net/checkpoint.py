@@ -62,6 +62,12 @@ class Lock:
             self._descriptor = None
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of the checkpoint ``path``: ``.NAME.lock`` beside it (see :func:`lock`)."""
+    target = Path(path)
+    return target.parent / f".{target.name}.lock"
+
+
 def lock(path: str | Path) -> Lock:
     """Lock the checkpoint ``path`` for this process: an advisory ``flock`` on ``.NAME.lock`` beside it.
 
@@ -72,8 +78,7 @@ def lock(path: str | Path) -> Lock:
         CheckpointError: if another process (or another master of this one) holds it, or the
             lock file cannot be created.
     """
-    target = Path(path)
-    where = target.parent / f".{target.name}.lock"
+    target, where = Path(path), lock_path(path)
     try:
         import fcntl  # noqa: PLC0415 - POSIX only
     except ImportError:

@@ -87,7 +87,7 @@ class TrainConfig:
     step: float = option(
         0.0, "step size eta; 0: the default of the model and algorithm (docs/algorithms.md 1)"
     )
-    batch: int = option(64, "mini-batch size B")
+    batch: int = option(64, "mini-batch size B, 1 to 1,048,576 (drawn with replacement)")
     bits: int = option(8, "gradient bits b, 2 to 16")
     mu: float = option(0.5, "model precision mu of the mu-constraint")
     model_bits_cap: int = option(16, "cap on the model bits b_x; above it models travel as float32")

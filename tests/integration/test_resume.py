@@ -424,24 +424,43 @@ async def test_a_checkpoint_is_one_runs_at_a_time_and_a_refused_start_keeps_the_
 
 @pytest.mark.parametrize("command", ["run", "master"])
 def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path, command: str) -> None:
-    """A refused checkpoint (here not one at all, and left as it is) makes no --out folder and no
-    aiodq.log; in a folder that exists, an aiodq.log of its own is removed and other files stay."""
+    """A refused checkpoint (not one at all, and left as it is; or one to resume that is missing) makes no
+    --out folder, no aiodq.log, no lock file and none of their parent folders (a review found a/b/ left
+    by --out a/b/c, the lock file by a checkpoint inside --out, and with --records the folder); in a
+    folder that exists, an aiodq.log of its own is removed and other files stay."""
     path = tmp_path / "notes.txt"
     path.write_text("not a checkpoint")
     where = ["--listen", "127.0.0.1:0", "--workers", "1"] if command == "master" else []
-    for out in (tmp_path / "new", tmp_path / "kept"):
-        if out.name == "kept":
-            out.mkdir()
-            (out / "other.txt").write_text("mine")
-        refused = aiodq_command(
-            command, "--data", str(DATA), "--epochs", "1", *where,
-            "--checkpoint", str(path), "--out", str(out),
-        )  # fmt: skip
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "other.txt").write_text("mine")
+    cases = [
+        (["--checkpoint", str(path), "--out", str(tmp_path / "new")], "is not overwritten"),
+        (["--checkpoint", str(path), "--out", str(kept)], "is not overwritten"),
+        (["--checkpoint", str(path), "--out", str(tmp_path / "deep" / "a" / "b")], "is not overwritten"),
+        (
+            [
+                "--checkpoint",
+                str(tmp_path / "inner" / "ck" / "run.ckpt"),
+                "--resume",
+                "--out",
+                str(tmp_path / "inner"),
+            ],
+            "No such file or directory",
+        ),
+    ]
+    if command == "master":
+        records = ["--records", str(tmp_path / "rec" / "records.npz"), "--record-every", "10"]
+        cases.append(
+            (["--checkpoint", str(path), *records, "--out", str(tmp_path / "rec")], "is not overwritten")
+        )
+    for options, said in cases:
+        refused = aiodq_command(command, "--data", str(DATA), "--epochs", "1", *where, *options)
         assert refused.returncode == 1, refused.stderr
-        assert "is not overwritten" in refused.stderr
-        assert path.read_text() == "not a checkpoint"
-    assert not (tmp_path / "new").exists()
-    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["other.txt"]
+        assert said in refused.stderr
+    assert path.read_text() == "not a checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "notes.txt"]
+    assert sorted(p.name for p in kept.iterdir()) == ["other.txt"]
 
 
 def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> None:
