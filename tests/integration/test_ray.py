@@ -378,3 +378,37 @@ async def test_a_ray_run_stopped_as_training_ends_still_hands_its_result_over(
     assert result.ok and [record.epoch for record in result.trace] == [0, 1, 2]
     assert result.summary["ray"]["master"].startswith(f"{LOOPBACK}:")
     await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_trains(tmp_path: Path) -> None:
+    """The Ray master actor always names its data in CONFIG (workers on other nodes may read another copy
+    of the file): a worker actor whose file differs in one value is refused (INVALID_CONFIG), one on the
+    master's file trains.  The actor classes are driven directly, without starting Ray."""
+    from aiodq.errors import ErrorCode  # noqa: PLC0415
+    from aiodq.launch.ray_actors import MasterActor, Secret, WorkerActor  # noqa: PLC0415
+
+    source = ROOT / "tests" / "fixtures" / "a9a-head-300"
+    other = tmp_path / "a9a-edited"
+    lines = source.read_text().splitlines(keepends=True)
+    other.write_text(lines[0].replace("3:1", "3:0.5", 1) + "".join(lines[1:]))
+    outcomes = []
+    for data in (other, source):
+        master, secret = MasterActor(), Secret(b"s" * 32)
+        host, port = await master.start(
+            TrainConfig(epochs=1), source=str(source), workers=1, secret=secret, bind_host="127.0.0.1",
+            master_config=None, record_every=0, saving={},
+        )  # fmt: skip
+        try:
+            worker = WorkerActor()
+            worker.load(str(data))
+            run = asyncio.to_thread(
+                worker.run, host, port, index=0, workers=1, seed=0, model="logistic", secret=secret
+            )
+            outcomes.append(await asyncio.wait_for(run, 120))
+        finally:
+            await master.stop()
+    refused, trained = outcomes
+    assert refused[0] == int(ErrorCode.INVALID_CONFIG) and refused[2] == 0
+    assert refused[1].startswith("this worker's data (fingerprint blake2b:")
+    assert trained[:2] == (0, "training complete") and trained[2] > 0
