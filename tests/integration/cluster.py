@@ -35,6 +35,19 @@ async def wait_until(condition: Callable[[], object], timeout: float, what: str)
         await asyncio.sleep(0.01)
 
 
+#: 300 a9a samples, and :func:`edited_fixture`'s copy of them.
+A9A_HEAD = ROOT / "tests" / "fixtures" / "a9a-head-300"
+
+
+def edited_fixture(folder: Path) -> Path:
+    """A copy of :data:`A9A_HEAD` in ``folder`` with one value changed: the same shape, other data."""
+    lines = A9A_HEAD.read_text().splitlines(keepends=True)
+    assert lines[0].startswith("-1 3:1 ")
+    other = folder / "a9a-edited"
+    other.write_text(lines[0].replace("3:1", "3:0.5", 1) + "".join(lines[1:]))
+    return other
+
+
 def poll_until(condition: Callable[[], object], timeout: float, what: str) -> None:
     """:func:`wait_until` for code outside an event loop (processes, files)."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import ROOT, aiodq, autogroup_nice, children, poll_until
+from .cluster import A9A_HEAD, ROOT, aiodq, autogroup_nice, children, edited_fixture, poll_until
 
 
 def free_port() -> int:
@@ -101,6 +101,16 @@ def master_process(out: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str
         yield master, line.split("127.0.0.1:")[1].split(",")[0]
 
 
+def finish_cleanly(master: subprocess.Popen[str], *workers: subprocess.Popen[str]) -> None:
+    """Wait for ``workers``, then for ``master``: each must exit 0 (a worker's stderr says why not)."""
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, stderr
+    assert master.stdout is not None
+    master.stdout.read()
+    assert master.wait(timeout=60) == 0
+
+
 def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
     """aiodq master --listen and aiodq worker --connect --shard I/M: a cluster of separate processes.
 
@@ -120,12 +130,9 @@ def test_master_and_workers_as_separate_processes(tmp_path: Path) -> None:
             # the kernel rate-limits it: wait.
             if autogroup_nice(first.pid) is not None:
                 poll_until(lambda: autogroup_nice(first.pid) == 3, 60, "the session's group at nice 3")
-            workers = [first, aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")]
-            for worker in workers:
-                _, stderr = worker.communicate(timeout=120)
-                assert worker.returncode == 0, stderr
-            master.stdout.read()
-            assert master.wait(timeout=60) == 0
+            finish_cleanly(
+                master, first, aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")
+            )
         finally:
             master.kill()
     summary = json.loads((tmp_path / "result.json").read_text())
@@ -305,12 +312,9 @@ def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None
                 "worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/2", "--retry-for", "0"
             )
             _, third_err = third.communicate(timeout=60)
-            second = aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")
-            for worker in (first, second):
-                _, stderr = worker.communicate(timeout=120)
-                assert worker.returncode == 0, stderr
-            master.stdout.read()
-            assert master.wait(timeout=60) == 0
+            finish_cleanly(
+                master, first, aiodq_async("worker", "--connect", f"127.0.0.1:{port}", "--shard", "1/2")
+            )
         finally:
             master.kill()
     assert third.returncode == 1
@@ -324,21 +328,13 @@ def test_a_worker_with_other_data_of_the_same_shape_is_refused(tmp_path: Path) -
     """The master names its data by fingerprint in CONFIG: a worker whose file differs in one value (same
     samples, same features) leaves with INVALID_CONFIG (exit 1, no retry), and one with the master's
     file then trains."""
-    data = ROOT / "tests" / "fixtures" / "a9a-head-300"
-    other = tmp_path / "a9a-edited"
-    lines = data.read_text().splitlines(keepends=True)
-    assert lines[0].startswith("-1 3:1 ")
-    other.write_text(lines[0].replace("3:1", "3:0.5", 1) + "".join(lines[1:]))
+    data, other = A9A_HEAD, edited_fixture(tmp_path)
     with master_process(tmp_path, "--data", str(data), "--workers", "1", "--epochs", "1") as (master, port):
         try:
             connect = ("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/1", "--retry-for", "0")
             wrong = aiodq_async(*connect, "--data", str(other))
             _, wrong_err = wrong.communicate(timeout=60)
-            right = aiodq_async(*connect, "--data", str(data))
-            _, right_err = right.communicate(timeout=120)
-            assert right.returncode == 0, right_err
-            master.stdout.read()
-            assert master.wait(timeout=60) == 0
+            finish_cleanly(master, aiodq_async(*connect, "--data", str(data)))
         finally:
             master.kill()
     assert wrong.returncode == 1

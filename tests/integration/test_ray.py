@@ -27,7 +27,16 @@ from aiodq.errors import CheckpointError, RunError  # noqa: E402
 from aiodq.launch.ray import run_ray  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
 
-from .cluster import A9A, ROOT, alive, logistic_optimum, poll_until, wait_until  # noqa: E402
+from .cluster import (  # noqa: E402
+    A9A,
+    A9A_HEAD,
+    ROOT,
+    alive,
+    edited_fixture,
+    logistic_optimum,
+    poll_until,
+    wait_until,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -388,10 +397,7 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     from aiodq.errors import ErrorCode  # noqa: PLC0415
     from aiodq.launch.ray_actors import MasterActor, Secret, WorkerActor  # noqa: PLC0415
 
-    source = ROOT / "tests" / "fixtures" / "a9a-head-300"
-    other = tmp_path / "a9a-edited"
-    lines = source.read_text().splitlines(keepends=True)
-    other.write_text(lines[0].replace("3:1", "3:0.5", 1) + "".join(lines[1:]))
+    source, other = A9A_HEAD, edited_fixture(tmp_path)
     outcomes = []
     for data in (other, source):
         master, secret = MasterActor(), Secret(b"s" * 32)
