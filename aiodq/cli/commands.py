@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -27,7 +26,6 @@ from ..launch.local import (
 )
 from ..launch.models import load_factory, objective_for, test_scores
 from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
-from ..net.checkpoint import lock_path
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -35,6 +33,7 @@ from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
+from .outfolder import EARLIER_LOG, LOG, found, holds_finished_run, set_aside_finished_log, undo_refused_start
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_experiment", "cmd_master", "cmd_run", "cmd_worker"]
 
@@ -151,39 +150,6 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
 
 
-def _found(out: str | None, checkpoint: str | None, *more: str | None) -> list[Path]:
-    """What a start may create that is not there yet, deepest first.
-
-    ``out``'s aiodq.log, the checkpoint's lock file, ``more``, and their missing folders.
-    """
-    paths = [None if out is None else Path(out) / "aiodq.log", checkpoint and lock_path(checkpoint), *more]
-    missing: set[Path] = set()
-    for path in paths:
-        place = Path(os.path.abspath(path)) if path is not None else None
-        while place is not None and not place.exists() and place != place.parent:
-            missing.add(place)
-            place = place.parent
-    return sorted(missing, key=lambda place: len(place.parts), reverse=True)
-
-
-def _undo_refused_start(missing: list[Path]) -> None:
-    """After a start refused before training (its checkpoint): what :func:`_found` listed, removed.
-
-    The log handler of an aiodq.log there is closed first; folders go only if empty.  A log that
-    was there before is not listed: it is only appended to, and kept.
-    """
-    logger = logging.getLogger("aiodq")
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(os.path.realpath(handler.baseFilename)) in {
-            Path(os.path.realpath(place)) for place in missing
-        }:
-            logger.removeHandler(handler)
-            handler.close()
-    for place in missing:
-        with contextlib.suppress(OSError):
-            place.rmdir() if place.is_dir() else place.unlink()
-
-
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
     """Score the model on ``test`` and write the results into ``out``; the line that says where.
 
@@ -298,12 +264,8 @@ def _kept_instead(failed: RunResult, out: Path) -> str | None:
     """
     if not failed.trace:
         return "the run never trained (no snapshot phase ended)"
-    try:
-        finished = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("failure", 0) is None
-    except (OSError, ValueError, AttributeError):
-        finished = False
-    if finished:
-        kept = "kept (its aiodq.log is this run's; give another --out)"
+    if holds_finished_run(out):
+        kept = f"kept (their log is {EARLIER_LOG}; give another --out)"
         return f"{out} holds the results of a run that finished, {kept}"
     return None
 
@@ -318,7 +280,7 @@ def _checked_checkpoint(path: str | None, out: Path) -> None:
     if path is None:
         return
     target = Path(path).resolve()
-    for name in (*RESULT_FILES, "aiodq.log"):
+    for name in (*RESULT_FILES, LOG, EARLIER_LOG):
         if target == (out / name).resolve():
             raise UsageError(f"--checkpoint {path}: the run writes its {name} there (--out {out})")
 
@@ -346,12 +308,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
-    found = _found(args.out, saving["checkpoint"])
+    missing = found(args.out, saving["checkpoint"])
     out = _output_folder(args.out)
     assert out is not None
     _checked_checkpoint(saving["checkpoint"], out)
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
-    setup_logging(logging.WARNING, out / "aiodq.log", append=saving["checkpoint"] is not None)
+    set_aside = out if set_aside_finished_log(out) else None
+    setup_logging(logging.WARNING, out / LOG, append=saving["checkpoint"] is not None)
     for record in held:
         logging.getLogger(record.name).handle(record)
     write_now = _EarlyResults(out, test, dataset)
@@ -397,7 +360,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"aiodq run: {exc}", file=sys.stderr)
         write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         if isinstance(exc, CheckpointError) and write_now.written is None:  # (mid-run, it is logged)
-            _undo_refused_start(found)
+            undo_refused_start(missing, set_aside)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
@@ -430,7 +393,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    found = _found(args.out, saving["checkpoint"], args.records)
+    missing = found(args.out, saving["checkpoint"], args.records)
     records = Path(args.records) if args.records else None
     if records is not None:
         if records.is_dir():
@@ -440,9 +403,11 @@ def cmd_master(args: argparse.Namespace) -> int:
         except RunError as exc:
             raise UsageError(f"--records: {exc}") from exc
     out = _output_folder(args.out)
+    set_aside = None
     if out is not None:
         _checked_checkpoint(saving["checkpoint"], out)
-        add_logfile(out / "aiodq.log", append=saving["checkpoint"] is not None)
+        set_aside = out if set_aside_finished_log(out) else None
+        add_logfile(out / LOG, append=saving["checkpoint"] is not None)
     options = {
         "master_config": master_config,
         "connection_config": network,
@@ -471,7 +436,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             write_now.say("master")
         print(f"aiodq master: {exc}", file=sys.stderr)
         if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
-            _undo_refused_start(found)
+            undo_refused_start(missing, set_aside)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:

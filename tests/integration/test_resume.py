@@ -135,6 +135,8 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     )
     assert finished.returncode == 0, finished.stderr
     kept = (out / "result.json").read_bytes(), (out / "model.npz").read_bytes()
+    finished_log = (out / "aiodq.log").read_text()
+    assert "epoch 1" in finished_log
     stopped = aiodq_command(
         "run", "--data", str(DATA), "--workers", "2", "--epochs", "10000", "--timeout", "3",
         "--no-progress", "--out", str(out),
@@ -142,9 +144,12 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     assert stopped.returncode == 1
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"aiodq run: the run as it stood was not written: {out} holds the results of a run that finished, "
-        "kept (its aiodq.log is this run's; give another --out)"
+        "kept (their log is aiodq.log.1; give another --out)"
     )
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
+    # The finished run's log went aside when the new run started; aiodq.log is the stopped run's.
+    assert (out / "aiodq.log.1").read_text() == finished_log
+    assert (out / "aiodq.log").read_text() != finished_log
 
 
 def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_model(tmp_path: Path) -> None:
@@ -188,7 +193,7 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     assert "diverged" in diverged.stderr
     assert (
         f"the results were not written: {out} holds the results of a run that finished, kept "
-        "(its aiodq.log is this run's; give another --out)"
+        "(their log is aiodq.log.1; give another --out)"
     ) in diverged.stderr
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
 
@@ -434,9 +439,14 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "other.txt").write_text("mine")
+    finished = tmp_path / "finished"  # a finished run's folder: its log is set aside, then put back
+    finished.mkdir()
+    (finished / "result.json").write_text('{"failure": null}')
+    (finished / "aiodq.log").write_text("the finished run's log\n")
     cases = [
         (["--checkpoint", str(path), "--out", str(tmp_path / "new")], "is not overwritten"),
         (["--checkpoint", str(path), "--out", str(kept)], "is not overwritten"),
+        (["--checkpoint", str(path), "--out", str(finished)], "is not overwritten"),
         (["--checkpoint", str(path), "--out", str(tmp_path / "deep" / "a" / "b")], "is not overwritten"),
         (
             [
@@ -459,13 +469,15 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
         assert refused.returncode == 1, refused.stderr
         assert said in refused.stderr
     assert path.read_text() == "not a checkpoint"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finished", "kept", "notes.txt"]
     assert sorted(p.name for p in kept.iterdir()) == ["other.txt"]
+    assert sorted(p.name for p in finished.iterdir()) == ["aiodq.log", "result.json"]
+    assert (finished / "aiodq.log").read_text() == "the finished run's log\n"
 
 
 def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    for name in ("model.npz", "result.json", "aiodq.log"):
+    for name in ("model.npz", "result.json", "aiodq.log", "aiodq.log.1"):
         refused = aiodq_command(
             "run", "--data", str(DATA), "--epochs", "1", "--checkpoint", str(out / name), "--out", str(out)
         )
