@@ -33,7 +33,7 @@ from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
-from .outfolder import EARLIER_LOG, LOG, found, holds_finished_run, set_aside_finished_log, undo_refused_start
+from .outfolder import LOG, NEW_LOG, found, holds_finished_run, log_for, results_written, undo_refused_start
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_experiment", "cmd_master", "cmd_run", "cmd_worker"]
 
@@ -163,7 +163,7 @@ def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dat
         except (UsageError, ValueError) as exc:
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
     paths = write_results(result, out)
-    return f"wrote {', '.join(str(p) for p in paths)}; log in {out / 'aiodq.log'}"
+    return f"wrote {', '.join(str(p) for p in paths)}; log in {results_written(out)}"
 
 
 def _finish(
@@ -265,7 +265,7 @@ def _kept_instead(failed: RunResult, out: Path) -> str | None:
     if not failed.trace:
         return "the run never trained (no snapshot phase ended)"
     if holds_finished_run(out):
-        kept = f"kept (their log is {EARLIER_LOG}; give another --out)"
+        kept = f"kept with their {LOG} (this run's log is {NEW_LOG}; give another --out)"
         return f"{out} holds the results of a run that finished, {kept}"
     return None
 
@@ -280,7 +280,7 @@ def _checked_checkpoint(path: str | None, out: Path) -> None:
     if path is None:
         return
     target = Path(path).resolve()
-    for name in (*RESULT_FILES, LOG, EARLIER_LOG):
+    for name in (*RESULT_FILES, LOG, NEW_LOG):
         if target == (out / name).resolve():
             raise UsageError(f"--checkpoint {path}: the run writes its {name} there (--out {out})")
 
@@ -308,13 +308,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
-    missing = found(args.out, saving["checkpoint"])
+    log = log_for(Path(args.out))
+    missing = found(log, saving["checkpoint"])
     out = _output_folder(args.out)
     assert out is not None
     _checked_checkpoint(saving["checkpoint"], out)
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
-    set_aside = out if set_aside_finished_log(out) else None
-    setup_logging(logging.WARNING, out / LOG, append=saving["checkpoint"] is not None)
+    setup_logging(logging.WARNING, out / log.name, append=saving["checkpoint"] is not None)
     for record in held:
         logging.getLogger(record.name).handle(record)
     write_now = _EarlyResults(out, test, dataset)
@@ -360,7 +360,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"aiodq run: {exc}", file=sys.stderr)
         write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         if isinstance(exc, CheckpointError) and write_now.written is None:  # (mid-run, it is logged)
-            undo_refused_start(missing, set_aside)
+            undo_refused_start(missing)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
@@ -393,7 +393,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    missing = found(args.out, saving["checkpoint"], args.records)
+    log = None if args.out is None else log_for(Path(args.out))
+    missing = found(log, saving["checkpoint"], args.records)
     records = Path(args.records) if args.records else None
     if records is not None:
         if records.is_dir():
@@ -403,11 +404,9 @@ def cmd_master(args: argparse.Namespace) -> int:
         except RunError as exc:
             raise UsageError(f"--records: {exc}") from exc
     out = _output_folder(args.out)
-    set_aside = None
-    if out is not None:
+    if out is not None and log is not None:
         _checked_checkpoint(saving["checkpoint"], out)
-        set_aside = out if set_aside_finished_log(out) else None
-        add_logfile(out / LOG, append=saving["checkpoint"] is not None)
+        add_logfile(out / log.name, append=saving["checkpoint"] is not None)
     options = {
         "master_config": master_config,
         "connection_config": network,
@@ -436,7 +435,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             write_now.say("master")
         print(f"aiodq master: {exc}", file=sys.stderr)
         if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
-            undo_refused_start(missing, set_aside)
+            undo_refused_start(missing)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:

@@ -144,12 +144,13 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     assert stopped.returncode == 1
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"aiodq run: the run as it stood was not written: {out} holds the results of a run that finished, "
-        "kept (their log is aiodq.log.1; give another --out)"
+        "kept with their aiodq.log (this run's log is aiodq.log.new; give another --out)"
     )
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
-    # The finished run's log went aside when the new run started; aiodq.log is the stopped run's.
-    assert (out / "aiodq.log.1").read_text() == finished_log
-    assert (out / "aiodq.log").read_text() != finished_log
+    # The finished results keep their log; the stopped run's is aiodq.log.new.
+    assert (out / "aiodq.log").read_text() == finished_log
+    stopped_log = (out / "aiodq.log.new").read_text()
+    assert "joined" in stopped_log and stopped_log != finished_log
 
 
 def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_model(tmp_path: Path) -> None:
@@ -162,6 +163,7 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     )
     assert finished.returncode == 0, finished.stderr
     kept = (out / "result.json").read_bytes(), (out / "model.npz").read_bytes()
+    finished_log = (out / "aiodq.log").read_text()
     lonely = (
         "master",
         "--listen",
@@ -193,9 +195,26 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     assert "diverged" in diverged.stderr
     assert (
         f"the results were not written: {out} holds the results of a run that finished, kept "
-        "(their log is aiodq.log.1; give another --out)"
+        "with their aiodq.log (this run's log is aiodq.log.new; give another --out)"
     ) in diverged.stderr
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
+    # Two runs that did not finish (aiodq master, then aiodq run) left the finished run's log as it was;
+    # aiodq.log.new is the last one's (a review lost the finished log to the second run of such a chain).
+    assert (out / "aiodq.log").read_text() == finished_log
+    assert "diverged" in (out / "aiodq.log.new").read_text()
+    # A run that finishes there replaces the results, and its log becomes aiodq.log.
+    again = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith(f"log in {out / 'aiodq.log'}")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "aiodq.log",
+        "loss_vs_bits.png",
+        "model.npz",
+        "result.json",
+    ]
+    assert (out / "aiodq.log").read_text() != finished_log and "epoch 1" in (out / "aiodq.log").read_text()
 
 
 def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_its_file(
@@ -477,7 +496,7 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
 
 def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    for name in ("model.npz", "result.json", "aiodq.log", "aiodq.log.1"):
+    for name in ("model.npz", "result.json", "aiodq.log", "aiodq.log.new"):
         refused = aiodq_command(
             "run", "--data", str(DATA), "--epochs", "1", "--checkpoint", str(out / name), "--out", str(out)
         )
