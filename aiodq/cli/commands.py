@@ -265,7 +265,8 @@ def _kept_instead(failed: RunResult, out: Path) -> str | None:
     if not failed.trace:
         return "the run never trained (no snapshot phase ended)"
     if holds_finished_run(out):
-        kept = f"kept with their {LOG} (this run's log is {NEW_LOG}; give another --out)"
+        theirs = f" with their {LOG}" if (out / LOG).exists() else ""
+        kept = f"kept{theirs} (this run's log is {NEW_LOG}; give another --out)"
         return f"{out} holds the results of a run that finished, {kept}"
     return None
 
