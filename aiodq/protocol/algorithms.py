@@ -414,9 +414,10 @@ class WorkerState:
         Draws the next mini-batch and computes grad f_B(x_snap) on it, which
         :meth:`variance_reduced` then uses instead of computing them after the MODEL
         arrives (only the mini-batch for an objective with ``grad_difference``, which
-        needs x_hat for both terms).  The result is the same bit for bit: between two steps the next draw
-        from the generator is always the mini-batch, so drawing it early keeps the
-        order, and a new snapshot (:meth:`snapshot_phase`) recomputes the term.
+        needs x_hat for both terms).  The result is the same bit for bit: between two
+        steps the next draw from the generator is always the mini-batch, so drawing it
+        early keeps the order, and a new snapshot (:meth:`snapshot_phase`) recomputes
+        the term.
         Calling it again before the next step does nothing.
         """
         if self._next_rows is None:

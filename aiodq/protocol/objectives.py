@@ -77,9 +77,8 @@ def logsumexp(values: Array, axis: int) -> Array:
 
 
 def _softmax(scores: Array) -> Array:
-    """Each row's ``exp(s) / sum(exp(s))``, shifted by the row's maximum so nothing overflows."""
-    out: Array = np.exp(scores - scores.max(axis=1, keepdims=True))
-    out /= out.sum(axis=1, keepdims=True)
+    """Each row's ``exp(s) / sum(exp(s))``, through :func:`logsumexp` (as the losses take it)."""
+    out: Array = np.exp(scores - logsumexp(scores, axis=1)[:, None])
     return out
 
 
@@ -329,52 +328,50 @@ class LogisticRegression(_Samples):
         scores = np.asarray(features @ (x[:-1] if self.bias else x), dtype=np.float64).reshape(-1)
         return scores + x[-1] if self.bias else scores
 
-    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
-        """See :meth:`Objective.loss_grad`."""
+    def _rows(self, rows: Rows | None) -> tuple[Any, npt.NDArray[Any]]:
+        """The block of ``rows`` (all with None) and its labels.
+
+        A CSR mini-batch comes as its flat arrays (:meth:`_sparse_batch`: a . w and A^T weights
+        are then weighted bincounts over its entries), anything else as the features.
+        """
         sparse = None if rows is None else self._sparse_batch(rows)
-        if sparse is not None:
-            # A CSR mini-batch: a . w and A^T weights as two weighted bincounts over its entries.
-            columns, values, row_of, labels = sparse
-            w = x[:-1] if self.bias else x
-            scores: Any = np.bincount(row_of, weights=values * w[columns], minlength=labels.shape[0])
-            margins = labels * (scores + x[-1] if self.bias else scores)
-            weights = -labels * expit(-margins)
+        return (sparse, sparse[3]) if sparse is not None else self._batch(rows)
+
+    def _scores(self, x: Array, block: Any) -> Any:
+        """``a . w (+ b)`` for each row of a block from :meth:`_rows`."""
+        if not isinstance(block, tuple):
+            return self._margins(x, block)
+        columns, values, row_of, labels = block
+        w = x[:-1] if self.bias else x
+        scores = np.bincount(row_of, weights=values * w[columns], minlength=labels.shape[0])
+        return scores + x[-1] if self.bias else scores
+
+    def _transposed(self, weights: Array, block: Any) -> Array:
+        """``A^T weights`` over a block from :meth:`_rows`, then the intercept's sum if ``bias``."""
+        if isinstance(block, tuple):
+            columns, values, row_of, _ = block
             # (astype: bincount gives int64 zeros for a batch without entries.)
-            grad: Array = np.bincount(columns, weights=values * weights[row_of], minlength=w.shape[0]).astype(
+            size = self.dim - int(self.bias)
+            grad: Array = np.bincount(columns, weights=values * weights[row_of], minlength=size).astype(
                 np.float64, copy=False
             )
         else:
-            features, labels = self._batch(rows)
-            margins = labels * self._margins(x, features)
-            weights = -labels * expit(-margins)
-            grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
-        if self.bias:
-            grad = np.append(grad, weights.sum())
-        return -float(log_expit(margins).sum()), grad
+            grad = np.asarray(block.T @ weights, dtype=np.float64).reshape(-1)
+        return np.append(grad, weights.sum()) if self.bias else grad
+
+    def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
+        """See :meth:`Objective.loss_grad`."""
+        block, labels = self._rows(rows)
+        margins = labels * self._scores(x, block)
+        weights = -labels * expit(-margins)
+        return -float(log_expit(margins).sum()), self._transposed(weights, block)
 
     def grad_difference(self, x: Array, y: Array, rows: Rows) -> Array:
         """See :class:`Objective`: one ``A^T`` product of the two points' weights, and no loss."""
-        sparse = self._sparse_batch(rows)
-        if sparse is not None:
-            columns, values, row_of, labels = sparse
-            w, v = (x[:-1], y[:-1]) if self.bias else (x, y)
-            count = labels.shape[0]
-            at_x: Any = np.bincount(row_of, weights=values * w[columns], minlength=count)
-            at_y: Any = np.bincount(row_of, weights=values * v[columns], minlength=count)
-            if self.bias:
-                at_x, at_y = at_x + x[-1], at_y + y[-1]
-            # -y expit(-y m) at x, minus the same at y.
-            weights = labels * (expit(-labels * at_y) - expit(-labels * at_x))
-            grad: Array = np.bincount(columns, weights=values * weights[row_of], minlength=w.shape[0]).astype(
-                np.float64, copy=False
-            )
-        else:
-            features, labels = self._batch(rows)
-            weights = labels * (
-                expit(-labels * self._margins(y, features)) - expit(-labels * self._margins(x, features))
-            )
-            grad = np.asarray(features.T @ weights, dtype=np.float64).reshape(-1)
-        return np.append(grad, weights.sum()) if self.bias else grad
+        block, labels = self._rows(rows)
+        # -y expit(-y m) at x, minus the same at y.
+        weights = labels * (expit(-labels * self._scores(y, block)) - expit(-labels * self._scores(x, block)))
+        return self._transposed(weights, block)
 
     def correct(self, x: Array) -> int:
         """Samples on the right side of the hyperplane."""
