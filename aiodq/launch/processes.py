@@ -186,15 +186,19 @@ def exits(workers: Sequence[WorkerProcess]) -> list[asyncio.Future[int]]:
 async def stop_workers(workers: Sequence[WorkerProcess], grace: float = 5.0) -> None:
     """Stop every worker still running: SIGTERM, then SIGKILL for any alive ``grace`` s later.
 
-    Returns when every process has exited and its pipes are closed.
+    Returns when every process has exited and its pipes are closed.  A stop cancelled during
+    the grace (a second Ctrl-C, a caller's timeout) sends the SIGKILL at once, so that no worker
+    that ignores SIGTERM outlives it.
     """
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
-    # asyncio.wait, not gather: a cancelled stop must not cancel the processes' own futures.
-    if workers:
-        await asyncio.wait(exits(workers), timeout=grace)
-    for worker in workers:
-        worker.send_signal(signal.SIGKILL)
+    try:
+        # asyncio.wait, not gather: a cancelled stop must not cancel the processes' own futures.
+        if workers:
+            await asyncio.wait(exits(workers), timeout=grace)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
     if workers:
         await asyncio.wait(exits(workers))
     await asyncio.gather(*(worker.finish_reading() for worker in workers))

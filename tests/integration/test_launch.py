@@ -263,6 +263,29 @@ async def test_stopping_kills_a_worker_process_that_ignores_sigterm_after_the_gr
         await stop_workers([worker])
 
 
+@pytest.mark.asyncio
+async def test_a_cancelled_stop_still_kills_a_worker_process_that_ignores_sigterm() -> None:
+    """A second Ctrl-C cancels the stop in its grace: the SIGKILL goes out then, not never."""
+    from aiodq.launch.processes import WorkerProcess, exits, stop_workers  # noqa: PLC0415
+
+    worker = await WorkerProcess.start(0, [sys.executable, "-c", _STUBBORN], dict(os.environ))
+    try:
+        async with asyncio.timeout(60):
+            while "ready" not in await worker.stderr_tail():
+                await asyncio.wait([worker.exited], timeout=0.05)
+        stopping = asyncio.create_task(stop_workers([worker], grace=600))
+        await asyncio.sleep(0)  # one turn of the loop: the task sends SIGTERM and starts its grace
+        assert not worker.has_exited
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        async with asyncio.timeout(60):
+            await asyncio.wait(exits([worker]))
+        assert worker.returncode == -signal.SIGKILL
+    finally:
+        await stop_workers([worker])
+
+
 #: Exits 1 while a process it started (which says it is up, then sleeps) holds its stderr open.
 _PARENT = """
 import subprocess, sys
