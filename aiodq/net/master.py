@@ -36,6 +36,7 @@ from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
 from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.coordinator import Coordinator
+from ..protocol.dataset import other_data
 from ..protocol.objectives import Objective
 from ..protocol.result import RunResult
 from . import checkpoint as checkpoint_file
@@ -564,10 +565,14 @@ class Master:
         """Refuse to resume a checkpoint of a run on other data (both fingerprints known)."""
         if self._data_fingerprint is None or saved == self._data_fingerprint:
             return
-        if saved is None:
-            _log.warning(
-                "the checkpoint %s does not say what data it trained on: not checked", self._checkpoint
+        if not (isinstance(saved, str) and other_data(saved, self._data_fingerprint)):
+            named = isinstance(saved, str)  # then by another version's recipe: not comparable
+            what = (
+                f"names its data by another recipe ({saved})"
+                if named
+                else "does not say what data it trained on"
             )
+            _log.warning("the checkpoint %s %s: not checked", self._checkpoint, what)
             return
         raise CheckpointError(
             f"the checkpoint {self._checkpoint} was written by a run on other data (fingerprint {saved}; "

@@ -16,7 +16,13 @@ import numpy.typing as npt
 from ..errors import DataError
 from .objectives import BUILT_IN, Features, class_count_of
 
-__all__ = ["Dataset", "as_samples", "class_count", "labels_for", "shard"]
+__all__ = ["Dataset", "as_samples", "class_count", "labels_for", "other_data", "shard"]
+
+
+#: The name of :meth:`Dataset.fingerprint`'s recipe, the text before its digest.  A change to what
+#: is hashed, or how, takes another name, so that versions with different recipes can tell that
+#: their fingerprints do not compare.
+_RECIPE = "blake2b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,8 @@ class Dataset:
         left out (``eliminate_zeros``: a file's ``3:0`` adds nothing to the data).  The same
         data read from the same kind of file gives the same fingerprint; any changed value,
         sample or label (or a change of form, dense or CSR) gives another.  The name is left
-        out.
+        out.  The text is the recipe's name, a colon and the digest: ``blake2b:`` and 32 hex
+        digits for this recipe, another name for any later one (see :func:`other_data`).
         """
         digest = hashlib.blake2b(digest_size=16)
         features: Any = self.features  # a dense array, or a CSR matrix (scipy is optional)
@@ -81,7 +88,7 @@ class Dataset:
             digest.update(np.ascontiguousarray(features.indptr, dtype="<i8").data)
         else:
             _add_floats(digest, features)
-        return f"blake2b:{digest.hexdigest()}"
+        return f"{_RECIPE}:{digest.hexdigest()}"
 
     def for_model(
         self, model: str, *, training_set: bool = False, values: npt.NDArray[Any] | None = None
@@ -105,6 +112,17 @@ class Dataset:
         return (
             self if note is None and labels is self.labels else Dataset(self.features, labels, self.name)
         ), note
+
+
+def other_data(first: str, second: str) -> bool:
+    """Whether two fingerprints (:meth:`Dataset.fingerprint`) show that the data differ.
+
+    Only fingerprints of one recipe (the text before the last colon) are compared: those of
+    different recipes, written by versions of aiodq that digest data differently, tell
+    nothing, and give False, as a fingerprint that is missing does.
+    """
+    recipe, _, _ = first.rpartition(":")
+    return recipe == second.rpartition(":")[0] and first != second
 
 
 def _add_floats(digest: Any, values: Any) -> None:

@@ -32,7 +32,7 @@ from ..errors import DataError, ErrorCode, RemoteProtocolError
 from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
-from .dataset import as_samples, class_count, labels_for
+from .dataset import as_samples, class_count, labels_for, other_data
 from .objectives import BUILT_IN, Objective, check_objective, make_objective, objective_name
 
 __all__ = ["WorkerSession"]
@@ -250,7 +250,7 @@ class WorkerSession:
         try:
             config = TrainConfig.from_params(event.params)
             data, own = event.params.get("data"), self.data_fingerprint
-            if own is not None and isinstance(data, str) and data != own:
+            if own is not None and isinstance(data, str) and other_data(own, data):
                 raise ValueError(
                     f"this worker's data (fingerprint {own}) is not the master's ({data}): start it with "
                     "the data the master trains on (--data)"

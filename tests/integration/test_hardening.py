@@ -584,7 +584,8 @@ async def test_a_master_closed_mid_run_checkpoints_where_it_stands(tmp_path: Pat
 @pytest.mark.asyncio
 async def test_resuming_on_other_data_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every checkpoint names the data's fingerprint; --resume with another refuses before anything
-    changes, the same one resumes, and a checkpoint that names none resumes with a warning."""
+    changes, the same one resumes, and a checkpoint that names none, or names its data by another
+    recipe, resumes with a warning."""
     path = tmp_path / "run.ckpt"
     config = TrainConfig(epochs=2)
     mine, other = "blake2b:" + "a" * 32, "blake2b:" + "b" * 32
@@ -617,6 +618,15 @@ async def test_resuming_on_other_data_is_refused(tmp_path: Path, caplog: pytest.
     await unnamed.close()
     assert "does not say what data it trained on: not checked" in caplog.text
     assert checkpoint_file.load(path).meta["data"] == other  # from now on it names this run's data
+    saved = checkpoint_file.load(path)
+    saved.meta["data"] = "blake3-v2:" + "c" * 64  # another version's recipe: the digests do not compare
+    checkpoint_file.save(path, saved)
+    later = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True, data_fingerprint=mine)
+    with caplog.at_level(logging.WARNING, logger="aiodq.master"):
+        await later.start()
+    await later.close()
+    assert f"names its data by another recipe (blake3-v2:{'c' * 64}): not checked" in caplog.text
+    assert checkpoint_file.load(path).meta["data"] == mine
 
 
 @pytest.mark.asyncio

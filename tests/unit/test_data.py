@@ -693,3 +693,17 @@ def test_a_datasets_fingerprint_is_the_documented_digest_and_tells_data_apart() 
     assert stored.nnz == 3  # the caller's matrix is left as it was
     dense_zero = np.array([[0.5, -0.0], [-0.0, -2.0]])
     assert Dataset(dense_zero, labels).fingerprint() == Dataset(dense, labels).fingerprint()
+
+
+def test_fingerprints_are_compared_only_within_one_recipe() -> None:
+    """The text before the last colon names the recipe: other data only where it is the same and
+    the digests differ; a later version's recipe tells nothing either way."""
+    from aiodq.protocol.dataset import other_data  # noqa: PLC0415
+
+    one, two = "blake2b:" + "1" * 32, "blake2b:" + "2" * 32
+    later = "blake3-v2:" + "1" * 64
+    assert other_data(one, two) and other_data(two, one)
+    assert not other_data(one, one)
+    assert not other_data(one, later) and not other_data(later, one)
+    assert other_data(later, "blake3-v2:" + "2" * 64)
+    assert Dataset(np.eye(2), np.array([1, -1])).fingerprint().startswith("blake2b:")

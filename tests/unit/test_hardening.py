@@ -685,7 +685,7 @@ def test_a_shard_split_with_another_seed_is_refused_before_it_trains() -> None:
 def test_a_worker_whose_data_is_not_the_masters_is_refused_before_it_trains() -> None:
     """A master that names its data (the fingerprint in CONFIG's params) and a worker given another
     fingerprint: INVALID_CONFIG (final), naming both.  The same fingerprint trains, and either side
-    without one checks nothing."""
+    without one, or with one of another recipe, checks nothing."""
     dataset = small_a9a()
     mine, other = dataset.fingerprint(), "blake2b:" + "0" * 32
 
@@ -705,7 +705,9 @@ def test_a_worker_whose_data_is_not_the_masters_is_refused_before_it_trains() ->
         f"this worker's data (fingerprint {other}) is not the master's ({mine}): start it with the data "
         "the master trains on (--data)",
     )
-    for master_has, worker_has in ((mine, mine), (None, other), (mine, None)):
+    # A fingerprint of another recipe (a later version's digest of the data) compares with nothing.
+    later = "blake3-v2:" + "0" * 64
+    for master_has, worker_has in ((mine, mine), (None, other), (mine, None), (mine, later), (later, mine)):
         session = run(master_has, worker_has)
         assert not session.failed and session.gradients_sent > 0, (master_has, worker_has)
 
