@@ -47,7 +47,7 @@ from .options import (
 )
 
 try:
-    from .commands import EXIT_USAGE, cmd_experiment, cmd_master, cmd_run, cmd_worker
+    from .commands import EXIT_USAGE, cmd_experiment, cmd_master, cmd_run, cmd_worker, say
 except ImportError as exc:  # scipy: the cli extra (with its data extra) is not installed
     _MISSING: str | None = exc.name or str(exc)
     EXIT_USAGE = 2
@@ -307,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the log's first line
     if _MISSING is not None and args.command != "demo":
         print(
             f"aiodq {args.command}: needs the command line's extra ({_MISSING} is not installed): "
@@ -343,10 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiodq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"aiodq {args.command}: interrupted{_kept(args)}", file=sys.stderr)
+        say(args.command, f"interrupted{_kept(args)}")
         return 130
     except StoppedError as exc:
-        print(f"aiodq {args.command}: stopped by {exc}{_kept(args)}", file=sys.stderr)
+        say(args.command, f"stopped by {exc}{_kept(args)}")
         return 128 + exc.signum
     except BrokenPipeError as exc:
         if not _stdout_broken():  # another pipe (a FIFO given as --out, say): an error like any other

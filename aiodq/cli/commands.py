@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
+from ..version import __version__
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 from .outfolder import LOG, NEW_LOG, found, holds_finished_run, log_for, results_written, undo_refused_start
 
@@ -58,6 +60,27 @@ def print_summary(summary: dict[str, object], command: str) -> None:
 _FORMAT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+#: What a command prints on stderr is logged here too, so that aiodq.log says how the run ended
+#: (the console handler leaves these records out: they are printed already).
+_said = logging.getLogger("aiodq.cli")
+_said.addHandler(logging.NullHandler())  # no log set up (yet): not Python's last-resort stderr handler
+
+
+def say(command: str, message: str, *, level: int = logging.ERROR) -> None:
+    """Print ``aiodq COMMAND: MESSAGE`` on stderr; the log file gets it too, at ``level``."""
+    print(f"aiodq {command}: {message}", file=sys.stderr)
+    _said.log(level, "aiodq %s: %s", command, message)
+
+
+def log_start(argv: list[str]) -> None:
+    """Open the log file's record of a run: the command line and the version."""
+    _said.info("aiodq %s (version %s)", shlex.join(argv), __version__)
+
+
+def _not_said(record: logging.LogRecord) -> bool:
+    return record.name != _said.name
+
+
 def setup_logging(stderr_level: int, logfile: Path | None = None, *, append: bool = False) -> None:
     """Log aiodq's records to stderr at ``stderr_level`` and, if given, everything to ``logfile``."""
     logger = logging.getLogger("aiodq")
@@ -65,6 +88,7 @@ def setup_logging(stderr_level: int, logfile: Path | None = None, *, append: boo
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(stderr_level)
     console.setFormatter(_FORMAT)
+    console.addFilter(_not_said)
     logger.addHandler(console)
     if logfile is not None:
         add_logfile(logfile, append=append)
@@ -180,25 +204,27 @@ def _finish(
     written = ""
     kept = _kept_instead(result, out) if out is not None and result.failure else None
     if kept is not None:
-        print(f"aiodq {command}: the results were not written: {kept}", file=sys.stderr)
+        say(command, f"the results were not written: {kept}")
     elif out is not None:
         try:
             written = _write(result, out, test, train)
         except RunError as exc:
-            print(f"aiodq {command}: {exc}", file=sys.stderr)
+            say(command, str(exc))
             return EXIT_FAILED
     print_summary(result.to_json(), command)
     if written:
         print(written)
+        _said.info("aiodq %s: %s", command, written)
     if train is not None and result.trace and result.trace[-1].samples < train.samples:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
-        print(
-            f"aiodq {command}: the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
+        say(
+            command,
+            f"the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
             "samples: a worker's shard was missing from the last snapshot phase (docs/security.md)",
-            file=sys.stderr,
+            level=logging.WARNING,
         )
     if result.failure:
-        print(f"aiodq {command}: {result.failure}", file=sys.stderr)
+        say(command, result.failure)
         return EXIT_FAILED
     return 0
 
@@ -232,7 +258,7 @@ class _EarlyResults:
     def say(self, command: str) -> None:
         """On stderr, if training had finished: where the results are (or why they are not)."""
         if self.written is not None:
-            print(f"aiodq {command}: training had finished: {self.written}", file=sys.stderr)
+            say(command, f"training had finished: {self.written}", level=logging.INFO)
 
     def keep(self, command: str, stood: RunResult | None, failure: str | None = None) -> None:
         """Write a run stopped before training ended as it stood (``failure`` set, if given); say so.
@@ -244,16 +270,16 @@ class _EarlyResults:
         if failure is not None and (stood := as_it_stood(stood, failure)) is None:
             return
         if (kept := _kept_instead(stood, self._out)) is not None:
-            print(f"aiodq {command}: the run as it stood was not written: {kept}", file=sys.stderr)
+            say(command, f"the run as it stood was not written: {kept}")
             return
         last = stood.trace[-1]
         try:
             written = _write(stood, self._out, self._test, self._train)
         except RunError as exc:
-            print(f"aiodq {command}: the run as it stood was not written: {exc}", file=sys.stderr)
+            say(command, f"the run as it stood was not written: {exc}")
             return
         said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
-        print(f"aiodq {command}: the run as it stood, {said}: {written}", file=sys.stderr)
+        say(command, f"the run as it stood, {said}: {written}", level=logging.WARNING)
 
 
 def _kept_instead(failed: RunResult, out: Path) -> str | None:
@@ -266,7 +292,7 @@ def _kept_instead(failed: RunResult, out: Path) -> str | None:
         return "the run never trained (no snapshot phase ended)"
     if holds_finished_run(out):
         theirs = f" with their {LOG}" if (out / LOG).exists() else ""
-        kept = f"kept{theirs} (this run's log is {NEW_LOG}; give another --out)"
+        kept = f"kept{theirs} (this run's log is at the end of {NEW_LOG}; give another --out)"
         return f"{out} holds the results of a run that finished, {kept}"
     return None
 
@@ -315,7 +341,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert out is not None
     _checked_checkpoint(saving["checkpoint"], out)
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
-    setup_logging(logging.WARNING, out / log.name, append=saving["checkpoint"] is not None)
+    setup_logging(
+        logging.WARNING, out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG
+    )
+    log_start(args.argv)
     for record in held:
         logging.getLogger(record.name).handle(record)
     write_now = _EarlyResults(out, test, dataset)
@@ -358,10 +387,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_coroutine(launch)
     except (CheckpointError, RunError) as exc:
         write_now.say("run")
-        print(f"aiodq run: {exc}", file=sys.stderr)
-        write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         if isinstance(exc, CheckpointError) and write_now.written is None:  # (mid-run, it is logged)
+            # A refused start: the log, if it was there, is that of the checkpoint's run.
+            print(f"aiodq run: {exc}", file=sys.stderr)
             undo_refused_start(missing)
+        else:
+            say("run", str(exc))
+            write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
@@ -407,7 +439,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     out = _output_folder(args.out)
     if out is not None and log is not None:
         _checked_checkpoint(saving["checkpoint"], out)
-        add_logfile(out / log.name, append=saving["checkpoint"] is not None)
+        add_logfile(out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG)
+        log_start(args.argv)
     options = {
         "master_config": master_config,
         "connection_config": network,
@@ -434,9 +467,11 @@ def cmd_master(args: argparse.Namespace) -> int:
     except (CheckpointError, RunError) as exc:
         if write_now is not None:
             write_now.say("master")
-        print(f"aiodq master: {exc}", file=sys.stderr)
         if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
+            print(f"aiodq master: {exc}", file=sys.stderr)  # not into the log of the checkpoint's run
             undo_refused_start(missing)
+        else:
+            say("master", str(exc))
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:
@@ -444,14 +479,11 @@ def cmd_master(args: argparse.Namespace) -> int:
             write_now.keep("master", write_now.stood, _stop_reason(exc))
         raise
     except OSError as exc:
-        print(
-            f"aiodq master: cannot listen on {format_address(host, port)}: {describe_os_error(exc)}",
-            file=sys.stderr,
-        )
+        say("master", f"cannot listen on {format_address(host, port)}: {describe_os_error(exc)}")
         return EXIT_FAILED
     status = _finish("master", result, out, test, dataset)
     if "records_error" in result.summary:
-        print(f"aiodq master: {result.summary['records_error']}", file=sys.stderr)
+        say("master", result.summary["records_error"])
         return EXIT_FAILED
     return status
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import signal
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     assert stopped.returncode == 1
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"aiodq run: the run as it stood was not written: {out} holds the results of a run that finished, "
-        "kept with their aiodq.log (this run's log is aiodq.log.new; give another --out)"
+        "kept with their aiodq.log (this run's log is at the end of aiodq.log.new; give another --out)"
     )
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
     # The finished results keep their log; the stopped run's is aiodq.log.new.
@@ -186,6 +187,14 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
         assert said[-1] == "aiodq master: 0 of 2 workers joined within 1 s (--join-timeout)"
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
     assert sorted(path.name for path in (tmp_path / "fresh").iterdir()) == ["aiodq.log"]
+    # The log says what ran and how it ended, as stderr did.
+    lines = (tmp_path / "fresh" / "aiodq.log").read_text().splitlines()
+    assert lines[0].endswith(
+        f" aiodq.cli INFO aiodq {shlex.join(lonely)} --out {tmp_path / 'fresh'} (version {aiodq.__version__})"
+    )
+    assert [line.split(" ERROR ", 1)[1] for line in lines[1:]] == said
+    master_log = (out / "aiodq.log.new").read_text()
+    assert "0 of 2 workers joined within 1 s" in master_log
     # A run that trained, then failed (it diverged), keeps the finished results too.
     diverged = aiodq_command(
         "run", "--data", str(DATA), "--workers", "2", "--epochs", "3", "--l2", "10", "--step", "1",
@@ -195,13 +204,14 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     assert "diverged" in diverged.stderr
     assert (
         f"the results were not written: {out} holds the results of a run that finished, kept "
-        "with their aiodq.log (this run's log is aiodq.log.new; give another --out)"
+        "with their aiodq.log (this run's log is at the end of aiodq.log.new; give another --out)"
     ) in diverged.stderr
     assert ((out / "result.json").read_bytes(), (out / "model.npz").read_bytes()) == kept
-    # Two runs that did not finish (aiodq master, then aiodq run) left the finished run's log as it was;
-    # aiodq.log.new is the last one's (a review lost the finished log to the second run of such a chain).
+    # Two runs that did not finish (aiodq master, then aiodq run) left the finished run's log as it was
+    # (a review lost it to the second run of such a chain), and aiodq.log.new holds both of theirs.
     assert (out / "aiodq.log").read_text() == finished_log
-    assert "worker 0 joined" in (out / "aiodq.log.new").read_text()  # (no worker joined the master's run)
+    both = (out / "aiodq.log.new").read_text()
+    assert both.startswith(master_log) and "worker 0 joined" in both[len(master_log) :]
     # A run that finishes there replaces the results, and its log becomes aiodq.log.
     again = aiodq_command(
         "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
@@ -287,6 +297,9 @@ async def test_aiodq_run_stopped_by_sigterm_names_its_checkpoint(tmp_path: Path)
     assert meta["failure"] == "stopped by SIGTERM"
     assert _objective(model) == pytest.approx(written["trace"][-1]["loss"], rel=1e-9)
     assert f"aiodq run: the run as it stood, at epoch {written['trace'][-1]['epoch']} of 10000 " in run.stderr
+    # The log ends as stderr does: how the run ended, and where it stands.
+    last = (out / "aiodq.log").read_text().splitlines()[-1]
+    assert last.split(" aiodq.cli ERROR ", 1)[1] == run.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.asyncio
