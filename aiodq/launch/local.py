@@ -509,7 +509,14 @@ async def worker_main(
     if model is not None and model not in BUILT_IN:
         objective = objective_for(TrainConfig(model=model), part)
         return await run_worker(
-            host, port, objective=objective, name=name, shard=(index, workers), shard_seed=seed, **options
+            host,
+            port,
+            objective=objective,
+            model=model,  # a master training another model is refused, even of the same dimension
+            name=name,
+            shard=(index, workers),
+            shard_seed=seed,
+            **options,
         )
     return await run_worker(
         host,

@@ -71,6 +71,7 @@ async def run_worker(
     labels: Any = None,
     *,
     objective: Objective | None = None,
+    model: str | None = None,
     name: str = "",
     classes: int | None = None,
     label_values: Any = None,
@@ -92,6 +93,9 @@ async def run_worker(
         labels: their labels.
         objective: instead of ``features`` and ``labels``: this worker's own
             :class:`~aiodq.Objective`, holding its samples (its dimension must be the master's).
+        model: the model ``objective`` is (the ``MODULE:NAME`` it was loaded from, say), for an
+            objective without a ``name``: a run of another model is refused (INVALID_CONFIG,
+            final), although the dimensions agree.  None: only the objective's ``name`` is checked.
         name: a name for the master's logs.
         classes: number of classes of the whole dataset (default: from ``label_values``).
         label_values: the distinct labels of the whole dataset, when ``labels`` are a share of
@@ -141,6 +145,7 @@ async def run_worker(
                 features=features,
                 labels=labels,
                 objective=objective,
+                model=model,
                 name=name,
                 classes=classes,
                 label_values=label_values,
@@ -208,6 +213,7 @@ async def _session(
     features: Any,
     labels: Any,
     objective: Objective | None,
+    model: str | None,
     name: str,
     classes: int | None,
     label_values: Any,
@@ -232,6 +238,7 @@ async def _session(
         features,
         labels,
         objective=objective,
+        model=model,
         name=name,
         classes=classes,
         label_values=label_values,

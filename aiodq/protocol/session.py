@@ -47,6 +47,7 @@ class WorkerSession:
         labels: Any = None,
         *,
         objective: Objective | None = None,
+        model: str | None = None,
         name: str = "",
         classes: int | None = None,
         label_values: Any = None,
@@ -69,12 +70,15 @@ class WorkerSession:
         overlap and leave samples out.  ``data_fingerprint``: that of the dataset the shard was
         cut from (:meth:`~aiodq.protocol.dataset.Dataset.fingerprint`); a CONFIG whose ``data``
         parameter names another is refused (INVALID_CONFIG).  None, or a CONFIG without it: no check.
+        ``model``: the model ``objective`` is (a built-in's name, or the ``MODULE:NAME`` it was
+        loaded from), for one without a ``name`` of its own: a CONFIG naming another model is
+        refused (INVALID_CONFIG), even where the dimensions agree.
 
         Raises:
             TypeError: for data or an objective of an unsupported type, before anything is sent.
             ValueError: for features and labels of mismatched shapes.
         """
-        self.objective = objective
+        self.objective, self.model = objective, model
         if objective is not None:
             if features is not None or labels is not None:
                 raise TypeError("give the worker either features and labels or an objective, not both")
@@ -219,7 +223,7 @@ class WorkerSession:
             ValueError: if the worker cannot train that model; the text says why.
         """
         if self.objective is not None:
-            own = objective_name(self.objective)
+            own = objective_name(self.objective) or self.model
             if own is not None and own != config.model:
                 raise ValueError(f"the master trains {config.model!r}, this worker's objective is {own!r}")
             return self.objective

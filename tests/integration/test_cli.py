@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import A9A_HEAD, ROOT, aiodq, autogroup_nice, children, edited_fixture, poll_until
+from .cluster import (
+    A9A_HEAD,
+    LEAST_SQUARES,
+    ROOT,
+    aiodq,
+    autogroup_nice,
+    children,
+    edited_fixture,
+    poll_until,
+)
 
 
 def free_port() -> int:
@@ -342,6 +351,30 @@ def test_a_worker_with_other_data_of_the_same_shape_is_refused(tmp_path: Path) -
     assert "start it with the data the master trains on (--data)" in wrong_err
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["trace"][-1]["samples"] == 300
+
+
+def test_a_worker_given_another_model_of_the_same_dimension_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two user models with as many parameters: a worker started with the other one leaves with
+    INVALID_CONFIG (a newcomer trial: it trained, and the run reported the other model's loss)."""
+    (tmp_path / "my_models.py").write_text(LEAST_SQUARES + "\n\nclass Other(LeastSquares):\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    options = ("--data", str(A9A_HEAD), "--workers", "1", "--epochs", "1", "--step", "0.01")
+    with master_process(tmp_path, *options, "--model", "my_models:LeastSquares") as (master, port):
+        try:
+            connect = ("worker", "--connect", f"127.0.0.1:{port}", "--shard", "0/1", "--data", str(A9A_HEAD))
+            wrong = aiodq_async(*connect, "--retry-for", "0", "--model", "my_models:Other")
+            _, wrong_err = wrong.communicate(timeout=60)
+            finish_cleanly(master, aiodq_async(*connect, "--model", "my_models:LeastSquares"))
+        finally:
+            master.kill()
+    assert wrong.returncode == 1
+    assert (
+        "INVALID_CONFIG: the master trains 'my_models:LeastSquares', this worker's objective is "
+        "'my_models:Other'"
+    ) in wrong_err
+    assert json.loads((tmp_path / "result.json").read_text())["trace"][-1]["samples"] == 300
 
 
 def test_bench_cluster_smoke(tmp_path: Path) -> None:

@@ -195,7 +195,8 @@ class _Squares:
 
 @pytest.mark.asyncio
 async def test_workers_without_the_model_or_with_another_dimension_are_refused() -> None:
-    """INVALID_CONFIG and one clear line: no --model for a user model, or the wrong d; then one trains."""
+    """INVALID_CONFIG and one clear line: no --model for a user model, the wrong d, or another model of
+    the same d; then one trains."""
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((200, 5)), rng.standard_normal(200)
     config = aiodq.TrainConfig(model="mine:Squares", epochs=1, step=0.02)
@@ -212,7 +213,12 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
         assert narrow.reason == (
             "this worker's model _Squares has 4 parameters, the master's mine:Squares has 5"
         )
-        good = await aiodq.run_worker(host, port, objective=_Squares(a, b))
+        # Another model of the same dimension, named by where it was loaded from (a newcomer trial:
+        # it trained, and the run's loss was that other model's).
+        other = await aiodq.run_worker(host, port, objective=_Squares(a, b), model="theirs:Squares")
+        assert other.code == aiodq.ErrorCode.INVALID_CONFIG
+        assert other.reason == "the master trains 'mine:Squares', this worker's objective is 'theirs:Squares'"
+        good = await aiodq.run_worker(host, port, objective=_Squares(a, b), model="mine:Squares")
         result = await master.wait(timeout=60)
     assert good.ok, good
     assert result.ok
