@@ -28,6 +28,7 @@ This is the only module of aiodq that imports torch; ``import aiodq`` does not l
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -109,8 +110,9 @@ class TorchObjective:
             loss: for ``MSELoss`` the sum of its squared errors over the outputs.  Any other
             callable must return either the SUM over the batch (a 0-d tensor, e.g.
             ``functools.partial(F.cross_entropy, reduction="sum")``) or one loss per sample (a
-            1-d tensor of the batch's length, summed here); a callable returning the batch's
-            MEAN cannot be told apart from a sum and gives gradients B times too small.
+            1-d tensor of the batch's length, summed here).  The loss of the first two samples
+            together must be the sum of their own: a callable returning the batch's MEAN, or
+            outputs ``(B, 1)`` that torch broadcasts against labels ``(B,)``, are refused.
         features: the samples, one per row of the first axis: a numpy array (any shape
             ``(n, ...)`` the module takes), a scipy sparse matrix (made dense) or a tensor.  They
             are kept as one tensor of the parameters' dtype on their device.
@@ -128,7 +130,8 @@ class TorchObjective:
             parameters are not floating point or not of one dtype, or the data are not numbers.
         ValueError: if the module has no trainable parameters or they span devices, the
             features and labels differ in length or are empty, ``chunk_size`` is not positive,
-            or the module and loss fail on the first samples (the message has torch's error).
+            or the module and loss fail on the first samples (the message has torch's error), or
+            their loss together is not the sum of their own.
 
     Threads: the adapter never changes torch's settings.  Where several workers share a
     machine, call ``torch.set_num_threads(1)`` in each worker process (torch otherwise starts
@@ -409,6 +412,8 @@ class TorchObjective:
             ) from exc
         if not isinstance(outputs, torch.Tensor) or not loss.dtype.is_floating_point:
             raise TypeError("the module must return a tensor, and the loss a floating-point tensor")
+        if inputs.shape[0] == 2:
+            self._check_additive(inputs, targets, outputs, float(loss))
         if outputs.ndim == 2 and outputs.shape[1] >= 2 and targets.ndim == 1:
             return True
         if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
@@ -417,6 +422,33 @@ class TorchObjective:
             labels = self._labels
             return False if bool(((labels == 0) | (labels == 1) | (labels == -1)).all()) else None
         return None
+
+    def _check_additive(
+        self, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, together: float
+    ) -> None:
+        """Refuse a loss whose value on two samples is not the sum of their own (f_i is sample i's loss).
+
+        Catches torch broadcasting outputs ``(B, 1)`` against labels ``(B,)`` (an ``MSELoss`` then
+        sums over every pair of samples, with only a warning) and a callable that returns the
+        batch's mean.  The tolerance leaves room for the rounding of batched kernels.
+        """
+        with torch.no_grad():
+            apart = sum(
+                float(self._sum(self.module(inputs[i : i + 1]), targets[i : i + 1])) for i in range(2)
+            )
+        if not (math.isfinite(together) and math.isfinite(apart)):
+            return  # (the run's own finiteness checks report a loss that is not finite)
+        tolerance = 2e-2 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-3
+        if math.isclose(together, apart, rel_tol=tolerance, abs_tol=1e-9):
+            return
+        shapes = f"outputs of shape {tuple(outputs.shape)}, labels of shape {tuple(targets.shape)}"
+        raise ValueError(
+            f"the loss of the first two samples together is {together:.6g}, the sum of their own losses "
+            f"{apart:.6g}: the loss must be a sum over the samples, f_i sample i's own. With {shapes}: "
+            "if torch broadcasts the two against each other, give labels of the outputs' shape (e.g. "
+            "labels.reshape(-1, 1)) or flatten the output; a callable loss must sum over the batch, not "
+            "average"
+        )
 
 
 def _is_float(values: Any) -> bool:

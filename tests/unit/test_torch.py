@@ -348,6 +348,27 @@ def test_bad_inputs_raise_clear_errors() -> None:
         objective.loss_grad(np.zeros(objective.dim))
 
 
+def test_a_loss_that_is_not_a_sum_over_the_samples_is_refused() -> None:
+    """nn.Linear(d, 1) and MSELoss against labels of shape (n,): torch broadcasts (B, 1) against (B,)
+    and sums every pair, with only a warning (a newcomer trial: 112.46 for two samples whose own
+    losses sum to 55.55, and a run that diverged).  A callable averaging over the batch likewise."""
+    import warnings  # noqa: PLC0415
+
+    rng = np.random.default_rng(8)
+    features, targets = rng.normal(size=(9, FEATURES)), rng.normal(size=9) * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own warning, the only sign until now
+        with pytest.raises(ValueError, match=r"outputs of shape \(2, 1\), labels of shape \(2,\)"):
+            TorchObjective(nn.Linear(FEATURES, 1), nn.MSELoss(), features, targets)
+    column = TorchObjective(nn.Linear(FEATURES, 1), nn.MSELoss(), features, targets.reshape(-1, 1))
+    x = rng.normal(size=column.dim)
+    residual = features @ x[:FEATURES] + x[FEATURES] - targets  # (Linear's weight, then its bias)
+    assert column.loss_grad(x)[0] == pytest.approx(float(residual @ residual), rel=TOL)
+    data = _data()
+    with pytest.raises(ValueError, match="must sum over the batch, not average"):
+        TorchObjective(_network(), torch.nn.functional.cross_entropy, *data)  # (its default: the mean)
+
+
 def test_read_only_and_float32_vectors_are_accepted() -> None:
     objective = _objective()
     x = _point(objective)
