@@ -337,9 +337,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--worker-nice: {exc}") from exc
     log = log_for(Path(args.out))
     missing = found(log, saving["checkpoint"])
+    _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
     out = _output_folder(args.out)
     assert out is not None
-    _checked_checkpoint(saving["checkpoint"], out)
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
     setup_logging(
         logging.WARNING, out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG
@@ -436,9 +436,10 @@ def cmd_master(args: argparse.Namespace) -> int:
             check_out(records.parent)
         except RunError as exc:
             raise UsageError(f"--records: {exc}") from exc
+    if args.out is not None:
+        _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
     out = _output_folder(args.out)
     if out is not None and log is not None:
-        _checked_checkpoint(saving["checkpoint"], out)
         add_logfile(out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG)
         log_start(args.argv)
     options = {

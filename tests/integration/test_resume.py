@@ -508,16 +508,26 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
 
 
 def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    for name in ("model.npz", "result.json", "aiodq.log", "aiodq.log.new"):
-        refused = aiodq_command(
-            "run", "--data", str(DATA), "--epochs", "1", "--checkpoint", str(out / name), "--out", str(out)
-        )
-        assert refused.returncode == 2
-        assert (
-            refused.stderr.strip()
-            == f"aiodq run: --checkpoint {out / name}: the run writes its {name} there (--out {out})"
-        )
+    """Exit 2, and --out is not made (a newcomer trial found it left empty)."""
+    out = tmp_path / "out" / "deeper"
+    for command, *listen in (("run",), ("master", "--listen", "127.0.0.1:0", "--workers", "1")):
+        for name in ("model.npz", "result.json", "aiodq.log", "aiodq.log.new"):
+            refused = aiodq_command(
+                command,
+                *listen,
+                "--data",
+                str(DATA),
+                "--epochs",
+                "1",
+                "--checkpoint",
+                str(out / name),
+                "--out",
+                str(out),
+            )
+            assert refused.returncode == 2
+            said = f"--checkpoint {out / name}: the run writes its {name} there (--out {out})"
+            assert refused.stderr.strip() == f"aiodq {command}: {said}"
+            assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.asyncio
