@@ -26,7 +26,7 @@ from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.dataset import Dataset, class_count, labels_for
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
 
-__all__ = ["load_factory", "objective_for", "test_scores"]
+__all__ = ["import_root", "load_factory", "objective_for", "test_scores"]
 
 _log = logging.getLogger("aiodq.models")
 
@@ -59,6 +59,22 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
     if not callable(factory):
         raise UsageError(f"--model {spec}: {attribute} is not a class or a function")
     return factory  # type: ignore[no-any-return]
+
+
+def import_root(spec: str) -> str | None:
+    """The folder this process imported the model ``MODULE:NAME`` from (its top package's parent).
+
+    Worker processes get it on their path: they start in the current folder, where a model
+    that the caller's script found beside itself is not.  None for a built-in model or a
+    module not imported (yet), or without a file.
+    """
+    top = spec.partition(":")[0].split(".")[0]
+    module = sys.modules.get(top)
+    where = getattr(module, "__file__", None)
+    if spec in BUILT_IN or not where:
+        return None
+    place = Path(where).resolve().parent
+    return str(place.parent if Path(where).name == "__init__.py" else place)
 
 
 def objective_for(

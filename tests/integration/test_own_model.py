@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,32 @@ def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path:
     assert model.shape == (dataset.features_count,)
     assert meta["dim"] == dataset.features_count
     assert meta["config"]["model"] == "my_models:LeastSquares"
+
+
+def test_run_local_workers_find_a_model_beside_the_script_run_from_elsewhere(tmp_path: Path) -> None:
+    """The master imports MODULE from the script's folder (Python puts it on the path); the worker
+    processes start in the current folder and did not find it (a newcomer trial: RunError)."""
+    scripts, elsewhere = tmp_path / "scripts", tmp_path / "elsewhere"
+    scripts.mkdir()
+    elsewhere.mkdir()
+    (scripts / "beside_models.py").write_text(LEAST_SQUARES)
+    (scripts / "train.py").write_text(
+        "import asyncio, aiodq\n"
+        "config = aiodq.TrainConfig(model='beside_models:LeastSquares', epochs=1, step=0.05)\n"
+        f"data = {str(FIXTURES / 'a9a-head-300')!r}\n"
+        "result = asyncio.run(aiodq.run_local(config, data=data, workers=2))\n"
+        "print('trained', result.ok, result.final_loss < result.trace[0].loss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(scripts / "train.py")],
+        cwd=elsewhere,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "trained True True"
 
 
 #: A user objective that writes 300 kB to stderr in its first three calls (a pipe holds 64 KiB).
