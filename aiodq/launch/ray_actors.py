@@ -121,7 +121,7 @@ class MasterActor:
         """Close the master (it checkpoints a run still to finish).
 
         Where the checkpoint holds the run (None without one) and the run as it stood, its
-        ``failure`` not yet set; both None if training had ended or not begun.
+        ``failure`` STOPPED; both None if training had ended or not begun.
         """
         master = self._master
         if master is None:

@@ -38,7 +38,7 @@ from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.coordinator import Coordinator
 from ..protocol.dataset import other_data
 from ..protocol.objectives import Objective
-from ..protocol.result import RunResult
+from ..protocol.result import STOPPED, RunResult
 from . import checkpoint as checkpoint_file
 from .listener import Listener
 from .logbook import Logbook, peer_name, printable, provenance
@@ -280,15 +280,17 @@ class Master:
         return self.result()
 
     def result(self) -> RunResult:
-        """The trained model and the run's figures as they stand (final once training has ended)."""
+        """The model and the run's figures as they stand (final once trained; STOPPED once stopped before)."""
         assert self.coordinator is not None
         self._logbook.counts(force=True)  # what the last interval counted
+        stopped = self._closing and not self.coordinator.done and self.coordinator.failure is None
         return RunResult.of(
             self.coordinator,
             wall_time=round(self._before + (self._finished_at or self._now()), 6),
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
+            **({"failure": STOPPED} if stopped else {}),
         )
 
     async def close(self) -> None:
@@ -566,12 +568,8 @@ class Master:
         if self._data_fingerprint is None or saved == self._data_fingerprint:
             return
         if not (isinstance(saved, str) and other_data(saved, self._data_fingerprint)):
-            named = isinstance(saved, str)  # then by another version's recipe: not comparable
-            what = (
-                f"names its data by another recipe ({saved})"
-                if named
-                else "does not say what data it trained on"
-            )
+            what = "does not say what data it trained on"  # or names it by another version's recipe:
+            what = f"names its data by another recipe ({saved})" if isinstance(saved, str) else what
             _log.warning("the checkpoint %s %s: not checked", self._checkpoint, what)
             return
         raise CheckpointError(

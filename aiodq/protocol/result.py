@@ -13,7 +13,11 @@ from .accounting import EpochRecord
 from .algorithms import TrainConfig
 from .coordinator import Coordinator
 
-__all__ = ["RunResult"]
+__all__ = ["STOPPED", "RunResult"]
+
+#: The ``failure`` of a run whose master stopped training before it ended (``Master.stop_training``,
+#: ``Master.close``); the command line writes why instead (``interrupted``, ``stopped by SIGTERM``).
+STOPPED = "stopped before training ended"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -45,7 +49,8 @@ class RunResult:
         """True if every epoch ran: no failure, and the trace reaches the last epoch.
 
         A result taken while the run goes on (``Master.result()`` before training ended) is not
-        ok, though its ``failure`` is None.
+        ok, though its ``failure`` is None; one taken after the master stopped training before
+        it ended has the failure :data:`STOPPED`.
         """
         return self.failure is None and bool(self.trace) and self.trace[-1].epoch >= self.config.epochs
 
@@ -75,16 +80,18 @@ class RunResult:
     def of(cls, coordinator: Coordinator, **extra: Any) -> RunResult:
         """The run as ``coordinator`` has it now.
 
-        ``extra`` entries join the summary (the shell's wall time, say).
+        ``extra`` entries join the summary (the shell's wall time, say); a ``failure`` there
+        is the result's too (the shell's: the run was stopped).
         """
         state = coordinator.state
+        summary = {**coordinator.summary(), **extra}
         return cls(
             config=coordinator.config,
             model=np.array(state.snapshot if state.evaluated is None else state.evaluated, dtype=np.float64),
             iterate=np.array(state.x, dtype=np.float64),
             trace=list(coordinator.ledger.trace),
-            failure=coordinator.failure,
-            summary={**coordinator.summary(), **extra},
+            failure=summary["failure"],
+            summary=summary,
         )
 
     def to_json(self) -> dict[str, Any]:

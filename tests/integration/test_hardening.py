@@ -222,12 +222,17 @@ async def test_closing_a_master_mid_training_sends_going_away_without_callback_e
         tasks = start_workers(host, port, [0, 1], 2)
         assert master.coordinator is not None
         await wait_until(lambda: master.coordinator.state.version > 50, TIMEOUT, "training under way")
+        assert master.result().failure is None  # as it stands, training going on
         await master.close()
         results = await finish(tasks, TIMEOUT)
     finally:
         loop.set_exception_handler(None)
     assert [r.code for r in results] == [ErrorCode.GOING_AWAY] * 2, results
     assert not failures, failures
+    # A stopped run is not taken for a finished one (a newcomer trial: failure None, as for success).
+    stopped = master.result()
+    assert not stopped.ok and stopped.failure == "stopped before training ended"
+    assert stopped.to_json()["failure"] == stopped.failure
 
 
 @pytest.mark.asyncio

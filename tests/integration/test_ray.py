@@ -318,7 +318,7 @@ async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(tmp_path
     saved = load(path).meta
     assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] >= 100
     # The stopped hook got the run as it stood when the master actor closed (as the checkpoint).
-    assert len(stood) == 1 and stood[0].failure is None
+    assert len(stood) == 1 and stood[0].failure == "stopped before training ended"
     assert [asdict(record) for record in stood[0].trace] == saved["trace"]
     assert stood[0].summary["ray"]["master"]
     await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
