@@ -57,7 +57,7 @@ from .adaptive import CodingChooser
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
-from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, refuse_claim
+from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, refuse_claim, refuse_encodings
 from .members import Member, Phase
 from .recovery import Checkpoint
 from .trainconfig import coding_options
@@ -300,15 +300,14 @@ class Coordinator:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
         held = {i: w.shard for i, w in self._workers.items() if w.joined and w.shard is not None}
-        refusal = refuse_claim(hello.shard, self.expected_workers, held)
-        if refusal is not None:
+        claim = refuse_claim(hello.shard, self.expected_workers, held)
+        if (refusal := claim or refuse_encodings(self.config, hello.encodings)) is not None:
             self._remove(worker_id, refusal, now)
             return
         if self.live_workers >= self.expected_workers:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
-        if hello.shard is not None:
-            worker.shard = hello.shard[0]
+        worker.shard = None if hello.shard is None else hello.shard[0]
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
         params = self.config.to_params()

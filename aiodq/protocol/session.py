@@ -26,6 +26,7 @@ from ..codec.events import (
     SnapshotGradient,
     Welcome,
 )
+from ..codec.registry import ALL_ENCODINGS
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
 from ..errors import DataError, ErrorCode, RemoteProtocolError
@@ -106,8 +107,12 @@ class WorkerSession:
         self.failed = False
         # True after sending a GRADIENT or SNAPSHOT_GRADIENT: a MODEL may follow (prepare).
         self._may_prepare = False
-        self.connection_limits = (connection_config or ConnectionConfig()).limits
-        self.connection.send(Hello(name=name, shard=shard), now)
+        settings = connection_config or ConnectionConfig()
+        self.connection_limits = settings.limits
+        # It announces what its connection decodes (wire-format.md 6.2-5): all, unless configured.
+        self.connection.send(
+            Hello(name=name, shard=shard, encodings=settings.encodings or ALL_ENCODINGS), now
+        )
 
     @property
     def closed(self) -> bool:

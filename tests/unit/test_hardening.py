@@ -21,7 +21,7 @@ from aiodq.codec.events import Event, Gradient, Heartbeat, SnapshotGradient
 from aiodq.codec.frames import FrameReader
 from aiodq.codec.messages import DecodeContext, decode_message, encode_message
 from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
-from aiodq.config import Limits, MasterConfig
+from aiodq.config import ConnectionConfig, Limits, MasterConfig
 from aiodq.errors import CheckpointError, ErrorCode
 from aiodq.net.checkpoint import load, save
 from aiodq.protocol.algorithms import TrainConfig
@@ -647,6 +647,52 @@ def test_a_held_shard_or_another_world_size_is_refused_and_the_others_train() ->
     assert coordinator.trace[-1].samples == dataset.samples  # not 2 x shard 0
     codes = [code for _, code, _ in coordinator.ledger.errors]
     assert codes.count("SHARD_TAKEN") == 1 and codes.count("WORLD_SIZE_MISMATCH") == 1
+
+
+@pytest.mark.parametrize("algorithm", ["asylpg", "asyfpg"])
+def test_a_worker_that_cannot_decode_what_the_run_sends_is_refused_before_welcome(algorithm: str) -> None:
+    """A HELLO without EQUALS_SNAPSHOT (or RAW_F64, or DENSE) in a run of quantized models: refused
+    before WELCOME with UNSUPPORTED_ENCODING.  (An attack review: admitted, it made the master close
+    the honest worker with INTERNAL_ERROR at every snapshot phase, its MODEL then failing to encode
+    for the attacker, and with fewer encodings stall the run.)  A full-precision run needs RAW only;
+    DENSE_RICE is optional, sent only to peers that announce it."""
+    dataset = small_a9a()
+    cluster = Cluster(dataclasses.replace(config(epochs=2), algorithm=algorithm), dataset, 2, connect=False)
+    coordinator = cluster.coordinator
+    cluster.sessions = [_claiming(dataset, 2, 0, (0, 2))]
+    cluster.ids = [None]
+    cluster.connect(0)
+    everything_but = {code: frozenset(set(range(9)) - {code}) for code in (1, 3, 4, 8)}
+    refused = {
+        code: cluster.add_session(
+            WorkerSession(
+                *shard_of(dataset, 2, 1),
+                name=f"without-{code}",
+                shard=(1, 2),
+                connection_config=ConnectionConfig(encodings=encodings),
+            )
+        )
+        for code, encodings in everything_but.items()
+    }
+    cluster.run(until=lambda: all(cluster.sessions[i].ended is not None for i in refused.values() if i))
+    quantized = algorithm == "asylpg"
+    for code, index in refused.items():
+        session = cluster.sessions[index]
+        if code == 1 or (code in (3, 4) and quantized):
+            name = {1: "RAW_F64", 3: "EQUALS_SNAPSHOT", 4: "DENSE"}[code]
+            assert session.ended == (
+                ErrorCode.UNSUPPORTED_ENCODING,
+                f"this run ({algorithm}) sends vectors as {name}, which the worker did not announce",
+            )
+            assert session.worker_id is None  # no WELCOME
+        else:  # it can decode what the run sends: the first such holds shard 1/2, the others find it taken
+            assert session.worker_id is not None or session.ended[0] == ErrorCode.SHARD_TAKEN
+    admitted = [code for code, index in refused.items() if cluster.sessions[index].worker_id is not None]
+    assert admitted == ([3] if not quantized else [8])
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None, coordinator.failure
+    assert coordinator.trace[-1].samples == dataset.samples
+    assert cluster.sessions[0].ended == (ErrorCode.NO_ERROR, cluster.sessions[0].ended[1])
 
 
 def test_a_shard_split_with_another_seed_is_refused_before_it_trains() -> None:
