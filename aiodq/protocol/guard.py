@@ -41,6 +41,7 @@ from ..codec.registry import Encoding
 from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
 from ..errors import ErrorCode
 from .algorithms import ALGORITHMS, TrainConfig
+from .objectives import BUILT_IN
 
 __all__ = [
     "DIVERGED_AFTER",
@@ -193,6 +194,12 @@ class Guard:
             )
         if report.correct > report.samples:
             return Refusal(ErrorCode.INVALID_PAYLOAD, f"correct {report.correct} > samples {report.samples}")
+        if self.config.model in BUILT_IN and report.loss < 0:
+            # (An attack review: -1e300 was accepted, the trace's every loss with it, and exit 0.)
+            return Refusal(
+                ErrorCode.INVALID_PAYLOAD,
+                f"loss {report.loss:.3g}: the built-in {self.config.model} model's losses are not negative",
+            )
         if not math.isfinite(_norm(report.vector.values) / report.samples):
             return Refusal(ErrorCode.NON_FINITE, "the gradient sum's norm is not finite")
         return None
@@ -211,9 +218,10 @@ class Guard:
                 reference = self._previous
             else:
                 continue  # nothing to compare with yet
-            limit_loss = reference[0] + self.factor * max(abs(reference[0]), 1e-2)
+            # Either way: a loss far below the others' (or negative) skews F and g_snap as much.
+            limit_loss = self.factor * max(abs(reference[0]), 1e-2)
             limit_gradient = self.factor * reference[1] + 1e-6
-            if loss > limit_loss or gradient > limit_gradient:
+            if not abs(loss - reference[0]) <= limit_loss or gradient > limit_gradient:
                 refused[worker_id] = Refusal(
                     ErrorCode.INVALID_PAYLOAD,
                     f"snapshot report out of line: loss {loss:.3g} and gradient norm {gradient:.3g} per "

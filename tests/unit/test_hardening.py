@@ -929,6 +929,38 @@ def test_at_the_optimum_shards_gradients_are_not_out_of_line() -> None:
     assert guard.outliers(reports) == {}
 
 
+def test_a_snapshot_report_far_below_the_others_or_negative_is_refused() -> None:
+    """An attack review: a loss of -1e300 per report was accepted mid-run (the out-of-line check looked
+    only upwards) and from the first phase (nothing to compare with), and every trace loss with it.
+    Now a built-in model's report with a negative loss is refused on arrival, and a loss more than
+    f times the reference's size below it (not only above) is out of line; a user model may have
+    negative losses, judged against the others'."""
+
+    def report(loss: float) -> SnapshotGradient:
+        return SnapshotGradient(
+            epoch=1, samples=1000, correct=800, loss=loss, vector=RawVector(np.full(D, 0.3))
+        )
+
+    guard = Guard(config(), factor=100.0, workers=3, samples=3000)
+    refused = guard.refuse_report(report(-1e300))
+    assert refused == Refusal(
+        ErrorCode.INVALID_PAYLOAD, "loss -1e+300: the built-in logistic model's losses are not negative"
+    )
+    assert guard.refuse_report(report(0.0)) is None  # a shard it fits perfectly
+    # Per sample about 0.69 (log 2): -80 is more than 100 times 0.69 below, +80 above.
+    honest = {0: report(690.0), 1: report(700.0)}
+    for loss in (-80_000.0, 80_000.0):
+        out = guard.outliers({**honest, 2: report(loss)})
+        assert list(out) == [2], loss
+        assert out[2].reason.startswith(f"snapshot report out of line: loss {loss / 1000:.3g} ")
+    assert guard.outliers({**honest, 2: report(0.0)}) == {}  # below, but within f times
+    mine = Guard(dataclasses.replace(config(), model="mine:Loss"), factor=100.0, workers=3, samples=3000)
+    assert mine.refuse_report(report(-1e300)) is None
+    negative = {0: report(-690.0), 1: report(-700.0)}
+    assert mine.outliers({**negative, 2: report(-650.0)}) == {}
+    assert list(mine.outliers({**negative, 2: report(-1e300)})) == [2]
+
+
 @pytest.mark.parametrize("member", ["meta", "meta.npy"])
 def test_reading_only_the_metadata_is_bounded_too(member: str, tmp_path: Any) -> None:
     """load(arrays=False) and the fresh-start check count the metadata member, under either name
