@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
 from ..config import Limits
 from ..errors import CodecError, ErrorCode
+from .registry import MessageType
 
-__all__ = ["HEADER_SIZE", "Frame", "FrameReader", "encode_frame"]
+__all__ = ["HEADER_SIZE", "Frame", "FrameReader", "encode_frame", "heartbeat_frame"]
 
 #: Bytes in a frame header.
 HEADER_SIZE = 7
@@ -45,6 +47,12 @@ def encode_frame(version: int, message_type: int, flags: int, parts: list[bytes]
     return b"".join([_HEADER.pack(version, message_type, flags, length), *parts])
 
 
+@functools.cache
+def heartbeat_frame(version: int) -> bytes:
+    """The bytes of a HEARTBEAT frame of ``version`` (a header with no body; wire-format.md 7.9)."""
+    return encode_frame(version, MessageType.HEARTBEAT, 0, [])
+
+
 class FrameReader:
     """Accumulates bytes and hands out whole frames, checking the size limit early.
 
@@ -68,6 +76,22 @@ class FrameReader:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
         self._buffer += data
+
+    def skip_repeats(self, frame: bytes) -> int:
+        """Consume the copies of ``frame`` (a whole frame's bytes) at the front; return how many.
+
+        Compared in growing blocks, so a run of n copies costs O(log n) byte comparisons: a peer's
+        flood of HEARTBEATs costs the receiver next to nothing (wire-format.md 7.9).
+        """
+        buffer, size, count, step = self._buffer, len(frame), 0, 1
+        while step:
+            if buffer.startswith(frame * step, count * size):
+                count += step
+                step *= 2
+            else:
+                step //= 2
+        del buffer[: count * size]
+        return count
 
     def next_frame(self) -> Frame | None:
         """Return the next whole frame, or None if more bytes are needed.

@@ -94,9 +94,9 @@ class _TimedMaster:
         with self._clock.timing("master"):
             return self._coordinator.data_to_send()
 
-    def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
+    def receive_data(self, worker_id: int, data: bytes | None, now: float, budget: int = -1) -> bool:
         with self._clock.timing("master"):
-            self._coordinator.receive_data(worker_id, data, now)
+            return self._coordinator.receive_data(worker_id, data, now, budget)
 
 
 class _TimedWorker:

@@ -1,24 +1,22 @@
 """The asyncio master: a TCP server that runs a :class:`~aiodq.protocol.coordinator.Coordinator`.
 
-This module and :mod:`aiodq.net.worker` are the only ones that open sockets, read
-the clock or sleep.  A :class:`Master` runs inside any running event loop::
+This module and :mod:`aiodq.net.worker` are the only ones that open sockets, read the clock or
+sleep.  A :class:`Master` runs inside any running event loop::
 
     async with Master(config, x0, workers=4, host="127.0.0.1", port=0) as master:
         print("listening on", master.address)
         summary = await master.wait()
 
-While it runs, ``master.coordinator`` shows the trace, the traffic and the
-model (``master.coordinator.state.x``), so the hosting application can follow
-progress while doing other work.
+While it runs, ``master.coordinator`` shows the trace, the traffic and the model
+(``master.coordinator.state.x``), so the hosting application can follow progress while doing other work.
 
-What no peer can do (docs/security.md): make a connection handler raise (an
-unexpected failure closes that connection with INTERNAL_ERROR and one log line);
-hold more than ``MasterConfig.max_unauthenticated`` connections in their
-handshake (more are closed as they arrive); keep a finished master alive (once
-training ends it stops accepting and gives the workers' CLOSE exchanges at most
-the close timeout, then drops whatever is left); or fill the log (peers that
-never join are counted, not logged one by one, and reason texts are logged
-escaped and cut).
+What no peer can do (docs/security.md): make a connection handler raise (an unexpected failure closes
+that connection with INTERNAL_ERROR and one log line); hold more than ``MasterConfig.max_unauthenticated``
+connections in their handshake (more are closed as they arrive); keep a finished master alive (once
+training ends it stops accepting and gives the workers' CLOSE exchanges at most the close timeout, then
+drops whatever is left); fill the log (peers that never join are counted, not logged one by one, and
+reason texts are logged escaped and cut); or hold the others up with a flood of valid frames (each
+connection's messages are handled a few at a time, in turns).
 """
 
 from __future__ import annotations
@@ -49,6 +47,8 @@ __all__ = ["Master", "printable", "provenance"]
 _log = logging.getLogger("aiodq.master")
 
 _READ_SIZE = 1 << 18
+#: Messages of one connection handled before the others get a turn.
+_TURN = 16
 
 
 class Master:
@@ -96,12 +96,10 @@ class Master:
             blas_threads: BLAS threads in this process while the master runs (None: leave
                 them).  One by default: the master's vectors are small, and idle BLAS threads
                 spin on the cores the workers need (docs/benchmarks.md).
-            record_every: keep a copy of the model every this many applied updates and at
-                every snapshot phase, in ``coordinator.records`` (0: none); see
-                :class:`~aiodq.protocol.accounting.ModelRecord`.
-            data_fingerprint: what the run trains on (``Dataset.fingerprint()``), written into
-                every checkpoint (``resume`` refuses a checkpoint that names another) and sent
-                in CONFIG (a worker given its own data's refuses a run on other data).
+            record_every: keep a copy of the model every this many applied updates and at every
+                snapshot phase, in ``coordinator.records`` (0: none; see ``accounting.ModelRecord``).
+            data_fingerprint: what the run trains on (``Dataset.fingerprint()``), in every checkpoint
+                (``resume`` refuses one that names another) and in CONFIG (workers refuse other data).
         """
         if resume and checkpoint is None:
             raise ValueError("resume needs a checkpoint file")
@@ -436,8 +434,13 @@ class Master:
                     data = await reader.read(_READ_SIZE)
                 except (ConnectionError, OSError):
                     data = b""
-                coordinator.receive_data(worker_id, data, self._now())
+                # _TURN messages, then the others' turn (a flood of HEARTBEATs held them up 100-fold).
+                more = coordinator.receive_data(worker_id, data, self._now(), _TURN if data else -1)
                 self._flush()
+                while more and worker_id in self._writers:
+                    await asyncio.sleep(0)
+                    more = coordinator.receive_data(worker_id, None, self._now(), _TURN)
+                    self._flush()
                 if not data or worker_id not in self._writers:
                     break
         finally:

@@ -14,15 +14,14 @@ the bytes to send; the coordinator runs the epochs:
 4. after the last epoch, one more snapshot phase evaluates the final model,
    then every worker gets CLOSE.
 
-Staleness (docs/algorithms.md 9): a gradient computed on model version D and
-received at version t is applied only if ``t - D <= tau``.  A worker that leaves is
-removed; a snapshot phase waits only for those still connected, and one that
-rejoins re-enters at the next snapshot phase.  What an admitted worker sends is
-checked by :mod:`aiodq.protocol.guard` (docs/security.md); the run ends as diverged
-(:attr:`Coordinator.failure`) as :class:`~aiodq.protocol.guard.Divergence` says, or when
-F(x_snap) is not finite.  No message of a peer makes the coordinator raise: an unexpected
-failure while handling one closes that peer's connection with INTERNAL_ERROR.  After
-:meth:`Coordinator.shutdown` nothing changes the model or the trace.
+Staleness (docs/algorithms.md 9): a gradient computed on model version D and received at version t
+is applied only if ``t - D <= tau``.  A worker that leaves is removed; a snapshot phase waits only for
+those still connected, and one that rejoins re-enters at the next snapshot phase.  What an admitted
+worker sends is checked by :mod:`aiodq.protocol.guard` (docs/security.md); the run ends as diverged
+(:attr:`Coordinator.failure`) as :class:`~aiodq.protocol.guard.Divergence` says, or when F(x_snap) is
+not finite.  No message of a peer makes the coordinator raise: an unexpected failure while handling
+one closes that peer's connection with INTERNAL_ERROR.  After :meth:`Coordinator.shutdown` nothing
+changes the model or the trace.
 """
 
 from __future__ import annotations
@@ -110,8 +109,7 @@ class Coordinator:
         self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
         self.state = MasterState(config, x0)
         self.dim, self.expected_workers, self.phase = int(self.state.x.shape[0]), workers, Phase.JOINING
-        base = coding_options(config, connection_config or ConnectionConfig())
-        self._connection_config = base
+        self._connection_config = base = coding_options(config, connection_config or ConnectionConfig())
         self._announced = frozenset(base.encodings or ALL_ENCODINGS)
         self._workers: dict[int, Member] = {}
         self._next_id, self._started = 0, now
@@ -143,31 +141,35 @@ class Coordinator:
         self._workers[worker_id] = Member(MasterConnection(self._connection_config, now=now))
         return worker_id
 
-    def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
-        """Bytes from a worker (``b""`` at end of stream); process every whole message."""
-        worker = self._workers.get(worker_id)
-        if worker is None:
-            return
-        connection = worker.connection
-        connection.receive_data(data, now)
-        while True:
+    def receive_data(self, worker_id: int, data: bytes | None, now: float, budget: int = -1) -> bool:
+        """Bytes from a worker (``b""`` at end of stream, None: none new); handle its whole messages.
+
+        At most ``budget`` of them, if not -1, so that the shell can take turns between peers (a flood of
+        one peer's valid frames then holds up no other): True if some may be left (call again with None).
+        """
+        if (worker := self._workers.get(worker_id)) is None:
+            return False
+        if data is not None:
+            worker.connection.receive_data(data, now)
+        while budget:
             try:
-                event = connection.next_event()
+                event = worker.connection.next_event()
             except RemoteProtocolError as exc:
                 self.ledger.add_error(worker_id, exc.code.name, str(exc))
                 self._drop_worker(worker_id, now)
-                return
+                return False
             if event is None:
-                return
+                return False
             self._handle_safely(worker_id, event, now)
             if worker_id not in self._workers:
-                return
+                return False
+            budget -= 1
+        return True
 
     def handle_timer(self, now: float) -> None:
         """Run the connections' timers (heartbeats, timeouts) and the snapshot deadline."""
         for worker_id, worker in list(self._workers.items()):
-            timer = worker.connection.get_timer()
-            if timer is not None and timer <= now:
+            if (timer := worker.connection.get_timer()) is not None and timer <= now:
                 worker.connection.handle_timer(now)
                 while (event := worker.connection.next_event()) is not None:
                     self._handle_safely(worker_id, event, now)
@@ -207,8 +209,7 @@ class Coordinator:
 
         The traffic of a peer that never joined is kept apart: it is not the run's.
         """
-        worker = self._workers.pop(worker_id, None)
-        if worker is not None:
+        if (worker := self._workers.pop(worker_id, None)) is not None:
             self.ledger.retire(worker.connection, admitted=worker.admitted)
 
     def disconnect(self, worker_id: int, now: float) -> None:
@@ -224,8 +225,7 @@ class Coordinator:
 
     def is_member(self, worker_id: int) -> bool:
         """True if the connection ``worker_id`` has joined the run and not left it."""
-        worker = self._workers.get(worker_id)
-        return worker is not None and worker.joined
+        return (worker := self._workers.get(worker_id)) is not None and worker.joined
 
     @property
     def done(self) -> bool:

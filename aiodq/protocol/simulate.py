@@ -118,8 +118,8 @@ class MasterSide(Protocol):
         """The bytes to send, by worker id."""
         ...
 
-    def receive_data(self, worker_id: int, data: bytes, now: float) -> None:
-        """Bytes from a worker (``b""``: its end of stream)."""
+    def receive_data(self, worker_id: int, data: bytes | None, now: float, budget: int = -1) -> bool:
+        """Bytes from a worker (``b""``: its end of stream); True if messages may be left (see budget)."""
         ...
 
 

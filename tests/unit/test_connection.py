@@ -1244,3 +1244,24 @@ def test_the_largest_message_of_a_session_fits_its_limit() -> None:
         body = len(encode_message(event, 1)) - 7
         assert body <= 8 * dim + 64
         assert body <= ConnectionConfig().limits.session_frame_bytes(dim)
+
+
+def test_a_run_of_heartbeats_is_read_in_bulk_as_one_event() -> None:
+    """100,000 HEARTBEATs (an attack review's flood cost the master 18 us each) are one event; the
+    counters count every frame, and what follows the run is read as usual, in order."""
+    master, _ = ready()
+    heartbeat = encode_message(Heartbeat())
+    error = encode_message(ErrorMessage(code=60000, reason="after"))
+    master.receive_data(heartbeat * 100_000 + error + heartbeat * 3, 1.0)
+    events = []
+    while (event := master.next_event()) is not None:
+        events.append(event)
+    assert events == [Heartbeat(), ErrorMessage(code=60000, reason="after"), Heartbeat()]
+    assert master.messages_received["HEARTBEAT"] == 100_003
+    assert master.bytes_received["HEARTBEAT"] == 0
+    assert master.state is ConnectionState.READY
+    # A HEARTBEAT of another version is still checked frame by frame, and refused.
+    master.receive_data(bytes([2]) + heartbeat[1:], 2.0)
+    with pytest.raises(RemoteProtocolError) as info:
+        master.next_event()
+    assert info.value.code == ErrorCode.UNSUPPORTED_VERSION

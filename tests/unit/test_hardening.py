@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_coordinator import Cluster, config, small_a9a
 
-from aiodq.codec.events import Event, Gradient, Heartbeat, SnapshotGradient
+from aiodq.codec.events import ErrorMessage, Event, Gradient, Heartbeat, SnapshotGradient
 from aiodq.codec.frames import FrameReader
 from aiodq.codec.messages import DecodeContext, decode_message, encode_message
 from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
@@ -927,6 +927,27 @@ def test_at_the_optimum_shards_gradients_are_not_out_of_line() -> None:
     reports = {0: report(1.0), 1: report(-1.0)}
     guard.phase_finished(reports)
     assert guard.outliers(reports) == {}
+
+
+def test_a_peers_messages_are_handled_in_turns_of_the_budget() -> None:
+    """receive_data with a budget handles at most that many of the buffered messages and says whether
+    any are left; the shell gives the other connections their turn in between (an attack review: a
+    flood of valid HEARTBEATs, handled 50,000 to a read, held an honest worker up 100-fold)."""
+    cluster = Cluster(config(epochs=1), small_a9a(), 1)
+    cluster.run(until=lambda: cluster.coordinator.phase is Phase.INNER)
+    coordinator, worker_id = cluster.coordinator, cluster.ids[0]
+    assert worker_id is not None
+    # ERROR frames: valid from a worker at any time in READY, each handled (and recorded) on its own.
+    flood = encode_message(ErrorMessage(code=60000, reason="noise")) * 40
+    turns = [coordinator.receive_data(worker_id, flood, cluster.now, 16)]
+    while turns[-1]:
+        turns.append(coordinator.receive_data(worker_id, None, cluster.now, 16))
+    # 40 messages in turns of 16: 16, 16, then 8 and nothing left (the third turn says so).
+    assert turns == [True, True, False]
+    assert coordinator.receive_data(worker_id, flood, cluster.now) is False  # no budget: all at once
+    assert coordinator.is_member(worker_id)  # valid frames: the worker stays
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None
 
 
 def test_a_snapshot_report_far_below_the_others_or_negative_is_refused() -> None:
