@@ -259,12 +259,17 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ]
     elif test.get("error"):
         tested = [(f"test set {test['test_set']}", test["error"])]
+    # A shard missing from the last snapshot phase (security.md): the loss is over the others' samples.
+    most = max(record["samples"] for record in summary["trace"])
+    over = f" (over {final['samples']:,} of {most:,} samples)" if final["samples"] < most else ""
+    failure = summary.get("failure")
     return [
         ("algorithm", summary["config"]["algorithm"]),
         ("dataset", str(summary.get("dataset", ""))),
         ("workers", str(summary["workers"])),
-        ("epochs", str(summary["config"]["epochs"])),
-        ("final training loss", f"{final['loss']:.6f}"),
+        *([("failure", str(failure))] if failure else []),
+        ("epochs", f"{final['epoch']} of {summary['config']['epochs']}" if failure else str(final["epoch"])),
+        ("final training loss", f"{final['loss']:.6f}{over}"),
         (
             "final training accuracy",
             f"{final['accuracy']:.4f}"

@@ -94,11 +94,15 @@ class Logbook:
         """Log new epochs, workers that joined, and new protocol errors."""
         if len(coordinator.trace) > self._epochs:
             traffic = coordinator.traffic()
+            most = max(record.samples for record in coordinator.trace)
             for record in coordinator.trace[self._epochs :]:
+                # A shard missing from the phase: the loss is over the others' samples (security.md).
+                over = f" over {record.samples:,} of {most:,} samples" if record.samples < most else ""
                 _log.info(
-                    "epoch %d: loss %.6f, accuracy %.4f, version %d, %.1f s; bytes so far: down %d, up %d",
+                    "epoch %d: loss %.6f%s, accuracy %.4f, version %d, %.1f s; bytes so far: down %d, up %d",
                     record.epoch,
                     record.loss,
+                    over,
                     record.accuracy,
                     record.version,
                     record.time,

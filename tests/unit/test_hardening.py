@@ -997,3 +997,44 @@ def test_reading_only_the_metadata_is_bounded_too(member: str, tmp_path: Any) ->
         load(path, max_bytes=1 << 20, arrays=False)
     with pytest.raises(CheckpointError, match="it is not overwritten"):
         check_fresh_start(path, max_bytes=1 << 20)
+
+
+def test_the_summary_says_a_run_failed_and_over_how_many_samples_its_loss_is() -> None:
+    """A newcomer trial: a diverged run's summary table looked like a finished one's, and a loss over
+    the samples of the workers left looked like an improvement.  The table now has a failure row and
+    the epoch reached, and a loss over fewer samples than the run's says so."""
+    from aiodq.launch.results import summary_rows  # noqa: PLC0415
+
+    coordinator = simulate(config(epochs=2), small_a9a(), 2)
+    summary = RunResult.of(coordinator, wall_time=1.0).to_json()
+    rows = dict(summary_rows(summary))
+    assert "failure" not in rows and rows["epochs"] == "2"
+    assert rows["final training loss"] == f"{summary['trace'][-1]['loss']:.6f}"
+    all_samples = summary["trace"][0]["samples"]
+    summary["trace"][-1]["samples"] = all_samples // 2
+    summary["failure"] = "the run diverged"
+    rows = dict(summary_rows(summary))
+    assert rows["failure"] == "the run diverged"
+    assert rows["epochs"] == "2 of 2"
+    half = f"{all_samples // 2:,} of {all_samples:,}"
+    assert rows["final training loss"] == f"{summary['trace'][-1]['loss']:.6f} (over {half} samples)"
+
+
+def test_the_masters_epoch_line_says_when_its_loss_is_over_fewer_samples(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The log's epoch lines: a loss over the samples of the workers left says over how many."""
+    import logging  # noqa: PLC0415
+
+    from aiodq.net.logbook import Logbook  # noqa: PLC0415
+
+    coordinator = simulate(config(epochs=2), small_a9a(), 2)
+    trace = coordinator.trace
+    trace[-1] = dataclasses.replace(trace[-1], samples=trace[0].samples // 2)
+    with caplog.at_level(logging.INFO, logger="aiodq.master"):
+        Logbook(lambda: 0.0).progress(coordinator, {})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 3
+    assert " over " not in lines[0] and " over " not in lines[1]
+    half = f"{trace[0].samples // 2:,} of {trace[0].samples:,}"
+    assert lines[2].startswith(f"epoch 2: loss {trace[-1].loss:.6f} over {half} samples, accuracy ")
