@@ -173,8 +173,19 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`~aiodq.protocol.algorithms.TrainConfig` the options describe."""
-    return from_args(TrainConfig, args)
+    """The :class:`~aiodq.protocol.algorithms.TrainConfig` the options describe.
+
+    Raises:
+        UsageError: for ``--bias`` or ``--hidden`` with a model they do not shape (a newcomer
+            trial: taken silently, and result.json then said ``bias: true`` of a user model).
+    """
+    config = from_args(TrainConfig, args)
+    default = TrainConfig()
+    if config.bias and config.model not in ("logistic", "softmax"):
+        raise UsageError(f"--bias: for --model logistic or softmax, not {config.model}")
+    if config.hidden != default.hidden and config.model != "mlp":
+        raise UsageError(f"--hidden: for --model mlp, not {config.model}")
+    return config
 
 
 def add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> None:

@@ -196,6 +196,16 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             "seed must be an integer",
         ),
         (["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--seed", "-1"], "a seed is an integer"),
+        (["run", "--model", "mlp", "--bias"], "--bias: for --model logistic or softmax, not mlp"),
+        (
+            ["run", "--model", "mine:Model", "--bias"],
+            "--bias: for --model logistic or softmax, not mine:Model",
+        ),
+        (["run", "--hidden", "20"], "--hidden: for --model mlp, not logistic"),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--model", "softmax", "--hidden", "7"],
+            "--hidden: for --model mlp, not softmax",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
