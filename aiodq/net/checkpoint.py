@@ -229,6 +229,12 @@ def _stood(meta: dict[str, Any]) -> tuple[int, int] | None:
     return (epoch, version) if isinstance(epoch, int) and isinstance(version, int) else None
 
 
+def _listed(names: list[str]) -> str:
+    """An archive's member names, for a message (the first few)."""
+    shown = ", ".join(repr(name) for name in names[:5])
+    return (shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")) or "nothing"
+
+
 def load(
     path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint", arrays: bool = True
 ) -> Checkpoint:
@@ -258,6 +264,10 @@ def load(
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
             with archive:
+                if "meta" not in archive.files:  # another program's .npz
+                    raise ValueError(
+                        f"an .npz archive without aiodq's metadata (its arrays: {_listed(archive.files)})"
+                    )
                 meta = json.loads(str(archive["meta"]))
                 read = {name: archive[name] for name in archive.files if name != "meta"} if arrays else {}
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:

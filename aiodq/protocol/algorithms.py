@@ -397,6 +397,16 @@ class WorkerState:
         self.snapshot = np.array(snapshot, dtype=np.float64)
         self._next_at_snapshot = None  # computed at the old snapshot; the drawn rows stay
         loss, grad = self._loss_grad(self.snapshot, None)
+        if not (
+            math.isfinite(loss) and math.isfinite(float(grad.max())) and math.isfinite(float(grad.min()))
+        ):
+            # (Said here, not as the codec's "RawVector values must be finite": a newcomer trial.)
+            what = "loss" if not math.isfinite(loss) else "gradient"
+            raise ValueError(
+                f"{type(self.objective).__name__}.loss_grad gave a {what} with NaN or infinite values over "
+                "this worker's samples at the snapshot: the run may be diverging (a smaller step), or the "
+                "loss overflows"
+            )
         correct = int(self._correct(self.snapshot)) if self._correct is not None else 0
         return loss, grad, correct
 

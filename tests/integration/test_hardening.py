@@ -26,7 +26,7 @@ from aiodq.codec.events import Close, Hello
 from aiodq.codec.messages import encode_message
 from aiodq.codec.registry import MessageType
 from aiodq.config import ConnectionConfig, MasterConfig
-from aiodq.errors import CheckpointError, ErrorCode
+from aiodq.errors import CheckpointError, ErrorCode, RunError
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.master import Master
 from aiodq.protocol.accounting import MAX_ERRORS
@@ -669,3 +669,18 @@ async def test_the_checkpoint_lock_is_released_by_a_failed_start_and_a_cancelled
     after = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True)
     await after.start()  # refused before: the cancelled close kept the lock
     await after.close()
+
+
+def test_another_programs_npz_is_named_as_such(tmp_path: Path) -> None:
+    """aiodq.load_model on an .npz another program wrote (a newcomer trial: "'meta is not a file in the
+    archive'")."""
+    path = tmp_path / "weights.npz"
+    np.savez(path, **{f"w{i}": np.zeros(2) for i in range(7)})
+    from aiodq.launch.results import load_model  # noqa: PLC0415 (aiodq is the CLI helper here)
+
+    with pytest.raises(RunError) as info:
+        load_model(path)
+    assert str(info.value) == (
+        f"cannot read the model file {path}: an .npz archive without aiodq's metadata (its arrays: "
+        "'w0', 'w1', 'w2', 'w3', 'w4' and 2 more)"
+    )

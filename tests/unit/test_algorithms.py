@@ -866,3 +866,22 @@ def test_apply_refuses_an_update_over_max_norm() -> None:
     assert outcome.norm == pytest.approx(5.0, rel=1e-12)
     outcome = state.apply(q, state.version, max_norm=5.0 + 1e-9)
     assert outcome.applied and outcome.norm == pytest.approx(5.0, rel=1e-12)
+
+
+@pytest.mark.parametrize(("loss", "value", "what"), [(math.nan, 0.0, "loss"), (1.0, math.inf, "gradient")])
+def test_a_non_finite_snapshot_sum_names_the_objective(loss: float, value: float, what: str) -> None:
+    """A user loss_grad giving NaN or infinities over the shard: one line naming it (a newcomer trial
+    saw the codec's "RawVector values must be finite")."""
+
+    class Broken:
+        dim, samples = 3, 4
+
+        def initial(self, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+            return np.zeros(3)
+
+        def loss_grad(self, x: Any, rows: Any = None) -> tuple[float, npt.NDArray[np.float64]]:
+            return loss, np.array([0.0, value, 1.0])
+
+    state = WorkerState(TrainConfig(model="mine:Broken"), Broken(), worker_id=0)
+    with pytest.raises(ValueError, match=rf"^Broken\.loss_grad gave a {what} with NaN or infinite values"):
+        state.snapshot_phase(np.zeros(3))
