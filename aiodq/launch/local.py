@@ -374,9 +374,13 @@ async def run_cluster(
                             if restarts >= max_restarts:
                                 said = message[-2000:] or "(nothing on stderr)"
                                 after = (
-                                    f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else ""
+                                    f" (after {restarts} restart{'s' * (restarts > 1)})"
+                                    if restarts
+                                    else " (--max-restarts N, max_restarts=N: start another in its place)"
                                 )
-                                raise RunError(f"worker process {ended(status)}: {said}{after}")
+                                raise RunError(
+                                    f"worker process {index}/{workers} {ended(status)}: {said}{after}"
+                                )
                             # The protocol lets a worker rejoin: start another on the same shard.
                             restarts += 1
                             _log.warning(

@@ -120,7 +120,9 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         )
     phase = meta.get("phase")
     if phase == "done":
-        raise CheckpointError("the checkpointed run had already finished")
+        raise CheckpointError(
+            "the checkpointed run had already finished: to train again from the start, leave --resume out"
+        )
     if phase not in ("joining", "snapshot", "inner"):
         raise CheckpointError(f"the checkpoint's phase {phase!r} is not one of joining, snapshot, inner")
     # Everything is read and checked before the state changes, so a damaged checkpoint

@@ -236,7 +236,8 @@ class WorkerSession:
             # Never import code that the network names: the worker must be given it.
             raise ValueError(
                 f"the master trains the model {config.model!r}: start this worker with it "
-                f"(aiodq worker --model {config.model})"
+                f"(aiodq worker --model {config.model}; in Python, run_worker(objective=..., "
+                f"model={config.model!r}))"
             )
         assert self.features is not None and self.labels is not None
         try:

@@ -95,17 +95,24 @@ def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path
     out = tmp_path / "out"
     run, workers = training(out, 2)
     try:
+        arguments = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+        shard = arguments[arguments.index(b"--shard") + 1].decode()
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = run.communicate(timeout=60)
     finally:
         run.kill()
     assert run.returncode == 1, stderr[-2000:]
     said = stderr.strip().splitlines()[-2:]
-    assert said[0] == "aiodq run: worker process killed by SIGKILL: (nothing on stderr)", said
+    # Which worker, and how to have it restarted (a newcomer trial: the message named neither).
+    failure = (
+        f"worker process {shard} killed by SIGKILL: (nothing on stderr) "
+        "(--max-restarts N, max_restarts=N: start another in its place)"
+    )
+    assert said[0] == f"aiodq run: {failure}", said
     # Training had begun: the run as it stood is written, its failure the error.
     assert said[1].startswith("aiodq run: the run as it stood, at epoch "), said
     written = json.loads((out / "result.json").read_text())
-    assert written["failure"] == "worker process killed by SIGKILL: (nothing on stderr)"
+    assert written["failure"] == failure
     assert len(written["trace"]) >= 2
 
 

@@ -234,7 +234,7 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
         assert bare.code == aiodq.ErrorCode.INVALID_CONFIG
         assert bare.reason == (
             "the master trains the model 'mine:Squares': start this worker with it "
-            "(aiodq worker --model mine:Squares)"
+            "(aiodq worker --model mine:Squares; in Python, run_worker(objective=..., model='mine:Squares'))"
         )
         narrow = await aiodq.run_worker(host, port, objective=_Squares(a[:, :4], b))
         assert narrow.code == aiodq.ErrorCode.INVALID_CONFIG

@@ -72,7 +72,10 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
         "--checkpoint", str(path), "--resume", "--no-progress", "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert finished.returncode == 1
-    assert finished.stderr.strip() == "aiodq run: the checkpointed run had already finished"
+    assert finished.stderr.strip() == (
+        "aiodq run: the checkpointed run had already finished: "
+        "to train again from the start, leave --resume out"
+    )
 
 
 def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path) -> None:
