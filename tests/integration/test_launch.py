@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,6 +152,7 @@ def test_a_killed_worker_is_restarted_and_the_run_reaches_the_optimum(tmp_path: 
 _LOWER = """
 import os, sys, threading
 from pathlib import Path
+from typing import Any
 from aiodq.launch.local import lower_priority
 started, done = threading.Event(), threading.Event()
 def wait():
@@ -255,15 +257,23 @@ async def test_a_worker_process_writing_megabytes_to_stderr_is_not_held_up_and_i
         await stop_workers([worker])
 
 
-@pytest.mark.asyncio
-async def test_stopping_kills_a_worker_process_that_ignores_sigterm_after_the_grace() -> None:
-    from aiodq.launch.processes import WorkerProcess, stop_workers  # noqa: PLC0415
+async def _stubborn() -> Any:
+    """A worker process that ignores SIGTERM, once it says it is ready (the signal handler is set)."""
+    from aiodq.launch.processes import WorkerProcess  # noqa: PLC0415
 
     worker = await WorkerProcess.start(0, [sys.executable, "-c", _STUBBORN], dict(os.environ))
+    async with asyncio.timeout(60):
+        while "ready" not in await worker.stderr_tail():
+            await asyncio.wait([worker.exited], timeout=0.05)
+    return worker
+
+
+@pytest.mark.asyncio
+async def test_stopping_kills_a_worker_process_that_ignores_sigterm_after_the_grace() -> None:
+    from aiodq.launch.processes import stop_workers  # noqa: PLC0415
+
+    worker = await _stubborn()
     try:
-        async with asyncio.timeout(60):
-            while "ready" not in await worker.stderr_tail():
-                await asyncio.wait([worker.exited], timeout=0.05)
         await stop_workers([worker], grace=0.5)
         assert worker.returncode == -signal.SIGKILL
     finally:
@@ -273,13 +283,10 @@ async def test_stopping_kills_a_worker_process_that_ignores_sigterm_after_the_gr
 @pytest.mark.asyncio
 async def test_a_cancelled_stop_still_kills_a_worker_process_that_ignores_sigterm() -> None:
     """A second Ctrl-C cancels the stop in its grace: the SIGKILL goes out then, not never."""
-    from aiodq.launch.processes import WorkerProcess, exits, stop_workers  # noqa: PLC0415
+    from aiodq.launch.processes import exits, stop_workers  # noqa: PLC0415
 
-    worker = await WorkerProcess.start(0, [sys.executable, "-c", _STUBBORN], dict(os.environ))
+    worker = await _stubborn()
     try:
-        async with asyncio.timeout(60):
-            while "ready" not in await worker.stderr_tail():
-                await asyncio.wait([worker.exited], timeout=0.05)
         stopping = asyncio.create_task(stop_workers([worker], grace=600))
         await asyncio.sleep(0)  # one turn of the loop: the task sends SIGTERM and starts its grace
         assert not worker.has_exited
