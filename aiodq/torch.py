@@ -433,13 +433,13 @@ class TorchObjective:
         batch's mean.  The tolerance leaves room for the rounding of batched kernels.
         """
         with torch.no_grad():
-            apart = sum(
-                float(self._sum(self.module(inputs[i : i + 1]), targets[i : i + 1])) for i in range(2)
-            )
+            each = [float(self._sum(self.module(inputs[i : i + 1]), targets[i : i + 1])) for i in range(2)]
+        apart = each[0] + each[1]
         if not (math.isfinite(together) and math.isfinite(apart)):
             return  # (the run's own finiteness checks report a loss that is not finite)
+        # Relative to the two losses' sizes, not their sum: a signed loss may sum to about 0 (a review).
         tolerance = 2e-2 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-3
-        if math.isclose(together, apart, rel_tol=tolerance, abs_tol=1e-9):
+        if abs(together - apart) <= tolerance * (abs(each[0]) + abs(each[1])) + 1e-12:
             return
         shapes = f"outputs of shape {tuple(outputs.shape)}, labels of shape {tuple(targets.shape)}"
         raise ValueError(

@@ -162,3 +162,30 @@ def test_lazy_names_resolve() -> None:
         "shard",
         "run_local",
     }
+
+
+def test_without_the_cli_extra_the_demo_still_runs_and_stops_cleanly() -> None:
+    """scipy missing (no cli extra): the other commands say what to install, and ``aiodq demo``, which
+    needs none of it, still ends a Ctrl-C with "interrupted" and 130 (a review: a NameError)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'scipy' or name.startswith('scipy.'):\n"
+        "            raise ImportError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import aiodq.cli as cli\n"
+        "print(cli.main(['run']))\n"
+        "def interrupted(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.demo = interrupted\n"
+        "print(cli.main(['demo']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "130"]
+    said = result.stderr.strip().splitlines()
+    assert said[0].startswith("aiodq run: needs the command line's extra (")
+    assert said[-1] == "aiodq demo: interrupted"

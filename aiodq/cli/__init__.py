@@ -51,6 +51,10 @@ try:
 except ImportError as exc:  # scipy: the cli extra (with its data extra) is not installed
     _MISSING: str | None = exc.name or str(exc)
     EXIT_USAGE = 2
+
+    def say(command: str, message: str, *, level: int = 0) -> None:  # (aiodq demo: no log to add it to)
+        print(f"aiodq {command}: {message}", file=sys.stderr)
+
 else:
     # rich is imported where it prints (commands.print_summary, the live progress): look it up here.
     _MISSING = None if importlib.util.find_spec("rich") else "rich"

@@ -1,11 +1,12 @@
 """What ``aiodq run`` and ``aiodq master`` leave in ``--out`` around a run: whose log is where.
 
-- The log in ``--out`` is that of the results there.  A run started where a finished run's
-  results are appends its log to ``aiodq.log.new``: it becomes ``aiodq.log`` only once the run's
-  results replace the finished ones (:func:`results_written`).  A run that fails or is stopped
-  leaves the finished results and their ``aiodq.log`` as they were (``commands._kept_instead``),
-  and its own log at the end of ``aiodq.log.new``, after those of the runs that failed there
-  before it: none is lost.
+- The log in ``--out`` ends with that of the results there.  A run started where a finished
+  run's results are appends its log to ``aiodq.log.new``: it becomes ``aiodq.log`` only once the
+  run's results replace the finished ones (:func:`results_written`).  A run that fails or is
+  stopped leaves the finished results and their ``aiodq.log`` as they were
+  (``commands._kept_instead``), and its own log at the end of ``aiodq.log.new``, after those of
+  the runs that failed there before it: none is lost, and each run's part begins with its
+  command line.
 - A start that its checkpoint refuses leaves the folder as it found it: what the command made
   (its log, the folders, the checkpoint's lock file) is removed.
 """

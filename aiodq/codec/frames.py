@@ -80,8 +80,9 @@ class FrameReader:
     def skip_repeats(self, frame: bytes) -> int:
         """Consume the copies of ``frame`` (a whole frame's bytes) at the front; return how many.
 
-        Compared in growing blocks, so a run of n copies costs O(log n) byte comparisons: a peer's
-        flood of HEARTBEATs costs the receiver next to nothing (wire-format.md 7.9).
+        Compared in blocks that double while they match: a run of n copies takes O(log n) calls,
+        each a memcmp, so a peer's flood of HEARTBEATs costs the receiver next to nothing
+        (wire-format.md 7.9).
         """
         buffer, size, count, step = self._buffer, len(frame), 0, 1
         while step:

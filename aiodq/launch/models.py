@@ -66,15 +66,17 @@ def import_root(spec: str) -> str | None:
 
     Worker processes get it on their path: they start in the current folder, where a model
     that the caller's script found beside itself is not.  None for a built-in model or a
-    module not imported (yet), or without a file.
+    module not imported (yet), or without a file or a folder.
     """
     top = spec.partition(":")[0].split(".")[0]
     module = sys.modules.get(top)
-    where = getattr(module, "__file__", None)
-    if spec in BUILT_IN or not where:
+    if spec in BUILT_IN or module is None:
         return None
-    place = Path(where).resolve().parent
-    return str(place.parent if Path(where).name == "__init__.py" else place)
+    if where := getattr(module, "__file__", None):
+        place = Path(where).resolve().parent
+        return str(place.parent if Path(where).name == "__init__.py" else place)
+    folders = list(getattr(module, "__path__", []))  # a namespace package: no __init__.py
+    return str(Path(folders[0]).resolve().parent) if folders else None
 
 
 def objective_for(

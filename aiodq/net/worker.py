@@ -60,6 +60,7 @@ _PERMANENT = frozenset(
         ErrorCode.UNSUPPORTED_VERSION,
         ErrorCode.LIMIT_EXCEEDED,
         ErrorCode.WORLD_SIZE_MISMATCH,
+        ErrorCode.UNSUPPORTED_ENCODING,  # its encodings cannot carry what the run sends (6.2-6)
     }
 )
 
@@ -118,7 +119,7 @@ async def run_worker(
             (a full cluster, a failed TLS handshake) or goes away before the end of training
             (0: no retries).  The time counts from the start, or from the end of the last
             session in which the worker trained; refusals do not restart it.  A refusal that
-            retrying cannot fix (authentication, configuration, version) and a failure of the
+            retrying cannot fix (authentication, configuration, version, encodings) and a failure of the
             worker's own computation end at once.
 
     Raises:

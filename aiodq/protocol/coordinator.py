@@ -64,6 +64,7 @@ from .trainconfig import coding_options
 __all__ = ["DIVERGED_AFTER", "Coordinator", "EpochRecord", "ModelRecord", "Phase", "Traffic"]
 
 _CLOSING = (ConnectionState.CLOSING, ConnectionState.CLOSED)
+_TIMER_TURN = 16  # events handled per due timer; the shell handles the rest in its turns
 
 
 def _ledger_table(name: str, doc: str) -> Any:
@@ -171,8 +172,8 @@ class Coordinator:
         for worker_id, worker in list(self._workers.items()):
             if (timer := worker.connection.get_timer()) is not None and timer <= now:
                 worker.connection.handle_timer(now)
-                while (event := worker.connection.next_event()) is not None:
-                    self._handle_safely(worker_id, event, now)
+                # Its events, then a turn of buffered ones; a protocol error closes the peer, not the timer.
+                self.receive_data(worker_id, None, now, _TIMER_TURN)
         deadlines = self.deadlines
         waited = deadlines.snapshot_phase_due(now) if self.phase is Phase.SNAPSHOT else None
         if waited is not None:

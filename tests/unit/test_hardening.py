@@ -950,6 +950,40 @@ def test_a_peers_messages_are_handled_in_turns_of_the_budget() -> None:
     assert coordinator.done and coordinator.failure is None
 
 
+def test_a_due_timer_between_turns_handles_a_turn_and_a_bad_frame_closes_the_peer() -> None:
+    """The master's timer can run between a connection's turns, with messages still buffered (a
+    review: its loop drained them all, and a bad frame among them raised out of handle_timer and
+    ended the master's timer task).  It handles at most a turn of them; the bad frame closes that
+    peer, recorded, and handle_timer returns."""
+    cluster = Cluster(config(epochs=1), small_a9a(), 1)
+    cluster.run(until=lambda: cluster.coordinator.phase is Phase.INNER)
+    coordinator, worker_id = cluster.coordinator, cluster.ids[0]
+    assert worker_id is not None
+    flood = encode_message(ErrorMessage(code=60000, reason="noise")) * 40
+    bad = bytes([1, 0xEE, 0, 0, 0, 0, 0])  # an unknown message type
+    assert coordinator.receive_data(worker_id, flood + bad, cluster.now, 16) is True
+    errors = len(coordinator.ledger.errors)
+    due = coordinator.get_timer()
+    assert due is not None
+    coordinator.handle_timer(due)  # a turn: 16 more ERRORs, the bad frame not yet reached
+    assert coordinator.is_member(worker_id)
+    assert len(coordinator.ledger.errors) == errors + 16
+    while coordinator.receive_data(worker_id, None, cluster.now, 16):
+        pass
+    assert not coordinator.is_member(worker_id)
+    assert coordinator.ledger.errors[-1][1] == "UNKNOWN_MESSAGE_TYPE"
+    # Straight into the timer: the bad frame first, raised nowhere.
+    cluster = Cluster(config(epochs=1), small_a9a(), 1)
+    cluster.run(until=lambda: cluster.coordinator.phase is Phase.INNER)
+    coordinator, worker_id = cluster.coordinator, cluster.ids[0]
+    assert worker_id is not None
+    assert coordinator.receive_data(worker_id, bad, cluster.now, 0) is True  # buffered, not handled
+    due = coordinator.get_timer()
+    assert due is not None
+    coordinator.handle_timer(due)
+    assert not coordinator.is_member(worker_id)
+
+
 def test_a_snapshot_report_far_below_the_others_or_negative_is_refused() -> None:
     """An attack review: a loss of -1e300 per report was accepted mid-run (the out-of-line check looked
     only upwards) and from the first phase (nothing to compare with), and every trace loss with it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -530,3 +531,26 @@ def test_a_test_set_of_one_class_is_scored_with_the_training_sets_mapping() -> N
     weights = np.zeros(objective_for(softmax, three, training_set=True).dim)
     only_zero = Dataset(features[:3], np.zeros(3), "zero")  # class 0 only: still a 3-class model
     assert test_scores(softmax, only_zero, weights, three.labels)["test_samples"] == 3
+
+
+def test_import_root_is_the_folder_a_user_model_was_imported_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the worker processes look for the model (PYTHONPATH): a module's folder, a package's
+    parent, and a namespace package's (no __init__.py; a review: it got none)."""
+    import importlib  # noqa: PLC0415
+
+    from aiodq.launch.models import import_root  # noqa: PLC0415
+
+    (tmp_path / "flat_model_x.py").write_text("X = 1\n")
+    (tmp_path / "pkg_model_x").mkdir()
+    (tmp_path / "pkg_model_x" / "__init__.py").write_text("")
+    (tmp_path / "pkg_model_x" / "net.py").write_text("X = 1\n")
+    (tmp_path / "ns_model_x").mkdir()
+    (tmp_path / "ns_model_x" / "net.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("flat_model_x", "pkg_model_x.net", "ns_model_x.net"):
+        importlib.import_module(name)
+        assert import_root(f"{name}:X") == str(tmp_path.resolve()), name
+    assert import_root("logistic") is None
+    assert import_root("never_imported_x:X") is None
