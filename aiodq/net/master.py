@@ -404,12 +404,8 @@ class Master:
             writer.transport.abort()
             raise
         except Exception as exc:
-            _log.error(
-                "connection from %s: unexpected %s: %s",
-                peer_name(writer),
-                type(exc).__name__,
-                printable(str(exc)),
-            )
+            what = f"{type(exc).__name__}: {printable(str(exc))}"
+            _log.error("connection from %s: unexpected %s", peer_name(writer), what)
             writer.transport.abort()
         finally:
             self._handlers.discard(task)
@@ -510,7 +506,10 @@ class Master:
             longest = min(1.0, self._checkpoint_interval) if self._checkpoint is not None else 1.0
             delay = longest if deadline is None else min(longest, max(0.0, deadline - self._now()))
             await asyncio.sleep(delay)
-            self.coordinator.handle_timer(self._now())
+            try:
+                self.coordinator.handle_timer(self._now())
+            except Exception as exc:  # (a bug, not a peer's doing): logged, and the timers go on
+                _log.error("timers: unexpected %s: %s", type(exc).__name__, printable(str(exc)))
             self._flush()
             self._logbook.counts()  # what was counted, not logged, once the interval has passed
             if self._finished_at is not None:

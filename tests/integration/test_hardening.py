@@ -236,6 +236,35 @@ async def test_closing_a_master_mid_training_sends_going_away_without_callback_e
 
 
 @pytest.mark.asyncio
+async def test_a_failure_in_the_timers_is_logged_and_the_timers_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception out of the coordinator's handle_timer (a review found a peer's bad
+    frame could raise there) must not end the master's timer task: the join timeout still ends a
+    run that no worker joins."""
+    master = Master(TrainConfig(epochs=1), X0, workers=1, master_config=MasterConfig(join_timeout=0.5))
+    await master.start()
+    try:
+        assert master.coordinator is not None
+        handle_timer, calls = master.coordinator.handle_timer, []
+
+        def failing_once(now: float) -> None:
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            handle_timer(now)
+
+        master.coordinator.handle_timer = failing_once  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="aiodq.master"):
+            result = await master.trained(TIMEOUT)
+    finally:
+        await master.close()
+    assert "timers: unexpected RuntimeError: a bug" in caplog.text
+    assert len(calls) >= 2
+    assert result.failure == "0 of 1 workers joined within 0.5 s (--join-timeout)"
+
+
+@pytest.mark.asyncio
 async def test_a_checkpoint_that_cannot_be_written_fails_at_start(tmp_path: Path) -> None:
     """A checkpoint path that cannot be written is a CheckpointError at start, not a silent loss."""
     blocker = tmp_path / "file"
