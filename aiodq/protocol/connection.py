@@ -426,6 +426,10 @@ class Connection(SessionRules):
             return
         self.send(Close(code=int(code), reason=reason), now)
 
+    def refuse(self, code: int, reason: str = "") -> None:
+        """Close on the application's refusal of the peer: CLOSE, then CLOSED (wire-format.md 8.4-3)."""
+        self._fail(ErrorCode(code), reason)  # nothing more is read: a refused peer's flood is not parsed
+
     # -- timers ---------------------------------------------------------------
 
     def get_timer(self) -> float | None:

@@ -56,7 +56,7 @@ from .adaptive import CodingChooser
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
-from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, refuse_claim, refuse_encodings
+from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, count_error, refuse_claim, refuse_encodings
 from .members import Member, Phase
 from .recovery import Checkpoint
 from .trainconfig import coding_options
@@ -267,16 +267,15 @@ class Coordinator:
     def _remove(self, worker_id: int, refusal: Refusal, now: float) -> None:
         """Close a worker's connection with ``refusal``'s code and record why."""
         self.ledger.add_error(worker_id, refusal.code.name, refusal.reason)
-        worker = self._workers.get(worker_id)
-        if worker is not None and worker.connection.state not in _CLOSING:
-            worker.connection.close(now, refusal.code, refusal.reason)
+        if (worker := self._workers.get(worker_id)) is not None and worker.connection.state not in _CLOSING:
+            worker.connection.refuse(refusal.code, refusal.reason)  # (8.4-3: nothing more read from it)
         self._drop_worker(worker_id, now)
 
     def _handle(self, worker_id: int, event: Event, now: float) -> None:
         worker = self._workers[worker_id]
         if isinstance(event, Hello):
             self._join(worker_id, worker, event, now)
-        elif isinstance(event, SnapshotGradient | Gradient) and (
+        elif isinstance(event, SnapshotGradient | Gradient | ErrorMessage) and (
             not worker.joined or worker.connection.state in _CLOSING
         ):
             return  # messages already on their way from a removed worker, or one told CLOSE: ignored
@@ -286,6 +285,8 @@ class Coordinator:
             self._gradient(worker_id, worker, event, now)
         elif isinstance(event, ErrorMessage):
             self.ledger.add_error(worker_id, code_name(event.code), event.reason)
+            if (refusal := count_error(worker)) is not None:
+                self._remove(worker_id, refusal, now)
         elif isinstance(event, Close | ConnectionClosed):
             # A peer's CLOSE with an error code (AUTH_FAILED, say) and a local timeout are recorded, so
             # the master logs why (the end of a stream after our own CLOSE was recorded when sent).
@@ -537,8 +538,7 @@ class Coordinator:
             worker.connection.close(now, code, reason)
 
     def _drop_worker(self, worker_id: int, now: float) -> None:
-        worker = self._workers.get(worker_id)
-        if worker is None:
+        if (worker := self._workers.get(worker_id)) is None:
             return
         was_member = worker.joined
         worker.joined = worker.active = worker.awaiting_snapshot = False

@@ -41,6 +41,7 @@ from ..codec.registry import Encoding
 from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
 from ..errors import ErrorCode
 from .algorithms import ALGORITHMS, TrainConfig
+from .members import Member
 from .objectives import BUILT_IN
 
 __all__ = [
@@ -48,7 +49,9 @@ __all__ = [
     "DIVERGED_LOSS_FACTOR",
     "Divergence",
     "Guard",
+    "MAX_PEER_ERRORS",
     "Refusal",
+    "count_error",
     "refuse_claim",
     "refuse_encodings",
 ]
@@ -262,6 +265,22 @@ def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, in
     if holder is not None:
         return Refusal(ErrorCode.SHARD_TAKEN, f"shard {index}/{count} is held by worker {holder}")
     return None
+
+
+#: ERROR messages a worker may send in a session; a reference worker sends none (wire-format.md 7.10).
+MAX_PEER_ERRORS = 256
+
+
+def count_error(member: Member) -> Refusal | None:
+    """Count an ERROR message from ``member``; a refusal once it has sent more than MAX_PEER_ERRORS.
+
+    Each is recorded and may be logged (an attack review: a flood of valid ERRORs, 40,000 a
+    second, held the others up; the flooder's own answers queued behind it delayed every phase).
+    """
+    member.errors += 1
+    if member.errors <= MAX_PEER_ERRORS:
+        return None
+    return Refusal(ErrorCode.LIMIT_EXCEEDED, f"more than {MAX_PEER_ERRORS} ERROR messages in one session")
 
 
 def refuse_encodings(config: TrainConfig, announced: frozenset[int]) -> Refusal | None:

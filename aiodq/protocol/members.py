@@ -40,6 +40,8 @@ class Member:
     report: SnapshotGradient | None = None
     #: Its updates refused since the last update applied (any worker's).
     refused: int = 0
+    #: ERROR messages it has sent (:func:`~aiodq.protocol.guard.count_error`).
+    errors: int = 0
     #: True if this worker takes part in the current snapshot phase / inner loop.
     active: bool = False
     #: True while the current snapshot phase waits for this worker.

@@ -1265,3 +1265,16 @@ def test_a_run_of_heartbeats_is_read_in_bulk_as_one_event() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         master.next_event()
     assert info.value.code == ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_a_refused_peer_gets_close_and_nothing_more_is_read() -> None:
+    """refuse(): the application's refusal closes as a failure does (wire-format.md 8.4-3): CLOSE with
+    the code, CLOSED at once, and what the peer sends after it is not parsed (a re-attack: a refused
+    worker's flood of ERRORs was still decoded, one by one, until its own CLOSE came)."""
+    master, _ = ready()
+    master.refuse(ErrorCode.LIMIT_EXCEEDED, "too many")
+    assert master.state is ConnectionState.CLOSED
+    assert frames_of(master.data_to_send()) == [Close(code=int(ErrorCode.LIMIT_EXCEEDED), reason="too many")]
+    master.receive_data(encode_message(ErrorMessage(code=60000, reason="x")) * 1000, 1.0)
+    assert master.next_event() is None
+    assert master.messages_received.get("ERROR", 0) == 0

@@ -950,6 +950,32 @@ def test_a_peers_messages_are_handled_in_turns_of_the_budget() -> None:
     assert coordinator.done and coordinator.failure is None
 
 
+def test_a_worker_sending_errors_beyond_the_limit_is_removed() -> None:
+    """ERROR messages are valid from a worker, and a reference worker sends none: up to
+    MAX_PEER_ERRORS are recorded, the next removes the worker (LIMIT_EXCEEDED).  (A re-attack: a
+    flood of them, 40,000 a second, still held training up to 2 epochs in 30 s against 145.)"""
+    from aiodq.protocol.guard import MAX_PEER_ERRORS  # noqa: PLC0415
+
+    cluster = Cluster(config(epochs=1), small_a9a(), 1)
+    cluster.run(until=lambda: cluster.coordinator.phase is Phase.INNER)
+    coordinator, worker_id = cluster.coordinator, cluster.ids[0]
+    assert worker_id is not None
+    error = encode_message(ErrorMessage(code=60000, reason="noise"))
+    coordinator.receive_data(worker_id, error * MAX_PEER_ERRORS, cluster.now)
+    assert coordinator.is_member(worker_id)
+    coordinator.receive_data(worker_id, error, cluster.now)
+    assert not coordinator.is_member(worker_id)
+    assert coordinator.ledger.errors[-1][1:] == (
+        "LIMIT_EXCEEDED",
+        f"more than {MAX_PEER_ERRORS} ERROR messages in one session",
+    )
+    # What it sends after its CLOSE until it closes too is ignored, not counted (the re-attack's
+    # result.json counted LIMIT_EXCEEDED 1.3 million times).
+    seen = coordinator.ledger.errors_seen
+    coordinator.receive_data(worker_id, error * 1000, cluster.now)
+    assert coordinator.ledger.errors_seen == seen
+
+
 def test_a_due_timer_between_turns_handles_a_turn_and_a_bad_frame_closes_the_peer() -> None:
     """The master's timer can run between a connection's turns, with messages still buffered (a
     review: its loop drained them all, and a bad frame among them raised out of handle_timer and
