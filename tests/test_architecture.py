@@ -130,6 +130,11 @@ def test_modules_are_small() -> None:
     assert not big, f"{big} (package: {total} lines)"
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in a fresh interpreter, from the repository root."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
+
+
 def test_import_aiodq_is_light() -> None:
     """``import aiodq`` loads numpy, msgpack and bitarray, and none of scipy, matplotlib, rich, torch, ray."""
     code = (
@@ -138,9 +143,8 @@ def test_import_aiodq_is_light() -> None:
         "print(','.join(m for m in heavy if m in sys.modules))\n"
         "print(','.join(m for m in ('numpy', 'msgpack', 'bitarray') if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
     heavy, light = result.stdout.splitlines()
     assert heavy == ""
     assert light == "numpy,msgpack,bitarray"
@@ -181,9 +185,7 @@ def test_without_the_cli_extra_the_demo_still_runs_and_stops_cleanly() -> None:
         "cli.demo = interrupted\n"
         "print(cli.main(['demo']))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "130"]
     said = result.stderr.strip().splitlines()
