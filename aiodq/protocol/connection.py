@@ -426,9 +426,9 @@ class Connection(SessionRules):
             return
         self.send(Close(code=int(code), reason=reason), now)
 
-    def refuse(self, code: int, reason: str = "") -> None:
+    def refuse(self, code: ErrorCode, reason: str = "") -> None:
         """Close on the application's refusal of the peer: CLOSE, then CLOSED (wire-format.md 8.4-3)."""
-        self._fail(ErrorCode(code), reason)  # nothing more is read: a refused peer's flood is not parsed
+        self._fail(code, reason)  # nothing more is read: a refused peer's flood is not parsed
 
     # -- timers ---------------------------------------------------------------
 

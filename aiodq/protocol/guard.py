@@ -40,7 +40,7 @@ from ..codec.packing import aligned_width
 from ..codec.registry import Encoding
 from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
 from ..errors import ErrorCode
-from .algorithms import ALGORITHMS, TrainConfig
+from .algorithms import TrainConfig
 from .members import Member
 from .objectives import BUILT_IN
 
@@ -293,7 +293,7 @@ def refuse_encodings(config: TrainConfig, announced: frozenset[int]) -> Refusal 
     through a phase (wire-format.md 6.2-2; a review's attack made it close another worker).
     """
     needed = {Encoding.RAW_F32, Encoding.RAW_F64}
-    if ALGORITHMS[config.algorithm].model == "quantized":
+    if config.spec.model == "quantized":
         needed |= {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE}
     missing = sorted(needed - announced)
     if not missing:

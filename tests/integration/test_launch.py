@@ -229,13 +229,17 @@ for i in range(20000):
 sys.stderr.write("the end")
 sys.exit(3)
 """
-#: A process that ignores SIGTERM and says so when it is ready.
+#: A process that ignores SIGTERM (it only says it got one) and says so when it is ready.
 _STUBBORN = """
 import signal, sys, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def noted(signum, frame):
+    sys.stderr.write("SIGTERM\\n")
+    sys.stderr.flush()
+signal.signal(signal.SIGTERM, noted)
 sys.stderr.write("ready\\n")
 sys.stderr.flush()
-time.sleep(600)
+while True:
+    time.sleep(600)
 """
 
 
@@ -262,10 +266,15 @@ async def _stubborn() -> Any:
     from aiodq.launch.processes import WorkerProcess  # noqa: PLC0415
 
     worker = await WorkerProcess.start(0, [sys.executable, "-c", _STUBBORN], dict(os.environ))
-    async with asyncio.timeout(60):
-        while "ready" not in await worker.stderr_tail():
-            await asyncio.wait([worker.exited], timeout=0.05)
+    await _said(worker, "ready")
     return worker
+
+
+async def _said(worker: Any, line: str) -> None:
+    """Wait (60 s at most) until ``worker`` has written ``line`` to stderr."""
+    async with asyncio.timeout(60):
+        while line not in (await worker.stderr_tail()).splitlines():
+            await asyncio.wait([worker.exited], timeout=0.05)
 
 
 @pytest.mark.asyncio
@@ -288,8 +297,8 @@ async def test_a_cancelled_stop_still_kills_a_worker_process_that_ignores_sigter
     worker = await _stubborn()
     try:
         stopping = asyncio.create_task(stop_workers([worker], grace=600))
-        await asyncio.sleep(0)  # one turn of the loop: the task sends SIGTERM and starts its grace
-        assert not worker.has_exited
+        await _said(worker, "SIGTERM")  # the stop has sent it, and waits out its grace
+        assert not worker.has_exited and not stopping.done()
         stopping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopping
