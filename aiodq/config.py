@@ -130,6 +130,11 @@ class MasterConfig:
     max_unauthenticated: int = option(
         64, "connections still in their handshake at once; more are refused when they connect"
     )
+    rejoin_backoff: float = option(
+        1.0,
+        "seconds before the shard of a worker removed for what it sent may join again; doubles with "
+        "each removal, up to 60 (0: no wait)",
+    )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.guard) and self.guard >= 0):
@@ -140,6 +145,10 @@ class MasterConfig:
             raise ValueError(f"join_timeout must be positive, got {self.join_timeout!r}")
         if not (math.isfinite(self.snapshot_timeout) and self.snapshot_timeout > 0):
             raise ValueError(f"snapshot_timeout must be positive, got {self.snapshot_timeout!r}")
+        if not (math.isfinite(self.rejoin_backoff) and self.rejoin_backoff >= 0):
+            raise ValueError(
+                f"rejoin_backoff must be 0 (off) or positive seconds, got {self.rejoin_backoff!r}"
+            )
         if not isinstance(self.max_unauthenticated, int) or self.max_unauthenticated < 1:
             raise ValueError(
                 f"max_unauthenticated must be a positive integer, got {self.max_unauthenticated!r}"

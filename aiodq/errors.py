@@ -90,6 +90,8 @@ class ErrorCode(IntEnum):
     SHARD_TAKEN = 21
     #: "The shard count the worker claims in HELLO differs from the master's number of workers."
     WORLD_SIZE_MISMATCH = 22
+    #: "The master refuses this worker's HELLO for now: the worker of the shard it claims was removed."
+    TRY_LATER = 23
 
 
 def code_name(code: int) -> str:

@@ -58,6 +58,7 @@ from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
 from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, count_error, refuse_claim, refuse_encodings
 from .members import Member, Phase
+from .penalty import RejoinBackoff, penalised
 from .recovery import Checkpoint
 from .trainconfig import coding_options
 
@@ -122,7 +123,7 @@ class Coordinator:
         self.ledger = Ledger()
         self.finished_at: float | None = None  # when the run ended
         self.failure: str | None = None  #: why the run ended before its epochs did (it diverged), or None
-        self._divergence = Divergence()
+        self._divergence, self._backoff = Divergence(), RejoinBackoff(self.master_config.rejoin_backoff)
         coded = config.adaptive_coding and config.spec.model == "quantized"  # dense codes to choose for
         self._coding = CodingChooser() if coded else None  # adaptive.py
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only hands the
@@ -157,7 +158,7 @@ class Coordinator:
                 event = worker.connection.next_event()
             except RemoteProtocolError as exc:
                 self.ledger.add_error(worker_id, exc.code.name, str(exc))
-                self._drop_worker(worker_id, now)
+                self._drop_worker(worker_id, now, exc.code)
                 return False
             if event is None:
                 return False
@@ -269,7 +270,7 @@ class Coordinator:
         self.ledger.add_error(worker_id, refusal.code.name, refusal.reason)
         if (worker := self._workers.get(worker_id)) is not None and worker.connection.state not in _CLOSING:
             worker.connection.refuse(refusal.code, refusal.reason)  # (8.4-3: nothing more read from it)
-        self._drop_worker(worker_id, now)
+        self._drop_worker(worker_id, now, refusal.code)
 
     def _handle(self, worker_id: int, event: Event, now: float) -> None:
         worker = self._workers[worker_id]
@@ -302,14 +303,15 @@ class Coordinator:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
         held = {i: w.shard for i, w in self._workers.items() if w.joined and w.shard is not None}
-        claim = refuse_claim(hello.shard, self.expected_workers, held)
+        shard = None if hello.shard is None else hello.shard[0]  # (a back-off's key: penalty.py)
+        claim = refuse_claim(hello.shard, self.expected_workers, held) or self._backoff.refuse(shard, now)
         if (refusal := claim or refuse_encodings(self.config, hello.encodings)) is not None:
             self._remove(worker_id, refusal, now)
             return
         if self.live_workers >= self.expected_workers:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
-        worker.shard = None if hello.shard is None else hello.shard[0]
+        worker.shard = shard
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
         params = self.config.to_params()
@@ -348,11 +350,7 @@ class Coordinator:
         self._maybe_finish_snapshot_phase(now)
 
     def _send_snapshot(self, worker: Member, now: float) -> None:
-        """Send the current SNAPSHOT, unless an older one is still unanswered.
-
-        A worker that joined late may still owe the answer to an earlier epoch's SNAPSHOT
-        when the next phase starts; it gets the current one as soon as it answers.
-        """
+        """Send the current SNAPSHOT unless an older one is unanswered (a late joiner's; this one follows)."""
         if worker.snapshot_sent is not None:
             return
         state = self.state
@@ -442,8 +440,7 @@ class Coordinator:
         if (failure := self._divergence.loss(state.epoch, loss, self.trace[0].loss)) is not None:
             return self._finish(now, failure)
         if state.epoch >= self.config.epochs:
-            self._finish(now)
-            return
+            return self._finish(now)
         self._start_inner_loop(active, now)
 
     def _start_inner_loop(self, active: list[Member], now: float) -> None:
@@ -537,10 +534,13 @@ class Coordinator:
         for worker in self._workers.values():
             worker.connection.close(now, code, reason)
 
-    def _drop_worker(self, worker_id: int, now: float) -> None:
+    def _drop_worker(self, worker_id: int, now: float, code: ErrorCode | None = None) -> None:
+        """Take a worker out of the run; ``code``: why it was removed, if for what it sent (a back-off)."""
         if (worker := self._workers.get(worker_id)) is None:
             return
         was_member = worker.joined
+        if was_member and code is not None and penalised(code):
+            self._backoff.removed(worker.shard, code, now)
         worker.joined = worker.active = worker.awaiting_snapshot = False
         worker.report = worker.snapshot_sent = None
         if worker.connection.state is not ConnectionState.CLOSED:
