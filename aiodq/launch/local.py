@@ -343,7 +343,7 @@ async def run_cluster(
                     model=config.model,
                     nice=nice,
                 )
-                return WorkerProcess.start(index, command, env)
+                return WorkerProcess.start(index, workers, command, env)
 
             processes: list[WorkerProcess] = []
             waiter: asyncio.Task[RunResult] | None = None
@@ -384,7 +384,7 @@ async def run_cluster(
                             # The protocol lets a worker rejoin: start another on the same shard.
                             restarts += 1
                             _log.warning(
-                                "worker %d/%d %s; restarting it (%d of %d)%s",
+                                "worker process %d/%d %s; restarting it (%d of %d)%s",
                                 index,
                                 workers,
                                 ended(status),

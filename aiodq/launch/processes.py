@@ -59,9 +59,12 @@ class _Protocol(asyncio.SubprocessProtocol):
 class WorkerProcess:
     """One worker process, its stderr read as it comes."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, workers: int) -> None:
         loop = asyncio.get_running_loop()
         self.index = index
+        #: How the launcher's log and errors name it: by its shard, as the master's log does
+        #: (``worker process 1/4``; the master's ``worker 5 (shard 1/4)`` is its connection).
+        self.name = f"worker process {index}/{workers}"
         self._transport: asyncio.SubprocessTransport | None = None
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._pending = b""
@@ -69,13 +72,15 @@ class WorkerProcess:
         self._stderr_done: asyncio.Future[None] = loop.create_future()
 
     @classmethod
-    async def start(cls, index: int, command: Sequence[str], env: dict[str, str]) -> WorkerProcess:
-        """Start ``command`` as worker ``index``.
+    async def start(
+        cls, index: int, workers: int, command: Sequence[str], env: dict[str, str]
+    ) -> WorkerProcess:
+        """Start ``command`` as worker ``index`` of ``workers`` (its shard).
 
         Raises:
             RunError: if the process cannot be started (no such program, too many open files...).
         """
-        worker = cls(index)
+        worker = cls(index, workers)
         loop = asyncio.get_running_loop()
         try:
             await loop.subprocess_exec(
@@ -87,7 +92,7 @@ class WorkerProcess:
                 env=env,
             )
         except OSError as exc:
-            raise RunError(f"cannot start worker process {index}: {exc.strerror or exc}") from exc
+            raise RunError(f"cannot start {worker.name}: {exc.strerror or exc}") from exc
         return worker
 
     @property
@@ -172,7 +177,7 @@ class WorkerProcess:
     def _line(self, raw: bytes) -> None:
         text = raw.decode(errors="replace").rstrip()
         self._tail.append(text)
-        _log.info("worker %d: %s", self.index, text)
+        _log.info("%s: %s", self.name, text)
 
 
 def exits(workers: Sequence[WorkerProcess]) -> list[asyncio.Future[int]]:
@@ -228,15 +233,15 @@ async def after_training(processes: list[WorkerProcess]) -> None:
     for worker in processes:
         if not worker.has_exited:
             _log.warning(
-                "worker %d did not exit within %.0f s of the end of training; stopping it",
-                worker.index,
+                "%s did not exit within %.0f s of the end of training; stopping it",
+                worker.name,
                 _EXIT_GRACE,
             )
         elif worker.failed:
             tail = (await worker.stderr_tail()).strip()
             _log.warning(
-                "worker %d %s after training had finished: %s",
-                worker.index,
+                "%s %s after training had finished: %s",
+                worker.name,
                 ended(worker.returncode),
                 tail.splitlines()[-1] if tail else "",
             )

@@ -64,6 +64,17 @@ class _Budget:
         return False
 
 
+def worker_name(coordinator: Coordinator, worker_id: int) -> str:
+    """How the log names a connection: ``worker 5``, with the shard it claimed (``worker 5 (shard 1/4)``).
+
+    The number is the connection's, the master's WELCOME ``worker_id``; a worker that rejoins gets a
+    new one, and keeps its shard.
+    """
+    if (shard := coordinator.shard_of(worker_id)) is None:
+        return f"worker {worker_id}"
+    return f"worker {worker_id} (shard {shard}/{coordinator.expected_workers})"
+
+
 class Logbook:
     """The master's log, fed after every batch of events (:meth:`progress`)."""
 
@@ -75,7 +86,7 @@ class Logbook:
         self._counted_at = -math.inf
         self._epochs = 0
         self._errors = 0
-        self._members: set[int] = set()
+        self._members: dict[int, str] = {}  # each member's name in the log, by worker id
         self._error_budget, self._member_budget = _Budget(), _Budget()
         self._unlogged_errors = self._unlogged_errors_logged = 0
         self._unlogged_members: Counter[str] = Counter()
@@ -112,8 +123,8 @@ class Logbook:
             self._epochs = len(coordinator.trace)
         for worker_id, writer in writers.items():
             if worker_id not in self._members and coordinator.is_member(worker_id):
-                self._members.add(worker_id)
-                self._membership("joined", "worker %d joined from %s", worker_id, peer_name(writer))
+                self._members[worker_id] = name = worker_name(coordinator, worker_id)
+                self._membership("joined", "%s joined from %s", name, peer_name(writer))
         seen = coordinator.ledger.errors_seen
         new = seen - self._errors
         if new > 0:
@@ -123,7 +134,8 @@ class Logbook:
                 if self._error_budget.take(now):
                     # GOING_AWAY is a peer that stops (Ctrl-C, SIGTERM, its own end): news, not an error.
                     level = logging.INFO if code == "GOING_AWAY" else logging.WARNING
-                    _log.log(level, "worker %d: %s: %s", worker_id, code, printable(reason))
+                    name = worker_name(coordinator, worker_id)
+                    _log.log(level, "%s: %s: %s", name, code, printable(reason))
                     new -= 1
             self._unlogged_errors += new
             self._errors = seen
@@ -131,9 +143,8 @@ class Logbook:
 
     def left(self, worker_id: int) -> None:
         """A connection ended: a line if it was a member."""
-        if worker_id in self._members:
-            self._members.discard(worker_id)
-            self._membership("left", "worker %d left", worker_id)
+        if (name := self._members.pop(worker_id, None)) is not None:
+            self._membership("left", "%s left", name)
 
     def _membership(self, kind: str, message: str, *args: object) -> None:
         if self._member_budget.take(self._clock()):

@@ -53,12 +53,12 @@ from ..errors import CheckpointError, ErrorCode, RemoteProtocolError, code_name
 from . import recovery
 from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
 from .adaptive import CodingChooser
+from .admission import Admission
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
-from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, count_error, refuse_claim, refuse_encodings
+from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, count_error
 from .members import Member, Phase
-from .penalty import RejoinBackoff, penalised
 from .recovery import Checkpoint
 from .trainconfig import coding_options
 
@@ -123,7 +123,7 @@ class Coordinator:
         self.ledger = Ledger()
         self.finished_at: float | None = None  # when the run ended
         self.failure: str | None = None  #: why the run ended before its epochs did (it diverged), or None
-        self._divergence, self._backoff = Divergence(), RejoinBackoff(self.master_config.rejoin_backoff)
+        self._divergence, self._admission = Divergence(), Admission(config, workers, self.master_config)
         coded = config.adaptive_coding and config.spec.model == "quantized"  # dense codes to choose for
         self._coding = CodingChooser() if coded else None  # adaptive.py
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only hands the
@@ -229,6 +229,10 @@ class Coordinator:
         """True if the connection ``worker_id`` has joined the run and not left it."""
         return (worker := self._workers.get(worker_id)) is not None and worker.joined
 
+    def shard_of(self, worker_id: int) -> int | None:
+        """The shard index the connection ``worker_id`` claimed (None: none, or no such connection)."""
+        return None if (worker := self._workers.get(worker_id)) is None else worker.shard
+
     @property
     def done(self) -> bool:
         """True once training finished and CLOSE went to every worker."""
@@ -303,15 +307,12 @@ class Coordinator:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
         held = {i: w.shard for i, w in self._workers.items() if w.joined and w.shard is not None}
-        shard = None if hello.shard is None else hello.shard[0]  # (a back-off's key: penalty.py)
-        claim = refuse_claim(hello.shard, self.expected_workers, held) or self._backoff.refuse(shard, now)
-        if (refusal := claim or refuse_encodings(self.config, hello.encodings)) is not None:
-            self._remove(worker_id, refusal, now)
-            return
+        if (refusal := self._admission.refuse(hello, held, now)) is not None:
+            return self._remove(worker_id, refusal, now)
         if self.live_workers >= self.expected_workers:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
-        worker.shard = shard
+        worker.shard = None if hello.shard is None else hello.shard[0]
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
         params = self.config.to_params()
@@ -535,12 +536,11 @@ class Coordinator:
             worker.connection.close(now, code, reason)
 
     def _drop_worker(self, worker_id: int, now: float, code: ErrorCode | None = None) -> None:
-        """Take a worker out of the run; ``code``: why it was removed, if for what it sent (a back-off)."""
         if (worker := self._workers.get(worker_id)) is None:
             return
         was_member = worker.joined
-        if was_member and code is not None and penalised(code):
-            self._backoff.removed(worker.shard, code, now)
+        if was_member and code is not None:  # removed: a back-off, if for what it sent (admission.py)
+            self._admission.removed(worker.shard, code, now)
         worker.joined = worker.active = worker.awaiting_snapshot = False
         worker.report = worker.snapshot_sent = None
         if worker.connection.state is not ConnectionState.CLOSED:

@@ -1,5 +1,5 @@
-"""The rejoin back-off (protocol/penalty.py, wire-format.md 7.1-10): a worker removed for what it sent
-waits before its shard may join again.
+"""Who may join (protocol/admission.py): the rejoin back-off (wire-format.md 7.1-10), by which a worker
+removed for what it sent waits before its shard may join again, and how the master's log names workers.
 
 Sans I/O: the rule itself, then the real coordinator and worker sessions over in-memory bytes
 (test_coordinator's Cluster, whose clock moves 1 s per step).
@@ -17,9 +17,10 @@ from aiodq.codec.events import ErrorMessage, Heartbeat, SnapshotGradient
 from aiodq.codec.messages import encode_message
 from aiodq.config import MasterConfig
 from aiodq.errors import ErrorCode
+from aiodq.net.logbook import worker_name
+from aiodq.protocol.admission import FORGIVEN_AFTER, LONGEST_BACKOFF, RejoinBackoff, penalised
 from aiodq.protocol.coordinator import Phase
 from aiodq.protocol.guard import MAX_PEER_ERRORS
-from aiodq.protocol.penalty import FORGIVEN_AFTER, LONGEST_BACKOFF, RejoinBackoff, penalised
 from aiodq.protocol.session import WorkerSession
 
 
@@ -157,3 +158,17 @@ def test_a_worker_cut_off_at_the_snapshot_deadline_rejoins_at_once() -> None:
     )
     assert coordinator.done and coordinator.failure is None
     assert "TRY_LATER" not in [code for _, code, _ in coordinator.ledger.errors]
+
+
+def test_the_masters_log_names_a_worker_by_its_connection_and_its_shard() -> None:
+    """usage.md: ``worker 1 (shard 1/2)``; a worker that claims no shard is ``worker 2``."""
+    cluster, _ = _flooded_out(0.0)
+    coordinator = cluster.coordinator
+    first, flooder = cluster.ids[0], cluster.ids[1]
+    assert first is not None and flooder is not None
+    assert worker_name(coordinator, first) == f"worker {first} (shard 0/2)"
+    # Removed but not yet forgotten: still named by its shard (its removal's log line comes after).
+    assert worker_name(coordinator, flooder) == f"worker {flooder} (shard 1/2)"
+    stranger = cluster.add_session(_claiming(small_a9a(), 1, None))
+    cluster.run(until=lambda: coordinator.is_member(cluster.ids[stranger] or -1))
+    assert worker_name(coordinator, cluster.ids[stranger] or -1) == f"worker {cluster.ids[stranger]}"

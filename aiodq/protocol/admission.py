@@ -1,5 +1,9 @@
-"""The rejoin back-off: a worker removed for what it sent waits before it may join again (sans I/O).
+"""Who may join a run, sans I/O: shard claims, the rejoin back-off, the encodings the run sends.
 
+:class:`Admission` refuses a HELLO before WELCOME (wire-format.md 7.1-9, 7.1-10, 6.2-6); the
+refusals themselves are :mod:`aiodq.protocol.guard`'s, but for the back-off's, which is here.
+
+The rejoin back-off: a worker removed for what it sent waits before its shard may join again.
 An admitted worker that breaks the protocol, floods ERRORs or sends values the guard refuses is
 removed (docs/security.md).  Without a back-off it could rejoin at once, over and over, and each
 session costs the master a handshake and a copy of x_snap: an attack review's flooder that did so
@@ -19,10 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..codec.events import Hello
+from ..config import MasterConfig
 from ..errors import ErrorCode
-from .guard import Refusal
+from .guard import Refusal, refuse_claim, refuse_encodings
+from .trainconfig import TrainConfig
 
-__all__ = ["FORGIVEN_AFTER", "LONGEST_BACKOFF", "RejoinBackoff", "penalised"]
+__all__ = ["FORGIVEN_AFTER", "LONGEST_BACKOFF", "Admission", "RejoinBackoff", "penalised"]
 
 #: The longest back-off, in seconds (or the first, if longer).
 LONGEST_BACKOFF = 60.0
@@ -84,3 +91,30 @@ class RejoinBackoff:
             f"{who} was removed {times}, last for {record.code}; "
             f"join again in {record.until - now:.1f} s (back-off {record.seconds:g} s)",
         )
+
+
+class Admission:
+    """The checks of a HELLO before WELCOME, and the back-offs of the removals that call for one."""
+
+    __slots__ = ("_backoff", "_config", "_workers")
+
+    def __init__(self, config: TrainConfig, workers: int, master_config: MasterConfig) -> None:
+        self._config, self._workers = config, workers
+        self._backoff = RejoinBackoff(master_config.rejoin_backoff)
+
+    def refuse(self, hello: Hello, held: dict[int, int], now: float) -> Refusal | None:
+        """Why ``hello`` may not join at ``now`` (``held``: the shard of each member, by worker id), or None.
+
+        In order: the shard claim (7.1-9), its back-off (7.1-10), the encodings (6.2-6).
+        """
+        shard = None if hello.shard is None else hello.shard[0]
+        return (
+            refuse_claim(hello.shard, self._workers, held)
+            or self._backoff.refuse(shard, now)
+            or refuse_encodings(self._config, hello.encodings)
+        )
+
+    def removed(self, shard: int | None, code: ErrorCode, now: float) -> None:
+        """A member claiming ``shard`` was removed with ``code``: a back-off if :func:`penalised` says so."""
+        if penalised(code):
+            self._backoff.removed(shard, code, now)
