@@ -130,12 +130,12 @@ class Logbook:
         if new > 0:
             now = self._clock()
             errors = coordinator.errors
-            for worker_id, code, reason in list(errors)[-min(new, len(errors)) :] if errors else []:
+            for worker_id, code, reason, by in list(errors)[-min(new, len(errors)) :] if errors else []:
                 if self._error_budget.take(now):
                     # GOING_AWAY is a peer that stops (Ctrl-C, SIGTERM, its own end): news, not an error.
                     level = logging.INFO if code == "GOING_AWAY" else logging.WARNING
-                    name = worker_name(coordinator, worker_id)
-                    _log.log(level, "%s: %s: %s", name, code, printable(reason))
+                    name, says = worker_name(coordinator, worker_id), " says" * (by == "worker")
+                    _log.log(level, "%s%s: %s: %s", name, says, code, printable(reason))
                     new -= 1
             self._unlogged_errors += new
             self._errors = seen

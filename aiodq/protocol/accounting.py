@@ -141,10 +141,14 @@ class Ledger:
     #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``outlier`` (the
     #: guard), ``overflow`` (out of a MODEL's range), ``refused`` (not this run's encoding or width).
     dropped: Counter[str] = field(default_factory=Counter)
-    #: The latest :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text)``.
-    errors: deque[tuple[int, str, str]] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
-    #: Every protocol error, by code name (also those no longer in :attr:`errors`).
+    #: The latest :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text, raised_by)``:
+    #: ``raised_by`` is ``"master"`` (it refused or closed the worker, or timed it out) or ``"worker"``
+    #: (the worker sent the code, in ERROR or CLOSE).
+    errors: deque[tuple[int, str, str, str]] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
+    #: Every code the master raised, by name (also those no longer in :attr:`errors`).
     error_counts: Counter[str] = field(default_factory=Counter)
+    #: Every code the workers sent, by name.
+    peer_error_counts: Counter[str] = field(default_factory=Counter)
     #: Traffic of connections already closed and forgotten (workers that joined).
     retired: Traffic = field(default_factory=Traffic)
     #: Traffic of connections that never joined (refused, failed handshakes): not the run's.
@@ -163,15 +167,15 @@ class Ledger:
             self.unadmitted.add_connection(connection)
             self.unadmitted_connections += 1
 
-    def add_error(self, worker_id: int, code: str, reason: str) -> None:
-        """Record a protocol error: counted by code; its text replaces the oldest one kept."""
-        self.error_counts[code] += 1
-        self.errors.append((worker_id, code, reason))
+    def add_error(self, worker_id: int, code: str, reason: str, *, sent: bool = False) -> None:
+        """Record a protocol error (``sent``: the worker's) by code; its text replaces the oldest one kept."""
+        (self.peer_error_counts if sent else self.error_counts)[code] += 1
+        self.errors.append((worker_id, code, reason, "worker" if sent else "master"))
 
     @property
     def errors_seen(self) -> int:
-        """Protocol errors recorded since the run began (kept with their text or not)."""
-        return sum(self.error_counts.values())
+        """Protocol errors recorded since the run began, either side's (kept with their text or not)."""
+        return sum(self.error_counts.values()) + sum(self.peer_error_counts.values())
 
     def traffic(self, live: list[Connection]) -> Traffic:
         """Bytes and payload bits so far: retired connections plus ``live`` ones."""
@@ -207,7 +211,8 @@ class Ledger:
                 "max": max(histogram, default=0),
                 "dropped": dict(self.dropped),
             },
-            "errors": [{"worker": w, "code": c, "reason": r} for w, c, r in self.errors],
+            "errors": [{"worker": w, "code": c, "reason": r, "raised_by": b} for w, c, r, b in self.errors],
             "error_counts": dict(self.error_counts),
+            "peer_error_counts": dict(self.peer_error_counts),
             "unadmitted": {"connections": self.unadmitted_connections, "bytes": self.unadmitted.total()},
         }

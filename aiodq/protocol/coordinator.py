@@ -289,14 +289,14 @@ class Coordinator:
         elif isinstance(event, Gradient):
             self._gradient(worker_id, worker, event, now)
         elif isinstance(event, ErrorMessage):
-            self.ledger.add_error(worker_id, code_name(event.code), event.reason)
+            self.ledger.add_error(worker_id, code_name(event.code), event.reason, sent=True)
             if (refusal := count_error(worker)) is not None:
                 self._remove(worker_id, refusal, now)
         elif isinstance(event, Close | ConnectionClosed):
             # A peer's CLOSE with an error code (AUTH_FAILED, say) and a local timeout are recorded, so
             # the master logs why (the end of a stream after our own CLOSE was recorded when sent).
             if isinstance(event, Close) and event.code != ErrorCode.NO_ERROR:
-                self.ledger.add_error(worker_id, code_name(event.code), event.reason)
+                self.ledger.add_error(worker_id, code_name(event.code), event.reason, sent=True)
             elif isinstance(event, ConnectionClosed) and event.code == ErrorCode.TIMEOUT:
                 self.ledger.add_error(worker_id, code_name(event.code), "timed out")
             self._drop_worker(worker_id, now)

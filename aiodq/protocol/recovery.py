@@ -70,11 +70,24 @@ def capture(
         "dropped": dict(ledger.dropped),
         "errors": [list(error) for error in ledger.errors],
         "error_counts": dict(ledger.error_counts),
+        "peer_error_counts": dict(ledger.peer_error_counts),
         "traffic": {
             name: [[d, k, v] for (d, k), v in table.items()] for name, table in traffic.tables().items()
         },
     }
     return Checkpoint(arrays, meta)
+
+
+def _saved_error(entry: Any) -> tuple[int, str, str, str]:
+    """A checkpoint's ``[worker, code, reason, raised_by]``, ``raised_by`` the master's if missing.
+
+    An earlier version kept no side, and counted the codes workers sent with those the master
+    raised, in ``error_counts``: they stay counted there.
+    """
+    worker, code, reason, *side = entry
+    if side not in ([], ["master"], ["worker"]):
+        raise ValueError(f"an error raised by {side!r}")
+    return int(worker), str(code), str(reason), side[0] if side else "master"
 
 
 def _saved_config(params: object) -> TrainConfig | None:
@@ -133,8 +146,9 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             trace=[EpochRecord(**record) for record in meta["trace"]],
             applied_staleness=Counter({int(k): int(v) for k, v in meta["applied_staleness"]}),
             dropped=Counter({str(k): int(v) for k, v in meta["dropped"].items()}),
-            errors=deque(((int(w), str(c), str(r)) for w, c, r in meta["errors"]), maxlen=MAX_ERRORS),
+            errors=deque(map(_saved_error, meta["errors"]), maxlen=MAX_ERRORS),
             error_counts=Counter({str(k): int(v) for k, v in meta.get("error_counts", {}).items()}),
+            peer_error_counts=Counter({str(k): int(v) for k, v in meta.get("peer_error_counts", {}).items()}),
         )
         for name, rows in meta["traffic"].items():
             table = ledger.retired.tables()[name]

@@ -117,7 +117,7 @@ def test_a_flooder_that_rejoins_at_once_is_refused_until_its_back_off_has_passed
     )
     assert coordinator.done and coordinator.failure is None
     assert coordinator.trace[-1].samples == dataset.samples  # both shards in the last phase
-    assert [code for _, code, _ in coordinator.ledger.errors].count("TRY_LATER") == 1
+    assert [code for _, code, *_ in coordinator.ledger.errors].count("TRY_LATER") == 1
 
 
 def test_the_back_off_keeps_out_only_the_removed_claim_and_none_without_the_option() -> None:
@@ -157,7 +157,7 @@ def test_a_worker_cut_off_at_the_snapshot_deadline_rejoins_at_once() -> None:
         cluster.sessions[again].ended is not None and cluster.sessions[again].ended[0] == ErrorCode.NO_ERROR
     )
     assert coordinator.done and coordinator.failure is None
-    assert "TRY_LATER" not in [code for _, code, _ in coordinator.ledger.errors]
+    assert "TRY_LATER" not in [code for _, code, *_ in coordinator.ledger.errors]
 
 
 def test_the_masters_log_names_a_worker_by_its_connection_and_its_shard() -> None:

@@ -450,7 +450,7 @@ def test_nan_gradient_on_the_wire_closes_with_non_finite() -> None:
     cluster.run()
     assert coordinator.done
     assert np.isfinite(coordinator.state.x).all()
-    assert [(w, c) for w, c, _ in coordinator.errors] == [(cluster.ids[0], "NON_FINITE")]
+    assert [(w, c, by) for w, c, _, by in coordinator.errors] == [(cluster.ids[0], "NON_FINITE", "master")]
     bad = cluster.sessions[0]
     assert bad.ended is not None
     assert bad.ended[0] == ErrorCode.NON_FINITE
@@ -585,6 +585,7 @@ def test_summary_json_and_keys() -> None:
         "staleness",
         "errors",
         "error_counts",
+        "peer_error_counts",
         "failure",
         "unadmitted",
     }

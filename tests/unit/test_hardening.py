@@ -248,7 +248,7 @@ def test_a_run_whose_snapshot_overflows_ends_as_diverged() -> None:
     assert coordinator.failure == (
         "every snapshot report at epoch 1 is not finite: the run diverged (is the step size too large?)"
     )
-    assert [code for _, code, _ in coordinator.errors] == ["NON_FINITE"] * 3
+    assert [code for _, code, *_ in coordinator.errors] == ["NON_FINITE"] * 3
     assert [record.epoch for record in coordinator.trace] == [0]
 
 
@@ -259,7 +259,7 @@ def test_one_worker_with_non_finite_reports_does_not_end_the_run() -> None:
     cluster.run()
     coordinator = cluster.coordinator
     assert coordinator.done and coordinator.failure is None
-    assert [code for _, code, _ in coordinator.errors] == ["NON_FINITE"]
+    assert [code for _, code, *_ in coordinator.errors] == ["NON_FINITE"]
     assert [record.epoch for record in coordinator.trace] == [0, 1, 2, 3]
 
 
@@ -272,7 +272,7 @@ def test_a_non_finite_report_and_an_honest_worker_leaving_do_not_end_the_run() -
     cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT and coordinator.state.epoch == 1)
     cluster.frozen = {0}  # worker 0 has not reported
     cluster.run()
-    assert [code for _, code, _ in coordinator.errors] == ["NON_FINITE"]
+    assert [code for _, code, *_ in coordinator.errors] == ["NON_FINITE"]
     worker_id = cluster.ids[0]
     assert worker_id is not None
     coordinator.disconnect(worker_id, cluster.now)
@@ -343,7 +343,7 @@ def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.M
     monkeypatch.setattr(coordinator, "_gradient", failing)
     cluster.run()
     assert coordinator.done
-    assert [code for _, code, _ in coordinator.errors] == ["INTERNAL_ERROR"]
+    assert [code for _, code, *_ in coordinator.errors] == ["INTERNAL_ERROR"]
     assert "planted" in coordinator.errors[0][2]
 
 
@@ -426,6 +426,39 @@ def test_a_checkpoint_without_a_later_option_resumes_and_one_of_another_run_does
     wider.meta["dim"] += 1
     with pytest.raises(CheckpointError, match=r"model has 124 parameters, this run's 123$"):
         Cluster(train, small_a9a(), 2, connect=False).coordinator.restore(wider, 0.0)
+
+
+def test_a_checkpoint_keeps_which_side_raised_each_error_and_an_earlier_ones_still_resume() -> None:
+    """result.json's ``error_counts`` (the master's codes) and ``peer_error_counts`` (the workers'
+    ERROR and CLOSE codes) survive a resume.  A checkpoint of a version that kept no side (errors
+    of three entries, no ``peer_error_counts``) resumes with every code counted as the master's."""
+    cluster = Cluster(config(epochs=2), small_a9a(), 2)
+    cluster.run(until=lambda: cluster.coordinator.phase is Phase.INNER)
+    coordinator, worker_id = cluster.coordinator, cluster.ids[0]
+    assert worker_id is not None
+    coordinator.receive_data(worker_id, encode_message(ErrorMessage(code=14, reason="late")) * 2, cluster.now)
+    coordinator.ledger.add_error(worker_id, "TIMEOUT", "timed out")  # (as the master records its own)
+    checkpoint = coordinator.checkpoint(cluster.now)
+    fresh = Cluster(config(epochs=2), small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(checkpoint, 0.0)
+    summary = fresh.coordinator.summary()
+    assert summary["peer_error_counts"] == {"STALE_GRADIENT": 2}
+    assert summary["error_counts"] == {"TIMEOUT": 1}
+    assert [e["raised_by"] for e in summary["errors"]] == ["worker", "worker", "master"]
+    earlier = coordinator.checkpoint(cluster.now)
+    earlier.meta["errors"] = [entry[:3] for entry in earlier.meta["errors"]]
+    earlier.meta["error_counts"] = {"STALE_GRADIENT": 2, "TIMEOUT": 1}
+    del earlier.meta["peer_error_counts"]
+    resumed = Cluster(config(epochs=2), small_a9a(), 2, connect=False)
+    resumed.coordinator.restore(earlier, 0.0)
+    summary = resumed.coordinator.summary()
+    assert summary["error_counts"] == {"STALE_GRADIENT": 2, "TIMEOUT": 1}
+    assert summary["peer_error_counts"] == {}
+    assert [e["raised_by"] for e in summary["errors"]] == ["master"] * 3
+    damaged = coordinator.checkpoint(cluster.now)
+    damaged.meta["errors"][0][3] = "someone"
+    with pytest.raises(CheckpointError, match="an error raised by"):
+        Cluster(config(epochs=2), small_a9a(), 2, connect=False).coordinator.restore(damaged, 0.0)
 
 
 def test_a_checkpoint_of_another_random_generator_is_refused() -> None:
@@ -555,7 +588,8 @@ def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
     assert coordinator.live_workers == 2
     coordinator.handle_timer(joined_at + timeout + 1.0)
     assert coordinator.live_workers == 1
-    assert (silent_id, "TIMEOUT", f"no SNAPSHOT_GRADIENT within {timeout:g} s") in coordinator.ledger.errors
+    timed_out = (silent_id, "TIMEOUT", f"no SNAPSHOT_GRADIENT within {timeout:g} s", "master")
+    assert timed_out in coordinator.ledger.errors
     cluster.run()
     assert coordinator.done and coordinator.failure is None
 
@@ -645,7 +679,7 @@ def test_a_held_shard_or_another_world_size_is_refused_and_the_others_train() ->
     cluster.run()
     assert coordinator.done and coordinator.failure is None
     assert coordinator.trace[-1].samples == dataset.samples  # not 2 x shard 0
-    codes = [code for _, code, _ in coordinator.ledger.errors]
+    codes = [code for _, code, *_ in coordinator.ledger.errors]
     assert codes.count("SHARD_TAKEN") == 1 and codes.count("WORLD_SIZE_MISMATCH") == 1
 
 
@@ -836,7 +870,7 @@ def test_messages_of_a_removed_worker_already_on_their_way_are_ignored() -> None
     version = coordinator.state.version
     for event in (report, gradient):
         coordinator._handle_safely(victim, event, cluster.now)
-    assert [code for _, code, _ in coordinator.ledger.errors] == ["INVALID_PAYLOAD"]
+    assert [code for _, code, *_ in coordinator.ledger.errors] == ["INVALID_PAYLOAD"]
     assert coordinator.state.version == version
     cluster.frozen = {0}
     cluster.run()
@@ -910,7 +944,7 @@ def test_gradients_arriving_after_the_master_closed_are_ignored() -> None:
     gradient = Gradient(epoch=coordinator.state.epoch, version=version, vector=honest)
     coordinator._handle_safely(worker_id, gradient, cluster.now)
     assert coordinator.state.version == version
-    assert not [code for _, code, _ in coordinator.ledger.errors if code == "INTERNAL_ERROR"]
+    assert not [code for _, code, *_ in coordinator.ledger.errors if code == "INTERNAL_ERROR"]
 
 
 def test_at_the_optimum_shards_gradients_are_not_out_of_line() -> None:
@@ -968,7 +1002,11 @@ def test_a_worker_sending_errors_beyond_the_limit_is_removed() -> None:
     assert coordinator.ledger.errors[-1][1:] == (
         "LIMIT_EXCEEDED",
         f"more than {MAX_PEER_ERRORS} ERROR messages in one session",
+        "master",
     )
+    # The ERRORs themselves are the worker's; the removal is the master's (result.json keeps them apart).
+    assert coordinator.ledger.peer_error_counts == {"60000": MAX_PEER_ERRORS + 1}
+    assert coordinator.ledger.error_counts == {"LIMIT_EXCEEDED": 1}
     # What it sends after its CLOSE until it closes too is ignored, not counted (the re-attack's
     # result.json counted LIMIT_EXCEEDED 1.3 million times).
     seen = coordinator.ledger.errors_seen
