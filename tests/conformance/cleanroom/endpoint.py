@@ -28,7 +28,13 @@ timers: Timers | None = None, now: float = 0.0, session_frame_limit: bool = True
     the master hands the HELLO, ``shard`` included, to its application.  The endpoint models one
     connection and has no notion of the master's other workers or of M, so the admission rules
     (CLOSE with SHARD_TAKEN or WORLD_SIZE_MISMATCH before WELCOME) are left to the application,
-    which sends them with ``close(code, reason)`` in HANDSHAKE (NOTES N17).
+    which sends them with ``close(code, reason)`` in HANDSHAKE (NOTES N17).  The same holds for the
+    rejoin back-off of WF-7.1-10 (CLOSE with TRY_LATER before WELCOME): it needs the master's record
+    of earlier removals and a clock across connections, which one connection does not have
+    (NOTES N23).  A worker endpoint treats a received CLOSE with 21, 22 or 23 like any other CLOSE
+    (answer NO_ERROR, report ``(True, code)``); whether and when to reconnect (7.1-9: SHOULD NOT
+    after WORLD_SIZE_MISMATCH, MAY after SHARD_TAKEN; 7.1-10: MAY after TRY_LATER) is the worker
+    application's policy, outside this sans-I/O connection.
 
 Methods and attributes:
 

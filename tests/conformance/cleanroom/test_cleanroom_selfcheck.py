@@ -2320,18 +2320,18 @@ def hello_with(extra: bytes, entries: int = 1) -> bytes:
 
 
 def test_error_codes_21_and_22() -> None:
-    """Section 9 (amended): 21 SHARD_TAKEN and 22 WORLD_SIZE_MISMATCH; 23..65535 unassigned."""
+    """Section 9 (amended): 21 SHARD_TAKEN and 22 WORLD_SIZE_MISMATCH.  (Code 23 and the
+    unassigned range of WF-9-1, amended again in the fourth session: test_error_code_23_try_later.)"""
     assert wire.ERROR_CODES["SHARD_TAKEN"] == 21 and wire.ERROR_CODES["WORLD_SIZE_MISMATCH"] == 22
     assert wire.CODE_NAMES[21] == "SHARD_TAKEN" and wire.CODE_NAMES[22] == "WORLD_SIZE_MISMATCH"
-    assert sorted(wire.CODE_NAMES) == list(range(23))
     assert WireError("SHARD_TAKEN", "WF-7.1-9").value == 21
-    # CLOSE and ERROR carrying them, and unassigned 23 / 65535, decode alike (WF-9-1, 7.10-4).
+    # CLOSE and ERROR carrying them, and unassigned 24 / 65535, decode alike (WF-9-1, 7.10-4).
     assert decode_one(h("01 0b 00 02 00 00 00 15 00")) == {"type": "CLOSE", "code": 21, "reason": ""}
     assert decode_one(h("01 0b 00 04 00 00 00 16 00 34 2f")) == {"type": "CLOSE", "code": 22, "reason": "4/"}
-    assert decode_one(h("01 0b 00 02 00 00 00 17 00"))["code"] == 23
+    assert decode_one(h("01 0b 00 02 00 00 00 18 00"))["code"] == 24
     assert decode_one(h("01 0a 00 04 00 00 00 ff ff 00 00"))["code"] == 65535
     assert SessionReport(False, 21).code_name == "SHARD_TAKEN"
-    assert SessionReport(False, 23).code_name is None
+    assert SessionReport(False, 24).code_name is None
 
 
 def test_hello_shard_by_hand() -> None:
@@ -2665,3 +2665,83 @@ def test_stand_alone_decoder_session_limit_is_opt_in() -> None:
     fails(data, "MALFORMED_FRAME", "WF-3-5", dimension=10000)  # waits for the body, stream ends
     fails(data, "FRAME_TOO_LARGE", "WF-10-5", dimension=10000, session_limit=True)
     fails(header(0x08, 80064), "MALFORMED_FRAME", "WF-3-5", dimension=10000, session_limit=True)
+
+
+# =============================================================================================
+# The amended specification, fourth session: WF-7.1-10 (rejoin back-off), code 23 (WF-9-1)
+# =============================================================================================
+
+
+def test_error_code_23_try_later() -> None:
+    """Section 9 (amended): 23 TRY_LATER, raised by 7.1-10; WF-9-1: 24..65535 are unassigned."""
+    assert wire.ERROR_CODES["TRY_LATER"] == 23 and wire.CODE_NAMES[23] == "TRY_LATER"
+    assert sorted(wire.CODE_NAMES) == list(range(24))  # 0..23 registered, none above
+    assert len(wire.ERROR_CODES) == 24
+    err = WireError("TRY_LATER", "WF-7.1-10")
+    assert err.code == "TRY_LATER" and err.value == 23 and err.rule == "WF-7.1-10"
+    # CLOSE(TRY_LATER, "1.0 s") by hand (7.11, 4.1): version 1, type 0x0b, flags 0, length 7,
+    # code 23 as a little-endian u16 (17 00), then the reason's UTF-8 bytes, no length prefix.
+    close = h("01 0b 00 07 00 00 00 17 00 31 2e 30 20 73")
+    assert decode_one(close) == {"type": "CLOSE", "code": 23, "reason": "1.0 s"}
+    assert wire.encode_message({"type": "CLOSE", "code": 23, "reason": "1.0 s"}) == close
+    # ERROR carrying 23 (7.10-4 accepts every code; 7.1-10 sends it only in CLOSE).
+    error = h("01 0a 00 04 00 00 00 17 00 00 00")
+    assert decode_one(error) == {"type": "ERROR", "code": 23, "epoch": 0, "version": 0, "reason": ""}
+    assert SessionReport(True, 23).code_name == "TRY_LATER"
+    # The first and the last unassigned value (WF-9-1): accepted, reported without a name.
+    for code, u16 in ((24, "18 00"), (65535, "ff ff")):
+        assert decode_one(h("01 0b 00 02 00 00 00 " + u16)) == {"type": "CLOSE", "code": code, "reason": ""}
+        assert decode_one(h("01 0a 00 04 00 00 00 " + u16 + " 00 00"))["code"] == code
+        assert code not in wire.CODE_NAMES
+        assert SessionReport(True, code).code_name is None
+        master = Master()
+        assert master.receive(h("01 0b 00 02 00 00 00 " + u16))[0]["code"] == code
+        assert master.error is None and master.report == (True, code)
+
+
+@pytest.mark.parametrize("shard", [[1, 4], None], ids=["shard 1 of 4", "no claim"])
+def test_try_later_refuses_a_hello_before_welcome(shard: list[int] | None) -> None:
+    """WF-7.1-10: the master application may refuse a HELLO before WELCOME with CLOSE(TRY_LATER),
+    the reason saying how long is left.  It is an ordinary CLOSE (8.4-1), not a failure: no error
+    on either side, the worker answers CLOSE(NO_ERROR) (7.11-3) and both report a clean end with
+    code 23 (8.4-6).  A worker without a claim can be refused too (non-claimers share one back-off).
+    The worker MAY retry: on a new connection, since this session is over (8.1-3, 7.1-4)."""
+    hello = HELLO if shard is None else {**HELLO, "shard": shard}
+    master, worker = Master(), Worker()
+    assert master.receive(worker.send(hello)) == [hello]
+    # The back-off itself (who was removed, when, for how long) is the application's (NOTES N23).
+    close = master.close(23, "0.8 s left")
+    assert close == frame(0x0B, h("17 00") + b"0.8 s left")  # header version 1: nothing negotiated
+    assert master.state == "CLOSING" and master.error is None
+    assert worker.receive(close) == [{"type": "CLOSE", "code": 23, "reason": "0.8 s left"}]
+    assert worker.state == "CLOSED" and worker.error is None
+    assert worker.report == (True, 23) and worker.report.code_name == "TRY_LATER"
+    answer = worker.data_to_send()
+    assert answer == h("01 0b 00 02 00 00 00 00 00")  # CLOSE(NO_ERROR, ""), A.14
+    assert master.receive(answer) == [{"type": "CLOSE", "code": 0, "reason": ""}]
+    assert master.state == "CLOSED" and master.error is None
+    assert master.report == (True, 23) and master.report.code_name == "TRY_LATER"
+    with pytest.raises(WireError):
+        worker.send(hello)  # no second HELLO on the refused connection
+    # The retry: a new connection, the same HELLO, admitted this time.
+    master, worker = Master(), Worker()
+    assert master.receive(worker.send(hello)) == [hello]
+    assert worker.receive(master.send(WELCOME)) == [WELCOME]
+    assert master.state == worker.state == "CONFIGURING"
+
+
+def test_try_later_with_a_shared_secret() -> None:
+    """With a secret, the HELLO reaches the application only once the worker is verified (7.12-1),
+    so a TRY_LATER refusal comes after AUTH_RESPONSE and before WELCOME, still as a plain CLOSE."""
+    master, worker = auth_pair()
+    hello = {**HELLO, "shard": [3, 4]}
+    assert master.receive(worker.send(hello)) == []
+    worker.receive(master.data_to_send())  # AUTH_CHALLENGE
+    assert master.receive(worker.data_to_send()) == [hello]  # AUTH_RESPONSE verified
+    worker.receive(master.data_to_send())  # AUTH_CONFIRM
+    assert worker.error is None
+    close = master.close(23, "59 s left")
+    assert worker.receive(close) == [{"type": "CLOSE", "code": 23, "reason": "59 s left"}]
+    assert worker.report == (True, 23) and worker.error is None
+    master.receive(worker.data_to_send())
+    assert master.report == (True, 23) and master.error is None

@@ -134,7 +134,7 @@ peer_encodings: Iterable[int] | None = None) -> dict`` /
 ``rice_block_sizes(values: list[int], count: int, k_max: int) -> list[int]``
     ``R(k)`` for ``k = 0..k_max`` (WF-5.6-6, WF-5.8-4).
 
-Also exported: ``ERROR_CODES`` (name -> int, 0..22), ``CODE_NAMES`` (int -> name), ``MESSAGE_TYPES``,
+Also exported: ``ERROR_CODES`` (name -> int, 0..23), ``CODE_NAMES`` (int -> name), ``MESSAGE_TYPES``,
 ``TYPE_NAMES``, ``ENCODINGS``, ``ENCODING_NAMES``, ``ALLOWED_ENCODINGS``, ``FLAG_RELATIVE``,
 ``encode_varint(value: int) -> bytes``, ``decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]``.
 """
@@ -174,7 +174,8 @@ ERROR_CODES: dict[str, int] = {
     "GOING_AWAY": 19,
     "VERSION_MISMATCH": 20,
     "SHARD_TAKEN": 21,  # [WF-7.1-9] raised by the master application, not by the codec
-    "WORLD_SIZE_MISMATCH": 22,  # [WF-7.1-9] likewise; 23..65535 are unassigned [WF-9-1]
+    "WORLD_SIZE_MISMATCH": 22,  # [WF-7.1-9] likewise
+    "TRY_LATER": 23,  # [WF-7.1-10] likewise (rejoin back-off); 24..65535 are unassigned [WF-9-1]
 }
 CODE_NAMES: dict[int, str] = {v: k for k, v in ERROR_CODES.items()}
 
