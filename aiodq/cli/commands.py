@@ -526,11 +526,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             )
         )
     except OSError as exc:
-        print(
-            f"aiodq worker: cannot reach the master at {format_address(host, port)}: "
-            f"{describe_os_error(exc)}",
-            file=sys.stderr,
-        )
+        notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))  # (how the last session ended)
+        within = f" within --retry-for {args.retry_for:g} s" if notes else ""
+        said = f"cannot reach the master at {format_address(host, port)}: {describe_os_error(exc)}"
+        print(f"aiodq worker: {said}{notes}{within}", file=sys.stderr)
         return EXIT_FAILED
     if not result.ok:
         print(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}", file=sys.stderr)

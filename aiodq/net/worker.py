@@ -125,7 +125,8 @@ async def run_worker(
     Raises:
         TypeError: for data or an objective of an unsupported type (before connecting).
         ValueError: for features and labels that do not fit together (before connecting).
-        OSError: if the master cannot be reached (after the retries); its text says why.
+        OSError: if the master cannot be reached (after the retries); its text says why.  If a
+            session had ended before (the master stopped, say), a note (``__notes__``) says how.
     """
     if objective is not None:
         if features is not None or labels is not None:
@@ -137,6 +138,7 @@ async def run_worker(
     deadline = loop.time() + retry_for
     backoff = 0.1
     gradients = 0
+    ended: str | None = None  # how the last session ended, if one did
     while True:
         began = loop.time()
         try:
@@ -159,6 +161,8 @@ async def run_worker(
             )
         except OSError as exc:
             if loop.time() + backoff > deadline:
+                if ended is not None:
+                    exc.add_note(f"its last session ended with {ended}, and it was not reached again")
                 raise  # the caller says why with describe_os_error(exc)
             _log.warning(
                 "cannot reach the master at %s: %s; retrying in %.1f s",
@@ -178,6 +182,7 @@ async def run_worker(
                     backoff = 0.1
             if final or loop.time() + backoff > deadline:
                 return WorkerResult(result.code, result.reason, gradients, result.failed, result.configured)
+            ended = f"{code_name(result.code)}: {result.reason}"
             _log.warning(
                 "session ended (%s: %s); reconnecting in %.1f s",
                 code_name(result.code),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -234,6 +235,28 @@ def test_unreachable_master_exits_1() -> None:
     assert result.returncode == 1
     assert f"cannot reach the master at 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_worker_whose_master_stopped_says_so_when_it_gives_up(tmp_path: Path) -> None:
+    """The master is stopped (SIGTERM) mid-run: its worker retries for --retry-for, then exits 1 naming
+    how the last session ended, not only that the master cannot be reached."""
+    with master_process(tmp_path, "--workers", "1", "--epochs", "100000") as (master, port):
+        try:
+            connect = ("--connect", f"127.0.0.1:{port}", "--shard", "0/1")
+            worker = aiodq_async("worker", *connect, "--retry-for", "2")
+            log = tmp_path / "aiodq.log"
+            poll_until(lambda: log.exists() and "epoch 1:" in log.read_text(), 60, "the first epoch")
+            master.send_signal(signal.SIGTERM)
+            assert master.wait(timeout=60) == 128 + signal.SIGTERM
+            _, stderr = worker.communicate(timeout=60)
+        finally:
+            master.kill()
+    assert worker.returncode == 1
+    assert stderr.strip().splitlines()[-1] == (
+        f"aiodq worker: cannot reach the master at 127.0.0.1:{port}: Connection refused; its last session "
+        "ended with GOING_AWAY: the master is shutting down, and it was not reached again "
+        "within --retry-for 2 s"
+    )
 
 
 def test_custom_app_example_follows_progress_while_working() -> None:
