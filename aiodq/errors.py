@@ -90,7 +90,7 @@ class ErrorCode(IntEnum):
     SHARD_TAKEN = 21
     #: "The shard count the worker claims in HELLO differs from the master's number of workers."
     WORLD_SIZE_MISMATCH = 22
-    #: "The master refuses this worker's HELLO for now: the worker of the shard it claims was removed."
+    #: "The master refuses this HELLO for now: the worker of its shard was removed for what it sent."
     TRY_LATER = 23
 
 

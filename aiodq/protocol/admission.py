@@ -11,12 +11,21 @@ session costs the master a handshake and a copy of x_snap: an attack review's fl
 remembers the shard each removed worker claimed (wire-format.md 7.1-9; every worker that claims
 none shares one record) and refuses a HELLO claiming it, before WELCOME, with TRY_LATER until the
 back-off has passed (7.1-10).  The back-off starts at ``MasterConfig.rejoin_backoff`` (1 s; 0:
-none) and doubles with each removal of the same claim, up to :data:`LONGEST_BACKOFF`; a claim not
-removed for :data:`FORGIVEN_AFTER` after its back-off ended starts again from the first.  A refused
-HELLO costs the master one frame each way.
+none) and doubles with each new one of the same claim, up to :data:`LONGEST_BACKOFF`; a claim
+with none for :data:`FORGIVEN_AFTER` after its back-off ended starts again from the first.  A
+refused HELLO costs the master one frame each way.
 
-Removals that say nothing about what a worker sent (a timeout, its own CLOSE, the transport lost)
-start no back-off: an honest worker that stalled or restarted rejoins as before.
+A worker that leaves by itself starts none, however soon after joining: a re-attack that left
+before its 257th ERROR, or joined and left with no bad message at all (some 13,000 times in 30 s),
+held the run to about two thirds of its pace.  A back-off for quick departures was tried and not
+kept: each refused HELLO still costs an accept and a handshake (the attacker retried 1,000 times a
+second, and the run kept only about four fifths of its pace), while honest workers that refuse a
+run's CONFIG, or are restarted at once, were refused with TRY_LATER instead of being told why.
+docs/security.md lists this among what an admitted worker can still do.
+
+Removals that say nothing certain about what a worker sent start none: a timeout, a snapshot report
+out of line with the others' (an honest worker's is, against a liar's: the re-attack had one locked
+out this way), an update that takes the model out of range, the master's own failure.
 """
 
 from __future__ import annotations
@@ -25,15 +34,16 @@ from dataclasses import dataclass
 
 from ..codec.events import Hello
 from ..config import MasterConfig
-from ..errors import ErrorCode
+from ..errors import ErrorCode, code_name
 from .guard import Refusal, refuse_claim, refuse_encodings
+from .members import Member
 from .trainconfig import TrainConfig
 
 __all__ = ["FORGIVEN_AFTER", "LONGEST_BACKOFF", "Admission", "RejoinBackoff", "penalised"]
 
 #: The longest back-off, in seconds (or the first, if longer).
 LONGEST_BACKOFF = 60.0
-#: Seconds after a back-off ends with no new removal of the claim after which the next one starts from
+#: Seconds after a back-off ends with no new one for the claim after which the next one starts from
 #: the first again.
 FORGIVEN_AFTER = 300.0
 
@@ -41,8 +51,8 @@ FORGIVEN_AFTER = 300.0
 _NOT_PENALISED = frozenset({ErrorCode.NO_ERROR, ErrorCode.TIMEOUT, ErrorCode.GOING_AWAY})
 
 
-def penalised(code: ErrorCode | int) -> bool:
-    """True if removing a worker with ``code`` starts a back-off."""
+def penalised(code: int) -> bool:
+    """True if the master's removing a worker with ``code`` starts a back-off."""
     return code not in _NOT_PENALISED
 
 
@@ -50,12 +60,11 @@ def penalised(code: ErrorCode | int) -> bool:
 class _Record:
     until: float
     seconds: float
-    removals: int
-    code: str
+    event: str
 
 
 class RejoinBackoff:
-    """The back-off of each shard claim (None: no claim) whose worker the master removed."""
+    """The back-off of each shard claim (None: no claim) whose worker was removed for what it sent."""
 
     __slots__ = ("_first", "_longest", "_records")
 
@@ -64,19 +73,20 @@ class RejoinBackoff:
         self._first, self._longest = first, max(first, LONGEST_BACKOFF)
         self._records: dict[int | None, _Record] = {}
 
-    def removed(self, shard: int | None, code: ErrorCode, now: float) -> float:
-        """A worker claiming ``shard`` was removed with ``code`` at ``now``; return its back-off in seconds.
+    def start(self, shard: int | None, event: str, now: float) -> float:
+        """Start the back-off of ``shard``, whose worker ``event``; return its length in seconds.
 
-        Call only for removals :func:`penalised` says start one.
+        ``event`` completes the reason, as in ``"was removed for LIMIT_EXCEEDED"``.  Each back-off
+        of a claim is twice its last, unless that ended :data:`FORGIVEN_AFTER` ago.
         """
         if not self._first:
             return 0.0
         record = self._records.get(shard)
         if record is None or now >= record.until + FORGIVEN_AFTER:
-            seconds, removals = self._first, 1
+            seconds = self._first
         else:
-            seconds, removals = min(self._longest, 2.0 * record.seconds), record.removals + 1
-        self._records[shard] = _Record(now + seconds, seconds, removals, code.name)
+            seconds = min(self._longest, 2.0 * record.seconds)
+        self._records[shard] = _Record(now + seconds, seconds, event)
         return seconds
 
     def refuse(self, shard: int | None, now: float) -> Refusal | None:
@@ -85,16 +95,14 @@ class RejoinBackoff:
         if record is None or now >= record.until:
             return None
         who = "a worker claiming no shard" if shard is None else f"the worker of shard {shard}"
-        times = "once" if record.removals == 1 else f"{record.removals} times"
         return Refusal(
             ErrorCode.TRY_LATER,
-            f"{who} was removed {times}, last for {record.code}; "
-            f"join again in {record.until - now:.1f} s (back-off {record.seconds:g} s)",
+            f"{who} {record.event}; join again in {record.until - now:.1f} s (back-off {record.seconds:g} s)",
         )
 
 
 class Admission:
-    """The checks of a HELLO before WELCOME, and the back-offs of the removals that call for one."""
+    """The checks of a HELLO before WELCOME, and the back-offs that removals call for."""
 
     __slots__ = ("_backoff", "_config", "_workers")
 
@@ -114,7 +122,16 @@ class Admission:
             or refuse_encodings(self._config, hello.encodings)
         )
 
-    def removed(self, shard: int | None, code: ErrorCode, now: float) -> None:
-        """A member claiming ``shard`` was removed with ``code``: a back-off if :func:`penalised` says so."""
-        if penalised(code):
-            self._backoff.removed(shard, code, now)
+    def departed(self, member: Member, cause: Refusal | int | None, now: float) -> None:
+        """A member's session ended at ``now``; start its claim's back-off if the way it ended calls for one.
+
+        ``cause``: the refusal the master removed it with, or the code of the master's failure on
+        its input; None if it ended otherwise (the worker or its transport ended it, a timeout, the
+        end of the run).  A removal for what it sent starts one, but for those a refusal does not
+        blame it for (:attr:`~aiodq.protocol.guard.Refusal.blames_sender`).
+        """
+        if isinstance(cause, Refusal):
+            if cause.blames_sender and penalised(cause.code):
+                self._backoff.start(member.shard, f"was removed for {cause.code.name}", now)
+        elif cause is not None and penalised(cause):
+            self._backoff.start(member.shard, f"was removed for {code_name(cause)}", now)

@@ -57,7 +57,7 @@ from .admission import Admission
 from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
-from .guard import DIVERGED_AFTER, Divergence, Guard, Refusal, count_error
+from .guard import DIVERGED_AFTER, OVERFLOW, Divergence, Guard, Refusal, count_error
 from .members import Member, Phase
 from .recovery import Checkpoint
 from .trainconfig import coding_options
@@ -267,14 +267,14 @@ class Coordinator:
             self._handle(worker_id, event, now)
         except Exception as exc:
             reason = f"internal error handling {type(event).__name__}: {type(exc).__name__}: {exc}"
-            self._remove(worker_id, Refusal(ErrorCode.INTERNAL_ERROR, reason[:300]), now)
+            self._remove(worker_id, Refusal(ErrorCode.INTERNAL_ERROR, reason[:300], blames_sender=False), now)
 
     def _remove(self, worker_id: int, refusal: Refusal, now: float) -> None:
         """Close a worker's connection with ``refusal``'s code and record why."""
         self.ledger.add_error(worker_id, refusal.code.name, refusal.reason)
         if (worker := self._workers.get(worker_id)) is not None and worker.connection.state not in _CLOSING:
             worker.connection.refuse(refusal.code, refusal.reason)  # (8.4-3: nothing more read from it)
-        self._drop_worker(worker_id, now, refusal.code)
+        self._drop_worker(worker_id, now, refusal)
 
     def _handle(self, worker_id: int, event: Event, now: float) -> None:
         worker = self._workers[worker_id]
@@ -312,14 +312,13 @@ class Coordinator:
         if self.live_workers >= self.expected_workers:
             connection.close(now, ErrorCode.GOING_AWAY, "the cluster is full or finished")
             return
-        worker.shard = None if hello.shard is None else hello.shard[0]
+        worker.join(hello.shard)
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
         params = self.config.to_params()
         if self.data_fingerprint is not None:  # a worker with other data refuses it (WorkerSession)
             params["data"] = self.data_fingerprint
         connection.send(ConfigMessage(dim=self.dim, algorithm=self.config.algorithm, params=params), now)
-        worker.joined = worker.admitted = True
         if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
             self._start_snapshot_phase(now)
         elif self.phase in (Phase.SNAPSHOT, Phase.INNER):
@@ -508,9 +507,7 @@ class Coordinator:
                 error = ErrorMessage(code=code, epoch=event.epoch, version=event.version, reason=reason)
                 worker.connection.send(error, now)
             elif outcome.reason == "overflow":
-                # The model would leave the range a MODEL carries: its sender is removed.
-                refusal = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range")
-                self._remove(worker_id, refusal, now)
+                self._remove(worker_id, OVERFLOW, now)  # (a MODEL could not carry the model: guard.py)
                 failure = self._divergence.overflow(self.live_workers, self.expected_workers, state.version)
                 if failure is not None and self.phase is Phase.INNER:
                     self._finish(now, failure)
@@ -535,12 +532,12 @@ class Coordinator:
         for worker in self._workers.values():
             worker.connection.close(now, code, reason)
 
-    def _drop_worker(self, worker_id: int, now: float, code: ErrorCode | None = None) -> None:
+    def _drop_worker(self, worker_id: int, now: float, cause: Refusal | int | None = None) -> None:
         if (worker := self._workers.get(worker_id)) is None:
             return
         was_member = worker.joined
-        if was_member and code is not None:  # removed: a back-off, if for what it sent (admission.py)
-            self._admission.removed(worker.shard, code, now)
+        if was_member:  # (cause: why the master removed it; a back-off if for what it sent: admission.py)
+            self._admission.departed(worker, cause, now)
         worker.joined = worker.active = worker.awaiting_snapshot = False
         worker.report = worker.snapshot_sent = None
         if worker.connection.state is not ConnectionState.CLOSED:

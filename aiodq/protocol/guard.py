@@ -47,6 +47,7 @@ from .objectives import BUILT_IN
 __all__ = [
     "DIVERGED_AFTER",
     "DIVERGED_LOSS_FACTOR",
+    "OVERFLOW",
     "Divergence",
     "Guard",
     "MAX_PEER_ERRORS",
@@ -75,6 +76,15 @@ class Refusal:
     code: ErrorCode
     #: One line for the worker and the master's log.
     reason: str
+    #: False for a judgement an honest worker can fail through no fault of its own: a report out of
+    #: line with the others' (one of which may lie), an update that takes a model others pushed out
+    #: of range, the master's own failure.  A removal for it starts no rejoin back-off (admission.py).
+    blames_sender: bool = True
+
+
+#: An update that would take the model beyond the range a MODEL carries: its sender is removed, with no
+#: rejoin back-off (others' updates may have brought the model to the edge).
+OVERFLOW = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range", blames_sender=False)
 
 
 def _norm(values: np.ndarray) -> float:
@@ -229,6 +239,7 @@ class Guard:
                     ErrorCode.INVALID_PAYLOAD,
                     f"snapshot report out of line: loss {loss:.3g} and gradient norm {gradient:.3g} per "
                     f"sample against {reference[0]:.3g} and {reference[1]:.3g}",
+                    blames_sender=False,
                 )
         return refused
 

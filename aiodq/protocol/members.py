@@ -56,6 +56,11 @@ class Member:
     #: coding of the last MODEL it got as DENSE_RICE or DENSE, as the worker keeps it (session.py).
     sent_rice: bool = True
 
+    def join(self, shard: tuple[int, int] | None) -> None:
+        """It joined (WELCOME and CONFIG on their way), claiming ``shard`` (None: no claim)."""
+        self.shard = None if shard is None else shard[0]
+        self.joined = self.admitted = True
+
     def model_sent(self, encoding: Encoding | None) -> None:
         """Note the encoding a MODEL went in: a DENSE_RICE or DENSE one sets the coding of the answer."""
         self.sent_rice = answer_coding(encoding, self.sent_rice)

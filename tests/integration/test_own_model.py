@@ -141,7 +141,7 @@ def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_
     log = (out / "aiodq.log").read_text()
     for worker in (0, 1):
         for call in (1, 2, 3):
-            assert log.count(f"aiodq.launch INFO worker {worker}: chatty call {call} line ") == 100
+            assert log.count(f"aiodq.launch INFO worker process {worker}/2: chatty call {call} line ") == 100
 
 
 def test_run_writes_the_trained_model_and_provenance(tmp_path: Path) -> None:

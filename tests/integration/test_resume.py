@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shlex
 import signal
 from dataclasses import asdict, replace
@@ -214,7 +215,8 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     # (a review lost it to the second run of such a chain), and aiodq.log.new holds both of theirs.
     assert (out / "aiodq.log").read_text() == finished_log
     both = (out / "aiodq.log.new").read_text()
-    assert both.startswith(master_log) and "worker 0 joined" in both[len(master_log) :]
+    assert both.startswith(master_log)
+    assert re.search(r"worker 0 \(shard [01]/2\) joined", both[len(master_log) :]), both
     # A run that finishes there replaces the results, and its log becomes aiodq.log.
     again = aiodq_command(
         "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)

@@ -7,65 +7,116 @@ Sans I/O: the rule itself, then the real coordinator and worker sessions over in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 from test_coordinator import Cluster, config, small_a9a
 from test_hardening import once, rewrite, shard_of
 
-from aiodq.codec.events import ErrorMessage, Heartbeat, SnapshotGradient
+from aiodq.codec.events import ErrorMessage, Heartbeat, Hello, SnapshotGradient
 from aiodq.codec.messages import encode_message
-from aiodq.config import MasterConfig
+from aiodq.config import ConnectionConfig, MasterConfig
 from aiodq.errors import ErrorCode
 from aiodq.net.logbook import worker_name
-from aiodq.protocol.admission import FORGIVEN_AFTER, LONGEST_BACKOFF, RejoinBackoff, penalised
+from aiodq.protocol.admission import (
+    FORGIVEN_AFTER,
+    LONGEST_BACKOFF,
+    Admission,
+    RejoinBackoff,
+    penalised,
+)
+from aiodq.protocol.connection import MasterConnection
 from aiodq.protocol.coordinator import Phase
-from aiodq.protocol.guard import MAX_PEER_ERRORS
+from aiodq.protocol.guard import MAX_PEER_ERRORS, Refusal
+from aiodq.protocol.members import Member
 from aiodq.protocol.session import WorkerSession
+from aiodq.protocol.trainconfig import TrainConfig
+
+REMOVED = "was removed for LIMIT_EXCEEDED"
 
 
 def test_the_back_off_doubles_per_removal_up_to_the_longest_and_is_forgiven_later() -> None:
     backoff = RejoinBackoff(1.0)
     now, waits = 100.0, []
     for _ in range(9):
-        waits.append(backoff.removed(1, ErrorCode.LIMIT_EXCEEDED, now))
+        waits.append(backoff.start(1, REMOVED, now))
         now += 0.5  # removed again while still kept out: the wait doubles
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
     assert LONGEST_BACKOFF == 60.0
     # The last wait ended at now - 0.5 + 60; a removal FORGIVEN_AFTER later starts from 1 s again.
     last_end = now - 0.5 + 60.0
-    assert backoff.removed(1, ErrorCode.LIMIT_EXCEEDED, last_end + FORGIVEN_AFTER - 0.1) == 60.0
+    assert backoff.start(1, REMOVED, last_end + FORGIVEN_AFTER - 0.1) == 60.0
     later = last_end + FORGIVEN_AFTER - 0.1 + 60.0 + FORGIVEN_AFTER
-    assert backoff.removed(1, ErrorCode.LIMIT_EXCEEDED, later) == 1.0
+    assert backoff.start(1, REMOVED, later) == 1.0
 
 
 def test_a_claim_is_refused_with_try_later_only_while_its_back_off_lasts() -> None:
     backoff = RejoinBackoff(1.0)
-    backoff.removed(1, ErrorCode.MALFORMED_FRAME, 10.0)
+    backoff.start(1, "was removed for MALFORMED_FRAME", 10.0)
     refusal = backoff.refuse(1, 10.25)
     assert refusal is not None and refusal.code is ErrorCode.TRY_LATER
     assert refusal.reason == (
-        "the worker of shard 1 was removed once, last for MALFORMED_FRAME; join again in 0.8 s (back-off 1 s)"
+        "the worker of shard 1 was removed for MALFORMED_FRAME; join again in 0.8 s (back-off 1 s)"
     )
     assert backoff.refuse(1, 11.0) is None  # its back-off is over
     assert backoff.refuse(0, 10.25) is None and backoff.refuse(None, 10.25) is None  # other claims
-    backoff.removed(None, ErrorCode.INVALID_PAYLOAD, 10.0)
-    backoff.removed(None, ErrorCode.INVALID_PAYLOAD, 10.5)
+    backoff.start(None, "left 0.2 s after it joined", 10.0)
+    backoff.start(None, "left 0.3 s after it joined", 10.5)
     refusal = backoff.refuse(None, 10.5)
-    assert refusal is not None and refusal.reason.startswith(
-        "a worker claiming no shard was removed 2 times, last for INVALID_PAYLOAD; join again in 2.0 s"
+    assert refusal is not None and refusal.reason == (
+        "a worker claiming no shard left 0.3 s after it joined; join again in 2.0 s (back-off 2 s)"
     )
 
 
-def test_no_back_off_when_switched_off_or_for_removals_that_say_nothing_of_what_was_sent() -> None:
+def _member(shard: int | None) -> Member:
+    member = Member(MasterConnection(ConnectionConfig()))
+    member.join(None if shard is None else (shard, 2))
+    return member
+
+
+def test_which_departures_start_a_back_off() -> None:
+    """Removals for what the worker sent; not timeouts, refusals that do not blame it, or a session
+    the worker or its transport ended, however soon after joining (a back-off for those was tried:
+    honest workers that refuse a run's CONFIG were told TRY_LATER instead of why)."""
+    admission = Admission(TrainConfig(), 2, MasterConfig(rejoin_backoff=1.0))
+    member, now = _member(1), 5.0
+
+    def refused() -> str | None:
+        refusal = admission.refuse(Hello(shard=(1, 2)), {}, now)
+        return None if refusal is None else refusal.reason.split(";")[0]
+
+    quiet: list[Refusal | int | None] = [
+        Refusal(ErrorCode.INVALID_PAYLOAD, "out of line", blames_sender=False),
+        Refusal(ErrorCode.TIMEOUT, "no SNAPSHOT_GRADIENT within 10 s"),
+        int(ErrorCode.TIMEOUT),  # a connection's own timeout
+        int(ErrorCode.NO_ERROR),  # the master's CLOSE at the end of training answered
+        int(ErrorCode.GOING_AWAY),
+    ]
+    for cause in quiet:
+        admission.departed(member, cause, now)
+        assert refused() is None, cause
+    for _ in range(3):
+        admission.departed(_member(1), None, now)  # it left on its own, at once
+        assert refused() is None
+    for cause, says in (
+        (Refusal(ErrorCode.LIMIT_EXCEEDED, "more than 256 ERROR messages"), "was removed for LIMIT_EXCEEDED"),
+        (int(ErrorCode.MALFORMED_FRAME), "was removed for MALFORMED_FRAME"),
+    ):
+        now += 100.0
+        admission.departed(_member(1), cause, now)
+        assert refused() == f"the worker of shard 1 {says}"
+
+
+def test_no_back_off_when_switched_off_and_the_first_may_be_the_longest() -> None:
     backoff = RejoinBackoff(0.0)
-    assert backoff.removed(1, ErrorCode.LIMIT_EXCEEDED, 0.0) == 0.0
+    assert backoff.start(1, REMOVED, 0.0) == 0.0
     assert backoff.refuse(1, 0.0) is None
     assert not any(penalised(code) for code in (ErrorCode.TIMEOUT, ErrorCode.GOING_AWAY, ErrorCode.NO_ERROR))
     assert all(penalised(code) for code in (ErrorCode.LIMIT_EXCEEDED, ErrorCode.MALFORMED_FRAME))
     # A first back-off longer than the usual longest is kept as the cap.
     long = RejoinBackoff(100.0)
-    assert [long.removed(0, ErrorCode.PROTOCOL_ERROR, t) for t in (0.0, 1.0)] == [100.0, 100.0]
+    assert [long.start(0, REMOVED, t) for t in (0.0, 1.0)] == [100.0, 100.0]
     with pytest.raises(ValueError, match="rejoin_backoff"):
         MasterConfig(rejoin_backoff=-1.0)
 
@@ -105,8 +156,7 @@ def test_a_flooder_that_rejoins_at_once_is_refused_until_its_back_off_has_passed
     assert cluster.now == removed_at + 1.0
     assert cluster.sessions[early].ended == (
         ErrorCode.TRY_LATER,
-        "the worker of shard 1 was removed once, last for LIMIT_EXCEEDED; "
-        "join again in 9.0 s (back-off 10 s)",
+        "the worker of shard 1 was removed for LIMIT_EXCEEDED; join again in 9.0 s (back-off 10 s)",
     )
     assert cluster.ids[early] is not None and not coordinator.is_member(cluster.ids[early])
     cluster.now = removed_at + 9.0  # the next HELLO arrives one step later: at the back-off's end
@@ -172,3 +222,43 @@ def test_the_masters_log_names_a_worker_by_its_connection_and_its_shard() -> Non
     stranger = cluster.add_session(_claiming(small_a9a(), 1, None))
     cluster.run(until=lambda: coordinator.is_member(cluster.ids[stranger] or -1))
     assert worker_name(coordinator, cluster.ids[stranger] or -1) == f"worker {cluster.ids[stranger]}"
+
+
+def finished(session: WorkerSession) -> bool:
+    """The session ended as a run's end ends it: CLOSE with NO_ERROR."""
+    return session.ended is not None and session.ended[0] == ErrorCode.NO_ERROR
+
+
+def _two_claiming(backoff: float, *, workers: int = 2) -> Cluster:
+    dataset = small_a9a()
+    master_config = MasterConfig(rejoin_backoff=backoff)
+    cluster = Cluster(config(epochs=2), dataset, workers, connect=False, master_config=master_config)
+    cluster.sessions = [
+        WorkerSession(*shard_of(dataset, workers, i), name=f"w{i}", shard=(i, workers))
+        for i in range(workers)
+    ]
+    cluster.ids = [None] * workers
+    for index in range(workers):
+        cluster.connect(index)
+    return cluster
+
+
+def test_a_worker_removed_as_out_of_line_rejoins_at_once() -> None:
+    """A report out of line with the others' says nothing certain about its sender (the others may
+    lie: a re-attack had an honest worker removed this way until the back-off locked it out), so it
+    starts no back-off: the same shard joins again at the next step and the run finishes."""
+    cluster = _two_claiming(10.0, workers=3)
+    inflate = once(SnapshotGradient, lambda e: dataclasses.replace(e, loss=e.loss * 1e4), skip=1)
+    cluster.tamper = rewrite(2, inflate)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: cluster.sessions[2].ended is not None)
+    assert cluster.sessions[2].ended is not None and cluster.sessions[2].ended[0] == ErrorCode.INVALID_PAYLOAD
+    assert "snapshot report out of line" in cluster.sessions[2].ended[1]
+    cluster.tamper = None
+    again = cluster.add_session(WorkerSession(*shard_of(small_a9a(), 3, 2), name="again", shard=(2, 3)))
+    cluster.run()
+    assert (
+        cluster.sessions[again].ended is not None and cluster.sessions[again].ended[0] == ErrorCode.NO_ERROR
+    )
+    assert coordinator.done and coordinator.failure is None
+    assert "TRY_LATER" not in [code for _, code, *_ in coordinator.ledger.errors]
