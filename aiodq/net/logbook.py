@@ -134,8 +134,9 @@ class Logbook:
                 if self._error_budget.take(now):
                     # GOING_AWAY is a peer that stops (Ctrl-C, SIGTERM, its own end): news, not an error.
                     level = logging.INFO if code == "GOING_AWAY" else logging.WARNING
-                    name, says = worker_name(coordinator, worker_id), " says" * (by == "worker")
-                    _log.log(level, "%s%s: %s: %s", name, says, code, printable(reason))
+                    name = worker_name(coordinator, worker_id)
+                    said = "%s says %s: %s" if by == "worker" else "%s: %s: %s"
+                    _log.log(level, said, name, code, printable(reason))
                     new -= 1
             self._unlogged_errors += new
             self._errors = seen

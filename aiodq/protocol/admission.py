@@ -4,28 +4,18 @@
 refusals themselves are :mod:`aiodq.protocol.guard`'s, but for the back-off's, which is here.
 
 The rejoin back-off: a worker removed for what it sent waits before its shard may join again.
-An admitted worker that breaks the protocol, floods ERRORs or sends values the guard refuses is
-removed (docs/security.md).  Without a back-off it could rejoin at once, over and over, and each
-session costs the master a handshake and a copy of x_snap: an attack review's flooder that did so
-(1,841 sessions in 30 s) held a run to 0.90 epochs/s against 5.56 without it.  So the master
-remembers the shard each removed worker claimed (wire-format.md 7.1-9; every worker that claims
-none shares one record) and refuses a HELLO claiming it, before WELCOME, with TRY_LATER until the
-back-off has passed (7.1-10).  The back-off starts at ``MasterConfig.rejoin_backoff`` (1 s; 0:
-none) and doubles with each new one of the same claim, up to :data:`LONGEST_BACKOFF`; a claim
-with none for :data:`FORGIVEN_AFTER` after its back-off ended starts again from the first.  A
-refused HELLO costs the master one frame each way.
+Without it an admitted worker removed for a flood of ERRORs, say, could rejoin at once, over and
+over, each session costing the master a handshake and a copy of x_snap (docs/security.md).  The
+master remembers the shard each removed worker claimed (wire-format.md 7.1-9; every worker that
+claims none shares one record) and refuses a HELLO claiming it, before WELCOME, with TRY_LATER
+until the back-off has passed (7.1-10).  The back-off starts at ``MasterConfig.rejoin_backoff``
+(1 s; 0: none) and doubles with each removal of the same claim, up to :data:`LONGEST_BACKOFF`; a
+claim with none for :data:`FORGIVEN_AFTER` after its back-off ended starts again from the first.
 
-A worker that leaves by itself starts none, however soon after joining: a re-attack that left
-before its 257th ERROR, or joined and left with no bad message at all (some 13,000 times in 30 s),
-held the run to about two thirds of its pace.  A back-off for quick departures was tried and not
-kept: each refused HELLO still costs an accept and a handshake (the attacker retried 1,000 times a
-second, and the run kept only about four fifths of its pace), while honest workers that refuse a
-run's CONFIG, or are restarted at once, were refused with TRY_LATER instead of being told why.
-docs/security.md lists this among what an admitted worker can still do.
-
-Removals that say nothing certain about what a worker sent start none: a timeout, a snapshot report
-out of line with the others' (an honest worker's is, against a liar's: the re-attack had one locked
-out this way), an update that takes the model out of range, the master's own failure.
+Only removals that blame the worker start one (:attr:`~aiodq.protocol.guard.Refusal.blames_sender`
+and :func:`penalised`): not a timeout, a report out of line with the others' (an honest worker's is,
+against a liar's), a report or update that the model's state makes overflow, or the master's own
+failure; nor a session the worker or its transport ended (security.md says why not).
 """
 
 from __future__ import annotations

@@ -77,8 +77,9 @@ class Refusal:
     #: One line for the worker and the master's log.
     reason: str
     #: False for a judgement an honest worker can fail through no fault of its own: a report out of
-    #: line with the others' (one of which may lie), an update that takes a model others pushed out
-    #: of range, the master's own failure.  A removal for it starts no rejoin back-off (admission.py).
+    #: line with the others' (one of which may lie), a report or an update that the model's state
+    #: makes overflow (others' updates may have brought it there), the master's own failure.  A
+    #: removal for it starts no rejoin back-off (admission.py).
     blames_sender: bool = True
 
 
@@ -214,7 +215,8 @@ class Guard:
                 f"loss {report.loss:.3g}: the built-in {self.config.model} model's losses are not negative",
             )
         if not math.isfinite(_norm(report.vector.values) / report.samples):
-            return Refusal(ErrorCode.NON_FINITE, "the gradient sum's norm is not finite")
+            # (An honest worker's too, at an x_snap that overflows: Divergence.unreported.)
+            return Refusal(ErrorCode.NON_FINITE, "the gradient sum's norm is not finite", blames_sender=False)
         return None
 
     def outliers(self, reports: dict[int, SnapshotGradient]) -> dict[int, Refusal]:

@@ -8,17 +8,21 @@ Sans I/O: the rule itself, then the real coordinator and worker sessions over in
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from typing import Any
 
+import numpy as np
 import pytest
 from test_coordinator import Cluster, config, small_a9a
-from test_hardening import once, rewrite, shard_of
+from test_hardening import _overflowing_reports, once, rewrite, shard_of
 
-from aiodq.codec.events import ErrorMessage, Heartbeat, Hello, SnapshotGradient
+from aiodq.codec.events import ErrorMessage, Gradient, Heartbeat, Hello, SnapshotGradient
 from aiodq.codec.messages import encode_message
+from aiodq.codec.vectors import DenseQuantized
 from aiodq.config import ConnectionConfig, MasterConfig
 from aiodq.errors import ErrorCode
-from aiodq.net.logbook import worker_name
+from aiodq.net.logbook import Logbook, worker_name
 from aiodq.protocol.admission import (
     FORGIVEN_AFTER,
     LONGEST_BACKOFF,
@@ -61,11 +65,11 @@ def test_a_claim_is_refused_with_try_later_only_while_its_back_off_lasts() -> No
     )
     assert backoff.refuse(1, 11.0) is None  # its back-off is over
     assert backoff.refuse(0, 10.25) is None and backoff.refuse(None, 10.25) is None  # other claims
-    backoff.start(None, "left 0.2 s after it joined", 10.0)
-    backoff.start(None, "left 0.3 s after it joined", 10.5)
+    backoff.start(None, "was removed for INVALID_PAYLOAD", 10.0)
+    backoff.start(None, "was removed for UNEXPECTED_MESSAGE", 10.5)
     refusal = backoff.refuse(None, 10.5)
     assert refusal is not None and refusal.reason == (
-        "a worker claiming no shard left 0.3 s after it joined; join again in 2.0 s (back-off 2 s)"
+        "a worker claiming no shard was removed for UNEXPECTED_MESSAGE; join again in 2.0 s (back-off 2 s)"
     )
 
 
@@ -229,9 +233,9 @@ def finished(session: WorkerSession) -> bool:
     return session.ended is not None and session.ended[0] == ErrorCode.NO_ERROR
 
 
-def _two_claiming(backoff: float, *, workers: int = 2) -> Cluster:
+def _claiming_cluster(backoff: float, *, workers: int = 2, guard: float = 100.0) -> Cluster:
     dataset = small_a9a()
-    master_config = MasterConfig(rejoin_backoff=backoff)
+    master_config = MasterConfig(rejoin_backoff=backoff, guard=guard)
     cluster = Cluster(config(epochs=2), dataset, workers, connect=False, master_config=master_config)
     cluster.sessions = [
         WorkerSession(*shard_of(dataset, workers, i), name=f"w{i}", shard=(i, workers))
@@ -247,7 +251,7 @@ def test_a_worker_removed_as_out_of_line_rejoins_at_once() -> None:
     """A report out of line with the others' says nothing certain about its sender (the others may
     lie: a re-attack had an honest worker removed this way until the back-off locked it out), so it
     starts no back-off: the same shard joins again at the next step and the run finishes."""
-    cluster = _two_claiming(10.0, workers=3)
+    cluster = _claiming_cluster(10.0, workers=3)
     inflate = once(SnapshotGradient, lambda e: dataclasses.replace(e, loss=e.loss * 1e4), skip=1)
     cluster.tamper = rewrite(2, inflate)
     coordinator = cluster.coordinator
@@ -262,3 +266,98 @@ def test_a_worker_removed_as_out_of_line_rejoins_at_once() -> None:
     )
     assert coordinator.done and coordinator.failure is None
     assert "TRY_LATER" not in [code for _, code, *_ in coordinator.ledger.errors]
+
+
+def test_the_order_of_the_refusals_before_welcome() -> None:
+    """wire-format.md 7.1-10: WORLD_SIZE_MISMATCH, then SHARD_TAKEN, then TRY_LATER, then
+    UNSUPPORTED_ENCODING, for a HELLO that qualifies for several."""
+    admission = Admission(TrainConfig(), 2, MasterConfig(rejoin_backoff=1.0))
+    admission.departed(_member(1), Refusal(ErrorCode.LIMIT_EXCEEDED, "flood"), 0.0)  # shard 1: in back-off
+    held = {7: 1}  # (and held again, by worker 7)
+    few = frozenset({0})  # RAW_F32 only: not what an asylpg run sends
+
+    def code(shard: tuple[int, int], held: dict[int, int], encodings: frozenset[int] | None = None) -> str:
+        hello = Hello(shard=shard) if encodings is None else Hello(shard=shard, encodings=encodings)
+        refusal = admission.refuse(hello, held, 0.5)
+        return "admitted" if refusal is None else refusal.code.name
+
+    assert code((1, 3), held, few) == "WORLD_SIZE_MISMATCH"
+    assert code((1, 2), held, few) == "SHARD_TAKEN"
+    assert code((1, 2), {}, few) == "TRY_LATER"
+    assert code((0, 2), {}, few) == "UNSUPPORTED_ENCODING"
+    assert code((0, 2), {}) == "admitted"
+
+
+def _rejoins_at_once(cluster: Cluster, index: int, code: ErrorCode) -> None:
+    """Worker ``index`` (of a claiming cluster, 3 workers, a 10 s back-off) is removed with ``code``;
+    the same shard joins again at the next step (no TRY_LATER) and the run finishes."""
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: cluster.sessions[index].ended is not None)
+    assert cluster.sessions[index].ended is not None and cluster.sessions[index].ended[0] == code
+    cluster.tamper = None
+    again = cluster.add_session(
+        WorkerSession(*shard_of(small_a9a(), 3, index), name="again", shard=(index, 3))
+    )
+    cluster.run(until=lambda: coordinator.is_member(cluster.ids[again] or -1) or coordinator.done)
+    assert coordinator.is_member(cluster.ids[again] or -1)
+    cluster.run()
+    assert finished(cluster.sessions[again])
+    assert coordinator.done and coordinator.failure is None
+    assert "TRY_LATER" not in [code for _, code, *_ in coordinator.ledger.errors]
+
+
+def test_a_worker_whose_report_overflows_rejoins_at_once() -> None:
+    """A report whose gradient sum's norm is not finite: an honest worker's too, at an x_snap that
+    overflows (guard.py), so no back-off."""
+    cluster = _claiming_cluster(10.0, workers=3)
+    cluster.tamper = _overflowing_reports({1})
+    _rejoins_at_once(cluster, 1, ErrorCode.NON_FINITE)
+
+
+def test_a_worker_whose_update_overflows_the_model_rejoins_at_once() -> None:
+    """guard 0: an update that takes x out of a MODEL's range removes its sender (OVERFLOW), which
+    others' updates may have brought there: no back-off."""
+    cluster = _claiming_cluster(10.0, workers=3, guard=0.0)
+    huge = DenseQuantized(8, float(np.finfo(np.float32).max), np.full(123, 127, dtype=np.int8))
+    cluster.tamper = rewrite(0, once(Gradient, lambda e: dataclasses.replace(e, vector=huge), skip=3))
+    _rejoins_at_once(cluster, 0, ErrorCode.INVALID_PAYLOAD)
+    assert cluster.coordinator.dropped["overflow"] == 1
+
+
+def test_a_worker_whose_message_the_master_failed_on_rejoins_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """INTERNAL_ERROR is the master's own failure, not the worker's: no back-off."""
+    cluster = _claiming_cluster(10.0, workers=3)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    real, victim = coordinator._gradient, cluster.ids[2]
+
+    def failing(worker_id: int, *args: Any) -> None:
+        if worker_id == victim:
+            raise RuntimeError("planted")
+        real(worker_id, *args)
+
+    monkeypatch.setattr(coordinator, "_gradient", failing)
+    cluster.run(until=lambda: cluster.sessions[2].ended is not None)
+    monkeypatch.setattr(coordinator, "_gradient", real)
+    _rejoins_at_once(cluster, 2, ErrorCode.INTERNAL_ERROR)
+
+
+def test_the_log_says_which_side_raised_each_code(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/security.md: ``worker 5 (shard 1/4): LIMIT_EXCEEDED: ...`` (the master's code),
+    ``worker 5 (shard 1/4) says GOING_AWAY: ...`` (the worker's)."""
+    cluster = _claiming_cluster(0.0)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    first, second = cluster.ids
+    assert first is not None and second is not None
+    logbook = Logbook(lambda: cluster.now)
+    caplog.set_level(logging.INFO, logger="aiodq.master")
+    coordinator.receive_data(first, encode_message(ErrorMessage(code=19, reason="bye")), cluster.now)
+    coordinator.receive_data(second, bytes(16), cluster.now)  # not a frame: the master closes it
+    logbook.progress(coordinator, {})
+    lines = [record.getMessage() for record in caplog.records]
+    assert f"worker {first} (shard 0/2) says GOING_AWAY: bye" in lines
+    raised = [line for line in lines if line.startswith(f"worker {second} (shard 1/2)")]
+    assert len(raised) == 1 and re.fullmatch(rf"worker {second} \(shard 1/2\): [A-Z_]+: .+", raised[0]), (
+        raised
+    )
