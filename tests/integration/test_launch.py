@@ -229,9 +229,10 @@ for i in range(20000):
 sys.stderr.write("the end")
 sys.exit(3)
 """
-#: A process that ignores SIGTERM (it only says it got one) and says so when it is ready.
+#: A process that ignores SIGTERM (it only says it got one) and says so when it is ready; it then
+#: waits for signals until it is killed.
 _STUBBORN = """
-import signal, sys, time
+import signal, sys
 def noted(signum, frame):
     sys.stderr.write("SIGTERM\\n")
     sys.stderr.flush()
@@ -239,7 +240,7 @@ signal.signal(signal.SIGTERM, noted)
 sys.stderr.write("ready\\n")
 sys.stderr.flush()
 while True:
-    time.sleep(600)
+    signal.pause()
 """
 
 
