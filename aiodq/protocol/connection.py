@@ -427,7 +427,7 @@ class Connection(SessionRules):
         self.send(Close(code=int(code), reason=reason), now)
 
     def refuse(self, code: ErrorCode, reason: str = "") -> None:
-        """Close on the application's refusal of the peer: CLOSE, then CLOSED (wire-format.md 8.4-3)."""
+        """The application's refusal of the peer: CLOSE, then CLOSED at once (wire-format.md 8.4-3, 7.1-9)."""
         self._fail(code, reason)  # nothing more is read: a refused peer's flood is not parsed
 
     # -- timers ---------------------------------------------------------------
