@@ -130,7 +130,7 @@ class Logbook:
         if new > 0:
             now = self._clock()
             errors = coordinator.errors
-            for worker_id, code, reason, by in list(errors)[-min(new, len(errors)) :] if errors else []:
+            for worker_id, code, reason, by, _ in list(errors)[-min(new, len(errors)) :] if errors else []:
                 if self._error_budget.take(now):
                     # GOING_AWAY is a peer that stops (Ctrl-C, SIGTERM, its own end): news, not an error.
                     level = logging.INFO if code == "GOING_AWAY" else logging.WARNING

@@ -18,11 +18,15 @@ import numpy.typing as npt
 
 from .connection import Connection
 
-__all__ = ["MAX_ERRORS", "EpochRecord", "Ledger", "ModelRecord", "Traffic"]
+__all__ = ["MAX_ERRORS", "MAX_UNJOINED_ERRORS", "EpochRecord", "Ledger", "ModelRecord", "Traffic"]
 
 #: Protocol errors kept with their text in the ledger (the latest); all are counted by code,
 #: so that no peer can grow the master's memory, its result file or its checkpoint without bound.
 MAX_ERRORS = 100
+#: Of those, at most this many are of connections that never joined (HELLOs refused before WELCOME,
+#: failed handshakes): a flood of refused HELLOs cannot push out the errors of workers that took part,
+#: the removal that the refusals follow among them.
+MAX_UNJOINED_ERRORS = MAX_ERRORS // 2
 
 
 @dataclass(slots=True)
@@ -141,10 +145,11 @@ class Ledger:
     #: Gradients not applied, by reason: ``stale``, ``late`` (previous epoch), ``outlier`` (the
     #: guard), ``overflow`` (out of a MODEL's range), ``refused`` (not this run's encoding or width).
     dropped: Counter[str] = field(default_factory=Counter)
-    #: The latest :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text, raised_by)``:
-    #: ``raised_by`` is ``"master"`` (it refused or closed the worker, or timed it out) or ``"worker"``
-    #: (the worker sent the code, in ERROR or CLOSE).
-    errors: deque[tuple[int, str, str, str]] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
+    #: The latest :data:`MAX_ERRORS` protocol errors, as ``(worker_id, code name, text, raised_by,
+    #: joined)``: ``raised_by`` is ``"master"`` (it refused or closed the worker, or timed it out) or
+    #: ``"worker"`` (the worker sent the code, in ERROR or CLOSE); ``joined`` is False for a connection
+    #: that never joined, of which at most :data:`MAX_UNJOINED_ERRORS` are kept.
+    errors: deque[tuple[int, str, str, str, bool]] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
     #: Every code the master raised, by name (also those no longer in :attr:`errors`).
     error_counts: Counter[str] = field(default_factory=Counter)
     #: Every code the workers sent, by name.
@@ -167,10 +172,20 @@ class Ledger:
             self.unadmitted.add_connection(connection)
             self.unadmitted_connections += 1
 
-    def add_error(self, worker_id: int, code: str, reason: str, *, sent: bool = False) -> None:
-        """Record a protocol error (``sent``: the worker's) by code; its text replaces the oldest one kept."""
+    def add_error(
+        self, worker_id: int, code: str, reason: str, *, sent: bool = False, joined: bool = True
+    ) -> None:
+        """Record a protocol error (``sent``: the worker's) by code; its text replaces the oldest one kept.
+
+        An error of a connection that never ``joined`` replaces the oldest such one once
+        :data:`MAX_UNJOINED_ERRORS` are kept.
+        """
         (self.peer_error_counts if sent else self.error_counts)[code] += 1
-        self.errors.append((worker_id, code, reason, "worker" if sent else "master"))
+        if not joined:
+            unjoined = [i for i, entry in enumerate(self.errors) if not entry[4]]
+            if len(unjoined) >= MAX_UNJOINED_ERRORS:
+                del self.errors[unjoined[0]]
+        self.errors.append((worker_id, code, reason, "worker" if sent else "master", joined))
 
     @property
     def errors_seen(self) -> int:
@@ -211,7 +226,10 @@ class Ledger:
                 "max": max(histogram, default=0),
                 "dropped": dict(self.dropped),
             },
-            "errors": [{"worker": w, "code": c, "reason": r, "raised_by": b} for w, c, r, b in self.errors],
+            "errors": [
+                {"worker": w, "code": c, "reason": r, "raised_by": b, "joined": j}
+                for w, c, r, b, j in self.errors
+            ],
             "error_counts": dict(self.error_counts),
             "peer_error_counts": dict(self.peer_error_counts),
             "unadmitted": {"connections": self.unadmitted_connections, "bytes": self.unadmitted.total()},

@@ -1,9 +1,8 @@
 """The master's control logic over all its worker connections, sans I/O (docs/algorithms.md 5, 9).
 
-A :class:`Coordinator` owns one :class:`~aiodq.protocol.connection.MasterConnection` per
-worker and a :class:`~aiodq.protocol.algorithms.MasterState`.  The shell (asyncio, or
-an in-memory simulation) hands it bytes per worker and the time, and collects
-the bytes to send; the coordinator runs the epochs:
+A :class:`Coordinator` owns one :class:`~aiodq.protocol.connection.MasterConnection` per worker and a
+:class:`~aiodq.protocol.algorithms.MasterState`.  The shell (asyncio, or an in-memory simulation) hands
+it bytes per worker and the time, and collects the bytes to send; the coordinator runs the epochs:
 
 1. wait until ``workers`` workers have joined (HELLO, answered by WELCOME and CONFIG);
 2. snapshot phase: SNAPSHOT to every worker, wait for every SNAPSHOT_GRADIENT,
@@ -157,7 +156,7 @@ class Coordinator:
             try:
                 event = worker.connection.next_event()
             except RemoteProtocolError as exc:
-                self.ledger.add_error(worker_id, exc.code.name, str(exc))
+                self.ledger.add_error(worker_id, exc.code.name, str(exc), joined=worker.joined)
                 self._drop_worker(worker_id, now, exc.code)
                 return False
             if event is None:
@@ -257,7 +256,7 @@ class Coordinator:
     records = _ledger_table("records", "Model copies for evaluation after the run (see ``record_every``).")
     applied_staleness = _ledger_table("applied_staleness", "Staleness t - D of every applied update.")
     dropped = _ledger_table("dropped", "Gradients not applied, by reason (stale, late, outlier, ...).")
-    errors = _ledger_table("errors", "The latest protocol errors, as (worker_id, code name, text).")
+    errors = _ledger_table("errors", "The latest protocol errors (see Ledger.errors).")
 
     # -- events -----------------------------------------------------------------
 
@@ -271,8 +270,10 @@ class Coordinator:
 
     def _remove(self, worker_id: int, refusal: Refusal, now: float) -> None:
         """Close a worker's connection with ``refusal``'s code and record why."""
-        self.ledger.add_error(worker_id, refusal.code.name, refusal.reason)
-        if (worker := self._workers.get(worker_id)) is not None and worker.connection.state not in _CLOSING:
+        worker = self._workers.get(worker_id)
+        joined = worker is None or worker.joined  # False: a HELLO refused before WELCOME, say
+        self.ledger.add_error(worker_id, refusal.code.name, refusal.reason, joined=joined)
+        if worker is not None and worker.connection.state not in _CLOSING:
             worker.connection.refuse(refusal.code, refusal.reason)  # (8.4-3: nothing more read from it)
         self._drop_worker(worker_id, now, refusal)
 
@@ -295,10 +296,12 @@ class Coordinator:
         elif isinstance(event, Close | ConnectionClosed):
             # A peer's CLOSE with an error code (AUTH_FAILED, say) and a local timeout are recorded, so
             # the master logs why (the end of a stream after our own CLOSE was recorded when sent).
+            joined = worker.joined
             if isinstance(event, Close) and event.code != ErrorCode.NO_ERROR:
-                self.ledger.add_error(worker_id, code_name(event.code), event.reason, sent=True)
+                name = code_name(event.code)
+                self.ledger.add_error(worker_id, name, event.reason, sent=True, joined=joined)
             elif isinstance(event, ConnectionClosed) and event.code == ErrorCode.TIMEOUT:
-                self.ledger.add_error(worker_id, code_name(event.code), "timed out")
+                self.ledger.add_error(worker_id, ErrorCode.TIMEOUT.name, "timed out", joined=joined)
             self._drop_worker(worker_id, now)
 
     def _join(self, worker_id: int, worker: Member, hello: Hello, now: float) -> None:

@@ -78,16 +78,22 @@ def capture(
     return Checkpoint(arrays, meta)
 
 
-def _saved_error(entry: Any) -> tuple[int, str, str, str]:
-    """A checkpoint's ``[worker, code, reason, raised_by]``, ``raised_by`` the master's if missing.
+def _saved_error(entry: Any) -> tuple[int, str, str, str, bool]:
+    """A checkpoint's ``[worker, code, reason, raised_by, joined]``; older ones lack the last one or two.
 
     An earlier version kept no side, and counted the codes workers sent with those the master
-    raised, in ``error_counts``: they stay counted there.
+    raised, in ``error_counts``: they stay counted there, as the master's.  One that did not
+    mark errors of connections that never joined has them as the workers' that took part.
     """
-    worker, code, reason, *side = entry
-    if side not in ([], ["master"], ["worker"]):
+    worker, code, reason = entry[:3]
+    rest: list[Any] = list(entry[3:])
+    side = rest[0] if rest else "master"
+    joined = rest[1] if len(rest) > 1 else True
+    if side not in ("master", "worker") or len(rest) > 2:
         raise ValueError(f"an error raised by {side!r}")
-    return int(worker), str(code), str(reason), side[0] if side else "master"
+    if not isinstance(joined, bool):
+        raise ValueError(f"an error whose 'joined' is {joined!r}")
+    return int(worker), str(code), str(reason), side, joined
 
 
 def _saved_config(params: object) -> TrainConfig | None:

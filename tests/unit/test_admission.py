@@ -23,6 +23,7 @@ from aiodq.codec.vectors import DenseQuantized
 from aiodq.config import ConnectionConfig, MasterConfig
 from aiodq.errors import ErrorCode
 from aiodq.net.logbook import Logbook, worker_name
+from aiodq.protocol.accounting import MAX_ERRORS, MAX_UNJOINED_ERRORS, Ledger
 from aiodq.protocol.admission import (
     FORGIVEN_AFTER,
     LONGEST_BACKOFF,
@@ -174,6 +175,46 @@ def test_a_flooder_that_rejoins_at_once_is_refused_until_its_back_off_has_passed
     assert [code for _, code, *_ in coordinator.ledger.errors].count("TRY_LATER") == 1
 
 
+def test_a_flood_of_refused_hellos_leaves_the_removal_it_follows_in_the_errors_kept() -> None:
+    """result.json keeps the latest MAX_ERRORS errors with their text, at most MAX_UNJOINED_ERRORS of
+    them of connections that never joined: 120 HELLOs refused with TRY_LATER after a removal leave the
+    removal's LIMIT_EXCEEDED there, beside the latest 50 refusals; the counters have every one.
+    (Before, the 120 refusals pushed out every other entry.)"""
+    cluster, now = _flooded_out(1000.0)
+    coordinator = cluster.coordinator
+    hello = encode_message(Hello(shard=(1, 2)))
+    refused = []
+    for _ in range(120):
+        refused.append(worker_id := coordinator.connect(now))
+        coordinator.receive_data(worker_id, hello, now)
+        assert not coordinator.is_member(worker_id)
+    summary = coordinator.summary()
+    codes = [(e["code"], e["joined"]) for e in summary["errors"]]
+    # Before the flood the list held the flooder's last 99 ERRORs and its removal; each refusal then
+    # pushed out the oldest entry until 50 were refusals, and from then on the oldest refusal.
+    kept = MAX_ERRORS - MAX_UNJOINED_ERRORS
+    expected = [("60000", True)] * (kept - 1) + [("LIMIT_EXCEEDED", True)] + [("TRY_LATER", False)] * 50
+    assert codes == expected and MAX_UNJOINED_ERRORS == 50
+    assert [e["worker"] for e in summary["errors"][kept:]] == refused[-MAX_UNJOINED_ERRORS:]
+    assert summary["error_counts"] == {"LIMIT_EXCEEDED": 1, "TRY_LATER": 120}
+    assert summary["peer_error_counts"] == {"60000": MAX_PEER_ERRORS + 1}
+
+
+def test_errors_of_workers_that_joined_still_push_out_the_oldest_of_any_kind() -> None:
+    """The cap on unjoined entries only protects the others: MAX_ERRORS errors of joined workers
+    after 10 unjoined ones leave the latest MAX_ERRORS, all joined."""
+    ledger = Ledger()
+    for i in range(10):
+        ledger.add_error(i, "TRY_LATER", "wait", joined=False)
+    for i in range(MAX_ERRORS):
+        ledger.add_error(100 + i, "PROTOCOL_ERROR", "bad")
+    assert [entry[0] for entry in ledger.errors] == list(range(100, 100 + MAX_ERRORS))
+    ledger.add_error(7, "TRY_LATER", "wait", joined=False)
+    assert ledger.errors[-1] == (7, "TRY_LATER", "wait", "master", False)
+    assert ledger.errors[0][0] == 101 and len(ledger.errors) == MAX_ERRORS
+    assert ledger.error_counts == {"TRY_LATER": 11, "PROTOCOL_ERROR": MAX_ERRORS}
+
+
 def test_the_back_off_keeps_out_only_the_removed_claim_and_none_without_the_option() -> None:
     """During shard 1's back-off a worker claiming no shard still joins; with rejoin_backoff 0 the
     flooder's shard rejoins at once, as before."""
@@ -254,7 +295,7 @@ def test_a_worker_removed_as_out_of_line_rejoins_at_once() -> None:
     cluster.tamper = rewrite(2, inflate)
     _rejoins_at_once(cluster, 2, ErrorCode.INVALID_PAYLOAD)
     assert any(
-        "snapshot report out of line" in reason for _, _, reason, _ in cluster.coordinator.ledger.errors
+        "snapshot report out of line" in reason for _, _, reason, *_ in cluster.coordinator.ledger.errors
     )
 
 

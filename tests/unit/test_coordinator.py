@@ -450,7 +450,7 @@ def test_nan_gradient_on_the_wire_closes_with_non_finite() -> None:
     cluster.run()
     assert coordinator.done
     assert np.isfinite(coordinator.state.x).all()
-    assert [(w, c, by) for w, c, _, by in coordinator.errors] == [(cluster.ids[0], "NON_FINITE", "master")]
+    assert [(w, c, by) for w, c, _, by, _ in coordinator.errors] == [(cluster.ids[0], "NON_FINITE", "master")]
     bad = cluster.sessions[0]
     assert bad.ended is not None
     assert bad.ended[0] == ErrorCode.NON_FINITE

@@ -29,6 +29,7 @@ from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
 from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK
 from aiodq.protocol.guard import Divergence, Guard, Refusal
+from aiodq.protocol.recovery import Checkpoint
 from aiodq.protocol.result import RunResult
 from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.simulate import simulate
@@ -461,6 +462,32 @@ def test_a_checkpoint_keeps_which_side_raised_each_error_and_an_earlier_ones_sti
         Cluster(config(epochs=2), small_a9a(), 2, connect=False).coordinator.restore(damaged, 0.0)
 
 
+def test_a_checkpoint_keeps_which_errors_were_of_connections_that_never_joined() -> None:
+    """An error of a connection refused before WELCOME resumes as such (result.json's ``joined``); a
+    checkpoint of the version before, whose entries have four fields, resumes with every one joined."""
+    cluster = Cluster(config(epochs=2), small_a9a(), 2)
+    cluster.run(until=lambda: cluster.coordinator.phase is Phase.INNER)
+    cluster.coordinator.ledger.add_error(98, "TIMEOUT", "timed out")
+    cluster.coordinator.ledger.add_error(99, "TRY_LATER", "wait", joined=False)
+
+    def resumed_joined(checkpoint: Checkpoint) -> list[bool]:
+        fresh = Cluster(config(epochs=2), small_a9a(), 2, connect=False)
+        fresh.coordinator.restore(checkpoint, 0.0)
+        return [e["joined"] for e in fresh.coordinator.summary()["errors"]]
+
+    assert resumed_joined(cluster.coordinator.checkpoint(cluster.now)) == [True, False]
+    earlier = cluster.coordinator.checkpoint(cluster.now)
+    earlier.meta["errors"] = [entry[:4] for entry in earlier.meta["errors"]]
+    assert resumed_joined(earlier) == [True, True]
+    damaged = cluster.coordinator.checkpoint(cluster.now)
+    damaged.meta["errors"][1][4] = "no"
+    with pytest.raises(CheckpointError, match="an error whose 'joined' is 'no'"):
+        resumed_joined(damaged)
+    damaged.meta["errors"][1].append(True)
+    with pytest.raises(CheckpointError, match="an error raised by"):
+        resumed_joined(damaged)
+
+
 def test_a_checkpoint_of_another_random_generator_is_refused() -> None:
     """The quantizer draws from SFC64; a checkpoint naming PCG64 (an earlier version's) is refused."""
     train = config(epochs=2)
@@ -588,7 +615,7 @@ def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
     assert coordinator.live_workers == 2
     coordinator.handle_timer(joined_at + timeout + 1.0)
     assert coordinator.live_workers == 1
-    timed_out = (silent_id, "TIMEOUT", f"no SNAPSHOT_GRADIENT within {timeout:g} s", "master")
+    timed_out = (silent_id, "TIMEOUT", f"no SNAPSHOT_GRADIENT within {timeout:g} s", "master", True)
     assert timed_out in coordinator.ledger.errors
     cluster.run()
     assert coordinator.done and coordinator.failure is None
@@ -1003,6 +1030,7 @@ def test_a_worker_sending_errors_beyond_the_limit_is_removed() -> None:
         "LIMIT_EXCEEDED",
         f"more than {MAX_PEER_ERRORS} ERROR messages in one session",
         "master",
+        True,
     )
     # The ERRORs themselves are the worker's; the removal is the master's (result.json keeps them apart).
     assert coordinator.ledger.peer_error_counts == {"60000": MAX_PEER_ERRORS + 1}
