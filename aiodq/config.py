@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits", "MasterConfig", "option"]
@@ -53,6 +53,27 @@ class Limits:
         return min(
             self.max_frame_bytes,
             max(self.handshake_frame_bytes, 8 * dim + 64, self.max_reason_bytes + 32),
+        )
+
+    def fitting(self, dim: int) -> Limits:
+        """These limits, raised where a session of dimension ``dim`` needs more.
+
+        For a cluster whose master and workers are one application's own (a local or Ray
+        launch of its model): ``max_dimension`` at least ``dim``, and ``max_frame_bytes`` at
+        least the ``8 dim + 64`` bytes of a RAW_F64 vector's frame (:meth:`session_frame_bytes`).
+
+        Raises:
+            ValueError: if ``dim`` is not positive, or its frames would exceed the 2**32 - 1
+                bytes a frame can hold (wire-format.md 3).
+        """
+        frame = 8 * dim + 64
+        if dim < 1 or frame > 0xFFFF_FFFF:
+            raise ValueError(
+                f"a model of {dim:,} parameters cannot travel in frames (wire-format.md 3): "
+                f"at most {(0xFFFF_FFFF - 64) // 8:,}"
+            )
+        return replace(
+            self, max_dimension=max(self.max_dimension, dim), max_frame_bytes=max(self.max_frame_bytes, frame)
         )
 
     def __post_init__(self) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..config import ConnectionConfig, MasterConfig
+from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
 from ..data import load_dataset
-from ..errors import DataError, RunError, StoppedError
+from ..errors import DataError, RunError, StoppedError, UsageError
 from ..net.master import Master
 from ..net.worker import WorkerResult, format_address, run_worker
 from ..protocol.accounting import ModelRecord
@@ -118,7 +118,16 @@ def run_coroutine(coroutine: Any) -> Any:
 
 
 def _worker_command(
-    host: str, port: int, index: int, workers: int, *, data: str | None, seed: int, model: str, nice: int = 0
+    host: str,
+    port: int,
+    index: int,
+    workers: int,
+    *,
+    data: str | None,
+    seed: int,
+    model: str,
+    nice: int = 0,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[str]:
     command = [
         sys.executable,
@@ -137,6 +146,10 @@ def _worker_command(
         command += ["--model", model]  # the workers import the user's objective themselves
     if nice:
         command += ["--nice", str(nice)]
+    if limits.max_dimension != DEFAULT_LIMITS.max_dimension:  # a model above the default limits
+        command += ["--max-dimension", str(limits.max_dimension)]
+    if limits.max_frame_bytes != DEFAULT_LIMITS.max_frame_bytes:
+        command += ["--max-frame-bytes", str(limits.max_frame_bytes)]
     return command
 
 
@@ -298,7 +311,11 @@ async def run_cluster(
     nice = resolve_worker_nice(worker_nice)
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
-    connection_config = ConnectionConfig(secret=secret.encode())
+    try:  # its own model's size sets the limits, which protect against strangers' (wire-format.md 10)
+        limits = DEFAULT_LIMITS.fitting(objective.dim)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    connection_config = ConnectionConfig(secret=secret.encode(), limits=limits)
     master = Master(
         config,
         objective,
@@ -342,6 +359,7 @@ async def run_cluster(
                     seed=config.seed,
                     model=config.model,
                     nice=nice,
+                    limits=connection_config.limits,
                 )
                 return WorkerProcess.start(index, workers, command, env)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import MasterConfig
+from ..config import Limits, MasterConfig
 from ..errors import AiodqError, RunError, UsageError, code_name
 from ..net.checkpoint import resumable
 from ..protocol.accounting import ModelRecord
@@ -320,9 +320,15 @@ async def _run(
             handles.append(actor)
             loads.append(load)
 
-    def begin(index: int, address: tuple[str, int]) -> asyncio.Future[Any]:
+    def begin(index: int, address: tuple[str, int], limits: Limits) -> asyncio.Future[Any]:
         call = handles[index].run.remote(
-            *address, index=index, workers=workers, seed=config.seed, model=config.model, secret=secret
+            *address,
+            index=index,
+            workers=workers,
+            seed=config.seed,
+            model=config.model,
+            secret=secret,
+            limits=limits,
         )
         return asyncio.wrap_future(call.future())
 
@@ -366,10 +372,10 @@ async def _run(
                     record_every=record_every,
                     saving=saving,
                 )
-                host, port = await _call(ray, starting, "the master actor")
+                host, port, limits = await _call(ray, starting, "the master actor")
                 address = (str(host), int(port))
                 _log.info("the master actor listens on %s:%d", *address)
-                runs = [begin(index, address) for index in range(workers)]
+                runs = [begin(index, address, limits) for index in range(workers)]
                 waiter = asyncio.wrap_future(master.trained.remote().future())
                 while not waiter.done():
                     pending = [f for f in [waiter, *loads, *runs] if not f.done()]
@@ -391,7 +397,7 @@ async def _run(
                         )
                         ray.kill(handles[index], no_restart=True)
                         create(index)
-                        runs[index] = begin(index, address)
+                        runs[index] = begin(index, address, limits)
             result: RunResult
             result, kept = await _call(ray, waiter, "the master actor")
             scope.reschedule(None)  # training has ended: the waits below have bounds of their own

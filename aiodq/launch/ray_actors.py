@@ -18,7 +18,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from ..config import ConnectionConfig, MasterConfig
+from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
 from ..net.master import Master
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -92,21 +92,24 @@ class MasterActor:
         master_config: MasterConfig | None,
         record_every: int,
         saving: dict[str, Any],
-    ) -> tuple[str, int]:
-        """Load the data, bind ``bind_host`` (None: this node's address) at a free port; the address.
+    ) -> tuple[str, int, Limits]:
+        """Load the data, bind ``bind_host`` (None: this node's address) at a free port.
 
+        Returns the address and the limits the model's size sets (the workers' too).
         ``saving``: the master's ``checkpoint``, ``checkpoint_interval`` and ``resume``.
         """
         dataset = _load(source)
         self._dataset_name = dataset.name
         host = bind_host or importlib.import_module("ray").util.get_node_ip_address()
+        objective = objective_for(config, dataset, training_set=True)
+        limits = DEFAULT_LIMITS.fitting(objective.dim)
         master = Master(
             config,
-            objective_for(config, dataset, training_set=True),
+            objective,
             workers=workers,
             host=host,
             port=0,
-            connection_config=ConnectionConfig(secret=secret.value),
+            connection_config=ConnectionConfig(secret=secret.value, limits=limits),
             master_config=master_config,
             record_every=record_every,
             samples=dataset.samples,
@@ -115,7 +118,7 @@ class MasterActor:
         )
         self._master = master  # (closed by stop() even if its start fails part way)
         await master.start()
-        return master.address
+        return (*master.address, limits)
 
     async def stop(self) -> tuple[tuple[int, int] | None, RunResult | None]:
         """Close the master (it checkpoints a run still to finish).
@@ -166,7 +169,16 @@ class WorkerActor:
         return self._dataset.samples
 
     def run(
-        self, host: str, port: int, *, index: int, workers: int, seed: int, model: str, secret: Secret
+        self,
+        host: str,
+        port: int,
+        *,
+        index: int,
+        workers: int,
+        seed: int,
+        model: str,
+        secret: Secret,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> tuple[int, str, int, bool]:
         """Train shard ``index`` of ``workers`` until the master closes; (code, reason, gradients, ok)."""
         assert self._dataset is not None
@@ -182,7 +194,7 @@ class WorkerActor:
                     workers=workers,
                     seed=seed,
                     model=model,
-                    connection_config=ConnectionConfig(secret=secret.value),
+                    connection_config=ConnectionConfig(secret=secret.value, limits=limits),
                     retry_for=_RETRY_FOR,
                 )
             )

@@ -748,7 +748,8 @@ def run_coordinator(
         # (An ERROR or CLOSE from the peer may carry any code, 7.10-4: unregistered ones by number.)
         name = ledger.errors[-1][1]
         result.code = ErrorCode[name] if name in ErrorCode.__members__ else ErrorCode.PROTOCOL_ERROR
-    for _, _, reason, *_ in list(ledger.errors)[-(ledger.errors_seen - errors_before) or len(ledger.errors) :]:
+    new_errors = list(ledger.errors)[-(ledger.errors_seen - errors_before) or len(ledger.errors) :]
+    for _, _, reason, *_ in new_errors:
         if reason.startswith("internal error handling"):
             # _handle_safely caught an exception the protocol does not foresee: a bug it contained.
             result.violations.append(f"internal-error: {reason}")

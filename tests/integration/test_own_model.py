@@ -62,6 +62,48 @@ def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path:
     assert meta["config"]["model"] == "my_models:LeastSquares"
 
 
+BIG_MODEL = """
+import numpy as np
+
+DIM = (1 << 24) + 8  # one more than the default max_dimension, and 8
+
+
+class Big:
+    \"\"\"f_i(x) = ||x - a_i||^2 / 2, a_i = i + 1 broadcast to every coordinate.\"\"\"
+
+    def __init__(self, features, labels):
+        self.samples, self.dim = features.shape[0], DIM
+        self.a = np.arange(1.0, self.samples + 1)
+
+    def initial(self, rng):
+        return np.zeros(self.dim)
+
+    def loss_grad(self, x, rows=None):
+        a = self.a if rows is None else self.a[rows]
+        n, total = a.shape[0], float(a.sum())
+        loss = 0.5 * n * float(x @ x) - total * float(x.sum()) + 0.5 * self.dim * float(a @ a)
+        return loss, n * x - total
+"""
+
+
+def test_a_model_above_the_default_dimension_limit_trains_on_the_local_cluster(tmp_path: Path) -> None:
+    """The launcher's own master and workers take their limits from the model: 2**24 + 8 parameters
+    train (a newcomer trial: ValueError 'above max_dimension 16,777,216' with a traceback, exit 1)."""
+    (tmp_path / "big_models.py").write_text(BIG_MODEL)
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run", "--model", "big_models:Big", "--data", str(FIXTURES / "a9a-head-300"), "--workers", "2",
+        "--epochs", "1", "--updates-per-epoch", "2", "--l2", "0", "--step", "0.5", "--no-progress",
+        "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model, meta = aiodq.load_model(out / "model.npz")
+    assert model.shape == ((1 << 24) + 8,) and meta["dim"] == (1 << 24) + 8
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["staleness"]["applied"] == 2
+    assert summary["trace"][-1]["loss"] < summary["trace"][0]["loss"]
+
+
 def test_run_local_workers_find_a_model_beside_the_script_run_from_elsewhere(tmp_path: Path) -> None:
     """The master imports MODULE from the script's folder (Python puts it on the path); the worker
     processes start in the current folder and did not find it (a newcomer trial: RunError)."""

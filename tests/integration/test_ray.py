@@ -401,7 +401,7 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     outcomes = []
     for data in (other, source):
         master, secret = MasterActor(), Secret(b"s" * 32)
-        host, port = await master.start(
+        host, port, limits = await master.start(
             TrainConfig(epochs=1), source=str(source), workers=1, secret=secret, bind_host="127.0.0.1",
             master_config=None, record_every=0, saving={},
         )  # fmt: skip
@@ -409,7 +409,15 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
             worker = WorkerActor()
             worker.load(str(data))
             run = asyncio.to_thread(
-                worker.run, host, port, index=0, workers=1, seed=0, model="logistic", secret=secret
+                worker.run,
+                host,
+                port,
+                index=0,
+                workers=1,
+                seed=0,
+                model="logistic",
+                secret=secret,
+                limits=limits,
             )
             outcomes.append(await asyncio.wait_for(run, 120))
         finally:

@@ -127,6 +127,22 @@ def test_frame_limit_checked_from_header_alone() -> None:
     assert info.value.code == ErrorCode.FRAME_TOO_LARGE
 
 
+def test_limits_fitting_a_model_raise_only_what_its_sessions_need() -> None:
+    """max_dimension to d and the frame limit to a RAW_F64 frame of d (8 d + 64 bytes), never lower;
+    beyond the 32-bit frame length (d > (2**32 - 1 - 64) / 8) a model cannot travel at all."""
+    assert Limits().fitting(123) == Limits()
+    big = Limits().fitting((1 << 24) + 8)
+    assert big.max_dimension == (1 << 24) + 8 and big.max_frame_bytes == 1 << 28  # 8 d + 64 < 2**28
+    huge = Limits(max_reason_bytes=7).fitting(40_000_000)
+    assert (huge.max_dimension, huge.max_frame_bytes, huge.max_reason_bytes) == (40_000_000, 320_000_064, 7)
+    assert huge.session_frame_bytes(40_000_000) == 8 * 40_000_000 + 64
+    largest = (0xFFFF_FFFF - 64) // 8
+    assert Limits().fitting(largest).max_frame_bytes == 8 * largest + 64 <= 0xFFFF_FFFF
+    for dim in (largest + 1, 0):
+        with pytest.raises(ValueError, match="cannot travel in frames"):
+            Limits().fitting(dim)
+
+
 def test_frame_at_limit_is_accepted() -> None:
     """wire-format.md 10: a body of exactly max_frame_bytes is allowed."""
     limits = Limits(max_frame_bytes=64)
