@@ -372,12 +372,13 @@ async def _run(
                     record_every=record_every,
                     saving=saving,
                 )
-                host, port, limits = await _call(ray, starting, "the master actor")
+                host, port, limits, ended = await _call(ray, starting, "the master actor")
                 address = (str(host), int(port))
                 _log.info("the master actor listens on %s:%d", *address)
-                runs = [begin(index, address, limits) for index in range(workers)]
+                # A finished run resumed gives its results again: no worker takes part.
+                runs = [] if ended else [begin(index, address, limits) for index in range(workers)]
                 waiter = asyncio.wrap_future(master.trained.remote().future())
-                while not waiter.done():
+                while runs and not waiter.done():
                     pending = [f for f in [waiter, *loads, *runs] if not f.done()]
                     await asyncio.wait(pending, timeout=_POLL, return_when=asyncio.FIRST_COMPLETED)
                     state = await _poll(ray, master)
@@ -404,7 +405,8 @@ async def _run(
             report(result)
             await _call(ray, master.wait.remote(), "the master actor")  # (within its close timeout)
             await _poll(ray, master)  # its last log records
-            await asyncio.wait(runs, timeout=30)  # the workers end their sessions on the master's CLOSE
+            if runs:
+                await asyncio.wait(runs, timeout=30)  # the workers end their sessions on the master's CLOSE
             failed = {
                 i: _failure(loads[i], run) if run.done() else "still running" for i, run in enumerate(runs)
             }

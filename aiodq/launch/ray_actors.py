@@ -92,10 +92,11 @@ class MasterActor:
         master_config: MasterConfig | None,
         record_every: int,
         saving: dict[str, Any],
-    ) -> tuple[str, int, Limits]:
+    ) -> tuple[str, int, Limits, bool]:
         """Load the data, bind ``bind_host`` (None: this node's address) at a free port.
 
-        Returns the address and the limits the model's size sets (the workers' too).
+        Returns the address, the limits the model's size sets (the workers' too), and whether the
+        run had finished (a finished run resumed: no worker is needed).
         ``saving``: the master's ``checkpoint``, ``checkpoint_interval`` and ``resume``.
         """
         dataset = _load(source)
@@ -118,7 +119,7 @@ class MasterActor:
         )
         self._master = master  # (closed by stop() even if its start fails part way)
         await master.start()
-        return (*master.address, limits)
+        return (*master.address, limits, master.coordinator is not None and master.coordinator.done)
 
     async def stop(self) -> tuple[tuple[int, int] | None, RunResult | None]:
         """Close the master (it checkpoints a run still to finish).

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -28,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from ..protocol.dataset import other_data
 from ..protocol.recovery import Checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Lock",
+    "check_data",
     "check_fresh_start",
     "load",
     "lock",
@@ -211,6 +214,28 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
             f"the checkpoint {path} holds a run that has not finished{where}: resume it (--resume), "
             "or remove the file to start afresh"
         )
+
+
+def check_data(path: str | Path, saved: object, fingerprint: str | None) -> None:
+    """Refuse to resume the checkpoint ``path`` of a run on other data (both fingerprints known).
+
+    ``saved`` is the fingerprint the checkpoint names, ``fingerprint`` this run's data's; a
+    checkpoint that names none, or names it by another version's recipe, is not checked (a warning).
+
+    Raises:
+        CheckpointError: if the two name different data.
+    """
+    if fingerprint is None or saved == fingerprint:
+        return
+    if not (isinstance(saved, str) and other_data(saved, fingerprint)):
+        what = "does not say what data it trained on"  # or names it by another version's recipe:
+        what = f"names its data by another recipe ({saved})" if isinstance(saved, str) else what
+        logging.getLogger("aiodq.master").warning("the checkpoint %s %s: not checked", path, what)
+        return
+    raise CheckpointError(
+        f"the checkpoint {path} was written by a run on other data (fingerprint {saved}; "
+        f"this run's data: {fingerprint}): resume it with the data it trained on"
+    )
 
 
 def resumable(path: str | Path) -> tuple[int, int] | None:

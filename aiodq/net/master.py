@@ -34,7 +34,6 @@ from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
 from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.coordinator import Coordinator
-from ..protocol.dataset import other_data
 from ..protocol.objectives import Objective
 from ..protocol.result import STOPPED, RunResult
 from . import checkpoint as checkpoint_file
@@ -207,6 +206,11 @@ class Master:
                 self._lock = None
             raise
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
+        if self.coordinator.done:  # a finished run resumed: trained() returns it at once, as it ended
+            self._finished_at = self._now()  # (its checkpoint is left as it is)
+            self._trained.set()
+            self._listener.stop_accepting()
+            self._check_done()
 
     def _open_checkpoint(self, path: Path) -> None:
         """Resume from ``path`` (``resume``), or check that it may be overwritten and write the first one."""
@@ -220,7 +224,7 @@ class Master:
             limit = self._checkpoint_bytes()
             saved = checkpoint_file.load(path, max_bytes=limit)
             if saved.meta.get("phase") is not None:  # (else not a run's: restore says so)
-                self._check_data(saved.meta.get("data"))
+                checkpoint_file.check_data(path, saved.meta.get("data"), self._data_fingerprint)
             self.coordinator.restore(saved, 0.0)
             self._before = float(saved.meta["elapsed"])  # (checked by restore)
             if saved.meta.get("workers") != self._workers:
@@ -230,12 +234,12 @@ class Master:
                     self._workers,
                 )
             self._logbook.resumed(self.coordinator)
-            _log.info(
-                "resumed from %s at epoch %d, version %d",
-                path,
-                self.coordinator.state.epoch,
-                self.coordinator.state.version,
-            )
+            state, done = self.coordinator.state, self.coordinator.done  # done: its results are written again
+            said = f"resumed from {path} at epoch {state.epoch}, version {state.version}"
+            if done:
+                _log.warning("%s: the run had finished; nothing trains, its results are given again", said)
+            else:
+                _log.info("%s", said)
         else:
             checkpoint_file.check_fresh_start(path, max_bytes=self._checkpoint_bytes())
             self.write_checkpoint()  # fails now, with one line, if the file cannot be written
@@ -543,10 +547,8 @@ class Master:
     def _checkpoint_at_last(self, when: str) -> None:
         """Checkpoint now, at the run's end or the master's close; a failure is logged (no caller to tell).
 
-        At the end the checkpoint says done, so that ``--resume`` refuses it (left at its last
-        mid-run state, a finished run's checkpoint would resume from there and train some of it
-        again); at a close mid-run (SIGTERM, Ctrl-C, the caller) it keeps what was trained since
-        the last periodic one.
+        At the end the checkpoint says done: resumed, it trains nothing and gives its results again; at
+        a close mid-run (SIGTERM, Ctrl-C, the caller) it keeps what was trained since the last one.
         """
         if self._checkpoint is None or self.coordinator is None:
             return
@@ -564,20 +566,6 @@ class Master:
         checkpoint_file.save(self._checkpoint, checkpoint)
         state = self.coordinator.state
         self.checkpointed = (state.epoch, state.version)
-
-    def _check_data(self, saved: object) -> None:
-        """Refuse to resume a checkpoint of a run on other data (both fingerprints known)."""
-        if self._data_fingerprint is None or saved == self._data_fingerprint:
-            return
-        if not (isinstance(saved, str) and other_data(saved, self._data_fingerprint)):
-            what = "does not say what data it trained on"  # or names it by another version's recipe:
-            what = f"names its data by another recipe ({saved})" if isinstance(saved, str) else what
-            _log.warning("the checkpoint %s %s: not checked", self._checkpoint, what)
-            return
-        raise CheckpointError(
-            f"the checkpoint {self._checkpoint} was written by a run on other data (fingerprint {saved}; "
-            f"this run's data: {self._data_fingerprint}): resume it with the data it trained on"
-        )
 
     def write_checkpoint(self) -> None:
         """Checkpoint the whole state now (atomically), if a checkpoint file was configured.

@@ -116,8 +116,7 @@ class Coordinator:
         self._next_id, self._started = 0, now
         #: When the master stops waiting: for workers, for reports.
         self.deadlines = Deadlines(self.master_config, joining_since=now)
-        self._gradient_sum, self._bytes_at_snapshot = np.zeros(self.dim), 0
-        self._record_every = record_every
+        self._gradient_sum, self._bytes_at_snapshot, self._record_every = np.zeros(self.dim), 0, record_every
         #: The run's book: trace, model records, staleness, drops, errors, retired traffic.
         self.ledger = Ledger()
         self.finished_at: float | None = None  # when the run ended
@@ -563,25 +562,26 @@ class Coordinator:
             # A resumed run that has not reached its inner loop again is still mid-epoch.
             phase=Phase.INNER.value if self._resuming else (self._waited_in or self.phase).value,
             elapsed=now - self._started,
+            failure=self.failure,
         )
 
     def restore(self, checkpoint: Checkpoint, now: float) -> None:
         """Continue from ``checkpoint``: call before any worker connects.
 
-        Losing only the work since the checkpoint: a checkpoint taken in the inner
-        loop resumes that epoch where it stood, after the workers have been sent
-        x_snap again; one taken in a snapshot phase repeats that phase.
+        Losing only the work since the checkpoint: a checkpoint taken in the inner loop resumes that epoch
+        where it stood, after the workers have been sent x_snap again; one taken in a snapshot phase repeats
+        that phase; one taken at the run's end leaves it done, as it ended.
 
         Raises:
-            CheckpointError: if the checkpoint belongs to another configuration, is finished,
-                incomplete or damaged.
+            CheckpointError: if the checkpoint belongs to another configuration, or is incomplete
+                or damaged.
         """
         if self._workers:
             raise CheckpointError("restore() must come before any worker connects")
         resumed = recovery.restore(checkpoint, self.config, self.state)
-        self.ledger = resumed.ledger
-        self._started = now - resumed.elapsed
-        self._resuming = resumed.mid_epoch
+        self.ledger, self._started, self._resuming = resumed.ledger, now - resumed.elapsed, resumed.mid_epoch
+        if resumed.finished:
+            self._finish(now, resumed.failure)
 
     # -- results ----------------------------------------------------------------
 

@@ -44,6 +44,10 @@ class Resumed:
     elapsed: float
     #: True if the checkpoint was taken in an inner loop (the epoch resumes where it stood).
     mid_epoch: bool
+    #: True if the run had ended (the checkpoint at its end): nothing is left to train.
+    finished: bool = False
+    #: Why a finished run ended before its epochs did (it diverged, say), or None.
+    failure: str | None = None
 
 
 def capture(
@@ -55,14 +59,16 @@ def capture(
     workers: int,
     phase: str,
     elapsed: float,
+    failure: str | None = None,
 ) -> Checkpoint:
-    """Everything needed to continue a run later."""
+    """Everything needed to continue a run later (``failure``: why a run that ended did so early)."""
     arrays, state_meta = state.to_checkpoint()
     meta = {
         "config": config.to_params(),
         "dim": int(state.x.shape[0]),
         "workers": workers,
         "phase": phase,
+        "failure": failure,
         "elapsed": elapsed,
         "state": state_meta,
         "trace": [asdict(record) for record in ledger.trace],
@@ -114,9 +120,13 @@ def _saved_config(params: object) -> TrainConfig | None:
 def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> Resumed:
     """Load ``checkpoint`` into ``state``; return the ledger and clock it carries.
 
+    A finished run's checkpoint (phase ``done``) is restored as it ended, with nothing left to
+    train: its results can be written again from it (a stop or a full disk between its last
+    checkpoint and its results would otherwise lose them).
+
     Raises:
-        CheckpointError: if the checkpoint belongs to another configuration or dimension, is
-            finished, or is incomplete or damaged.
+        CheckpointError: if the checkpoint belongs to another configuration or dimension, is a
+            finished run's of a version that did not record how it ended, or is incomplete or damaged.
     """
     meta = checkpoint.meta
     if meta.get("phase") is None:
@@ -137,13 +147,18 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         raise CheckpointError(
             f"the checkpoint's model has {meta.get('dim')!r} parameters, this run's {int(state.x.shape[0])}"
         )
-    phase = meta.get("phase")
-    if phase == "done":
+    phase, failure = meta.get("phase"), meta.get("failure")
+    if phase == "done" and "failure" not in meta:
         raise CheckpointError(
-            "the checkpointed run had already finished: to train again from the start, leave --resume out"
+            "the checkpointed run had already finished, and the version of aiodq that wrote the checkpoint "
+            "kept no record of how it ended: to train again from the start, leave --resume out"
         )
-    if phase not in ("joining", "snapshot", "inner"):
-        raise CheckpointError(f"the checkpoint's phase {phase!r} is not one of joining, snapshot, inner")
+    if phase not in ("joining", "snapshot", "inner", "done"):
+        raise CheckpointError(
+            f"the checkpoint's phase {phase!r} is not one of joining, snapshot, inner, done"
+        )
+    if not (failure is None or isinstance(failure, str)):
+        raise CheckpointError(f"the checkpoint's failure {failure!r} is not a text")
     # Everything is read and checked before the state changes, so a damaged checkpoint
     # leaves the state as it was.
     try:
@@ -174,4 +189,4 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
     # phase it is the next, and the checkpoint holds the evaluated one (if it is of this version).
     if phase == "inner":
         state.evaluated = state.snapshot
-    return Resumed(ledger, elapsed, mid_epoch=phase == "inner")
+    return Resumed(ledger, elapsed, mid_epoch=phase == "inner", finished=phase == "done", failure=failure)

@@ -497,8 +497,10 @@ def test_an_ipv6_listen_address_is_printed_as_connect_reads_it(tmp_path: Path) -
 
 
 @pytest.mark.asyncio
-async def test_a_finished_runs_checkpoint_cannot_be_resumed(tmp_path: Path) -> None:
-    """At the end the master checkpoints the run as done: --resume refuses it instead of training again."""
+async def test_a_finished_runs_checkpoint_resumes_as_it_ended(tmp_path: Path) -> None:
+    """At the end the master checkpoints the run as done: resumed, it trains nothing and gives the
+    result again at once (no worker needed), leaving the checkpoint as it is; it ended diverged, it
+    says so again.  A done checkpoint of an earlier version, which kept no failure, is refused."""
     from aiodq.net.worker import run_worker  # noqa: PLC0415
     from aiodq.protocol.dataset import shard  # noqa: PLC0415
 
@@ -512,11 +514,24 @@ async def test_a_finished_runs_checkpoint_cannot_be_resumed(tmp_path: Path) -> N
         result = await master.wait(timeout=60)
         await asyncio.gather(*workers)
     assert result.ok
-    assert checkpoint_file.load(path).meta["phase"] == "done"
-    again = Master(config, np.zeros(123), workers=2, checkpoint=path, resume=True)
-    with pytest.raises(CheckpointError, match="already finished"):
-        await again.start()
-    await again.close()
+    saved = checkpoint_file.load(path)
+    assert saved.meta["phase"] == "done" and saved.meta["failure"] is None
+    async with Master(config, np.zeros(123), workers=2, checkpoint=path, resume=True) as again:
+        resumed = await again.trained(timeout=5)
+        assert again.coordinator is not None and again.coordinator.live_workers == 0
+    assert resumed.ok and np.array_equal(resumed.model, result.model) and resumed.trace == result.trace
+    assert checkpoint_file.load(path).meta == saved.meta
+    saved.meta["failure"] = "the run diverged: planted"
+    checkpoint_file.save(path, saved)
+    async with Master(config, np.zeros(123), workers=2, checkpoint=path, resume=True) as again:
+        diverged = await again.trained(timeout=5)
+    assert diverged.failure == diverged.summary["failure"] == "the run diverged: planted"
+    del saved.meta["failure"]
+    checkpoint_file.save(path, saved)
+    earlier = Master(config, np.zeros(123), workers=2, checkpoint=path, resume=True)
+    with pytest.raises(CheckpointError, match="already finished, and the version of aiodq that wrote"):
+        await earlier.start()
+    await earlier.close()
 
 
 @pytest.mark.asyncio

@@ -66,17 +66,25 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
 
     with pytest.raises(CheckpointError, match="written by a run on other data"):
         await aiodq.run_local(config, None, workers=2, checkpoint=path, resume=True)  # the bundled a9a
-    with pytest.raises(CheckpointError, match="already finished"):
-        await aiodq.run_local(config, DATA, workers=2, checkpoint=path, resume=True)
+    # Resumed again, the finished run trains nothing and gives its results as they were: the model and
+    # the trace; its checkpoint is left as it is.
+    checkpoint_bytes = path.read_bytes()
+    again = await aiodq.run_local(config, DATA, workers=2, checkpoint=path, resume=True)
+    assert again.ok and np.array_equal(again.model, result.model) and again.trace == result.trace
+    assert again.summary["version"] == result.summary["version"] and path.read_bytes() == checkpoint_bytes
+    out = tmp_path / "out"
     finished = aiodq_command(
         "run", "--data", str(DATA), "--workers", "2", "--epochs", "6", "--updates-per-epoch", "400",
-        "--checkpoint", str(path), "--resume", "--no-progress", "--out", str(tmp_path / "out"),
+        "--checkpoint", str(path), "--resume", "--no-progress", "--out", str(out),
     )  # fmt: skip
-    assert finished.returncode == 1
-    assert finished.stderr.strip() == (
-        "aiodq run: the checkpointed run had already finished: "
-        "to train again from the start, leave --resume out"
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr.strip().endswith(
+        f"resumed from {path} at epoch 6, version {result.summary['version']}: "
+        "the run had finished; nothing trains, its results are given again"
     )
+    model, _ = aiodq.load_model(out / "model.npz")
+    assert np.array_equal(model, result.model)
+    assert json.loads((out / "result.json").read_text())["trace"] == result.summary["trace"]
 
 
 def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path) -> None:
