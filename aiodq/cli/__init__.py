@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from ..config import MasterConfig
 from ..errors import StoppedError, UsageError
-from ..net.checkpoint import resumable
+from ..net.checkpoint import finished_run, resumable
 from ..version import __version__
 from .demo import demo
 from .options import (
@@ -387,6 +387,8 @@ def _kept(args: argparse.Namespace) -> str:
         return ""
     from ..launch.common import checkpoint_note  # noqa: PLC0415 - loaded by the commands already
 
+    if finished_run(path):  # stopped as the results were written, they may be missing or partial
+        return f"; training had finished: --resume gives its results again from the checkpoint {path}"
     return checkpoint_note(path, resumable(path))
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Lock",
     "check_data",
     "check_fresh_start",
+    "finished_run",
     "load",
     "lock",
     "remove_stale",
@@ -245,6 +246,15 @@ def resumable(path: str | Path) -> tuple[int, int] | None:
     except CheckpointError:
         return None
     return None if meta.get("phase") in (None, "done") else _stood(meta)
+
+
+def finished_run(path: str | Path) -> bool:
+    """Whether the checkpoint ``path`` holds a finished run, which ``--resume`` gives again."""
+    try:
+        meta = load(path, max_bytes=16 << 20, arrays=False).meta
+    except CheckpointError:
+        return False
+    return meta.get("phase") == "done" and "failure" in meta
 
 
 def _stood(meta: dict[str, Any]) -> tuple[int, int] | None:

@@ -7,6 +7,7 @@ in the checkpoint too.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 import aiodq
+from aiodq.cli import _kept
 from aiodq.cli.commands import _finish
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
@@ -66,6 +68,10 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
 
     with pytest.raises(CheckpointError, match="written by a run on other data"):
         await aiodq.run_local(config, None, workers=2, checkpoint=path, resume=True)  # the bundled a9a
+    # A stop as the results were written (a second Ctrl-C, say) ends with a line that says where they are.
+    assert _kept(argparse.Namespace(checkpoint=str(path))) == (
+        f"; training had finished: --resume gives its results again from the checkpoint {path}"
+    )
     # Resumed again, the finished run trains nothing and gives its results as they were: the model and
     # the trace; its checkpoint is left as it is.
     checkpoint_bytes = path.read_bytes()
