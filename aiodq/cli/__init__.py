@@ -47,7 +47,8 @@ from .options import (
 )
 
 try:
-    from .commands import EXIT_USAGE, cmd_experiment, cmd_master, cmd_run, cmd_worker, say
+    from .commands import EXIT_USAGE, cmd_master, cmd_run, cmd_worker, say
+    from .experiment import cmd_experiment
 except ImportError as exc:  # scipy: the cli extra (with its data extra) is not installed
     _MISSING: str | None = exc.name or str(exc)
     EXIT_USAGE = 2

@@ -10,7 +10,6 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
@@ -37,7 +36,7 @@ from ..version import __version__
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 from .outfolder import LOG, NEW_LOG, found, holds_finished_run, log_for, results_written, undo_refused_start
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_experiment", "cmd_master", "cmd_run", "cmd_worker"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_master", "cmd_run", "cmd_worker"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -533,65 +532,5 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not result.ok:
         print(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
-
-
-def _experiment_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``aiodq experiment``'s coding switches and ``--bits`` as TrainConfig overrides.
-
-    The switches: ``--no-entropy-coding``, ``--adaptive-coding``, ``--aligned-codes`` and
-    ``--no-sparse-gradients``.
-
-    Raises:
-        UsageError: for both coding switches at once, or bits outside 2..16.
-    """
-    if args.adaptive_coding and not args.entropy_coding:
-        raise UsageError("--adaptive-coding chooses when to Rice-code: leave out --no-entropy-coding")
-    overrides: dict[str, Any] = {"aligned_codes": True} if args.aligned_codes else {}
-    if args.adaptive_coding:
-        overrides["adaptive_coding"] = True
-    elif not args.entropy_coding:
-        overrides["entropy_coding"] = False
-    if not args.sparse_gradients:
-        overrides["sparse_gradients"] = False
-    if args.bits is not None:
-        if not 2 <= args.bits <= 16:
-            raise UsageError(f"--bits must be between 2 and 16, got {args.bits}")
-        overrides["bits"] = args.bits
-    return overrides
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    """``aiodq experiment``: the paper's experiments (the lab extra)."""
-    from ..lab.experiments import Context, ExperimentError, run_experiment  # noqa: PLC0415 - the lab extra
-
-    if args.repeats < 1:
-        raise UsageError("--repeats must be at least 1")
-    if args.quick and (args.data or args.datasets):
-        raise UsageError("--quick runs on the bundled a9a: leave out --data and --datasets")
-    data = Path(args.data) if args.data else None
-    if data is not None and not data.is_dir():
-        raise UsageError(f"--data {data}: not a folder")
-    datasets = tuple(name for name in args.datasets.split(",") if name)
-    try:
-        resolve_worker_nice(args.worker_nice, "a nice increment")
-    except ValueError as exc:
-        raise UsageError(f"--worker-nice: {exc}") from exc
-    setup_logging(logging.WARNING)
-    context = Context(
-        data=data,
-        out=Path(args.out),
-        quick=args.quick,
-        datasets=datasets,
-        repeats=args.repeats,
-        log=lambda line: print(line, flush=True),
-        overrides=_experiment_overrides(args),
-        worker_nice=args.worker_nice,
-    )
-    try:
-        run_experiment(args.name, context)
-    except ExperimentError as exc:
-        print(f"aiodq experiment: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0

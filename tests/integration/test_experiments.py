@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from aiodq.cli import _parser
-from aiodq.cli.commands import _experiment_overrides
+from aiodq.cli.experiment import _experiment_overrides
 from aiodq.data import load_bundled_a9a
 from aiodq.errors import RunError
 from aiodq.lab.coding import VARIANTS
