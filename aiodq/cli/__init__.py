@@ -388,7 +388,7 @@ def _kept(args: argparse.Namespace) -> str:
         return ""
     from ..launch.common import checkpoint_note  # noqa: PLC0415 - loaded by the commands already
 
-    if finished_run(path):  # stopped as the results were written, they may be missing or partial
+    if finished_run(path) and not getattr(args, "results_written", False):  # stopped as they were written
         return f"; training had finished: --resume gives its results again from the checkpoint {path}"
     return checkpoint_note(path, resumable(path))
 

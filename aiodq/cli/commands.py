@@ -195,10 +195,14 @@ def _finish(
     out: Path | None,
     test: Dataset | None = None,
     train: Dataset | None = None,
+    *,
+    early: str | RunError | None = None,
 ) -> int:
     """Score the model on ``test``, write the results, print the summary.
 
-    A run that ended without finishing fails (status 1).
+    ``early``: what writing them as training ended gave (:class:`_EarlyResults`).  If they cannot be
+    written now but were then, those are kept (each file is replaced whole or not at all): a warning.
+    A run that ended without finishing fails (status 1), as does one whose results are not written.
     """
     written = ""
     kept = _kept_instead(result, out) if out is not None and result.failure else None
@@ -208,8 +212,11 @@ def _finish(
         try:
             written = _write(result, out, test, train)
         except RunError as exc:
-            say(command, str(exc))
-            return EXIT_FAILED
+            if not isinstance(early, str):  # (the early pass's own account, where it wrote some)
+                say(command, f"{exc}{f'; as training ended: {early}' if early is not None else ''}")
+                return EXIT_FAILED
+            said = f"{exc}; kept the results written as training ended (without the last CLOSE frames' bytes)"
+            say(command, said, level=logging.WARNING)
     print_summary(result.to_json(), command)
     if written:
         print(written)
@@ -397,10 +404,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
         write_now.keep("run", write_now.stood, _stop_reason(exc))
+        args.results_written = isinstance(write_now.written, str)  # (else main() says where they are)
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).
-    return _finish("run", result, out, test, dataset)
+    return _finish("run", result, out, test, dataset, early=write_now.written)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -477,11 +485,12 @@ def cmd_master(args: argparse.Namespace) -> int:
         if write_now is not None:
             write_now.say("master")
             write_now.keep("master", write_now.stood, _stop_reason(exc))
+            args.results_written = isinstance(write_now.written, str)
         raise
     except OSError as exc:
         say("master", f"cannot listen on {format_address(host, port)}: {describe_os_error(exc)}")
         return EXIT_FAILED
-    status = _finish("master", result, out, test, dataset)
+    status = _finish("master", result, out, test, dataset, early=write_now.written if write_now else None)
     if "records_error" in result.summary:
         say("master", result.summary["records_error"])
         return EXIT_FAILED

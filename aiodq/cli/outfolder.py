@@ -43,9 +43,13 @@ class _Pending:
 
 
 def holds_finished_run(out: Path) -> bool:
-    """Whether ``out`` holds the results of a run that finished (result.json with no failure)."""
+    """Whether ``out`` holds the results of a run that finished: result.json with no failure, and the model.
+
+    (A result.json alone, its model.npz never written on a full disk, say, is no finished run's results.)
+    """
     try:
-        return json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("failure", 0) is None
+        summary = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8"))
+        return summary.get("failure", 0) is None and (out / RESULT_FILES[1]).is_file()
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
 

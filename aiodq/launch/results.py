@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -29,6 +30,9 @@ __all__ = [
     "summary_rows",
     "write_results",
 ]
+
+
+_log = logging.getLogger("aiodq.launch")
 
 
 def check_out(out: Path) -> Path:
@@ -147,10 +151,18 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
     axis.set_title(f"{summary['config']['algorithm']} on {summary.get('dataset', '?')}")
     axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
+    # Through a temporary file and a rename, as the others: never a half-written plot, and an earlier
+    # one stays whole if this one cannot be written.  The plot is drawn from result.json's trace, so
+    # its failure (a full disk) is a warning, not the run's.
+    temporary = plot.with_name(f".{plot.name}.tmp")
     try:
-        figure.savefig(plot, dpi=120)
+        figure.savefig(temporary, dpi=120, format="png")
+        os.replace(temporary, plot)
     except OSError as exc:
-        raise RunError(f"cannot write {plot}: {exc.strerror or exc}") from None
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        _log.warning("cannot write %s: %s (result.json holds its trace)", plot, exc.strerror or exc)
+        return None
     finally:
         plt.close(figure)
     return plot

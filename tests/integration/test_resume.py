@@ -22,7 +22,8 @@ import pytest
 
 import aiodq
 from aiodq.cli import _kept
-from aiodq.cli.commands import _finish
+from aiodq.cli.commands import _finish, _write
+from aiodq.cli.outfolder import holds_finished_run
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
 from aiodq.launch.results import write_results
@@ -271,6 +272,47 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
     assert json.loads((blocked_model / "result.json").read_text())["trace"] == result.to_json()["trace"]
 
 
+def test_results_that_cannot_be_written_again_keep_those_written_as_training_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command writes the results as training ends, then again complete; if the second pass fails
+    (a full disk, here a directory where its temporary file goes), the first pass's files are whole and
+    kept, and the command says so, status 0 for a run that finished (a durability attack saw 'cannot
+    write result.json' and exit 1 over a result.json that was there).  A plot that cannot be written is
+    a warning and leaves the earlier plot whole (the attack saw a 0-byte plot and exit 1); a folder with
+    a result.json but no model.npz holds no finished run's results."""
+    result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    early = _write(result, out)
+    before = {name: (out / name).read_bytes() for name in ("result.json", "model.npz", "loss_vs_bits.png")}
+    (out / ".result.json.tmp").mkdir()
+    (out / ".loss_vs_bits.png.tmp").mkdir()
+    assert _finish("run", result, out, early=early) == 0
+    said = capsys.readouterr().err
+    assert said.startswith(f"aiodq run: cannot write {out / 'result.json'}: Is a directory (wrote ")
+    assert said.rstrip().endswith(
+        "; kept the results written as training ended (without the last CLOSE frames' bytes)"
+    )
+    assert {name: (out / name).read_bytes() for name in before} == before
+    (out / ".result.json.tmp").rmdir()  # now only the plot cannot be written
+    assert _finish("run", result, out) == 0
+    plot = out / "loss_vs_bits.png"
+    assert f"cannot write {plot}: Is a directory (result.json holds its trace)" in caplog.text
+    assert plot.read_bytes() == before["loss_vs_bits.png"]
+    wrote = f"wrote {out / 'result.json'}, {out / 'model.npz'}; log in {out / 'aiodq.log'}"
+    assert capsys.readouterr().out.rstrip().endswith(wrote)
+    (out / ".loss_vs_bits.png.tmp").rmdir()
+    assert _finish("run", result, tmp_path / "elsewhere", early=RunError("disk full")) == 0  # written now
+    # Without results from the end of training, a failure to write them is the run's.
+    (out / ".result.json.tmp").mkdir()
+    assert _finish("run", result, out, early=RunError("cannot write them: disk full")) == 1
+    assert capsys.readouterr().err.rstrip().endswith("; as training ended: cannot write them: disk full")
+    assert holds_finished_run(out)
+    (out / "model.npz").unlink()
+    assert not holds_finished_run(out)
+
+
 def test_a_final_loss_over_part_of_the_samples_is_said(capsys: pytest.CaptureFixture[str]) -> None:
     """A shard missing from the last snapshot phase (security.md) leaves the run finished, and the command
     says that its final loss covers only part of the data (an operator trial saw a loss below the
@@ -493,6 +535,7 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
     finished = tmp_path / "finished"  # a finished run's folder: its log is set aside, then put back
     finished.mkdir()
     (finished / "result.json").write_text('{"failure": null}')
+    (finished / "model.npz").write_bytes(b"its model")
     (finished / "aiodq.log").write_text("the finished run's log\n")
     cases = [
         (["--checkpoint", str(path), "--out", str(tmp_path / "new")], "is not overwritten"),
@@ -522,7 +565,7 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
     assert path.read_text() == "not a checkpoint"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["finished", "kept", "notes.txt"]
     assert sorted(p.name for p in kept.iterdir()) == ["other.txt"]
-    assert sorted(p.name for p in finished.iterdir()) == ["aiodq.log", "result.json"]
+    assert sorted(p.name for p in finished.iterdir()) == ["aiodq.log", "model.npz", "result.json"]
     assert (finished / "aiodq.log").read_text() == "the finished run's log\n"
 
 
