@@ -312,9 +312,9 @@ def _checked_checkpoint(path: str | None, out: Path) -> None:
     """Refuse a checkpoint path that is one of the files the run writes into ``out``."""
     if path is None:
         return
-    target = Path(path).resolve()
+    target = os.path.realpath(path)  # (not Path.resolve: a link loop raises there, and fails later here)
     for name in (*RESULT_FILES, LOG, NEW_LOG):
-        if target == (out / name).resolve():
+        if target == os.path.realpath(out / name):
             raise UsageError(f"--checkpoint {path}: the run writes its {name} there (--out {out})")
 
 

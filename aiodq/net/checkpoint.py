@@ -66,9 +66,19 @@ class Lock:
             self._descriptor = None
 
 
+def _real(path: str | Path) -> Path:
+    """``path`` with its symbolic links followed: the file a lock, a save or a clean-up is about.
+
+    A checkpoint given through a link is then locked, written and cleaned up where the link points
+    (two runs given the same file by two names share one lock; the link stays a link).  At a loop of
+    links it stops: :func:`lock` refuses that.
+    """
+    return Path(os.path.realpath(path))
+
+
 def lock_path(path: str | Path) -> Path:
-    """The lock file of the checkpoint ``path``: ``.NAME.lock`` beside it (see :func:`lock`)."""
-    target = Path(path)
+    """The lock file of the checkpoint ``path``: ``.NAME.lock`` beside the file it names (:func:`lock`)."""
+    target = _real(path)
     return target.parent / f".{target.name}.lock"
 
 
@@ -82,7 +92,9 @@ def lock(path: str | Path) -> Lock:
         CheckpointError: if another process (or another master of this one) holds it, or the
             lock file cannot be created.
     """
-    target, where = Path(path), lock_path(path)
+    target, where = _real(path), lock_path(path)
+    if target.is_symlink():  # (realpath stops at a loop of links)
+        raise CheckpointError(f"cannot write the checkpoint {path}: a loop of symbolic links")
     try:
         import fcntl  # noqa: PLC0415 - POSIX only
     except ImportError:
@@ -110,7 +122,7 @@ def remove_stale(path: str | Path) -> int:
     Returns:
         How many were removed.
     """
-    target = Path(path)
+    target = _real(path)
     removed = 0
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         with contextlib.suppress(OSError):
@@ -132,7 +144,7 @@ def save(path: str | Path, checkpoint: Checkpoint, *, what: str = "checkpoint", 
     Raises:
         CheckpointError: if the file cannot be written (its text says why).
     """
-    target = Path(path)
+    target = _real(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(target)

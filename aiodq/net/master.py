@@ -242,7 +242,10 @@ class Master:
                 _log.info("%s", said)
         else:
             checkpoint_file.check_fresh_start(path, max_bytes=self._checkpoint_bytes())
-            self.write_checkpoint()  # fails now, with one line, if the file cannot be written
+        # Written at once (the same state, resumed): fails now, with one line, if it cannot be, instead
+        # of a run that goes on without checkpoints (a trial: a resume on a full disk finished, exit 0,
+        # leaving its checkpoint unfinished, to be trained again).  A finished run's is left as it is.
+        self.write_checkpoint()
 
     def _checkpoint_bytes(self) -> int:
         """The most a checkpoint of this run takes once read.

@@ -715,6 +715,63 @@ async def test_the_checkpoint_lock_is_released_by_a_failed_start_and_a_cancelled
     await after.close()
 
 
+@pytest.mark.asyncio
+async def test_a_checkpoint_named_through_a_link_is_locked_and_written_where_the_link_points(
+    tmp_path: Path,
+) -> None:
+    """Two masters given one checkpoint by two names (the file, a symbolic link to it) share one lock,
+    and the link stays a link that the checkpoints are written through; a loop of links is refused
+    with one line (a durability attack resumed through a link while the first master trained, and the
+    link was replaced by a file; a loop raised a RuntimeError)."""
+    (tmp_path / "real").mkdir()
+    path, link = tmp_path / "real" / "run.ckpt", tmp_path / "link.ckpt"
+    link.symlink_to(path)
+    config = TrainConfig(epochs=2)
+    holder = Master(config, np.zeros(123), workers=1, checkpoint=path)
+    await holder.start()
+    try:
+        refused = Master(config, np.zeros(123), workers=1, checkpoint=link, resume=True)
+        with pytest.raises(CheckpointError, match=f"the checkpoint {link} is in use by another run"):
+            await refused.start()
+    finally:
+        await holder.close()
+    through = Master(config, np.zeros(123), workers=1, checkpoint=link, resume=True)
+    await through.start()
+    through.write_checkpoint()
+    await through.close()
+    assert link.is_symlink() and path.is_file() and checkpoint_file.load(link).meta["phase"] == "joining"
+    loop, other = tmp_path / "loop", tmp_path / "other"
+    loop.symlink_to(other)
+    other.symlink_to(loop)
+    with pytest.raises(
+        CheckpointError, match=f"cannot write the checkpoint {loop}: a loop of symbolic links"
+    ):
+        await Master(config, np.zeros(123), workers=1, checkpoint=loop).start()
+
+
+@pytest.mark.asyncio
+async def test_a_resume_that_cannot_write_its_checkpoint_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed master writes its checkpoint at once, as a fresh start does: one that cannot (a full
+    disk) fails before it listens (a durability attack saw a resume on a full disk train to the end
+    without a checkpoint, exit 0, leaving the checkpoint unfinished)."""
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=2)
+    first = Master(config, np.zeros(123), workers=1, checkpoint=path)
+    await first.start()
+    await first.close()
+
+    def full(target: object, *args: object, **kwargs: object) -> None:
+        raise CheckpointError(f"cannot write the checkpoint {target}: No space left on device")
+
+    monkeypatch.setattr(checkpoint_file, "save", full)
+    resumed = Master(config, np.zeros(123), workers=1, checkpoint=path, resume=True)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        await resumed.start()
+    await resumed.close()
+
+
 def test_another_programs_npz_is_named_as_such(tmp_path: Path) -> None:
     """aiodq.load_model on an .npz another program wrote (a newcomer trial: "'meta is not a file in the
     archive'")."""
