@@ -121,6 +121,22 @@ def _held_logs() -> Iterator[list[logging.LogRecord]]:
         logger.setLevel(level)
 
 
+class _LogFile(logging.FileHandler):
+    """aiodq.log: records it cannot write (a full disk) are said once on stderr, not as a traceback each."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            why = getattr(error, "strerror", None) or error
+            print(
+                f"aiodq: cannot write the log {self.baseFilename}: {why}; it may lack what follows",
+                file=sys.stderr,
+            )
+
+
 def add_logfile(logfile: Path, *, append: bool = False) -> None:
     """Also log everything to ``logfile`` (its folder exists and is writable: :func:`_output_folder`).
 
@@ -128,7 +144,7 @@ def add_logfile(logfile: Path, *, append: bool = False) -> None:
     session's, and a start that its checkpoint refuses leaves that log whole); else from empty.
     """
     try:
-        handler = logging.FileHandler(logfile, mode="a" if append else "w", encoding="utf-8")
+        handler = _LogFile(logfile, mode="a" if append else "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write the log {logfile}: {exc.strerror or exc}") from exc
     handler.setFormatter(_FORMAT)

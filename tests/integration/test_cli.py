@@ -517,3 +517,38 @@ def test_aiodq_run_shows_the_epochs_in_its_progress_table(tmp_path: Path) -> Non
     ]
     caption = next(line for line in lines if line.startswith("version "))
     assert caption.startswith(f"version {trace[-1]['version']}, ") and caption.endswith(" s")
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records aiodq.log cannot take (a full disk) give one line on stderr, not Python's logging traceback
+    for each (a durability attack counted 26 of them, the run's own error buried among 787 lines)."""
+    import errno  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from aiodq.cli.commands import add_logfile  # noqa: PLC0415
+
+    logger = logging.getLogger("aiodq")
+    before = list(logger.handlers)
+    add_logfile(tmp_path / "aiodq.log")
+    (handler,) = [h for h in logger.handlers if h not in before]
+    opened = handler.stream  # type: ignore[attr-defined]
+    try:
+
+        class Full:
+            def write(self, text: str) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def flush(self) -> None:
+                pass
+
+        handler.stream = Full()  # type: ignore[attr-defined]
+        for _ in range(3):
+            logging.getLogger("aiodq.master").warning("a record")
+    finally:
+        logger.removeHandler(handler)
+        opened.close()
+    log = tmp_path / "aiodq.log"
+    said = f"aiodq: cannot write the log {log}: No space left on device; it may lack what follows\n"
+    assert capsys.readouterr().err == said
