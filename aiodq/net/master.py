@@ -280,8 +280,11 @@ class Master:
         return await self._result_after(self._trained, timeout)
 
     async def _result_after(self, event: asyncio.Event, timeout: float | None) -> RunResult:
-        async with asyncio.timeout(timeout):
-            await event.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:  # (asyncio's says nothing; the run goes on: the caller may wait again)
+            raise TimeoutError(f"the run did not finish within {timeout:g} s") from None
         return self.result()
 
     def result(self) -> RunResult:

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import MasterConfig
 from .members import Member
@@ -85,6 +87,24 @@ class Deadlines:
     def join_due(self, now: float) -> bool:
         """True if the workers have not all joined within ``join_timeout``."""
         return self.joining_since is not None and now >= self.joining_since + self.config.join_timeout
+
+    def unjoined(self, left: bool, live: int, expected: int, errors: Iterable[tuple[Any, ...]]) -> str:
+        """Why a run whose join deadline passed ended: at its start, or after every worker ``left``.
+
+        ``errors`` are the ledger's (worker, code, reason, raised_by, joined): the latest of a worker
+        that had joined says what the last to leave ran into (a newcomer's workers all failed in
+        their objective, and the run ended saying that 0 of 2 workers had joined).
+        """
+        waited = f"within {self.config.join_timeout:g} s (--join-timeout)"
+        if not left:
+            return f"{live} of {expected} workers joined {waited}"
+        last = next((entry for entry in reversed(list(errors)) if entry[4]), None)
+        why = ""
+        if last is not None:
+            text = "".join(c if c.isprintable() else "?" for c in str(last[2])[:300])
+            said = "sent" if last[3] == "worker" else "got"
+            why = f" (the last error: worker {last[0]} {said} {last[1]}: {text})"
+        return f"every worker left{why}, and {live} of {expected} came back {waited}"
 
     def snapshot_owed_too_long(self, worker: Member, now: float) -> bool:
         """True if ``worker`` left a SNAPSHOT unanswered for ``snapshot_timeout``."""

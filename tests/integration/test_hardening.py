@@ -772,6 +772,17 @@ async def test_a_resume_that_cannot_write_its_checkpoint_fails_at_once(
     await resumed.close()
 
 
+@pytest.mark.asyncio
+async def test_a_wait_that_times_out_says_so_and_the_run_goes_on() -> None:
+    """Master.wait and Master.trained: a TimeoutError that says what did not happen (asyncio's is empty,
+    which a newcomer's embedded master printed as a bare 'TimeoutError'); the master is still there."""
+    async with Master(TrainConfig(epochs=1), np.zeros(123), workers=1) as master:
+        for wait in (master.wait, master.trained):
+            with pytest.raises(TimeoutError, match=r"^the run did not finish within 0\.05 s$"):
+                await wait(timeout=0.05)
+        assert master.coordinator is not None and not master.coordinator.done
+
+
 def test_another_programs_npz_is_named_as_such(tmp_path: Path) -> None:
     """aiodq.load_model on an .npz another program wrote (a newcomer trial: "'meta is not a file in the
     archive'")."""

@@ -27,7 +27,7 @@ from aiodq.net.checkpoint import load, save
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
-from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK
+from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Deadlines
 from aiodq.protocol.guard import Divergence, Guard, Refusal
 from aiodq.protocol.recovery import Checkpoint
 from aiodq.protocol.result import RunResult
@@ -942,12 +942,36 @@ def test_every_worker_gone_mid_epoch_ends_the_run_at_the_join_timeout_and_it_can
     assert not coordinator.done
     coordinator.handle_timer(left + 20.0)
     assert coordinator.done
-    assert coordinator.failure == "0 of 2 workers joined within 20 s (--join-timeout)"
+    # They had joined: the run says they left (it said "0 of 2 workers joined", a newcomer's puzzle).
+    assert coordinator.failure == "every worker left, and 0 of 2 came back within 20 s (--join-timeout)"
     checkpoint = coordinator.checkpoint(left + 20.0)
     assert checkpoint.meta["phase"] == "inner"
     fresh = Cluster(config(epochs=2), small_a9a(), 2, connect=False)
     fresh.coordinator.restore(checkpoint, 0.0)  # accepted: not a finished run
     assert fresh.coordinator.state.version == coordinator.state.version
+
+
+def test_the_join_timeout_after_every_worker_left_names_the_last_error_of_one_that_had_joined() -> None:
+    """The latest error of a worker that had joined (not a refused stranger's) is the run's failure's
+    clue; reasons are cut to 300 characters and unprintable ones shown as '?'."""
+    deadlines = Deadlines(MasterConfig(join_timeout=5.0), joining_since=0.0)
+    errors = [
+        (3, "TIMEOUT", "timed out", "master", True),
+        (5, "INTERNAL_ERROR", "cannot answer MODEL: RuntimeError: boom\n" + "x" * 400, "worker", True),
+        (7, "TRY_LATER", "wait", "master", False),
+    ]
+    said = deadlines.unjoined(True, 0, 2, errors)
+    boom = "cannot answer MODEL: RuntimeError: boom?" + "x" * (300 - 40)  # 40 characters before the x's
+    assert (
+        said
+        == f"every worker left (the last error: worker 5 sent INTERNAL_ERROR: {boom}), and 0 of 2 came back "
+        "within 5 s (--join-timeout)"
+    )
+    assert deadlines.unjoined(True, 1, 2, errors[:1]) == (
+        "every worker left (the last error: worker 3 got TIMEOUT: timed out), and 1 of 2 came back "
+        "within 5 s (--join-timeout)"
+    )
+    assert deadlines.unjoined(False, 1, 2, errors) == "1 of 2 workers joined within 5 s (--join-timeout)"
 
 
 def test_a_worker_back_before_the_join_timeout_keeps_the_run_going() -> None:
