@@ -49,6 +49,8 @@ SEED_LIMIT = 1 << 64
 #: The largest mini-batch B: a worker draws B row indices (8 bytes each) and gathers B rows at
 #: every step, so a larger B is refused before it is sent rather than failing every worker.
 MAX_BATCH = 1 << 20
+#: Largest epochs, tau, updates_per_epoch and hidden: a signed 64-bit integer.
+INT64_MAX = (1 << 63) - 1
 
 #: Every algorithm by name (docs/algorithms.md 5-8).
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -150,6 +152,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.updates_per_epoch, int) or self.updates_per_epoch < 0:
             raise ValueError("updates_per_epoch must be a non-negative integer")
+        for name in ("epochs", "tau", "updates_per_epoch", "hidden"):  # (qsgd_levels: at most 65,535)
+            if getattr(self, name) > INT64_MAX:  # (CONFIG's params are msgpack integers: a newcomer's 2**64
+                # epochs failed in the handshake, as the master's INTERNAL_ERROR)
+                raise ValueError(f"{name} must be at most 2**63 - 1, got {getattr(self, name):,}")
         if self.batch > MAX_BATCH:
             raise ValueError(f"batch must be at most {MAX_BATCH:,} (2**20), got {self.batch:,}")
         if not 0 <= self.seed < SEED_LIMIT:

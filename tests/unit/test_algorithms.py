@@ -96,6 +96,19 @@ def test_batch_is_bounded_by_max_batch() -> None:
         TrainConfig.from_params({**TrainConfig().to_params(), "batch": 2**40})
 
 
+@pytest.mark.parametrize("name", ["epochs", "tau", "updates_per_epoch", "hidden"])
+def test_integers_that_travel_in_config_are_at_most_int64(name: str) -> None:
+    """2**63 - 1 is taken; 2**63 is refused before the run starts (a newcomer's --epochs 2**64 was an
+    INTERNAL_ERROR in the handshake, after the workers had retried for 28 s), and in a CONFIG read."""
+    assert getattr(TrainConfig(**{name: 2**63 - 1}), name) == 2**63 - 1
+    with pytest.raises(
+        ValueError, match=rf"^{name} must be at most 2\*\*63 - 1, got 9,223,372,036,854,775,808$"
+    ):
+        TrainConfig(**{name: 2**63})
+    with pytest.raises(ValueError, match=f"{name} must be at most"):
+        TrainConfig.from_params({**TrainConfig().to_params(), name: 2**64})
+
+
 def test_config_defaults_valid() -> None:
     """The defaults are valid, and every algorithm name builds a config."""
     config = TrainConfig()
