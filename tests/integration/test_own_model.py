@@ -295,6 +295,33 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
     assert result.final_loss < result.trace[0].loss
 
 
+class _FailsOnTheWorker(_Squares):
+    def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        if rows is not None and len(rows) > 2:  # (the master's start checks rows [0], [1] and [0, 1])
+            raise RuntimeError("boom")  # the line the worker's reason names
+        return super().loss_grad(x, rows)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_whose_objective_fails_says_where() -> None:
+    """The worker's INTERNAL_ERROR names the line of the objective that raised (a newcomer's said only
+    'cannot answer MODEL: RuntimeError: boom in loss_grad', with no file and line anywhere)."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((200, 5)), rng.standard_normal(200)
+    config = aiodq.TrainConfig(model="mine:Squares", epochs=1, step=0.02, batch=8)
+    line = next(
+        number
+        for number, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        if "the line the worker" in text
+    )
+    async with aiodq.Master(config, _Squares(a, b), workers=1) as master:
+        host, port = master.address
+        failed = await aiodq.run_worker(host, port, objective=_FailsOnTheWorker(a, b), model="mine:Squares")
+        master.stop_training()
+    assert failed.code == aiodq.ErrorCode.INTERNAL_ERROR
+    assert failed.reason.endswith(f": RuntimeError: boom (at {__file__}:{line})"), failed.reason
+
+
 #: A user model whose ``name`` and ``initial()`` the cases below set (a newcomer trial: they were tracebacks).
 _OBJECTIVE = """
 import numpy as np

@@ -32,6 +32,7 @@ from aiodq.protocol.algorithms import (
     TrainConfig,
     WorkerState,
     rebuild_model,
+    starting_point,
 )
 from aiodq.protocol.objectives import LogisticRegression, Regularizer
 
@@ -898,3 +899,58 @@ def test_a_non_finite_snapshot_sum_names_the_objective(loss: float, value: float
     state = WorkerState(TrainConfig(model="mine:Broken"), Broken(), worker_id=0)
     with pytest.raises(ValueError, match=rf"^Broken\.loss_grad gave a {what} with NaN or infinite values"):
         state.snapshot_phase(np.zeros(3))
+
+
+class _Squares:
+    """f_i(x) = (a_i . x - b_i)^2 / 2, 4 samples of 5 features; ``how`` breaks loss_grad's contract."""
+
+    samples, dim = 4, 5
+
+    def __init__(self, how: str) -> None:
+        rng = np.random.default_rng(7)
+        self.a, self.b, self.how = rng.standard_normal((4, 5)), rng.standard_normal(4), how
+
+    def initial(self, rng: np.random.Generator) -> np.ndarray:
+        return np.ones(self.dim)
+
+    def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> Any:
+        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
+        residual = a @ x - b
+        loss, grad = 0.5 * float(residual @ residual), a.T @ residual
+        if self.how == "mean":
+            return loss / len(b), grad / len(b)
+        if self.how == "gradient only":
+            return grad
+        if self.how == "loss array":
+            return 0.5 * residual**2, grad
+        if self.how == "short gradient":
+            return loss, grad[:-1]
+        if self.how == "regulariser per call":
+            return loss + 0.5 * float(x @ x), grad + x
+        return loss, grad
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        (
+            "mean",
+            r"_Squares.loss_grad\(x, rows\) returns the mean over the rows, not the sum \(for rows \[0, 1\]",
+        ),
+        ("gradient only", r"_Squares.loss_grad\(x, rows\) must return \(loss, gradient\), got a ndarray$"),
+        ("loss array", r"_Squares.loss_grad's loss must be a number, got ndarray \(1,\)$"),
+        ("short gradient", r"_Squares.loss_grad's gradient must have shape \(5,\), got \(4,\)$"),
+        (
+            "regulariser per call",
+            r"_Squares.loss_grad\(x, rows\) is not a sum over the rows \(for rows \[0, 1\]",
+        ),
+    ],
+)
+def test_the_master_checks_loss_grads_contract_on_two_samples(how: str, expected: str) -> None:
+    """starting_point (the master's start, aiodq run's too) calls loss_grad on rows [0], [1] and [0, 1]:
+    the answers must be (number, d values) and add up (a newcomer's objective returned means and the
+    run trained almost nothing, exit 0; others failed later with Python's unpacking messages)."""
+    config = TrainConfig(model="squares")
+    assert starting_point(config, _Squares("sums")).shape == (5,)
+    with pytest.raises(ValueError, match=expected):
+        starting_point(config, _Squares(how))
