@@ -20,7 +20,9 @@ on the wire in a CLOSE or ERROR message.
 
 from __future__ import annotations
 
+import os
 import signal
+import traceback
 from enum import IntEnum
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "StoppedError",
     "UsageError",
     "code_name",
+    "raised_at",
 ]
 
 
@@ -177,3 +180,22 @@ class StoppedError(AiodqError):
 
 class UsageError(AiodqError):
     """Bad command-line options or unreadable input: the command exits with status 2."""
+
+
+#: The package's folder: the frames of a failure outside it are the application's (its objective's).
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: where the application's code raised ``exc``, or passed it on.
+
+    The last line outside aiodq in its traceback (its objective's ``loss_grad``, say, or the line of
+    its factory that built a ``TorchObjective`` whose check failed); aiodq's last line if none is
+    outside; empty without a traceback.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    theirs = [frame for frame in frames if not frame.filename.startswith(_PACKAGE + os.sep)]
+    frame = (theirs or frames)[-1]
+    return f" (at {frame.filename}:{frame.lineno})"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import UsageError
+from ..errors import UsageError, raised_at
 from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.dataset import Dataset, class_count, labels_for
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
@@ -135,10 +134,7 @@ def objective_for(
 def _what_failed(exc: Exception) -> str:
     """``Type: message (at FILE:LINE)``, the line where the user's code raised it."""
     text = f"{type(exc).__name__}: {exc}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's text names its line
-        text += f" (at {frames[-1].filename}:{frames[-1].lineno})"
-    return text
+    return text if isinstance(exc, SyntaxError) else text + raised_at(exc)  # (a SyntaxError's names its line)
 
 
 def test_scores(

@@ -218,6 +218,8 @@ def labels_for(
     if missing.size:  # LIBSVM's multiclass files often number their classes from 1
         shown = ", ".join(map(str, missing[:6].tolist())) + (", ..." if missing.size > 6 else "")
         note = f"classes 0..{int(values[-1])}: {shown} ha{'s' if missing.size == 1 else 've'} no samples"
+        if missing.tolist() == [0]:
+            note += f" (labels 1..{int(values[-1])}, LIBSVM's usual numbering: subtract 1 for classes 0..C-1)"
     return labels.astype(np.int64), note
 
 

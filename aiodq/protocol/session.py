@@ -8,8 +8,6 @@ worker (and the in-memory simulation) feed it bytes and send what it returns.
 
 from __future__ import annotations
 
-import os
-import traceback
 from typing import Any
 
 import numpy as np
@@ -31,7 +29,7 @@ from ..codec.events import (
 from ..codec.registry import ALL_ENCODINGS
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
-from ..errors import DataError, ErrorCode, RemoteProtocolError
+from ..errors import DataError, ErrorCode, RemoteProtocolError, raised_at
 from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
@@ -180,7 +178,9 @@ class WorkerSession:
             except Exception as exc:
                 first_line = (str(exc).splitlines() or [""])[0]
                 what = type(event).__name__.removesuffix("Message").upper()
-                self._give_up(now, f"cannot answer {what}: {type(exc).__name__}: {first_line}{_where(exc)}")
+                self._give_up(
+                    now, f"cannot answer {what}: {type(exc).__name__}: {first_line}{raised_at(exc)}"
+                )
         elif isinstance(event, Close):
             if self.ended is None:  # (the answer to this side's own CLOSE does not say why it ended)
                 self.ended = (event.code, event.reason)
@@ -297,22 +297,3 @@ class WorkerSession:
         self.connection.aligned_codes = config.aligned_codes
         # A master of an earlier version sends no "sparse_gradients" and takes dense codes only.
         self.connection.sparse_gradients = config.sparse_gradients and "sparse_gradients" in event.params
-
-
-#: The package's folder: a failure's frames outside it are the application's (its objective's).
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _where(exc: BaseException) -> str:
-    """`` (at FILE:LINE)``: where a failure in answering a message was raised.
-
-    The last line outside aiodq that it passed, the application's own (its objective's loss_grad,
-    say); else aiodq's last.  A newcomer's workers said only ``RuntimeError: boom`` of a bug in
-    their objective.
-    """
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    theirs = [frame for frame in frames if not frame.filename.startswith(_PACKAGE + os.sep)]
-    frame = (theirs or frames)[-1]
-    return f" (at {frame.filename}:{frame.lineno})"
