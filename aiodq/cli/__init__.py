@@ -45,6 +45,7 @@ from .options import (
     parse_shard,
     seed,
 )
+from .outfolder import release
 
 try:
     from .commands import EXIT_USAGE, cmd_master, cmd_run, cmd_worker, say
@@ -365,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError as exc:
         print(f"aiodq {args.command}: out of memory{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 1
+    finally:
+        release()  # (the --out folder the command held, if any)
 
 
 def _stdout_broken() -> bool:

@@ -34,7 +34,16 @@ from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from ..version import __version__
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
-from .outfolder import LOG, NEW_LOG, found, holds_finished_run, log_for, results_written, undo_refused_start
+from .outfolder import (
+    LOG,
+    NEW_LOG,
+    found,
+    hold,
+    holds_finished_run,
+    log_for,
+    results_written,
+    undo_refused_start,
+)
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_master", "cmd_run", "cmd_worker"]
 
@@ -180,13 +189,18 @@ def _dataset_for(
 
 
 def _output_folder(out: str | None) -> Path | None:
-    """``--out``, created and checked before the run (its results are not lost at the end)."""
+    """``--out``, created, checked and held before the run (its results are not lost at the end).
+
+    Held (:func:`~aiodq.cli.outfolder.hold`) until the command ends: a second run is refused it.
+    """
     if out is None:
         return None
     try:
-        return check_out(Path(out))
+        folder = check_out(Path(out))
     except RunError as exc:
         raise UsageError(str(exc)) from exc
+    hold(folder)
+    return folder
 
 
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:

@@ -19,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..errors import UsageError
 from ..launch.results import RESULT_FILES
 from ..net.checkpoint import lock_path
 
@@ -26,8 +27,10 @@ __all__ = [
     "LOG",
     "NEW_LOG",
     "found",
+    "hold",
     "holds_finished_run",
     "log_for",
+    "release",
     "results_written",
     "undo_refused_start",
 ]
@@ -40,6 +43,45 @@ class _Pending:
     """The command's log while it is :data:`NEW_LOG` (one command per process)."""
 
     path: Path | None = None
+
+
+class _Held:
+    """The descriptor of the ``--out`` folder this command holds locked (one command per process)."""
+
+    descriptor: int | None = None
+
+
+def hold(out: Path) -> None:
+    """Lock the folder ``out`` for this command: an advisory ``flock`` on the folder itself, no file.
+
+    Two runs writing into one folder spliced their logs line by line, and each wrote the other's
+    results over its own (a newcomer trial); the second is now refused.  :func:`release` (or the
+    process's end, however it ends) lets the folder go.  Where ``fcntl`` is missing it does nothing.
+
+    Raises:
+        UsageError: if another command holds it.
+    """
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return
+    release()
+    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(descriptor)
+        if isinstance(exc, BlockingIOError):
+            raise UsageError(f"--out {out} is in use by another run: give another folder") from None
+        raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
+    _Held.descriptor = descriptor
+
+
+def release() -> None:
+    """Let go of the folder :func:`hold` locked, if any."""
+    if _Held.descriptor is not None:
+        os.close(_Held.descriptor)
+        _Held.descriptor = None
 
 
 def holds_finished_run(out: Path) -> bool:

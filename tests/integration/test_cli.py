@@ -552,3 +552,36 @@ def test_a_log_file_that_cannot_be_written_is_said_once(
     log = tmp_path / "aiodq.log"
     said = f"aiodq: cannot write the log {log}: No space left on device; it may lack what follows\n"
     assert capsys.readouterr().err == said
+
+
+def test_a_second_command_is_refused_the_out_folder_another_holds(tmp_path: Path) -> None:
+    """aiodq run and aiodq master hold their --out folder (a flock on the folder itself, no file): a
+    second command given it is refused with one line, exit 2, before it writes anything (a newcomer's
+    two runs spliced their logs line by line); the folder is free once the holder ends, however."""
+    from aiodq.cli.outfolder import hold, release  # noqa: PLC0415
+    from aiodq.errors import UsageError  # noqa: PLC0415
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        f"from pathlib import Path; from aiodq.cli.outfolder import hold; hold(Path({str(out)!r})); "
+        "print('held', flush=True); input()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            with pytest.raises(
+                UsageError, match=rf"^--out {out} is in use by another run: give another folder$"
+            ):
+                hold(out)
+            refused = aiodq("run", "--epochs", "1", "--workers", "1", "--no-progress", "--out", str(out))
+            assert refused.returncode == 2
+            assert refused.stderr == f"aiodq run: --out {out} is in use by another run: give another folder\n"
+            assert list(out.iterdir()) == []  # nothing written: no log
+        finally:
+            holder.kill()
+    hold(out)  # the holder's end let it go
+    hold(out)  # and this process may take it again (hold lets go of what it held first)
+    release()

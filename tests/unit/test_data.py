@@ -649,9 +649,8 @@ def test_classes_without_samples_are_noted() -> None:
     """Labels 1..3 (LIBSVM's 1-based classes) for softmax: classes 0..3, the note says class 0 is empty."""
     data = Dataset(np.eye(6), np.array([1.0, 2, 3, 1, 2, 3]), "one-based")
     mapped, note = data.for_model("softmax")
-    assert note == (
-        "classes 0..3: 0 has no samples (labels 1..3, LIBSVM's usual numbering: subtract 1 for classes 0..C-1)"
-    )
+    hint = "(labels 1..3, LIBSVM's usual numbering: subtract 1 for classes 0..C-1)"
+    assert note == f"classes 0..3: 0 has no samples {hint}"
     np.testing.assert_array_equal(mapped.labels, [1, 2, 3, 1, 2, 3])
     _, note = Dataset(np.eye(4), np.array([0.0, 2, 5, 0]), "gaps").for_model("mlp")
     assert note == "classes 0..5: 1, 3, 4 have no samples"
