@@ -340,7 +340,8 @@ def load_test_dataset(path: str | Path | None, *, n_features: int | None = None)
     """The test set that goes with :func:`load_dataset`'s training set, or None if there is none.
 
     None (the bundled a9a): the bundled a9a.t.  A folder: its ``t10k-*`` IDX files.  A LIBSVM
-    file ``F``: ``F.t`` beside it, read with ``n_features`` columns (the training set's).
+    file ``F``: ``F.t`` beside it, given ``n_features`` columns (the training set's): features that
+    only the test set indexes are left out, with a warning.
 
     Raises:
         DataError: if a test file exists but is malformed.
@@ -354,4 +355,25 @@ def load_test_dataset(path: str | Path | None, *, n_features: int | None = None)
     if path.name.endswith((".csv", ".csv.gz")):
         return None
     sibling = path.with_name(path.name + ".t")
-    return load_svmlight(sibling, n_features) if sibling.is_file() else None
+    if not sibling.is_file():
+        return None
+    test = load_svmlight(sibling)
+    width = test.features.shape[1]
+    if n_features is None or width == n_features:
+        return test
+    features = sp.csr_matrix(test.features)
+    if width > n_features:
+        # LIBSVM's test files may index features the training file never does (a1a's and a1a.t): the
+        # model has no weight for them, so its scores leave them out, as LIBSVM's own predict does.
+        beyond = features[:, n_features:]
+        _log.warning(
+            "%s: features %d to %d appear only in the test set (in %d of its %d samples): the model has no "
+            "weights for them, so its test scores leave them out",
+            sibling, n_features + 1, width, int(np.count_nonzero(np.diff(beyond.indptr))), features.shape[0],
+        )  # fmt: skip
+        features = features[:, :n_features]
+    else:
+        features = sp.csr_matrix(
+            (features.data, features.indices, features.indptr), shape=(features.shape[0], n_features)
+        )
+    return Dataset(features, test.labels, test.name)

@@ -8,6 +8,7 @@ is checked.
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 from pathlib import Path
 
@@ -708,3 +709,24 @@ def test_fingerprints_are_compared_only_within_one_recipe() -> None:
     assert not other_data(one, later) and not other_data(later, one)
     assert other_data(later, "blake3-v2:" + "2" * 64)
     assert Dataset(np.eye(2), np.array([1, -1])).fingerprint().startswith("blake2b:")
+
+
+def test_a_test_file_wider_or_narrower_than_the_training_file_is_fitted_to_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F.t indexing features F never does (LIBSVM's a1a.t, say) is read with F's columns: the others are
+    left out, with a warning that counts them (a newcomer's run refused to start: 'feature index 40
+    exceeds n_features=30'); a narrower F.t gets F's width."""
+    train = write(tmp_path, "f", "+1 1:1 3:2\n-1 2:1\n")
+    write(tmp_path, "f.t", "+1 1:1 5:7\n-1 2:1 4:1 5:1\n+1 3:4\n")
+    caplog.set_level(logging.WARNING, logger="aiodq.data")
+    test = load_test_dataset(train, n_features=3)
+    assert test is not None and test.features.shape == (3, 3)
+    np.testing.assert_array_equal(test.features.toarray(), [[1, 0, 0], [0, 1, 0], [0, 0, 4]])
+    assert (
+        f"{tmp_path / 'f.t'}: features 4 to 5 appear only in the test set (in 2 of its 3 samples)"
+        in caplog.text
+    )
+    write(tmp_path, "f.t", "+1 1:1\n")
+    narrow = load_test_dataset(train, n_features=3)
+    assert narrow is not None and narrow.features.shape == (1, 3)
