@@ -65,7 +65,8 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiodq", description=(__doc__ or "").split("\n\n")[0])
+    description = (__doc__ or "").split("\n\n")[0].replace("``", "")  # (the docstring's markup)
+    parser = argparse.ArgumentParser(prog="aiodq", description=description)
     parser.add_argument("--version", action="version", version=f"aiodq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

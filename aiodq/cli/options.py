@@ -42,8 +42,10 @@ _Config = TypeVar("_Config")
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:7000``) to ``(host, port)``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be between 0 and 65535")
     return host.strip("[]"), int(port)
 
 

@@ -310,6 +310,8 @@ async def _session(
             reason = f"{how} before answering HELLO"
             if ssl is not None:
                 reason += " (a master with mutual TLS refuses a worker without a client certificate)"
+            else:  # (a TLS master reads the HELLO as a broken TLS handshake and drops it)
+                reason += " (a master with TLS needs aiodq worker --tls, run_worker(ssl=...))"
         else:
             reason = f"{how} without CLOSE"
     return WorkerResult(code, reason, session.gradients_sent, session.failed, session.config is not None)

@@ -250,6 +250,27 @@ async def test_tls_worker_that_does_not_trust_the_master_is_refused(
 
 
 @pytest.mark.asyncio
+async def test_a_worker_without_tls_is_told_that_the_master_may_need_it(pki: dict[str, str]) -> None:
+    """A TLS master reads a plain HELLO as a broken handshake and drops it: the worker's line says that
+    TLS may be what it lacks (a newcomer got only 'the master closed the connection before answering
+    HELLO')."""
+    from aiodq.net.worker import run_worker  # noqa: PLC0415
+
+    server = server_context(pki["master"], pki["master_key"])
+    quick = ConnectionConfig(handshake_timeout=1.0)  # (the TLS handshake's too: the plain HELLO waits it out)
+    async with Master(
+        SHORT, np.zeros(A9A.features_count), workers=1, ssl=server, connection_config=quick
+    ) as master:
+        host, port = master.address
+        plain = await run_worker(host, port, A9A.features[:100], A9A.labels[:100])
+    assert plain.code == ErrorCode.PROTOCOL_ERROR
+    assert plain.reason == (
+        "the master closed the connection before answering HELLO "
+        "(a master with TLS needs aiodq worker --tls, run_worker(ssl=...))"
+    ), plain.reason
+
+
+@pytest.mark.asyncio
 async def test_mtls_worker_without_a_client_certificate_is_refused(
     pki: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

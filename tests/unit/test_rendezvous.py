@@ -47,3 +47,21 @@ def test_ipv6_master_address() -> None:
 def test_what_is_missing_or_malformed_is_named(env: dict[str, str], words: str) -> None:
     with pytest.raises(UsageError, match=re.escape(words)):
         rendezvous(None, None, env)
+
+
+def test_an_address_says_what_is_wrong_with_it() -> None:
+    """HOST:PORT, IPv6 in brackets; a port beyond 65535 is named as such (a newcomer got only 'expected
+    HOST:PORT' for 127.0.0.1:99999)."""
+    import argparse  # noqa: PLC0415
+
+    from aiodq.cli.options import parse_address  # noqa: PLC0415
+
+    assert parse_address("127.0.0.1:7000") == ("127.0.0.1", 7000)
+    assert parse_address("[::1]:0") == ("::1", 0)
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"^'127.0.0.1:99999': the port must be between 0 and 65535$"
+    ):
+        parse_address("127.0.0.1:99999")
+    for text in ("127.0.0.1", ":7000", "host:port"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"^expected HOST:PORT"):
+            parse_address(text)
