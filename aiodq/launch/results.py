@@ -47,6 +47,8 @@ def check_out(out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
+    except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file in the way)
+        raise RunError(f"cannot write to the output folder {out}: a file is where a folder must be") from None
     except OSError as exc:
         raise RunError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
     return out
