@@ -365,7 +365,11 @@ def _one_line(result: Any) -> str:
     [
         (["run", "--epochs", "1", "--out", "/proc/aiodq-out"], 2, "cannot write to the output folder"),
         (["run", "--out", "README.md"], 2, "output folder README.md: a file is where a folder must be"),
-        (["run", "--out", "README.md/out"], 2, "output folder README.md/out: a file is where a folder must be"),
+        (
+            ["run", "--out", "README.md/out"],
+            2,
+            "output folder README.md/out: a file is where a folder must be",
+        ),
         (["run", "--timeout", "nan"], 2, "--timeout"),
         (["run", "--guard", "1"], 2, "guard"),
         (["run", "--snapshot-timeout", "0"], 2, "snapshot_timeout"),
