@@ -26,6 +26,7 @@ from ..launch.local import (
     worker_main,
 )
 from ..launch.models import load_factory, objective_for, test_scores
+from ..launch.processes import die_with_parent
 from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
@@ -552,6 +553,9 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``aiodq worker``: train on one shard for a remote master."""
+    if not die_with_parent(os.environ):
+        say("worker", "the aiodq run that started this worker has ended")
+        return EXIT_FAILED
     (host, port), (index, count) = rendezvous(args.connect, args.shard, os.environ)
     try:
         lower_priority(args.nice)

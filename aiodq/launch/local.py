@@ -41,7 +41,7 @@ from .common import (
 )
 from .models import import_root, objective_for
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
-from .processes import WorkerProcess, after_training, ended, exits, stop_workers
+from .processes import PARENT, WorkerProcess, after_training, ended, exits, stop_workers
 from .results import save_records
 
 __all__ = [
@@ -347,6 +347,7 @@ async def run_cluster(
             # One compute thread per worker process (BLAS, OpenMP: torch's too) unless the user says
             # otherwise: M processes share the machine's cores, and idle threads spin on them.
             env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "AIODQ_SECRET": secret}
+            env[PARENT] = str(os.getpid())  # (the workers end with this process, however it ends)
             # A user model found beside the caller's script: the workers start in the current folder.
             if (root := import_root(config.model)) is not None:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, (env.get("PYTHONPATH"), root)))

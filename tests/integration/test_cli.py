@@ -612,3 +612,50 @@ def test_a_stop_while_the_results_are_written_comes_after_them() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, interrupt)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc: no procps needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie nobody reaped has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_worker_processes_end_with_aiodq_run_however_it_ends(tmp_path: Path) -> None:
+    """aiodq run killed with SIGKILL (no clean-up of its own): its worker processes get SIGTERM from the
+    kernel and end (a durability attack saw them retry for 26.5 s, their --retry-for)."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "aiodq", "run", "--epochs", "10000", "--workers", "2", "--no-progress",
+         "--out", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60.0
+        while len(workers := _children(run.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(workers) == 2, workers
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 15.0
+        while (alive := [w for w in workers if _running(w)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive == [], "worker processes outlived aiodq run's SIGKILL by 15 s"
+    finally:
+        run.kill()
+        for worker in _children(run.pid):
+            os.kill(worker, signal.SIGKILL)
