@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from .outfolder import (
     holds_finished_run,
     log_for,
     results_written,
+    signals_deferred,
     undo_refused_start,
 )
 
@@ -205,27 +205,6 @@ def _output_folder(out: str | None) -> Path | None:
     return folder
 
 
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """A stop (Ctrl-C, SIGTERM, SIGHUP) waits until the block is done: the results' files written.
-
-    Each file is written whole or not at all, but a second Ctrl-C as the results were being
-    written cost the run its model (a durability attack: 8 of 8 times); now it comes after them.
-    SIGTERM and SIGHUP are blocked; Ctrl-C's handler is swapped for one that notes it, since one
-    that has already arrived would raise KeyboardInterrupt inside the block at the next bytecode.
-    """
-    noted: list[int] = []
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
-    interrupt = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, interrupt)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        if noted and callable(interrupt):
-            interrupt(signal.SIGINT, None)  # (Python's own raises KeyboardInterrupt: the stop, now)
-
-
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
     """Score the model on ``test`` and write the results into ``out``; the line that says where.
 
@@ -238,7 +217,7 @@ def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dat
             result.summary["test"] = test_scores(result.config, test, result.model, labels)
         except (UsageError, ValueError) as exc:
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
-    with _signals_deferred():
+    with signals_deferred():
         paths = write_results(result, out)
     return f"wrote {', '.join(str(p) for p in paths)}; log in {results_written(out)}"
 

@@ -591,14 +591,14 @@ def test_a_second_command_is_refused_the_out_folder_another_holds(tmp_path: Path
 def test_a_stop_while_the_results_are_written_comes_after_them() -> None:
     """Ctrl-C (also one that arrived just before) and SIGTERM wait until the block that writes the results
     is done, then take effect (a second Ctrl-C as the results were written lost the model: 8 of 8)."""
-    from aiodq.cli.commands import _signals_deferred  # noqa: PLC0415
+    from aiodq.cli.outfolder import signals_deferred  # noqa: PLC0415
 
     terms: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(signum))
     interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in aiodq's process)
     try:
         steps = []
-        with pytest.raises(KeyboardInterrupt), _signals_deferred():
+        with pytest.raises(KeyboardInterrupt), signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGTERM)
             steps.append("written")  # (a signal handled here would have stopped the block)
