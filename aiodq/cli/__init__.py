@@ -28,6 +28,7 @@ import select
 import signal
 import stat
 import sys
+import time
 from collections.abc import Sequence
 
 from ..config import MasterConfig
@@ -315,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the log's first line
+    args.started = time.time()  # (a checkpoint written since is this command's: _kept)
     if _MISSING is not None and args.command != "demo":
         print(
             f"aiodq {args.command}: needs the command line's extra ({_MISSING} is not installed): "
@@ -385,6 +387,14 @@ def _stdout_broken() -> bool:
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
+def _written_since(path: str, started: float) -> bool:
+    """Whether ``path`` was written since ``started`` (by this command: an older one is another run's)."""
+    try:
+        return os.stat(path).st_mtime >= started
+    except OSError:
+        return False
+
+
 def _kept(args: argparse.Namespace) -> str:
     """Where a stopped run's checkpoint keeps it (the master wrote it as it closed); empty if none does."""
     path = getattr(args, "checkpoint", None)
@@ -392,7 +402,11 @@ def _kept(args: argparse.Namespace) -> str:
         return ""
     from ..launch.common import checkpoint_note  # noqa: PLC0415 - loaded by the commands already
 
-    if finished_run(path) and not getattr(args, "results_written", False):  # stopped as they were written
+    if (
+        _written_since(path, args.started)
+        and finished_run(path)
+        and not getattr(args, "results_written", False)
+    ):
         return f"; training had finished: --resume gives its results again from the checkpoint {path}"
     return checkpoint_note(path, resumable(path))
 

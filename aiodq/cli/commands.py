@@ -138,9 +138,11 @@ class _LogFile(logging.FileHandler):
     failed = False
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        if not self.failed:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # (a log call's own mistake: logging's report, as usual)
+            super().handleError(record)
+        elif not self.failed:
             self.failed = True
-            error = sys.exc_info()[1]
             why = getattr(error, "strerror", None) or error
             print(
                 f"aiodq: cannot write the log {self.baseFilename}: {why}; it may lack what follows",

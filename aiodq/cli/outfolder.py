@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ..launch.results import RESULT_FILES
@@ -61,6 +63,9 @@ def hold(out: Path) -> None:
     results over its own (a newcomer trial); the second is now refused.  :func:`release` (or the
     process's end, however it ends) lets the folder go.  Where ``fcntl`` is missing it does nothing.
 
+    A folder that cannot be locked otherwise (a file system without ``flock``: NFS) is used unlocked,
+    with a warning.
+
     Raises:
         UsageError: if another command holds it.
     """
@@ -69,15 +74,29 @@ def hold(out: Path) -> None:
     except ImportError:
         return
     release()
-    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        descriptor = os.open(out, os.O_RDONLY)
+    except OSError as exc:  # (a folder that can be written but not read, say)
+        _unlocked(out, exc)
+        return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(descriptor)
         if isinstance(exc, BlockingIOError):
             raise UsageError(f"--out {out} is in use by another run: give another folder") from None
-        raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
+        # (NFS emulates flock with byte-range locks, which a folder opened read-only cannot take)
+        _unlocked(out, exc)
+        return
     _Held.descriptor = descriptor
+
+
+def _unlocked(out: Path, exc: OSError) -> None:
+    """Say that ``out`` is used without the lock (before any log is set up: on stderr)."""
+    print(
+        f"aiodq: --out {out} cannot be locked ({exc.strerror or exc}); another run could use it too",
+        file=sys.stderr,
+    )
 
 
 def release() -> None:
@@ -93,18 +112,28 @@ def signals_deferred() -> Iterator[None]:
 
     Each file is written whole or not at all, but a second Ctrl-C as the results were being
     written cost the run its model (a durability attack: 8 of 8 times); now it comes after them.
-    SIGTERM and SIGHUP are blocked; Ctrl-C's handler is swapped for one that notes it, since one
-    that has already arrived would raise KeyboardInterrupt inside the block at the next bytecode.
+    The three signals' handlers are swapped, process-wide, for one that notes them (blocking them
+    in this thread would not do: numpy's BLAS threads take them), then put back, and a signal that
+    came is raised again.  Only the main thread can do this; elsewhere the block runs as it is.
     """
+    stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
     noted: list[int] = []
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
-    interrupt = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        handlers: dict[int, Any] = {
+            stop: signal.signal(stop, lambda signum, frame: noted.append(signum)) for stop in stops
+        }
+    except ValueError:  # not the main thread
+        yield
+        return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, interrupt)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        if noted and callable(interrupt):
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)
+        for came in dict.fromkeys(noted):  # each once; Ctrl-C's last, since it raises
+            if came != signal.SIGINT:
+                signal.raise_signal(came)  # (the handler put back acts on it: the loop's, or the default)
+        if signal.SIGINT in noted and callable(interrupt := handlers[signal.SIGINT]):
             interrupt(signal.SIGINT, None)  # (Python's own raises KeyboardInterrupt: the stop, now)
 
 

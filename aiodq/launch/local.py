@@ -483,7 +483,8 @@ async def master_main(
     options.setdefault("data_fingerprint", dataset.fingerprint())  # workers with other data refuse the run
     async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
-        print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
+        if not master.resumed_finished:  # (a finished run resumed waits for none)
+            print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
         handover = Handover(master, lambda result: result.summary.update(dataset=dataset.name), finished)
         try:
             handover(await master.trained())
@@ -495,7 +496,8 @@ async def master_main(
             raise
         finally:
             handover.if_trained()
-        if records_path is not None and master.coordinator is not None:
+        # A finished run resumed holds no records (checkpoints do not): its file is left as it is.
+        if records_path is not None and master.coordinator is not None and not master.resumed_finished:
             try:
                 save_records(master.coordinator.records, records_path)
             except OSError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
+from ..errors import UsageError
 from ..net.master import Master
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -103,7 +104,10 @@ class MasterActor:
         self._dataset_name = dataset.name
         host = bind_host or importlib.import_module("ray").util.get_node_ip_address()
         objective = objective_for(config, dataset, training_set=True)
-        limits = DEFAULT_LIMITS.fitting(objective.dim)
+        try:
+            limits = DEFAULT_LIMITS.fitting(objective.dim)
+        except ValueError as exc:  # (as the local launcher says it: an AiodqError passes through Ray)
+            raise UsageError(str(exc)) from exc
         master = Master(
             config,
             objective,

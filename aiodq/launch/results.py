@@ -161,12 +161,12 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
         figure.savefig(temporary, dpi=120, format="png")
         os.replace(temporary, plot)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
         _log.warning("cannot write %s: %s (result.json holds its trace)", plot, exc.strerror or exc)
         return None
     finally:
         plt.close(figure)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)  # (gone already once renamed)
     return plot
 
 

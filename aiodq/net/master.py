@@ -128,6 +128,8 @@ class Master:
         self._before = 0.0  # seconds of training a resumed checkpoint holds
         #: ``(epoch, version)`` of the last checkpoint written, the one at the end or the close included.
         self.checkpointed: tuple[int, int] | None = None
+        #: True if ``resume`` found a finished run: nothing trains, and it has no model records.
+        self.resumed_finished = False
         self._blas_threads = blas_threads
         self._record_every = record_every
         self._samples = samples
@@ -207,6 +209,7 @@ class Master:
             raise
         self._timer_task = asyncio.create_task(self._run_timers(), name="aiodq-master-timers")
         if self.coordinator.done:  # a finished run resumed: trained() returns it at once, as it ended
+            self.resumed_finished = True
             self._finished_at = self._now()  # (its checkpoint is left as it is)
             self._trained.set()
             self._listener.stop_accepting()
@@ -227,7 +230,7 @@ class Master:
                 checkpoint_file.check_data(path, saved.meta.get("data"), self._data_fingerprint)
             self.coordinator.restore(saved, 0.0)
             self._before = float(saved.meta["elapsed"])  # (checked by restore)
-            if saved.meta.get("workers") != self._workers:
+            if saved.meta.get("workers") != self._workers and not self.coordinator.done:
                 _log.warning(
                     "the checkpointed run had %s workers, this one %d: its shards change from here",
                     saved.meta.get("workers"),

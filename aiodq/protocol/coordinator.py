@@ -181,8 +181,8 @@ class Coordinator:
                     reason = f"no SNAPSHOT_GRADIENT within {waited:.3g} s"
                     self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
         if deadlines.join_due(now):  # joining, or in the inner loop once every worker left
-            self._waited_in, left = self.phase, self.phase is not Phase.JOINING  # (its checkpoint resumes)
-            self._finish(now, deadlines.unjoined(left, self.live_workers, self.expected_workers, self.errors))
+            self._waited_in = self.phase  # the run can go on from here: its checkpoint says so
+            self._finish(now, deadlines.unjoined(self.live_workers, self.expected_workers, self.errors))
             return
         for worker_id, worker in list(self._workers.items()):
             if deadlines.snapshot_owed_too_long(worker, now):

@@ -41,10 +41,12 @@ class Deadlines:
     phase_answered: float = 0.0
     #: Seconds the slowest accepted report of the last finished phase took (None: no phase yet).
     slowest_report: float | None = None
+    #: True once every worker had left a running session (the join deadline then applies again).
+    workers_left: bool = False
 
     def waiting_for_workers(self, now: float) -> None:
-        """The coordinator (again) waits for the workers to join."""
-        self.joining_since, self.snapshot_deadline = now, None
+        """Every worker left a running session: the coordinator waits for workers to join again."""
+        self.joining_since, self.snapshot_deadline, self.workers_left = now, None, True
 
     def worker_back(self) -> None:
         """A worker (re)joined a running session: the join deadline, if any, is off."""
@@ -88,15 +90,15 @@ class Deadlines:
         """True if the workers have not all joined within ``join_timeout``."""
         return self.joining_since is not None and now >= self.joining_since + self.config.join_timeout
 
-    def unjoined(self, left: bool, live: int, expected: int, errors: Iterable[tuple[Any, ...]]) -> str:
-        """Why a run whose join deadline passed ended: at its start, or after every worker ``left``.
+    def unjoined(self, live: int, expected: int, errors: Iterable[tuple[Any, ...]]) -> str:
+        """Why a run whose join deadline passed ended: at its start, or after every worker left.
 
         ``errors`` are the ledger's (worker, code, reason, raised_by, joined): the latest of a worker
         that had joined says what the last to leave ran into (a newcomer's workers all failed in
         their objective, and the run ended saying that 0 of 2 workers had joined).
         """
         waited = f"within {self.config.join_timeout:g} s (--join-timeout)"
-        if not left:
+        if not self.workers_left:
             return f"{live} of {expected} workers joined {waited}"
         last = next((entry for entry in reversed(list(errors)) if entry[4]), None)
         why = ""

@@ -722,6 +722,42 @@ async def test_the_checkpoint_lock_is_released_by_a_failed_start_and_a_cancelled
 
 
 @pytest.mark.asyncio
+async def test_a_finished_run_resumed_by_aiodq_master_leaves_its_records_file_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """aiodq master --records: a finished run's checkpoint holds no model records, so resuming it must
+    not write its (empty) records over the file the run wrote (a review: 23 records became 0)."""
+    from aiodq.launch.local import master_main  # noqa: PLC0415
+    from aiodq.launch.results import load_records  # noqa: PLC0415
+    from aiodq.net.worker import run_worker  # noqa: PLC0415
+    from aiodq.protocol.objectives import make_objective  # noqa: PLC0415
+
+    data = A9A.rows(np.arange(600))
+    config = TrainConfig(epochs=1, updates_per_epoch=30)
+    objective = make_objective("logistic", data.features, data.labels)
+    path, records = tmp_path / "run.ckpt", tmp_path / "records.npz"
+    options: dict[str, Any] = {"checkpoint": path, "record_every": 10, "records_path": records}
+    with socket.socket() as probe:  # a free port to name (the master binds it a moment later)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = asyncio.create_task(
+        master_main(config, data, objective, host="127.0.0.1", port=port, workers=1, **options)
+    )
+    await wait_until(
+        lambda: checkpoint_file.resumable(path) is not None or first.done(), 30, "the first checkpoint"
+    )
+    await run_worker("127.0.0.1", port, data.features, data.labels)
+    await first
+    written = load_records(records)
+    assert len(written) > 0
+    before = records.read_bytes()
+    again = await master_main(
+        config, data, objective, host="127.0.0.1", port=0, workers=1, resume=True, **options
+    )
+    assert again.ok and records.read_bytes() == before
+
+
+@pytest.mark.asyncio
 async def test_a_checkpoint_named_through_a_link_is_locked_and_written_where_the_link_points(
     tmp_path: Path,
 ) -> None:

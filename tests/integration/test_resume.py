@@ -70,9 +70,13 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
     with pytest.raises(CheckpointError, match="written by a run on other data"):
         await aiodq.run_local(config, None, workers=2, checkpoint=path, resume=True)  # the bundled a9a
     # A stop as the results were written (a second Ctrl-C, say) ends with a line that says where they are.
-    assert _kept(argparse.Namespace(checkpoint=str(path))) == (
+    assert _kept(argparse.Namespace(checkpoint=str(path), started=0.0)) == (
         f"; training had finished: --resume gives its results again from the checkpoint {path}"
     )
+    # Unless the finished checkpoint is older than the command: another run's (a review: a run stopped
+    # as it loaded its data said so of an old checkpoint it had not touched).
+    later = path.stat().st_mtime + 1.0
+    assert _kept(argparse.Namespace(checkpoint=str(path), started=later)) == ""
     # Resumed again, the finished run trains nothing and gives its results as they were: the model and
     # the trace; its checkpoint is left as it is.
     checkpoint_bytes = path.read_bytes()

@@ -951,27 +951,51 @@ def test_every_worker_gone_mid_epoch_ends_the_run_at_the_join_timeout_and_it_can
     assert fresh.coordinator.state.version == coordinator.state.version
 
 
+def test_every_worker_gone_in_a_snapshot_phase_is_said_so_at_the_join_timeout() -> None:
+    """Workers that fail in their objective usually do so at a SNAPSHOT (their first pass over the
+    shard): the phase goes back to joining, and the run still says that they left (a review found
+    '0 of 2 workers joined' there)."""
+    dataset = small_a9a()
+    cluster = Cluster(
+        config(epochs=2), dataset, 2, connect=False, master_config=MasterConfig(join_timeout=20.0)
+    )
+    coordinator = cluster.coordinator
+    cluster.sessions = [_claiming(dataset, 2, i, (i, 2)) for i in range(2)]
+    cluster.ids = [None, None]
+    for index in range(2):
+        cluster.connect(index)
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
+    cluster.frozen = {0, 1}
+    for worker_id in cluster.ids:
+        assert worker_id is not None
+        coordinator.disconnect(worker_id, cluster.now)
+    assert coordinator.phase is Phase.JOINING and coordinator.live_workers == 0
+    coordinator.handle_timer(cluster.now + 20.0)
+    assert coordinator.failure == "every worker left, and 0 of 2 came back within 20 s (--join-timeout)"
+
+
 def test_the_join_timeout_after_every_worker_left_names_the_last_error_of_one_that_had_joined() -> None:
     """The latest error of a worker that had joined (not a refused stranger's) is the run's failure's
     clue; reasons are cut to 300 characters and unprintable ones shown as '?'."""
     deadlines = Deadlines(MasterConfig(join_timeout=5.0), joining_since=0.0)
+    assert deadlines.unjoined(1, 2, []) == "1 of 2 workers joined within 5 s (--join-timeout)"
+    deadlines.waiting_for_workers(10.0)  # every worker left
     errors = [
         (3, "TIMEOUT", "timed out", "master", True),
         (5, "INTERNAL_ERROR", "cannot answer MODEL: RuntimeError: boom\n" + "x" * 400, "worker", True),
         (7, "TRY_LATER", "wait", "master", False),
     ]
-    said = deadlines.unjoined(True, 0, 2, errors)
+    said = deadlines.unjoined(0, 2, errors)
     boom = "cannot answer MODEL: RuntimeError: boom?" + "x" * (300 - 40)  # 40 characters before the x's
     assert (
         said
         == f"every worker left (the last error: worker 5 sent INTERNAL_ERROR: {boom}), and 0 of 2 came back "
         "within 5 s (--join-timeout)"
     )
-    assert deadlines.unjoined(True, 1, 2, errors[:1]) == (
+    assert deadlines.unjoined(1, 2, errors[:1]) == (
         "every worker left (the last error: worker 3 got TIMEOUT: timed out), and 1 of 2 came back "
         "within 5 s (--join-timeout)"
     )
-    assert deadlines.unjoined(False, 1, 2, errors) == "1 of 2 workers joined within 5 s (--join-timeout)"
 
 
 def test_a_worker_back_before_the_join_timeout_keeps_the_run_going() -> None:
