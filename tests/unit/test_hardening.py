@@ -904,6 +904,17 @@ def test_messages_of_a_removed_worker_already_on_their_way_are_ignored() -> None
     assert coordinator.done and coordinator.failure is None
 
 
+def _two_claiming(master_config: MasterConfig | None = None) -> Cluster:
+    """Two workers claiming shards 0/2 and 1/2, connected (not yet run)."""
+    dataset = small_a9a()
+    cluster = Cluster(config(epochs=2), dataset, 2, connect=False, master_config=master_config)
+    cluster.sessions = [_claiming(dataset, 2, i, (i, 2)) for i in range(2)]
+    cluster.ids = [None, None]
+    for index in range(2):
+        cluster.connect(index)
+    return cluster
+
+
 def _all_left_mid_epoch(rejoin: bool) -> tuple[Cluster, float]:
     """Two workers (shards claimed), join_timeout 20 s; both connections lost in the inner loop.
 
@@ -911,13 +922,8 @@ def _all_left_mid_epoch(rejoin: bool) -> tuple[Cluster, float]:
     when the last worker left.
     """
     dataset = small_a9a()
-    master_config = MasterConfig(join_timeout=20.0)
-    cluster = Cluster(config(epochs=2), dataset, 2, connect=False, master_config=master_config)
+    cluster = _two_claiming(MasterConfig(join_timeout=20.0))
     coordinator = cluster.coordinator
-    cluster.sessions = [_claiming(dataset, 2, i, (i, 2)) for i in range(2)]
-    cluster.ids = [None, None]
-    for index in range(2):
-        cluster.connect(index)
     cluster.run(until=lambda: coordinator.phase is Phase.INNER and coordinator.state.version > 3)
     cluster.frozen = {0, 1}
     for worker_id in cluster.ids:
@@ -955,15 +961,8 @@ def test_every_worker_gone_in_a_snapshot_phase_is_said_so_at_the_join_timeout() 
     """Workers that fail in their objective usually do so at a SNAPSHOT (their first pass over the
     shard): the phase goes back to joining, and the run still says that they left (a review found
     '0 of 2 workers joined' there)."""
-    dataset = small_a9a()
-    cluster = Cluster(
-        config(epochs=2), dataset, 2, connect=False, master_config=MasterConfig(join_timeout=20.0)
-    )
+    cluster = _two_claiming(MasterConfig(join_timeout=20.0))
     coordinator = cluster.coordinator
-    cluster.sessions = [_claiming(dataset, 2, i, (i, 2)) for i in range(2)]
-    cluster.ids = [None, None]
-    for index in range(2):
-        cluster.connect(index)
     cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT)
     cluster.frozen = {0, 1}
     for worker_id in cluster.ids:
