@@ -341,8 +341,8 @@ async def run_cluster(
     handover = Handover(master, figures, finished)
     try:
         async with master:
-            if master.coordinator is not None and master.coordinator.done:  # a finished run resumed:
-                return handover(await master.trained(timeout))  # its results again, no worker needed
+            if master.resumed_finished:  # its results again, no worker needed
+                return handover(await master.trained(timeout))
             host, port = master.address
             # One compute thread per worker process (BLAS, OpenMP: torch's too) unless the user says
             # otherwise: M processes share the machine's cores, and idle threads spin on them.

@@ -123,7 +123,7 @@ class MasterActor:
         )
         self._master = master  # (closed by stop() even if its start fails part way)
         await master.start()
-        return (*master.address, limits, master.coordinator is not None and master.coordinator.done)
+        return (*master.address, limits, master.resumed_finished)
 
     async def stop(self) -> tuple[tuple[int, int] | None, RunResult | None]:
         """Close the master (it checkpoints a run still to finish).

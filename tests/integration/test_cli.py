@@ -6,10 +6,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,18 +18,13 @@ from .cluster import (
     LEAST_SQUARES,
     ROOT,
     aiodq,
+    alive,
     autogroup_nice,
     children,
     edited_fixture,
+    free_port,
     poll_until,
 )
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> None:
@@ -607,35 +600,12 @@ def test_a_stop_while_the_results_are_written_comes_after_them() -> None:
             steps.append("written")
             assert terms == []
         # Delivered once unblocked; Python runs its handler at its next check of pending signals.
-        deadline = time.monotonic() + 5.0
-        while not terms and time.monotonic() < deadline:
-            time.sleep(0.001)
+        poll_until(lambda: terms, 5.0, "the SIGTERM held during the block")
         assert steps == ["written"] and terms == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, interrupt)
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc: no procps needed)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not ended (a zombie nobody reaped has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -647,20 +617,18 @@ def test_the_worker_processes_end_with_aiodq_run_however_it_ends(tmp_path: Path)
          "--out", str(tmp_path / "out")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    workers: list[int] = []
     try:
-        deadline = time.monotonic() + 60.0
-        while len(workers := _children(run.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(workers) == 2, workers
+        poll_until(lambda: len(children(run.pid)) == 2, 60.0, "aiodq run's two worker processes")
+        workers = children(run.pid)
         run.kill()
         run.wait()
-        deadline = time.monotonic() + 15.0
-        while (alive := [w for w in workers if _running(w)]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert alive == [], "worker processes outlived aiodq run's SIGKILL by 15 s"
+        poll_until(
+            lambda: not any(map(alive, workers)), 15.0, "the worker processes' end after aiodq run's SIGKILL"
+        )
     finally:
         run.kill()
-        for worker in _children(run.pid):
+        for worker in filter(alive, workers):
             os.kill(worker, signal.SIGKILL)
 
 

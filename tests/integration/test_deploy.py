@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
-from .cluster import ROOT
+from .cluster import ROOT, free_port
 
 DEPLOY = ROOT / "examples" / "deploy"
 
@@ -41,12 +40,6 @@ def _tool(folder: Path, name: str, text: str) -> None:
     path = folder / name
     path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_the_sbatch_script_trains_with_workers_found_from_the_environment(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from aiodq.protocol.accounting import MAX_ERRORS
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.recovery import Checkpoint
 
-from .cluster import A9A, aiodq, wait_until
+from .cluster import A9A, aiodq, free_port, wait_until
 from .rel_peers import Process, finish, raw_peer, read_to_end, start_workers, wait_for_text
 
 SECRET = b"correct horse battery staple 0123456789"
@@ -723,7 +723,7 @@ async def test_the_checkpoint_lock_is_released_by_a_failed_start_and_a_cancelled
 
 @pytest.mark.asyncio
 async def test_a_finished_run_resumed_by_aiodq_master_leaves_its_records_file_as_it_is(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """aiodq master --records: a finished run's checkpoint holds no model records, so resuming it must
     not write its (empty) records over the file the run wrote (a review: 23 records became 0)."""
@@ -737,14 +737,15 @@ async def test_a_finished_run_resumed_by_aiodq_master_leaves_its_records_file_as
     objective = make_objective("logistic", data.features, data.labels)
     path, records = tmp_path / "run.ckpt", tmp_path / "records.npz"
     options: dict[str, Any] = {"checkpoint": path, "record_every": 10, "records_path": records}
-    with socket.socket() as probe:  # a free port to name (the master binds it a moment later)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     first = asyncio.create_task(
         master_main(config, data, objective, host="127.0.0.1", port=port, workers=1, **options)
     )
+    said: list[str] = []
     await wait_until(
-        lambda: checkpoint_file.resumable(path) is not None or first.done(), 30, "the first checkpoint"
+        lambda: said.append(capsys.readouterr().out) or "listening on" in "".join(said) or first.done(),
+        30,
+        "aiodq master listening",
     )
     await run_worker("127.0.0.1", port, data.features, data.labels)
     await first
