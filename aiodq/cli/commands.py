@@ -24,7 +24,7 @@ from ..launch.local import (
     run_coroutine,
     worker_main,
 )
-from ..launch.models import load_factory, objective_for, test_scores
+from ..launch.models import load_factory, objective_for, read_start, test_scores
 from ..launch.processes import die_with_parent
 from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
 from ..net.tls import client_context, server_context
@@ -372,6 +372,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if given and args.launcher != "ray":
         raise UsageError(f"{', '.join(given)}: for --launcher ray only")
     saving = checkpoint_options(args)
+    if args.start_from is not None:  # read and checked before --out is made
+        saving["start_from"] = read_start(args.start_from, config, objective.dim)
     try:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
@@ -460,6 +462,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
     saving = checkpoint_options(args)
+    if args.start_from is not None:
+        saving["start_from"] = read_start(args.start_from, config, objective.dim)
     if args.record_every < 0:
         raise UsageError("--record-every must not be negative")
     if args.records and not args.record_every:

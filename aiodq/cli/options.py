@@ -229,7 +229,7 @@ def add_network_options(parser: argparse.ArgumentParser, *, master: bool) -> Non
 
 
 def add_checkpoint_options(parser: argparse._ArgumentGroup) -> None:
-    """``--checkpoint``, ``--checkpoint-interval`` and ``--resume`` (``aiodq master`` and ``aiodq run``)."""
+    """``--checkpoint``, ``--checkpoint-interval``, ``--resume`` and ``--start-from`` (master and run)."""
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -246,16 +246,26 @@ def add_checkpoint_options(parser: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="continue the run --checkpoint holds (same options and data)",
     )
+    parser.add_argument(
+        "--start-from",
+        metavar="FILE",
+        default=None,
+        help="start from the model in a run's model.npz (or a vector in a .npy file) instead of "
+        "the model's own starting point: a new run of --epochs more epochs",
+    )
 
 
 def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint options as keyword arguments for the master.
 
     Raises:
-        UsageError: for ``--resume`` without ``--checkpoint``, or an interval that is not positive.
+        UsageError: for ``--resume`` without ``--checkpoint`` or with ``--start-from``, or an
+            interval that is not positive.
     """
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint")
+    if args.resume and args.start_from is not None:
+        raise UsageError("--start-from starts a new run; --resume continues the checkpoint's")
     if not args.checkpoint_interval > 0:
         raise UsageError("--checkpoint-interval must be positive")
     return {

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
@@ -39,7 +40,7 @@ from .common import (
     progress_state,
     progress_table,
 )
-from .models import import_root, objective_for
+from .models import import_root, objective_for, read_start
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import PARENT, WorkerProcess, after_training, ended, exits, stop_workers
 from .results import save_records
@@ -169,6 +170,7 @@ async def run_local(
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 60.0,
     resume: bool = False,
+    start_from: str | Path | npt.ArrayLike | None = None,
     **ray_options: Any,
 ) -> RunResult:
     """Train on a local cluster: a master in this process, ``workers`` worker processes on 127.0.0.1.
@@ -211,6 +213,9 @@ async def run_local(
         checkpoint_interval: seconds between checkpoints.
         resume: continue the run ``checkpoint`` holds, with the same configuration and data
             (anything else is refused); the workers start afresh and rejoin it.
+        start_from: x_0 in place of the model's own starting point (a warm start): a run's
+            ``model.npz`` or a ``.npy`` vector (:func:`~aiodq.launch.models.read_start`), or the
+            vector itself.  A new run, of ``config.epochs`` more epochs; not with ``resume``.
         **ray_options: with ``launcher="ray"``, :func:`~aiodq.launch.ray.run_ray`'s own options
             (``address``, ``worker_cpus``, ``master_node``, ``bind_host``...); a ``TypeError``
             with the local launcher.
@@ -237,6 +242,10 @@ async def run_local(
         "max_restarts": max_restarts,
     }
     resolve_worker_nice(worker_nice)  # refused before any data is read
+    if start_from is not None and resume:
+        raise UsageError("start_from starts a new run; resume continues the checkpoint's")
+    if isinstance(start_from, str | os.PathLike):
+        start_from = read_start(start_from, config)
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
@@ -248,6 +257,7 @@ async def run_local(
             checkpoint=checkpoint,
             checkpoint_interval=checkpoint_interval,
             resume=resume,
+            start_from=start_from,
             **common,
             **ray_options,
         )
@@ -267,6 +277,7 @@ async def run_local(
         checkpoint=checkpoint,
         checkpoint_interval=checkpoint_interval,
         resume=resume,
+        start_from=start_from,
         **common,
     )
 
@@ -292,6 +303,7 @@ async def run_cluster(
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 60.0,
     resume: bool = False,
+    start_from: npt.ArrayLike | None = None,
     finished: Callable[[RunResult], None] | None = None,
     stopped: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
@@ -316,21 +328,25 @@ async def run_cluster(
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     connection_config = ConnectionConfig(secret=secret.encode(), limits=limits)
-    master = Master(
-        config,
-        objective,
-        workers=workers,
-        host="127.0.0.1",
-        port=0,
-        connection_config=connection_config,
-        record_every=record_every,
-        master_config=master_config,
-        samples=dataset.samples,
-        checkpoint=checkpoint,
-        checkpoint_interval=checkpoint_interval,
-        resume=resume,
-        data_fingerprint=data_fingerprint(dataset, checkpoint),
-    )
+    try:
+        master = Master(
+            config,
+            objective,
+            workers=workers,
+            host="127.0.0.1",
+            port=0,
+            connection_config=connection_config,
+            record_every=record_every,
+            master_config=master_config,
+            samples=dataset.samples,
+            checkpoint=checkpoint,
+            checkpoint_interval=checkpoint_interval,
+            resume=resume,
+            data_fingerprint=data_fingerprint(dataset, checkpoint),
+            start_from=start_from,
+        )
+    except ValueError as exc:  # a start_from of another size, say
+        raise UsageError(str(exc)) from exc
     restarts = 0
 
     def figures(result: RunResult) -> None:

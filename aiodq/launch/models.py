@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import UsageError, raised_at
-from ..protocol.algorithms import TrainConfig, starting_point
+from ..errors import RunError, UsageError, raised_at
+from ..protocol.algorithms import TrainConfig, check_start, starting_point
 from ..protocol.dataset import Dataset, class_count, labels_for
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
+from .results import load_model
 
-__all__ = ["import_root", "load_factory", "objective_for", "test_scores"]
+__all__ = ["import_root", "load_factory", "objective_for", "read_start", "test_scores"]
 
 _log = logging.getLogger("aiodq.models")
 
@@ -167,3 +168,48 @@ def test_scores(
         "test_loss": float(loss) / test.samples,
         "test_accuracy": None if correct is None else int(correct(model)) / test.samples,
     }
+
+
+def read_start(path: str | Path, config: TrainConfig, dim: int | None = None) -> npt.NDArray[np.float64]:
+    """x_0 for a warm start (``--start-from``): a run's ``model.npz``, or one vector in a ``.npy`` file.
+
+    The model of a ``model.npz`` is the one its run's last loss evaluates (the last snapshot).
+    With ``dim``, the vector must have that many parameters.  A model that its run trained as
+    another ``--model`` than ``config.model`` is taken, with a warning.
+
+    Raises:
+        UsageError: if the file cannot be read or holds no such vector (the text says why).
+    """
+    where = f"--start-from {path}"
+    try:
+        with open(path, "rb") as file:  # by content: a .npy file, or a zip (an .npz) for load_model
+            magic = file.read(6)
+        values = np.load(path, allow_pickle=False) if magic == b"\x93NUMPY" else None
+    except OSError as exc:
+        raise UsageError(f"{where}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # an array of objects
+        raise UsageError(f"{where}: {exc}") from None
+    trained = None
+    if values is None:
+        if not magic.startswith(b"PK"):
+            raise UsageError(f"{where}: neither a run's model.npz nor a .npy file")
+        try:
+            values, meta = load_model(path)
+        except RunError as exc:
+            checkpoint = str(exc).endswith("not an aiodq model file")
+            hint = " (a checkpoint is continued with --checkpoint FILE --resume)" if checkpoint else ""
+            raise UsageError(f"--start-from: {exc}{hint}") from None
+        trained = (meta.get("config") or {}).get("model")
+    try:
+        x0 = check_start(values)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    if dim is not None and x0.shape[0] != dim:
+        model = f" (a {trained} model)" if trained else ""
+        raise UsageError(
+            f"{where} holds {x0.shape[0]:,} parameters{model}; "
+            f"--model {config.model} on this data has {dim:,}"
+        )
+    if trained is not None and trained != config.model:
+        _log.warning("%s was trained as --model %s; this run trains %s", where, trained, config.model)
+    return x0

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy.typing as npt
+
 from ..config import Limits, MasterConfig
 from ..errors import AiodqError, RunError, UsageError, code_name
 from ..net.checkpoint import resumable
@@ -93,6 +95,7 @@ async def run_ray(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_interval: float = 60.0,
     resume: bool = False,
+    start_from: npt.ArrayLike | None = None,
     finished: Callable[[RunResult], None] | None = None,
     stopped: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
@@ -131,6 +134,8 @@ async def run_ray(
             before any actor is killed) and, marked done, at its end.
         checkpoint_interval: seconds between checkpoints.
         resume: continue the run ``checkpoint`` holds (same configuration and data).
+        start_from: x_0 in place of the model's own (a warm start; see ``run_local``), sent to
+            the master actor.
         finished: gets the result as soon as training has ended, before the actors' sessions end
             (``aiodq run`` writes its files then); ``summary["ray"]`` then lacks
             ``local_instance`` and ``seconds``, which the result returned has.
@@ -206,7 +211,12 @@ async def run_ray(
             record_every=record_every,
             records=records,
             max_restarts=max_restarts,
-            saving={"checkpoint": checkpoint, "checkpoint_interval": checkpoint_interval, "resume": resume},
+            saving={
+                "checkpoint": checkpoint,
+                "checkpoint_interval": checkpoint_interval,
+                "resume": resume,
+                "start_from": start_from,
+            },
             stood=stood,
             finished=finished,
             stopped=stopped is not None,

@@ -98,7 +98,7 @@ class MasterActor:
 
         Returns the address, the limits the model's size sets (the workers' too), and whether the
         run had finished (a finished run resumed: no worker is needed).
-        ``saving``: the master's ``checkpoint``, ``checkpoint_interval`` and ``resume``.
+        ``saving``: the master's ``checkpoint``, ``checkpoint_interval``, ``resume`` and ``start_from``.
         """
         dataset = _load(source)
         self._dataset_name = dataset.name
@@ -108,19 +108,22 @@ class MasterActor:
             limits = DEFAULT_LIMITS.fitting(objective.dim)
         except ValueError as exc:  # (as the local launcher says it: an AiodqError passes through Ray)
             raise UsageError(str(exc)) from exc
-        master = Master(
-            config,
-            objective,
-            workers=workers,
-            host=host,
-            port=0,
-            connection_config=ConnectionConfig(secret=secret.value, limits=limits),
-            master_config=master_config,
-            record_every=record_every,
-            samples=dataset.samples,
-            data_fingerprint=dataset.fingerprint(),  # workers on other nodes may read other data
-            **saving,
-        )
+        try:  # a start_from of another size, say: one line at the driver, as UsageError passes Ray
+            master = Master(
+                config,
+                objective,
+                workers=workers,
+                host=host,
+                port=0,
+                connection_config=ConnectionConfig(secret=secret.value, limits=limits),
+                master_config=master_config,
+                record_every=record_every,
+                samples=dataset.samples,
+                data_fingerprint=dataset.fingerprint(),  # workers on other nodes may read other data
+                **saving,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
         self._master = master  # (closed by stop() even if its start fails part way)
         await master.start()
         return (*master.address, limits, master.resumed_finished)

@@ -71,6 +71,7 @@ class Master:
         blas_threads: int | None = 1,
         record_every: int = 0,
         data_fingerprint: str | None = None,
+        start_from: npt.ArrayLike | None = None,
     ) -> None:
         """Configure; nothing runs until :meth:`start` (or ``async with``).
 
@@ -99,10 +100,12 @@ class Master:
                 snapshot phase, in ``coordinator.records`` (0: none; see ``accounting.ModelRecord``).
             data_fingerprint: what the run trains on (``Dataset.fingerprint()``), in every checkpoint
                 (``resume`` refuses one that names another) and in CONFIG (workers refuse other data).
+            start_from: x_0 in place of the objective's ``initial()``: a warm start from a trained
+                model (``load_model``), not with ``resume``.
         """
-        if resume and checkpoint is None:
-            raise ValueError("resume needs a checkpoint file")
-        x0 = starting_point(config, model)
+        if resume and (checkpoint is None or start_from is not None):
+            raise ValueError("resume needs a checkpoint file, and takes x_0 from it (no start_from)")
+        x0 = starting_point(config, model, start_from)
         if samples is None and hasattr(model, "loss_grad"):
             samples = int(getattr(model, "samples", 0)) or None
         if not checkpoint_interval > 0:

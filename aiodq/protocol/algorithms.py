@@ -42,6 +42,7 @@ from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig, default_step
 __all__ = [
     "ALGORITHMS",
     "MODEL_LIMIT",
+    "check_start",
     "AlgorithmSpec",
     "ApplyOutcome",
     "MasterState",
@@ -532,8 +533,14 @@ class WorkerState:
         return quantize_qsgd(alpha + self.full_gradient, self.config.qsgd_levels, self._rng)
 
 
-def starting_point(config: TrainConfig, model: object) -> npt.NDArray[np.float64]:
+def starting_point(
+    config: TrainConfig, model: object, start_from: npt.ArrayLike | None = None
+) -> npt.NDArray[np.float64]:
     """x_0 from an objective (checked against ``config.model``) or from an array-like.
+
+    ``start_from`` (with an objective) replaces the objective's ``initial()``: a warm start,
+    from a trained model say; it must be the objective's dimension, finite and within
+    :data:`MODEL_LIMIT`.
 
     Raises:
         TypeError: for anything else.
@@ -547,16 +554,35 @@ def starting_point(config: TrainConfig, model: object) -> npt.NDArray[np.float64
                 f"the objective names itself {name!r} (its name attribute) but the run trains "
                 f"{config.model!r} (TrainConfig.model, --model): the two must agree"
             )
-        x0 = np.asarray(initial_model(config, objective), dtype=np.float64)
+        x0 = check_start(initial_model(config, objective) if start_from is None else start_from)
+        if start_from is not None and x0.shape != (objective.dim,):
+            raise ValueError(
+                f"the model to start from has {x0.shape[0]:,} parameters; "
+                f"{type(objective).__name__} has {objective.dim:,}"
+            )
         check_sums(objective, x0)
         return x0
+    if start_from is not None:
+        raise TypeError("start_from needs an Objective (x_0 is the model itself otherwise)")
+    return check_start(model)
+
+
+def check_start(values: object) -> npt.NDArray[np.float64]:
+    """``values`` as x_0: a non-empty vector of finite floats within :data:`MODEL_LIMIT`.
+
+    Raises:
+        TypeError: if ``values`` are not numbers.
+        ValueError: if they are not such a vector (the text says how).
+    """
     try:
-        x0 = np.asarray(model, dtype=np.float64)
+        x0 = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"the model must be an Objective or x_0 as an array-like, not {type(model).__name__}"
+            f"the model must be an Objective or x_0 as an array-like, not {type(values).__name__}"
         ) from exc
     if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
         got = _non_finite(x0) if x0.ndim == 1 and x0.size else f"shape {x0.shape}"
         raise ValueError(f"x_0 must be a non-empty vector of finite values, got {got}")
+    if not _encodable(x0):  # a MODEL could not carry it (the master refuses updates beyond it too)
+        raise ValueError(f"x_0 holds values beyond {MODEL_LIMIT:.4g}, more than a MODEL carries")
     return x0

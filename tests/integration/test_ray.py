@@ -24,6 +24,8 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a local node on the loopback only
 ray = pytest.importorskip("ray", reason="the Ray launcher needs ray: pip install 'aiodq[ray]'")
 
+from aiodq import LogisticRegression  # noqa: E402
+from aiodq import load_dataset as aiodq_load  # noqa: E402
 from aiodq.errors import RunError  # noqa: E402
 from aiodq.launch.ray import run_ray  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
@@ -430,3 +432,34 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     assert refused[0] == int(ErrorCode.INVALID_CONFIG) and refused[2] == 0
     assert refused[1].startswith("this worker's data (fingerprint blake2b:")
     assert trained[:2] == (0, "training complete") and trained[2] > 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("own_ray")
+async def test_a_ray_run_starts_from_the_vector_the_driver_sends() -> None:
+    """start_from travels to the master actor: the trace's first loss is F at x_0 (as float32, the
+    snapshot's precision on the wire), computed here from the objective."""
+    data = aiodq_load(A9A_HEAD)
+    objective = LogisticRegression(data.features, data.labels)
+    x0 = np.random.default_rng(6).normal(scale=0.1, size=objective.dim)
+    config = TrainConfig(epochs=1)
+    result = await run_ray(config, str(A9A_HEAD), workers=2, bind_host=LOOPBACK, start_from=x0, timeout=120)
+    assert result.ok, result.failure
+    at = x0.astype(np.float32).astype(np.float64)
+    expected = float(objective.loss_grad(at)[0]) / data.samples + 0.5 * config.l2 * float(at @ at)
+    assert result.trace[0].loss == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.asyncio
+async def test_the_master_actor_refuses_a_start_vector_of_another_size_as_a_usage_error() -> None:
+    """One line at the driver (a UsageError passes through Ray), not a ValueError's traceback."""
+    from aiodq.errors import UsageError  # noqa: PLC0415
+    from aiodq.launch.ray_actors import MasterActor, Secret  # noqa: PLC0415
+
+    master = MasterActor()
+    with pytest.raises(UsageError, match="the model to start from has 3 parameters; LogisticRegression has"):
+        await master.start(
+            TrainConfig(epochs=1), source=str(A9A_HEAD), workers=1, secret=Secret(b"s" * 32),
+            bind_host=LOOPBACK, master_config=None, record_every=0, saving={"start_from": np.zeros(3)},
+        )  # fmt: skip
+    await master.stop()

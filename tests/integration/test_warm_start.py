@@ -1,0 +1,172 @@
+"""A warm start (``--start-from``, ``start_from=``): a new run from a trained model, or from any vector.
+
+The expected losses are computed here from the objective itself: F(x) = (1/n) sum f_i(x) +
+(l2 / 2) ||x||^2 at the vector the run starts from, which its first snapshot phase evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aiodq
+from aiodq.errors import UsageError
+from aiodq.launch.models import read_start
+from aiodq.net import checkpoint as checkpoint_file
+from aiodq.protocol.algorithms import MODEL_LIMIT, TrainConfig, starting_point
+from aiodq.protocol.dataset import Dataset
+from aiodq.protocol.recovery import Checkpoint
+
+from .cluster import A9A_HEAD
+from .cluster import aiodq as run_aiodq
+
+
+def full_loss(data: Dataset, x: np.ndarray, l2: float) -> float:
+    """F(x) for logistic regression on ``data``, from the objective's own sum."""
+    loss, _ = aiodq.LogisticRegression(data.features, data.labels).loss_grad(x)
+    return float(loss) / data.samples + 0.5 * l2 * float(x @ x)
+
+
+def head() -> Dataset:
+    return aiodq.load_dataset(str(A9A_HEAD))
+
+
+def head_dim() -> int:
+    data = head()
+    return aiodq.LogisticRegression(data.features, data.labels).dim
+
+
+def test_a_run_started_from_a_model_npz_begins_where_that_run_ended(tmp_path: Path) -> None:
+    """The second run's first loss is F at the first run's model (its last loss), and it trains on."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ("--data", str(A9A_HEAD), "--workers", "2", "--no-progress")
+    result = run_aiodq("run", *common, "--epochs", "2", "--out", str(first))
+    assert result.returncode == 0, result.stderr
+    result = run_aiodq(
+        "run", *common, "--epochs", "2", "--out", str(second), "--start-from", str(first / "model.npz")
+    )
+    assert result.returncode == 0, result.stderr
+    before = json.loads((first / "result.json").read_text())
+    after = json.loads((second / "result.json").read_text())
+    model, _ = aiodq.load_model(first / "model.npz")
+    expected = full_loss(head(), model, after["config"]["l2"])
+    assert after["trace"][0]["loss"] == pytest.approx(expected, rel=1e-12)
+    assert after["trace"][0]["loss"] == pytest.approx(before["trace"][-1]["loss"], rel=1e-12)
+    # x_0 = 0 gives log 2; the warm start is far below it and still goes down.
+    assert after["trace"][0]["loss"] < 0.9 * np.log(2)
+    assert after["trace"][-1]["loss"] <= after["trace"][0]["loss"]
+    assert after["provenance"]["command"][-2:] == ["--start-from", str(first / "model.npz")]
+
+
+@pytest.mark.asyncio
+async def test_run_local_starts_from_a_npy_vector(tmp_path: Path) -> None:
+    """A .npy vector (weights from elsewhere) is x_0; the trace's first loss is F there."""
+    data = head()
+    x0 = np.random.default_rng(5).normal(scale=0.1, size=head_dim())
+    path = tmp_path / "weights.npy"
+    np.save(path, x0)
+    config = TrainConfig(epochs=1)
+    result = await aiodq.run_local(config, data=A9A_HEAD, workers=2, start_from=path, timeout=120)
+    assert result.ok, result.failure
+    # The snapshot travels as float32 (docs/algorithms.md: "Full precision is float32 on the wire"):
+    # the workers evaluate F at x_0 so rounded.
+    at = x0.astype(np.float32).astype(np.float64)
+    assert result.trace[0].loss == pytest.approx(full_loss(data, at, config.l2), rel=1e-12)
+
+
+@pytest.mark.asyncio
+async def test_run_local_refuses_a_vector_of_another_size_before_any_worker_starts() -> None:
+    config = TrainConfig(epochs=1)
+    with pytest.raises(UsageError, match="the model to start from has 3 parameters; LogisticRegression has"):
+        await aiodq.run_local(config, data=A9A_HEAD, workers=2, start_from=np.zeros(3), timeout=120)
+    with pytest.raises(UsageError, match="start_from starts a new run; resume continues"):
+        await aiodq.run_local(config, data=A9A_HEAD, start_from=np.zeros(3), checkpoint="c", resume=True)
+
+
+class NoInitial:
+    """An objective whose ``initial`` must not be called: a warm start replaces it."""
+
+    dim, samples = 2, 2
+
+    def initial(self, rng: np.random.Generator) -> np.ndarray:
+        raise AssertionError("initial() called")
+
+    def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
+        count = 2 if rows is None else len(rows)  # type: ignore[arg-type]
+        return 0.5 * count * float(x @ x), count * x
+
+
+def test_starting_point_takes_start_from_in_place_of_initial() -> None:
+    config = TrainConfig()
+    np.testing.assert_array_equal(starting_point(config, NoInitial(), [1.0, -2.0]), [1.0, -2.0])
+    with pytest.raises(ValueError, match="has 3 parameters; NoInitial has 2"):
+        starting_point(config, NoInitial(), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="finite values, got 1 of them NaN"):
+        starting_point(config, NoInitial(), [1.0, np.nan])
+    with pytest.raises(ValueError, match=r"beyond .* more than a MODEL carries"):
+        starting_point(config, NoInitial(), [1.0, 2 * MODEL_LIMIT])
+    with pytest.raises(TypeError, match="start_from needs an Objective"):
+        starting_point(config, [0.0, 0.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="takes x_0 from it"):
+        aiodq.Master(config, NoInitial(), workers=1, checkpoint="c", resume=True, start_from=[1.0, 2.0])
+
+
+def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = TrainConfig()
+    np.save(tmp_path / "v.npy", np.arange(4.0))
+    np.testing.assert_array_equal(read_start(tmp_path / "v.npy", config, 4), np.arange(4.0))
+    with pytest.raises(UsageError, match=r"v.npy holds 4 parameters; --model logistic on this data has 5"):
+        read_start(tmp_path / "v.npy", config, 5)
+    np.save(tmp_path / "objects.npy", np.array([{}], dtype=object))
+    with pytest.raises(UsageError, match="Object arrays cannot be loaded"):
+        read_start(tmp_path / "objects.npy", config)
+    np.save(tmp_path / "matrix.npy", np.zeros((2, 2)))
+    with pytest.raises(UsageError, match=r"got shape \(2, 2\)"):
+        read_start(tmp_path / "matrix.npy", config)
+    (tmp_path / "text.npy").write_text("1 2 3\n")
+    with pytest.raises(UsageError, match=r"neither a run's model\.npz nor a \.npy file"):
+        read_start(tmp_path / "text.npy", config)
+    with pytest.raises(UsageError, match="No such file"):
+        read_start(tmp_path / "missing.npz", config)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(UsageError, match=r"an \.npz archive without aiodq's metadata"):
+        read_start(tmp_path / "other.npz", config)
+    # A checkpoint is an aiodq .npz too, but not a model file: the message points at --resume.
+    checkpoint_file.save(tmp_path / "run.ckpt", Checkpoint({"x": np.zeros(3)}, {"phase": "inner"}))
+    with pytest.raises(UsageError, match=r"not an aiodq model file \(a checkpoint is continued with"):
+        read_start(tmp_path / "run.ckpt", config)
+
+
+def test_a_model_trained_as_another_model_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    result = run_aiodq("run", "--data", str(A9A_HEAD), "--workers", "1", "--epochs", "1",
+                       "--out", str(out), "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with caplog.at_level(logging.WARNING, logger="aiodq.models"):
+        x0 = read_start(out / "model.npz", TrainConfig(model="my_models:Linear"), head_dim())
+    assert x0.shape == (head_dim(),)
+    assert "was trained as --model logistic; this run trains my_models:Linear" in caplog.text
+
+
+def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    np.save(tmp_path / "three.npy", np.zeros(3))
+    for extra, expected in (
+        (("--checkpoint", str(tmp_path / "c"), "--resume"), "--start-from starts a new run; --resume"),
+        ((), f"three.npy holds 3 parameters; --model logistic on this data has {head_dim()}"),
+    ):
+        for command in ("run", "master"):
+            listen = ("--listen", "127.0.0.1:0", "--workers", "1") if command == "master" else ()
+            result = run_aiodq(command, "--data", str(A9A_HEAD), "--out", str(out), *listen,
+                               "--start-from", str(tmp_path / "three.npy"), *extra)  # fmt: skip
+            assert result.returncode == 2, (command, result.stderr)
+            assert expected in result.stderr, (command, result.stderr)
+            assert not out.exists()
