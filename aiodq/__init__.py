@@ -89,7 +89,7 @@ if TYPE_CHECKING:
     )
     from .launch.local import run_local
     from .launch.ray import run_ray
-    from .launch.results import load_model
+    from .launch.results import load_model, write_results
 
 
 #: Names resolved on first use, with the module that defines them (they need scipy or rich).
@@ -103,6 +103,7 @@ _LAZY = {
     "run_local": "aiodq.launch.local",
     "run_ray": "aiodq.launch.ray",
     "load_model": "aiodq.launch.results",
+    "write_results": "aiodq.launch.results",
 }
 
 
@@ -195,4 +196,5 @@ __all__ = [
     "shard",
     "simulate",
     "sparsify",
+    "write_results",
 ]

@@ -15,11 +15,7 @@ import asyncio
 
 import numpy as np
 
-from aiodq.data import load_bundled_a9a
-from aiodq.net.master import Master
-from aiodq.net.worker import run_worker
-from aiodq.protocol.algorithms import TrainConfig
-from aiodq.protocol.dataset import shard
+from aiodq import Master, TrainConfig, load_bundled_a9a, run_worker, shard
 
 
 async def other_work(stop: asyncio.Event, ticks: list[float]) -> None:

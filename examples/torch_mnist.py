@@ -36,14 +36,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from aiodq.config import ConnectionConfig
-from aiodq.data import load_dataset, load_test_dataset
-from aiodq.launch.results import write_results
-from aiodq.net.master import Master
-from aiodq.net.worker import run_worker
-from aiodq.protocol.algorithms import ALGORITHMS, TrainConfig
-from aiodq.protocol.dataset import shard
-from aiodq.protocol.result import RunResult
+from aiodq import (
+    ALGORITHMS,
+    ConnectionConfig,
+    Master,
+    RunResult,
+    TrainConfig,
+    load_dataset,
+    load_test_dataset,
+    run_worker,
+    shard,
+    write_results,
+)
 from aiodq.torch import TorchObjective
 
 #: The model's name in TrainConfig.model and in the objective (also ``aiodq run --model``'s spec).
