@@ -311,11 +311,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shard_values_joined(argv: list[str]) -> list[str]:
+    """``--shard -1/2`` as ``--shard=-1/2``, so that the message says what is wrong with the shard.
+
+    argparse takes a value that starts with ``-`` and is not a number for an option (``expected one
+    argument``).
+    """
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] == "--shard" and token.startswith("-") and "/" in token:
+            joined[-1] = f"--shard={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the log's first line
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_shard_values_joined(given))
+    args.argv = given  # for the log's first line
     args.started = time.time()  # (a checkpoint written since is this command's: _kept)
     if _MISSING is not None and args.command != "demo":
         print(

@@ -65,3 +65,16 @@ def test_an_address_says_what_is_wrong_with_it() -> None:
     for text in ("127.0.0.1", ":7000", "host:port"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"^expected HOST:PORT"):
             parse_address(text)
+
+
+@pytest.mark.parametrize("shard", ["-1/2", "-0/1", "-3/-2"])
+def test_a_shard_that_starts_with_a_minus_gets_the_shards_message(
+    shard: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse took ``-1/2`` for an option and said ``expected one argument``."""
+    from aiodq.cli import main  # noqa: PLC0415 - the cli extra
+
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--connect", "127.0.0.1:9", "--shard", shard])
+    assert exited.value.code == 2
+    assert f"argument --shard: expected I/M with 0 <= I < M, got '{shard}'" in capsys.readouterr().err
