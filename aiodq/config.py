@@ -156,6 +156,12 @@ class MasterConfig:
         "seconds before the shard of a worker removed for what it sent may join again; doubles with "
         "each removal, up to 60 (0: no wait)",
     )
+    connection_rate: float = option(
+        0.0,
+        "new connections a second from one address (an IPv6 one: its /64) after a burst of twice the "
+        "workers plus 16; more are closed as they arrive (0: no limit; workers that share the address "
+        "of one that reconnects too often are shut out with it)",
+    )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.guard) and self.guard >= 0):
@@ -169,6 +175,10 @@ class MasterConfig:
         if not (math.isfinite(self.rejoin_backoff) and self.rejoin_backoff >= 0):
             raise ValueError(
                 f"rejoin_backoff must be 0 (off) or positive seconds, got {self.rejoin_backoff!r}"
+            )
+        if not (math.isfinite(self.connection_rate) and self.connection_rate >= 0):
+            raise ValueError(
+                f"connection_rate must be 0 (no limit) or positive, got {self.connection_rate!r}"
             )
         if not isinstance(self.max_unauthenticated, int) or self.max_unauthenticated < 1:
             raise ValueError(

@@ -40,6 +40,7 @@ __all__ = [
     "finished_run",
     "load",
     "lock",
+    "read_limit",
     "remove_stale",
     "resumable",
     "save",
@@ -227,6 +228,15 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
             f"the checkpoint {path} holds a run that has not finished{where}: resume it (--resume), "
             "or remove the file to start afresh"
         )
+
+
+def read_limit(dim: int, epochs: int) -> int:
+    """The most a checkpoint of a run of ``dim`` parameters and ``epochs`` epochs takes once read.
+
+    Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at most 100
+    reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
+    """
+    return 64 * dim + (4 << 20) + 1024 * epochs
 
 
 def check_data(path: str | Path, saved: object, fingerprint: str | None) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from ..protocol.coordinator import Coordinator
 from ..version import __version__
 
-__all__ = ["INTERVAL", "LINES_PER_INTERVAL", "Logbook", "peer_name", "printable", "provenance"]
+__all__ = ["INTERVAL", "LINES_PER_INTERVAL", "Logbook", "peer_host", "peer_name", "printable", "provenance"]
 
 _log = logging.getLogger("aiodq.master")
 
@@ -47,6 +47,12 @@ def peer_name(writer: asyncio.StreamWriter) -> str:
         host, port = str(peer[0]), int(peer[1])
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(peer)
+
+
+def peer_host(writer: asyncio.StreamWriter) -> str | None:
+    """The address of a connection's peer (None if it has none: a Unix socket, say)."""
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 class _Budget:

@@ -12,7 +12,8 @@ While it runs, ``master.coordinator`` shows the trace, the traffic and the model
 
 What no peer can do (docs/security.md): make a connection handler raise (an unexpected failure closes
 that connection with INTERNAL_ERROR and one log line); hold more than ``MasterConfig.max_unauthenticated``
-connections in their handshake (more are closed as they arrive); keep a finished master alive (once
+connections in their handshake, or open more than ``connection_rate`` a second from one address after a
+burst (more are closed as they arrive); keep a finished master alive (once
 training ends it stops accepting and gives the workers' CLOSE exchanges at most the close timeout, then
 drops whatever is left); fill the log (peers that never join are counted, not logged one by one, and
 reason texts are logged escaped and cut); or hold the others up with a flood of valid frames (each
@@ -32,13 +33,14 @@ from threadpoolctl import threadpool_limits
 
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
+from ..protocol.admission import ConnectionRate
 from ..protocol.algorithms import TrainConfig, starting_point
 from ..protocol.coordinator import Coordinator
 from ..protocol.objectives import Objective
 from ..protocol.result import STOPPED, RunResult
 from . import checkpoint as checkpoint_file
 from .listener import Listener
-from .logbook import Logbook, peer_name, printable, provenance
+from .logbook import Logbook, peer_host, peer_name, printable, provenance
 from .tls import reporting_ssl_objects
 
 __all__ = ["Master", "printable", "provenance"]
@@ -158,6 +160,7 @@ class Master:
         self._finished_at: float | None = None
         self._closing = self._closed = False
         self._accepted = 0
+        self._rate = ConnectionRate(self.master_config.connection_rate, 2 * workers + 16)
         self._logbook = Logbook(self._now)
         self._started = 0.0
         self._provenance: dict[str, Any] = {}
@@ -222,10 +225,7 @@ class Master:
         """Resume from ``path`` (``resume``), or check that it may be overwritten and write the first one."""
         assert self.coordinator is not None
         if checkpoint_file.remove_stale(path):
-            _log.info(
-                "removed temporary checkpoint files an interrupted run left next to %s",
-                path,
-            )
+            _log.info("removed temporary checkpoint files an interrupted run left next to %s", path)
         if self._resume:
             limit = self._checkpoint_bytes()
             saved = checkpoint_file.load(path, max_bytes=limit)
@@ -254,13 +254,8 @@ class Master:
         self.write_checkpoint()
 
     def _checkpoint_bytes(self) -> int:
-        """The most a checkpoint of this run takes once read.
-
-        Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at most 100
-        reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
-        """
         assert self.coordinator is not None
-        return 64 * self.coordinator.dim + (4 << 20) + 1024 * self.config.epochs
+        return checkpoint_file.read_limit(self.coordinator.dim, self.config.epochs)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -412,6 +407,9 @@ class Master:
             return
         if self._unadmitted() >= self.master_config.max_unauthenticated:
             self._refuse(writer, "too many connections in their handshake")
+            return
+        if not self._rate.admit(peer_host(writer), self._now()):
+            self._refuse(writer, "too many new connections from one address")
             return
         self._handlers.add(task)
         try:
@@ -591,9 +589,7 @@ class Master:
         self._last_checkpoint = self._now()
         self._checkpointed = self._progress()
         self._checkpoint_failure = None
+        state = self.coordinator.state
         _log.info(
-            "checkpoint written to %s (epoch %d, version %d)",
-            self._checkpoint,
-            self.coordinator.state.epoch,
-            self.coordinator.state.version,
+            "checkpoint written to %s (epoch %d, version %d)", self._checkpoint, state.epoch, state.version
         )

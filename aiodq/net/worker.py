@@ -311,7 +311,10 @@ async def _session(
             if ssl is not None:
                 reason += " (a master with mutual TLS refuses a worker without a client certificate)"
             else:  # (a TLS master reads the HELLO as a broken TLS handshake and drops it)
-                reason += " (a master with TLS needs aiodq worker --tls, run_worker(ssl=...))"
+                reason += (
+                    " (a master with TLS needs aiodq worker --tls, run_worker(ssl=...); any master closes"
+                    " connections beyond its --max-unauthenticated or --connection-rate at once)"
+                )
         else:
             reason = f"{how} without CLOSE"
     return WorkerResult(code, reason, session.gradients_sent, session.failed, session.config is not None)

@@ -16,10 +16,16 @@ Only removals that blame the worker start one (:attr:`~aiodq.protocol.guard.Refu
 and :func:`penalised`): not a timeout, a report out of line with the others' (an honest worker's is,
 against a liar's), a report or update that the model's state makes overflow, or the master's own
 failure; nor a session the worker or its transport ended (security.md says why not).
+
+A worker that joins and leaves by itself, over and over, starts no back-off (nothing it sent is
+refused), and each session costs the master a handshake and a copy of x_snap.  :class:`ConnectionRate`
+bounds that, and a flood of connections from strangers, by address: the master closes a new
+connection at once when its address (an IPv6 one by its /64) has opened too many of late.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from ..codec.events import Hello
@@ -29,7 +35,7 @@ from .guard import Refusal, refuse_claim, refuse_encodings
 from .members import Member
 from .trainconfig import TrainConfig
 
-__all__ = ["FORGIVEN_AFTER", "LONGEST_BACKOFF", "Admission", "RejoinBackoff", "penalised"]
+__all__ = ["FORGIVEN_AFTER", "LONGEST_BACKOFF", "Admission", "ConnectionRate", "RejoinBackoff", "penalised"]
 
 #: The longest back-off, in seconds (or the first, if longer).
 LONGEST_BACKOFF = 60.0
@@ -125,3 +131,66 @@ class Admission:
                 self._backoff.start(member.shard, f"was removed for {cause.code.name}", now)
         elif cause is not None and penalised(cause):
             self._backoff.start(member.shard, f"was removed for {code_name(cause)}", now)
+
+
+class ConnectionRate:
+    """New connections by peer address, a token bucket each: ``burst`` at once, then ``rate`` a second.
+
+    An address starts with a full bucket; each connection admitted takes a token, and the bucket
+    refills at ``rate`` tokens a second up to ``burst``.  IPv6 addresses count by their /64 (one
+    host commonly holds a whole /64); IPv4 ones, and IPv4-mapped IPv6 ones, by the address.  A
+    rate of 0 admits every connection.  The buckets of at most :data:`MAX_ADDRESSES` addresses are
+    kept: past that, the full ones are forgotten (they would admit as a new one does), and if none
+    is, the fullest half (an attacker with more addresses than that is bounded by the handshake
+    limit instead, ``MasterConfig.max_unauthenticated``).
+    """
+
+    __slots__ = ("_buckets", "_burst", "_rate")
+
+    #: The most addresses whose buckets are kept.
+    MAX_ADDRESSES = 4096
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if not rate >= 0 or burst < 1:
+            raise ValueError(f"a connection rate needs rate >= 0 and burst >= 1, got {rate!r} and {burst!r}")
+        self._rate, self._burst = rate, float(burst)
+        #: Tokens left and the time they were counted, by address key.
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def admit(self, address: str | None, now: float) -> bool:
+        """Whether a connection from ``address`` (None: unknown, admitted) at ``now`` may be served."""
+        if not self._rate or address is None:
+            return True
+        key = _address_key(address)
+        tokens, then = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        if key not in self._buckets and len(self._buckets) >= self.MAX_ADDRESSES:
+            self._forget(now)
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+    def _forget(self, now: float) -> None:
+        """Drop the buckets that have refilled; if none has, the fullest half."""
+        level = {
+            key: min(self._burst, tokens + (now - then) * self._rate)
+            for key, (tokens, then) in self._buckets.items()
+        }
+        full = [key for key, tokens in level.items() if tokens >= self._burst]
+        for key in full or sorted(level, key=level.__getitem__)[len(level) // 2 :]:
+            del self._buckets[key]
+
+
+def _address_key(address: str) -> str:
+    """The address an IPv4 peer is counted by, the /64 an IPv6 one is; anything else as it is."""
+    try:
+        parsed = ipaddress.ip_address(address.partition("%")[0])  # (a scope id: fe80::1%eth0)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)

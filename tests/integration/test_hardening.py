@@ -125,7 +125,8 @@ async def test_a_flood_of_strangers_leaves_bounded_records_and_no_forged_log_lin
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """2,000 unauthenticated HELLO + CLOSE (1 KiB reasons with a forged log line): the errors kept,
-    the summary, the checkpoint and the log stay bounded; peer text is escaped; training is unaffected."""
+    the summary, the checkpoint and the log stay bounded; peer text is escaped; training is unaffected.
+    (With no connection rate, the default: strangers from many addresses get as far as these.)"""
     caplog.set_level(logging.INFO, logger="aiodq")
     path = tmp_path / "run.ckpt"
     reason = (FORGED * 20)[:1000]
@@ -157,6 +158,34 @@ async def test_a_flood_of_strangers_leaves_bounded_records_and_no_forged_log_lin
     assert all("\n" not in m and "\r" not in m for m in messages)
     assert not any(m.startswith("2026-12-03") or m.startswith("epoch 3: loss 0.000001") for m in messages)
     assert any("more protocol errors" in m for m in messages), messages[-5:]
+
+
+@pytest.mark.asyncio
+async def test_connections_from_one_address_beyond_its_rate_are_closed_as_they_arrive() -> None:
+    """With connection_rate 2, 500 strangers from 127.0.0.1: past the burst (2 M + 16 = 20) and 2 a
+    second, each is closed at once, before its handshake; honest workers from the same address,
+    retrying once the flood is over, still train."""
+    connection = ConnectionConfig(secret=SECRET)
+    loop = asyncio.get_running_loop()
+    limited = MasterConfig(connection_rate=2.0)
+    async with Master(
+        TrainConfig(epochs=2), X0, workers=2, connection_config=connection, master_config=limited
+    ) as master:
+        host, port = master.address
+        began = loop.time()
+        await _flood(host, port, 500, "flood")
+        await wait_until(lambda: master.accepted >= 500, 30, "the flood's connections")
+        seconds = loop.time() - began
+        tasks = start_workers(host, port, [0, 1], 2, connection_config=connection, retry_for=30)
+        results = await finish(tasks, TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
+    trained(summary, results, 2)
+    # The token bucket's bound: 20 at once, 2 a second since (the master's clock started earlier,
+    # so the flood's own time bounds it from above).
+    handshakes = summary["unadmitted"]["connections"]  # (the workers' refused attempts never got one)
+    assert handshakes <= 20 + 2 * seconds + 1, (handshakes, seconds)
+    refused = summary["refused_connections"]["too many new connections from one address"]
+    assert refused >= 500 - (20 + 2 * seconds + 1), (refused, seconds)
 
 
 @pytest.mark.asyncio

@@ -266,7 +266,8 @@ async def test_a_worker_without_tls_is_told_that_the_master_may_need_it(pki: dic
     assert plain.code == ErrorCode.PROTOCOL_ERROR
     assert plain.reason == (
         "the master closed the connection before answering HELLO "
-        "(a master with TLS needs aiodq worker --tls, run_worker(ssl=...))"
+        "(a master with TLS needs aiodq worker --tls, run_worker(ssl=...); any master closes"
+        " connections beyond its --max-unauthenticated or --connection-rate at once)"
     ), plain.reason
 
 

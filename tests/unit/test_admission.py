@@ -28,6 +28,7 @@ from aiodq.protocol.admission import (
     FORGIVEN_AFTER,
     LONGEST_BACKOFF,
     Admission,
+    ConnectionRate,
     RejoinBackoff,
     penalised,
 )
@@ -392,3 +393,57 @@ def test_the_log_says_which_side_raised_each_code(caplog: pytest.LogCaptureFixtu
     assert len(raised) == 1 and re.fullmatch(rf"worker {second} \(shard 1/2\): [A-Z_]+: .+", raised[0]), (
         raised
     )
+
+
+# -- the connection rate by address --------------------------------------------------------------
+
+
+def test_an_address_gets_its_burst_at_once_then_the_rate() -> None:
+    """A bucket of 3 tokens refilled at 2 a second: 3 at t = 0, then one more every 0.5 s."""
+    rate = ConnectionRate(2.0, 3)
+    assert [rate.admit("10.0.0.1", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert not rate.admit("10.0.0.1", 0.4)  # 0.8 of a token
+    assert rate.admit("10.0.0.1", 0.5)  # 1.0 (the refused attempts took none)
+    assert not rate.admit("10.0.0.1", 0.5)
+    assert [rate.admit("10.0.0.1", 10.0) for _ in range(4)] == [True, True, True, False]  # full again, not 20
+    assert rate.admit("10.0.0.2", 0.5)  # another address has its own bucket
+
+
+def test_ipv6_peers_count_by_their_64_and_mapped_ipv4_ones_by_the_address() -> None:
+    rate = ConnectionRate(1.0, 2)
+    assert rate.admit("2001:db8::1", 0.0) and rate.admit("2001:db8::ffff:2", 0.0)
+    assert not rate.admit("2001:db8:0:0:abcd::3", 0.0)  # the same /64
+    assert rate.admit("2001:db8:0:1::1", 0.0)  # the next /64
+    assert rate.admit("192.0.2.7", 0.0) and rate.admit("::ffff:192.0.2.7", 0.0)
+    assert not rate.admit("192.0.2.7", 0.0)
+    assert rate.admit("fe80::1%eth0", 0.0) and rate.admit("fe80::2%eth1", 0.0)
+    assert not rate.admit("fe80::3", 0.0)  # (the scope id names no other network)
+    assert rate.admit("not an address", 0.0) and rate.admit("not an address", 0.0)
+    assert not rate.admit("not an address", 0.0)
+
+
+def test_no_rate_or_no_address_admits_everything() -> None:
+    off = ConnectionRate(0.0, 1)
+    assert all(off.admit("10.0.0.1", 0.0) for _ in range(1000))
+    on = ConnectionRate(1.0, 1)
+    assert all(on.admit(None, 0.0) for _ in range(1000))
+    for rate, burst in ((-1.0, 1), (float("nan"), 1), (1.0, 0)):
+        with pytest.raises(ValueError, match="a connection rate needs rate >= 0 and burst >= 1"):
+            ConnectionRate(rate, burst)
+
+
+def test_the_buckets_kept_are_bounded_and_the_emptiest_stay() -> None:
+    """Past MAX_ADDRESSES the refilled buckets go; if none has refilled, the fullest half."""
+    limit = ConnectionRate.MAX_ADDRESSES
+    rate = ConnectionRate(1.0, 2)
+    for index in range(limit):
+        assert rate.admit(f"10.{index >> 16}.{(index >> 8) & 255}.{index & 255}", 0.0)
+    assert rate.admit("10.0.0.0", 0.0) and not rate.admit("10.0.0.0", 0.0)  # emptied, kept
+    assert rate.admit("192.0.2.1", 0.5)  # a new address past the limit: nothing has refilled
+    assert len(rate._buckets) == limit // 2 + 1
+    assert not rate.admit("10.0.0.0", 0.5)  # the emptiest bucket was kept (0.5 of a token)
+    rate = ConnectionRate(1.0, 2)
+    for index in range(limit):
+        assert rate.admit(f"10.{index >> 16}.{(index >> 8) & 255}.{index & 255}", 0.0)
+    assert rate.admit("192.0.2.2", 1.0)  # by now every bucket has refilled: all forgotten
+    assert len(rate._buckets) == 1
