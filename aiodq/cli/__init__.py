@@ -319,8 +319,9 @@ def _shard_values_joined(argv: list[str]) -> list[str]:
     """
     joined: list[str] = []
     for token in argv:
-        if joined and joined[-1] == "--shard" and token.startswith("-") and "/" in token:
-            joined[-1] = f"--shard={token}"
+        option = joined[-1] if joined else ""
+        if len(option) >= 4 and "--shard".startswith(option) and token.startswith("-") and "/" in token:
+            joined[-1] = f"{option}={token}"  # (argparse takes an abbreviation: --shar, say)
         else:
             joined.append(token)
     return joined

@@ -245,7 +245,7 @@ async def run_local(
     if start_from is not None and resume:
         raise UsageError("start_from starts a new run; resume continues the checkpoint's")
     if isinstance(start_from, str | os.PathLike):
-        start_from = read_start(start_from, config)
+        start_from = read_start(start_from, config, option="start_from")
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
@@ -345,7 +345,7 @@ async def run_cluster(
             data_fingerprint=data_fingerprint(dataset, checkpoint),
             start_from=start_from,
         )
-    except ValueError as exc:  # a start_from of another size, say
+    except (TypeError, ValueError) as exc:  # a start_from of another size, say
         raise UsageError(str(exc)) from exc
     restarts = 0
 

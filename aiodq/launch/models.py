@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import RunError, UsageError, raised_at
-from ..protocol.algorithms import TrainConfig, check_start, starting_point
+from ..errors import CheckpointError, RunError, UsageError, raised_at
+from ..net import checkpoint as checkpoint_file
+from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, class_count, labels_for
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
+from ..protocol.start import check_start, starting_point
 from .results import load_model
 
 __all__ = ["import_root", "load_factory", "objective_for", "read_start", "test_scores"]
@@ -170,46 +173,88 @@ def test_scores(
     }
 
 
-def read_start(path: str | Path, config: TrainConfig, dim: int | None = None) -> npt.NDArray[np.float64]:
+def read_start(
+    path: str | os.PathLike[str], config: TrainConfig, dim: int | None = None, *, option: str = "--start-from"
+) -> npt.NDArray[np.float64]:
     """x_0 for a warm start (``--start-from``): a run's ``model.npz``, or one vector in a ``.npy`` file.
 
-    The model of a ``model.npz`` is the one its run's last loss evaluates (the last snapshot).
-    With ``dim``, the vector must have that many parameters.  A model that its run trained as
-    another ``--model`` than ``config.model`` is taken, with a warning.
+    The model of a ``model.npz`` is the one its run's last loss evaluates (the last snapshot).  A
+    ``.npy`` file's header is checked (one dimension of floats or integers, ``dim`` values if
+    given, else no more than a frame can carry) before its data are read.  With ``dim``, the
+    vector must have that many parameters.  A model that its run trained as another ``--model``
+    than ``config.model`` is taken, with a warning.  ``option`` names the setting in messages.
 
     Raises:
         UsageError: if the file cannot be read or holds no such vector (the text says why).
     """
-    where = f"--start-from {path}"
+    path = Path(path)
+    where = f"{option} {path}"
     try:
         with open(path, "rb") as file:  # by content: a .npy file, or a zip (an .npz) for load_model
             magic = file.read(6)
-        values = np.load(path, allow_pickle=False) if magic == b"\x93NUMPY" else None
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # an array of objects
-        raise UsageError(f"{where}: {exc}") from None
     trained = None
-    if values is None:
-        if not magic.startswith(b"PK"):
-            raise UsageError(f"{where}: neither a run's model.npz nor a .npy file")
+    if magic == b"\x93NUMPY":
+        values: Any = _npy_vector(path, where, dim)
+    elif magic.startswith(b"PK"):
         try:
             values, meta = load_model(path)
         except RunError as exc:
-            checkpoint = str(exc).endswith("not an aiodq model file")
-            hint = " (a checkpoint is continued with --checkpoint FILE --resume)" if checkpoint else ""
-            raise UsageError(f"--start-from: {exc}{hint}") from None
+            raise UsageError(f"{option}: {exc}{_not_a_model(path)}") from None
         trained = (meta.get("config") or {}).get("model")
-    try:
-        x0 = check_start(values)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{where}: {exc}") from None
-    if dim is not None and x0.shape[0] != dim:
+    else:
+        raise UsageError(f"{where}: neither a run's model.npz nor a .npy file")
+    if dim is not None and np.ndim(values) == 1 and len(values) != dim:
         model = f" (a {trained} model)" if trained else ""
         raise UsageError(
-            f"{where} holds {x0.shape[0]:,} parameters{model}; "
+            f"{where} holds {len(values):,} parameters{model}; "
             f"--model {config.model} on this data has {dim:,}"
         )
+    try:
+        x0 = check_start(values, "its model" if trained is not None else "its array")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
     if trained is not None and trained != config.model:
         _log.warning("%s was trained as --model %s; this run trains %s", where, trained, config.model)
     return x0
+
+
+#: The most values a ``.npy`` starting point may hold without a dimension to check against: the
+#: largest model a frame carries as RAW_F64 (wire-format.md 3).
+_MOST_VALUES = (0xFFFF_FFFF - 64) // 8
+
+
+def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[Any]:
+    """The vector in a ``.npy`` file, its header checked before its data are read (mapped, then copied)."""
+    try:
+        mapped: npt.NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # a file's header is parsed here: any failure is one line
+        text = " ".join(str(exc).split())
+        raise UsageError(f"{where}: not a readable .npy file ({text[:200]})") from None
+    if mapped.dtype.kind not in "fiu" or mapped.ndim != 1:
+        kind = f"{mapped.dtype} values" if mapped.dtype.kind not in "fiu" else f"shape {mapped.shape}"
+        raise UsageError(f"{where}: its array must be one vector of numbers (floats or integers), not {kind}")
+    if mapped.shape[0] > _MOST_VALUES:
+        raise UsageError(
+            f"{where}: {mapped.shape[0]:,} values, more than a model can have ({_MOST_VALUES:,})"
+        )
+    if dim is not None and mapped.shape[0] != dim:
+        return mapped  # (read_start says so, from its shape: nothing is read)
+    try:
+        return np.array(mapped)
+    except OSError as exc:  # (an I/O error reading the data)
+        raise UsageError(f"{where}: {exc.strerror or exc}") from None
+
+
+def _not_a_model(path: str | Path) -> str:
+    """A hint for an aiodq file that is not a model file: a checkpoint, or a records file."""
+    try:
+        meta = checkpoint_file.load(path, arrays=False).meta
+    except CheckpointError:
+        return ""
+    if meta.get("phase") is not None:
+        return " (a checkpoint is continued with --checkpoint FILE --resume)"
+    if meta.get("content") == "model records":
+        return " (a records file: save one of its models, np.load(FILE)['models'][i], as a .npy file)"
+    return ""

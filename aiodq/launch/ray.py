@@ -41,6 +41,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
 from .common import as_it_stood, checkpoint_note, live_display, progress_table
+from .models import read_start
 from .ray_actors import MasterActor, Secret, WorkerActor
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -95,7 +96,7 @@ async def run_ray(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_interval: float = 60.0,
     resume: bool = False,
-    start_from: npt.ArrayLike | None = None,
+    start_from: str | os.PathLike[str] | npt.ArrayLike | None = None,
     finished: Callable[[RunResult], None] | None = None,
     stopped: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
@@ -134,8 +135,8 @@ async def run_ray(
             before any actor is killed) and, marked done, at its end.
         checkpoint_interval: seconds between checkpoints.
         resume: continue the run ``checkpoint`` holds (same configuration and data).
-        start_from: x_0 in place of the model's own (a warm start; see ``run_local``), sent to
-            the master actor.
+        start_from: x_0 in place of the model's own (a warm start; see ``run_local``): a file
+            read here (on the driver), or the vector itself; sent to the master actor.
         finished: gets the result as soon as training has ended, before the actors' sessions end
             (``aiodq run`` writes its files then); ``summary["ray"]`` then lacks
             ``local_instance`` and ``seconds``, which the result returned has.
@@ -159,6 +160,10 @@ async def run_ray(
         raise UsageError("worker_cpus must be a positive number")
     if not timeout > 0 or max_restarts < 0:
         raise UsageError("the timeout must be positive and max_restarts not negative")
+    if start_from is not None and resume:
+        raise UsageError("start_from starts a new run; resume continues the checkpoint's")
+    if isinstance(start_from, str | os.PathLike):  # read here: the file is on the driver's machine
+        start_from = read_start(start_from, config, option="start_from")
     began = time.monotonic()
     started = local = False
     if not ray.is_initialized():

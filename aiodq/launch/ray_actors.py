@@ -122,7 +122,7 @@ class MasterActor:
                 data_fingerprint=dataset.fingerprint(),  # workers on other nodes may read other data
                 **saving,
             )
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         self._master = master  # (closed by stop() even if its start fails part way)
         await master.start()

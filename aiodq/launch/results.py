@@ -65,7 +65,7 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def write_results(result: RunResult, out: Path) -> list[Path]:
+def write_results(result: RunResult, out: str | Path) -> list[Path]:
     """Write ``result.json``, ``model.npz`` and ``loss_vs_bits.png`` into ``out``; return their paths.
 
     ``model.npz`` holds ``model`` (the trained model: the last snapshot, the point the trace's
@@ -76,6 +76,7 @@ def write_results(result: RunResult, out: Path) -> list[Path]:
     Raises:
         RunError: if they cannot be written.
     """
+    out = Path(out)
     summary = result.to_json()
     summary_file, model_file, plot_file = RESULT_FILES
     paths = [check_out(out) / summary_file, out / model_file]

@@ -34,10 +34,11 @@ from threadpoolctl import threadpool_limits
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
 from ..protocol.admission import ConnectionRate
-from ..protocol.algorithms import TrainConfig, starting_point
+from ..protocol.algorithms import TrainConfig
 from ..protocol.coordinator import Coordinator
 from ..protocol.objectives import Objective
 from ..protocol.result import STOPPED, RunResult
+from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
 from .listener import Listener
 from .logbook import Logbook, peer_host, peer_name, printable, provenance
@@ -103,11 +104,12 @@ class Master:
             data_fingerprint: what the run trains on (``Dataset.fingerprint()``), in every checkpoint
                 (``resume`` refuses one that names another) and in CONFIG (workers refuse other data).
             start_from: x_0 in place of the objective's ``initial()``: a warm start from a trained
-                model (``load_model``), not with ``resume``.
+                model (``load_model``), not with ``resume``; its digest is in the result's provenance.
         """
         if resume and (checkpoint is None or start_from is not None):
             raise ValueError("resume needs a checkpoint file, and takes x_0 from it (no start_from)")
         x0 = starting_point(config, model, start_from)
+        self._start = None if start_from is None else vector_digest(x0)  # (in provenance, checkpoints)
         if samples is None and hasattr(model, "loss_grad"):
             samples = int(getattr(model, "samples", 0)) or None
         if not checkpoint_interval > 0:
@@ -195,7 +197,7 @@ class Master:
         try:
             if self._checkpoint is not None:
                 self._open_checkpoint(self._checkpoint)
-            self._provenance = provenance()
+            self._provenance = provenance() | ({"start_from": self._start} if self._start else {})
             # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
             # stream could stall a handshake until its timeout.  The loop does not report a
             # failed handshake, so the context's SSL objects report it (tls.reporting_ssl_objects).
@@ -233,6 +235,7 @@ class Master:
                 checkpoint_file.check_data(path, saved.meta.get("data"), self._data_fingerprint)
             self.coordinator.restore(saved, 0.0)
             self._before = float(saved.meta["elapsed"])  # (checked by restore)
+            self._start = start if isinstance(start := saved.meta.get("start_from"), str) else None
             if saved.meta.get("workers") != self._workers and not self.coordinator.done:
                 _log.warning(
                     "the checkpointed run had %s workers, this one %d: its shards change from here",
@@ -573,6 +576,8 @@ class Master:
         checkpoint = self.coordinator.checkpoint(self._now())
         if self._data_fingerprint is not None:
             checkpoint.meta["data"] = self._data_fingerprint
+        if self._start is not None:
+            checkpoint.meta["start_from"] = self._start
         checkpoint_file.save(self._checkpoint, checkpoint)
         state = self.coordinator.state
         self.checkpointed = (state.epoch, state.version)

@@ -173,24 +173,43 @@ class ConnectionRate:
         return True
 
     def _forget(self, now: float) -> None:
-        """Drop the buckets that have refilled; if none has, the fullest half."""
+        """Drop the buckets that have refilled, and at least the fullest half.
+
+        So this runs at most once every :data:`MAX_ADDRESSES` / 2 new addresses, whatever they do.
+        """
         level = {
             key: min(self._burst, tokens + (now - then) * self._rate)
             for key, (tokens, then) in self._buckets.items()
         }
         full = [key for key, tokens in level.items() if tokens >= self._burst]
-        for key in full or sorted(level, key=level.__getitem__)[len(level) // 2 :]:
+        fullest = sorted(level, key=level.__getitem__)[len(level) // 2 :]
+        for key in full if len(full) > len(fullest) else fullest:
             del self._buckets[key]
 
 
 def _address_key(address: str) -> str:
-    """The address an IPv4 peer is counted by, the /64 an IPv6 one is; anything else as it is."""
+    """What a peer is counted by.
+
+    An IPv4 address (also one inside an IPv6 one: mapped, 6to4 or the NAT64 prefix 64:ff9b::/96);
+    a global IPv6 address's /64; a link-local one whole, with its scope id (every host on a link
+    has fe80::/64); anything else as it is.
+    """
+    host, _, scope = address.partition("%")
     try:
-        parsed = ipaddress.ip_address(address.partition("%")[0])  # (a scope id: fe80::1%eth0)
+        parsed = ipaddress.ip_address(host)
     except ValueError:
         return address
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return str(parsed)
+    if isinstance(parsed, ipaddress.IPv4Address):
+        return str(parsed)
+    inside = parsed.ipv4_mapped or parsed.sixtofour
+    if inside is None and parsed in _NAT64:
+        inside = ipaddress.IPv4Address(int(parsed) & 0xFFFF_FFFF)
+    if inside is not None:
+        return str(inside)
+    if parsed.is_link_local:
+        return f"{parsed}%{scope}" if scope else str(parsed)
+    return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+
+
+#: The well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 peer's address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")

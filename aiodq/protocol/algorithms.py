@@ -36,13 +36,12 @@ from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
 from ..errors import CheckpointError
-from .objectives import Objective, Rows, check_objective, difference_method, objective_name
+from .objectives import Objective, Rows, difference_method
 from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig, default_step
 
 __all__ = [
     "ALGORITHMS",
     "MODEL_LIMIT",
-    "check_start",
     "AlgorithmSpec",
     "ApplyOutcome",
     "MasterState",
@@ -50,7 +49,6 @@ __all__ = [
     "WorkerState",
     "default_step",
     "initial_model",
-    "starting_point",
 ]
 
 Array = npt.NDArray[np.floating[Any]]
@@ -356,69 +354,6 @@ def initial_model(config: TrainConfig, objective: Objective) -> Array:
     return x0
 
 
-#: How far apart :func:`check_sums` lets the sums be, relative to the two samples' own: room for a
-#: float16 model's rounding (a TorchObjective checks its float16 losses to 2e-2 too), while means are
-#: 50 % off.
-_SUM_TOLERANCE = 2e-2
-
-
-def check_sums(objective: Objective, x: npt.NDArray[np.float64]) -> None:
-    """Check ``loss_grad``'s contract at ``x`` on the first two samples.
-
-    It returns ``(loss, gradient)``, a number and ``dim`` values, sums over the rows:
-    ``loss_grad(x, [0, 1])`` must be ``loss_grad(x, [0]) + loss_grad(x, [1])`` (to 2 % of the two's
-    sizes): an objective that returns means passes every other check and trains almost nothing,
-    since the master divides the workers' sums by n (a newcomer's ridge regression reported a final
-    loss of 0.000107 while its F was 0.322, 23x F* = 0.0142, and exited 0).  Nothing is checked for
-    fewer than 2 samples.
-
-    Raises:
-        ValueError: if it returns anything else, or means, or is not a sum over its rows.
-    """
-    name = type(objective).__name__
-    if objective.samples < 2:
-        return
-    answers = []
-    for rows in ([0], [1], [0, 1]):
-        result = objective.loss_grad(x, np.array(rows, dtype=np.intp))
-        if not (isinstance(result, tuple | list) and len(result) == 2):
-            got = f"a {type(result).__name__}" + (
-                f" of {len(result)}" if isinstance(result, tuple | list) else ""
-            )
-            raise ValueError(f"{name}.loss_grad(x, rows) must return (loss, gradient), got {got}")
-        loss, gradient = result
-        if np.ndim(loss) != 0 or not isinstance(np.asarray(loss).item(), int | float):
-            raise ValueError(
-                f"{name}.loss_grad's loss must be a number, got {type(loss).__name__} {np.shape(loss)}"
-            )
-        gradient = np.asarray(gradient, dtype=np.float64)
-        if gradient.shape != (objective.dim,):
-            raise ValueError(
-                f"{name}.loss_grad's gradient must have shape ({objective.dim},), got {gradient.shape}"
-            )
-        answers.append((float(loss), gradient))
-    (first, g_first), (second, g_second), (both, g_both) = answers
-    if not all(math.isfinite(value) for value in (first, second, both)):
-        return  # (the run's own finiteness checks report a loss that is not finite)
-    apart, g_apart = first + second, g_first + g_second
-    size, g_size = abs(first) + abs(second), float(np.abs(g_first).max() + np.abs(g_second).max())
-    if (
-        abs(both - apart) <= _SUM_TOLERANCE * size + 1e-12
-        and float(np.abs(g_both - g_apart).max()) <= _SUM_TOLERANCE * g_size + 1e-12
-    ):
-        return
-    said = f"for rows [0, 1] loss {both:.6g}, for [0] and [1] alone {first:.6g} and {second:.6g}"
-    if abs(both - apart / 2) <= _SUM_TOLERANCE * size + 1e-12:
-        raise ValueError(
-            f"{name}.loss_grad(x, rows) returns the mean over the rows, not the sum ({said}): return the "
-            "sums of the losses and gradients (the master divides by n; docs/usage.md, Your own model)"
-        )
-    raise ValueError(
-        f"{name}.loss_grad(x, rows) is not a sum over the rows ({said}; or the gradients differ): f_i "
-        "must be sample i's own, with no regulariser or other term added per call (aiodq adds --l2, --l1)"
-    )
-
-
 def _non_finite(values: Array) -> str:
     """How many of ``values`` are NaN or infinite, said."""
     return f"{values.size - np.count_nonzero(np.isfinite(values))} of them NaN or infinite"
@@ -531,58 +466,3 @@ class WorkerState:
                 alpha, self._budget, self.config.bits, self._rng, exact=self.config.exact_budget
             )
         return quantize_qsgd(alpha + self.full_gradient, self.config.qsgd_levels, self._rng)
-
-
-def starting_point(
-    config: TrainConfig, model: object, start_from: npt.ArrayLike | None = None
-) -> npt.NDArray[np.float64]:
-    """x_0 from an objective (checked against ``config.model``) or from an array-like.
-
-    ``start_from`` (with an objective) replaces the objective's ``initial()``: a warm start,
-    from a trained model say; it must be the objective's dimension, finite and within
-    :data:`MODEL_LIMIT`.
-
-    Raises:
-        TypeError: for anything else.
-        ValueError: for a name that differs from ``config.model``, or a bad x_0.
-    """
-    if hasattr(model, "loss_grad"):
-        objective = check_objective(model)
-        name = objective_name(objective)
-        if name is not None and name != config.model:
-            raise ValueError(
-                f"the objective names itself {name!r} (its name attribute) but the run trains "
-                f"{config.model!r} (TrainConfig.model, --model): the two must agree"
-            )
-        x0 = check_start(initial_model(config, objective) if start_from is None else start_from)
-        if start_from is not None and x0.shape != (objective.dim,):
-            raise ValueError(
-                f"the model to start from has {x0.shape[0]:,} parameters; "
-                f"{type(objective).__name__} has {objective.dim:,}"
-            )
-        check_sums(objective, x0)
-        return x0
-    if start_from is not None:
-        raise TypeError("start_from needs an Objective (x_0 is the model itself otherwise)")
-    return check_start(model)
-
-
-def check_start(values: object) -> npt.NDArray[np.float64]:
-    """``values`` as x_0: a non-empty vector of finite floats within :data:`MODEL_LIMIT`.
-
-    Raises:
-        TypeError: if ``values`` are not numbers.
-        ValueError: if they are not such a vector (the text says how).
-    """
-    try:
-        x0 = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"the model must be an Objective or x_0 as an array-like, not {type(values).__name__}"
-        ) from exc
-    if x0.ndim != 1 or x0.size == 0 or not np.isfinite(x0).all():
-        got = _non_finite(x0) if x0.ndim == 1 and x0.size else f"shape {x0.shape}"
-        raise ValueError(f"x_0 must be a non-empty vector of finite values, got {got}")
-    if not _encodable(x0):  # a MODEL could not carry it (the master refuses updates beyond it too)
-        raise ValueError(f"x_0 holds values beyond {MODEL_LIMIT:.4g}, more than a MODEL carries")
-    return x0

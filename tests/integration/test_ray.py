@@ -436,14 +436,17 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
 
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("own_ray")
-async def test_a_ray_run_starts_from_the_vector_the_driver_sends() -> None:
-    """start_from travels to the master actor: the trace's first loss is F at x_0 (as float32, the
-    snapshot's precision on the wire), computed here from the objective."""
+async def test_a_ray_run_starts_from_the_vector_the_driver_sends(tmp_path: Path) -> None:
+    """start_from, a file the driver reads, travels to the master actor: the trace's first loss is F at
+    x_0 (as float32, the snapshot's precision on the wire), computed here from the objective."""
     data = aiodq_load(A9A_HEAD)
     objective = LogisticRegression(data.features, data.labels)
     x0 = np.random.default_rng(6).normal(scale=0.1, size=objective.dim)
+    np.save(tmp_path / "x0.npy", x0)
     config = TrainConfig(epochs=1)
-    result = await run_ray(config, str(A9A_HEAD), workers=2, bind_host=LOOPBACK, start_from=x0, timeout=120)
+    result = await run_ray(
+        config, str(A9A_HEAD), workers=2, bind_host=LOOPBACK, start_from=tmp_path / "x0.npy", timeout=120
+    )
     assert result.ok, result.failure
     at = x0.astype(np.float32).astype(np.float64)
     expected = float(objective.loss_grad(at)[0]) / data.samples + 0.5 * config.l2 * float(at @ at)

@@ -6,8 +6,10 @@ The expected losses are computed here from the objective itself: F(x) = (1/n) su
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ import pytest
 import aiodq
 from aiodq.errors import UsageError
 from aiodq.launch.models import read_start
+from aiodq.launch.results import save_records
 from aiodq.net import checkpoint as checkpoint_file
-from aiodq.protocol.algorithms import MODEL_LIMIT, TrainConfig, starting_point
+from aiodq.protocol.algorithms import MODEL_LIMIT, TrainConfig
 from aiodq.protocol.dataset import Dataset
 from aiodq.protocol.recovery import Checkpoint
+from aiodq.protocol.start import starting_point
 
 from .cluster import A9A_HEAD
 from .cluster import aiodq as run_aiodq
@@ -60,6 +64,10 @@ def test_a_run_started_from_a_model_npz_begins_where_that_run_ended(tmp_path: Pa
     assert after["trace"][0]["loss"] < 0.9 * np.log(2)
     assert after["trace"][-1]["loss"] <= after["trace"][0]["loss"]
     assert after["provenance"]["command"][-2:] == ["--start-from", str(first / "model.npz")]
+    # x_0's digest: BLAKE2b-128 of its float64 values, little-endian (docs/api.md), computed here.
+    digest = hashlib.blake2b(model.astype("<f8").tobytes(), digest_size=16).hexdigest()
+    assert after["provenance"]["start_from"] == f"blake2b:{digest}"
+    assert "start_from" not in before["provenance"]
 
 
 @pytest.mark.asyncio
@@ -76,6 +84,9 @@ async def test_run_local_starts_from_a_npy_vector(tmp_path: Path) -> None:
     # the workers evaluate F at x_0 so rounded.
     at = x0.astype(np.float32).astype(np.float64)
     assert result.trace[0].loss == pytest.approx(full_loss(data, at, config.l2), rel=1e-12)
+    # write_results takes a folder's path as text too (it took only a Path: AttributeError on mkdir).
+    paths = aiodq.write_results(result, str(tmp_path / "written"))
+    assert {path.name for path in paths} >= {"result.json", "model.npz"}
 
 
 @pytest.mark.asyncio
@@ -83,6 +94,10 @@ async def test_run_local_refuses_a_vector_of_another_size_before_any_worker_star
     config = TrainConfig(epochs=1)
     with pytest.raises(UsageError, match="the model to start from has 3 parameters; LogisticRegression has"):
         await aiodq.run_local(config, data=A9A_HEAD, workers=2, start_from=np.zeros(3), timeout=120)
+    with pytest.raises(
+        UsageError, match=r"start_from must be a vector of numbers \(floats or integers\), not <U1"
+    ):
+        await aiodq.run_local(config, data=A9A_HEAD, workers=2, start_from=["a"] * head_dim(), timeout=120)
     with pytest.raises(UsageError, match="start_from starts a new run; resume continues"):
         await aiodq.run_local(config, data=A9A_HEAD, start_from=np.zeros(3), checkpoint="c", resume=True)
 
@@ -115,20 +130,50 @@ def test_starting_point_takes_start_from_in_place_of_initial() -> None:
         aiodq.Master(config, NoInitial(), workers=1, checkpoint="c", resume=True, start_from=[1.0, 2.0])
 
 
-def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _npy_header(path: Path, header: str) -> None:
+    """A .npy file of version 1.0 with this header (padded as numpy pads it) and no data."""
+    text = header + " " * (-(len(header) + 11) % 64) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1"))
+
+
+def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(tmp_path: Path) -> None:
     config = TrainConfig()
     np.save(tmp_path / "v.npy", np.arange(4.0))
     np.testing.assert_array_equal(read_start(tmp_path / "v.npy", config, 4), np.arange(4.0))
+    np.save(tmp_path / "ints.npy", np.arange(4, dtype=np.int16))
+    assert read_start(tmp_path / "ints.npy", config, 4).dtype == np.float64
     with pytest.raises(UsageError, match=r"v.npy holds 4 parameters; --model logistic on this data has 5"):
         read_start(tmp_path / "v.npy", config, 5)
+    with pytest.raises(UsageError, match=r"^start_from .*v.npy holds 4"):  # (the API's own name)
+        read_start(tmp_path / "v.npy", config, 5, option="start_from")
+    # Anything but floats and integers: numpy would convert most of them (complex dropping its imaginary
+    # part, "1.5" as 1.5, dates as seconds), and train from it.
+    for name, values in {
+        "complex": np.ones(4, complex),
+        "text": np.array(["1.5"] * 4),
+        "bool": np.ones(4, bool),
+        "dates": np.zeros(4, "datetime64[s]"),
+        "record": np.zeros(4, [("a", "<f8")]),
+    }.items():
+        np.save(tmp_path / f"{name}.npy", values)
+        with pytest.raises(UsageError, match=r"must be one vector of numbers \(floats or integers\), not"):
+            read_start(tmp_path / f"{name}.npy", config, 4)
     np.save(tmp_path / "objects.npy", np.array([{}], dtype=object))
-    with pytest.raises(UsageError, match="Object arrays cannot be loaded"):
+    with pytest.raises(UsageError, match=r"objects.npy: not a readable \.npy file .*Python objects"):
         read_start(tmp_path / "objects.npy", config)
     np.save(tmp_path / "matrix.npy", np.zeros((2, 2)))
-    with pytest.raises(UsageError, match=r"got shape \(2, 2\)"):
+    with pytest.raises(UsageError, match=r"not shape \(2, 2\)"):
         read_start(tmp_path / "matrix.npy", config)
+    # The header is read first: a claim of 10**12 values is refused without reading (or allocating) them,
+    # and a header that does not parse is one line.
+    _npy_header(
+        tmp_path / "claims.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }"
+    )
+    with pytest.raises(UsageError, match=r"claims.npy: not a readable \.npy file \(mmap length is greater"):
+        read_start(tmp_path / "claims.npy", config, 4)
+    _npy_header(tmp_path / "parens.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': ((((1,), }")
+    with pytest.raises(UsageError, match=r"parens.npy: not a readable \.npy file"):
+        read_start(tmp_path / "parens.npy", config, 4)
     (tmp_path / "text.npy").write_text("1 2 3\n")
     with pytest.raises(UsageError, match=r"neither a run's model\.npz nor a \.npy file"):
         read_start(tmp_path / "text.npy", config)
@@ -137,10 +182,13 @@ def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(UsageError, match=r"an \.npz archive without aiodq's metadata"):
         read_start(tmp_path / "other.npz", config)
-    # A checkpoint is an aiodq .npz too, but not a model file: the message points at --resume.
+    # A checkpoint and a records file are aiodq .npz files too, but not model files: each its own hint.
     checkpoint_file.save(tmp_path / "run.ckpt", Checkpoint({"x": np.zeros(3)}, {"phase": "inner"}))
     with pytest.raises(UsageError, match=r"not an aiodq model file \(a checkpoint is continued with"):
         read_start(tmp_path / "run.ckpt", config)
+    save_records([], tmp_path / "records.npz")
+    with pytest.raises(UsageError, match=r"not an aiodq model file \(a records file: save one of its models"):
+        read_start(tmp_path / "records.npz", config)
 
 
 def test_a_model_trained_as_another_model_is_taken_with_a_warning(
@@ -170,3 +218,20 @@ def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writ
             assert result.returncode == 2, (command, result.stderr)
             assert expected in result.stderr, (command, result.stderr)
             assert not out.exists()
+
+
+@pytest.mark.asyncio
+async def test_the_start_digest_survives_a_checkpoint_and_its_resume(tmp_path: Path) -> None:
+    """A run started from a vector and resumed from its checkpoint still names x_0 in its provenance."""
+    data = head()
+    objective = aiodq.LogisticRegression(data.features, data.labels)
+    x0 = np.linspace(-0.1, 0.1, objective.dim)
+    expected = "blake2b:" + hashlib.blake2b(x0.astype("<f8").tobytes(), digest_size=16).hexdigest()
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=1)
+    async with aiodq.Master(config, objective, workers=1, checkpoint=path, start_from=x0) as master:
+        assert master.result().summary["provenance"]["start_from"] == expected
+    async with aiodq.Master(config, objective, workers=1, checkpoint=path, resume=True) as master:
+        assert master.result().summary["provenance"]["start_from"] == expected
+        assert master.coordinator is not None
+        np.testing.assert_array_equal(master.coordinator.state.x, x0)

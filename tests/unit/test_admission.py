@@ -416,8 +416,14 @@ def test_ipv6_peers_count_by_their_64_and_mapped_ipv4_ones_by_the_address() -> N
     assert rate.admit("2001:db8:0:1::1", 0.0)  # the next /64
     assert rate.admit("192.0.2.7", 0.0) and rate.admit("::ffff:192.0.2.7", 0.0)
     assert not rate.admit("192.0.2.7", 0.0)
-    assert rate.admit("fe80::1%eth0", 0.0) and rate.admit("fe80::2%eth1", 0.0)
-    assert not rate.admit("fe80::3", 0.0)  # (the scope id names no other network)
+    # Link-local: every host of a link has fe80::/64, so each address counts alone, with its scope.
+    assert rate.admit("fe80::1%eth0", 0.0) and rate.admit("fe80::1%eth0", 0.0)
+    assert not rate.admit("fe80::1%eth0", 0.0)
+    assert rate.admit("fe80::2%eth0", 0.0) and rate.admit("fe80::1%eth1", 0.0)
+    # An IPv4 peer inside IPv6 (NAT64's 64:ff9b::/96, 6to4's 2002::/16) counts as that IPv4 address.
+    assert rate.admit("198.51.100.9", 0.0) and rate.admit("64:ff9b::c633:6409", 0.0)
+    assert not rate.admit("2002:c633:6409::1", 0.0)
+    assert rate.admit("64:ff9b::c633:640a", 0.0)  # another IPv4 peer behind the same NAT64
     assert rate.admit("not an address", 0.0) and rate.admit("not an address", 0.0)
     assert not rate.admit("not an address", 0.0)
 
@@ -447,3 +453,9 @@ def test_the_buckets_kept_are_bounded_and_the_emptiest_stay() -> None:
         assert rate.admit(f"10.{index >> 16}.{(index >> 8) & 255}.{index & 255}", 0.0)
     assert rate.admit("192.0.2.2", 1.0)  # by now every bucket has refilled: all forgotten
     assert len(rate._buckets) == 1
+    # With a few refilled, the fullest half goes still: not one pass over them all per new address.
+    rate = ConnectionRate(1.0, 2)
+    for index in range(limit):
+        assert rate.admit(f"10.{index >> 16}.{(index >> 8) & 255}.{index & 255}", 0.0 if index else -1.0)
+    assert rate.admit("192.0.2.3", 0.0)  # only 10.0.0.0 (admitted at -1.0) has refilled
+    assert len(rate._buckets) == limit // 2 + 1

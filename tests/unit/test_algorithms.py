@@ -32,9 +32,9 @@ from aiodq.protocol.algorithms import (
     TrainConfig,
     WorkerState,
     rebuild_model,
-    starting_point,
 )
 from aiodq.protocol.objectives import LogisticRegression, Regularizer
+from aiodq.protocol.start import starting_point
 
 # -- TrainConfig -----------------------------------------------------------------------------------
 

@@ -67,14 +67,14 @@ def test_an_address_says_what_is_wrong_with_it() -> None:
             parse_address(text)
 
 
-@pytest.mark.parametrize("shard", ["-1/2", "-0/1", "-3/-2"])
+@pytest.mark.parametrize(("option", "shard"), [("--shard", "-1/2"), ("--shard", "-0/1"), ("--shar", "-3/-2")])
 def test_a_shard_that_starts_with_a_minus_gets_the_shards_message(
-    shard: str, capsys: pytest.CaptureFixture[str]
+    option: str, shard: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """argparse took ``-1/2`` for an option and said ``expected one argument``."""
     from aiodq.cli import main  # noqa: PLC0415 - the cli extra
 
     with pytest.raises(SystemExit) as exited:
-        main(["worker", "--connect", "127.0.0.1:9", "--shard", shard])
+        main(["worker", "--connect", "127.0.0.1:9", option, shard])
     assert exited.value.code == 2
     assert f"argument --shard: expected I/M with 0 <= I < M, got '{shard}'" in capsys.readouterr().err

@@ -431,7 +431,7 @@ def test_the_data_are_copied_not_shared() -> None:
 def test_the_masters_start_takes_a_torch_objective_of_every_precision(dtype: str) -> None:
     """starting_point's check that loss_grad sums over rows leaves room for float16's rounding (a review:
     every float16 objective was refused as 'not a sum over the rows', 20 seeds of 20)."""
-    from aiodq.protocol.algorithms import starting_point  # noqa: PLC0415
+    from aiodq.protocol.start import starting_point  # noqa: PLC0415
 
     for seed in range(5):
         features, labels = _data(seed)
