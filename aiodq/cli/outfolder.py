@@ -17,13 +17,11 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
+from ..launch.common import signals_deferred
 from ..launch.results import RESULT_FILES
 from ..net.checkpoint import lock_path
 
@@ -104,37 +102,6 @@ def release() -> None:
     if _Held.descriptor is not None:
         os.close(_Held.descriptor)
         _Held.descriptor = None
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """A stop (Ctrl-C, SIGTERM, SIGHUP) waits until the block is done: the results' files written.
-
-    Each file is written whole or not at all, but a second Ctrl-C as the results were being
-    written cost the run its model (a durability attack: 8 of 8 times); now it comes after them.
-    The three signals' handlers are swapped, process-wide, for one that notes them (blocking them
-    in this thread would not do: numpy's BLAS threads take them), then put back, and a signal that
-    came is raised again.  Only the main thread can do this; elsewhere the block runs as it is.
-    """
-    stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    noted: list[int] = []
-    try:
-        handlers: dict[int, Any] = {
-            stop: signal.signal(stop, lambda signum, frame: noted.append(signum)) for stop in stops
-        }
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for stop, handler in handlers.items():
-            signal.signal(stop, handler)
-        for came in dict.fromkeys(noted):  # each once; Ctrl-C's last, since it raises
-            if came != signal.SIGINT:
-                signal.raise_signal(came)  # (the handler put back acts on it: the loop's, or the default)
-        if signal.SIGINT in noted and callable(interrupt := handlers[signal.SIGINT]):
-            interrupt(signal.SIGINT, None)  # (Python's own raises KeyboardInterrupt: the stop, now)
 
 
 def holds_finished_run(out: Path) -> bool:

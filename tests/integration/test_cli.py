@@ -584,7 +584,7 @@ def test_a_second_command_is_refused_the_out_folder_another_holds(tmp_path: Path
 def test_a_stop_while_the_results_are_written_comes_after_them() -> None:
     """Ctrl-C (also one that arrived just before) and SIGTERM wait until the block that writes the results
     is done, then take effect (a second Ctrl-C as the results were written lost the model: 8 of 8)."""
-    from aiodq.cli.outfolder import signals_deferred  # noqa: PLC0415
+    from aiodq.launch.common import signals_deferred  # noqa: PLC0415
 
     terms: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(signum))
@@ -605,6 +605,36 @@ def test_a_stop_while_the_results_are_written_comes_after_them() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, interrupt)
+
+
+def test_a_double_ctrl_c_during_the_handover_comes_after_the_finished_hook() -> None:
+    """Two Ctrl-Cs as training ends, before the hook that writes the results has written them: the
+    KeyboardInterrupt comes once the hook is done (it came inside the hook, and the results were lost)."""
+    from aiodq.launch.common import Handover  # noqa: PLC0415
+
+    class Finished:
+        coordinator = None
+
+        def result(self) -> str:
+            return "the result"
+
+    written: list[object] = []
+
+    def finished(result: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        steps = [None for _ in range(100_000)]  # bytecodes enough for Python to run any handler due
+        written.append((result, len(steps)))
+
+    handover = Handover(Finished(), lambda result: None, finished)  # type: ignore[arg-type]
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in aiodq's process)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            handover()
+        assert written == [("the result", 100_000)]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
         signal.signal(signal.SIGINT, interrupt)
 
 
