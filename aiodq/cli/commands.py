@@ -213,6 +213,8 @@ def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dat
     Raises:
         RunError: if they cannot be written.
     """
+    if train is not None and "data" not in result.summary:  # (model.npz names it: a warm start checks it)
+        result.summary["data"] = train.fingerprint()
     if test is not None and result.trace:
         try:
             labels = None if train is None else train.labels
@@ -343,22 +345,29 @@ def _stop_reason(exc: BaseException) -> str:
     return "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}"
 
 
-def _checked_checkpoint(path: str | None, out: Path) -> None:
-    """Refuse a checkpoint path that is one of the files the run writes into ``out``."""
+def _checked_checkpoint(path: str | None, out: Path, option: str = "--checkpoint") -> None:
+    """Refuse a checkpoint (or start) path that is one of the files the run writes into ``out``."""
     if path is None:
         return
     target = os.path.realpath(path)  # (not Path.resolve: a link loop raises there, and fails later here)
     for name in (*RESULT_FILES, LOG, NEW_LOG):
         if target == os.path.realpath(out / name):
-            raise UsageError(f"--checkpoint {path}: the run writes its {name} there (--out {out})")
+            also = ": copy it elsewhere first, or give another --out" if option == "--start-from" else ""
+            raise UsageError(f"{option} {path}: the run writes its {name} there (--out {out}){also}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``aiodq run``: a cluster on this machine (or on Ray); summary, result.json, model.npz and the plot."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
+    saving = checkpoint_options(args)  # (--resume with --start-from refused before the file is read)
+    _checked_checkpoint(args.start_from, Path(args.out), "--start-from")  # (its model replaces that one)
     with _held_logs() as held:  # the label mapping, logged before aiodq.log may be written
         dataset, objective, test = _dataset_for(config, args.data, args.workers)
+        given = args.start_from
+        start = None if given is None else read_start(given, config, objective.dim, data=dataset)
+        if master_config.connection_rate and args.launcher == "local":
+            _said.warning("--connection-rate: every local worker connects from 127.0.0.1, one address to it")
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:
@@ -371,9 +380,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = ["--" + name.replace("_", "-") for name in ray_only if getattr(args, name) is not None]
     if given and args.launcher != "ray":
         raise UsageError(f"{', '.join(given)}: for --launcher ray only")
-    saving = checkpoint_options(args)
-    if args.start_from is not None:  # read and checked before --out is made
-        saving["start_from"] = read_start(args.start_from, config, objective.dim)
+    saving["start_from"] = start  # (read and checked before --out is made; None without --start-from)
     try:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
@@ -462,8 +469,10 @@ def cmd_master(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
     saving = checkpoint_options(args)
+    if args.out is not None:
+        _checked_checkpoint(args.start_from, Path(args.out), "--start-from")
     if args.start_from is not None:
-        saving["start_from"] = read_start(args.start_from, config, objective.dim)
+        saving["start_from"] = read_start(args.start_from, config, objective.dim, data=dataset)
     if args.record_every < 0:
         raise UsageError("--record-every must not be negative")
     if args.records and not args.record_every:

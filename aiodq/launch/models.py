@@ -24,7 +24,7 @@ import numpy.typing as npt
 from ..errors import CheckpointError, RunError, UsageError, raised_at
 from ..net import checkpoint as checkpoint_file
 from ..protocol.algorithms import TrainConfig
-from ..protocol.dataset import Dataset, class_count, labels_for
+from ..protocol.dataset import Dataset, class_count, labels_for, other_data
 from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
 from ..protocol.start import check_start, starting_point
 from .results import load_model
@@ -174,7 +174,12 @@ def test_scores(
 
 
 def read_start(
-    path: str | os.PathLike[str], config: TrainConfig, dim: int | None = None, *, option: str = "--start-from"
+    path: str | os.PathLike[str],
+    config: TrainConfig,
+    dim: int | None = None,
+    *,
+    option: str = "--start-from",
+    data: Dataset | None = None,
 ) -> npt.NDArray[np.float64]:
     """x_0 for a warm start (``--start-from``): a run's ``model.npz``, or one vector in a ``.npy`` file.
 
@@ -182,7 +187,9 @@ def read_start(
     ``.npy`` file's header is checked (one dimension of floats or integers, ``dim`` values if
     given, else no more than a frame can carry) before its data are read.  With ``dim``, the
     vector must have that many parameters.  A model that its run trained as another ``--model``
-    than ``config.model`` is taken, with a warning.  ``option`` names the setting in messages.
+    than ``config.model`` is taken, with a warning, as is one of a run that did not finish, and
+    (given this run's ``data``) one trained on other data, where its file says what it was trained on.
+    ``option`` names the setting in messages.
 
     Raises:
         UsageError: if the file cannot be read or holds no such vector (the text says why).
@@ -192,6 +199,9 @@ def read_start(
     try:
         with open(path, "rb") as file:  # by content: a .npy file, or a zip (an .npz) for load_model
             magic = file.read(6)
+    except IsADirectoryError:
+        inside = " (a run's model is FOLDER/model.npz)" if (path / "model.npz").is_file() else ""
+        raise UsageError(f"{where}: a folder{inside}") from None
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     trained = None
@@ -203,10 +213,12 @@ def read_start(
         except RunError as exc:
             raise UsageError(f"{option}: {exc}{_not_a_model(path)}") from None
         trained = (meta.get("config") or {}).get("model")
+        _trained_on(meta, where, data)
     else:
-        raise UsageError(f"{where}: neither a run's model.npz nor a .npy file")
+        beside = " (its model.npz is beside it)" if (path.parent / "model.npz").is_file() else ""
+        raise UsageError(f"{where}: neither a run's model.npz nor a .npy file{beside}")
     if dim is not None and np.ndim(values) == 1 and len(values) != dim:
-        model = f" (a {trained} model)" if trained else ""
+        model = f" (trained as --model {trained})" if trained else ""
         raise UsageError(
             f"{where} holds {len(values):,} parameters{model}; "
             f"--model {config.model} on this data has {dim:,}"
@@ -231,6 +243,10 @@ def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[An
         mapped: npt.NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # a file's header is parsed here: any failure is one line
         text = " ".join(str(exc).split())
+        if "Python objects" in text:
+            text = "its array holds Python objects, not numbers"
+        elif "mmap length is greater than file size" in text:
+            text = "shorter than its header says: cut off?"
         raise UsageError(f"{where}: not a readable .npy file ({text[:200]})") from None
     if mapped.dtype.kind not in "fiu" or mapped.ndim != 1:
         kind = f"{mapped.dtype} values" if mapped.dtype.kind not in "fiu" else f"shape {mapped.shape}"
@@ -245,6 +261,16 @@ def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[An
         return np.array(mapped)
     except OSError as exc:  # (an I/O error reading the data)
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
+
+
+def _trained_on(meta: dict[str, Any], where: str, data: Dataset | None) -> None:
+    """Warn of a model file whose run did not finish, or that was trained on other data than ``data``."""
+    if isinstance(failure := meta.get("failure"), str):
+        _log.warning("%s is the model of a run that did not finish (%s)", where, failure)
+    fingerprint = meta.get("data")
+    if data is not None and isinstance(fingerprint, str) and other_data(fingerprint, data.fingerprint()):
+        was = f" ({meta['dataset']})" if isinstance(meta.get("dataset"), str) else ""
+        _log.warning("%s was trained on other data%s than this run's %s", where, was, data.name or "data")
 
 
 def _not_a_model(path: str | Path) -> str:

@@ -85,6 +85,9 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
     written: list[Path] = []
     errors: list[str] = []
     meta = {"kind": _MODEL, "dim": result.dim, "config": result.config.to_params(), "failure": result.failure}
+    # What it was trained on, where known (aiodq run and aiodq master add the data's fingerprint): a warm
+    # start from it on other data is then said so (read_start).
+    meta |= {key: summary[key] for key in ("dataset", "data") if isinstance(summary.get(key), str)}
     model = Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
     try:
         checkpoint_file.save(paths[1], model, what="model file", private=False)

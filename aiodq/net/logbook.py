@@ -88,6 +88,8 @@ class Logbook:
         self._clock = clock
         #: Connections refused or failed before joining, by why (result.json's refused_connections).
         self.refused: Counter[str] = Counter()
+        #: The peer of the latest refusal by why, where the refusal names one (the log line says it).
+        self._refused_from: dict[str, str] = {}
         self._refused_logged: Counter[str] = Counter()
         self._counted_at = -math.inf
         self._epochs = 0
@@ -102,9 +104,11 @@ class Logbook:
         self._epochs = len(coordinator.trace)
         self._errors = coordinator.ledger.errors_seen
 
-    def refuse(self, why: str) -> None:
-        """A connection refused (or a TLS handshake failed) before it could join."""
+    def refuse(self, why: str, peer: str | None = None) -> None:
+        """A connection refused (or a TLS handshake failed) before it could join; ``peer``: from where."""
         self.refused[why] += 1
+        if peer is not None:
+            self._refused_from[why] = peer
         self.counts()
 
     def progress(self, coordinator: Coordinator, writers: dict[int, asyncio.StreamWriter]) -> None:
@@ -167,7 +171,12 @@ class Logbook:
         new = self.refused - self._refused_logged
         if new:
             _log.warning(
-                "refused or failed before joining: %s", ", ".join(f"{k}: {v}" for k, v in new.items())
+                "refused or failed before joining: %s",
+                ", ".join(
+                    f"{k}: {v}"
+                    + (f" (the last from {self._refused_from[k]})" if k in self._refused_from else "")
+                    for k, v in new.items()
+                ),
             )
         unlogged = self._unlogged_errors - self._unlogged_errors_logged
         if unlogged:

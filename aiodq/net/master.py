@@ -412,7 +412,7 @@ class Master:
             self._refuse(writer, "too many connections in their handshake")
             return
         if not self._rate.admit(peer_host(writer), self._now()):
-            self._refuse(writer, "too many new connections from one address")
+            self._refuse(writer, "too many new connections from one address", peer_host(writer))
             return
         self._handlers.add(task)
         try:
@@ -431,9 +431,9 @@ class Master:
     def _tls_failed(self, exc: ssl_module.SSLError) -> None:
         self._logbook.refuse(f"TLS handshake failed ({exc.reason or type(exc).__name__})")
 
-    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+    def _refuse(self, writer: asyncio.StreamWriter, why: str, peer: str | None = None) -> None:
         writer.transport.abort()
-        self._logbook.refuse(why)
+        self._logbook.refuse(why, peer)
 
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator

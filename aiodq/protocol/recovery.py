@@ -140,8 +140,14 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             for item in fields(config)
             if getattr(saved, item.name) != getattr(config, item.name)
         )
+        longer = saved.epochs != config.epochs  # (more epochs: a new run, from the model, --start-from)
+        hint = (
+            "; to train on from where it stands, start a new run from its model (--start-from)"
+            if longer
+            else ""
+        )
         raise CheckpointError(
-            f"the checkpoint was written by a run with another configuration: {differences}"
+            f"the checkpoint was written by a run with another configuration: {differences}{hint}"
         )
     if meta.get("dim") != int(state.x.shape[0]):
         raise CheckpointError(

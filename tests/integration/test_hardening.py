@@ -161,10 +161,13 @@ async def test_a_flood_of_strangers_leaves_bounded_records_and_no_forged_log_lin
 
 
 @pytest.mark.asyncio
-async def test_connections_from_one_address_beyond_its_rate_are_closed_as_they_arrive() -> None:
+async def test_connections_from_one_address_beyond_its_rate_are_closed_as_they_arrive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """With connection_rate 2, 500 strangers from 127.0.0.1: past the burst (2 M + 16 = 20) and 2 a
     second, each is closed at once, before its handshake; honest workers from the same address,
     retrying once the flood is over, still train."""
+    caplog.set_level(logging.WARNING, logger="aiodq")
     connection = ConnectionConfig(secret=SECRET)
     loop = asyncio.get_running_loop()
     limited = MasterConfig(connection_rate=2.0)
@@ -186,6 +189,9 @@ async def test_connections_from_one_address_beyond_its_rate_are_closed_as_they_a
     assert handshakes <= 20 + 2 * seconds + 1, (handshakes, seconds)
     refused = summary["refused_connections"]["too many new connections from one address"]
     assert refused >= 500 - (20 + 2 * seconds + 1), (refused, seconds)
+    # The log names the address it refused last (an operator's first question).
+    assert "too many new connections from one address" in caplog.text
+    assert "(the last from 127.0.0.1)" in caplog.text
 
 
 @pytest.mark.asyncio

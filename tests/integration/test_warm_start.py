@@ -159,7 +159,10 @@ def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(tmp_pat
         with pytest.raises(UsageError, match=r"must be one vector of numbers \(floats or integers\), not"):
             read_start(tmp_path / f"{name}.npy", config, 4)
     np.save(tmp_path / "objects.npy", np.array([{}], dtype=object))
-    with pytest.raises(UsageError, match=r"objects.npy: not a readable \.npy file .*Python objects"):
+    with pytest.raises(
+        UsageError,
+        match=r"objects.npy: not a readable \.npy file \(its array holds Python objects, not numbers\)",
+    ):
         read_start(tmp_path / "objects.npy", config)
     np.save(tmp_path / "matrix.npy", np.zeros((2, 2)))
     with pytest.raises(UsageError, match=r"not shape \(2, 2\)"):
@@ -169,7 +172,9 @@ def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(tmp_pat
     _npy_header(
         tmp_path / "claims.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }"
     )
-    with pytest.raises(UsageError, match=r"claims.npy: not a readable \.npy file \(mmap length is greater"):
+    with pytest.raises(
+        UsageError, match=r"claims.npy: not a readable \.npy file \(shorter than its header says: cut off\?\)"
+    ):
         read_start(tmp_path / "claims.npy", config, 4)
     _npy_header(tmp_path / "parens.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': ((((1,), }")
     with pytest.raises(UsageError, match=r"parens.npy: not a readable \.npy file"):
@@ -204,6 +209,29 @@ def test_a_model_trained_as_another_model_is_taken_with_a_warning(
     assert "was trained as --model logistic; this run trains my_models:Linear" in caplog.text
 
 
+def test_a_start_model_of_a_run_that_failed_or_of_other_data_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = head()
+    x = np.zeros(head_dim())
+    meta = {"kind": "aiodq model", "dim": x.size, "config": {"model": "logistic"}, "format": 1}
+    for name, extra in (
+        ("failed", {"failure": "diverged: the loss grew", "data": data.fingerprint()}),
+        ("other", {"failure": None, "dataset": "elsewhere", "data": "blake2b:" + "0" * 32}),
+        ("same", {"failure": None, "dataset": data.name, "data": data.fingerprint()}),
+    ):
+        checkpoint_file.save(tmp_path / f"{name}.npz", Checkpoint({"model": x, "iterate": x}, meta | extra))
+    with caplog.at_level(logging.WARNING, logger="aiodq.models"):
+        for name in ("failed", "other", "same"):
+            read_start(tmp_path / f"{name}.npz", TrainConfig(), head_dim(), data=data)
+    said = [record.getMessage() for record in caplog.records]
+    failed, other = tmp_path / "failed.npz", tmp_path / "other.npz"
+    assert said == [
+        f"--start-from {failed} is the model of a run that did not finish (diverged: the loss grew)",
+        f"--start-from {other} was trained on other data (elsewhere) than this run's {data.name}",
+    ]
+
+
 def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     np.save(tmp_path / "three.npy", np.zeros(3))
@@ -218,6 +246,21 @@ def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writ
             assert result.returncode == 2, (command, result.stderr)
             assert expected in result.stderr, (command, result.stderr)
             assert not out.exists()
+    # The model.npz this run's --out would replace: refused (the newcomer's README command overwrote it).
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "model.npz").write_bytes(b"the start model")
+    for command in ("run", "master"):
+        listen = ("--listen", "127.0.0.1:0", "--workers", "1") if command == "master" else ()
+        result = run_aiodq(command, "--data", str(A9A_HEAD), "--out", str(kept), *listen,
+                           "--start-from", str(kept / "model.npz"))  # fmt: skip
+        assert result.returncode == 2, (command, result.stderr)
+        expected = (
+            f"the run writes its model.npz there (--out {kept}): copy it elsewhere first, or give another"
+        )
+        assert expected in result.stderr, (command, result.stderr)
+        assert [path.name for path in kept.iterdir()] == ["model.npz"]
+        assert (kept / "model.npz").read_bytes() == b"the start model"
 
 
 @pytest.mark.asyncio
