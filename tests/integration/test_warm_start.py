@@ -196,19 +196,6 @@ def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(tmp_pat
         read_start(tmp_path / "records.npz", config)
 
 
-def test_a_model_trained_as_another_model_is_taken_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    out = tmp_path / "out"
-    result = run_aiodq("run", "--data", str(A9A_HEAD), "--workers", "1", "--epochs", "1",
-                       "--out", str(out), "--no-progress")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    with caplog.at_level(logging.WARNING, logger="aiodq.models"):
-        x0 = read_start(out / "model.npz", TrainConfig(model="my_models:Linear"), head_dim())
-    assert x0.shape == (head_dim(),)
-    assert "was trained as --model logistic; this run trains my_models:Linear" in caplog.text
-
-
 def test_a_start_model_of_a_run_that_failed_or_of_other_data_is_taken_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -224,43 +211,43 @@ def test_a_start_model_of_a_run_that_failed_or_of_other_data_is_taken_with_a_war
     with caplog.at_level(logging.WARNING, logger="aiodq.models"):
         for name in ("failed", "other", "same"):
             read_start(tmp_path / f"{name}.npz", TrainConfig(), head_dim(), data=data)
+        x0 = read_start(tmp_path / "same.npz", TrainConfig(model="my_models:Linear"), head_dim(), data=data)
+    np.testing.assert_array_equal(x0, x)
     said = [record.getMessage() for record in caplog.records]
-    failed, other = tmp_path / "failed.npz", tmp_path / "other.npz"
+    failed, other, same = tmp_path / "failed.npz", tmp_path / "other.npz", tmp_path / "same.npz"
     assert said == [
         f"--start-from {failed} is the model of a run that did not finish (diverged: the loss grew)",
         f"--start-from {other} was trained on other data (elsewhere) than this run's {data.name}",
+        f"--start-from {same} was trained as --model logistic; this run trains my_models:Linear",
     ]
 
 
 def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writing(tmp_path: Path) -> None:
+    """aiodq run and aiodq master share these checks (cli.commands): each is tried with one of them."""
     out = tmp_path / "out"
     np.save(tmp_path / "three.npy", np.zeros(3))
-    for extra, expected in (
-        (("--checkpoint", str(tmp_path / "c"), "--resume"), "--start-from starts a new run; --resume"),
-        ((), f"three.npy holds 3 parameters; --model logistic on this data has {head_dim()}"),
+    start = ("--start-from", str(tmp_path / "three.npy"))
+    master = ("--listen", "127.0.0.1:0", "--workers", "1")
+    for command, extra, expected in (
+        ("run", ("--checkpoint", str(tmp_path / "c"), "--resume"), "--start-from starts a new run; --resume"),
+        ("master", master, f"three.npy holds 3 parameters; --model logistic on this data has {head_dim()}"),
     ):
-        for command in ("run", "master"):
-            listen = ("--listen", "127.0.0.1:0", "--workers", "1") if command == "master" else ()
-            result = run_aiodq(command, "--data", str(A9A_HEAD), "--out", str(out), *listen,
-                               "--start-from", str(tmp_path / "three.npy"), *extra)  # fmt: skip
-            assert result.returncode == 2, (command, result.stderr)
-            assert expected in result.stderr, (command, result.stderr)
-            assert not out.exists()
+        result = run_aiodq(command, "--data", str(A9A_HEAD), "--out", str(out), *start, *extra)
+        assert result.returncode == 2, (command, result.stderr)
+        assert expected in result.stderr, (command, result.stderr)
+        assert not out.exists()
     # The model.npz this run's --out would replace: refused (the newcomer's README command overwrote it).
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "model.npz").write_bytes(b"the start model")
-    for command in ("run", "master"):
-        listen = ("--listen", "127.0.0.1:0", "--workers", "1") if command == "master" else ()
-        result = run_aiodq(command, "--data", str(A9A_HEAD), "--out", str(kept), *listen,
-                           "--start-from", str(kept / "model.npz"))  # fmt: skip
-        assert result.returncode == 2, (command, result.stderr)
-        expected = (
-            f"the run writes its model.npz there (--out {kept}): copy it elsewhere first, or give another"
-        )
-        assert expected in result.stderr, (command, result.stderr)
-        assert [path.name for path in kept.iterdir()] == ["model.npz"]
-        assert (kept / "model.npz").read_bytes() == b"the start model"
+    result = run_aiodq(
+        "run", "--data", str(A9A_HEAD), "--out", str(kept), "--start-from", str(kept / "model.npz")
+    )
+    assert result.returncode == 2, result.stderr
+    expected = f"the run writes its model.npz there (--out {kept}): copy it elsewhere first, or give another"
+    assert expected in result.stderr, result.stderr
+    assert [path.name for path in kept.iterdir()] == ["model.npz"]
+    assert (kept / "model.npz").read_bytes() == b"the start model"
 
 
 @pytest.mark.asyncio
