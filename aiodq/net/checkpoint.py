@@ -216,9 +216,13 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
             f"{exc}; it is not overwritten: remove it or choose another checkpoint file"
         ) from None
     if meta.get("phase") is None:
+        # A run's model or model records: advice to remove it would cost the user a trained model.
+        kind = str(meta.get("kind") or meta.get("content"))
+        what = {"aiodq model": "a run's model file", "model records": "a records file"}.get(kind)
+        remove = "" if what else "remove it or "
         raise CheckpointError(
-            f"{path} is not the checkpoint of a run (a model or records file?); it is not overwritten: "
-            "remove it or choose another checkpoint file"
+            f"{path} is not the checkpoint of a run ({what or 'a model or records file?'}); it is not "
+            f"overwritten: {remove}choose another checkpoint file"
         )
     stood = _stood(meta)
     untrained = stood is not None and stood[1] == 0 and not meta.get("trace")
