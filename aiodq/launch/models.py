@@ -204,7 +204,7 @@ def read_start(
         raise UsageError(f"{where}: a folder{inside}") from None
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
-    trained = None
+    trained, shape = None, ""
     if magic == b"\x93NUMPY":
         values: Any = _npy_vector(path, where, dim)
     elif magic.startswith(b"PK"):
@@ -214,6 +214,7 @@ def read_start(
             raise UsageError(f"{option}: {exc}{_not_a_model(path)}") from None
         trained = (meta.get("config") or {}).get("model")
         _trained_on(meta, where, data)
+        shape = _shape_options(meta.get("config") or {}, config)
     else:
         beside = " (its model.npz is beside it)" if (path.parent / "model.npz").is_file() else ""
         raise UsageError(f"{where}: neither a run's model.npz nor a .npy file{beside}")
@@ -221,7 +222,7 @@ def read_start(
         model = f" (trained as --model {trained})" if trained else ""
         raise UsageError(
             f"{where} holds {len(values):,} parameters{model}; "
-            f"--model {config.model} on this data has {dim:,}"
+            f"--model {config.model} on this data has {dim:,}{shape}"
         )
     try:
         x0 = check_start(values, "its model" if trained is not None else "its array")
@@ -261,6 +262,18 @@ def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[An
         return np.array(mapped)
     except OSError as exc:  # (an I/O error reading the data)
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
+
+
+def _shape_options(trained: dict[str, Any], config: TrainConfig) -> str:
+    """The options that set a model's size where the start model's run had others: a hint, or ""."""
+    if trained.get("model") != config.model:
+        return ""
+    others = []
+    if isinstance(bias := trained.get("bias"), bool) and bias != config.bias:
+        others.append("with --bias" if bias else "without --bias")
+    if config.model == "mlp" and isinstance(hidden := trained.get("hidden"), int) and hidden != config.hidden:
+        others.append(f"with --hidden {hidden}")
+    return f" (its run trained it {' and '.join(others)})" if others else ""
 
 
 def _trained_on(meta: dict[str, Any], where: str, data: Dataset | None) -> None:

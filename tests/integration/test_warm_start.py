@@ -222,6 +222,30 @@ def test_a_start_model_of_a_run_that_failed_or_of_other_data_is_taken_with_a_war
     ]
 
 
+def test_a_size_set_by_other_options_says_which(tmp_path: Path) -> None:
+    """A start model whose run had another --bias or --hidden: the size message names the option."""
+    meta = {"kind": "aiodq model", "format": 1, "failure": None}
+    for name, trained, size in (
+        ("plain", {"model": "logistic", "bias": False, "hidden": 100}, 117),
+        ("small", {"model": "mlp", "bias": False, "hidden": 4}, 482),
+    ):
+        x = np.zeros(size)
+        checkpoint_file.save(
+            tmp_path / f"{name}.npz",
+            Checkpoint({"model": x, "iterate": x}, meta | {"dim": size, "config": trained}),
+        )
+    with pytest.raises(
+        UsageError, match=r"holds 117 parameters .*has 118 \(its run trained it without --bias\)$"
+    ):
+        read_start(tmp_path / "plain.npz", TrainConfig(bias=True), 118)
+    with pytest.raises(
+        UsageError, match=r"holds 482 parameters .*has 12,002 \(its run trained it with --hidden 4\)$"
+    ):
+        read_start(tmp_path / "small.npz", TrainConfig(model="mlp"), 12_002)
+    with pytest.raises(UsageError, match=r"has 12,002$"):  # another model: no hint
+        read_start(tmp_path / "plain.npz", TrainConfig(model="mlp"), 12_002)
+
+
 def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writing(tmp_path: Path) -> None:
     """aiodq run and aiodq master share these checks (cli.commands): each is tried with one of them."""
     out = tmp_path / "out"
