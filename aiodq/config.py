@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["DEFAULT_LIMITS", "ConnectionConfig", "Limits", "MasterConfig", "option"]
+__all__ = ["DEFAULT_LIMITS", "MOST_PARAMETERS", "ConnectionConfig", "Limits", "MasterConfig", "option"]
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
@@ -21,6 +21,11 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, c
         cli: False for fields the command line does not offer.
     """
     return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+
+
+#: The most parameters a model may have: its RAW_F64 frame, 8 d + 64 bytes, fits the 2**32 - 1 a
+#: frame can hold (wire-format.md 3).
+MOST_PARAMETERS = (0xFFFF_FFFF - 64) // 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,10 +72,10 @@ class Limits:
                 bytes a frame can hold (wire-format.md 3).
         """
         frame = 8 * dim + 64
-        if dim < 1 or frame > 0xFFFF_FFFF:
+        if dim < 1 or dim > MOST_PARAMETERS:
             raise ValueError(
                 f"a model of {dim:,} parameters cannot travel in frames (wire-format.md 3): "
-                f"at most {(0xFFFF_FFFF - 64) // 8:,}"
+                f"at most {MOST_PARAMETERS:,}"
             )
         return replace(
             self, max_dimension=max(self.max_dimension, dim), max_frame_bytes=max(self.max_frame_bytes, frame)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..config import MOST_PARAMETERS
 from ..errors import CheckpointError, RunError, UsageError, raised_at
 from ..net import checkpoint as checkpoint_file
 from ..protocol.algorithms import TrainConfig
@@ -233,11 +234,6 @@ def read_start(
     return x0
 
 
-#: The most values a ``.npy`` starting point may hold without a dimension to check against: the
-#: largest model a frame carries as RAW_F64 (wire-format.md 3).
-_MOST_VALUES = (0xFFFF_FFFF - 64) // 8
-
-
 def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[Any]:
     """The vector in a ``.npy`` file, its header checked before its data are read (mapped, then copied)."""
     try:
@@ -252,9 +248,9 @@ def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[An
     if mapped.dtype.kind not in "fiu" or mapped.ndim != 1:
         kind = f"{mapped.dtype} values" if mapped.dtype.kind not in "fiu" else f"shape {mapped.shape}"
         raise UsageError(f"{where}: its array must be one vector of numbers (floats or integers), not {kind}")
-    if mapped.shape[0] > _MOST_VALUES:
+    if mapped.shape[0] > MOST_PARAMETERS:
         raise UsageError(
-            f"{where}: {mapped.shape[0]:,} values, more than a model can have ({_MOST_VALUES:,})"
+            f"{where}: {mapped.shape[0]:,} values, more than a model can have ({MOST_PARAMETERS:,})"
         )
     if dim is not None and mapped.shape[0] != dim:
         return mapped  # (read_start says so, from its shape: nothing is read)
