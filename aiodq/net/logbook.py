@@ -24,7 +24,16 @@ import numpy as np
 from ..protocol.coordinator import Coordinator
 from ..version import __version__
 
-__all__ = ["INTERVAL", "LINES_PER_INTERVAL", "Logbook", "peer_host", "peer_name", "printable", "provenance"]
+__all__ = [
+    "INTERVAL",
+    "LINES_PER_INTERVAL",
+    "RATE_REFUSAL",
+    "Logbook",
+    "peer_host",
+    "peer_name",
+    "printable",
+    "provenance",
+]
 
 _log = logging.getLogger("aiodq.master")
 
@@ -32,6 +41,8 @@ _log = logging.getLogger("aiodq.master")
 INTERVAL = 10.0
 #: Protocol errors (and, apart, joined/left lines) logged one line each per interval.
 LINES_PER_INTERVAL = 20
+#: Why a connection beyond ``--connection-rate`` was refused (result.json's refused_connections).
+RATE_REFUSAL = "too many new connections from one address"
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -110,6 +121,21 @@ class Logbook:
         if peer is not None:
             self._refused_from[why] = peer
         self.counts()
+
+    def failure(self, coordinator: Coordinator) -> dict[str, str]:
+        """The run's failure, if its join deadline passed while ``--connection-rate`` refused connections.
+
+        ``{"failure": ...}`` with the refusals added (a newcomer's workers, behind one address with
+        a churner, never joined, and the run said only that 0 of 2 had joined); else ``{}``.
+        """
+        failure, refused = coordinator.failure, self.refused[RATE_REFUSAL]
+        if failure is None or "(--join-timeout)" not in failure or not refused:
+            return {}
+        last = self._refused_from.get(RATE_REFUSAL)
+        return {
+            "failure": f"{failure}; {refused} connections were refused as {RATE_REFUSAL} (--connection-rate)"
+            + (f", the last from {last}" if last else "")
+        }
 
     def progress(self, coordinator: Coordinator, writers: dict[int, asyncio.StreamWriter]) -> None:
         """Log new epochs, workers that joined, and new protocol errors."""

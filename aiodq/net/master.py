@@ -41,7 +41,7 @@ from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
 from .listener import Listener
-from .logbook import Logbook, peer_host, peer_name, printable, provenance
+from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance
 from .tls import reporting_ssl_objects
 
 __all__ = ["Master", "printable", "provenance"]
@@ -302,7 +302,7 @@ class Master:
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
-            **({"failure": STOPPED} if stopped else {}),
+            **({"failure": STOPPED} if stopped else self._logbook.failure(self.coordinator)),
         )
 
     async def close(self) -> None:
@@ -412,7 +412,7 @@ class Master:
             self._refuse(writer, "too many connections in their handshake")
             return
         if not self._rate.admit(peer_host(writer), self._now()):
-            self._refuse(writer, "too many new connections from one address", peer_host(writer))
+            self._refuse(writer, RATE_REFUSAL, peer_host(writer))
             return
         self._handlers.add(task)
         try:

@@ -195,6 +195,25 @@ async def test_connections_from_one_address_beyond_its_rate_are_closed_as_they_a
 
 
 @pytest.mark.asyncio
+async def test_a_join_that_the_connection_rate_held_off_says_so_in_the_failure() -> None:
+    """Workers that --connection-rate keeps out (a churner shares their address) never join: the
+    run's failure says how many connections were refused and why, not only that none joined."""
+    limited = MasterConfig(connection_rate=0.01, join_timeout=2.0)
+    async with Master(TrainConfig(epochs=2), X0, workers=2, master_config=limited) as master:
+        host, port = master.address
+        await _flood(host, port, 60, "churn")  # the burst is 2 M + 16 = 20: 40 or so refused
+        result = await master.wait(TIMEOUT)
+    refused = result.to_json()["refused_connections"]["too many new connections from one address"]
+    assert refused >= 30, refused
+    assert result.failure is not None
+    assert result.failure.startswith("0 of 2 workers joined within 2 s (--join-timeout); "), result.failure
+    assert result.failure.endswith(
+        f"; {refused} connections were refused as too many new connections from one address "
+        "(--connection-rate), the last from 127.0.0.1"
+    ), result.failure
+
+
+@pytest.mark.asyncio
 async def test_a_finished_master_exits_whatever_strangers_hold_open() -> None:
     """Strangers that reconnect whenever closed, and idle connections opened during training, cannot
     keep a finished master alive: wait() returns within 10 s of the end of training."""
