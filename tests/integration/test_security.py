@@ -250,6 +250,26 @@ async def test_tls_worker_that_does_not_trust_the_master_is_refused(
 
 
 @pytest.mark.asyncio
+async def test_a_tls_master_that_refused_a_handshake_closes_without_waiting_out_its_timeout(
+    pki: dict[str, str],
+) -> None:
+    """A worker that refused the master's certificate left the master's connection without a
+    handshake: the master's close returns at once, not at the handshake timeout (it used to wait
+    out the whole timeout, 10 s by default, for each run that had seen one)."""
+    server = server_context(pki["master"], pki["master_key"])
+    slow = ConnectionConfig(handshake_timeout=300.0)
+    master = Master(SHORT, np.zeros(A9A.features_count), workers=1, ssl=server, connection_config=slow)
+    await master.start()
+    try:
+        host, port = master.address
+        refused = await finish(start_workers(host, port, [0], 1, ssl=client_context(pki["stranger"])), 20)
+        # (The master made the connection's protocol at the accept, before it sent its certificate.)
+        assert isinstance(refused[0], ssl.SSLCertVerificationError), refused
+    finally:
+        await asyncio.wait_for(master.close(), 60)  # a TimeoutError if it waits for the 300 s
+
+
+@pytest.mark.asyncio
 async def test_a_worker_without_tls_is_told_that_the_master_may_need_it(pki: dict[str, str]) -> None:
     """A TLS master reads a plain HELLO as a broken handshake and drops it: the worker's line says that
     TLS may be what it lacks (a newcomer got only 'the master closed the connection before answering
