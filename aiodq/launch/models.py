@@ -290,6 +290,6 @@ def _not_a_model(path: str | Path) -> str:
         return ""
     if meta.get("phase") is not None:
         return " (a checkpoint is continued with --checkpoint FILE --resume)"
-    if meta.get("content") == "model records":
+    if meta.get("content") == checkpoint_file.RECORDS_CONTENT:
         return " (a records file: save one of its models, np.load(FILE)['models'][i], as a .npy file)"
     return ""

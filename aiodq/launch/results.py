@@ -84,7 +84,12 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
     # written (a full disk at the end of a long run) does not cost the trained model.
     written: list[Path] = []
     errors: list[str] = []
-    meta = {"kind": _MODEL, "dim": result.dim, "config": result.config.to_params(), "failure": result.failure}
+    meta = {
+        "kind": checkpoint_file.MODEL_KIND,
+        "dim": result.dim,
+        "config": result.config.to_params(),
+        "failure": result.failure,
+    }
     # What it was trained on, where known (aiodq run and aiodq master add the data's fingerprint): a warm
     # start from it on other data is then said so (read_start).
     meta |= {key: summary[key] for key in ("dataset", "data") if isinstance(summary.get(key), str)}
@@ -118,7 +123,6 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
 MODEL_FILE = "model.npz"
 #: What :func:`write_results` writes into its folder: the summary, the model, the plot.
 RESULT_FILES = ("result.json", MODEL_FILE, "loss_vs_bits.png")
-_MODEL = "aiodq model"
 
 
 def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
@@ -132,7 +136,7 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
     model = stored.arrays.get("model")
-    if stored.meta.get("kind") != _MODEL or model is None:
+    if stored.meta.get("kind") != checkpoint_file.MODEL_KIND or model is None:
         raise RunError(f"{path}: not an aiodq model file")
     if model.ndim != 1 or not model.size or model.dtype.kind not in "fiu":
         raise RunError(f"{path}: its model is not a vector of numbers (shape {model.shape}, {model.dtype})")
@@ -174,8 +178,6 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
     return plot
 
 
-#: What a model records file holds, in its metadata (written with :mod:`aiodq.net.checkpoint`).
-_RECORDS = "model records"
 _RECORD_COLUMNS = ("version", "epoch", "bytes_total", "time", "models")
 #: More message kinds than a records file can name (two directions, 15 message types, headers).
 _MAX_WIRE_KINDS = 64
@@ -199,7 +201,7 @@ def save_records(records: list[ModelRecord], path: Path) -> None:
     arrays["wire_bytes"] = np.array(
         [[record.wire_bytes.get(kind, 0) for kind in kinds] for record in records], dtype=np.int64
     ).reshape(len(records), len(kinds))
-    stored = Checkpoint(arrays, {"content": _RECORDS, "wire_kinds": kinds})
+    stored = Checkpoint(arrays, {"content": checkpoint_file.RECORDS_CONTENT, "wire_kinds": kinds})
     checkpoint_file.save(path, stored, what="records file", private=False)
 
 
@@ -213,7 +215,9 @@ def load_records(path: Path) -> list[ModelRecord]:
         saved = checkpoint_file.load(path, what="records file")
     except CheckpointError as exc:
         raise RunError(f"{path}: not a model records file ({exc})") from exc
-    if saved.meta.get("content") != _RECORDS or any(name not in saved.arrays for name in _RECORD_COLUMNS):
+    if saved.meta.get("content") != checkpoint_file.RECORDS_CONTENT or any(
+        name not in saved.arrays for name in _RECORD_COLUMNS
+    ):
         raise RunError(f"{path}: not a model records file")
     version, epoch, bytes_total, times, models = (saved.arrays[name] for name in _RECORD_COLUMNS)
     columns = (version, epoch, bytes_total, times)

@@ -34,6 +34,8 @@ from ..protocol.recovery import Checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "MODEL_KIND",
+    "RECORDS_CONTENT",
     "Lock",
     "check_data",
     "check_fresh_start",
@@ -48,6 +50,10 @@ __all__ = [
 
 #: Version of the checkpoint layout, stored in ``meta["format"]``.
 CHECKPOINT_FORMAT = 1
+#: The ``kind`` in a run's model.npz metadata (aiodq.launch.results writes it in this format).
+MODEL_KIND = "aiodq model"
+#: The ``content`` in a model records file's metadata (likewise).
+RECORDS_CONTENT = "model records"
 
 
 #: numpy's stubs type ``**arrays`` as if it could hold ``allow_pickle``.
@@ -218,7 +224,7 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
     if meta.get("phase") is None:
         # A run's model or model records: advice to remove it would cost the user a trained model.
         kind = str(meta.get("kind") or meta.get("content"))
-        what = {"aiodq model": "a run's model file", "model records": "a records file"}.get(kind)
+        what = {MODEL_KIND: "a run's model file", RECORDS_CONTENT: "a records file"}.get(kind)
         remove = "" if what else "remove it or "
         raise CheckpointError(
             f"{path} is not the checkpoint of a run ({what or 'a model or records file?'}); it is not "
