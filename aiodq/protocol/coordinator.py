@@ -105,9 +105,9 @@ class Coordinator:
             raise ValueError("need at least one worker")
         if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
             raise ValueError("record_every must be a non-negative integer")
-        self.config = config
-        self.master_config = master_config or MasterConfig()
+        self.config, self.master_config = config, master_config or MasterConfig()
         self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
+        self.guard.shard_of = self.shard_of  # (it keeps each shard's figures: guard.py)
         self.state = MasterState(config, x0)
         self.dim, self.expected_workers, self.phase = int(self.state.x.shape[0]), workers, Phase.JOINING
         self._connection_config = base = coding_options(config, connection_config or ConnectionConfig())
@@ -438,9 +438,10 @@ class Coordinator:
                 samples=samples,
             )
         )
-        if (failure := self._divergence.loss(state.epoch, loss, self.trace[0].loss)) is not None:
+        first, final = self.trace[0].loss, state.epoch >= self.config.epochs
+        if (failure := Divergence.loss(state.epoch, loss, first, final=final)) is not None:
             return self._finish(now, failure)
-        if state.epoch >= self.config.epochs:
+        if final:
             return self._finish(now)
         self._start_inner_loop(active, now)
 
@@ -483,7 +484,7 @@ class Coordinator:
             event.vector, event.version, max_norm=self.guard.max_update_norm(state.full_gradient)
         )
         if outcome.applied:
-            self.guard.applied(outcome.norm)
+            self.guard.applied(outcome.norm, worker_id)
             if self._coding is not None:
                 self._coding.applied(now, rice=worker.sent_rice, workers=self.live_workers)
             for member in self._workers.values():

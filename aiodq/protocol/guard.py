@@ -13,12 +13,24 @@ out of line with everything else it has seen:
   algorithms, or ZERO); with an L2 term, the dense and full-precision algorithms
   send ZERO only in answer to a model equal to the snapshot (alpha includes
   l2 (x_hat - x_snap), so it is never zero otherwise); an update u = Q(alpha) + g_snap
-  whose norm is over f times the larger of ``||g_snap||`` and the median of the
-  last 64 applied ones (before 8 have been applied: their largest).
+  whose norm is over f times the larger of ``||g_snap||`` and the typical applied
+  update: each source's (a shard, or a connection that claimed none) median of its
+  last 64 applied updates, and of those the median (the lower of two), once two
+  sources have had updates applied (one, with M = 1).  So no worker's own updates
+  raise its bound: a single pooled median let a worker that answers faster than the
+  others fill the window with its own updates, each just under the bound, and the
+  bound grew with every one (an attack review wrecked a run of 3 workers that
+  ended "trained").
 - SNAPSHOT_GRADIENT: ``samples`` one of the two shard sizes of n over M (when the
   master knows n; else positive), ``correct <= samples``; and, once the phase's
   reports are in, a per-sample loss or mean gradient norm more than f times the
-  median of the others' (three reports or more) or of the previous phase's.
+  median of the others' (three reports or more), or else of the other sources'
+  latest accepted reports (its own latest only when no other source has one; with
+  two workers, comparing with the previous phase as a whole let a worker raise its
+  own reference: 80 times it each phase ended a healthy run as diverged).  The
+  loss may be off by f times at least 1e-2 and 1e-2 times the first phase's
+  per-sample loss, whatever the reference (a worker's report of a tiny loss then
+  cannot get the other's honest one refused).
 
 A refusal names the wire code and the reason; the coordinator drops the message,
 tells the worker, and for a snapshot report, which no later message can correct,
@@ -30,8 +42,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,10 +76,13 @@ DIVERGED_AFTER = 4
 #: A run whose F(x_snap) passes this many times its first epoch's (or 1, if that is smaller) has diverged.
 DIVERGED_LOSS_FACTOR = 1e6
 
-#: Applied update norms kept for the median.
+#: Applied update norms kept per source for its median.
 _WINDOW = 64
-#: Applied updates needed before their median is the reference.
-_WARM_UP = 8
+#: Sources (shards, connections without one) whose figures are kept, at least; the oldest go first.
+_SOURCES = 64
+
+#: Where a worker's figures come from: ``("shard", i)``, or ``("connection", worker_id)`` without a claim.
+_Source = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +118,15 @@ def _norm(values: np.ndarray) -> float:
 class Guard:
     """The master's checks of one run's gradients and snapshot reports (module docstring)."""
 
-    def __init__(self, config: TrainConfig, *, factor: float, workers: int, samples: int | None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        factor: float,
+        workers: int,
+        samples: int | None,
+        shard_of: Callable[[int], int | None] = lambda worker_id: None,
+    ) -> None:
         """Set up the checks.
 
         Args:
@@ -109,12 +134,29 @@ class Guard:
             factor: the guard factor f; 0 turns the statistical checks off.
             workers: M.
             samples: n, the samples of the whole dataset, if the master knows it.
+            shard_of: the shard a connection claimed (None: none); its figures are the shard's.
         """
         self.config = config
         self.factor = factor
+        self._workers = workers
+        #: The shard a connection claimed (None: none); the coordinator sets its own.
+        self.shard_of = shard_of
         self._shard_sizes = {samples // workers, -(-samples // workers)} if samples else None
-        self._norms: deque[float] = deque(maxlen=_WINDOW)
-        self._previous: tuple[float, float] | None = None  # per-sample loss, mean gradient norm
+        self._norms: OrderedDict[_Source, deque[float]] = OrderedDict()
+        #: Each source's latest accepted report: per-sample loss, mean gradient norm.
+        self._previous: OrderedDict[_Source, tuple[float, float]] = OrderedDict()
+        self._first_loss = 0.0  # the first accepted phase's per-sample loss
+
+    def _source(self, worker_id: int) -> _Source:
+        shard = self.shard_of(worker_id)
+        return ("connection", worker_id) if shard is None else ("shard", shard)
+
+    def _keep(self, table: OrderedDict[_Source, Any], source: _Source, value: Any) -> None:
+        """``table[source] = value`` as the newest entry; the oldest go beyond the sources kept."""
+        table.pop(source, None)
+        table[source] = value
+        while len(table) > max(_SOURCES, 2 * self._workers):
+            table.popitem(last=False)
 
     # -- the inner loop -----------------------------------------------------------
 
@@ -184,16 +226,18 @@ class Guard:
         # The median alone would refuse every honest update once g_snap grows (a worker back
         # after many epochs brings its shard's gradient into it), and end the run as diverged.
         reference = _norm(full_gradient)
-        if len(self._norms) >= _WARM_UP:
-            reference = max(reference, statistics.median(self._norms))
-        else:
-            reference = max(reference, max(self._norms, default=0.0))
+        typical = [statistics.median(norms) for norms in self._norms.values()]
+        if len(typical) >= min(2, self._workers):
+            reference = max(reference, statistics.median_low(typical))
         return self.factor * reference if reference > 0 else None
 
-    def applied(self, norm: float) -> None:
-        """An update of this norm was applied."""
+    def applied(self, norm: float, worker_id: int) -> None:
+        """An update of this norm, from the connection ``worker_id``, was applied."""
         if self.factor:
-            self._norms.append(norm)
+            source = self._source(worker_id)
+            norms = self._norms.get(source) or deque(maxlen=_WINDOW)
+            norms.append(norm)
+            self._keep(self._norms, source, norms)
 
     # -- the snapshot phase -----------------------------------------------------------
 
@@ -227,14 +271,16 @@ class Guard:
         refused: dict[int, Refusal] = {}
         for worker_id, (loss, gradient) in stats.items():
             others = [value for other, value in stats.items() if other != worker_id]
-            if len(others) >= 2:
-                reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
-            elif self._previous is not None:
-                reference = self._previous
-            else:
+            if len(others) < 2:
+                source = self._source(worker_id)
+                others = [value for s, value in self._previous.items() if s != source] or [
+                    value for value in self._previous.values()
+                ]
+            if not others:
                 continue  # nothing to compare with yet
+            reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
             # Either way: a loss far below the others' (or negative) skews F and g_snap as much.
-            limit_loss = self.factor * max(abs(reference[0]), 1e-2)
+            limit_loss = self.factor * max(abs(reference[0]), 1e-2, 1e-2 * self._first_loss)
             limit_gradient = self.factor * reference[1] + 1e-6
             if not abs(loss - reference[0]) <= limit_loss or gradient > limit_gradient:
                 refused[worker_id] = Refusal(
@@ -246,17 +292,19 @@ class Guard:
         return refused
 
     def phase_finished(self, reports: dict[int, SnapshotGradient]) -> None:
-        """Remember the accepted reports' per-sample loss and their median mean gradient norm.
+        """Remember each accepted report's per-sample loss and mean gradient norm, by source.
 
         Per report, as a report is judged: the whole data's gradient goes to zero at the optimum
         (with no L2 term), while each shard's does not, so a shard measured against it would look
         more out of line the better the run converges.
         """
         samples = sum(r.samples for r in reports.values())
-        if samples:
-            loss = sum(r.loss for r in reports.values()) / samples
-            norms = [_norm(r.vector.values) / r.samples for r in reports.values() if r.samples]
-            self._previous = (loss, statistics.median(norms))
+        if samples and not self._first_loss:
+            self._first_loss = abs(sum(r.loss for r in reports.values()) / samples)
+        for worker_id, report in reports.items():
+            if report.samples:
+                figures = (report.loss / report.samples, _norm(report.vector.values) / report.samples)
+                self._keep(self._previous, self._source(worker_id), figures)
 
 
 def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, int]) -> Refusal | None:
@@ -374,11 +422,14 @@ class Divergence:
         return None
 
     @staticmethod
-    def loss(epoch: int, loss: float, first: float) -> str | None:
+    def loss(epoch: int, loss: float, first: float, *, final: bool = False) -> str | None:
         """After a snapshot phase found F(x_snap) = ``loss`` (``first``: the first phase's): any failure.
 
         Not finite, or past :data:`DIVERGED_LOSS_FACTOR` times ``max(|first|, 1)``: no training that
-        converges, convex or not, takes its objective a million times above where it began.
+        converges, convex or not, takes its objective a million times above where it began.  And
+        at the ``final`` epoch, more than ``|first|`` above ``first`` (twice a positive first): the
+        run did not train.  An attack review: a worker whose updates each stayed within the guard's
+        bound took F from 0.69 to 480 over six epochs, and the run ended as trained.
         """
         if not math.isfinite(loss):
             return f"the training objective at epoch {epoch} is not finite: the run diverged"
@@ -386,6 +437,12 @@ class Divergence:
             return (
                 f"the training objective at epoch {epoch} is {loss:.4g}, over {DIVERGED_LOSS_FACTOR:.0e} "
                 f"times the first epoch's {first:.4g}: the run diverged (is the step size too large?)"
+            )
+        if final and first and loss - first > abs(first):
+            return (
+                f"the training objective rose from the first epoch's {first:.4g} to {loss:.4g} at the "
+                f"last, epoch {epoch}: the run did not train (is the step size too large? or a "
+                "worker's updates took it there: docs/security.md)"
             )
         return None
 

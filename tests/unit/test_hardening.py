@@ -325,6 +325,35 @@ def test_a_loss_a_million_times_the_first_ends_the_run(losses: list[float], fail
     assert said[-1] == failure if failure is None else said[-1] is not None and said[-1].startswith(failure)
 
 
+@pytest.mark.parametrize(
+    ("first", "last", "failed"),
+    [
+        (0.69, 480.0, True),  # the attack review's run: 0.69 to 480 in six epochs
+        (0.69, 1.39, True),  # more than twice a positive first
+        (0.69, 1.37, False),  # within twice
+        (0.3245, 0.32451, False),  # a warm start from the optimum: its noise
+        (-5.0, 0.5, True),  # a user's negative losses: more than |first| above it
+        (-5.0, -0.5, False),
+        (0.0, 3.0, False),  # a first F of 0: no scale to judge by
+    ],
+)
+def test_a_run_that_ends_far_above_where_it_began_did_not_train(
+    first: float, last: float, failed: bool
+) -> None:
+    """At the final epoch, F(x_snap) more than |F(x_0)| above F(x_0) is a failure, not a trained run;
+    before it, only the 10^6 rule applies (an honest run may rise and come back)."""
+    said = Divergence.loss(6, last, first, final=True)
+    assert Divergence.loss(5, last, first) is None
+    if not failed:
+        assert said is None
+        return
+    assert said == (
+        f"the training objective rose from the first epoch's {first:.4g} to {last:.4g} at the last, epoch 6: "
+        "the run did not train (is the step size too large? or a worker's updates took it there: "
+        "docs/security.md)"
+    )
+
+
 def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     """No message can make the coordinator raise: a failure while handling one closes that peer only."""
     train = config(epochs=1)
@@ -549,8 +578,8 @@ def test_a_resumed_run_still_gives_the_last_evaluated_snapshot(tmp_path: Any, ph
 def test_the_update_bound_follows_the_snapshot_gradient() -> None:
     """u = Q(alpha) + g_snap: the bound is at least f ||g_snap||, however small the recent updates were."""
     guard = Guard(config(), factor=100.0, workers=4, samples=None)
-    for _ in range(64):
-        guard.applied(1e-6)  # near the optimum every update is tiny
+    for update in range(64):
+        guard.applied(1e-6, update % 2)  # near the optimum every update is tiny
     g_snap = np.full(D, 0.01)  # a worker came back: its shard moves the full gradient
     bound = guard.max_update_norm(g_snap)
     assert bound is not None
@@ -1020,6 +1049,95 @@ def test_gradients_arriving_after_the_master_closed_are_ignored() -> None:
     coordinator._handle_safely(worker_id, gradient, cluster.now)
     assert coordinator.state.version == version
     assert not [code for _, code, *_ in coordinator.ledger.errors if code == "INTERNAL_ERROR"]
+
+
+def test_a_workers_own_updates_do_not_raise_its_update_bound() -> None:
+    """An attack review: a worker that answers every MODEL at once, each update just under the bound,
+    filled the pooled median's window with its own updates, and the bound grew with each (a run of 3
+    workers ended 'trained' at 2,400 times the honest loss).  Each source's median now counts once,
+    and the median of three (the lower of two) is an honest worker's."""
+    cluster = Cluster(config(algorithm="asylpg", epochs=1), small_a9a(), 3)
+    coordinator = cluster.coordinator
+    guard, state = coordinator.guard, coordinator.state
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER and state.version >= 12)
+    cluster.frozen = {0}  # worker 0's connection becomes the attacker's; the others are not run again
+    attacker = cluster.ids[0]
+    assert attacker is not None
+    connection = coordinator._workers[attacker].connection
+    cluster.run(until=lambda: connection.outstanding_model is not None)
+    bound = guard.max_update_norm(state.full_gradient)
+    assert bound is not None
+    for _ in range(16):  # (the epoch's m is 31: it goes on; under the pooled median the bound grew 90x)
+        outstanding = connection.outstanding_model
+        assert outstanding is not None
+        # ||u|| = ||Q(alpha) + g_snap|| <= 0.9 bound + ||g_snap|| < bound (the bound is >= f ||g_snap||).
+        scale = 0.9 * guard.max_update_norm(state.full_gradient) / (127 * math.sqrt(D))  # type: ignore[operator]
+        vector = DenseQuantized(8, float(np.float32(scale)), np.full(D, 127, dtype=np.int8))
+        version = state.version
+        frame = encode_message(Gradient(epoch=outstanding[0], version=outstanding[1], vector=vector), 1)
+        coordinator.receive_data(attacker, frame, cluster.now)
+        assert state.version == version + 1  # applied: just under the bound
+        coordinator.data_to_send()  # (its next MODEL, never delivered)
+    assert guard.max_update_norm(state.full_gradient) == pytest.approx(bound)
+
+
+def test_the_update_bound_is_a_median_of_sources_a_shard_being_one() -> None:
+    """The typical update is each source's median, then their median (the lower of two): connections
+    that claimed the same shard are one source, and one source alone sets no bound beyond f ||g_snap||
+    unless M = 1."""
+    shards = {5: 0, 6: 0, 7: 1}
+    guard = Guard(config(), factor=100.0, workers=2, samples=None, shard_of=shards.get)
+    zero = np.zeros(D)
+    guard.applied(1.0, 5)
+    guard.applied(3.0, 6)  # the same shard: its median is 2
+    assert guard.max_update_norm(zero) is None  # one source of two: no reference yet
+    guard.applied(50.0, 7)
+    assert guard.max_update_norm(zero) == pytest.approx(100.0 * 2.0)  # the lower of 2 and 50
+    guard.applied(0.5, 8)  # a connection without a shard: a source of its own
+    assert guard.max_update_norm(zero) == pytest.approx(100.0 * 2.0)  # median_low(0.5, 2, 50)
+    alone = Guard(config(), factor=100.0, workers=1, samples=None)
+    alone.applied(4.0, 0)
+    assert alone.max_update_norm(zero) == pytest.approx(400.0)
+
+
+def _phase_report(loss: float, norm: float = 1.0) -> SnapshotGradient:
+    """A report of 1,000 samples: per-sample loss ``loss / 1000``, mean gradient norm ``norm``."""
+    vector = RawVector(np.full(D, 1000 * norm / math.sqrt(D)))
+    return SnapshotGradient(epoch=1, samples=1000, correct=800, loss=loss, vector=vector)
+
+
+def test_with_two_workers_a_report_is_judged_against_the_others_latest_not_its_own() -> None:
+    """An attack review: with two workers each report was judged against the previous phase as a
+    whole, its own lie included; 80 times that each phase took F from 0.69 to 1.8e6 in four phases
+    and ended a healthy run as 'diverged'.  Now the other's latest report is the reference."""
+    guard = Guard(config(), factor=100.0, workers=2, samples=2000)
+    honest = 690.0  # 0.69 per sample
+    first = {0: _phase_report(honest), 1: _phase_report(honest)}
+    assert guard.outliers(first) == {}
+    guard.phase_finished(first)
+    lie = 99 * honest  # within f times the other's
+    second = {0: _phase_report(honest), 1: _phase_report(lie)}
+    assert guard.outliers(second) == {}
+    guard.phase_finished(second)
+    # 99 times the previous phase's per-sample loss, (0.69 + 68.3) / 2: 49.5 times the honest one's
+    # limit of 100 x 0.69 above it.  The honest report, against the lie, is within f times of it.
+    compounding = 99 * (honest + lie) / 2
+    third = {0: _phase_report(honest), 1: _phase_report(compounding)}
+    assert list(guard.outliers(third)) == [1]
+
+
+def test_a_tiny_loss_report_does_not_get_the_others_honest_one_refused() -> None:
+    """The loss may be off by f times 1e-2 of the first phase's per-sample loss whatever the
+    reference: a worker that reports a loss of almost 0 cannot make the other's honest loss of 4 per
+    sample (a model whose losses pass 1) out of line with it, which a floor of 1e-2 alone would."""
+    guard = Guard(dataclasses.replace(config(), model="mine:Loss"), factor=100.0, workers=2, samples=2000)
+    first = {0: _phase_report(5000.0), 1: _phase_report(5000.0)}
+    guard.phase_finished(first)
+    second = {0: _phase_report(4500.0), 1: _phase_report(1e-6)}
+    assert guard.outliers(second) == {}
+    guard.phase_finished(second)
+    third = {0: _phase_report(4000.0), 1: _phase_report(1e-6)}
+    assert guard.outliers(third) == {}  # |4 - 1e-9| <= 100 x max(1e-9, 1e-2, 1e-2 x 5)
 
 
 def test_at_the_optimum_shards_gradients_are_not_out_of_line() -> None:
