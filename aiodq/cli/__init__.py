@@ -328,7 +328,24 @@ def _shard_values_joined(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Ctrl-C (SIGINT) stops a command even if it was started with SIGINT ignored, as a shell
+    without job control starts its background commands: ``aiodq run``'s worker processes,
+    spawned through uvloop (libuv resets every signal), stop on it whatever, and the run then
+    ended as a worker's failure (a newcomer's ``kill -INT`` of a background run's process group).
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(argv)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(_shard_values_joined(given))

@@ -17,17 +17,11 @@ import pytest
 
 from .cluster import A9A, LEAST_SQUARES, ROOT, alive, autogroup_nice, children, logistic_optimum, poll_until
 
-#: ``python -m aiodq`` with Ctrl-C's default handling.  A terminal's foreground job takes Ctrl-C whatever its
-#: parent did with SIGINT; a suite started in the background by a shell without job control inherits SIGINT
-#: ignored, and ``aiodq run`` (and its workers) would too: one Ctrl-C test failed so in three such CI runs.
-_AIODQ = (
-    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('aiodq', run_name='__main__', alter_sys=True)"
-)
-
 
 def start_run(out: Path, *args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-c", _AIODQ, "run", "--no-progress", "--out", str(out), *args]
+    # (A suite started in the background by a shell without job control passes SIGINT on ignored:
+    # aiodq takes it whatever, test_sigint_to_a_background_runs_process_group_interrupts_it.)
+    command = [sys.executable, "-m", "aiodq", "run", "--no-progress", "--out", str(out), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
@@ -90,6 +84,32 @@ def test_ctrl_c_reaching_the_workers_first_is_still_an_interruption(tmp_path: Pa
     assert "worker process" not in stderr
     assert stderr.strip().splitlines()[-1] == "aiodq run: interrupted"
     assert "GOING_AWAY" not in stderr  # the workers' goodbyes are INFO, in aiodq.log only
+
+
+def test_sigint_to_a_background_runs_process_group_interrupts_it(tmp_path: Path) -> None:
+    """A shell without job control starts background commands with SIGINT ignored; the workers, spawned
+    through uvloop, stop on it whatever.  ``kill -INT`` of the group then ended the run as a worker's
+    failure (exit 1, a newcomer trial); now aiodq run takes it too: interrupted, exit 130."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "aiodq", "run", "--no-progress", "--out", str(out), "--epochs", "200"]
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,  # (a group of its own, as setsid makes it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - before exec only
+    )
+    try:
+        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
+        os.killpg(run.pid, signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "aiodq run: interrupted", stderr[-2000:]
 
 
 def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path) -> None:
