@@ -227,9 +227,11 @@ async def run_local(
     Raises:
         RunError: if the data cannot be read, a worker process fails (beyond ``max_restarts``)
             or the run times out.
-        UsageError: if the model cannot be loaded or does not fit the data.
+        UsageError: if the model cannot be loaded or does not fit the data, or the data has
+            fewer samples than ``workers``.
         ValueError: if ``worker_nice`` is not an integer in 0..19.
-        TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher.
+        TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher, or ``data``
+            that is not a path (a :class:`~aiodq.protocol.dataset.Dataset`: ``run_ray`` takes one).
         CheckpointError: if the checkpoint cannot be written, or (``resume``) read or used.
     """
     common: dict[str, Any] = {
@@ -265,6 +267,11 @@ async def run_local(
         raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:
         raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
+    if data is not None and not isinstance(data, str | os.PathLike):
+        raise TypeError(
+            f"run_local's data is a file or folder that the worker processes read too, not a "
+            f"{type(data).__name__} (a Dataset in memory trains with run_ray, or in-process with simulate)"
+        )
     dataset = load_data_or_fail(None if data is None else str(data))
     data_path = None if data is None else str(Path(data).resolve())
     objective = objective_for(config, dataset, training_set=True)
@@ -321,6 +328,8 @@ async def run_cluster(
             says so.
     """
     nice = resolve_worker_nice(worker_nice)
+    if workers > dataset.samples:  # (checked before a worker process fails on it)
+        raise UsageError(f"{dataset.samples} samples cannot be shared by {workers} workers")
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     try:  # its own model's size sets the limits, which protect against strangers' (wire-format.md 10)

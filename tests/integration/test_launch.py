@@ -423,3 +423,17 @@ async def test_waiting_for_a_worker_process_under_a_timeout_leaves_it_whole() ->
         assert (await worker.stderr_tail()).splitlines()[-1] == "got SIGTERM"
     finally:
         await stop_workers([worker])
+
+
+def test_run_local_refuses_data_in_memory_and_more_workers_than_samples(tmp_path: Path) -> None:
+    """A newcomer passed a Dataset (an OSError: 'File name too long' with the arrays' repr), and fewer
+    samples than workers (a worker process failed, and the message offered --max-restarts)."""
+    import aiodq  # noqa: PLC0415
+
+    config = aiodq.TrainConfig(epochs=1)
+    with pytest.raises(TypeError, match=r"^run_local's data is a file or folder that the worker processes"):
+        asyncio.run(aiodq.run_local(config, A9A, workers=2))
+    one = tmp_path / "one.libsvm"
+    one.write_text("+1 1:0.5 2:1\n-1 1:0.25\n")
+    with pytest.raises(aiodq.UsageError, match=r"^2 samples cannot be shared by 3 workers$"):
+        asyncio.run(aiodq.run_local(config, one, workers=3))
