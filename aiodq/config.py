@@ -60,6 +60,29 @@ class Limits:
             max(self.handshake_frame_bytes, 8 * dim + 64, self.max_reason_bytes + 32),
         )
 
+    def check_model(self, dim: int, *, options: bool = False) -> None:
+        """Raise ValueError if a session of dimension ``dim`` cannot work within these limits.
+
+        Its vectors must be at most ``max_dimension`` long, and their frames, up to RAW_F64's
+        ``8 dim + 64`` bytes (:meth:`session_frame_bytes`), within ``max_frame_bytes``: below
+        that, every snapshot report an honest worker sends would be refused as too large, and the
+        worker blamed (a newcomer's ``--max-frame-bytes 100``, d = 123).  ``options``: name the
+        command-line options instead of the fields.
+        """
+
+        def name(field: str) -> str:
+            return "--" + field.replace("_", "-") if options else field
+
+        if dim > self.max_dimension:
+            raise ValueError(
+                f"the model has {dim:,} parameters, above {name('max_dimension')} {self.max_dimension:,}"
+            )
+        if 8 * dim + 64 > self.max_frame_bytes:
+            raise ValueError(
+                f"the model has {dim:,} parameters, whose vectors take frames of up to {8 * dim + 64:,} "
+                f"bytes, above {name('max_frame_bytes')} {self.max_frame_bytes:,}"
+            )
+
     def fitting(self, dim: int) -> Limits:
         """These limits, raised where a session of dimension ``dim`` needs more.
 

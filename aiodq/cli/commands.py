@@ -463,9 +463,10 @@ def cmd_master(args: argparse.Namespace) -> int:
     host, port = args.listen
     setup_logging(logging.INFO)
     network = connection_config(args)
-    if objective.dim > network.limits.max_dimension:
-        limit = network.limits.max_dimension
-        raise UsageError(f"the model has {objective.dim:,} parameters, above --max-dimension {limit:,}")
+    try:
+        network.limits.check_model(objective.dim, options=True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         raise UsageError("TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)")
     saving = checkpoint_options(args)

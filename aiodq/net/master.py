@@ -117,12 +117,7 @@ class Master:
         self.config = config
         self.master_config = master_config or MasterConfig()
         self._connection_config = connection_config or ConnectionConfig()
-        if x0.shape[0] > self._connection_config.limits.max_dimension:
-            # wire-format.md 10-4: every vector the workers send would be refused.
-            raise ValueError(
-                f"the model has {x0.shape[0]:,} parameters, above max_dimension "
-                f"{self._connection_config.limits.max_dimension:,}: raise the limit"
-            )
+        self._connection_config.limits.check_model(x0.shape[0])  # (wire-format.md 10-4: else refused)
         self._ssl = ssl
         self._checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._checkpoint_interval = checkpoint_interval

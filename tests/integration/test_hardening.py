@@ -454,7 +454,13 @@ def _one_line(result: Any) -> str:
         (
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--max-dimension", "100"],
             2,
-            "--max-dimension",
+            "aiodq master: the model has 123 parameters, above --max-dimension 100",
+        ),
+        (  # 8 d + 64 = 1,048 bytes for a RAW_F64 vector of the 123 a9a parameters (wire-format.md 10-4)
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--max-frame-bytes", "1047"],
+            2,
+            "aiodq master: the model has 123 parameters, whose vectors take frames of up to 1,048 bytes, "
+            "above --max-frame-bytes 1,047",
         ),
         (
             ["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--tls-ca", "tests/fixtures/README.md"],

@@ -127,6 +127,22 @@ def test_frame_limit_checked_from_header_alone() -> None:
     assert info.value.code == ErrorCode.FRAME_TOO_LARGE
 
 
+def test_limits_refuse_a_model_whose_vectors_they_would_refuse() -> None:
+    """A RAW_F64 vector of d takes 8 d + 64 bytes of frame (wire-format.md 10-4): a master with less
+    would refuse every honest snapshot report, and blame the worker (a newcomer's 100 for d = 123)."""
+    Limits(max_frame_bytes=8 * 123 + 64, max_dimension=123).check_model(123)
+    with pytest.raises(ValueError, match=r"^the model has 124 parameters, above max_dimension 123$"):
+        Limits(max_dimension=123).check_model(124)
+    with pytest.raises(ValueError) as info:
+        Limits(max_frame_bytes=1047).check_model(123)
+    assert str(info.value) == (
+        "the model has 123 parameters, whose vectors take frames of up to 1,048 bytes, "
+        "above max_frame_bytes 1,047"
+    )
+    with pytest.raises(ValueError, match=r"above --max-frame-bytes 1,047$"):
+        Limits(max_frame_bytes=1047).check_model(123, options=True)
+
+
 def test_limits_fitting_a_model_raise_only_what_its_sessions_need() -> None:
     """max_dimension to d and the frame limit to a RAW_F64 frame of d (8 d + 64 bytes), never lower;
     beyond the 32-bit frame length (d > (2**32 - 1 - 64) / 8) a model cannot travel at all."""
