@@ -95,8 +95,9 @@ def worker_name(coordinator: Coordinator, worker_id: int) -> str:
 class Logbook:
     """The master's log, fed after every batch of events (:meth:`progress`)."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], *, accuracy: bool = True) -> None:
         self._clock = clock
+        self._accuracy = accuracy  # False: the objective counts no correct predictions (none logged)
         #: Connections refused or failed before joining, by why (result.json's refused_connections).
         self.refused: Counter[str] = Counter()
         #: The peer of the latest refusal by why, where the refusal names one (the log line says it).
@@ -146,11 +147,11 @@ class Logbook:
                 # A shard missing from the phase: the loss is over the others' samples (security.md).
                 over = f" over {record.samples:,} of {most:,} samples" if record.samples < most else ""
                 _log.info(
-                    "epoch %d: loss %.6f%s, accuracy %.4f, version %d, %.1f s; bytes so far: down %d, up %d",
+                    "epoch %d: loss %.6f%s%s, version %d, %.1f s; bytes so far: down %d, up %d",
                     record.epoch,
                     record.loss,
                     over,
-                    record.accuracy,
+                    f", accuracy {record.accuracy:.4f}" if self._accuracy else "",
                     record.version,
                     record.time,
                     traffic.total("down"),

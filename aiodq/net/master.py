@@ -158,7 +158,7 @@ class Master:
         self._closing = self._closed = False
         self._accepted = 0
         self._rate = ConnectionRate(self.master_config.connection_rate, 2 * workers + 16)
-        self._logbook = Logbook(self._now)
+        self._logbook = Logbook(self._now, accuracy=self._accuracy is not False)
         self._started = 0.0
         self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None

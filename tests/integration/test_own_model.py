@@ -56,6 +56,9 @@ def test_user_objective_by_import_path_reaches_the_closed_form_optimum(tmp_path:
     assert abs(summary["trace"][-1]["loss"] - best) <= 0.01 * best, (summary["trace"][-1]["loss"], best)
     assert summary["measures_accuracy"] is False
     assert "- (the model measures none)" in result.stdout
+    # Nor does the master's log give it one (a newcomer read 'accuracy 0.0000' there).
+    epochs = [line for line in (out / "aiodq.log").read_text().splitlines() if " epoch " in line]
+    assert len(epochs) == 6 and not any("accuracy" in line for line in epochs), epochs
     model, meta = aiodq.load_model(out / "model.npz")
     assert model.shape == (dataset.features_count,)
     assert meta["dim"] == dataset.features_count
