@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -166,7 +167,12 @@ def from_args(cls: type[_Config], args: argparse.Namespace, prefix: str = "", **
     try:
         return cls(**values, **extra)
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        # The fields the command line set, named as its options (a newcomer read 'heartbeat_interval
+        # must be shorter than idle_timeout' for --heartbeat-interval 40).
+        said = str(exc)
+        for name in values:
+            said = re.sub(rf"(?<![\w-]){name}\b", "--" + name.replace("_", "-"), said)
+        raise UsageError(said) from exc
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:

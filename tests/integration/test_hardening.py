@@ -426,7 +426,12 @@ def _one_line(result: Any) -> str:
         ),
         (["run", "--timeout", "nan"], 2, "--timeout"),
         (["run", "--guard", "1"], 2, "guard"),
-        (["run", "--snapshot-timeout", "0"], 2, "snapshot_timeout"),
+        (["run", "--snapshot-timeout", "0"], 2, "--snapshot-timeout must be positive"),
+        (  # the options' names, not the fields' (a newcomer read heartbeat_interval and idle_timeout)
+            ["worker", "--connect", "127.0.0.1:9", "--shard", "0/1", "--heartbeat-interval", "40"],
+            2,
+            "aiodq worker: --heartbeat-interval must be shorter than --idle-timeout",
+        ),
         (["run", "--model", "logistic", "--data", "tests/fixtures/mnist-like.csv"], 2, "no such file"),
         (["bench", "codec", "--dims", "x"], 2, "--dims"),
         (["bench", "codec", "--bits", "99"], 2, "--bits"),
