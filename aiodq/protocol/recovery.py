@@ -142,7 +142,8 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         )
         longer = saved.epochs != config.epochs  # (more epochs: a new run, from the model, --start-from)
         hint = (
-            "; to train on from where it stands, start a new run from its model (--start-from)"
+            "; to train on from where it stands, start a new run from the model.npz its run wrote "
+            "(--start-from OUT/model.npz; not from the checkpoint)"
             if longer
             else ""
         )

@@ -451,7 +451,10 @@ def test_a_checkpoint_without_a_later_option_resumes_and_one_of_another_run_does
     with pytest.raises(CheckpointError) as info:
         Cluster(train, small_a9a(), 2, connect=False).coordinator.restore(other, 0.0)
     step = f"step {train.step * 2!r} there, {train.step!r} here"
-    hint = "; to train on from where it stands, start a new run from its model (--start-from)"
+    hint = (
+        "; to train on from where it stands, start a new run from the model.npz its run wrote "
+        "(--start-from OUT/model.npz; not from the checkpoint)"
+    )
     assert str(info.value).endswith(f"epochs 3 there, 2 here; {step}{hint}")
     wider = cluster.coordinator.checkpoint(cluster.now)
     wider.meta["dim"] += 1
