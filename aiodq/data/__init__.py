@@ -146,7 +146,9 @@ def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
         try:
             label = float(head)
         except ValueError:
-            raise DataError(f"{path}:{number}: label {head!r} is not a number") from None
+            shown = head if len(head) <= 40 else head[:40] + "..."  # (a whole comma-separated row, say)
+            also = " (LIBSVM separates its fields by spaces)" if "," in head else ""
+            raise DataError(f"{path}:{number}: label {shown!r} is not a number{also}") from None
         if not math.isfinite(label):
             raise DataError(f"{path}:{number}: label {head!r} is not finite")
         if body and not _PAIRS.fullmatch(body):
@@ -225,7 +227,10 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
     if table.shape[0] == 0:
         raise DataError(f"{path}: no samples")
     if table.shape[1] != 785:
-        raise DataError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
+        raise DataError(
+            f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}: a CSV file is read "
+            "as MNIST; other data goes in LIBSVM format"
+        )
     if not np.isfinite(table).all():
         raise DataError(f"{path}: non-finite values")
     label_column, pixels = 784, table[:, :784]

@@ -730,3 +730,23 @@ def test_a_test_file_wider_or_narrower_than_the_training_file_is_fitted_to_it(
     write(tmp_path, "f.t", "+1 1:1\n")
     narrow = load_test_dataset(train, n_features=3)
     assert narrow is not None and narrow.features.shape == (1, 3)
+
+
+def test_a_comma_separated_row_and_a_plain_csv_say_which_format_is_read(tmp_path: Path) -> None:
+    """A newcomer's comma-separated LIBSVM line was quoted whole as the 'label' (kilobytes), and a CSV
+    of 21 columns got only 'expected 785 columns': each message now says what the format is."""
+    row = "0.5," + ",".join(f"{j}:0.{j}" for j in range(1, 200))
+    path = write(tmp_path, "comma.svm", row + "\n")
+    with pytest.raises(DataError) as info:
+        load_svmlight(path)
+    assert str(info.value) == (
+        f"{path}:1: label '{row[:40]}...' is not a number (LIBSVM separates its fields by spaces)"
+    )
+    table = tmp_path / "plain.csv"
+    table.write_text("1,0.5,0.25\n0,0.1,0.2\n")
+    with pytest.raises(DataError) as info:
+        load_mnist_csv(table)
+    assert str(info.value) == (
+        f"{table}: expected 785 columns (784 pixels + label), got 3: a CSV file is read as MNIST; other "
+        "data goes in LIBSVM format"
+    )
