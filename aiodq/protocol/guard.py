@@ -142,7 +142,8 @@ class Guard:
         #: The shard a connection claimed (None: none); the coordinator sets its own.
         self.shard_of = shard_of
         self._shard_sizes = {samples // workers, -(-samples // workers)} if samples else None
-        self._norms: OrderedDict[_Source, deque[float]] = OrderedDict()
+        #: Each source's latest applied update norms, and their median (kept: one per update here).
+        self._norms: OrderedDict[_Source, tuple[deque[float], float]] = OrderedDict()
         #: Each source's latest accepted report: per-sample loss, mean gradient norm.
         self._previous: OrderedDict[_Source, tuple[float, float]] = OrderedDict()
         self._first_loss = 0.0  # the first accepted phase's per-sample loss
@@ -226,7 +227,7 @@ class Guard:
         # The median alone would refuse every honest update once g_snap grows (a worker back
         # after many epochs brings its shard's gradient into it), and end the run as diverged.
         reference = _norm(full_gradient)
-        typical = [statistics.median(norms) for norms in self._norms.values()]
+        typical = [median for _, median in self._norms.values()]
         if len(typical) >= min(2, self._workers):
             reference = max(reference, statistics.median_low(typical))
         return self.factor * reference if reference > 0 else None
@@ -235,9 +236,9 @@ class Guard:
         """An update of this norm, from the connection ``worker_id``, was applied."""
         if self.factor:
             source = self._source(worker_id)
-            norms = self._norms.get(source) or deque(maxlen=_WINDOW)
+            norms = self._norms[source][0] if source in self._norms else deque(maxlen=_WINDOW)
             norms.append(norm)
-            self._keep(self._norms, source, norms)
+            self._keep(self._norms, source, (norms, statistics.median(norms)))
 
     # -- the snapshot phase -----------------------------------------------------------
 
