@@ -204,12 +204,10 @@ class Coordinator:
         return [wid for wid, w in self._workers.items() if w.connection.state is ConnectionState.CLOSED]
 
     def forget(self, worker_id: int) -> None:
-        """Drop a closed worker's connection, keeping its traffic counters.
-
-        The traffic of a peer that never joined is kept apart: it is not the run's.
-        """
+        """Drop a closed worker's connection, keeping its traffic (a stranger's apart: not the run's)."""
         if (worker := self._workers.pop(worker_id, None)) is not None:
             self.ledger.retire(worker.connection, admitted=worker.admitted)
+            self.guard.forget(worker_id)
 
     def disconnect(self, worker_id: int, now: float) -> None:
         """The transport to a worker was lost."""

@@ -25,9 +25,10 @@ out of line with everything else it has seen:
   master knows n; else positive), ``correct <= samples``; and, once the phase's
   reports are in, a per-sample loss or mean gradient norm more than f times the
   median of the others' (three reports or more), or else of the other sources'
-  latest accepted reports (its own latest only when no other source has one; with
+  latest accepted reports (else the phase's other report, else its own latest; with
   two workers, comparing with the previous phase as a whole let a worker raise its
-  own reference: 80 times it each phase ended a healthy run as diverged).  The
+  own reference: 80 times it each phase ended a healthy run as diverged).  A
+  connection that claimed no shard is a source until it ends.  The
   loss may be off by f times at least 1e-2 and 1e-2 times the first phase's
   per-sample loss, whatever the reference (a worker's report of a tiny loss then
   cannot get the other's honest one refused).
@@ -152,6 +153,15 @@ class Guard:
         shard = self.shard_of(worker_id)
         return ("connection", worker_id) if shard is None else ("shard", shard)
 
+    def forget(self, worker_id: int) -> None:
+        """The connection ``worker_id`` is gone: its figures go, unless they are its shard's.
+
+        A worker that claims no shard and reconnects is a new source each time: kept, its old
+        connections' figures would let it outnumber the others in the medians.
+        """
+        for table in (self._norms, self._previous):
+            table.pop(("connection", worker_id), None)
+
     def _keep(self, table: OrderedDict[_Source, Any], source: _Source, value: Any) -> None:
         """``table[source] = value`` as the newest entry; the oldest go beyond the sources kept."""
         table.pop(source, None)
@@ -273,10 +283,11 @@ class Guard:
         for worker_id, (loss, gradient) in stats.items():
             others = [value for other, value in stats.items() if other != worker_id]
             if len(others) < 2:
+                # The other sources' latest accepted reports; else the other report of this phase (a
+                # worker that claims no shard came back on a new connection); else its own latest.
                 source = self._source(worker_id)
-                others = [value for s, value in self._previous.items() if s != source] or [
-                    value for value in self._previous.values()
-                ]
+                earlier = [value for s, value in self._previous.items() if s != source]
+                others = earlier or others or list(self._previous.values())
             if not others:
                 continue  # nothing to compare with yet
             reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))

@@ -1103,6 +1103,24 @@ def test_the_update_bound_is_a_median_of_sources_a_shard_being_one() -> None:
     assert alone.max_update_norm(zero) == pytest.approx(400.0)
 
 
+def test_a_worker_without_a_shard_that_reconnects_cannot_outnumber_the_others() -> None:
+    """A connection that claimed no shard is a source until it ends (Guard.forget, called as the
+    coordinator forgets it): reconnecting ten times with large updates leaves no ten sources behind
+    to outvote the two honest ones in the median; a shard's figures outlive its connections."""
+    shards = {1: 0}
+    guard = Guard(config(), factor=100.0, workers=3, samples=None, shard_of=shards.get)
+    zero = np.zeros(D)
+    guard.applied(1.0, 1)  # shard 0
+    guard.applied(1.0, 2)  # a connection without a claim
+    for connection in range(100, 110):
+        guard.applied(90.0, connection)
+        guard.forget(connection)
+    assert guard.max_update_norm(zero) == pytest.approx(100.0)
+    guard.forget(1)  # its shard's figures stay
+    guard.forget(2)
+    assert guard.max_update_norm(zero) is None  # one source of three: no reference
+
+
 def _phase_report(loss: float, norm: float = 1.0) -> SnapshotGradient:
     """A report of 1,000 samples: per-sample loss ``loss / 1000``, mean gradient norm ``norm``."""
     vector = RawVector(np.full(D, 1000 * norm / math.sqrt(D)))
@@ -1126,6 +1144,23 @@ def test_with_two_workers_a_report_is_judged_against_the_others_latest_not_its_o
     # limit of 100 x 0.69 above it.  The honest report, against the lie, is within f times of it.
     compounding = 99 * (honest + lie) / 2
     third = {0: _phase_report(honest), 1: _phase_report(compounding)}
+    assert list(guard.outliers(third)) == [1]
+
+
+def test_a_report_is_judged_against_the_phases_other_report_when_no_other_source_has_one() -> None:
+    """With two workers that claim no shard, the honest one came back on a new connection: its old
+    figures went with the old one, and the other's compounding report is judged against the honest
+    one's report of this phase, not against its own earlier lie."""
+    guard = Guard(config(), factor=100.0, workers=2, samples=2000)
+    honest = 690.0
+    first = {0: _phase_report(honest), 1: _phase_report(honest)}
+    guard.phase_finished(first)
+    lie = 99 * honest
+    second = {0: _phase_report(honest), 1: _phase_report(lie)}
+    assert guard.outliers(second) == {}
+    guard.phase_finished(second)
+    guard.forget(0)  # the honest worker's connection ended; it rejoins as connection 5
+    third = {5: _phase_report(honest), 1: _phase_report(99 * lie)}
     assert list(guard.outliers(third)) == [1]
 
 
