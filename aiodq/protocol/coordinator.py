@@ -107,7 +107,6 @@ class Coordinator:
             raise ValueError("record_every must be a non-negative integer")
         self.config, self.master_config = config, master_config or MasterConfig()
         self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
-        self.guard.shard_of = self.shard_of  # (it keeps each shard's figures: guard.py)
         self.state = MasterState(config, x0)
         self.dim, self.expected_workers, self.phase = int(self.state.x.shape[0]), workers, Phase.JOINING
         self._connection_config = base = coding_options(config, connection_config or ConnectionConfig())
@@ -436,8 +435,10 @@ class Coordinator:
                 samples=samples,
             )
         )
-        first, final = self.trace[0].loss, state.epoch >= self.config.epochs
-        if (failure := Divergence.loss(state.epoch, loss, first, final=final)) is not None:
+        failure = Divergence.loss(state.epoch, loss, self.trace[0].loss)
+        if final := state.epoch >= self.config.epochs:  # (then also: did it train? guard.py)
+            failure = failure or self.guard.untrained(state.epoch, self.trace[0].loss)
+        if failure is not None:
             return self._finish(now, failure)
         if final:
             return self._finish(now)

@@ -14,24 +14,24 @@ out of line with everything else it has seen:
   send ZERO only in answer to a model equal to the snapshot (alpha includes
   l2 (x_hat - x_snap), so it is never zero otherwise); an update u = Q(alpha) + g_snap
   whose norm is over f times the larger of ``||g_snap||`` and the typical applied
-  update: each source's (a shard, or a connection that claimed none) median of its
-  last 64 applied updates, and of those the median (the lower of two), once two
-  sources have had updates applied (one, with M = 1).  So no worker's own updates
-  raise its bound: a single pooled median let a worker that answers faster than the
-  others fill the window with its own updates, each just under the bound, and the
-  bound grew with every one (an attack review wrecked a run of 3 workers that
-  ended "trained").
+  update: each live connection's median of its last 64 applied updates, and of
+  those the median (the lower of two), once two connections have had updates
+  applied (one, with M = 1).  So no worker's own updates raise its bound: a single
+  pooled median let a worker that answers faster than the others fill the window
+  with its own updates, each just under the bound, and the bound grew with every
+  one (an attack review wrecked a run of 3 workers that ended "trained").
 - SNAPSHOT_GRADIENT: ``samples`` one of the two shard sizes of n over M (when the
   master knows n; else positive), ``correct <= samples``; and, once the phase's
   reports are in, a per-sample loss or mean gradient norm more than f times the
-  median of the others' (three reports or more), or else of the other sources'
-  latest accepted reports (else the phase's other report, else its own latest; with
-  two workers, comparing with the previous phase as a whole let a worker raise its
-  own reference: 80 times it each phase ended a healthy run as diverged).  A
-  connection that claimed no shard is a source until it ends.  The
-  loss may be off by f times at least 1e-2 and 1e-2 times the first phase's
-  per-sample loss, whatever the reference (a worker's report of a tiny loss then
-  cannot get the other's honest one refused).
+  median of the others' (three reports or more), or else of the other live
+  connections' latest accepted reports (else the phase's other report, else its
+  own latest; with two workers, comparing with the previous phase as a whole let a
+  worker raise its own reference: 80 times it each phase ended a healthy run as
+  diverged).  The loss may be off by f times at least 1e-2 and 1e-2 times the
+  first phase's per-sample loss, and the gradient norm reach f times 1e-2 times
+  the first phase's, whatever the reference (the first reports' upper median: a
+  worker's report of a loss or gradient of about 0 then cannot get the other's
+  honest one refused).
 
 A refusal names the wire code and the reason; the coordinator drops the message,
 tells the worker, and for a snapshot report, which no later message can correct,
@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -79,11 +77,6 @@ DIVERGED_LOSS_FACTOR = 1e6
 
 #: Applied update norms kept per source for its median.
 _WINDOW = 64
-#: Sources (shards, connections without one) whose figures are kept, at least; the oldest go first.
-_SOURCES = 64
-
-#: Where a worker's figures come from: ``("shard", i)``, or ``("connection", worker_id)`` without a claim.
-_Source = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +112,7 @@ def _norm(values: np.ndarray) -> float:
 class Guard:
     """The master's checks of one run's gradients and snapshot reports (module docstring)."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        *,
-        factor: float,
-        workers: int,
-        samples: int | None,
-        shard_of: Callable[[int], int | None] = lambda worker_id: None,
-    ) -> None:
+    def __init__(self, config: TrainConfig, *, factor: float, workers: int, samples: int | None) -> None:
         """Set up the checks.
 
         Args:
@@ -135,39 +120,27 @@ class Guard:
             factor: the guard factor f; 0 turns the statistical checks off.
             workers: M.
             samples: n, the samples of the whole dataset, if the master knows it.
-            shard_of: the shard a connection claimed (None: none); its figures are the shard's.
         """
         self.config = config
         self.factor = factor
         self._workers = workers
-        #: The shard a connection claimed (None: none); the coordinator sets its own.
-        self.shard_of = shard_of
         self._shard_sizes = {samples // workers, -(-samples // workers)} if samples else None
-        #: Each source's latest applied update norms, and their median (kept: one per update here).
-        self._norms: OrderedDict[_Source, tuple[deque[float], float]] = OrderedDict()
-        #: Each source's latest accepted report: per-sample loss, mean gradient norm.
-        self._previous: OrderedDict[_Source, tuple[float, float]] = OrderedDict()
-        self._first_loss = 0.0  # the first accepted phase's per-sample loss
-
-    def _source(self, worker_id: int) -> _Source:
-        shard = self.shard_of(worker_id)
-        return ("connection", worker_id) if shard is None else ("shard", shard)
+        #: Each live connection's latest applied update norms, and their median (kept as they come).
+        self._norms: dict[int, tuple[deque[float], float]] = {}
+        #: Each live connection's latest accepted report: per-sample loss, mean gradient norm.
+        self._previous: dict[int, tuple[float, float]] = {}
+        #: The run's first snapshot phase (epoch 0), per report: per-sample losses, mean gradient norms.
+        self._first: tuple[list[float], list[float]] = ([], [])
+        self._last: list[float] = []  # the latest phase's per-sample losses
 
     def forget(self, worker_id: int) -> None:
-        """The connection ``worker_id`` is gone: its figures go, unless they are its shard's.
+        """The connection ``worker_id`` is gone, and its figures with it.
 
-        A worker that claims no shard and reconnects is a new source each time: kept, its old
-        connections' figures would let it outnumber the others in the medians.
+        A source is a live connection: a worker that reconnects is a new one, and figures kept for
+        its old connections would let it outnumber the others in the medians (an attack review).
         """
-        for table in (self._norms, self._previous):
-            table.pop(("connection", worker_id), None)
-
-    def _keep(self, table: OrderedDict[_Source, Any], source: _Source, value: Any) -> None:
-        """``table[source] = value`` as the newest entry; the oldest go beyond the sources kept."""
-        table.pop(source, None)
-        table[source] = value
-        while len(table) > max(_SOURCES, 2 * self._workers):
-            table.popitem(last=False)
+        self._norms.pop(worker_id, None)
+        self._previous.pop(worker_id, None)
 
     # -- the inner loop -----------------------------------------------------------
 
@@ -238,17 +211,16 @@ class Guard:
         # after many epochs brings its shard's gradient into it), and end the run as diverged.
         reference = _norm(full_gradient)
         typical = [median for _, median in self._norms.values()]
-        if len(typical) >= min(2, self._workers):
+        if len(typical) >= min(2, self._workers):  # (a majority of live connections can still lift it)
             reference = max(reference, statistics.median_low(typical))
         return self.factor * reference if reference > 0 else None
 
     def applied(self, norm: float, worker_id: int) -> None:
         """An update of this norm, from the connection ``worker_id``, was applied."""
         if self.factor:
-            source = self._source(worker_id)
-            norms = self._norms[source][0] if source in self._norms else deque(maxlen=_WINDOW)
+            norms = self._norms[worker_id][0] if worker_id in self._norms else deque(maxlen=_WINDOW)
             norms.append(norm)
-            self._keep(self._norms, source, (norms, statistics.median(norms)))
+            self._norms[worker_id] = (norms, statistics.median(norms))
 
     # -- the snapshot phase -----------------------------------------------------------
 
@@ -275,7 +247,7 @@ class Guard:
         return None
 
     def outliers(self, reports: dict[int, SnapshotGradient]) -> dict[int, Refusal]:
-        """Reports out of line with the others' (or the previous phase's), by worker id."""
+        """Reports out of line with the others' (or the other connections' latest), by worker id."""
         if not self.factor or not reports:
             return {}
         stats = {w: (r.loss / r.samples, _norm(r.vector.values) / r.samples) for w, r in reports.items()}
@@ -283,17 +255,19 @@ class Guard:
         for worker_id, (loss, gradient) in stats.items():
             others = [value for other, value in stats.items() if other != worker_id]
             if len(others) < 2:
-                # The other sources' latest accepted reports; else the other report of this phase (a
-                # worker that claims no shard came back on a new connection); else its own latest.
-                source = self._source(worker_id)
-                earlier = [value for s, value in self._previous.items() if s != source]
+                # The other connections' latest accepted reports; else the phase's other report (the
+                # other worker came back on a new connection); else its own latest.
+                earlier = [value for other, value in self._previous.items() if other != worker_id]
                 others = earlier or others or list(self._previous.values())
             if not others:
                 continue  # nothing to compare with yet
             reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
-            # Either way: a loss far below the others' (or negative) skews F and g_snap as much.
-            limit_loss = self.factor * max(abs(reference[0]), 1e-2, 1e-2 * self._first_loss)
-            limit_gradient = self.factor * reference[1] + 1e-6
+            # Either way: a loss far below the others' (or negative) skews F and g_snap as much.  Each
+            # limit is at least f / 100 times the first phase's (its upper median): a worker's report
+            # of a loss or gradient of about 0 then cannot get the other's refused.
+            first_loss, first_gradient = (statistics.median_high(v) if v else 0.0 for v in self._first)
+            limit_loss = self.factor * max(abs(reference[0]), 1e-2, 1e-2 * abs(first_loss))
+            limit_gradient = self.factor * max(reference[1], 1e-2 * first_gradient) + 1e-6
             if not abs(loss - reference[0]) <= limit_loss or gradient > limit_gradient:
                 refused[worker_id] = Refusal(
                     ErrorCode.INVALID_PAYLOAD,
@@ -310,13 +284,38 @@ class Guard:
         (with no L2 term), while each shard's does not, so a shard measured against it would look
         more out of line the better the run converges.
         """
-        samples = sum(r.samples for r in reports.values())
-        if samples and not self._first_loss:
-            self._first_loss = abs(sum(r.loss for r in reports.values()) / samples)
-        for worker_id, report in reports.items():
-            if report.samples:
-                figures = (report.loss / report.samples, _norm(report.vector.values) / report.samples)
-                self._keep(self._previous, self._source(worker_id), figures)
+        figures = {
+            worker_id: (report.loss / report.samples, _norm(report.vector.values) / report.samples)
+            for worker_id, report in reports.items()
+            if report.samples
+        }
+        self._previous.update(figures)
+        self._last = [loss for loss, _ in figures.values()]
+        if all(report.epoch == 0 for report in reports.values()) and not self._first[0]:
+            self._first = ([loss for loss, _ in figures.values()], [norm for _, norm in figures.values()])
+
+    def untrained(self, epoch: int, first: float) -> str | None:
+        """After the final phase: the failure if the run did not train, else None.
+
+        The lower median of this phase's per-sample losses (the lower of two) more than its size
+        above the upper median of the first phase's (``first``, the trace's first per-sample loss,
+        if this guard did not see that phase: a resumed run): F more than doubled.  An attack
+        review: a worker's updates, each within the bound, took F from 0.69 to 480 in six epochs,
+        and the run ended as trained.  One false report, the first phase's or the last's, cannot
+        fail an honest run with three workers or more (the medians), nor, with two, move the
+        comparison its way (the lower of the last, the higher of the first).
+        """
+        if not self._last:
+            return None
+        start = statistics.median_high(self._first[0]) if self._first[0] else first
+        end = statistics.median_low(self._last)
+        if not start or end - start <= abs(start):
+            return None
+        return (
+            f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} at the "
+            f"last, epoch {epoch}: the run did not train (is the step size too large? or a worker's "
+            "updates took it there: docs/security.md)"
+        )
 
 
 def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, int]) -> Refusal | None:
@@ -434,14 +433,11 @@ class Divergence:
         return None
 
     @staticmethod
-    def loss(epoch: int, loss: float, first: float, *, final: bool = False) -> str | None:
+    def loss(epoch: int, loss: float, first: float) -> str | None:
         """After a snapshot phase found F(x_snap) = ``loss`` (``first``: the first phase's): any failure.
 
         Not finite, or past :data:`DIVERGED_LOSS_FACTOR` times ``max(|first|, 1)``: no training that
-        converges, convex or not, takes its objective a million times above where it began.  And
-        at the ``final`` epoch, more than ``|first|`` above ``first`` (twice a positive first): the
-        run did not train.  An attack review: a worker whose updates each stayed within the guard's
-        bound took F from 0.69 to 480 over six epochs, and the run ended as trained.
+        converges, convex or not, takes its objective a million times above where it began.
         """
         if not math.isfinite(loss):
             return f"the training objective at epoch {epoch} is not finite: the run diverged"
@@ -449,12 +445,6 @@ class Divergence:
             return (
                 f"the training objective at epoch {epoch} is {loss:.4g}, over {DIVERGED_LOSS_FACTOR:.0e} "
                 f"times the first epoch's {first:.4g}: the run diverged (is the step size too large?)"
-            )
-        if final and first and loss - first > abs(first):
-            return (
-                f"the training objective rose from the first epoch's {first:.4g} to {loss:.4g} at the "
-                f"last, epoch {epoch}: the run did not train (is the step size too large? or a "
-                "worker's updates took it there: docs/security.md)"
             )
         return None
 
@@ -476,12 +466,12 @@ class Divergence:
     def reports(refusals: dict[int, Refusal], reports: dict[int, SnapshotGradient], epoch: int) -> str | None:
         """After a snapshot phase's check: the failure, if every report was refused.
 
-        That happens with one or two reports, judged against the previous phase's: it is the
+        That happens with one or two reports, judged against each other's latest: it is the
         snapshot that is off, not a worker, and removed workers would rejoin and report the same.
         """
         if refusals and len(refusals) == len(reports):
             return (
-                f"every snapshot report at epoch {epoch} is out of line with the previous phase's: "
+                f"every snapshot report at epoch {epoch} is out of line with the others' latest: "
                 "the run diverged (or the guard is too tight)"
             )
         return None
