@@ -28,6 +28,7 @@ import select
 import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -335,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spawned through uvloop (libuv resets every signal), stop on it whatever, and the run then
     ended as a worker's failure (a newcomer's ``kill -INT`` of a background run's process group).
     """
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    main_thread = threading.current_thread() is threading.main_thread()  # (only it may set handlers)
+    ignored = main_thread and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
