@@ -437,7 +437,7 @@ class Coordinator:
         )
         failure = Divergence.loss(state.epoch, loss, self.trace[0].loss)
         if final := state.epoch >= self.config.epochs:  # (then also: did it train? guard.py)
-            failure = failure or self.guard.untrained(state.epoch, self.trace[0].loss)
+            failure = failure or self.guard.untrained(state.epoch, loss, self.trace[0].loss)
         if failure is not None:
             return self._finish(now, failure)
         if final:

@@ -294,28 +294,36 @@ class Guard:
         if all(report.epoch == 0 for report in reports.values()) and not self._first[0]:
             self._first = ([loss for loss, _ in figures.values()], [norm for _, norm in figures.values()])
 
-    def untrained(self, epoch: int, first: float) -> str | None:
+    def untrained(self, epoch: int, loss: float, first: float) -> str | None:
         """After the final phase: the failure if the run did not train, else None.
 
         The lower median of this phase's per-sample losses (the lower of two) more than its size
-        above the upper median of the first phase's (``first``, the trace's first per-sample loss,
-        if this guard did not see that phase: a resumed run): F more than doubled.  An attack
-        review: a worker's updates, each within the bound, took F from 0.69 to 480 in six epochs,
-        and the run ended as trained.  One false report, the first phase's or the last's, cannot
-        fail an honest run with three workers or more (the medians), nor, with two, move the
-        comparison its way (the lower of the last, the higher of the first).
+        above the upper median of the first phase's (``first``, the trace's first F, if this guard
+        did not see that phase: a resumed run): F more than doubled.  An attack review: a worker's
+        updates, each within the bound, took F from 0.69 to 480 in six epochs, and the run ended
+        as trained.  One false report, the first phase's or the last's, cannot fail an honest run
+        with three workers or more (the medians), nor, with two, move the comparison its way (the
+        lower of the last, the higher of the first).  So with two the same worker hides the rise
+        by reporting its first loss (F went to 24,065 in that review); then F itself, ``loss``,
+        more than ``2 (f + 2)`` times ``|first|`` above ``first``, is the rise: one false report
+        within f times the other's makes F at most about ``(f + 2) / 2`` times the honest one's.
         """
-        if not self._last:
-            return None
-        start = statistics.median_high(self._first[0]) if self._first[0] else first
-        end = statistics.median_low(self._last)
-        if not start or end - start <= abs(start):
-            return None
-        return (
-            f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} at the "
-            f"last, epoch {epoch}: the run did not train (is the step size too large? or a worker's "
-            "updates took it there: docs/security.md)"
-        )
+        if self._last:
+            start = statistics.median_high(self._first[0]) if self._first[0] else first
+            end = statistics.median_low(self._last)
+            if start and end - start > abs(start):
+                return (
+                    f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} "
+                    f"at the last, epoch {epoch}: the run did not train (is the step size too large? or a "
+                    "worker's updates took it there: docs/security.md)"
+                )
+        if first and loss - first > 2 * (self.factor + 2) * abs(first):
+            return (
+                f"the training objective rose from {first:.4g} at the first epoch to {loss:.4g} at the last, "
+                f"epoch {epoch}, more than {2 * (self.factor + 2):g} times: the run did not train (is the "
+                "step size too large? or a worker's updates took it there: docs/security.md)"
+            )
+        return None
 
 
 def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, int]) -> Refusal | None:

@@ -337,50 +337,55 @@ def _reports(*losses: float, epoch: int = 1, norm: float = 1.0) -> dict[int, Sna
 @pytest.mark.parametrize(
     ("first", "last", "failed"),
     [
-        (
-            (0.69, 0.69, 0.69),
-            (480.0, 470.0, 0.69),
-            True,
-        ),  # the attack review's wreck; the attacker reports low
-        ((0.69, 0.69, 0.69), (1.39, 1.39, 1.39), True),  # more than twice
-        ((0.69, 0.69, 0.69), (1.37, 1.37, 1.37), False),  # within twice
-        ((0.69, 0.69, 0.69), (0.33, 0.33, 34.0), False),  # one false report in the last phase (M = 3)
-        ((0.69, 0.69, 0.01), (1.0, 1.0, 1.0), False),  # one false report in the first phase (M = 3)
-        ((0.69, 0.69), (0.33, 34.0), False),  # with two: the lower of the last
-        ((0.69, 34.0), (0.33, 0.33), False),  # and the higher of the first
-        ((-5.0, -5.0, -5.0), (0.5, 0.5, 0.5), True),  # a user's negative losses: more than |first| above it
-        ((-5.0, -5.0, -5.0), (-0.5, -0.5, -0.5), False),
-        ((0.0, 0.0, 0.0), (3.0, 3.0, 3.0), False),  # a first F of 0: no scale to judge by
+        ((0.69, 0.69, 0.69), (480.0, 470.0, 0.69), "medians"),  # the review's wreck; the attacker reports low
+        ((0.69, 0.69, 0.69), (1.39, 1.39, 1.39), "medians"),  # more than twice
+        ((0.69, 0.69, 0.69), (1.37, 1.37, 1.37), None),  # within twice
+        ((0.69, 0.69, 0.69), (0.33, 0.33, 34.0), None),  # one false report in the last phase (M = 3)
+        ((0.69, 0.69, 0.01), (1.0, 1.0, 1.0), None),  # one false report in the first phase (M = 3)
+        ((0.69, 0.69), (0.33, 69.0), None),  # with two: the lower of the last (F 34.7, 50x: under 204x)
+        ((0.69, 69.0), (0.33, 0.33), None),  # and the higher of the first
+        ((0.01, 0.69), (0.33, 69.0), None),  # a low first lie and a high last one: F 34.7 against 0.35, 99x
+        ((0.69, 0.69), (48_129.0, 0.69), "F"),  # the review's M = 2 wreck: F 24,065, the attacker at 0.69
+        ((-5.0, -5.0, -5.0), (0.5, 0.5, 0.5), "medians"),  # a user's negative losses: more than |first| above
+        ((-5.0, -5.0, -5.0), (-0.5, -0.5, -0.5), None),
+        ((0.0, 0.0, 0.0), (3.0, 3.0, 3.0), None),  # a first F of 0: no scale to judge by
     ],
 )
 def test_a_run_that_ends_far_above_where_it_began_did_not_train(
-    first: tuple[float, ...], last: tuple[float, ...], failed: bool
+    first: tuple[float, ...], last: tuple[float, ...], failed: str | None
 ) -> None:
     """After the final phase: the lower median of its per-sample losses more than |start| above the
-    first phase's upper median is a failure, not a trained run; one false report cannot make it one
-    (three workers: medians; two: the lower last, the higher first)."""
+    first phase's upper median, or F itself more than 2 (f + 2) times |F_0| above F_0, is a failure,
+    not a trained run; one false report within f times the other's cannot make it one (three workers:
+    medians; two: the lower last, the higher first, and F at most about (f + 2) / 2 times the honest)."""
     guard = Guard(config(), factor=100.0, workers=len(first), samples=None)
     guard.phase_finished(_reports(*first, epoch=0))
     guard.phase_finished(_reports(*last, epoch=6))
-    said = guard.untrained(6, 12345.0)  # (the trace's figure is for a guard that did not see epoch 0)
-    if not failed:
+    f_0, f_last = sum(first) / len(first), sum(last) / len(last)  # F: the reports' per-sample mean
+    said = guard.untrained(6, f_last, f_0)
+    if failed is None:
         assert said is None
-        return
-    start, end = sorted(first)[len(first) // 2], sorted(last)[(len(last) - 1) // 2]
-    assert said == (
-        f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} at the last, "
-        "epoch 6: the run did not train (is the step size too large? or a worker's updates took it there: "
-        "docs/security.md)"
-    )
+    elif failed == "medians":
+        start, end = sorted(first)[len(first) // 2], sorted(last)[(len(last) - 1) // 2]
+        assert said == (
+            f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} at the "
+            "last, epoch 6: the run did not train (is the step size too large? or a worker's updates took it "
+            "there: docs/security.md)"
+        )
+    else:
+        assert said == (
+            f"the training objective rose from {f_0:.4g} at the first epoch to {f_last:.4g} at the last, "
+            "epoch 6, more than 204 times: the run did not train (is the step size too large? or a worker's "
+            "updates took it there: docs/security.md)"
+        )
 
 
 def test_a_resumed_runs_guard_judges_the_end_by_the_traces_first_loss() -> None:
-    """A guard restored with its run (from a checkpoint) never saw epoch 0: the trace's first per-sample
-    F stands in for it."""
+    """A guard restored with its run (from a checkpoint) never saw epoch 0: the trace's first F stands in."""
     guard = Guard(config(), factor=100.0, workers=2, samples=None)
     guard.phase_finished(_reports(2.0, 2.0, epoch=4))
-    assert guard.untrained(4, 0.69) is not None
-    assert guard.untrained(4, 1.2) is None
+    assert guard.untrained(4, 2.0, 0.69) is not None
+    assert guard.untrained(4, 2.0, 1.2) is None
 
 
 def test_a_diverging_simulated_run_ends_as_untrained_through_the_coordinator() -> None:
