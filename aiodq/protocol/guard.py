@@ -23,15 +23,13 @@ out of line with everything else it has seen:
 - SNAPSHOT_GRADIENT: ``samples`` one of the two shard sizes of n over M (when the
   master knows n; else positive), ``correct <= samples``; and, once the phase's
   reports are in, a per-sample loss or mean gradient norm more than f times the
-  median of the others' (three reports or more), or else of the other live
-  connections' latest accepted reports (else the phase's other report, else its
-  own latest; with two workers, comparing with the previous phase as a whole let a
-  worker raise its own reference: 80 times it each phase ended a healthy run as
-  diverged).  The loss may be off by f times at least 1e-2 and 1e-2 times the
-  first phase's per-sample loss, and the gradient norm reach f times 1e-2 times
-  the first phase's, whatever the reference (the first reports' upper median: a
-  worker's report of a loss or gradient of about 0 then cannot get the other's
-  honest one refused).
+  median of the others' (three reports or more) or of the previous phase's (its own
+  share included: with one or two workers, a worker can raise its own reference
+  phase by phase; judged against the other's alone, honest shards of other scales
+  were refused).  The loss may be off by f times at least 1e-2 and 1e-2 times the
+  first phase's per-sample loss, and the gradient norm reach f times 1e-2 times the
+  first phase's, whatever the reference (the first reports' upper median: a report
+  of a loss or gradient of about 0 then cannot get the other's honest one refused).
 
 A refusal names the wire code and the reason; the coordinator drops the message,
 tells the worker, and for a snapshot report, which no later message can correct,
@@ -127,8 +125,8 @@ class Guard:
         self._shard_sizes = {samples // workers, -(-samples // workers)} if samples else None
         #: Each live connection's latest applied update norms, and their median (kept as they come).
         self._norms: dict[int, tuple[deque[float], float]] = {}
-        #: Each live connection's latest accepted report: per-sample loss, mean gradient norm.
-        self._previous: dict[int, tuple[float, float]] = {}
+        #: The previous phase's per-sample loss (all its reports') and median mean gradient norm.
+        self._previous: tuple[float, float] | None = None
         #: The run's first snapshot phase (epoch 0), per report: per-sample losses, mean gradient norms.
         self._first: tuple[list[float], list[float]] = ([], [])
         self._last: list[float] = []  # the latest phase's per-sample losses
@@ -140,7 +138,6 @@ class Guard:
         its old connections would let it outnumber the others in the medians (an attack review).
         """
         self._norms.pop(worker_id, None)
-        self._previous.pop(worker_id, None)
 
     # -- the inner loop -----------------------------------------------------------
 
@@ -247,21 +244,23 @@ class Guard:
         return None
 
     def outliers(self, reports: dict[int, SnapshotGradient]) -> dict[int, Refusal]:
-        """Reports out of line with the others' (or the other connections' latest), by worker id."""
+        """Reports out of line with the others' (or the previous phase's), by worker id."""
         if not self.factor or not reports:
             return {}
         stats = {w: (r.loss / r.samples, _norm(r.vector.values) / r.samples) for w, r in reports.items()}
         refused: dict[int, Refusal] = {}
         for worker_id, (loss, gradient) in stats.items():
             others = [value for other, value in stats.items() if other != worker_id]
-            if len(others) < 2:
-                # The other connections' latest accepted reports; else the phase's other report (the
-                # other worker came back on a new connection); else its own latest.
-                earlier = [value for other, value in self._previous.items() if other != worker_id]
-                others = earlier or others or list(self._previous.values())
-            if not others:
+            if len(others) >= 2:
+                reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
+            elif self._previous is not None:
+                # The previous phase's, the reporter's own share included: with two workers a report
+                # measured against the other's alone refused honest shards of other scales (a trial:
+                # features 150 times the other shard's, the worker removed at epoch 0, half the data
+                # gone from every epoch after), so a worker can raise its own reference phase by phase.
+                reference = self._previous
+            else:
                 continue  # nothing to compare with yet
-            reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
             # Either way: a loss far below the others' (or negative) skews F and g_snap as much.  Each
             # limit is at least f / 100 times the first phase's (its upper median): a worker's report
             # of a loss or gradient of about 0 then cannot get the other's refused.
@@ -278,7 +277,7 @@ class Guard:
         return refused
 
     def phase_finished(self, reports: dict[int, SnapshotGradient]) -> None:
-        """Remember each accepted report's per-sample loss and mean gradient norm, by source.
+        """Remember the accepted reports' per-sample loss and their median mean gradient norm.
 
         Per report, as a report is judged: the whole data's gradient goes to zero at the optimum
         (with no L2 term), while each shard's does not, so a shard measured against it would look
@@ -289,7 +288,10 @@ class Guard:
             for worker_id, report in reports.items()
             if report.samples
         }
-        self._previous.update(figures)
+        samples = sum(report.samples for report in reports.values())
+        if figures:
+            loss = sum(report.loss for report in reports.values()) / samples
+            self._previous = (loss, statistics.median(norm for _, norm in figures.values()))
         self._last = [loss for loss, _ in figures.values()]
         if all(report.epoch == 0 for report in reports.values()) and not self._first[0]:
             self._first = ([loss for loss, _ in figures.values()], [norm for _, norm in figures.values()])
@@ -474,12 +476,12 @@ class Divergence:
     def reports(refusals: dict[int, Refusal], reports: dict[int, SnapshotGradient], epoch: int) -> str | None:
         """After a snapshot phase's check: the failure, if every report was refused.
 
-        That happens with one or two reports, judged against each other's latest: it is the
+        That happens with one or two reports, judged against the previous phase's: it is the
         snapshot that is off, not a worker, and removed workers would rejoin and report the same.
         """
         if refusals and len(refusals) == len(reports):
             return (
-                f"every snapshot report at epoch {epoch} is out of line with the others' latest: "
+                f"every snapshot report at epoch {epoch} is out of line with the previous phase's: "
                 "the run diverged (or the guard is too tight)"
             )
         return None
