@@ -73,7 +73,7 @@ DIVERGED_AFTER = 4
 #: A run whose F(x_snap) passes this many times its first epoch's (or 1, if that is smaller) has diverged.
 DIVERGED_LOSS_FACTOR = 1e6
 
-#: Applied update norms kept per source for its median.
+#: Applied update norms kept per connection for its median.
 _WINDOW = 64
 
 
