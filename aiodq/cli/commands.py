@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
-from ..launch.common import as_it_stood
+from ..launch.common import as_it_stood, check_shares
 from ..launch.local import (
     load_data_or_fail,
     lower_priority,
@@ -182,8 +182,7 @@ def _dataset_for(
         raise UsageError(str(exc)) from exc
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    if dataset.samples < workers:
-        raise UsageError(f"{dataset.samples} samples cannot be shared by {workers} workers")
+    check_shares(dataset.samples, workers)
     objective = objective_for(config, dataset, training_set=True)
     try:
         test = load_test_dataset(path, n_features=dataset.features.shape[1])

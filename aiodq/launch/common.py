@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..net.master import Master
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
@@ -21,6 +22,7 @@ from ..protocol.result import RunResult
 __all__ = [
     "Handover",
     "as_it_stood",
+    "check_shares",
     "checkpoint_note",
     "data_fingerprint",
     "live_display",
@@ -149,6 +151,12 @@ def progress_table(title: str, state: dict[str, Any]) -> Any:
     else:
         view.caption = "starting"
     return view
+
+
+def check_shares(samples: int, workers: int) -> None:
+    """Raise UsageError, before any worker starts, if ``samples`` cannot give each of ``workers`` one."""
+    if samples < workers:
+        raise UsageError(f"{samples} samples cannot be shared by {workers} workers")
 
 
 @contextlib.contextmanager

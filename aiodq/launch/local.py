@@ -34,13 +34,14 @@ from ..protocol.result import RunResult
 from .common import (
     Handover,
     as_it_stood,
+    check_shares,
     checkpoint_note,
     data_fingerprint,
     live_display,
     progress_state,
     progress_table,
 )
-from .models import import_root, objective_for, read_start
+from .models import import_root, objective_for, start_vector
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import PARENT, WorkerProcess, after_training, ended, exits, stop_workers
 from .results import save_records
@@ -244,10 +245,6 @@ async def run_local(
         "max_restarts": max_restarts,
     }
     resolve_worker_nice(worker_nice)  # refused before any data is read
-    if start_from is not None and resume:
-        raise UsageError("start_from starts a new run; resume continues the checkpoint's")
-    if isinstance(start_from, str | os.PathLike):
-        start_from = read_start(start_from, config, option="start_from")
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
@@ -267,6 +264,7 @@ async def run_local(
         raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:
         raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
+    start_from = start_vector(start_from, config, resume=resume)
     if data is not None and not isinstance(data, str | os.PathLike):
         raise TypeError(
             f"run_local's data is a file or folder that the worker processes read too, not a "
@@ -328,8 +326,7 @@ async def run_cluster(
             says so.
     """
     nice = resolve_worker_nice(worker_nice)
-    if workers > dataset.samples:  # (checked before a worker process fails on it)
-        raise UsageError(f"{dataset.samples} samples cannot be shared by {workers} workers")
+    check_shares(dataset.samples, workers)  # (before a worker process fails on it)
     # The local cluster authenticates too: a fresh secret, handed to the workers in their environment.
     secret = secrets.token_hex(32)
     try:  # its own model's size sets the limits, which protect against strangers' (wire-format.md 10)

@@ -30,7 +30,7 @@ from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_obj
 from ..protocol.start import check_start, starting_point
 from .results import load_model
 
-__all__ = ["import_root", "load_factory", "objective_for", "read_start", "test_scores"]
+__all__ = ["import_root", "load_factory", "objective_for", "read_start", "start_vector", "test_scores"]
 
 _log = logging.getLogger("aiodq.models")
 
@@ -232,6 +232,21 @@ def read_start(
     if trained is not None and trained != config.model:
         _log.warning("%s was trained as --model %s; this run trains %s", where, trained, config.model)
     return x0
+
+
+def start_vector(
+    start_from: str | os.PathLike[str] | npt.ArrayLike | None, config: TrainConfig, *, resume: bool
+) -> npt.ArrayLike | None:
+    """A launcher's ``start_from``: a file read here (:func:`read_start`), or the vector as it is.
+
+    Raises:
+        UsageError: with ``resume``, or for a file that holds no starting point.
+    """
+    if start_from is not None and resume:
+        raise UsageError("start_from starts a new run; resume continues the checkpoint's")
+    if isinstance(start_from, str | os.PathLike):
+        return read_start(start_from, config, option="start_from")
+    return start_from
 
 
 def _npy_vector(path: str | Path, where: str, dim: int | None) -> npt.NDArray[Any]:

@@ -40,8 +40,8 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
-from .common import as_it_stood, checkpoint_note, live_display, progress_table
-from .models import read_start
+from .common import as_it_stood, check_shares, checkpoint_note, live_display, progress_table
+from .models import start_vector
 from .ray_actors import MasterActor, Secret, WorkerActor
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -160,10 +160,7 @@ async def run_ray(
         raise UsageError("worker_cpus must be a positive number")
     if not timeout > 0 or max_restarts < 0:
         raise UsageError("the timeout must be positive and max_restarts not negative")
-    if start_from is not None and resume:
-        raise UsageError("start_from starts a new run; resume continues the checkpoint's")
-    if isinstance(start_from, str | os.PathLike):  # read here: the file is on the driver's machine
-        start_from = read_start(start_from, config, option="start_from")
+    start_from = start_vector(start_from, config, resume=resume)  # (a file is read here, on the driver)
     began = time.monotonic()
     started = local = False
     if not ray.is_initialized():
@@ -291,8 +288,7 @@ async def _run(
     data_path: str | None = None
     source: Any = None  # the bundled a9a
     if isinstance(data, Dataset):
-        if data.samples < workers:
-            raise UsageError(f"{data.samples} samples cannot be shared by {workers} workers")
+        check_shares(data.samples, workers)
         source = await asyncio.to_thread(ray.put, data)  # once: every actor reads this copy from the store
     elif data is not None:
         path = Path(data).expanduser()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..protocol.coordinator import Coordinator
+from ..protocol.deadlines import JOIN_TIMEOUT
 from ..version import __version__
 
 __all__ = [
@@ -130,7 +131,7 @@ class Logbook:
         a churner, never joined, and the run said only that 0 of 2 had joined); else ``{}``.
         """
         failure, refused = coordinator.failure, self.refused[RATE_REFUSAL]
-        if failure is None or "(--join-timeout)" not in failure or not refused:
+        if failure is None or JOIN_TIMEOUT not in failure or not refused:
             return {}
         last = self._refused_from.get(RATE_REFUSAL)
         return {

@@ -18,7 +18,10 @@ from typing import Any
 from ..config import MasterConfig
 from .members import Member
 
-__all__ = ["SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines"]
+__all__ = ["JOIN_TIMEOUT", "SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines"]
+
+#: What a failure at the join deadline says of it (the master's log adds the refusals that may explain it).
+JOIN_TIMEOUT = "(--join-timeout)"
 
 #: A snapshot phase after the first waits this many times the last phase's slowest report...
 SNAPSHOT_SLACK = 10.0
@@ -97,7 +100,7 @@ class Deadlines:
         that had joined says what the last to leave ran into (a newcomer's workers all failed in
         their objective, and the run ended saying that 0 of 2 workers had joined).
         """
-        waited = f"within {self.config.join_timeout:g} s (--join-timeout)"
+        waited = f"within {self.config.join_timeout:g} s {JOIN_TIMEOUT}"
         if not self.workers_left:
             return f"{live} of {expected} workers joined {waited}"
         last = next((entry for entry in reversed(list(errors)) if entry[4]), None)

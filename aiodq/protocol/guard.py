@@ -127,8 +127,9 @@ class Guard:
         self._norms: dict[int, tuple[deque[float], float]] = {}
         #: The previous phase's per-sample loss (all its reports') and median mean gradient norm.
         self._previous: tuple[float, float] | None = None
-        #: The run's first snapshot phase (epoch 0), per report: per-sample losses, mean gradient norms.
-        self._first: tuple[list[float], list[float]] = ([], [])
+        #: The run's first snapshot phase (epoch 0): its reports' upper medians of the per-sample loss
+        #: and the mean gradient norm (None before it, or for a guard restored with its run).
+        self._first: tuple[float, float] | None = None
         self._last: list[float] = []  # the latest phase's per-sample losses
 
     def forget(self, worker_id: int) -> None:
@@ -248,6 +249,9 @@ class Guard:
         if not self.factor or not reports:
             return {}
         stats = {w: (r.loss / r.samples, _norm(r.vector.values) / r.samples) for w, r in reports.items()}
+        # Each limit is at least f / 100 times the first phase's: a worker's report of a loss or
+        # gradient of about 0 then cannot get the other's refused.
+        first_loss, first_gradient = self._first or (0.0, 0.0)
         refused: dict[int, Refusal] = {}
         for worker_id, (loss, gradient) in stats.items():
             others = [value for other, value in stats.items() if other != worker_id]
@@ -261,10 +265,7 @@ class Guard:
                 reference = self._previous
             else:
                 continue  # nothing to compare with yet
-            # Either way: a loss far below the others' (or negative) skews F and g_snap as much.  Each
-            # limit is at least f / 100 times the first phase's (its upper median): a worker's report
-            # of a loss or gradient of about 0 then cannot get the other's refused.
-            first_loss, first_gradient = (statistics.median_high(v) if v else 0.0 for v in self._first)
+            # Either way: a loss far below the others' (or negative) skews F and g_snap as much.
             limit_loss = self.factor * max(abs(reference[0]), 1e-2, 1e-2 * abs(first_loss))
             limit_gradient = self.factor * max(reference[1], 1e-2 * first_gradient) + 1e-6
             if not abs(loss - reference[0]) <= limit_loss or gradient > limit_gradient:
@@ -293,8 +294,9 @@ class Guard:
             loss = sum(report.loss for report in reports.values()) / samples
             self._previous = (loss, statistics.median(norm for _, norm in figures.values()))
         self._last = [loss for loss, _ in figures.values()]
-        if all(report.epoch == 0 for report in reports.values()) and not self._first[0]:
-            self._first = ([loss for loss, _ in figures.values()], [norm for _, norm in figures.values()])
+        if figures and self._first is None and all(report.epoch == 0 for report in reports.values()):
+            losses, norms = zip(*figures.values(), strict=True)
+            self._first = (statistics.median_high(losses), statistics.median_high(norms))
 
     def untrained(self, epoch: int, loss: float, first: float) -> str | None:
         """After the final phase: the failure if the run did not train, else None.
@@ -311,7 +313,7 @@ class Guard:
         within f times the other's makes F at most about ``(f + 2) / 2`` times the honest one's.
         """
         if self._last:
-            start = statistics.median_high(self._first[0]) if self._first[0] else first
+            start = first if self._first is None else self._first[0]
             end = statistics.median_low(self._last)
             if start and end - start > abs(start):
                 return (
