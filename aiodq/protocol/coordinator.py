@@ -340,8 +340,7 @@ class Coordinator:
             self._record(self.state.snapshot, traffic, now)
         for worker in self._workers.values():
             if worker.joined:
-                # A worker still owing an earlier SNAPSHOT (it joined during the inner loop and
-                # has not answered) is not waited for: it joins in once it answers.
+                # One owing an earlier SNAPSHOT (joined in the inner loop) is not awaited: it joins on answer.
                 worker.active = worker.awaiting_snapshot = worker.snapshot_sent is None
                 self._send_snapshot(worker, now)
         self._divergence.awaiting(self.state.epoch, sum(w.awaiting_snapshot for w in self._workers.values()))
@@ -416,8 +415,7 @@ class Coordinator:
         samples = sum(r.samples for r in reports.values())
         state = self.state
         if self._resuming:
-            # A mid-epoch restart: the workers have x_snap again; x, g_snap, the version
-            # and the epoch's applied updates come from the checkpoint.
+            # A mid-epoch restart: the workers have x_snap again; x, g_snap and counters are the checkpoint's.
             self._resuming = False
             self._start_inner_loop(active, now)
             return
@@ -562,6 +560,7 @@ class Coordinator:
             phase=Phase.INNER.value if self._resuming else (self._waited_in or self.phase).value,
             elapsed=now - self._started,
             failure=self.failure,
+            guard=self.guard.memory(),
         )
 
     def restore(self, checkpoint: Checkpoint, now: float) -> None:
@@ -579,6 +578,7 @@ class Coordinator:
             raise CheckpointError("restore() must come before any worker connects")
         resumed = recovery.restore(checkpoint, self.config, self.state)
         self.ledger, self._started, self._resuming = resumed.ledger, now - resumed.elapsed, resumed.mid_epoch
+        self.guard.remember(*resumed.guard)
         if resumed.finished:
             self._finish(now, resumed.failure)
 

@@ -128,9 +128,24 @@ class Guard:
         #: The previous phase's per-sample loss (all its reports') and median mean gradient norm.
         self._previous: tuple[float, float] | None = None
         #: The run's first snapshot phase (epoch 0): its reports' upper medians of the per-sample loss
-        #: and the mean gradient norm (None before it, or for a guard restored with its run).
+        #: and the mean gradient norm (None before it, or restored from a checkpoint that kept none).
         self._first: tuple[float, float] | None = None
         self._last: list[float] = []  # the latest phase's per-sample losses
+
+    def memory(self) -> dict[str, list[float] | None]:
+        """For a checkpoint: the previous and the first snapshot phase's figures (None where none).
+
+        The update norms are the live connections' and end with them: a resumed run, whose workers
+        connect anew, gathers them again.
+        """
+        return {
+            "previous": None if self._previous is None else list(self._previous),
+            "first": None if self._first is None else list(self._first),
+        }
+
+    def remember(self, previous: tuple[float, float] | None, first: tuple[float, float] | None) -> None:
+        """Take back what :meth:`memory` gave, checked (:func:`aiodq.protocol.recovery.restore`)."""
+        self._previous, self._first = previous, first
 
     def forget(self, worker_id: int) -> None:
         """The connection ``worker_id`` is gone, and its figures with it.
@@ -303,14 +318,15 @@ class Guard:
 
         The lower median of this phase's per-sample losses (the lower of two) more than its size
         above the upper median of the first phase's (``first``, the trace's first F, if this guard
-        did not see that phase: a resumed run): F more than doubled.  An attack review: a worker's
-        updates, each within the bound, took F from 0.69 to 480 in six epochs, and the run ended
-        as trained.  One false report, the first phase's or the last's, cannot fail an honest run
-        with three workers or more (the medians), nor, with two, move the comparison its way (the
-        lower of the last, the higher of the first).  So with two the same worker hides the rise
-        by reporting its first loss (F went to 24,065 in that review); then F itself, ``loss``,
-        more than ``2 (f + 2)`` times ``|first|`` above ``first``, is the rise: one false report
-        within f times the other's makes F at most about ``(f + 2) / 2`` times the honest one's.
+        does not know that phase: resumed from a checkpoint that kept none): F more than doubled. An
+        attack review: a worker's updates, each within the bound, took F from 0.69 to 480 in six
+        epochs, and the run ended as trained.  One false report, the first phase's or the last's,
+        cannot fail an honest run with three workers or more (the medians), nor, with two, move the
+        comparison its way (the lower of the last, the higher of the first).  So with two the same
+        worker hides the rise by reporting its first loss (F went to 24,065 in that review); then F
+        itself, ``loss``, more than ``2 (f + 2)`` times ``|first|`` above ``first``, is the rise:
+        one false report within f times the other's makes F at most about ``(f + 2) / 2`` times the
+        honest one's.
         """
         if self._last:
             start = first if self._first is None else self._first[0]

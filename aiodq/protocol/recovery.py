@@ -48,6 +48,8 @@ class Resumed:
     finished: bool = False
     #: Why a finished run ended before its epochs did (it diverged, say), or None.
     failure: str | None = None
+    #: The guard's figures of the previous snapshot phase and of the first (Guard.remember), or None.
+    guard: tuple[tuple[float, float] | None, tuple[float, float] | None] = (None, None)
 
 
 def capture(
@@ -60,8 +62,13 @@ def capture(
     phase: str,
     elapsed: float,
     failure: str | None = None,
+    guard: dict[str, list[float] | None] | None = None,
 ) -> Checkpoint:
-    """Everything needed to continue a run later (``failure``: why a run that ended did so early)."""
+    """Everything needed to continue a run later.
+
+    ``failure``: why a run that ended did so early; ``guard``: the guard's figures of past
+    snapshot phases (:meth:`~aiodq.protocol.guard.Guard.memory`).
+    """
     arrays, state_meta = state.to_checkpoint()
     meta = {
         "config": config.to_params(),
@@ -71,6 +78,7 @@ def capture(
         "failure": failure,
         "elapsed": elapsed,
         "state": state_meta,
+        "guard": guard,
         "trace": [asdict(record) for record in ledger.trace],
         "applied_staleness": [[k, v] for k, v in ledger.applied_staleness.items()],
         "dropped": dict(ledger.dropped),
@@ -100,6 +108,21 @@ def _saved_error(entry: Any) -> tuple[int, str, str, str, bool]:
     if not isinstance(joined, bool):
         raise ValueError(f"an error whose 'joined' is {joined!r}")
     return int(worker), str(code), str(reason), side, joined
+
+
+def _saved_figures(saved: object, name: str) -> tuple[float, float] | None:
+    """The guard's ``name`` figures in a checkpoint: a per-sample loss and a gradient norm, or None."""
+    if saved is None:
+        return None
+    if (
+        isinstance(saved, list)
+        and len(saved) == 2
+        and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in saved)
+        and all(math.isfinite(value) for value in saved)
+        and saved[1] >= 0
+    ):
+        return float(saved[0]), float(saved[1])
+    raise ValueError(f"the guard's {name} figures {saved!r} are not a loss and a gradient norm")
 
 
 def _saved_config(params: object) -> TrainConfig | None:
@@ -182,6 +205,9 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             table = ledger.retired.tables()[name]
             for direction, kind, value in rows:
                 table[str(direction), str(kind)] += int(value)
+        # (A checkpoint of a version before the guard's memory has none: its guard starts afresh.)
+        memory = meta.get("guard") or {"previous": None, "first": None}
+        guard = (_saved_figures(memory["previous"], "previous"), _saved_figures(memory["first"], "first"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
     if not (math.isfinite(elapsed) and elapsed >= 0):
@@ -196,4 +222,6 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
     # phase it is the next, and the checkpoint holds the evaluated one (if it is of this version).
     if phase == "inner":
         state.evaluated = state.snapshot
-    return Resumed(ledger, elapsed, mid_epoch=phase == "inner", finished=phase == "done", failure=failure)
+    return Resumed(
+        ledger, elapsed, mid_epoch=phase == "inner", finished=phase == "done", failure=failure, guard=guard
+    )

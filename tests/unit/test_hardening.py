@@ -436,6 +436,10 @@ def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.M
         lambda c: c.arrays.pop("snapshot"),
         lambda c: c.meta["state"]["rng"]["state"].__setitem__("state", [1, 2]),
         lambda c: c.arrays.__setitem__("evaluated", np.full(D, np.inf)),
+        lambda c: c.meta["guard"].__setitem__("previous", [0.69, math.nan]),
+        lambda c: c.meta["guard"].__setitem__("first", [0.69, -1.0]),
+        lambda c: c.meta["guard"].__setitem__("first", "0.69"),
+        lambda c: c.meta["guard"].pop("previous"),
     ],
     ids=[
         "nan-model",
@@ -447,6 +451,10 @@ def test_an_unexpected_failure_closes_only_that_connection(monkeypatch: pytest.M
         "no-snapshot",
         "rng-state-short",
         "inf-evaluated",
+        "guard-nan",
+        "guard-negative-norm",
+        "guard-text",
+        "guard-half",
     ],
 )
 def test_a_damaged_checkpoint_is_refused_with_one_line(damage: Callable[[Any], object]) -> None:
@@ -596,6 +604,35 @@ def test_a_checkpoint_on_disk_restores_the_quantizer_stream(tmp_path: Any) -> No
     before, after = cluster.coordinator.state, fresh.coordinator.state
     assert after.version == before.version
     assert before.model_message()[0] == after.model_message()[0]
+
+
+def test_a_resumed_master_judges_reports_by_the_phases_before_its_restart(tmp_path: Any) -> None:
+    """With two workers a report is judged against the previous phase's figures; a master restarted
+    from a checkpoint still has them (it had none, and let any report pass the first phase after a
+    restart), and the first phase's floors.  A checkpoint of a version before the guard's memory
+    resumes with a guard that starts afresh."""
+    train = config(epochs=3)
+    cluster = Cluster(train, small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: len(coordinator.trace) == 2 and coordinator.phase is Phase.INNER)
+    path = tmp_path / "run.ckpt"
+    save(path, coordinator.checkpoint(cluster.now))
+    # Logistic losses of a9a rows are about 0.3 to 0.7 a sample at this point and the mean gradients'
+    # norms below 1: a report of 10^4 a sample is out of line at f = 100 whatever the phase.
+    honest, lie = _reports(0.5, 10_000.0, epoch=2, norm=0.5), _reports(0.5, 0.5, epoch=2, norm=10_000.0)
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(load(path), 0.0)
+    assert set(fresh.coordinator.guard.outliers(honest)) == {1}
+    assert set(fresh.coordinator.guard.outliers(lie)) == {0, 1}
+    # The first phase's floors: every a9a row's logistic loss at x_0 = 0 is log 2.
+    first, _ = fresh.coordinator.guard.memory()["first"] or (None, None)
+    assert first == pytest.approx(math.log(2))
+    older = load(path)
+    del older.meta["guard"]
+    afresh = Cluster(train, small_a9a(), 2, connect=False)
+    afresh.coordinator.restore(older, 0.0)
+    assert afresh.coordinator.guard.outliers(honest) == {}
+    assert afresh.coordinator.guard.memory() == {"previous": None, "first": None}
 
 
 @pytest.mark.parametrize("phase", [Phase.SNAPSHOT, Phase.INNER])
