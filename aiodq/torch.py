@@ -329,8 +329,17 @@ class TorchObjective:
         ``module.zero_grad()`` (which sets ``.grad`` to None) is harmless: the views are put back.
 
         Raises:
-            RuntimeError: if the parameters were replaced (``module.to()``, assigning ``.data``).
+            RuntimeError: if the parameters were replaced (``module.to()``, assigning ``.data``) or
+                changed (a new ``Parameter``: a trial's was left out of x and its gradient).
         """
+        current = [p for p in self.module.parameters() if p.requires_grad]
+        if len(current) != len(self._params) or any(
+            now is not then for now, then in zip(current, self._params, strict=True)
+        ):
+            raise RuntimeError(
+                "the module's parameters changed after the TorchObjective was built (a new Parameter, "
+                "a layer added, or one frozen or unfrozen): build a new TorchObjective"
+            )
         for param, view, pointer in zip(self._params, self._grad_views, self._pointers, strict=True):
             if param.data_ptr() != pointer:
                 raise RuntimeError(

@@ -36,6 +36,7 @@ from ..errors import CheckpointError
 from ..protocol.admission import ConnectionRate
 from ..protocol.algorithms import TrainConfig
 from ..protocol.coordinator import Coordinator
+from ..protocol.members import check_workers
 from ..protocol.objectives import Objective
 from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
@@ -106,6 +107,7 @@ class Master:
             start_from: x_0 in place of the objective's ``initial()``: a warm start from a trained
                 model (``load_model``), not with ``resume``; its digest is in the result's provenance.
         """
+        check_workers(workers)  # (before anything uses it: a text in place of a number said nothing useful)
         if resume and (checkpoint is None or start_from is not None):
             raise ValueError("resume needs a checkpoint file, and takes x_0 from it (no start_from)")
         x0 = starting_point(config, model, start_from)
@@ -135,8 +137,7 @@ class Master:
         self._blas_threads = blas_threads
         self._record_every = record_every
         self._samples = samples
-        # Whether the trace's accuracy means anything: the objective counts correct predictions (and
-        # does not say otherwise: a torch regression has correct(), which counts nothing).
+        # Whether the trace's accuracy means anything (a torch regression has correct(), counting nothing).
         counts = bool(getattr(model, "measures_accuracy", hasattr(model, "correct")))
         self._accuracy: bool | None = counts if hasattr(model, "loss_grad") else None
         # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
@@ -171,7 +172,10 @@ class Master:
         Raises:
             CheckpointError: the checkpoint cannot be written, or (``resume``) read or used.
             OSError: the address cannot be listened on.
+            RuntimeError: if it was started before: a Master runs one run.
         """
+        if self._loop is not None:  # (a second listener, or a new run over the first one's result)
+            raise RuntimeError("this Master was started before: a Master runs one run (make another)")
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
         self.coordinator = Coordinator(
@@ -313,8 +317,7 @@ class Master:
             self._closed = True
         finally:  # (also when the close is cancelled part way: the lock and BLAS go back)
             if not self._closed:
-                # A master whose close did not finish may still serve: it writes no checkpoint once
-                # it has let go of the lock, which another master may take.
+                # A master whose close did not finish may serve on: no checkpoint without the lock.
                 self._checkpoint = None
             if self._blas_limit is not None:
                 self._blas_limit.restore_original_limits()
@@ -360,10 +363,12 @@ class Master:
         await self._listener.close(self._connection_config.handshake_timeout)
 
     async def __aenter__(self) -> Master:
+        first = self._loop is None  # (a second entry is refused, and must not close the first one's run)
         try:
             await self.start()
         except BaseException:
-            await self.close()  # what a start that failed part way holds (__aexit__ will not run)
+            if first:
+                await self.close()  # what a start that failed part way holds (__aexit__ will not run)
             raise
         return self
 

@@ -22,6 +22,7 @@ from ..errors import ErrorCode, code_name
 from ..protocol.dataset import as_samples
 from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
+from ..protocol.start import check_contract
 
 __all__ = ["WorkerResult", "describe_os_error", "format_address", "run_worker"]
 
@@ -124,14 +125,15 @@ async def run_worker(
 
     Raises:
         TypeError: for data or an objective of an unsupported type (before connecting).
-        ValueError: for features and labels that do not fit together (before connecting).
+        ValueError: for features and labels that do not fit together, or an objective whose
+            ``loss_grad`` breaks its contract (means, not sums, say; before connecting).
         OSError: if the master cannot be reached (after the retries); its text says why.  If a
             session had ended before (the master stopped, say), a note (``__notes__``) says how.
     """
     if objective is not None:
         if features is not None or labels is not None:
             raise TypeError("give the worker either features and labels or an objective, not both")
-        check_objective(objective)
+        check_contract(check_objective(objective))  # (as each session does)
     else:
         features, labels = as_samples(features, labels)
     loop = asyncio.get_running_loop()

@@ -385,11 +385,18 @@ class WorkerState:
         return float(loss), self._checked(grad, "gradient")
 
     def _checked(self, grad: object, what: str) -> Array:
-        """``grad`` as a flat float64 array of length d (a view where it is one already)."""
-        flat = np.asarray(grad, dtype=np.float64).reshape(-1)
-        if flat.shape[0] != self.dim:
-            raise ValueError(f"the objective's {what} has {flat.shape[0]} values, not {self.dim}")
-        return flat
+        """``grad`` as a float64 vector of length d (itself where it is one already).
+
+        As the master's start checks it (:func:`~aiodq.protocol.start.check_sums`): real numbers
+        of shape ``(d,)``, so a worker's objective cannot pass what the master's would not.
+        """
+        given = np.asarray(grad)
+        if given.dtype.kind not in "fiu" or given.shape != (self.dim,):
+            got = f"{given.dtype} values" if given.dtype.kind not in "fiu" else f"shape {given.shape}"
+            raise ValueError(
+                f"the objective's {what} must be {self.dim} real numbers, shape ({self.dim},), got {got}"
+            )
+        return given.astype(np.float64, copy=False)
 
     def snapshot_phase(self, snapshot: Array) -> tuple[float, Array, int]:
         """Store x_snap; return the sums over the shard: ``(loss, gradient, correct)``."""

@@ -57,7 +57,7 @@ from .algorithms import MasterState, TrainConfig
 from .connection import ConnectionState, MasterConnection
 from .deadlines import Deadlines
 from .guard import DIVERGED_AFTER, OVERFLOW, Divergence, Guard, Refusal, count_error
-from .members import Member, Phase
+from .members import Member, Phase, check_workers
 from .recovery import Checkpoint
 from .trainconfig import coding_options
 
@@ -101,8 +101,7 @@ class Coordinator:
             samples: n, the samples of the whole dataset, if known: each worker must then
                 report one of the two shard sizes of n over M.
         """
-        if workers < 1:
-            raise ValueError("need at least one worker")
+        check_workers(workers)
         if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
             raise ValueError("record_every must be a non-negative integer")
         self.config, self.master_config = config, master_config or MasterConfig()

@@ -10,7 +10,21 @@ from ..codec.registry import Encoding
 from .adaptive import answer_coding
 from .connection import MasterConnection
 
-__all__ = ["Member", "Phase"]
+__all__ = ["Member", "Phase", "check_workers"]
+
+
+def check_workers(workers: object) -> int:
+    """``workers`` as M: an integer, 1 or more.
+
+    Raises:
+        TypeError: if it is not an integer.
+        ValueError: if it is below 1.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an integer, 1 or more, got {workers!r}")
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got workers={workers}")
+    return workers
 
 
 class Phase(Enum):

@@ -35,6 +35,7 @@ from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
 from .dataset import as_samples, class_count, labels_for, other_data
 from .objectives import BUILT_IN, Objective, check_objective, make_objective, objective_name
+from .start import check_contract
 
 __all__ = ["WorkerSession"]
 
@@ -77,13 +78,18 @@ class WorkerSession:
 
         Raises:
             TypeError: for data or an objective of an unsupported type, before anything is sent.
-            ValueError: for features and labels of mismatched shapes.
+            ValueError: for features and labels of mismatched shapes, or an objective whose
+                ``loss_grad`` breaks its contract (means, not sums, say:
+                :func:`~aiodq.protocol.start.check_contract`).
         """
         self.objective, self.model = objective, model
         if objective is not None:
             if features is not None or labels is not None:
                 raise TypeError("give the worker either features and labels or an objective, not both")
             check_objective(objective)
+            # Its loss_grad's contract, as the master checks its own (a trial: a worker objective of
+            # means reported a loss 200 times too small, and the run ended ok at x_0).
+            check_contract(objective)
             self.features, self.labels = None, None
             self.classes = classes
         else:

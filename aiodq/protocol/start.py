@@ -17,7 +17,7 @@ import numpy.typing as npt
 from .algorithms import MODEL_LIMIT, TrainConfig, _encodable, _non_finite, initial_model
 from .objectives import Objective, check_objective, objective_name
 
-__all__ = ["check_start", "check_sums", "starting_point", "vector_digest"]
+__all__ = ["check_contract", "check_start", "check_sums", "starting_point", "vector_digest"]
 
 
 #: How far apart :func:`check_sums` lets the sums be, relative to the two samples' own: room for a
@@ -55,7 +55,10 @@ def check_sums(objective: Objective, x: npt.NDArray[np.float64]) -> None:
             raise ValueError(
                 f"{name}.loss_grad's loss must be a number, got {type(loss).__name__} {np.shape(loss)}"
             )
-        gradient = np.asarray(gradient, dtype=np.float64)
+        gradient = np.asarray(gradient)
+        if gradient.dtype.kind not in "fiu":  # (complex ones would lose their imaginary parts unsaid)
+            raise ValueError(f"{name}.loss_grad's gradient must be real numbers, got {gradient.dtype} values")
+        gradient = gradient.astype(np.float64, copy=False)
         if gradient.shape != (objective.dim,):
             raise ValueError(
                 f"{name}.loss_grad's gradient must have shape ({objective.dim},), got {gradient.shape}"
@@ -81,6 +84,20 @@ def check_sums(objective: Objective, x: npt.NDArray[np.float64]) -> None:
         f"{name}.loss_grad(x, rows) is not a sum over the rows ({said}; or the gradients differ): f_i "
         "must be sample i's own, with no regulariser or other term added per call (aiodq adds --l2, --l1)"
     )
+
+
+def check_contract(objective: Objective) -> None:
+    """:func:`check_sums` at the objective's own ``initial()`` (seed 0): a worker's check of its objective.
+
+    A worker has no x_0 before the master's CONFIG; its objective's starting point is where the
+    master's check looks too (a point such as 0 hides a term added per call that vanishes there).
+
+    Raises:
+        TypeError, ValueError: as :func:`check_start` for ``initial()``'s vector, then as
+            :func:`check_sums`.
+    """
+    x = check_start(objective.initial(np.random.default_rng(0)), f"{type(objective).__name__}.initial()")
+    check_sums(objective, x)
 
 
 def starting_point(

@@ -80,6 +80,32 @@ async def test_connections_beyond_the_handshake_cap_are_refused_at_accept() -> N
 
 
 @pytest.mark.asyncio
+async def test_a_master_runs_one_run() -> None:
+    """An embedding trial: a second start() bound a second listener that close() left accepting, a start
+    after close() replaced the finished run's result, and a nested ``async with`` closed the outer run.
+    Each is a RuntimeError now, and the first run goes on; a bad ``workers`` fails at construction."""
+    master = Master(TrainConfig(epochs=1), X0, workers=1)
+    async with master:
+        address = master.address
+        with pytest.raises(RuntimeError, match=r"^this Master was started before: a Master runs one run"):
+            await master.start()
+        with pytest.raises(RuntimeError, match=r"^this Master was started before"):
+            async with master:
+                pass
+        assert master.address == address and not master.coordinator.done  # (the first run's, open)
+        results = await finish(start_workers(*address, [0], 1), TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
+    trained(summary, results, 1)
+    with pytest.raises(RuntimeError, match=r"^this Master was started before"):
+        await master.start()
+    assert master.result().to_json()["trace"] == summary["trace"]
+    with pytest.raises(TypeError, match=r"^workers must be an integer, 1 or more, got '2'$"):
+        Master(TrainConfig(epochs=1), X0, workers="2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^need at least one worker, got workers=0$"):
+        Master(TrainConfig(epochs=1), X0, workers=0)
+
+
+@pytest.mark.asyncio
 async def test_a_frame_larger_than_any_handshake_message_is_refused_on_its_header() -> None:
     """WF-10-3: before the handshake, a header declaring 256 MiB gets FRAME_TOO_LARGE at once,
     though max_frame_bytes allows it; nothing of it is buffered."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import socket
 from dataclasses import fields, replace
 from typing import Any
 
@@ -26,6 +27,7 @@ from aiodq.codec.vectors import (
     SparseQuantized,
     ZeroVector,
 )
+from aiodq.net.worker import run_worker
 from aiodq.protocol.algorithms import (
     ALGORITHMS,
     MasterState,
@@ -34,6 +36,7 @@ from aiodq.protocol.algorithms import (
     rebuild_model,
 )
 from aiodq.protocol.objectives import LogisticRegression, Regularizer
+from aiodq.protocol.session import WorkerSession
 from aiodq.protocol.start import starting_point
 
 # -- TrainConfig -----------------------------------------------------------------------------------
@@ -927,6 +930,10 @@ class _Squares:
             return loss, grad[:-1]
         if self.how == "regulariser per call":
             return loss + 0.5 * float(x @ x), grad + x
+        if self.how == "complex gradient":
+            return loss, grad + 1j
+        if self.how == "column gradient":
+            return loss, grad[:, None]
         return loss, grad
 
 
@@ -944,6 +951,8 @@ class _Squares:
             "regulariser per call",
             r"_Squares.loss_grad\(x, rows\) is not a sum over the rows \(for rows \[0, 1\]",
         ),
+        ("complex gradient", r"_Squares.loss_grad's gradient must be real numbers, got complex128 values$"),
+        ("column gradient", r"_Squares.loss_grad's gradient must have shape \(5,\), got \(5, 1\)$"),
     ],
 )
 def test_the_master_checks_loss_grads_contract_on_two_samples(how: str, expected: str) -> None:
@@ -954,3 +963,30 @@ def test_the_master_checks_loss_grads_contract_on_two_samples(how: str, expected
     assert starting_point(config, _Squares("sums")).shape == (5,)
     with pytest.raises(ValueError, match=expected):
         starting_point(config, _Squares(how))
+
+
+@pytest.mark.parametrize("how", ["mean", "complex gradient", "column gradient", "regulariser per call"])
+def test_a_workers_own_objective_is_checked_as_the_masters_is(how: str) -> None:
+    """A trial: a worker given an objective of means (the master's was right) reported a loss 200 times
+    too small and the run ended ok at x_0; a worker flattened a (d, 1) gradient and dropped a complex
+    one's imaginary parts, which the master's start refuses.  A session refuses such an objective
+    before anything is sent, and a gradient of another shape or kind fails the step that computed it."""
+    WorkerSession(objective=_Squares("sums"))
+    with pytest.raises(ValueError, match=r"^_Squares\.loss_grad"):
+        WorkerSession(objective=_Squares(how))
+    state = WorkerState(TrainConfig(model="squares"), _Squares(how), worker_id=0)
+    if how in ("complex gradient", "column gradient"):
+        got = "complex128 values" if how == "complex gradient" else r"shape \(5, 1\)"
+        with pytest.raises(ValueError, match=rf"must be 5 real numbers, shape \(5,\), got {got}$"):
+            state.snapshot_phase(np.zeros(5))
+
+
+@pytest.mark.asyncio
+async def test_run_worker_refuses_an_objective_of_means_before_connecting() -> None:
+    """Nothing listens at the address (a socket bound, not listening): the objective's check comes first."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="returns the mean over the rows"):
+            await run_worker("127.0.0.1", bound.getsockname()[1], objective=_Squares("mean"), retry_for=0)
+        with pytest.raises(ConnectionRefusedError):  # (the same call with a sound objective connects)
+            await run_worker("127.0.0.1", bound.getsockname()[1], objective=_Squares("sums"), retry_for=0)

@@ -346,6 +346,16 @@ def test_bad_inputs_raise_clear_errors() -> None:
     objective.module.double()  # replaces the parameters: the adapter notices
     with pytest.raises(RuntimeError, match="replaced"):
         objective.loss_grad(np.zeros(objective.dim))
+    # A trial: a new Parameter assigned to a layer was left out of x, its gradient all zeros.
+    for change in ("new", "frozen"):
+        objective = TorchObjective(_network(), loss, features, labels)
+        layer = objective.module[0]
+        if change == "new":
+            layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
+        else:
+            layer.weight.requires_grad_(False)
+        with pytest.raises(RuntimeError, match=r"^the module's parameters changed after the TorchObjective"):
+            objective.loss_grad(np.zeros(objective.dim))
 
 
 def test_a_loss_that_is_not_a_sum_over_the_samples_is_refused() -> None:
