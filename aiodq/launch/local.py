@@ -8,6 +8,7 @@ with rich; :mod:`aiodq.launch.results` writes what the run produced.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import secrets
@@ -245,6 +246,12 @@ async def run_local(
         "max_restarts": max_restarts,
     }
     resolve_worker_nice(worker_nice)  # refused before any data is read
+    if ray_options:
+        from .ray import run_ray  # noqa: PLC0415 - (imports no ray)
+
+        named = set(inspect.signature(run_ray).parameters) - set(inspect.signature(run_local).parameters)
+        if unknown := sorted(set(ray_options) - named):
+            raise TypeError(f"run_local() got unexpected keyword arguments: {', '.join(unknown)}")
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")

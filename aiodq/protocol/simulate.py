@@ -9,17 +9,19 @@ cost of an update, and to tune defaults quickly.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from ..config import ConnectionConfig, MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
-from .objectives import make_objective
+from .objectives import Objective, make_objective
 from .session import WorkerSession
+from .start import starting_point
 
 __all__ = ["MasterSide", "WorkerSide", "build_cluster", "deliver", "simulate"]
 
@@ -29,27 +31,37 @@ def build_cluster(
     dataset: Dataset,
     workers: int,
     *,
+    objective: Callable[[Any, Any], Objective] | None = None,
     record_every: int = 0,
     master_config: MasterConfig | None = None,
     connection_config: ConnectionConfig | None = None,
 ) -> tuple[Coordinator, list[WorkerSession]]:
     """A coordinator and ``workers`` sessions holding the deterministic shards of ``dataset``.
 
-    ``record_every``, ``master_config`` and ``connection_config`` go to the
+    ``objective``: your own model's factory, as ``--model MODULE:NAME`` names one
+    (docs/usage.md, Your own model), called with the whole dataset's features and labels for
+    the master (x_0 and its checks: :func:`~aiodq.protocol.start.starting_point`) and with each
+    shard's for its worker; None: ``config.model``, a built-in model.  ``record_every``,
+    ``master_config`` and ``connection_config`` go to the
     :class:`~aiodq.protocol.coordinator.Coordinator`, which knows the dataset's size; the
     sessions get ``connection_config`` too.
     """
-    dataset, _ = dataset.for_model(config.model)
-    classes = dataset.classes
-    objective = make_objective(
-        config.model,
-        dataset.features,
-        dataset.labels,
-        classes=classes,
-        hidden=config.hidden,
-        bias=config.bias,
-    )
-    x0 = initial_model(config, objective)
+    x0: npt.NDArray[Any]
+    if objective is not None:
+        x0 = starting_point(config, objective(dataset.features, dataset.labels))
+        classes = None
+    else:
+        dataset, _ = dataset.for_model(config.model)
+        classes = dataset.classes
+        whole = make_objective(
+            config.model,
+            dataset.features,
+            dataset.labels,
+            classes=classes,
+            hidden=config.hidden,
+            bias=config.bias,
+        )
+        x0 = initial_model(config, whole)
     coordinator = Coordinator(
         config,
         x0,
@@ -63,15 +75,20 @@ def build_cluster(
     for index in range(workers):
         rows = shard(dataset.samples, workers, index, seed=config.seed)
         part = dataset.rows(rows)
-        sessions.append(
-            WorkerSession(
+        if objective is not None:
+            own = objective(part.features, part.labels)
+            session = WorkerSession(
+                objective=own, model=config.model, name=f"sim-{index}", connection_config=connection_config
+            )
+        else:
+            session = WorkerSession(
                 part.features,
                 part.labels,
                 name=f"sim-{index}",
                 classes=classes,
                 connection_config=connection_config,
             )
-        )
+        sessions.append(session)
     return coordinator, sessions
 
 
@@ -85,6 +102,7 @@ def simulate(
     slow: dict[int, int] | None = None,
     record_every: int = 0,
     master_config: MasterConfig | None = None,
+    objective: Callable[[Any, Any], Objective] | None = None,
 ) -> Coordinator:
     """Train in memory; return the finished coordinator (trace, traffic, staleness).
 
@@ -99,9 +117,11 @@ def simulate(
         record_every: keep model copies in ``coordinator.records`` (see
             :class:`~aiodq.protocol.coordinator.Coordinator`).
         master_config: the guard and deadlines of the coordinator.
+        objective: your own model's factory, ``(features, labels) -> Objective``
+            (:func:`build_cluster`); None: ``config.model``, a built-in model.
     """
     coordinator, sessions = build_cluster(
-        config, dataset, workers, record_every=record_every, master_config=master_config
+        config, dataset, workers, objective=objective, record_every=record_every, master_config=master_config
     )
     deliver(coordinator, sessions, seed=seed, max_steps=max_steps, slow=slow)
     return coordinator

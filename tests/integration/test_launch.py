@@ -230,6 +230,16 @@ def test_run_local_checks_its_launcher_before_anything_starts() -> None:
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="slurm"))
     with pytest.raises(TypeError, match="options for --launcher ray only: address, worker_cpus"):
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), address="auto", worker_cpus=2.0))
+    # (an embedding trial: an option of neither launcher was called one of Ray's)
+    for launcher in ("local", "ray"):
+        with pytest.raises(
+            TypeError, match=r"^run_local\(\) got unexpected keyword arguments: bogus, nodes$"
+        ):
+            asyncio.run(
+                aiodq.run_local(
+                    aiodq.TrainConfig(epochs=1), launcher=launcher, bogus=1, nodes=2, address="auto"
+                )
+            )
     with pytest.raises(TypeError, match="worker_nice applies to the local launcher only"):
         asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), launcher="ray", worker_nice=2))
     for nice in (-1, 20, 2.5, True):
