@@ -93,6 +93,7 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
     # What it was trained on, where known (aiodq run and aiodq master add the data's fingerprint): a warm
     # start from it on other data is then said so (read_start).
     meta |= {key: summary[key] for key in ("dataset", "data") if isinstance(summary.get(key), str)}
+    meta |= {"provenance": summary["provenance"]} if "provenance" in summary else {}  # (which run: _unmix)
     model = Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
     try:
         checkpoint_file.save(paths[1], model, what="model file", private=False)
@@ -114,9 +115,50 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
         errors.append(f"cannot write {paths[0]}: {exc.strerror or exc}")
     if errors:
         wrote = f" (wrote {', '.join(map(str, written))})" if written else ""
-        raise RunError("; ".join(errors) + wrote)
+        raise RunError(
+            "; ".join(errors) + wrote + (_unmix(out, written, summary.get("provenance")) if written else "")
+        )
     plot = _plot(summary, out / plot_file)
     return paths if plot is None else [*paths, plot]
+
+
+def _unmix(out: Path, written: list[Path], provenance: object) -> str:
+    """Remove another run's files left beside those just written, where the others could not be.
+
+    An operator trial: a new run's model.npz beside an earlier run's result.json and plot, in a
+    folder taken for one finished run's results.  Files of this run (written as training ended,
+    the same provenance) stay.  Returns what the error message adds.
+    """
+    summary_file, model_file, plot_file = RESULT_FILES
+    stale = [
+        out / name
+        for name in (summary_file, model_file)
+        if out / name not in written and (out / name).exists() and _provenance(out / name) != provenance
+    ]
+    if (
+        (out / plot_file).exists()
+        and (out / summary_file not in written)
+        and (out / summary_file in stale or not (out / summary_file).exists())
+    ):
+        stale.append(out / plot_file)  # (drawn from the result.json that is not this run's)
+    removed = []
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path.name)
+    return (
+        f"; removed an earlier run's {', '.join(removed)}, not to be taken for this run's" if removed else ""
+    )
+
+
+def _provenance(path: Path) -> object:
+    """The provenance a result.json or model.npz names (None where it names none or cannot be read)."""
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8")).get("provenance")
+        return checkpoint_file.load(path, arrays=False, what="model file").meta.get("provenance")
+    except (OSError, ValueError, AttributeError, CheckpointError):
+        return None
 
 
 #: The trained model's file name next to result.json.

@@ -276,6 +276,40 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
     assert json.loads((blocked_model / "result.json").read_text())["trace"] == result.to_json()["trace"]
 
 
+def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> None:
+    """An operator trial: a run into the folder of an earlier, finished one could not write its result.json
+    (a full disk) and left its own model.npz beside the earlier run's result.json and plot, a folder then
+    taken for one finished run's results.  The earlier run's files go where this run's could not be
+    written; this run's own, written as training ended (the same provenance), stay."""
+    earlier = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    provenance = dict(earlier.summary["provenance"], started="2026-01-01T00:00:00+00:00")
+    later = replace(earlier, summary=dict(earlier.summary, provenance=provenance))
+    out = tmp_path / "out"
+    write_results(earlier, out)
+    assert holds_finished_run(out)
+    blocker = out / ".result.json.tmp"  # where result.json's temporary file goes: writing it fails
+    blocker.mkdir()
+    with pytest.raises(RunError) as info:
+        write_results(later, out)
+    assert str(info.value) == (
+        f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'}); removed an earlier "
+        "run's result.json, loss_vs_bits.png, not to be taken for this run's"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".result.json.tmp", "model.npz"]
+    assert not holds_finished_run(out)
+    assert aiodq.load_model(out / "model.npz")[1]["provenance"] == provenance
+    blocker.rmdir()
+    write_results(later, out)  # as training ended
+    blocker.mkdir()
+    with pytest.raises(RunError) as info:
+        write_results(later, out)  # complete: result.json cannot be written again, and is this run's
+    assert (
+        str(info.value) == f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'})"
+    )
+    assert json.loads((out / "result.json").read_text())["provenance"] == provenance
+    assert (out / "loss_vs_bits.png").exists() and holds_finished_run(out)
+
+
 def test_results_that_cannot_be_written_again_keep_those_written_as_training_ended(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
