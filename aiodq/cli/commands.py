@@ -484,7 +484,11 @@ def cmd_master(args: argparse.Namespace) -> int:
     log = None if args.out is None else log_for(Path(args.out))
     missing = found(log, saving["checkpoint"], args.records)
     records = Path(args.records) if args.records else None
+    if args.out is not None:
+        _checked_checkpoint(args.records, Path(args.out), "--records")  # before its folder is made
     if records is not None:
+        if os.path.realpath(records) == os.path.realpath(saving["checkpoint"] or ""):
+            raise UsageError(f"--records {records}: the run checkpoints there: give another file")
         if records.is_dir():
             raise UsageError(f"--records {records}: a folder, not a file")
         try:

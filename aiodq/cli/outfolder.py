@@ -162,7 +162,8 @@ def undo_refused_start(missing: list[Path]) -> None:
     for handler in list(logger.handlers):
         if isinstance(handler, logging.FileHandler) and Path(os.path.realpath(handler.baseFilename)) in logs:
             logger.removeHandler(handler)
-            handler.close()
+            with contextlib.suppress(OSError):  # (its flush, on a full disk: an operator trial's traceback)
+                handler.close()
     for place in missing:
         with contextlib.suppress(OSError):
             place.rmdir() if place.is_dir() else place.unlink()

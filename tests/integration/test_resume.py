@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
+import logging
 import re
 import shlex
 import signal
@@ -23,7 +25,7 @@ import pytest
 import aiodq
 from aiodq.cli import _kept
 from aiodq.cli.commands import _finish, _write
-from aiodq.cli.outfolder import holds_finished_run
+from aiodq.cli.outfolder import found, holds_finished_run, undo_refused_start
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
 from aiodq.launch.results import write_results
@@ -630,6 +632,34 @@ def test_a_checkpoint_over_the_runs_own_results_is_refused(tmp_path: Path) -> No
             assert list(tmp_path.iterdir()) == []
 
 
+def test_records_over_the_runs_own_results_or_its_checkpoint_are_refused(tmp_path: Path) -> None:
+    """An operator trial: --records out/model.npz was replaced by the model at the end, exit 0, the records
+    gone; --records over the checkpoint replaced the finished run's checkpoint.  Both exit 2 before --out
+    is made, as a checkpoint there is."""
+    out = tmp_path / "out"
+    master = (
+        "master",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--data",
+        str(DATA),
+        "--record-every",
+        "10",
+    )
+    refused = aiodq_command(*master, "--out", str(out), "--records", str(out / "model.npz"))
+    assert refused.returncode == 2
+    said = f"--records {out / 'model.npz'}: the run writes its model.npz there (--out {out})"
+    assert refused.stderr.strip() == f"aiodq master: {said}"
+    checkpoint = tmp_path / "run.ckpt"
+    refused = aiodq_command(*master, "--checkpoint", str(checkpoint), "--records", str(checkpoint))
+    assert refused.returncode == 2
+    said = f"--records {checkpoint}: the run checkpoints there: give another file"
+    assert refused.stderr.strip() == f"aiodq master: {said}"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.asyncio
 async def test_aiodq_master_stopped_after_training_has_ended_still_leaves_the_results(tmp_path: Path) -> None:
     """The same for ``aiodq master --out``: its results are written as training ends, while a busy
@@ -656,3 +686,28 @@ async def test_aiodq_master_stopped_after_training_has_ended_still_leaves_the_re
         for process in [master, *workers]:
             process.kill()
     assert_written_before_the_stop("master", master.stderr, out)
+
+
+def test_a_start_refused_on_a_full_disk_still_removes_what_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator trial: a master started on a full disk was refused its checkpoint, then the close of
+    its log's handler (a flush) raised, seven chained tracebacks followed the one line, and the log and
+    the checkpoint's lock file were left.  The handler's close may fail; what the start made still goes."""
+    log, checkpoint = tmp_path / "o" / "aiodq.log", tmp_path / "ck.npz"
+    missing = found(log, str(checkpoint))
+    log.parent.mkdir()
+    checkpoint_file.lock(checkpoint).release()
+    handler = logging.FileHandler(log)
+    logger = logging.getLogger("aiodq")
+    logger.addHandler(handler)
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(handler, "flush", full)
+    try:
+        undo_refused_start(missing)
+    finally:
+        logger.removeHandler(handler)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
