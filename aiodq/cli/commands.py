@@ -240,7 +240,7 @@ def _finish(
     written now but were then, those are kept (each file is replaced whole or not at all): a warning.
     A run that ended without finishing fails (status 1), as does one whose results are not written.
     """
-    written = ""
+    written, unwritten = "", False  # (the summary is printed either way: an operator trial saw none)
     kept = _kept_instead(result, out) if out is not None and result.failure else None
     if kept is not None:
         say(command, f"the results were not written: {kept}")
@@ -248,11 +248,12 @@ def _finish(
         try:
             written = _write(result, out, test, train)
         except RunError as exc:
-            if not isinstance(early, str):  # (the early pass's own account, where it wrote some)
-                say(command, f"{exc}{f'; as training ended: {early}' if early is not None else ''}")
-                return EXIT_FAILED
-            said = f"{exc}; kept the results written as training ended (without the last CLOSE frames' bytes)"
-            say(command, said, level=logging.WARNING)
+            then = f"; as training ended: {early}" if early is not None and str(early) != str(exc) else ""
+            if unwritten := not isinstance(early, str):  # (the early pass's own account, where it wrote some)
+                say(command, f"{exc}{then}")
+            else:
+                said = "kept the results written as training ended (without the last CLOSE frames' bytes)"
+                say(command, f"{exc}; {said}", level=logging.WARNING)
     print_summary(result.to_json(), command)
     if written:
         print(written)
@@ -267,8 +268,7 @@ def _finish(
         )
     if result.failure:
         say(command, result.failure)
-        return EXIT_FAILED
-    return 0
+    return EXIT_FAILED if result.failure or unwritten else 0
 
 
 class _EarlyResults:

@@ -347,7 +347,14 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     # Without results from the end of training, a failure to write them is the run's.
     (out / ".result.json.tmp").mkdir()
     assert _finish("run", result, out, early=RunError("cannot write them: disk full")) == 1
-    assert capsys.readouterr().err.rstrip().endswith("; as training ended: cannot write them: disk full")
+    printed = capsys.readouterr()
+    assert printed.err.rstrip().endswith("; as training ended: cannot write them: disk full")
+    # The summary is printed all the same (an operator trial's full disk left no final loss anywhere).
+    assert "final training loss" in printed.out, printed.out
+    # The same error then and now is said once.
+    failure = RunError(f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'})")
+    assert _finish("run", result, out, early=failure) == 1
+    assert capsys.readouterr().err.strip() == f"aiodq run: {failure}"
     assert holds_finished_run(out)
     (out / "model.npz").unlink()
     assert not holds_finished_run(out)
