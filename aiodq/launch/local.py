@@ -246,12 +246,15 @@ async def run_local(
         "max_restarts": max_restarts,
     }
     resolve_worker_nice(worker_nice)  # refused before any data is read
+    if launcher not in ("local", "ray"):
+        raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:
         from .ray import run_ray  # noqa: PLC0415 - (imports no ray)
 
         named = set(inspect.signature(run_ray).parameters) - set(inspect.signature(run_local).parameters)
         if unknown := sorted(set(ray_options) - named):
-            raise TypeError(f"run_local() got unexpected keyword arguments: {', '.join(unknown)}")
+            said = "an unexpected keyword argument" if len(unknown) == 1 else "unexpected keyword arguments"
+            raise TypeError(f"run_local() got {said}: {', '.join(unknown)}")
     if launcher == "ray":
         if worker_nice is not None:
             raise TypeError("worker_nice applies to the local launcher only")
@@ -267,8 +270,6 @@ async def run_local(
             **common,
             **ray_options,
         )
-    if launcher != "local":
-        raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:
         raise TypeError(f"options for --launcher ray only: {', '.join(sorted(ray_options))}")
     start_from = start_vector(start_from, config, resume=resume)

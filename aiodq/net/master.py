@@ -107,7 +107,7 @@ class Master:
             start_from: x_0 in place of the objective's ``initial()``: a warm start from a trained
                 model (``load_model``), not with ``resume``; its digest is in the result's provenance.
         """
-        check_workers(workers)  # (before anything uses it: a text in place of a number said nothing useful)
+        workers = check_workers(workers)  # (before anything uses it: a text said nothing useful)
         if resume and (checkpoint is None or start_from is not None):
             raise ValueError("resume needs a checkpoint file, and takes x_0 from it (no start_from)")
         x0 = starting_point(config, model, start_from)
@@ -156,7 +156,7 @@ class Master:
         self._done = asyncio.Event()
         self._trained = asyncio.Event()  # training has ended (the connections may still be closing)
         self._finished_at: float | None = None
-        self._closing = self._closed = False
+        self._closing = self._closed = self._began = False
         self._accepted = 0
         self._rate = ConnectionRate(self.master_config.connection_rate, 2 * workers + 16)
         self._logbook = Logbook(self._now, accuracy=self._accuracy is not False)
@@ -172,34 +172,31 @@ class Master:
         Raises:
             CheckpointError: the checkpoint cannot be written, or (``resume``) read or used.
             OSError: the address cannot be listened on.
-            RuntimeError: if it was started before: a Master runs one run.
+            RuntimeError: if it was started (and did not fail) or closed before: a Master runs one run.
         """
-        if self._loop is not None:  # (a second listener, or a new run over the first one's result)
+        if self._began or self._closed:  # (a second listener, or a new run over the first one's result)
             raise RuntimeError("this Master was started before: a Master runs one run (make another)")
-        self._loop = asyncio.get_running_loop()
+        self._began, self._loop = True, asyncio.get_running_loop()  # (_began: False again if this fails)
         self._started = self._loop.time()
-        self.coordinator = Coordinator(
-            self.config,
-            self._x0,
-            workers=self._workers,
-            connection_config=self._connection_config,
-            now=0.0,
-            record_every=self._record_every,
-            master_config=self.master_config,
-            samples=self._samples,
-        )
-        self.coordinator.data_fingerprint = self._data_fingerprint
-        if self._checkpoint is not None:
-            # Held until close(): a second master on the same file (another run, or this one started
-            # twice) is refused instead of overwriting this run's checkpoints.
-            self._lock = checkpoint_file.lock(self._checkpoint)
         try:
+            self.coordinator = Coordinator(
+                self.config,
+                self._x0,
+                workers=self._workers,
+                connection_config=self._connection_config,
+                now=0.0,
+                record_every=self._record_every,
+                master_config=self.master_config,
+                samples=self._samples,
+            )
+            self.coordinator.data_fingerprint = self._data_fingerprint
             if self._checkpoint is not None:
+                # Held until close(): a second master on the same file is refused, not let overwrite it.
+                self._lock = checkpoint_file.lock(self._checkpoint)
                 self._open_checkpoint(self._checkpoint)
             self._provenance = provenance() | ({"start_from": self._start} if self._start else {})
-            # TLS is the loop's own (create_server(ssl=...)): uvloop's start_tls on an accepted
-            # stream could stall a handshake until its timeout.  The loop does not report a
-            # failed handshake, so the context's SSL objects report it (tls.reporting_ssl_objects).
+            # TLS is the loop's own (uvloop's start_tls on an accepted stream could stall a handshake);
+            # the loop does not report a failed handshake: the SSL objects do (tls.reporting_ssl_objects).
             tls: dict[str, Any] = {}
             if self._ssl is not None:
                 self._ssl.sslobject_class = reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
@@ -210,6 +207,7 @@ class Master:
             if self._blas_threads is not None:  # only once listening: a start that fails leaves it as it was
                 self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
         except BaseException:
+            self._began = False
             if self._lock is not None:  # (a start that failed leaves the file to the next one)
                 self._lock.release()
                 self._lock = None
@@ -363,7 +361,9 @@ class Master:
         await self._listener.close(self._connection_config.handshake_timeout)
 
     async def __aenter__(self) -> Master:
-        first = self._loop is None  # (a second entry is refused, and must not close the first one's run)
+        first = not (
+            self._began or self._closed
+        )  # (a second entry is refused, and must not close the first run)
         try:
             await self.start()
         except BaseException:

@@ -101,7 +101,7 @@ class Coordinator:
             samples: n, the samples of the whole dataset, if known: each worker must then
                 report one of the two shard sizes of n over M.
         """
-        check_workers(workers)
+        workers = check_workers(workers)
         if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
             raise ValueError("record_every must be a non-negative integer")
         self.config, self.master_config = config, master_config or MasterConfig()

@@ -138,10 +138,7 @@ class Guard:
         The update norms are the live connections' and end with them: a resumed run, whose workers
         connect anew, gathers them again.
         """
-        return {
-            "previous": None if self._previous is None else list(self._previous),
-            "first": None if self._first is None else list(self._first),
-        }
+        return {"previous": _figures(self._previous), "first": _figures(self._first)}
 
     def remember(self, previous: tuple[float, float] | None, first: tuple[float, float] | None) -> None:
         """Take back what :meth:`memory` gave, checked (:func:`aiodq.protocol.recovery.restore`)."""
@@ -344,6 +341,11 @@ class Guard:
                 "step size too large? or a worker's updates took it there: docs/security.md)"
             )
         return None
+
+
+def _figures(pair: tuple[float, float] | None) -> list[float] | None:
+    """A pair of the guard's figures for a checkpoint: None where it has none, or where one overflowed."""
+    return list(pair) if pair is not None and all(math.isfinite(value) for value in pair) else None
 
 
 def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, int]) -> Refusal | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 
@@ -14,17 +15,17 @@ __all__ = ["Member", "Phase", "check_workers"]
 
 
 def check_workers(workers: object) -> int:
-    """``workers`` as M: an integer, 1 or more.
+    """``workers`` as M: an integer (a numpy one too), 1 or more, as an ``int``.
 
     Raises:
         TypeError: if it is not an integer.
         ValueError: if it is below 1.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int):
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
         raise TypeError(f"workers must be an integer, 1 or more, got {workers!r}")
     if workers < 1:
         raise ValueError(f"need at least one worker, got workers={workers}")
-    return workers
+    return int(workers)
 
 
 class Phase(Enum):

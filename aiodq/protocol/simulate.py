@@ -19,7 +19,7 @@ from ..config import ConnectionConfig, MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
-from .objectives import Objective, make_objective
+from .objectives import BUILT_IN, Objective, make_objective
 from .session import WorkerSession
 from .start import starting_point
 
@@ -47,6 +47,10 @@ def build_cluster(
     sessions get ``connection_config`` too.
     """
     x0: npt.NDArray[Any]
+    if objective is not None and config.model in BUILT_IN:  # (its workers would be judged as the built-in's)
+        raise ValueError(
+            f"with objective=, config.model names your model (its MODULE:NAME, say), not {config.model!r}"
+        )
     if objective is not None:
         x0 = starting_point(config, objective(dataset.features, dataset.labels))
         classes = None

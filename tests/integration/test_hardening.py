@@ -103,6 +103,24 @@ async def test_a_master_runs_one_run() -> None:
         Master(TrainConfig(epochs=1), X0, workers="2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^need at least one worker, got workers=0$"):
         Master(TrainConfig(epochs=1), X0, workers=0)
+    # A review: a start that failed (its port taken) may be tried again; a numpy integer is a count.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        retried = Master(TrainConfig(epochs=1), X0, workers=np.int64(1), port=port)
+        with pytest.raises(OSError):
+            await retried.start()
+    await retried.start()  # the port is free now
+    try:
+        assert retried.address[1] == port and type(retried.coordinator.expected_workers) is int
+    finally:
+        await retried.close()
+    # And a Master closed before it started is closed: no listener comes of a start after that.
+    closed = Master(TrainConfig(epochs=1), X0, workers=1)
+    await closed.close()
+    with pytest.raises(RuntimeError, match=r"^this Master was started before"):
+        await closed.start()
 
 
 @pytest.mark.asyncio

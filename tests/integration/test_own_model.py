@@ -88,6 +88,10 @@ def test_simulate_trains_your_own_model_to_the_closed_form_optimum() -> None:
 
     with pytest.raises(ValueError, match="returns the mean over the rows, not the sum"):
         aiodq.simulate(config, dataset, 2, objective=Means)
+    with pytest.raises(
+        ValueError, match=r"^with objective=, config.model names your model .*not 'logistic'$"
+    ):
+        aiodq.simulate(aiodq.TrainConfig(), dataset, 2, objective=factory)  # type: ignore[arg-type]
 
 
 BIG_MODEL = """

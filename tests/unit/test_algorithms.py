@@ -974,11 +974,31 @@ def test_a_workers_own_objective_is_checked_as_the_masters_is(how: str) -> None:
     WorkerSession(objective=_Squares("sums"))
     with pytest.raises(ValueError, match=r"^_Squares\.loss_grad"):
         WorkerSession(objective=_Squares(how))
-    state = WorkerState(TrainConfig(model="squares"), _Squares(how), worker_id=0)
     if how in ("complex gradient", "column gradient"):
+        state = WorkerState(TrainConfig(model="squares"), _Squares(how), worker_id=0)
         got = "complex128 values" if how == "complex gradient" else r"shape \(5, 1\)"
         with pytest.raises(ValueError, match=rf"must be 5 real numbers, shape \(5,\), got {got}$"):
             state.snapshot_phase(np.zeros(5))
+
+
+def test_a_workers_objective_need_not_give_x0_and_is_checked_once() -> None:
+    """A review: a worker's objective whose initial() is a stub (only the master's gives x_0) stopped
+    working when workers began checking loss_grad at initial(); it is checked at 0 then.  And run_worker
+    and each session checked it again, calling initial() every time."""
+
+    class Stub(_Squares):
+        calls = 0
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            Stub.calls += 1
+            raise NotImplementedError("only the master's objective gives x_0")
+
+    objective = Stub("sums")
+    WorkerSession(objective=objective)
+    WorkerSession(objective=objective)
+    assert Stub.calls == 1
+    with pytest.raises(ValueError, match="returns the mean over the rows"):
+        WorkerSession(objective=Stub("mean"))  # (at 0 too)
 
 
 @pytest.mark.asyncio

@@ -635,6 +635,15 @@ def test_a_resumed_master_judges_reports_by_the_phases_before_its_restart(tmp_pa
     assert afresh.coordinator.guard.memory() == {"previous": None, "first": None}
 
 
+def test_the_guards_memory_leaves_out_figures_that_overflowed() -> None:
+    """A review: the pooled loss of finite reports can overflow, and a checkpoint holding it could not be
+    resumed (its figures must be finite): such a figure is kept as none."""
+    guard = Guard(config(), factor=100.0, workers=2, samples=None)
+    guard.phase_finished(_reports(1e305, 1e305, epoch=0))  # 10^308 each, their sum beyond float64
+    memory = guard.memory()
+    assert memory["previous"] is None and memory["first"] == [1e305, pytest.approx(1.0)]
+
+
 @pytest.mark.parametrize("phase", [Phase.SNAPSHOT, Phase.INNER])
 def test_a_resumed_run_still_gives_the_last_evaluated_snapshot(tmp_path: Any, phase: Phase) -> None:
     """A checkpoint written in a snapshot phase (the master's snapshot already the next one) also holds

@@ -354,8 +354,11 @@ def test_bad_inputs_raise_clear_errors() -> None:
             layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
         else:
             layer.weight.requires_grad_(False)
-        with pytest.raises(RuntimeError, match=r"^the module's parameters changed after the TorchObjective"):
-            objective.loss_grad(np.zeros(objective.dim))
+        for use in (objective.loss_grad, objective.correct, objective.write_parameters):
+            with pytest.raises(
+                RuntimeError, match=r"^the module's parameter 0\.weight changed after the Torch"
+            ):
+                use(np.zeros(objective.dim))
 
 
 def test_a_loss_that_is_not_a_sum_over_the_samples_is_refused() -> None:
