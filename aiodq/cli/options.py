@@ -185,7 +185,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
     Raises:
         UsageError: for ``--bias`` or ``--hidden`` with a model they do not shape (a newcomer
-            trial: taken silently, and result.json then said ``bias: true`` of a user model).
+            trial: taken silently, and result.json then said ``bias: true`` of a user model), or an
+            option of other algorithms than ``--algorithm`` (an operator trial: ``--exact-budget``
+            with asylpg, taken silently).
     """
     config = from_args(TrainConfig, args)
     default = TrainConfig()
@@ -193,6 +195,21 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"--bias: for --model logistic or softmax, not {config.model}")
     if config.hidden != default.hidden and config.model != "mlp":
         raise UsageError(f"--hidden: for --model mlp, not {config.model}")
+    spec = config.spec
+    for name, given, applies, which in (
+        ("phi", config.phi != default.phi, spec.gradient == "sparse", "sparse-asylpg"),
+        ("exact_budget", config.exact_budget, spec.gradient == "sparse", "sparse-asylpg"),
+        ("qsgd_levels", config.qsgd_levels != default.qsgd_levels, spec.gradient == "qsgd", "qsvrg"),
+        (
+            "acc_snapshot",
+            config.acc_snapshot != default.acc_snapshot,
+            spec.accelerated,
+            "acc-asylpg, acc-asyfpg",
+        ),
+    ):
+        if given and not applies:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option}: for --algorithm {which}, not {config.algorithm}")
     return config
 
 

@@ -584,6 +584,7 @@ async def worker_main(
         part.features,
         part.labels,
         name=name,
+        model=model,  # (a built-in's name: a master training another is refused)
         label_values=np.unique(dataset.labels),
         shard=(index, workers),
         shard_seed=seed,

@@ -74,7 +74,8 @@ class WorkerSession:
         parameter names another is refused (INVALID_CONFIG).  None, or a CONFIG without it: no check.
         ``model``: the model ``objective`` is (a built-in's name, or the ``MODULE:NAME`` it was
         loaded from), for one without a ``name`` of its own: a CONFIG naming another model is
-        refused (INVALID_CONFIG), even where the dimensions agree.
+        refused (INVALID_CONFIG), even where the dimensions agree; with ``features`` and ``labels``,
+        the built-in model this worker is for, and a CONFIG naming another is refused likewise.
 
         Raises:
             TypeError: for data or an objective of an unsupported type, before anything is sent.
@@ -240,6 +241,10 @@ class WorkerSession:
             if own is not None and own != config.model:
                 raise ValueError(f"the master trains {config.model!r}, this worker's objective is {own!r}")
             return self.objective
+        if self.model is not None and self.model != config.model:  # (an operator's worker trained it anyway)
+            raise ValueError(
+                f"the master trains {config.model!r}, this worker was started for {self.model!r}"
+            )
         if config.model not in BUILT_IN:
             # Never import code that the network names: the worker must be given it.
             raise ValueError(

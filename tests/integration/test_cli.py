@@ -197,6 +197,17 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             "--bias: for --model logistic or softmax, not mine:Model",
         ),
         (["run", "--hidden", "20"], "--hidden: for --model mlp, not logistic"),
+        # (an operator trial: options of other algorithms were taken silently)
+        (["run", "--exact-budget"], "--exact-budget: for --algorithm sparse-asylpg, not asylpg"),
+        (
+            ["run", "--phi", "0.1", "--algorithm", "asyfpg"],
+            "--phi: for --algorithm sparse-asylpg, not asyfpg",
+        ),
+        (["run", "--qsgd-levels", "4"], "--qsgd-levels: for --algorithm qsvrg, not asylpg"),
+        (
+            ["run", "--acc-snapshot", "last"],
+            "--acc-snapshot: for --algorithm acc-asylpg, acc-asyfpg, not asylpg",
+        ),
         (
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--model", "softmax", "--hidden", "7"],
             "--hidden: for --model mlp, not softmax",

@@ -29,6 +29,7 @@ from aiodq.config import ConnectionConfig, MasterConfig
 from aiodq.errors import CheckpointError, ErrorCode, RunError
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.master import Master
+from aiodq.net.worker import run_worker
 from aiodq.protocol.accounting import MAX_ERRORS
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.recovery import Checkpoint
@@ -121,6 +122,20 @@ async def test_a_master_runs_one_run() -> None:
     await closed.close()
     with pytest.raises(RuntimeError, match=r"^this Master was started before"):
         await closed.start()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_started_for_another_built_in_model_is_refused() -> None:
+    """An operator trial: ``aiodq worker --model softmax`` joined a logistic master, trained logistic and
+    exited 0.  INVALID_CONFIG now, as for a model of your own; started for the master's, it trains."""
+    async with Master(TrainConfig(epochs=1), X0, workers=1) as master:
+        host, port = master.address
+        other = await run_worker(host, port, A9A.features, A9A.labels, model="softmax")
+        assert other.code == ErrorCode.INVALID_CONFIG
+        assert other.reason == "the master trains 'logistic', this worker was started for 'softmax'"
+        good = await run_worker(host, port, A9A.features, A9A.labels, model="logistic")
+        summary = (await master.wait(TIMEOUT)).to_json()
+    assert good.ok and summary["failure"] is None
 
 
 @pytest.mark.asyncio
