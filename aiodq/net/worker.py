@@ -141,6 +141,7 @@ async def run_worker(
     backoff = 0.1
     gradients = 0
     ended: str | None = None  # how the last session ended, if one did
+    trained: WorkerResult | None = None  # the last session that got as far as CONFIG
     while True:
         began = loop.time()
         try:
@@ -183,8 +184,17 @@ async def run_worker(
                 if loop.time() - began >= _SETTLED:
                     backoff = 0.1
             if final or loop.time() + backoff > deadline:
+                if trained is not None and not result.configured and result.code == ErrorCode.PROTOCOL_ERROR:
+                    # How training ended says more than a refused reconnection (an operator trial: a
+                    # diverged run's workers ended on "closed before answering HELLO" and a TLS hint).
+                    reason = (
+                        f"{trained.reason}; then, reconnecting: {code_name(result.code)}: {result.reason}"
+                    )
+                    return WorkerResult(trained.code, reason, gradients, trained.failed, True)
                 return WorkerResult(result.code, result.reason, gradients, result.failed, result.configured)
-            ended = f"{code_name(result.code)}: {result.reason}"
+            if result.configured or trained is None:  # (a refused reconnection says less: above)
+                ended = f"{code_name(result.code)}: {result.reason}"
+            trained = result if result.configured else trained
             _log.warning(
                 "session ended (%s: %s); reconnecting in %.1f s",
                 code_name(result.code),
@@ -314,8 +324,9 @@ async def _session(
                 reason += " (a master with mutual TLS refuses a worker without a client certificate)"
             else:  # (a TLS master reads the HELLO as a broken TLS handshake and drops it)
                 reason += (
-                    " (a master with TLS needs aiodq worker --tls, run_worker(ssl=...); any master closes"
-                    " connections beyond its --max-unauthenticated or --connection-rate at once)"
+                    " (a master whose run is over closes every connection at once, as one does beyond its"
+                    " --max-unauthenticated or --connection-rate; a master with TLS needs aiodq worker --tls,"
+                    " run_worker(ssl=...))"
                 )
         else:
             reason = f"{how} without CLOSE"

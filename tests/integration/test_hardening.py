@@ -139,6 +139,34 @@ async def test_a_worker_started_for_another_built_in_model_is_refused() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_worker_reconnecting_to_a_run_that_is_over_ends_saying_how_it_ended() -> None:
+    """An operator trial: a diverged run's workers reconnected (GOING_AWAY may mean a master that comes
+    back), were closed before HELLO was answered, and ended on that and a TLS hint.  The session that
+    trained says how training ended; the refused reconnection follows it."""
+
+    async def over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()  # what a master whose run is over does to a connection
+
+    async with Master(TrainConfig(epochs=1000), X0, workers=1) as master:
+        host, port = master.address
+        worker = asyncio.create_task(
+            run_worker(host, port, A9A.features[:200], A9A.labels[:200], retry_for=3)
+        )
+        await wait_until(lambda: master.coordinator.state.version > 5, TIMEOUT, "training")
+        master.stop_training()  # GOING_AWAY, and its listener closes
+        await wait_until(lambda: not master._listener.sockets, TIMEOUT, "the listener closed")
+        async with await asyncio.start_server(over, host, port):  # (its port: the worker reconnects there)
+            result = await asyncio.wait_for(worker, TIMEOUT)
+    assert result.code == ErrorCode.GOING_AWAY and result.configured, result
+    assert result.reason.startswith("the master is shutting down; then, reconnecting: PROTOCOL_ERROR: "), (
+        result
+    )
+    assert (
+        "before answering HELLO (a master whose run is over closes every connection at once" in result.reason
+    )
+
+
+@pytest.mark.asyncio
 async def test_a_frame_larger_than_any_handshake_message_is_refused_on_its_header() -> None:
     """WF-10-3: before the handshake, a header declaring 256 MiB gets FRAME_TOO_LARGE at once,
     though max_frame_bytes allows it; nothing of it is buffered."""

@@ -285,9 +285,9 @@ async def test_a_worker_without_tls_is_told_that_the_master_may_need_it(pki: dic
         plain = await run_worker(host, port, A9A.features[:100], A9A.labels[:100])
     assert plain.code == ErrorCode.PROTOCOL_ERROR
     assert plain.reason == (
-        "the master closed the connection before answering HELLO "
-        "(a master with TLS needs aiodq worker --tls, run_worker(ssl=...); any master closes"
-        " connections beyond its --max-unauthenticated or --connection-rate at once)"
+        "the master closed the connection before answering HELLO (a master whose run is over closes every"
+        " connection at once, as one does beyond its --max-unauthenticated or --connection-rate; a master"
+        " with TLS needs aiodq worker --tls, run_worker(ssl=...))"
     ), plain.reason
 
 
