@@ -321,7 +321,10 @@ async def _session(
         if session.worker_id is None:
             reason = f"{how} before answering HELLO"
             if ssl is not None:
-                reason += " (a master with mutual TLS refuses a worker without a client certificate)"
+                reason += (
+                    " (a master with mutual TLS refuses a worker without a client certificate, or with one"
+                    " its --tls-client-ca did not sign)"
+                )
             else:  # (a TLS master reads the HELLO as a broken TLS handshake and drops it)
                 reason += (
                     " (a master whose run is over closes every connection at once, as one does beyond its"
