@@ -50,8 +50,9 @@ from .options import (
 from .outfolder import release
 
 try:
-    from .commands import EXIT_USAGE, cmd_master, cmd_run, cmd_worker, say
+    from .commands import EXIT_USAGE, cmd_master, cmd_run, cmd_worker
     from .experiment import cmd_experiment
+    from .logs import say
 except ImportError as exc:  # scipy: the cli extra (with its data extra) is not installed
     _MISSING: str | None = exc.name or str(exc)
     EXIT_USAGE = 2

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..config import MasterConfig
@@ -33,7 +30,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
-from ..version import __version__
+from .logs import SAID, add_logfile, held_logs, log_start, say, setup_logging
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 from .outfolder import (
     LOG,
@@ -65,103 +62,6 @@ def print_summary(summary: dict[str, object], command: str) -> None:
     for label, value in summary_rows(summary):
         table.add_row(label, value)
     Console().print(table)
-
-
-_FORMAT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
-#: What a command prints on stderr is logged here too, so that aiodq.log says how the run ended
-#: (the console handler leaves these records out: they are printed already).
-_said = logging.getLogger("aiodq.cli")
-_said.addHandler(logging.NullHandler())  # no log set up (yet): not Python's last-resort stderr handler
-
-
-def say(command: str, message: str, *, level: int = logging.ERROR) -> None:
-    """Print ``aiodq COMMAND: MESSAGE`` on stderr; the log file gets it too, at ``level``."""
-    print(f"aiodq {command}: {message}", file=sys.stderr)
-    _said.log(level, "aiodq %s: %s", command, message)
-
-
-def log_start(argv: list[str]) -> None:
-    """Open the log file's record of a run: the command line and the version."""
-    _said.info("aiodq %s (version %s)", shlex.join(argv), __version__)
-
-
-def _not_said(record: logging.LogRecord) -> bool:
-    return record.name != _said.name
-
-
-def setup_logging(stderr_level: int, logfile: Path | None = None, *, append: bool = False) -> None:
-    """Log aiodq's records to stderr at ``stderr_level`` and, if given, everything to ``logfile``."""
-    logger = logging.getLogger("aiodq")
-    logger.setLevel(logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(stderr_level)
-    console.setFormatter(_FORMAT)
-    console.addFilter(_not_said)
-    logger.addHandler(console)
-    if logfile is not None:
-        add_logfile(logfile, append=append)
-
-
-class _Holding(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def _held_logs() -> Iterator[list[logging.LogRecord]]:
-    """Keep aiodq's INFO records of the block, for the log configured after it.
-
-    (Bad options must not truncate a previous run's aiodq.log: it is opened once they are checked.)
-    """
-    handler = _Holding()
-    held = handler.records
-    logger = logging.getLogger("aiodq")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(min(level or logging.INFO, logging.INFO))
-    try:
-        yield held
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-class _LogFile(logging.FileHandler):
-    """aiodq.log: records it cannot write (a full disk) are said once on stderr, not as a traceback each."""
-
-    failed = False
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        error = sys.exc_info()[1]
-        if not isinstance(error, OSError):  # (a log call's own mistake: logging's report, as usual)
-            super().handleError(record)
-        elif not self.failed:
-            self.failed = True
-            why = getattr(error, "strerror", None) or error
-            print(
-                f"aiodq: cannot write the log {self.baseFilename}: {why}; it may lack what follows",
-                file=sys.stderr,
-            )
-
-
-def add_logfile(logfile: Path, *, append: bool = False) -> None:
-    """Also log everything to ``logfile`` (its folder exists and is writable: :func:`_output_folder`).
-
-    ``append``: after what it holds (a run with a checkpoint: its log goes on from an interrupted
-    session's, and a start that its checkpoint refuses leaves that log whole); else from empty.
-    """
-    try:
-        handler = _LogFile(logfile, mode="a" if append else "w", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write the log {logfile}: {exc.strerror or exc}") from exc
-    handler.setFormatter(_FORMAT)
-    logging.getLogger("aiodq").addHandler(handler)
 
 
 def _dataset_for(
@@ -257,7 +157,7 @@ def _finish(
     print_summary(result.to_json(), command)
     if written:
         print(written)
-        _said.info("aiodq %s: %s", command, written)
+        SAID.info("aiodq %s: %s", command, written)
     if train is not None and result.trace and result.trace[-1].samples < train.samples:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
         say(
@@ -361,12 +261,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     master_config = from_args(MasterConfig, args)
     saving = checkpoint_options(args)  # (--resume with --start-from refused before the file is read)
     _checked_checkpoint(args.start_from, Path(args.out), "--start-from")  # (its model replaces that one)
-    with _held_logs() as held:  # the label mapping, logged before aiodq.log may be written
+    with held_logs() as held:  # the label mapping, logged before aiodq.log may be written
         dataset, objective, test = _dataset_for(config, args.data, args.workers)
         given = args.start_from
         start = None if given is None else read_start(given, config, objective.dim, data=dataset)
         if master_config.connection_rate and args.launcher == "local":
-            _said.warning("--connection-rate: every local worker connects from 127.0.0.1, one address to it")
+            SAID.warning("--connection-rate: every local worker connects from 127.0.0.1, one address to it")
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..launch.local import resolve_worker_nice
-from .commands import EXIT_FAILED, setup_logging
+from .commands import EXIT_FAILED
+from .logs import setup_logging
 
 __all__ = ["cmd_experiment"]
 

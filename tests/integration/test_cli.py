@@ -532,7 +532,7 @@ def test_a_log_file_that_cannot_be_written_is_said_once(
     import errno  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
-    from aiodq.cli.commands import add_logfile  # noqa: PLC0415
+    from aiodq.cli.logs import add_logfile  # noqa: PLC0415
 
     logger = logging.getLogger("aiodq")
     before = list(logger.handlers)
