@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
-from ..launch.common import as_it_stood, check_shares
+from ..launch.common import as_it_stood, check_shares, checkpoint_note
 from ..launch.local import (
     load_data_or_fail,
     lower_priority,
@@ -24,6 +24,7 @@ from ..launch.local import (
 from ..launch.models import load_factory, objective_for, read_start, test_scores
 from ..launch.processes import die_with_parent
 from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
+from ..net.checkpoint import resumable
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -133,11 +134,14 @@ def _finish(
     train: Dataset | None = None,
     *,
     early: str | RunError | None = None,
+    checkpoint: str | None = None,
 ) -> int:
     """Score the model on ``test``, write the results, print the summary.
 
     ``early``: what writing them as training ended gave (:class:`_EarlyResults`).  If they cannot be
     written now but were then, those are kept (each file is replaced whole or not at all): a warning.
+    ``checkpoint``: the run's; a failed run that it can continue (the workers left and did not
+    come back, say) is said to be resumable from it, as a stopped one is.
     A run that ended without finishing fails (status 1), as does one whose results are not written.
     """
     written, unwritten = "", False  # (the summary is printed either way: an operator trial saw none)
@@ -167,7 +171,10 @@ def _finish(
             level=logging.WARNING,
         )
     if result.failure:
-        say(command, result.failure)
+        say(
+            command,
+            result.failure + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
+        )
     return EXIT_FAILED if result.failure or unwritten else 0
 
 
@@ -351,7 +358,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).
-    return _finish("run", result, out, test, dataset, early=write_now.written)
+    return _finish(
+        "run", result, out, test, dataset, early=write_now.written, checkpoint=saving["checkpoint"]
+    )
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -442,7 +451,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     except OSError as exc:
         say("master", f"cannot listen on {format_address(host, port)}: {describe_os_error(exc)}")
         return EXIT_FAILED
-    status = _finish("master", result, out, test, dataset, early=write_now.written if write_now else None)
+    early = write_now.written if write_now else None
+    status = _finish("master", result, out, test, dataset, early=early, checkpoint=saving["checkpoint"])
     if "records_error" in result.summary:
         say("master", result.summary["records_error"])
         return EXIT_FAILED

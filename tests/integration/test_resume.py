@@ -718,3 +718,37 @@ def test_a_start_refused_on_a_full_disk_still_removes_what_it_made(
     finally:
         logger.removeHandler(handler)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_a_run_its_workers_left_says_its_checkpoint_continues_it(tmp_path: Path) -> None:
+    """An operator trial: with --checkpoint, "every worker left, and 0 of 1 came back within 2 s
+    (--join-timeout)" did not say that the checkpoint could continue the run, as a SIGTERM's message does
+    (the checkpoint holds the run unfinished: --resume continues it)."""
+    path = tmp_path / "run.ckpt"
+    training = ("--data", str(DATA), "--epochs", "500", "--step", "0.01")
+    master = Process(
+        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", *training,
+        "--join-timeout", "2", "--checkpoint", str(path), "--checkpoint-interval", "0.2",
+    )  # fmt: skip
+    worker = None
+    try:
+        text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
+        address = text.split("listening on ")[1].split(",")[0]
+        worker = Process(
+            tmp_path, "worker", "worker", "--connect", address, "--shard", "0/1", "--data", str(DATA)
+        )
+        await wait_until(lambda: (resumable(path) or (0, 0))[0] >= 2, 60, "two epochs checkpointed")
+        worker.kill()  # SIGKILL: the master waits --join-timeout for it, then fails
+        assert await master.exited(60) == 1
+    finally:
+        for process in (master, worker):
+            if process is not None:
+                process.kill()
+    stood = resumable(path)
+    assert stood is not None, "the checkpoint says the run finished"
+    said = master.stderr.strip().splitlines()[-1]
+    assert said == (
+        "aiodq master: every worker left, and 0 of 1 came back within 2 s (--join-timeout); the checkpoint "
+        f"{path} holds the run as it stood (epoch {stood[0]}, version {stood[1]}): resume it to continue"
+    ), master.stderr
