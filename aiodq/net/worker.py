@@ -62,6 +62,7 @@ _PERMANENT = frozenset(
         ErrorCode.LIMIT_EXCEEDED,
         ErrorCode.WORLD_SIZE_MISMATCH,
         ErrorCode.UNSUPPORTED_ENCODING,  # its encodings cannot carry what the run sends (6.2-6)
+        ErrorCode.FRAME_TOO_LARGE,  # (the same frames again: an operator's worker retried for --retry-for)
     }
 )
 
@@ -333,4 +334,7 @@ async def _session(
                 )
         else:
             reason = f"{how} without CLOSE"
+    elif code == ErrorCode.FRAME_TOO_LARGE and session.worker_id is None:
+        # (an operator trial pointed a worker at an HTTP server: "frame body of 774975312 bytes")
+        reason += " (before HELLO was answered: is the peer an aiodq master?)"
     return WorkerResult(code, reason, session.gradients_sent, session.failed, session.config is not None)

@@ -167,6 +167,30 @@ async def test_a_worker_reconnecting_to_a_run_that_is_over_ends_saying_how_it_en
 
 
 @pytest.mark.asyncio
+async def test_a_worker_pointed_at_another_kind_of_server_says_so_and_does_not_retry() -> None:
+    """An operator trial: a worker connected to an HTTP server read "HTTP" as a frame header of 774,975,312
+    bytes, said FRAME_TOO_LARGE with nothing else, and retried it for all of --retry-for."""
+    connections = 0
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # until the worker closes
+        writer.close()
+
+    async with await asyncio.start_server(http, "127.0.0.1", 0) as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        result = await asyncio.wait_for(
+            run_worker(host, port, A9A.features, A9A.labels, retry_for=60), TIMEOUT
+        )
+    assert result.code == ErrorCode.FRAME_TOO_LARGE, result
+    assert result.reason.endswith(" (before HELLO was answered: is the peer an aiodq master?)"), result.reason
+    assert connections == 1
+
+
+@pytest.mark.asyncio
 async def test_a_frame_larger_than_any_handshake_message_is_refused_on_its_header() -> None:
     """WF-10-3: before the handshake, a header declaring 256 MiB gets FRAME_TOO_LARGE at once,
     though max_frame_bytes allows it; nothing of it is buffered."""
