@@ -109,6 +109,10 @@ def lock(path: str | Path) -> Lock:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(where, os.O_RDWR | os.O_CREAT, 0o600)
+    except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file in the way: "File exists")
+        raise CheckpointError(
+            f"cannot write the checkpoint {path}: a file is where a folder must be"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
     try:

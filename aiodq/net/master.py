@@ -134,9 +134,7 @@ class Master:
         self.checkpointed: tuple[int, int] | None = None
         #: True if ``resume`` found a finished run: nothing trains, and it has no model records.
         self.resumed_finished = False
-        self._blas_threads = blas_threads
-        self._record_every = record_every
-        self._samples = samples
+        self._blas_threads, self._record_every, self._samples = blas_threads, record_every, samples
         # Whether the trace's accuracy means anything (a torch regression has correct(), counting nothing).
         counts = bool(getattr(model, "measures_accuracy", hasattr(model, "correct")))
         self._accuracy: bool | None = counts if hasattr(model, "loss_grad") else None
@@ -226,11 +224,13 @@ class Master:
         if checkpoint_file.remove_stale(path):
             _log.info("removed temporary checkpoint files an interrupted run left next to %s", path)
         if self._resume:
-            limit = self._checkpoint_bytes()
-            saved = checkpoint_file.load(path, max_bytes=limit)
+            saved = checkpoint_file.load(path, max_bytes=self._checkpoint_bytes())
             if saved.meta.get("phase") is not None:  # (else not a run's: restore says so)
                 checkpoint_file.check_data(path, saved.meta.get("data"), self._data_fingerprint)
-            self.coordinator.restore(saved, 0.0)
+            try:
+                self.coordinator.restore(saved, 0.0)
+            except CheckpointError as exc:  # (which file: an operator resumed from a model.npz)
+                raise CheckpointError(f"{path}: {exc}") from None
             self._before = float(saved.meta["elapsed"])  # (checked by restore)
             self._start = start if isinstance(start := saved.meta.get("start_from"), str) else None
             if saved.meta.get("workers") != self._workers and not self.coordinator.done:
@@ -248,9 +248,8 @@ class Master:
                 _log.info("%s", said)
         else:
             checkpoint_file.check_fresh_start(path, max_bytes=self._checkpoint_bytes())
-        # Written at once (the same state, resumed): fails now, with one line, if it cannot be, instead
-        # of a run that goes on without checkpoints (a trial: a resume on a full disk finished, exit 0,
-        # leaving its checkpoint unfinished, to be trained again).  A finished run's is left as it is.
+        # Written at once (the same state, resumed): fails now, with one line, if it cannot be (a resume
+        # on a full disk finished, exit 0, its checkpoint unfinished).  A finished run's is left as it is.
         self.write_checkpoint()
 
     def _checkpoint_bytes(self) -> int:

@@ -31,6 +31,7 @@ from aiodq.errors import CheckpointError, RunError
 from aiodq.launch.results import write_results
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.checkpoint import resumable
+from aiodq.protocol.recovery import Checkpoint
 
 from .cluster import LEAST_SQUARES, ROOT, wait_until
 from .cluster import aiodq as aiodq_command
@@ -752,3 +753,20 @@ async def test_a_run_its_workers_left_says_its_checkpoint_continues_it(tmp_path:
         "aiodq master: every worker left, and 0 of 1 came back within 2 s (--join-timeout); the checkpoint "
         f"{path} holds the run as it stood (epoch {stood[0]}, version {stood[1]}): resume it to continue"
     ), master.stderr
+
+
+def test_checkpoint_paths_that_cannot_serve_say_why(tmp_path: Path) -> None:
+    """An operator trial: a checkpoint under a file said "File exists", and --resume of a model.npz did not
+    name the file it refused."""
+    (tmp_path / "afile").write_text("")
+    listen = ("master", "--listen", "127.0.0.1:0", "--workers", "1", "--data", str(DATA), "--epochs", "1")
+    under = aiodq_command(*listen, "--checkpoint", str(tmp_path / "afile" / "ck.npz"))
+    assert under.returncode == 1
+    said = f"cannot write the checkpoint {tmp_path / 'afile' / 'ck.npz'}: a file is where a folder must be"
+    assert under.stderr.strip() == f"aiodq master: {said}"
+    model = tmp_path / "model.npz"
+    checkpoint_file.save(model, Checkpoint({"model": np.zeros(3)}, {"kind": checkpoint_file.MODEL_KIND}))
+    resumed = aiodq_command(*listen, "--checkpoint", str(model), "--resume")
+    assert resumed.returncode == 1
+    said = f"{model}: the file is not the checkpoint of a run (a model or records file?)"
+    assert resumed.stderr.strip() == f"aiodq master: {said}"
