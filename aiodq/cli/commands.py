@@ -123,7 +123,9 @@ def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dat
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
     with signals_deferred():
         paths = write_results(result, out)
-    return f"wrote {', '.join(str(p) for p in paths)}; log in {results_written(out)}"
+    log = results_written(out)  # (a folder removed during the run takes its log with it: an operator trial)
+    where = f"log in {log}" if log.exists() else f"the log {log} was removed during the run"
+    return f"wrote {', '.join(str(p) for p in paths)}; {where}"
 
 
 def _finish(

@@ -325,6 +325,7 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
     out = tmp_path / "out"
     out.mkdir()
+    (out / "aiodq.log").write_text("")  # (the command's log, as it opens one in --out)
     early = _write(result, out)
     before = {name: (out / name).read_bytes() for name in ("result.json", "model.npz", "loss_vs_bits.png")}
     (out / ".result.json.tmp").mkdir()
@@ -343,6 +344,12 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     assert plot.read_bytes() == before["loss_vs_bits.png"]
     wrote = f"wrote {out / 'result.json'}, {out / 'model.npz'}; log in {out / 'aiodq.log'}"
     assert capsys.readouterr().out.rstrip().endswith(wrote)
+    # (an operator trial removed --out during a run: the results were written again, "log in" a lost file)
+    (out / "aiodq.log").unlink()
+    assert _finish("run", result, out) == 0
+    assert (
+        capsys.readouterr().out.rstrip().endswith(f"; the log {out / 'aiodq.log'} was removed during the run")
+    )
     (out / ".loss_vs_bits.png.tmp").rmdir()
     assert _finish("run", result, tmp_path / "elsewhere", early=RunError("disk full")) == 0  # written now
     # Without results from the end of training, a failure to write them is the run's.
