@@ -313,6 +313,8 @@ class ConnectionClosed:
     #: The code of the CLOSE that ended the session (either direction), TIMEOUT
     #: for a local timeout, or None if the stream just stopped.
     code: int | None = None
+    #: Why a local timeout ended it (the CLOSE's reason it sent), else empty; not compared.
+    reason: str = field(default="", compare=False)
 
 
 #: Any event.

@@ -477,7 +477,7 @@ class Connection(SessionRules):
             self.send(Close(code=ErrorCode.TIMEOUT, reason=reason), now)
         self._state = ConnectionState.CLOSED
         self._ended = True
-        self._events.append(ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT)))
+        self._events.append(ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT), reason=reason))
 
     def _apply(self, event: Event, *, sent: bool) -> None:
         """Update the state after a message passed every check."""

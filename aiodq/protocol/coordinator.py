@@ -295,7 +295,9 @@ class Coordinator:
                 name = code_name(event.code)
                 self.ledger.add_error(worker_id, name, event.reason, sent=True, joined=joined)
             elif isinstance(event, ConnectionClosed) and event.code == ErrorCode.TIMEOUT:
-                self.ledger.add_error(worker_id, ErrorCode.TIMEOUT.name, "timed out", joined=joined)
+                self.ledger.add_error(
+                    worker_id, ErrorCode.TIMEOUT.name, event.reason or "timed out", joined=joined
+                )
             self._drop_worker(worker_id, now)
 
     def _join(self, worker_id: int, worker: Member, hello: Hello, now: float) -> None:

@@ -194,7 +194,7 @@ class WorkerSession:
         elif isinstance(event, ConnectionClosed) and self.ended is None:
             self.ended = (
                 event.code if event.code is not None else int(ErrorCode.PROTOCOL_ERROR),
-                "stream ended",
+                event.reason or "stream ended",  # (a local timeout's own reason: not "TIMEOUT: stream ended")
             )
         elif isinstance(event, ErrorMessage):
             pass  # a rejected gradient: the master sends a fresh model with it

@@ -1019,7 +1019,13 @@ def test_idle_timeout() -> None:
     assert beats == [5.0, 10.0, 15.0, 20.0, 25.0]
     assert deadline == 30.0
     assert sent[0].code == ErrorCode.TIMEOUT
-    assert master.next_event() == ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT))
+    # The local event says why, as the CLOSE does (an operator trial read "TIMEOUT: timed out" on the
+    # master's side and "TIMEOUT: stream ended" on the worker's).
+    why = "peer silent for longer than the idle timeout"
+    assert sent[0].reason == why
+    closed = master.next_event()
+    assert closed == ConnectionClosed(clean=False, code=int(ErrorCode.TIMEOUT))
+    assert isinstance(closed, ConnectionClosed) and closed.reason == why
     assert master.next_event() is None
 
 

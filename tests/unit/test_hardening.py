@@ -744,6 +744,19 @@ def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
     assert coordinator.done and coordinator.failure is None
 
 
+def test_a_worker_silent_past_the_idle_timeout_is_recorded_with_the_reason() -> None:
+    """An operator trial: the master's record of a connection it timed out said only "timed out"; it says
+    which timeout now, as the CLOSE it sent does."""
+    cluster = Cluster(config(epochs=3), small_a9a(), 2, master_config=MasterConfig(snapshot_timeout=600.0))
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    silent = cluster.ids[1]
+    cluster.frozen = {1}  # no byte more from it, HEARTBEATs included
+    coordinator.handle_timer(cluster.now + ConnectionConfig().idle_timeout + 1.0)
+    said = [reason for worker, code, reason, *_ in coordinator.ledger.errors if worker == silent]
+    assert said == ["peer silent for longer than the idle timeout"], coordinator.ledger.errors
+
+
 def test_later_snapshot_phases_wait_in_proportion_to_the_reports() -> None:
     """The first phase waits snapshot_timeout; later ones SLACK times the last slowest report, >= FLOOR."""
     train = config(epochs=3)
