@@ -398,7 +398,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     if args.out is not None:
         _checked_checkpoint(args.records, Path(args.out), "--records")  # before its folder is made
     if records is not None:
-        if os.path.realpath(records) == os.path.realpath(saving["checkpoint"] or ""):
+        if saving["checkpoint"] and os.path.realpath(records) == os.path.realpath(saving["checkpoint"]):
             raise UsageError(f"--records {records}: the run checkpoints there: give another file")
         if records.is_dir():
             raise UsageError(f"--records {records}: a folder, not a file")

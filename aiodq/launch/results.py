@@ -115,40 +115,47 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
         errors.append(f"cannot write {paths[0]}: {exc.strerror or exc}")
     if errors:
         wrote = f" (wrote {', '.join(map(str, written))})" if written else ""
-        raise RunError(
-            "; ".join(errors) + wrote + (_unmix(out, written, summary.get("provenance")) if written else "")
-        )
+        moved = _unmix(out, written, summary.get("provenance")) if written else ""
+        if paths[0] in written:  # (its plot, drawn from this result.json, not an earlier run's: a review)
+            _plot(summary, out / plot_file)
+        raise RunError("; ".join(errors) + wrote + moved)
     plot = _plot(summary, out / plot_file)
     return paths if plot is None else [*paths, plot]
 
 
+#: What :func:`_unmix` appends to the name of an earlier run's file it moves aside.
+EARLIER = ".earlier"
+
+
 def _unmix(out: Path, written: list[Path], provenance: object) -> str:
-    """Remove another run's files left beside those just written, where the others could not be.
+    """Move another run's files aside (NAME.earlier) where this run could not replace them.
 
     An operator trial: a new run's model.npz beside an earlier run's result.json and plot, in a
-    folder taken for one finished run's results.  Files of this run (written as training ended,
-    the same provenance) stay.  Returns what the error message adds.
+    folder taken for one finished run's results.  They are moved, not removed: where this run's
+    model could not be written, the earlier one may be the only trained model left (a review).
+    Files of this run (written as training ended: the same provenance) stay.  Returns what the
+    error message adds.
     """
     summary_file, model_file, plot_file = RESULT_FILES
     stale = [
         out / name
         for name in (summary_file, model_file)
-        if out / name not in written and (out / name).exists() and _provenance(out / name) != provenance
+        if out / name not in written and (out / name).is_file() and _provenance(out / name) != provenance
     ]
     if (
-        (out / plot_file).exists()
+        (out / plot_file).is_file()
         and (out / summary_file not in written)
         and (out / summary_file in stale or not (out / summary_file).exists())
     ):
         stale.append(out / plot_file)  # (drawn from the result.json that is not this run's)
-    removed = []
+    moved = []
     for path in stale:
         with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path.name)
-    return (
-        f"; removed an earlier run's {', '.join(removed)}, not to be taken for this run's" if removed else ""
-    )
+            path.replace(path.with_name(path.name + EARLIER))
+            moved.append(path.name)
+    if not moved:
+        return ""
+    return f"; moved an earlier run's {', '.join(moved)} aside ({EARLIER}), not to be taken for this run's"
 
 
 def _provenance(path: Path) -> object:

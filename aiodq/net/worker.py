@@ -99,6 +99,8 @@ async def run_worker(
         model: the model ``objective`` is (the ``MODULE:NAME`` it was loaded from, say), for an
             objective without a ``name``: a run of another model is refused (INVALID_CONFIG,
             final), although the dimensions agree.  None: only the objective's ``name`` is checked.
+            With ``features`` and ``labels``: the built-in model this worker is for, a run of another
+            refused likewise; None trains the one CONFIG names.
         name: a name for the master's logs.
         classes: number of classes of the whole dataset (default: from ``label_values``).
         label_values: the distinct labels of the whole dataset, when ``labels`` are a share of
@@ -323,8 +325,9 @@ async def _session(
             reason = f"{how} before answering HELLO"
             if ssl is not None:
                 reason += (
-                    " (a master with mutual TLS refuses a worker without a client certificate, or with one"
-                    " its --tls-client-ca did not sign)"
+                    " (a master whose run is over closes every connection at once; a master with mutual TLS"
+                    " refuses a worker without a client certificate, or with one its --tls-client-ca did not"
+                    " sign)"
                 )
             else:  # (a TLS master reads the HELLO as a broken TLS handshake and drops it)
                 reason += (

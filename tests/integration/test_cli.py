@@ -694,3 +694,16 @@ def test_an_out_folder_that_cannot_be_locked_is_used_unlocked_with_a_warning(
         f"aiodq: --out {tmp_path} cannot be locked (Bad file descriptor); another run could use it too\n"
     )
     release()
+
+
+def test_options_of_other_algorithms_are_taken_with_resume() -> None:
+    """A review: a checkpoint written before options of other algorithms were refused may name one (phi with
+    asylpg), and is resumed with the options it names; restore compares them, so --resume takes them."""
+    from aiodq.cli import _parser  # noqa: PLC0415
+    from aiodq.cli.options import train_config  # noqa: PLC0415
+    from aiodq.errors import UsageError  # noqa: PLC0415
+
+    given = ["run", "--phi", "0.1", "--checkpoint", "ck.npz"]
+    with pytest.raises(UsageError, match=r"^--phi: for --algorithm sparse-asylpg, not asylpg: leave it out$"):
+        train_config(_parser().parse_args(given))
+    assert train_config(_parser().parse_args([*given, "--resume"])).phi == 0.1

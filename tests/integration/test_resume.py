@@ -282,8 +282,10 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
 def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> None:
     """An operator trial: a run into the folder of an earlier, finished one could not write its result.json
     (a full disk) and left its own model.npz beside the earlier run's result.json and plot, a folder then
-    taken for one finished run's results.  The earlier run's files go where this run's could not be
-    written; this run's own, written as training ended (the same provenance), stay."""
+    taken for one finished run's results.  The earlier run's files are moved aside where this run's could
+    not be written (not removed: a review found the earlier model removed where this run's could not be
+    written, no trained model left); this run's own, written as training ended (the same provenance),
+    stay; where this run's result.json is written, so is its plot."""
     earlier = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
     provenance = dict(earlier.summary["provenance"], started="2026-01-01T00:00:00+00:00")
     later = replace(earlier, summary=dict(earlier.summary, provenance=provenance))
@@ -295,12 +297,16 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     with pytest.raises(RunError) as info:
         write_results(later, out)
     assert str(info.value) == (
-        f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'}); removed an earlier "
-        "run's result.json, loss_vs_bits.png, not to be taken for this run's"
+        f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'}); moved an earlier "
+        "run's result.json, loss_vs_bits.png aside (.earlier), not to be taken for this run's"
     )
-    assert sorted(p.name for p in out.iterdir()) == [".result.json.tmp", "model.npz"]
+    listed = [".result.json.tmp", "loss_vs_bits.png.earlier", "model.npz", "result.json.earlier"]
+    assert sorted(p.name for p in out.iterdir()) == listed
     assert not holds_finished_run(out)
     assert aiodq.load_model(out / "model.npz")[1]["provenance"] == provenance
+    assert (
+        json.loads((out / "result.json.earlier").read_text())["provenance"] == earlier.summary["provenance"]
+    )
     blocker.rmdir()
     write_results(later, out)  # as training ended
     blocker.mkdir()
@@ -311,6 +317,28 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     )
     assert json.loads((out / "result.json").read_text())["provenance"] == provenance
     assert (out / "loss_vs_bits.png").exists() and holds_finished_run(out)
+    # The other way round: this run's model cannot be written (a full disk: the larger file), its
+    # result.json is; the earlier run's model is the only trained model left, and is kept aside.
+    blocker.rmdir()
+    other = tmp_path / "other"
+    write_results(earlier, other)
+    plot_before = (other / "loss_vs_bits.png").stat().st_ino
+    with pytest.MonkeyPatch.context() as patch:
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise CheckpointError("cannot write the model file: No space left on device")
+
+        patch.setattr(checkpoint_file, "save", full)
+        with pytest.raises(RunError) as info:
+            write_results(later, other)
+    assert str(info.value) == (
+        f"cannot write the model file: No space left on device (wrote {other / 'result.json'}); moved an "
+        "earlier run's model.npz aside (.earlier), not to be taken for this run's"
+    )
+    assert aiodq.load_model(other / "model.npz.earlier")[1]["provenance"] == earlier.summary["provenance"]
+    assert json.loads((other / "result.json").read_text())["provenance"] == provenance
+    assert (other / "loss_vs_bits.png").stat().st_ino != plot_before  # this run's, drawn again (a new file)
+    assert not holds_finished_run(other)
 
 
 def test_results_that_cannot_be_written_again_keep_those_written_as_training_ended(
@@ -673,6 +701,11 @@ def test_records_over_the_runs_own_results_or_its_checkpoint_are_refused(tmp_pat
     said = f"--records {checkpoint}: the run checkpoints there: give another file"
     assert refused.stderr.strip() == f"aiodq master: {said}"
     assert list(tmp_path.iterdir()) == []
+    # Without --checkpoint a folder is no checkpoint's (a review: the folder one ran from was said to be).
+    refused = aiodq_command(*master, "--records", str(tmp_path), cwd=tmp_path)  # (the folder it runs in)
+    assert refused.stderr.strip() == f"aiodq master: --records {tmp_path}: a folder, not a file", (
+        refused.stderr
+    )
 
 
 @pytest.mark.asyncio
