@@ -26,7 +26,7 @@ from ..errors import CheckpointError, RunError, UsageError, raised_at
 from ..net import checkpoint as checkpoint_file
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, class_count, labels_for, other_data
-from ..protocol.objectives import BUILT_IN, Objective, check_objective, make_objective
+from ..protocol.objectives import BUILT_IN, Objective, check_objective
 from ..protocol.start import check_start, starting_point
 from .results import load_model
 
@@ -111,14 +111,7 @@ def objective_for(
             if note:  # a mapping is news; classes without samples are probably a mistake
                 level = logging.WARNING if note.endswith("no samples") else logging.INFO
                 _log.log(level, "%s: %s", dataset.name or "the data", note)
-            return make_objective(
-                config.model,
-                mapped.features,
-                mapped.labels,
-                classes=classes,
-                hidden=config.hidden,
-                bias=config.bias,
-            )
+            return config.built_in(mapped.features, mapped.labels, classes=classes)
         except ValueError as exc:  # DataError included
             raise UsageError(f"--model {config.model} on {dataset.name or 'the data'}: {exc}") from exc
     factory = load_factory(config.model)

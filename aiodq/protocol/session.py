@@ -34,7 +34,7 @@ from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
 from .dataset import as_samples, class_count, labels_for, other_data
-from .objectives import BUILT_IN, Objective, check_objective, make_objective, objective_name
+from .objectives import BUILT_IN, Objective, check_objective, objective_name
 from .start import check_contract
 
 __all__ = ["WorkerSession"]
@@ -260,14 +260,7 @@ class WorkerSession:
         # The number of classes of the whole dataset, from its distinct labels where given.
         every = labels if self.label_values is None else labels_for(config.model, self.label_values)[0]
         classes = self.classes or class_count(every)
-        return make_objective(
-            config.model,
-            self.features,
-            labels,
-            classes=classes,
-            hidden=config.hidden,
-            bias=config.bias,
-        )
+        return config.built_in(self.features, labels, classes=classes)
 
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:

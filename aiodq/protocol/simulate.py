@@ -19,7 +19,7 @@ from ..config import ConnectionConfig, MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
-from .objectives import BUILT_IN, Objective, make_objective
+from .objectives import BUILT_IN, Objective
 from .session import WorkerSession
 from .start import starting_point
 
@@ -57,15 +57,7 @@ def build_cluster(
     else:
         dataset, _ = dataset.for_model(config.model)
         classes = dataset.classes
-        whole = make_objective(
-            config.model,
-            dataset.features,
-            dataset.labels,
-            classes=classes,
-            hidden=config.hidden,
-            bias=config.bias,
-        )
-        x0 = initial_model(config, whole)
+        x0 = initial_model(config, config.built_in(dataset.features, dataset.labels, classes=classes))
     coordinator = Coordinator(
         config,
         x0,

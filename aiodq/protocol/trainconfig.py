@@ -11,9 +11,11 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+import numpy.typing as npt
+
 from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..config import ConnectionConfig, option
-from .objectives import Regularizer
+from .objectives import Features, Objective, Regularizer, make_objective
 
 __all__ = [
     "ALGORITHMS",
@@ -198,6 +200,18 @@ class TrainConfig:
     def regularizer(self) -> Regularizer:
         """The regulariser R."""
         return Regularizer(l2=self.l2, l1=self.l1)
+
+    def built_in(
+        self, features: Features, labels: npt.NDArray[Any], *, classes: int | None = None
+    ) -> Objective:
+        """The built-in model this configuration names, shaped by ``hidden`` and ``bias``, on these samples.
+
+        Raises:
+            ValueError: as :func:`~aiodq.protocol.objectives.make_objective`.
+        """
+        return make_objective(
+            self.model, features, labels, classes=classes, hidden=self.hidden, bias=self.bias
+        )
 
     def to_params(self) -> dict[str, bool | int | float | str]:
         """The fields as a CONFIG parameter map."""
