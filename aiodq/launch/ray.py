@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,37 @@ def import_ray() -> Any:
         return importlib.import_module("ray")
     except ImportError as exc:
         raise RayMissingError(f"the Ray launcher needs ray ({exc}): pip install 'aiodq[ray]'") from exc
+
+
+#: Seconds a cancelled run waits for Ray's start to end before it leaves it to its thread, for a local
+#: instance (it starts in about 2.5 s, and is then shut down) and for an address (where no cluster
+#: answers, Ray retries for ever).
+_INIT_GRACE = {True: 60.0, False: 10.0}
+
+
+def _in_daemon_thread(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    """``function(*args, **kwargs)`` in a daemon thread, as a future of this loop.
+
+    Not the loop's executor (``asyncio.to_thread``): its threads are joined when the interpreter
+    exits, and a ``ray.init`` that never returns would keep the process alive after it has failed.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if not future.done():
+            future.set_exception(outcome) if failed else future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome, failed = function(*args, **kwargs), False
+        except BaseException as exc:  # (handed to the future, whatever it is)
+            outcome, failed = exc, True
+        with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody waits for it)
+            loop.call_soon_threadsafe(settle, outcome, failed)
+
+    threading.Thread(target=run, name="aiodq-ray-init", daemon=True).start()
+    return future
 
 
 class _Unless(logging.Filter):
@@ -174,18 +206,21 @@ async def run_ray(
         # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
-        starting = asyncio.to_thread(ray.init, address="local" if local else address, **options)
-        init = asyncio.ensure_future(starting)
+        init = _in_daemon_thread(ray.init, address="local" if local else address, **options)
+        where = "start Ray" if local else f"reach the Ray cluster at {address}"
         try:
-            await asyncio.shield(init)
+            # Within the timeout: Ray retries an address where no cluster answers for ever (a deployment
+            # trial's run outlived its --timeout and its SIGTERM, waiting on it).
+            await asyncio.wait_for(asyncio.shield(init), max(0.0, began + timeout - time.monotonic()))
+        except TimeoutError:
+            raise RunError(f"cannot {where} within {timeout:g} s (the timeout; Ray's log says why)") from None
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = "start Ray" if local else f"reach the Ray cluster at {address}"
             raise RunError(f"cannot {where}: {exc}") from exc
         except asyncio.CancelledError:
-            # The thread goes on starting Ray: let it, then shut down what it started (a second
-            # cancellation does not stop that: the first one ends the task anyway, below).
+            # The thread goes on starting Ray: let it, for a while, then shut down what it started (a
+            # second cancellation does not stop that: the first one ends the task anyway, below).
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(init)
+                await asyncio.wait_for(asyncio.shield(init), _INIT_GRACE[local])
             if ray.is_initialized():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(ray.shutdown)))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -468,3 +469,22 @@ async def test_the_master_actor_refuses_a_start_vector_of_another_size_as_a_usag
             bind_host=LOOPBACK, master_config=None, record_every=0, saving={"start_from": np.zeros(3)},
         )  # fmt: skip
     await master.stop()
+
+
+def test_a_ray_address_where_no_cluster_answers_fails_within_the_timeout(tmp_path: Path) -> None:
+    """A deployment trial: a wrong --ray-address kept `aiodq run` waiting on Ray's start past its --timeout
+    and its SIGTERM (Ray retries for ever).  It fails within the timeout, saying which address, and exits
+    (the start is left to a daemon thread)."""
+    with socket.socket() as bound:  # a port with no cluster behind it (bound, not listening)
+        bound.bind((LOOPBACK, 0))
+        address = f"{LOOPBACK}:{bound.getsockname()[1]}"
+        command = ["run", "--launcher", "ray", "--ray-address", address, "--timeout", "4", "--no-progress"]
+        run = subprocess.run(
+            [sys.executable, "-m", "aiodq", *command, "--out", str(tmp_path / "out")],
+            capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+        )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    said = (
+        f"aiodq run: cannot reach the Ray cluster at {address} within 4 s (the timeout; Ray's log says why)"
+    )
+    assert said in run.stderr.splitlines(), run.stderr[-3000:]
