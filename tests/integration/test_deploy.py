@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +23,7 @@ while [[ "$1" == --* ]]; do
   shift
 done
 pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM  # (srun passes a signal on to its tasks)
 for ((i = 0; i < tasks; i++)); do
   SLURM_PROCID=$i SLURM_NTASKS=$tasks "$@" &
   pids+=($!)
@@ -42,8 +44,8 @@ def _tool(folder: Path, name: str, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def test_the_sbatch_script_trains_with_workers_found_from_the_environment(tmp_path: Path) -> None:
-    """The script's srun lines, run locally: 1 master + 2 workers whose address and shard come from env."""
+def _sbatch(tmp_path: Path, port: int, **more: str) -> subprocess.CompletedProcess[str]:
+    """The script run locally with stand-in srun and scontrol: 1 master + 2 workers on 127.0.0.1:``port``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _tool(bin_dir, "srun", FAKE_SRUN)
@@ -51,7 +53,6 @@ def test_the_sbatch_script_trains_with_workers_found_from_the_environment(tmp_pa
     secret = tmp_path / "secret"
     secret.write_text("a secret of more than sixteen bytes\n")
     secret.chmod(0o600)
-    out = tmp_path / "out"
     env = dict(
         os.environ,
         PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -59,14 +60,15 @@ def test_the_sbatch_script_trains_with_workers_found_from_the_environment(tmp_pa
         SLURM_JOB_NODELIST="node-[a-c]",
         SLURM_JOB_ID="42",
         AIODQ_MASTER_ADDR="127.0.0.1",
-        AIODQ_MASTER_PORT=str(free_port()),
+        AIODQ_MASTER_PORT=str(port),
         LISTEN="127.0.0.1",
         SECRET=str(secret),
-        OUT=str(out),
+        OUT=str(tmp_path / "out"),
         TRAIN="--epochs 2",
+        **more,
     )
     env.pop("AIODQ_SECRET", None)
-    result = subprocess.run(
+    return subprocess.run(
         ["bash", str(DEPLOY / "aiodq.sbatch")],
         env=env,
         capture_output=True,
@@ -74,12 +76,30 @@ def test_the_sbatch_script_trains_with_workers_found_from_the_environment(tmp_pa
         timeout=300,
         check=False,
     )
+
+
+def test_the_sbatch_script_trains_with_workers_found_from_the_environment(tmp_path: Path) -> None:
+    """The script's srun lines, run locally: 1 master + 2 workers whose address and shard come from env."""
+    result = _sbatch(tmp_path, free_port())
+    out = tmp_path / "out"
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "result.json").read_text())
     assert summary["workers"] == 2
     assert len(summary["trace"]) == 3
     assert summary["trace"][-1]["samples"] == 32_561  # shards 0/2 and 1/2, from SLURM_PROCID/SLURM_NTASKS
     assert "AUTH_FAILED" not in (out / "aiodq.log").read_text()
+
+
+def test_the_sbatch_script_fails_when_its_steps_do(tmp_path: Path) -> None:
+    """A deployment trial: the script ended with a bare `wait`, status 0, after its master could not listen
+    (the port taken) and its workers had retried in vain: Slurm would have said COMPLETED."""
+    with socket.socket() as taken:  # listening, never answering: the master cannot bind, the workers time out
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = _sbatch(tmp_path, taken.getsockname()[1], RETRY_FOR="1")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "aiodq master: cannot listen on 127.0.0.1:" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "out" / "result.json").exists()
 
 
 def test_the_kubernetes_manifest_wires_what_aiodq_worker_reads() -> None:
