@@ -73,14 +73,20 @@ def import_ray() -> Any:
 _INIT_GRACE = {True: 60.0, False: 10.0}
 
 
-def _in_daemon_thread(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-    """``function(*args, **kwargs)`` in a daemon thread, as a future of this loop.
+def _in_daemon_thread(
+    function: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> tuple[asyncio.Future[Any], threading.Event]:
+    """``function(*args, **kwargs)`` in a daemon thread, as a future; the thread then waits for the event.
 
     Not the loop's executor (``asyncio.to_thread``): its threads are joined when the interpreter
     exits, and a ``ray.init`` that never returns would keep the process alive after it has failed.
+    The thread outlives the call: the processes a local ``ray.init`` starts (its GCS, its raylet)
+    die with the thread that started them (Linux's parent-death signal is the thread's), so it
+    waits until they have been shut down.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
+    release = threading.Event()
 
     def settle(outcome: Any, failed: bool) -> None:
         if not future.done():
@@ -93,9 +99,10 @@ def _in_daemon_thread(function: Callable[..., Any], /, *args: Any, **kwargs: Any
             outcome, failed = exc, True
         with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody waits for it)
             loop.call_soon_threadsafe(settle, outcome, failed)
+        release.wait()
 
     threading.Thread(target=run, name="aiodq-ray-init", daemon=True).start()
-    return future
+    return future, release
 
 
 class _Unless(logging.Filter):
@@ -195,6 +202,7 @@ async def run_ray(
     start_from = start_vector(start_from, config, resume=resume)  # (a file is read here, on the driver)
     began = time.monotonic()
     started = local = False
+    release: threading.Event | None = None  # (lets Ray's starting thread end once Ray is shut down)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         local = address is None
@@ -206,7 +214,7 @@ async def run_ray(
         # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
-        init = _in_daemon_thread(ray.init, address="local" if local else address, **options)
+        init, release = _in_daemon_thread(ray.init, address="local" if local else address, **options)
         where = "start Ray" if local else f"reach the Ray cluster at {address}"
         try:
             # Within the timeout: Ray retries an address where no cluster answers for ever (a deployment
@@ -224,6 +232,7 @@ async def run_ray(
             if ray.is_initialized():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(ray.shutdown)))
+                release.set()
             raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
@@ -277,6 +286,8 @@ async def run_ray(
             stopping = time.monotonic()
             await asyncio.to_thread(ray.shutdown)
             _log.debug("Ray shut down in %.2f s", time.monotonic() - stopping)
+            if release is not None:
+                release.set()
     result.summary["ray"] = {
         **result.summary["ray"],
         "local_instance": local,
@@ -547,9 +558,20 @@ def _failure(load: asyncio.Future[Any], run: asyncio.Future[Any]) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    """Ray's text for a failed actor or call: its first and last lines."""
+    """Ray's text for a failed actor or call: its first and last lines, each cut at 300 characters.
+
+    (A deployment trial missed the checkpoint's note after Ray's 900-character advice on OOM killers.)
+    """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return " ... ".join(dict.fromkeys([lines[0], lines[-1]]))[-1000:] if lines else type(exc).__name__
+    cut = [
+        line if len(line) <= _SAID else line[: _SAID - 3].rsplit(" ", 1)[0] + "..."
+        for line in lines[:1] + lines[-1:]
+    ]
+    return " ... ".join(dict.fromkeys(cut)) if lines else type(exc).__name__
+
+
+#: The longest line of Ray's that :func:`_describe` keeps.
+_SAID = 300
 
 
 async def _poll(ray: Any, master: Any) -> dict[str, Any]:

@@ -488,3 +488,17 @@ def test_a_ray_address_where_no_cluster_answers_fails_within_the_timeout(tmp_pat
         f"aiodq run: cannot reach the Ray cluster at {address} within 4 s (the timeout; Ray's log says why)"
     )
     assert said in run.stderr.splitlines(), run.stderr[-3000:]
+
+
+def test_rays_text_for_a_dead_actor_is_cut_so_what_follows_is_read() -> None:
+    """A deployment trial missed the checkpoint's note after Ray's 900 characters on OOM killers: each of the
+    two lines kept of Ray's text is cut at 300 characters, at a word."""
+    from aiodq.launch.ray import _describe  # noqa: PLC0415
+
+    advice = "Some common causes include: " + "the process was killed by the OOM killer, " * 20
+    text = f"The actor died unexpectedly before finishing this task.\n\tclass_name: MasterActor\n{advice}"
+    said = _describe(RuntimeError(text))
+    first, last = said.split(" ... ")
+    assert first == "The actor died unexpectedly before finishing this task."
+    kept = last.removesuffix("...")
+    assert len(last) <= 300 and last != kept and advice.startswith(kept) and advice[len(kept)] == " "
