@@ -502,3 +502,21 @@ def test_rays_text_for_a_dead_actor_is_cut_so_what_follows_is_read() -> None:
     assert first == "The actor died unexpectedly before finishing this task."
     kept = last.removesuffix("...")
     assert len(last) <= 300 and last != kept and advice.startswith(kept) and advice[len(kept)] == " "
+
+
+@pytest.mark.asyncio
+async def test_the_thread_that_starts_ray_outlives_the_start_until_released() -> None:
+    """A local instance's GCS and raylet die with the thread that started them (Linux's parent-death signal
+    is the thread's): a version whose starting thread ended after ray.init lost its GCS a minute into the
+    run.  The thread waits for the release that follows Ray's shutdown, and is a daemon: a start that never
+    returns does not keep the process alive."""
+    import threading  # noqa: PLC0415
+
+    from aiodq.launch.ray import _in_daemon_thread  # noqa: PLC0415
+
+    future, release = _in_daemon_thread(threading.current_thread)
+    thread = await asyncio.wait_for(future, 30)
+    assert thread is not threading.current_thread() and thread.daemon
+    assert thread.is_alive()  # done with the call, still there
+    release.set()
+    await wait_until(lambda: not thread.is_alive(), 30, "the released thread's end")
