@@ -26,7 +26,6 @@ import math
 import os
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +43,7 @@ from ..protocol.result import RunResult
 from .common import as_it_stood, check_shares, checkpoint_note, live_display, progress_table
 from .models import start_vector
 from .ray_actors import MasterActor, Secret, WorkerActor
+from .ray_start import INIT_GRACE, RayStart
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
 
@@ -65,44 +65,6 @@ def import_ray() -> Any:
         return importlib.import_module("ray")
     except ImportError as exc:
         raise RayMissingError(f"the Ray launcher needs ray ({exc}): pip install 'aiodq[ray]'") from exc
-
-
-#: Seconds a cancelled run waits for Ray's start to end before it leaves it to its thread, for a local
-#: instance (it starts in about 2.5 s, and is then shut down) and for an address (where no cluster
-#: answers, Ray retries for ever).
-_INIT_GRACE = {True: 60.0, False: 10.0}
-
-
-def _in_daemon_thread(
-    function: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> tuple[asyncio.Future[Any], threading.Event]:
-    """``function(*args, **kwargs)`` in a daemon thread, as a future; the thread then waits for the event.
-
-    Not the loop's executor (``asyncio.to_thread``): its threads are joined when the interpreter
-    exits, and a ``ray.init`` that never returns would keep the process alive after it has failed.
-    The thread outlives the call: the processes a local ``ray.init`` starts (its GCS, its raylet)
-    die with the thread that started them (Linux's parent-death signal is the thread's), so it
-    waits until they have been shut down.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-    release = threading.Event()
-
-    def settle(outcome: Any, failed: bool) -> None:
-        if not future.done():
-            future.set_exception(outcome) if failed else future.set_result(outcome)
-
-    def run() -> None:
-        try:
-            outcome, failed = function(*args, **kwargs), False
-        except BaseException as exc:  # (handed to the future, whatever it is)
-            outcome, failed = exc, True
-        with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody waits for it)
-            loop.call_soon_threadsafe(settle, outcome, failed)
-        release.wait()
-
-    threading.Thread(target=run, name="aiodq-ray-init", daemon=True).start()
-    return future, release
 
 
 class _Unless(logging.Filter):
@@ -202,8 +164,13 @@ async def run_ray(
     start_from = start_vector(start_from, config, resume=resume)  # (a file is read here, on the driver)
     began = time.monotonic()
     started = local = False
-    release: threading.Event | None = None  # (lets Ray's starting thread end once Ray is shut down)
+    start: RayStart | None = None
     if not ray.is_initialized():
+        if RayStart.latest is not None and not RayStart.latest.ended.is_set():
+            raise RunError(
+                "an earlier start of Ray in this process has not ended (abandoned at its timeout or on a "
+                "cancellation; Ray is shut down when it does): try again later"
+            )
         address = address or os.environ.get("RAY_ADDRESS") or None
         local = address is None
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
@@ -214,25 +181,26 @@ async def run_ray(
         # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
-        init, release = _in_daemon_thread(ray.init, address="local" if local else address, **options)
+        start = RayStart(ray, address="local" if local else address, **options)
         where = "start Ray" if local else f"reach the Ray cluster at {address}"
         try:
             # Within the timeout: Ray retries an address where no cluster answers for ever (a deployment
             # trial's run outlived its --timeout and its SIGTERM, waiting on it).
-            await asyncio.wait_for(asyncio.shield(init), max(0.0, began + timeout - time.monotonic()))
+            await asyncio.wait_for(
+                asyncio.shield(start.started), max(0.0, began + timeout - time.monotonic())
+            )
         except TimeoutError:
+            start.stop()  # (its thread shuts Ray down if the start ever ends)
             raise RunError(f"cannot {where} within {timeout:g} s (the timeout; Ray's log says why)") from None
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            start.stop()
             raise RunError(f"cannot {where}: {exc}") from exc
         except asyncio.CancelledError:
-            # The thread goes on starting Ray: let it, for a while, then shut down what it started (a
-            # second cancellation does not stop that: the first one ends the task anyway, below).
+            # The thread goes on starting Ray: it shuts down what it started; wait for that a while (a
+            # second cancellation does not stop the wait: the first one ends the task anyway, below).
+            start.stop()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(init), _INIT_GRACE[local])
-            if ray.is_initialized():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(ray.shutdown)))
-                release.set()
+                await asyncio.wait_for(asyncio.shield(start.down), INIT_GRACE[local])
             raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
@@ -282,12 +250,11 @@ async def run_ray(
         message = f"{exc}{checkpoint_note(checkpoint, held)}"
         raise RunError(message, result=None if partial is None else as_it_stood(partial, message)) from exc
     finally:
-        if started:
+        if start is not None and started:
             stopping = time.monotonic()
-            await asyncio.to_thread(ray.shutdown)
+            start.stop()
+            await asyncio.shield(start.down)
             _log.debug("Ray shut down in %.2f s", time.monotonic() - stopping)
-            if release is not None:
-                release.set()
     result.summary["ray"] = {
         **result.summary["ray"],
         "local_instance": local,

@@ -65,8 +65,8 @@ def _sbatch(tmp_path: Path, port: int, **more: str) -> subprocess.CompletedProce
         SECRET=str(secret),
         OUT=str(tmp_path / "out"),
         TRAIN="--epochs 2",
-        **more,
     )
+    env.update(more)
     env.pop("AIODQ_SECRET", None)
     return subprocess.run(
         ["bash", str(DEPLOY / "aiodq.sbatch")],
@@ -99,7 +99,20 @@ def test_the_sbatch_script_fails_when_its_steps_do(tmp_path: Path) -> None:
         result = _sbatch(tmp_path, taken.getsockname()[1], RETRY_FOR="1")
     assert result.returncode == 1, result.stderr[-3000:]
     assert "aiodq master: cannot listen on 127.0.0.1:" in result.stderr, result.stderr[-3000:]
+    assert (
+        "the master step ended with status 1: stopping the workers" in result.stderr
+    )  # (not after their retries)
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_a_failed_worker_step_stops_the_sbatch_scripts_master(tmp_path: Path) -> None:
+    """Workers that all fail (here at once: a negative RETRY_FOR is a usage error) stop the master, which
+    would otherwise wait out its --join-timeout (900 s), and the job ends with their status, not the
+    master's 143 from being stopped (a review)."""
+    result = _sbatch(tmp_path, free_port(), RETRY_FOR="-1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "the worker step ended with status 2: stopping the master" in result.stderr, result.stderr[-3000:]
+    assert "aiodq master: stopped by SIGTERM" in result.stderr, result.stderr[-3000:]
 
 
 def test_the_kubernetes_manifest_wires_what_aiodq_worker_reads() -> None:
