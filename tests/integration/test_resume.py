@@ -382,6 +382,7 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     assert _finish("run", result, tmp_path / "elsewhere", early=RunError("disk full")) == 0  # written now
     # Without results from the end of training, a failure to write them is the run's.
     (out / ".result.json.tmp").mkdir()
+    capsys.readouterr()  # (what the calls above printed: the summary below must be this call's)
     assert _finish("run", result, out, early=RunError("cannot write them: disk full")) == 1
     printed = capsys.readouterr()
     assert printed.err.rstrip().endswith("; as training ended: cannot write them: disk full")
