@@ -195,23 +195,21 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"--bias: for --model logistic or softmax, not {config.model}")
     if config.hidden != default.hidden and config.model != "mlp":
         raise UsageError(f"--hidden: for --model mlp, not {config.model}")
+    if getattr(args, "resume", False):
+        # A checkpoint written before the check below may name such an option, and must be resumed
+        # with the options it names (restore compares them).
+        return config
     spec = config.spec
-    # (not with --resume: a checkpoint written before this check may name such an option, and must be
-    # resumed with the options it names; restore compares them)
     for name, given, applies, which in (
-        ()
-        if getattr(args, "resume", False)
-        else (
-            ("phi", config.phi != default.phi, spec.gradient == "sparse", "sparse-asylpg"),
-            ("exact_budget", config.exact_budget, spec.gradient == "sparse", "sparse-asylpg"),
-            ("qsgd_levels", config.qsgd_levels != default.qsgd_levels, spec.gradient == "qsgd", "qsvrg"),
-            (
-                "acc_snapshot",
-                config.acc_snapshot != default.acc_snapshot,
-                spec.accelerated,
-                "acc-asylpg, acc-asyfpg",
-            ),
-        )
+        ("phi", config.phi != default.phi, spec.gradient == "sparse", "sparse-asylpg"),
+        ("exact_budget", config.exact_budget, spec.gradient == "sparse", "sparse-asylpg"),
+        ("qsgd_levels", config.qsgd_levels != default.qsgd_levels, spec.gradient == "qsgd", "qsvrg"),
+        (
+            "acc_snapshot",
+            config.acc_snapshot != default.acc_snapshot,
+            spec.accelerated,
+            "acc-asylpg, acc-asyfpg",
+        ),
     ):
         if given and not applies:
             option = "--" + name.replace("_", "-")

@@ -142,11 +142,7 @@ def _unmix(out: Path, written: list[Path], provenance: object) -> str:
         for name in (summary_file, model_file)
         if out / name not in written and (out / name).is_file() and _provenance(out / name) != provenance
     ]
-    if (
-        (out / plot_file).is_file()
-        and (out / summary_file not in written)
-        and (out / summary_file in stale or not (out / summary_file).exists())
-    ):
+    if (out / plot_file).is_file() and (out / summary_file in stale or not (out / summary_file).exists()):
         stale.append(out / plot_file)  # (drawn from the result.json that is not this run's)
     moved = []
     for path in stale:

@@ -360,9 +360,8 @@ class Master:
         await self._listener.close(self._connection_config.handshake_timeout)
 
     async def __aenter__(self) -> Master:
-        first = not (
-            self._began or self._closed
-        )  # (a second entry is refused, and must not close the first run)
+        # A second entry is refused, and must not close the run the first one began.
+        first = not (self._began or self._closed)
         try:
             await self.start()
         except BaseException:

@@ -47,11 +47,11 @@ def build_cluster(
     sessions get ``connection_config`` too.
     """
     x0: npt.NDArray[Any]
-    if objective is not None and config.model in BUILT_IN:  # (its workers would be judged as the built-in's)
-        raise ValueError(
-            f"with objective=, config.model names your model (its MODULE:NAME, say), not {config.model!r}"
-        )
     if objective is not None:
+        if config.model in BUILT_IN:  # (its workers would be judged as the built-in's)
+            raise ValueError(
+                f"with objective=, config.model names your model (its MODULE:NAME, say), not {config.model!r}"
+            )
         x0 = starting_point(config, objective(dataset.features, dataset.labels))
         classes = None
     else:
