@@ -29,6 +29,7 @@ from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
+from ..protocol.guard import OUT_OF_LINE
 from ..protocol.objectives import BUILT_IN, Objective
 from ..protocol.result import RunResult
 from .logs import SAID, add_logfile, held_logs, log_start, say, setup_logging
@@ -166,10 +167,17 @@ def _finish(
         SAID.info("aiodq %s: %s", command, written)
     if train is not None and result.trace and result.trace[-1].samples < train.samples:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
+        refused = any(str(e["reason"]).startswith(OUT_OF_LINE) for e in result.summary.get("errors", ()))
+        why = (
+            "; the guard refused snapshot reports as out of line with the others' (honest shards of very "
+            "different scales can be: --guard 0 turns that check off, docs/algorithms.md 11)"
+            if refused
+            else " (docs/security.md)"
+        )
         say(
             command,
             f"the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
-            "samples: a worker's shard was missing from the last snapshot phase (docs/security.md)",
+            f"samples: a worker's shard was missing from the last snapshot phase{why}",
             level=logging.WARNING,
         )
     if result.failure:

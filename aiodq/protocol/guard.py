@@ -58,6 +58,7 @@ from .objectives import BUILT_IN
 __all__ = [
     "DIVERGED_AFTER",
     "DIVERGED_LOSS_FACTOR",
+    "OUT_OF_LINE",
     "OVERFLOW",
     "Divergence",
     "Guard",
@@ -72,6 +73,9 @@ __all__ = [
 DIVERGED_AFTER = 4
 #: A run whose F(x_snap) passes this many times its first epoch's (or 1, if that is smaller) has diverged.
 DIVERGED_LOSS_FACTOR = 1e6
+
+#: How the reason of a snapshot report refused by :meth:`Guard.outliers` begins.
+OUT_OF_LINE = "snapshot report out of line"
 
 #: Applied update norms kept per connection for its median.
 _WINDOW = 64
@@ -283,7 +287,7 @@ class Guard:
             if not abs(loss - reference[0]) <= limit_loss or gradient > limit_gradient:
                 refused[worker_id] = Refusal(
                     ErrorCode.INVALID_PAYLOAD,
-                    f"snapshot report out of line: loss {loss:.3g} and gradient norm {gradient:.3g} per "
+                    f"{OUT_OF_LINE}: loss {loss:.3g} and gradient norm {gradient:.3g} per "
                     f"sample against {reference[0]:.3g} and {reference[1]:.3g}",
                     blames_sender=False,
                 )

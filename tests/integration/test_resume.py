@@ -32,6 +32,7 @@ from aiodq.launch.results import write_results
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.checkpoint import resumable
 from aiodq.protocol.recovery import Checkpoint
+from aiodq.protocol.result import RunResult
 
 from .cluster import LEAST_SQUARES, ROOT, wait_until
 from .cluster import aiodq as aiodq_command
@@ -411,6 +412,35 @@ def test_a_final_loss_over_part_of_the_samples_is_said(capsys: pytest.CaptureFix
         "aiodq master: the final loss is over 150 of the 300 samples: a worker's shard was missing from the "
         "last snapshot phase (docs/security.md)\n"
     )
+
+
+def test_a_shard_the_guard_refused_is_said_with_how_to_keep_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """An honest shard of another scale whose snapshot reports the guard refuses as out of line (an
+    audit: one sample of 900 scaled by 3e4, a third of the data out of every phase) is named as the
+    guard's doing, with the option that keeps it; with that option every sample counts."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((900, 5))
+    labels = np.where(features @ rng.standard_normal(5) > 0, 1.0, -1.0)
+    features[7] *= 3e4  # in shard 0 of 3: its per-sample gradient norm is over 100 times the others'
+    dataset = aiodq.Dataset(features, labels)
+    config = aiodq.TrainConfig(algorithm="asyfpg", epochs=2, batch=10, step=0.01)
+    for guard in (100.0, 0.0):
+        master_config = aiodq.MasterConfig(guard=guard)
+        coordinator = aiodq.simulate(config, dataset, workers=3, master_config=master_config)
+        result = RunResult.of(coordinator, wall_time=0.0)
+        _finish("master", result, None, train=dataset)
+        err = capsys.readouterr().err
+        if guard:
+            assert [record.samples for record in result.trace] == [600, 600, 600]
+            assert err.startswith(
+                "aiodq master: the final loss is over 600 of the 900 samples: a worker's shard was missing "
+                "from the last snapshot phase; the guard refused snapshot reports as out of line with the "
+                "others' (honest shards of very different scales can be: --guard 0 turns that check off, "
+                "docs/algorithms.md 11)\n"
+            ), err
+        else:
+            assert [record.samples for record in result.trace] == [900, 900, 900]
+            assert "samples" not in err
 
 
 @pytest.mark.asyncio
