@@ -126,7 +126,7 @@ class Coordinator:
         #: workers x_snap again; the master keeps its x, g_snap and counters.
         self._resuming = False
         self._waited_in: Phase | None = None  # where a run that its workers left ended
-        self._shut_down = False  # (shutdown)
+        self._shut_down = self._judged = False  # (shutdown; _maybe_finish_snapshot_phase)
         #: The training data's fingerprint (Dataset.fingerprint), sent in CONFIG's params as "data".
         self.data_fingerprint: str | None = None
 
@@ -394,12 +394,12 @@ class Coordinator:
         if (failure := self._divergence.reports(refusals, reports, self.state.epoch)) is not None:
             self._finish(now, failure)
             return
+        self._judged = True  # (each removal judged the reports left anew: the second refusal was lost)
         for worker_id, refusal in refusals.items():
             del reports[worker_id]
             self._workers[worker_id].report = None
             self._remove(worker_id, refusal, now)
-            if self.phase is not Phase.SNAPSHOT:
-                return  # _remove finished the phase already
+        self._judged = False
         active = [w for w in self._workers.values() if w.active and w.joined]
         if not active or not reports:
             # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
@@ -542,7 +542,7 @@ class Coordinator:
         worker.report = worker.snapshot_sent = None
         if worker.connection.state is not ConnectionState.CLOSED:
             worker.connection.close(now, ErrorCode.GOING_AWAY, "worker removed")
-        if was_member and self.phase is Phase.SNAPSHOT and not self._shut_down:
+        if was_member and self.phase is Phase.SNAPSHOT and not (self._shut_down or self._judged):
             self._maybe_finish_snapshot_phase(now)
         elif was_member and self.phase is Phase.INNER and self.live_workers == 0 and not self._shut_down:
             self.deadlines.waiting_for_workers(now)  # --join-timeout applies again

@@ -223,7 +223,10 @@ class Guard:
         # u = Q(alpha) + g_snap: its scale is ||g_snap|| at least, and the recent updates' median.
         # The median alone would refuse every honest update once g_snap grows (a worker back
         # after many epochs brings its shard's gradient into it), and end the run as diverged.
-        reference = _norm(full_gradient)
+        # At least a hundredth of the first phase's (per shard, per sample): a false report that cancels
+        # the others' makes g_snap 0, and the honest updates with it (an attack review: no bound then, and
+        # one update of norm 1e33 was applied).
+        reference = max(_norm(full_gradient), 1e-2 * (self._first or (0.0, 0.0))[1])
         typical = [median for _, median in self._norms.values()]
         if len(typical) >= min(2, self._workers):  # (a majority of live connections can still lift it)
             reference = max(reference, statistics.median_low(typical))
@@ -261,7 +264,7 @@ class Guard:
         return None
 
     def outliers(self, reports: dict[int, SnapshotGradient]) -> dict[int, Refusal]:
-        """Reports out of line with the others' (or the previous phase's), by worker id."""
+        """Reports out of line with the phase's median (or the previous phase's figures), by worker id."""
         if not self.factor or not reports:
             return {}
         stats = {w: (r.loss / r.samples, _norm(r.vector.values) / r.samples) for w, r in reports.items()}
@@ -269,10 +272,14 @@ class Guard:
         # gradient of about 0 then cannot get the other's refused.
         first_loss, first_gradient = self._first or (0.0, 0.0)
         refused: dict[int, Refusal] = {}
+        # Three reports or more: their median, the reporter's own included.  The others' median of two
+        # is their mean, which one false report moves as it likes (an attack review: losses 50, 50 and
+        # -50 had both honest workers refused); the median of three stays between the honest two.
+        losses, gradients = zip(*stats.values(), strict=True)
+        median = (statistics.median(losses), statistics.median(gradients))
         for worker_id, (loss, gradient) in stats.items():
-            others = [value for other, value in stats.items() if other != worker_id]
-            if len(others) >= 2:
-                reference = (statistics.median(v[0] for v in others), statistics.median(v[1] for v in others))
+            if len(stats) >= 3:
+                reference = median
             elif self._previous is not None:
                 # The previous phase's, the reporter's own share included: with two workers a report
                 # measured against the other's alone refused honest shards of other scales (a trial:

@@ -117,6 +117,40 @@ def test_one_poisoned_snapshot_report_is_refused(
     assert all(r.accuracy <= 1 and abs(r.loss) < 10 for r in coordinator.trace)
 
 
+def test_two_reports_refused_in_one_phase_are_both_removed() -> None:
+    """An attack review: the first of two refusals removed its worker, and that removal judged the
+    reports left anew, where the two-report rule has nothing to compare with in the first phase: the
+    second refused report was taken into F and g_snap.  Here worker 0 reports a loss 1,000 times
+    the others' and worker 1 a gradient 10**4 times theirs, both at epoch 0: out of line with the
+    median of the three (worker 2's, honest), both go, and the phase is worker 2's shard alone."""
+    train = config(epochs=1)
+    cluster = Cluster(train, small_a9a(), 3)
+    high_loss = rewrite(0, once(SnapshotGradient, lambda e: dataclasses.replace(e, loss=1000 * e.loss)))
+    steep = rewrite(
+        1, once(SnapshotGradient, lambda e: dataclasses.replace(e, vector=RawVector(1e4 * e.vector.values)))
+    )
+    cluster.tamper = lambda index, data: steep(index, high_loss(index, data))
+    cluster.run()
+    coordinator = cluster.coordinator
+    for bad in (0, 1):
+        ended = cluster.sessions[bad].ended
+        assert ended is not None and ended[0] == ErrorCode.INVALID_PAYLOAD, (bad, ended)
+    assert {error[0] for error in coordinator.errors} == {cluster.ids[0], cluster.ids[1]}
+    own = len(shard(2000, 3, 2))  # worker 2's samples
+    assert [record.samples for record in coordinator.trace] == [own, own]
+    assert coordinator.done and coordinator.failure is None
+
+
+def test_one_false_report_of_three_gets_no_honest_one_refused() -> None:
+    """An attack review: each report was judged against the median of the others', with three
+    workers the mean of two, one of them the liar's: losses 50, 50 and -50 a sample (a user model)
+    had both honest workers refused.  The median of all three lies between the honest two."""
+    mine = Guard(dataclasses.replace(config(), model="mine:Loss"), factor=100.0, workers=3, samples=None)
+    assert mine.outliers(_reports(50.0, 50.0, -50.0, epoch=0)) == {}  # |-50 - 50| <= 100 x 50
+    assert list(mine.outliers(_reports(0.69, 0.69, -700.0, epoch=0))) == [2]  # |-700 - 0.69| > 69
+    assert list(mine.outliers(_reports(0.69, 700.0, 0.69, epoch=0))) == [1]
+
+
 def test_a_silent_worker_cannot_hold_the_snapshot_phase_open() -> None:
     """A worker that sends HEARTBEATs but never its SNAPSHOT_GRADIENT is cut off at the deadline."""
     train = config(epochs=2)
@@ -678,6 +712,19 @@ def test_the_update_bound_follows_the_snapshot_gradient() -> None:
     assert bound is not None
     assert bound >= 100.0 * float(np.linalg.norm(g_snap))
     assert guard.max_update_norm(np.zeros(D)) == pytest.approx(100.0 * 1e-6)
+
+
+def test_a_snapshot_gradient_of_zero_leaves_a_bound() -> None:
+    """An attack review: a false report that cancels the others' makes g_snap 0 and with it every
+    honest update, so no typical update was known either, and the bound was none: an update of norm
+    1e33 was applied.  The bound is now at least f / 100 times the first phase's mean gradient norm
+    (the upper median of its reports)."""
+    guard = Guard(config(), factor=100.0, workers=3, samples=None)
+    guard.phase_finished(_reports(0.69, 0.69, 0.69, epoch=0, norm=0.4))
+    for update in range(6):
+        guard.applied(0.0, update % 3)  # x = x_snap and g_snap = 0: each honest update is 0
+    assert guard.max_update_norm(np.zeros(D)) == pytest.approx(100.0 * 1e-2 * 0.4)
+    assert Guard(config(), factor=100.0, workers=3, samples=None).max_update_norm(np.zeros(D)) is None
 
 
 def test_a_worker_back_after_many_epochs_does_not_end_the_run() -> None:
