@@ -138,8 +138,8 @@ class Master:
         # Whether the trace's accuracy means anything (a torch regression has correct(), counting nothing).
         counts = bool(getattr(model, "measures_accuracy", hasattr(model, "correct")))
         self._accuracy: bool | None = counts if hasattr(model, "loss_grad") else None
-        # A worker whose unsent bytes exceed four frames of the largest size allowed is cut off (_flush).
-        self._write_limit = 4 * self._connection_config.limits.max_frame_bytes
+        # A worker whose unsent bytes exceed four of its session's frames is cut off (_flush).
+        self._write_limit = 4 * self._connection_config.limits.session_frame_bytes(x0.shape[0])
         self._blas_limit: threadpool_limits | None = None
         self._x0 = x0
         self._workers = workers
@@ -481,7 +481,7 @@ class Master:
         reading must not stall the others.  The protocol bounds what can queue up for one
         worker (it gets a MODEL only in answer to its own GRADIENT, plus an epoch's SNAPSHOT,
         FULL_GRADIENT and CLOSE), and a worker whose unsent bytes still exceed four frames
-        of the largest size allowed is cut off.
+        of its session's size is cut off.
         """
         coordinator = self.coordinator
         assert coordinator is not None
@@ -500,9 +500,10 @@ class Master:
         self._check_done()
 
     def _close_writer(self, worker_id: int) -> None:
-        writer = self._writers.pop(worker_id, None)
-        if writer is not None:
-            writer.close()
+        if (writer := self._writers.pop(worker_id, None)) is not None:  # (linger: a peer may never read)
+            self._listener.linger(
+                writer.transport, self._connection_config.handshake_timeout, self._write_limit
+            )
 
     def _abort_writer(self, worker_id: int) -> None:
         writer = self._writers.pop(worker_id, None)

@@ -119,3 +119,55 @@ async def test_a_cancelled_close_still_stops_the_server() -> None:
     await listener.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=5.0).close()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_never_reads_loses_its_connection_at_the_timeout_or_over_the_budget() -> None:
+    """``linger`` (an attack review: a worker that joined, sent CLOSE and never read, over and over, kept
+    every connection and its unsent 5 MB SNAPSHOT for as long as the master ran): the bytes the kernel
+    does not take stay with the transport; a connection is aborted at its timeout, or at once where the
+    connections lingering would hold more than the budget, and one whose peer reads is closed after
+    all of it, as ``close`` is."""
+    payload = b"x" * (16 << 20) + b"END"
+    asks: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
+    lingered: asyncio.Queue[asyncio.Transport] = asyncio.Queue()
+
+    async def sends(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        timeout, budget = await asks.get()
+        writer.write(payload)
+        listener.linger(writer.transport, timeout, budget)
+        await lingered.put(writer.transport)  # type: ignore[arg-type]
+
+    listener, address = await _listener(sends)
+    loop = asyncio.get_running_loop()
+
+    async def connect(timeout: float, budget: int) -> tuple[socket.socket, asyncio.Transport]:
+        await asks.put((timeout, budget))
+        client = socket.create_connection(address)
+        return client, await asyncio.wait_for(lingered.get(), 10)
+
+    first, kept = await connect(60.0, 1 << 30)
+    assert kept.get_write_buffer_size() > 1 << 20  # (what the kernel's buffers did not take)
+    # Over the budget with the first one's bytes: aborted at once, not after its 60 s.
+    second, aborted = await connect(60.0, 1 << 20)
+    assert aborted not in listener._lingering
+    cut = await asyncio.wait_for(loop.run_in_executor(None, _ends, second, 10.0), 20)
+    assert cut is not None and len(cut) < len(payload)  # the end came before the payload did
+    # Within the budget, a short timeout: aborted at it, the client reading nothing meanwhile.
+    began = loop.time()
+    third, aborted = await connect(0.5, 1 << 30)
+    while aborted in listener._open:
+        assert loop.time() - began < 10, "not aborted within 10 s of its 0.5 s timeout"
+        await asyncio.sleep(0.05)
+    assert loop.time() - began >= 0.5
+    cut = await asyncio.wait_for(loop.run_in_executor(None, _ends, third, 10.0), 20)
+    assert cut is not None and len(cut) < len(payload)
+    assert kept in listener._open  # the first still lingers
+    # A peer that reads gets everything, then the end of the stream.
+    fourth, _ = await connect(60.0, 1 << 30)
+    received = await asyncio.wait_for(loop.run_in_executor(None, _ends, fourth, 10.0), 30)
+    assert received == payload
+    await listener.close(timeout=1.0)  # (the first, still lingering, has that long, then is aborted)
+    assert kept not in listener._open
+    for client in (first, second, third, fourth):
+        client.close()
