@@ -360,8 +360,7 @@ class Coordinator:
         refusal = self.guard.refuse_report(event)
         self._divergence.report(event.epoch, self.state.epoch, refusal)
         if refusal is not None:
-            self._remove(worker_id, refusal, now)
-            return
+            return self._remove(worker_id, refusal, now)
         if event.epoch != self.state.epoch:
             # The answer to an older epoch's SNAPSHOT: its sums are out of date.
             if worker.joined and self.phase in (Phase.SNAPSHOT, Phase.INNER):
@@ -392,8 +391,7 @@ class Coordinator:
         reports = {wid: w.report for wid, w in self._workers.items() if w.joined and w.report is not None}
         refusals = self.guard.outliers(reports)
         if (failure := self._divergence.reports(refusals, reports, self.state.epoch)) is not None:
-            self._finish(now, failure)
-            return
+            return self._finish(now, failure)
         self._judged = True  # (each removal judged the reports left anew: the second refusal was lost)
         for worker_id, refusal in refusals.items():
             del reports[worker_id]
@@ -405,6 +403,8 @@ class Coordinator:
             # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
             if (failure := self._divergence.unreported(self.state.epoch)) is not None:
                 return self._finish(now, failure)
+            if any(w.joined and w.snapshot_sent is not None for w in self._workers.values()):
+                return  # one owes an earlier SNAPSHOT: on its answer it gets this one, then is awaited
             self.phase = Phase.JOINING
             self.deadlines.waiting_for_workers(now)
             return

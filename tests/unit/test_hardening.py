@@ -791,6 +791,47 @@ def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
     assert coordinator.done and coordinator.failure is None
 
 
+def test_a_phase_whose_awaited_workers_left_waits_for_one_owing_an_earlier_snapshot() -> None:
+    """An attack review: a worker that joined in the inner loop still owed its SNAPSHOT's answer when
+    the next phase began (not awaited there), and the one awaited left: the phase went back to
+    waiting for M workers, the late joiner's answer got no SNAPSHOT in return, and the run stood
+    still until --join-timeout failed it ("every worker left") with a live worker connected.  Now
+    its answer gets it this phase's SNAPSHOT, and its report completes the phase."""
+    dataset = small_a9a()
+    cluster = Cluster(config(epochs=2), dataset, 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    leaver = cluster.ids[1]
+    assert leaver is not None
+    cluster.frozen = {1}
+    coordinator.disconnect(leaver, cluster.now)
+    held: list[bytes] = []
+
+    def hold(index: int, data: bytes) -> bytes:
+        if index != late or cluster.tamper is None:
+            return data
+        held.append(data)  # (its HELLO passes: the worker must join; b"" would be the end of its stream)
+        return data if len(held) == 1 else encode_message(Heartbeat())
+
+    cluster.tamper = hold
+    late = cluster.add_session(WorkerSession(*shard_of(dataset, 2, 1), name="late"))
+    late_id = cluster.ids[late]
+    assert late_id is not None
+    cluster.run(until=lambda: coordinator.phase is Phase.SNAPSHOT and coordinator.state.epoch == 1)
+    assert len(held) == 2  # HELLO, then its answer to SNAPSHOT(0), held back
+    awaited = cluster.ids[0]
+    assert awaited is not None
+    cluster.frozen = {0, 1}
+    coordinator.disconnect(awaited, cluster.now)  # the one awaited leaves before it reports
+    assert coordinator.phase is Phase.SNAPSHOT  # not back to waiting for M workers
+    cluster.tamper = None
+    coordinator.receive_data(late_id, held[1], cluster.now)
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None
+    samples = len(shard_of(dataset, 2, 1)[1])
+    assert [record.samples for record in coordinator.trace[1:]] == [samples, samples]
+
+
 def test_a_worker_silent_past_the_idle_timeout_is_recorded_with_the_reason() -> None:
     """An operator trial: the master's record of a connection it timed out said only "timed out"; it says
     which timeout now, as the CLOSE it sent does."""
