@@ -845,8 +845,28 @@ def test_a_worker_silent_past_the_idle_timeout_is_recorded_with_the_reason() -> 
     assert said == ["peer silent for longer than the idle timeout"], coordinator.ledger.errors
 
 
+def test_one_slow_answer_of_three_does_not_set_the_next_phases_wait() -> None:
+    """An attack review: a worker that answered each SNAPSHOT just before the deadline set the next one
+    (SLACK times the slowest report), and every phase took 0.9 times snapshot_timeout.  The wait now
+    follows the upper median of the report times: 2, 3 and 250 s give 10 x 3 = 30 s, not 300."""
+    deadlines = Deadlines(MasterConfig(snapshot_timeout=300.0), joining_since=None)
+    deadlines.snapshot_phase_started(1000.0)
+    assert deadlines.snapshot_deadline == 1300.0  # the first phase: snapshot_timeout
+    for took in (250.0, 2.0, 3.0):  # (in any order)
+        deadlines.report_accepted(1000.0 + took)
+    deadlines.snapshot_phase_finished()
+    deadlines.snapshot_phase_started(2000.0)
+    assert deadlines.snapshot_deadline == 2000.0 + SNAPSHOT_SLACK * 3.0
+    for took in (0.4, 0.5, 9.0):
+        deadlines.report_accepted(2000.0 + took)
+    deadlines.snapshot_phase_finished()
+    deadlines.snapshot_phase_started(3000.0)
+    assert deadlines.snapshot_deadline == 3000.0 + SNAPSHOT_FLOOR  # 10 x 0.5 s is below the floor
+
+
 def test_later_snapshot_phases_wait_in_proportion_to_the_reports() -> None:
-    """The first phase waits snapshot_timeout; later ones SLACK times the last slowest report, >= FLOOR."""
+    """The first phase waits snapshot_timeout; later ones SLACK times the last typical report, >= FLOOR
+    (with two workers the upper median of their report times is the slower one's)."""
     train = config(epochs=3)
     cluster = Cluster(train, small_a9a(), 2, master_config=MasterConfig(snapshot_timeout=300.0))
     coordinator = cluster.coordinator
