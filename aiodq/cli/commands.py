@@ -180,6 +180,15 @@ def _finish(
             f"samples: a worker's shard was missing from the last snapshot phase{why}",
             level=logging.WARNING,
         )
+    if not result.failure and len(result.trace) > 1 and not result.trace[-1].loss < result.trace[0].loss:
+        # (A trial: a torch model at the default step stayed at chance, 2.307 to 2.315, and exit 0.)
+        first, last = result.trace[0], result.trace[-1]
+        say(
+            command,
+            f"the training objective did not fall: {first.loss:.6g} at epoch {first.epoch}, {last.loss:.6g} "
+            f"at epoch {last.epoch}; is the step size right? (--step {result.config.step:g}; docs/usage.md)",
+            level=logging.WARNING,
+        )
     if result.failure:
         say(
             command,

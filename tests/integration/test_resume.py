@@ -414,6 +414,22 @@ def test_a_final_loss_over_part_of_the_samples_is_said(capsys: pytest.CaptureFix
     )
 
 
+def test_a_run_whose_objective_did_not_fall_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """A torch trial: a user model at the algorithm's default step stayed at chance (F 2.307 at epoch 0,
+    2.315 at the last), and the run ended with exit 0 and nothing said.  It is still a finished run
+    (F did not double: not a failure), and the command says that F did not fall, with the step."""
+    result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    assert _finish("master", result, None) == 0
+    assert "did not fall" not in capsys.readouterr().err  # it fell: nothing to say
+    result.trace[-1] = replace(result.trace[-1], loss=2.315)
+    result.trace[0] = replace(result.trace[0], loss=2.307)
+    assert _finish("master", result, None) == 0
+    assert capsys.readouterr().err == (
+        "aiodq master: the training objective did not fall: 2.307 at epoch 0, 2.315 at epoch 1; is the step "
+        "size right? (--step 0.5; docs/usage.md)\n"
+    )
+
+
 def test_a_shard_the_guard_refused_is_said_with_how_to_keep_it(capsys: pytest.CaptureFixture[str]) -> None:
     """An honest shard of another scale whose snapshot reports the guard refuses as out of line (an
     audit: one sample of 900 scaled by 3e4, a third of the data out of every phase) is named as the
