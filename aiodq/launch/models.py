@@ -47,6 +47,15 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
         raise UsageError(
             f"--model {spec!r}: a built-in model ({', '.join(BUILT_IN)}) or your objective as MODULE:NAME"
         )
+    if module_name == "__main__":
+        # Each process's own script: the workers' is aiodq's (a trial's run_local passed this check and
+        # every worker failed, told to restart them).
+        script = getattr(sys.modules.get("__main__"), "__file__", None)
+        named = f" (here: {Path(script).stem}:{attribute})" if script else ""
+        raise UsageError(
+            f"--model {spec}: worker processes import the model by its module's name, and __main__ is each "
+            f"process's own program: name the module that defines it{named}"
+        )
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:

@@ -162,6 +162,29 @@ def test_run_local_workers_find_a_model_beside_the_script_run_from_elsewhere(tmp
     assert done.stdout.strip() == "trained True True"
 
 
+def test_a_model_in_the_running_script_is_refused_with_the_module_name_to_give(tmp_path: Path) -> None:
+    """A torch trial: run_local with config.model '__main__:objective' passed the up-front import (the
+    master runs in the script) and every worker process failed, each told to restart them: __main__
+    is each process's own program.  It is refused before anything starts, naming the module to give."""
+    (tmp_path / "train.py").write_text(
+        LEAST_SQUARES + "\nimport asyncio, aiodq\n"
+        "config = aiodq.TrainConfig(model='__main__:LeastSquares', epochs=1, step=0.05)\n"
+        f"data = {str(FIXTURES / 'a9a-head-300')!r}\n"
+        "try:\n"
+        "    asyncio.run(aiodq.run_local(config, data=data, workers=2))\n"
+        "except aiodq.UsageError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "--model __main__:LeastSquares: worker processes import the model by its module's name, and __main__ "
+        "is each process's own program: name the module that defines it (here: train:LeastSquares)"
+    )
+
+
 #: A user objective that writes 300 kB to stderr in its first three calls (a pipe holds 64 KiB).
 CHATTY = (
     LEAST_SQUARES
