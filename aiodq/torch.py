@@ -28,6 +28,7 @@ This is the only module of aiodq that imports torch; ``import aiodq`` does not l
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -290,6 +291,23 @@ class TorchObjective:
                 else:
                     hits += int(((outputs.reshape(-1) > 0) == (targets.reshape(-1) > 0)).sum())
         return hits
+
+    def fingerprint(self) -> str:
+        """A digest of what the module computes with besides x: its frozen parameters and buffers.
+
+        BLAKE2b over their names, dtypes, shapes and values.  x holds only the trainable
+        parameters, so the rest is whatever each process built: the master sends its digest,
+        and a worker whose module differs there (frozen weights drawn without a seed, say)
+        refuses the run instead of training another model.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        trainable = {id(param) for param in self._params}
+        frozen = [(name, p) for name, p in self.module.named_parameters() if id(p) not in trainable]
+        for name, tensor in [*frozen, *self.module.named_buffers()]:
+            value = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{value.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(value.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     # -- the vector and the module -------------------------------------------------------
 

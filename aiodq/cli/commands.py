@@ -525,5 +525,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not result.ok:
         print(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}", file=sys.stderr)
-        return EXIT_FAILED
+        # (2: this worker cannot train the run, its model or data not the master's, or its objective
+        # failing: started again, it would fail again, and the launchers do not.)
+        return EXIT_USAGE if result.failed else EXIT_FAILED
     return 0

@@ -44,7 +44,7 @@ from .common import (
 )
 from .models import import_root, objective_for, start_vector
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
-from .processes import PARENT, WorkerProcess, after_training, ended, exits, stop_workers
+from .processes import CANNOT_TRAIN, PARENT, WorkerProcess, after_training, ended, exits, stop_workers
 from .results import save_records
 
 __all__ = [
@@ -422,13 +422,11 @@ async def run_cluster(
                             if master.coordinator and master.coordinator.done:
                                 continue  # training ended during those waits
                             status = worker.returncode
-                            if restarts >= max_restarts:
+                            if restarts >= max_restarts or status == CANNOT_TRAIN:
                                 said = message[-2000:] or "(nothing on stderr)"
-                                after = (
-                                    f" (after {restarts} restart{'s' * (restarts > 1)})"
-                                    if restarts
-                                    else " (--max-restarts N, max_restarts=N: start another in its place)"
-                                )
+                                after = f" (after {restarts} restart{'s' * (restarts != 1)})" * (restarts > 0)
+                                if not restarts and status != CANNOT_TRAIN:  # (else another would fail alike)
+                                    after = " (--max-restarts N, max_restarts=N: start another in its place)"
                                 raise RunError(
                                     f"worker process {index}/{workers} {ended(status)}: {said}{after}"
                                 )

@@ -26,7 +26,16 @@ from typing import cast
 
 from ..errors import RunError
 
-__all__ = ["PARENT", "WorkerProcess", "after_training", "die_with_parent", "ended", "exits", "stop_workers"]
+__all__ = [
+    "CANNOT_TRAIN",
+    "PARENT",
+    "WorkerProcess",
+    "after_training",
+    "die_with_parent",
+    "ended",
+    "exits",
+    "stop_workers",
+]
 
 _log = logging.getLogger("aiodq.launch")
 
@@ -239,6 +248,10 @@ def ended(status: int | None) -> str:
         return f"killed by signal {-status}"
     return f"exited with status {status}"
 
+
+#: The exit status of an ``aiodq worker`` that cannot train the run (its model or data not the master's,
+#: its objective failing): the launcher does not start another in its place.
+CANNOT_TRAIN = 2
 
 #: How long the workers have to exit once training has ended and the master has closed.
 _EXIT_GRACE = 30.0

@@ -37,7 +37,7 @@ from ..protocol.admission import ConnectionRate
 from ..protocol.algorithms import TrainConfig
 from ..protocol.coordinator import Coordinator
 from ..protocol.members import check_workers
-from ..protocol.objectives import Objective
+from ..protocol.objectives import Objective, fixed_fingerprint
 from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
@@ -127,7 +127,7 @@ class Master:
         self._last_checkpoint = 0.0
         self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
-        self._data_fingerprint = data_fingerprint
+        self._data_fingerprint, self._fixed = data_fingerprint, fixed_fingerprint(model)
         self._lock: checkpoint_file.Lock | None = None
         self._before = 0.0  # seconds of training a resumed checkpoint holds
         #: ``(epoch, version)`` of the last checkpoint written, the one at the end or the close included.
@@ -187,7 +187,7 @@ class Master:
                 master_config=self.master_config,
                 samples=self._samples,
             )
-            self.coordinator.data_fingerprint = self._data_fingerprint
+            self.coordinator.fingerprints.update(data=self._data_fingerprint, fixed=self._fixed)
             if self._checkpoint is not None:
                 # Held until close(): a second master on the same file is refused, not let overwrite it.
                 self._lock = checkpoint_file.lock(self._checkpoint)

@@ -127,8 +127,9 @@ class Coordinator:
         self._resuming = False
         self._waited_in: Phase | None = None  # where a run that its workers left ended
         self._shut_down = self._judged = False  # (shutdown; _maybe_finish_snapshot_phase)
-        #: The training data's fingerprint (Dataset.fingerprint), sent in CONFIG's params as "data".
-        self.data_fingerprint: str | None = None
+        #: Sent in CONFIG's params where not None: "data", the training data's fingerprint
+        #: (Dataset.fingerprint), and "fixed", that of the master objective's fixed state (fixed_fingerprint).
+        self.fingerprints: dict[str, str | None] = {"data": None, "fixed": None}
 
     # -- the shell's interface -------------------------------------------------
 
@@ -314,9 +315,8 @@ class Coordinator:
         worker.join(hello.shard)
         version = connection.negotiated_version or 1
         connection.send(Welcome(version=version, worker_id=worker_id, encodings=self._announced), now)
-        params = self.config.to_params()
-        if self.data_fingerprint is not None:  # a worker with other data refuses it (WorkerSession)
-            params["data"] = self.data_fingerprint
+        # A worker with other data, or with another model's fixed state, refuses it (WorkerSession).
+        params = self.config.to_params() | {k: v for k, v in self.fingerprints.items() if v is not None}
         connection.send(ConfigMessage(dim=self.dim, algorithm=self.config.algorithm, params=params), now)
         if self.phase is Phase.JOINING and self.live_workers == self.expected_workers:
             self._start_snapshot_phase(now)

@@ -43,6 +43,7 @@ __all__ = [
     "SoftmaxRegression",
     "check_objective",
     "difference_method",
+    "fixed_fingerprint",
     "make_objective",
     "objective_name",
 ]
@@ -121,6 +122,9 @@ class Objective(Protocol):
       (the trace's accuracy is their sum over n; 0 without the method);
     - ``name: str``: the model's name; if present it must equal the run's
       ``TrainConfig.model``, which a worker checks against CONFIG;
+    - ``fingerprint() -> str``: a digest of what the objective computes with besides x
+      and its samples (:func:`fixed_fingerprint`; a ``TorchObjective``'s frozen parameters
+      and buffers): every process of a run must give the same;
     - ``grad_difference(x, y, rows) -> gradient``: the sum over ``rows`` of
       ``grad f_i(x) - grad f_i(y)``, SVRG's correction of a mini-batch
       (docs/algorithms.md 5.2).  Without it a worker takes two ``loss_grad`` calls;
@@ -156,6 +160,28 @@ def objective_name(objective: object) -> str | None:
     """The objective's ``name`` attribute, if it has one (a str)."""
     name = getattr(objective, "name", None)
     return name if isinstance(name, str) else None
+
+
+def fixed_fingerprint(objective: object) -> str | None:
+    """The objective's ``fingerprint()``, if it has the method.
+
+    That is a digest of what the objective computes with besides x and its samples (a torch
+    model's frozen parameters and buffers).  The master sends its own in CONFIG (params
+    ``"fixed"``), and a worker whose objective gives another refuses the run: the processes
+    would train different models.
+
+    Raises:
+        TypeError: if ``fingerprint()`` returns something other than a str.
+    """
+    method = getattr(objective, "fingerprint", None)
+    if not callable(method):
+        return None
+    value = method()
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{type(objective).__name__}.fingerprint() must return a str, not {type(value).__name__}"
+        )
+    return value
 
 
 def difference_method(objective: object) -> Callable[[Array, Array, Rows], Array] | None:

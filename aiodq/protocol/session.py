@@ -34,7 +34,7 @@ from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
 from .dataset import as_samples, class_count, labels_for, other_data
-from .objectives import BUILT_IN, Objective, check_objective, objective_name
+from .objectives import BUILT_IN, Objective, check_objective, fixed_fingerprint, objective_name
 from .start import check_contract
 
 __all__ = ["WorkerSession"]
@@ -279,6 +279,15 @@ class WorkerSession:
                     f"worker's (start the worker with --seed {config.seed})"
                 )
             objective = self._objective_for(config)
+            fixed, own_fixed = event.params.get("fixed"), fixed_fingerprint(objective)
+            if isinstance(fixed, str) and own_fixed is not None and own_fixed != fixed:
+                # (A trial: frozen layers drawn apart in each process trained to 0.52 test accuracy, exit 0.)
+                raise ValueError(
+                    f"this worker's model holds other values than the master's where x does not reach "
+                    f"(frozen parameters or buffers: fingerprint {own_fixed}, the master's {fixed}): build "
+                    "it alike in every process (seed torch, or load the same weights; buffers computed from "
+                    "a process's own samples differ too)"
+                )
             if objective.dim != event.dim:
                 own = config.model
                 if self.objective is not None:  # its own: named by itself, or by its type

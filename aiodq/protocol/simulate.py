@@ -19,7 +19,7 @@ from ..config import ConnectionConfig, MasterConfig
 from .algorithms import TrainConfig, initial_model
 from .coordinator import Coordinator
 from .dataset import Dataset, shard
-from .objectives import BUILT_IN, Objective
+from .objectives import BUILT_IN, Objective, fixed_fingerprint
 from .session import WorkerSession
 from .start import starting_point
 
@@ -52,12 +52,14 @@ def build_cluster(
             raise ValueError(
                 f"with objective=, config.model names your model (its MODULE:NAME, say), not {config.model!r}"
             )
-        x0 = starting_point(config, objective(dataset.features, dataset.labels))
+        whole = objective(dataset.features, dataset.labels)
+        x0, fixed = starting_point(config, whole), fixed_fingerprint(whole)
         classes = None
     else:
         dataset, _ = dataset.for_model(config.model)
         classes = dataset.classes
         x0 = initial_model(config, config.built_in(dataset.features, dataset.labels, classes=classes))
+        fixed = None
     coordinator = Coordinator(
         config,
         x0,
@@ -67,6 +69,7 @@ def build_cluster(
         samples=dataset.samples,
         connection_config=connection_config,
     )
+    coordinator.fingerprints["fixed"] = fixed  # (a worker whose objective differs there refuses the run)
     sessions = []
     for index in range(workers):
         rows = shard(dataset.samples, workers, index, seed=config.seed)

@@ -373,7 +373,8 @@ def test_a_third_worker_claiming_a_held_shard_is_refused(tmp_path: Path) -> None
 
 def test_a_worker_with_other_data_of_the_same_shape_is_refused(tmp_path: Path) -> None:
     """The master names its data by fingerprint in CONFIG: a worker whose file differs in one value (same
-    samples, same features) leaves with INVALID_CONFIG (exit 1, no retry), and one with the master's
+    samples, same features) leaves with INVALID_CONFIG (exit 2: it cannot train this run; no retry), and one
+    with the master's
     file then trains."""
     data, other = A9A_HEAD, edited_fixture(tmp_path)
     with master_process(tmp_path, "--data", str(data), "--workers", "1", "--epochs", "1") as (master, port):
@@ -384,7 +385,7 @@ def test_a_worker_with_other_data_of_the_same_shape_is_refused(tmp_path: Path) -
             finish_cleanly(master, aiodq_async(*connect, "--data", str(data)))
         finally:
             master.kill()
-    assert wrong.returncode == 1
+    assert wrong.returncode == 2
     assert "INVALID_CONFIG: this worker's data (fingerprint blake2b:" in wrong_err
     assert "start it with the data the master trains on (--data)" in wrong_err
     summary = json.loads((tmp_path / "result.json").read_text())
@@ -395,7 +396,7 @@ def test_a_worker_given_another_model_of_the_same_dimension_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two user models with as many parameters: a worker started with the other one leaves with
-    INVALID_CONFIG (a newcomer trial: it trained, and the run reported the other model's loss)."""
+    INVALID_CONFIG and exit 2 (a newcomer trial: it trained, and the run reported the other model's loss)."""
     (tmp_path / "my_models.py").write_text(LEAST_SQUARES + "\n\nclass Other(LeastSquares):\n    pass\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     options = ("--data", str(A9A_HEAD), "--workers", "1", "--epochs", "1", "--step", "0.01")
@@ -407,7 +408,7 @@ def test_a_worker_given_another_model_of_the_same_dimension_is_refused(
             finish_cleanly(master, aiodq_async(*connect, "--model", "my_models:LeastSquares"))
         finally:
             master.kill()
-    assert wrong.returncode == 1
+    assert wrong.returncode == 2
     assert (
         "INVALID_CONFIG: the master trains 'my_models:LeastSquares', this worker's objective is "
         "'my_models:Other'"

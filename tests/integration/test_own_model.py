@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,33 @@ def test_a_step_too_large_ends_the_run_as_diverged(tmp_path: Path) -> None:
         f"epoch's {first['loss']:.4g}: the run diverged (is the step size too large?)"
     )
     assert result.stderr.strip().endswith(f"aiodq run: {summary['failure']}")
+
+
+def test_a_worker_whose_model_differs_from_the_masters_is_not_restarted(tmp_path: Path) -> None:
+    """An objective's fingerprint() differs in each process (a torch trial: frozen layers drawn without a
+    seed): each worker refuses CONFIG and exits 2 (it cannot train this run); the launcher starts none
+    in its place, however many restarts it may, and offers none."""
+    (tmp_path / "my_models.py").write_text(
+        LEAST_SQUARES + "\nimport os\n\nclass Drawn(LeastSquares):\n    def fingerprint(self):\n"
+        "        return f'process {os.getpid()}'\n"
+    )
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run", "--model", "my_models:Drawn", "--data", str(ROOT / "tests" / "fixtures" / "a9a-head-300"),
+        "--workers", "2", "--step", "0.05", "--max-restarts", "3", "--out", str(out), "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    said = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"aiodq run: worker process [01]/2 exited with status 2: aiodq worker: the session ended: "
+        r"INVALID_CONFIG: this worker's model holds other values than the master's where x does not reach "
+        r"\(frozen parameters or buffers: fingerprint process \d+, the master's process \d+\): build it "
+        r"alike in every process \(seed torch, or load the same weights; buffers computed from a "
+        r"process's own samples differ too\)",
+        said,
+    ), said
+    assert "restarting it" not in (out / "aiodq.log").read_text()
 
 
 def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_path: Path) -> None:

@@ -1042,7 +1042,7 @@ def test_a_worker_whose_data_is_not_the_masters_is_refused_before_it_trains() ->
 
     def run(master_has: str | None, worker_has: str | None) -> WorkerSession:
         cluster = Cluster(config(epochs=1), dataset, 1, connect=False)
-        cluster.coordinator.data_fingerprint = master_has
+        cluster.coordinator.fingerprints["data"] = master_has
         session = WorkerSession(*shard_of(dataset, 1, 0), name="w0", data_fingerprint=worker_has)
         cluster.sessions, cluster.ids = [session], [None]
         cluster.connect(0)

@@ -6,6 +6,7 @@ and backpropagation by hand, float64): torch computes none of the expected value
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ torch = pytest.importorskip("torch", reason="aiodq.torch needs PyTorch (the extr
 
 from aiodq.codec.lowp import make_rng  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig, WorkerState  # noqa: E402
+from aiodq.protocol.dataset import Dataset  # noqa: E402
 from aiodq.protocol.objectives import Objective, check_objective  # noqa: E402
+from aiodq.protocol.simulate import simulate  # noqa: E402
 from aiodq.torch import TorchObjective  # noqa: E402
 
 nn = torch.nn
@@ -225,6 +228,51 @@ def test_frozen_parameters_are_not_in_the_vector() -> None:
         rtol=TOL,
         atol=TOL,
     )
+
+
+def _frozen(seed: int, features: Any = None, labels: Any = None) -> TorchObjective:
+    """The test network with its first layer frozen and a buffer, built after torch.manual_seed(seed)."""
+    net = _network(seed)
+    net[0].weight.requires_grad_(False)
+    net.register_buffer("scale", torch.ones(3))
+    if features is None:
+        features, labels = _data()
+    return TorchObjective(net, nn.CrossEntropyLoss(), features, labels, name="mine:frozen")
+
+
+def test_the_fingerprint_is_the_frozen_parameters_and_buffers() -> None:
+    """fingerprint(): BLAKE2b-128 over each frozen parameter, then each buffer, as "name:dtype:shape;"
+    and its bytes; x (the trainable parameters) is not in it."""
+    a, b = _frozen(0), _frozen(0)
+    digest = hashlib.blake2b(digest_size=16)
+    weight = a.module[0].weight.detach()
+    digest.update(f"0.weight:torch.float32:{tuple(weight.shape)};".encode() + weight.numpy().tobytes())
+    digest.update(b"scale:torch.float32:(3,);" + np.ones(3, np.float32).tobytes())
+    assert a.fingerprint() == digest.hexdigest() == b.fingerprint()
+    b.write_parameters(_point(b))
+    assert b.fingerprint() == a.fingerprint()  # x moved: the same
+    assert _frozen(1).fingerprint() != a.fingerprint()  # other frozen weights
+    b.module.scale[1] = 2.0
+    assert b.fingerprint() != a.fingerprint()  # another buffer value
+
+
+def test_workers_whose_frozen_parameters_differ_from_the_masters_refuse_the_run() -> None:
+    """A torch trial: a model whose frozen layer each process drew without a seed trained to 0.52 test
+    accuracy (0.90 seeded) and exit 0, and model.npz cannot rebuild it.  The master sends its objective's
+    fingerprint in CONFIG; a worker whose own differs ends its session with INVALID_CONFIG, saying so."""
+    features, labels = _data()
+    seeds = iter(range(10))
+    config = TrainConfig(model="mine:frozen", epochs=1, step=0.05, updates_per_epoch=4)
+
+    def unseeded(part_features: Any, part_labels: Any) -> TorchObjective:
+        return _frozen(next(seeds), part_features, part_labels)  # the master's, then each worker's
+
+    refused = simulate(config, Dataset(features, labels), 2, objective=unseeded)
+    assert refused.trace == [] and not refused.done
+    said = [(code, side) for _, code, reason, side, _ in refused.errors if "fingerprint" in reason]
+    assert said == [("INVALID_CONFIG", "worker")] * 2, refused.errors
+    seeded = simulate(config, Dataset(features, labels), 2, objective=lambda f, y: _frozen(0, f, y))
+    assert seeded.done and seeded.failure is None
 
 
 def test_the_objective_protocol_accepts_it() -> None:
