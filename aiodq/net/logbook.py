@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..protocol.coordinator import Coordinator
-from ..protocol.deadlines import JOIN_TIMEOUT
+from ..protocol.deadlines import JOIN_TIMEOUT, last_error
 from ..version import __version__
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "peer_name",
     "printable",
     "provenance",
+    "standing",
 ]
 
 _log = logging.getLogger("aiodq.master")
@@ -222,6 +223,15 @@ class Logbook:
             self._refused_logged = Counter(self.refused)
             self._unlogged_errors_logged = self._unlogged_errors
             self._counted_at = now
+
+
+def standing(coordinator: Coordinator | None) -> str:
+    """`` (PHASE, L of M workers connected; the last error: ...)``: where a run stands, for a message."""
+    if coordinator is None:
+        return ""
+    live, expected = coordinator.live_workers, coordinator.expected_workers
+    why = last_error(coordinator.ledger.errors, "; ")
+    return f" ({coordinator.phase.value}, {live} of {expected} workers connected{why})"
 
 
 def provenance() -> dict[str, Any]:

@@ -42,7 +42,7 @@ from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
 from .listener import Listener
-from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance
+from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance, standing
 from .tls import reporting_ssl_objects
 
 __all__ = ["Master", "printable", "provenance"]
@@ -284,7 +284,8 @@ class Master:
             async with asyncio.timeout(timeout):
                 await event.wait()
         except TimeoutError:  # (asyncio's says nothing; the run goes on: the caller may wait again)
-            raise TimeoutError(f"the run did not finish within {timeout:g} s") from None
+            stands = standing(self.coordinator)  # (a trial's workers had all failed: it said nothing of it)
+            raise TimeoutError(f"the run did not finish within {timeout:g} s{stands}") from None
         return self.result()
 
     def result(self) -> RunResult:

@@ -21,7 +21,7 @@ from typing import Any
 from ..config import MasterConfig
 from .members import Member
 
-__all__ = ["JOIN_TIMEOUT", "SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines"]
+__all__ = ["JOIN_TIMEOUT", "SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines", "last_error"]
 
 #: What a failure at the join deadline says of it (the master's log adds the refusals that may explain it).
 JOIN_TIMEOUT = "(--join-timeout)"
@@ -30,6 +30,20 @@ JOIN_TIMEOUT = "(--join-timeout)"
 SNAPSHOT_SLACK = 10.0
 #: ...but at least this many seconds (and at most ``MasterConfig.snapshot_timeout``).
 SNAPSHOT_FLOOR = 10.0
+
+
+def last_error(errors: Iterable[tuple[Any, ...]], before: str = "", after: str = "") -> str:
+    """``the last error: worker W sent (or got) CODE: TEXT``, between ``before`` and ``after``.
+
+    Of the latest of ``errors`` (the ledger's (worker, code, reason, raised_by, joined)) of a worker
+    that had joined; "" if there is none.
+    """
+    last = next((entry for entry in reversed(list(errors)) if entry[4]), None)
+    if last is None:
+        return ""
+    text = "".join(c if c.isprintable() else "?" for c in str(last[2])[:300])
+    said = "sent" if last[3] == "worker" else "got"
+    return f"{before}the last error: worker {last[0]} {said} {last[1]}: {text}{after}"
 
 
 @dataclass(slots=True)
@@ -107,12 +121,7 @@ class Deadlines:
         waited = f"within {self.config.join_timeout:g} s {JOIN_TIMEOUT}"
         if not self.workers_left:
             return f"{live} of {expected} workers joined {waited}"
-        last = next((entry for entry in reversed(list(errors)) if entry[4]), None)
-        why = ""
-        if last is not None:
-            text = "".join(c if c.isprintable() else "?" for c in str(last[2])[:300])
-            said = "sent" if last[3] == "worker" else "got"
-            why = f" (the last error: worker {last[0]} {said} {last[1]}: {text})"
+        why = last_error(errors, " (", ")")
         return f"every worker left{why}, and {live} of {expected} came back {waited}"
 
     def snapshot_owed_too_long(self, worker: Member, now: float) -> bool:

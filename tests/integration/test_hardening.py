@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import socket
 import struct
 import sys
@@ -136,6 +137,47 @@ async def test_a_worker_started_for_another_built_in_model_is_refused() -> None:
         good = await run_worker(host, port, A9A.features, A9A.labels, model="logistic")
         summary = (await master.wait(TIMEOUT)).to_json()
     assert good.ok and summary["failure"] is None
+
+
+class _FailsOnItsShard:
+    """Least squares whose whole-shard pass fails (a label out of range, say): the contract check, on two
+    rows, passes; the answer to SNAPSHOT does not."""
+
+    def __init__(self, features: Any, labels: Any) -> None:
+        self.a, self.b = features, np.asarray(labels, dtype=np.float64)
+        self.samples, self.dim = features.shape
+
+    def initial(self, rng: Any) -> Any:
+        return np.zeros(self.dim)
+
+    def loss_grad(self, x: Any, rows: Any = None) -> tuple[float, Any]:
+        if rows is None:
+            raise IndexError("Target 10 is out of bounds.")
+        residual = self.a[rows] @ x - self.b[rows]
+        return 0.5 * float(residual @ residual), np.asarray(self.a[rows].T @ residual)
+
+
+@pytest.mark.asyncio
+async def test_a_wait_that_times_out_says_where_the_run_stands_and_the_last_error() -> None:
+    """A torch trial: every worker's objective failed, and wait(timeout=20) ended, 20 s later, with "the
+    run did not finish within 20 s" alone.  It says the phase, the workers connected and the last error."""
+    features, labels = A9A.features[:200].toarray(), A9A.labels[:200]
+    config = TrainConfig(model="fails", epochs=1, step=0.01)
+    async with Master(config, _FailsOnItsShard(features, labels), workers=2) as master:
+        host, port = master.address
+        workers = [
+            run_worker(host, port, objective=_FailsOnItsShard(part, labels[i::2]), retry_for=0)
+            for i, part in enumerate((features[0::2], features[1::2]))
+        ]
+        assert all(result.failed for result in await asyncio.gather(*workers))
+        with pytest.raises(TimeoutError) as raised:
+            await master.wait(0.1)  # (nobody is left to train: the timeout is certain)
+        assert re.fullmatch(
+            r"the run did not finish within 0.1 s \(joining, 0 of 2 workers connected; the last error: "
+            r"worker \d+ sent INTERNAL_ERROR: cannot answer SNAPSHOT: IndexError: Target 10 is out of "
+            r"bounds\. \(at .*\)\)",
+            str(raised.value),
+        ), raised.value
 
 
 @pytest.mark.asyncio
@@ -1002,7 +1044,8 @@ async def test_a_wait_that_times_out_says_so_and_the_run_goes_on() -> None:
     which a newcomer's embedded master printed as a bare 'TimeoutError'); the master is still there."""
     async with Master(TrainConfig(epochs=1), np.zeros(123), workers=1) as master:
         for wait in (master.wait, master.trained):
-            with pytest.raises(TimeoutError, match=r"^the run did not finish within 0\.05 s$"):
+            said = r"^the run did not finish within 0\.05 s \(joining, 0 of 1 workers connected\)$"
+            with pytest.raises(TimeoutError, match=said):
                 await wait(timeout=0.05)
         assert master.coordinator is not None and not master.coordinator.done
 
