@@ -760,6 +760,16 @@ def shard_of(dataset: Any, workers: int, index: int) -> tuple[Any, Any]:
     return part.features, part.labels
 
 
+def _second_leaves_in_the_inner_loop(cluster: Cluster) -> None:
+    """Run until epoch 0's inner loop, then the second worker leaves (its traffic held from then on)."""
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    leaver = cluster.ids[1]
+    assert leaver is not None
+    cluster.frozen = {1}
+    coordinator.disconnect(leaver, cluster.now)
+
+
 def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
     """A worker that joins in the inner loop and never answers SNAPSHOT is not waited for; it is cut off."""
     dataset = small_a9a()
@@ -767,12 +777,8 @@ def test_a_silent_late_joiner_holds_up_no_snapshot_phase() -> None:
     timeout = 20.0  # shorter than the connections' idle timeout (30 s), which would cut it off first
     cluster = Cluster(train, dataset, 2, master_config=MasterConfig(snapshot_timeout=timeout))
     coordinator = cluster.coordinator
-    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
     # An honest member leaves; a silent one takes its place during the inner loop.
-    leaver = cluster.ids[1]
-    assert leaver is not None
-    cluster.frozen = {1}
-    coordinator.disconnect(leaver, cluster.now)
+    _second_leaves_in_the_inner_loop(cluster)
     silent = cluster.add_session(WorkerSession(*shard_of(dataset, 2, 1), name="silent"))
     cluster.run(until=lambda: coordinator.live_workers == 2)
     cluster.frozen = {1, silent}  # it got its SNAPSHOT and answers nothing from now on
@@ -800,11 +806,7 @@ def test_a_phase_whose_awaited_workers_left_waits_for_one_owing_an_earlier_snaps
     dataset = small_a9a()
     cluster = Cluster(config(epochs=2), dataset, 2)
     coordinator = cluster.coordinator
-    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
-    leaver = cluster.ids[1]
-    assert leaver is not None
-    cluster.frozen = {1}
-    coordinator.disconnect(leaver, cluster.now)
+    _second_leaves_in_the_inner_loop(cluster)
     held: list[bytes] = []
 
     def hold(index: int, data: bytes) -> bytes:
