@@ -275,6 +275,20 @@ def test_workers_whose_frozen_parameters_differ_from_the_masters_refuse_the_run(
     assert seeded.done and seeded.failure is None
 
 
+def test_batch_norm_whose_statistics_were_never_estimated_is_warned_of() -> None:
+    """A torch trial: a CNN's batch norm ran, in evaluation mode, on running statistics nothing had
+    estimated (mean 0, variance 1), and nothing said so.  Once estimated, nothing is said."""
+    features, labels = _data()
+    net = nn.Sequential(
+        nn.Linear(FEATURES, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES)
+    )
+    with pytest.warns(UserWarning, match=r"^batch norm 1: running statistics never estimated \(mean 0, "):
+        TorchObjective(net, nn.CrossEntropyLoss(), features, labels)
+    net.train()
+    net(torch.as_tensor(features, dtype=torch.float32))  # one pass in training mode estimates them
+    TorchObjective(net, nn.CrossEntropyLoss(), features, labels)  # (warnings are errors here)
+
+
 def test_the_objective_protocol_accepts_it() -> None:
     objective = _objective(name="mine")
     assert check_objective(objective) is objective
