@@ -509,8 +509,9 @@ def _warn_unestimated_norms(module: torch.nn.Module) -> None:
     if names:
         warnings.warn(
             f"batch norm {', '.join(names)}: running statistics never estimated (mean 0, variance 1); aiodq "
-            "runs the module in evaluation mode and does not train them: estimate them first (forward passes "
-            "in training mode) or load trained ones (docs/torch.md)",
+            "runs the module in evaluation mode and does not train them: estimate them first, alike in every "
+            "process (forward passes in training mode on the same data), or load trained ones "
+            "(docs/torch.md)",
             stacklevel=3,
         )
 

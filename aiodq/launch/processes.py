@@ -249,8 +249,8 @@ def ended(status: int | None) -> str:
     return f"exited with status {status}"
 
 
-#: The exit status of an ``aiodq worker`` that cannot train the run (its model or data not the master's,
-#: its objective failing): the launcher does not start another in its place.
+#: The exit status of an ``aiodq worker`` that cannot train the run (it refused CONFIG: its model, data or
+#: split not the master's): the launcher does not start another in its place.
 CANNOT_TRAIN = 2
 
 #: How long the workers have to exit once training has ended and the master has closed.

@@ -412,7 +412,7 @@ async def _run(
                         failure = _failure(loads[index], runs[index])
                         if failure is None or waiter.done() or state["done"]:
                             continue
-                        if restarts >= max_restarts:
+                        if restarts >= max_restarts or _cannot_train(runs[index]):
                             after = f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else ""
                             raise RunError(f"worker {index}/{workers} failed: {failure}{after}")
                         restarts += 1
@@ -518,10 +518,15 @@ def _failure(load: asyncio.Future[Any], run: asyncio.Future[Any]) -> str | None:
             cause = getattr(exc, "cause", None)
             return str(cause) if isinstance(cause, AiodqError) else _describe(exc)
     if run.done() and not run.cancelled() and run.exception() is None:
-        code, reason, _, ok = run.result()
+        code, reason, _, ok, _ = run.result()
         if not ok:
             return f"the session ended: {code_name(code)}: {reason}"
     return None
+
+
+def _cannot_train(run: asyncio.Future[Any]) -> bool:
+    """Whether a worker's session ended on its own refusal of the run's CONFIG (no restart helps)."""
+    return run.done() and not run.cancelled() and run.exception() is None and bool(run.result()[4])
 
 
 def _describe(exc: BaseException) -> str:

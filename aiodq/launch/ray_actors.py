@@ -19,7 +19,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
-from ..errors import UsageError
+from ..errors import ErrorCode, UsageError
 from ..net.master import Master
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -187,8 +187,12 @@ class WorkerActor:
         model: str,
         secret: Secret,
         limits: Limits = DEFAULT_LIMITS,
-    ) -> tuple[int, str, int, bool]:
-        """Train shard ``index`` of ``workers`` until the master closes; (code, reason, gradients, ok)."""
+    ) -> tuple[int, str, int, bool, bool]:
+        """Train shard ``index`` of ``workers`` until the master closes.
+
+        Returns ``(code, reason, gradients, ok, cannot_train)``: the last, if this worker refused the
+        run's CONFIG itself (its model, data or split not the master's: another would be refused alike).
+        """
         assert self._dataset is not None
         # One compute thread (BLAS, OpenMP): the workers share their node's cores.
         os.environ["OMP_NUM_THREADS"] = "1"
@@ -206,4 +210,5 @@ class WorkerActor:
                     retry_for=_RETRY_FOR,
                 )
             )
-        return result.code, result.reason, result.gradients, result.ok
+        cannot_train = result.failed and result.code == ErrorCode.INVALID_CONFIG
+        return result.code, result.reason, result.gradients, result.ok, cannot_train

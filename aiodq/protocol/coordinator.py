@@ -393,11 +393,13 @@ class Coordinator:
         if (failure := self._divergence.reports(refusals, reports, self.state.epoch)) is not None:
             return self._finish(now, failure)
         self._judged = True  # (each removal judged the reports left anew: the second refusal was lost)
-        for worker_id, refusal in refusals.items():
-            del reports[worker_id]
-            self._workers[worker_id].report = None
-            self._remove(worker_id, refusal, now)
-        self._judged = False
+        try:
+            for worker_id, refusal in refusals.items():
+                del reports[worker_id]
+                self._workers[worker_id].report = None
+                self._remove(worker_id, refusal, now)
+        finally:
+            self._judged = False
         active = [w for w in self._workers.values() if w.active and w.joined]
         if not active or not reports:
             # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
@@ -495,12 +497,9 @@ class Coordinator:
             self.dropped[outcome.reason] += 1
             if outcome.reason == "outlier":
                 worker.refused += 1
-                failure = self._divergence.outlier(
-                    [w.refused for w in self._workers.values() if w.joined], state.version
-                )
-                if failure is not None:
-                    self._finish(now, failure)
-                    return
+                refused = [w.refused for w in self._workers.values() if w.joined]
+                if (failure := self._divergence.outlier(refused, state.version)) is not None:
+                    return self._finish(now, failure)
                 # An ERROR about this GRADIENT; the session goes on (wire-format.md 7.10).
                 reason = f"update norm {outcome.norm:.3g} is out of line with the recent ones"
                 code = int(ErrorCode.INVALID_PAYLOAD)

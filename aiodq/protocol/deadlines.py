@@ -2,12 +2,14 @@
 
 - for workers to join: ``join_timeout`` after the start, or after every worker left;
 - for a snapshot phase's reports: ``snapshot_timeout`` in the first phase, then
-  ``SNAPSHOT_SLACK`` times the typical report of the last phase: the upper median of the
-  times its accepted reports took (at least ``SNAPSHOT_FLOOR`` seconds, at most
-  ``snapshot_timeout``), so that a worker that never answers holds up each phase for
-  seconds, not minutes.  The median, not the slowest: with three workers or more, one that
-  answers each SNAPSHOT just before the deadline does not set the next one (an attack review:
-  every phase took 0.9 times ``snapshot_timeout``, 270 s by default, against 0.4 s);
+  ``SNAPSHOT_SLACK`` times the slowest report accepted in the last phase, but at most
+  ``MEDIAN_SLACK`` times their upper median (and at least ``SNAPSHOT_FLOOR`` seconds, at
+  most ``snapshot_timeout``), so that a worker that never answers holds up each phase for
+  seconds, not minutes.  The median's bound: with three workers or more, one that answers
+  each SNAPSHOT just before the deadline does not set the next one (an attack review: every
+  phase took 0.9 times ``snapshot_timeout``, 270 s by default, against 0.4 s); so generous a
+  bound that an honest worker tens of times slower than the others keeps its place (a
+  review: the median alone, times 10, cut off a worker 60 times slower at every phase);
 - for one worker's SNAPSHOT, whatever the phase: ``snapshot_timeout`` after it was sent (a
   worker that never answers would otherwise hold a place in the cluster for good).
 """
@@ -21,14 +23,16 @@ from typing import Any
 from ..config import MasterConfig
 from .members import Member
 
-__all__ = ["JOIN_TIMEOUT", "SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines", "last_error"]
+__all__ = ["JOIN_TIMEOUT", "MEDIAN_SLACK", "SNAPSHOT_FLOOR", "SNAPSHOT_SLACK", "Deadlines", "last_error"]
 
 #: What a failure at the join deadline says of it (the master's log adds the refusals that may explain it).
 JOIN_TIMEOUT = "(--join-timeout)"
 
-#: A snapshot phase after the first waits this many times the last phase's typical report...
+#: A snapshot phase after the first waits this many times the last phase's slowest report...
 SNAPSHOT_SLACK = 10.0
-#: ...but at least this many seconds (and at most ``MasterConfig.snapshot_timeout``).
+#: ...but at most this many times its typical one (the upper median)...
+MEDIAN_SLACK = 100.0
+#: ...and at least this many seconds (and at most ``MasterConfig.snapshot_timeout``).
 SNAPSHOT_FLOOR = 10.0
 
 
@@ -59,7 +63,9 @@ class Deadlines:
     phase_started: float = 0.0
     #: ...and when its accepted reports came.
     answered: list[float] = field(default_factory=list)
-    #: Seconds the typical accepted report of the last finished phase took (None: no phase yet).
+    #: Seconds the slowest and the typical (upper median) accepted report of the last finished phase
+    #: took (None: no phase yet).
+    slowest_report: float | None = None
     typical_report: float | None = None
     #: True once every worker had left a running session (the join deadline then applies again).
     workers_left: bool = False
@@ -85,8 +91,8 @@ class Deadlines:
     def snapshot_phase_finished(self) -> None:
         """The phase has its reports: the next one's deadline follows from their upper median."""
         self.snapshot_deadline = None
-        times = sorted(self.answered) or [self.phase_started]
-        self.typical_report = max(0.0, times[len(times) // 2] - self.phase_started)
+        took = [max(0.0, at - self.phase_started) for at in sorted(self.answered)] or [0.0]
+        self.slowest_report, self.typical_report = took[-1], took[len(took) // 2]
 
     def stopped(self) -> None:
         """The run is over: nothing to wait for."""
@@ -95,9 +101,10 @@ class Deadlines:
     def snapshot_wait(self) -> float:
         """How long the next snapshot phase waits for its reports (module docstring)."""
         timeout = self.config.snapshot_timeout
-        if self.typical_report is None:
+        if self.slowest_report is None or self.typical_report is None:
             return timeout
-        return min(timeout, max(SNAPSHOT_FLOOR, SNAPSHOT_SLACK * self.typical_report))
+        wait = min(SNAPSHOT_SLACK * self.slowest_report, MEDIAN_SLACK * self.typical_report)
+        return min(timeout, max(SNAPSHOT_FLOOR, wait))
 
     def snapshot_phase_due(self, now: float) -> float | None:
         """If the snapshot phase's deadline has passed: the seconds it waited (the deadline is spent)."""

@@ -16,20 +16,24 @@ out of line with everything else it has seen:
   whose norm is over f times the larger of ``||g_snap||`` and the typical applied
   update: each live connection's median of its last 64 applied updates, and of
   those the median (the lower of two), once two connections have had updates
-  applied (one, with M = 1).  So no worker's own updates raise its bound: a single
-  pooled median let a worker that answers faster than the others fill the window
-  with its own updates, each just under the bound, and the bound grew with every
-  one (an attack review wrecked a run of 3 workers that ended "trained").
+  applied (one, with M = 1); and at least f / 100 times the first phase's mean
+  gradient norm (a false report that cancels the others' makes g_snap 0).  So no
+  worker's own updates raise its bound: a single pooled median let a worker that
+  answers faster than the others fill the window with its own updates, each just
+  under the bound, and the bound grew with every one (an attack review wrecked a
+  run of 3 workers that ended "trained").
 - SNAPSHOT_GRADIENT: ``samples`` one of the two shard sizes of n over M (when the
   master knows n; else positive), ``correct <= samples``; and, once the phase's
-  reports are in, a per-sample loss or mean gradient norm more than f times the
-  median of the others' (three reports or more) or of the previous phase's (its own
-  share included: with one or two workers, a worker can raise its own reference
-  phase by phase; judged against the other's alone, honest shards of other scales
-  were refused).  The loss may be off by f times at least 1e-2 and 1e-2 times the
-  first phase's per-sample loss, and the gradient norm reach f times 1e-2 times the
-  first phase's, whatever the reference (the first reports' upper median: a report
-  of a loss or gradient of about 0 then cannot get the other's honest one refused).
+  reports are in, a per-sample loss or mean gradient norm more than f times out of
+  line with the median of the phase's reports, its own included (three reports or
+  more: the others' median of two is their mean, which one false report moves), or
+  with the previous phase's figures (its own share included: with one or two workers,
+  a worker can raise its own reference phase by phase; judged against the other's
+  alone, honest shards of other scales were refused).  The loss may be off by f times
+  at least 1e-2 and 1e-2 times the first phase's per-sample loss, and the gradient
+  norm reach f times 1e-2 times the first phase's, whatever the reference (the first
+  reports' upper median: a report of a loss or gradient of about 0 then cannot get the
+  other's honest one refused).
 
 A refusal names the wire code and the reason; the coordinator drops the message,
 tells the worker, and for a snapshot report, which no later message can correct,

@@ -171,16 +171,18 @@ def fixed_fingerprint(objective: object) -> str | None:
     would train different models.
 
     Raises:
-        TypeError: if ``fingerprint()`` returns something other than a str.
+        ValueError: if ``fingerprint()`` fails or returns something other than a str.
     """
     method = getattr(objective, "fingerprint", None)
     if not callable(method):
         return None
-    value = method()
+    what = f"{type(objective).__name__}.fingerprint()"
+    try:
+        value = method()
+    except Exception as exc:  # (a worker's would have ended its session by an exception: a review)
+        raise ValueError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(value, str):
-        raise TypeError(
-            f"{type(objective).__name__}.fingerprint() must return a str, not {type(value).__name__}"
-        )
+        raise ValueError(f"{what} must return a str, not {type(value).__name__}")
     return value
 
 

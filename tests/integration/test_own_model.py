@@ -254,6 +254,47 @@ def test_a_worker_whose_model_differs_from_the_masters_is_not_restarted(tmp_path
     assert "restarting it" not in (out / "aiodq.log").read_text()
 
 
+def test_a_worker_whose_objective_failed_once_is_restarted(tmp_path: Path) -> None:
+    """A review: with the exit status 2 of a worker that cannot train the run, a worker whose objective
+    failed once (a MemoryError, say) exited 2 too and was not restarted, whatever --max-restarts said.
+    Such a worker exits 1 and is started again; the run trains."""
+    claim = tmp_path / "failed-once"
+    (tmp_path / "my_models.py").write_text(
+        LEAST_SQUARES
+        + f"""
+import os
+
+class Flaky(LeastSquares):
+    batches, failing = 0, False
+
+    def loss_grad(self, x, rows=None):
+        if rows is not None and len(rows) > 2:  # a mini-batch: only workers take those
+            Flaky.batches += 1
+            if Flaky.batches == 5:  # the first worker here fails (a step prepared ahead is taken again)
+                try:
+                    os.close(os.open({str(claim)!r}, os.O_CREAT | os.O_EXCL))
+                    Flaky.failing = True
+                except FileExistsError:
+                    pass
+            if Flaky.failing and Flaky.batches <= 8:
+                raise MemoryError("a transient allocation failure")
+        return super().loss_grad(x, rows)
+"""
+    )
+    out = tmp_path / "out"
+    result = run_aiodq(
+        "run", "--model", "my_models:Flaky", "--data", str(ROOT / "tests" / "fixtures" / "a9a-head-300"),
+        "--workers", "2", "--epochs", "300", "--step", "0.01", "--max-restarts", "1", "--out", str(out),
+        "--no-progress", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert claim.exists()  # one worker's objective did fail, once
+    log = (out / "aiodq.log").read_text()
+    assert re.search(r"worker process [01]/2 exited with status 1; restarting it \(1 of 1\)", log), log[
+        -3000:
+    ]
+
+
 def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_path: Path) -> None:
     """A worker's stderr is read as it comes: 300 kB of it stall nothing, and every line is logged."""
     (tmp_path / "my_models.py").write_text(CHATTY)

@@ -406,6 +406,7 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     of the file): a worker actor whose file differs in one value is refused (INVALID_CONFIG), one on the
     master's file trains.  The actor classes are driven directly, without starting Ray."""
     from aiodq.errors import ErrorCode  # noqa: PLC0415
+    from aiodq.launch.ray import _cannot_train  # noqa: PLC0415
     from aiodq.launch.ray_actors import MasterActor, Secret, WorkerActor  # noqa: PLC0415
 
     source, other = A9A_HEAD, edited_fixture(tmp_path)
@@ -437,6 +438,13 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     assert refused[0] == int(ErrorCode.INVALID_CONFIG) and refused[2] == 0
     assert refused[1].startswith("this worker's data (fingerprint blake2b:")
     assert trained[:2] == (0, "training complete") and trained[2] > 0
+    # The refusal is the worker's own: run_ray starts no other in its place (a review: it restarted one,
+    # within max_restarts, to be refused alike); a session that trained is not.
+    assert refused[4] is True and trained[4] is False
+    for outcome, restarts in ((refused, False), (trained, True)):
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(outcome)
+        assert _cannot_train(future) is not restarts
 
 
 @pytest.mark.asyncio

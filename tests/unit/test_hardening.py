@@ -27,7 +27,7 @@ from aiodq.net.checkpoint import load, save
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
-from aiodq.protocol.deadlines import SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Deadlines
+from aiodq.protocol.deadlines import MEDIAN_SLACK, SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Deadlines
 from aiodq.protocol.guard import Divergence, Guard, Refusal
 from aiodq.protocol.recovery import Checkpoint
 from aiodq.protocol.result import RunResult
@@ -149,6 +149,34 @@ def test_one_false_report_of_three_gets_no_honest_one_refused() -> None:
     assert mine.outliers(_reports(50.0, 50.0, -50.0, epoch=0)) == {}  # |-50 - 50| <= 100 x 50
     assert list(mine.outliers(_reports(0.69, 0.69, -700.0, epoch=0))) == [2]  # |-700 - 0.69| > 69
     assert list(mine.outliers(_reports(0.69, 700.0, 0.69, epoch=0))) == [1]
+
+
+def test_a_worker_objective_whose_fingerprint_fails_refuses_the_run() -> None:
+    """A review: an exception out of a worker objective's fingerprint() left WorkerSession.receive_data
+    (simulate raised it); it ends the session with INVALID_CONFIG, saying so."""
+    dataset = small_a9a(300)
+
+    class Digest:
+        def __init__(self, features: Any, labels: Any) -> None:
+            self.inner = TrainConfig().built_in(features, labels)
+            self.samples, self.dim, self.name = self.inner.samples, self.inner.dim, "mine:Digest"
+
+        def initial(self, rng: Any) -> Any:
+            return np.zeros(self.dim)
+
+        def loss_grad(self, x: Any, rows: Any = None) -> Any:
+            return self.inner.loss_grad(x, rows)
+
+        def fingerprint(self) -> str:
+            if self.samples < dataset.samples:  # a worker's share: its digest fails
+                raise RuntimeError("cannot digest on this device")
+            return "whole"
+
+    coordinator = simulate(TrainConfig(model="mine:Digest", epochs=1), dataset, 2, objective=Digest)
+    said = {(code, reason, side) for _, code, reason, side, _ in coordinator.errors}
+    failed = "Digest.fingerprint() failed: RuntimeError: cannot digest on this device"
+    assert said == {("INVALID_CONFIG", failed, "worker")}, said
+    assert not coordinator.done and coordinator.trace == []
 
 
 def test_a_silent_worker_cannot_hold_the_snapshot_phase_open() -> None:
@@ -849,21 +877,29 @@ def test_a_worker_silent_past_the_idle_timeout_is_recorded_with_the_reason() -> 
 
 def test_one_slow_answer_of_three_does_not_set_the_next_phases_wait() -> None:
     """An attack review: a worker that answered each SNAPSHOT just before the deadline set the next one
-    (SLACK times the slowest report), and every phase took 0.9 times snapshot_timeout.  The wait now
-    follows the upper median of the report times: 2, 3 and 250 s give 10 x 3 = 30 s, not 300."""
-    deadlines = Deadlines(MasterConfig(snapshot_timeout=300.0), joining_since=None)
+    (SLACK times the slowest report), and every phase took 0.9 times snapshot_timeout.  The wait is now
+    at most MEDIAN_SLACK times the upper median of the report times; a review: not that median times
+    SLACK alone, which cut off an honest worker 60 times slower than the others at every phase."""
+    deadlines = Deadlines(MasterConfig(snapshot_timeout=3000.0), joining_since=None)
     deadlines.snapshot_phase_started(1000.0)
-    assert deadlines.snapshot_deadline == 1300.0  # the first phase: snapshot_timeout
-    for took in (250.0, 2.0, 3.0):  # (in any order)
+    assert deadlines.snapshot_deadline == 4000.0  # the first phase: snapshot_timeout
+    for took in (2.0, 3.0, 250.0):
         deadlines.report_accepted(1000.0 + took)
     deadlines.snapshot_phase_finished()
-    deadlines.snapshot_phase_started(2000.0)
-    assert deadlines.snapshot_deadline == 2000.0 + SNAPSHOT_SLACK * 3.0
-    for took in (0.4, 0.5, 9.0):
-        deadlines.report_accepted(2000.0 + took)
+    deadlines.snapshot_phase_started(5000.0)
+    # min(10 x 250, 100 x 3) = 300 s: the slow one no longer sets it (10 x 250 = 2,500 s did) ...
+    assert deadlines.snapshot_deadline == 5000.0 + MEDIAN_SLACK * 3.0
+    for took in (0.4, 0.5, 30.0):
+        deadlines.report_accepted(5000.0 + took)
     deadlines.snapshot_phase_finished()
-    deadlines.snapshot_phase_started(3000.0)
-    assert deadlines.snapshot_deadline == 3000.0 + SNAPSHOT_FLOOR  # 10 x 0.5 s is below the floor
+    deadlines.snapshot_phase_started(6000.0)
+    # ... and one 60 times slower keeps its place: min(10 x 30, 100 x 0.5) = 50 s, above its 30 s
+    assert deadlines.snapshot_deadline == 6000.0 + MEDIAN_SLACK * 0.5
+    for took in (0.4, 0.5, 0.6):
+        deadlines.report_accepted(6000.0 + took)
+    deadlines.snapshot_phase_finished()
+    deadlines.snapshot_phase_started(7000.0)
+    assert deadlines.snapshot_deadline == 7000.0 + SNAPSHOT_FLOOR  # 10 x 0.6 s is below the floor
 
 
 def test_later_snapshot_phases_wait_in_proportion_to_the_reports() -> None:
