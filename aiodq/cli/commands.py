@@ -310,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
-    log = log_for(Path(args.out))
+    log = log_for(Path(args.out), args.resume)
     missing = found(log, saving["checkpoint"])
     _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
     out = _output_folder(args.out)
@@ -409,7 +409,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    log = None if args.out is None else log_for(Path(args.out))
+    log = None if args.out is None else log_for(Path(args.out), args.resume)
     missing = found(log, saving["checkpoint"], args.records)
     records = Path(args.records) if args.records else None
     if args.out is not None:

@@ -6,7 +6,7 @@
   stopped leaves the finished results and their ``aiodq.log`` as they were
   (``commands._kept_instead``), and its own log at the end of ``aiodq.log.new``, after those of
   the runs that failed there before it: none is lost, and each run's part begins with its
-  command line.
+  command line.  A resumed run appends to ``aiodq.log`` from the start (:func:`log_for`).
 - A start that its checkpoint refuses leaves the folder as it found it: what the command made
   (its log, the folders, the checkpoint's lock file) is removed.
 """
@@ -116,9 +116,14 @@ def holds_finished_run(out: Path) -> bool:
         return False
 
 
-def log_for(out: Path) -> Path:
-    """The log a run started now writes into ``out``: :data:`NEW_LOG` where a finished run's results are."""
-    _Pending.path = out / NEW_LOG if holds_finished_run(out) else None
+def log_for(out: Path, resume: bool = False) -> Path:
+    """The log a run started now writes into ``out``: :data:`NEW_LOG` where a finished run's results are.
+
+    Not for a ``resume``: its log goes on from the interrupted run's, whose results may be the ones
+    there (a crash-recovery trial: a finished run killed as its results were written, resumed to get
+    them back, and its log replaced by the resume's three lines).
+    """
+    _Pending.path = out / NEW_LOG if holds_finished_run(out) and not resume else None
     return _Pending.path or out / LOG
 
 

@@ -547,7 +547,7 @@ class Master:
                 except CheckpointError as exc:
                     self._last_checkpoint = self._now()  # try again at the next interval, not at once
                     if str(exc) != self._checkpoint_failure:
-                        _log.error("%s; training goes on without it", exc)
+                        _log.error("%s; training goes on, and it is tried again at each interval", exc)
                         self._checkpoint_failure = str(exc)
 
     def _progress(self) -> tuple[str, int, int, int]:

@@ -100,6 +100,14 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
     model, _ = aiodq.load_model(out / "model.npz")
     assert np.array_equal(model, result.model)
     assert json.loads((out / "result.json").read_text())["trace"] == result.summary["trace"]
+    # Resumed once more into the folder that holds its results: the log goes on from the one there (a
+    # crash-recovery trial: a finished run's results got back so replaced its log with three lines).
+    before = (out / "aiodq.log").read_text()
+    command = finished.args[3:]  # (after python -m aiodq)
+    assert aiodq_command(*command).returncode == 0
+    log = (out / "aiodq.log").read_text()
+    assert log.startswith(before) and log.count("nothing trains, its results are given again") == 2, log
+    assert not (out / "aiodq.log.new").exists()
 
 
 def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path) -> None:
