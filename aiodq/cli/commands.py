@@ -429,6 +429,10 @@ def cmd_master(args: argparse.Namespace) -> int:
     if out is not None and log is not None:
         add_logfile(out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG)
         log_start(args.argv)
+    if records is not None and args.resume and (stood := resumable(saving["checkpoint"])) is not None:
+        # (A crash-recovery trial found the copies before the checkpoint gone from the file, unsaid.)
+        said = f"--records {records}: the model copies from version {stood[1]} on; a checkpoint keeps none"
+        say("master", f"{said}, and those the interrupted run took are lost", level=logging.WARNING)
     options = {
         "master_config": master_config,
         "connection_config": network,
