@@ -189,6 +189,11 @@ def _finish(
             f"at epoch {last.epoch}; is the step size right? (--step {result.config.step:g}; docs/usage.md)",
             level=logging.WARNING,
         )
+    if result.ok and checkpoint and (stood := resumable(checkpoint)) is not None:
+        # Its end not written there (a full disk): a crash-recovery trial's --resume, as the next start
+        # advised, trained the finished run again and replaced its results.
+        said = f"the checkpoint {checkpoint} still holds the run at epoch {stood[0]}, version {stood[1]}"
+        say(command, f"{said}: --resume would train it again; the run finished", level=logging.WARNING)
     if result.failure:
         say(
             command,

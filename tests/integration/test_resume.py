@@ -110,7 +110,9 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
     assert not (out / "aiodq.log.new").exists()
 
 
-def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path) -> None:
+def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "run.ckpt"
     config = aiodq.TrainConfig(epochs=10_000)
     with pytest.raises(RunError) as info:
@@ -124,6 +126,13 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(tmp_path: Path
     with pytest.raises(RunError) as bare:  # without a checkpoint there is nothing to point to
         asyncio.run(aiodq.run_local(config, DATA, workers=1, timeout=0.5))
     assert str(bare.value) == "the run did not finish within 0.5 s"
+    # A finished run whose checkpoint still holds it unfinished (its end not written: a full disk) says that
+    # --resume would train it again (a crash-recovery trial did so, as the next start advised).
+    finished = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    assert _finish("run", finished, None, checkpoint=str(path)) == 0
+    said = f"the checkpoint {path} still holds the run at epoch {kept[0]}, version {kept[1]}"
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"aiodq run: {said}: --resume would train it again; the run finished"), err
     # aiodq master resuming it with --records says that the file will lack the copies taken before the
     # checkpoint: a checkpoint keeps none (a crash-recovery trial found them gone, unsaid).
     records = tmp_path / "records.npz"
