@@ -163,13 +163,17 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             for item in fields(config)
             if getattr(saved, item.name) != getattr(config, item.name)
         )
-        longer = saved.epochs != config.epochs  # (more epochs: a new run, from the model, --start-from)
-        hint = (
-            "; to train on from where it stands, start a new run from the model.npz its run wrote "
-            "(--start-from OUT/model.npz; not from the checkpoint)"
-            if longer
-            else ""
-        )
+        hint = ""  # (other epochs: a new run, from the model, --start-from)
+        if saved.epochs != config.epochs and meta.get("phase") == "done":
+            hint = (
+                "; to train on from where it stands, start a new run from the model.npz its run wrote "
+                "(--start-from OUT/model.npz; not from the checkpoint)"
+            )
+        elif saved.epochs != config.epochs:  # (a crash-recovery trial: a killed run had written no model.npz)
+            hint = (
+                f"; resume it with --epochs {saved.epochs} to finish it, then start a new run from the "
+                "model.npz it writes (--start-from OUT/model.npz)"
+            )
         raise CheckpointError(
             f"the checkpoint was written by a run with another configuration: {differences}{hint}"
         )

@@ -565,6 +565,15 @@ def test_a_checkpoint_without_a_later_option_resumes_and_one_of_another_run_does
     with pytest.raises(CheckpointError) as info:
         Cluster(train, small_a9a(), 2, connect=False).coordinator.restore(other, 0.0)
     step = f"step {train.step * 2!r} there, {train.step!r} here"
+    # Unfinished, the run wrote no model.npz yet (a crash-recovery trial was pointed at none): finish it.
+    hint = (
+        "; resume it with --epochs 3 to finish it, then start a new run from the model.npz it writes "
+        "(--start-from OUT/model.npz)"
+    )
+    assert str(info.value).endswith(f"epochs 3 there, 2 here; {step}{hint}")
+    other.meta["phase"] = "done"  # finished: its model.npz is the place to start from
+    with pytest.raises(CheckpointError) as info:
+        Cluster(train, small_a9a(), 2, connect=False).coordinator.restore(other, 0.0)
     hint = (
         "; to train on from where it stands, start a new run from the model.npz its run wrote "
         "(--start-from OUT/model.npz; not from the checkpoint)"
