@@ -182,7 +182,9 @@ def report(args: argparse.Namespace, result: RunResult) -> None:
     if test is not None:
         scorer = objective(test.features, test.labels, args.seed)
         accuracy = scorer.correct(result.model) / test.samples
-        result.summary.update(test_set=test.name, test_samples=test.samples, test_accuracy=accuracy)
+        # As aiodq run's result.json holds them (a torch trial found them at the top level here).
+        scores = {"test_set": test.name, "test_samples": test.samples, "test_accuracy": accuracy}
+        result.summary["test"] = scores
         print(f"test accuracy: {accuracy:.4f} on {test.samples:,} images")
     traffic = result.traffic
     wire = {side: 8 * traffic["total_bytes"][side] for side in ("down", "up", "both")}
