@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -359,10 +360,13 @@ async def test_a_timed_out_ray_run_says_where_its_checkpoint_holds_it(tmp_path: 
         )
     kept = resumable(path)
     assert kept is not None
-    assert str(info.value) == (
-        f"the run did not finish within 5 s; the checkpoint {path} holds the run as it stood "
-        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
+    # (On a loaded machine the worker actors may not all have started within the 5 s: said, as such.)
+    said = re.escape(
+        f"; the checkpoint {path} holds the run as it stood (epoch {kept[0]}, version {kept[1]}): resume it "
+        "to continue"
     )
+    started = r"(; [12] worker actors never started \(no room\?\))?"
+    assert re.fullmatch(rf"the run did not finish within 5 s{started}{said}", str(info.value)), info.value
 
 
 @pytest.mark.asyncio
