@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
-from ..errors import CheckpointError, DataError, ErrorCode, RunError, StoppedError, UsageError, code_name
+from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
 from ..launch.common import as_it_stood, check_shares, checkpoint_note
 from ..launch.local import (
     load_data_or_fail,
@@ -534,7 +534,5 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not result.ok:
         print(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}", file=sys.stderr)
-        # (2: this worker cannot train the run, its model, data or split not the master's: started again,
-        # it would be refused again, and the local launcher does not; one whose objective failed may not.)
-        return EXIT_USAGE if result.failed and result.code == ErrorCode.INVALID_CONFIG else EXIT_FAILED
+        return EXIT_USAGE if result.cannot_train else EXIT_FAILED  # (2: CANNOT_TRAIN, not restarted)
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
-from ..errors import ErrorCode, UsageError
+from ..errors import UsageError
 from ..net.master import Master
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -210,5 +210,4 @@ class WorkerActor:
                     retry_for=_RETRY_FOR,
                 )
             )
-        cannot_train = result.failed and result.code == ErrorCode.INVALID_CONFIG
-        return result.code, result.reason, result.gradients, result.ok, cannot_train
+        return result.code, result.reason, result.gradients, result.ok, result.cannot_train

@@ -52,6 +52,15 @@ class WorkerResult:
         """True for a normal end of training."""
         return self.code == ErrorCode.NO_ERROR and not self.failed
 
+    @property
+    def cannot_train(self) -> bool:
+        """True if the worker refused the run's CONFIG itself: its model, data or split not the master's.
+
+        Another in its place would be refused alike, so the launchers start none (an objective that
+        failed may not fail again).
+        """
+        return self.failed and self.code == ErrorCode.INVALID_CONFIG
+
 
 #: Codes after which reconnecting cannot help.
 _PERMANENT = frozenset(

@@ -164,14 +164,13 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             if getattr(saved, item.name) != getattr(config, item.name)
         )
         hint = ""  # (other epochs: a new run, from the model, --start-from)
-        if saved.epochs != config.epochs and meta.get("phase") == "done":
+        if saved.epochs != config.epochs:
             hint = (
                 "; to train on from where it stands, start a new run from the model.npz its run wrote "
                 "(--start-from OUT/model.npz; not from the checkpoint)"
-            )
-        elif saved.epochs != config.epochs:  # (a crash-recovery trial: a killed run had written no model.npz)
-            hint = (
-                f"; resume it with --epochs {saved.epochs} to finish it, then start a new run from the "
+                if meta.get("phase") == "done"
+                # (a crash-recovery trial: a killed run had written no model.npz)
+                else f"; resume it with --epochs {saved.epochs} to finish it, then start a new run from the "
                 "model.npz it writes (--start-from OUT/model.npz)"
             )
         raise CheckpointError(

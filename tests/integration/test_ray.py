@@ -445,10 +445,10 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     # The refusal is the worker's own: run_ray starts no other in its place (a review: it restarted one,
     # within max_restarts, to be refused alike); a session that trained is not.
     assert refused[4] is True and trained[4] is False
-    for outcome, restarts in ((refused, False), (trained, True)):
+    for outcome, cannot_train in ((refused, True), (trained, False)):
         future = asyncio.get_running_loop().create_future()
         future.set_result(outcome)
-        assert _cannot_train(future) is not restarts
+        assert _cannot_train(future) is cannot_train
 
 
 @pytest.mark.asyncio
