@@ -3638,6 +3638,74 @@ class GenerationError(RuntimeError):
 MANIFEST = "MANIFEST.json"
 
 
+# -- rules an outside runner found uncovered (an implementer's trial of the vectors) -------------
+
+
+def build_trial_gaps() -> None:
+    """Rules a decoder could break and still pass every vector above.
+
+    An implementer wrote a decoder from the spec alone and planted bugs in it: each of these
+    rules could go unchecked without a vector failing.
+    """
+    E = ErrorCode
+    garbage = b"\xc1" * 65  # never valid msgpack: only the length check can give LIMIT_EXCEEDED
+    for name, mtype in (("hello", 1), ("welcome", 2), ("config", 3)):
+        invalid(
+            f"{name}-body-over-control-limit",
+            f"{name.upper()} body of 65 bytes (0xC1, never msgpack) over max_control_bytes 64: the "
+            "length is checked before the body is parsed",
+            ["WF-7-5"],
+            frame(1, mtype, 0, garbage),
+            E.LIMIT_EXCEEDED,
+            {"limits": {"max_control_bytes": 64}},
+        )
+    huge = hello_map()
+    body = map_with(huge, [(mp("x"), b"\xdd\xff\xff\xff\xff\x01")])
+    invalid(
+        "hello-array-length-over-control-limit",
+        "HELLO with an unknown key whose array declares 2**32 - 1 entries and holds one: "
+        "MALFORMED_FRAME, refused before any room for the entries is allocated",
+        ["WF-7-6"],
+        frame(1, 1, 0, body),
+        E.MALFORMED_FRAME,
+    )
+    invalid(
+        "hello-name-256-utf8-bytes",
+        "HELLO name of 128 characters that take 256 bytes of UTF-8 (U+00E9): the limit counts bytes",
+        ["WF-7.1-6"],
+        frame(1, 1, 0, mp(hello_map(name="\u00e9" * 128))),
+        E.INVALID_CONFIG,
+    )
+    name = "\u00e9" * 127 + "a"
+    valid(
+        "hello-name-255-utf8-bytes",
+        "HELLO name of 128 characters that take 255 bytes of UTF-8: at the limit",
+        ["WF-7.1-6"],
+        Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name=name),
+        expect_hex=frame(1, 1, 0, mp(hello_map(name=name))),
+    )
+    # s = 1, one level 1: m = 2, N = 1. Exponent stream: bit 0 = 0, bit 1 = 1 (0x02); bit 2, a
+    # padding bit, set. Mantissa: the low bit of m, 0. Sign: 0. Every other step of 5.7-4 passes.
+    invalid(
+        "qsgd-exponent-padding-alone",
+        "QSGD d = 1, s = 1, level 1 with a padding bit set after the exponent stream's one bit: "
+        "the only rule the frame breaks (step 5)",
+        ["WF-5.7-4"],
+        grad(b"\x70\x01\x01" + f32raw(0x3F800000) + b"\x06\x00\x00"),
+        E.INVALID_PAYLOAD,
+    )
+    config_head = mp("dim") + mp(3) + mp("algorithm") + mp("asylpg") + mp("params")
+    repeated = b"\x83" + mp("a") + mp(1) + mp("b") + mp(2) + mp("a") + mp(3)
+    valid(
+        "config-params-key-repeated",
+        "CONFIG params a = 1, b = 2, a = 3: a = 3 counts and keeps the place of the first a",
+        ["WF-7-9", "WF-7.3-1"],
+        ConfigMessage(dim=3, algorithm="asylpg", params={"a": 3, "b": 2}),
+        expect_hex=frame(1, 3, 0, b"\x83" + config_head + repeated),
+        canonical_hex=frame(1, 3, 0, b"\x83" + config_head + mp({"a": 3, "b": 2})),
+    )
+
+
 def build() -> dict[str, str]:
     """Every vector file (name to text) and the manifest.
 
@@ -3653,6 +3721,7 @@ def build() -> dict[str, str]:
         build_stories()
         build_invalid_classes()
         build_hardening_stories()
+        build_trial_gaps()
     except ProofMismatchError as exc:
         raise GenerationError(str(exc)) from exc
     if ERRORS:
