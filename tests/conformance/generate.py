@@ -3705,6 +3705,40 @@ def build_trial_gaps() -> None:
         canonical_hex=frame(1, 3, 0, b"\x83" + config_head + mp({"a": 3, "b": 2})),
     )
 
+    # Two crossings a story runner raised (wire-format.md 1 and 8.1-2 now say what happens).
+    st = Story(
+        "story-secret-master-closing-drops-hello",
+        "a master with a secret sent CLOSE, and a HELLO crossed it: in CLOSING it may send no "
+        "AUTH_CHALLENGE and may not hand an unauthenticated HELLO to its application, so it drops it",
+        ["WF-8.1-2", "WF-7.12-1"],
+        master_config=auth_config(SECRET, MASTER_NONCE),
+        worker_config=auth_config(SECRET, WORKER_NONCE),
+    )
+    st.send_later("master", Close(code=0, reason="shutting down"))
+    st.send("worker", Hello(min_version=1, max_version=1, encodings=frozenset(range(8)), name="w0"))
+    st.silent("master")
+    st.deliver("master")
+    st.queued("worker")
+    st.done()
+
+    limits = {"max_control_bytes": 64, "max_reason_bytes": 16}
+    st = Story(
+        "story-config-crossing-worker-close-completes-handshake",
+        "a CONFIG that crossed the worker's CLOSE completes the worker's handshake: a SNAPSHOT of 130 "
+        "bytes, over the 64-byte handshake frame limit, then arrives",
+        ["WF-8.1-2", "WF-10-3"],
+        limits=limits,
+    )
+    st.send("worker", Hello(min_version=1, max_version=1, encodings=frozenset({0, 1}), name=""))
+    st.send("master", Welcome(version=1, worker_id=1, encodings=frozenset({0, 1})))
+    st.send_later("worker", Close(code=0, reason="leaving"))
+    st.send("master", ConfigMessage(dim=30, algorithm="asylpg", params={}))
+    st.send("master", Snapshot(epoch=1, vector=raw32(*range(30))))
+    st.silent("worker")
+    st.deliver("worker")
+    st.queued("master")
+    st.done()
+
 
 def build() -> dict[str, str]:
     """Every vector file (name to text) and the manifest.
