@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -189,31 +190,17 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             option of other algorithms than ``--algorithm`` (an operator trial: ``--exact-budget``
             with asylpg, taken silently).
     """
-    config = from_args(TrainConfig, args)
-    default = TrainConfig()
-    if config.bias and config.model not in ("logistic", "softmax"):
-        raise UsageError(f"--bias: for --model logistic or softmax, not {config.model}")
-    if config.hidden != default.hidden and config.model != "mlp":
-        raise UsageError(f"--hidden: for --model mlp, not {config.model}")
-    if getattr(args, "resume", False):
-        # A checkpoint written before the check below may name such an option, and must be resumed
-        # with the options it names (restore compares them).
-        return config
-    spec = config.spec
-    for name, given, applies, which in (
-        ("phi", config.phi != default.phi, spec.gradient == "sparse", "sparse-asylpg"),
-        ("exact_budget", config.exact_budget, spec.gradient == "sparse", "sparse-asylpg"),
-        ("qsgd_levels", config.qsgd_levels != default.qsgd_levels, spec.gradient == "qsgd", "qsvrg"),
-        (
-            "acc_snapshot",
-            config.acc_snapshot != default.acc_snapshot,
-            spec.accelerated,
-            "acc-asylpg, acc-asyfpg",
-        ),
-    ):
-        if given and not applies:
-            option = "--" + name.replace("_", "-")
-            raise UsageError(f"{option}: for --algorithm {which}, not {config.algorithm}: leave it out")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (unused options: refused below, or named by a checkpoint)
+        config = from_args(TrainConfig, args)
+    for name, kind, which, actual in config.unused_options():
+        option = "--" + name.replace("_", "-")
+        if kind == "model":
+            raise UsageError(f"{option}: for --model {which}, not {actual}")
+        if not getattr(args, "resume", False):
+            # A checkpoint written before this check may name such an option, and must be resumed
+            # with the options it names (restore compares them).
+            raise UsageError(f"{option}: for --algorithm {which}, not {actual}: leave it out")
     return config
 
 

@@ -343,6 +343,12 @@ def load(
                 read = {name: archive[name] for name in archive.files if name != "meta"} if arrays else {}
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and what == "checkpoint":
+            # (A trial resumed a path no run had used, and read only that the file was missing.)
+            text += (
+                ": a run writes its checkpoint as it starts, so none has started with this path (check "
+                "it), or the file was removed; to train afresh, start without resuming"
+            )
         raise CheckpointError(f"cannot read the {what} {path}: {text}") from exc
     except MemoryError as exc:  # an .npy header declaring a shape far beyond its bytes
         raise CheckpointError(f"cannot read the {what} {path}: an array header declares too much") from exc

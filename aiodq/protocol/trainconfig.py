@@ -8,6 +8,7 @@ that use them are in :mod:`aiodq.protocol.algorithms`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -190,6 +191,35 @@ class TrainConfig:
             )
         if self.qsgd_levels > 0xFFFF:
             raise ValueError("qsgd_levels must be at most 65535")
+        for name, kind, which, actual in self.unused_options():
+            # (A trial: TrainConfig(algorithm="asylpg", phi=0.1) trained without a word, while the
+            # command line refuses --phi there.)
+            warnings.warn(
+                f"{name}={getattr(self, name)!r} is for {kind} {which}, not {actual!r}: it has no effect",
+                stacklevel=3,
+            )
+
+    def unused_options(self) -> list[tuple[str, str, str, str]]:
+        """The options set away from their defaults that this run's algorithm or model does not use.
+
+        Returns ``(field, "algorithm" or "model", what it is for, this run's)`` for each, as
+        ``("phi", "algorithm", "sparse-asylpg", "asylpg")``.  Constructing such a config warns;
+        the command line refuses it.
+        """
+        default = TrainConfig.__dataclass_fields__
+        spec = self.spec
+        unused = []
+        for name, applies, kind, which in (
+            ("bias", self.model in ("logistic", "softmax"), "model", "logistic or softmax"),
+            ("hidden", self.model == "mlp", "model", "mlp"),
+            ("phi", spec.gradient == "sparse", "algorithm", "sparse-asylpg"),
+            ("exact_budget", spec.gradient == "sparse", "algorithm", "sparse-asylpg"),
+            ("qsgd_levels", spec.gradient == "qsgd", "algorithm", "qsvrg"),
+            ("acc_snapshot", spec.accelerated, "algorithm", "acc-asylpg, acc-asyfpg"),
+        ):
+            if not applies and getattr(self, name) != default[name].default:
+                unused.append((name, kind, which, self.model if kind == "model" else self.algorithm))
+        return unused
 
     @property
     def spec(self) -> AlgorithmSpec:

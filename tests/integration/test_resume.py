@@ -713,7 +713,8 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
                 "--out",
                 str(tmp_path / "inner"),
             ],
-            "No such file or directory",
+            "No such file or directory: a run writes its checkpoint as it starts, so none has started "
+            "with this path (check it), or the file was removed; to train afresh, start without resuming",
         ),
     ]
     if command == "master":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import socket
+import warnings
 from dataclasses import fields, replace
 from typing import Any
 
@@ -104,7 +106,8 @@ def test_batch_is_bounded_by_max_batch() -> None:
 def test_integers_that_travel_in_config_are_at_most_int64(name: str) -> None:
     """2**63 - 1 is taken; 2**63 is refused before the run starts (a newcomer's --epochs 2**64 was an
     INTERNAL_ERROR in the handshake, after the workers had retried for 28 s), and in a CONFIG read."""
-    assert getattr(TrainConfig(**{name: 2**63 - 1}), name) == 2**63 - 1
+    model = {"model": "mlp"} if name == "hidden" else {}  # (hidden with logistic: warned of)
+    assert getattr(TrainConfig(**{name: 2**63 - 1}, **model), name) == 2**63 - 1
     with pytest.raises(
         ValueError, match=rf"^{name} must be at most 2\*\*63 - 1, got 9,223,372,036,854,775,808$"
     ):
@@ -135,6 +138,39 @@ def test_config_regularizer() -> None:
     assert TrainConfig(l2=0.01, l1=0.002).regularizer == Regularizer(l2=0.01, l1=0.002)
 
 
+def test_an_option_the_run_does_not_use_is_warned_of() -> None:
+    """phi with asylpg trained without a word while the command line refuses --phi (a trial).
+
+    Each row is an option away from its default under an algorithm or model that reads it nowhere
+    (docs/algorithms.md 6, 7, 8; the MLP always has biases)."""
+    cases = [
+        (dict(algorithm="asylpg", phi=0.1), "phi=0.1 is for algorithm sparse-asylpg, not 'asylpg'"),
+        (dict(algorithm="asyfpg", exact_budget=True), "exact_budget=True is for algorithm sparse-asylpg"),
+        (dict(algorithm="sparse-asylpg", qsgd_levels=7), "qsgd_levels=7 is for algorithm qsvrg"),
+        (dict(algorithm="qsvrg", acc_snapshot="last"), "acc_snapshot='last' is for algorithm acc-asylpg"),
+        (dict(model="mlp", bias=True), "bias=True is for model logistic or softmax, not 'mlp'"),
+        (dict(model="softmax", hidden=20), "hidden=20 is for model mlp, not 'softmax'"),
+    ]
+    for options, text in cases:
+        with pytest.warns(UserWarning, match=re.escape(text) + ".*: it has no effect") as caught:
+            config = TrainConfig(**options)
+        assert [w.filename for w in caught] == [__file__]  # points at the caller's line
+        assert len(config.unused_options()) == 1
+    # Where each applies, and at the defaults, nothing is said.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for config in (
+            TrainConfig(algorithm="sparse-asylpg", phi=0.1, exact_budget=True),
+            TrainConfig(algorithm="qsvrg", qsgd_levels=7),
+            TrainConfig(algorithm="acc-asyfpg", acc_snapshot="last"),
+            TrainConfig(model="softmax", bias=True),
+            TrainConfig(model="mlp", hidden=20),
+            *(TrainConfig(algorithm=name) for name in ALGORITHMS),
+        ):
+            assert config.unused_options() == []
+
+
+@pytest.mark.filterwarnings("ignore:.*has no effect:UserWarning")  # (changed_config sets every field)
 def test_config_params_round_trip(changed_config: TrainConfig) -> None:
     """from_params(to_params()) rebuilds the same config, for every field changed."""
     for config in (changed_config, replace(changed_config, adaptive_coding=False, entropy_coding=False)):
@@ -594,7 +630,7 @@ def test_gradient_is_zero_at_the_snapshot(name: str) -> None:
 )
 def test_gradient_message_kind(name: str, kind: type) -> None:
     """Each algorithm sends its gradient in its own encoding (float32 for the FPG baselines)."""
-    state = worker(name, phi=0.5)
+    state = worker(name, **({"phi": 0.5} if name == "sparse-asylpg" else {}))
     state.snapshot_phase(np.zeros(D))
     model = RawVector(np.linspace(-1, 1, D).astype(np.float32))
     vector = state.gradient_message(model, relative=False)
