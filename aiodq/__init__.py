@@ -64,6 +64,7 @@ from .errors import (
     RemoteProtocolError,
     RunError,
     StoppedError,
+    UnusedOptionWarning,
     UsageError,
 )
 from .net.master import Master
@@ -165,6 +166,7 @@ __all__ = [
     "SoftmaxRegression",
     "SparseQuantized",
     "TrainConfig",
+    "UnusedOptionWarning",
     "UsageError",
     "Vector",
     "VectorPlan",

@@ -38,6 +38,7 @@ __all__ = [
     "RemoteProtocolError",
     "RunError",
     "StoppedError",
+    "UnusedOptionWarning",
     "UsageError",
     "code_name",
     "raised_at",
@@ -180,6 +181,10 @@ class StoppedError(AiodqError):
 
 class UsageError(AiodqError):
     """Bad command-line options or unreadable input: the command exits with status 2."""
+
+
+class UnusedOptionWarning(UserWarning):
+    """A :class:`~aiodq.TrainConfig` option set where its algorithm or model never reads it (phi, asylpg)."""
 
 
 #: The package's folder: the frames of a failure outside it are the application's (its objective's).

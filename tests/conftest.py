@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, settings
 
+from aiodq import UnusedOptionWarning
 from aiodq.protocol.algorithms import TrainConfig
 
 settings.register_profile(
@@ -25,7 +26,8 @@ def changed_config() -> TrainConfig:
     ``replace(changed_config, adaptive_coding=False, entropy_coding=False)``.  A field added to
     TrainConfig fails here until it is set too, so what round-trips a config cannot lose it.
     """
-    with pytest.warns(UserWarning, match="has no effect"):  # (qsgd_levels, acc_snapshot, bias: unused here)
+    # (qsgd_levels, acc_snapshot and bias are unused here)
+    with pytest.warns(UnusedOptionWarning, match="has no effect"):
         config = TrainConfig(
             algorithm="sparse-asylpg",
             epochs=3,

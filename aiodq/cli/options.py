@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ..config import ConnectionConfig, Limits
-from ..errors import UsageError
+from ..errors import UnusedOptionWarning, UsageError
 from ..net.secrets import load_secret
 from ..protocol.algorithms import TrainConfig
 from ..protocol.trainconfig import SEED_LIMIT
@@ -191,7 +191,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             with asylpg, taken silently).
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (unused options: refused below, or named by a checkpoint)
+        # (Refused below, or named by the checkpoint --resume resumes.)
+        warnings.simplefilter("ignore", UnusedOptionWarning)
         config = from_args(TrainConfig, args)
     for name, kind, which, actual in config.unused_options():
         option = "--" + name.replace("_", "-")

@@ -7,8 +7,12 @@ that use them are in :mod:`aiodq.protocol.algorithms`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import sys
 import warnings
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -16,6 +20,7 @@ import numpy.typing as npt
 
 from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..config import ConnectionConfig, option
+from ..errors import UnusedOptionWarning
 from .objectives import Features, Objective, Regularizer, make_objective
 
 __all__ = [
@@ -191,20 +196,26 @@ class TrainConfig:
             )
         if self.qsgd_levels > 0xFFFF:
             raise ValueError("qsgd_levels must be at most 65535")
-        for name, kind, which, actual in self.unused_options():
-            # (A trial: TrainConfig(algorithm="asylpg", phi=0.1) trained without a word, while the
-            # command line refuses --phi there.)
-            warnings.warn(
-                f"{name}={getattr(self, name)!r} is for {kind} {which}, not {actual!r}: it has no effect",
-                stacklevel=3,
-            )
+        if not _REBUILDING.get():
+            for name, kind, which, actual in self.unused_options():
+                # (A trial: TrainConfig(algorithm="asylpg", phi=0.1) trained without a word, while the
+                # command line refuses --phi there.)
+                warnings.warn(
+                    f"{name}={getattr(self, name)!r} is for {kind} {which}, not {actual!r}: it has no effect",
+                    UnusedOptionWarning,
+                    stacklevel=_callers_level(),
+                )
 
     def unused_options(self) -> list[tuple[str, str, str, str]]:
-        """The options set away from their defaults that this run's algorithm or model does not use.
+        """Which of six options are set away from their defaults where the run never reads them.
 
-        Returns ``(field, "algorithm" or "model", what it is for, this run's)`` for each, as
-        ``("phi", "algorithm", "sparse-asylpg", "asylpg")``.  Constructing such a config warns;
-        the command line refuses it.
+        The six: ``phi`` and ``exact_budget`` (sparse-asylpg), ``qsgd_levels`` (qsvrg),
+        ``acc_snapshot`` (the accelerated variants), ``bias`` (logistic and softmax), ``hidden``
+        (mlp).  Returns ``(field, "algorithm" or "model", what it is for, this run's)`` for each, as
+        ``("phi", "algorithm", "sparse-asylpg", "asylpg")``.  Constructing such a config warns
+        (:class:`~aiodq.UnusedOptionWarning`), rebuilding one from a CONFIG or a checkpoint does
+        not (:meth:`from_params`); the command line refuses them (the algorithm's options not with
+        ``--resume``, which resumes a checkpoint with the options it names).
         """
         default = TrainConfig.__dataclass_fields__
         spec = self.spec
@@ -264,7 +275,36 @@ class TrainConfig:
                 values[key] = float(value)
             elif type(default) is not type(values[key]):
                 raise ValueError(f"parameter {key!r} has the wrong type")
-        return cls(**values)
+        # A rebuild of what a master sent or a checkpoint holds: its options were judged where the
+        # config was made (a worker's operator could do nothing about a warning; a float32 phi of
+        # 0.05 differs from the default 0.05).
+        token = _REBUILDING.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _REBUILDING.reset(token)
+
+
+#: True while :meth:`TrainConfig.from_params` builds a configuration: it warns of no unused option.
+_REBUILDING: ContextVar[bool] = ContextVar("aiodq_trainconfig_rebuilding", default=False)
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_DATACLASSES = os.path.abspath(dataclasses.__file__)
+
+
+def _callers_level() -> int:
+    """``warnings.warn``'s stacklevel from ``__post_init__``: the first frame outside aiodq and dataclasses.
+
+    The user's line, whether it called ``TrainConfig(...)`` (through dataclasses' generated
+    ``__init__``) or ``dataclasses.replace``.
+    """
+    frame, level = sys._getframe(1), 1  # __post_init__, level 1
+    while frame.f_back is not None and (
+        frame.f_code.co_filename == "<string>"
+        or os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE)
+        or os.path.abspath(frame.f_code.co_filename) == _DATACLASSES
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def coding_options(config: TrainConfig, base: ConnectionConfig) -> ConnectionConfig:

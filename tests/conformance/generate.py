@@ -367,7 +367,10 @@ def event_fields(ev: Any, enc: Encoding | None = None) -> dict[str, Any]:
         out.update(version=ev.version, worker_id=ev.worker_id, encodings=sorted(ev.encodings))
     elif isinstance(ev, ConfigMessage):
         out.update(
-            dim=ev.dim, algorithm=ev.algorithm, params={k: param_json(v) for k, v in ev.params.items()}
+            dim=ev.dim,
+            algorithm=ev.algorithm,
+            params={k: param_json(v) for k, v in ev.params.items()},
+            params_order=list(ev.params),  # (JSON objects are written with sorted keys)
         )
     elif isinstance(ev, Snapshot | FullGradient):
         out.update(epoch=ev.epoch, vector=vector_fields(ev.vector, enc))
@@ -3695,14 +3698,14 @@ def build_trial_gaps() -> None:
         E.INVALID_PAYLOAD,
     )
     config_head = mp("dim") + mp(3) + mp("algorithm") + mp("asylpg") + mp("params")
-    repeated = b"\x83" + mp("a") + mp(1) + mp("b") + mp(2) + mp("a") + mp(3)
+    repeated = b"\x83" + mp("b") + mp(1) + mp("a") + mp(2) + mp("b") + mp(3)
     valid(
         "config-params-key-repeated",
-        "CONFIG params a = 1, b = 2, a = 3: a = 3 counts and keeps the place of the first a",
+        "CONFIG params b = 1, a = 2, b = 3: b = 3 counts and keeps the place of the first b, before a",
         ["WF-7-9", "WF-7.3-1"],
-        ConfigMessage(dim=3, algorithm="asylpg", params={"a": 3, "b": 2}),
+        ConfigMessage(dim=3, algorithm="asylpg", params={"b": 3, "a": 2}),
         expect_hex=frame(1, 3, 0, b"\x83" + config_head + repeated),
-        canonical_hex=frame(1, 3, 0, b"\x83" + config_head + mp({"a": 3, "b": 2})),
+        canonical_hex=frame(1, 3, 0, b"\x83" + config_head + mp({"b": 3, "a": 2})),
     )
 
     # Two crossings a story runner raised (wire-format.md 1 and 8.1-2 now say what happens).

@@ -136,8 +136,13 @@ def _message_from_json(fields: dict[str, Any]) -> dict[str, Any]:
             out["vector"] = _vector_from_json(value)
         elif key == "loss_bits":
             out["loss"] = _float(value)
-        elif key == "params":
-            out["params"] = {k: _float(v["f64"]) if isinstance(v, dict) else v for k, v in value.items()}
+        elif key == "params":  # (in the order on the wire: the JSON object's keys are sorted)
+            out["params"] = {
+                k: _float(value[k]["f64"]) if isinstance(value[k], dict) else value[k]
+                for k in fields["params_order"]
+            }
+        elif key == "params_order":
+            continue
         elif key in ("nonce", "mac"):
             out[key] = bytes.fromhex(value)
         else:

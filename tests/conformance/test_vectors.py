@@ -186,7 +186,7 @@ def _event_to_fields(event: Event, encoding: Encoding | None = None) -> dict[str
         out.update(version=event.version, worker_id=event.worker_id, encodings=sorted(event.encodings))
     elif isinstance(event, ConfigMessage):
         params = {key: _param_to_json(value) for key, value in event.params.items()}
-        out.update(dim=event.dim, algorithm=event.algorithm, params=params)
+        out.update(dim=event.dim, algorithm=event.algorithm, params=params, params_order=list(event.params))
     elif isinstance(event, Snapshot | FullGradient):
         out.update(epoch=event.epoch, vector=_vector_to_fields(event.vector, encoding))
     elif isinstance(event, SnapshotGradient):
@@ -250,8 +250,8 @@ def _event_from_fields(fields: dict[str, Any]) -> Event:
         f["encodings"] = frozenset(f["encodings"])
         if "shard" in f:
             f["shard"] = tuple(f["shard"])
-    elif kind == "CONFIG":
-        f["params"] = {key: _param_from_json(v) for key, v in f["params"].items()}
+    elif kind == "CONFIG":  # (in the order on the wire: the JSON object's keys are sorted)
+        f["params"] = {key: _param_from_json(f["params"][key]) for key in f.pop("params_order")}
     elif kind.startswith("AUTH_"):  # nonce and mac in hex
         f = {key: bytes.fromhex(value) for key, value in f.items()}
     elif kind == "SNAPSHOT_GRADIENT":

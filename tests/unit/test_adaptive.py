@@ -327,7 +327,7 @@ def test_the_network_lab_passes_the_coding_switches_to_aiodq_master(switches: di
     assert train_config(args) == config
 
 
-@pytest.mark.filterwarnings("ignore:.*has no effect:UserWarning")  # (changed_config sets every field)
+@pytest.mark.filterwarnings("ignore::aiodq.UnusedOptionWarning")  # (changed_config sets every field)
 def test_the_network_lab_passes_every_training_field_to_aiodq_master(changed_config: TrainConfig) -> None:
     """Every TrainConfig field away from its default comes back from ``aiodq master``'s options.
 
