@@ -3727,8 +3727,8 @@ def build_trial_gaps() -> None:
     limits = {"max_control_bytes": 64, "max_reason_bytes": 16}
     st = Story(
         "story-config-crossing-worker-close-completes-handshake",
-        "a CONFIG that crossed the worker's CLOSE completes the worker's handshake: a SNAPSHOT of 130 "
-        "bytes, over the 64-byte handshake frame limit, then arrives",
+        "a CONFIG that crossed the worker's CLOSE completes the worker's handshake: a SNAPSHOT whose "
+        "body of 123 bytes is over the 64-byte handshake frame limit then arrives",
         ["WF-8.1-2", "WF-10-3"],
         limits=limits,
     )
