@@ -7,6 +7,7 @@ that use them are in :mod:`aiodq.protocol.algorithms`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -203,7 +204,7 @@ class TrainConfig:
                 warnings.warn(
                     f"{name}={getattr(self, name)!r} is for {kind} {which}, not {actual!r}: it has no effect",
                     UnusedOptionWarning,
-                    stacklevel=_callers_level(),
+                    stacklevel=_callers_level(self),
                 )
 
     def unused_options(self) -> list[tuple[str, str, str, str]]:
@@ -288,20 +289,26 @@ class TrainConfig:
 #: True while :meth:`TrainConfig.from_params` builds a configuration: it warns of no unused option.
 _REBUILDING: ContextVar[bool] = ContextVar("aiodq_trainconfig_rebuilding", default=False)
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_DATACLASSES = os.path.abspath(dataclasses.__file__)
+#: The standard library's files a config passes through on its way from the user's line.
+_SKIPPED = frozenset(os.path.abspath(str(module.__file__)) for module in (dataclasses, copy))
 
 
-def _callers_level() -> int:
-    """``warnings.warn``'s stacklevel from ``__post_init__``: the first frame outside aiodq and dataclasses.
+def _callers_level(config: TrainConfig) -> int:
+    """``warnings.warn``'s stacklevel from ``__post_init__``: the user's line that made ``config``.
 
-    The user's line, whether it called ``TrainConfig(...)`` (through dataclasses' generated
-    ``__init__``) or ``dataclasses.replace``.
+    The first frame that is neither aiodq's, nor dataclasses' or copy's (``replace``; Python
+    3.13's ``copy.replace``), nor the generated ``__init__`` of the config's class or a base.
     """
+    inits = {
+        code
+        for klass in type(config).__mro__
+        if (code := getattr(vars(klass).get("__init__"), "__code__", None)) is not None
+    }
     frame, level = sys._getframe(1), 1  # __post_init__, level 1
     while frame.f_back is not None and (
-        frame.f_code.co_filename == "<string>"
+        frame.f_code in inits
         or os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE)
-        or os.path.abspath(frame.f_code.co_filename) == _DATACLASSES
+        or os.path.abspath(frame.f_code.co_filename) in _SKIPPED
     ):
         frame, level = frame.f_back, level + 1
     return level

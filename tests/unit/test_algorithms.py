@@ -169,6 +169,11 @@ def test_an_option_the_run_does_not_use_is_warned_of() -> None:
     with warnings.catch_warnings():  # (a float32 phi in CONFIG, 7-10: not the default 0.05 exactly)
         warnings.simplefilter("error")
         TrainConfig.from_params({"algorithm": "asylpg", "phi": float(np.float32(0.05))})
+    # A rebuild that fails leaves construction warning as before.
+    with pytest.raises(ValueError, match="bits"):
+        TrainConfig.from_params({"algorithm": "asylpg", "phi": 0.1, "bits": 99})
+    with pytest.warns(UnusedOptionWarning, match="phi=0.1"):
+        TrainConfig(phi=0.1)
     # Where each applies, and at the defaults, nothing is said.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
