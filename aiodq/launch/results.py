@@ -347,7 +347,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("bits master -> workers", f"{8 * totals['down']:,}"),
         ("bits workers -> master", f"{8 * totals['up']:,}"),
         ("bits total", f"{8 * totals['both']:,}"),
-        ("vector payload vs float32", f"{payload_bits / float32_bits:.4f}" if float32_bits else "-"),
+        # (Not the saving on the wire, which the bits rows give: a newcomer read this row as that.)
+        ("fixed-width codes vs float32", f"{payload_bits / float32_bits:.4f}" if float32_bits else "-"),
         ("applied updates", f"{summary['version']:,}"),
         ("staleness mean / max (tau)", f"{staleness['mean']:.2f} / {staleness['max']} ({staleness['tau']})"),
         ("dropped gradients", json.dumps(staleness["dropped"])),
