@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..config import ConnectionConfig, option
-from ..errors import UnusedOptionWarning
+from ..errors import _PACKAGE, UnusedOptionWarning
 from .objectives import Features, Objective, Regularizer, make_objective
 
 __all__ = [
@@ -288,7 +288,6 @@ class TrainConfig:
 
 #: True while :meth:`TrainConfig.from_params` builds a configuration: it warns of no unused option.
 _REBUILDING: ContextVar[bool] = ContextVar("aiodq_trainconfig_rebuilding", default=False)
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 #: The standard library's files a config passes through on its way from the user's line.
 _SKIPPED = frozenset(os.path.abspath(str(module.__file__)) for module in (dataclasses, copy))
 
@@ -305,11 +304,10 @@ def _callers_level(config: TrainConfig) -> int:
         if (code := getattr(vars(klass).get("__init__"), "__code__", None)) is not None
     }
     frame, level = sys._getframe(1), 1  # __post_init__, level 1
-    while frame.f_back is not None and (
-        frame.f_code in inits
-        or os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE)
-        or os.path.abspath(frame.f_code.co_filename) in _SKIPPED
-    ):
+    while frame.f_back is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if frame.f_code not in inits and not path.startswith(_PACKAGE + os.sep) and path not in _SKIPPED:
+            break
         frame, level = frame.f_back, level + 1
     return level
 
