@@ -1,8 +1,9 @@
 """The documentation's examples run as written and print what they say: every Python block of docs/api.md and
-docs/torch.md."""
+docs/torch.md; and docs/usage.md names every option of every command."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -102,3 +103,30 @@ def test_torch_examples_run(number: int, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not _check_outputs(result.stdout, checks), _check_outputs(result.stdout, checks)
+
+
+def _options(parser: argparse.ArgumentParser, command: str = "aiodq") -> list[tuple[str, str]]:
+    """Every ``--option`` of the parser and its subcommands', with the command that takes it."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _options(sub, f"{command} {name}")
+        else:
+            found += [(command, option) for option in action.option_strings if option.startswith("--")]
+    return found
+
+
+def test_usage_names_every_option_of_every_command() -> None:
+    """An option that docs/usage.md never names is one a user finds only in --help (two were so)."""
+    from aiodq.cli import _parser  # noqa: PLC0415
+
+    text = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8")
+    options = _options(_parser())
+    assert len({command for (command, _) in options}) >= 9  # run, master, worker, the benches, ...
+    missing = [
+        f"{command} {option}"
+        for (command, option) in options
+        if option not in ("--help", "--version") and not re.search(f"`{re.escape(option)}(?![\\w-])", text)
+    ]
+    assert not missing, missing
