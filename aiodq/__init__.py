@@ -12,7 +12,7 @@ The public API, by ring (docs/architecture.md, docs/usage.md):
 - data files and whole local clusters: :func:`load_dataset`,
   :func:`load_bundled_a9a` and :func:`run_local`, loaded on first use (they
   need the ``data`` extra, scipy), so that ``import aiodq`` costs numpy,
-  msgpack and bitarray only.
+  msgpack, bitarray and threadpoolctl only.
 """
 
 from __future__ import annotations

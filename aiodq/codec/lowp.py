@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import NonFiniteError
-from .vectors import DenseQuantized, EqualsSnapshot, RawVector, Vector, ZeroVector
+from .vectors import DenseQuantized, EqualsSnapshot, RawVector, Vector, ZeroVector, check_bits
 
 __all__ = [
     "DITHER_BITS",
@@ -54,8 +54,7 @@ _FLOAT32_SAFE = float(2.0**100)
 
 def code_range(bits: int) -> tuple[int, int]:
     """Return the smallest and largest ``bits``-bit two's complement code."""
-    if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be between 1 and 16, got {bits}")
+    check_bits(bits)
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
@@ -290,8 +289,7 @@ def quantize_with_dither(
     if not np.issubdtype(v.dtype, np.floating):
         v = v.astype(np.float64)
     check_finite(v)
-    if not 2 <= bits <= 16:
-        raise ValueError(f"bits must be between 2 and 16, got {bits}")
+    check_bits(bits, 2)
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be finite and positive, got {delta!r}")
     u = np.asarray(dither)
@@ -367,9 +365,7 @@ def quantize_gradient(
         NonFiniteError: if alpha holds NaN or infinities.
         ValueError: on bad ``bits``, or values beyond the float32 range.
     """
-    code_range(bits)  # validate bits even when the result is the zero vector
-    if bits < 2:
-        raise ValueError(f"bits must be between 2 and 16, got {bits}")
+    check_bits(bits, 2)  # even when the result is the zero vector
     alpha = np.asarray(gradient)
     if alpha.dtype.kind != "f":
         alpha = alpha.astype(np.float64)

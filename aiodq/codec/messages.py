@@ -331,6 +331,7 @@ def decode_message(frame: Frame, context: DecodeContext) -> Event:
 
     Raises:
         CodecError: with the wire error code of the first rule broken.
+        TypeError: if ``frame`` is not a :class:`Frame`.
     """
     return decode_body(frame, context).event
 
@@ -343,7 +344,10 @@ def decode_body(frame: Frame, context: DecodeContext) -> Decoded:
 
     Raises:
         CodecError: with the wire error code of the first rule broken.
+        TypeError: if ``frame`` is not a :class:`Frame` (the bytes of one: feed them to a FrameReader).
     """
+    if not isinstance(frame, Frame):  # (an API audit: bytes gave an AttributeError)
+        raise TypeError(f"decoding takes a Frame (FrameReader.next_frame()), not {type(frame).__name__}")
     try:
         message_type = MessageType(frame.type)
     except ValueError:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .lowp import _quantize_to_range, check_finite
-from .vectors import SparseQuantized, ZeroVector
+from .vectors import SparseQuantized, ZeroVector, check_bits
 
 __all__ = [
     "keep_probabilities",
@@ -253,8 +253,7 @@ def quantize_sparse(
         NonFiniteError: if alpha holds NaN or infinities.
         ValueError: on a bad budget or bit width.
     """
-    if not 2 <= bits <= 16:
-        raise ValueError(f"bits must be between 2 and 16, got {bits}")
+    check_bits(bits, 2)
     alpha = np.asarray(gradient)
     if not np.issubdtype(alpha.dtype, np.floating):
         alpha = alpha.astype(np.float64)

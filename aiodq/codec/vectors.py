@@ -28,6 +28,7 @@ __all__ = [
     "SparseQuantized",
     "Vector",
     "ZeroVector",
+    "check_bits",
     "full_precision",
     "is_float32",
     "to_wire_precision",
@@ -82,9 +83,10 @@ def _check_scale(scale: float) -> None:
         raise ValueError(f"scale must be a float32 value, got {scale!r}")
 
 
-def _check_bits(bits: int) -> None:
-    if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be between 1 and 16, got {bits}")
+def check_bits(bits: object, low: int = 1) -> None:
+    """Refuse (``ValueError``) a code width b that is not an integer from ``low`` to 16."""
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not low <= bits <= 16:
+        raise ValueError(f"bits must be between {low} and 16, got {bits}")
 
 
 def _check_codes(codes: npt.NDArray[Any], bits: int) -> None:
@@ -209,7 +211,7 @@ class DenseQuantized:
     codes: IntArray
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits)
+        check_bits(self.bits)
         _check_scale(self.scale)
         codes = np.asarray(self.codes)
         if codes.ndim != 1 or codes.shape[0] == 0 or not np.issubdtype(codes.dtype, np.integer):
@@ -267,7 +269,7 @@ class SparseQuantized:
     codes: IntArray
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits)
+        check_bits(self.bits)
         _check_scale(self.scale)
         if self.dim < 1:
             raise ValueError("a vector has at least one coordinate")

@@ -259,6 +259,8 @@ def load_records(path: Path) -> list[ModelRecord]:
     try:
         saved = checkpoint_file.load(path, what="records file")
     except CheckpointError as exc:
+        if isinstance(exc.__cause__, OSError):  # missing or unreadable: not a question of what it holds
+            raise RunError(str(exc)) from exc
         raise RunError(f"{path}: not a model records file ({exc})") from exc
     if saved.meta.get("content") != checkpoint_file.RECORDS_CONTENT or any(
         name not in saved.arrays for name in _RECORD_COLUMNS

@@ -236,8 +236,7 @@ class Master:
             if saved.meta.get("workers") != self._workers and not self.coordinator.done:
                 _log.warning(
                     "the checkpointed run had %s workers, this one %d: its shards change from here",
-                    saved.meta.get("workers"),
-                    self._workers,
+                    *(saved.meta.get("workers"), self._workers),
                 )
             self._logbook.resumed(self.coordinator)
             state, done = self.coordinator.state, self.coordinator.done  # done: its results are written again
@@ -290,12 +289,13 @@ class Master:
 
     def result(self) -> RunResult:
         """The model and the run's figures as they stand (final once trained; STOPPED once stopped before)."""
+        wall_time = round(self._before + (self._finished_at or self._now()), 6)  # (RuntimeError before start)
         assert self.coordinator is not None
         self._logbook.counts(force=True)  # what the last interval counted
         stopped = self._closing and not self.coordinator.done and self.coordinator.failure is None
         return RunResult.of(
             self.coordinator,
-            wall_time=round(self._before + (self._finished_at or self._now()), 6),
+            wall_time=wall_time,
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
@@ -392,7 +392,8 @@ class Master:
         return self._before + self._now()
 
     def _now(self) -> float:
-        assert self._loop is not None
+        if self._loop is None:
+            raise RuntimeError("the master has not started; call start() first")
         return self._loop.time() - self._started
 
     def _unadmitted(self) -> int:
@@ -507,8 +508,7 @@ class Master:
             )
 
     def _abort_writer(self, worker_id: int) -> None:
-        writer = self._writers.pop(worker_id, None)
-        if writer is not None:
+        if (writer := self._writers.pop(worker_id, None)) is not None:
             writer.transport.abort()
 
     def _check_done(self) -> None:

@@ -252,11 +252,16 @@ def _binary_labels(labels: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     """-1/+1 labels from -1/+1 or 0/1 ones."""
     values = set(_label_values(labels).tolist())
     if not (values <= {-1, 1} or values <= {0, 1}):
-        shown = sorted(values)[:6]
+        shown = ", ".join(f"{value:g}" for value in sorted(values)[:6]) + (", ..." if len(values) > 6 else "")
+        advice = (
+            "map them to -1/+1 first, as Dataset.for_model('logistic') does"
+            if len(values) == 2
+            else "use the softmax or mlp model (--model softmax or mlp)"
+        )
         raise ValueError(
             f"logistic regression needs two classes labelled -1/+1 or 0/1; the labels take "
-            f"{len(values)} values ({', '.join(map(str, shown))}{', ...' if len(values) > 6 else ''}): "
-            "use --model softmax or mlp"
+            f"{len(values)} values ({shown}): "
+            f"{advice}"
         )
     return np.where(np.asarray(labels) > 0, 1.0, -1.0)
 

@@ -298,6 +298,12 @@ def test_records_file_round_trip(tmp_path: Path) -> None:
         with pytest.raises(RunError, match="bytes by kind"):
             load_records(tmp_path / f"{name}.npz")
     np.testing.assert_array_equal(loaded[3].model, records[3].model)
+    # An API audit: a missing file read "not a model records file (... No such file or directory)".
+    with pytest.raises(RunError, match=r"^cannot read the records file .*missing.npz: No such file or dir"):
+        load_records(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("not a zip file")
+    with pytest.raises(RunError, match=r"text.npz: not a model records file \("):
+        load_records(tmp_path / "text.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(RunError):
         load_records(tmp_path / "bad.npz")

@@ -87,6 +87,10 @@ async def test_a_master_runs_one_run() -> None:
     after close() replaced the finished run's result, and a nested ``async with`` closed the outer run.
     Each is a RuntimeError now, and the first run goes on; a bad ``workers`` fails at construction."""
     master = Master(TrainConfig(epochs=1), X0, workers=1)
+    # An API audit: result() and elapsed before start() failed on a bare assertion.
+    for before_start in (master.result, lambda: master.elapsed, lambda: master.address):
+        with pytest.raises(RuntimeError, match=r"^the master (has not started|is not listening); call start"):
+            before_start()
     async with master:
         address = master.address
         with pytest.raises(RuntimeError, match=r"^this Master was started before: a Master runs one run"):

@@ -100,6 +100,11 @@ async def test_run_local_refuses_a_vector_of_another_size_before_any_worker_star
         await aiodq.run_local(config, data=A9A_HEAD, workers=2, start_from=["a"] * head_dim(), timeout=120)
     with pytest.raises(UsageError, match="start_from starts a new run; resume continues"):
         await aiodq.run_local(config, data=A9A_HEAD, start_from=np.zeros(3), checkpoint="c", resume=True)
+    # A Master reads no file (run_local does): a path said "not object values" (an API audit).
+    objective = aiodq.make_objective("logistic", np.eye(3), np.array([1.0, -1.0, 1.0]))
+    for path in (Path("model.npz"), "model.npz"):
+        with pytest.raises(TypeError, match=r"^start_from must be a vector of numbers, not a path: read the"):
+            aiodq.Master(config, objective, workers=1, start_from=path)
 
 
 class NoInitial:

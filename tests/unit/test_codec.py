@@ -108,6 +108,17 @@ def test_frame_reader_hands_out_whole_frames_only() -> None:
         assert reader.buffered == 0
 
 
+def test_decoding_the_bytes_of_a_frame_is_a_type_error_saying_what_to_do() -> None:
+    """An API audit: encode_message's bytes given to decode_message raised AttributeError."""
+    data = encode_message(Heartbeat())
+    with pytest.raises(TypeError, match=r"^decoding takes a Frame \(FrameReader.next_frame\(\)\), not bytes"):
+        decode_message(data, DecodeContext())  # type: ignore[arg-type]
+    reader = FrameReader(LIMITS)
+    reader.feed(data)
+    frame = reader.next_frame()
+    assert frame is not None and decode_message(frame, DecodeContext()) == Heartbeat()
+
+
 def test_frame_limit_checked_from_header_alone() -> None:
     """wire-format.md 3, 10: a declared length over the limit fails after the 7 header bytes alone."""
     limits = Limits(max_frame_bytes=64)

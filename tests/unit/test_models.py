@@ -273,6 +273,19 @@ def test_logistic_at_zero() -> None:
     assert model.correct(np.zeros(FEATURES)) == 0
 
 
+@pytest.mark.parametrize(
+    ("labels", "advice"),
+    [
+        ([1.0, 2.0, 1.0], r"values \(1, 2\): map them to -1/\+1 first, as Dataset.for_model\('logistic'\)"),
+        ([0.0, 1.0, 2.0], r"values \(0, 1, 2\): use the softmax or mlp model"),
+    ],
+)
+def test_logistic_refuses_other_labels_saying_what_to_do(labels: list[float], advice: str) -> None:
+    """-1/+1 and 0/1 only: two other values are mapped by Dataset.for_model, more need another model."""
+    with pytest.raises(ValueError, match=advice):
+        LogisticRegression(np.eye(3), np.asarray(labels))
+
+
 def test_logistic_extreme_margins_stay_finite() -> None:
     """Huge margins give a finite loss and gradient (log-sigmoid evaluated stably)."""
     model = LogisticRegression(np.array([[1.0], [1.0]]), np.array([1.0, -1.0]))

@@ -330,13 +330,17 @@ def test_sparse_keep_test_draws_one_high_half_per_coordinate_in_order_across_blo
     assert np.array_equal(values, 64.0 * sign[kept])
 
 
-@pytest.mark.parametrize("bits", [0, 1, 17, -2])
+@pytest.mark.parametrize("bits", [0, 1, 17, -2, 2.5])
 def test_quantize_refuses_bad_bits(bits: int) -> None:
     """algorithms.md 2: the code width b is 2 to 16."""
     with pytest.raises(ValueError):
         quantize_with_dither([0.5], 0.5, bits, [0.0])
     with pytest.raises(ValueError):
         quantize([0.5], 0.5, bits, np.random.default_rng(0))
+    # One range in the message whatever the width (an API audit: 0 said 1 to 16, then 1 said 2 to 16).
+    for vector in ([0.5], [0.0]):  # (a zero gradient too: it is refused before its zero vector)
+        with pytest.raises(ValueError, match=rf"^bits must be between 2 and 16, got {bits}$"):
+            quantize_gradient(vector, bits, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("delta", [0.0, -1.0, math.nan, math.inf, -math.inf])
