@@ -138,6 +138,10 @@ class ConnectionConfig:
     #: Send fixed-width codes byte-aligned: in the narrowest of 1, 2, 4, 8 or 16 bits that holds
     #: them (wire-format.md 5.5-5), more bytes for less CPU time.  The values are the same.
     aligned_codes: bool = False
+    #: For a receiver of a run whose GRADIENTs are dense b-bit codes, that b (0: none): a GRADIENT
+    #: that comes as a sparse vector is their sparse form, and its analytic bits are counted as its
+    #: sender counted them, the dense encoding's (algorithms.md 10).  The wire is the same either way.
+    sparse_form_bits: int = 0
     #: Shared secret for the HMAC handshake (wire-format.md 7.12-7.14), or None.  A master
     #: with a secret refuses workers that cannot prove they hold it; a worker with a secret
     #: refuses a master that cannot.
@@ -154,6 +158,11 @@ class ConnectionConfig:
             raise ValueError("heartbeat_interval must be shorter than idle_timeout")
         if self.secret is not None and len(self.secret) < 16:
             raise ValueError("the shared secret must be at least 16 bytes")
+        bits = self.sparse_form_bits
+        if isinstance(bits, bool) or not (isinstance(bits, int) and 0 <= bits <= 16):
+            raise ValueError(
+                f"sparse_form_bits must be 0 or a code width up to 16, got {self.sparse_form_bits!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -297,7 +297,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = args.start_from
         start = None if given is None else read_start(given, config, objective.dim, data=dataset)
         if master_config.connection_rate and args.launcher == "local":
-            SAID.warning("--connection-rate: every local worker connects from 127.0.0.1, one address to it")
+            message = "--connection-rate: every local worker connects from 127.0.0.1, one address to it"
+            say("run", message, level=logging.WARNING)  # (on stderr too: an audit saw it in aiodq.log only)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:

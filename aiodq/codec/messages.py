@@ -34,9 +34,9 @@ from .events import (
     Welcome,
 )
 from .frames import Frame, encode_frame
-from .payload import DecodedVector, VectorPlan, decode_vector, encode_vector, plan_vector
+from .payload import DecodedVector, VectorPlan, decode_vector, encode_vector, plan_vector, sparse_form_bits
 from .registry import ALL_ENCODINGS, ALLOWED_ENCODINGS, FLAG_RELATIVE, Encoding, MessageType
-from .vectors import RawVector, Vector
+from .vectors import RawVector, SparseQuantized, Vector
 
 __all__ = [
     "MAGIC",
@@ -324,6 +324,22 @@ class Decoded:
     payload_bits: int = 0
     #: The vector's encoding, or None for a message without a vector.
     encoding: Encoding | None = None
+
+    def counted_bits(self, dense_bits: int = 0, *, aligned: bool = False) -> int:
+        """:attr:`payload_bits`; a sparse GRADIENT's as the dense ``dense_bits``-bit vector it stands for.
+
+        A receiver of a run whose gradients are dense b-bit codes (``dense_bits`` = b; 0: none)
+        counts their sparse form as its sender did (:func:`~aiodq.codec.payload.sparse_form_bits`;
+        ``aligned``: byte-aligned codes).  Codes beyond b bits (which the master's guard refuses)
+        are counted as they came.
+        """
+        vector = getattr(self.event, "vector", None)
+        if not (dense_bits and isinstance(self.event, Gradient) and isinstance(vector, SparseQuantized)):
+            return self.payload_bits
+        top = 1 << (dense_bits - 1)  # (a sparse vector holds one code at least)
+        if int(vector.codes.min()) < -top or int(vector.codes.max()) >= top:
+            return self.payload_bits
+        return sparse_form_bits(vector, dense_bits, aligned=aligned)
 
 
 def decode_message(frame: Frame, context: DecodeContext) -> Event:

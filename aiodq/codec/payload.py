@@ -52,6 +52,7 @@ __all__ = [
     "dense_rice_choose",
     "encode_vector",
     "plan_vector",
+    "sparse_form_bits",
     "unzigzag",
     "zigzag",
 ]
@@ -278,6 +279,24 @@ def _rice_block_k0_smaller(vector: DenseQuantized, sparse_plan: VectorPlan) -> b
     assert sparse_plan.replacement is not None
     quotient_sum = int(zigzag(sparse_plan.replacement.codes).sum(dtype=np.int64))
     return 1 + (quotient_sum + vector.dim + 7) // 8 < packed_size(vector.dim, vector.bits)
+
+
+def sparse_form_bits(vector: SparseQuantized, bits: int, *, aligned: bool = False) -> int:
+    """The analytic bits :func:`plan_vector` counted for the dense b-bit vector (``bits``) sent as ``vector``.
+
+    So a receiver counts as its sender did: d b + 32 where a DENSE_RICE block of the codes is smaller
+    than b-bit codes, else d w + 32 (``aligned``: DENSE in a w-bit container; w = b: d b + 32 at once).
+    """
+    dense_bits, width = vector.dim * bits + 32, aligned_width(bits) if aligned else bits
+    limit = packed_size(vector.dim, bits)  # (5.8-4: a DENSE_RICE block must be smaller; codes within b bits)
+    k0_block = 1 + (int(zigzag(vector.codes).sum(dtype=np.int64)) + vector.dim + 7) // 8  # zeros add 0
+    if width == bits or k0_block < limit:
+        return dense_bits
+    codes = np.zeros(vector.dim, dtype=vector.codes.dtype)
+    codes[vector.indices] = vector.codes
+    values = _zigzag_narrow(codes, bits)
+    size = _dense_rice_choose(values, bits, _rice_guess(values))[1]
+    return dense_bits if size < limit else vector.dim * width + 32
 
 
 def _qsgd_bits(levels: npt.NDArray[np.integer[Any]]) -> int:

@@ -317,8 +317,13 @@ def coding_options(config: TrainConfig, base: ConnectionConfig) -> ConnectionCon
 
     Without ``entropy_coding``: fixed-width codes both ways, no DENSE_RICE sent and none
     announced (wire-format.md 6.2).  With ``aligned_codes``: fixed-width codes byte-aligned.
+    With ``sparse_gradients`` in a run whose gradients are dense codes: a GRADIENT received as a
+    sparse vector is counted as the dense vector its sender counted (``sparse_form_bits``).
     """
     if not config.entropy_coding:
         announced = (base.encodings or ALL_ENCODINGS) - {int(Encoding.DENSE_RICE)}
         base = replace(base, encodings=frozenset(announced), dense_rice=False)
-    return replace(base, aligned_codes=True) if config.aligned_codes else base
+    # The GRADIENTs of a run of dense codes that come as sparse vectors are their sparse form.
+    forms = config.sparse_gradients and config.entropy_coding and config.spec.gradient == "dense"
+    aligned = base.aligned_codes or config.aligned_codes
+    return replace(base, aligned_codes=aligned, sparse_form_bits=config.bits if forms else 0)

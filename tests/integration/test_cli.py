@@ -31,10 +31,13 @@ def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> 
     """aiodq run: one master and M worker processes; summary, result.json and the plot."""
     out = tmp_path / "out"
     result = aiodq(
-        "run", "--workers", "2", "--epochs", "3", "--bits", "4", "--out", str(out), "--no-progress"
-    )
+        "run", "--workers", "2", "--epochs", "3", "--bits", "4", "--out", str(out), "--no-progress",
+        "--connection-rate", "50",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "final training loss" in result.stdout
+    # A CLI audit: this warning reached aiodq.log only.
+    assert "aiodq run: --connection-rate: every local worker connects from 127.0.0.1" in result.stderr
     summary = json.loads((out / "result.json").read_text())
     assert summary["config"]["algorithm"] == "asylpg"
     assert summary["config"]["bits"] == 4
@@ -47,6 +50,10 @@ def test_run_trains_with_worker_processes_and_writes_results(tmp_path: Path) -> 
     assert all(set(r) >= {"loss", "accuracy", "bits", "time"} for r in trace)
     assert summary["staleness"]["histogram"], "the delay distribution is reported"
     assert summary["traffic"]["total_bytes"]["both"] > trace[-1]["bytes"] > trace[1]["bytes"] > 0
+    # Every GRADIENT's analytic bits are d b + 32 = 123 * 4 + 32 (0 for a ZERO one), also those that came
+    # in their sparse form (a CLI audit: the master counted those at their sparse size).
+    up = summary["traffic"]["payload_bits"]["up"]["GRADIENT"]
+    assert up % 524 == 0 and up // 524 > summary["version"] // 2, up
     assert (out / "loss_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
