@@ -34,6 +34,7 @@ from .events import (
     Welcome,
 )
 from .frames import Frame, encode_frame
+from .packing import aligned_width
 from .payload import DecodedVector, VectorPlan, decode_vector, encode_vector, plan_vector, sparse_form_bits
 from .registry import ALL_ENCODINGS, ALLOWED_ENCODINGS, FLAG_RELATIVE, Encoding, MessageType
 from .vectors import RawVector, SparseQuantized, Vector
@@ -336,8 +337,9 @@ class Decoded:
         vector = getattr(self.event, "vector", None)
         if not (dense_bits and isinstance(self.event, Gradient) and isinstance(vector, SparseQuantized)):
             return self.payload_bits
-        top = 1 << (dense_bits - 1)  # (a sparse vector holds one code at least)
-        if int(vector.codes.min()) < -top or int(vector.codes.max()) >= top:
+        top = 1 << (dense_bits - 1)  # (codes in a wider container only: else d b + 32 whatever they are)
+        wider = aligned and aligned_width(dense_bits) != dense_bits
+        if wider and (int(vector.codes.min()) < -top or int(vector.codes.max()) >= top):
             return self.payload_bits
         return sparse_form_bits(vector, dense_bits, aligned=aligned)
 

@@ -282,15 +282,15 @@ def _rice_block_k0_smaller(vector: DenseQuantized, sparse_plan: VectorPlan) -> b
 
 
 def sparse_form_bits(vector: SparseQuantized, bits: int, *, aligned: bool = False) -> int:
-    """The analytic bits :func:`plan_vector` counted for the dense b-bit vector (``bits``) sent as ``vector``.
+    """What :func:`plan_vector` counted for the dense ``bits``-bit vector sent as ``vector``, its sparse form.
 
-    So a receiver counts as its sender did: d b + 32 where a DENSE_RICE block of the codes is smaller
-    than b-bit codes, else d w + 32 (``aligned``: DENSE in a w-bit container; w = b: d b + 32 at once).
+    d b + 32 where a DENSE_RICE block of its codes is smaller than b-bit codes, else d w + 32 (``aligned``).
     """
     dense_bits, width = vector.dim * bits + 32, aligned_width(bits) if aligned else bits
-    limit = packed_size(vector.dim, bits)  # (5.8-4: a DENSE_RICE block must be smaller; codes within b bits)
-    k0_block = 1 + (int(zigzag(vector.codes).sum(dtype=np.int64)) + vector.dim + 7) // 8  # zeros add 0
-    if width == bits or k0_block < limit:
+    if width == bits:  # DENSE and DENSE_RICE alike: d b + 32
+        return dense_bits
+    limit, quotients = packed_size(vector.dim, bits), int(zigzag(vector.codes).sum(dtype=np.int64))
+    if 1 + (quotients + vector.dim + 7) // 8 < limit:  # the k = 0 block is smaller (5.8-4): so is the best
         return dense_bits
     codes = np.zeros(vector.dim, dtype=vector.codes.dtype)
     codes[vector.indices] = vector.codes

@@ -307,3 +307,22 @@ def test_sparse_form_bits_is_a_code_width_or_none(bad: object) -> None:
     assert ConnectionConfig(sparse_form_bits=16).sparse_form_bits == 16
     with pytest.raises(ValueError, match="sparse_form_bits must be 0 or a code width up to 16"):
         ConnectionConfig(sparse_form_bits=bad)  # type: ignore[arg-type]
+
+
+def test_a_received_sparse_gradient_is_counted_as_its_dense_vector_unless_its_codes_cannot_be() -> None:
+    """Decoded.counted_bits: d b + 32 for a b-bit run's sparse form; as it came for a Sparse-AsyLPG
+    run (0) or, in a wider container, for codes beyond b bits (the guard refuses those)."""
+    from aiodq.codec.messages import Decoded  # noqa: PLC0415
+
+    vector = SparseQuantized(dim=300, bits=8, scale=0.5, indices=np.array([3, 9]), codes=np.array([1, -2]))
+    decoded = Decoded(Gradient(epoch=1, version=1, vector=vector), payload_bits=77)
+    assert decoded.counted_bits(0) == 77
+    assert decoded.counted_bits(4) == decoded.counted_bits(4, aligned=True) == 300 * 4 + 32
+    assert decoded.counted_bits(5, aligned=True) == 300 * 5 + 32  # the k = 0 block beats 5-bit codes
+    wide = SparseQuantized(dim=300, bits=8, scale=0.5, indices=np.array([3, 9]), codes=np.array([1, 100]))
+    assert (
+        Decoded(Gradient(epoch=1, version=1, vector=wide), payload_bits=77).counted_bits(5, aligned=True)
+        == 77
+    )
+    model = Decoded(ModelMessage(epoch=1, version=1, vector=vector), payload_bits=77)
+    assert model.counted_bits(4) == 77  # MODELs never take the form
