@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -159,10 +160,12 @@ class ConnectionConfig:
         if self.secret is not None and len(self.secret) < 16:
             raise ValueError("the shared secret must be at least 16 bytes")
         bits = self.sparse_form_bits
-        if isinstance(bits, bool) or not (isinstance(bits, int) and 0 <= bits <= 16):
-            raise ValueError(
-                f"sparse_form_bits must be 0 or a code width up to 16, got {self.sparse_form_bits!r}"
-            )
+        if (
+            isinstance(bits, bool)
+            or not isinstance(bits, numbers.Integral)
+            or not (bits == 0 or 2 <= bits <= 16)
+        ):
+            raise ValueError(f"sparse_form_bits must be 0 or a run's code width b, 2 to 16, got {bits}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -402,9 +402,8 @@ def _quantize_to_range(
     values: npt.NDArray[Any], largest: float, bits: int, rng: np.random.Generator, *, bounded: bool
 ) -> tuple[float, npt.NDArray[Any]]:
     """:func:`quantize_to_range`; ``bounded`` promises ``largest >= max|values|`` (:func:`_needs_clip`)."""
+    check_bits(bits, 2)
     _, top = code_range(bits)
-    if bits < 2:
-        raise ValueError(f"bits must be between 2 and 16, got {bits}")
     delta = float32_at_least(largest / top)
     if delta == 0.0:
         delta = float(np.nextafter(np.float32(0), np.float32(1)))

@@ -326,22 +326,27 @@ class Decoded:
     #: The vector's encoding, or None for a message without a vector.
     encoding: Encoding | None = None
 
-    def counted_bits(self, dense_bits: int = 0, *, aligned: bool = False) -> int:
+    def counted_bits(self, dense_bits: int = 0) -> int:
         """:attr:`payload_bits`; a sparse GRADIENT's as the dense ``dense_bits``-bit vector it stands for.
 
         A receiver of a run whose gradients are dense b-bit codes (``dense_bits`` = b; 0: none)
-        counts their sparse form as its sender did (:func:`~aiodq.codec.payload.sparse_form_bits`;
-        ``aligned``: byte-aligned codes).  Codes beyond b bits (which the master's guard refuses)
-        are counted as they came.
+        counts their sparse form as its sender did (:func:`~aiodq.codec.payload.sparse_form_bits`).
+        The form's width tells how the sender packed it: b, or its byte-aligned container.  A
+        sparse vector of another width, or with codes beyond b bits, is none (the master's guard
+        refuses it): it is counted as it came.
         """
         vector = getattr(self.event, "vector", None)
         if not (dense_bits and isinstance(self.event, Gradient) and isinstance(vector, SparseQuantized)):
             return self.payload_bits
-        top = 1 << (dense_bits - 1)  # (codes in a wider container only: else d b + 32 whatever they are)
-        wider = aligned and aligned_width(dense_bits) != dense_bits
-        if wider and (int(vector.codes.min()) < -top or int(vector.codes.max()) >= top):
+        if vector.bits == dense_bits:  # (its codes are b-bit codes)
+            return sparse_form_bits(vector, dense_bits)
+        top = 1 << (dense_bits - 1)  # (a sparse vector holds one code at least)
+        if (
+            vector.bits != aligned_width(dense_bits)
+            or not -top <= int(vector.codes.min()) <= int(vector.codes.max()) < top
+        ):
             return self.payload_bits
-        return sparse_form_bits(vector, dense_bits, aligned=aligned)
+        return sparse_form_bits(vector, dense_bits, aligned=True)
 
 
 def decode_message(frame: Frame, context: DecodeContext) -> Event:

@@ -289,13 +289,11 @@ def sparse_form_bits(vector: SparseQuantized, bits: int, *, aligned: bool = Fals
     dense_bits, width = vector.dim * bits + 32, aligned_width(bits) if aligned else bits
     if width == bits:  # DENSE and DENSE_RICE alike: d b + 32
         return dense_bits
-    limit, quotients = packed_size(vector.dim, bits), int(zigzag(vector.codes).sum(dtype=np.int64))
-    if 1 + (quotients + vector.dim + 7) // 8 < limit:  # the k = 0 block is smaller (5.8-4): so is the best
+    limit, values = packed_size(vector.dim, bits), zigzag(vector.codes).astype(np.int64)
+    if 1 + (int(values.sum()) + vector.dim + 7) // 8 < limit:  # the k = 0 block is smaller: so is the best
         return dense_bits
-    codes = np.zeros(vector.dim, dtype=vector.codes.dtype)
-    codes[vector.indices] = vector.codes
-    values = _zigzag_narrow(codes, bits)
-    size = _dense_rice_choose(values, bits, _rice_guess(values))[1]
+    # (The dense codes' zeros add nothing to a quotient sum: the search needs the nonzero codes only.)
+    size = smallest_rice_block(vector.dim, bits - 1, lambda k: int((values >> k).sum()))[1]
     return dense_bits if size < limit else vector.dim * width + 32
 
 

@@ -291,7 +291,7 @@ class Connection(SessionRules):
             self.last_received_encoding = decoded.encoding
         if decoded.payload_bits:
             name = message_type.name
-            bits = decoded.counted_bits(self._config.sparse_form_bits, aligned=self._aligned_codes)
+            bits = decoded.counted_bits(self._config.sparse_form_bits)
             self.payload_bits_received[name] = self.payload_bits_received.get(name, 0) + bits
         if message_type in AUTH_MESSAGES or (
             isinstance(event, Hello | Welcome) and self._config.secret is not None

@@ -252,16 +252,18 @@ def _binary_labels(labels: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     """-1/+1 labels from -1/+1 or 0/1 ones."""
     values = set(_label_values(labels).tolist())
     if not (values <= {-1, 1} or values <= {0, 1}):
-        shown = ", ".join(f"{value:g}" for value in sorted(values)[:6]) + (", ..." if len(values) > 6 else "")
+        shown = ", ".join(f"{value:.15g}" for value in sorted(values)[:6]) + (
+            ", ..." if len(values) > 6 else ""
+        )
         advice = (
             "map them to -1/+1 first, as Dataset.for_model('logistic') does"
-            if len(values) == 2
+            if len(values) <= 2
             else "use the softmax or mlp model (--model softmax or mlp)"
         )
+        counted = "1 value" if len(values) == 1 else f"{len(values)} values"
         raise ValueError(
-            f"logistic regression needs two classes labelled -1/+1 or 0/1; the labels take "
-            f"{len(values)} values ({shown}): "
-            f"{advice}"
+            "logistic regression needs two classes labelled -1/+1 or 0/1; "
+            f"the labels take {counted} ({shown}): {advice}"
         )
     return np.where(np.asarray(labels) > 0, 1.0, -1.0)
 

@@ -278,6 +278,8 @@ def test_logistic_at_zero() -> None:
     [
         ([1.0, 2.0, 1.0], r"values \(1, 2\): map them to -1/\+1 first, as Dataset.for_model\('logistic'\)"),
         ([0.0, 1.0, 2.0], r"values \(0, 1, 2\): use the softmax or mlp model"),
+        ([1e6, 1e6 + 1, 1e6], r"values \(1000000, 1000001\): map them"),  # (not 1e+06 twice: a review)
+        ([2.0, 2.0, 2.0], r"take 1 value \(2\): map them to -1/\+1 first"),
     ],
 )
 def test_logistic_refuses_other_labels_saying_what_to_do(labels: list[float], advice: str) -> None:

@@ -299,30 +299,63 @@ def test_a_run_with_sparse_gradients_trains_the_same_model_in_fewer_bytes(bits: 
     assert not before["errors"] and not after["errors"]
 
 
-@pytest.mark.parametrize("bad", [-1, 17, 4.0, True])
+@pytest.mark.parametrize("bad", [-1, 1, 17, 4.0, True])
 def test_sparse_form_bits_is_a_code_width_or_none(bad: object) -> None:
-    """ConnectionConfig.sparse_form_bits: 0, or the run's b (1 to 16)."""
+    """ConnectionConfig.sparse_form_bits: 0, or the run's b (2 to 16; a numpy integer too)."""
     from aiodq.config import ConnectionConfig  # noqa: PLC0415
 
     assert ConnectionConfig(sparse_form_bits=16).sparse_form_bits == 16
-    with pytest.raises(ValueError, match="sparse_form_bits must be 0 or a code width up to 16"):
+    assert ConnectionConfig(sparse_form_bits=np.int64(4)).sparse_form_bits == 4  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"sparse_form_bits must be 0 or a run's code width b, 2 to 16, got"):
         ConnectionConfig(sparse_form_bits=bad)  # type: ignore[arg-type]
 
 
-def test_a_received_sparse_gradient_is_counted_as_its_dense_vector_unless_its_codes_cannot_be() -> None:
-    """Decoded.counted_bits: d b + 32 for a b-bit run's sparse form; as it came for a Sparse-AsyLPG
-    run (0) or, in a wider container, for codes beyond b bits (the guard refuses those)."""
+def test_a_received_sparse_gradient_is_counted_as_its_dense_vector_unless_it_cannot_be_one() -> None:
+    """Decoded.counted_bits, by hand: the form's width says how its sender packed it (b, or w > b)."""
     from aiodq.codec.messages import Decoded  # noqa: PLC0415
 
+    def counted(vector: SparseQuantized, b: int) -> int:
+        return Decoded(Gradient(epoch=1, version=1, vector=vector), payload_bits=77).counted_bits(b)
+
     vector = SparseQuantized(dim=300, bits=8, scale=0.5, indices=np.array([3, 9]), codes=np.array([1, -2]))
-    decoded = Decoded(Gradient(epoch=1, version=1, vector=vector), payload_bits=77)
-    assert decoded.counted_bits(0) == 77
-    assert decoded.counted_bits(4) == decoded.counted_bits(4, aligned=True) == 300 * 4 + 32
-    assert decoded.counted_bits(5, aligned=True) == 300 * 5 + 32  # the k = 0 block beats 5-bit codes
+    assert counted(vector, 0) == 77  # a Sparse-AsyLPG run's own sparse gradients
+    assert counted(vector, 8) == 300 * 8 + 32  # b-bit codes: DENSE and DENSE_RICE both count d b + 32
+    # 5- and 7-bit codes in their 8-bit container: the k = 0 block, 1 + ceil((2 + 3 + 300) / 8) = 40 bytes,
+    # is smaller than 300 codes of 5 or 7 bits (188, 263 bytes): the sender counted d b + 32.
+    assert counted(vector, 5) == 300 * 5 + 32 and counted(vector, 7) == 300 * 7 + 32
+    assert counted(vector, 4) == 77  # 8-bit codes are not a 4-bit run's (whose container is 4 bits)
     wide = SparseQuantized(dim=300, bits=8, scale=0.5, indices=np.array([3, 9]), codes=np.array([1, 100]))
-    assert (
-        Decoded(Gradient(epoch=1, version=1, vector=wide), payload_bits=77).counted_bits(5, aligned=True)
-        == 77
-    )
+    assert counted(wide, 5) == 77  # 100 is no 5-bit code
+    # d = 5, five codes 63 (zigzagged 126) in 7 bits: 5 bytes; the best Rice block, k = 6, takes
+    # 1 + ceil(30 / 8) + ceil((5 + 5) / 8) = 7: DENSE was the dense choice, d w + 32 = 5 * 8 + 32.
+    full = SparseQuantized(dim=5, bits=8, scale=0.5, indices=np.arange(5), codes=np.full(5, 63))
+    assert counted(full, 7) == 72
     model = Decoded(ModelMessage(epoch=1, version=1, vector=vector), payload_bits=77)
-    assert model.counted_bits(4) == 77  # MODELs never take the form
+    assert model.counted_bits(8) == 77  # MODELs never take the form
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"algorithm": "asylpg", "bits": 4},
+        {"algorithm": "asylpg", "bits": 7, "aligned_codes": True},
+        {"algorithm": "acc-asylpg", "bits": 5, "aligned_codes": True},
+        {"algorithm": "asylpg", "bits": 4, "adaptive_coding": True},
+        {"algorithm": "asylpg", "bits": 4, "entropy_coding": False},
+        {"algorithm": "sparse-asylpg", "bits": 4},
+        {"algorithm": "sparse-asylpg", "bits": 5, "aligned_codes": True},
+        {"algorithm": "qsvrg"},
+    ],
+)
+def test_the_master_counts_the_bits_each_worker_counted(options: dict[str, object]) -> None:
+    """Every vector message's analytic bits, as the workers counted them sending and the master receiving
+    (a review: a rule that took every sparse gradient for a form counted Sparse-AsyLPG's 6x too high)."""
+    from aiodq.protocol.simulate import build_cluster, deliver  # noqa: PLC0415
+
+    config = TrainConfig(epochs=2, updates_per_epoch=100, **options)  # type: ignore[arg-type]
+    coordinator, sessions = build_cluster(config, load_bundled_a9a(), 3)
+    deliver(coordinator, sessions)
+    received = coordinator.traffic().payload_bits
+    for kind in ("GRADIENT", "SNAPSHOT_GRADIENT"):
+        sent = sum(session.connection.payload_bits_sent.get(kind, 0) for session in sessions)
+        assert sent == received[("up", kind)] > 0, kind
