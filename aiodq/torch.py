@@ -217,6 +217,7 @@ class TorchObjective:
             if p is not None
         }
         self._owners = [owners[id(param)] for param in params]
+        self._frozen = [p for p in module.parameters() if not p.requires_grad]  # (they must stay so)
         self._grad_views: list[torch.Tensor] = []
         self._pointers: list[int] = []
         offset = 0
@@ -352,6 +353,11 @@ class TorchObjective:
                     f"the module's parameter {qualified} changed after the TorchObjective was built (a new "
                     "Parameter assigned, or it was frozen): build a new TorchObjective"
                 )
+        if any(param.requires_grad for param in self._frozen):  # (an audit: its gradient piled up outside x)
+            raise RuntimeError(
+                "a parameter frozen when the TorchObjective was built requires grad now (unfrozen): its "
+                "gradient would not be in x; build a new TorchObjective"
+            )
         values = x if isinstance(x, np.ndarray) else np.asarray(x)
         if values.shape != (self.dim,):
             raise ValueError(f"x must be a vector of {self.dim} values, got shape {values.shape}")

@@ -156,7 +156,8 @@ def test_scores(
     labels as training mapped its own: a test set of one class is then scored as that class.
 
     The loss is the data term's mean ``(1/n) sum f_i`` (no regulariser); the accuracy needs
-    the objective's optional ``correct`` (None without it).
+    the objective's optional ``correct`` (None without it, or where ``measures_accuracy`` is
+    False, as for a regression: an audit saw a test accuracy of 0.0000 beside "measures none").
 
     Raises:
         UsageError: if the objective on the test set has another dimension than the model.
@@ -168,6 +169,8 @@ def test_scores(
         )
     loss, _ = objective.loss_grad(model)
     correct = getattr(objective, "correct", None)
+    if not getattr(objective, "measures_accuracy", True):
+        correct = None
     return {
         "test_set": test.name,
         "test_samples": test.samples,

@@ -569,3 +569,34 @@ def test_import_root_is_the_folder_a_user_model_was_imported_from(
         assert import_root(f"{name}:X") == str(tmp_path.resolve()), name
     assert import_root("logistic") is None
     assert import_root("never_imported_x:X") is None
+
+
+def test_a_model_that_measures_no_accuracy_has_no_test_accuracy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A regression (measures_accuracy False) got 'test accuracy 0.0000' beside 'measures none' (an audit)."""
+    from aiodq.launch.models import test_scores  # noqa: PLC0415
+    from aiodq.protocol.dataset import Dataset  # noqa: PLC0415
+    from aiodq.protocol.trainconfig import TrainConfig  # noqa: PLC0415
+
+    (tmp_path / "regression_model.py").write_text(
+        "import numpy as np\n"
+        "class Squares:\n"
+        "    measures_accuracy = False\n"
+        "    def __init__(self, features, labels):\n"
+        "        self.features, self.labels = np.asarray(features), np.asarray(labels, dtype=float)\n"
+        "        self.dim, self.samples = self.features.shape[1], self.features.shape[0]\n"
+        "    def initial(self, rng):\n"
+        "        return np.zeros(self.dim)\n"
+        "    def loss_grad(self, x, rows=None):\n"
+        "        rows = np.arange(self.samples) if rows is None else rows\n"
+        "        r = self.features[rows] @ x - self.labels[rows]\n"
+        "        return 0.5 * float(r @ r), self.features[rows].T @ r\n"
+        "    def correct(self, x):\n"
+        "        return 0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    features = np.eye(3)
+    test = Dataset(features, np.array([1.0, 2.0, 3.0]), "test")
+    scores = test_scores(TrainConfig(model="regression_model:Squares"), test, np.zeros(3))
+    assert scores["test_accuracy"] is None and scores["test_loss"] == pytest.approx((1 + 4 + 9) / 2 / 3)

@@ -421,6 +421,17 @@ def test_bad_inputs_raise_clear_errors() -> None:
                 RuntimeError, match=r"^the module's parameter 0\.weight changed after the Torch"
             ):
                 use(np.zeros(objective.dim))
+    # An audit: a parameter unfrozen after the objective was built took gradients outside x, silently.
+    net = _network()
+    net[0].weight.requires_grad_(False)
+    objective = TorchObjective(net, loss, features, labels)
+    objective.loss_grad(np.zeros(objective.dim))
+    net[0].weight.requires_grad_(True)
+    for use in (objective.loss_grad, objective.correct, objective.write_parameters):
+        with pytest.raises(
+            RuntimeError, match=r"^a parameter frozen when the TorchObjective was built requires"
+        ):
+            use(np.zeros(objective.dim))
 
 
 def test_a_loss_that_is_not_a_sum_over_the_samples_is_refused() -> None:
