@@ -26,7 +26,7 @@ from ..errors import CheckpointError, RunError, UsageError, raised_at
 from ..net import checkpoint as checkpoint_file
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, class_count, labels_for, other_data
-from ..protocol.objectives import BUILT_IN, Objective, check_objective
+from ..protocol.objectives import BUILT_IN, Objective, check_objective, measures_accuracy
 from ..protocol.start import check_start, starting_point
 from .results import load_model
 
@@ -168,9 +168,7 @@ def test_scores(
             f"the test set {test.name} gives {objective.dim} parameters, the model has {model.shape[0]}"
         )
     loss, _ = objective.loss_grad(model)
-    correct = getattr(objective, "correct", None)
-    if not getattr(objective, "measures_accuracy", True):
-        correct = None
+    correct = getattr(objective, "correct", None) if measures_accuracy(objective) else None
     return {
         "test_set": test.name,
         "test_samples": test.samples,

@@ -37,7 +37,7 @@ from ..protocol.admission import ConnectionRate
 from ..protocol.algorithms import TrainConfig
 from ..protocol.coordinator import Coordinator
 from ..protocol.members import check_workers
-from ..protocol.objectives import Objective, fixed_fingerprint
+from ..protocol.objectives import Objective, fixed_fingerprint, measures_accuracy
 from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
@@ -136,8 +136,7 @@ class Master:
         self.resumed_finished = False
         self._blas_threads, self._record_every, self._samples = blas_threads, record_every, samples
         # Whether the trace's accuracy means anything (a torch regression has correct(), counting nothing).
-        counts = bool(getattr(model, "measures_accuracy", hasattr(model, "correct")))
-        self._accuracy: bool | None = counts if hasattr(model, "loss_grad") else None
+        self._accuracy = measures_accuracy(model) if hasattr(model, "loss_grad") else None
         # A worker whose unsent bytes exceed four of its session's frames is cut off (_flush).
         self._write_limit = 4 * self._connection_config.limits.session_frame_bytes(x0.shape[0])
         self._blas_limit: threadpool_limits | None = None

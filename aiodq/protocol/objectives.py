@@ -45,6 +45,7 @@ __all__ = [
     "difference_method",
     "fixed_fingerprint",
     "make_objective",
+    "measures_accuracy",
     "objective_name",
 ]
 
@@ -160,6 +161,15 @@ def objective_name(objective: object) -> str | None:
     """The objective's ``name`` attribute, if it has one (a str)."""
     name = getattr(objective, "name", None)
     return name if isinstance(name, str) else None
+
+
+def measures_accuracy(objective: object) -> bool:
+    """Whether ``objective``'s ``correct`` counts anything.
+
+    Its ``measures_accuracy`` if it says (a torch regression has ``correct``, counting nothing), else
+    whether it has ``correct``.
+    """
+    return bool(getattr(objective, "measures_accuracy", hasattr(objective, "correct")))
 
 
 def fixed_fingerprint(objective: object) -> str | None:

@@ -177,12 +177,12 @@ def check_start(values: object, name: str = "x_0") -> npt.NDArray[np.float64]:
         TypeError: if ``values`` are not numbers (floats or integers: not complex, bool, text...).
         ValueError: if they are not such a vector (the text says how).
     """
+    if isinstance(values, str | os.PathLike):  # (an API audit: "not <U9 values", "not object values")
+        raise TypeError(f"{name} must be a vector of numbers, not a path: read the file (aiodq.load_model)")
     try:
         given = np.asarray(values)
     except (TypeError, ValueError) as exc:  # (ragged nested lists, say)
         raise TypeError(f"{name} must be a vector of numbers, not {type(values).__name__}") from exc
-    if isinstance(values, str | os.PathLike):  # (an API audit: "not <U9 values", "not object values")
-        raise TypeError(f"{name} must be a vector of numbers, not a path: read the file (aiodq.load_model)")
     if given.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a vector of numbers (floats or integers), not {given.dtype} values")
     x0 = given.astype(np.float64, copy=False)
