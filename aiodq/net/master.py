@@ -42,8 +42,7 @@ from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
 from .listener import Listener
-from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance, standing
-from .tls import reporting_ssl_objects
+from .logbook import RATE_REFUSAL, Logbook, peer_name, printable, provenance, standing
 
 __all__ = ["Master", "printable", "provenance"]
 
@@ -90,8 +89,7 @@ class Master:
             master_config: the guard, the snapshot deadline and the admission limit.
             samples: n, the samples of the whole dataset, if known (workers' reports are checked
                 against the shard sizes); an objective's ``samples`` by default.
-            ssl: a server-side TLS context (with client-certificate checks for mutual TLS).  Its
-                ``sslobject_class`` is wrapped, so that failed handshakes are counted and logged.
+            ssl: a server-side TLS context (with client-certificate checks for mutual TLS).
             checkpoint: a file to checkpoint the whole state into, atomically (written once at
                 :meth:`start`, so a path that cannot be written fails there).  The master holds
                 a lock on it from :meth:`start` to :meth:`close` (:func:`checkpoint.lock`).
@@ -145,7 +143,6 @@ class Master:
         self._host = host
         self._port = port
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._listener = Listener()
         self._address: tuple[str, int] | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[None]] = set()
@@ -157,6 +154,7 @@ class Master:
         self._accepted = 0
         self._rate = ConnectionRate(self.master_config.connection_rate, 2 * workers + 16)
         self._logbook = Logbook(self._now, accuracy=self._accuracy is not False)
+        self._listener = Listener(admit=self._admit, refused=self._logbook.refuse)
         self._started = 0.0
         self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None
@@ -192,13 +190,10 @@ class Master:
                 self._lock = checkpoint_file.lock(self._checkpoint)
                 self._open_checkpoint(self._checkpoint)
             self._provenance = provenance() | ({"start_from": self._start} if self._start else {})
-            # TLS is the loop's own (uvloop's start_tls on an accepted stream could stall a handshake);
-            # the loop does not report a failed handshake: the SSL objects do (tls.reporting_ssl_objects).
-            tls: dict[str, Any] = {}
-            if self._ssl is not None:
-                self._ssl.sslobject_class = reporting_ssl_objects(self._ssl.sslobject_class, self._tls_failed)
-                tls = {"ssl": self._ssl, "ssl_handshake_timeout": self._connection_config.handshake_timeout}
-            await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, **tls)
+            # TLS is the loop's own (uvloop's start_tls on an accepted stream could stall a handshake),
+            # after _admit has let the connection in (net/listener.py).
+            tls = None if self._ssl is None else (self._ssl, self._connection_config.handshake_timeout)
+            await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, tls=tls)
             host, port = self._listener.sockets[0].getsockname()[:2]
             self._address = (str(host), int(port))
             if self._blas_threads is not None:  # only once listening: a start that fails leaves it as it was
@@ -395,23 +390,26 @@ class Master:
             raise RuntimeError("the master has not started; call start() first")
         return self._loop.time() - self._started
 
-    def _unadmitted(self) -> int:
-        """Connections being served that are not (or no longer) members of the run."""
+    def _admit(self, peer: str | None) -> bool:
+        """Whether to serve a connection just accepted from ``peer``, before any TLS handshake."""
         assert self.coordinator is not None
-        return len(self._handlers) - self.coordinator.live_workers
+        self._accepted += 1
+        # Not (or no longer) members of the run: those served, and those in their TLS handshake.
+        unadmitted = self._listener.unserved + len(self._handlers) - self.coordinator.live_workers
+        why = "the run is over" if self._closing or self.coordinator.done else None
+        if why is None and unadmitted >= self.master_config.max_unauthenticated:
+            why = "too many connections in their handshake"
+        elif why is None and not self._rate.admit(peer, self._now()):
+            why = RATE_REFUSAL
+        if why is not None:
+            self._logbook.refuse(why, peer)
+        return why is None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None and self.coordinator is not None
-        self._accepted += 1
-        if self._closing or self.coordinator.done:
+        if self._closing or self.coordinator.done:  # (admitted before it ended)
             self._refuse(writer, "the run is over")
-            return
-        if self._unadmitted() >= self.master_config.max_unauthenticated:
-            self._refuse(writer, "too many connections in their handshake")
-            return
-        if not self._rate.admit(peer_host(writer), self._now()):
-            self._refuse(writer, RATE_REFUSAL, peer_host(writer))
             return
         self._handlers.add(task)
         try:
@@ -426,9 +424,6 @@ class Master:
         finally:
             self._handlers.discard(task)
             self._check_done()
-
-    def _tls_failed(self, exc: ssl_module.SSLError) -> None:
-        self._logbook.refuse(f"TLS handshake failed ({exc.reason or type(exc).__name__})")
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str, peer: str | None = None) -> None:
         writer.transport.abort()

@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["client_context", "reporting_ssl_objects", "server_context"]
+__all__ = ["client_context", "server_context"]
 
 _T = TypeVar("_T")
 
@@ -62,25 +62,3 @@ def _load(step: Callable[[], _T], **files: str | None) -> _T:
     except (OSError, ssl.SSLError) as exc:
         which = " and ".join(f"{role} {path}" for role, path in named.items())
         raise ValueError(f"cannot load the TLS {which}: {exc}") from exc
-
-
-def reporting_ssl_objects(
-    base: type[ssl.SSLObject], report: Callable[[ssl.SSLError], None]
-) -> type[ssl.SSLObject]:
-    """``base`` (the context's SSL object class), reporting a failed handshake to ``report``."""
-    if getattr(base, "_aiodq_reporting", False):
-        base = base.__mro__[1]  # a context used by an earlier Master: report to this one
-
-    class Reporting(base):  # type: ignore[valid-type, misc]
-        _aiodq_reporting = True
-
-        def do_handshake(self) -> None:
-            try:
-                super().do_handshake()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                raise
-            except ssl.SSLError as exc:
-                report(exc)
-                raise
-
-    return Reporting

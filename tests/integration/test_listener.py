@@ -8,9 +8,15 @@ its end then.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+import trustme
 
 from aiodq.net.listener import Listener
 
@@ -97,28 +103,29 @@ async def test_a_connection_being_closed_delivers_what_it_was_sent() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_close_still_stops_the_server() -> None:
-    """``close`` cancelled while the server stops: the server closes anyway; ``close`` can be called again."""
+async def test_a_cancelled_close_has_stopped_accepting_and_can_be_called_again() -> None:
+    """``close`` cancelled while it waits for a connection to be lost: the listening socket is closed
+    already (a new connection is refused), and a second ``close`` ends the connection."""
+    started = asyncio.Event()
 
-    async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
+    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started.set()
+        await reader.read()
 
-    listener, address = await _listener(nothing)
-    closing = asyncio.create_task(listener.close())
-    # Until the close has begun to stop the server and waits for it: a loop iteration at a time,
-    # since the stop takes two.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while listener._stopping is None:
-        assert loop.time() < deadline, "the close did not begin to stop the server within 10 s"
-        await asyncio.sleep(0)
-    assert not listener._stopping.done()
-    closing.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await closing
-    await listener.close()
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(address, timeout=5.0).close()
+    listener, address = await _listener(waits)
+    with socket.create_connection(address) as client:
+        await asyncio.wait_for(started.wait(), 10)
+        closing = asyncio.create_task(listener.close())
+        await asyncio.sleep(0)  # (the close has begun: it waits for the aborted connection's loss)
+        assert not closing.done()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert not listener.sockets
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5.0).close()
+        await listener.close()
+        assert _ends(client) == b""
 
 
 @pytest.mark.asyncio
@@ -172,3 +179,171 @@ async def test_a_peer_that_never_reads_loses_its_connection_at_the_timeout_or_ov
     assert kept not in listener._open
     for client in (first, second, third, fourth):
         client.close()
+
+
+# -- admission and TLS handshakes (the listener's own accept loop) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls() -> dict[str, ssl.SSLContext]:
+    """A server context for 127.0.0.1, a client that trusts it and one that does not."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client, stranger = ssl.create_default_context(), ssl.create_default_context()
+    ca.configure_trust(client)
+    trustme.CA().configure_trust(stranger)
+    return {"server": server, "client": client, "stranger": stranger}
+
+
+def _on(loop: str, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run ``scenario`` on asyncio's loop or on uvloop (the CLI's)."""
+    factory = None
+    if loop == "uvloop":
+        factory = pytest.importorskip(
+            "uvloop", reason="uvloop is not installed on this platform"
+        ).new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Until ``condition()`` holds, a loop iteration at a time (a failure after ``timeout`` seconds)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0)
+    assert condition(), what
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_tls_handshake_counts_as_unserved_until_it_ends(loop: str, tls: dict[str, ssl.SSLContext]) -> None:
+    """A connection in its TLS handshake is counted in ``unserved`` from its accept (the master's bound on
+    connections not yet in the run covers it); one that times out, or fails on this side (a plain-text
+    peer), is reported; a client that gives up the handshake itself is not; a good one is served."""
+
+    async def scenario() -> None:
+        refused: list[tuple[str, str | None]] = []
+        served = asyncio.Event()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            served.set()
+            writer.close()
+
+        listener = Listener(refused=lambda why, peer: refused.append((why, peer)))
+        await listener.start(handler, "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 0.5))
+        address = listener.sockets[0].getsockname()[:2]
+        loop_ = asyncio.get_running_loop()
+        silent = socket.create_connection(address)
+        await _until(lambda: listener.unserved == 1, "the silent peer counted")
+        began = loop_.time()
+        await _until(lambda: refused == [("TLS handshake timed out", "127.0.0.1")], "its timeout", 10.5)
+        assert loop_.time() - began < 5 and listener.unserved == 0
+        assert await loop_.run_in_executor(None, _ends, silent) == b""
+        with socket.create_connection(address) as plain:
+            plain.sendall(b"\x00" * 64)  # (not a ClientHello)
+            await _until(lambda: len(refused) == 2, "the plain-text peer")
+        assert refused[1] == ("TLS handshake failed (WRONG_VERSION_NUMBER)", "127.0.0.1")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection(*address, ssl=tls["stranger"])
+        await _until(lambda: listener.unserved == 0, "the stranger's handshake ended")
+        _, writer = await asyncio.open_connection(*address, ssl=tls["client"])
+        await asyncio.wait_for(served.wait(), 10)
+        assert listener.unserved == 0 and len(refused) == 2  # (the stranger gave up: not counted)
+        writer.close()
+        await listener.close()
+        silent.close()
+
+    _on(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_tls_handshake_in_flight_is_closed_when_close_returns(
+    loop: str, tls: dict[str, ssl.SSLContext]
+) -> None:
+    """A peer that never sends its ClientHello, against a 300 s handshake timeout: ``close`` ends its
+    handshake at once (not counted as refused), and its socket is closed by the time it returns."""
+
+    async def scenario() -> None:
+        refused: list[tuple[str, str | None]] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            raise AssertionError("no handshake completes")
+
+        listener = Listener(refused=lambda why, peer: refused.append((why, peer)))
+        await listener.start(handler, "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 300.0))
+        with socket.create_connection(listener.sockets[0].getsockname()[:2]) as client:
+            await _until(lambda: listener.unserved == 1, "the peer counted")
+            await asyncio.wait_for(listener.close(timeout=60.0), 10)
+            assert _ends(client) == b""
+        assert listener.unserved == 0 and refused == [] and not listener.sockets
+
+    _on(loop, scenario)
+
+
+@pytest.mark.asyncio
+async def test_admit_decides_at_accept_and_a_failing_admit_closes_one_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``admit`` sees each peer's address before anything is read: a refused connection is closed at
+    once and never served; one whose ``admit`` raised is closed and logged, and the next is served."""
+    verdicts = iter([False, "raise", True])
+    asked: list[str | None] = []
+    served = asyncio.Event()
+
+    def admit(peer: str | None) -> bool:
+        asked.append(peer)
+        verdict = next(verdicts)
+        if verdict == "raise":
+            raise RuntimeError("a bug in admit")
+        return bool(verdict)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.set()
+        await reader.read()
+
+    listener = Listener(admit=admit)
+    await listener.start(handler, "127.0.0.1", 0, limit=1 << 16)
+    address = listener.sockets[0].getsockname()[:2]
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        with socket.create_connection(address) as refused:
+            assert await loop.run_in_executor(None, _ends, refused) == b""
+    assert not served.is_set() and asked == ["127.0.0.1", "127.0.0.1"]
+    assert "admitting a connection from 127.0.0.1 failed; it is closed" in caplog.text
+    _, writer = await asyncio.open_connection(*address)
+    await asyncio.wait_for(served.wait(), 10)
+    writer.close()
+    await listener.close()
+
+
+@pytest.mark.asyncio
+async def test_an_accept_that_fails_pauses_the_accept_loop_instead_of_ending_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors (EMFILE, injected once): the error is logged, and accepting goes on
+    after a pause (asyncio's servers pause 1 s too) rather than spinning or stopping for good."""
+    loop = asyncio.get_running_loop()
+    accept = socket.socket.accept
+    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
+
+    def failing_once(sock: socket.socket) -> tuple[socket.socket, Any]:
+        if failures:
+            raise failures.pop()
+        return accept(sock)
+
+    monkeypatch.setattr(socket.socket, "accept", failing_once)
+    served = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.set()
+        writer.close()
+
+    listener = Listener()
+    await listener.start(handler, "127.0.0.1", 0, limit=1 << 16)
+    began = loop.time()
+    _, writer = await asyncio.open_connection(*listener.sockets[0].getsockname()[:2])
+    await asyncio.wait_for(served.wait(), 10)
+    assert loop.time() - began >= 0.9  # (after the pause)
+    assert "cannot accept a connection: Too many open files; trying again in 1 s" in caplog.text
+    writer.close()
+    await listener.close()

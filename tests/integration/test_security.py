@@ -23,7 +23,7 @@ from aiodq.codec.events import AuthResponse, Event, Gradient, Hello, ModelMessag
 from aiodq.codec.messages import encode_message
 from aiodq.codec.registry import MessageType
 from aiodq.codec.vectors import DenseQuantized, RawVector
-from aiodq.config import ConnectionConfig, Limits
+from aiodq.config import ConnectionConfig, Limits, MasterConfig
 from aiodq.errors import ErrorCode
 from aiodq.net.master import Master
 from aiodq.net.secrets import load_secret
@@ -267,6 +267,77 @@ async def test_a_tls_master_that_refused_a_handshake_closes_without_waiting_out_
         assert isinstance(refused[0], ssl.SSLCertVerificationError), refused
     finally:
         await asyncio.wait_for(master.close(), 60)  # a TimeoutError if it waits for the 300 s
+
+
+async def _silent_peers(host: str, port: int, count: int) -> tuple[list[Any], list[Any]]:
+    """``count`` plain TCP peers that send nothing (no TLS ClientHello): (held, cut at once).
+
+    Held: open until the master's 2 s TLS handshake timeout; cut: closed within 1.5 s.
+    """
+    outcomes = await finish(
+        [asyncio.create_task(raw_peer(host, port, b"", wait=10)) for _ in range(count)], 20
+    )
+    assert all(o.cut_off for o in outcomes), outcomes
+    return [o for o in outcomes if o.seconds >= 1.5], [o for o in outcomes if o.seconds < 1.5]
+
+
+@pytest.mark.asyncio
+async def test_a_tls_master_bounds_the_connections_in_their_tls_handshake(pki: dict[str, str]) -> None:
+    """A security audit held 1,000 silent connections on a TLS master whose max_unauthenticated was 8,
+    each until the TLS handshake timed out: the loop ran the handshake before the master counted the
+    connection.  The limit now applies at accept, before the handshake: of 8 silent peers 3 are held
+    to the handshake timeout (and counted when it ends them), 5 are closed at once; a worker trains."""
+    cap, timeout = 3, 2.0
+    server = server_context(pki["master"], pki["master_key"])
+    connection = ConnectionConfig(handshake_timeout=timeout)
+    async with Master(
+        SHORT,
+        np.zeros(A9A.features_count),
+        workers=1,
+        ssl=server,
+        connection_config=connection,
+        master_config=MasterConfig(max_unauthenticated=cap),
+    ) as master:
+        host, port = master.address
+        held, cut = await _silent_peers(host, port, 8)
+        assert len(held) == cap and len(cut) == 8 - cap, (held, cut)
+        assert all(o.seconds < timeout + 5 for o in held), held  # (ended by the handshake timeout)
+        tasks = start_workers(host, port, [0], 1, ssl=client_context(pki["ca"]), connection_config=connection)
+        results = await finish(tasks, TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
+    check_trained(summary, results)
+    assert summary["refused_connections"] == {
+        "too many connections in their handshake": 8 - cap,
+        "TLS handshake timed out": cap,
+    }
+    assert master.accepted == 9
+
+
+@pytest.mark.asyncio
+async def test_a_tls_master_applies_the_connection_rate_before_the_tls_handshake(pki: dict[str, str]) -> None:
+    """connection_rate with TLS: past the burst (2 M + 16 = 18 for one worker) connections from one
+    address are closed as they arrive, before any handshake (they waited out its timeout before)."""
+    server = server_context(pki["master"], pki["master_key"])
+    connection = ConnectionConfig(handshake_timeout=2.0)
+    limited = MasterConfig(connection_rate=0.01)
+    async with Master(
+        SHORT,
+        np.zeros(A9A.features_count),
+        workers=1,
+        ssl=server,
+        connection_config=connection,
+        master_config=limited,
+    ) as master:
+        host, port = master.address
+        held, cut = await _silent_peers(host, port, 30)
+        assert len(held) == 18 and len(cut) == 12, (held, cut)
+
+        def refused() -> dict[str, int]:
+            return dict(master.result().to_json()["refused_connections"])
+
+        # (A handshake's end is counted once the loop has closed its connection: maybe after the peer saw it.)
+        await wait_until(lambda: refused().get("TLS handshake timed out") == 18, 10, "the timeouts counted")
+        assert refused() == {"too many new connections from one address": 12, "TLS handshake timed out": 18}
 
 
 @pytest.mark.asyncio
