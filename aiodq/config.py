@@ -189,7 +189,9 @@ class MasterConfig:
         "ends as failed",
     )
     max_unauthenticated: int = option(
-        64, "connections still in their handshake at once; more are refused when they connect"
+        64,
+        "connections still in their handshake at once; more are refused when they connect (with TLS, "
+        "4 times as many may be in their TLS handshake; one more cuts the oldest short)",
     )
     rejoin_backoff: float = option(
         1.0,

@@ -4,25 +4,29 @@ The listener accepts connections itself, as asyncio's servers do (a reader callb
 listening socket, taking at most the backlog at a time), and asks its ``admit`` callback about
 each, with the peer's address, before anything is read from it: one refused is closed at once.
 An admitted one is handed to the loop (``loop.connect_accepted_socket``), which runs its TLS
-handshake, if any, within the handshake timeout.  It is counted in :attr:`Listener.unserved` from
-its accept until its handler starts, so a caller's bound on the connections that are not yet
-members of its run covers those still in their TLS handshake.  (With the loop's own TLS server the
-handshake came before the caller saw the connection: a security audit held 1,000 silent
-connections from one address open on a TLS master whose limit was 8, each until the handshake
-timeout.)  A handshake that fails on this side (an :class:`ssl.SSLError`: a client certificate
-refused, a plain-text peer) or times out is reported to ``refused``; one the peer gives up (a
-reset: it did not trust the master's certificate) is not.  An accept that fails for want of
-resources (no file descriptors left, say) is logged and accepting pauses for a second, as in
-asyncio's servers, rather than spinning on it.
+handshake, if any, within the handshake timeout.  (With the loop's own TLS server the handshake
+came before the master saw the connection, and nothing bounded the handshakes: a security audit
+held 1,000 silent connections from one address open on a TLS master, each until the timeout.)
+
+At most ``tls_limit`` connections are in their TLS handshake at once (:attr:`Listener.handshaking`);
+one more cuts the oldest short, so that peers that open connections and say nothing cannot keep
+out one whose handshake takes a few milliseconds: they would have to open ``tls_limit``
+connections within it.  A handshake that fails on this side (an :class:`ssl.SSLError`: a client
+certificate refused, a plain-text peer, a client's TLS alert), that times out, or that is cut
+short is reported to ``refused``; one the peer gives up without an alert is not.  An accept that
+fails for want of resources (no file descriptors left, say) is logged and accepting pauses for a
+second, as in asyncio's servers, rather than spinning on it.
 
 :meth:`Listener.stop_accepting` closes the listening sockets at once.  :meth:`Listener.close`
-does that, ends the handshakes still running (the loop closes their sockets; one accepted but not
-yet handed to the loop is closed here), and waits, up to its timeout, until every connection it
+does that, ends the TLS handshakes still running (the loop closes their sockets; one accepted but
+not yet handed to the loop is closed here), and waits, up to its timeout, until every connection it
 accepted has been lost: one being closed gracefully has that long to deliver what was written to
 it (a final CLOSE frame, say); any other is aborted at once, and one made while closing as soon
 as it connects.  What is left at the timeout is aborted.  (A transport's ``close`` or ``abort``
 only schedules the socket's close, for a later loop iteration: a caller that returned at once,
-and a loop that stopped then, would leave it open.)
+and a loop that stopped then, would leave it open.)  A connection already made is never
+cancelled: uvloop then closes its transport without telling the protocol, and a close waited for
+it without end (a review).
 
 Before that, :meth:`Listener.linger` closes a connection after what was written to it, but
 aborts it if that takes longer than a timeout, or if the bytes waiting in every connection
@@ -35,13 +39,14 @@ that joined, sent CLOSE and never read, 150 times over, left the master holding 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-__all__ = ["Listener"]
+__all__ = ["CUT_SHORT", "Listener"]
 
 _log = logging.getLogger("aiodq.master")
 
@@ -49,52 +54,52 @@ _log = logging.getLogger("aiodq.master")
 ConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 #: Whether to serve a connection just accepted from an address (None: unknown).
 AdmitCallback = Callable[[str | None], bool]
-#: A TLS handshake that failed on this side, or timed out: why, and the peer's address.
+#: A TLS handshake that failed on this side, timed out or was cut short: why, and the peer's address.
 RefusedCallback = Callable[[str, str | None], None]
 
-#: Seconds the accept loop pauses after an error other than a peer's reset (out of file descriptors,
-#: say), as asyncio's own servers do: it must not spin on it.
+#: The reason reported for a TLS handshake cut short by a newer connection.
+CUT_SHORT = "TLS handshake cut short for a newer connection"
+#: Accept errors that mean the process or the system is out of a resource: accepting pauses
+#: for :data:`_ACCEPT_PAUSE` seconds (asyncio's servers pause on the same ones).  Others are a
+#: connection's own (reset, unreachable...): the next is accepted.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_PAUSE = 1.0
 _BACKLOG = 100
+#: Seconds a close waits, after aborting what was left, for the loop to report those connections lost.
+_LOST_GRACE = 1.0
 
 
 class _Accepted:
-    """A connection admitted: counted in :attr:`Listener.unserved` until :meth:`release` (once)."""
+    """A connection admitted: counted in :attr:`Listener.handshaking` until :meth:`release`."""
 
-    def __init__(self, listener: Listener, conn: socket.socket, peer: str | None) -> None:
-        self.conn, self.peer = conn, peer
-        #: Given to the loop (``connect_accepted_socket``), which closes it from then on.
+    def __init__(self, listener: Listener, conn: socket.socket, peer: str | None, at: float) -> None:
+        self.conn, self.peer, self.at = conn, peer, at
+        #: Given to the loop (its protocol made by ``connect_accepted_socket``): the loop closes it now.
         self.handed = False
         self._listener: Listener | None = listener
-        listener.unserved += 1
+        listener.handshaking += 1
 
-    def release(self) -> None:
-        if self._listener is not None:
-            self._listener.unserved -= 1
-            self._listener = None
+    def release(self) -> bool:
+        """Count it no more (once connected, or ended); False if that was done before."""
+        if self._listener is None:
+            return False
+        self._listener.handshaking -= 1
+        self._listener = None
+        return True
 
 
 class _TrackedProtocol(asyncio.StreamReaderProtocol):
     """:func:`asyncio.start_server`'s protocol, known to the listener from its connection to its loss."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        loop: asyncio.AbstractEventLoop,
-        listener: Listener,
-        place: _Accepted,
-    ) -> None:
-        super().__init__(reader, self._serve, loop=loop)
-        self._listener, self._place = listener, place
+    def __init__(self, reader: asyncio.StreamReader, listener: Listener, accepted: _Accepted) -> None:
+        super().__init__(reader, listener._connected, loop=asyncio.get_running_loop())
+        self._listener, self._accepted = listener, accepted
         self._tracked: asyncio.Transport | None = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._place.release()  # (in the same step as the handler's first: never counted twice, or not at all)
-        await self._listener._connected(reader, writer)
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._accepted.release()  # (its TLS handshake, if any, is over)
         self._tracked = cast(asyncio.Transport, transport)  # a stream server's: it can be aborted
-        self._listener._made(self._tracked)
+        self._listener._made(self._tracked, self._accepted.at)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,18 +113,30 @@ class _TrackedProtocol(asyncio.StreamReaderProtocol):
 class Listener:
     """A TCP server for stream handlers, like :func:`asyncio.start_server`'s (module docstring)."""
 
-    def __init__(self, *, admit: AdmitCallback | None = None, refused: RefusedCallback | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        admit: AdmitCallback | None = None,
+        refused: RefusedCallback | None = None,
+        tls_limit: int = 256,
+    ) -> None:
         """Ask ``admit`` (by default: yes) before any TLS handshake; tell ``refused`` of one failed here.
 
-        ``refused`` hears of a TLS handshake that failed on this side or timed out (module docstring).
+        ``refused`` hears of a TLS handshake that failed on this side, timed out or was cut short;
+        ``tls_limit``: TLS handshakes at once (module docstring).
         """
+        if not isinstance(tls_limit, int) or tls_limit < 1:
+            raise ValueError(f"tls_limit must be a positive integer, got {tls_limit!r}")
         self._admit = admit or (lambda peer: True)
         self._refused = refused or (lambda why, peer: None)
+        self._tls_limit = tls_limit
         self._sockets: list[socket.socket] = []
         #: Accepting paused after an error: the timer that resumes it, by listening socket.
         self._paused: dict[socket.socket, asyncio.TimerHandle] = {}
+        #: Connections being handed to the loop, oldest first.
         self._handshakes: dict[asyncio.Task[None], _Accepted] = {}
-        self._open: set[asyncio.Transport] = set()
+        #: Open connections, with the loop's time at their accept.
+        self._open: dict[asyncio.Transport, float] = {}
         #: Connections being closed by :meth:`linger`, each with the timer that aborts it.
         self._lingering: dict[asyncio.WriteTransport, asyncio.TimerHandle] = {}
         self._closing = False
@@ -128,8 +145,8 @@ class Listener:
         self._connected: ConnectedCallback
         self._limit = 1 << 16
         self._tls: dict[str, Any] = {}
-        #: Connections admitted whose handler has not started: in their TLS handshake, mostly.
-        self.unserved = 0
+        #: Connections admitted that are not connected yet: in their TLS handshake, mostly.
+        self.handshaking = 0
 
     @property
     def tls(self) -> bool:
@@ -148,11 +165,13 @@ class Listener:
         """Listen on ``host``:``port`` and call ``connected`` for each connection admitted.
 
         ``limit``: the stream readers' buffer limit; ``tls``: a server context, and the seconds
-        its handshake may take.
+        its handshake may take (positive).
 
         Raises:
             OSError: if ``host``:``port`` cannot be listened on (the port taken, say).
         """
+        if tls is not None and not tls[1] > 0:
+            raise ValueError(f"the TLS handshake timeout must be positive, got {tls[1]!r}")
         self._changed, self._closing = asyncio.Event(), False  # (a new loop's)
         self._connected, self._limit = connected, limit
         self._tls = {} if tls is None else {"ssl": tls[0], "ssl_handshake_timeout": tls[1]}
@@ -165,6 +184,10 @@ class Listener:
     def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets (none once the listener has stopped accepting)."""
         return tuple(self._sockets)
+
+    def accepted_at(self, transport: asyncio.BaseTransport) -> float | None:
+        """The loop's time when an open connection was accepted (before its TLS handshake), if known."""
+        return self._open.get(cast(asyncio.Transport, transport))
 
     def stop_accepting(self) -> None:
         """Accept no more connections: the listening sockets are closed."""
@@ -184,11 +207,12 @@ class Listener:
         """
         self.stop_accepting()
         self._closing = True
-        handshakes = list(self._handshakes)
-        for task in handshakes:
-            task.cancel()  # the loop aborts the connection (it is not this close's to wait for)
+        handshakes = list(self._handshakes.items())
+        for task, accepted in handshakes:
+            if accepted.release():  # not connected yet: the loop aborts it (a made one connects now)
+                task.cancel()
         if handshakes:
-            await asyncio.wait(handshakes)
+            await asyncio.wait([task for task, _ in handshakes])
             await asyncio.sleep(0)  # (their sockets close in the loop's next iteration)
         for transport in list(self._open):
             if not transport.is_closing():
@@ -199,15 +223,23 @@ class Listener:
         except TimeoutError:
             for transport in list(self._open):
                 transport.abort()
-            await self._until_lost()  # (an abort closes the socket in the loop's next iteration)
+            try:
+                async with asyncio.timeout(_LOST_GRACE):
+                    await self._until_lost()  # (an abort closes the socket in the loop's next iteration)
+            except TimeoutError:
+                _log.warning("%d aborted connections never reported closed; not waiting", len(self._open))
+                self._open.clear()
 
     def linger(self, transport: asyncio.WriteTransport, timeout: float, budget: int) -> None:
         """Close ``transport`` once what was written to it is sent, within ``timeout`` seconds.
 
         It is aborted at once instead if the bytes still to send on the connections being
         closed so, its own included, are more than ``budget``; and at ``timeout`` if it is
-        still open then.
+        still open then.  One closing already is left to it (a TLS transport whose peer has
+        closed: a second ``close`` on asyncio's loop unhooks it, and its buffer size raises).
         """
+        if transport.is_closing():
+            return
         transport.close()
         waiting = transport.get_write_buffer_size()
         if not waiting:
@@ -219,14 +251,16 @@ class Listener:
 
     def _accept(self, sock: socket.socket) -> None:
         """``sock`` is readable: accept what is waiting, up to the backlog (module docstring)."""
+        loop = asyncio.get_running_loop()
         for _ in range(_BACKLOG):
             try:
                 conn, address = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # (nothing left; or reset by its peer before it was accepted)
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    continue  # (the connection's own error: reset, unreachable...)
                 _log.error("cannot accept a connection: %s; trying again in 1 s", exc.strerror or exc)
-                loop = asyncio.get_running_loop()
                 loop.remove_reader(sock)
                 self._paused[sock] = loop.call_later(_ACCEPT_PAUSE, self._resume, sock)
                 return
@@ -236,14 +270,25 @@ class Listener:
             except Exception:
                 _log.exception("admitting a connection from %s failed; it is closed", peer)
                 admitted = False
-            if not admitted:
+            if not admitted or sock not in self._sockets:  # (refused, or admit stopped the listener)
                 conn.close()
+                if sock not in self._sockets:
+                    return
                 continue
             conn.setblocking(False)
-            accepted = _Accepted(self, conn, peer)
+            if self._tls and self.handshaking >= self._tls_limit:
+                self._cut_oldest_short()
+            accepted = _Accepted(self, conn, peer, loop.time())
             task = asyncio.create_task(self._handshake(accepted), name="aiodq-listener-handshake")
             self._handshakes[task] = accepted
             task.add_done_callback(self._handshake_ended)
+
+    def _cut_oldest_short(self) -> None:
+        for task, accepted in self._handshakes.items():
+            if accepted.release():  # (the oldest still in its handshake)
+                task.cancel()
+                self._refused(CUT_SHORT, accepted.peer)
+                return
 
     def _resume(self, sock: socket.socket) -> None:
         del self._paused[sock]
@@ -251,30 +296,31 @@ class Listener:
 
     async def _handshake(self, accepted: _Accepted) -> None:
         """Hand a connection to the loop (its TLS handshake included); report one refused or timed out."""
-        loop = asyncio.get_running_loop()
 
         def protocol() -> _TrackedProtocol:
-            return _TrackedProtocol(asyncio.StreamReader(limit=self._limit, loop=loop), loop, self, accepted)
+            accepted.handed = True  # (the loop closes the socket from now on, if this fails too)
+            return _TrackedProtocol(asyncio.StreamReader(limit=self._limit), self, accepted)
 
-        accepted.handed = True  # (the loop closes the socket if this fails or is cancelled)
         try:
-            await loop.connect_accepted_socket(protocol, accepted.conn, **self._tls)
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, accepted.conn, **self._tls)
         except ssl.SSLError as exc:
-            accepted.release()
-            self._refused(f"TLS handshake failed ({exc.reason or type(exc).__name__})", accepted.peer)
+            if accepted.release():
+                self._refused(f"TLS handshake failed ({exc.reason or type(exc).__name__})", accepted.peer)
         except ConnectionAbortedError:  # (the loop's handshake timeout: nothing else aborts it)
-            accepted.release()
-            if self._tls:
+            if accepted.release() and self._tls:
                 self._refused("TLS handshake timed out", accepted.peer)
         except OSError:
             accepted.release()  # the peer gave up
         except asyncio.CancelledError:
-            accepted.release()  # this listener is closing
+            accepted.release()  # cut short, or this listener is closing
             raise
+        except Exception:
+            accepted.release()
+            _log.exception("connection from %s: the event loop could not take it", accepted.peer)
 
     def _handshake_ended(self, task: asyncio.Task[None]) -> None:
         accepted = self._handshakes.pop(task)
-        if not accepted.handed:  # cancelled before it began (a close as the connection was accepted)
+        if not accepted.handed:  # cancelled, or failed, before the loop took it
             accepted.conn.close()
             accepted.release()
 
@@ -284,33 +330,51 @@ class Listener:
             self._changed.clear()
             await self._changed.wait()
 
-    def _made(self, transport: asyncio.Transport) -> None:
-        self._open.add(transport)
+    def _made(self, transport: asyncio.Transport, at: float) -> None:
+        self._open[transport] = at
         if self._closing:
             transport.abort()  # accepted while closing: nothing is served on it
 
     def _lost(self, transport: asyncio.Transport) -> None:
-        self._open.discard(transport)
+        self._open.pop(transport, None)
         if (timer := self._lingering.pop(transport, None)) is not None:
             timer.cancel()
         self._changed.set()
 
 
 async def _bind(host: str | None, port: int) -> list[socket.socket]:
-    """Listening sockets for every address ``host`` resolves to (all interfaces if None or empty)."""
+    """Listening sockets for the addresses ``host`` resolves to (all interfaces if None or empty).
+
+    As asyncio's servers: an address whose family the system lacks (no IPv6, say) or that it
+    cannot bind (EADDRNOTAVAIL) is skipped if another one is bound; any other error is raised.
+    """
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
+    skipped: OSError | None = None
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):  # (each address once)
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                skipped = skipped or exc  # (EAFNOSUPPORT: the family is not there)
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # (as asyncio's servers)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                skipped = skipped or exc
+                sockets.pop().close()
+                continue
             sock.listen(_BACKLOG)
             sock.setblocking(False)
+        if not sockets:
+            raise skipped or OSError(errno.EADDRNOTAVAIL, f"{host!r} resolves to no address")
     except BaseException:
         for sock in sockets:
             sock.close()

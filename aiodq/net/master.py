@@ -12,12 +12,11 @@ While it runs, ``master.coordinator`` shows the trace, the traffic and the model
 
 What no peer can do (docs/security.md): make a connection handler raise (an unexpected failure closes
 that connection with INTERNAL_ERROR and one log line); hold more than ``MasterConfig.max_unauthenticated``
-connections in their handshake, or open more than ``connection_rate`` a second from one address after a
-burst (more are closed as they arrive); keep a finished master alive (once
-training ends it stops accepting and gives the workers' CLOSE exchanges at most the close timeout, then
-drops whatever is left); fill the log (peers that never join are counted, not logged one by one, and
-reason texts are logged escaped and cut); or hold the others up with a flood of valid frames (each
-connection's messages are handled a few at a time, in turns).
+connections in aiodq's handshake (4 times that in a TLS handshake), or open more than ``connection_rate``
+a second from one address after a burst (more are closed as they arrive, before any TLS handshake); keep a
+finished master alive (it stops accepting, and drops what is left after the close timeout); fill the log
+(peers that never join are counted, and reason texts are logged escaped and cut); or hold the others up
+with a flood of valid frames (each connection's messages are handled a few at a time, in turns).
 """
 
 from __future__ import annotations
@@ -51,6 +50,8 @@ _log = logging.getLogger("aiodq.master")
 _READ_SIZE = 1 << 18
 #: Messages of one connection handled before the others get a turn.
 _TURN = 16
+#: TLS handshakes at once, per place in aiodq's handshake (--max-unauthenticated): 256 by default.
+_TLS_HANDSHAKES = 4
 
 
 class Master:
@@ -154,7 +155,8 @@ class Master:
         self._accepted = 0
         self._rate = ConnectionRate(self.master_config.connection_rate, 2 * workers + 16)
         self._logbook = Logbook(self._now, accuracy=self._accuracy is not False)
-        self._listener = Listener(admit=self._admit, refused=self._logbook.refuse)
+        tls_limit = _TLS_HANDSHAKES * self.master_config.max_unauthenticated  # (net/listener.py)
+        self._listener = Listener(admit=self._admit, refused=self._logbook.refuse, tls_limit=tls_limit)
         self._started = 0.0
         self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None
@@ -390,15 +392,16 @@ class Master:
             raise RuntimeError("the master has not started; call start() first")
         return self._loop.time() - self._started
 
+    def _unadmitted(self) -> int:  # connections being served that are not (or no longer) members of the run
+        return len(self._handlers) - self.coordinator.live_workers  # type: ignore[union-attr]
+
     def _admit(self, peer: str | None) -> bool:
-        """Whether to serve a connection just accepted from ``peer``, before any TLS handshake."""
+        """Whether to serve a connection just accepted from ``peer``: before any TLS handshake."""
         assert self.coordinator is not None
         self._accepted += 1
-        # Not (or no longer) members of the run: those served, and those in their TLS handshake.
-        unadmitted = self._listener.unserved + len(self._handlers) - self.coordinator.live_workers
         why = "the run is over" if self._closing or self.coordinator.done else None
-        if why is None and unadmitted >= self.master_config.max_unauthenticated:
-            why = "too many connections in their handshake"
+        if why is None and self._unadmitted() >= self.master_config.max_unauthenticated:
+            why = "too many connections in their handshake"  # (checked again once served: _serve)
         elif why is None and not self._rate.admit(peer, self._now()):
             why = RATE_REFUSAL
         if why is not None:
@@ -408,8 +411,9 @@ class Master:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None and self.coordinator is not None
-        if self._closing or self.coordinator.done:  # (admitted before it ended)
-            self._refuse(writer, "the run is over")
+        over = self._closing or self.coordinator.done  # (admitted before it ended; or others served since)
+        if over or self._unadmitted() >= self.master_config.max_unauthenticated:
+            self._refuse(writer, "the run is over" if over else "too many connections in their handshake")
             return
         self._handlers.add(task)
         try:
@@ -432,7 +436,9 @@ class Master:
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator
         assert coordinator is not None
-        worker_id = coordinator.connect(self._now())
+        # Its handshake deadline counts from the accept, a TLS handshake included (security.md).
+        accepted_at = self._listener.accepted_at(writer.transport)
+        worker_id = coordinator.connect(self._now() if accepted_at is None else accepted_at - self._started)
         self._writers[worker_id] = writer
         _log.debug("connection %d from %s", worker_id, peer_name(writer))
         try:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 import trustme
 
-from aiodq.net.listener import Listener
+from aiodq.net.listener import CUT_SHORT, ConnectedCallback, Listener
 
 
 def _ends(client: socket.socket, timeout: float = 2.0) -> bytes | None:
@@ -196,7 +197,7 @@ def tls() -> dict[str, ssl.SSLContext]:
     return {"server": server, "client": client, "stranger": stranger}
 
 
-def _on(loop: str, scenario: Callable[[], Awaitable[None]]) -> None:
+def _on(loop: str, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``scenario`` on asyncio's loop or on uvloop (the CLI's)."""
     factory = None
     if loop == "uvloop":
@@ -205,6 +206,17 @@ def _on(loop: str, scenario: Callable[[], Awaitable[None]]) -> None:
         ).new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(scenario())
+
+
+def _serving() -> tuple[asyncio.Event, ConnectedCallback]:
+    """A handler that closes each connection at once, and the event it sets when it has served one."""
+    served = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.set()
+        writer.close()
+
+    return served, handler
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -216,28 +228,24 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_a_tls_handshake_counts_as_unserved_until_it_ends(loop: str, tls: dict[str, ssl.SSLContext]) -> None:
-    """A connection in its TLS handshake is counted in ``unserved`` from its accept (the master's bound on
-    connections not yet in the run covers it); one that times out, or fails on this side (a plain-text
-    peer), is reported; a client that gives up the handshake itself is not; a good one is served."""
+def test_a_tls_handshake_counts_until_it_ends(loop: str, tls: dict[str, ssl.SSLContext]) -> None:
+    """A connection in its TLS handshake is counted in ``handshaking`` from its accept until it ends; one
+    that times out, or fails on this side (a plain-text peer), is reported; an asyncio client that gives
+    up the handshake itself (it sends no alert) is not; a good one is served."""
 
     async def scenario() -> None:
         refused: list[tuple[str, str | None]] = []
-        served = asyncio.Event()
-
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            served.set()
-            writer.close()
+        served, handler = _serving()
 
         listener = Listener(refused=lambda why, peer: refused.append((why, peer)))
         await listener.start(handler, "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 0.5))
         address = listener.sockets[0].getsockname()[:2]
         loop_ = asyncio.get_running_loop()
         silent = socket.create_connection(address)
-        await _until(lambda: listener.unserved == 1, "the silent peer counted")
+        await _until(lambda: listener.handshaking == 1, "the silent peer counted")
         began = loop_.time()
         await _until(lambda: refused == [("TLS handshake timed out", "127.0.0.1")], "its timeout", 10.5)
-        assert loop_.time() - began < 5 and listener.unserved == 0
+        assert loop_.time() - began < 5 and listener.handshaking == 0
         assert await loop_.run_in_executor(None, _ends, silent) == b""
         with socket.create_connection(address) as plain:
             plain.sendall(b"\x00" * 64)  # (not a ClientHello)
@@ -245,10 +253,10 @@ def test_a_tls_handshake_counts_as_unserved_until_it_ends(loop: str, tls: dict[s
         assert refused[1] == ("TLS handshake failed (WRONG_VERSION_NUMBER)", "127.0.0.1")
         with pytest.raises(ssl.SSLCertVerificationError):
             await asyncio.open_connection(*address, ssl=tls["stranger"])
-        await _until(lambda: listener.unserved == 0, "the stranger's handshake ended")
+        await _until(lambda: listener.handshaking == 0, "the stranger's handshake ended")
         _, writer = await asyncio.open_connection(*address, ssl=tls["client"])
         await asyncio.wait_for(served.wait(), 10)
-        assert listener.unserved == 0 and len(refused) == 2  # (the stranger gave up: not counted)
+        assert listener.handshaking == 0 and len(refused) == 2  # (the stranger gave up: not counted)
         writer.close()
         await listener.close()
         silent.close()
@@ -272,10 +280,10 @@ def test_a_tls_handshake_in_flight_is_closed_when_close_returns(
         listener = Listener(refused=lambda why, peer: refused.append((why, peer)))
         await listener.start(handler, "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 300.0))
         with socket.create_connection(listener.sockets[0].getsockname()[:2]) as client:
-            await _until(lambda: listener.unserved == 1, "the peer counted")
+            await _until(lambda: listener.handshaking == 1, "the peer counted")
             await asyncio.wait_for(listener.close(timeout=60.0), 10)
             assert _ends(client) == b""
-        assert listener.unserved == 0 and refused == [] and not listener.sockets
+        assert listener.handshaking == 0 and refused == [] and not listener.sockets
 
     _on(loop, scenario)
 
@@ -317,14 +325,17 @@ async def test_admit_decides_at_accept_and_a_failing_admit_closes_one_connection
 
 
 @pytest.mark.asyncio
-async def test_an_accept_that_fails_pauses_the_accept_loop_instead_of_ending_it(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.EPROTO])
+async def test_an_accept_that_fails_pauses_accepting_only_for_want_of_resources(
+    code: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Out of file descriptors (EMFILE, injected once): the error is logged, and accepting goes on
-    after a pause (asyncio's servers pause 1 s too) rather than spinning or stopping for good."""
+    after a pause (asyncio's servers pause 1 s too) rather than spinning or stopping for good.  A
+    connection's own error (EPROTO: Linux's accept can report one): the next is accepted at once,
+    with nothing logged."""
     loop = asyncio.get_running_loop()
     accept = socket.socket.accept
-    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
+    failures = [OSError(code, os.strerror(code))]
 
     def failing_once(sock: socket.socket) -> tuple[socket.socket, Any]:
         if failures:
@@ -332,18 +343,151 @@ async def test_an_accept_that_fails_pauses_the_accept_loop_instead_of_ending_it(
         return accept(sock)
 
     monkeypatch.setattr(socket.socket, "accept", failing_once)
-    served = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        served.set()
-        writer.close()
+    served, handler = _serving()
 
     listener = Listener()
     await listener.start(handler, "127.0.0.1", 0, limit=1 << 16)
     began = loop.time()
     _, writer = await asyncio.open_connection(*listener.sockets[0].getsockname()[:2])
     await asyncio.wait_for(served.wait(), 10)
-    assert loop.time() - began >= 0.9  # (after the pause)
-    assert "cannot accept a connection: Too many open files; trying again in 1 s" in caplog.text
+    assert not failures
+    if code == errno.EMFILE:
+        assert loop.time() - began >= 0.9  # (after the pause)
+        assert "cannot accept a connection: Too many open files; trying again in 1 s" in caplog.text
+    else:
+        assert not listener._paused and "cannot accept" not in caplog.text
     writer.close()
+    await listener.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_past_the_tls_limit_cuts_the_oldest_handshake_short(
+    loop: str, tls: dict[str, ssl.SSLContext]
+) -> None:
+    """tls_limit 2: a third silent peer ends the first one's handshake at once (reported), not the
+    newcomer; a good client that comes while two silent ones hold the limit is served at once."""
+
+    async def scenario() -> None:
+        refused: list[tuple[str, str | None]] = []
+        served, handler = _serving()
+
+        listener = Listener(refused=lambda why, peer: refused.append((why, peer)), tls_limit=2)
+        await listener.start(handler, "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 300.0))
+        address = listener.sockets[0].getsockname()[:2]
+        loop_ = asyncio.get_running_loop()
+        first = socket.create_connection(address)
+        await _until(lambda: listener.handshaking == 1, "the first counted")
+        second, third = socket.create_connection(address), socket.create_connection(address)
+        await _until(lambda: refused == [(CUT_SHORT, "127.0.0.1")], "the first cut short")
+        assert await loop_.run_in_executor(None, _ends, first) == b""
+        assert listener.handshaking == 2
+        _, writer = await asyncio.open_connection(*address, ssl=tls["client"])
+        await asyncio.wait_for(served.wait(), 10)
+        assert len(refused) == 2 and listener.handshaking == 1  # (the second made room for it)
+        writer.close()
+        await listener.close()
+        for peer in (first, second, third):
+            peer.close()
+
+    _on(loop, scenario)
+
+
+@pytest.mark.asyncio
+async def test_an_address_the_system_cannot_use_is_skipped_when_another_is_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As asyncio's servers: a host that resolves to ::1 and 127.0.0.1 on a system without IPv6
+    (EAFNOSUPPORT making the socket) or that cannot bind ::1 (EADDRNOTAVAIL) listens on 127.0.0.1;
+    with no address left, the error is raised.  (Simulated: ::1 is never bound.)"""
+    loop = asyncio.get_running_loop()
+    real = socket.socket
+    both = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+    ]
+
+    async def resolves(host: Any, port: Any, **kwds: Any) -> list[Any]:
+        return both
+
+    class Unbindable(real):  # type: ignore[misc, valid-type]
+        def bind(self, address: Any) -> None:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+
+    def no_family(family: int, *args: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real(family, *args)
+
+    def cannot_bind(family: int, *args: Any) -> socket.socket:
+        return (Unbindable if family == socket.AF_INET6 else real)(family, *args)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolves)
+    for fake in (no_family, cannot_bind):
+        listener = Listener()
+        with monkeypatch.context() as patched:
+            patched.setattr(socket, "socket", fake)
+            await listener.start(handler, "localhost", 0, limit=1 << 16)
+        assert [sock.getsockname()[0] for sock in listener.sockets] == ["127.0.0.1"]
+        await listener.close()
+    both.pop()
+    for fake, code in ((no_family, errno.EAFNOSUPPORT), (cannot_bind, errno.EADDRNOTAVAIL)):
+        with monkeypatch.context() as patched:
+            patched.setattr(socket, "socket", fake)
+            with pytest.raises(OSError) as raised:
+                await Listener().start(handler, "localhost", 0, limit=1 << 16)
+        assert raised.value.errno == code
+
+
+@pytest.mark.asyncio
+async def test_an_admit_that_stops_the_listener_ends_its_accepting_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``admit`` may stop the listener (a run that ends as a connection arrives): the connection is
+    closed, accepting stops there, and nothing is logged as an error."""
+    listener: Listener
+
+    def admit(peer: str | None) -> bool:
+        listener.stop_accepting()
+        return True
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise AssertionError("nothing is served")
+
+    listener = Listener(admit=admit)
+    await listener.start(handler, "127.0.0.1", 0, limit=1 << 16)
+    address = listener.sockets[0].getsockname()[:2]
+    loop = asyncio.get_running_loop()
+    with socket.create_connection(address) as client:
+        assert await loop.run_in_executor(None, _ends, client) == b""
+    assert not listener.sockets and listener.handshaking == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5.0).close()
+    await listener.close()
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_connection_the_loop_cannot_take_is_closed_and_uncounted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tls: dict[str, ssl.SSLContext]
+) -> None:
+    """``connect_accepted_socket`` failing before it made a protocol (a review: the socket stayed open
+    and counted for good): the connection is closed, no longer counted, and the failure logged.  A TLS
+    handshake timeout that is not positive is refused at ``start``."""
+    with pytest.raises(ValueError, match=r"^the TLS handshake timeout must be positive, got 0$"):
+        await Listener().start(_serving()[1], "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 0))
+    loop = asyncio.get_running_loop()
+
+    async def fails(*args: Any, **kwds: Any) -> Any:
+        raise RuntimeError("the loop's own bug")
+
+    monkeypatch.setattr(loop, "connect_accepted_socket", fails)
+    listener = Listener()
+    await listener.start(_serving()[1], "127.0.0.1", 0, limit=1 << 16)
+    with socket.create_connection(listener.sockets[0].getsockname()[:2]) as client:
+        assert await loop.run_in_executor(None, _ends, client) == b""
+    await _until(lambda: listener.handshaking == 0 and not listener._handshakes, "the failure handled")
+    assert "connection from 127.0.0.1: the event loop could not take it" in caplog.text
     await listener.close()

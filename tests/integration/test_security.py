@@ -25,6 +25,7 @@ from aiodq.codec.registry import MessageType
 from aiodq.codec.vectors import DenseQuantized, RawVector
 from aiodq.config import ConnectionConfig, Limits, MasterConfig
 from aiodq.errors import ErrorCode
+from aiodq.net.listener import CUT_SHORT
 from aiodq.net.master import Master
 from aiodq.net.secrets import load_secret
 from aiodq.net.tls import client_context, server_context
@@ -38,6 +39,7 @@ from .rel_peers import (
     Process,
     Relay,
     RogueSession,
+    close_code,
     finish,
     frames_of,
     full_loss,
@@ -283,11 +285,12 @@ async def _silent_peers(host: str, port: int, count: int) -> tuple[list[Any], li
 
 @pytest.mark.asyncio
 async def test_a_tls_master_bounds_the_connections_in_their_tls_handshake(pki: dict[str, str]) -> None:
-    """A security audit held 1,000 silent connections on a TLS master whose max_unauthenticated was 8,
-    each until the TLS handshake timed out: the loop ran the handshake before the master counted the
-    connection.  The limit now applies at accept, before the handshake: of 8 silent peers 3 are held
-    to the handshake timeout (and counted when it ends them), 5 are closed at once; a worker trains."""
-    cap, timeout = 3, 2.0
+    """A security audit held 1,000 silent connections on a TLS master, each until the TLS handshake timed
+    out: the loop ran the handshake before the master saw the connection, and nothing bounded them.
+    Now at most 4 x max_unauthenticated are in their TLS handshake at once (4 here), and one more cuts
+    the oldest short: of 10 silent peers the first 6 are closed at once, 4 are held to the handshake
+    timeout (and counted when it ends them); a worker then trains."""
+    timeout = 2.0
     server = server_context(pki["master"], pki["master_key"])
     connection = ConnectionConfig(handshake_timeout=timeout)
     async with Master(
@@ -296,21 +299,111 @@ async def test_a_tls_master_bounds_the_connections_in_their_tls_handshake(pki: d
         workers=1,
         ssl=server,
         connection_config=connection,
-        master_config=MasterConfig(max_unauthenticated=cap),
+        master_config=MasterConfig(max_unauthenticated=1),
     ) as master:
         host, port = master.address
-        held, cut = await _silent_peers(host, port, 8)
-        assert len(held) == cap and len(cut) == 8 - cap, (held, cut)
+        held, cut = await _silent_peers(host, port, 10)
+        assert len(held) == 4 and len(cut) == 6, (held, cut)
         assert all(o.seconds < timeout + 5 for o in held), held  # (ended by the handshake timeout)
         tasks = start_workers(host, port, [0], 1, ssl=client_context(pki["ca"]), connection_config=connection)
         results = await finish(tasks, TIMEOUT)
         summary = (await master.wait(TIMEOUT)).to_json()
     check_trained(summary, results)
-    assert summary["refused_connections"] == {
-        "too many connections in their handshake": 8 - cap,
-        "TLS handshake timed out": cap,
-    }
-    assert master.accepted == 9
+    assert summary["refused_connections"] == {CUT_SHORT: 6, "TLS handshake timed out": 4}
+    assert master.accepted == 11
+
+
+@pytest.mark.asyncio
+async def test_strangers_in_their_tls_handshake_cannot_keep_a_certified_worker_out(
+    pki: dict[str, str],
+) -> None:
+    """mTLS, max_unauthenticated 1, a 10 s handshake timeout: a stranger without a certificate holds 4
+    silent connections (all the TLS handshakes allowed), opening another 0.1 s after each is closed.
+    A certified worker still joins at once: its connection cuts the oldest stranger's short, and its
+    handshake takes milliseconds.  (A review found that counting TLS handshakes against aiodq's own
+    limit of 1 let the stranger keep it out until the stranger stopped.)"""
+    server = server_context(pki["master"], pki["master_key"], client_ca=pki["ca"])
+    good = client_context(pki["ca"], pki["worker"], pki["worker_key"])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    async def hold(host: str, port: int) -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                return
+            try:
+                await reader.read()  # (until the master closes it)
+            except OSError:
+                pass
+            finally:
+                writer.close()
+            await asyncio.wait([asyncio.create_task(stop.wait())], timeout=0.1)
+
+    async with Master(
+        SHORT,
+        np.zeros(A9A.features_count),
+        workers=1,
+        ssl=server,
+        connection_config=ConnectionConfig(handshake_timeout=10.0),
+        master_config=MasterConfig(max_unauthenticated=1),
+    ) as master:
+        assert master.coordinator is not None
+        host, port = master.address
+        holders = [asyncio.create_task(hold(host, port)) for _ in range(4)]
+        await wait_until(lambda: master.accepted >= 4, 10, "the stranger's connections")
+        began = loop.time()
+        tasks = start_workers(host, port, [0], 1, ssl=good)
+        await wait_until(lambda: master.coordinator.live_workers == 1, 8, "the certified worker joined")
+        joined = loop.time() - began
+        stop.set()
+        results = await finish(tasks, TIMEOUT)
+        summary = (await master.wait(TIMEOUT)).to_json()
+    await finish(holders, 20)  # (the master's close ended their handshakes)
+    check_trained(summary, results)
+    assert joined < 8  # (wait_until fails first: before the change it took the 10 s timeout)
+    assert summary["refused_connections"][CUT_SHORT] >= 1
+
+
+@pytest.mark.asyncio
+async def test_the_handshake_deadline_counts_from_the_accept_with_tls(
+    pki: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that takes 1.5 s to begin its TLS handshake and then says nothing: aiodq's handshake
+    deadline runs from the accept, not from the end of the TLS handshake (a review: a TLS peer held its
+    place for the TLS timeout and then aiodq's whole timeout again)."""
+    server = server_context(pki["master"], pki["master_key"])
+    delay = 1.5
+    async with Master(
+        SHORT,
+        np.zeros(A9A.features_count),
+        workers=1,
+        ssl=server,
+        connection_config=ConnectionConfig(handshake_timeout=3.0),
+    ) as master:
+        coordinator = master.coordinator
+        assert coordinator is not None
+        connected: list[float] = []
+        connect = coordinator.connect
+
+        def spy(now: float) -> int:
+            connected.append(now)
+            return connect(now)
+
+        monkeypatch.setattr(coordinator, "connect", spy)
+        host, port = master.address
+        reader, writer = await asyncio.open_connection(host, port)
+        opened = master.elapsed  # (the master's clock, the loop's time since its start)
+        await asyncio.sleep(delay)  # (the slow peer's pause: the scenario, not a wait for the master)
+        await writer.start_tls(client_context(pki["ca"]))
+        ended = await asyncio.wait_for(
+            reader.read(), 10
+        )  # aiodq's deadline: the master's CLOSE, then the end
+        writer.close()
+    assert len(connected) == 1
+    assert connected[0] - opened < delay / 2, (connected, opened)  # (it was opened + delay before)
+    assert close_code(ended) == ErrorCode.TIMEOUT
 
 
 @pytest.mark.asyncio
@@ -338,6 +431,25 @@ async def test_a_tls_master_applies_the_connection_rate_before_the_tls_handshake
         # (A handshake's end is counted once the loop has closed its connection: maybe after the peer saw it.)
         await wait_until(lambda: refused().get("TLS handshake timed out") == 18, 10, "the timeouts counted")
         assert refused() == {"too many new connections from one address": 12, "TLS handshake timed out": 18}
+
+
+@pytest.mark.asyncio
+async def test_a_tls_session_ends_without_an_error_in_the_event_loop(
+    pki: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """On asyncio's loop, closing a TLS connection the worker had closed first raised inside the
+    master's handler (a second close unhooks an SSL transport, and its buffer size then raises): the
+    loop logged 'Unhandled exception in client_connected_cb' at every session's end, and the handler
+    skipped its last steps (a review).  Now a session ends with nothing logged by the loop."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    server = server_context(pki["master"], pki["master_key"])
+    async with Master(SHORT, np.zeros(A9A.features_count), workers=2, ssl=server) as master:
+        host, port = master.address
+        tasks = start_workers(host, port, [0, 1], 2, ssl=client_context(pki["ca"]))
+        summary = (await master.wait(TIMEOUT)).to_json()
+        results = await finish(tasks, TIMEOUT)
+    check_trained(summary, results)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
 
 
 @pytest.mark.asyncio
