@@ -9,13 +9,15 @@ came before the master saw the connection, and nothing bounded the handshakes: a
 held 1,000 silent connections from one address open on a TLS master, each until the timeout.)
 
 At most ``tls_limit`` connections are in their TLS handshake at once (:attr:`Listener.handshaking`);
-one more cuts the oldest short, so that peers that open connections and say nothing cannot keep
-out one whose handshake takes a few milliseconds: they would have to open ``tls_limit``
-connections within it.  A handshake that fails on this side (an :class:`ssl.SSLError`: a client
-certificate refused, a plain-text peer, a client's TLS alert), that times out, or that is cut
-short is reported to ``refused``; one the peer gives up without an alert is not.  An accept that
-fails for want of resources (no file descriptors left, say) is logged and accepting pauses for a
-second, as in asyncio's servers, rather than spinning on it.
+one more cuts one short: the oldest of the address (an IPv6 one: its /64) with the most handshakes
+in flight. Peers that open connections and say nothing then cannot keep out a worker from another
+address, whose handshake takes a few milliseconds (a review: cutting the oldest of any address let a
+flood from one address cut certified workers' handshakes at small limits). A connection whose
+handshake ended as it was cut short is aborted, not served. A handshake that fails on this side (an
+:class:`ssl.SSLError`: a client certificate refused, a plain-text peer, a client's TLS alert), that
+times out, or that is cut short is reported to ``refused``; one the peer gives up without an alert
+is not. An accept that fails for want of resources (no file descriptors left, say) is logged and
+accepting pauses for a second, as in asyncio's servers, rather than spinning on it.
 
 :meth:`Listener.stop_accepting` closes the listening sockets at once.  :meth:`Listener.close`
 does that, ends the TLS handshakes still running (the loop closes their sockets; one accepted but
@@ -46,6 +48,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from ..protocol.admission import address_key
+
 __all__ = ["CUT_SHORT", "Listener"]
 
 _log = logging.getLogger("aiodq.master")
@@ -74,16 +78,22 @@ class _Accepted:
 
     def __init__(self, listener: Listener, conn: socket.socket, peer: str | None, at: float) -> None:
         self.conn, self.peer, self.at = conn, peer, at
+        self.key = "" if peer is None else address_key(peer)
         #: Given to the loop (its protocol made by ``connect_accepted_socket``): the loop closes it now.
         self.handed = False
+        self.task: asyncio.Task[None] | None = None
         self._listener: Listener | None = listener
         listener.handshaking += 1
+        listener._waiting.setdefault(self.key, {})[self] = None
 
     def release(self) -> bool:
         """Count it no more (once connected, or ended); False if that was done before."""
-        if self._listener is None:
+        if (listener := self._listener) is None:
             return False
-        self._listener.handshaking -= 1
+        listener.handshaking -= 1
+        del (waiting := listener._waiting[self.key])[self]
+        if not waiting:
+            del listener._waiting[self.key]
         self._listener = None
         return True
 
@@ -97,9 +107,11 @@ class _TrackedProtocol(asyncio.StreamReaderProtocol):
         self._tracked: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._accepted.release()  # (its TLS handshake, if any, is over)
         self._tracked = cast(asyncio.Transport, transport)  # a stream server's: it can be aborted
         self._listener._made(self._tracked, self._accepted.at)
+        if not self._accepted.release():  # cut short, or closing, as its TLS handshake ended
+            self._tracked.abort()  # (not served: its task was cancelled, and would close it gracefully)
+            return
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -147,6 +159,8 @@ class Listener:
         self._tls: dict[str, Any] = {}
         #: Connections admitted that are not connected yet: in their TLS handshake, mostly.
         self.handshaking = 0
+        #: Those connections by address key, oldest first.
+        self._waiting: dict[str, dict[_Accepted, None]] = {}
 
     @property
     def tls(self) -> bool:
@@ -174,7 +188,9 @@ class Listener:
             raise ValueError(f"the TLS handshake timeout must be positive, got {tls[1]!r}")
         self._changed, self._closing = asyncio.Event(), False  # (a new loop's)
         self._connected, self._limit = connected, limit
-        self._tls = {} if tls is None else {"ssl": tls[0], "ssl_handshake_timeout": tls[1]}
+        # The TLS close waits for the peer's close_notify as long as the handshake (30 s by default).
+        timeouts = {} if tls is None else {"ssl_handshake_timeout": tls[1], "ssl_shutdown_timeout": tls[1]}
+        self._tls = {} if tls is None else {"ssl": tls[0], **timeouts}
         self._sockets = await _bind(host, port)
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
@@ -235,14 +251,15 @@ class Listener:
 
         It is aborted at once instead if the bytes still to send on the connections being
         closed so, its own included, are more than ``budget``; and at ``timeout`` if it is
-        still open then.  One closing already is left to it (a TLS transport whose peer has
-        closed: a second ``close`` on asyncio's loop unhooks it, and its buffer size raises).
+        still open then (a TLS one always: its close waits for the peer's close_notify, and its
+        buffer size leaves out what its TLS layer holds).  One closing already is left to it (a
+        TLS transport whose peer has closed: a second ``close`` on asyncio's loop unhooks it).
         """
         if transport.is_closing():
             return
         transport.close()
         waiting = transport.get_write_buffer_size()
-        if not waiting:
+        if not waiting and not self._tls:
             return  # (closed in the loop's next iteration)
         if waiting + sum(other.get_write_buffer_size() for other in self._lingering) > budget:
             transport.abort()
@@ -277,18 +294,21 @@ class Listener:
                 continue
             conn.setblocking(False)
             if self._tls and self.handshaking >= self._tls_limit:
-                self._cut_oldest_short()
+                self._cut_one_short()
             accepted = _Accepted(self, conn, peer, loop.time())
             task = asyncio.create_task(self._handshake(accepted), name="aiodq-listener-handshake")
+            accepted.task = task
             self._handshakes[task] = accepted
             task.add_done_callback(self._handshake_ended)
 
-    def _cut_oldest_short(self) -> None:
-        for task, accepted in self._handshakes.items():
-            if accepted.release():  # (the oldest still in its handshake)
-                task.cancel()
-                self._refused(CUT_SHORT, accepted.peer)
-                return
+    def _cut_one_short(self) -> None:
+        """End the oldest TLS handshake of the address with the most (module docstring)."""
+        waiting = max(self._waiting.values(), key=len)
+        accepted = next(iter(waiting))
+        accepted.release()
+        if accepted.task is not None:
+            accepted.task.cancel()
+        self._refused(CUT_SHORT, accepted.peer)
 
     def _resume(self, sock: socket.socket) -> None:
         del self._paused[sock]

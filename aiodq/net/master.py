@@ -392,8 +392,8 @@ class Master:
             raise RuntimeError("the master has not started; call start() first")
         return self._loop.time() - self._started
 
-    def _unadmitted(self) -> int:  # connections being served that are not (or no longer) members of the run
-        return len(self._handlers) - self.coordinator.live_workers  # type: ignore[union-attr]
+    def _unadmitted(self) -> int:  # open connections that are not members (closed ones linger apart)
+        return sum(not self.coordinator.is_member(i) for i in self._writers)  # type: ignore[union-attr]
 
     def _admit(self, peer: str | None) -> bool:
         """Whether to serve a connection just accepted from ``peer``: before any TLS handshake."""

@@ -35,7 +35,15 @@ from .guard import Refusal, refuse_claim, refuse_encodings
 from .members import Member
 from .trainconfig import TrainConfig
 
-__all__ = ["FORGIVEN_AFTER", "LONGEST_BACKOFF", "Admission", "ConnectionRate", "RejoinBackoff", "penalised"]
+__all__ = [
+    "FORGIVEN_AFTER",
+    "LONGEST_BACKOFF",
+    "Admission",
+    "ConnectionRate",
+    "RejoinBackoff",
+    "address_key",
+    "penalised",
+]
 
 #: The longest back-off, in seconds (or the first, if longer).
 LONGEST_BACKOFF = 60.0
@@ -161,7 +169,7 @@ class ConnectionRate:
         """Whether a connection from ``address`` (None: unknown, admitted) at ``now`` may be served."""
         if not self._rate or address is None:
             return True
-        key = _address_key(address)
+        key = address_key(address)
         tokens, then = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - then) * self._rate)
         if tokens < 1.0:
@@ -187,7 +195,7 @@ class ConnectionRate:
             del self._buckets[key]
 
 
-def _address_key(address: str) -> str:
+def address_key(address: str) -> str:
     """What a peer is counted by.
 
     An IPv4 address (also one inside an IPv6 one: mapped, 6to4 or the NAT64 prefix 64:ff9b::/96);

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trustme
 
-from aiodq.net.listener import CUT_SHORT, ConnectedCallback, Listener
+from aiodq.net.listener import CUT_SHORT, ConnectedCallback, Listener, _Accepted, _TrackedProtocol
 
 
 def _ends(client: socket.socket, timeout: float = 2.0) -> bytes | None:
@@ -491,3 +491,72 @@ async def test_a_connection_the_loop_cannot_take_is_closed_and_uncounted(
     await _until(lambda: listener.handshaking == 0 and not listener._handshakes, "the failure handled")
     assert "connection from 127.0.0.1: the event loop could not take it" in caplog.text
     await listener.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_handshake_cut_short_is_of_the_address_with_the_most(
+    loop: str, tls: dict[str, ssl.SSLContext]
+) -> None:
+    """tls_limit 3: a silent connection from 127.0.0.1, then silent ones from 127.0.0.2 (a client's source
+    address on the loopback; the listener is on 127.0.0.1): the third and fourth of 127.0.0.2 cut its own
+    oldest short, not 127.0.0.1's, the oldest of all (a review: cutting the oldest of any address let a
+    flood from one address cut other hosts' handshakes)."""
+
+    async def scenario() -> None:
+        refused: list[tuple[str, str | None]] = []
+        listener = Listener(refused=lambda why, peer: refused.append((why, peer)), tls_limit=3)
+        await listener.start(_serving()[1], "127.0.0.1", 0, limit=1 << 16, tls=(tls["server"], 300.0))
+        address = listener.sockets[0].getsockname()[:2]
+
+        def connect(source: str) -> socket.socket:
+            return socket.create_connection(address, source_address=(source, 0))
+
+        other = connect("127.0.0.1")  # (the oldest of all)
+        await _until(lambda: listener.handshaking == 1, "the first counted")
+        flood = [connect("127.0.0.2") for _ in range(3)]
+        await _until(lambda: len(refused) == 1, "one cut short")
+        flood.append(connect("127.0.0.2"))
+        await _until(lambda: len(refused) == 2, "another cut short")
+        assert refused == [(CUT_SHORT, "127.0.0.2")] * 2 and listener.handshaking == 3
+        loop_ = asyncio.get_running_loop()
+        for cut in flood[:2]:
+            assert await loop_.run_in_executor(None, _ends, cut) == b""
+        assert await loop_.run_in_executor(None, _ends, other, 0.2) is None  # (in its handshake: no end)
+        await listener.close()
+        for peer in (*flood, other):
+            peer.close()
+
+    _on(loop, scenario)
+
+
+@pytest.mark.asyncio
+async def test_a_connection_cut_short_as_its_handshake_ends_is_aborted_not_served() -> None:
+    """The race a review forced: the loop completes a TLS handshake (connection_made) in the iteration
+    in which a newer connection cut it short.  Its protocol aborts it and starts no handler; it does
+    not take a place for the 30 s a graceful TLS close would wait."""
+    served: list[asyncio.StreamWriter] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(writer)
+
+    class Transport(asyncio.Transport):
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+        def is_closing(self) -> bool:
+            return self.aborted
+
+    listener = Listener()
+    listener._connected = handler
+    with socket.socket() as conn:
+        accepted = _Accepted(listener, conn, "127.0.0.2", 0.0)
+        assert accepted.release()  # (cut short)
+        transport = Transport()
+        protocol = _TrackedProtocol(asyncio.StreamReader(), listener, accepted)
+        protocol.connection_made(transport)
+        await asyncio.sleep(0)  # (a handler would have started)
+        assert transport.aborted and not served and listener.handshaking == 0
+        protocol.connection_lost(None)
+        assert not listener._open

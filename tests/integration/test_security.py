@@ -7,11 +7,15 @@ that the peer is refused with the right code and that the good workers' training
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import os
+import socket
 import ssl
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +275,20 @@ async def test_a_tls_master_that_refused_a_handshake_closes_without_waiting_out_
         await asyncio.wait_for(master.close(), 60)  # a TimeoutError if it waits for the 300 s
 
 
+def _tls_master(pki: dict[str, str], timeout: float, *, mutual: bool = False, **limits: Any) -> Master:
+    """A TLS master (mutual TLS: it checks client certificates) for one worker on a9a, with the handshake
+    timeout ``timeout`` and the MasterConfig ``limits``."""
+    server = server_context(pki["master"], pki["master_key"], client_ca=pki["ca"] if mutual else None)
+    return Master(
+        SHORT,
+        np.zeros(A9A.features_count),
+        workers=1,
+        ssl=server,
+        connection_config=ConnectionConfig(handshake_timeout=timeout),
+        master_config=MasterConfig(**limits),
+    )
+
+
 async def _silent_peers(host: str, port: int, count: int) -> tuple[list[Any], list[Any]]:
     """``count`` plain TCP peers that send nothing (no TLS ClientHello): (held, cut at once).
 
@@ -291,16 +309,8 @@ async def test_a_tls_master_bounds_the_connections_in_their_tls_handshake(pki: d
     the oldest short: of 10 silent peers the first 6 are closed at once, 4 are held to the handshake
     timeout (and counted when it ends them); a worker then trains."""
     timeout = 2.0
-    server = server_context(pki["master"], pki["master_key"])
     connection = ConnectionConfig(handshake_timeout=timeout)
-    async with Master(
-        SHORT,
-        np.zeros(A9A.features_count),
-        workers=1,
-        ssl=server,
-        connection_config=connection,
-        master_config=MasterConfig(max_unauthenticated=1),
-    ) as master:
+    async with _tls_master(pki, timeout, max_unauthenticated=1) as master:
         host, port = master.address
         held, cut = await _silent_peers(host, port, 10)
         assert len(held) == 4 and len(cut) == 6, (held, cut)
@@ -322,7 +332,6 @@ async def test_strangers_in_their_tls_handshake_cannot_keep_a_certified_worker_o
     A certified worker still joins at once: its connection cuts the oldest stranger's short, and its
     handshake takes milliseconds.  (A review found that counting TLS handshakes against aiodq's own
     limit of 1 let the stranger keep it out until the stranger stopped.)"""
-    server = server_context(pki["master"], pki["master_key"], client_ca=pki["ca"])
     good = client_context(pki["ca"], pki["worker"], pki["worker_key"])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -341,14 +350,7 @@ async def test_strangers_in_their_tls_handshake_cannot_keep_a_certified_worker_o
                 writer.close()
             await asyncio.wait([asyncio.create_task(stop.wait())], timeout=0.1)
 
-    async with Master(
-        SHORT,
-        np.zeros(A9A.features_count),
-        workers=1,
-        ssl=server,
-        connection_config=ConnectionConfig(handshake_timeout=10.0),
-        master_config=MasterConfig(max_unauthenticated=1),
-    ) as master:
+    async with _tls_master(pki, 10.0, mutual=True, max_unauthenticated=1) as master:
         assert master.coordinator is not None
         host, port = master.address
         holders = [asyncio.create_task(hold(host, port)) for _ in range(4)]
@@ -373,15 +375,8 @@ async def test_the_handshake_deadline_counts_from_the_accept_with_tls(
     """A peer that takes 1.5 s to begin its TLS handshake and then says nothing: aiodq's handshake
     deadline runs from the accept, not from the end of the TLS handshake (a review: a TLS peer held its
     place for the TLS timeout and then aiodq's whole timeout again)."""
-    server = server_context(pki["master"], pki["master_key"])
     delay = 1.5
-    async with Master(
-        SHORT,
-        np.zeros(A9A.features_count),
-        workers=1,
-        ssl=server,
-        connection_config=ConnectionConfig(handshake_timeout=3.0),
-    ) as master:
+    async with _tls_master(pki, 3.0) as master:
         coordinator = master.coordinator
         assert coordinator is not None
         connected: list[float] = []
@@ -410,17 +405,7 @@ async def test_the_handshake_deadline_counts_from_the_accept_with_tls(
 async def test_a_tls_master_applies_the_connection_rate_before_the_tls_handshake(pki: dict[str, str]) -> None:
     """connection_rate with TLS: past the burst (2 M + 16 = 18 for one worker) connections from one
     address are closed as they arrive, before any handshake (they waited out its timeout before)."""
-    server = server_context(pki["master"], pki["master_key"])
-    connection = ConnectionConfig(handshake_timeout=2.0)
-    limited = MasterConfig(connection_rate=0.01)
-    async with Master(
-        SHORT,
-        np.zeros(A9A.features_count),
-        workers=1,
-        ssl=server,
-        connection_config=connection,
-        master_config=limited,
-    ) as master:
+    async with _tls_master(pki, 2.0, connection_rate=0.01) as master:
         host, port = master.address
         held, cut = await _silent_peers(host, port, 30)
         assert len(held) == 18 and len(cut) == 12, (held, cut)
@@ -431,6 +416,46 @@ async def test_a_tls_master_applies_the_connection_rate_before_the_tls_handshake
         # (A handshake's end is counted once the loop has closed its connection: maybe after the peer saw it.)
         await wait_until(lambda: refused().get("TLS handshake timed out") == 18, 10, "the timeouts counted")
         assert refused() == {"too many new connections from one address": 12, "TLS handshake timed out": 18}
+
+
+def _silent_tls_peer(host: str, port: int, context: ssl.SSLContext) -> tuple[bytes, float]:
+    """A blocking TLS client that reads the master's first bytes, and then the TLS layer's end of the
+    stream, but never answers with its own close_notify; returns those bytes and, from the TLS
+    handshake's end, the seconds until the master closed the TCP connection."""
+    with context.wrap_socket(socket.create_connection((host, port)), server_hostname=host) as peer:
+        peer.settimeout(60)
+        began = time.monotonic()
+        first = peer.recv(1 << 16)
+        while peer.recv(1 << 16):  # (b"": the master's close_notify; no reply is sent)
+            pass
+        with socket.socket(fileno=os.dup(peer.fileno())) as raw:  # the TCP stream beneath, unanswered
+            raw.settimeout(60)
+            with contextlib.suppress(ConnectionError):
+                while raw.recv(1 << 16):
+                    pass
+        return first, time.monotonic() - began
+
+
+@pytest.mark.asyncio
+async def test_a_silent_tls_peer_gives_up_its_place_when_the_master_closes_it(pki: dict[str, str]) -> None:
+    """max_unauthenticated 1, a 2 s handshake timeout: a peer that completes TLS and then neither speaks
+    nor answers the master's close_notify is sent CLOSE at its deadline, and its place is free at once
+    (a worker joins and trains); its TCP connection ends within the close timeout, not after the 30 s
+    the TLS close waited for the peer (a review: the place was held for 32 s)."""
+    connection = ConnectionConfig(handshake_timeout=2.0)
+    async with _tls_master(pki, 2.0, max_unauthenticated=1) as master:
+        host, port = master.address
+        loop = asyncio.get_running_loop()
+        peer = loop.run_in_executor(None, _silent_tls_peer, host, port, client_context(pki["ca"]))
+        await wait_until(lambda: "TIMEOUT" in master.result().to_json()["error_counts"], 10, "its deadline")
+        tasks = start_workers(host, port, [0], 1, ssl=client_context(pki["ca"]), connection_config=connection)
+        results = await finish(tasks, TIMEOUT)
+        first, ended = await asyncio.wait_for(peer, 60)
+        summary = (await master.wait(TIMEOUT)).to_json()
+    check_trained(summary, results)
+    assert close_code(first) == ErrorCode.TIMEOUT
+    assert ended < 2.0 + 2.0 + 2.0, ended  # (its deadline, the close timeout, and 2 s to spare)
+    assert "too many connections in their handshake" not in summary["refused_connections"]
 
 
 @pytest.mark.asyncio
