@@ -38,6 +38,17 @@ def _ends(client: socket.socket, timeout: float = 2.0) -> bytes | None:
         received += data
 
 
+def _waiting() -> tuple[asyncio.Event, ConnectedCallback]:
+    """A handler that reads each connection to its end, and the event it sets when one has started."""
+    started = asyncio.Event()
+
+    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started.set()
+        await reader.read()
+
+    return started, waits
+
+
 async def _listener(callback: object) -> tuple[Listener, tuple[str, int]]:
     listener = Listener()
     await listener.start(callback, "127.0.0.1", 0, limit=1 << 16)  # type: ignore[arg-type]
@@ -51,11 +62,7 @@ async def test_a_connection_nobody_closes_is_aborted_at_once() -> None:
 
     The client sees the end long before the 60 s a connection being closed gracefully would have.
     """
-    started = asyncio.Event()
-
-    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        started.set()
-        await reader.read()
+    started, waits = _waiting()
 
     listener, address = await _listener(waits)
     reader, writer = await asyncio.open_connection(*address)
@@ -69,11 +76,7 @@ async def test_a_connection_nobody_closes_is_aborted_at_once() -> None:
 @pytest.mark.asyncio
 async def test_a_connection_nobody_closes_is_closed_when_close_returns() -> None:
     """With the loop stopped after ``close``, the client still sees the end: the socket is closed already."""
-    started = asyncio.Event()
-
-    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        started.set()
-        await reader.read()
+    started, waits = _waiting()
 
     listener, address = await _listener(waits)
     with socket.create_connection(address) as client:
@@ -107,11 +110,7 @@ async def test_a_connection_being_closed_delivers_what_it_was_sent() -> None:
 async def test_a_cancelled_close_has_stopped_accepting_and_can_be_called_again() -> None:
     """``close`` cancelled while it waits for a connection to be lost: the listening socket is closed
     already (a new connection is refused), and a second ``close`` ends the connection."""
-    started = asyncio.Event()
-
-    async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        started.set()
-        await reader.read()
+    started, waits = _waiting()
 
     listener, address = await _listener(waits)
     with socket.create_connection(address) as client:
