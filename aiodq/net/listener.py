@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -81,10 +82,11 @@ class _Accepted:
         self.key = "" if peer is None else address_key(peer)
         #: Given to the loop (its protocol made by ``connect_accepted_socket``): the loop closes it now.
         self.handed = False
-        self.task: asyncio.Task[None] | None = None
         self._listener: Listener | None = listener
         listener.handshaking += 1
         listener._waiting.setdefault(self.key, {})[self] = None
+        #: The task that hands it to the loop (Listener._accept starts it).
+        self.task: asyncio.Task[None]
 
     def release(self) -> bool:
         """Count it no more (once connected, or ended); False if that was done before."""
@@ -145,8 +147,8 @@ class Listener:
         self._sockets: list[socket.socket] = []
         #: Accepting paused after an error: the timer that resumes it, by listening socket.
         self._paused: dict[socket.socket, asyncio.TimerHandle] = {}
-        #: Connections being handed to the loop, oldest first.
-        self._handshakes: dict[asyncio.Task[None], _Accepted] = {}
+        #: Connections being handed to the loop.
+        self._handshakes: set[_Accepted] = set()
         #: Open connections, with the loop's time at their accept.
         self._open: dict[asyncio.Transport, float] = {}
         #: Connections being closed by :meth:`linger`, each with the timer that aborts it.
@@ -223,12 +225,12 @@ class Listener:
         """
         self.stop_accepting()
         self._closing = True
-        handshakes = list(self._handshakes.items())
-        for task, accepted in handshakes:
+        handshakes = list(self._handshakes)
+        for accepted in handshakes:
             if accepted.release():  # not connected yet: the loop aborts it (a made one connects now)
-                task.cancel()
+                accepted.task.cancel()
         if handshakes:
-            await asyncio.wait([task for task, _ in handshakes])
+            await asyncio.wait([accepted.task for accepted in handshakes])
             await asyncio.sleep(0)  # (their sockets close in the loop's next iteration)
         for transport in list(self._open):
             if not transport.is_closing():
@@ -287,27 +289,26 @@ class Listener:
             except Exception:
                 _log.exception("admitting a connection from %s failed; it is closed", peer)
                 admitted = False
-            if not admitted or sock not in self._sockets:  # (refused, or admit stopped the listener)
+            if sock not in self._sockets:  # (admit stopped the listener)
                 conn.close()
-                if sock not in self._sockets:
-                    return
+                return
+            if not admitted:
+                conn.close()
                 continue
             conn.setblocking(False)
             if self._tls and self.handshaking >= self._tls_limit:
                 self._cut_one_short()
             accepted = _Accepted(self, conn, peer, loop.time())
-            task = asyncio.create_task(self._handshake(accepted), name="aiodq-listener-handshake")
-            accepted.task = task
-            self._handshakes[task] = accepted
-            task.add_done_callback(self._handshake_ended)
+            accepted.task = asyncio.create_task(self._handshake(accepted), name="aiodq-listener-handshake")
+            accepted.task.add_done_callback(functools.partial(self._handshake_ended, accepted))
+            self._handshakes.add(accepted)
 
     def _cut_one_short(self) -> None:
         """End the oldest TLS handshake of the address with the most (module docstring)."""
         waiting = max(self._waiting.values(), key=len)
         accepted = next(iter(waiting))
         accepted.release()
-        if accepted.task is not None:
-            accepted.task.cancel()
+        accepted.task.cancel()
         self._refused(CUT_SHORT, accepted.peer)
 
     def _resume(self, sock: socket.socket) -> None:
@@ -338,8 +339,8 @@ class Listener:
             accepted.release()
             _log.exception("connection from %s: the event loop could not take it", accepted.peer)
 
-    def _handshake_ended(self, task: asyncio.Task[None]) -> None:
-        accepted = self._handshakes.pop(task)
+    def _handshake_ended(self, accepted: _Accepted, task: asyncio.Task[None]) -> None:
+        self._handshakes.discard(accepted)
         if not accepted.handed:  # cancelled, or failed, before the loop took it
             accepted.conn.close()
             accepted.release()

@@ -429,9 +429,9 @@ class Master:
             self._handlers.discard(task)
             self._check_done()
 
-    def _refuse(self, writer: asyncio.StreamWriter, why: str, peer: str | None = None) -> None:
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
         writer.transport.abort()
-        self._logbook.refuse(why, peer)
+        self._logbook.refuse(why)
 
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator

@@ -116,7 +116,8 @@ async def test_a_cancelled_close_has_stopped_accepting_and_can_be_called_again()
     with socket.create_connection(address) as client:
         await asyncio.wait_for(started.wait(), 10)
         closing = asyncio.create_task(listener.close())
-        await asyncio.sleep(0)  # (the close has begun: it waits for the aborted connection's loss)
+        # Until the close has begun: it has stopped accepting, and waits for the aborted connection's loss.
+        await _until(lambda: listener._closing, "the close begun")
         assert not closing.done()
         closing.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -555,7 +556,7 @@ async def test_a_connection_cut_short_as_its_handshake_ends_is_aborted_not_serve
         transport = Transport()
         protocol = _TrackedProtocol(asyncio.StreamReader(), listener, accepted)
         protocol.connection_made(transport)
-        await asyncio.sleep(0)  # (a handler would have started)
+        assert protocol._task is None  # (no handler task: connection_made creates it when it serves)
         assert transport.aborted and not served and listener.handshaking == 0
         protocol.connection_lost(None)
         assert not listener._open

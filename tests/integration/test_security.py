@@ -333,7 +333,6 @@ async def test_strangers_in_their_tls_handshake_cannot_keep_a_certified_worker_o
     handshake takes milliseconds.  (A review found that counting TLS handshakes against aiodq's own
     limit of 1 let the stranger keep it out until the stranger stopped.)"""
     good = client_context(pki["ca"], pki["worker"], pki["worker_key"])
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     async def hold(host: str, port: int) -> None:
@@ -355,16 +354,14 @@ async def test_strangers_in_their_tls_handshake_cannot_keep_a_certified_worker_o
         host, port = master.address
         holders = [asyncio.create_task(hold(host, port)) for _ in range(4)]
         await wait_until(lambda: master.accepted >= 4, 10, "the stranger's connections")
-        began = loop.time()
         tasks = start_workers(host, port, [0], 1, ssl=good)
+        # (Before the change it waited for the 10 s timeout of the stranger's handshakes.)
         await wait_until(lambda: master.coordinator.live_workers == 1, 8, "the certified worker joined")
-        joined = loop.time() - began
         stop.set()
         results = await finish(tasks, TIMEOUT)
         summary = (await master.wait(TIMEOUT)).to_json()
     await finish(holders, 20)  # (the master's close ended their handshakes)
     check_trained(summary, results)
-    assert joined < 8  # (wait_until fails first: before the change it took the 10 s timeout)
     assert summary["refused_connections"][CUT_SHORT] >= 1
 
 
