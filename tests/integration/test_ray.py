@@ -180,48 +180,6 @@ async def test_a_killed_worker_actor_is_replaced_and_the_run_reaches_the_optimum
     within_one_percent(result)
 
 
-@pytest.fixture
-def own_ray() -> Iterator[None]:
-    """A Ray instance this test starts (run_ray uses it and leaves it running)."""
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    signal.signal(signal.SIGTERM, sigterm)  # ray.init's would outlive the test
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.asyncio
-@pytest.mark.usefixtures("own_ray")
-async def test_a_timeout_ends_the_run_and_kills_every_actor() -> None:
-    """A run too long for its timeout ends with RunError; none of its actors is left in the caller's Ray."""
-    seen: set[str] = set()
-
-    async def watch() -> None:
-        while True:
-            seen.update(aiodq_actors())
-            await asyncio.sleep(0.1)
-
-    watcher = asyncio.create_task(watch())
-    try:
-        # (10 s: on a machine loaded 3.5-fold the master actor had not started within 5 s, and the error
-        # rightly carried no run)
-        with pytest.raises(RunError, match="did not finish within 10 s") as info:
-            await run_ray(TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=10)
-    finally:
-        watcher.cancel()
-    # The error carries the run as it stood: the master actor was closed before any actor was killed.
-    stood = info.value.result
-    assert stood is not None and stood.failure == stood.summary["failure"] == str(info.value)
-    assert stood.trace and stood.trace[-1].samples == 32_561  # every sample of the bundled a9a
-    assert stood.summary["dataset"] == "a9a" and stood.summary["ray"]["master"]
-    assert any(name.endswith("-master") for name in seen), seen
-    assert sum("-worker-" in name for name in seen) == 2, seen
-    assert ray.is_initialized()  # the caller's instance is left alone
-    await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the run")
-
-
 CTRL_C = """
 import logging, os, signal, sys
 # A terminal's foreground job takes Ctrl-C whatever its parent did with SIGINT; a test suite started
@@ -294,121 +252,6 @@ async def test_cancelled_while_ray_starts_it_shuts_the_instance_down() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.usefixtures("own_ray")
-async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    """Cancelled mid-run, the master actor is closed before it is killed: its checkpoint holds the run
-    as it stood, and resume=True trains the rest (every epoch once)."""
-    from aiodq.net.checkpoint import load, resumable  # noqa: PLC0415
-
-    path = tmp_path / "run.ckpt"
-    config = TrainConfig(epochs=12)
-
-    def version() -> int:
-        kept = resumable(path) if path.exists() else None
-        return -1 if kept is None else kept[1]
-
-    stood: list[Any] = []
-    run = asyncio.create_task(
-        run_ray(
-            config,
-            workers=2,
-            bind_host=LOOPBACK,
-            timeout=120,
-            checkpoint=str(path),
-            checkpoint_interval=0.2,
-            stopped=stood.append,
-        )
-    )
-    await wait_until(lambda: version() >= 100 or run.done(), 90, "a checkpoint of 100 updates")
-    assert not run.done()
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
-    saved = load(path).meta
-    assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] >= 100
-    # The stopped hook got the run as it stood when the master actor closed (as the checkpoint).
-    assert len(stood) == 1 and stood[0].failure == "stopped before training ended"
-    assert [asdict(record) for record in stood[0].trace] == saved["trace"]
-    assert stood[0].summary["ray"]["master"]
-    await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
-
-    result = await run_ray(
-        config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), resume=True
-    )
-    assert result.ok, result.failure
-    assert [record.epoch for record in result.trace] == list(range(13))
-    assert result.trace[len(saved["trace"]) - 1].version == saved["trace"][-1]["version"]
-    assert resumable(path) is None  # marked done
-    finished = path.read_bytes()
-    # Resumed again, the finished run gives its result as it ended, with no worker, and keeps its file.
-    again = await run_ray(
-        config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), resume=True
-    )
-    assert again.ok and np.array_equal(again.model, result.model) and again.trace == result.trace
-    assert path.read_bytes() == finished
-
-
-@pytest.mark.asyncio
-@pytest.mark.usefixtures("own_ray")
-async def test_a_timed_out_ray_run_says_where_its_checkpoint_holds_it(tmp_path: Path) -> None:
-    from aiodq.net.checkpoint import resumable  # noqa: PLC0415
-
-    path = tmp_path / "run.ckpt"
-    with pytest.raises(RunError) as info:
-        await run_ray(
-            TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=5, checkpoint=str(path)
-        )
-    kept = resumable(path)
-    # On a loaded machine the worker actors may not all have started within the 5 s: said, as such.
-    # Then the run may hold nothing to resume (no checkpoint), and the error names none; a run whose
-    # workers all started always has one.
-    started = r"; [12] worker actors never started \(no room\?\)"
-    if kept is None:
-        assert re.fullmatch(rf"the run did not finish within 5 s{started}", str(info.value)), info.value
-        return
-    said = re.escape(
-        f"; the checkpoint {path} holds the run as it stood (epoch {kept[0]}, version {kept[1]}): resume it "
-        "to continue"
-    )
-    assert re.fullmatch(rf"the run did not finish within 5 s({started})?{said}", str(info.value)), info.value
-
-
-@pytest.mark.asyncio
-@pytest.mark.usefixtures("own_ray")
-async def test_a_ray_run_stopped_as_training_ends_still_hands_its_result_over(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A cancellation that comes as training ends, before the driver has the master actor's result:
-    the result still reaches the finished hook (aiodq run writes its files there) before the actors
-    are killed. The driver's poll is wrapped to cancel the run, there, the first time it sees training
-    done."""
-    import aiodq.launch.ray as launcher  # noqa: PLC0415
-
-    poll = launcher._poll
-    handed: list[Any] = []
-    task: asyncio.Task[Any] | None = None
-
-    async def cancelling_poll(ray_module: Any, master: Any) -> dict[str, Any]:
-        state = await poll(ray_module, master)
-        if state["done"] and task is not None and not task.cancelling():
-            task.cancel()  # as a SIGTERM would, through run_coroutine
-            await asyncio.sleep(0)  # it lands here, inside the driver's loop, before the result is taken
-        return state
-
-    monkeypatch.setattr(launcher, "_poll", cancelling_poll)
-    task = asyncio.create_task(
-        run_ray(TrainConfig(epochs=2), workers=2, bind_host=LOOPBACK, timeout=120, finished=handed.append)
-    )
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert len(handed) == 1
-    result = handed[0]
-    assert result.ok and [record.epoch for record in result.trace] == [0, 1, 2]
-    assert result.summary["ray"]["master"].startswith(f"{LOOPBACK}:")
-    await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
-
-
-@pytest.mark.asyncio
 async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_trains(tmp_path: Path) -> None:
     """The Ray master actor always names its data in CONFIG (workers on other nodes may read another copy
     of the file): a worker actor whose file differs in one value is refused (INVALID_CONFIG), one on the
@@ -453,25 +296,6 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
         future = asyncio.get_running_loop().create_future()
         future.set_result(outcome)
         assert _cannot_train(future) is cannot_train
-
-
-@pytest.mark.asyncio
-@pytest.mark.usefixtures("own_ray")
-async def test_a_ray_run_starts_from_the_vector_the_driver_sends(tmp_path: Path) -> None:
-    """start_from, a file the driver reads, travels to the master actor: the trace's first loss is F at
-    x_0 (as float32, the snapshot's precision on the wire), computed here from the objective."""
-    data = aiodq_load(A9A_HEAD)
-    objective = LogisticRegression(data.features, data.labels)
-    x0 = np.random.default_rng(6).normal(scale=0.1, size=objective.dim)
-    np.save(tmp_path / "x0.npy", x0)
-    config = TrainConfig(epochs=1)
-    result = await run_ray(
-        config, str(A9A_HEAD), workers=2, bind_host=LOOPBACK, start_from=tmp_path / "x0.npy", timeout=120
-    )
-    assert result.ok, result.failure
-    at = x0.astype(np.float32).astype(np.float64)
-    expected = float(objective.loss_grad(at)[0]) / data.samples + 0.5 * config.l2 * float(at @ at)
-    assert result.trace[0].loss == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.asyncio
@@ -574,3 +398,183 @@ async def test_a_start_abandoned_at_the_timeout_is_shut_down_when_it_ends_and_bl
     fake.go.set()  # the start ends after all
     await asyncio.wait_for(start.down, 30)
     assert fake.threads == [fake.threads[0]] * 2 and not fake.initialized
+
+
+class TestInTheCallersRay:
+    """Runs in a Ray instance the caller started: run_ray uses it and leaves it running.  One instance
+    serves the class (starting and stopping one took 3.5-5 s a test), as a user's serves run after run:
+    each test starts with no aiodq actor in it, which the one before must have left so."""
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def callers_ray(cls) -> Iterator[None]:
+        assert not ray.is_initialized()
+        sigterm = signal.getsignal(signal.SIGTERM)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        signal.signal(signal.SIGTERM, sigterm)  # ray.init's would outlive the tests
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+    @pytest.fixture(autouse=True)
+    def no_actor_left(self) -> None:
+        assert ray.is_initialized() and not aiodq_actors(), aiodq_actors()
+
+    @pytest.mark.asyncio
+    async def test_a_timeout_ends_the_run_and_kills_every_actor(self) -> None:
+        """A run too long for its timeout ends with RunError; none of its actors is left in the caller's
+        Ray."""
+        seen: set[str] = set()
+
+        async def watch() -> None:
+            while True:
+                seen.update(aiodq_actors())
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            # (10 s: on a machine loaded 3.5-fold the master actor had not started within 5 s, and the error
+            # rightly carried no run)
+            with pytest.raises(RunError, match="did not finish within 10 s") as info:
+                await run_ray(TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=10)
+        finally:
+            watcher.cancel()
+        # The error carries the run as it stood: the master actor was closed before any actor was killed.
+        stood = info.value.result
+        assert stood is not None and stood.failure == stood.summary["failure"] == str(info.value)
+        assert stood.trace and stood.trace[-1].samples == 32_561  # every sample of the bundled a9a
+        assert stood.summary["dataset"] == "a9a" and stood.summary["ray"]["master"]
+        assert any(name.endswith("-master") for name in seen), seen
+        assert sum("-worker-" in name for name in seen) == 2, seen
+        assert ray.is_initialized()  # the caller's instance is left alone
+        await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the run")
+
+    @pytest.mark.asyncio
+    async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(self, tmp_path: Path) -> None:
+        """Cancelled mid-run, the master actor is closed before it is killed: its checkpoint holds the run
+        as it stood, and resume=True trains the rest (every epoch once)."""
+        from aiodq.net.checkpoint import load, resumable  # noqa: PLC0415
+
+        path = tmp_path / "run.ckpt"
+        config = TrainConfig(epochs=12)
+
+        def version() -> int:
+            kept = resumable(path) if path.exists() else None
+            return -1 if kept is None else kept[1]
+
+        stood: list[Any] = []
+        run = asyncio.create_task(
+            run_ray(
+                config,
+                workers=2,
+                bind_host=LOOPBACK,
+                timeout=120,
+                checkpoint=str(path),
+                checkpoint_interval=0.2,
+                stopped=stood.append,
+            )
+        )
+        await wait_until(lambda: version() >= 100 or run.done(), 90, "a checkpoint of 100 updates")
+        assert not run.done()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        saved = load(path).meta
+        assert saved["phase"] in ("snapshot", "inner") and saved["state"]["version"] >= 100
+        # The stopped hook got the run as it stood when the master actor closed (as the checkpoint).
+        assert len(stood) == 1 and stood[0].failure == "stopped before training ended"
+        assert [asdict(record) for record in stood[0].trace] == saved["trace"]
+        assert stood[0].summary["ray"]["master"]
+        await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
+
+        result = await run_ray(
+            config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), resume=True
+        )
+        assert result.ok, result.failure
+        assert [record.epoch for record in result.trace] == list(range(13))
+        assert result.trace[len(saved["trace"]) - 1].version == saved["trace"][-1]["version"]
+        assert resumable(path) is None  # marked done
+        finished = path.read_bytes()
+        # Resumed again, the finished run gives its result as it ended, with no worker, and keeps its file.
+        again = await run_ray(
+            config, workers=2, bind_host=LOOPBACK, timeout=120, checkpoint=str(path), resume=True
+        )
+        assert again.ok and np.array_equal(again.model, result.model) and again.trace == result.trace
+        assert path.read_bytes() == finished
+
+    @pytest.mark.asyncio
+    async def test_a_timed_out_ray_run_says_where_its_checkpoint_holds_it(self, tmp_path: Path) -> None:
+        from aiodq.net.checkpoint import resumable  # noqa: PLC0415
+
+        path = tmp_path / "run.ckpt"
+        with pytest.raises(RunError) as info:
+            await run_ray(
+                TrainConfig(epochs=1000), workers=2, bind_host=LOOPBACK, timeout=5, checkpoint=str(path)
+            )
+        kept = resumable(path)
+        # On a loaded machine the worker actors may not all have started within the 5 s: said, as such.
+        # Then the run may hold nothing to resume (no checkpoint), and the error names none; a run whose
+        # workers all started always has one.
+        started = r"; [12] worker actors never started \(no room\?\)"
+        if kept is None:
+            assert re.fullmatch(rf"the run did not finish within 5 s{started}", str(info.value)), info.value
+            return
+        said = re.escape(
+            f"; the checkpoint {path} holds the run as it stood (epoch {kept[0]}, version {kept[1]}): "
+            "resume it to continue"
+        )
+        assert re.fullmatch(rf"the run did not finish within 5 s({started})?{said}", str(info.value)), (
+            info.value
+        )
+
+    @pytest.mark.asyncio
+    async def test_a_ray_run_stopped_as_training_ends_still_hands_its_result_over(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A cancellation that comes as training ends, before the driver has the master actor's result:
+        the result still reaches the finished hook (aiodq run writes its files there) before the actors
+        are killed. The driver's poll is wrapped to cancel the run, there, the first time it sees training
+        done."""
+        import aiodq.launch.ray as launcher  # noqa: PLC0415
+
+        poll = launcher._poll
+        handed: list[Any] = []
+        task: asyncio.Task[Any] | None = None
+
+        async def cancelling_poll(ray_module: Any, master: Any) -> dict[str, Any]:
+            state = await poll(ray_module, master)
+            if state["done"] and task is not None and not task.cancelling():
+                task.cancel()  # as a SIGTERM would, through run_coroutine
+                await asyncio.sleep(0)  # it lands here, inside the driver's loop, before the result is taken
+            return state
+
+        monkeypatch.setattr(launcher, "_poll", cancelling_poll)
+        task = asyncio.create_task(
+            run_ray(TrainConfig(epochs=2), workers=2, bind_host=LOOPBACK, timeout=120, finished=handed.append)
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(handed) == 1
+        result = handed[0]
+        assert result.ok and [record.epoch for record in result.trace] == [0, 1, 2]
+        assert result.summary["ray"]["master"].startswith(f"{LOOPBACK}:")
+        await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the cancelled run")
+
+    @pytest.mark.asyncio
+    async def test_a_ray_run_starts_from_the_vector_the_driver_sends(self, tmp_path: Path) -> None:
+        """start_from, a file the driver reads, travels to the master actor: the trace's first loss is F at
+        x_0 (as float32, the snapshot's precision on the wire), computed here from the objective."""
+        data = aiodq_load(A9A_HEAD)
+        objective = LogisticRegression(data.features, data.labels)
+        x0 = np.random.default_rng(6).normal(scale=0.1, size=objective.dim)
+        np.save(tmp_path / "x0.npy", x0)
+        config = TrainConfig(epochs=1)
+        result = await run_ray(
+            config, str(A9A_HEAD), workers=2, bind_host=LOOPBACK, start_from=tmp_path / "x0.npy", timeout=120
+        )
+        assert result.ok, result.failure
+        at = x0.astype(np.float32).astype(np.float64)
+        expected = float(objective.loss_grad(at)[0]) / data.samples + 0.5 * config.l2 * float(at @ at)
+        assert result.trace[0].loss == pytest.approx(expected, rel=1e-12)
