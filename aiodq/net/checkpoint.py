@@ -167,7 +167,10 @@ def save(path: str | Path, checkpoint: Checkpoint, *, what: str = "checkpoint", 
         if not private:
             os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
-            contents = {"meta": np.array(json.dumps(meta)), **checkpoint.arrays}
+            # UTF-8 bytes: a str array takes four bytes a character (an audit's checkpoint grew past
+            # its read limit on escaped control characters in the errors' texts).
+            text = json.dumps(meta, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            contents = {"meta": np.array(text), **checkpoint.arrays}
             _savez(stream, **contents)
             stream.flush()
             os.fsync(stream.fileno())
@@ -248,7 +251,9 @@ def read_limit(dim: int, epochs: int) -> int:
     """The most a checkpoint of a run of ``dim`` parameters and ``epochs`` epochs takes once read.
 
     Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at most 100
-    reasons of 1 KiB at the default limit, and a trace line per epoch), with room.
+    texts of 1,024 characters, each at most 6 bytes in its JSON as UTF-8, whatever
+    ``max_reason_bytes``; the counts by code, of which only assigned codes have their own key;
+    a trace line per epoch), with room.
     """
     return 64 * dim + (4 << 20) + 1024 * epochs
 
@@ -291,6 +296,21 @@ def finished_run(path: str | Path) -> bool:
     except CheckpointError:
         return False
     return meta.get("phase") == "done" and "failure" in meta
+
+
+def _text(stored: object) -> str:
+    """The metadata's JSON text: UTF-8 bytes, or (as earlier versions wrote it) a str array.
+
+    Raises:
+        ValueError: if it is neither (another program's .npz, or a damaged one: np.load gives a
+            member that is no .npy as its bytes).
+    """
+    if not isinstance(stored, np.ndarray):
+        raise ValueError("its metadata is not an .npy array")
+    if stored.shape != () or stored.dtype.kind not in "SU":
+        raise ValueError(f"its metadata is a {stored.dtype} array of shape {stored.shape}, not JSON text")
+    value = stored.item()
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
 
 
 def _stood(meta: dict[str, Any]) -> tuple[int, int] | None:
@@ -339,7 +359,7 @@ def load(
                     raise ValueError(
                         f"an .npz archive without aiodq's metadata (its arrays: {_listed(archive.files)})"
                     )
-                meta = json.loads(str(archive["meta"]))
+                meta = json.loads(_text(archive["meta"]))
                 read = {name: archive[name] for name in archive.files if name != "meta"} if arrays else {}
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__

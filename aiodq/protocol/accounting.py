@@ -18,7 +18,16 @@ import numpy.typing as npt
 
 from .connection import Connection
 
-__all__ = ["MAX_ERRORS", "MAX_UNJOINED_ERRORS", "EpochRecord", "Ledger", "ModelRecord", "Traffic"]
+__all__ = [
+    "MAX_ERRORS",
+    "MAX_REASON_CHARS",
+    "MAX_UNJOINED_ERRORS",
+    "UNASSIGNED",
+    "EpochRecord",
+    "Ledger",
+    "ModelRecord",
+    "Traffic",
+]
 
 #: Protocol errors kept with their text in the ledger (the latest); all are counted by code,
 #: so that no peer can grow the master's memory, its result file or its checkpoint without bound.
@@ -27,6 +36,13 @@ MAX_ERRORS = 100
 #: failed handshakes): a flood of refused HELLOs cannot push out the errors of workers that took part,
 #: the removal that the refusals follow among them.
 MAX_UNJOINED_ERRORS = MAX_ERRORS // 2
+#: The most characters of an error's text kept (the default ``max_reason_bytes``): the texts kept
+#: are bounded whatever limit a master accepts, and so is the checkpoint that holds them.
+MAX_REASON_CHARS = 1024
+#: The one key under which :class:`Ledger` counts codes that no version of the protocol assigns
+#: (an audit: one CLOSE from a stranger per code, 65,512 of them, made as many keys, 1.36 MB of
+#: result.json and a checkpoint too large to resume).
+UNASSIGNED = "unassigned"
 
 
 @dataclass(slots=True)
@@ -178,9 +194,13 @@ class Ledger:
         """Record a protocol error (``sent``: the worker's) by code; its text replaces the oldest one kept.
 
         An error of a connection that never ``joined`` replaces the oldest such one once
-        :data:`MAX_UNJOINED_ERRORS` are kept.
+        :data:`MAX_UNJOINED_ERRORS` are kept.  A code no version assigns (``code`` a number, as
+        :func:`~aiodq.errors.code_name` gives it) is counted as :data:`UNASSIGNED` (its text, kept,
+        names the number), and a text is kept to :data:`MAX_REASON_CHARS` characters.
         """
-        (self.peer_error_counts if sent else self.error_counts)[code] += 1
+        (self.peer_error_counts if sent else self.error_counts)[UNASSIGNED if code.isdigit() else code] += 1
+        if len(reason) > MAX_REASON_CHARS:
+            reason = f"{reason[:MAX_REASON_CHARS]}... ({len(reason) - MAX_REASON_CHARS} more characters)"
         if not joined:
             unjoined = [i for i, entry in enumerate(self.errors) if not entry[4]]
             if len(unjoined) >= MAX_UNJOINED_ERRORS:

@@ -530,6 +530,28 @@ def test_a_damaged_checkpoint_is_one_error(tmp_path: Path, members: dict[str, by
         checkpoint_file.load(path)
 
 
+def test_metadata_as_earlier_versions_stored_it_still_reads(tmp_path: Path) -> None:
+    """The metadata is UTF-8 bytes now (a str array took four bytes a character); a file whose
+    metadata is a str array, as every earlier version wrote it, reads the same."""
+    meta = {"format": checkpoint_file.CHECKPOINT_FORMAT, "kind": "test", "text": "\x01 é \U0001f600"}
+    for stored in (np.array(json.dumps(meta)), np.array(json.dumps(meta, ensure_ascii=False).encode())):
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, stored)
+        with zipfile.ZipFile(tmp_path / "file.npz", "w") as archive:
+            archive.writestr("meta.npy", buffer.getvalue())
+        assert checkpoint_file.load(tmp_path / "file.npz").meta == meta
+    checkpoint_file.save(tmp_path / "new.npz", Checkpoint({}, meta))
+    with np.load(tmp_path / "new.npz") as archive:
+        assert archive["meta"].dtype.kind == "S"
+    assert checkpoint_file.load(tmp_path / "new.npz").meta == meta
+    with zipfile.ZipFile(tmp_path / "file.npz", "w") as archive:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.zeros(3))
+        archive.writestr("meta.npy", buffer.getvalue())
+    with pytest.raises(CheckpointError, match="its metadata is a float64 array of shape"):
+        checkpoint_file.load(tmp_path / "file.npz")
+
+
 def test_deeply_nested_checkpoint_metadata_is_one_error(tmp_path: Path) -> None:
     """Metadata nested 200,000 deep (JSON's decoder recurses): CheckpointError, never RecursionError."""
     path = tmp_path / "deep.ckpt"

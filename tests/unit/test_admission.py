@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -17,13 +18,14 @@ import pytest
 from test_coordinator import Cluster, config, small_a9a
 from test_hardening import _overflowing_reports, once, rewrite, shard_of
 
-from aiodq.codec.events import ErrorMessage, Gradient, Heartbeat, Hello, SnapshotGradient
+from aiodq.codec.events import Close, ErrorMessage, Gradient, Heartbeat, Hello, SnapshotGradient
 from aiodq.codec.messages import encode_message
 from aiodq.codec.vectors import DenseQuantized
 from aiodq.config import ConnectionConfig, MasterConfig
 from aiodq.errors import ErrorCode
+from aiodq.net.checkpoint import load, read_limit, save
 from aiodq.net.logbook import Logbook, worker_name
-from aiodq.protocol.accounting import MAX_ERRORS, MAX_UNJOINED_ERRORS, Ledger
+from aiodq.protocol.accounting import MAX_ERRORS, MAX_REASON_CHARS, MAX_UNJOINED_ERRORS, UNASSIGNED, Ledger
 from aiodq.protocol.admission import (
     FORGIVEN_AFTER,
     LONGEST_BACKOFF,
@@ -198,7 +200,45 @@ def test_a_flood_of_refused_hellos_leaves_the_removal_it_follows_in_the_errors_k
     assert codes == expected and MAX_UNJOINED_ERRORS == 50
     assert [e["worker"] for e in summary["errors"][kept:]] == refused[-MAX_UNJOINED_ERRORS:]
     assert summary["error_counts"] == {"LIMIT_EXCEEDED": 1, "TRY_LATER": 120}
-    assert summary["peer_error_counts"] == {"60000": MAX_PEER_ERRORS + 1}
+    # 60000 is no assigned code: counted as such (its number stays in each entry's text above).
+    assert summary["peer_error_counts"] == {UNASSIGNED: MAX_PEER_ERRORS + 1}
+
+
+def test_strangers_closing_with_every_unassigned_code_add_one_key_and_a_bounded_checkpoint(
+    tmp_path: Any,
+) -> None:
+    """An audit: 65,512 connections, each a CLOSE with another code no version assigns and a reason of
+    1,024 control characters (no HELLO, so no secret needed), made as many keys in peer_error_counts
+    (1.36 MB of result.json) and a checkpoint past its read limit, which --resume then refused.  The
+    codes are counted under one key; the texts kept are the latest 50 strangers' (MAX_UNJOINED_ERRORS),
+    and in the checkpoint each control character takes the 6 bytes of its JSON escape, not 4 times that
+    (a str array's 4 bytes a character)."""
+    cluster = Cluster(config(epochs=2), small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER)
+    reason = "\x01" * 1024
+    for code in range(30_000, 32_000):
+        stranger = coordinator.connect(cluster.now)
+        coordinator.receive_data(stranger, encode_message(Close(code=code, reason=reason)), cluster.now)
+        coordinator.receive_data(stranger, b"", cluster.now)
+    summary = coordinator.summary()
+    assert summary["peer_error_counts"] == {UNASSIGNED: 2000}
+    strangers = [e for e in summary["errors"] if not e["joined"]]
+    assert [e["code"] for e in strangers] == [str(code) for code in range(31_950, 32_000)]
+    path = tmp_path / "run.ckpt"
+    save(path, coordinator.checkpoint(cluster.now))
+    with zipfile.ZipFile(path) as archive:
+        meta_bytes = archive.getinfo("meta.npy").file_size
+    escaped = MAX_UNJOINED_ERRORS * 1024 * len("\\u0001")  # 307,200 bytes of escaped reasons
+    assert escaped < meta_bytes < escaped + 100_000, meta_bytes  # (4 x escaped, 1.2 MB, before)
+    restored = Cluster(config(epochs=2), small_a9a(), 2, connect=False).coordinator
+    restored.restore(load(path, max_bytes=read_limit(123, 2)), 0.0)
+    assert restored.summary()["peer_error_counts"] == {UNASSIGNED: 2000}
+    # A text beyond MAX_REASON_CHARS (a master that accepts longer reasons) is kept cut, saying so.
+    ledger = Ledger()
+    ledger.add_error(0, "PROTOCOL_ERROR", "x" * 5000, sent=True)
+    assert ledger.errors[0][2] == "x" * MAX_REASON_CHARS + f"... ({5000 - MAX_REASON_CHARS} more characters)"
+    assert MAX_REASON_CHARS == 1024
 
 
 def test_errors_of_workers_that_joined_still_push_out_the_oldest_of_any_kind() -> None:

@@ -1478,7 +1478,9 @@ def test_a_worker_sending_errors_beyond_the_limit_is_removed() -> None:
         True,
     )
     # The ERRORs themselves are the worker's; the removal is the master's (result.json keeps them apart).
-    assert coordinator.ledger.peer_error_counts == {"60000": MAX_PEER_ERRORS + 1}
+    assert coordinator.ledger.peer_error_counts == {
+        "unassigned": MAX_PEER_ERRORS + 1
+    }  # 60000: assigned to nothing
     assert coordinator.ledger.error_counts == {"LIMIT_EXCEEDED": 1}
     # What it sends after its CLOSE until it closes too is ignored, not counted (the re-attack's
     # result.json counted LIMIT_EXCEEDED 1.3 million times).
