@@ -13,9 +13,10 @@ until the back-off has passed (7.1-10).  The back-off starts at ``MasterConfig.r
 claim with none for :data:`FORGIVEN_AFTER` after its back-off ended starts again from the first.
 
 Only removals that blame the worker start one (:attr:`~aiodq.protocol.guard.Refusal.blames_sender`
-and :func:`penalised`): not a timeout, a report out of line with the others' (an honest worker's is,
-against a liar's), a report or update that the model's state makes overflow, or the master's own
-failure; nor a session the worker or its transport ended (security.md says why not).
+and :func:`penalised`): not a timeout (but one that held a snapshot phase to its deadline,
+:attr:`~aiodq.protocol.guard.Refusal.held_the_phase`), a report out of line with the others' (an
+honest worker's is, against a liar's), a report or update that the model's state makes overflow, or
+the master's own failure; nor a session the worker or its transport ended (security.md says why not).
 
 A worker that joins and leaves by itself, over and over, starts no back-off (nothing it sent is
 refused), and each session costs the master a handshake and a copy of x_snap.  :class:`ConnectionRate`
@@ -135,7 +136,7 @@ class Admission:
         blame it for (:attr:`~aiodq.protocol.guard.Refusal.blames_sender`).
         """
         if isinstance(cause, Refusal):
-            if cause.blames_sender and penalised(cause.code):
+            if cause.blames_sender and (penalised(cause.code) or cause.held_the_phase):
                 self._backoff.start(member.shard, f"was removed for {cause.code.name}", now)
         elif cause is not None and penalised(cause):
             self._backoff.start(member.shard, f"was removed for {code_name(cause)}", now)

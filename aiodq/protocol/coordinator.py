@@ -178,7 +178,7 @@ class Coordinator:
             for worker_id, worker in list(self._workers.items()):
                 if worker.awaiting_snapshot:
                     reason = f"no SNAPSHOT_GRADIENT within {waited:.3g} s"
-                    self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason), now)
+                    self._remove(worker_id, Refusal(ErrorCode.TIMEOUT, reason, held_the_phase=True), now)
         if deadlines.join_due(now):  # joining, or in the inner loop once every worker left
             self._waited_in = self.phase  # the run can go on from here: its checkpoint says so
             self._finish(now, deadlines.unjoined(self.live_workers, self.expected_workers, self.errors))

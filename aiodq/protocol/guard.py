@@ -98,6 +98,11 @@ class Refusal:
     #: makes overflow (others' updates may have brought it there), the master's own failure.  A
     #: removal for it starts no rejoin back-off (admission.py).
     blames_sender: bool = True
+    #: True for a worker that held a snapshot phase to its deadline: its removal starts a rejoin back-off
+    #: although its code, TIMEOUT, starts none otherwise (an audit: a worker that answered each SNAPSHOT
+    #: of the inner loop, rejoining, and none of the phase that then waited for it, held every phase
+    #: for the 10 s floor, 37 times the run's time).
+    held_the_phase: bool = False
 
 
 #: An update that would take the model beyond the range a MODEL carries: its sender is removed, with no

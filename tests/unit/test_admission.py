@@ -36,6 +36,7 @@ from aiodq.protocol.admission import (
 )
 from aiodq.protocol.connection import MasterConnection
 from aiodq.protocol.coordinator import Phase
+from aiodq.protocol.deadlines import SNAPSHOT_FLOOR
 from aiodq.protocol.guard import MAX_PEER_ERRORS, Refusal
 from aiodq.protocol.members import Member
 from aiodq.protocol.session import WorkerSession
@@ -358,6 +359,34 @@ def test_the_order_of_the_refusals_before_welcome() -> None:
     assert code((1, 2), {}, few) == "TRY_LATER"
     assert code((0, 2), {}, few) == "UNSUPPORTED_ENCODING"
     assert code((0, 2), {}) == "admitted"
+
+
+def test_a_worker_that_held_a_snapshot_phase_to_its_deadline_waits_before_its_shard_rejoins() -> None:
+    """An audit: a worker that answered the SNAPSHOT it got on joining in the inner loop, and not the
+    next phase's, was waited for until the phase deadline (10 s at least), removed with TIMEOUT, and
+    rejoined at once to do it again: every epoch took 10 s, 37 times the run's time.  That removal now
+    starts the shard's back-off (TRY_LATER before WELCOME); once it has passed, the shard joins again
+    and the run finishes with all three."""
+    cluster = _claiming_cluster(10.0, workers=3)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: len(coordinator.trace) == 1 and coordinator.phase is Phase.SNAPSHOT)
+    cluster.frozen = {2}  # silent from the second phase on
+    cluster.run()
+    assert coordinator.phase is Phase.SNAPSHOT
+    cluster.now += SNAPSHOT_FLOOR
+    coordinator.handle_timer(cluster.now)
+    assert coordinator.phase is Phase.INNER and not coordinator.is_member(cluster.ids[2] or -1)
+    removal = [entry for entry in coordinator.ledger.errors if entry[1] == "TIMEOUT"]
+    assert [entry[2] for entry in removal] == [f"no SNAPSHOT_GRADIENT within {SNAPSHOT_FLOOR:g} s"]
+    again = cluster.add_session(WorkerSession(*shard_of(small_a9a(), 3, 2), name="again", shard=(2, 3)))
+    cluster.run(until=lambda: cluster.sessions[again].ended is not None)
+    ended = cluster.sessions[again].ended
+    assert ended is not None and ended[0] == ErrorCode.TRY_LATER and not coordinator.done
+    cluster.now += 10.0
+    later = cluster.add_session(WorkerSession(*shard_of(small_a9a(), 3, 2), name="later", shard=(2, 3)))
+    cluster.run()
+    assert coordinator.done and coordinator.failure is None and finished(cluster.sessions[later])
+    assert coordinator.trace[-1].samples == small_a9a().samples  # all three shards in the last phase
 
 
 def _rejoins_at_once(cluster: Cluster, index: int, code: ErrorCode) -> None:
