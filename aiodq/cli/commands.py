@@ -23,7 +23,7 @@ from ..launch.local import (
 )
 from ..launch.models import load_factory, objective_for, read_start, test_scores
 from ..launch.processes import die_with_parent
-from ..launch.results import RESULT_FILES, check_out, summary_rows, write_results
+from ..launch.results import EARLIER, RESULT_FILES, check_out, move_aside, summary_rows, write_results
 from ..net.checkpoint import resumable
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
@@ -108,6 +108,12 @@ def _output_folder(out: str | None) -> Path | None:
     return folder
 
 
+class _Aside:
+    """The names of another run's result files :func:`_write` moved aside (one command per process)."""
+
+    names: list[str] = []  # noqa: RUF012 - the process's one list
+
+
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
     """Score the model on ``test`` and write the results into ``out``; the line that says where.
 
@@ -123,10 +129,20 @@ def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dat
         except (UsageError, ValueError) as exc:
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
     with signals_deferred():
-        paths = write_results(result, out)
+        # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
+        # replaced the model of one stopped at epoch 8; nothing said so).
+        _Aside.names += [
+            name for name in move_aside(out, result.summary.get("provenance")) if name not in _Aside.names
+        ]
+        moved = _Aside.names  # (also those the results written as training ended moved: said again)
+        aside = f"moved the earlier run's {', '.join(moved)} aside ({EARLIER})" if moved else ""
+        try:
+            paths = write_results(result, out)
+        except RunError as exc:
+            raise RunError(f"{exc}; {aside}" if aside else str(exc), result=exc.result) from exc
     log = results_written(out)  # (a folder removed during the run takes its log with it: an operator trial)
     where = f"log in {log}" if log.exists() else f"the log {log} was removed during the run"
-    return f"wrote {', '.join(str(p) for p in paths)}; {where}"
+    return f"wrote {', '.join(str(p) for p in paths)}{'; ' + aside if aside else ''}; {where}"
 
 
 def _finish(
@@ -258,11 +274,13 @@ class _EarlyResults:
 def _kept_instead(failed: RunResult, out: Path) -> str | None:
     """Why a run that did not finish is not written into ``out``; None if it is.
 
-    It never trained (no snapshot phase ended: its model is the starting point), or ``out``
+    It never trained (no epoch ended: its model is the starting point), or ``out``
     holds the results of a run that finished (result.json with no failure), which are kept.
     """
     if not failed.trace:
         return "the run never trained (no snapshot phase ended)"
+    if len(failed.trace) == 1:  # (a newcomer trial: a run diverged in its first epoch wrote x_0 as model.npz)
+        return "the run never trained (no epoch ended: its model is the starting point)"
     if holds_finished_run(out):
         theirs = f" with their {LOG}" if (out / LOG).exists() else ""
         kept = f"kept{theirs} (this run's log is at the end of {NEW_LOG}; give another --out)"
@@ -322,9 +340,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _output_folder(args.out)
     assert out is not None
     data_path = str(Path(args.data).resolve()) if args.data is not None else None
-    setup_logging(
-        logging.WARNING, out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG
-    )
+    # Appended: the log of the results there (a stopped run's, say), or of runs that failed there since,
+    # is kept (a newcomer trial lost a stopped run's log to the next run's).
+    setup_logging(logging.WARNING, out / log.name, append=True)
     log_start(args.argv)
     for record in held:
         logging.getLogger(record.name).handle(record)
@@ -433,7 +451,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
     out = _output_folder(args.out)
     if out is not None and log is not None:
-        add_logfile(out / log.name, append=saving["checkpoint"] is not None or log.name == NEW_LOG)
+        add_logfile(out / log.name, append=True)  # (kept: as aiodq run's)
         log_start(args.argv)
     if records is not None and args.resume and (stood := resumable(saving["checkpoint"])) is not None:
         # (A crash-recovery trial found the copies before the checkpoint gone from the file, unsaid.)

@@ -6,7 +6,10 @@
   stopped leaves the finished results and their ``aiodq.log`` as they were
   (``commands._kept_instead``), and its own log at the end of ``aiodq.log.new``, after those of
   the runs that failed there before it: none is lost, and each run's part begins with its
-  command line.  A resumed run appends to ``aiodq.log`` from the start (:func:`log_for`).
+  command line.  A run started where no finished run's results are appends to ``aiodq.log`` (the
+  log of the results there, a stopped run's, stays before it), and a resumed run does so from the
+  start (:func:`log_for`).  Results replaced are moved aside to NAME.earlier, their log too
+  (``commands._write``, :func:`results_written`).
 - A start that its checkpoint refuses leaves the folder as it found it: what the command made
   (its log, the folders, the checkpoint's lock file) is removed.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..launch.common import signals_deferred
-from ..launch.results import RESULT_FILES
+from ..launch.results import EARLIER, RESULT_FILES
 from ..net.checkpoint import lock_path
 
 __all__ = [
@@ -135,6 +138,8 @@ def results_written(out: Path) -> Path:
     pending, _Pending.path = _Pending.path, None
     if pending is not None:
         try:
+            if (out / LOG).exists():  # the replaced results' log, beside them in .earlier (commands._write)
+                (out / LOG).replace(out / (LOG + EARLIER))
             pending.replace(out / LOG)
         except OSError:
             return pending

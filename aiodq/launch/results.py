@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from ..protocol.recovery import Checkpoint
 from ..protocol.result import RunResult
 
 __all__ = [
+    "EARLIER",
     "MODEL_FILE",
     "RESULT_FILES",
     "check_out",
     "load_model",
     "load_records",
+    "move_aside",
     "save_records",
     "summary_rows",
     "write_results",
@@ -136,6 +139,20 @@ def _unmix(out: Path, written: list[Path], provenance: object) -> str:
     Files of this run (written as training ended: the same provenance) stay.  Returns what the
     error message adds.
     """
+    moved = move_aside(out, provenance, written)
+    if not moved:
+        return ""
+    return f"; moved an earlier run's {', '.join(moved)} aside ({EARLIER}), not to be taken for this run's"
+
+
+def move_aside(out: str | Path, provenance: object, written: Sequence[Path] = ()) -> list[str]:
+    """Rename the result files in ``out`` that another run wrote to NAME.earlier; return their names.
+
+    Another run's: result.json or model.npz naming another ``provenance`` (those of this run,
+    written as training ended, stay), and the plot where result.json is another run's or missing;
+    none of ``written``.  An earlier NAME.earlier is replaced.
+    """
+    out = Path(out)
     summary_file, model_file, plot_file = RESULT_FILES
     stale = [
         out / name
@@ -149,9 +166,7 @@ def _unmix(out: Path, written: list[Path], provenance: object) -> str:
         with contextlib.suppress(OSError):
             path.replace(path.with_name(path.name + EARLIER))
             moved.append(path.name)
-    if not moved:
-        return ""
-    return f"; moved an earlier run's {', '.join(moved)} aside ({EARLIER}), not to be taken for this run's"
+    return moved
 
 
 def _provenance(path: Path) -> object:

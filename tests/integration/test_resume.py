@@ -273,19 +273,22 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     both = (out / "aiodq.log.new").read_text()
     assert both.startswith(master_log)
     assert re.search(r"worker 0 \(shard [01]/2\) joined", both[len(master_log) :]), both
-    # A run that finishes there replaces the results, and its log becomes aiodq.log.
+    # A run that finishes there replaces the results, and its log becomes aiodq.log; the finished run's
+    # results and log are moved aside, not lost, and the line that says where the results are says so.
     again = aiodq_command(
         "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
     )
     assert again.returncode == 0, again.stderr
-    assert again.stdout.strip().endswith(f"log in {out / 'aiodq.log'}")
-    assert sorted(p.name for p in out.iterdir()) == [
-        "aiodq.log",
-        "loss_vs_bits.png",
-        "model.npz",
-        "result.json",
-    ]
+    assert again.stdout.strip().endswith(
+        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier); "
+        f"log in {out / 'aiodq.log'}"
+    )
+    files = ["aiodq.log", "loss_vs_bits.png", "model.npz", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files + [name + ".earlier" for name in files])
     assert (out / "aiodq.log").read_text() != finished_log and "epoch 1" in (out / "aiodq.log").read_text()
+    assert (out / "aiodq.log.earlier").read_text() == finished_log
+    earlier = ((out / "result.json.earlier").read_bytes(), (out / "model.npz.earlier").read_bytes())
+    assert earlier == kept
 
 
 def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_its_file(
@@ -311,6 +314,40 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
     assert str(info.value).startswith(f"cannot write the model file {blocked_model / 'model.npz'}: ")
     assert str(info.value).endswith(f" (wrote {blocked_model / 'result.json'})")
     assert json.loads((blocked_model / "result.json").read_text())["trace"] == result.to_json()["trace"]
+
+
+def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(tmp_path: Path) -> None:
+    """A newcomer trial: a run stopped at epoch 2 replaced the model of one stopped at epoch 8 in the
+    same --out, and truncated its log; nothing said so.  Now the earlier run's files are moved aside
+    (NAME.earlier), the line that says where the results are says so, and aiodq.log keeps the earlier
+    run's part before this run's."""
+    earlier = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    stopped = replace(
+        earlier,
+        failure="interrupted",
+        summary=dict(
+            earlier.summary,
+            failure="interrupted",
+            provenance=dict(earlier.summary["provenance"], started="2026"),
+        ),
+    )
+    out = tmp_path / "out"
+    write_results(stopped, out)
+    assert not holds_finished_run(out)
+    planted = {name: (out / name).read_bytes() for name in ("result.json", "model.npz", "loss_vs_bits.png")}
+    (out / "aiodq.log").write_text("the earlier run's log\n")
+    run = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith(
+        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier); "
+        f"log in {out / 'aiodq.log'}"
+    )
+    assert {name: (out / f"{name}.earlier").read_bytes() for name in planted} == planted
+    assert json.loads((out / "result.json").read_text())["failure"] is None
+    log = (out / "aiodq.log").read_text()
+    assert log.startswith("the earlier run's log\n") and " aiodq.cli INFO aiodq run " in log
 
 
 def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> None:
