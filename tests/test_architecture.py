@@ -136,18 +136,53 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_aiodq_is_light() -> None:
-    """``import aiodq`` loads numpy, msgpack and bitarray, and none of scipy, matplotlib, rich, torch, ray."""
+    """``import aiodq`` loads none of numpy, msgpack and bitarray (so that the command takes Ctrl-C before
+    them); its first name loads those three, and none of scipy, matplotlib, rich, torch, ray."""
     code = (
         "import sys, aiodq\n"
         "heavy = ('scipy', 'matplotlib', 'rich', 'torch', 'ray')\n"
+        "light = ('numpy', 'msgpack', 'bitarray')\n"
+        "print(','.join(m for m in light if m in sys.modules))\n"
+        "from aiodq import Master, TrainConfig, quantize_model\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
-        "print(','.join(m for m in ('numpy', 'msgpack', 'bitarray') if m in sys.modules))"
+        "print(','.join(m for m in light if m in sys.modules))\n"
+        "print(aiodq.codec.__name__, aiodq.Master is Master, set(aiodq.__all__) <= set(dir(aiodq)))"
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr
-    heavy, light = result.stdout.splitlines()
+    before, heavy, light, names = result.stdout.splitlines()
+    assert before == ""
     assert heavy == ""
     assert light == "numpy,msgpack,bitarray"
+    assert names == "aiodq.codec True True"
+
+
+def test_ctrl_c_during_the_commands_imports_ends_it_with_130_even_if_sigint_was_ignored() -> None:
+    """A newcomer trial: Ctrl-C in a command's first few tenths of a second printed a traceback, or, sent to
+    one started with SIGINT ignored (a background job of a shell without job control), was lost: the run
+    went on and exited 0.  The entry point takes SIGINT before the command line's imports; here one
+    arrives as ``aiodq.cli`` is imported, in a process started with SIGINT ignored."""
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "aiodq"]
+    assert script.value == "aiodq.__main__:main"
+    code = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'aiodq.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from aiodq.__main__ import main\n"
+        "sys.argv = ['aiodq', 'demo', '--dim', '10']\n"
+        "status = main()\n"
+        "print(status, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["130", "True"]  # and SIGINT ignored again, as it was
+    assert result.stderr == "aiodq: interrupted\n"
 
 
 def test_lazy_names_resolve() -> None:

@@ -343,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # (before any command began: its options were being read)
+        print("aiodq: interrupted", file=sys.stderr)
+        return 130
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
