@@ -24,6 +24,8 @@ from ..launch.local import (
 from ..launch.models import load_factory, objective_for, read_start, test_scores
 from ..launch.processes import die_with_parent
 from ..launch.results import EARLIER, RESULT_FILES, check_out, move_aside, summary_rows, write_results
+from ..net import checkpoint as checkpoint_file
+from ..net.checkpoint import RECORDS_CONTENT as RECORDS
 from ..net.checkpoint import resumable
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
@@ -406,6 +408,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def _holds_records(path: Path) -> bool:
+    """Whether ``path`` is a model records file (which ``--records`` may replace), readable or not."""
+    try:
+        return checkpoint_file.load(path, max_bytes=16 << 20, arrays=False).meta.get("content") == RECORDS
+    except CheckpointError:
+        return False
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     """``aiodq master``: serve one training run to remote workers."""
     config = train_config(args)
@@ -443,6 +453,9 @@ def cmd_master(args: argparse.Namespace) -> int:
             raise UsageError(f"--records {records}: the run checkpoints there: give another file")
         if records.is_dir():
             raise UsageError(f"--records {records}: a folder, not a file")
+        if records.exists() and not _holds_records(records):  # (an audit: a trained model.npz was replaced)
+            said = "not a model records file; it is not overwritten: give another file"
+            raise UsageError(f"--records {records}: {said}")
         try:
             check_out(records.parent)
         except RunError as exc:

@@ -45,7 +45,7 @@ from .common import (
 from .models import import_root, objective_for, start_vector
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import CANNOT_TRAIN, PARENT, WorkerProcess, after_training, ended, exits, stop_workers
-from .results import save_records
+from .results import records_saved
 
 __all__ = [
     "DEFAULT_WORKER_NICE",
@@ -502,10 +502,10 @@ async def master_main(
     """``aiodq master``: serve until training finishes; return the trained model and figures.
 
     ``options`` go to :class:`~aiodq.net.master.Master` (TLS, connection config, checkpoints,
-    ``record_every``); with ``records_path`` the model records are saved there
-    (:func:`~aiodq.launch.results.save_records`).  ``finished`` gets the result as training
-    ends, before the workers' connections have closed (and when a stop comes right then);
-    ``stopped`` the run as it stood (its ``failure`` not set) when it is cancelled before that.
+    ``record_every``); with ``records_path`` the model records are saved there as training ends
+    (but for a finished run resumed, which holds none).  ``finished`` gets the result then, before
+    the workers' connections have closed (and when a stop comes right then); ``stopped`` the run
+    as it stood (its ``failure`` not set) when it is cancelled before that.
     """
     options.setdefault("samples", dataset.samples)
     options.setdefault("data_fingerprint", dataset.fingerprint())  # workers with other data refuse the run
@@ -513,7 +513,17 @@ async def master_main(
         address = format_address(*master.address)
         if not master.resumed_finished:  # (a finished run resumed waits for none)
             print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
-        handover = Handover(master, lambda result: result.summary.update(dataset=dataset.name), finished)
+        saved: list[dict[str, str]] = []
+
+        def figures(result: RunResult) -> None:
+            # The records with the results as training ends: a stop then loses neither (an audit lost them).
+            coordinator = master.coordinator
+            if records_path and coordinator is not None and coordinator.done and not master.resumed_finished:
+                saved[:] = saved or [records_saved(coordinator.records, records_path)]
+                result.summary.update(saved[0])
+            result.summary.update(dataset=dataset.name)
+
+        handover = Handover(master, figures, finished)
         try:
             handover(await master.trained())
             result = await master.wait()
@@ -524,15 +534,7 @@ async def master_main(
             raise
         finally:
             handover.if_trained()
-        # A finished run resumed holds no records (checkpoints do not): its file is left as it is.
-        if records_path is not None and master.coordinator is not None and not master.resumed_finished:
-            try:
-                save_records(master.coordinator.records, records_path)
-            except OSError as exc:
-                # The run's results are still written: the caller reports this after them.
-                text = exc.strerror or str(exc)
-                result.summary["records_error"] = f"cannot write the model records to {records_path}: {text}"
-    result.summary.update(dataset=dataset.name)
+    figures(result)
     return result
 
 

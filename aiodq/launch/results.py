@@ -29,6 +29,7 @@ __all__ = [
     "load_model",
     "load_records",
     "move_aside",
+    "records_saved",
     "save_records",
     "summary_rows",
     "write_results",
@@ -263,6 +264,18 @@ def save_records(records: list[ModelRecord], path: Path) -> None:
     ).reshape(len(records), len(kinds))
     stored = Checkpoint(arrays, {"content": checkpoint_file.RECORDS_CONTENT, "wire_kinds": kinds})
     checkpoint_file.save(path, stored, what="records file", private=False)
+
+
+def records_saved(records: list[ModelRecord], path: Path) -> dict[str, str]:
+    """:func:`save_records`; ``{"records_error": why}`` where they could not be written, else ``{}``.
+
+    For a master's run: its results are still written, and the error reported after them.
+    """
+    try:
+        save_records(records, path)
+    except CheckpointError as exc:  # (an audit: caught as OSError, it never was, and ended the command)
+        return {"records_error": str(exc)}
+    return {}
 
 
 def load_records(path: Path) -> list[ModelRecord]:

@@ -28,7 +28,7 @@ from aiodq.cli.commands import _finish, _write
 from aiodq.cli.outfolder import found, holds_finished_run, undo_refused_start
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
-from aiodq.launch.results import write_results
+from aiodq.launch.results import load_records, write_results
 from aiodq.net import checkpoint as checkpoint_file
 from aiodq.net.checkpoint import resumable
 from aiodq.protocol.recovery import Checkpoint
@@ -824,6 +824,18 @@ def test_records_over_the_runs_own_results_or_its_checkpoint_are_refused(tmp_pat
     assert refused.stderr.strip() == f"aiodq master: --records {tmp_path}: a folder, not a file", (
         refused.stderr
     )
+    # An audit: --records over any other file replaced it, exit 0: a trained model.npz elsewhere, the data.
+    (tmp_path / "kept").mkdir()
+    model, data = tmp_path / "kept" / "model.npz", tmp_path / "kept" / "data.svm"
+    write_results(asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1)), model.parent)
+    data.write_bytes(DATA.read_bytes())
+    before = {path: path.read_bytes() for path in (model, data)}
+    for path in (model, data):
+        refused = aiodq_command(*master, "--records", str(path))
+        assert refused.returncode == 2
+        said = f"--records {path}: not a model records file; it is not overwritten: give another file"
+        assert refused.stderr.strip() == f"aiodq master: {said}"
+    assert {path: path.read_bytes() for path in (model, data)} == before
 
 
 @pytest.mark.asyncio
@@ -833,10 +845,11 @@ async def test_aiodq_master_stopped_after_training_has_ended_still_leaves_the_re
     (tmp_path / "busy.py").write_text(BUSY)
     path, out = tmp_path / "run.ckpt", tmp_path / "out"
     env = {"PYTHONPATH": str(tmp_path)}
+    records = tmp_path / "records.npz"
     master = Process(
         tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "2", "--data", str(DATA),
         "--model", "busy:Busy", "--epochs", "1", "--step", "0.01", "--checkpoint", str(path),
-        "--out", str(out), env=env,
+        "--out", str(out), "--record-every", "10", "--records", str(records), env=env,
     )  # fmt: skip
     workers: list[Process] = []
     try:
@@ -852,6 +865,42 @@ async def test_aiodq_master_stopped_after_training_has_ended_still_leaves_the_re
         for process in [master, *workers]:
             process.kill()
     assert_written_before_the_stop("master", master.stderr, out)
+    # The model records too (an audit: they were written only after the workers' sessions had ended).
+    written = load_records(records)
+    assert (
+        written[0].version == 0
+        and written[-1].version == json.loads((out / "result.json").read_text())["trace"][-1]["version"]
+    )
+
+
+@pytest.mark.asyncio
+async def test_records_that_cannot_be_written_fail_the_run_after_its_results(tmp_path: Path) -> None:
+    """An audit: the records' CheckpointError was not caught (an OSError was), and the command took it
+    for a refused start: it removed --out and its log, and never said why the run itself ended.  Now
+    the results and the summary are written, then the records' error, exit 1."""
+    records, out = tmp_path / "gone" / "records.npz", tmp_path / "out"
+    master = Process(
+        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", "--data", str(DATA),
+        "--epochs", "1", "--out", str(out), "--record-every", "10", "--records", str(records),
+    )  # fmt: skip
+    worker: Process | None = None
+    try:
+        text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
+        (tmp_path / "gone").rmdir()
+        (tmp_path / "gone").write_text("a file where the records' folder was")
+        address = text.split("listening on ")[1].split(",")[0]
+        worker = Process(
+            tmp_path, "worker", "worker", "--connect", address, "--shard", "0/1", "--data", str(DATA)
+        )
+        assert await master.exited(60) == 1, master.stderr[-3000:]
+    finally:
+        for process in (master, worker):
+            if process is not None:
+                process.kill()
+    said = master.stderr.strip().splitlines()
+    assert said[-1].startswith(f"aiodq master: cannot write the records file {records}: "), said
+    assert "aiodq master: summary" in master.stdout and (out / "aiodq.log").exists()
+    assert json.loads((out / "result.json").read_text())["records_error"] == said[-1].split(": ", 1)[1]
 
 
 def test_a_start_refused_on_a_full_disk_still_removes_what_it_made(
