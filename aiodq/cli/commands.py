@@ -50,6 +50,8 @@ from .outfolder import (
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_master", "cmd_run", "cmd_worker"]
 
+#: What every failure of a run that diverged says (protocol/guard.py).
+DIVERGED = "the run diverged"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -213,9 +215,18 @@ def _finish(
         said = f"the checkpoint {checkpoint} still holds the run at epoch {stood[0]}, version {stood[1]}"
         say(command, f"{said}: --resume would train it again; the run finished", level=logging.WARNING)
     if result.failure:
+        # (A newcomer trial: a user model diverged at the default step, and nothing named the step.)
+        hint = (
+            f"; the step was {result.config.step:g}: a smaller --step may train"
+            if DIVERGED in result.failure
+            else ""
+        )
+        hint += "; --guard 0 turns that check off" if hint and "guard is too tight" in result.failure else ""
         say(
             command,
-            result.failure + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
+            result.failure
+            + hint
+            + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
         )
     return EXIT_FAILED if result.failure or unwritten else 0
 

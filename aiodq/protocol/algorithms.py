@@ -35,7 +35,7 @@ from ..codec.lowp import make_rng, quantize_gradient, quantize_model
 from ..codec.qsgd import quantize_qsgd
 from ..codec.sparse import quantize_sparse
 from ..codec.vectors import EqualsSnapshot, RawVector, Vector, ZeroVector, to_wire_precision
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from .objectives import Objective, Rows, difference_method
 from .trainconfig import ALGORITHMS, AlgorithmSpec, TrainConfig, default_step
 
@@ -422,7 +422,21 @@ class WorkerState:
 
     def gradient_message(self, vector: Vector, relative: bool) -> Vector:
         """Rebuild the received model, sample a mini-batch, and return the gradient to send."""
-        return self.compress(self.variance_reduced(vector, relative))
+        alpha = self.variance_reduced(vector, relative)
+        try:
+            with np.errstate(over="ignore"):  # (AsyFPG's float32 of a larger value: inf, refused below)
+                return self.compress(alpha)
+        except ValueError as exc:  # (the codec's own words blamed aiodq's quantizer: a newcomer trial)
+            # Not finite, or beyond the float32 range of the wire's scales: said of the objective.
+            what = f"values the wire cannot carry ({exc})"
+            if self.spec.gradient == "float32":
+                what = "values beyond float32's range"
+            if not np.isfinite(alpha).all():
+                what = "NaN or infinite values"
+            raise NonFiniteError(
+                f"{type(self.objective).__name__}.loss_grad gave a gradient with {what} on a mini-batch: "
+                "the run may be diverging (a smaller step), or the loss overflows"
+            ) from None
 
     def prepare(self) -> None:
         """Do the next step's model-free half now, while its MODEL is on the way (algorithms.md 5.2).

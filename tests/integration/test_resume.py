@@ -262,6 +262,9 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     )  # fmt: skip
     assert diverged.returncode == 1, diverged.stderr
     assert "diverged" in diverged.stderr
+    # The failure's line names the step (a newcomer trial: a user model diverged at the default step).
+    (failure,) = [line for line in diverged.stderr.splitlines() if "the run diverged" in line]
+    assert "; the step was 1: a smaller --step may train" in failure, failure
     assert (
         f"the results were not written: {out} holds the results of a run that finished, kept "
         "with their aiodq.log (this run's log is at the end of aiodq.log.new; give another --out)"

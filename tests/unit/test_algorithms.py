@@ -30,6 +30,7 @@ from aiodq.codec.vectors import (
     SparseQuantized,
     ZeroVector,
 )
+from aiodq.errors import NonFiniteError
 from aiodq.net.worker import run_worker
 from aiodq.protocol.algorithms import (
     ALGORITHMS,
@@ -956,6 +957,36 @@ def test_a_non_finite_snapshot_sum_names_the_objective(loss: float, value: float
     state = WorkerState(TrainConfig(model="mine:Broken"), Broken(), worker_id=0)
     with pytest.raises(ValueError, match=rf"^Broken\.loss_grad gave a {what} with NaN or infinite values"):
         state.snapshot_phase(np.zeros(3))
+
+
+@pytest.mark.parametrize("algorithm", ["asylpg", "asyfpg", "sparse-asylpg", "qsvrg"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e300])
+def test_a_non_finite_mini_batch_gradient_names_the_objective(algorithm: str, value: float) -> None:
+    """A newcomer trial: a user loss_grad that gave NaN after 300 calls ended the worker with the codec's
+    "gradient contains NaN or infinite values (at .../codec/lowp.py:78)", as if aiodq's quantizer had
+    failed.  Now the error names the objective, as at the snapshot; 1e300 is finite, but beyond the
+    float32 range of what each algorithm sends (values, or their scale or norm)."""
+    calls = 0
+
+    class Late:
+        dim, samples = 3, 4
+
+        def initial(self, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+            return np.zeros(3)
+
+        def loss_grad(self, x: Any, rows: Any = None) -> tuple[float, npt.NDArray[np.float64]]:
+            nonlocal calls
+            calls += 1
+            return 1.0, np.array([0.5, value if calls > 2 else 0.25, 1.0])
+
+    state = WorkerState(TrainConfig(model="mine:Late", algorithm=algorithm), Late(), worker_id=0)
+    state.snapshot_phase(np.zeros(3))
+    state.set_full_gradient(np.zeros(3))
+    model = RawVector(np.array([0.1, 0.2, 0.3]))
+    what = r"(values the wire cannot carry \(.*float32 range|values beyond float32's range)"
+    what = "NaN or infinite values" if value != 1e300 else what
+    with pytest.raises(NonFiniteError, match=rf"^Late\.loss_grad gave a gradient with {what}"):
+        state.gradient_message(model, relative=False)
 
 
 class _Squares:
