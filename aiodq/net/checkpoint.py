@@ -222,12 +222,15 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
     """
     if not Path(path).exists():
         return
+    if Path(path).is_dir():  # (a newcomer trial: a results folder, and the advice to remove it)
+        raise CheckpointError(
+            f"the checkpoint {path} is a folder: give a file's path (such as {path}/run.ckpt)"
+        )
     try:
         meta = load(path, max_bytes=max_bytes, arrays=False).meta
     except CheckpointError as exc:
-        raise CheckpointError(
-            f"{exc}; it is not overwritten: remove it or choose another checkpoint file"
-        ) from None
+        # Another program's file, or a damaged one: no advice to remove what may be the user's data.
+        raise CheckpointError(f"{exc}; it is not overwritten: choose another checkpoint file") from None
     if meta.get("phase") is None:
         # A run's model or model records: advice to remove it would cost the user a trained model.
         kind = str(meta.get("kind") or meta.get("content"))

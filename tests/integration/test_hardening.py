@@ -685,15 +685,22 @@ def test_cli_errors_are_one_line(args: list[str], status: int, words: str) -> No
     assert words in _one_line(result), result.stderr[-2000:]
 
 
-def test_a_diverging_run_fails_with_one_line_and_keeps_its_results(tmp_path: Path) -> None:
-    """aiodq run --l2 10 --step 1 diverges: exit 1 with one line saying so; result.json is written."""
+def test_a_run_diverging_in_its_first_epoch_fails_with_one_line_and_writes_no_model(tmp_path: Path) -> None:
+    """aiodq run --l2 10 --step 1 on the bundled a9a diverges in its first epoch: exit 1 with one line saying
+    so, naming the step; no result.json or model.npz, whose model would be x_0 (a newcomer trial: a run
+    diverged at once wrote it as its model), and the log says why."""
     out = tmp_path / "out"
     result = aiodq("run", "--l2", "10", "--step", "1", "--epochs", "3", "--workers", "2", "--no-progress",
                    "--out", str(out), timeout=300)  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "diverged" in _one_line(result)
-    summary = json.loads((out / "result.json").read_text())
-    assert "diverged" in summary["failure"]
+    assert "diverged" in _one_line(result) and "; the step was 1: a smaller --step may train" in _one_line(
+        result
+    )
+    said = "the results were not written: the run never trained (no epoch ended: its model is the starting "
+    said += "point)"
+    assert f"aiodq run: {said}" in result.stderr.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["aiodq.log"]
+    assert "diverged" in (out / "aiodq.log").read_text()
 
 
 def test_softmax_on_binary_labels_trains(tmp_path: Path) -> None:
@@ -808,10 +815,14 @@ async def test_a_fresh_start_over_an_unfinished_or_foreign_file_is_refused(tmp_p
     foreign = tmp_path / "notes.txt"
     foreign.write_text("my notes")
     other = Master(config, X0, workers=1, checkpoint=foreign)
-    with pytest.raises(CheckpointError, match="it is not overwritten"):
-        await other.start()
+    with pytest.raises(CheckpointError, match=r"it is not overwritten: choose another checkpoint file$"):
+        await other.start()  # (and not "remove it", as said before: it may be the user's data)
     await other.close()
     assert foreign.read_text() == "my notes"
+    folder = Master(config, X0, workers=1, checkpoint=tmp_path)  # (a newcomer gave a results folder)
+    with pytest.raises(CheckpointError, match=f"^the checkpoint {tmp_path} is a folder: give a file's path"):
+        await folder.start()
+    await folder.close()
     model_file = tmp_path / "model.npz"  # aiodq run's output, named by mistake
     checkpoint_file.save(model_file, Checkpoint({"model": X0}, {"kind": "aiodq model", "config": {}}))
     said = []
