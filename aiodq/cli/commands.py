@@ -347,6 +347,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_nice = resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
+    if args.launcher == "ray":
+        from ..launch.ray import import_ray  # noqa: PLC0415 - ray is an extra, imported only here
+
+        import_ray()  # before --out is made (a newcomer trial: without ray, a log was left there)
     log = log_for(Path(args.out), args.resume)
     missing = found(log, saving["checkpoint"])
     _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
