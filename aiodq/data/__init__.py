@@ -199,6 +199,23 @@ def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist
     return Dataset(pixels.astype(np.float64) / 255.0, y, name)
 
 
+def _csv_error(text: str, header: int) -> str:
+    """The words after a CSV file's name for numpy's loadtxt error ``text``: ``:LINE: what``.
+
+    numpy counts rows from 0 for a bad value, from 1 for a short row, and after the header (a
+    newcomer trial read "row 99" for the file's line 101, and numpy's advice on ``usecols``).
+    """
+    bad_value = re.fullmatch(r"(could not convert string .* to \w+) at row (\d+), column (\d+)\.", text)
+    if bad_value:
+        what, row, column = bad_value.groups()
+        return f":{int(row) + 1 + header}: not a numeric CSV: {what} (column {column})"
+    short = re.fullmatch(r"the number of columns changed from (\d+) to (\d+) at row (\d+);.*", text)
+    if short:
+        before, after, row = short.groups()
+        return f":{int(row) + header}: {after} columns, where the rows before have {before}"
+    return f": not a numeric CSV: {text}"
+
+
 def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
     """Load MNIST rows of 784 pixels and a label (plain or gzip CSV); pixels scaled to [0, 1].
 
@@ -223,7 +240,7 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
                 io.BytesIO(raw), delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header)
             )
     except ValueError as exc:
-        raise DataError(f"{path}: not a numeric CSV: {exc}") from exc
+        raise DataError(f"{path}{_csv_error(str(exc), int(header))}") from exc
     if table.shape[0] == 0:
         raise DataError(f"{path}: no samples")
     if table.shape[1] != 785:

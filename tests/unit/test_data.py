@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import struct
 from pathlib import Path
 
@@ -416,6 +417,26 @@ def test_csv_unparseable(tmp_path: Path, content: bytes) -> None:
     """A CSV that is not a numeric table is a DataError."""
     with pytest.raises(DataError):
         load_mnist_csv(write(tmp_path, "m.csv", content))
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_a_bad_csv_row_is_named_by_its_line_in_the_file(tmp_path: Path, header: bool) -> None:
+    """A newcomer trial: a bad value on the file's line 61 was "at row 60" (line 101 "at row 99" after a
+    header), and a short row came with numpy's advice on ``usecols``.  Both name the file's line now."""
+    row = ",".join(["0"] * 784) + ",3\n"
+    top = "label," + ",".join(f"pixel{i}" for i in range(784)) + "\n" if header else ""
+    lines = [row] * 70
+    lines[60] = row.replace("0,", "x199,", 1)  # the file's line 61 (62 with the header)
+    path = write(tmp_path, "m.csv", top + "".join(lines))
+    line = 61 + header
+    said = f"{path}:{line}: not a numeric CSV: could not convert string 'x199' to float64 (column 1)"
+    with pytest.raises(DataError, match=f"^{re.escape(said)}$"):
+        load_mnist_csv(path)
+    lines[60] = ",".join(["0"] * 780) + "\n"
+    path = write(tmp_path, "short.csv", top + "".join(lines))
+    said = f"{path}:{line}: 780 columns, where the rows before have 785"
+    with pytest.raises(DataError, match=f"^{re.escape(said)}$"):
+        load_mnist_csv(path)
 
 
 def test_csv_missing_file(tmp_path: Path) -> None:
