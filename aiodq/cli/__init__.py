@@ -341,14 +341,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ignored = main_thread and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM and SIGHUP stop a command as Ctrl-C does, with its line and status, also outside the
+    # event loop (whose own handlers cancel the run): an audit's SIGTERM as the results were written
+    # ended the command with no word.
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    kept = {signum: signal.signal(signum, _stopped) for signum in stops} if main_thread else {}
     try:
         return _main(argv)
     except KeyboardInterrupt:  # (before any command began: its options were being read)
         print("aiodq: interrupted", file=sys.stderr)
         return 130
+    except StoppedError as exc:
+        print(f"aiodq: stopped by {exc}", file=sys.stderr)
+        return 128 + exc.signum
     finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, handler)
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM's and SIGHUP's handler outside the event loop: the command stops where it is."""
+    raise StoppedError(signum)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -275,13 +275,14 @@ class _EarlyResults:
             say(command, f"the run as it stood was not written: {kept}")
             return
         last = stood.trace[-1]
-        try:
-            written = _write(stood, self._out, self._test, self._train)
-        except RunError as exc:
-            say(command, f"the run as it stood was not written: {exc}")
-            return
-        said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
-        say(command, f"the run as it stood, {said}: {written}", level=logging.WARNING)
+        with signals_deferred():  # (a second Ctrl-C comes after the line that says where they are)
+            try:
+                written = _write(stood, self._out, self._test, self._train)
+            except RunError as exc:
+                say(command, f"the run as it stood was not written: {exc}")
+                return
+            said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
+            say(command, f"the run as it stood, {said}: {written}", level=logging.WARNING)
 
 
 def _kept_instead(failed: RunResult, out: Path) -> str | None:
@@ -417,10 +418,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.results_written = isinstance(write_now.written, str)  # (else main() says where they are)
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
-    # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).
-    return _finish(
-        "run", result, out, test, dataset, early=write_now.written, checkpoint=saving["checkpoint"]
-    )
+    # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).  A stop
+    # now comes after the results and the summary (a newcomer trial: a Ctrl-C as training ended
+    # left complete results, and only "interrupted" said; a SIGTERM then ended the command unsaid).
+    with signals_deferred():
+        status = _finish(
+            "run", result, out, test, dataset, early=write_now.written, checkpoint=saving["checkpoint"]
+        )
+        args.results_written = True
+    return status
 
 
 def _holds_records(path: Path) -> bool:
@@ -527,10 +533,12 @@ def cmd_master(args: argparse.Namespace) -> int:
         say("master", f"cannot listen on {format_address(host, port)}: {describe_os_error(exc)}")
         return EXIT_FAILED
     early = write_now.written if write_now else None
-    status = _finish("master", result, out, test, dataset, early=early, checkpoint=saving["checkpoint"])
-    if "records_error" in result.summary:
-        say("master", result.summary["records_error"])
-        return EXIT_FAILED
+    with signals_deferred():  # (a stop now comes after the results and the summary: _finished)
+        status = _finish("master", result, out, test, dataset, early=early, checkpoint=saving["checkpoint"])
+        if "records_error" in result.summary:
+            say("master", result.summary["records_error"])
+            status = EXIT_FAILED
+        args.results_written = True
     return status
 
 

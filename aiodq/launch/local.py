@@ -84,16 +84,15 @@ def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def _stoppable(coroutine: Any) -> Any:
     """Await ``coroutine``; SIGTERM and SIGHUP cancel it (its clean-up runs), then raise StoppedError."""
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
+    task, received = asyncio.current_task(), list[int]()
     assert task is not None
-    received: list[int] = []
 
     def stop(signum: int) -> None:
         if not received:
             received.append(signum)
             task.cancel()
 
-    handled = (signal.SIGTERM, signal.SIGHUP)
+    handled = {s: signal.getsignal(s) or signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGHUP)}
     for signum in handled:
         loop.add_signal_handler(signum, stop, signum)
     try:
@@ -103,8 +102,9 @@ async def _stoppable(coroutine: Any) -> Any:
             raise StoppedError(received[0]) from None
         raise
     finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+        for signum, handler in handled.items():
+            loop.remove_signal_handler(signum)  # (which leaves SIG_DFL: the caller's handler goes back)
+            signal.signal(signum, handler)
 
 
 def run_coroutine(coroutine: Any) -> Any:

@@ -224,7 +224,8 @@ def test_a_step_too_large_ends_the_run_as_diverged(tmp_path: Path) -> None:
         f"the training objective at epoch {last['epoch']} is {last['loss']:.4g}, over 1e+06 times the first "
         f"epoch's {first['loss']:.4g}: the run diverged (is the step size too large?)"
     )
-    assert result.stderr.strip().endswith(f"aiodq run: {summary['failure']}")
+    hint = "; the step was 0.5: a smaller --step may train"  # (the line names the step: a newcomer trial)
+    assert result.stderr.strip().endswith(f"aiodq run: {summary['failure']}{hint}")
 
 
 def test_a_worker_whose_model_differs_from_the_masters_is_not_restarted(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import logging
 import re
 import shlex
 import signal
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -351,6 +353,41 @@ def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(t
     assert json.loads((out / "result.json").read_text())["failure"] is None
     log = (out / "aiodq.log").read_text()
     assert log.startswith("the earlier run's log\n") and " aiodq.cli INFO aiodq run " in log
+
+
+STOP_IN_FINISH = """
+import os, signal, sys
+import aiodq.cli.commands as commands
+finish = commands._finish
+def stopped_in_finish(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as the loop has ended: the last pass begins
+    return finish(*args, **kwargs)
+commands._finish = stopped_in_finish
+from aiodq.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "said"), [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGINT", 130, "interrupted")]
+)
+def test_a_stop_as_the_results_are_written_again_comes_after_them(
+    tmp_path: Path, stop: str, status: int, said: str
+) -> None:
+    """An audit: a SIGTERM after the run's loop had ended (the results' last pass, the summary) killed the
+    command with no word; a newcomer's Ctrl-C then left complete results and only "interrupted" said.
+    Now the stop waits for the results and the summary, then ends the command with its line and status."""
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-c", STOP_IN_FINISH, stop, "run", "--data", str(DATA), "--workers", "1",
+         "--epochs", "1", "--no-progress", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == status, run.stderr[-3000:]
+    assert "aiodq run: summary" in run.stdout
+    assert run.stdout.strip().endswith(f"log in {out / 'aiodq.log'}")  # the line that says where they are
+    assert run.stderr.strip().splitlines()[-1] == f"aiodq run: {said}"
+    assert json.loads((out / "result.json").read_text())["failure"] is None
 
 
 def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> None:
