@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..launch.common import signals_deferred
-from ..launch.results import EARLIER, RESULT_FILES
+from ..launch.results import EARLIER, RESULT_FILES, provenance_of
 from ..net.checkpoint import lock_path
 
 __all__ = [
@@ -108,13 +108,16 @@ def release() -> None:
 
 
 def holds_finished_run(out: Path) -> bool:
-    """Whether ``out`` holds the results of a run that finished: result.json with no failure, and the model.
+    """Whether ``out`` holds the results of a run that finished: result.json with no failure, and its model.
 
-    (A result.json alone, its model.npz never written on a full disk, say, is no finished run's results.)
+    (A result.json alone, its model.npz never written on a full disk, say, is no finished run's results;
+    nor is one beside another run's model.npz, as a process killed between the two renames left.)
     """
     try:
         summary = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8"))
-        return summary.get("failure", 0) is None and (out / RESULT_FILES[1]).is_file()
+        model = out / RESULT_FILES[1]
+        finished = summary.get("failure", 0) is None and model.is_file()
+        return finished and summary.get("provenance") == provenance_of(model)
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
 

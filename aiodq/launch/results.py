@@ -29,6 +29,7 @@ __all__ = [
     "load_model",
     "load_records",
     "move_aside",
+    "provenance_of",
     "records_saved",
     "save_records",
     "summary_rows",
@@ -108,9 +109,10 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
     # writes its results as training ends, then once more complete) is never seen half written.
     temporary = out / f".{summary_file}.tmp"
     try:
-        temporary.write_text(
-            json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
+        with temporary.open("w", encoding="utf-8") as stream:
+            stream.write(json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())  # (on disk before the rename, as the model is: an audit)
         os.replace(temporary, paths[0])
         written.insert(0, paths[0])
     except OSError as exc:
@@ -158,7 +160,7 @@ def move_aside(out: str | Path, provenance: object, written: Sequence[Path] = ()
     stale = [
         out / name
         for name in (summary_file, model_file)
-        if out / name not in written and (out / name).is_file() and _provenance(out / name) != provenance
+        if out / name not in written and (out / name).is_file() and provenance_of(out / name) != provenance
     ]
     if (out / plot_file).is_file() and (out / summary_file in stale or not (out / summary_file).exists()):
         stale.append(out / plot_file)  # (drawn from the result.json that is not this run's)
@@ -170,7 +172,7 @@ def move_aside(out: str | Path, provenance: object, written: Sequence[Path] = ()
     return moved
 
 
-def _provenance(path: Path) -> object:
+def provenance_of(path: Path) -> object:
     """The provenance a result.json or model.npz names (None where it names none or cannot be read)."""
     try:
         if path.suffix == ".json":

@@ -403,6 +403,13 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     out = tmp_path / "out"
     write_results(earlier, out)
     assert holds_finished_run(out)
+    # A process killed between the renames of the two files left a run's model beside another's
+    # result.json (an audit): that folder holds no finished run's results.
+    write_results(later, tmp_path / "later")
+    mixed = tmp_path / "mixed"
+    write_results(earlier, mixed)
+    (tmp_path / "later" / "model.npz").replace(mixed / "model.npz")
+    assert not holds_finished_run(mixed)
     blocker = out / ".result.json.tmp"  # where result.json's temporary file goes: writing it fails
     blocker.mkdir()
     with pytest.raises(RunError) as info:
