@@ -43,6 +43,7 @@ from .options import (
     add_network_options,
     add_training_options,
     finite_float,
+    folder,
     parse_address,
     parse_shard,
     seed,
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--out",
+        type=folder,
         default="aiodq-out",
         help="folder for result.json, model.npz and the plot (default aiodq-out)",
     )
@@ -146,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument("--workers", type=int, required=True, help="number of workers M to wait for")
     master.add_argument("--data", default=None, help="the dataset, read for its shape (default: bundled a9a)")
     master.add_argument(
-        "--out", default=None, help="folder for result.json, model.npz, the plot and aiodq.log"
+        "--out", type=folder, default=None, help="folder for result.json, model.npz, the plot and aiodq.log"
     )
     master.add_argument(
         "--record-every",
@@ -267,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated: a9a, w8a, debdesc, mnist (default: every one in --data)",
     )
     experiment.add_argument(
-        "--out", default="aiodq-experiments", help="output folder (default aiodq-experiments)"
+        "--out", type=folder, default="aiodq-experiments", help="output folder (default aiodq-experiments)"
     )
     experiment.add_argument(
         "--quick", action="store_true", help="bundled a9a, few epochs: checks the runner, not the results"

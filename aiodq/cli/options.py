@@ -108,6 +108,13 @@ def finite_float(text: str) -> float:
     return value
 
 
+def folder(text: str) -> str:
+    """An ``--out`` folder: not empty (a newcomer trial's ``--out ""`` wrote into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a folder (. for the current one)")
+    return text
+
+
 def seed(text: str) -> int:
     """A random seed (argparse type): an integer from 0 to 2**64 - 1, as :class:`TrainConfig` takes."""
     value = _integer(text)

@@ -219,6 +219,12 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--model", "softmax", "--hidden", "7"],
             "--hidden: for --model mlp, not softmax",
         ),
+        # (a newcomer trial: --out "" wrote the results into the current folder)
+        (["run", "--out", ""], "argument --out: an empty path: give a folder (. for the current one)"),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--out", " "],
+            "argument --out: an empty path",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
