@@ -323,7 +323,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
     saving = checkpoint_options(args)  # (--resume with --start-from refused before the file is read)
-    _checked_checkpoint(args.start_from, Path(args.out), "--start-from")  # (its model replaces that one)
     with held_logs() as held:  # the label mapping, logged before aiodq.log may be written
         dataset, objective, test = _dataset_for(config, args.data, args.workers)
         given = args.start_from
@@ -331,6 +330,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if master_config.connection_rate and args.launcher == "local":
             message = "--connection-rate: every local worker connects from 127.0.0.1, one address to it"
             say("run", message, level=logging.WARNING)  # (on stderr too: an audit saw it in aiodq.log only)
+    # What it is, then where (a newcomer trial: --start-from out/result.json was told to copy it elsewhere).
+    _checked_checkpoint(args.start_from, Path(args.out), "--start-from")  # (its model replaces that one)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.max_restarts < 0:

@@ -267,8 +267,12 @@ def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writ
         assert not out.exists()
     # The model.npz this run's --out would replace: refused (the newcomer's README command overwrote it).
     kept = tmp_path / "kept"
-    kept.mkdir()
-    (kept / "model.npz").write_bytes(b"the start model")
+    model = Checkpoint(
+        {"model": np.zeros(head_dim()), "iterate": np.zeros(head_dim())},
+        {"kind": checkpoint_file.MODEL_KIND, "dim": head_dim(), "config": {}},
+    )
+    checkpoint_file.save(kept / "model.npz", model, what="model file", private=False)
+    planted = (kept / "model.npz").read_bytes()
     result = run_aiodq(
         "run", "--data", str(A9A_HEAD), "--out", str(kept), "--start-from", str(kept / "model.npz")
     )
@@ -276,7 +280,14 @@ def test_the_command_refuses_start_from_with_resume_and_a_wrong_size_before_writ
     expected = f"the run writes its model.npz there (--out {kept}): copy it elsewhere first, or give another"
     assert expected in result.stderr, result.stderr
     assert [path.name for path in kept.iterdir()] == ["model.npz"]
-    assert (kept / "model.npz").read_bytes() == b"the start model"
+    assert (kept / "model.npz").read_bytes() == planted
+    # What the file is comes first (a newcomer trial: its result.json was to be copied elsewhere, then
+    # refused as no model there).
+    (kept / "result.json").write_text("{}")
+    result = run_aiodq(
+        "run", "--data", str(A9A_HEAD), "--out", str(kept), "--start-from", str(kept / "result.json")
+    )
+    assert result.returncode == 2 and "copy it elsewhere" not in result.stderr, result.stderr
 
 
 @pytest.mark.asyncio
