@@ -26,7 +26,7 @@ from ..launch.processes import die_with_parent
 from ..launch.results import EARLIER, RESULT_FILES, check_out, move_aside, summary_rows, write_results
 from ..net import checkpoint as checkpoint_file
 from ..net.checkpoint import RECORDS_CONTENT as RECORDS
-from ..net.checkpoint import resumable
+from ..net.checkpoint import finished_run, resumable
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
@@ -177,7 +177,10 @@ def _finish(
         except RunError as exc:
             then = f"; as training ended: {early}" if early is not None and str(early) != str(exc) else ""
             if unwritten := not isinstance(early, str):  # (the early pass's own account, where it wrote some)
-                say(command, f"{exc}{then}")
+                again = ""  # (an audit: the recovery usage.md gives was not said)
+                if checkpoint and finished_run(checkpoint):
+                    again = f"; --resume gives them again from the checkpoint {checkpoint}"
+                say(command, f"{exc}{then}{again}")
             else:
                 said = "kept the results written as training ended (without the last CLOSE frames' bytes)"
                 say(command, f"{exc}; {said}", level=logging.WARNING)

@@ -510,6 +510,12 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     failure = RunError(f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'})")
     assert _finish("run", result, out, early=failure) == 1
     assert capsys.readouterr().err.strip() == f"aiodq run: {failure}"
+    # A finished run's checkpoint gives them again: said (an audit: usage.md's recovery went unsaid).
+    finished = tmp_path / "finished.ckpt"
+    asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1, checkpoint=finished))
+    assert _finish("run", result, out, early=failure, checkpoint=str(finished)) == 1
+    again = f"aiodq run: {failure}; --resume gives them again from the checkpoint {finished}"
+    assert capsys.readouterr().err.strip() == again
     assert holds_finished_run(out)
     (out / "model.npz").unlink()
     assert not holds_finished_run(out)
