@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
@@ -113,9 +115,9 @@ def _output_folder(out: str | None) -> Path | None:
 
 
 class _Aside:
-    """The names of another run's result files :func:`_write` moved aside (one command per process)."""
+    """The names of another run's result files :func:`_write` moved aside, by folder and run."""
 
-    names: list[str] = []  # noqa: RUF012 - the process's one list
+    moved: ClassVar[dict[str, list[str]]] = {}
 
 
 def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
@@ -135,10 +137,10 @@ def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dat
     with signals_deferred():
         # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
         # replaced the model of one stopped at epoch 8; nothing said so).
-        _Aside.names += [
-            name for name in move_aside(out, result.summary.get("provenance")) if name not in _Aside.names
-        ]
-        moved = _Aside.names  # (also those the results written as training ended moved: said again)
+        provenance = result.summary.get("provenance")
+        # (Those the results written as training ended moved: said again, for the same folder and run.)
+        moved = _Aside.moved.setdefault(f"{out.resolve()}\0{json.dumps(provenance, default=str)}", [])
+        moved += [name for name in move_aside(out, provenance) if name not in moved]
         aside = f"moved the earlier run's {', '.join(moved)} aside ({EARLIER})" if moved else ""
         try:
             paths = write_results(result, out)
