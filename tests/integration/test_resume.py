@@ -280,14 +280,7 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     assert re.search(r"worker 0 \(shard [01]/2\) joined", both[len(master_log) :]), both
     # A run that finishes there replaces the results, and its log becomes aiodq.log; the finished run's
     # results and log are moved aside, not lost, and the line that says where the results are says so.
-    again = aiodq_command(
-        "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
-    )
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.strip().endswith(
-        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier); "
-        f"log in {out / 'aiodq.log'}"
-    )
+    _run_moving_the_earlier_results_aside(out)
     files = ["aiodq.log", "loss_vs_bits.png", "model.npz", "result.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted(files + [name + ".earlier" for name in files])
     assert (out / "aiodq.log").read_text() != finished_log and "epoch 1" in (out / "aiodq.log").read_text()
@@ -341,6 +334,15 @@ def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(t
     assert not holds_finished_run(out)
     planted = {name: (out / name).read_bytes() for name in ("result.json", "model.npz", "loss_vs_bits.png")}
     (out / "aiodq.log").write_text("the earlier run's log\n")
+    _run_moving_the_earlier_results_aside(out)
+    assert {name: (out / f"{name}.earlier").read_bytes() for name in planted} == planted
+    assert json.loads((out / "result.json").read_text())["failure"] is None
+    log = (out / "aiodq.log").read_text()
+    assert log.startswith("the earlier run's log\n") and " aiodq.cli INFO aiodq run " in log
+
+
+def _run_moving_the_earlier_results_aside(out: Path) -> None:
+    """``aiodq run`` into ``out``, which holds another run's results: it says it moved them aside."""
     run = aiodq_command(
         "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
     )
@@ -349,10 +351,6 @@ def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(t
         "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier); "
         f"log in {out / 'aiodq.log'}"
     )
-    assert {name: (out / f"{name}.earlier").read_bytes() for name in planted} == planted
-    assert json.loads((out / "result.json").read_text())["failure"] is None
-    log = (out / "aiodq.log").read_text()
-    assert log.startswith("the earlier run's log\n") and " aiodq.cli INFO aiodq run " in log
 
 
 STOP_IN_FINISH = """
