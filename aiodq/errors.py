@@ -179,6 +179,20 @@ class StoppedError(AiodqError):
         self.signum = signum
 
 
+class SignalStop(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command line is outside its event loop, as Ctrl-C is.
+
+    A KeyboardInterrupt, so that no ``except Exception`` takes it (a review: a SIGTERM during the
+    import of a user's model read as "cannot import" it, exit 2); the command line ends with
+    :class:`StoppedError`'s line and status.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        #: The signal's number.
+        self.signum = signum
+
+
 class UsageError(AiodqError):
     """Bad command-line options or unreadable input: the command exits with status 2."""
 

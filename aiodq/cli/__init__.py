@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 
 from ..config import MasterConfig
-from ..errors import StoppedError, UsageError
+from ..errors import SignalStop, StoppedError, UsageError
 from ..net.checkpoint import finished_run, resumable
 from ..version import __version__
 from .demo import demo
@@ -346,16 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM and SIGHUP stop a command as Ctrl-C does, with its line and status, also outside the
     # event loop (whose own handlers cancel the run): an audit's SIGTERM as the results were written
     # ended the command with no word.
-    stops = (signal.SIGTERM, signal.SIGHUP)
+    # One ignored at the start (nohup's SIGHUP, say) stays so.
+    stops = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     kept = {signum: signal.signal(signum, _stopped) for signum in stops} if main_thread else {}
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # (before any command began: its options were being read)
-        print("aiodq: interrupted", file=sys.stderr)
-        return 130
-    except StoppedError as exc:
-        print(f"aiodq: stopped by {exc}", file=sys.stderr)
-        return 128 + exc.signum
+    except KeyboardInterrupt as exc:  # (before any command began: its options were being read)
+        stop = isinstance(exc, SignalStop)
+        print(f"aiodq: stopped by {exc}" if stop else "aiodq: interrupted", file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, SignalStop) else 130
     finally:
         for signum, handler in kept.items():
             signal.signal(signum, handler)
@@ -365,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _stopped(signum: int, frame: object) -> None:
     """SIGTERM's and SIGHUP's handler outside the event loop: the command stops where it is."""
-    raise StoppedError(signum)
+    raise SignalStop(signum)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -409,7 +408,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as exc:
         print(f"aiodq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, SignalStop):
+            say(args.command, f"stopped by {exc}{_kept(args)}")
+            return 128 + exc.signum
         say(args.command, f"interrupted{_kept(args)}")
         return 130
     except StoppedError as exc:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import ClassVar
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
 from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
-from ..launch.common import as_it_stood, check_shares, checkpoint_note
+from ..launch.common import check_shares
 from ..launch.local import (
     load_data_or_fail,
     lower_priority,
@@ -23,53 +21,32 @@ from ..launch.local import (
     run_coroutine,
     worker_main,
 )
-from ..launch.models import load_factory, objective_for, read_start, test_scores
+from ..launch.models import load_factory, objective_for, read_start
 from ..launch.processes import die_with_parent
-from ..launch.results import EARLIER, RESULT_FILES, check_out, move_aside, summary_rows, write_results
+from ..launch.results import RESULT_FILES, check_out
 from ..net import checkpoint as checkpoint_file
 from ..net.checkpoint import RECORDS_CONTENT as RECORDS
-from ..net.checkpoint import finished_run, resumable
+from ..net.checkpoint import resumable
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
-from ..protocol.guard import OUT_OF_LINE
 from ..protocol.objectives import BUILT_IN, Objective
-from ..protocol.result import RunResult
-from .logs import SAID, add_logfile, held_logs, log_start, say, setup_logging
+from .finish import EXIT_FAILED, EarlyResults, finish, stop_reason, stopped_finishing
+from .logs import add_logfile, held_logs, log_start, say, setup_logging
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 from .outfolder import (
     LOG,
     NEW_LOG,
     found,
     hold,
-    holds_finished_run,
     log_for,
-    results_written,
-    signals_deferred,
     undo_refused_start,
 )
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "cmd_master", "cmd_run", "cmd_worker"]
 
-#: What every failure of a run that diverged says (protocol/guard.py).
-DIVERGED = "the run diverged"
-EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-def print_summary(summary: dict[str, object], command: str) -> None:
-    # rich only here, where the summary is printed, so that a worker process does not import it
-    # (aiodq.cli.commands imported in 0.70 instead of 0.72 s of CPU, medians, on the project's VM).
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
-    table = Table(title=f"aiodq {command}: summary", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for label, value in summary_rows(summary):
-        table.add_row(label, value)
-    Console().print(table)
 
 
 def _dataset_for(
@@ -112,204 +89,6 @@ def _output_folder(out: str | None) -> Path | None:
         raise UsageError(str(exc)) from exc
     hold(folder)
     return folder
-
-
-class _Aside:
-    """The names of another run's result files :func:`_write` moved aside, by folder and run."""
-
-    moved: ClassVar[dict[str, list[str]]] = {}
-
-
-def _write(result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None) -> str:
-    """Score the model on ``test`` and write the results into ``out``; the line that says where.
-
-    Raises:
-        RunError: if they cannot be written.
-    """
-    if train is not None and "data" not in result.summary:  # (model.npz names it: a warm start checks it)
-        result.summary["data"] = train.fingerprint()
-    if test is not None and result.trace:
-        try:
-            labels = None if train is None else train.labels
-            result.summary["test"] = test_scores(result.config, test, result.model, labels)
-        except (UsageError, ValueError) as exc:
-            result.summary["test"] = {"test_set": test.name, "error": str(exc)}
-    with signals_deferred():
-        # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
-        # replaced the model of one stopped at epoch 8; nothing said so).
-        provenance = result.summary.get("provenance")
-        # (Those the results written as training ended moved: said again, for the same folder and run.)
-        moved = _Aside.moved.setdefault(f"{out.resolve()}\0{json.dumps(provenance, default=str)}", [])
-        moved += [name for name in move_aside(out, provenance) if name not in moved]
-        aside = f"moved the earlier run's {', '.join(moved)} aside ({EARLIER})" if moved else ""
-        try:
-            paths = write_results(result, out)
-        except RunError as exc:
-            raise RunError(f"{exc}; {aside}" if aside else str(exc), result=exc.result) from exc
-    log = results_written(out)  # (a folder removed during the run takes its log with it: an operator trial)
-    where = f"log in {log}" if log.exists() else f"the log {log} was removed during the run"
-    return f"wrote {', '.join(str(p) for p in paths)}{'; ' + aside if aside else ''}; {where}"
-
-
-def _finish(
-    command: str,
-    result: RunResult,
-    out: Path | None,
-    test: Dataset | None = None,
-    train: Dataset | None = None,
-    *,
-    early: str | RunError | None = None,
-    checkpoint: str | None = None,
-) -> int:
-    """Score the model on ``test``, write the results, print the summary.
-
-    ``early``: what writing them as training ended gave (:class:`_EarlyResults`).  If they cannot be
-    written now but were then, those are kept (each file is replaced whole or not at all): a warning.
-    ``checkpoint``: the run's; a failed run that it can continue (the workers left and did not
-    come back, say) is said to be resumable from it, as a stopped one is.
-    A run that ended without finishing fails (status 1), as does one whose results are not written.
-    """
-    written, unwritten = "", False  # (the summary is printed either way: an operator trial saw none)
-    kept = _kept_instead(result, out) if out is not None and result.failure else None
-    if kept is not None:
-        say(command, f"the results were not written: {kept}")
-    elif out is not None:
-        try:
-            written = _write(result, out, test, train)
-        except RunError as exc:
-            then = f"; as training ended: {early}" if early is not None and str(early) != str(exc) else ""
-            if unwritten := not isinstance(early, str):  # (the early pass's own account, where it wrote some)
-                again = ""  # (an audit: the recovery usage.md gives was not said)
-                if checkpoint and finished_run(checkpoint):
-                    again = f"; --resume gives them again from the checkpoint {checkpoint}"
-                say(command, f"{exc}{then}{again}")
-            else:
-                said = "kept the results written as training ended (without the last CLOSE frames' bytes)"
-                say(command, f"{exc}; {said}", level=logging.WARNING)
-    print_summary(result.to_json(), command)
-    if written:
-        print(written)
-        SAID.info("aiodq %s: %s", command, written)
-    if train is not None and result.trace and result.trace[-1].samples < train.samples:
-        # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
-        refused = any(str(e["reason"]).startswith(OUT_OF_LINE) for e in result.summary.get("errors", ()))
-        why = (
-            "; the guard refused snapshot reports as out of line with the others' (honest shards of very "
-            "different scales can be: --guard 0 turns that check off, docs/algorithms.md 11)"
-            if refused
-            else " (docs/security.md)"
-        )
-        say(
-            command,
-            f"the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
-            f"samples: a worker's shard was missing from the last snapshot phase{why}",
-            level=logging.WARNING,
-        )
-    if not result.failure and len(result.trace) > 1 and not result.trace[-1].loss < result.trace[0].loss:
-        # (A trial: a torch model at the default step stayed at chance, 2.307 to 2.315, and exit 0.)
-        first, last = result.trace[0], result.trace[-1]
-        say(
-            command,
-            f"the training objective did not fall: {first.loss:.6g} at epoch {first.epoch}, {last.loss:.6g} "
-            f"at epoch {last.epoch}; is the step size right? (--step {result.config.step:g}; docs/usage.md)",
-            level=logging.WARNING,
-        )
-    if result.ok and checkpoint and (stood := resumable(checkpoint)) is not None:
-        # Its end not written there (a full disk): a crash-recovery trial's --resume, as the next start
-        # advised, trained the finished run again and replaced its results.
-        said = f"the checkpoint {checkpoint} still holds the run at epoch {stood[0]}, version {stood[1]}"
-        say(command, f"{said}: --resume would train it again; the run finished", level=logging.WARNING)
-    if result.failure:
-        # (A newcomer trial: a user model diverged at the default step, and nothing named the step.)
-        hint = (
-            f"; the step was {result.config.step:g}: a smaller --step may train"
-            if DIVERGED in result.failure
-            else ""
-        )
-        hint += "; --guard 0 turns that check off" if hint and "guard is too tight" in result.failure else ""
-        say(
-            command,
-            result.failure
-            + hint
-            + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
-        )
-    return EXIT_FAILED if result.failure or unwritten else 0
-
-
-class _EarlyResults:
-    """The launchers' ``finished`` hook: the results written as soon as training ends.
-
-    A stop while the workers' sessions end (or a failure then) loses nothing; :meth:`say` tells
-    what was written.  The command writes them again, complete, when the run returns.  A run
-    stopped before training ended is written as it stood (:meth:`keep`); the launchers hand a
-    cancelled one to :meth:`stopped`.
-    """
-
-    def __init__(self, out: Path, test: Dataset | None, train: Dataset) -> None:
-        self._out, self._test, self._train = out, test, train
-        self.written: str | RunError | None = None  # the line that says where, or why not
-        self.stood: RunResult | None = None  # a cancelled run as it stood
-
-    def __call__(self, result: RunResult) -> None:
-        if result.failure and _kept_instead(result, self._out) is not None:
-            return  # not written: the command says why as the run returns (:func:`_finish`)
-        try:
-            self.written = _write(result, self._out, self._test, self._train)
-        except RunError as exc:
-            self.written = exc
-
-    def stopped(self, result: RunResult) -> None:
-        """The launchers' ``stopped`` hook: a cancelled run as it stood, kept for :meth:`keep`."""
-        self.stood = result
-
-    def say(self, command: str) -> None:
-        """On stderr, if training had finished: where the results are (or why they are not)."""
-        if self.written is not None:
-            say(command, f"training had finished: {self.written}", level=logging.INFO)
-
-    def keep(self, command: str, stood: RunResult | None, failure: str | None = None) -> None:
-        """Write a run stopped before training ended as it stood (``failure`` set, if given); say so.
-
-        Nothing if training had ended (the results are written) or there is no such run.
-        """
-        if self.written is not None or stood is None:
-            return
-        if failure is not None and (stood := as_it_stood(stood, failure)) is None:
-            return
-        if (kept := _kept_instead(stood, self._out)) is not None:
-            say(command, f"the run as it stood was not written: {kept}")
-            return
-        last = stood.trace[-1]
-        with signals_deferred():  # (a second Ctrl-C comes after the line that says where they are)
-            try:
-                written = _write(stood, self._out, self._test, self._train)
-            except RunError as exc:
-                say(command, f"the run as it stood was not written: {exc}")
-                return
-            said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
-            say(command, f"the run as it stood, {said}: {written}", level=logging.WARNING)
-
-
-def _kept_instead(failed: RunResult, out: Path) -> str | None:
-    """Why a run that did not finish is not written into ``out``; None if it is.
-
-    It never trained (no epoch ended: its model is the starting point), or ``out``
-    holds the results of a run that finished (result.json with no failure), which are kept.
-    """
-    if not failed.trace:
-        return "the run never trained (no snapshot phase ended)"
-    if len(failed.trace) == 1:  # (a newcomer trial: a run diverged in its first epoch wrote x_0 as model.npz)
-        return "the run never trained (no epoch ended: its model is the starting point)"
-    if holds_finished_run(out):
-        theirs = f" with their {LOG}" if (out / LOG).exists() else ""
-        kept = f"kept{theirs} (this run's log is at the end of {NEW_LOG}; give another --out)"
-        return f"{out} holds the results of a run that finished, {kept}"
-    return None
-
-
-def _stop_reason(exc: BaseException) -> str:
-    """A stopped run's ``failure``: what the command line says of the stop."""
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}"
 
 
 def _checked_checkpoint(path: str | None, out: Path, option: str = "--checkpoint") -> None:
@@ -370,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_start(args.argv)
     for record in held:
         logging.getLogger(record.name).handle(record)
-    write_now = _EarlyResults(out, test, dataset)
+    write_now = EarlyResults(out, test, dataset)
     try:
         if args.launcher == "ray":
             from ..launch.ray import run_ray  # noqa: PLC0415 - ray is an extra, imported only here
@@ -420,19 +199,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
-        write_now.keep("run", write_now.stood, _stop_reason(exc))
+        write_now.keep("run", write_now.stood, stop_reason(exc))
         args.results_written = isinstance(write_now.written, str)  # (else main() says where they are)
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).  A stop
     # now comes after the results and the summary (a newcomer trial: a Ctrl-C as training ended
     # left complete results, and only "interrupted" said; a SIGTERM then ended the command unsaid).
-    with signals_deferred():
-        status = _finish(
+    try:
+        return finish(
             "run", result, out, test, dataset, early=write_now.written, checkpoint=saving["checkpoint"]
         )
-        args.results_written = True
-    return status
+    except KeyboardInterrupt:  # (Ctrl-C, SIGTERM, SIGHUP: they stop it where it is, saying so)
+        stopped_finishing("run", write_now, args)
+        raise
 
 
 def _holds_records(path: Path) -> bool:
@@ -504,7 +284,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         **saving,
         "record_every": args.record_every,
     }
-    write_now = None if out is None else _EarlyResults(out, test, dataset)
+    write_now = None if out is None else EarlyResults(out, test, dataset)
     try:
         result = run_coroutine(
             master_main(
@@ -532,19 +312,21 @@ def cmd_master(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:
             write_now.say("master")
-            write_now.keep("master", write_now.stood, _stop_reason(exc))
+            write_now.keep("master", write_now.stood, stop_reason(exc))
             args.results_written = isinstance(write_now.written, str)
         raise
     except OSError as exc:
         say("master", f"cannot listen on {format_address(host, port)}: {describe_os_error(exc)}")
         return EXIT_FAILED
     early = write_now.written if write_now else None
-    with signals_deferred():  # (a stop now comes after the results and the summary: _finished)
-        status = _finish("master", result, out, test, dataset, early=early, checkpoint=saving["checkpoint"])
-        if "records_error" in result.summary:
-            say("master", result.summary["records_error"])
-            status = EXIT_FAILED
-        args.results_written = True
+    try:
+        status = finish("master", result, out, test, dataset, early=early, checkpoint=saving["checkpoint"])
+    except KeyboardInterrupt:
+        stopped_finishing("master", write_now, args)
+        raise
+    if "records_error" in result.summary:
+        say("master", result.summary["records_error"])
+        return EXIT_FAILED
     return status
 
 

@@ -44,7 +44,7 @@ from .common import (
 )
 from .models import import_root, objective_for, start_vector
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
-from .processes import CANNOT_TRAIN, PARENT, WorkerProcess, after_training, ended, exits, stop_workers
+from .processes import CANNOT_TRAIN, WorkerProcess, after_training, ended, exits, stop_workers
 from .results import records_saved
 
 __all__ = [
@@ -92,7 +92,8 @@ async def _stoppable(coroutine: Any) -> Any:
             received.append(signum)
             task.cancel()
 
-    handled = {s: signal.getsignal(s) or signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGHUP)}
+    stops = [(s, signal.getsignal(s) or signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)]
+    handled = {s: handler for s, handler in stops if handler is not signal.SIG_IGN}  # (nohup's SIGHUP)
     for signum in handled:
         loop.add_signal_handler(signum, stop, signum)
     try:
@@ -110,8 +111,9 @@ async def _stoppable(coroutine: Any) -> Any:
 def run_coroutine(coroutine: Any) -> Any:
     """Run ``coroutine`` on a new event loop, uvloop's where available.
 
-    SIGTERM and SIGHUP cancel it, as Ctrl-C does, so that its clean-up runs (a local cluster's
-    worker processes are stopped, a worker closes with GOING_AWAY); then :class:`StoppedError`.
+    SIGTERM and SIGHUP (but one ignored when it starts) cancel it, as Ctrl-C does, so that its
+    clean-up runs (a local cluster's worker processes are stopped, a worker closes with
+    GOING_AWAY); then :class:`StoppedError`.
     """
     with asyncio.Runner(loop_factory=use_uvloop()) as runner:
         return runner.run(_stoppable(coroutine))
@@ -377,7 +379,6 @@ async def run_cluster(
             # One compute thread per worker process (BLAS, OpenMP: torch's too) unless the user says
             # otherwise: M processes share the machine's cores, and idle threads spin on them.
             env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "AIODQ_SECRET": secret}
-            env[PARENT] = str(os.getpid())  # (the workers end with this process, however it ends)
             # A user model found beside the caller's script: the workers start in the current folder.
             if (root := import_root(config.model)) is not None:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, (env.get("PYTHONPATH"), root)))
@@ -468,9 +469,8 @@ async def run_cluster(
             if records is not None and master.coordinator is not None:
                 records.extend(master.coordinator.records)
     except (RunError, asyncio.CancelledError) as exc:
-        # The master checkpointed the run as it stood when it closed: say where, so it is not lost;
-        # and the error carries the run as it stood (its model the last snapshot), as does a
-        # cancellation to ``stopped``.
+        # The master checkpointed the run as it stood when it closed: say where, so it is not lost; the
+        # error (and a cancellation, to ``stopped``) carries the run as it stood (model: the last snapshot).
         if master.coordinator is None or master.coordinator.done:
             raise
         stood = handover.current()
@@ -560,8 +560,7 @@ async def worker_main(
     """
     rows = shard(dataset.samples, workers, index, seed=seed)
     part = dataset.rows(rows)
-    # Checked against a master that names its data in CONFIG.  Taken before connecting (a pass over
-    # the data, 0.1 s for debdesc), so that it never delays the first snapshot phase.
+    # Checked against a master that names its data in CONFIG; taken before connecting (0.1 s for debdesc).
     options.setdefault("data_fingerprint", dataset.fingerprint())
     # Several workers share the machine's cores: one BLAS thread each avoids oversubscription.
     threadpool_limits(1, user_api="blas")

@@ -32,6 +32,7 @@ __all__ = [
     "WorkerProcess",
     "after_training",
     "die_with_parent",
+    "parent_mark",
     "ended",
     "exits",
     "stop_workers",
@@ -68,8 +69,19 @@ class _Protocol(asyncio.SubprocessProtocol):
         self._worker._process_exited()
 
 
-#: The environment variable by which a launcher tells its worker processes its process id.
+#: The environment variable by which a launcher tells its worker processes its process id (and,
+#: ``PID:nohup``, that it ignores SIGHUP: :func:`parent_mark`).
 PARENT = "AIODQ_PARENT"
+
+
+def parent_mark() -> str:
+    """:data:`PARENT`'s value for this launcher's worker processes.
+
+    Their SIGHUP is not inherited (uvloop's spawn resets every signal), so a launcher started with
+    SIGHUP ignored (``nohup aiodq run``) says so, and its workers ignore it too (a review: a hang-up
+    to the group would stop them, and the run with them).
+    """
+    return f"{os.getpid()}:nohup" if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else str(os.getpid())
 
 
 def die_with_parent(environ: MutableMapping[str, str]) -> bool:
@@ -77,10 +89,13 @@ def die_with_parent(environ: MutableMapping[str, str]) -> bool:
 
     A worker that outlived ``aiodq run`` killed with SIGKILL went on retrying for its ``--retry-for``
     (a durability attack: 26.5 s).  Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing.  Returns False
-    if the launcher is gone already (the worker should stop), True otherwise.
+    if the launcher is gone already (the worker should stop), True otherwise.  A launcher that
+    ignores SIGHUP has its workers ignore it (:func:`parent_mark`).
     """
-    parent = environ.pop(PARENT, None)
-    if parent is None or not sys.platform.startswith("linux"):
+    parent, _, nohup = (environ.pop(PARENT, None) or "").partition(":")
+    if nohup == "nohup":
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if not parent or not sys.platform.startswith("linux"):
         return True
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
@@ -106,7 +121,10 @@ class WorkerProcess:
     async def start(
         cls, index: int, workers: int, command: Sequence[str], env: dict[str, str]
     ) -> WorkerProcess:
-        """Start ``command`` as worker ``index`` of ``workers`` (its shard).
+        """Start ``command`` as worker ``index`` of ``workers`` (its shard), ending with this process.
+
+        ``env`` gains :data:`PARENT` (:func:`parent_mark`): the worker ends with this process,
+        however it ends (:func:`die_with_parent`).
 
         Raises:
             RunError: if the process cannot be started (no such program, too many open files...).
@@ -120,7 +138,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                env=env,
+                env={**env, PARENT: parent_mark()},
             )
         except OSError as exc:
             raise RunError(f"cannot start {worker.name}: {exc.strerror or exc}") from exc

@@ -112,6 +112,34 @@ def test_sigint_to_a_background_runs_process_group_interrupts_it(tmp_path: Path)
     assert stderr.strip().splitlines()[-1] == "aiodq run: interrupted", stderr[-2000:]
 
 
+def test_a_run_started_with_sighup_ignored_trains_on_through_a_hang_up(tmp_path: Path) -> None:
+    """``nohup aiodq run``: a review found SIGHUP taken however it started (the command's handler, and its
+    workers', which uvloop's spawn does not let inherit SIG_IGN), so a hang-up to the group ended the run.
+    It trains on through one (two more epochs logged), and Ctrl-C still stops it."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "aiodq", "run", "--no-progress", "--out", str(out), "--epochs", "200"]
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    run = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True, preexec_fn=nohup,  # noqa: PLW1509
+    )  # fmt: skip
+    try:
+        poll_until(lambda: epochs_logged(out) >= 2, 120, "training never started")
+        os.killpg(run.pid, signal.SIGHUP)
+        hung_up = epochs_logged(out)
+        poll_until(lambda: epochs_logged(out) >= hung_up + 2 or run.poll() is not None, 120, "training on")
+        assert run.poll() is None, run.communicate()[1][-2000:]
+        os.killpg(run.pid, signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr[-2000:]
+    assert "SIGHUP" not in stderr, stderr[-2000:]
+
+
 def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run, workers = training(out, 2)

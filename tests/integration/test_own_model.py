@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import scipy.sparse as sp
 import aiodq
 from aiodq.data import load_bundled_a9a
 
-from .cluster import LEAST_SQUARES, ROOT
+from .cluster import LEAST_SQUARES, ROOT, poll_until
 from .cluster import aiodq as run_aiodq
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -507,3 +509,30 @@ def test_a_user_model_whose_code_fails_is_one_line(tmp_path: Path, source: str, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aiodq run: --model bad_model:Model: "), lines
     assert expected in lines[0]
+
+
+SLOW_IMPORT = """
+import pathlib, threading
+pathlib.Path("importing").write_text("")
+threading.Event().wait(60)  # a model module slow to import (torch's import takes seconds)
+"""
+
+
+def test_a_sigterm_while_a_models_module_is_imported_stops_the_command_as_such(tmp_path: Path) -> None:
+    """A review: SIGTERM's handler for the whole command raised an Exception, which the import of the
+    user's model caught as its own failure ('cannot import slowmod: StoppedError: SIGTERM', exit 2: a
+    worker stopped while it imported torch said it could not train).  It is a stop: exit 143."""
+    (tmp_path / "slowmod.py").write_text(SLOW_IMPORT)
+    command = [sys.executable, "-m", "aiodq", "run", "--model", "slowmod:Model", "--no-progress"]
+    run = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "out")], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        poll_until(lambda: (tmp_path / "importing").exists() or run.poll() is not None, 60, "the import")
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "aiodq run: stopped by SIGTERM", stderr

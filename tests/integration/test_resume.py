@@ -26,7 +26,7 @@ import pytest
 
 import aiodq
 from aiodq.cli import _kept
-from aiodq.cli.commands import _finish, _write
+from aiodq.cli.finish import finish, write_results_line
 from aiodq.cli.outfolder import found, holds_finished_run, undo_refused_start
 from aiodq.data import load_dataset
 from aiodq.errors import CheckpointError, RunError
@@ -131,7 +131,7 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(
     # A finished run whose checkpoint still holds it unfinished (its end not written: a full disk) says that
     # --resume would train it again (a crash-recovery trial did so, as the next start advised).
     finished = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
-    assert _finish("run", finished, None, checkpoint=str(path)) == 0
+    assert finish("run", finished, None, checkpoint=str(path)) == 0
     said = f"the checkpoint {path} still holds the run at epoch {kept[0]}, version {kept[1]}"
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"aiodq run: {said}: --resume would train it again; the run finished"), err
@@ -356,11 +356,11 @@ def _run_moving_the_earlier_results_aside(out: Path) -> None:
 STOP_IN_FINISH = """
 import os, signal, sys
 import aiodq.cli.commands as commands
-finish = commands._finish
+finish = commands.finish
 def stopped_in_finish(*args, **kwargs):
     os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as the loop has ended: the last pass begins
     return finish(*args, **kwargs)
-commands._finish = stopped_in_finish
+commands.finish = stopped_in_finish
 from aiodq.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -369,12 +369,13 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.parametrize(
     ("stop", "status", "said"), [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGINT", 130, "interrupted")]
 )
-def test_a_stop_as_the_results_are_written_again_comes_after_them(
+def test_a_stop_as_the_results_are_written_again_says_where_they_are(
     tmp_path: Path, stop: str, status: int, said: str
 ) -> None:
     """An audit: a SIGTERM after the run's loop had ended (the results' last pass, the summary) killed the
     command with no word; a newcomer's Ctrl-C then left complete results and only "interrupted" said.
-    Now the stop waits for the results and the summary, then ends the command with its line and status."""
+    Now the stop ends the command at once (the last pass may score a test set for long), saying where
+    the results written as training ended are, then the stop, with its status."""
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, "-c", STOP_IN_FINISH, stop, "run", "--data", str(DATA), "--workers", "1",
@@ -382,9 +383,12 @@ def test_a_stop_as_the_results_are_written_again_comes_after_them(
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
     )  # fmt: skip
     assert run.returncode == status, run.stderr[-3000:]
-    assert "aiodq run: summary" in run.stdout
-    assert run.stdout.strip().endswith(f"log in {out / 'aiodq.log'}")  # the line that says where they are
-    assert run.stderr.strip().splitlines()[-1] == f"aiodq run: {said}"
+    where, stopped = run.stderr.strip().splitlines()[-2:]
+    assert where == (
+        f"aiodq run: training had finished: wrote {out / 'result.json'}, {out / 'model.npz'}, "
+        f"{out / 'loss_vs_bits.png'}; log in {out / 'aiodq.log'}"
+    )
+    assert stopped == f"aiodq run: {said}"
     assert json.loads((out / "result.json").read_text())["failure"] is None
 
 
@@ -470,11 +474,11 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     out = tmp_path / "out"
     out.mkdir()
     (out / "aiodq.log").write_text("")  # (the command's log, as it opens one in --out)
-    early = _write(result, out)
+    early = write_results_line(result, out)
     before = {name: (out / name).read_bytes() for name in ("result.json", "model.npz", "loss_vs_bits.png")}
     (out / ".result.json.tmp").mkdir()
     (out / ".loss_vs_bits.png.tmp").mkdir()
-    assert _finish("run", result, out, early=early) == 0
+    assert finish("run", result, out, early=early) == 0
     said = capsys.readouterr().err
     assert said.startswith(f"aiodq run: cannot write {out / 'result.json'}: Is a directory (wrote ")
     assert said.rstrip().endswith(
@@ -482,7 +486,7 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     )
     assert {name: (out / name).read_bytes() for name in before} == before
     (out / ".result.json.tmp").rmdir()  # now only the plot cannot be written
-    assert _finish("run", result, out) == 0
+    assert finish("run", result, out) == 0
     plot = out / "loss_vs_bits.png"
     assert f"cannot write {plot}: Is a directory (result.json holds its trace)" in caplog.text
     assert plot.read_bytes() == before["loss_vs_bits.png"]
@@ -490,28 +494,28 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     assert capsys.readouterr().out.rstrip().endswith(wrote)
     # (an operator trial removed --out during a run: the results were written again, "log in" a lost file)
     (out / "aiodq.log").unlink()
-    assert _finish("run", result, out) == 0
+    assert finish("run", result, out) == 0
     assert (
         capsys.readouterr().out.rstrip().endswith(f"; the log {out / 'aiodq.log'} was removed during the run")
     )
     (out / ".loss_vs_bits.png.tmp").rmdir()
-    assert _finish("run", result, tmp_path / "elsewhere", early=RunError("disk full")) == 0  # written now
+    assert finish("run", result, tmp_path / "elsewhere", early=RunError("disk full")) == 0  # written now
     # Without results from the end of training, a failure to write them is the run's.
     (out / ".result.json.tmp").mkdir()
     capsys.readouterr()  # (what the calls above printed: the summary below must be this call's)
-    assert _finish("run", result, out, early=RunError("cannot write them: disk full")) == 1
+    assert finish("run", result, out, early=RunError("cannot write them: disk full")) == 1
     printed = capsys.readouterr()
     assert printed.err.rstrip().endswith("; as training ended: cannot write them: disk full")
     # The summary is printed all the same (an operator trial's full disk left no final loss anywhere).
     assert "final training loss" in printed.out, printed.out
     # The same error then and now is said once.
     failure = RunError(f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'})")
-    assert _finish("run", result, out, early=failure) == 1
+    assert finish("run", result, out, early=failure) == 1
     assert capsys.readouterr().err.strip() == f"aiodq run: {failure}"
     # A finished run's checkpoint gives them again: said (an audit: usage.md's recovery went unsaid).
     finished = tmp_path / "finished.ckpt"
     asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1, checkpoint=finished))
-    assert _finish("run", result, out, early=failure, checkpoint=str(finished)) == 1
+    assert finish("run", result, out, early=failure, checkpoint=str(finished)) == 1
     again = f"aiodq run: {failure}; --resume gives them again from the checkpoint {finished}"
     assert capsys.readouterr().err.strip() == again
     assert holds_finished_run(out)
@@ -525,10 +529,10 @@ def test_a_final_loss_over_part_of_the_samples_is_said(capsys: pytest.CaptureFix
     optimum, over half of a9a, reported with nothing to tell)."""
     result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
     dataset = load_dataset(DATA)
-    assert _finish("master", result, None, train=dataset) == 0
+    assert finish("master", result, None, train=dataset) == 0
     assert "samples" not in capsys.readouterr().err  # every sample counted: nothing to say
     result.trace[-1] = replace(result.trace[-1], samples=150)
-    assert _finish("master", result, None, train=dataset) == 0
+    assert finish("master", result, None, train=dataset) == 0
     assert capsys.readouterr().err == (
         "aiodq master: the final loss is over 150 of the 300 samples: a worker's shard was missing from the "
         "last snapshot phase (docs/security.md)\n"
@@ -540,11 +544,11 @@ def test_a_run_whose_objective_did_not_fall_is_said(capsys: pytest.CaptureFixtur
     2.315 at the last), and the run ended with exit 0 and nothing said.  It is still a finished run
     (F did not double: not a failure), and the command says that F did not fall, with the step."""
     result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
-    assert _finish("master", result, None) == 0
+    assert finish("master", result, None) == 0
     assert "did not fall" not in capsys.readouterr().err  # it fell: nothing to say
     result.trace[-1] = replace(result.trace[-1], loss=2.315)
     result.trace[0] = replace(result.trace[0], loss=2.307)
-    assert _finish("master", result, None) == 0
+    assert finish("master", result, None) == 0
     assert capsys.readouterr().err == (
         "aiodq master: the training objective did not fall: 2.307 at epoch 0, 2.315 at epoch 1; is the step "
         "size right? (--step 0.5; docs/usage.md)\n"
@@ -565,7 +569,7 @@ def test_a_shard_the_guard_refused_is_said_with_how_to_keep_it(capsys: pytest.Ca
         master_config = aiodq.MasterConfig(guard=guard)
         coordinator = aiodq.simulate(config, dataset, workers=3, master_config=master_config)
         result = RunResult.of(coordinator, wall_time=0.0)
-        _finish("master", result, None, train=dataset)
+        finish("master", result, None, train=dataset)
         err = capsys.readouterr().err
         if guard:
             assert [record.samples for record in result.trace] == [600, 600, 600]

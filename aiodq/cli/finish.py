@@ -1,0 +1,269 @@
+"""How ``aiodq run`` and ``aiodq master`` write a run's results and say where they are.
+
+As training ends (:class:`EarlyResults`, the launchers' ``finished`` hook), again complete when the
+run returns (:func:`finish`), and as it stood when it was stopped (:meth:`EarlyResults.keep`);
+another run's results in ``--out`` are moved aside (:func:`write_results_line`), a finished run's are
+never replaced by a run that stopped or failed (:func:`kept_instead`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+from ..errors import RunError, UsageError
+from ..launch.common import as_it_stood, checkpoint_note
+from ..launch.models import test_scores
+from ..launch.results import EARLIER, move_aside, summary_rows, write_results
+from ..net.checkpoint import finished_run, resumable
+from ..protocol.dataset import Dataset
+from ..protocol.guard import OUT_OF_LINE
+from ..protocol.result import RunResult
+from .logs import SAID, say
+from .outfolder import LOG, NEW_LOG, holds_finished_run, results_written, signals_deferred
+
+__all__ = [
+    "DIVERGED",
+    "EXIT_FAILED",
+    "EarlyResults",
+    "finish",
+    "kept_instead",
+    "print_summary",
+    "stop_reason",
+    "stopped_finishing",
+    "write_results_line",
+]
+
+#: What every failure of a run that diverged says (protocol/guard.py).
+DIVERGED = "the run diverged"
+EXIT_FAILED = 1
+
+
+def print_summary(summary: dict[str, object], command: str) -> None:
+    """The summary table of a run's ``summary`` (result.json's keys), on stdout."""
+    # rich only here, where the summary is printed, so that a worker process does not import it
+    # (aiodq.cli.commands imported in 0.70 instead of 0.72 s of CPU, medians, on the project's VM).
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"aiodq {command}: summary", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for label, value in summary_rows(summary):
+        table.add_row(label, value)
+    Console().print(table)
+
+
+class _Aside:
+    """The names of another run's result files :func:`write_results_line` moved aside, by folder and run."""
+
+    moved: ClassVar[dict[str, list[str]]] = {}
+
+
+def write_results_line(
+    result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None
+) -> str:
+    """Score the model on ``test`` and write the results into ``out``; the line that says where.
+
+    Raises:
+        RunError: if they cannot be written.
+    """
+    if train is not None and "data" not in result.summary:  # (model.npz names it: a warm start checks it)
+        result.summary["data"] = train.fingerprint()
+    if test is not None and result.trace:
+        try:
+            labels = None if train is None else train.labels
+            result.summary["test"] = test_scores(result.config, test, result.model, labels)
+        except (UsageError, ValueError) as exc:
+            result.summary["test"] = {"test_set": test.name, "error": str(exc)}
+    with signals_deferred():
+        # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
+        # replaced the model of one stopped at epoch 8; nothing said so).
+        provenance = result.summary.get("provenance")
+        # (Those the results written as training ended moved: said again, for the same folder and run.)
+        moved = _Aside.moved.setdefault(f"{out.resolve()}\0{json.dumps(provenance, default=str)}", [])
+        moved += [name for name in move_aside(out, provenance) if name not in moved]
+        aside = f"moved the earlier run's {', '.join(moved)} aside ({EARLIER})" if moved else ""
+        try:
+            paths = write_results(result, out)
+        except RunError as exc:
+            raise RunError(f"{exc}; {aside}" if aside else str(exc), result=exc.result) from exc
+    log = results_written(out)  # (a folder removed during the run takes its log with it: an operator trial)
+    where = f"log in {log}" if log.exists() else f"the log {log} was removed during the run"
+    return f"wrote {', '.join(str(p) for p in paths)}{'; ' + aside if aside else ''}; {where}"
+
+
+def finish(
+    command: str,
+    result: RunResult,
+    out: Path | None,
+    test: Dataset | None = None,
+    train: Dataset | None = None,
+    *,
+    early: str | RunError | None = None,
+    checkpoint: str | None = None,
+) -> int:
+    """Score the model on ``test``, write the results, print the summary.
+
+    ``early``: what writing them as training ended gave (:class:`EarlyResults`).  If they cannot be
+    written now but were then, those are kept (each file is replaced whole or not at all): a warning.
+    ``checkpoint``: the run's; a failed run that it can continue (the workers left and did not
+    come back, say) is said to be resumable from it, as a stopped one is.
+    A run that ended without finishing fails (status 1), as does one whose results are not written.
+    """
+    written, unwritten = "", False  # (the summary is printed either way: an operator trial saw none)
+    kept = kept_instead(result, out) if out is not None and result.failure else None
+    if kept is not None:
+        say(command, f"the results were not written: {kept}")
+    elif out is not None:
+        try:
+            written = write_results_line(result, out, test, train)
+        except RunError as exc:
+            then = f"; as training ended: {early}" if early is not None and str(early) != str(exc) else ""
+            if unwritten := not isinstance(early, str):  # (the early pass's own account, where it wrote some)
+                again = ""  # (an audit: the recovery usage.md gives was not said)
+                if checkpoint and finished_run(checkpoint):
+                    again = f"; --resume gives them again from the checkpoint {checkpoint}"
+                say(command, f"{exc}{then}{again}")
+            else:
+                said = "kept the results written as training ended (without the last CLOSE frames' bytes)"
+                say(command, f"{exc}; {said}", level=logging.WARNING)
+    print_summary(result.to_json(), command)
+    if written:
+        print(written)
+        SAID.info("aiodq %s: %s", command, written)
+    if train is not None and result.trace and result.trace[-1].samples < train.samples:
+        # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
+        refused = any(str(e["reason"]).startswith(OUT_OF_LINE) for e in result.summary.get("errors", ()))
+        why = (
+            "; the guard refused snapshot reports as out of line with the others' (honest shards of very "
+            "different scales can be: --guard 0 turns that check off, docs/algorithms.md 11)"
+            if refused
+            else " (docs/security.md)"
+        )
+        say(
+            command,
+            f"the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
+            f"samples: a worker's shard was missing from the last snapshot phase{why}",
+            level=logging.WARNING,
+        )
+    if not result.failure and len(result.trace) > 1 and not result.trace[-1].loss < result.trace[0].loss:
+        # (A trial: a torch model at the default step stayed at chance, 2.307 to 2.315, and exit 0.)
+        first, last = result.trace[0], result.trace[-1]
+        say(
+            command,
+            f"the training objective did not fall: {first.loss:.6g} at epoch {first.epoch}, {last.loss:.6g} "
+            f"at epoch {last.epoch}; is the step size right? (--step {result.config.step:g}; docs/usage.md)",
+            level=logging.WARNING,
+        )
+    if result.ok and checkpoint and (stood := resumable(checkpoint)) is not None:
+        # Its end not written there (a full disk): a crash-recovery trial's --resume, as the next start
+        # advised, trained the finished run again and replaced its results.
+        said = f"the checkpoint {checkpoint} still holds the run at epoch {stood[0]}, version {stood[1]}"
+        say(command, f"{said}: --resume would train it again; the run finished", level=logging.WARNING)
+    if result.failure:
+        # (A newcomer trial: a user model diverged at the default step, and nothing named the step.)
+        hint = (
+            f"; the step was {result.config.step:g}: a smaller --step may train"
+            if DIVERGED in result.failure
+            else ""
+        )
+        hint += "; --guard 0 turns that check off" if hint and "guard is too tight" in result.failure else ""
+        say(
+            command,
+            result.failure
+            + hint
+            + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
+        )
+    return EXIT_FAILED if result.failure or unwritten else 0
+
+
+class EarlyResults:
+    """The launchers' ``finished`` hook: the results written as soon as training ends.
+
+    A stop while the workers' sessions end (or a failure then) loses nothing; :meth:`say` tells
+    what was written.  The command writes them again, complete, when the run returns.  A run
+    stopped before training ended is written as it stood (:meth:`keep`); the launchers hand a
+    cancelled one to :meth:`stopped`.
+    """
+
+    def __init__(self, out: Path, test: Dataset | None, train: Dataset) -> None:
+        self._out, self._test, self._train = out, test, train
+        self.written: str | RunError | None = None  # the line that says where, or why not
+        self.stood: RunResult | None = None  # a cancelled run as it stood
+
+    def __call__(self, result: RunResult) -> None:
+        """Write ``result``, the run as training ended (or not, as :func:`kept_instead` says)."""
+        if result.failure and kept_instead(result, self._out) is not None:
+            return  # not written: the command says why as the run returns (:func:`finish`)
+        try:
+            self.written = write_results_line(result, self._out, self._test, self._train)
+        except RunError as exc:
+            self.written = exc
+
+    def stopped(self, result: RunResult) -> None:
+        """The launchers' ``stopped`` hook: a cancelled run as it stood, kept for :meth:`keep`."""
+        self.stood = result
+
+    def say(self, command: str) -> None:
+        """On stderr, if training had finished: where the results are (or why they are not)."""
+        if self.written is not None:
+            say(command, f"training had finished: {self.written}", level=logging.INFO)
+
+    def keep(self, command: str, stood: RunResult | None, failure: str | None = None) -> None:
+        """Write a run stopped before training ended as it stood (``failure`` set, if given); say so.
+
+        Nothing if training had ended (the results are written) or there is no such run.
+        """
+        if self.written is not None or stood is None:
+            return
+        if failure is not None and (stood := as_it_stood(stood, failure)) is None:
+            return
+        if (kept := kept_instead(stood, self._out)) is not None:
+            say(command, f"the run as it stood was not written: {kept}")
+            return
+        last = stood.trace[-1]
+        with signals_deferred():  # (a second Ctrl-C comes after the line that says where they are)
+            try:
+                written = write_results_line(stood, self._out, self._test, self._train)
+            except RunError as exc:
+                say(command, f"the run as it stood was not written: {exc}")
+                return
+            said = f"at epoch {last.epoch} of {stood.config.epochs} (loss {last.loss:.6g})"
+            say(command, f"the run as it stood, {said}: {written}", level=logging.WARNING)
+
+
+def kept_instead(failed: RunResult, out: Path) -> str | None:
+    """Why a run that did not finish is not written into ``out``; None if it is.
+
+    It never trained (no epoch ended: its model is the starting point), or ``out``
+    holds the results of a run that finished (result.json with no failure), which are kept.
+    """
+    if not failed.trace:
+        return "the run never trained (no snapshot phase ended)"
+    if len(failed.trace) == 1:  # (a newcomer trial: a run diverged in its first epoch wrote x_0 as model.npz)
+        return "the run never trained (no epoch ended: its model is the starting point)"
+    if holds_finished_run(out):
+        theirs = f" with their {LOG}" if (out / LOG).exists() else ""
+        kept = f"kept{theirs} (this run's log is at the end of {NEW_LOG}; give another --out)"
+        return f"{out} holds the results of a run that finished, {kept}"
+    return None
+
+
+def stopped_finishing(command: str, written: EarlyResults | None, args: argparse.Namespace) -> None:
+    """A stop as a run's results were written the last time: where those of the end of training are.
+
+    (A newcomer trial: a Ctrl-C then left complete results, and only "interrupted" said; an audit's
+    SIGTERM then ended the command with no word.)
+    """
+    if written is not None:
+        written.say(command)
+        args.results_written = isinstance(written.written, str)
+
+
+def stop_reason(exc: BaseException) -> str:
+    """A stopped run's ``failure``: what the command line says of the stop."""
+    return "interrupted" if type(exc) is KeyboardInterrupt else f"stopped by {exc}"  # (else SignalStop)
