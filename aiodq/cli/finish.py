@@ -17,7 +17,7 @@ from typing import ClassVar
 from ..errors import RunError, UsageError
 from ..launch.common import as_it_stood, checkpoint_note
 from ..launch.models import test_scores
-from ..launch.results import EARLIER, move_aside, summary_rows, write_results
+from ..launch.results import move_aside, summary_rows, write_results
 from ..net.checkpoint import finished_run, resumable
 from ..protocol.dataset import Dataset
 from ..protocol.guard import OUT_OF_LINE
@@ -58,9 +58,9 @@ def print_summary(summary: dict[str, object], command: str) -> None:
 
 
 class _Aside:
-    """The names of another run's result files :func:`write_results_line` moved aside, by folder and run."""
+    """What :func:`write_results_line` said it moved aside, by folder and run."""
 
-    moved: ClassVar[dict[str, list[str]]] = {}
+    said: ClassVar[dict[str, str]] = {}
 
 
 def write_results_line(
@@ -83,10 +83,12 @@ def write_results_line(
         # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
         # replaced the model of one stopped at epoch 8; nothing said so).
         provenance = result.summary.get("provenance")
+        moved, suffix = move_aside(out, provenance, strict=True)  # (one it cannot move: not written over)
         # (Those the results written as training ended moved: said again, for the same folder and run.)
-        moved = _Aside.moved.setdefault(f"{out.resolve()}\0{json.dumps(provenance, default=str)}", [])
-        moved += [name for name in move_aside(out, provenance) if name not in moved]
-        aside = f"moved the earlier run's {', '.join(moved)} aside ({EARLIER})" if moved else ""
+        key = f"{out.resolve()}\0{json.dumps(provenance, default=str)}"
+        if moved:
+            _Aside.said[key] = f"moved the earlier run's {', '.join(moved)} aside ({suffix})"
+        aside = _Aside.said.get(key, "")
         try:
             paths = write_results(result, out)
         except RunError as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..launch.common import signals_deferred
-from ..launch.results import EARLIER, RESULT_FILES, provenance_of
+from ..launch.results import RESULT_FILES, free_suffix, provenance_of
 from ..net.checkpoint import lock_path
 
 __all__ = [
@@ -117,7 +117,8 @@ def holds_finished_run(out: Path) -> bool:
         summary = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8"))
         model = out / RESULT_FILES[1]
         finished = summary.get("failure", 0) is None and model.is_file()
-        return finished and summary.get("provenance") == provenance_of(model)
+        theirs = provenance_of(model)  # (None: a model.npz of a version that wrote no provenance in it)
+        return finished and (theirs is None or theirs == summary.get("provenance"))
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
@@ -141,8 +142,8 @@ def results_written(out: Path) -> Path:
     pending, _Pending.path = _Pending.path, None
     if pending is not None:
         try:
-            if (out / LOG).exists():  # the replaced results' log, beside them in .earlier (commands._write)
-                (out / LOG).replace(out / (LOG + EARLIER))
+            if (out / LOG).exists():  # the replaced results' log, beside them (finish.write_results_line)
+                (out / LOG).replace(out / (LOG + free_suffix(out, [LOG])))
             pending.replace(out / LOG)
         except OSError:
             return pending

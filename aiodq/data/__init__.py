@@ -199,21 +199,34 @@ def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist
     return Dataset(pixels.astype(np.float64) / 255.0, y, name)
 
 
-def _csv_error(text: str, header: int) -> str:
+def _csv_error(text: str, raw: bytes, header: int) -> str:
     """The words after a CSV file's name for numpy's loadtxt error ``text``: ``:LINE: what``.
 
-    numpy counts rows from 0 for a bad value, from 1 for a short row, and after the header (a
-    newcomer trial read "row 99" for the file's line 101, and numpy's advice on ``usecols``).
+    numpy counts data rows (from 0 for a bad value, from 1 for a short row), after the header and
+    without blank and ``#`` lines; the file's line is found from them (a newcomer trial read "row 99"
+    for the file's line 101, with numpy's advice on ``usecols``).
     """
     bad_value = re.fullmatch(r"(could not convert string .* to \w+) at row (\d+), column (\d+)\.", text)
     if bad_value:
         what, row, column = bad_value.groups()
-        return f":{int(row) + 1 + header}: not a numeric CSV: {what} (column {column})"
+        return f":{_line_of_row(raw, int(row), header)}: not a numeric CSV: {what} (column {column})"
     short = re.fullmatch(r"the number of columns changed from (\d+) to (\d+) at row (\d+);.*", text)
     if short:
         before, after, row = short.groups()
-        return f":{int(row) + header}: {after} columns, where the rows before have {before}"
+        line = _line_of_row(raw, int(row) - 1, header)
+        return f":{line}: {after} columns, where the rows before have {before}"
     return f": not a numeric CSV: {text}"
+
+
+def _line_of_row(raw: bytes, row: int, header: int) -> int:
+    """The file's line (from 1) of data row ``row`` (from 0) of a CSV file, as numpy's loadtxt counts them."""
+    seen = -1
+    for number, line in enumerate(raw.split(b"\n")[header:], start=header + 1):
+        content = line.split(b"#", 1)[0].strip()
+        seen += bool(content)
+        if seen == row:
+            return number
+    return header + row + 1  # (not found: numpy's own count)
 
 
 def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
@@ -240,7 +253,7 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
                 io.BytesIO(raw), delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header)
             )
     except ValueError as exc:
-        raise DataError(f"{path}{_csv_error(str(exc), int(header))}") from exc
+        raise DataError(f"{path}{_csv_error(str(exc), raw, int(header))}") from exc
     if table.shape[0] == 0:
         raise DataError(f"{path}: no samples")
     if table.shape[1] != 785:

@@ -23,6 +23,7 @@ from ..protocol.result import RunResult
 
 __all__ = [
     "EARLIER",
+    "free_suffix",
     "MODEL_FILE",
     "RESULT_FILES",
     "check_out",
@@ -114,6 +115,7 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
             stream.flush()
             os.fsync(stream.fileno())  # (on disk before the rename, as the model is: an audit)
         os.replace(temporary, paths[0])
+        checkpoint_file.sync_folder(out)  # (the rename too, as the model's)
         written.insert(0, paths[0])
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -142,18 +144,24 @@ def _unmix(out: Path, written: list[Path], provenance: object) -> str:
     Files of this run (written as training ended: the same provenance) stay.  Returns what the
     error message adds.
     """
-    moved = move_aside(out, provenance, written)
+    moved, suffix = move_aside(out, provenance, written)
     if not moved:
         return ""
-    return f"; moved an earlier run's {', '.join(moved)} aside ({EARLIER}), not to be taken for this run's"
+    return f"; moved an earlier run's {', '.join(moved)} aside ({suffix}), not to be taken for this run's"
 
 
-def move_aside(out: str | Path, provenance: object, written: Sequence[Path] = ()) -> list[str]:
-    """Rename the result files in ``out`` that another run wrote to NAME.earlier; return their names.
+def move_aside(
+    out: str | Path, provenance: object, written: Sequence[Path] = (), *, strict: bool = False
+) -> tuple[list[str], str]:
+    """Rename the result files in ``out`` that another run wrote; return their names and the suffix.
 
     Another run's: result.json or model.npz naming another ``provenance`` (those of this run,
     written as training ended, stay), and the plot where result.json is another run's or missing;
-    none of ``written``.  An earlier NAME.earlier is replaced.
+    none of ``written``.  They become NAME.earlier, or NAME.earlier.N with the first N free for
+    every one of them: no earlier such file is replaced (a review: a third run's lost the first's).
+
+    Raises:
+        RunError: with ``strict``, if one cannot be moved (it would be written over).
     """
     out = Path(out)
     summary_file, model_file, plot_file = RESULT_FILES
@@ -164,12 +172,30 @@ def move_aside(out: str | Path, provenance: object, written: Sequence[Path] = ()
     ]
     if (out / plot_file).is_file() and (out / summary_file in stale or not (out / summary_file).exists()):
         stale.append(out / plot_file)  # (drawn from the result.json that is not this run's)
+    suffix = free_suffix(out, [path.name for path in stale])
     moved = []
     for path in stale:
-        with contextlib.suppress(OSError):
-            path.replace(path.with_name(path.name + EARLIER))
+        try:
+            path.replace(path.with_name(path.name + suffix))
             moved.append(path.name)
-    return moved
+        except OSError as exc:
+            if strict:
+                why = exc.strerror or exc
+                raise RunError(
+                    f"cannot move an earlier run's {path} aside ({why}): it is not overwritten"
+                ) from exc
+    if moved:
+        checkpoint_file.sync_folder(out)
+    return moved, suffix
+
+
+def free_suffix(out: Path, names: Sequence[str]) -> str:
+    """:data:`EARLIER`, or ``.earlier.N`` with the first N from 2 that no file ``out/NAME + suffix`` takes."""
+    suffix, n = EARLIER, 1
+    while any(os.path.lexists(out / (name + suffix)) for name in names):
+        n += 1
+        suffix = f"{EARLIER}.{n}"
+    return suffix
 
 
 def provenance_of(path: Path) -> object:

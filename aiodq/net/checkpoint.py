@@ -46,6 +46,7 @@ __all__ = [
     "remove_stale",
     "resumable",
     "save",
+    "sync_folder",
 ]
 
 #: Version of the checkpoint layout, stored in ``meta["format"]``.
@@ -181,10 +182,10 @@ def save(path: str | Path, checkpoint: Checkpoint, *, what: str = "checkpoint", 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _sync_folder(target.parent)
+    sync_folder(target.parent)
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Sync a folder to disk, so that a rename in it survives a power cut (where the platform allows it)."""
     with contextlib.suppress(OSError, AttributeError):
         descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

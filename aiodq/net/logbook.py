@@ -13,6 +13,7 @@ import datetime
 import logging
 import math
 import platform
+import secrets
 import socket
 import sys
 from collections import Counter
@@ -235,8 +236,13 @@ def standing(coordinator: Coordinator | None) -> str:
 
 
 def provenance() -> dict[str, Any]:
-    """Where and how a run was made: aiodq, Python and numpy versions, command line, host, UTC start."""
+    """Where and how a run was made: aiodq, Python and numpy versions, command line, host, UTC start.
+
+    ``id``: random, so that two runs started in the same second by the same command are told apart
+    (a review: one's results were taken for the other's, and written over).
+    """
     return {
+        "id": secrets.token_hex(8),
         "aiodq": __version__,
         "command": list(sys.argv),
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -339,6 +339,24 @@ def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(t
     assert json.loads((out / "result.json").read_text())["failure"] is None
     log = (out / "aiodq.log").read_text()
     assert log.startswith("the earlier run's log\n") and " aiodq.cli INFO aiodq run " in log
+    # A third run keeps the second's beside the first's (a review: .earlier was replaced, the first lost).
+    second = {name: (out / name).read_bytes() for name in planted}
+    run = aiodq_command(
+        "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    assert (
+        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier.2); "
+        in run.stdout
+    )
+    assert {name: (out / f"{name}.earlier").read_bytes() for name in planted} == planted
+    assert {name: (out / f"{name}.earlier.2").read_bytes() for name in planted} == second
+    ids = {
+        json.loads((out / name).read_text())["provenance"]["id"]
+        for name in ("result.json", "result.json.earlier.2")
+    }
+    assert len(ids) == 2  # (runs are told apart by a random id, not by the second they started in)
+    assert (out / "aiodq.log.earlier").read_text() == log  # the second run's, with the planted part
 
 
 def _run_moving_the_earlier_results_aside(out: Path) -> None:
@@ -412,6 +430,12 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     write_results(earlier, mixed)
     (tmp_path / "later" / "model.npz").replace(mixed / "model.npz")
     assert not holds_finished_run(mixed)
+    # A model.npz that names no provenance (as earlier versions wrote it) beside its result.json: finished.
+    old = checkpoint_file.load(out / "model.npz")
+    del old.meta["provenance"]
+    checkpoint_file.save(tmp_path / "old" / "model.npz", old, what="model file", private=False)
+    (tmp_path / "old" / "result.json").write_bytes((out / "result.json").read_bytes())
+    assert holds_finished_run(tmp_path / "old")
     blocker = out / ".result.json.tmp"  # where result.json's temporary file goes: writing it fails
     blocker.mkdir()
     with pytest.raises(RunError) as info:

@@ -437,6 +437,14 @@ def test_a_bad_csv_row_is_named_by_its_line_in_the_file(tmp_path: Path, header: 
     said = f"{path}:{line}: 780 columns, where the rows before have 785"
     with pytest.raises(DataError, match=f"^{re.escape(said)}$"):
         load_mnist_csv(path)
+    # Blank and comment lines, which numpy does not count (a review): the file's line all the same.
+    lines[60] = row.replace("0,", "x199,", 1)
+    path = write(
+        tmp_path, "spaced.csv", top + "\n# a comment\n" + "".join(lines[:30]) + "\n" + "".join(lines[30:])
+    )
+    said = f"{path}:{line + 3}: not a numeric CSV: could not convert string 'x199' to float64 (column 1)"
+    with pytest.raises(DataError, match=f"^{re.escape(said)}$"):
+        load_mnist_csv(path)
 
 
 def test_csv_missing_file(tmp_path: Path) -> None:
