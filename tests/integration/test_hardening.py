@@ -686,9 +686,10 @@ def test_cli_errors_are_one_line(args: list[str], status: int, words: str) -> No
 
 
 def test_a_run_diverging_in_its_first_epoch_fails_with_one_line_and_writes_no_model(tmp_path: Path) -> None:
-    """aiodq run --l2 10 --step 1 on the bundled a9a (one worker: one order of updates) diverges in its first epoch: exit 1 with one line saying
-    so, naming the step; no result.json or model.npz, whose model would be x_0 (a newcomer trial: a run
-    diverged at once wrote it as its model), and the log says why."""
+    """aiodq run --l2 10 --step 1 on the bundled a9a (one worker: one order of updates) diverges in its
+    first epoch: exit 1 with one line saying so, naming the step; no result.json or model.npz, whose
+    model would be x_0 (a newcomer trial: a run diverged at once wrote it as its model), and the log says
+    why."""
     out = tmp_path / "out"
     result = aiodq("run", "--l2", "10", "--step", "1", "--epochs", "3", "--workers", "1", "--no-progress",
                    "--out", str(out), timeout=300)  # fmt: skip
