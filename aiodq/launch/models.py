@@ -215,7 +215,10 @@ def read_start(
         try:
             values, meta = load_model(path)
         except RunError as exc:
-            raise UsageError(f"{option}: {exc}{_not_a_model(path)}") from None
+            hint = _not_a_model(path)  # (the command line's own words for the two kinds load_model names)
+            raise UsageError(
+                f"{option}: {f'{path}: not an aiodq model file' if hint else exc}{hint}"
+            ) from None
         trained = (meta.get("config") or {}).get("model")
         _trained_on(meta, where, data)
         shape = _shape_options(meta.get("config") or {}, config)

@@ -220,13 +220,20 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     Raises:
         RunError: if the file is missing or not an aiodq model file.
     """
+    if Path(path).is_dir():  # (a newcomer trial: the --out folder, read as 'Is a directory')
+        raise RunError(f"{path} is a folder: a run's model is {Path(path) / MODEL_FILE}")
     try:
         stored = checkpoint_file.load(path, what="model file")
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
     model = stored.arrays.get("model")
     if stored.meta.get("kind") != checkpoint_file.MODEL_KIND or model is None:
-        raise RunError(f"{path}: not an aiodq model file")
+        what = {
+            "phase": "a run's checkpoint (--resume continues it)",
+            "content": "a records file (load_records)",
+        }
+        kind = next((said for key, said in what.items() if key in stored.meta), "")
+        raise RunError(f"{path}: not an aiodq model file{f': {kind}' if kind else ''}")
     if model.ndim != 1 or not model.size or model.dtype.kind not in "fiu":
         raise RunError(f"{path}: its model is not a vector of numbers (shape {model.shape}, {model.dtype})")
     return np.asarray(model, dtype=np.float64), stored.meta

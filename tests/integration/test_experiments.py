@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -348,8 +349,18 @@ def test_a_model_file_that_is_damaged_or_another_kind_is_a_run_error(tmp_path: P
         with pytest.raises(RunError, match="its model is not a vector of numbers"):
             load_model(path)
     save_records([], path)
-    with pytest.raises(RunError, match="not an aiodq model file"):
+    with pytest.raises(RunError, match=r"not an aiodq model file: a records file \(load_records\)$"):
         load_model(path)
+    # A checkpoint, or the --out folder itself, says which it is (a newcomer trial: 'Is a directory').
+    checkpoint_file.save(path, Checkpoint({"x": np.zeros(3)}, {"phase": "inner"}))
+    with pytest.raises(
+        RunError, match=r"not an aiodq model file: a run's checkpoint \(--resume continues it\)$"
+    ):
+        load_model(path)
+    with pytest.raises(
+        RunError, match=f"^{re.escape(str(tmp_path))} is a folder: a run's model is .*model.npz$"
+    ):
+        load_model(tmp_path)
     path.write_bytes(b"not a zip")
     with pytest.raises(RunError, match="cannot read the model file"):
         load_model(path)
