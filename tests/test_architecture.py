@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "aiodq"
 
@@ -157,11 +159,23 @@ def test_import_aiodq_is_light() -> None:
     assert names == "aiodq.codec True True"
 
 
-def test_ctrl_c_during_the_commands_imports_ends_it_with_130_even_if_sigint_was_ignored() -> None:
+@pytest.mark.parametrize(
+    ("stop", "parent", "status", "said"),
+    [
+        ("SIGINT", "", "130", "aiodq: interrupted\n"),
+        ("SIGTERM", "", "143", "aiodq: stopped by SIGTERM\n"),
+        ("SIGHUP", "", "129", "aiodq: stopped by SIGHUP\n"),
+        ("SIGHUP", "1:nohup", "0", ""),  # a worker of a launcher that ignores SIGHUP ignores it too
+    ],
+)
+def test_a_stop_during_the_commands_imports_ends_it_saying_so(
+    stop: str, parent: str, status: str, said: str
+) -> None:
     """A newcomer trial: Ctrl-C in a command's first few tenths of a second printed a traceback, or, sent to
     one started with SIGINT ignored (a background job of a shell without job control), was lost: the run
-    went on and exited 0.  The entry point takes SIGINT before the command line's imports; here one
-    arrives as ``aiodq.cli`` is imported, in a process started with SIGINT ignored."""
+    went on and exited 0; a review: SIGTERM and SIGHUP then ended it with no word.  The entry point takes
+    them before the command line's imports; here one arrives as ``aiodq.cli`` is imported, in a process
+    started with SIGINT ignored."""
     from importlib.metadata import entry_points  # noqa: PLC0415
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "aiodq"]
@@ -169,20 +183,22 @@ def test_ctrl_c_during_the_commands_imports_ends_it_with_130_even_if_sigint_was_
     code = (
         "import os, signal, sys\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"os.environ['AIODQ_PARENT'] = {parent!r}\n"
         "class Interrupt:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'aiodq.cli':\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        f"            os.kill(os.getpid(), signal.{stop})\n"
         "sys.meta_path.insert(0, Interrupt())\n"
         "from aiodq.__main__ import main\n"
         "sys.argv = ['aiodq', 'demo', '--dim', '10']\n"
         "status = main()\n"
-        "print(status, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+        "sys.stdout = sys.__stdout__\n"
+        "print('STATUS', status, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["130", "True"]  # and SIGINT ignored again, as it was
-    assert result.stderr == "aiodq: interrupted\n"
+    assert result.stdout.split()[-3:] == ["STATUS", status, "True"]  # and SIGINT ignored again, as it was
+    assert result.stderr == said
 
 
 def test_lazy_names_resolve() -> None:

@@ -204,8 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
     # workers' last CLOSE frames in its traffic, and with Ray the summary's ray figures).  A stop
-    # now comes after the results and the summary (a newcomer trial: a Ctrl-C as training ended
-    # left complete results, and only "interrupted" said; a SIGTERM then ended the command unsaid).
+    # here says where those written as training ended are (a newcomer trial: a Ctrl-C as training
+    # ended left complete results, and only "interrupted" said; a SIGTERM then ended the command unsaid).
     try:
         return finish(
             "run", result, out, test, dataset, early=write_now.written, checkpoint=saving["checkpoint"]

@@ -23,7 +23,7 @@ from ..protocol.dataset import Dataset
 from ..protocol.guard import OUT_OF_LINE
 from ..protocol.result import RunResult
 from .logs import SAID, say
-from .outfolder import LOG, NEW_LOG, holds_finished_run, results_written, signals_deferred
+from .outfolder import LOG, NEW_LOG, holds_finished_run, replaces_log, results_written, signals_deferred
 
 __all__ = [
     "DIVERGED",
@@ -81,19 +81,21 @@ def write_results_line(
             result.summary["test"] = {"test_set": test.name, "error": str(exc)}
     with signals_deferred():
         # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
-        # replaced the model of one stopped at epoch 8; nothing said so).
-        provenance = result.summary.get("provenance")
-        moved, suffix = move_aside(out, provenance, strict=True)  # (one it cannot move: not written over)
+        # replaced the model of one stopped at epoch 8; nothing said so), with their log where it goes too.
+        provenance, log_too = result.summary.get("provenance"), [LOG] if replaces_log(out) else []
+        moved, suffix = move_aside(out, provenance, strict=True, also=log_too)  # (one it cannot move: kept)
         # (Those the results written as training ended moved: said again, for the same folder and run.)
         key = f"{out.resolve()}\0{json.dumps(provenance, default=str)}"
         if moved:
-            _Aside.said[key] = f"moved the earlier run's {', '.join(moved)} aside ({suffix})"
+            _Aside.said[key] = f"moved the earlier run's {', '.join(moved + log_too)} aside ({suffix})"
         aside = _Aside.said.get(key, "")
         try:
             paths = write_results(result, out)
         except RunError as exc:
             raise RunError(f"{exc}; {aside}" if aside else str(exc), result=exc.result) from exc
-    log = results_written(out)  # (a folder removed during the run takes its log with it: an operator trial)
+        # (Inside: a stop noted in the write comes after the log's rename.  A folder removed during the run
+        # takes its log with it: an operator trial.)
+        log = results_written(out, suffix)
     where = f"log in {log}" if log.exists() else f"the log {log} was removed during the run"
     return f"wrote {', '.join(str(p) for p in paths)}{'; ' + aside if aside else ''}; {where}"
 

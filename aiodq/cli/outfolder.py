@@ -23,9 +23,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
 from ..launch.common import signals_deferred
-from ..launch.results import RESULT_FILES, free_suffix, provenance_of
+from ..launch.results import RESULT_FILES, free_suffix, same_run
+from ..net import checkpoint as checkpoint_file
 from ..net.checkpoint import lock_path
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "holds_finished_run",
     "log_for",
     "release",
+    "replaces_log",
     "results_written",
     "signals_deferred",
     "undo_refused_start",
@@ -116,10 +118,14 @@ def holds_finished_run(out: Path) -> bool:
     try:
         summary = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8"))
         model = out / RESULT_FILES[1]
-        finished = summary.get("failure", 0) is None and model.is_file()
-        theirs = provenance_of(model)  # (None: a model.npz of a version that wrote no provenance in it)
-        return finished and (theirs is None or theirs == summary.get("provenance"))
-    except (OSError, ValueError, AttributeError, RecursionError):
+        if summary.get("failure", 0) is not None or not model.is_file():
+            return False
+        # (None: a model.npz of a version that wrote no provenance in it; one that cannot be read is none.)
+        theirs = checkpoint_file.load(model, max_bytes=16 << 20, arrays=False, what="model file").meta.get(
+            "provenance"
+        )
+        return theirs is None or same_run(theirs, summary.get("provenance"))
+    except (OSError, ValueError, AttributeError, RecursionError, CheckpointError):
         return False
 
 
@@ -134,7 +140,12 @@ def log_for(out: Path, resume: bool = False) -> Path:
     return _Pending.path or out / LOG
 
 
-def results_written(out: Path) -> Path:
+def replaces_log(out: Path) -> bool:
+    """Whether :func:`results_written` will move ``out``'s log aside (the finished results' log)."""
+    return _Pending.path is not None and (out / LOG).exists()
+
+
+def results_written(out: Path, suffix: str | None = None) -> Path:
     """The run's results are now ``out``'s: its log becomes :data:`LOG` if it was :data:`NEW_LOG`.
 
     Returns where the run's log is (the log handler follows the rename: it keeps the file open).
@@ -143,7 +154,8 @@ def results_written(out: Path) -> Path:
     if pending is not None:
         try:
             if (out / LOG).exists():  # the replaced results' log, beside them (finish.write_results_line)
-                (out / LOG).replace(out / (LOG + free_suffix(out, [LOG])))
+                free = suffix is not None and not os.path.lexists(out / (LOG + suffix))
+                (out / LOG).replace(out / (LOG + (suffix if free and suffix else free_suffix(out, [LOG]))))
             pending.replace(out / LOG)
         except OSError:
             return pending

@@ -222,8 +222,8 @@ def _line_of_row(raw: bytes, row: int, header: int) -> int:
     """The file's line (from 1) of data row ``row`` (from 0) of a CSV file, as numpy's loadtxt counts them."""
     seen = -1
     for number, line in enumerate(raw.split(b"\n")[header:], start=header + 1):
-        content = line.split(b"#", 1)[0].strip()
-        seen += bool(content)
+        # numpy skips an empty line and a comment's, but counts one of spaces (a review): so here.
+        seen += bool(line.split(b"#", 1)[0].rstrip(b"\r"))
         if seen == row:
             return number
     return header + row + 1  # (not found: numpy's own count)

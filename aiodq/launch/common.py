@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,14 +188,15 @@ def signals_deferred() -> Iterator[None]:
     """
     stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
     noted: list[int] = []
-    try:
-        handlers: dict[int, Any] = {
-            stop: signal.signal(stop, lambda signum, frame: noted.append(signum)) for stop in stops
-        }
-    except ValueError:  # not the main thread
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    handlers: dict[int, Any] = {}
     try:
+        # One by one, each put back however the swap ends (a review: a SIGTERM between two swaps, raised
+        # there, left the noting handler in place of Ctrl-C's).
+        for stop in stops:
+            handlers[stop] = signal.signal(stop, lambda signum, frame: noted.append(signum))
         yield
     finally:
         for stop, handler in handlers.items():

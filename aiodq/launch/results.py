@@ -31,6 +31,7 @@ __all__ = [
     "load_records",
     "move_aside",
     "provenance_of",
+    "same_run",
     "records_saved",
     "save_records",
     "summary_rows",
@@ -151,14 +152,20 @@ def _unmix(out: Path, written: list[Path], provenance: object) -> str:
 
 
 def move_aside(
-    out: str | Path, provenance: object, written: Sequence[Path] = (), *, strict: bool = False
+    out: str | Path,
+    provenance: object,
+    written: Sequence[Path] = (),
+    *,
+    strict: bool = False,
+    also: Sequence[str] = (),
 ) -> tuple[list[str], str]:
     """Rename the result files in ``out`` that another run wrote; return their names and the suffix.
 
     Another run's: result.json or model.npz naming another ``provenance`` (those of this run,
     written as training ended, stay), and the plot where result.json is another run's or missing;
     none of ``written``.  They become NAME.earlier, or NAME.earlier.N with the first N free for
-    every one of them: no earlier such file is replaced (a review: a third run's lost the first's).
+    every one of them (and of ``also``, names the caller moves with them): no earlier such file is
+    replaced (a review: a third run's lost the first's).
 
     Raises:
         RunError: with ``strict``, if one cannot be moved (it would be written over).
@@ -168,23 +175,30 @@ def move_aside(
     stale = [
         out / name
         for name in (summary_file, model_file)
-        if out / name not in written and (out / name).is_file() and provenance_of(out / name) != provenance
+        if out / name not in written
+        and (out / name).is_file()
+        and not same_run(provenance_of(out / name), provenance)
     ]
     if (out / plot_file).is_file() and (out / summary_file in stale or not (out / summary_file).exists()):
         stale.append(out / plot_file)  # (drawn from the result.json that is not this run's)
-    suffix = free_suffix(out, [path.name for path in stale])
-    moved = []
-    for path in stale:
-        try:
-            path.replace(path.with_name(path.name + suffix))
-            moved.append(path.name)
-        except OSError as exc:
-            if strict:
+    suffix = free_suffix(out, [path.name for path in stale] + list(also))
+    moved: list[str] = []
+    try:
+        for path in stale:
+            try:
+                path.replace(path.with_name(path.name + suffix))
+                moved.append(path.name)
+            except OSError as exc:
+                if not strict:
+                    continue
+                for name in moved:  # (put back: the folder as it was, none of it written over)
+                    with contextlib.suppress(OSError):
+                        (out / (name + suffix)).replace(out / name)
                 why = exc.strerror or exc
                 raise RunError(
                     f"cannot move an earlier run's {path} aside ({why}): it is not overwritten"
                 ) from exc
-    if moved:
+    finally:
         checkpoint_file.sync_folder(out)
     return moved, suffix
 
@@ -196,6 +210,13 @@ def free_suffix(out: Path, names: Sequence[str]) -> str:
         n += 1
         suffix = f"{EARLIER}.{n}"
     return suffix
+
+
+def same_run(one: object, other: object) -> bool:
+    """Whether two provenances are of one run: the same ``id`` (a run resumed keeps its own), else equal."""
+    if isinstance(one, dict) and isinstance(other, dict) and "id" in one and "id" in other:
+        return bool(one["id"] == other["id"])
+    return one == other
 
 
 def provenance_of(path: Path) -> object:

@@ -191,9 +191,9 @@ class Master:
                 # Held until close(): a second master on the same file is refused, not let overwrite it.
                 self._lock = checkpoint_file.lock(self._checkpoint)
                 self._open_checkpoint(self._checkpoint)
-            self._provenance = provenance() | ({"start_from": self._start} if self._start else {})
-            # TLS is the loop's own (uvloop's start_tls on an accepted stream could stall a handshake),
-            # after _admit has let the connection in (net/listener.py).
+            start = {"start_from": self._start} if self._start else {}  # (the resumed run's id stays: below)
+            self._provenance = provenance() | self._provenance | start
+            # TLS is the loop's own (uvloop's start_tls could stall one), after _admit (net/listener.py).
             tls = None if self._ssl is None else (self._ssl, self._connection_config.handshake_timeout)
             await self._listener.start(self._serve, self._host, self._port, limit=_READ_SIZE, tls=tls)
             host, port = self._listener.sockets[0].getsockname()[:2]
@@ -229,6 +229,7 @@ class Master:
                 raise CheckpointError(f"{path}: {exc}") from None
             self._before = float(saved.meta["elapsed"])  # (checked by restore)
             self._start = start if isinstance(start := saved.meta.get("start_from"), str) else None
+            self._provenance = {"id": run} if isinstance(run := saved.meta.get("run"), str) else {}
             if saved.meta.get("workers") != self._workers and not self.coordinator.done:
                 _log.warning(
                     "the checkpointed run had %s workers, this one %d: its shards change from here",
@@ -337,8 +338,7 @@ class Master:
         self.stop_training()  # before any wait: training cannot end (or move on) during the close
         if self._timer_task is not None:
             self._timer_task.cancel()
-            # asyncio.wait, not an await of the task: its CancelledError is expected, and only a
-            # cancellation of the close itself should end the close.
+            # asyncio.wait, not an await of it: only a cancellation of the close itself ends the close.
             await asyncio.wait([self._timer_task])
         if self.coordinator is not None and self._loop is not None:
             if not self.coordinator.done and self._address is not None:  # (a failed start: maybe refused)
@@ -351,9 +351,8 @@ class Master:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        # Then every connection the master accepted is closed, those refused or accepted during this
-        # close included; one closing gracefully has the close timeout (wire-format.md 8.3) to
-        # deliver what it was sent, such as its CLOSE (net/listener.py).
+        # Then every connection accepted is closed (refused, or accepted during this close, too); one closing
+        # gracefully has the close timeout (wire-format.md 8.3) to deliver its CLOSE (net/listener.py).
         await self._listener.close(self._connection_config.handshake_timeout)
 
     async def __aenter__(self) -> Master:
@@ -578,6 +577,7 @@ class Master:
             checkpoint.meta["data"] = self._data_fingerprint
         if self._start is not None:
             checkpoint.meta["start_from"] = self._start
+        checkpoint.meta["run"] = self._provenance.get("id")  # (a resumed run is the same run: its id stays)
         checkpoint_file.save(self._checkpoint, checkpoint)
         state = self.coordinator.state
         self.checkpointed = (state.epoch, state.version)

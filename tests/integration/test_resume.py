@@ -110,6 +110,14 @@ async def test_a_local_run_cancelled_part_way_resumes_where_it_stood(tmp_path: P
     log = (out / "aiodq.log").read_text()
     assert log.startswith(before) and log.count("nothing trains, its results are given again") == 2, log
     assert not (out / "aiodq.log.new").exists()
+    # The same run (its checkpoint keeps its provenance's id): its own results are replaced, not moved
+    # aside as another run's (a review: each --resume kept another full copy of the run).
+    assert sorted(p.name for p in out.iterdir()) == [
+        "aiodq.log",
+        "loss_vs_bits.png",
+        "model.npz",
+        "result.json",
+    ]
 
 
 def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(
@@ -282,7 +290,7 @@ def test_a_failed_run_never_replaces_finished_results_nor_writes_an_untrained_mo
     assert re.search(r"worker 0 \(shard 0/1\) joined", both[len(master_log) :]), both
     # A run that finishes there replaces the results, and its log becomes aiodq.log; the finished run's
     # results and log are moved aside, not lost, and the line that says where the results are says so.
-    _run_moving_the_earlier_results_aside(out)
+    _run_moving_the_earlier_results_aside(out, ", aiodq.log")
     files = ["aiodq.log", "loss_vs_bits.png", "model.npz", "result.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted(files + [name + ".earlier" for name in files])
     assert (out / "aiodq.log").read_text() != finished_log and "epoch 1" in (out / "aiodq.log").read_text()
@@ -348,7 +356,7 @@ def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(t
     )
     assert run.returncode == 0, run.stderr
     assert (
-        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier.2); "
+        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png, aiodq.log aside (.earlier.2); "
         in run.stdout
     )
     assert {name: (out / f"{name}.earlier").read_bytes() for name in planted} == planted
@@ -358,17 +366,20 @@ def test_a_stopped_runs_results_and_log_are_kept_when_another_run_writes_there(t
         for name in ("result.json", "result.json.earlier.2")
     }
     assert len(ids) == 2  # (runs are told apart by a random id, not by the second they started in)
-    assert (out / "aiodq.log.earlier").read_text() == log  # the second run's, with the planted part
+    assert (
+        out / "aiodq.log.earlier.2"
+    ).read_text() == log  # the second run's (and the planted part): with it
 
 
-def _run_moving_the_earlier_results_aside(out: Path) -> None:
-    """``aiodq run`` into ``out``, which holds another run's results: it says it moved them aside."""
+def _run_moving_the_earlier_results_aside(out: Path, log: str = "") -> None:
+    """``aiodq run`` into ``out``, which holds another run's results: it says it moved them aside (and
+    ``log``, ", aiodq.log", where a finished run's log goes with them)."""
     run = aiodq_command(
         "run", "--data", str(DATA), "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith(
-        "; moved the earlier run's result.json, model.npz, loss_vs_bits.png aside (.earlier); "
+        f"; moved the earlier run's result.json, model.npz, loss_vs_bits.png{log} aside (.earlier); "
         f"log in {out / 'aiodq.log'}"
     )
 
@@ -420,7 +431,7 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     written, no trained model left); this run's own, written as training ended (the same provenance),
     stay; where this run's result.json is written, so is its plot."""
     earlier = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
-    provenance = dict(earlier.summary["provenance"], started="2026-01-01T00:00:00+00:00")
+    provenance = dict(earlier.summary["provenance"], started="2026-01-01T00:00:00+00:00", id="another run")
     later = replace(earlier, summary=dict(earlier.summary, provenance=provenance))
     out = tmp_path / "out"
     write_results(earlier, out)
@@ -432,6 +443,11 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     write_results(earlier, mixed)
     (tmp_path / "later" / "model.npz").replace(mixed / "model.npz")
     assert not holds_finished_run(mixed)
+    # A model.npz that cannot be read is no finished run's (a review: it counted as one).
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "result.json").write_bytes((out / "result.json").read_bytes())
+    (tmp_path / "damaged" / "model.npz").write_bytes(b"not a zip")
+    assert not holds_finished_run(tmp_path / "damaged")
     # A model.npz that names no provenance (as earlier versions wrote it) beside its result.json: finished.
     old = checkpoint_file.load(out / "model.npz")
     del old.meta["provenance"]
@@ -816,7 +832,8 @@ def test_a_start_its_checkpoint_refuses_leaves_out_as_it_found_it(tmp_path: Path
     finished = tmp_path / "finished"  # a finished run's folder: its log is set aside, then put back
     finished.mkdir()
     (finished / "result.json").write_text('{"failure": null}')
-    (finished / "model.npz").write_bytes(b"its model")
+    model = Checkpoint({"model": np.zeros(3)}, {"kind": checkpoint_file.MODEL_KIND})  # (a model: readable)
+    checkpoint_file.save(finished / "model.npz", model, what="model file", private=False)
     (finished / "aiodq.log").write_text("the finished run's log\n")
     cases = [
         (["--checkpoint", str(path), "--out", str(tmp_path / "new")], "is not overwritten"),
