@@ -9,10 +9,13 @@ never replaced by a run that stopped or failed (:func:`kept_instead`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import ClassVar
+
+import numpy as np
 
 from ..errors import RunError, UsageError
 from ..launch.common import as_it_stood, checkpoint_note
@@ -58,9 +61,10 @@ def print_summary(summary: dict[str, object], command: str) -> None:
 
 
 class _Aside:
-    """What :func:`write_results_line` said it moved aside, by folder and run."""
+    """What :func:`write_results_line` said it moved aside, by folder and run; the test scores by model."""
 
     said: ClassVar[dict[str, str]] = {}
+    scores: ClassVar[dict[str, dict[str, object]]] = {}
 
 
 def write_results_line(
@@ -74,11 +78,16 @@ def write_results_line(
     if train is not None and "data" not in result.summary:  # (model.npz names it: a warm start checks it)
         result.summary["data"] = train.fingerprint()
     if test is not None and result.trace:
-        try:
-            labels = None if train is None else train.labels
-            result.summary["test"] = test_scores(result.config, test, result.model, labels)
-        except (UsageError, ValueError) as exc:
-            result.summary["test"] = {"test_set": test.name, "error": str(exc)}
+        # Once per model: the last pass writes the model the first wrote as training ended (a review: a
+        # test set scored twice, the first time with stops deferred).
+        key = f"{id(test)}:{test.name}:{hashlib.blake2b(np.ascontiguousarray(result.model).tobytes()).hexdigest()}"
+        if key not in _Aside.scores:
+            try:
+                labels = None if train is None else train.labels
+                _Aside.scores[key] = test_scores(result.config, test, result.model, labels)
+            except (UsageError, ValueError) as exc:
+                _Aside.scores[key] = {"test_set": test.name, "error": str(exc)}
+        result.summary["test"] = _Aside.scores[key]
     with signals_deferred():
         # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
         # replaced the model of one stopped at epoch 8; nothing said so), with their log where it goes too.

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -421,6 +422,32 @@ def test_a_stop_as_the_results_are_written_again_says_where_they_are(
     )
     assert stopped == f"aiodq run: {said}"
     assert json.loads((out / "result.json").read_text())["failure"] is None
+
+
+def test_the_test_set_is_scored_once_for_the_two_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the results written as training ended and again at the end scored the test set twice, the
+    first time with stops deferred.  The same model is scored once; another model again."""
+    import aiodq.cli.finish as finishing  # noqa: PLC0415
+
+    calls: list[int] = []
+    scores = finishing.test_scores
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return scores(*args, **kwargs)
+
+    monkeypatch.setattr(finishing, "test_scores", counted)
+    result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    data = load_dataset(DATA)
+    write_results_line(result, tmp_path / "out", data, data)
+    write_results_line(result, tmp_path / "out", data, data)
+    assert (
+        len(calls) == 1 and "test_loss" in json.loads((tmp_path / "out" / "result.json").read_text())["test"]
+    )
+    write_results_line(replace(result, model=result.model + 1.0), tmp_path / "other", data, data)
+    assert len(calls) == 2
 
 
 def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> None:
