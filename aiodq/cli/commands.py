@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -193,8 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             # A refused start: the log, if it was there, is that of the checkpoint's run.
             print(f"aiodq run: {exc}", file=sys.stderr)
             undo_refused_start(missing)
-        else:
-            say("run", str(exc))
+        else:  # (the option that set a timeout, named: a newcomer trial)
+            say("run", re.sub(r"^(the run did not finish within \S+ s)", r"\1 (--timeout)", str(exc)))
             write_now.keep("run", exc.result if isinstance(exc, RunError) else None)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:

@@ -80,7 +80,8 @@ def write_results_line(
     if test is not None and result.trace:
         # Once per model: the last pass writes the model the first wrote as training ended (a review: a
         # test set scored twice, the first time with stops deferred).
-        key = f"{id(test)}:{test.name}:{hashlib.blake2b(np.ascontiguousarray(result.model).tobytes()).hexdigest()}"
+        digest = hashlib.blake2b(np.ascontiguousarray(result.model).tobytes()).hexdigest()
+        key = f"{id(test)}:{test.name}:{digest}"
         if key not in _Aside.scores:
             try:
                 labels = None if train is None else train.labels

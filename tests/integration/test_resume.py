@@ -190,7 +190,7 @@ def test_a_timed_out_run_hands_back_the_model_as_it_stood(tmp_path: Path) -> Non
     )  # fmt: skip
     assert run.returncode == 1
     said = run.stderr.strip().splitlines()
-    assert said[0] == "aiodq run: the run did not finish within 3 s"
+    assert said[0] == "aiodq run: the run did not finish within 3 s (--timeout)"  # (the option named)
     assert said[1].startswith("aiodq run: the run as it stood, at epoch ")
     assert said[1].endswith(f"wrote {out / 'result.json'}, {out / 'model.npz'}, {out / 'loss_vs_bits.png'}; "
                             f"log in {out / 'aiodq.log'}")  # fmt: skip
