@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..launch.ray import import_ray  # noqa: PLC0415 - ray is an extra, imported only here
 
         import_ray()  # before --out is made (a newcomer trial: without ray, a log was left there)
-    log = log_for(Path(args.out), args.resume)
+    log = log_for(Path(args.out), args.resume, saving["checkpoint"])
     missing = found(log, saving["checkpoint"])
     _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
     out = _output_folder(args.out)
@@ -251,7 +251,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    log = None if args.out is None else log_for(Path(args.out), args.resume)
+    log = None if args.out is None else log_for(Path(args.out), args.resume, saving["checkpoint"])
     missing = found(log, saving["checkpoint"], args.records)
     records = Path(args.records) if args.records else None
     if args.out is not None:

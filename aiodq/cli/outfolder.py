@@ -129,15 +129,34 @@ def holds_finished_run(out: Path) -> bool:
         return False
 
 
-def log_for(out: Path, resume: bool = False) -> Path:
+def log_for(out: Path, resume: bool = False, checkpoint: str | None = None) -> Path:
     """The log a run started now writes into ``out``: :data:`NEW_LOG` where a finished run's results are.
 
-    Not for a ``resume``: its log goes on from the interrupted run's, whose results may be the ones
-    there (a crash-recovery trial: a finished run killed as its results were written, resumed to get
-    them back, and its log replaced by the resume's three lines).
+    Not for a ``resume`` of the run whose results they are: its log goes on from the interrupted
+    run's (a crash-recovery trial: a finished run killed as its results were written, resumed to get
+    them back, and its log replaced by the resume's three lines).  Another run's (its id is not the
+    one the ``checkpoint`` keeps) keep their log, as for a new run (an audit: a resume appended to it).
     """
-    _Pending.path = out / NEW_LOG if holds_finished_run(out) and not resume else None
+    finished = holds_finished_run(out)
+    if finished and resume:  # (either id unknown, an earlier version's files: the run's own, as before)
+        theirs, ours = _provenance(out), None if checkpoint is None else _run_id(checkpoint)
+        finished = isinstance(theirs, dict) and isinstance(ours, str) and theirs.get("id") not in (None, ours)
+    _Pending.path = out / NEW_LOG if finished else None
     return _Pending.path or out / LOG
+
+
+def _provenance(out: Path) -> object:
+    """The provenance of the results in ``out`` (their result.json's), None if it cannot be read."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+        return json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("provenance")
+    return None
+
+
+def _run_id(checkpoint: str) -> object:
+    """The run id a checkpoint keeps (``meta["run"]``), None if it keeps none or cannot be read."""
+    with contextlib.suppress(CheckpointError):
+        return checkpoint_file.load(checkpoint, max_bytes=16 << 20, arrays=False).meta.get("run")
+    return None
 
 
 def replaces_log(out: Path) -> bool:

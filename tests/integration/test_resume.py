@@ -450,6 +450,23 @@ def test_the_test_set_is_scored_once_for_the_two_passes(
     assert len(calls) == 2
 
 
+def test_a_resumed_run_leaves_another_finished_runs_log_as_it_was(tmp_path: Path) -> None:
+    """An audit: a run stopped in the folder of another, finished run, then resumed there, appended the
+    resumed session to that run's aiodq.log (and said its log was at the end of aiodq.log.new).  Its
+    checkpoint keeps its run's id: the finished results are another run's, and keep their log."""
+    out, path = tmp_path / "out", tmp_path / "run.ckpt"
+    common = ("run", "--data", str(DATA), "--workers", "1", "--no-progress", "--out", str(out))
+    assert aiodq_command(*common, "--epochs", "1").returncode == 0
+    finished_log = (out / "aiodq.log").read_text()
+    stopped = (*common, "--epochs", "100000", "--timeout", "3", "--checkpoint", str(path))
+    for resume in ((), ("--resume",)):
+        run = aiodq_command(*stopped, *resume)
+        assert run.returncode == 1, run.stderr
+        assert "this run's log is at the end of aiodq.log.new" in run.stderr, run.stderr
+        assert (out / "aiodq.log").read_text() == finished_log
+    assert (out / "aiodq.log.new").read_text().count(" aiodq.cli INFO aiodq run ") == 2
+
+
 def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> None:
     """An operator trial: a run into the folder of an earlier, finished one could not write its result.json
     (a full disk) and left its own model.npz beside the earlier run's result.json and plot, a folder then
