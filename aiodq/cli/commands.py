@@ -41,6 +41,7 @@ from .outfolder import (
     NEW_LOG,
     found,
     hold,
+    keep,
     log_for,
     undo_refused_start,
 )
@@ -252,7 +253,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     log = None if args.out is None else log_for(Path(args.out), args.resume, saving["checkpoint"])
-    missing = found(log, saving["checkpoint"], args.records)
+    records_lock = args.records and str(checkpoint_file.lock_path(args.records))  # (made below: undone too)
+    missing = found(log, saving["checkpoint"], args.records, records_lock)
     records = Path(args.records) if args.records else None
     if args.out is not None:
         _checked_checkpoint(args.records, Path(args.out), "--records")  # before its folder is made
@@ -261,6 +263,10 @@ def cmd_master(args: argparse.Namespace) -> int:
             raise UsageError(f"--records {records}: the run checkpoints there: give another file")
         if records.is_dir():
             raise UsageError(f"--records {records}: a folder, not a file")
+        try:  # (an audit: two masters given one file wrote over each other's records)
+            keep(checkpoint_file.lock(records, what="records file"))
+        except CheckpointError as exc:
+            raise UsageError(f"--records: {exc}") from None
         if records.exists() and not _holds_records(records):  # (an audit: a trained model.npz was replaced)
             said = "not a model records file; it is not overwritten: give another file"
             raise UsageError(f"--records {records}: {said}")

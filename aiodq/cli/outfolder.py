@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import CheckpointError, UsageError
 from ..launch.common import signals_deferred
@@ -35,6 +36,7 @@ __all__ = [
     "found",
     "hold",
     "holds_finished_run",
+    "keep",
     "log_for",
     "release",
     "replaces_log",
@@ -54,9 +56,10 @@ class _Pending:
 
 
 class _Held:
-    """The descriptor of the ``--out`` folder this command holds locked (one command per process)."""
+    """The ``--out`` folder's descriptor this command holds locked, and its other locks (:func:`keep`)."""
 
     descriptor: int | None = None
+    locks: ClassVar[list[checkpoint_file.Lock]] = []
 
 
 def hold(out: Path) -> None:
@@ -103,10 +106,17 @@ def _unlocked(out: Path, exc: OSError) -> None:
 
 
 def release() -> None:
-    """Let go of the folder :func:`hold` locked, if any."""
+    """Let go of the folder :func:`hold` locked, if any, and of the locks :func:`keep` holds."""
     if _Held.descriptor is not None:
         os.close(_Held.descriptor)
         _Held.descriptor = None
+    while _Held.locks:
+        _Held.locks.pop().release()
+
+
+def keep(held: checkpoint_file.Lock) -> None:
+    """Hold ``held`` (``aiodq master --records``'s lock) until the command ends (:func:`release`)."""
+    _Held.locks.append(held)
 
 
 def holds_finished_run(out: Path) -> bool:

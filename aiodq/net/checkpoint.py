@@ -90,11 +90,13 @@ def lock_path(path: str | Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
-def lock(path: str | Path) -> Lock:
+def lock(path: str | Path, what: str = "checkpoint") -> Lock:
     """Lock the checkpoint ``path`` for this process: an advisory ``flock`` on ``.NAME.lock`` beside it.
 
     The kernel drops the lock when the process ends, however it ends, so a crashed master
     never leaves its checkpoint locked.  Where ``fcntl`` is missing the lock does nothing.
+
+    ``what``: the file's kind in messages (``aiodq master --records`` locks its records file so).
 
     Raises:
         CheckpointError: if another process (or another master of this one) holds it, or the
@@ -102,7 +104,7 @@ def lock(path: str | Path) -> Lock:
     """
     target, where = _real(path), lock_path(path)
     if target.is_symlink():  # (realpath stops at a loop of links)
-        raise CheckpointError(f"cannot write the checkpoint {path}: a loop of symbolic links")
+        raise CheckpointError(f"cannot write the {what} {path}: a loop of symbolic links")
     try:
         import fcntl  # noqa: PLC0415 - POSIX only
     except ImportError:
@@ -111,20 +113,18 @@ def lock(path: str | Path) -> Lock:
         target.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(where, os.O_RDWR | os.O_CREAT, 0o600)
     except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file in the way: "File exists")
-        raise CheckpointError(
-            f"cannot write the checkpoint {path}: a file is where a folder must be"
-        ) from None
+        raise CheckpointError(f"cannot write the {what} {path}: a file is where a folder must be") from None
     except OSError as exc:
-        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
+        raise CheckpointError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(descriptor)
         if isinstance(exc, BlockingIOError):
             raise CheckpointError(
-                f"the checkpoint {path} is in use by another run (it holds the lock {where})"
+                f"the {what} {path} is in use by another run (it holds the lock {where})"
             ) from None
-        raise CheckpointError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
+        raise CheckpointError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
     return Lock(descriptor)
 
 

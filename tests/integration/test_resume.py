@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -978,6 +979,18 @@ def test_records_over_the_runs_own_results_or_its_checkpoint_are_refused(tmp_pat
         said = f"--records {path}: not a model records file; it is not overwritten: give another file"
         assert refused.stderr.strip() == f"aiodq master: {said}"
     assert {path: path.read_bytes() for path in (model, data)} == before
+    # Another master's records file (held, as a master holds its own while it runs): refused (an audit:
+    # two masters given one file wrote over each other's records).
+    records = tmp_path / "records.npz"
+    held = checkpoint_file.lock(records, what="records file")
+    try:
+        refused = aiodq_command(*master, "--records", str(records))
+    finally:
+        held.release()
+    assert refused.returncode == 2, refused.stderr
+    lock = checkpoint_file.lock_path(records)
+    said = f"--records: the records file {records} is in use by another run (it holds the lock {lock})"
+    assert refused.stderr.strip() == f"aiodq master: {said}"
 
 
 @pytest.mark.asyncio
@@ -1028,7 +1041,7 @@ async def test_records_that_cannot_be_written_fail_the_run_after_its_results(tmp
     worker: Process | None = None
     try:
         text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
-        (tmp_path / "gone").rmdir()
+        shutil.rmtree(tmp_path / "gone")  # (with the lock file the master holds there)
         (tmp_path / "gone").write_text("a file where the records' folder was")
         address = text.split("listening on ")[1].split(",")[0]
         worker = Process(
