@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Any
 
-from .errors import SignalStop
+from .errors import SignalStop, stop_said
 
 
 def main() -> int:
@@ -30,24 +30,19 @@ def main() -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous = signal.getsignal(signum)
             if signum == signal.SIGINT or previous is not signal.SIG_IGN:
-                handler = signal.default_int_handler if signum == signal.SIGINT else _stopped
+                handler = signal.default_int_handler if signum == signal.SIGINT else SignalStop.handler
                 kept.setdefault(signum, signal.signal(signum, handler))
     try:
         try:
             from .cli import main as command_line  # noqa: PLC0415 - after the handlers
         except KeyboardInterrupt as exc:
-            stop = isinstance(exc, SignalStop)
-            print(f"aiodq: stopped by {exc}" if stop else "aiodq: interrupted", file=sys.stderr)
-            return 128 + exc.signum if isinstance(exc, SignalStop) else 130
+            said, status = stop_said(exc)
+            print(f"aiodq: {said}", file=sys.stderr)
+            return status
         return command_line()
     finally:
         for signum, previous_handler in kept.items():
             signal.signal(signum, signal.SIG_DFL if previous_handler is None else previous_handler)
-
-
-def _stopped(signum: int, frame: object) -> None:
-    """SIGTERM's and SIGHUP's handler until the command line's own: the command stops where it is."""
-    raise SignalStop(signum)
 
 
 if __name__ == "__main__":

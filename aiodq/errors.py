@@ -192,6 +192,22 @@ class SignalStop(KeyboardInterrupt):
         #: The signal's number.
         self.signum = signum
 
+    @staticmethod
+    def handler(signum: int, frame: object) -> None:
+        """SIGTERM's and SIGHUP's handler outside an event loop: the command stops where it is."""
+        raise SignalStop(signum)
+
+
+def stop_said(exc: BaseException) -> tuple[str, int]:
+    """What a command says of a stop, and its exit status.
+
+    Ctrl-C: ``interrupted``, 130; SIGTERM or SIGHUP (:class:`SignalStop`, :class:`StoppedError`):
+    ``stopped by SIGTERM``, 128 + the signal.
+    """
+    if isinstance(exc, SignalStop | StoppedError):
+        return f"stopped by {exc}", 128 + exc.signum
+    return "interrupted", 130
+
 
 class UsageError(AiodqError):
     """Bad command-line options or unreadable input: the command exits with status 2."""

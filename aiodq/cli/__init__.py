@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 
 from ..config import MasterConfig
-from ..errors import SignalStop, StoppedError, UsageError
+from ..errors import SignalStop, StoppedError, UsageError, stop_said
 from ..net.checkpoint import finished_run, resumable
 from ..version import __version__
 from .demo import demo
@@ -348,23 +348,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ended the command with no word.
     # One ignored at the start (nohup's SIGHUP, say) stays so.
     stops = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
-    kept = {signum: signal.signal(signum, _stopped) for signum in stops} if main_thread else {}
+    kept = {signum: signal.signal(signum, SignalStop.handler) for signum in stops} if main_thread else {}
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:  # (before any command began: its options were being read)
-        stop = isinstance(exc, SignalStop)
-        print(f"aiodq: stopped by {exc}" if stop else "aiodq: interrupted", file=sys.stderr)
-        return 128 + exc.signum if isinstance(exc, SignalStop) else 130
+        said, status = stop_said(exc)
+        print(f"aiodq: {said}", file=sys.stderr)
+        return status
     finally:
         for signum, handler in kept.items():
             signal.signal(signum, handler)
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _stopped(signum: int, frame: object) -> None:
-    """SIGTERM's and SIGHUP's handler outside the event loop: the command stops where it is."""
-    raise SignalStop(signum)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -408,15 +403,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as exc:
         print(f"aiodq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, SignalStop):
-            say(args.command, f"stopped by {exc}{_kept(args)}")
-            return 128 + exc.signum
-        say(args.command, f"interrupted{_kept(args)}")
-        return 130
-    except StoppedError as exc:
-        say(args.command, f"stopped by {exc}{_kept(args)}")
-        return 128 + exc.signum
+    except (KeyboardInterrupt, StoppedError) as exc:
+        said, status = stop_said(exc)
+        say(args.command, f"{said}{_kept(args)}")
+        return status
     except BrokenPipeError as exc:
         if not _stdout_broken():  # another pipe (a FIFO given as --out, say): an error like any other
             print(f"aiodq {args.command}: {exc.strerror or exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
-from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name
+from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name, stop_said
 from ..launch.common import check_shares
 from ..launch.local import (
     load_data_or_fail,
@@ -26,14 +26,13 @@ from ..launch.models import load_factory, objective_for, read_start
 from ..launch.processes import die_with_parent
 from ..launch.results import RESULT_FILES, check_out
 from ..net import checkpoint as checkpoint_file
-from ..net.checkpoint import RECORDS_CONTENT as RECORDS
 from ..net.checkpoint import resumable
 from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
-from .finish import EXIT_FAILED, EarlyResults, finish, stop_reason, stopped_finishing
+from .finish import EXIT_FAILED, EarlyResults, finish, stopped_finishing
 from .logs import add_logfile, held_logs, log_start, say, setup_logging
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 from .outfolder import (
@@ -201,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         write_now.say("run")
-        write_now.keep("run", write_now.stood, stop_reason(exc))
+        write_now.keep("run", write_now.stood, stop_said(exc)[0])
         args.results_written = isinstance(write_now.written, str)  # (else main() says where they are)
         raise
     # Written again: the early files were a safeguard, and the result is complete only now (the
@@ -218,9 +217,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _holds_records(path: Path) -> bool:
-    """Whether ``path`` is a model records file (which ``--records`` may replace), readable or not."""
+    """Whether ``path`` is a model records file, which ``--records`` may replace (unreadable: not one)."""
     try:
-        return checkpoint_file.load(path, max_bytes=16 << 20, arrays=False).meta.get("content") == RECORDS
+        return (
+            checkpoint_file.kind_of(checkpoint_file.load(path, max_bytes=16 << 20, arrays=False).meta)
+            == "records"
+        )
     except CheckpointError:
         return False
 
@@ -319,7 +321,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:
             write_now.say("master")
-            write_now.keep("master", write_now.stood, stop_reason(exc))
+            write_now.keep("master", write_now.stood, stop_said(exc)[0])
             args.results_written = isinstance(write_now.written, str)
         raise
     except OSError as exc:

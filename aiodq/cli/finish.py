@@ -35,7 +35,6 @@ __all__ = [
     "finish",
     "kept_instead",
     "print_summary",
-    "stop_reason",
     "stopped_finishing",
     "write_results_line",
 ]
@@ -60,10 +59,10 @@ def print_summary(summary: dict[str, object], command: str) -> None:
     Console().print(table)
 
 
-class _Aside:
-    """What :func:`write_results_line` said it moved aside, by folder and run; the test scores by model."""
+class _Memo:
+    """What :func:`write_results_line` keeps between passes: what it moved aside, the test scores."""
 
-    said: ClassVar[dict[str, str]] = {}
+    aside: ClassVar[dict[str, str]] = {}
     scores: ClassVar[dict[str, dict[str, object]]] = {}
 
 
@@ -82,13 +81,13 @@ def write_results_line(
         # test set scored twice, the first time with stops deferred).
         digest = hashlib.blake2b(np.ascontiguousarray(result.model).tobytes()).hexdigest()
         key = f"{id(test)}:{test.name}:{digest}"
-        if key not in _Aside.scores:
+        if key not in _Memo.scores:
             try:
                 labels = None if train is None else train.labels
-                _Aside.scores[key] = test_scores(result.config, test, result.model, labels)
+                _Memo.scores[key] = test_scores(result.config, test, result.model, labels)
             except (UsageError, ValueError) as exc:
-                _Aside.scores[key] = {"test_set": test.name, "error": str(exc)}
-        result.summary["test"] = _Aside.scores[key]
+                _Memo.scores[key] = {"test_set": test.name, "error": str(exc)}
+        result.summary["test"] = _Memo.scores[key]
     with signals_deferred():
         # Another run's results there are kept, not replaced (a newcomer trial: a run stopped at epoch 2
         # replaced the model of one stopped at epoch 8; nothing said so), with their log where it goes too.
@@ -97,8 +96,8 @@ def write_results_line(
         # (Those the results written as training ended moved: said again, for the same folder and run.)
         key = f"{out.resolve()}\0{json.dumps(provenance, default=str)}"
         if moved:
-            _Aside.said[key] = f"moved the earlier run's {', '.join(moved + log_too)} aside ({suffix})"
-        aside = _Aside.said.get(key, "")
+            _Memo.aside[key] = f"moved the earlier run's {', '.join(moved + log_too)} aside ({suffix})"
+        aside = _Memo.aside.get(key, "")
         try:
             paths = write_results(result, out)
         except RunError as exc:
@@ -276,8 +275,3 @@ def stopped_finishing(command: str, written: EarlyResults | None, args: argparse
     if written is not None:
         written.say(command)
         args.results_written = isinstance(written.written, str)
-
-
-def stop_reason(exc: BaseException) -> str:
-    """A stopped run's ``failure``: what the command line says of the stop."""
-    return "interrupted" if type(exc) is KeyboardInterrupt else f"stopped by {exc}"  # (else SignalStop)

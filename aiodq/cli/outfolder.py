@@ -4,12 +4,12 @@
   run's results are appends its log to ``aiodq.log.new``: it becomes ``aiodq.log`` only once the
   run's results replace the finished ones (:func:`results_written`).  A run that fails or is
   stopped leaves the finished results and their ``aiodq.log`` as they were
-  (``commands._kept_instead``), and its own log at the end of ``aiodq.log.new``, after those of
+  (``finish.kept_instead``), and its own log at the end of ``aiodq.log.new``, after those of
   the runs that failed there before it: none is lost, and each run's part begins with its
   command line.  A run started where no finished run's results are appends to ``aiodq.log`` (the
   log of the results there, a stopped run's, stays before it), and a resumed run does so from the
-  start (:func:`log_for`).  Results replaced are moved aside to NAME.earlier, their log too
-  (``commands._write``, :func:`results_written`).
+  start (:func:`log_for`).  Results replaced are moved aside to NAME.earlier (or .earlier.N), their
+  log too (``finish.write_results_line``, :func:`results_written`).
 - A start that its checkpoint refuses leaves the folder as it found it: what the command made
   (its log, the folders, the checkpoint's lock file) is removed.
 """
@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from ..errors import CheckpointError, UsageError
 from ..launch.common import signals_deferred
-from ..launch.results import RESULT_FILES, free_suffix, same_run
+from ..launch.results import RESULT_FILES, free_suffix, provenance_of, same_run
 from ..net import checkpoint as checkpoint_file
 from ..net.checkpoint import lock_path
 
@@ -149,17 +149,11 @@ def log_for(out: Path, resume: bool = False, checkpoint: str | None = None) -> P
     """
     finished = holds_finished_run(out)
     if finished and resume:  # (either id unknown, an earlier version's files: the run's own, as before)
-        theirs, ours = _provenance(out), None if checkpoint is None else _run_id(checkpoint)
+        theirs = provenance_of(out / RESULT_FILES[0])
+        ours = None if checkpoint is None else _run_id(checkpoint)
         finished = isinstance(theirs, dict) and isinstance(ours, str) and theirs.get("id") not in (None, ours)
     _Pending.path = out / NEW_LOG if finished else None
     return _Pending.path or out / LOG
-
-
-def _provenance(out: Path) -> object:
-    """The provenance of the results in ``out`` (their result.json's), None if it cannot be read."""
-    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
-        return json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8")).get("provenance")
-    return None
 
 
 def _run_id(checkpoint: str) -> object:

@@ -306,11 +306,10 @@ def _trained_on(meta: dict[str, Any], where: str, data: Dataset | None) -> None:
 def _not_a_model(path: str | Path) -> str:
     """A hint for an aiodq file that is not a model file: a checkpoint, or a records file."""
     try:
-        meta = checkpoint_file.load(path, arrays=False).meta
+        kind = checkpoint_file.kind_of(checkpoint_file.load(path, arrays=False).meta)
     except CheckpointError:
         return ""
-    if meta.get("phase") is not None:
-        return " (a checkpoint is continued with --checkpoint FILE --resume)"
-    if meta.get("content") == checkpoint_file.RECORDS_CONTENT:
-        return " (a records file: save one of its models, np.load(FILE)['models'][i], as a .npy file)"
-    return ""
+    return {
+        "checkpoint": " (a checkpoint is continued with --checkpoint FILE --resume)",
+        "records": " (a records file: save one of its models, np.load(FILE)['models'][i], as a .npy file)",
+    }.get(kind or "", "")

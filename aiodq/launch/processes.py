@@ -32,9 +32,9 @@ __all__ = [
     "WorkerProcess",
     "after_training",
     "die_with_parent",
-    "parent_mark",
     "ended",
     "exits",
+    "parent_mark",
     "stop_workers",
 ]
 

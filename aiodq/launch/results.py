@@ -23,16 +23,16 @@ from ..protocol.result import RunResult
 
 __all__ = [
     "EARLIER",
-    "free_suffix",
     "MODEL_FILE",
     "RESULT_FILES",
     "check_out",
+    "free_suffix",
     "load_model",
     "load_records",
     "move_aside",
     "provenance_of",
-    "same_run",
     "records_saved",
+    "same_run",
     "save_records",
     "summary_rows",
     "write_results",
@@ -248,13 +248,12 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
     model = stored.arrays.get("model")
-    if stored.meta.get("kind") != checkpoint_file.MODEL_KIND or model is None:
+    if (kind := checkpoint_file.kind_of(stored.meta)) != "model" or model is None:
         what = {
-            "phase": "a run's checkpoint (--resume continues it)",
-            "content": "a records file (load_records)",
+            "checkpoint": ": a run's checkpoint (--resume continues it)",
+            "records": ": a records file (load_records)",
         }
-        kind = next((said for key, said in what.items() if key in stored.meta), "")
-        raise RunError(f"{path}: not an aiodq model file{f': {kind}' if kind else ''}")
+        raise RunError(f"{path}: not an aiodq model file{what.get(kind or '', '')}")
     if model.ndim != 1 or not model.size or model.dtype.kind not in "fiu":
         raise RunError(f"{path}: its model is not a vector of numbers (shape {model.shape}, {model.dtype})")
     return np.asarray(model, dtype=np.float64), stored.meta

@@ -40,6 +40,7 @@ __all__ = [
     "check_data",
     "check_fresh_start",
     "finished_run",
+    "kind_of",
     "load",
     "lock",
     "read_limit",
@@ -209,6 +210,15 @@ def _umask() -> int:
     return mask
 
 
+def kind_of(meta: dict[str, Any]) -> str | None:
+    """What an aiodq file is, by its metadata: ``"checkpoint"``, ``"model"``, ``"records"``, or None."""
+    if meta.get("phase") is not None:
+        return "checkpoint"
+    if meta.get("kind") == MODEL_KIND:
+        return "model"
+    return "records" if meta.get("content") == RECORDS_CONTENT else None
+
+
 def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
     """Refuse to start a new run over a checkpoint that holds training still to finish, or another file.
 
@@ -232,10 +242,9 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
     except CheckpointError as exc:
         # Another program's file, or a damaged one: no advice to remove what may be the user's data.
         raise CheckpointError(f"{exc}; it is not overwritten: choose another checkpoint file") from None
-    if meta.get("phase") is None:
+    if (kind := kind_of(meta)) != "checkpoint":
         # A run's model or model records: advice to remove it would cost the user a trained model.
-        kind = str(meta.get("kind") or meta.get("content"))
-        what = {MODEL_KIND: "a run's model file", RECORDS_CONTENT: "a records file"}.get(kind)
+        what = {"model": "a run's model file", "records": "a records file"}.get(kind or "")
         remove = "" if what else "remove it or "
         raise CheckpointError(
             f"{path} is not the checkpoint of a run ({what or 'a model or records file?'}); it is not "
