@@ -299,6 +299,7 @@ async def run_local(
 
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
 _SIGINT_GRACE = 1.0
+_RESTART_HINT = " (aiodq run --max-restarts N, or run_local(max_restarts=N), starts another in its place)"
 
 
 async def run_cluster(
@@ -427,7 +428,7 @@ async def run_cluster(
                                 said = message[-2000:] or "(nothing on stderr)"
                                 after = f" (after {restarts} restart{'s' * (restarts != 1)})" * (restarts > 0)
                                 if not restarts and status != CANNOT_TRAIN:  # (else another would fail alike)
-                                    after = " (--max-restarts N, max_restarts=N: start another in its place)"
+                                    after = _RESTART_HINT
                                 raise RunError(
                                     f"worker process {index}/{workers} {ended(status)}: {said}{after}"
                                 )

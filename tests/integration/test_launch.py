@@ -155,7 +155,7 @@ def test_a_worker_killed_without_restarts_ends_the_run_saying_how(tmp_path: Path
     # Which worker, and how to have it restarted (a newcomer trial: the message named neither).
     failure = (
         f"worker process {shard} killed by SIGKILL: (nothing on stderr) "
-        "(--max-restarts N, max_restarts=N: start another in its place)"
+        "(aiodq run --max-restarts N, or run_local(max_restarts=N), starts another in its place)"
     )
     assert said[0] == f"aiodq run: {failure}", said
     # Training had begun: the run as it stood is written, its failure the error.
