@@ -67,9 +67,17 @@ class _Memo:
 
 
 def write_results_line(
-    result: RunResult, out: Path, test: Dataset | None = None, train: Dataset | None = None
+    result: RunResult,
+    out: Path,
+    test: Dataset | None = None,
+    train: Dataset | None = None,
+    *,
+    rescue: bool = True,
 ) -> str:
     """Score the model on ``test`` and write the results into ``out``; the line that says where.
+
+    ``rescue``: as :func:`~aiodq.launch.results.write_results`'s (off for the pass as training
+    ends, which the last pass follows).
 
     Raises:
         RunError: if they cannot be written.
@@ -99,7 +107,7 @@ def write_results_line(
             _Memo.aside[key] = f"moved the earlier run's {', '.join(moved + log_too)} aside ({suffix})"
         aside = _Memo.aside.get(key, "")
         try:
-            paths = write_results(result, out)
+            paths = write_results(result, out, rescue=rescue)
         except RunError as exc:
             raise RunError(f"{exc}; {aside}" if aside else str(exc), result=exc.result) from exc
         # (Inside: a stop noted in the write comes after the log's rename.  A folder removed during the run
@@ -133,9 +141,11 @@ def finish(
         say(command, f"the results were not written: {kept}")
     elif out is not None:
         try:
-            written = write_results_line(result, out, test, train)
+            # (Rescued elsewhere if not written, unless written as training ended: kept then.)
+            written = write_results_line(result, out, test, train, rescue=not isinstance(early, str))
         except RunError as exc:
-            then = f"; as training ended: {early}" if early is not None and str(early) != str(exc) else ""
+            said_then = early is not None and str(exc).startswith(str(early))  # (said once: with its rescue)
+            then = f"; as training ended: {early}" if early is not None and not said_then else ""
             if unwritten := not isinstance(early, str):  # (the early pass's own account, where it wrote some)
                 again = ""  # (an audit: the recovery usage.md gives was not said)
                 if checkpoint and finished_run(checkpoint):
@@ -213,7 +223,7 @@ class EarlyResults:
         if result.failure and kept_instead(result, self._out) is not None:
             return  # not written: the command says why as the run returns (:func:`finish`)
         try:
-            self.written = write_results_line(result, self._out, self._test, self._train)
+            self.written = write_results_line(result, self._out, self._test, self._train, rescue=False)
         except RunError as exc:
             self.written = exc
 

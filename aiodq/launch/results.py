@@ -72,7 +72,7 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def write_results(result: RunResult, out: str | Path) -> list[Path]:
+def write_results(result: RunResult, out: str | Path, *, rescue: bool = True) -> list[Path]:
     """Write ``result.json``, ``model.npz`` and ``loss_vs_bits.png`` into ``out``; return their paths.
 
     ``model.npz`` holds ``model`` (the trained model: the last snapshot, the point the trace's
@@ -81,16 +81,46 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
     ``np.load(path)["model"]``.
 
     Raises:
-        RunError: if they cannot be written.
+        RunError: if they cannot be written.  With ``rescue``, the model and result.json that
+            cannot be are written to a new folder ``aiodq-rescued-*`` of the temporary directory
+            instead, which the message names.
     """
     out = Path(out)
     summary = result.to_json()
     summary_file, model_file, plot_file = RESULT_FILES
-    paths = [check_out(out) / summary_file, out / model_file]
+    paths = [out / summary_file, out / model_file]
+    model = _model_file(result, summary)
+    try:
+        check_out(out)
+    except RunError as exc:  # (a folder removed or made read-only during a long run: the model is rescued)
+        raise RunError(f"{exc}{_rescue(model, summary, paths) if rescue else ''}") from None
     # The model first, and each file whatever became of the other: a result.json that cannot be
     # written (a full disk at the end of a long run) does not cost the trained model.
     written: list[Path] = []
     errors: list[str] = []
+    try:
+        checkpoint_file.save(paths[1], model, what="model file", private=False)
+        written.append(paths[1])
+    except CheckpointError as exc:
+        errors.append(str(exc))
+    try:
+        _write_json(paths[0], summary)
+        written.insert(0, paths[0])
+    except OSError as exc:
+        errors.append(f"cannot write {paths[0]}: {exc.strerror or exc}")
+    if errors:
+        wrote = f" (wrote {', '.join(map(str, written))})" if written else ""
+        moved = _unmix(out, written, summary.get("provenance")) if written else ""
+        if paths[0] in written:  # (its plot, drawn from this result.json, not an earlier run's: a review)
+            _plot(summary, out / plot_file)
+        rescued = _rescue(model, summary, [path for path in paths if path not in written]) if rescue else ""
+        raise RunError("; ".join(errors) + wrote + moved + rescued)
+    plot = _plot(summary, out / plot_file)
+    return paths if plot is None else [*paths, plot]
+
+
+def _model_file(result: RunResult, summary: dict[str, Any]) -> Checkpoint:
+    """What ``model.npz`` holds: the model, the iterate, and what they are in its metadata."""
     meta = {
         "kind": checkpoint_file.MODEL_KIND,
         "dim": result.dim,
@@ -101,35 +131,61 @@ def write_results(result: RunResult, out: str | Path) -> list[Path]:
     # start from it on other data is then said so (read_start).
     meta |= {key: summary[key] for key in ("dataset", "data") if isinstance(summary.get(key), str)}
     meta |= {"provenance": summary["provenance"]} if "provenance" in summary else {}  # (which run: _unmix)
-    model = Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
-    try:
-        checkpoint_file.save(paths[1], model, what="model file", private=False)
-        written.append(paths[1])
-    except CheckpointError as exc:
-        errors.append(str(exc))
-    # Through a temporary file and a rename, as the model's: a file written again (aiodq run
-    # writes its results as training ends, then once more complete) is never seen half written.
-    temporary = out / f".{summary_file}.tmp"
+    return Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
+
+
+def _write_json(path: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary`` to ``path`` through a temporary file and a rename, synced.
+
+    As the model's: a file written again (aiodq run writes its results as training ends, then once
+    more complete) is never seen half written.
+
+    Raises:
+        OSError: if it cannot be written (no temporary file is left).
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
         with temporary.open("w", encoding="utf-8") as stream:
             stream.write(json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n")
             stream.flush()
             os.fsync(stream.fileno())  # (on disk before the rename, as the model is: an audit)
-        os.replace(temporary, paths[0])
-        checkpoint_file.sync_folder(out)  # (the rename too, as the model's)
-        written.insert(0, paths[0])
-    except OSError as exc:
+        os.replace(temporary, path)
+        checkpoint_file.sync_folder(path.parent)  # (the rename too, as the model's)
+    except OSError:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
-        errors.append(f"cannot write {paths[0]}: {exc.strerror or exc}")
-    if errors:
-        wrote = f" (wrote {', '.join(map(str, written))})" if written else ""
-        moved = _unmix(out, written, summary.get("provenance")) if written else ""
-        if paths[0] in written:  # (its plot, drawn from this result.json, not an earlier run's: a review)
-            _plot(summary, out / plot_file)
-        raise RunError("; ".join(errors) + wrote + moved)
-    plot = _plot(summary, out / plot_file)
-    return paths if plot is None else [*paths, plot]
+        raise
+
+
+def _rescue(model: Checkpoint, summary: dict[str, Any], unwritten: Sequence[Path]) -> str:
+    """Write the result files that could not be written to a new folder of the temporary directory.
+
+    Nothing is lost where the output folder alone fails at the end of a run (removed, made
+    read-only, its disk full while the temporary directory's is not).  Returns what the error
+    message adds: where they are, or that this failed too.
+    """
+    names = [name for name in (RESULT_FILES[1], RESULT_FILES[0]) if name in {path.name for path in unwritten}]
+    if not names:
+        return ""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="aiodq-rescued-"))
+    except OSError as exc:
+        return f"; not rescued either: no folder in {tempfile.gettempdir()} ({exc.strerror or exc})"
+    rescued: list[str] = []
+    for name in names:
+        try:
+            if name == RESULT_FILES[1]:
+                checkpoint_file.save(folder / name, model, what="model file", private=False)
+            else:
+                _write_json(folder / name, summary)
+            rescued.append(name)
+        except (OSError, CheckpointError) as exc:
+            _log.error("cannot rescue %s in %s: %s", name, folder, exc)
+    if not rescued:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        return f"; not rescued either in {tempfile.gettempdir()}"
+    return f"; rescued {' and '.join(rescued)} in {folder}"
 
 
 #: What :func:`_unmix` appends to the name of an earlier run's file it moves aside.

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -311,7 +312,7 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
     (blocked_summary / "result.json").mkdir(parents=True)
     (blocked_model / "model.npz").mkdir(parents=True)
     with pytest.raises(RunError) as info:
-        write_results(result, blocked_summary)
+        write_results(result, blocked_summary, rescue=False)
     wrote = blocked_summary / "model.npz"
     assert (
         str(info.value) == f"cannot write {blocked_summary / 'result.json'}: Is a directory (wrote {wrote})"
@@ -320,7 +321,7 @@ def test_the_model_is_written_when_result_json_cannot_be_and_each_error_names_it
     assert np.array_equal(model, result.model)
     assert sorted(path.name for path in blocked_summary.iterdir()) == ["model.npz", "result.json"]  # no .tmp
     with pytest.raises(RunError) as info:
-        write_results(result, blocked_model)
+        write_results(result, blocked_model, rescue=False)
     assert str(info.value).startswith(f"cannot write the model file {blocked_model / 'model.npz'}: ")
     assert str(info.value).endswith(f" (wrote {blocked_model / 'result.json'})")
     assert json.loads((blocked_model / "result.json").read_text())["trace"] == result.to_json()["trace"]
@@ -502,7 +503,7 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     blocker = out / ".result.json.tmp"  # where result.json's temporary file goes: writing it fails
     blocker.mkdir()
     with pytest.raises(RunError) as info:
-        write_results(later, out)
+        write_results(later, out, rescue=False)  # (rescued elsewhere: the test below)
     assert str(info.value) == (
         f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'}); moved an earlier "
         "run's result.json, loss_vs_bits.png aside (.earlier), not to be taken for this run's"
@@ -518,7 +519,7 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
     write_results(later, out)  # as training ended
     blocker.mkdir()
     with pytest.raises(RunError) as info:
-        write_results(later, out)  # complete: result.json cannot be written again, and is this run's
+        write_results(later, out, rescue=False)  # complete: result.json cannot be written again
     assert (
         str(info.value) == f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'})"
     )
@@ -537,7 +538,7 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
 
         patch.setattr(checkpoint_file, "save", full)
         with pytest.raises(RunError) as info:
-            write_results(later, other)
+            write_results(later, other, rescue=False)
     assert str(info.value) == (
         f"cannot write the model file: No space left on device (wrote {other / 'result.json'}); moved an "
         "earlier run's model.npz aside (.earlier), not to be taken for this run's"
@@ -549,7 +550,10 @@ def test_a_runs_files_are_never_left_beside_an_earlier_runs(tmp_path: Path) -> N
 
 
 def test_results_that_cannot_be_written_again_keep_those_written_as_training_ended(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The command writes the results as training ends, then again complete; if the second pass fails
     (a full disk, here a directory where its temporary file goes), the first pass's files are whole and
@@ -590,21 +594,32 @@ def test_results_that_cannot_be_written_again_keep_those_written_as_training_end
     # Without results from the end of training, a failure to write them is the run's.
     (out / ".result.json.tmp").mkdir()
     capsys.readouterr()  # (what the calls above printed: the summary below must be this call's)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     assert finish("run", result, out, early=RunError("cannot write them: disk full")) == 1
     printed = capsys.readouterr()
-    assert printed.err.rstrip().endswith("; as training ended: cannot write them: disk full")
+    # (Not written as training ended either: rescued to the temporary directory.)
+    (rescued,) = temporary.iterdir()
+    said = f"; rescued result.json in {rescued}; as training ended: cannot write them: disk full"
+    assert printed.err.rstrip().endswith(said), printed.err
+    assert json.loads((rescued / "result.json").read_text())["trace"] == result.to_json()["trace"]
+    shutil.rmtree(rescued)
     # The summary is printed all the same (an operator trial's full disk left no final loss anywhere).
     assert "final training loss" in printed.out, printed.out
     # The same error then and now is said once.
     failure = RunError(f"cannot write {out / 'result.json'}: Is a directory (wrote {out / 'model.npz'})")
     assert finish("run", result, out, early=failure) == 1
-    assert capsys.readouterr().err.strip() == f"aiodq run: {failure}"
+    (rescued,) = temporary.iterdir()
+    assert capsys.readouterr().err.strip() == f"aiodq run: {failure}; rescued result.json in {rescued}"
+    shutil.rmtree(rescued)
     # A finished run's checkpoint gives them again: said (an audit: usage.md's recovery went unsaid).
     finished = tmp_path / "finished.ckpt"
     asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1, checkpoint=finished))
     assert finish("run", result, out, early=failure, checkpoint=str(finished)) == 1
-    again = f"aiodq run: {failure}; --resume gives them again from the checkpoint {finished}"
-    assert capsys.readouterr().err.strip() == again
+    (rescued,) = temporary.iterdir()
+    again = f"; rescued result.json in {rescued}; --resume gives them again from the checkpoint {finished}"
+    assert capsys.readouterr().err.strip() == f"aiodq run: {failure}{again}"
     assert holds_finished_run(out)
     (out / "model.npz").unlink()
     assert not holds_finished_run(out)
@@ -1132,3 +1147,40 @@ def test_checkpoint_paths_that_cannot_serve_say_why(tmp_path: Path) -> None:
     assert resumed.returncode == 1
     said = f"{model}: the file is not the checkpoint of a run (a model or records file?)"
     assert resumed.stderr.strip() == f"aiodq master: {said}"
+
+
+def test_results_that_cannot_be_written_in_their_folder_are_rescued_to_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit: a folder that could not take the results at the end of a run (removed and replaced
+    by a file, or its files in the way) lost the trained model.  Now what cannot be written there is
+    written to a new aiodq-rescued-* folder of the temporary directory, and the error says where."""
+    result = asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), DATA, workers=1))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    blocked = tmp_path / "blocked"
+    (blocked / "result.json").mkdir(parents=True)
+    (blocked / "model.npz").mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out, rescued in ((blocked, "model.npz and result.json"), (a_file, "model.npz and result.json")):
+        with pytest.raises(RunError) as info:
+            write_results(result, out)
+        (folder,) = [path for path in temporary.iterdir() if path.name.startswith("aiodq-rescued-")]
+        assert str(info.value).endswith(f"; rescued {rescued} in {folder}"), str(info.value)
+        model, meta = aiodq.load_model(folder / "model.npz")
+        assert np.array_equal(model, result.model)
+        assert meta["provenance"] == result.to_json()["provenance"]
+        assert json.loads((folder / "result.json").read_text())["trace"] == result.to_json()["trace"]
+        assert sorted(path.name for path in folder.iterdir()) == ["model.npz", "result.json"]
+        shutil.rmtree(folder)
+    assert a_file.read_text() == "not a folder"
+    # Only what could not be written is rescued: a result.json in the way leaves the model in its folder.
+    (blocked / "model.npz").rmdir()
+    with pytest.raises(RunError) as info:
+        write_results(result, blocked)
+    (folder,) = list(temporary.iterdir())
+    assert str(info.value).endswith(f"; rescued result.json in {folder}"), str(info.value)
+    assert sorted(path.name for path in folder.iterdir()) == ["result.json"]
+    assert np.array_equal(aiodq.load_model(blocked / "model.npz")[0], result.model)
