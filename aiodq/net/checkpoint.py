@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import CheckpointError
 from ..protocol.dataset import other_data
@@ -169,10 +170,7 @@ def save(path: str | Path, checkpoint: Checkpoint, *, what: str = "checkpoint", 
         if not private:
             os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
-            # UTF-8 bytes: a str array takes four bytes a character (an audit's checkpoint grew past
-            # its read limit on escaped control characters in the errors' texts).
-            text = json.dumps(meta, ensure_ascii=False).encode("utf-8", "surrogatepass")
-            contents = {"meta": np.array(text), **checkpoint.arrays}
+            contents = {"meta": _stored_meta(meta), **checkpoint.arrays}
             _savez(stream, **contents)
             stream.flush()
             os.fsync(stream.fileno())
@@ -309,6 +307,23 @@ def finished_run(path: str | Path) -> bool:
     except CheckpointError:
         return False
     return meta.get("phase") == "done" and "failure" in meta
+
+
+#: Metadata up to this many characters of JSON is stored as earlier versions stored it (they read no other).
+COMPATIBLE_META_CHARS = 65_536
+
+
+def _stored_meta(meta: dict[str, Any]) -> npt.NDArray[Any]:
+    """The metadata as the archive's ``meta`` array.
+
+    JSON text as a str array, which every version reads, or beyond :data:`COMPATIBLE_META_CHARS`
+    as UTF-8 bytes (a str array takes four bytes a character: an audit's checkpoint grew past its
+    read limit on the errors' escaped control characters).
+    """
+    text = json.dumps(meta)
+    if len(text) <= COMPATIBLE_META_CHARS:
+        return np.array(text)
+    return np.array(json.dumps(meta, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _text(stored: object) -> str:

@@ -531,8 +531,9 @@ def test_a_damaged_checkpoint_is_one_error(tmp_path: Path, members: dict[str, by
 
 
 def test_metadata_as_earlier_versions_stored_it_still_reads(tmp_path: Path) -> None:
-    """The metadata is UTF-8 bytes now (a str array took four bytes a character); a file whose
-    metadata is a str array, as every earlier version wrote it, reads the same."""
+    """Metadata over 65,536 characters of JSON is UTF-8 bytes (a str array takes four bytes a
+    character); a file whose metadata is a str array, as every earlier version wrote it, reads the
+    same, and shorter metadata is still written so (earlier versions read only that: a review)."""
     meta = {"format": checkpoint_file.CHECKPOINT_FORMAT, "kind": "test", "text": "\x01 é \U0001f600"}
     for stored in (np.array(json.dumps(meta)), np.array(json.dumps(meta, ensure_ascii=False).encode())):
         buffer = io.BytesIO()
@@ -542,8 +543,22 @@ def test_metadata_as_earlier_versions_stored_it_still_reads(tmp_path: Path) -> N
         assert checkpoint_file.load(tmp_path / "file.npz").meta == meta
     checkpoint_file.save(tmp_path / "new.npz", Checkpoint({}, meta))
     with np.load(tmp_path / "new.npz") as archive:
-        assert archive["meta"].dtype.kind == "S"
+        assert archive["meta"].dtype.kind == "U"
+        assert json.loads(str(archive["meta"])) == meta  # as earlier versions read it
     assert checkpoint_file.load(tmp_path / "new.npz").meta == meta
+    # One character more than the limit's JSON (its ASCII escapes counted): bytes, a quarter the size.
+    limit = checkpoint_file.COMPATIBLE_META_CHARS
+    for extra, kind in ((0, "U"), (1, "S")):
+        base = {"format": checkpoint_file.CHECKPOINT_FORMAT, "text": ""}
+        large = dict(base, text="\x01" * ((limit - len(json.dumps(base)) - 16) // 6))
+        large["text"] += "a" * (limit - len(json.dumps(large)) + extra)
+        assert len(json.dumps(large)) == limit + extra
+        checkpoint_file.save(tmp_path / "large.npz", Checkpoint({}, large))
+        with np.load(tmp_path / "large.npz") as archive:
+            assert archive["meta"].dtype.kind == kind
+            stored = archive["meta"].nbytes
+        assert stored == (4 * (limit + extra) if kind == "U" else len(json.dumps(large, ensure_ascii=False)))
+        assert checkpoint_file.load(tmp_path / "large.npz").meta == large
     with zipfile.ZipFile(tmp_path / "file.npz", "w") as archive:
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, np.zeros(3))
