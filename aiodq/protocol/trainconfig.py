@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from ..codec.registry import ALL_ENCODINGS, Encoding
@@ -33,6 +34,37 @@ __all__ = [
     "coding_options",
     "default_step",
 ]
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Refuse a field of the wrong type, naming it; numpy's numbers become Python's.
+
+    An API audit: ``entropy_coding="no"`` (Rice coding on) and ``epochs=True`` were taken, and every
+    worker then refused the run's CONFIG; ``epochs=np.int64(5)`` was refused; ``step="0.1"`` said
+    only "must be real number, not str".
+    """
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if item.type == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{item.name} must be True or False, got {value!r}")
+            value = bool(value)
+        elif item.type == "int":
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{item.name} must be an integer, got {value!r}")
+            value = int(value)
+        elif item.type == "float":
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise ValueError(f"{item.name} must be a number, got {value!r}")
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(f"{item.name} is too large, got {value!r}") from None
+        elif item.type == "str" and not isinstance(value, str):
+            raise ValueError(f"{item.name} must be a text, got {value!r}")
+        object.__setattr__(config, item.name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +180,7 @@ class TrainConfig:
     bias: bool = option(False, "an intercept for logistic and softmax regression (the MLP always has biases)")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         for name in ("bits", "model_bits_cap", "tau", "seed", "updates_per_epoch"):

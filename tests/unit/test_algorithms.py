@@ -80,6 +80,18 @@ BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
     ({"l2": -1e-4}, "l2"),
     ({"l1": math.nan}, "l1"),
     ({"l1": math.inf}, "l1"),
+    # Of the wrong type (an API audit: entropy_coding="no" turned Rice coding on, epochs=True ran one
+    # epoch's CONFIG that every worker refused, step="0.1" named no field).
+    ({"entropy_coding": "no"}, "entropy_coding must be True or False, got 'no'"),
+    ({"sparse_gradients": 0}, "sparse_gradients must be True or False, got 0"),
+    ({"bias": None}, "bias must be True or False, got None"),
+    ({"epochs": True}, "epochs must be an integer, got True"),
+    ({"seed": "1"}, "seed must be an integer, got '1'"),
+    ({"step": "0.1"}, "step must be a number, got '0.1'"),
+    ({"mu": "x"}, "mu must be a number, got 'x'"),
+    ({"l2": False}, "l2 must be a number, got False"),
+    ({"phi": 10**400}, "phi is too large"),
+    ({"model": 3}, "model must be a text, got 3"),
 ]
 
 
@@ -92,6 +104,20 @@ def test_config_rejects_bad_values(kwargs: dict[str, Any], field: str) -> None:
     """Every out-of-range or non-integral hyperparameter raises ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         TrainConfig(**kwargs)
+
+
+def test_config_takes_numpys_numbers_as_pythons() -> None:
+    """An API audit: epochs=np.int64(5) was refused; numpy's numbers are taken, and stored as Python's
+    (CONFIG's params carry them, and a float field given an int is a float)."""
+    config = TrainConfig(epochs=np.int64(5), step=np.float32(0.5), mu=1, entropy_coding=np.bool_(False))
+    assert (config.epochs, config.step, config.mu, config.entropy_coding) == (5, 0.5, 1.0, False)
+    assert [type(v) for v in (config.epochs, config.step, config.mu, config.entropy_coding)] == [
+        int,
+        float,
+        float,
+        bool,
+    ]
+    assert TrainConfig.from_params(config.to_params()) == config
 
 
 def test_batch_is_bounded_by_max_batch() -> None:
