@@ -28,6 +28,7 @@ __all__ = [
     "MAX_MODEL_BITS",
     "ModelPayload",
     "check_finite",
+    "real_input",
     "code_range",
     "draw_dither",
     "float32_at_least",
@@ -56,6 +57,22 @@ def code_range(bits: int) -> tuple[int, int]:
     """Return the smallest and largest ``bits``-bit two's complement code."""
     check_bits(bits)
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def real_input(values: npt.ArrayLike, rng: object, what: str) -> npt.NDArray[Any]:
+    """``values`` as an array of real numbers, for a quantizer that draws from ``rng``.
+
+    Raises:
+        TypeError: if ``rng`` is no ``numpy.random.Generator``.
+        ValueError: if ``values`` are complex (an API audit: their imaginary parts were dropped with
+            only numpy's ComplexWarning).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (make_rng, say), got {type(rng).__name__}")
+    array = np.asarray(values)
+    if array.dtype.kind == "c":
+        raise ValueError(f"the {what} must be real numbers, got a {array.dtype} array")
+    return array
 
 
 def check_finite(values: npt.NDArray[Any], what: str = "input") -> tuple[float, float]:
@@ -366,7 +383,7 @@ def quantize_gradient(
         ValueError: on bad ``bits``, or values beyond the float32 range.
     """
     check_bits(bits, 2)  # even when the result is the zero vector
-    alpha = np.asarray(gradient)
+    alpha = real_input(gradient, rng, "gradient")
     if alpha.dtype.kind != "f":
         alpha = alpha.astype(np.float64)
     low, high = check_finite(alpha, "gradient")
@@ -475,8 +492,8 @@ def quantize_model(
         NonFiniteError: if x or x_snap holds NaN or infinities.
         ValueError: on mismatched shapes or bad parameters.
     """
-    x = np.asarray(model, dtype=np.float64)
-    x_snap = np.asarray(snapshot, dtype=np.float64)
+    x = np.asarray(real_input(model, rng, "model"), dtype=np.float64)
+    x_snap = np.asarray(real_input(snapshot, rng, "snapshot"), dtype=np.float64)
     if x.shape != x_snap.shape:
         raise ValueError(f"model and snapshot shapes differ: {x.shape} != {x_snap.shape}")
     if not (math.isfinite(mu) and mu > 0):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .lowp import _quantize_to_range, check_finite
+from .lowp import _quantize_to_range, check_finite, real_input
 from .vectors import SparseQuantized, ZeroVector, check_bits
 
 __all__ = [
@@ -107,7 +107,7 @@ def sparsify(
     p_j: see :func:`_keep_blocks`.  The exact-budget variant draws one 32-bit
     uniform per coordinate and goes through :func:`keep_probabilities`.
     """
-    alpha = np.asarray(gradient)
+    alpha = real_input(gradient, rng, "gradient")
     if not np.issubdtype(alpha.dtype, np.floating):
         alpha = alpha.astype(np.float64)
     if exact:

@@ -508,6 +508,23 @@ def test_gradient_accepts_integer_and_float32_input() -> None:
     assert q32.scale == 0.5 / 3 or q32.scale == f32_up(0.5 / 3)
 
 
+def test_complex_input_and_a_generator_that_is_none_are_refused_by_name() -> None:
+    """An API audit: a complex gradient lost its imaginary parts with only numpy's ComplexWarning, and
+    rng=None read "'NoneType' object has no attribute 'bit_generator'"."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"^the gradient must be real numbers, got a complex128 array$"):
+        quantize_gradient(np.ones(4) + 1j, 4, rng)
+    with pytest.raises(ValueError, match=r"^the gradient must be real numbers"):
+        sparsify(np.ones(4) * 1j, 1.0, rng)
+    with pytest.raises(ValueError, match=r"^the model must be real numbers"):
+        quantize_model(np.ones(3) * 1j, np.zeros(3), 0.5, rng)
+    with pytest.raises(ValueError, match=r"^the snapshot must be real numbers"):
+        quantize_model(np.ones(3), np.zeros(3, dtype=np.complex64), 0.5, rng)
+    for bad in (None, 0, np.random.default_rng(0).bit_generator):
+        with pytest.raises(TypeError, match=r"^rng must be a numpy.random.Generator \(make_rng, say\), got "):
+            quantize_gradient(np.ones(4), 4, bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("bits", [0, 1, 17, -8])
 def test_gradient_refuses_bad_bits(bits: int) -> None:
     """algorithms.md 3: the gradient bits b are 2 to 16."""
