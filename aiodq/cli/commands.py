@@ -282,10 +282,15 @@ def cmd_master(args: argparse.Namespace) -> int:
     if out is not None and log is not None:
         add_logfile(out / log.name, append=True)  # (kept: as aiodq run's)
         log_start(args.argv)
-    if records is not None and args.resume and (stood := resumable(saving["checkpoint"])) is not None:
+    stood = resumable(saving["checkpoint"]) if records is not None and args.resume else None
+    if stood is not None and not checkpoint_file.holds_records(saving["checkpoint"]):
         # (A crash-recovery trial found the copies before the checkpoint gone from the file, unsaid.)
-        said = f"--records {records}: the model copies from version {stood[1]} on; a checkpoint keeps none"
-        say("master", f"{said}, and those the interrupted run took are lost", level=logging.WARNING)
+        said = f"--records {records}: the model copies from version {stood[1]} on; an earlier version's"
+        say(
+            "master",
+            f"{said} checkpoint keeps none, and those the interrupted run took are lost",
+            level=logging.WARNING,
+        )
     options = {
         "master_config": master_config,
         "connection_config": network,

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from ..errors import CheckpointError, RunError
 from ..net import checkpoint as checkpoint_file
-from ..protocol.accounting import ModelRecord
+from ..protocol.accounting import ModelRecord, records_as_arrays, records_from_arrays
 from ..protocol.recovery import Checkpoint
 from ..protocol.result import RunResult
 
@@ -350,29 +350,9 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
     return plot
 
 
-_RECORD_COLUMNS = ("version", "epoch", "bytes_total", "time", "models")
-#: More message kinds than a records file can name (two directions, 15 message types, headers).
-_MAX_WIRE_KINDS = 64
-
-
 def save_records(records: list[ModelRecord], path: Path) -> None:
     """Write the master's model records to one ``.npz`` file, atomically (``aiodq.net.checkpoint.save``)."""
-    arrays = {
-        "version": np.array([r.version for r in records], dtype=np.int64),
-        "epoch": np.array([r.epoch for r in records], dtype=np.int64),
-        "bytes_total": np.array([r.bytes_total for r in records], dtype=np.int64),
-        "time": np.array([r.time for r in records], dtype=np.float64),
-        "models": (
-            np.array([r.model for r in records], dtype=np.float64)
-            if records
-            else np.zeros((0, 0), dtype=np.float64)
-        ),
-    }
-    # Bytes by direction and kind: one column per kind, named in the metadata.
-    kinds = sorted({kind for record in records for kind in record.wire_bytes})
-    arrays["wire_bytes"] = np.array(
-        [[record.wire_bytes.get(kind, 0) for kind in kinds] for record in records], dtype=np.int64
-    ).reshape(len(records), len(kinds))
+    arrays, kinds = records_as_arrays(records)
     stored = Checkpoint(arrays, {"content": checkpoint_file.RECORDS_CONTENT, "wire_kinds": kinds})
     checkpoint_file.save(path, stored, what="records file", private=False)
 
@@ -401,37 +381,12 @@ def load_records(path: Path) -> list[ModelRecord]:
         if isinstance(exc.__cause__, OSError):  # missing or unreadable: not a question of what it holds
             raise RunError(str(exc)) from exc
         raise RunError(f"{path}: not a model records file ({exc})") from exc
-    if saved.meta.get("content") != checkpoint_file.RECORDS_CONTENT or any(
-        name not in saved.arrays for name in _RECORD_COLUMNS
-    ):
+    if saved.meta.get("content") != checkpoint_file.RECORDS_CONTENT:
         raise RunError(f"{path}: not a model records file")
-    version, epoch, bytes_total, times, models = (saved.arrays[name] for name in _RECORD_COLUMNS)
-    columns = (version, epoch, bytes_total, times)
-    if any(column.ndim != 1 or column.dtype.kind not in "iuf" for column in columns) or (
-        models.ndim != 2 or models.dtype.kind not in "iuf"
-    ):
-        raise RunError(f"{path}: not a model records file (a column of the wrong shape or type)")
-    if not (len(version) == len(epoch) == len(bytes_total) == len(times) == models.shape[0]):
-        raise RunError(f"{path}: not a model records file (columns of different lengths)")
-    kinds, by_kind = saved.meta.get("wire_kinds", []), saved.arrays.get("wire_bytes")
-    if by_kind is None:  # written before the records kept their bytes by kind
-        kinds, by_kind = [], np.zeros((len(version), 0), dtype=np.int64)
-    if (
-        not isinstance(kinds, list)
-        or len(kinds) > _MAX_WIRE_KINDS
-        or not all(isinstance(kind, str) for kind in kinds)
-        or len(set(kinds)) != len(kinds)
-        or by_kind.shape != (len(version), len(kinds))
-        or by_kind.dtype.kind not in "iu"
-        or (by_kind.size and (by_kind.min() < 0 or not np.array_equal(by_kind.sum(axis=1), bytes_total)))
-    ):
-        raise RunError(f"{path}: not a model records file (bytes by kind do not fit)")
-    return [
-        ModelRecord(
-            int(v), int(e), int(b), float(t), models[i], dict(zip(kinds, map(int, by_kind[i]), strict=True))
-        )
-        for i, (v, e, b, t) in enumerate(zip(version, epoch, bytes_total, times, strict=True))
-    ]
+    try:
+        return records_from_arrays(saved.arrays, saved.meta.get("wire_kinds", []))
+    except ValueError as exc:
+        raise RunError(f"{path}: not a model records file ({exc})") from None
 
 
 def _float32_equivalent_bits(summary: dict[str, Any]) -> int:

@@ -20,6 +20,7 @@ import contextlib
 import glob
 import json
 import logging
+import math
 import os
 import tempfile
 import zipfile
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CheckpointError
+from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import other_data
 from ..protocol.recovery import Checkpoint
 
@@ -44,6 +46,8 @@ __all__ = [
     "kind_of",
     "load",
     "lock",
+    "holds_records",
+    "most_records",
     "read_limit",
     "remove_stale",
     "resumable",
@@ -258,15 +262,35 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
         )
 
 
-def read_limit(dim: int, epochs: int) -> int:
+def read_limit(dim: int, epochs: int, records: int = 0) -> int:
     """The most a checkpoint of a run of ``dim`` parameters and ``epochs`` epochs takes once read.
 
-    Its arrays (at most eight float64 vectors) and its metadata (the latest errors, at most 100
-    texts of 1,024 characters, each at most 6 bytes in its JSON as UTF-8, whatever
-    ``max_reason_bytes``; the counts by code, of which only assigned codes have their own key;
-    a trace line per epoch), with room.
+    Its arrays (at most eight float64 vectors, and ``records`` model records: :func:`most_records`)
+    and its metadata (the latest errors, at most 100 texts of 1,024 characters, each at most 6
+    bytes in its JSON as UTF-8, whatever ``max_reason_bytes``; the counts by code, of which only
+    assigned codes have their own key; a trace line per epoch), with room.
     """
-    return 64 * dim + (4 << 20) + 1024 * epochs
+    return (64 + 8 * records) * dim + (4 << 20) + 1024 * (epochs + records)
+
+
+def most_records(config: TrainConfig, record_every: int, samples: int | None) -> int:
+    """The most model records a run keeps: one a snapshot phase, one every ``record_every`` updates.
+
+    An epoch's updates are ``config.updates_per_epoch``, else ``ceil(samples / batch)``; with
+    neither known, 2^20 records.
+    """
+    if not record_every:
+        return 0
+    updates = config.updates_per_epoch or (math.ceil(samples / config.batch) if samples else 0)
+    return config.epochs + 1 + config.epochs * updates // record_every if updates else 1 << 20
+
+
+def holds_records(path: str | Path) -> bool:
+    """Whether the checkpoint ``path`` keeps its run's model records (earlier versions' kept none)."""
+    try:
+        return "records" in load(path, max_bytes=16 << 20, arrays=False).meta
+    except CheckpointError:
+        return False
 
 
 def check_data(path: str | Path, saved: object, fingerprint: str | None) -> None:

@@ -27,6 +27,8 @@ __all__ = [
     "Ledger",
     "ModelRecord",
     "Traffic",
+    "records_as_arrays",
+    "records_from_arrays",
 ]
 
 #: Protocol errors kept with their text in the ledger (the latest); all are counted by code,
@@ -87,6 +89,77 @@ class ModelRecord:
     #: ``bytes_total`` by direction and message kind, ``"down/MODEL"``, ``"up/header"`` ... (where
     #: the record was made with it): where the bytes went up to this copy.
     wire_bytes: dict[str, int] = field(default_factory=dict)
+
+
+#: The arrays that hold model records (:func:`records_as_arrays`), besides ``wire_bytes``.
+RECORD_COLUMNS = ("version", "epoch", "bytes_total", "time", "models")
+#: More message kinds than records can name (two directions, 15 message types, headers).
+_MAX_WIRE_KINDS = 64
+
+
+def records_as_arrays(records: list[ModelRecord]) -> tuple[dict[str, npt.NDArray[Any]], list[str]]:
+    """Model records as arrays, one row each, and the message kinds that name ``wire_bytes``' columns.
+
+    The arrays are :data:`RECORD_COLUMNS` and ``wire_bytes``; :func:`records_from_arrays` reads them back.
+    """
+    arrays = {
+        "version": np.array([r.version for r in records], dtype=np.int64),
+        "epoch": np.array([r.epoch for r in records], dtype=np.int64),
+        "bytes_total": np.array([r.bytes_total for r in records], dtype=np.int64),
+        "time": np.array([r.time for r in records], dtype=np.float64),
+        "models": (
+            np.array([r.model for r in records], dtype=np.float64)
+            if records
+            else np.zeros((0, 0), dtype=np.float64)
+        ),
+    }
+    # Bytes by direction and kind: one column per kind.
+    kinds = sorted({kind for record in records for kind in record.wire_bytes})
+    arrays["wire_bytes"] = np.array(
+        [[record.wire_bytes.get(kind, 0) for kind in kinds] for record in records], dtype=np.int64
+    ).reshape(len(records), len(kinds))
+    return arrays, kinds
+
+
+def records_from_arrays(arrays: dict[str, npt.NDArray[Any]], kinds: object) -> list[ModelRecord]:
+    """The model records that :func:`records_as_arrays` gave ``arrays`` and ``kinds`` for.
+
+    Arrays without ``wire_bytes`` (as files from before the records kept their bytes by kind)
+    give records without them.
+
+    Raises:
+        ValueError: if the arrays are not such records (missing, of the wrong shape or type, of
+            different lengths, or bytes by kind that do not fit): the text says which.
+    """
+    if any(name not in arrays for name in RECORD_COLUMNS):
+        raise ValueError(f"no {', '.join(name for name in RECORD_COLUMNS if name not in arrays)} column")
+    version, epoch, bytes_total, times, models = (arrays[name] for name in RECORD_COLUMNS)
+    columns = (version, epoch, bytes_total, times)
+    if any(column.ndim != 1 or column.dtype.kind not in "iuf" for column in columns) or (
+        models.ndim != 2 or models.dtype.kind not in "iuf"
+    ):
+        raise ValueError("a column of the wrong shape or type")
+    if not (len(version) == len(epoch) == len(bytes_total) == len(times) == models.shape[0]):
+        raise ValueError("columns of different lengths")
+    by_kind = arrays.get("wire_bytes")
+    if by_kind is None:  # written before the records kept their bytes by kind
+        kinds, by_kind = [], np.zeros((len(version), 0), dtype=np.int64)
+    if (
+        not isinstance(kinds, list)
+        or len(kinds) > _MAX_WIRE_KINDS
+        or not all(isinstance(kind, str) for kind in kinds)
+        or len(set(kinds)) != len(kinds)
+        or by_kind.shape != (len(version), len(kinds))
+        or by_kind.dtype.kind not in "iu"
+        or (by_kind.size and (by_kind.min() < 0 or not np.array_equal(by_kind.sum(axis=1), bytes_total)))
+    ):
+        raise ValueError("bytes by kind do not fit")
+    # (A kind another record has, not this one, is a 0 in its row: left out again.)
+    wire = [{kind: int(n) for kind, n in zip(kinds, row, strict=True) if n} for row in by_kind]
+    return [
+        ModelRecord(int(v), int(e), int(b), float(t), models[i], wire[i])
+        for i, (v, e, b, t) in enumerate(zip(version, epoch, bytes_total, times, strict=True))
+    ]
 
 
 _DIRECTIONS = ("down", "up")
@@ -154,7 +227,7 @@ class Ledger:
 
     #: The per-epoch trace.
     trace: list[EpochRecord] = field(default_factory=list)
-    #: Model copies for evaluation after the run (see ``record_every``); not checkpointed.
+    #: Model copies for evaluation after the run (see ``record_every``); checkpointed (``records.*``).
     records: list[ModelRecord] = field(default_factory=list)
     #: Staleness t - D of every applied update, as a histogram.
     applied_staleness: Counter[int] = field(default_factory=Counter)

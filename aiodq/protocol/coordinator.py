@@ -17,10 +17,9 @@ Staleness (docs/algorithms.md 9): a gradient computed on model version D and rec
 is applied only if ``t - D <= tau``.  A worker that leaves is removed; a snapshot phase waits only for
 those still connected, and one that rejoins re-enters at the next snapshot phase.  What an admitted
 worker sends is checked by :mod:`aiodq.protocol.guard` (docs/security.md); the run ends as diverged
-(:attr:`Coordinator.failure`) as :class:`~aiodq.protocol.guard.Divergence` says, or when F(x_snap) is
-not finite.  No message of a peer makes the coordinator raise: an unexpected failure while handling
-one closes that peer's connection with INTERNAL_ERROR.  After :meth:`Coordinator.shutdown` nothing
-changes the model or the trace.
+(:attr:`Coordinator.failure`) as :class:`~aiodq.protocol.guard.Divergence` says, or when F(x_snap) is not
+finite.  No message of a peer makes the coordinator raise: an unexpected failure while handling one
+closes that peer's connection (INTERNAL_ERROR).  After :meth:`shutdown` nothing changes model or trace.
 """
 
 from __future__ import annotations
@@ -94,9 +93,8 @@ class Coordinator:
             workers: the number of workers M to wait for.
             connection_config: limits, timeouts and the shared secret of every connection.
             now: the shell's clock at creation.
-            record_every: if positive, keep a :class:`ModelRecord` at the start of every
-                snapshot phase and after every ``record_every``-th applied update, in
-                :attr:`records` (not checkpointed).
+            record_every: if positive, keep a :class:`ModelRecord` at the start of every snapshot phase and
+                after every ``record_every``-th applied update, in :attr:`records` (checkpointed too).
             master_config: the guard factor, the snapshot deadline and admission limits.
             samples: n, the samples of the whole dataset, if known: each worker must then
                 report one of the two shard sizes of n over M.
@@ -135,8 +133,7 @@ class Coordinator:
 
     def connect(self, now: float) -> int:
         """Register a new transport; return its worker id."""
-        worker_id = self._next_id
-        self._next_id += 1
+        worker_id, self._next_id = self._next_id, self._next_id + 1
         self._workers[worker_id] = Member(MasterConnection(self._connection_config, now=now))
         return worker_id
 
@@ -246,7 +243,6 @@ class Coordinator:
         """The run's bytes and payload bits so far: every connection that joined, past and present."""
         return self.ledger.traffic([w.connection for w in self._workers.values() if w.admitted])
 
-    # The ledger's tables, as attributes of the coordinator.
     trace = _ledger_table("trace", "The per-epoch trace (list of EpochRecord).")
     records = _ledger_table("records", "Model copies for evaluation after the run (see ``record_every``).")
     applied_staleness = _ledger_table("applied_staleness", "Staleness t - D of every applied update.")
@@ -498,8 +494,11 @@ class Coordinator:
             if outcome.reason == "outlier":
                 worker.refused += 1
                 refused = [w.refused for w in self._workers.values() if w.joined]
-                if (failure := self._divergence.outlier(refused, state.version)) is not None:
-                    return self._finish(now, failure)
+                verdict = self._divergence.outlier(refused, state.version, self.expected_workers)
+                if isinstance(verdict, Refusal):  # a lone worker's (guard.LONE_OUTLIER)
+                    return self._remove(worker_id, verdict, now)
+                if verdict is not None:
+                    return self._finish(now, verdict)
                 # An ERROR about this GRADIENT; the session goes on (wire-format.md 7.10).
                 reason = f"update norm {outcome.norm:.3g} is out of line with the recent ones"
                 code = int(ErrorCode.INVALID_PAYLOAD)
@@ -518,9 +517,11 @@ class Coordinator:
             self._send_model(worker, now)
 
     def _record(self, model: npt.NDArray[np.floating[Any]], traffic: Traffic, now: float) -> None:
-        state, copy, seconds = self.state, np.array(model, dtype=np.float64), now - self._started
-        record = ModelRecord(state.version, state.epoch, traffic.total(), seconds, copy, traffic.by_kind())
-        self.ledger.records.append(record)
+        state, records = self.state, self.ledger.records
+        if records and (records[-1].version, records[-1].epoch) == (state.version, state.epoch):
+            return  # (a snapshot phase repeated from its checkpoint: recorded before)
+        copy, seconds, by_kind = np.array(model, dtype=np.float64), now - self._started, traffic.by_kind()
+        records.append(ModelRecord(state.version, state.epoch, traffic.total(), seconds, copy, by_kind))
 
     def _finish(self, now: float, failure: str | None = None) -> None:
         self.phase, self.finished_at, self.failure = Phase.DONE, now, failure

@@ -61,6 +61,7 @@ from .objectives import BUILT_IN
 
 __all__ = [
     "DIVERGED_AFTER",
+    "LONE_OUTLIER",
     "DIVERGED_LOSS_FACTOR",
     "OUT_OF_LINE",
     "OVERFLOW",
@@ -108,6 +109,13 @@ class Refusal:
 #: An update that would take the model beyond the range a MODEL carries: its sender is removed, with no
 #: rejoin back-off (others' updates may have brought the model to the edge).
 OVERFLOW = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range", blames_sender=False)
+
+#: The one worker left whose updates keep being out of line (:meth:`Divergence.outlier`): removed, with
+#: a rejoin back-off; the run waits for workers (``--join-timeout``) rather than end as diverged.
+LONE_OUTLIER = Refusal(
+    ErrorCode.INVALID_PAYLOAD,
+    f"{DIVERGED_AFTER} updates in a row out of line, and no other worker's to apply",
+)
 
 
 def _norm(values: np.ndarray) -> float:
@@ -503,14 +511,21 @@ class Divergence:
         self._overflows = 0
 
     @staticmethod
-    def outlier(refused_counts: list[int], version: int) -> str | None:
-        """After one more out-of-line update: the failure, if every live worker's keep being refused."""
-        if refused_counts and all(count >= DIVERGED_AFTER for count in refused_counts):
-            return (
-                f"every worker's updates are out of line since version {version}: the run diverged "
-                "(or the guard is too tight)"
-            )
-        return None
+    def outlier(refused_counts: list[int], version: int, workers: int) -> str | Refusal | None:
+        """After one more out-of-line update: the failure, if every live worker's keep being refused.
+
+        Of a run of ``workers`` M >= 2, two workers' at least: one alone (the others gone for a
+        moment) is removed instead, :data:`LONE_OUTLIER` (an attack: an admitted worker that sent
+        outliers ended a healthy run as diverged whenever it was the only one connected).
+        """
+        if not refused_counts or not all(count >= DIVERGED_AFTER for count in refused_counts):
+            return None
+        if len(refused_counts) < min(workers, 2):
+            return LONE_OUTLIER
+        return (
+            f"every worker's updates are out of line since version {version}: the run diverged "
+            "(or the guard is too tight)"
+        )
 
     @staticmethod
     def reports(refusals: dict[int, Refusal], reports: dict[int, SnapshotGradient], epoch: int) -> str | None:

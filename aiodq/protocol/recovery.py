@@ -1,9 +1,9 @@
 """Checkpoint state: the master's whole run as arrays and JSON-ready metadata, and back.
 
-A :class:`Checkpoint` is a pure value: named float64 arrays (the model, the
-snapshot, g_snap, y and the iterate sum) and a JSON document (the counters, the
-quantizer's random-generator state, the trace, the staleness, drop, error and
-traffic counters).  Writing it to disk atomically is the shell's business
+A :class:`Checkpoint` is a pure value: named arrays (the model, the snapshot, g_snap,
+y and the iterate sum; the model records, if any, as ``records.*``) and a JSON
+document (the counters, the quantizer's random-generator state, the trace, the
+staleness, drop, error and traffic counters).  Writing it to disk atomically is the shell's business
 (:mod:`aiodq.net.checkpoint`); this module builds it from a running coordinator's
 parts and checks everything in it before any of it is used again.
 """
@@ -18,10 +18,13 @@ from typing import Any
 import numpy.typing as npt
 
 from ..errors import CheckpointError
-from .accounting import MAX_ERRORS, EpochRecord, Ledger, Traffic
+from .accounting import MAX_ERRORS, EpochRecord, Ledger, Traffic, records_as_arrays, records_from_arrays
 from .algorithms import MasterState, TrainConfig
 
-__all__ = ["Checkpoint", "Resumed", "capture", "restore"]
+__all__ = ["RECORDS", "Checkpoint", "Resumed", "capture", "restore"]
+
+#: The prefix of the model records' arrays in a checkpoint.
+RECORDS = "records."
 
 
 @dataclass(slots=True)
@@ -70,6 +73,9 @@ def capture(
     snapshot phases (:meth:`~aiodq.protocol.guard.Guard.memory`).
     """
     arrays, state_meta = state.to_checkpoint()
+    # The model records too (a crash-recovery trial: a resumed run's --records lacked those before it).
+    records, kinds = records_as_arrays(ledger.records) if ledger.records else ({}, [])
+    arrays |= {f"{RECORDS}{name}": column for name, column in records.items()}
     meta = {
         "config": config.to_params(),
         "dim": int(state.x.shape[0]),
@@ -88,6 +94,8 @@ def capture(
         "traffic": {
             name: [[d, k, v] for (d, k), v in table.items()] for name, table in traffic.tables().items()
         },
+        "records": len(ledger.records),
+        **({"records_wire_kinds": kinds} if records else {}),
     }
     return Checkpoint(arrays, meta)
 
@@ -208,6 +216,13 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
             table = ledger.retired.tables()[name]
             for direction, kind, value in rows:
                 table[str(direction), str(kind)] += int(value)
+        records = {
+            name[len(RECORDS) :]: a for name, a in checkpoint.arrays.items() if name.startswith(RECORDS)
+        }
+        if records:  # (none: the run kept none, or the checkpoint is of an earlier version, which kept none)
+            ledger.records = records_from_arrays(records, meta.get("records_wire_kinds", []))
+            if any(record.model.shape != state.x.shape for record in ledger.records):
+                raise ValueError("a model record of another dimension")
         # (A checkpoint of a version before the guard's memory has none: its guard starts afresh.)
         memory = meta.get("guard") or {"previous": None, "first": None}
         guard = (_saved_figures(memory["previous"], "previous"), _saved_figures(memory["first"], "first"))

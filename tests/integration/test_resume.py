@@ -146,8 +146,12 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(
     said = f"the checkpoint {path} still holds the run at epoch {kept[0]}, version {kept[1]}"
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"aiodq run: {said}: --resume would train it again; the run finished"), err
-    # aiodq master resuming it with --records says that the file will lack the copies taken before the
-    # checkpoint: a checkpoint keeps none (a crash-recovery trial found them gone, unsaid).
+    # aiodq master resuming with --records an earlier version's checkpoint, which keeps no model records,
+    # says that the file will lack the copies taken before it (a crash-recovery trial found them gone,
+    # unsaid); this version's checkpoints keep them (test_hardening).
+    older = checkpoint_file.load(path)
+    del older.meta["records"]
+    checkpoint_file.save(path, older)
     records = tmp_path / "records.npz"
     master = Process(
         tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--data", str(DATA), "--workers", "1",
@@ -156,8 +160,8 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(
     )  # fmt: skip
     try:
         said = (
-            f"aiodq master: --records {records}: the model copies from version {kept[1]} on; a checkpoint "
-            "keeps none, and those the interrupted run took are lost"
+            f"aiodq master: --records {records}: the model copies from version {kept[1]} on; an earlier "
+            "version's checkpoint keeps none, and those the interrupted run took are lost"
         )
         asyncio.run(wait_for_text(lambda: master.stderr, said, 60))
     finally:

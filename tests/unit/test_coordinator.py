@@ -70,8 +70,11 @@ class Cluster:
         *,
         connect: bool = True,
         master_config: MasterConfig | None = None,
+        record_every: int = 0,
     ) -> None:
-        self.coordinator, self.sessions = build_cluster(train, dataset, workers, master_config=master_config)
+        self.coordinator, self.sessions = build_cluster(
+            train, dataset, workers, master_config=master_config, record_every=record_every
+        )
         self.ids: list[int | None] = [None] * len(self.sessions)
         self.now = 0.0
         #: Worker indexes whose traffic is held back (a stalled or vanished worker).

@@ -28,7 +28,7 @@ from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
 from aiodq.protocol.deadlines import MEDIAN_SLACK, SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Deadlines
-from aiodq.protocol.guard import Divergence, Guard, Refusal
+from aiodq.protocol.guard import LONE_OUTLIER, Divergence, Guard, Refusal
 from aiodq.protocol.recovery import Checkpoint
 from aiodq.protocol.result import RunResult
 from aiodq.protocol.session import WorkerSession
@@ -267,6 +267,30 @@ def test_a_diverging_run_ends_with_a_failure_instead_of_hanging() -> None:
     assert coordinator.dropped["outlier"] >= DIVERGED_AFTER * 3
     assert np.isfinite(coordinator.state.x).all()
     assert coordinator.summary()["failure"] == coordinator.failure
+
+
+def test_a_lone_worker_sending_outliers_is_removed_and_the_run_does_not_end_as_diverged() -> None:
+    """An attack: with the other worker gone for a moment (a crash, a restart), an admitted worker
+    whose every update was out of line ended a healthy run as diverged (and its checkpoint as
+    finished).  Of a run of two workers or more, one worker's refusals alone never end it: that
+    worker is removed, with a rejoin back-off (LONE_OUTLIER), and the run waits for workers."""
+    train = config(epochs=3)
+    cluster = Cluster(train, small_a9a(), 2)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: coordinator.phase is Phase.INNER and coordinator.state.version > 10)
+    huge = DenseQuantized(8, float(np.finfo(np.float32).max), np.full(D, 127, dtype=np.int8))
+    cluster.tamper = rewrite(
+        0, lambda e: dataclasses.replace(e, vector=huge) if isinstance(e, Gradient) else e
+    )
+    honest = cluster.ids[1]
+    assert honest is not None
+    cluster.frozen = {1}
+    coordinator.receive_data(honest, b"", cluster.now)  # the honest worker's connection ends
+    cluster.run(until=lambda: cluster.sessions[0].ended is not None, limit=10_000)
+    assert not coordinator.done and coordinator.failure is None
+    assert cluster.sessions[0].ended == (ErrorCode.INVALID_PAYLOAD, LONE_OUTLIER.reason)
+    assert coordinator.dropped["outlier"] == DIVERGED_AFTER and coordinator.live_workers == 0
+    assert LONE_OUTLIER.blames_sender  # (its shard's rejoin is backed off: admission.py)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -734,6 +758,69 @@ def test_a_resumed_run_still_gives_the_last_evaluated_snapshot(tmp_path: Any, ph
     fresh.coordinator.restore(load(path), 0.0)
     assert np.array_equal(RunResult.of(fresh.coordinator).model, evaluated)
     assert np.array_equal(fresh.coordinator.state.snapshot, coordinator.state.snapshot)
+
+
+@pytest.mark.parametrize("phase", [Phase.SNAPSHOT, Phase.INNER])
+def test_a_checkpoint_keeps_the_model_records_and_the_resumed_run_goes_on_from_them(
+    tmp_path: Any, phase: Phase
+) -> None:
+    """A crash-recovery trial: a run resumed with --records lacked the model copies taken before its
+    checkpoint (a checkpoint kept none).  They are in the checkpoint now; the resumed run's records
+    are those, then its own, one per version and epoch (a snapshot phase repeated from its
+    checkpoint is not recorded twice); a checkpoint without them (an earlier version's) resumes with none."""
+    train = config(epochs=3)
+    cluster = Cluster(train, small_a9a(), 2, record_every=7)
+    coordinator = cluster.coordinator
+    cluster.run(until=lambda: len(coordinator.trace) == 2 and coordinator.phase is Phase.INNER)
+    version = coordinator.state.version
+    cluster.run(until=lambda: coordinator.phase is phase and coordinator.state.version > version + 7)
+    taken = [(r.version, r.epoch, r.bytes_total, r.wire_bytes) for r in coordinator.records]
+    models = [r.model.copy() for r in coordinator.records]
+    # One at each snapshot phase so far (at versions 0, n, 2n... for n updates an epoch) and one every 7
+    # applied updates, none at an epoch's last update (the snapshot phase's follows).
+    updates, now = coordinator.state.updates_per_epoch, coordinator.state.version
+    expected = [v for v in range(0, now + 1, 7) if v % updates] + list(range(0, now + 1, updates))
+    assert [v for v, *_ in taken] == sorted(expected)
+    path = tmp_path / "run.ckpt"
+    save(path, coordinator.checkpoint(cluster.now))
+    assert load(path, arrays=False).meta["records"] == len(taken) > 5
+    fresh = Cluster(train, small_a9a(), 2, connect=False, record_every=7)
+    fresh.coordinator.restore(load(path), 0.0)
+    for index in range(2):
+        fresh.connect(index)
+    kept = fresh.coordinator.records
+    assert [(r.version, r.epoch, r.bytes_total, r.wire_bytes) for r in kept] == taken
+    assert all(np.array_equal(r.model, m) for r, m in zip(kept, models, strict=True))
+    fresh.run(until=lambda: fresh.coordinator.done)
+    after = [(r.version, r.epoch) for r in fresh.coordinator.records]
+    assert after[: len(taken)] == [(v, e) for v, e, *_ in taken]
+    assert len(set(after)) == len(after) and after == sorted(after), after
+    assert after[-1][1] == 3 and len(after) > len(taken)  # the last snapshot phase's, epoch 3
+    older = load(path)
+    del older.meta["records"], older.meta["records_wire_kinds"]
+    for name in [name for name in older.arrays if name.startswith("records.")]:
+        del older.arrays[name]
+    afresh = Cluster(train, small_a9a(), 2, connect=False, record_every=7)
+    afresh.coordinator.restore(older, 0.0)
+    assert afresh.coordinator.records == []
+
+
+def test_damaged_model_records_in_a_checkpoint_are_refused(tmp_path: Any) -> None:
+    """Records of another dimension, or columns of different lengths: refused with one line."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2, record_every=5)
+    cluster.run(until=lambda: cluster.coordinator.state.version > 12)
+    saved = cluster.coordinator.checkpoint(cluster.now)
+    for name, damaged in (
+        ("records.models", saved.arrays["records.models"][:, :-1]),
+        ("records.time", saved.arrays["records.time"][:-1]),
+    ):
+        broken = Checkpoint(dict(saved.arrays, **{name: damaged}), saved.meta)
+        fresh = Cluster(train, small_a9a(), 2, connect=False)
+        with pytest.raises(CheckpointError, match="the checkpoint is incomplete or damaged") as info:
+            fresh.coordinator.restore(broken, 0.0)
+        assert "\n" not in str(info.value)
+        assert fresh.coordinator.state.version == 0 and fresh.coordinator.records == []
 
 
 # -- honest workers the guard and the deadlines must not punish (issue 10, attack report T4) ---------
