@@ -280,9 +280,9 @@ async def run_local(
             f"run_local's data is a file or folder that the worker processes read too, not a "
             f"{type(data).__name__} (a Dataset in memory trains with run_ray, or in-process with simulate)"
         )
-    dataset = load_data_or_fail(None if data is None else str(data))
+    dataset = await asyncio.to_thread(load_data_or_fail, None if data is None else str(data))  # off-loop
     data_path = None if data is None else str(Path(data).resolve())
-    objective = objective_for(config, dataset, training_set=True)
+    objective = await asyncio.to_thread(objective_for, config, dataset, training_set=True)
     return await run_cluster(
         config,
         dataset,
@@ -504,9 +504,9 @@ async def master_main(
 
     ``options`` go to :class:`~aiodq.net.master.Master` (TLS, connection config, checkpoints,
     ``record_every``); with ``records_path`` the model records are saved there as training ends
-    (but for a finished run resumed, which holds none).  ``finished`` gets the result then, before
-    the workers' connections have closed (and when a stop comes right then); ``stopped`` the run
-    as it stood (its ``failure`` not set) when it is cancelled before that.
+    (but for a finished run resumed from an earlier version's checkpoint, which holds none).
+    ``finished`` gets the result then, before the workers' connections have closed (and when a stop
+    comes right then); ``stopped`` the run as it stood (``failure`` not set) if cancelled before that.
     """
     options.setdefault("samples", dataset.samples)
     options.setdefault("data_fingerprint", dataset.fingerprint())  # workers with other data refuse the run
@@ -518,9 +518,9 @@ async def master_main(
 
         def figures(result: RunResult) -> None:
             # The records with the results as training ends: a stop then loses neither (an audit lost them).
-            coordinator = master.coordinator
-            if records_path and coordinator is not None and coordinator.done and not master.resumed_finished:
-                saved[:] = saved or [records_saved(coordinator.records, records_path)]
+            kept = master.coordinator.records if master.coordinator and master.coordinator.done else None
+            if records_path and kept is not None and (kept or not master.resumed_finished):
+                saved[:] = saved or [records_saved(kept, records_path)]
                 result.summary.update(saved[0])
             result.summary.update(dataset=dataset.name)
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits
 
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
@@ -40,6 +39,7 @@ from ..protocol.objectives import Objective, fixed_fingerprint, measures_accurac
 from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
+from .arguments import BlasLimit, check_master_arguments, check_timeout
 from .listener import Listener
 from .logbook import RATE_REFUSAL, Logbook, peer_name, printable, provenance, standing
 
@@ -113,8 +113,7 @@ class Master:
         self._start = None if start_from is None else vector_digest(x0)  # (in provenance, checkpoints)
         if samples is None and hasattr(model, "loss_grad"):
             samples = int(getattr(model, "samples", 0)) or None
-        if not checkpoint_interval > 0:
-            raise ValueError("checkpoint_interval must be positive")
+        check_master_arguments(port, samples, blas_threads, checkpoint_interval)
         self.config = config
         self.master_config = master_config or MasterConfig()
         self._connection_config = connection_config or ConnectionConfig()
@@ -131,14 +130,13 @@ class Master:
         self._before = 0.0  # seconds of training a resumed checkpoint holds
         #: ``(epoch, version)`` of the last checkpoint written, the one at the end or the close included.
         self.checkpointed: tuple[int, int] | None = None
-        #: True if ``resume`` found a finished run: nothing trains, and it has no model records.
-        self.resumed_finished = False
+        self.resumed_finished = False  #: True if ``resume`` found a finished run: nothing trains.
         self._blas_threads, self._record_every, self._samples = blas_threads, record_every, samples
         # Whether the trace's accuracy means anything (a torch regression has correct(), counting nothing).
         self._accuracy = measures_accuracy(model) if hasattr(model, "loss_grad") else None
         # A worker whose unsent bytes exceed four of its session's frames is cut off (_flush).
         self._write_limit = 4 * self._connection_config.limits.session_frame_bytes(x0.shape[0])
-        self._blas_limit: threadpool_limits | None = None
+        self._blas_limit: BlasLimit | None = None
         self._x0 = x0
         self._workers = workers
         self._host = host
@@ -199,7 +197,7 @@ class Master:
             host, port = self._listener.sockets[0].getsockname()[:2]
             self._address = (str(host), int(port))
             if self._blas_threads is not None:  # only once listening: a start that fails leaves it as it was
-                self._blas_limit = threadpool_limits(self._blas_threads, user_api="blas")
+                self._blas_limit = BlasLimit(self._blas_threads)
         except BaseException:
             self._began = False
             if self._lock is not None:  # (a start that failed leaves the file to the next one)
@@ -250,7 +248,8 @@ class Master:
 
     def _checkpoint_bytes(self) -> int:
         assert self.coordinator is not None
-        return checkpoint_file.read_limit(self.coordinator.dim, self.config.epochs)
+        records = checkpoint_file.most_records(self.config, self._record_every, self._samples)
+        return checkpoint_file.read_limit(self.coordinator.dim, self.config.epochs, records)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -276,6 +275,7 @@ class Master:
         return await self._result_after(self._trained, timeout)
 
     async def _result_after(self, event: asyncio.Event, timeout: float | None) -> RunResult:
+        check_timeout(timeout, started=self.coordinator is not None)
         try:
             async with asyncio.timeout(timeout):
                 await event.wait()
@@ -315,7 +315,7 @@ class Master:
                 # A master whose close did not finish may serve on: no checkpoint without the lock.
                 self._checkpoint = None
             if self._blas_limit is not None:
-                self._blas_limit.restore_original_limits()
+                self._blas_limit.release()
                 self._blas_limit = None
             if self._lock is not None:
                 self._lock.release()

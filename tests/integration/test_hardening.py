@@ -129,6 +129,72 @@ async def test_a_master_runs_one_run() -> None:
         await closed.start()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        ({"port": 70_000}, "port must be an integer from 0 to 65535 (0: any free port), got 70000"),
+        ({"port": -1}, "port must be an integer from 0 to 65535 (0: any free port), got -1"),
+        ({"port": "7070"}, "port must be an integer from 0 to 65535 (0: any free port), got '7070'"),
+        ({"samples": -5}, "samples must be a positive integer (the whole dataset's) or None, got -5"),
+        ({"samples": 0}, "samples must be a positive integer (the whole dataset's) or None, got 0"),
+        ({"blas_threads": 0}, "blas_threads must be a positive integer or None (leave them), got 0"),
+        ({"checkpoint_interval": float("nan")}, "checkpoint_interval must be positive, got nan"),
+        ({"checkpoint_interval": "60"}, "checkpoint_interval must be positive, got '60'"),
+    ],
+)
+def test_a_masters_arguments_that_could_not_work_are_refused_at_once(
+    arguments: dict[str, Any], said: str
+) -> None:
+    """An API audit: port=70000 listened on 4464 (getaddrinfo wraps it), samples=-5 had every worker
+    refused at the join timeout, blas_threads=0 was taken."""
+    with pytest.raises(ValueError) as info:
+        Master(TrainConfig(epochs=1), X0, workers=1, **arguments)
+    assert str(info.value) == said
+
+
+@pytest.mark.asyncio
+async def test_a_wait_that_could_not_end_as_asked_is_refused() -> None:
+    """An API audit: wait() before start() blocked until its timeout (forever without one), and
+    timeout=nan waited, then said 'did not finish within nan s'; a negative one raised TimeoutError."""
+    master = Master(TrainConfig(epochs=1), X0, workers=1)
+    for wait in (master.wait, master.trained):
+        with pytest.raises(RuntimeError, match=r"^the master has not started: call start\(\) first"):
+            await wait()
+    async with master:
+        for timeout in (float("nan"), -1.0, "5"):
+            with pytest.raises(ValueError, match=r"^timeout must be a number of seconds, 0 or more, or None"):
+                await master.wait(timeout)  # type: ignore[arg-type]
+        with pytest.raises(TimeoutError, match=r"^the run did not finish within 0 s"):
+            await master.trained(0)
+
+
+@pytest.mark.asyncio
+async def test_masters_whose_lifetimes_overlap_put_blas_back_as_it_was() -> None:
+    """An API audit: A starts, B starts, A closes (B ran uncapped from then), B closes (BLAS stayed at
+    one thread in the application after both).  The limit holds while any master runs, and the last
+    one to close puts back what the first found."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas() -> list[int]:
+        return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+    if not blas():
+        pytest.skip("numpy here is built with no BLAS threadpoolctl can see")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas()
+        assert before and all(threads == 2 for threads in before), before
+        first, second = (Master(TrainConfig(epochs=1), X0, workers=1) for _ in range(2))
+        await first.start()
+        assert all(threads == 1 for threads in blas())
+        await second.start()
+        await first.close()
+        assert all(threads == 1 for threads in blas())  # (2 here before: B uncapped)
+        await second.close()
+        assert blas() == before  # (1 here before)
+        await second.close()  # a second close changes nothing
+        assert blas() == before
+
+
 @pytest.mark.asyncio
 async def test_a_worker_started_for_another_built_in_model_is_refused() -> None:
     """An operator trial: ``aiodq worker --model softmax`` joined a logistic master, trained logistic and

@@ -1,0 +1,96 @@
+"""The asyncio shell's checks of what an embedding application passes, and the BLAS limit it shares.
+
+An API audit found values taken at construction that failed much later or silently: a port of
+70,000 listened on 4,464 (``getaddrinfo`` wraps it), ``samples=-5`` had every worker refused at
+the join timeout, ``wait()`` before ``start()`` blocked until its timeout, ``timeout=nan``
+waited and said "within nan s"; and two masters whose lifetimes overlapped left BLAS limited
+after both had closed.  Each is refused here at once, with the argument's name.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from threadpoolctl import threadpool_limits
+
+__all__ = ["BlasLimit", "check_master_arguments", "check_timeout"]
+
+
+def _seconds(value: object) -> float | None:
+    """``value`` as seconds if it is a real number (not a bool; numpy's too), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _at_least(value: object, low: int, high: float = math.inf) -> bool:
+    """Whether ``value`` is an integer (not a bool; numpy's too) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return False
+    return low <= int(value) <= high
+
+
+def check_master_arguments(
+    port: object, samples: object, blas_threads: object, checkpoint_interval: object
+) -> None:
+    """Refuse a :class:`~aiodq.net.master.Master`'s arguments that could not work.
+
+    Raises:
+        ValueError: naming the argument and the value.
+    """
+    if not _at_least(port, 0, 65535):
+        raise ValueError(f"port must be an integer from 0 to 65535 (0: any free port), got {port!r}")
+    if samples is not None and not _at_least(samples, 1):
+        raise ValueError(f"samples must be a positive integer (the whole dataset's) or None, got {samples!r}")
+    if blas_threads is not None and not _at_least(blas_threads, 1):
+        raise ValueError(
+            f"blas_threads must be a positive integer or None (leave them), got {blas_threads!r}"
+        )
+    if not (_seconds(checkpoint_interval) or 0.0) > 0:
+        raise ValueError(f"checkpoint_interval must be positive, got {checkpoint_interval!r}")
+
+
+def check_timeout(timeout: object, *, started: bool) -> None:
+    """Refuse a wait that could not end as asked: before the master started, or a timeout that is no time.
+
+    Raises:
+        RuntimeError: if the master has not started (nothing would ever end the wait).
+        ValueError: if ``timeout`` is not None or a number of seconds, 0 or more.
+    """
+    if not started:
+        raise RuntimeError("the master has not started: call start() first (or use async with)")
+    seconds = _seconds(timeout)
+    if timeout is not None and not (seconds is not None and seconds >= 0):  # (NaN: no time)
+        raise ValueError(f"timeout must be a number of seconds, 0 or more, or None, got {timeout!r}")
+
+
+class BlasLimit:
+    """BLAS threads limited while any holder runs, and put back as they were when the last one ends.
+
+    ``threadpool_limits`` restores what it found when it began: two masters whose lifetimes
+    overlapped (A starts, B starts, A closes, B closes) left B uncapped after A closed, and the
+    process limited to one thread after both had (an API audit).  Holders share one count: the
+    first saves the process's limits, each sets its own, the last puts the saved ones back.
+    """
+
+    _holders = 0
+    _saved: threadpool_limits | None = None
+
+    def __init__(self, threads: int) -> None:
+        if BlasLimit._holders == 0:
+            BlasLimit._saved = threadpool_limits(threads, user_api="blas")
+        else:
+            threadpool_limits(threads, user_api="blas")  # (the first holder's saved state is restored)
+        BlasLimit._holders += 1
+        self._held = True
+
+    def release(self) -> None:
+        """End this holder's limit; the last one restores the limits the first found.  Once only."""
+        if not self._held:
+            return
+        self._held = False
+        BlasLimit._holders -= 1
+        if BlasLimit._holders == 0 and BlasLimit._saved is not None:
+            BlasLimit._saved.restore_original_limits()
+            BlasLimit._saved = None
