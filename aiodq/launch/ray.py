@@ -178,7 +178,11 @@ async def run_ray(
             cpus = max(os.cpu_count() or 1, math.ceil(workers * worker_cpus))
             options.update(num_cpus=cpus, include_dashboard=False)
         # Ray takes seconds to start: in a thread, so that the caller's event loop runs meanwhile
-        # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).
+        # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).  Its core worker
+        # installs a crash handler for SIGTERM in the whole process all the same (absl's): a SIGTERM
+        # aborted the command, exit 134, without the run as it stood (a newcomer trial).  Off unless
+        # the caller asks for it (ray.md).
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
         start = RayStart(ray, address="local" if local else address, **options)
@@ -369,7 +373,10 @@ async def _run(
         with contextlib.suppress(Exception):  # (not known to a Ray Client)
             gcs = str(ray.get_runtime_context().gcs_address)
         ray_figures = {"address": gcs, "master": f"{host}:{port}"}
-        result.summary.update(data_path=data_path, worker_restarts=restarts, ray=ray_figures)
+        # (worker_nice: none with Ray, as usage.md says; a newcomer trial found the key missing.)
+        result.summary.update(
+            data_path=data_path, worker_restarts=restarts, worker_nice=None, ray=ray_figures
+        )
 
     def report(result: RunResult) -> None:
         """The result as training ended, with the launcher's figures; given to ``finished`` once."""
