@@ -142,6 +142,7 @@ class Guard:
         """
         self.config = config
         self.factor = factor
+        self.samples = samples  #: n, if known
         self._workers = workers
         self._shard_sizes = {samples // workers, -(-samples // workers)} if samples else None
         #: Each live connection's latest applied update norms, and their median (kept as they come).

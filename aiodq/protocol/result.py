@@ -43,6 +43,9 @@ class RunResult:
     failure: str | None
     #: Everything ``result.json`` holds (traffic, staleness, errors, provenance...).
     summary: dict[str, Any] = field(repr=False)
+    #: n, the samples of the whole dataset, where the master knew it (``Master(samples=)``, an
+    #: objective's ``samples``); None otherwise.
+    samples: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,6 +56,18 @@ class RunResult:
         it ended has the failure :data:`STOPPED`.
         """
         return self.failure is None and bool(self.trace) and self.trace[-1].epoch >= self.config.epochs
+
+    @property
+    def missing_samples(self) -> int:
+        """Samples of the whole dataset the final loss leaves out: 0 if it is over all n, or n is unknown.
+
+        A worker that left (or was refused) before the last snapshot phase takes its shard out of
+        that phase, and F is over the others' samples only (docs/security.md); :attr:`ok` does not
+        say so (an API audit: a run that trained on half the data read ``ok=True``).
+        """
+        if self.samples is None or not self.trace:
+            return 0
+        return max(0, self.samples - self.trace[-1].samples)
 
     @property
     def final_loss(self) -> float:
@@ -92,6 +107,7 @@ class RunResult:
             trace=list(coordinator.ledger.trace),
             failure=summary["failure"],
             summary=summary,
+            samples=coordinator.guard.samples,
         )
 
     def to_json(self) -> dict[str, Any]:

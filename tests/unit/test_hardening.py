@@ -293,6 +293,27 @@ def test_a_lone_worker_sending_outliers_is_removed_and_the_run_does_not_end_as_d
     assert LONE_OUTLIER.blames_sender  # (its shard's rejoin is backed off: admission.py)
 
 
+def test_a_result_says_how_many_samples_its_final_loss_leaves_out() -> None:
+    """An API audit: a run whose worker left before the last snapshot phase read ok=True with a loss over
+    half the data.  RunResult.missing_samples says how many of the n samples the final loss leaves out."""
+    train = config(epochs=2)
+    data = small_a9a()
+    cluster = Cluster(train, data, 2)
+    coordinator = cluster.coordinator
+    assert RunResult.of(coordinator).missing_samples == 0  # (no trace yet)
+    cluster.run(until=lambda: len(coordinator.trace) == 2 and coordinator.phase is Phase.INNER)
+    assert RunResult.of(coordinator).missing_samples == 0
+    left = cluster.ids[1]
+    assert left is not None
+    cluster.frozen = {1}
+    coordinator.receive_data(left, b"", cluster.now)  # worker 1 leaves for good
+    cluster.run(until=lambda: coordinator.done)
+    result = RunResult.of(coordinator)
+    assert result.ok and result.samples == data.samples
+    assert result.missing_samples == len(shard(data.samples, 2, 1)) == data.samples - result.trace[-1].samples
+    assert dataclasses.replace(result, samples=None).missing_samples == 0  # n unknown: nothing to say
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_run_diverging_between_snapshots_ends_with_a_failure(workers: int) -> None:
     """Step 10^4: with one or two workers the snapshot reports are judged against the previous
