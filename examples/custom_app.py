@@ -31,7 +31,8 @@ async def main(workers: int = 3, epochs: int = 4) -> dict[str, object]:
     config = TrainConfig(algorithm="asylpg", epochs=epochs, bits=4, mu=0.5)
     stop, ticks = asyncio.Event(), []
     ticker = asyncio.create_task(other_work(stop, ticks))
-    async with Master(config, np.zeros(dataset.features_count), workers=workers) as master:
+    x0 = np.zeros(dataset.features_count)
+    async with Master(config, x0, workers=workers, samples=dataset.samples) as master:
         host, port = master.address
         print(f"master listening on {host}:{port}")
         worker_tasks = []

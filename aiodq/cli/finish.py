@@ -160,10 +160,13 @@ def finish(
         SAID.info("aiodq %s: %s", command, written)
     if train is not None and result.trace and result.trace[-1].samples < train.samples:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
-        refused = any(str(e["reason"]).startswith(OUT_OF_LINE) for e in result.summary.get("errors", ()))
+        errors = result.summary.get("errors", ())
+        refused = sorted({e["worker"] for e in errors if str(e["reason"]).startswith(OUT_OF_LINE)})
+        # (An attack: a liar's refused reports had the master advise turning the guard off.)
         why = (
-            "; the guard refused snapshot reports as out of line with the others' (honest shards of very "
-            "different scales can be: --guard 0 turns that check off, docs/algorithms.md 11)"
+            f"; the guard refused the snapshot reports of worker {', '.join(map(str, refused))} as out of "
+            "line with the others': a worker that lies, or honest shards of very different scales "
+            "(docs/algorithms.md 11; --guard 0 would let every report in, a liar's too)"
             if refused
             else " (docs/security.md)"
         )

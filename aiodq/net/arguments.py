@@ -9,6 +9,7 @@ after both had closed.  Each is refused here at once, with the argument's name.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 
@@ -34,14 +35,23 @@ def _at_least(value: object, low: int, high: float = math.inf) -> bool:
 def check_master_arguments(
     port: object, samples: object, blas_threads: object, checkpoint_interval: object
 ) -> None:
-    """Refuse a :class:`~aiodq.net.master.Master`'s arguments that could not work.
+    """Refuse a :class:`~aiodq.net.master.Master`'s arguments that could not work; warn of an unknown n.
+
+    Without ``samples`` (x_0 given as an array, no ``samples=``) the workers' reports say how many
+    samples there are: an admitted worker that claims 2^62 sets the epoch length and its own weight
+    in g_snap and F (an attack froze such a run in epoch 0): a warning says so.
 
     Raises:
         ValueError: naming the argument and the value.
     """
     if not _at_least(port, 0, 65535):
         raise ValueError(f"port must be an integer from 0 to 65535 (0: any free port), got {port!r}")
-    if samples is not None and not _at_least(samples, 1):
+    if samples is None:
+        logging.getLogger("aiodq.master").warning(
+            "the master does not know how many samples the dataset has: the workers' reports say it, and one "
+            "admitted worker's claim sets the epoch length and its weight (give samples=, docs/security.md)"
+        )
+    elif not _at_least(samples, 1):
         raise ValueError(f"samples must be a positive integer (the whole dataset's) or None, got {samples!r}")
     if blas_threads is not None and not _at_least(blas_threads, 1):
         raise ValueError(

@@ -679,11 +679,15 @@ def test_a_shard_the_guard_refused_is_said_with_how_to_keep_it(capsys: pytest.Ca
         err = capsys.readouterr().err
         if guard:
             assert [record.samples for record in result.trace] == [600, 600, 600]
+            # The refused worker named, and no advice to turn the guard off (an attack: a liar's refused
+            # reports had the master advise it).
+            (refused,) = {e["worker"] for e in result.summary["errors"] if "out of line" in e["reason"]}
             assert err.startswith(
                 "aiodq master: the final loss is over 600 of the 900 samples: a worker's shard was missing "
-                "from the last snapshot phase; the guard refused snapshot reports as out of line with the "
-                "others' (honest shards of very different scales can be: --guard 0 turns that check off, "
-                "docs/algorithms.md 11)\n"
+                "from the last snapshot phase; the guard refused the snapshot reports of worker "
+                f"{refused} as out of line with the others': a worker that lies, or honest shards of very "
+                "different scales "
+                "(docs/algorithms.md 11; --guard 0 would let every report in, a liar's too)\n"
             ), err
         else:
             assert [record.samples for record in result.trace] == [900, 900, 900]
