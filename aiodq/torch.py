@@ -93,6 +93,22 @@ def _as_tensor(values: Any, what: str, dtype: torch.dtype | None, device: torch.
     return tensor.to(device=device, dtype=dtype, copy=True).contiguous()
 
 
+def _described(loss: object) -> str:
+    """The loss, as it reads the same in every process that built it alike.
+
+    A module's ``repr`` and its public settings of plain types (``repr`` leaves out
+    CrossEntropyLoss's ``label_smoothing``, say), or a function's module and name.
+    """
+    if isinstance(loss, torch.nn.Module):
+        settings = sorted(
+            (name, value)
+            for name, value in vars(loss).items()
+            if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))
+        )
+        return f"{loss!r}{settings}"
+    return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
+
+
 class TorchObjective:
     """An :class:`~aiodq.Objective` from a ``torch.nn.Module``, a loss and one worker's samples.
 
@@ -296,14 +312,20 @@ class TorchObjective:
         return hits
 
     def fingerprint(self) -> str:
-        """A digest of what the module computes with besides x: its frozen parameters and buffers.
+        """A digest of what the module computes with besides x: its layers, frozen parameters and buffers.
 
-        BLAKE2b over their names, dtypes, shapes and values.  x holds only the trainable
-        parameters, so the rest is whatever each process built: the master sends its digest,
-        and a worker whose module differs there (frozen weights drawn without a seed, say)
-        refuses the run instead of training another model.
+        BLAKE2b over the module's ``repr`` (its layers and their settings: a Tanh that became a
+        ReLU), the loss (:func:`_described`), the parameters' names and shapes, and
+        the frozen parameters' and buffers' names, dtypes, shapes and values.  x holds only the
+        trainable parameters, so the rest is whatever each process built: the master sends its
+        digest, and a worker whose module differs there (frozen weights drawn without a seed, say)
+        refuses the run instead of training another model; a checkpoint keeps it, and a run resumed
+        with another module is refused.
         """
         digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{self.module!r};{_described(self.loss_fn)};".encode())
+        for name, param in self.module.named_parameters():
+            digest.update(f"{name}:{tuple(param.shape)}:{param.requires_grad};".encode())
         trainable = {id(param) for param in self._params}
         frozen = [(name, p) for name, p in self.module.named_parameters() if id(p) not in trainable]
         for name, tensor in [*frozen, *self.module.named_buffers()]:

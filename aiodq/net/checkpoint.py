@@ -293,15 +293,29 @@ def holds_records(path: str | Path) -> bool:
         return False
 
 
-def check_data(path: str | Path, saved: object, fingerprint: str | None) -> None:
-    """Refuse to resume the checkpoint ``path`` of a run on other data (both fingerprints known).
+def check_data(
+    path: str | Path, meta: dict[str, Any], fingerprint: str | None, fixed: str | None = None
+) -> None:
+    """Refuse to resume the checkpoint ``path`` of a run on other data, or of another model.
 
-    ``saved`` is the fingerprint the checkpoint names, ``fingerprint`` this run's data's; a
-    checkpoint that names none, or names it by another version's recipe, is not checked (a warning).
+    ``meta`` is the checkpoint's metadata: its ``data`` is the data's fingerprint, ``fingerprint``
+    this run's data's; a checkpoint that names none, or names it by another version's recipe, is not
+    checked (a warning).  Its ``fixed``, where it has one, is the objective's fixed-state digest
+    (:func:`~aiodq.protocol.objectives.fixed_fingerprint`: a torch module's structure, frozen
+    parameters and buffers), ``fixed`` this run's: they must be equal (a newcomer trial resumed a run
+    whose module had changed from Tanh to ReLU, of the same size, and trained on without a word).
 
     Raises:
-        CheckpointError: if the two name different data.
+        CheckpointError: if the two name different data, or different models.
     """
+    saved_fixed = meta.get("fixed")
+    if isinstance(saved_fixed, str) and fixed is not None and saved_fixed != fixed:
+        raise CheckpointError(
+            f"the checkpoint {path} was written by a run of another model (its fixed state {saved_fixed}, "
+            f"this run's {fixed}: the module's layers, frozen parameters or buffers differ): resume it with "
+            "the model it trained"
+        )
+    saved = meta.get("data")
     if fingerprint is None or saved == fingerprint:
         return
     if not (isinstance(saved, str) and other_data(saved, fingerprint)):

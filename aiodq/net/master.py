@@ -220,7 +220,7 @@ class Master:
         if self._resume:
             saved = checkpoint_file.load(path, max_bytes=self._checkpoint_bytes())
             if saved.meta.get("phase") is not None:  # (else not a run's: restore says so)
-                checkpoint_file.check_data(path, saved.meta.get("data"), self._data_fingerprint)
+                checkpoint_file.check_data(path, saved.meta, self._data_fingerprint, self._fixed)
             try:
                 self.coordinator.restore(saved, 0.0)
             except CheckpointError as exc:  # (which file: an operator resumed from a model.npz)
@@ -570,13 +570,11 @@ class Master:
             _log.error("%s: the checkpoint %s was not written", exc, when)
 
     def _save_checkpoint(self) -> None:
-        """Write the coordinator's checkpoint, with the data's fingerprint, to the file."""
+        """Write the coordinator's checkpoint, with the data's and the model's fingerprints, to the file."""
         assert self._checkpoint is not None and self.coordinator is not None
         checkpoint = self.coordinator.checkpoint(self._now())
-        if self._data_fingerprint is not None:
-            checkpoint.meta["data"] = self._data_fingerprint
-        if self._start is not None:
-            checkpoint.meta["start_from"] = self._start
+        kept = {"data": self._data_fingerprint, "fixed": self._fixed, "start_from": self._start}
+        checkpoint.meta.update({name: value for name, value in kept.items() if value is not None})
         checkpoint.meta["run"] = self._provenance.get("id")  # (a resumed run is the same run: its id stays)
         checkpoint_file.save(self._checkpoint, checkpoint)
         state = self.coordinator.state

@@ -18,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="aiodq.torch needs PyTorch (the extra aiodq[torch])")
 
 from aiodq.codec.lowp import make_rng  # noqa: E402
+from aiodq.errors import CheckpointError  # noqa: E402
+from aiodq.net.checkpoint import check_data  # noqa: E402
 from aiodq.protocol.algorithms import TrainConfig, WorkerState  # noqa: E402
 from aiodq.protocol.dataset import Dataset  # noqa: E402
 from aiodq.protocol.objectives import Objective, check_objective  # noqa: E402
@@ -241,10 +243,18 @@ def _frozen(seed: int, features: Any = None, labels: Any = None) -> TorchObjecti
 
 
 def test_the_fingerprint_is_the_frozen_parameters_and_buffers() -> None:
-    """fingerprint(): BLAKE2b-128 over each frozen parameter, then each buffer, as "name:dtype:shape;"
-    and its bytes; x (the trainable parameters) is not in it."""
+    """fingerprint(): BLAKE2b-128 over the module's and the loss's repr, each parameter's
+    "name:shape:trainable;", then each frozen parameter and each buffer as "name:dtype:shape;" and its
+    bytes; x (the trainable parameters' values) is not in it."""
     a, b = _frozen(0), _frozen(0)
     digest = hashlib.blake2b(digest_size=16)
+    plain = (bool, int, float, str, type(None))
+    held = vars(a.loss_fn).items()  # (the loss as given)
+    settings = sorted((k, v) for k, v in held if not k.startswith("_") and isinstance(v, plain))
+    assert ("label_smoothing", 0.0) in settings and ("reduction", "mean") in settings
+    digest.update(f"{a.module!r};CrossEntropyLoss(){settings};".encode())
+    for name, param in a.module.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)}:{param.requires_grad};".encode())
     weight = a.module[0].weight.detach()
     digest.update(f"0.weight:torch.float32:{tuple(weight.shape)};".encode() + weight.numpy().tobytes())
     digest.update(b"scale:torch.float32:(3,);" + np.ones(3, np.float32).tobytes())
@@ -254,6 +264,30 @@ def test_the_fingerprint_is_the_frozen_parameters_and_buffers() -> None:
     assert _frozen(1).fingerprint() != a.fingerprint()  # other frozen weights
     b.module.scale[1] = 2.0
     assert b.fingerprint() != a.fingerprint()  # another buffer value
+
+
+def test_the_fingerprint_tells_modules_of_the_same_size_apart() -> None:
+    """A newcomer trial: a run resumed after its module's Tanh became a ReLU (the same parameters) trained
+    on without a word.  The layers and the loss are in the fingerprint, which a checkpoint keeps: such a
+    run is refused; the same module built again is not."""
+    features, labels = _data()
+
+    def built(activation: Any, loss: Any = None) -> TorchObjective:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(FEATURES, HIDDEN), activation, nn.Linear(HIDDEN, CLASSES))
+        return TorchObjective(net, loss or nn.CrossEntropyLoss(), features, labels)
+
+    relu = built(nn.ReLU()).fingerprint()
+    assert built(nn.ReLU()).fingerprint() == relu
+    assert built(nn.Tanh()).fingerprint() != relu
+    assert built(nn.ReLU(), nn.CrossEntropyLoss(label_smoothing=0.1)).fingerprint() != relu
+    meta = {"fixed": relu}
+    check_data("run.ckpt", meta, None, relu)  # the same: resumed
+    check_data("run.ckpt", {}, None, relu)  # an earlier version's checkpoint names none: not checked
+    with pytest.raises(
+        CheckpointError, match=r"^the checkpoint run.ckpt was written by a run of another model "
+    ):
+        check_data("run.ckpt", meta, None, built(nn.Tanh()).fingerprint())
 
 
 def test_workers_whose_frozen_parameters_differ_from_the_masters_refuse_the_run() -> None:
