@@ -302,7 +302,7 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     try:
         stored = checkpoint_file.load(path, what="model file")
     except CheckpointError as exc:
-        raise RunError(str(exc)) from None
+        raise RunError(f"{exc}{_what_else(Path(path))}") from None
     model = stored.arrays.get("model")
     if (kind := checkpoint_file.kind_of(stored.meta)) != "model" or model is None:
         what = {
@@ -313,6 +313,26 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     if model.ndim != 1 or not model.size or model.dtype.kind not in "fiu":
         raise RunError(f"{path}: its model is not a vector of numbers (shape {model.shape}, {model.dtype})")
     return np.asarray(model, dtype=np.float64), stored.meta
+
+
+def _what_else(path: Path) -> str:
+    """What a file that is no .npz archive is, where its first bytes say; "" if they do not.
+
+    A newcomer trial: load_model said only "File is not a zip file" of a result.json and of a .npy vector.
+    """
+    try:
+        with path.open("rb") as stream:
+            start = stream.read(6)
+    except OSError:
+        return ""
+    beside = f"; the model is {path.parent / MODEL_FILE}" if (path.parent / MODEL_FILE).is_file() else ""
+    if start == b"\x93NUMPY":
+        return " (a .npy array, not a model file: read it with numpy.load)"
+    if start.lstrip()[:1] in (b"{", b"["):
+        return f" (a JSON file, such as a run's {RESULT_FILES[0]}, not a model file{beside})"
+    if start.startswith(b"PK"):
+        return " (an .npz archive cut short or damaged)"
+    return ""
 
 
 def _plot(summary: dict[str, Any], plot: Path) -> Path | None:

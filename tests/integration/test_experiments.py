@@ -362,8 +362,29 @@ def test_a_model_file_that_is_damaged_or_another_kind_is_a_run_error(tmp_path: P
     ):
         load_model(tmp_path)
     path.write_bytes(b"not a zip")
-    with pytest.raises(RunError, match="cannot read the model file"):
+    with pytest.raises(RunError, match=r"cannot read the model file .*: File is not a zip file$"):
         load_model(path)
+    # What the file is, where its first bytes say (a newcomer trial read only "File is not a zip file").
+    checkpoint_file.save(path, Checkpoint({"model": np.ones(3)}, {"kind": "aiodq model"}))
+    whole = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    np.save(tmp_path / "x.npy", np.ones(3))
+    (tmp_path / "result.json").write_text('{"trace": []}\n')
+    (tmp_path / "model.npz").write_bytes(whole)
+    for name, said in (
+        ("cut.npz", "(an .npz archive cut short or damaged)"),
+        ("x.npy", "(a .npy array, not a model file: read it with numpy.load)"),
+        (
+            "result.json",
+            "(a JSON file, such as a run's result.json, not a model file; the model is "
+            f"{tmp_path / 'model.npz'})",
+        ),
+    ):
+        with pytest.raises(RunError) as info:
+            load_model(tmp_path / name)
+        assert (
+            str(info.value) == f"cannot read the model file {tmp_path / name}: File is not a zip file {said}"
+        )
 
 
 def test_a_run_asked_for_again_is_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
