@@ -61,7 +61,16 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"--model {spec}: cannot import {module_name}: {exc}") from exc
+        # (A newcomer trial: MODULE.py:NAME, and a module in another folder, said only what Python says.)
+        hint = f"; name the module without .py: --model {module_name[:-3]}:{attribute}"
+        if not module_name.endswith(".py"):
+            hint = f"; modules are imported from {Path.cwd()} (the current folder) and PYTHONPATH"
+        if not isinstance(exc, ModuleNotFoundError) or exc.name not in (
+            module_name,
+            module_name.partition(".")[0],
+        ):
+            hint = ""  # (the module was found: something it imports is missing)
+        raise UsageError(f"--model {spec}: cannot import {module_name}: {exc}{hint}") from exc
     except Exception as exc:  # the module's own code failed (a SyntaxError, an error at import)
         raise UsageError(f"--model {spec}: cannot import {module_name}: {_what_failed(exc)}") from exc
     factory: Any = module

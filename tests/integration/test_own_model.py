@@ -511,6 +511,31 @@ def test_a_user_model_whose_code_fails_is_one_line(tmp_path: Path, source: str, 
     assert expected in lines[0]
 
 
+def test_a_model_module_that_cannot_be_found_says_how_to_name_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer trial: --model mynets.py:small, and a module outside the current folder, said only
+    what Python says.  A module found whose own import fails says no more than Python."""
+    from aiodq.errors import UsageError  # noqa: PLC0415
+    from aiodq.launch.models import load_factory  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "mynets.py").write_text("def small(features, labels):\n    return None\n")
+    (tmp_path / "needsdep.py").write_text("import aiodq_no_such_dependency\n")
+    for spec, said in (
+        ("mynets.py:small", "; name the module without .py: --model mynets:small"),
+        (
+            "aiodq_no_such_module:x",
+            f"; modules are imported from {tmp_path} (the current folder) and PYTHONPATH",
+        ),
+        ("needsdep:x", "No module named 'aiodq_no_such_dependency'"),
+    ):
+        with pytest.raises(UsageError) as info:
+            load_factory(spec)
+        assert str(info.value).endswith(said), str(info.value)
+
+
 SLOW_IMPORT = """
 import pathlib, threading
 pathlib.Path("importing").write_text("")
