@@ -213,9 +213,12 @@ def test_a_dense_gradient_of_another_width_removes_its_sender(bits: int) -> None
     assert cluster.coordinator.dropped["refused"] == 1
 
 
-def test_zero_gradients_for_models_other_than_the_snapshot_are_refused() -> None:
-    """With l2 > 0 an honest alpha is zero only at x_snap: a worker always answering ZERO is removed."""
-    train = config(epochs=2)
+@pytest.mark.parametrize("algorithm", ["asylpg", "qsvrg"])
+def test_zero_gradients_for_models_other_than_the_snapshot_are_refused(algorithm: str) -> None:
+    """With l2 > 0 an honest alpha is zero only at x_snap: a worker always answering ZERO is removed.
+    QSVRG's Q(alpha + g_snap) too: QSGD with s = 16 levels rounds a nonzero vector to zero with
+    probability below e^-16 (an attack's ZEROs were applied as 1,927 of 4,072 updates)."""
+    train = config(epochs=2, algorithm=algorithm)
     cluster = Cluster(train, small_a9a(), 3)
     cluster.tamper = rewrite(
         0, lambda e: dataclasses.replace(e, vector=ZeroVector(D)) if isinstance(e, Gradient) else e
