@@ -474,9 +474,12 @@ class TorchObjective:
                 outputs = self.module(inputs)
                 loss = self._sum(outputs, targets)
         except Exception as exc:
+            # (A newcomer trial's nn.Embedding got its token ids as floats, and torch's words said no more.)
+            ids = " (features reach the module in the parameters' dtype: token ids need x.long() in forward)"
             raise ValueError(
                 f"{type(self.module).__name__} and the loss fail on features of shape "
                 f"{tuple(inputs.shape[1:])} per sample and labels of dtype {targets.dtype}: {exc}"
+                f"{ids if 'indices' in str(exc) and inputs.dtype.is_floating_point else ''}"
             ) from exc
         if not isinstance(outputs, torch.Tensor) or not loss.dtype.is_floating_point:
             raise TypeError("the module must return a tensor, and the loss a floating-point tensor")

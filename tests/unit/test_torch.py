@@ -425,6 +425,11 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="fail on features of shape"):
         TorchObjective(untouched, loss, features[:, :3], labels)
     assert untouched.training and untouched[0].weight.data_ptr() == pointer  # left as it was
+    # Token ids for an nn.Embedding arrive as floats: the error says what to do (a newcomer trial).
+    embedding = nn.Sequential(nn.Embedding(10, 2), nn.Flatten(), nn.Linear(2 * FEATURES, CLASSES))
+    ids = np.random.default_rng(0).integers(0, 10, (SAMPLES, FEATURES))
+    with pytest.raises(ValueError, match=r"indices.*token ids need x\.long\(\) in forward\)$"):
+        TorchObjective(embedding, loss, ids, labels)
     with pytest.raises(ValueError, match="chunk_size"):
         TorchObjective(_network(), loss, features, labels, chunk_size=0)
     with pytest.raises(ValueError, match="summed loss"):
