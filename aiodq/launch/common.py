@@ -105,7 +105,7 @@ def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None
     epoch, version = stood
     return (
         f"; the checkpoint {checkpoint} holds the run as it stood (epoch {epoch}, version {version}): "
-        "resume it to continue"
+        "resume it to continue (the same options with --resume; resume=True from Python)"
     )
 
 

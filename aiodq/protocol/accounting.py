@@ -154,8 +154,8 @@ def records_from_arrays(arrays: dict[str, npt.NDArray[Any]], kinds: object) -> l
         or (by_kind.size and (by_kind.min() < 0 or not np.array_equal(by_kind.sum(axis=1), bytes_total)))
     ):
         raise ValueError("bytes by kind do not fit")
-    # (A kind another record has, not this one, is a 0 in its row: left out again.)
-    wire = [{kind: int(n) for kind, n in zip(kinds, row, strict=True) if n} for row in by_kind]
+    # (A kind another record has, not this one, reads back as 0 in its row.)
+    wire = [dict(zip(kinds, map(int, row), strict=True)) for row in by_kind]
     return [
         ModelRecord(int(v), int(e), int(b), float(t), models[i], wire[i])
         for i, (v, e, b, t) in enumerate(zip(version, epoch, bytes_total, times, strict=True))

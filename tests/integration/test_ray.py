@@ -582,7 +582,8 @@ class TestInTheCallersRay:
             return
         said = re.escape(
             f"; the checkpoint {path} holds the run as it stood (epoch {kept[0]}, version {kept[1]}): "
-            "resume it to continue"
+            "resume it to continue "
+            "(the same options with --resume; resume=True from Python)"
         )
         assert re.fullmatch(rf"the run did not finish within 5 s({started})?{said}", str(info.value)), (
             info.value

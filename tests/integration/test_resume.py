@@ -134,7 +134,8 @@ def test_a_timed_out_local_run_says_where_its_checkpoint_keeps_it(
     assert kept is not None
     assert str(info.value) == (
         f"the run did not finish within 2 s; the checkpoint {path} holds the run as it stood "
-        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
+        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue "
+        "(the same options with --resume; resume=True from Python)"
     )
     with pytest.raises(RunError) as bare:  # without a checkpoint there is nothing to point to
         asyncio.run(aiodq.run_local(config, DATA, workers=1, timeout=0.5))
@@ -712,7 +713,8 @@ async def test_aiodq_run_stopped_by_sigterm_names_its_checkpoint(tmp_path: Path)
     assert kept is not None and kept[1] > 0
     assert run.stderr.strip().endswith(
         f"aiodq run: stopped by SIGTERM; the checkpoint {path} holds the run as it stood "
-        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue"
+        f"(epoch {kept[0]}, version {kept[1]}): resume it to continue "
+        "(the same options with --resume; resume=True from Python)"
     )
     # The run as it stood is written too: its model the last snapshot the trace evaluates.
     out = tmp_path / "out"
@@ -1136,7 +1138,8 @@ async def test_a_run_its_workers_left_says_its_checkpoint_continues_it(tmp_path:
     said = master.stderr.strip().splitlines()[-1]
     assert said == (
         "aiodq master: every worker left, and 0 of 1 came back within 2 s (--join-timeout); the checkpoint "
-        f"{path} holds the run as it stood (epoch {stood[0]}, version {stood[1]}): resume it to continue"
+        f"{path} holds the run as it stood (epoch {stood[0]}, version {stood[1]}): resume it to continue "
+        "(the same options with --resume; resume=True from Python)"
     ), master.stderr
 
 
