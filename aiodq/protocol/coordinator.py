@@ -494,7 +494,7 @@ class Coordinator:
             if outcome.reason == "outlier":
                 worker.refused += 1
                 refused = [w.refused for w in self._workers.values() if w.joined]
-                verdict = self._divergence.outlier(refused, state.version, self.expected_workers)
+                verdict = self._divergence.outlier(refused, state.version, self.expected_workers, now)
                 if isinstance(verdict, Refusal):  # a lone worker's (guard.LONE_OUTLIER)
                     return self._remove(worker_id, verdict, now)
                 if verdict is not None:

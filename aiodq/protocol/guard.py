@@ -61,6 +61,7 @@ from .objectives import BUILT_IN
 
 __all__ = [
     "DIVERGED_AFTER",
+    "LONE_GRACE",
     "LONE_OUTLIER",
     "DIVERGED_LOSS_FACTOR",
     "OUT_OF_LINE",
@@ -110,12 +111,16 @@ class Refusal:
 #: rejoin back-off (others' updates may have brought the model to the edge).
 OVERFLOW = Refusal(ErrorCode.INVALID_PAYLOAD, "the update takes the model out of range", blames_sender=False)
 
-#: The one worker left whose updates keep being out of line (:meth:`Divergence.outlier`): removed, with
-#: a rejoin back-off; the run waits for workers (``--join-timeout``) rather than end as diverged.
+#: The one worker left whose updates keep being out of line (:meth:`Divergence.outlier`): removed (no
+#: rejoin back-off: it is judged against the updates before it, which an honest worker can fail when the
+#: run diverges); the run waits for workers rather than end as diverged, for :data:`LONE_GRACE` seconds.
 LONE_OUTLIER = Refusal(
     ErrorCode.INVALID_PAYLOAD,
     f"{DIVERGED_AFTER} updates in a row out of line, and no other worker's to apply",
+    blames_sender=False,
 )
+#: Seconds that lone workers' updates may keep being refused, none applied, before the run ends as diverged.
+LONE_GRACE = 30.0
 
 
 def _norm(values: np.ndarray) -> float:
@@ -443,13 +448,15 @@ class Divergence:
     """When refusals mean the run itself has diverged, not one worker misbehaved.
 
     Every live worker's updates refused as out of line ``DIVERGED_AFTER`` times in a row (with
-    none applied in between), or ``DIVERGED_AFTER`` times M updates taking the model out of range
-    since the last applied one (workers that rejoin and overflow again), or no worker left; or
+    none applied in between; of M >= 2, two workers' at least, or one alone's for ``LONE_GRACE``
+    seconds), or ``DIVERGED_AFTER`` times M updates taking the model out of range since the last
+    applied one (workers that rejoin and overflow again), or no worker left; or
     every report of a snapshot phase out of line, or not finite.
     """
 
     def __init__(self) -> None:
         self._overflows = 0
+        self._lone_since: float | None = None  # when a lone worker's updates were first refused so
         self._epoch = -1  # the epoch of the snapshot reports counted below
         self._finite = self._non_finite = 0
         self._awaited = 0  # workers the snapshot phase of that epoch last started waiting for
@@ -513,23 +520,30 @@ class Divergence:
     def applied(self) -> None:
         """An update was applied: the counts start again (the caller zeroes its workers')."""
         self._overflows = 0
+        self._lone_since = None
 
-    @staticmethod
-    def outlier(refused_counts: list[int], version: int, workers: int) -> str | Refusal | None:
+    def outlier(
+        self, refused_counts: list[int], version: int, workers: int, now: float
+    ) -> str | Refusal | None:
         """After one more out-of-line update: the failure, if every live worker's keep being refused.
 
         Of a run of ``workers`` M >= 2, two workers' at least: one alone (the others gone for a
         moment) is removed instead, :data:`LONE_OUTLIER` (an attack: an admitted worker that sent
-        outliers ended a healthy run as diverged whenever it was the only one connected).
+        outliers ended a healthy run as diverged whenever it was the only one connected), unless
+        lone workers' updates have been refused so for :data:`LONE_GRACE` seconds with none applied:
+        then the run diverged (a lone honest worker would otherwise rejoin and be removed for ever).
         """
         if not refused_counts or not all(count >= DIVERGED_AFTER for count in refused_counts):
             return None
-        if len(refused_counts) < min(workers, 2):
-            return LONE_OUTLIER
-        return (
+        failure = (
             f"every worker's updates are out of line since version {version}: the run diverged "
             "(or the guard is too tight)"
         )
+        if len(refused_counts) < min(workers, 2):
+            self._lone_since = now if self._lone_since is None else self._lone_since
+            if now - self._lone_since < LONE_GRACE:
+                return LONE_OUTLIER
+        return failure
 
     @staticmethod
     def reports(refusals: dict[int, Refusal], reports: dict[int, SnapshotGradient], epoch: int) -> str | None:

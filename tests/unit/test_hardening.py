@@ -28,7 +28,7 @@ from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
 from aiodq.protocol.deadlines import MEDIAN_SLACK, SNAPSHOT_FLOOR, SNAPSHOT_SLACK, Deadlines
-from aiodq.protocol.guard import LONE_OUTLIER, Divergence, Guard, Refusal
+from aiodq.protocol.guard import LONE_GRACE, LONE_OUTLIER, Divergence, Guard, Refusal
 from aiodq.protocol.recovery import Checkpoint
 from aiodq.protocol.result import RunResult
 from aiodq.protocol.session import WorkerSession
@@ -293,7 +293,29 @@ def test_a_lone_worker_sending_outliers_is_removed_and_the_run_does_not_end_as_d
     assert not coordinator.done and coordinator.failure is None
     assert cluster.sessions[0].ended == (ErrorCode.INVALID_PAYLOAD, LONE_OUTLIER.reason)
     assert coordinator.dropped["outlier"] == DIVERGED_AFTER and coordinator.live_workers == 0
-    assert LONE_OUTLIER.blames_sender  # (its shard's rejoin is backed off: admission.py)
+    # Judged against the updates before it, as the model's state can make an honest worker's: no back-off
+    # (wire-format.md 7.1).
+    assert not LONE_OUTLIER.blames_sender
+
+
+def test_a_lone_workers_refusals_end_the_run_as_diverged_after_the_grace() -> None:
+    """A review: a run that really diverges with one of its M >= 2 workers connected would have that
+    worker removed and rejoin for ever.  Lone workers' updates refused for LONE_GRACE seconds, none
+    applied in between, end the run as diverged; an update applied starts the count again."""
+    divergence = Divergence()
+    refused = [DIVERGED_AFTER]
+    assert divergence.outlier(refused, 7, 2, now=100.0) is LONE_OUTLIER
+    assert divergence.outlier(refused, 7, 2, now=100.0 + LONE_GRACE - 0.1) is LONE_OUTLIER  # rejoined
+    failure = divergence.outlier(refused, 7, 2, now=100.0 + LONE_GRACE)
+    said = (
+        "every worker's updates are out of line since version 7: the run diverged (or the guard is too tight)"
+    )
+    assert failure == said
+    divergence.applied()
+    assert divergence.outlier(refused, 9, 2, now=200.0) is LONE_OUTLIER  # the count started again
+    assert divergence.outlier([DIVERGED_AFTER - 1], 9, 2, now=300.0) is None  # not yet four
+    assert isinstance(divergence.outlier(refused, 9, 1, now=0.0), str)  # M = 1: one worker is every worker
+    assert isinstance(divergence.outlier(refused * 2, 9, 3, now=0.0), str)  # two workers'
 
 
 def test_a_result_says_how_many_samples_its_final_loss_leaves_out() -> None:
