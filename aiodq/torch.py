@@ -96,9 +96,12 @@ def _as_tensor(values: Any, what: str, dtype: torch.dtype | None, device: torch.
 def _described(loss: object) -> str:
     """The loss, as it reads the same in every process that built it alike.
 
-    A module's ``repr`` and its public settings of plain types (``repr`` leaves out
-    CrossEntropyLoss's ``label_smoothing``, say), or a function's module and name.
+    A module's ``repr``, with a torch loss's public settings of plain types (``repr`` leaves out
+    CrossEntropyLoss's ``label_smoothing``, say; a loss of your own may hold figures of its process's
+    own samples, which would differ: a review), or a function's module and name.
     """
+    if isinstance(loss, torch.nn.Module) and not type(loss).__module__.startswith("torch."):
+        return repr(loss)
     if isinstance(loss, torch.nn.Module):
         settings = sorted(
             (name, value)

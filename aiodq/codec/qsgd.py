@@ -13,7 +13,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from .lowp import check_finite, draw_dither, float32_at_least, floor_with_dither
+from .lowp import check_finite, draw_dither, float32_at_least, floor_with_dither, real_input
 from .vectors import MAX_QSGD_LEVELS, QSGDVector, ZeroVector
 
 __all__ = ["quantize_qsgd", "quantize_qsgd_with_dither"]
@@ -54,5 +54,5 @@ def quantize_qsgd_with_dither(
 
 def quantize_qsgd(vector: npt.ArrayLike, s: int, rng: np.random.Generator) -> QSGDVector | ZeroVector:
     """QSGD with ``s`` levels, the dither drawn from ``rng``."""
-    v = np.asarray(vector, dtype=np.float64)
+    v = np.asarray(real_input(vector, rng, "vector"), dtype=np.float64)
     return quantize_qsgd_with_dither(v, s, draw_dither(rng, v.shape[0] if v.ndim else 1))

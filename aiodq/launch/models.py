@@ -63,7 +63,7 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
     except ImportError as exc:
         # (A newcomer trial: MODULE.py:NAME, and a module in another folder, said only what Python says.)
         hint = f"; name the module without .py: --model {module_name[:-3]}:{attribute}"
-        if not module_name.endswith(".py"):
+        if not (module_name.endswith(".py") and Path(module_name).is_file()):
             hint = f"; modules are imported from {Path.cwd()} (the current folder) and PYTHONPATH"
         if not isinstance(exc, ModuleNotFoundError) or exc.name not in (
             module_name,

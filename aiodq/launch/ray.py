@@ -49,6 +49,8 @@ __all__ = ["RayMissingError", "import_ray", "run_ray"]
 
 _log = logging.getLogger("aiodq.launch")
 
+#: Ray's switch for its crash handler, which takes SIGTERM from the whole process (run_ray sets it).
+_NO_CRASH_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 #: Seconds between the driver's polls of the master (progress, log records, failed workers).
 _POLL = 0.25
 #: How long the master actor has to close (and checkpoint) when a run stops early, before it is killed.
@@ -181,8 +183,9 @@ async def run_ray(
         # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).  Its core worker
         # installs a crash handler for SIGTERM in the whole process all the same (absl's): a SIGTERM
         # aborted the command, exit 134, without the run as it stood (a newcomer trial).  Off unless
-        # the caller asks for it (ray.md).
-        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        # the caller asks for it (ray.md), while Ray starts: the caller's environment is put back after.
+        ours = _NO_CRASH_HANDLER not in os.environ
+        os.environ.setdefault(_NO_CRASH_HANDLER, "1")
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
         start = RayStart(ray, address="local" if local else address, **options)
@@ -208,6 +211,8 @@ async def run_ray(
             raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
+            if ours:
+                os.environ.pop(_NO_CRASH_HANDLER, None)
         started = True
         _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
     # Where the checkpoint holds a run that stopped early, and the run as it stood:

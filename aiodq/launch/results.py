@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,8 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
     try:
         stored = checkpoint_file.load(path, what="model file")
     except CheckpointError as exc:
-        raise RunError(f"{exc}{_what_else(Path(path))}") from None
+        unzipped = isinstance(exc.__cause__, (zipfile.BadZipFile, EOFError))  # (no archive: say what it is)
+        raise RunError(f"{exc}{_what_else(Path(path)) if unzipped else ''}") from None
     model = stored.arrays.get("model")
     if (kind := checkpoint_file.kind_of(stored.meta)) != "model" or model is None:
         what = {

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
+from typing import ClassVar
 
 from threadpoolctl import threadpool_limits
 
@@ -34,12 +36,15 @@ def _at_least(value: object, low: int, high: float = math.inf) -> bool:
 
 def check_master_arguments(
     port: object, samples: object, blas_threads: object, checkpoint_interval: object
-) -> None:
+) -> tuple[int, int | None, int | None]:
     """Refuse a :class:`~aiodq.net.master.Master`'s arguments that could not work; warn of an unknown n.
 
     Without ``samples`` (x_0 given as an array, no ``samples=``) the workers' reports say how many
     samples there are: an admitted worker that claims 2^62 sets the epoch length and its own weight
     in g_snap and F (an attack froze such a run in epoch 0): a warning says so.
+
+    Returns:
+        ``port``, ``samples`` and ``blas_threads`` as Python ints (a numpy port failed at the listen).
 
     Raises:
         ValueError: naming the argument and the value.
@@ -59,6 +64,12 @@ def check_master_arguments(
         )
     if not (_seconds(checkpoint_interval) or 0.0) > 0:
         raise ValueError(f"checkpoint_interval must be positive, got {checkpoint_interval!r}")
+    return _as_int(port) or 0, _as_int(samples), _as_int(blas_threads)
+
+
+def _as_int(value: object) -> int | None:
+    """An integer checked above as a Python int; None stays None."""
+    return int(value) if isinstance(value, numbers.Integral) else None
 
 
 def check_timeout(timeout: object, *, started: bool) -> None:
@@ -80,27 +91,32 @@ class BlasLimit:
 
     ``threadpool_limits`` restores what it found when it began: two masters whose lifetimes
     overlapped (A starts, B starts, A closes, B closes) left B uncapped after A closed, and the
-    process limited to one thread after both had (an API audit).  Holders share one count: the
-    first saves the process's limits, each sets its own, the last puts the saved ones back.
+    process limited to one thread after both had (an API audit).  Holders share one list: the
+    first saves the process's limits, each sets its own, one that ends sets the latest live
+    holder's again (a review: A kept B's), and the last puts the saved ones back.
     """
 
-    _holders = 0
-    _saved: threadpool_limits | None = None
+    _live: ClassVar[list[BlasLimit]] = []
+    _saved: ClassVar[threadpool_limits | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, threads: int) -> None:
-        if BlasLimit._holders == 0:
-            BlasLimit._saved = threadpool_limits(threads, user_api="blas")
-        else:
-            threadpool_limits(threads, user_api="blas")  # (the first holder's saved state is restored)
-        BlasLimit._holders += 1
-        self._held = True
+        self.threads = threads
+        with BlasLimit._lock:
+            if not BlasLimit._live:
+                BlasLimit._saved = threadpool_limits(threads, user_api="blas")
+            else:
+                threadpool_limits(threads, user_api="blas")  # (the first holder's saved state is restored)
+            BlasLimit._live.append(self)
 
     def release(self) -> None:
-        """End this holder's limit; the last one restores the limits the first found.  Once only."""
-        if not self._held:
-            return
-        self._held = False
-        BlasLimit._holders -= 1
-        if BlasLimit._holders == 0 and BlasLimit._saved is not None:
-            BlasLimit._saved.restore_original_limits()
-            BlasLimit._saved = None
+        """End this holder's limit: the latest live holder's applies; after the last, what the first found."""
+        with BlasLimit._lock:
+            if self not in BlasLimit._live:
+                return
+            BlasLimit._live.remove(self)
+            if BlasLimit._live:
+                threadpool_limits(BlasLimit._live[-1].threads, user_api="blas")
+            elif BlasLimit._saved is not None:
+                BlasLimit._saved.restore_original_limits()
+                BlasLimit._saved = None

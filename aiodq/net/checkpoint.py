@@ -20,7 +20,6 @@ import contextlib
 import glob
 import json
 import logging
-import math
 import os
 import tempfile
 import zipfile
@@ -31,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CheckpointError
-from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import other_data
 from ..protocol.recovery import Checkpoint
 
@@ -47,8 +45,9 @@ __all__ = [
     "load",
     "lock",
     "holds_records",
-    "most_records",
+    "RECORDS_READ_LIMIT",
     "read_limit",
+    "records_in",
     "remove_stale",
     "resumable",
     "save",
@@ -265,7 +264,7 @@ def check_fresh_start(path: str | Path, *, max_bytes: int = 1 << 30) -> None:
 def read_limit(dim: int, epochs: int, records: int = 0) -> int:
     """The most a checkpoint of a run of ``dim`` parameters and ``epochs`` epochs takes once read.
 
-    Its arrays (at most eight float64 vectors, and ``records`` model records: :func:`most_records`)
+    Its arrays (at most eight float64 vectors, and ``records`` model records: :func:`records_in`)
     and its metadata (the latest errors, at most 100 texts of 1,024 characters, each at most 6
     bytes in its JSON as UTF-8, whatever ``max_reason_bytes``; the counts by code, of which only
     assigned codes have their own key; a trace line per epoch), with room.
@@ -273,16 +272,24 @@ def read_limit(dim: int, epochs: int, records: int = 0) -> int:
     return (64 + 8 * records) * dim + (4 << 20) + 1024 * (epochs + records)
 
 
-def most_records(config: TrainConfig, record_every: int, samples: int | None) -> int:
-    """The most model records a run keeps: one a snapshot phase, one every ``record_every`` updates.
+#: The most bytes a checkpoint's model records may take once read (beyond, the checkpoint is refused).
+RECORDS_READ_LIMIT = 4 << 30
 
-    An epoch's updates are ``config.updates_per_epoch``, else ``ceil(samples / batch)``; with
-    neither known, 2^20 records.
+
+def records_in(path: str | Path, dim: int) -> int:
+    """How many model records the checkpoint ``path`` says it holds, for its read limit (0 if unreadable).
+
+    From its metadata, read alone first; at most as many as :data:`RECORDS_READ_LIMIT` bytes of
+    ``dim``-vectors (a review: a limit from this run's ``record_every`` refused a checkpoint resumed
+    without it, and one from 2^20 records let a crafted file take terabytes).
     """
-    if not record_every:
+    try:
+        count = load(path, max_bytes=16 << 20, arrays=False).meta.get("records", 0)
+    except CheckpointError:
         return 0
-    updates = config.updates_per_epoch or (math.ceil(samples / config.batch) if samples else 0)
-    return config.epochs + 1 + config.epochs * updates // record_every if updates else 1 << 20
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return 0
+    return min(count, RECORDS_READ_LIMIT // (8 * max(dim, 1) + 1024))
 
 
 def holds_records(path: str | Path) -> bool:

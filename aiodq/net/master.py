@@ -113,7 +113,7 @@ class Master:
         self._start = None if start_from is None else vector_digest(x0)  # (in provenance, checkpoints)
         if samples is None and hasattr(model, "loss_grad"):
             samples = int(getattr(model, "samples", 0)) or None
-        check_master_arguments(port, samples, blas_threads, checkpoint_interval)
+        port, samples, blas_threads = check_master_arguments(port, samples, blas_threads, checkpoint_interval)
         self.config = config
         self.master_config = master_config or MasterConfig()
         self._connection_config = connection_config or ConnectionConfig()
@@ -248,7 +248,9 @@ class Master:
 
     def _checkpoint_bytes(self) -> int:
         assert self.coordinator is not None
-        records = checkpoint_file.most_records(self.config, self._record_every, self._samples)
+        records = (
+            checkpoint_file.records_in(self._checkpoint, self.coordinator.dim) if self._checkpoint else 0
+        )
         return checkpoint_file.read_limit(self.coordinator.dim, self.config.epochs, records)
 
     @property
@@ -275,7 +277,7 @@ class Master:
         return await self._result_after(self._trained, timeout)
 
     async def _result_after(self, event: asyncio.Event, timeout: float | None) -> RunResult:
-        check_timeout(timeout, started=self.coordinator is not None)
+        check_timeout(timeout, started=self._began)
         try:
             async with asyncio.timeout(timeout):
                 await event.wait()

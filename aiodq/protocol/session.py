@@ -284,9 +284,9 @@ class WorkerSession:
                 # (A trial: frozen layers drawn apart in each process trained to 0.52 test accuracy, exit 0.)
                 raise ValueError(
                     f"this worker's model holds other values than the master's where x does not reach "
-                    f"(frozen parameters or buffers: fingerprint {own_fixed}, the master's {fixed}): build "
-                    "it alike in every process (seed torch, or load the same weights; buffers computed from "
-                    "a process's own samples differ too)"
+                    f"(layers, loss, frozen parameters or buffers: fingerprint {own_fixed}, the master's "
+                    f"{fixed}): build it alike in every process (seed torch, or load the same weights; "
+                    "buffers computed from a process's own samples differ too)"
                 )
             if objective.dim != event.dim:
                 own = config.model

@@ -371,6 +371,9 @@ def test_a_model_file_that_is_damaged_or_another_kind_is_a_run_error(tmp_path: P
     np.save(tmp_path / "x.npy", np.ones(3))
     (tmp_path / "result.json").write_text('{"trace": []}\n')
     (tmp_path / "model.npz").write_bytes(whole)
+    np.savez(tmp_path / "other.npz", weights=np.ones(3))  # an archive, whole: no guess added (a review)
+    with pytest.raises(RunError, match=r"without aiodq's metadata \(its arrays: 'weights'\)$"):
+        load_model(tmp_path / "other.npz")
     for name, said in (
         ("cut.npz", "(an .npz archive cut short or damaged)"),
         ("x.npy", "(a .npy array, not a model file: read it with numpy.load)"),

@@ -160,6 +160,20 @@ async def test_a_wait_that_could_not_end_as_asked_is_refused() -> None:
     for wait in (master.wait, master.trained):
         with pytest.raises(RuntimeError, match=r"^the master has not started: call start\(\) first"):
             await wait()
+    # numpy's integers are taken as Python's (a review: np.int64(0) passed the check, then failed the listen).
+    async with Master(
+        TrainConfig(epochs=1), X0, workers=1, port=np.int64(0), samples=np.int64(300)
+    ) as numpy_port:
+        assert numpy_port.address[1] > 0
+    # Nor after a start that failed (a review: the coordinator it had made let the wait block).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        failed = Master(TrainConfig(epochs=1), X0, workers=1, port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            await failed.start()
+    with pytest.raises(RuntimeError, match=r"^the master has not started"):
+        await failed.wait()
     async with master:
         for timeout in (float("nan"), -1.0, "5"):
             with pytest.raises(ValueError, match=r"^timeout must be a number of seconds, 0 or more, or None"):
@@ -193,6 +207,19 @@ async def test_masters_whose_lifetimes_overlap_put_blas_back_as_it_was() -> None
         assert blas() == before  # (1 here before)
         await second.close()  # a second close changes nothing
         assert blas() == before
+        # Holders of different limits: the one still running keeps its own (a review: it got the other's).
+        ones, twos = (
+            Master(TrainConfig(epochs=1), X0, workers=1),
+            Master(TrainConfig(epochs=1), X0, workers=1, blas_threads=2),
+        )
+        with threadpoolctl.threadpool_limits(3, user_api="blas"):
+            await ones.start()
+            await twos.start()
+            assert all(threads == 2 for threads in blas())
+            await twos.close()
+            assert all(threads == 1 for threads in blas())
+            await ones.close()
+            assert all(threads == 3 for threads in blas())
 
 
 @pytest.mark.asyncio

@@ -249,9 +249,9 @@ def test_a_worker_whose_model_differs_from_the_masters_is_not_restarted(tmp_path
     assert re.fullmatch(
         r"aiodq run: worker process [01]/2 exited with status 2: aiodq worker: the session ended: "
         r"INVALID_CONFIG: this worker's model holds other values than the master's where x does not reach "
-        r"\(frozen parameters or buffers: fingerprint process \d+, the master's process \d+\): build it "
-        r"alike in every process \(seed torch, or load the same weights; buffers computed from a "
-        r"process's own samples differ too\)",
+        r"\(layers, loss, frozen parameters or buffers: fingerprint process \d+, the master's "
+        r"process \d+\): build it alike in every process \(seed torch, or load the same weights; buffers "
+        r"computed from a process's own samples differ too\)",
         said,
     ), said
     assert "restarting it" not in (out / "aiodq.log").read_text()

@@ -23,7 +23,7 @@ from aiodq.codec.messages import DecodeContext, decode_message, encode_message
 from aiodq.codec.vectors import DenseQuantized, RawVector, ZeroVector
 from aiodq.config import ConnectionConfig, Limits, MasterConfig
 from aiodq.errors import CheckpointError, ErrorCode
-from aiodq.net.checkpoint import load, save
+from aiodq.net.checkpoint import RECORDS_READ_LIMIT, load, read_limit, records_in, save
 from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.coordinator import DIVERGED_AFTER, Phase
 from aiodq.protocol.dataset import shard
@@ -852,6 +852,27 @@ def test_a_checkpoint_keeps_the_model_records_and_the_resumed_run_goes_on_from_t
     afresh = Cluster(train, small_a9a(), 2, connect=False, record_every=7)
     afresh.coordinator.restore(older, 0.0)
     assert afresh.coordinator.records == []
+
+
+def test_a_checkpoints_read_limit_counts_the_records_it_says_it_holds(tmp_path: Any) -> None:
+    """A review: the read limit counted the records of the resuming run's own record_every, so a checkpoint
+    with records resumed without it was refused as too large; and a limit from 2^20 records let a crafted
+    file take terabytes.  The limit counts the records its metadata says it holds, at most 4 GiB."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2, record_every=1)
+    cluster.run(until=lambda: cluster.coordinator.state.version > 60)
+    path = tmp_path / "run.ckpt"
+    save(path, cluster.coordinator.checkpoint(cluster.now))
+    held = len(cluster.coordinator.records)
+    assert records_in(path, D) == held > 60
+    load(path, max_bytes=read_limit(D, train.epochs, records_in(path, D)))  # resumed without record_every
+    # Room for each record's model (8 bytes a parameter) and its figures, whatever the resuming run records.
+    assert read_limit(D, train.epochs, held) - read_limit(D, train.epochs) == (8 * D + 1024) * held
+    crafted = load(path)
+    crafted.meta["records"] = 10**12
+    save(path, crafted)
+    assert records_in(path, D) == RECORDS_READ_LIMIT // (8 * D + 1024)
+    assert records_in(tmp_path / "missing.ckpt", D) == 0
 
 
 def test_damaged_model_records_in_a_checkpoint_are_refused(tmp_path: Any) -> None:

@@ -520,6 +520,8 @@ def test_complex_input_and_a_generator_that_is_none_are_refused_by_name() -> Non
         quantize_model(np.ones(3) * 1j, np.zeros(3), 0.5, rng)
     with pytest.raises(ValueError, match=r"^the snapshot must be real numbers"):
         quantize_model(np.ones(3), np.zeros(3, dtype=np.complex64), 0.5, rng)
+    with pytest.raises(ValueError, match=r"^the vector must be real numbers"):
+        quantize_qsgd(np.ones(4) * 1j, 16, rng)
     for bad in (None, 0, np.random.default_rng(0).bit_generator):
         with pytest.raises(TypeError, match=r"^rng must be a numpy.random.Generator \(make_rng, say\), got "):
             quantize_gradient(np.ones(4), 4, bad)  # type: ignore[arg-type]

@@ -281,6 +281,17 @@ def test_the_fingerprint_tells_modules_of_the_same_size_apart() -> None:
     assert built(nn.ReLU()).fingerprint() == relu
     assert built(nn.Tanh()).fingerprint() != relu
     assert built(nn.ReLU(), nn.CrossEntropyLoss(label_smoothing=0.1)).fingerprint() != relu
+
+    class Weighted(nn.Module):  # a loss of one's own holding a figure of its process's samples
+        def __init__(self, share: float) -> None:
+            super().__init__()
+            self.share = share
+
+        def forward(self, outputs: Any, targets: Any) -> Any:
+            return nn.functional.cross_entropy(outputs, targets, reduction="sum")
+
+    # Its attributes may differ from process to process (a review: every worker refused the run).
+    assert built(nn.ReLU(), Weighted(0.25)).fingerprint() == built(nn.ReLU(), Weighted(0.75)).fingerprint()
     meta = {"fixed": relu}
     check_data("run.ckpt", meta, None, relu)  # the same: resumed
     check_data("run.ckpt", {}, None, relu)  # an earlier version's checkpoint names none: not checked
