@@ -49,6 +49,8 @@ __all__ = ["RayMissingError", "import_ray", "run_ray"]
 
 _log = logging.getLogger("aiodq.launch")
 
+#: Seconds a cancelled run waits for Ray's shutdown before it goes on.
+SHUTDOWN_GRACE = 30.0
 #: Ray's switch for its crash handler, which takes SIGTERM from the whole process (run_ray sets it).
 _NO_CRASH_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 #: Seconds between the driver's polls of the master (progress, log records, failed workers).
@@ -183,8 +185,8 @@ async def run_ray(
         # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).  Its core worker
         # installs a crash handler for SIGTERM in the whole process all the same (absl's): a SIGTERM
         # aborted the command, exit 134, without the run as it stood (a newcomer trial).  Off unless
-        # the caller asks for it (ray.md), while Ray starts: the caller's environment is put back after.
-        ours = _NO_CRASH_HANDLER not in os.environ
+        # the caller asks for it (ray.md), for the rest of the process: Ray reads it again after its
+        # start (put back once the start had returned, a SIGTERM still ended the command with SIGABRT).
         os.environ.setdefault(_NO_CRASH_HANDLER, "1")
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
@@ -211,8 +213,6 @@ async def run_ray(
             raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
-            if ours:
-                os.environ.pop(_NO_CRASH_HANDLER, None)
         started = True
         _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
     # Where the checkpoint holds a run that stopped early, and the run as it stood:
@@ -262,7 +262,7 @@ async def run_ray(
         if start is not None and started:
             stopping = time.monotonic()
             start.stop()
-            await asyncio.shield(start.down)
+            await _ray_down(start)
             _log.debug("Ray shut down in %.2f s", time.monotonic() - stopping)
     result.summary["ray"] = {
         **result.summary["ray"],
@@ -486,6 +486,25 @@ async def _run(
     if records is not None:
         records.extend(kept)
     return result
+
+
+async def _ray_down(start: RayStart) -> None:
+    """Wait for Ray's shutdown, whatever cancellations come (once one has, ``SHUTDOWN_GRACE`` s at most).
+
+    A stopped command whose wait was cancelled again exited while Ray was being torn down in its
+    thread, and Ray's exit handler then aborted the process (SIGABRT after "stopped by SIGTERM",
+    one run in four under load).  The cancellation is raised again once Ray is down.
+    """
+    cancelled = False
+    while not start.down.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(start.down), SHUTDOWN_GRACE if cancelled else None)
+        except asyncio.CancelledError:
+            cancelled = True
+        except TimeoutError:
+            break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _master_placement(ray: Any, strategies: Any, master_node: str | None) -> Any:
