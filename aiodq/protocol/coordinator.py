@@ -102,7 +102,7 @@ class Coordinator:
         workers = check_workers(workers)
         if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 0:
             raise ValueError("record_every must be a non-negative integer")
-        self.config, self.master_config = config, master_config or MasterConfig()
+        self.config, self.master_config = config, (master := master_config or MasterConfig())
         self.guard = Guard(config, factor=self.master_config.guard, workers=workers, samples=samples)
         self.state = MasterState(config, x0)
         self.dim, self.expected_workers, self.phase = int(self.state.x.shape[0]), workers, Phase.JOINING
@@ -117,7 +117,7 @@ class Coordinator:
         self.ledger = Ledger()
         self.finished_at: float | None = None  # when the run ended
         self.failure: str | None = None  #: why the run ended before its epochs did (it diverged), or None
-        self._divergence, self._admission = Divergence(), Admission(config, workers, self.master_config)
+        self._divergence, self._admission = Divergence(workers), Admission(config, workers, master)
         coded = config.adaptive_coding and config.spec.model == "quantized"  # dense codes to choose for
         self._coding = CodingChooser() if coded else None  # adaptive.py
         #: True after :meth:`restore` of a mid-epoch checkpoint: the next snapshot phase only hands the
@@ -386,7 +386,7 @@ class Coordinator:
         # The reports are checked together (the guard compares them), then summed.
         reports = {wid: w.report for wid, w in self._workers.items() if w.joined and w.report is not None}
         refusals = self.guard.outliers(reports)
-        if (failure := self._divergence.reports(refusals, reports, self.state.epoch)) is not None:
+        if (failure := self._divergence.reports(refusals, reports, self.state.epoch, now)) is not None:
             return self._finish(now, failure)
         self._judged = True  # (each removal judged the reports left anew: the second refusal was lost)
         try:
@@ -399,7 +399,7 @@ class Coordinator:
         active = [w for w in self._workers.values() if w.active and w.joined]
         if not active or not reports:
             # Every worker left during the phase: wait for workers to join again (unless x_snap overflows).
-            if (failure := self._divergence.unreported(self.state.epoch)) is not None:
+            if (failure := self._divergence.unreported(self.state.epoch, now)) is not None:
                 return self._finish(now, failure)
             if any(w.joined and w.snapshot_sent is not None for w in self._workers.values()):
                 return  # one owes an earlier SNAPSHOT: on its answer it gets this one, then is awaited
@@ -494,7 +494,7 @@ class Coordinator:
             if outcome.reason == "outlier":
                 worker.refused += 1
                 refused = [w.refused for w in self._workers.values() if w.joined]
-                verdict = self._divergence.outlier(refused, state.version, self.expected_workers, now)
+                verdict = self._divergence.outlier(refused, state.version, now)
                 if isinstance(verdict, Refusal):  # a lone worker's (guard.LONE_OUTLIER)
                     return self._remove(worker_id, verdict, now)
                 if verdict is not None:

@@ -454,9 +454,11 @@ class Divergence:
     every report of a snapshot phase out of line, or not finite.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        self._workers = workers  # M: of M >= 2, one worker alone is judged only after LONE_GRACE
         self._overflows = 0
         self._lone_since: float | None = None  # when a lone worker's updates were first refused so
+        self._lone_reports_since: float | None = None  # and a lone worker's snapshot reports
         self._epoch = -1  # the epoch of the snapshot reports counted below
         self._finite = self._non_finite = 0
         self._awaited = 0  # workers the snapshot phase of that epoch last started waiting for
@@ -484,7 +486,7 @@ class Divergence:
         elif refusal.code is ErrorCode.NON_FINITE:
             self._non_finite += 1
 
-    def unreported(self, epoch: int) -> str | None:
+    def unreported(self, epoch: int, now: float) -> str | None:
         """Every worker left ``epoch``'s snapshot phase: the failure, if its reports were all non-finite.
 
         As many of them as the phase last started waiting for (at least one), and none finite:
@@ -492,14 +494,22 @@ class Divergence:
         the same for ever.  One hostile worker among honest ones cannot end the run this way
         (theirs are finite), nor one whose non-finite report meets honest workers that left
         without reporting: it would have to rejoin and be refused as often as the phase waits for
-        reports while no honest one came.
+        reports while no honest one came.  Of a run of M >= 2 workers, a phase that waited for
+        one worker alone judges so only after :data:`LONE_GRACE` seconds of such phases (:meth:`_lone`).
         """
         if epoch == self._epoch and self._non_finite >= max(1, self._awaited) and not self._finite:
+            if self._awaited < min(self._workers, 2) and self._lone(now):
+                return None
             return (
                 f"every snapshot report at epoch {epoch} is not finite: the run diverged "
                 "(is the step size too large?)"
             )
         return None
+
+    def _lone(self, now: float) -> bool:
+        """A lone worker's reports refused at ``now``: True while within :data:`LONE_GRACE` of the first."""
+        self._lone_reports_since = now if self._lone_reports_since is None else self._lone_reports_since
+        return now - self._lone_reports_since < LONE_GRACE
 
     @staticmethod
     def loss(epoch: int, loss: float, first: float) -> str | None:
@@ -522,12 +532,10 @@ class Divergence:
         self._overflows = 0
         self._lone_since = None
 
-    def outlier(
-        self, refused_counts: list[int], version: int, workers: int, now: float
-    ) -> str | Refusal | None:
+    def outlier(self, refused_counts: list[int], version: int, now: float) -> str | Refusal | None:
         """After one more out-of-line update: the failure, if every live worker's keep being refused.
 
-        Of a run of ``workers`` M >= 2, two workers' at least: one alone (the others gone for a
+        Of a run of M >= 2 workers, two workers' at least: one alone (the others gone for a
         moment) is removed instead, :data:`LONE_OUTLIER` (an attack: an admitted worker that sent
         outliers ended a healthy run as diverged whenever it was the only one connected), unless
         lone workers' updates have been refused so for :data:`LONE_GRACE` seconds with none applied:
@@ -539,25 +547,36 @@ class Divergence:
             f"every worker's updates are out of line since version {version}: the run diverged "
             "(or the guard is too tight)"
         )
-        if len(refused_counts) < min(workers, 2):
+        if len(refused_counts) < min(self._workers, 2):
             self._lone_since = now if self._lone_since is None else self._lone_since
             if now - self._lone_since < LONE_GRACE:
                 return LONE_OUTLIER
         return failure
 
-    @staticmethod
-    def reports(refusals: dict[int, Refusal], reports: dict[int, SnapshotGradient], epoch: int) -> str | None:
+    def reports(
+        self,
+        refusals: dict[int, Refusal],
+        reports: dict[int, SnapshotGradient],
+        epoch: int,
+        now: float,
+    ) -> str | None:
         """After a snapshot phase's check: the failure, if every report was refused.
 
         That happens with one or two reports, judged against the previous phase's: it is the
         snapshot that is off, not a worker, and removed workers would rejoin and report the same.
+        Of a run of M >= 2 workers, one report alone is so judged only after :data:`LONE_GRACE`
+        seconds of such phases (an attack: a lone worker's reports out of line ended a healthy run).
         """
-        if refusals and len(refusals) == len(reports):
-            return (
-                f"every snapshot report at epoch {epoch} is out of line with the previous phase's: "
-                "the run diverged (or the guard is too tight)"
-            )
-        return None
+        if reports and len(refusals) < len(reports):
+            self._lone_reports_since = None  # a report stood
+        if not refusals or len(refusals) != len(reports):
+            return None
+        if len(reports) < min(self._workers, 2) and self._lone(now):
+            return None
+        return (
+            f"every snapshot report at epoch {epoch} is out of line with the previous phase's: "
+            "the run diverged (or the guard is too tight)"
+        )
 
     def overflow(self, live: int, workers: int, version: int) -> str | None:
         """After an update that would take the model out of range: the failure, if the run diverged."""

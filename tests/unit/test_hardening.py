@@ -302,20 +302,20 @@ def test_a_lone_workers_refusals_end_the_run_as_diverged_after_the_grace() -> No
     """A review: a run that really diverges with one of its M >= 2 workers connected would have that
     worker removed and rejoin for ever.  Lone workers' updates refused for LONE_GRACE seconds, none
     applied in between, end the run as diverged; an update applied starts the count again."""
-    divergence = Divergence()
+    divergence = Divergence(2)
     refused = [DIVERGED_AFTER]
-    assert divergence.outlier(refused, 7, 2, now=100.0) is LONE_OUTLIER
-    assert divergence.outlier(refused, 7, 2, now=100.0 + LONE_GRACE - 0.1) is LONE_OUTLIER  # rejoined
-    failure = divergence.outlier(refused, 7, 2, now=100.0 + LONE_GRACE)
+    assert divergence.outlier(refused, 7, now=100.0) is LONE_OUTLIER
+    assert divergence.outlier(refused, 7, now=100.0 + LONE_GRACE - 0.1) is LONE_OUTLIER  # rejoined
+    failure = divergence.outlier(refused, 7, now=100.0 + LONE_GRACE)
     said = (
         "every worker's updates are out of line since version 7: the run diverged (or the guard is too tight)"
     )
     assert failure == said
     divergence.applied()
-    assert divergence.outlier(refused, 9, 2, now=200.0) is LONE_OUTLIER  # the count started again
-    assert divergence.outlier([DIVERGED_AFTER - 1], 9, 2, now=300.0) is None  # not yet four
-    assert isinstance(divergence.outlier(refused, 9, 1, now=0.0), str)  # M = 1: one worker is every worker
-    assert isinstance(divergence.outlier(refused * 2, 9, 3, now=0.0), str)  # two workers'
+    assert divergence.outlier(refused, 9, now=200.0) is LONE_OUTLIER  # the count started again
+    assert divergence.outlier([DIVERGED_AFTER - 1], 9, now=300.0) is None  # not yet four
+    assert isinstance(Divergence(1).outlier(refused, 9, now=0.0), str)  # M = 1: one worker is every worker
+    assert isinstance(Divergence(3).outlier(refused * 2, 9, now=0.0), str)  # two workers'
 
 
 def test_a_result_says_how_many_samples_its_final_loss_leaves_out() -> None:
@@ -337,6 +337,32 @@ def test_a_result_says_how_many_samples_its_final_loss_leaves_out() -> None:
     assert result.ok and result.samples == data.samples
     assert result.missing_samples == len(shard(data.samples, 2, 1)) == data.samples - result.trace[-1].samples
     assert dataclasses.replace(result, samples=None).missing_samples == 0  # n unknown: nothing to say
+
+
+def test_a_lone_workers_refused_snapshot_reports_end_the_run_only_after_the_grace() -> None:
+    """An attack review: with the other worker gone during a snapshot phase, a lone worker reporting 1,000
+    times its loss ended a healthy run as diverged (every report of the phase out of line), as would a
+    non-finite report.  Of M >= 2, one report alone ends the run only after LONE_GRACE seconds of such
+    phases with no report standing."""
+    refusal = Refusal(ErrorCode.INVALID_PAYLOAD, "out of line")
+    lone, pair = _reports(0.5, epoch=3), _reports(0.5, 0.5, epoch=3)
+    divergence = Divergence(2)
+    assert divergence.reports({0: refusal}, lone, 3, now=10.0) is None
+    assert divergence.reports({0: refusal}, lone, 3, now=10.0 + LONE_GRACE - 0.1) is None
+    said = divergence.reports({0: refusal}, lone, 3, now=10.0 + LONE_GRACE)
+    assert said is not None and said.startswith("every snapshot report at epoch 3 is out of line")
+    assert Divergence(2).reports({0: refusal, 1: refusal}, pair, 3, now=0.0) is not None  # two: at once
+    assert Divergence(1).reports({0: refusal}, lone, 3, now=0.0) is not None  # M = 1: at once
+    again = Divergence(2)
+    assert again.reports({0: refusal}, lone, 3, now=0.0) is None
+    assert again.reports({}, lone, 4, now=20.0) is None  # a report stood: the count starts again
+    assert again.reports({0: refusal}, lone, 5, now=40.0) is None
+    # A non-finite report from the one worker a phase waited for: the same grace.
+    unfinite = Divergence(2)
+    unfinite.awaiting(3, 1)
+    unfinite.report(3, 3, Refusal(ErrorCode.NON_FINITE, "not finite"))
+    assert unfinite.unreported(3, now=0.0) is None
+    assert unfinite.unreported(3, now=LONE_GRACE) is not None
 
 
 @pytest.mark.parametrize("workers", [1, 2])
