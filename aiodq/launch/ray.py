@@ -64,7 +64,15 @@ class RayMissingError(UsageError, ImportError):
 
 
 def import_ray() -> Any:
-    """Ray, or :class:`RayMissingError` saying which extra brings it (``pip install 'aiodq[ray]'``)."""
+    """Ray, or :class:`RayMissingError` saying which extra brings it (``pip install 'aiodq[ray]'``).
+
+    Ray's core worker installs a crash handler for SIGTERM in the whole process: a SIGTERM aborted
+    ``aiodq run --launcher ray`` (exit 134) without the run as it stood (a newcomer trial).  It is
+    off unless the caller set :data:`_NO_CRASH_HANDLER` (ray.md), from before Ray's import (set
+    only before ``ray.init``, the command line's earlier import came first, and a loaded suite's
+    run still aborted once).
+    """
+    os.environ.setdefault(_NO_CRASH_HANDLER, "1")
     try:
         return importlib.import_module("ray")
     except ImportError as exc:
@@ -182,12 +190,8 @@ async def run_ray(
             cpus = max(os.cpu_count() or 1, math.ceil(workers * worker_cpus))
             options.update(num_cpus=cpus, include_dashboard=False)
         # Ray takes seconds to start: in a thread, so that the caller's event loop runs meanwhile
-        # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone).  Its core worker
-        # installs a crash handler for SIGTERM in the whole process all the same (absl's): a SIGTERM
-        # aborted the command, exit 134, without the run as it stood (a newcomer trial).  Off unless
-        # the caller asks for it (ray.md), for the rest of the process: Ray reads it again after its
-        # start (put back once the start had returned, a SIGTERM still ended the command with SIGABRT).
-        os.environ.setdefault(_NO_CRASH_HANDLER, "1")
+        # (and Ray, off the main thread, leaves the caller's SIGTERM handler alone; import_ray turned
+        # its crash handler off).
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
         start = RayStart(ray, address="local" if local else address, **options)
