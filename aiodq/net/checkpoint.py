@@ -283,10 +283,7 @@ def records_in(path: str | Path, dim: int) -> int:
     ``dim``-vectors (a review: a limit from this run's ``record_every`` refused a checkpoint resumed
     without it, and one from 2^20 records let a crafted file take terabytes).
     """
-    try:
-        count = load(path, max_bytes=16 << 20, arrays=False).meta.get("records", 0)
-    except CheckpointError:
-        return 0
+    count = _meta(path).get("records", 0)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         return 0
     return min(count, RECORDS_READ_LIMIT // (8 * max(dim, 1) + 1024))
@@ -294,10 +291,15 @@ def records_in(path: str | Path, dim: int) -> int:
 
 def holds_records(path: str | Path) -> bool:
     """Whether the checkpoint ``path`` keeps its run's model records (earlier versions' kept none)."""
+    return "records" in _meta(path)
+
+
+def _meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's metadata alone, read within 16 MiB; empty if it cannot be read."""
     try:
-        return "records" in load(path, max_bytes=16 << 20, arrays=False).meta
+        return load(path, max_bytes=16 << 20, arrays=False).meta
     except CheckpointError:
-        return False
+        return {}
 
 
 def check_data(
@@ -338,19 +340,13 @@ def check_data(
 
 def resumable(path: str | Path) -> tuple[int, int] | None:
     """``(epoch, version)`` of the unfinished run the checkpoint ``path`` holds, else None (or unreadable)."""
-    try:
-        meta = load(path, max_bytes=16 << 20, arrays=False).meta
-    except CheckpointError:
-        return None
+    meta = _meta(path)
     return None if meta.get("phase") in (None, "done") else _stood(meta)
 
 
 def finished_run(path: str | Path) -> bool:
     """Whether the checkpoint ``path`` holds a finished run, which ``--resume`` gives again."""
-    try:
-        meta = load(path, max_bytes=16 << 20, arrays=False).meta
-    except CheckpointError:
-        return False
+    meta = _meta(path)
     return meta.get("phase") == "done" and "failure" in meta
 
 
