@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import numbers
 import ssl as ssl_module
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from ..protocol.dataset import as_samples
 from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
 from ..protocol.start import check_contract
+from .logbook import printable
 
 __all__ = ["WorkerResult", "describe_os_error", "format_address", "run_worker"]
 
@@ -137,11 +140,15 @@ async def run_worker(
 
     Raises:
         TypeError: for data or an objective of an unsupported type (before connecting).
+        ValueError: for a ``retry_for`` that is NaN or negative.
         ValueError: for features and labels that do not fit together, or an objective whose
             ``loss_grad`` breaks its contract (means, not sums, say; before connecting).
         OSError: if the master cannot be reached (after the retries); its text says why.  If a
             session had ended before (the master stopped, say), a note (``__notes__``) says how.
     """
+    if isinstance(retry_for, bool) or not isinstance(retry_for, numbers.Real) or not retry_for >= 0:
+        # (nan retried for ever: an attack review)
+        raise ValueError(f"retry_for must be a number of seconds, 0 or more, got {retry_for!r}")
     if objective is not None:
         if features is not None or labels is not None:
             raise TypeError("give the worker either features and labels or an objective, not both")
@@ -217,6 +224,42 @@ async def run_worker(
         backoff = min(2 * backoff, 5.0)
 
 
+async def _drain(writer: asyncio.StreamWriter, session: WorkerSession, now: Callable[[], float]) -> bool:
+    """Wait until the transport takes more, within the connection's timers; False if the session timed out.
+
+    A master that stops reading (paused, cut off) fills the kernel's buffers, and a drain
+    without a deadline waited for ever (an attack review: 55 s and counting with an idle
+    timeout of 5 s).  The timers run as while reading (a HEARTBEAT is queued behind what
+    waits; the idle timeout ends the session, wire-format.md 8.3-3), except while the
+    transport's buffer keeps shrinking: a master that reads, however slowly, is alive,
+    though what it sent waits unread until the drain is over.
+    """
+    waiting = writer.transport.get_write_buffer_size()
+    floor = 0.0
+    while True:
+        timer = session.connection.get_timer()
+        try:
+            async with asyncio.timeout(None if timer is None else max(floor, timer - now())):
+                await writer.drain()
+            return True
+        except TimeoutError:
+            left = writer.transport.get_write_buffer_size()
+            if left < waiting:
+                waiting, floor = left, _DRAIN_CHECK
+                continue
+            session.handle_timer(now())
+            if session.closed:
+                return False
+            writer.write(session.data_to_send())
+            waiting = writer.transport.get_write_buffer_size()
+
+
+#: The most characters of a session's end reason kept (the master's CLOSE allows 1,024 bytes, escaped here).
+_REASON_CHARS = 4096
+#: Seconds between two looks at a slow drain's progress, once the timers have expired.
+_DRAIN_CHECK = 1.0
+
+
 #: Seconds a session must last for the reconnection backoff to start again from 0.1 s.
 _SETTLED = 10.0
 
@@ -255,9 +298,25 @@ async def _session(
     server_hostname: str | None,
 ) -> WorkerResult:
     """One connection: from HELLO to the master's CLOSE or the end of the stream."""
-    reader, writer = await asyncio.open_connection(
-        host, port, limit=_READ_SIZE, ssl=ssl, server_hostname=server_hostname if ssl else None
-    )
+    # The connection and its TLS handshake within the handshake timeout, as the protocol's handshake
+    # after them (an attack review: a master that never answered TLS held a worker for asyncio's 60 s,
+    # a full accept queue for the kernel's 130 s of SYN retries, whatever --retry-for said).
+    limit = (connection_config or ConnectionConfig()).handshake_timeout
+    try:
+        async with asyncio.timeout(limit):
+            if ssl is None:
+                reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    limit=_READ_SIZE,
+                    ssl=ssl,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=limit,
+                )
+    except TimeoutError:
+        raise TimeoutError(f"not connected within the handshake timeout ({limit:g} s)") from None
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -284,7 +343,9 @@ async def _session(
             data = session.data_to_send()
             if data:
                 writer.write(data)
-                await writer.drain()
+                if not await _drain(writer, session, now):
+                    writer.transport.abort()  # (a master that reads nothing: its bytes are not waited for)
+                    break
                 if not writer.transport.get_write_buffer_size():
                     # Every byte is with the kernel (or the TLS layer): while the master answers,
                     # compute the next step's model-free half (WorkerSession.prepare). With bytes
@@ -292,6 +353,9 @@ async def _session(
                     session.prepare(now())
             if session.closed:
                 break
+            if session.pending:  # messages that came behind the answer just sent
+                session.resume(now())
+                continue
             timer = session.connection.get_timer()
             timeout = None if timer is None else max(0.0, timer - now())
             try:
@@ -327,6 +391,9 @@ async def _session(
             async with asyncio.timeout(5.0):
                 await writer.wait_closed()
     code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "stream ended")
+    # The master's words, printed and logged: control characters escaped (an attack review forged a log
+    # line and cleared the terminal through a CLOSE's reason).
+    reason = printable(reason, _REASON_CHARS)
     if (code, reason) == (ErrorCode.PROTOCOL_ERROR, "stream ended"):
         # The stream ended without CLOSE: say how, and where.
         how = f"connection lost ({describe_os_error(lost)})" if lost else "the master closed the connection"

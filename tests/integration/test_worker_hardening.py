@@ -1,0 +1,128 @@
+"""The asyncio worker against a master that misbehaves on the socket: every wait ends.
+
+Each fake master here is a raw asyncio server on 127.0.0.1 written with the codec, as an
+attacker in the master's place would write it (an attack review of the worker side found
+each of these waits unbounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from aiodq.codec.events import Close, ConfigMessage, Snapshot, Welcome
+from aiodq.codec.messages import encode_message
+from aiodq.codec.vectors import RawVector
+from aiodq.config import ConnectionConfig
+from aiodq.errors import ErrorCode
+from aiodq.net.worker import run_worker
+from aiodq.protocol.algorithms import TrainConfig
+
+QUICK = ConnectionConfig(handshake_timeout=1.0, heartbeat_interval=0.5, idle_timeout=2.0)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(7)
+    return header + await reader.readexactly(struct.unpack_from("<I", header, 3)[0])
+
+
+@pytest.mark.asyncio
+async def test_a_master_that_stops_reading_ends_the_session_at_the_idle_timeout() -> None:
+    """The worker's answer, 8 MB of full precision, fills the socket's buffers of a master that reads
+    nothing more: its drain waited for ever (55 s and counting in the review, idle timeout 5 s)."""
+    dim = 1_000_000
+    features = scipy.sparse.random(16, dim, density=1e-4, format="csr", random_state=np.random.default_rng(0))
+    labels = np.tile([1.0, -1.0], 8)
+    params = TrainConfig(epochs=1).to_params()
+    served, over = asyncio.Event(), asyncio.Event()
+
+    async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_frame(reader)  # HELLO
+        writer.write(encode_message(Welcome(version=1, worker_id=0)))
+        writer.write(encode_message(ConfigMessage(dim=dim, algorithm="asylpg", params=params)))
+        writer.write(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(dim)))))
+        await writer.drain()
+        served.set()
+        await over.wait()  # silent, reading nothing, the connection open, until the test is over
+        writer.transport.abort()
+
+    server = await asyncio.start_server(master, "127.0.0.1", 0)
+    async with server:
+        host, port = server.sockets[0].getsockname()[:2]
+        began = time.monotonic()
+        result = await asyncio.wait_for(
+            run_worker(host, port, features, labels, connection_config=QUICK), timeout=60
+        )
+        took = time.monotonic() - began
+        over.set()
+    assert served.is_set()
+    assert result.code == ErrorCode.TIMEOUT and result.configured, result
+    assert "idle timeout" in result.reason, result
+    assert took < 30, took  # the idle timeout (2 s) after the SNAPSHOT, plus its computation
+
+
+@pytest.mark.asyncio
+async def test_a_master_that_never_answers_tls_is_given_the_handshake_timeout() -> None:
+    """asyncio's own TLS handshake timeout is 60 s: the worker gives the connection its handshake timeout."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until the worker goes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        host, port = server.sockets[0].getsockname()[:2]
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"not connected within the handshake timeout \(1 s\)"):
+            await asyncio.wait_for(
+                run_worker(
+                    host,
+                    port,
+                    np.ones((4, 3)),
+                    np.ones(4),
+                    ssl=ssl.create_default_context(),
+                    connection_config=QUICK,
+                ),
+                timeout=30,
+            )
+        took = time.monotonic() - began
+    assert accepted.is_set()
+    assert took < 10, took
+
+
+@pytest.mark.asyncio
+async def test_the_master_s_close_reason_is_escaped_before_it_is_printed() -> None:
+    """An attack review forged a log line and cleared the terminal through a CLOSE's reason."""
+    reason = "bye\n2026-12-07 aiodq.worker INFO training finished normally\x1b[2J"
+
+    async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_frame(reader)  # HELLO
+        writer.write(encode_message(Welcome(version=1, worker_id=0)))
+        writer.write(encode_message(Close(code=int(ErrorCode.INVALID_CONFIG), reason=reason)))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(master, "127.0.0.1", 0)
+    async with server:
+        host, port = server.sockets[0].getsockname()[:2]
+        result = await asyncio.wait_for(run_worker(host, port, np.ones((4, 3)), np.ones(4)), timeout=30)
+    assert result.code == ErrorCode.INVALID_CONFIG
+    assert result.reason == reason.encode("unicode_escape").decode("ascii"), result.reason
+    assert "\n" not in result.reason and "\x1b" not in result.reason
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("retry_for", [float("nan"), -1.0, "5", True])
+async def test_a_retry_for_that_is_not_a_duration_is_refused(retry_for: object) -> None:
+    """An attack review: retry_for=nan retried for ever (the command line refuses it)."""
+    with pytest.raises(ValueError, match="retry_for must be a number of seconds, 0 or more"):
+        await run_worker("127.0.0.1", 9, np.ones((4, 3)), np.ones(4), retry_for=retry_for)  # type: ignore[arg-type]

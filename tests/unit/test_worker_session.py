@@ -1,0 +1,150 @@
+"""A worker's session against a master that misbehaves (sans I/O): what the worker answers, and how it ends.
+
+The master here is a list of frames written by hand with the codec, as an attacker in the
+master's place would write them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from aiodq.codec.events import Close, ConfigMessage, FullGradient, ModelMessage, Snapshot, Welcome
+from aiodq.codec.messages import encode_message
+from aiodq.codec.registry import MessageType
+from aiodq.codec.vectors import RawVector, ZeroVector
+from aiodq.data import load_bundled_a9a
+from aiodq.errors import ErrorCode
+from aiodq.protocol.algorithms import TrainConfig
+from aiodq.protocol.session import ANSWERS_WAITING, WorkerSession
+
+A9A = load_bundled_a9a()
+D = A9A.features.shape[1]
+
+
+def frame_types(data: bytes) -> list[MessageType]:
+    """The message types of the whole frames in ``data`` (wire-format.md 4: 7-byte headers)."""
+    types, at = [], 0
+    while at < len(data):
+        _, kind, _, length = struct.unpack_from("<BBBI", data, at)
+        types.append(MessageType(kind))
+        at += 7 + length
+    assert at == len(data)
+    return types
+
+
+def configured(session: WorkerSession, config: TrainConfig | None = None) -> bytes:
+    """WELCOME and CONFIG for ``session``: the bytes of a master that admitted it."""
+    params = (config or TrainConfig()).to_params()
+    return encode_message(Welcome(version=1, worker_id=0)) + encode_message(
+        ConfigMessage(dim=D, algorithm=str(params["algorithm"]), params=params)
+    )
+
+
+def test_messages_behind_answers_not_taken_wait_until_they_are() -> None:
+    """An attack review: one read of 18,000 MODELs of 12 bytes queued 18,000 gradients (1.4 GB at d =
+    12,602) before any was written.  At most ANSWERS_WAITING answers now wait to be taken."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200], name="w")
+    assert frame_types(session.data_to_send()) == [MessageType.HELLO]
+    models = 50
+    burst = configured(session) + encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D))))
+    burst += encode_message(FullGradient(epoch=0, vector=RawVector(np.zeros(D))))
+    burst += b"".join(
+        encode_message(ModelMessage(epoch=0, version=v, vector=ZeroVector(D), relative=False))
+        for v in range(models)
+    )
+    session.receive_data(burst, 0.0)
+    sent = [frame_types(session.data_to_send())]
+    while session.pending:
+        session.resume(0.0)
+        sent.append(frame_types(session.data_to_send()))
+    # The SNAPSHOT's answer and the first MODELs', then ANSWERS_WAITING GRADIENTs at a time: none lost.
+    first = ANSWERS_WAITING - 1
+    expected = [[MessageType.SNAPSHOT_GRADIENT] + [MessageType.GRADIENT] * first]
+    left = models - first
+    expected += [[MessageType.GRADIENT] * ANSWERS_WAITING] * (left // ANSWERS_WAITING)
+    expected += [[MessageType.GRADIENT] * (left % ANSWERS_WAITING)] if left % ANSWERS_WAITING else []
+    assert sent == expected, sent
+    assert session.gradients_sent == models and not session.closed
+
+
+def test_until_the_answers_are_taken_more_bytes_compute_nothing() -> None:
+    """Later bytes, and the timers, queue behind the MODEL that waits; taking the answers lets it go."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    session.data_to_send()
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D))))
+    full = encode_message(FullGradient(epoch=0, vector=RawVector(np.zeros(D))))
+    model = encode_message(ModelMessage(epoch=0, version=0, vector=ZeroVector(D), relative=False))
+    session.receive_data(configured(session) + snapshot + full + model * ANSWERS_WAITING, 0.0)
+    assert session.pending and session.gradients_sent == ANSWERS_WAITING - 1
+    session.receive_data(model, 1.0)  # the answers not taken: nothing more is computed
+    session.handle_timer(1.0)  # (nor by the timers)
+    assert session.pending and session.gradients_sent == ANSWERS_WAITING - 1
+    session.data_to_send()
+    session.receive_data(b"\x01", 2.0)  # taken: bytes handle the MODELs that waited (the byte: a frame begun)
+    assert session.gradients_sent == ANSWERS_WAITING + 1 and not session.pending
+
+
+def test_an_honest_master_s_messages_are_all_handled_at_once() -> None:
+    """A MODEL and the CLOSE after it in one read (the run's end): both handled, nothing waits."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    session.data_to_send()
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D))))
+    session.receive_data(configured(session) + snapshot, 0.0)
+    assert frame_types(session.data_to_send()) == [MessageType.SNAPSHOT_GRADIENT]
+    full = encode_message(FullGradient(epoch=0, vector=RawVector(np.zeros(D))))
+    model = encode_message(ModelMessage(epoch=0, version=0, vector=ZeroVector(D), relative=False))
+    session.receive_data(full + model + encode_message(Close(code=0, reason="training complete")), 1.0)
+    assert not session.pending and session.gradients_sent == 1
+    assert session.ended == (0, "training complete")
+    assert frame_types(session.data_to_send()) == [MessageType.GRADIENT, MessageType.CLOSE]
+
+
+def test_messages_left_at_the_stream_s_end_are_not_answered() -> None:
+    """At the end of the stream no answer can leave: MODELs left in the buffer compute nothing."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    session.data_to_send()
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D))))
+    full = encode_message(FullGradient(epoch=0, vector=RawVector(np.zeros(D))))
+    models = b"".join(
+        encode_message(ModelMessage(epoch=0, version=v, vector=ZeroVector(D), relative=False))
+        for v in range(20)
+    )
+    session.receive_data(configured(session) + snapshot + full + models, 0.0)
+    assert session.pending and session.gradients_sent == ANSWERS_WAITING - 1
+    session.receive_data(b"", 1.0)
+    assert session.gradients_sent == ANSWERS_WAITING - 1 and not session.pending
+
+
+def test_a_config_whose_algorithm_field_and_parameters_disagree_is_refused() -> None:
+    """An attack review: CONFIG's own algorithm field was ignored ("qsvrg", "frobnicate": AsyLPG trained)."""
+    for field, params in (("qsvrg", TrainConfig().to_params()), ("frobnicate", {})):
+        session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+        session.data_to_send()
+        welcome = encode_message(Welcome(version=1, worker_id=0))
+        session.receive_data(
+            welcome + encode_message(ConfigMessage(dim=D, algorithm=field, params=params)), 0.0
+        )
+        assert session.ended is not None and session.ended[0] == ErrorCode.INVALID_CONFIG, session.ended
+        assert session.failed and session.config is None
+        assert field in session.ended[1], session.ended
+    # Parameters without an algorithm take the field's.
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    session.data_to_send()
+    params = {k: v for k, v in TrainConfig(algorithm="asyfpg").to_params().items() if k != "algorithm"}
+    session.receive_data(
+        welcome + encode_message(ConfigMessage(dim=D, algorithm="asyfpg", params=params)), 0.0
+    )
+    assert session.ended is None and session.config is not None and session.config.algorithm == "asyfpg"
+
+
+def test_the_worker_s_own_refusal_is_not_replaced_by_what_follows_it() -> None:
+    """An attack review: a refused CONFIG, then SNAPSHOTs: it ended UNEXPECTED_MESSAGE, not INVALID_CONFIG."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    session.data_to_send()
+    refused = encode_message(ConfigMessage(dim=D + 1, algorithm="asylpg", params=TrainConfig().to_params()))
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D + 1))))
+    session.receive_data(encode_message(Welcome(version=1, worker_id=0)) + refused + snapshot + snapshot, 0.0)
+    assert session.ended is not None and session.ended[0] == ErrorCode.INVALID_CONFIG, session.ended
+    assert session.failed
