@@ -157,6 +157,10 @@ class ConnectionConfig:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError("heartbeat_interval must be shorter than idle_timeout")
+        if self.secret is not None and not isinstance(self.secret, bytes | bytearray):
+            # (a docs review: a str was taken, then every worker's session died in hmac with a TypeError)
+            kind = type(self.secret).__name__
+            raise TypeError(f"the shared secret must be bytes (for a str: .encode()), got {kind}")
         if self.secret is not None and len(self.secret) < 16:
             raise ValueError("the shared secret must be at least 16 bytes")
         bits = self.sparse_form_bits

@@ -240,5 +240,9 @@ def test_without_the_cli_extra_the_demo_still_runs_and_stops_cleanly() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "130"]
     said = result.stderr.strip().splitlines()
-    assert said[0].startswith("aiodq run: needs the command line's extra (")
+    # Said once, whole (a docs review read "(aiodq.data reads ... 'aiodq[data]' is not installed)").
+    assert said[0] == (
+        "aiodq run: needs the command line's extra (aiodq.data reads sparse files with scipy: "
+        "pip install 'aiodq[data]'): pip install 'aiodq[cli]'"
+    ), said[0]
     assert said[-1] == "aiodq demo: interrupted"

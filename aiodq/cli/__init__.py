@@ -55,7 +55,7 @@ try:
     from .experiment import cmd_experiment
     from .logs import say
 except ImportError as exc:  # scipy: the cli extra (with its data extra) is not installed
-    _MISSING: str | None = exc.name or str(exc)
+    _MISSING: str | None = f"{exc.name} is not installed" if exc.name else str(exc)  # (said whole: a review)
     EXIT_USAGE = 2
 
     def say(command: str, message: str, *, level: int = 0) -> None:  # (aiodq demo: no log to add it to)
@@ -63,7 +63,7 @@ except ImportError as exc:  # scipy: the cli extra (with its data extra) is not 
 
 else:
     # rich is imported where it prints (commands.print_summary, the live progress): look it up here.
-    _MISSING = None if importlib.util.find_spec("rich") else "rich"
+    _MISSING = None if importlib.util.find_spec("rich") else "rich is not installed"
 
 __all__ = ["main"]
 
@@ -370,8 +370,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args.started = time.time()  # (a checkpoint written since is this command's: _kept)
     if _MISSING is not None and args.command != "demo":
         print(
-            f"aiodq {args.command}: needs the command line's extra ({_MISSING} is not installed): "
-            "pip install 'aiodq[cli]'",
+            f"aiodq {args.command}: needs the command line's extra ({_MISSING}): pip install 'aiodq[cli]'",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -109,7 +109,9 @@ def write_results_line(
         try:
             paths = write_results(result, out, rescue=rescue)
         except RunError as exc:
-            raise RunError(f"{exc}; {aside}" if aside else str(exc), result=exc.result) from exc
+            # (The log moves only with results written: a review read it named as moved on a full disk.)
+            said = f"moved the earlier run's {', '.join(moved)} aside ({suffix})" if moved else aside
+            raise RunError(f"{exc}; {said}" if said else str(exc), result=exc.result) from exc
         # (Inside: a stop noted in the write comes after the log's rename.  A folder removed during the run
         # takes its log with it: an operator trial.)
         log = results_written(out, suffix)

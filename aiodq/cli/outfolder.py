@@ -126,7 +126,7 @@ def holds_finished_run(out: Path) -> bool:
     nor is one beside another run's model.npz, as a process killed between the two renames left.)
     """
     try:
-        summary = json.loads((out / RESULT_FILES[0]).read_text(encoding="utf-8"))
+        summary = json.loads(checkpoint_file.read_text(out / RESULT_FILES[0]))
         model = out / RESULT_FILES[1]
         if summary.get("failure", 0) is not None or not model.is_file():
             return False

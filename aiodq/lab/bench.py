@@ -401,7 +401,7 @@ def bench_master(dims: tuple[int, ...], worker_counts: tuple[int, ...], updates:
             async def serve(
                 config: TrainConfig = config, workers: int = workers, dim: int = dim
             ) -> dict[str, Any]:
-                async with Master(config, np.zeros(dim), workers=workers) as master:
+                async with Master(config, np.zeros(dim), workers=workers, samples=workers) as master:
                     host, port = master.address
                     child = context.Process(
                         target=_answer_at_once, args=(host, port, workers, dim), daemon=True

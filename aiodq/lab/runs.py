@@ -413,7 +413,8 @@ class Context:
         if unknown:
             raise ExperimentError(f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}")
         if not names:
-            raise ExperimentError(f"{self.data}: none of {', '.join(DATASETS)} is there")
+            looked = ", ".join(str(self.data / spec.train) for spec in DATASETS.values() if spec.train)
+            raise ExperimentError(f"{self.data}: none of {', '.join(DATASETS)} is there (looked: {looked})")
         return [DATASETS[n] for n in names]
 
     def load(self, spec: DatasetSpec) -> tuple[Dataset, str | None, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from ..protocol.result import RunResult
 __all__ = [
     "Handover",
     "as_it_stood",
+    "check_run_arguments",
     "check_shares",
     "checkpoint_note",
     "data_fingerprint",
@@ -152,6 +154,23 @@ def progress_table(title: str, state: dict[str, Any]) -> Any:
     else:
         view.caption = "starting"
     return view
+
+
+def check_run_arguments(workers: object, timeout: object, max_restarts: object) -> None:
+    """Refuse, before anything starts, what ``aiodq run`` refuses of the same options.
+
+    (A docs review: ``workers='2'`` raised a TypeError from a comparison, ``timeout=0`` started the
+    workers and then timed out.)
+
+    Raises:
+        ValueError: for ``workers`` or ``max_restarts`` not an integer (1 or more, 0 or more), or a
+            ``timeout`` not a positive number of seconds.
+    """
+    for name, value, least in (("workers", workers, 1), ("max_restarts", max_restarts, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
+            raise ValueError(f"{name} must be an integer, {least} or more, got {value!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
 
 def check_shares(samples: int, workers: int) -> None:

@@ -35,6 +35,7 @@ from ..protocol.result import RunResult
 from .common import (
     Handover,
     as_it_stood,
+    check_run_arguments,
     check_shares,
     checkpoint_note,
     data_fingerprint,
@@ -189,9 +190,9 @@ async def run_local(
             objective as ``MODULE:NAME`` (importable from the current folder).
         data: a data file or folder (LIBSVM, MNIST CSV or IDX; default: the bundled a9a); the
             workers read it too.
-        workers: the number of worker processes M.
+        workers: the number of worker processes M (an integer, 1 or more: else a ``ValueError``).
         progress: show live progress with rich (the ``cli`` extra).
-        timeout: give up after this many seconds.
+        timeout: give up after this many seconds (more than 0).
         master_config: the master's guard, snapshot deadline and admission limit.
         record_every: with a positive value the master keeps model copies (see
             :class:`~aiodq.protocol.accounting.ModelRecord`).
@@ -202,18 +203,15 @@ async def run_local(
             (:func:`aiodq.launch.ray.run_ray`).
         worker_nice: with the local launcher, start the workers this many ``nice`` steps below
             the master (0 to 19; None: :data:`DEFAULT_WORKER_NICE`, 4, or 0 where ``os.nice`` is
-            missing; a ``TypeError`` with ``launcher="ray"``).  The workers share this machine's
-            cores with the master, and every update passes through the master: a master that
-            waits for a core behind a worker's computation keeps every worker waiting (measured
-            in docs/results.md, "Workers below the master").  It lowers the workers against the
-            other processes of this session too, and against every process where the kernel
-            does not group processes by session (:func:`lower_priority`).
-            ``result.summary["worker_nice"]`` records it.
-        checkpoint: a file the master checkpoints the whole run into
-            (atomically): every ``checkpoint_interval`` seconds, when the run stops early (a
-            timeout, a failed worker, a cancellation) and, marked done, at its end.  It names the
-            training data's fingerprint (``Dataset.fingerprint()``).  Without ``resume`` it must
-            not hold a run still to finish.
+            missing; a ``TypeError`` with ``launcher="ray"``).  Every update passes through the
+            master: one that waits for a core behind a worker's computation keeps every worker
+            waiting (docs/results.md, "Workers below the master").  It lowers the workers against
+            this session's other processes too, and against every process where the kernel does
+            not group processes by session (:func:`lower_priority`); ``result.summary["worker_nice"]``.
+        checkpoint: a file the master checkpoints the whole run into (atomically): every
+            ``checkpoint_interval`` seconds, when the run stops early (a timeout, a failed worker,
+            a cancellation) and, marked done, at its end.  It names the training data's fingerprint
+            (``Dataset.fingerprint()``).  Without ``resume`` it must not hold a run still to finish.
         checkpoint_interval: seconds between checkpoints.
         resume: continue the run ``checkpoint`` holds, with the same configuration and data
             (anything else is refused); the workers start afresh and rejoin it.
@@ -233,7 +231,8 @@ async def run_local(
             or the run times out.
         UsageError: if the model cannot be loaded or does not fit the data, or the data has
             fewer samples than ``workers``.
-        ValueError: if ``worker_nice`` is not an integer in 0..19.
+        ValueError: if ``worker_nice`` is not an integer in 0..19, ``workers`` or ``max_restarts``
+            not an integer (1 or more, 0 or more), ``timeout`` not above 0.
         TypeError: for ``worker_nice`` or ``ray_options`` with the wrong launcher, or ``data``
             that is not a path (a :class:`~aiodq.protocol.dataset.Dataset`: ``run_ray`` takes one).
         CheckpointError: if the checkpoint cannot be written, or (``resume``) read or used.
@@ -248,6 +247,7 @@ async def run_local(
         "max_restarts": max_restarts,
     }
     resolve_worker_nice(worker_nice)  # refused before any data is read
+    check_run_arguments(workers, timeout, max_restarts)
     if launcher not in ("local", "ray"):
         raise ValueError(f"launcher must be 'local' or 'ray', not {launcher!r}")
     if ray_options:

@@ -127,7 +127,7 @@ def objective_for(
             if label_values is not None:  # the training set's classes, some perhaps absent here
                 classes = class_count(labels_for(config.model, label_values)[0])
             if note:  # a mapping is news; classes without samples are probably a mistake
-                level = logging.WARNING if note.endswith("no samples") else logging.INFO
+                level = logging.WARNING if "no samples" in note else logging.INFO  # (a hint may follow it)
                 _log.log(level, "%s: %s", dataset.name or "the data", note)
             return config.built_in(mapped.features, mapped.labels, classes=classes)
         except ValueError as exc:  # DataError included

@@ -280,9 +280,10 @@ def provenance_of(path: Path) -> object:
     """The provenance a result.json or model.npz names (None where it names none or cannot be read)."""
     try:
         if path.suffix == ".json":
-            return json.loads(path.read_text(encoding="utf-8")).get("provenance")
+            return json.loads(checkpoint_file.read_text(path)).get("provenance")
         return checkpoint_file.load(path, arrays=False, what="model file").meta.get("provenance")
-    except (OSError, ValueError, AttributeError, CheckpointError):
+    except (OSError, ValueError, AttributeError, RecursionError, CheckpointError):
+        # (RecursionError: a result.json nested 100,000 deep cost a finished run its model: a review)
         return None
 
 
@@ -314,7 +315,13 @@ def load_model(path: str | Path) -> tuple[npt.NDArray[np.float64], dict[str, Any
         raise RunError(f"{path}: not an aiodq model file{what.get(kind or '', '')}")
     if model.ndim != 1 or not model.size or model.dtype.kind not in "fiu":
         raise RunError(f"{path}: its model is not a vector of numbers (shape {model.shape}, {model.dtype})")
-    return np.asarray(model, dtype=np.float64), stored.meta
+    vector = np.asarray(model, dtype=np.float64)
+    # (A review: all-NaN models and models of another size than their metadata's were returned.)
+    if isinstance(dim := stored.meta.get("dim"), int) and dim != vector.shape[0]:
+        raise RunError(f"{path}: its model has {vector.shape[0]} parameters, its metadata {dim}: damaged")
+    if not np.isfinite(vector).all():
+        raise RunError(f"{path}: its model holds NaN or infinite values")
+    return vector, stored.meta
 
 
 def _what_else(path: Path) -> str:
@@ -337,6 +344,10 @@ def _what_else(path: Path) -> str:
     return ""
 
 
+#: Whether this process said already that matplotlib is missing.
+_NO_PLOT: list[bool] = []
+
+
 def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
     """The loss against bits, if matplotlib is installed."""
     try:
@@ -345,6 +356,14 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
+        if (
+            not _NO_PLOT
+        ):  # said once a process (a docs review: README promises the plot; nothing said why not)
+            _NO_PLOT.append(True)
+            _log.warning(
+                "no %s: matplotlib is not installed (pip install 'aiodq[cli]'); result.json holds its trace",
+                plot.name,
+            )
         return None
     trace = summary["trace"]
     figure, axis = plt.subplots(figsize=(6, 4))

@@ -17,14 +17,19 @@ the caller allows (a zip bomb), and reports every failure as one
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import logging
 import os
+import stat
+import struct
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any
+from tokenize import TokenError
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +50,9 @@ __all__ = [
     "load",
     "lock",
     "holds_records",
+    "MAX_MEMBERS",
+    "open_regular",
+    "read_text",
     "RECORDS_READ_LIMIT",
     "read_limit",
     "records_in",
@@ -395,6 +403,43 @@ def _listed(names: list[str]) -> str:
     return (shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")) or "nothing"
 
 
+#: The most members an archive may list (an aiodq file holds a few dozen).
+MAX_MEMBERS = 4096
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file (a link to one is), without blocking.
+
+    Raises:
+        OSError: if it cannot be opened, or is a folder, a device, a FIFO or a socket (a review: a
+            checkpoint linked to /dev/zero read 9 GB and went on; a FIFO waited for ever).
+    """
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+            raise OSError(errno.EINVAL, kind)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_text(path: str | Path, limit: int = 16 << 20) -> str:
+    """A regular file's text (UTF-8), at most ``limit`` bytes of it.
+
+    Raises:
+        OSError: as :func:`open_regular` says.
+        ValueError: if it is longer, or not UTF-8.
+    """
+    with open_regular(path) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is longer than {limit} bytes")
+    return data.decode("utf-8")
+
+
 def load(
     path: str | Path, *, max_bytes: int = 1 << 30, what: str = "checkpoint", arrays: bool = True
 ) -> Checkpoint:
@@ -412,10 +457,13 @@ def load(
     """
     try:
         # Open the file here: np.load leaves its own handle open when the archive is broken.
-        with Path(path).open("rb") as stream:
+        with open_regular(path) as stream:
             with zipfile.ZipFile(stream) as directory:
+                listed = directory.infolist()
+                if len(listed) > MAX_MEMBERS:  # (600,000 empty members took 685 MB to list: a review)
+                    raise ValueError(f"an archive of {len(listed)} members, more than any aiodq file's")
                 # (np.load's archive reads "meta" from a member named so, or "meta.npy".)
-                members = [m for m in directory.infolist() if arrays or m.filename in ("meta", "meta.npy")]
+                members = [m for m in listed if arrays or m.filename in ("meta", "meta.npy")]
                 size = sum(member.file_size for member in members)
             if size > max_bytes:
                 raise ValueError(f"its members take {size} bytes once read, more than {max_bytes}")
@@ -443,6 +491,19 @@ def load(
         raise CheckpointError(f"cannot read the {what} {path}: an array header declares too much") from exc
     except RecursionError as exc:  # metadata nested deeper than any checkpoint's
         raise CheckpointError(f"cannot read the {what} {path}: its metadata is nested too deeply") from exc
+    except (
+        NotImplementedError,
+        RuntimeError,
+        SyntaxError,
+        ArithmeticError,
+        TokenError,
+        struct.error,
+        zlib.error,
+    ) as exc:
+        # (zipfile and the .npy header parser on damaged bytes: an unknown compression or zip version, an
+        # "encrypted" flag, a header that does not parse; a review's byte flips reached each)
+        damaged = f"damaged ({type(exc).__name__}: {exc})"
+        raise CheckpointError(f"cannot read the {what} {path}: {damaged}") from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"cannot read the {what} {path}: its metadata is not a JSON object")
     if meta.get("format") != CHECKPOINT_FORMAT:

@@ -41,5 +41,7 @@ def load_secret(path: str | Path | None = None, *, env: str = "AIODQ_SECRET") ->
     else:
         return None
     if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"the shared secret must be at least {MIN_SECRET_BYTES} bytes")
+        # (Where it came from: a stale $AIODQ_SECRET is the likely cause; a docs review.)
+        source = f"the secret file {path}" if path is not None else f"${env}"
+        raise ValueError(f"the shared secret must be at least {MIN_SECRET_BYTES} bytes (from {source})")
     return secret

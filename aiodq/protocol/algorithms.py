@@ -152,6 +152,9 @@ class MasterState:
         for name in (*self._ARRAYS, "iterate_sum", *optional):
             if name not in arrays:
                 raise ValueError(f"checkpoint array {name!r} is missing")
+            if getattr(arrays[name], "dtype", np.dtype(object)).kind != "f":  # (written as float64; a review
+                # resumed bytes, strings and structured arrays converted: a silently other model)
+                raise ValueError(f"checkpoint array {name!r} is not of floating point numbers")
             value = np.asarray(arrays[name], dtype=np.float64)
             if value.shape != self.x.shape:
                 raise ValueError(

@@ -367,9 +367,10 @@ class Guard:
             end = statistics.median_low(self._last)
             if start and end - start > abs(start):
                 return (
-                    f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} "
-                    f"at the last, epoch {epoch}: the run did not train (is the step size too large? or a "
-                    "worker's updates took it there: docs/security.md)"
+                    f"the workers' median loss a sample (F: their mean, plus the regulariser) rose "
+                    f"from {start:.4g} at the first epoch to {end:.4g} at the last, epoch {epoch}: the run "
+                    "did not train (is the step size too large? or a worker's updates took it there: "
+                    "docs/security.md)"
                 )
         if first and loss - first > 2 * (self.factor + 2) * abs(first):
             return (

@@ -148,6 +148,30 @@ def _saved_config(params: object) -> TrainConfig | None:
         return None
 
 
+def _saved_trace(records: list[dict[str, Any]]) -> list[EpochRecord]:
+    """The trace of a checkpoint, each record's values checked.
+
+    (A review: a loss of "abc" failed every later snapshot phase and the run hung; a NaN one was
+    copied into result.json.)
+
+    Raises:
+        ValueError: for a value of the wrong type, not finite or negative, or an epoch before the last.
+    """
+    trace = [EpochRecord(**record) for record in records]
+    for at, record in enumerate(trace):
+        for name in ("epoch", "bytes_total", "version", "samples"):
+            value = getattr(record, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"trace record {at}: {name} {value!r} is not a count")
+        for name in ("loss", "accuracy", "time"):
+            value = getattr(record, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"trace record {at}: {name} {value!r} is not a finite number")
+        if at and record.epoch < trace[at - 1].epoch:
+            raise ValueError(f"trace record {at}: epoch {record.epoch} after epoch {trace[at - 1].epoch}")
+    return trace
+
+
 def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> Resumed:
     """Load ``checkpoint`` into ``state``; return the ledger and clock it carries.
 
@@ -205,7 +229,7 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
     try:
         elapsed = float(meta["elapsed"])
         ledger = Ledger(
-            trace=[EpochRecord(**record) for record in meta["trace"]],
+            trace=_saved_trace(meta["trace"]),
             applied_staleness=Counter({int(k): int(v) for k, v in meta["applied_staleness"]}),
             dropped=Counter({str(k): int(v) for k, v in meta["dropped"].items()}),
             errors=deque(map(_saved_error, meta["errors"]), maxlen=MAX_ERRORS),
@@ -230,6 +254,13 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
     if not (math.isfinite(elapsed) and elapsed >= 0):
         raise CheckpointError(f"the checkpoint's elapsed time {elapsed!r} is not a time")
+    epoch = meta["state"].get("epoch") if isinstance(meta.get("state"), dict) else None
+    if ledger.trace and (not isinstance(epoch, int) or ledger.trace[-1].epoch > epoch):
+        epoch = ledger.trace[-1].epoch  # (beyond the state's: the trace's is checked)
+    if isinstance(epoch, int) and epoch > config.epochs:  # (a review: epoch 99 of 6 trained one more, exit 0)
+        raise CheckpointError(
+            f"the checkpoint is at epoch {epoch}, beyond the run's {config.epochs}: damaged"
+        )
     try:
         state.restore(checkpoint.arrays, meta["state"])
     except CheckpointError:

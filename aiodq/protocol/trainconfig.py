@@ -225,8 +225,8 @@ class TrainConfig:
         Regularizer(l2=self.l2, l1=self.l1)
         if self.adaptive_coding and not self.entropy_coding:
             raise ValueError(
-                "adaptive_coding (--adaptive-coding) chooses when to Rice-code: "
-                "it needs entropy_coding (leave out --no-entropy-coding)"
+                "adaptive_coding chooses when to Rice-code: it needs entropy coding on, the default "
+                "(leave out --no-entropy-coding)"
             )
         if self.qsgd_levels > 0xFFFF:
             raise ValueError("qsgd_levels must be at most 65535")

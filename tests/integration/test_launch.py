@@ -275,6 +275,17 @@ def test_run_local_checks_its_launcher_before_anything_starts() -> None:
             ValueError, match=f"worker_nice must be an integer between 0 and 19, got {nice!r}"
         ):
             asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), worker_nice=nice))  # type: ignore[arg-type]
+    # What aiodq run refuses (a docs review: workers="2" raised a TypeError from a comparison, timeout=0
+    # started the workers, max_restarts=-1 was taken).
+    for options, said in (
+        ({"workers": "2"}, "workers must be an integer, 1 or more, got '2'"),
+        ({"workers": 0}, "workers must be an integer, 1 or more, got 0"),
+        ({"max_restarts": -1}, "max_restarts must be an integer, 0 or more, got -1"),
+        ({"timeout": 0}, "timeout must be a positive number of seconds, got 0"),
+        ({"timeout": float("nan")}, "timeout must be a positive number of seconds, got nan"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            asyncio.run(aiodq.run_local(aiodq.TrainConfig(epochs=1), **options))  # type: ignore[arg-type]
 
 
 # -- the worker processes' stderr and their stop ----------------------------------------------------
@@ -475,3 +486,26 @@ def test_run_local_refuses_data_in_memory_and_more_workers_than_samples(tmp_path
     one.write_text("+1 1:0.5 2:1\n-1 1:0.25\n")
     with pytest.raises(aiodq.UsageError, match=r"^2 samples cannot be shared by 3 workers$"):
         asyncio.run(aiodq.run_local(config, one, workers=3))
+
+
+def test_classes_without_samples_are_a_warning_with_libsvm_s_numbering_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A docs review: labels 1..C (LIBSVM's usual numbering) leave class 0 empty; the note, which then ends
+    with a hint, was logged at INFO (not on stderr), while labels 0, 1, 3 warned."""
+    import logging  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from aiodq.launch.models import objective_for  # noqa: PLC0415
+    from aiodq.protocol.algorithms import TrainConfig  # noqa: PLC0415
+    from aiodq.protocol.dataset import Dataset  # noqa: PLC0415
+
+    for labels in ([1.0, 2, 3, 1, 2, 3], [0.0, 1, 3, 0, 1, 3]):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="aiodq"):
+            objective_for(
+                TrainConfig(model="softmax"), Dataset(np.eye(6), np.array(labels), "d"), training_set=True
+            )
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if "no samples" in r.getMessage()]
+        assert len(said) == 1 and said[0][0] == logging.WARNING, said

@@ -186,12 +186,20 @@ def test_secret_comes_from_a_file_or_the_environment(tmp_path: Path, monkeypatch
     assert load_secret(secret_file) == SECRET
     assert load_secret(None) == b"from the environment, long enough"
     monkeypatch.setenv("AIODQ_SECRET", "short")
-    with pytest.raises(ValueError, match="at least 16 bytes"):
+    with pytest.raises(
+        ValueError, match=r"at least 16 bytes \(from \$AIODQ_SECRET\)$"
+    ):  # (where from: a review)
         load_secret(None)
+    (tmp_path / "short").write_bytes(b"short")
+    with pytest.raises(ValueError, match=r"at least 16 bytes \(from the secret file .*short\)$"):
+        load_secret(tmp_path / "short")
     with pytest.raises(ValueError, match="cannot read"):
         load_secret(tmp_path / "missing")
     with pytest.raises(ValueError, match="at least 16 bytes"):
         ConnectionConfig(secret=b"short")
+    # A str was taken, then every worker's session died in hmac (a docs review).
+    with pytest.raises(TypeError, match=r"must be bytes \(for a str: .encode\(\)\), got str"):
+        ConnectionConfig(secret="correct horse battery staple")  # type: ignore[arg-type]
 
 
 # -- TLS and mutual TLS -----------------------------------------------------------------------

@@ -9,6 +9,8 @@ encodings off the bytes themselves.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -209,8 +211,22 @@ def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:
 
 
 def test_adaptive_coding_needs_entropy_coding() -> None:
-    with pytest.raises(ValueError, match="needs entropy_coding"):
+    with pytest.raises(ValueError, match="needs entropy coding on, the default"):
         TrainConfig(adaptive_coding=True, entropy_coding=False)
+
+
+def test_the_command_line_names_its_options_in_the_refusal() -> None:
+    """A docs review read '--adaptive-coding (--adaptive-coding) chooses ... it needs --entropy-coding', an
+    option that does not exist."""
+    from aiodq.cli import main  # noqa: PLC0415
+
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        status = main(["run", "--adaptive-coding", "--no-entropy-coding", "--epochs", "1"])
+    said = errors.getvalue()
+    assert status == 2
+    assert "--adaptive-coding chooses when to Rice-code: it needs entropy coding on, the default" in said
+    assert "--entropy-coding " not in said and said.count("--adaptive-coding") == 1, said
 
 
 #: The encodings of quantized models and gradients whose coding the costs tell apart.

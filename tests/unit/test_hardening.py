@@ -9,7 +9,9 @@ training with a finite model whose loss is close to an honest run's.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -526,9 +528,9 @@ def test_a_run_that_ends_far_above_where_it_began_did_not_train(
     elif failed == "medians":
         start, end = sorted(first)[len(first) // 2], sorted(last)[(len(last) - 1) // 2]
         assert said == (
-            f"the training objective rose from {start:.4g} a sample at the first epoch to {end:.4g} at the "
-            "last, epoch 6: the run did not train (is the step size too large? or a worker's updates took it "
-            "there: docs/security.md)"
+            "the workers' median loss a sample (F: their mean, plus the regulariser) rose from "
+            f"{start:.4g} at the first epoch to {end:.4g} at the last, epoch 6: the run did not train (is "
+            "the step size too large? or a worker's updates took it there: docs/security.md)"
         )
     else:
         assert said == (
@@ -917,6 +919,47 @@ def test_damaged_model_records_in_a_checkpoint_are_refused(tmp_path: Any) -> Non
             fresh.coordinator.restore(broken, 0.0)
         assert "\n" not in str(info.value)
         assert fresh.coordinator.state.version == 0 and fresh.coordinator.records == []
+
+
+def test_checkpoint_values_of_the_wrong_kind_are_refused_not_converted() -> None:
+    """A review resumed an x of bytes b"1.5" (every parameter became 1.5, exit 0), strings, structured and
+    complex arrays; a trace loss of "abc" (the run hung) or NaN (copied into result.json); and a state or
+    trace at epoch 99 of 6 (one more epoch trained, exit 0)."""
+    train = config(epochs=2)
+    cluster = Cluster(train, small_a9a(), 2)
+    cluster.run(until=lambda: cluster.coordinator.state.version > 12)
+    saved = cluster.coordinator.checkpoint(cluster.now)
+    x = saved.arrays["x"]
+    for damaged in (np.full(x.shape, b"1.5"), x.astype(str), x.astype(np.complex128), x.astype(np.int64)):
+        broken = Checkpoint(dict(saved.arrays, x=damaged), saved.meta)
+        fresh = Cluster(train, small_a9a(), 2, connect=False)
+        with pytest.raises(CheckpointError, match="'x' is not of floating point numbers"):
+            fresh.coordinator.restore(broken, 0.0)
+        assert fresh.coordinator.state.version == 0
+    for change, said in (
+        (
+            lambda meta: meta["trace"][0].update(loss="abc"),
+            "trace record 0: loss 'abc' is not a finite number",
+        ),
+        (lambda meta: meta["trace"][0].update(loss=float("nan")), "loss nan is not a finite number"),
+        (lambda meta: meta["trace"][0].update(epoch=True), "epoch True is not a count"),
+        (lambda meta: meta["state"].update(epoch=99), "the checkpoint is at epoch 99, beyond the run's 2"),
+        (
+            lambda meta: meta["trace"][-1].update(epoch=99),
+            "the checkpoint is at epoch 99, beyond the run's 2",
+        ),
+    ):
+        meta = json.loads(json.dumps(saved.meta))
+        change(meta)
+        fresh = Cluster(train, small_a9a(), 2, connect=False)
+        with pytest.raises(CheckpointError, match=re.escape(said)):
+            fresh.coordinator.restore(Checkpoint(saved.arrays, meta), 0.0)
+        assert fresh.coordinator.state.version == 0
+    fresh = Cluster(train, small_a9a(), 2, connect=False)
+    fresh.coordinator.restore(
+        Checkpoint(dict(saved.arrays, x=x.astype(np.float32)), saved.meta), 0.0
+    )  # (floats)
+    assert fresh.coordinator.state.version == cluster.coordinator.state.version
 
 
 # -- honest workers the guard and the deadlines must not punish (issue 10, attack report T4) ---------
