@@ -414,7 +414,7 @@ def open_regular(path: str | Path) -> BinaryIO:
         OSError: if it cannot be opened, or is a folder, a device, a FIFO or a socket (a review: a
             checkpoint linked to /dev/zero read 9 GB and went on; a FIFO waited for ever).
     """
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):

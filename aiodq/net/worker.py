@@ -15,7 +15,6 @@ import contextlib
 import logging
 import numbers
 import ssl as ssl_module
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,15 +139,19 @@ async def run_worker(
 
     Raises:
         TypeError: for data or an objective of an unsupported type (before connecting).
-        ValueError: for a ``retry_for`` that is NaN or negative.
+        ValueError: for a ``retry_for`` that is not a finite number of seconds, 0 or more.
         ValueError: for features and labels that do not fit together, or an objective whose
             ``loss_grad`` breaks its contract (means, not sums, say; before connecting).
         OSError: if the master cannot be reached (after the retries); its text says why.  If a
             session had ended before (the master stopped, say), a note (``__notes__``) says how.
     """
-    if isinstance(retry_for, bool) or not isinstance(retry_for, numbers.Real) or not retry_for >= 0:
-        # (nan retried for ever: an attack review)
-        raise ValueError(f"retry_for must be a number of seconds, 0 or more, got {retry_for!r}")
+    if (
+        isinstance(retry_for, bool)
+        or not isinstance(retry_for, numbers.Real)
+        or not 0 <= retry_for < _FOREVER
+    ):
+        # (nan retried for ever: an attack review; the command line refuses nan and inf alike)
+        raise ValueError(f"retry_for must be a finite number of seconds, 0 or more, got {retry_for!r}")
     if objective is not None:
         if features is not None or labels is not None:
             raise TypeError("give the worker either features and labels or an objective, not both")
@@ -180,6 +183,8 @@ async def run_worker(
                 connection_config=connection_config,
                 ssl=ssl,
                 server_hostname=server_hostname,
+                # (An attempt within what is left of retry_for: a review's gave up 1.9 s late.)
+                connect_within=max(deadline - loop.time(), _SHORTEST_ATTEMPT) if retry_for > 0 else None,
             )
         except OSError as exc:
             if loop.time() + backoff > deadline:
@@ -224,42 +229,34 @@ async def run_worker(
         backoff = min(2 * backoff, 5.0)
 
 
-async def _drain(writer: asyncio.StreamWriter, session: WorkerSession, now: Callable[[], float]) -> bool:
-    """Wait until the transport takes more, within the connection's timers; False if the session timed out.
+async def _drain(writer: asyncio.StreamWriter, window: float) -> bool:
+    """Wait until the transport has taken what waits; False if a whole ``window`` passed with none taken.
 
     A master that stops reading (paused, cut off) fills the kernel's buffers, and a drain
-    without a deadline waited for ever (an attack review: 55 s and counting with an idle
-    timeout of 5 s).  The timers run as while reading (a HEARTBEAT is queued behind what
-    waits; the idle timeout ends the session, wire-format.md 8.3-3), except while the
-    transport's buffer keeps shrinking: a master that reads, however slowly, is alive,
-    though what it sent waits unread until the drain is over.
+    without a deadline waited for ever (an attack review: 55 s and counting).  A master that
+    reads, however slowly, is waited for (the kernel frees its buffer in steps of a megabyte
+    or more: a review cut off an honest master reading 1 MB/s when it looked every second);
+    what it sends meanwhile waits unread, so the connection's timers are left to the reads.
     """
     waiting = writer.transport.get_write_buffer_size()
-    floor = 0.0
     while True:
-        timer = session.connection.get_timer()
         try:
-            async with asyncio.timeout(None if timer is None else max(floor, timer - now())):
+            async with asyncio.timeout(window):
                 await writer.drain()
             return True
         except TimeoutError:
             left = writer.transport.get_write_buffer_size()
-            if left < waiting:
-                waiting, floor = left, _DRAIN_CHECK
-                continue
-            session.handle_timer(now())
-            if session.closed:
+            if left >= waiting:
                 return False
-            writer.write(session.data_to_send())
-            waiting = writer.transport.get_write_buffer_size()
+            waiting = left
 
 
 #: The most characters of a session's end reason kept (the master's CLOSE allows 1,024 bytes, escaped here).
 _REASON_CHARS = 4096
-#: Seconds between two looks at a slow drain's progress, once the timers have expired.
-_DRAIN_CHECK = 1.0
-
-
+#: The shortest connection attempt once ``retry_for`` is nearly spent (seconds).
+_SHORTEST_ATTEMPT = 0.5
+#: Longer than any ``retry_for`` (seconds): about 31,700 years.
+_FOREVER = 1e12
 #: Seconds a session must last for the reconnection backoff to start again from 0.1 s.
 _SETTLED = 10.0
 
@@ -296,14 +293,23 @@ async def _session(
     connection_config: ConnectionConfig | None,
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
+    connect_within: float | None = None,
 ) -> WorkerResult:
-    """One connection: from HELLO to the master's CLOSE or the end of the stream."""
+    """One connection: from HELLO to the master's CLOSE or the end of the stream.
+
+    The connection attempt is given the handshake timeout, or ``connect_within`` seconds if fewer.
+    """
     # The connection and its TLS handshake within the handshake timeout, as the protocol's handshake
     # after them (an attack review: a master that never answered TLS held a worker for asyncio's 60 s,
     # a full accept queue for the kernel's 130 s of SYN retries, whatever --retry-for said).
-    limit = (connection_config or ConnectionConfig()).handshake_timeout
+    settings = connection_config or ConnectionConfig()
+    limit = (
+        settings.handshake_timeout
+        if connect_within is None
+        else min(settings.handshake_timeout, connect_within)
+    )
     try:
-        async with asyncio.timeout(limit):
+        async with asyncio.timeout(limit) as scope:
             if ssl is None:
                 reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
             else:
@@ -316,7 +322,12 @@ async def _session(
                     ssl_handshake_timeout=limit,
                 )
     except TimeoutError:
-        raise TimeoutError(f"not connected within the handshake timeout ({limit:g} s)") from None
+        if not scope.expired():  # (the kernel's own connect timeout: said as it is)
+            raise
+        within = (
+            "the handshake timeout" if limit == settings.handshake_timeout else "what was left of retry_for"
+        )
+        raise TimeoutError(f"not connected within {within} ({limit:.3g} s)") from None
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -338,13 +349,15 @@ async def _session(
         now=now(),
     )
     lost: OSError | None = None
+    stalled = ""  # why a drain gave up, if one did
     try:
         while True:
             data = session.data_to_send()
             if data:
                 writer.write(data)
-                if not await _drain(writer, session, now):
+                if not await _drain(writer, settings.idle_timeout):
                     writer.transport.abort()  # (a master that reads nothing: its bytes are not waited for)
+                    stalled = f"the master took nothing this worker sent for {settings.idle_timeout:g} s"
                     break
                 if not writer.transport.get_write_buffer_size():
                     # Every byte is with the kernel (or the TLS layer): while the master answers,
@@ -387,10 +400,15 @@ async def _session(
         raise
     finally:
         writer.close()
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        try:
             async with asyncio.timeout(5.0):
                 await writer.wait_closed()
-    code, reason = session.ended or (int(ErrorCode.PROTOCOL_ERROR), "stream ended")
+        except TimeoutError:  # (bytes the master does not read, TLS's included: not kept with the socket)
+            writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass
+    stream_ended = (int(ErrorCode.PROTOCOL_ERROR), "stream ended")
+    code, reason = (int(ErrorCode.TIMEOUT), stalled) if stalled else session.ended or stream_ended
     # The master's words, printed and logged: control characters escaped (an attack review forged a log
     # line and cleared the terminal through a CLOSE's reason).
     reason = printable(reason, _REASON_CHARS)

@@ -172,7 +172,10 @@ class WorkerSession:
                 if event is None:
                     return
             waiting = self._answers - self._answers_taken
-            if waiting >= ANSWERS_WAITING and isinstance(event, Snapshot | ModelMessage) and not self._at_end:
+            # (Not once the stream ended or the connection closed: nothing is answered then, and what
+            # follows, the end's reason, must be read: a review's timer left `ended` None.)
+            answerable = not self._at_end and not self.closed
+            if waiting >= ANSWERS_WAITING and isinstance(event, Snapshot | ModelMessage) and answerable:
                 self._held = event
                 return
             self._handle(event, now)

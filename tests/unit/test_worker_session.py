@@ -148,3 +148,18 @@ def test_the_worker_s_own_refusal_is_not_replaced_by_what_follows_it() -> None:
     session.receive_data(encode_message(Welcome(version=1, worker_id=0)) + refused + snapshot + snapshot, 0.0)
     assert session.ended is not None and session.ended[0] == ErrorCode.INVALID_CONFIG, session.ended
     assert session.failed
+
+
+def test_a_timeout_while_a_message_waits_still_says_how_the_session_ended() -> None:
+    """A review: with a MODEL waiting, the idle timeout closed the connection and ``ended`` stayed None (the
+    waiting MODEL was put back before the connection's own end was read)."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    session.data_to_send()
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D))))
+    full = encode_message(FullGradient(epoch=0, vector=RawVector(np.zeros(D))))
+    model = encode_message(ModelMessage(epoch=0, version=0, vector=ZeroVector(D), relative=False))
+    session.receive_data(configured(session) + snapshot + full + model * (ANSWERS_WAITING + 2), 0.0)
+    assert session.pending
+    session.handle_timer(1e6)  # long past the idle timeout, the answers not taken
+    assert session.closed and not session.pending
+    assert session.ended is not None and session.ended[0] == ErrorCode.TIMEOUT, session.ended
