@@ -572,15 +572,15 @@ class Coordinator:
         that phase; one taken at the run's end leaves it done, as it ended.
 
         Raises:
-            CheckpointError: if the checkpoint belongs to another configuration, or is incomplete
-                or damaged.
+            CheckpointError: if the checkpoint is of another configuration, incomplete or damaged.
         """
         if self._workers:
             raise CheckpointError("restore() must come before any worker connects")
         resumed = recovery.restore(checkpoint, self.config, self.state)
         self.ledger, self._started, self._resuming = resumed.ledger, now - resumed.elapsed, resumed.mid_epoch
         self.guard.remember(*resumed.guard)
-        if resumed.finished:
+        if resumed.finished:  # as it ended, its own M too (a review read this master's in result.json)
+            self.expected_workers = checkpoint.meta.get("workers", self.expected_workers)
             self._finish(now, resumed.failure)
 
     # -- results ----------------------------------------------------------------

@@ -224,6 +224,9 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         )
     if not (failure is None or isinstance(failure, str)):
         raise CheckpointError(f"the checkpoint's failure {failure!r} is not a text")
+    workers = meta.get("workers", 1)  # (a finished run's result gives it again)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise CheckpointError(f"the checkpoint's worker count {workers!r} is not a count")
     # Everything is read and checked before the state changes, so a damaged checkpoint
     # leaves the state as it was.
     try:

@@ -962,6 +962,22 @@ def test_checkpoint_values_of_the_wrong_kind_are_refused_not_converted() -> None
     assert fresh.coordinator.state.version == cluster.coordinator.state.version
 
 
+def test_a_finished_run_given_again_keeps_its_own_worker_count() -> None:
+    """A review: a finished checkpoint resumed with --workers 3 gave "workers": 3 for a run of 2."""
+    train = config(epochs=1)
+    cluster = Cluster(train, small_a9a(), 2)
+    cluster.run()
+    assert cluster.coordinator.done
+    saved = cluster.coordinator.checkpoint(cluster.now)
+    again = Cluster(train, small_a9a(), 3, connect=False)
+    again.coordinator.restore(saved, 0.0)
+    assert again.coordinator.done and again.coordinator.summary()["workers"] == 2
+    for damaged in ("2", 0, True):
+        fresh = Cluster(train, small_a9a(), 3, connect=False)
+        with pytest.raises(CheckpointError, match=re.escape(f"worker count {damaged!r} is not a count")):
+            fresh.coordinator.restore(Checkpoint(saved.arrays, dict(saved.meta, workers=damaged)), 0.0)
+
+
 # -- honest workers the guard and the deadlines must not punish (issue 10, attack report T4) ---------
 
 
