@@ -356,9 +356,8 @@ def _plot(summary: dict[str, Any], plot: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
-        if (
-            not _NO_PLOT
-        ):  # said once a process (a docs review: README promises the plot; nothing said why not)
+        # Said once a process (a docs review: README promises the plot, and nothing said why there was none).
+        if not _NO_PLOT:
             _NO_PLOT.append(True)
             _log.warning(
                 "no %s: matplotlib is not installed (pip install 'aiodq[cli]'); result.json holds its trace",

@@ -412,7 +412,7 @@ async def _session(
     # The master's words, printed and logged: control characters escaped (an attack review forged a log
     # line and cleared the terminal through a CLOSE's reason).
     reason = printable(reason, _REASON_CHARS)
-    if (code, reason) == (ErrorCode.PROTOCOL_ERROR, "stream ended"):
+    if (code, reason) == stream_ended:
         # The stream ended without CLOSE: say how, and where.
         how = f"connection lost ({describe_os_error(lost)})" if lost else "the master closed the connection"
         if session.worker_id is None:

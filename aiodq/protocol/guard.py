@@ -445,6 +445,20 @@ def refuse_encodings(config: TrainConfig, announced: frozenset[int]) -> Refusal 
     )
 
 
+class _Grace:
+    """Since when lone workers' refusals have lasted: from the first :meth:`within` until ``since = None``."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def within(self, now: float) -> bool:
+        """One more such refusal at ``now``: True while within :data:`LONE_GRACE` of the first."""
+        self.since = now if self.since is None else self.since
+        return now - self.since < LONE_GRACE
+
+
 class Divergence:
     """When refusals mean the run itself has diverged, not one worker misbehaved.
 
@@ -458,8 +472,7 @@ class Divergence:
     def __init__(self, workers: int = 1) -> None:
         self._workers = workers  # M: of M >= 2, one worker alone is judged only after LONE_GRACE
         self._overflows = 0
-        self._lone_since: float | None = None  # when a lone worker's updates were first refused so
-        self._lone_reports_since: float | None = None  # and a lone worker's snapshot reports
+        self._lone_updates, self._lone_reports = _Grace(), _Grace()  # lone workers' refusals, since when
         self._epoch = -1  # the epoch of the snapshot reports counted below
         self._finite = self._non_finite = 0
         self._awaited = 0  # workers the snapshot phase of that epoch last started waiting for
@@ -496,21 +509,16 @@ class Divergence:
         (theirs are finite), nor one whose non-finite report meets honest workers that left
         without reporting: it would have to rejoin and be refused as often as the phase waits for
         reports while no honest one came.  Of a run of M >= 2 workers, a phase that waited for
-        one worker alone judges so only after :data:`LONE_GRACE` seconds of such phases (:meth:`_lone`).
+        one worker alone judges so only after :data:`LONE_GRACE` seconds of such phases (:class:`_Grace`).
         """
         if epoch == self._epoch and self._non_finite >= max(1, self._awaited) and not self._finite:
-            if self._awaited < min(self._workers, 2) and self._lone(now):
+            if self._awaited < min(self._workers, 2) and self._lone_reports.within(now):
                 return None
             return (
                 f"every snapshot report at epoch {epoch} is not finite: the run diverged "
                 "(is the step size too large?)"
             )
         return None
-
-    def _lone(self, now: float) -> bool:
-        """A lone worker's reports refused at ``now``: True while within :data:`LONE_GRACE` of the first."""
-        self._lone_reports_since = now if self._lone_reports_since is None else self._lone_reports_since
-        return now - self._lone_reports_since < LONE_GRACE
 
     @staticmethod
     def loss(epoch: int, loss: float, first: float) -> str | None:
@@ -531,7 +539,7 @@ class Divergence:
     def applied(self) -> None:
         """An update was applied: the counts start again (the caller zeroes its workers')."""
         self._overflows = 0
-        self._lone_since = None
+        self._lone_updates.since = None
 
     def outlier(self, refused_counts: list[int], version: int, now: float) -> str | Refusal | None:
         """After one more out-of-line update: the failure, if every live worker's keep being refused.
@@ -544,15 +552,12 @@ class Divergence:
         """
         if not refused_counts or not all(count >= DIVERGED_AFTER for count in refused_counts):
             return None
-        failure = (
+        if len(refused_counts) < min(self._workers, 2) and self._lone_updates.within(now):
+            return LONE_OUTLIER
+        return (
             f"every worker's updates are out of line since version {version}: the run diverged "
             "(or the guard is too tight)"
         )
-        if len(refused_counts) < min(self._workers, 2):
-            self._lone_since = now if self._lone_since is None else self._lone_since
-            if now - self._lone_since < LONE_GRACE:
-                return LONE_OUTLIER
-        return failure
 
     def reports(
         self,
@@ -569,10 +574,10 @@ class Divergence:
         seconds of such phases (an attack: a lone worker's reports out of line ended a healthy run).
         """
         if reports and len(refusals) < len(reports):
-            self._lone_reports_since = None  # a report stood
+            self._lone_reports.since = None  # a report stood
         if not refusals or len(refusals) != len(reports):
             return None
-        if len(reports) < min(self._workers, 2) and self._lone(now):
+        if len(reports) < min(self._workers, 2) and self._lone_reports.within(now):
             return None
         return (
             f"every snapshot report at epoch {epoch} is out of line with the previous phase's: "

@@ -257,12 +257,12 @@ def restore(checkpoint: Checkpoint, config: TrainConfig, state: MasterState) -> 
         raise CheckpointError(f"the checkpoint is incomplete or damaged: {exc!r}") from exc
     if not (math.isfinite(elapsed) and elapsed >= 0):
         raise CheckpointError(f"the checkpoint's elapsed time {elapsed!r} is not a time")
-    epoch = meta["state"].get("epoch") if isinstance(meta.get("state"), dict) else None
-    if ledger.trace and (not isinstance(epoch, int) or ledger.trace[-1].epoch > epoch):
-        epoch = ledger.trace[-1].epoch  # (beyond the state's: the trace's is checked)
-    if isinstance(epoch, int) and epoch > config.epochs:  # (a review: epoch 99 of 6 trained one more, exit 0)
+    # The latest epoch it names, its state's or its trace's (a review: epoch 99 of 6 trained one more).
+    state_epoch = meta["state"].get("epoch") if isinstance(meta.get("state"), dict) else None
+    named = [e for e in (state_epoch, *(r.epoch for r in ledger.trace[-1:])) if isinstance(e, int)]
+    if named and max(named) > config.epochs:
         raise CheckpointError(
-            f"the checkpoint is at epoch {epoch}, beyond the run's {config.epochs}: damaged"
+            f"the checkpoint is at epoch {max(named)}, beyond the run's {config.epochs}: damaged"
         )
     try:
         state.restore(checkpoint.arrays, meta["state"])

@@ -85,7 +85,7 @@ async def test_a_master_that_stops_reading_ends_the_session() -> None:
         writer.transport.abort()
 
     server = await asyncio.start_server(master, "127.0.0.1", 0)
-    async with server:
+    async with server:  # (the master is told to go before the server closes: 3.12 waits for its handlers)
         host, port = server.sockets[0].getsockname()[:2]
         began = time.monotonic()
         result = await asyncio.wait_for(
@@ -107,14 +107,12 @@ async def test_a_master_that_reads_slowly_is_waited_for() -> None:
 
     async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await configure_and_snapshot(reader, writer, dim, params)
-        header = b""
-        while len(header) < 7:  # the SNAPSHOT_GRADIENT's header, then its body at 2 MB/s
-            header += await reader.readexactly(1)
+        header = await reader.readexactly(7)  # the SNAPSHOT_GRADIENT's, then its body at 2 MB/s
         left = struct.unpack_from("<I", header, 3)[0]
         while left:
             writer.write(encode_message(Heartbeat()))
             left -= len(await reader.readexactly(min(left, 1 << 18)))
-            await asyncio.sleep(0.125)
+            await asyncio.sleep(0.125)  # (the slow reader under test, not a wait for a condition)
         await close_and_wait(reader, writer, Close(code=0, reason="training complete"))
 
     result = await worker_against(master, features, labels, timeout=90, connection_config=QUICK)
