@@ -56,12 +56,13 @@ class WorkerResult:
 
     @property
     def cannot_train(self) -> bool:
-        """True if the worker refused the run's CONFIG itself: its model, data or split not the master's.
+        """True if the worker refused the run's CONFIG itself.
 
-        Another in its place would be refused alike, so the launchers start none (an objective that
-        failed may not fail again).
+        Its model, data or split are not the master's, or it would send encodings the master
+        cannot decode.  Another in its place would be refused alike, so the launchers start none
+        (an objective that failed may not fail again).
         """
-        return self.failed and self.code == ErrorCode.INVALID_CONFIG
+        return self.failed and self.code in (ErrorCode.INVALID_CONFIG, ErrorCode.UNSUPPORTED_ENCODING)
 
 
 #: Codes after which reconnecting cannot help.
@@ -72,7 +73,7 @@ _PERMANENT = frozenset(
         ErrorCode.UNSUPPORTED_VERSION,
         ErrorCode.LIMIT_EXCEEDED,
         ErrorCode.WORLD_SIZE_MISMATCH,
-        ErrorCode.UNSUPPORTED_ENCODING,  # its encodings cannot carry what the run sends (6.2-6)
+        ErrorCode.UNSUPPORTED_ENCODING,  # a side cannot decode what the run has the other send (6.2-6, 6.2-7)
         ErrorCode.FRAME_TOO_LARGE,  # (the same frames again: an operator's worker retried for --retry-for)
     }
 )

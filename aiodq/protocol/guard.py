@@ -432,10 +432,7 @@ def refuse_encodings(config: TrainConfig, announced: frozenset[int]) -> Refusal 
     WELCOME (UNSUPPORTED_ENCODING), as a send that the peer cannot decode would fail part way
     through a phase (wire-format.md 6.2-2; a review's attack made it close another worker).
     """
-    needed = {Encoding.RAW_F32, Encoding.RAW_F64}
-    if config.spec.model == "quantized":
-        needed |= {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE}
-    missing = sorted(needed - announced)
+    missing = sorted(config.spec.sent_encodings(worker=False) - announced)
     if not missing:
         return None
     names = ", ".join(Encoding(code).name for code in missing)

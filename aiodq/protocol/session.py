@@ -26,7 +26,7 @@ from ..codec.events import (
     SnapshotGradient,
     Welcome,
 )
-from ..codec.registry import ALL_ENCODINGS
+from ..codec.registry import ALL_ENCODINGS, Encoding
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
 from ..errors import DataError, ErrorCode, RemoteProtocolError, raised_at
@@ -300,6 +300,12 @@ class WorkerSession:
         classes = self.classes or class_count(every)
         return config.built_in(self.features, labels, classes=classes)
 
+    def _refuse_config(self, now: float, code: ErrorCode, reason: str) -> None:
+        self.failed = True
+        self.ended = (int(code), reason)
+        limit = self.connection_limits.max_reason_bytes
+        self.connection.close(now, code, reason.encode()[:limit].decode("utf-8", "ignore"))
+
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:
             params = dict(event.params)
@@ -344,12 +350,13 @@ class WorkerSession:
                 )
             state = WorkerState(config, objective, self.worker_id or 0)
         except ValueError as exc:
-            self.failed = True
-            self.ended = (int(ErrorCode.INVALID_CONFIG), str(exc))
-            limit = self.connection_limits.max_reason_bytes
-            self.connection.close(
-                now, ErrorCode.INVALID_CONFIG, str(exc).encode()[:limit].decode("utf-8", "ignore")
-            )
+            self._refuse_config(now, ErrorCode.INVALID_CONFIG, str(exc))
+            return
+        # wire-format.md 6.2-7: refused now, not on the first vector the master cannot decode.
+        if missing := sorted(config.spec.sent_encodings(worker=True) - self.connection.peer_encodings):
+            names = ", ".join(Encoding(code).name for code in missing)
+            reason = f"this run ({config.algorithm}) has workers send {names}, not announced by the master"
+            self._refuse_config(now, ErrorCode.UNSUPPORTED_ENCODING, reason)
             return
         self.config = config
         self.state = state

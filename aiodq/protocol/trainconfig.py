@@ -84,6 +84,28 @@ class AlgorithmSpec:
     #: The step size eta used when the configuration leaves it at 0.
     default_step: float = 0.5
 
+    def sent_encodings(self, *, worker: bool) -> frozenset[Encoding]:
+        """The encodings this run's master (or, with ``worker``, a worker) may have to send.
+
+        Full-precision vectors go as RAW_F32, or RAW_F64 beyond binary32's range (SNAPSHOT,
+        SNAPSHOT_GRADIENT, FULL_GRADIENT); a quantized model as DENSE, ZERO or EQUALS_SNAPSHOT;
+        a gradient as its kind's encodings, or ZERO when it quantizes to zero.  DENSE_RICE and a
+        dense gradient's sparse form go only to a peer that announced them (wire-format.md 6.2-6, 6.2-7).
+        """
+        needed = {Encoding.RAW_F32, Encoding.RAW_F64}
+        if worker:
+            needed |= {Encoding.ZERO, *_GRADIENT_ENCODINGS.get(self.gradient, ())}
+        elif self.model == "quantized":
+            needed |= {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE}
+        return frozenset(needed)
+
+
+_GRADIENT_ENCODINGS = {
+    "dense": (Encoding.DENSE,),
+    "sparse": (Encoding.SPARSE_RICE, Encoding.SPARSE_BITMAP),
+    "qsgd": (Encoding.QSGD,),
+}
+
 
 #: Seeds run below this: numpy's are non-negative, and CONFIG carries 64 bits.
 SEED_LIMIT = 1 << 64

@@ -12,7 +12,7 @@ import numpy as np
 
 from aiodq.codec.events import Close, ConfigMessage, FullGradient, ModelMessage, Snapshot, Welcome
 from aiodq.codec.messages import encode_message
-from aiodq.codec.registry import MessageType
+from aiodq.codec.registry import Encoding, MessageType
 from aiodq.codec.vectors import RawVector, ZeroVector
 from aiodq.data import load_bundled_a9a
 from aiodq.errors import ErrorCode
@@ -163,3 +163,41 @@ def test_a_timeout_while_a_message_waits_still_says_how_the_session_ended() -> N
     session.handle_timer(1e6)  # long past the idle timeout, the answers not taken
     assert session.closed and not session.pending
     assert session.ended is not None and session.ended[0] == ErrorCode.TIMEOUT, session.ended
+
+
+#: What each algorithm's workers send (docs/algorithms.md 5-8, wire-format.md 6.2-7): SNAPSHOT_GRADIENT in
+#: RAW_F32 or RAW_F64, a gradient that quantizes to zero as ZERO, and the gradient's own encodings.
+_WORKERS_SEND = {
+    "asylpg": {"DENSE"},
+    "acc-asylpg": {"DENSE"},
+    "sparse-asylpg": {"SPARSE_RICE", "SPARSE_BITMAP"},
+    "qsvrg": {"QSGD"},
+    "asyfpg": set(),
+    "acc-asyfpg": set(),
+    "model-only": set(),
+}
+
+
+def test_a_welcome_that_cannot_carry_the_run_s_gradients_is_refused_at_config() -> None:
+    """A review: a WELCOME without DENSE ended the worker on its first GRADIENT, as its own failure."""
+    for algorithm, own in _WORKERS_SEND.items():
+        needed = {Encoding[name] for name in own | {"RAW_F32", "RAW_F64", "ZERO"}}
+        config = TrainConfig(algorithm=algorithm, seed=3)
+        for left_out in [None, *sorted(needed)]:
+            session = WorkerSession(A9A.features[:200], A9A.labels[:200])
+            session.data_to_send()
+            encodings = frozenset(int(e) for e in needed if e != left_out)
+            params = config.to_params()
+            session.receive_data(
+                encode_message(Welcome(version=1, worker_id=0, encodings=encodings))
+                + encode_message(ConfigMessage(dim=D, algorithm=algorithm, params=params)),
+                0.0,
+            )
+            if left_out is None:  # exactly these suffice: DENSE_RICE and the sparse form are optional
+                assert session.ended is None and session.config is not None, (algorithm, session.ended)
+                continue
+            assert session.ended is not None, (algorithm, left_out)
+            code, reason = session.ended
+            assert code == ErrorCode.UNSUPPORTED_ENCODING and session.failed, (algorithm, left_out, reason)
+            assert left_out.name in reason and algorithm in reason, reason
+            assert frame_types(session.data_to_send()) == [MessageType.CLOSE]
