@@ -22,7 +22,7 @@ from ..launch.local import (
     run_coroutine,
     worker_main,
 )
-from ..launch.models import load_factory, objective_for, read_start
+from ..launch.models import check_test_set, load_factory, objective_for, read_start
 from ..launch.processes import die_with_parent
 from ..launch.results import RESULT_FILES, check_out
 from ..net import checkpoint as checkpoint_file
@@ -74,6 +74,8 @@ def _dataset_for(
         test = load_test_dataset(path, n_features=dataset.features.shape[1])
     except DataError as exc:
         raise UsageError(f"the test set: {exc}") from exc
+    if test is not None:
+        check_test_set(config, dataset, test)
     return dataset, objective, test
 
 

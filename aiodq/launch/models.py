@@ -30,7 +30,15 @@ from ..protocol.objectives import BUILT_IN, Objective, check_objective, measures
 from ..protocol.start import check_start, starting_point
 from .results import load_model
 
-__all__ = ["import_root", "load_factory", "objective_for", "read_start", "start_vector", "test_scores"]
+__all__ = [
+    "check_test_set",
+    "import_root",
+    "load_factory",
+    "objective_for",
+    "read_start",
+    "start_vector",
+    "test_scores",
+]
 
 _log = logging.getLogger("aiodq.models")
 
@@ -151,6 +159,29 @@ def _what_failed(exc: Exception) -> str:
     """``Type: message (at FILE:LINE)``, the line where the user's code raised it."""
     text = f"{type(exc).__name__}: {exc}"
     return text if isinstance(exc, SyntaxError) else text + raised_at(exc)  # (a SyntaxError's names its line)
+
+
+def check_test_set(config: TrainConfig, training: Dataset, test: Dataset) -> None:
+    """Refuse, before training, a test set that the trained model could not be scored on.
+
+    Its samples must have the training set's features, and a built-in model's labels must map
+    as the training set's do (:func:`~aiodq.protocol.dataset.labels_for`): the end of the run
+    would otherwise fail to score it, or score it wrong.
+
+    Raises:
+        UsageError: naming the test set and what does not fit.
+    """
+    width, own = test.features.shape[1], training.features.shape[1]
+    if width != own:
+        raise UsageError(
+            f"the test set {test.name} has {width} features per sample, the training set "
+            f"{training.name} {own}"
+        )
+    if config.model in BUILT_IN:
+        try:
+            labels_for(config.model, test.labels, training.labels)
+        except ValueError as exc:  # DataError
+            raise UsageError(f"the test set {test.name}: {exc}") from exc
 
 
 def test_scores(

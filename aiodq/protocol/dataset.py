@@ -195,7 +195,11 @@ def labels_for(
     """
     if model not in BUILT_IN:
         return labels, None
-    values = np.unique(labels) if values is None else np.unique(values)
+    if values is None:
+        values = np.unique(labels)
+    else:
+        values = np.unique(values)
+        _check_within(model, np.unique(labels), values)
     if not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
         raise DataError(f"the {model} model needs class labels; the labels include {values[:5].tolist()}")
     if model == "logistic":
@@ -213,14 +217,38 @@ def labels_for(
         return (labels > 0).astype(np.int64), "labels -1 -> class 0, +1 -> class 1"
     if values[0] < 0:
         raise DataError(f"the {model} model needs class labels 0..C-1; the labels go down to {values[0]:g}")
-    missing = np.setdiff1d(np.arange(int(values[-1]) + 1), values.astype(np.int64))
+    top = int(values[-1])
+    absent = top + 1 - values.size
     note = None
-    if missing.size:  # LIBSVM's multiclass files often number their classes from 1
-        shown = ", ".join(map(str, missing[:6].tolist())) + (", ..." if missing.size > 6 else "")
-        note = f"classes 0..{int(values[-1])}: {shown} ha{'s' if missing.size == 1 else 've'} no samples"
-        if missing.tolist() == [0]:
-            note += f" (labels 1..{int(values[-1])}, LIBSVM's usual numbering: subtract 1 for classes 0..C-1)"
+    if absent:  # LIBSVM's multiclass files often number their classes from 1
+        # The first few absent classes lie below values.size + 6: no array of all the classes (a
+        # review: one label of 10**9 allocated 7.45 GiB here).
+        missing = np.setdiff1d(np.arange(min(top + 1, values.size + 6)), values.astype(np.int64))[:6]
+        shown = ", ".join(map(str, missing.tolist())) + (", ..." if absent > 6 else "")
+        note = f"classes 0..{top}: {shown} ha{'s' if absent == 1 else 've'} no samples"
+        if missing.tolist() == [0] and absent == 1:
+            note += f" (labels 1..{top}, LIBSVM's usual numbering: subtract 1 for classes 0..C-1)"
     return labels.astype(np.int64), note
+
+
+def _check_within(model: str, present: npt.NDArray[Any], values: npt.NDArray[Any]) -> None:
+    """Refuse labels that the mapping decided by ``values`` (the training set's) cannot take.
+
+    Logistic regression: a label other than the training set's two would be scored as -1 (a
+    review: a test set labelled 2/5 against training's 2/4 scored an accuracy of 1.0).  Softmax
+    and the MLP: a class beyond the training set's, which the model has no output for.
+    """
+    if model == "logistic" or values.size == 0 or values[0] < 0:
+        unknown = np.setdiff1d(present, values)
+        taken = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+        within = f"the training set's labels ({taken})"
+    else:
+        unknown = present[(present < 0) | (present > values[-1])]
+        within = f"the training set's classes 0..{values[-1]:g}"
+    if unknown.size:
+        shown = ", ".join(f"{v:g}" for v in unknown[:6]) + (", ..." if unknown.size > 6 else "")
+        are = "labels {} are" if unknown.size > 1 else "label {} is"
+        raise DataError(f"{are.format(shown)} not among {within}")
 
 
 def shard(samples: int, workers: int, index: int, *, seed: int = 0) -> npt.NDArray[np.intp]:

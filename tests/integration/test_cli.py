@@ -244,6 +244,33 @@ def test_malformed_data_exits_2(tmp_path: Path) -> None:
     assert "bad.libsvm" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("train", "test", "args", "message"),
+    [
+        # (a review: scored as -1 after training, test accuracy 1.0, exit 0)
+        (
+            "2 1:1\n4 2:1\n2 1:1 2:1\n",
+            "2 1:1\n5 2:1\n",
+            [],
+            "label 5 is not among the training set's labels (2, 4)",
+        ),
+        # (a review: found only after training, the summary cut its message short)
+        ("0 1:1\n1 2:1\n2 1:1 2:1\n", "0 1:1\n3 2:1\n", ["--model", "softmax"], "label 3 is not among"),
+    ],
+)
+def test_a_test_set_the_model_cannot_score_is_refused_before_training(
+    tmp_path: Path, train: str, test: str, args: list[str], message: str
+) -> None:
+    """F.t is checked against F when it is read: exit 2 naming it, no worker started, no results written."""
+    (tmp_path / "f").write_text(train)
+    (tmp_path / "f.t").write_text(test)
+    out = tmp_path / "out"
+    result = aiodq("run", "--data", str(tmp_path / "f"), "--workers", "1", "--out", str(out), *args)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert f"the test set f.t: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "result.json").exists()
+
+
 def test_unreachable_master_exits_1() -> None:
     """A worker whose master does not answer exits 1 with a clear message."""
     port = free_port()

@@ -11,6 +11,7 @@ import gzip
 import logging
 import re
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -686,6 +687,39 @@ def test_classes_without_samples_are_noted() -> None:
     assert note == "classes 0..5: 1, 3, 4 have no samples"
     _, note = Dataset(np.eye(3), np.array([0.0, 1, 2]), "full").for_model("softmax")
     assert note is None
+
+
+def test_labels_the_training_set_never_had_are_refused_not_mapped() -> None:
+    """A review: test labels 2/5 against training's 2/4 were scored as -1 (a test accuracy of 1.0).
+
+    Logistic regression maps exactly the training set's two values; softmax and the MLP take any
+    class 0..C-1 of the training set's C (classes without training samples included).
+    """
+    train = np.array([2.0, 4, 4, 2])
+    for test, bad in (([2.0, 5], "label 5 is"), ([-1.0, 1], "labels -1, 1 are")):
+        with pytest.raises(DataError, match=f"^{bad} not among the training set's labels \\(2, 4\\)$"):
+            Dataset(np.eye(2), np.array(test)).for_model("logistic", values=train)
+    mapped, _ = Dataset(np.eye(2), np.array([4.0, 4])).for_model("logistic", values=train)
+    np.testing.assert_array_equal(mapped.labels, [1, 1])
+    classes = np.array([0.0, 1, 3])  # class 2 has no training samples, but the model has its output
+    for model in ("softmax", "mlp"):
+        mapped, _ = Dataset(np.eye(2), np.array([2.0, 3])).for_model(model, values=classes)
+        np.testing.assert_array_equal(mapped.labels, [2, 3])
+        with pytest.raises(DataError, match=r"^label 4 is not among the training set's classes 0\.\.3$"):
+            Dataset(np.eye(2), np.array([4.0, 0])).for_model(model, values=classes)
+
+
+def test_a_huge_class_label_costs_no_array_of_every_class() -> None:
+    """A review: one label of 10**9 made the note of empty classes allocate 7.45 GiB (an arange of all)."""
+    labels = np.array([0.0, 1, 1e9])
+    tracemalloc.start()
+    try:
+        _, note = Dataset(np.eye(3), labels).for_model("softmax")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert note == "classes 0..1000000000: 2, 3, 4, 5, 6, 7, ... have no samples"
+    assert peak < 1 << 20, peak  # (numpy's arrays are traced: the arange of 10**9 int64 was 8 GB)
 
 
 def test_a_datasets_fingerprint_is_the_documented_digest_and_tells_data_apart() -> None:
