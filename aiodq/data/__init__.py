@@ -60,7 +60,13 @@ def _read_bytes(path: str | Path) -> bytes:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: broken gzip data: {exc}") from exc
+    if raw.startswith(_BOM):  # (a review: a CSV's first sample was read as a header, a LIBSVM file refused)
+        raw = raw[len(_BOM) :]
     return raw
+
+
+#: UTF-8's byte order mark, which some editors write first: no data format here has it.
+_BOM = b"\xef\xbb\xbf"
 
 
 #: One line's features: ``index:value`` pairs, digits for the index, no colon in the value.
@@ -209,6 +215,9 @@ def _csv_error(text: str, raw: bytes, header: int) -> str:
     bad_value = re.fullmatch(r"(could not convert string .* to \w+) at row (\d+), column (\d+)\.", text)
     if bad_value:
         what, row, column = bad_value.groups()
+        quoted = re.fullmatch(r"could not convert string (.*) to (\w+)", what)
+        if quoted and len(quoted.group(1)) > 42:  # (a whole row of another separator, say)
+            what = f"could not convert string {quoted.group(1)[:40]}...' to {quoted.group(2)}"
         return f":{_line_of_row(raw, int(row), header)}: not a numeric CSV: {what} (column {column})"
     short = re.fullmatch(r"the number of columns changed from (\d+) to (\d+) at row (\d+);.*", text)
     if short:
@@ -233,19 +242,26 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
     """Load MNIST rows of 784 pixels and a label (plain or gzip CSV); pixels scaled to [0, 1].
 
     The label comes last (the layout of the experiments' ``mnist_5k.csv.gz``) or first (the
-    common layout of pjreddie's and Kaggle's files, whose header line ``label,pixel0,...`` is
-    skipped): a first column of labels 0..9, at least two of them, whose last column holds one
-    value (a corner pixel, always 0 in MNIST) or values above 9 (no MNIST label) is read
-    label-first, and the log says so.  (A label-last file's first column is a corner pixel,
-    one value.)
+    common layout of pjreddie's and Kaggle's files).  A first line of column names (most of its
+    fields not numbers, or pandas' 0..784) is skipped, and where it names a first or last column
+    ``label``, that column is the label.  Otherwise a first column of labels 0..9, at least two
+    of them, whose last column holds one value (a corner pixel, always 0 in MNIST) or values
+    above 9 (no MNIST label) is read label-first, and the log says so.  (A label-last file's
+    first column is a corner pixel, one value.)  Pixels must be 0..255; a file whose pixels are
+    all at most 1 is warned of (already scaled?).
 
     Raises:
-        DataError: if the file cannot be parsed or has the wrong shape.
+        DataError: if the file cannot be parsed, has the wrong shape, or values out of range.
     """
     raw = _read_bytes(path)
     newline = raw.find(b"\n")  # the first line alone: split() would copy the rest of the file too
-    first_field = raw[: newline if newline >= 0 else len(raw)].split(b",", 1)[0].strip()
-    header = bool(first_field) and not _is_number(first_field)
+    names = [
+        field.strip().strip(b"\"'").lower()
+        for field in raw[: newline if newline >= 0 else len(raw)].split(b",")
+    ]
+    header = _is_header(names)
+    if header:
+        _log.info("%s: line 1 read as a header, not a sample", path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
@@ -261,23 +277,56 @@ def load_mnist_csv(path: str | Path, *, name: str = "mnist") -> Dataset:
             f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}: a CSV file is read "
             "as MNIST; other data goes in LIBSVM format"
         )
-    if not np.isfinite(table).all():
-        raise DataError(f"{path}: non-finite values")
+    finite = np.isfinite(table).all(axis=1)
+    if not finite.all():
+        line = _line_of_row(raw, int(np.argmin(finite)), int(header))
+        raise DataError(f"{path}:{line}: non-finite values")
     label_column, pixels = 784, table[:, :784]
     first = table[:, 0]
-    if (
+    if header and b"label" in (names[0], names[-1]):  # the header names it: pjreddie's and Kaggle's
+        label_column = 0 if names[0] == b"label" else 784
+    elif (
         (first == np.round(first)).all()
         and first.min() >= 0
         and first.max() <= 9
         and np.unique(first).size >= 2
         and (np.unique(table[:, 784]).size == 1 or table[:, 784].max() > 9)
     ):
-        label_column, pixels = 0, table[:, 1:]
+        label_column = 0
         _log.info("%s: read label first (its first column holds labels 0..9, its last no labels)", path)
+    if label_column == 0:
+        pixels = table[:, 1:]
     labels = table[:, label_column]
     if (labels != np.round(labels)).any() or labels.min() < 0:
         raise DataError(f"{path}: labels must be non-negative integers")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > 255:
+        raise DataError(
+            f"{path}: pixel values from {low:g} to {high:g}: MNIST pixels are 0..255 (other data goes in "
+            "LIBSVM format)"
+        )
+    if high <= 1:
+        _log.warning(
+            "%s: every pixel is at most 1 (already scaled?): they are divided by 255 all the same", path
+        )
     return Dataset(pixels / 255.0, labels.astype(np.int64), name)
+
+
+def _is_header(names: list[bytes]) -> bool:
+    """Whether a CSV file's first line, split at its commas, names the columns rather than holding a sample.
+
+    A header has more than one field (a line of one is a file of another separator) and most of
+    them are not numbers (one that is not, a typo, fails as a sample, naming the line), or it
+    numbers the 785 columns 0..784 or 1..785 (pandas' default names: a review trained a sample
+    of label 784).
+    """
+    numeric = [_is_number(name) for name in names]
+    if len(names) < 2:
+        return False
+    if all(numeric) and len(names) == 785:
+        first = float(names[0])
+        return first in (0, 1) and [float(name) for name in names] == [first + i for i in range(785)]
+    return numeric.count(False) * 2 > len(names)
 
 
 def _is_number(field: bytes) -> bool:

@@ -403,6 +403,52 @@ def test_csv_label_last_stays_label_last(tmp_path: Path) -> None:
         np.testing.assert_array_equal(dataset.features, table[:, :784] / 255.0)
 
 
+def test_csv_first_lines_that_are_samples_and_headers_that_name_the_label(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: a byte order mark made the first sample a 'header' (199 of 200 read), pandas' numeric
+    header 0..784 was trained as a sample of label 784, and a header naming its first column ``label``
+    was read label-last where the last pixel held small values."""
+    table, text = csv_rows(5, seed=6)
+    dataset = load_mnist_csv(write(tmp_path, "m.csv", b"\xef\xbb\xbf" + text.encode()))
+    np.testing.assert_array_equal(dataset.labels, table[:, 784])  # all five
+    caplog.set_level(logging.INFO, logger="aiodq.data")
+    for first in (0, 1):
+        numbered = ",".join(str(first + i) for i in range(785)) + "\n"
+        dataset = load_mnist_csv(write(tmp_path, "m.csv", numbered + text))
+        np.testing.assert_array_equal(dataset.labels, table[:, 784])
+        assert "m.csv: line 1 read as a header, not a sample" in caplog.text
+    label_first = np.concatenate([table[:, 784:], table[:, :784]], axis=1)
+    label_first[:, 784] = np.arange(5) % 3  # a last pixel that looks like labels 0..2
+    names = "label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"
+    rows = "\n".join(",".join(map(str, row)) for row in label_first) + "\n"
+    for header in (names, names.upper(), f"\ufeff{names}"):
+        dataset = load_mnist_csv(write(tmp_path, "m.csv", header + rows))
+        np.testing.assert_array_equal(dataset.labels, table[:, 784])
+        np.testing.assert_array_equal(dataset.features, label_first[:, 1:] / 255.0)
+    # A typo in a sample's first field is not a header: the line is named.
+    with pytest.raises(DataError, match=r"m\.csv:1: not a numeric CSV: could not convert string 'O\d*' to"):
+        load_mnist_csv(write(tmp_path, "m.csv", "O" + text[1:]))
+
+
+def test_csv_pixels_out_of_range_are_refused_and_scaled_ones_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MNIST pixels are 0..255: a review's 999 and already scaled pixels went through without a word."""
+    table, _ = csv_rows(3, seed=7)
+    for bad, shown in ((999, "0 to 999"), (-1, "-1 to 255")):
+        table[1, 5], table[2, 6] = bad, 255
+        text = "\n".join(",".join(map(str, row)) for row in table) + "\n"
+        with pytest.raises(DataError, match=f"m.csv: pixel values from {shown}: MNIST pixels are 0..255"):
+            load_mnist_csv(write(tmp_path, "m.csv", text))
+        table[1, 5] = 0
+    scaled = np.concatenate([np.full((3, 784), 0.5), table[:, 784:]], axis=1)
+    text = "\n".join(",".join(f"{v:g}" for v in row) for row in scaled) + "\n"
+    caplog.set_level(logging.WARNING, logger="aiodq.data")
+    load_mnist_csv(write(tmp_path, "m.csv", text))
+    assert "m.csv: every pixel is at most 1 (already scaled?)" in caplog.text
+
+
 def test_csv_wrong_column_count(tmp_path: Path) -> None:
     """A CSV without exactly 785 columns is a DataError naming the count."""
     with pytest.raises(DataError, match="785"):
