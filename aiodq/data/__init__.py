@@ -11,9 +11,11 @@ labels.  :func:`shard` splits it deterministically across M workers.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import logging
+import lzma
 import math
 import re
 import struct
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..net.checkpoint import open_regular
 from ..protocol.dataset import Dataset, class_count, shard
 from .libsvm import parse as parse_libsvm
 
@@ -51,26 +54,43 @@ __all__ = [
 
 
 def _read_bytes(path: str | Path) -> bytes:
+    """A data file's bytes, decompressed if gzip, bzip2 or xz, without a leading byte order mark.
+
+    Only a regular file (or a link to one) is read: the master and every worker read ``--data``,
+    and a FIFO gives its bytes to one reader only and a device may never end (a review: a FIFO
+    held a run for ever, /dev/zero read 3.7 GB).
+    """
     try:
-        raw = Path(path).read_bytes()
+        with open_regular(path) as stream:
+            raw = stream.read()
+        for magic, module, what in _COMPRESSED:
+            if raw.startswith(magic):
+                try:
+                    raw = module.decompress(raw)
+                except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+                    raise DataError(f"{path}: broken {what} data: {exc}") from exc
+                break
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: broken gzip data: {exc}") from exc
+    except MemoryError:
+        raise DataError(f"{path}: out of memory reading it (decompressed, if compressed)") from None
+    if raw.startswith(b"PK\x03\x04"):
+        raise DataError(f"{path}: a zip archive: extract the data file from it and give that")
     if raw.startswith(_BOM):  # (a review: a CSV's first sample was read as a header, a LIBSVM file refused)
         raw = raw[len(_BOM) :]
     return raw
 
 
+#: Compressed forms read, by their magic bytes (LIBSVM's site ships bzip2 and xz files too).
+_COMPRESSED = ((b"\x1f\x8b", gzip, "gzip"), (b"BZh", bz2, "bzip2"), (b"\xfd7zXZ\x00", lzma, "xz"))
 #: UTF-8's byte order mark, which some editors write first: no data format here has it.
 _BOM = b"\xef\xbb\xbf"
 
 
 #: One line's features: ``index:value`` pairs, digits for the index, no colon in the value.
-_PAIRS = re.compile(r"(?:\d+:[^\s:]+)(?:\s+\d+:[^\s:]+)*")
+_PAIRS = re.compile(r"(?:\d+:[^\s:]+)(?:[ \t]+\d+:[^\s:]+)*")
+#: What a LIBSVM line may not hold: control characters but the tab, and bytes beyond ASCII.
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 
 
 #: The most features a LIBSVM file may index (2^31 - 1, scipy's 32-bit sparse indices).
@@ -132,37 +152,52 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
 def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
     """``(labels, pairs per row, indices as written, values)`` of LIBSVM text, line by line.
 
+    Lines end at a line feed (the line numbers count these) or a carriage return, as the fast
+    reader's do; a ``qid:N`` after the label (svmlight's query id) is left out.  The text is read
+    a line at a time: a file of many comments or blank lines costs no list of them (a review:
+    2.1 GB for 100 MB of comments).
+
     Raises:
-        DataError: naming the line, if one is malformed.
+        DataError: naming the line, if one is malformed or holds a control character or a byte
+            beyond ASCII outside its comment.
     """
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not an ASCII LIBSVM file") from exc
+    if not re.search(rb"\S", raw):  # blank: said at once (a review's 50 M blank lines took 11 s to say so)
+        raise DataError(f"{path}: no samples")
     labels: list[float] = []
     counts: list[int] = []
     bodies: list[str] = []
     numbers: list[int] = []
-    for number, raw_line in enumerate(text.splitlines(), start=1):
-        line = raw_line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        head, *rest = line.split(None, 1)
-        body = rest[0] if rest else ""
-        try:
-            label = float(head)
-        except ValueError:
-            shown = head if len(head) <= 40 else head[:40] + "..."  # (a whole comma-separated row, say)
-            also = " (LIBSVM separates its fields by spaces)" if "," in head else ""
-            raise DataError(f"{path}:{number}: label {shown!r} is not a number{also}") from None
-        if not math.isfinite(label):
-            raise DataError(f"{path}:{number}: label {head!r} is not finite")
-        if body and not _PAIRS.fullmatch(body):
-            raise DataError(f"{path}:{number}: features must be index:value pairs separated by spaces")
-        labels.append(label)
-        counts.append(body.count(":"))
-        bodies.append(body)
-        numbers.append(number)
+    for number, whole in enumerate(io.BytesIO(raw), start=1):
+        for piece in whole.split(b"\r") if b"\r" in whole else (whole,):
+            content = piece.split(b"#", 1)[0].strip(b" \t\n")
+            if not content:
+                continue
+            if bad := _NOT_TEXT.search(content):
+                what = (
+                    "a byte beyond ASCII"
+                    if bad.group()[0] > 127
+                    else f"the control character {bad.group()!r}"
+                )
+                raise DataError(f"{path}:{number}: {what}: not LIBSVM text")
+            line = content.decode("ascii")
+            head, *rest = line.split(None, 1)
+            body = rest[0] if rest else ""
+            if body.startswith("qid:"):  # svmlight's query id: not a feature
+                body = body.split(None, 1)[1] if " " in body or "\t" in body else ""
+            try:
+                label = float(head)
+            except ValueError:
+                shown = head if len(head) <= 40 else head[:40] + "..."  # (a whole comma-separated row, say)
+                also = " (LIBSVM separates its fields by spaces)" if "," in head else ""
+                raise DataError(f"{path}:{number}: label {shown!r} is not a number{also}") from None
+            if not math.isfinite(label):
+                raise DataError(f"{path}:{number}: label {head!r} is not finite")
+            if body and not _PAIRS.fullmatch(body):
+                raise DataError(f"{path}:{number}: features must be index:value pairs separated by spaces")
+            labels.append(label)
+            counts.append(body.count(":"))
+            bodies.append(body)
+            numbers.append(number)
     if not labels:
         raise DataError(f"{path}: no samples")
     # Every line matched _PAIRS, so the pieces alternate index, value.
@@ -412,12 +447,37 @@ def load_dataset(path: str | Path | None) -> Dataset:
         return load_bundled_a9a()
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file")
+        raise DataError(
+            f"{path}: {'a link to nothing (or a loop of links)' if path.is_symlink() else 'no such file'}"
+        )
     if path.is_dir():
         return _folder_training(path)
-    if path.name.endswith((".csv", ".csv.gz")):
+    if _is_csv(path):
         return load_mnist_csv(path)
     return load_svmlight(path)
+
+
+def _is_csv(path: Path) -> bool:
+    """Whether ``path`` names an MNIST CSV file: ``.csv`` or ``.csv.gz``, in any case."""
+    return path.name.lower().endswith((".csv", ".csv.gz"))
+
+
+def _test_file(path: Path) -> Path | None:
+    """The test file beside LIBSVM file ``F``: ``F.t``, and for ``G.gz`` (bz2, xz) ``G.t.gz`` and ``G.t``.
+
+    Raises:
+        DataError: if more than one of them exists (which is meant is not clear).
+    """
+    names = [path.name + ".t"]
+    stem, dot, suffix = path.name.rpartition(".")
+    if dot and stem and suffix.lower() in ("gz", "bz2", "xz"):
+        names += [f"{stem}.t.{suffix}", f"{stem}.t"]
+    found = [path.with_name(name) for name in names if path.with_name(name).is_file()]
+    if len(found) > 1:
+        raise DataError(
+            f"{path}: {' and '.join(p.name for p in found)} are both beside it: keep one test file"
+        )
+    return found[0] if found else None
 
 
 def load_test_dataset(path: str | Path | None, *, n_features: int | None = None) -> Dataset | None:
@@ -436,10 +496,10 @@ def load_test_dataset(path: str | Path | None, *, n_features: int | None = None)
     if path.is_dir():
         split = _idx_split(path, "test")
         return None if split is None else load_mnist_idx(*split, name=f"{path.resolve().name}-test")
-    if path.name.endswith((".csv", ".csv.gz")):
+    if _is_csv(path):
         return None
-    sibling = path.with_name(path.name + ".t")
-    if not sibling.is_file():
+    sibling = _test_file(path)
+    if sibling is None:
         return None
     test = load_svmlight(sibling)
     width = test.features.shape[1]
