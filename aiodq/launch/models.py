@@ -81,6 +81,12 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
         raise UsageError(f"--model {spec}: cannot import {module_name}: {exc}{hint}") from exc
     except Exception as exc:  # the module's own code failed (a SyntaxError, an error at import)
         raise UsageError(f"--model {spec}: cannot import {module_name}: {_what_failed(exc)}") from exc
+    except SystemExit as exc:  # (a review: sys.exit or argparse at import left aiodq without a word)
+        raise UsageError(
+            f"--model {spec}: importing {module_name} called sys.exit({exc.code!r}){raised_at(exc)}: a "
+            "model's module must not exit or parse the command line when imported (put that under "
+            "if __name__ == '__main__')"
+        ) from None
     factory: Any = module
     for part in attribute.split("."):
         factory = getattr(factory, part, None)
@@ -145,6 +151,10 @@ def objective_for(
         objective = factory(dataset.features, dataset.labels)
     except Exception as exc:  # the user's code: one line, with where it failed
         raise UsageError(f"--model {config.model}: {_what_failed(exc)}") from exc
+    except SystemExit as exc:
+        raise UsageError(
+            f"--model {config.model}: it called sys.exit({exc.code!r}){raised_at(exc)}"
+        ) from None
     try:
         checked = check_objective(objective)
         starting_point(config, checked)  # its name and its x_0, before anything starts

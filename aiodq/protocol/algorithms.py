@@ -348,7 +348,12 @@ def initial_model(config: TrainConfig, objective: Objective) -> Array:
     Raises:
         ValueError: if it is not a finite vector of the objective's dimension.
     """
-    x0 = np.asarray(objective.initial(np.random.default_rng([config.seed, 0x1417])), dtype=np.float64)
+    given = np.asarray(objective.initial(np.random.default_rng([config.seed, 0x1417])))
+    if given.dtype.kind not in "fiu":  # (a review: complex parts dropped, strings parsed, bools taken)
+        raise ValueError(
+            f"{type(objective).__name__}.initial() must give real numbers, got {given.dtype} values"
+        )
+    x0 = given.astype(np.float64)  # (a copy: the objective's own array is not the run's x)
     if x0.shape != (objective.dim,) or not np.isfinite(x0).all():
         got = f"shape {x0.shape}" if x0.shape != (objective.dim,) else _non_finite(x0)
         raise ValueError(
@@ -376,16 +381,29 @@ class WorkerState:
         self._rng = make_rng([config.seed, 0x5EED, worker_id])
         self._budget = max(1.0, config.phi * self.dim)
         self._correct = getattr(objective, "correct", None)
+        # aiodq's own objectives (the built-in models, the torch adapter) return a new array each call.
+        self._fresh_arrays = type(objective).__module__.startswith(f"{__package__.partition('.')[0]}.")
         self._difference = difference_method(objective)
         # The next step's model-free half (prepare): its mini-batch, and grad f_B(x_snap) on it
         # (not for an objective with grad_difference, which takes both points in one pass).
         self._next_rows: Rows | None = None
         self._next_at_snapshot: Array | None = None
 
-    def _loss_grad(self, x: Array, rows: Rows | None) -> tuple[float, Array]:
-        """The objective's sums, checked: a finite loss and a float64 gradient of length d."""
-        loss, grad = self.objective.loss_grad(x, rows)
-        return float(loss), self._checked(grad, "gradient")
+    def _loss_grad(self, x: Array, rows: Rows | None, *, keep: bool = False) -> tuple[float, Array]:
+        """The objective's sums, checked: a finite loss and a float64 gradient of length d.
+
+        ``x`` goes to the objective read-only: a review's objective wrote into it, and the worker
+        trained from a snapshot that was not the master's.  With ``keep`` (a gradient kept past the
+        objective's next call) a user objective's own array is copied: one that reuses its buffer
+        would write the next gradient into it (a review: every alpha was 0).
+        """
+        given = x.view()
+        given.flags.writeable = False
+        loss, grad = self.objective.loss_grad(given, rows)
+        checked = self._checked(grad, "gradient")
+        if keep and checked is grad and not self._fresh_arrays:
+            checked = checked.copy()
+        return float(loss), checked
 
     def _checked(self, grad: object, what: str) -> Array:
         """``grad`` as a float64 vector of length d (itself where it is one already).
@@ -457,7 +475,7 @@ class WorkerState:
             # Mini-batches are drawn with replacement: O(B) per draw, whatever the shard size.
             self._next_rows = self._rng.integers(0, self.samples, size=self.config.batch)
         if self._next_at_snapshot is None and self._difference is None:
-            self._next_at_snapshot = self._loss_grad(self.snapshot, self._next_rows)[1]
+            self._next_at_snapshot = self._loss_grad(self.snapshot, self._next_rows, keep=True)[1]
 
     def variance_reduced(self, vector: Vector, relative: bool) -> Array:
         """The computation: ``alpha = grad f_B(x_hat) - grad f_B(x_snap)`` (+ L2) on a fresh mini-batch."""

@@ -61,7 +61,7 @@ def check_sums(objective: Objective, x: npt.NDArray[np.float64]) -> None:
         gradient = np.asarray(gradient)
         if gradient.dtype.kind not in "fiu":  # (complex ones would lose their imaginary parts unsaid)
             raise ValueError(f"{name}.loss_grad's gradient must be real numbers, got {gradient.dtype} values")
-        gradient = gradient.astype(np.float64, copy=False)
+        gradient = gradient.astype(np.float64)  # (a copy: an objective may reuse its array for the next call)
         if gradient.shape != (objective.dim,):
             raise ValueError(
                 f"{name}.loss_grad's gradient must have shape ({objective.dim},), got {gradient.shape}"

@@ -488,6 +488,12 @@ class Model:
             _OBJECTIVE.format(name="", initial="np.full(self.dim, np.nan)"),
             "Model.initial() must give 123 finite values, got 123 of them NaN or infinite",
         ),
+        # (a review: exit 3 and not a word from aiodq; SystemExit is no Exception)
+        ("import sys\nsys.exit(3)\n", "importing bad_model called sys.exit(3) (at "),
+        (
+            "import sys\ndef Model(features, labels):\n    sys.exit('no GPU')\n",
+            "it called sys.exit('no GPU') (at ",
+        ),
     ],
     ids=[
         "syntax-error",
@@ -498,6 +504,8 @@ class Model:
         "initial-too-long",
         "initial-raises",
         "initial-nan",
+        "exits-at-import",
+        "factory-exits",
     ],
 )
 def test_a_user_model_whose_code_fails_is_one_line(tmp_path: Path, source: str, expected: str) -> None:

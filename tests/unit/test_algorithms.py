@@ -871,6 +871,78 @@ def test_a_step_never_writes_the_array_the_objective_gives() -> None:
     np.testing.assert_allclose(alpha, given[0] / 8 + 1e-3 * (0.25 - x_snap), rtol=1e-12, atol=1e-15)
 
 
+class _Reusing(TwoCalls):
+    """An objective that writes every gradient into one buffer of its own and returns it."""
+
+    def __init__(self, inner: LogisticRegression) -> None:
+        super().__init__(inner)
+        self.buffer = np.zeros(inner.dim)
+
+    def loss_grad(self, x: npt.NDArray[np.float64], rows: Any = None) -> tuple[float, Any]:
+        loss, grad = self.inner.loss_grad(x, rows)
+        self.buffer[:] = grad
+        return loss, self.buffer
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_an_objective_that_reuses_its_gradient_buffer_steps_as_one_that_does_not(prepared: bool) -> None:
+    """A review: the x_snap term was kept as the objective's own buffer, which the x_hat call overwrote:
+    every alpha was 0, and training fell back to full-gradient steps without a word."""
+    fresh, reusing = worker("asyfpg", two_calls=True), worker("asyfpg", two_calls=True)
+    inner = reusing.objective
+    assert isinstance(inner, TwoCalls)
+    reusing.objective = _Reusing(inner.inner)
+    x_snap, x_hat = np.linspace(-1, 1, D), RawVector(np.linspace(1, -1, D).astype(np.float32))
+    for state in (fresh, reusing):
+        state.snapshot_phase(x_snap)
+        if prepared:
+            state.prepare()
+    expected = fresh.variance_reduced(x_hat, relative=False)
+    assert np.abs(expected).max() > 0.01  # (x_hat is far from x_snap)
+    np.testing.assert_array_equal(reusing.variance_reduced(x_hat, relative=False), expected)
+    starting_point(TrainConfig(algorithm="asyfpg"), _Reusing(inner.inner))  # the contract check passes too
+
+
+def test_the_objective_cannot_write_into_the_point_it_is_given() -> None:
+    """A review's objective wrote into x in place: the worker's snapshot drifted from the master's (a
+    final F of 0.1905 against 0.1881, exit 0).  Now the write raises, and the step names the objective."""
+
+    class Writing(TwoCalls):
+        def loss_grad(self, x: npt.NDArray[np.float64], rows: Any = None) -> tuple[float, Any]:
+            x *= 0.9
+            return self.inner.loss_grad(x, rows)
+
+    state = worker("asyfpg")
+    inner = state.objective
+    assert isinstance(inner, LogisticRegression)
+    state.objective = Writing(inner)
+    with pytest.raises(ValueError, match="read-only"):
+        state.snapshot_phase(np.linspace(-1, 1, D))
+
+
+@pytest.mark.parametrize(
+    ("start", "dtype"),
+    [
+        (np.full(D, 1 + 1j), "complex128"),
+        (np.array(["0.25"] * D, dtype=object), "object"),
+        (np.ones(D, bool), "bool"),
+    ],
+)
+def test_initial_values_that_are_not_real_numbers_are_refused(start: Any, dtype: str) -> None:
+    """A review: initial()'s complex parts were dropped (numpy warned), strings parsed, bools taken."""
+
+    class Starting(TwoCalls):
+        def initial(self, rng: np.random.Generator) -> Any:
+            return start
+
+    inner = worker("asylpg").objective
+    assert isinstance(inner, LogisticRegression)
+    with pytest.raises(
+        ValueError, match=f"^Starting.initial\\(\\) must give real numbers, got {dtype} values$"
+    ):
+        algorithms.initial_model(TrainConfig(), Starting(inner))
+
+
 def test_a_subclass_with_its_own_loss_is_stepped_through_its_loss_grad() -> None:
     """A subclass of logistic regression weighting positive samples 3x (its own loss_grad, the inherited
     grad_difference): the step follows its loss, as the two-call path computes it (a review)."""

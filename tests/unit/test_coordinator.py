@@ -684,12 +684,12 @@ def _mini_batch_calls(monkeypatch: pytest.MonkeyPatch, limit: int | None = None)
     calls = [0]
     original = algorithms.WorkerState._loss_grad
 
-    def counting(self: Any, x: Any, rows: Any) -> Any:
+    def counting(self: Any, x: Any, rows: Any, **options: Any) -> Any:
         if rows is not None:
             calls[0] += 1
             if limit is not None and calls[0] > limit:
                 raise RuntimeError("out of memory")
-        return original(self, x, rows)
+        return original(self, x, rows, **options)
 
     monkeypatch.setattr(algorithms.WorkerState, "_loss_grad", counting)
     return calls
