@@ -15,11 +15,14 @@ import contextlib
 import logging
 import numbers
 import ssl as ssl_module
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..codec.events import Heartbeat, Snapshot
 from ..config import ConnectionConfig
 from ..errors import ErrorCode, code_name
+from ..protocol.connection import ConnectionState
 from ..protocol.dataset import as_samples
 from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
@@ -165,6 +168,7 @@ async def run_worker(
     gradients = 0
     ended: str | None = None  # how the last session ended, if one did
     trained: WorkerResult | None = None  # the last session that got as far as CONFIG
+    pace = _Pace()  # (a step found slow in one session runs off the loop's thread in the next from the start)
     while True:
         began = loop.time()
         try:
@@ -186,6 +190,7 @@ async def run_worker(
                 server_hostname=server_hostname,
                 # (An attempt within what is left of retry_for: a review's gave up 1.9 s late.)
                 connect_within=max(deadline - loop.time(), _SHORTEST_ATTEMPT) if retry_for > 0 else None,
+                pace=pace,
             )
         except OSError as exc:
             if loop.time() + backoff > deadline:
@@ -252,6 +257,88 @@ async def _drain(writer: asyncio.StreamWriter, window: float) -> bool:
             waiting = left
 
 
+async def _compute(
+    session: WorkerSession,
+    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    interval: float,
+    now: Callable[[], float],
+    pace: _Pace,
+) -> list[bytes]:
+    """Run the session's :attr:`~WorkerSession.work`; return what the master sent meanwhile.
+
+    A snapshot phase (the objective over the whole shard), and a step whose computation took
+    :data:`_OFFLOAD_STEP` or more last time (or, before any, by the last snapshot phase's time per
+    row), run on another thread, and the event loop's thread stays free: the worker sends a
+    HEARTBEAT every ``interval`` seconds meanwhile (a review: a ``loss_grad`` of 35 s ran on the
+    loop's thread, the master heard nothing for its 30 s idle timeout and dropped the worker, at
+    every epoch, for ever).  Quicker steps run here, on the loop's thread: the hop to a thread
+    and back made the bundled a9a run's updates 1.3x as long (docs/benchmarks.md).
+    The bytes received meanwhile are held, up to :data:`_HELD_BYTES` (beyond, the kernel holds
+    them), and handed to the session after :meth:`~WorkerSession.complete`: the session takes no
+    message while its work is owed.  The end of the stream is held as ``b""``.
+    """
+    work = session.work
+    assert work is not None
+    reader, writer = streams
+    snapshot = isinstance(work.event, Snapshot)
+    began = now()
+    if not snapshot and pace.step < _OFFLOAD_STEP:
+        work.run()
+        pace.step = now() - began
+        return []
+    computing = asyncio.ensure_future(asyncio.to_thread(work.run))
+    held: list[bytes] = []
+    size, reading, beat = 0, None, now() + interval
+    try:
+        while not computing.done():
+            if reading is None and size < _HELD_BYTES and not (held and not held[-1]):
+                reading = asyncio.ensure_future(reader.read(_READ_SIZE))
+            waiting = {computing} if reading is None else {computing, reading}
+            await asyncio.wait(waiting, timeout=max(0.0, beat - now()), return_when=asyncio.FIRST_COMPLETED)
+            if reading is not None and reading.done():
+                try:
+                    chunk = reading.result()
+                except (ConnectionError, OSError):
+                    chunk = b""  # (the session sees the stream end; how it was lost is not kept)
+                reading = None
+                held.append(chunk)
+                size += len(chunk)
+            if now() >= beat and not computing.done():
+                beat = now() + interval
+                if session.connection.state is ConnectionState.READY and not writer.is_closing():
+                    session.connection.send(Heartbeat(), now())
+                    writer.write(session.data_to_send())
+    finally:
+        if not computing.done():
+            computing.cancel()  # (the thread finishes on its own; its result is dropped)
+        if reading is not None:
+            reading.cancel()  # (a read cancelled while it waits has taken nothing)
+            await asyncio.wait({reading})  # (the reader is free again only once the read has ended)
+            if not reading.cancelled() and reading.exception() is None:
+                held.append(reading.result())  # (it ended with bytes before the cancellation came)
+    took = now() - began
+    state = session.state
+    if not snapshot:
+        pace.step = took
+    elif state is not None and state.samples:  # a step evaluates 2 B rows: as many rows' worth of the phase
+        pace.step = max(pace.step, took * 2 * state.config.batch / state.samples)
+    return held
+
+
+class _Pace:
+    """How long a worker's step took to compute (seconds): kept across its sessions."""
+
+    __slots__ = ("step",)
+
+    def __init__(self) -> None:
+        self.step = 0.0
+
+
+#: A step that took this long (seconds) runs off the event loop's thread next time.
+_OFFLOAD_STEP = 0.005
+
+#: Bytes a worker holds for its session while it computes (then it stops reading).
+_HELD_BYTES = 4 * _READ_SIZE
 #: The most characters of a session's end reason kept (the master's CLOSE allows 1,024 bytes, escaped here).
 _REASON_CHARS = 4096
 #: The shortest connection attempt once ``retry_for`` is nearly spent (seconds).
@@ -295,6 +382,7 @@ async def _session(
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
     connect_within: float | None = None,
+    pace: _Pace | None = None,
 ) -> WorkerResult:
     """One connection: from HELLO to the master's CLOSE or the end of the stream.
 
@@ -348,6 +436,7 @@ async def _session(
         data_fingerprint=data_fingerprint,
         connection_config=connection_config,
         now=now(),
+        offload=True,
     )
     lost: OSError | None = None
     stalled = ""  # why a drain gave up, if one did
@@ -365,6 +454,19 @@ async def _session(
                     # compute the next step's model-free half (WorkerSession.prepare). With bytes
                     # still queued, preparing now would hold them back: the MODEL's step does it.
                     session.prepare(now())
+            if session.work is not None:
+                held = await _compute(
+                    session, (reader, writer), settings.heartbeat_interval, now, pace or _Pace()
+                )
+                session.complete(now())
+                for chunk in held:
+                    session.receive_data(chunk, now())
+                if held and not held[-1]:  # the stream ended meanwhile
+                    data = session.data_to_send()
+                    if data and not writer.is_closing():
+                        writer.write(data)
+                    break
+                continue
             if session.closed:
                 break
             if session.pending:  # messages that came behind the answer just sent

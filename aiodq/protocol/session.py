@@ -8,6 +8,7 @@ worker (and the in-memory simulation) feed it bytes and send what it returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,34 @@ from .dataset import as_samples, class_count, labels_for, other_data
 from .objectives import BUILT_IN, Objective, check_objective, fixed_fingerprint, objective_name
 from .start import check_contract
 
-__all__ = ["ANSWERS_WAITING", "WorkerSession"]
+__all__ = ["ANSWERS_WAITING", "Work", "WorkerSession"]
 
 #: Answers (SNAPSHOT_GRADIENT, GRADIENT) that may wait to be taken before a SNAPSHOT or MODEL waits too.
 ANSWERS_WAITING = 4
+
+
+class Work:
+    """A computation a session with ``offload`` owes: :meth:`run` it anywhere, then ``complete`` the session.
+
+    It touches the worker's state and objective only, never the connection: while it runs, the
+    caller may send HEARTBEATs on the connection, but hands the session no received bytes.
+    """
+
+    __slots__ = ("_compute", "error", "event", "result")
+
+    def __init__(self, event: Snapshot | ModelMessage | None, compute: Callable[[], Any]) -> None:
+        #: The message it answers (None: the next step's preparation, which answers nothing).
+        self.event = event
+        self._compute = compute
+        self.result: Any = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        """Compute; an exception is kept (:attr:`error`), for :meth:`WorkerSession.complete` to report."""
+        try:
+            self.result = self._compute()
+        except Exception as exc:
+            self.error = exc
 
 
 class WorkerSession:
@@ -61,8 +86,14 @@ class WorkerSession:
         data_fingerprint: str | None = None,
         connection_config: ConnectionConfig | None = None,
         now: float = 0.0,
+        offload: bool = False,
     ) -> None:
         """A worker with its samples, or with its own objective (which holds them).
+
+        With ``offload``, the objective's computations (a SNAPSHOT's sums over the shard, a
+        MODEL's gradient, :meth:`prepare`) are not done inside :meth:`receive_data`: they wait as
+        :attr:`work` for the caller to run where it likes (the asyncio worker: on another thread,
+        heartbeating meanwhile), and no further message is handled until :meth:`complete`.
 
         ``features`` and ``labels`` serve a built-in model, the one CONFIG names; an
         ``objective`` is trained whatever CONFIG names, if its dimension (and name) fit.
@@ -120,6 +151,9 @@ class WorkerSession:
         self._at_end = False
         self._held: Event | None = None  # a SNAPSHOT or MODEL behind answers not yet taken
         self._answers = self._answers_taken = 0  # SNAPSHOT_GRADIENTs and GRADIENTs queued, and taken
+        self.offload = offload
+        #: The computation owed (with ``offload``): run it, then call :meth:`complete`.
+        self.work: Work | None = None
         settings = connection_config or ConnectionConfig()
         self.connection_limits = settings.limits
         # It announces what its connection decodes (wire-format.md 6.2-5): all, unless configured.
@@ -160,8 +194,24 @@ class WorkerSession:
         """Handle the message that waited (:attr:`pending`) and those after it: after :meth:`data_to_send`."""
         self._take_events(now)
 
+    def complete(self, now: float) -> None:
+        """After :attr:`work` has run: send its answer (or end the session as its failure says), go on."""
+        work, self.work = self.work, None
+        if work is None:
+            return
+        state, event = self.state, work.event
+        if event is not None and state is not None and self.connection.state is ConnectionState.READY:
+            if work.error is not None:
+                self._failed_answer(event, work.error, now)
+            else:
+                try:
+                    self._reply(state, event, work.result, now)
+                except Exception as exc:
+                    self._failed_answer(event, exc, now)
+        self._take_events(now)
+
     def _take_events(self, now: float) -> None:
-        while True:
+        while self.work is None:
             event, self._held = self._held, None
             if event is None:
                 try:
@@ -193,10 +243,13 @@ class WorkerSession:
         computes it again (failing there as it would have without preparing).
         """
         state = self.state
-        if not self._may_prepare or state is None or self.failed:
-            return
+        if not self._may_prepare or state is None or self.failed or self.work is not None:
+            return  # (with work owed, a MODEL's say, that step computes its own half)
         self._may_prepare = False
         if self.connection.state is not ConnectionState.READY:
+            return
+        if self.offload:
+            self.work = Work(None, state.prepare)  # (its failure: retried, and reported, by the next MODEL)
             return
         try:
             state.prepare()
@@ -216,14 +269,14 @@ class WorkerSession:
         elif isinstance(event, Snapshot | FullGradient | ModelMessage):
             if self.state is None or self.connection.state is not ConnectionState.READY or self._at_end:
                 return  # it crossed this side's CLOSE, or the stream ended: no answer is owed (8.1-2)
+            state = self.state
+            if self.offload and isinstance(event, Snapshot | ModelMessage):
+                self.work = Work(event, lambda: self._compute(state, event))
+                return
             try:
-                self._answer(self.state, event, now)
+                self._reply(state, event, self._compute(state, event), now)
             except Exception as exc:
-                first_line = (str(exc).splitlines() or [""])[0]
-                what = type(event).__name__.removesuffix("Message").upper()
-                self._give_up(
-                    now, f"cannot answer {what}: {type(exc).__name__}: {first_line}{raised_at(exc)}"
-                )
+                self._failed_answer(event, exc, now)
         elif isinstance(event, Close):
             if self.ended is None:  # (the answer to this side's own CLOSE does not say why it ended)
                 self.ended = (event.code, event.reason)
@@ -235,9 +288,27 @@ class WorkerSession:
         elif isinstance(event, ErrorMessage):
             pass  # a rejected gradient: the master sends a fresh model with it
 
-    def _answer(self, state: WorkerState, event: Snapshot | FullGradient | ModelMessage, now: float) -> None:
+    def _failed_answer(self, event: Event, exc: Exception, now: float) -> None:
+        first_line = (str(exc).splitlines() or [""])[0]
+        what = type(event).__name__.removesuffix("Message").upper()
+        self._give_up(now, f"cannot answer {what}: {type(exc).__name__}: {first_line}{raised_at(exc)}")
+
+    @staticmethod
+    def _compute(state: WorkerState, event: Snapshot | FullGradient | ModelMessage) -> Any:
+        """The objective's part of an answer: touches ``state`` only (any thread, with ``offload``)."""
         if isinstance(event, Snapshot):
-            loss, gradient, correct = state.snapshot_phase(event.vector.values)
+            return state.snapshot_phase(event.vector.values)
+        if isinstance(event, FullGradient):
+            state.set_full_gradient(event.vector.values)
+            return None
+        return state.gradient_message(event.vector, event.relative)
+
+    def _reply(
+        self, state: WorkerState, event: Snapshot | FullGradient | ModelMessage, result: Any, now: float
+    ) -> None:
+        """Send the answer :meth:`_compute` gave ``result`` for (none to a FULL_GRADIENT)."""
+        if isinstance(event, Snapshot):
+            loss, gradient, correct = result
             reply = SnapshotGradient(
                 epoch=event.epoch,
                 samples=state.samples,
@@ -248,10 +319,8 @@ class WorkerSession:
             self.connection.send(reply, now)
             self._answers += 1
             self._may_prepare = True
-        elif isinstance(event, FullGradient):
-            state.set_full_gradient(event.vector.values)
-        else:
-            vector = state.gradient_message(event.vector, event.relative)
+        elif isinstance(event, ModelMessage):
+            vector = result
             if state.config.adaptive_coding:  # the master chose the coding by measured pace: answer in kind
                 received = self.connection.last_received_encoding
                 self.connection.dense_rice = answer_coding(received, self.connection.dense_rice)

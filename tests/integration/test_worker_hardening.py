@@ -191,3 +191,53 @@ async def test_a_retry_for_that_is_not_a_duration_is_refused(retry_for: object) 
             run_worker("127.0.0.1", 9, np.ones((4, 3)), np.ones(4), retry_for=retry_for),
             timeout=10,
         )  # type: ignore[arg-type]
+
+
+class _SlowSquares:
+    """Least squares over 200 rows taking ``per_row`` seconds of wall time per row it reads: a heavy model."""
+
+    dim, samples = 5, 200
+
+    def __init__(self, per_row: float) -> None:
+        rng = np.random.default_rng(11)
+        self.a, self.b, self.per_row = rng.standard_normal((200, 5)), rng.standard_normal(200), per_row
+
+    def initial(self, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(self.dim)
+
+    def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
+        time.sleep(self.per_row * len(b))  # (the model's cost: the scenario, not a wait of the test's)
+        residual = a @ x - b
+        return 0.5 * float(residual @ residual), a.T @ residual
+
+
+@pytest.mark.asyncio
+async def test_a_model_slower_than_the_idle_timeout_trains_while_its_worker_heartbeats() -> None:
+    """A review: a loss_grad of 35 s ran on the event loop's thread, the master heard nothing for its 30 s
+    idle timeout and dropped the worker, at every epoch.  Here the idle timeout is 0.6 s, a snapshot
+    phase takes 1.2 s and each mini-batch evaluation 0.72 s: the worker computes off the loop's thread
+    and heartbeats, and the run ends as any other (one session, every update applied)."""
+    from aiodq import Master, MasterConfig  # noqa: PLC0415
+
+    settings = ConnectionConfig(handshake_timeout=5.0, heartbeat_interval=0.15, idle_timeout=0.6)
+    config = TrainConfig(algorithm="asyfpg", epochs=1, updates_per_epoch=3, batch=60, step=0.01)
+    master = Master(
+        config,
+        _SlowSquares(0.0),
+        workers=1,
+        connection_config=settings,
+        master_config=MasterConfig(join_timeout=30),
+    )
+    async with master:
+        worker = asyncio.create_task(
+            run_worker(*master.address, objective=_SlowSquares(0.006), connection_config=settings)
+        )
+        summary = await master.wait(timeout=120)
+        result = await asyncio.wait_for(worker, 30)
+    assert result.ok and result.gradients == 3, result
+    assert summary.failure is None and not summary.summary["error_counts"], (
+        summary.failure,
+        summary.summary["errors"],
+    )
+    assert len(summary.trace) == 2 and summary.trace[-1].loss < summary.trace[0].loss

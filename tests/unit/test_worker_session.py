@@ -201,3 +201,67 @@ def test_a_welcome_that_cannot_carry_the_run_s_gradients_is_refused_at_config() 
             assert code == ErrorCode.UNSUPPORTED_ENCODING and session.failed, (algorithm, left_out, reason)
             assert left_out.name in reason and algorithm in reason, reason
             assert frame_types(session.data_to_send()) == [MessageType.CLOSE]
+
+
+def test_an_offloading_session_owes_its_computations_as_work_and_answers_as_one_that_does_not() -> None:
+    """offload: a SNAPSHOT's and a MODEL's computations wait as ``work`` (the asyncio worker runs them on
+    another thread); nothing after them is handled until ``complete``, preparing never replaces owed work
+    (a first version's did, and a MODEL went unanswered), and the bytes sent are those of a session
+    that computes in place."""
+    config = TrainConfig(seed=4)
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.linspace(-0.1, 0.1, D))))
+    model = encode_message(ModelMessage(epoch=0, version=0, vector=RawVector(np.full(D, 0.05))))
+    inline = WorkerSession(A9A.features[:200], A9A.labels[:200])
+    inline.data_to_send()
+    inline.receive_data(configured(inline, config) + snapshot + model, 0.0)
+    expected = inline.data_to_send()
+    assert frame_types(expected) == [MessageType.SNAPSHOT_GRADIENT, MessageType.GRADIENT]
+
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200], offload=True)
+    session.data_to_send()
+    session.receive_data(configured(session, config) + snapshot, 0.0)
+    work = session.work
+    assert work is not None and isinstance(work.event, Snapshot) and session.data_to_send() == b""
+    session.receive_data(model, 0.0)  # behind the owed work: not handled yet
+    assert session.work is work
+    session.prepare(0.0)
+    assert session.work is work
+    work.run()
+    session.complete(0.0)
+    sent = session.data_to_send()
+    assert frame_types(sent) == [MessageType.SNAPSHOT_GRADIENT]
+    step = session.work  # the MODEL, now
+    assert step is not None and isinstance(step.event, ModelMessage)
+    step.run()
+    session.complete(0.0)
+    assert sent + session.data_to_send() == expected
+    session.prepare(0.0)  # the next step's model-free half: owed as work that answers nothing
+    assert session.work is not None and session.work.event is None
+
+
+def test_an_offloaded_computation_that_fails_ends_the_session_as_in_place() -> None:
+    """A failure inside the work is reported by ``complete`` as the session's own, naming the message."""
+
+    class Failing:
+        dim, samples = D, 2
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            return np.zeros(D)
+
+        def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
+            if rows is None:
+                raise MemoryError("the shard does not fit")
+            return float(len(rows)), np.full(D, float(len(rows)))  # type: ignore[arg-type]
+
+    session = WorkerSession(objective=Failing(), offload=True)
+    session.data_to_send()
+    session.receive_data(configured(session, TrainConfig(model="failing")), 0.0)
+    session.receive_data(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D)))), 0.0)
+    assert session.work is not None
+    session.work.run()
+    session.complete(0.0)
+    assert session.failed and session.ended is not None
+    assert session.ended[1].startswith("cannot answer SNAPSHOT: MemoryError: the shard does not fit"), (
+        session.ended
+    )
+    assert frame_types(session.data_to_send()) == [MessageType.CLOSE]
