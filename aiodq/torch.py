@@ -281,12 +281,18 @@ class TorchObjective:
         self._ready_grads()
         self._grad.zero_()
         total = 0.0
+        # A half-precision module's blocks are added up in float64: its own buffer overflowed at 65,504
+        # (a review: a shard of 50,000 rows gave inf where the sum was 73,070).
+        wide = np.zeros(self.dim) if self._grad.dtype == torch.float16 else None
         with torch.enable_grad():
             for inputs, targets in self._blocks(rows):
                 loss = self._sum(self.module(inputs), targets)
                 torch.autograd.backward(loss)
                 total += loss.detach().item()
-        return total, self._grad.cpu().numpy().astype(np.float64)
+                if wide is not None:
+                    wide += self._grad.cpu().numpy()
+                    self._grad.zero_()
+        return total, self._grad.cpu().numpy().astype(np.float64) if wide is None else wide
 
     @property
     def measures_accuracy(self) -> bool:
@@ -348,7 +354,12 @@ class TorchObjective:
         self._write(x)
 
     def read_parameters(self) -> Array:
-        """The module's trainable parameters as one new float64 vector (the inverse of the above)."""
+        """The module's trainable parameters as one new float64 vector (the inverse of the above).
+
+        Raises:
+            RuntimeError: if the parameters no longer live in this objective's buffer (as :meth:`loss_grad`).
+        """
+        self._check_storage()
         return self._flat.detach().cpu().numpy().astype(np.float64)
 
     @property
@@ -383,6 +394,7 @@ class TorchObjective:
                 "a parameter frozen when the TorchObjective was built requires grad now (unfrozen): its "
                 "gradient would not be in x; build a new TorchObjective"
             )
+        self._check_storage()
         values = x if isinstance(x, np.ndarray) else np.asarray(x)
         if values.shape != (self.dim,):
             raise ValueError(f"x must be a vector of {self.dim} values, got shape {values.shape}")
@@ -395,21 +407,28 @@ class TorchObjective:
         self._flat.copy_(torch.from_numpy(values))  # the buffer itself needs no grad
 
     def _ready_grads(self) -> None:
-        """Check that the parameters still live in the flat buffer; re-attach the flat gradient views.
+        """Re-attach the flat gradient views (after :meth:`_write`, which checked where the parameters live).
 
         ``module.zero_grad()`` (which sets ``.grad`` to None) is harmless: the views are put back.
-
-        Raises:
-            RuntimeError: if the parameters were replaced (``module.to()``, assigning ``.data``).
         """
-        for param, view, pointer in zip(self._params, self._grad_views, self._pointers, strict=True):
-            if param.data_ptr() != pointer:
-                raise RuntimeError(
-                    "the module's parameters were replaced after the TorchObjective was built "
-                    "(module.to(), .float(), assigning .data): build a new TorchObjective"
-                )
+        for param, view in zip(self._params, self._grad_views, strict=True):
             if param.grad is not view:
                 param.grad = view
+
+    def _check_storage(self) -> None:
+        """Raise RuntimeError if a parameter no longer lives in the flat buffer: x would not reach it.
+
+        (A review: after ``module.double()``, or a second TorchObjective built on the same module,
+        ``write_parameters`` wrote the trained model where the module no longer read it, silently.)
+        """
+        if any(
+            param.data_ptr() != pointer for param, pointer in zip(self._params, self._pointers, strict=True)
+        ):
+            raise RuntimeError(
+                "the module's parameters were replaced after the TorchObjective was built (module.to(), "
+                ".float(), .double(), assigning .data, or another TorchObjective built on the same module): "
+                "build a new TorchObjective, one per module"
+            )
 
     def _blocks(self, rows: Rows | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(inputs, targets)`` for ``rows`` (all samples with None), at most ``chunk_size`` each."""

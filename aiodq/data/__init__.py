@@ -163,6 +163,10 @@ def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
     """
     if not re.search(rb"\S", raw):  # blank: said at once (a review's 50 M blank lines took 11 s to say so)
         raise DataError(f"{path}: no samples")
+    if raw[:3] == b"\x00\x00\x08" and raw[3:4] in (b"\x01", b"\x03"):
+        raise DataError(
+            f"{path}: an MNIST IDX file, not LIBSVM text: give the folder that holds it (--data DIR)"
+        )
     labels: list[float] = []
     counts: list[int] = []
     bodies: list[str] = []
@@ -223,8 +227,9 @@ def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist
         DataError: on a wrong magic number, truncated data or a count mismatch.
     """
     raw_images, raw_labels = _read_bytes(images), _read_bytes(labels)
-    if len(raw_images) < 16 or len(raw_labels) < 8:
-        raise DataError("IDX file too short")
+    for path, raw, header in ((images, raw_images, 16), (labels, raw_labels, 8)):
+        if len(raw) < header:
+            raise DataError(f"{path}: {len(raw)} bytes, shorter than an IDX header ({header})")
     magic, count, rows, cols = struct.unpack(">IIII", raw_images[:16])
     if magic != 0x803:
         raise DataError(f"{images}: magic {magic:#x} is not 0x803 (IDX images)")
@@ -232,9 +237,15 @@ def load_mnist_idx(images: str | Path, labels: str | Path, *, name: str = "mnist
     if label_magic != 0x801:
         raise DataError(f"{labels}: magic {label_magic:#x} is not 0x801 (IDX labels)")
     if count != label_count:
-        raise DataError(f"{count} images but {label_count} labels")
-    if len(raw_images) != 16 + count * rows * cols or len(raw_labels) != 8 + count:
-        raise DataError("IDX payload length does not match its header")
+        raise DataError(f"{images} holds {count} images but {labels} {label_count} labels")
+    for path, size, expected in (
+        (images, len(raw_images), 16 + count * rows * cols),
+        (labels, len(raw_labels), 8 + count),
+    ):
+        if size != expected:
+            raise DataError(f"{path}: {size} bytes, where its IDX header says {expected}")
+    if not rows * cols:
+        raise DataError(f"{images}: images of {rows} x {cols} pixels")
     pixels = np.frombuffer(raw_images, dtype=np.uint8, offset=16).reshape(count, rows * cols)
     y = np.frombuffer(raw_labels, dtype=np.uint8, offset=8).astype(np.int64)
     return Dataset(pixels.astype(np.float64) / 255.0, y, name)

@@ -157,6 +157,11 @@ def objective_for(
         ) from None
     try:
         checked = check_objective(objective)
+        if checked.samples != dataset.samples:  # (a review: the master's refusals took 68 s to say so)
+            raise ValueError(
+                f"its samples is {checked.samples}, but it was given {dataset.samples} rows: samples is the "
+                "number of rows its loss_grad sums over (rows=None)"
+            )
         starting_point(config, checked)  # its name and its x_0, before anything starts
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--model {config.model}: {exc}") from exc

@@ -103,7 +103,7 @@ def die_with_parent(environ: MutableMapping[str, str]) -> bool:
 
 
 class WorkerProcess:
-    """One worker process, its stderr read as it comes."""
+    """One worker process, its output (standard error and output, one pipe) read as it comes."""
 
     def __init__(self, index: int, workers: int) -> None:
         loop = asyncio.get_running_loop()
@@ -136,9 +136,11 @@ class WorkerProcess:
                 lambda: _Protocol(worker),
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env={**env, PARENT: parent_mark()},
+                # Its standard output too, in the same pipe and unbuffered: a model's print() in
+                # loss_grad reaches the log (a review found it thrown away).
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={"PYTHONUNBUFFERED": "1", **env, PARENT: parent_mark()},
             )
         except OSError as exc:
             raise RunError(f"cannot start {worker.name}: {exc.strerror or exc}") from exc

@@ -435,6 +435,12 @@ class WorkerState:
                 "loss overflows"
             )
         correct = int(self._correct(self.snapshot)) if self._correct is not None else 0
+        if (
+            not 0 <= correct <= self.samples
+        ):  # (a review: the master refused the report, and the worker retried)
+            raise ValueError(
+                f"{type(self.objective).__name__}.correct(x) counted {correct} of its {self.samples} samples"
+            )
         return loss, grad, correct
 
     def set_full_gradient(self, full_gradient: Array) -> None:

@@ -226,14 +226,13 @@ def check_objective(objective: object) -> Objective:
     """Check that ``objective`` has the protocol's members, with a positive integer dimension.
 
     Raises:
-        TypeError: if it does not (the text names what is missing).
+        TypeError: if it does not (the text names what is missing; a class given: an instance is meant).
     """
-    missing = [m for m in ("dim", "samples", "initial", "loss_grad") if not hasattr(objective, m)]
-    if missing:
-        raise TypeError(
-            f"{type(objective).__name__} is not an aiodq Objective: it lacks {', '.join(missing)} "
-            "(see aiodq.Objective)"
-        )
+    missing = ", ".join(m for m in ("dim", "samples", "initial", "loss_grad") if not hasattr(objective, m))
+    if missing:  # (a class, a review's: "type is not an aiodq Objective")
+        what = f"the class {objective.__name__}" if isinstance(objective, type) else type(objective).__name__
+        also = ": pass an instance, built from your data" if isinstance(objective, type) else ""
+        raise TypeError(f"{what} is not an aiodq Objective: it lacks {missing} (see aiodq.Objective){also}")
     difference = getattr(objective, "grad_difference", None)
     if difference is not None and not callable(difference):
         raise TypeError(f"{type(objective).__name__}.grad_difference must be a method, got {difference!r}")
@@ -262,9 +261,7 @@ def _binary_labels(labels: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     """-1/+1 labels from -1/+1 or 0/1 ones."""
     values = set(_label_values(labels).tolist())
     if not (values <= {-1, 1} or values <= {0, 1}):
-        shown = ", ".join(f"{value:.15g}" for value in sorted(values)[:6]) + (
-            ", ..." if len(values) > 6 else ""
-        )
+        shown = ", ".join(f"{value:.15g}" for value in sorted(values)[:6]) + ", ..." * (len(values) > 6)
         advice = (
             "map them to -1/+1 first, as Dataset.for_model('logistic') does"
             if len(values) <= 2

@@ -777,7 +777,7 @@ def _one_line(result: Any) -> str:
         (
             ["run", "--data", "tests/fixtures/mnist-small/t10k-images-idx3-ubyte.gz"],
             2,
-            "not an ASCII LIBSVM file",
+            "t10k-images-idx3-ubyte.gz: an MNIST IDX file, not LIBSVM text: give the folder that holds it",
         ),
         (
             ["master", "--listen", "127.0.0.1:0", "--workers", "2", "--join-timeout", "1"],

@@ -202,6 +202,7 @@ class Chatty(LeastSquares):
         if Chatty.calls <= 3:
             for line in range(100):
                 sys.stderr.write(f"chatty call {Chatty.calls} line {line} " + "x" * 1000 + "\\n")
+            print(f"chatty print {Chatty.calls}")  # stdout: logged too
         return super().loss_grad(x, rows)
 """
 )
@@ -299,7 +300,8 @@ class Flaky(LeastSquares):
 
 
 def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_path: Path) -> None:
-    """A worker's stderr is read as it comes: 300 kB of it stall nothing, and every line is logged."""
+    """A worker's stderr is read as it comes: 300 kB of it stall nothing, and every line is logged, its
+    print()s too (a review found a worker's standard output thrown away)."""
     (tmp_path / "my_models.py").write_text(CHATTY)
     out = tmp_path / "out"
     result = run_aiodq(
@@ -311,6 +313,7 @@ def test_a_worker_writing_much_to_stderr_trains_and_its_lines_reach_the_log(tmp_
     for worker in (0, 1):
         for call in (1, 2, 3):
             assert log.count(f"aiodq.launch INFO worker process {worker}/2: chatty call {call} line ") == 100
+            assert log.count(f"aiodq.launch INFO worker process {worker}/2: chatty print {call}\n") == 1
 
 
 def test_run_writes_the_trained_model_and_provenance(tmp_path: Path) -> None:
@@ -489,6 +492,14 @@ class Model:
             "Model.initial() must give 123 finite values, got 123 of them NaN or infinite",
         ),
         # (a review: exit 3 and not a word from aiodq; SystemExit is no Exception)
+        (
+            _OBJECTIVE.format(
+                name="def __setattr__(self, key, value):\n"
+                "        object.__setattr__(self, key, 5 if key == 'samples' else value)",
+                initial="np.zeros(self.dim)",
+            ),
+            "its samples is 5, but it was given 32561 rows",  # (a review: the master's refusals took 68 s)
+        ),
         ("import sys\nsys.exit(3)\n", "importing bad_model called sys.exit(3) (at "),
         (
             "import sys\ndef Model(features, labels):\n    sys.exit('no GPU')\n",
@@ -504,6 +515,7 @@ class Model:
         "initial-too-long",
         "initial-raises",
         "initial-nan",
+        "wrong-samples",
         "exits-at-import",
         "factory-exits",
     ],

@@ -920,6 +920,40 @@ def test_the_objective_cannot_write_into_the_point_it_is_given() -> None:
         state.snapshot_phase(np.linspace(-1, 1, D))
 
 
+def test_a_class_given_for_an_objective_is_said_to_want_an_instance() -> None:
+    """A review: ``Master(config, LeastSquares, ...)`` said 'type is not an aiodq Objective'."""
+    from aiodq.protocol.objectives import check_objective  # noqa: PLC0415
+
+    class Squares(TwoCalls):  # dim and samples are set per instance
+        pass
+
+    with pytest.raises(
+        TypeError,
+        match=r"^the class Squares is not an aiodq Objective: it lacks dim, samples \(see aiodq\.Objective\)"
+        ": pass an instance, built from your data$",
+    ):
+        check_objective(Squares)
+    with pytest.raises(
+        TypeError, match=r"^int is not an aiodq Objective: it lacks dim, samples, initial, loss_grad"
+    ):
+        check_objective(3)
+
+
+def test_a_correct_count_beyond_the_samples_is_the_objective_s_failure() -> None:
+    """A review: correct(x) of 10**6 was refused by the master as the worker's report, the worker retried for
+    68 s, and the run ended saying TRY_LATER; now the worker names its objective and stops."""
+
+    class Counting(TwoCalls):
+        def correct(self, x: Any) -> int:
+            return 10**6
+
+    inner = worker("asylpg").objective
+    assert isinstance(inner, LogisticRegression)
+    state = WorkerState(TrainConfig(), Counting(inner), worker_id=0)
+    with pytest.raises(ValueError, match=r"^Counting\.correct\(x\) counted 1000000 of its 30 samples$"):
+        state.snapshot_phase(np.zeros(D))
+
+
 @pytest.mark.parametrize(
     ("start", "dtype"),
     [

@@ -302,22 +302,39 @@ def test_idx_gzip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_mnist_idx(images, labels).features, PIXELS.reshape(3, 4) / 255.0)
 
 
-IDX_ERRORS = {
-    "image magic": (idx_images(PIXELS, magic=0x801), idx_labels(LABELS), "0x803"),
-    "label magic": (idx_images(PIXELS), idx_labels(LABELS, magic=0x803), "0x801"),
-    "truncated images": (idx_images(PIXELS)[:-1], idx_labels(LABELS), "length"),
-    "truncated labels": (idx_images(PIXELS), idx_labels(LABELS)[:-1], "length"),
-    "extra image bytes": (idx_images(PIXELS) + b"\x00", idx_labels(LABELS), "length"),
-    "image header cut": (idx_images(PIXELS)[:10], idx_labels(LABELS), "short"),
-    "label header cut": (idx_images(PIXELS), idx_labels(LABELS)[:5], "short"),
-    "count mismatch": (idx_images(PIXELS), idx_labels(LABELS[:2]), "3 images but 2 labels"),
-    "empty files": (b"", b"", "short"),
+IDX_ERRORS = {  # (each names its file: a review read "IDX file too short", and which was not said)
+    "image magic": (idx_images(PIXELS, magic=0x801), idx_labels(LABELS), "img: magic 0x801 is not 0x803"),
+    "label magic": (idx_images(PIXELS), idx_labels(LABELS, magic=0x803), "lab: magic 0x803 is not 0x801"),
+    "truncated images": (
+        idx_images(PIXELS)[:-1],
+        idx_labels(LABELS),
+        "img: 27 bytes, where its IDX header says 28",
+    ),
+    "truncated labels": (
+        idx_images(PIXELS),
+        idx_labels(LABELS)[:-1],
+        "lab: 10 bytes, where its IDX header says 11",
+    ),
+    "extra image bytes": (idx_images(PIXELS) + b"\x00", idx_labels(LABELS), "img: 29 bytes, where"),
+    "image header cut": (
+        idx_images(PIXELS)[:10],
+        idx_labels(LABELS),
+        "img: 10 bytes, shorter than an IDX header",
+    ),
+    "label header cut": (
+        idx_images(PIXELS),
+        idx_labels(LABELS)[:5],
+        "lab: 5 bytes, shorter than an IDX header",
+    ),
+    "count mismatch": (idx_images(PIXELS), idx_labels(LABELS[:2]), "img holds 3 images but .*lab 2 labels"),
+    "empty files": (b"", b"", "img: 0 bytes, shorter than an IDX header"),
+    "no pixels": (struct.pack(">IIII", 0x803, 3, 0, 4), idx_labels(LABELS), "img: images of 0 x 4 pixels"),
 }
 
 
 @pytest.mark.parametrize(("images", "labels", "message"), IDX_ERRORS.values(), ids=IDX_ERRORS.keys())
 def test_idx_errors(tmp_path: Path, images: bytes, labels: bytes, message: str) -> None:
-    """Bad magic numbers, truncation and count mismatches are DataErrors that say so."""
+    """Bad magic numbers, truncation and count mismatches are DataErrors that say so, naming the file."""
     with pytest.raises(DataError, match=message):
         load_mnist_idx(write(tmp_path, "img", images), write(tmp_path, "lab", labels))
 

@@ -217,6 +217,26 @@ def test_round_trip_between_the_vector_and_the_parameters() -> None:
     np.testing.assert_array_equal(objective.initial(np.random.default_rng(1)), before)
 
 
+def test_parameters_moved_out_of_the_buffer_are_said_at_every_use() -> None:
+    """A review: after ``module.double()``, or a second TorchObjective built on the same module (a master
+    and a worker in one program), write_parameters wrote the trained model where the module no longer
+    read it, and read_parameters said it had: now each use raises, naming both causes."""
+    features, labels = _data()
+    doubled = _network()
+    objective = TorchObjective(doubled, nn.CrossEntropyLoss(), features, labels)
+    doubled.double()
+    shared = _network()
+    first = TorchObjective(shared, nn.CrossEntropyLoss(), features, labels)
+    TorchObjective(shared, nn.CrossEntropyLoss(), features, labels)
+    for moved in (objective, first):
+        x = _point(moved)
+        for method, args in (("write_parameters", (x,)), ("read_parameters", ()), ("loss_grad", (x,))):
+            with pytest.raises(
+                RuntimeError, match=r"\.double\(\), assigning \.data, or another TorchObjective"
+            ):
+                getattr(moved, method)(*args)
+
+
 def test_frozen_parameters_are_not_in_the_vector() -> None:
     net = _network()
     net[0].weight.requires_grad_(False)
@@ -574,3 +594,19 @@ def test_the_masters_start_takes_a_torch_objective_of_every_precision(dtype: str
         network = _network(seed, dtype=getattr(torch, dtype))
         objective = TorchObjective(network, nn.CrossEntropyLoss(), features, labels, name="mine")
         assert starting_point(TrainConfig(model="mine"), objective).shape == (objective.dim,)
+
+
+def test_a_half_precision_module_s_blocks_are_summed_beyond_its_range() -> None:
+    """A review: a float16 module's gradient over 50,000 rows was inf where the sum was 73,070 (float16
+    ends at 65,504).  Here f_i(w) = (8 w)^2 at w = 1: 128 per row, 12,800 per block of 100 rows (exact in
+    float16), 256,000 over 2,000 rows: the float64 sum of the blocks, exactly."""
+    module = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Flatten(0)).to(torch.float16)  # outputs (B,)
+    with torch.no_grad():
+        module[0].weight.fill_(1.0)
+    features, labels = np.full((2000, 1), 8.0), np.zeros(2000)
+    objective = TorchObjective(module, nn.MSELoss(reduction="sum"), features, labels, chunk_size=100)
+    loss, gradient = objective.loss_grad(np.ones(1))
+    assert loss == 64.0 * 2000
+    assert gradient.dtype == np.float64 and gradient.tolist() == [128.0 * 2000]
+    _, few = objective.loss_grad(np.ones(1), np.arange(3))
+    assert few.tolist() == [384.0]
