@@ -120,20 +120,19 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     indices -= 1
     indptr = np.concatenate([[0], np.cumsum(counts)])
 
-    def sample(position: int) -> int:
-        """The sample (1-based, in file order) that holds the ``position``-th pair."""
-        return int(np.searchsorted(indptr, position, side="right"))
+    def sample(position: int) -> str:
+        """``FILE:LINE: sample K``: where the sample (from 1, in file order) holding pair ``position`` is."""
+        k = int(np.searchsorted(indptr, position, side="right"))
+        return f"{path}:{_line_of_sample(raw, k)}: sample {k}"  # (a review: the sample's number alone)
 
     if indices.size and int(indices.min()) < 0:
-        raise DataError(f"{path}: sample {sample(int(np.argmin(indices)))}: feature indices start at 1")
+        raise DataError(f"{sample(int(np.argmin(indices)))}: feature indices start at 1")
     width = int(indices.max()) + 1 if indices.size else 0  # one pass over the indices
     if width > _MAX_FEATURES:
         raise DataError(f"{path}: feature index {width} is beyond {_MAX_FEATURES:,} features")
     if not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise DataError(
-            f"{path}: sample {sample(bad)}: non-finite feature value for feature {indices[bad] + 1}"
-        )
+        raise DataError(f"{sample(bad)}: non-finite feature value for feature {indices[bad] + 1}")
     if n_features is None:
         n_features = width
     elif width > n_features:
@@ -145,8 +144,19 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     within[starts[(starts > 0) & (starts < features.indices.shape[0])] - 1] = False
     if within.any():
         first = int(np.flatnonzero(within)[0])
-        raise DataError(f"{path}: sample {sample(first)} gives feature {features.indices[first] + 1} twice")
+        raise DataError(f"{sample(first)} gives feature {features.indices[first] + 1} twice")
     return Dataset(features, labels, name or Path(path).name)
+
+
+def _line_of_sample(raw: bytes, sample: int) -> int:
+    """The line (from 1) of LIBSVM text ``raw`` holding its sample number ``sample`` (from 1)."""
+    seen = 0
+    for number, whole in enumerate(io.BytesIO(raw), start=1):
+        for piece in whole.split(b"\r"):
+            seen += bool(piece.split(b"#", 1)[0].strip())
+            if seen == sample:
+                return number
+    return 0  # (not reached: the readers found that many samples)
 
 
 def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
