@@ -93,6 +93,8 @@ _PAIRS = re.compile(r"(?:\d+:[^\s:]+)(?:[ \t]+\d+:[^\s:]+)*")
 _NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 
 
+#: Beyond this many features, an index far beyond the others is warned of.
+_WIDE_FEATURES = 1 << 20
 #: The most features a LIBSVM file may index (2^31 - 1, scipy's 32-bit sparse indices).
 _MAX_FEATURES = 2**31 - 1
 
@@ -130,6 +132,14 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     width = int(indices.max()) + 1 if indices.size else 0  # one pass over the indices
     if width > _MAX_FEATURES:
         raise DataError(f"{path}: feature index {width} is beyond {_MAX_FEATURES:,} features")
+    if width > _WIDE_FEATURES and n_features is None:  # (a review: one stray index made a model of 20 M)
+        below = indices[indices < width - 1]
+        following = int(below.max()) + 1 if below.size else 0
+        if width > 2 * following:
+            _log.warning(
+                "%s: feature index %d is more than twice the next largest (%d): the model has %d weights per "
+                "class for it (a stray index?)", path, width, following, width,
+            )  # fmt: skip
     if not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise DataError(f"{sample(bad)}: non-finite feature value for feature {indices[bad] + 1}")

@@ -689,6 +689,19 @@ def test_the_line_reader_ends_lines_at_line_feeds_and_refuses_control_characters
         load_svmlight(write(tmp_path, "f", "+1 1:1\r\n# x\n-1 1:1:1\n"))
 
 
+def test_one_index_far_beyond_the_others_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: one stray 20000000:1 made a model of 20 M parameters (1.7 GB, 5 Gbit on the wire) unsaid."""
+    caplog.set_level(logging.WARNING, logger="aiodq.data")
+    stray = load_svmlight(write(tmp_path, "f", "+1 1:1 7:1\n-1 20000000:1\n+1 3:1\n"))
+    assert stray.features.shape == (3, 20_000_000)
+    assert "f: feature index 20000000 is more than twice the next largest (7)" in caplog.text
+    caplog.clear()
+    load_svmlight(write(tmp_path, "g", "+1 1:1 1500000:1\n-1 2000000:1\n"))  # wide, and not one stray
+    assert not caplog.text
+
+
 def test_a_query_id_is_left_out_as_svmlight_readers_do(tmp_path: Path) -> None:
     """api.md promised qid line by line; a review found it refused as a malformed pair."""
     with_qid = load_svmlight(write(tmp_path, "q", "3 qid:1 1:0.5 3:1\n1 qid:1 2:1\n2 qid:2\n"))
