@@ -292,6 +292,11 @@ class TorchObjective:
                 if wide is not None:
                     wide += self._grad.cpu().numpy()
                     self._grad.zero_()
+        if wide is not None and not (math.isfinite(total) and np.isfinite(wide).all()):
+            raise ValueError(
+                f"a float16 module's sum over a chunk of up to {self.chunk_size} samples overflowed "
+                "float16's range (65,504): give a smaller chunk_size (or a smaller step, if the run diverges)"
+            )
         return total, self._grad.cpu().numpy().astype(np.float64) if wide is None else wide
 
     @property

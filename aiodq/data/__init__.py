@@ -389,6 +389,8 @@ def _is_header(names: list[bytes]) -> bool:
     numeric = [_is_number(name) for name in names]
     if len(names) < 2:
         return False
+    if b"label" in (names[0], names[-1]):  # (a review: pandas' label,0,1,...,783 was read as a sample)
+        return True
     if all(numeric) and len(names) == 785:
         first = float(names[0])
         return first in (0, 1) and [float(name) for name in names] == [first + i for i in range(785)]
@@ -489,8 +491,8 @@ def load_dataset(path: str | Path | None) -> Dataset:
 
 
 def _is_csv(path: Path) -> bool:
-    """Whether ``path`` names an MNIST CSV file: ``.csv`` or ``.csv.gz``, in any case."""
-    return path.name.lower().endswith((".csv", ".csv.gz"))
+    """Whether ``path`` names an MNIST CSV file: ``.csv``, compressed or not (gz, bz2, xz), in any case."""
+    return path.name.lower().endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz"))
 
 
 def _test_file(path: Path) -> Path | None:

@@ -15,11 +15,12 @@ import contextlib
 import logging
 import numbers
 import ssl as ssl_module
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec.events import Heartbeat, Snapshot
+from ..codec.events import Heartbeat, ModelMessage, Snapshot
 from ..config import ConnectionConfig
 from ..errors import ErrorCode, code_name
 from ..protocol.connection import ConnectionState
@@ -263,43 +264,50 @@ async def _compute(
     interval: float,
     now: Callable[[], float],
     pace: _Pace,
-) -> list[bytes]:
-    """Run the session's :attr:`~WorkerSession.work`; return what the master sent meanwhile.
+) -> tuple[list[bytes], OSError | None]:
+    """Run the session's :attr:`~WorkerSession.work`; return what the master sent meanwhile, and any loss.
 
-    A snapshot phase (the objective over the whole shard), and a step whose computation took
-    :data:`_OFFLOAD_STEP` or more last time (or, before any, by the last snapshot phase's time per
-    row), run on another thread, and the event loop's thread stays free: the worker sends a
-    HEARTBEAT every ``interval`` seconds meanwhile (a review: a ``loss_grad`` of 35 s ran on the
-    loop's thread, the master heard nothing for its 30 s idle timeout and dropped the worker, at
-    every epoch, for ever).  Quicker steps run here, on the loop's thread: the hop to a thread
-    and back made the bundled a9a run's updates 1.3x as long (docs/benchmarks.md).
-    The bytes received meanwhile are held, up to :data:`_HELD_BYTES` (beyond, the kernel holds
-    them), and handed to the session after :meth:`~WorkerSession.complete`: the session takes no
-    message while its work is owed.  The end of the stream is held as ``b""``.
+    The loss is how the connection was lost, if it was.  A snapshot phase (the objective over the
+    whole shard), and a step (or a step's model-free half, :meth:`~WorkerSession.prepare`) when
+    the last step's computation took :data:`_OFFLOAD_STEP` or more (or, before any, by the last
+    snapshot phase's time per row), run on a thread of their own, and the event loop's thread
+    stays free: the worker sends a HEARTBEAT every ``interval`` seconds meanwhile, the first when
+    its connection would have sent one (a review: a ``loss_grad`` of 35 s ran on the loop's
+    thread, the master heard nothing for its 30 s idle timeout and dropped the worker, at every
+    epoch, for ever).  Quicker ones run here, on the loop's thread: the hop to a thread and back
+    made the bundled a9a run's updates 1.3x as long (docs/benchmarks.md).  The thread is a
+    daemon: a worker stopped mid-computation does not wait for it to end.  The bytes received
+    meanwhile are held, up to :data:`_HELD_BYTES` (beyond, the kernel holds them), and handed to
+    the session after :meth:`~WorkerSession.complete`: the session takes no message while its
+    work is owed.  The end of the stream is held as ``b""``.
     """
     work = session.work
     assert work is not None
     reader, writer = streams
-    snapshot = isinstance(work.event, Snapshot)
+    snapshot, step = isinstance(work.event, Snapshot), isinstance(work.event, ModelMessage)
     began = now()
     if not snapshot and pace.step < _OFFLOAD_STEP:
         work.run()
-        pace.step = now() - began
-        return []
-    computing = asyncio.ensure_future(asyncio.to_thread(work.run))
+        if step:  # (not a preparation's: with grad_difference it only draws rows, a review's 0.4 ms)
+            pace.step = now() - began
+        return [], None
+    computing = _on_daemon_thread(work.run)
     held: list[bytes] = []
-    size, reading, beat = 0, None, now() + interval
+    lost: OSError | None = None
+    size, reading = 0, None
+    timer = session.connection.get_timer()
+    beat = now() + interval if timer is None else min(now() + interval, timer)
     try:
         while not computing.done():
             if reading is None and size < _HELD_BYTES and not (held and not held[-1]):
                 reading = asyncio.ensure_future(reader.read(_READ_SIZE))
-            waiting = {computing} if reading is None else {computing, reading}
+            waiting: set[asyncio.Future[Any]] = {computing} if reading is None else {computing, reading}
             await asyncio.wait(waiting, timeout=max(0.0, beat - now()), return_when=asyncio.FIRST_COMPLETED)
             if reading is not None and reading.done():
                 try:
                     chunk = reading.result()
-                except (ConnectionError, OSError):
-                    chunk = b""  # (the session sees the stream end; how it was lost is not kept)
+                except (ConnectionError, OSError) as exc:
+                    chunk, lost = b"", exc
                 reading = None
                 held.append(chunk)
                 size += len(chunk)
@@ -309,8 +317,6 @@ async def _compute(
                     session.connection.send(Heartbeat(), now())
                     writer.write(session.data_to_send())
     finally:
-        if not computing.done():
-            computing.cancel()  # (the thread finishes on its own; its result is dropped)
         if reading is not None:
             reading.cancel()  # (a read cancelled while it waits has taken nothing)
             await asyncio.wait({reading})  # (the reader is free again only once the read has ended)
@@ -318,11 +324,35 @@ async def _compute(
                 held.append(reading.result())  # (it ended with bytes before the cancellation came)
     took = now() - began
     state = session.state
-    if not snapshot:
+    if step:
         pace.step = took
-    elif state is not None and state.samples:  # a step evaluates 2 B rows: as many rows' worth of the phase
+    elif snapshot and state is not None and state.samples:  # a step reads 2 B rows: that share of the phase
         pace.step = max(pace.step, took * 2 * state.config.batch / state.samples)
-    return held
+    return held, lost
+
+
+def _on_daemon_thread(run: Callable[[], None]) -> asyncio.Future[None]:
+    """``run()`` on a new daemon thread; the future is done when it returns.
+
+    Not asyncio's executor: ``asyncio.run`` joins its threads at the end, so a worker stopped
+    during a computation of 35 s waited for it (a review: 16.7 s after SIGTERM).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def target() -> None:
+        try:
+            run()
+        finally:
+            with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile: nobody waits)
+                loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=target, name="aiodq-worker-compute", daemon=True).start()
+    return done
 
 
 class _Pace:
@@ -455,7 +485,7 @@ async def _session(
                     # still queued, preparing now would hold them back: the MODEL's step does it.
                     session.prepare(now())
             if session.work is not None:
-                held = await _compute(
+                held, lost = await _compute(
                     session, (reader, writer), settings.heartbeat_interval, now, pace or _Pace()
                 )
                 session.complete(now())

@@ -367,6 +367,13 @@ def _non_finite(values: Array) -> str:
     return f"{values.size - np.count_nonzero(np.isfinite(values))} of them NaN or infinite"
 
 
+def _read_only(x: Array) -> Array:
+    """A read-only view of ``x``, for the objective: a review's wrote into x (another snapshot trained)."""
+    view = x.view()
+    view.flags.writeable = False
+    return view
+
+
 class WorkerState:
     """A worker's state: its shard, the snapshot, and the gradient computation (algorithms.md 5)."""
 
@@ -397,9 +404,7 @@ class WorkerState:
         objective's next call) a user objective's own array is copied: one that reuses its buffer
         would write the next gradient into it (a review: every alpha was 0).
         """
-        given = x.view()
-        given.flags.writeable = False
-        loss, grad = self.objective.loss_grad(given, rows)
+        loss, grad = self.objective.loss_grad(_read_only(x), rows)
         checked = self._checked(grad, "gradient")
         if keep and checked is grad and not self._fresh_arrays:
             checked = checked.copy()
@@ -434,7 +439,7 @@ class WorkerState:
                 "this worker's samples at the snapshot: the run may be diverging (a smaller step), or the "
                 "loss overflows"
             )
-        correct = int(self._correct(self.snapshot)) if self._correct is not None else 0
+        correct = int(self._correct(_read_only(self.snapshot))) if self._correct is not None else 0
         if (
             not 0 <= correct <= self.samples
         ):  # (a review: the master refused the report, and the worker retried)
@@ -492,7 +497,8 @@ class WorkerState:
         self._next_rows = self._next_at_snapshot = None
         if at_snapshot is None:
             assert self._difference is not None
-            difference = self._checked(self._difference(x_hat, self.snapshot, rows), "grad_difference")
+            difference = self._difference(_read_only(x_hat), _read_only(self.snapshot), rows)
+            difference = self._checked(difference, "grad_difference")
             alpha = np.divide(difference, self.config.batch)  # (a new array: the objective's is not written)
         else:
             alpha = np.subtract(self._loss_grad(x_hat, rows)[1], at_snapshot)

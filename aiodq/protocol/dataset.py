@@ -243,7 +243,7 @@ def _check_within(model: str, present: npt.NDArray[Any], values: npt.NDArray[Any
         taken = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
         within = f"the training set's labels ({taken})"
     else:
-        unknown = present[(present < 0) | (present > values[-1])]
+        unknown = present[(present < 0) | (present > values[-1]) | (present != np.round(present))]
         within = f"the training set's classes 0..{values[-1]:g}"
     if unknown.size:
         shown = ", ".join(f"{v:g}" for v in unknown[:6]) + (", ..." if unknown.size > 6 else "")

@@ -178,6 +178,9 @@ class WorkerSession:
         self.connection.receive_data(data, now)
         if not data:
             self._at_end = True  # (the messages left are handled, none answered: no answer could leave)
+            # Nor is owed work done: what follows it (the master's CLOSE, say) must be read to say why the
+            # session ended (a review: behind a MODEL's owed work, a CLOSE went unread and `ended` None).
+            self.work = None
         self._take_events(now)
 
     def data_to_send(self) -> bytes:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import ssl
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -212,32 +214,86 @@ class _SlowSquares:
         return 0.5 * float(residual @ residual), a.T @ residual
 
 
+class _SlowDifference(_SlowSquares):
+    """:class:`_SlowSquares` with ``grad_difference``: a step is one slow call, its preparation none."""
+
+    def grad_difference(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        time.sleep(self.per_row * 2 * len(rows))
+        a = self.a[rows]
+        return a.T @ (a @ (x - y))
+
+
 @pytest.mark.asyncio
-async def test_a_model_slower_than_the_idle_timeout_trains_while_its_worker_heartbeats() -> None:
+@pytest.mark.parametrize("model", [_SlowSquares, _SlowDifference])
+async def test_a_model_slower_than_the_idle_timeout_trains_while_its_worker_heartbeats(model: type) -> None:
     """A review: a loss_grad of 35 s ran on the event loop's thread, the master heard nothing for its 30 s
-    idle timeout and dropped the worker, at every epoch.  Here the idle timeout is 0.6 s, a snapshot
-    phase takes 1.2 s and each mini-batch evaluation 0.72 s: the worker computes off the loop's thread
-    and heartbeats, and the run ends as any other (one session, every update applied)."""
+    idle timeout and dropped the worker, at every epoch.  Here the idle timeout is 1 s, a snapshot
+    phase takes 2 s and each step 1.2 s: the worker computes off the loop's thread and heartbeats, and
+    the run ends as any other (one session, every update applied).  With grad_difference the preparation
+    only draws rows (a review: its 0.4 ms was taken for the step's pace, and the steps ran in place)."""
     from aiodq import Master, MasterConfig  # noqa: PLC0415
 
-    settings = ConnectionConfig(handshake_timeout=5.0, heartbeat_interval=0.15, idle_timeout=0.6)
+    settings = ConnectionConfig(handshake_timeout=5.0, heartbeat_interval=0.1, idle_timeout=1.0)
     config = TrainConfig(algorithm="asyfpg", epochs=1, updates_per_epoch=3, batch=60, step=0.01)
-    master = Master(
-        config,
-        _SlowSquares(0.0),
-        workers=1,
-        connection_config=settings,
-        master_config=MasterConfig(join_timeout=30),
-    )
-    async with master:
-        worker = asyncio.create_task(
-            run_worker(*master.address, objective=_SlowSquares(0.006), connection_config=settings)
+    # The master runs on its own thread and loop: one sharing the worker's loop would stop with a worker
+    # computing in place, and never see it silent (a review).
+    ready: queue.Queue[tuple[str, int]] = queue.Queue()
+
+    async def serve() -> Any:
+        master = Master(
+            config,
+            _SlowSquares(0.0),
+            workers=1,
+            connection_config=settings,
+            master_config=MasterConfig(join_timeout=30),
         )
-        summary = await master.wait(timeout=120)
-        result = await asyncio.wait_for(worker, 30)
+        async with master:
+            ready.put(master.address)
+            return await master.wait(timeout=120)
+
+    with ThreadPoolExecutor(1) as pool:
+        serving = pool.submit(asyncio.run, serve())
+        address = await asyncio.to_thread(ready.get, timeout=60)
+        result = await run_worker(*address, objective=model(0.01), connection_config=settings)
+        summary = await asyncio.wrap_future(serving)
     assert result.ok and result.gradients == 3, result
     assert summary.failure is None and not summary.summary["error_counts"], (
         summary.failure,
         summary.summary["errors"],
     )
     assert len(summary.trace) == 2 and summary.trace[-1].loss < summary.trace[0].loss
+
+
+def test_a_worker_stopped_mid_computation_does_not_wait_for_it() -> None:
+    """A review: the computation ran on asyncio's executor, whose threads asyncio.run joins: a worker
+    cancelled during a snapshot phase of 35 s waited for it (16.7 s after SIGTERM).  Here the phase
+    waits for an event the test sets only after asyncio.run has returned."""
+    import threading  # noqa: PLC0415
+
+    from aiodq import Master  # noqa: PLC0415
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    class Held(_SlowSquares):
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            if rows is None:  # the worker's snapshot phase (the start checks take rows)
+                started.set()
+                release.wait(60)
+                finished.set()
+            return super().loss_grad(x, rows)
+
+    async def run() -> None:
+        async with Master(TrainConfig(epochs=1), _SlowSquares(0.0), workers=1) as master:
+            worker = asyncio.create_task(run_worker(*master.address, objective=Held(0.0)))
+            while not started.is_set():
+                await asyncio.sleep(0.01)  # (polling the thread's event: the condition, not a delay)
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            master.stop_training()
+
+    try:
+        asyncio.run(run())
+        assert not finished.is_set()  # asyncio.run returned while the computation still ran
+    finally:
+        release.set()

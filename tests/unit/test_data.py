@@ -444,7 +444,8 @@ def test_csv_first_lines_that_are_samples_and_headers_that_name_the_label(
     label_first[:, 784] = np.arange(5) % 3  # a last pixel that looks like labels 0..2
     names = "label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"
     rows = "\n".join(",".join(map(str, row)) for row in label_first) + "\n"
-    for header in (names, names.upper(), f"\ufeff{names}"):
+    pandas = "label," + ",".join(str(i) for i in range(784)) + "\n"  # (a review: read as a sample)
+    for header in (names, names.upper(), f"\ufeff{names}", pandas):
         dataset = load_mnist_csv(write(tmp_path, "m.csv", header + rows))
         np.testing.assert_array_equal(dataset.labels, table[:, 784])
         np.testing.assert_array_equal(dataset.features, label_first[:, 1:] / 255.0)
@@ -670,6 +671,8 @@ def test_compressed_forms_and_a_byte_order_mark(tmp_path: Path) -> None:
     assert bom.labels.tolist() == plain.labels.tolist()
     table, text = csv_rows(2, seed=8)
     assert load_dataset(write(tmp_path, "M.CSV", text)).labels.tolist() == table[:, 784].tolist()
+    packed = write(tmp_path, "m.csv.bz2", bz2.compress(text.encode()))
+    assert load_dataset(packed).labels.tolist() == table[:, 784].tolist()  # (was read as LIBSVM)
 
 
 def test_the_line_reader_ends_lines_at_line_feeds_and_refuses_control_characters(tmp_path: Path) -> None:
@@ -880,6 +883,8 @@ def test_labels_the_training_set_never_had_are_refused_not_mapped() -> None:
         np.testing.assert_array_equal(mapped.labels, [2, 3])
         with pytest.raises(DataError, match=r"^label 4 is not among the training set's classes 0\.\.3$"):
             Dataset(np.eye(2), np.array([4.0, 0])).for_model(model, values=classes)
+        with pytest.raises(DataError, match=r"^label 1\.5 is not among"):  # (a review: read as class 1)
+            Dataset(np.eye(2), np.array([1.5, 0])).for_model(model, values=classes)
 
 
 def test_a_huge_class_label_costs_no_array_of_every_class() -> None:

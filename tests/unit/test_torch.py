@@ -610,3 +610,9 @@ def test_a_half_precision_module_s_blocks_are_summed_beyond_its_range() -> None:
     assert gradient.dtype == np.float64 and gradient.tolist() == [128.0 * 2000]
     _, few = objective.loss_grad(np.ones(1), np.arange(3))
     assert few.tolist() == [384.0]
+    # One chunk's own sum beyond float16 (1,024 rows: 131,072): said, with what to do (a review: inf).
+    whole = TorchObjective(module, nn.MSELoss(reduction="sum"), features, labels)
+    with pytest.raises(
+        ValueError, match=r"chunk of up to 1024 samples overflowed float16's range .*smaller chunk_size"
+    ):
+        whole.loss_grad(np.ones(1))

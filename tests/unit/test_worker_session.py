@@ -265,3 +265,23 @@ def test_an_offloaded_computation_that_fails_ends_the_session_as_in_place() -> N
         session.ended
     )
     assert frame_types(session.data_to_send()) == [MessageType.CLOSE]
+
+
+def test_at_the_stream_s_end_owed_work_is_dropped_and_what_follows_it_read() -> None:
+    """A review: a MODEL held during a computation became owed work, the CLOSE behind it went unread and the
+    session ended with ``ended`` None ('closed the connection without CLOSE'); as in place, nothing is
+    answered once the stream has ended, and the master's reason is kept."""
+    session = WorkerSession(A9A.features[:200], A9A.labels[:200], offload=True)
+    session.data_to_send()
+    model = encode_message(ModelMessage(epoch=0, version=0, vector=RawVector(np.full(D, 0.05))))
+    close = encode_message(Close(code=int(ErrorCode.GOING_AWAY), reason="the master is stopping"))
+    snapshot = encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D))))
+    session.receive_data(configured(session) + snapshot, 0.0)
+    assert session.work is not None
+    session.work.run()
+    session.complete(0.0)
+    session.receive_data(model + close, 0.0)  # the MODEL's computation is owed: the CLOSE waits behind it
+    assert session.work is not None and session.ended is None
+    session.receive_data(b"", 0.0)
+    assert session.work is None
+    assert session.ended == (int(ErrorCode.GOING_AWAY), "the master is stopping")
