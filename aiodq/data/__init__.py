@@ -457,10 +457,13 @@ def _folder_training(folder: Path) -> Dataset:
     if len(csvs) > 1:
         raise DataError(f"{folder}: {len(csvs)} CSV files ({', '.join(p.name for p in csvs[:3])}); keep one")
     has_test = _idx_split(folder, "test") is not None
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("t10k-"))
     raise DataError(
         f"{folder}: no training data (train-images-idx3-ubyte and train-labels-idx1-ubyte, gzipped or not, "
         f"or one MNIST .csv/.csv.gz file)"
         + ("; the t10k-* files there are the test set only" if has_test else "")
+        # (a review: a folder of LIBSVM files said no more)
+        + (f"; a LIBSVM file is given itself: --data {folder / others[0]}" if others else "")
     )
 
 

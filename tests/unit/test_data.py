@@ -632,6 +632,11 @@ def test_load_dataset_errors(tmp_path: Path) -> None:
         load_dataset(tmp_path / "missing")
     with pytest.raises(DataError, match="no training data"):
         load_dataset(tmp_path)
+    write(tmp_path, "a9a", SMALL)  # a folder of LIBSVM files (a review: the error said no more)
+    with pytest.raises(
+        DataError, match=rf"; a LIBSVM file is given itself: --data {re.escape(str(tmp_path))}/a9a$"
+    ):
+        load_dataset(tmp_path)
 
 
 def test_only_regular_files_are_read_and_a_link_loop_says_so(tmp_path: Path) -> None:
