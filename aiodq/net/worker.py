@@ -268,9 +268,9 @@ async def _compute(
     """Run the session's :attr:`~WorkerSession.work`; return what the master sent meanwhile, and any loss.
 
     The loss is how the connection was lost, if it was.  A snapshot phase (the objective over the
-    whole shard), and a step (or a step's model-free half, :meth:`~WorkerSession.prepare`) when
-    the last step's computation took :data:`_OFFLOAD_STEP` or more (or, before any, by the last
-    snapshot phase's time per row), run on a thread of their own, and the event loop's thread
+    whole shard), and a step (or a step's model-free half, :meth:`~WorkerSession.prepare`) before
+    the first step has been timed or when the last took :data:`_OFFLOAD_STEP` or more (or as much
+    by the last snapshot phase's time per row), run on a thread of their own, and the event loop's thread
     stays free: the worker sends a HEARTBEAT every ``interval`` seconds meanwhile, the first when
     its connection would have sent one (a review: a ``loss_grad`` of 35 s ran on the loop's
     thread, the master heard nothing for its 30 s idle timeout and dropped the worker, at every
@@ -286,7 +286,7 @@ async def _compute(
     reader, writer = streams
     snapshot, step = isinstance(work.event, Snapshot), isinstance(work.event, ModelMessage)
     began = now()
-    if not snapshot and pace.step < _OFFLOAD_STEP:
+    if not snapshot and pace.step is not None and pace.step < _OFFLOAD_STEP:
         work.run()
         if step:  # (not a preparation's: with grad_difference it only draws rows, a review's 0.4 ms)
             pace.step = now() - began
@@ -326,8 +326,8 @@ async def _compute(
     state = session.state
     if step:
         pace.step = took
-    elif snapshot and state is not None and state.samples:  # a step reads 2 B rows: that share of the phase
-        pace.step = max(pace.step, took * 2 * state.config.batch / state.samples)
+    elif snapshot and pace.step is not None and state is not None and state.samples:
+        pace.step = max(pace.step, took * 2 * state.config.batch / state.samples)  # (a step reads 2 B rows)
     return held, lost
 
 
@@ -356,12 +356,12 @@ def _on_daemon_thread(run: Callable[[], None]) -> asyncio.Future[None]:
 
 
 class _Pace:
-    """How long a worker's step took to compute (seconds): kept across its sessions."""
+    """How long a worker's last step took to compute (seconds; None before its first), across its sessions."""
 
     __slots__ = ("step",)
 
     def __init__(self) -> None:
-        self.step = 0.0
+        self.step: float | None = None
 
 
 #: A step that took this long (seconds) runs off the event loop's thread next time.

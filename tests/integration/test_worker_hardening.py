@@ -223,14 +223,28 @@ class _SlowDifference(_SlowSquares):
         return a.T @ (a @ (x - y))
 
 
+class _SlowBatches(_SlowSquares):
+    """A quick pass over the shard but 120 rows' time for a mini-batch: the snapshot phase tells nothing."""
+
+    def __init__(self, per_row: float) -> None:
+        super().__init__(0.0)
+        self.batch_time = per_row * 120
+
+    def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        if rows is not None and len(rows) > 2:  # (the start checks' rows are quick)
+            time.sleep(self.batch_time)
+        return super().loss_grad(x, rows)
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("model", [_SlowSquares, _SlowDifference])
+@pytest.mark.parametrize("model", [_SlowSquares, _SlowDifference, _SlowBatches])
 async def test_a_model_slower_than_the_idle_timeout_trains_while_its_worker_heartbeats(model: type) -> None:
     """A review: a loss_grad of 35 s ran on the event loop's thread, the master heard nothing for its 30 s
     idle timeout and dropped the worker, at every epoch.  Here the idle timeout is 1 s, a snapshot
     phase takes 2 s and each step 1.2 s: the worker computes off the loop's thread and heartbeats, and
     the run ends as any other (one session, every update applied).  With grad_difference the preparation
-    only draws rows (a review: its 0.4 ms was taken for the step's pace, and the steps ran in place)."""
+    only draws rows (a review: its 0.4 ms was taken for the step's pace, and the steps ran in place); with
+    a quick snapshot phase and slow mini-batches, the first step is not run in place either."""
     from aiodq import Master, MasterConfig  # noqa: PLC0415
 
     settings = ConnectionConfig(handshake_timeout=5.0, heartbeat_interval=0.1, idle_timeout=1.0)
