@@ -311,3 +311,49 @@ def test_a_worker_stopped_mid_computation_does_not_wait_for_it() -> None:
         assert not finished.is_set()  # asyncio.run returned while the computation still ran
     finally:
         release.set()
+
+
+@pytest.mark.asyncio
+async def test_a_connection_reset_during_a_computation_is_said_as_one() -> None:
+    """A review: a reset read while the worker computed off the loop's thread was kept as a plain end of the
+    stream, and reported as 'the master closed the connection'.  The fake master resets the connection (an
+    RST: SO_LINGER 0) while the worker's snapshot phase waits on an event the test sets after it."""
+    import socket  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    started, release = threading.Event(), threading.Event()
+
+    class Held(_SlowSquares):
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            if rows is None:
+                started.set()
+                release.wait(60)
+            return super().loss_grad(x, rows)
+
+    async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_frame(reader)  # HELLO
+        params = TrainConfig(epochs=1, model="held").to_params()
+        writer.write(encode_message(Welcome(version=1, worker_id=0)))
+        writer.write(encode_message(ConfigMessage(dim=5, algorithm="asylpg", params=params)))  # type: ignore[arg-type]
+        writer.write(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(5)))))
+        await writer.drain()
+        while not started.is_set():
+            await asyncio.sleep(0.01)  # (polling the thread's event: the condition, not a delay)
+        raw = writer.get_extra_info("socket")
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # an RST, while the worker computes
+        # Time for the reset to reach the worker's reader while it computes: the scenario, not a wait for a
+        # condition (a reset read after the phase is reported by the session loop's own read, passing too).
+        await asyncio.sleep(0.2)
+        release.set()
+
+    server = await asyncio.start_server(master, "127.0.0.1", 0)
+    async with server:
+        host, port = server.sockets[0].getsockname()[:2]
+        try:
+            result = await asyncio.wait_for(
+                run_worker(host, port, objective=Held(0.0), model="held", retry_for=0), timeout=60
+            )
+        finally:
+            release.set()
+    assert result.reason.startswith("connection lost (Connection reset by peer)"), result
