@@ -21,6 +21,7 @@ import re
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -158,24 +159,33 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     return Dataset(features, labels, name or Path(path).name)
 
 
+def _content_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(number, content)`` of each line of LIBSVM text ``raw`` that holds more than spaces and a comment.
+
+    Lines end at a line feed (the numbers count these) or a carriage return, as the fast reader's
+    do; the content is what comes before ``#``, without spaces and tabs around it.  One line at a
+    time: a file of many comments or blank lines costs no list of them (a review: 2.1 GB for 100 MB
+    of comments).
+    """
+    for number, whole in enumerate(io.BytesIO(raw), start=1):
+        for piece in whole.split(b"\r") if b"\r" in whole else (whole,):
+            if content := piece.split(b"#", 1)[0].strip(b" \t\n"):
+                yield number, content
+
+
 def _line_of_sample(raw: bytes, sample: int) -> int:
     """The line (from 1) of LIBSVM text ``raw`` holding its sample number ``sample`` (from 1)."""
-    seen = 0
-    for number, whole in enumerate(io.BytesIO(raw), start=1):
-        for piece in whole.split(b"\r"):
-            seen += bool(piece.split(b"#", 1)[0].strip())
-            if seen == sample:
-                return number
+    for seen, (number, _) in enumerate(_content_lines(raw), start=1):
+        if seen == sample:
+            return number
     return 0  # (not reached: the readers found that many samples)
 
 
 def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
     """``(labels, pairs per row, indices as written, values)`` of LIBSVM text, line by line.
 
-    Lines end at a line feed (the line numbers count these) or a carriage return, as the fast
-    reader's do; a ``qid:N`` after the label (svmlight's query id) is left out.  The text is read
-    a line at a time: a file of many comments or blank lines costs no list of them (a review:
-    2.1 GB for 100 MB of comments).
+    Lines as :func:`_content_lines` gives them; a ``qid:N`` after the label (svmlight's query id)
+    is left out.
 
     Raises:
         DataError: naming the line, if one is malformed or holds a control character or a byte
@@ -191,37 +201,28 @@ def _parse_lines(raw: bytes, path: str | Path) -> tuple[Any, Any, Any, Any]:
     counts: list[int] = []
     bodies: list[str] = []
     numbers: list[int] = []
-    for number, whole in enumerate(io.BytesIO(raw), start=1):
-        for piece in whole.split(b"\r") if b"\r" in whole else (whole,):
-            content = piece.split(b"#", 1)[0].strip(b" \t\n")
-            if not content:
-                continue
-            if bad := _NOT_TEXT.search(content):
-                what = (
-                    "a byte beyond ASCII"
-                    if bad.group()[0] > 127
-                    else f"the control character {bad.group()!r}"
-                )
-                raise DataError(f"{path}:{number}: {what}: not LIBSVM text")
-            line = content.decode("ascii")
-            head, *rest = line.split(None, 1)
-            body = rest[0] if rest else ""
-            if body.startswith("qid:"):  # svmlight's query id: not a feature
-                body = body.split(None, 1)[1] if " " in body or "\t" in body else ""
-            try:
-                label = float(head)
-            except ValueError:
-                shown = head if len(head) <= 40 else head[:40] + "..."  # (a whole comma-separated row, say)
-                also = " (LIBSVM separates its fields by spaces)" if "," in head else ""
-                raise DataError(f"{path}:{number}: label {shown!r} is not a number{also}") from None
-            if not math.isfinite(label):
-                raise DataError(f"{path}:{number}: label {head!r} is not finite")
-            if body and not _PAIRS.fullmatch(body):
-                raise DataError(f"{path}:{number}: features must be index:value pairs separated by spaces")
-            labels.append(label)
-            counts.append(body.count(":"))
-            bodies.append(body)
-            numbers.append(number)
+    for number, content in _content_lines(raw):
+        if bad := _NOT_TEXT.search(content):
+            what = "a byte beyond ASCII" if bad.group()[0] > 127 else f"the control character {bad.group()!r}"
+            raise DataError(f"{path}:{number}: {what}: not LIBSVM text")
+        head, *rest = content.decode("ascii").split(None, 1)
+        body = rest[0] if rest else ""
+        if body.startswith("qid:"):  # svmlight's query id: not a feature
+            body = body.split(None, 1)[1] if " " in body or "\t" in body else ""
+        try:
+            label = float(head)
+        except ValueError:
+            shown = head if len(head) <= 40 else head[:40] + "..."  # (a whole comma-separated row, say)
+            also = " (LIBSVM separates its fields by spaces)" if "," in head else ""
+            raise DataError(f"{path}:{number}: label {shown!r} is not a number{also}") from None
+        if not math.isfinite(label):
+            raise DataError(f"{path}:{number}: label {head!r} is not finite")
+        if body and not _PAIRS.fullmatch(body):
+            raise DataError(f"{path}:{number}: features must be index:value pairs separated by spaces")
+        labels.append(label)
+        counts.append(body.count(":"))
+        bodies.append(body)
+        numbers.append(number)
     if not labels:
         raise DataError(f"{path}: no samples")
     # Every line matched _PAIRS, so the pieces alternate index, value.
@@ -386,11 +387,11 @@ def _is_header(names: list[bytes]) -> bool:
     numbers the 785 columns 0..784 or 1..785 (pandas' default names: a review trained a sample
     of label 784).
     """
-    numeric = [_is_number(name) for name in names]
     if len(names) < 2:
         return False
     if b"label" in (names[0], names[-1]):  # (a review: pandas' label,0,1,...,783 was read as a sample)
         return True
+    numeric = [_is_number(name) for name in names]
     if all(numeric) and len(names) == 785:
         first = float(names[0])
         return first in (0, 1) and [float(name) for name in names] == [first + i for i in range(785)]

@@ -412,7 +412,7 @@ async def _session(
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
     connect_within: float | None = None,
-    pace: _Pace | None = None,
+    pace: _Pace,
 ) -> WorkerResult:
     """One connection: from HELLO to the master's CLOSE or the end of the stream.
 
@@ -470,6 +470,7 @@ async def _session(
     )
     lost: OSError | None = None
     stalled = ""  # why a drain gave up, if one did
+    backlog: list[bytes] = []  # what the master sent while this worker computed, not read yet
     try:
         while True:
             data = session.data_to_send()
@@ -485,35 +486,30 @@ async def _session(
                     # still queued, preparing now would hold them back: the MODEL's step does it.
                     session.prepare(now())
             if session.work is not None:
-                held, lost = await _compute(
-                    session, (reader, writer), settings.heartbeat_interval, now, pace or _Pace()
-                )
+                held, lost = await _compute(session, (reader, writer), settings.heartbeat_interval, now, pace)
                 session.complete(now())
-                for chunk in held:
-                    session.receive_data(chunk, now())
-                if held and not held[-1]:  # the stream ended meanwhile
-                    data = session.data_to_send()
-                    if data and not writer.is_closing():
-                        writer.write(data)
-                    break
+                backlog.extend(held)  # (read next, as if they came now)
                 continue
             if session.closed:
                 break
             if session.pending:  # messages that came behind the answer just sent
                 session.resume(now())
                 continue
-            timer = session.connection.get_timer()
-            timeout = None if timer is None else max(0.0, timer - now())
-            try:
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
-                # cancellation that arrives as the read completes.
-                async with asyncio.timeout(timeout):
-                    chunk = await reader.read(_READ_SIZE)
-            except TimeoutError:
-                session.handle_timer(now())
-                continue
-            except (ConnectionError, OSError) as exc:
-                chunk, lost = b"", exc
+            if backlog:
+                chunk = backlog.pop(0)
+            else:
+                timer = session.connection.get_timer()
+                timeout = None if timer is None else max(0.0, timer - now())
+                try:
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                    # cancellation that arrives as the read completes.
+                    async with asyncio.timeout(timeout):
+                        chunk = await reader.read(_READ_SIZE)
+                except TimeoutError:
+                    session.handle_timer(now())
+                    continue
+                except (ConnectionError, OSError) as exc:
+                    chunk, lost = b"", exc
             session.receive_data(chunk, now())
             if not chunk:
                 data = session.data_to_send()

@@ -440,9 +440,8 @@ class WorkerState:
                 "loss overflows"
             )
         correct = int(self._correct(_read_only(self.snapshot))) if self._correct is not None else 0
-        if (
-            not 0 <= correct <= self.samples
-        ):  # (a review: the master refused the report, and the worker retried)
+        # (A review: the master refused the report as the worker's, and the worker retried it for 68 s.)
+        if not 0 <= correct <= self.samples:
             raise ValueError(
                 f"{type(self.objective).__name__}.correct(x) counted {correct} of its {self.samples} samples"
             )

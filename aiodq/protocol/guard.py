@@ -52,7 +52,6 @@ import numpy as np
 
 from ..codec.events import SnapshotGradient
 from ..codec.packing import aligned_width
-from ..codec.registry import Encoding
 from ..codec.vectors import DenseQuantized, QSGDVector, RawVector, SparseQuantized, Vector, ZeroVector
 from ..errors import ErrorCode
 from .algorithms import TrainConfig
@@ -432,10 +431,9 @@ def refuse_encodings(config: TrainConfig, announced: frozenset[int]) -> Refusal 
     WELCOME (UNSUPPORTED_ENCODING), as a send that the peer cannot decode would fail part way
     through a phase (wire-format.md 6.2-2; a review's attack made it close another worker).
     """
-    missing = sorted(config.spec.sent_encodings(worker=False) - announced)
-    if not missing:
+    names = config.spec.unannounced(announced, worker=False)
+    if not names:
         return None
-    names = ", ".join(Encoding(code).name for code in missing)
     return Refusal(
         ErrorCode.UNSUPPORTED_ENCODING,
         f"this run ({config.algorithm}) sends vectors as {names}, which the worker did not announce",

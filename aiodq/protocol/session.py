@@ -27,7 +27,7 @@ from ..codec.events import (
     SnapshotGradient,
     Welcome,
 )
-from ..codec.registry import ALL_ENCODINGS, Encoding
+from ..codec.registry import ALL_ENCODINGS
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
 from ..errors import DataError, ErrorCode, RemoteProtocolError, raised_at
@@ -332,13 +332,16 @@ class WorkerSession:
             self._answers += 1
             self._may_prepare = True
 
-    def _give_up(self, now: float, reason: str) -> None:
-        """Stop: this worker cannot go on; CLOSE with INTERNAL_ERROR and why (retrying would not help)."""
+    def _give_up(self, now: float, reason: str, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> None:
+        """Stop: this worker cannot go on; CLOSE with ``code`` and why (retrying would not help).
+
+        Its computation failed (INTERNAL_ERROR), or it refuses the run's CONFIG.
+        """
         self.failed = True
         limit = self.connection_limits.max_reason_bytes
         text = reason.encode()[:limit].decode("utf-8", errors="ignore")
-        self.ended = (int(ErrorCode.INTERNAL_ERROR), reason)
-        self.connection.close(now, ErrorCode.INTERNAL_ERROR, text)
+        self.ended = (int(code), reason)
+        self.connection.close(now, code, text)
 
     def _objective_for(self, config: TrainConfig) -> Objective:
         """The objective this worker trains for the run CONFIG describes.
@@ -371,12 +374,6 @@ class WorkerSession:
         every = labels if self.label_values is None else labels_for(config.model, self.label_values)[0]
         classes = self.classes or class_count(every)
         return config.built_in(self.features, labels, classes=classes)
-
-    def _refuse_config(self, now: float, code: ErrorCode, reason: str) -> None:
-        self.failed = True
-        self.ended = (int(code), reason)
-        limit = self.connection_limits.max_reason_bytes
-        self.connection.close(now, code, reason.encode()[:limit].decode("utf-8", "ignore"))
 
     def _configure(self, event: ConfigMessage, now: float) -> None:
         try:
@@ -422,13 +419,12 @@ class WorkerSession:
                 )
             state = WorkerState(config, objective, self.worker_id or 0)
         except ValueError as exc:
-            self._refuse_config(now, ErrorCode.INVALID_CONFIG, str(exc))
+            self._give_up(now, str(exc), ErrorCode.INVALID_CONFIG)
             return
         # wire-format.md 6.2-7: refused now, not on the first vector the master cannot decode.
-        if missing := sorted(config.spec.sent_encodings(worker=True) - self.connection.peer_encodings):
-            names = ", ".join(Encoding(code).name for code in missing)
+        if names := config.spec.unannounced(self.connection.peer_encodings, worker=True):
             reason = f"this run ({config.algorithm}) has workers send {names}, not announced by the master"
-            self._refuse_config(now, ErrorCode.UNSUPPORTED_ENCODING, reason)
+            self._give_up(now, reason, ErrorCode.UNSUPPORTED_ENCODING)
             return
         self.config = config
         self.state = state

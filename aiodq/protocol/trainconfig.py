@@ -99,6 +99,12 @@ class AlgorithmSpec:
             needed |= {Encoding.ZERO, Encoding.EQUALS_SNAPSHOT, Encoding.DENSE}
         return frozenset(needed)
 
+    def unannounced(self, announced: frozenset[int], *, worker: bool) -> str:
+        """The names of the encodings :meth:`sent_encodings` needs that ``announced`` omits ("" if none)."""
+        return ", ".join(
+            Encoding(code).name for code in sorted(self.sent_encodings(worker=worker) - announced)
+        )
+
 
 _GRADIENT_ENCODINGS = {
     "dense": (Encoding.DENSE,),

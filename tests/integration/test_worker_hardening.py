@@ -28,6 +28,8 @@ from aiodq.errors import ErrorCode
 from aiodq.net.worker import WorkerResult, run_worker
 from aiodq.protocol.algorithms import TrainConfig
 
+from .cluster import wait_until
+
 QUICK = ConnectionConfig(handshake_timeout=1.0, heartbeat_interval=0.5, idle_timeout=2.0)
 
 
@@ -299,8 +301,7 @@ def test_a_worker_stopped_mid_computation_does_not_wait_for_it() -> None:
     async def run() -> None:
         async with Master(TrainConfig(epochs=1), _SlowSquares(0.0), workers=1) as master:
             worker = asyncio.create_task(run_worker(*master.address, objective=Held(0.0)))
-            while not started.is_set():
-                await asyncio.sleep(0.01)  # (polling the thread's event: the condition, not a delay)
+            await wait_until(started.is_set, 60, "the worker's snapshot phase")
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
@@ -317,17 +318,18 @@ def test_a_worker_stopped_mid_computation_does_not_wait_for_it() -> None:
 async def test_a_connection_reset_during_a_computation_is_said_as_one() -> None:
     """A review: a reset read while the worker computed off the loop's thread was kept as a plain end of the
     stream, and reported as 'the master closed the connection'.  The fake master resets the connection (an
-    RST: SO_LINGER 0) while the worker's snapshot phase waits on an event the test sets after it."""
+    RST: SO_LINGER 0) while the worker's snapshot phase runs; the phase goes on 0.2 s after the reset."""
     import socket  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    started, release = threading.Event(), threading.Event()
+    started, reset = threading.Event(), threading.Event()
 
     class Held(_SlowSquares):
         def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
             if rows is None:
                 started.set()
-                release.wait(60)
+                reset.wait(60)
+                time.sleep(0.2)  # (the phase's computation after the reset: the scenario, not a wait)
             return super().loss_grad(x, rows)
 
     async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -337,15 +339,12 @@ async def test_a_connection_reset_during_a_computation_is_said_as_one() -> None:
         writer.write(encode_message(ConfigMessage(dim=5, algorithm="asylpg", params=params)))  # type: ignore[arg-type]
         writer.write(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(5)))))
         await writer.drain()
-        while not started.is_set():
-            await asyncio.sleep(0.01)  # (polling the thread's event: the condition, not a delay)
+        await wait_until(started.is_set, 60, "the worker's snapshot phase")
         raw = writer.get_extra_info("socket")
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # an RST, while the worker computes
-        # Time for the reset to reach the worker's reader while it computes: the scenario, not a wait for a
-        # condition (a reset read after the phase is reported by the session loop's own read, passing too).
-        await asyncio.sleep(0.2)
-        release.set()
+        await wait_until(lambda: raw.fileno() == -1, 10, "the master's socket closed (the reset sent)")
+        reset.set()
 
     server = await asyncio.start_server(master, "127.0.0.1", 0)
     async with server:
@@ -355,5 +354,5 @@ async def test_a_connection_reset_during_a_computation_is_said_as_one() -> None:
                 run_worker(host, port, objective=Held(0.0), model="held", retry_for=0), timeout=60
             )
         finally:
-            release.set()
+            reset.set()
     assert result.reason.startswith("connection lost (Connection reset by peer)"), result
