@@ -356,3 +356,48 @@ async def test_a_connection_reset_during_a_computation_is_said_as_one() -> None:
         finally:
             reset.set()
     assert result.reason.startswith("connection lost (Connection reset by peer)"), result
+
+
+@pytest.mark.asyncio
+async def test_a_computing_worker_s_first_heartbeat_comes_when_its_connection_s_would_have() -> None:
+    """A review: while computing off the loop's thread, the worker sent its first HEARTBEAT an interval after
+    the computation began, not after its last frame: up to two intervals of silence (the review's master
+    timed out 3 of 3 workers at a heartbeat of 0.5 s and an idle timeout of 0.6 s).  Here the fake master
+    sends the SNAPSHOT 3 s after the worker's HELLO, its last frame, with heartbeats every 4 s: the first
+    HEARTBEAT is due 4 s after the HELLO (7 s with the code before)."""
+    import threading  # noqa: PLC0415
+
+    release = threading.Event()
+
+    class Held(_SlowSquares):
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            if rows is None:  # the snapshot phase, held until the master has heard a heartbeat
+                release.wait(60)
+            return super().loss_grad(x, rows)
+
+    settings = ConnectionConfig(handshake_timeout=10.0, heartbeat_interval=4.0, idle_timeout=60.0)
+    heard: list[float] = []
+
+    async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_frame(reader)  # HELLO
+        hello = time.monotonic()
+        params = TrainConfig(epochs=1, model="held").to_params()
+        writer.write(encode_message(Welcome(version=1, worker_id=0)))
+        writer.write(encode_message(ConfigMessage(dim=5, algorithm="asylpg", params=params)))  # type: ignore[arg-type]
+        await writer.drain()
+        await asyncio.sleep(3.0)  # (a master slow to send the SNAPSHOT: the scenario, not a wait)
+        writer.write(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(5)))))
+        await writer.drain()
+        frame = await asyncio.wait_for(read_frame(reader), 30)
+        heard.append(time.monotonic() - hello)
+        assert frame == encode_message(Heartbeat()), frame  # (the worker sends nothing else meanwhile)
+        release.set()
+        await close_and_wait(reader, writer, Close(code=int(ErrorCode.NO_ERROR), reason="test over"))
+
+    try:
+        await worker_against(
+            master, None, None, timeout=60, objective=Held(0.0), model="held", connection_config=settings
+        )
+    finally:
+        release.set()
+    assert heard and heard[0] < 5.5, heard
