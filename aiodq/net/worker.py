@@ -15,26 +15,21 @@ import contextlib
 import logging
 import numbers
 import ssl as ssl_module
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec.events import Heartbeat, ModelMessage, Snapshot
 from ..config import ConnectionConfig
 from ..errors import ErrorCode, code_name
-from ..protocol.connection import ConnectionState
 from ..protocol.dataset import as_samples
 from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
 from ..protocol.start import check_contract
 from .logbook import printable
+from .offload import READ_SIZE, Pace, after_earlier, compute
 
 __all__ = ["WorkerResult", "describe_os_error", "format_address", "run_worker"]
 
 _log = logging.getLogger("aiodq.worker")
-
-_READ_SIZE = 1 << 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +155,9 @@ async def run_worker(
     if objective is not None:
         if features is not None or labels is not None:
             raise TypeError("give the worker either features and labels or an objective, not both")
-        check_contract(check_objective(objective))  # (as each session does)
+        check_objective(objective)
+        await after_earlier(objective)  # (a computation a cancelled worker left on it, say)
+        check_contract(objective)  # (as each session does)
     else:
         features, labels = as_samples(features, labels)
     loop = asyncio.get_running_loop()
@@ -169,7 +166,7 @@ async def run_worker(
     gradients = 0
     ended: str | None = None  # how the last session ended, if one did
     trained: WorkerResult | None = None  # the last session that got as far as CONFIG
-    pace = _Pace()  # (a step found slow in one session runs off the loop's thread in the next from the start)
+    pace = Pace()  # (a step found slow in one session runs off the loop's thread in the next from the start)
     while True:
         began = loop.time()
         try:
@@ -258,117 +255,6 @@ async def _drain(writer: asyncio.StreamWriter, window: float) -> bool:
             waiting = left
 
 
-async def _compute(
-    session: WorkerSession,
-    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    interval: float,
-    now: Callable[[], float],
-    pace: _Pace,
-) -> tuple[list[bytes], OSError | None]:
-    """Run the session's :attr:`~WorkerSession.work`; return what the master sent meanwhile, and any loss.
-
-    The loss is how the connection was lost, if it was.  A snapshot phase (the objective over the
-    whole shard), and a step (or a step's model-free half, :meth:`~WorkerSession.prepare`) before
-    the first step has been timed or when the last took :data:`_OFFLOAD_STEP` or more (or as much
-    by the last snapshot phase's time per row), run on a thread of their own, and the event loop's thread
-    stays free: the worker sends a HEARTBEAT every ``interval`` seconds meanwhile, the first when
-    its connection would have sent one (a review: a ``loss_grad`` of 35 s ran on the loop's
-    thread, the master heard nothing for its 30 s idle timeout and dropped the worker, at every
-    epoch, for ever).  Quicker ones run here, on the loop's thread: the hop to a thread and back
-    made the bundled a9a run's updates 1.3x as long (docs/benchmarks.md).  The thread is a
-    daemon: a worker stopped mid-computation does not wait for it to end.  The bytes received
-    meanwhile are held, up to :data:`_HELD_BYTES` (beyond, the kernel holds them), and handed to
-    the session after :meth:`~WorkerSession.complete`: the session takes no message while its
-    work is owed.  The end of the stream is held as ``b""``.
-    """
-    work = session.work
-    assert work is not None
-    reader, writer = streams
-    snapshot, step = isinstance(work.event, Snapshot), isinstance(work.event, ModelMessage)
-    began = now()
-    if not snapshot and pace.step is not None and pace.step < _OFFLOAD_STEP:
-        work.run()
-        if step:  # (not a preparation's: with grad_difference it only draws rows, a review's 0.4 ms)
-            pace.step = now() - began
-        return [], None
-    computing = _on_daemon_thread(work.run)
-    held: list[bytes] = []
-    lost: OSError | None = None
-    size, reading = 0, None
-    timer = session.connection.get_timer()
-    beat = now() + interval if timer is None else min(now() + interval, timer)
-    try:
-        while not computing.done():
-            if reading is None and size < _HELD_BYTES and not (held and not held[-1]):
-                reading = asyncio.ensure_future(reader.read(_READ_SIZE))
-            waiting: set[asyncio.Future[Any]] = {computing} if reading is None else {computing, reading}
-            await asyncio.wait(waiting, timeout=max(0.0, beat - now()), return_when=asyncio.FIRST_COMPLETED)
-            if reading is not None and reading.done():
-                try:
-                    chunk = reading.result()
-                except (ConnectionError, OSError) as exc:
-                    chunk, lost = b"", exc
-                reading = None
-                held.append(chunk)
-                size += len(chunk)
-            if now() >= beat and not computing.done():
-                beat = now() + interval
-                if session.connection.state is ConnectionState.READY and not writer.is_closing():
-                    session.connection.send(Heartbeat(), now())
-                    writer.write(session.data_to_send())
-    finally:
-        if reading is not None:
-            reading.cancel()  # (a read cancelled while it waits has taken nothing)
-            await asyncio.wait({reading})  # (the reader is free again only once the read has ended)
-            if not reading.cancelled() and reading.exception() is None:
-                held.append(reading.result())  # (it ended with bytes before the cancellation came)
-    took = now() - began
-    state = session.state
-    if step:
-        pace.step = took
-    elif snapshot and pace.step is not None and state is not None and state.samples:
-        pace.step = max(pace.step, took * 2 * state.config.batch / state.samples)  # (a step reads 2 B rows)
-    return held, lost
-
-
-def _on_daemon_thread(run: Callable[[], None]) -> asyncio.Future[None]:
-    """``run()`` on a new daemon thread; the future is done when it returns.
-
-    Not asyncio's executor: ``asyncio.run`` joins its threads at the end, so a worker stopped
-    during a computation of 35 s waited for it (a review: 16.7 s after SIGTERM).
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def finished() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def target() -> None:
-        try:
-            run()
-        finally:
-            with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile: nobody waits)
-                loop.call_soon_threadsafe(finished)
-
-    threading.Thread(target=target, name="aiodq-worker-compute", daemon=True).start()
-    return done
-
-
-class _Pace:
-    """How long a worker's last step took to compute (seconds; None before its first), across its sessions."""
-
-    __slots__ = ("step",)
-
-    def __init__(self) -> None:
-        self.step: float | None = None
-
-
-#: A step that took this long (seconds) runs off the event loop's thread next time.
-_OFFLOAD_STEP = 0.005
-
-#: Bytes a worker holds for its session while it computes (then it stops reading).
-_HELD_BYTES = 4 * _READ_SIZE
 #: The most characters of a session's end reason kept (the master's CLOSE allows 1,024 bytes, escaped here).
 _REASON_CHARS = 4096
 #: The shortest connection attempt once ``retry_for`` is nearly spent (seconds).
@@ -412,12 +298,14 @@ async def _session(
     ssl: ssl_module.SSLContext | None,
     server_hostname: str | None,
     connect_within: float | None = None,
-    pace: _Pace,
+    pace: Pace,
 ) -> WorkerResult:
     """One connection: from HELLO to the master's CLOSE or the end of the stream.
 
     The connection attempt is given the handshake timeout, or ``connect_within`` seconds if fewer.
     """
+    if objective is not None:  # (its session's start checks run on the loop's thread)
+        await after_earlier(objective)
     # The connection and its TLS handshake within the handshake timeout, as the protocol's handshake
     # after them (an attack review: a master that never answered TLS held a worker for asyncio's 60 s,
     # a full accept queue for the kernel's 130 s of SYN retries, whatever --retry-for said).
@@ -430,12 +318,12 @@ async def _session(
     try:
         async with asyncio.timeout(limit) as scope:
             if ssl is None:
-                reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+                reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE)
             else:
                 reader, writer = await asyncio.open_connection(
                     host,
                     port,
-                    limit=_READ_SIZE,
+                    limit=READ_SIZE,
                     ssl=ssl,
                     server_hostname=server_hostname,
                     ssl_handshake_timeout=limit,
@@ -480,19 +368,22 @@ async def _session(
                     writer.transport.abort()  # (a master that reads nothing: its bytes are not waited for)
                     stalled = f"the master took nothing this worker sent for {settings.idle_timeout:g} s"
                     break
-                if not writer.transport.get_write_buffer_size():
+                if not writer.transport.get_write_buffer_size() and not backlog:
                     # Every byte is with the kernel (or the TLS layer): while the master answers,
                     # compute the next step's model-free half (WorkerSession.prepare). With bytes
-                    # still queued, preparing now would hold them back: the MODEL's step does it.
+                    # still queued, preparing now would hold them back: the MODEL's step does it;
+                    # and with bytes received, what they say comes first (a CLOSE, say).
                     session.prepare(now())
-            if session.work is not None:
-                held, lost = await _compute(session, (reader, writer), settings.heartbeat_interval, now, pace)
-                session.complete(now())
-                backlog.extend(held)  # (read next, as if they came now)
+            ended = bool(backlog) and not backlog[-1]  # (then owed work is dropped as its bytes are read)
+            if session.work is not None and not ended:
+                beat = settings.heartbeat_interval
+                lost = await compute(session, (reader, writer), backlog, interval=beat, now=now, pace=pace)
+                if not backlog or backlog[-1]:
+                    session.complete(now())  # (what came meanwhile is read next, as if it came now)
                 continue
             if session.closed:
                 break
-            if session.pending:  # messages that came behind the answer just sent
+            if session.pending and not ended:  # messages that came behind the answer just sent
                 session.resume(now())
                 continue
             if backlog:
@@ -504,7 +395,7 @@ async def _session(
                     # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
                     # cancellation that arrives as the read completes.
                     async with asyncio.timeout(timeout):
-                        chunk = await reader.read(_READ_SIZE)
+                        chunk = await reader.read(READ_SIZE)
                 except TimeoutError:
                     session.handle_timer(now())
                     continue

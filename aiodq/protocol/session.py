@@ -58,13 +58,18 @@ class Work:
         self.event = event
         self._compute = compute
         self.result: Any = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
-        """Compute; an exception is kept (:attr:`error`), for :meth:`WorkerSession.complete` to report."""
+        """Compute; an exception is kept (:attr:`error`), for :meth:`WorkerSession.complete` to report.
+
+        Any exception: one that is not an :class:`Exception` (``SystemExit``, say) is raised again by
+        :meth:`WorkerSession.complete`, as it leaves an in-place computation (a review: on a thread it
+        was lost, and the session ended on a TypeError of aiodq's own).
+        """
         try:
             self.result = self._compute()
-        except Exception as exc:
+        except BaseException as exc:
             self.error = exc
 
 
@@ -202,6 +207,8 @@ class WorkerSession:
         work, self.work = self.work, None
         if work is None:
             return
+        if work.error is not None and not isinstance(work.error, Exception):
+            raise work.error
         state, event = self.state, work.event
         if event is not None and state is not None and self.connection.state is ConnectionState.READY:
             if work.error is not None:

@@ -285,3 +285,43 @@ def test_at_the_stream_s_end_owed_work_is_dropped_and_what_follows_it_read() -> 
     session.receive_data(b"", 0.0)
     assert session.work is None
     assert session.ended == (int(ErrorCode.GOING_AWAY), "the master is stopping")
+
+
+def test_an_offloaded_computation_s_system_exit_leaves_complete_as_it_leaves_one_in_place() -> None:
+    """A review: ``Work.run`` kept only an ``Exception``; a ``SystemExit`` from the objective ended the
+    thread, left no result, and the session ended on a TypeError of aiodq's own line (in place, it leaves the
+    worker).  It is kept and raised again by ``complete``, on the caller's thread; a preparation's too."""
+    import pytest  # noqa: PLC0415
+
+    class Quitting:
+        dim, samples = D, 2
+
+        def __init__(self, when: str) -> None:
+            self.when = when
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            return np.zeros(D)
+
+        def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
+            step = rows is not None and len(rows) > 2  # type: ignore[arg-type]  # (the start checks read 2)
+            if (rows is None and self.when == "snapshot") or (step and self.when == "preparation"):
+                raise SystemExit("the objective gave up")
+            return 0.0, np.zeros(D)
+
+    for when in ("snapshot", "preparation"):
+        session = WorkerSession(objective=Quitting(when), offload=True)
+        session.data_to_send()
+        session.receive_data(configured(session, TrainConfig(model="quitting", batch=8)), 0.0)
+        session.receive_data(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D)))), 0.0)
+        if when == "preparation":
+            assert session.work is not None
+            session.work.run()
+            session.complete(0.0)
+            session.data_to_send()
+            session.prepare(0.0)
+        work = session.work
+        assert work is not None
+        work.run()  # (on the asyncio worker's thread: nothing raised there)
+        assert isinstance(work.error, SystemExit), (when, work.error)
+        with pytest.raises(SystemExit, match="the objective gave up"):
+            session.complete(0.0)
