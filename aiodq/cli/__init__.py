@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..config import MasterConfig
 from ..errors import SignalStop, StoppedError, UsageError, stop_said
@@ -68,9 +69,19 @@ else:
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (its commands' too), whose errors are one line, as the commands' own are.
+
+    argparse prints the usage first: 30 lines for ``aiodq run`` before the error (a newcomer trial).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     description = (__doc__ or "").split("\n\n")[0].replace("``", "")  # (the docstring's markup)
-    parser = argparse.ArgumentParser(prog="aiodq", description=description)
+    parser = _Parser(prog="aiodq", description=description)
     parser.add_argument("--version", action="version", version=f"aiodq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

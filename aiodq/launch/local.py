@@ -43,7 +43,7 @@ from .common import (
     progress_state,
     progress_table,
 )
-from .models import import_root, objective_for, start_vector
+from .models import import_root, objective_for, refuse_a_run_at_import, start_vector
 from .priority import DEFAULT_WORKER_NICE, MAX_NICE, check_nice, lower_priority, resolve_worker_nice
 from .processes import CANNOT_TRAIN, WorkerProcess, after_training, ended, exits, stop_workers
 from .results import records_saved
@@ -68,10 +68,7 @@ _log = logging.getLogger("aiodq.launch")
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """Return uvloop's loop factory where uvloop is installed, else None (the default loop).
-
-    Setting the environment variable ``AIODQ_NO_UVLOOP=1`` selects the default loop.
-    """
+    """Return uvloop's loop factory where installed, else None (the default loop; AIODQ_NO_UVLOOP=1: it)."""
     if os.environ.get("AIODQ_NO_UVLOOP"):
         return None
     try:
@@ -237,6 +234,7 @@ async def run_local(
             that is not a path (a :class:`~aiodq.protocol.dataset.Dataset`: ``run_ray`` takes one).
         CheckpointError: if the checkpoint cannot be written, or (``resume``) read or used.
     """
+    refuse_a_run_at_import()
     common: dict[str, Any] = {
         "workers": workers,
         "progress": progress,

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "check_test_set",
     "import_root",
     "load_factory",
+    "refuse_a_run_at_import",
     "objective_for",
     "read_start",
     "start_vector",
@@ -41,6 +43,29 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aiodq.models")
+
+
+#: The module :func:`load_factory` imports in each thread, while it does: ``thread ident -> module``.
+_IMPORTING: dict[int, str] = {}
+
+
+def refuse_a_run_at_import() -> None:
+    """Refuse a run started by a model's module as :func:`load_factory` imports it (in this thread).
+
+    Every process of a run imports the model's module; one that trains when imported (no
+    ``if __name__ == '__main__'``) starts a run that imports it again, from another thread,
+    behind the import lock its first import holds (a newcomer trial: ``run_local`` said nothing
+    until it was killed).
+
+    Raises:
+        UsageError: if this thread is importing a model's module.
+    """
+    module = _IMPORTING.get(threading.get_ident())
+    if module is not None:
+        raise UsageError(
+            f"the model's module {module} starts a run when it is imported, and every process of a run "
+            "imports it: put the code that trains under if __name__ == '__main__'"
+        )
 
 
 def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
@@ -66,8 +91,13 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
         )
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
+    thread = threading.get_ident()
+    outer = _IMPORTING.get(thread)
+    _IMPORTING[thread] = module_name
     try:
         module = importlib.import_module(module_name)
+    except UsageError:  # (refuse_a_run_at_import's, from a run its body starts: said as it is)
+        raise
     except ImportError as exc:
         # (A newcomer trial: MODULE.py:NAME, and a module in another folder, said only what Python says.)
         hint = f"; name the module without .py: --model {module_name[:-3]}:{attribute}"
@@ -87,6 +117,11 @@ def load_factory(spec: str) -> Callable[[Any, Any], Objective]:
             "model's module must not exit or parse the command line when imported (put that under "
             "if __name__ == '__main__')"
         ) from None
+    finally:
+        if outer is None:
+            del _IMPORTING[thread]
+        else:
+            _IMPORTING[thread] = outer
     factory: Any = module
     for part in attribute.split("."):
         factory = getattr(factory, part, None)

@@ -41,7 +41,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
 from .common import as_it_stood, check_shares, checkpoint_note, live_display, progress_table
-from .models import start_vector
+from .models import refuse_a_run_at_import, start_vector
 from .ray_actors import MasterActor, Secret, WorkerActor
 from .ray_start import INIT_GRACE, RayStart
 
@@ -165,6 +165,7 @@ async def run_ray(
             (beyond ``max_restarts``) or the run times out.  Every actor is killed first.
         UsageError: for impossible options, or a model that cannot be loaded or does not fit.
     """
+    refuse_a_run_at_import()
     ray = import_ray()
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
     if workers < 1:

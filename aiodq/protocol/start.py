@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import raised_at
 from .algorithms import MODEL_LIMIT, TrainConfig, _encodable, _non_finite, initial_model
 from .objectives import Objective, check_objective, objective_name
 
@@ -40,14 +41,24 @@ def check_sums(objective: Objective, x: npt.NDArray[np.float64]) -> None:
     fewer than 2 samples.
 
     Raises:
-        ValueError: if it returns anything else, or means, or is not a sum over its rows.
+        ValueError: if it returns anything else, or means, or is not a sum over its rows, or writes into x.
     """
     name = type(objective).__name__
     if objective.samples < 2:
         return
     answers = []
+    x = x.view()
+    x.flags.writeable = False  # (as in training: a newcomer trial's objective that wrote into x passed here)
     for rows in ([0], [1], [0, 1]):
-        result = objective.loss_grad(x, np.array(rows, dtype=np.intp))
+        try:
+            result = objective.loss_grad(x, np.array(rows, dtype=np.intp))
+        except ValueError as exc:
+            if "read-only" not in str(exc):
+                raise
+            raise ValueError(
+                f"{name}.loss_grad writes into x, which is read-only: it must not change it (copy it first)"
+                f"{raised_at(exc)}"
+            ) from exc
         if not (isinstance(result, tuple | list) and len(result) == 2):
             got = f"a {type(result).__name__}" + (
                 f" of {len(result)}" if isinstance(result, tuple | list) else ""

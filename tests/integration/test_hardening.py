@@ -793,6 +793,34 @@ def test_cli_errors_are_one_line(args: list[str], status: int, words: str) -> No
     assert words in _one_line(result), result.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["run", "--algorithm", "foo"],
+            "aiodq run: error: argument --algorithm: invalid choice: 'foo' (choose from 'asylpg', "
+            "'sparse-asylpg', 'acc-asylpg', 'asyfpg', 'acc-asyfpg', 'qsvrg', 'model-only') "
+            "(see aiodq run --help)",
+        ),
+        (
+            ["master", "--listen", "127.0.0.1"],
+            "aiodq master: error: argument --listen: expected HOST:PORT, got '127.0.0.1' "
+            "(see aiodq master --help)",
+        ),
+        (
+            ["bogus"],
+            "aiodq: error: argument command: invalid choice: 'bogus' (choose from 'run', 'master', "
+            "'worker', 'demo', 'bench', 'experiment') (see aiodq --help)",
+        ),
+    ],
+)
+def test_an_option_error_is_one_line_without_the_usage(args: list[str], line: str) -> None:
+    """A newcomer trial: argparse printed the usage, 30 lines for aiodq run, before the one line of error."""
+    result = aiodq(*args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [line], result.stderr
+
+
 def test_a_run_diverging_in_its_first_epoch_fails_with_one_line_and_writes_no_model(tmp_path: Path) -> None:
     """aiodq run --l2 10 --step 1 on the bundled a9a (one worker: one order of updates) diverges in its
     first epoch: exit 1 with one line saying so, naming the step; no result.json or model.npz, whose

@@ -188,6 +188,27 @@ def test_a_model_in_the_running_script_is_refused_with_the_module_name_to_give(t
     )
 
 
+def test_a_model_s_module_that_trains_when_imported_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    """A newcomer trial: the script that defines the model trains at module level, without
+    ``if __name__ == '__main__'``, and names itself as the model (as the __main__ refusal says).  Importing
+    it for the objective started a second run, which imported it again from another thread, behind the
+    first import's lock: nothing was said until the trial's timeout killed it.  It is one refusal now."""
+    (tmp_path / "train.py").write_text(
+        LEAST_SQUARES + "\nimport asyncio, aiodq\n"
+        "config = aiodq.TrainConfig(model='train:LeastSquares', epochs=1, step=0.05)\n"
+        f"data = {str(FIXTURES / 'a9a-head-300')!r}\n"
+        "asyncio.run(aiodq.run_local(config, data=data, workers=2))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.splitlines()[-1] == (
+        "aiodq.errors.UsageError: the model's module train starts a run when it is imported, and every "
+        "process of a run imports it: put the code that trains under if __name__ == '__main__'"
+    ), done.stderr
+
+
 #: A user objective that writes 300 kB to stderr in its first three calls (a pipe holds 64 KiB).
 CHATTY = (
     LEAST_SQUARES

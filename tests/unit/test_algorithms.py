@@ -1151,6 +1151,8 @@ class _Squares:
             return loss, grad + 1j
         if self.how == "column gradient":
             return loss, grad[:, None]
+        if self.how == "writes into x":
+            x *= 1.0  # (a newcomer trial's objective did: a worker's training found it, at its SNAPSHOT)
         return loss, grad
 
 
@@ -1170,6 +1172,11 @@ class _Squares:
         ),
         ("complex gradient", r"_Squares.loss_grad's gradient must be real numbers, got complex128 values$"),
         ("column gradient", r"_Squares.loss_grad's gradient must have shape \(5,\), got \(5, 1\)$"),
+        (
+            "writes into x",
+            r"_Squares.loss_grad writes into x, which is read-only: it must not change it \(copy it first\) "
+            r"\(at .*test_algorithms.py:\d+\)$",
+        ),
     ],
 )
 def test_the_master_checks_loss_grads_contract_on_two_samples(how: str, expected: str) -> None:
