@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from ..config import ConnectionConfig, MasterConfig
 from ..errors import CheckpointError
-from ..protocol.admission import ConnectionRate
+from ..protocol.admission import HANDSHAKE_CUT_SHORT, ConnectionRate, oldest_of_busiest
 from ..protocol.algorithms import TrainConfig
 from ..protocol.coordinator import Coordinator
 from ..protocol.members import check_workers
@@ -41,7 +41,7 @@ from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
 from .arguments import BlasLimit, check_master_arguments, check_timeout
 from .listener import Listener
-from .logbook import RATE_REFUSAL, Logbook, peer_name, printable, provenance, standing
+from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance, standing
 
 __all__ = ["Master", "printable", "provenance"]
 
@@ -248,10 +248,9 @@ class Master:
 
     def _checkpoint_bytes(self) -> int:
         assert self.coordinator is not None
-        records = (
-            checkpoint_file.records_in(self._checkpoint, self.coordinator.dim) if self._checkpoint else 0
-        )
-        return checkpoint_file.read_limit(self.coordinator.dim, self.config.epochs, records)
+        dim = self.coordinator.dim
+        records = checkpoint_file.records_in(self._checkpoint, dim) if self._checkpoint else 0
+        return checkpoint_file.read_limit(dim, self.config.epochs, records)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -401,9 +400,7 @@ class Master:
         assert self.coordinator is not None
         self._accepted += 1
         why = "the run is over" if self._closing or self.coordinator.done else None
-        if why is None and self._unadmitted() >= self.master_config.max_unauthenticated:
-            why = "too many connections in their handshake"  # (checked again once served: _serve)
-        elif why is None and not self._rate.admit(peer, self._now()):
+        if why is None and not self._rate.admit(peer, self._now()):  # (the places in the handshake: _serve)
             why = RATE_REFUSAL
         if why is not None:
             self._logbook.refuse(why, peer)
@@ -412,10 +409,15 @@ class Master:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None and self.coordinator is not None
-        over = self._closing or self.coordinator.done  # (admitted before it ended; or others served since)
-        if over or self._unadmitted() >= self.master_config.max_unauthenticated:
-            self._refuse(writer, "the run is over" if over else "too many connections in their handshake")
+        if self._closing or self.coordinator.done:  # (admitted before it ended)
+            writer.transport.abort()
+            self._logbook.refuse("the run is over")
             return
+        if self._unadmitted() >= self.master_config.max_unauthenticated:  # (one cut short: security.md)
+            member = self.coordinator.is_member
+            victim = oldest_of_busiest({i: peer_host(w) for i, w in self._writers.items() if not member(i)})
+            self._logbook.refuse(HANDSHAKE_CUT_SHORT, peer_name(self._writers[victim]))
+            self._abort_writer(victim)
         self._handlers.add(task)
         try:
             await self._serve_worker(reader, writer)
@@ -429,10 +431,6 @@ class Master:
         finally:
             self._handlers.discard(task)
             self._check_done()
-
-    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
-        writer.transport.abort()
-        self._logbook.refuse(why)
 
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         coordinator = self.coordinator

@@ -21,7 +21,9 @@ the master's own failure; nor a session the worker or its transport ended (secur
 A worker that joins and leaves by itself, over and over, starts no back-off (nothing it sent is
 refused), and each session costs the master a handshake and a copy of x_snap.  :class:`ConnectionRate`
 bounds that, and a flood of connections from strangers, by address: the master closes a new
-connection at once when its address (an IPv6 one by its /64) has opened too many of late.
+connection at once when its address (an IPv6 one by its /64) has opened too many of late.  And when
+``max_unauthenticated`` connections are in aiodq's handshake, a new one cuts one short:
+:func:`oldest_of_busiest`, as the listener does for TLS handshakes.
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ from .trainconfig import TrainConfig
 
 __all__ = [
     "FORGIVEN_AFTER",
+    "HANDSHAKE_CUT_SHORT",
     "LONGEST_BACKOFF",
     "Admission",
     "ConnectionRate",
     "RejoinBackoff",
     "address_key",
+    "oldest_of_busiest",
     "penalised",
 ]
 
+#: Why a connection in aiodq's handshake was cut short (beyond ``max_unauthenticated``: security.md).
+HANDSHAKE_CUT_SHORT = "handshake cut short for a newer connection"
 #: The longest back-off, in seconds (or the first, if longer).
 LONGEST_BACKOFF = 60.0
 #: Seconds after a back-off ends with no new one for the claim after which the next one starts from
@@ -218,6 +224,26 @@ def address_key(address: str) -> str:
     if parsed.is_link_local:
         return f"{parsed}%{scope}" if scope else str(parsed)
     return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+
+
+def oldest_of_busiest(pending: dict[int, str | None]) -> int:
+    """The connection in aiodq's handshake to cut short for a new one: the oldest of the busiest address.
+
+    ``pending`` maps each (numbered in the order they came) to its peer's address (None: one without,
+    a Unix socket's), counted by :func:`address_key`; of the keys with the most, the one whose oldest
+    came first.
+    Strangers that hold the places with silent connections then cannot keep out a worker from
+    another address, nor from their own, whose handshake takes milliseconds (an attack review: 64
+    silent connections renewed at the handshake timeout, 7 a second, kept every worker out).
+
+    Raises:
+        ValueError: if ``pending`` is empty.
+    """
+    by_key: dict[str, list[int]] = {}
+    for number in sorted(pending):
+        address = pending[number]
+        by_key.setdefault("" if address is None else address_key(address), []).append(number)
+    return max(by_key.values(), key=lambda numbers: (len(numbers), -numbers[0]))[0]
 
 
 #: The well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 peer's address.

@@ -53,8 +53,9 @@ def trained(summary: dict[str, Any], results: list[Any], epochs: int) -> None:
 
 
 @pytest.mark.asyncio
-async def test_connections_beyond_the_handshake_cap_are_refused_at_accept() -> None:
-    """max_unauthenticated: beyond it a connection is closed at accept; the others wait their turn."""
+async def test_connections_beyond_the_handshake_cap_cut_the_oldest_short() -> None:
+    """max_unauthenticated: one connection beyond it cuts short the oldest of the address with the most in
+    aiodq's handshake (before 2026-12-07 the new one was refused: see the next test)."""
     cap = 3
     connection = ConnectionConfig(secret=SECRET, handshake_timeout=2.0)
     async with Master(
@@ -65,20 +66,51 @@ async def test_connections_beyond_the_handshake_cap_are_refused_at_accept() -> N
         master_config=MasterConfig(max_unauthenticated=cap),
     ) as master:
         host, port = master.address
-        silent = [asyncio.create_task(raw_peer(host, port, b"", wait=10)) for _ in range(8)]
+        silent = []
+        for _ in range(8):  # (one after the other: each is in the handshake before the next comes)
+            silent.append(asyncio.create_task(raw_peer(host, port, b"", wait=10)))
+            count = len(silent)
+            await wait_until(
+                lambda n=count: master.accepted == n and master.connections == min(n, cap), 10, "it served"
+            )
         outcomes = await finish(silent, 20)
-        # The silent ones inside the cap are cut off by the handshake timeout, the rest at once.
-        timed_out = [o for o in outcomes if o.code == ErrorCode.TIMEOUT]
-        refused = [o for o in outcomes if o.code is None]
-        assert len(timed_out) == cap and len(refused) == 8 - cap, outcomes
-        assert all(o.cut_off and o.seconds < 1.5 for o in refused), refused
+        # The last cap are cut off by the handshake timeout, the older ones at once, as the next came.
+        assert [o.code == ErrorCode.TIMEOUT for o in outcomes] == [False] * (8 - cap) + [True] * cap, outcomes
+        assert all(o.cut_off and o.seconds < 1.5 for o in outcomes[: 8 - cap]), outcomes
         # Then a worker gets in and trains.
         results = await finish(start_workers(host, port, [0], 1, connection_config=connection), TIMEOUT)
         summary = (await master.wait(TIMEOUT)).to_json()
     trained(summary, results, 2)
-    assert summary["refused_connections"]["too many connections in their handshake"] == 8 - cap
-    # The refused ones never reached the protocol; the silent ones are counted as not admitted.
-    assert summary["unadmitted"]["connections"] == cap
+    assert summary["refused_connections"]["handshake cut short for a newer connection"] == 8 - cap
+    assert summary["unadmitted"]["connections"] == 8
+
+
+@pytest.mark.asyncio
+async def test_silent_strangers_holding_every_handshake_place_cannot_keep_a_worker_out() -> None:
+    """An attack review: 64 silent connections without the secret, renewed as the master dropped them at
+    its handshake timeout (7 a second), held every place in aiodq's handshake; the workers, holding the
+    secret, were refused at accept every time and gave up.  A new connection now cuts the oldest short."""
+    cap = 3
+    connection = ConnectionConfig(secret=SECRET, handshake_timeout=30.0)
+    async with Master(
+        TrainConfig(epochs=2),
+        X0,
+        workers=1,
+        connection_config=connection,
+        master_config=MasterConfig(max_unauthenticated=cap),
+    ) as master:
+        host, port = master.address
+        silent = [asyncio.create_task(raw_peer(host, port, b"", wait=40)) for _ in range(cap)]
+        await wait_until(lambda: master.connections == cap, 10, "the strangers holding every place")
+        try:
+            worker = start_workers(host, port, [0], 1, connection_config=connection, retry_for=5.0)
+            results = await finish(worker, TIMEOUT)
+            summary = (await master.wait(TIMEOUT)).to_json()
+        finally:
+            for task in silent:
+                task.cancel()
+    trained(summary, results, 2)
+    assert summary["refused_connections"]["handshake cut short for a newer connection"] == 1, summary
 
 
 @pytest.mark.asyncio

@@ -32,6 +32,7 @@ from aiodq.protocol.admission import (
     Admission,
     ConnectionRate,
     RejoinBackoff,
+    oldest_of_busiest,
     penalised,
 )
 from aiodq.protocol.connection import MasterConnection
@@ -534,3 +535,16 @@ def test_the_buckets_kept_are_bounded_and_the_emptiest_stay() -> None:
         assert rate.admit(f"10.{index >> 16}.{(index >> 8) & 255}.{index & 255}", 0.0 if index else -1.0)
     assert rate.admit("192.0.2.3", 0.0)  # only 10.0.0.0 (admitted at -1.0) has refilled
     assert len(rate._buckets) == limit // 2 + 1
+
+
+def test_the_connection_cut_short_is_the_oldest_of_the_busiest_address() -> None:
+    """Beyond max_unauthenticated, a new connection cuts one in aiodq's handshake short: the oldest of the
+    address with the most (an IPv6 one by its /64; ties to the address whose oldest came first)."""
+    assert oldest_of_busiest({1: "10.0.0.9", 2: "10.0.0.7", 3: "10.0.0.7", 4: "10.0.0.9", 5: "10.0.0.7"}) == 2
+    assert oldest_of_busiest({4: "10.0.0.9", 2: "10.0.0.7", 3: "10.0.0.9", 1: "10.0.0.7"}) == 1
+    # Two peers of one /64 count together; a worker alone at its address is never the one cut.
+    pending = {1: "192.0.2.1", 2: "2001:db8::1", 3: "2001:db8::2", 4: "192.0.2.1"}
+    assert oldest_of_busiest(pending) == 1  # (a tie: 192.0.2.1's oldest came first)
+    pending[5] = "2001:db8::ffff"
+    assert oldest_of_busiest(pending) == 2
+    assert oldest_of_busiest({7: None, 8: "198.51.100.4", 9: None}) == 7  # (no address: counted together)
