@@ -30,7 +30,7 @@ from ..codec.events import (
 from ..codec.registry import ALL_ENCODINGS
 from ..codec.vectors import full_precision
 from ..config import ConnectionConfig
-from ..errors import DataError, ErrorCode, RemoteProtocolError, raised_at
+from ..errors import DataError, ErrorCode, NonFiniteError, RemoteProtocolError, raised_at
 from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
@@ -301,7 +301,10 @@ class WorkerSession:
     def _failed_answer(self, event: Event, exc: Exception, now: float) -> None:
         first_line = (str(exc).splitlines() or [""])[0]
         what = type(event).__name__.removesuffix("Message").upper()
-        self._give_up(now, f"cannot answer {what}: {type(exc).__name__}: {first_line}{raised_at(exc)}")
+        # (aiodq's check of the objective's values names the objective; the check's own line says nothing
+        # more: a newcomer trial read "(at aiodq/protocol/algorithms.py:467)" as aiodq's fault)
+        where = "" if isinstance(exc, NonFiniteError) else raised_at(exc)
+        self._give_up(now, f"cannot answer {what}: {type(exc).__name__}: {first_line}{where}")
 
     @staticmethod
     def _compute(state: WorkerState, event: Snapshot | FullGradient | ModelMessage) -> Any:

@@ -325,3 +325,34 @@ def test_an_offloaded_computation_s_system_exit_leaves_complete_as_it_leaves_one
         assert isinstance(work.error, SystemExit), (when, work.error)
         with pytest.raises(SystemExit, match="the objective gave up"):
             session.complete(0.0)
+
+
+def test_a_gradient_with_nan_is_said_of_the_objective_without_aiodq_s_line() -> None:
+    """A newcomer trial: an objective whose mini-batch gradients held NaN ended its worker with the words
+    '... (at aiodq/protocol/algorithms.py:467)', read as aiodq's fault: aiodq's check names the objective,
+    and its own line says nothing more."""
+
+    class NaNLater:
+        dim, samples = D, 4
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            return np.zeros(D)
+
+        def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
+            count = self.samples if rows is None else len(rows)  # type: ignore[arg-type]
+            gradient = np.full(D, float(count))  # (sums over the rows, as the start checks want)
+            if count > 2 and rows is not None:  # (a mini-batch: the start checks read 2 rows)
+                gradient[0] = np.nan
+            return float(count), gradient
+
+    session = WorkerSession(objective=NaNLater())
+    session.data_to_send()
+    session.receive_data(configured(session, TrainConfig(model="nanlater", batch=8)), 0.0)
+    session.receive_data(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D)))), 0.0)
+    session.data_to_send()
+    session.receive_data(encode_message(ModelMessage(epoch=0, version=0, vector=RawVector(np.ones(D)))), 0.0)
+    assert session.failed and session.ended is not None
+    assert session.ended[1] == (
+        "cannot answer MODEL: NonFiniteError: NaNLater.loss_grad gave a gradient with NaN or infinite values "
+        "on a mini-batch: the run may be diverging (a smaller step), or the loss overflows"
+    ), session.ended
