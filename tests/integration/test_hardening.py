@@ -52,19 +52,19 @@ def trained(summary: dict[str, Any], results: list[Any], epochs: int) -> None:
     assert summary["trace"][-1]["loss"] < summary["trace"][0]["loss"]
 
 
+def _capped_master(connection: ConnectionConfig, cap: int) -> Master:
+    """A master of two epochs for one worker, with ``cap`` places in aiodq's handshake."""
+    config = MasterConfig(max_unauthenticated=cap)
+    return Master(TrainConfig(epochs=2), X0, workers=1, connection_config=connection, master_config=config)
+
+
 @pytest.mark.asyncio
 async def test_connections_beyond_the_handshake_cap_cut_the_oldest_short() -> None:
     """max_unauthenticated: one connection beyond it cuts short the oldest of the address with the most in
     aiodq's handshake (before 2026-12-07 the new one was refused: see the next test)."""
     cap = 3
     connection = ConnectionConfig(secret=SECRET, handshake_timeout=2.0)
-    async with Master(
-        TrainConfig(epochs=2),
-        X0,
-        workers=1,
-        connection_config=connection,
-        master_config=MasterConfig(max_unauthenticated=cap),
-    ) as master:
+    async with _capped_master(connection, cap) as master:
         host, port = master.address
         silent = []
         for _ in range(8):  # (one after the other: each is in the handshake before the next comes)
@@ -92,13 +92,7 @@ async def test_silent_strangers_holding_every_handshake_place_cannot_keep_a_work
     secret, were refused at accept every time and gave up.  A new connection now cuts the oldest short."""
     cap = 3
     connection = ConnectionConfig(secret=SECRET, handshake_timeout=30.0)
-    async with Master(
-        TrainConfig(epochs=2),
-        X0,
-        workers=1,
-        connection_config=connection,
-        master_config=MasterConfig(max_unauthenticated=cap),
-    ) as master:
+    async with _capped_master(connection, cap) as master:
         host, port = master.address
         silent = [asyncio.create_task(raw_peer(host, port, b"", wait=40)) for _ in range(cap)]
         await wait_until(lambda: master.connections == cap, 10, "the strangers holding every place")
