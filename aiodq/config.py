@@ -194,8 +194,8 @@ class MasterConfig:
     )
     max_unauthenticated: int = option(
         64,
-        "connections still in their handshake at once; more are refused when they connect (with TLS, "
-        "4 times as many may be in their TLS handshake; one more cuts the oldest short)",
+        "connections still in their handshake at once; one more cuts short the oldest of the address "
+        "with the most (with TLS, 4 times as many may be in their TLS handshake, cut short alike)",
     )
     rejoin_backoff: float = option(
         1.0,

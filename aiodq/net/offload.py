@@ -159,7 +159,14 @@ def on_daemon_thread(run: Callable[[], None], owner: object) -> asyncio.Future[N
             with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile: nobody waits)
                 loop.call_soon_threadsafe(finished)
 
-    threading.Thread(target=target, name="aiodq-worker-compute", daemon=True).start()
+    try:
+        threading.Thread(target=target, name="aiodq-worker-compute", daemon=True).start()
+    except BaseException:  # (no thread: nothing may wait for it, a review's waited for ever)
+        ended.set()
+        with _RUNNING_LOCK:
+            if _RUNNING.get(id(owner), (None, None))[1] is ended:
+                del _RUNNING[id(owner)]
+        raise
     return done
 
 

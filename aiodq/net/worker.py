@@ -304,8 +304,6 @@ async def _session(
 
     The connection attempt is given the handshake timeout, or ``connect_within`` seconds if fewer.
     """
-    if objective is not None:  # (its session's start checks run on the loop's thread)
-        await after_earlier(objective)
     # The connection and its TLS handshake within the handshake timeout, as the protocol's handshake
     # after them (an attack review: a master that never answered TLS held a worker for asyncio's 60 s,
     # a full accept queue for the kernel's 130 s of SYN retries, whatever --retry-for said).
@@ -427,6 +425,8 @@ async def _session(
             writer.transport.abort()
         except (ConnectionError, OSError):
             pass
+    if objective is not None:  # (a preparation given up for the master's CLOSE, say: the caller's next)
+        await after_earlier(objective)
     stream_ended = (int(ErrorCode.PROTOCOL_ERROR), "stream ended")
     code, reason = (int(ErrorCode.TIMEOUT), stalled) if stalled else session.ended or stream_ended
     # The master's words, printed and logged: control characters escaped (an attack review forged a log
@@ -446,8 +446,8 @@ async def _session(
             else:  # (a TLS master reads the HELLO as a broken TLS handshake and drops it)
                 reason += (
                     " (a master whose run is over closes every connection at once, as one does beyond its"
-                    " --max-unauthenticated or --connection-rate; a master with TLS needs aiodq worker --tls,"
-                    " run_worker(ssl=...))"
+                    " --connection-rate, and one beyond its --max-unauthenticated the oldest of the busiest"
+                    " address; a master with TLS needs aiodq worker --tls, run_worker(ssl=...))"
                 )
         else:
             reason = f"{how} without CLOSE"

@@ -51,7 +51,7 @@ class Work:
     caller may send HEARTBEATs on the connection, but hands the session no received bytes.
     """
 
-    __slots__ = ("_compute", "error", "event", "result")
+    __slots__ = ("_compute", "dropped", "error", "event", "result")
 
     def __init__(self, event: Snapshot | ModelMessage | None, compute: Callable[[], Any]) -> None:
         #: The message it answers (None: the next step's preparation, which answers nothing).
@@ -59,6 +59,9 @@ class Work:
         self._compute = compute
         self.result: Any = None
         self.error: BaseException | None = None
+        #: Set when the session dropped it (the stream ended): :meth:`run` then computes nothing, if it
+        #: has not begun (a review: a step queued behind a preparation ran in full, its master gone).
+        self.dropped = False
 
     def run(self) -> None:
         """Compute; an exception is kept (:attr:`error`), for :meth:`WorkerSession.complete` to report.
@@ -67,6 +70,8 @@ class Work:
         :meth:`WorkerSession.complete`, as it leaves an in-place computation (a review: on a thread it
         was lost, and the session ended on a TypeError of aiodq's own).
         """
+        if self.dropped:
+            return
         try:
             self.result = self._compute()
         except BaseException as exc:
@@ -185,6 +190,8 @@ class WorkerSession:
             self._at_end = True  # (the messages left are handled, none answered: no answer could leave)
             # Nor is owed work done: what follows it (the master's CLOSE, say) must be read to say why the
             # session ended (a review: behind a MODEL's owed work, a CLOSE went unread and `ended` None).
+            if self.work is not None:
+                self.work.dropped = True
             self.work = None
         self._take_events(now)
 

@@ -157,12 +157,26 @@ async def test_the_run_s_last_preparation_does_not_hold_up_the_master_s_close() 
     its thread (mini-batches of 2 s), and read the master's CLOSE only after it: the master's close timeout
     of 1 s ran out, and every such run ended with a TIMEOUT counted.  A preparation is now not waited for
     once the master sends anything; what it computed is used by the step after it, if one comes."""
+    inside = [0]
+
+    class Counting(_SlowSteps):
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            inside[0] += 1
+            try:
+                return super().loss_grad(x, rows)
+            finally:
+                inside[0] -= 1
+
     settings = ConnectionConfig(handshake_timeout=1.0, heartbeat_interval=0.2, idle_timeout=3.0)
     config = TrainConfig(algorithm="asylpg", epochs=1, updates_per_epoch=2, batch=60, step=0.01)
     async with Master(config, _SlowSquares(0.0), workers=1, connection_config=settings) as master:
         result = await asyncio.wait_for(
-            run_worker(*master.address, objective=_SlowSteps(2.0), connection_config=settings), 120
+            run_worker(*master.address, objective=Counting(2.0), connection_config=settings), 120
         )
+        # The preparation given up is waited for once the session has ended: run_worker returns with the
+        # objective free (a review: the application's own loss_grad ran beside it, a TorchObjective's
+        # gradient wrong by 18.7).
+        assert inside == [0]
         summary = await master.wait(timeout=60)
     assert result.ok and result.gradients == 2, result
     assert summary.failure is None and not summary.summary["error_counts"], summary.summary["errors"]
@@ -195,8 +209,9 @@ async def test_an_offloaded_computation_runs_in_the_caller_s_context() -> None:
 async def test_a_step_whose_master_goes_away_meanwhile_is_neither_answered_nor_counted() -> None:
     """A review: the stream's end, read while a step ran on a thread, was handed to the session after the
     step's answer, and the worker counted a gradient it 'sent' to a master that had gone (gradients=1).  The
-    end of the stream now drops the owed step, as in place, without waiting for it."""
-    started, release = threading.Event(), threading.Event()
+    end of the stream now drops the owed step, as in place; the session, once ended, waits for the step's
+    thread (a second thread, waiting on the first), and the test lets the step go on only then."""
+    started, release, closed = threading.Event(), threading.Event(), asyncio.Event()
 
     class Held(_SlowSquares):
         def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
@@ -213,10 +228,40 @@ async def test_a_step_whose_master_goes_away_meanwhile_is_neither_answered_nor_c
         await writer.drain()
         await wait_until(started.is_set, 60, "the worker's step")
         writer.close()  # gone, while the worker computes
+        closed.set()
 
+    def computing() -> int:
+        return sum(thread.name == "aiodq-worker-compute" for thread in threading.enumerate())
+
+    worker = asyncio.ensure_future(
+        worker_against(master, None, None, timeout=60, objective=Held(0.0), model="held")
+    )
     try:
-        result = await worker_against(master, None, None, timeout=60, objective=Held(0.0), model="held")
+        # After the close: the step's thread, and one waiting for it (or, with the code before, the end).
+        await wait_until(lambda: (closed.is_set() and computing() >= 2) or worker.done(), 60, "its end")
     finally:
         release.set()
+    result = await worker
     assert result.gradients == 0, result
     assert result.reason == "the master closed the connection without CLOSE", result
+
+
+@pytest.mark.asyncio
+async def test_a_computation_whose_thread_cannot_start_leaves_nothing_to_wait_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: the computation was registered before its thread started, and a thread that could not start
+    (no threads left) left every later computation on the objective, and run_worker's start, waiting for
+    ever."""
+    from aiodq.net import offload  # noqa: PLC0415
+
+    owner = object()
+
+    def cannot(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", cannot)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            offload.on_daemon_thread(lambda: None, owner)
+    await asyncio.wait_for(offload.after_earlier(owner), 10)  # (with the code before: for ever)

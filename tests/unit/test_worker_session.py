@@ -356,3 +356,38 @@ def test_a_gradient_with_nan_is_said_of_the_objective_without_aiodq_s_line() -> 
         "cannot answer MODEL: NonFiniteError: NaNLater.loss_grad gave a gradient with NaN or infinite values "
         "on a mini-batch: the run may be diverging (a smaller step), or the loss overflows"
     ), session.ended
+
+
+def test_a_step_dropped_before_it_began_computes_nothing() -> None:
+    """A review: at the stream's end the session dropped its owed step, but the asyncio worker's thread,
+    queued behind a preparation, still ran it in full after its master had gone.  A dropped Work computes
+    nothing."""
+    calls = []
+
+    class Counting:
+        dim, samples = D, 4
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            return np.zeros(D)
+
+        def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
+            count = self.samples if rows is None else len(rows)  # type: ignore[arg-type]
+            calls.append(count)
+            return float(count), np.full(D, float(count))
+
+    session = WorkerSession(objective=Counting(), offload=True)
+    session.data_to_send()
+    session.receive_data(configured(session, TrainConfig(model="counting", batch=8)), 0.0)
+    session.receive_data(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D)))), 0.0)
+    assert session.work is not None
+    session.work.run()
+    session.complete(0.0)
+    session.data_to_send()
+    session.receive_data(encode_message(ModelMessage(epoch=0, version=0, vector=RawVector(np.ones(D)))), 0.0)
+    step = session.work
+    assert step is not None and isinstance(step.event, ModelMessage)
+    session.receive_data(b"", 0.0)  # the stream ends before the step's thread began it
+    assert session.work is None and step.dropped
+    before = len(calls)
+    step.run()
+    assert len(calls) == before and step.result is None and step.error is None
