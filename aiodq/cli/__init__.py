@@ -208,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser("demo", help="in-memory codec and protocol demonstration")
     demo_parser.add_argument("--dim", type=int, default=10_000, help="model dimension (default 10000)")
     demo_parser.add_argument("--bits", type=int, default=8, help="gradient bits b, 2 to 16 (default 8)")
-    demo_parser.add_argument("--mu", type=float, default=0.5, help="model precision mu (default 0.5)")
+    demo_parser.add_argument("--mu", type=finite_float, default=0.5, help="model precision mu (default 0.5)")
     demo_parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
 
     bench = commands.add_parser("bench", help="benchmarks")

@@ -10,8 +10,10 @@ from typing import Any
 
 from ..errors import UsageError
 from ..launch.local import resolve_worker_nice
+from ..launch.results import free_suffix
 from .commands import EXIT_FAILED
 from .logs import setup_logging
+from .outfolder import hold
 
 __all__ = ["cmd_experiment"]
 
@@ -41,9 +43,39 @@ def _experiment_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _prepare(out: Path, names: list[str]) -> None:
+    """Make ``out/NAME`` for each experiment, before any run; hold ``out``; move earlier results aside.
+
+    A researcher's trial: an ``--out`` that was a file failed after every run, with a traceback; the
+    results of an earlier command into the same folder (results.md's own sequence of commands) were
+    replaced without a word, and two commands at once into one folder kept one's results.  Now a
+    folder that cannot be made is one line (exit 2), another command holding ``out`` is refused, and
+    an experiment's earlier results go to ``NAME.earlier`` (``.earlier.N``), said on stderr.
+
+    Raises:
+        UsageError: if a folder cannot be made, or another command holds ``out``.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
+    hold(out)
+    for name in names:
+        folder = out / name
+        try:
+            if folder.is_dir() and any(folder.iterdir()):
+                suffix = free_suffix(out, [name])
+                folder.rename(out / (name + suffix))
+                print(f"aiodq experiment: moved the earlier {name} results aside to {out / (name + suffix)}",
+                      file=sys.stderr)  # fmt: skip
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot make {folder} ({exc.strerror or exc})") from None
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     """``aiodq experiment``: the paper's experiments (the lab extra)."""
-    from ..lab.experiments import Context, ExperimentError, run_experiment  # noqa: PLC0415 - the lab extra
+    from ..lab.experiments import EXPERIMENTS, Context, ExperimentError, run_experiment  # noqa: PLC0415 (lab)
 
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
@@ -52,15 +84,20 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else None
     if data is not None and not data.is_dir():
         raise UsageError(f"--data {data}: not a folder")
-    datasets = tuple(name for name in args.datasets.split(",") if name)
+    datasets = tuple(name.strip() for name in args.datasets.split(",") if name.strip())
+    if args.datasets and not datasets:
+        raise UsageError(f"--datasets {args.datasets!r} names no dataset (leave it out for every one found)")
+    if twice := sorted({name for name in datasets if datasets.count(name) > 1}):
+        raise UsageError(f"--datasets names {', '.join(twice)} twice")
     try:
         resolve_worker_nice(args.worker_nice, "a nice increment")
     except ValueError as exc:
         raise UsageError(f"--worker-nice: {exc}") from exc
     setup_logging(logging.WARNING)
+    out = Path(args.out)
     context = Context(
         data=data,
-        out=Path(args.out),
+        out=out,
         quick=args.quick,
         datasets=datasets,
         repeats=args.repeats,
@@ -69,6 +106,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         worker_nice=args.worker_nice,
     )
     try:
+        context.specs()  # (a data folder without the datasets: said before any folder is touched)
+        _prepare(out, list(EXPERIMENTS) if args.name == "all" else [args.name])
         run_experiment(args.name, context)
     except ExperimentError as exc:
         print(f"aiodq experiment: {exc}", file=sys.stderr)

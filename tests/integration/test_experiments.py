@@ -586,3 +586,38 @@ def test_an_earlier_result_json_nested_too_deep_is_moved_aside_not_fatal(tmp_pat
     assert provenance_of(tmp_path / "result.json") is None
     moved, suffix = move_aside(tmp_path, {"id": "this run"})
     assert moved == ["result.json"] and (tmp_path / f"result.json{suffix}").is_file()
+
+
+def test_the_output_folder_is_made_before_any_run_held_and_earlier_results_kept(tmp_path: Path) -> None:
+    """A researcher's trial: an --out that was a file failed after every run, with a traceback; a second
+    command into the same folder (results.md's own sequence) replaced the first's results without a word;
+    two at once kept one's.  Now: one line before any run, earlier results moved aside, and a folder
+    another command holds refused."""
+    import fcntl  # noqa: PLC0415
+
+    (tmp_path / "afile").write_text("")
+    result = aiodq("experiment", "timing", "--quick", "--out", str(tmp_path / "afile"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"aiodq experiment: --out {tmp_path / 'afile'}: cannot make the folder (File exists)"
+    ]
+    out = tmp_path / "out"
+    for _ in range(2):
+        result = aiodq("experiment", "timing", "--quick", "--out", str(out), timeout=300)
+        assert result.returncode == 0, result.stderr
+    said = f"aiodq experiment: moved the earlier timing results aside to {out / 'timing.earlier'}"
+    assert said in result.stderr.splitlines(), result.stderr
+    assert (out / "timing" / "timing.json").is_file() and (out / "timing.earlier" / "timing.json").is_file()
+    descriptor = os.open(out, os.O_RDONLY)  # (another command holding the folder)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = aiodq("experiment", "timing", "--quick", "--out", str(out))
+    finally:
+        os.close(descriptor)
+    assert result.returncode == 2 and f"--out {out} is in use by another run" in result.stderr, result.stderr
+    assert not (out / "timing.earlier.2").exists()  # (nothing moved before the refusal)
+    for datasets, said in ((",", "names no dataset"), ("a9a, a9a", "names a9a twice")):
+        result = aiodq("experiment", "timing", "--data", str(tmp_path), "--datasets", datasets)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+    result = aiodq("demo", "--mu", "inf")
+    assert result.returncode == 2 and "--mu: expected a finite number, got 'inf'" in result.stderr
