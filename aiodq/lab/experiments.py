@@ -582,6 +582,7 @@ def run_experiment(name: str, context: Context) -> dict[str, dict[str, Any]]:
     reports = {}
     for each in names:
         started = time.perf_counter()
+        context.record = context.out / each / "runs.jsonl" if (context.out / each).is_dir() else None
         reports[each] = EXPERIMENTS[each](context)
         context.log(f"{each}: done in {time.perf_counter() - started:.1f} s, written to {context.out / each}")
     return reports

@@ -7,6 +7,7 @@ to a target are read off the evaluated points (:func:`to_target`).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -344,6 +345,13 @@ def local_runner(
     return run
 
 
+def _plain(value: object) -> object:
+    """Return numpy's numbers as Python's, for :meth:`Context.keep`'s JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 # -- the experiments -----------------------------------------------------------------
 
 
@@ -374,6 +382,20 @@ class Context:
     test_sets: dict[str, Dataset] = field(default_factory=dict)
     #: Every run so far by (dataset, configuration with its seed, workers), shared by :meth:`runs`.
     done: dict[tuple[str, TrainConfig, int], RunResult] = field(default_factory=dict)
+    #: Where :meth:`keep` appends each run as it ends (``OUT/NAME/runs.jsonl``); None: nowhere.
+    record: Path | None = None
+
+    def keep(self, spec: DatasetSpec, result: RunResult, target: float) -> None:
+        """Append ``result`` (:meth:`RunResult.as_dict`, with its dataset) to :attr:`record`, as it ends.
+
+        The tables are written when an experiment ends; a researcher's trial stopped one after six runs,
+        and lost them all.  A run kept here stays: one JSON line each, flushed before the next run.
+        """
+        if self.record is None:
+            return
+        line = json.dumps({"dataset": spec.name, **result.as_dict(target)}, default=_plain)
+        with self.record.open("a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
 
     def describe(self, spec: DatasetSpec, *, rows_set_bits: bool = False) -> str:
         """``spec``'s description, with the gradient bits every run is given (``--bits``) in place of its own.
@@ -473,6 +495,8 @@ class Context:
                 result = self.done[key] if shared else runner(seeded, workers)
                 if share:
                     self.done[key] = result
+                if not shared:
+                    self.keep(spec, result, target)
                 hit = result.reached(target)
                 self.log(
                     f"  {spec.name} {config.algorithm:<14} M={workers} seed {seeded.seed}: "

@@ -621,3 +621,30 @@ def test_the_output_folder_is_made_before_any_run_held_and_earlier_results_kept(
         assert result.returncode == 2 and said in result.stderr, result.stderr
     result = aiodq("demo", "--mu", "inf")
     assert result.returncode == 2 and "--mu: expected a finite number, got 'inf'" in result.stderr
+
+
+def test_an_experiment_stopped_keeps_the_runs_it_finished(tmp_path: Path) -> None:
+    """A researcher's trial: Ctrl-C after six runs of an experiment lost them all (its tables are written at
+    its end).  Each run is appended to OUT/NAME/runs.jsonl as it ends: a stop keeps those."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from .cluster import ROOT, poll_until  # noqa: PLC0415
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "aiodq", "experiment", "table1", "--quick", "--out", str(out)]
+    quiet, piped = subprocess.DEVNULL, subprocess.PIPE
+    process = subprocess.Popen(command, cwd=ROOT, stdout=quiet, stderr=piped, text=True)
+    record = out / "table1" / "runs.jsonl"
+    try:
+        poll_until(lambda: record.is_file() and record.read_text().count("\n") >= 2, 300, "two runs kept")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130, stderr
+    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(runs) >= 2 and all(run["dataset"] == "a9a-bundled" and run["points"] for run in runs), runs
+    assert runs[0]["algorithm"] == "asyfpg" and not (out / "table1" / "table1.json").exists()
