@@ -10,7 +10,6 @@ from typing import Any
 
 from ..errors import UsageError
 from ..launch.local import resolve_worker_nice
-from ..launch.results import free_suffix
 from .commands import EXIT_FAILED
 from .logs import setup_logging
 from .outfolder import hold
@@ -44,13 +43,12 @@ def _experiment_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _prepare(out: Path, names: list[str]) -> None:
-    """Make ``out/NAME`` for each experiment, before any run; hold ``out``; move earlier results aside.
+    """Make ``out`` and hold it, before any run; check that each ``out/NAME`` can be a folder.
 
-    A researcher's trial: an ``--out`` that was a file failed after every run, with a traceback; the
-    results of an earlier command into the same folder (results.md's own sequence of commands) were
-    replaced without a word, and two commands at once into one folder kept one's results.  Now a
-    folder that cannot be made is one line (exit 2), another command holding ``out`` is refused, and
-    an experiment's earlier results go to ``NAME.earlier`` (``.earlier.N``), said on stderr.
+    A researcher's trial: an ``--out`` that was a file failed after every run, with a traceback, and two
+    commands at once into one folder kept one's results.  Now a folder that cannot be made is one line
+    (exit 2), and another command holding ``out`` is refused.  Earlier results are moved aside as each
+    experiment starts (:func:`~aiodq.lab.experiments.run_experiment`), not here.
 
     Raises:
         UsageError: if a folder cannot be made, or another command holds ``out``.
@@ -61,16 +59,8 @@ def _prepare(out: Path, names: list[str]) -> None:
         raise UsageError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
     hold(out)
     for name in names:
-        folder = out / name
-        try:
-            if folder.is_dir() and any(folder.iterdir()):
-                suffix = free_suffix(out, [name])
-                folder.rename(out / (name + suffix))
-                print(f"aiodq experiment: moved the earlier {name} results aside to {out / (name + suffix)}",
-                      file=sys.stderr)  # fmt: skip
-            folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out {out}: cannot make {folder} ({exc.strerror or exc})") from None
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UsageError(f"--out {out}: {out / name} is not a folder: move it, or give another --out")
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -127,7 +127,7 @@ def experiment_coding(context: Context) -> dict[str, Any]:
                             worker_nice=context.worker_nice,
                         )
                     runs.setdefault((place, name), []).append(run)
-                    context.keep(spec, run, target)
+                    context.keep(spec, run, target, place=place, variant=name)
                     hit = run.reached(target)
                     context.log(
                         f"coding: {spec.name} {place} {name:<16} seed {config.seed}: "

@@ -24,6 +24,7 @@ from ..data import load_dataset
 from ..errors import DataError, RunError, UsageError
 from ..launch.local import run_cluster, run_coroutine
 from ..launch.models import objective_for
+from ..launch.results import free_suffix
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
@@ -345,11 +346,15 @@ def local_runner(
     return run
 
 
-def _plain(value: object) -> object:
-    """Return numpy's numbers as Python's, for :meth:`Context.keep`'s JSON."""
+def _finite(value: Any) -> Any:
+    """``value`` for strict JSON: numpy's numbers as Python's, NaN and infinities as None, recursively."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
     if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON")
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 # -- the experiments -----------------------------------------------------------------
@@ -384,16 +389,42 @@ class Context:
     done: dict[tuple[str, TrainConfig, int], RunResult] = field(default_factory=dict)
     #: Where :meth:`keep` appends each run as it ends (``OUT/NAME/runs.jsonl``); None: nowhere.
     record: Path | None = None
+    _kept: set[tuple[int, tuple[tuple[str, str], ...]]] = field(default_factory=set)
 
-    def keep(self, spec: DatasetSpec, result: RunResult, target: float) -> None:
-        """Append ``result`` (:meth:`RunResult.as_dict`, with its dataset) to :attr:`record`, as it ends.
+    def begin(self, name: str) -> None:
+        """Make ``OUT/NAME`` for experiment ``name``, its earlier results moved aside; start its runs.jsonl.
 
-        The tables are written when an experiment ends; a researcher's trial stopped one after six runs,
-        and lost them all.  A run kept here stays: one JSON line each, flushed before the next run.
+        Earlier results go to ``NAME.earlier`` (or ``.earlier.N``, the first N free): a researcher's
+        trial following results.md's commands in order had the first one's results replaced without a
+        word.  Moved as the experiment starts: one refused or failing before leaves the rest as they were.
+
+        Raises:
+            ExperimentError: if the folder cannot be made.
         """
-        if self.record is None:
+        folder = self.out / name
+        try:
+            if folder.is_dir() and any(folder.iterdir()):
+                aside = self.out / (name + free_suffix(self.out, [name]))
+                folder.rename(aside)
+                self.log(f"{name}: moved the earlier results aside to {aside}")
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExperimentError(f"cannot make {folder} ({exc.strerror or exc})") from exc
+        self.record = folder / "runs.jsonl"
+        self._kept.clear()
+
+    def keep(self, spec: DatasetSpec, result: RunResult, target: float, **where: str) -> None:
+        """Append ``result`` (:meth:`RunResult.as_dict`, its dataset, ``where``) to :attr:`record` as it ends.
+
+        The tables are written when an experiment ends; a researcher's trial stopped one after six
+        runs and lost them all.  A run kept here stays: one JSON line each (non-finite numbers as
+        null), written before the next run.  A run shared with an earlier experiment is kept again
+        in this one's file, once.
+        """
+        if self.record is None or (id(result), tuple(where.items())) in self._kept:
             return
-        line = json.dumps({"dataset": spec.name, **result.as_dict(target)}, default=_plain)
+        self._kept.add((id(result), tuple(where.items())))
+        line = json.dumps(_finite({"dataset": spec.name, **where, **result.as_dict(target)}))
         with self.record.open("a", encoding="utf-8") as stream:
             stream.write(line + "\n")
 
@@ -495,8 +526,7 @@ class Context:
                 result = self.done[key] if shared else runner(seeded, workers)
                 if share:
                     self.done[key] = result
-                if not shared:
-                    self.keep(spec, result, target)
+                self.keep(spec, result, target)
                 hit = result.reached(target)
                 self.log(
                     f"  {spec.name} {config.algorithm:<14} M={workers} seed {seeded.seed}: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ from ..protocol.connection import ConnectionState
 from ..protocol.session import WorkerSession
 
 __all__ = ["HELD_BYTES", "OFFLOAD_STEP", "READ_SIZE", "Pace", "after_earlier", "compute", "on_daemon_thread"]
+
+_log = logging.getLogger("aiodq.worker")
 
 #: Bytes a worker reads at once.
 READ_SIZE = 1 << 18
@@ -70,10 +73,8 @@ async def compute(
     reader, writer = streams
     snapshot, step = isinstance(work.event, Snapshot), isinstance(work.event, ModelMessage)
     owner = session.objective if session.objective is not None else session.state  # (what it writes to)
-    with _RUNNING_LOCK:
-        busy = id(owner) in _RUNNING  # (a cancelled worker's computation, say)
     began = now()
-    if not snapshot and pace.step is not None and pace.step < OFFLOAD_STEP and not busy:
+    if not snapshot and pace.step is not None and pace.step < OFFLOAD_STEP and not _busy(owner):
         work.run()
         if step:  # (not a preparation's: with grad_difference it only draws rows, a review's 0.4 ms)
             pace.step = now() - began
@@ -125,6 +126,12 @@ _RUNNING: dict[int, tuple[object, threading.Event]] = {}
 _RUNNING_LOCK = threading.Lock()
 
 
+def _busy(owner: object) -> bool:
+    """True while a computation started on ``owner`` runs (a cancelled worker's, say)."""
+    with _RUNNING_LOCK:
+        return id(owner) in _RUNNING
+
+
 def on_daemon_thread(run: Callable[[], None], owner: object) -> asyncio.Future[None]:
     """``run()`` on a new daemon thread, after every computation started earlier on ``owner``.
 
@@ -164,19 +171,26 @@ def on_daemon_thread(run: Callable[[], None], owner: object) -> asyncio.Future[N
     except BaseException:  # (no thread: nothing may wait for it, a review's waited for ever)
         ended.set()
         with _RUNNING_LOCK:
-            if _RUNNING.get(id(owner), (None, None))[1] is ended:
-                del _RUNNING[id(owner)]
+            if _RUNNING.get(id(owner), (None, None))[1] is ended:  # (the one before it, if still running)
+                if earlier is not None and not earlier[1].is_set():
+                    _RUNNING[id(owner)] = earlier
+                else:
+                    del _RUNNING[id(owner)]
         raise
     return done
 
 
-async def after_earlier(owner: object) -> None:
+async def after_earlier(owner: object, *, say_after: float | None = None) -> None:
     """Return once no computation started earlier on ``owner`` runs (a cancelled worker's, say).
 
     The start checks and a session's own run on the loop's thread: with a thread of a cancelled
-    worker's still in ``loss_grad``, the two would write the same parameters.
+    worker's still in ``loss_grad``, the two would write the same parameters.  With ``say_after``,
+    a wait that long is logged, once (a review: a session's end waited, without a word, for a
+    ``loss_grad`` that never returned).
     """
-    with _RUNNING_LOCK:
-        busy = id(owner) in _RUNNING
-    if busy:
-        await on_daemon_thread(lambda: None, owner)
+    if not _busy(owner):
+        return
+    waiting = on_daemon_thread(lambda: None, owner)
+    if say_after is not None and not (await asyncio.wait({waiting}, timeout=say_after))[0]:
+        _log.warning("the session has ended: waiting for the objective's last computation to return")
+    await waiting

@@ -426,7 +426,7 @@ async def _session(
         except (ConnectionError, OSError):
             pass
     if objective is not None:  # (a preparation given up for the master's CLOSE, say: the caller's next)
-        await after_earlier(objective)
+        await after_earlier(objective, say_after=settings.heartbeat_interval)
     stream_ended = (int(ErrorCode.PROTOCOL_ERROR), "stream ended")
     code, reason = (int(ErrorCode.TIMEOUT), stalled) if stalled else session.ended or stream_ended
     # The master's words, printed and logged: control characters escaped (an attack review forged a log

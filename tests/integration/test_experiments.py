@@ -605,8 +605,8 @@ def test_the_output_folder_is_made_before_any_run_held_and_earlier_results_kept(
     for _ in range(2):
         result = aiodq("experiment", "timing", "--quick", "--out", str(out), timeout=300)
         assert result.returncode == 0, result.stderr
-    said = f"aiodq experiment: moved the earlier timing results aside to {out / 'timing.earlier'}"
-    assert said in result.stderr.splitlines(), result.stderr
+    said = f"timing: moved the earlier results aside to {out / 'timing.earlier'}"
+    assert said in result.stdout.splitlines(), result.stdout
     assert (out / "timing" / "timing.json").is_file() and (out / "timing.earlier" / "timing.json").is_file()
     descriptor = os.open(out, os.O_RDONLY)  # (another command holding the folder)
     try:
@@ -616,6 +616,11 @@ def test_the_output_folder_is_made_before_any_run_held_and_earlier_results_kept(
         os.close(descriptor)
     assert result.returncode == 2 and f"--out {out} is in use by another run" in result.stderr, result.stderr
     assert not (out / "timing.earlier.2").exists()  # (nothing moved before the refusal)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mu").write_text("")
+    result = aiodq("experiment", "all", "--quick", "--out", str(tmp_path / "other"))
+    assert result.returncode == 2 and f"{tmp_path / 'other' / 'mu'} is not a folder" in result.stderr
+    assert sorted(path.name for path in (tmp_path / "other").iterdir()) == ["mu"]  # (nothing made or moved)
     for datasets, said in ((",", "names no dataset"), ("a9a, a9a", "names a9a twice")):
         result = aiodq("experiment", "timing", "--data", str(tmp_path), "--datasets", datasets)
         assert result.returncode == 2 and said in result.stderr, result.stderr
@@ -648,3 +653,25 @@ def test_an_experiment_stopped_keeps_the_runs_it_finished(tmp_path: Path) -> Non
     runs = [json.loads(line) for line in record.read_text().splitlines()]
     assert len(runs) >= 2 and all(run["dataset"] == "a9a-bundled" and run["points"] for run in runs), runs
     assert runs[0]["algorithm"] == "asyfpg" and not (out / "table1" / "table1.json").exists()
+
+
+def test_each_experiment_moves_earlier_results_aside_as_it_starts_and_keeps_runs_once(tmp_path: Path) -> None:
+    """A review: through the API the runs file was missing on the first call and grew on the next; runs shared
+    with an earlier experiment were missing from the later one's file; a non-finite loss was written as NaN
+    (not JSON).  Each experiment starts its own OUT/NAME (the earlier one moved aside, NAME.earlier.N) and
+    runs.jsonl; a shared run is kept once in each; non-finite numbers are null."""
+    context = Context(data=None, out=tmp_path, quick=True, log=lambda line: None)
+    spec = context.specs()[0]
+    config = TrainConfig(algorithm="asylpg", epochs=1)
+    summary = {"traffic": {"total_bytes": {"both": 10}, "wire_bytes": {}}, "version": 3, "staleness": {}}
+    run = RunResult(config, 4, [Point(3, 1, 80, 0.5, float("nan"))], summary)
+    for _ in range(3):
+        context.begin("table1")
+        context.keep(spec, run, 0.3)
+        context.keep(spec, run, 0.3)  # (shared: once)
+        context.keep(spec, run, 0.3, place="127.0.0.1")  # (another place: kept)
+        lines = (tmp_path / "table1" / "runs.jsonl").read_text().splitlines()
+        kept = [json.loads(line) for line in lines]
+        assert len(kept) == 2 and kept[0]["final_loss"] is None and kept[1]["place"] == "127.0.0.1", kept
+        assert "NaN" not in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table1", "table1.earlier", "table1.earlier.2"]

@@ -152,7 +152,9 @@ async def test_a_worker_started_again_on_an_objective_a_cancelled_one_still_comp
 
 
 @pytest.mark.asyncio
-async def test_the_run_s_last_preparation_does_not_hold_up_the_master_s_close() -> None:
+async def test_the_run_s_last_preparation_does_not_hold_up_the_master_s_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A review: after the run's last SNAPSHOT_GRADIENT the worker prepared a step no MODEL would ask for, on
     its thread (mini-batches of 2 s), and read the master's CLOSE only after it: the master's close timeout
     of 1 s ran out, and every such run ended with a TIMEOUT counted.  A preparation is now not waited for
@@ -173,10 +175,12 @@ async def test_the_run_s_last_preparation_does_not_hold_up_the_master_s_close() 
         result = await asyncio.wait_for(
             run_worker(*master.address, objective=Counting(2.0), connection_config=settings), 120
         )
-        # The preparation given up is waited for once the session has ended: run_worker returns with the
-        # objective free (a review: the application's own loss_grad ran beside it, a TorchObjective's
-        # gradient wrong by 18.7).
+        # The preparation given up is waited for once the session has ended, said in the log: run_worker
+        # returns with the objective free (a review: the application's own loss_grad ran beside it, a
+        # TorchObjective's gradient wrong by 18.7).
         assert inside == [0]
+        said = "the session has ended: waiting for the objective's last computation to return"
+        assert said in caplog.messages, caplog.messages
         summary = await master.wait(timeout=60)
     assert result.ok and result.gradients == 2, result
     assert summary.failure is None and not summary.summary["error_counts"], summary.summary["errors"]
@@ -230,15 +234,18 @@ async def test_a_step_whose_master_goes_away_meanwhile_is_neither_answered_nor_c
         writer.close()  # gone, while the worker computes
         closed.set()
 
+    before = set(threading.enumerate())  # (threads other tests of this process left: not counted)
+
     def computing() -> int:
-        return sum(thread.name == "aiodq-worker-compute" for thread in threading.enumerate())
+        return sum(t.name == "aiodq-worker-compute" and t not in before for t in threading.enumerate())
 
     worker = asyncio.ensure_future(
         worker_against(master, None, None, timeout=60, objective=Held(0.0), model="held")
     )
     try:
-        # After the close: the step's thread, and one waiting for it (or, with the code before, the end).
+        # After the close: the step's thread, and one waiting for it; the worker has not returned.
         await wait_until(lambda: (closed.is_set() and computing() >= 2) or worker.done(), 60, "its end")
+        assert not worker.done(), "run_worker returned while its dropped step still ran on the objective"
     finally:
         release.set()
     result = await worker
@@ -265,3 +272,16 @@ async def test_a_computation_whose_thread_cannot_start_leaves_nothing_to_wait_fo
         with pytest.raises(RuntimeError, match="can't start new thread"):
             offload.on_daemon_thread(lambda: None, owner)
     await asyncio.wait_for(offload.after_earlier(owner), 10)  # (with the code before: for ever)
+    # With one still running, the refused one leaves it registered (a review: it removed it, and the next
+    # computation ran beside it).
+    release = threading.Event()
+    first = offload.on_daemon_thread(lambda: release.wait(60), owner)
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", cannot)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            offload.on_daemon_thread(lambda: None, owner)
+    assert id(owner) in offload._RUNNING and not first.done()  # (the first, held, still registered)
+    release.set()
+    await asyncio.wait_for(offload.after_earlier(owner), 10)
+    await first
+    assert id(owner) not in offload._RUNNING
