@@ -327,25 +327,34 @@ def test_an_offloaded_computation_s_system_exit_leaves_complete_as_it_leaves_one
             session.complete(0.0)
 
 
+class _Counts:
+    """Four samples whose loss and gradient are the rows' count (sums, as the start checks want); each call's
+    count is noted, and with ``nan`` a mini-batch's gradient holds NaN."""
+
+    dim, samples = D, 4
+
+    def __init__(self, *, nan: bool = False) -> None:
+        self.calls: list[int] = []
+        self.nan = nan
+
+    def initial(self, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(D)
+
+    def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
+        count = self.samples if rows is None else len(rows)  # type: ignore[arg-type]
+        self.calls.append(count)
+        gradient = np.full(D, float(count))
+        if self.nan and count > 2 and rows is not None:  # (a mini-batch: the start checks read 2 rows)
+            gradient[0] = np.nan
+        return float(count), gradient
+
+
 def test_a_gradient_with_nan_is_said_of_the_objective_without_aiodq_s_line() -> None:
     """A newcomer trial: an objective whose mini-batch gradients held NaN ended its worker with the words
     '... (at aiodq/protocol/algorithms.py:467)', read as aiodq's fault: aiodq's check names the objective,
     and its own line says nothing more."""
 
-    class NaNLater:
-        dim, samples = D, 4
-
-        def initial(self, rng: np.random.Generator) -> np.ndarray:
-            return np.zeros(D)
-
-        def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
-            count = self.samples if rows is None else len(rows)  # type: ignore[arg-type]
-            gradient = np.full(D, float(count))  # (sums over the rows, as the start checks want)
-            if count > 2 and rows is not None:  # (a mini-batch: the start checks read 2 rows)
-                gradient[0] = np.nan
-            return float(count), gradient
-
-    session = WorkerSession(objective=NaNLater())
+    session = WorkerSession(objective=_Counts(nan=True))
     session.data_to_send()
     session.receive_data(configured(session, TrainConfig(model="nanlater", batch=8)), 0.0)
     session.receive_data(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D)))), 0.0)
@@ -353,7 +362,7 @@ def test_a_gradient_with_nan_is_said_of_the_objective_without_aiodq_s_line() -> 
     session.receive_data(encode_message(ModelMessage(epoch=0, version=0, vector=RawVector(np.ones(D)))), 0.0)
     assert session.failed and session.ended is not None
     assert session.ended[1] == (
-        "cannot answer MODEL: NonFiniteError: NaNLater.loss_grad gave a gradient with NaN or infinite values "
+        "cannot answer MODEL: NonFiniteError: _Counts.loss_grad gave a gradient with NaN or infinite values "
         "on a mini-batch: the run may be diverging (a smaller step), or the loss overflows"
     ), session.ended
 
@@ -362,20 +371,8 @@ def test_a_step_dropped_before_it_began_computes_nothing() -> None:
     """A review: at the stream's end the session dropped its owed step, but the asyncio worker's thread,
     queued behind a preparation, still ran it in full after its master had gone.  A dropped Work computes
     nothing."""
-    calls = []
-
-    class Counting:
-        dim, samples = D, 4
-
-        def initial(self, rng: np.random.Generator) -> np.ndarray:
-            return np.zeros(D)
-
-        def loss_grad(self, x: np.ndarray, rows: object = None) -> tuple[float, np.ndarray]:
-            count = self.samples if rows is None else len(rows)  # type: ignore[arg-type]
-            calls.append(count)
-            return float(count), np.full(D, float(count))
-
-    session = WorkerSession(objective=Counting(), offload=True)
+    objective = _Counts()
+    session = WorkerSession(objective=objective, offload=True)
     session.data_to_send()
     session.receive_data(configured(session, TrainConfig(model="counting", batch=8)), 0.0)
     session.receive_data(encode_message(Snapshot(epoch=0, vector=RawVector(np.zeros(D)))), 0.0)
@@ -388,6 +385,6 @@ def test_a_step_dropped_before_it_began_computes_nothing() -> None:
     assert step is not None and isinstance(step.event, ModelMessage)
     session.receive_data(b"", 0.0)  # the stream ends before the step's thread began it
     assert session.work is None and step.dropped
-    before = len(calls)
+    before = len(objective.calls)
     step.run()
-    assert len(calls) == before and step.result is None and step.error is None
+    assert len(objective.calls) == before and step.result is None and step.error is None
