@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,12 @@ def _prepare(out: Path, names: list[str]) -> None:
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
     hold(out)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write into it (permission denied)")
     for name in names:
-        if (out / name).exists() and not (out / name).is_dir():
-            raise UsageError(f"--out {out}: {out / name} is not a folder: move it, or give another --out")
+        folder = out / name
+        if (folder.is_symlink() and not folder.exists()) or (folder.exists() and not folder.is_dir()):
+            raise UsageError(f"--out {out}: {folder} is not a folder: move it, or give another --out")
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

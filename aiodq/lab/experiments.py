@@ -473,9 +473,9 @@ def experiment_network(context: Context) -> dict[str, Any]:
     reason = netlab.namespaces_unavailable()
     if reason is not None:
         report: dict[str, Any] = {"skipped": reason}
-        if (out / "network.json").exists():  # (a review: the skip report replaced real shaped-link results)
-            context.log(f"network: skipped, {reason}; the earlier results in {out} are left as they were")
-            return report
+        if out.is_dir() and any(out.iterdir()):  # (a review: the skip report replaced shaped-link results)
+            context.log(f"network: skipped, {reason}; what {out} holds is left as it was")
+            return {**report, "left": True}
         context.log(f"network: skipped, {reason}")
         write_report(out, "network", report, f"# Shaped network\n\nSkipped: {reason}\n", context.settings())
         return report
@@ -591,5 +591,7 @@ def run_experiment(name: str, context: Context) -> dict[str, dict[str, Any]]:
             reports[each] = EXPERIMENTS[each](context)
         finally:
             context.record = None
-        context.log(f"{each}: done in {time.perf_counter() - started:.1f} s, written to {context.out / each}")
+        if not reports[each].get("left"):
+            took = time.perf_counter() - started
+            context.log(f"{each}: done in {took:.1f} s, written to {context.out / each}")
     return reports

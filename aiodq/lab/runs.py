@@ -389,7 +389,7 @@ class Context:
     done: dict[tuple[str, TrainConfig, int], RunResult] = field(default_factory=dict)
     #: Where :meth:`keep` appends each run as it ends (``OUT/NAME/runs.jsonl``); None: nowhere.
     record: Path | None = None
-    _kept: set[tuple[int, tuple[tuple[str, str], ...]]] = field(default_factory=set)
+    _kept: set[tuple[str, TrainConfig, int, tuple[tuple[str, str], ...]]] = field(default_factory=set)
 
     def begin(self, name: str) -> None:
         """Make ``OUT/NAME`` for experiment ``name``, its earlier results moved aside; start its runs.jsonl.
@@ -421,9 +421,10 @@ class Context:
         null), written before the next run.  A run shared with an earlier experiment is kept again
         in this one's file, once.
         """
-        if self.record is None or (id(result), tuple(where.items())) in self._kept:
+        key = (spec.name, result.config, result.workers, tuple(where.items()))  # (not id(): ids are reused)
+        if self.record is None or key in self._kept:
             return
-        self._kept.add((id(result), tuple(where.items())))
+        self._kept.add(key)
         line = json.dumps(_finite({"dataset": spec.name, **where, **result.as_dict(target)}))
         with self.record.open("a", encoding="utf-8") as stream:
             stream.write(line + "\n")
