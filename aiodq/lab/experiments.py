@@ -229,7 +229,7 @@ def experiment_mu(context: Context) -> dict[str, Any]:
         sweeps: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in sweeps_of}
         for key, algorithm, values, _ in sweeps_of:
             configs = [context.config(spec, dataset, algorithm=algorithm, **{key: value}) for value in values]
-            for value, repeats in zip(values, context.runs(spec, configs), strict=True):
+            for value, repeats in zip(values, context.runs(spec, configs, vary=key), strict=True):
                 row = summarise(repeats, target)
                 row[key] = value
                 bits, seconds = row["bits_to_target"], row["time_to_target"]

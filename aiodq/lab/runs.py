@@ -501,7 +501,13 @@ class Context:
         return replace(base, updates_per_epoch=_updates_per_epoch(dataset, base))
 
     def runs(
-        self, spec: DatasetSpec, configs: Sequence[TrainConfig], workers: int = 4, *, share: bool = True
+        self,
+        spec: DatasetSpec,
+        configs: Sequence[TrainConfig],
+        workers: int = 4,
+        *,
+        share: bool = True,
+        vary: str | None = None,
     ) -> list[list[RunResult]]:
         """Every configuration over ``repeats`` seeds, on the local cluster.
 
@@ -510,7 +516,9 @@ class Context:
         asks for table1's AsyFPG, AsyLPG and Sparse-AsyLPG defaults again in ``mu``).  With
         ``share=False`` every run is made now and not kept for sharing: ``workers`` compares
         updates per second, which depend on the machine's load at the time, so its 4- and
-        8-worker runs are made one after the other.  ``coding`` makes its own runs too.
+        8-worker runs are made one after the other.  ``coding`` makes its own runs too.  ``vary``: the
+        field the configurations sweep, named in each progress line (a researcher's trial could not
+        tell the mu study's lines apart).
         """
         dataset, path, target = self.load(spec)
         runner = local_runner(
@@ -529,8 +537,9 @@ class Context:
                     self.done[key] = result
                 self.keep(spec, result, target)
                 hit = result.reached(target)
+                swept = "" if vary is None else f" {vary}={getattr(config, vary)}"
                 self.log(
-                    f"  {spec.name} {config.algorithm:<14} M={workers} seed {seeded.seed}: "
+                    f"  {spec.name} {config.algorithm:<14}{swept} M={workers} seed {seeded.seed}: "
                     + (
                         f"target at {hit.bits / 1e6:.2f} Mbit, {hit.time:.2f} s"
                         if hit

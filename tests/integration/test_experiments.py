@@ -448,7 +448,8 @@ def test_a_run_asked_for_again_is_shared(tmp_path: Path, monkeypatch: pytest.Mon
         return run
 
     monkeypatch.setattr(runs, "local_runner", fake_runner)
-    context = Context(data=None, out=tmp_path, quick=True, repeats=2, log=lambda _: None)
+    said: list[str] = []
+    context = Context(data=None, out=tmp_path, quick=True, repeats=2, log=said.append)
     spec = context.specs()[0]
     context._loaded[spec.name] = (A9A, None, 0.5)  # no F* solve: the runner is a fake
     base = context.config(spec, A9A, algorithm="asylpg")
@@ -457,8 +458,10 @@ def test_a_run_asked_for_again_is_shared(tmp_path: Path, monkeypatch: pytest.Mon
     # The mu study's mu = 0.5 is table1's AsyLPG: both seeds shared, the very same results.
     again = context.runs(spec, [context.config(spec, A9A, algorithm="asylpg", mu=base.mu)])
     assert len(launched) == 2 and again[0][0] is first[0][0] and again[0][1] is first[0][1]
-    # Another mu, another worker count, or a seed range that goes further: new runs.
-    context.runs(spec, [replace(base, mu=1.0)])
+    # Another mu, another worker count, or a seed range that goes further: new runs.  The mu study names
+    # what it sweeps in each line (a researcher's trial could not tell its lines apart).
+    context.runs(spec, [replace(base, mu=1.0)], vary="mu")
+    assert said[-1].startswith("  a9a-bundled asylpg         mu=1.0 M=4 seed 1: "), said[-1]
     context.runs(spec, [base], workers=2)
     context.runs(spec, [replace(base, seed=1)])
     assert [(c.mu, c.seed, m) for c, m in launched[2:]] == [
