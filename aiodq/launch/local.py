@@ -68,7 +68,7 @@ _log = logging.getLogger("aiodq.launch")
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """Return uvloop's loop factory where installed, else None (the default loop; AIODQ_NO_UVLOOP=1: it)."""
+    """Return uvloop's loop factory, or None (the default loop) without uvloop or with AIODQ_NO_UVLOOP=1."""
     if os.environ.get("AIODQ_NO_UVLOOP"):
         return None
     try:

@@ -19,7 +19,16 @@ from ..codec.events import Heartbeat, ModelMessage, Snapshot
 from ..protocol.connection import ConnectionState
 from ..protocol.session import WorkerSession
 
-__all__ = ["HELD_BYTES", "OFFLOAD_STEP", "READ_SIZE", "Pace", "after_earlier", "compute", "on_daemon_thread"]
+__all__ = [
+    "HELD_BYTES",
+    "OFFLOAD_STEP",
+    "READ_SIZE",
+    "Pace",
+    "after_earlier",
+    "compute",
+    "on_daemon_thread",
+    "holds_end",
+]
 
 _log = logging.getLogger("aiodq.worker")
 
@@ -86,8 +95,7 @@ async def compute(
     beat = now() + interval if timer is None else min(now() + interval, timer)
     try:
         while not computing.done():
-            ended = bool(backlog) and not backlog[-1]
-            if ended or (work.event is None and backlog):
+            if holds_end(backlog) or (work.event is None and backlog):
                 return lost  # (the stream's end drops the owed work; a preparation is not waited for)
             if reading is None and size < HELD_BYTES:
                 reading = asyncio.ensure_future(reader.read(READ_SIZE))
@@ -119,6 +127,11 @@ async def compute(
     elif snapshot and pace.step is not None and state is not None and state.samples:
         pace.step = max(pace.step, took * 2 * state.config.batch / state.samples)  # (a step reads 2 B rows)
     return lost
+
+
+def holds_end(backlog: list[bytes]) -> bool:
+    """True if ``backlog`` ends with the stream's end (``b""``), held while a computation ran."""
+    return bool(backlog) and not backlog[-1]
 
 
 #: The last computation started on each objective (or state), while it runs: ``id -> (it, done)``.

@@ -25,7 +25,7 @@ from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
 from ..protocol.start import check_contract
 from .logbook import printable
-from .offload import READ_SIZE, Pace, after_earlier, compute
+from .offload import READ_SIZE, Pace, after_earlier, compute, holds_end
 
 __all__ = ["WorkerResult", "describe_os_error", "format_address", "run_worker"]
 
@@ -372,11 +372,11 @@ async def _session(
                     # still queued, preparing now would hold them back: the MODEL's step does it;
                     # and with bytes received, what they say comes first (a CLOSE, say).
                     session.prepare(now())
-            ended = bool(backlog) and not backlog[-1]  # (then owed work is dropped as its bytes are read)
+            ended = holds_end(backlog)  # (then owed work is dropped as its bytes are read)
             if session.work is not None and not ended:
                 beat = settings.heartbeat_interval
                 lost = await compute(session, (reader, writer), backlog, interval=beat, now=now, pace=pace)
-                if not backlog or backlog[-1]:
+                if not holds_end(backlog):
                     session.complete(now())  # (what came meanwhile is read next, as if it came now)
                 continue
             if session.closed:

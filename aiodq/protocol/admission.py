@@ -232,6 +232,7 @@ def oldest_of_busiest(pending: dict[int, str | None]) -> int:
     ``pending`` maps each (numbered in the order they came) to its peer's address (None: one without,
     a Unix socket's), counted by :func:`address_key`; of the keys with the most, the one whose oldest
     came first.
+
     Strangers that hold the places with silent connections then cannot keep out a worker from
     another address, nor from their own, whose handshake takes milliseconds (an attack review: 64
     silent connections renewed at the handshake timeout, 7 a second, kept every worker out).
