@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol.algorithms import ALGORITHMS
-from .runs import TABLE_ALGORITHMS, RunResult
+from .runs import TABLE_ALGORITHMS, RunResult, strict_json
 
 __all__ = [
     "bits_account",
@@ -100,11 +100,16 @@ def reach(row: dict[str, Any], value: str) -> str:
 def write_report(
     out: Path, name: str, payload: dict[str, Any], markdown: str, settings: dict[str, Any] | None = None
 ) -> None:
-    """Write ``name``.json and ``name``.md into ``out``; the JSON starts with ``settings``, if given."""
+    """Write ``name``.json and ``name``.md into ``out``; the JSON starts with ``settings``, if given.
+
+    The JSON is strict (RFC 8259): a figure that is NaN or infinite is written as null, as in runs.jsonl.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if settings is not None:
         payload = {"settings": settings, **payload}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (out / f"{name}.json").write_text(
+        json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
     (out / f"{name}.md").write_text(markdown, encoding="utf-8")
 
 

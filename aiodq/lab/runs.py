@@ -43,6 +43,7 @@ __all__ = [
     "local_runner",
     "optimum",
     "record_every",
+    "strict_json",
     "to_target",
 ]
 
@@ -346,12 +347,12 @@ def local_runner(
     return run
 
 
-def _finite(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """``value`` for strict JSON: numpy's numbers as Python's, NaN and infinities as None, recursively."""
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [strict_json(item) for item in value]
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -425,7 +426,7 @@ class Context:
         if self.record is None or key in self._kept:
             return
         self._kept.add(key)
-        line = json.dumps(_finite({"dataset": spec.name, **where, **result.as_dict(target)}))
+        line = json.dumps(strict_json({"dataset": spec.name, **where, **result.as_dict(target)}))
         with self.record.open("a", encoding="utf-8") as stream:
             stream.write(line + "\n")
 

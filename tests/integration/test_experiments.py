@@ -711,3 +711,21 @@ def test_a_skipped_network_experiment_leaves_what_its_folder_holds(
     assert sorted(p.name for p in (tmp_path / "network").iterdir()) == left
     folder = tmp_path / "network"
     assert said[-1] == f"network: skipped, not root (a test); what {folder} holds is left as it was", said
+
+
+def test_an_experiment_report_is_strict_json(tmp_path: Path) -> None:
+    """Left from the runs.jsonl review: NAME.json still wrote a run's non-finite figures as NaN and
+    Infinity, which strict JSON readers (RFC 8259: jq, JavaScript's JSON.parse) refuse.  They are null,
+    numpy's numbers plain numbers."""
+    from aiodq.lab.report import write_report  # noqa: PLC0415
+
+    payload = {"rows": [{"final_loss": float("nan"), "ratio": np.float64(np.inf), "bits": np.int64(7)}]}
+    write_report(tmp_path, "table1", payload, "# t\n", {"quick": True})
+    text = (tmp_path / "table1.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    read = json.loads(text, parse_constant=refuse)
+    assert read == {"settings": {"quick": True}, "rows": [{"final_loss": None, "ratio": None, "bits": 7}]}
