@@ -22,7 +22,7 @@ import scipy.optimize
 
 from ..data import load_dataset
 from ..errors import DataError, RunError, UsageError
-from ..launch.local import run_cluster, run_coroutine
+from ..launch.local import RESTART_HINT, run_cluster, run_coroutine
 from ..launch.models import objective_for
 from ..launch.results import free_suffix
 from ..protocol.accounting import ModelRecord
@@ -339,8 +339,9 @@ def local_runner(
                 )
             )
             summary = result.to_json()
-        except RunError as exc:
-            raise ExperimentError(f"{config.algorithm} on {dataset.name}: {exc}") from exc
+        except RunError as exc:  # (its hint names options that aiodq experiment does not have)
+            said = str(exc).removesuffix(RESTART_HINT)
+            raise ExperimentError(f"{config.algorithm} on {dataset.name}: {said}") from exc
         final = records[-1].model if records else None
         return RunResult(config, workers, evaluate(config, dataset, records), summary, final)
 

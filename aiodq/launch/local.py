@@ -51,6 +51,7 @@ from .results import records_saved
 __all__ = [
     "DEFAULT_WORKER_NICE",
     "MAX_NICE",
+    "RESTART_HINT",
     "check_nice",
     "load_data_or_fail",
     "lower_priority",
@@ -297,7 +298,7 @@ async def run_local(
 
 #: How long a worker's exit on SIGINT waits for this process's own SIGINT before it counts as a failure.
 _SIGINT_GRACE = 1.0
-_RESTART_HINT = " (aiodq run --max-restarts N, or run_local(max_restarts=N), starts another in its place)"
+RESTART_HINT = " (aiodq run --max-restarts N, or run_local(max_restarts=N), starts another in its place)"
 
 
 async def run_cluster(
@@ -426,7 +427,7 @@ async def run_cluster(
                                 said = message[-2000:] or "(nothing on stderr)"
                                 after = f" (after {restarts} restart{'s' * (restarts != 1)})" * (restarts > 0)
                                 if not restarts and status != CANNOT_TRAIN:  # (else another would fail alike)
-                                    after = _RESTART_HINT
+                                    after = RESTART_HINT
                                 raise RunError(
                                     f"worker process {index}/{workers} {ended(status)}: {said}{after}"
                                 )

@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -729,3 +730,22 @@ def test_an_experiment_report_is_strict_json(tmp_path: Path) -> None:
 
     read = json.loads(text, parse_constant=refuse)
     assert read == {"settings": {"quick": True}, "rows": [{"final_loss": None, "ratio": None, "bits": 7}]}
+
+
+def test_a_failed_experiment_run_names_no_option_the_command_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Left from a researcher's trial: a worker process's failure in an experiment ended with run_local's
+    hint, "aiodq run --max-restarts N ... starts another in its place", an option aiodq experiment lacks."""
+    from aiodq.lab import runs  # noqa: PLC0415
+    from aiodq.launch import local  # noqa: PLC0415
+
+    said = "worker process 2/4 exited with status 1: MemoryError"
+
+    def fail(coroutine: Any) -> None:
+        coroutine.close()
+        raise RunError(said + local.RESTART_HINT)
+
+    monkeypatch.setattr(runs, "run_coroutine", fail)
+    runner = runs.local_runner(A9A, None)
+    with pytest.raises(ExperimentError) as caught:
+        runner(TrainConfig(algorithm="asylpg", epochs=1), 4)
+    assert str(caught.value) == f"asylpg on {A9A.name}: {said}"
