@@ -10,8 +10,8 @@ r"""Train a small convolutional network (PyTorch) on MNIST over TCP: one master,
 master runs in this process; each worker is this same script started again with ``--worker I``,
 holds shard I of M and computes its gradients with :class:`aiodq.torch.TorchObjective`.  At the
 end it prints the test accuracy, the wall time and the bits each way; with ``--out`` it writes
-``result.json`` and ``model.npz`` (the flat parameter vector; ``objective.write_parameters``
-puts it back into a network).
+``result.json``, ``model.npz`` (the flat parameter vector; ``objective.write_parameters``
+puts it back into a network) and ``loss_vs_bits.png``.
 
 The factory :func:`objective` also serves the command line, from this folder (one torch thread
 per worker process: several threads per process on shared cores slow torch down many times)::
@@ -212,7 +212,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--l2", type=float, default=DEFAULTS["l2"], help="L2 weight lambda2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    parser.add_argument("--out", type=Path, help="folder for result.json and model.npz")
+    parser.add_argument("--out", type=Path, help="folder for result.json, model.npz and loss_vs_bits.png")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--connect", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
