@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import RunError, UsageError
-from ..launch.common import as_it_stood, checkpoint_note
+from ..launch.common import as_it_stood, checkpoint_note, print_out, stdout_gone
 from ..launch.models import test_scores
 from ..launch.results import move_aside, summary_rows, write_results
 from ..net.checkpoint import finished_run, resumable
@@ -51,12 +51,20 @@ def print_summary(summary: dict[str, object], command: str) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
+    class GoOnWithout(Console):  # (rich's own ends the process: an operator's audit lost the last words)
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            stdout_gone(BrokenPipeError(), command)
+
     table = Table(title=f"aiodq {command}: summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     for label, value in summary_rows(summary):
         table.add_row(label, value)
-    Console().print(table)
+    try:
+        GoOnWithout().print(table)
+    except OSError as exc:  # (other than a reader gone: a full disk)
+        stdout_gone(exc, command)
 
 
 class _Memo:
@@ -158,7 +166,7 @@ def finish(
                 say(command, f"{exc}; {said}", level=logging.WARNING)
     print_summary(result.to_json(), command)
     if written:
-        print(written)
+        print_out(written, command)
         SAID.info("aiodq %s: %s", command, written)
     if train is not None and result.trace and result.trace[-1].samples < train.samples:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.

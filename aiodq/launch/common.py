@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import numbers
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +31,37 @@ __all__ = [
     "checkpoint_note",
     "data_fingerprint",
     "live_display",
+    "print_out",
     "progress_state",
     "progress_table",
     "signals_deferred",
+    "stdout_gone",
 ]
+
+
+def print_out(text: str, command: str) -> None:
+    """Print ``text`` on stdout, flushed; if stdout cannot be written, go on without it (stdout_gone)."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        stdout_gone(exc, command)
+
+
+def stdout_gone(exc: OSError, command: str) -> None:
+    """Go on without stdout: the run does not end, nor fail, because nobody reads what it prints.
+
+    An operator's audit: ``aiodq master ... | head -1`` (the address, as usage.md suggests) ended a run
+    that trained with status 1 and no word at its end, and ``> /dev/full`` failed it as "cannot listen".
+    stdout then points at devnull, as Python's docs advise for SIGPIPE; an error other than a reader
+    gone (a full disk) is said once on stderr.
+    """
+    if not isinstance(exc, BrokenPipeError):
+        said = f"cannot write stdout ({exc.strerror or exc}); going on without it"
+        print(f"aiodq {command}: {said}", file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # (a stdout with no descriptor: captured)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class Handover:

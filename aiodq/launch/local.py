@@ -40,6 +40,7 @@ from .common import (
     checkpoint_note,
     data_fingerprint,
     live_display,
+    print_out,
     progress_state,
     progress_table,
 )
@@ -512,7 +513,7 @@ async def master_main(
     async with Master(config, objective, workers=workers, host=host, port=port, **options) as master:
         address = format_address(*master.address)
         if not master.resumed_finished:  # (a finished run resumed waits for none)
-            print(f"aiodq master listening on {address}, waiting for {workers} workers", flush=True)
+            print_out(f"aiodq master listening on {address}, waiting for {workers} workers", "master")
         saved: list[dict[str, str]] = []
 
         def figures(result: RunResult) -> None:

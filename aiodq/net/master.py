@@ -337,14 +337,16 @@ class Master:
 
     async def _close(self) -> None:
         self.stop_training()  # before any wait: training cannot end (or move on) during the close
+        if self.coordinator is not None and self._loop is not None:
+            # Before any wait, too: a second signal cancels the close at its first (an operator's INT then
+            # TERM lost the training since the last checkpoint).  The timers' task sleeps: no write beside.
+            if not self.coordinator.done and self._address is not None:  # (a failed start: maybe refused)
+                self._checkpoint_at_last("at the close")
+            self._write_queued()
         if self._timer_task is not None:
             self._timer_task.cancel()
             # asyncio.wait, not an await of it: only a cancellation of the close itself ends the close.
             await asyncio.wait([self._timer_task])
-        if self.coordinator is not None and self._loop is not None:
-            if not self.coordinator.done and self._address is not None:  # (a failed start: maybe refused)
-                self._checkpoint_at_last("at the close")
-            self._write_queued()
         for writer in list(self._writers.values()):
             writer.close()
         if self._handlers:

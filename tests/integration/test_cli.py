@@ -748,3 +748,35 @@ def test_options_of_other_algorithms_are_taken_with_resume() -> None:
     with pytest.raises(UsageError, match=r"^--phi: for --algorithm sparse-asylpg, not asylpg: leave it out$"):
         train_config(_parser().parse_args(given))
     assert train_config(_parser().parse_args([*given, "--resume"])).phi == 0.1
+
+
+@pytest.mark.parametrize("stdout", ["read once", "/dev/full"])
+def test_aiodq_master_trains_on_when_its_stdout_cannot_be_written(tmp_path: Path, stdout: str) -> None:
+    """An operator's audit: ``aiodq master ... | head -1`` (the address, as usage.md suggests) ended a run
+    that trained with status 1 and no word at its end (rich's summary exits on EPIPE), and ``> /dev/full``
+    failed the start as "cannot listen on ...: No space left on device".  The run goes on without stdout."""
+    out = tmp_path / "out"
+    address = f"127.0.0.1:{free_port() if stdout == '/dev/full' else 0}"
+    command = [sys.executable, "-m", "aiodq", "master", "--listen", address, "--workers", "1",
+               "--epochs", "2", "--data", str(A9A_HEAD), "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with contextlib.ExitStack() as stack:
+        err = stack.enter_context(
+            (tmp_path / "master.err").open("wb")
+        )  # (a file: a full pipe would block it)
+        sink = stack.enter_context(Path(stdout).open("wb")) if stdout == "/dev/full" else subprocess.PIPE
+        master = subprocess.Popen(command, stdout=sink, stderr=err, env=env, cwd=ROOT)
+        stack.callback(master.kill)
+        if master.stdout is not None:
+            first = master.stdout.readline().decode()
+            master.stdout.close()  # (head -1: the reader goes)
+            address = first.split("listening on ")[1].split(",")[0]
+        shard = ("--shard", "0/1", "--data", str(A9A_HEAD), "--retry-for", "30")
+        worker = aiodq("worker", "--connect", address, *shard)
+        assert worker.returncode == 0, worker.stderr
+        master.wait(timeout=60)
+    said = (tmp_path / "master.err").read_text()
+    assert master.returncode == 0, said
+    assert json.loads((out / "result.json").read_text())["failure"] is None
+    assert "cannot listen" not in said and ("cannot write stdout" in said) == (stdout == "/dev/full")
+    assert "aiodq master: wrote " in (out / "aiodq.log").read_text()

@@ -792,6 +792,41 @@ async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path
     assert "aiodq master: the run as it stood, at epoch " in master.stderr
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)])
+async def test_a_second_signal_during_a_stop_does_not_lose_the_closing_checkpoint(
+    tmp_path: Path, first: signal.Signals, second: signal.Signals
+) -> None:
+    """An operator's audit: Ctrl-C then SIGTERM (or the other way round) at once left the checkpoint at the
+    start (version 0) with result.json at version 2,100, and the last line said the checkpoint held the run
+    as it stood: the second signal cancelled the close before its checkpoint.  It is written first."""
+    path, out = tmp_path / "master.ckpt", tmp_path / "out"
+    master = Process(
+        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", "--epochs", "10000",
+        "--data", str(DATA), "--checkpoint", str(path), "--checkpoint-interval", "600", "--out", str(out),
+    )  # fmt: skip
+    worker: Process | None = None
+    try:
+        text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
+        address = text.split("listening on ")[1].split(",")[0]
+        worker = Process(
+            tmp_path, "worker", "worker", "--connect", address, "--shard", "0/1", "--data", str(DATA)
+        )
+        await wait_for_text(lambda: master.stderr, "epoch 2:", 60)  # (the log: an epoch has a model)
+        assert _version(path) == 0  # the one checkpoint so far: at the start (the interval is 600 s)
+        master.popen.send_signal(first)
+        master.popen.send_signal(second)
+        assert await master.exited(60) in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    finally:
+        for process in (master, worker):
+            if process is not None:
+                process.kill()
+    written = json.loads((out / "result.json").read_text())
+    assert written["failure"] in ("interrupted", "stopped by SIGTERM") and written["version"] > 0
+    saved = checkpoint_file.load(path).meta
+    assert (written["version"], len(written["trace"])) == (saved["state"]["version"], len(saved["trace"]))
+
+
 def test_checkpoint_options_are_checked() -> None:
     for args, says in (
         (("--resume",), "--resume needs --checkpoint"),
