@@ -38,11 +38,17 @@ __all__ = [
     "RemoteProtocolError",
     "RunError",
     "StoppedError",
+    "TRAINING_COMPLETE",
     "UnusedOptionWarning",
     "UsageError",
     "code_name",
     "raised_at",
 ]
+
+
+#: The reason of the CLOSE (NO_ERROR) that ends a run's sessions when training ended without a verdict
+#: against it (a run that diverged or did not train ends them with NO_ERROR too, the verdict its reason).
+TRAINING_COMPLETE = "training complete"
 
 
 class ErrorCode(IntEnum):

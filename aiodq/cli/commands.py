@@ -11,7 +11,16 @@ from pathlib import Path
 
 from ..config import MasterConfig
 from ..data import load_test_dataset
-from ..errors import CheckpointError, DataError, RunError, StoppedError, UsageError, code_name, stop_said
+from ..errors import (
+    TRAINING_COMPLETE,
+    CheckpointError,
+    DataError,
+    RunError,
+    StoppedError,
+    UsageError,
+    code_name,
+    stop_said,
+)
 from ..launch.common import check_shares
 from ..launch.local import (
     load_data_or_fail,
@@ -394,4 +403,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not result.ok:
         print(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}", file=sys.stderr)
         return EXIT_USAGE if result.cannot_train else EXIT_FAILED  # (2: CANNOT_TRAIN, not restarted)
+    if result.reason and result.reason != TRAINING_COMPLETE:  # (the master's verdict: the master reports it)
+        print(f"aiodq worker: the master ended training: {result.reason}", file=sys.stderr)
     return 0

@@ -47,7 +47,7 @@ from ..codec.events import (
 from ..codec.registry import ALL_ENCODINGS
 from ..codec.vectors import EqualsSnapshot, RawVector, full_precision
 from ..config import ConnectionConfig, MasterConfig
-from ..errors import CheckpointError, ErrorCode, RemoteProtocolError, code_name
+from ..errors import TRAINING_COMPLETE, CheckpointError, ErrorCode, RemoteProtocolError, code_name
 from . import recovery
 from .accounting import EpochRecord, Ledger, ModelRecord, Traffic
 from .adaptive import CodingChooser
@@ -526,11 +526,11 @@ class Coordinator:
     def _finish(self, now: float, failure: str | None = None) -> None:
         self.phase, self.finished_at, self.failure = Phase.DONE, now, failure
         self.deadlines.stopped()
-        code, reason = (
-            (ErrorCode.GOING_AWAY, failure[:200]) if failure else (ErrorCode.NO_ERROR, "training complete")
-        )
+        # A verdict (diverged, untrained) ends sessions normally: no master comes back for the run (an audit:
+        # GOING_AWAY had workers retry for --retry-for).  One that waited for workers in vain can be resumed.
+        code = ErrorCode.GOING_AWAY if failure and self._waited_in is not None else ErrorCode.NO_ERROR
         for worker in self._workers.values():
-            worker.connection.close(now, code, reason)
+            worker.connection.close(now, code, failure[:200] if failure else TRAINING_COMPLETE)
 
     def _drop_worker(self, worker_id: int, now: float, cause: Refusal | int | None = None) -> None:
         if (worker := self._workers.get(worker_id)) is None:

@@ -780,3 +780,31 @@ def test_aiodq_master_trains_on_when_its_stdout_cannot_be_written(tmp_path: Path
     assert json.loads((out / "result.json").read_text())["failure"] is None
     assert "cannot listen" not in said and ("cannot write stdout" in said) == (stdout == "/dev/full")
     assert "aiodq master: wrote " in (out / "aiodq.log").read_text()
+
+
+def test_the_workers_of_a_run_that_diverged_end_at_once_saying_so(tmp_path: Path) -> None:
+    """An operator's audit: a diverged run's master closed its sessions with GOING_AWAY (a master that may
+    come back), so its workers retried for --retry-for (120 s under Slurm) and then exited 1 on "cannot reach
+    the master".  The run is over: NO_ERROR, the verdict its reason, and the worker exits 0 saying it."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "1",
+               "--epochs", "3", "--l2", "10", "--step", "1", "--data", str(A9A_HEAD),
+               "--out", str(out)]  # fmt: skip
+    with (tmp_path / "master.err").open("wb") as err:
+        master = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+        try:
+            assert master.stdout is not None
+            address = master.stdout.readline().decode().split("listening on ")[1].split(",")[0]
+            worker = aiodq("worker", "--connect", address, "--shard", "0/1", "--data", str(A9A_HEAD),
+                           "--retry-for", "60", timeout=120)  # fmt: skip
+            assert master.wait(timeout=60) == 1
+        finally:
+            master.kill()
+            master.wait()
+            if master.stdout is not None:
+                master.stdout.close()
+    assert worker.returncode == 0, worker.stderr
+    said = worker.stderr.splitlines()
+    assert len(said) == 1 and said[0].startswith("aiodq worker: the master ended training: "), said
+    assert "the run diverged" in said[0]
+    assert "the run diverged" in (tmp_path / "master.err").read_text()  # (and the master's exit status 1)
