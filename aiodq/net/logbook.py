@@ -182,14 +182,22 @@ class Logbook:
             self._errors = seen
             self.counts()
 
-    def left(self, worker_id: int) -> None:
-        """A connection ended: a line if it was a member."""
-        if (name := self._members.pop(worker_id, None)) is not None:
+    def left(self, worker_id: int, *, lost: bool = False) -> None:
+        """A connection ended: a line if it was a member; a warning if ``lost`` (its session unclosed).
+
+        An operator's audit: a worker killed (SIGKILL) was logged as "left", as one that said goodbye.
+        """
+        if (name := self._members.pop(worker_id, None)) is None:
+            return
+        if lost:
+            said = "%s lost: its connection ended without a CLOSE (a crash, a kill or the network)"
+            self._membership("left", said, name, level=logging.WARNING)
+        else:
             self._membership("left", "%s left", name)
 
-    def _membership(self, kind: str, message: str, *args: object) -> None:
+    def _membership(self, kind: str, message: str, *args: object, level: int = logging.INFO) -> None:
         if self._member_budget.take(self._clock()):
-            _log.info(message, *args)
+            _log.log(level, message, *args)
         else:
             self._unlogged_members[kind] += 1
 

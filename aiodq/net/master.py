@@ -458,11 +458,11 @@ class Master:
                 if not data or worker_id not in self._writers:
                     break
         finally:
-            coordinator.disconnect(worker_id, self._now())
+            lost = coordinator.disconnect(worker_id, self._now())
             self._flush()
             self._close_writer(worker_id)
             coordinator.forget(worker_id)
-            self._logbook.left(worker_id)
+            self._logbook.left(worker_id, lost=lost)
 
     def _write_queued(self) -> None:
         """Hand the coordinator's queued bytes to the transports (never waits for one to drain)."""

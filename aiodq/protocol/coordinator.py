@@ -110,11 +110,9 @@ class Coordinator:
         self._announced = frozenset(base.encodings or ALL_ENCODINGS)
         self._workers: dict[int, Member] = {}
         self._next_id, self._started = 0, now
-        #: When the master stops waiting: for workers, for reports.
-        self.deadlines = Deadlines(self.master_config, joining_since=now)
+        self.deadlines = Deadlines(self.master_config, joining_since=now)  #: when waits end
         self._gradient_sum, self._bytes_at_snapshot, self._record_every = np.zeros(self.dim), 0, record_every
-        #: The run's book: trace, model records, staleness, drops, errors, retired traffic.
-        self.ledger = Ledger()
+        self.ledger = Ledger()  #: the run's book: trace, records, staleness, drops, errors, traffic
         self.finished_at: float | None = None  # when the run ended
         self.failure: str | None = None  #: why the run ended before its epochs did (it diverged), or None
         self._divergence, self._admission = Divergence(workers), Admission(config, workers, master)
@@ -205,9 +203,10 @@ class Coordinator:
             self.ledger.retire(worker.connection, admitted=worker.admitted)
             self.guard.forget(worker_id)
 
-    def disconnect(self, worker_id: int, now: float) -> None:
-        """The transport to a worker was lost."""
+    def disconnect(self, worker_id: int, now: float) -> bool:
+        """The transport to a worker was lost; True if a member's stream ended with no CLOSE (Member.lost)."""
         self._drop_worker(worker_id, now)
+        return (worker := self._workers.get(worker_id)) is not None and worker.lost
 
     def shutdown(self, now: float, reason: str = "the master is shutting down") -> None:
         """Send CLOSE with GOING_AWAY on every connection (training stops where it stands)."""
@@ -288,6 +287,7 @@ class Coordinator:
             # A peer's CLOSE with an error code (AUTH_FAILED, say) and a local timeout are recorded, so
             # the master logs why (the end of a stream after our own CLOSE was recorded when sent).
             joined = worker.joined
+            worker.lost = joined and isinstance(event, ConnectionClosed) and event.code is None
             if isinstance(event, Close) and event.code != ErrorCode.NO_ERROR:
                 name = code_name(event.code)
                 self.ledger.add_error(worker_id, name, event.reason, sent=True, joined=joined)

@@ -70,6 +70,8 @@ class Member:
     #: In an adaptive run, whether its answer to the MODEL it must answer comes Rice-coded: the
     #: coding of the last MODEL it got as DENSE_RICE or DENSE, as the worker keeps it (session.py).
     sent_rice: bool = True
+    #: True if it was a member and its stream ended with no CLOSE either way (a crash, a kill, the network).
+    lost: bool = False
 
     def join(self, shard: tuple[int, int] | None) -> None:
         """It joined (WELCOME and CONFIG on their way), claiming ``shard`` (None: no claim)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import socket
 import threading
@@ -59,8 +60,12 @@ def worker_process(folder: Path, name: str, port: int, index: int, workers: int,
 
 
 @pytest.mark.asyncio
-async def test_worker_killed_with_sigkill_training_still_reaches_the_target(tmp_path: Path) -> None:
-    """A worker process SIGKILLed mid-run: the master goes on with the others and reaches the target."""
+async def test_worker_killed_with_sigkill_training_still_reaches_the_target(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker process SIGKILLed mid-run: the master goes on with the others and reaches the target.  Its
+    loss is a warning, apart from the others' ends (an operator's audit: it was logged "left", like them)."""
+    caplog.set_level(logging.INFO, logger="aiodq.master")
     # Killed after epoch 2; three epochs on three quarters of the data follow.
     config = TrainConfig(algorithm="asylpg", epochs=5)
     x0 = np.zeros(A9A.features_count)
@@ -80,6 +85,12 @@ async def test_worker_killed_with_sigkill_training_still_reaches_the_target(tmp_
                 process.kill()
         x = coordinator.state.x.copy()
     assert statuses == [0, 0, 0], [p.stderr for p in processes]
+    lost = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and " lost: " in r.getMessage()
+    ]
+    assert len(lost) == 1 and "(shard 3/4) lost: its connection ended without a CLOSE" in lost[0], lost
+    left = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" left")]
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.getMessage() in left)
     trace = summary["trace"]
     assert len(trace) == config.epochs + 1
     assert trace[-1]["samples"] < A9A.samples  # the killed worker's shard was missing from the end on
