@@ -417,6 +417,14 @@ class WorkerSession:
                     f"worker's (start the worker with --seed {config.seed})"
                 )
             objective = self._objective_for(config)
+            if objective.dim != event.dim:  # (first: the fingerprint holds the shapes, and said less)
+                own = config.model
+                if self.objective is not None:  # its own: named by itself, or by its type
+                    own = objective_name(self.objective) or type(self.objective).__name__
+                raise ValueError(
+                    f"this worker's model {own} has {objective.dim} parameters, "
+                    f"the master's {config.model} has {event.dim}"
+                )
             fixed, own_fixed = event.params.get("fixed"), fixed_fingerprint(objective)
             if isinstance(fixed, str) and own_fixed is not None and own_fixed != fixed:
                 # (A trial: frozen layers drawn apart in each process trained to 0.52 test accuracy, exit 0.)
@@ -424,15 +432,8 @@ class WorkerSession:
                     f"this worker's model holds other values than the master's where x does not reach "
                     f"(layers, loss, frozen parameters or buffers: fingerprint {own_fixed}, the master's "
                     f"{fixed}): build it alike in every process (seed torch, or load the same weights; "
-                    "buffers computed from a process's own samples differ too)"
-                )
-            if objective.dim != event.dim:
-                own = config.model
-                if self.objective is not None:  # its own: named by itself, or by its type
-                    own = objective_name(self.objective) or type(self.objective).__name__
-                raise ValueError(
-                    f"this worker's model {own} has {objective.dim} parameters, "
-                    f"the master's {config.model} has {event.dim}"
+                    "buffers computed from a process's own samples, or with another number of threads, "
+                    "differ too: compute them once, save them and load them in every process)"
                 )
             state = WorkerState(config, objective, self.worker_id or 0)
         except ValueError as exc:

@@ -273,7 +273,8 @@ def test_a_worker_whose_model_differs_from_the_masters_is_not_restarted(tmp_path
         r"INVALID_CONFIG: this worker's model holds other values than the master's where x does not reach "
         r"\(layers, loss, frozen parameters or buffers: fingerprint process \d+, the master's "
         r"process \d+\): build it alike in every process \(seed torch, or load the same weights; buffers "
-        r"computed from a process's own samples differ too\)",
+        r"computed from a process's own samples, or with another number of threads, differ too: compute "
+        r"them once, save them and load them in every process\)",
         said,
     ), said
     assert "restarting it" not in (out / "aiodq.log").read_text()
@@ -412,6 +413,31 @@ class _Squares:
         a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
         residual = a @ x - b
         return 0.5 * float(residual @ residual), a.T @ residual
+
+
+class _Printed(_Squares):
+    """_Squares with a fingerprint of its shape, as a torch module's holds its parameters' shapes."""
+
+    def fingerprint(self) -> str:
+        return f"squares of {self.dim}"
+
+
+@pytest.mark.asyncio
+async def test_a_worker_of_another_dimension_is_told_so_before_its_fingerprint() -> None:
+    """A torch user's audit: hidden 17 on a worker, 16 on the master, was refused as "holds other values
+    than the master's where x does not reach" (the fingerprint holds the shapes, and was checked first),
+    where usage.md promises the two sizes."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((200, 5)), rng.standard_normal(200)
+    config = aiodq.TrainConfig(model="mine:Printed", epochs=1, step=0.02)
+    async with aiodq.Master(config, _Printed(a, b), workers=1) as master:
+        host, port = master.address
+        narrow = await aiodq.run_worker(host, port, objective=_Printed(a[:, :4], b), model="mine:Printed")
+        good = await aiodq.run_worker(host, port, objective=_Printed(a, b), model="mine:Printed")
+        await master.wait(timeout=60)
+    assert narrow.code == aiodq.ErrorCode.INVALID_CONFIG
+    assert narrow.reason == "this worker's model _Printed has 4 parameters, the master's mine:Printed has 5"
+    assert good.ok, good
 
 
 @pytest.mark.asyncio

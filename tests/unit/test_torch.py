@@ -616,3 +616,85 @@ def test_a_half_precision_module_s_blocks_are_summed_beyond_its_range() -> None:
         ValueError, match=r"chunk of up to 1024 samples overflowed float16's range .*smaller chunk_size"
     ):
         whole.loss_grad(np.ones(1))
+
+
+def test_the_fingerprint_holds_the_losss_class_weights() -> None:
+    """A torch user's audit: CrossEntropyLoss(weight=...) with other weights in each process (drawn from
+    each one's own labels) trained a different objective in every worker, and the run ended ok: the loss's
+    buffers were not in the fingerprint."""
+    features, labels = _data()
+
+    def built(weight: Any) -> TorchObjective:
+        loss = nn.CrossEntropyLoss(weight=None if weight is None else torch.tensor(weight))
+        return TorchObjective(_network(0), loss, features, labels)
+
+    plain, even, skewed = built(None), built([1.0, 1.0, 1.0]), built([1.0, 5.0, 20.0])
+    assert even.fingerprint() == built([1.0, 1.0, 1.0]).fingerprint()
+    assert len({plain.fingerprint(), even.fingerprint(), skewed.fingerprint()}) == 3
+
+
+def test_one_probability_per_sample_is_positive_above_one_half() -> None:
+    """A torch user's audit: with BCELoss (probabilities, always above 0) every sample counted positive,
+    and the accuracy was the share of positive labels (0.307 against 0.992).  Labels here are the sign of
+    the first feature, and the network's score is 10 x_0: every sample is classified right, whether the
+    output is a probability (sigmoid, BCELoss), a logit (BCEWithLogitsLoss) or a regression of 0/1 or
+    -1/+1 labels (MSELoss)."""
+    features = _data()[0]
+    positive = features[:, 0] > 0
+    assert 0 < positive.sum() < SAMPLES
+
+    def accuracy(head: list[Any], loss: Any, labels: np.ndarray) -> int:
+        linear = nn.Linear(FEATURES, 1)
+        with torch.no_grad():
+            linear.weight.zero_()
+            linear.weight[0, 0] = 10.0
+            linear.bias.zero_()
+        net = nn.Sequential(linear, *head, nn.Flatten(0))
+        objective = TorchObjective(net, loss, features, labels)
+        assert objective.measures_accuracy
+        return objective.correct(objective.read_parameters())
+
+    zero_one = positive.astype(np.float32)
+    assert accuracy([nn.Sigmoid()], nn.BCELoss(), zero_one) == SAMPLES
+    assert accuracy([], nn.BCEWithLogitsLoss(), zero_one) == SAMPLES
+    assert accuracy([nn.Sigmoid()], nn.MSELoss(), zero_one) == SAMPLES
+    assert accuracy([], nn.MSELoss(), np.where(positive, 1.0, -1.0)) == SAMPLES
+
+
+def test_integer_features_a_half_precision_module_would_round_are_refused() -> None:
+    """A torch user's audit: a float16 embedding got token id 4,097 as 4,096 (features reach the module
+    in the parameters' dtype; float16 holds the integers exactly only up to 2**11 = 2,048)."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(5000, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x: Any) -> Any:
+            return self.out(self.embed(x.long()).sum(dim=1))
+
+    labels = np.array([0, 1] * 5)
+    torch.manual_seed(0)
+    ids = np.arange(30).reshape(10, 3) + 2018  # up to 2,047: exact
+    TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), ids, labels)
+    with pytest.raises(
+        ValueError, match=r"^integer features up to 4,097 reach the module as torch.float16, "
+    ):
+        TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), ids + 2050, labels)
+    TorchObjective(Tokens(), nn.CrossEntropyLoss(), ids + 2050, labels)  # float32: exact up to 2**24
+
+
+def test_a_module_put_back_into_training_mode_is_refused() -> None:
+    """A torch user's audit: after module.train() (say, to estimate batch norm statistics once more) the
+    next loss_grad failed as "not a sum over the rows" (dropout's draws), or on batch norm's batch of one."""
+    features, labels = _data()
+    net = _network(0)
+    objective = TorchObjective(net, nn.CrossEntropyLoss(), features, labels)
+    x = objective.read_parameters()
+    objective.loss_grad(x)
+    net.train()
+    with pytest.raises(RuntimeError, match=r"^the module is in training mode .*call module.eval\(\)$"):
+        objective.loss_grad(x)
+    net.eval()
+    objective.loss_grad(x)

@@ -22,16 +22,14 @@ then a single ``copy_`` (float64 to float32 included), and handing back the grad
 ``astype(float64)``; ``aiodq.lab.bench_torch`` measures this against torch's own
 ``vector_to_parameters`` / ``parameters_to_vector`` (one copy per parameter each way).
 
-This is the only module of aiodq that imports torch; ``import aiodq`` does not load it.
+This package is the only part of aiodq that imports torch; ``import aiodq`` does not load it.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,72 +42,21 @@ except ImportError as exc:  # pragma: no cover - exercised only where torch is m
         "aiodq.torch needs PyTorch: pip install 'aiodq[torch]' (a CPU build of torch is enough)"
     ) from exc
 
-from .protocol.objectives import Rows
+from ..protocol.objectives import Rows
+from .inputs import (
+    LossFunction,
+    as_tensor,
+    check_exact_integers,
+    described,
+    is_float,
+    score_threshold,
+    summing,
+    warn_unestimated_norms,
+)
 
 __all__ = ["LossFunction", "TorchObjective", "torch"]
 
 Array = npt.NDArray[np.float64]
-#: A loss: ``(outputs, labels) -> `` the batch's summed loss (0-d) or one loss per sample (1-d).
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _summing(loss_fn: LossFunction) -> LossFunction:
-    """``loss_fn``, or for a torch loss module a shallow copy of it with ``reduction="sum"``."""
-    if isinstance(loss_fn, torch.nn.Module) and isinstance(getattr(loss_fn, "reduction", None), str):
-        summing = copy.copy(loss_fn)  # the caller's module keeps its own reduction
-        summing.reduction = "sum"  # type: ignore[assignment]  # torch types module attributes as tensors
-        return summing
-    return loss_fn
-
-
-def _as_tensor(values: Any, what: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
-    """``values`` (a tensor, a scipy sparse matrix or a numeric array-like) as a tensor on ``device``.
-
-    ``dtype`` None: integer and boolean values become int64 (class indices), floats ``torch.float32``.
-    """
-    if isinstance(values, torch.Tensor):
-        tensor = values.detach()
-    else:
-        if hasattr(values, "toarray"):  # a scipy sparse matrix: the module needs dense rows
-            values = values.toarray()
-        try:
-            array = np.asarray(values)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{what} of type {type(values).__name__} are not an array-like: {exc}") from None
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"{what} must be numbers, got dtype {array.dtype}")
-        if not (array.flags.writeable and array.flags.c_contiguous):
-            # torch.from_numpy warns on read-only memory and refuses negative strides.
-            array = np.array(array, order="C")
-        tensor = torch.from_numpy(array)
-    if dtype is None:
-        if tensor.dtype.is_floating_point:
-            dtype = torch.float32 if tensor.dtype == torch.float64 else tensor.dtype
-        elif tensor.is_complex():
-            raise TypeError(f"{what} must be real numbers, got {tensor.dtype}")
-        else:
-            dtype = torch.int64
-    # Always a copy: the objective never shares, or changes, the caller's memory.
-    return tensor.to(device=device, dtype=dtype, copy=True).contiguous()
-
-
-def _described(loss: object) -> str:
-    """The loss, as it reads the same in every process that built it alike.
-
-    A module's ``repr``, with a torch loss's public settings of plain types (``repr`` leaves out
-    CrossEntropyLoss's ``label_smoothing``, say; a loss of your own may hold figures of its process's
-    own samples, which would differ: a review), or a function's module and name.
-    """
-    if isinstance(loss, torch.nn.Module) and not type(loss).__module__.startswith("torch."):
-        return repr(loss)
-    if isinstance(loss, torch.nn.Module):
-        settings = sorted(
-            (name, value)
-            for name, value in vars(loss).items()
-            if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))
-        )
-        return f"{loss!r}{settings}"
-    return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
 
 
 class TorchObjective:
@@ -198,9 +145,10 @@ class TorchObjective:
         self.loss_fn = loss_fn
         self.name = name
         self.chunk_size = chunk_size
-        self._loss = _summing(loss_fn)
-        self._features = _as_tensor(features, "features", dtype, device)
-        self._labels = _as_tensor(labels, "labels", None if not _is_float(labels) else dtype, device)
+        self._loss = summing(loss_fn)
+        self._features = as_tensor(features, "features", dtype, device)
+        check_exact_integers(features, dtype)
+        self._labels = as_tensor(labels, "labels", None if not is_float(labels) else dtype, device)
         if self._features.ndim < 1 or self._labels.ndim < 1:
             raise ValueError("features and labels need one entry per sample along their first axis")
         if self._features.shape[0] != self._labels.shape[0] or self._features.shape[0] == 0:
@@ -213,7 +161,7 @@ class TorchObjective:
         self.dim: int = sum(p.numel() for p in params)
         #: The number of samples n_k.
         self.samples: int = int(self._features.shape[0])
-        _warn_unestimated_norms(module)
+        warn_unestimated_norms(module)
         # Fail before touching the module's parameters: probe in evaluation mode, restored on failure.
         was_training = module.training
         module.eval()
@@ -222,6 +170,7 @@ class TorchObjective:
         except Exception:
             module.train(was_training)
             raise
+        self._threshold = score_threshold(loss_fn, self._labels)
 
         # One flat buffer for the parameters, one for their gradients; the parameters and
         # their .grad become views of slices of them.
@@ -279,6 +228,14 @@ class TorchObjective:
         """
         self._write(x)
         self._ready_grads()
+        if (
+            self.module.training
+        ):  # (an audit: after module.train(), dropout's draws read as a non-additive loss)
+            raise RuntimeError(
+                "the module is in training mode (module.train() after the TorchObjective was built): "
+                "f_i must be a fixed function of x (dropout off, batch norm's statistics fixed); call "
+                "module.eval()"
+            )
         self._grad.zero_()
         total = 0.0
         # A half-precision module's blocks are added up in float64: its own buffer overflowed at 65,504
@@ -322,14 +279,15 @@ class TorchObjective:
                 if self._classes:
                     hits += int((outputs.argmax(dim=1) == targets).sum())
                 else:
-                    hits += int(((outputs.reshape(-1) > 0) == (targets.reshape(-1) > 0)).sum())
+                    scores = outputs.reshape(-1) > self._threshold
+                    hits += int((scores == (targets.reshape(-1) > 0)).sum())
         return hits
 
     def fingerprint(self) -> str:
         """A digest of what the module computes with besides x: its layers, frozen parameters and buffers.
 
         BLAKE2b over the module's ``repr`` (its layers and their settings: a Tanh that became a
-        ReLU), the loss (:func:`_described`), the parameters' names and shapes, and
+        ReLU), the loss (:func:`described`), the parameters' names and shapes, and
         the frozen parameters' and buffers' names, dtypes, shapes and values.  x holds only the
         trainable parameters, so the rest is whatever each process built: the master sends its
         digest, and a worker whose module differs there (frozen weights drawn without a seed, say)
@@ -337,12 +295,20 @@ class TorchObjective:
         with another module is refused.
         """
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"{self.module!r};{_described(self.loss_fn)};".encode())
+        digest.update(f"{self.module!r};{described(self.loss_fn)};".encode())
         for name, param in self.module.named_parameters():
             digest.update(f"{name}:{tuple(param.shape)}:{param.requires_grad};".encode())
         trainable = {id(param) for param in self._params}
         frozen = [(name, p) for name, p in self.module.named_parameters() if id(p) not in trainable]
-        for name, tensor in [*frozen, *self.module.named_buffers()]:
+        # The loss's tensors too: class weights (an audit: weights each process drew from its own labels
+        # trained a different objective in every worker without a word).
+        own = (
+            [*self.loss_fn.named_buffers(), *self.loss_fn.named_parameters()]
+            if isinstance(self.loss_fn, torch.nn.Module)
+            else []
+        )
+        loss_tensors = [(f"loss.{name}", tensor) for name, tensor in own]
+        for name, tensor in [*frozen, *self.module.named_buffers(), *loss_tensors]:
             value = tensor.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{name}:{value.dtype}:{tuple(tensor.shape)};".encode())
             digest.update(value.view(torch.uint8).numpy().tobytes())
@@ -547,36 +513,3 @@ class TorchObjective:
             "labels.reshape(-1, 1)) or flatten the output; a callable loss must sum over the batch, not "
             "average"
         )
-
-
-def _warn_unestimated_norms(module: torch.nn.Module) -> None:
-    """Warn of batch norm layers whose running statistics were never estimated.
-
-    The module runs in evaluation mode, where batch norm divides by its running statistics, and
-    nothing trains them: left at mean 0 and variance 1 they normalise nothing (a trial's CNN lost
-    two points of test accuracy against plain torch with batch norm in training mode).
-    """
-    names = [
-        name or type(layer).__name__
-        for name, layer in module.named_modules()
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
-        and layer.track_running_stats
-        and layer.num_batches_tracked is not None
-        and int(layer.num_batches_tracked) == 0
-    ]
-    if names:
-        warnings.warn(
-            f"batch norm {', '.join(names)}: running statistics never estimated (mean 0, variance 1); aiodq "
-            "runs the module in evaluation mode and does not train them: estimate them first, alike in every "
-            "process (forward passes in training mode on the same data), or load trained ones "
-            "(docs/torch.md)",
-            stacklevel=3,
-        )
-
-
-def _is_float(values: Any) -> bool:
-    """True for floating-point labels (kept in the parameters' dtype), False for integers."""
-    if isinstance(values, torch.Tensor):
-        return bool(values.dtype.is_floating_point)
-    kind: str = getattr(getattr(values, "dtype", None), "kind", "") or np.asarray(values).dtype.kind
-    return kind == "f"

@@ -1,0 +1,164 @@
+"""What :class:`~aiodq.torch.TorchObjective` makes of its inputs: samples, labels, the loss, the module.
+
+Conversions to tensors, the loss summed over a batch, its description for the fingerprint, and the
+checks made as the objective is built (integer features a float dtype would round, batch norm
+statistics never estimated, where one score per sample says "positive").
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "LossFunction",
+    "as_tensor",
+    "check_exact_integers",
+    "described",
+    "is_float",
+    "score_threshold",
+    "summing",
+    "warn_unestimated_norms",
+]
+
+#: A loss: ``(outputs, labels) -> `` the batch's summed loss (0-d) or one loss per sample (1-d).
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def summing(loss_fn: LossFunction) -> LossFunction:
+    """``loss_fn``, or for a torch loss module a shallow copy of it with ``reduction="sum"``."""
+    if isinstance(loss_fn, torch.nn.Module) and isinstance(getattr(loss_fn, "reduction", None), str):
+        summing = copy.copy(loss_fn)  # the caller's module keeps its own reduction
+        summing.reduction = "sum"  # type: ignore[assignment]  # torch types module attributes as tensors
+        return summing
+    return loss_fn
+
+
+def as_tensor(values: Any, what: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """``values`` (a tensor, a scipy sparse matrix or a numeric array-like) as a tensor on ``device``.
+
+    ``dtype`` None: integer and boolean values become int64 (class indices), floats ``torch.float32``.
+    """
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach()
+    else:
+        if hasattr(values, "toarray"):  # a scipy sparse matrix: the module needs dense rows
+            values = values.toarray()
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what} of type {type(values).__name__} are not an array-like: {exc}") from None
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must be numbers, got dtype {array.dtype}")
+        if not (array.flags.writeable and array.flags.c_contiguous):
+            # torch.from_numpy warns on read-only memory and refuses negative strides.
+            array = np.array(array, order="C")
+        tensor = torch.from_numpy(array)
+    if dtype is None:
+        if tensor.dtype.is_floating_point:
+            dtype = torch.float32 if tensor.dtype == torch.float64 else tensor.dtype
+        elif tensor.is_complex():
+            raise TypeError(f"{what} must be real numbers, got {tensor.dtype}")
+        else:
+            dtype = torch.int64
+    # Always a copy: the objective never shares, or changes, the caller's memory.
+    return tensor.to(device=device, dtype=dtype, copy=True).contiguous()
+
+
+def described(loss: object) -> str:
+    """The loss, as it reads the same in every process that built it alike.
+
+    A module's ``repr``, with a torch loss's public settings of plain types (``repr`` leaves out
+    CrossEntropyLoss's ``label_smoothing``, say; a loss of your own may hold figures of its process's
+    own samples, which would differ: a review), or a function's module and name.
+    """
+    if isinstance(loss, torch.nn.Module) and not type(loss).__module__.startswith("torch."):
+        return repr(loss)
+    if isinstance(loss, torch.nn.Module):
+        settings = sorted(
+            (name, value)
+            for name, value in vars(loss).items()
+            if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))
+        )
+        return f"{loss!r}{settings}"
+    return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
+
+
+def warn_unestimated_norms(module: torch.nn.Module) -> None:
+    """Warn of batch norm layers whose running statistics were never estimated.
+
+    The module runs in evaluation mode, where batch norm divides by its running statistics, and
+    nothing trains them: left at mean 0 and variance 1 they normalise nothing (a trial's CNN lost
+    two points of test accuracy against plain torch with batch norm in training mode).
+    """
+    names = [
+        name or type(layer).__name__
+        for name, layer in module.named_modules()
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
+        and layer.track_running_stats
+        and layer.num_batches_tracked is not None
+        and int(layer.num_batches_tracked) == 0
+    ]
+    if names:
+        warnings.warn(
+            f"batch norm {', '.join(names)}: running statistics never estimated (mean 0, variance 1); aiodq "
+            "runs the module in evaluation mode and does not train them: estimate them first, alike in every "
+            "process (forward passes in training mode on the same data), or load trained ones "
+            "(docs/torch.md)",
+            stacklevel=3,
+        )
+
+
+#: The largest integer each parameter dtype holds exactly, with every one below it.
+_EXACT = {torch.float16: 2**11, torch.float32: 2**24, torch.float64: 2**53}
+
+#: Losses whose one output per sample is a probability or a regression of the labels, not a logit.
+_NOT_LOGITS = ("BCELoss", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss")
+
+
+def score_threshold(loss_fn: object, labels: torch.Tensor) -> float:
+    """Where one score per sample says "positive": 0.5 for probabilities and regressions of 0/1 labels.
+
+    An audit: BCELoss's probabilities, always above 0, were all counted positive (accuracy 0.307, the
+    share of positive labels, against 0.992).  Logits (BCEWithLogitsLoss, a function of your own) and
+    regressions of -1/+1 labels: 0.
+    """
+    torch_loss = isinstance(loss_fn, torch.nn.Module) and type(loss_fn).__module__.startswith("torch.")
+    if not (torch_loss and type(loss_fn).__name__ in _NOT_LOGITS) or not labels.numel():
+        return 0.0
+    return 0.5 if bool(((labels == 0) | (labels == 1)).all()) else 0.0
+
+
+def check_exact_integers(features: Any, dtype: torch.dtype) -> None:
+    """Refuse integer features beyond the integers ``dtype`` holds exactly: token ids would be rounded.
+
+    Features reach the module in the parameters' dtype; an audit's float16 embedding got id 4,097 as
+    4,096 (float16 holds the integers up to 2,048 exactly, float32 up to 2**24).
+    """
+    kind = features.dtype.is_floating_point if isinstance(features, torch.Tensor) else None
+    if kind is None:
+        kind = getattr(getattr(features, "dtype", None), "kind", "f") in "fc"
+    if kind:
+        return  # (floating-point features were already in a floating-point type)
+    exact = _EXACT[dtype]
+    values = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
+    largest = int(values.abs().max()) if values.numel() else 0
+    if largest > exact:
+        raise ValueError(
+            f"integer features up to {largest:,} reach the module as {dtype}, which holds the integers "
+            f"exactly only up to {exact:,}: token ids would be rounded to others. Give the module float32 "
+            "parameters (module.float(); float64 for ids beyond 2**24)"
+        )
+
+
+def is_float(values: Any) -> bool:
+    """True for floating-point labels (kept in the parameters' dtype), False for integers."""
+    if isinstance(values, torch.Tensor):
+        return bool(values.dtype.is_floating_point)
+    kind: str = getattr(getattr(values, "dtype", None), "kind", "") or np.asarray(values).dtype.kind
+    return kind == "f"
