@@ -46,7 +46,9 @@ from ..protocol.objectives import Rows
 from .inputs import (
     LossFunction,
     as_tensor,
+    check_classes,
     check_exact_integers,
+    check_finite,
     described,
     is_float,
     score_threshold,
@@ -57,6 +59,9 @@ from .inputs import (
 __all__ = ["LossFunction", "TorchObjective", "torch"]
 
 Array = npt.NDArray[np.float64]
+#: What a module that fails on its first samples is told, where torch's words say no more (trials).
+_IDS_HINT = " (features reach the module in the parameters' dtype: token ids need x.long() in forward)"
+_LABELS_HINT = " (integer labels are class indices: give float labels to a regression or BCE loss)"
 
 
 class TorchObjective:
@@ -157,6 +162,8 @@ class TorchObjective:
                 "need one label per row, and at least one sample"
             )
 
+        check_finite(self._features, "features")
+        check_finite(self._labels, "labels")
         #: The number of parameters d.
         self.dim: int = sum(p.numel() for p in params)
         #: The number of samples n_k.
@@ -462,23 +469,38 @@ class TorchObjective:
         (False) or neither (None: a regression, say).
         """
         inputs, targets = self._features[:2], self._labels[:2]
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
         try:
-            with torch.no_grad():
+            with torch.enable_grad():
                 outputs = self.module(inputs)
                 loss = self._sum(outputs, targets)
+                if (
+                    isinstance(loss, torch.Tensor) and loss.requires_grad
+                ):  # (an audit: some fail only backward)
+                    torch.autograd.grad(loss, trainable, allow_unused=True)  # (no .grad written)
         except Exception as exc:
             # (A newcomer trial's nn.Embedding got its token ids as floats, and torch's words said no more.)
-            ids = " (features reach the module in the parameters' dtype: token ids need x.long() in forward)"
+            hint = ""
+            if "indices" in str(exc) and inputs.dtype.is_floating_point:
+                hint = _IDS_HINT
+            elif not targets.dtype.is_floating_point and ("Long" in str(exc) or "cast" in str(exc)):
+                hint = _LABELS_HINT
             raise ValueError(
                 f"{type(self.module).__name__} and the loss fail on features of shape "
-                f"{tuple(inputs.shape[1:])} per sample and labels of dtype {targets.dtype}: {exc}"
-                f"{ids if 'indices' in str(exc) and inputs.dtype.is_floating_point else ''}"
+                f"{tuple(inputs.shape[1:])} per sample and labels of dtype {targets.dtype}: {exc}{hint}"
             ) from exc
         if not isinstance(outputs, torch.Tensor) or not loss.dtype.is_floating_point:
             raise TypeError("the module must return a tensor, and the loss a floating-point tensor")
+        outputs, loss = outputs.detach(), loss.detach()
+        if not bool(torch.isfinite(outputs).all()):  # (an audit's run then waited for its whole timeout)
+            raise ValueError(
+                f"{type(self.module).__name__}'s outputs on the first samples are not finite (NaN or "
+                "infinite) at its initial parameters: nothing could train it"
+            )
         if inputs.shape[0] == 2:
             self._check_additive(inputs, targets, outputs, float(loss))
         if outputs.ndim == 2 and outputs.shape[1] >= 2 and targets.ndim == 1:
+            check_classes(self.loss_fn, self._labels, outputs.shape[1])
             return True
         if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
             # One score: a binary classifier's if every label is a class (0/1, -1/+1); a regression's

@@ -698,3 +698,34 @@ def test_a_module_put_back_into_training_mode_is_refused() -> None:
         objective.loss_grad(x)
     net.eval()
     objective.loss_grad(x)
+
+
+def test_samples_a_worker_would_fail_on_mid_run_are_refused_as_it_is_built() -> None:
+    """A torch user's audit: a label 7 of 3 classes at sample 300, or a NaN feature at row 50, dropped the
+    worker that held it at its first snapshot phase (IndexError, NaN), and the run ended ok over the other
+    shards.  Such samples are refused when the objective is built, saying where; a loss that fails only in
+    backward (HuberLoss on integer labels) and a module whose first outputs are not finite are too."""
+    features, labels = _data()
+    bad_label = labels.copy()
+    bad_label[13] = CLASSES + 4
+    with pytest.raises(ValueError, match=r"^labels must be class indices 0\.\.2 for the module's 3 outputs: "
+                       r"label 7 at sample 13$"):  # fmt: skip
+        TorchObjective(_network(), nn.CrossEntropyLoss(), features, bad_label)
+    ignored = labels.copy()
+    ignored[13] = -100  # CrossEntropyLoss's ignore_index: let through
+    TorchObjective(_network(), nn.CrossEntropyLoss(), features, ignored)
+    nan = features.copy()
+    nan[11, 2] = np.nan
+    with pytest.raises(
+        ValueError, match=r"^features hold NaN or infinite values \(the first at sample 11\)$"
+    ):
+        TorchObjective(_network(), nn.CrossEntropyLoss(), nan, labels)
+    regression = nn.Sequential(nn.Linear(FEATURES, 1), nn.Flatten(0))
+    with pytest.raises(ValueError, match=r"integer labels are class indices: give float labels"):
+        TorchObjective(regression, nn.HuberLoss(), features, labels)  # (fails in backward only)
+    TorchObjective(regression, nn.HuberLoss(), features, labels.astype(np.float32))
+    broken = _network()
+    with torch.no_grad():
+        broken[2].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"outputs on the first samples are not finite"):
+        TorchObjective(broken, nn.CrossEntropyLoss(), features, labels)
