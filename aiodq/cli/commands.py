@@ -202,8 +202,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (CheckpointError, RunError) as exc:
         write_now.say("run")
         if isinstance(exc, CheckpointError) and write_now.written is None:  # (mid-run, it is logged)
-            # A refused start: the log, if it was there, is that of the checkpoint's run.
-            print(f"aiodq run: {exc}", file=sys.stderr)
+            # A refused start: said in a log that was there after its command line (an operator's audit
+            # found the command line alone, a start with no outcome); a log the start made is removed.
+            say("run", str(exc))
             undo_refused_start(missing)
         else:  # (the option that set a timeout, named: a newcomer trial)
             say("run", re.sub(r"^(the run did not finish within \S+ s)", r"\1 (--timeout)", str(exc)))
@@ -329,7 +330,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         if write_now is not None:
             write_now.say("master")
         if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
-            print(f"aiodq master: {exc}", file=sys.stderr)  # not into the log of the checkpoint's run
+            say("master", str(exc))  # (as aiodq run's)
             undo_refused_start(missing)
         else:
             say("master", str(exc))
