@@ -37,6 +37,7 @@ import numpy.typing as npt
 from ..errors import CheckpointError
 from ..protocol.dataset import other_data
 from ..protocol.recovery import Checkpoint
+from .signals import signals_deferred
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -169,6 +170,13 @@ def save(path: str | Path, checkpoint: Checkpoint, *, what: str = "checkpoint", 
     Raises:
         CheckpointError: if the file cannot be written (its text says why).
     """
+    # A stop waits for the write (a review: a second Ctrl-C during a stopped master's closing checkpoint
+    # raised KeyboardInterrupt in it, and the run since the last interval's was lost).
+    with signals_deferred():
+        _save(path, checkpoint, what, private)
+
+
+def _save(path: str | Path, checkpoint: Checkpoint, what: str, private: bool) -> None:
     target = _real(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
