@@ -47,7 +47,6 @@ from .inputs import (
     LossFunction,
     as_tensor,
     check_classes,
-    check_exact_integers,
     check_finite,
     described,
     is_float,
@@ -97,6 +96,9 @@ class TorchObjective:
             sums are the same.
         name: the model's name; when given it must equal the run's ``TrainConfig.model``
             (checked by the master and by each worker).
+        threshold: where one score per sample says "positive" in :meth:`correct` (None: 0.5
+            for ``BCELoss`` and for a regression loss of labels without -1, else 0).  Give it
+            where a shard alone cannot tell: a regression of -1/+1 labels whose shard holds +1 only.
 
     Raises:
         TypeError: if ``module`` is not a ``torch.nn.Module``, ``loss_fn`` is not callable, the
@@ -120,6 +122,7 @@ class TorchObjective:
         *,
         chunk_size: int = 1024,
         name: str | None = None,
+        threshold: float | None = None,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
@@ -152,7 +155,6 @@ class TorchObjective:
         self.chunk_size = chunk_size
         self._loss = summing(loss_fn)
         self._features = as_tensor(features, "features", dtype, device)
-        check_exact_integers(features, dtype)
         self._labels = as_tensor(labels, "labels", None if not is_float(labels) else dtype, device)
         if self._features.ndim < 1 or self._labels.ndim < 1:
             raise ValueError("features and labels need one entry per sample along their first axis")
@@ -177,7 +179,7 @@ class TorchObjective:
         except Exception:
             module.train(was_training)
             raise
-        self._threshold = score_threshold(loss_fn, self._labels)
+        self._threshold = score_threshold(loss_fn, self._labels) if threshold is None else float(threshold)
 
         # One flat buffer for the parameters, one for their gradients; the parameters and
         # their .grad become views of slices of them.
@@ -232,6 +234,7 @@ class TorchObjective:
         Raises:
             ValueError: if ``x`` is not a vector of :attr:`dim` values or ``rows`` are not
                 sample indices.
+            RuntimeError: if the module is in training mode, or its parameters changed (:meth:`_write`).
         """
         self._write(x)
         self._ready_grads()
@@ -273,8 +276,8 @@ class TorchObjective:
 
         Outputs of shape ``(B, C)`` with C >= 2 are class scores: a sample is correct if its
         highest score is at its label.  Outputs of shape ``(B,)`` or ``(B, 1)`` are one score: a
-        sample is correct if the score and the label are both positive or both not (labels
-        0/1 or -1/+1).  Other outputs are not a classifier's: 0.
+        sample is correct if the score is above the threshold (``threshold``) exactly when the
+        label is positive (labels 0/1 or -1/+1).  Other outputs are not a classifier's: 0.
         """
         if self._classes is None:
             return 0

@@ -68,6 +68,8 @@ def as_tensor(values: Any, what: str, dtype: torch.dtype | None, device: torch.d
             raise TypeError(f"{what} must be real numbers, got {tensor.dtype}")
         else:
             dtype = torch.int64
+    if dtype.is_floating_point and not (tensor.dtype.is_floating_point or tensor.dtype == torch.bool):
+        check_exact_integers(tensor, what, dtype)
     # Always a copy: the objective never shares, or changes, the caller's memory.
     return tensor.to(device=device, dtype=dtype, copy=True).contiguous()
 
@@ -128,31 +130,29 @@ def score_threshold(loss_fn: object, labels: torch.Tensor) -> float:
 
     An audit: BCELoss's probabilities, always above 0, were all counted positive (accuracy 0.307, the
     share of positive labels, against 0.992).  Logits (BCEWithLogitsLoss, a function of your own) and
-    regressions of -1/+1 labels: 0.
+    regressions of labels with a -1: 0.  Decided from the loss, and the labels only to tell 0/1 from
+    -1/+1 (a review: a shard of +1 alone read as 0/1 labels; a -1 present is not one).
     """
     torch_loss = isinstance(loss_fn, torch.nn.Module) and type(loss_fn).__module__.startswith("torch.")
-    if not (torch_loss and type(loss_fn).__name__ in _NOT_LOGITS) or not labels.numel():
+    if not (torch_loss and type(loss_fn).__name__ in _NOT_LOGITS):
         return 0.0
-    return 0.5 if bool(((labels == 0) | (labels == 1)).all()) else 0.0
+    if type(loss_fn).__name__ == "BCELoss":
+        return 0.5  # (probabilities: its labels are 0/1, whatever a shard holds)
+    return 0.0 if bool((labels == -1).any()) else 0.5
 
 
-def check_exact_integers(features: Any, dtype: torch.dtype) -> None:
-    """Refuse integer features beyond the integers ``dtype`` holds exactly: token ids would be rounded.
+def check_exact_integers(values: torch.Tensor, what: str, dtype: torch.dtype) -> None:
+    """Refuse integers beyond those ``dtype`` holds exactly: token ids would be rounded to others.
 
     Features reach the module in the parameters' dtype; an audit's float16 embedding got id 4,097 as
-    4,096 (float16 holds the integers up to 2,048 exactly, float32 up to 2**24).
+    4,096 (float16 holds the integers up to 2,048 exactly, float32 up to 2**24).  ``values`` is the
+    integer tensor, from whatever the caller gave (an array, a list, a sparse matrix, a tensor).
     """
-    kind = features.dtype.is_floating_point if isinstance(features, torch.Tensor) else None
-    if kind is None:
-        kind = getattr(getattr(features, "dtype", None), "kind", "f") in "fc"
-    if kind:
-        return  # (floating-point features were already in a floating-point type)
-    exact = _EXACT[dtype]
-    values = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
-    largest = int(values.abs().max()) if values.numel() else 0
-    if largest > exact:
+    exact = _EXACT.get(dtype)
+    largest = int(values.abs().max()) if values.numel() and exact is not None else 0
+    if exact is not None and largest > exact:
         raise ValueError(
-            f"integer features up to {largest:,} reach the module as {dtype}, which holds the integers "
+            f"integer {what} up to {largest:,} reach the module as {dtype}, which holds the integers "
             f"exactly only up to {exact:,}: token ids would be rounded to others. Give the module float32 "
             "parameters (module.float(); float64 for ids beyond 2**24)"
         )

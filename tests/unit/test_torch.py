@@ -643,14 +643,14 @@ def test_one_probability_per_sample_is_positive_above_one_half() -> None:
     positive = features[:, 0] > 0
     assert 0 < positive.sum() < SAMPLES
 
-    def accuracy(head: list[Any], loss: Any, labels: np.ndarray) -> int:
+    def accuracy(head: list[Any], loss: Any, labels: np.ndarray, **given: Any) -> int:
         linear = nn.Linear(FEATURES, 1)
         with torch.no_grad():
             linear.weight.zero_()
             linear.weight[0, 0] = 10.0
             linear.bias.zero_()
         net = nn.Sequential(linear, *head, nn.Flatten(0))
-        objective = TorchObjective(net, loss, features, labels)
+        objective = TorchObjective(net, loss, features, labels, **given)
         assert objective.measures_accuracy
         return objective.correct(objective.read_parameters())
 
@@ -659,6 +659,24 @@ def test_one_probability_per_sample_is_positive_above_one_half() -> None:
     assert accuracy([], nn.BCEWithLogitsLoss(), zero_one) == SAMPLES
     assert accuracy([nn.Sigmoid()], nn.MSELoss(), zero_one) == SAMPLES
     assert accuracy([], nn.MSELoss(), np.where(positive, 1.0, -1.0)) == SAMPLES
+    # A shard of +1 labels alone cannot tell -1/+1 from 0/1 (a review): the threshold is given.  Scores
+    # x_0 on the positive samples only, some of them below 0.5.
+    ones = np.ones(int(positive.sum()))
+    scores = features[positive, 0]
+    assert (scores < 0.5).any()
+
+    def shard(**given: Any) -> int:
+        linear = nn.Linear(FEATURES, 1)
+        with torch.no_grad():
+            linear.weight.zero_()
+            linear.weight[0, 0] = 1.0
+            linear.bias.zero_()
+        objective = TorchObjective(
+            nn.Sequential(linear, nn.Flatten(0)), nn.MSELoss(), features[positive], ones, **given
+        )
+        return objective.correct(objective.read_parameters())
+
+    assert shard() == int((scores > 0.5).sum()) and shard(threshold=0.0) == len(ones)
 
 
 def test_integer_features_a_half_precision_module_would_round_are_refused() -> None:
@@ -683,6 +701,20 @@ def test_integer_features_a_half_precision_module_would_round_are_refused() -> N
     ):
         TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), ids + 2050, labels)
     TorchObjective(Tokens(), nn.CrossEntropyLoss(), ids + 2050, labels)  # float32: exact up to 2**24
+    # Checked on the integer tensor, whatever it came from (a review: a list slipped through; bool features,
+    # a scipy matrix of integers, reversed ids and read-only arrays were refused or warned of by the check).
+    with pytest.raises(ValueError, match=r"^integer features up to 4,097 "):
+        TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), (ids + 2050).tolist(), labels)
+    with pytest.raises(ValueError, match=r"^integer features up to 4,097 "):
+        TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), torch.from_numpy(ids + 2050), labels)
+    scipy_sparse = pytest.importorskip("scipy.sparse", reason="a sparse matrix needs scipy")
+    TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), scipy_sparse.csr_matrix(ids), labels)
+    TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), ids[::-1], labels)
+    frozen = ids.copy()
+    frozen.flags.writeable = False
+    TorchObjective(Tokens().half(), nn.CrossEntropyLoss(), frozen, labels)
+    flags = np.random.default_rng(0).random((10, FEATURES)) > 0.5
+    TorchObjective(_network(0, torch.float16), nn.CrossEntropyLoss(), flags, labels % CLASSES)
 
 
 def test_a_module_put_back_into_training_mode_is_refused() -> None:
