@@ -53,7 +53,9 @@ async def main(workers: int = 3, epochs: int = 4) -> dict[str, object]:
             seen = len(coordinator.trace)
         result = done.result()
         results = await asyncio.gather(*worker_tasks)
-        assert all(worker.ok for worker in results), results
+        assert all(worker.ok for worker in results), results  # (training ended; the verdict is the master's)
+        if not result.ok:  # the master's verdict: the run diverged, or did not train
+            raise SystemExit(f"the run failed: {result.failure}")
     stop.set()
     await ticker
     summary = result.to_json()

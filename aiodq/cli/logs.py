@@ -24,9 +24,14 @@ SAID.addHandler(logging.NullHandler())  # no log set up (yet): not Python's last
 
 
 def say(command: str, message: str, *, level: int = logging.ERROR) -> None:
-    """Print ``aiodq COMMAND: MESSAGE`` on stderr; the log file gets it too, at ``level``."""
-    print(f"aiodq {command}: {message}", file=sys.stderr)
+    """Print ``aiodq COMMAND: MESSAGE`` on stderr; the log file gets it too, at ``level``.
+
+    Logged first, and a stderr that cannot be written is passed over (a review: ``2>&1 | head -1`` lost
+    a failed run's verdict from its log, and the status became 141).
+    """
     SAID.log(level, "aiodq %s: %s", command, message)
+    with contextlib.suppress(OSError):
+        print(f"aiodq {command}: {message}", file=sys.stderr)
 
 
 def log_start(argv: list[str]) -> None:

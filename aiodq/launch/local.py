@@ -454,8 +454,8 @@ async def run_cluster(
                     trained = waiter.result()
                 except TimeoutError:
                     raise RunError(f"the run did not finish within {timeout:g} s") from None
-                # A run that ended early (it diverged) sent its workers GOING_AWAY, after which they
-                # would retry for their --retry-for: nothing to retry for, the clean-up below stops them.
+                # A run that ended early (its workers did not all join) sent them GOING_AWAY, after which
+                # they would retry for their --retry-for: nothing to retry for, the clean-up stops them.
                 if handover(trained).ok:
                     await after_training(processes)
                 result = handover.current()  # (the workers gone: the traffic counts their last CLOSEs)

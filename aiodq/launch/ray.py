@@ -453,7 +453,7 @@ async def _run(
             }
             if result.ok and any(failed.values()):
                 # The model is trained and kept, as with the local launcher: a warning, not a failure.
-                # (After a failed run the workers' sessions end in error too: the failure says why.)
+                # (After a failed run the failure says why; its workers' sessions may end in error too.)
                 text = "; ".join(f"worker {i}: {why}" for i, why in failed.items() if why)
                 _log.warning("worker actors failed at the end of the run: %s", text)
     except TimeoutError:

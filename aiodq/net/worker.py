@@ -50,7 +50,11 @@ class WorkerResult:
 
     @property
     def ok(self) -> bool:
-        """True for a normal end of training."""
+        """True for a normal end of training: the master ended it (NO_ERROR).
+
+        Also with a verdict against the run (it diverged, or did not train): the master's result says
+        so, and ``reason`` is the verdict.
+        """
         return self.code == ErrorCode.NO_ERROR and not self.failed
 
     @property

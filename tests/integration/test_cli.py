@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -808,3 +810,20 @@ def test_the_workers_of_a_run_that_diverged_end_at_once_saying_so(tmp_path: Path
     assert len(said) == 1 and said[0].startswith("aiodq worker: the master ended training: "), said
     assert "the run diverged" in said[0]
     assert "the run diverged" in (tmp_path / "master.err").read_text()  # (and the master's exit status 1)
+
+
+def test_what_a_command_says_is_logged_when_stderr_cannot_be_written(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: ``aiodq run ... 2>&1 | head -1`` lost a failed run's verdict from its aiodq.log (say()
+    printed first, and the broken pipe raised), and the status became 141."""
+    from aiodq.cli.logs import SAID, say  # noqa: PLC0415
+
+    class Gone(io.TextIOBase):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    with caplog.at_level(logging.INFO, logger=SAID.name):
+        say("run", "the run diverged")
+    assert caplog.messages == ["aiodq run: the run diverged"]

@@ -548,3 +548,21 @@ def test_the_connection_cut_short_is_the_oldest_of_the_busiest_address() -> None
     pending[5] = "2001:db8::ffff"
     assert oldest_of_busiest(pending) == 2
     assert oldest_of_busiest({7: None, 8: "198.51.100.4", 9: None}) == 7  # (no address: counted together)
+
+
+def test_a_lost_worker_stays_a_warning_when_the_members_lines_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A review: past the members' rate limit (20 lines in 10 s) a lost worker was folded into the INFO
+    count of those that left.  It is counted apart, and the count is a WARNING."""
+    logbook = Logbook(lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="aiodq.master")
+    for worker_id in range(22):
+        logbook._members[worker_id] = f"worker {worker_id}"
+    for worker_id in range(21):
+        logbook.left(worker_id)  # 20 lines, then one counted
+    logbook.left(21, lost=True)
+    logbook.counts(force=True)
+    counted = caplog.records[-1]
+    assert counted.getMessage() == "workers left: 1 and lost: 1, not logged one by one", counted.getMessage()
+    assert counted.levelno == logging.WARNING
