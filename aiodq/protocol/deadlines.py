@@ -39,6 +39,8 @@ SNAPSHOT_FLOOR = 10.0
 def last_error(errors: Iterable[tuple[Any, ...]], before: str = "", after: str = "") -> str:
     """``the last error: worker W sent (or got) CODE: TEXT``, between ``before`` and ``after``.
 
+    ("the last word" for a GOING_AWAY: a worker that stopped, not a fault.)
+
     Of the latest of ``errors`` (the ledger's (worker, code, reason, raised_by, joined)) of a worker
     that had joined; "" if there is none.
     """
@@ -47,7 +49,9 @@ def last_error(errors: Iterable[tuple[Any, ...]], before: str = "", after: str =
         return ""
     text = "".join(c if c.isprintable() else "?" for c in str(last[2])[:300])
     said = "sent" if last[3] == "worker" else "got"
-    return f"{before}the last error: worker {last[0]} {said} {last[1]}: {text}{after}"
+    # (An operator's audit: a worker's goodbye, GOING_AWAY as it stopped, read as an error.)
+    kind = "the last word" if last[1] == "GOING_AWAY" else "the last error"
+    return f"{before}{kind}: worker {last[0]} {said} {last[1]}: {text}{after}"
 
 
 @dataclass(slots=True)

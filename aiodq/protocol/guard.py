@@ -398,7 +398,8 @@ def refuse_claim(shard: tuple[int, int] | None, workers: int, held: dict[int, in
     index, count = shard
     if count != workers:
         return Refusal(
-            ErrorCode.WORLD_SIZE_MISMATCH, f"shard {index}/{count}: this run has {workers} workers"
+            ErrorCode.WORLD_SIZE_MISMATCH,
+            f"shard {index}/{count}: this run has {workers} workers (claim a shard I/{workers})",
         )
     holder = next((worker_id for worker_id, taken in held.items() if taken == index), None)
     if holder is not None:

@@ -1232,7 +1232,7 @@ def test_a_held_shard_or_another_world_size_is_refused_and_the_others_train() ->
     )
     assert cluster.sessions[stranger].ended == (
         ErrorCode.WORLD_SIZE_MISMATCH,
-        "shard 1/3: this run has 2 workers",
+        "shard 1/3: this run has 2 workers (claim a shard I/2)",
     )
     assert coordinator.live_workers == 1
     cluster.add_session(_claiming(dataset, 2, 1, (1, 2)))
@@ -1853,3 +1853,19 @@ def test_the_masters_epoch_line_says_when_its_loss_is_over_fewer_samples(
     assert " over " not in lines[0] and " over " not in lines[1]
     half = f"{trace[0].samples // 2:,} of {trace[0].samples:,}"
     assert lines[2].startswith(f"epoch 2: loss {trace[-1].loss:.6f} over {half} samples, accuracy ")
+
+
+def test_a_workers_goodbye_is_not_called_an_error() -> None:
+    """An operator's audit: "every worker left (the last error: worker 2 sent GOING_AWAY: the worker is
+    stopping)" called a worker's clean stop an error."""
+    from aiodq.protocol.deadlines import last_error  # noqa: PLC0415
+
+    bye = (2, "GOING_AWAY", "the worker is stopping", "worker", True)
+    fault = (1, "TIMEOUT", "no SNAPSHOT_GRADIENT within 10 s", "master", True)
+    assert (
+        last_error([fault, bye], " (", ")")
+        == " (the last word: worker 2 sent GOING_AWAY: the worker is stopping)"
+    )
+    assert (
+        last_error([bye, fault]) == "the last error: worker 1 got TIMEOUT: no SNAPSHOT_GRADIENT within 10 s"
+    )
