@@ -207,20 +207,22 @@ class TorchObjective:
                 self._grad_views.append(view)
                 self._pointers.append(param.data_ptr())
                 offset += size
-        self._initial = self.read_parameters()
+        self._initial: Array | None = None  # x_0, once x has been written into the module
         self._rows: Rows | None = None
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- the Objective protocol ----------------------------------------------------------
 
     def initial(self, rng: np.random.Generator) -> Array:
-        """x_0: the values the parameters had when this objective was built (torch's own init).
+        """x_0: the module's parameters before this objective first wrote an x into them.
 
+        Torch's own initialisation, or weights loaded into the module after the objective was built
+        (a torch user's audit: ``load_state_dict`` then trained from the random initialisation).
         ``rng`` is not used: seed torch (``torch.manual_seed``) before building the module for a
         reproducible x_0.  Only the master's objective gives x_0; the workers' do not.
         """
         del rng
-        return self._initial.copy()
+        return self.read_parameters() if self._initial is None else self._initial.copy()
 
     def loss_grad(self, x: Array, rows: Rows | None = None) -> tuple[float, Array]:
         """``(sum of f_i(x), sum of grad f_i(x))`` over ``rows`` (all samples with None).
@@ -385,6 +387,8 @@ class TorchObjective:
                 values = np.array(values, dtype=np.float64)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"x must be numbers: {exc}") from None
+        if self._initial is None:
+            self._initial = self._flat.detach().cpu().numpy().astype(np.float64)
         self._flat.copy_(torch.from_numpy(values))  # the buffer itself needs no grad
 
     def _ready_grads(self) -> None:

@@ -761,3 +761,21 @@ def test_samples_a_worker_would_fail_on_mid_run_are_refused_as_it_is_built() -> 
         broken[2].bias.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"outputs on the first samples are not finite"):
         TorchObjective(broken, nn.CrossEntropyLoss(), features, labels)
+
+
+def test_weights_loaded_after_the_objective_was_built_are_its_starting_point() -> None:
+    """A torch user's audit: ``load_state_dict`` after building the objective left initial() at the
+    random initialisation (read_parameters() said the loaded weights): the run started at loss 1.16, not at
+    the pretrained 0.008.  x_0 is the module's parameters until the objective first writes an x."""
+    features, labels = _data()
+    pretrained = _network(7)
+    net = _network(0)
+    objective = TorchObjective(net, nn.CrossEntropyLoss(), features, labels)
+    net.load_state_dict(pretrained.state_dict())
+    loaded = np.concatenate([p.detach().numpy().reshape(-1) for p in pretrained.parameters()]).astype(
+        np.float64
+    )
+    rng = np.random.default_rng(0)
+    assert np.array_equal(objective.initial(rng), loaded)
+    objective.loss_grad(loaded + 1.0)  # the objective writes x: x_0 stays what it was
+    assert np.array_equal(objective.initial(rng), loaded)
