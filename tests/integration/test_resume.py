@@ -751,14 +751,13 @@ async def test_aiodq_master_names_its_data_in_the_checkpoint(tmp_path: Path) -> 
         master.kill()
 
 
-@pytest.mark.asyncio
-async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path: Path) -> None:
-    """``aiodq master --out`` stopped by SIGTERM before training ends writes the run as it stood, as
-    ``aiodq run`` does: its failure the stop, its model the last snapshot the trace evaluates."""
+@contextlib.asynccontextmanager
+async def _master_training(tmp_path: Path, interval: str) -> Any:
+    """``aiodq master --out`` (checkpointing every ``interval`` s) and one worker; both killed at the end."""
     path, out = tmp_path / "master.ckpt", tmp_path / "out"
     master = Process(
         tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", "--epochs", "10000",
-        "--data", str(DATA), "--checkpoint", str(path), "--checkpoint-interval", "0.2", "--out", str(out),
+        "--data", str(DATA), "--checkpoint", str(path), "--checkpoint-interval", interval, "--out", str(out),
     )  # fmt: skip
     worker: Process | None = None
     try:
@@ -767,7 +766,19 @@ async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path
         worker = Process(
             tmp_path, "worker", "worker", "--connect", address, "--shard", "0/1", "--data", str(DATA)
         )
+        yield master
+    finally:
+        for process in (master, worker):
+            if process is not None:
+                process.kill()
 
+
+@pytest.mark.asyncio
+async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path: Path) -> None:
+    """``aiodq master --out`` stopped by SIGTERM before training ends writes the run as it stood, as
+    ``aiodq run`` does: its failure the stop, its model the last snapshot the trace evaluates."""
+    path, out = tmp_path / "master.ckpt", tmp_path / "out"
+    async with _master_training(tmp_path, "0.2") as master:
         # An epoch ended (a checkpoint at epoch 2 or later: epoch 1's snapshot phase is done), so the run has
         # a model to write: a stop before any ends writes none, by design (a version above 0 alone, under
         # load, came before it: the test failed once in CI).
@@ -778,10 +789,6 @@ async def test_aiodq_master_stopped_part_way_writes_the_run_as_it_stood(tmp_path
         await wait_until(trained, 60, "a checkpoint after an epoch's end")
         master.popen.send_signal(signal.SIGTERM)
         assert await master.exited(60) == 128 + signal.SIGTERM
-    finally:
-        for process in (master, worker):
-            if process is not None:
-                process.kill()
     written = json.loads((out / "result.json").read_text())
     assert written["failure"] == "stopped by SIGTERM" and written["trace"]
     saved = checkpoint_file.load(path).meta  # written at the close: the same run, as it stood
@@ -806,26 +813,12 @@ async def test_a_second_signal_during_a_stop_does_not_lose_the_closing_checkpoin
     second Ctrl-C, which asyncio raises as KeyboardInterrupt wherever the code is (a review: in the write,
     1 time in 3), comes after the write."""
     path, out = tmp_path / "master.ckpt", tmp_path / "out"
-    master = Process(
-        tmp_path, "master", "master", "--listen", "127.0.0.1:0", "--workers", "1", "--epochs", "10000",
-        "--data", str(DATA), "--checkpoint", str(path), "--checkpoint-interval", "600", "--out", str(out),
-    )  # fmt: skip
-    worker: Process | None = None
-    try:
-        text = await wait_for_text(lambda: master.stdout, "waiting for", 60)
-        address = text.split("listening on ")[1].split(",")[0]
-        worker = Process(
-            tmp_path, "worker", "worker", "--connect", address, "--shard", "0/1", "--data", str(DATA)
-        )
+    async with _master_training(tmp_path, "600") as master:
         await wait_for_text(lambda: master.stderr, "epoch 2:", 60)  # (the log: an epoch has a model)
         assert _version(path) == 0  # the one checkpoint so far: at the start (the interval is 600 s)
         master.popen.send_signal(first)
         master.popen.send_signal(second)
         assert await master.exited(60) in (128 + signal.SIGINT, 128 + signal.SIGTERM)
-    finally:
-        for process in (master, worker):
-            if process is not None:
-                process.kill()
     written = json.loads((out / "result.json").read_text())
     assert written["failure"] in ("interrupted", "stopped by SIGTERM") and written["version"] > 0
     saved = checkpoint_file.load(path).meta
