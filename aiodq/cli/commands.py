@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 from ..config import MasterConfig
@@ -42,7 +41,7 @@ from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
 from ..protocol.objectives import BUILT_IN, Objective
 from .finish import EXIT_FAILED, EarlyResults, finish, stopped_finishing
-from .logs import add_logfile, held_logs, log_start, say, setup_logging
+from .logs import add_logfile, held_logs, log_start, say, setup_logging, tell
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
 from .outfolder import (
     LOG,
@@ -399,11 +398,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))  # (how the last session ended)
         within = f" within --retry-for {args.retry_for:g} s" if notes else ""
         said = f"cannot reach the master at {format_address(host, port)}: {describe_os_error(exc)}"
-        print(f"aiodq worker: {said}{notes}{within}", file=sys.stderr)
+        tell(f"aiodq worker: {said}{notes}{within}")
         return EXIT_FAILED
     if not result.ok:
-        print(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}", file=sys.stderr)
+        tell(f"aiodq worker: the session ended: {code_name(result.code)}: {result.reason}")
         return EXIT_USAGE if result.cannot_train else EXIT_FAILED  # (2: CANNOT_TRAIN, not restarted)
     if result.reason and result.reason != TRAINING_COMPLETE:  # (the master's verdict: the master reports it)
-        print(f"aiodq worker: the master ended training: {result.reason}", file=sys.stderr)
+        tell(f"aiodq worker: the master ended training: {result.reason}")
     return 0

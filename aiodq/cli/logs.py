@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..version import __version__
 
-__all__ = ["SAID", "add_logfile", "held_logs", "log_start", "say", "setup_logging"]
+__all__ = ["SAID", "add_logfile", "held_logs", "log_start", "say", "setup_logging", "tell"]
 
 _FORMAT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -30,8 +30,13 @@ def say(command: str, message: str, *, level: int = logging.ERROR) -> None:
     a failed run's verdict from its log, and the status became 141).
     """
     SAID.log(level, "aiodq %s: %s", command, message)
+    tell(f"aiodq {command}: {message}")
+
+
+def tell(text: str) -> None:
+    """Print ``text`` on stderr, if stderr can be written (a reader gone, a full disk: passed over)."""
     with contextlib.suppress(OSError):
-        print(f"aiodq {command}: {message}", file=sys.stderr)
+        print(text, file=sys.stderr)
 
 
 def log_start(argv: list[str]) -> None:
@@ -96,10 +101,7 @@ class _LogFile(logging.FileHandler):
         elif not self.failed:
             self.failed = True
             why = getattr(error, "strerror", None) or error
-            print(
-                f"aiodq: cannot write the log {self.baseFilename}: {why}; it may lack what follows",
-                file=sys.stderr,
-            )
+            tell(f"aiodq: cannot write the log {self.baseFilename}: {why}; it may lack what follows")
 
 
 def add_logfile(logfile: Path, *, append: bool = False) -> None:

@@ -56,7 +56,8 @@ def stdout_gone(exc: OSError, command: str) -> None:
     """
     if not isinstance(exc, BrokenPipeError):
         said = f"cannot write stdout ({exc.strerror or exc}); going on without it"
-        print(f"aiodq {command}: {said}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # (a review: > /dev/full 2>&1 failed the start again)
+            print(f"aiodq {command}: {said}", file=sys.stderr)
     with contextlib.suppress(OSError, ValueError, AttributeError):  # (a stdout with no descriptor: captured)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

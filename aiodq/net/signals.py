@@ -29,15 +29,47 @@ def signals_deferred() -> Iterator[None]:
     handlers: dict[int, Any] = {}
     try:
         # One by one, each put back however the swap ends (a review: a SIGTERM between two swaps, raised
-        # there, left the noting handler in place of Ctrl-C's).
+        # there, left the noting handler in place of Ctrl-C's).  A handler installed from C (None: a host
+        # program's) cannot be put back: that signal is left alone (a review: a TypeError at the restore).
         for stop in stops:
-            handlers[stop] = signal.signal(stop, lambda signum, frame: noted.append(signum))
+            if signal.getsignal(stop) is not None:
+                handlers[stop] = signal.signal(stop, lambda signum, frame: noted.append(signum))
         yield
     finally:
-        for stop, handler in handlers.items():
-            signal.signal(stop, handler)
+        _put_back(handlers)
         for came in dict.fromkeys(noted):  # each once; Ctrl-C's last, since it raises
             if came != signal.SIGINT:
-                signal.raise_signal(came)  # (the handler put back acts on it: the loop's, or the default)
-        if signal.SIGINT in noted and callable(interrupt := handlers[signal.SIGINT]):
-            interrupt(signal.SIGINT, None)  # (Python's own raises KeyboardInterrupt: the stop, now)
+                _deliver(came, handlers[came])
+        if signal.SIGINT in noted:
+            _deliver(signal.SIGINT, handlers[signal.SIGINT])
+
+
+def _put_back(handlers: dict[int, Any]) -> None:
+    """Restore every handler, even if a Ctrl-C's runs as one is restored (it raises then, after the rest).
+
+    A review: ``signal.signal`` runs a pending handler first, and the KeyboardInterrupt it raised left
+    SIGTERM's noting handler in place for good.
+    """
+    raised: BaseException | None = None
+    for stop, handler in handlers.items():
+        while True:
+            try:
+                signal.signal(stop, handler)
+                break
+            except KeyboardInterrupt as exc:
+                raised = exc
+    if raised is not None:
+        raise raised
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """Act on a signal that came during the block, once, as its own handler would.
+
+    A Python handler is called (the loop of ``add_signal_handler`` was already told, through its wakeup
+    descriptor: raising the signal again ran its handler twice, a review found); the default action is
+    taken by raising the signal again; an ignored one is dropped.
+    """
+    if callable(handler):
+        handler(signum, None)  # (Python's own SIGINT handler raises KeyboardInterrupt: the stop, now)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)

@@ -498,11 +498,14 @@ class TorchObjective:
             ) from exc
         if not isinstance(outputs, torch.Tensor) or not loss.dtype.is_floating_point:
             raise TypeError("the module must return a tensor, and the loss a floating-point tensor")
+        if not loss.requires_grad:  # (a review: a detached loss failed in every worker's first loss_grad)
+            raise ValueError("the loss does not depend on the trainable parameters (detached, or no path)")
         outputs, loss = outputs.detach(), loss.detach()
-        if not bool(torch.isfinite(outputs).all()):  # (an audit's run then waited for its whole timeout)
+        # (An audit's run then waited for its whole timeout.  -inf outputs may be masked log-probabilities.)
+        if bool(torch.isnan(outputs).any()) or not math.isfinite(float(loss)):
             raise ValueError(
-                f"{type(self.module).__name__}'s outputs on the first samples are not finite (NaN or "
-                "infinite) at its initial parameters: nothing could train it"
+                f"{type(self.module).__name__}'s outputs or loss on the first samples are not finite (NaN, "
+                "or an infinite loss) at its initial parameters: nothing could train it"
             )
         if inputs.shape[0] == 2:
             self._check_additive(inputs, targets, outputs, float(loss))

@@ -149,7 +149,9 @@ def check_exact_integers(values: torch.Tensor, what: str, dtype: torch.dtype) ->
     integer tensor, from whatever the caller gave (an array, a list, a sparse matrix, a tensor).
     """
     exact = _EXACT.get(dtype)
-    largest = int(values.abs().max()) if values.numel() and exact is not None else 0
+    # numpy's reductions, without a copy (a review: abs() copied 100M ids, and torch has none for uint16)
+    array = values.detach().cpu().numpy() if values.numel() and exact is not None else None
+    largest = 0 if array is None else max(int(array.max()), -int(array.min()))
     if exact is not None and largest > exact:
         raise ValueError(
             f"integer {what} up to {largest:,} reach the module as {dtype}, which holds the integers "
@@ -170,11 +172,21 @@ def check_finite(values: torch.Tensor, what: str) -> None:
     """Refuse NaN or infinite samples: a worker would fail on them mid-run, and leave.
 
     An audit's NaN at row 50 dropped its worker, and the run, over the others' shards, said nothing but a
-    warning.
+    warning.  Checked a block of rows at a time (a review: the whole check at once took 1.7 times the
+    features' memory more).
     """
-    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
-        row = int(torch.nonzero(~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1))[0])
-        raise ValueError(f"{what} hold NaN or infinite values (the first at sample {row})")
+    if not values.is_floating_point():
+        return
+    rows = values.reshape(values.shape[0], -1)
+    step = max(1, (1 << 20) // max(1, rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        finite = torch.isfinite(rows[start : start + step]).all(dim=1)
+        if not bool(finite.all()):
+            row = start + int(torch.nonzero(~finite)[0])
+            raise ValueError(
+                f"{what} hold NaN or infinite values as {values.dtype} (the first at sample {row}; values "
+                "beyond that dtype's range become infinite)"
+            )
 
 
 def check_classes(loss_fn: object, labels: torch.Tensor, classes: int) -> None:

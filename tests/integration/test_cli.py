@@ -827,3 +827,11 @@ def test_what_a_command_says_is_logged_when_stderr_cannot_be_written(
     with caplog.at_level(logging.INFO, logger=SAID.name):
         say("run", "the run diverged")
     assert caplog.messages == ["aiodq run: the run diverged"]
+    # Nor do the other lines on stderr raise (a second review: > /dev/full 2>&1 failed aiodq master's start
+    # as "cannot listen" again, through stdout_gone's own line; aiodq worker 2>&1 | head -1 exited 141).
+    from aiodq.cli.logs import tell  # noqa: PLC0415
+    from aiodq.launch.common import stdout_gone  # noqa: PLC0415
+
+    tell("aiodq worker: the master ended training: the run diverged")
+    monkeypatch.setattr(sys, "stdout", Gone())  # (no descriptor: nothing to point at devnull)
+    stdout_gone(OSError(28, "No space left on device"), "master")

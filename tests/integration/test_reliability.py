@@ -479,3 +479,28 @@ def test_a_stop_that_comes_while_a_checkpoint_is_written_waits_for_it(
     finally:
         signal.signal(signal.SIGINT, before)
     assert np.array_equal(checkpoint_file.load(path).arrays["x"], np.arange(3.0))
+
+
+@pytest.mark.asyncio
+async def test_a_signal_held_off_by_a_write_reaches_an_event_loops_handler_once() -> None:
+    """A review: a SIGTERM that came during a checkpoint write reached a handler of loop.add_signal_handler
+    twice (through the loop's wakeup descriptor as it came, and raised again after the write): a program
+    whose second SIGTERM forces its exit was killed by one.  And a Ctrl-C that runs as the handlers are put
+    back no longer leaves SIGTERM's swapped for good."""
+    from aiodq.net.signals import signals_deferred  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    came: list[int] = []
+    loop.add_signal_handler(signal.SIGTERM, came.append, signal.SIGTERM)
+    try:
+        installed = signal.getsignal(signal.SIGTERM)
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert not came  # (held off: the loop has not run)
+        await wait_until(lambda: bool(came), 10, "the SIGTERM handled")
+        for _ in range(5):
+            await asyncio.sleep(0)  # (turns of the loop in which a second delivery would come)
+        assert came == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is installed
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -749,7 +749,7 @@ def test_samples_a_worker_would_fail_on_mid_run_are_refused_as_it_is_built() -> 
     nan = features.copy()
     nan[11, 2] = np.nan
     with pytest.raises(
-        ValueError, match=r"^features hold NaN or infinite values \(the first at sample 11\)$"
+        ValueError, match=r"^features hold NaN or infinite values as torch.float32 \(the first at sample 11; "
     ):
         TorchObjective(_network(), nn.CrossEntropyLoss(), nan, labels)
     regression = nn.Sequential(nn.Linear(FEATURES, 1), nn.Flatten(0))
@@ -759,7 +759,7 @@ def test_samples_a_worker_would_fail_on_mid_run_are_refused_as_it_is_built() -> 
     broken = _network()
     with torch.no_grad():
         broken[2].bias.fill_(float("nan"))
-    with pytest.raises(ValueError, match=r"outputs on the first samples are not finite"):
+    with pytest.raises(ValueError, match=r"outputs or loss on the first samples are not finite"):
         TorchObjective(broken, nn.CrossEntropyLoss(), features, labels)
 
 
@@ -779,3 +779,34 @@ def test_weights_loaded_after_the_objective_was_built_are_its_starting_point() -
     assert np.array_equal(objective.initial(rng), loaded)
     objective.loss_grad(loaded + 1.0)  # the objective writes x: x_0 stays what it was
     assert np.array_equal(objective.initial(rng), loaded)
+
+
+def test_what_the_first_samples_check_lets_through_and_refuses_besides() -> None:
+    """A review of the checks above: a loss with no path to the parameters built and failed in every
+    worker's first loss_grad; masked log-probabilities (-inf outputs, a finite loss) were refused though
+    they train; uint16 features failed in torch's abs(); float16's overflow was called NaN."""
+    features, labels = _data()
+
+    def detached(outputs: Any, targets: Any) -> Any:
+        return nn.functional.cross_entropy(outputs, targets, reduction="sum").detach()
+
+    with pytest.raises(ValueError, match=r"^the loss does not depend on the trainable parameters"):
+        TorchObjective(_network(), detached, features, labels)
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(FEATURES, CLASSES)
+            self.register_buffer("mask", torch.tensor([0.0, 0.0, float("-inf")]))
+
+        def forward(self, x: Any) -> Any:
+            return torch.log_softmax(self.linear(x) + self.mask, dim=1)
+
+    masked = TorchObjective(Masked(), nn.NLLLoss(), features, labels % 2)  # (class 2 masked out)
+    loss, grad = masked.loss_grad(masked.read_parameters())
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    TorchObjective(_network(), nn.CrossEntropyLoss(), (features * 100).astype(np.uint16), labels)
+    with pytest.raises(
+        ValueError, match=r"as torch.float16 .* values beyond that dtype's range become infinite"
+    ):
+        TorchObjective(_network(0, torch.float16), nn.CrossEntropyLoss(), features * 1e5, labels)
