@@ -342,6 +342,10 @@ def _shard_values_joined(argv: list[str]) -> list[str]:
     return joined
 
 
+#: The commands, for a stop's line before one began.
+_COMMANDS = frozenset({"run", "master", "worker", "demo", "bench", "experiment"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status.
 
@@ -362,9 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = {signum: signal.signal(signum, SignalStop.handler) for signum in stops} if main_thread else {}
     try:
         return _main(argv)
-    except KeyboardInterrupt as exc:  # (before any command began: its options were being read)
+    except KeyboardInterrupt as exc:  # (before any command began: its options or data were being read)
         said, status = stop_said(exc)
-        print(f"aiodq: {said}", file=sys.stderr)
+        words = list(sys.argv[1:] if argv is None else argv)
+        named = f" {words[0]}" if words and words[0] in _COMMANDS else ""  # (an audit: "aiodq:" alone)
+        print(f"aiodq{named}: {said}", file=sys.stderr)
         return status
     finally:
         for signum, handler in kept.items():

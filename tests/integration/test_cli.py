@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -835,3 +836,20 @@ def test_what_a_command_says_is_logged_when_stderr_cannot_be_written(
     tell("aiodq worker: the master ended training: the run diverged")
     monkeypatch.setattr(sys, "stdout", Gone())  # (no descriptor: nothing to point at devnull)
     stdout_gone(OSError(28, "No space left on device"), "master")
+
+
+def test_a_stop_before_the_command_began_names_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's audit: stopped while its data was read, aiodq master said "aiodq: stopped by SIGTERM",
+    not "aiodq master: ..." as every other line of a command."""
+    import aiodq.cli as cli  # noqa: PLC0415
+
+    def reading(argv: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_main", reading)
+    assert cli.main(["master", "--listen", "127.0.0.1:0"]) == 130
+    assert capsys.readouterr().err == "aiodq master: interrupted\n"
+    assert cli.main(["--version"]) == 130
+    assert capsys.readouterr().err == "aiodq: interrupted\n"
