@@ -136,7 +136,8 @@ def lock(path: str | Path, what: str = "checkpoint") -> Lock:
         os.close(descriptor)
         if isinstance(exc, BlockingIOError):
             raise CheckpointError(
-                f"the {what} {path} is in use by another run (it holds the lock {where})"
+                f"the {what} {path} is in use by another run (it holds the lock {where}): give another "
+                "file, or wait for that run to end"
             ) from None
         raise CheckpointError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
     return Lock(descriptor)

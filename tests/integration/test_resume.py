@@ -917,7 +917,7 @@ async def test_a_checkpoint_is_one_runs_at_a_time_and_a_refused_start_keeps_the_
         assert second.returncode == 1
         assert second.stderr.strip() == (
             f"aiodq run: the checkpoint {path} is in use by another run (it holds the lock "
-            f"{tmp_path / '.run.ckpt.lock'})"
+            f"{tmp_path / '.run.ckpt.lock'}): give another file, or wait for that run to end"
         )
         assert not (tmp_path / "second").exists()  # the refused start made no --out
         assert first.popen.poll() is None
@@ -1067,7 +1067,10 @@ def test_records_over_the_runs_own_results_or_its_checkpoint_are_refused(tmp_pat
         held.release()
     assert refused.returncode == 2, refused.stderr
     lock = checkpoint_file.lock_path(records)
-    said = f"--records: the records file {records} is in use by another run (it holds the lock {lock})"
+    said = (
+        f"--records: the records file {records} is in use by another run (it holds the lock {lock}): give "
+        "another file, or wait for that run to end"
+    )
     assert refused.stderr.strip() == f"aiodq master: {said}"
 
 
