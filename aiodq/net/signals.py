@@ -36,30 +36,36 @@ def signals_deferred() -> Iterator[None]:
                 handlers[stop] = signal.signal(stop, lambda signum, frame: noted.append(signum))
         yield
     finally:
-        _put_back(handlers)
-        for came in dict.fromkeys(noted):  # each once; Ctrl-C's last, since it raises
-            if came != signal.SIGINT:
+        raised = _put_back(handlers)
+        # Each noted signal once, Ctrl-C's last (it raises); one whose handler raises does not keep the
+        # others from theirs (a review); the first exception is raised once all are done.
+        for came in sorted(dict.fromkeys(noted), key=lambda signum: signum == signal.SIGINT):
+            try:
                 _deliver(came, handlers[came])
-        if signal.SIGINT in noted:
-            _deliver(signal.SIGINT, handlers[signal.SIGINT])
+            except BaseException as exc:
+                raised = raised or exc
+        if raised is not None:
+            raise raised
 
 
-def _put_back(handlers: dict[int, Any]) -> None:
-    """Restore every handler, even if a Ctrl-C's runs as one is restored (it raises then, after the rest).
+def _put_back(handlers: dict[int, Any]) -> BaseException | None:
+    """Restore every handler; return what a handler raised meanwhile (None: nothing).
 
-    A review: ``signal.signal`` runs a pending handler first, and the KeyboardInterrupt it raised left
-    SIGTERM's noting handler in place for good.
+    SIGINT's goes back last: until then a Ctrl-C is noted, not raised.  ``signal.signal`` runs a pending
+    handler first, and a review found a KeyboardInterrupt raised there, and a user's SIGTERM handler's
+    SystemExit, leaving the others' noting handlers in place for good: the restore is retried (it is
+    idempotent) until every handler is back.
     """
     raised: BaseException | None = None
-    for stop, handler in handlers.items():
-        while True:
-            try:
-                signal.signal(stop, handler)
-                break
-            except KeyboardInterrupt as exc:
-                raised = exc
-    if raised is not None:
-        raise raised
+    order = sorted(handlers, key=lambda signum: signum == signal.SIGINT)
+    while True:
+        try:
+            for stop in order:
+                if signal.getsignal(stop) is not handlers[stop]:
+                    signal.signal(stop, handlers[stop])
+            return raised
+        except BaseException as exc:
+            raised = raised or exc
 
 
 def _deliver(signum: int, handler: Any) -> None:

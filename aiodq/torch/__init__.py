@@ -499,7 +499,12 @@ class TorchObjective:
         if not isinstance(outputs, torch.Tensor) or not loss.dtype.is_floating_point:
             raise TypeError("the module must return a tensor, and the loss a floating-point tensor")
         if not loss.requires_grad:  # (a review: a detached loss failed in every worker's first loss_grad)
-            raise ValueError("the loss does not depend on the trainable parameters (detached, or no path)")
+            inference = (
+                " (built inside torch.inference_mode(): build it outside)" * torch.is_inference_mode_enabled()
+            )
+            raise ValueError(
+                f"the loss does not depend on the trainable parameters (detached, or no path){inference}"
+            )
         outputs, loss = outputs.detach(), loss.detach()
         # (An audit's run then waited for its whole timeout.  -inf outputs may be masked log-probabilities.)
         if bool(torch.isnan(outputs).any()) or not math.isfinite(float(loss)):

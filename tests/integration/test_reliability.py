@@ -504,3 +504,31 @@ async def test_a_signal_held_off_by_a_write_reaches_an_event_loops_handler_once(
         assert signal.getsignal(signal.SIGTERM) is installed
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def test_every_handler_is_put_back_and_every_signal_acted_on_when_one_raises() -> None:
+    """A review: a user's SIGTERM handler raising SystemExit (or a Ctrl-C) as the handlers were put back
+    left SIGHUP's swapped for good, and the signals noted during the block were never delivered."""
+    from aiodq.net.signals import signals_deferred  # noqa: PLC0415
+
+    came: list[int] = []
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(3)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGHUP, lambda signum, frame: came.append(signum))
+    try:
+        with pytest.raises(SystemExit) as left, signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGHUP)
+            assert not came
+        assert left.value.code == 3 and came == [signal.SIGHUP]
+        assert signal.getsignal(signal.SIGTERM) is leave
+        assert signal.getsignal(signal.SIGHUP) not in (None, signal.SIG_DFL) and came == [signal.SIGHUP]
+        signal.raise_signal(signal.SIGHUP)  # (its own handler, not the noting one)
+        assert came == [signal.SIGHUP, signal.SIGHUP]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
