@@ -19,7 +19,6 @@ from typing import Any
 from ..errors import UsageError
 from ..net.master import Master
 from ..net.signals import signals_deferred
-from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "check_run_arguments",
     "check_shares",
     "checkpoint_note",
-    "data_fingerprint",
     "live_display",
     "print_out",
     "progress_state",
@@ -117,16 +115,6 @@ def as_it_stood(result: RunResult, failure: str) -> RunResult | None:
         return None
     result.summary["failure"] = failure
     return dataclasses.replace(result, failure=failure)
-
-
-def data_fingerprint(dataset: Dataset, checkpoint: object) -> str | None:
-    """What a local run's master names as the training data: the fingerprint, with a checkpoint.
-
-    None without one: the fingerprint costs a pass over the data (about 0.1 s for debdesc), and
-    the local workers read the master's own file.  A master whose workers may read another copy
-    (``aiodq master``, Ray) always takes it: workers refuse a run on other data.
-    """
-    return None if checkpoint is None else dataset.fingerprint()
 
 
 def checkpoint_note(checkpoint: str | Path | None, stood: tuple[int, int] | None) -> str:

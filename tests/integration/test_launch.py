@@ -509,3 +509,26 @@ def test_classes_without_samples_are_a_warning_with_libsvm_s_numbering_too(
             )
         said = [(r.levelno, r.getMessage()) for r in caplog.records if "no samples" in r.getMessage()]
         assert len(said) == 1 and said[0][0] == logging.WARNING, said
+
+
+def test_local_workers_that_read_other_data_than_the_masters_refuse_the_run(tmp_path: Path) -> None:
+    """A data audit: a file replaced (mv) as aiodq run's workers started was what they trained on, while
+    the master, and result.json's fingerprint, held the one it had read: exit 0 without a word (the local
+    master named no fingerprint without --checkpoint).  Here the master's data and the file the workers
+    read differ from the start: the workers refuse the run, and none is started again in its place."""
+    from aiodq.data import load_dataset  # noqa: PLC0415
+    from aiodq.errors import RunError  # noqa: PLC0415
+    from aiodq.launch.local import run_cluster, run_coroutine  # noqa: PLC0415
+    from aiodq.launch.models import objective_for  # noqa: PLC0415
+    from aiodq.protocol.algorithms import TrainConfig  # noqa: PLC0415
+
+    from .cluster import A9A_HEAD, edited_fixture  # noqa: PLC0415
+
+    dataset = load_dataset(str(A9A_HEAD))
+    config = TrainConfig(epochs=2)
+    cluster = run_cluster(
+        config, dataset, str(edited_fixture(tmp_path)), objective_for(config, dataset), workers=2,
+        progress=False, timeout=120, master_config=None, max_restarts=3,
+    )  # fmt: skip
+    with pytest.raises(RunError, match=r"this worker's data \(fingerprint .*\) is not the master's"):
+        run_coroutine(cluster)
