@@ -427,10 +427,19 @@ _IDX_SPLITS = {
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` or ``folder/stem.gz``, whichever exists (both: an error, it is ambiguous)."""
-    found = [path for path in (folder / stem, folder / f"{stem}.gz") if path.is_file()]
+    """``folder/stem`` or ``folder/stem.gz``, whichever exists (both: an error, it is ambiguous).
+
+    Also named as Kaggle's copies are (``train-images.idx3-ubyte``), and in any case (``.GZ``): a data
+    audit's folder of those was not found, and the message then sent it in a circle.
+    """
+
+    def plain(name: str) -> str:
+        name = name.lower().replace(".idx", "-idx")
+        return name.removesuffix(".gz")
+
+    found = sorted(path for path in folder.iterdir() if plain(path.name) == stem and path.is_file())
     if len(found) > 1:
-        raise DataError(f"{folder}: both {stem} and {stem}.gz exist; keep one")
+        raise DataError(f"{folder}: both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
 
 

@@ -996,3 +996,22 @@ def test_a_comma_separated_row_and_a_plain_csv_say_which_format_is_read(tmp_path
         f"{table}: expected 785 columns (784 pixels + label), got 3: a CSV file is read as MNIST; other "
         "data goes in LIBSVM format"
     )
+
+
+def test_an_mnist_folder_named_as_kaggle_s_copies_is_found(tmp_path: Path) -> None:
+    """A data audit: train-images.idx3-ubyte (Kaggle's names) and .GZ were not found, and the messages sent
+    the user in a circle (give the file, then: give the folder).  The same data loads under either name."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "mnist-small"
+    expected = load_dataset(str(fixture))
+    renamed = tmp_path / "kaggle"
+    renamed.mkdir()
+    for path in fixture.iterdir():
+        name = path.name.replace("-idx", ".idx")
+        (renamed / (name[:-3] + ".GZ" if name.startswith("train") else name)).write_bytes(path.read_bytes())
+    loaded = load_dataset(str(renamed))
+    assert loaded.fingerprint() == expected.fingerprint()
+    (renamed / "train-images-idx3-ubyte.gz").write_bytes(
+        (fixture / "train-images-idx3-ubyte.gz").read_bytes()
+    )
+    with pytest.raises(DataError, match=r"both train-images-idx3-ubyte\.gz and train-images\.idx3-ubyte\.GZ"):
+        load_dataset(str(renamed))
