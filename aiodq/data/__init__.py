@@ -129,7 +129,10 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
         return f"{path}:{_line_of_sample(raw, k)}: sample {k}"  # (a review: the sample's number alone)
 
     if indices.size and int(indices.min()) < 0:
-        raise DataError(f"{sample(int(np.argmin(indices)))}: feature indices start at 1")
+        raise DataError(  # (a data audit: scikit-learn's dump_svmlight_file writes 0-based by default)
+            f"{sample(int(np.argmin(indices)))}: feature indices start at 1 (a file written from 0, as "
+            "scikit-learn's dump_svmlight_file does by default, is written again with zero_based=False)"
+        )
     width = int(indices.max()) + 1 if indices.size else 0  # one pass over the indices
     if width > _MAX_FEATURES:
         raise DataError(f"{path}: feature index {width} is beyond {_MAX_FEATURES:,} features")

@@ -236,7 +236,11 @@ def test_svmlight_error_names_the_line(tmp_path: Path) -> None:
         ("+1 1:1\n-1\n+1 2:1 4:inf\n", "bad.svm:3: sample 3: non-finite feature value for feature 4"),
         ("+1 1:1\n\n-1 2:1 1:1 2:0.5\n", "bad.svm:3: sample 2 gives feature 2 twice"),
         ("\n+1\n-1\n+1 1:1 1:2\n", "bad.svm:4: sample 3 gives feature 1 twice"),  # after rows with none
-        ("+1 1:1\n+1 0:1\n", "bad.svm:2: sample 2: feature indices start at 1"),
+        (
+            "+1 1:1\n+1 0:1\n",
+            "bad.svm:2: sample 2: feature indices start at 1 (a file written from 0, as "
+            "scikit-learn's dump_svmlight_file does by default, is written again with zero_based=False)",
+        ),
     ],
     ids=["not-a-number", "non-finite", "twice", "twice-after-empty-rows", "index-0"],
 )
