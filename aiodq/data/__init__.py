@@ -117,6 +117,8 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     """
     raw = _read_bytes(path)
     parsed = parse_libsvm(raw)
+    if parsed is None and (bare := _without_comments(raw)) is not None:
+        parsed = parse_libsvm(bare)  # the same lines, their comments and query ids left out
     if parsed is None:  # not of the form the fast reader takes: line by line, which names the line at fault
         parsed = _parse_lines(raw, path)
     labels, counts, indices, values = parsed
@@ -160,6 +162,22 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
         first = int(np.flatnonzero(within)[0])
         raise DataError(f"{sample(first)} gives feature {features.indices[first] + 1} twice")
     return Dataset(features, labels, name or Path(path).name)
+
+
+#: A comment, to the end of its line; and svmlight's query id after a line's label.
+_COMMENT = re.compile(rb"#[^\r\n]*")
+_QID = re.compile(rb"(?m)^([ \t]*[^\s#]+[ \t]+)qid:[^\s#]*")
+
+
+def _without_comments(raw: bytes) -> bytes | None:
+    """``raw`` with every comment and query id left out, its lines kept (numbers and samples alike); or None.
+
+    None if it holds neither.  A data audit: one comment line sent a whole file to the line-by-line
+    reader, at 14 times the file's size in memory (2.35 GB for 166 MB) and 2.6 times the time.
+    """
+    if b"#" not in raw and b"qid:" not in raw:
+        return None
+    return _QID.sub(rb"\1", _COMMENT.sub(b"", raw))
 
 
 def _content_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
