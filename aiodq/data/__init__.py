@@ -517,11 +517,16 @@ def load_dataset(path: str | Path | None) -> Dataset:
         raise DataError(
             f"{path}: {'a link to nothing (or a loop of links)' if path.is_symlink() else 'no such file'}"
         )
-    if path.is_dir():
-        return _folder_training(path)
-    if _is_csv(path):
-        return load_mnist_csv(path)
-    return load_svmlight(path)
+    try:
+        if path.is_dir():
+            return _folder_training(path)
+        if _is_csv(path):
+            return load_mnist_csv(path)
+        return load_svmlight(path)
+    except MemoryError:  # (a data audit: a bare MemoryError from the parse, past the read's own check)
+        raise DataError(
+            f"{path}: out of memory reading it (its samples take more than this process has)"
+        ) from None
 
 
 def _is_csv(path: Path) -> bool:

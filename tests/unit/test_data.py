@@ -1048,3 +1048,18 @@ def test_comments_and_query_ids_keep_the_fast_reader(tmp_path: Path, monkeypatch
     path.write_bytes(text.replace("2:1.25", "2:1.25 2:3").encode("utf-8"))
     with pytest.raises(DataError, match=r"commented\.svm:4: sample 2 gives feature 2 twice$"):
         load_svmlight(path)
+
+
+def test_running_out_of_memory_while_parsing_is_a_data_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data audit: a small gzip file of millions of rows, under a memory cap, raised a bare MemoryError from
+    load_dataset (whose contract is DataError), and the command's line named no file."""
+    path = write(tmp_path, "big.svm", "+1 1:1\n")
+
+    def exhausted(raw: bytes) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr("aiodq.data.parse_libsvm", exhausted)
+    with pytest.raises(DataError, match=r"big\.svm: out of memory reading it"):
+        load_dataset(str(path))
