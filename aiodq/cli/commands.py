@@ -60,8 +60,12 @@ EXIT_USAGE = 2
 
 def _dataset_for(
     config: TrainConfig, path: str | None, workers: int
-) -> tuple[Dataset, Objective, Dataset | None]:
-    """The training set at ``path``, the model's objective on it and the test set (if any).
+) -> tuple[Dataset, Objective, Dataset | None, str]:
+    """The training set at ``path``, the model's objective on it, the test set (if any), its fingerprint.
+
+    The fingerprint is taken before the objective is built: a factory of your own may change the
+    arrays it is given in place, and the workers take theirs before theirs (a review: every run of
+    such a model was refused as "other data").
 
     The test set (:func:`~aiodq.data.load_test_dataset`) is read now, so that a broken one
     is reported before training; it only ever gives the summary's test figures.
@@ -77,6 +81,7 @@ def _dataset_for(
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     check_shares(dataset.samples, workers)
+    fingerprint = dataset.fingerprint()
     objective = objective_for(config, dataset, training_set=True)
     try:
         test = load_test_dataset(path, n_features=dataset.features.shape[1])
@@ -84,7 +89,7 @@ def _dataset_for(
         raise UsageError(f"the test set: {exc}") from exc
     if test is not None:
         check_test_set(config, dataset, test)
-    return dataset, objective, test
+    return dataset, objective, test, fingerprint
 
 
 def _output_folder(out: str | None) -> Path | None:
@@ -119,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     master_config = from_args(MasterConfig, args)
     saving = checkpoint_options(args)  # (--resume with --start-from refused before the file is read)
     with held_logs() as held:  # the label mapping, logged before aiodq.log may be written
-        dataset, objective, test = _dataset_for(config, args.data, args.workers)
+        dataset, objective, test, fingerprint = _dataset_for(config, args.data, args.workers)
         given = args.start_from
         start = None if given is None else read_start(given, config, objective.dim, data=dataset)
         if master_config.connection_rate and args.launcher == "local":
@@ -195,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 worker_nice=worker_nice,
                 finished=write_now,
                 stopped=write_now.stopped,
+                data_fingerprint=fingerprint,
                 **saving,
             )
         result = run_coroutine(launch)
@@ -242,7 +248,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     """``aiodq master``: serve one training run to remote workers."""
     config = train_config(args)
     master_config = from_args(MasterConfig, args)
-    dataset, objective, test = _dataset_for(config, args.data, args.workers)
+    dataset, objective, test, fingerprint = _dataset_for(config, args.data, args.workers)
     host, port = args.listen
     setup_logging(logging.INFO)
     network = connection_config(args)
@@ -308,6 +314,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         "ssl": context,
         **saving,
         "record_every": args.record_every,
+        "data_fingerprint": fingerprint,
     }
     write_now = None if out is None else EarlyResults(out, test, dataset)
     try:

@@ -119,6 +119,7 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
     parsed = parse_libsvm(raw)
     if parsed is None and (bare := _without_comments(raw)) is not None:
         parsed = parse_libsvm(bare)  # the same lines, their comments and query ids left out
+        del bare  # (not held while the line-by-line reader runs)
     if parsed is None:  # not of the form the fast reader takes: line by line, which names the line at fault
         parsed = _parse_lines(raw, path)
     labels, counts, indices, values = parsed
@@ -166,7 +167,7 @@ def load_svmlight(path: str | Path, n_features: int | None = None, *, name: str 
 
 #: A comment, to the end of its line; and svmlight's query id after a line's label.
 _COMMENT = re.compile(rb"#[^\r\n]*")
-_QID = re.compile(rb"(?m)^([ \t]*[^\s#]+[ \t]+)qid:[^\s#]*")
+_QID = re.compile(rb"(?:^|(?<=[\r\n]))([ \t]*[^\s#]+[ \t]+)qid:[!-\"$-~]*")  # (printable ASCII but '#')
 
 
 def _without_comments(raw: bytes) -> bytes | None:
@@ -488,7 +489,7 @@ def _folder_training(folder: Path) -> Dataset:
     if len(csvs) > 1:
         raise DataError(f"{folder}: {len(csvs)} CSV files ({', '.join(p.name for p in csvs[:3])}); keep one")
     has_test = _idx_split(folder, "test") is not None
-    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("t10k-"))
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.lower().startswith("t10k"))
     raise DataError(
         f"{folder}: no training data (train-images-idx3-ubyte and train-labels-idx1-ubyte, gzipped or not, "
         f"or one MNIST .csv/.csv.gz file)"

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import DataError, RunError, UsageError
 from ..net.master import Master
 from ..net.signals import signals_deferred
+from ..protocol.dataset import Dataset
 from ..protocol.result import RunResult
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "check_shares",
     "checkpoint_note",
     "live_display",
+    "load_data_or_fail",
     "print_out",
     "progress_state",
     "progress_table",
@@ -210,3 +212,13 @@ def live_display(table: Callable[[], Any], show: bool) -> Any:
         yield live
     if not console.is_terminal:  # rich leaves the last line open there: what follows would join it
         console.line()
+
+
+def load_data_or_fail(path: str | None) -> Dataset:
+    """Load a dataset, turning a bad file into :class:`RunError`."""
+    from ..data import load_dataset  # noqa: PLC0415 - scipy, not for the commands that read no data (demo)
+
+    try:
+        return load_dataset(path)
+    except DataError as exc:
+        raise RunError(str(exc)) from exc

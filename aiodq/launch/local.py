@@ -23,8 +23,7 @@ import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
-from ..data import load_dataset
-from ..errors import DataError, RunError, StoppedError, UsageError
+from ..errors import RunError, StoppedError, UsageError
 from ..net.master import Master
 from ..net.worker import WorkerResult, format_address, run_worker
 from ..protocol.accounting import ModelRecord
@@ -39,6 +38,7 @@ from .common import (
     check_shares,
     checkpoint_note,
     live_display,
+    load_data_or_fail,
     print_out,
     progress_state,
     progress_table,
@@ -281,12 +281,14 @@ async def run_local(
         )
     dataset = await asyncio.to_thread(load_data_or_fail, None if data is None else str(data))  # off-loop
     data_path = None if data is None else str(Path(data).resolve())
+    fingerprint = await asyncio.to_thread(dataset.fingerprint)  # (before the factory: it may edit the data)
     objective = await asyncio.to_thread(objective_for, config, dataset, training_set=True)
     return await run_cluster(
         config,
         dataset,
         data_path,
         objective,
+        data_fingerprint=fingerprint,
         worker_nice=worker_nice,
         checkpoint=checkpoint,
         checkpoint_interval=checkpoint_interval,
@@ -321,8 +323,12 @@ async def run_cluster(
     start_from: npt.ArrayLike | None = None,
     finished: Callable[[RunResult], None] | None = None,
     stopped: Callable[[RunResult], None] | None = None,
+    data_fingerprint: str | None = None,
 ) -> RunResult:
     """:func:`run_local` on a dataset already loaded (from ``data_path``) and its objective.
+
+    ``data_fingerprint``: the data's, taken before the objective was built on it (a factory may edit
+    its arrays in place; the workers take theirs before theirs); None: taken now.
 
     ``finished`` gets the result as soon as training has ended, before the workers' exit is
     awaited, and also when the run is stopped after that (``aiodq run`` writes its files then: a
@@ -358,7 +364,7 @@ async def run_cluster(
             checkpoint=checkpoint,
             checkpoint_interval=checkpoint_interval,
             resume=resume,
-            data_fingerprint=dataset.fingerprint(),  # (a data audit: workers read a file swapped meanwhile)
+            data_fingerprint=data_fingerprint or dataset.fingerprint(),  # (a data audit: a file swapped)
             start_from=start_from,
         )
     except (TypeError, ValueError) as exc:  # a start_from of another size, say
@@ -589,11 +595,3 @@ async def worker_main(
         shard_seed=seed,
         **options,
     )
-
-
-def load_data_or_fail(path: str | None) -> Dataset:
-    """Load a dataset, turning a bad file into :class:`RunError`."""
-    try:
-        return load_dataset(path)
-    except DataError as exc:
-        raise RunError(str(exc)) from exc

@@ -628,3 +628,42 @@ def test_a_sigterm_while_a_models_module_is_imported_stops_the_command_as_such(t
         run.kill()
     assert run.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "aiodq run: stopped by SIGTERM", stderr
+
+
+@pytest.mark.parametrize("command", ["run", "master"])
+def test_a_model_whose_factory_edits_its_data_in_place_trains(tmp_path: Path, command: str) -> None:
+    """A review of 68b81f8: with the local master naming its data's fingerprint, a factory that changes the
+    labels it is given in place (-1 to 0, say) made the master's fingerprint differ from the workers' (taken
+    before theirs), and every run was refused as "other data".  The fingerprint is taken before the
+    factory, on the master as on the workers."""
+    (tmp_path / "my_models.py").write_text(
+        LEAST_SQUARES.replace(
+            "    def __init__(self, features, labels):\n",
+            "    def __init__(self, features, labels):\n        labels[labels < 0] = 0  # in place\n",
+        )
+    )
+    out = tmp_path / "out"
+    common = ("--model", "my_models:LeastSquares", "--epochs", "1", "--step", "0.05", "--out", str(out))
+    if command == "run":
+        result = run_aiodq("run", "--workers", "2", *common, "--no-progress", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    else:
+        master = subprocess.Popen(
+            [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "1", *common],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        )  # fmt: skip
+        try:
+            assert master.stdout is not None
+            address = master.stdout.readline().decode().split("listening on ")[1].split(",")[0]
+            worker = run_aiodq(
+                "worker", "--connect", address, "--shard", "0/1", "--model", "my_models:LeastSquares",
+                cwd=tmp_path,
+            )  # fmt: skip
+            assert worker.returncode == 0, worker.stderr
+            assert master.wait(timeout=60) == 0
+        finally:
+            master.kill()
+            master.wait()
+            if master.stdout is not None:
+                master.stdout.close()
+    assert json.loads((out / "result.json").read_text())["failure"] is None

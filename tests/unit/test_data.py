@@ -1063,3 +1063,20 @@ def test_running_out_of_memory_while_parsing_is_a_data_error_naming_the_file(
     monkeypatch.setattr("aiodq.data.parse_libsvm", exhausted)
     with pytest.raises(DataError, match=r"big\.svm: out of memory reading it"):
         load_dataset(str(path))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"1 qid:\xc3\xa9 1:2\n", b"1 qid:\x01 1:2\n", b"1 qid:7\x1c 3:4 3:4\n"],
+    ids=["beyond-ascii", "control", "control-then-twice"],
+)
+def test_a_query_id_with_bytes_no_line_may_hold_is_refused_as_line_by_line(
+    tmp_path: Path, line: bytes
+) -> None:
+    """A review of the comments' fast path: its query-id pattern also took bytes beyond ASCII and control
+    characters, which the line-by-line reader refuses anywhere outside a comment: a damaged file loaded."""
+    path = write(tmp_path, "qid.svm", line)
+    with pytest.raises(
+        DataError, match=r"qid\.svm:1: (a byte beyond ASCII|the control character .*): not LIBSVM"
+    ):
+        load_svmlight(path)
