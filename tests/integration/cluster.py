@@ -109,6 +109,26 @@ def aiodq(*args: str, timeout: float = 120.0, cwd: Path = ROOT) -> subprocess.Co
     )
 
 
+def master_and_one_worker(
+    master: list[str], worker: list[str], err: Path, *, cwd: Path = ROOT, timeout: float = 120.0
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """``aiodq master --listen 127.0.0.1:0 --workers 1 MASTER`` (its stderr into ``err``), then ``aiodq worker
+    --connect ADDRESS --shard 0/1 WORKER``: the master's exit status and the worker's run."""
+    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "1", *master]
+    with err.open("wb") as stream:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stream, cwd=cwd)
+        try:
+            assert process.stdout is not None
+            address = process.stdout.readline().decode().split("listening on ")[1].split(",")[0]
+            ran = aiodq("worker", "--connect", address, "--shard", "0/1", *worker, timeout=timeout, cwd=cwd)
+            return process.wait(timeout=60), ran
+        finally:
+            process.kill()
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+
+
 def logistic_optimum(dataset: Dataset, l2: float) -> float:
     """min_x (1/n) sum log(1 + exp(-y a.x)) + l2/2 ||x||^2 by scipy's L-BFGS, written apart from aiodq."""
     features, labels, n = dataset.features, dataset.labels, dataset.samples

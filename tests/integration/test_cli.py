@@ -26,6 +26,7 @@ from .cluster import (
     children,
     edited_fixture,
     free_port,
+    master_and_one_worker,
     poll_until,
 )
 
@@ -790,22 +791,12 @@ def test_the_workers_of_a_run_that_diverged_end_at_once_saying_so(tmp_path: Path
     come back), so its workers retried for --retry-for (120 s under Slurm) and then exited 1 on "cannot reach
     the master".  The run is over: NO_ERROR, the verdict its reason, and the worker exits 0 saying it."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "1",
-               "--epochs", "3", "--l2", "10", "--step", "1", "--data", str(A9A_HEAD),
-               "--out", str(out)]  # fmt: skip
-    with (tmp_path / "master.err").open("wb") as err:
-        master = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-        try:
-            assert master.stdout is not None
-            address = master.stdout.readline().decode().split("listening on ")[1].split(",")[0]
-            worker = aiodq("worker", "--connect", address, "--shard", "0/1", "--data", str(A9A_HEAD),
-                           "--retry-for", "60", timeout=120)  # fmt: skip
-            assert master.wait(timeout=60) == 1
-        finally:
-            master.kill()
-            master.wait()
-            if master.stdout is not None:
-                master.stdout.close()
+    status, worker = master_and_one_worker(
+        ["--epochs", "3", "--l2", "10", "--step", "1", "--data", str(A9A_HEAD), "--out", str(out)],
+        ["--data", str(A9A_HEAD), "--retry-for", "60"],
+        tmp_path / "master.err",
+    )
+    assert status == 1
     assert worker.returncode == 0, worker.stderr
     said = worker.stderr.splitlines()
     assert len(said) == 1 and said[0].startswith("aiodq worker: the master ended training: "), said

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import aiodq
 from aiodq.data import load_bundled_a9a
 
-from .cluster import LEAST_SQUARES, ROOT, poll_until
+from .cluster import LEAST_SQUARES, ROOT, master_and_one_worker, poll_until
 from .cluster import aiodq as run_aiodq
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -648,22 +648,8 @@ def test_a_model_whose_factory_edits_its_data_in_place_trains(tmp_path: Path, co
         result = run_aiodq("run", "--workers", "2", *common, "--no-progress", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     else:
-        master = subprocess.Popen(
-            [sys.executable, "-m", "aiodq", "master", "--listen", "127.0.0.1:0", "--workers", "1", *common],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path,
-        )  # fmt: skip
-        try:
-            assert master.stdout is not None
-            address = master.stdout.readline().decode().split("listening on ")[1].split(",")[0]
-            worker = run_aiodq(
-                "worker", "--connect", address, "--shard", "0/1", "--model", "my_models:LeastSquares",
-                cwd=tmp_path,
-            )  # fmt: skip
-            assert worker.returncode == 0, worker.stderr
-            assert master.wait(timeout=60) == 0
-        finally:
-            master.kill()
-            master.wait()
-            if master.stdout is not None:
-                master.stdout.close()
+        status, worker = master_and_one_worker(
+            list(common), ["--model", "my_models:LeastSquares"], tmp_path / "master.err", cwd=tmp_path
+        )
+        assert (status, worker.returncode) == (0, 0), worker.stderr
     assert json.loads((out / "result.json").read_text())["failure"] is None
