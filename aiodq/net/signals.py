@@ -19,7 +19,8 @@ def signals_deferred() -> Iterator[None]:
     written cost the run its model (a durability attack: 8 of 8 times); now it comes after them.
     The three signals' handlers are swapped, process-wide, for one that notes them (blocking them
     in this thread would not do: numpy's BLAS threads take them), then put back, and a signal that
-    came is raised again.  Only the main thread can do this; elsewhere the block runs as it is.
+    came is acted on once, as its handler would (:func:`_deliver`).  Only the main thread can do
+    this; elsewhere the block runs as it is.
     """
     stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
     noted: list[int] = []
