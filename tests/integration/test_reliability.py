@@ -492,18 +492,21 @@ async def test_a_signal_held_off_by_a_write_reaches_an_event_loops_handler_once(
     loop = asyncio.get_running_loop()
     came: list[int] = []
     loop.add_signal_handler(signal.SIGTERM, came.append, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGUSR1, came.append, signal.SIGUSR1)
     try:
         installed = signal.getsignal(signal.SIGTERM)
         with signals_deferred():
             signal.raise_signal(signal.SIGTERM)
             assert not came  # (held off: the loop has not run)
-        await wait_until(lambda: bool(came), 10, "the SIGTERM handled")
-        for _ in range(5):
-            await asyncio.sleep(0)  # (turns of the loop in which a second delivery would come)
-        assert came == [signal.SIGTERM]
+        # A marker after it, through the same wakeup descriptor: the loop handles signals in the order they
+        # came, so a second delivery of the SIGTERM would be handled before the marker.
+        signal.raise_signal(signal.SIGUSR1)
+        await wait_until(lambda: signal.SIGUSR1 in came, 10, "the marker signal handled")
+        assert came == [signal.SIGTERM, signal.SIGUSR1]
         assert signal.getsignal(signal.SIGTERM) is installed
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGUSR1)
 
 
 def test_every_handler_is_put_back_and_every_signal_acted_on_when_one_raises() -> None:

@@ -174,16 +174,16 @@ async def test_a_master_that_never_answers_tls_is_not_waited_for_beyond_the_work
         # Every connection's handler ends (the worker closed them all) before the loop does: a CI run found
         # one left open, its socket warned of in the next test.  Then again a fresh-clone run, for a
         # connection the worker made as its time ran out, whose handler began after the wait had begun:
-        # so the server stops accepting first, and the wait is repeated until no handler has been added
-        # (an accept under way takes a few turns of the loop to start its handler).
+        # so the server stops accepting first, then the wait is until no accept is under way (asyncio's
+        # task that makes an accepted connection's transport, and so its handler) and every handler ended.
         server.close()
         await server.wait_closed()
-        waited = -1
-        while waited != len(handlers):
-            waited = len(handlers)
-            await asyncio.wait_for(asyncio.gather(*handlers), 10)
-            for _ in range(5):
-                await asyncio.sleep(0)  # (turns of the loop, no time)
+
+        def settled() -> bool:
+            accepting = any("_accept_connection" in t.get_coro().__qualname__ for t in asyncio.all_tasks())
+            return not accepting and all(handler.done() for handler in handlers)
+
+        await wait_until(settled, 10, "every accepted connection handled to its end")
     assert accepted.is_set()
     assert took < 5, took
 
