@@ -103,6 +103,8 @@ class MasterActor:
         dataset = _load(source)
         self._dataset_name = dataset.name
         host = bind_host or importlib.import_module("ray").util.get_node_ip_address()
+        # Named before the model's factory, which may edit the data (as aiodq run's master does).
+        fingerprint = dataset.fingerprint()
         objective = objective_for(config, dataset, training_set=True)
         try:
             limits = DEFAULT_LIMITS.fitting(objective.dim)
@@ -119,7 +121,7 @@ class MasterActor:
                 master_config=master_config,
                 record_every=record_every,
                 samples=dataset.samples,
-                data_fingerprint=dataset.fingerprint(),  # workers on other nodes may read other data
+                data_fingerprint=fingerprint,  # workers on other nodes may read other data
                 **saving,
             )
         except (TypeError, ValueError) as exc:

@@ -120,9 +120,7 @@ class Master:
         self._connection_config.limits.check_model(x0.shape[0])  # (wire-format.md 10-4: else refused)
         self._ssl = ssl
         self._checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self._checkpoint_interval = checkpoint_interval
-        self._resume = resume
-        self._last_checkpoint = 0.0
+        self._checkpoint_interval, self._resume, self._last_checkpoint = checkpoint_interval, resume, 0.0
         self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
         self._data_fingerprint, self._fixed = data_fingerprint, fixed_fingerprint(model)
@@ -297,6 +295,7 @@ class Master:
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
+            **({} if self._data_fingerprint is None else {"data": self._data_fingerprint}),  # (model.npz too)
             **({"failure": STOPPED} if stopped else self._logbook.failure(self.coordinator)),
         )
 

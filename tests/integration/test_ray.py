@@ -38,6 +38,7 @@ from aiodq.protocol.algorithms import TrainConfig  # noqa: E402
 from .cluster import (  # noqa: E402
     A9A,
     A9A_HEAD,
+    LEAST_SQUARES,
     ROOT,
     alive,
     edited_fixture,
@@ -355,6 +356,41 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
         future = asyncio.get_running_loop().create_future()
         future.set_result(outcome)
         assert _cannot_train(future) is cannot_train
+
+
+@pytest.mark.asyncio
+async def test_a_model_whose_factory_edits_its_data_in_place_trains_through_the_actors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master actor takes its data's fingerprint before the model's factory, as the workers do: a
+    factory that changes the labels it is given in place (-1 to 0) made the master name data the workers
+    did not have, and every worker was refused as holding other data."""
+    from aiodq.launch.ray_actors import MasterActor, Secret, WorkerActor  # noqa: PLC0415
+
+    (tmp_path / "edits_in_place.py").write_text(
+        LEAST_SQUARES.replace(
+            "    def __init__(self, features, labels):\n",
+            "    def __init__(self, features, labels):\n        labels[labels < 0] = 0  # in place\n",
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = "edits_in_place:LeastSquares"
+    master, secret = MasterActor(), Secret(b"s" * 32)
+    host, port, limits, _ = await master.start(
+        TrainConfig(epochs=1, step=0.05, model=model), source=str(A9A_HEAD), workers=1, secret=secret,
+        bind_host=LOOPBACK, master_config=None, record_every=0, saving={},
+    )  # fmt: skip
+    try:
+        worker = WorkerActor()
+        worker.load(str(A9A_HEAD))
+        run = asyncio.to_thread(
+            worker.run, host, port, index=0, workers=1, seed=0, model=model, secret=secret, limits=limits
+        )
+        code, reason, gradients, ok, cannot_train = await asyncio.wait_for(run, 120)
+    finally:
+        await master.stop()
+    assert (code, reason, ok, cannot_train) == (0, "training complete", True, False)
+    assert gradients > 0
 
 
 @pytest.mark.asyncio
