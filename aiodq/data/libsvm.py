@@ -4,7 +4,7 @@ r"""LIBSVM text read in numpy passes, not line by line: the fast path of :func:`
 ``load_svmlight`` then reads line by line (and whose errors name the line).  What it reads:
 
 - bytes: ASCII digits, ``.``, ``+``, ``-``, ``e``, ``E``, ``:``, space, tab, ``\n`` and ``\r``
-  (so no comment, no ``qid``, no ``nan`` or ``inf``);
+  (so no comment, no ``qid``, no ``nan`` or ``inf``: :func:`without_comments` leaves the first two out);
 - every non-blank line a label, then ``index:value`` pairs, with spaces or tabs between and the colon
   touching both sides;
 - indices of digits only, at most 15;
@@ -20,12 +20,13 @@ it on generated and damaged files); it takes less time: docs/benchmarks.md, "Rea
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["parse"]
+__all__ = ["parse", "without_comments"]
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -272,3 +273,19 @@ def _eight_digits(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     v = (v * _U64(10) + (v >> _U64(8))) & _U64(0x00FF00FF00FF00FF)
     v = (v * _U64(100) + (v >> _U64(16))) & _U64(0x0000FFFF0000FFFF)
     return (v * _U64(10000) + (v >> _U64(32))) & _U64(0xFFFFFFFF)
+
+
+#: A comment, to the end of its line; and svmlight's query id after a line's label.
+_COMMENT = re.compile(rb"#[^\r\n]*")
+_QID = re.compile(rb"(?:^|(?<=[\r\n]))([ \t]*[^\s#]+[ \t]+)qid:[!-\"$-~]*")  # (printable ASCII but '#')
+
+
+def without_comments(raw: bytes) -> bytes | None:
+    """``raw`` with every comment and query id left out, its lines kept (numbers and samples alike); or None.
+
+    None if it holds neither.  A data audit: one comment line sent a whole file to the line-by-line
+    reader, at 14 times the file's size in memory (2.35 GB for 166 MB) and 2.6 times the time.
+    """
+    if b"#" not in raw and b"qid:" not in raw:
+        return None
+    return _QID.sub(rb"\1", _COMMENT.sub(b"", raw))

@@ -242,8 +242,23 @@ def test_svmlight_error_names_the_line(tmp_path: Path) -> None:
             "bad.svm:2: sample 2: feature indices start at 1 (a file written from 0, as "
             "scikit-learn's dump_svmlight_file does by default, is written again with zero_based=False)",
         ),
+        # Python's float() and int() read 1_0 as 10 (a data audit: 0_5 trained as 5); LIBSVM's readers
+        # (strtod) stop at the underscore.
+        (
+            "+1 1:1\n-1 2:0_5\n",
+            "bad.svm:2: '2:0_5' has an underscore: LIBSVM numbers are written without one",
+        ),
+        ("+1 1:1\n1_0 2:1\n", "bad.svm:2: '1_0' has an underscore: LIBSVM numbers are written without one"),
     ],
-    ids=["not-a-number", "non-finite", "twice", "twice-after-empty-rows", "index-0"],
+    ids=[
+        "not-a-number",
+        "non-finite",
+        "twice",
+        "twice-after-empty-rows",
+        "index-0",
+        "_-value",
+        "_-label",
+    ],
 )
 def test_svmlight_errors_say_where(tmp_path: Path, content: str, says: str) -> None:
     """Errors found over the whole file name the line, or the sample (in file order) if only that is known."""
@@ -635,6 +650,8 @@ def test_load_dataset_errors(tmp_path: Path) -> None:
     """A missing path, or an empty folder, is a DataError."""
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "missing")
+    with pytest.raises(DataError, match=r"^the data path is empty: give a file or a folder$"):
+        load_dataset("")  # (a data audit: --data "" read the working folder)
     with pytest.raises(DataError, match="no training data"):
         load_dataset(tmp_path)
     write(tmp_path, "a9a", SMALL)  # a folder of LIBSVM files (a review: the error said no more)
