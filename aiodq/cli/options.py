@@ -115,6 +115,13 @@ def folder(text: str) -> str:
     return text
 
 
+def file_path(text: str) -> str:
+    """A file's path (``--checkpoint``, ``--start-from``): not empty (``""`` named the folder ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a file's path (such as ./run.ckpt)")
+    return text
+
+
 def seed(text: str) -> int:
     """A random seed (argparse type): an integer from 0 to 2**64 - 1, as :class:`TrainConfig` takes."""
     value = _integer(text)
@@ -254,6 +261,7 @@ def add_checkpoint_options(parser: argparse._ArgumentGroup) -> None:
     """``--checkpoint``, ``--checkpoint-interval``, ``--resume`` and ``--start-from`` (master and run)."""
     parser.add_argument(
         "--checkpoint",
+        type=file_path,
         default=None,
         help="checkpoint the run into this file (atomically), to continue it with --resume after a crash",
     )
@@ -271,6 +279,7 @@ def add_checkpoint_options(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--start-from",
         metavar="FILE",
+        type=file_path,
         default=None,
         help="start from the model in a run's model.npz (or a vector in a .npy file) instead of "
         "the model's own starting point: a new run of --epochs more epochs",

@@ -229,6 +229,13 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--out", " "],
             "argument --out: an empty path",
         ),
+        # (an operator's audit: --checkpoint "" was the folder '.')
+        (["run", "--checkpoint", ""], "argument --checkpoint: an empty path: give a file's path"),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--start-from", ""],
+            "argument --start-from: an empty path: give a file's path",
+        ),
+        (["run", "--data", ""], "aiodq run: the data path is empty: give a file or a folder"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
