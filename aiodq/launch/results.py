@@ -445,6 +445,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             ("algorithm", summary["config"]["algorithm"]),
             ("dataset", str(summary.get("dataset", ""))),
             ("workers", str(summary["workers"])),
+            *([("failure", str(summary["failure"]))] if summary.get("failure") else []),
             ("epochs", "0 (no snapshot phase finished)"),
             ("wall time", f"{summary['wall_time']:.2f} s"),
         ]

@@ -1833,6 +1833,11 @@ def test_the_summary_says_a_run_failed_and_over_how_many_samples_its_loss_is() -
     assert rows["epochs"] == "2 of 2"
     half = f"{all_samples // 2:,} of {all_samples:,}"
     assert rows["final training loss"] == f"{summary['trace'][-1]['loss']:.6f} (over {half} samples)"
+    # A run that failed before any snapshot phase ended has its failure row too (an operator's audit).
+    summary |= {"trace": [], "failure": "0 of 2 workers joined within 1 s (--join-timeout)"}
+    rows = dict(summary_rows(summary))
+    assert rows["failure"] == summary["failure"]
+    assert rows["epochs"] == "0 (no snapshot phase finished)"
 
 
 def test_the_masters_epoch_line_says_when_its_loss_is_over_fewer_samples(
