@@ -17,7 +17,10 @@ from typing import ClassVar
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["BlasLimit", "check_master_arguments", "check_timeout"]
+from ..protocol.objectives import BUILT_IN, objective_name
+from ..protocol.trainconfig import TrainConfig
+
+__all__ = ["BlasLimit", "check_master_arguments", "check_timeout", "own_objective"]
 
 
 def _seconds(value: object) -> float | None:
@@ -32,6 +35,25 @@ def _at_least(value: object, low: int, high: float = math.inf) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return False
     return low <= int(value) <= high
+
+
+def own_objective(config: TrainConfig, model: object) -> str | None:
+    """The type of a master's objective without a ``name`` where ``config.model`` is a built-in's; else None.
+
+    CONFIG then names a model the master does not train.  The master sends this type's name too
+    (params ``"objective"``), and a worker that would build the built-in model refuses the run (a
+    review: ``aiodq worker`` trained logistic regression for a master given least squares, and both
+    exited 0).  A warning says that the run is recorded as the built-in model.
+    """
+    if not hasattr(model, "loss_grad") or objective_name(model) is not None or config.model not in BUILT_IN:
+        return None
+    own = type(model).__name__
+    logging.getLogger("aiodq.master").warning(
+        "%s has no name attribute: the run is recorded as the built-in model %r (TrainConfig.model), and a "
+        "worker that would build that refuses it; give your objective a name, and TrainConfig(model=) it",
+        own, config.model,
+    )  # fmt: skip
+    return own
 
 
 def check_master_arguments(

@@ -39,7 +39,7 @@ from ..protocol.objectives import Objective, fixed_fingerprint, measures_accurac
 from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
-from .arguments import BlasLimit, check_master_arguments, check_timeout
+from .arguments import BlasLimit, check_master_arguments, check_timeout, own_objective
 from .listener import Listener
 from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance, standing
 
@@ -124,6 +124,7 @@ class Master:
         self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
         self._data_fingerprint, self._fixed = data_fingerprint, fixed_fingerprint(model)
+        self._own = own_objective(config, model)  # (CONFIG names a built-in model this one is not: said so)
         self._lock: checkpoint_file.Lock | None = None
         self._before = 0.0  # seconds of training a resumed checkpoint holds
         #: ``(epoch, version)`` of the last checkpoint written, the one at the end or the close included.
@@ -137,8 +138,7 @@ class Master:
         self._blas_limit: BlasLimit | None = None
         self._x0 = x0
         self._workers = workers
-        self._host = host
-        self._port = port
+        self._host, self._port = host, port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._address: tuple[str, int] | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
@@ -148,12 +148,11 @@ class Master:
         self._trained = asyncio.Event()  # training has ended (the connections may still be closing)
         self._finished_at: float | None = None
         self._closing = self._closed = self._began = False
-        self._accepted = 0
+        self._accepted, self._started = 0, 0.0
         self._rate = ConnectionRate(self.master_config.connection_rate, 2 * workers + 16)
         self._logbook = Logbook(self._now, accuracy=self._accuracy is not False)
         tls_limit = _TLS_HANDSHAKES * self.master_config.max_unauthenticated  # (net/listener.py)
         self._listener = Listener(admit=self._admit, refused=self._logbook.refuse, tls_limit=tls_limit)
-        self._started = 0.0
         self._provenance: dict[str, Any] = {}
         self.coordinator: Coordinator | None = None
 
@@ -182,7 +181,9 @@ class Master:
                 master_config=self.master_config,
                 samples=self._samples,
             )
-            self.coordinator.fingerprints.update(data=self._data_fingerprint, fixed=self._fixed)
+            self.coordinator.fingerprints.update(
+                data=self._data_fingerprint, fixed=self._fixed, objective=self._own
+            )
             if self._checkpoint is not None:
                 # Held until close(): a second master on the same file is refused, not let overwrite it.
                 self._lock = checkpoint_file.lock(self._checkpoint)

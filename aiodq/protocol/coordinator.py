@@ -123,9 +123,9 @@ class Coordinator:
         self._resuming = False
         self._waited_in: Phase | None = None  # where a run that its workers left ended
         self._shut_down = self._judged = False  # (shutdown; _maybe_finish_snapshot_phase)
-        #: Sent in CONFIG's params where not None: "data", the training data's fingerprint
-        #: (Dataset.fingerprint), and "fixed", that of the master objective's fixed state (fixed_fingerprint).
-        self.fingerprints: dict[str, str | None] = {"data": None, "fixed": None}
+        #: Sent in CONFIG's params where not None: "data" (Dataset.fingerprint), "fixed" (fixed_fingerprint)
+        #: and "objective" (net/arguments.py own_objective): docs/api.md says what each is.
+        self.fingerprints: dict[str, str | None] = {"data": None, "fixed": None, "objective": None}
 
     # -- the shell's interface -------------------------------------------------
 

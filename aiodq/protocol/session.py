@@ -416,6 +416,11 @@ class WorkerSession:
                     f"{split}, the master's run has seed {config.seed}: its samples would overlap another "
                     f"worker's (start the worker with --seed {config.seed})"
                 )
+            if self.objective is None and isinstance(theirs := params.get("objective"), str):
+                raise ValueError(  # (a review: it trained the built-in model for a master given another)
+                    f"the master trains its own objective ({theirs}), not the built-in {config.model} that "
+                    "CONFIG names: give this worker the same (run_worker(objective=), aiodq worker --model)"
+                )
             objective = self._objective_for(config)
             if objective.dim != event.dim:  # (first: the fingerprint holds the shapes, and said less)
                 own = config.model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -470,6 +471,38 @@ async def test_workers_without_the_model_or_with_another_dimension_are_refused()
     assert good.ok, good
     assert result.ok
     assert result.final_loss < result.trace[0].loss
+
+
+@pytest.mark.asyncio
+async def test_a_master_objective_without_a_name_is_not_trained_as_the_built_in_model_config_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A review: a master given least squares without a name, under TrainConfig's default model
+    (logistic), had a worker that builds its model from CONFIG (aiodq worker, run_worker with samples)
+    train logistic regression against it, and both ended ok.  Such a worker is refused; a worker given
+    the same objective trains; the master warns that the run is recorded as the built-in model."""
+    data = aiodq.load_bundled_a9a().rows(np.arange(300))
+    a, b = data.features.toarray(), np.asarray(data.labels, dtype=np.float64)  # (labels -1/+1: logistic's)
+    config = aiodq.TrainConfig(epochs=1, step=0.02)
+    assert config.model == "logistic"
+    with caplog.at_level(logging.WARNING, logger="aiodq.master"):
+        master = aiodq.Master(config, _Squares(a, b), workers=1)
+    assert (
+        "_Squares has no name attribute: the run is recorded as the built-in model 'logistic' "
+        "(TrainConfig.model), and a worker that would build that refuses it" in caplog.text
+    )
+    async with master:
+        host, port = master.address
+        built_in = await aiodq.run_worker(host, port, a, b)
+        assert built_in.code == aiodq.ErrorCode.INVALID_CONFIG
+        assert built_in.reason == (
+            "the master trains its own objective (_Squares), not the built-in logistic that CONFIG names: "
+            "give this worker the same (run_worker(objective=), aiodq worker --model)"
+        )
+        own = await aiodq.run_worker(host, port, objective=_Squares(a, b))
+        result = await master.wait(timeout=60)
+    assert own.ok, own
+    assert result.ok and result.final_loss < result.trace[0].loss
 
 
 class _FailsOnTheWorker(_Squares):
