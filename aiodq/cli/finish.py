@@ -61,8 +61,8 @@ def print_summary(summary: dict[str, object], command: str) -> None:
     table.add_column("value", justify="right")
     for label, value in summary_rows(summary):
         table.add_row(label, value)
-    try:
-        GoOnWithout().print(table)
+    try:  # (markup off: a worker's CLOSE reason in the failure row, '[/]', ended aiodq master in a traceback)
+        GoOnWithout(markup=False).print(table)
     except OSError as exc:  # (other than a reader gone: a full disk)
         stdout_gone(exc, command)
 

@@ -1840,6 +1840,26 @@ def test_the_summary_says_a_run_failed_and_over_how_many_samples_its_loss_is() -
     assert rows["epochs"] == "0 (no snapshot phase finished)"
 
 
+def test_the_summary_table_prints_a_peers_text_as_it_is(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack review: a worker's CLOSE reason "bye [/]", in the failure row, was read as rich markup and
+    aiodq master ended in a MarkupError's traceback, its verdict unsaid; "[red]" would have styled it."""
+    from aiodq.cli.finish import print_summary  # noqa: PLC0415
+
+    failure = (
+        "every worker left (the last error: worker 0 sent 9999: bye [/] [red]x[/red] [link=http://a]b[/link])"
+    )
+    summary = {
+        "config": {"algorithm": "asylpg"}, "dataset": "[bold]a9a[/bold]", "workers": 2, "trace": [],
+        "failure": failure, "wall_time": 1.0,
+    }  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "300")  # (one line per row)
+    print_summary(summary, "master")
+    printed = capsys.readouterr().out
+    assert "bye [/] [red]x[/red] [link=http://a]b[/link])" in printed and "[bold]a9a[/bold]" in printed
+
+
 def test_the_masters_epoch_line_says_when_its_loss_is_over_fewer_samples(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
