@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 import re
 import warnings
@@ -42,13 +43,31 @@ _Config = TypeVar("_Config")
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:7000``) to ``(host, port)``."""
+    """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:7000``) to ``(host, port)``.
+
+    A host with a colon is an IPv6 address in brackets, nothing else (a deploy audit: the host
+    ``aiodq-master:tcp://10.96.0.12`` was taken, and retried until ``--retry-for`` ran out).
+    """
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     if not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be between 0 and 65535")
-    return host.strip("[]"), int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if "[" in host or "]" in host or (":" in host and not (bracketed and _is_ipv6(host))):
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, got {text!r}: an IPv6 address goes in brackets, [::1]:7000"
+        )
+    return host, int(port)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -76,10 +95,20 @@ def rendezvous(
         host, port = environ.get("AIODQ_MASTER_ADDR"), environ.get("AIODQ_MASTER_PORT")
         if not host or not port:
             raise UsageError("give --connect HOST:PORT, or set AIODQ_MASTER_ADDR and AIODQ_MASTER_PORT")
+        if not port.isdigit():
+            links = (  # (Kubernetes' service links: <SERVICE>_PORT=tcp://IP:PORT)
+                " (Kubernetes sets AIODQ_MASTER_PORT so for a Service named aiodq-master: set the variable "
+                "yourself, or enableServiceLinks: false)"
+            )
+            also = links if port.startswith("tcp://") else ""
+            raise UsageError(f"AIODQ_MASTER_PORT: expected a port number, got {port!r}{also}")
+        if not int(port) <= 65535:
+            raise UsageError(f"AIODQ_MASTER_PORT: the port must be between 0 and 65535, got {port!r}")
+        bare = ":" in host and not host.startswith("[")  # (a bare IPv6 address, as torchrun's MASTER_ADDR)
         try:
-            connect = parse_address(f"{host}:{port}")
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"AIODQ_MASTER_ADDR/AIODQ_MASTER_PORT: {exc}") from None
+            connect = parse_address(f"[{host}]:{port}" if bare else f"{host}:{port}")
+        except argparse.ArgumentTypeError:
+            raise UsageError(f"AIODQ_MASTER_ADDR: {host!r} is no host name or IP address") from None
     if shard is None:
         for rank_name, size_name in (("AIODQ_RANK", "AIODQ_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
             rank, size = environ.get(rank_name), environ.get(size_name)

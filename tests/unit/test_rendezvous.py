@@ -30,6 +30,30 @@ def test_slurm_variables_when_aiodq_ones_are_absent() -> None:
 def test_ipv6_master_address() -> None:
     env = {"AIODQ_MASTER_ADDR": "::1", "AIODQ_MASTER_PORT": "1", "AIODQ_RANK": "0", "AIODQ_WORLD_SIZE": "1"}
     assert rendezvous(None, None, env) == (("::1", 1), (0, 1))
+    assert rendezvous(None, None, {**env, "AIODQ_MASTER_ADDR": "[fd00::2]"}) == (("fd00::2", 1), (0, 1))
+
+
+@pytest.mark.parametrize(
+    ("addr", "port", "words"),
+    [
+        # Kubernetes sets <SERVICE>_PORT=tcp://IP:PORT for a Service named aiodq-master (service links): it
+        # was read as the host "aiodq-master:tcp://10.96.0.12" and retried for --retry-for (a deploy audit).
+        (
+            "aiodq-master",
+            "tcp://10.96.0.12:29500",
+            "AIODQ_MASTER_PORT: expected a port number, got 'tcp://10.96.0.12:29500' (Kubernetes sets "
+            "AIODQ_MASTER_PORT so for a Service named aiodq-master: set the variable yourself, or "
+            "enableServiceLinks: false)",
+        ),
+        ("127.0.0.1:29500", "29500", "AIODQ_MASTER_ADDR: '127.0.0.1:29500' is no host name or IP address"),
+        ("m", "99999", "AIODQ_MASTER_PORT: the port must be between 0 and 65535, got '99999'"),
+    ],
+)
+def test_a_master_address_variable_that_is_not_one_is_refused(addr: str, port: str, words: str) -> None:
+    env = {"AIODQ_MASTER_ADDR": addr, "AIODQ_MASTER_PORT": port, "AIODQ_RANK": "0", "AIODQ_WORLD_SIZE": "1"}
+    with pytest.raises(UsageError) as refused:
+        rendezvous(None, None, env)
+    assert str(refused.value) == words
 
 
 @pytest.mark.parametrize(
@@ -37,7 +61,10 @@ def test_ipv6_master_address() -> None:
     [
         ({}, "give --connect HOST:PORT, or set AIODQ_MASTER_ADDR and AIODQ_MASTER_PORT"),
         ({"AIODQ_MASTER_ADDR": "m"}, "AIODQ_MASTER_PORT"),
-        ({"AIODQ_MASTER_ADDR": "m", "AIODQ_MASTER_PORT": "http"}, "AIODQ_MASTER_ADDR/AIODQ_MASTER_PORT"),
+        (
+            {"AIODQ_MASTER_ADDR": "m", "AIODQ_MASTER_PORT": "http"},
+            "AIODQ_MASTER_PORT: expected a port number",
+        ),
         (ENV, "give --shard I/M, or set AIODQ_RANK and AIODQ_WORLD_SIZE"),
         ({**ENV, "AIODQ_RANK": "4", "AIODQ_WORLD_SIZE": "4"}, "AIODQ_RANK/AIODQ_WORLD_SIZE"),
         ({**ENV, "AIODQ_RANK": "0"}, "give --shard"),  # half a pair is no pair
@@ -65,6 +92,14 @@ def test_an_address_says_what_is_wrong_with_it() -> None:
     for text in ("127.0.0.1", ":7000", "host:port"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"^expected HOST:PORT"):
             parse_address(text)
+    # A host with a colon is an IPv6 address in brackets, nothing else (a deploy audit: the host
+    # "aiodq-master:tcp://10.96.0.12" was taken and retried).
+    for text in ("::1:7000", "a:b:7000", "[a:b]:7000", "[1.2.3.4:5]:7000", "[::1:7000", "::1]:7000"):
+        with pytest.raises(
+            argparse.ArgumentTypeError, match=r"an IPv6 address goes in brackets, \[::1\]:7000"
+        ):
+            parse_address(text)
+    assert parse_address("[fe80::1%eth0]:7") == ("fe80::1%eth0", 7)
 
 
 @pytest.mark.parametrize(("option", "shard"), [("--shard", "-1/2"), ("--shard", "-0/1"), ("--shar", "-3/-2")])
