@@ -674,6 +674,21 @@ def test_unary_stream_of_mostly_zero_runs_is_the_bit_by_bit_code(
         assert unary_encode(runs.astype(dtype)) == expected
 
 
+@pytest.mark.parametrize("count", [32768, 32769, 32771, 32772, 32775, 40006, 65537])
+@pytest.mark.parametrize("longest", [1, 7, 8, 15])
+def test_unary_stream_of_many_short_runs_is_the_bit_by_bit_code(count: int, longest: int) -> None:
+    """WF-5.6: from 32,768 runs of at most 15, the encoder looks up four code words at a time (eight for
+    runs of at most 7) and joins the groups by 64-bit words; the stream is the same, for every padding of
+    the last group (counts 1 to 7 past a multiple of 8) and a last run of each length."""
+    rng = np.random.default_rng(count * 16 + longest)
+    runs = np.minimum(rng.geometric(0.45, count) - 1, longest)
+    runs[rng.integers(0, count, 64)] = longest  # the longest code word, here and there
+    runs[-1] = count % (longest + 1)
+    expected = _unary_by_definition(runs)
+    for dtype in (np.uint8, np.int64, np.uint64):
+        assert unary_encode(runs.astype(dtype)) == expected
+
+
 def test_quotient_sums_from_neighbours_equal_direct_sums() -> None:
     """S_k = sum(v >> k) however it is reached: directly, or through bit planes from either neighbour."""
     rng = np.random.default_rng(56)
