@@ -416,8 +416,8 @@ def _main(argv: Sequence[str] | None) -> int:
         from ..lab.bench import main_codec, main_master  # noqa: PLC0415 - the lab extra
 
         return main_codec(args) if args.bench == "codec" else main_master(args)
-    except UsageError as exc:
-        print(f"aiodq {args.command}: {exc}", file=sys.stderr)
+    except UsageError as exc:  # (logged too, where a log is open: a Ray audit found aiodq.log without it)
+        say(args.command, str(exc))
         return EXIT_USAGE
     except (KeyboardInterrupt, StoppedError) as exc:
         said, status = stop_said(exc)

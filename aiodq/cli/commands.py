@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _checked_checkpoint(saving["checkpoint"], Path(args.out))  # before --out is made
     out = _output_folder(args.out)
     assert out is not None
-    data_path = str(Path(args.data).resolve()) if args.data is not None else None
+    data_path = os.path.abspath(args.data) if args.data is not None else None  # (not resolved: ray.md)
     # Appended: the log of the results there (a stopped run's, say), or of runs that failed there since,
     # is kept (a newcomer trial lost a stopped run's log to the next run's).
     setup_logging(logging.WARNING, out / log.name, append=True)
@@ -184,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_restarts=args.max_restarts,
                 finished=write_now,
                 stopped=write_now.stopped,
+                data_fingerprint=fingerprint,
                 **saving,
             )
         else:

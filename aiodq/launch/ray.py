@@ -34,7 +34,7 @@ from typing import Any
 import numpy.typing as npt
 
 from ..config import Limits, MasterConfig
-from ..errors import AiodqError, RunError, UsageError, code_name
+from ..errors import RunError, UsageError
 from ..net.checkpoint import resumable
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
@@ -43,6 +43,7 @@ from ..protocol.result import RunResult
 from .common import as_it_stood, check_shares, checkpoint_note, live_display, progress_table
 from .models import refuse_a_run_at_import, start_vector
 from .ray_actors import MasterActor, Secret, WorkerActor
+from .ray_failures import call, cannot_train, worker_failure
 from .ray_start import INIT_GRACE, RayStart
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -112,6 +113,7 @@ async def run_ray(
     start_from: str | os.PathLike[str] | npt.ArrayLike | None = None,
     finished: Callable[[RunResult], None] | None = None,
     stopped: Callable[[RunResult], None] | None = None,
+    data_fingerprint: str | None = None,
 ) -> RunResult:
     """Train with the master and ``workers`` workers as Ray actors (``aiodq run --launcher ray``).
 
@@ -142,10 +144,11 @@ async def run_ray(
         records: a list the model copies are appended to.
         max_restarts: replace a worker actor that dies or fails, up to this many times in all
             (the new actor rejoins on the same shard).
-        checkpoint: a file on the master actor's node (so give ``master_node`` to resume it) that
-            the master checkpoints the run into, as :func:`~aiodq.launch.local.run_local`'s: every
-            ``checkpoint_interval`` s, when the run stops early (the master actor is closed
-            before any actor is killed) and, marked done, at its end.
+        checkpoint: a file on the master actor's node (so give ``master_node`` to resume it; a
+            relative path is made absolute here, as ``data``'s) that the master checkpoints the
+            run into, as :func:`~aiodq.launch.local.run_local`'s: every ``checkpoint_interval``
+            s, when the run stops early (the master actor is closed before any actor is killed)
+            and, marked done, at its end.
         checkpoint_interval: seconds between checkpoints.
         resume: continue the run ``checkpoint`` holds (same configuration and data).
         start_from: x_0 in place of the model's own (a warm start; see ``run_local``): a file
@@ -155,6 +158,8 @@ async def run_ray(
             ``local_instance`` and ``seconds``, which the result returned has.
         stopped: gets the run as it stood (its ``failure`` not set) when the run is cancelled
             before training has ended (the master actor is then closed first, within 30 s).
+        data_fingerprint: the data's as the caller read it (``Dataset.fingerprint()``): a master
+            actor whose node reads other data at ``data``'s path refuses to start (RunError).
 
     Returns:
         The trained model and the run's figures (``result.summary["ray"]`` says where it ran).
@@ -167,7 +172,9 @@ async def run_ray(
     """
     refuse_a_run_at_import()
     ray = import_ray()
-    checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+    # Absolute, as data's: the actors' working folder is not the caller's on a cluster (an audit's relative
+    # --checkpoint --resume found another folder's run there).
+    checkpoint = None if checkpoint is None else os.path.abspath(os.path.expanduser(checkpoint))
     if workers < 1:
         raise UsageError("the Ray launcher needs at least one worker")
     if not worker_cpus > 0 or not math.isfinite(worker_cpus):
@@ -177,6 +184,13 @@ async def run_ray(
     start_from = start_vector(start_from, config, resume=resume)  # (a file is read here, on the driver)
     began = time.monotonic()
     started = local = False
+
+    def where_it_ran(result: RunResult) -> RunResult:
+        """``result`` with the Ray figures this function adds (a failed or stopped run's too)."""
+        ray_figures = {"local_instance": local, "seconds": round(time.monotonic() - began, 3)}
+        result.summary["ray"] = {**result.summary.get("ray", {}), **ray_figures}
+        return result
+
     start: RayStart | None = None
     if not ray.is_initialized():
         if RayStart.latest is not None and not RayStart.latest.ended.is_set():
@@ -244,6 +258,7 @@ async def run_ray(
                 "checkpoint_interval": checkpoint_interval,
                 "resume": resume,
                 "start_from": start_from,
+                "data_fingerprint": data_fingerprint,
             },
             stood=stood,
             finished=finished,
@@ -251,7 +266,7 @@ async def run_ray(
         )
     except asyncio.CancelledError:
         if stopped is not None and stood and stood[-1][1] is not None:
-            stopped(stood[-1][1])
+            stopped(where_it_ran(stood[-1][1]))
         raise
     except RunError as exc:
         held, partial = stood[-1] if stood else (None, None)
@@ -262,19 +277,15 @@ async def run_ray(
         if partial is None and held is None:
             raise
         message = f"{exc}{checkpoint_note(checkpoint, held)}"
-        raise RunError(message, result=None if partial is None else as_it_stood(partial, message)) from exc
+        stood_as = None if partial is None else as_it_stood(where_it_ran(partial), message)
+        raise RunError(message, result=stood_as) from exc
     finally:
         if start is not None and started:
             stopping = time.monotonic()
             start.stop()
             await _ray_down(start)
             _log.debug("Ray shut down in %.2f s", time.monotonic() - stopping)
-    result.summary["ray"] = {
-        **result.summary["ray"],
-        "local_instance": local,
-        "seconds": round(time.monotonic() - began, 3),
-    }
-    return result
+    return where_it_ran(result)
 
 
 async def _run(
@@ -318,8 +329,7 @@ async def _run(
         check_shares(data.samples, workers)
         source = await asyncio.to_thread(ray.put, data)  # once: every actor reads this copy from the store
     elif data is not None:
-        path = Path(data).expanduser()
-        source = data_path = str(path.resolve() if path.exists() else path)
+        source = data_path = os.path.abspath(Path(data).expanduser())  # (not resolved: a link per node)
     run_id = secrets.token_hex(4)
     secret = Secret(secrets.token_hex(32).encode())
     strategies = importlib.import_module("ray.util.scheduling_strategies")
@@ -413,7 +423,7 @@ async def _run(
                     record_every=record_every,
                     saving=saving,
                 )
-                host, port, limits, ended = await _call(ray, starting, "the master actor")
+                host, port, limits, ended = await call(ray, starting, "the master actor")
                 address = (str(host), int(port))
                 _log.info("the master actor listens on %s:%d", *address)
                 # A finished run resumed gives its results again: no worker takes part.
@@ -426,10 +436,10 @@ async def _run(
                     if live is not None:
                         live.update(progress_table(title, state))
                     for index in range(workers):
-                        failure = _failure(loads[index], runs[index])
+                        failure = worker_failure(loads[index], runs[index])
                         if failure is None or waiter.done() or state["done"]:
                             continue
-                        if restarts >= max_restarts or _cannot_train(runs[index]):
+                        if restarts >= max_restarts or cannot_train(loads[index], runs[index]):
                             after = f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else ""
                             raise RunError(f"worker {index}/{workers} failed: {failure}{after}")
                         restarts += 1
@@ -441,15 +451,16 @@ async def _run(
                         create(index)
                         runs[index] = begin(index, address, limits)
             result: RunResult
-            result, kept = await _call(ray, waiter, "the master actor")
+            result, kept = await call(ray, waiter, "the master actor")
             scope.reschedule(None)  # training has ended: the waits below have bounds of their own
             report(result)
-            await _call(ray, master.wait.remote(), "the master actor")  # (within its close timeout)
+            await call(ray, master.wait.remote(), "the master actor")  # (within its close timeout)
             await _poll(ray, master)  # its last log records
             if runs:
                 await asyncio.wait(runs, timeout=30)  # the workers end their sessions on the master's CLOSE
             failed = {
-                i: _failure(loads[i], run) if run.done() else "still running" for i, run in enumerate(runs)
+                i: worker_failure(loads[i], run) if run.done() else "still running"
+                for i, run in enumerate(runs)
             }
             if result.ok and any(failed.values()):
                 # The model is trained and kept, as with the local launcher: a warning, not a failure.
@@ -475,7 +486,7 @@ async def _run(
         if saving["checkpoint"] is not None or (not reported and (stopped or stopped_by_error)):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 held, partial = await asyncio.wait_for(
-                    _call(ray, master.stop.remote(), "the master actor"), _STOP
+                    call(ray, master.stop.remote(), "the master actor"), _STOP
                 )
                 if partial is not None:
                     figures(partial)
@@ -531,60 +542,9 @@ def _master_placement(ray: Any, strategies: Any, master_node: str | None) -> Any
     raise UsageError(f"master node {master_node!r}: no live Ray node has that IP address or ID (or: head)")
 
 
-async def _call(ray: Any, call: Any, what: str) -> Any:
-    """Await an actor call; an aiodq error raised inside comes out as itself, Ray's as RunError."""
-    try:
-        return await call
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, AiodqError):
-            raise cause from None
-        raise RunError(f"{what} failed: {_describe(exc)}") from None
-    except ray.exceptions.RayError as exc:
-        raise RunError(f"{what} failed: {_describe(exc)}") from None
-
-
-def _failure(load: asyncio.Future[Any], run: asyncio.Future[Any]) -> str | None:
-    """Why a worker failed (its data, its actor, or a session that ended in error), or None."""
-    for future in (load, run):
-        if not future.done() or future.cancelled():
-            continue
-        exc = future.exception()
-        if exc is not None:
-            cause = getattr(exc, "cause", None)
-            return str(cause) if isinstance(cause, AiodqError) else _describe(exc)
-    if run.done() and not run.cancelled() and run.exception() is None:
-        code, reason, _, ok, _ = run.result()
-        if not ok:
-            return f"the session ended: {code_name(code)}: {reason}"
-    return None
-
-
-def _cannot_train(run: asyncio.Future[Any]) -> bool:
-    """Whether a worker's session ended on its own refusal of the run's CONFIG (no restart helps)."""
-    return run.done() and not run.cancelled() and run.exception() is None and bool(run.result()[4])
-
-
-def _describe(exc: BaseException) -> str:
-    """Ray's text for a failed actor or call: its first and last lines, each cut at 300 characters.
-
-    (A deployment trial missed the checkpoint's note after Ray's 900-character advice on OOM killers.)
-    """
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    cut = [
-        line if len(line) <= _SAID else line[: _SAID - 3].rsplit(" ", 1)[0] + "..."
-        for line in lines[:1] + lines[-1:]
-    ]
-    return " ... ".join(dict.fromkeys(cut)) if lines else type(exc).__name__
-
-
-#: The longest line of Ray's that :func:`_describe` keeps.
-_SAID = 300
-
-
 async def _poll(ray: Any, master: Any) -> dict[str, Any]:
     """The master's progress; its log records are logged here again."""
-    state: dict[str, Any] = await _call(ray, master.progress.remote(), "the master actor")
+    state: dict[str, Any] = await call(ray, master.progress.remote(), "the master actor")
     _emit(state["logs"])
     return state
 

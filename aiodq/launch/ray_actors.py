@@ -19,13 +19,13 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from ..config import DEFAULT_LIMITS, ConnectionConfig, Limits, MasterConfig
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from ..net.master import Master
 from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
-from ..protocol.dataset import Dataset
+from ..protocol.dataset import Dataset, other_data
 from ..protocol.result import RunResult
-from .common import progress_state
+from .common import check_shares, progress_state
 from .local import load_data_or_fail, use_uvloop, worker_main
 from .models import objective_for
 
@@ -101,10 +101,16 @@ class MasterActor:
         ``saving``: the master's ``checkpoint``, ``checkpoint_interval``, ``resume`` and ``start_from``.
         """
         dataset = _load(source)
+        check_shares(dataset.samples, workers)  # (a UsageError at once, not each worker's ValueError)
         self._dataset_name = dataset.name
         host = bind_host or importlib.import_module("ray").util.get_node_ip_address()
         # Named before the model's factory, which may edit the data (as aiodq run's master does).
-        fingerprint = dataset.fingerprint()
+        fingerprint, expected = dataset.fingerprint(), saving.pop("data_fingerprint", None)
+        if expected is not None and other_data(expected, fingerprint):  # (an audit: a swapped file trained)
+            raise RunError(
+                f"the master actor's node reads other data at {source} (fingerprint {fingerprint}) than the "
+                f"driver did ({expected}): give every node the same file"
+            )
         objective = objective_for(config, dataset, training_set=True)
         try:
             limits = DEFAULT_LIMITS.fitting(objective.dim)
@@ -127,7 +133,10 @@ class MasterActor:
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         self._master = master  # (closed by stop() even if its start fails part way)
-        await master.start()
+        try:
+            await master.start()
+        except OSError as exc:  # (one line at the driver, as aiodq master says it: not Ray's traceback)
+            raise RunError(f"the master cannot listen on {host}: {exc.strerror or exc}") from None
         return (*master.address, limits, master.resumed_finished)
 
     async def stop(self) -> tuple[tuple[int, int] | None, RunResult | None]:

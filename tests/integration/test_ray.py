@@ -300,6 +300,18 @@ def test_without_ray_the_command_says_which_extra_to_install(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []  # nothing made in --out: no aiodq.log either (a newcomer trial)
 
 
+def test_a_usage_error_once_the_run_began_is_in_its_log_too(tmp_path: Path) -> None:
+    """A Ray user's audit: an unknown --ray-master-node (found once Ray is up) exited 2 with one line on
+    stderr, and aiodq.log held the command line only."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "aiodq", "run", "--launcher", "ray", "--ray-master-node", "bogus",
+               "--workers", "1", "--epochs", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    said = "aiodq run: master node 'bogus': no live Ray node has that IP address or ID (or: head)"
+    assert run.returncode == 2 and said in run.stderr.splitlines(), run.stderr[-3000:]
+    assert (out / "aiodq.log").read_text().splitlines()[-1].endswith(f"aiodq.cli ERROR {said}")
+
+
 @pytest.mark.asyncio
 async def test_cancelled_while_ray_starts_it_shuts_the_instance_down() -> None:
     """Cancelled half a second in (Ray takes seconds to start, in a thread): the instance started
@@ -317,8 +329,8 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     of the file): a worker actor whose file differs in one value is refused (INVALID_CONFIG), one on the
     master's file trains.  The actor classes are driven directly, without starting Ray."""
     from aiodq.errors import ErrorCode  # noqa: PLC0415
-    from aiodq.launch.ray import _cannot_train  # noqa: PLC0415
     from aiodq.launch.ray_actors import MasterActor, Secret, WorkerActor  # noqa: PLC0415
+    from aiodq.launch.ray_failures import cannot_train  # noqa: PLC0415
 
     source, other = A9A_HEAD, edited_fixture(tmp_path)
     outcomes = []
@@ -352,10 +364,12 @@ async def test_a_worker_actor_given_other_data_is_refused_and_the_masters_data_t
     # The refusal is the worker's own: run_ray starts no other in its place (a review: it restarted one,
     # within max_restarts, to be refused alike); a session that trained is not.
     assert refused[4] is True and trained[4] is False
-    for outcome, cannot_train in ((refused, True), (trained, False)):
+    for outcome, refusal in ((refused, True), (trained, False)):
         future = asyncio.get_running_loop().create_future()
         future.set_result(outcome)
-        assert _cannot_train(future) is cannot_train
+        loaded = asyncio.get_running_loop().create_future()
+        loaded.set_result(300)
+        assert cannot_train(loaded, future) is refusal
 
 
 @pytest.mark.asyncio
@@ -430,7 +444,7 @@ def test_a_ray_address_where_no_cluster_answers_fails_within_the_timeout(tmp_pat
 def test_rays_text_for_a_dead_actor_is_cut_so_what_follows_is_read() -> None:
     """A deployment trial missed the checkpoint's note after Ray's 900 characters on OOM killers: each of the
     two lines kept of Ray's text is cut at 300 characters, at a word."""
-    from aiodq.launch.ray import _describe  # noqa: PLC0415
+    from aiodq.launch.ray_failures import describe as _describe  # noqa: PLC0415
 
     advice = "Some common causes include: " + "the process was killed by the OOM killer, " * 20
     text = f"The actor died unexpectedly before finishing this task.\n\tclass_name: MasterActor\n{advice}"
@@ -439,6 +453,87 @@ def test_rays_text_for_a_dead_actor_is_cut_so_what_follows_is_read() -> None:
     assert first == "The actor died unexpectedly before finishing this task."
     kept = last.removesuffix("...")
     assert len(last) <= 300 and last != kept and advice.startswith(kept) and advice[len(kept)] == " "
+
+
+def test_rays_header_and_colours_are_left_out_of_what_is_said() -> None:
+    """A Ray user's audit: an actor's exception came out as ``\\x1b[36mray::MasterActor.start()\\x1b[39m
+    (pid=6745, ip=127.0.0.1, actor_id=..., repr=<...>) ...``, colour codes and all."""
+    from aiodq.launch.ray_failures import describe  # noqa: PLC0415
+
+    text = (
+        "\x1b[36mray::MasterActor.start()\x1b[39m (pid=6745, ip=127.0.0.1, actor_id=cf45ab, "
+        'repr=<aiodq.launch.ray_actors.MasterActor object at 0x7f00>)\n  File "x.py", line 3, in start\n'
+        "    raise ValueError\nValueError: \x1b[31m3 samples cannot be split across 5 workers\x1b[0m"
+    )
+    assert describe(RuntimeError(text)) == (
+        'File "x.py", line 3, in start ... ValueError: 3 samples cannot be split across 5 workers'
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_worker_whose_model_or_data_cannot_be_loaded_is_not_restarted() -> None:
+    """A Ray user's audit: a worker actor whose model raised on its share (a UsageError in the actor) was
+    restarted up to max_restarts, where the local launcher's exit status 2 is never restarted."""
+    from aiodq.errors import DataError, UsageError  # noqa: PLC0415
+    from aiodq.launch.ray_failures import cannot_train  # noqa: PLC0415
+
+    class FailedError(Exception):
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__(str(cause))
+            self.cause = cause  # as Ray's RayTaskError carries the actor's exception
+
+    loop = asyncio.get_running_loop()
+
+    def done(outcome: object) -> asyncio.Future[Any]:
+        future = loop.create_future()
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+        return future
+
+    running = loop.create_future()
+    for cause, expected in ((UsageError("--model m:f: KeyError"), True), (DataError("bad"), True),
+                            (RuntimeError("the actor died"), False)):  # fmt: skip
+        assert cannot_train(done(300), done(FailedError(cause))) is expected, cause
+        assert cannot_train(done(FailedError(cause)), running) is expected, cause
+    running.cancel()
+
+
+@pytest.mark.asyncio
+async def test_the_master_actor_refuses_data_other_than_the_drivers_and_more_workers_than_samples(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ray user's audit: a file swapped under the master actor (or a node's copy that differs) trained
+    with exit 0, and the driver warned of a missing shard instead; 5 workers on 3 samples failed each
+    worker with Ray's traceback of a ValueError.  A master that cannot listen says so in one line."""
+    from aiodq.errors import RunError, UsageError  # noqa: PLC0415
+    from aiodq.launch.ray_actors import MasterActor, Secret  # noqa: PLC0415
+
+    async def start(**changes: Any) -> None:
+        master = MasterActor()
+        options: dict[str, Any] = {
+            "source": str(A9A_HEAD), "workers": 1, "secret": Secret(b"s" * 32), "bind_host": LOOPBACK,
+            "master_config": None, "record_every": 0, "saving": {},
+        }  # fmt: skip
+        try:
+            await master.start(TrainConfig(epochs=1), **options | changes)
+        finally:
+            await master.stop()
+
+    other = "blake2b:" + "0" * 32
+    with pytest.raises(RunError, match=rf"reads other data at {re.escape(str(A9A_HEAD))} \(fingerprint "):
+        await start(saving={"data_fingerprint": other})
+    await start(saving={"data_fingerprint": aiodq_load(str(A9A_HEAD)).fingerprint()})  # the same: it starts
+    with pytest.raises(UsageError, match=r"^300 samples cannot be shared by 301 workers$"):
+        await start(workers=301)
+
+    async def cannot_listen(self: object) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr("aiodq.launch.ray_actors.Master.start", cannot_listen)
+    with pytest.raises(RunError, match=f"^the master cannot listen on {LOOPBACK}: Address already in use$"):
+        await start()
 
 
 class _FakeRay:
@@ -542,10 +637,25 @@ class TestInTheCallersRay:
         assert stood is not None and stood.failure == stood.summary["failure"] == str(info.value)
         assert stood.trace and stood.trace[-1].samples == 32_561  # every sample of the bundled a9a
         assert stood.summary["dataset"] == "a9a" and stood.summary["ray"]["master"]
+        # Where it ran, as a finished run's says (an audit found both missing from a failed run's).
+        assert stood.summary["ray"]["local_instance"] is False and stood.summary["ray"]["seconds"] >= 10
         assert any(name.endswith("-master") for name in seen), seen
         assert sum("-worker-" in name for name in seen) == 2, seen
         assert ray.is_initialized()  # the caller's instance is left alone
         await wait_until(lambda: not aiodq_actors(), 15, "actors outlived the run")
+
+    @pytest.mark.asyncio
+    async def test_a_relative_checkpoint_is_the_callers_not_the_actors_working_folders(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A Ray user's audit: on a cluster started from another folder, a relative checkpoint was written in
+        the master actor's working folder, and resume=True there found another folder's run."""
+        monkeypatch.chdir(tmp_path)  # the caller's Ray was started elsewhere: its actors work there
+        result = await run_ray(
+            TrainConfig(epochs=1), str(A9A_HEAD), workers=1, bind_host=LOOPBACK, timeout=120,
+            checkpoint="ck/run.ckpt",
+        )  # fmt: skip
+        assert result.ok and (tmp_path / "ck" / "run.ckpt").exists()
 
     @pytest.mark.asyncio
     async def test_a_ray_run_cancelled_part_way_resumes_from_its_checkpoint(self, tmp_path: Path) -> None:
