@@ -192,12 +192,16 @@ async def run_ray(
         return result
 
     start: RayStart | None = None
+    if RayStart.latest is not None and not RayStart.latest.ended.is_set():
+        # (An audit: a second run_ray while the first ran on the instance it started lost it to the first's
+        # shutdown, and waited out its timeout.)
+        raise RunError(
+            "Ray was started in this process by a run_ray that has not ended (one still running, or one "
+            "abandoned at its timeout or cancelled, whose instance is shut down when its start ends): run "
+            "them one after the other, or call ray.init() first, whose instance every run_ray uses and none "
+            "shuts down"
+        )
     if not ray.is_initialized():
-        if RayStart.latest is not None and not RayStart.latest.ended.is_set():
-            raise RunError(
-                "an earlier start of Ray in this process has not ended (abandoned at its timeout or on a "
-                "cancellation; Ray is shut down when it does): try again later"
-            )
         address = address or os.environ.get("RAY_ADDRESS") or None
         local = address is None
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}

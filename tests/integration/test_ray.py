@@ -8,6 +8,7 @@ Every Ray instance here is local and on 127.0.0.1 only: Ray takes the node's add
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -583,11 +584,32 @@ async def test_a_start_abandoned_at_the_timeout_is_shut_down_when_it_ends_and_bl
     fake = _FakeRay()
     start = RayStart(fake, address="local")  # its init waits for fake.go: a start that does not end
     start.stop()  # abandoned, as at the timeout
-    with pytest.raises(RunError, match=r"^an earlier start of Ray in this process has not ended"):
+    with pytest.raises(RunError, match=r"^Ray was started in this process by a run_ray that has not ended"):
         await run_ray(TrainConfig(epochs=1), workers=1, bind_host=LOOPBACK, timeout=30)
     fake.go.set()  # the start ends after all
     await asyncio.wait_for(start.down, 30)
     assert fake.threads == [fake.threads[0]] * 2 and not fake.initialized
+
+
+@pytest.mark.asyncio
+async def test_a_second_run_ray_while_the_first_runs_on_the_instance_it_started_is_refused_at_once() -> None:
+    """A Ray user's audit: the second of two concurrent run_ray calls took the first's instance for the
+    caller's own; the first shut it down as it ended, and the second waited out its timeout."""
+    first = asyncio.create_task(
+        run_ray(TrainConfig(epochs=10_000), workers=1, bind_host=LOOPBACK, timeout=120)
+    )
+    try:
+        await wait_until(lambda: ray.is_initialized() or first.done(), 60, "the first run's Ray")
+        assert not first.done()
+        with pytest.raises(
+            RunError, match=r"^Ray was started in this process by a run_ray that has not ended"
+        ):
+            await asyncio.wait_for(run_ray(TrainConfig(epochs=1), workers=1, bind_host=LOOPBACK), 10)
+    finally:
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+    assert not ray.is_initialized()
 
 
 class TestInTheCallersRay:
