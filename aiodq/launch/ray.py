@@ -475,7 +475,9 @@ async def _run(
         if not scope.expired():
             raise
         placed = sum(load.done() for load in loads)
-        why = f"; {workers - placed} worker actors never started (no room?)" if placed < workers else ""
+        late = workers - placed  # (not placed for want of room, or placed and still loading: the loads tell)
+        unloaded = f"{late} worker actor{'s' * (late > 1)}"
+        why = f"; {unloaded} had not loaded the data (no room, or slow)" if late else ""
         raise RunError(f"the run did not finish within {timeout:g} s{why}") from None
     finally:
         stopped_by_error = isinstance(sys.exc_info()[1], RunError)  # (a timeout, a failed worker...)
