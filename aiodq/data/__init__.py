@@ -564,7 +564,8 @@ def load_test_dataset(path: str | Path | None, *, n_features: int | None = None)
     if _is_csv(path):
         return None
     sibling = _test_file(path)
-    if sibling is None:
+    if sibling is None:  # (said: a test file of another name is not found, and nothing else told why)
+        _log.info("%s: no test file beside it (%s.t): the summary has no test accuracy", path, path.name)
         return None
     test = load_svmlight(sibling)
     width = test.features.shape[1]

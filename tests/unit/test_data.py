@@ -631,13 +631,16 @@ def test_load_dataset_folder_ambiguities(tmp_path: Path) -> None:
         load_dataset(two)
 
 
-def test_load_test_dataset_pairs(tmp_path: Path) -> None:
-    """None: bundled a9a.t; LIBSVM F: F.t beside it with the training width; a CSV or no F.t: None."""
+def test_load_test_dataset_pairs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """None: bundled a9a.t; LIBSVM F: F.t beside it with the training width; a CSV or no F.t: None, the
+    latter said in the log (a data audit: a test file of another name was passed over without a word)."""
     bundled = load_test_dataset(None)
     assert bundled is not None
     assert bundled.name == "a9a.t"
     train = write(tmp_path, "set", "+1 1:1\n-1 3:1\n")
-    assert load_test_dataset(train) is None
+    with caplog.at_level(logging.INFO, logger="aiodq.data"):
+        assert load_test_dataset(train) is None
+    assert f"{train}: no test file beside it (set.t): the summary has no test accuracy" in caplog.messages
     write(tmp_path, "set.t", "+1 2:1\n")
     test = load_test_dataset(train, n_features=3)
     assert test is not None
