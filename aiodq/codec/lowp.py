@@ -204,6 +204,10 @@ def _dither_blocks(
     bottom, top = low * _DITHER_SCALE, high * _DITHER_SCALE
     # Huge values overflow to inf, which the clip brings back; without the clip nothing overflows
     # (:func:`_needs_clip` checked the largest value), and numpy's error state is left alone.
+    # Values of another float type are rounded to ``float_type`` first, by a plain cast into the
+    # block, then multiplied in place: the ufunc's own input cast (``dtype=``) rounds them the same
+    # way but runs a buffered loop, slower than the two passes.
+    cast_first = values.dtype != float_type
     with np.errstate(over="ignore") if clip else _NOTHING:
         for start in range(0, count, _BLOCK):
             stop = min(start + _BLOCK, count)
@@ -212,7 +216,11 @@ def _dither_blocks(
                 r = _raw_dither(dither, stop - start)
             else:
                 r = dither[start:stop]
-            np.multiply(values[start:stop], factor, out=scaled, dtype=float_type)
+            if cast_first:
+                np.copyto(scaled, values[start:stop], casting="unsafe")
+                np.multiply(scaled, factor, out=scaled)
+            else:
+                np.multiply(values[start:stop], factor, out=scaled)
             if clip:
                 np.clip(scaled, bottom, top, out=scaled)
             np.floor(scaled, out=scaled)

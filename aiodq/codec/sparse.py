@@ -187,12 +187,13 @@ def _keep_blocks(
     mask_block = np.zeros(-(-min(_BLOCK, count) // 8) * 8, dtype=np.bool_)
     scale = float_type(factor)
     bit_generator = rng.bit_generator
-    candidates, thresholds, highs = [], [], []
+    candidates, thresholds, highs, values = [], [], [], []
     for start in range(0, count, _BLOCK):
         stop = min(start + _BLOCK, count)
         threshold = threshold_block[: stop - start]
         high = _raw_halves(bit_generator, stop - start)
-        np.abs(alpha[start:stop], out=threshold, dtype=float_type)
+        block = alpha[start:stop]
+        np.abs(block, out=threshold, dtype=float_type)
         threshold *= scale
         mask_block[stop - start :] = False
         np.less(high, threshold, out=mask_block[: stop - start])
@@ -200,17 +201,28 @@ def _keep_blocks(
         candidates.append(candidate + start)
         thresholds.append(threshold[candidate])
         highs.append(high[candidate])
+        # The candidates' values too, while the block is in the cache (a gather after the
+        # blocks reads them back from main memory).
+        values.append(block[candidate])
     indices = np.concatenate(candidates)
-    t = np.concatenate(thresholds).astype(np.float64)
+    t = np.concatenate(thresholds)
     r = np.concatenate(highs)
-    undecided = np.flatnonzero(r + 1.0 > t)
+    kept = np.concatenate(values)
+    # r + 1 <= 65,536 and t are exact in t's own type (float32 or float64): the comparison is exact.
+    undecided = np.flatnonzero(np.greater(r + t.dtype.type(1.0), t))
     if undecided.shape[0]:
         low = _raw_halves(bit_generator, undecided.shape[0])
         keep = np.ones(indices.shape[0], dtype=np.bool_)
-        keep[undecided] = low < (t[undecided] - r[undecided]) * _HALF_SCALE
-        indices, t = indices[keep], t[keep]
-    p = np.minimum(t / _HALF_SCALE, 1.0)
-    return indices, alpha[indices].astype(np.float64) / p
+        t_undecided = t[undecided].astype(np.float64)
+        keep[undecided] = low < (t_undecided - r[undecided]) * _HALF_SCALE
+        indices, t, kept = indices[keep], t[keep], kept[keep]
+    # p = min(t / 2**16, 1) in float64 (exact), and the kept values alpha_j / p in float64.
+    p = t.astype(np.float64)
+    p *= 1.0 / _HALF_SCALE
+    np.minimum(p, 1.0, out=p)
+    kept = kept.astype(np.float64)
+    kept /= p
+    return indices, kept
 
 
 def _sparse_flatnonzero(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:

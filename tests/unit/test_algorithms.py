@@ -1234,3 +1234,19 @@ async def test_run_worker_refuses_an_objective_of_means_before_connecting() -> N
             await run_worker("127.0.0.1", bound.getsockname()[1], objective=_Squares("mean"), retry_for=0)
         with pytest.raises(ConnectionRefusedError):  # (the same call with a sound objective connects)
             await run_worker("127.0.0.1", bound.getsockname()[1], objective=_Squares("sums"), retry_for=0)
+
+
+def test_a_model_is_encodable_exactly_when_every_coordinate_is_finite_and_within_the_limit() -> None:
+    """The check settles most vectors by one sum of squares (a helper's speed-up): its answer is the
+    definition's on every edge, at and past the limit, with NaN, infinities and squares beyond float64."""
+    limit = algorithms.MODEL_LIMIT
+    above = float(np.nextafter(limit, np.inf))
+    rng = np.random.default_rng(5)
+    edges = [0.0, 1.0, -1.0, limit, -limit, above, -above, np.nan, np.inf, -np.inf, 1e300, limit / 2]
+    for d in (1, 2, 7, 100_000):
+        for edge in edges:
+            for fill in (0.0, limit, limit / 2**0.5, 1e-300):
+                x = rng.standard_normal(d) if fill == 0.0 else np.full(d, fill)
+                x[rng.integers(0, d)] = edge
+                expected = bool(np.isfinite(x).all()) and bool((np.abs(x) <= limit).all())
+                assert algorithms._encodable(x) is expected, (d, edge, fill)
