@@ -126,7 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     with held_logs() as held:  # the label mapping, logged before aiodq.log may be written
         dataset, objective, test, fingerprint = _dataset_for(config, args.data, args.workers)
         given = args.start_from
-        start = None if given is None else read_start(given, config, objective.dim, data=dataset)
+        start = (
+            None
+            if given is None
+            else read_start(given, config, objective.dim, data=dataset, fingerprint=fingerprint)
+        )
         if master_config.connection_rate and args.launcher == "local":
             message = "--connection-rate: every local worker connects from 127.0.0.1, one address to it"
             say("run", message, level=logging.WARNING)  # (on stderr too: an audit saw it in aiodq.log only)
@@ -263,7 +267,9 @@ def cmd_master(args: argparse.Namespace) -> int:
     if args.out is not None:
         _checked_checkpoint(args.start_from, Path(args.out), "--start-from")
     if args.start_from is not None:
-        saving["start_from"] = read_start(args.start_from, config, objective.dim, data=dataset)
+        saving["start_from"] = read_start(
+            args.start_from, config, objective.dim, data=dataset, fingerprint=fingerprint
+        )
     if args.record_every < 0:
         raise UsageError("--record-every must not be negative")
     if args.records and not args.record_every:

@@ -274,6 +274,7 @@ def read_start(
     *,
     option: str = "--start-from",
     data: Dataset | None = None,
+    fingerprint: str | None = None,
 ) -> npt.NDArray[np.float64]:
     """x_0 for a warm start (``--start-from``): a run's ``model.npz``, or one vector in a ``.npy`` file.
 
@@ -282,8 +283,9 @@ def read_start(
     given, else no more than a frame can carry) before its data are read.  With ``dim``, the
     vector must have that many parameters.  A model that its run trained as another ``--model``
     than ``config.model`` is taken, with a warning, as is one of a run that did not finish, and
-    (given this run's ``data``) one trained on other data, where its file says what it was trained on.
-    ``option`` names the setting in messages.
+    (given this run's ``data``) one trained on other data, where its file says what it was trained on:
+    ``fingerprint`` is the data's as read, where a model's factory may have changed it since (else
+    ``data.fingerprint()``).  ``option`` names the setting in messages.
 
     Raises:
         UsageError: if the file cannot be read or holds no such vector (the text says why).
@@ -310,7 +312,7 @@ def read_start(
                 f"{option}: {f'{path}: not an aiodq model file' if hint else exc}{hint}"
             ) from None
         trained = (meta.get("config") or {}).get("model")
-        _trained_on(meta, where, data)
+        _trained_on(meta, where, data, fingerprint)
         shape = _shape_options(meta.get("config") or {}, config)
     else:
         beside = " (its model.npz is beside it)" if (path.parent / "model.npz").is_file() else ""
@@ -383,12 +385,16 @@ def _shape_options(trained: dict[str, Any], config: TrainConfig) -> str:
     return f" (its run trained it {' and '.join(others)})" if others else ""
 
 
-def _trained_on(meta: dict[str, Any], where: str, data: Dataset | None) -> None:
+def _trained_on(meta: dict[str, Any], where: str, data: Dataset | None, read_as: str | None) -> None:
     """Warn of a model file whose run did not finish, or that was trained on other data than ``data``."""
     if isinstance(failure := meta.get("failure"), str):
         _log.warning("%s is the model of a run that did not finish (%s)", where, failure)
     fingerprint = meta.get("data")
-    if data is not None and isinstance(fingerprint, str) and other_data(fingerprint, data.fingerprint()):
+    if (
+        data is not None
+        and isinstance(fingerprint, str)
+        and other_data(fingerprint, read_as or data.fingerprint())
+    ):
         was = f" ({meta['dataset']})" if isinstance(meta.get("dataset"), str) else ""
         _log.warning("%s was trained on other data%s than this run's %s", where, was, data.name or "data")
 

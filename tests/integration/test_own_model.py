@@ -692,3 +692,11 @@ def test_a_model_whose_factory_edits_its_data_in_place_trains(tmp_path: Path, co
     untouched = load_bundled_a9a().fingerprint()
     assert written["data"] == untouched
     assert aiodq.load_model(out / "model.npz")[1]["data"] == untouched
+    if command == "run":  # a warm start from it on the same data is not said to be on other data (a review)
+        again = tmp_path / "again"
+        result = run_aiodq(
+            "run", "--workers", "1", *common[:-1], str(again), "--start-from", str(out / "model.npz"),
+            "--no-progress", cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "other data" not in (again / "aiodq.log").read_text()
