@@ -43,6 +43,8 @@ from .options import (
     add_dataclass_options,
     add_network_options,
     add_training_options,
+    connect_address,
+    file_path,
     finite_float,
     folder,
     parse_address,
@@ -168,7 +170,10 @@ def _parser() -> argparse.ArgumentParser:
         help="keep a model copy every N applied updates and at every snapshot phase (default 0: none)",
     )
     master.add_argument(
-        "--records", default=None, help="write the model copies to this .npz file when training ends"
+        "--records",
+        type=file_path,
+        default=None,
+        help="write the model copies to this .npz file when training ends",
     )
     add_dataclass_options(master.add_argument_group("master"), MasterConfig)
     add_network_options(master, master=True)
@@ -176,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="join a cluster as one worker")
     worker.add_argument(
         "--connect",
-        type=parse_address,
+        type=connect_address,
         default=None,
         help="the master's HOST:PORT (default: $AIODQ_MASTER_ADDR and $AIODQ_MASTER_PORT)",
     )

@@ -33,6 +33,7 @@ __all__ = [
     "connection_config",
     "finite_float",
     "from_args",
+    "connect_address",
     "parse_address",
     "parse_shard",
     "rendezvous",
@@ -42,24 +43,31 @@ __all__ = [
 _Config = TypeVar("_Config")
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:7000``) to ``(host, port)``.
+def parse_address(text: str, *, least: int = 0) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:7000``) to ``(host, port)``; a port from ``least``.
 
-    A host with a colon is an IPv6 address in brackets, nothing else (a deploy audit: the host
-    ``aiodq-master:tcp://10.96.0.12`` was taken, and retried until ``--retry-for`` ran out).
+    Brackets hold an IPv6 address and a host with a colon is one, nothing else (a deploy audit: the
+    host ``aiodq-master:tcp://10.96.0.12`` was taken, and retried until ``--retry-for`` ran out); the
+    host is not empty (``[]:0`` listened on every interface) and has no spaces; the port is ASCII digits.
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not re.fullmatch("[0-9]+", port):  # (str.isdigit: '²' and '٣' too)
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: the port must be between 0 and 65535")
+    if not least <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be between {least} and 65535")
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
-    if "[" in host or "]" in host or (":" in host and not (bracketed and _is_ipv6(host))):
+    ipv6 = bracketed and _is_ipv6(host)
+    if not host or re.search(r"[\s\[\]]", host) or bracketed is not ipv6 or (":" in host and not ipv6):
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT, got {text!r}: an IPv6 address goes in brackets, [::1]:7000"
         )
     return host, int(port)
+
+
+def connect_address(text: str) -> tuple[str, int]:
+    """``--connect``'s HOST:PORT: :func:`parse_address` with a port from 1 (0 is no master's)."""
+    return parse_address(text, least=1)
 
 
 def _is_ipv6(text: str) -> bool:
@@ -95,18 +103,18 @@ def rendezvous(
         host, port = environ.get("AIODQ_MASTER_ADDR"), environ.get("AIODQ_MASTER_PORT")
         if not host or not port:
             raise UsageError("give --connect HOST:PORT, or set AIODQ_MASTER_ADDR and AIODQ_MASTER_PORT")
-        if not port.isdigit():
+        if not re.fullmatch("[0-9]+", port):
             links = (  # (Kubernetes' service links: <SERVICE>_PORT=tcp://IP:PORT)
                 " (Kubernetes sets AIODQ_MASTER_PORT so for a Service named aiodq-master: set the variable "
                 "yourself, or enableServiceLinks: false)"
             )
             also = links if port.startswith("tcp://") else ""
             raise UsageError(f"AIODQ_MASTER_PORT: expected a port number, got {port!r}{also}")
-        if not int(port) <= 65535:
-            raise UsageError(f"AIODQ_MASTER_PORT: the port must be between 0 and 65535, got {port!r}")
+        if not 1 <= int(port) <= 65535:
+            raise UsageError(f"AIODQ_MASTER_PORT: the port must be between 1 and 65535, got {port!r}")
         bare = ":" in host and not host.startswith("[")  # (a bare IPv6 address, as torchrun's MASTER_ADDR)
         try:
-            connect = parse_address(f"[{host}]:{port}" if bare else f"{host}:{port}")
+            connect = connect_address(f"[{host}]:{port}" if bare else f"{host}:{port}")
         except argparse.ArgumentTypeError:
             raise UsageError(f"AIODQ_MASTER_ADDR: {host!r} is no host name or IP address") from None
     if shard is None:

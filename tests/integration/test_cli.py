@@ -236,6 +236,14 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             "argument --start-from: an empty path: give a file's path",
         ),
         (["run", "--data", ""], "aiodq run: the data path is empty: give a file or a folder"),
+        (
+            ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--record-every", "1", "--records", ""],
+            "argument --records: an empty path: give a file's path",
+        ),
+        (
+            ["worker", "--connect", "127.0.0.1:0"],
+            "argument --connect: '127.0.0.1:0': the port must be between 1",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:

@@ -46,7 +46,10 @@ def test_ipv6_master_address() -> None:
             "enableServiceLinks: false)",
         ),
         ("127.0.0.1:29500", "29500", "AIODQ_MASTER_ADDR: '127.0.0.1:29500' is no host name or IP address"),
-        ("m", "99999", "AIODQ_MASTER_PORT: the port must be between 0 and 65535, got '99999'"),
+        ("m", "99999", "AIODQ_MASTER_PORT: the port must be between 1 and 65535, got '99999'"),
+        ("m", "0", "AIODQ_MASTER_PORT: the port must be between 1 and 65535, got '0'"),
+        ("m", "²", "AIODQ_MASTER_PORT: expected a port number, got '²'"),  # (a traceback from int())
+        ("[]", "80", "AIODQ_MASTER_ADDR: '[]' is no host name or IP address"),
     ],
 )
 def test_a_master_address_variable_that_is_not_one_is_refused(addr: str, port: str, words: str) -> None:
@@ -94,12 +97,22 @@ def test_an_address_says_what_is_wrong_with_it() -> None:
             parse_address(text)
     # A host with a colon is an IPv6 address in brackets, nothing else (a deploy audit: the host
     # "aiodq-master:tcp://10.96.0.12" was taken and retried).
-    for text in ("::1:7000", "a:b:7000", "[a:b]:7000", "[1.2.3.4:5]:7000", "[::1:7000", "::1]:7000"):
+    # Nor is a host empty, spaced or a bracketed name (a review: "[]:0" would listen on every interface).
+    for text in ("::1:7000", "a:b:7000", "[a:b]:7000", "[1.2.3.4:5]:7000", "[::1:7000", "::1]:7000",
+                 "[]:80", "[localhost]:80", "[1.2.3.4]:80", "host name:80", " host:80"):  # fmt: skip
         with pytest.raises(
             argparse.ArgumentTypeError, match=r"an IPv6 address goes in brackets, \[::1\]:7000"
         ):
             parse_address(text)
     assert parse_address("[fe80::1%eth0]:7") == ("fe80::1%eth0", 7)
+    for port in ("²", "٣٠٠٠", "+80", " 80"):  # str.isdigit holds for the first two (a review)
+        with pytest.raises(argparse.ArgumentTypeError, match=r"^expected HOST:PORT"):
+            parse_address(f"127.0.0.1:{port}")
+    from aiodq.cli.options import connect_address  # noqa: PLC0415
+
+    assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)  # --listen: any free port
+    with pytest.raises(argparse.ArgumentTypeError, match=r"the port must be between 1 and 65535$"):
+        connect_address("127.0.0.1:0")  # --connect: no master listens there
 
 
 @pytest.mark.parametrize(("option", "shard"), [("--shard", "-1/2"), ("--shard", "-0/1"), ("--shar", "-3/-2")])
