@@ -183,8 +183,14 @@ class WorkerActor:
         self._dataset: Dataset | None = None
 
     def load(self, source: str | Dataset | None) -> int:
-        """Load the data now (while the master starts); the number of samples."""
-        self._dataset = _load(source)
+        """Load the data now (while the master starts); the number of samples.
+
+        Raises:
+            DataError: if they cannot be read (this worker cannot train: it is not started again).
+        """
+        from ..data import load_dataset  # noqa: PLC0415 - scipy, as load_data_or_fail imports it
+
+        self._dataset = source if isinstance(source, Dataset) else load_dataset(source)
         return self._dataset.samples
 
     def run(

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from threadpoolctl import threadpool_limits
 
-from ..protocol.objectives import BUILT_IN, objective_name
+from ..protocol.objectives import BUILT_IN, MLP, LogisticRegression, SoftmaxRegression
 from ..protocol.trainconfig import TrainConfig
 
 __all__ = ["BlasLimit", "check_master_arguments", "check_timeout", "own_objective"]
@@ -38,22 +38,39 @@ def _at_least(value: object, low: int, high: float = math.inf) -> bool:
 
 
 def own_objective(config: TrainConfig, model: object) -> str | None:
-    """The type of a master's objective without a ``name`` where ``config.model`` is a built-in's; else None.
+    """The type of a master's objective that is not the built-in model ``config.model`` names; else None.
 
-    CONFIG then names a model the master does not train.  The master sends this type's name too
-    (params ``"objective"``), and a worker that would build the built-in model refuses the run (a
-    review: ``aiodq worker`` trained logistic regression for a master given least squares, and both
-    exited 0).  A warning says that the run is recorded as the built-in model.
+    None too for a model given as x_0, or a ``config.model`` that is not a built-in's.  An objective
+    is the built-in model if it is an instance of its class that computes with that class's own
+    ``loss_grad`` and ``grad_difference`` (a subclass that overrides them, or another class that names
+    itself so, is not).  Otherwise CONFIG names a model the master does not train: the master sends
+    this type's name too (params ``"objective"``), and a worker that would build the built-in model
+    refuses the run (a review: ``aiodq worker`` trained logistic regression for a master given least
+    squares, and both exited 0).  A warning says that the run is recorded as the built-in model.
     """
-    if not hasattr(model, "loss_grad") or objective_name(model) is not None or config.model not in BUILT_IN:
+    if not hasattr(model, "loss_grad") or config.model not in BUILT_IN:
+        return None
+    built = _BUILT_IN_CLASSES[config.model]
+    methods = ("loss_grad", "grad_difference")
+    if isinstance(model, built) and all(
+        getattr(type(model), m, None) is getattr(built, m, None) for m in methods
+    ):
         return None
     own = type(model).__name__
     logging.getLogger("aiodq.master").warning(
-        "%s has no name attribute: the run is recorded as the built-in model %r (TrainConfig.model), and a "
-        "worker that would build that refuses it; give your objective a name, and TrainConfig(model=) it",
+        "%s is not the built-in model %r that TrainConfig.model names, as which the run is recorded; a "
+        "worker that would build that refuses it: give TrainConfig(model=) its MODULE:NAME (aiodq worker "
+        "--model loads that), or a name of your own that its name attribute gives",
         own, config.model,
     )  # fmt: skip
     return own
+
+
+_BUILT_IN_CLASSES: dict[str, type] = {
+    "logistic": LogisticRegression,
+    "softmax": SoftmaxRegression,
+    "mlp": MLP,
+}
 
 
 def check_master_arguments(

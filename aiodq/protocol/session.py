@@ -419,7 +419,7 @@ class WorkerSession:
             if self.objective is None and isinstance(theirs := params.get("objective"), str):
                 raise ValueError(  # (a review: it trained the built-in model for a master given another)
                     f"the master trains its own objective ({theirs}), not the built-in {config.model} that "
-                    "CONFIG names: give this worker the same (run_worker(objective=), aiodq worker --model)"
+                    "CONFIG names: give this worker the same (run_worker(objective=...))"
                 )
             objective = self._objective_for(config)
             if objective.dim != event.dim:  # (first: the fingerprint holds the shapes, and said less)

@@ -493,9 +493,13 @@ async def test_a_worker_whose_model_or_data_cannot_be_loaded_is_not_restarted() 
             future.set_result(outcome)
         return future
 
+    from aiodq.launch.ray_actors import WorkerActor  # noqa: PLC0415
+
+    with pytest.raises(DataError) as unreadable:  # what the actor raises (a review: it was a RunError)
+        WorkerActor().load("/nonexistent/data")
     running = loop.create_future()
-    for cause, expected in ((UsageError("--model m:f: KeyError"), True), (DataError("bad"), True),
-                            (RuntimeError("the actor died"), False)):  # fmt: skip
+    for cause, expected in ((UsageError("--model m:f: KeyError"), True), (unreadable.value, True),
+                            (DataError("bad"), True), (RuntimeError("the actor died"), False)):  # fmt: skip
         assert cannot_train(done(300), done(FailedError(cause))) is expected, cause
         assert cannot_train(done(FailedError(cause)), running) is expected, cause
     running.cancel()
