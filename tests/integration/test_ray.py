@@ -660,11 +660,14 @@ class TestInTheCallersRay:
             watcher.cancel()
         # The error carries the run as it stood: the master actor was closed before any actor was killed.
         stood = info.value.result
-        assert stood is not None and stood.failure == stood.summary["failure"] == str(info.value)
-        assert stood.trace and stood.trace[-1].samples == 32_561  # every sample of the bundled a9a
-        assert stood.summary["dataset"] == "a9a" and stood.summary["ray"]["master"]
-        # Where it ran, as a finished run's says (an audit found both missing from a failed run's).
-        assert stood.summary["ray"]["local_instance"] is False and stood.summary["ray"]["seconds"] >= 10
+        if stood is None:  # (a fresh-clone run loaded 2-fold: the actors had not all started; said so)
+            assert "had not loaded the data (no room, or slow)" in str(info.value), info.value
+        else:
+            assert stood.failure == stood.summary["failure"] == str(info.value)
+            assert stood.trace and stood.trace[-1].samples == 32_561  # every sample of the bundled a9a
+            assert stood.summary["dataset"] == "a9a" and stood.summary["ray"]["master"]
+            # Where it ran, as a finished run's says (an audit found both missing from a failed run's).
+            assert stood.summary["ray"]["local_instance"] is False and stood.summary["ray"]["seconds"] >= 10
         assert any(name.endswith("-master") for name in seen), seen
         assert sum("-worker-" in name for name in seen) == 2, seen
         assert ray.is_initialized()  # the caller's instance is left alone

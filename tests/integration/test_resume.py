@@ -935,7 +935,7 @@ async def test_a_checkpoint_is_one_runs_at_a_time_and_a_refused_start_keeps_the_
     after = (out / "aiodq.log").read_text()
     assert after.startswith(log)  # the interrupted run's log is still there
     # The refused start's command line, then why it was refused (an operator's audit: the line alone).
-    lines = after[len(log) :].splitlines()
+    lines = [line for line in after[len(log) :].splitlines() if " aiodq.cli " in line]  # (not aiodq.data's)
     assert len(lines) == 2 and "aiodq.cli INFO aiodq run --data" in lines[0], lines
     assert lines[1].endswith(f"aiodq.cli ERROR {forgot.stderr.strip()}"), lines
 
