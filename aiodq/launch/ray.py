@@ -192,7 +192,10 @@ async def run_ray(
         return result
 
     start: RayStart | None = None
-    if RayStart.latest is not None and not RayStart.latest.ended.is_set():
+    latest = RayStart.latest
+    # (Not while a start abandoned at its timeout still hangs in ray.init, if the caller has started Ray
+    # since: that instance is the caller's, a review.)
+    if latest is not None and not latest.ended.is_set() and (latest.up.is_set() or not ray.is_initialized()):
         # (An audit: a second run_ray while the first ran on the instance it started lost it to the first's
         # shutdown, and waited out its timeout.)
         raise RunError(

@@ -35,6 +35,8 @@ class RayStart:
         self.started: asyncio.Future[None] = loop.create_future()
         self.down: asyncio.Future[None] = loop.create_future()
         self.ended = threading.Event()
+        #: Set once ``ray.init`` has returned: Ray is then this start's (until :attr:`ended`).
+        self.up = threading.Event()
         self._stop = threading.Event()
         self._loop = loop
         RayStart.latest = self
@@ -59,6 +61,7 @@ class RayStart:
         except BaseException as exc:  # (handed to the future, whatever it is)
             self._settle(self.started, exc)
         else:
+            self.up.set()
             self._settle(self.started, None)
             self._stop.wait()
         with contextlib.suppress(Exception):

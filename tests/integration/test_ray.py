@@ -590,6 +590,21 @@ async def test_a_start_abandoned_at_the_timeout_is_shut_down_when_it_ends_and_bl
     start.stop()  # abandoned, as at the timeout
     with pytest.raises(RunError, match=r"^Ray was started in this process by a run_ray that has not ended"):
         await run_ray(TrainConfig(epochs=1), workers=1, bind_host=LOOPBACK, timeout=30)
+
+    # The caller starts Ray meanwhile (as the refusal advises): that instance is the caller's, and a run_ray
+    # goes on to use it (a review: it was refused while the abandoned start hung).
+    class ReachedError(Exception):
+        pass
+
+    async def reached(*args: Any, **kwargs: Any) -> None:
+        raise ReachedError
+
+    callers = type("CallersRay", (), {"is_initialized": staticmethod(lambda: True)})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("aiodq.launch.ray.import_ray", lambda: callers)
+        patch.setattr("aiodq.launch.ray._run", reached)
+        with pytest.raises(ReachedError):
+            await run_ray(TrainConfig(epochs=1), workers=1, bind_host=LOOPBACK, timeout=30)
     fake.go.set()  # the start ends after all
     await asyncio.wait_for(start.down, 30)
     assert fake.threads == [fake.threads[0]] * 2 and not fake.initialized
