@@ -62,7 +62,7 @@ def print_summary(summary: dict[str, object], command: str) -> None:
     for label, value in summary_rows(summary):
         table.add_row(label, value)
     try:  # (markup off: a worker's CLOSE reason in the failure row, '[/]', ended aiodq master in a traceback)
-        GoOnWithout(markup=False).print(table)
+        GoOnWithout(markup=False, emoji=False, highlight=False).print(table)
     except OSError as exc:  # (other than a reader gone: a full disk)
         stdout_gone(exc, command)
 

@@ -280,7 +280,7 @@ async def run_local(
             f"{type(data).__name__} (a Dataset in memory trains with run_ray, or in-process with simulate)"
         )
     dataset = await asyncio.to_thread(load_data_or_fail, None if data is None else str(data))  # off-loop
-    data_path = None if data is None else str(Path(data).resolve())
+    data_path = None if data is None else os.path.abspath(data)  # (not resolved, as aiodq run records it)
     fingerprint = await asyncio.to_thread(dataset.fingerprint)  # (before the factory: it may edit the data)
     objective = await asyncio.to_thread(objective_for, config, dataset, training_set=True)
     return await run_cluster(

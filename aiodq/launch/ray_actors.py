@@ -101,7 +101,6 @@ class MasterActor:
         ``saving``: the master's ``checkpoint``, ``checkpoint_interval``, ``resume`` and ``start_from``.
         """
         dataset = _load(source)
-        check_shares(dataset.samples, workers)  # (a UsageError at once, not each worker's ValueError)
         self._dataset_name = dataset.name
         host = bind_host or importlib.import_module("ray").util.get_node_ip_address()
         # Named before the model's factory, which may edit the data (as aiodq run's master does).
@@ -111,6 +110,7 @@ class MasterActor:
                 f"the master actor's node reads other data at {source} (fingerprint {fingerprint}) than the "
                 f"driver did ({expected}): give every node the same file"
             )
+        check_shares(dataset.samples, workers)  # (a UsageError at once, not each worker's ValueError)
         objective = objective_for(config, dataset, training_set=True)
         try:
             limits = DEFAULT_LIMITS.fitting(objective.dim)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .cluster import A9A_HEAD, LEAST_SQUARES, ROOT, free_port, poll_until
@@ -126,7 +127,9 @@ def test_a_job_stopped_and_run_again_resumes_from_its_checkpoint(tmp_path: Path)
     again finds the checkpoint and resumes; SIGTERM to the batch script alone (sbatch --signal=B:TERM)
     is passed on to both steps, and the run as it stood is written."""
     port = free_port()
-    env = _job_environment(tmp_path, port, TRAIN="--epochs 25", RETRY_FOR="30")
+    np.save(tmp_path / "zeros.npy", np.zeros(123))  # a warm start: the new run's, not the resumed one's
+    job = {"TRAIN": "--epochs 25", "RETRY_FOR": "30", "START_FROM": str(tmp_path / "zeros.npy")}
+    env = _job_environment(tmp_path, port, **job)
     out, log = tmp_path / "out", tmp_path / "out" / "aiodq.log"
     first = subprocess.Popen(
         ["bash", str(DEPLOY / "aiodq.sbatch")], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
@@ -144,9 +147,10 @@ def test_a_job_stopped_and_run_again_resumes_from_its_checkpoint(tmp_path: Path)
     assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     stood = json.loads((out / "result.json").read_text())
     assert stood["failure"] == "stopped by SIGTERM", stood["failure"]
+    assert "start_from" in stood["provenance"]  # the new run started from START_FROM
     reached = stood["trace"][-1]["epoch"]
     assert 2 <= reached < 25 and (out / "checkpoint.npz").exists()
-    again = _sbatch(tmp_path, port, TRAIN="--epochs 25", RETRY_FOR="30")
+    again = _sbatch(tmp_path, port, **job)  # (a review: --start-from with --resume was refused, exit 2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert re.search(rf"resumed from {re.escape(str(out / 'checkpoint.npz'))} at epoch \d+", log.read_text())
     done = json.loads((out / "result.json").read_text())
