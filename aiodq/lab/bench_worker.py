@@ -87,7 +87,12 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
         alpha = worker.variance_reduced(event.vector, event.relative)
         computed = time.perf_counter()
         vector = worker.compress(alpha)
-        encode_message(Gradient(epoch=0, version=0, vector=vector), dense_rice=config.entropy_coding)
+        sparse = config.entropy_coding and config.sparse_gradients  # (its sparse form, as a worker sends it)
+        encode_message(
+            Gradient(epoch=0, version=0, vector=vector),
+            dense_rice=config.entropy_coding,
+            sparse_gradient=sparse,
+        )
         end = time.perf_counter()
         encoding = type(vector).__name__
         for name, seconds in (

@@ -18,6 +18,7 @@ __all__ = [
     "fmt",
     "median",
     "num",
+    "pace",
     "plot_curves",
     "plot_sweeps",
     "reach",
@@ -78,6 +79,30 @@ def summarise(repeats: list[RunResult], target: float) -> dict[str, Any]:
         "final_loss": median([r.points[-1].loss if r.points else None for r in repeats]),
         "reached": sum(h is not None for h in hits),
         "runs": len(repeats),
+    }
+
+
+def pace(repeats: list[RunResult]) -> dict[str, Any]:
+    """Medians over the seeds of a setting's updates per second, staleness and drops (each reason's).
+
+    Counts stay integers where their median is one.  (A lab audit: the workers experiment took these
+    from the first seed only, beside medians.)
+    """
+    every = [r.summary["staleness"] for r in repeats]
+    times = [r.points[-1].time if r.points else 0.0 for r in repeats]
+    rates = [r.summary["version"] / t if t > 0 else None for r, t in zip(repeats, times, strict=True)]
+    reasons = sorted({reason for staleness in every for reason in staleness["dropped"]})
+
+    def count(values: list[int]) -> float | int | None:
+        value = median(values)
+        return int(value) if value is not None and value.is_integer() else value
+
+    return {
+        "updates_per_second": median(rates),
+        "staleness_mean": median([staleness["mean"] for staleness in every]),
+        "applied": count([staleness["applied"] for staleness in every]),
+        "staleness_max": count([staleness["max"] for staleness in every]),
+        "dropped": {reason: count([s["dropped"].get(reason, 0) for s in every]) for reason in reasons},
     }
 
 

@@ -468,6 +468,10 @@ class Context:
         unknown = [n for n in names if n not in DATASETS]
         if unknown:
             raise ExperimentError(f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)}")
+        # Every one named is there, before any runs (a lab audit: a9a's ran, then w8a was missing, no report).
+        files = [self.data / train for n in names if (train := DATASETS[n].train)]
+        if missing := [file for file in files if not file.exists()]:
+            raise ExperimentError(f"{missing[0]}: no such file or folder (--datasets)")
         if not names:
             looked = ", ".join(str(self.data / spec.train) for spec in DATASETS.values() if spec.train)
             raise ExperimentError(f"{self.data}: none of {', '.join(DATASETS)} is there (looked: {looked})")

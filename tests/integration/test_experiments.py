@@ -36,7 +36,7 @@ from aiodq.lab.experiments import (
     to_target,
 )
 from aiodq.lab.netlab import namespaces_unavailable
-from aiodq.lab.report import reach, saving, summarise
+from aiodq.lab.report import pace, reach, saving, summarise
 from aiodq.lab.runs import DATASETS, QUICK
 from aiodq.launch.results import load_records, save_records
 from aiodq.protocol.accounting import ModelRecord
@@ -44,7 +44,7 @@ from aiodq.protocol.algorithms import TrainConfig
 from aiodq.protocol.simulate import simulate
 from aiodq.version import __version__
 
-from .cluster import A9A, aiodq, logistic_optimum
+from .cluster import A9A, A9A_HEAD, aiodq, logistic_optimum
 
 
 @pytest.fixture(scope="module")
@@ -497,6 +497,13 @@ def test_context_errors(tmp_path: Path) -> None:
         run_experiment("table1", Context(data=tmp_path, out=tmp_path))
     with pytest.raises(ExperimentError, match="unknown dataset"):
         run_experiment("table1", Context(data=tmp_path, out=tmp_path, datasets=("cifar",)))
+    # A named dataset that is missing is said before any run (a lab audit: a9a's runs first, then no report).
+    (tmp_path / "libsvm").mkdir()
+    (tmp_path / "libsvm" / "a9a").write_bytes(A9A_HEAD.read_bytes())
+    missing = re.escape(str(tmp_path / "libsvm" / "w8a"))
+    with pytest.raises(ExperimentError, match=f"^{missing}: no such file"):
+        run_experiment("table1", Context(data=tmp_path, out=tmp_path / "out", datasets=("a9a", "w8a")))
+    assert not (tmp_path / "out" / "table1").exists()
     with pytest.raises(ExperimentError, match="unknown experiment"):
         run_experiment("table9", Context(data=None, out=tmp_path, quick=True))
 
@@ -579,6 +586,80 @@ def test_summaries_when_seeds_miss_the_target() -> None:
     # A baseline that reached the target at time 0 is a figure, not a miss.
     rows = {"asyfpg": {"time_to_target": 0.0}, "asylpg": {"time_to_target": 2.0}}
     assert saving(rows, "asylpg", "time_to_target") == 0.0
+
+
+def test_the_workers_figures_are_medians_over_the_seeds() -> None:
+    """A lab audit: the workers experiment's updates per second, staleness and drops were the first seed's,
+    beside medians (2 seeds: 635 updates/s from seed 0, where the median was 778)."""
+    config = TrainConfig()
+
+    def seed(
+        updates: int, seconds: float, mean: float, applied: int, most: int, dropped: dict[str, int]
+    ) -> Any:
+        staleness = {"mean": mean, "applied": applied, "max": most, "dropped": dropped}
+        points = [Point(0, 0, 80, 0.0, 1.0), Point(updates, 5, 800, seconds, 0.5)]
+        return RunResult(config, 2, points, {"version": updates, "staleness": staleness})
+
+    seeds = [
+        seed(600, 1.0, 1.0, 500, 4, {"late": 3}),
+        seed(1800, 2.0, 2.0, 800, 6, {}),
+        seed(1200, 1.0, 3.0, 1000, 9, {"late": 5, "outlier": 1}),
+    ]
+    assert pace(seeds) == {
+        "updates_per_second": 900.0, "staleness_mean": 2.0, "applied": 800, "staleness_max": 6,
+        "dropped": {"late": 3, "outlier": 0},
+    }  # fmt: skip
+    assert pace(seeds[:2])["staleness_max"] == 5 and pace(seeds[:2])["applied"] == 650  # even counts
+
+
+@pytest.mark.parametrize("sparse_gradients", [True, False])
+def test_the_timing_experiment_codes_gradients_as_the_cluster_does(
+    monkeypatch: pytest.MonkeyPatch, sparse_gradients: bool
+) -> None:
+    """A lab audit: the timing experiment encoded every gradient without its sparse form, which a worker's
+    connection uses by default (and --no-sparse-gradients changed nothing there)."""
+    import aiodq.lab.experiments as experiments  # noqa: PLC0415
+    from aiodq.codec.events import Gradient  # noqa: PLC0415
+
+    asked: list[bool] = []
+    encode = experiments.encode_message
+
+    def spy(event: Any, *args: Any, **kwargs: Any) -> bytes:
+        if isinstance(event, Gradient):
+            asked.append(kwargs.get("sparse_gradient", False))
+        return encode(event, *args, **kwargs)
+
+    monkeypatch.setattr(experiments, "encode_message", spy)
+    data = load_bundled_a9a().rows(np.arange(2000))
+    config = TrainConfig(epochs=1, sparse_gradients=sparse_gradients, updates_per_epoch=20)
+    experiments.epoch_timing(config, data, 2)
+    assert asked and set(asked) == {sparse_gradients}
+
+
+def test_the_network_experiment_runs_every_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lab audit: --repeats 2 ran the network experiment once per setting, its rows saying runs: 1 and its
+    settings repeats: 2.  Each seed runs (as Context.runs seeds them), into a folder of its own."""
+    import aiodq.lab.experiments as experiments  # noqa: PLC0415
+
+    ran: list[tuple[str, int, str]] = []
+
+    def network_run(config: TrainConfig, *args: Any, out: Path, **kwargs: Any) -> RunResult:
+        ran.append((config.algorithm, config.seed, out.name))
+        points = [Point(0, 0, 80, 0.0, 1.0), Point(10, 1, 800, 1.0 + config.seed, 0.0)]
+        traffic = {"total_bytes": {"both": 100}, "wire_bytes": {}}
+        return RunResult(config, 4, points, {"traffic": traffic, "version": 10, "staleness": {}})
+
+    monkeypatch.setattr(experiments.netlab, "namespaces_unavailable", lambda: None)
+    monkeypatch.setattr(experiments, "network_run", network_run)
+    report = run_experiment("network", Context(data=None, out=tmp_path, quick=True, repeats=2))
+    assert ran == [
+        ("asyfpg", 0, "a9a-bundled-asyfpg-100mbit"), ("asyfpg", 1, "a9a-bundled-asyfpg-100mbit-1"),
+        ("asylpg", 0, "a9a-bundled-asylpg-100mbit"), ("asylpg", 1, "a9a-bundled-asylpg-100mbit-1"),
+    ]  # fmt: skip
+    rows = report["network"]["datasets"]["a9a-bundled"]["rows"]
+    assert [(row["algorithm"], row["runs"], row["time_to_target"]) for row in rows] == [
+        ("asyfpg", 2, 1.5), ("asylpg", 2, 1.5)
+    ]  # fmt: skip
 
 
 def test_an_earlier_result_json_nested_too_deep_is_moved_aside_not_fatal(tmp_path: Path) -> None:
