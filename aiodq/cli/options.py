@@ -48,26 +48,38 @@ def parse_address(text: str, *, least: int = 0) -> tuple[str, int]:
 
     Brackets hold an IPv6 address and a host with a colon is one, nothing else (a deploy audit: the
     host ``aiodq-master:tcp://10.96.0.12`` was taken, and retried until ``--retry-for`` ran out); the
-    host is not empty (``[]:0`` listened on every interface) and has no spaces; the port is ASCII digits.
+    host is a name the resolver takes (labels of 1 to 63 characters: ``a..b`` failed in getaddrinfo's IDNA
+    codec, a traceback) and has no spaces; the port is ASCII digits.
     """
     host, sep, port = text.rpartition(":")
     if not sep or not host or not re.fullmatch("[0-9]+", port):  # (str.isdigit: '²' and '٣' too)
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if not least <= int(port) <= 65535:
+    if len(port) > 5 or not least <= int(port) <= 65535:  # (int() of 4,301 digits raises)
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be between {least} and 65535")
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
     ipv6 = bracketed and _is_ipv6(host)
-    if not host or re.search(r"[\s\[\]]", host) or bracketed is not ipv6 or (":" in host and not ipv6):
+    if re.search(r"[\s\[\]]", host) or bracketed is not ipv6 or (":" in host and not ipv6):
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT, got {text!r}: an IPv6 address goes in brackets, [::1]:7000"
         )
+    if not ipv6 and not _is_host_name(host):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}: {host!r} is no host name")
     return host, int(port)
 
 
 def connect_address(text: str) -> tuple[str, int]:
     """``--connect``'s HOST:PORT: :func:`parse_address` with a port from 1 (0 is no master's)."""
     return parse_address(text, least=1)
+
+
+def _is_host_name(text: str) -> bool:
+    """Whether ``text`` is a name (or IPv4 address) the resolver takes: IDNA, labels of 1 to 63 characters."""
+    try:
+        name = text.removesuffix(".").encode("idna")
+    except UnicodeError:
+        return False
+    return 0 < len(name) <= 253 and all(1 <= len(label) <= 63 for label in name.split(b"."))
 
 
 def _is_ipv6(text: str) -> bool:
@@ -110,13 +122,14 @@ def rendezvous(
             )
             also = links if port.startswith("tcp://") else ""
             raise UsageError(f"AIODQ_MASTER_PORT: expected a port number, got {port!r}{also}")
-        if not 1 <= int(port) <= 65535:
-            raise UsageError(f"AIODQ_MASTER_PORT: the port must be between 1 and 65535, got {port!r}")
+        if len(port) > 5 or not 1 <= int(port) <= 65535:
+            raise UsageError(f"AIODQ_MASTER_PORT: the port must be between 1 and 65535, got {port[:20]!r}")
         bare = ":" in host and not host.startswith("[")  # (a bare IPv6 address, as torchrun's MASTER_ADDR)
         try:
             connect = connect_address(f"[{host}]:{port}" if bare else f"{host}:{port}")
         except argparse.ArgumentTypeError:
-            raise UsageError(f"AIODQ_MASTER_ADDR: {host!r} is no host name or IP address") from None
+            also = " (the port goes in AIODQ_MASTER_PORT)" if re.search(r"[^:]:[0-9]+$", host) else ""
+            raise UsageError(f"AIODQ_MASTER_ADDR: {host!r} is no host name or IP address{also}") from None
     if shard is None:
         for rank_name, size_name in (("AIODQ_RANK", "AIODQ_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
             rank, size = environ.get(rank_name), environ.get(size_name)

@@ -207,7 +207,7 @@ def live_display(table: Callable[[], Any], show: bool) -> Any:
     from rich.console import Console  # noqa: PLC0415 - only the live display needs rich
     from rich.live import Live  # noqa: PLC0415
 
-    console = Console(stderr=True, markup=False, emoji=False)  # (text as it is: a file name is no markup)
+    console = Console(stderr=True, markup=False, emoji=False, highlight=False)  # (text as it is)
     with Live(table(), console=console, refresh_per_second=4, transient=False) as live:
         yield live
     if not console.is_terminal:  # rich leaves the last line open there: what follows would join it

@@ -64,8 +64,10 @@ class RayStart:
             self.up.set()
             self._settle(self.started, None)
             self._stop.wait()
-        with contextlib.suppress(Exception):
-            if ray.is_initialized():
-                ray.shutdown()
+            # Only an instance this start brought up: one the caller started while ray.init hung (which then
+            # raised) is the caller's (a review).
+            with contextlib.suppress(Exception):
+                if ray.is_initialized():
+                    ray.shutdown()
         self.ended.set()
         self._settle(self.down, None)

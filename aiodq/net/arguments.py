@@ -41,20 +41,17 @@ def own_objective(config: TrainConfig, model: object) -> str | None:
     """The type of a master's objective that is not the built-in model ``config.model`` names; else None.
 
     None too for a model given as x_0, or a ``config.model`` that is not a built-in's.  An objective
-    is the built-in model if it is an instance of its class that computes with that class's own
-    ``loss_grad`` and ``grad_difference`` (a subclass that overrides them, or another class that names
-    itself so, is not).  Otherwise CONFIG names a model the master does not train: the master sends
-    this type's name too (params ``"objective"``), and a worker that would build the built-in model
-    refuses the run (a review: ``aiodq worker`` trained logistic regression for a master given least
-    squares, and both exited 0).  A warning says that the run is recorded as the built-in model.
+    is the built-in model only as an instance of exactly its class: a subclass may compute otherwise
+    through any method (a review: one that scaled ``_scores`` passed a check of ``loss_grad`` and
+    ``grad_difference``), and another class may name itself so.  Otherwise CONFIG names a model the
+    master does not train: the master sends this type's name too (params ``"objective"``), and a
+    worker that would build the built-in model refuses the run (a review: ``aiodq worker`` trained
+    logistic regression for a master given least squares, and both exited 0).  A warning says that
+    the run is recorded as the built-in model.
     """
     if not hasattr(model, "loss_grad") or config.model not in BUILT_IN:
         return None
-    built = _BUILT_IN_CLASSES[config.model]
-    methods = ("loss_grad", "grad_difference")
-    if isinstance(model, built) and all(
-        getattr(type(model), m, None) is getattr(built, m, None) for m in methods
-    ):
+    if type(model) is _BUILT_IN_CLASSES[config.model]:
         return None
     own = type(model).__name__
     logging.getLogger("aiodq.master").warning(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -509,8 +510,8 @@ def test_a_subclass_of_a_built_in_model_with_its_own_loss_is_not_taken_for_the_b
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A review: a LogisticRegression subclass that overrides loss_grad inherits the name "logistic", and
-    workers that build logistic regression trained against it.  Such a subclass is the master's own
-    objective; the built-in class, and a subclass that computes as it does, are not."""
+    workers that build logistic regression trained against it.  Any subclass is the master's own
+    objective (it may compute otherwise through any method); the built-in class is not."""
     from aiodq.net.arguments import own_objective  # noqa: PLC0415
 
     data = aiodq.load_bundled_a9a().rows(np.arange(100))
@@ -520,19 +521,20 @@ def test_a_subclass_of_a_built_in_model_with_its_own_loss_is_not_taken_for_the_b
         def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
             return super().loss_grad(x, rows)  # (another loss, as far as the check can tell)
 
-    class Logged(aiodq.LogisticRegression):
-        pass  # computes as the built-in model does
+    class Scaled(aiodq.LogisticRegression):  # (a review: its loss_grad and grad_difference are the parent's)
+        def _scores(self, x: np.ndarray, block: Any) -> Any:
+            return 10 * super()._scores(x, block)
 
     config = aiodq.TrainConfig()
     with caplog.at_level(logging.WARNING, logger="aiodq.master"):
         assert own_objective(config, Hinge(features, labels)) == "Hinge"
-        assert own_objective(config, Logged(features, labels)) is None
+        assert own_objective(config, Scaled(features, labels)) == "Scaled"
         assert own_objective(config, aiodq.LogisticRegression(features, labels)) is None
         assert own_objective(config, np.zeros(123)) is None  # x_0 itself: the workers' model trains
         softmax = aiodq.TrainConfig(model="softmax")
         assert own_objective(softmax, aiodq.LogisticRegression(features, labels)) == "LogisticRegression"
     assert [record.getMessage().split(" is not ")[0] for record in caplog.records] == [
-        "Hinge", "LogisticRegression"
+        "Hinge", "Scaled", "LogisticRegression"
     ]  # fmt: skip
 
 

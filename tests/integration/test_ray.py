@@ -631,6 +631,27 @@ async def test_a_second_run_ray_while_the_first_runs_on_the_instance_it_started_
     assert not ray.is_initialized()
 
 
+@pytest.mark.asyncio
+async def test_an_abandoned_start_whose_init_fails_leaves_the_callers_ray_alone() -> None:
+    """A review: a start abandoned at its timeout whose ray.init then failed ("called ray.init twice", the
+    caller having started Ray meanwhile) shut the caller's instance down.  Only an instance the start
+    brought up is shut down."""
+
+    class Refused(_FakeRay):
+        def init(self, **options: Any) -> None:
+            self.go.wait(60)
+            raise RuntimeError("Maybe you called ray.init twice by accident?")
+
+    fake = Refused()
+    start = RayStart(fake, address="local")
+    start.stop()  # abandoned
+    fake.initialized = True  # the caller's ray.init, while the start hung
+    fake.go.set()
+    await asyncio.wait_for(start.down, 30)
+    assert fake.initialized and fake.threads == []  # not shut down
+    assert start.ended.is_set() and not start.up.is_set()
+
+
 class TestInTheCallersRay:
     """Runs in a Ray instance the caller started: run_ray uses it and leaves it running.  One instance
     serves the class (starting and stopping one took 3.5-5 s a test), as a user's serves run after run:

@@ -45,11 +45,22 @@ def test_ipv6_master_address() -> None:
             "AIODQ_MASTER_PORT so for a Service named aiodq-master: set the variable yourself, or "
             "enableServiceLinks: false)",
         ),
-        ("127.0.0.1:29500", "29500", "AIODQ_MASTER_ADDR: '127.0.0.1:29500' is no host name or IP address"),
         ("m", "99999", "AIODQ_MASTER_PORT: the port must be between 1 and 65535, got '99999'"),
         ("m", "0", "AIODQ_MASTER_PORT: the port must be between 1 and 65535, got '0'"),
         ("m", "²", "AIODQ_MASTER_PORT: expected a port number, got '²'"),  # (a traceback from int())
         ("[]", "80", "AIODQ_MASTER_ADDR: '[]' is no host name or IP address"),
+        (
+            "m",
+            "9" * 5000,
+            "AIODQ_MASTER_PORT: the port must be between 1 and 65535, got '99999999999999999999'",
+        ),
+        (
+            "10.0.0.1:29500",
+            "29500",
+            "AIODQ_MASTER_ADDR: '10.0.0.1:29500' is no host name or IP address (the port goes in "
+            "AIODQ_MASTER_PORT)",
+        ),
+        ("a..b", "80", "AIODQ_MASTER_ADDR: 'a..b' is no host name or IP address"),
     ],
 )
 def test_a_master_address_variable_that_is_not_one_is_refused(addr: str, port: str, words: str) -> None:
@@ -108,6 +119,14 @@ def test_an_address_says_what_is_wrong_with_it() -> None:
     for port in ("²", "٣٠٠٠", "+80", " 80"):  # str.isdigit holds for the first two (a review)
         with pytest.raises(argparse.ArgumentTypeError, match=r"^expected HOST:PORT"):
             parse_address(f"127.0.0.1:{port}")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"the port must be between 0 and 65535$"):
+        parse_address("127.0.0.1:" + "9" * 5000)  # (int() of so many digits raises ValueError)
+    # Names the resolver cannot take (a review: 'a..b' passed, then getaddrinfo's IDNA codec raised).
+    for host in ("a..b", ".", "a" * 64, "x" * 254, ".a"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"is no host name$"):
+            parse_address(f"{host}:7000")
+    for host in ("node_1", "aiodq-master", "example.com.", "Über.de", "a" * 63, "0.0.0.0"):
+        assert parse_address(f"{host}:7000") == (host, 7000)
     from aiodq.cli.options import connect_address  # noqa: PLC0415
 
     assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)  # --listen: any free port
