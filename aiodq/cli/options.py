@@ -54,11 +54,11 @@ def parse_address(text: str, *, least: int = 0) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not re.fullmatch("[0-9]+", port):  # (str.isdigit: '²' and '٣' too)
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if len(port) > 5 or not least <= int(port) <= 65535:  # (int() of 4,301 digits raises)
+    if len(port.lstrip("0")) > 5 or not least <= int(port) <= 65535:  # (int() of 4,301 digits raises)
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be between {least} and 65535")
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
-    ipv6 = bracketed and _is_ipv6(host)
+    ipv6 = bracketed and _is_ipv6(host) and _is_zone(host.partition("%")[2])
     if re.search(r"[\s\[\]]", host) or bracketed is not ipv6 or (":" in host and not ipv6):
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT, got {text!r}: an IPv6 address goes in brackets, [::1]:7000"
@@ -80,6 +80,15 @@ def _is_host_name(text: str) -> bool:
     except UnicodeError:
         return False
     return 0 < len(name) <= 253 and all(1 <= len(label) <= 63 for label in name.split(b"."))
+
+
+def _is_zone(zone: str) -> bool:
+    """Whether an IPv6 address's zone (after ``%``) is none, or an interface's name or index.
+
+    (A review: ``%a..b`` failed in getaddrinfo's IDNA codec, or was dropped silently.)
+    """
+    name = re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}", zone)
+    return not zone or (name is not None and ".." not in zone)
 
 
 def _is_ipv6(text: str) -> bool:
@@ -122,7 +131,7 @@ def rendezvous(
             )
             also = links if port.startswith("tcp://") else ""
             raise UsageError(f"AIODQ_MASTER_PORT: expected a port number, got {port!r}{also}")
-        if len(port) > 5 or not 1 <= int(port) <= 65535:
+        if len(port.lstrip("0")) > 5 or not 1 <= int(port) <= 65535:
             raise UsageError(f"AIODQ_MASTER_PORT: the port must be between 1 and 65535, got {port[:20]!r}")
         bare = ":" in host and not host.startswith("[")  # (a bare IPv6 address, as torchrun's MASTER_ADDR)
         try:

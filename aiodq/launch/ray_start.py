@@ -59,6 +59,13 @@ class RayStart:
         try:
             ray.init(**options)
         except BaseException as exc:  # (handed to the future, whatever it is)
+            # ray.init may raise once connected (a post-init hook, say: a review saw Ray end the process a
+            # minute later): shut down what it started, unless the start was abandoned, when an instance
+            # may be the caller's, started while ray.init hung.
+            if not self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    if ray.is_initialized():
+                        ray.shutdown()
             self._settle(self.started, exc)
         else:
             self.up.set()

@@ -51,7 +51,7 @@ def own_objective(config: TrainConfig, model: object) -> str | None:
     """
     if not hasattr(model, "loss_grad") or config.model not in BUILT_IN:
         return None
-    if type(model) is _BUILT_IN_CLASSES[config.model]:
+    if type(model) is _BUILT_IN_CLASSES[config.model] and _as_configured(config, model):
         return None
     own = type(model).__name__
     logging.getLogger("aiodq.master").warning(
@@ -61,6 +61,19 @@ def own_objective(config: TrainConfig, model: object) -> str | None:
         own, config.model,
     )  # fmt: skip
     return own
+
+
+def _as_configured(config: TrainConfig, model: object) -> bool:
+    """Whether a built-in model's instance is the one ``config`` builds.
+
+    Its hidden layer or intercept, and no method replaced on the instance (a review: an MLP of other
+    layers, of the same size, was taken for the one the workers build).
+    """
+    if any(name in vars(model) for name in ("loss_grad", "grad_difference", "_scores", "_forward")):
+        return False
+    if isinstance(model, MLP):
+        return model.layers[1:-1] == (config.hidden,)
+    return bool(getattr(model, "bias", False)) == config.bias
 
 
 _BUILT_IN_CLASSES: dict[str, type] = {

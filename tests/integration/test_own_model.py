@@ -533,8 +533,22 @@ def test_a_subclass_of_a_built_in_model_with_its_own_loss_is_not_taken_for_the_b
         assert own_objective(config, np.zeros(123)) is None  # x_0 itself: the workers' model trains
         softmax = aiodq.TrainConfig(model="softmax")
         assert own_objective(softmax, aiodq.LogisticRegression(features, labels)) == "LogisticRegression"
+        # The class is not enough (a review): the workers build the config's layers and intercept, and
+        # a method replaced on the instance is the master's own computation.
+        mlp = aiodq.TrainConfig(model="mlp", hidden=2)
+        assert (
+            own_objective(mlp, aiodq.MLP(features, labels, (123, 1, 32, 2))) == "MLP"
+        )  # 254, as (123, 2, 2)
+        assert own_objective(mlp, aiodq.MLP(features, labels, (123, 2, 2))) is None
+        assert (
+            own_objective(config, aiodq.LogisticRegression(features, labels, bias=True))
+            == "LogisticRegression"
+        )
+        patched = aiodq.LogisticRegression(features, labels)
+        patched.loss_grad = Hinge(features, labels).loss_grad  # type: ignore[method-assign]
+        assert own_objective(config, patched) == "LogisticRegression"
     assert [record.getMessage().split(" is not ")[0] for record in caplog.records] == [
-        "Hinge", "Scaled", "LogisticRegression"
+        "Hinge", "Scaled", "LogisticRegression", "MLP", "LogisticRegression", "LogisticRegression"
     ]  # fmt: skip
 
 

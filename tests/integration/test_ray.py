@@ -652,6 +652,24 @@ async def test_an_abandoned_start_whose_init_fails_leaves_the_callers_ray_alone(
     assert start.ended.is_set() and not start.up.is_set()
 
 
+@pytest.mark.asyncio
+async def test_a_start_whose_init_fails_once_connected_shuts_its_instance_down() -> None:
+    """A review: ray.init may raise once connected (a post-init hook, say); the start that was not abandoned
+    shuts down what it started (left connected, Ray ended the process a minute later)."""
+
+    class FailsLate(_FakeRay):
+        def init(self, **options: Any) -> None:
+            self.initialized = True
+            raise RuntimeError("post-init hook failed")
+
+    fake = FailsLate()
+    start = RayStart(fake, address="local")
+    with pytest.raises(RuntimeError, match="post-init hook failed"):
+        await asyncio.wait_for(asyncio.shield(start.started), 30)
+    await asyncio.wait_for(start.down, 30)
+    assert not fake.initialized and len(fake.threads) == 1  # shut down, in the start's thread
+
+
 class TestInTheCallersRay:
     """Runs in a Ray instance the caller started: run_ray uses it and leaves it running.  One instance
     serves the class (starting and stopping one took 3.5-5 s a test), as a user's serves run after run:
