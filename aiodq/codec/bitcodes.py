@@ -467,6 +467,10 @@ def dense_rice_decode(
             step 9) if a value is ``2**bits`` or more.
     """
     ends = _unary_ends(unary, count)
+    if count == 0:  # (checked empty above; not reachable from the wire, where d >= 1: a review)
+        if len(remainders):
+            raise _invalid("Rice remainders hold bytes but no value")
+        return np.zeros(0, dtype=np.uint8 if bits <= 8 else np.uint16)
     low = None
     if k:
         try:

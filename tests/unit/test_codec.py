@@ -885,3 +885,16 @@ def test_sparse_rice_payload_bits_counted_apart(dim: int, span: int, nnz: int, k
     cursor = Cursor(b"".join(encode_vector(vector, plan)))
     decoded = decode_vector(cursor, LIMITS, expected_dim=dim)
     assert decoded.payload_bits == expected and decoded.vector == vector
+
+
+def test_dense_rice_decode_of_no_values_is_empty_or_a_codec_error() -> None:
+    """A review: count 0 raised IndexError (not reachable from the wire, where d >= 1)."""
+    from aiodq.codec.bitcodes import dense_rice_decode  # noqa: PLC0415
+    from aiodq.errors import CodecError  # noqa: PLC0415
+
+    for bits, dtype in ((8, np.uint8), (12, np.uint16)):
+        empty = dense_rice_decode(b"", b"", 0, 3, bits)
+        assert empty.shape == (0,) and empty.dtype == dtype
+    for remainders, unary in ((b"x", b""), (b"", b"\x01"), (b"", b"\x00")):
+        with pytest.raises(CodecError):
+            dense_rice_decode(remainders, unary, 0, 3, 8)
