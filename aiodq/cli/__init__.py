@@ -49,6 +49,7 @@ from .options import (
     folder,
     parse_address,
     parse_shard,
+    ray_address,
     seed,
 )
 from .outfolder import release
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--ray-address",
+        type=ray_address,
         default=None,
         help="--launcher ray: the Ray cluster to join (auto, or HOST:PORT; default: $RAY_ADDRESS, else a new "
         "local instance)",

@@ -36,6 +36,7 @@ __all__ = [
     "from_args",
     "parse_address",
     "parse_shard",
+    "ray_address",
     "rendezvous",
     "train_config",
 ]
@@ -178,6 +179,17 @@ def file_path(text: str) -> str:
     """A file's path (``--checkpoint``, ``--start-from``): not empty (``""`` named the folder ``.``)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path: give a file's path (such as ./run.ckpt)")
+    return text
+
+
+def ray_address(text: str) -> str:
+    """``--ray-address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``, the port in range when given.
+
+    (A Ray user's audit: an impossible port waited out the whole --timeout before it failed.)
+    """
+    port = re.search(r":0*([0-9]+)$", text)
+    if not text.strip() or (port is not None and not (len(port[1]) <= 5 and 1 <= int(port[1]) <= 65535)):
+        raise argparse.ArgumentTypeError(f"expected auto, HOST:PORT or ray://HOST:PORT, got {text!r}")
     return text
 
 

@@ -236,6 +236,10 @@ def aiodq_async(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
             "argument --start-from: an empty path: give a file's path",
         ),
         (["run", "--data", ""], "aiodq run: the data path is empty: give a file or a folder"),
+        (  # (a Ray user's audit: it waited out the whole --timeout)
+            ["run", "--launcher", "ray", "--ray-address", "127.0.0.1:99999"],
+            "argument --ray-address: expected auto, HOST:PORT or ray://HOST:PORT, got '127.0.0.1:99999'",
+        ),
         (
             ["master", "--listen", "127.0.0.1:0", "--workers", "1", "--record-every", "1", "--records", ""],
             "argument --records: an empty path: give a file's path",

@@ -152,3 +152,16 @@ def test_a_shard_that_starts_with_a_minus_gets_the_shards_message(
         main(["worker", "--connect", "127.0.0.1:9", option, shard])
     assert exited.value.code == 2
     assert f"argument --shard: expected I/M with 0 <= I < M, got '{shard}'" in capsys.readouterr().err
+
+
+def test_a_ray_address_with_an_impossible_port_is_refused_at_once() -> None:
+    """A Ray user's audit: --ray-address 127.0.0.1:99999 waited out the whole --timeout."""
+    import argparse  # noqa: PLC0415
+
+    from aiodq.cli.options import ray_address  # noqa: PLC0415
+
+    for text in ("auto", "127.0.0.1:6379", "ray://head:10001", "head:006379", "head"):
+        assert ray_address(text) == text
+    for text in ("", " ", "h:0", "h:99999", "h:1065535", "h:" + "9" * 5000):
+        with pytest.raises(argparse.ArgumentTypeError, match="^expected auto, HOST:PORT or ray://HOST:PORT"):
+            ray_address(text)
