@@ -163,5 +163,5 @@ def test_a_ray_address_with_an_impossible_port_is_refused_at_once() -> None:
     for text in ("auto", "127.0.0.1:6379", "ray://head:10001", "head:006379", "head"):
         assert ray_address(text) == text
     for text in ("", " ", "h:0", "h:99999", "h:1065535", "h:" + "9" * 5000):
-        with pytest.raises(argparse.ArgumentTypeError, match="^expected auto, HOST:PORT or ray://HOST:PORT"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"^expected auto, HOST:PORT or ray://HOST:PORT"):
             ray_address(text)
