@@ -222,6 +222,7 @@ def test_the_kubernetes_manifest_wires_what_aiodq_worker_reads() -> None:
     assert out["persistentVolumeClaim"]["claimName"] in [n.split("/")[1] for n in objects if "Claim/" in n]
     assert option(master_command, "--checkpoint").startswith(option(master_command, "--out") + "/")
     assert worker_pod["restartPolicy"] == "Never"  # (podFailurePolicy needs it)
+    assert env["OMP_NUM_THREADS"] == "1" and worker["resources"]["requests"]["cpu"] == "1"  # one core each
     refused = workers_job["spec"]["podFailurePolicy"]["rules"][0]
     assert refused["action"] == "FailJob" and refused["onExitCodes"]["values"] == [2]
 
