@@ -342,11 +342,9 @@ def cmd_master(args: argparse.Namespace) -> int:
     except (CheckpointError, RunError) as exc:
         if write_now is not None:
             write_now.say("master")
+        say("master", str(exc))
         if isinstance(exc, CheckpointError) and (write_now is None or write_now.written is None):
-            say("master", str(exc))  # (as aiodq run's)
-            undo_refused_start(missing)
-        else:
-            say("master", str(exc))
+            undo_refused_start(missing)  # (a refused start: as aiodq run's)
         return EXIT_FAILED
     except (KeyboardInterrupt, StoppedError) as exc:
         if write_now is not None:

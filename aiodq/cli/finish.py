@@ -90,8 +90,6 @@ def write_results_line(
     Raises:
         RunError: if they cannot be written.
     """
-    if train is not None and "data" not in result.summary:  # (model.npz names it: a warm start checks it)
-        result.summary["data"] = train.fingerprint()
     if test is not None and result.trace:
         # Once per model: the last pass writes the model the first wrote as training ended (a review: a
         # test set scored twice, the first time with stops deferred).

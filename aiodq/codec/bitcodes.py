@@ -283,8 +283,8 @@ def index_gaps(positions: npt.NDArray[np.integer[Any]]) -> _Int64Array:
 def _unary_ends(data: bytes | memoryview, count: int) -> npt.NDArray[np.intp]:
     """The positions of the ``count`` one bits of a unary stream, checked as :func:`unary_decode` says."""
     if count == 0:
-        if bitarray(buffer=data, endian="little").any():
-            raise _invalid(f"unary stream holds {bitarray(buffer=data).count()} code words, expected 0")
+        if ones := bitarray(buffer=data, endian="little").count():
+            raise _invalid(f"unary stream holds {ones} code words, expected 0")
         if len(data):
             raise _invalid("unary stream has bytes but no code words")
         return np.zeros(0, dtype=np.intp)

@@ -75,6 +75,7 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
     names = ("prepare", "model_decode", "compute", "encode", "step", "critical_path")
     parts: dict[str, list[float]] = {name: [] for name in names}
     encoding = ""
+    sparse = config.entropy_coding and config.sparse_gradients  # (its sparse form, as a worker sends it)
 
     def step() -> None:
         nonlocal encoding
@@ -87,7 +88,6 @@ def _case(dim: int, algorithm: str, repeats: int, nnz_per_row: int, seed: int) -
         alpha = worker.variance_reduced(event.vector, event.relative)
         computed = time.perf_counter()
         vector = worker.compress(alpha)
-        sparse = config.entropy_coding and config.sparse_gradients  # (its sparse form, as a worker sends it)
         encode_message(
             Gradient(epoch=0, version=0, vector=vector),
             dense_rice=config.entropy_coding,

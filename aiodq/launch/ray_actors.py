@@ -25,8 +25,8 @@ from ..protocol.accounting import ModelRecord
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset, other_data
 from ..protocol.result import RunResult
-from .common import check_shares, progress_state
-from .local import load_data_or_fail, use_uvloop, worker_main
+from .common import check_shares, load_data_or_fail, progress_state
+from .local import use_uvloop, worker_main
 from .models import objective_for
 
 __all__ = ["MasterActor", "Secret", "WorkerActor"]

@@ -76,11 +76,8 @@ def _as_configured(config: TrainConfig, model: object) -> bool:
     return bool(getattr(model, "bias", False)) == config.bias
 
 
-_BUILT_IN_CLASSES: dict[str, type] = {
-    "logistic": LogisticRegression,
-    "softmax": SoftmaxRegression,
-    "mlp": MLP,
-}
+#: The built-in models' classes by the name each gives itself.
+_BUILT_IN_CLASSES: dict[str, type] = {cls.name: cls for cls in (LogisticRegression, SoftmaxRegression, MLP)}
 
 
 def check_master_arguments(
