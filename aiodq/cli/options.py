@@ -59,8 +59,10 @@ def parse_address(text: str, *, least: int = 0) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be between {least} and 65535")
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
+    if re.search(r"\s", host):  # (a review: 'my host' was told about IPv6 brackets)
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}: a host has no spaces")
     ipv6 = bracketed and _is_ipv6(host) and _is_zone(host.partition("%")[2])
-    if re.search(r"[\s\[\]]", host) or bracketed is not ipv6 or (":" in host and not ipv6):
+    if re.search(r"[\[\]]", host) or bracketed is not ipv6 or (":" in host and not ipv6):
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT, got {text!r}: an IPv6 address goes in brackets, [::1]:7000"
         )
@@ -76,8 +78,8 @@ def connect_address(text: str) -> tuple[str, int]:
 
 def _is_host_name(text: str) -> bool:
     """Whether ``text`` is a name (or IPv4 address) the resolver takes: IDNA, labels of 1 to 63 characters."""
-    try:
-        name = text.removesuffix(".").encode("idna")
+    try:  # (the codec maps the ideographic full stop to '.', so 'example.com\u3002' ends in a dot too)
+        name = text.encode("idna").removesuffix(b".")
     except UnicodeError:
         return False
     return 0 < len(name) <= 253 and all(1 <= len(label) <= 63 for label in name.split(b"."))

@@ -69,8 +69,11 @@ _log = logging.getLogger("aiodq.launch")
 
 
 def use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """Return uvloop's loop factory, or None (the default loop) without uvloop or with AIODQ_NO_UVLOOP=1."""
-    if os.environ.get("AIODQ_NO_UVLOOP"):
+    """Return uvloop's loop factory, or None (the default loop) without uvloop or with AIODQ_NO_UVLOOP=1.
+
+    ``0``, ``false``, ``no`` and ``off`` keep uvloop (a review: ``AIODQ_NO_UVLOOP=0`` turned it off).
+    """
+    if os.environ.get("AIODQ_NO_UVLOOP", "").strip().lower() not in ("", "0", "false", "no", "off"):
         return None
     try:
         import uvloop  # noqa: PLC0415 - optional at run time
