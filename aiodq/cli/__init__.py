@@ -349,8 +349,11 @@ def _shard_values_joined(argv: list[str]) -> list[str]:
     return joined
 
 
-#: The commands, for a stop's line before one began.
-_COMMANDS = frozenset({"run", "master", "worker", "demo", "bench", "experiment"})
+def _command_names() -> frozenset[str]:
+    """The commands, from the parser itself, for a stop's line before one began."""
+    parser = _parser()
+    subparsers = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return frozenset(name for action in subparsers for name in action.choices)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # (before any command began: its options or data were being read)
         said, status = stop_said(exc)
         words = list(sys.argv[1:] if argv is None else argv)
-        named = f" {words[0]}" if words and words[0] in _COMMANDS else ""  # (an audit: "aiodq:" alone)
+        named = f" {words[0]}" if words and words[0] in _command_names() else ""  # (an audit: "aiodq:" alone)
         print(f"aiodq{named}: {said}", file=sys.stderr)
         return status
     finally:
