@@ -43,7 +43,7 @@ from ..protocol.result import RunResult
 from .common import as_it_stood, check_shares, checkpoint_note, live_display, progress_table
 from .models import refuse_a_run_at_import, start_vector
 from .ray_actors import MasterActor, Secret, WorkerActor
-from .ray_failures import call, cannot_train, worker_failure
+from .ray_failures import call, cannot_train, given_up, worker_failure
 from .ray_start import INIT_GRACE, RayStart
 
 __all__ = ["RayMissingError", "import_ray", "run_ray"]
@@ -446,9 +446,10 @@ async def _run(
                         failure = worker_failure(loads[index], runs[index])
                         if failure is None or waiter.done() or state["done"]:
                             continue
-                        if restarts >= max_restarts or cannot_train(loads[index], runs[index]):
-                            after = f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else ""
-                            raise RunError(f"worker {index}/{workers} failed: {failure}{after}")
+                        hopeless = cannot_train(loads[index], runs[index])
+                        if restarts >= max_restarts or hopeless:
+                            said = given_up(f"{index}/{workers}", failure, restarts, hopeless=hopeless)
+                            raise RunError(said)
                         restarts += 1
                         _log.warning(
                             "worker %d/%d failed; restarting it (%d of %d): %s",

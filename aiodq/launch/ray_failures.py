@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import AiodqError, DataError, RunError, UsageError, code_name
 
-__all__ = ["call", "cannot_train", "describe", "worker_failure"]
+__all__ = ["call", "cannot_train", "describe", "given_up", "worker_failure"]
 
 #: The longest line of Ray's that :func:`describe` keeps.
 _SAID = 300
@@ -62,6 +62,22 @@ def cannot_train(load: asyncio.Future[Any], run: asyncio.Future[Any]) -> bool:
         if future.done() and not future.cancelled() and future.exception() is not None:
             return isinstance(getattr(future.exception(), "cause", None), (UsageError, DataError))
     return run.done() and not run.cancelled() and bool(run.result()[4])
+
+
+def given_up(worker: str, failure: str, restarts: int, *, hopeless: bool) -> str:
+    """The line for a worker not restarted: after how many restarts, or how to allow some.
+
+    ``hopeless``: it cannot train this run (:func:`cannot_train`), so no restart was tried.
+    (A Ray user's audit: a worker's failure with the default ``max_restarts=0`` said nothing of it.)
+    """
+    if restarts:
+        room = "" if hopeless else ", as many as max_restarts allows"
+        after = f" (after {restarts} restart{'s' * (restarts > 1)}{room})"
+    elif hopeless:
+        after = ""
+    else:
+        after = " (max_restarts is 0: --max-restarts N, max_restarts=N in run_ray, replaces it up to N times)"
+    return f"worker {worker} failed: {failure}{after}"
 
 
 def describe(exc: BaseException) -> str:

@@ -869,3 +869,17 @@ class TestInTheCallersRay:
         at = x0.astype(np.float32).astype(np.float64)
         expected = float(objective.loss_grad(at)[0]) / data.samples + 0.5 * config.l2 * float(at @ at)
         assert result.trace[0].loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_worker_not_restarted_says_how_to_allow_restarts_or_how_many_it_had() -> None:
+    """A Ray user's audit: with the default max_restarts=0, a dead worker's line did not say that
+    --max-restarts would have replaced it; a worker that cannot train is never restarted, so no hint."""
+    from aiodq.launch.ray_failures import given_up  # noqa: PLC0415
+
+    dead = given_up("1/3", "the actor died", 0, hopeless=False)
+    assert dead.startswith("worker 1/3 failed: the actor died (max_restarts is 0: --max-restarts N")
+    assert given_up("1/3", "no data", 0, hopeless=True) == "worker 1/3 failed: no data"
+    assert given_up("0/2", "died", 2, hopeless=False) == (
+        "worker 0/2 failed: died (after 2 restarts, as many as max_restarts allows)"
+    )
+    assert given_up("0/2", "refused", 1, hopeless=True) == "worker 0/2 failed: refused (after 1 restart)"
