@@ -11,8 +11,6 @@ labels.  :func:`shard` splits it deterministically across M workers.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
 import logging
 import lzma
@@ -31,6 +29,7 @@ import numpy as np
 from ..errors import DataError
 from ..net.checkpoint import open_regular
 from ..protocol.dataset import Dataset, class_count, shard
+from .compressed import COMPRESSED, TooLargeError, available_memory, decompress
 from .libsvm import parse as parse_libsvm
 from .libsvm import without_comments
 
@@ -65,10 +64,12 @@ def _read_bytes(path: str | Path) -> bytes:
     try:
         with open_regular(path) as stream:
             raw = stream.read()
-        for magic, module, what in _COMPRESSED:
+        for magic, module, what in COMPRESSED:
             if raw.startswith(magic):
                 try:
-                    raw = module.decompress(raw)
+                    raw = decompress(raw, module, limit=available_memory())
+                except TooLargeError as exc:
+                    raise DataError(f"{path}: its {what} data {exc}; is it the right file?") from None
                 except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
                     raise DataError(f"{path}: broken {what} data: {exc}") from exc
                 break
@@ -83,8 +84,6 @@ def _read_bytes(path: str | Path) -> bytes:
     return raw
 
 
-#: Compressed forms read, by their magic bytes (LIBSVM's site ships bzip2 and xz files too).
-_COMPRESSED = ((b"\x1f\x8b", gzip, "gzip"), (b"BZh", bz2, "bzip2"), (b"\xfd7zXZ\x00", lzma, "xz"))
 #: UTF-8's byte order mark, which some editors write first: no data format here has it.
 _BOM = b"\xef\xbb\xbf"
 

@@ -1100,3 +1100,59 @@ def test_a_query_id_with_bytes_no_line_may_hold_is_refused_as_line_by_line(
         DataError, match=r"qid\.svm:1: (a byte beyond ASCII|the control character .*): not LIBSVM"
     ):
         load_svmlight(path)
+
+
+def test_compressed_data_beyond_the_memory_available_is_refused_before_it_is_all_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data audit: a small gzip file decompressing to more than the machine holds was decompressed whole,
+    and the kernel's OOM killer ended the master and its workers with no word. Every member of a gzip
+    file and every stream of a bzip2 or xz file is still read."""
+    import aiodq.data.compressed as compressed  # noqa: PLC0415
+
+    monkeypatch.setattr(compressed, "_CHUNK", 1 << 20)
+    read: list[int] = []
+    open_ = gzip.open
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        stream = open_(*args, **kwargs)
+        inner = stream.read
+        stream.read = lambda size=-1: read.append(size) or inner(size)  # type: ignore[method-assign]
+        return stream
+
+    monkeypatch.setattr(gzip, "open", counting)
+    monkeypatch.setattr(
+        "aiodq.data.available_memory", lambda: 10 << 20, raising=False
+    )  # (not raising: the old code)
+    bomb = write(tmp_path, "bomb.gz", gzip.compress(b"+1 1:1\n" * ((40 << 20) // 7)))  # 40 MiB of text
+    assert bomb.stat().st_size < 1 << 20
+    said = (
+        r"bomb\.gz: its gzip data decompresses to more than the 0\.01 GB of memory available; is it the right"
+    )
+    with pytest.raises(DataError, match=said + r" file\?$"):
+        load_dataset(bomb)
+    assert len(read) == 11  # 10 MiB read, the 11th refused: not the whole 40
+    # Within the memory: read whole, members and streams concatenated as the plain file.
+    half = SMALL.encode().splitlines(keepends=True)
+    for name, pack in (("f.gz", gzip.compress), ("f.bz2", bz2.compress), ("f.xz", lzma.compress)):
+        got = load_svmlight(write(tmp_path, name, b"".join(pack(b"".join(half[i::2])) for i in (0, 1))))
+        reordered = half[0::2] + half[1::2]
+        expected = load_svmlight(write(tmp_path, "reordered", b"".join(reordered)))
+        assert (
+            got.labels.tolist() == expected.labels.tolist() and (got.features != expected.features).nnz == 0
+        )
+        assert got.samples == 3, name
+
+
+def test_the_memory_available_is_the_kernels_estimate_or_unknown(tmp_path: Path) -> None:
+    """MemAvailable in kB from /proc/meminfo's format; None where it is missing or unreadable."""
+    from aiodq.data.compressed import available_memory  # noqa: PLC0415
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20480 kB\n")
+    assert available_memory(meminfo) == 20480 * 1024
+    meminfo.write_text("MemTotal:       24000000 kB\n")
+    assert available_memory(meminfo) is None
+    assert available_memory(tmp_path / "missing") is None
+    if Path("/proc/meminfo").exists():
+        assert (available_memory() or 0) > 0
