@@ -80,6 +80,10 @@ def import_ray() -> Any:
         raise RayMissingError(f"the Ray launcher needs ray ({exc}): pip install 'aiodq[ray]'") from exc
 
 
+#: Where Ray says it turned its token authentication on for a local instance (Ray 2.60).
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 class _Unless(logging.Filter):
     """Drops the records whose message starts with ``prefix``."""
 
@@ -216,6 +220,9 @@ async def run_ray(
         # its crash handler off).
         quiet = _Unless("SIGTERM handler is not set")  # which is what we want: it is not Ray's to set
         logging.getLogger("ray._private.worker").addFilter(quiet)
+        # (An audit: every run's stderr began with Ray's notice of its default, docs/ray.md, Authentication.)
+        token = _Unless("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE")
+        logging.getLogger(_AUTH_LOGGER).addFilter(token)
         start = RayStart(ray, address="local" if local else address, **options)
         where = "start Ray" if local else f"reach the Ray cluster at {address}"
         try:
@@ -239,6 +246,7 @@ async def run_ray(
             raise
         finally:
             logging.getLogger("ray._private.worker").removeFilter(quiet)
+            logging.getLogger(_AUTH_LOGGER).removeFilter(token)
         started = True
         _log.debug("Ray %s in %.2f s", "started" if local else "reached", time.monotonic() - began)
     # Where the checkpoint holds a run that stopped early, and the run as it stood:
