@@ -141,7 +141,9 @@ def finish(
     written now but were then, those are kept (each file is replaced whole or not at all): a warning.
     ``checkpoint``: the run's; a failed run that it can continue (the workers left and did not
     come back, say) is said to be resumable from it, as a stopped one is.
-    A run that ended without finishing fails (status 1), as does one whose results are not written.
+    A run that ended without finishing fails (status 1), as does one whose results are not written, or
+    whose final loss leaves a shard out (a newcomer's audit: aiodq master trained without a worker that
+    refused the run, and exited 0, which a cluster engine reads as success).
     """
     written, unwritten = "", False  # (the summary is printed either way: an operator trial saw none)
     kept = kept_instead(result, out) if out is not None and result.failure else None
@@ -166,7 +168,8 @@ def finish(
     if written:
         print_out(written, command)
         SAID.info("aiodq %s: %s", command, written)
-    if train is not None and result.trace and result.trace[-1].samples < train.samples:
+    partial = train is not None and bool(result.trace) and result.trace[-1].samples < train.samples
+    if partial and train is not None:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
         errors = result.summary.get("errors", ())
         refused = sorted({e["worker"] for e in errors if str(e["reason"]).startswith(OUT_OF_LINE)})
@@ -181,8 +184,8 @@ def finish(
         say(
             command,
             f"the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
-            f"samples: a worker's shard was missing from the last snapshot phase{why}",
-            level=logging.WARNING,
+            f"samples: a worker's shard was missing from the last snapshot phase{why}; exit status 1: the "
+            "model was not trained on all the data",
         )
     if not result.failure and len(result.trace) > 1 and not result.trace[-1].loss < result.trace[0].loss:
         # (A trial: a torch model at the default step stayed at chance, 2.307 to 2.315, and exit 0.)
@@ -212,7 +215,7 @@ def finish(
             + hint
             + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
         )
-    return EXIT_FAILED if result.failure or unwritten else 0
+    return EXIT_FAILED if result.failure or unwritten or partial else 0
 
 
 class EarlyResults:

@@ -145,11 +145,14 @@ class Logbook:
         """Log new epochs, workers that joined, and new protocol errors."""
         if len(coordinator.trace) > self._epochs:
             traffic = coordinator.traffic()
-            most = max(record.samples for record in coordinator.trace)
+            # n where the master knows it (a newcomer's audit: a worker refused from the start was
+            # missing from every phase, and no line said so), else the most any phase had.
+            most = coordinator.guard.samples or max(record.samples for record in coordinator.trace)
             for record in coordinator.trace[self._epochs :]:
                 # A shard missing from the phase: the loss is over the others' samples (security.md).
                 over = f" over {record.samples:,} of {most:,} samples" if record.samples < most else ""
-                _log.info(
+                _log.log(
+                    logging.WARNING if over else logging.INFO,
                     "epoch %d: loss %.6f%s%s, version %d, %.1f s; bytes so far: down %d, up %d",
                     record.epoch,
                     record.loss,

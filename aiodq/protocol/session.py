@@ -426,9 +426,17 @@ class WorkerSession:
                 own = config.model
                 if self.objective is not None:  # its own: named by itself, or by its type
                     own = objective_name(self.objective) or type(self.objective).__name__
+                # (A newcomer's audit: a shard without the highest class built a smaller softmax.)
+                counted = self.objective is None and self.classes is None and self.label_values is None
+                hint = (
+                    " (this worker counted the classes in its own labels: give run_worker the whole "
+                    "dataset's, classes= or label_values=)"
+                    if counted and config.model in ("softmax", "mlp")
+                    else ""
+                )
                 raise ValueError(
                     f"this worker's model {own} has {objective.dim} parameters, "
-                    f"the master's {config.model} has {event.dim}"
+                    f"the master's {config.model} has {event.dim}{hint}"
                 )
             fixed, own_fixed = event.params.get("fixed"), fixed_fingerprint(objective)
             if isinstance(fixed, str) and own_fixed is not None and own_fixed != fixed:

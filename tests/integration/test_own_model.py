@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 import aiodq
 from aiodq.data import load_bundled_a9a
 
-from .cluster import LEAST_SQUARES, ROOT, master_and_one_worker, poll_until
+from .cluster import LEAST_SQUARES, ROOT, master_and_one_worker, poll_until, wait_until
 from .cluster import aiodq as run_aiodq
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -747,3 +748,67 @@ def test_a_model_whose_factory_edits_its_data_in_place_trains(tmp_path: Path, co
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "other data" not in (again / "aiodq.log").read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_refusing_the_run_after_training_began_leaves_its_shard_out_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A newcomer's audit: a worker whose model has another size, joining last, refused the run's CONFIG;
+    the master trained on the other worker's half alone, said nothing in library use, and aiodq master
+    exited 0. The master knows n (the objective's samples): every epoch line says the loss is over half
+    of them, as a warning; the result's missing_samples says so too (and the command exits 1: finish)."""
+    namespace: dict[str, Any] = {}
+    exec(LEAST_SQUARES, namespace)
+    squares = namespace["LeastSquares"]
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((200, 6))
+    labels = features @ rng.standard_normal(6)
+    config = aiodq.TrainConfig(model="squares", epochs=2, step=0.02)
+    caplog.set_level(logging.INFO, logger="aiodq.master")
+    async with aiodq.Master(config, squares(features, labels), workers=2) as master:
+        host, port = master.address
+        first = asyncio.create_task(
+            aiodq.run_worker(host, port, objective=squares(features[:100], labels[:100]))
+        )
+        await wait_until(
+            lambda: master.coordinator is not None and master.coordinator.live_workers >= 1, 30, "a join"
+        )
+        other = squares(features[100:, :5], labels[100:])  # another size: 5 parameters, not 6
+        refused, _ = await asyncio.gather(aiodq.run_worker(host, port, objective=other), first)
+        result = await master.wait(timeout=60)
+    assert refused.code == aiodq.ErrorCode.INVALID_CONFIG, refused
+    assert result.ok and result.missing_samples == 100, (result.failure, result.missing_samples)
+    epochs = [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 3 and all(r.levelno == logging.WARNING for r in epochs), epochs
+    assert all(" over 100 of 200 samples, " in r.getMessage() for r in epochs), epochs
+
+
+@pytest.mark.asyncio
+async def test_a_shard_without_the_highest_class_is_told_to_give_the_whole_datasets_classes() -> None:
+    """A newcomer's audit: in-memory softmax shards, one without the rarest (highest) class, were refused
+    with a bare parameter count ("24 parameters, the master's softmax has 32"); the refusal now says
+    what to give. With classes= the same shard trains."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    labels[0] = 3  # class 3 in the first shard only
+    features = rng.standard_normal((60, 8)) + labels[:, None]
+    config = aiodq.TrainConfig(model="softmax", epochs=1)
+    for classes in (None, 4):
+        async with aiodq.Master(config, aiodq.SoftmaxRegression(features, labels), workers=2) as master:
+            host, port = master.address
+            parts = [aiodq.shard(60, 2, i) for i in range(2)]
+            assert 3 not in labels[parts[1]]
+            if classes is None:  # (the shard without it alone: CONFIG comes as it joins)
+                refused = await aiodq.run_worker(host, port, features[parts[1]], labels[parts[1]])
+                said = (
+                    "this worker's model softmax has 24 parameters, the master's softmax has 32 (this worker "
+                    "counted the classes in its own labels: give run_worker the whole dataset's, classes= or "
+                    "label_values=)"
+                )
+                assert refused.code == aiodq.ErrorCode.INVALID_CONFIG and refused.reason == said, refused
+            else:
+                results = await asyncio.gather(
+                    *(aiodq.run_worker(host, port, features[p], labels[p], classes=classes) for p in parts)
+                )
+                assert (await master.wait(timeout=60)).ok and all(not r.failed for r in results), results
