@@ -16,13 +16,25 @@ import numpy.typing as npt
 from ..errors import DataError
 from .objectives import BUILT_IN, Features, class_count_of
 
-__all__ = ["Dataset", "as_samples", "class_count", "labels_for", "other_data", "shard"]
+__all__ = ["Dataset", "as_samples", "class_count", "labels_for", "non_finite_row", "other_data", "shard"]
 
 
 #: The name of :meth:`Dataset.fingerprint`'s recipe, the text before its digest.  A change to what
 #: is hashed, or how, takes another name, so that versions with different recipes can tell that
 #: their fingerprints do not compare.
 _RECIPE = "blake2b"
+
+
+def non_finite_row(features: Features) -> int | None:
+    """The first row (0-based) of ``features`` (dense or CSR) with a NaN or infinite value, or None."""
+    indptr = getattr(features, "indptr", None)  # (CSR)
+    values = np.asarray(features if indptr is None else features.data)
+    if values.dtype.kind not in "fc" or bool(np.isfinite(values).all()):  # (integers are finite)
+        return None
+    if indptr is not None:
+        first = int(np.flatnonzero(~np.isfinite(values))[0])
+        return int(np.searchsorted(indptr, first, side="right")) - 1
+    return int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +49,15 @@ class Dataset:
     name: str = ""
 
     def __post_init__(self) -> None:
+        # (A newcomer's audit: Dataset(list, list) raised AttributeError; NaN features were taken, and the
+        # first snapshot at x_0 blamed the step size.)
+        for name, value, ndim in (("features", self.features, 2), ("labels", self.labels, 1)):
+            if len(getattr(value, "shape", ())) != ndim:
+                shaped = f"shape {value.shape}" if hasattr(value, "shape") else type(value).__name__
+                kind = "2-D numpy array or scipy CSR matrix" if ndim == 2 else "1-D numpy array"
+                raise DataError(f"Dataset {name} must be a {kind}, got {shaped}")
+        if (row := non_finite_row(self.features)) is not None:
+            raise DataError(f"Dataset features: sample {row} has NaN or infinite values")
         if self.features.shape[0] != self.labels.shape[0]:
             raise DataError(f"{self.features.shape[0]} samples but {self.labels.shape[0]} labels")
         if self.features.shape[0] == 0:

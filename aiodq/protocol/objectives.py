@@ -294,6 +294,10 @@ def _check_features(features: Features, labels: npt.NDArray[Any]) -> None:
         raise ValueError(
             f"features of shape {features.shape} and {labels.shape[0]} labels: need one row per label"
         )
+    from .dataset import non_finite_row  # noqa: PLC0415 - (dataset imports this module)
+
+    if (row := non_finite_row(features)) is not None:  # (else x_0's snapshot blamed the step: an audit)
+        raise ValueError(f"features: sample {row} has NaN or infinite values")
 
 
 class _Samples:
@@ -428,8 +432,7 @@ class SoftmaxRegression(_Samples):
     """Multinomial logistic regression over C classes (labels 0..C-1, or -1/+1 read as 0/1).
 
     ``f_i(x) = log sum_c exp(s_ic) - s_i,y_i`` with scores ``s_i = a_i W (+ b)``;
-    parameters: the (features x classes) matrix W flattened row by row, then the C
-    intercepts b if ``bias``.
+    parameters: the (features x classes) matrix W flattened row by row, then the C intercepts b if ``bias``.
     """
 
     name = "softmax"

@@ -1153,6 +1153,10 @@ class _Squares:
             return loss, grad[:, None]
         if self.how == "writes into x":
             x *= 1.0  # (a newcomer trial's objective did: a worker's training found it, at its SNAPSHOT)
+        if self.how == "NaN gradient":
+            return loss, grad * np.nan
+        if self.how == "infinite loss at row 1":
+            return (math.inf if 1 in (rows if rows is not None else ()) else loss), grad
         return loss, grad
 
 
@@ -1177,6 +1181,13 @@ class _Squares:
             r"_Squares.loss_grad writes into x, which is read-only: it must not change it \(copy it first\) "
             r"\(at .*test_algorithms.py:\d+\)$",
         ),
+        # (A newcomer's audit: "is not a sum over the rows" for a NaN gradient; no step has been taken.)
+        (
+            "NaN gradient",
+            r"_Squares.loss_grad\(x, rows\) gives a gradient with NaN or infinite values for rows \[0\] at "
+            r"the start, before any step: check the objective, and its data for NaN or infinite values$",
+        ),
+        ("infinite loss at row 1", r"gives a loss with NaN or infinite values for rows \[1\] at the start"),
     ],
 )
 def test_the_master_checks_loss_grads_contract_on_two_samples(how: str, expected: str) -> None:

@@ -34,6 +34,7 @@ from aiodq.data import (
 )
 from aiodq.errors import DataError
 from aiodq.protocol.dataset import Dataset, shard
+from aiodq.protocol.objectives import LogisticRegression, SoftmaxRegression
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -870,6 +871,25 @@ def test_dataset_rows_and_validation() -> None:
         Dataset(features, np.array([1, -1]))
     with pytest.raises(DataError):
         Dataset(np.zeros((0, 3)), np.zeros(0))
+    # (A newcomer's audit: lists raised AttributeError; NaN features were taken, and the first snapshot
+    # blamed the step size.)
+    with pytest.raises(
+        DataError, match=r"^Dataset features must be a 2-D numpy array or scipy CSR matrix, got list$"
+    ):
+        Dataset([[1.0]], np.ones(1))  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"^Dataset labels must be a 1-D numpy array, got shape \(4, 1\)$"):
+        Dataset(features, np.ones((4, 1)))
+    broken = features.copy()
+    broken[2, 1] = np.nan
+    for given in (broken, sp.csr_matrix(broken)):
+        with pytest.raises(DataError, match=r"^Dataset features: sample 2 has NaN or infinite values$"):
+            Dataset(given, np.ones(4))
+    broken[2, 1], broken[3, 0] = 1.0, -np.inf
+    with pytest.raises(DataError, match=r"sample 3 has NaN"):
+        Dataset(sp.csr_matrix(broken), np.ones(4))
+    for model in (LogisticRegression, SoftmaxRegression):  # the built-ins given arrays, as run_worker's are
+        with pytest.raises(ValueError, match=r"^features: sample 3 has NaN or infinite values$"):
+            model(broken, np.array([1, -1, 1, -1]))
 
 
 @pytest.mark.parametrize("model", ["logistic", "softmax", "mlp"])
