@@ -11,6 +11,7 @@ import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy.typing as npt
 import scipy.optimize
 
 from ..data import load_dataset
-from ..errors import DataError, RunError, UsageError
+from ..errors import DataError, RunError, UnusedOptionWarning, UsageError
 from ..launch.local import RESTART_HINT, run_cluster, run_coroutine
 from ..launch.models import objective_for
 from ..launch.results import free_suffix
@@ -500,10 +501,17 @@ class Context:
         return self._loaded[spec.name]
 
     def config(self, spec: DatasetSpec, dataset: Dataset, **overrides: Any) -> TrainConfig:
-        """The dataset's settings (with the algorithm's own), m = 2n / B, and ``overrides``."""
+        """The dataset's settings (with the algorithm's own), m = 2n / B, and ``overrides``.
+
+        Of the dataset's settings, those the algorithm never reads are left out (AsyFPG's b = 4 and
+        mu: :meth:`TrainConfig.unused_options`); ``overrides`` are kept whatever, and warn.
+        """
         algorithm = overrides.get("algorithm", spec.settings.get("algorithm", "asylpg"))
-        settings = {**spec.settings, **spec.overrides.get(algorithm, {}), **self.overrides, **overrides}
-        base = TrainConfig(**settings)
+        settings = {**spec.settings, **spec.overrides.get(algorithm, {}), **self.overrides}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedOptionWarning)
+            unused = {name for name, *_ in TrainConfig(**{**settings, **overrides}).unused_options()}
+        base = TrainConfig(**{**{k: v for k, v in settings.items() if k not in unused}, **overrides})
         return replace(base, updates_per_epoch=_updates_per_epoch(dataset, base))
 
     def runs(

@@ -269,11 +269,13 @@ class TrainConfig:
                 )
 
     def unused_options(self) -> list[tuple[str, str, str, str]]:
-        """Which of six options are set away from their defaults where the run never reads them.
+        """Which of ten options are set away from their defaults where the run never reads them.
 
-        The six: ``phi`` and ``exact_budget`` (sparse-asylpg), ``qsgd_levels`` (qsvrg),
-        ``acc_snapshot`` (the accelerated variants), ``bias`` (logistic and softmax), ``hidden``
-        (mlp).  Returns ``(field, "algorithm" or "model", what it is for, this run's)`` for each, as
+        The ten: ``phi`` and ``exact_budget`` (sparse-asylpg), ``qsgd_levels`` (qsvrg),
+        ``acc_snapshot`` (the accelerated variants), ``bits`` (the quantized gradients: asylpg,
+        sparse-asylpg, acc-asylpg), ``mu``, ``model_bits_cap`` and ``centre`` (the quantized models:
+        all but asyfpg, acc-asyfpg and qsvrg), ``bias`` (logistic and softmax), ``hidden`` (mlp).
+        Returns ``(field, "algorithm" or "model", what it is for, this run's)`` for each, as
         ``("phi", "algorithm", "sparse-asylpg", "asylpg")``.  Constructing such a config warns
         (:class:`~aiodq.UnusedOptionWarning`), rebuilding one from a CONFIG or a checkpoint does
         not (:meth:`from_params`); the command line refuses them (the algorithm's options not with
@@ -289,6 +291,17 @@ class TrainConfig:
             ("exact_budget", spec.gradient == "sparse", "algorithm", "sparse-asylpg"),
             ("qsgd_levels", spec.gradient == "qsgd", "algorithm", "qsvrg"),
             ("acc_snapshot", spec.accelerated, "algorithm", "acc-asylpg, acc-asyfpg"),
+            # (A newcomer's audit: asyfpg with bits=4 took it, and result.json recorded bits 4.)
+            ("bits", spec.gradient in ("dense", "sparse"), "algorithm", "asylpg, sparse-asylpg, acc-asylpg"),
+            *(
+                (
+                    name,
+                    spec.model == "quantized",
+                    "algorithm",
+                    "asylpg, sparse-asylpg, acc-asylpg, model-only",
+                )
+                for name in ("mu", "model_bits_cap", "centre")
+            ),
         ):
             if not applies and getattr(self, name) != default[name].default:
                 unused.append((name, kind, which, self.model if kind == "model" else self.algorithm))
