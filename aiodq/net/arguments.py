@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from ..protocol.objectives import BUILT_IN, MLP, LogisticRegression, SoftmaxRegression
 from ..protocol.trainconfig import TrainConfig
 
-__all__ = ["BlasLimit", "check_master_arguments", "check_timeout", "own_objective"]
+__all__ = ["BlasLimit", "check_kinds", "check_master_arguments", "check_timeout", "own_objective"]
 
 
 def _seconds(value: object) -> float | None:
@@ -78,6 +78,20 @@ def _as_configured(config: TrainConfig, model: object) -> bool:
 
 #: The built-in models' classes by the name each gives itself.
 _BUILT_IN_CLASSES: dict[str, type] = {cls.name: cls for cls in (LogisticRegression, SoftmaxRegression, MLP)}
+
+
+def check_kinds(**given: tuple[object, type, bool]) -> None:
+    """Refuse an argument that is not an instance of its type (``(value, type, may be None)`` by name).
+
+    (A newcomer's audit: ``Master({"algorithm": ...}, ...)`` raised AttributeError from deep inside.)
+
+    Raises:
+        TypeError: naming the argument, the type it must be and the one it is.
+    """
+    for name, (value, kind, optional) in given.items():
+        if not isinstance(value, kind) and not (optional and value is None):
+            also = " or None" if optional else ""
+            raise TypeError(f"{name} must be a {kind.__name__}{also}, got a {type(value).__name__}")
 
 
 def check_master_arguments(

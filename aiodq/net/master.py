@@ -39,7 +39,7 @@ from ..protocol.objectives import Objective, fixed_fingerprint, measures_accurac
 from ..protocol.result import STOPPED, RunResult
 from ..protocol.start import starting_point, vector_digest
 from . import checkpoint as checkpoint_file
-from .arguments import BlasLimit, check_master_arguments, check_timeout, own_objective
+from .arguments import BlasLimit, check_kinds, check_master_arguments, check_timeout, own_objective
 from .listener import Listener
 from .logbook import RATE_REFUSAL, Logbook, peer_host, peer_name, printable, provenance, standing
 
@@ -106,6 +106,8 @@ class Master:
             start_from: x_0 in place of the objective's ``initial()``: a warm start from a trained
                 model (``load_model``), not with ``resume``; its digest is in the result's provenance.
         """
+        check_kinds(config=(config, TrainConfig, False), master_config=(master_config, MasterConfig, True),
+                    connection_config=(connection_config, ConnectionConfig, True))  # fmt: skip
         workers = check_workers(workers)  # (before anything uses it: a text said nothing useful)
         if resume and (checkpoint is None or start_from is not None):
             raise ValueError("resume needs a checkpoint file, and takes x_0 from it (no start_from)")
@@ -118,8 +120,7 @@ class Master:
         self.master_config = master_config or MasterConfig()
         self._connection_config = connection_config or ConnectionConfig()
         self._connection_config.limits.check_model(x0.shape[0])  # (wire-format.md 10-4: else refused)
-        self._ssl = ssl
-        self._checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self._ssl, self._checkpoint = ssl, (Path(checkpoint) if checkpoint is not None else None)
         self._checkpoint_interval, self._resume, self._last_checkpoint = checkpoint_interval, resume, 0.0
         self._checkpointed: tuple[str, int, int, int] | None = None
         self._checkpoint_failure: str | None = None
@@ -136,8 +137,7 @@ class Master:
         # A worker whose unsent bytes exceed four of its session's frames is cut off (_flush).
         self._write_limit = 4 * self._connection_config.limits.session_frame_bytes(x0.shape[0])
         self._blas_limit: BlasLimit | None = None
-        self._x0 = x0
-        self._workers = workers
+        self._x0, self._workers = x0, workers
         self._host, self._port = host, port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._address: tuple[str, int] | None = None

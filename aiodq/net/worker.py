@@ -24,6 +24,7 @@ from ..protocol.dataset import as_samples
 from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
 from ..protocol.start import check_contract
+from .arguments import check_kinds
 from .logbook import printable
 from .offload import READ_SIZE, Pace, after_earlier, compute, holds_end
 
@@ -156,6 +157,11 @@ async def run_worker(
     ):
         # (nan retried for ever: an attack review; the command line refuses nan and inf alike)
         raise ValueError(f"retry_for must be a finite number of seconds, 0 or more, got {retry_for!r}")
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
+        # (A newcomer's audit: port "x" failed in getaddrinfo, "Servname not supported for ai_socktype".)
+        raise ValueError(f"port must be an integer from 1 to 65535 (the master's), got {port!r}")
+    port = int(port)
+    check_kinds(connection_config=(connection_config, ConnectionConfig, True))
     if objective is not None:
         if features is not None or labels is not None:
             raise TypeError("give the worker either features and labels or an objective, not both")

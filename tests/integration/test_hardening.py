@@ -179,6 +179,29 @@ def test_a_masters_arguments_that_could_not_work_are_refused_at_once(
 
 
 @pytest.mark.asyncio
+async def test_arguments_of_the_wrong_type_are_a_type_error_naming_them() -> None:
+    """A newcomer's audit: Master({"algorithm": ...}) raised AttributeError ('dict' object has no attribute
+    'seed') from deep inside, as did master_config={...}; run_worker's port "x" failed in getaddrinfo."""
+    for arguments, said in (
+        ({"config": {"algorithm": "asylpg"}}, "config must be a TrainConfig, got a dict"),
+        ({"master_config": {"guard": 0}}, "master_config must be a MasterConfig or None, got a dict"),
+        ({"connection_config": {}}, "connection_config must be a ConnectionConfig or None, got a dict"),
+    ):
+        given = {"config": TrainConfig(epochs=1), **arguments}
+        with pytest.raises(TypeError, match=f"^{re.escape(said)}$"):
+            Master(model=X0, workers=1, **given)
+    for port in ("x", 0, 70_000, 1.5, True):
+        with pytest.raises(
+            ValueError, match=r"^port must be an integer from 1 to 65535 \(the master's\), got "
+        ):
+            await run_worker("127.0.0.1", port, np.ones((2, 2)), np.ones(2))  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^connection_config must be a ConnectionConfig or None, got a dict$"
+    ):
+        await run_worker("127.0.0.1", 1, np.ones((2, 2)), np.ones(2), connection_config={})  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
 async def test_a_wait_that_could_not_end_as_asked_is_refused() -> None:
     """An API audit: wait() before start() blocked until its timeout (forever without one), and
     timeout=nan waited, then said 'did not finish within nan s'; a negative one raised TimeoutError."""
