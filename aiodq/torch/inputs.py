@@ -8,6 +8,8 @@ statistics never estimated, where one score per sample says "positive").
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +81,11 @@ def described(loss: object) -> str:
 
     A module's ``repr``, with a torch loss's public settings of plain types (``repr`` leaves out
     CrossEntropyLoss's ``label_smoothing``, say; a loss of your own may hold figures of its process's
-    own samples, which would differ: a review), or a function's module and name.
+    own samples, which would differ: a review), or a function's module and name.  A
+    ``functools.partial`` is its function with its arguments, tensors by their values (a torch audit:
+    every partial read ``functools.partial``, so a worker given another loss trained it without a
+    word).  An object of your own that is called is its class, as a loss module of your own is its
+    ``repr``: its attributes may hold figures of the process's own samples.
     """
     if isinstance(loss, torch.nn.Module) and not type(loss).__module__.startswith("torch."):
         return repr(loss)
@@ -90,7 +96,22 @@ def described(loss: object) -> str:
             if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))
         )
         return f"{loss!r}{settings}"
+    if isinstance(loss, functools.partial):
+        given = [_setting(value) for value in loss.args]
+        given += [f"{name}={_setting(value)}" for name, value in sorted(loss.keywords.items())]
+        return f"partial({described(loss.func)}, {', '.join(given)})"
     return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
+
+
+def _setting(value: object) -> str:
+    """One argument of a loss, as :func:`described` reads it: a tensor by its dtype, shape and values."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest = hashlib.blake2b(flat.view(torch.uint8).numpy().tobytes(), digest_size=8).hexdigest()
+        return f"tensor({flat.dtype}, {tuple(value.shape)}, {digest})"
+    if callable(value) and not isinstance(value, type):
+        return described(value)
+    return repr(value)
 
 
 def warn_unestimated_norms(module: torch.nn.Module) -> None:

@@ -6,6 +6,7 @@ and backpropagation by hand, float64): torch computes none of the expected value
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -810,3 +811,32 @@ def test_what_the_first_samples_check_lets_through_and_refuses_besides() -> None
         ValueError, match=r"as torch.float16 .* values beyond that dtype's range become infinite"
     ):
         TorchObjective(_network(0, torch.float16), nn.CrossEntropyLoss(), features * 1e5, labels)
+
+
+def test_the_fingerprint_reads_a_partial_loss_by_its_function_and_arguments() -> None:
+    """A torch audit: every functools.partial read 'functools.partial', so a worker given
+    partial(multi_margin_loss) for the master's partial(cross_entropy) trained without a word; and
+    label_smoothing or class weights in the partial were not seen."""
+    features, labels = _data()
+
+    def built(loss: Any) -> str:
+        torch.manual_seed(0)
+        return TorchObjective(_network(), loss, features, labels).fingerprint()
+
+    summed = built(functools.partial(nn.functional.cross_entropy, reduction="sum"))
+    assert built(functools.partial(nn.functional.cross_entropy, reduction="sum")) == summed
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    for other in (
+        functools.partial(nn.functional.multi_margin_loss, reduction="sum"),
+        functools.partial(nn.functional.cross_entropy, reduction="sum", label_smoothing=0.3),
+        functools.partial(nn.functional.cross_entropy, reduction="sum", weight=weights),
+    ):
+        assert built(other) != summed, other
+    weighted = built(functools.partial(nn.functional.cross_entropy, reduction="sum", weight=weights))
+    assert (
+        built(functools.partial(nn.functional.cross_entropy, reduction="sum", weight=weights * 2)) != weighted
+    )
+    assert (
+        built(functools.partial(nn.functional.cross_entropy, reduction="sum", weight=weights.clone()))
+        == weighted
+    )
