@@ -39,7 +39,7 @@ from ..net.tls import client_context, server_context
 from ..net.worker import describe_os_error, format_address
 from ..protocol.algorithms import TrainConfig
 from ..protocol.dataset import Dataset
-from ..protocol.objectives import BUILT_IN, Objective
+from ..protocol.objectives import BUILT_IN, Objective, fixed_fingerprint
 from .finish import EXIT_FAILED, EarlyResults, finish, stopped_finishing
 from .logs import add_logfile, held_logs, log_start, say, setup_logging, tell
 from .options import checkpoint_options, connection_config, from_args, rendezvous, train_config
@@ -129,7 +129,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         start = (
             None
             if given is None
-            else read_start(given, config, objective.dim, data=dataset, fingerprint=fingerprint)
+            else read_start(
+                given,
+                config,
+                objective.dim,
+                data=dataset,
+                fingerprint=fingerprint,
+                fixed=fixed_fingerprint(objective),
+            )
         )
         if master_config.connection_rate and args.launcher == "local":
             message = "--connection-rate: every local worker connects from 127.0.0.1, one address to it"
@@ -268,8 +275,9 @@ def cmd_master(args: argparse.Namespace) -> int:
         _checked_checkpoint(args.start_from, Path(args.out), "--start-from")
     if args.start_from is not None:
         saving["start_from"] = read_start(
-            args.start_from, config, objective.dim, data=dataset, fingerprint=fingerprint
-        )
+            args.start_from, config, objective.dim, data=dataset, fingerprint=fingerprint,
+            fixed=fixed_fingerprint(objective),
+        )  # fmt: skip
     if args.record_every < 0:
         raise UsageError("--record-every must not be negative")
     if args.records and not args.record_every:

@@ -275,6 +275,7 @@ def read_start(
     option: str = "--start-from",
     data: Dataset | None = None,
     fingerprint: str | None = None,
+    fixed: str | None = None,
 ) -> npt.NDArray[np.float64]:
     """x_0 for a warm start (``--start-from``): a run's ``model.npz``, or one vector in a ``.npy`` file.
 
@@ -285,7 +286,8 @@ def read_start(
     than ``config.model`` is taken, with a warning, as is one of a run that did not finish, and
     (given this run's ``data``) one trained on other data, where its file says what it was trained on:
     ``fingerprint`` is the data's as read, where a model's factory may have changed it since (else
-    ``data.fingerprint()``).  ``option`` names the setting in messages.
+    ``data.fingerprint()``); and, given this run's ``fixed`` (:func:`fixed_fingerprint`), one whose
+    module differs where x does not reach.  ``option`` names the setting in messages.
 
     Raises:
         UsageError: if the file cannot be read or holds no such vector (the text says why).
@@ -313,6 +315,14 @@ def read_start(
             ) from None
         trained = (meta.get("config") or {}).get("model")
         _trained_on(meta, where, data, fingerprint)
+        if isinstance(was := meta.get("fixed"), str) and fixed is not None and was != fixed:
+            _log.warning(  # (a torch audit: a warm start with another frozen layer began untrained, unsaid)
+                "%s was trained with another module than this run's (its layers, loss, frozen parameters or "
+                "buffers: fingerprint %s, this run's %s): x means something else there",
+                where,
+                was,
+                fixed,
+            )
         shape = _shape_options(meta.get("config") or {}, config)
     else:
         beside = " (its model.npz is beside it)" if (path.parent / "model.npz").is_file() else ""

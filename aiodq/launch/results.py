@@ -128,9 +128,10 @@ def _model_file(result: RunResult, summary: dict[str, Any]) -> Checkpoint:
         "config": result.config.to_params(),
         "failure": result.failure,
     }
-    # What it was trained on, where known (aiodq run and aiodq master add the data's fingerprint): a warm
-    # start from it on other data is then said so (read_start).
-    meta |= {key: summary[key] for key in ("dataset", "data") if isinstance(summary.get(key), str)}
+    # What it was trained on, where known (aiodq run and aiodq master add the data's fingerprint), and
+    # with (the module's, "fixed": a torch model's layers, loss, frozen parameters and buffers): a warm
+    # start from it on other data, or with another module, is then said so (read_start).
+    meta |= {key: summary[key] for key in ("dataset", "data", "fixed") if isinstance(summary.get(key), str)}
     meta |= {"provenance": summary["provenance"]} if "provenance" in summary else {}  # (which run: _unmix)
     return Checkpoint({"model": result.model, "iterate": result.iterate}, meta)
 

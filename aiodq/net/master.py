@@ -296,7 +296,7 @@ class Master:
             refused_connections=dict(self._logbook.refused),
             provenance=self._provenance,
             **({} if self._accuracy is None else {"measures_accuracy": self._accuracy}),
-            **({} if self._data_fingerprint is None else {"data": self._data_fingerprint}),  # (model.npz too)
+            **{k: v for k, v in (("data", self._data_fingerprint), ("fixed", self._fixed)) if v is not None},
             **({"failure": STOPPED} if stopped else self._logbook.failure(self.coordinator)),
         )
 

@@ -305,3 +305,48 @@ async def test_the_start_digest_survives_a_checkpoint_and_its_resume(tmp_path: P
         assert master.result().summary["provenance"]["start_from"] == expected
         assert master.coordinator is not None
         np.testing.assert_array_equal(master.coordinator.state.x, x0)
+
+
+@pytest.mark.asyncio
+async def test_a_start_model_trained_with_another_module_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torch audit: a warm start from a model trained against other frozen weights began as if untrained
+    (loss 2.26 against 2.04), with no word, where --resume refuses it. The module's fingerprint (an
+    objective's fingerprint(): layers, loss, frozen parameters, buffers) is in result.json and model.npz;
+    a warm start with another warns, as one from other data does."""
+    rng = np.random.default_rng(0)
+    features, labels = rng.standard_normal((40, 3)), rng.standard_normal(40)
+
+    class Frozen:  # least squares through a frozen scale: the fingerprint says which
+        def __init__(self, a: np.ndarray, b: np.ndarray, scale: float) -> None:
+            self.a, self.b, self.scale = a, b, scale
+            self.samples, self.dim = a.shape
+
+        def initial(self, rng: np.random.Generator) -> np.ndarray:
+            return np.zeros(self.dim)
+
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            a, b = (self.a, self.b) if rows is None else (self.a[rows], self.b[rows])
+            residual = self.scale * (a @ x) - b
+            return 0.5 * float(residual @ residual), self.scale * (a.T @ residual)
+
+        def fingerprint(self) -> str:
+            return f"scale {self.scale}"
+
+    config = aiodq.TrainConfig(model="frozen", epochs=1, step=0.05)
+    async with aiodq.Master(config, Frozen(features, labels, 2.0), workers=1) as master:
+        await aiodq.run_worker(*master.address, objective=Frozen(features, labels, 2.0))
+        result = await master.wait(timeout=60)
+    assert result.ok and result.summary["fixed"] == "scale 2.0"
+    aiodq.write_results(result, tmp_path)
+    assert aiodq.load_model(tmp_path / "model.npz")[1]["fixed"] == "scale 2.0"
+    with caplog.at_level(logging.WARNING, logger="aiodq.models"):
+        read_start(tmp_path / "model.npz", config, 3, fixed="scale 2.0")
+        assert not caplog.records  # the same module: nothing to say
+        read_start(tmp_path / "model.npz", config, 3, fixed="scale 3.0")
+    assert [record.getMessage() for record in caplog.records] == [
+        f"--start-from {tmp_path / 'model.npz'} was trained with another module than this run's (its layers, "
+        "loss, frozen parameters or buffers: fingerprint scale 2.0, this run's scale 3.0): x means something "
+        "else there"
+    ]
