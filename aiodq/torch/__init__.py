@@ -208,6 +208,7 @@ class TorchObjective:
                 self._pointers.append(param.data_ptr())
                 offset += size
         self._initial: Array | None = None  # x_0, once x has been written into the module
+        self._counted: tuple[Array, int] | None = None  # (x, hits) of the last loss_grad over every row
         self._rows: Rows | None = None
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -253,9 +254,16 @@ class TorchObjective:
         # A half-precision module's blocks are added up in float64: its own buffer overflowed at 65,504
         # (a review: a shard of 50,000 rows gave inf where the sum was 73,070).
         wide = np.zeros(self.dim) if self._grad.dtype == torch.float16 else None
+        # Over every row (the snapshot phase, which asks correct(x) next), the hits are counted from the
+        # same outputs: a torch audit found correct()'s second forward pass 35 % of the phase.
+        hits: int | None = 0 if rows is None and self._classes is not None else None
+        self._counted = None
         with torch.enable_grad():
             for inputs, targets in self._blocks(rows):
-                loss = self._sum(self.module(inputs), targets)
+                outputs = self.module(inputs)
+                loss = self._sum(outputs, targets)
+                if hits is not None:
+                    hits += self._hits(outputs.detach(), targets)
                 torch.autograd.backward(loss)
                 total += loss.detach().item()
                 if wide is not None:
@@ -266,6 +274,8 @@ class TorchObjective:
                 f"a float16 module's sum over a chunk of up to {self.chunk_size} samples overflowed "
                 "float16's range (65,504): give a smaller chunk_size (or a smaller step, if the run diverges)"
             )
+        if hits is not None:
+            self._counted = (np.array(x, dtype=np.float64), hits)  # (a copy: x may change in place)
         return total, self._grad.cpu().numpy().astype(np.float64) if wide is None else wide
 
     @property
@@ -280,20 +290,32 @@ class TorchObjective:
         highest score is at its label.  Outputs of shape ``(B,)`` or ``(B, 1)`` are one score: a
         sample is correct if the score is above the threshold (``threshold``) exactly when the
         label is positive (labels 0/1 or -1/+1).  Other outputs are not a classifier's: 0.
+        After :meth:`loss_grad` over every row at the same x (as a snapshot phase asks), the count
+        its outputs gave: do not change the module's buffers or frozen parameters in between.
+
+        Raises:
+            RuntimeError: if the module is in training mode, or its parameters changed.
         """
         if self._classes is None:
             return 0
+        if self.module.training:  # (as loss_grad: dropout would count a random draw, a torch audit)
+            raise RuntimeError("the module is in training mode (module.train()): call module.eval()")
+        if self._counted is not None and np.array_equal(self._counted[0], x):
+            self._check_parameters()  # (as a write would)
+            return self._counted[1]  # (counted by loss_grad over every row at this x)
         self._write(x)
         hits = 0
         with torch.no_grad():
             for inputs, targets in self._blocks(None):
-                outputs = self.module(inputs)
-                if self._classes:
-                    hits += int((outputs.argmax(dim=1) == targets).sum())
-                else:
-                    scores = outputs.reshape(-1) > self._threshold
-                    hits += int((scores == (targets.reshape(-1) > 0)).sum())
+                hits += self._hits(self.module(inputs), targets)
         return hits
+
+    def _hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
+        """The samples of one block whose ``outputs`` classify them correctly (:meth:`correct`)."""
+        if self._classes:
+            return int((outputs.argmax(dim=1) == targets).sum())
+        scores = outputs.reshape(-1) > self._threshold
+        return int((scores == (targets.reshape(-1) > 0)).sum())
 
     def fingerprint(self) -> str:
         """A digest of what the module computes with besides x: its layers, frozen parameters and buffers.
@@ -361,23 +383,9 @@ class TorchObjective:
         """Write x into the flat parameter buffer: one vectorised copy (and dtype conversion).
 
         Raises:
-            RuntimeError: if a parameter is no longer the module's, or no longer trainable (a trial:
-                a new ``Parameter`` assigned to a layer was left out of x, its gradient all zeros).
+            RuntimeError: as :meth:`_check_parameters`.
         """
-        # Each parameter where it was found (its module's own dict): a walk of module.parameters()
-        # cost 1.5 ms a call for 1,000 tensors (a review).
-        for (owner, name, qualified), param in zip(self._owners, self._params, strict=True):
-            if owner._parameters.get(name) is not param or not param.requires_grad:
-                raise RuntimeError(
-                    f"the module's parameter {qualified} changed after the TorchObjective was built (a new "
-                    "Parameter assigned, or it was frozen): build a new TorchObjective"
-                )
-        if any(param.requires_grad for param in self._frozen):  # (an audit: its gradient piled up outside x)
-            raise RuntimeError(
-                "a parameter frozen when the TorchObjective was built requires grad now (unfrozen): its "
-                "gradient would not be in x; build a new TorchObjective"
-            )
-        self._check_storage()
+        self._check_parameters()
         values = x if isinstance(x, np.ndarray) else np.asarray(x)
         if values.shape != (self.dim,):
             raise ValueError(f"x must be a vector of {self.dim} values, got shape {values.shape}")
@@ -395,6 +403,28 @@ class TorchObjective:
                 self._flat.detach().numpy()[...] = values
         else:  # (torch.from_numpy takes float64 and other numeric dtypes, but warns on read-only memory)
             self._flat.copy_(torch.from_numpy(np.array(values, dtype=np.float64)))
+
+    def _check_parameters(self) -> None:
+        """Check that the module's parameters are still the ones x is written into.
+
+        Raises:
+            RuntimeError: if a parameter is no longer the module's, or no longer trainable (a trial:
+                a new ``Parameter`` assigned to a layer was left out of x, its gradient all zeros).
+        """
+        # Each parameter where it was found (its module's own dict): a walk of module.parameters()
+        # cost 1.5 ms a call for 1,000 tensors (a review).
+        for (owner, name, qualified), param in zip(self._owners, self._params, strict=True):
+            if owner._parameters.get(name) is not param or not param.requires_grad:
+                raise RuntimeError(
+                    f"the module's parameter {qualified} changed after the TorchObjective was built (a new "
+                    "Parameter assigned, or it was frozen): build a new TorchObjective"
+                )
+        if any(param.requires_grad for param in self._frozen):  # (an audit: its gradient piled up outside x)
+            raise RuntimeError(
+                "a parameter frozen when the TorchObjective was built requires grad now (unfrozen): its "
+                "gradient would not be in x; build a new TorchObjective"
+            )
+        self._check_storage()
 
     def _ready_grads(self) -> None:
         """Re-attach the flat gradient views (after :meth:`_write`, which checked where the parameters live).

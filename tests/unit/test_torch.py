@@ -863,3 +863,26 @@ def test_writing_a_read_only_x_makes_no_copy_of_it() -> None:
         tracemalloc.stop()
     assert peak < objective.dim, (peak, objective.dim)  # (a float64 copy would be 8 d bytes)
     np.testing.assert_array_equal(objective.read_parameters(), x.astype(np.float32))
+
+
+def test_correct_after_a_loss_over_every_row_at_the_same_x_takes_no_second_pass() -> None:
+    """A torch audit: the snapshot phase's correct(x) ran a second forward pass over the shard (35 % of the
+    phase for a CNN). loss_grad over every row counts the hits from its own outputs; correct at the same x
+    gives them, at another x it counts again; in training mode it refuses, as loss_grad does (it counted
+    a dropout draw)."""
+    objective = _objective()
+    passes: list[int] = []
+    objective.module.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    x, other = _point(objective, 1), _point(objective, 2)
+    fresh = _objective()
+    expected = fresh.correct(x), fresh.correct(other)  # (counted by a forward pass of their own)
+    objective.loss_grad(x)
+    passes.clear()
+    assert objective.correct(x.copy()) == expected[0] and passes == []  # the same x: no pass
+    assert objective.correct(other) == expected[1] and sum(passes) == objective.samples
+    objective.loss_grad(x, np.array([0, 1]))  # a mini-batch: nothing counted
+    passes.clear()
+    assert objective.correct(x) == expected[0] and sum(passes) == objective.samples
+    objective.module.train()
+    with pytest.raises(RuntimeError, match=r"^the module is in training mode"):
+        objective.correct(x)
