@@ -187,13 +187,15 @@ class TorchObjective:
         self._flat = torch.empty(sum(sizes), dtype=dtype, device=device)
         self._grad = torch.zeros_like(self._flat)
         self._params = params
-        owners = {
-            id(p): (m, n, f"{prefix}.{n}".lstrip("."))
-            for prefix, m in module.named_modules()
+        # Every place a trainable parameter is held, a shared one's each (a torch audit: a new Parameter
+        # assigned in one of a tied pair's two places was taken, its gradient outside x).
+        trainable = {id(p) for p in params}
+        self._owners = [
+            (m, n, f"{prefix}.{n}".lstrip("."), p)
+            for prefix, m in module.named_modules(remove_duplicate=False)
             for n, p in m._parameters.items()
-            if p is not None
-        }
-        self._owners = [owners[id(param)] for param in params]
+            if p is not None and id(p) in trainable
+        ]
         self._frozen = [p for p in module.parameters() if not p.requires_grad]  # (they must stay so)
         self._grad_views: list[torch.Tensor] = []
         self._pointers: list[int] = []
@@ -413,7 +415,7 @@ class TorchObjective:
         """
         # Each parameter where it was found (its module's own dict): a walk of module.parameters()
         # cost 1.5 ms a call for 1,000 tensors (a review).
-        for (owner, name, qualified), param in zip(self._owners, self._params, strict=True):
+        for owner, name, qualified, param in self._owners:
             if owner._parameters.get(name) is not param or not param.requires_grad:
                 raise RuntimeError(
                     f"the module's parameter {qualified} changed after the TorchObjective was built (a new "

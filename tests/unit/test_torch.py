@@ -492,6 +492,20 @@ def test_bad_inputs_raise_clear_errors() -> None:
                 RuntimeError, match=r"^the module's parameter 0\.weight changed after the Torch"
             ):
                 use(np.zeros(objective.dim))
+    # A torch audit: of a tied pair, the place the parameter was found first took a new Parameter unsaid
+    # (its gradient outside x); each place is checked now.
+    for place in ("0", "2"):
+        net = nn.Sequential(
+            nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.Linear(HIDDEN, CLASSES)
+        )
+        net[2].weight = net[0].weight  # tied
+        objective = TorchObjective(net, loss, np.ones((SAMPLES, HIDDEN)), labels)
+        layer = net[int(place)]
+        layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
+        with pytest.raises(
+            RuntimeError, match=rf"^the module's parameter {place}\.weight changed after the Torch"
+        ):
+            objective.loss_grad(np.zeros(objective.dim))
     # An audit: a parameter unfrozen after the objective was built took gradients outside x, silently.
     net = _network()
     net[0].weight.requires_grad_(False)
