@@ -166,8 +166,8 @@ class Master:
             OSError: the address cannot be listened on.
             RuntimeError: if it was started (and did not fail) or closed before: a Master runs one run.
         """
-        if self._began or self._closed:  # (a second listener, or a new run over the first one's result)
-            raise RuntimeError("this Master was started before: a Master runs one run (make another)")
+        if was := "started" if self._began else "closed" if self._closed else "":  # (a 2nd listener, or run)
+            raise RuntimeError(f"this Master was {was} before: a Master runs one run (make another)")
         self._began, self._loop = True, asyncio.get_running_loop()  # (_began: False again if this fails)
         self._started = self._loop.time()
         try:

@@ -148,10 +148,11 @@ async def test_a_master_runs_one_run() -> None:
         assert retried.address[1] == port and type(retried.coordinator.expected_workers) is int
     finally:
         await retried.close()
-    # And a Master closed before it started is closed: no listener comes of a start after that.
+    # And a Master closed before it started is closed: no listener comes of a start after that (and the
+    # error says closed, not started: a newcomer's audit).
     closed = Master(TrainConfig(epochs=1), X0, workers=1)
     await closed.close()
-    with pytest.raises(RuntimeError, match=r"^this Master was started before"):
+    with pytest.raises(RuntimeError, match=r"^this Master was closed before: a Master runs one run"):
         await closed.start()
 
 
