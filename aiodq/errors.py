@@ -232,11 +232,13 @@ def raised_at(exc: BaseException) -> str:
 
     The last line outside aiodq in its traceback (its objective's ``loss_grad``, say, or the line of
     its factory that built a ``TorchObjective`` whose check failed); aiodq's last line if none is
-    outside; empty without a traceback.
+    outside, but for aiodq's own checks (a ValueError or an aiodq error, whose text names what is
+    wrong: a newcomer's audit read "(at .../aiodq/protocol/algorithms.py:437)" as aiodq's fault);
+    empty without a traceback.
     """
     frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
     theirs = [frame for frame in frames if not frame.filename.startswith(_PACKAGE + os.sep)]
+    if not frames or (not theirs and isinstance(exc, ValueError | AiodqError)):
+        return ""
     frame = (theirs or frames)[-1]
     return f" (at {frame.filename}:{frame.lineno})"

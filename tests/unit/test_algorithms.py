@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import socket
 import warnings
@@ -1261,3 +1262,30 @@ def test_a_model_is_encodable_exactly_when_every_coordinate_is_finite_and_within
                 x[rng.integers(0, d)] = edge
                 expected = bool(np.isfinite(x).all()) and bool((np.abs(x) <= limit).all())
                 assert algorithms._encodable(x) is expected, (d, edge, fill)
+
+
+def test_where_an_error_was_raised_names_the_applications_line_never_aiodq_s_own_checks() -> None:
+    """A newcomer's audit: aiodq's checks of an objective's answers ended "(at .../aiodq/protocol/
+    algorithms.py:437)", read as aiodq's fault. raised_at names the application's last line; for aiodq's
+    own checks (a ValueError or an aiodq error raised in aiodq) nothing; aiodq's line for anything else."""
+    from aiodq.errors import raised_at  # noqa: PLC0415
+    from aiodq.protocol.start import check_start  # noqa: PLC0415
+
+    def caught_in_aiodq(exc: BaseException) -> BaseException:  # (as the session catches its state's)
+        assert exc.__traceback__ is not None
+        return exc.with_traceback(exc.__traceback__.tb_next)  # this test's own frame left out
+
+    with pytest.raises(ValueError) as checked:
+        check_start(np.array([np.nan]))
+    assert raised_at(caught_in_aiodq(checked.value)) == ""
+
+    def theirs() -> None:
+        raise ValueError("the application's")
+
+    with pytest.raises(ValueError) as own:
+        theirs()
+    assert raised_at(own.value) == f" (at {__file__}:{theirs.__code__.co_firstlineno + 1})"
+    with pytest.raises(TypeError) as bug:  # (not a check's: where in aiodq helps)
+        check_start(object())  # type: ignore[arg-type]
+    said = raised_at(caught_in_aiodq(bug.value))
+    assert said.startswith(" (at ") and f"{os.sep}aiodq{os.sep}protocol{os.sep}" in said, said
