@@ -22,6 +22,7 @@ import glob
 import json
 import logging
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -151,7 +152,12 @@ def remove_stale(path: str | Path) -> int:
     """
     target = _real(path)
     removed = 0
+    # Exactly the names tempfile.mkstemp gives them (8 of its letters): a checkpoint "ck.seed1"'s were
+    # ".ck.*.tmp" too, and a run of "ck" removed another run's file as it wrote it (an audit).
+    shape = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if not shape.fullmatch(stale.name):
+            continue
         with contextlib.suppress(OSError):
             stale.unlink()
             removed += 1

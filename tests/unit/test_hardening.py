@@ -1896,3 +1896,18 @@ def test_a_workers_goodbye_is_not_called_an_error() -> None:
     assert (
         last_error([bye, fault]) == "the last error: worker 1 got TIMEOUT: no SNAPSHOT_GRADIENT within 10 s"
     )
+
+
+def test_a_checkpoints_write_removes_only_its_own_stale_temporary_files(tmp_path: Any) -> None:
+    """A durability audit: the writes of checkpoint "ck" removed ".ck.*.tmp", which matched the temporary
+    file of "ck.seed1" being written beside it, whose write then failed (19 of 285). Only the names
+    tempfile.mkstemp gives "ck"'s own are stale; a crash's leftover of "ck" is removed."""
+    from aiodq.net.checkpoint import remove_stale  # noqa: PLC0415
+
+    others = [tmp_path / ".ck.seed1.abcd1234.tmp", tmp_path / ".ck.npz.x_y_z_12.tmp", tmp_path / ".ck.a.tmp"]
+    stale = tmp_path / ".ck.q1w2e3r4.tmp"
+    for path in [*others, stale]:
+        path.write_bytes(b"half")
+    save(tmp_path / "ck", Checkpoint({"x": np.zeros(2)}, {"phase": "inner"}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", *(p.name for p in others)])
+    assert remove_stale(tmp_path / "ck.seed1") == 1 and not others[0].exists()
