@@ -294,13 +294,13 @@ def read_start(
     """
     path = Path(path)
     where = f"{option} {path}"
-    try:
-        with open(path, "rb") as file:  # by content: a .npy file, or a zip (an .npz) for load_model
+    try:  # (a regular file: a FIFO held the start for ever, a durability audit)
+        with checkpoint_file.open_regular(path) as file:  # by content: a .npy file, or an .npz's zip
             magic = file.read(6)
-    except IsADirectoryError:
-        inside = " (a run's model is FOLDER/model.npz)" if (path / "model.npz").is_file() else ""
-        raise UsageError(f"{where}: a folder{inside}") from None
     except OSError as exc:
+        if path.is_dir():
+            inside = " (a run's model is FOLDER/model.npz)" if (path / "model.npz").is_file() else ""
+            raise UsageError(f"{where}: a folder{inside}") from None
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     trained, shape = None, ""
     if magic == b"\x93NUMPY":

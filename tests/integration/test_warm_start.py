@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import struct
 from pathlib import Path
 
@@ -189,6 +190,13 @@ def test_read_start_reads_model_files_and_vectors_and_says_what_is_wrong(tmp_pat
         read_start(tmp_path / "text.npy", config)
     with pytest.raises(UsageError, match="No such file"):
         read_start(tmp_path / "missing.npz", config)
+    # A FIFO waited for a writer for ever (a durability audit); a folder is said to be one.
+    os.mkfifo(tmp_path / "fifo.npy")
+    with pytest.raises(UsageError, match=r"fifo\.npy: not a regular file \(a device, FIFO or socket\)$"):
+        read_start(tmp_path / "fifo.npy", config)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UsageError, match=r"run: a folder$"):
+        read_start(tmp_path / "run", config)
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(UsageError, match=r"an \.npz archive without aiodq's metadata"):
         read_start(tmp_path / "other.npz", config)
