@@ -46,6 +46,7 @@ from .options import checkpoint_options, connection_config, from_args, rendezvou
 from .outfolder import (
     LOG,
     NEW_LOG,
+    checkpoint_beside_results,
     found,
     hold,
     keep,
@@ -176,6 +177,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_start(args.argv)
     for record in held:
         logging.getLogger(record.name).handle(record)
+    try:
+        if moved := checkpoint_beside_results(saving["checkpoint"], out, args.resume):
+            say("run", moved, level=logging.WARNING)
+    except CheckpointError as exc:
+        say("run", str(exc))
+        return EXIT_FAILED
     write_now = EarlyResults(out, test, dataset)
     try:
         if args.launcher == "ray":
@@ -314,6 +321,12 @@ def cmd_master(args: argparse.Namespace) -> int:
     if out is not None and log is not None:
         add_logfile(out / log.name, append=True)  # (kept: as aiodq run's)
         log_start(args.argv)
+    try:
+        if out is not None and (moved := checkpoint_beside_results(saving["checkpoint"], out, args.resume)):
+            say("master", moved, level=logging.WARNING)
+    except CheckpointError as exc:
+        say("master", str(exc))
+        return EXIT_FAILED
     stood = resumable(saving["checkpoint"]) if records is not None and args.resume else None
     if stood is not None and not checkpoint_file.holds_records(saving["checkpoint"]):
         # (A crash-recovery trial found the copies before the checkpoint gone from the file, unsaid.)

@@ -33,6 +33,7 @@ from ..net.checkpoint import lock_path
 __all__ = [
     "LOG",
     "NEW_LOG",
+    "checkpoint_beside_results",
     "found",
     "hold",
     "holds_finished_run",
@@ -137,6 +138,49 @@ def holds_finished_run(out: Path) -> bool:
         return theirs is None or same_run(theirs, summary.get("provenance"))
     except (OSError, ValueError, AttributeError, RecursionError, CheckpointError):
         return False
+
+
+def checkpoint_beside_results(checkpoint: str | None, out: Path, resume: bool) -> str:
+    """Keep a finished run's results whatever this start does with its checkpoint; return what was done.
+
+    A durability audit lost them two ways:
+
+    - ``--resume`` of a checkpoint still holding the run part way while ``out`` holds that run's finished
+      results (its last checkpoint could not be written: a full disk) trained it again and replaced
+      them.  Refused: they are the run's.
+    - A start afresh over the checkpoint of a finished run whose results ``out`` does not hold (killed
+      between the two) overwrote the only copy.  The checkpoint is moved aside, ``FILE.earlier``
+      (``.earlier.N``), and the line returned says so.
+
+    Raises:
+        CheckpointError: for the first, or a checkpoint that cannot be moved aside.
+    """
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        return ""
+    run = checkpoint_file.run_of(checkpoint)
+    theirs = provenance_of(out / RESULT_FILES[0])
+    ours = run is not None and holds_finished_run(out) and same_run({"id": run}, theirs)
+    if resume and ours and (stood := checkpoint_file.resumable(checkpoint)) is not None:
+        raise CheckpointError(
+            f"--out {out} holds this run's finished results, and the checkpoint {checkpoint} the run at "
+            f"epoch {stood[0]} (its last write failed): --resume would train it again over them; remove the "
+            "checkpoint (or move the results) first"
+        )
+    if resume or ours or not checkpoint_file.finished_run(checkpoint):
+        return ""
+    path = Path(checkpoint)
+    suffix = free_suffix(path.parent, [path.name])
+    try:
+        os.replace(path, path.with_name(path.name + suffix))
+    except OSError as exc:
+        raise CheckpointError(
+            f"the checkpoint {checkpoint} holds a finished run whose results are not in --out {out}, and it "
+            f"cannot be moved aside: {exc.strerror or exc}"
+        ) from None
+    return (
+        f"moved the checkpoint {checkpoint} of a finished run whose results are not in --out {out} aside to "
+        f"{path.name + suffix} (--checkpoint {path.name + suffix} --resume gives them)"
+    )
 
 
 def log_for(out: Path, resume: bool = False, checkpoint: str | None = None) -> Path:

@@ -60,6 +60,7 @@ __all__ = [
     "records_in",
     "remove_stale",
     "resumable",
+    "run_of",
     "save",
     "sync_folder",
 ]
@@ -365,6 +366,12 @@ def resumable(path: str | Path) -> tuple[int, int] | None:
     """``(epoch, version)`` of the unfinished run the checkpoint ``path`` holds, else None (or unreadable)."""
     meta = _meta(path)
     return None if meta.get("phase") in (None, "done") else _stood(meta)
+
+
+def run_of(path: str | Path) -> str | None:
+    """The run id (provenance ``id``) the checkpoint ``path`` names, or None (none, or unreadable)."""
+    run = _meta(path).get("run")
+    return run if isinstance(run, str) else None
 
 
 def finished_run(path: str | Path) -> bool:

@@ -1256,3 +1256,50 @@ def test_results_that_cannot_be_written_in_their_folder_are_rescued_to_the_tempo
     assert str(info.value).endswith(f"; rescued result.json in {folder}"), str(info.value)
     assert sorted(path.name for path in folder.iterdir()) == ["result.json"]
     assert np.array_equal(aiodq.load_model(blocked / "model.npz")[0], result.model)
+
+
+def test_a_finished_runs_checkpoint_and_results_are_kept_whatever_the_next_start_does(tmp_path: Path) -> None:
+    """A durability audit lost a finished run's results two ways. Killed between its last checkpoint and its
+    results, a start afresh overwrote the only copy (the checkpoint): it is moved aside now, and --resume
+    of it gives them. And where the last checkpoint could not be written (a full disk), --resume of the one
+    before trained the run again over its finished results: refused now."""
+    out, ckpt = tmp_path / "out", tmp_path / "run.ckpt"
+    common = [
+        "--data",
+        str(DATA),
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--checkpoint",
+        str(ckpt),
+    ]
+    first = aiodq_command("run", *common, "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    finished = json.loads((out / "result.json").read_text())
+    # The results lost (a kill before they were written): a new start keeps the checkpoint aside.
+    for name in ("result.json", "model.npz"):
+        (out / name).unlink()
+    again = aiodq_command("run", *common, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    kept = tmp_path / "run.ckpt.earlier"
+    moved = f"aiodq run: moved the checkpoint {ckpt} of a finished run whose results are not in --out {out} "
+    said = moved + "aside to run.ckpt.earlier (--checkpoint run.ckpt.earlier --resume gives them)"
+    assert said in again.stderr.splitlines(), again.stderr
+    back = aiodq_command("run", *common[:-1], str(kept), "--resume", "--out", str(tmp_path / "back"))
+    assert back.returncode == 0, back.stderr
+    assert json.loads((tmp_path / "back" / "result.json").read_text())["trace"] == finished["trace"]
+    # The second run finished with its results; its checkpoint as if its last write failed part way.
+    saved = checkpoint_file.load(ckpt)
+    assert saved.meta["phase"] == "done"
+    checkpoint_file.save(ckpt, Checkpoint(saved.arrays, {**saved.meta, "phase": "inner"}))
+    epoch, results = saved.meta["state"]["epoch"], (out / "result.json").read_text()
+    stale = aiodq_command("run", *common, "--resume", "--out", str(out))
+    assert stale.returncode == 1, stale.stderr
+    holds = f"aiodq run: --out {out} holds this run's finished results, and the checkpoint {ckpt} the run at "
+    assert stale.stderr.strip().splitlines()[-1] == holds + (
+        f"epoch {epoch} (its last write failed): --resume would train it again over them; remove the "
+        "checkpoint (or move the results) first"
+    )
+    assert (out / "result.json").read_text() == results  # not trained again, nor replaced
