@@ -419,6 +419,18 @@ def _stood(meta: dict[str, Any]) -> tuple[int, int] | None:
     return (epoch, version) if isinstance(epoch, int) and isinstance(version, int) else None
 
 
+def _read_error(path: str | Path) -> str:
+    """Why ``path``'s bytes cannot be read (its start and its last 64 KiB, as zipfile reads), or ""."""
+    try:
+        with open_regular(path) as stream:
+            stream.read(4)
+            stream.seek(max(0, os.fstat(stream.fileno()).st_size - (1 << 16)))
+            stream.read()
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return ""
+
+
 def _listed(names: list[str]) -> str:
     """An archive's member names, for a message (the first few)."""
     shown = ", ".join(repr(name) for name in names[:5])
@@ -490,6 +502,11 @@ def load(
             if size > max_bytes:
                 raise ValueError(f"its members take {size} bytes once read, more than {max_bytes}")
             stream.seek(0)
+            if (
+                stream.read(4) != b"PK\x03\x04"
+            ):  # (np.load then read it as a pickle's, and advised allow_pickle)
+                raise ValueError("damaged: its first bytes are not an .npz archive's, whose end is")
+            stream.seek(0)
             archive = np.load(stream, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
@@ -502,6 +519,8 @@ def load(
                 read = {name: archive[name] for name in archive.files if name != "meta"} if arrays else {}
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        if isinstance(exc, zipfile.BadZipFile) and (failed := _read_error(path)):
+            text = failed  # (zipfile says "not a zip file" for a read that failed: an audit's EIO)
         if isinstance(exc, FileNotFoundError) and what == "checkpoint":
             # (A trial resumed a path no run had used, and read only that the file was missing.)
             text += (
@@ -529,7 +548,7 @@ def load(
     if not isinstance(meta, dict):
         raise CheckpointError(f"cannot read the {what} {path}: its metadata is not a JSON object")
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}"
-        )
+        given = meta.get("format")
+        newer = " (written by a newer aiodq)" if isinstance(given, int) and given > CHECKPOINT_FORMAT else ""
+        raise CheckpointError(f"{path}: checkpoint format {given!r}, expected {CHECKPOINT_FORMAT}{newer}")
     return Checkpoint(read, meta)

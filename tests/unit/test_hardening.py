@@ -1911,3 +1911,40 @@ def test_a_checkpoints_write_removes_only_its_own_stale_temporary_files(tmp_path
     save(tmp_path / "ck", Checkpoint({"x": np.zeros(2)}, {"phase": "inner"}))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", *(p.name for p in others)])
     assert remove_stale(tmp_path / "ck.seed1") == 1 and not others[0].exists()
+
+
+def test_a_checkpoint_that_cannot_be_read_says_why_not_what_a_library_guessed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durability audit: damaged first bytes had numpy advise allow_pickle (an unsafe load of a damaged
+    file); a read error (EIO) was "File is not a zip file", which reads as a damaged file to delete; a
+    newer format did not say it was newer."""
+    import io  # noqa: PLC0415
+
+    import aiodq.net.checkpoint as checkpoint_module  # noqa: PLC0415
+
+    path = tmp_path / "run.ckpt"
+    save(path, Checkpoint({"x": np.zeros(3)}, {"phase": "inner"}))
+    good = path.read_bytes()
+    path.write_bytes(b"XK" + good[2:])
+    with pytest.raises(CheckpointError) as flipped:
+        load(path)
+    assert "its first bytes are not an .npz archive's" in str(flipped.value)
+    assert "pickle" not in str(flipped.value)
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoint_module, "CHECKPOINT_FORMAT", 2)  # written as format 2
+        save(path, Checkpoint({"x": np.zeros(3)}, {"phase": "inner"}))
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint format 2, expected 1 \(written by a newer aiodq\)$"
+    ):
+        load(path)
+
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint_module, "open_regular", lambda path: Failing(good))
+    with pytest.raises(
+        CheckpointError, match=r"^cannot read the checkpoint .*run\.ckpt: Input/output error$"
+    ):
+        load(path)
