@@ -632,10 +632,10 @@ async def test_a_checkpoint_that_cannot_be_written_fails_at_start(tmp_path: Path
 async def test_stale_temporary_checkpoints_are_removed_at_start(tmp_path: Path) -> None:
     """The .tmp files that writes killed mid-way left are removed when a master starts."""
     path = tmp_path / "run.ckpt"
-    stale = [tmp_path / f".run.ckpt.{i}abc.tmp" for i in range(3)]
+    stale = [tmp_path / f".run.ckpt.{i}abc_xyz.tmp" for i in range(3)]  # (as tempfile.mkstemp names them)
     for file in stale:
         file.write_bytes(b"x" * 1000)
-    other = tmp_path / ".other.ckpt.1abc.tmp"
+    other = tmp_path / ".other.ckpt.1abc_xyz.tmp"
     other.write_bytes(b"keep")
     async with Master(TrainConfig(epochs=1), X0, workers=1, checkpoint=path) as master:
         assert not any(file.exists() for file in stale)
