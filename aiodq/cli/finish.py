@@ -142,8 +142,8 @@ def finish(
     ``checkpoint``: the run's; a failed run that it can continue (the workers left and did not
     come back, say) is said to be resumable from it, as a stopped one is.
     A run that ended without finishing fails (status 1), as does one whose results are not written, or
-    whose final loss leaves a shard out (a newcomer's audit: aiodq master trained without a worker that
-    refused the run, and exited 0, which a cluster engine reads as success).
+    one where a shard was missing from every snapshot phase (a newcomer's audit: aiodq master trained
+    without a worker that refused the run, and exited 0, which a cluster engine reads as success).
     """
     written, unwritten = "", False  # (the summary is printed either way: an operator trial saw none)
     kept = kept_instead(result, out) if out is not None and result.failure else None
@@ -169,6 +169,9 @@ def finish(
         print_out(written, command)
         SAID.info("aiodq %s: %s", command, written)
     partial = train is not None and bool(result.trace) and result.trace[-1].samples < train.samples
+    # Missing from every phase, a shard never counted (a worker that refused the run, and none came in
+    # its place): the run fails.  From the last only (a worker replaced late, say), a warning (a review).
+    never = partial and train is not None and all(record.samples < train.samples for record in result.trace)
     if partial and train is not None:
         # A shard missing from the last snapshot phase (security.md): the loss is over the others only.
         errors = result.summary.get("errors", ())
@@ -184,8 +187,9 @@ def finish(
         say(
             command,
             f"the final loss is over {result.trace[-1].samples:,} of the {train.samples:,} "
-            f"samples: a worker's shard was missing from the last snapshot phase{why}; exit status 1: the "
-            "model was not trained on all the data",
+            f"samples: a worker's shard was missing from the last snapshot phase{why}"
+            + ("; exit status 1: it was missing from every snapshot phase" if never else ""),
+            level=logging.ERROR if never else logging.WARNING,
         )
     if not result.failure and len(result.trace) > 1 and not result.trace[-1].loss < result.trace[0].loss:
         # (A trial: a torch model at the default step stayed at chance, 2.307 to 2.315, and exit 0.)
@@ -215,7 +219,7 @@ def finish(
             + hint
             + (checkpoint_note(checkpoint, resumable(checkpoint)) if checkpoint else ""),
         )
-    return EXIT_FAILED if result.failure or unwritten or partial else 0
+    return EXIT_FAILED if result.failure or unwritten or never else 0
 
 
 class EarlyResults:
