@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -104,14 +105,30 @@ def described(loss: object) -> str:
 
 
 def _setting(value: object) -> str:
-    """One argument of a loss, as :func:`described` reads it: a tensor by its dtype, shape and values."""
+    """One argument of a loss, as :func:`described` reads it, the same in every process.
+
+    Plain values by their ``repr``, a tensor by its dtype, shape and values, containers item by item
+    (a set's sorted), a function as :func:`described`; anything else by its type alone (a review: an
+    object's ``repr`` with its address, a frozenset's order or a generator differed between processes,
+    and every worker refused the run).
+    """
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return repr(value)
     if isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
         digest = hashlib.blake2b(flat.view(torch.uint8).numpy().tobytes(), digest_size=8).hexdigest()
         return f"tensor({flat.dtype}, {tuple(value.shape)}, {digest})"
-    if callable(value) and not isinstance(value, type):
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__}({', '.join(_setting(item) for item in value)})"
+    if isinstance(value, set | frozenset):
+        return f"{type(value).__name__}({', '.join(sorted(_setting(item) for item in value))})"
+    if isinstance(value, dict):
+        items = sorted(f"{_setting(key)}: {_setting(item)}" for key, item in value.items())
+        return f"dict({', '.join(items)})"
+    if isinstance(value, functools.partial) or inspect.isroutine(value):
         return described(value)
-    return repr(value)
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def warn_unestimated_norms(module: torch.nn.Module) -> None:

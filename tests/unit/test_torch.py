@@ -855,6 +855,21 @@ def test_the_fingerprint_reads_a_partial_loss_by_its_function_and_arguments() ->
         == weighted
     )
 
+    # Values without a form that reads the same in every process are taken by their type (a review: an
+    # object's repr holds its address, and each worker refused the run).
+    class Options:
+        pass
+
+    def summed(outputs: Any, targets: Any, extra: object = None) -> Any:
+        return nn.functional.cross_entropy(outputs, targets, reduction="sum")
+
+    def holding(value: object) -> str:
+        return built(functools.partial(summed, extra=value))
+
+    one, other = Options(), Options()  # (both alive: two addresses)
+    assert holding(one) == holding(other) != holding(torch.Generator())
+    assert holding(frozenset({"b", "a"})) == holding(frozenset({"a", "b"})) != holding(frozenset({"a"}))
+
 
 def test_writing_a_read_only_x_makes_no_copy_of_it() -> None:
     """A torch audit: the worker's x is read-only, and _write copied it into a new float64 array (8 d bytes,
