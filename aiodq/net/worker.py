@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import numbers
+import re
 import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,8 @@ async def run_worker(
     ):
         # (nan retried for ever: an attack review; the command line refuses nan and inf alike)
         raise ValueError(f"retry_for must be a finite number of seconds, 0 or more, got {retry_for!r}")
+    if isinstance(port, str) and re.fullmatch("[0-9]{1,5}", port):  # (os.environ's: as asyncio takes it)
+        port = int(port)
     if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
         # (A newcomer's audit: port "x" failed in getaddrinfo, "Servname not supported for ai_socktype".)
         raise ValueError(f"port must be an integer from 1 to 65535 (the master's), got {port!r}")

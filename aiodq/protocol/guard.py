@@ -196,7 +196,7 @@ class Guard:
                 (kind in ("dense", "float32", "qsgd") and not plausible_zero)
                 and config.l2 > 0
                 and not model_equals_snapshot
-                and (config.bits > 2 or kind == "qsgd")
+                and (config.bits > 2 or kind != "dense")  # (b = 2 rounds a dense alpha to zero: p < 2^-16)
             ):
                 return Refusal(
                     ErrorCode.INVALID_PAYLOAD, "a ZERO gradient for a model other than the snapshot"

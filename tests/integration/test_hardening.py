@@ -191,7 +191,12 @@ async def test_arguments_of_the_wrong_type_are_a_type_error_naming_them() -> Non
         given = {"config": TrainConfig(epochs=1), **arguments}
         with pytest.raises(TypeError, match=f"^{re.escape(said)}$"):
             Master(model=X0, workers=1, **given)
-    for port in ("x", 0, 70_000, 1.5, True):
+    with socket.socket() as unused:  # a port given as os.environ's text is taken (a review: it was, before)
+        unused.bind(("127.0.0.1", 0))
+        free = str(unused.getsockname()[1])
+    with pytest.raises(OSError):  # (refused: no master there; not a ValueError)
+        await run_worker("127.0.0.1", free, np.ones((2, 2)), np.ones(2))  # type: ignore[arg-type]
+    for port in ("x", 0, 70_000, 1.5, True, "0", "70000", " 80"):
         with pytest.raises(
             ValueError, match=r"^port must be an integer from 1 to 65535 \(the master's\), got "
         ):

@@ -1289,3 +1289,23 @@ def test_where_an_error_was_raised_names_the_applications_line_never_aiodq_s_own
         check_start(object())  # type: ignore[arg-type]
     said = raised_at(caught_in_aiodq(bug.value))
     assert said.startswith(" (at ") and f"{os.sep}aiodq{os.sep}protocol{os.sep}" in said, said
+
+
+def test_a_workers_own_objective_not_finite_at_zero_still_starts() -> None:
+    """A review: a worker checks its objective at its initial(), or at 0 where that gives no vector, and a
+    Poisson-like model is not finite at 0; the new refusal of a non-finite start refused it there, though
+    0 is no run's x_0. Only the master's check at x_0 refuses."""
+
+    class AtZero(_Squares):
+        def initial(self, rng: np.random.Generator) -> Any:
+            return None
+
+        def loss_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> Any:
+            loss, grad = super().loss_grad(x, rows)
+            return (math.inf if not x.any() else loss), grad
+
+    WorkerSession(objective=AtZero("sums"))  # (checked at 0: not refused)
+    with pytest.raises(
+        ValueError, match=r"gives a loss with NaN or infinite values for rows \[0\] at the start"
+    ):
+        starting_point(TrainConfig(model="squares"), AtZero("sums"), np.zeros(5))

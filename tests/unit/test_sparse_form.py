@@ -359,3 +359,25 @@ def test_the_master_counts_the_bits_each_worker_counted(options: dict[str, objec
     for kind in ("GRADIENT", "SNAPSHOT_GRADIENT"):
         sent = sum(session.connection.payload_bits_sent.get(kind, 0) for session in sessions)
         assert sent == received[("up", kind)] > 0, kind
+
+
+@pytest.mark.parametrize("algorithm", ["asyfpg", "acc-asyfpg", "model-only"])
+def test_a_zero_gradient_of_a_float32_run_is_judged_whatever_its_unused_bits(algorithm: str) -> None:
+    """A review: bits (which float32 runs never read, and now warn of) decided whether an AsyFPG master took
+    a ZERO gradient for a model other than the snapshot: with bits = 2 it did. Only dense codes of 2
+    bits may round a nonzero alpha to zero."""
+    from aiodq.codec.vectors import ZeroVector  # noqa: PLC0415
+
+    for bits in (2, 8):
+        config = TrainConfig.from_params({"algorithm": algorithm, "bits": bits, "l2": 1e-4})  # (no warning)
+        refusal = Guard(config, factor=0.0, workers=2, samples=None).refuse_gradient(
+            ZeroVector(4), model_equals_snapshot=False
+        )
+        assert refusal is not None and refusal.code == ErrorCode.INVALID_PAYLOAD, (bits, refusal)
+    dense = TrainConfig.from_params({"algorithm": "asylpg", "bits": 2, "l2": 1e-4})
+    assert (
+        Guard(dense, factor=0.0, workers=2, samples=None).refuse_gradient(
+            ZeroVector(4), model_equals_snapshot=False
+        )
+        is None
+    )
