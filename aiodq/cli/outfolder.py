@@ -148,9 +148,11 @@ def checkpoint_beside_results(checkpoint: str | None, out: Path, resume: bool) -
     - ``--resume`` of a checkpoint still holding the run part way while ``out`` holds that run's finished
       results (its last checkpoint could not be written: a full disk) trained it again and replaced
       them.  Refused: they are the run's.
-    - A start afresh over the checkpoint of a finished run whose results ``out`` does not hold (killed
-      between the two) overwrote the only copy.  The checkpoint is moved aside, ``FILE.earlier``
-      (``.earlier.N``), and the line returned says so.
+    - A start afresh over the checkpoint of a run that finished (all its epochs, no failure) whose
+      results ``out`` does not hold (killed between the two) overwrote the only copy.  The checkpoint
+      (the file a link names) is moved aside, ``FILE.earlier`` (``.earlier.N``), unless another run
+      holds it, and the line returned says so.  One whose results went to another ``--out`` is moved
+      aside too: that copy is the user's to remove.
 
     Raises:
         CheckpointError: for the first, or a checkpoint that cannot be moved aside.
@@ -166,20 +168,26 @@ def checkpoint_beside_results(checkpoint: str | None, out: Path, resume: bool) -
             f"epoch {stood[0]} (its last write failed): --resume would train it again over them; remove the "
             "checkpoint (or move the results) first"
         )
-    if resume or ours or not checkpoint_file.finished_run(checkpoint):
+    if resume or ours or not checkpoint_file.finished_cleanly(checkpoint):
         return ""
-    path = Path(checkpoint)
-    suffix = free_suffix(path.parent, [path.name])
+    path = Path(os.path.realpath(checkpoint))  # (the file a link names: saves follow links too)
     try:
-        os.replace(path, path.with_name(path.name + suffix))
+        held = checkpoint_file.lock(path)  # (one in use is not moved: the master's start refuses it)
+    except CheckpointError:
+        return ""
+    try:
+        aside = path.with_name(path.name + free_suffix(path.parent, [path.name]))
+        os.replace(path, aside)
     except OSError as exc:
         raise CheckpointError(
             f"the checkpoint {checkpoint} holds a finished run whose results are not in --out {out}, and it "
             f"cannot be moved aside: {exc.strerror or exc}"
         ) from None
+    finally:
+        held.release()
     return (
         f"moved the checkpoint {checkpoint} of a finished run whose results are not in --out {out} aside to "
-        f"{path.name + suffix} (--checkpoint {path.name + suffix} --resume gives them)"
+        f"{aside} (--checkpoint {aside} --resume gives them)"
     )
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "Lock",
     "check_data",
     "check_fresh_start",
+    "finished_cleanly",
     "finished_run",
     "kind_of",
     "load",
@@ -372,6 +373,12 @@ def run_of(path: str | Path) -> str | None:
     """The run id (provenance ``id``) the checkpoint ``path`` names, or None (none, or unreadable)."""
     run = _meta(path).get("run")
     return run if isinstance(run, str) else None
+
+
+def finished_cleanly(path: str | Path) -> bool:
+    """Whether the checkpoint ``path`` holds a run that finished all its epochs (no failure)."""
+    meta = _meta(path)
+    return meta.get("phase") == "done" and "failure" in meta and meta["failure"] is None
 
 
 def finished_run(path: str | Path) -> bool:

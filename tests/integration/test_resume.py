@@ -1290,7 +1290,7 @@ def test_a_finished_runs_checkpoint_and_results_are_kept_whatever_the_next_start
     assert again.returncode == 0, again.stderr
     kept = tmp_path / "run.ckpt.earlier"
     moved = f"aiodq run: moved the checkpoint {ckpt} of a finished run whose results are not in --out {out} "
-    said = moved + "aside to run.ckpt.earlier (--checkpoint run.ckpt.earlier --resume gives them)"
+    said = moved + f"aside to {kept} (--checkpoint {kept} --resume gives them)"  # (its folder too: a review)
     assert said in again.stderr.splitlines(), again.stderr
     back = aiodq_command("run", *common[:-1], str(kept), "--resume", "--out", str(tmp_path / "back"))
     assert back.returncode == 0, back.stderr
@@ -1308,3 +1308,31 @@ def test_a_finished_runs_checkpoint_and_results_are_kept_whatever_the_next_start
         "checkpoint (or move the results) first"
     )
     assert (out / "result.json").read_text() == results  # not trained again, nor replaced
+
+
+def test_only_a_cleanly_finished_runs_checkpoint_is_moved_aside_where_a_link_names_it_unless_in_use(
+    tmp_path: Path,
+) -> None:
+    """A review of the moving aside: a diverged run's checkpoint ("done", with a failure) was moved too, as
+    a finished run's; a linked checkpoint's link was moved, and the next run wrote a file beside it; one
+    another run held was moved before the start was refused."""
+    from aiodq.cli.outfolder import checkpoint_beside_results  # noqa: PLC0415
+
+    out, ckpt = tmp_path / "out", tmp_path / "store" / "run.ckpt"
+    out.mkdir()
+    ckpt.parent.mkdir()
+    meta = {"phase": "done", "run": "r1", "state": {"epoch": 2, "version": 9}}
+    checkpoint_file.save(ckpt, Checkpoint({"x": np.zeros(2)}, {**meta, "failure": "diverged"}))
+    assert checkpoint_beside_results(str(ckpt), out, resume=False) == "" and ckpt.exists()
+    checkpoint_file.save(ckpt, Checkpoint({"x": np.zeros(2)}, {**meta, "failure": None}))
+    held = checkpoint_file.lock(ckpt)
+    try:
+        assert checkpoint_beside_results(str(ckpt), out, resume=False) == "" and ckpt.exists()  # in use
+    finally:
+        held.release()
+    link = tmp_path / "link.ckpt"
+    link.symlink_to(ckpt)
+    said = checkpoint_beside_results(str(link), out, resume=False)
+    aside = tmp_path / "store" / "run.ckpt.earlier"
+    assert said.endswith(f"aside to {aside} (--checkpoint {aside} --resume gives them)"), said
+    assert link.is_symlink() and not ckpt.exists() and checkpoint_file.load(aside).meta["run"] == "r1"
