@@ -116,18 +116,20 @@ async def master(args: argparse.Namespace) -> RunResult:
     """Serve the model, start the worker processes, print each epoch; return the run."""
     torch.set_num_threads(1)
     train = load_dataset(args.data)
+    # --bits is for the quantized gradients only (asylpg, sparse-asylpg, acc-asylpg): not given elsewhere,
+    # where TrainConfig warns that it has no effect.
+    quantized = ALGORITHMS[args.algorithm].gradient in ("dense", "sparse")
     config = TrainConfig(
         algorithm=args.algorithm,
         epochs=args.epochs,
         step=args.step,
         batch=args.batch,
-        bits=args.bits,
+        **({"bits": args.bits} if quantized else {}),
         l2=args.l2,
         seed=args.seed,
         model=MODEL,
     )
     whole = objective(train.features, train.labels, args.seed)  # x_0, d and n
-    quantized = config.spec.gradient in ("dense", "sparse")
     print(
         f"{config.algorithm}: {whole.dim:,} parameters, {train.samples:,} training images, "
         f"{args.workers} workers, step {config.step}, batch {config.batch}"

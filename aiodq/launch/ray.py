@@ -222,7 +222,8 @@ async def run_ray(
         logging.getLogger("ray._private.worker").addFilter(quiet)
         # (An audit: every run's stderr began with Ray's notice of its default, docs/ray.md, Authentication.)
         token = _Unless("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE")
-        logging.getLogger(_AUTH_LOGGER).addFilter(token)
+        if local:  # (for the instance this run starts only: a review)
+            logging.getLogger(_AUTH_LOGGER).addFilter(token)
         start = RayStart(ray, address="local" if local else address, **options)
         where = "start Ray" if local else f"reach the Ray cluster at {address}"
         try:
