@@ -27,16 +27,17 @@ _RECIPE = "blake2b"
 
 def non_finite_row(features: Features) -> int | None:
     """The first row (0-based) of ``features`` (dense or scipy sparse) with a NaN or an infinity, or None."""
-    sparse = getattr(features, "format", None)  # (scipy's: "csr", "csc", "coo"...)
+    sparse = getattr(features, "format", None)  # (scipy's: "csr", "csc", "coo", "lil"...)
+    if sparse not in (None, "csr"):  # (a review: a CSC's column pointers were read as rows, a LIL unread)
+        coordinates = features.tocoo()  # type: ignore[union-attr]
+        bad = ~np.isfinite(coordinates.data) if coordinates.data.dtype.kind in "fc" else None
+        return int(coordinates.row[bad].min()) if bad is not None and bad.any() else None
     values = np.asarray(features if sparse is None else features.data)
     if values.dtype.kind not in "fc" or bool(np.isfinite(values).all()):  # (integers are finite)
         return None
     if sparse == "csr":
         first = int(np.flatnonzero(~np.isfinite(values))[0])
         return int(np.searchsorted(features.indptr, first, side="right")) - 1  # type: ignore[union-attr]
-    if sparse is not None:
-        coordinates = features.tocoo()  # type: ignore[union-attr]
-        return int(coordinates.row[~np.isfinite(coordinates.data)].min())
     return int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
 
 

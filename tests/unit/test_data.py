@@ -881,7 +881,13 @@ def test_dataset_rows_and_validation() -> None:
         Dataset(features, np.ones((4, 1)))
     broken = features.copy()
     broken[2, 1] = np.nan
-    for given in (broken, sp.csr_matrix(broken), sp.csc_matrix(broken), sp.coo_matrix(broken)):
+    for given in (
+        broken,
+        sp.csr_matrix(broken),
+        sp.csc_matrix(broken),
+        sp.coo_matrix(broken),
+        sp.lil_matrix(broken),
+    ):
         with pytest.raises(DataError, match=r"^Dataset features: sample 2 has NaN or infinite values$"):
             Dataset(given, np.ones(4))
     broken[3, 0] = np.inf  # (first in a CSC's column order, not the first sample)
