@@ -35,7 +35,15 @@ from .adaptive import answer_coding
 from .algorithms import TrainConfig, WorkerState
 from .connection import ConnectionState, WorkerConnection
 from .dataset import as_samples, class_count, labels_for, other_data
-from .objectives import BUILT_IN, Objective, check_objective, fixed_fingerprint, objective_name
+from .objectives import (
+    BUILT_IN,
+    MLP,
+    Objective,
+    SoftmaxRegression,
+    check_objective,
+    fixed_fingerprint,
+    objective_name,
+)
 from .start import check_contract
 
 __all__ = ["ANSWERS_WAITING", "Work", "WorkerSession"]
@@ -76,6 +84,18 @@ class Work:
             self.result = self._compute()
         except BaseException as exc:
             self.error = exc
+
+
+def _more_classes(objective: Objective, dim: int) -> bool:
+    """Whether the built-in softmax or MLP ``objective`` with more classes, else alike, has ``dim``."""
+    layers: tuple[int, ...] = tuple(getattr(objective, "layers", ()))
+    if isinstance(objective, SoftmaxRegression):  # d = (inputs + bias) C
+        width = objective.inputs + int(objective.bias)
+    elif isinstance(objective, MLP) and len(layers) >= 2:  # d = (inputs + 1) h + (h + 1) C
+        width = layers[-2] + 1
+    else:
+        return False
+    return dim > objective.dim and (dim - objective.dim) % width == 0
 
 
 class WorkerSession:
@@ -431,7 +451,7 @@ class WorkerSession:
                 hint = (
                     " (this worker counted the classes in its own labels: give run_worker the whole "
                     "dataset's, classes= or label_values=)"
-                    if counted and config.model in ("softmax", "mlp")
+                    if counted and _more_classes(objective, event.dim)
                     else ""
                 )
                 raise ValueError(

@@ -807,6 +807,12 @@ async def test_a_shard_without_the_highest_class_is_told_to_give_the_whole_datas
                     "label_values=)"
                 )
                 assert refused.code == aiodq.ErrorCode.INVALID_CONFIG and refused.reason == said, refused
+                # Every class but a feature short: no such hint (a review).
+                narrow = await aiodq.run_worker(host, port, features[parts[0]][:, 1:], labels[parts[0]])
+                assert (
+                    narrow.reason
+                    == "this worker's model softmax has 28 parameters, the master's softmax has 32"
+                )
             else:
                 results = await asyncio.gather(
                     *(aiodq.run_worker(host, port, features[p], labels[p], classes=classes) for p in parts)
