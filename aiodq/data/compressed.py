@@ -26,8 +26,22 @@ class TooLargeError(ValueError):
     """Decompressed data beyond the memory available."""
 
 
-def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
-    """The kernel's estimate of the memory available to start programs (MemAvailable), or None unknown."""
+def available_memory(
+    meminfo: str | Path = "/proc/meminfo",
+    cgroup: str | Path = "/proc/self/cgroup",
+    root: str | Path = "/sys/fs/cgroup",
+) -> int | None:
+    """The memory this process may still take, or None if unknown.
+
+    The kernel's MemAvailable, or less where the limit of the process's control group leaves less (a
+    container's: a review found MemAvailable the host's, and the OOM killer still came first).
+    """
+    known = [room for room in (_mem_available(meminfo), _cgroup_room(cgroup, Path(root))) if room is not None]
+    return min(known) if known else None
+
+
+def _mem_available(meminfo: str | Path) -> int | None:
+    """The kernel's estimate of the memory available to start programs (MemAvailable), or None."""
     try:
         with open(meminfo, encoding="ascii") as stream:
             for line in stream:
@@ -37,6 +51,33 @@ def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _cgroup_room(cgroup: str | Path, root: Path) -> int | None:
+    """The memory limit of this process's control group less its usage (v2 or v1), or None (no limit)."""
+    rooms = []
+    try:
+        with open(cgroup, encoding="utf-8") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:  # v2: memory.max ("max": none), memory.current
+            files = (root / path.lstrip("/") / "memory.max", root / path.lstrip("/") / "memory.current")
+        elif "memory" in controllers.split(","):  # v1
+            folder = root / "memory" / path.lstrip("/")
+            files = (folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            limit, usage = (file.read_text(encoding="ascii").strip() for file in files)
+            if limit != "max" and int(limit) < 1 << 60:  # (v1's "none" is about 2^63)
+                rooms.append(max(0, int(limit) - int(usage)))
+        except (OSError, ValueError):
+            continue
+    return min(rooms) if rooms else None
 
 
 def decompress(raw: bytes, module: Any, *, limit: int | None) -> bytes:

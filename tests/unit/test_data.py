@@ -1186,3 +1186,20 @@ def test_the_memory_available_is_the_kernels_estimate_or_unknown(tmp_path: Path)
     assert available_memory(tmp_path / "missing") is None
     if Path("/proc/meminfo").exists():
         assert (available_memory() or 0) > 0
+    # A control group's limit less its usage, where that leaves less (a review: a pod's limit was not read).
+    meminfo.write_text("MemAvailable:   20480 kB\n")
+    cgroup, root = tmp_path / "cgroup", tmp_path / "sys"
+    (root / "pod").mkdir(parents=True)
+    (root / "pod" / "memory.max").write_text("10000000\n")
+    (root / "pod" / "memory.current").write_text("9000000\n")
+    cgroup.write_text("0::/pod\n")
+    assert available_memory(meminfo, cgroup, root) == 1_000_000  # v2
+    (root / "pod" / "memory.max").write_text("max\n")
+    assert available_memory(meminfo, cgroup, root) == 20480 * 1024  # no limit
+    (root / "memory" / "job").mkdir(parents=True)
+    (root / "memory" / "job" / "memory.limit_in_bytes").write_text("5000000\n")
+    (root / "memory" / "job" / "memory.usage_in_bytes").write_text("1000000\n")
+    cgroup.write_text("4:memory:/job\n0::/pod\n")
+    assert available_memory(meminfo, cgroup, root) == 4_000_000  # v1
+    (root / "memory" / "job" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's none
+    assert available_memory(meminfo, cgroup, root) == 20480 * 1024
