@@ -148,6 +148,11 @@ class TorchObjective:
         if len(devices) > 1:
             raise ValueError(f"the trainable parameters span devices {sorted(map(str, devices))}")
         dtype, device = params[0].dtype, params[0].device
+        if device.type == "meta":  # (a torch audit: Tensor.item() failed on them, deep inside)
+            raise ValueError(
+                "the trainable parameters are on the meta device, without values: materialise and load them "
+                "first (module.to_empty(device='cpu'), then load_state_dict)"
+            )
 
         self.module = module
         self.loss_fn = loss_fn
@@ -570,8 +575,17 @@ class TorchObjective:
         sums over every pair of samples, with only a warning) and a callable that returns the
         batch's mean.  The tolerance leaves room for the rounding of batched kernels.
         """
-        with torch.no_grad():
-            each = [float(self._sum(self.module(inputs[i : i + 1]), targets[i : i + 1])) for i in range(2)]
+        try:
+            with torch.no_grad():
+                each = [
+                    float(self._sum(self.module(inputs[i : i + 1]), targets[i : i + 1])) for i in range(2)
+                ]
+        except Exception as exc:  # (a torch audit: torch's own words alone, on a batch norm of no statistics)
+            raise ValueError(
+                f"{type(self.module).__name__} fails on one sample alone, and f_i must be sample i's own: "
+                f"{exc} (a batch norm without running statistics normalises over the batch: "
+                "track_running_stats=True)"
+            ) from exc
         apart = each[0] + each[1]
         if not (math.isfinite(together) and math.isfinite(apart)):
             return  # (the run's own finiteness checks report a loss that is not finite)

@@ -915,3 +915,18 @@ def test_correct_after_a_loss_over_every_row_at_the_same_x_takes_no_second_pass(
     objective.module.train()
     with pytest.raises(RuntimeError, match=r"^the module is in training mode"):
         objective.correct(x)
+
+
+def test_a_module_that_fails_on_one_sample_or_lives_on_the_meta_device_is_said_as_such() -> None:
+    """A torch audit: a batch norm without running statistics failed on one sample with torch's words alone
+    ("Expected more than 1 value per channel"), and parameters on the meta device failed in Tensor.item()."""
+    features, labels = _data()
+    batch_norm = nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.BatchNorm1d(HIDDEN, track_running_stats=False))
+    with pytest.raises(
+        ValueError, match=r"^Sequential fails on one sample alone, and f_i must be sample i's own: "
+    ):
+        TorchObjective(
+            nn.Sequential(*batch_norm, nn.Linear(HIDDEN, CLASSES)), nn.CrossEntropyLoss(), features, labels
+        )
+    with pytest.raises(ValueError, match=r"^the trainable parameters are on the meta device, without values"):
+        TorchObjective(nn.Linear(FEATURES, CLASSES, device="meta"), nn.CrossEntropyLoss(), features, labels)
