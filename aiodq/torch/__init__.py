@@ -150,8 +150,7 @@ class TorchObjective:
         dtype, device = params[0].dtype, params[0].device
         if device.type == "meta":  # (a torch audit: Tensor.item() failed on them, deep inside)
             raise ValueError(
-                "the trainable parameters are on the meta device, without values: materialise and load them "
-                "first (module.to_empty(device='cpu'), then load_state_dict)"
+                "the trainable parameters are on the meta device, without values: load them first"
             )
 
         self.module = module
@@ -581,11 +580,8 @@ class TorchObjective:
                     float(self._sum(self.module(inputs[i : i + 1]), targets[i : i + 1])) for i in range(2)
                 ]
         except Exception as exc:  # (a torch audit: torch's own words alone, on a batch norm of no statistics)
-            raise ValueError(
-                f"{type(self.module).__name__} fails on one sample alone, and f_i must be sample i's own: "
-                f"{exc} (a batch norm without running statistics normalises over the batch: "
-                "track_running_stats=True)"
-            ) from exc
+            said = f"{type(self.module).__name__} fails on one sample alone, and f_i must be sample i's own"
+            raise ValueError(f"{said}: {exc} (a batch norm: track_running_stats=True)") from exc
         apart = each[0] + each[1]
         if not (math.isfinite(together) and math.isfinite(apart)):
             return  # (the run's own finiteness checks report a loss that is not finite)
