@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from ..protocol.objectives import BUILT_IN, MLP, LogisticRegression, SoftmaxRegression
 from ..protocol.trainconfig import TrainConfig
 
-__all__ = ["BlasLimit", "check_kinds", "check_master_arguments", "check_timeout", "own_objective"]
+__all__ = ["BlasLimit", "at_least", "check_kinds", "check_master_arguments", "check_timeout", "own_objective"]
 
 
 def _seconds(value: object) -> float | None:
@@ -30,7 +30,7 @@ def _seconds(value: object) -> float | None:
     return float(value)
 
 
-def _at_least(value: object, low: int, high: float = math.inf) -> bool:
+def at_least(value: object, low: int, high: float = math.inf) -> bool:
     """Whether ``value`` is an integer (not a bool; numpy's too) from ``low`` to ``high``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return False
@@ -109,16 +109,16 @@ def check_master_arguments(
     Raises:
         ValueError: naming the argument and the value.
     """
-    if not _at_least(port, 0, 65535):
+    if not at_least(port, 0, 65535):
         raise ValueError(f"port must be an integer from 0 to 65535 (0: any free port), got {port!r}")
     if samples is None:
         logging.getLogger("aiodq.master").warning(
             "the master does not know how many samples the dataset has: the workers' reports say it, and one "
             "admitted worker's claim sets the epoch length and its weight (give samples=, docs/security.md)"
         )
-    elif not _at_least(samples, 1):
+    elif not at_least(samples, 1):
         raise ValueError(f"samples must be a positive integer (the whole dataset's) or None, got {samples!r}")
-    if blas_threads is not None and not _at_least(blas_threads, 1):
+    if blas_threads is not None and not at_least(blas_threads, 1):
         raise ValueError(
             f"blas_threads must be a positive integer or None (leave them), got {blas_threads!r}"
         )

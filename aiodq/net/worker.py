@@ -25,7 +25,7 @@ from ..protocol.dataset import as_samples
 from ..protocol.objectives import Objective, check_objective
 from ..protocol.session import WorkerSession
 from ..protocol.start import check_contract
-from .arguments import check_kinds
+from .arguments import at_least, check_kinds
 from .logbook import printable
 from .offload import READ_SIZE, Pace, after_earlier, compute, holds_end
 
@@ -160,7 +160,7 @@ async def run_worker(
         raise ValueError(f"retry_for must be a finite number of seconds, 0 or more, got {retry_for!r}")
     if isinstance(port, str) and re.fullmatch("[0-9]{1,5}", port):  # (os.environ's: as asyncio takes it)
         port = int(port)
-    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
+    if not at_least(port, 1, 65535):
         # (A newcomer's audit: port "x" failed in getaddrinfo, "Servname not supported for ai_socktype".)
         raise ValueError(f"port must be an integer from 1 to 65535 (the master's), got {port!r}")
     port = int(port)

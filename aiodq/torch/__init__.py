@@ -52,6 +52,7 @@ from .inputs import (
     is_float,
     score_threshold,
     summing,
+    tensor_bytes,
     warn_unestimated_norms,
 )
 
@@ -349,9 +350,8 @@ class TorchObjective:
         )
         loss_tensors = [(f"loss.{name}", tensor) for name, tensor in own]
         for name, tensor in [*frozen, *self.module.named_buffers(), *loss_tensors]:
-            value = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{name}:{value.dtype}:{tuple(tensor.shape)};".encode())
-            digest.update(value.view(torch.uint8).numpy().tobytes())
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor_bytes(tensor))
         return digest.hexdigest()
 
     # -- the vector and the module -------------------------------------------------------

@@ -104,6 +104,11 @@ def described(loss: object) -> str:
     return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
 
 
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's values as the bytes a digest reads (row-major; no copy of a contiguous CPU tensor)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
+
+
 def _setting(value: object) -> str:
     """One argument of a loss, as :func:`described` reads it, the same in every process.
 
@@ -115,9 +120,8 @@ def _setting(value: object) -> str:
     if value is None or isinstance(value, bool | int | float | str | bytes):
         return repr(value)
     if isinstance(value, torch.Tensor):
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        digest = hashlib.blake2b(flat.view(torch.uint8).numpy().tobytes(), digest_size=8).hexdigest()
-        return f"tensor({flat.dtype}, {tuple(value.shape)}, {digest})"
+        digest = hashlib.blake2b(tensor_bytes(value), digest_size=8).hexdigest()
+        return f"tensor({value.dtype}, {tuple(value.shape)}, {digest})"
     if isinstance(value, list | tuple):
         return f"{type(value).__name__}({', '.join(_setting(item) for item in value)})"
     if isinstance(value, set | frozenset):
